@@ -1,0 +1,283 @@
+//! The mapping between ops and their `{...}` attribute lists in the text format.
+//!
+//! One function encodes an op's payload as attributes and one decodes it, so the printer and the
+//! parser cannot drift apart.
+
+use super::{BinaryOp, DType, Granularity, Op, QuantSpec, ReduceOp, ScaleSource, UnaryOp, ValueId, ZeroPoint};
+use crate::numerics::E8M0Rounding;
+
+/// An attribute value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttrValue {
+    /// A bare word (`transpose_b`, `f8e4m3`, `per_token`).
+    Ident(String),
+    /// A number literal, kept as written so it decodes exactly into the field's own type.
+    Num(String),
+    /// `[a, b, ...]`.
+    List(Vec<AttrValue>),
+    /// A value reference `%N`.
+    Ref(ValueId),
+    /// `name(args)`.
+    Call(String, Vec<AttrValue>),
+    /// `a:b`.
+    Pair(i64, i64),
+}
+
+/// One attribute: a bare value or `key=value`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attr {
+    /// The key, or `None` for a bare item.
+    pub key: Option<String>,
+    /// The value.
+    pub value: AttrValue,
+}
+
+fn bare(s: &str) -> Attr {
+    Attr { key: None, value: AttrValue::Ident(s.into()) }
+}
+
+fn kv(k: &str, v: AttrValue) -> Attr {
+    Attr { key: Some(k.into()), value: v }
+}
+
+fn int_list(xs: impl IntoIterator<Item = i64>) -> AttrValue {
+    AttrValue::List(xs.into_iter().map(int).collect())
+}
+
+fn int(i: i64) -> AttrValue {
+    AttrValue::Num(i.to_string())
+}
+
+fn f32_num(x: f32) -> AttrValue {
+    AttrValue::Num(super::print::float_text(format!("{x:?}")))
+}
+
+/// The attributes of `op`; `extra` are the node's inputs after the positional ones (Q/DQ scale and
+/// zero-point values).
+pub fn encode(op: &Op, extra: &[ValueId]) -> Vec<Attr> {
+    match op {
+        Op::MatMul { transpose_a, transpose_b } => {
+            let mut v = vec![];
+            if *transpose_a {
+                v.push(bare("transpose_a"));
+            }
+            if *transpose_b {
+                v.push(bare("transpose_b"));
+            }
+            v
+        }
+        Op::LayerNorm { eps } | Op::RmsNorm { eps } | Op::L2Normalize { eps } => vec![kv("eps", f32_num(*eps))],
+        Op::Softmax { axis } => vec![kv("axis", int(*axis))],
+        Op::Transpose { perm } => vec![kv("perm", int_list(perm.iter().map(|&p| p as i64)))],
+        Op::Reduce { axes, keep_dims, .. } => {
+            let mut v = vec![kv("axes", int_list(axes.iter().copied()))];
+            if *keep_dims {
+                v.push(bare("keep_dims"));
+            }
+            v
+        }
+        Op::Quantize(spec) | Op::Dequantize(spec) => encode_quant(spec, extra),
+        _ => vec![],
+    }
+}
+
+fn encode_quant(spec: &QuantSpec, extra: &[ValueId]) -> Vec<Attr> {
+    let mut extra = extra.iter().copied();
+    let gran = match &spec.granularity {
+        Granularity::PerTensor => bare("per_tensor"),
+        Granularity::PerChannel { axis } => Attr { key: None, value: AttrValue::Call("per_channel".into(), vec![int(*axis)]) },
+        Granularity::PerToken => bare("per_token"),
+        Granularity::Block { blocks } => Attr {
+            key: None,
+            value: AttrValue::Call("block".into(), blocks.iter().map(|&(a, s)| AttrValue::Pair(a, s as i64)).collect()),
+        },
+    };
+    let scale = match &spec.scale {
+        ScaleSource::Literal(s) => f32_num(*s),
+        ScaleSource::Input => AttrValue::Ref(extra.next().expect("scale input present")),
+        ScaleSource::Dynamic { dtype, rounding } => {
+            let mut args = vec![AttrValue::Ident(dtype.name().into())];
+            if *dtype == DType::E8M0 {
+                args.push(AttrValue::Ident(rounding_name(*rounding).into()));
+            }
+            AttrValue::Call("dynamic".into(), args)
+        }
+    };
+    let mut v = vec![bare(spec.storage.name()), gran, kv("scale", scale)];
+    match &spec.zero_point {
+        Some(ZeroPoint::Literal(z)) => v.push(kv("zero", int(*z as i64))),
+        Some(ZeroPoint::Input) => v.push(kv("zero", AttrValue::Ref(extra.next().expect("zero input present")))),
+        None => {}
+    }
+    v
+}
+
+fn rounding_name(r: E8M0Rounding) -> &'static str {
+    match r {
+        E8M0Rounding::Up => "up",
+        E8M0Rounding::Down => "down",
+        E8M0Rounding::Nearest => "nearest",
+    }
+}
+
+/// Looks up `key=value`.
+fn get<'a>(attrs: &'a [Attr], key: &str) -> Option<&'a AttrValue> {
+    attrs.iter().find(|a| a.key.as_deref() == Some(key)).map(|a| &a.value)
+}
+
+fn has_flag(attrs: &[Attr], flag: &str) -> bool {
+    attrs.iter().any(|a| a.key.is_none() && a.value == AttrValue::Ident(flag.into()))
+}
+
+fn as_f32(v: &AttrValue) -> Result<f32, String> {
+    match v {
+        AttrValue::Num(s) => s.parse().map_err(|_| format!("`{s}` is not a number")),
+        other => Err(format!("expected a number, got {other:?}")),
+    }
+}
+
+fn as_int(v: &AttrValue) -> Result<i64, String> {
+    match v {
+        AttrValue::Num(s) => s.parse().map_err(|_| format!("`{s}` is not an integer")),
+        other => Err(format!("expected an integer, got {other:?}")),
+    }
+}
+
+fn as_int_list(v: &AttrValue) -> Result<Vec<i64>, String> {
+    match v {
+        AttrValue::List(xs) => xs.iter().map(as_int).collect(),
+        other => Err(format!("expected a list of integers, got {other:?}")),
+    }
+}
+
+fn required<'a>(attrs: &'a [Attr], key: &str) -> Result<&'a AttrValue, String> {
+    get(attrs, key).ok_or_else(|| format!("missing attribute `{key}`"))
+}
+
+/// Rebuilds an op from its mnemonic and attributes; also returns the value references the
+/// attributes name (extra inputs, in order).
+pub fn decode(mnemonic: &str, attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), String> {
+    let eps = || as_f32(required(attrs, "eps")?);
+    let op = match mnemonic {
+        "iota" => Op::Iota,
+        "cast" => Op::Cast,
+        "gather" => Op::Gather,
+        "reshape" => Op::Reshape,
+        "mean_pool" => Op::MeanPool,
+        "matmul" => Op::MatMul { transpose_a: has_flag(attrs, "transpose_a"), transpose_b: has_flag(attrs, "transpose_b") },
+        "layernorm" => Op::LayerNorm { eps: eps()? },
+        "rmsnorm" => Op::RmsNorm { eps: eps()? },
+        "l2_normalize" => Op::L2Normalize { eps: eps()? },
+        "softmax" => Op::Softmax { axis: as_int(required(attrs, "axis")?)? },
+        "transpose" => {
+            let perm = as_int_list(required(attrs, "perm")?)?;
+            Op::Transpose { perm: perm.into_iter().map(|p| usize::try_from(p).map_err(|_| "negative perm entry")).collect::<Result<_, _>>()? }
+        }
+        "reduce_sum" | "reduce_mean" | "reduce_max" => Op::Reduce {
+            op: match mnemonic {
+                "reduce_sum" => ReduceOp::Sum,
+                "reduce_mean" => ReduceOp::Mean,
+                _ => ReduceOp::Max,
+            },
+            axes: as_int_list(required(attrs, "axes")?)?,
+            keep_dims: has_flag(attrs, "keep_dims"),
+        },
+        "quantize" | "dequantize" => {
+            let (spec, refs) = decode_quant(attrs)?;
+            let op = if mnemonic == "quantize" { Op::Quantize(spec) } else { Op::Dequantize(spec) };
+            return Ok((op, refs));
+        }
+        other => elementwise(other).ok_or_else(|| format!("unknown op `{other}`"))?,
+    };
+    Ok((op, vec![]))
+}
+
+fn elementwise(m: &str) -> Option<Op> {
+    let b = |b| Some(Op::Binary(b));
+    let u = |u| Some(Op::Unary(u));
+    match m {
+        "add" => b(BinaryOp::Add),
+        "sub" => b(BinaryOp::Sub),
+        "mul" => b(BinaryOp::Mul),
+        "div" => b(BinaryOp::Div),
+        "max" => b(BinaryOp::Max),
+        "min" => b(BinaryOp::Min),
+        "gelu" => u(UnaryOp::Gelu),
+        "gelu_tanh" => u(UnaryOp::GeluTanh),
+        "silu" => u(UnaryOp::Silu),
+        "relu" => u(UnaryOp::Relu),
+        "exp" => u(UnaryOp::Exp),
+        "tanh" => u(UnaryOp::Tanh),
+        "sqrt" => u(UnaryOp::Sqrt),
+        "rsqrt" => u(UnaryOp::Rsqrt),
+        "neg" => u(UnaryOp::Neg),
+        "abs" => u(UnaryOp::Abs),
+        _ => None,
+    }
+}
+
+fn decode_quant(attrs: &[Attr]) -> Result<(QuantSpec, Vec<ValueId>), String> {
+    let mut storage = None;
+    let mut granularity = None;
+    for a in attrs.iter().filter(|a| a.key.is_none()) {
+        match &a.value {
+            AttrValue::Ident(s) if s == "per_tensor" => granularity = Some(Granularity::PerTensor),
+            AttrValue::Ident(s) if s == "per_token" => granularity = Some(Granularity::PerToken),
+            AttrValue::Ident(s) => storage = Some(s.parse::<DType>()?),
+            AttrValue::Call(name, args) if name == "per_channel" => {
+                let [axis] = args.as_slice() else { return Err("per_channel takes one axis".into()) };
+                granularity = Some(Granularity::PerChannel { axis: as_int(axis)? });
+            }
+            AttrValue::Call(name, args) if name == "block" => {
+                let blocks = args
+                    .iter()
+                    .map(|b| match b {
+                        AttrValue::Pair(a, s) if *s > 0 => Ok((*a, *s as u64)),
+                        other => Err(format!("block entries are axis:size, got {other:?}")),
+                    })
+                    .collect::<Result<_, String>>()?;
+                granularity = Some(Granularity::Block { blocks });
+            }
+            other => return Err(format!("unexpected quant attribute {other:?}")),
+        }
+    }
+    let mut refs = vec![];
+    let scale = match required(attrs, "scale")? {
+        AttrValue::Ref(v) => {
+            refs.push(*v);
+            ScaleSource::Input
+        }
+        AttrValue::Call(name, args) if name == "dynamic" => decode_dynamic(args)?,
+        other => ScaleSource::Literal(as_f32(other)?),
+    };
+    let zero_point = match get(attrs, "zero") {
+        None => None,
+        Some(AttrValue::Ref(v)) => {
+            refs.push(*v);
+            Some(ZeroPoint::Input)
+        }
+        Some(other) => Some(ZeroPoint::Literal(i32::try_from(as_int(other)?).map_err(|_| "zero point out of i32 range")?)),
+    };
+    let spec = QuantSpec {
+        storage: storage.ok_or("quant spec needs a storage dtype")?,
+        granularity: granularity.ok_or("quant spec needs a granularity")?,
+        scale,
+        zero_point,
+    };
+    Ok((spec, refs))
+}
+
+fn decode_dynamic(args: &[AttrValue]) -> Result<ScaleSource, String> {
+    let ident = |v: &AttrValue| match v {
+        AttrValue::Ident(s) => Ok(s.clone()),
+        other => Err(format!("expected a name, got {other:?}")),
+    };
+    let dtype: DType = ident(args.first().ok_or("dynamic(...) needs the scale dtype")?)?.parse()?;
+    let rounding = match args.get(1).map(ident).transpose()?.as_deref() {
+        None | Some("up") => E8M0Rounding::Up,
+        Some("down") => E8M0Rounding::Down,
+        Some("nearest") => E8M0Rounding::Nearest,
+        Some(other) => return Err(format!("unknown e8m0 rounding `{other}`")),
+    };
+    Ok(ScaleSource::Dynamic { dtype, rounding })
+}

@@ -1,0 +1,259 @@
+//! Type rules: the output types each op derives from its input types.
+//!
+//! Ops whose result type is not a function of their inputs (`input`, `weight`, `scalar`, `iota`,
+//! `cast`, `reshape`, `dequantize`) take it from the *declared* type and check it instead.
+
+use super::{normalize_axis, Dim, DType, Granularity, Op, QuantSpec, ReduceOp, ScaleSource, Shape, TensorType, ZeroPoint};
+
+/// Result of a type rule: the output types, or why the node is ill-typed.
+pub type InferResult = Result<Vec<TensorType>, String>;
+
+/// Output types of `op` applied to `inputs`; `declared` supplies the types of ops that need them.
+pub fn infer(op: &Op, inputs: &[&TensorType], declared: &[TensorType]) -> InferResult {
+    expect_arity(op, inputs.len())?;
+    let one = |t: TensorType| Ok(vec![t]);
+    match op {
+        Op::Input { .. } | Op::Weight { .. } => one(declared_first(declared)?),
+        Op::Scalar { .. } => {
+            let t = declared_first(declared)?;
+            if t.rank() != 0 {
+                return Err("scalar must have rank 0".into());
+            }
+            one(t)
+        }
+        Op::Iota => {
+            let t = declared_first(declared)?;
+            if t.rank() != 1 || !t.dtype.is_int() {
+                return Err("iota must produce a rank-1 integer tensor".into());
+            }
+            one(t)
+        }
+        Op::Cast => one(inputs[0].with_dtype(declared_first(declared)?.dtype)),
+        Op::Binary(_) => binary(inputs[0], inputs[1]).map(|t| vec![t]),
+        Op::Unary(_) => {
+            require_float(inputs[0], "operand")?;
+            one(inputs[0].clone())
+        }
+        Op::Gather => gather(inputs[0], inputs[1]).map(|t| vec![t]),
+        Op::MatMul { transpose_a, transpose_b } => matmul(inputs[0], inputs[1], *transpose_a, *transpose_b).map(|t| vec![t]),
+        Op::LayerNorm { .. } | Op::RmsNorm { .. } => norm(inputs).map(|t| vec![t]),
+        Op::Softmax { axis } => {
+            require_float(inputs[0], "operand")?;
+            inputs[0].axis(*axis).ok_or_else(|| format!("softmax axis {axis} out of range"))?;
+            one(inputs[0].clone())
+        }
+        Op::Reshape => reshape(inputs[0], declared_first(declared)?).map(|t| vec![t]),
+        Op::Transpose { perm } => transpose(inputs[0], perm).map(|t| vec![t]),
+        Op::Reduce { op, axes, keep_dims } => reduce(inputs[0], *op, axes, *keep_dims).map(|t| vec![t]),
+        Op::MeanPool => mean_pool(inputs[0], inputs[1]).map(|t| vec![t]),
+        Op::L2Normalize { .. } => {
+            require_float(inputs[0], "operand")?;
+            one(inputs[0].clone())
+        }
+        Op::Quantize(spec) => quantize(spec, inputs),
+        Op::Dequantize(spec) => dequantize(spec, inputs, declared_first(declared)?.dtype),
+    }
+}
+
+/// Number of inputs each op takes.
+pub fn arity(op: &Op) -> usize {
+    match op {
+        Op::Input { .. } | Op::Weight { .. } | Op::Scalar { .. } | Op::Iota => 0,
+        Op::Cast | Op::Unary(_) | Op::Softmax { .. } | Op::Reshape | Op::Transpose { .. } => 1,
+        Op::Reduce { .. } | Op::L2Normalize { .. } => 1,
+        Op::Binary(_) | Op::Gather | Op::MatMul { .. } | Op::RmsNorm { .. } | Op::MeanPool => 2,
+        Op::LayerNorm { .. } => 3,
+        Op::Quantize(s) | Op::Dequantize(s) => 1 + s.extra_inputs(),
+    }
+}
+
+fn expect_arity(op: &Op, n: usize) -> Result<(), String> {
+    let want = arity(op);
+    if n == want {
+        Ok(())
+    } else {
+        Err(format!("{} takes {want} input(s), got {n}", op.mnemonic()))
+    }
+}
+
+fn declared_first(declared: &[TensorType]) -> Result<TensorType, String> {
+    declared.first().cloned().ok_or_else(|| "missing declared output type".into())
+}
+
+fn require_float(t: &TensorType, what: &str) -> Result<(), String> {
+    if t.dtype.is_wide_float() {
+        Ok(())
+    } else {
+        Err(format!("{what} must be f32/f16/bf16, got {}", t.dtype))
+    }
+}
+
+/// NumPy broadcasting of two shapes; `Dim::Fixed(1)` stretches.
+pub fn broadcast_shapes(a: &Shape, b: &Shape) -> Result<Shape, String> {
+    let rank = a.len().max(b.len());
+    let dim = |s: &Shape, i: usize| if i + s.len() >= rank { s[i + s.len() - rank] } else { Dim::Fixed(1) };
+    (0..rank)
+        .map(|i| match (dim(a, i), dim(b, i)) {
+            (x, y) if x == y => Ok(x),
+            (Dim::Fixed(1), y) => Ok(y),
+            (x, Dim::Fixed(1)) => Ok(x),
+            (x, y) => Err(format!("cannot broadcast {x:?} with {y:?}")),
+        })
+        .collect()
+}
+
+fn binary(a: &TensorType, b: &TensorType) -> Result<TensorType, String> {
+    if a.dtype != b.dtype {
+        return Err(format!("operand dtypes differ: {} vs {}", a.dtype, b.dtype));
+    }
+    Ok(TensorType { dtype: a.dtype, shape: broadcast_shapes(&a.shape, &b.shape)? })
+}
+
+fn gather(table: &TensorType, idx: &TensorType) -> Result<TensorType, String> {
+    if table.rank() == 0 {
+        return Err("gather table must have rank ≥ 1".into());
+    }
+    if !matches!(idx.dtype, DType::I32 | DType::I64) {
+        return Err(format!("gather indices must be i32/i64, got {}", idx.dtype));
+    }
+    Ok(TensorType::new(table.dtype, idx.shape.iter().chain(&table.shape[1..]).copied()))
+}
+
+fn matmul(a: &TensorType, b: &TensorType, ta: bool, tb: bool) -> Result<TensorType, String> {
+    require_float(a, "lhs")?;
+    if a.dtype != b.dtype {
+        return Err(format!("matmul operand dtypes differ: {} vs {}", a.dtype, b.dtype));
+    }
+    if a.rank() < 2 || b.rank() < 2 {
+        return Err("matmul operands need rank ≥ 2".into());
+    }
+    let (ra, rb) = (a.rank(), b.rank());
+    let (m, ka) = if ta { (a.shape[ra - 1], a.shape[ra - 2]) } else { (a.shape[ra - 2], a.shape[ra - 1]) };
+    let (kb, n) = if tb { (b.shape[rb - 1], b.shape[rb - 2]) } else { (b.shape[rb - 2], b.shape[rb - 1]) };
+    if ka != kb {
+        return Err(format!("matmul contraction dims differ: {ka:?} vs {kb:?}"));
+    }
+    let batch = broadcast_shapes(&a.shape[..ra - 2].into(), &b.shape[..rb - 2].into())?;
+    Ok(TensorType::new(a.dtype, batch.into_iter().chain([m, n])))
+}
+
+fn norm(inputs: &[&TensorType]) -> Result<TensorType, String> {
+    let x = inputs[0];
+    require_float(x, "operand")?;
+    let last = *x.shape.last().ok_or("norm operand needs rank ≥ 1")?;
+    for p in &inputs[1..] {
+        if p.shape.as_slice() != [last] {
+            return Err(format!("norm parameter shape {:?} must be [{last:?}]", p.shape));
+        }
+        require_float(p, "norm parameter")?;
+    }
+    Ok(x.clone())
+}
+
+/// Checks that two shapes hold the same number of elements, symbol by symbol.
+fn same_numel(a: &Shape, b: &Shape) -> bool {
+    let split = |s: &Shape| {
+        let fixed: u64 = s.iter().filter_map(|d| d.fixed()).product();
+        let mut syms: Vec<_> = s.iter().filter_map(|d| match d {
+            Dim::Sym(id) => Some(*id),
+            Dim::Fixed(_) => None,
+        }).collect();
+        syms.sort();
+        (fixed, syms)
+    };
+    split(a) == split(b)
+}
+
+fn reshape(x: &TensorType, to: TensorType) -> Result<TensorType, String> {
+    if !same_numel(&x.shape, &to.shape) {
+        return Err(format!("reshape changes the element count: {:?} → {:?}", x.shape, to.shape));
+    }
+    Ok(to.with_dtype(x.dtype))
+}
+
+fn transpose(x: &TensorType, perm: &[usize]) -> Result<TensorType, String> {
+    let mut seen = vec![false; x.rank()];
+    if perm.len() != x.rank() || perm.iter().any(|&p| p >= x.rank() || std::mem::replace(&mut seen[p], true)) {
+        return Err(format!("{perm:?} is not a permutation of rank {}", x.rank()));
+    }
+    Ok(TensorType::new(x.dtype, perm.iter().map(|&p| x.shape[p])))
+}
+
+fn reduce(x: &TensorType, op: ReduceOp, axes: &[i64], keep: bool) -> Result<TensorType, String> {
+    if op != ReduceOp::Max {
+        require_float(x, "operand")?;
+    }
+    let axes: Vec<usize> = axes
+        .iter()
+        .map(|&a| normalize_axis(a, x.rank()).ok_or_else(|| format!("reduce axis {a} out of range")))
+        .collect::<Result<_, _>>()?;
+    let dims = x.shape.iter().enumerate().filter_map(|(i, &d)| match (axes.contains(&i), keep) {
+        (false, _) => Some(d),
+        (true, true) => Some(Dim::Fixed(1)),
+        (true, false) => None,
+    });
+    Ok(TensorType::new(x.dtype, dims))
+}
+
+fn mean_pool(h: &TensorType, mask: &TensorType) -> Result<TensorType, String> {
+    require_float(h, "hidden")?;
+    if h.rank() != 3 || mask.rank() != 2 || h.shape[..2] != mask.shape[..] {
+        return Err(format!("mean_pool wants hidden [B,S,H] and mask [B,S], got {:?} and {:?}", h.shape, mask.shape));
+    }
+    Ok(TensorType::new(h.dtype, [h.shape[0], h.shape[2]]))
+}
+
+/// Checks the optional scale and zero-point inputs of a Q/DQ against its spec.
+fn check_qparams(spec: &QuantSpec, data: &Shape, extra: &[&TensorType]) -> Result<(), String> {
+    let want = spec.granularity.scale_shape(data)?;
+    let mut extra = extra.iter();
+    if spec.scale == ScaleSource::Input {
+        let s = extra.next().ok_or("missing scale input")?;
+        let scalar_ok = spec.granularity == Granularity::PerTensor && s.shape.as_slice() == [Dim::Fixed(1)];
+        if s.shape != want && !scalar_ok {
+            return Err(format!("scale shape {:?} does not match the granularity, expected {:?}", s.shape, want));
+        }
+        if !s.dtype.is_float() {
+            return Err(format!("scale must be a float type, got {}", s.dtype));
+        }
+    }
+    if spec.zero_point == Some(ZeroPoint::Input) {
+        let z = extra.next().ok_or("missing zero-point input")?;
+        if z.shape != want {
+            return Err(format!("zero-point shape {:?} does not match the scale shape {:?}", z.shape, want));
+        }
+    }
+    if spec.zero_point.is_some() && !spec.storage.is_int() {
+        return Err("a zero point needs integer storage".into());
+    }
+    Ok(())
+}
+
+fn quantize(spec: &QuantSpec, inputs: &[&TensorType]) -> InferResult {
+    let x = inputs[0];
+    require_float(x, "quantize operand")?;
+    if !spec.storage.is_quantized_storage() {
+        return Err(format!("{} is not a quantized storage type", spec.storage));
+    }
+    check_qparams(spec, &x.shape, &inputs[1..])?;
+    let mut outs = vec![x.with_dtype(spec.storage)];
+    if let ScaleSource::Dynamic { dtype, .. } = spec.scale {
+        outs.push(TensorType { dtype, shape: spec.granularity.scale_shape(&x.shape)? });
+    }
+    Ok(outs)
+}
+
+fn dequantize(spec: &QuantSpec, inputs: &[&TensorType], out: DType) -> InferResult {
+    let q = inputs[0];
+    if q.dtype != spec.storage {
+        return Err(format!("dequantize input is {} but the spec stores {}", q.dtype, spec.storage));
+    }
+    if spec.is_dynamic() {
+        return Err("dequantize cannot compute its scale: use scale=%value".into());
+    }
+    if !out.is_wide_float() {
+        return Err(format!("dequantize must produce f32/f16/bf16, got {out}"));
+    }
+    check_qparams(spec, &q.shape, &inputs[1..])?;
+    Ok(vec![q.with_dtype(out)])
+}

@@ -1,0 +1,30 @@
+//! The qfuse IR: an arena of nodes and SSA values with typed ids, a closed [`Op`] enum, explicit
+//! quantize/dequantize carrying a [`QuantSpec`], symbolic shapes, and a text format that
+//! round-trips (`parse(print(g)) == g`). Weights stay outside: a `weight` node names a tensor of
+//! the model's weight store. See `docs/ir.md`.
+#![deny(missing_docs)]
+
+mod attrs;
+pub mod builder;
+mod dtype;
+mod graph;
+mod id;
+pub mod infer;
+mod op;
+pub mod order;
+pub mod parse;
+pub mod print;
+mod quant;
+mod types;
+pub mod verify;
+
+pub use builder::Builder;
+pub use dtype::DType;
+pub use graph::{Graph, Node, ValueInfo};
+pub use id::{IdVec, NodeId, SymId, ValueId};
+pub use op::{BinaryOp, Op, ReduceOp, UnaryOp};
+pub use parse::{parse, ParseError};
+pub use print::print;
+pub use quant::{Granularity, QuantSpec, ScaleSource, ZeroPoint};
+pub use types::{normalize_axis, Dim, Shape, Symbol, TensorType};
+pub use verify::{verify, VerifyErrors};

@@ -1,0 +1,211 @@
+//! The closed set of IR operations.
+//!
+//! Each variant documents its inputs, outputs and semantics; the reference interpreter, the type
+//! checker ([`super::infer`]), the printer and the parser all match on this enum exhaustively.
+
+use super::QuantSpec;
+use serde::{Deserialize, Serialize};
+
+/// Element-wise binary operations with NumPy broadcasting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BinaryOp {
+    /// `a + b`
+    Add,
+    /// `a − b`
+    Sub,
+    /// `a · b`
+    Mul,
+    /// `a / b`
+    Div,
+    /// `max(a, b)`
+    Max,
+    /// `min(a, b)`
+    Min,
+}
+
+/// Element-wise unary operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum UnaryOp {
+    /// Exact GeLU: `x·Φ(x) = 0.5·x·(1 + erf(x/√2))`.
+    Gelu,
+    /// GeLU, tanh approximation.
+    GeluTanh,
+    /// `x·σ(x)`.
+    Silu,
+    /// `max(x, 0)`.
+    Relu,
+    /// `eˣ`.
+    Exp,
+    /// `tanh x`.
+    Tanh,
+    /// `√x`.
+    Sqrt,
+    /// `1/√x`.
+    Rsqrt,
+    /// `−x`.
+    Neg,
+    /// `|x|`.
+    Abs,
+}
+
+/// Reductions over a set of axes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReduceOp {
+    /// Sum.
+    Sum,
+    /// Arithmetic mean.
+    Mean,
+    /// Maximum.
+    Max,
+}
+
+/// One IR operation. Inputs and outputs are listed as `inputs → outputs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    /// `() → x`: a graph input bound by name at run time.
+    Input {
+        /// Binding name (`input_ids`).
+        name: String,
+    },
+    /// `() → w`: a weight from the model's weight store, by its checkpoint name.
+    Weight {
+        /// Checkpoint tensor name.
+        name: String,
+    },
+    /// `() → s`: a rank-0 literal of the output dtype.
+    Scalar {
+        /// The value (exactly representable in the output dtype).
+        value: f64,
+    },
+    /// `() → i`: `0, 1, …, n−1` where `n` is the extent of the rank-1 output.
+    Iota,
+    /// `x → y`: element-wise conversion to the output dtype (RNE, saturating for narrow floats).
+    Cast,
+    /// `a, b → y`: element-wise with broadcasting.
+    Binary(BinaryOp),
+    /// `x → y`: element-wise.
+    Unary(UnaryOp),
+    /// `table, indices → y`: rows of `table` (axis 0) selected by `indices`;
+    /// `shape(y) = shape(indices) ++ shape(table)[1..]`.
+    Gather,
+    /// `a, b → y`: batched matrix product over the last two axes, batch axes broadcast.
+    /// `a: [.., M, K]` (or `[.., K, M]` with `transpose_a`), `b: [.., K, N]` (or `[.., N, K]` with
+    /// `transpose_b`, the `nn.Linear` weight layout).
+    MatMul {
+        /// Read `a` as its transpose.
+        transpose_a: bool,
+        /// Read `b` as its transpose.
+        transpose_b: bool,
+    },
+    /// `x, gamma, beta → y`: LayerNorm over the last axis.
+    LayerNorm {
+        /// Variance epsilon.
+        eps: f32,
+    },
+    /// `x, gamma → y`: RMSNorm over the last axis.
+    RmsNorm {
+        /// Mean-square epsilon.
+        eps: f32,
+    },
+    /// `x → y`: softmax along `axis`.
+    Softmax {
+        /// Normalised axis (negative counts from the end).
+        axis: i64,
+    },
+    /// `x → y`: same elements, output shape from the output type.
+    Reshape,
+    /// `x → y`: `y.shape[i] = x.shape[perm[i]]`.
+    Transpose {
+        /// The permutation.
+        perm: Vec<usize>,
+    },
+    /// `x → y`: reduction over `axes`.
+    Reduce {
+        /// Which reduction.
+        op: ReduceOp,
+        /// Reduced axes (negative counts from the end).
+        axes: Vec<i64>,
+        /// Keep reduced axes with extent 1.
+        keep_dims: bool,
+    },
+    /// `hidden [B,S,H], mask [B,S] → [B,H]`: mean over tokens whose mask is non-zero
+    /// (sentence-transformers mean pooling; the token count is clamped to ≥ 1e-9).
+    MeanPool,
+    /// `x → y`: `x / max(‖x‖₂, eps)` along the last axis.
+    L2Normalize {
+        /// Norm floor.
+        eps: f32,
+    },
+    /// `x [, scale] [, zero] → q [, scales]`: `q = sat(RNE(x / s) + z)` in the spec's storage type.
+    /// With a dynamic scale a second output holds the computed scales.
+    Quantize(QuantSpec),
+    /// `q [, scale] [, zero] → x`: `x = (q − z)·s` in the output dtype.
+    Dequantize(QuantSpec),
+}
+
+impl Op {
+    /// The text-format mnemonic.
+    pub fn mnemonic(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Weight { .. } => "weight",
+            Op::Scalar { .. } => "scalar",
+            Op::Iota => "iota",
+            Op::Cast => "cast",
+            Op::Binary(b) => match b {
+                BinaryOp::Add => "add",
+                BinaryOp::Sub => "sub",
+                BinaryOp::Mul => "mul",
+                BinaryOp::Div => "div",
+                BinaryOp::Max => "max",
+                BinaryOp::Min => "min",
+            },
+            Op::Unary(u) => match u {
+                UnaryOp::Gelu => "gelu",
+                UnaryOp::GeluTanh => "gelu_tanh",
+                UnaryOp::Silu => "silu",
+                UnaryOp::Relu => "relu",
+                UnaryOp::Exp => "exp",
+                UnaryOp::Tanh => "tanh",
+                UnaryOp::Sqrt => "sqrt",
+                UnaryOp::Rsqrt => "rsqrt",
+                UnaryOp::Neg => "neg",
+                UnaryOp::Abs => "abs",
+            },
+            Op::Gather => "gather",
+            Op::MatMul { .. } => "matmul",
+            Op::LayerNorm { .. } => "layernorm",
+            Op::RmsNorm { .. } => "rmsnorm",
+            Op::Softmax { .. } => "softmax",
+            Op::Reshape => "reshape",
+            Op::Transpose { .. } => "transpose",
+            Op::Reduce { op, .. } => match op {
+                ReduceOp::Sum => "reduce_sum",
+                ReduceOp::Mean => "reduce_mean",
+                ReduceOp::Max => "reduce_max",
+            },
+            Op::MeanPool => "mean_pool",
+            Op::L2Normalize { .. } => "l2_normalize",
+            Op::Quantize(_) => "quantize",
+            Op::Dequantize(_) => "dequantize",
+        }
+    }
+
+    /// A short kind name for summaries (`binary` ops grouped under their mnemonic).
+    pub fn kind(&self) -> &'static str {
+        self.mnemonic()
+    }
+
+    /// True for ops with no inputs whose value comes from outside the graph or from the op itself.
+    pub fn is_source(&self) -> bool {
+        matches!(self, Op::Input { .. } | Op::Weight { .. } | Op::Scalar { .. } | Op::Iota)
+    }
+
+    /// The quant spec of a quantize or dequantize.
+    pub fn quant_spec(&self) -> Option<&QuantSpec> {
+        match self {
+            Op::Quantize(s) | Op::Dequantize(s) => Some(s),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The verifier: checks every invariant of a [`Graph`] and reports *all* violations at once.
+//!
+//! Invariants:
+//! - every operand names an existing value, and every value's `producer`/`slot` points at the
+//!   node output that defines it;
+//! - the graph is acyclic;
+//! - every dimension names a declared symbol;
+//! - each node has its op's arity and exactly the output types its type rule derives
+//!   ([`super::infer`]);
+//! - graph outputs exist and input/output names are unique.
+//!
+//! A verifier failure after a pass is always a qfuse bug, never a user error.
+
+use super::{infer, order, print, Dim, Graph, NodeId, Op, TensorType};
+use std::collections::HashSet;
+use std::fmt;
+
+/// One violated invariant.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifyError {
+    /// The offending node, when there is one.
+    pub node: Option<NodeId>,
+    /// The node as text, for the report.
+    pub line: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Every violation found, with the point in the pipeline where verification ran.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifyErrors {
+    /// Where verification ran ("after import", "after pass fold-scales").
+    pub context: String,
+    /// The violations, in node order.
+    pub errors: Vec<VerifyError>,
+}
+
+impl fmt::Display for VerifyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "IR verification failed {}: {} error(s)", self.context, self.errors.len())?;
+        for e in &self.errors {
+            match e.node {
+                Some(n) => writeln!(f, "  {n}: {}\n      {}", e.line, e.message)?,
+                None => writeln!(f, "  graph: {}", e.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for VerifyErrors {}
+
+/// Verifies `g`; `context` says where in the pipeline ("after import").
+pub fn verify(g: &Graph, context: &str) -> Result<(), VerifyErrors> {
+    let mut errors = vec![];
+    let mut report = |node: Option<NodeId>, message: String| {
+        let line = node.map(|n| print::node_line_checked(g, n)).unwrap_or_default();
+        errors.push(VerifyError { node, line, message });
+    };
+    check_structure(g, &mut report);
+    if let Some(cycle) = order::find_cycle(g) {
+        let ids: Vec<String> = cycle.iter().map(|n| n.to_string()).collect();
+        report(cycle.first().copied(), format!("cycle through nodes {}", ids.join(", ")));
+    }
+    for (id, node) in g.nodes.iter() {
+        if let Err(m) = check_node(g, id) {
+            report(Some(id), m);
+        }
+        if let Op::Weight { name } | Op::Input { name } = &node.op {
+            if name.is_empty() {
+                report(Some(id), "empty name".into());
+            }
+        }
+    }
+    check_signature(g, &mut report);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(VerifyErrors { context: context.to_string(), errors })
+    }
+}
+
+fn check_structure(g: &Graph, report: &mut impl FnMut(Option<NodeId>, String)) {
+    for (id, node) in g.nodes.iter() {
+        for &v in &node.inputs {
+            if g.values.get(v).is_none() {
+                report(Some(id), format!("operand {v} does not exist"));
+            }
+        }
+        for (slot, &v) in node.outputs.iter().enumerate() {
+            match g.values.get(v) {
+                Some(info) if info.producer == id && info.slot as usize == slot => {}
+                Some(info) => report(Some(id), format!("{v} claims to come from {}#{}", info.producer, info.slot)),
+                None => report(Some(id), format!("output {v} does not exist")),
+            }
+        }
+    }
+    for (v, info) in g.values.iter() {
+        let ok = g.nodes.get(info.producer).is_some_and(|n| n.outputs.get(info.slot as usize) == Some(&v));
+        if !ok {
+            report(None, format!("{v} is not an output of its producer {}", info.producer));
+        }
+        for d in &info.ty.shape {
+            if let Dim::Sym(s) = d {
+                if g.symbols.get(*s).is_none() {
+                    report(Some(info.producer), format!("{v} uses undeclared symbol {s}"));
+                }
+            }
+        }
+    }
+}
+
+fn check_node(g: &Graph, id: NodeId) -> Result<(), String> {
+    let node = &g.nodes[id];
+    let inputs: Vec<&TensorType> = node.inputs.iter().filter_map(|&v| g.values.get(v)).map(|i| &i.ty).collect();
+    if inputs.len() != node.inputs.len() {
+        return Ok(()); // reported by check_structure
+    }
+    let declared: Vec<TensorType> = node.outputs.iter().filter_map(|&v| g.values.get(v)).map(|i| i.ty.clone()).collect();
+    let derived = infer::infer(&node.op, &inputs, &declared)?;
+    if derived != declared {
+        let show = |ts: &[TensorType]| ts.iter().map(|t| print::ty(g, t)).collect::<Vec<_>>().join(", ");
+        return Err(format!("declared type {} but the op derives {}", show(&declared), show(&derived)));
+    }
+    Ok(())
+}
+
+fn check_signature(g: &Graph, report: &mut impl FnMut(Option<NodeId>, String)) {
+    let mut seen = HashSet::new();
+    for (name, v) in g.inputs() {
+        if !seen.insert(name) {
+            report(Some(g.values[v].producer), format!("duplicate input name \"{name}\""));
+        }
+    }
+    let mut seen = HashSet::new();
+    for (name, v) in &g.outputs {
+        if !seen.insert(name) {
+            report(None, format!("duplicate output name \"{name}\""));
+        }
+        if g.values.get(*v).is_none() {
+            report(None, format!("output \"{name}\" names missing value {v}"));
+        }
+    }
+    if g.outputs.is_empty() {
+        report(None, "graph has no outputs".into());
+    }
+}

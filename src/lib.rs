@@ -6,3 +6,4 @@
 pub mod ir;
 pub mod numerics;
 pub mod codegen;
+pub mod import;

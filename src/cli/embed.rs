@@ -1,0 +1,115 @@
+//! `qfuse embed`: sentence embeddings from the reference interpreter.
+
+use anyhow::{bail, Context};
+use clap::Args;
+use comfy_table::{presets, Table};
+use indicatif::{ProgressBar, ProgressStyle};
+use qfuse::import::{self, ImportOptions};
+use qfuse::interp::{self, Tensor};
+use std::path::PathBuf;
+
+/// Arguments of `qfuse embed`.
+#[derive(Args)]
+pub struct EmbedArgs {
+    /// Hugging Face model folder.
+    model_dir: PathBuf,
+    /// Texts to embed.
+    texts: Vec<String>,
+    /// Read texts from this file, one per line (blank lines skipped).
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Print `[{"text": ..., "embedding": [...]}]` on stdout instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Tokenizer truncation length.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+}
+
+/// Runs `qfuse embed`.
+pub fn run(args: &EmbedArgs, quiet: bool) -> anyhow::Result<()> {
+    let texts = collect_texts(args)?;
+    let opts = ImportOptions { max_tokens: args.max_tokens, ..Default::default() };
+    let model = import::load(&args.model_dir, &opts)?;
+    let Some(tok) = &model.tokenizer else { bail!("{}: missing (tokenizer)", args.model_dir.join("tokenizer.json").display()) };
+    let embeddings = embed_all(&model, tok, &texts, opts.max_batch as usize, quiet)?;
+    if args.json {
+        let items: Vec<_> = texts.iter().zip(&embeddings).map(|(t, e)| serde_json::json!({"text": t, "embedding": e})).collect();
+        println!("{}", serde_json::to_string(&items)?);
+    } else {
+        print_tables(&texts, &embeddings);
+    }
+    Ok(())
+}
+
+fn collect_texts(args: &EmbedArgs) -> anyhow::Result<Vec<String>> {
+    let mut texts = args.texts.clone();
+    if let Some(path) = &args.file {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+            let line = std::str::from_utf8(line).with_context(|| format!("{}: line {} is not valid UTF-8", path.display(), i + 1))?;
+            let line = line.trim_end_matches('\r');
+            if !line.trim().is_empty() {
+                texts.push(line.to_string());
+            }
+        }
+    }
+    if texts.is_empty() {
+        bail!("no texts given: pass them as arguments or with --file");
+    }
+    Ok(texts)
+}
+
+/// Embeds `texts` in batches of at most `max_batch`, showing progress over graph values.
+fn embed_all(model: &import::Model, tok: &import::TextTokenizer, texts: &[String], max_batch: usize, quiet: bool) -> anyhow::Result<Vec<Vec<f32>>> {
+    let chunks: Vec<&[String]> = texts.chunks(max_batch.max(1)).collect();
+    let steps = (model.graph.values.len() * chunks.len()) as u64;
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(steps) };
+    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {percent}% {elapsed}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_message(format!("embedding {} text(s)", texts.len()));
+    let mut out = Vec::with_capacity(texts.len());
+    for chunk in chunks {
+        let batch = tok.encode(chunk)?;
+        let outputs = interp::run_observed(&model.graph, &model.weights, &batch.inputs(), &mut |_, _| bar.inc(1))?;
+        let (_, emb) = outputs.into_iter().next().context("the graph has no output")?;
+        out.extend(rows(&emb)?);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+fn rows(t: &Tensor) -> anyhow::Result<Vec<Vec<f32>>> {
+    let data = t.as_f32().context("embedding output is not a float tensor")?;
+    let &[_, width] = t.shape.as_slice() else { bail!("embedding output has shape {:?}, expected [batch, width]", t.shape) };
+    Ok(data.chunks(width).map(<[f32]>::to_vec).collect())
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+    let na: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    (dot / (na * nb).max(1e-30)) as f32
+}
+
+fn print_tables(texts: &[String], embeddings: &[Vec<f32>]) {
+    let short = |t: &str| {
+        let s: String = t.chars().take(28).collect();
+        if s.len() < t.len() { format!("{s}…") } else { s }
+    };
+    let mut table = Table::new();
+    table.load_style(presets::UTF8_FULL_CONDENSED);
+    table.set_header(["#", "text", "dims", "embedding[..4]"]);
+    for (i, (t, e)) in texts.iter().zip(embeddings).enumerate() {
+        let head: Vec<String> = e.iter().take(4).map(|x| format!("{x:+.4}")).collect();
+        table.add_row([i.to_string(), short(t), e.len().to_string(), head.join(" ")]);
+    }
+    println!("{table}");
+    let mut sim = Table::new();
+    sim.load_style(presets::UTF8_FULL_CONDENSED);
+    sim.set_header(std::iter::once("cosine".to_string()).chain((0..texts.len()).map(|i| format!("#{i}"))));
+    for (i, a) in embeddings.iter().enumerate() {
+        let cells = embeddings.iter().map(|b| format!("{:.3}", cosine(a, b)));
+        sim.add_row(std::iter::once(format!("#{i} {}", short(&texts[i]))).chain(cells));
+    }
+    println!("{sim}");
+}

@@ -1,0 +1,65 @@
+//! `qfuse import`: import a model and summarise its IR.
+
+use anyhow::Context;
+use clap::Args;
+use comfy_table::{presets, Table};
+use qfuse::import::{self, ImportOptions};
+use qfuse::ir::{Graph, Op};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Arguments of `qfuse import`.
+#[derive(Args)]
+pub struct ImportArgs {
+    /// Hugging Face model folder (config.json + model.safetensors).
+    model_dir: PathBuf,
+    /// Also write the IR text to this file.
+    #[arg(long)]
+    dump_ir: Option<PathBuf>,
+}
+
+/// Runs `qfuse import`.
+pub fn run(args: &ImportArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let model = import::load(&args.model_dir, &ImportOptions::default())?;
+    let elapsed = started.elapsed();
+    println!("{}", summary(&model.graph, &model.weights));
+    println!("imported in {:.2} s", elapsed.as_secs_f64());
+    if let Some(path) = &args.dump_ir {
+        super::output::write_atomic(path, qfuse::ir::print(&model.graph).as_bytes())
+            .with_context(|| format!("writing the IR to {}", path.display()))?;
+        println!("IR written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Ops by kind, parameters, weight bytes and the graph's signature.
+pub fn summary(g: &Graph, weights: &import::WeightStore) -> String {
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut params = 0u64;
+    for node in g.nodes.values() {
+        *kinds.entry(node.op.kind()).or_default() += 1;
+        if let Op::Weight { .. } = node.op {
+            params += g.ty(node.outputs[0]).fixed_numel().unwrap_or(0);
+        }
+    }
+    let mut table = Table::new();
+    table.load_style(presets::UTF8_FULL_CONDENSED);
+    table.set_header(["op", "count"]);
+    for (k, n) in &kinds {
+        table.add_row([k.to_string(), n.to_string()]);
+    }
+    let sig = |items: Vec<(String, String)>| items.into_iter().map(|(n, t)| format!("{n}: {t}")).collect::<Vec<_>>().join(", ");
+    let inputs = sig(g.inputs().into_iter().map(|(n, v)| (n.to_string(), qfuse::ir::print::ty(g, g.ty(v)))).collect());
+    let outputs = sig(g.outputs.iter().map(|(n, v)| (n.clone(), qfuse::ir::print::ty(g, g.ty(*v)))).collect());
+    let syms: Vec<String> = g.symbols.values().map(|s| format!("{} ≤ {}", s.name, s.max)).collect();
+    format!(
+        "model {}\n{table}\nnodes: {}   parameters: {}   weight bytes: {} ({:.1} MiB)\nsymbols: {}\ninputs: {inputs}\noutputs: {outputs}",
+        g.name,
+        g.nodes.len(),
+        params,
+        weights.stored_bytes(),
+        weights.stored_bytes() as f64 / (1024.0 * 1024.0),
+        syms.join(", "),
+    )
+}

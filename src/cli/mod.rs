@@ -1,0 +1,50 @@
+//! Command-line front end: argument parsing, logging set-up and error reporting.
+
+mod embed;
+mod import;
+mod output;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// qfuse: quantize and compile transformer models for NVIDIA GPUs.
+#[derive(Parser)]
+#[command(name = "qfuse", version, about, long_about = None)]
+struct Cli {
+    /// Hide progress bars.
+    #[arg(long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Import a model folder and print a summary of its IR.
+    Import(import::ImportArgs),
+    /// Compute sentence embeddings with the reference interpreter and print their similarities.
+    Embed(embed::EmbedArgs),
+}
+
+/// Parses arguments, runs the command, and maps errors to a message and exit code 1.
+pub fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Import(args) => import::run(&args),
+        Command::Embed(args) => embed::run(&args, cli.quiet),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

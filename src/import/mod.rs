@@ -1,0 +1,106 @@
+//! Importers: a model folder → IR graph + weight store (+ tokenizer).
+//!
+//! Supported today: Hugging Face BERT (`config.json` with `model_type: bert`, `model.safetensors`
+//! in F32/F16/BF16), with sentence-transformers mean pooling and normalisation when `modules.json`
+//! asks for them. Every error names the file and the tensor or field at fault.
+
+pub mod bert;
+mod error;
+mod json;
+pub mod tokenize;
+mod weights;
+
+pub use error::ImportError;
+pub use tokenize::{Batch, TextTokenizer};
+pub use weights::WeightStore;
+
+use crate::ir::Graph;
+use json::JsonFile;
+use std::path::{Path, PathBuf};
+
+/// Import settings.
+#[derive(Clone, Debug)]
+pub struct ImportOptions {
+    /// Largest batch the graph accepts (the maximum of symbol `B`).
+    pub max_batch: u64,
+    /// Largest sequence (symbol `S`); defaults to the position table's length.
+    pub max_seq: Option<u64>,
+    /// Tokenizer truncation length.
+    pub max_tokens: usize,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions { max_batch: 64, max_seq: None, max_tokens: 128 }
+    }
+}
+
+/// An imported model: its graph, weights and (if present) tokenizer.
+pub struct Model {
+    /// The model folder.
+    pub dir: PathBuf,
+    /// The architecture's settings.
+    pub config: bert::BertConfig,
+    /// The imported graph (verified).
+    pub graph: Graph,
+    /// The weights, memory-mapped.
+    pub weights: WeightStore,
+    /// `tokenizer.json`, when the folder has one.
+    pub tokenizer: Option<TextTokenizer>,
+}
+
+/// Imports the model folder `dir`.
+pub fn load(dir: &Path, opts: &ImportOptions) -> Result<Model, ImportError> {
+    if !dir.is_dir() {
+        return Err(ImportError::MissingFile { path: dir.into(), what: "model folder" });
+    }
+    let cfg_file = JsonFile::read(&dir.join("config.json"), "model config")?;
+    let model_type = cfg_file.string("model_type")?;
+    if model_type != "bert" {
+        return Err(ImportError::UnsupportedModel { path: cfg_file.path.clone(), model_type: model_type.into(), supported: "bert" });
+    }
+    let config = bert::BertConfig::from_json(&cfg_file)?;
+    let weights = WeightStore::open(&dir.join("model.safetensors"))?;
+    let head = sentence_transformers_head(dir)?;
+    let name = dir.file_name().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+    let graph = bert::build(&config, &weights, head, opts, &name)?;
+    if let Err(e) = crate::ir::verify(&graph, "after import") {
+        return Err(ImportError::Graph { layer: "whole graph".into(), message: e.to_string() });
+    }
+    let tok_path = dir.join("tokenizer.json");
+    let tokenizer = if tok_path.exists() { Some(TextTokenizer::load(&tok_path, opts.max_tokens)?) } else { None };
+    Ok(Model { dir: dir.into(), config, graph, weights, tokenizer })
+}
+
+/// Reads `modules.json` (and `1_Pooling/config.json`) to decide the graph's head.
+fn sentence_transformers_head(dir: &Path) -> Result<bert::Head, ImportError> {
+    let path = dir.join("modules.json");
+    if !path.exists() {
+        return Ok(bert::Head::Hidden);
+    }
+    let modules = JsonFile::read(&path, "sentence-transformers modules")?;
+    let list = modules.value.as_array().ok_or_else(|| ImportError::Field {
+        path: path.clone(),
+        field: "(root)".into(),
+        message: "expected a list of modules".into(),
+    })?;
+    let kinds: Vec<&str> = list.iter().filter_map(|m| m.get("type").and_then(|t| t.as_str())).collect();
+    let has = |suffix: &str| kinds.iter().any(|k| k.ends_with(suffix));
+    if !has("models.Pooling") {
+        return Ok(bert::Head::Hidden);
+    }
+    let pool_dir = list
+        .iter()
+        .find(|m| m.get("type").and_then(|t| t.as_str()).is_some_and(|t| t.ends_with("models.Pooling")))
+        .and_then(|m| m.get("path").and_then(|p| p.as_str()))
+        .unwrap_or("1_Pooling");
+    let pool = JsonFile::read(&dir.join(pool_dir).join("config.json"), "pooling config")?;
+    if !pool.bool_or("pooling_mode_mean_tokens", true)? {
+        return Err(ImportError::Field {
+            path: pool.path.clone(),
+            field: "pooling_mode_mean_tokens".into(),
+            message: "only mean pooling is supported".into(),
+        });
+    }
+    Ok(bert::Head::MeanPool { normalize: has("models.Normalize") })
+}

@@ -1,0 +1,90 @@
+//! Text → model inputs with the `tokenizers` crate, offline, from the folder's `tokenizer.json`.
+
+use super::ImportError;
+use crate::interp::Tensor;
+use std::path::{Path, PathBuf};
+use tokenizers::{Tokenizer, TruncationParams};
+
+/// A loaded `tokenizer.json`.
+pub struct TextTokenizer {
+    path: PathBuf,
+    inner: Tokenizer,
+}
+
+/// A batch of tokenized texts, padded to the longest.
+#[derive(Debug)]
+pub struct Batch {
+    /// `input_ids [B,S]`.
+    pub input_ids: Tensor,
+    /// `attention_mask [B,S]`: 1 for tokens, 0 for padding.
+    pub attention_mask: Tensor,
+    /// `token_type_ids [B,S]`.
+    pub token_type_ids: Tensor,
+    /// Token count of each text before padding.
+    pub lengths: Vec<usize>,
+}
+
+impl Batch {
+    /// The three inputs under the names the BERT graph binds.
+    pub fn inputs(self) -> Vec<(&'static str, Tensor)> {
+        vec![("input_ids", self.input_ids), ("attention_mask", self.attention_mask), ("token_type_ids", self.token_type_ids)]
+    }
+}
+
+impl TextTokenizer {
+    /// Loads `path`. Padding in the file is ignored (batches are padded to their longest text);
+    /// truncation is set to `max_tokens`.
+    pub fn load(path: &Path, max_tokens: usize) -> Result<Self, ImportError> {
+        if !path.exists() {
+            return Err(ImportError::MissingFile { path: path.into(), what: "tokenizer" });
+        }
+        let err = |message: String| ImportError::Tokenizer { path: path.into(), message };
+        let mut inner = Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
+        inner.with_padding(None);
+        let trunc = TruncationParams { max_length: max_tokens, ..Default::default() };
+        inner.with_truncation(Some(trunc)).map_err(|e| err(e.to_string()))?;
+        Ok(TextTokenizer { path: path.into(), inner })
+    }
+
+    /// Tokenizes `texts` into one padded batch (pad id 0, mask 0).
+    pub fn encode(&self, texts: &[String]) -> Result<Batch, ImportError> {
+        let mut rows = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            let enc = self.inner.encode(text.as_str(), true).map_err(|e| ImportError::Tokenizer {
+                path: self.path.clone(),
+                message: format!("text #{i} ({:?}): {e}", preview(text)),
+            })?;
+            if enc.get_ids().is_empty() {
+                let message = format!("text #{i} ({:?}) produced no tokens", preview(text));
+                return Err(ImportError::Tokenizer { path: self.path.clone(), message });
+            }
+            rows.push((enc.get_ids().to_vec(), enc.get_type_ids().to_vec()));
+        }
+        Ok(pad(&rows))
+    }
+}
+
+fn preview(text: &str) -> String {
+    text.chars().take(40).collect()
+}
+
+fn pad(rows: &[(Vec<u32>, Vec<u32>)]) -> Batch {
+    let seq = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let mut ids = vec![0i64; rows.len() * seq];
+    let mut mask = vec![0i64; rows.len() * seq];
+    let mut types = vec![0i64; rows.len() * seq];
+    for (r, (row_ids, row_types)) in rows.iter().enumerate() {
+        for (t, (&id, &ty)) in row_ids.iter().zip(row_types).enumerate() {
+            ids[r * seq + t] = id as i64;
+            mask[r * seq + t] = 1;
+            types[r * seq + t] = ty as i64;
+        }
+    }
+    let shape = vec![rows.len(), seq];
+    Batch {
+        input_ids: Tensor::i64(shape.clone(), ids),
+        attention_mask: Tensor::i64(shape.clone(), mask),
+        token_type_ids: Tensor::i64(shape, types),
+        lengths: rows.iter().map(|r| r.0.len()).collect(),
+    }
+}

@@ -1,0 +1,423 @@
+//! The CPU reference interpreter: runs any IR graph in `f32` and emulates every low-precision dtype
+//! exactly. It is the oracle of every test.
+//!
+//! Semantics:
+//! - Every op computes in `f32` (reductions and matmuls accumulate in `f32` or `f64`), then rounds its
+//!   result to its *output* dtype with [`crate::numerics::cast_slice`], so an `f16` graph behaves like
+//!   `f16` storage. Values are held as described in [`tensor`].
+//! - Symbols are bound from the graph inputs' shapes (each checked against the symbol's `max` and
+//!   against the other inputs); weight shapes and dtypes are checked against their nodes' types and
+//!   every op result against its declared type.
+//! - Only nodes that reach a graph output are run (plus the inputs, which are always checked); dead
+//!   nodes are skipped, so a dead `weight` node never fetches its tensor.
+//! - Intermediate tensors are freed once their last user has run; an op that is the last user of
+//!   its operand reuses the operand's buffer in place where it can.
+//! - Bad input never panics: a wrong input name/shape/dtype, a missing or mis-shaped weight and an
+//!   out-of-range index all return an [`InterpError`] naming the input, weight or node. As a last
+//!   resort a panic inside an op is caught and reported as [`InterpError::Op`].
+//! - Inputs passed with extra names the graph does not declare are ignored.
+//!
+//! Op semantics are documented in [`ops`] and its submodules (quantization in `ops::quant`).
+
+mod ops;
+pub mod tensor;
+
+pub use tensor::{Tensor, TensorData};
+
+use crate::ir::{order, DType, Dim, Graph, Node, NodeId, Op, Shape, ValueId};
+use std::sync::Arc;
+
+/// Where `weight` nodes get their data (the importer implements it over safetensors).
+pub trait WeightSource: Sync {
+    /// The tensor stored under `name`.
+    fn weight(&self, name: &str) -> Result<Arc<Tensor>, String>;
+}
+
+/// A weight source with no weights (for graphs without `weight` nodes).
+pub struct NoWeights;
+
+impl WeightSource for NoWeights {
+    fn weight(&self, name: &str) -> Result<Arc<Tensor>, String> {
+        Err(format!("no weight store: `{name}` is not available"))
+    }
+}
+
+impl WeightSource for std::collections::HashMap<String, Arc<Tensor>> {
+    fn weight(&self, name: &str) -> Result<Arc<Tensor>, String> {
+        self.get(name).cloned().ok_or_else(|| format!("weight `{name}` not found"))
+    }
+}
+
+/// Why a run failed. Every variant names the input, weight, symbol or node at fault.
+#[derive(thiserror::Error, Debug)]
+pub enum InterpError {
+    /// A graph input was not passed.
+    #[error("missing graph input `{name}`")]
+    MissingInput {
+        /// The input's binding name.
+        name: String,
+    },
+    /// An input's shape does not match its declared shape.
+    #[error("input `{name}` has shape {got:?}, expected {expected}")]
+    InputShape {
+        /// The input's binding name.
+        name: String,
+        /// The declared shape, as text (`[B, S]`).
+        expected: String,
+        /// The shape passed.
+        got: Vec<usize>,
+    },
+    /// An input's dtype differs from its declared dtype.
+    #[error("input `{name}` has dtype {got}, expected {expected}")]
+    InputDType {
+        /// The input's binding name.
+        name: String,
+        /// The declared dtype.
+        expected: DType,
+        /// The dtype passed.
+        got: DType,
+    },
+    /// A tensor passed in (input or weight) is inconsistent with itself.
+    #[error("tensor `{name}` is malformed: {message}")]
+    MalformedTensor {
+        /// The input or weight name.
+        name: String,
+        /// What is wrong (data variant vs dtype, element count vs shape).
+        message: String,
+    },
+    /// A symbol bound to a value above its declared maximum.
+    #[error("symbol `{sym}` = {value} exceeds its max {max}")]
+    SymbolTooLarge {
+        /// The symbol's name.
+        sym: String,
+        /// The bound value.
+        value: u64,
+        /// The declared maximum.
+        max: u64,
+    },
+    /// Two inputs bind the same symbol to different values.
+    #[error("symbol `{sym}` is {first} from an earlier input but {second} from input `{input}`")]
+    SymbolConflict {
+        /// The symbol's name.
+        sym: String,
+        /// The first binding.
+        first: u64,
+        /// The conflicting binding.
+        second: u64,
+        /// The input giving the conflicting binding.
+        input: String,
+    },
+    /// The weight source failed.
+    #[error("weight `{name}`: {message}")]
+    Weight {
+        /// Checkpoint name.
+        name: String,
+        /// The source's message.
+        message: String,
+    },
+    /// A weight's shape differs from its node's type.
+    #[error("weight `{name}` has shape {got:?}, expected {expected:?}")]
+    WeightShape {
+        /// Checkpoint name.
+        name: String,
+        /// The declared shape.
+        expected: Vec<usize>,
+        /// The stored shape.
+        got: Vec<usize>,
+    },
+    /// A weight's dtype differs from its node's type.
+    #[error("weight `{name}` has dtype {got}, expected {expected}")]
+    WeightDType {
+        /// Checkpoint name.
+        name: String,
+        /// The declared dtype.
+        expected: DType,
+        /// The stored dtype.
+        got: DType,
+    },
+    /// An op failed (index out of range, inconsistent operands, unbound symbol, ...).
+    #[error("{op} node {node}{}: {message}", name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default())]
+    Op {
+        /// The failing node.
+        node: NodeId,
+        /// Its mnemonic.
+        op: String,
+        /// Its layer name, if any.
+        name: Option<String>,
+        /// What went wrong.
+        message: String,
+    },
+    /// The graph has a cycle.
+    #[error("the graph has a cycle")]
+    Cycle,
+}
+
+/// Run options.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Worker threads for ops; 0 = all (rayon's global pool).
+    pub threads: usize,
+}
+
+/// Named graph results, in the graph's output order.
+pub type Outputs = Vec<(String, Tensor)>;
+
+/// Runs `g`; binds symbols from the inputs' shapes (checking each against the symbol's max and
+/// consistency); checks weight shapes/dtypes against the weight node's type; returns the named
+/// graph outputs.
+pub fn run(g: &Graph, weights: &dyn WeightSource, inputs: &[(&str, Tensor)]) -> Result<Outputs, InterpError> {
+    run_with(g, weights, inputs, &RunOptions::default(), &mut |_, _| {})
+}
+
+/// Same as [`run`], calling `observe(value, &tensor)` for every value as it is computed (inputs
+/// and weights included, each value exactly once). Frees intermediate tensors once their last
+/// user has run.
+pub fn run_observed(
+    g: &Graph,
+    weights: &dyn WeightSource,
+    inputs: &[(&str, Tensor)],
+    observe: &mut dyn FnMut(ValueId, &Tensor),
+) -> Result<Outputs, InterpError> {
+    run_with(g, weights, inputs, &RunOptions::default(), observe)
+}
+
+/// [`run_observed`] with explicit [`RunOptions`].
+pub fn run_with(
+    g: &Graph,
+    weights: &dyn WeightSource,
+    inputs: &[(&str, Tensor)],
+    opts: &RunOptions,
+    observe: &mut dyn FnMut(ValueId, &Tensor),
+) -> Result<Outputs, InterpError> {
+    let order = order::canonical_order(g).ok_or(InterpError::Cycle)?;
+    let pool = match opts.threads {
+        0 => None,
+        n => rayon::ThreadPoolBuilder::new().num_threads(n).build().ok(),
+    };
+    let mut ex = Executor::new(g, weights, pool)?;
+    ex.bind_inputs(inputs)?;
+    for id in order {
+        if ex.live[id.index()] {
+            ex.step(id, inputs, observe)?;
+        }
+    }
+    ex.finish()
+}
+
+/// The state of one run.
+struct Executor<'a> {
+    g: &'a Graph,
+    weights: &'a dyn WeightSource,
+    pool: Option<rayon::ThreadPool>,
+    live: Vec<bool>,
+    /// Bound symbol values, by `SymId` index.
+    syms: Vec<Option<u64>>,
+    /// Remaining reads of each value (operand slots of live nodes plus graph outputs).
+    uses: Vec<u32>,
+    store: Vec<Option<Arc<Tensor>>>,
+}
+
+impl<'a> Executor<'a> {
+    fn new(g: &'a Graph, weights: &'a dyn WeightSource, pool: Option<rayon::ThreadPool>) -> Result<Self, InterpError> {
+        let live = g.live_nodes();
+        let mut uses = vec![0u32; g.values.len()];
+        for (id, node) in g.nodes.iter() {
+            if live[id.index()] {
+                for &v in &node.inputs {
+                    *uses.get_mut(v.index()).ok_or(InterpError::Cycle)? += 1;
+                }
+            }
+        }
+        for &(_, v) in &g.outputs {
+            *uses.get_mut(v.index()).ok_or(InterpError::Cycle)? += 1;
+        }
+        let syms = vec![None; g.symbols.len()];
+        let store = vec![None; g.values.len()];
+        Ok(Executor { g, weights, pool, live, syms, uses, store })
+    }
+
+    /// Checks every graph input and binds the symbols of their shapes.
+    fn bind_inputs(&mut self, inputs: &[(&str, Tensor)]) -> Result<(), InterpError> {
+        for (name, v) in self.g.inputs() {
+            let t = find_input(inputs, name)?;
+            let ty = self.g.ty(v);
+            t.check().map_err(|message| InterpError::MalformedTensor { name: name.into(), message })?;
+            if t.dtype != ty.dtype {
+                return Err(InterpError::InputDType { name: name.into(), expected: ty.dtype, got: t.dtype });
+            }
+            self.bind_shape(name, &ty.shape, &t.shape)?;
+        }
+        Ok(())
+    }
+
+    fn bind_shape(&mut self, name: &str, declared: &Shape, got: &[usize]) -> Result<(), InterpError> {
+        let bad_shape = || InterpError::InputShape { name: name.into(), expected: self.shape_text(declared), got: got.to_vec() };
+        if declared.len() != got.len() {
+            return Err(bad_shape());
+        }
+        for (&d, &n) in declared.iter().zip(got) {
+            match d {
+                Dim::Fixed(f) if f != n as u64 => return Err(bad_shape()),
+                Dim::Fixed(_) => {}
+                Dim::Sym(s) => {
+                    let sym = self.g.symbols.get(s).ok_or_else(bad_shape)?;
+                    if n as u64 > sym.max {
+                        return Err(InterpError::SymbolTooLarge { sym: sym.name.clone(), value: n as u64, max: sym.max });
+                    }
+                    match self.syms[s.index()] {
+                        Some(first) if first != n as u64 => {
+                            let (sym, input) = (sym.name.clone(), name.to_string());
+                            return Err(InterpError::SymbolConflict { sym, first, second: n as u64, input });
+                        }
+                        _ => self.syms[s.index()] = Some(n as u64),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn shape_text(&self, s: &Shape) -> String {
+        let dims: Vec<String> = s
+            .iter()
+            .map(|d| match d {
+                Dim::Fixed(n) => n.to_string(),
+                Dim::Sym(id) => self.g.symbols.get(*id).map_or_else(|| format!("{id}"), |s| s.name.clone()),
+            })
+            .collect();
+        format!("[{}]", dims.join(", "))
+    }
+
+    /// The concrete extents of `s` under the bound symbols.
+    fn resolve(&self, s: &Shape) -> Result<Vec<usize>, String> {
+        s.iter()
+            .map(|d| match d {
+                Dim::Fixed(n) => usize::try_from(*n).map_err(|_| format!("dimension {n} too large")),
+                Dim::Sym(id) => match self.syms.get(id.index()).copied().flatten() {
+                    Some(n) => Ok(n as usize),
+                    None => Err(format!("symbol {} is not bound by any graph input", self.shape_text(&[*d].into_iter().collect()))),
+                },
+            })
+            .collect()
+    }
+
+    fn op_error(&self, id: NodeId, message: String) -> InterpError {
+        let node = &self.g.nodes[id];
+        InterpError::Op { node: id, op: node.op.mnemonic().to_string(), name: node.name.clone(), message }
+    }
+
+    /// Runs one node, observes and stores its results, and frees operands with no readers left.
+    fn step(&mut self, id: NodeId, inputs: &[(&str, Tensor)], observe: &mut dyn FnMut(ValueId, &Tensor)) -> Result<(), InterpError> {
+        let g = self.g;
+        let node = &g.nodes[id];
+        let results = match &node.op {
+            Op::Input { name } => vec![Arc::new(self.input_tensor(inputs, name)?)],
+            Op::Weight { name } => vec![self.weight_tensor(node, name)?],
+            _ => self.compute(id, node)?,
+        };
+        for (&v, t) in node.outputs.iter().zip(results) {
+            observe(v, &t);
+            if self.uses[v.index()] > 0 {
+                self.store[v.index()] = Some(t);
+            }
+        }
+        Ok(())
+    }
+
+    fn input_tensor(&self, inputs: &[(&str, Tensor)], name: &str) -> Result<Tensor, InterpError> {
+        let mut t = find_input(inputs, name)?.clone();
+        // Puts values on the dtype's grid (a no-op for f32 and for values already on it).
+        if let TensorData::F32(v) = &mut t.data {
+            crate::numerics::cast_slice(v, t.dtype);
+        }
+        Ok(t)
+    }
+
+    fn weight_tensor(&self, node: &Node, name: &str) -> Result<Arc<Tensor>, InterpError> {
+        let werr = |message: String| InterpError::Weight { name: name.into(), message };
+        let t = self.weights.weight(name).map_err(werr)?;
+        t.check().map_err(|message| InterpError::MalformedTensor { name: name.into(), message })?;
+        let ty = self.g.ty(node.outputs[0]);
+        if t.dtype != ty.dtype {
+            return Err(InterpError::WeightDType { name: name.into(), expected: ty.dtype, got: t.dtype });
+        }
+        let expected = self.resolve(&ty.shape).map_err(werr)?;
+        if t.shape != expected {
+            return Err(InterpError::WeightShape { name: name.into(), expected, got: t.shape.clone() });
+        }
+        Ok(t)
+    }
+
+    /// Evaluates a computing node on its operands (taken from the store) and checks its results.
+    fn compute(&mut self, id: NodeId, node: &Node) -> Result<Vec<Arc<Tensor>>, InterpError> {
+        let outs = node
+            .outputs
+            .iter()
+            .map(|&v| Ok(ops::OutType { dtype: self.g.ty(v).dtype, shape: self.resolve(&self.g.ty(v).shape)? }))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|m| self.op_error(id, m))?;
+        let args = self.take_operands(node).map_err(|m| self.op_error(id, m))?;
+        let eval = || ops::eval_guarded(&node.op, args, &outs);
+        let results = match &self.pool {
+            Some(p) => p.install(eval),
+            None => eval(),
+        }
+        .map_err(|m| self.op_error(id, m))?;
+        check_results(&results, &outs).map_err(|m| self.op_error(id, m))?;
+        Ok(results.into_iter().map(Arc::new).collect())
+    }
+
+    /// The operands of `node`; a value read for the last time is moved out of the store.
+    fn take_operands(&mut self, node: &Node) -> Result<Vec<Arc<Tensor>>, String> {
+        let mut args = Vec::with_capacity(node.inputs.len());
+        for &v in &node.inputs {
+            let i = v.index();
+            self.uses[i] = self.uses[i].saturating_sub(1);
+            let t = if self.uses[i] == 0 { self.store[i].take() } else { self.store[i].clone() };
+            args.push(t.ok_or_else(|| format!("operand {v} was not computed"))?);
+        }
+        Ok(args)
+    }
+
+    fn finish(mut self) -> Result<Outputs, InterpError> {
+        let mut outs = Vec::with_capacity(self.g.outputs.len());
+        for (name, v) in &self.g.outputs {
+            let i = v.index();
+            self.uses[i] = self.uses[i].saturating_sub(1);
+            let t = if self.uses[i] == 0 { self.store[i].take() } else { self.store[i].clone() };
+            let t = t.ok_or_else(|| InterpError::Op {
+                node: self.g.values[*v].producer,
+                op: "return".into(),
+                name: Some(name.clone()),
+                message: format!("output value {v} was not computed"),
+            })?;
+            outs.push((name.clone(), Arc::try_unwrap(t).unwrap_or_else(|a| (*a).clone())));
+        }
+        Ok(outs)
+    }
+}
+
+fn find_input<'t>(inputs: &'t [(&str, Tensor)], name: &str) -> Result<&'t Tensor, InterpError> {
+    inputs
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| t)
+        .ok_or_else(|| InterpError::MissingInput { name: name.into() })
+}
+
+/// Checks an op's results against its declared output types.
+fn check_results(results: &[tensor::Tensor], outs: &[ops::OutType]) -> Result<(), String> {
+    if results.len() != outs.len() {
+        return Err(format!("internal: produced {} results for {} outputs", results.len(), outs.len()));
+    }
+    for (i, (t, o)) in results.iter().zip(outs).enumerate() {
+        if t.dtype != o.dtype || t.shape != o.shape {
+            return Err(format!(
+                "internal: result {i} is {}{:?}, declared {}{:?}",
+                t.dtype, t.shape, o.dtype, o.shape
+            ));
+        }
+        t.check().map_err(|m| format!("internal: result {i}: {m}"))?;
+    }
+    Ok(())
+}

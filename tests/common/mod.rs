@@ -1,0 +1,87 @@
+//! Shared test helpers: the cached default model and a tiny synthetic BERT checkpoint.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The default model, installed by `scripts/test.sh` (scripts/cache.sh model).
+pub fn minilm_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2");
+    assert!(dir.join("model.safetensors").exists(), "{} is missing: run `bash scripts/test.sh` (it installs the model)", dir.display());
+    dir
+}
+
+/// Deterministic pseudo-random values in [-scale, scale).
+pub fn lcg_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Tensor name → shape of a tiny BERT: hidden 8, 2 heads, 1 layer, MLP 16, vocab 12, 16 positions.
+pub fn tiny_bert_shapes() -> Vec<(String, Vec<usize>)> {
+    let mut v: Vec<(String, Vec<usize>)> = vec![
+        ("embeddings.word_embeddings.weight".into(), vec![12, 8]),
+        ("embeddings.position_embeddings.weight".into(), vec![16, 8]),
+        ("embeddings.token_type_embeddings.weight".into(), vec![2, 8]),
+        ("embeddings.LayerNorm.weight".into(), vec![8]),
+        ("embeddings.LayerNorm.bias".into(), vec![8]),
+    ];
+    let p = "encoder.layer.0";
+    for (m, n, k) in [
+        ("attention.self.query", 8, 8),
+        ("attention.self.key", 8, 8),
+        ("attention.self.value", 8, 8),
+        ("attention.output.dense", 8, 8),
+        ("intermediate.dense", 16, 8),
+        ("output.dense", 8, 16),
+    ] {
+        v.push((format!("{p}.{m}.weight"), vec![n, k]));
+        v.push((format!("{p}.{m}.bias"), vec![n]));
+    }
+    for ln in ["attention.output.LayerNorm", "output.LayerNorm"] {
+        v.push((format!("{p}.{ln}.weight"), vec![8]));
+        v.push((format!("{p}.{ln}.bias"), vec![8]));
+    }
+    v
+}
+
+pub const TINY_CONFIG: &str = r#"{"model_type": "bert", "vocab_size": 12, "hidden_size": 8, "num_hidden_layers": 1,
+ "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 16, "type_vocab_size": 2,
+ "layer_norm_eps": 1e-12, "hidden_act": "gelu"}"#;
+
+/// Serialises f32 tensors to safetensors bytes.
+pub fn safetensors_bytes(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+        tensors.iter().map(|(n, s, d)| (n.clone(), s.clone(), d.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
+    let views: HashMap<String, safetensors::tensor::TensorView> = bytes
+        .iter()
+        .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize(&views, None).unwrap()
+}
+
+/// The tiny BERT's tensors with deterministic values.
+pub fn tiny_bert_tensors() -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    tiny_bert_shapes()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (n, s))| {
+            let numel = s.iter().product();
+            let vals = if n.contains("LayerNorm.weight") { vec![1.0; numel] } else { lcg_values(numel, i as u64, 0.5) };
+            (n, s, vals)
+        })
+        .collect()
+}
+
+/// Writes a complete tiny BERT folder (config.json + model.safetensors) into a fresh temp dir.
+pub fn tiny_bert_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), TINY_CONFIG).unwrap();
+    std::fs::write(dir.path().join("model.safetensors"), safetensors_bytes(&tiny_bert_tensors())).unwrap();
+    dir
+}

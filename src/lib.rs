@@ -7,3 +7,4 @@ pub mod ir;
 pub mod numerics;
 pub mod codegen;
 pub mod import;
+pub mod interp;

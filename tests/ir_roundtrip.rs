@@ -345,7 +345,8 @@ impl<'g> Gen<'g> {
             12 => {
                 let x = self.wide_operand(d, 1, 4);
                 let rank = self.ty(x).rank();
-                let axis = spell_axis(d, d.below(rank), rank);
+                let axis = d.below(rank);
+                let axis = spell_axis(d, axis, rank);
                 self.add1(Op::Softmax { axis }, &[x], None);
             }
             13 => self.reshape(d),
@@ -471,7 +472,12 @@ impl<'g> Gen<'g> {
         let op = d.pick(&[ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max]);
         let x = if op == ReduceOp::Max { self.any_operand(d) } else { self.wide_operand(d, 0, 4) };
         let rank = self.ty(x).rank();
-        let axes = (0..rank).filter(|_| d.chance(50)).map(|a| spell_axis(d, a, rank)).collect();
+        let mut axes = vec![];
+        for a in 0..rank {
+            if d.chance(50) {
+                axes.push(spell_axis(d, a, rank));
+            }
+        }
         self.add1(Op::Reduce { op, axes, keep_dims: d.chance(50) }, &[x], None);
     }
 
@@ -487,7 +493,10 @@ impl<'g> Gen<'g> {
         }
         match d.pick(&kinds) {
             0 => Granularity::PerTensor,
-            1 => Granularity::PerChannel { axis: spell_axis(d, d.below(rank), rank) },
+            1 => {
+                let axis = d.below(rank);
+                Granularity::PerChannel { axis: spell_axis(d, axis, rank) }
+            }
             2 => Granularity::PerToken,
             _ => {
                 d.shuffle(&mut fixed_axes);
@@ -642,9 +651,12 @@ fn recipe() -> impl Strategy<Value = (Vec<u32>, Vec<Vec<u32>>)> {
     )
 }
 
+/// 1024 cases by default (well under a second); `PROPTEST_CASES=100000` for a longer hunt.
 fn config(file: &'static str) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(1024);
     ProptestConfig {
-        cases: 256,
+        cases,
+        max_shrink_iters: 8192,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(file))),
         ..ProptestConfig::default()
     }
@@ -978,4 +990,93 @@ graph "t" {
     assert_eq!(ir::print(&g2), text);
     assert!(text.contains("@\"w s\""), "{text}");
     assert!(text.contains("scale=dynamic(e8m0,nearest), zero=-1}"), "{text}");
+}
+
+
+/// The complete example in `docs/ir.md` is valid and in canonical form.
+#[test]
+fn docs_example_is_canonical() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/ir.md")).expect("docs/ir.md");
+    let start = doc.find("<!-- round-trip-checked -->\n```text\n").expect("marked example in docs/ir.md");
+    let body = &doc[start..];
+    let body = &body[body.find('\n').unwrap() + 1..];
+    let body = &body[body.find('\n').unwrap() + 1..];
+    let example = &body[..body.find("```").expect("closing fence")];
+    let g = ir::parse(example).unwrap_or_else(|e| panic!("docs/ir.md example: {e}"));
+    ir::verify(&g, "docs/ir.md example").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ir::print(&g), example, "docs/ir.md example is not in canonical form");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Known gaps: graphs the verifier accepts but whose text does not read back. Each test passes
+// once either the verifier rejects the graph or the round trip works.
+// ---------------------------------------------------------------------------------------------
+
+/// Asserts that `g`, if valid, round-trips.
+fn assert_valid_implies_round_trip(g: &Graph) {
+    if ir::verify(g, "built").is_err() {
+        return;
+    }
+    let text = ir::print(g);
+    let parsed = ir::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert!(parsed == order::renumber(g), "parse(print(g)) != renumber(g)\n{text}");
+}
+
+fn one_input_graph(build: impl FnOnce(&mut Graph) -> TensorType) -> Graph {
+    let mut g = Graph::new("t");
+    let ty = build(&mut g);
+    let x = Builder::new(&mut g).input("x", ty).unwrap();
+    g.outputs = vec![("y".into(), x)];
+    g
+}
+
+#[test]
+#[ignore = "src/ir bug: symbol names print unquoted, so `seq len` reads back as `seq` + junk"]
+fn symbol_name_that_is_not_an_identifier() {
+    let g = one_input_graph(|g| TensorType::new(DType::F32, [Dim::Sym(g.add_symbol("seq len", 8))]));
+    assert_valid_implies_round_trip(&g);
+}
+
+#[test]
+#[ignore = "src/ir bug: the verifier accepts two symbols named `B`; the parser rejects the dump"]
+fn duplicate_symbol_names() {
+    let g = one_input_graph(|g| {
+        let b = g.add_symbol("B", 8);
+        g.add_symbol("B", 16);
+        TensorType::new(DType::F32, [Dim::Sym(b)])
+    });
+    assert_valid_implies_round_trip(&g);
+}
+
+fn quantize_graph(spec: QuantSpec) -> Graph {
+    let mut g = Graph::new("t");
+    let mut b = Builder::new(&mut g);
+    let x = b.input("x", TensorType::fixed(DType::F32, &[4])).unwrap();
+    let q = b.add(Op::Quantize(spec), &[x], None).unwrap();
+    g.outputs = vec![("q".into(), q[0])];
+    g
+}
+
+#[test]
+#[ignore = "src/ir bug: block sizes ≥ 2^63 print as negative i64 (`block(0:-9223372036854775808)`)"]
+fn huge_block_size() {
+    let g = quantize_graph(QuantSpec {
+        storage: DType::I8,
+        granularity: Granularity::Block { blocks: vec![(0, 1 << 63)] },
+        scale: ScaleSource::Literal(1.0),
+        zero_point: None,
+    });
+    assert_valid_implies_round_trip(&g);
+}
+
+#[test]
+#[ignore = "src/ir gap: `dynamic(f32)` drops the rounding, which only e8m0 scales use; reads back as Up"]
+fn dynamic_rounding_of_a_non_e8m0_scale() {
+    let g = quantize_graph(QuantSpec {
+        storage: DType::I8,
+        granularity: Granularity::PerTensor,
+        scale: ScaleSource::Dynamic { dtype: DType::F32, rounding: E8M0Rounding::Down },
+        zero_point: None,
+    });
+    assert_valid_implies_round_trip(&g);
 }

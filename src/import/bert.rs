@@ -140,6 +140,12 @@ impl BertBuilder<'_, '_> {
         f(&mut self.b).map_err(|message| ImportError::Graph { layer: layer.into(), message })
     }
 
+    /// Runs a builder step with nodes named `module`.
+    fn scoped<T>(&mut self, module: &str, f: impl FnOnce(&mut Builder) -> Result<T, String>) -> Result<T, ImportError> {
+        self.b.scope = Some(module.into());
+        self.ctx(module, f)
+    }
+
     /// A checked weight: present, float, of exactly `shape`.
     fn weight(&mut self, name: &str, shape: &[u64]) -> Result<ValueId, ImportError> {
         let full = format!("{}{name}", self.prefix);
@@ -205,13 +211,13 @@ impl BertBuilder<'_, '_> {
         let (h, inter) = (self.cfg.hidden_size, self.cfg.intermediate_size);
         let attn = self.self_attention(&format!("{p}.attention.self"), x, mask_bias)?;
         let proj = self.linear(&format!("{p}.attention.output.dense"), attn, h, h)?;
-        let res = self.ctx(&p, |b| b.binary(BinaryOp::Add, proj, x))?;
+        let res = self.scoped(&format!("{p}.attention.output"), |b| b.binary(BinaryOp::Add, proj, x))?;
         let x1 = self.layer_norm(&format!("{p}.attention.output.LayerNorm"), res)?;
         let up = self.linear(&format!("{p}.intermediate.dense"), x1, inter, h)?;
         let act = self.cfg.hidden_act;
-        let up = self.ctx(&p, |b| b.unary(act, up))?;
+        let up = self.scoped(&format!("{p}.intermediate"), |b| b.unary(act, up))?;
         let down = self.linear(&format!("{p}.output.dense"), up, h, inter)?;
-        let res = self.ctx(&p, |b| b.binary(BinaryOp::Add, down, x1))?;
+        let res = self.scoped(&format!("{p}.output"), |b| b.binary(BinaryOp::Add, down, x1))?;
         self.layer_norm(&format!("{p}.output.LayerNorm"), res)
     }
 

@@ -251,7 +251,8 @@ impl<'a> Executor<'a> {
     }
 
     fn bind_shape(&mut self, name: &str, declared: &Shape, got: &[usize]) -> Result<(), InterpError> {
-        let bad_shape = || InterpError::InputShape { name: name.into(), expected: self.shape_text(declared), got: got.to_vec() };
+        let expected = self.shape_text(declared);
+        let bad_shape = || InterpError::InputShape { name: name.into(), expected: expected.clone(), got: got.to_vec() };
         if declared.len() != got.len() {
             return Err(bad_shape());
         }
@@ -260,7 +261,7 @@ impl<'a> Executor<'a> {
                 Dim::Fixed(f) if f != n as u64 => return Err(bad_shape()),
                 Dim::Fixed(_) => {}
                 Dim::Sym(s) => {
-                    let sym = self.g.symbols.get(s).ok_or_else(bad_shape)?;
+                    let sym = self.g.symbols.get(s).ok_or_else(bad_shape)?.clone();
                     if n as u64 > sym.max {
                         return Err(InterpError::SymbolTooLarge { sym: sym.name.clone(), value: n as u64, max: sym.max });
                     }

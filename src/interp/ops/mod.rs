@@ -43,27 +43,34 @@ fn eval(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType]) -> Result<Vec<Tensor>
         return Err(format!("takes {want} operand(s), got {}", args.len()));
     }
     let out = outs.first().ok_or("node has no outputs")?;
-    let mut a = args.into_iter();
-    let mut next = || a.next().ok_or_else(|| "missing operand".to_string());
+    let mut args = args.into_iter();
+    macro_rules! next {
+        () => {
+            {
+                let a: Arc<Tensor> = args.next().ok_or_else(|| "missing operand".to_string())?;
+                a
+            }
+        };
+    }
     let t = match op {
         Op::Input { .. } | Op::Weight { .. } => return Err("internal: source op evaluated as a kernel".into()),
-        Op::Quantize(spec) => return quant::quantize(spec, next()?, a.collect(), outs),
+        Op::Quantize(spec) => return quant::quantize(spec, next!(), args.collect(), outs),
+        Op::Dequantize(spec) => quant::dequantize(spec, next!(), args.collect(), out)?,
         Op::Scalar { value } => elementwise::scalar(*value, out),
         Op::Iota => elementwise::iota(out)?,
-        Op::Cast => elementwise::cast(next()?, out),
-        Op::Binary(b) => elementwise::binary(*b, next()?, next()?, out)?,
-        Op::Unary(u) => elementwise::unary(*u, next()?, out)?,
-        Op::Gather => shape::gather(&next()?, &next()?, out)?,
-        Op::MatMul { transpose_a, transpose_b } => matmul::matmul(&next()?, &next()?, *transpose_a, *transpose_b, out)?,
-        Op::LayerNorm { eps } => norm::layer_norm(next()?, &next()?, Some(&*next()?), *eps, out)?,
-        Op::RmsNorm { eps } => norm::rms_norm(next()?, &next()?, *eps, out)?,
-        Op::L2Normalize { eps } => norm::l2_normalize(next()?, *eps, out)?,
-        Op::Softmax { axis } => reduce::softmax(next()?, *axis, out)?,
-        Op::Reduce { op, axes, .. } => reduce::reduce(&next()?, *op, axes, out)?,
-        Op::MeanPool => reduce::mean_pool(&next()?, &next()?, out)?,
-        Op::Reshape => shape::reshape(next()?, out)?,
-        Op::Transpose { perm } => shape::transpose(&next()?, perm, out)?,
-        Op::Dequantize(spec) => quant::dequantize(spec, &next()?, a.collect(), out)?,
+        Op::Cast => elementwise::cast(next!(), out),
+        Op::Binary(b) => elementwise::binary(*b, next!(), next!(), out)?,
+        Op::Unary(u) => elementwise::unary(*u, next!(), out)?,
+        Op::Gather => shape::gather(&*next!(), &*next!(), out)?,
+        Op::MatMul { transpose_a, transpose_b } => matmul::matmul(&*next!(), &*next!(), *transpose_a, *transpose_b, out)?,
+        Op::LayerNorm { eps } => norm::layer_norm(next!(), &*next!(), Some(&*next!()), *eps, out)?,
+        Op::RmsNorm { eps } => norm::rms_norm(next!(), &*next!(), *eps, out)?,
+        Op::L2Normalize { eps } => norm::l2_normalize(next!(), *eps, out)?,
+        Op::Softmax { axis } => reduce::softmax(next!(), *axis, out)?,
+        Op::Reduce { op, axes, .. } => reduce::reduce(&*next!(), *op, axes, out)?,
+        Op::MeanPool => reduce::mean_pool(&*next!(), &*next!(), out)?,
+        Op::Reshape => shape::reshape(next!(), out)?,
+        Op::Transpose { perm } => shape::transpose(&*next!(), perm, out)?,
     };
     Ok(vec![t])
 }

@@ -156,7 +156,7 @@ fn parse_error_undeclared_symbol() {
 }
 
 #[test]
-#[ignore = "src/ir bug: the column points at the token after the symbol (`]`, col 27)"]
+
 fn parse_error_undeclared_symbol_column() {
     assert_eq!(parse_err(UNDECLARED_SYMBOL), err(3, 26, "undeclared symbol `S`"));
 }
@@ -168,7 +168,7 @@ fn parse_error_unknown_op() {
 }
 
 #[test]
-#[ignore = "src/ir bug: the column points at the `:` after the operands (col 22), not the op name"]
+
 fn parse_error_unknown_op_column() {
     assert_eq!(parse_err(UNKNOWN_OP), err(3, 8, "unknown op `frobnicate`"));
 }
@@ -180,7 +180,7 @@ fn parse_error_unknown_dtype() {
 }
 
 #[test]
-#[ignore = "src/ir bug: the column points at the `[` after the dtype (col 23)"]
+
 fn parse_error_unknown_dtype_column() {
     assert_eq!(parse_err(UNKNOWN_DTYPE), err(2, 20, "unknown dtype `f33`"));
 }
@@ -233,7 +233,7 @@ fn parse_error_type_count() {
 }
 
 #[test]
-#[ignore = "src/ir bug: reported at the token after the node (line 4, col 1), not on the node's line"]
+
 fn parse_error_type_count_position() {
     assert_eq!(parse_err(TYPE_COUNT), err(3, 3, "2 value(s) defined but 1 type(s) given"));
 }
@@ -345,7 +345,7 @@ fn structural_wrong_arity() {
 }
 
 #[test]
-#[ignore = "src/ir bug: order::petgraph_view panics (Graph::add_edge: node indices out of bounds)"]
+
 fn structural_producer_out_of_range() {
     let g = corrupted(|g| g.values[ValueId(1)].producer = NodeId(99));
     let r = report(&g);
@@ -353,7 +353,7 @@ fn structural_producer_out_of_range() {
 }
 
 #[test]
-#[ignore = "src/ir bug: attrs::encode panics (\"scale input present\") while printing the node"]
+
 fn structural_dequantize_missing_scale_operand() {
     let g = corrupted(|g| {
         let spec = QuantSpec { storage: DType::I8, granularity: Granularity::PerTensor, scale: ScaleSource::Input, zero_point: None };
@@ -364,7 +364,7 @@ fn structural_dequantize_missing_scale_operand() {
 }
 
 #[test]
-#[ignore = "src/ir bug: Graph::inputs indexes outputs[0] of an input node and panics"]
+
 fn structural_input_without_outputs() {
     let g = corrupted(|g| g.nodes[NodeId(0)].outputs.clear());
     let r = report(&g);

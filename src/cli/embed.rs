@@ -32,12 +32,16 @@ pub fn run(args: &EmbedArgs, quiet: bool) -> anyhow::Result<()> {
     let opts = ImportOptions { max_tokens: args.max_tokens, ..Default::default() };
     let model = import::load(&args.model_dir, &opts)?;
     let Some(tok) = &model.tokenizer else { bail!("{}: missing (tokenizer)", args.model_dir.join("tokenizer.json").display()) };
+    let started = std::time::Instant::now();
     let embeddings = embed_all(&model, tok, &texts, opts.max_batch as usize, quiet)?;
+    tracing::info!(texts = texts.len(), seconds = started.elapsed().as_secs_f64(), "embedded");
     if args.json {
         let items: Vec<_> = texts.iter().zip(&embeddings).map(|(t, e)| serde_json::json!({"text": t, "embedding": e})).collect();
-        println!("{}", serde_json::to_string(&items)?);
+        super::output::print_line(&serde_json::to_string(&items)?)?;
     } else {
-        print_tables(&texts, &embeddings);
+        print_tables(&texts, &embeddings)?;
+        let secs = started.elapsed().as_secs_f64();
+        super::output::print_line(&format!("{} text(s) embedded by the reference interpreter in {secs:.2} s", texts.len()))?;
     }
     Ok(())
 }
@@ -91,7 +95,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     (dot / (na * nb).max(1e-30)) as f32
 }
 
-fn print_tables(texts: &[String], embeddings: &[Vec<f32>]) {
+fn print_tables(texts: &[String], embeddings: &[Vec<f32>]) -> anyhow::Result<()> {
     let short = |t: &str| {
         let s: String = t.chars().take(28).collect();
         if s.len() < t.len() { format!("{s}…") } else { s }
@@ -103,7 +107,7 @@ fn print_tables(texts: &[String], embeddings: &[Vec<f32>]) {
         let head: Vec<String> = e.iter().take(4).map(|x| format!("{x:+.4}")).collect();
         table.add_row([i.to_string(), short(t), e.len().to_string(), head.join(" ")]);
     }
-    println!("{table}");
+    super::output::print_line(&table.to_string())?;
     let mut sim = Table::new();
     sim.load_style(presets::UTF8_FULL_CONDENSED);
     sim.set_header(std::iter::once("cosine".to_string()).chain((0..texts.len()).map(|i| format!("#{i}"))));
@@ -111,5 +115,6 @@ fn print_tables(texts: &[String], embeddings: &[Vec<f32>]) {
         let cells = embeddings.iter().map(|b| format!("{:.3}", cosine(a, b)));
         sim.add_row(std::iter::once(format!("#{i} {}", short(&texts[i]))).chain(cells));
     }
-    println!("{sim}");
+    super::output::print_line(&sim.to_string())?;
+    Ok(())
 }

@@ -23,12 +23,12 @@ pub fn run(args: &ImportArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let model = import::load(&args.model_dir, &ImportOptions::default())?;
     let elapsed = started.elapsed();
-    println!("{}", summary(&model.graph, &model.weights));
-    println!("imported in {:.2} s", elapsed.as_secs_f64());
+    super::output::print_line(&summary(&model.graph, &model.weights))?;
+    super::output::print_line(&format!("imported in {:.2} s", elapsed.as_secs_f64()))?;
     if let Some(path) = &args.dump_ir {
         super::output::write_atomic(path, qfuse::ir::print(&model.graph).as_bytes())
             .with_context(|| format!("writing the IR to {}", path.display()))?;
-        println!("IR written to {}", path.display());
+        super::output::print_line(&format!("IR written to {}", path.display()))?;
     }
     Ok(())
 }

@@ -101,7 +101,7 @@ impl Graph {
         self.nodes
             .values()
             .filter_map(|n| match &n.op {
-                Op::Input { name } => Some((name.as_str(), n.outputs[0])),
+                Op::Input { name } => n.outputs.first().map(|&v| (name.as_str(), v)),
                 _ => None,
             })
             .collect()

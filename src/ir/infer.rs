@@ -3,7 +3,7 @@
 //! Ops whose result type is not a function of their inputs (`input`, `weight`, `scalar`, `iota`,
 //! `cast`, `reshape`, `dequantize`) take it from the *declared* type and check it instead.
 
-use super::{normalize_axis, Dim, DType, Granularity, Op, QuantSpec, ReduceOp, ScaleSource, Shape, TensorType, ZeroPoint};
+use super::{normalize_axis, shape_text, Dim, DType, Granularity, Op, QuantSpec, ReduceOp, ScaleSource, Shape, TensorType, ZeroPoint};
 
 /// Result of a type rule: the output types, or why the node is ill-typed.
 pub type InferResult = Result<Vec<TensorType>, String>;
@@ -97,7 +97,7 @@ pub fn broadcast_shapes(a: &Shape, b: &Shape) -> Result<Shape, String> {
             (x, y) if x == y => Ok(x),
             (Dim::Fixed(1), y) => Ok(y),
             (x, Dim::Fixed(1)) => Ok(x),
-            (x, y) => Err(format!("cannot broadcast {x:?} with {y:?}")),
+            (x, y) => Err(format!("cannot broadcast {x} with {y}")),
         })
         .collect()
 }
@@ -131,7 +131,7 @@ fn matmul(a: &TensorType, b: &TensorType, ta: bool, tb: bool) -> Result<TensorTy
     let (m, ka) = if ta { (a.shape[ra - 1], a.shape[ra - 2]) } else { (a.shape[ra - 2], a.shape[ra - 1]) };
     let (kb, n) = if tb { (b.shape[rb - 1], b.shape[rb - 2]) } else { (b.shape[rb - 2], b.shape[rb - 1]) };
     if ka != kb {
-        return Err(format!("matmul contraction dims differ: {ka:?} vs {kb:?}"));
+        return Err(format!("matmul contraction dims differ: {ka} vs {kb}"));
     }
     let batch = broadcast_shapes(&a.shape[..ra - 2].into(), &b.shape[..rb - 2].into())?;
     Ok(TensorType::new(a.dtype, batch.into_iter().chain([m, n])))
@@ -143,7 +143,7 @@ fn norm(inputs: &[&TensorType]) -> Result<TensorType, String> {
     let last = *x.shape.last().ok_or("norm operand needs rank ≥ 1")?;
     for p in &inputs[1..] {
         if p.shape.as_slice() != [last] {
-            return Err(format!("norm parameter shape {:?} must be [{last:?}]", p.shape));
+            return Err(format!("norm parameter shape {} must be [{last}]", shape_text(&p.shape)));
         }
         require_float(p, "norm parameter")?;
     }
@@ -166,7 +166,7 @@ fn same_numel(a: &Shape, b: &Shape) -> bool {
 
 fn reshape(x: &TensorType, to: TensorType) -> Result<TensorType, String> {
     if !same_numel(&x.shape, &to.shape) {
-        return Err(format!("reshape changes the element count: {:?} → {:?}", x.shape, to.shape));
+        return Err(format!("reshape changes the element count: {} → {}", shape_text(&x.shape), shape_text(&to.shape)));
     }
     Ok(to.with_dtype(x.dtype))
 }
@@ -198,7 +198,7 @@ fn reduce(x: &TensorType, op: ReduceOp, axes: &[i64], keep: bool) -> Result<Tens
 fn mean_pool(h: &TensorType, mask: &TensorType) -> Result<TensorType, String> {
     require_float(h, "hidden")?;
     if h.rank() != 3 || mask.rank() != 2 || h.shape[..2] != mask.shape[..] {
-        return Err(format!("mean_pool wants hidden [B,S,H] and mask [B,S], got {:?} and {:?}", h.shape, mask.shape));
+        return Err(format!("mean_pool wants hidden [B,S,H] and mask [B,S], got {} and {}", shape_text(&h.shape), shape_text(&mask.shape)));
     }
     Ok(TensorType::new(h.dtype, [h.shape[0], h.shape[2]]))
 }
@@ -211,7 +211,7 @@ fn check_qparams(spec: &QuantSpec, data: &Shape, extra: &[&TensorType]) -> Resul
         let s = extra.next().ok_or("missing scale input")?;
         let scalar_ok = spec.granularity == Granularity::PerTensor && s.shape.as_slice() == [Dim::Fixed(1)];
         if s.shape != want && !scalar_ok {
-            return Err(format!("scale shape {:?} does not match the granularity, expected {:?}", s.shape, want));
+            return Err(format!("scale shape {} does not match the granularity, expected {}", shape_text(&s.shape), shape_text(&want)));
         }
         if !s.dtype.is_float() {
             return Err(format!("scale must be a float type, got {}", s.dtype));
@@ -220,7 +220,7 @@ fn check_qparams(spec: &QuantSpec, data: &Shape, extra: &[&TensorType]) -> Resul
     if spec.zero_point == Some(ZeroPoint::Input) {
         let z = extra.next().ok_or("missing zero-point input")?;
         if z.shape != want {
-            return Err(format!("zero-point shape {:?} does not match the scale shape {:?}", z.shape, want));
+            return Err(format!("zero-point shape {} does not match the scale shape {}", shape_text(&z.shape), shape_text(&want)));
         }
     }
     if spec.zero_point.is_some() && !spec.storage.is_int() {
@@ -229,7 +229,32 @@ fn check_qparams(spec: &QuantSpec, data: &Shape, extra: &[&TensorType]) -> Resul
     Ok(())
 }
 
+/// Checks a spec on its own: block sizes and axes, and the dynamic scale's type and rounding.
+fn check_spec(spec: &QuantSpec) -> Result<(), String> {
+    if let Granularity::Block { blocks } = &spec.granularity {
+        let mut axes: Vec<i64> = blocks.iter().map(|b| b.0).collect();
+        axes.sort();
+        axes.dedup();
+        if axes.len() != blocks.len() || blocks.is_empty() {
+            return Err("block axes must be distinct and non-empty".into());
+        }
+        if blocks.iter().any(|&(_, size)| size == 0 || size > i64::MAX as u64) {
+            return Err("block sizes must be in 1..=2^63-1".into());
+        }
+    }
+    if let ScaleSource::Dynamic { dtype, rounding } = spec.scale {
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::E8M0) {
+            return Err(format!("a dynamic scale cannot be stored as {dtype}"));
+        }
+        if dtype != DType::E8M0 && rounding != crate::numerics::E8M0Rounding::Up {
+            return Err("a rounding mode applies to e8m0 scales only".into());
+        }
+    }
+    Ok(())
+}
+
 fn quantize(spec: &QuantSpec, inputs: &[&TensorType]) -> InferResult {
+    check_spec(spec)?;
     let x = inputs[0];
     require_float(x, "quantize operand")?;
     if !spec.storage.is_quantized_storage() {
@@ -244,6 +269,7 @@ fn quantize(spec: &QuantSpec, inputs: &[&TensorType]) -> InferResult {
 }
 
 fn dequantize(spec: &QuantSpec, inputs: &[&TensorType], out: DType) -> InferResult {
+    check_spec(spec)?;
     let q = inputs[0];
     if q.dtype != spec.storage {
         return Err(format!("dequantize input is {} but the spec stores {}", q.dtype, spec.storage));

@@ -26,5 +26,5 @@ pub use op::{BinaryOp, Op, ReduceOp, UnaryOp};
 pub use parse::{parse, ParseError};
 pub use print::print;
 pub use quant::{Granularity, QuantSpec, ScaleSource, ZeroPoint};
-pub use types::{normalize_axis, Dim, Shape, Symbol, TensorType};
+pub use types::{normalize_axis, shape_text, Dim, Shape, Symbol, TensorType};
 pub use verify::{verify, VerifyErrors};

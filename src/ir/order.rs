@@ -7,16 +7,24 @@
 use super::{Graph, Node, NodeId, ValueId, ValueInfo};
 use petgraph::graph::{DiGraph, NodeIndex};
 
-/// Builds a petgraph view: one graph node per IR node (same index), one edge per operand.
+/// Builds a petgraph view: one graph node per IR node (same index), one edge per operand, from
+/// the node that lists the operand among its outputs. Operands no node defines are skipped (the
+/// verifier reports them), so this never fails on a corrupt graph.
 pub fn petgraph_view(g: &Graph) -> DiGraph<NodeId, ValueId> {
     let mut pg = DiGraph::with_capacity(g.nodes.len(), g.values.len());
-    for id in g.nodes.ids() {
+    let mut defined_by = vec![None; g.values.len()];
+    for (id, node) in g.nodes.iter() {
         pg.add_node(id);
+        for &v in &node.outputs {
+            if let Some(slot) = defined_by.get_mut(v.index()) {
+                *slot = Some(id);
+            }
+        }
     }
     for (id, node) in g.nodes.iter() {
         for &v in &node.inputs {
-            if let Some(info) = g.values.get(v) {
-                pg.add_edge(NodeIndex::new(info.producer.index()), NodeIndex::new(id.index()), v);
+            if let Some(Some(src)) = defined_by.get(v.index()) {
+                pg.add_edge(NodeIndex::new(src.index()), NodeIndex::new(id.index()), v);
             }
         }
     }

@@ -166,7 +166,12 @@ impl Parser<'_> {
     }
 
     fn err<T>(&self, msg: impl Into<String>) -> Result<T, ParseError> {
-        Err(error_at(self.src, self.toks[self.pos].1, msg.into()))
+        self.err_at(self.pos, msg)
+    }
+
+    /// An error located at token `index`.
+    fn err_at<T>(&self, index: usize, msg: impl Into<String>) -> Result<T, ParseError> {
+        Err(error_at(self.src, self.toks[index].1, msg.into()))
     }
 
     fn eat(&mut self, c: char) -> bool {
@@ -275,6 +280,7 @@ impl Parser<'_> {
             }
         }
         self.expect('=')?;
+        let op_at = self.pos;
         let Tok::Ident(mnemonic) = self.bump() else { return self.err("expected an op name") };
         let head = self.head(&mnemonic)?;
         let mut inputs = vec![];
@@ -288,7 +294,7 @@ impl Parser<'_> {
         let op = match head {
             Some(op) => op,
             None => {
-                let (op, refs) = attrs::decode(&mnemonic, &attr_list).or_else(|m| self.err(m))?;
+                let (op, refs) = attrs::decode(&mnemonic, &attr_list).or_else(|m| self.err_at(op_at, m))?;
                 inputs.extend(refs);
                 op
             }
@@ -300,7 +306,7 @@ impl Parser<'_> {
         }
         let name = self.loc()?;
         if types.len() != defs.len() {
-            return self.err(format!("{} value(s) defined but {} type(s) given", defs.len(), types.len()));
+            return self.err_at(defs[0].1, format!("{} value(s) defined but {} type(s) given", defs.len(), types.len()));
         }
         let id = self.g.add_node(op, &inputs, types, name);
         for (&(n, off), &v) in defs.iter().zip(self.g.nodes[id].outputs.clone().iter()) {
@@ -389,14 +395,16 @@ impl Parser<'_> {
     }
 
     fn ty(&mut self) -> Result<TensorType, ParseError> {
+        let dt_at = self.pos;
         let Tok::Ident(dt) = self.bump() else { return self.err("expected a type like f32[B,384]") };
-        let dtype: DType = dt.parse().or_else(|e: String| self.err(e))?;
+        let dtype: DType = dt.parse().or_else(|e: String| self.err_at(dt_at, e))?;
         self.expect('[')?;
         let mut dims = vec![];
         while !self.eat(']') {
+            let at = self.pos;
             dims.push(match self.bump() {
-                Tok::Num(s) => Dim::Fixed(s.parse().or_else(|_| self.err(format!("bad dimension `{s}`")))?),
-                Tok::Ident(s) => Dim::Sym(self.g.symbol(&s).map_or_else(|| self.err(format!("undeclared symbol `{s}`")), Ok)?),
+                Tok::Num(s) => Dim::Fixed(s.parse().or_else(|_| self.err_at(at, format!("bad dimension `{s}`")))?),
+                Tok::Ident(s) => Dim::Sym(self.g.symbol(&s).map_or_else(|| self.err_at(at, format!("undeclared symbol `{s}`")), Ok)?),
                 other => return self.err(format!("expected a dimension, found {}", describe(&other))),
             });
             if !self.eat(',') {

@@ -141,8 +141,9 @@ fn quote_name(s: &str) -> String {
 pub fn node_line_checked(g: &Graph, id: super::NodeId) -> String {
     let node = &g.nodes[id];
     let dangling = node.inputs.iter().chain(&node.outputs).any(|&v| g.values.get(v).is_none());
-    if dangling {
-        format!("{} ... (dangling value ids)", node.op.mnemonic())
+    let ids = |vs: &[super::ValueId]| vs.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ");
+    if dangling || node.inputs.len() != super::infer::arity(&node.op) {
+        format!("{} = {} {} (malformed node)", ids(&node.outputs), node.op.mnemonic(), ids(&node.inputs))
     } else {
         node_line(g, node)
     }

@@ -32,8 +32,23 @@ impl Dim {
     }
 }
 
+impl std::fmt::Display for Dim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dim::Fixed(n) => write!(f, "{n}"),
+            Dim::Sym(s) => write!(f, "{s}"),
+        }
+    }
+}
+
 /// A tensor shape; rank 0 is a scalar.
 pub type Shape = SmallVec<[Dim; 4]>;
+
+/// `[sym0,12,384]`: a shape for messages that have no symbol table at hand.
+pub fn shape_text(shape: &[Dim]) -> String {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    format!("[{}]", dims.join(","))
+}
 
 /// The type of an IR value: element type and shape.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

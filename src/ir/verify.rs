@@ -57,6 +57,7 @@ pub fn verify(g: &Graph, context: &str) -> Result<(), VerifyErrors> {
         let line = node.map(|n| print::node_line_checked(g, n)).unwrap_or_default();
         errors.push(VerifyError { node, line, message });
     };
+    check_symbols(g, &mut report);
     check_structure(g, &mut report);
     if let Some(cycle) = order::find_cycle(g) {
         let ids: Vec<String> = cycle.iter().map(|n| n.to_string()).collect();
@@ -77,6 +78,21 @@ pub fn verify(g: &Graph, context: &str) -> Result<(), VerifyErrors> {
         Ok(())
     } else {
         Err(VerifyErrors { context: context.to_string(), errors })
+    }
+}
+
+fn check_symbols(g: &Graph, report: &mut impl FnMut(Option<NodeId>, String)) {
+    let mut seen = HashSet::new();
+    for s in g.symbols.values() {
+        let mut chars = s.name.chars();
+        let ident = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ident {
+            report(None, format!("symbol name \"{}\" is not an identifier", s.name));
+        }
+        if !seen.insert(s.name.as_str()) {
+            report(None, format!("symbol `{}` is declared twice", s.name));
+        }
     }
 }
 

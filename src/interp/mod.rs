@@ -317,7 +317,7 @@ impl<'a> Executor<'a> {
             _ => self.compute(id, node)?,
         };
         for (&v, t) in node.outputs.iter().zip(results) {
-            observe(v, &t); observe(v, &t);
+            observe(v, &t);
             if self.uses[v.index()] > 0 {
                 self.store[v.index()] = Some(t);
             }

@@ -3,7 +3,7 @@
 //! One function encodes an op's payload as attributes and one decodes it, so the printer and the
 //! parser cannot drift apart.
 
-use super::{BinaryOp, DType, Granularity, Op, QuantSpec, ReduceOp, ScaleSource, UnaryOp, ValueId, ZeroPoint};
+use super::{BinaryOp, DType, EpilogueOp, EpilogueStep, Granularity, NormKind, Op, QMatMul, QuantSpec, ReduceOp, ScaleSource, UnaryOp, ValueId, ZeroPoint};
 use crate::numerics::E8M0Rounding;
 
 /// An attribute value.
@@ -77,8 +77,65 @@ pub fn encode(op: &Op, extra: &[ValueId]) -> Vec<Attr> {
             v
         }
         Op::Quantize(spec) | Op::Dequantize(spec) => encode_quant(spec, extra),
+        Op::Requantize { from_scale, via, to } => {
+            let mut v = vec![kv("from_scale", f32_num(*from_scale)), kv("via", ident(via.name()))];
+            v.extend(encode_quant(to, &[]));
+            v
+        }
+        Op::NormQuantize { eps, via, quant, .. } => {
+            let mut v = vec![kv("eps", f32_num(*eps)), kv("via", ident(via.name()))];
+            v.extend(encode_quant(quant, extra));
+            v
+        }
+        Op::QMatMul(q) => encode_qmatmul(q, extra),
         _ => vec![],
     }
+}
+
+/// How many inputs print as positional operands; the rest appear as `%v` inside attributes.
+pub fn positional_arity(op: &Op) -> usize {
+    match op {
+        Op::QMatMul(_) => 2,
+        other => super::infer::arity(other) - other.quant_spec().map_or(0, |q| q.extra_inputs()),
+    }
+}
+
+fn ident(s: &str) -> AttrValue {
+    AttrValue::Ident(s.into())
+}
+
+fn encode_qmatmul(q: &QMatMul, extra: &[ValueId]) -> Vec<Attr> {
+    let mut refs = extra.iter().map(|&v| AttrValue::Ref(v));
+    let mut v = vec![];
+    if q.transpose_b {
+        v.push(bare("transpose_b"));
+    }
+    v.push(kv("alpha", f32_num(q.alpha)));
+    if q.a_scale {
+        v.push(kv("a_scale", refs.next().expect("a_scale input present")));
+    }
+    if q.b_scale {
+        v.push(kv("b_scale", refs.next().expect("b_scale input present")));
+    }
+    v.push(kv("acc", ident(q.acc_dtype.name())));
+    let steps = q.epilogue.iter().map(|s| {
+        let dt = ident(s.dtype.name());
+        match s.op {
+            EpilogueOp::Cast => AttrValue::Call("cast".into(), vec![dt]),
+            EpilogueOp::Add => AttrValue::Call("add".into(), vec![refs.next().expect("epilogue input present"), dt]),
+            EpilogueOp::Unary(u) => AttrValue::Call(Op::Unary(u).mnemonic().into(), vec![dt]),
+        }
+    });
+    let steps: Vec<AttrValue> = steps.collect();
+    if !steps.is_empty() {
+        v.push(kv("epilogue", AttrValue::List(steps)));
+    }
+    if let Some(out) = &q.output {
+        let ScaleSource::Literal(scale) = out.scale else { unreachable!("verified: qmatmul output scales are literal") };
+        v.push(kv("out", ident(out.storage.name())));
+        v.push(kv("out_scale", f32_num(scale)));
+    }
+    v
 }
 
 fn encode_quant(spec: &QuantSpec, extra: &[ValueId]) -> Vec<Attr> {
@@ -187,6 +244,17 @@ pub fn decode(mnemonic: &str, attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), Stri
             let op = if mnemonic == "quantize" { Op::Quantize(spec) } else { Op::Dequantize(spec) };
             return Ok((op, refs));
         }
+        "requantize" => {
+            let (to, _) = decode_quant(attrs)?;
+            let from_scale = as_f32(required(attrs, "from_scale")?)?;
+            return Ok((Op::Requantize { from_scale, via: dtype_attr(attrs, "via")?, to }, vec![]));
+        }
+        "layernorm_quantize" | "rmsnorm_quantize" => {
+            let (quant, refs) = decode_quant(attrs)?;
+            let kind = if mnemonic == "layernorm_quantize" { NormKind::LayerNorm } else { NormKind::RmsNorm };
+            return Ok((Op::NormQuantize { kind, eps: eps()?, via: dtype_attr(attrs, "via")?, quant }, refs));
+        }
+        "qmatmul" => return decode_qmatmul(attrs),
         other => elementwise(other).ok_or_else(|| format!("unknown op `{other}`"))?,
     };
     Ok((op, vec![]))
@@ -280,4 +348,69 @@ fn decode_dynamic(args: &[AttrValue]) -> Result<ScaleSource, String> {
         Some(other) => return Err(format!("unknown e8m0 rounding `{other}`")),
     };
     Ok(ScaleSource::Dynamic { dtype, rounding })
+}
+
+fn dtype_attr(attrs: &[Attr], key: &str) -> Result<DType, String> {
+    match required(attrs, key)? {
+        AttrValue::Ident(s) => s.parse(),
+        other => Err(format!("`{key}` must be a dtype, got {other:?}")),
+    }
+}
+
+fn decode_qmatmul(attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), String> {
+    let mut refs = vec![];
+    let mut take_ref = |key: &str| -> Result<bool, String> {
+        match get(attrs, key) {
+            None => Ok(false),
+            Some(AttrValue::Ref(v)) => {
+                refs.push(*v);
+                Ok(true)
+            }
+            Some(other) => Err(format!("`{key}` must be a value, got {other:?}")),
+        }
+    };
+    let a_scale = take_ref("a_scale")?;
+    let b_scale = take_ref("b_scale")?;
+    let mut epilogue = vec![];
+    if let Some(list) = get(attrs, "epilogue") {
+        let AttrValue::List(items) = list else { return Err("`epilogue` must be a list".into()) };
+        for item in items {
+            epilogue.push(decode_step(item, &mut refs)?);
+        }
+    }
+    let output = match get(attrs, "out") {
+        None => None,
+        Some(_) => Some(QuantSpec::per_tensor(dtype_attr(attrs, "out")?, as_f32(required(attrs, "out_scale")?)?)),
+    };
+    let q = QMatMul {
+        transpose_b: has_flag(attrs, "transpose_b"),
+        alpha: as_f32(required(attrs, "alpha")?)?,
+        a_scale,
+        b_scale,
+        acc_dtype: dtype_attr(attrs, "acc")?,
+        epilogue,
+        output,
+    };
+    Ok((Op::QMatMul(q), refs))
+}
+
+fn decode_step(item: &AttrValue, refs: &mut Vec<ValueId>) -> Result<EpilogueStep, String> {
+    let AttrValue::Call(name, args) = item else { return Err(format!("epilogue steps look like `gelu(f16)`, got {item:?}")) };
+    let dtype = |v: Option<&AttrValue>| match v {
+        Some(AttrValue::Ident(s)) => s.parse::<DType>(),
+        _ => Err(format!("epilogue step `{name}` needs its result dtype")),
+    };
+    let op = match (name.as_str(), args.as_slice()) {
+        ("cast", [d]) => return Ok(EpilogueStep { op: EpilogueOp::Cast, dtype: dtype(Some(d))? }),
+        ("add", [AttrValue::Ref(v), d]) => {
+            refs.push(*v);
+            return Ok(EpilogueStep { op: EpilogueOp::Add, dtype: dtype(Some(d))? });
+        }
+        (other, [_]) => match elementwise(other) {
+            Some(Op::Unary(u)) => EpilogueOp::Unary(u),
+            _ => return Err(format!("unknown epilogue step `{other}`")),
+        },
+        _ => return Err(format!("malformed epilogue step `{name}`")),
+    };
+    Ok(EpilogueStep { op, dtype: dtype(args.first())? })
 }

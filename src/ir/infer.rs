@@ -3,7 +3,7 @@
 //! Ops whose result type is not a function of their inputs (`input`, `weight`, `scalar`, `iota`,
 //! `cast`, `reshape`, `dequantize`) take it from the *declared* type and check it instead.
 
-use super::{normalize_axis, shape_text, Dim, DType, Granularity, Op, QuantSpec, ReduceOp, ScaleSource, Shape, TensorType, ZeroPoint};
+use super::{normalize_axis, shape_text, Dim, DType, EpilogueOp, Granularity, NormKind, Op, QMatMul, QuantSpec, ReduceOp, ScaleSource, Shape, TensorType, ZeroPoint};
 
 /// Result of a type rule: the output types, or why the node is ill-typed.
 pub type InferResult = Result<Vec<TensorType>, String>;
@@ -52,6 +52,9 @@ pub fn infer(op: &Op, inputs: &[&TensorType], declared: &[TensorType]) -> InferR
         }
         Op::Quantize(spec) => quantize(spec, inputs),
         Op::Dequantize(spec) => dequantize(spec, inputs, declared_first(declared)?.dtype),
+        Op::Requantize { via, to, .. } => requantize(inputs[0], *via, to).map(|t| vec![t]),
+        Op::NormQuantize { kind, via, quant, .. } => norm_quantize(*kind, *via, quant, inputs),
+        Op::QMatMul(q) => qmatmul(q, inputs).map(|t| vec![t]),
     }
 }
 
@@ -64,6 +67,17 @@ pub fn arity(op: &Op) -> usize {
         Op::Binary(_) | Op::Gather | Op::MatMul { .. } | Op::RmsNorm { .. } | Op::MeanPool => 2,
         Op::LayerNorm { .. } => 3,
         Op::Quantize(s) | Op::Dequantize(s) => 1 + s.extra_inputs(),
+        Op::Requantize { .. } => 1,
+        Op::NormQuantize { kind, quant, .. } => norm_params(*kind) + 1 + quant.extra_inputs(),
+        Op::QMatMul(q) => q.arity(),
+    }
+}
+
+/// Parameter inputs of a norm after `x`: gamma and beta, or gamma.
+pub fn norm_params(kind: NormKind) -> usize {
+    match kind {
+        NormKind::LayerNorm => 2,
+        NormKind::RmsNorm => 1,
     }
 }
 
@@ -124,6 +138,11 @@ fn matmul(a: &TensorType, b: &TensorType, ta: bool, tb: bool) -> Result<TensorTy
     if a.dtype != b.dtype {
         return Err(format!("matmul operand dtypes differ: {} vs {}", a.dtype, b.dtype));
     }
+    Ok(TensorType { dtype: a.dtype, shape: matmul_shape(a, b, ta, tb)? })
+}
+
+/// The result shape of a (batched) matmul.
+fn matmul_shape(a: &TensorType, b: &TensorType, ta: bool, tb: bool) -> Result<Shape, String> {
     if a.rank() < 2 || b.rank() < 2 {
         return Err("matmul operands need rank ≥ 2".into());
     }
@@ -134,7 +153,7 @@ fn matmul(a: &TensorType, b: &TensorType, ta: bool, tb: bool) -> Result<TensorTy
         return Err(format!("matmul contraction dims differ: {ka} vs {kb}"));
     }
     let batch = broadcast_shapes(&a.shape[..ra - 2].into(), &b.shape[..rb - 2].into())?;
-    Ok(TensorType::new(a.dtype, batch.into_iter().chain([m, n])))
+    Ok(batch.into_iter().chain([m, n]).collect())
 }
 
 fn norm(inputs: &[&TensorType]) -> Result<TensorType, String> {
@@ -282,4 +301,83 @@ fn dequantize(spec: &QuantSpec, inputs: &[&TensorType], out: DType) -> InferResu
     }
     check_qparams(spec, &q.shape, &inputs[1..])?;
     Ok(vec![q.with_dtype(out)])
+}
+
+/// A per-tensor quantization with a literal scale (the only kind fused outputs support).
+fn require_static_per_tensor(spec: &QuantSpec, what: &str) -> Result<(), String> {
+    check_spec(spec)?;
+    let ok = spec.granularity == Granularity::PerTensor && matches!(spec.scale, ScaleSource::Literal(_)) && spec.zero_point.is_none();
+    if !ok || !spec.storage.is_quantized_storage() {
+        return Err(format!("{what} must be a per-tensor quantization with a literal scale and no zero point"));
+    }
+    Ok(())
+}
+
+fn requantize(q: &TensorType, via: DType, to: &QuantSpec) -> Result<TensorType, String> {
+    if !q.dtype.is_quantized_storage() {
+        return Err(format!("requantize input must be quantized storage, got {}", q.dtype));
+    }
+    if !via.is_wide_float() {
+        return Err(format!("requantize rounds through f32/f16/bf16, not {via}"));
+    }
+    require_static_per_tensor(to, "requantize output")?;
+    Ok(q.with_dtype(to.storage))
+}
+
+fn norm_quantize(kind: NormKind, via: DType, quant: &QuantSpec, inputs: &[&TensorType]) -> InferResult {
+    let n = 1 + norm_params(kind);
+    let normed = norm(&inputs[..n])?;
+    if !via.is_wide_float() {
+        return Err(format!("the norm's result must round to f32/f16/bf16, not {via}"));
+    }
+    let normed = normed.with_dtype(via);
+    let mut q_inputs = vec![&normed];
+    q_inputs.extend_from_slice(&inputs[n..]);
+    quantize(quant, &q_inputs)
+}
+
+fn qmatmul(q: &QMatMul, inputs: &[&TensorType]) -> Result<TensorType, String> {
+    let (a, b) = (inputs[0], inputs[1]);
+    for (t, what) in [(a, "lhs"), (b, "rhs")] {
+        if !t.dtype.is_quantized_storage() {
+            return Err(format!("qmatmul {what} must be quantized storage, got {}", t.dtype));
+        }
+    }
+    let shape = matmul_shape(a, b, false, q.transpose_b)?;
+    let mut rest = inputs[2..].iter();
+    if q.a_scale {
+        let s = rest.next().ok_or("missing a_scale")?;
+        let want: Shape = shape[..shape.len() - 1].iter().copied().chain([Dim::Fixed(1)]).collect();
+        if s.shape != want || s.dtype != DType::F32 {
+            return Err(format!("a_scale must be f32{}, got {}{}", shape_text(&want), s.dtype, shape_text(&s.shape)));
+        }
+    }
+    if q.b_scale {
+        let s = rest.next().ok_or("missing b_scale")?;
+        let n = shape[shape.len() - 1];
+        if s.shape.as_slice() != [n] || s.dtype != DType::F32 {
+            return Err(format!("b_scale must be f32[{n}], got {}{}", s.dtype, shape_text(&s.shape)));
+        }
+    }
+    if !q.acc_dtype.is_wide_float() {
+        return Err(format!("acc_dtype must be f32/f16/bf16, got {}", q.acc_dtype));
+    }
+    let mut dtype = q.acc_dtype;
+    for step in &q.epilogue {
+        if !step.dtype.is_wide_float() {
+            return Err(format!("epilogue steps round to f32/f16/bf16, not {}", step.dtype));
+        }
+        if step.op == EpilogueOp::Add {
+            let t = rest.next().ok_or("missing epilogue operand")?;
+            if t.dtype != dtype || broadcast_shapes(&shape, &t.shape)? != shape {
+                return Err(format!("epilogue operand {}{} does not fit the {}{} result", t.dtype, shape_text(&t.shape), dtype, shape_text(&shape)));
+            }
+        }
+        dtype = step.dtype;
+    }
+    if let Some(out) = &q.output {
+        require_static_per_tensor(out, "qmatmul output")?;
+        dtype = out.storage;
+    }
+    Ok(TensorType { dtype, shape })
 }

@@ -3,7 +3,7 @@
 //! Each variant documents its inputs, outputs and semantics; the reference interpreter, the type
 //! checker ([`super::infer`]), the printer and the parser all match on this enum exhaustively.
 
-use super::QuantSpec;
+use super::{DType, QuantSpec};
 use serde::{Deserialize, Serialize};
 
 /// Element-wise binary operations with NumPy broadcasting.
@@ -57,6 +57,62 @@ pub enum ReduceOp {
     Mean,
     /// Maximum.
     Max,
+}
+
+/// Which normalisation a fused norm+quantize computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NormKind {
+    /// `x, gamma, beta`.
+    LayerNorm,
+    /// `x, gamma`.
+    RmsNorm,
+}
+
+/// One step of a quantized matmul's epilogue; its result is rounded to `dtype`, exactly where the
+/// unfused graph rounded, so fusing never changes the numbers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpilogueStep {
+    /// What the step computes.
+    pub op: EpilogueOp,
+    /// The dtype its result is rounded to.
+    pub dtype: DType,
+}
+
+/// The operation of an epilogue step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EpilogueOp {
+    /// Round to the step's dtype.
+    Cast,
+    /// Add the op's next epilogue input: a bias `[N]` or a residual shaped like the output.
+    Add,
+    /// An element-wise activation.
+    Unary(UnaryOp),
+}
+
+/// Payload of a quantized matmul.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QMatMul {
+    /// Read `b` as `[N, K]` (the `nn.Linear` weight layout).
+    pub transpose_b: bool,
+    /// Product of the per-tensor scales of `a` and `b`.
+    pub alpha: f32,
+    /// `a` brings a per-row scale `[.., M, 1]` (dynamic per-token activations).
+    pub a_scale: bool,
+    /// `b` brings a per-column scale `[N]` (per-channel weights).
+    pub b_scale: bool,
+    /// Dtype the scaled accumulator is rounded to (what the unfused matmul produced).
+    pub acc_dtype: DType,
+    /// Steps applied in order after scaling.
+    pub epilogue: Vec<EpilogueStep>,
+    /// A fused output quantize (per-tensor, literal scale), or `None` for a wide-float output.
+    pub output: Option<QuantSpec>,
+}
+
+impl QMatMul {
+    /// Number of inputs: `a`, `b`, the optional scale vectors, one per `Add` step.
+    pub fn arity(&self) -> usize {
+        2 + usize::from(self.a_scale) + usize::from(self.b_scale) + self.epilogue.iter().filter(|s| s.op == EpilogueOp::Add).count()
+    }
 }
 
 /// One IR operation. Inputs and outputs are listed as `inputs → outputs`.
@@ -141,6 +197,32 @@ pub enum Op {
     Quantize(QuantSpec),
     /// `q [, scale] [, zero] → x`: `x = (q − z)·s` in the output dtype.
     Dequantize(QuantSpec),
+    /// `q → q'`: per-tensor `quantize(round_via(q·from_scale), to)`; one kernel for DQ→Q with
+    /// different scales.
+    Requantize {
+        /// Scale of the input.
+        from_scale: f32,
+        /// Dtype the dequantized value is rounded to (the unfused DQ's output dtype).
+        via: DType,
+        /// The output quantization (per-tensor, literal scale).
+        to: QuantSpec,
+    },
+    /// `x, gamma [, beta] [, scale] → q [, scales]`: a LayerNorm/RMSNorm whose result, rounded to
+    /// `via`, is quantized with `quant` (static, or dynamic per-token with a second output).
+    NormQuantize {
+        /// Which norm.
+        kind: NormKind,
+        /// Norm epsilon.
+        eps: f32,
+        /// Dtype the norm's result is rounded to before quantizing (the unfused norm's output).
+        via: DType,
+        /// The quantization.
+        quant: QuantSpec,
+    },
+    /// `a, b [, a_scale] [, b_scale] [, epilogue inputs…] → y`: `Σ_k a·b` over quantized
+    /// operands in f32, times `alpha·a_scale[m]·b_scale[n]`, rounded to `acc_dtype`, then the
+    /// epilogue, then the optional output quantize.
+    QMatMul(QMatMul),
 }
 
 impl Op {
@@ -188,6 +270,10 @@ impl Op {
             Op::L2Normalize { .. } => "l2_normalize",
             Op::Quantize(_) => "quantize",
             Op::Dequantize(_) => "dequantize",
+            Op::Requantize { .. } => "requantize",
+            Op::NormQuantize { kind: NormKind::LayerNorm, .. } => "layernorm_quantize",
+            Op::NormQuantize { kind: NormKind::RmsNorm, .. } => "rmsnorm_quantize",
+            Op::QMatMul(_) => "qmatmul",
         }
     }
 
@@ -201,10 +287,10 @@ impl Op {
         matches!(self, Op::Input { .. } | Op::Weight { .. } | Op::Scalar { .. } | Op::Iota)
     }
 
-    /// The quant spec of a quantize or dequantize.
+    /// The quant spec whose scale/zero-point inputs follow the op's positional operands.
     pub fn quant_spec(&self) -> Option<&QuantSpec> {
         match self {
-            Op::Quantize(s) | Op::Dequantize(s) => Some(s),
+            Op::Quantize(s) | Op::Dequantize(s) | Op::NormQuantize { quant: s, .. } => Some(s),
             _ => None,
         }
     }

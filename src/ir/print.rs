@@ -55,8 +55,7 @@ pub fn node_line(g: &Graph, node: &Node) -> String {
         }
         _ => {}
     }
-    let positional = super::infer::arity(&node.op) - node.op.quant_spec().map_or(0, |q| q.extra_inputs());
-    let positional = positional.min(node.inputs.len());
+    let positional = attrs::positional_arity(&node.op).min(node.inputs.len());
     let operands: Vec<String> = node.inputs[..positional].iter().map(|v| v.to_string()).collect();
     if !operands.is_empty() {
         let _ = write!(s, " {}", operands.join(", "));

@@ -3,6 +3,7 @@
 //! and returns results already rounded to their output dtypes.
 
 mod elementwise;
+mod fused;
 mod matmul;
 mod norm;
 mod quant;
@@ -55,6 +56,9 @@ fn eval(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType]) -> Result<Vec<Tensor>
     let t = match op {
         Op::Input { .. } | Op::Weight { .. } => return Err("internal: source op evaluated as a kernel".into()),
         Op::Quantize(spec) => return quant::quantize(spec, next!(), args.collect(), outs),
+        Op::Requantize { from_scale, via, to } => return fused::requantize(next!(), *from_scale, *via, to, outs),
+        Op::NormQuantize { kind, eps, via, quant } => return fused::norm_quantize(*kind, *eps, *via, quant, args, outs),
+        Op::QMatMul(q) => return fused::qmatmul(q, args, outs),
         Op::Dequantize(spec) => quant::dequantize(spec, next!(), args.collect(), out)?,
         Op::Scalar { value } => elementwise::scalar(*value, out),
         Op::Iota => elementwise::iota(out)?,

@@ -1,0 +1,79 @@
+//! Graph passes and the pass manager.
+//!
+//! A pass rewrites a [`Graph`] in place and reports whether it changed anything. The manager runs
+//! a list of passes top to bottom ([`pipeline`]), opens a tracing span per pass, runs the verifier
+//! after every pass (debug builds and tests, or when asked), writes `--dump-ir-after` files and
+//! honours `--disable-pass`. Rule discipline: `src/passes/README.md`.
+
+pub mod manager;
+pub mod pipeline;
+pub mod report;
+
+pub use manager::{PassManager, PassOptions};
+pub use report::FusionReport;
+
+use crate::interp::{Tensor, WeightSource};
+use crate::ir::{Graph, VerifyErrors};
+
+/// Weights a pass can read and add to (quantized copies of checkpoint tensors).
+pub trait Weights: WeightSource {
+    /// Adds or replaces a derived tensor.
+    fn insert(&self, name: String, t: Tensor);
+    /// True when `name` can be read.
+    fn has(&self, name: &str) -> bool;
+}
+
+/// State shared by the passes of one compilation.
+pub struct PassCx<'a> {
+    /// The model's weights; passes that quantize weights offline add tensors here.
+    pub weights: &'a dyn Weights,
+    /// What each Q/DQ became, filled by the fusion passes.
+    pub report: FusionReport,
+}
+
+impl<'a> PassCx<'a> {
+    /// A context over `weights` with an empty report.
+    pub fn new(weights: &'a dyn Weights) -> Self {
+        PassCx { weights, report: FusionReport::default() }
+    }
+}
+
+/// A graph rewrite.
+pub trait Pass {
+    /// Kebab-case name, used by `--disable-pass`, `--dump-ir-after` and logs.
+    fn name(&self) -> &'static str;
+    /// Rewrites `g`; returns whether anything changed.
+    fn run(&self, g: &mut Graph, cx: &mut PassCx) -> Result<bool, PassError>;
+}
+
+/// A pass failed or left an invalid graph.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    /// The pass could not apply a rewrite (bad weights, unsupported pattern).
+    #[error("pass {pass}: {message}")]
+    Failed {
+        /// The pass.
+        pass: &'static str,
+        /// What went wrong, naming the node.
+        message: String,
+    },
+    /// The verifier rejected the graph after a pass: a qfuse bug.
+    #[error("{0}")]
+    Verify(#[from] Box<VerifyErrors>),
+    /// `--disable-pass` or `--dump-ir-after` named no known pass.
+    #[error("unknown pass `{name}`; passes are: {known}")]
+    UnknownPass {
+        /// The name given.
+        name: String,
+        /// The valid names.
+        known: String,
+    },
+    /// A dump file could not be written.
+    #[error("writing IR dump {path}: {source}")]
+    Dump {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,206 @@
+//! Calibration: run the FP32 graph over sample inputs, collect statistics of the values to be
+//! quantized, and choose each one's clipping range (`amax`).
+//!
+//! - [`collect`] runs the reference interpreter over the calibration batches and feeds every
+//!   requested value into a [`TensorStats`] (count, amax, NaN/inf counts, a 2048-bin histogram of
+//!   `|x|` whose range doubles as needed: one pass, see [`histogram`] for the resolution this costs).
+//! - [`choose_amax`] turns one statistic into an amax with a [`CalibMethod`] (quant-formats.md §7:
+//!   Max, Percentile, TensorRT's Entropy/KL search, MSE; details in [`methods`]).
+//! - [`Calibration::amaxes`] does that for every value and reports (and `tracing::warn!`s) the ones
+//!   whose statistic is unusable ([`CalibIssue`]) instead of producing a bad scale.
+//! - [`default_calibration_sentences`] / [`default_eval_sentences`] are built-in, disjoint text sets;
+//!   [`read_sentences`] reads a user's file.
+
+pub mod histogram;
+pub mod methods;
+mod sentences;
+
+pub use histogram::{TensorStats, NUM_BINS};
+pub use methods::choose_amax;
+pub use sentences::{default_calibration_sentences, default_eval_sentences, read_sentences};
+
+use crate::interp::{self, InterpError, Tensor, WeightSource};
+use crate::ir::{DType, Graph, ValueId};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+/// Percentile used by `"percentile"` without a value (pytorch-quantization's default).
+pub const DEFAULT_PERCENTILE: f64 = 99.99;
+
+/// How a tensor's clipping range (amax) is chosen from its statistics.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum CalibMethod {
+    /// The largest `|x|` seen.
+    Max,
+    /// The given percentile (0–100, e.g. 99.99) of `|x|`.
+    Percentile(f64),
+    /// TensorRT's KL-divergence search.
+    Entropy,
+    /// Minimum squared quantization error.
+    Mse,
+}
+
+impl FromStr for CalibMethod {
+    type Err = String;
+
+    /// Parses `max`, `percentile` (= `percentile:99.99`), `percentile:P` with `0 < P ≤ 100`,
+    /// `entropy` and `mse` (ASCII case ignored).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let lower = s.trim().to_ascii_lowercase();
+        match lower.as_str() {
+            "max" => return Ok(CalibMethod::Max),
+            "percentile" => return Ok(CalibMethod::Percentile(DEFAULT_PERCENTILE)),
+            "entropy" => return Ok(CalibMethod::Entropy),
+            "mse" => return Ok(CalibMethod::Mse),
+            _ => {}
+        }
+        let Some(p) = lower.strip_prefix("percentile:") else {
+            return Err(format!("unknown calibration method `{s}`: expected max, percentile[:P], entropy or mse"));
+        };
+        match p.trim().parse::<f64>() {
+            Ok(v) if v > 0.0 && v <= 100.0 => Ok(CalibMethod::Percentile(v)),
+            _ => Err(format!("bad percentile in `{s}`: expected a number in (0, 100], e.g. percentile:99.9")),
+        }
+    }
+}
+
+impl fmt::Display for CalibMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CalibMethod::Max => f.write_str("max"),
+            CalibMethod::Percentile(p) => write!(f, "percentile:{p}"),
+            CalibMethod::Entropy => f.write_str("entropy"),
+            CalibMethod::Mse => f.write_str("mse"),
+        }
+    }
+}
+
+/// Why a value's statistic cannot give a scale.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CalibIssue {
+    /// No element was seen (the value was never computed, or was always empty).
+    NoData,
+    /// Every element was zero.
+    AllZero,
+    /// NaN or infinite elements were seen.
+    NonFinite {
+        /// NaNs seen.
+        nan: u64,
+        /// Infinities seen.
+        inf: u64,
+    },
+}
+
+impl fmt::Display for CalibIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CalibIssue::NoData => f.write_str("no data was collected (the value was never computed or always empty)"),
+            CalibIssue::AllZero => f.write_str("every calibration value is zero, so no scale can be derived"),
+            CalibIssue::NonFinite { nan, inf } => write!(f, "calibration saw {nan} NaN and {inf} infinite value(s)"),
+        }
+    }
+}
+
+impl std::error::Error for CalibIssue {}
+
+/// Statistics collected over a calibration set.
+#[derive(Clone, Debug)]
+pub struct Calibration {
+    /// One entry per requested value (empty statistics if it was never computed).
+    pub stats: HashMap<ValueId, TensorStats>,
+    /// Batches run.
+    pub batches: usize,
+    /// Rows seen (the leading dimension of each batch's first input, summed).
+    pub samples: usize,
+    /// Wall time of the collection.
+    pub elapsed: Duration,
+}
+
+impl Calibration {
+    /// amax per value for `method` and `storage`; values whose statistic is unusable are returned
+    /// in the second list (sorted by value id), each also reported with a `tracing::warn!` naming
+    /// the value and its producing node.
+    pub fn amaxes(&self, g: &Graph, method: CalibMethod, storage: DType) -> (HashMap<ValueId, f32>, Vec<(ValueId, CalibIssue)>) {
+        let mut ids: Vec<ValueId> = self.stats.keys().copied().collect();
+        ids.sort();
+        let results: Vec<(ValueId, Result<f32, CalibIssue>)> =
+            ids.par_iter().map(|&v| (v, choose_amax(&self.stats[&v], method, storage))).collect();
+        let mut amaxes = HashMap::new();
+        let mut issues = Vec::new();
+        for (v, r) in results {
+            match r {
+                Ok(a) => {
+                    amaxes.insert(v, a);
+                }
+                Err(issue) => {
+                    tracing::warn!("cannot calibrate value {v} ({}): {issue}", producer_name(g, v));
+                    issues.push((v, issue));
+                }
+            }
+        }
+        (amaxes, issues)
+    }
+}
+
+/// "node `name` (op)" for the node producing `v`, for messages.
+fn producer_name(g: &Graph, v: ValueId) -> String {
+    let Some(info) = g.values.get(v) else { return "not a value of this graph".into() };
+    match g.nodes.get(info.producer) {
+        Some(node) => {
+            let name = node.name.as_deref().unwrap_or("<unnamed>");
+            format!("output {} of {} node {} `{name}`", info.slot, node.op.mnemonic(), info.producer)
+        }
+        None => format!("producer {} missing", info.producer),
+    }
+}
+
+/// Runs `g` (the FP32 graph) over `batches` with the reference interpreter and collects
+/// statistics for `values` (f32-held tensors only; a value never computed keeps empty
+/// statistics and later reports [`CalibIssue::NoData`]). Shows a progress bar over batches
+/// unless `quiet`, and reports the elapsed time (on the bar and with `tracing::info!`).
+pub fn collect(
+    g: &Graph,
+    weights: &dyn WeightSource,
+    batches: &[Vec<(&str, Tensor)>],
+    values: &[ValueId],
+    quiet: bool,
+) -> Result<Calibration, InterpError> {
+    let start = Instant::now();
+    let mut stats: HashMap<ValueId, TensorStats> = values.iter().map(|&v| (v, TensorStats::new())).collect();
+    let bar = progress_bar(batches.len(), values.len(), quiet);
+    let mut samples = 0;
+    for batch in batches {
+        interp::run_observed(g, weights, batch, &mut |id, t| {
+            if let (Some(s), Some(xs)) = (stats.get_mut(&id), t.as_f32()) {
+                s.add(xs);
+            }
+        })?;
+        samples += batch_rows(batch);
+        bar.inc(1);
+    }
+    let elapsed = start.elapsed();
+    bar.finish_with_message(format!("calibrated {} value(s) over {samples} sample(s) in {:.2?}", values.len(), elapsed));
+    tracing::info!(batches = batches.len(), samples, values = values.len(), ?elapsed, "calibration statistics collected");
+    Ok(Calibration { stats, batches: batches.len(), samples, elapsed })
+}
+
+/// A progress bar over `n` batches (hidden when `quiet`).
+fn progress_bar(n: usize, values: usize, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(n as u64);
+    let style = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} batches {elapsed}");
+    bar.set_style(style.unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_message(format!("calibrating {values} value(s)"));
+    bar
+}
+
+/// Rows in a batch: the leading dimension of its first input that has one.
+fn batch_rows(batch: &[(&str, Tensor)]) -> usize {
+    batch.iter().find_map(|(_, t)| t.shape.first().copied()).unwrap_or(0)
+}

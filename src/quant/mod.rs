@@ -1,0 +1,2 @@
+//! Quantization: calibration statistics and amax selection ([`calib`]).
+pub mod calib;

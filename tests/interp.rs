@@ -845,3 +845,16 @@ fn minilm_shaped_encoder_speed() {
     assert!(dt.as_secs_f64() < 10.0, "took {dt:?}");
 }
 
+
+#[test]
+fn corrupt_graph_is_an_error_not_a_panic() {
+    let mut g = graph(r#"graph "c" {
+  %0 = input "x" : f32[2]
+  %1 = neg %0 : f32[2]
+  return "y" = %1
+}"#);
+    let neg = g.values[g.outputs[0].1].producer;
+    g.nodes[neg].inputs[0] = ir::ValueId(99);
+    let r = interp::run(&g, &NoWeights, &[("x", Tensor::f32(vec![2], vec![1.0, 2.0]))]);
+    assert!(matches!(r, Err(InterpError::InvalidGraph { .. })), "{r:?}");
+}

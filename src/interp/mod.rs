@@ -150,6 +150,13 @@ pub enum InterpError {
     /// The graph has a cycle.
     #[error("the graph has a cycle")]
     Cycle,
+    /// The graph is structurally corrupt (dangling value ids, a source op without its output);
+    /// `ir::verify` reports such graphs in detail.
+    #[error("invalid graph: {message}")]
+    InvalidGraph {
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// Run options.
@@ -189,12 +196,13 @@ pub fn run_with(
     opts: &RunOptions,
     observe: &mut dyn FnMut(ValueId, &Tensor),
 ) -> Result<Outputs, InterpError> {
+    check_structure(g)?;
     let order = order::canonical_order(g).ok_or(InterpError::Cycle)?;
     let pool = match opts.threads {
         0 => None,
         n => rayon::ThreadPoolBuilder::new().num_threads(n).build().ok(),
     };
-    let mut ex = Executor::new(g, weights, pool)?;
+    let mut ex = Executor::new(g, weights, pool);
     ex.bind_inputs(inputs)?;
     for id in order {
         if ex.live[id.index()] {
@@ -218,22 +226,18 @@ struct Executor<'a> {
 }
 
 impl<'a> Executor<'a> {
-    fn new(g: &'a Graph, weights: &'a dyn WeightSource, pool: Option<rayon::ThreadPool>) -> Result<Self, InterpError> {
+    fn new(g: &'a Graph, weights: &'a dyn WeightSource, pool: Option<rayon::ThreadPool>) -> Self {
         let live = g.live_nodes();
         let mut uses = vec![0u32; g.values.len()];
         for (id, node) in g.nodes.iter() {
             if live[id.index()] {
-                for &v in &node.inputs {
-                    *uses.get_mut(v.index()).ok_or(InterpError::Cycle)? += 1;
-                }
+                node.inputs.iter().for_each(|v| uses[v.index()] += 1);
             }
         }
-        for &(_, v) in &g.outputs {
-            *uses.get_mut(v.index()).ok_or(InterpError::Cycle)? += 1;
-        }
+        g.outputs.iter().for_each(|(_, v)| uses[v.index()] += 1);
         let syms = vec![None; g.symbols.len()];
         let store = vec![None; g.values.len()];
-        Ok(Executor { g, weights, pool, live, syms, uses, store })
+        Executor { g, weights, pool, live, syms, uses, store }
     }
 
     /// Checks every graph input and binds the symbols of their shapes.
@@ -338,7 +342,7 @@ impl<'a> Executor<'a> {
         let werr = |message: String| InterpError::Weight { name: name.into(), message };
         let t = self.weights.weight(name).map_err(werr)?;
         t.check().map_err(|message| InterpError::MalformedTensor { name: name.into(), message })?;
-        let ty = self.g.ty(node.outputs[0]);
+        let ty = self.g.ty(node.outputs[0]); // one output: checked by `check_structure`
         if t.dtype != ty.dtype {
             return Err(InterpError::WeightDType { name: name.into(), expected: ty.dtype, got: t.dtype });
         }
@@ -396,6 +400,27 @@ impl<'a> Executor<'a> {
         }
         Ok(outs)
     }
+}
+
+/// Checks the value ids the executor indexes with, so a corrupt graph is an error, not a panic.
+fn check_structure(g: &Graph) -> Result<(), InterpError> {
+    let bad = |message: String| Err(InterpError::InvalidGraph { message });
+    let n = g.values.len();
+    for (id, node) in g.nodes.iter() {
+        if let Some(v) = node.inputs.iter().chain(&node.outputs).find(|v| v.index() >= n) {
+            return bad(format!("node {id} refers to undefined value {v}"));
+        }
+        if node.op.is_source() && node.outputs.len() != 1 {
+            return bad(format!("{} node {id} must have exactly one output", node.op.mnemonic()));
+        }
+    }
+    if let Some((name, v)) = g.outputs.iter().find(|(_, v)| v.index() >= n) {
+        return bad(format!("output `{name}` refers to undefined value {v}"));
+    }
+    if let Some((v, _)) = g.values.iter().find(|(_, info)| info.producer.index() >= g.nodes.len()) {
+        return bad(format!("value {v} has no producer"));
+    }
+    Ok(())
 }
 
 fn find_input<'t>(inputs: &'t [(&str, Tensor)], name: &str) -> Result<&'t Tensor, InterpError> {

@@ -82,8 +82,11 @@ pub fn encode(op: &Op, extra: &[ValueId]) -> Vec<Attr> {
             v.extend(encode_quant(to, &[]));
             v
         }
-        Op::NormQuantize { eps, via, quant, .. } => {
+        Op::NormQuantize { eps, via, quant, keep_normed, .. } => {
             let mut v = vec![kv("eps", f32_num(*eps)), kv("via", ident(via.name()))];
+            if *keep_normed {
+                v.push(kv("keep_normed", ident("true")));
+            }
             v.extend(encode_quant(quant, extra));
             v
         }
@@ -252,7 +255,8 @@ pub fn decode(mnemonic: &str, attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), Stri
         "layernorm_quantize" | "rmsnorm_quantize" => {
             let (quant, refs) = decode_quant(attrs)?;
             let kind = if mnemonic == "layernorm_quantize" { NormKind::LayerNorm } else { NormKind::RmsNorm };
-            return Ok((Op::NormQuantize { kind, eps: eps()?, via: dtype_attr(attrs, "via")?, quant }, refs));
+            let keep_normed = get(attrs, "keep_normed") == Some(&AttrValue::Ident("true".into()));
+            return Ok((Op::NormQuantize { kind, eps: eps()?, via: dtype_attr(attrs, "via")?, quant, keep_normed }, refs));
         }
         "qmatmul" => return decode_qmatmul(attrs),
         other => elementwise(other).ok_or_else(|| format!("unknown op `{other}`"))?,

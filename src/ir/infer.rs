@@ -53,7 +53,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType], declared: &[TensorType]) -> InferR
         Op::Quantize(spec) => quantize(spec, inputs),
         Op::Dequantize(spec) => dequantize(spec, inputs, declared_first(declared)?.dtype),
         Op::Requantize { via, to, .. } => requantize(inputs[0], *via, to).map(|t| vec![t]),
-        Op::NormQuantize { kind, via, quant, .. } => norm_quantize(*kind, *via, quant, inputs),
+        Op::NormQuantize { kind, via, quant, keep_normed, .. } => norm_quantize(*kind, *via, quant, *keep_normed, inputs),
         Op::QMatMul(q) => qmatmul(q, inputs).map(|t| vec![t]),
     }
 }
@@ -324,7 +324,7 @@ fn requantize(q: &TensorType, via: DType, to: &QuantSpec) -> Result<TensorType, 
     Ok(q.with_dtype(to.storage))
 }
 
-fn norm_quantize(kind: NormKind, via: DType, quant: &QuantSpec, inputs: &[&TensorType]) -> InferResult {
+fn norm_quantize(kind: NormKind, via: DType, quant: &QuantSpec, keep_normed: bool, inputs: &[&TensorType]) -> InferResult {
     let n = 1 + norm_params(kind);
     let normed = norm(&inputs[..n])?;
     if !via.is_wide_float() {
@@ -333,7 +333,11 @@ fn norm_quantize(kind: NormKind, via: DType, quant: &QuantSpec, inputs: &[&Tenso
     let normed = normed.with_dtype(via);
     let mut q_inputs = vec![&normed];
     q_inputs.extend_from_slice(&inputs[n..]);
-    quantize(quant, &q_inputs)
+    let mut outs = quantize(quant, &q_inputs)?;
+    if keep_normed {
+        outs.push(normed);
+    }
+    Ok(outs)
 }
 
 fn qmatmul(q: &QMatMul, inputs: &[&TensorType]) -> Result<TensorType, String> {

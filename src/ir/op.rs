@@ -207,8 +207,9 @@ pub enum Op {
         /// The output quantization (per-tensor, literal scale).
         to: QuantSpec,
     },
-    /// `x, gamma [, beta] [, scale] → q [, scales]`: a LayerNorm/RMSNorm whose result, rounded to
-    /// `via`, is quantized with `quant` (static, or dynamic per-token with a second output).
+    /// `x, gamma [, beta] [, scale] → q [, scales] [, normed]`: a LayerNorm/RMSNorm whose result,
+    /// rounded to `via`, is quantized with `quant` (static, or dynamic per-token with a scales
+    /// output); with `keep_normed` the rounded norm itself is a last output too (for a residual).
     NormQuantize {
         /// Which norm.
         kind: NormKind,
@@ -218,6 +219,8 @@ pub enum Op {
         via: DType,
         /// The quantization.
         quant: QuantSpec,
+        /// Also output the unquantized norm (rounded to `via`).
+        keep_normed: bool,
     },
     /// `a, b [, a_scale] [, b_scale] [, epilogue inputs…] → y`: `Σ_k a·b` over quantized
     /// operands in f32, times `alpha·a_scale[m]·b_scale[n]`, rounded to `acc_dtype`, then the

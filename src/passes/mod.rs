@@ -5,8 +5,16 @@
 //! after every pass (debug builds and tests, or when asked), writes `--dump-ir-after` files and
 //! honours `--disable-pass`. Rule discipline: `src/passes/README.md`.
 
+pub mod cse;
+pub mod dce;
+pub mod fold_constants;
+pub mod fold_scales;
+pub mod fuse_dq_matmul;
+pub mod fuse_epilogue;
+pub mod fuse_layernorm_quantize;
 pub mod manager;
 pub mod pipeline;
+pub mod propagate_qdq;
 pub mod report;
 
 pub use manager::{PassManager, PassOptions};
@@ -76,4 +84,40 @@ pub enum PassError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+impl Weights for crate::import::WeightStore {
+    fn insert(&self, name: String, t: Tensor) {
+        crate::import::WeightStore::insert(self, name, t)
+    }
+    fn has(&self, name: &str) -> bool {
+        self.contains(name)
+    }
+}
+
+/// Weights held in memory, for tests and synthetic graphs.
+#[derive(Default)]
+pub struct MemoryWeights {
+    tensors: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Tensor>>>,
+}
+
+impl MemoryWeights {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::sync::Arc<Tensor>>> {
+        self.tensors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl WeightSource for MemoryWeights {
+    fn weight(&self, name: &str) -> Result<std::sync::Arc<Tensor>, String> {
+        self.lock().get(name).cloned().ok_or_else(|| format!("weight `{name}` is not in memory"))
+    }
+}
+
+impl Weights for MemoryWeights {
+    fn insert(&self, name: String, t: Tensor) {
+        self.lock().insert(name, std::sync::Arc::new(t));
+    }
+    fn has(&self, name: &str) -> bool {
+        self.lock().contains_key(name)
+    }
 }

@@ -1,8 +1,26 @@
-//! The fusion pipeline, top to bottom. Each pass's file shows its rewrite.
+//! The fusion pipeline, top to bottom. Each pass's file shows its rewrite as before/after IR.
 
-use super::Pass;
+use super::*;
 
 /// The passes that turn a graph with explicit Q/DQ into fused quantized ops, in order.
+///
+/// `cse` runs early too: the recipe places one Q→DQ per matmul input, so the Q, K and V
+/// projections reading one LayerNorm output start with three identical quantizes.
 pub fn fusion() -> Vec<Box<dyn Pass>> {
-    vec![]
+    vec![
+        Box::new(fold_constants::FoldConstants),
+        Box::new(cse::Cse),
+        Box::new(propagate_qdq::PropagateQdq),
+        Box::new(fold_scales::FoldScales),
+        Box::new(fuse_layernorm_quantize::FuseLayerNormQuantize),
+        Box::new(fuse_dq_matmul::FuseDqMatmul),
+        Box::new(fuse_epilogue::FuseEpilogue),
+        Box::new(cse::Cse),
+        Box::new(dce::Dce),
+    ]
+}
+
+/// The pass named `name` (for tests and tools that run one pass).
+pub fn by_name(name: &str) -> Option<Box<dyn Pass>> {
+    fusion().into_iter().find(|p| p.name() == name)
 }

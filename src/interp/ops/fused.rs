@@ -21,6 +21,7 @@ pub(super) fn norm_quantize(
     eps: f32,
     via: crate::ir::DType,
     spec: &QuantSpec,
+    keep_normed: bool,
     mut args: std::vec::IntoIter<Arc<Tensor>>,
     outs: &[OutType],
 ) -> Result<Vec<Tensor>, String> {
@@ -31,7 +32,13 @@ pub(super) fn norm_quantize(
         NormKind::LayerNorm => norm::layer_norm(x, &gamma, Some(&*next()?), eps, &mid)?,
         NormKind::RmsNorm => norm::rms_norm(x, &gamma, eps, &mid)?,
     };
-    quant::quantize(spec, Arc::new(normed), args.collect(), outs)
+    let normed = Arc::new(normed);
+    let n_quant = outs.len() - usize::from(keep_normed);
+    let mut results = quant::quantize(spec, normed.clone(), args.collect(), &outs[..n_quant])?;
+    if keep_normed {
+        results.push(Arc::try_unwrap(normed).unwrap_or_else(|shared| (*shared).clone()));
+    }
+    Ok(results)
 }
 
 /// `qmatmul`: f32 accumulation over the quantized operands, scaling, epilogue, output quantize.

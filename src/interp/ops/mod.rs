@@ -57,7 +57,7 @@ fn eval(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType]) -> Result<Vec<Tensor>
         Op::Input { .. } | Op::Weight { .. } => return Err("internal: source op evaluated as a kernel".into()),
         Op::Quantize(spec) => return quant::quantize(spec, next!(), args.collect(), outs),
         Op::Requantize { from_scale, via, to } => return fused::requantize(next!(), *from_scale, *via, to, outs),
-        Op::NormQuantize { kind, eps, via, quant } => return fused::norm_quantize(*kind, *eps, *via, quant, args, outs),
+        Op::NormQuantize { kind, eps, via, quant, keep_normed } => return fused::norm_quantize(*kind, *eps, *via, quant, *keep_normed, args, outs),
         Op::QMatMul(q) => return fused::qmatmul(q, args, outs),
         Op::Dequantize(spec) => quant::dequantize(spec, next!(), args.collect(), out)?,
         Op::Scalar { value } => elementwise::scalar(*value, out),

@@ -24,6 +24,9 @@ pub struct EmbedArgs {
     /// Tokenizer truncation length.
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
+    /// Quantize first (the embeddings come from the fused graph).
+    #[command(flatten)]
+    recipe: super::recipe_args::RecipeArgs,
 }
 
 /// Runs `qfuse embed`.
@@ -32,8 +35,17 @@ pub fn run(args: &EmbedArgs, quiet: bool) -> anyhow::Result<()> {
     let opts = ImportOptions { max_tokens: args.max_tokens, ..Default::default() };
     let model = import::load(&args.model_dir, &opts)?;
     let Some(tok) = &model.tokenizer else { bail!("{}: missing (tokenizer)", args.model_dir.join("tokenizer.json").display()) };
+    let graph = match args.recipe.recipe()? {
+        Some(recipe) => {
+            let calib = args.recipe.calib_options(quiet)?;
+            let q = qfuse::quant::quantize(&model, &recipe, &calib, &args.recipe.pass_options())?;
+            tracing::info!(recipe = recipe.name.as_str(), nodes = q.fused.nodes.len(), "quantized");
+            q.fused
+        }
+        None => model.graph.clone(),
+    };
     let started = std::time::Instant::now();
-    let embeddings = embed_all(&model, tok, &texts, opts.max_batch as usize, quiet)?;
+    let embeddings = embed_all(&graph, &model, tok, &texts, opts.max_batch as usize, quiet)?;
     tracing::info!(texts = texts.len(), seconds = started.elapsed().as_secs_f64(), "embedded");
     if args.json {
         let items: Vec<_> = texts.iter().zip(&embeddings).map(|(t, e)| serde_json::json!({"text": t, "embedding": e})).collect();
@@ -65,16 +77,16 @@ fn collect_texts(args: &EmbedArgs) -> anyhow::Result<Vec<String>> {
 }
 
 /// Embeds `texts` in batches of at most `max_batch`, showing progress over graph values.
-fn embed_all(model: &import::Model, tok: &import::TextTokenizer, texts: &[String], max_batch: usize, quiet: bool) -> anyhow::Result<Vec<Vec<f32>>> {
+pub fn embed_all(graph: &qfuse::ir::Graph, model: &import::Model, tok: &import::TextTokenizer, texts: &[String], max_batch: usize, quiet: bool) -> anyhow::Result<Vec<Vec<f32>>> {
     let chunks: Vec<&[String]> = texts.chunks(max_batch.max(1)).collect();
-    let steps = (model.graph.values.len() * chunks.len()) as u64;
+    let steps = (graph.values.len() * chunks.len()) as u64;
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(steps) };
     bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {percent}% {elapsed}").unwrap_or_else(|_| ProgressStyle::default_bar()));
     bar.set_message(format!("embedding {} text(s)", texts.len()));
     let mut out = Vec::with_capacity(texts.len());
     for chunk in chunks {
         let batch = tok.encode(chunk)?;
-        let outputs = interp::run_observed(&model.graph, &model.weights, &batch.inputs(), &mut |_, _| bar.inc(1))?;
+        let outputs = interp::run_observed(graph, &model.weights, &batch.inputs(), &mut |_, _| bar.inc(1))?;
         let (_, emb) = outputs.into_iter().next().context("the graph has no output")?;
         out.extend(rows(&emb)?);
     }
@@ -82,13 +94,13 @@ fn embed_all(model: &import::Model, tok: &import::TextTokenizer, texts: &[String
     Ok(out)
 }
 
-fn rows(t: &Tensor) -> anyhow::Result<Vec<Vec<f32>>> {
+pub fn rows(t: &Tensor) -> anyhow::Result<Vec<Vec<f32>>> {
     let data = t.as_f32().context("embedding output is not a float tensor")?;
     let &[_, width] = t.shape.as_slice() else { bail!("embedding output has shape {:?}, expected [batch, width]", t.shape) };
     Ok(data.chunks(width).map(<[f32]>::to_vec).collect())
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
     let na: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();

@@ -1,8 +1,10 @@
 //! Command-line front end: argument parsing, logging set-up and error reporting.
 
+mod compile;
 mod embed;
 mod import;
 mod output;
+mod recipe_args;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -24,6 +26,8 @@ enum Command {
     Import(import::ImportArgs),
     /// Compute sentence embeddings with the reference interpreter and print their similarities.
     Embed(embed::EmbedArgs),
+    /// Quantize with a recipe, calibrate, fuse, and write the result.
+    Compile(compile::CompileArgs),
 }
 
 /// Parses arguments, runs the command, and maps errors to a message and exit code 1.
@@ -33,6 +37,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Import(args) => import::run(&args),
         Command::Embed(args) => embed::run(&args, cli.quiet),
+        Command::Compile(args) => compile::run(&args, cli.quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,2 +1,133 @@
-//! Quantization: calibration statistics and amax selection ([`calib`]).
+//! Quantization: recipes, calibration and Q/DQ placement, then the fusion pipeline.
+//!
+//! [`quantize`] runs the whole front half of the compiler on an imported model:
+//! convert to the recipe's compute dtype → find the matmul sites → calibrate the activations the
+//! recipe needs → insert Q/DQ → run the fusion passes → fusion report.
+
 pub mod calib;
+pub mod insert;
+pub mod precision;
+pub mod recipe;
+
+pub use recipe::Recipe;
+
+use crate::import::{ImportError, Model};
+use crate::ir::{self, Graph};
+use crate::passes::{pipeline, report::Entry, PassCx, PassError, PassManager, PassOptions};
+use calib::CalibMethod;
+use serde::Serialize;
+
+/// Calibration settings.
+#[derive(Clone, Debug)]
+pub struct CalibOptions {
+    /// How static activation ranges are chosen.
+    pub method: CalibMethod,
+    /// The calibration samples (one text each).
+    pub sentences: Vec<String>,
+    /// Texts per interpreter run.
+    pub batch: usize,
+    /// Hide progress bars.
+    pub quiet: bool,
+}
+
+impl Default for CalibOptions {
+    fn default() -> Self {
+        CalibOptions { method: CalibMethod::Max, sentences: calib::default_calibration_sentences(), batch: 16, quiet: true }
+    }
+}
+
+/// What calibration did.
+#[derive(Clone, Debug, Serialize)]
+pub struct CalibSummary {
+    /// Method used.
+    pub method: String,
+    /// Samples (texts) run.
+    pub samples: usize,
+    /// Tensors observed.
+    pub tensors: usize,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// A model through the recipe and the passes, with every intermediate graph kept.
+pub struct Quantized {
+    /// The recipe applied.
+    pub recipe: Recipe,
+    /// The graph in the compute dtype without Q/DQ, matmuls named uniquely: the baseline.
+    pub baseline: Graph,
+    /// The graph with explicit Q/DQ, before fusion.
+    pub qdq: Graph,
+    /// The fused graph.
+    pub fused: Graph,
+    /// The matmul sites, named.
+    pub sites: Vec<insert::Site>,
+    /// What became of every Q/DQ.
+    pub report: Vec<Entry>,
+    /// Sites left in high precision, with the reason.
+    pub skipped: Vec<(String, String)>,
+    /// Calibration, when the recipe needed it.
+    pub calibration: Option<CalibSummary>,
+}
+
+/// Why quantization failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QuantError {
+    /// Tokenizing the calibration set failed.
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    /// The interpreter failed during calibration.
+    #[error("calibration: {0}")]
+    Calibration(#[from] crate::interp::InterpError),
+    /// A pass failed.
+    #[error(transparent)]
+    Pass(#[from] PassError),
+    /// The recipe could not be applied (a qfuse bug or an unsupported graph).
+    #[error("applying the recipe: {0}")]
+    Recipe(String),
+}
+
+/// Runs `recipe` on `model`: see the module doc.
+pub fn quantize(model: &Model, recipe: &Recipe, calib: &CalibOptions, passes: &PassOptions) -> Result<Quantized, QuantError> {
+    let mut baseline = precision::convert(&model.graph, recipe.compute).map_err(QuantError::Recipe)?;
+    let sites = insert::find_sites(&mut baseline);
+    check(&baseline, "after conversion to the compute dtype")?;
+    let values = insert::calibration_values(&baseline, recipe, &sites);
+    let (amax, calibration) = if values.is_empty() { (Default::default(), None) } else { calibrate(model, &baseline, recipe, calib, &values)? };
+    let mut qdq = baseline.clone();
+    let skipped = insert::insert(&mut qdq, recipe, &sites, &amax, &model.weights).map_err(QuantError::Recipe)?;
+    for (site, why) in &skipped {
+        tracing::warn!(site = site.as_str(), "{why}");
+    }
+    check(&qdq, "after Q/DQ insertion")?;
+    let mut fused = qdq.clone();
+    let mut cx = PassCx::new(&model.weights);
+    PassManager::new(pipeline::fusion(), passes.clone())?.run(&mut fused, &mut cx)?;
+    let report = cx.report.finish(&fused);
+    Ok(Quantized { recipe: recipe.clone(), baseline, qdq, fused, sites, report, skipped, calibration })
+}
+
+fn check(g: &Graph, context: &str) -> Result<(), QuantError> {
+    ir::verify(g, context).map_err(|e| QuantError::Recipe(e.to_string()))
+}
+
+type Ranges = std::collections::HashMap<ir::ValueId, f32>;
+
+/// Runs the calibration set through `g` and picks a range for each value.
+fn calibrate(model: &Model, g: &Graph, recipe: &Recipe, opts: &CalibOptions, values: &[ir::ValueId]) -> Result<(Ranges, Option<CalibSummary>), QuantError> {
+    let tok = model.tokenizer.as_ref().ok_or_else(|| QuantError::Recipe(format!("{}: calibration needs tokenizer.json", model.dir.display())))?;
+    let batches = opts
+        .sentences
+        .chunks(opts.batch.max(1))
+        .map(|chunk| tok.encode(chunk).map(|b| b.inputs()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let collected = calib::collect(g, &model.weights, &batches, values, opts.quiet)?;
+    let storage = recipe.linear.activation.map_or(ir::DType::F8E4M3, |a| a.storage);
+    let (amax, issues) = collected.amaxes(g, opts.method, storage);
+    let summary = CalibSummary {
+        method: opts.method.to_string(),
+        samples: opts.sentences.len(),
+        tensors: values.len() - issues.len(),
+        seconds: collected.elapsed.as_secs_f64(),
+    };
+    Ok((amax, Some(summary)))
+}

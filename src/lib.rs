@@ -12,3 +12,4 @@ pub mod numerics;
 pub mod passes;
 pub mod quant;
 pub mod util;
+pub mod plan;

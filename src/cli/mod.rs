@@ -2,6 +2,7 @@
 
 mod compile;
 mod embed;
+mod eval;
 mod import;
 mod output;
 mod recipe_args;
@@ -28,6 +29,8 @@ enum Command {
     Embed(embed::EmbedArgs),
     /// Quantize with a recipe, calibrate, fuse, and write the result.
     Compile(compile::CompileArgs),
+    /// Measure a recipe's accuracy against FP32 on held-out texts, per layer and end to end.
+    Eval(eval::EvalArgs),
 }
 
 /// Parses arguments, runs the command, and maps errors to a message and exit code 1.
@@ -38,6 +41,7 @@ pub fn main() -> ExitCode {
         Command::Import(args) => import::run(&args),
         Command::Embed(args) => embed::run(&args, cli.quiet),
         Command::Compile(args) => compile::run(&args, cli.quiet),
+        Command::Eval(args) => eval::run(&args, cli.quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,7 +17,7 @@
 //!   resort a panic inside an op is caught and reported as [`InterpError::Op`].
 //! - Inputs passed with extra names the graph does not declare are ignored.
 //!
-//! Op semantics are documented in [`ops`] and its submodules (quantization in `ops::quant`).
+//! Op semantics are documented in the `ops` submodules (`ops::quant` for quantization).
 
 mod ops;
 pub mod tensor;

@@ -108,3 +108,35 @@ fn substitute(g: &mut Graph, subst: &[Option<ValueId>]) {
     }
     g.outputs.iter_mut().for_each(|(_, v)| through(v));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::passes::report::Outcome;
+
+    /// The Q/K/V case: the kept pair stays under the query's names, the others are reported folded.
+    #[test]
+    fn merged_qdq_are_reported_folded() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ir/cse/minilm_qkv_quantizes.ir")).unwrap();
+        let mut g = crate::ir::parse(&text).unwrap();
+        let w = crate::passes::MemoryWeights::default();
+        let mut cx = PassCx::new(&w);
+        assert!(Cse.run(&mut g, &mut cx).unwrap());
+        let folded: Vec<String> = cx
+            .report
+            .finish(&g)
+            .into_iter()
+            .filter_map(|e| match e.outcome {
+                Outcome::Folded { how } => Some(format!("{}: {how}", e.qdq)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(folded, [
+            "k:a.dq: identical dequantize merged (CSE)",
+            "k:a.q: identical quantize merged (CSE)",
+            "v:a.dq: identical dequantize merged (CSE)",
+            "v:a.q: identical quantize merged (CSE)",
+        ]);
+        assert!(!Cse.run(&mut g, &mut cx).unwrap(), "a second run finds nothing");
+    }
+}

@@ -23,19 +23,19 @@
 //! - Anything else (per-channel, per-token or block specs that differ, scale or zero-point
 //!   inputs, a dynamic quantize, a zero point on a requantize side) is declined with the reason.
 //!
-//! Why eliding is exact. Let `c = q − z` (an integer code minus its zero point, or an FP8/FP4
-//! value; `z = 0` for floats) and `u` the unit roundoff of `via` (f32 2⁻²⁴, f16 2⁻¹¹, bf16 2⁻⁸).
-//! The DQ computes `x = round_via(round_f32(c·s))`, the Q `round_storage(round_f32(x/s)) (+ z)`.
-//! When every `|c·s|` lies in `via`'s normal range, `x/s` rounded to f32 is `c·(1+ε)` with
-//! `|ε| ≤ e = u + 2⁻²²` (u for the rounding to `via`, 2⁻²⁴ each for the f32 product and
-//! quotient, the rest covering second-order terms). It rounds back to `c` when the error stays below half the storage
-//! spacing at `c`: for integers `max|c|·e < ½`; for floats with `p` significand bits (E4M3 4,
-//! E5M2 3, E2M1 2), whose half-spacing is at least `|c|·2^−(p+1)`, `e < 2^−(p+1)`. So f32 always
-//! passes (given the range), f16 and bf16 pass for FP8/FP4 and f16 for 8-bit integers; bf16 with
-//! `i8` (`128·(2⁻⁸+2⁻²³) > ½`) becomes a `requantize` instead. `±0` and NaN round-trip; E5M2's
-//! `±inf` codes would saturate to ±57344, so E5M2 elides only when `q` comes from a `quantize`
-//! (which saturates). Scales that put some `|c·s|` outside `via`'s normal range (f16 overflow,
-//! subnormal products) also fall back to `requantize`.
+//! Why eliding is exact. Let `c = q − z` (`z = 0` for floats) and `u` the unit roundoff of `via`
+//! (f32 2⁻²⁴, f16 2⁻¹¹, bf16 2⁻⁸). The DQ computes `x = round_via(round_f32(c·s))`, the Q
+//! `round_storage(round_f32(x/s)) + z`. While every `|c·s|` is a normal number of `via`, the
+//! quotient is `c·(1+ε)` with `|ε| ≤ e = u + 2⁻²²` (u, two f32 roundings, second-order terms),
+//! and it rounds back to `c` when that error is below half the storage spacing at `c`: for
+//! integers `max|c|·e < ½`; for floats with `p` significand bits (E4M3 4, E5M2 3, E2M1 2), whose
+//! half-spacing is at least `|c|·2^−(p+1)`, `e < 2^−(p+1)`. So f32 passes whenever the range
+//! does, f16 and bf16 pass for FP8/FP4, f16 for 8-bit integers, bf16 not for 8-bit integers. `±0`
+//! and NaN round-trip. E5M2's `±inf` codes would saturate to ±57344, so E5M2 elides only when `q`
+//! comes from a (saturating) `quantize`. Where the guard fails the pair becomes a `requantize`
+//! (per-tensor) or is declined. Its exclusions are real, f32 included: E5M2 code 512 with scale
+//! 7e35 overflows to inf and comes back as 57344, and `u8` code 167 (scale 0.0123) comes back
+//! through bf16 as 166. A unit test checks every code of every storage type against the guard.
 //!
 //! Idempotent: no rule matches its own output. A changed graph is compacted (README.md).
 //! Interactions: after `propagate-qdq` (which makes DQ and Q meet), before the fusions.
@@ -204,5 +204,102 @@ fn apply(g: &mut Graph, cx: &mut PassCx, rw: &Rewrite) {
             cx.report.fused(&q_loc, "requantize", &q_loc);
             cx.report.declined(&q_loc, "DQ→Q with different scales: one requantize kernel remains");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interp::{self, NoWeights, Tensor};
+
+    /// `quantize(dequantize(c) : via)` on every finite code `c` of a per-tensor literal `spec`,
+    /// through the interpreter: `(c, result)` pairs.
+    fn round_trip_all_codes(spec: &QuantSpec, via: DType) -> Vec<(f32, f32)> {
+        let (st, ScaleSource::Literal(s)) = (spec.storage, &spec.scale) else { unreachable!("literal scales only") };
+        let zero = match spec.zero_point {
+            Some(ZeroPoint::Literal(z)) => format!(", zero={z}"),
+            _ => String::new(),
+        };
+        let attrs = format!("{{{st}, per_tensor, scale={s:?}{zero}}}");
+        let codes: Vec<f32> = (0..1u32 << st.bits()).map(|b| crate::numerics::decode_bits(b, st)).filter(|c| c.is_finite()).collect();
+        let n = codes.len();
+        let text = format!(
+            "graph \"t\" {{\n  %0 = input \"q\" : {st}[{n}]\n  %1 = dequantize %0 {attrs} : {via}[{n}]\n  %2 = quantize %1 {attrs} : {st}[{n}]\n  return \"q\" = %2\n}}"
+        );
+        let g = crate::ir::parse(&text).unwrap();
+        let out = interp::run(&g, &NoWeights, &[("q", Tensor::from_f32_as(st, vec![n], codes.clone()))]).unwrap();
+        codes.into_iter().zip(out[0].1.to_f32_vec()).collect()
+    }
+
+    /// Wherever the guard allows eliding, every finite code comes back bit for bit (NaN as NaN),
+    /// over all storage types, the three `via` types and scales from tiny to huge.
+    #[test]
+    fn elision_guard_is_sound_for_every_code() {
+        let scales = [1e-3, 0.0123, 0.037, 0.05, 1.0, 3.0, 100.0, 1e-30, 2f32.powi(-117), 1e-38, 1e30, 7e35];
+        let mut specs = vec![];
+        for st in [DType::F8E4M3, DType::F8E5M2, DType::F4E2M1, DType::I8, DType::U8, DType::I4, DType::U4] {
+            for &s in &scales {
+                specs.push(QuantSpec::per_tensor(st, s));
+            }
+        }
+        specs.extend(scales.iter().map(|&s| QuantSpec { zero_point: Some(ZeroPoint::Literal(128)), ..QuantSpec::per_tensor(DType::U8, s) }));
+        let mut elided = 0;
+        for spec in &specs {
+            for via in [DType::F32, DType::F16, DType::BF16] {
+                if !round_trips(spec, via, true) {
+                    continue;
+                }
+                elided += 1;
+                for (c, back) in round_trip_all_codes(spec, via) {
+                    let same = c.to_bits() == back.to_bits() || (c.is_nan() && back.is_nan()) || (c == 0.0 && back == 0.0 && spec.storage.is_int());
+                    assert!(same, "{spec:?} via {via}: code {c} came back as {back}");
+                }
+            }
+        }
+        assert!(elided > 60, "the guard should allow the common cases, allowed {elided}");
+        for st in [DType::F8E4M3, DType::I8] {
+            assert!(round_trips(&QuantSpec::per_tensor(st, 0.0123), DType::F32, false));
+        }
+    }
+
+    /// The guard is not just cautious: these pairs it refuses really change codes.
+    #[test]
+    fn guard_refuses_real_counterexamples() {
+        let u8_bf16 = QuantSpec::per_tensor(DType::U8, 0.0123);
+        let e5m2_huge = QuantSpec::per_tensor(DType::F8E5M2, 7e35);
+        for (spec, via, code, back) in [(&u8_bf16, DType::BF16, 167.0, 166.0), (&e5m2_huge, DType::F32, 512.0, 57344.0)] {
+            assert!(!round_trips(spec, via, true));
+            assert!(round_trip_all_codes(spec, via).contains(&(code, back)), "{spec:?} via {via}");
+        }
+    }
+
+    #[test]
+    fn report_names_folded_fused_and_declined_pairs() {
+        let text = r#"
+graph "t" {
+  %0 = input "q" : f8e4m3[4,16]
+  %1 = dequantize %0 {f8e4m3, per_tensor, scale=0.01} : f32[4,16] loc("a:out.dq")
+  %2 = quantize %1 {f8e4m3, per_tensor, scale=0.01} : f8e4m3[4,16] loc("b:a.q")
+  %3 = dequantize %0 {f8e4m3, per_tensor, scale=0.02} : f32[4,16] loc("c:out.dq")
+  %4 = quantize %3 {f8e4m3, per_tensor, scale=0.03} : f8e4m3[4,16] loc("d:a.q")
+  %5 = dequantize %0 {f8e4m3, per_tensor, scale=0.04} : f32[4,16] loc("e:out.dq")
+  %6 = quantize %5 {f8e4m3, per_tensor, scale=0.04} : f8e4m3[4,16] loc("f:a.q")
+  %7 = add %5, %5 : f32[4,16]
+  return "b" = %2, "d" = %4, "f" = %6, "a" = %7
+}"#;
+        let mut g = crate::ir::parse(text).unwrap();
+        let w = crate::passes::MemoryWeights::default();
+        let mut cx = PassCx::new(&w);
+        assert!(FoldScales.run(&mut g, &mut cx).unwrap());
+        let report: Vec<String> = cx.report.finish(&g).iter().map(|e| format!("{} {:?}", e.qdq, e.outcome)).collect();
+        let want = [
+            r#"a:out.dq Folded { how: "DQ→Q with equal scales removed" }"#,
+            r#"b:a.q Folded { how: "DQ→Q with equal scales removed" }"#,
+            r#"c:out.dq Fused { into: "requantize", node: "d:a.q" }"#,
+            r#"d:a.q Standalone { reason: "DQ→Q with different scales: one requantize kernel remains" }"#,
+            r#"e:out.dq Standalone { reason: "the dequantize has readers other than quantizes, so it must stay" }"#,
+            r#"f:a.q Standalone { reason: "the dequantize has readers other than quantizes, so it must stay" }"#,
+        ];
+        assert_eq!(report, want);
     }
 }

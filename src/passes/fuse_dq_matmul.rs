@@ -1,7 +1,42 @@
-//! `fuse-dq-matmul`: PLACEHOLDER, replaced by the real pass.
+//! `fuse-dq-matmul`: a matmul of two dequantized operands becomes a `qmatmul` that reads the
+//! quantized tensors and applies the scales once, to the f32 accumulator.
+//!
+//! ```text
+//! before:
+//!   %d = dequantize %q {f8e4m3, per_tensor, scale=0.0123} : f32[B,S,384] loc("L:a.dq")
+//!   %wd = dequantize %wq {f8e4m3, per_channel(0), scale=%s} : f32[1536,384] loc("L:b.dq")
+//!   %y = matmul %d, %wd {transpose_b} : f32[B,S,1536] loc("L")
+//! after:
+//!   %y = qmatmul %q, %wq {transpose_b, alpha=0.0123, b_scale=%s, acc=f32} : f32[B,S,1536] loc("L")
+//! ```
+//!
+//! Rule (`fuse_dq_matmul`): `matmul(dequantize(qa, sa), dequantize(qb, sb))` ⇒ `qmatmul(qa, qb)`
+//! with `alpha` = the product of the literal (per-tensor) scales, 1.0 if there are none;
+//! `a_scale` = a's per-token scale input (`[.., M, 1]`); `b_scale` = b's per-channel scale input
+//! on the output-feature axis (axis 0 of `[N, K]` with `transpose_b`, the last axis of `[K, N]`
+//! without); `acc` = the matmul's output dtype; empty epilogue. Batched operands (attention's
+//! `[B, H, S, D]` products, with or without `transpose_b`) fuse the same way.
+//!
+//! Numerics: the unfused graph computes `Σ (qa·sa)(qb·sb)`, the fused op `(Σ qa·qb)·sa·sb`, so the
+//! results differ by f32 reassociation (pass cases use `# tolerance: ulp`).
+//!
+//! Declined, with the reason recorded on the dequantize(s) concerned: `transpose_a`; only one
+//! operand dequantized; zero points; block granularities; a per-tensor scale that is a graph value
+//! rather than a literal; per-channel scales on the reduction axis, a batch axis or a's rows;
+//! per-token scales on b; a dequantize producing f16/bf16 (the unfused matmul would multiply
+//! rounded operands); a dequantize whose result a non-matmul (or a graph output) also reads, since
+//! it must then stay; and any operand combination the `qmatmul` type rule rejects (an `a_scale`
+//! that does not match the result's rows, non-f32 scale vectors), with the type rule's message.
+//!
+//! Idempotent: the fused node is not a matmul. The matmul stays in the arena, dead, until `dce`;
+//! so does a dequantize once its last matmul has fused.
+//!
+//! Interacting passes: `fold-constants` quantizes weights offline (the `b` dequantize then reads a
+//! quantized weight); `fold-scales` turns constant scale inputs into literals; a dequantize shared
+//! by several matmuls fuses into each; `fuse-epilogue` then grows the qmatmul's epilogue.
 
 use super::{Pass, PassCx, PassError};
-use crate::ir::Graph;
+use crate::ir::{infer, normalize_axis, print, DType, Granularity, Graph, NodeId, Op, QMatMul, ScaleSource, TensorType, ValueId};
 
 /// `fuse-dq-matmul`.
 pub struct FuseDqMatmul;
@@ -10,7 +45,172 @@ impl Pass for FuseDqMatmul {
     fn name(&self) -> &'static str {
         "fuse-dq-matmul"
     }
-    fn run(&self, _g: &mut Graph, _cx: &mut PassCx) -> Result<bool, PassError> {
-        Ok(false)
+
+    fn run(&self, g: &mut Graph, cx: &mut PassCx) -> Result<bool, PassError> {
+        let mut changed = false;
+        for id in g.nodes.ids().collect::<Vec<_>>() {
+            match match_matmul(g, &g.live_nodes(), id) {
+                None => {}
+                Some(Err(declines)) => {
+                    for (dq, reason) in declines {
+                        cx.report.declined(&loc(g, dq), reason);
+                    }
+                }
+                Some(Ok(fusion)) => {
+                    let fused = apply(g, id, fusion.op, &fusion.inputs);
+                    tracing::debug!(rule = "fuse_dq_matmul", node = %id, "fused");
+                    for dq in fusion.dqs {
+                        cx.report.fused(&loc(g, dq), "qmatmul", &loc(g, fused));
+                    }
+                    changed = true;
+                }
+            }
+        }
+        Ok(changed)
     }
+}
+
+/// The qmatmul that replaces a matmul, and the dequantizes it absorbs.
+struct Fusion {
+    op: Op,
+    inputs: Vec<ValueId>,
+    dqs: [NodeId; 2],
+}
+
+/// What one dequantized operand brings to the qmatmul.
+struct Operand {
+    /// The quantized tensor.
+    q: ValueId,
+    /// The literal per-tensor scale (1.0 when the scale is a vector).
+    literal: f32,
+    /// The per-token (a) or per-channel (b) scale vector.
+    vector: Option<ValueId>,
+}
+
+/// Which matmul operand a dequantize feeds.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    A,
+    B,
+}
+
+/// Matches a live matmul with a dequantized operand: the fusion, or why each dequantize stays.
+fn match_matmul(g: &Graph, live: &[bool], id: NodeId) -> Option<Result<Fusion, Vec<(NodeId, String)>>> {
+    let node = &g.nodes[id];
+    let Op::MatMul { transpose_a, transpose_b } = node.op else { return None };
+    let (da, db) = (dequantize_of(g, node.inputs[0]), dequantize_of(g, node.inputs[1]));
+    if !live[id.index()] || (da.is_none() && db.is_none()) {
+        return None;
+    }
+    let (Some(da), Some(db)) = (da, db) else {
+        let reason = "the other matmul operand is not dequantized; qmatmul needs both operands quantized";
+        return Some(Err(da.or(db).map(|d| (d, reason.to_string())).into_iter().collect()));
+    };
+    if transpose_a {
+        let reason = "transpose_a is not supported by qmatmul";
+        return Some(Err(vec![(da, reason.into()), (db, reason.into())]));
+    }
+    let a = operand(g, live, da, Side::A, transpose_b);
+    let b = operand(g, live, db, Side::B, transpose_b);
+    Some(match (a, b) {
+        (Ok(a), Ok(b)) => build(g, id, transpose_b, a, b).map(|(op, inputs)| Fusion { op, inputs, dqs: [da, db] }).map_err(|reason| vec![(da, reason.clone()), (db, reason)]),
+        (Err(ra), Err(rb)) => Err(vec![(da, ra), (db, rb)]),
+        (Err(ra), Ok(_)) => Err(vec![(db, format!("the other operand's dequantize ({}) does not fuse: {ra}", loc(g, da))), (da, ra)]),
+        (Ok(_), Err(rb)) => Err(vec![(da, format!("the other operand's dequantize ({}) does not fuse: {rb}", loc(g, db))), (db, rb)]),
+    })
+}
+
+/// The dequantize producing `v`, if any.
+fn dequantize_of(g: &Graph, v: ValueId) -> Option<NodeId> {
+    let producer = g.values[v].producer;
+    matches!(g.nodes[producer].op, Op::Dequantize(_)).then_some(producer)
+}
+
+/// Checks one dequantized operand and reads its scales.
+fn operand(g: &Graph, live: &[bool], dq: NodeId, side: Side, transpose_b: bool) -> Result<Operand, String> {
+    let node = &g.nodes[dq];
+    let Op::Dequantize(spec) = &node.op else { unreachable!("dequantize_of returned a dequantize") };
+    let out = node.outputs[0];
+    if spec.zero_point.is_some() {
+        return Err("zero points are not supported by qmatmul".into());
+    }
+    let dtype = g.ty(out).dtype;
+    if dtype != DType::F32 {
+        return Err(format!("the dequantize produces {dtype}, not f32: the unfused matmul multiplies operands rounded to {dtype}, which qmatmul's f32 accumulation would not reproduce"));
+    }
+    if let Some(other) = non_matmul_reader(g, live, out) {
+        return Err(format!("the dequantized value is also read by {other}, so the dequantize must stay"));
+    }
+    let (q, rank) = (node.inputs[0], g.ty(out).rank());
+    match (&spec.scale, &spec.granularity) {
+        (ScaleSource::Literal(s), _) => Ok(Operand { q, literal: *s, vector: None }),
+        (_, Granularity::Block { .. }) => Err("block granularities are not supported by qmatmul".into()),
+        (_, Granularity::PerTensor) => Err("the per-tensor scale is a graph value, not a literal (fold-scales turns constant scales into literals)".into()),
+        (_, Granularity::PerToken) if side == Side::B => Err("per-token scale on b: qmatmul scales b per output channel only".into()),
+        (_, Granularity::PerToken) => Ok(Operand { q, literal: 1.0, vector: Some(node.inputs[1]) }),
+        (_, Granularity::PerChannel { axis }) => {
+            channel_axis(*axis, rank, side, transpose_b)?;
+            Ok(Operand { q, literal: 1.0, vector: Some(node.inputs[1]) })
+        }
+    }
+}
+
+/// Accepts a per-channel axis only where qmatmul has a `b_scale`: b's output-feature axis.
+fn channel_axis(axis: i64, rank: usize, side: Side, transpose_b: bool) -> Result<(), String> {
+    let axis = normalize_axis(axis, rank).ok_or_else(|| format!("per-channel axis {axis} out of range"))?;
+    let (k, n) = match side {
+        Side::A => (rank - 1, usize::MAX),
+        Side::B if transpose_b => (rank - 1, rank - 2),
+        Side::B => (rank - 2, rank - 1),
+    };
+    match axis {
+        a if a == n => Ok(()),
+        a if a == k => Err("per-channel scale on the reduction axis".into()),
+        a if side == Side::A && a == rank - 2 => Err("per-channel scale on a's rows: qmatmul takes row scales of a as per_token ([.., M, 1])".into()),
+        _ => Err("per-channel scale on a batch axis".into()),
+    }
+}
+
+/// The qmatmul op and inputs, checked by its type rule against the matmul's result type.
+fn build(g: &Graph, matmul: NodeId, transpose_b: bool, a: Operand, b: Operand) -> Result<(Op, Vec<ValueId>), String> {
+    let want = g.ty(g.nodes[matmul].outputs[0]);
+    let op = Op::QMatMul(QMatMul {
+        transpose_b,
+        alpha: a.literal * b.literal,
+        a_scale: a.vector.is_some(),
+        b_scale: b.vector.is_some(),
+        acc_dtype: want.dtype,
+        epilogue: vec![],
+        output: None,
+    });
+    let inputs: Vec<ValueId> = [a.q, b.q].into_iter().chain(a.vector).chain(b.vector).collect();
+    let tys: Vec<&TensorType> = inputs.iter().map(|&v| g.ty(v)).collect();
+    let got = infer::infer(&op, &tys, &[]).map_err(|m| format!("qmatmul would not type-check: {m}"))?;
+    if got[0] != *want {
+        return Err(format!("qmatmul would produce {}, not the matmul's {}", print::ty(g, &got[0]), print::ty(g, want)));
+    }
+    Ok((op, inputs))
+}
+
+/// Adds the qmatmul and redirects the matmul's readers to it.
+fn apply(g: &mut Graph, matmul: NodeId, op: Op, inputs: &[ValueId]) -> NodeId {
+    let old = g.nodes[matmul].outputs[0];
+    let (ty, name) = (g.ty(old).clone(), g.nodes[matmul].name.clone());
+    let fused = g.add_node(op, inputs, vec![ty], name);
+    g.replace_all_uses(old, g.nodes[fused].outputs[0]);
+    fused
+}
+
+/// A live reader of `v` that is not a matmul (or the graph output that returns `v`), described.
+fn non_matmul_reader(g: &Graph, live: &[bool], v: ValueId) -> Option<String> {
+    if let Some((name, _)) = g.outputs.iter().find(|&&(_, o)| o == v) {
+        return Some(format!("the graph output {name:?}"));
+    }
+    let reads = |(id, n): &(NodeId, &crate::ir::Node)| live[id.index()] && n.inputs.contains(&v) && !matches!(n.op, Op::MatMul { .. });
+    g.nodes.iter().find(reads).map(|(id, n)| format!("{} {}", n.op.mnemonic(), loc(g, id)))
+}
+
+/// The node's name for the report (`loc`), or its id.
+fn loc(g: &Graph, id: NodeId) -> String {
+    g.nodes[id].name.clone().unwrap_or_else(|| id.to_string())
 }

@@ -1,7 +1,43 @@
-//! `fuse-epilogue`: PLACEHOLDER, replaced by the real pass.
+//! `fuse-epilogue`: the element-wise chain that follows a `qmatmul` becomes its epilogue, and a
+//! final per-tensor quantize its output, so the GEMM writes its result once, already biased,
+//! activated and (for the first MLP GEMM) in FP8 for the next one.
+//!
+//! ```text
+//! before:
+//!   %y = qmatmul %q, %wq {transpose_b, alpha=2.46e-5, acc=f32} : f32[B,S,1536] loc("L")
+//!   %y16 = cast %y : f16[B,S,1536] loc("L")
+//!   %z = add %y16, %bias : f16[B,S,1536] loc("L")
+//!   %act = gelu %z : f16[B,S,1536] loc("L2")
+//!   %q2 = quantize %act {f8e4m3, per_tensor, scale=0.05} : f8e4m3[B,S,1536] loc("M:a.q")
+//! after:
+//!   %q2 = qmatmul %q, %wq {transpose_b, alpha=2.46e-5, acc=f32, epilogue=[cast(f16),add(%bias,f16),gelu(f16)], out=f8e4m3, out_scale=0.05} : f8e4m3[B,S,1536] loc("L")
+//! ```
+//!
+//! Rules, applied along the chain from a qmatmul whose output is not yet quantized, one node at a
+//! time until none applies (`fuse_epilogue`), each step rounding where the unfused node rounded
+//! (exact):
+//! - `cast` to f32/f16/bf16 ⇒ a `cast` step;
+//! - `add(y, o)` or `add(o, y)` whose result keeps the qmatmul's shape (a bias `[N]`, a residual
+//!   shaped like the output) ⇒ an `add` step reading `o` as a new qmatmul input;
+//! - `gelu`, `gelu_tanh`, `silu`, `relu` ⇒ a unary step;
+//! - finally `quantize` with a per-tensor literal scale and no zero point ⇒ the qmatmul's `out`.
+//!
+//! Preconditions: each absorbed node is the only live reader of the qmatmul's current result,
+//! which is not a graph output either; otherwise the chain stops there, and a quantize among the
+//! readers is declined ("the GEMM's result is also read by …"), since the pre-quantize value must
+//! stay. That rule also keeps the graph acyclic: an `add`'s other operand cannot depend on the
+//! qmatmul, because every value on the chain has a single reader. A quantize with another spec
+//! (dynamic or per-token scales, zero points, a scale read from a graph value) is declined with
+//! its reason. Other ops (`sub`, `mul`, casts to narrow types, `softmax`, ...) end the chain.
+//!
+//! Idempotent: the chain ends at a node no rule takes (or at a quantized output), so running again
+//! finds nothing new. The old qmatmul and the absorbed nodes stay in the arena, dead, until `dce`.
+//!
+//! Interacting passes: runs after `fuse-dq-matmul`, which creates the qmatmuls; the trailing `cse`
+//! and `dce` clean up.
 
 use super::{Pass, PassCx, PassError};
-use crate::ir::Graph;
+use crate::ir::{Builder, EpilogueOp, EpilogueStep, Granularity, Graph, NodeId, Op, QuantSpec, ScaleSource, UnaryOp, ValueId};
 
 /// `fuse-epilogue`.
 pub struct FuseEpilogue;
@@ -10,7 +46,150 @@ impl Pass for FuseEpilogue {
     fn name(&self) -> &'static str {
         "fuse-epilogue"
     }
-    fn run(&self, _g: &mut Graph, _cx: &mut PassCx) -> Result<bool, PassError> {
-        Ok(false)
+
+    fn run(&self, g: &mut Graph, cx: &mut PassCx) -> Result<bool, PassError> {
+        let mut changed = false;
+        for id in g.nodes.ids().collect::<Vec<_>>() {
+            let Some((chain, decline)) = match_chain(g, &g.live_nodes(), id) else { continue };
+            if let Some((quantize, reason)) = decline {
+                cx.report.declined(&loc(g, quantize), reason);
+            }
+            if chain.steps.is_empty() && chain.output.is_none() {
+                continue;
+            }
+            let fused = apply(g, id, &chain)?;
+            tracing::debug!(rule = "fuse_epilogue", node = %id, steps = chain.steps.len(), output = chain.output.is_some(), "fused");
+            if let Some((quantize, _)) = chain.output {
+                cx.report.fused(&loc(g, quantize), "qmatmul", &loc(g, fused));
+            }
+            changed = true;
+        }
+        Ok(changed)
     }
+}
+
+/// What a qmatmul absorbs: epilogue steps with their operands, then perhaps an output quantize.
+struct Chain {
+    steps: Vec<EpilogueStep>,
+    operands: Vec<ValueId>,
+    output: Option<(NodeId, QuantSpec)>,
+    /// The last absorbed value, whose readers will read the new qmatmul.
+    last: ValueId,
+}
+
+/// What the node reading the current result contributes.
+enum Next {
+    Step(EpilogueStep, Option<ValueId>),
+    Output(QuantSpec),
+    Decline(String),
+    Stop,
+}
+
+/// Walks the chain from a live qmatmul without an output quantize; also returns a quantize that
+/// could not join, with the reason.
+fn match_chain(g: &Graph, live: &[bool], id: NodeId) -> Option<(Chain, Option<(NodeId, String)>)> {
+    let node = &g.nodes[id];
+    let Op::QMatMul(q) = &node.op else { return None };
+    if !live[id.index()] || q.output.is_some() {
+        return None;
+    }
+    let mut chain = Chain { steps: vec![], operands: vec![], output: None, last: node.outputs[0] };
+    loop {
+        let next = match sole_reader(g, live, chain.last) {
+            Ok(next) => next,
+            Err(decline) => return Some((chain, decline)),
+        };
+        match classify(g, next, chain.last) {
+            Next::Step(step, operand) => {
+                chain.steps.push(step);
+                chain.operands.extend(operand);
+                chain.last = g.nodes[next].outputs[0];
+            }
+            Next::Output(spec) => {
+                chain.output = Some((next, spec));
+                chain.last = g.nodes[next].outputs[0];
+                return Some((chain, None));
+            }
+            Next::Decline(reason) => return Some((chain, Some((next, reason)))),
+            Next::Stop => return Some((chain, None)),
+        }
+    }
+}
+
+/// The only live reader of `v`; otherwise, a quantize among its readers and why it stays.
+fn sole_reader(g: &Graph, live: &[bool], v: ValueId) -> Result<NodeId, Option<(NodeId, String)>> {
+    let readers: Vec<NodeId> = g.nodes.iter().filter(|(id, n)| live[id.index()] && n.inputs.contains(&v)).map(|(id, _)| id).collect();
+    let slots: usize = readers.iter().map(|&r| g.nodes[r].inputs.iter().filter(|&&i| i == v).count()).sum();
+    let outputs: Vec<&str> = g.outputs.iter().filter(|&&(_, o)| o == v).map(|(n, _)| n.as_str()).collect();
+    if slots == 1 && outputs.is_empty() {
+        return Ok(readers[0]);
+    }
+    let Some(&quantize) = readers.iter().find(|&&r| matches!(g.nodes[r].op, Op::Quantize(_))) else { return Err(None) };
+    let mut others: Vec<String> = readers.iter().filter(|&&r| r != quantize).map(|&r| format!("{} {}", g.nodes[r].op.mnemonic(), loc(g, r))).collect();
+    others.extend(outputs.iter().map(|n| format!("the graph output {n:?}")));
+    if others.is_empty() {
+        others.push(format!("{} twice", loc(g, quantize)));
+    }
+    Err(Some((quantize, format!("the GEMM's result is also read by {}", others.join(", ")))))
+}
+
+/// What the node `next`, the only reader of the current result `cur`, becomes.
+fn classify(g: &Graph, next: NodeId, cur: ValueId) -> Next {
+    let node = &g.nodes[next];
+    let out = g.ty(node.outputs[0]);
+    let step = |op| EpilogueStep { op, dtype: out.dtype };
+    match &node.op {
+        Op::Cast if out.dtype.is_wide_float() => Next::Step(step(EpilogueOp::Cast), None),
+        Op::Binary(crate::ir::BinaryOp::Add) if out.shape == *g.shape(cur) => {
+            let other = if node.inputs[0] == cur { node.inputs[1] } else { node.inputs[0] };
+            Next::Step(step(EpilogueOp::Add), Some(other))
+        }
+        Op::Unary(u @ (UnaryOp::Gelu | UnaryOp::GeluTanh | UnaryOp::Silu | UnaryOp::Relu)) => Next::Step(step(EpilogueOp::Unary(*u)), None),
+        Op::Quantize(spec) if node.inputs[0] == cur => match unsupported_output(spec) {
+            None => Next::Output(spec.clone()),
+            Some(reason) => Next::Decline(reason),
+        },
+        _ => Next::Stop,
+    }
+}
+
+/// Why `spec` cannot be a qmatmul's output quantization, if it cannot.
+fn unsupported_output(spec: &QuantSpec) -> Option<String> {
+    if spec.zero_point.is_some() {
+        return Some("zero points are not supported by qmatmul".into());
+    }
+    let what = match (&spec.granularity, &spec.scale) {
+        (Granularity::PerTensor, ScaleSource::Literal(_)) => return None,
+        (_, ScaleSource::Dynamic { .. }) => "a dynamic scale (each scale needs the amax of a whole row or tensor)",
+        (_, ScaleSource::Input) => "a scale read from a graph value (fold-scales turns constant scales into literals)",
+        (Granularity::PerToken, _) => "a per-token scale",
+        (Granularity::PerChannel { .. }, _) => "per-channel scales",
+        (Granularity::Block { .. }, _) => "block scales",
+    };
+    Some(format!("a qmatmul output quantize takes one literal per-tensor scale, not {what}"))
+}
+
+/// Adds the qmatmul with the chain absorbed and redirects the chain's readers to it.
+fn apply(g: &mut Graph, id: NodeId, chain: &Chain) -> Result<NodeId, PassError> {
+    let node = &g.nodes[id];
+    let Op::QMatMul(q) = &node.op else { unreachable!("match_chain matched a qmatmul") };
+    let mut q = q.clone();
+    q.epilogue.extend(chain.steps.iter().cloned());
+    q.output = chain.output.as_ref().map(|(_, spec)| spec.clone());
+    let inputs: Vec<ValueId> = node.inputs.iter().copied().chain(chain.operands.iter().copied()).collect();
+    let name = node.name.clone();
+    let mut b = Builder::new(g);
+    b.scope = name;
+    let out = b.add1(Op::QMatMul(q), &inputs, None).map_err(|message| PassError::Failed { pass: "fuse-epilogue", message: format!("{id}: {message}") })?;
+    if g.ty(out) != g.ty(chain.last) {
+        let message = format!("{id}: the fused qmatmul's type differs from the chain's result");
+        return Err(PassError::Failed { pass: "fuse-epilogue", message });
+    }
+    g.replace_all_uses(chain.last, out);
+    Ok(g.values[out].producer)
+}
+
+/// The node's name for the report (`loc`), or its id.
+fn loc(g: &Graph, id: NodeId) -> String {
+    g.nodes[id].name.clone().unwrap_or_else(|| id.to_string())
 }

@@ -1,7 +1,40 @@
-//! `fuse-layernorm-quantize`: PLACEHOLDER, replaced by the real pass.
+//! `fuse-layernorm-quantize`: a LayerNorm or RMSNorm whose result is quantized becomes one
+//! `layernorm_quantize` / `rmsnorm_quantize` node, so the normalised activations never reach
+//! memory in f16 (unless something else reads them).
+//!
+//! ```text
+//! before:
+//!   %3 = layernorm %0, %1, %2 {eps=1e-12} : f16[B,S,384] loc("E.LayerNorm")
+//!   %4 = quantize %3 {f8e4m3, per_tensor, scale=0.0123} : f8e4m3[B,S,384] loc("Q:a.q")
+//!   %5 = quantize %3 {f8e4m3, per_tensor, scale=0.0123} : f8e4m3[B,S,384] loc("K:a.q")
+//!   %6 = add %3, %9 : f16[B,S,384] loc("residual")
+//! after:
+//!   %4, %7 = layernorm_quantize %0, %1, %2 {eps=1e-12, via=f16, keep_normed=true, f8e4m3, per_tensor, scale=0.0123} : f8e4m3[B,S,384], f16[B,S,384] loc("E.LayerNorm")
+//!   %6 = add %7, %9 : f16[B,S,384] loc("residual")     (readers of %5 read %4)
+//! ```
+//!
+//! Rule (`fuse_norm_quantize`): `quantize(norm(x, γ[, β]), q)` ⇒ `norm_quantize(x, γ[, β])` with
+//! `via` = the norm's output dtype and `quant = q`. The fused op is defined as exactly that
+//! composition, so the rewrite is exact.
+//! - Every live quantize of the norm's result with the same spec joins the one fused node; with a
+//!   dynamic per-token spec the fused node's scales output replaces each quantize's scales.
+//! - `keep_normed` is set iff anything else reads the norm's result (a residual `add`, a graph
+//!   output, a quantize that did not fuse); those readers then read the fused `normed` output.
+//!
+//! Preconditions: the quantize reads the norm's result as its data operand and its spec is static
+//! per-tensor with a literal scale, or dynamic per-token, with no zero point. Declined, with the
+//! reason in the fusion report: zero points, other granularities or scale sources, and quantizes
+//! whose spec differs from the one fused first (one norm fuses with one quantization).
+//!
+//! Idempotent: the fused node's outputs are not produced by a norm, so nothing matches again.
+//! The replaced norm and quantizes stay in the arena, dead, until `dce`.
+//!
+//! Interacting passes: `cse` (earlier) merges identical quantizes, though this pass merges them
+//! too; `fuse-dq-matmul` then reads the fused node's quantized output through the dequantize the
+//! recipe placed after each quantize.
 
 use super::{Pass, PassCx, PassError};
-use crate::ir::Graph;
+use crate::ir::{Builder, Granularity, Graph, NodeId, NormKind, Op, QuantSpec, ScaleSource, ValueId};
 
 /// `fuse-layernorm-quantize`.
 pub struct FuseLayerNormQuantize;
@@ -10,7 +43,151 @@ impl Pass for FuseLayerNormQuantize {
     fn name(&self) -> &'static str {
         "fuse-layernorm-quantize"
     }
-    fn run(&self, _g: &mut Graph, _cx: &mut PassCx) -> Result<bool, PassError> {
-        Ok(false)
+
+    fn run(&self, g: &mut Graph, cx: &mut PassCx) -> Result<bool, PassError> {
+        let mut changed = false;
+        for id in g.nodes.ids().collect::<Vec<_>>() {
+            let (fusion, declines) = match_norm(g, &g.live_nodes(), id);
+            for d in declines {
+                cx.report.declined(&loc(g, d.quantize), d.reason);
+            }
+            let Some(fusion) = fusion else { continue };
+            let fused = apply(g, &fusion)?;
+            tracing::debug!(rule = "fuse_norm_quantize", node = %id, keep_normed = fusion.keep_normed, "fused");
+            for &q in &fusion.quantizes {
+                cx.report.fused(&loc(g, q), g.nodes[fused].op.mnemonic(), &loc(g, fused));
+            }
+            changed = true;
+        }
+        Ok(changed)
     }
+}
+
+/// A norm and the quantizes of its result that fuse with it.
+struct Fusion {
+    norm: NodeId,
+    spec: QuantSpec,
+    quantizes: Vec<NodeId>,
+    keep_normed: bool,
+}
+
+/// A quantize of a norm's result that stays separate, and why.
+struct Decline {
+    quantize: NodeId,
+    reason: String,
+}
+
+/// Matches a live norm with at least one quantize of its result.
+fn match_norm(g: &Graph, live: &[bool], id: NodeId) -> (Option<Fusion>, Vec<Decline>) {
+    let node = &g.nodes[id];
+    let (Op::LayerNorm { .. } | Op::RmsNorm { .. }) = node.op else { return (None, vec![]) };
+    if !live[id.index()] {
+        return (None, vec![]);
+    }
+    let (normed, what) = (node.outputs[0], node.op.mnemonic());
+    let (mut spec, mut quantizes, mut declines) = (None, vec![], vec![]);
+    let mut keep_normed = is_output(g, normed);
+    for reader in readers(g, live, normed) {
+        let Some(q) = quantize_of(g, reader, normed) else {
+            keep_normed = true;
+            continue;
+        };
+        let reason = unsupported(q, what).or_else(|| {
+            let first = spec.filter(|&s| s != q)?;
+            Some(format!("the {what}'s result is also quantized as {} by {}, which fused; one norm fuses with one quantization", describe(first), loc(g, quantizes[0])))
+        });
+        match reason {
+            Some(reason) => {
+                keep_normed = true;
+                declines.push(Decline { quantize: reader, reason });
+            }
+            None => {
+                spec = Some(q);
+                quantizes.push(reader);
+            }
+        }
+    }
+    let fusion = spec.map(|s| Fusion { norm: id, spec: s.clone(), quantizes, keep_normed });
+    (fusion, declines)
+}
+
+/// The spec of `reader` when it is a quantize whose data operand is `v`.
+fn quantize_of(g: &Graph, reader: NodeId, v: ValueId) -> Option<&QuantSpec> {
+    let node = &g.nodes[reader];
+    match &node.op {
+        Op::Quantize(spec) if node.inputs[0] == v => Some(spec),
+        _ => None,
+    }
+}
+
+/// Why `spec` cannot be the quantization of a fused `<norm>_quantize`, if it cannot.
+fn unsupported(spec: &QuantSpec, norm: &str) -> Option<String> {
+    if spec.zero_point.is_some() {
+        return Some(format!("zero points are not supported by {norm}_quantize"));
+    }
+    let what = match (&spec.granularity, &spec.scale) {
+        (Granularity::PerTensor, ScaleSource::Literal(_)) | (Granularity::PerToken, ScaleSource::Dynamic { .. }) => return None,
+        (_, ScaleSource::Input) => "a scale read from a graph value (fold-scales turns constant scales into literals)",
+        (Granularity::PerTensor, ScaleSource::Dynamic { .. }) => "a dynamic per-tensor scale (it needs the whole tensor's amax before any row is quantized)",
+        (Granularity::PerToken, ScaleSource::Literal(_)) => "a literal per-token scale",
+        (Granularity::PerChannel { .. }, _) => "per-channel scales",
+        (Granularity::Block { .. }, _) => "block scales",
+    };
+    Some(format!("{norm}_quantize takes a literal per-tensor or a dynamic per-token scale, not {what}"))
+}
+
+/// Adds the fused node, redirects the quantizes' and (with `keep_normed`) the norm's readers.
+fn apply(g: &mut Graph, f: &Fusion) -> Result<NodeId, PassError> {
+    let norm = &g.nodes[f.norm];
+    let (kind, eps) = match norm.op {
+        Op::LayerNorm { eps } => (NormKind::LayerNorm, eps),
+        Op::RmsNorm { eps } => (NormKind::RmsNorm, eps),
+        _ => unreachable!("match_norm matched a norm"),
+    };
+    let normed = norm.outputs[0];
+    let op = Op::NormQuantize { kind, eps, via: g.ty(normed).dtype, quant: f.spec.clone(), keep_normed: f.keep_normed };
+    let (inputs, name) = (norm.inputs.to_vec(), norm.name.clone());
+    let mut b = Builder::new(g);
+    b.scope = name;
+    let outs = b.add(op, &inputs, None).map_err(|message| PassError::Failed { pass: "fuse-layernorm-quantize", message: format!("{}: {message}", f.norm) })?;
+    for &q in &f.quantizes {
+        for (slot, v) in g.nodes[q].outputs.clone().into_iter().enumerate() {
+            g.replace_all_uses(v, outs[slot]);
+        }
+    }
+    if f.keep_normed {
+        g.replace_all_uses(normed, *outs.last().expect("keep_normed adds an output"));
+    }
+    Ok(g.values[outs[0]].producer)
+}
+
+/// The live nodes reading `v`, once per operand slot, in node order.
+fn readers(g: &Graph, live: &[bool], v: ValueId) -> Vec<NodeId> {
+    let reads = |(id, n): (NodeId, &crate::ir::Node)| n.inputs.iter().filter(|&&i| i == v).map(move |_| id).collect::<Vec<_>>();
+    g.nodes.iter().filter(|(id, _)| live[id.index()]).flat_map(reads).collect()
+}
+
+fn is_output(g: &Graph, v: ValueId) -> bool {
+    g.outputs.iter().any(|&(_, o)| o == v)
+}
+
+/// The node's name for the report (`loc`), or its id.
+fn loc(g: &Graph, id: NodeId) -> String {
+    g.nodes[id].name.clone().unwrap_or_else(|| id.to_string())
+}
+
+/// `f8e4m3 per_tensor scale=0.05`, for messages.
+fn describe(spec: &QuantSpec) -> String {
+    let granularity = match &spec.granularity {
+        Granularity::PerTensor => "per_tensor".to_string(),
+        Granularity::PerChannel { axis } => format!("per_channel({axis})"),
+        Granularity::PerToken => "per_token".to_string(),
+        Granularity::Block { blocks } => format!("block{blocks:?}"),
+    };
+    let scale = match &spec.scale {
+        ScaleSource::Literal(s) => format!("scale={s:?}"),
+        ScaleSource::Input => "scale=<input>".to_string(),
+        ScaleSource::Dynamic { dtype, .. } => format!("scale=dynamic({dtype})"),
+    };
+    format!("{} {granularity} {scale}", spec.storage)
 }

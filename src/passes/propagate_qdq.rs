@@ -212,3 +212,55 @@ fn apply_dequantize_down(g: &mut Graph, dequantize: NodeId, layout: NodeId) -> R
     tracing::debug!(rule = "dequantize_down", node = %dequantize);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::passes::report::Outcome;
+    use crate::passes::MemoryWeights;
+
+    fn run(text: &str) -> (Result<bool, PassError>, Graph, Vec<(String, Outcome)>) {
+        let mut g = crate::ir::parse(text).unwrap();
+        let w = MemoryWeights::default();
+        let mut cx = PassCx::new(&w);
+        let r = PropagateQdq.run(&mut g, &mut cx);
+        let report = cx.report.finish(&g).into_iter().map(|e| (e.qdq, e.outcome)).collect();
+        (r, g, report)
+    }
+
+    /// A chain longer than the round cap is an error naming the pass, not an endless loop.
+    #[test]
+    fn round_cap_is_an_error() {
+        let mut text = String::from("graph \"t\" {\n  %0 = input \"x\" : f32[4,4]\n");
+        for i in 1..=MAX_ROUNDS + 2 {
+            let shape = if i % 2 == 1 { "[16]" } else { "[4,4]" };
+            text += &format!("  %{i} = reshape %{} : f32{shape}\n", i - 1);
+        }
+        let last = MAX_ROUNDS + 2;
+        text += &format!("  %99 = quantize %{last} {{i8, per_tensor, scale=0.1}} : i8[4,4]\n  return \"q\" = %99\n}}");
+        let (r, _, _) = run(&text);
+        let err = r.expect_err("a 66-long chain needs 66 rounds").to_string();
+        assert!(err.contains("propagate-qdq") && err.contains("no fixpoint after 64 rounds"), "{err}");
+    }
+
+    #[test]
+    fn declines_are_reported_with_their_reason() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ir/propagate-qdq/per_channel_across_transpose.ir")).unwrap();
+        let (r, _, report) = run(&text);
+        assert!(!r.unwrap());
+        let reason = |name: &str| match report.iter().find(|(n, _)| n == name) {
+            Some((_, Outcome::Standalone { reason })) => reason.clone(),
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_eq!(reason("L:b.dq"), "per-channel scales cannot cross a transpose: the scale's axis would move");
+        assert_eq!(reason("M:a.q"), "per-token scales cannot cross a reshape: the scale's axis would move");
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ir/propagate-qdq/layout_result_shared.ir")).unwrap();
+        let (_, _, report) = run(&text);
+        let reasons: Vec<String> = report.into_iter().filter_map(|(n, o)| matches!(o, Outcome::Standalone { .. }).then(|| format!("{n}: {o:?}"))).collect();
+        assert_eq!(reasons, [
+            r#"m:a.dq: Standalone { reason: "no fusion rule applies to its producer or consumer" }"#,
+            r#"m:a.q: Standalone { reason: "the reshape it reads has 3 uses; quantizing above it would keep both copies" }"#,
+            r#"n:a.q: Standalone { reason: "the transpose it reads has 2 uses; quantizing above it would keep both copies" }"#,
+        ]);
+    }
+}

@@ -5,6 +5,7 @@
 //! recipe needs → insert Q/DQ → run the fusion passes → fusion report.
 
 pub mod calib;
+pub mod eval;
 pub mod insert;
 pub mod precision;
 pub mod recipe;

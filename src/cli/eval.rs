@@ -1,0 +1,73 @@
+//! `qfuse eval`: accuracy of a recipe against FP32 on held-out texts.
+
+use super::recipe_args::RecipeArgs;
+use clap::Args;
+use comfy_table::{presets, Table};
+use qfuse::import::{self, ImportOptions};
+use qfuse::quant::{self, calib, eval};
+use std::path::PathBuf;
+
+/// Arguments of `qfuse eval`.
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Hugging Face model folder.
+    model_dir: PathBuf,
+    #[command(flatten)]
+    recipe: RecipeArgs,
+    /// Held-out texts, one per line (default: the built-in evaluation set, disjoint from calibration).
+    #[arg(long)]
+    eval_file: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Show only the N layers with the lowest SNR (0 = all).
+    #[arg(long, default_value_t = 0)]
+    worst: usize,
+}
+
+/// Runs `qfuse eval`.
+pub fn run(args: &EvalArgs, quiet: bool) -> anyhow::Result<()> {
+    let model = import::load(&args.model_dir, &ImportOptions::default())?;
+    let recipe = args.recipe.build(args.recipe.recipe.as_deref().unwrap_or("fp8"))?;
+    let calib_opts = args.recipe.calib_options(quiet)?;
+    let texts = match &args.eval_file {
+        Some(p) => calib::read_sentences(p).map_err(anyhow::Error::msg)?,
+        None => calib::default_eval_sentences(),
+    };
+    let overlap = texts.iter().filter(|t| calib_opts.sentences.contains(t)).count();
+    anyhow::ensure!(overlap == 0, "{overlap} evaluation text(s) are also calibration samples: evaluate on held-out texts");
+    let q = quant::quantize(&model, &recipe, &calib_opts, &args.recipe.pass_options())?;
+    let report = eval::evaluate(&model, &q, &texts, 16)?;
+    if args.json {
+        let json = serde_json::json!({"eval": report, "calibration": q.calibration, "skipped": q.skipped});
+        return super::output::print_line(&serde_json::to_string_pretty(&json)?).map_err(Into::into);
+    }
+    super::output::print_line(&render(&report, args.worst))?;
+    Ok(())
+}
+
+/// The per-layer table and the model summary.
+pub fn render(r: &eval::EvalReport, worst: usize) -> String {
+    let mut layers = r.layers.clone();
+    if worst > 0 {
+        layers.sort_by(|a, b| a.snr_db.total_cmp(&b.snr_db));
+        layers.truncate(worst);
+    }
+    let mut t = Table::new();
+    t.load_style(presets::UTF8_FULL_CONDENSED);
+    t.set_header(["matmul", "SNR dB", "cosine", "rel. error"]);
+    for l in &layers {
+        t.add_row([l.name.clone(), format!("{:.1}", l.snr_db), format!("{:.6}", l.cosine), format!("{:.4}", l.rel_error)]);
+    }
+    let worst_layer = r.layers.iter().min_by(|a, b| a.snr_db.total_cmp(&b.snr_db));
+    format!(
+        "{t}\nrecipe {}: {} held-out texts, embedding cosine to FP32 mean {:.6}, min {:.6}; nearest neighbour changed for {}/{}{}",
+        r.recipe,
+        r.texts,
+        r.embedding_cosine_mean,
+        r.embedding_cosine_min,
+        r.neighbour_changes,
+        r.texts,
+        worst_layer.map_or(String::new(), |l| format!("; worst layer {} at {:.1} dB", l.name, l.snr_db)),
+    )
+}

@@ -1,0 +1,288 @@
+//! The plan's metadata ([`PlanMeta`]) and section table ([`SectionEntry`]): plain serde data,
+//! encoded with postcard by this module only.
+//!
+//! postcard is not self-describing: the byte stream is the fields in declaration order, so the
+//! schema is versioned by the header's format version. Format 1.0 is the schema below. A minor
+//! version may only append fields at the end of [`PlanMeta`] (a reader of an older minor decodes
+//! its known prefix and ignores the rest); anything else (a field removed, reordered, retyped, a
+//! field added to a nested struct, a new enum variant) is a new major.
+
+use serde::{Deserialize, Serialize};
+
+use super::header::FormatVersion;
+
+/// Alignment of every section's offset, so a section can be memory-mapped on its own (a page).
+pub const SECTION_ALIGN: u64 = 4096;
+
+/// Everything about a compiled model except the raw CUBINs and weights, which live in sections.
+///
+/// Besides what the runtime needs (signature, kernels, buffers, weights, schedule), it keeps the
+/// recipe, the calibration statistics, the fusion report, the final IR text and every kernel's
+/// CUDA source, so a plan found in production can be debugged and rebuilt from any stage.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct PlanMeta {
+    /// qfuse version that compiled the plan; must equal the header's.
+    pub qfuse_version: String,
+    /// Target GPU arch, e.g. `sm_90a`; must equal the header's.
+    pub arch: String,
+    /// NVRTC `(major, minor)` that compiled the CUBINs; each must fit a u16 (the header's field).
+    pub nvrtc_version: (u32, u32),
+    /// Name of the model (e.g. the Hugging Face folder name).
+    pub model_name: String,
+    /// The quantization recipe, as JSON text.
+    pub recipe: String,
+    /// Calibration statistics, as JSON text.
+    pub calibration: String,
+    /// What the fusion passes did, as JSON text.
+    pub fusion_report: String,
+    /// The final (fused, scheduled) IR in its text format.
+    pub ir_text: String,
+    /// Model inputs, in call order.
+    pub inputs: Vec<TensorSig>,
+    /// Model outputs, in result order.
+    pub outputs: Vec<TensorSig>,
+    /// Every shape symbol with its largest supported value, e.g. `("B", 64)`.
+    pub symbols: Vec<(String, u64)>,
+    /// Compiled kernels; [`LaunchMeta::kernel`] indexes this.
+    pub kernels: Vec<KernelMeta>,
+    /// Activation buffers carved out of one arena; [`ArgRef::Buffer`] indexes this.
+    pub buffers: Vec<BufferMeta>,
+    /// Size of the activation arena at the largest symbol values, in bytes.
+    pub peak_activation_bytes: u64,
+    /// Weights; [`ArgRef::Weight`] indexes this.
+    pub weights: Vec<WeightMeta>,
+    /// Kernel launches, in order.
+    pub schedule: Vec<LaunchMeta>,
+}
+
+impl PlanMeta {
+    /// Empty metadata for `model_name` on `arch`, stamped with this qfuse's version.
+    pub fn new(model_name: impl Into<String>, arch: impl Into<String>, nvrtc_version: (u32, u32)) -> Self {
+        Self {
+            qfuse_version: super::QFUSE_VERSION.into(),
+            arch: arch.into(),
+            nvrtc_version,
+            model_name: model_name.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Checks every index against the tables it points into and the section kinds it expects.
+    pub(crate) fn check_refs(&self, sections: &[SectionEntry]) -> Result<(), String> {
+        let section = |what: &str, i: u32, kind: SectionKind| match sections.get(i as usize) {
+            Some(s) if s.kind == kind => Ok(()),
+            Some(s) => Err(format!("{what} refers to section {i} `{}` of kind {:?}, expected {kind:?}", s.name, s.kind)),
+            None => Err(format!("{what} refers to section {i}, but there are {}", sections.len())),
+        };
+        for k in &self.kernels {
+            section(&format!("kernel `{}`", k.name), k.section, SectionKind::Cubin)?;
+        }
+        for w in &self.weights {
+            section(&format!("weight `{}`", w.name), w.section, SectionKind::Weights)?;
+        }
+        for (n, launch) in self.schedule.iter().enumerate() {
+            self.check_launch(n, launch)?;
+        }
+        Ok(())
+    }
+
+    fn check_launch(&self, n: usize, launch: &LaunchMeta) -> Result<(), String> {
+        let bad = |what: String| Err(format!("launch {n}: {what}"));
+        if launch.kernel as usize >= self.kernels.len() {
+            return bad(format!("kernel {} out of {}", launch.kernel, self.kernels.len()));
+        }
+        for arg in &launch.args {
+            match arg {
+                ArgRef::Weight(i) if *i as usize >= self.weights.len() => {
+                    return bad(format!("weight {i} out of {}", self.weights.len()));
+                }
+                ArgRef::Buffer(i) if *i as usize >= self.buffers.len() => {
+                    return bad(format!("buffer {i} out of {}", self.buffers.len()));
+                }
+                ArgRef::Input(name) if !self.inputs.iter().any(|t| &t.name == name) => {
+                    return bad(format!("no input `{name}`"));
+                }
+                ArgRef::Output(name) if !self.outputs.iter().any(|t| &t.name == name) => {
+                    return bad(format!("no output `{name}`"));
+                }
+                ArgRef::Scalar(Scalar::Sym(s)) if !self.symbols.iter().any(|(name, _)| name == s) => {
+                    return bad(format!("no symbol `{s}`"));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A model input or output.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TensorSig {
+    /// Name the caller binds it by.
+    pub name: String,
+    /// Element type as the IR prints it, e.g. `f16`, `i64`.
+    pub dtype: String,
+    /// Dims outermost first: a number (`"384"`) or a symbol of [`PlanMeta::symbols`] (`"B"`).
+    pub shape: Vec<String>,
+}
+
+/// One launch dimension: a constant, or an expression over shape symbols evaluated at run time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LaunchDim {
+    /// A fixed value.
+    Fixed(u32),
+    /// An expression over symbols, e.g. `ceil_div(B*S, 128)`.
+    Expr(String),
+}
+
+/// A compiled kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelMeta {
+    /// Entry point name in the CUBIN, e.g. `qgemm_w8a16_1a2b3c4d`.
+    pub name: String,
+    /// The template it was generated from, e.g. `qgemm_w8a16`.
+    pub template: String,
+    /// The complete CUDA C source that NVRTC compiled.
+    pub source: String,
+    /// Index of its CUBIN section.
+    pub section: u32,
+    /// Grid dimensions (x, y, z).
+    pub grid: [LaunchDim; 3],
+    /// Block dimensions (x, y, z).
+    pub block: [LaunchDim; 3],
+    /// Dynamic shared memory in bytes.
+    pub shared_mem_bytes: u32,
+    /// Parameter names, in the order the kernel takes them.
+    pub params: Vec<String>,
+}
+
+/// An activation buffer inside the arena.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BufferMeta {
+    /// Name (usually the IR value it holds).
+    pub name: String,
+    /// Size in bytes at the largest symbol values.
+    pub bytes: u64,
+    /// Offset in the arena in bytes.
+    pub offset: u64,
+}
+
+/// A weight tensor stored in a section.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct WeightMeta {
+    /// Name in the source model.
+    pub name: String,
+    /// Stored element type, e.g. `i8`, `f8e4m3`, `f16`.
+    pub dtype: String,
+    /// Dims outermost first.
+    pub shape: Vec<u64>,
+    /// Index of its Weights section.
+    pub section: u32,
+}
+
+/// One kernel launch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LaunchMeta {
+    /// Index into [`PlanMeta::kernels`].
+    pub kernel: u32,
+    /// Arguments, matching the kernel's `params`.
+    pub args: Vec<ArgRef>,
+}
+
+/// What a launch argument refers to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ArgRef {
+    /// Device pointer to [`PlanMeta::weights`]`[i]`.
+    Weight(u32),
+    /// Device pointer to [`PlanMeta::buffers`]`[i]` in the arena.
+    Buffer(u32),
+    /// Device pointer to the named model input.
+    Input(String),
+    /// Device pointer to the named model output.
+    Output(String),
+    /// A scalar passed by value.
+    Scalar(Scalar),
+}
+
+/// A scalar launch argument.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Scalar {
+    /// A 32-bit float.
+    F32(f32),
+    /// A 64-bit integer.
+    I64(i64),
+    /// The run-time value of a shape symbol.
+    Sym(String),
+}
+
+/// What a section holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SectionKind {
+    /// A CUBIN (ELF) for one or more kernels.
+    Cubin,
+    /// Raw weight bytes, in the layout the kernels expect.
+    Weights,
+    /// Anything else (e.g. a PTX copy).
+    Other,
+}
+
+/// One row of the section table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SectionEntry {
+    /// What the section holds.
+    pub kind: SectionKind,
+    /// Name, for humans and error messages (`cubin.qgemm_w8a16_1a2b3c4d`, a weight name).
+    pub name: String,
+    /// Byte offset in the file; a multiple of `align`.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// crc32 (IEEE) of the bytes.
+    pub crc32: u32,
+    /// Alignment of `offset` ([`SECTION_ALIGN`] when written by this qfuse).
+    pub align: u64,
+}
+
+/// Encodes a value with the plan's encoder.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    postcard::to_stdvec(value).map_err(|e| e.to_string())
+}
+
+/// Decodes metadata or a section table written with format `found`, this reader being `ours`.
+///
+/// Same or older minor: the bytes must be consumed exactly. Newer minor: trailing bytes are
+/// fields appended by that minor and are ignored. postcard bounds every length prefix by the
+/// bytes left, so a hostile length is an error, never an allocation.
+pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], found: FormatVersion, ours: FormatVersion) -> Result<T, String> {
+    let (value, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|e| e.to_string())?;
+    if !rest.is_empty() && found.minor <= ours.minor {
+        return Err(format!("{} unexpected trailing bytes", rest.len()));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1_0: FormatVersion = FormatVersion { major: 1, minor: 0 };
+    const V1_3: FormatVersion = FormatVersion { major: 1, minor: 3 };
+
+    #[test]
+    fn appended_fields_of_a_newer_minor_are_ignored() {
+        let meta = PlanMeta::new("m", "sm_90a", (13, 0));
+        let mut bytes = encode(&meta).unwrap();
+        bytes.extend_from_slice(&[7, 1, 2, 3]);
+        assert_eq!(decode::<PlanMeta>(&bytes, V1_3, V1_0).unwrap(), meta);
+        assert!(decode::<PlanMeta>(&bytes, V1_0, V1_0).unwrap_err().contains("trailing"));
+    }
+
+    #[test]
+    fn hostile_length_prefix_is_an_error() {
+        // model_name's length prefix claims 2^62 bytes.
+        let mut bytes = encode(&PlanMeta::default()).unwrap();
+        let hostile = [0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40];
+        bytes.splice(4..5, hostile);
+        assert!(decode::<PlanMeta>(&bytes, V1_0, V1_0).is_err());
+    }
+}

@@ -1,0 +1,160 @@
+//! Accuracy of a quantized model against the FP32 import, on held-out texts.
+//!
+//! Per quantized matmul, the FP32 graph and the Q/DQ graph (numerically the fused graph, as the
+//! pass tests prove) run side by side and the matmul outputs are compared: SNR in dB, cosine and
+//! relative error, accumulated over all texts. For the model, the fused graph's sentence
+//! embeddings are compared with the FP32 ones (cosine mean and min) and with each other: how often
+//! a text's nearest neighbour in the set changes.
+
+use super::{insert, Quantized};
+use crate::import::Model;
+use crate::interp::{self, InterpError, Tensor};
+use crate::ir::{Graph, ValueId};
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// Error statistics of one matmul's output.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerMetrics {
+    /// The matmul site.
+    pub name: String,
+    /// 10·log10(‖x‖² / ‖x − x̂‖²).
+    pub snr_db: f64,
+    /// Cosine between reference and quantized outputs.
+    pub cosine: f64,
+    /// ‖x − x̂‖ / ‖x‖.
+    pub rel_error: f64,
+}
+
+/// The evaluation of one recipe.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    /// Recipe name.
+    pub recipe: String,
+    /// Held-out texts used.
+    pub texts: usize,
+    /// Per quantized matmul, in graph order.
+    pub layers: Vec<LayerMetrics>,
+    /// Mean embedding cosine to FP32.
+    pub embedding_cosine_mean: f64,
+    /// Worst embedding cosine to FP32.
+    pub embedding_cosine_min: f64,
+    /// Texts whose nearest neighbour (among the others) differs from FP32's.
+    pub neighbour_changes: usize,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Acc {
+    signal: f64,
+    noise: f64,
+    dot: f64,
+    quant: f64,
+}
+
+impl Acc {
+    fn add(&mut self, x: &[f32], y: &[f32]) {
+        for (&a, &b) in x.iter().zip(y) {
+            let (a, b) = (a as f64, b as f64);
+            self.signal += a * a;
+            self.noise += (a - b) * (a - b);
+            self.dot += a * b;
+            self.quant += b * b;
+        }
+    }
+
+    fn metrics(&self, name: &str) -> LayerMetrics {
+        let snr_db = if self.noise == 0.0 { f64::INFINITY } else { 10.0 * (self.signal / self.noise).log10() };
+        LayerMetrics {
+            name: name.into(),
+            snr_db,
+            cosine: self.dot / (self.signal * self.quant).sqrt().max(f64::MIN_POSITIVE),
+            rel_error: (self.noise / self.signal.max(f64::MIN_POSITIVE)).sqrt(),
+        }
+    }
+}
+
+/// Evaluates `q` against `model`'s FP32 graph on `texts`, `batch` texts per run.
+pub fn evaluate(model: &Model, q: &Quantized, texts: &[String], batch: usize) -> Result<EvalReport, EvalError> {
+    let tok = model.tokenizer.as_ref().ok_or(EvalError::NoTokenizer)?;
+    let mut fp32 = model.graph.clone();
+    let fp32_sites = site_values(&mut fp32);
+    let quantized: Vec<&str> = q.report.iter().filter_map(|e| e.qdq.strip_suffix(":a.q")).collect();
+    let q_sites: HashMap<String, ValueId> = q.sites.iter().map(|s| (s.name.clone(), q.qdq.nodes[s.node].outputs[0])).collect();
+    let names: Vec<String> = q.sites.iter().map(|s| s.name.clone()).filter(|n| quantized.contains(&n.as_str()) && fp32_sites.contains_key(n)).collect();
+    let mut accs = vec![Acc::default(); names.len()];
+    let (mut ref_emb, mut q_emb) = (vec![], vec![]);
+    for chunk in texts.chunks(batch.max(1)) {
+        let inputs = tok.encode(chunk)?.inputs();
+        let want_ref: Vec<ValueId> = names.iter().map(|n| fp32_sites[n]).collect();
+        let want_q: Vec<ValueId> = names.iter().map(|n| q_sites[n]).collect();
+        let (ref_out, ref_vals) = run_capturing(&fp32, model, &inputs, &want_ref)?;
+        let (_, q_vals) = run_capturing(&q.qdq, model, &inputs, &want_q)?;
+        for (i, acc) in accs.iter_mut().enumerate() {
+            acc.add(&ref_vals[i], &q_vals[i]);
+        }
+        ref_emb.extend(rows(&ref_out[0].1));
+        let fused = interp::run(&q.fused, &model.weights, &inputs)?;
+        q_emb.extend(rows(&fused[0].1));
+    }
+    let cos: Vec<f64> = ref_emb.iter().zip(&q_emb).map(|(a, b)| cosine(a, b)).collect();
+    Ok(EvalReport {
+        recipe: q.recipe.name.clone(),
+        texts: texts.len(),
+        layers: names.iter().zip(&accs).map(|(n, a)| a.metrics(n)).collect(),
+        embedding_cosine_mean: cos.iter().sum::<f64>() / cos.len().max(1) as f64,
+        embedding_cosine_min: cos.iter().copied().fold(1.0, f64::min),
+        neighbour_changes: neighbour_changes(&ref_emb, &q_emb),
+    })
+}
+
+/// Why an evaluation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// The model folder has no tokenizer.
+    #[error("evaluation needs the model's tokenizer.json")]
+    NoTokenizer,
+    /// Tokenizing failed.
+    #[error(transparent)]
+    Import(#[from] crate::import::ImportError),
+    /// The interpreter failed.
+    #[error(transparent)]
+    Interp(#[from] InterpError),
+}
+
+/// Names the matmuls of `g` as the recipe does and returns each one's output value.
+fn site_values(g: &mut Graph) -> HashMap<String, ValueId> {
+    insert::find_sites(g).into_iter().map(|s| (s.name, g.nodes[s.node].outputs[0])).collect()
+}
+
+type Captured = (Vec<(String, Tensor)>, Vec<Vec<f32>>);
+
+fn run_capturing(g: &Graph, model: &Model, inputs: &[(&str, Tensor)], want: &[ValueId]) -> Result<Captured, InterpError> {
+    let mut got: Vec<Vec<f32>> = vec![vec![]; want.len()];
+    let index: HashMap<ValueId, usize> = want.iter().enumerate().map(|(i, &v)| (v, i)).collect();
+    let out = interp::run_observed(g, &model.weights, inputs, &mut |v, t| {
+        if let Some(&i) = index.get(&v) {
+            got[i] = t.to_f32_vec();
+        }
+    })?;
+    Ok((out, got))
+}
+
+fn rows(t: &Tensor) -> Vec<Vec<f32>> {
+    let width = t.shape.last().copied().unwrap_or(1).max(1);
+    t.to_f32_vec().chunks(width).map(<[f32]>::to_vec).collect()
+}
+
+/// Cosine similarity in f64.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = Acc::default();
+    acc.add(a, b);
+    acc.dot / (acc.signal * acc.quant).sqrt().max(f64::MIN_POSITIVE)
+}
+
+fn nearest(embs: &[Vec<f32>], i: usize) -> Option<usize> {
+    (0..embs.len()).filter(|&j| j != i).max_by(|&x, &y| cosine(&embs[i], &embs[x]).total_cmp(&cosine(&embs[i], &embs[y])))
+}
+
+fn neighbour_changes(reference: &[Vec<f32>], quantized: &[Vec<f32>]) -> usize {
+    (0..reference.len()).filter(|&i| nearest(reference, i) != nearest(quantized, i)).count()
+}

@@ -238,6 +238,9 @@ fn check_qparams(spec: &QuantSpec, data: &Shape, extra: &[&TensorType]) -> Resul
     }
     if spec.zero_point == Some(ZeroPoint::Input) {
         let z = extra.next().ok_or("missing zero-point input")?;
+        if !z.dtype.is_int() {
+            return Err(format!("a zero point must be an integer tensor, got {}", z.dtype));
+        }
         if z.shape != want {
             return Err(format!("zero-point shape {} does not match the scale shape {}", shape_text(&z.shape), shape_text(&want)));
         }

@@ -70,7 +70,8 @@ fn post_order(g: &Graph, root: NodeId, visited: &mut [bool], order: &mut Vec<Nod
         let inputs = &g.nodes[id].inputs;
         if next < inputs.len() {
             stack.push((id, next + 1));
-            let dep = g.values[inputs[next]].producer;
+            // Dangling operands (reported by the verifier) have no producer to visit.
+            let Some(dep) = g.values.get(inputs[next]).map(|v| v.producer).filter(|p| p.index() < visited.len()) else { continue };
             if !visited[dep.index()] {
                 visited[dep.index()] = true;
                 stack.push((dep, 0));

@@ -17,7 +17,7 @@
 //! Idempotent: a compacted graph has no dead node. Exact: only unobservable nodes go.
 //!
 //! Interactions: runs last in the fusion pipeline. The other passes of this directory compact the
-//! graph themselves when they change it (README.md, "Orphans"), so `dce` mostly collects what
+//! graph themselves when they change it (README.md §4), so `dce` mostly collects what
 //! passes that leave orphans behind did not. [`live_users`] and [`output_uses`] are the use counts
 //! those passes decide with: a dead reader does not count as a use.
 

@@ -11,23 +11,22 @@
 //!
 //! Rule `fold_weight`: a `quantize` or `cast` whose data input is a constant chain (a `weight`
 //! seen through any number of `cast`s) and whose scale / zero-point inputs, if any, are `weight`
-//! or `scalar` nodes is evaluated with the reference interpreter on a graph holding only that cone;
-//! the result goes into the weight store as `<root weight>.<dtype>` (the storage dtype of a
-//! quantize, the target of a cast; a dynamic quantize's scales as `<root>.<storage>.scale`) and a
-//! `weight` node with the folded node's loc replaces it. Quantizes are folded before casts, and a
-//! cast whose live readers all fold through it is not folded on its own, so the recipe's
-//! `quantize(cast(w))` stores one tensor, `w.f8e4m3`, not also `w.f16`. If the store already holds that
-//! name with other contents (the same weight quantized with two scales), `.1`, `.2`, … is appended;
-//! equal contents are shared. Each folded quantize is reported as folded, "weights quantized
-//! offline"; a quantize of a weight that cannot fold (symbolic shape, a scale computed at run
-//! time) is reported as declined.
+//! or `scalar` nodes is evaluated with the reference interpreter on a graph holding only that
+//! cone. The result goes into the weight store as `<root weight>.<dtype>` (the storage dtype of a
+//! quantize, the target of a cast; a dynamic quantize's scales as `<root>.<storage>.scale`), and
+//! a `weight` node with the folded node's loc replaces it. Quantizes fold before casts, and a cast
+//! whose live readers all fold through it is not folded on its own, so the recipe's
+//! `quantize(cast(w))` stores one tensor, `w.f8e4m3`, and no `w.f16`. If the store holds the name
+//! with other contents (one weight quantized with two scales), `.1`, `.2`, … is appended; equal
+//! contents are shared. A folded quantize is reported folded, "weights quantized offline"; a
+//! quantize of a weight that cannot fold (symbolic shape, a scale computed at run time) declined.
 //!
-//! Preconditions: the weights named by the graph are in `cx.weights`. Postcondition: no live
-//! `quantize` or `cast` reads a constant chain. `dequantize` is never folded (that would undo the
-//! quantization `fuse-dq-matmul` builds on).
+//! Preconditions: the weights the graph names are in `cx.weights`. Postcondition: every live
+//! `quantize` or `cast` of a constant chain is folded, except declined quantizes. `dequantize` is
+//! never folded (that would undo the quantization `fuse-dq-matmul` builds on).
 //!
 //! Bit-exact: the folded tensor is what the interpreter computes for the node. Idempotent: the new
-//! `weight` nodes match nothing. A changed graph is compacted (README.md, "Orphans").
+//! `weight` nodes match nothing. A changed graph is compacted (README.md §4).
 //!
 //! Interactions: runs first, so `cse` sees one `weight` per folded tensor and `fuse-dq-matmul`
 //! finds `dequantize(weight)`.

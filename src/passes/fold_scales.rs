@@ -37,7 +37,7 @@
 //! 7e35 overflows to inf and comes back as 57344, and `u8` code 167 (scale 0.0123) comes back
 //! through bf16 as 166. A unit test checks every code of every storage type against the guard.
 //!
-//! Idempotent: no rule matches its own output. A changed graph is compacted (README.md).
+//! Idempotent: no rule matches its own output. A changed graph is compacted (README.md §4).
 //! Interactions: after `propagate-qdq` (which makes DQ and Q meet), before the fusions.
 
 use super::dce::{live_users, output_uses};

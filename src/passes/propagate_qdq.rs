@@ -28,7 +28,7 @@
 //! sits on storage-typed data, which no quantize reads and no dequantize produces). More than
 //! [`MAX_ROUNDS`] rounds is an error, not a loop.
 //!
-//! Idempotent once at the fixpoint. A changed graph is compacted after each round (README.md).
+//! Idempotent once at the fixpoint. A changed graph is compacted after each round (README.md §4).
 //! Interactions: after `cse` (one quantize per value), before `fold-scales` (a DQ moved forward and
 //! a Q moved backward meet as DQ→Q) and the fusions (FP8 attention's Q/K/V quantizes reach the
 //! bias add that ends each projection, so the projection GEMM can emit FP8).

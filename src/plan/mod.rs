@@ -12,7 +12,7 @@
 //!
 //! [`PlanBuilder`] writes a plan atomically (temporary file + fsync + rename); [`Plan::load`]
 //! memory-maps one and validates it header first, in a fixed order, before anything else touches
-//! it: size, magic, header checksum, format version, file length, target arch, extents, metadata
+//! it: magic, size, header checksum, format version, file length, target arch, extents, metadata
 //! checksum, section table. Each section's checksum is verified the first time its bytes are asked
 //! for ([`Plan::section_bytes`]) or all at once by [`Plan::verify_sections`]. No input, however
 //! hostile, makes the loader panic or allocate more than the file holds.
@@ -29,8 +29,8 @@ use std::path::PathBuf;
 
 pub use header::{FormatVersion, PlanExtent, PlanHeader, FORMAT_VERSION, HEADER_SIZE, MAGIC};
 pub use meta::{
-    ArgRef, BufferMeta, KernelMeta, LaunchDim, LaunchMeta, PlanMeta, Scalar, SectionEntry, SectionKind,
-    TensorSig, WeightMeta, SECTION_ALIGN,
+    ArgRef, BufferMeta, KernelMeta, LaunchDim, LaunchMeta, PlanMeta, Scalar, SectionEntry,
+    SectionKind, TensorSig, WeightMeta, SECTION_ALIGN,
 };
 pub use read::{arch_compatible, Plan};
 pub use write::PlanBuilder;

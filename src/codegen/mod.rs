@@ -4,3 +4,5 @@
 //! `scripts/cache.sh nvrtc`) without any environment variable, and turns CUDA C into CUBIN.
 
 pub mod nvrtc;
+pub mod template;
+pub mod gemm;

@@ -28,15 +28,21 @@
 //! it must then stay; and any operand combination the `qmatmul` type rule rejects (an `a_scale`
 //! that does not match the result's rows, non-f32 scale vectors), with the type rule's message.
 //!
-//! Idempotent: the fused node is not a matmul. The matmul stays in the arena, dead, until `dce`;
-//! so does a dequantize once its last matmul has fused.
+//! Idempotent: the fused node is not a matmul. Readers are counted among live nodes only
+//! ([`live_users`]), so a dequantize shared by matmuls fuses into each as they are rewritten; a
+//! changed graph is compacted, which drops the matmul and the dequantizes no one reads any more.
 //!
 //! Interacting passes: `fold-constants` quantizes weights offline (the `b` dequantize then reads a
 //! quantized weight); `fold-scales` turns constant scale inputs into literals; a dequantize shared
 //! by several matmuls fuses into each; `fuse-epilogue` then grows the qmatmul's epilogue.
 
+use super::dce::{live_users, output_uses};
 use super::{Pass, PassCx, PassError};
-use crate::ir::{infer, normalize_axis, print, DType, Granularity, Graph, NodeId, Op, QMatMul, ScaleSource, TensorType, ValueId};
+use crate::ir::{infer, normalize_axis, order, print, DType, Granularity, Graph, IdVec, NodeId, Op, QMatMul, ScaleSource, TensorType, ValueId};
+use smallvec::SmallVec;
+
+/// The live readers of every value, once per operand slot ([`live_users`]).
+type Users = IdVec<ValueId, SmallVec<[NodeId; 2]>>;
 
 /// `fuse-dq-matmul`.
 pub struct FuseDqMatmul;
@@ -48,8 +54,9 @@ impl Pass for FuseDqMatmul {
 
     fn run(&self, g: &mut Graph, cx: &mut PassCx) -> Result<bool, PassError> {
         let mut changed = false;
+        let mut users = live_users(g);
         for id in g.nodes.ids().collect::<Vec<_>>() {
-            match match_matmul(g, &g.live_nodes(), id) {
+            match match_matmul(g, &users, id) {
                 None => {}
                 Some(Err(declines)) => {
                     for (dq, reason) in declines {
@@ -63,8 +70,12 @@ impl Pass for FuseDqMatmul {
                         cx.report.fused(&loc(g, dq), "qmatmul", &loc(g, fused));
                     }
                     changed = true;
+                    users = live_users(g);
                 }
             }
+        }
+        if changed {
+            *g = order::compact(g);
         }
         Ok(changed)
     }
@@ -95,11 +106,12 @@ enum Side {
 }
 
 /// Matches a live matmul with a dequantized operand: the fusion, or why each dequantize stays.
-fn match_matmul(g: &Graph, live: &[bool], id: NodeId) -> Option<Result<Fusion, Vec<(NodeId, String)>>> {
+fn match_matmul(g: &Graph, users: &Users, id: NodeId) -> Option<Result<Fusion, Vec<(NodeId, String)>>> {
     let node = &g.nodes[id];
     let Op::MatMul { transpose_a, transpose_b } = node.op else { return None };
     let (da, db) = (dequantize_of(g, node.inputs[0]), dequantize_of(g, node.inputs[1]));
-    if !live[id.index()] || (da.is_none() && db.is_none()) {
+    let live = users[node.outputs[0]].len() + output_uses(g, node.outputs[0]) > 0;
+    if !live || (da.is_none() && db.is_none()) {
         return None;
     }
     let (Some(da), Some(db)) = (da, db) else {
@@ -110,8 +122,8 @@ fn match_matmul(g: &Graph, live: &[bool], id: NodeId) -> Option<Result<Fusion, V
         let reason = "transpose_a is not supported by qmatmul";
         return Some(Err(vec![(da, reason.into()), (db, reason.into())]));
     }
-    let a = operand(g, live, da, Side::A, transpose_b);
-    let b = operand(g, live, db, Side::B, transpose_b);
+    let a = operand(g, users, da, Side::A, transpose_b);
+    let b = operand(g, users, db, Side::B, transpose_b);
     Some(match (a, b) {
         (Ok(a), Ok(b)) => build(g, id, transpose_b, a, b).map(|(op, inputs)| Fusion { op, inputs, dqs: [da, db] }).map_err(|reason| vec![(da, reason.clone()), (db, reason)]),
         (Err(ra), Err(rb)) => Err(vec![(da, ra), (db, rb)]),
@@ -127,7 +139,7 @@ fn dequantize_of(g: &Graph, v: ValueId) -> Option<NodeId> {
 }
 
 /// Checks one dequantized operand and reads its scales.
-fn operand(g: &Graph, live: &[bool], dq: NodeId, side: Side, transpose_b: bool) -> Result<Operand, String> {
+fn operand(g: &Graph, users: &Users, dq: NodeId, side: Side, transpose_b: bool) -> Result<Operand, String> {
     let node = &g.nodes[dq];
     let Op::Dequantize(spec) = &node.op else { unreachable!("dequantize_of returned a dequantize") };
     let out = node.outputs[0];
@@ -138,7 +150,7 @@ fn operand(g: &Graph, live: &[bool], dq: NodeId, side: Side, transpose_b: bool) 
     if dtype != DType::F32 {
         return Err(format!("the dequantize produces {dtype}, not f32: the unfused matmul multiplies operands rounded to {dtype}, which qmatmul's f32 accumulation would not reproduce"));
     }
-    if let Some(other) = non_matmul_reader(g, live, out) {
+    if let Some(other) = non_matmul_reader(g, users, out) {
         return Err(format!("the dequantized value is also read by {other}, so the dequantize must stay"));
     }
     let (q, rank) = (node.inputs[0], g.ty(out).rank());
@@ -202,12 +214,12 @@ fn apply(g: &mut Graph, matmul: NodeId, op: Op, inputs: &[ValueId]) -> NodeId {
 }
 
 /// A live reader of `v` that is not a matmul (or the graph output that returns `v`), described.
-fn non_matmul_reader(g: &Graph, live: &[bool], v: ValueId) -> Option<String> {
+fn non_matmul_reader(g: &Graph, users: &Users, v: ValueId) -> Option<String> {
     if let Some((name, _)) = g.outputs.iter().find(|&&(_, o)| o == v) {
         return Some(format!("the graph output {name:?}"));
     }
-    let reads = |(id, n): &(NodeId, &crate::ir::Node)| live[id.index()] && n.inputs.contains(&v) && !matches!(n.op, Op::MatMul { .. });
-    g.nodes.iter().find(reads).map(|(id, n)| format!("{} {}", n.op.mnemonic(), loc(g, id)))
+    let other = users[v].iter().find(|&&r| !matches!(g.nodes[r].op, Op::MatMul { .. }))?;
+    Some(format!("{} {:?}", g.nodes[*other].op.mnemonic(), loc(g, *other)))
 }
 
 /// The node's name for the report (`loc`), or its id.

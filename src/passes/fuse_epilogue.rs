@@ -31,13 +31,19 @@
 //! its reason. Other ops (`sub`, `mul`, casts to narrow types, `softmax`, ...) end the chain.
 //!
 //! Idempotent: the chain ends at a node no rule takes (or at a quantized output), so running again
-//! finds nothing new. The old qmatmul and the absorbed nodes stay in the arena, dead, until `dce`.
+//! finds nothing new. Readers are counted among live nodes only ([`live_users`]); a changed graph
+//! is compacted, which drops the old qmatmul and the absorbed nodes.
 //!
 //! Interacting passes: runs after `fuse-dq-matmul`, which creates the qmatmuls; the trailing `cse`
 //! and `dce` clean up.
 
+use super::dce::{live_users, output_uses};
 use super::{Pass, PassCx, PassError};
-use crate::ir::{Builder, EpilogueOp, EpilogueStep, Granularity, Graph, NodeId, Op, QuantSpec, ScaleSource, UnaryOp, ValueId};
+use crate::ir::{order, BinaryOp, Builder, EpilogueOp, EpilogueStep, Granularity, Graph, IdVec, NodeId, Op, QuantSpec, ScaleSource, UnaryOp, ValueId};
+use smallvec::SmallVec;
+
+/// The live readers of every value, once per operand slot ([`live_users`]).
+type Users = IdVec<ValueId, SmallVec<[NodeId; 2]>>;
 
 /// `fuse-epilogue`.
 pub struct FuseEpilogue;
@@ -49,8 +55,9 @@ impl Pass for FuseEpilogue {
 
     fn run(&self, g: &mut Graph, cx: &mut PassCx) -> Result<bool, PassError> {
         let mut changed = false;
+        let mut users = live_users(g);
         for id in g.nodes.ids().collect::<Vec<_>>() {
-            let Some((chain, decline)) = match_chain(g, &g.live_nodes(), id) else { continue };
+            let Some((chain, decline)) = match_chain(g, &users, id) else { continue };
             if let Some((quantize, reason)) = decline {
                 cx.report.declined(&loc(g, quantize), reason);
             }
@@ -63,6 +70,10 @@ impl Pass for FuseEpilogue {
                 cx.report.fused(&loc(g, quantize), "qmatmul", &loc(g, fused));
             }
             changed = true;
+            users = live_users(g);
+        }
+        if changed {
+            *g = order::compact(g);
         }
         Ok(changed)
     }
@@ -85,17 +96,17 @@ enum Next {
     Stop,
 }
 
-/// Walks the chain from a live qmatmul without an output quantize; also returns a quantize that
-/// could not join, with the reason.
-fn match_chain(g: &Graph, live: &[bool], id: NodeId) -> Option<(Chain, Option<(NodeId, String)>)> {
+/// Walks the chain from a qmatmul without an output quantize; also returns a quantize that could
+/// not join, with the reason. A dead qmatmul has no live reader, so its chain is empty.
+fn match_chain(g: &Graph, users: &Users, id: NodeId) -> Option<(Chain, Option<(NodeId, String)>)> {
     let node = &g.nodes[id];
     let Op::QMatMul(q) = &node.op else { return None };
-    if !live[id.index()] || q.output.is_some() {
+    if q.output.is_some() {
         return None;
     }
     let mut chain = Chain { steps: vec![], operands: vec![], output: None, last: node.outputs[0] };
     loop {
-        let next = match sole_reader(g, live, chain.last) {
+        let next = match sole_reader(g, users, chain.last) {
             Ok(next) => next,
             Err(decline) => return Some((chain, decline)),
         };
@@ -117,18 +128,17 @@ fn match_chain(g: &Graph, live: &[bool], id: NodeId) -> Option<(Chain, Option<(N
 }
 
 /// The only live reader of `v`; otherwise, a quantize among its readers and why it stays.
-fn sole_reader(g: &Graph, live: &[bool], v: ValueId) -> Result<NodeId, Option<(NodeId, String)>> {
-    let readers: Vec<NodeId> = g.nodes.iter().filter(|(id, n)| live[id.index()] && n.inputs.contains(&v)).map(|(id, _)| id).collect();
-    let slots: usize = readers.iter().map(|&r| g.nodes[r].inputs.iter().filter(|&&i| i == v).count()).sum();
+fn sole_reader(g: &Graph, users: &Users, v: ValueId) -> Result<NodeId, Option<(NodeId, String)>> {
+    let readers = &users[v];
     let outputs: Vec<&str> = g.outputs.iter().filter(|&&(_, o)| o == v).map(|(n, _)| n.as_str()).collect();
-    if slots == 1 && outputs.is_empty() {
-        return Ok(readers[0]);
+    if let ([only], 0) = (readers.as_slice(), output_uses(g, v)) {
+        return Ok(*only);
     }
     let Some(&quantize) = readers.iter().find(|&&r| matches!(g.nodes[r].op, Op::Quantize(_))) else { return Err(None) };
-    let mut others: Vec<String> = readers.iter().filter(|&&r| r != quantize).map(|&r| format!("{} {}", g.nodes[r].op.mnemonic(), loc(g, r))).collect();
+    let mut others: Vec<String> = readers.iter().filter(|&&r| r != quantize).map(|&r| format!("{} {:?}", g.nodes[r].op.mnemonic(), loc(g, r))).collect();
     others.extend(outputs.iter().map(|n| format!("the graph output {n:?}")));
     if others.is_empty() {
-        others.push(format!("{} twice", loc(g, quantize)));
+        others.push(format!("{:?} twice", loc(g, quantize)));
     }
     Err(Some((quantize, format!("the GEMM's result is also read by {}", others.join(", ")))))
 }
@@ -140,7 +150,7 @@ fn classify(g: &Graph, next: NodeId, cur: ValueId) -> Next {
     let step = |op| EpilogueStep { op, dtype: out.dtype };
     match &node.op {
         Op::Cast if out.dtype.is_wide_float() => Next::Step(step(EpilogueOp::Cast), None),
-        Op::Binary(crate::ir::BinaryOp::Add) if out.shape == *g.shape(cur) => {
+        Op::Binary(BinaryOp::Add) if out.shape == *g.shape(cur) => {
             let other = if node.inputs[0] == cur { node.inputs[1] } else { node.inputs[0] };
             Next::Step(step(EpilogueOp::Add), Some(other))
         }

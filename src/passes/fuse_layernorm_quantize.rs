@@ -27,14 +27,20 @@
 //! whose spec differs from the one fused first (one norm fuses with one quantization).
 //!
 //! Idempotent: the fused node's outputs are not produced by a norm, so nothing matches again.
-//! The replaced norm and quantizes stay in the arena, dead, until `dce`.
+//! Readers are counted among live nodes only ([`live_users`]); a changed graph is compacted, which
+//! drops the replaced norm and quantizes.
 //!
 //! Interacting passes: `cse` (earlier) merges identical quantizes, though this pass merges them
 //! too; `fuse-dq-matmul` then reads the fused node's quantized output through the dequantize the
 //! recipe placed after each quantize.
 
+use super::dce::{live_users, output_uses};
 use super::{Pass, PassCx, PassError};
-use crate::ir::{Builder, Granularity, Graph, NodeId, NormKind, Op, QuantSpec, ScaleSource, ValueId};
+use crate::ir::{order, Builder, Granularity, Graph, IdVec, NodeId, NormKind, Op, QuantSpec, ScaleSource, ValueId};
+use smallvec::SmallVec;
+
+/// The live readers of every value, once per operand slot ([`live_users`]).
+type Users = IdVec<ValueId, SmallVec<[NodeId; 2]>>;
 
 /// `fuse-layernorm-quantize`.
 pub struct FuseLayerNormQuantize;
@@ -46,8 +52,9 @@ impl Pass for FuseLayerNormQuantize {
 
     fn run(&self, g: &mut Graph, cx: &mut PassCx) -> Result<bool, PassError> {
         let mut changed = false;
+        let mut users = live_users(g);
         for id in g.nodes.ids().collect::<Vec<_>>() {
-            let (fusion, declines) = match_norm(g, &g.live_nodes(), id);
+            let (fusion, declines) = match_norm(g, &users, id);
             for d in declines {
                 cx.report.declined(&loc(g, d.quantize), d.reason);
             }
@@ -58,6 +65,10 @@ impl Pass for FuseLayerNormQuantize {
                 cx.report.fused(&loc(g, q), g.nodes[fused].op.mnemonic(), &loc(g, fused));
             }
             changed = true;
+            users = live_users(g);
+        }
+        if changed {
+            *g = order::compact(g);
         }
         Ok(changed)
     }
@@ -77,17 +88,14 @@ struct Decline {
     reason: String,
 }
 
-/// Matches a live norm with at least one quantize of its result.
-fn match_norm(g: &Graph, live: &[bool], id: NodeId) -> (Option<Fusion>, Vec<Decline>) {
+/// Matches a norm with at least one live quantize of its result.
+fn match_norm(g: &Graph, users: &Users, id: NodeId) -> (Option<Fusion>, Vec<Decline>) {
     let node = &g.nodes[id];
     let (Op::LayerNorm { .. } | Op::RmsNorm { .. }) = node.op else { return (None, vec![]) };
-    if !live[id.index()] {
-        return (None, vec![]);
-    }
     let (normed, what) = (node.outputs[0], node.op.mnemonic());
     let (mut spec, mut quantizes, mut declines) = (None, vec![], vec![]);
-    let mut keep_normed = is_output(g, normed);
-    for reader in readers(g, live, normed) {
+    let mut keep_normed = output_uses(g, normed) > 0;
+    for &reader in &users[normed] {
         let Some(q) = quantize_of(g, reader, normed) else {
             keep_normed = true;
             continue;
@@ -159,16 +167,6 @@ fn apply(g: &mut Graph, f: &Fusion) -> Result<NodeId, PassError> {
         g.replace_all_uses(normed, *outs.last().expect("keep_normed adds an output"));
     }
     Ok(g.values[outs[0]].producer)
-}
-
-/// The live nodes reading `v`, once per operand slot, in node order.
-fn readers(g: &Graph, live: &[bool], v: ValueId) -> Vec<NodeId> {
-    let reads = |(id, n): (NodeId, &crate::ir::Node)| n.inputs.iter().filter(|&&i| i == v).map(move |_| id).collect::<Vec<_>>();
-    g.nodes.iter().filter(|(id, _)| live[id.index()]).flat_map(reads).collect()
-}
-
-fn is_output(g: &Graph, v: ValueId) -> bool {
-    g.outputs.iter().any(|&(_, o)| o == v)
 }
 
 /// The node's name for the report (`loc`), or its id.

@@ -71,9 +71,23 @@ impl FusionReport {
                 continue;
             }
             let name = node.name.clone().unwrap_or_else(|| format!("{id}"));
-            let reason = self.reasons.get(&name).cloned().unwrap_or_else(|| "no fusion rule applies to its producer or consumer".into());
+            let reason = self.reasons.get(&name).cloned().unwrap_or_else(|| neighbourhood(g, id));
             self.entries.insert(name, Outcome::Standalone { reason });
         }
         self.entries.iter().map(|(q, o)| Entry { qdq: q.clone(), outcome: o.clone() }).collect()
     }
+}
+
+/// Why nothing took a standalone Q/DQ, from what surrounds it: the producer a quantize would have
+/// to fuse into, or the consumers a dequantize would have to fuse into.
+fn neighbourhood(g: &Graph, id: crate::ir::NodeId) -> String {
+    let node = &g.nodes[id];
+    let describe = |n: &crate::ir::Node| format!("`{}` ({})", n.op.mnemonic(), n.name.as_deref().unwrap_or("unnamed"));
+    if let Op::Dequantize(_) = node.op {
+        let users = g.users();
+        let readers: Vec<String> = node.outputs.iter().flat_map(|&v| users[v].iter()).map(|&u| describe(&g.nodes[u])).collect();
+        return format!("its result is read by {}, which no fusion rule gives a quantized input", readers.join(", "));
+    }
+    let producer = g.producer(node.inputs[0]);
+    format!("its input comes from {}, which no fusion rule extends with an output quantize; it runs as its own kernel", describe(producer))
 }

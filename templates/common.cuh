@@ -1,6 +1,6 @@
 // qfuse common device preamble: self-contained (no host or toolkit headers), inlined by the
-// code generator at the top of every kernel source. Integer typedefs, raw PTX wrappers for
-// cp.async, ldmatrix, the FP8 mma.sync and f16 conversion.
+// code generator at the top of every kernel source. Integer typedefs and raw PTX wrappers:
+// cp.async, ldmatrix, FP8 mma.sync, f16 conversion, mbarrier, and Hopper's wgmma.
 typedef signed char int8_t;
 typedef unsigned char uint8_t;
 typedef unsigned short uint16_t;
@@ -66,6 +66,44 @@ QF_DEVICE uint32_t qf_add_f16x2(uint32_t a, uint32_t b) {
 // rows are 64 or 128 bytes, the 8 row addresses of one ldmatrix land in 8 distinct bank groups.
 QF_DEVICE uint32_t qf_swizzle128(uint32_t off) { return off ^ (((off >> 7) & 7u) << 4); }
 
+// ---- mbarrier (sm_80+ for cp.async tracking) ----------------------------------------------------
+
+QF_DEVICE void qf_mbar_init(uint32_t bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+
+// Makes initialised mbarriers visible (with a following barrier) before their first use.
+QF_DEVICE void qf_mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+
+// One arrival on `bar` once all of this thread's earlier cp.async copies have completed (the
+// barrier's expected count must include this thread: .noinc).
+QF_DEVICE void qf_cp_async_mbar_arrive(uint32_t bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+
+// One arrival of this thread on `bar`.
+QF_DEVICE void qf_mbar_arrive(uint32_t bar) {
+    asm volatile(
+        "{\n"
+        ".reg .b64 state;\n"
+        "mbarrier.arrive.shared::cta.b64 state, [%0];\n"
+        "}\n" ::"r"(bar)
+        : "memory");
+}
+
+// Blocks until the phase with the given parity of `bar` has completed.
+QF_DEVICE void qf_mbar_wait(uint32_t bar, uint32_t parity) {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "QF_WAIT:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+        "@!p bra QF_WAIT;\n"
+        "}\n" ::"r"(bar),
+        "r"(parity)
+        : "memory");
+}
+
 // ---- Hopper warpgroup MMA (sm_90a) -------------------------------------------------------------
 
 // Shared-memory matrix descriptor for a K-major operand in the 128-byte swizzle layout: rows of
@@ -98,35 +136,43 @@ QF_DEVICE void qf_fence_acc(float (&d)[NB][4]) {
         for (int j = 0; j < 4; ++j) asm volatile("" : "+f"(d[i][j])::"memory");
 }
 
-// D[64 x N] += A[64 x 32] * B[32 x N], e4m3 operands from shared memory (descriptors), f32
-// accumulators in the m16n8 fragment order: d[n8 block][4].
+// D[64 x N] = A[64 x 32] * B[32 x N] + (accumulate ? D : 0), e4m3 operands from shared memory
+// (descriptors), f32 accumulators in the m16n8 fragment order: d[n8 block][4].
 template <int N>
-QF_DEVICE void qf_wgmma_e4m3(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b);
+QF_DEVICE void qf_wgmma_e4m3(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b, int accumulate);
 
 template <>
-QF_DEVICE void qf_wgmma_e4m3<64>(float (&d)[8][4], uint64_t desc_a, uint64_t desc_b) {
+QF_DEVICE void qf_wgmma_e4m3<64>(float (&d)[8][4], uint64_t desc_a, uint64_t desc_b, int accumulate) {
     asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %34, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {"
         "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
         "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-        "}, %32, %33, 1, 1, 1;\n"
+        "}, %32, %33, p, 1, 1;\n"
+        "}\n"
         :
           "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
           "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
           "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
           "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-        : "l"(desc_a), "l"(desc_b));
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
 template <>
-QF_DEVICE void qf_wgmma_e4m3<128>(float (&d)[16][4], uint64_t desc_a, uint64_t desc_b) {
+QF_DEVICE void qf_wgmma_e4m3<128>(float (&d)[16][4], uint64_t desc_a, uint64_t desc_b, int accumulate) {
     asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %66, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {"
         "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
         "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
         "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
         "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-        "}, %64, %65, 1, 1, 1;\n"
+        "}, %64, %65, p, 1, 1;\n"
+        "}\n"
         :
           "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
           "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
@@ -136,12 +182,15 @@ QF_DEVICE void qf_wgmma_e4m3<128>(float (&d)[16][4], uint64_t desc_a, uint64_t d
           "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
           "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),
           "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
-        : "l"(desc_a), "l"(desc_b));
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
 template <>
-QF_DEVICE void qf_wgmma_e4m3<256>(float (&d)[32][4], uint64_t desc_a, uint64_t desc_b) {
+QF_DEVICE void qf_wgmma_e4m3<256>(float (&d)[32][4], uint64_t desc_a, uint64_t desc_b, int accumulate) {
     asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %130, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n256k32.f32.e4m3.e4m3 {"
         "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
         "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
@@ -151,7 +200,8 @@ QF_DEVICE void qf_wgmma_e4m3<256>(float (&d)[32][4], uint64_t desc_a, uint64_t d
         "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
         "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
         "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-        "}, %128, %129, 1, 1, 1;\n"
+        "}, %128, %129, p, 1, 1;\n"
+        "}\n"
         :
           "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
           "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
@@ -169,5 +219,5 @@ QF_DEVICE void qf_wgmma_e4m3<256>(float (&d)[32][4], uint64_t desc_a, uint64_t d
           "+f"(d[26][0]), "+f"(d[26][1]), "+f"(d[26][2]), "+f"(d[26][3]), "+f"(d[27][0]), "+f"(d[27][1]), "+f"(d[27][2]), "+f"(d[27][3]),
           "+f"(d[28][0]), "+f"(d[28][1]), "+f"(d[28][2]), "+f"(d[28][3]), "+f"(d[29][0]), "+f"(d[29][1]), "+f"(d[29][2]), "+f"(d[29][3]),
           "+f"(d[30][0]), "+f"(d[30][1]), "+f"(d[30][2]), "+f"(d[30][3]), "+f"(d[31][0]), "+f"(d[31][1]), "+f"(d[31][2]), "+f"(d[31][3])
-        : "l"(desc_a), "l"(desc_b));
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }

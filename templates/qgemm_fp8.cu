@@ -10,14 +10,15 @@
 // Global->shared (both): cp.async 16-byte chunks into a STAGES-deep ring of (A tile, B tile)
 // pairs, each tile stored with the 128-byte XOR swizzle (qf_swizzle128), 1024-byte aligned.
 //
-// WGMMA = false: mma.sync.m16n8k32 e4m3. WARPS_M x WARPS_N warps each own a WM x WN sub-tile made
+// MAINLOOP = MmaSync: mma.sync.m16n8k32 e4m3. WARPS_M x WARPS_N warps each own a WM x WN sub-tile made
 // of (WM/16) x (WN/8) MMAs; ldmatrix.x4 (one FP8 byte pair = one b16) reads conflict-free thanks
 // to the swizzle; fragments are double-buffered across the BK/32 k-steps of a tile. Note: on
 // sm_90 ptxas lowers this MMA to e4m3->f16 conversions + two f16 HMMA.16816 + FADDs (native QMMA
 // exists on sm_89 only), so this path runs at the f16 mma.sync rate at best.
-// WGMMA = true: wgmma.mma_async m64nBNk32 e4m3, operands straight from the swizzled tiles (which
-// are the K-major 128B-swizzle layout); warpgroup g owns rows 64g..64g+63, warp w rows 16w..16w+15
-// (WARPS_M = BM/16, WARPS_N = 1). One wgmma batch stays in flight while the next tile is issued.
+// MAINLOOP = Wgmma / WgmmaWaitGroup: wgmma.mma_async m64nBNk32 e4m3, operands straight from the
+// swizzled tiles (which are the K-major 128B-swizzle layout); warpgroup g owns rows 64g..64g+63,
+// warp w rows 16w..16w+15 (WARPS_M = BM/16, WARPS_N = 1). One wgmma batch stays in flight while
+// the next tile is issued.
 //
 // Epilogue (both): accumulators in m16n8 fragment order -> scale, round, bias -> shared memory ->
 // 16-byte coalesced stores.
@@ -35,7 +36,10 @@ constexpr int STAGES = {{stages}};
 constexpr int WARPS_M = {{warps_m}};
 constexpr int WARPS_N = {{warps_n}};
 constexpr int GROUP_M = {{group_m}};
-constexpr bool WGMMA = {{wgmma}};
+enum class Mainloop { MmaSync, Wgmma, WgmmaWaitGroup };
+constexpr Mainloop MAINLOOP = Mainloop::{{mainloop}};
+constexpr bool WGMMA = MAINLOOP != Mainloop::MmaSync;
+constexpr bool FAST_ACCUM = {{fast_accum}};
 constexpr bool HAS_BIAS = {{has_bias}};
 constexpr bool ALPHA_FROM_PTR = {{alpha_from_ptr}};
 constexpr uint32_t ALPHA_BITS = {{alpha_bits}}u;
@@ -64,6 +68,8 @@ static_assert(!WGMMA || (BK == 128 && WM == 16 && WARPS_N == 1 && WARPS_M % 4 ==
 static_assert(WM % 16 == 0 && WN % 16 == 0, "warp tile must be a multiple of 16x16");
 static_assert(WGMMA || KSTEPS % 2 == 0, "fragment double buffer alternates per k-step");
 static_assert(!WGMMA || STAGES >= 3, "wgmma: one tile in the tensor cores, one landing, one loading");
+static_assert(!FAST_ACCUM || WGMMA, "fast accumulation is a wgmma option");
+static_assert(FAST_ACCUM || !WGMMA || BN <= 128, "exact wgmma keeps 2 accumulator sets: n <= 128");
 static_assert(A_BYTES % (16 * THREADS) == 0 && B_BYTES % (16 * THREADS) == 0, "even load split");
 static_assert(THREADS % CHUNKS_PER_ROW == 0, "a thread keeps one column of chunks");
 static_assert(A_BYTES % 1024 == 0 && B_BYTES % 1024 == 0, "tiles stay 1024-byte aligned");
@@ -89,30 +95,35 @@ QF_DEVICE void load_tile(uint32_t stage, const uint8_t* a_k, const uint8_t* b_k,
 }
 
 // ldmatrix of one k-step's fragments for this warp from the stage at shared address `stage`.
-QF_DEVICE void load_frags(uint32_t (&a)[MT][4], uint32_t (&b)[NT / 2][4], uint32_t stage,
+template <int MT_, int NP_>
+QF_DEVICE void load_frags(uint32_t (&a)[MT_][4], uint32_t (&b)[NP_][4], uint32_t stage,
                           uint32_t a_off, uint32_t b_off) {
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) qf_ldmatrix_x4(a[mt], stage + a_off + mt * 16 * BK);
+    for (int mt = 0; mt < MT_; ++mt) qf_ldmatrix_x4(a[mt], stage + a_off + mt * 16 * BK);
 #pragma unroll
-    for (int np = 0; np < NT / 2; ++np)
+    for (int np = 0; np < NP_; ++np)
         qf_ldmatrix_x4(b[np], stage + A_BYTES + b_off + np * 16 * BK);
 }
 
-QF_DEVICE void mma_step(float (&acc)[MT][NT][4], const uint32_t (&a)[MT][4],
-                        const uint32_t (&b)[NT / 2][4]) {
+template <int MT_, int NT_>
+QF_DEVICE void mma_step(float (&acc)[MT_][NT_][4], const uint32_t (&a)[MT_][4],
+                        const uint32_t (&b)[NT_ / 2][4]) {
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
+    for (int mt = 0; mt < MT_; ++mt) {
 #pragma unroll
-        for (int j = 0; j < NT; ++j) {
+        for (int j = 0; j < NT_; ++j) {
             // Serpentine over n so consecutive MMAs share a B fragment.
-            const int nt = (mt & 1) ? NT - 1 - j : j;
+            const int nt = (mt & 1) ? NT_ - 1 - j : j;
             const uint32_t bf[2] = {b[nt / 2][(nt & 1) * 2], b[nt / 2][(nt & 1) * 2 + 1]};
             qf_mma_e4m3_16832(acc[mt][nt], a[mt], bf);
         }
     }
 }
 
+// The mainloops are templates so that only the selected one is instantiated.
+
 // mma.sync mainloop: STAGES-1 tiles in flight, ldmatrix fragments double-buffered per k-step.
+template <bool Selected>
 QF_DEVICE void mainloop_mma_sync(float (&acc)[MT][NT][4], uint32_t smem_base, const uint8_t* a_src,
                                  const uint8_t* b_src, uint32_t a_row_ok, uint32_t st_off, int warp,
                                  int lane) {
@@ -173,46 +184,142 @@ QF_DEVICE void mainloop_mma_sync(float (&acc)[MT][NT][4], uint32_t smem_base, co
     }
 }
 
-// wgmma mainloop: per k-tile, wait for its copies, publish them to the async proxy, refill the
-// stage whose wgmmas finished (tile kt-2), issue BK/32 wgmmas on tile kt and keep them in flight
-// while waiting for tile kt-1's. Copies run STAGES-2 tiles ahead.
+// wgmma copy pipeline. Tile t lives in stage t % STAGES and is loaded DIST tiles ahead of its use.
+//
+// Mainloop::Wgmma: no block-wide barrier in the loop. Per stage, a `full` mbarrier completes when
+// every thread's cp.async copies of the tile have landed (cp.async.mbarrier.arrive), and an
+// `empty` mbarrier when every thread has seen its wgmmas on the tile retire; a thread refills a
+// stage only after `empty` says so. The two warpgroups may therefore drift apart by up to a
+// tile, which lets one's promotion FADDs overlap the other's wgmmas.
+// Mainloop::WgmmaWaitGroup: cp.async.wait_group, a generic->async proxy fence and __syncthreads
+// each k-tile (warpgroups in lockstep); the barrier also orders the refill after every warp's
+// wgmma wait.
+struct WgmmaPipe {
+    static constexpr bool MBAR = MAINLOOP == Mainloop::Wgmma;
+    // Fast accumulation retires tile t one iteration later (wait<1>) than exact (wait<0>).
+    static constexpr int DIST = FAST_ACCUM ? STAGES - 2 : STAGES - 1;
+    uint32_t smem_base, bars, a_row_ok, st_off;  // bars: STAGES `full`, then STAGES `empty`
+    const uint8_t* a_src;
+    const uint8_t* b_src;
+
+    QF_DEVICE uint32_t full(int t) const { return bars + 8 * (t % STAGES); }
+    QF_DEVICE uint32_t empty(int t) const { return bars + 8 * (STAGES + t % STAGES); }
+
+    QF_DEVICE void load(int t) {
+        load_tile(smem_base + (t % STAGES) * STAGE_BYTES, a_src + (size_t)t * BK,
+                  b_src + (size_t)t * BK, a_row_ok, st_off);
+        if (MBAR) qf_cp_async_mbar_arrive(full(t));
+    }
+
+    QF_DEVICE void prologue() {
+        if (MBAR) {
+            if (threadIdx.x == 0) {
+#pragma unroll
+                for (int s = 0; s < 2 * STAGES; ++s) qf_mbar_init(bars + 8 * s, THREADS);
+                qf_mbar_init_fence();
+            }
+            __syncthreads();
+        }
+#pragma unroll
+        for (int t = 0; t < DIST; ++t) {
+            if (t < KTILES) load(t);
+            if (!MBAR) qf_cp_async_commit();
+        }
+    }
+
+    // Waits until tile kt is in shared memory (for every thread) and returns its stage address.
+    QF_DEVICE uint32_t wait_tile(int kt) const {
+        if (MBAR) {
+            qf_mbar_wait(full(kt), (kt / STAGES) & 1);
+        } else {
+            qf_cp_async_wait<DIST - 1>();  // groups 0..kt complete
+            qf_fence_proxy_async();
+            __syncthreads();
+        }
+        return smem_base + (kt % STAGES) * STAGE_BYTES;
+    }
+
+    // This thread's wgmmas on tile t have completed.
+    QF_DEVICE void release(int t) const {
+        if (MBAR) qf_mbar_arrive(empty(t));
+    }
+
+    // Loads tile kt + DIST, once every thread has released the tile that held its stage before.
+    QF_DEVICE void produce(int kt) {
+        const int t = kt + DIST;
+        if (t < KTILES) {
+            if (MBAR && t >= STAGES) qf_mbar_wait(empty(t), (t / STAGES - 1) & 1);
+            load(t);
+        }
+        if (!MBAR) qf_cp_async_commit();
+    }
+};
+
+// Issues this warpgroup's BK/32 wgmmas of one k-tile into `d` and commits them as one group. With
+// !Accumulate the first k-step ignores the old contents of `d` (starts from zero).
+template <bool Accumulate>
+QF_DEVICE void wgmma_tile(float (&d)[NT][4], uint32_t st, uint32_t a_wg) {
+    qf_fence_acc(d);
+    qf_wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks)
+        qf_wgmma_e4m3<BN>(d, qf_wgmma_desc_sw128(st + a_wg + ks * 32),
+                          qf_wgmma_desc_sw128(st + A_BYTES + ks * 32), Accumulate || ks > 0);
+    qf_wgmma_commit();
+}
+
+// wgmma mainloop.
+// FAST_ACCUM: all of K accumulates in the wgmma accumulators (the tensor cores' FP8 accumulation
+// keeps fewer bits than f32); one k-tile's wgmmas stay in flight while the next is issued.
+// Otherwise each k-tile (BK = 128) is summed into a fresh partial accumulator, waited for, and
+// added to the f32 accumulators ("promotion", as in CUTLASS's and DeepGEMM's FP8 mainloops).
+// Reading a partial accumulator while another wgmma is in flight would make ptxas serialize all
+// wgmmas (C7514), so overlap comes from the other warpgroup instead.
+template <bool Selected>
 QF_DEVICE void mainloop_wgmma(float (&acc)[MT][NT][4], uint32_t smem_base, const uint8_t* a_src,
                               const uint8_t* b_src, uint32_t a_row_ok, uint32_t st_off, int warp) {
-#pragma unroll
-    for (int s = 0; s < STAGES - 2; ++s) {
-        if (s < KTILES)
-            load_tile(smem_base + s * STAGE_BYTES, a_src + s * BK, b_src + s * BK, a_row_ok, st_off);
-        qf_cp_async_commit();
-    }
+    __shared__ __align__(8) uint64_t bars[2 * STAGES];
+    WgmmaPipe pipe{smem_base, qf_smem_addr(bars), a_row_ok, st_off, a_src, b_src};
+    pipe.prologue();
     const uint32_t a_wg = (warp / 4) * 64 * BK;  // this warpgroup's 64 rows of the A tile
-    int read_stage = 0;
-    int write_stage = STAGES - 2;
+    if constexpr (FAST_ACCUM) {
 #pragma unroll 1
-    for (int kt = 0; kt < KTILES; ++kt) {
-        qf_cp_async_wait<STAGES - 3>();  // tile kt: groups 0..kt complete
-        qf_fence_proxy_async();
-        __syncthreads();  // tile kt visible to all; every warp is past tile kt-2's wgmmas
-        const int pf = kt + STAGES - 2;
-        if (pf < KTILES)
-            load_tile(smem_base + write_stage * STAGE_BYTES, a_src + (size_t)pf * BK,
-                      b_src + (size_t)pf * BK, a_row_ok, st_off);
-        qf_cp_async_commit();
-        write_stage = write_stage == STAGES - 1 ? 0 : write_stage + 1;
-
-        const uint32_t st = smem_base + read_stage * STAGE_BYTES;
+        for (int kt = 0; kt < KTILES; ++kt) {
+            const uint32_t st = pipe.wait_tile(kt);
+            wgmma_tile<true>(acc[0], st, a_wg);
+            qf_wgmma_wait<1>();
+            qf_fence_acc(acc[0]);
+            if (kt > 0) pipe.release(kt - 1);
+            pipe.produce(kt);
+        }
+        qf_wgmma_wait<0>();
         qf_fence_acc(acc[0]);
-        qf_wgmma_fence();
+    } else {
+        float part[NT][4];
+#pragma unroll 1
+        for (int kt = 0; kt < KTILES; ++kt) {
+            const uint32_t st = pipe.wait_tile(kt);
+            wgmma_tile<false>(part, st, a_wg);
+            qf_wgmma_wait<0>();
+            qf_fence_acc(part);
+            pipe.release(kt);
+            pipe.produce(kt);
 #pragma unroll
-        for (int ks = 0; ks < KSTEPS; ++ks)
-            qf_wgmma_e4m3<BN>(acc[0], qf_wgmma_desc_sw128(st + a_wg + ks * 32),
-                              qf_wgmma_desc_sw128(st + A_BYTES + ks * 32));
-        qf_wgmma_commit();
-        qf_wgmma_wait<1>();
-        qf_fence_acc(acc[0]);
-        read_stage = read_stage == STAGES - 1 ? 0 : read_stage + 1;
+            for (int i = 0; i < NT; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[0][i][j] += part[i][j];
+        }
     }
-    qf_wgmma_wait<0>();
-    qf_fence_acc(acc[0]);
+}
+
+template <bool Wgmma>
+QF_DEVICE void mainloop(float (&acc)[MT][NT][4], uint32_t smem_base, const uint8_t* a_src,
+                        const uint8_t* b_src, uint32_t a_row_ok, uint32_t st_off, int warp, int lane) {
+    if constexpr (Wgmma) {
+        mainloop_wgmma<Wgmma>(acc, smem_base, a_src, b_src, a_row_ok, st_off, warp);
+    } else {
+        mainloop_mma_sync<!Wgmma>(acc, smem_base, a_src, b_src, a_row_ok, st_off, warp, lane);
+    }
 }
 
 }  // namespace
@@ -268,11 +375,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.0f;
 
-    if constexpr (WGMMA) {
-        mainloop_wgmma(acc, smem_base, a_src, b_src, a_row_ok, st_off, warp);
-    } else {
-        mainloop_mma_sync(acc, smem_base, a_src, b_src, a_row_ok, st_off, warp, lane);
-    }
+    mainloop<WGMMA>(acc, smem_base, a_src, b_src, a_row_ok, st_off, warp, lane);
 
     // Epilogue. Drain the (empty) trailing copy groups and let every warp finish reading the
     // pipeline before its shared memory is reused for the output tile.

@@ -39,21 +39,34 @@ fn fused_ir_per_recipe() {
     }
 }
 
+/// Every pass but `fuse-dq-matmul` is exact, so without it the fused graph reproduces the Q/DQ
+/// graph bit for bit on the real model. `fuse-dq-matmul` computes `(Σ qa·qb)·sa·sb` as the GPU
+/// does instead of `Σ (qa·sa)(qb·sb)`; the one-ulp f16 differences that causes can cross FP8
+/// rounding boundaries downstream, so with it the bar is FP8 noise, and no loss of accuracy.
 #[test]
 fn fused_graph_computes_the_qdq_graph() {
     let model = model();
     let tok = model.tokenizer.as_ref().unwrap();
     let texts: Vec<String> = calib::default_eval_sentences().into_iter().take(12).collect();
     let inputs = tok.encode(&texts).unwrap().inputs();
+    let mut sentences = calib::default_calibration_sentences();
+    sentences.truncate(16);
+    let calib_opts = CalibOptions { sentences, ..CalibOptions::default() };
     for name in ["fp8", "fp8-dynamic"] {
-        let q = run(&model, &recipe(name), 16);
+        let exact = PassOptions { disable: vec!["fuse-dq-matmul".into()], verify: true, ..Default::default() };
+        let q = quant::quantize(&model, &recipe(name), &calib_opts, &exact).unwrap();
         let a = interp::run(&q.qdq, &model.weights, &inputs).unwrap();
         let b = interp::run(&q.fused, &model.weights, &inputs).unwrap();
-        let (a, b) = (a[0].1.to_f32_vec(), b[0].1.to_f32_vec());
-        for (i, (x, y)) in a.chunks(384).zip(b.chunks(384)).enumerate() {
-            let cos = eval::cosine(x, y);
-            assert!(cos >= 0.99999, "{name}: text {i}: fused vs Q/DQ embedding cosine {cos}");
-        }
+        assert_eq!(a[0].1.to_f32_vec(), b[0].1.to_f32_vec(), "{name}: passes other than fuse-dq-matmul changed the numbers");
+
+        let q = run(&model, &recipe(name), 16);
+        let fp32 = interp::run(&model.graph, &model.weights, &inputs).unwrap()[0].1.to_f32_vec();
+        let qdq = interp::run(&q.qdq, &model.weights, &inputs).unwrap()[0].1.to_f32_vec();
+        let fused = interp::run(&q.fused, &model.weights, &inputs).unwrap()[0].1.to_f32_vec();
+        let mean = |x: &[f32], y: &[f32]| x.chunks(384).zip(y.chunks(384)).map(|(p, q)| eval::cosine(p, q)).sum::<f64>() / texts.len() as f64;
+        let (to_qdq, fused_acc, qdq_acc) = (mean(&fused, &qdq), mean(&fused, &fp32), mean(&qdq, &fp32));
+        assert!(to_qdq >= 0.999, "{name}: fused vs Q/DQ mean embedding cosine {to_qdq}");
+        assert!(fused_acc >= qdq_acc - 2e-4, "{name}: fusion lost accuracy: {fused_acc} vs Q/DQ {qdq_acc}");
     }
 }
 

@@ -78,26 +78,40 @@ fn spec(n: u32, k: u32, tiles: (u32, u32, u32), stages: u32, warps: (u32, u32)) 
     }
 }
 
-/// A wgmma spec: `tile_m / 64` warpgroups stacked along M.
+/// A wgmma spec: `tile_m / 64` warpgroups stacked along M; fast accumulation when `tile_n` > 128.
 fn wg(n: u32, k: u32, tile_m: u32, tile_n: u32, stages: u32) -> GemmSpec {
     GemmSpec {
         tile_m,
         tile_n,
         stages,
         warps_m: tile_m / 16,
+        fast_accum: tile_n > 128,
         ..GemmSpec::wgmma_for_shape(n, k)
     }
+}
+
+fn fast(s: GemmSpec) -> GemmSpec {
+    GemmSpec { fast_accum: true, ..s }
+}
+
+/// Copy completion through `cp.async.wait_group` + proxy fence instead of mbarriers.
+fn wait_group(s: GemmSpec) -> GemmSpec {
+    GemmSpec { mainloop: Mainloop::WgmmaWaitGroup, ..s }
 }
 
 fn label(s: &GemmSpec) -> String {
     let kind = match s.mainloop {
         Mainloop::MmaSync => "mma",
         Mainloop::Wgmma => "wgmma",
+        Mainloop::WgmmaWaitGroup => "wgmma-wg",
     };
     let mut l = format!(
         "{kind} {}x{}x{} s{} w{}x{} g{}",
         s.tile_m, s.tile_n, s.tile_k, s.stages, s.warps_m, s.warps_n, s.group_m
     );
+    if s.fast_accum {
+        l.push_str(" fast");
+    }
     if s.bias {
         l.push_str(" +bias");
     }
@@ -122,18 +136,31 @@ fn plan() -> Vec<(&'static str, GemmSpec, Vec<u32>)> {
         (wg(256, 512, 128, 256, 4), true, Alpha::Constant(0.0123)),
         (wg(256, 512, 128, 256, 3), false, Alpha::FromPointer),
         (wg(256, 512, 256, 128, 4), true, Alpha::FromPointer),
+        (fast(wg(256, 512, 256, 128, 4)), false, Alpha::FromPointer),
         (wg(256, 512, 64, 64, 5), false, Alpha::FromPointer),
         (wg(256, 1024, 128, 128, 6), true, Alpha::FromPointer),
+        (wg(256, 1152, 128, 128, 3), false, Alpha::Constant(0.25)),
+        (wait_group(wg(256, 512, 128, 256, 4)), true, Alpha::Constant(0.0123)),
+        (wait_group(wg(256, 1024, 64, 128, 3)), false, Alpha::FromPointer),
     ] {
         out.push(("check", c(s, bias, alpha), small_ms.clone()));
     }
     // Performance variants, square shapes.
     for (n, m) in [(4096, 4096), (8192, 8192)] {
-        for (tiles, stages, warps) in [((128, 256, 128), 4, (2, 4)), ((128, 128, 128), 3, (2, 2))] {
+        for (tiles, stages, warps) in [((128, 256, 128), 4, (2, 4)), ((128, 128, 128), 4, (2, 4))] {
             out.push(("bench", spec(n, n, tiles, stages, warps), vec![m]));
         }
-        for (tile_m, tile_n, stages) in [(128, 256, 4), (128, 256, 3), (256, 128, 4), (128, 128, 6), (192, 256, 3)] {
-            out.push(("bench", wg(n, n, tile_m, tile_n, stages), vec![m]));
+        for s in [
+            wg(n, n, 128, 128, 6),
+            wg(n, n, 64, 128, 4),
+            wg(n, n, 128, 256, 4),
+            wg(n, n, 128, 256, 3),
+            fast(wg(n, n, 256, 128, 4)),
+            fast(wg(n, n, 128, 128, 6)),
+            wait_group(wg(n, n, 128, 128, 6)),
+            wait_group(wg(n, n, 128, 256, 4)),
+        ] {
+            out.push(("bench", s, vec![m]));
         }
     }
     // MiniLM (all-MiniLM-L6-v2) linear layers at 4096 tokens.
@@ -340,7 +367,6 @@ fn sample_rows(m: usize, seed: u64) -> Vec<usize> {
 struct Problem {
     m: usize,
     n: usize,
-    k: usize,
     a: CudaSlice<u8>,
     b: CudaSlice<u8>,
     y: CudaSlice<u16>,
@@ -374,7 +400,6 @@ fn make_problem(stream: &Arc<CudaStream>, m: usize, n: usize, k: usize, seed: u6
     Ok(Problem {
         m,
         n,
-        k,
         a: stream.clone_htod(&a)?,
         b: stream.clone_htod(&b)?,
         y: stream.alloc_zeros::<u16>(m * n)?,
@@ -526,4 +551,55 @@ fn run(dir: &Path) -> Result<()> {
     }
     eprintln!("all correctness checks passed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e4m3_table_matches_float8() {
+        let t = e4m3_table();
+        for code in 0..=255u8 {
+            let want = float8::F8E4M3::from_bits(code).to_f32();
+            let got = t[code as usize];
+            assert!(got == want || (got.is_nan() && want.is_nan()), "{code:#04x}: {got} vs {want}");
+        }
+        assert_eq!(t[0x7e], 448.0);
+        assert_eq!(t[0x01], 2f32.powi(-9));
+    }
+
+    #[test]
+    fn random_codes_have_no_nan() {
+        let lut = e4m3_table();
+        assert!(random_e4m3(100_000, 7).iter().all(|&c| lut[c as usize].is_finite()));
+    }
+
+    /// The checker accepts the exact result and rejects a wrong element, NaN and unwritten output.
+    #[test]
+    fn check_accepts_exact_and_rejects_errors() {
+        let (m, n, k) = (3, 5, 64);
+        let lut = e4m3_table();
+        let a = random_e4m3(m * k, 1);
+        let b = random_e4m3(n * k, 2);
+        let bf: Vec<f32> = b.iter().map(|&c| lut[c as usize]).collect();
+        let refs: Vec<_> = (0..m).map(|r| (r, reference_row(&a, &bf, &lut, r, n, k))).collect();
+        let bias: Vec<f16> = (0..n).map(|j| f16::from_f32(j as f32 - 2.0)).collect();
+        let alpha = 1e-3;
+        let mut y = vec![0u16; m * n];
+        for (r, row) in &refs {
+            for (j, &(acc, _)) in row.iter().enumerate() {
+                y[r * n + j] = expected(acc, alpha, Some(bias[j])).to_bits();
+            }
+        }
+        assert!(passed(&check(&y, &refs, alpha, Some(&bias), n)));
+        let mut bad = y.clone();
+        bad[4] = f16::from_f32(f16::from_bits(bad[4]).to_f32() + 1.0).to_bits();
+        assert!(!passed(&check(&bad, &refs, alpha, Some(&bias), n)));
+        bad = y.clone();
+        bad[2] = 0xffff;
+        let st = check(&bad, &refs, alpha, Some(&bias), n);
+        assert_eq!((st.unwritten, st.bad), (1, 1));
+        assert!(!passed(&check(&y, &refs, alpha, None, n)), "bias must matter");
+    }
 }

@@ -34,6 +34,9 @@ pub const TEMPLATE: &str = "qgemm_fp8";
 /// Shared memory one block may use on sm_90 (227 KiB).
 pub const MAX_SMEM_BYTES: u32 = 227 * 1024;
 
+/// Static shared memory the template may declare besides the dynamic part (2 mbarriers a stage).
+const STATIC_SMEM_BYTES: u64 = 16 * 16;
+
 /// Parameter names, in the order the kernel takes them.
 pub const PARAMS: [&str; 6] = ["A", "B", "Y", "bias", "alpha", "M"];
 
@@ -55,8 +58,19 @@ pub enum Mainloop {
     MmaSync,
     /// `wgmma.mma_async` m64n`tile_n`k32 e4m3 with both operands in shared memory (sm_90a):
     /// warpgroups stacked along M, so `warps_m = tile_m / 16`, `warps_n = 1`, `tile_k = 128`,
-    /// `tile_n` ∈ {64, 128, 256}, `stages` ≥ 3.
+    /// `tile_n` ∈ {64, 128, 256}, `stages` ≥ 3. Copy completion per stage through an mbarrier
+    /// that every thread's `cp.async` arrive on.
     Wgmma,
+    /// As [`Mainloop::Wgmma`], but copy completion through `cp.async.wait_group` and a
+    /// generic→async proxy fence (`fence.proxy.async.shared::cta`).
+    WgmmaWaitGroup,
+}
+
+impl Mainloop {
+    /// Uses Hopper's `wgmma` (either completion scheme).
+    pub fn is_wgmma(self) -> bool {
+        self != Mainloop::MmaSync
+    }
 }
 
 /// Everything the FP8 GEMM template is specialised on.
@@ -86,6 +100,10 @@ pub struct GemmSpec {
     pub alpha: Alpha,
     /// The MMA instruction family.
     pub mainloop: Mainloop,
+    /// wgmma only: accumulate all of K in the tensor cores' FP8 accumulators (faster; they keep
+    /// fewer mantissa bits than f32, cf. cuBLASLt's `FAST_ACCUM`). When false, every 128-deep
+    /// k-tile is summed separately and added to f32 registers (needs `tile_n` ≤ 128).
+    pub fast_accum: bool,
 }
 
 impl GemmSpec {
@@ -114,18 +132,19 @@ impl GemmSpec {
             bias: false,
             alpha: Alpha::FromPointer,
             mainloop: Mainloop::MmaSync,
+            fast_accum: false,
         }
     }
 
-    /// The `wgmma` configuration for an `N × K` weight: 128×256×128 (else 128×128×128, else
-    /// 128×64×128) with two warpgroups and four stages, alpha from a pointer, no bias.
+    /// The exact-accumulation `wgmma` configuration for an `N × K` weight: 128×128×128 (else
+    /// 128×64×128) with two warpgroups and six stages, alpha from a pointer, no bias.
     pub fn wgmma_for_shape(n: u32, k: u32) -> Self {
-        let tile_n = [256, 128, 64].into_iter().find(|t| n % t == 0).unwrap_or(64);
+        let tile_n = if n % 128 == 0 { 128 } else { 64 };
         Self {
             tile_m: 128,
             tile_n,
             tile_k: 128,
-            stages: 4,
+            stages: 6,
             warps_m: 8,
             warps_n: 1,
             mainloop: Mainloop::Wgmma,
@@ -210,10 +229,13 @@ impl GemmSpec {
         if (s.tile_m * s.tile_k) % 1024 != 0 || (s.tile_n * s.tile_k) % 1024 != 0 {
             return bad("tile_m·tile_k and tile_n·tile_k must be multiples of 1024 bytes (swizzle alignment)".into());
         }
-        if s.smem_bytes() > u64::from(MAX_SMEM_BYTES) {
-            return bad(format!("{} bytes of shared memory exceed {MAX_SMEM_BYTES}", s.smem_bytes()));
+        if s.smem_bytes() + STATIC_SMEM_BYTES > u64::from(MAX_SMEM_BYTES) {
+            return bad(format!(
+                "{} bytes of shared memory (+{STATIC_SMEM_BYTES} static) exceed {MAX_SMEM_BYTES}",
+                s.smem_bytes()
+            ));
         }
-        if s.mainloop == Mainloop::Wgmma {
+        if s.mainloop.is_wgmma() {
             if s.tile_k != 128 || s.warps_n != 1 || s.warps_m * 16 != s.tile_m || s.warps_m % 4 != 0 {
                 return bad(
                     "wgmma needs tile_k = 128, warps_n = 1 and whole warpgroups along M (warps_m = tile_m / 16, a multiple of 4)"
@@ -226,8 +248,16 @@ impl GemmSpec {
             if s.stages < 3 {
                 return bad("wgmma needs at least 3 stages".into());
             }
+            if !s.fast_accum && s.tile_n > 128 {
+                return bad(format!(
+                    "exact (promoted) wgmma accumulation keeps two accumulator sets: tile_n {} must be at most 128, or set fast_accum",
+                    s.tile_n
+                ));
+            }
         } else if s.tile_k / 32 % 2 != 0 {
             return bad("mma.sync needs an even number of k32 steps per tile".into());
+        } else if s.fast_accum {
+            return bad("fast_accum applies to wgmma only (mma.sync accumulates in f32)".into());
         }
         if let Alpha::Constant(a) = s.alpha {
             if !a.is_finite() {
@@ -310,7 +340,8 @@ pub fn render(spec: &GemmSpec) -> Result<KernelSource, GemmError> {
         ("warps_m", spec.warps_m.to_string()),
         ("warps_n", spec.warps_n.to_string()),
         ("group_m", spec.group_m.to_string()),
-        ("wgmma", flag(spec.mainloop == Mainloop::Wgmma)),
+        ("mainloop", format!("{:?}", spec.mainloop)),
+        ("fast_accum", flag(spec.fast_accum)),
         ("has_bias", flag(spec.bias)),
         ("alpha_from_ptr", flag(alpha_from_ptr)),
         ("alpha_bits", format!("{alpha_bits:#010x}")),
@@ -335,7 +366,7 @@ fn kernel_hash(spec: &GemmSpec) -> u32 {
         Alpha::FromPointer => "p".into(),
     };
     let key = format!(
-        "{}|{}|{} {} {} {} {} {} {} {} {} {} {alpha} {:?}",
+        "{}|{}|{} {} {} {} {} {} {} {} {} {} {alpha} {:?} {}",
         COMMON.text,
         QGEMM_FP8.text,
         spec.n,
@@ -348,7 +379,8 @@ fn kernel_hash(spec: &GemmSpec) -> u32 {
         spec.warps_n,
         spec.group_m,
         spec.bias,
-        spec.mainloop
+        spec.mainloop,
+        spec.fast_accum
     );
     key.bytes()
         .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))

@@ -10,7 +10,7 @@
 //!   %y = qmatmul %q, %wq {transpose_b, alpha=0.0123, b_scale=%s, acc=f32} : f32[B,S,1536] loc("L")
 //! ```
 //!
-//! Rule (`fuse_dq_matmul`): `matmul(dequantize(qa, sa), dequantize(qb, sb))` ⇒ `qmatmul(qa, qb)`
+//! Rule `dq_matmul`: `matmul(dequantize(qa, sa), dequantize(qb, sb))` ⇒ `qmatmul(qa, qb)`
 //! with `alpha` = the product of the literal (per-tensor) scales, 1.0 if there are none;
 //! `a_scale` = a's per-token scale input (`[.., M, 1]`); `b_scale` = b's per-channel scale input
 //! on the output-feature axis (axis 0 of `[N, K]` with `transpose_b`, the last axis of `[K, N]`
@@ -18,7 +18,9 @@
 //! `[B, H, S, D]` products, with or without `transpose_b`) fuse the same way.
 //!
 //! Numerics: the unfused graph computes `Σ (qa·sa)(qb·sb)`, the fused op `(Σ qa·qb)·sa·sb`, so the
-//! results differ by f32 reassociation (pass cases use `# tolerance: ulp`).
+//! results differ by f32 reassociation. That error scales with `Σ |a·b|`, not with the result, so
+//! where the sum cancels it exceeds an ulp of the output (docs/passes.md, "Numerics"); pass cases
+//! use `# tolerance: ulp` for wide-float outputs and `code` for quantized ones.
 //!
 //! Declined, with the reason recorded on the dequantize(s) concerned: `transpose_a`; only one
 //! operand dequantized; zero points; block granularities; a per-tensor scale that is a graph value
@@ -29,7 +31,7 @@
 //! that does not match the result's rows, non-f32 scale vectors), with the type rule's message.
 //!
 //! Idempotent: the fused node is not a matmul. Readers are counted among live nodes only
-//! ([`live_users`]), so a dequantize shared by matmuls fuses into each as they are rewritten; a
+//! (`dce::live_users`), so a dequantize shared by matmuls fuses into each as they are rewritten; a
 //! changed graph is compacted, which drops the matmul and the dequantizes no one reads any more.
 //!
 //! Interacting passes: `fold-constants` quantizes weights offline (the `b` dequantize then reads a
@@ -38,10 +40,10 @@
 
 use super::dce::{live_users, output_uses};
 use super::{Pass, PassCx, PassError};
-use crate::ir::{infer, normalize_axis, order, print, DType, Granularity, Graph, IdVec, NodeId, Op, QMatMul, ScaleSource, TensorType, ValueId};
+use crate::ir::{infer, normalize_axis, order, print, Builder, DType, Granularity, Graph, IdVec, NodeId, Op, QMatMul, ScaleSource, TensorType, ValueId};
 use smallvec::SmallVec;
 
-/// The live readers of every value, once per operand slot ([`live_users`]).
+/// The live readers of every value, once per operand slot (`dce::live_users`).
 type Users = IdVec<ValueId, SmallVec<[NodeId; 2]>>;
 
 /// `fuse-dq-matmul`.
@@ -56,16 +58,16 @@ impl Pass for FuseDqMatmul {
         let mut changed = false;
         let mut users = live_users(g);
         for id in g.nodes.ids().collect::<Vec<_>>() {
-            match match_matmul(g, &users, id) {
+            match match_dq_matmul(g, &users, id) {
                 None => {}
-                Some(Err(declines)) => {
+                Some(Match::Decline(declines)) => {
                     for (dq, reason) in declines {
                         cx.report.declined(&loc(g, dq), reason);
                     }
                 }
-                Some(Ok(fusion)) => {
-                    let fused = apply(g, id, fusion.op, &fusion.inputs);
-                    tracing::debug!(rule = "fuse_dq_matmul", node = %id, "fused");
+                Some(Match::Apply(fusion)) => {
+                    let fused = apply_dq_matmul(g, id, fusion.op, &fusion.inputs)?;
+                    tracing::debug!(rule = "dq_matmul", node = %id);
                     for dq in fusion.dqs {
                         cx.report.fused(&loc(g, dq), "qmatmul", &loc(g, fused));
                     }
@@ -79,6 +81,13 @@ impl Pass for FuseDqMatmul {
         }
         Ok(changed)
     }
+}
+
+/// What the rule found at one matmul.
+enum Match {
+    Apply(Fusion),
+    /// The dequantizes that stay, each with its reason.
+    Decline(Vec<(NodeId, String)>),
 }
 
 /// The qmatmul that replaces a matmul, and the dequantizes it absorbs.
@@ -105,30 +114,35 @@ enum Side {
     B,
 }
 
-/// Matches a live matmul with a dequantized operand: the fusion, or why each dequantize stays.
-fn match_matmul(g: &Graph, users: &Users, id: NodeId) -> Option<Result<Fusion, Vec<(NodeId, String)>>> {
+/// `matmul(dequantize(qa, sa), dequantize(qb, sb)) => qmatmul(qa, qb; alpha, a_scale, b_scale)`:
+/// the scales leave the sum (`Σ (qa·sa)(qb·sb) = (Σ qa·qb)·sa·sb`, up to f32 reassociation).
+fn match_dq_matmul(g: &Graph, users: &Users, id: NodeId) -> Option<Match> {
     let node = &g.nodes[id];
     let Op::MatMul { transpose_a, transpose_b } = node.op else { return None };
     let (da, db) = (dequantize_of(g, node.inputs[0]), dequantize_of(g, node.inputs[1]));
-    let live = users[node.outputs[0]].len() + output_uses(g, node.outputs[0]) > 0;
+    let live = !users[node.outputs[0]].is_empty() || output_uses(g, node.outputs[0]) > 0;
     if !live || (da.is_none() && db.is_none()) {
         return None;
     }
     let (Some(da), Some(db)) = (da, db) else {
         let reason = "the other matmul operand is not dequantized; qmatmul needs both operands quantized";
-        return Some(Err(da.or(db).map(|d| (d, reason.to_string())).into_iter().collect()));
+        return Some(Match::Decline(da.or(db).map(|d| (d, reason.to_string())).into_iter().collect()));
     };
     if transpose_a {
         let reason = "transpose_a is not supported by qmatmul";
-        return Some(Err(vec![(da, reason.into()), (db, reason.into())]));
+        return Some(Match::Decline(vec![(da, reason.into()), (db, reason.into())]));
     }
     let a = operand(g, users, da, Side::A, transpose_b);
     let b = operand(g, users, db, Side::B, transpose_b);
+    let other = |d: NodeId, why: &str| format!("the other operand's dequantize ({}) does not fuse: {why}", loc(g, d));
     Some(match (a, b) {
-        (Ok(a), Ok(b)) => build(g, id, transpose_b, a, b).map(|(op, inputs)| Fusion { op, inputs, dqs: [da, db] }).map_err(|reason| vec![(da, reason.clone()), (db, reason)]),
-        (Err(ra), Err(rb)) => Err(vec![(da, ra), (db, rb)]),
-        (Err(ra), Ok(_)) => Err(vec![(db, format!("the other operand's dequantize ({}) does not fuse: {ra}", loc(g, da))), (da, ra)]),
-        (Ok(_), Err(rb)) => Err(vec![(da, format!("the other operand's dequantize ({}) does not fuse: {rb}", loc(g, db))), (db, rb)]),
+        (Ok(a), Ok(b)) => match build(g, id, transpose_b, a, b) {
+            Ok((op, inputs)) => Match::Apply(Fusion { op, inputs, dqs: [da, db] }),
+            Err(reason) => Match::Decline(vec![(da, reason.clone()), (db, reason)]),
+        },
+        (Err(ra), Err(rb)) => Match::Decline(vec![(da, ra), (db, rb)]),
+        (Err(ra), Ok(_)) => Match::Decline(vec![(db, other(da, &ra)), (da, ra)]),
+        (Ok(_), Err(rb)) => Match::Decline(vec![(da, other(db, &rb)), (db, rb)]),
     })
 }
 
@@ -204,13 +218,14 @@ fn build(g: &Graph, matmul: NodeId, transpose_b: bool, a: Operand, b: Operand) -
     Ok((op, inputs))
 }
 
-/// Adds the qmatmul and redirects the matmul's readers to it.
-fn apply(g: &mut Graph, matmul: NodeId, op: Op, inputs: &[ValueId]) -> NodeId {
-    let old = g.nodes[matmul].outputs[0];
-    let (ty, name) = (g.ty(old).clone(), g.nodes[matmul].name.clone());
-    let fused = g.add_node(op, inputs, vec![ty], name);
-    g.replace_all_uses(old, g.nodes[fused].outputs[0]);
-    fused
+/// Adds the qmatmul (with the matmul's loc) and redirects the matmul's readers to it.
+fn apply_dq_matmul(g: &mut Graph, matmul: NodeId, op: Op, inputs: &[ValueId]) -> Result<NodeId, PassError> {
+    let (old, name) = (g.nodes[matmul].outputs[0], g.nodes[matmul].name.clone());
+    let mut b = Builder::new(g);
+    b.scope = name;
+    let out = b.add1(op, inputs, None).map_err(|message| PassError::Failed { pass: "fuse-dq-matmul", message: format!("{matmul}: {message}") })?;
+    g.replace_all_uses(old, out);
+    Ok(g.values[out].producer)
 }
 
 /// A live reader of `v` that is not a matmul (or the graph output that returns `v`), described.
@@ -225,4 +240,45 @@ fn non_matmul_reader(g: &Graph, users: &Users, v: ValueId) -> Option<String> {
 /// The node's name for the report (`loc`), or its id.
 fn loc(g: &Graph, id: NodeId) -> String {
     g.nodes[id].name.clone().unwrap_or_else(|| id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::passes::report::Outcome;
+
+    /// Runs the pass twice on a case file; returns the report's dequantize lines (the second run
+    /// must change nothing).
+    fn report(case: &str) -> Vec<String> {
+        let path = format!("{}/tests/ir/fuse-dq-matmul/{case}.ir", env!("CARGO_MANIFEST_DIR"));
+        let mut g = crate::ir::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let w = crate::passes::MemoryWeights::default();
+        let mut cx = PassCx::new(&w);
+        FuseDqMatmul.run(&mut g, &mut cx).unwrap();
+        assert!(!FuseDqMatmul.run(&mut g, &mut cx).unwrap(), "a second run finds nothing");
+        let entries = cx.report.finish(&g).into_iter().filter(|e| e.qdq.ends_with(".dq"));
+        entries.map(|e| match e.outcome {
+            Outcome::Fused { into, node } => format!("{}: fused into {into} {node}", e.qdq),
+            Outcome::Folded { how } => format!("{}: folded, {how}", e.qdq),
+            Outcome::Standalone { reason } => format!("{}: standalone, {reason}", e.qdq),
+        }).collect()
+    }
+
+    #[test]
+    fn both_dequantizes_fuse() {
+        assert_eq!(report("dynamic_per_token"), ["L:a.dq: fused into qmatmul L", "L:b.dq: fused into qmatmul L"]);
+    }
+
+    #[test]
+    fn declines_name_the_operand_at_fault() {
+        assert_eq!(report("per_channel_reduction_axis"), [
+            "L:a.dq: standalone, the other operand's dequantize (L:b.dq) does not fuse: per-channel scale on the reduction axis",
+            "L:b.dq: standalone, per-channel scale on the reduction axis",
+        ]);
+        assert_eq!(report("dequantize_other_reader"), [
+            "L:a.dq: standalone, the dequantized value is also read by add \"residual\", so the dequantize must stay",
+            "L:b.dq: standalone, the other operand's dequantize (L:a.dq) does not fuse: the dequantized value is also read by add \"residual\", so the dequantize must stay",
+        ]);
+        assert_eq!(report("weight_only"), ["L:b.dq: standalone, the other matmul operand is not dequantized; qmatmul needs both operands quantized"]);
+    }
 }

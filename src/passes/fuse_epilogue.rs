@@ -14,7 +14,7 @@
 //! ```
 //!
 //! Rules, applied along the chain from a qmatmul whose output is not yet quantized, one node at a
-//! time until none applies (`fuse_epilogue`), each step rounding where the unfused node rounded
+//! time until none applies (rule `epilogue`), each step rounding where the unfused node rounded
 //! (exact):
 //! - `cast` to f32/f16/bf16 ⇒ a `cast` step;
 //! - `add(y, o)` or `add(o, y)` whose result keeps the qmatmul's shape (a bias `[N]`, a residual
@@ -31,7 +31,7 @@
 //! its reason. Other ops (`sub`, `mul`, casts to narrow types, `softmax`, ...) end the chain.
 //!
 //! Idempotent: the chain ends at a node no rule takes (or at a quantized output), so running again
-//! finds nothing new. Readers are counted among live nodes only ([`live_users`]); a changed graph
+//! finds nothing new. Readers are counted among live nodes only (`dce::live_users`); a changed graph
 //! is compacted, which drops the old qmatmul and the absorbed nodes.
 //!
 //! Interacting passes: runs after `fuse-dq-matmul`, which creates the qmatmuls; the trailing `cse`
@@ -42,7 +42,7 @@ use super::{Pass, PassCx, PassError};
 use crate::ir::{order, BinaryOp, Builder, EpilogueOp, EpilogueStep, Granularity, Graph, IdVec, NodeId, Op, QuantSpec, ScaleSource, UnaryOp, ValueId};
 use smallvec::SmallVec;
 
-/// The live readers of every value, once per operand slot ([`live_users`]).
+/// The live readers of every value, once per operand slot (`dce::live_users`).
 type Users = IdVec<ValueId, SmallVec<[NodeId; 2]>>;
 
 /// `fuse-epilogue`.
@@ -57,15 +57,13 @@ impl Pass for FuseEpilogue {
         let mut changed = false;
         let mut users = live_users(g);
         for id in g.nodes.ids().collect::<Vec<_>>() {
-            let Some((chain, decline)) = match_chain(g, &users, id) else { continue };
-            if let Some((quantize, reason)) = decline {
+            let Some(m) = match_epilogue(g, &users, id) else { continue };
+            for (quantize, reason) in m.declines {
                 cx.report.declined(&loc(g, quantize), reason);
             }
-            if chain.steps.is_empty() && chain.output.is_none() {
-                continue;
-            }
-            let fused = apply(g, id, &chain)?;
-            tracing::debug!(rule = "fuse_epilogue", node = %id, steps = chain.steps.len(), output = chain.output.is_some(), "fused");
+            let Some(chain) = m.apply else { continue };
+            let fused = apply_epilogue(g, id, &chain)?;
+            tracing::debug!(rule = "epilogue", node = %id, steps = chain.steps.len(), output = chain.output.is_some());
             if let Some((quantize, _)) = chain.output {
                 cx.report.fused(&loc(g, quantize), "qmatmul", &loc(g, fused));
             }
@@ -77,6 +75,14 @@ impl Pass for FuseEpilogue {
         }
         Ok(changed)
     }
+}
+
+/// What the rule found after one qmatmul. The chain can grow and still end at a quantize that
+/// cannot join, so this is a rewrite *and* declines rather than the `Apply | Decline` of
+/// README §3.
+struct Match {
+    apply: Option<Chain>,
+    declines: Vec<(NodeId, String)>,
 }
 
 /// What a qmatmul absorbs: epilogue steps with their operands, then perhaps an output quantize.
@@ -96,19 +102,19 @@ enum Next {
     Stop,
 }
 
-/// Walks the chain from a qmatmul without an output quantize; also returns a quantize that could
-/// not join, with the reason. A dead qmatmul has no live reader, so its chain is empty.
-fn match_chain(g: &Graph, users: &Users, id: NodeId) -> Option<(Chain, Option<(NodeId, String)>)> {
+/// `f(qmatmul(…; e)) => qmatmul(…; e ++ [f])` for a single-reader `cast`, `add` or activation `f`,
+/// repeated, then `quantize(qmatmul(…), q) => qmatmul(…; out=q)` for a per-tensor literal `q`.
+fn match_epilogue(g: &Graph, users: &Users, id: NodeId) -> Option<Match> {
     let node = &g.nodes[id];
     let Op::QMatMul(q) = &node.op else { return None };
     if q.output.is_some() {
         return None;
     }
     let mut chain = Chain { steps: vec![], operands: vec![], output: None, last: node.outputs[0] };
-    loop {
+    let decline = loop {
         let next = match sole_reader(g, users, chain.last) {
             Ok(next) => next,
-            Err(decline) => return Some((chain, decline)),
+            Err(decline) => break decline,
         };
         match classify(g, next, chain.last) {
             Next::Step(step, operand) => {
@@ -119,24 +125,25 @@ fn match_chain(g: &Graph, users: &Users, id: NodeId) -> Option<(Chain, Option<(N
             Next::Output(spec) => {
                 chain.output = Some((next, spec));
                 chain.last = g.nodes[next].outputs[0];
-                return Some((chain, None));
+                break None;
             }
-            Next::Decline(reason) => return Some((chain, Some((next, reason)))),
-            Next::Stop => return Some((chain, None)),
+            Next::Decline(reason) => break Some((next, reason)),
+            Next::Stop => break None,
         }
-    }
+    };
+    let apply = (!chain.steps.is_empty() || chain.output.is_some()).then_some(chain);
+    (apply.is_some() || decline.is_some()).then(|| Match { apply, declines: decline.into_iter().collect() })
 }
 
 /// The only live reader of `v`; otherwise, a quantize among its readers and why it stays.
 fn sole_reader(g: &Graph, users: &Users, v: ValueId) -> Result<NodeId, Option<(NodeId, String)>> {
     let readers = &users[v];
-    let outputs: Vec<&str> = g.outputs.iter().filter(|&&(_, o)| o == v).map(|(n, _)| n.as_str()).collect();
     if let ([only], 0) = (readers.as_slice(), output_uses(g, v)) {
         return Ok(*only);
     }
     let Some(&quantize) = readers.iter().find(|&&r| matches!(g.nodes[r].op, Op::Quantize(_))) else { return Err(None) };
     let mut others: Vec<String> = readers.iter().filter(|&&r| r != quantize).map(|&r| format!("{} {:?}", g.nodes[r].op.mnemonic(), loc(g, r))).collect();
-    others.extend(outputs.iter().map(|n| format!("the graph output {n:?}")));
+    others.extend(g.outputs.iter().filter(|&&(_, o)| o == v).map(|(n, _)| format!("the graph output {n:?}")));
     if others.is_empty() {
         others.push(format!("{:?} twice", loc(g, quantize)));
     }
@@ -179,10 +186,11 @@ fn unsupported_output(spec: &QuantSpec) -> Option<String> {
     Some(format!("a qmatmul output quantize takes one literal per-tensor scale, not {what}"))
 }
 
-/// Adds the qmatmul with the chain absorbed and redirects the chain's readers to it.
-fn apply(g: &mut Graph, id: NodeId, chain: &Chain) -> Result<NodeId, PassError> {
+/// Adds the qmatmul with the chain absorbed (keeping the qmatmul's loc) and redirects the chain's
+/// readers to it.
+fn apply_epilogue(g: &mut Graph, id: NodeId, chain: &Chain) -> Result<NodeId, PassError> {
     let node = &g.nodes[id];
-    let Op::QMatMul(q) = &node.op else { unreachable!("match_chain matched a qmatmul") };
+    let Op::QMatMul(q) = &node.op else { unreachable!("match_epilogue matched a qmatmul") };
     let mut q = q.clone();
     q.epilogue.extend(chain.steps.iter().cloned());
     q.output = chain.output.as_ref().map(|(_, spec)| spec.clone());
@@ -190,10 +198,10 @@ fn apply(g: &mut Graph, id: NodeId, chain: &Chain) -> Result<NodeId, PassError> 
     let name = node.name.clone();
     let mut b = Builder::new(g);
     b.scope = name;
-    let out = b.add1(Op::QMatMul(q), &inputs, None).map_err(|message| PassError::Failed { pass: "fuse-epilogue", message: format!("{id}: {message}") })?;
+    let fail = |message: String| PassError::Failed { pass: "fuse-epilogue", message: format!("{id}: {message}") };
+    let out = b.add1(Op::QMatMul(q), &inputs, None).map_err(fail)?;
     if g.ty(out) != g.ty(chain.last) {
-        let message = format!("{id}: the fused qmatmul's type differs from the chain's result");
-        return Err(PassError::Failed { pass: "fuse-epilogue", message });
+        return Err(fail("the fused qmatmul's type differs from the chain's result".into()));
     }
     g.replace_all_uses(chain.last, out);
     Ok(g.values[out].producer)
@@ -202,4 +210,41 @@ fn apply(g: &mut Graph, id: NodeId, chain: &Chain) -> Result<NodeId, PassError> 
 /// The node's name for the report (`loc`), or its id.
 fn loc(g: &Graph, id: NodeId) -> String {
     g.nodes[id].name.clone().unwrap_or_else(|| id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::passes::report::Outcome;
+
+    /// Runs the pass twice on a case file; returns the report's quantize lines (the second run
+    /// must change nothing).
+    fn report(case: &str) -> Vec<String> {
+        let path = format!("{}/tests/ir/fuse-epilogue/{case}.ir", env!("CARGO_MANIFEST_DIR"));
+        let mut g = crate::ir::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let w = crate::passes::MemoryWeights::default();
+        let mut cx = PassCx::new(&w);
+        FuseEpilogue.run(&mut g, &mut cx).unwrap();
+        assert!(!FuseEpilogue.run(&mut g, &mut cx).unwrap(), "a second run finds nothing");
+        let entries = cx.report.finish(&g).into_iter().filter(|e| e.qdq.ends_with(".q"));
+        entries.map(|e| match e.outcome {
+            Outcome::Fused { into, node } => format!("{}: fused into {into} {node}", e.qdq),
+            Outcome::Folded { how } => format!("{}: folded, {how}", e.qdq),
+            Outcome::Standalone { reason } => format!("{}: standalone, {reason}", e.qdq),
+        }).collect()
+    }
+
+    #[test]
+    fn output_quantize_fuses() {
+        assert_eq!(report("bias_gelu_quantize"), ["M:a.q: fused into qmatmul L"]);
+    }
+
+    #[test]
+    fn quantize_of_a_shared_result_is_declined() {
+        assert_eq!(report("multi_user_result"), ["M:a.q: standalone, the GEMM's result is also read by add \"residual\""]);
+        assert_eq!(report("quantize_shared_mid_chain"), ["M:a.q: standalone, the GEMM's result is also read by the graph output \"act\""]);
+        assert_eq!(report("silu_dynamic_quantize"), [
+            "D:a.q: standalone, a qmatmul output quantize takes one literal per-tensor scale, not a dynamic scale (each scale needs the amax of a whole row or tensor)",
+        ]);
+    }
 }

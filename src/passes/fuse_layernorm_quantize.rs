@@ -13,7 +13,7 @@
 //!   %6 = add %7, %9 : f16[B,S,384] loc("residual")     (readers of %5 read %4)
 //! ```
 //!
-//! Rule (`fuse_norm_quantize`): `quantize(norm(x, γ[, β]), q)` ⇒ `norm_quantize(x, γ[, β])` with
+//! Rule `norm_quantize`: `quantize(norm(x, γ[, β]), q)` ⇒ `norm_quantize(x, γ[, β])` with
 //! `via` = the norm's output dtype and `quant = q`. The fused op is defined as exactly that
 //! composition, so the rewrite is exact.
 //! - Every live quantize of the norm's result with the same spec joins the one fused node; with a
@@ -27,7 +27,7 @@
 //! whose spec differs from the one fused first (one norm fuses with one quantization).
 //!
 //! Idempotent: the fused node's outputs are not produced by a norm, so nothing matches again.
-//! Readers are counted among live nodes only ([`live_users`]); a changed graph is compacted, which
+//! Readers are counted among live nodes only (`dce::live_users`); a changed graph is compacted, which
 //! drops the replaced norm and quantizes.
 //!
 //! Interacting passes: `cse` (earlier) merges identical quantizes, though this pass merges them
@@ -39,7 +39,7 @@ use super::{Pass, PassCx, PassError};
 use crate::ir::{order, Builder, Granularity, Graph, IdVec, NodeId, NormKind, Op, QuantSpec, ScaleSource, ValueId};
 use smallvec::SmallVec;
 
-/// The live readers of every value, once per operand slot ([`live_users`]).
+/// The live readers of every value, once per operand slot (`dce::live_users`).
 type Users = IdVec<ValueId, SmallVec<[NodeId; 2]>>;
 
 /// `fuse-layernorm-quantize`.
@@ -54,13 +54,13 @@ impl Pass for FuseLayerNormQuantize {
         let mut changed = false;
         let mut users = live_users(g);
         for id in g.nodes.ids().collect::<Vec<_>>() {
-            let (fusion, declines) = match_norm(g, &users, id);
-            for d in declines {
-                cx.report.declined(&loc(g, d.quantize), d.reason);
+            let Some(m) = match_norm_quantize(g, &users, id) else { continue };
+            for (quantize, reason) in m.declines {
+                cx.report.declined(&loc(g, quantize), reason);
             }
-            let Some(fusion) = fusion else { continue };
-            let fused = apply(g, &fusion)?;
-            tracing::debug!(rule = "fuse_norm_quantize", node = %id, keep_normed = fusion.keep_normed, "fused");
+            let Some(fusion) = m.apply else { continue };
+            let fused = apply_norm_quantize(g, &fusion)?;
+            tracing::debug!(rule = "norm_quantize", node = %id, keep_normed = fusion.keep_normed);
             for &q in &fusion.quantizes {
                 cx.report.fused(&loc(g, q), g.nodes[fused].op.mnemonic(), &loc(g, fused));
             }
@@ -74,6 +74,13 @@ impl Pass for FuseLayerNormQuantize {
     }
 }
 
+/// What the rule found at one norm. One norm can fuse with one quantize and decline another, so
+/// this is a rewrite *and* declines rather than the `Apply | Decline` of README §3.
+struct Match {
+    apply: Option<Fusion>,
+    declines: Vec<(NodeId, String)>,
+}
+
 /// A norm and the quantizes of its result that fuse with it.
 struct Fusion {
     norm: NodeId,
@@ -82,16 +89,11 @@ struct Fusion {
     keep_normed: bool,
 }
 
-/// A quantize of a norm's result that stays separate, and why.
-struct Decline {
-    quantize: NodeId,
-    reason: String,
-}
-
-/// Matches a norm with at least one live quantize of its result.
-fn match_norm(g: &Graph, users: &Users, id: NodeId) -> (Option<Fusion>, Vec<Decline>) {
+/// `quantize(norm(x, γ[, β]), q) => norm_quantize(x, γ[, β]; via, q)`, for each live quantize of
+/// the norm's result with the first supported spec `q`; `keep_normed` when anything else reads it.
+fn match_norm_quantize(g: &Graph, users: &Users, id: NodeId) -> Option<Match> {
     let node = &g.nodes[id];
-    let (Op::LayerNorm { .. } | Op::RmsNorm { .. }) = node.op else { return (None, vec![]) };
+    let (Op::LayerNorm { .. } | Op::RmsNorm { .. }) = node.op else { return None };
     let (normed, what) = (node.outputs[0], node.op.mnemonic());
     let (mut spec, mut quantizes, mut declines) = (None, vec![], vec![]);
     let mut keep_normed = output_uses(g, normed) > 0;
@@ -107,7 +109,7 @@ fn match_norm(g: &Graph, users: &Users, id: NodeId) -> (Option<Fusion>, Vec<Decl
         match reason {
             Some(reason) => {
                 keep_normed = true;
-                declines.push(Decline { quantize: reader, reason });
+                declines.push((reader, reason));
             }
             None => {
                 spec = Some(q);
@@ -115,8 +117,8 @@ fn match_norm(g: &Graph, users: &Users, id: NodeId) -> (Option<Fusion>, Vec<Decl
             }
         }
     }
-    let fusion = spec.map(|s| Fusion { norm: id, spec: s.clone(), quantizes, keep_normed });
-    (fusion, declines)
+    let apply = spec.map(|s| Fusion { norm: id, spec: s.clone(), quantizes, keep_normed });
+    (apply.is_some() || !declines.is_empty()).then_some(Match { apply, declines })
 }
 
 /// The spec of `reader` when it is a quantize whose data operand is `v`.
@@ -144,13 +146,14 @@ fn unsupported(spec: &QuantSpec, norm: &str) -> Option<String> {
     Some(format!("{norm}_quantize takes a literal per-tensor or a dynamic per-token scale, not {what}"))
 }
 
-/// Adds the fused node, redirects the quantizes' and (with `keep_normed`) the norm's readers.
-fn apply(g: &mut Graph, f: &Fusion) -> Result<NodeId, PassError> {
+/// Adds the fused node (with the norm's loc) and redirects the quantizes' readers to its outputs,
+/// and with `keep_normed` the norm's other readers to its `normed` output.
+fn apply_norm_quantize(g: &mut Graph, f: &Fusion) -> Result<NodeId, PassError> {
     let norm = &g.nodes[f.norm];
     let (kind, eps) = match norm.op {
         Op::LayerNorm { eps } => (NormKind::LayerNorm, eps),
         Op::RmsNorm { eps } => (NormKind::RmsNorm, eps),
-        _ => unreachable!("match_norm matched a norm"),
+        _ => unreachable!("match_norm_quantize matched a norm"),
     };
     let normed = norm.outputs[0];
     let op = Op::NormQuantize { kind, eps, via: g.ty(normed).dtype, quant: f.spec.clone(), keep_normed: f.keep_normed };
@@ -188,4 +191,44 @@ fn describe(spec: &QuantSpec) -> String {
         ScaleSource::Dynamic { dtype, .. } => format!("scale=dynamic({dtype})"),
     };
     format!("{} {granularity} {scale}", spec.storage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::passes::report::Outcome;
+
+    /// Runs the pass twice on a case file; returns the report (the second run must change nothing).
+    fn report(case: &str) -> Vec<String> {
+        let path = format!("{}/tests/ir/fuse-layernorm-quantize/{case}.ir", env!("CARGO_MANIFEST_DIR"));
+        let mut g = crate::ir::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let w = crate::passes::MemoryWeights::default();
+        let mut cx = PassCx::new(&w);
+        FuseLayerNormQuantize.run(&mut g, &mut cx).unwrap();
+        assert!(!FuseLayerNormQuantize.run(&mut g, &mut cx).unwrap(), "a second run finds nothing");
+        cx.report.finish(&g).into_iter().map(|e| match e.outcome {
+            Outcome::Fused { into, node } => format!("{}: fused into {into} {node}", e.qdq),
+            Outcome::Folded { how } => format!("{}: folded, {how}", e.qdq),
+            Outcome::Standalone { reason } => format!("{}: standalone, {reason}", e.qdq),
+        }).collect()
+    }
+
+    #[test]
+    fn identical_quantizes_fuse_into_one_node() {
+        assert_eq!(report("keep_normed_residual"), [
+            "K:a.q: fused into layernorm_quantize E.LayerNorm",
+            "Q:a.q: fused into layernorm_quantize E.LayerNorm",
+            "V:a.q: fused into layernorm_quantize E.LayerNorm",
+        ]);
+    }
+
+    #[test]
+    fn declined_quantizes_say_why() {
+        assert_eq!(report("two_specs"), [
+            "A:a.q: fused into layernorm_quantize N",
+            "B:a.q: standalone, the layernorm's result is also quantized as f8e4m3 per_tensor scale=0.0123 by A:a.q, which fused; one norm fuses with one quantization",
+        ]);
+        assert_eq!(report("zero_point"), ["L:a.q: standalone, zero points are not supported by layernorm_quantize"]);
+        assert_eq!(report("block_scales"), ["L:a.q: standalone, rmsnorm_quantize takes a literal per-tensor or a dynamic per-token scale, not block scales"]);
+    }
 }

@@ -86,6 +86,9 @@ fn neighbourhood(g: &Graph, id: crate::ir::NodeId) -> String {
     if let Op::Dequantize(_) = node.op {
         let users = g.users();
         let readers: Vec<String> = node.outputs.iter().flat_map(|&v| users[v].iter()).map(|&u| describe(&g.nodes[u])).collect();
+        if readers.is_empty() {
+            return "its result is a graph output".into();
+        }
         return format!("its result is read by {}, which no fusion rule gives a quantized input", readers.join(", "));
     }
     let producer = g.producer(node.inputs[0]);

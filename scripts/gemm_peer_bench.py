@@ -86,20 +86,23 @@ def main():
             for p in peer.values():
                 f.write(json.dumps(p) + "\n")
 
+    def short(v):
+        return " ".join(t for t in v.split() if not (t.startswith("g") and t[1:].isdigit()))
+
     def best(s, fast):
         c = [r for r in bench if (r["m"], r["n"], r["k"]) == s and r["check"] == "ok" and r["fast_accum"] == fast]
         return max(c, key=lambda r: r["tflops"], default=None)
 
     print()
-    print("TFLOP/s (median of 30)   qfuse exact-accum        qfuse fast-accum         cuBLASLt  cuBLASLt  torch   exact/    fast/")
-    print("M x N x K                best variant      TF/s   best variant      TF/s   FP8       FP8 fast  f16     cuBLASLt  cuBLASLt-fast")
+    print(f"{'TFLOP/s, median of 30':18s} {'qfuse exact accumulation':33s} {'qfuse fast accumulation':33s} cuBLASLt cuBLASLt torch  exact/   fast/")
+    print(f"{'M x N x K':18s} {'best variant':26s} {'TF/s':>6s} {'best variant':26s} {'TF/s':>6s} FP8      FP8 fast f16    cuBLASLt cuBLASLt-fast")
     for s in shapes:
         p, e, f = peer[s], best(s, False), best(s, True)
-        cell = lambda r: f"{r['variant'].split(' g')[0][:17]:17s} {r['tflops']:6.0f}" if r else f"{'-':17s} {'-':>6s}"
+        cell = lambda r: f"{short(r['variant'])[:26]:26s} {r['tflops']:6.0f}" if r else f"{'-':26s} {'-':>6s}"
         ratio = lambda r, key: f"{r['tflops'] / p[key]:8.2f}" if r else f"{'-':>8s}"
         print(
-            f"{'x'.join(map(str, s)):24s} {cell(e)}   {cell(f)}   {p['cublaslt']:7.0f}   {p['cublaslt_fast']:7.0f}  "
-            f"{p['torch_f16']:5.0f}   {ratio(e, 'cublaslt')}  {ratio(f, 'cublaslt_fast')}"
+            f"{'x'.join(map(str, s)):18s} {cell(e)} {cell(f)} {p['cublaslt']:7.0f}  {p['cublaslt_fast']:7.0f} "
+            f"{p['torch_f16']:5.0f} {ratio(e, 'cublaslt')} {ratio(f, 'cublaslt_fast')}"
         )
     print()
     print("normwise rel. error vs exact reference (sampled rows):")
@@ -116,7 +119,7 @@ def main():
         if s[1] != s[2]:
             continue
         cells = [
-            f"{r['variant'].split(' g')[0]:30s} {r['tflops']:6.0f} {r['check']:4s} {r['stats']['norm_rel_err']:.1e}"
+            f"{short(r['variant']):34s} {r['tflops']:6.0f} {r['check']:4s} {r['stats']['norm_rel_err']:.1e}"
             for r in sorted((r for r in bench if (r["m"], r["n"], r["k"]) == s), key=lambda r: -r["tflops"])
         ]
         print(f"  {'x'.join(map(str, s))}:")

@@ -31,7 +31,7 @@
 //! Interactions: runs first, so `cse` sees one `weight` per folded tensor and `fuse-dq-matmul`
 //! finds `dequantize(weight)`.
 
-use super::{Pass, PassCx, PassError, Weights};
+use super::{loc, Pass, PassCx, PassError, Weights};
 use crate::interp::{self, Tensor, WeightSource};
 use crate::ir::{order, Graph, NodeId, Op, TensorType, ValueId};
 use std::collections::HashMap;
@@ -92,9 +92,6 @@ fn fail(message: String) -> PassError {
     PassError::Failed { pass: "fold-constants", message }
 }
 
-fn loc(g: &Graph, id: NodeId) -> String {
-    g.nodes[id].name.clone().unwrap_or_else(|| id.to_string())
-}
 
 /// The checkpoint name at the root of `v` when `v` is a `weight` seen through `cast`s.
 fn constant_root(g: &Graph, v: ValueId) -> Option<&str> {

@@ -41,7 +41,7 @@
 //! Interactions: after `propagate-qdq` (which makes DQ and Q meet), before the fusions.
 
 use super::dce::{live_users, output_uses};
-use super::{Pass, PassCx, PassError};
+use super::{loc, Pass, PassCx, PassError};
 use crate::ir::{order, DType, Granularity, Graph, IdVec, NodeId, Op, QuantSpec, ScaleSource, ValueId, ZeroPoint};
 use smallvec::SmallVec;
 
@@ -90,9 +90,6 @@ enum Match {
     Decline { nodes: [NodeId; 2], reason: String },
 }
 
-fn loc(g: &Graph, id: NodeId) -> String {
-    g.nodes[id].name.clone().unwrap_or_else(|| id.to_string())
-}
 
 /// `quantize(dequantize(q, s1), s2)`: elided, requantized, or declined (module doc).
 fn match_dq_q(g: &Graph, users: &Users, id: NodeId) -> Option<Match> {

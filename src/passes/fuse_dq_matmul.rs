@@ -39,7 +39,7 @@
 //! by several matmuls fuses into each; `fuse-epilogue` then grows the qmatmul's epilogue.
 
 use super::dce::{live_users, output_uses};
-use super::{Pass, PassCx, PassError};
+use super::{loc, Pass, PassCx, PassError};
 use crate::ir::{infer, normalize_axis, order, print, Builder, DType, Granularity, Graph, IdVec, NodeId, Op, QMatMul, ScaleSource, TensorType, ValueId};
 use smallvec::SmallVec;
 
@@ -237,31 +237,15 @@ fn non_matmul_reader(g: &Graph, users: &Users, v: ValueId) -> Option<String> {
     Some(format!("{} {:?}", g.nodes[*other].op.mnemonic(), loc(g, *other)))
 }
 
-/// The node's name for the report (`loc`), or its id.
-fn loc(g: &Graph, id: NodeId) -> String {
-    g.nodes[id].name.clone().unwrap_or_else(|| id.to_string())
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::passes::report::Outcome;
 
-    /// Runs the pass twice on a case file; returns the report's dequantize lines (the second run
-    /// must change nothing).
+    /// The report lines ending in `.dq` after running the pass on a case file (twice: the
+    /// second run must change nothing).
     fn report(case: &str) -> Vec<String> {
-        let path = format!("{}/tests/ir/fuse-dq-matmul/{case}.ir", env!("CARGO_MANIFEST_DIR"));
-        let mut g = crate::ir::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let w = crate::passes::MemoryWeights::default();
-        let mut cx = PassCx::new(&w);
-        FuseDqMatmul.run(&mut g, &mut cx).unwrap();
-        assert!(!FuseDqMatmul.run(&mut g, &mut cx).unwrap(), "a second run finds nothing");
-        let entries = cx.report.finish(&g).into_iter().filter(|e| e.qdq.ends_with(".dq"));
-        entries.map(|e| match e.outcome {
-            Outcome::Fused { into, node } => format!("{}: fused into {into} {node}", e.qdq),
-            Outcome::Folded { how } => format!("{}: folded, {how}", e.qdq),
-            Outcome::Standalone { reason } => format!("{}: standalone, {reason}", e.qdq),
-        }).collect()
+        crate::passes::report_of_case(&FuseDqMatmul, "fuse-dq-matmul", case, ".dq")
     }
 
     #[test]

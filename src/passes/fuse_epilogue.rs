@@ -38,7 +38,7 @@
 //! and `dce` clean up.
 
 use super::dce::{live_users, output_uses};
-use super::{Pass, PassCx, PassError};
+use super::{loc, Pass, PassCx, PassError};
 use crate::ir::{order, BinaryOp, Builder, EpilogueOp, EpilogueStep, Granularity, Graph, IdVec, NodeId, Op, QuantSpec, ScaleSource, UnaryOp, ValueId};
 use smallvec::SmallVec;
 
@@ -207,31 +207,15 @@ fn apply_epilogue(g: &mut Graph, id: NodeId, chain: &Chain) -> Result<NodeId, Pa
     Ok(g.values[out].producer)
 }
 
-/// The node's name for the report (`loc`), or its id.
-fn loc(g: &Graph, id: NodeId) -> String {
-    g.nodes[id].name.clone().unwrap_or_else(|| id.to_string())
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::passes::report::Outcome;
 
-    /// Runs the pass twice on a case file; returns the report's quantize lines (the second run
-    /// must change nothing).
+    /// The report lines ending in `.q` after running the pass on a case file (twice: the
+    /// second run must change nothing).
     fn report(case: &str) -> Vec<String> {
-        let path = format!("{}/tests/ir/fuse-epilogue/{case}.ir", env!("CARGO_MANIFEST_DIR"));
-        let mut g = crate::ir::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let w = crate::passes::MemoryWeights::default();
-        let mut cx = PassCx::new(&w);
-        FuseEpilogue.run(&mut g, &mut cx).unwrap();
-        assert!(!FuseEpilogue.run(&mut g, &mut cx).unwrap(), "a second run finds nothing");
-        let entries = cx.report.finish(&g).into_iter().filter(|e| e.qdq.ends_with(".q"));
-        entries.map(|e| match e.outcome {
-            Outcome::Fused { into, node } => format!("{}: fused into {into} {node}", e.qdq),
-            Outcome::Folded { how } => format!("{}: folded, {how}", e.qdq),
-            Outcome::Standalone { reason } => format!("{}: standalone, {reason}", e.qdq),
-        }).collect()
+        crate::passes::report_of_case(&FuseEpilogue, "fuse-epilogue", case, ".q")
     }
 
     #[test]

@@ -35,7 +35,7 @@
 //! recipe placed after each quantize.
 
 use super::dce::{live_users, output_uses};
-use super::{Pass, PassCx, PassError};
+use super::{loc, Pass, PassCx, PassError};
 use crate::ir::{order, Builder, Granularity, Graph, IdVec, NodeId, NormKind, Op, QuantSpec, ScaleSource, ValueId};
 use smallvec::SmallVec;
 
@@ -172,10 +172,6 @@ fn apply_norm_quantize(g: &mut Graph, f: &Fusion) -> Result<NodeId, PassError> {
     Ok(g.values[outs[0]].producer)
 }
 
-/// The node's name for the report (`loc`), or its id.
-fn loc(g: &Graph, id: NodeId) -> String {
-    g.nodes[id].name.clone().unwrap_or_else(|| id.to_string())
-}
 
 /// `f8e4m3 per_tensor scale=0.05`, for messages.
 fn describe(spec: &QuantSpec) -> String {
@@ -196,21 +192,11 @@ fn describe(spec: &QuantSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::passes::report::Outcome;
 
-    /// Runs the pass twice on a case file; returns the report (the second run must change nothing).
+    /// The report lines after running the pass on a case file (twice: the second run must
+    /// change nothing).
     fn report(case: &str) -> Vec<String> {
-        let path = format!("{}/tests/ir/fuse-layernorm-quantize/{case}.ir", env!("CARGO_MANIFEST_DIR"));
-        let mut g = crate::ir::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let w = crate::passes::MemoryWeights::default();
-        let mut cx = PassCx::new(&w);
-        FuseLayerNormQuantize.run(&mut g, &mut cx).unwrap();
-        assert!(!FuseLayerNormQuantize.run(&mut g, &mut cx).unwrap(), "a second run finds nothing");
-        cx.report.finish(&g).into_iter().map(|e| match e.outcome {
-            Outcome::Fused { into, node } => format!("{}: fused into {into} {node}", e.qdq),
-            Outcome::Folded { how } => format!("{}: folded, {how}", e.qdq),
-            Outcome::Standalone { reason } => format!("{}: standalone, {reason}", e.qdq),
-        }).collect()
+        crate::passes::report_of_case(&FuseLayerNormQuantize, "fuse-layernorm-quantize", case, "")
     }
 
     #[test]

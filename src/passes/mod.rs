@@ -86,6 +86,24 @@ pub enum PassError {
     },
 }
 
+/// The node's name for the fusion report (its `loc`), or its id.
+pub(crate) fn loc(g: &Graph, id: crate::ir::NodeId) -> String {
+    g.nodes[id].name.clone().unwrap_or_else(|| id.to_string())
+}
+
+/// Test support: runs `pass` twice on `tests/ir/<dir>/<case>.ir` (the second run must change
+/// nothing) and returns the fusion report's lines for Q/DQ names ending in `suffix`.
+#[cfg(test)]
+pub(crate) fn report_of_case(pass: &dyn Pass, dir: &str, case: &str, suffix: &str) -> Vec<String> {
+    let path = format!("{}/tests/ir/{dir}/{case}.ir", env!("CARGO_MANIFEST_DIR"));
+    let mut g = crate::ir::parse(&std::fs::read_to_string(path).expect("case file")).expect("case parses");
+    let w = MemoryWeights::default();
+    let mut cx = PassCx::new(&w);
+    pass.run(&mut g, &mut cx).expect("pass runs");
+    assert!(!pass.run(&mut g, &mut cx).expect("pass runs"), "a second run finds nothing");
+    cx.report.finish(&g).into_iter().filter(|e| e.qdq.ends_with(suffix)).map(|e| e.to_string()).collect()
+}
+
 impl Weights for crate::import::WeightStore {
     fn insert(&self, name: String, t: Tensor) {
         crate::import::WeightStore::insert(self, name, t)

@@ -34,7 +34,7 @@
 //! bias add that ends each projection, so the projection GEMM can emit FP8).
 
 use super::dce::{live_users, output_uses};
-use super::{Pass, PassCx, PassError};
+use super::{loc, Pass, PassCx, PassError};
 use crate::ir::{order, Builder, Granularity, Graph, IdVec, NodeId, Op, QuantSpec, ValueId};
 use smallvec::SmallVec;
 use std::collections::HashSet;
@@ -80,9 +80,6 @@ fn fail(message: String) -> PassError {
     PassError::Failed { pass: "propagate-qdq", message }
 }
 
-fn loc(g: &Graph, id: NodeId) -> String {
-    g.nodes[id].name.clone().unwrap_or_else(|| id.to_string())
-}
 
 /// Matches every live node, then applies the matches that touch no node an earlier one touched.
 fn run_round(g: &mut Graph, cx: &mut PassCx) -> Result<bool, PassError> {

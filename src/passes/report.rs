@@ -40,6 +40,16 @@ pub struct Entry {
     pub outcome: Outcome,
 }
 
+impl std::fmt::Display for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.outcome {
+            Outcome::Fused { into, node } => write!(f, "{}: fused into {into} {node}", self.qdq),
+            Outcome::Folded { how } => write!(f, "{}: folded, {how}", self.qdq),
+            Outcome::Standalone { reason } => write!(f, "{}: standalone, {reason}", self.qdq),
+        }
+    }
+}
+
 /// Collected outcomes, keyed by Q/DQ node name.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct FusionReport {

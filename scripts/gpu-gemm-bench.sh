@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The one command for the GPU machine (after scripts/build-gpu-bundle.sh here, carry gpu-bundle):
+# qfuse's FP8 GEMM kernels checked against an exact CPU reference and timed, then the peers
+# (cuBLASLt FP8 via torch._scaled_mm, torch f16) timed the same way, then one table.
+# Full logs and JSON lines go to $OUT (or /tmp/gemm-bench). Exit status 1 if a check failed.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+out="${OUT:-/tmp/gemm-bench}"
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu \
+    --format=csv,noheader 2>&1 | head -1
+gpu-bundle/qfuse-gemm-bench run gpu-bundle/kernels >"$out/qfuse.jsonl" 2>"$out/qfuse.log"
+rc=$?
+grep -E "^device|CHECK FAILED|correctness|Error|panicked" "$out/qfuse.log" | cut -c1-400
+python3 - "$out/qfuse.jsonl" <<'PY'
+import json, sys
+worst = {}
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if r.get("kind") != "qfuse" or "tflops" in r:
+        continue
+    key = (r["n"], r["k"], r["variant"])
+    w = worst.setdefault(key, {"ok": True, "ms": [], "norm": 0.0, "abs": 0.0, "bad": 0})
+    s = r["stats"]
+    w["ok"] &= r["check"] == "ok"
+    w["ms"].append(str(r["m"]))
+    w["norm"] = max(w["norm"], s["norm_rel_err"])
+    w["abs"] = max(w["abs"], s["max_abs_err"])
+    w["bad"] += s["bad"] + s["unwritten"]
+for (n, k, v), w in sorted(worst.items()):
+    print(f"check {'ok  ' if w['ok'] else 'FAIL'} N={n} K={k:<5} {v:44s} M={','.join(w['ms']):14s} "
+          f"norm_rel<={w['norm']:.1e} max_abs<={w['abs']:.1e} bad={w['bad']}")
+PY
+PYTHONUNBUFFERED=1 python3 scripts/gemm_peer_bench.py "$out/qfuse.jsonl" --out "$out/peer.jsonl" 2>"$out/peer.log" \
+    || { echo "peer benchmark failed:"; tail -20 "$out/peer.log"; }
+nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader 2>&1 | head -1
+exit $rc

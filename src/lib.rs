@@ -10,6 +10,6 @@ pub mod interp;
 pub mod ir;
 pub mod numerics;
 pub mod passes;
+pub mod plan;
 pub mod quant;
 pub mod util;
-pub mod plan;

@@ -3,7 +3,7 @@
 //   Y[M,N] = f16( f16(alpha * sum_k A[m,k] * B[n,k]) + bias[n] )     (bias optional)
 //
 // A [M,K] row-major e4m3 (activations), B [N,K] row-major e4m3 (weights, nn.Linear layout),
-// f32 accumulation, f16 output, row-major [M,N]. N, K and the tiles are compile-time constants;
+// f32 accumulators, f16 output, row-major [M,N]. N, K and the tiles are compile-time constants;
 // M is a run-time argument (any M >= 1; rows past M are neither loaded nor stored). Requires
 // N % BN == 0, K % BK == 0, 16-byte aligned A, B, Y (checked on the host).
 //
@@ -15,10 +15,12 @@
 // to the swizzle; fragments are double-buffered across the BK/32 k-steps of a tile. Note: on
 // sm_90 ptxas lowers this MMA to e4m3->f16 conversions + two f16 HMMA.16816 + FADDs (native QMMA
 // exists on sm_89 only), so this path runs at the f16 mma.sync rate at best.
-// MAINLOOP = Wgmma / WgmmaWaitGroup: wgmma.mma_async m64nBNk32 e4m3, operands straight from the
+// MAINLOOP = Wgmma / WgmmaWaitGroup: wgmma.mma_async m64nNk32 e4m3, operands straight from the
 // swizzled tiles (which are the K-major 128B-swizzle layout); warpgroup g owns rows 64g..64g+63,
-// warp w rows 16w..16w+15 (WARPS_M = BM/16, WARPS_N = 1). One wgmma batch stays in flight while
-// the next tile is issued.
+// warp w rows 16w..16w+15 (WARPS_M = BM/16, WARPS_N = 1). The tensor cores' FP8 accumulation
+// keeps fewer bits than f32: by default each 128-deep k-tile's partial sums are added to f32
+// registers ("promotion"); FAST_ACCUM accumulates all of K in the tensor cores (cf. cuBLASLt's
+// fast accumulation). See mainloop_wgmma and WgmmaPipe.
 //
 // Epilogue (both): accumulators in m16n8 fragment order -> scale, round, bias -> shared memory ->
 // 16-byte coalesced stores.
@@ -36,6 +38,7 @@ constexpr int STAGES = {{stages}};
 constexpr int WARPS_M = {{warps_m}};
 constexpr int WARPS_N = {{warps_n}};
 constexpr int GROUP_M = {{group_m}};
+constexpr int CTAS_PER_SM = {{ctas_per_sm}};  // __launch_bounds__ minimum: caps registers per thread
 enum class Mainloop { MmaSync, Wgmma, WgmmaWaitGroup };
 constexpr Mainloop MAINLOOP = Mainloop::{{mainloop}};
 constexpr bool WGMMA = MAINLOOP != Mainloop::MmaSync;
@@ -69,7 +72,6 @@ static_assert(WM % 16 == 0 && WN % 16 == 0, "warp tile must be a multiple of 16x
 static_assert(WGMMA || KSTEPS % 2 == 0, "fragment double buffer alternates per k-step");
 static_assert(!WGMMA || STAGES >= 3, "wgmma: one tile in the tensor cores, one landing, one loading");
 static_assert(!FAST_ACCUM || WGMMA, "fast accumulation is a wgmma option");
-static_assert(FAST_ACCUM || !WGMMA || BN <= 128, "exact wgmma keeps 2 accumulator sets: n <= 128");
 static_assert(A_BYTES % (16 * THREADS) == 0 && B_BYTES % (16 * THREADS) == 0, "even load split");
 static_assert(THREADS % CHUNKS_PER_ROW == 0, "a thread keeps one column of chunks");
 static_assert(A_BYTES % 1024 == 0 && B_BYTES % 1024 == 0, "tiles stay 1024-byte aligned");
@@ -189,13 +191,14 @@ QF_DEVICE void mainloop_mma_sync(float (&acc)[MT][NT][4], uint32_t smem_base, co
 // Mainloop::Wgmma: no block-wide barrier in the loop. Per stage, a `full` mbarrier completes when
 // every thread's cp.async copies of the tile have landed (cp.async.mbarrier.arrive), and an
 // `empty` mbarrier when every thread has seen its wgmmas on the tile retire; a thread refills a
-// stage only after `empty` says so. The two warpgroups may therefore drift apart by up to a
-// tile, which lets one's promotion FADDs overlap the other's wgmmas.
+// stage only after `empty` says so. Warpgroups may therefore drift apart by up to a tile, which
+// lets one's promotion FADDs overlap another's wgmmas. As in CUTLASS's cp.async + GMMA mainloop,
+// the completed mbarrier phase is what publishes the copies to wgmma (no explicit proxy fence).
 // Mainloop::WgmmaWaitGroup: cp.async.wait_group, a generic->async proxy fence and __syncthreads
 // each k-tile (warpgroups in lockstep); the barrier also orders the refill after every warp's
 // wgmma wait.
+template <bool MBAR>  // a template, so that mma.sync kernels do not instantiate it
 struct WgmmaPipe {
-    static constexpr bool MBAR = MAINLOOP == Mainloop::Wgmma;
     // Fast accumulation retires tile t one iteration later (wait<1>) than exact (wait<0>).
     static constexpr int DIST = FAST_ACCUM ? STAGES - 2 : STAGES - 1;
     uint32_t smem_base, bars, a_row_ok, st_off;  // bars: STAGES `full`, then STAGES `empty`
@@ -255,16 +258,18 @@ struct WgmmaPipe {
     }
 };
 
-// Issues this warpgroup's BK/32 wgmmas of one k-tile into `d` and commits them as one group. With
-// !Accumulate the first k-step ignores the old contents of `d` (starts from zero).
-template <bool Accumulate>
-QF_DEVICE void wgmma_tile(float (&d)[NT][4], uint32_t st, uint32_t a_wg) {
+// Issues this warpgroup's BK/32 wgmmas of one k-tile against B rows [b_row, b_row + WN_) into `d`
+// and commits them as one group. With !Accumulate the first k-step ignores the old contents of
+// `d` (starts from zero).
+template <int WN_, bool Accumulate>
+QF_DEVICE void wgmma_tile(float (&d)[WN_ / 8][4], uint32_t st, uint32_t a_wg, int b_row) {
     qf_fence_acc(d);
     qf_wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < KSTEPS; ++ks)
-        qf_wgmma_e4m3<BN>(d, qf_wgmma_desc_sw128(st + a_wg + ks * 32),
-                          qf_wgmma_desc_sw128(st + A_BYTES + ks * 32), Accumulate || ks > 0);
+        qf_wgmma_e4m3<WN_>(d, qf_wgmma_desc_sw128(st + a_wg + ks * 32),
+                           qf_wgmma_desc_sw128(st + A_BYTES + b_row * BK + ks * 32),
+                           Accumulate || ks > 0);
     qf_wgmma_commit();
 }
 
@@ -272,42 +277,51 @@ QF_DEVICE void wgmma_tile(float (&d)[NT][4], uint32_t st, uint32_t a_wg) {
 // FAST_ACCUM: all of K accumulates in the wgmma accumulators (the tensor cores' FP8 accumulation
 // keeps fewer bits than f32); one k-tile's wgmmas stay in flight while the next is issued.
 // Otherwise each k-tile (BK = 128) is summed into a fresh partial accumulator, waited for, and
-// added to the f32 accumulators ("promotion", as in CUTLASS's and DeepGEMM's FP8 mainloops).
-// Reading a partial accumulator while another wgmma is in flight would make ptxas serialize all
-// wgmmas (C7514), so overlap comes from the other warpgroup instead.
+// added to the f32 accumulators ("promotion", as in CUTLASS's and DeepGEMM's FP8 mainloops), in
+// column slices of 128 (or 64 under a tight register budget). Reading a partial
+// accumulator while another wgmma is in flight would make ptxas serialize all wgmmas (C7514), so
+// overlap comes from the other warpgroups instead.
 template <bool Selected>
 QF_DEVICE void mainloop_wgmma(float (&acc)[MT][NT][4], uint32_t smem_base, const uint8_t* a_src,
                               const uint8_t* b_src, uint32_t a_row_ok, uint32_t st_off, int warp) {
     __shared__ __align__(8) uint64_t bars[2 * STAGES];
-    WgmmaPipe pipe{smem_base, qf_smem_addr(bars), a_row_ok, st_off, a_src, b_src};
+    WgmmaPipe<MAINLOOP == Mainloop::Wgmma> pipe{smem_base, qf_smem_addr(bars), a_row_ok, st_off,
+                                                a_src, b_src};
     pipe.prologue();
     const uint32_t a_wg = (warp / 4) * 64 * BK;  // this warpgroup's 64 rows of the A tile
     if constexpr (FAST_ACCUM) {
 #pragma unroll 1
         for (int kt = 0; kt < KTILES; ++kt) {
             const uint32_t st = pipe.wait_tile(kt);
-            wgmma_tile<true>(acc[0], st, a_wg);
+            wgmma_tile<BN, true>(acc[0], st, a_wg, 0);
+            pipe.produce(kt);  // issue the next copies while the wgmmas run
             qf_wgmma_wait<1>();
             qf_fence_acc(acc[0]);
             if (kt > 0) pipe.release(kt - 1);
-            pipe.produce(kt);
         }
         qf_wgmma_wait<0>();
         qf_fence_acc(acc[0]);
     } else {
-        float part[NT][4];
+        // Columns per partial accumulator: 128 (64 registers) when a thread may use up to 255
+        // registers, else 64 (32 registers), to fit beside the BN/2 f32 accumulator registers.
+        constexpr int REG_BUDGET = 65536 / (THREADS * CTAS_PER_SM);
+        constexpr int PN = BN < (REG_BUDGET >= 200 ? 128 : 64) ? BN : (REG_BUDGET >= 200 ? 128 : 64);
+        float part[PN / 8][4];
 #pragma unroll 1
         for (int kt = 0; kt < KTILES; ++kt) {
             const uint32_t st = pipe.wait_tile(kt);
-            wgmma_tile<false>(part, st, a_wg);
-            qf_wgmma_wait<0>();
-            qf_fence_acc(part);
-            pipe.release(kt);
-            pipe.produce(kt);
 #pragma unroll
-            for (int i = 0; i < NT; ++i)
+            for (int h = 0; h < BN / PN; ++h) {
+                wgmma_tile<PN, false>(part, st, a_wg, h * PN);
+                if (h == 0) pipe.produce(kt);  // issue the next copies while the wgmmas run
+                qf_wgmma_wait<0>();
+                qf_fence_acc(part);
+                if (h == BN / PN - 1) pipe.release(kt);
 #pragma unroll
-                for (int j = 0; j < 4; ++j) acc[0][i][j] += part[i][j];
+                for (int i = 0; i < PN / 8; ++i)
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) acc[0][h * PN / 8 + i][j] += part[i][j];
+            }
         }
     }
 }
@@ -324,7 +338,7 @@ QF_DEVICE void mainloop(float (&acc)[MT][NT][4], uint32_t smem_base, const uint8
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(THREADS, 1)
+extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM)
 {{kernel_name}}(const uint8_t* __restrict__ A, const uint8_t* __restrict__ B,
                 uint16_t* __restrict__ Y, const uint16_t* __restrict__ bias,
                 const float* __restrict__ alpha_ptr, int M) {

@@ -8,8 +8,8 @@ use qfuse::import::{self, ImportOptions};
 use qfuse::interp::Tensor;
 use qfuse::ir::{DType, Op, ValueId};
 use qfuse::quant::calib::{
-    self, choose_amax, default_calibration_sentences, default_eval_sentences, read_sentences, CalibIssue, CalibMethod,
-    TensorStats, NUM_BINS,
+    self, choose_amax, default_calibration_sentences, default_eval_sentences, read_sentences, CalibIssue, CalibMethod, TensorStats,
+    NUM_BINS,
 };
 use std::collections::HashSet;
 
@@ -34,9 +34,11 @@ fn uniforms(n: usize, seed: u64) -> Vec<f64> {
 
 /// Inverse standard normal CDF (Acklam's rational approximation, relative error < 1.2e-9).
 fn inv_norm_cdf(p: f64) -> f64 {
-    const A: [f64; 6] = [-3.969683028665376e1, 2.209460984245205e2, -2.759285104469687e2, 1.38357751867269e2, -3.066479806614716e1, 2.506628277459239];
+    const A: [f64; 6] =
+        [-3.969683028665376e1, 2.209460984245205e2, -2.759285104469687e2, 1.38357751867269e2, -3.066479806614716e1, 2.506628277459239];
     const B: [f64; 5] = [-5.447609879822406e1, 1.615858368580409e2, -1.556989798598866e2, 6.680131188771972e1, -1.328068155288572e1];
-    const C: [f64; 6] = [-7.784894002430293e-3, -3.223964580411365e-1, -2.400758277161838, -2.549732539343734, 4.374664141464968, 2.938163982698783];
+    const C: [f64; 6] =
+        [-7.784894002430293e-3, -3.223964580411365e-1, -2.400758277161838, -2.549732539343734, 4.374664141464968, 2.938163982698783];
     const D: [f64; 4] = [7.784695709041462e-3, 3.224671290700398e-1, 2.445134137142996, 3.754408661907416];
     let tail = |q: f64| {
         (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5]) / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
@@ -203,9 +205,8 @@ fn reference_entropy(hist: &[u64], width: f64, levels: usize) -> f64 {
         let step = i as f64 / levels as f64;
         let space: Vec<f64> = (0..=levels).map(|k| if k == levels { i as f64 } else { k as f64 * step }).collect();
         // np.digitize(j, space) − 1 = (number of edges ≤ j) − 1.
-        let digit: Vec<i64> = (0..i)
-            .map(|j| if bins[j] == 0.0 { -1 } else { space.iter().filter(|&&e| e <= j as f64).count() as i64 - 1 })
-            .collect();
+        let digit: Vec<i64> =
+            (0..i).map(|j| if bins[j] == 0.0 { -1 } else { space.iter().filter(|&&e| e <= j as f64).count() as i64 - 1 }).collect();
         let mut counts = vec![0.0; levels + 1];
         let mut members = vec![0.0; levels + 1];
         for j in 0..i {
@@ -214,7 +215,8 @@ fn reference_entropy(hist: &[u64], width: f64, levels: usize) -> f64 {
                 members[digit[j] as usize] += 1.0;
             }
         }
-        let q: Vec<f64> = (0..i).map(|j| if digit[j] >= 0 { counts[digit[j] as usize] / members[digit[j] as usize] } else { 0.0 }).collect();
+        let q: Vec<f64> =
+            (0..i).map(|j| if digit[j] >= 0 { counts[digit[j] as usize] / members[digit[j] as usize] } else { 0.0 }).collect();
         let mut p: Vec<f64> = bins[..i].to_vec();
         p[i - 1] += bins[i..].iter().sum::<f64>();
         let (ps, qs): (f64, f64) = (p.iter().sum(), q.iter().sum());

@@ -7,36 +7,15 @@ use qfuse::codegen::nvrtc;
 
 /// Specs that cover both mainloops, both tile depths, bias, constant alpha and the MiniLM shapes.
 fn specs() -> Vec<GemmSpec> {
-    let wgmma_fast = GemmSpec {
-        tile_n: 256,
-        stages: 4,
-        fast_accum: true,
-        ..GemmSpec::wgmma_for_shape(4096, 4096)
-    };
+    let wgmma_fast = GemmSpec { fast_accum: true, ..GemmSpec::wgmma_for_shape(4096, 4096) };
     vec![
         GemmSpec::for_shape(4096, 4096),
-        GemmSpec {
-            bias: true,
-            alpha: Alpha::Constant(0.0123),
-            ..GemmSpec::for_shape(1536, 384)
-        },
-        GemmSpec {
-            tile_k: 64,
-            stages: 6,
-            ..GemmSpec::for_shape(384, 1536)
-        },
+        GemmSpec { bias: true, alpha: Alpha::Constant(0.0123), ..GemmSpec::for_shape(1536, 384) },
+        GemmSpec { tile_k: 64, stages: 6, ..GemmSpec::for_shape(384, 1536) },
         GemmSpec::wgmma_for_shape(4096, 4096),
-        GemmSpec {
-            bias: true,
-            ..GemmSpec::wgmma_for_shape(384, 384)
-        },
-        GemmSpec {
-            tile_m: 64,
-            warps_m: 4,
-            stages: 4,
-            mainloop: Mainloop::WgmmaWaitGroup,
-            ..GemmSpec::wgmma_for_shape(384, 1536)
-        },
+        GemmSpec::wgmma_for_shape(1536, 384),
+        GemmSpec { bias: true, ..GemmSpec::wgmma_for_shape(384, 384) },
+        GemmSpec { tile_m: 64, warps_m: 4, stages: 4, mainloop: Mainloop::WgmmaWaitGroup, ..GemmSpec::wgmma_for_shape(384, 1536) },
         wgmma_fast,
     ]
 }
@@ -49,14 +28,9 @@ fn specs_compile_to_sm90a_cubin() {
         assert!(k.name.starts_with("qgemm_fp8_") && k.name.len() == "qgemm_fp8_".len() + 8, "{}", k.name);
         assert_eq!(k.block, [spec.threads(), 1, 1]);
         assert!(k.smem_bytes <= gemm::MAX_SMEM_BYTES);
-        let cubin = nvrtc::compile_cubin(&k.name, &k.source, "sm_90a", &[])
-            .unwrap_or_else(|e| panic!("{spec:?}:\n{e}"));
+        let cubin = nvrtc::compile_cubin(&k.name, &k.source, "sm_90a", &[]).unwrap_or_else(|e| panic!("{spec:?}:\n{e}"));
         assert!(cubin.starts_with(b"\x7fELF"), "{}: not an ELF", k.name);
-        assert!(
-            cubin.windows(k.name.len()).any(|w| w == k.name.as_bytes()),
-            "{}: kernel symbol missing",
-            k.name
-        );
+        assert!(cubin.windows(k.name.len()).any(|w| w == k.name.as_bytes()), "{}: kernel symbol missing", k.name);
     }
 }
 
@@ -74,11 +48,7 @@ fn rendering_is_deterministic_and_names_differ() {
 
 #[test]
 fn generated_source_snapshot() {
-    let spec = GemmSpec {
-        bias: true,
-        alpha: Alpha::Constant(0.0123),
-        ..GemmSpec::wgmma_for_shape(1536, 384)
-    };
+    let spec = GemmSpec { bias: true, alpha: Alpha::Constant(0.0123), ..GemmSpec::wgmma_for_shape(1536, 384) };
     let k = gemm::render(&spec).expect("renders");
     assert!(!k.source.contains("{{"), "unsubstituted placeholder");
     let mut settings = insta::Settings::clone_current();
@@ -110,8 +80,10 @@ fn invalid_specs_are_errors() {
     invalid(GemmSpec { tile_m: 120, ..base }, "multiple of 16x16");
     invalid(GemmSpec { alpha: Alpha::Constant(f32::NAN), ..base }, "not finite");
     invalid(GemmSpec { fast_accum: true, ..base }, "wgmma only");
-    invalid(GemmSpec { tile_n: 256, stages: 4, ..wg }, "fast_accum");
-    invalid(GemmSpec { warps_m: 4, ..wg }, "whole warpgroups");
+    invalid(GemmSpec { stages: 6, ..wg }, "exceed");
+    invalid(GemmSpec { warps_m: 4, tile_n: 128, ..wg }, "whole warpgroups");
+    invalid(GemmSpec { ctas_per_sm: 2, ..wg }, "do not fit a budget");
+    invalid(GemmSpec { stages: 4, ..GemmSpec::wgmma_for_shape(1536, 384) }, "per SM");
     invalid(GemmSpec { tile_k: 64, ..wg }, "tile_k = 128");
     invalid(GemmSpec { stages: 2, ..wg }, "at least 3 stages");
     invalid(GemmSpec { tile_n: 192, stages: 4, fast_accum: true, ..GemmSpec::wgmma_for_shape(384, 4096) }, "64, 128 or 256");

@@ -15,7 +15,8 @@ fn save(dir: &std::path::Path, tensors: &[(String, Vec<usize>, Vec<f32>)], dtype
             _ => x.to_le_bytes().to_vec(),
         }
     };
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors.iter().map(|(n, s, d)| (n.clone(), s.clone(), d.iter().flat_map(|&x| encode(x)).collect())).collect();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+        tensors.iter().map(|(n, s, d)| (n.clone(), s.clone(), d.iter().flat_map(|&x| encode(x)).collect())).collect();
     let views: std::collections::HashMap<_, _> =
         bytes.iter().map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(dtype, s.clone(), b).unwrap())).collect();
     std::fs::write(dir.join("model.safetensors"), safetensors::serialize(&views, None).unwrap()).unwrap();
@@ -27,7 +28,8 @@ fn hidden_state(dir: &std::path::Path) -> Vec<f32> {
     let ids = Tensor::i64(vec![2, 5], vec![1, 4, 7, 2, 0, 3, 3, 9, 11, 5]);
     let mask = Tensor::i64(vec![2, 5], vec![1, 1, 1, 1, 0, 1, 1, 1, 1, 1]);
     let types = Tensor::i64(vec![2, 5], vec![0; 10]);
-    let out = interp::run(&model.graph, &model.weights, &[("input_ids", ids), ("attention_mask", mask), ("token_type_ids", types)]).unwrap();
+    let out =
+        interp::run(&model.graph, &model.weights, &[("input_ids", ids), ("attention_mask", mask), ("token_type_ids", types)]).unwrap();
     out[0].1.to_f32_vec()
 }
 

@@ -60,10 +60,12 @@ fn missing_and_mistyped_fields() {
     std::fs::write(dir.path().join("config.json"), TINY_CONFIG.replace("\"hidden_size\": 8,", "")).unwrap();
     let e = err_text(dir.path());
     assert!(e.contains("config.json") && e.contains("`hidden_size`") && e.contains("missing"), "{e}");
-    std::fs::write(dir.path().join("config.json"), TINY_CONFIG.replace("\"num_attention_heads\": 2", "\"num_attention_heads\": \"two\"")).unwrap();
+    std::fs::write(dir.path().join("config.json"), TINY_CONFIG.replace("\"num_attention_heads\": 2", "\"num_attention_heads\": \"two\""))
+        .unwrap();
     let e = err_text(dir.path());
     assert!(e.contains("`num_attention_heads`") && e.contains("positive integer"), "{e}");
-    std::fs::write(dir.path().join("config.json"), TINY_CONFIG.replace("\"num_attention_heads\": 2", "\"num_attention_heads\": 3")).unwrap();
+    std::fs::write(dir.path().join("config.json"), TINY_CONFIG.replace("\"num_attention_heads\": 2", "\"num_attention_heads\": 3"))
+        .unwrap();
     let e = err_text(dir.path());
     assert!(e.contains("`num_attention_heads`") && e.contains("not divisible"), "{e}");
 }
@@ -126,10 +128,8 @@ fn wrong_tensor_dtype() {
         .collect();
     let t = owned.iter_mut().find(|t| t.0 == "embeddings.LayerNorm.bias").unwrap();
     t.1 = safetensors::Dtype::I32;
-    let views: std::collections::HashMap<_, _> = owned
-        .iter()
-        .map(|(n, dt, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*dt, s.clone(), b).unwrap()))
-        .collect();
+    let views: std::collections::HashMap<_, _> =
+        owned.iter().map(|(n, dt, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*dt, s.clone(), b).unwrap())).collect();
     std::fs::write(dir.path().join("model.safetensors"), safetensors::serialize(&views, None).unwrap()).unwrap();
     let e = err_text(dir.path());
     assert!(e.contains("`embeddings.LayerNorm.bias` has unsupported dtype I32"), "{e}");

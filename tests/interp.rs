@@ -201,7 +201,14 @@ fn layernorm_rmsnorm_l2_vs_f64() {
   %5 = l2_normalize %0 {eps=1e-12} : f32[5,48]
   return "ln" = %3, "rms" = %4, "l2" = %5
 }"#;
-    let out = run(src, vec![("x", Tensor::f32(vec![rows, h], x.clone())), ("g", Tensor::f32(vec![h], gam.clone())), ("b", Tensor::f32(vec![h], bet.clone()))]);
+    let out = run(
+        src,
+        vec![
+            ("x", Tensor::f32(vec![rows, h], x.clone())),
+            ("g", Tensor::f32(vec![h], gam.clone())),
+            ("b", Tensor::f32(vec![h], bet.clone())),
+        ],
+    );
     let (mut ln, mut rms, mut l2) = (vec![], vec![], vec![]);
     for r in x.chunks(h) {
         let r: Vec<f64> = r.iter().map(|&v| v as f64).collect();
@@ -492,7 +499,11 @@ fn quantize_i4_with_zero_point_and_per_channel_inputs() {
     let x = vec![0.5, 1.5, -20.0, 20.0, 2.5, -2.5, 3.0, -11.0];
     let out = run(
         src,
-        vec![("x", Tensor::f32(vec![2, 4], x)), ("s", Tensor::f32(vec![2], vec![1.0, 0.5])), ("z", Tensor { dtype: DType::I32, shape: vec![2], data: qfuse::interp::TensorData::I64(vec![0, -2]) })],
+        vec![
+            ("x", Tensor::f32(vec![2, 4], x)),
+            ("s", Tensor::f32(vec![2], vec![1.0, 0.5])),
+            ("z", Tensor { dtype: DType::I32, shape: vec![2], data: qfuse::interp::TensorData::I64(vec![0, -2]) }),
+        ],
     );
     // RNE(x) + 3, clamped to [-8, 7]: 0+3, 2+3, -20+3 → -8, 20+3 → 7, 2+3, -2+3, 3+3, -11+3 → -8
     assert_eq!(f32s(&out["q"]), &[3.0, 5.0, -8.0, 7.0, 5.0, 1.0, 6.0, -8.0]);
@@ -646,7 +657,9 @@ fn error_cases_name_the_culprit() {
         e => panic!("{e:?}"),
     }
     match run_err(ERR_SRC, &w, vec![("ids", ids(2, 3, 1)), ("x", x(1))]) {
-        InterpError::SymbolConflict { sym, first, second, input } => assert_eq!((sym.as_str(), first, second, input.as_str()), ("B", 2, 1, "x")),
+        InterpError::SymbolConflict { sym, first, second, input } => {
+            assert_eq!((sym.as_str(), first, second, input.as_str()), ("B", 2, 1, "x"))
+        }
         e => panic!("{e:?}"),
     }
     match run_err(ERR_SRC, &w, vec![("ids", Tensor::f32(vec![2, 3], vec![0.0; 6])), ("x", x(2))]) {
@@ -693,12 +706,14 @@ fn weight_errors() {
 
 #[test]
 fn cycle_is_an_error_not_a_hang() {
-    let mut g = graph(r#"graph "c" {
+    let mut g = graph(
+        r#"graph "c" {
   %0 = input "x" : f32[2]
   %1 = neg %0 : f32[2]
   %2 = neg %1 : f32[2]
   return "y" = %2
-}"#);
+}"#,
+    );
     let n1 = g.values[g.outputs[0].1].producer;
     let first_neg = g.nodes[n1].inputs[0];
     g.nodes[g.values[first_neg].producer].inputs[0] = g.outputs[0].1;
@@ -845,14 +860,15 @@ fn minilm_shaped_encoder_speed() {
     assert!(dt.as_secs_f64() < 10.0, "took {dt:?}");
 }
 
-
 #[test]
 fn corrupt_graph_is_an_error_not_a_panic() {
-    let mut g = graph(r#"graph "c" {
+    let mut g = graph(
+        r#"graph "c" {
   %0 = input "x" : f32[2]
   %1 = neg %0 : f32[2]
   return "y" = %1
-}"#);
+}"#,
+    );
     let neg = g.values[g.outputs[0].1].producer;
     g.nodes[neg].inputs[0] = ir::ValueId(99);
     let r = interp::run(&g, &NoWeights, &[("x", Tensor::f32(vec![2], vec![1.0, 2.0]))]);

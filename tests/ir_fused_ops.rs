@@ -39,7 +39,11 @@ fn fused_type_rules_reject_misuse() {
         ("qmatmul %3, %4 {transpose_b, alpha=1.0, acc=f32} : f16[B,16]", "acc=f32 result declared f16", "declared type"),
         ("qmatmul %0, %4 {transpose_b, alpha=1.0, acc=f32} : f32[B,16]", "wide-float lhs", "lhs must be quantized storage"),
         ("qmatmul %3, %4 {transpose_b, alpha=1.0, acc=f32, epilogue=[add(%1,f32)]} : f32[B,16]", "bias of wrong width", "does not fit"),
-        ("requantize %3 {from_scale=0.1, via=f16, f8e4m3, per_token, scale=dynamic(f32)} : f8e4m3[B,8]", "dynamic requantize", "per-tensor quantization with a literal scale"),
+        (
+            "requantize %3 {from_scale=0.1, via=f16, f8e4m3, per_token, scale=dynamic(f32)} : f8e4m3[B,8]",
+            "dynamic requantize",
+            "per-tensor quantization with a literal scale",
+        ),
     ];
     for (line, what, want) in bad {
         let src = FUSED.replace("  return", &format!("  %50 = {line}\n  return"));
@@ -104,7 +108,11 @@ fn fused_ops_compute_what_they_replace() {
     // alpha = 0.0123·0.040650405 rounds differently from the two DQ products: allow one FP8 code.
     let code = |v: f32| {
         let c = qfuse::numerics::encode_bits(v, ir::DType::F8E4M3) as i32;
-        if c & 0x80 != 0 { -(c & 0x7f) } else { c }
+        if c & 0x80 != 0 {
+            -(c & 0x7f)
+        } else {
+            c
+        }
     };
     let differing = a.iter().zip(b).filter(|(x, y)| x != y).count();
     let close = a.iter().zip(b).all(|(&x, &y)| (code(x) - code(y)).abs() <= 1);

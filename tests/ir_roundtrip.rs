@@ -19,8 +19,8 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{FileFailurePersistence, TestRunner};
 use qfuse::ir::print::print_exact;
 use qfuse::ir::{
-    self, order, BinaryOp, Builder, DType, Dim, Granularity, Graph, Node, NodeId, Op, QuantSpec, ReduceOp,
-    ScaleSource, Shape, SymId, TensorType, UnaryOp, ValueId, ValueInfo, ZeroPoint,
+    self, order, BinaryOp, Builder, DType, Dim, Granularity, Graph, Node, NodeId, Op, QuantSpec, ReduceOp, ScaleSource, Shape, SymId,
+    TensorType, UnaryOp, ValueId, ValueInfo, ZeroPoint,
 };
 use qfuse::numerics::E8M0Rounding;
 use std::collections::BTreeSet;
@@ -70,8 +70,7 @@ impl<'a> Dice<'a> {
 }
 
 const WIDE: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
-const STORAGE: [DType; 7] =
-    [DType::F8E4M3, DType::I8, DType::F8E5M2, DType::U8, DType::I4, DType::U4, DType::F4E2M1];
+const STORAGE: [DType; 7] = [DType::F8E4M3, DType::I8, DType::F8E5M2, DType::U8, DType::I4, DType::U4, DType::F4E2M1];
 const EXTENTS: [u64; 8] = [4, 1, 2, 3, 8, 16, 5, 6];
 const BINARY: [BinaryOp; 6] = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max, BinaryOp::Min];
 const UNARY: [UnaryOp; 10] = [
@@ -177,17 +176,9 @@ fn prime_factors(mut n: u64) -> Vec<u64> {
 // ---------------------------------------------------------------------------------------------
 
 const INPUT_NAMES: [&str; 6] = ["x{}", "input_ids{}", "in \"q\" {}", "a\\b{}", "tok en.{}", "{}"];
-const WEIGHT_NAMES: [&str; 8] =
-    ["layer.{}.weight", "w s{}", "w\"{}\"", "back\\slash{}", "emb/{}-x", "ünï{}", "{}", "w#{}"];
-const LOC_NAMES: [&str; 7] = [
-    "encoder.layer.{}.attention.self.query",
-    "q\"uote{}",
-    "back\\slash.{}",
-    "",
-    "has space {}",
-    "new\nline{}",
-    "#not a comment {}",
-];
+const WEIGHT_NAMES: [&str; 8] = ["layer.{}.weight", "w s{}", "w\"{}\"", "back\\slash{}", "emb/{}-x", "ünï{}", "{}", "w#{}"];
+const LOC_NAMES: [&str; 7] =
+    ["encoder.layer.{}.attention.self.query", "q\"uote{}", "back\\slash.{}", "", "has space {}", "new\nline{}", "#not a comment {}"];
 const OUTPUT_NAMES: [&str; 4] = ["y{}", "out \"{}\"", "o\\{}", "hidden.{}"];
 const GRAPH_NAMES: [&str; 4] = ["g", "mini\"LM\"\\", "", "all-MiniLM-L6-v2"];
 const SYMBOLS: [&str; 5] = ["B", "S", "seq_len", "inf", "NaN"];
@@ -263,12 +254,7 @@ impl<'g> Gen<'g> {
     }
 
     /// An existing value whose type satisfies `ok`, or a new source of type `fresh`.
-    fn operand(
-        &mut self,
-        d: &mut Dice,
-        ok: impl Fn(&TensorType) -> bool,
-        fresh: impl FnOnce(&Self, &mut Dice) -> TensorType,
-    ) -> ValueId {
+    fn operand(&mut self, d: &mut Dice, ok: impl Fn(&TensorType) -> bool, fresh: impl FnOnce(&Self, &mut Dice) -> TensorType) -> ValueId {
         let fits: Vec<ValueId> = self.pool.iter().copied().filter(|&v| ok(self.b.graph.ty(v))).collect();
         if !fits.is_empty() && !d.chance(25) {
             d.pick(&fits)
@@ -423,10 +409,18 @@ impl<'g> Gen<'g> {
         // a: [.., M, K] ([.., K, M] with ta); b: [.., K, N] ([.., N, K] with tb).
         let mat = if x_is_lhs {
             let k = if ta { second_last } else { last };
-            if tb { [free, k] } else { [k, free] }
+            if tb {
+                [free, k]
+            } else {
+                [k, free]
+            }
         } else {
             let k = if tb { last } else { second_last };
-            if ta { [k, free] } else { [free, k] }
+            if ta {
+                [k, free]
+            } else {
+                [free, k]
+            }
         };
         let other = TensorType::new(xt.dtype, batch.iter().copied().chain(mat));
         let y = self.value_of(d, other);
@@ -501,10 +495,7 @@ impl<'g> Gen<'g> {
             _ => {
                 d.shuffle(&mut fixed_axes);
                 let n = if fixed_axes.len() >= 2 && d.chance(50) { 2 } else { 1 };
-                let blocks = fixed_axes[..n]
-                    .iter()
-                    .map(|&a| (spell_axis(d, a, rank), d.pick(&[32, 1, 2, 3, 4, 16, 128])))
-                    .collect();
+                let blocks = fixed_axes[..n].iter().map(|&a| (spell_axis(d, a, rank), d.pick(&[32, 1, 2, 3, 4, 16, 128]))).collect();
                 Granularity::Block { blocks }
             }
         }
@@ -526,11 +517,7 @@ impl<'g> Gen<'g> {
         }
         spec.zero_point = match d.below(3) {
             0 => None,
-            1 => Some(ZeroPoint::Literal(if d.chance(20) {
-                d.word() as i32
-            } else {
-                d.pick(&[0, 3, -8, 128, i32::MIN, i32::MAX])
-            })),
+            1 => Some(ZeroPoint::Literal(if d.chance(20) { d.word() as i32 } else { d.pick(&[0, 3, -8, 128, i32::MIN, i32::MAX]) })),
             _ => {
                 let shape = spec.granularity.scale_shape(data).expect("generated granularity fits");
                 let ty = TensorType::new(d.pick(&[DType::I32, DType::I8, DType::U8, DType::I4]), shape);
@@ -571,14 +558,8 @@ impl<'g> Gen<'g> {
     fn dequantize(&mut self, d: &mut Dice) {
         let out = d.pick(&WIDE);
         // Half the time, dequantize a dynamic quantize with its own computed scales.
-        let dynamic: Vec<NodeId> = self
-            .b
-            .graph
-            .nodes
-            .iter()
-            .filter(|(_, n)| matches!(&n.op, Op::Quantize(s) if s.is_dynamic()))
-            .map(|(id, _)| id)
-            .collect();
+        let dynamic: Vec<NodeId> =
+            self.b.graph.nodes.iter().filter(|(_, n)| matches!(&n.op, Op::Quantize(s) if s.is_dynamic())).map(|(id, _)| id).collect();
         if !dynamic.is_empty() && d.chance(50) {
             let node = self.b.graph.nodes[d.pick(&dynamic)].clone();
             let Op::Quantize(q) = &node.op else { unreachable!() };
@@ -591,11 +572,7 @@ impl<'g> Gen<'g> {
             self.add1(Op::Dequantize(spec), &inputs, Some(ty));
             return;
         }
-        let q = self.operand(
-            d,
-            |t| t.dtype.is_quantized_storage(),
-            |s, d| TensorType::new(d.pick(&STORAGE), s.shape(d, 0, 4)),
-        );
+        let q = self.operand(d, |t| t.dtype.is_quantized_storage(), |s, d| TensorType::new(d.pick(&STORAGE), s.shape(d, 0, 4)));
         let qt = self.ty(q);
         let granularity = self.granularity(d, &qt.shape);
         let mut inputs = vec![q];
@@ -645,10 +622,7 @@ fn generate(header: &[u32], steps: &[Vec<u32>]) -> Graph {
 const WORDS_PER_STEP: usize = 48;
 
 fn recipe() -> impl Strategy<Value = (Vec<u32>, Vec<Vec<u32>>)> {
-    (
-        prop::collection::vec(any::<u32>(), 16),
-        prop::collection::vec(prop::collection::vec(any::<u32>(), WORDS_PER_STEP), 1..28),
-    )
+    (prop::collection::vec(any::<u32>(), 16), prop::collection::vec(prop::collection::vec(any::<u32>(), WORDS_PER_STEP), 1..28))
 }
 
 /// 1024 cases by default (well under a second); `PROPTEST_CASES=100000` for a longer hunt.
@@ -812,14 +786,67 @@ fn generator_covers_the_ir() {
         }
     }
     let mut want: Vec<String> = [
-        "input", "weight", "scalar", "iota", "cast", "add", "sub", "mul", "div", "max", "min", "gelu", "gelu_tanh",
-        "silu", "relu", "exp", "tanh", "sqrt", "rsqrt", "neg", "abs", "gather", "matmul", "layernorm", "rmsnorm",
-        "softmax", "reshape", "transpose", "reduce_sum", "reduce_mean", "reduce_max", "mean_pool", "l2_normalize",
-        "quantize", "dequantize", "per_tensor", "per_channel(-)", "per_channel(+)", "per_token", "block 2-D",
-        "block(-)", "block(+)", "scale literal", "scale input", "dynamic f32 Up", "dynamic f8e4m3 Up",
-        "dynamic e8m0 Up", "dynamic e8m0 Down", "dynamic e8m0 Nearest", "quantize outputs 1", "quantize outputs 2",
-        "matmul rank 2", "matmul rank 3", "matmul rank 4", "reduce keep_dims=true", "reduce keep_dims=false",
-        "awkward loc", "1 outputs", "2 outputs", "3 outputs", "symbolic dims",
+        "input",
+        "weight",
+        "scalar",
+        "iota",
+        "cast",
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "max",
+        "min",
+        "gelu",
+        "gelu_tanh",
+        "silu",
+        "relu",
+        "exp",
+        "tanh",
+        "sqrt",
+        "rsqrt",
+        "neg",
+        "abs",
+        "gather",
+        "matmul",
+        "layernorm",
+        "rmsnorm",
+        "softmax",
+        "reshape",
+        "transpose",
+        "reduce_sum",
+        "reduce_mean",
+        "reduce_max",
+        "mean_pool",
+        "l2_normalize",
+        "quantize",
+        "dequantize",
+        "per_tensor",
+        "per_channel(-)",
+        "per_channel(+)",
+        "per_token",
+        "block 2-D",
+        "block(-)",
+        "block(+)",
+        "scale literal",
+        "scale input",
+        "dynamic f32 Up",
+        "dynamic f8e4m3 Up",
+        "dynamic e8m0 Up",
+        "dynamic e8m0 Down",
+        "dynamic e8m0 Nearest",
+        "quantize outputs 1",
+        "quantize outputs 2",
+        "matmul rank 2",
+        "matmul rank 3",
+        "matmul rank 4",
+        "reduce keep_dims=true",
+        "reduce keep_dims=false",
+        "awkward loc",
+        "1 outputs",
+        "2 outputs",
+        "3 outputs",
+        "symbolic dims",
     ]
     .map(String::from)
     .to_vec();
@@ -902,7 +929,19 @@ fn float_literals_round_trip_exactly() {
         }
     });
     assert_eq!(scalars, expected);
-    for needle in ["scalar 1e-12 ", "scalar -0.0 ", "scalar inf ", "scalar -inf ", "scalar NaN ", "scalar 5e-324 ", "scale=1e-45}", "scale=-0.0}", "scale=inf}", "scale=-inf}", "eps=1e-12}"] {
+    for needle in [
+        "scalar 1e-12 ",
+        "scalar -0.0 ",
+        "scalar inf ",
+        "scalar -inf ",
+        "scalar NaN ",
+        "scalar 5e-324 ",
+        "scale=1e-45}",
+        "scale=-0.0}",
+        "scale=inf}",
+        "scale=-inf}",
+        "eps=1e-12}",
+    ] {
         assert!(text.contains(needle), "{needle:?} missing from\n{text}");
     }
 }
@@ -991,7 +1030,6 @@ graph "t" {
     assert!(text.contains("@\"w s\""), "{text}");
     assert!(text.contains("scale=dynamic(e8m0,nearest), zero=-1}"), "{text}");
 }
-
 
 /// The complete example in `docs/ir.md` is valid and in canonical form.
 #[test]

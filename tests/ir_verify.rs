@@ -9,7 +9,7 @@
 //! Bless changed reports with `INSTA_UPDATE=always cargo test --test ir_verify` (or
 //! `cargo insta review`) and read every changed snapshot.
 
-use qfuse::ir::{self, DType, Dim, Graph, Granularity, NodeId, Op, ParseError, QuantSpec, ScaleSource, SymId, ValueId};
+use qfuse::ir::{self, DType, Dim, Granularity, Graph, NodeId, Op, ParseError, QuantSpec, ScaleSource, SymId, ValueId};
 use std::path::PathBuf;
 
 fn case_dir() -> PathBuf {
@@ -276,10 +276,9 @@ fn parse_error_trailing_text() {
 
 /// `x → neg → abs → y`, then `corrupt` breaks it.
 fn corrupted(corrupt: impl FnOnce(&mut Graph)) -> Graph {
-    let mut g = ir::parse(
-        "graph \"t\" {\n  %0 = input \"x\" : f32[4]\n  %1 = neg %0 : f32[4]\n  %2 = abs %1 : f32[4]\n  return \"y\" = %2\n}",
-    )
-    .unwrap();
+    let mut g =
+        ir::parse("graph \"t\" {\n  %0 = input \"x\" : f32[4]\n  %1 = neg %0 : f32[4]\n  %2 = abs %1 : f32[4]\n  return \"y\" = %2\n}")
+            .unwrap();
     ir::verify(&g, "before corruption").unwrap();
     corrupt(&mut g);
     g

@@ -685,8 +685,7 @@ fn encode_decode_bits_wide_types() {
 #[test]
 #[ignore = "2^32 inputs: run with --release -- --ignored"]
 fn exhaustive_all_f32_bit_patterns() {
-    let count =
-        |f: &(dyn Fn(f32) -> bool + Sync)| (0..=u32::MAX).into_par_iter().filter(|&b| !f(f32::from_bits(b))).count();
+    let count = |f: &(dyn Fn(f32) -> bool + Sync)| (0..=u32::MAX).into_par_iter().filter(|&b| !f(f32::from_bits(b))).count();
     for fmt in [E4M3, E5M2] {
         let bad = count(&|x| (fmt.enc)(x) == (fmt.oracle_enc)(x));
         assert_eq!(bad, 0, "{} mismatches", fmt.name);

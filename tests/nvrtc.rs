@@ -28,48 +28,24 @@ fn require_nvrtc() -> nvrtc::NvrtcInstall {
 fn fp8_kernel_compiles_to_sm90a_cubin() {
     let install = require_nvrtc();
     assert_eq!(install.version.0, 13, "{install:?}");
-    assert!(
-        install.include_dir.join("cuda_fp8.h").is_file(),
-        "{install:?}"
-    );
+    assert!(install.include_dir.join("cuda_fp8.h").is_file(), "{install:?}");
 
     let cubin = nvrtc::compile_cubin("to_e4m3", FP8_KERNEL, "sm_90a", &[]).expect("compiles");
-    assert!(
-        cubin.starts_with(b"\x7fELF"),
-        "not an ELF: {:02x?}",
-        &cubin[..cubin.len().min(16)]
-    );
-    assert!(
-        cubin.len() > 1000,
-        "suspiciously small CUBIN: {} bytes",
-        cubin.len()
-    );
-    assert!(
-        cubin.windows(b"to_e4m3".len()).any(|w| w == b"to_e4m3"),
-        "kernel symbol missing"
-    );
+    assert!(cubin.starts_with(b"\x7fELF"), "not an ELF: {:02x?}", &cubin[..cubin.len().min(16)]);
+    assert!(cubin.len() > 1000, "suspiciously small CUBIN: {} bytes", cubin.len());
+    assert!(cubin.windows(b"to_e4m3".len()).any(|w| w == b"to_e4m3"), "kernel symbol missing");
 }
 
 #[test]
 fn syntax_error_reports_kernel_line_and_log() {
     require_nvrtc();
     let source = "extern \"C\" __global__ void broken(float* y) {\n    float x = 1.0f +;\n    y[0] = x;\n}\n";
-    let err =
-        nvrtc::compile_cubin("broken_kernel", source, "sm_90a", &[]).expect_err("must not compile");
-    let NvrtcError::Compile {
-        kernel,
-        options,
-        log,
-        ..
-    } = &err
-    else {
+    let err = nvrtc::compile_cubin("broken_kernel", source, "sm_90a", &[]).expect_err("must not compile");
+    let NvrtcError::Compile { kernel, options, log, .. } = &err else {
         panic!("expected NvrtcError::Compile, got {err:?}");
     };
     assert_eq!(kernel, "broken_kernel");
-    assert!(
-        options.iter().any(|o| o == "--gpu-architecture=sm_90a"),
-        "{options:?}"
-    );
+    assert!(options.iter().any(|o| o == "--gpu-architecture=sm_90a"), "{options:?}");
     assert!(log.contains("broken_kernel.cu(2): error"), "log: {log}");
     let shown = err.to_string();
     assert!(shown.contains("broken_kernel"), "{shown}");
@@ -80,17 +56,10 @@ fn syntax_error_reports_kernel_line_and_log() {
 #[test]
 fn virtual_arch_is_rejected() {
     require_nvrtc();
-    let err =
-        nvrtc::compile_cubin("to_e4m3", FP8_KERNEL, "compute_90a", &[]).expect_err("PTX-only arch");
-    assert!(
-        matches!(err, NvrtcError::Invalid { what: "arch", .. }),
-        "{err:?}"
-    );
+    let err = nvrtc::compile_cubin("to_e4m3", FP8_KERNEL, "compute_90a", &[]).expect_err("PTX-only arch");
+    assert!(matches!(err, NvrtcError::Invalid { what: "arch", .. }), "{err:?}");
     let shown = err.to_string();
-    assert!(
-        shown.contains("compute_90a") && shown.contains("sm_90a"),
-        "{shown}"
-    );
+    assert!(shown.contains("compute_90a") && shown.contains("sm_90a"), "{shown}");
 }
 
 #[test]
@@ -106,10 +75,7 @@ fn compiles_from_several_threads() {
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("thread").expect("compiles"))
-            .collect()
+        handles.into_iter().map(|h| h.join().expect("thread").expect("compiles")).collect()
     });
     assert!(cubins.iter().all(|c| c.starts_with(b"\x7fELF")));
 }

@@ -41,7 +41,8 @@ fn cases() -> Vec<Case> {
     for pass in pipeline::fusion() {
         let dir = root.join(pass.name());
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "ir")).collect();
+        let mut files: Vec<PathBuf> =
+            entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "ir")).collect();
         files.sort();
         for path in files {
             if out.iter().any(|c: &Case| c.path == path) {
@@ -80,10 +81,13 @@ fn noise(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn concrete(g: &Graph, shape: &[Dim]) -> Vec<usize> {
-    shape.iter().map(|d| match d {
-        Dim::Fixed(n) => *n as usize,
-        Dim::Sym(s) => g.symbols[*s].max.min(3) as usize,
-    }).collect()
+    shape
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(n) => *n as usize,
+            Dim::Sym(s) => g.symbols[*s].max.min(3) as usize,
+        })
+        .collect()
 }
 
 /// A tensor of `dtype` and `shape` with values typical for its role.
@@ -110,10 +114,14 @@ fn weights_for(g: &Graph) -> MemoryWeights {
 }
 
 fn inputs_for(g: &Graph, seed: u64) -> Vec<(String, Tensor)> {
-    g.inputs().into_iter().enumerate().map(|(i, (name, v))| {
-        let ty = g.ty(v);
-        (name.to_string(), random_tensor(ty.dtype, concrete(g, &ty.shape), seed + i as u64, false))
-    }).collect()
+    g.inputs()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, v))| {
+            let ty = g.ty(v);
+            (name.to_string(), random_tensor(ty.dtype, concrete(g, &ty.shape), seed + i as u64, false))
+        })
+        .collect()
 }
 
 /// The spacing of `dtype` at magnitude `x`, subnormals included.
@@ -135,14 +143,15 @@ fn compare(case: &Case, before: &[(String, Tensor)], after: &[(String, Tensor)])
         let amax = x.iter().chain(&y).fold(0.0f32, |m, v| if v.is_finite() { m.max(v.abs()) } else { m });
         for (i, (&p, &q)) in x.iter().zip(&y).enumerate() {
             let same = p == q || (p.is_nan() && q.is_nan());
-            let ok = same || match case.tolerance {
-                Tolerance::Exact => false,
-                Tolerance::Ulp => (p - q).abs() <= spacing(p.abs().max(q.abs()), b.dtype).max(spacing(amax, b.dtype)),
-                Tolerance::Code => {
-                    let code = |v: f32| qfuse::numerics::encode_bits(v, b.dtype) as i64;
-                    (code(p) - code(q)).abs() <= 1 || (p - q).abs() <= spacing(p.abs().max(q.abs()), DType::F32)
-                }
-            };
+            let ok = same
+                || match case.tolerance {
+                    Tolerance::Exact => false,
+                    Tolerance::Ulp => (p - q).abs() <= spacing(p.abs().max(q.abs()), b.dtype).max(spacing(amax, b.dtype)),
+                    Tolerance::Code => {
+                        let code = |v: f32| qfuse::numerics::encode_bits(v, b.dtype) as i64;
+                        (code(p) - code(q)).abs() <= 1 || (p - q).abs() <= spacing(p.abs().max(q.abs()), DType::F32)
+                    }
+                };
             assert!(ok, "{}: output {name}[{i}] was {p} before the pass, {q} after (tolerance {:?})", case.path.display(), case.tolerance);
         }
     }
@@ -167,7 +176,12 @@ fn run_case(case: &Case) {
     settings.set_snapshot_path(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"));
     settings.set_prepend_module_to_snapshot(false);
     settings.set_input_file(&case.path);
-    settings.bind(|| insta::assert_snapshot!(format!("passes__{}__{}", case.pass, case.name), if diff.is_empty() { "(no change)\n".into() } else { diff }));
+    settings.bind(|| {
+        insta::assert_snapshot!(
+            format!("passes__{}__{}", case.pass, case.name),
+            if diff.is_empty() { "(no change)\n".into() } else { diff }
+        )
+    });
     for seed in [1u64, 2, 3] {
         let inputs = inputs_for(&before, seed * 7919);
         let bind: Vec<(&str, Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();

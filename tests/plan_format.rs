@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use qfuse::plan::{
-    ArgRef, BufferMeta, FormatVersion, KernelMeta, LaunchDim, LaunchMeta, Plan, PlanBuilder,
-    PlanError, PlanMeta, Scalar, SectionKind, TensorSig, WeightMeta, HEADER_SIZE, QFUSE_VERSION,
-    SECTION_ALIGN,
+    ArgRef, BufferMeta, FormatVersion, KernelMeta, LaunchDim, LaunchMeta, Plan, PlanBuilder, PlanError, PlanMeta, Scalar, SectionKind,
+    TensorSig, WeightMeta, HEADER_SIZE, QFUSE_VERSION, SECTION_ALIGN,
 };
 
 // Documented header offsets.
@@ -73,60 +72,24 @@ fn sample_meta() -> PlanMeta {
     meta.calibration = r#"{"x":{"absmax":3.5}}"#.into();
     meta.fusion_report = r#"{"fused":2}"#.into();
     meta.ir_text = "%0 = input \"ids\" : i64[B,384]\n".into();
-    meta.inputs = vec![TensorSig {
-        name: "ids".into(),
-        dtype: "i64".into(),
-        shape: vec!["B".into(), "384".into()],
-    }];
-    meta.outputs = vec![TensorSig {
-        name: "out".into(),
-        dtype: "f16".into(),
-        shape: vec!["B".into(), "768".into()],
-    }];
+    meta.inputs = vec![TensorSig { name: "ids".into(), dtype: "i64".into(), shape: vec!["B".into(), "384".into()] }];
+    meta.outputs = vec![TensorSig { name: "out".into(), dtype: "f16".into(), shape: vec!["B".into(), "768".into()] }];
     meta.symbols = vec![("B".into(), 64)];
     meta.kernels = vec![KernelMeta {
         name: "qgemm_w8a16_1a2b3c4d".into(),
         template: "qgemm_w8a16".into(),
         source: "extern \"C\" __global__ void qgemm_w8a16_1a2b3c4d() {}\n".into(),
         section: 0,
-        grid: [
-            LaunchDim::Expr("ceil_div(B*384, 128)".into()),
-            LaunchDim::Fixed(6),
-            LaunchDim::Fixed(1),
-        ],
-        block: [
-            LaunchDim::Fixed(128),
-            LaunchDim::Fixed(1),
-            LaunchDim::Fixed(1),
-        ],
+        grid: [LaunchDim::Expr("ceil_div(B*384, 128)".into()), LaunchDim::Fixed(6), LaunchDim::Fixed(1)],
+        block: [LaunchDim::Fixed(128), LaunchDim::Fixed(1), LaunchDim::Fixed(1)],
         shared_mem_bytes: 49152,
-        params: vec![
-            "x".into(),
-            "w".into(),
-            "y".into(),
-            "m".into(),
-            "alpha".into(),
-        ],
+        params: vec!["x".into(), "w".into(), "y".into(), "m".into(), "alpha".into()],
     }];
-    meta.buffers = vec![BufferMeta {
-        name: "%7".into(),
-        bytes: 64 * 384 * 768 * 2,
-        offset: 0,
-    }];
+    meta.buffers = vec![BufferMeta { name: "%7".into(), bytes: 64 * 384 * 768 * 2, offset: 0 }];
     meta.peak_activation_bytes = 64 * 384 * 768 * 2;
     meta.weights = vec![
-        WeightMeta {
-            name: "q.weight".into(),
-            dtype: "i8".into(),
-            shape: vec![768, 768],
-            section: 1,
-        },
-        WeightMeta {
-            name: "q.scale".into(),
-            dtype: "f16".into(),
-            shape: vec![768],
-            section: 2,
-        },
+        WeightMeta { name: "q.weight".into(), dtype: "i8".into(), shape: vec![768, 768], section: 1 },
+        WeightMeta { name: "q.scale".into(), dtype: "f16".into(), shape: vec![768], section: 2 },
     ];
     meta.schedule = vec![LaunchMeta {
         kernel: 0,
@@ -145,11 +108,7 @@ fn sample_meta() -> PlanMeta {
 
 /// Section contents of the sample plan: a CUBIN, a weight of odd length, a small weight.
 fn sample_sections() -> Vec<(SectionKind, &'static str, Vec<u8>)> {
-    let cubin: Vec<u8> = b"\x7fELF"
-        .iter()
-        .copied()
-        .chain((0..1000u32).map(|i| i as u8))
-        .collect();
+    let cubin: Vec<u8> = b"\x7fELF".iter().copied().chain((0..1000u32).map(|i| i as u8)).collect();
     let weight: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
     let scale: Vec<u8> = vec![0x3c; 1536];
     vec![
@@ -208,10 +167,7 @@ fn fix_header_crc(b: &mut [u8]) {
 
 /// Recomputes the metadata and table crcs (where their extents are in range), then the header's.
 fn fix_all_crcs(b: &mut [u8]) {
-    for (off, len, crc_at) in [
-        (OFF_META_OFFSET, OFF_META_LEN, OFF_META_CRC),
-        (OFF_TABLE_OFFSET, OFF_TABLE_LEN, OFF_TABLE_CRC),
-    ] {
+    for (off, len, crc_at) in [(OFF_META_OFFSET, OFF_META_LEN, OFF_META_CRC), (OFF_TABLE_OFFSET, OFF_TABLE_LEN, OFF_TABLE_CRC)] {
         let (start, len) = (u64_at(b, off), u64_at(b, len));
         if let Some(end) = start.checked_add(len).filter(|&e| e <= b.len() as u64) {
             let crc = crc32fast::hash(&b[start as usize..end as usize]);
@@ -234,10 +190,7 @@ fn table_range(b: &[u8]) -> std::ops::Range<usize> {
 #[track_caller]
 fn assert_corrupt(result: Result<Plan, PlanError>, prefix: &str) {
     match result {
-        Err(PlanError::Corrupt { what, .. }) => assert!(
-            what.starts_with(prefix),
-            "Corrupt {{ what: {what:?} }}, want {prefix}…"
-        ),
+        Err(PlanError::Corrupt { what, .. }) => assert!(what.starts_with(prefix), "Corrupt {{ what: {what:?} }}, want {prefix}…"),
         other => panic!("expected Corrupt({prefix}…), got {other:?}"),
     }
 }
@@ -245,9 +198,7 @@ fn assert_corrupt(result: Result<Plan, PlanError>, prefix: &str) {
 #[track_caller]
 fn assert_truncated(result: Result<Plan, PlanError>, want_expected: u64, want_found: u64) {
     match result {
-        Err(PlanError::Truncated {
-            expected, found, ..
-        }) => assert_eq!((expected, found), (want_expected, want_found)),
+        Err(PlanError::Truncated { expected, found, .. }) => assert_eq!((expected, found), (want_expected, want_found)),
         other => panic!("expected Truncated, got {other:?}"),
     }
 }
@@ -265,65 +216,34 @@ fn round_trip_keeps_meta_and_sections() {
     let h = plan.header();
     assert_eq!(h.format, FormatVersion { major: 1, minor: 0 });
     assert_eq!((h.header_size as usize, h.flags), (HEADER_SIZE, 0));
-    assert_eq!(
-        (h.arch.as_str(), h.qfuse_version.as_str(), h.nvrtc_version),
-        ("sm_90a", QFUSE_VERSION, (13, 0))
-    );
+    assert_eq!((h.arch.as_str(), h.qfuse_version.as_str(), h.nvrtc_version), ("sm_90a", QFUSE_VERSION, (13, 0)));
     assert_eq!(h.file_len, std::fs::metadata(&path).unwrap().len());
     let want = sample_sections();
     assert_eq!(plan.sections().len(), want.len());
     for (i, (entry, (kind, name, bytes))) in plan.sections().iter().zip(&want).enumerate() {
-        assert_eq!(
-            (entry.kind, entry.name.as_str(), entry.len),
-            (*kind, *name, bytes.len() as u64)
-        );
-        assert_eq!(
-            entry.offset % SECTION_ALIGN,
-            0,
-            "section {i} not 4096-aligned"
-        );
+        assert_eq!((entry.kind, entry.name.as_str(), entry.len), (*kind, *name, bytes.len() as u64));
+        assert_eq!(entry.offset % SECTION_ALIGN, 0, "section {i} not 4096-aligned");
         assert_eq!(entry.align, 4096);
         assert_eq!(plan.section_bytes(i).unwrap(), &bytes[..]);
-        assert_eq!(
-            plan.section_bytes(i).unwrap().as_ptr() as usize % 4096,
-            0,
-            "mapping is page-aligned"
-        );
+        assert_eq!(plan.section_bytes(i).unwrap().as_ptr() as usize % 4096, 0, "mapping is page-aligned");
     }
     plan.verify_sections().unwrap();
-    assert!(matches!(
-        plan.section_bytes(3),
-        Err(PlanError::Section { index: 3, .. })
-    ));
+    assert!(matches!(plan.section_bytes(3), Err(PlanError::Section { index: 3, .. })));
 }
 
 #[test]
 fn header_matches_documented_layout() {
     let b = sample_bytes();
     assert_eq!(&b[..8], b"QFUSEPLN");
-    assert_eq!(
-        (
-            b[OFF_MAJOR],
-            b[OFF_MAJOR + 1],
-            b[OFF_MINOR],
-            b[OFF_MINOR + 1]
-        ),
-        (1, 0, 0, 0)
-    );
-    assert_eq!(
-        u32::from_le_bytes(b[OFF_HEADER_SIZE..OFF_HEADER_SIZE + 4].try_into().unwrap()),
-        128
-    );
+    assert_eq!((b[OFF_MAJOR], b[OFF_MAJOR + 1], b[OFF_MINOR], b[OFF_MINOR + 1]), (1, 0, 0, 0));
+    assert_eq!(u32::from_le_bytes(b[OFF_HEADER_SIZE..OFF_HEADER_SIZE + 4].try_into().unwrap()), 128);
     assert_eq!(&b[OFF_ARCH..OFF_ARCH + 7], b"sm_90a\0");
     assert_eq!(&b[24..24 + QFUSE_VERSION.len()], QFUSE_VERSION.as_bytes());
     assert_eq!((b[20], b[21], b[22], b[23]), (13, 0, 0, 0));
     assert_eq!(u64_at(&b, OFF_META_OFFSET), 128);
     assert_eq!(u64_at(&b, OFF_TABLE_OFFSET), 128 + u64_at(&b, OFF_META_LEN));
     assert_eq!(u64_at(&b, OFF_FILE_LEN), b.len() as u64);
-    assert!(
-        b[104..124].iter().all(|&x| x == 0),
-        "reserved bytes are zero"
-    );
+    assert!(b[104..124].iter().all(|&x| x == 0), "reserved bytes are zero");
     let crc = u32::from_le_bytes(b[OFF_HEADER_CRC..].get(..4).unwrap().try_into().unwrap());
     assert_eq!(crc, crc32fast::hash(&b[..OFF_HEADER_CRC]));
     let meta_crc = u32::from_le_bytes(b[OFF_META_CRC..OFF_META_CRC + 4].try_into().unwrap());
@@ -339,10 +259,7 @@ fn plan_without_sections_round_trips() {
     let plan = Plan::load(&path, None).unwrap();
     assert_eq!(plan.meta(), &meta);
     assert!(plan.sections().is_empty());
-    assert!(
-        std::fs::metadata(&path).unwrap().len() < 4096,
-        "no padding without sections"
-    );
+    assert!(std::fs::metadata(&path).unwrap().len() < 4096, "no padding without sections");
 }
 
 #[test]
@@ -368,28 +285,17 @@ fn builder_rejects_bad_input_without_writing() {
     let path = dir.path().join("bad.plan");
     let mut long_arch = sample_builder();
     long_arch.meta_mut().arch = "sm_90a_with_a_very_long_suffix".into();
-    assert!(matches!(
-        long_arch.write(&path),
-        Err(PlanError::Meta { .. })
-    ));
+    assert!(matches!(long_arch.write(&path), Err(PlanError::Meta { .. })));
     let mut dangling = sample_builder();
     dangling.meta_mut().kernels[0].section = 7;
     let err = dangling.write(&path).unwrap_err();
     assert!(err.to_string().contains("section 7"), "{err}");
     let mut wrong_kind = sample_builder();
     wrong_kind.meta_mut().weights[0].section = 0;
-    assert!(matches!(
-        wrong_kind.write(&path),
-        Err(PlanError::Meta { .. })
-    ));
+    assert!(matches!(wrong_kind.write(&path), Err(PlanError::Meta { .. })));
     let mut bad_launch = sample_builder();
-    bad_launch.meta_mut().schedule[0]
-        .args
-        .push(ArgRef::Buffer(5));
-    assert!(matches!(
-        bad_launch.write(&path),
-        Err(PlanError::Meta { .. })
-    ));
+    bad_launch.meta_mut().schedule[0].args.push(ArgRef::Buffer(5));
+    assert!(matches!(bad_launch.write(&path), Err(PlanError::Meta { .. })));
     assert!(!path.exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
@@ -412,15 +318,7 @@ fn truncated_inside_meta_table_and_sections() {
     let meta = meta_range(&b);
     let table = table_range(&b);
     let last = 3 * 4096 + 700; // inside the second weight section
-    for cut in [
-        128,
-        meta.start + 5,
-        table.start + 1,
-        4096,
-        4096 + 10,
-        last,
-        b.len() - 1,
-    ] {
+    for cut in [128, meta.start + 5, table.start + 1, 4096, 4096 + 10, last, b.len() - 1] {
         assert_truncated(load_bytes(&b[..cut], None), full, cut as u64);
     }
 }
@@ -438,15 +336,7 @@ fn trailing_bytes_are_corrupt() {
 #[test]
 fn flipped_header_bytes_fail_the_header_checksum() {
     let b = sample_bytes();
-    for at in [
-        9,
-        20,
-        OFF_ARCH + 3,
-        OFF_META_LEN,
-        OFF_FILE_LEN + 1,
-        110,
-        OFF_HEADER_CRC + 2,
-    ] {
+    for at in [9, 20, OFF_ARCH + 3, OFF_META_LEN, OFF_FILE_LEN + 1, 110, OFF_HEADER_CRC + 2] {
         let mut bad = b.clone();
         bad[at] ^= 0x01;
         assert_corrupt(load_bytes(&bad, None), "header checksum");
@@ -484,10 +374,7 @@ fn flipped_section_byte_fails_on_first_use_of_that_section() {
         }
     }
     assert!(plan.section_bytes(2).is_ok());
-    assert!(matches!(
-        plan.verify_sections(),
-        Err(PlanError::Corrupt { .. })
-    ));
+    assert!(matches!(plan.verify_sections(), Err(PlanError::Corrupt { .. })));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -498,8 +385,7 @@ fn foreign_files_are_rejected_by_magic() {
     let dir = tempfile::tempdir().unwrap();
     let st = dir.path().join("model.safetensors");
     let data = vec![0u8; 16];
-    let view =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 2], &data).unwrap();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 2], &data).unwrap();
     safetensors::serialize_to_file([("w", view)], None, &st).unwrap();
 
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -522,10 +408,7 @@ fn foreign_files_are_rejected_by_magic() {
         match Plan::load(path, Some("sm_90a")) {
             Err(e @ PlanError::Foreign { .. }) => {
                 let msg = e.to_string();
-                assert!(
-                    msg.contains(&path.display().to_string()) && msg.contains("not a qfuse plan"),
-                    "{msg}"
-                );
+                assert!(msg.contains(&path.display().to_string()) && msg.contains("not a qfuse plan"), "{msg}");
             }
             other => panic!("{}: expected Foreign, got {other:?}", path.display()),
         }
@@ -537,14 +420,8 @@ fn foreign_files_are_rejected_by_magic() {
 #[test]
 fn missing_file_and_directory_are_io_errors() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(matches!(
-        Plan::load(dir.path().join("nope.plan"), None),
-        Err(PlanError::Io { .. })
-    ));
-    assert!(matches!(
-        Plan::load(dir.path(), None),
-        Err(PlanError::Io { .. })
-    ));
+    assert!(matches!(Plan::load(dir.path().join("nope.plan"), None), Err(PlanError::Io { .. })));
+    assert!(matches!(Plan::load(dir.path(), None), Err(PlanError::Io { .. })));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -559,21 +436,9 @@ fn newer_major_is_rejected_before_anything_else() {
     fix_header_crc(&mut b);
     match load_bytes(&b, Some("sm_90a")) {
         Err(e @ PlanError::NewerFormat { .. }) => {
-            let PlanError::NewerFormat {
-                found, supported, ..
-            } = &e
-            else {
-                unreachable!()
-            };
-            assert_eq!(
-                (found.to_string(), supported.to_string()),
-                ("2.3".into(), "1.0".into())
-            );
-            assert!(
-                e.to_string()
-                    .contains(&format!("recompile the plan with qfuse {QFUSE_VERSION}")),
-                "{e}"
-            );
+            let PlanError::NewerFormat { found, supported, .. } = &e else { unreachable!() };
+            assert_eq!((found.to_string(), supported.to_string()), ("2.3".into(), "1.0".into()));
+            assert!(e.to_string().contains(&format!("recompile the plan with qfuse {QFUSE_VERSION}")), "{e}");
         }
         other => panic!("expected NewerFormat, got {other:?}"),
     }
@@ -584,10 +449,7 @@ fn major_zero_is_older_than_supported() {
     let mut b = sample_bytes();
     put_u16(&mut b, OFF_MAJOR, 0);
     fix_header_crc(&mut b);
-    assert!(matches!(
-        load_bytes(&b, None),
-        Err(PlanError::OlderFormat { .. })
-    ));
+    assert!(matches!(load_bytes(&b, None), Err(PlanError::OlderFormat { .. })));
 }
 
 #[test]
@@ -609,30 +471,16 @@ fn wrong_arch_is_rejected_with_a_recompile_hint() {
         Err(e @ PlanError::WrongArch { .. }) => {
             let msg = e.to_string();
             assert!(msg.contains(&path.display().to_string()), "{msg}");
-            assert!(
-                msg.contains("compiled for sm_90a but the device is sm_80"),
-                "{msg}"
-            );
-            assert!(
-                msg.contains(&format!(
-                    "recompile the plan with qfuse {QFUSE_VERSION} for sm_80"
-                )),
-                "{msg}"
-            );
+            assert!(msg.contains("compiled for sm_90a but the device is sm_80"), "{msg}");
+            assert!(msg.contains(&format!("recompile the plan with qfuse {QFUSE_VERSION} for sm_80")), "{msg}");
         }
         other => panic!("expected WrongArch, got {other:?}"),
     }
     for ok in ["sm_90", "sm_90a"] {
         Plan::load(&path, Some(ok)).unwrap();
     }
-    assert!(matches!(
-        Plan::load(&path, Some("sm_100a")),
-        Err(PlanError::WrongArch { .. })
-    ));
-    assert!(matches!(
-        Plan::load(&path, Some("sm_9")),
-        Err(PlanError::WrongArch { .. })
-    ));
+    assert!(matches!(Plan::load(&path, Some("sm_100a")), Err(PlanError::WrongArch { .. })));
+    assert!(matches!(Plan::load(&path, Some("sm_9")), Err(PlanError::WrongArch { .. })));
 }
 
 #[test]
@@ -640,10 +488,7 @@ fn arch_is_checked_before_the_metadata() {
     let mut b = sample_bytes();
     let at = meta_range(&b).start + 3;
     b[at] ^= 1;
-    assert!(matches!(
-        load_bytes(&b, Some("sm_89")),
-        Err(PlanError::WrongArch { .. })
-    ));
+    assert!(matches!(load_bytes(&b, Some("sm_89")), Err(PlanError::WrongArch { .. })));
     assert_corrupt(load_bytes(&b, Some("sm_90")), "metadata checksum");
 }
 
@@ -667,10 +512,7 @@ fn hostile_header_lengths_are_errors_without_allocation() {
         fix_header_crc(&mut bad);
         let (result, largest) = largest_allocation_during(|| load_bytes(&bad, None));
         assert_corrupt(result, "header:");
-        assert!(
-            largest < 1 << 20,
-            "allocated {largest} bytes for field {at} = {value}"
-        );
+        assert!(largest < 1 << 20, "allocated {largest} bytes for field {at} = {value}");
     }
 }
 
@@ -703,17 +545,11 @@ fn misaligned_section_in_a_valid_table_is_a_section_error() {
     let mut b = sample_bytes();
     let table = table_range(&b);
     // Section 0's offset, 4096, is the varint [0x80, 0x20]; make it 4097.
-    let pos = b[table.clone()]
-        .windows(2)
-        .position(|w| w == [0x80, 0x20])
-        .unwrap()
-        + table.start;
+    let pos = b[table.clone()].windows(2).position(|w| w == [0x80, 0x20]).unwrap() + table.start;
     b[pos] = 0x81;
     fix_all_crcs(&mut b);
     match load_bytes(&b, None) {
-        Err(PlanError::Section {
-            index: 0, message, ..
-        }) => assert!(message.contains("aligned"), "{message}"),
+        Err(PlanError::Section { index: 0, message, .. }) => assert!(message.contains("aligned"), "{message}"),
         other => panic!("expected Section error, got {other:?}"),
     }
 }
@@ -735,8 +571,7 @@ fn overwriting_a_plan_is_atomic() {
         let reader = s.spawn(|| {
             let mut loads = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) || loads == 0 {
-                let plan =
-                    Plan::load(&path, Some("sm_90a")).expect("a reader never sees a partial plan");
+                let plan = Plan::load(&path, Some("sm_90a")).expect("a reader never sees a partial plan");
                 assert!(["tiny-bert", "new-model"].contains(&plan.meta().model_name.as_str()));
                 plan.verify_sections().unwrap();
                 loads += 1;
@@ -748,10 +583,7 @@ fn overwriting_a_plan_is_atomic() {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         reader.join().unwrap();
     });
-    let names: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["model.plan"], "no stray temporary files");
 }
 
@@ -777,17 +609,11 @@ fn a_failed_write_keeps_the_old_plan_and_leaves_no_temporary_file() {
         Err(e @ PlanError::Io { .. }) => assert!(e.to_string().contains("model.plan"), "{e}"),
         other => panic!("expected Io, got {other:?}"),
     }
-    let names: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["model.plan"]);
     assert!(target.join("keep").exists());
     let missing_dir = dir.path().join("no/such/dir/model.plan");
-    assert!(matches!(
-        sample_builder().write(&missing_dir),
-        Err(PlanError::Io { .. })
-    ));
+    assert!(matches!(sample_builder().write(&missing_dir), Err(PlanError::Io { .. })));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -63,7 +63,8 @@ fn fused_graph_computes_the_qdq_graph() {
         let fp32 = interp::run(&model.graph, &model.weights, &inputs).unwrap()[0].1.to_f32_vec();
         let qdq = interp::run(&q.qdq, &model.weights, &inputs).unwrap()[0].1.to_f32_vec();
         let fused = interp::run(&q.fused, &model.weights, &inputs).unwrap()[0].1.to_f32_vec();
-        let mean = |x: &[f32], y: &[f32]| x.chunks(384).zip(y.chunks(384)).map(|(p, q)| eval::cosine(p, q)).sum::<f64>() / texts.len() as f64;
+        let mean =
+            |x: &[f32], y: &[f32]| x.chunks(384).zip(y.chunks(384)).map(|(p, q)| eval::cosine(p, q)).sum::<f64>() / texts.len() as f64;
         let (to_qdq, fused_acc, qdq_acc) = (mean(&fused, &qdq), mean(&fused, &fp32), mean(&qdq, &fp32));
         assert!(to_qdq >= 0.999, "{name}: fused vs Q/DQ mean embedding cosine {to_qdq}");
         assert!(fused_acc >= qdq_acc - 2e-4, "{name}: fusion lost accuracy: {fused_acc} vs Q/DQ {qdq_acc}");
@@ -78,12 +79,21 @@ fn accuracy_bars() {
     let model = model();
     let texts = calib::default_eval_sentences();
     let mlp_in_f16 = ["*.intermediate.dense".to_string(), "*.output.dense".to_string()];
-    for (name, exclude, bar) in [("fp8", &[][..], 0.997), ("fp8-dynamic", &[][..], 0.9975), ("fp8", &mlp_in_f16[..], 0.999), ("fp8-dynamic", &mlp_in_f16[..], 0.9994)] {
+    for (name, exclude, bar) in [
+        ("fp8", &[][..], 0.997),
+        ("fp8-dynamic", &[][..], 0.9975),
+        ("fp8", &mlp_in_f16[..], 0.999),
+        ("fp8-dynamic", &mlp_in_f16[..], 0.9994),
+    ] {
         let mut r = recipe(name);
         r.exclude = exclude.to_vec();
         let q = run(&model, &r, 64);
         let e = eval::evaluate(&model, &q, &texts, 16).unwrap();
-        assert!(e.embedding_cosine_mean >= bar, "{name} excluding {exclude:?}: mean embedding cosine {} below {bar}", e.embedding_cosine_mean);
+        assert!(
+            e.embedding_cosine_mean >= bar,
+            "{name} excluding {exclude:?}: mean embedding cosine {} below {bar}",
+            e.embedding_cosine_mean
+        );
         assert_eq!(e.layers.len(), if exclude.is_empty() { 36 } else { 18 }, "{name}: quantized matmuls");
     }
 }

@@ -77,7 +77,14 @@ fn collect_texts(args: &EmbedArgs) -> anyhow::Result<Vec<String>> {
 }
 
 /// Embeds `texts` in batches of at most `max_batch`, showing progress over graph values.
-pub fn embed_all(graph: &qfuse::ir::Graph, model: &import::Model, tok: &import::TextTokenizer, texts: &[String], max_batch: usize, quiet: bool) -> anyhow::Result<Vec<Vec<f32>>> {
+pub fn embed_all(
+    graph: &qfuse::ir::Graph,
+    model: &import::Model,
+    tok: &import::TextTokenizer,
+    texts: &[String],
+    max_batch: usize,
+    quiet: bool,
+) -> anyhow::Result<Vec<Vec<f32>>> {
     let chunks: Vec<&[String]> = texts.chunks(max_batch.max(1)).collect();
     let steps = (graph.values.len() * chunks.len()) as u64;
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(steps) };
@@ -110,7 +117,11 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 fn print_tables(texts: &[String], embeddings: &[Vec<f32>]) -> anyhow::Result<()> {
     let short = |t: &str| {
         let s: String = t.chars().take(28).collect();
-        if s.len() < t.len() { format!("{s}…") } else { s }
+        if s.len() < t.len() {
+            format!("{s}…")
+        } else {
+            s
+        }
     };
     let mut table = Table::new();
     table.load_style(presets::UTF8_FULL_CONDENSED);

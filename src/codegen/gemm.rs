@@ -2,8 +2,9 @@
 //!
 //! The kernel computes the IR's `qmatmul` with `transpose_b` and an f16 output:
 //! `Y[M,N] = f16(f16(alpha · Σ_k A[m,k]·B[n,k]) + bias[n])` (bias optional), A `[M,K]` and
-//! B `[N,K]` row-major E4M3, f32 accumulation. N, K, the tiles, the pipeline depth and the epilogue
-//! are compiled in; M is a run-time argument. Tiles are filled by a `stages`-deep `cp.async` ring
+//! B `[N,K]` row-major E4M3, f32 accumulators (with `wgmma`, the tensor cores' FP8 partial sums
+//! are promoted to f32 every 128-deep k-tile, or only at the end with `fast_accum`). N, K, the
+//! tiles, the pipeline depth and the epilogue are compiled in; M is a run-time argument. Tiles are filled by a `stages`-deep `cp.async` ring
 //! in the 128-byte XOR-swizzled layout; the [`Mainloop`] is either `mma.sync.m16n8k32` (e4m3) fed
 //! by `ldmatrix`, or Hopper's `wgmma.mma_async` reading the same tiles through shared-memory
 //! descriptors. See `templates/qgemm_fp8.cu` for the design.
@@ -19,20 +20,17 @@ use serde::{Deserialize, Serialize};
 
 use super::template::{Template, TemplateError};
 
-const COMMON: Template = Template {
-    name: "common.cuh",
-    text: include_str!("../../templates/common.cuh"),
-};
-const QGEMM_FP8: Template = Template {
-    name: "qgemm_fp8.cu",
-    text: include_str!("../../templates/qgemm_fp8.cu"),
-};
+const COMMON: Template = Template { name: "common.cuh", text: include_str!("../../templates/common.cuh") };
+const QGEMM_FP8: Template = Template { name: "qgemm_fp8.cu", text: include_str!("../../templates/qgemm_fp8.cu") };
 
 /// Name of the template, prefix of every generated kernel name.
 pub const TEMPLATE: &str = "qgemm_fp8";
 
 /// Shared memory one block may use on sm_90 (227 KiB).
 pub const MAX_SMEM_BYTES: u32 = 227 * 1024;
+
+/// Shared memory of one SM on sm_90 (228 KiB), shared by its resident blocks.
+pub const SM_SMEM_BYTES: u32 = 228 * 1024;
 
 /// Static shared memory the template may declare besides the dynamic part (2 mbarriers a stage).
 const STATIC_SMEM_BYTES: u64 = 16 * 16;
@@ -94,6 +92,9 @@ pub struct GemmSpec {
     pub warps_n: u32,
     /// Block rasterization: this many consecutive M tiles sweep all N tiles together (L2 reuse).
     pub group_m: u32,
+    /// Blocks meant to share one SM (`__launch_bounds__` minimum): caps registers per thread at
+    /// 65536 / (threads · ctas_per_sm) and must leave room for that many blocks' shared memory.
+    pub ctas_per_sm: u32,
     /// Add an f16 `bias[n]` after rounding the scaled accumulator to f16.
     pub bias: bool,
     /// The scale applied to the f32 accumulator.
@@ -102,14 +103,16 @@ pub struct GemmSpec {
     pub mainloop: Mainloop,
     /// wgmma only: accumulate all of K in the tensor cores' FP8 accumulators (faster; they keep
     /// fewer mantissa bits than f32, cf. cuBLASLt's `FAST_ACCUM`). When false, every 128-deep
-    /// k-tile is summed separately and added to f32 registers (needs `tile_n` ≤ 128).
+    /// k-tile is summed separately by the tensor cores and then added to f32 registers
+    /// ("promotion"), which bounds the error to that of one 128-term partial sum.
     pub fast_accum: bool,
 }
 
 impl GemmSpec {
-    /// The default configuration for an `N × K` weight: the largest block tile the shape allows
-    /// (128×256, else 128×128, else 64×64; `tile_k` 128, else 64), four stages, alpha from a
-    /// pointer, no bias. Validity is checked by [`render`], not here.
+    /// The default `mma.sync` configuration for an `N × K` weight: the largest block tile the
+    /// shape allows (128×256, else 128×128, else 64×64; `tile_k` 128, else 64), four stages,
+    /// alpha from a pointer, no bias. Portable (sm_89+), but on sm_90 about 3.5× slower than
+    /// [`GemmSpec::wgmma_for_shape`]. Validity is checked by [`render`], not here.
     pub fn for_shape(n: u32, k: u32) -> Self {
         let tile_k = if k % 128 == 0 { 128 } else { 64 };
         let (tile_m, tile_n, warps_m, warps_n) = if n % 256 == 0 {
@@ -129,6 +132,7 @@ impl GemmSpec {
             warps_m,
             warps_n,
             group_m: 8,
+            ctas_per_sm: 1,
             bias: false,
             alpha: Alpha::FromPointer,
             mainloop: Mainloop::MmaSync,
@@ -136,17 +140,28 @@ impl GemmSpec {
         }
     }
 
-    /// The exact-accumulation `wgmma` configuration for an `N × K` weight: 128×128×128 (else
-    /// 128×64×128) with two warpgroups and six stages, alpha from a pointer, no bias.
+    /// The exact-accumulation (promoted) `wgmma` configuration for an `N × K` weight, the one to
+    /// use on sm_90. Chosen from H100 measurements at M = 4096 (`qfuse-gemm-bench`, Nov 2026):
+    /// N ≥ 2048 and a multiple of 256: 128×256×128, 2 warpgroups, 4 stages (1,090 TFLOP/s at
+    /// 4096³, 1,145 at 8192³); other N ≥ 1024, multiple of 128: 128×128×128, 3 stages, two blocks
+    /// per SM (395 at 4096×1536×384); smaller N: 64×64×128, 4 stages (456 at 4096×384×1536).
+    /// Alpha from a pointer, no bias. Validity is checked by [`render`], not here.
     pub fn wgmma_for_shape(n: u32, k: u32) -> Self {
-        let tile_n = if n % 128 == 0 { 128 } else { 64 };
+        let (tile_m, tile_n, stages, ctas_per_sm) = if n >= 2048 && n % 256 == 0 {
+            (128, 256, 4, 1)
+        } else if n >= 1024 && n % 128 == 0 {
+            (128, 128, 3, 2)
+        } else {
+            (64, 64, 4, 1)
+        };
         Self {
-            tile_m: 128,
+            tile_m,
             tile_n,
             tile_k: 128,
-            stages: 6,
-            warps_m: 8,
+            stages,
+            warps_m: tile_m / 16,
             warps_n: 1,
+            ctas_per_sm,
             mainloop: Mainloop::Wgmma,
             ..Self::for_shape(n, k)
         }
@@ -165,6 +180,19 @@ impl GemmSpec {
         ring.max(out) + 1024
     }
 
+    /// f32 accumulator registers per thread: the warp tile's, plus the partial-sum slice of
+    /// promoted wgmma accumulation (128 columns, or 64 under a budget below 200 registers).
+    pub fn accumulator_registers(&self) -> u32 {
+        let (wm, wn) = (self.tile_m / self.warps_m.max(1), self.tile_n / self.warps_n.max(1));
+        let main = wm * wn / 32;
+        if !self.mainloop.is_wgmma() || self.fast_accum {
+            return main;
+        }
+        let budget = 65536 / (self.threads() * self.ctas_per_sm).max(1);
+        let slice = if budget >= 200 { 128 } else { 64 };
+        main + self.tile_n.min(slice) / 2
+    }
+
     /// Checks every constraint the template relies on; the error says which one failed.
     pub fn validate(&self) -> Result<(), GemmError> {
         let bad = |reason: String| Err(GemmError::Invalid { spec: *self, reason });
@@ -178,12 +206,13 @@ impl GemmSpec {
             ("warps_m", s.warps_m),
             ("warps_n", s.warps_n),
             ("group_m", s.group_m),
+            ("ctas_per_sm", s.ctas_per_sm),
         ];
         if let Some((name, _)) = fields.iter().find(|(_, v)| *v == 0) {
             return bad(format!("{name} must be positive"));
         }
-        if s.tile_m > 512 || s.tile_n > 512 || s.stages > 16 || s.warps_m > 32 || s.warps_n > 32 {
-            return bad("tiles are limited to 512, stages to 16, warps to 32 per axis".into());
+        if s.tile_m > 512 || s.tile_n > 512 || s.stages > 16 || s.warps_m > 32 || s.warps_n > 32 || s.ctas_per_sm > 32 {
+            return bad("tiles are limited to 512, stages to 16, warps to 32 per axis, ctas_per_sm to 32".into());
         }
         if s.n > i32::MAX as u32 || s.k > i32::MAX as u32 {
             return bad("n and k must fit in i32".into());
@@ -230,16 +259,12 @@ impl GemmSpec {
             return bad("tile_m·tile_k and tile_n·tile_k must be multiples of 1024 bytes (swizzle alignment)".into());
         }
         if s.smem_bytes() + STATIC_SMEM_BYTES > u64::from(MAX_SMEM_BYTES) {
-            return bad(format!(
-                "{} bytes of shared memory (+{STATIC_SMEM_BYTES} static) exceed {MAX_SMEM_BYTES}",
-                s.smem_bytes()
-            ));
+            return bad(format!("{} bytes of shared memory (+{STATIC_SMEM_BYTES} static) exceed {MAX_SMEM_BYTES}", s.smem_bytes()));
         }
         if s.mainloop.is_wgmma() {
             if s.tile_k != 128 || s.warps_n != 1 || s.warps_m * 16 != s.tile_m || s.warps_m % 4 != 0 {
                 return bad(
-                    "wgmma needs tile_k = 128, warps_n = 1 and whole warpgroups along M (warps_m = tile_m / 16, a multiple of 4)"
-                        .into(),
+                    "wgmma needs tile_k = 128, warps_n = 1 and whole warpgroups along M (warps_m = tile_m / 16, a multiple of 4)".into()
                 );
             }
             if ![64, 128, 256].contains(&s.tile_n) {
@@ -248,16 +273,22 @@ impl GemmSpec {
             if s.stages < 3 {
                 return bad("wgmma needs at least 3 stages".into());
             }
-            if !s.fast_accum && s.tile_n > 128 {
-                return bad(format!(
-                    "exact (promoted) wgmma accumulation keeps two accumulator sets: tile_n {} must be at most 128, or set fast_accum",
-                    s.tile_n
-                ));
-            }
         } else if s.tile_k / 32 % 2 != 0 {
             return bad("mma.sync needs an even number of k32 steps per tile".into());
         } else if s.fast_accum {
             return bad("fast_accum applies to wgmma only (mma.sync accumulates in f32)".into());
+        }
+        let budget = 65536 / (threads * s.ctas_per_sm);
+        if budget < s.accumulator_registers() + 32 {
+            return bad(format!(
+                "{} accumulator registers per thread do not fit a budget of {budget} ({threads} threads x {} CTAs per SM)",
+                s.accumulator_registers(),
+                s.ctas_per_sm
+            ));
+        }
+        let per_sm = u64::from(s.ctas_per_sm) * (s.smem_bytes() + STATIC_SMEM_BYTES + 1024);
+        if per_sm > u64::from(SM_SMEM_BYTES) {
+            return bad(format!("{} CTAs need {per_sm} bytes of shared memory per SM (> {SM_SMEM_BYTES})", s.ctas_per_sm));
         }
         if let Alpha::Constant(a) = s.alpha {
             if !a.is_finite() {
@@ -271,10 +302,7 @@ impl GemmSpec {
     pub fn check_m(&self, m: u64) -> Result<(), GemmError> {
         let grid = m.div_ceil(u64::from(self.tile_m)) * u64::from(self.n / self.tile_n.max(1));
         if m > i32::MAX as u64 || grid > i32::MAX as u64 {
-            return Err(GemmError::Invalid {
-                spec: *self,
-                reason: format!("M = {m} is too large for this kernel"),
-            });
+            return Err(GemmError::Invalid { spec: *self, reason: format!("M = {m} is too large for this kernel") });
         }
         Ok(())
     }
@@ -340,6 +368,7 @@ pub fn render(spec: &GemmSpec) -> Result<KernelSource, GemmError> {
         ("warps_m", spec.warps_m.to_string()),
         ("warps_n", spec.warps_n.to_string()),
         ("group_m", spec.group_m.to_string()),
+        ("ctas_per_sm", spec.ctas_per_sm.to_string()),
         ("mainloop", format!("{:?}", spec.mainloop)),
         ("fast_accum", flag(spec.fast_accum)),
         ("has_bias", flag(spec.bias)),
@@ -366,7 +395,7 @@ fn kernel_hash(spec: &GemmSpec) -> u32 {
         Alpha::FromPointer => "p".into(),
     };
     let key = format!(
-        "{}|{}|{} {} {} {} {} {} {} {} {} {} {alpha} {:?} {}",
+        "{}|{}|{} {} {} {} {} {} {} {} {} {} {} {alpha} {:?} {}",
         COMMON.text,
         QGEMM_FP8.text,
         spec.n,
@@ -378,12 +407,12 @@ fn kernel_hash(spec: &GemmSpec) -> u32 {
         spec.warps_m,
         spec.warps_n,
         spec.group_m,
+        spec.ctas_per_sm,
         spec.bias,
         spec.mainloop,
         spec.fast_accum
     );
-    key.bytes()
-        .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+    key.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 
 #[cfg(test)]
@@ -402,6 +431,14 @@ mod tests {
         for (n, k) in [(4096, 4096), (384, 384), (1536, 384), (384, 1536), (192, 320)] {
             GemmSpec::for_shape(n, k).validate().expect("default is valid");
         }
+        for (n, k) in [(8192, 8192), (4096, 4096), (1536, 384), (384, 1536), (384, 384), (192, 384)] {
+            let s = GemmSpec::wgmma_for_shape(n, k);
+            s.validate().unwrap_or_else(|e| panic!("{n}x{k}: {e}"));
+            assert!(!s.fast_accum && s.mainloop == Mainloop::Wgmma);
+        }
+        assert_eq!(GemmSpec::wgmma_for_shape(4096, 4096).tile_n, 256);
+        assert_eq!(GemmSpec::wgmma_for_shape(1536, 384).ctas_per_sm, 2);
+        assert_eq!(GemmSpec::wgmma_for_shape(384, 384).tile_m, 64);
     }
 
     #[test]

@@ -3,6 +3,6 @@
 //! [`nvrtc`] finds a CUDA 13 NVRTC (system toolkit or the project cache filled by
 //! `scripts/cache.sh nvrtc`) without any environment variable, and turns CUDA C into CUBIN.
 
+pub mod gemm;
 pub mod nvrtc;
 pub mod template;
-pub mod gemm;

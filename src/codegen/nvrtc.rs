@@ -57,12 +57,7 @@ pub enum NvrtcError {
         .options.join(" "),
         .log.trim_end()
     )]
-    Compile {
-        kernel: String,
-        options: Vec<String>,
-        log: String,
-        numbered_source: String,
-    },
+    Compile { kernel: String, options: Vec<String>, log: String, numbered_source: String },
     /// Any other NVRTC call failed with `code` (an `nvrtcResult` name).
     #[error("{call} failed: {code}")]
     Api { call: &'static str, code: String },
@@ -72,10 +67,7 @@ pub enum NvrtcError {
 }
 
 fn path_list(paths: &[PathBuf]) -> String {
-    paths
-        .iter()
-        .map(|p| format!("\n  {}", p.display()))
-        .collect()
+    paths.iter().map(|p| format!("\n  {}", p.display())).collect()
 }
 
 /// Finds and loads NVRTC (once per process) and reports where it is.
@@ -87,42 +79,22 @@ pub fn locate() -> Result<NvrtcInstall, NvrtcError> {
 ///
 /// Passes `--gpu-architecture=<arch>` and `--include-path=<include dir>` before `extra_opts`.
 /// NVRTC warnings of a successful compile are logged with `tracing::warn!`.
-pub fn compile_cubin(
-    name: &str,
-    source: &str,
-    arch: &str,
-    extra_opts: &[String],
-) -> Result<Vec<u8>, NvrtcError> {
+pub fn compile_cubin(name: &str, source: &str, arch: &str, extra_opts: &[String]) -> Result<Vec<u8>, NvrtcError> {
     check_arch(arch)?;
     check_extra_opts(extra_opts)?;
     let install = &loaded()?.install;
-    let mut options = vec![
-        format!("--gpu-architecture={arch}"),
-        format!("--include-path={}", install.include_dir.display()),
-    ];
+    let mut options = vec![format!("--gpu-architecture={arch}"), format!("--include-path={}", install.include_dir.display())];
     options.extend(extra_opts.iter().cloned());
 
     let c_source = c_string("source", source)?;
     let c_name = c_string("kernel name", &format!("{name}.cu"))?;
-    let c_options = options
-        .iter()
-        .map(|o| c_string("option", o))
-        .collect::<Result<Vec<_>, _>>()?;
+    let c_options = options.iter().map(|o| c_string("option", o)).collect::<Result<Vec<_>, _>>()?;
     let program = Program::create(&c_source, &c_name)?;
     let status = program.compile(&c_options)?;
     let log = program.log()?;
     if let Err(code) = status {
-        let log = if log.trim().is_empty() {
-            format!("(empty log; {code:?})")
-        } else {
-            log
-        };
-        return Err(NvrtcError::Compile {
-            kernel: name.to_owned(),
-            options,
-            log,
-            numbered_source: number_lines(source),
-        });
+        let log = if log.trim().is_empty() { format!("(empty log; {code:?})") } else { log };
+        return Err(NvrtcError::Compile { kernel: name.to_owned(), options, log, numbered_source: number_lines(source) });
     }
     if !log.trim().is_empty() {
         tracing::warn!(kernel = name, "NVRTC warnings:\n{}", log.trim_end());
@@ -131,9 +103,7 @@ pub fn compile_cubin(
     if cubin.is_empty() {
         return Err(NvrtcError::Invalid {
             what: "arch",
-            reason: format!(
-                "NVRTC produced an empty CUBIN for `{arch}`; use a real target such as sm_90a"
-            ),
+            reason: format!("NVRTC produced an empty CUBIN for `{arch}`; use a real target such as sm_90a"),
         });
     }
     Ok(cubin)
@@ -143,29 +113,18 @@ pub fn compile_cubin(
 pub fn supported_archs() -> Result<Vec<u32>, NvrtcError> {
     loaded()?;
     let mut n: c_int = 0;
-    api("nvrtcGetNumSupportedArchs", unsafe {
-        ns::nvrtcGetNumSupportedArchs(&mut n)
-    })?;
+    api("nvrtcGetNumSupportedArchs", unsafe { ns::nvrtcGetNumSupportedArchs(&mut n) })?;
     let mut archs = vec![0 as c_int; usize::try_from(n).unwrap_or(0)];
     if !archs.is_empty() {
-        api("nvrtcGetSupportedArchs", unsafe {
-            ns::nvrtcGetSupportedArchs(archs.as_mut_ptr())
-        })?;
+        api("nvrtcGetSupportedArchs", unsafe { ns::nvrtcGetSupportedArchs(archs.as_mut_ptr()) })?;
     }
-    Ok(archs
-        .into_iter()
-        .filter_map(|a| u32::try_from(a).ok())
-        .collect())
+    Ok(archs.into_iter().filter_map(|a| u32::try_from(a).ok()).collect())
 }
 
 /// `source` with right-aligned 1-based line numbers: `  12 | text`.
 pub fn number_lines(source: &str) -> String {
     let width = source.lines().count().max(1).to_string().len();
-    source
-        .lines()
-        .enumerate()
-        .map(|(i, line)| format!("{:>width$} | {line}\n", i + 1))
-        .collect()
+    source.lines().enumerate().map(|(i, line)| format!("{:>width$} | {line}\n", i + 1)).collect()
 }
 
 fn check_arch(arch: &str) -> Result<(), NvrtcError> {
@@ -179,38 +138,23 @@ fn check_arch(arch: &str) -> Result<(), NvrtcError> {
     } else {
         return Ok(());
     };
-    Err(NvrtcError::Invalid {
-        what: "arch",
-        reason,
-    })
+    Err(NvrtcError::Invalid { what: "arch", reason })
 }
 
 fn check_extra_opts(extra_opts: &[String]) -> Result<(), NvrtcError> {
     let arch_flags = ["--gpu-architecture", "-arch"];
-    match extra_opts
-        .iter()
-        .find(|o| arch_flags.iter().any(|f| o.starts_with(f)))
-    {
-        Some(o) => Err(NvrtcError::Invalid {
-            what: "option",
-            reason: format!("`{o}`: the architecture is set by the `arch` argument"),
-        }),
+    match extra_opts.iter().find(|o| arch_flags.iter().any(|f| o.starts_with(f))) {
+        Some(o) => Err(NvrtcError::Invalid { what: "option", reason: format!("`{o}`: the architecture is set by the `arch` argument") }),
         None => Ok(()),
     }
 }
 
 fn c_string(what: &'static str, s: &str) -> Result<CString, NvrtcError> {
-    CString::new(s).map_err(|e| NvrtcError::Invalid {
-        what,
-        reason: e.to_string(),
-    })
+    CString::new(s).map_err(|e| NvrtcError::Invalid { what, reason: e.to_string() })
 }
 
 fn api(call: &'static str, status: ns::nvrtcResult) -> Result<(), NvrtcError> {
-    status.result().map_err(|e| NvrtcError::Api {
-        call,
-        code: format!("{:?}", e.0),
-    })
+    status.result().map_err(|e| NvrtcError::Api { call, code: format!("{:?}", e.0) })
 }
 
 /// One NVRTC program, destroyed on drop. Borrows the source and name, which NVRTC may reference.
@@ -221,50 +165,32 @@ struct Program<'a> {
 
 impl<'a> Program<'a> {
     fn create(source: &'a CString, name: &'a CString) -> Result<Self, NvrtcError> {
-        let handle = nr::create_program(source, Some(name)).map_err(|e| NvrtcError::Api {
-            call: "nvrtcCreateProgram",
-            code: format!("{:?}", e.0),
-        })?;
-        Ok(Self {
-            handle,
-            _text: std::marker::PhantomData,
-        })
+        let handle = nr::create_program(source, Some(name))
+            .map_err(|e| NvrtcError::Api { call: "nvrtcCreateProgram", code: format!("{:?}", e.0) })?;
+        Ok(Self { handle, _text: std::marker::PhantomData })
     }
 
     /// Outer error: the call could not be made; inner: NVRTC's verdict on the program.
     fn compile(&self, options: &[CString]) -> Result<Result<(), ns::nvrtcResult>, NvrtcError> {
         let ptrs: Vec<*const c_char> = options.iter().map(|o| o.as_ptr()).collect();
-        let n = c_int::try_from(ptrs.len()).map_err(|_| NvrtcError::Invalid {
-            what: "option",
-            reason: "too many options".into(),
-        })?;
+        let n = c_int::try_from(ptrs.len()).map_err(|_| NvrtcError::Invalid { what: "option", reason: "too many options".into() })?;
         let status = unsafe { ns::nvrtcCompileProgram(self.handle, n, ptrs.as_ptr()) };
         Ok(status.result().map_err(|e| e.0))
     }
 
     fn log(&self) -> Result<String, NvrtcError> {
-        let raw = unsafe { nr::get_program_log(self.handle) }.map_err(|e| NvrtcError::Api {
-            call: "nvrtcGetProgramLog",
-            code: format!("{:?}", e.0),
-        })?;
-        let bytes: Vec<u8> = raw
-            .iter()
-            .map(|&c| c as u8)
-            .take_while(|&b| b != 0)
-            .collect();
+        let raw = unsafe { nr::get_program_log(self.handle) }
+            .map_err(|e| NvrtcError::Api { call: "nvrtcGetProgramLog", code: format!("{:?}", e.0) })?;
+        let bytes: Vec<u8> = raw.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect();
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     fn cubin(&self) -> Result<Vec<u8>, NvrtcError> {
         let mut size = 0usize;
-        api("nvrtcGetCUBINSize", unsafe {
-            ns::nvrtcGetCUBINSize(self.handle, &mut size)
-        })?;
+        api("nvrtcGetCUBINSize", unsafe { ns::nvrtcGetCUBINSize(self.handle, &mut size) })?;
         let mut cubin = vec![0u8; size];
         if size > 0 {
-            api("nvrtcGetCUBIN", unsafe {
-                ns::nvrtcGetCUBIN(self.handle, cubin.as_mut_ptr().cast())
-            })?;
+            api("nvrtcGetCUBIN", unsafe { ns::nvrtcGetCUBIN(self.handle, cubin.as_mut_ptr().cast()) })?;
         }
         Ok(cubin)
     }
@@ -292,9 +218,7 @@ fn loaded() -> Result<&'static Loaded, NvrtcError> {
     if let Some(l) = LOADED.get() {
         return Ok(l);
     }
-    let _guard = LOADING
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _guard = LOADING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(l) = LOADED.get() {
         return Ok(l);
     }
@@ -311,11 +235,7 @@ struct Candidate {
     include_dir: PathBuf,
 }
 
-const TARGET_DIR: &str = if cfg!(target_arch = "aarch64") {
-    "sbsa-linux"
-} else {
-    "x86_64-linux"
-};
+const TARGET_DIR: &str = if cfg!(target_arch = "aarch64") { "sbsa-linux" } else { "x86_64-linux" };
 
 type VersionFn = unsafe extern "C" fn(*mut c_int, *mut c_int) -> ns::nvrtcResult;
 
@@ -325,66 +245,37 @@ fn load() -> Result<Loaded, NvrtcError> {
         return Err(NvrtcError::NotFound { searched });
     };
     tracing::debug!(lib_dir = %found.lib_dir.display(), "loading NVRTC");
-    let load_err = |path: &Path, e: libloading::Error| NvrtcError::Load {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    };
+    let load_err = |path: &Path, e: libloading::Error| NvrtcError::Load { path: path.to_owned(), reason: e.to_string() };
     // NVRTC dlopens its builtins by bare name; they must be resident before libnvrtc is used.
-    let builtins =
-        unsafe { Library::new(&found.builtins) }.map_err(|e| load_err(&found.builtins, e))?;
+    let builtins = unsafe { Library::new(&found.builtins) }.map_err(|e| load_err(&found.builtins, e))?;
     let nvrtc = unsafe { Library::new(&found.nvrtc) }.map_err(|e| load_err(&found.nvrtc, e))?;
     check_cudarc_uses(&nvrtc, &found.nvrtc)?;
     let (mut major, mut minor) = (0 as c_int, 0 as c_int);
-    api("nvrtcVersion", unsafe {
-        ns::nvrtcVersion(&mut major, &mut minor)
-    })?;
-    let version = (
-        u32::try_from(major).unwrap_or(0),
-        u32::try_from(minor).unwrap_or(0),
-    );
+    api("nvrtcVersion", unsafe { ns::nvrtcVersion(&mut major, &mut minor) })?;
+    let version = (u32::try_from(major).unwrap_or(0), u32::try_from(minor).unwrap_or(0));
     if version.0 != 13 {
         return Err(NvrtcError::Load {
             path: found.nvrtc,
-            reason: format!(
-                "nvrtcVersion reports {}.{}, expected 13.x",
-                version.0, version.1
-            ),
+            reason: format!("nvrtcVersion reports {}.{}, expected 13.x", version.0, version.1),
         });
     }
-    let install = NvrtcInstall {
-        lib_dir: found.lib_dir,
-        include_dir: found.include_dir,
-        version,
-    };
-    Ok(Loaded {
-        install,
-        _builtins: builtins,
-        _nvrtc: nvrtc,
-    })
+    let install = NvrtcInstall { lib_dir: found.lib_dir, include_dir: found.include_dir, version };
+    Ok(Loaded { install, _builtins: builtins, _nvrtc: nvrtc })
 }
 
 /// Fails unless cudarc's own bare-name `dlopen` resolves to the library preloaded from `path`.
 fn check_cudarc_uses(nvrtc: &Library, path: &Path) -> Result<(), NvrtcError> {
-    let err = |reason: String| NvrtcError::Load {
-        path: path.to_owned(),
-        reason,
-    };
-    let ours =
-        unsafe { nvrtc.get::<VersionFn>(b"nvrtcVersion\0") }.map_err(|e| err(e.to_string()))?;
+    let err = |reason: String| NvrtcError::Load { path: path.to_owned(), reason };
+    let ours = unsafe { nvrtc.get::<VersionFn>(b"nvrtcVersion\0") }.map_err(|e| err(e.to_string()))?;
     // cudarc panics in `culib()` when nothing loads; `is_culib_present` is the safe probe.
     if !unsafe { ns::is_culib_present() } {
-        return Err(err(
-            "preloaded, but cudarc still cannot dlopen libnvrtc by name".into(),
-        ));
+        return Err(err("preloaded, but cudarc still cannot dlopen libnvrtc by name".into()));
     }
-    let theirs = unsafe { ns::culib().get::<VersionFn>(b"nvrtcVersion\0") }
-        .map_err(|e| err(e.to_string()))?;
+    let theirs = unsafe { ns::culib().get::<VersionFn>(b"nvrtcVersion\0") }.map_err(|e| err(e.to_string()))?;
     if *ours as usize != *theirs as usize {
-        return Err(err(
-            "cudarc resolved another libnvrtc by name (an unversioned libnvrtc.so of a different \
+        return Err(err("cudarc resolved another libnvrtc by name (an unversioned libnvrtc.so of a different \
              CUDA on the loader path?); remove it from LD_LIBRARY_PATH or point CUDA_HOME at CUDA 13"
-                .into(),
-        ));
+            .into()));
     }
     Ok(())
 }
@@ -402,33 +293,14 @@ struct SearchRoots {
 
 impl SearchRoots {
     fn from_process() -> Self {
-        let env_dir = |name: &str| {
-            std::env::var_os(name)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        let mut toolkits: Vec<PathBuf> = ["CUDA_HOME", "CUDA_PATH"]
-            .iter()
-            .filter_map(|n| env_dir(n))
-            .collect();
+        let env_dir = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let mut toolkits: Vec<PathBuf> = ["CUDA_HOME", "CUDA_PATH"].iter().filter_map(|n| env_dir(n)).collect();
         toolkits.push(PathBuf::from("/usr/local/cuda"));
         toolkits.extend(versioned_toolkits(Path::new("/usr/local")));
-        let exe_dir = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf));
-        let walk_from = [
-            exe_dir,
-            std::env::current_dir().ok(),
-            Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        Self {
-            toolkits,
-            cache_dir: env_dir("QFUSE_CACHE_DIR"),
-            walk_from,
-        }
+        let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf));
+        let walk_from =
+            [exe_dir, std::env::current_dir().ok(), Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")))].into_iter().flatten().collect();
+        Self { toolkits, cache_dir: env_dir("QFUSE_CACHE_DIR"), walk_from }
     }
 }
 
@@ -442,12 +314,7 @@ fn versioned_toolkits(parent: &Path) -> Vec<PathBuf> {
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
             let version = name.strip_prefix("cuda-")?;
-            version.starts_with("13").then(|| {
-                (
-                    version.split('.').map(|p| p.parse().unwrap_or(0)).collect(),
-                    e.path(),
-                )
-            })
+            version.starts_with("13").then(|| (version.split('.').map(|p| p.parse().unwrap_or(0)).collect(), e.path()))
         })
         .collect();
     found.sort_by(|a, b| b.0.cmp(&a.0));
@@ -483,12 +350,7 @@ fn probe(lib_dir: &Path) -> Option<Candidate> {
         tracing::debug!(lib_dir = %lib_dir.display(), "libnvrtc.so.13 found but no ../include/cuda_fp8.h");
         return None;
     }
-    Some(Candidate {
-        lib_dir: lib_dir.to_owned(),
-        nvrtc,
-        builtins,
-        include_dir,
-    })
+    Some(Candidate { lib_dir: lib_dir.to_owned(), nvrtc, builtins, include_dir })
 }
 
 /// `libnvrtc-builtins.so.13.*` with the shortest name (`….so.13.0` before `….so.13.0.88`).
@@ -509,10 +371,7 @@ mod tests {
 
     #[test]
     fn numbers_lines_right_aligned() {
-        let src = (1..=10)
-            .map(|i| format!("l{i}"))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let src = (1..=10).map(|i| format!("l{i}")).collect::<Vec<_>>().join("\n");
         let out = number_lines(&src);
         assert!(out.starts_with(" 1 | l1\n"));
         assert!(out.ends_with("10 | l10\n"));
@@ -521,11 +380,7 @@ mod tests {
     #[test]
     fn search_order() {
         let roots = SearchRoots {
-            toolkits: vec![
-                "/opt/cuda".into(),
-                "/usr/local/cuda".into(),
-                "/opt/cuda".into(),
-            ],
+            toolkits: vec!["/opt/cuda".into(), "/usr/local/cuda".into(), "/opt/cuda".into()],
             cache_dir: Some("/c".into()),
             walk_from: vec!["/r/target/debug".into(), "/r".into()],
         };
@@ -554,11 +409,7 @@ mod tests {
         std::fs::create_dir_all(&lib).expect("mkdir");
         std::fs::write(lib.join("libnvrtc.so.13"), b"").expect("write");
         assert_eq!(probe(&lib), None);
-        for n in [
-            "libnvrtc-builtins.so.13.0.88",
-            "libnvrtc-builtins.so.13.0",
-            "libnvrtc-builtins.alt.so.13.0",
-        ] {
+        for n in ["libnvrtc-builtins.so.13.0.88", "libnvrtc-builtins.so.13.0", "libnvrtc-builtins.alt.so.13.0"] {
             std::fs::write(lib.join(n), b"").expect("write");
         }
         assert_eq!(probe(&lib), None);

@@ -19,21 +19,14 @@ pub enum TemplateError {
     Unused { template: String, keys: Vec<String> },
     /// `{{` not followed by an identifier and `}}` (line is 1-based).
     #[error("template `{template}` line {line}: malformed placeholder `{snippet}`")]
-    Malformed {
-        template: String,
-        line: usize,
-        snippet: String,
-    },
+    Malformed { template: String, line: usize, snippet: String },
     /// The same key was given two values.
     #[error("template `{template}`: `{key}` given twice")]
     Duplicate { template: String, key: String },
 }
 
 fn quoted(keys: &[String]) -> String {
-    keys.iter()
-        .map(|k| format!("`{{{{{k}}}}}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    keys.iter().map(|k| format!("`{{{{{k}}}}}`")).collect::<Vec<_>>().join(", ")
 }
 
 /// A template's name (for messages) and text.
@@ -51,10 +44,7 @@ impl Template {
         let mut map: BTreeMap<&str, &str> = BTreeMap::new();
         for (k, v) in values {
             if map.insert(k, v.as_str()).is_some() {
-                return Err(TemplateError::Duplicate {
-                    template: self.name.into(),
-                    key: (*k).into(),
-                });
+                return Err(TemplateError::Duplicate { template: self.name.into(), key: (*k).into() });
             }
         }
         let mut out = String::with_capacity(self.text.len() + 1024);
@@ -77,21 +67,11 @@ impl Template {
         }
         out.push_str(rest);
         if !missing.is_empty() {
-            return Err(TemplateError::Unresolved {
-                template: self.name.into(),
-                keys: missing,
-            });
+            return Err(TemplateError::Unresolved { template: self.name.into(), keys: missing });
         }
-        let unused: Vec<String> = map
-            .keys()
-            .filter(|k| !used.contains(*k))
-            .map(|k| (*k).into())
-            .collect();
+        let unused: Vec<String> = map.keys().filter(|k| !used.contains(*k)).map(|k| (*k).into()).collect();
         if !unused.is_empty() {
-            return Err(TemplateError::Unused {
-                template: self.name.into(),
-                keys: unused,
-            });
+            return Err(TemplateError::Unused { template: self.name.into(), keys: unused });
         }
         Ok(out)
     }
@@ -120,49 +100,28 @@ impl Template {
 mod tests {
     use super::*;
 
-    const T: Template = Template {
-        name: "t.cu",
-        text: "int {{a}} = {{b_1}};\n// {{a}} again\n",
-    };
+    const T: Template = Template { name: "t.cu", text: "int {{a}} = {{b_1}};\n// {{a}} again\n" };
 
     #[test]
     fn substitutes_every_occurrence() {
-        let out = T
-            .render(&[("a", "x".into()), ("b_1", "{{not a key}}".into())])
-            .expect("renders");
+        let out = T.render(&[("a", "x".into()), ("b_1", "{{not a key}}".into())]).expect("renders");
         assert_eq!(out, "int x = {{not a key}};\n// x again\n");
     }
 
     #[test]
     fn unresolved_and_unused_are_errors() {
         let e = T.render(&[("a", "x".into())]).expect_err("b_1 missing");
-        assert_eq!(
-            e,
-            TemplateError::Unresolved {
-                template: "t.cu".into(),
-                keys: vec!["b_1".into()]
-            }
-        );
-        let e = T
-            .render(&[("a", "x".into()), ("b_1", "y".into()), ("c", "z".into())])
-            .expect_err("c unused");
+        assert_eq!(e, TemplateError::Unresolved { template: "t.cu".into(), keys: vec!["b_1".into()] });
+        let e = T.render(&[("a", "x".into()), ("b_1", "y".into()), ("c", "z".into())]).expect_err("c unused");
         assert!(e.to_string().contains("unused `{{c}}`"), "{e}");
-        let e = T
-            .render(&[("a", "x".into()), ("a", "y".into())])
-            .expect_err("dup");
+        let e = T.render(&[("a", "x".into()), ("a", "y".into())]).expect_err("dup");
         assert!(matches!(e, TemplateError::Duplicate { .. }), "{e:?}");
     }
 
     #[test]
     fn malformed_placeholder_reports_line() {
-        let t = Template {
-            name: "m.cu",
-            text: "ok\nint {{ a }};\n",
-        };
+        let t = Template { name: "m.cu", text: "ok\nint {{ a }};\n" };
         let e = t.render(&[]).expect_err("malformed");
-        assert!(
-            matches!(e, TemplateError::Malformed { line: 2, .. }),
-            "{e:?}"
-        );
+        assert!(matches!(e, TemplateError::Malformed { line: 2, .. }), "{e:?}");
     }
 }

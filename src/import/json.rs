@@ -17,9 +17,7 @@ impl JsonFile {
     pub fn read(path: &Path, what: &'static str) -> Result<Self, ImportError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ImportError::MissingFile { path: path.into(), what })
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ImportError::MissingFile { path: path.into(), what }),
             Err(source) => return Err(ImportError::Io { path: path.into(), source }),
         };
         let value = serde_json::from_str(&text).map_err(|e| ImportError::Json { path: path.into(), message: e.to_string() })?;

@@ -40,7 +40,9 @@ impl WeightStore {
         for (name, info) in meta.tensors() {
             let (start, end) = info.data_offsets;
             if end > data_len || start > end {
-                return Err(bad(format!("tensor `{name}` spans bytes {start}..{end} but the data section has {data_len} bytes (truncated file?)")));
+                return Err(bad(format!(
+                    "tensor `{name}` spans bytes {start}..{end} but the data section has {data_len} bytes (truncated file?)"
+                )));
             }
             infos.insert(name.clone(), info.clone());
         }
@@ -86,7 +88,12 @@ impl WeightStore {
             return Err(ImportError::TensorDType { path: self.path.clone(), tensor: name.into(), dtype: format!("{:?}", info.dtype) });
         }
         if info.shape.iter().map(|&d| d as u64).ne(expected.iter().copied()) {
-            return Err(ImportError::TensorShape { path: self.path.clone(), tensor: name.into(), expected: expected.to_vec(), got: info.shape.clone() });
+            return Err(ImportError::TensorShape {
+                path: self.path.clone(),
+                tensor: name.into(),
+                expected: expected.to_vec(),
+                got: info.shape.clone(),
+            });
         }
         Ok(())
     }
@@ -108,7 +115,12 @@ impl WeightStore {
         };
         let numel: usize = info.shape.iter().product();
         if values.len() != numel {
-            return Err(format!("{}: tensor `{name}` holds {} values, its shape {:?} needs {numel}", self.path.display(), values.len(), info.shape));
+            return Err(format!(
+                "{}: tensor `{name}` holds {} values, its shape {:?} needs {numel}",
+                self.path.display(),
+                values.len(),
+                info.shape
+            ));
         }
         Ok(Tensor::f32(info.shape.clone(), values))
     }

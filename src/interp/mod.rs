@@ -424,11 +424,7 @@ fn check_structure(g: &Graph) -> Result<(), InterpError> {
 }
 
 fn find_input<'t>(inputs: &'t [(&str, Tensor)], name: &str) -> Result<&'t Tensor, InterpError> {
-    inputs
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, t)| t)
-        .ok_or_else(|| InterpError::MissingInput { name: name.into() })
+    inputs.iter().find(|(n, _)| *n == name).map(|(_, t)| t).ok_or_else(|| InterpError::MissingInput { name: name.into() })
 }
 
 /// Checks an op's results against its declared output types.
@@ -438,10 +434,7 @@ fn check_results(results: &[tensor::Tensor], outs: &[ops::OutType]) -> Result<()
     }
     for (i, (t, o)) in results.iter().zip(outs).enumerate() {
         if t.dtype != o.dtype || t.shape != o.shape {
-            return Err(format!(
-                "internal: result {i} is {}{:?}, declared {}{:?}",
-                t.dtype, t.shape, o.dtype, o.shape
-            ));
+            return Err(format!("internal: result {i} is {}{:?}, declared {}{:?}", t.dtype, t.shape, o.dtype, o.shape));
         }
         t.check().map_err(|m| format!("internal: result {i}: {m}"))?;
     }

@@ -3,7 +3,10 @@
 //! One function encodes an op's payload as attributes and one decodes it, so the printer and the
 //! parser cannot drift apart.
 
-use super::{BinaryOp, DType, EpilogueOp, EpilogueStep, Granularity, NormKind, Op, QMatMul, QuantSpec, ReduceOp, ScaleSource, UnaryOp, ValueId, ZeroPoint};
+use super::{
+    BinaryOp, DType, EpilogueOp, EpilogueStep, Granularity, NormKind, Op, QMatMul, QuantSpec, ReduceOp, ScaleSource, UnaryOp, ValueId,
+    ZeroPoint,
+};
 use crate::numerics::E8M0Rounding;
 
 /// An attribute value.
@@ -147,10 +150,9 @@ fn encode_quant(spec: &QuantSpec, extra: &[ValueId]) -> Vec<Attr> {
         Granularity::PerTensor => bare("per_tensor"),
         Granularity::PerChannel { axis } => Attr { key: None, value: AttrValue::Call("per_channel".into(), vec![int(*axis)]) },
         Granularity::PerToken => bare("per_token"),
-        Granularity::Block { blocks } => Attr {
-            key: None,
-            value: AttrValue::Call("block".into(), blocks.iter().map(|&(a, s)| AttrValue::Pair(a, s as i64)).collect()),
-        },
+        Granularity::Block { blocks } => {
+            Attr { key: None, value: AttrValue::Call("block".into(), blocks.iter().map(|&(a, s)| AttrValue::Pair(a, s as i64)).collect()) }
+        }
     };
     let scale = match &spec.scale {
         ScaleSource::Literal(s) => f32_num(*s),
@@ -231,7 +233,9 @@ pub fn decode(mnemonic: &str, attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), Stri
         "softmax" => Op::Softmax { axis: as_int(required(attrs, "axis")?)? },
         "transpose" => {
             let perm = as_int_list(required(attrs, "perm")?)?;
-            Op::Transpose { perm: perm.into_iter().map(|p| usize::try_from(p).map_err(|_| "negative perm entry")).collect::<Result<_, _>>()? }
+            Op::Transpose {
+                perm: perm.into_iter().map(|p| usize::try_from(p).map_err(|_| "negative perm entry")).collect::<Result<_, _>>()?,
+            }
         }
         "reduce_sum" | "reduce_mean" | "reduce_max" => Op::Reduce {
             op: match mnemonic {

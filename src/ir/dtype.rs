@@ -95,10 +95,7 @@ impl DType {
 
     /// True for floating-point storage types, wide or narrow.
     pub fn is_float(self) -> bool {
-        matches!(
-            self,
-            DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::F8E5M2 | DType::F4E2M1 | DType::E8M0
-        )
+        matches!(self, DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::F8E5M2 | DType::F4E2M1 | DType::E8M0)
     }
 
     /// True for the integer types.
@@ -108,10 +105,7 @@ impl DType {
 
     /// True for the types a `quantize` may produce.
     pub fn is_quantized_storage(self) -> bool {
-        matches!(
-            self,
-            DType::F8E4M3 | DType::F8E5M2 | DType::I8 | DType::U8 | DType::I4 | DType::U4 | DType::F4E2M1
-        )
+        matches!(self, DType::F8E4M3 | DType::F8E5M2 | DType::I8 | DType::U8 | DType::I4 | DType::U4 | DType::F4E2M1)
     }
 
     /// The largest finite value (`qmax` in quant-formats.md), as f64.
@@ -156,10 +150,6 @@ impl fmt::Display for DType {
 impl FromStr for DType {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        DType::ALL
-            .iter()
-            .copied()
-            .find(|d| d.name() == s)
-            .ok_or_else(|| format!("unknown dtype `{s}`"))
+        DType::ALL.iter().copied().find(|d| d.name() == s).ok_or_else(|| format!("unknown dtype `{s}`"))
     }
 }

@@ -65,13 +65,7 @@ impl Graph {
     }
 
     /// Appends a node with the given output types (not checked here; see `verify`).
-    pub fn add_node(
-        &mut self,
-        op: Op,
-        inputs: &[ValueId],
-        output_types: Vec<TensorType>,
-        name: Option<String>,
-    ) -> NodeId {
+    pub fn add_node(&mut self, op: Op, inputs: &[ValueId], output_types: Vec<TensorType>, name: Option<String>) -> NodeId {
         let id = NodeId::from(self.nodes.len());
         let outputs = output_types
             .into_iter()

@@ -3,7 +3,10 @@
 //! Ops whose result type is not a function of their inputs (`input`, `weight`, `scalar`, `iota`,
 //! `cast`, `reshape`, `dequantize`) take it from the *declared* type and check it instead.
 
-use super::{normalize_axis, shape_text, Dim, DType, EpilogueOp, Granularity, NormKind, Op, QMatMul, QuantSpec, ReduceOp, ScaleSource, Shape, TensorType, ZeroPoint};
+use super::{
+    normalize_axis, shape_text, DType, Dim, EpilogueOp, Granularity, NormKind, Op, QMatMul, QuantSpec, ReduceOp, ScaleSource, Shape,
+    TensorType, ZeroPoint,
+};
 
 /// Result of a type rule: the output types, or why the node is ill-typed.
 pub type InferResult = Result<Vec<TensorType>, String>;
@@ -173,10 +176,13 @@ fn norm(inputs: &[&TensorType]) -> Result<TensorType, String> {
 fn same_numel(a: &Shape, b: &Shape) -> bool {
     let split = |s: &Shape| {
         let fixed: u64 = s.iter().filter_map(|d| d.fixed()).product();
-        let mut syms: Vec<_> = s.iter().filter_map(|d| match d {
-            Dim::Sym(id) => Some(*id),
-            Dim::Fixed(_) => None,
-        }).collect();
+        let mut syms: Vec<_> = s
+            .iter()
+            .filter_map(|d| match d {
+                Dim::Sym(id) => Some(*id),
+                Dim::Fixed(_) => None,
+            })
+            .collect();
         syms.sort();
         (fixed, syms)
     };
@@ -377,7 +383,13 @@ fn qmatmul(q: &QMatMul, inputs: &[&TensorType]) -> Result<TensorType, String> {
         if step.op == EpilogueOp::Add {
             let t = rest.next().ok_or("missing epilogue operand")?;
             if t.dtype != dtype || broadcast_shapes(&shape, &t.shape)? != shape {
-                return Err(format!("epilogue operand {}{} does not fit the {}{} result", t.dtype, shape_text(&t.shape), dtype, shape_text(&shape)));
+                return Err(format!(
+                    "epilogue operand {}{} does not fit the {}{} result",
+                    t.dtype,
+                    shape_text(&t.shape),
+                    dtype,
+                    shape_text(&shape)
+                ));
             }
         }
         dtype = step.dtype;

@@ -48,11 +48,8 @@ pub fn canonical_order(g: &Graph) -> Option<Vec<NodeId>> {
     let mut visited = vec![false; g.nodes.len()];
     let mut order = Vec::with_capacity(g.nodes.len());
     let inputs = g.nodes.iter().filter(|(_, n)| matches!(n.op, super::Op::Input { .. }));
-    let roots: Vec<NodeId> = inputs
-        .map(|(id, _)| id)
-        .chain(g.outputs.iter().map(|&(_, v)| g.values[v].producer))
-        .chain(g.nodes.ids())
-        .collect();
+    let roots: Vec<NodeId> =
+        inputs.map(|(id, _)| id).chain(g.outputs.iter().map(|&(_, v)| g.values[v].producer)).chain(g.nodes.ids()).collect();
     for root in roots {
         post_order(g, root, &mut visited, &mut order);
     }

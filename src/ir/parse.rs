@@ -4,7 +4,7 @@
 //! A value must be defined before it is used.
 
 use super::attrs::{self, Attr, AttrValue};
-use super::{Dim, DType, Graph, Op, TensorType, ValueId};
+use super::{DType, Dim, Graph, Op, TensorType, ValueId};
 use std::collections::HashMap;
 use std::fmt;
 
@@ -102,8 +102,12 @@ impl<'a> Lexer<'a> {
                     Tok::At(self.take_while(start + 1, super::print::is_name_char).to_string())
                 }
             }
-            c if c.is_ascii_digit() || c == '-' => Tok::Num(self.take_while(start, |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+')).to_string()),
-            c if c.is_ascii_alphabetic() || c == '_' => Tok::Ident(self.take_while(start, |c| c.is_ascii_alphanumeric() || c == '_').to_string()),
+            c if c.is_ascii_digit() || c == '-' => {
+                Tok::Num(self.take_while(start, |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+')).to_string())
+            }
+            c if c.is_ascii_alphabetic() || c == '_' => {
+                Tok::Ident(self.take_while(start, |c| c.is_ascii_alphanumeric() || c == '_').to_string())
+            }
             c if "=,:{}[]()".contains(c) => {
                 self.chars.next();
                 Tok::Punct(c)

@@ -72,18 +72,12 @@ pub struct QuantSpec {
 impl QuantSpec {
     /// A symmetric per-tensor spec with a literal scale.
     pub fn per_tensor(storage: DType, scale: f32) -> Self {
-        QuantSpec {
-            storage,
-            granularity: Granularity::PerTensor,
-            scale: ScaleSource::Literal(scale),
-            zero_point: None,
-        }
+        QuantSpec { storage, granularity: Granularity::PerTensor, scale: ScaleSource::Literal(scale), zero_point: None }
     }
 
     /// Number of extra inputs (after the data input) that this spec reads: scale, then zero point.
     pub fn extra_inputs(&self) -> usize {
-        usize::from(self.scale == ScaleSource::Input)
-            + usize::from(self.zero_point == Some(ZeroPoint::Input))
+        usize::from(self.scale == ScaleSource::Input) + usize::from(self.zero_point == Some(ZeroPoint::Input))
     }
 
     /// True when the scale is computed at run time by the quantize.

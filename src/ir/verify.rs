@@ -85,8 +85,8 @@ fn check_symbols(g: &Graph, report: &mut impl FnMut(Option<NodeId>, String)) {
     let mut seen = HashSet::new();
     for s in g.symbols.values() {
         let mut chars = s.name.chars();
-        let ident = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let ident =
+            chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !ident {
             report(None, format!("symbol name \"{}\" is not an identifier", s.name));
         }

@@ -126,9 +126,7 @@ pub fn encode_bits(x: f32, dt: DType) -> u32 {
         DType::F8E5M2 => f32_to_e5m2(x) as u32,
         DType::F4E2M1 => f32_to_e2m1(x) as u32,
         DType::E8M0 => f32_to_e8m0(x, E8M0Rounding::Up) as u32,
-        DType::I8 | DType::U8 | DType::I4 | DType::U4 | DType::I32 | DType::I64 => {
-            (cast(x, dt) as i64 as u64 & width_mask(dt)) as u32
-        }
+        DType::I8 | DType::U8 | DType::I4 | DType::U4 | DType::I32 | DType::I64 => (cast(x, dt) as i64 as u64 & width_mask(dt)) as u32,
     }
 }
 

@@ -131,12 +131,15 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(folded, [
-            "k:a.dq: identical dequantize merged (CSE)",
-            "k:a.q: identical quantize merged (CSE)",
-            "v:a.dq: identical dequantize merged (CSE)",
-            "v:a.q: identical quantize merged (CSE)",
-        ]);
+        assert_eq!(
+            folded,
+            [
+                "k:a.dq: identical dequantize merged (CSE)",
+                "k:a.q: identical quantize merged (CSE)",
+                "v:a.dq: identical dequantize merged (CSE)",
+                "v:a.q: identical quantize merged (CSE)",
+            ]
+        );
         assert!(!Cse.run(&mut g, &mut cx).unwrap(), "a second run finds nothing");
     }
 }

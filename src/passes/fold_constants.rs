@@ -92,7 +92,6 @@ fn fail(message: String) -> PassError {
     PassError::Failed { pass: "fold-constants", message }
 }
 
-
 /// The checkpoint name at the root of `v` when `v` is a `weight` seen through `cast`s.
 fn constant_root(g: &Graph, v: ValueId) -> Option<&str> {
     let node = g.producer(v);
@@ -241,7 +240,8 @@ graph "t" {
         assert!(text.contains("weight @w.i8 : i8[4,4]") && text.contains("weight @w.i8.1 : i8[4,4]"), "{text}");
         assert_ne!(*w.weight("w.i8").unwrap(), *w.weight("w.i8.1").unwrap());
         let report = cx.report.finish(&g);
-        let folded: Vec<&str> = report.iter().filter(|e| matches!(e.outcome, crate::passes::report::Outcome::Folded { .. })).map(|e| e.qdq.as_str()).collect();
+        let folded: Vec<&str> =
+            report.iter().filter(|e| matches!(e.outcome, crate::passes::report::Outcome::Folded { .. })).map(|e| e.qdq.as_str()).collect();
         assert_eq!(folded, ["a:b.q", "c:b.q"]);
         // A second run over the same store reuses the names (equal data), and finds nothing to do.
         assert!(!FoldConstants.run(&mut g, &mut cx).unwrap());

@@ -56,7 +56,8 @@ impl Pass for FoldScales {
     }
 
     fn run(&self, g: &mut Graph, cx: &mut PassCx) -> Result<bool, PassError> {
-        let order = order::canonical_order(g).ok_or_else(|| PassError::Failed { pass: "fold-scales", message: "the graph has a cycle".into() })?;
+        let order =
+            order::canonical_order(g).ok_or_else(|| PassError::Failed { pass: "fold-scales", message: "the graph has a cycle".into() })?;
         let (live, users) = (g.live_nodes(), live_users(g));
         let mut rewrites = vec![];
         for id in order.into_iter().filter(|id| live[id.index()]) {
@@ -89,7 +90,6 @@ enum Match {
     Apply(Rewrite),
     Decline { nodes: [NodeId; 2], reason: String },
 }
-
 
 /// `quantize(dequantize(q, s1), s2)`: elided, requantized, or declined (module doc).
 fn match_dq_q(g: &Graph, users: &Users, id: NodeId) -> Option<Match> {
@@ -239,7 +239,8 @@ mod tests {
                 specs.push(QuantSpec::per_tensor(st, s));
             }
         }
-        specs.extend(scales.iter().map(|&s| QuantSpec { zero_point: Some(ZeroPoint::Literal(128)), ..QuantSpec::per_tensor(DType::U8, s) }));
+        specs
+            .extend(scales.iter().map(|&s| QuantSpec { zero_point: Some(ZeroPoint::Literal(128)), ..QuantSpec::per_tensor(DType::U8, s) }));
         let mut elided = 0;
         for spec in &specs {
             for via in [DType::F32, DType::F16, DType::BF16] {
@@ -248,7 +249,9 @@ mod tests {
                 }
                 elided += 1;
                 for (c, back) in round_trip_all_codes(spec, via) {
-                    let same = c.to_bits() == back.to_bits() || (c.is_nan() && back.is_nan()) || (c == 0.0 && back == 0.0 && spec.storage.is_int());
+                    let same = c.to_bits() == back.to_bits()
+                        || (c.is_nan() && back.is_nan())
+                        || (c == 0.0 && back == 0.0 && spec.storage.is_int());
                     assert!(same, "{spec:?} via {via}: code {c} came back as {back}");
                 }
             }

@@ -40,7 +40,9 @@
 
 use super::dce::{live_users, output_uses};
 use super::{loc, Pass, PassCx, PassError};
-use crate::ir::{infer, normalize_axis, order, print, Builder, DType, Granularity, Graph, IdVec, NodeId, Op, QMatMul, ScaleSource, TensorType, ValueId};
+use crate::ir::{
+    infer, normalize_axis, order, print, Builder, DType, Granularity, Graph, IdVec, NodeId, Op, QMatMul, ScaleSource, TensorType, ValueId,
+};
 use smallvec::SmallVec;
 
 /// The live readers of every value, once per operand slot (`dce::live_users`).
@@ -171,7 +173,9 @@ fn operand(g: &Graph, users: &Users, dq: NodeId, side: Side, transpose_b: bool) 
     match (&spec.scale, &spec.granularity) {
         (ScaleSource::Literal(s), _) => Ok(Operand { q, literal: *s, vector: None }),
         (_, Granularity::Block { .. }) => Err("block granularities are not supported by qmatmul".into()),
-        (_, Granularity::PerTensor) => Err("the per-tensor scale is a graph value, not a literal (fold-scales turns constant scales into literals)".into()),
+        (_, Granularity::PerTensor) => {
+            Err("the per-tensor scale is a graph value, not a literal (fold-scales turns constant scales into literals)".into())
+        }
         (_, Granularity::PerToken) if side == Side::B => Err("per-token scale on b: qmatmul scales b per output channel only".into()),
         (_, Granularity::PerToken) => Ok(Operand { q, literal: 1.0, vector: Some(node.inputs[1]) }),
         (_, Granularity::PerChannel { axis }) => {
@@ -192,7 +196,9 @@ fn channel_axis(axis: i64, rank: usize, side: Side, transpose_b: bool) -> Result
     match axis {
         a if a == n => Ok(()),
         a if a == k => Err("per-channel scale on the reduction axis".into()),
-        a if side == Side::A && a == rank - 2 => Err("per-channel scale on a's rows: qmatmul takes row scales of a as per_token ([.., M, 1])".into()),
+        a if side == Side::A && a == rank - 2 => {
+            Err("per-channel scale on a's rows: qmatmul takes row scales of a as per_token ([.., M, 1])".into())
+        }
         _ => Err("per-channel scale on a batch axis".into()),
     }
 }
@@ -223,7 +229,9 @@ fn apply_dq_matmul(g: &mut Graph, matmul: NodeId, op: Op, inputs: &[ValueId]) ->
     let (old, name) = (g.nodes[matmul].outputs[0], g.nodes[matmul].name.clone());
     let mut b = Builder::new(g);
     b.scope = name;
-    let out = b.add1(op, inputs, None).map_err(|message| PassError::Failed { pass: "fuse-dq-matmul", message: format!("{matmul}: {message}") })?;
+    let out = b
+        .add1(op, inputs, None)
+        .map_err(|message| PassError::Failed { pass: "fuse-dq-matmul", message: format!("{matmul}: {message}") })?;
     g.replace_all_uses(old, out);
     Ok(g.values[out].producer)
 }
@@ -236,7 +244,6 @@ fn non_matmul_reader(g: &Graph, users: &Users, v: ValueId) -> Option<String> {
     let other = users[v].iter().find(|&&r| !matches!(g.nodes[r].op, Op::MatMul { .. }))?;
     Some(format!("{} {:?}", g.nodes[*other].op.mnemonic(), loc(g, *other)))
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -255,14 +262,20 @@ mod tests {
 
     #[test]
     fn declines_name_the_operand_at_fault() {
-        assert_eq!(report("per_channel_reduction_axis"), [
-            "L:a.dq: standalone, the other operand's dequantize (L:b.dq) does not fuse: per-channel scale on the reduction axis",
-            "L:b.dq: standalone, per-channel scale on the reduction axis",
-        ]);
+        assert_eq!(
+            report("per_channel_reduction_axis"),
+            [
+                "L:a.dq: standalone, the other operand's dequantize (L:b.dq) does not fuse: per-channel scale on the reduction axis",
+                "L:b.dq: standalone, per-channel scale on the reduction axis",
+            ]
+        );
         assert_eq!(report("dequantize_other_reader"), [
             "L:a.dq: standalone, the dequantized value is also read by add \"residual\", so the dequantize must stay",
             "L:b.dq: standalone, the other operand's dequantize (L:a.dq) does not fuse: the dequantized value is also read by add \"residual\", so the dequantize must stay",
         ]);
-        assert_eq!(report("weight_only"), ["L:b.dq: standalone, the other matmul operand is not dequantized; qmatmul needs both operands quantized"]);
+        assert_eq!(
+            report("weight_only"),
+            ["L:b.dq: standalone, the other matmul operand is not dequantized; qmatmul needs both operands quantized"]
+        );
     }
 }

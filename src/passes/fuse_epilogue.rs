@@ -39,7 +39,9 @@
 
 use super::dce::{live_users, output_uses};
 use super::{loc, Pass, PassCx, PassError};
-use crate::ir::{order, BinaryOp, Builder, EpilogueOp, EpilogueStep, Granularity, Graph, IdVec, NodeId, Op, QuantSpec, ScaleSource, UnaryOp, ValueId};
+use crate::ir::{
+    order, BinaryOp, Builder, EpilogueOp, EpilogueStep, Granularity, Graph, IdVec, NodeId, Op, QuantSpec, ScaleSource, UnaryOp, ValueId,
+};
 use smallvec::SmallVec;
 
 /// The live readers of every value, once per operand slot (`dce::live_users`).
@@ -142,7 +144,8 @@ fn sole_reader(g: &Graph, users: &Users, v: ValueId) -> Result<NodeId, Option<(N
         return Ok(*only);
     }
     let Some(&quantize) = readers.iter().find(|&&r| matches!(g.nodes[r].op, Op::Quantize(_))) else { return Err(None) };
-    let mut others: Vec<String> = readers.iter().filter(|&&r| r != quantize).map(|&r| format!("{} {:?}", g.nodes[r].op.mnemonic(), loc(g, r))).collect();
+    let mut others: Vec<String> =
+        readers.iter().filter(|&&r| r != quantize).map(|&r| format!("{} {:?}", g.nodes[r].op.mnemonic(), loc(g, r))).collect();
     others.extend(g.outputs.iter().filter(|&&(_, o)| o == v).map(|(n, _)| format!("the graph output {n:?}")));
     if others.is_empty() {
         others.push(format!("{:?} twice", loc(g, quantize)));
@@ -206,7 +209,6 @@ fn apply_epilogue(g: &mut Graph, id: NodeId, chain: &Chain) -> Result<NodeId, Pa
     g.replace_all_uses(chain.last, out);
     Ok(g.values[out].producer)
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -104,7 +104,11 @@ fn match_norm_quantize(g: &Graph, users: &Users, id: NodeId) -> Option<Match> {
         };
         let reason = unsupported(q, what).or_else(|| {
             let first = spec.filter(|&s| s != q)?;
-            Some(format!("the {what}'s result is also quantized as {} by {}, which fused; one norm fuses with one quantization", describe(first), loc(g, quantizes[0])))
+            Some(format!(
+                "the {what}'s result is also quantized as {} by {}, which fused; one norm fuses with one quantization",
+                describe(first),
+                loc(g, quantizes[0])
+            ))
         });
         match reason {
             Some(reason) => {
@@ -138,7 +142,9 @@ fn unsupported(spec: &QuantSpec, norm: &str) -> Option<String> {
     let what = match (&spec.granularity, &spec.scale) {
         (Granularity::PerTensor, ScaleSource::Literal(_)) | (Granularity::PerToken, ScaleSource::Dynamic { .. }) => return None,
         (_, ScaleSource::Input) => "a scale read from a graph value (fold-scales turns constant scales into literals)",
-        (Granularity::PerTensor, ScaleSource::Dynamic { .. }) => "a dynamic per-tensor scale (it needs the whole tensor's amax before any row is quantized)",
+        (Granularity::PerTensor, ScaleSource::Dynamic { .. }) => {
+            "a dynamic per-tensor scale (it needs the whole tensor's amax before any row is quantized)"
+        }
         (Granularity::PerToken, ScaleSource::Literal(_)) => "a literal per-token scale",
         (Granularity::PerChannel { .. }, _) => "per-channel scales",
         (Granularity::Block { .. }, _) => "block scales",
@@ -160,7 +166,9 @@ fn apply_norm_quantize(g: &mut Graph, f: &Fusion) -> Result<NodeId, PassError> {
     let (inputs, name) = (norm.inputs.to_vec(), norm.name.clone());
     let mut b = Builder::new(g);
     b.scope = name;
-    let outs = b.add(op, &inputs, None).map_err(|message| PassError::Failed { pass: "fuse-layernorm-quantize", message: format!("{}: {message}", f.norm) })?;
+    let outs = b
+        .add(op, &inputs, None)
+        .map_err(|message| PassError::Failed { pass: "fuse-layernorm-quantize", message: format!("{}: {message}", f.norm) })?;
     for &q in &f.quantizes {
         for (slot, v) in g.nodes[q].outputs.clone().into_iter().enumerate() {
             g.replace_all_uses(v, outs[slot]);
@@ -171,7 +179,6 @@ fn apply_norm_quantize(g: &mut Graph, f: &Fusion) -> Result<NodeId, PassError> {
     }
     Ok(g.values[outs[0]].producer)
 }
-
 
 /// `f8e4m3 per_tensor scale=0.05`, for messages.
 fn describe(spec: &QuantSpec) -> String {
@@ -201,11 +208,14 @@ mod tests {
 
     #[test]
     fn identical_quantizes_fuse_into_one_node() {
-        assert_eq!(report("keep_normed_residual"), [
-            "K:a.q: fused into layernorm_quantize E.LayerNorm",
-            "Q:a.q: fused into layernorm_quantize E.LayerNorm",
-            "V:a.q: fused into layernorm_quantize E.LayerNorm",
-        ]);
+        assert_eq!(
+            report("keep_normed_residual"),
+            [
+                "K:a.q: fused into layernorm_quantize E.LayerNorm",
+                "Q:a.q: fused into layernorm_quantize E.LayerNorm",
+                "V:a.q: fused into layernorm_quantize E.LayerNorm",
+            ]
+        );
     }
 
     #[test]
@@ -215,6 +225,9 @@ mod tests {
             "B:a.q: standalone, the layernorm's result is also quantized as f8e4m3 per_tensor scale=0.0123 by A:a.q, which fused; one norm fuses with one quantization",
         ]);
         assert_eq!(report("zero_point"), ["L:a.q: standalone, zero points are not supported by layernorm_quantize"]);
-        assert_eq!(report("block_scales"), ["L:a.q: standalone, rmsnorm_quantize takes a literal per-tensor or a dynamic per-token scale, not block scales"]);
+        assert_eq!(
+            report("block_scales"),
+            ["L:a.q: standalone, rmsnorm_quantize takes a literal per-tensor or a dynamic per-token scale, not block scales"]
+        );
     }
 }

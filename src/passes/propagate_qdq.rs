@@ -80,7 +80,6 @@ fn fail(message: String) -> PassError {
     PassError::Failed { pass: "propagate-qdq", message }
 }
 
-
 /// Matches every live node, then applies the matches that touch no node an earlier one touched.
 fn run_round(g: &mut Graph, cx: &mut PassCx) -> Result<bool, PassError> {
     let order = order::canonical_order(g).ok_or_else(|| fail("the graph has a cycle".into()))?;
@@ -242,7 +241,8 @@ mod tests {
 
     #[test]
     fn declines_are_reported_with_their_reason() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ir/propagate-qdq/per_channel_across_transpose.ir")).unwrap();
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ir/propagate-qdq/per_channel_across_transpose.ir"))
+            .unwrap();
         let (r, _, report) = run(&text);
         assert!(!r.unwrap());
         let reason = |name: &str| match report.iter().find(|(n, _)| n == name) {
@@ -254,9 +254,12 @@ mod tests {
         let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ir/propagate-qdq/layout_result_shared.ir")).unwrap();
         let (_, _, report) = run(&text);
         let reasons: Vec<String> = report.into_iter().filter(|(n, _)| n.ends_with(".q")).map(|(n, o)| format!("{n}: {o:?}")).collect();
-        assert_eq!(reasons, [
-            r#"m:a.q: Standalone { reason: "the reshape it reads has 3 uses; quantizing above it would keep both copies" }"#,
-            r#"n:a.q: Standalone { reason: "the transpose it reads has 2 uses; quantizing above it would keep both copies" }"#,
-        ]);
+        assert_eq!(
+            reasons,
+            [
+                r#"m:a.q: Standalone { reason: "the reshape it reads has 3 uses; quantizing above it would keep both copies" }"#,
+                r#"n:a.q: Standalone { reason: "the transpose it reads has 2 uses; quantizing above it would keep both copies" }"#,
+            ]
+        );
     }
 }

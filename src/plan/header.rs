@@ -124,12 +124,7 @@ impl PlanHeader {
         put_u32(&mut b, OFF_FLAGS, self.flags);
         put_u16(&mut b, OFF_NVRTC, self.nvrtc_version.0);
         put_u16(&mut b, OFF_NVRTC + 2, self.nvrtc_version.1);
-        put_str(
-            &mut b,
-            OFF_QFUSE_VERSION,
-            "qfuse version",
-            &self.qfuse_version,
-        )?;
+        put_str(&mut b, OFF_QFUSE_VERSION, "qfuse version", &self.qfuse_version)?;
         put_str(&mut b, OFF_ARCH, "arch", &self.arch)?;
         put_u64(&mut b, OFF_META, self.meta.offset);
         put_u64(&mut b, OFF_META + 8, self.meta.len);
@@ -145,53 +140,29 @@ impl PlanHeader {
 
     /// Validates the header of `file` in the documented order (magic, size, header crc, format
     /// version, file length, arch) and decodes it. Extents are checked by [`Self::check_extents`].
-    pub(crate) fn parse(
-        path: &Path,
-        file: &[u8],
-        expected_arch: Option<&str>,
-    ) -> Result<Self, PlanError> {
+    pub(crate) fn parse(path: &Path, file: &[u8], expected_arch: Option<&str>) -> Result<Self, PlanError> {
         check_magic(path, file)?;
         let header_size = check_header_crc(path, file)?;
-        let format = FormatVersion {
-            major: get_u16(file, OFF_MAJOR),
-            minor: get_u16(file, OFF_MINOR),
-        };
+        let format = FormatVersion { major: get_u16(file, OFF_MAJOR), minor: get_u16(file, OFF_MINOR) };
         check_format(path, format)?;
         let header = Self::decode_fields(path, file, format, header_size)?;
         let found = file.len() as u64;
         if found < header.file_len {
-            return Err(PlanError::Truncated {
-                path: path.into(),
-                expected: header.file_len,
-                found,
-            });
+            return Err(PlanError::Truncated { path: path.into(), expected: header.file_len, found });
         }
         if found > header.file_len {
-            let what = format!(
-                "{} trailing bytes after the {}-byte plan",
-                found - header.file_len,
-                header.file_len
-            );
+            let what = format!("{} trailing bytes after the {}-byte plan", found - header.file_len, header.file_len);
             return Err(corrupt(path, what));
         }
         if let Some(device) = expected_arch {
             if !super::arch_compatible(&header.arch, device) {
-                return Err(PlanError::WrongArch {
-                    path: path.into(),
-                    plan: header.arch,
-                    device: device.into(),
-                });
+                return Err(PlanError::WrongArch { path: path.into(), plan: header.arch, device: device.into() });
             }
         }
         Ok(header)
     }
 
-    fn decode_fields(
-        path: &Path,
-        b: &[u8],
-        format: FormatVersion,
-        header_size: u32,
-    ) -> Result<Self, PlanError> {
+    fn decode_fields(path: &Path, b: &[u8], format: FormatVersion, header_size: u32) -> Result<Self, PlanError> {
         Ok(Self {
             format,
             header_size,
@@ -199,16 +170,8 @@ impl PlanHeader {
             nvrtc_version: (get_u16(b, OFF_NVRTC), get_u16(b, OFF_NVRTC + 2)),
             qfuse_version: get_str(path, b, OFF_QFUSE_VERSION, "qfuse version")?,
             arch: get_str(path, b, OFF_ARCH, "arch")?,
-            meta: PlanExtent {
-                offset: get_u64(b, OFF_META),
-                len: get_u64(b, OFF_META + 8),
-                crc32: get_u32(b, OFF_META_CRC),
-            },
-            sections: PlanExtent {
-                offset: get_u64(b, OFF_TABLE),
-                len: get_u64(b, OFF_TABLE + 8),
-                crc32: get_u32(b, OFF_TABLE_CRC),
-            },
+            meta: PlanExtent { offset: get_u64(b, OFF_META), len: get_u64(b, OFF_META + 8), crc32: get_u32(b, OFF_META_CRC) },
+            sections: PlanExtent { offset: get_u64(b, OFF_TABLE), len: get_u64(b, OFF_TABLE + 8), crc32: get_u32(b, OFF_TABLE_CRC) },
             file_len: get_u64(b, OFF_FILE_LEN),
         })
     }
@@ -217,9 +180,7 @@ impl PlanHeader {
     /// file, without overflow, before anything is read from them.
     pub(crate) fn check_extents(&self, path: &Path) -> Result<(), PlanError> {
         for (name, ext) in [("metadata", &self.meta), ("section table", &self.sections)] {
-            let inside = ext.end().is_some_and(|end| {
-                ext.offset >= u64::from(self.header_size) && end <= self.file_len
-            });
+            let inside = ext.end().is_some_and(|end| ext.offset >= u64::from(self.header_size) && end <= self.file_len);
             if !inside {
                 let what = format!(
                     "header: {name} extent offset {} length {} lies outside bytes {}..{} of the file",
@@ -233,10 +194,7 @@ impl PlanHeader {
 }
 
 fn corrupt(path: &Path, what: impl Into<String>) -> PlanError {
-    PlanError::Corrupt {
-        path: path.into(),
-        what: what.into(),
-    }
+    PlanError::Corrupt { path: path.into(), what: what.into() }
 }
 
 /// Empty files and files whose first bytes differ from the magic are foreign; a file that starts
@@ -244,22 +202,12 @@ fn corrupt(path: &Path, what: impl Into<String>) -> PlanError {
 fn check_magic(path: &Path, file: &[u8]) -> Result<(), PlanError> {
     let prefix = &file[..file.len().min(MAGIC.len())];
     if file.is_empty() || prefix != &MAGIC[..prefix.len()] {
-        let found_magic = if file.is_empty() {
-            "nothing (the file is empty)".to_string()
-        } else {
-            format!("\"{}\"", prefix.escape_ascii())
-        };
-        return Err(PlanError::Foreign {
-            path: path.into(),
-            found_magic,
-        });
+        let found_magic =
+            if file.is_empty() { "nothing (the file is empty)".to_string() } else { format!("\"{}\"", prefix.escape_ascii()) };
+        return Err(PlanError::Foreign { path: path.into(), found_magic });
     }
     if file.len() < HEADER_SIZE {
-        return Err(PlanError::Truncated {
-            path: path.into(),
-            expected: HEADER_SIZE as u64,
-            found: file.len() as u64,
-        });
+        return Err(PlanError::Truncated { path: path.into(), expected: HEADER_SIZE as u64, found: file.len() as u64 });
     }
     Ok(())
 }
@@ -267,50 +215,28 @@ fn check_magic(path: &Path, file: &[u8]) -> Result<(), PlanError> {
 /// Reads the header size, bounds it, and checks the crc in the header's last 4 bytes.
 fn check_header_crc(path: &Path, file: &[u8]) -> Result<u32, PlanError> {
     let header_size = get_u32(file, OFF_HEADER_SIZE);
-    if (header_size as usize) < HEADER_SIZE || header_size > MAX_HEADER_SIZE || header_size % 4 != 0
-    {
-        return Err(corrupt(
-            path,
-            format!("header checksum (header size field {header_size} is invalid)"),
-        ));
+    if (header_size as usize) < HEADER_SIZE || header_size > MAX_HEADER_SIZE || header_size % 4 != 0 {
+        return Err(corrupt(path, format!("header checksum (header size field {header_size} is invalid)")));
     }
     if u64::from(header_size) > file.len() as u64 {
-        return Err(PlanError::Truncated {
-            path: path.into(),
-            expected: header_size.into(),
-            found: file.len() as u64,
-        });
+        return Err(PlanError::Truncated { path: path.into(), expected: header_size.into(), found: file.len() as u64 });
     }
     let crc_at = header_size as usize - 4;
     let stored = get_u32(file, crc_at);
     let actual = crc32fast::hash(file.get(..crc_at).unwrap_or_default());
     if stored != actual {
-        return Err(corrupt(
-            path,
-            format!("header checksum: stored {stored:#010x}, computed {actual:#010x}"),
-        ));
+        return Err(corrupt(path, format!("header checksum: stored {stored:#010x}, computed {actual:#010x}")));
     }
     Ok(header_size)
 }
 
 fn check_format(path: &Path, found: FormatVersion) -> Result<(), PlanError> {
     if found.major > FORMAT_VERSION.major {
-        return Err(PlanError::NewerFormat {
-            path: path.into(),
-            found,
-            supported: FORMAT_VERSION,
-        });
+        return Err(PlanError::NewerFormat { path: path.into(), found, supported: FORMAT_VERSION });
     }
     if found.major < OLDEST_MAJOR {
-        let supported = FormatVersion {
-            major: OLDEST_MAJOR,
-            minor: 0,
-        };
-        return Err(PlanError::OlderFormat {
-            path: path.into(),
-            found,
-            supported,
-        });
+        let supported = FormatVersion { major: OLDEST_MAJOR, minor: 0 };
+        return Err(PlanError::OlderFormat { path: path.into(), found, supported });
     }
     Ok(())
 }
@@ -318,9 +244,7 @@ fn check_format(path: &Path, found: FormatVersion) -> Result<(), PlanError> {
 fn get_bytes<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
     // Callers pass offsets inside the first HEADER_SIZE bytes, already checked present; a short
     // slice yields zeros rather than a panic.
-    b.get(at..at + N)
-        .and_then(|s| s.try_into().ok())
-        .unwrap_or([0; N])
+    b.get(at..at + N).and_then(|s| s.try_into().ok()).unwrap_or([0; N])
 }
 
 fn get_u16(b: &[u8], at: usize) -> u16 {
@@ -338,9 +262,7 @@ fn get_u64(b: &[u8], at: usize) -> u64 {
 fn get_str(path: &Path, b: &[u8], at: usize, field: &str) -> Result<String, PlanError> {
     let raw: [u8; FIXED_STR] = get_bytes(b, at);
     let end = raw.iter().position(|&c| c == 0).unwrap_or(FIXED_STR);
-    std::str::from_utf8(&raw[..end])
-        .map(str::to_owned)
-        .map_err(|_| corrupt(path, format!("header: {field} field is not UTF-8")))
+    std::str::from_utf8(&raw[..end]).map(str::to_owned).map_err(|_| corrupt(path, format!("header: {field} field is not UTF-8")))
 }
 
 fn put_u16(b: &mut [u8], at: usize, v: u16) {
@@ -357,9 +279,7 @@ fn put_u64(b: &mut [u8], at: usize, v: u64) {
 
 fn put_str(b: &mut [u8], at: usize, field: &str, s: &str) -> Result<(), String> {
     if s.len() > FIXED_STR || s.contains('\0') {
-        return Err(format!(
-            "{field} {s:?} does not fit the header's {FIXED_STR}-byte field"
-        ));
+        return Err(format!("{field} {s:?} does not fit the header's {FIXED_STR}-byte field"));
     }
     b[at..at + s.len()].copy_from_slice(s.as_bytes());
     Ok(())

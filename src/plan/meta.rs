@@ -57,11 +57,7 @@ pub struct PlanMeta {
 
 impl PlanMeta {
     /// Empty metadata for `model_name` on `arch`, stamped with this qfuse's version.
-    pub fn new(
-        model_name: impl Into<String>,
-        arch: impl Into<String>,
-        nvrtc_version: (u32, u32),
-    ) -> Self {
+    pub fn new(model_name: impl Into<String>, arch: impl Into<String>, nvrtc_version: (u32, u32)) -> Self {
         Self {
             qfuse_version: super::QFUSE_VERSION.into(),
             arch: arch.into(),
@@ -75,28 +71,14 @@ impl PlanMeta {
     pub(crate) fn check_refs(&self, sections: &[SectionEntry]) -> Result<(), String> {
         let section = |what: &str, i: u32, kind: SectionKind| match sections.get(i as usize) {
             Some(s) if s.kind == kind => Ok(()),
-            Some(s) => Err(format!(
-                "{what} refers to section {i} `{}` of kind {:?}, expected {kind:?}",
-                s.name, s.kind
-            )),
-            None => Err(format!(
-                "{what} refers to section {i}, but there are {}",
-                sections.len()
-            )),
+            Some(s) => Err(format!("{what} refers to section {i} `{}` of kind {:?}, expected {kind:?}", s.name, s.kind)),
+            None => Err(format!("{what} refers to section {i}, but there are {}", sections.len())),
         };
         for k in &self.kernels {
-            section(
-                &format!("kernel `{}`", k.name),
-                k.section,
-                SectionKind::Cubin,
-            )?;
+            section(&format!("kernel `{}`", k.name), k.section, SectionKind::Cubin)?;
         }
         for w in &self.weights {
-            section(
-                &format!("weight `{}`", w.name),
-                w.section,
-                SectionKind::Weights,
-            )?;
+            section(&format!("weight `{}`", w.name), w.section, SectionKind::Weights)?;
         }
         for (n, launch) in self.schedule.iter().enumerate() {
             self.check_launch(n, launch)?;
@@ -107,11 +89,7 @@ impl PlanMeta {
     fn check_launch(&self, n: usize, launch: &LaunchMeta) -> Result<(), String> {
         let bad = |what: String| Err(format!("launch {n}: {what}"));
         if launch.kernel as usize >= self.kernels.len() {
-            return bad(format!(
-                "kernel {} out of {}",
-                launch.kernel,
-                self.kernels.len()
-            ));
+            return bad(format!("kernel {} out of {}", launch.kernel, self.kernels.len()));
         }
         for arg in &launch.args {
             match arg {
@@ -127,9 +105,7 @@ impl PlanMeta {
                 ArgRef::Output(name) if !self.outputs.iter().any(|t| &t.name == name) => {
                     return bad(format!("no output `{name}`"));
                 }
-                ArgRef::Scalar(Scalar::Sym(s))
-                    if !self.symbols.iter().any(|(name, _)| name == s) =>
-                {
+                ArgRef::Scalar(Scalar::Sym(s)) if !self.symbols.iter().any(|(name, _)| name == s) => {
                     return bad(format!("no symbol `{s}`"));
                 }
                 _ => {}
@@ -277,11 +253,7 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
 /// Same or older minor: the bytes must be consumed exactly. Newer minor: trailing bytes are
 /// fields appended by that minor and are ignored. postcard bounds every length prefix by the
 /// bytes left, so a hostile length is an error, never an allocation.
-pub(crate) fn decode<'a, T: Deserialize<'a>>(
-    bytes: &'a [u8],
-    found: FormatVersion,
-    ours: FormatVersion,
-) -> Result<T, String> {
+pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], found: FormatVersion, ours: FormatVersion) -> Result<T, String> {
     let (value, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|e| e.to_string())?;
     if !rest.is_empty() && found.minor <= ours.minor {
         return Err(format!("{} unexpected trailing bytes", rest.len()));
@@ -302,9 +274,7 @@ mod tests {
         let mut bytes = encode(&meta).unwrap();
         bytes.extend_from_slice(&[7, 1, 2, 3]);
         assert_eq!(decode::<PlanMeta>(&bytes, V1_3, V1_0).unwrap(), meta);
-        assert!(decode::<PlanMeta>(&bytes, V1_0, V1_0)
-            .unwrap_err()
-            .contains("trailing"));
+        assert!(decode::<PlanMeta>(&bytes, V1_0, V1_0).unwrap_err().contains("trailing"));
     }
 
     #[test]

@@ -29,8 +29,8 @@ use std::path::PathBuf;
 
 pub use header::{FormatVersion, PlanExtent, PlanHeader, FORMAT_VERSION, HEADER_SIZE, MAGIC};
 pub use meta::{
-    ArgRef, BufferMeta, KernelMeta, LaunchDim, LaunchMeta, PlanMeta, Scalar, SectionEntry,
-    SectionKind, TensorSig, WeightMeta, SECTION_ALIGN,
+    ArgRef, BufferMeta, KernelMeta, LaunchDim, LaunchMeta, PlanMeta, Scalar, SectionEntry, SectionKind, TensorSig, WeightMeta,
+    SECTION_ALIGN,
 };
 pub use read::{arch_compatible, Plan};
 pub use write::PlanBuilder;

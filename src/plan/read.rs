@@ -42,26 +42,15 @@ impl Plan {
         header.check_extents(path)?;
         let meta_bytes = checked_region(path, file, &header.meta, "metadata")?;
         let table_bytes = checked_region(path, file, &header.sections, "section table")?;
-        let bad_meta = |message: String| PlanError::Meta {
-            path: path.into(),
-            message,
-        };
-        let sections: Vec<SectionEntry> = meta::decode(table_bytes, header.format, FORMAT_VERSION)
-            .map_err(|e| bad_meta(format!("section table: {e}")))?;
-        let meta: PlanMeta = meta::decode(meta_bytes, header.format, FORMAT_VERSION)
-            .map_err(|e| bad_meta(format!("metadata: {e}")))?;
+        let bad_meta = |message: String| PlanError::Meta { path: path.into(), message };
+        let sections: Vec<SectionEntry> =
+            meta::decode(table_bytes, header.format, FORMAT_VERSION).map_err(|e| bad_meta(format!("section table: {e}")))?;
+        let meta: PlanMeta = meta::decode(meta_bytes, header.format, FORMAT_VERSION).map_err(|e| bad_meta(format!("metadata: {e}")))?;
         check_sections(path, &header, &sections)?;
         check_meta_matches_header(&meta, &header).map_err(bad_meta)?;
         meta.check_refs(&sections).map_err(bad_meta)?;
         let checked = sections.iter().map(|_| OnceLock::new()).collect();
-        Ok(Plan {
-            path: path.into(),
-            map,
-            header,
-            meta,
-            sections,
-            checked,
-        })
+        Ok(Plan { path: path.into(), map, header, meta, sections, checked })
     }
 
     /// The file this plan was loaded from.
@@ -87,14 +76,9 @@ impl Plan {
     /// The bytes of section `index`, borrowed from the mapping (no copy). Its crc is verified on
     /// the first call (and the verdict remembered), so corrupt bytes are never returned.
     pub fn section_bytes(&self, index: usize) -> Result<&[u8], PlanError> {
-        let (Some(entry), Some(checked)) = (self.sections.get(index), self.checked.get(index))
-        else {
+        let (Some(entry), Some(checked)) = (self.sections.get(index), self.checked.get(index)) else {
             let message = format!("no such section; the plan has {}", self.sections.len());
-            return Err(PlanError::Section {
-                path: self.path.clone(),
-                index,
-                message,
-            });
+            return Err(PlanError::Section { path: self.path.clone(), index, message });
         };
         // Bounds were checked by `load`; `get` keeps even a broken invariant from panicking.
         let bytes = usize::try_from(entry.offset)
@@ -103,18 +87,11 @@ impl Plan {
             .and_then(|(start, len)| self.map.get(start..start.checked_add(len)?));
         let Some(bytes) = bytes else {
             let message = "extent lies outside the file".to_string();
-            return Err(PlanError::Section {
-                path: self.path.clone(),
-                index,
-                message,
-            });
+            return Err(PlanError::Section { path: self.path.clone(), index, message });
         };
         if !*checked.get_or_init(|| crc32fast::hash(bytes) == entry.crc32) {
             let what = format!("section {index} `{}` checksum", entry.name);
-            return Err(PlanError::Corrupt {
-                path: self.path.clone(),
-                what,
-            });
+            return Err(PlanError::Corrupt { path: self.path.clone(), what });
         }
         Ok(bytes)
     }
@@ -137,25 +114,16 @@ pub fn arch_compatible(plan: &str, device: &str) -> bool {
 
 /// Opens and maps `path` read-only.
 fn map_file(path: &Path) -> Result<Mmap, PlanError> {
-    let io = |source| PlanError::Io {
-        path: path.into(),
-        source,
-    };
+    let io = |source| PlanError::Io { path: path.into(), source };
     let file = File::open(path).map_err(io)?;
     let metadata = file.metadata().map_err(io)?;
     let len = metadata.len();
     if !metadata.is_file() {
-        return Err(io(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        )));
+        return Err(io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
     }
     if len == 0 {
         // An empty mapping is not portable; an empty file is foreign anyway.
-        return Err(PlanError::Foreign {
-            path: path.into(),
-            found_magic: "nothing (the file is empty)".into(),
-        });
+        return Err(PlanError::Foreign { path: path.into(), found_magic: "nothing (the file is empty)".into() });
     }
     // SAFETY: `Mmap` is only unsound if the file is modified or truncated while mapped. qfuse never
     // writes a plan in place: `PlanBuilder::write` writes a new file and renames it over the old
@@ -166,93 +134,46 @@ fn map_file(path: &Path) -> Result<Mmap, PlanError> {
 }
 
 /// The bytes of a validated extent, after checking their crc.
-fn checked_region<'a>(
-    path: &Path,
-    file: &'a [u8],
-    ext: &super::PlanExtent,
-    what: &str,
-) -> Result<&'a [u8], PlanError> {
+fn checked_region<'a>(path: &Path, file: &'a [u8], ext: &super::PlanExtent, what: &str) -> Result<&'a [u8], PlanError> {
     let bytes = usize::try_from(ext.offset)
         .ok()
         .zip(usize::try_from(ext.len).ok())
         .and_then(|(start, len)| file.get(start..start.checked_add(len)?))
-        .ok_or_else(|| PlanError::Corrupt {
-            path: path.into(),
-            what: format!("header: {what} extent outside the file"),
-        })?;
+        .ok_or_else(|| PlanError::Corrupt { path: path.into(), what: format!("header: {what} extent outside the file") })?;
     let actual = crc32fast::hash(bytes);
     if actual != ext.crc32 {
-        let what = format!(
-            "{what} checksum: stored {:#010x}, computed {actual:#010x}",
-            ext.crc32
-        );
-        return Err(PlanError::Corrupt {
-            path: path.into(),
-            what,
-        });
+        let what = format!("{what} checksum: stored {:#010x}, computed {actual:#010x}", ext.crc32);
+        return Err(PlanError::Corrupt { path: path.into(), what });
     }
     Ok(bytes)
 }
 
 /// Every section lies after the metadata and table, inside the file, aligned, in order and
 /// without overlap.
-fn check_sections(
-    path: &Path,
-    header: &PlanHeader,
-    sections: &[SectionEntry],
-) -> Result<(), PlanError> {
-    let mut prev_end = header
-        .meta
-        .end()
-        .unwrap_or(u64::MAX)
-        .max(header.sections.end().unwrap_or(u64::MAX));
+fn check_sections(path: &Path, header: &PlanHeader, sections: &[SectionEntry]) -> Result<(), PlanError> {
+    let mut prev_end = header.meta.end().unwrap_or(u64::MAX).max(header.sections.end().unwrap_or(u64::MAX));
     for (index, s) in sections.iter().enumerate() {
-        let fail = |message: String| {
-            Err(PlanError::Section {
-                path: path.into(),
-                index,
-                message,
-            })
-        };
+        let fail = |message: String| Err(PlanError::Section { path: path.into(), index, message });
         if !s.align.is_power_of_two() || s.offset % s.align != 0 {
             return fail(format!("offset {} is not aligned to {}", s.offset, s.align));
         }
         if s.offset < prev_end {
-            return fail(format!(
-                "offset {} overlaps the bytes before it (which end at {prev_end})",
-                s.offset
-            ));
+            return fail(format!("offset {} overlaps the bytes before it (which end at {prev_end})", s.offset));
         }
         match s.offset.checked_add(s.len) {
             Some(end) if end <= header.file_len => prev_end = end,
-            _ => {
-                return fail(format!(
-                    "offset {} length {} runs past the {}-byte file",
-                    s.offset, s.len, header.file_len
-                ))
-            }
+            _ => return fail(format!("offset {} length {} runs past the {}-byte file", s.offset, s.len, header.file_len)),
         }
     }
     Ok(())
 }
 
 fn check_meta_matches_header(meta: &PlanMeta, header: &PlanHeader) -> Result<(), String> {
-    let nvrtc = (
-        u32::from(header.nvrtc_version.0),
-        u32::from(header.nvrtc_version.1),
-    );
-    if meta.arch != header.arch
-        || meta.qfuse_version != header.qfuse_version
-        || meta.nvrtc_version != nvrtc
-    {
+    let nvrtc = (u32::from(header.nvrtc_version.0), u32::from(header.nvrtc_version.1));
+    if meta.arch != header.arch || meta.qfuse_version != header.qfuse_version || meta.nvrtc_version != nvrtc {
         return Err(format!(
             "metadata says qfuse {} / {} / NVRTC {:?}, header says qfuse {} / {} / NVRTC {:?}",
-            meta.qfuse_version,
-            meta.arch,
-            meta.nvrtc_version,
-            header.qfuse_version,
-            header.arch,
-            nvrtc
+            meta.qfuse_version, meta.arch, meta.nvrtc_version, header.qfuse_version, header.arch, nvrtc
         ));
     }
     Ok(())

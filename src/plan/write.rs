@@ -29,20 +29,12 @@ pub struct PlanBuilder<'a> {
 impl<'a> PlanBuilder<'a> {
     /// A builder for `meta`, with no sections yet.
     pub fn new(meta: PlanMeta) -> Self {
-        Self {
-            meta,
-            sections: Vec::new(),
-        }
+        Self { meta, sections: Vec::new() }
     }
 
     /// Adds a section and returns its index (what [`KernelMeta::section`](super::KernelMeta)
     /// and [`WeightMeta::section`](super::WeightMeta) refer to).
-    pub fn add_section(
-        &mut self,
-        kind: SectionKind,
-        name: impl Into<String>,
-        bytes: impl Into<Cow<'a, [u8]>>,
-    ) -> u32 {
+    pub fn add_section(&mut self, kind: SectionKind, name: impl Into<String>, bytes: impl Into<Cow<'a, [u8]>>) -> u32 {
         self.sections.push((kind, name.into(), bytes.into()));
         u32::try_from(self.sections.len() - 1).expect("fewer than 2^32 sections")
     }
@@ -60,14 +52,8 @@ impl<'a> PlanBuilder<'a> {
     /// Encodes the plan and writes it to `path` atomically: a reader sees the old file or the
     /// new one, never a partial one, and no temporary file is left behind.
     pub fn write(&self, path: &Path) -> Result<(), PlanError> {
-        let bytes = self.to_bytes().map_err(|message| PlanError::Meta {
-            path: path.into(),
-            message,
-        })?;
-        crate::util::write_atomic(path, &bytes).map_err(|source| PlanError::Io {
-            path: path.into(),
-            source,
-        })
+        let bytes = self.to_bytes().map_err(|message| PlanError::Meta { path: path.into(), message })?;
+        crate::util::write_atomic(path, &bytes).map_err(|source| PlanError::Io { path: path.into(), source })
     }
 
     /// The complete plan file.
@@ -89,8 +75,7 @@ impl<'a> PlanBuilder<'a> {
             sections: extent(table_start, &table_bytes),
             file_len,
         };
-        let len = usize::try_from(file_len)
-            .map_err(|_| "plan larger than the address space".to_string())?;
+        let len = usize::try_from(file_len).map_err(|_| "plan larger than the address space".to_string())?;
         let mut out = Vec::with_capacity(len);
         out.extend_from_slice(&header.to_bytes()?);
         out.extend_from_slice(&meta_bytes);
@@ -114,14 +99,7 @@ impl<'a> PlanBuilder<'a> {
             for (kind, name, bytes) in &self.sections {
                 let len = bytes.len() as u64;
                 let crc32 = crc32fast::hash(bytes);
-                table.push(SectionEntry {
-                    kind: *kind,
-                    name: name.clone(),
-                    offset,
-                    len,
-                    crc32,
-                    align: SECTION_ALIGN,
-                });
+                table.push(SectionEntry { kind: *kind, name: name.clone(), offset, len, crc32, align: SECTION_ALIGN });
                 offset = align_up(offset + len);
             }
             let table_bytes = meta::encode(&table)?;
@@ -139,18 +117,12 @@ fn align_up(x: u64) -> u64 {
 }
 
 fn extent(offset: u64, bytes: &[u8]) -> PlanExtent {
-    PlanExtent {
-        offset,
-        len: bytes.len() as u64,
-        crc32: crc32fast::hash(bytes),
-    }
+    PlanExtent { offset, len: bytes.len() as u64, crc32: crc32fast::hash(bytes) }
 }
 
 fn nvrtc_u16((major, minor): (u32, u32)) -> Result<(u16, u16), String> {
     match (u16::try_from(major), u16::try_from(minor)) {
         (Ok(a), Ok(b)) => Ok((a, b)),
-        _ => Err(format!(
-            "NVRTC version {major}.{minor} does not fit the header's u16 fields"
-        )),
+        _ => Err(format!("NVRTC version {major}.{minor} does not fit the header's u16 fields")),
     }
 }

@@ -80,7 +80,8 @@ pub fn evaluate(model: &Model, q: &Quantized, texts: &[String], batch: usize) ->
     let fp32_sites = site_values(&mut fp32);
     let quantized: Vec<&str> = q.report.iter().filter_map(|e| e.qdq.strip_suffix(":a.q")).collect();
     let q_sites: HashMap<String, ValueId> = q.sites.iter().map(|s| (s.name.clone(), q.qdq.nodes[s.node].outputs[0])).collect();
-    let names: Vec<String> = q.sites.iter().map(|s| s.name.clone()).filter(|n| quantized.contains(&n.as_str()) && fp32_sites.contains_key(n)).collect();
+    let names: Vec<String> =
+        q.sites.iter().map(|s| s.name.clone()).filter(|n| quantized.contains(&n.as_str()) && fp32_sites.contains_key(n)).collect();
     let mut accs = vec![Acc::default(); names.len()];
     let (mut ref_emb, mut q_emb) = (vec![], vec![]);
     for chunk in texts.chunks(batch.max(1)) {

@@ -86,7 +86,9 @@ pub fn calibration_values(g: &Graph, recipe: &Recipe, sites: &[Site]) -> Vec<Val
     for site in sites {
         let inputs = &g.nodes[site.node].inputs;
         match (&site.kind, plan(recipe, site)) {
-            (SiteKind::Linear { .. }, Some(p)) if p.activation.is_some_and(|a| matches!(a.scale, ScaleRule::Calibrated(_))) => out.push(inputs[0]),
+            (SiteKind::Linear { .. }, Some(p)) if p.activation.is_some_and(|a| matches!(a.scale, ScaleRule::Calibrated(_))) => {
+                out.push(inputs[0])
+            }
             (SiteKind::Attention, Some(_)) => out.extend([inputs[0], inputs[1]]),
             _ => {}
         }
@@ -106,7 +108,13 @@ pub fn plan(recipe: &Recipe, site: &Site) -> Option<LayerQuant> {
 
 /// Inserts Q/DQ for every site the recipe quantizes. `amax` holds calibrated ranges of activation
 /// values. Sites whose range is missing are left in high precision and returned with the reason.
-pub fn insert(g: &mut Graph, recipe: &Recipe, sites: &[Site], amax: &HashMap<ValueId, f32>, weights: &dyn Weights) -> Result<Vec<(String, String)>, String> {
+pub fn insert(
+    g: &mut Graph,
+    recipe: &Recipe,
+    sites: &[Site],
+    amax: &HashMap<ValueId, f32>,
+    weights: &dyn Weights,
+) -> Result<Vec<(String, String)>, String> {
     let mut skipped = vec![];
     for site in sites {
         let Some(p) = plan(recipe, site) else { continue };
@@ -116,7 +124,10 @@ pub fn insert(g: &mut Graph, recipe: &Recipe, sites: &[Site], amax: &HashMap<Val
         let act_missing = needs(p.activation) && missing(inputs[0]);
         let b_missing = site.kind == SiteKind::Attention && missing(inputs[1]);
         if act_missing || b_missing {
-            skipped.push((site.name.clone(), "no usable calibration range for its input (see the warning above); kept in high precision".into()));
+            skipped.push((
+                site.name.clone(),
+                "no usable calibration range for its input (see the warning above); kept in high precision".into(),
+            ));
             continue;
         }
         let a = match p.activation {
@@ -125,7 +136,9 @@ pub fn insert(g: &mut Graph, recipe: &Recipe, sites: &[Site], amax: &HashMap<Val
         };
         let b = match (&site.kind, p.weight) {
             (SiteKind::Linear { weight }, Some(s)) => quantize_weight(g, inputs[1], weight, s, &format!("{}:b", site.name), weights)?,
-            (SiteKind::Attention, Some(s)) => quantize_activation(g, inputs[1], s, amax.get(&inputs[1]).copied(), &format!("{}:b", site.name))?,
+            (SiteKind::Attention, Some(s)) => {
+                quantize_activation(g, inputs[1], s, amax.get(&inputs[1]).copied(), &format!("{}:b", site.name))?
+            }
             (_, None) => inputs[1],
         };
         rewire_matmul(g, site.node, a, b)?;
@@ -178,7 +191,9 @@ fn quantize_activation(g: &mut Graph, x: ValueId, s: Scheme, amax: Option<f32>, 
     let f32_ty = |b: &Builder| b.graph.ty(x).with_dtype(DType::F32);
     let ty = f32_ty(&b);
     match q_spec.scale {
-        ScaleSource::Dynamic { .. } => b.add1(Op::Dequantize(spec(s.storage, granularity, ScaleSource::Input)), &[outs[0], outs[1]], Some(ty)),
+        ScaleSource::Dynamic { .. } => {
+            b.add1(Op::Dequantize(spec(s.storage, granularity, ScaleSource::Input)), &[outs[0], outs[1]], Some(ty))
+        }
         _ => b.add1(Op::Dequantize(q_spec), &[outs[0]], Some(ty)),
     }
 }
@@ -201,7 +216,13 @@ fn quantize_weight(g: &mut Graph, w: ValueId, name: &str, s: Scheme, loc: &str, 
             weights.insert(scale_name.clone(), crate::interp::Tensor::f32(vec![n], rows));
             b.scope = Some(format!("{loc}.scale"));
             let sv = b.weight(&scale_name, TensorType::fixed(DType::F32, &[n as u64]))?;
-            return quantize_weight_with(&mut b, w, spec(s.storage, ir::Granularity::PerChannel { axis: 0 }, ScaleSource::Input), Some(sv), loc);
+            return quantize_weight_with(
+                &mut b,
+                w,
+                spec(s.storage, ir::Granularity::PerChannel { axis: 0 }, ScaleSource::Input),
+                Some(sv),
+                loc,
+            );
         }
         other => return Err(format!("weight granularity {other:?} is not supported yet")),
     };

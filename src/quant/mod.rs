@@ -93,7 +93,8 @@ pub fn quantize(model: &Model, recipe: &Recipe, calib: &CalibOptions, passes: &P
     let sites = insert::find_sites(&mut baseline);
     check(&baseline, "after conversion to the compute dtype")?;
     let values = insert::calibration_values(&baseline, recipe, &sites);
-    let (amax, calibration) = if values.is_empty() { (Default::default(), None) } else { calibrate(model, &baseline, recipe, calib, &values)? };
+    let (amax, calibration) =
+        if values.is_empty() { (Default::default(), None) } else { calibrate(model, &baseline, recipe, calib, &values)? };
     let mut qdq = baseline.clone();
     let skipped = insert::insert(&mut qdq, recipe, &sites, &amax, &model.weights).map_err(QuantError::Recipe)?;
     for (site, why) in &skipped {
@@ -114,13 +115,17 @@ fn check(g: &Graph, context: &str) -> Result<(), QuantError> {
 type Ranges = std::collections::HashMap<ir::ValueId, f32>;
 
 /// Runs the calibration set through `g` and picks a range for each value.
-fn calibrate(model: &Model, g: &Graph, recipe: &Recipe, opts: &CalibOptions, values: &[ir::ValueId]) -> Result<(Ranges, Option<CalibSummary>), QuantError> {
-    let tok = model.tokenizer.as_ref().ok_or_else(|| QuantError::Recipe(format!("{}: calibration needs tokenizer.json", model.dir.display())))?;
-    let batches = opts
-        .sentences
-        .chunks(opts.batch.max(1))
-        .map(|chunk| tok.encode(chunk).map(|b| b.inputs()))
-        .collect::<Result<Vec<_>, _>>()?;
+fn calibrate(
+    model: &Model,
+    g: &Graph,
+    recipe: &Recipe,
+    opts: &CalibOptions,
+    values: &[ir::ValueId],
+) -> Result<(Ranges, Option<CalibSummary>), QuantError> {
+    let tok =
+        model.tokenizer.as_ref().ok_or_else(|| QuantError::Recipe(format!("{}: calibration needs tokenizer.json", model.dir.display())))?;
+    let batches =
+        opts.sentences.chunks(opts.batch.max(1)).map(|chunk| tok.encode(chunk).map(|b| b.inputs())).collect::<Result<Vec<_>, _>>()?;
     let collected = calib::collect(g, &model.weights, &batches, values, opts.quiet)?;
     let storage = recipe.linear.activation.map_or(ir::DType::F8E4M3, |a| a.storage);
     let (amax, issues) = collected.amaxes(g, opts.method, storage);

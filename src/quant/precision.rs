@@ -18,7 +18,8 @@ pub fn convert(g: &Graph, to: DType) -> Result<Graph, String> {
     for id in order {
         let node = &g.nodes[id];
         b.scope = node.name.clone();
-        let inputs: Vec<ValueId> = node.inputs.iter().map(|v| map[v.index()].ok_or("operand not yet converted")).collect::<Result<_, _>>()?;
+        let inputs: Vec<ValueId> =
+            node.inputs.iter().map(|v| map[v.index()].ok_or("operand not yet converted")).collect::<Result<_, _>>()?;
         let declared = node.outputs.first().map(|&v| g.ty(v));
         let results = match &node.op {
             Op::Weight { .. } if declared.is_some_and(|t| t.dtype == DType::F32) => {
@@ -37,6 +38,7 @@ pub fn convert(g: &Graph, to: DType) -> Result<Graph, String> {
             map[old.index()] = Some(new);
         }
     }
-    out.outputs = g.outputs.iter().map(|(n, v)| Ok((n.clone(), map[v.index()].ok_or("output not converted")?))).collect::<Result<_, String>>()?;
+    out.outputs =
+        g.outputs.iter().map(|(n, v)| Ok((n.clone(), map[v.index()].ok_or("output not converted")?))).collect::<Result<_, String>>()?;
     Ok(out)
 }

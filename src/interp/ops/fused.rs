@@ -8,8 +8,15 @@ use crate::ir::{BinaryOp, EpilogueOp, Granularity, NormKind, QMatMul, QuantSpec,
 use std::sync::Arc;
 
 /// `requantize`: dequantize per-tensor, round to `via`, quantize with `to`.
-pub(super) fn requantize(q: Arc<Tensor>, from_scale: f32, via: crate::ir::DType, to: &QuantSpec, outs: &[OutType]) -> Result<Vec<Tensor>, String> {
-    let from = QuantSpec { storage: q.dtype, granularity: Granularity::PerTensor, scale: ScaleSource::Literal(from_scale), zero_point: None };
+pub(super) fn requantize(
+    q: Arc<Tensor>,
+    from_scale: f32,
+    via: crate::ir::DType,
+    to: &QuantSpec,
+    outs: &[OutType],
+) -> Result<Vec<Tensor>, String> {
+    let from =
+        QuantSpec { storage: q.dtype, granularity: Granularity::PerTensor, scale: ScaleSource::Literal(from_scale), zero_point: None };
     let mid = OutType { dtype: via, shape: outs[0].shape.clone() };
     let x = quant::dequantize(&from, q, vec![], &mid)?;
     quant::quantize(to, Arc::new(x), vec![], outs)
@@ -65,7 +72,13 @@ pub(super) fn qmatmul(q: &QMatMul, mut args: std::vec::IntoIter<Arc<Tensor>>, ou
 }
 
 /// `acc·alpha·a_scale[row]·b_scale[col]`, rounded to `dtype`.
-fn scale(mut acc: Tensor, alpha: f32, a_scale: Option<&Tensor>, b_scale: Option<&Tensor>, dtype: crate::ir::DType) -> Result<Tensor, String> {
+fn scale(
+    mut acc: Tensor,
+    alpha: f32,
+    a_scale: Option<&Tensor>,
+    b_scale: Option<&Tensor>,
+    dtype: crate::ir::DType,
+) -> Result<Tensor, String> {
     let n = *acc.shape.last().ok_or("qmatmul result has rank 0")?;
     let rows = a_scale.map(|t| t.as_f32().ok_or("a_scale is not float")).transpose()?;
     let cols = b_scale.map(|t| t.as_f32().ok_or("b_scale is not float")).transpose()?;

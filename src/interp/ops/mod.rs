@@ -46,18 +46,18 @@ fn eval(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType]) -> Result<Vec<Tensor>
     let out = outs.first().ok_or("node has no outputs")?;
     let mut args = args.into_iter();
     macro_rules! next {
-        () => {
-            {
-                let a: Arc<Tensor> = args.next().ok_or_else(|| "missing operand".to_string())?;
-                a
-            }
-        };
+        () => {{
+            let a: Arc<Tensor> = args.next().ok_or_else(|| "missing operand".to_string())?;
+            a
+        }};
     }
     let t = match op {
         Op::Input { .. } | Op::Weight { .. } => return Err("internal: source op evaluated as a kernel".into()),
         Op::Quantize(spec) => return quant::quantize(spec, next!(), args.collect(), outs),
         Op::Requantize { from_scale, via, to } => return fused::requantize(next!(), *from_scale, *via, to, outs),
-        Op::NormQuantize { kind, eps, via, quant, keep_normed } => return fused::norm_quantize(*kind, *eps, *via, quant, *keep_normed, args, outs),
+        Op::NormQuantize { kind, eps, via, quant, keep_normed } => {
+            return fused::norm_quantize(*kind, *eps, *via, quant, *keep_normed, args, outs)
+        }
         Op::QMatMul(q) => return fused::qmatmul(q, args, outs),
         Op::Dequantize(spec) => quant::dequantize(spec, next!(), args.collect(), out)?,
         Op::Scalar { value } => elementwise::scalar(*value, out),
@@ -133,7 +133,6 @@ fn split_at_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
     let inner = shape[axis + 1..].iter().product();
     (outer, shape[axis], inner)
 }
-
 
 /// The flat offset of row `row` (a row-major index over `dims`) under strides `st`.
 fn row_offset(mut row: usize, dims: &[usize], st: &[usize]) -> usize {

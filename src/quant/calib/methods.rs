@@ -143,10 +143,7 @@ fn quantize_expand(kept: &[f64], levels: usize) -> Vec<f64> {
             nonempty[group(j)] += 1;
         }
     }
-    kept.iter()
-        .enumerate()
-        .map(|(j, &c)| if c == 0.0 { 0.0 } else { mass[group(j)] / nonempty[group(j)] as f64 })
-        .collect()
+    kept.iter().enumerate().map(|(j, &c)| if c == 0.0 { 0.0 } else { mass[group(j)] / nonempty[group(j)] as f64 }).collect()
 }
 
 /// The amax minimising `Σ count·(x̂ − x)²` over the bin centres `x`, where `x̂` fake-quantizes `x`

@@ -32,8 +32,7 @@ pub fn read_sentences(path: &Path) -> Result<Vec<String>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read calibration file {}: {e}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let text = std::str::from_utf8(line)
-            .map_err(|e| format!("{}: line {}: invalid UTF-8 ({e})", path.display(), i + 1))?;
+        let text = std::str::from_utf8(line).map_err(|e| format!("{}: line {}: invalid UTF-8 ({e})", path.display(), i + 1))?;
         let text = text.trim_start_matches('\u{feff}').trim();
         if !text.is_empty() {
             out.push(text.to_string());

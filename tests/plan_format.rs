@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use qfuse::plan::{
-    ArgRef, BufferMeta, FormatVersion, KernelMeta, LaunchDim, LaunchMeta, Plan, PlanBuilder, PlanError, PlanMeta, Scalar, SectionKind,
-    TensorSig, WeightMeta, HEADER_SIZE, QFUSE_VERSION, SECTION_ALIGN,
+    ArgRef, BufferMeta, DimExpr, FormatVersion, KernelMeta, LaunchMeta, ParamMeta, ParamType, Plan, PlanBuilder, PlanError, PlanMeta,
+    Scalar, SectionKind, TensorSig, WeightMeta, HEADER_SIZE, QFUSE_VERSION, SECTION_ALIGN,
 };
 
 // Documented header offsets.
@@ -72,21 +72,34 @@ fn sample_meta() -> PlanMeta {
     meta.calibration = r#"{"x":{"absmax":3.5}}"#.into();
     meta.fusion_report = r#"{"fused":2}"#.into();
     meta.ir_text = "%0 = input \"ids\" : i64[B,384]\n".into();
-    meta.inputs = vec![TensorSig { name: "ids".into(), dtype: "i64".into(), shape: vec!["B".into(), "384".into()] }];
-    meta.outputs = vec![TensorSig { name: "out".into(), dtype: "f16".into(), shape: vec!["B".into(), "768".into()] }];
+    let b = || DimExpr::sym("B");
+    meta.inputs = vec![TensorSig { name: "ids".into(), dtype: "i64".into(), shape: vec![b(), 384.into()], buffer: 0 }];
+    meta.outputs = vec![TensorSig { name: "out".into(), dtype: "f16".into(), shape: vec![b(), 768.into()], buffer: 1 }];
     meta.symbols = vec![("B".into(), 64)];
     meta.kernels = vec![KernelMeta {
         name: "qgemm_w8a16_1a2b3c4d".into(),
         template: "qgemm_w8a16".into(),
         source: "extern \"C\" __global__ void qgemm_w8a16_1a2b3c4d() {}\n".into(),
         section: 0,
-        grid: [LaunchDim::Expr("ceil_div(B*384, 128)".into()), LaunchDim::Fixed(6), LaunchDim::Fixed(1)],
-        block: [LaunchDim::Fixed(128), LaunchDim::Fixed(1), LaunchDim::Fixed(1)],
+        grid: [b().mul(384.into()).ceil_div(128), 6.into(), 1.into()],
+        block: [128, 1, 1],
         shared_mem_bytes: 49152,
-        params: vec!["x".into(), "w".into(), "y".into(), "m".into(), "alpha".into()],
+        params: [
+            ("x", ParamType::Ptr),
+            ("w", ParamType::Ptr),
+            ("m", ParamType::I32),
+            ("alpha", ParamType::F32),
+            ("k", ParamType::I64),
+            ("y", ParamType::Ptr),
+        ]
+        .map(|(name, ty)| ParamMeta { name: name.into(), ty })
+        .into(),
     }];
-    meta.buffers = vec![BufferMeta { name: "%7".into(), bytes: 64 * 384 * 768 * 2, offset: 0 }];
-    meta.peak_activation_bytes = 64 * 384 * 768 * 2;
+    meta.buffers = vec![
+        BufferMeta { name: "%0".into(), dtype: "i64".into(), shape: vec![b(), 384.into()], bytes: 64 * 384 * 8, offset: 0 },
+        BufferMeta { name: "%7".into(), dtype: "f16".into(), shape: vec![b(), 768.into()], bytes: 64 * 768 * 2, offset: 64 * 384 * 8 },
+    ];
+    meta.peak_activation_bytes = 64 * 384 * 8 + 64 * 768 * 2;
     meta.weights = vec![
         WeightMeta { name: "q.weight".into(), dtype: "i8".into(), shape: vec![768, 768], section: 1 },
         WeightMeta { name: "q.scale".into(), dtype: "f16".into(), shape: vec![768], section: 2 },
@@ -94,14 +107,15 @@ fn sample_meta() -> PlanMeta {
     meta.schedule = vec![LaunchMeta {
         kernel: 0,
         args: vec![
-            ArgRef::Input("ids".into()),
-            ArgRef::Weight(0),
             ArgRef::Buffer(0),
-            ArgRef::Scalar(Scalar::Sym("B".into())),
+            ArgRef::Weight(0),
+            ArgRef::Scalar(Scalar::Dim(b())),
             ArgRef::Scalar(Scalar::F32(0.125)),
             ArgRef::Scalar(Scalar::I64(-3)),
-            ArgRef::Output("out".into()),
+            ArgRef::Buffer(1),
         ],
+        label: "q (%7)".into(),
+        writes: vec![1],
     }];
     meta
 }

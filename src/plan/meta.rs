@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::dim::DimExpr;
 use super::header::FormatVersion;
 
 /// Alignment of every section's offset, so a section can be memory-mapped on its own (a page).
@@ -80,6 +81,7 @@ impl PlanMeta {
         for w in &self.weights {
             section(&format!("weight `{}`", w.name), w.section, SectionKind::Weights)?;
         }
+        self.check_buffers()?;
         for (n, launch) in self.schedule.iter().enumerate() {
             self.check_launch(n, launch)?;
         }
@@ -91,7 +93,21 @@ impl PlanMeta {
         if launch.kernel as usize >= self.kernels.len() {
             return bad(format!("kernel {} out of {}", launch.kernel, self.kernels.len()));
         }
-        for arg in &launch.args {
+        let kernel = &self.kernels[launch.kernel as usize];
+        if launch.args.len() != kernel.params.len() {
+            return bad(format!("{} arguments for kernel `{}` of {} parameters", launch.args.len(), kernel.name, kernel.params.len()));
+        }
+        for (arg, param) in launch.args.iter().zip(&kernel.params) {
+            let ok_type = match arg {
+                ArgRef::Weight(_) | ArgRef::Buffer(_) => param.ty == ParamType::Ptr,
+                ArgRef::Scalar(Scalar::F32(_)) => param.ty == ParamType::F32,
+                ArgRef::Scalar(Scalar::I32(_)) => param.ty == ParamType::I32,
+                ArgRef::Scalar(Scalar::I64(_)) => param.ty == ParamType::I64,
+                ArgRef::Scalar(Scalar::Dim(_)) => matches!(param.ty, ParamType::I32 | ParamType::I64),
+            };
+            if !ok_type {
+                return bad(format!("argument {arg:?} does not fit parameter `{}` of type {:?}", param.name, param.ty));
+            }
             match arg {
                 ArgRef::Weight(i) if *i as usize >= self.weights.len() => {
                     return bad(format!("weight {i} out of {}", self.weights.len()));
@@ -99,78 +115,125 @@ impl PlanMeta {
                 ArgRef::Buffer(i) if *i as usize >= self.buffers.len() => {
                     return bad(format!("buffer {i} out of {}", self.buffers.len()));
                 }
-                ArgRef::Input(name) if !self.inputs.iter().any(|t| &t.name == name) => {
-                    return bad(format!("no input `{name}`"));
-                }
-                ArgRef::Output(name) if !self.outputs.iter().any(|t| &t.name == name) => {
-                    return bad(format!("no output `{name}`"));
-                }
-                ArgRef::Scalar(Scalar::Sym(s)) if !self.symbols.iter().any(|(name, _)| name == s) => {
-                    return bad(format!("no symbol `{s}`"));
-                }
+                ArgRef::Scalar(Scalar::Dim(e)) => self.check_symbols(&format!("launch {n}"), e)?,
                 _ => {}
+            }
+        }
+        for &w in &launch.writes {
+            if w as usize >= self.buffers.len() {
+                return bad(format!("writes buffer {w} out of {}", self.buffers.len()));
+            }
+        }
+        for (i, d) in kernel.grid.iter().enumerate() {
+            self.check_symbols(&format!("kernel `{}` grid[{i}]", kernel.name), d)?;
+        }
+        Ok(())
+    }
+
+    fn check_symbols(&self, what: &str, e: &DimExpr) -> Result<(), String> {
+        for s in e.symbols() {
+            if !self.symbols.iter().any(|(name, _)| name == s) {
+                return Err(format!("{what}: `{e}` uses unknown symbol `{s}`"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The buffers of the inputs and outputs, and of every buffer, checked against the arena.
+    pub(crate) fn check_buffers(&self) -> Result<(), String> {
+        for sig in self.inputs.iter().chain(&self.outputs) {
+            if sig.buffer as usize >= self.buffers.len() {
+                return Err(format!("`{}` refers to buffer {} out of {}", sig.name, sig.buffer, self.buffers.len()));
+            }
+        }
+        for b in &self.buffers {
+            let end = b.offset.checked_add(b.bytes);
+            if end.is_none_or(|end| end > self.peak_activation_bytes) {
+                return Err(format!(
+                    "buffer `{}` [{}, +{}) lies outside the {}-byte arena",
+                    b.name, b.offset, b.bytes, self.peak_activation_bytes
+                ));
             }
         }
         Ok(())
     }
 }
 
-/// A model input or output.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// A model input or output: bound by name, stored in an arena buffer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TensorSig {
     /// Name the caller binds it by.
     pub name: String,
     /// Element type as the IR prints it, e.g. `f16`, `i64`.
     pub dtype: String,
-    /// Dims outermost first: a number (`"384"`) or a symbol of [`PlanMeta::symbols`] (`"B"`).
-    pub shape: Vec<String>,
+    /// Dims outermost first, over [`PlanMeta::symbols`].
+    pub shape: Vec<DimExpr>,
+    /// The arena buffer that holds it ([`PlanMeta::buffers`]).
+    pub buffer: u32,
 }
 
-/// One launch dimension: a constant, or an expression over shape symbols evaluated at run time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LaunchDim {
-    /// A fixed value.
-    Fixed(u32),
-    /// An expression over symbols, e.g. `ceil_div(B*S, 128)`.
-    Expr(String),
+/// The type of a kernel parameter, as the kernel declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ParamType {
+    /// A device pointer (`const T*` / `T*`).
+    Ptr,
+    /// `int`.
+    I32,
+    /// `long long`.
+    I64,
+    /// `float`.
+    F32,
+}
+
+/// One kernel parameter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ParamMeta {
+    /// Name in the kernel's signature.
+    pub name: String,
+    /// Its type.
+    pub ty: ParamType,
 }
 
 /// A compiled kernel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelMeta {
-    /// Entry point name in the CUBIN, e.g. `qgemm_w8a16_1a2b3c4d`.
+    /// Entry point name in the CUBIN, e.g. `qgemm_fp8_1a2b3c4d`.
     pub name: String,
-    /// The template it was generated from, e.g. `qgemm_w8a16`.
+    /// The template it was generated from, e.g. `qgemm_fp8`.
     pub template: String,
     /// The complete CUDA C source that NVRTC compiled.
     pub source: String,
     /// Index of its CUBIN section.
     pub section: u32,
-    /// Grid dimensions (x, y, z).
-    pub grid: [LaunchDim; 3],
+    /// Grid dimensions (x, y, z), over the shape symbols.
+    pub grid: [DimExpr; 3],
     /// Block dimensions (x, y, z).
-    pub block: [LaunchDim; 3],
+    pub block: [u32; 3],
     /// Dynamic shared memory in bytes.
     pub shared_mem_bytes: u32,
-    /// Parameter names, in the order the kernel takes them.
-    pub params: Vec<String>,
+    /// Parameters, in the order the kernel takes them.
+    pub params: Vec<ParamMeta>,
 }
 
-/// An activation buffer inside the arena.
+/// An activation buffer inside the arena: the storage of one IR value (views share offsets).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct BufferMeta {
-    /// Name (usually the IR value it holds).
+    /// The IR value it holds, e.g. `%18`.
     pub name: String,
+    /// Element type as the IR prints it.
+    pub dtype: String,
+    /// Dims outermost first, over [`PlanMeta::symbols`].
+    pub shape: Vec<DimExpr>,
     /// Size in bytes at the largest symbol values.
     pub bytes: u64,
-    /// Offset in the arena in bytes.
+    /// Offset in the arena in bytes (a multiple of 256).
     pub offset: u64,
 }
 
 /// A weight tensor stored in a section.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct WeightMeta {
-    /// Name in the source model.
+    /// Name in the IR (`@name`).
     pub name: String,
     /// Stored element type, e.g. `i8`, `f8e4m3`, `f16`.
     pub dtype: String,
@@ -187,6 +250,11 @@ pub struct LaunchMeta {
     pub kernel: u32,
     /// Arguments, matching the kernel's `params`.
     pub args: Vec<ArgRef>,
+    /// What it computes, for humans: the IR node's location and results, e.g.
+    /// `encoder.layer.0.attention.self.query (%18)`.
+    pub label: String,
+    /// The buffers this launch writes (the IR node's results), for per-kernel checks.
+    pub writes: Vec<u32>,
 }
 
 /// What a launch argument refers to.
@@ -196,10 +264,6 @@ pub enum ArgRef {
     Weight(u32),
     /// Device pointer to [`PlanMeta::buffers`]`[i]` in the arena.
     Buffer(u32),
-    /// Device pointer to the named model input.
-    Input(String),
-    /// Device pointer to the named model output.
-    Output(String),
     /// A scalar passed by value.
     Scalar(Scalar),
 }
@@ -209,10 +273,12 @@ pub enum ArgRef {
 pub enum Scalar {
     /// A 32-bit float.
     F32(f32),
+    /// A 32-bit integer.
+    I32(i32),
     /// A 64-bit integer.
     I64(i64),
-    /// The run-time value of a shape symbol.
-    Sym(String),
+    /// A size evaluated at run time, passed as the parameter's integer type (checked to fit).
+    Dim(DimExpr),
 }
 
 /// What a section holds.

@@ -20,6 +20,7 @@
 //! The serializer (postcard) is an implementation detail of this module: no type outside
 //! `src/plan` encodes or decodes plan bytes, so the encoding can change with a format version.
 
+mod dim;
 mod header;
 mod meta;
 mod read;
@@ -27,9 +28,10 @@ mod write;
 
 use std::path::PathBuf;
 
+pub use dim::DimExpr;
 pub use header::{FormatVersion, PlanExtent, PlanHeader, FORMAT_VERSION, HEADER_SIZE, MAGIC};
 pub use meta::{
-    ArgRef, BufferMeta, KernelMeta, LaunchDim, LaunchMeta, PlanMeta, Scalar, SectionEntry, SectionKind, TensorSig, WeightMeta,
+    ArgRef, BufferMeta, KernelMeta, LaunchMeta, ParamMeta, ParamType, PlanMeta, Scalar, SectionEntry, SectionKind, TensorSig, WeightMeta,
     SECTION_ALIGN,
 };
 pub use read::{arch_compatible, Plan};

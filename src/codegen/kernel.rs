@@ -1,0 +1,206 @@
+//! The contract between per-op lowering and the rest of codegen.
+//!
+//! Every IR node lowers to a [`Lowered`]: zero or more kernel [`Launch`]es, a view of an operand
+//! (reshape), or nothing (weights, inputs, literals). A launch names a [`KernelDef`] (a CUDA C
+//! source rendered from `templates/`, its entry point, launch shape and parameter types) and its
+//! arguments: IR values (device pointers to their storage: an arena buffer, an input, a weight)
+//! and scalars (literals or sizes over the shape symbols).
+//!
+//! Storage conventions every kernel may rely on: a value is a dense row-major array of its IR
+//! dtype (`f16`/`bf16` as 16-bit patterns, `f8e4m3`/`f8e5m2`/`i8`/`u8` as bytes, `i64`, `f32`)
+//! with the shape the IR gives it at run time; every pointer is 256-byte aligned.
+//!
+//! Lowering is pure: the same node gives the same sources, so identical kernels (e.g. the same
+//! GEMM in every layer) are compiled once.
+
+use crate::ir::{Dim, Graph, NodeId, Op, Shape, ValueId};
+use crate::plan::{DimExpr, ParamMeta, ParamType, Scalar};
+
+/// A kernel: complete CUDA C source plus how to launch it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelDef {
+    /// Template it was rendered from (file stem in `templates/`), e.g. `layernorm`.
+    pub template: &'static str,
+    /// Entry point: `<template>_<16 hex digits>` ([`kernel_name`]).
+    pub name: String,
+    /// Complete, self-contained CUDA C (no include path needed).
+    pub source: String,
+    /// Grid (x, y, z), over the shape symbols. A zero dimension skips the launch.
+    pub grid: [DimExpr; 3],
+    /// Block (x, y, z).
+    pub block: [u32; 3],
+    /// Dynamic shared memory in bytes (above 48 KiB the runtime raises the function's limit).
+    pub smem_bytes: u32,
+    /// Parameters in signature order.
+    pub params: Vec<ParamMeta>,
+}
+
+/// One argument of a launch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    /// Device pointer to the storage of an IR value (activation, model input, weight, literal).
+    Value(ValueId),
+    /// A scalar by value.
+    Scalar(Scalar),
+}
+
+/// A kernel launch produced by lowering one node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    /// What runs.
+    pub kernel: KernelDef,
+    /// Arguments, one per `kernel.params`.
+    pub args: Vec<Arg>,
+}
+
+/// The lowering of one node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lowered {
+    /// Kernels run in order; together they write every result of the node.
+    Launches(Vec<Launch>),
+    /// The (single) result is the operand's storage seen with another shape (a view).
+    Alias(ValueId),
+    /// No code: the value is bound from outside (input, weight, literal) or unused.
+    Nothing,
+}
+
+/// Why a node could not be lowered. Names the node so a user can find it in `--dump-ir-after`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("cannot generate a kernel for {node}: {reason}")]
+pub struct LowerError {
+    /// The node, printed as `%3 = layernorm loc("…")`.
+    pub node: String,
+    /// What is missing or wrong.
+    pub reason: String,
+}
+
+/// Read-only view of the graph for lowering, with shape helpers.
+pub struct LowerCx<'g> {
+    /// The (fused, verified) graph.
+    pub graph: &'g Graph,
+    /// Target SM version, e.g. 90 for `sm_90a`.
+    pub sm: u32,
+}
+
+impl<'g> LowerCx<'g> {
+    /// A context for `graph` targeting `sm`.
+    pub fn new(graph: &'g Graph, sm: u32) -> Self {
+        Self { graph, sm }
+    }
+
+    /// An error about `node`.
+    pub fn error(&self, node: NodeId, reason: impl Into<String>) -> LowerError {
+        let n = &self.graph.nodes[node];
+        let results: Vec<String> = n.outputs.iter().map(|v| format!("%{}", v.index())).collect();
+        let loc = n.name.as_deref().map(|l| format!(" loc(\"{l}\")")).unwrap_or_default();
+        LowerError { node: format!("{} = {}{loc}", results.join(", "), n.op.mnemonic()), reason: reason.into() }
+    }
+
+    /// A dimension as an expression over the symbols.
+    pub fn dim(&self, d: Dim) -> DimExpr {
+        match d {
+            Dim::Fixed(n) => DimExpr::Const(n),
+            Dim::Sym(s) => DimExpr::sym(self.graph.symbols[s].name.clone()),
+        }
+    }
+
+    /// Every dimension of `v`'s shape.
+    pub fn dims(&self, v: ValueId) -> Vec<DimExpr> {
+        self.graph.shape(v).iter().map(|&d| self.dim(d)).collect()
+    }
+
+    /// The number of elements of `v`.
+    pub fn numel(&self, v: ValueId) -> DimExpr {
+        DimExpr::product(self.dims(v))
+    }
+
+    /// The number of elements of `v` over all but the last axis (the row count).
+    pub fn rows(&self, v: ValueId) -> DimExpr {
+        let dims = self.dims(v);
+        DimExpr::product(dims[..dims.len().saturating_sub(1)].iter().cloned())
+    }
+
+    /// The last extent of `v` if it is fixed (row length of norms, N and K of GEMMs).
+    pub fn fixed_last(&self, v: ValueId) -> Option<u64> {
+        self.graph.shape(v).last().and_then(|d| d.fixed())
+    }
+
+    /// The largest value of `v`'s shape (symbols at their maxima).
+    pub fn max_shape(&self, v: ValueId) -> Vec<u64> {
+        max_extents(self.graph, self.graph.shape(v))
+    }
+
+    /// The literal value of `v` if a `scalar` node produces it.
+    pub fn literal(&self, v: ValueId) -> Option<f64> {
+        match self.graph.producer(v).op {
+            Op::Scalar { value } => Some(value),
+            _ => None,
+        }
+    }
+
+    /// The checkpoint name of `v` if a `weight` node produces it.
+    pub fn weight_name(&self, v: ValueId) -> Option<&'g str> {
+        match &self.graph.producer(v).op {
+            Op::Weight { name } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// Every extent of `shape` with symbols at their maxima.
+pub fn max_extents(graph: &Graph, shape: &Shape) -> Vec<u64> {
+    shape
+        .iter()
+        .map(|d| match *d {
+            Dim::Fixed(n) => n,
+            Dim::Sym(s) => graph.symbols[s].max,
+        })
+        .collect()
+}
+
+/// A parameter list from `(name, type)` pairs.
+pub fn params(list: &[(&str, ParamType)]) -> Vec<ParamMeta> {
+    list.iter().map(|&(name, ty)| ParamMeta { name: name.into(), ty }).collect()
+}
+
+/// The entry-point name of a kernel rendered from `template`: `<template>_<hash>`, where the hash
+/// is a 64-bit FNV-1a of `source` (rendered with the name placeholder `{{kernel_name}}` still in
+/// place). Stable across runs, platforms and Rust versions.
+pub fn kernel_name(template: &str, source: &str) -> String {
+    format!("{template}_{:016x}", fnv1a64(source.as_bytes()))
+}
+
+/// 64-bit FNV-1a.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// Finishes a kernel whose source contains `{{kernel_name}}` placeholders: names it by content
+/// hash and substitutes the name.
+pub fn finish_kernel(
+    template: &'static str,
+    source_with_placeholder: String,
+    grid: [DimExpr; 3],
+    block: [u32; 3],
+    smem_bytes: u32,
+    params: Vec<ParamMeta>,
+) -> KernelDef {
+    let name = kernel_name(template, &source_with_placeholder);
+    let source = source_with_placeholder.replace("{{kernel_name}}", &name);
+    KernelDef { template, name, source, grid, block, smem_bytes, params }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_content_addressed() {
+        let a = kernel_name("layernorm", "x {{kernel_name}} 1");
+        assert_eq!(a, kernel_name("layernorm", "x {{kernel_name}} 1"));
+        assert_ne!(a, kernel_name("layernorm", "x {{kernel_name}} 2"));
+        assert!(a.starts_with("layernorm_") && a.len() == "layernorm_".len() + 16);
+        let k = finish_kernel("t", "void {{kernel_name}}()".into(), [1.into(), 1.into(), 1.into()], [32, 1, 1], 0, vec![]);
+        assert_eq!(k.source, format!("void {}()", k.name));
+    }
+}

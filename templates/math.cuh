@@ -1,0 +1,96 @@
+// qfuse element-wise math: dtype conversions and the functions `src/codegen/expr.rs` prints.
+// Inlined after common.cuh (whose typedefs it uses). Formulas follow the reference interpreter
+// (src/interp/ops/elementwise.rs, src/numerics): every conversion rounds to nearest even; narrow
+// floats saturate to +-max (NaN stays NaN), like the IR's `cast`.
+
+// ---- f16 / bf16 (16-bit patterns in uint16_t) --------------------------------------------------
+QF_DEVICE float qf_f16_to_f32(uint16_t h) {
+    float f;
+    asm("{ .reg .b16 t; mov.b16 t, %1; cvt.f32.f16 %0, t; }\n" : "=f"(f) : "h"(h));
+    return f;
+}
+
+QF_DEVICE uint16_t qf_f32_to_f16(float f) {
+    uint16_t h;
+    asm("{ .reg .b16 t; cvt.rn.f16.f32 t, %1; mov.b16 %0, t; }\n" : "=h"(h) : "f"(f));
+    return h;
+}
+
+QF_DEVICE float qf_bf16_to_f32(uint16_t h) { return __uint_as_float(static_cast<uint32_t>(h) << 16); }
+
+QF_DEVICE uint16_t qf_f32_to_bf16(float f) {
+    uint16_t h;
+    asm("{ .reg .b16 t; cvt.rn.bf16.f32 t, %1; mov.b16 %0, t; }\n" : "=h"(h) : "f"(f));
+    return h;
+}
+
+QF_DEVICE float qf_round_f16(float f) { return qf_f16_to_f32(qf_f32_to_f16(f)); }
+QF_DEVICE float qf_round_bf16(float f) { return qf_bf16_to_f32(qf_f32_to_bf16(f)); }
+
+// ---- FP8 (bytes) -------------------------------------------------------------------------------
+QF_DEVICE uint8_t qf_f32_to_e4m3(float f) {
+    uint16_t r;
+    asm("{ .reg .b16 t; cvt.rn.satfinite.e4m3x2.f32 t, %1, %1; mov.b16 %0, t; }\n" : "=h"(r) : "f"(f));
+    return static_cast<uint8_t>(r & 0xff);
+}
+
+QF_DEVICE uint8_t qf_f32_to_e5m2(float f) {
+    uint16_t r;
+    asm("{ .reg .b16 t; cvt.rn.satfinite.e5m2x2.f32 t, %1, %1; mov.b16 %0, t; }\n" : "=h"(r) : "f"(f));
+    return static_cast<uint8_t>(r & 0xff);
+}
+
+QF_DEVICE float qf_e4m3_to_f32(uint8_t b) {
+    uint32_t h2;
+    asm("{ .reg .b16 t; mov.b16 t, %1; cvt.rn.f16x2.e4m3x2 %0, t; }\n" : "=r"(h2) : "h"(static_cast<uint16_t>(b)));
+    return qf_f16_to_f32(static_cast<uint16_t>(h2 & 0xffff));
+}
+
+QF_DEVICE float qf_e5m2_to_f32(uint8_t b) {
+    uint32_t h2;
+    asm("{ .reg .b16 t; mov.b16 t, %1; cvt.rn.f16x2.e5m2x2 %0, t; }\n" : "=r"(h2) : "h"(static_cast<uint16_t>(b)));
+    return qf_f16_to_f32(static_cast<uint16_t>(h2 & 0xffff));
+}
+
+QF_DEVICE float qf_round_e4m3(float f) { return qf_e4m3_to_f32(qf_f32_to_e4m3(f)); }
+QF_DEVICE float qf_round_e5m2(float f) { return qf_e5m2_to_f32(qf_f32_to_e5m2(f)); }
+
+// Static quantization as the IR defines it: a true division x / s (not x * (1/s)), then RNE with
+// saturation.
+QF_DEVICE uint8_t qf_quantize_e4m3(float x, float scale) { return qf_f32_to_e4m3(__fdiv_rn(x, scale)); }
+
+// Largest finite E4M3 value: dynamic scales are amax / 448.
+#define QF_E4M3_MAX 448.0f
+
+// The scale of a dynamic per-token/per-tensor region as the interpreter defines it: amax / qmax,
+// and 1 where that is 0 (or underflows), so nothing divides by zero.
+QF_DEVICE float qf_dynamic_scale(float amax, float qmax) {
+    float s = __fdiv_rn(amax, qmax);
+    return s > 0.0f ? s : 1.0f;
+}
+
+// ---- functions ---------------------------------------------------------------------------------
+// Exact GeLU, x * Phi(x) = 0.5 x erfc(-x / sqrt 2) (accurate in the negative tail).
+QF_DEVICE float qf_gelu(float x) { return 0.5f * x * erfcf(-x * 0.70710678118654752f); }
+
+QF_DEVICE float qf_gelu_tanh(float x) {
+    const float k = 0.7978845608028654f;  // sqrt(2 / pi)
+    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+
+QF_DEVICE float qf_silu(float x) { return x / (1.0f + expf(-x)); }
+QF_DEVICE float qf_relu(float x) { return fmaxf(x, 0.0f); }
+QF_DEVICE float qf_rsqrt(float x) { return 1.0f / sqrtf(x); }
+
+// ---- warp / block reductions -------------------------------------------------------------------
+QF_DEVICE float qf_warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+QF_DEVICE float qf_warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}

@@ -4,12 +4,24 @@
 //! place quantize/dequantize nodes; [`passes`] fold and fuse them; the reference [`interp`]reter
 //! runs any stage on the CPU (the oracle of every test); [`codegen`] compiles kernels with NVRTC.
 
+#[cfg(feature = "compiler")]
+pub mod check;
+#[cfg(feature = "compiler")]
 pub mod codegen;
+#[cfg(feature = "compiler")]
+pub mod compile;
+#[cfg(feature = "compiler")]
 pub mod import;
+#[cfg(feature = "compiler")]
 pub mod interp;
+#[cfg(feature = "compiler")]
 pub mod ir;
+#[cfg(feature = "compiler")]
 pub mod numerics;
+#[cfg(feature = "compiler")]
 pub mod passes;
 pub mod plan;
+#[cfg(feature = "compiler")]
 pub mod quant;
+pub mod runtime;
 pub mod util;

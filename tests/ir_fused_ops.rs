@@ -37,7 +37,11 @@ fn fused_ops_round_trip() {
 fn fused_type_rules_reject_misuse() {
     let bad = [
         ("qmatmul %3, %4 {transpose_b, alpha=1.0, acc=f32} : f16[B,16]", "acc=f32 result declared f16", "declared type"),
-        ("qmatmul %0, %4 {transpose_b, alpha=1.0, acc=f32} : f32[B,16]", "wide-float lhs", "lhs must be quantized storage"),
+        ("qmatmul %0, %4 {transpose_b, alpha=1.0, acc=f32} : f32[B,16]", "f16 lhs, FP8 rhs", "must be of one family"),
+        ("qmatmul %0, %51 {transpose_b, alpha=1.0, acc=f32} : f32[B,16]", "f16 lhs, bf16 rhs", "must be of one family"),
+        ("qmatmul %52, %4 {transpose_b, alpha=1.0, acc=f32} : f32[B,16]", "i8 lhs, FP8 rhs", "must be of one family"),
+        ("qmatmul %0, %53 {transpose_b, alpha=1.0, b_scale=%10, acc=f16} : f16[B,16]", "f16 operands with b_scale", "takes no a_scale or b_scale"),
+        ("qmatmul %54, %54 {transpose_b, alpha=1.0, acc=f32} : f32[B,B]", "f32 operands", "must be FP8, 8-bit integer, f16 or bf16"),
         ("qmatmul %3, %4 {transpose_b, alpha=1.0, acc=f32, epilogue=[add(%1,f32)]} : f32[B,16]", "bias of wrong width", "does not fit"),
         (
             "requantize %3 {from_scale=0.1, via=f16, f8e4m3, per_token, scale=dynamic(f32)} : f8e4m3[B,8]",
@@ -45,8 +49,9 @@ fn fused_type_rules_reject_misuse() {
             "per-tensor quantization with a literal scale",
         ),
     ];
+    let extra = "  %51 = weight @wb : bf16[16,8]\n  %52 = weight @wi : i8[B,8]\n  %53 = weight @wh : f16[16,8]\n  %54 = input \"x32\" : f32[B,8]\n";
     for (line, what, want) in bad {
-        let src = FUSED.replace("  return", &format!("  %50 = {line}\n  return"));
+        let src = FUSED.replace("  return", &format!("{extra}  %50 = {line}\n  return"));
         let g = ir::parse(&src).unwrap_or_else(|e| panic!("{what}: {e}"));
         let err = ir::verify(&g, "test").expect_err(what).to_string();
         assert!(err.contains(want), "{what}: {err}");
@@ -119,4 +124,176 @@ fn fused_ops_compute_what_they_replace() {
     assert!(close, "fused {a:?}\nunfused {b:?}");
     assert!(differing <= a.len() / 8, "{differing} of {} values differ", a.len());
     assert!(a.iter().any(|&v| v != 0.0), "the test data must not quantize to all zeros");
+}
+
+/// f16 GEMM, attention and embedding: a graph with the three new fused ops.
+const MORE_FUSED: &str = r#"
+graph "more" {
+  sym B max=4
+  sym S max=8
+  %0 = input "ids" : i64[B,S]
+  %1 = input "types" : i64[B,S]
+  %2 = input "mask" : f16[B,S]
+  %3 = weight @word : f16[10,16]
+  %4 = weight @pos : f16[8,16]
+  %5 = weight @type : f16[2,16]
+  %6 = weight @gamma : f16[16]
+  %7 = weight @beta : f16[16]
+  %8 = embed_layernorm %0, %1, %3, %4, %5, %6, %7 {eps=1e-12, via=f16} : f16[B,S,16] loc("embeddings.LayerNorm")
+  %9, %10 = embed_layernorm %0, %1, %3, %4, %5, %6, %7 {eps=1e-12, via=f16, keep_normed=true, f8e4m3, per_tensor, scale=0.02} : f8e4m3[B,S,16], f16[B,S,16]
+  %11, %12 = embed_layernorm %0, %1, %3, %4, %5, %6, %7 {eps=1e-05, via=f16, f8e4m3, per_token, scale=dynamic(f32)} : f8e4m3[B,S,16], f32[B,S,1]
+  %13 = weight @wq : f16[16,16]
+  %14 = weight @bq : f16[16]
+  %15 = qmatmul %8, %13 {transpose_b, alpha=1.0, acc=f16, epilogue=[add(%14,f16)]} : f16[B,S,16] loc("q")
+  %16 = attention %15, %8, %10 {heads=2, scale=0.353515625, mask=%2, out=f8e4m3, out_scale=0.01} : f8e4m3[B,S,16] loc("attn")
+  %17 = attention %15, %15, %8 {heads=4} : f16[B,S,16]
+  return "e" = %8, "q" = %9, "dq" = %11, "ds" = %12, "a" = %16, "b" = %17
+}
+"#;
+
+/// `MORE_FUSED` written with unfused ops, as the importer and the passes see it.
+const MORE_UNFUSED: &str = r#"
+graph "more-unfused" {
+  sym B max=4
+  sym S max=8
+  %0 = input "ids" : i64[B,S]
+  %1 = input "types" : i64[B,S]
+  %2 = input "mask" : f16[B,S]
+  %3 = weight @word : f16[10,16]
+  %4 = weight @pos : f16[8,16]
+  %5 = weight @type : f16[2,16]
+  %6 = weight @gamma : f16[16]
+  %7 = weight @beta : f16[16]
+  %20 = gather %3, %0 : f16[B,S,16]
+  %21 = iota : i64[S]
+  %22 = gather %4, %21 : f16[S,16]
+  %23 = add %20, %22 : f16[B,S,16]
+  %24 = gather %5, %1 : f16[B,S,16]
+  %25 = add %23, %24 : f16[B,S,16]
+  %8 = layernorm %25, %6, %7 {eps=1e-12} : f16[B,S,16]
+  %9 = quantize %8 {f8e4m3, per_tensor, scale=0.02} : f8e4m3[B,S,16]
+  %26 = layernorm %25, %6, %7 {eps=1e-05} : f16[B,S,16]
+  %11, %12 = quantize %26 {f8e4m3, per_token, scale=dynamic(f32)} : f8e4m3[B,S,16], f32[B,S,1]
+  %13 = weight @wq : f16[16,16]
+  %14 = weight @bq : f16[16]
+  %27 = matmul %8, %13 {transpose_b} : f16[B,S,16]
+  %15 = add %27, %14 : f16[B,S,16]
+  %30 = reshape %15 : f16[B,S,2,8]
+  %31 = transpose %30 {perm=[0,2,1,3]} : f16[B,2,S,8]
+  %32 = reshape %8 : f16[B,S,2,8]
+  %33 = transpose %32 {perm=[0,2,1,3]} : f16[B,2,S,8]
+  %34 = matmul %31, %33 {transpose_b} : f16[B,2,S,S]
+  %35 = scalar 0.3535533845424652 : f16[]
+  %36 = mul %34, %35 : f16[B,2,S,S]
+  %37 = reshape %2 : f16[B,1,1,S]
+  %38 = add %36, %37 : f16[B,2,S,S]
+  %39 = softmax %38 {axis=-1} : f16[B,2,S,S]
+  %40 = matmul %39, %33 : f16[B,2,S,8]
+  %41 = quantize %40 {f8e4m3, per_tensor, scale=0.01} : f8e4m3[B,2,S,8]
+  %42 = transpose %41 {perm=[0,2,1,3]} : f8e4m3[B,S,2,8]
+  %16 = reshape %42 : f8e4m3[B,S,16]
+  %50 = reshape %15 : f16[B,S,4,4]
+  %51 = transpose %50 {perm=[0,2,1,3]} : f16[B,4,S,4]
+  %52 = reshape %8 : f16[B,S,4,4]
+  %53 = transpose %52 {perm=[0,2,1,3]} : f16[B,4,S,4]
+  %54 = matmul %51, %51 {transpose_b} : f16[B,4,S,S]
+  %55 = softmax %54 {axis=-1} : f16[B,4,S,S]
+  %56 = matmul %55, %53 : f16[B,4,S,4]
+  %57 = transpose %56 {perm=[0,2,1,3]} : f16[B,S,4,4]
+  %17 = reshape %57 : f16[B,S,16]
+  return "e" = %8, "q" = %9, "dq" = %11, "ds" = %12, "a" = %16, "b" = %17
+}
+"#;
+
+fn more_weights() -> Mem {
+    let table = |rows: usize, seed: usize| {
+        let v: Vec<f32> = (0..rows * 16).map(|i| ((i * 31 + seed * 7) % 23) as f32 / 11.0 - 1.0).collect();
+        Arc::new(Tensor::from_f32_as(ir::DType::F16, vec![rows, 16], v))
+    };
+    let vec16 = |f: &dyn Fn(usize) -> f32| Arc::new(Tensor::from_f32_as(ir::DType::F16, vec![16], (0..16).map(f).collect()));
+    let mut m = HashMap::new();
+    m.insert("word".into(), table(10, 1));
+    m.insert("pos".into(), table(8, 2));
+    m.insert("type".into(), table(2, 3));
+    m.insert("wq".into(), table(16, 4));
+    m.insert("gamma".into(), vec16(&|i| 0.5 + i as f32 / 16.0));
+    m.insert("beta".into(), vec16(&|i| i as f32 / 32.0 - 0.25));
+    m.insert("bq".into(), vec16(&|i| i as f32 / 8.0 - 1.0));
+    Mem(m)
+}
+
+#[test]
+fn attention_embedding_and_f16_gemm_round_trip() {
+    let g = ir::parse(MORE_FUSED).unwrap();
+    ir::verify(&g, "after parse").unwrap();
+    let text = ir::print(&g);
+    assert_eq!(ir::parse(&text).unwrap(), ir::order::renumber(&g));
+    for want in [
+        "attention %", "{heads=2, scale=0.35351563, mask=%", ", out=f8e4m3, out_scale=0.01} : f8e4m3[B,S,16] loc(\"attn\")",
+        "{heads=4} : f16[B,S,16]", "{eps=1e-12, via=f16} : f16[B,S,16] loc(\"embeddings.LayerNorm\")",
+        "{eps=1e-12, via=f16, keep_normed=true, f8e4m3, per_tensor, scale=0.02} : f8e4m3[B,S,16], f16[B,S,16]",
+        "{transpose_b, alpha=1.0, acc=f16, epilogue=[add(%",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+}
+
+/// The new fused ops are defined as the chains they replace: bit-identical results.
+#[test]
+fn attention_embedding_and_f16_gemm_compute_what_they_replace() {
+    let w = more_weights();
+    let (b, s) = (2, 5);
+    let ids: Vec<i64> = (0..b * s).map(|i| (i * 7 % 10) as i64).collect();
+    let types: Vec<i64> = (0..b * s).map(|i| (i % 2) as i64).collect();
+    let mask: Vec<f32> = (0..b * s).map(|i| if i % s == s - 1 && i > s { -65504.0 } else { 0.0 }).collect();
+    let inputs = [
+        ("ids", Tensor::i64(vec![b, s], ids)),
+        ("types", Tensor::i64(vec![b, s], types)),
+        ("mask", Tensor::from_f32_as(ir::DType::F16, vec![b, s], mask)),
+    ];
+    let fused = interp::run(&ir::parse(MORE_FUSED).unwrap(), &w, &inputs).unwrap();
+    let unfused = interp::run(&ir::parse(MORE_UNFUSED).unwrap(), &w, &inputs).unwrap();
+    for ((name, a), (_, b)) in fused.iter().zip(&unfused) {
+        assert_eq!(a.dtype, b.dtype, "{name}");
+        assert_eq!(a.shape, b.shape, "{name}");
+        let (x, y) = (a.to_f32_vec(), b.to_f32_vec());
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&x), bits(&y), "{name}: fused {x:?}\nunfused {y:?}");
+        assert!(x.iter().any(|&v| v != 0.0), "{name}: the test data must not give all zeros");
+    }
+}
+
+#[test]
+fn attention_and_embedding_type_rules_reject_misuse() {
+    // %0: f32[B,S,16], %1: f16[B,S,16], %2: f16[B,S,8], %3: i64[B,S], %4: i32[B,S], %5: f16[10,16], %6: f16[16]
+    let bad = [
+        ("attention %0, %0, %0 {heads=2} : f32[B,S,16]", "f32 operands", "must be f16 or bf16"),
+        ("attention %1, %1, %1 {heads=3} : f16[B,S,16]", "heads do not divide", "not a multiple of 3 heads"),
+        ("attention %1, %1, %1 {heads=0} : f16[B,S,16]", "no heads", "at least one head"),
+        ("attention %1, %1, %2 {heads=2} : f16[B,S,16]", "v of another shape", "attention v is"),
+        ("attention %1, %1, %1 {heads=2, scale=0.1} : f16[B,S,16]", "scale not an f16 value", "not exactly representable in f16"),
+        ("attention %1, %1, %1 {heads=2, mask=%1} : f16[B,S,16]", "mask not [B,S]", "mask bias must be f16[sym0,sym1], got f16[sym0,sym1,16]"),
+        ("attention %1, %1, %1 {heads=2, out=f8e4m3, out_scale=0.5} : f16[B,S,16]", "output declared f16", "declared type"),
+        ("embed_layernorm %3, %3, %5, %5, %5, %6, %6 {eps=1e-12, via=f16, keep_normed=true} : f16[B,S,16]", "keep_normed without quant", "keep_normed needs"),
+        ("embed_layernorm %4, %4, %5, %5, %5, %6, %6 {eps=1e-12, via=f16} : f16[B,S,16]", "i32 ids", "ids must be i64[B, S]"),
+        ("embed_layernorm %3, %3, %5, %5, %5, %6, %6 {eps=1e-12, via=bf16} : bf16[B,S,16]", "tables not of via", "word table must be bf16"),
+        ("embed_layernorm %3, %3, %5, %5, %5, %1, %6 {eps=1e-12, via=f16} : f16[B,S,16]", "gamma not [H]", "gamma must be f16[16]"),
+    ];
+    let head = r#"graph "bad" {
+  sym B max=4
+  sym S max=8
+  %0 = input "q" : f32[B,S,16]
+  %1 = input "h" : f16[B,S,16]
+  %2 = input "v" : f16[B,S,8]
+  %3 = input "i" : i64[B,S]
+  %4 = input "i32" : i32[B,S]
+  %5 = weight @w : f16[10,16]
+  %6 = weight @g : f16[16]
+"#;
+    for (line, what, want) in bad {
+        let src = format!("{head}  %7 = {line}\n  return \"y\" = %7\n}}\n");
+        let g = ir::parse(&src).unwrap_or_else(|e| panic!("{what}: {e}\n{src}"));
+        let err = ir::verify(&g, "test").expect_err(what).to_string();
+        assert!(err.contains(want), "{what}: {err}");
+    }
 }

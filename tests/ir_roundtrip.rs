@@ -19,8 +19,8 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{FileFailurePersistence, TestRunner};
 use qfuse::ir::print::print_exact;
 use qfuse::ir::{
-    self, order, BinaryOp, Builder, DType, Dim, Granularity, Graph, Node, NodeId, Op, QuantSpec, ReduceOp, ScaleSource, Shape, SymId,
-    TensorType, UnaryOp, ValueId, ValueInfo, ZeroPoint,
+    self, order, Attention, BinaryOp, Builder, DType, Dim, EmbedLayerNorm, EpilogueOp, EpilogueStep, Granularity, Graph, Node, NodeId, Op,
+    QMatMul, QuantSpec, ReduceOp, ScaleSource, Shape, SymId, TensorType, UnaryOp, ValueId, ValueInfo, ZeroPoint,
 };
 use qfuse::numerics::E8M0Rounding;
 use std::collections::BTreeSet;
@@ -301,7 +301,7 @@ impl<'g> Gen<'g> {
 
     fn step(&mut self, d: &mut Dice) {
         self.b.scope = if d.chance(40) { Some(self.name(d, &LOC_NAMES)) } else { None };
-        match d.below(22) {
+        match d.below(25) {
             0 => {
                 let ty = TensorType::new(d.pick(&DType::ALL), self.shape(d, 0, 4));
                 self.input(d, ty);
@@ -356,7 +356,10 @@ impl<'g> Gen<'g> {
                 self.add1(Op::L2Normalize { eps }, &[x], None);
             }
             18 | 19 => self.quantize(d),
-            _ => self.dequantize(d),
+            20 | 21 => self.dequantize(d),
+            22 => self.qmatmul(d),
+            23 => self.attention(d),
+            _ => self.embed_layernorm(d),
         }
     }
 
@@ -530,8 +533,16 @@ impl<'g> Gen<'g> {
     fn quantize(&mut self, d: &mut Dice) {
         let x = self.wide_operand(d, 0, 4);
         let shape = self.ty(x).shape;
-        let granularity = self.granularity(d, &shape);
         let mut inputs = vec![x];
+        let spec = self.quant_spec(d, &shape, &mut inputs);
+        let outs = self.b.add(Op::Quantize(spec), &inputs, None).unwrap_or_else(|e| panic!("ill-typed quantize: {e}"));
+        self.pool.extend(outs);
+    }
+
+    /// A quantization of data shaped `shape`, pushing its scale / zero-point operands on `inputs`.
+    fn quant_spec(&mut self, d: &mut Dice, shape: &Shape, inputs: &mut Vec<ValueId>) -> QuantSpec {
+        let shape = shape.clone();
+        let granularity = self.granularity(d, &shape);
         let scale = match d.below(3) {
             0 => ScaleSource::Literal(f32_value(d)),
             1 => {
@@ -550,8 +561,104 @@ impl<'g> Gen<'g> {
             }
         };
         let mut spec = QuantSpec { storage: d.pick(&STORAGE), granularity, scale, zero_point: None };
-        self.zero_point(d, &mut spec, &shape, &mut inputs);
-        let outs = self.b.add(Op::Quantize(spec), &inputs, None).unwrap_or_else(|e| panic!("ill-typed quantize: {e}"));
+        self.zero_point(d, &mut spec, &shape, inputs);
+        spec
+    }
+
+    /// A per-tensor literal output quantize of a fused op, or none.
+    fn fused_output(&mut self, d: &mut Dice) -> Option<QuantSpec> {
+        d.chance(40).then(|| QuantSpec::per_tensor(d.pick(&STORAGE), f32_value(d)))
+    }
+
+    /// A `qmatmul` over FP8, 8-bit integer or (same) f16/bf16 operands, rank 2–4, optional scale
+    /// vectors (quantized operands only), an epilogue and an output quantize.
+    fn qmatmul(&mut self, d: &mut Dice) {
+        let (da, db) = match d.below(3) {
+            0 => (d.pick(&[DType::F8E4M3, DType::F8E5M2]), d.pick(&[DType::F8E4M3, DType::F8E5M2])),
+            1 => (d.pick(&[DType::I8, DType::U8]), d.pick(&[DType::I8, DType::U8])),
+            _ => {
+                let t = d.pick(&[DType::F16, DType::BF16]);
+                (t, t)
+            }
+        };
+        let wide = da.is_wide_float();
+        let transpose_b = d.chance(50);
+        let batch: Vec<Dim> = (0..d.below(3)).map(|_| self.dim(d)).collect();
+        let (m, k, n) = (self.dim(d), self.dim(d), self.dim(d));
+        let a = self.value_of(d, TensorType::new(da, batch.iter().copied().chain([m, k])));
+        let b_mat = if transpose_b { [n, k] } else { [k, n] };
+        let b_batch = if d.chance(50) { batch.clone() } else { vec![] };
+        let b = self.value_of(d, TensorType::new(db, b_batch.into_iter().chain(b_mat)));
+        let out: Vec<Dim> = batch.iter().copied().chain([m, n]).collect();
+        let mut inputs = vec![a, b];
+        let a_scale = !wide && d.chance(40);
+        if a_scale {
+            let shape = batch.iter().copied().chain([m, Dim::Fixed(1)]);
+            inputs.push(self.value_of(d, TensorType::new(DType::F32, shape)));
+        }
+        let b_scale = !wide && d.chance(40);
+        if b_scale {
+            inputs.push(self.value_of(d, TensorType::new(DType::F32, [n])));
+        }
+        let acc_dtype = d.pick(&WIDE);
+        let mut running = acc_dtype;
+        let mut epilogue = vec![];
+        for _ in 0..d.below(4) {
+            let dtype = d.pick(&WIDE);
+            let op = match d.below(3) {
+                0 => EpilogueOp::Cast,
+                1 => {
+                    let shape: Vec<Dim> = if d.chance(50) { vec![n] } else { out.clone() };
+                    inputs.push(self.value_of(d, TensorType::new(running, shape)));
+                    EpilogueOp::Add
+                }
+                _ => EpilogueOp::Unary(d.pick(&[UnaryOp::Gelu, UnaryOp::GeluTanh, UnaryOp::Silu, UnaryOp::Relu])),
+            };
+            epilogue.push(EpilogueStep { op, dtype });
+            running = dtype;
+        }
+        let alpha = f32_value(d);
+        let output = self.fused_output(d);
+        let q = QMatMul { transpose_b, alpha, a_scale, b_scale, acc_dtype, epilogue, output };
+        self.add1(Op::QMatMul(q), &inputs, None);
+    }
+
+    /// An `attention` over `[B,S,H·D]` f16/bf16 operands, with or without scale, mask and output
+    /// quantize.
+    fn attention(&mut self, d: &mut Dice) {
+        let dtype = d.pick(&[DType::F16, DType::BF16]);
+        let heads = d.pick(&[1u32, 2, 3, 12]);
+        let width = u64::from(heads) * d.pick(&[1u64, 2, 4, 32]);
+        let (b, s) = (self.dim(d), self.dim(d));
+        let ty = TensorType::new(dtype, [b, s, Dim::Fixed(width)]);
+        let mut inputs = vec![self.value_of(d, ty.clone()), self.value_of(d, ty.clone()), self.value_of(d, ty)];
+        let scale = if d.chance(60) { Some(qfuse::numerics::cast(f32_value(d), dtype)) } else { None };
+        let mask = d.chance(50);
+        if mask {
+            inputs.push(self.value_of(d, TensorType::new(dtype, [b, s])));
+        }
+        let output = self.fused_output(d);
+        self.add1(Op::Attention(Attention { heads, scale, mask, output }), &inputs, None);
+    }
+
+    /// An `embed_layernorm`, plain or with any quantization `layernorm_quantize` could carry.
+    fn embed_layernorm(&mut self, d: &mut Dice) {
+        let via = d.pick(&WIDE);
+        let h = self.dim(d);
+        let (b, s) = (self.dim(d), self.dim(d));
+        let ids = TensorType::new(DType::I64, [b, s]);
+        let mut inputs = vec![self.value_of(d, ids.clone()), self.value_of(d, ids)];
+        for rows in [Dim::Fixed(d.pick(&[30522, 8])), self.dim(d), Dim::Fixed(2)] {
+            inputs.push(self.value_of(d, TensorType::new(via, [rows, h])));
+        }
+        for _ in 0..2 {
+            inputs.push(self.value_of(d, TensorType::new(via, [h])));
+        }
+        let quant = d.chance(60).then(|| self.quant_spec(d, &[b, s, h].into_iter().collect(), &mut inputs));
+        let keep_normed = quant.is_some() && d.chance(50);
+        let eps = self.eps(d);
+        let op = Op::EmbedLayerNorm(EmbedLayerNorm { eps, via, quant, keep_normed });
+        let outs = self.b.add(op, &inputs, None).unwrap_or_else(|e| panic!("ill-typed embed_layernorm: {e}"));
         self.pool.extend(outs);
     }
 
@@ -758,6 +865,22 @@ fn generator_covers_the_ir() {
             if let Op::Reduce { keep_dims, .. } = node.op {
                 seen.insert(format!("reduce keep_dims={keep_dims}"));
             }
+            match &node.op {
+                Op::QMatMul(q) => {
+                    seen.insert(format!("qmatmul {}", g.ty(node.inputs[0]).dtype));
+                    seen.insert(format!("qmatmul output {}", q.output.is_some()));
+                    if q.epilogue.iter().any(|s| s.op == EpilogueOp::Add) {
+                        seen.insert("qmatmul epilogue add".into());
+                    }
+                }
+                Op::Attention(a) => {
+                    seen.insert(format!("attention mask={} scale={} output={}", a.mask, a.scale.is_some(), a.output.is_some()));
+                }
+                Op::EmbedLayerNorm(e) => {
+                    seen.insert(format!("embed_layernorm quant={} keep_normed={}", e.quant.is_some(), e.keep_normed));
+                }
+                _ => {}
+            }
             if node.name.as_deref().is_some_and(|n| n.contains(['"', '\\', '.'])) {
                 seen.insert("awkward loc".into());
             }
@@ -821,6 +944,20 @@ fn generator_covers_the_ir() {
         "l2_normalize",
         "quantize",
         "dequantize",
+        "qmatmul",
+        "qmatmul f8e4m3",
+        "qmatmul i8",
+        "qmatmul f16",
+        "qmatmul bf16",
+        "qmatmul output true",
+        "qmatmul output false",
+        "qmatmul epilogue add",
+        "attention",
+        "embed_layernorm",
+        "embed_layernorm quant=false keep_normed=false",
+        "embed_layernorm quant=true keep_normed=false",
+        "embed_layernorm quant=true keep_normed=true",
+        "embed_layernorm outputs 2",
         "per_tensor",
         "per_channel(-)",
         "per_channel(+)",
@@ -855,6 +992,12 @@ fn generator_covers_the_ir() {
             want.push(format!("matmul ta={ta} tb={tb}"));
         }
     }
+    for mask in [false, true] {
+        for output in [false, true] {
+            want.push(format!("attention mask={mask} scale=true output={output}"));
+        }
+    }
+    want.push("attention mask=false scale=false output=false".into());
     let missing: Vec<&String> = want.iter().filter(|w| !seen.contains(*w)).collect();
     assert!(missing.is_empty(), "the generator never produced {missing:?}");
     let zero_kinds = seen.iter().filter(|s| s.starts_with("zero ")).count();

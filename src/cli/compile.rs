@@ -1,17 +1,20 @@
-//! `qfuse compile`: recipe, calibration and fusion; writes the fused IR.
+//! `qfuse compile`: recipe, calibration, fusion, code generation; writes a `.plan` (or the fused IR).
 
 use super::recipe_args::RecipeArgs;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use comfy_table::{presets, Table};
+use qfuse::compile::{self, CompileOptions, CompileStats};
 use qfuse::import::{self, ImportOptions};
 use qfuse::passes::report::{Entry, Outcome};
 use qfuse::quant::{self, Quantized};
 use std::path::PathBuf;
 
 /// What `compile` writes.
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Emit {
+    /// A `.plan` for the runtime (kernels, weights, schedule).
+    Plan,
     /// The fused IR text.
     Ir,
 }
@@ -23,12 +26,24 @@ pub struct CompileArgs {
     model_dir: PathBuf,
     #[command(flatten)]
     recipe: RecipeArgs,
-    /// Output kind.
-    #[arg(long, value_enum, default_value = "ir")]
-    emit: Emit,
+    /// Output kind (default: `ir` when the output ends in `.ir`, else `plan`).
+    #[arg(long, value_enum)]
+    emit: Option<Emit>,
     /// Output file.
     #[arg(short, long)]
     output: PathBuf,
+    /// Target GPU arch of the CUBINs (default: sm_90a).
+    #[arg(long)]
+    arch: Option<String>,
+    /// Largest batch the plan accepts.
+    #[arg(long, default_value_t = 64)]
+    max_batch: u64,
+    /// Largest sequence length the plan accepts (default: the model's position table).
+    #[arg(long)]
+    max_seq: Option<u64>,
+    /// Compile every kernel with NVRTC even if the CUBIN cache has it.
+    #[arg(long)]
+    no_kernel_cache: bool,
     /// Print the fusion report as JSON on stdout instead of a table.
     #[arg(long)]
     json: bool,
@@ -37,21 +52,64 @@ pub struct CompileArgs {
 /// Runs `qfuse compile`.
 pub fn run(args: &CompileArgs, quiet: bool) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let model = import::load(&args.model_dir, &ImportOptions::default())?;
+    let emit = args.emit.unwrap_or(if args.output.extension().is_some_and(|e| e == "ir") { Emit::Ir } else { Emit::Plan });
+    let import_opts = ImportOptions { max_batch: args.max_batch, max_seq: args.max_seq, ..ImportOptions::default() };
     let recipe = args.recipe.build(args.recipe.recipe.as_deref().unwrap_or("fp8"))?;
-    let q = quant::quantize(&model, &recipe, &args.recipe.calib_options(quiet)?, &args.recipe.pass_options())?;
-    match args.emit {
-        Emit::Ir => qfuse::util::write_atomic(&args.output, qfuse::ir::print(&q.fused).as_bytes())
-            .with_context(|| format!("writing {}", args.output.display()))?,
-    }
+    let calib = args.recipe.calib_options(quiet)?;
+    let (q, stats) = match emit {
+        Emit::Ir => {
+            let model = import::load(&args.model_dir, &import_opts)?;
+            let q = quant::quantize(&model, &recipe, &calib, &args.recipe.pass_options())?;
+            qfuse::util::write_atomic(&args.output, qfuse::ir::print(&q.fused).as_bytes())
+                .with_context(|| format!("writing {}", args.output.display()))?;
+            (q, None)
+        }
+        Emit::Plan => {
+            let mut opts = CompileOptions::new(recipe);
+            opts.calib = calib;
+            opts.passes = args.recipe.pass_options();
+            opts.arch = args.arch.clone();
+            opts.import = import_opts;
+            if args.no_kernel_cache {
+                opts.kernel_cache = None;
+            }
+            let plan = compile::compile(&args.model_dir, &opts)?;
+            plan.save(&args.output)?;
+            let stats = plan.stats.clone();
+            (plan.quantized, Some(stats))
+        }
+    };
     if args.json {
-        let json = serde_json::json!({"recipe": q.recipe, "calibration": q.calibration, "report": q.report, "skipped": q.skipped});
+        let json = serde_json::json!({
+            "recipe": q.recipe, "calibration": q.calibration, "report": q.report, "skipped": q.skipped, "plan": stats,
+        });
         return super::output::print_line(&serde_json::to_string_pretty(&json)?).map_err(Into::into);
     }
     super::output::print_line(&describe(&q))?;
+    if let Some(s) = &stats {
+        super::output::print_line(&describe_stats(s))?;
+    }
     let secs = started.elapsed().as_secs_f64();
     super::output::print_line(&format!("wrote {} ({} nodes) in {secs:.2} s", args.output.display(), q.fused.nodes.len()))?;
     Ok(())
+}
+
+/// One paragraph on what code generation did.
+fn describe_stats(s: &CompileStats) -> String {
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    format!(
+        "plan: {} kernels ({} compiled, {} cached, NVRTC {:.2} s) for {}, {} launches per run, \
+         weights {:.1} MiB, activation arena {:.1} MiB at the largest shapes ({:.1} MiB without reuse)",
+        s.kernels,
+        s.compiled,
+        s.cached,
+        s.nvrtc_seconds,
+        s.arch,
+        s.launches,
+        mib(s.weight_bytes),
+        mib(s.peak_activation_bytes),
+        mib(s.unshared_activation_bytes),
+    )
 }
 
 /// The calibration line and the fusion report as a table.

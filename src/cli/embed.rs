@@ -48,8 +48,7 @@ pub fn run(args: &EmbedArgs, quiet: bool) -> anyhow::Result<()> {
     let embeddings = embed_all(&graph, &model, tok, &texts, opts.max_batch as usize, quiet)?;
     tracing::info!(texts = texts.len(), seconds = started.elapsed().as_secs_f64(), "embedded");
     if args.json {
-        let items: Vec<_> = texts.iter().zip(&embeddings).map(|(t, e)| serde_json::json!({"text": t, "embedding": e})).collect();
-        super::output::print_line(&serde_json::to_string(&items)?)?;
+        print_json(&texts, &embeddings)?;
     } else {
         print_tables(&texts, &embeddings)?;
         let secs = started.elapsed().as_secs_f64();
@@ -60,20 +59,32 @@ pub fn run(args: &EmbedArgs, quiet: bool) -> anyhow::Result<()> {
 
 fn collect_texts(args: &EmbedArgs) -> anyhow::Result<Vec<String>> {
     let mut texts = args.texts.clone();
-    if let Some(path) = &args.file {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-            let line = std::str::from_utf8(line).with_context(|| format!("{}: line {} is not valid UTF-8", path.display(), i + 1))?;
-            let line = line.trim_end_matches('\r');
-            if !line.trim().is_empty() {
-                texts.push(line.to_string());
-            }
-        }
-    }
+    texts.extend(read_text_file(args.file.as_deref())?);
     if texts.is_empty() {
         bail!("no texts given: pass them as arguments or with --file");
     }
     Ok(texts)
+}
+
+/// The non-blank lines of `path` (none without a path); errors name the file and line.
+pub fn read_text_file(path: Option<&std::path::Path>) -> anyhow::Result<Vec<String>> {
+    let Some(path) = path else { return Ok(Vec::new()) };
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut texts = Vec::new();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = std::str::from_utf8(line).with_context(|| format!("{}: line {} is not valid UTF-8", path.display(), i + 1))?;
+        let line = line.trim_end_matches('\r');
+        if !line.trim().is_empty() {
+            texts.push(line.to_string());
+        }
+    }
+    Ok(texts)
+}
+
+/// `[{"text": ..., "embedding": [...]}]` on one line of stdout.
+pub fn print_json(texts: &[String], embeddings: &[Vec<f32>]) -> anyhow::Result<()> {
+    let items: Vec<_> = texts.iter().zip(embeddings).map(|(t, e)| serde_json::json!({"text": t, "embedding": e})).collect();
+    super::output::print_line(&serde_json::to_string(&items)?).map_err(Into::into)
 }
 
 /// Embeds `texts` in batches of at most `max_batch`, showing progress over graph values.
@@ -114,7 +125,7 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     (dot / (na * nb).max(1e-30)) as f32
 }
 
-fn print_tables(texts: &[String], embeddings: &[Vec<f32>]) -> anyhow::Result<()> {
+pub fn print_tables(texts: &[String], embeddings: &[Vec<f32>]) -> anyhow::Result<()> {
     let short = |t: &str| {
         let s: String = t.chars().take(28).collect();
         if s.len() < t.len() {

@@ -1,11 +1,15 @@
 //! Command-line front end: argument parsing, logging set-up and error reporting.
 
+mod bench;
+mod check;
 mod compile;
 mod embed;
 mod eval;
 mod import;
+mod inspect;
 mod output;
 mod recipe_args;
+mod run;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -31,6 +35,14 @@ enum Command {
     Compile(compile::CompileArgs),
     /// Measure a recipe's accuracy against FP32 on held-out texts, per layer and end to end.
     Eval(eval::EvalArgs),
+    /// Show what a .plan holds: header, signature, kernels, buffers, recipe, fusion report.
+    Inspect(inspect::InspectArgs),
+    /// Embed texts with a .plan on the GPU.
+    Run(run::RunArgs),
+    /// Time a .plan end to end on the GPU (CUDA graph replays, median of N).
+    Bench(bench::BenchArgs),
+    /// Check a .plan on the GPU against the reference interpreter, kernel by kernel and end to end.
+    Check(check::CheckArgs),
 }
 
 /// Parses arguments, runs the command, and maps errors to a message and exit code 1.
@@ -42,6 +54,10 @@ pub fn main() -> ExitCode {
         Command::Embed(args) => embed::run(&args, cli.quiet),
         Command::Compile(args) => compile::run(&args, cli.quiet),
         Command::Eval(args) => eval::run(&args, cli.quiet),
+        Command::Inspect(args) => inspect::run(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::Check(args) => check::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

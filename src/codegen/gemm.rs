@@ -1,30 +1,36 @@
-//! FP8 E4M3 GEMM kernels from `templates/qgemm_fp8.cu`: a typed [`GemmSpec`] → CUDA C source.
+//! GEMM kernels from `templates/gemm.cu`: a typed [`GemmSpec`] (operands, tiles, mainloop) and an
+//! [`Epilogue`] (an [`Expr`] over the accumulator and the epilogue inputs, plus how the result is
+//! stored) → a [`KernelDef`].
 //!
-//! The kernel computes the IR's `qmatmul` with `transpose_b` and an f16 output:
-//! `Y[M,N] = f16(f16(alpha · Σ_k A[m,k]·B[n,k]) + bias[n])` (bias optional), A `[M,K]` and
-//! B `[N,K]` row-major E4M3, f32 accumulators (with `wgmma`, the tensor cores' FP8 partial sums
-//! are promoted to f32 every 128-deep k-tile, or only at the end with `fast_accum`). N, K, the
-//! tiles, the pipeline depth and the epilogue are compiled in; M is a run-time argument. Tiles are filled by a `stages`-deep `cp.async` ring
-//! in the 128-byte XOR-swizzled layout; the [`Mainloop`] is either `mma.sync.m16n8k32` (e4m3) fed
-//! by `ldmatrix`, or Hopper's `wgmma.mma_async` reading the same tiles through shared-memory
-//! descriptors. See `templates/qgemm_fp8.cu` for the design.
+//! The kernel computes, for `A [M, K]` and `B [N, K]` row-major (both K-major, "TN"), FP8 E4M3,
+//! f16 or bf16:
+//! `Y[m, n] = store(value(acc = Σ_k A[m, k]·B[n, k], inputs at (m, n)))`, with f32 accumulators
+//! (with FP8 `wgmma`, the tensor cores' partial sums are promoted to f32 every 128-deep k-tile,
+//! or only at the end with `fast_accum`; f16/bf16 `wgmma` accumulates in f32). N, K, the tiles, the
+//! pipeline depth and the epilogue are compiled in; M is a run-time argument. Tiles are filled by
+//! a `stages`-deep `cp.async` ring in the 128-byte XOR-swizzled layout; the [`Mainloop`] is either
+//! `mma.sync.m16n8k32` (e4m3 only) fed by `ldmatrix`, or Hopper's `wgmma.mma_async` reading the
+//! same tiles through shared-memory descriptors. See `templates/gemm.cu` for the design and every
+//! index mapping.
 //!
-//! Kernel signature (every argument is always passed; unused pointers may be null):
-//! `(const u8* A, const u8* B, u16* Y, const u16* bias, const f32* alpha, i32 M)`.
-//! Launch: grid `(ceil_div(M, tile_m) · N / tile_n, 1, 1)`, block `(32 · warps_m · warps_n, 1, 1)`,
-//! [`KernelSource::smem_bytes`] of dynamic shared memory (above 48 KiB the function's
-//! `MAX_DYNAMIC_SHARED_SIZE_BYTES` attribute must be raised first). Launch nothing for M = 0.
-//! A, B and Y must be 16-byte aligned, bias 4-byte aligned.
+//! Kernel signature, in order: `(const u8* A, const u8* B, <one const pointer per epilogue
+//! input>, Y, i32 M)`, where the inputs are `const float*` (f32) or `const u16*` (f16/bf16) and
+//! `Y` is `u16*` (f16/bf16), `float*` (f32) or `u8*` (E4M3). Launch ([`grid`]): grid
+//! `(ceil_div(M, tile_m) · N / tile_n, 1, 1)`, block `(32 · warps_m · warps_n, 1, 1)`,
+//! [`GemmSpec::smem_bytes`] of dynamic shared memory. Nothing is launched for M = 0.
 
 use serde::{Deserialize, Serialize};
 
+use super::expr::Expr;
+use super::kernel::{finish_kernel, KernelDef};
 use super::template::{Template, TemplateError};
+use crate::ir::DType;
+use crate::plan::{DimExpr, ParamMeta, ParamType};
 
-const COMMON: Template = Template { name: "common.cuh", text: include_str!("../../templates/common.cuh") };
-const QGEMM_FP8: Template = Template { name: "qgemm_fp8.cu", text: include_str!("../../templates/qgemm_fp8.cu") };
+const GEMM: Template = Template { name: "gemm.cu", text: include_str!("../../templates/gemm.cu") };
 
 /// Name of the template, prefix of every generated kernel name.
-pub const TEMPLATE: &str = "qgemm_fp8";
+pub const TEMPLATE: &str = "gemm";
 
 /// Shared memory one block may use on sm_90 (227 KiB).
 pub const MAX_SMEM_BYTES: u32 = 227 * 1024;
@@ -35,29 +41,61 @@ pub const SM_SMEM_BYTES: u32 = 228 * 1024;
 /// Static shared memory the template may declare besides the dynamic part (2 mbarriers a stage).
 const STATIC_SMEM_BYTES: u64 = 16 * 16;
 
-/// Parameter names, in the order the kernel takes them.
-pub const PARAMS: [&str; 6] = ["A", "B", "Y", "bias", "alpha", "M"];
+/// Output columns each thread of the epilogue handles at once (the template's `VEC`).
+const EPILOGUE_VEC: u32 = 4;
 
-/// Where the kernel's `alpha` (the product of the per-tensor scales of A and B) comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub enum Alpha {
-    /// Compiled in (bit-exact).
-    Constant(f32),
-    /// Read at run time from the `alpha` argument, a device `f32` (dynamic scales).
-    FromPointer,
+/// The element type of both operands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Operand {
+    /// FP8 E4M3 bytes.
+    E4M3,
+    /// IEEE f16 (16-bit patterns).
+    F16,
+    /// bfloat16 (16-bit patterns).
+    BF16,
+}
+
+impl Operand {
+    /// Bytes per element.
+    pub fn bytes(self) -> u32 {
+        match self {
+            Operand::E4M3 => 1,
+            Operand::F16 | Operand::BF16 => 2,
+        }
+    }
+
+    /// The IR dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            Operand::E4M3 => DType::F8E4M3,
+            Operand::F16 => DType::F16,
+            Operand::BF16 => DType::BF16,
+        }
+    }
+
+    /// The operand type of an IR dtype, if the template has one.
+    pub fn from_dtype(dtype: DType) -> Option<Self> {
+        match dtype {
+            DType::F8E4M3 => Some(Operand::E4M3),
+            DType::F16 => Some(Operand::F16),
+            DType::BF16 => Some(Operand::BF16),
+            _ => None,
+        }
+    }
 }
 
 /// The MMA instruction family of the mainloop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Mainloop {
-    /// `mma.sync.m16n8k32` e4m3 fed by `ldmatrix`: warps own `tile_m/warps_m × tile_n/warps_n`
-    /// sub-tiles. On sm_90 ptxas lowers it to e4m3→f16 conversions and two f16 MMAs, so it runs
-    /// at the f16 `mma.sync` rate at best (native FP8 `mma.sync` exists on sm_89 only).
+    /// `mma.sync.m16n8k32` e4m3 fed by `ldmatrix` (E4M3 operands only): warps own
+    /// `tile_m/warps_m × tile_n/warps_n` sub-tiles. On sm_90 ptxas lowers it to e4m3→f16
+    /// conversions and two f16 MMAs, so it runs at the f16 `mma.sync` rate at best (native FP8
+    /// `mma.sync` exists on sm_89 only).
     MmaSync,
-    /// `wgmma.mma_async` m64n`tile_n`k32 e4m3 with both operands in shared memory (sm_90a):
-    /// warpgroups stacked along M, so `warps_m = tile_m / 16`, `warps_n = 1`, `tile_k = 128`,
-    /// `tile_n` ∈ {64, 128, 256}, `stages` ≥ 3. Copy completion per stage through an mbarrier
-    /// that every thread's `cp.async` arrive on.
+    /// `wgmma.mma_async` m64n`tile_n`k32 e4m3 (k16 f16) with both operands in shared memory
+    /// (sm_90a): warpgroups stacked along M, so `warps_m = tile_m / 16`, `warps_n = 1`, 128-byte
+    /// k-tiles (`tile_k` = 128 e4m3 or 64 f16), `tile_n` ∈ {64, 128, 256}, `stages` ≥ 3. Copy
+    /// completion per stage through an mbarrier that every thread's `cp.async` arrive on.
     Wgmma,
     /// As [`Mainloop::Wgmma`], but copy completion through `cp.async.wait_group` and a
     /// generic→async proxy fence (`fence.proxy.async.shared::cta`).
@@ -71,18 +109,19 @@ impl Mainloop {
     }
 }
 
-/// Everything the FP8 GEMM template is specialised on.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// Everything about the GEMM's mainloop that the template is specialised on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct GemmSpec {
     /// Output columns (rows of B); a multiple of `tile_n`.
     pub n: u32,
-    /// Reduction length; a multiple of `tile_k`.
+    /// Reduction length in elements; `k · operand bytes` a multiple of 16 (a partial last k-tile
+    /// is zero-filled).
     pub k: u32,
     /// Block tile rows (M).
     pub tile_m: u32,
     /// Block tile columns (N).
     pub tile_n: u32,
-    /// Block tile depth in elements (= bytes for FP8): 64 or 128.
+    /// Block tile depth in elements: 64 or 128 bytes' worth (128 bytes with wgmma).
     pub tile_k: u32,
     /// Depth of the cp.async shared-memory ring (≥ 2).
     pub stages: u32,
@@ -95,24 +134,22 @@ pub struct GemmSpec {
     /// Blocks meant to share one SM (`__launch_bounds__` minimum): caps registers per thread at
     /// 65536 / (threads · ctas_per_sm) and must leave room for that many blocks' shared memory.
     pub ctas_per_sm: u32,
-    /// Add an f16 `bias[n]` after rounding the scaled accumulator to f16.
-    pub bias: bool,
-    /// The scale applied to the f32 accumulator.
-    pub alpha: Alpha,
+    /// Element type of A and B.
+    pub operand: Operand,
     /// The MMA instruction family.
     pub mainloop: Mainloop,
-    /// wgmma only: accumulate all of K in the tensor cores' FP8 accumulators (faster; they keep
-    /// fewer mantissa bits than f32, cf. cuBLASLt's `FAST_ACCUM`). When false, every 128-deep
-    /// k-tile is summed separately by the tensor cores and then added to f32 registers
+    /// FP8 wgmma only: accumulate all of K in the tensor cores' FP8 accumulators (faster; they
+    /// keep fewer mantissa bits than f32, cf. cuBLASLt's `FAST_ACCUM`). When false, every
+    /// 128-deep k-tile is summed separately by the tensor cores and then added to f32 registers
     /// ("promotion"), which bounds the error to that of one 128-term partial sum.
     pub fast_accum: bool,
 }
 
 impl GemmSpec {
-    /// The default `mma.sync` configuration for an `N × K` weight: the largest block tile the
-    /// shape allows (128×256, else 128×128, else 64×64; `tile_k` 128, else 64), four stages,
-    /// alpha from a pointer, no bias. Portable (sm_89+), but on sm_90 about 3.5× slower than
-    /// [`GemmSpec::wgmma_for_shape`]. Validity is checked by [`render`], not here.
+    /// The default `mma.sync` (E4M3) configuration for an `N × K` weight: the largest block tile
+    /// the shape allows (128×256, else 128×128, else 64×64; `tile_k` 128, else 64), four stages.
+    /// Portable (sm_89+), but on sm_90 about 3.5× slower than [`GemmSpec::wgmma_for_shape`].
+    /// Validity is checked by [`GemmSpec::validate`], not here.
     pub fn for_shape(n: u32, k: u32) -> Self {
         let tile_k = if k % 128 == 0 { 128 } else { 64 };
         let (tile_m, tile_n, warps_m, warps_n) = if n % 256 == 0 {
@@ -133,19 +170,17 @@ impl GemmSpec {
             warps_n,
             group_m: 8,
             ctas_per_sm: 1,
-            bias: false,
-            alpha: Alpha::FromPointer,
+            operand: Operand::E4M3,
             mainloop: Mainloop::MmaSync,
             fast_accum: false,
         }
     }
 
-    /// The exact-accumulation (promoted) `wgmma` configuration for an `N × K` weight, the one to
-    /// use on sm_90. Chosen from H100 measurements at M = 4096 (`qfuse-gemm-bench`, Nov 2026):
+    /// The exact-accumulation (promoted) FP8 `wgmma` configuration for an `N × K` weight, the one
+    /// to use on sm_90. Chosen from H100 measurements at M = 4096 (`qfuse-gemm-bench`, Nov 2026):
     /// N ≥ 2048 and a multiple of 256: 128×256×128, 2 warpgroups, 4 stages (1,090 TFLOP/s at
     /// 4096³, 1,145 at 8192³); other N ≥ 1024, multiple of 128: 128×128×128, 3 stages, two blocks
     /// per SM (395 at 4096×1536×384); smaller N: 64×64×128, 4 stages (456 at 4096×384×1536).
-    /// Alpha from a pointer, no bias. Validity is checked by [`render`], not here.
     pub fn wgmma_for_shape(n: u32, k: u32) -> Self {
         let (tile_m, tile_n, stages, ctas_per_sm) = if n >= 2048 && n % 256 == 0 {
             (128, 256, 4, 1)
@@ -167,16 +202,47 @@ impl GemmSpec {
         }
     }
 
+    /// The f16 `wgmma` configuration for an `N × K` weight: the FP8 tiles of
+    /// [`GemmSpec::wgmma_for_shape`] (the same bytes per k-tile: 64 f16), accumulating in f32.
+    pub fn wgmma_f16_for_shape(n: u32, k: u32) -> Self {
+        Self { operand: Operand::F16, tile_k: 64, ..Self::wgmma_for_shape(n, k) }
+    }
+
+    /// As [`GemmSpec::wgmma_f16_for_shape`] with bf16 operands.
+    pub fn wgmma_bf16_for_shape(n: u32, k: u32) -> Self {
+        Self { operand: Operand::BF16, ..Self::wgmma_f16_for_shape(n, k) }
+    }
+
+    /// The default (wgmma) configuration for `operand` and an `N × K` weight.
+    pub fn default_for(operand: Operand, n: u32, k: u32) -> Self {
+        match operand {
+            Operand::E4M3 => Self::wgmma_for_shape(n, k),
+            Operand::F16 => Self::wgmma_f16_for_shape(n, k),
+            Operand::BF16 => Self::wgmma_bf16_for_shape(n, k),
+        }
+    }
+
     /// Threads per block.
     pub fn threads(&self) -> u32 {
         32 * self.warps_m * self.warps_n
     }
 
-    /// Dynamic shared memory: the cp.async ring or the staged f16 output tile, whichever is
-    /// larger, plus 1024 bytes of slack for aligning the tiles to the swizzle period.
+    /// Bytes of K per k-tile (a shared-memory tile row).
+    pub fn tile_k_bytes(&self) -> u32 {
+        self.tile_k * self.operand.bytes()
+    }
+
+    /// Accumulates all of K in the wgmma accumulators (FP8 fast accumulation, or f16/bf16).
+    fn direct_accumulation(&self) -> bool {
+        self.fast_accum || self.operand != Operand::E4M3
+    }
+
+    /// Dynamic shared memory: the cp.async ring or the staged f32 output tile (rows padded by 8
+    /// floats), whichever is larger, plus 1024 bytes of slack for aligning the tiles to the
+    /// swizzle period.
     pub fn smem_bytes(&self) -> u64 {
-        let ring = u64::from(self.stages) * u64::from(self.tile_m + self.tile_n) * u64::from(self.tile_k);
-        let out = u64::from(self.tile_m) * (u64::from(self.tile_n) * 2 + 16);
+        let ring = u64::from(self.stages) * u64::from(self.tile_m + self.tile_n) * u64::from(self.tile_k_bytes());
+        let out = u64::from(self.tile_m) * (u64::from(self.tile_n) + 8) * 4;
         ring.max(out) + 1024
     }
 
@@ -185,7 +251,7 @@ impl GemmSpec {
     pub fn accumulator_registers(&self) -> u32 {
         let (wm, wn) = (self.tile_m / self.warps_m.max(1), self.tile_n / self.warps_n.max(1));
         let main = wm * wn / 32;
-        if !self.mainloop.is_wgmma() || self.fast_accum {
+        if !self.mainloop.is_wgmma() || self.direct_accumulation() {
             return main;
         }
         let budget = 65536 / (self.threads() * self.ctas_per_sm).max(1);
@@ -202,6 +268,7 @@ impl GemmSpec {
             ("k", s.k),
             ("tile_m", s.tile_m),
             ("tile_n", s.tile_n),
+            ("tile_k", s.tile_k),
             ("stages", s.stages),
             ("warps_m", s.warps_m),
             ("warps_n", s.warps_n),
@@ -214,17 +281,19 @@ impl GemmSpec {
         if s.tile_m > 512 || s.tile_n > 512 || s.stages > 16 || s.warps_m > 32 || s.warps_n > 32 || s.ctas_per_sm > 32 {
             return bad("tiles are limited to 512, stages to 16, warps to 32 per axis, ctas_per_sm to 32".into());
         }
-        if s.n > i32::MAX as u32 || s.k > i32::MAX as u32 {
-            return bad("n and k must fit in i32".into());
+        let eb = s.operand.bytes();
+        if s.n > i32::MAX as u32 || u64::from(s.k) * u64::from(eb) > i32::MAX as u64 {
+            return bad("n and the bytes of a row of k must fit in i32".into());
         }
-        if s.tile_k != 64 && s.tile_k != 128 {
-            return bad(format!("tile_k {} must be 64 or 128 (the swizzle assumes 64- or 128-byte rows)", s.tile_k));
+        let tk = s.tile_k_bytes();
+        if tk != 64 && tk != 128 {
+            return bad(format!("tile_k {} is {tk} bytes, not 64 or 128 (the swizzle assumes 64- or 128-byte rows)", s.tile_k));
         }
         if s.n % s.tile_n != 0 {
             return bad(format!("tile_n {} does not divide n {}", s.tile_n, s.n));
         }
-        if s.k % s.tile_k != 0 {
-            return bad(format!("tile_k {} does not divide k {}", s.tile_k, s.k));
+        if (s.k * eb) % 16 != 0 {
+            return bad(format!("k {} is not a multiple of {} elements (16-byte copies)", s.k, 16 / eb));
         }
         if s.stages < 2 {
             return bad("stages must be at least 2".into());
@@ -245,26 +314,27 @@ impl GemmSpec {
             return bad(format!("warp tile {wm}x{wn} needs more than 128 f32 accumulators per thread"));
         }
         let threads = s.threads();
-        let chunk_split = |rows: u32| (rows * s.tile_k / 16) % threads == 0;
-        if threads % (s.tile_k / 16) != 0 || !chunk_split(s.tile_m) || !chunk_split(s.tile_n) {
+        let chunk_split = |rows: u32| (rows * tk / 16) % threads == 0;
+        if threads % (tk / 16) != 0 || !chunk_split(s.tile_m) || !chunk_split(s.tile_n) {
             return bad(format!("{threads} threads do not split the 16-byte copies of a tile evenly"));
         }
-        if (threads / (s.tile_k / 16) * s.tile_k) % 1024 != 0 {
+        if (threads / (tk / 16) * tk) % 1024 != 0 {
             return bad(format!("{threads} threads: a copy pass must cover whole 1024-byte swizzle periods"));
         }
-        if (s.tile_m * s.tile_n * 2 / 16) % threads != 0 {
-            return bad(format!("{threads} threads do not split the output tile's 16-byte stores evenly"));
+        if s.tile_n % (4 * EPILOGUE_VEC) != 0 || (s.tile_m * s.tile_n / EPILOGUE_VEC) % threads != 0 {
+            return bad(format!("{threads} threads do not split the output tile's 4-column chunks evenly"));
         }
-        if (s.tile_m * s.tile_k) % 1024 != 0 || (s.tile_n * s.tile_k) % 1024 != 0 {
+        if (s.tile_m * tk) % 1024 != 0 || (s.tile_n * tk) % 1024 != 0 {
             return bad("tile_m·tile_k and tile_n·tile_k must be multiples of 1024 bytes (swizzle alignment)".into());
         }
         if s.smem_bytes() + STATIC_SMEM_BYTES > u64::from(MAX_SMEM_BYTES) {
             return bad(format!("{} bytes of shared memory (+{STATIC_SMEM_BYTES} static) exceed {MAX_SMEM_BYTES}", s.smem_bytes()));
         }
         if s.mainloop.is_wgmma() {
-            if s.tile_k != 128 || s.warps_n != 1 || s.warps_m * 16 != s.tile_m || s.warps_m % 4 != 0 {
+            if tk != 128 || s.warps_n != 1 || s.warps_m * 16 != s.tile_m || s.warps_m % 4 != 0 {
                 return bad(
-                    "wgmma needs tile_k = 128, warps_n = 1 and whole warpgroups along M (warps_m = tile_m / 16, a multiple of 4)".into()
+                    "wgmma needs 128-byte k-tiles (tile_k = 128 e4m3 or 64 f16), warps_n = 1 and whole warpgroups along M (warps_m = tile_m / 16, a multiple of 4)"
+                        .into(),
                 );
             }
             if ![64, 128, 256].contains(&s.tile_n) {
@@ -273,7 +343,12 @@ impl GemmSpec {
             if s.stages < 3 {
                 return bad("wgmma needs at least 3 stages".into());
             }
-        } else if s.tile_k / 32 % 2 != 0 {
+            if s.fast_accum && s.operand != Operand::E4M3 {
+                return bad("fast_accum is an FP8 option (f16/bf16 wgmma accumulates in f32)".into());
+            }
+        } else if s.operand != Operand::E4M3 {
+            return bad("the mma.sync mainloop takes e4m3 operands only (use wgmma for f16/bf16)".into());
+        } else if tk / 32 % 2 != 0 {
             return bad("mma.sync needs an even number of k32 steps per tile".into());
         } else if s.fast_accum {
             return bad("fast_accum applies to wgmma only (mma.sync accumulates in f32)".into());
@@ -290,17 +365,12 @@ impl GemmSpec {
         if per_sm > u64::from(SM_SMEM_BYTES) {
             return bad(format!("{} CTAs need {per_sm} bytes of shared memory per SM (> {SM_SMEM_BYTES})", s.ctas_per_sm));
         }
-        if let Alpha::Constant(a) = s.alpha {
-            if !a.is_finite() {
-                return bad(format!("constant alpha {a} is not finite"));
-            }
-        }
         Ok(())
     }
 
     /// Rejects an M the kernel cannot run: one past `i32::MAX` or a grid too large.
     pub fn check_m(&self, m: u64) -> Result<(), GemmError> {
-        let grid = m.div_ceil(u64::from(self.tile_m)) * u64::from(self.n / self.tile_n.max(1));
+        let grid = m.div_ceil(u64::from(self.tile_m.max(1))) * u64::from(self.n / self.tile_n.max(1));
         if m > i32::MAX as u64 || grid > i32::MAX as u64 {
             return Err(GemmError::Invalid { spec: *self, reason: format!("M = {m} is too large for this kernel") });
         }
@@ -308,30 +378,118 @@ impl GemmSpec {
     }
 }
 
-/// A generated kernel: its source and how to launch it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct KernelSource {
-    /// Entry point, `qgemm_fp8_<hash8>` (FNV-1a of the template text and the spec).
-    pub name: String,
-    /// Template it came from ([`TEMPLATE`]).
-    pub template: String,
-    /// Complete CUDA C for NVRTC (self-contained; needs no include path).
-    pub source: String,
-    /// The spec it was rendered from.
-    pub spec: GemmSpec,
-    /// Block dimensions.
-    pub block: [u32; 3],
-    /// Grid x as an expression over `M`, e.g. `ceil_div(M, 128) * 16` (grid y = z = 1).
-    pub grid_x_expr: String,
-    /// Dynamic shared memory in bytes.
-    pub smem_bytes: u32,
+/// Which element of an epilogue input goes with output element `(m, n)` (`m` the flattened row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Index {
+    /// A per-column vector `[N]` (e.g. a bias, `b_scale`): element `n`.
+    PerColumn,
+    /// A per-row vector `[.., M, 1]` (e.g. `a_scale`): element `m`.
+    PerRow,
+    /// A tensor shaped like the output `[.., M, N]` (e.g. a residual): element `m·N + n`.
+    Full,
+    /// One element for all of the output.
+    Single,
 }
 
-impl KernelSource {
-    /// Grid dimensions for `m` rows of A (0 blocks for M = 0: skip the launch).
-    pub fn grid(&self, m: u32) -> [u32; 3] {
-        let tiles_n = self.spec.n / self.spec.tile_n;
-        [m.div_ceil(self.spec.tile_m) * tiles_n, 1, 1]
+/// A tensor the epilogue reads besides the accumulator: one kernel parameter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EpilogueInput {
+    /// Parameter name (a C identifier); the per-element value is `<name>_v` ([`Self::value`]).
+    pub name: String,
+    /// Storage dtype: f32, f16 or bf16 (widened to f32 exactly).
+    pub dtype: DType,
+    /// Which element pairs with each output element.
+    pub index: Index,
+}
+
+impl EpilogueInput {
+    /// The element of this input at the current output position, as an f32 expression.
+    pub fn value(&self) -> Expr {
+        Expr::var(format!("{}_v", self.name))
+    }
+}
+
+/// How the epilogue's final f32 value is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Store {
+    /// As `f32`, `f16` or `bf16` (RNE; exact when the value is already rounded to that dtype).
+    Float(DType),
+    /// FP8 E4M3 bytes, per-tensor static quantization: `qf_quantize_e4m3(x, scale)` (a true
+    /// division, RNE, saturating).
+    E4M3 {
+        /// The dequantization scale.
+        scale: f32,
+    },
+}
+
+impl Store {
+    /// The dtype of the stored output.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Store::Float(d) => *d,
+            Store::E4M3 { .. } => DType::F8E4M3,
+        }
+    }
+}
+
+/// The epilogue: per output element, `store(value)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Epilogue {
+    /// Tensors read per element, in kernel-parameter order (after A and B).
+    pub inputs: Vec<EpilogueInput>,
+    /// The f32 value stored, over the variable `acc` (the f32 accumulator Σ_k A·B) and the
+    /// inputs' [`EpilogueInput::value`]s.
+    pub value: Expr,
+    /// How it is stored.
+    pub store: Store,
+}
+
+/// Names the template uses itself, unavailable to epilogue inputs.
+const RESERVED: [&str; 12] = ["A", "B", "Y", "M", "N", "K", "acc", "acc4", "tile", "y", "mn", "smem"];
+
+impl Epilogue {
+    /// `Y = f16(f16(alpha·acc) + bias[n])` (bias optional): the classic bias epilogue.
+    pub fn bias_f16(alpha: f32, bias: bool) -> Self {
+        let mut inputs = Vec::new();
+        let mut value = Expr::var("acc").mul(Expr::lit(alpha)).round(DType::F16);
+        if bias {
+            let b = EpilogueInput { name: "bias".into(), dtype: DType::F16, index: Index::PerColumn };
+            value = value.add(b.value()).round(DType::F16);
+            inputs.push(b);
+        }
+        Epilogue { inputs, value, store: Store::Float(DType::F16) }
+    }
+
+    /// Checks names, dtypes and that the value reads exactly `acc` and the inputs.
+    pub fn validate(&self) -> Result<(), String> {
+        let ident = |s: &str| {
+            s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        let mut vars = vec!["acc".to_string()];
+        for (i, inp) in self.inputs.iter().enumerate() {
+            if !ident(&inp.name) || RESERVED.contains(&inp.name.as_str()) || inp.name.starts_with("qf_") {
+                return Err(format!("epilogue input name `{}` is not a free C identifier", inp.name));
+            }
+            if self.inputs[..i].iter().any(|o| o.name == inp.name) {
+                return Err(format!("epilogue input `{}` given twice", inp.name));
+            }
+            if !inp.dtype.is_wide_float() {
+                return Err(format!("epilogue input `{}` is {}; only f32, f16 and bf16 are read", inp.name, inp.dtype));
+            }
+            vars.push(format!("{}_v", inp.name));
+        }
+        let used = self.value.vars();
+        if let Some(v) = used.iter().find(|v| !vars.iter().any(|k| k == *v)) {
+            return Err(format!("the epilogue value reads `{v}`, which is neither `acc` nor an input"));
+        }
+        if let Some(inp) = self.inputs.iter().find(|i| !used.contains(&format!("{}_v", i.name).as_str())) {
+            return Err(format!("epilogue input `{}` is never read", inp.name));
+        }
+        match self.store {
+            Store::Float(d) if !d.is_wide_float() => Err(format!("cannot store {d} as a float; quantized outputs use Store::E4M3")),
+            Store::E4M3 { scale } if !(scale.is_finite() && scale > 0.0) => Err(format!("output scale {scale} is not finite and positive")),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -339,26 +497,81 @@ impl KernelSource {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GemmError {
     /// The spec breaks a constraint of the template.
-    #[error("invalid FP8 GEMM spec ({reason}): {spec:?}")]
+    #[error("invalid GEMM spec ({reason}): {spec:?}")]
     Invalid { spec: GemmSpec, reason: String },
+    /// The epilogue is malformed (a qfuse bug).
+    #[error("invalid GEMM epilogue: {0}")]
+    Epilogue(String),
     /// The template and the parameters disagree (a qfuse bug).
     #[error(transparent)]
     Template(#[from] TemplateError),
 }
 
-/// Renders `spec` into CUDA C; fails if the spec is invalid.
-pub fn render(spec: &GemmSpec) -> Result<KernelSource, GemmError> {
+/// The launch grid for `m` rows: `(ceil_div(m, tile_m) · N / tile_n, 1, 1)`.
+pub fn grid(spec: &GemmSpec, m: DimExpr) -> [DimExpr; 3] {
+    let tiles_n = u64::from(spec.n / spec.tile_n.max(1));
+    [m.ceil_div(u64::from(spec.tile_m.max(1))).mul(DimExpr::Const(tiles_n)), DimExpr::Const(1), DimExpr::Const(1)]
+}
+
+/// The kernel's parameters: `A, B`, the epilogue inputs, `Y`, `M`.
+pub fn kernel_params(epi: &Epilogue) -> Vec<ParamMeta> {
+    let ptr = |name: &str| ParamMeta { name: name.into(), ty: ParamType::Ptr };
+    let mut out = vec![ptr("A"), ptr("B")];
+    out.extend(epi.inputs.iter().map(|i| ptr(&i.name)));
+    out.push(ptr("Y"));
+    out.push(ParamMeta { name: "M".into(), ty: ParamType::I32 });
+    out
+}
+
+fn c_type(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "float",
+        DType::F8E4M3 | DType::F8E5M2 => "uint8_t",
+        _ => "uint16_t",
+    }
+}
+
+fn load_suffix(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        _ => "f16",
+    }
+}
+
+/// Renders the kernel for `spec` and `epi`, with `m` (an expression over the shape symbols) the
+/// number of rows for the grid; fails if either is invalid.
+pub fn render(spec: &GemmSpec, epi: &Epilogue, m: DimExpr) -> Result<KernelDef, GemmError> {
     spec.validate()?;
-    let name = format!("{TEMPLATE}_{:08x}", kernel_hash(spec));
+    epi.validate().map_err(GemmError::Epilogue)?;
     let flag = |b: bool| if b { "true" } else { "false" }.to_string();
-    let (alpha_from_ptr, alpha_bits) = match spec.alpha {
-        Alpha::Constant(a) => (false, a.to_bits()),
-        Alpha::FromPointer => (true, 0),
+    let mut params = vec!["const uint8_t* __restrict__ A".to_string(), "const uint8_t* __restrict__ B".to_string()];
+    let (mut loads, mut elems) = (Vec::new(), Vec::new());
+    for inp in &epi.inputs {
+        let ty = c_type(inp.dtype);
+        params.push(format!("const {ty}* __restrict__ {}", inp.name));
+        let (kind, offset) = match inp.index {
+            Index::PerColumn => ("ld4", "n"),
+            Index::Full => ("ld4", "mn"),
+            Index::PerRow => ("ldb4", "m"),
+            Index::Single => ("ldb4", "0"),
+        };
+        let name = &inp.name;
+        loads.push(format!("            float {name}_c[4];\n            qf_{kind}_{}({name} + {offset}, {name}_c);", load_suffix(inp.dtype)));
+        elems.push(format!("                const qf_rn_f32 {name}_v = {name}_c[j];"));
+    }
+    params.push(format!("{}* __restrict__ Y", c_type(epi.store.dtype())));
+    params.push("int M".into());
+    let store = match epi.store {
+        Store::Float(d) => format!("qf_st4_{}(Y + mn, y)", load_suffix(d)),
+        Store::E4M3 { scale } => format!("qf_st4_e4m3(Y + mn, y, {})", Expr::lit(scale).to_cuda()),
     };
-    let common = COMMON.render(&[])?;
-    let source = QGEMM_FP8.render(&[
-        ("common", common),
-        ("kernel_name", name.clone()),
+    let source = GEMM.render(&[
+        ("prelude", super::prelude()),
+        // Kept for finish_kernel, which names the kernel by the hash of this source.
+        ("kernel_name", "{{kernel_name}}".into()),
+        ("operand", format!("{:?}", spec.operand)),
+        ("wide", if spec.operand == Operand::BF16 { "bf16" } else { "f16" }.into()),
         ("n", spec.n.to_string()),
         ("k", spec.k.to_string()),
         ("tile_m", spec.tile_m.to_string()),
@@ -371,48 +584,14 @@ pub fn render(spec: &GemmSpec) -> Result<KernelSource, GemmError> {
         ("ctas_per_sm", spec.ctas_per_sm.to_string()),
         ("mainloop", format!("{:?}", spec.mainloop)),
         ("fast_accum", flag(spec.fast_accum)),
-        ("has_bias", flag(spec.bias)),
-        ("alpha_from_ptr", flag(alpha_from_ptr)),
-        ("alpha_bits", format!("{alpha_bits:#010x}")),
+        ("params", params.join(", ")),
+        ("load_inputs", loads.join("\n")),
+        ("element_inputs", elems.join("\n")),
+        ("value", epi.value.to_cuda()),
+        ("store", store),
     ])?;
     let smem_bytes = u32::try_from(spec.smem_bytes()).expect("validated: at most MAX_SMEM_BYTES");
-    Ok(KernelSource {
-        name,
-        template: TEMPLATE.into(),
-        source,
-        spec: *spec,
-        block: [spec.threads(), 1, 1],
-        grid_x_expr: format!("ceil_div(M, {}) * {}", spec.tile_m, spec.n / spec.tile_n),
-        smem_bytes,
-    })
-}
-
-/// FNV-1a (32-bit) over the template text and the spec's fields: stable across runs and Rust
-/// versions, unlike `std`'s hasher.
-fn kernel_hash(spec: &GemmSpec) -> u32 {
-    let alpha = match spec.alpha {
-        Alpha::Constant(a) => format!("c{:08x}", a.to_bits()),
-        Alpha::FromPointer => "p".into(),
-    };
-    let key = format!(
-        "{}|{}|{} {} {} {} {} {} {} {} {} {} {} {alpha} {:?} {}",
-        COMMON.text,
-        QGEMM_FP8.text,
-        spec.n,
-        spec.k,
-        spec.tile_m,
-        spec.tile_n,
-        spec.tile_k,
-        spec.stages,
-        spec.warps_m,
-        spec.warps_n,
-        spec.group_m,
-        spec.ctas_per_sm,
-        spec.bias,
-        spec.mainloop,
-        spec.fast_accum
-    );
-    key.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+    Ok(finish_kernel(TEMPLATE, source, grid(spec, m), [spec.threads(), 1, 1], smem_bytes, kernel_params(epi)))
 }
 
 #[cfg(test)]
@@ -431,22 +610,45 @@ mod tests {
         for (n, k) in [(4096, 4096), (384, 384), (1536, 384), (384, 1536), (192, 320)] {
             GemmSpec::for_shape(n, k).validate().expect("default is valid");
         }
-        for (n, k) in [(8192, 8192), (4096, 4096), (1536, 384), (384, 1536), (384, 384), (192, 384)] {
-            let s = GemmSpec::wgmma_for_shape(n, k);
-            s.validate().unwrap_or_else(|e| panic!("{n}x{k}: {e}"));
-            assert!(!s.fast_accum && s.mainloop == Mainloop::Wgmma);
+        for (n, k) in [(8192, 8192), (4096, 4096), (1536, 384), (384, 1536), (384, 384), (192, 384), (64, 16)] {
+            for s in [GemmSpec::wgmma_for_shape(n, k), GemmSpec::wgmma_f16_for_shape(n, k), GemmSpec::wgmma_bf16_for_shape(n, k)] {
+                s.validate().unwrap_or_else(|e| panic!("{n}x{k}: {e}"));
+                assert!(!s.fast_accum && s.mainloop == Mainloop::Wgmma);
+                assert_eq!(s.tile_k_bytes(), 128);
+            }
         }
         assert_eq!(GemmSpec::wgmma_for_shape(4096, 4096).tile_n, 256);
         assert_eq!(GemmSpec::wgmma_for_shape(1536, 384).ctas_per_sm, 2);
         assert_eq!(GemmSpec::wgmma_for_shape(384, 384).tile_m, 64);
+        assert_eq!(GemmSpec::wgmma_f16_for_shape(384, 384).tile_k, 64);
     }
 
     #[test]
     fn grid_counts_partial_m_tiles() {
-        let src = render(&GemmSpec::for_shape(4096, 4096)).expect("renders");
-        assert_eq!(src.grid(4096), [32 * 16, 1, 1]);
-        assert_eq!(src.grid(4097), [33 * 16, 1, 1]);
-        assert_eq!(src.grid(0), [0, 1, 1]);
-        assert_eq!(src.grid_x_expr, "ceil_div(M, 128) * 16");
+        let spec = GemmSpec::for_shape(4096, 4096);
+        let g = grid(&spec, DimExpr::sym("M"));
+        let at = |m: u64| g[0].eval_with(&[("M".into(), m)]).expect("evaluates");
+        assert_eq!((at(4096), at(4097), at(0)), (32 * 16, 33 * 16, 0));
+        assert_eq!(g[0].to_string(), "ceil_div(M, 128)*16");
+        let k = render(&spec, &Epilogue::bias_f16(0.5, true), DimExpr::sym("M")).expect("renders");
+        assert_eq!(k.grid, g);
+        let names: Vec<&str> = k.params.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["A", "B", "bias", "Y", "M"]);
+    }
+
+    #[test]
+    fn malformed_epilogues_are_errors() {
+        let spec = GemmSpec::wgmma_for_shape(384, 384);
+        let m = || DimExpr::sym("M");
+        let mut e = Epilogue::bias_f16(1.0, true);
+        e.inputs[0].name = "Y".into();
+        assert!(matches!(render(&spec, &e, m()), Err(GemmError::Epilogue(r)) if r.contains("free C identifier")));
+        let mut e = Epilogue::bias_f16(1.0, false);
+        e.inputs.push(EpilogueInput { name: "r".into(), dtype: DType::F16, index: Index::Full });
+        assert!(matches!(render(&spec, &e, m()), Err(GemmError::Epilogue(r)) if r.contains("never read")));
+        let e = Epilogue { inputs: vec![], value: Expr::var("x"), store: Store::Float(DType::F16) };
+        assert!(matches!(render(&spec, &e, m()), Err(GemmError::Epilogue(r)) if r.contains("neither")));
+        let e = Epilogue { inputs: vec![], value: Expr::var("acc"), store: Store::E4M3 { scale: 0.0 } };
+        assert!(matches!(render(&spec, &e, m()), Err(GemmError::Epilogue(r)) if r.contains("positive")));
     }
 }

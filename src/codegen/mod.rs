@@ -7,10 +7,14 @@
 //! - [`nvrtc`] finds a CUDA 13 NVRTC (system toolkit or the project cache filled by
 //!   `scripts/cache.sh nvrtc`) without any environment variable, and turns CUDA C into CUBIN.
 
+pub mod cache;
 pub mod expr;
 pub mod gemm;
 pub mod kernel;
+pub mod lower;
+pub mod memory;
 pub mod nvrtc;
+pub mod ops;
 pub mod template;
 
 use template::Template;

@@ -38,8 +38,16 @@ impl TextTokenizer {
         if !path.exists() {
             return Err(ImportError::MissingFile { path: path.into(), what: "tokenizer" });
         }
+        let bytes = std::fs::read(path).map_err(|e| ImportError::Tokenizer { path: path.into(), message: e.to_string() })?;
+        Self::from_bytes(&bytes, path, max_tokens)
+    }
+
+    /// Like [`Self::load`] from the bytes of a `tokenizer.json` (e.g. the copy inside a plan);
+    /// `origin` names it in errors.
+    pub fn from_bytes(bytes: &[u8], origin: &Path, max_tokens: usize) -> Result<Self, ImportError> {
+        let path = origin;
         let err = |message: String| ImportError::Tokenizer { path: path.into(), message };
-        let mut inner = Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
+        let mut inner = Tokenizer::from_bytes(bytes).map_err(|e| err(e.to_string()))?;
         inner.with_padding(None);
         let trunc = TruncationParams { max_length: max_tokens, ..Default::default() };
         inner.with_truncation(Some(trunc)).map_err(|e| err(e.to_string()))?;

@@ -4,8 +4,8 @@
 //! parser cannot drift apart.
 
 use super::{
-    BinaryOp, DType, EpilogueOp, EpilogueStep, Granularity, NormKind, Op, QMatMul, QuantSpec, ReduceOp, ScaleSource, UnaryOp, ValueId,
-    ZeroPoint,
+    Attention, BinaryOp, DType, EmbedLayerNorm, EpilogueOp, EpilogueStep, Granularity, NormKind, Op, QMatMul, QuantSpec, ReduceOp,
+    ScaleSource, UnaryOp, ValueId, ZeroPoint,
 };
 use crate::numerics::E8M0Rounding;
 
@@ -94,6 +94,17 @@ pub fn encode(op: &Op, extra: &[ValueId]) -> Vec<Attr> {
             v
         }
         Op::QMatMul(q) => encode_qmatmul(q, extra),
+        Op::Attention(a) => encode_attention(a, extra),
+        Op::EmbedLayerNorm(e) => {
+            let mut v = vec![kv("eps", f32_num(e.eps)), kv("via", ident(e.via.name()))];
+            if e.keep_normed {
+                v.push(kv("keep_normed", ident("true")));
+            }
+            if let Some(quant) = &e.quant {
+                v.extend(encode_quant(quant, extra));
+            }
+            v
+        }
         _ => vec![],
     }
 }
@@ -102,6 +113,7 @@ pub fn encode(op: &Op, extra: &[ValueId]) -> Vec<Attr> {
 pub fn positional_arity(op: &Op) -> usize {
     match op {
         Op::QMatMul(_) => 2,
+        Op::Attention(_) => 3,
         other => super::infer::arity(other) - other.quant_spec().map_or(0, |q| q.extra_inputs()),
     }
 }
@@ -136,12 +148,28 @@ fn encode_qmatmul(q: &QMatMul, extra: &[ValueId]) -> Vec<Attr> {
     if !steps.is_empty() {
         v.push(kv("epilogue", AttrValue::List(steps)));
     }
-    if let Some(out) = &q.output {
-        let ScaleSource::Literal(scale) = out.scale else { unreachable!("verified: qmatmul output scales are literal") };
-        v.push(kv("out", ident(out.storage.name())));
-        v.push(kv("out_scale", f32_num(scale)));
-    }
+    v.extend(encode_output(q.output.as_ref()));
     v
+}
+
+/// `heads=12[, scale=0.17675781][, mask=%v][, out=f8e4m3, out_scale=0.007]`.
+fn encode_attention(a: &Attention, extra: &[ValueId]) -> Vec<Attr> {
+    let mut v = vec![kv("heads", int(i64::from(a.heads)))];
+    if let Some(scale) = a.scale {
+        v.push(kv("scale", f32_num(scale)));
+    }
+    if a.mask {
+        v.push(kv("mask", AttrValue::Ref(*extra.first().expect("mask input present"))));
+    }
+    v.extend(encode_output(a.output.as_ref()));
+    v
+}
+
+/// `out=<storage>, out_scale=<f32>` of a fused per-tensor output quantize.
+fn encode_output(output: Option<&QuantSpec>) -> Vec<Attr> {
+    let Some(out) = output else { return vec![] };
+    let ScaleSource::Literal(scale) = out.scale else { unreachable!("verified: fused output scales are literal") };
+    vec![kv("out", ident(out.storage.name())), kv("out_scale", f32_num(scale))]
 }
 
 fn encode_quant(spec: &QuantSpec, extra: &[ValueId]) -> Vec<Attr> {
@@ -263,6 +291,18 @@ pub fn decode(mnemonic: &str, attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), Stri
             return Ok((Op::NormQuantize { kind, eps: eps()?, via: dtype_attr(attrs, "via")?, quant, keep_normed }, refs));
         }
         "qmatmul" => return decode_qmatmul(attrs),
+        "attention" => return decode_attention(attrs),
+        "embed_layernorm" => {
+            let (quant, refs) = match get(attrs, "scale") {
+                Some(_) => {
+                    let (quant, refs) = decode_quant(attrs)?;
+                    (Some(quant), refs)
+                }
+                None => (None, vec![]),
+            };
+            let keep_normed = get(attrs, "keep_normed") == Some(&AttrValue::Ident("true".into()));
+            return Ok((Op::EmbedLayerNorm(EmbedLayerNorm { eps: eps()?, via: dtype_attr(attrs, "via")?, quant, keep_normed }), refs));
+        }
         other => elementwise(other).ok_or_else(|| format!("unknown op `{other}`"))?,
     };
     Ok((op, vec![]))
@@ -386,10 +426,7 @@ fn decode_qmatmul(attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), String> {
             epilogue.push(decode_step(item, &mut refs)?);
         }
     }
-    let output = match get(attrs, "out") {
-        None => None,
-        Some(_) => Some(QuantSpec::per_tensor(dtype_attr(attrs, "out")?, as_f32(required(attrs, "out_scale")?)?)),
-    };
+    let output = decode_output(attrs)?;
     let q = QMatMul {
         transpose_b: has_flag(attrs, "transpose_b"),
         alpha: as_f32(required(attrs, "alpha")?)?,
@@ -400,6 +437,27 @@ fn decode_qmatmul(attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), String> {
         output,
     };
     Ok((Op::QMatMul(q), refs))
+}
+
+/// The `out=<storage>, out_scale=<f32>` pair of a fused output quantize, if present.
+fn decode_output(attrs: &[Attr]) -> Result<Option<QuantSpec>, String> {
+    match get(attrs, "out") {
+        None => Ok(None),
+        Some(_) => Ok(Some(QuantSpec::per_tensor(dtype_attr(attrs, "out")?, as_f32(required(attrs, "out_scale")?)?))),
+    }
+}
+
+fn decode_attention(attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), String> {
+    let heads = as_int(required(attrs, "heads")?)?;
+    let heads = u32::try_from(heads).map_err(|_| format!("heads={heads} is out of range"))?;
+    let scale = get(attrs, "scale").map(as_f32).transpose()?;
+    let refs = match get(attrs, "mask") {
+        None => vec![],
+        Some(AttrValue::Ref(v)) => vec![*v],
+        Some(other) => return Err(format!("`mask` must be a value, got {other:?}")),
+    };
+    let a = Attention { heads, scale, mask: !refs.is_empty(), output: decode_output(attrs)? };
+    Ok((Op::Attention(a), refs))
 }
 
 fn decode_step(item: &AttrValue, refs: &mut Vec<ValueId>) -> Result<EpilogueStep, String> {

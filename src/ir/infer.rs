@@ -4,8 +4,8 @@
 //! `cast`, `reshape`, `dequantize`) take it from the *declared* type and check it instead.
 
 use super::{
-    normalize_axis, shape_text, DType, Dim, EpilogueOp, Granularity, NormKind, Op, QMatMul, QuantSpec, ReduceOp, ScaleSource, Shape,
-    TensorType, ZeroPoint,
+    normalize_axis, shape_text, Attention, DType, Dim, EmbedLayerNorm, EpilogueOp, Granularity, NormKind, Op, QMatMul, QuantSpec,
+    ReduceOp, ScaleSource, Shape, TensorType, ZeroPoint,
 };
 
 /// Result of a type rule: the output types, or why the node is ill-typed.
@@ -58,6 +58,8 @@ pub fn infer(op: &Op, inputs: &[&TensorType], declared: &[TensorType]) -> InferR
         Op::Requantize { via, to, .. } => requantize(inputs[0], *via, to).map(|t| vec![t]),
         Op::NormQuantize { kind, via, quant, keep_normed, .. } => norm_quantize(*kind, *via, quant, *keep_normed, inputs),
         Op::QMatMul(q) => qmatmul(q, inputs).map(|t| vec![t]),
+        Op::Attention(a) => attention(a, inputs).map(|t| vec![t]),
+        Op::EmbedLayerNorm(e) => embed_layernorm(e, inputs),
     }
 }
 
@@ -73,6 +75,8 @@ pub fn arity(op: &Op) -> usize {
         Op::Requantize { .. } => 1,
         Op::NormQuantize { kind, quant, .. } => norm_params(*kind) + 1 + quant.extra_inputs(),
         Op::QMatMul(q) => q.arity(),
+        Op::Attention(a) => a.arity(),
+        Op::EmbedLayerNorm(e) => e.arity(),
     }
 }
 
@@ -349,12 +353,42 @@ fn norm_quantize(kind: NormKind, via: DType, quant: &QuantSpec, keep_normed: boo
     Ok(outs)
 }
 
+/// The GEMM operand families a `qmatmul` accepts: both operands of one family.
+#[derive(PartialEq)]
+enum GemmFamily {
+    /// `f8e4m3` / `f8e5m2`, mixes allowed.
+    Fp8,
+    /// `i8` / `u8`.
+    Int8,
+    /// One wide float, f16 or bf16, on both sides.
+    Wide(DType),
+}
+
+fn gemm_family(dtype: DType) -> Option<GemmFamily> {
+    match dtype {
+        DType::F8E4M3 | DType::F8E5M2 => Some(GemmFamily::Fp8),
+        DType::I8 | DType::U8 => Some(GemmFamily::Int8),
+        DType::F16 | DType::BF16 => Some(GemmFamily::Wide(dtype)),
+        _ => None,
+    }
+}
+
 fn qmatmul(q: &QMatMul, inputs: &[&TensorType]) -> Result<TensorType, String> {
     let (a, b) = (inputs[0], inputs[1]);
     for (t, what) in [(a, "lhs"), (b, "rhs")] {
-        if !t.dtype.is_quantized_storage() {
-            return Err(format!("qmatmul {what} must be quantized storage, got {}", t.dtype));
+        if gemm_family(t.dtype).is_none() {
+            return Err(format!("qmatmul {what} must be FP8, 8-bit integer, f16 or bf16, got {}", t.dtype));
         }
+    }
+    let family = gemm_family(a.dtype);
+    if family != gemm_family(b.dtype) {
+        return Err(format!(
+            "qmatmul operands must be of one family (both FP8, both 8-bit integer, or the same f16/bf16), got {} and {}",
+            a.dtype, b.dtype
+        ));
+    }
+    if matches!(family, Some(GemmFamily::Wide(_))) && (q.a_scale || q.b_scale) {
+        return Err(format!("a qmatmul over {} operands takes no a_scale or b_scale", a.dtype));
     }
     let shape = matmul_shape(a, b, false, q.transpose_b)?;
     let mut rest = inputs[2..].iter();
@@ -399,4 +433,93 @@ fn qmatmul(q: &QMatMul, inputs: &[&TensorType]) -> Result<TensorType, String> {
         dtype = out.storage;
     }
     Ok(TensorType { dtype, shape })
+}
+
+/// `attention`: `q, k, v: T[B, S, H·D]` (T f16 or bf16, one shape), an optional `T[B, S]` mask
+/// bias; the result has q's shape, in T or in the output quantize's storage.
+fn attention(a: &Attention, inputs: &[&TensorType]) -> Result<TensorType, String> {
+    let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
+    let dtype = q.dtype;
+    if !matches!(dtype, DType::F16 | DType::BF16) {
+        return Err(format!("attention operands must be f16 or bf16, got {dtype}"));
+    }
+    for (t, what) in [(k, "k"), (v, "v")] {
+        if *t != *q {
+            return Err(format!("attention {what} is {}{} but q is {dtype}{}", t.dtype, shape_text(&t.shape), shape_text(&q.shape)));
+        }
+    }
+    if q.rank() != 3 {
+        return Err(format!("attention operands must be [B, S, H·D], got {}", shape_text(&q.shape)));
+    }
+    if a.heads == 0 {
+        return Err("attention needs at least one head".into());
+    }
+    let width = q.shape[2].fixed().ok_or("attention's last extent H·D must be fixed")?;
+    if width % u64::from(a.heads) != 0 {
+        return Err(format!("attention's last extent {width} is not a multiple of {} heads", a.heads));
+    }
+    if let Some(scale) = a.scale {
+        if crate::numerics::cast(scale, dtype) != scale {
+            return Err(format!("attention scale {scale:?} is not exactly representable in {dtype}"));
+        }
+    }
+    if a.mask {
+        let m = inputs[3];
+        if m.dtype != dtype || m.shape.as_slice() != &q.shape[..2] {
+            return Err(format!(
+                "attention mask bias must be {dtype}{}, got {}{}",
+                shape_text(&q.shape[..2]),
+                m.dtype,
+                shape_text(&m.shape)
+            ));
+        }
+    }
+    let mut out = q.clone();
+    if let Some(spec) = &a.output {
+        require_static_per_tensor(spec, "attention output")?;
+        out.dtype = spec.storage;
+    }
+    Ok(out)
+}
+
+/// `embed_layernorm`: `ids, type_ids: i64[B, S]`, tables `via[·, H]`, `gamma, beta: via[H]`,
+/// then `layernorm`'s result `via[B, S, H]` or `layernorm_quantize`'s results.
+fn embed_layernorm(e: &EmbedLayerNorm, inputs: &[&TensorType]) -> InferResult {
+    let (ids, type_ids) = (inputs[0], inputs[1]);
+    if !e.via.is_wide_float() {
+        return Err(format!("embed_layernorm computes in f32/f16/bf16, not {}", e.via));
+    }
+    for (t, what) in [(ids, "ids"), (type_ids, "type_ids")] {
+        if t.dtype != DType::I64 || t.rank() != 2 {
+            return Err(format!("embed_layernorm {what} must be i64[B, S], got {}{}", t.dtype, shape_text(&t.shape)));
+        }
+    }
+    if type_ids.shape != ids.shape {
+        return Err(format!("embed_layernorm type_ids {} differ from ids {}", shape_text(&type_ids.shape), shape_text(&ids.shape)));
+    }
+    let hidden = inputs[2].shape.last().copied().ok_or("embed_layernorm tables must be [rows, H]")?;
+    for (t, what) in [(inputs[2], "word"), (inputs[3], "pos"), (inputs[4], "type")] {
+        if t.dtype != e.via || t.rank() != 2 || t.shape[1] != hidden {
+            return Err(format!("embed_layernorm {what} table must be {}[rows, {hidden}], got {}{}", e.via, t.dtype, shape_text(&t.shape)));
+        }
+    }
+    for (t, what) in [(inputs[5], "gamma"), (inputs[6], "beta")] {
+        if t.dtype != e.via || t.shape.as_slice() != [hidden] {
+            return Err(format!("embed_layernorm {what} must be {}[{hidden}], got {}{}", e.via, t.dtype, shape_text(&t.shape)));
+        }
+    }
+    let normed = TensorType::new(e.via, [ids.shape[0], ids.shape[1], hidden]);
+    let Some(quant) = &e.quant else {
+        if e.keep_normed {
+            return Err("keep_normed needs a quantization".into());
+        }
+        return Ok(vec![normed]);
+    };
+    let mut q_inputs = vec![&normed];
+    q_inputs.extend_from_slice(&inputs[7..]);
+    let mut outs = quantize(quant, &q_inputs)?;
+    if e.keep_normed {
+        outs.push(normed);
+    }
+    Ok(outs)
 }

@@ -115,6 +115,47 @@ impl QMatMul {
     }
 }
 
+/// Payload of a fused multi-head attention.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attention {
+    /// Number of heads H; operands are [.., S, H·D].
+    pub heads: u32,
+    /// Multiplier of the rounded scores (exactly representable in the operand dtype), `None` when the graph has no scaling step.
+    pub scale: Option<f32>,
+    /// A mask-bias operand follows q, k, v.
+    pub mask: bool,
+    /// A fused output quantize (per-tensor, literal scale), `None` for a wide-float output.
+    pub output: Option<QuantSpec>,
+}
+
+impl Attention {
+    /// Number of inputs: `q`, `k`, `v`, then the mask bias when `mask`.
+    pub fn arity(&self) -> usize {
+        3 + usize::from(self.mask)
+    }
+}
+
+/// Payload of the fused BERT embedding: gathers, sums and a LayerNorm (+ quantize).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EmbedLayerNorm {
+    /// LayerNorm epsilon.
+    pub eps: f32,
+    /// Dtype of the embedding tables, the sums and the norm's result (f16 after the fp16 conversion).
+    pub via: DType,
+    /// Optional quantize of the norm's result (as in `layernorm_quantize`).
+    pub quant: Option<QuantSpec>,
+    /// With `quant`: also output the unquantized norm (rounded to `via`).
+    pub keep_normed: bool,
+}
+
+impl EmbedLayerNorm {
+    /// Number of inputs: `ids`, `type_ids`, the three tables, `gamma`, `beta`, then the quant
+    /// spec's scale / zero-point operands.
+    pub fn arity(&self) -> usize {
+        7 + self.quant.as_ref().map_or(0, QuantSpec::extra_inputs)
+    }
+}
+
 /// One IR operation. Inputs and outputs are listed as `inputs → outputs`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Op {
@@ -222,10 +263,17 @@ pub enum Op {
         /// Also output the unquantized norm (rounded to `via`).
         keep_normed: bool,
     },
-    /// `a, b [, a_scale] [, b_scale] [, epilogue inputs…] → y`: `Σ_k a·b` over quantized
-    /// operands in f32, times `alpha·a_scale[m]·b_scale[n]`, rounded to `acc_dtype`, then the
-    /// epilogue, then the optional output quantize.
+    /// `a, b [, a_scale] [, b_scale] [, epilogue inputs…] → y`: `Σ_k a·b` over quantized (or
+    /// both f16 / both bf16) operands in f32, times `alpha·a_scale[m]·b_scale[n]`, rounded to
+    /// `acc_dtype`, then the epilogue, then the optional output quantize.
     QMatMul(QMatMul),
+    /// `q, k, v [, mask_bias] → o`: multi-head attention over `[B, S, H·D]` operands of one
+    /// f16/bf16 dtype T, rounding to T where the unfused graph does: scores, scaled scores,
+    /// masked scores, softmax, context; then the optional output quantize.
+    Attention(Attention),
+    /// `ids, type_ids, word, pos, type, gamma, beta [, scale] [, zero] → y` or `→ q [, scales]
+    /// [, normed]`: BERT's embedding gathers and sums, then `layernorm` or `layernorm_quantize`.
+    EmbedLayerNorm(EmbedLayerNorm),
 }
 
 impl Op {
@@ -277,6 +325,8 @@ impl Op {
             Op::NormQuantize { kind: NormKind::LayerNorm, .. } => "layernorm_quantize",
             Op::NormQuantize { kind: NormKind::RmsNorm, .. } => "rmsnorm_quantize",
             Op::QMatMul(_) => "qmatmul",
+            Op::Attention(_) => "attention",
+            Op::EmbedLayerNorm(_) => "embed_layernorm",
         }
     }
 
@@ -294,6 +344,7 @@ impl Op {
     pub fn quant_spec(&self) -> Option<&QuantSpec> {
         match self {
             Op::Quantize(s) | Op::Dequantize(s) | Op::NormQuantize { quant: s, .. } => Some(s),
+            Op::EmbedLayerNorm(e) => e.quant.as_ref(),
             _ => None,
         }
     }

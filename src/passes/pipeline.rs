@@ -5,7 +5,9 @@ use super::*;
 /// The passes that turn a graph with explicit Q/DQ into fused quantized ops, in order.
 ///
 /// `cse` runs early too: the recipe places one Q→DQ per matmul input, so the Q, K and V
-/// projections reading one LayerNorm output start with three identical quantizes.
+/// projections reading one LayerNorm output start with three identical quantizes. `lift-linear`
+/// turns the remaining f16/bf16 linear layers into qmatmuls so `fuse-epilogue` fuses them too;
+/// `fuse-attention` and `fuse-embedding` then leave one node per kernel.
 pub fn fusion() -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(fold_constants::FoldConstants),
@@ -14,7 +16,10 @@ pub fn fusion() -> Vec<Box<dyn Pass>> {
         Box::new(fold_scales::FoldScales),
         Box::new(fuse_layernorm_quantize::FuseLayerNormQuantize),
         Box::new(fuse_dq_matmul::FuseDqMatmul),
+        Box::new(lift_linear::LiftLinear),
         Box::new(fuse_epilogue::FuseEpilogue),
+        Box::new(fuse_attention::FuseAttention),
+        Box::new(fuse_embedding::FuseEmbedding),
         Box::new(cse::Cse),
         Box::new(dce::Dce),
     ]

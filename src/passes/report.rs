@@ -68,6 +68,18 @@ impl FusionReport {
         self.entries.insert(qdq.into(), Outcome::Folded { how: how.into() });
     }
 
+    /// Records that the fused op `into` named `node` became part of a larger fused op `new_into`
+    /// named `new_node`: every Q/DQ fused into the former now reads as fused into the latter.
+    pub fn refused(&mut self, into: &str, node: &str, new_into: &str, new_node: &str) {
+        for outcome in self.entries.values_mut() {
+            if let Outcome::Fused { into: i, node: n } = outcome {
+                if i == into && n == node {
+                    *outcome = Outcome::Fused { into: new_into.into(), node: new_node.into() };
+                }
+            }
+        }
+    }
+
     /// Records why a rule did not fuse the Q/DQ named `qdq`.
     pub fn declined(&mut self, qdq: &str, reason: impl Into<String>) {
         self.reasons.insert(qdq.into(), reason.into());

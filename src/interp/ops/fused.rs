@@ -1,10 +1,14 @@
 //! Fused ops, evaluated as the composition of the unfused kernels they replace, rounding at the
 //! same points; so a fusion pass changes no number except the matmul's scale reassociation
 //! (`Σ(qa·sa)(qb·sb)` becomes `(Σ qa·qb)·sa·sb`, as on the GPU).
+//!
+//! `attention` and `embed_layernorm` call the very kernels of the ops they replace, in the order
+//! the unfused graph runs them (the importer's reshape/transpose/matmul/mul/add/softmax chain and
+//! its gather/iota/add chain), so their results are bit-identical to the unfused graph's.
 
-use super::{elementwise, matmul, norm, quant, OutType};
+use super::{elementwise, matmul, norm, quant, reduce, shape, OutType};
 use crate::interp::tensor::Tensor;
-use crate::ir::{BinaryOp, EpilogueOp, Granularity, NormKind, QMatMul, QuantSpec, ScaleSource};
+use crate::ir::{Attention, BinaryOp, DType, EmbedLayerNorm, EpilogueOp, Granularity, NormKind, QMatMul, QuantSpec, ScaleSource};
 use std::sync::Arc;
 
 /// `requantize`: dequantize per-tensor, round to `via`, quantize with `to`.
@@ -68,6 +72,78 @@ pub(super) fn qmatmul(q: &QMatMul, mut args: std::vec::IntoIter<Arc<Tensor>>, ou
     match &q.output {
         Some(spec) => quant::quantize(spec, y, vec![], outs),
         None => Ok(vec![Arc::try_unwrap(y).unwrap_or_else(|shared| (*shared).clone())]),
+    }
+}
+
+/// `attention`: per batch and head, `softmax(round(round(round(q·kᵀ)·scale) + mask))·v`, rounded to
+/// T at each step, computed exactly as the unfused graph does: `reshape` to `[B,S,H,D]`,
+/// `transpose` to `[B,H,S,D]`, `matmul` (`transpose_b`), `mul` by the scalar, `add` of the mask
+/// reshaped to `[B,1,1,S]`, `softmax` over the keys, `matmul` with v, `transpose` and `reshape`
+/// back to `[B,S,H·D]`, then the optional output quantize.
+pub(super) fn attention(a: &Attention, mut args: std::vec::IntoIter<Arc<Tensor>>, outs: &[OutType]) -> Result<Vec<Tensor>, String> {
+    let mut next = || args.next().ok_or_else(|| "missing operand".to_string());
+    let (q, k, v) = (next()?, next()?, next()?);
+    let mask = if a.mask { Some(next()?) } else { None };
+    let dtype = q.dtype;
+    let &[b, s, width] = q.shape.as_slice() else { return Err(format!("q must be [B, S, H·D], got {:?}", q.shape)) };
+    let heads = a.heads as usize;
+    if heads == 0 || width % heads != 0 {
+        return Err(format!("{width} is not a multiple of {heads} heads"));
+    }
+    let d = width / heads;
+    let ty = |shape: Vec<usize>| OutType { dtype, shape };
+    let split = |x: Arc<Tensor>| -> Result<Tensor, String> {
+        let r = shape::reshape(x, &ty(vec![b, s, heads, d]))?;
+        shape::transpose(&r, &[0, 2, 1, 3], &ty(vec![b, heads, s, d]))
+    };
+    let (qh, kh, vh) = (split(q)?, split(k)?, split(v)?);
+    let scores_ty = ty(vec![b, heads, s, s]);
+    let mut scores = Arc::new(matmul::matmul(&qh, &kh, false, true, &scores_ty)?);
+    drop((qh, kh));
+    if let Some(scale) = a.scale {
+        let c = Arc::new(elementwise::scalar(f64::from(scale), &ty(vec![])));
+        scores = Arc::new(elementwise::binary(BinaryOp::Mul, scores, c, &scores_ty)?);
+    }
+    if let Some(m) = mask {
+        let m = Arc::new(shape::reshape(m, &ty(vec![b, 1, 1, s]))?);
+        scores = Arc::new(elementwise::binary(BinaryOp::Add, scores, m, &scores_ty)?);
+    }
+    let probs = reduce::softmax(scores, -1, &scores_ty)?;
+    let ctx = matmul::matmul(&probs, &vh, false, false, &ty(vec![b, heads, s, d]))?;
+    drop((probs, vh));
+    let ctx = shape::transpose(&ctx, &[0, 2, 1, 3], &ty(vec![b, s, heads, d]))?;
+    let y = shape::reshape(Arc::new(ctx), &ty(vec![b, s, width]))?;
+    match &a.output {
+        Some(spec) => quant::quantize(spec, Arc::new(y), vec![], outs),
+        None => Ok(vec![y]),
+    }
+}
+
+/// `embed_layernorm`: `x = (word[ids] + pos[iota(S)]) + type[type_ids]`, each sum rounded to `via`
+/// (the importer's `gather`, `iota`, `gather`, `add`, `gather`, `add`), then exactly `layernorm`
+/// or `layernorm_quantize`.
+pub(super) fn embed_layernorm(
+    e: &EmbedLayerNorm,
+    mut args: std::vec::IntoIter<Arc<Tensor>>,
+    outs: &[OutType],
+) -> Result<Vec<Tensor>, String> {
+    let mut next = || args.next().ok_or_else(|| "missing operand".to_string());
+    let (ids, type_ids, word, pos, types, gamma, beta) = (next()?, next()?, next()?, next()?, next()?, next()?, next()?);
+    let &[b, s] = ids.shape.as_slice() else { return Err(format!("ids must be [B, S], got {:?}", ids.shape)) };
+    let &[_, h] = word.shape.as_slice() else { return Err(format!("the word table must be [V, H], got {:?}", word.shape)) };
+    let ty = |shape: Vec<usize>| OutType { dtype: e.via, shape };
+    let w = shape::gather(&word, &ids, &ty(vec![b, s, h]))?;
+    let positions = elementwise::iota(&OutType { dtype: DType::I64, shape: vec![s] })?;
+    let p = shape::gather(&pos, &positions, &ty(vec![s, h]))?;
+    let t = shape::gather(&types, &type_ids, &ty(vec![b, s, h]))?;
+    let wp = elementwise::binary(BinaryOp::Add, Arc::new(w), Arc::new(p), &ty(vec![b, s, h]))?;
+    let x = Arc::new(elementwise::binary(BinaryOp::Add, Arc::new(wp), Arc::new(t), &ty(vec![b, s, h]))?);
+    match &e.quant {
+        None => Ok(vec![norm::layer_norm(x, &gamma, Some(&*beta), e.eps, &outs[0])?]),
+        Some(spec) => {
+            let rest: Vec<Arc<Tensor>> = [x, gamma, beta].into_iter().chain(args).collect();
+            norm_quantize(NormKind::LayerNorm, e.eps, e.via, spec, e.keep_normed, rest.into_iter(), outs)
+        }
     }
 }
 

@@ -59,6 +59,8 @@ fn eval(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType]) -> Result<Vec<Tensor>
             return fused::norm_quantize(*kind, *eps, *via, quant, *keep_normed, args, outs)
         }
         Op::QMatMul(q) => return fused::qmatmul(q, args, outs),
+        Op::Attention(a) => return fused::attention(a, args, outs),
+        Op::EmbedLayerNorm(e) => return fused::embed_layernorm(e, args, outs),
         Op::Dequantize(spec) => quant::dequantize(spec, next!(), args.collect(), out)?,
         Op::Scalar { value } => elementwise::scalar(*value, out),
         Op::Iota => elementwise::iota(out)?,

@@ -1,0 +1,282 @@
+//! `qfuse check`: a plan on the GPU against the reference interpreter running the same fused IR.
+//!
+//! 1. **Per kernel.** The plan runs launch by launch ([`Context::run_checked`]); after each launch
+//!    every buffer it wrote is compared with the interpreter's value of the same IR value, under
+//!    the named tolerance of its dtype ([`Tolerance`]). The GPU's value is then replaced by the
+//!    interpreter's before the next launch ("teacher forcing"), so each kernel is judged on exact
+//!    inputs and an error cannot hide behind, or be blamed on, an earlier one.
+//! 2. **End to end.** A plain run (CUDA graph) of the same texts; every output row must have
+//!    cosine ≥ 0.9999 with the interpreter's.
+//! 3. **Robustness.** Random batches (sizes, lengths, padding, ids) through the graph path: no
+//!    NaN or infinity in any output.
+
+mod compare;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use compare::{compare, Comparison, Tolerance};
+
+use crate::compile::{bytes, TOKENIZER_SECTION};
+use crate::import::TextTokenizer;
+use crate::interp::{self, Tensor, WeightSource};
+use crate::ir::{self, DType, Graph, ValueId};
+use crate::plan::{Plan, SectionKind};
+use crate::runtime::{Context, Engine, HostTensor};
+
+/// The plan's weights, decoded for the interpreter.
+pub struct PlanWeights {
+    tensors: HashMap<String, Arc<Tensor>>,
+}
+
+impl PlanWeights {
+    /// Decodes every weight section of `plan` (checksums verified on the way).
+    pub fn load(plan: &Plan) -> anyhow::Result<Self> {
+        let mut tensors = HashMap::new();
+        for w in &plan.meta().weights {
+            let dtype: DType = w.dtype.parse().map_err(|e| anyhow::anyhow!("weight `{}`: dtype {}: {e}", w.name, w.dtype))?;
+            let shape = w.shape.iter().map(|&d| d as usize).collect();
+            let t = bytes::decode(dtype, shape, plan.section_bytes(w.section as usize)?).map_err(|e| anyhow::anyhow!("weight `{}`: {e}", w.name))?;
+            tensors.insert(w.name.clone(), Arc::new(t));
+        }
+        Ok(Self { tensors })
+    }
+}
+
+impl WeightSource for PlanWeights {
+    fn weight(&self, name: &str) -> Result<Arc<Tensor>, String> {
+        self.tensors.get(name).cloned().ok_or_else(|| format!("the plan has no weight `{name}`"))
+    }
+}
+
+/// The tokenizer stored in the plan.
+pub fn plan_tokenizer(plan: &Plan, max_tokens: usize) -> anyhow::Result<TextTokenizer> {
+    let i = plan
+        .sections()
+        .iter()
+        .position(|s| s.kind == SectionKind::Other && s.name == TOKENIZER_SECTION)
+        .ok_or_else(|| anyhow::anyhow!("{} holds no tokenizer.json (compiled from a folder without one)", plan.path().display()))?;
+    let origin = plan.path().join(TOKENIZER_SECTION);
+    Ok(TextTokenizer::from_bytes(plan.section_bytes(i)?, &origin, max_tokens)?)
+}
+
+/// One launch's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelCheck {
+    /// Index in the schedule.
+    pub launch: usize,
+    /// What it computes.
+    pub label: String,
+    /// The IR value compared (`%18`).
+    pub value: String,
+    /// Its dtype.
+    pub dtype: String,
+    /// The comparison.
+    pub comparison: Comparison,
+}
+
+/// Everything `check` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    /// Per-kernel comparisons, in schedule order.
+    pub kernels: Vec<KernelCheck>,
+    /// Cosine of each output row (GPU graph run vs interpreter), per output.
+    pub end_to_end: Vec<(String, Vec<f64>)>,
+    /// Random-input runs, and how many produced a NaN or infinity (with the first offender).
+    pub random_runs: usize,
+    /// Runs with a non-finite output.
+    pub random_nonfinite: usize,
+    /// The first non-finite run, described.
+    pub first_nonfinite: Option<String>,
+    /// CUDA graphs captured during the random runs (one per distinct shape).
+    pub graphs_captured: usize,
+}
+
+impl CheckReport {
+    /// True when every kernel, every row and every random run passed, with the end-to-end cosine
+    /// bar `min_cos`.
+    pub fn passed(&self, min_cos: f64) -> bool {
+        self.kernels.iter().all(|k| k.comparison.pass)
+            && self.end_to_end.iter().all(|(_, c)| c.iter().all(|&c| c >= min_cos))
+            && self.random_nonfinite == 0
+    }
+}
+
+/// Options of [`check_plan`].
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// Texts for the per-kernel and end-to-end comparisons.
+    pub texts: Vec<String>,
+    /// Number of random-input runs.
+    pub random_runs: usize,
+    /// Seed of the random inputs.
+    pub seed: u64,
+    /// Tokenizer truncation.
+    pub max_tokens: usize,
+}
+
+/// Runs all three checks of the module doc on the plan at `path` (GPU 0).
+pub fn check_plan(path: &Path, opts: &CheckOptions) -> anyhow::Result<CheckReport> {
+    let plan = Plan::load(path, None)?;
+    let graph = ir::parse(&plan.meta().ir_text).map_err(|e| anyhow::anyhow!("{}: stored IR does not parse: {e}", path.display()))?;
+    let weights = PlanWeights::load(&plan)?;
+    let tok = plan_tokenizer(&plan, opts.max_tokens)?;
+    let engine = Engine::load(path)?;
+    let mut ctx = engine.context()?;
+    let batch = tok.encode(&opts.texts)?;
+    let inputs: Vec<(&str, Tensor)> = batch.inputs();
+    let reference = reference_values(&graph, &weights, &inputs)?;
+    let host: Vec<(&str, HostTensor)> = inputs.iter().map(|(n, t)| (*n, to_host(t))).collect();
+    let kernels = per_kernel(&mut ctx, &graph, &reference, &host)?;
+    let outputs = ctx.run(&host)?;
+    let end_to_end = graph
+        .outputs
+        .iter()
+        .zip(&outputs)
+        .map(|((name, v), (_, gpu))| Ok((name.clone(), row_cosines(&reference[v].to_f32_vec(), &gpu.to_f32_vec().map_err(anyhow::Error::msg)?, width(&reference[v])))))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (random_nonfinite, first_nonfinite) = random_runs(&mut ctx, &engine, opts)?;
+    Ok(CheckReport {
+        kernels,
+        end_to_end,
+        random_runs: opts.random_runs,
+        random_nonfinite,
+        first_nonfinite,
+        graphs_captured: ctx.cached_graphs(),
+    })
+}
+
+/// Every value the interpreter computes for `inputs`.
+fn reference_values(graph: &Graph, weights: &PlanWeights, inputs: &[(&str, Tensor)]) -> anyhow::Result<HashMap<ValueId, Tensor>> {
+    let mut values = HashMap::new();
+    interp::run_observed(graph, weights, inputs, &mut |v, t| {
+        values.insert(v, t.clone());
+    })?;
+    Ok(values)
+}
+
+/// Compares every launch's results with the reference, then puts the reference in their place.
+fn per_kernel(
+    ctx: &mut Context<'_>,
+    graph: &Graph,
+    reference: &HashMap<ValueId, Tensor>,
+    inputs: &[(&str, HostTensor)],
+) -> anyhow::Result<Vec<KernelCheck>> {
+    let meta = ctx.engine().meta().clone();
+    let mut checks = Vec::new();
+    let mut failure: Option<String> = None;
+    ctx.run_checked(inputs, &mut |index, launch, written| {
+        let mut forced = Vec::new();
+        for (buffer, gpu) in written {
+            let b = &meta.buffers[*buffer as usize];
+            let Some(v) = value_id(graph, &b.name) else {
+                failure.get_or_insert(format!("buffer `{}` names no IR value", b.name));
+                continue;
+            };
+            let Some(want) = reference.get(&v) else { continue };
+            let comparison = match gpu.to_f32_vec() {
+                Ok(got) if gpu.shape.iter().map(|&d| d as usize).eq(want.shape.iter().copied()) => compare(want.dtype, &want.to_f32_vec(), &got),
+                Ok(_) => Comparison::mismatch(format!("GPU shape {:?}, interpreter {:?}", gpu.shape, want.shape)),
+                Err(e) => Comparison::mismatch(e),
+            };
+            checks.push(KernelCheck { launch: index, label: launch.label.clone(), value: b.name.clone(), dtype: b.dtype.clone(), comparison });
+            forced.push((*buffer, to_host(want)));
+        }
+        forced
+    })?;
+    if let Some(f) = failure {
+        anyhow::bail!(f);
+    }
+    Ok(checks)
+}
+
+fn value_id(graph: &Graph, name: &str) -> Option<ValueId> {
+    let i: usize = name.strip_prefix('%')?.parse().ok()?;
+    (i < graph.values.len()).then(|| ValueId::from(i))
+}
+
+/// The interpreter's tensor as the runtime's bytes.
+pub fn to_host(t: &Tensor) -> HostTensor {
+    HostTensor::from_bytes(t.dtype.to_string(), t.shape.iter().map(|&d| d as u64).collect(), bytes::encode(t))
+}
+
+fn width(t: &Tensor) -> usize {
+    t.shape.last().copied().unwrap_or(1).max(1)
+}
+
+/// Cosine similarity of each row of `a` and `b`.
+pub fn row_cosines(a: &[f32], b: &[f32], width: usize) -> Vec<f64> {
+    a.chunks(width)
+        .zip(b.chunks(width))
+        .map(|(x, y)| {
+            let dot: f64 = x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum();
+            let nx: f64 = x.iter().map(|&p| (p as f64).powi(2)).sum::<f64>().sqrt();
+            let ny: f64 = y.iter().map(|&q| (q as f64).powi(2)).sum::<f64>().sqrt();
+            if nx == 0.0 && ny == 0.0 {
+                1.0
+            } else {
+                dot / (nx * ny).max(1e-300)
+            }
+        })
+        .collect()
+}
+
+/// Random BERT inputs through the graph path; counts runs with a non-finite output.
+fn random_runs(ctx: &mut Context<'_>, engine: &Engine, opts: &CheckOptions) -> anyhow::Result<(usize, Option<String>)> {
+    let meta = engine.meta();
+    let max = |s: &str| meta.symbols.iter().find(|(n, _)| n == s).map_or(1, |&(_, m)| m);
+    let (max_b, max_s) = (max("B"), max("S"));
+    let mut rng = SplitMix(opts.seed);
+    let mut bad = 0;
+    let mut first = None;
+    for run in 0..opts.random_runs {
+        let b = 1 + rng.below(max_b.min(64));
+        let s = 1 + rng.below(max_s.min(512));
+        let n = (b * s) as usize;
+        let ids: Vec<i64> = (0..n).map(|_| rng.below(30522) as i64).collect();
+        let mut mask = vec![1i64; n];
+        for row in 0..b as usize {
+            let len = 1 + rng.below(s) as usize;
+            mask[row * s as usize + len..(row + 1) * s as usize].iter_mut().for_each(|m| *m = 0);
+        }
+        let types: Vec<i64> = (0..n).map(|_| (rng.below(4) == 0) as i64).collect();
+        let shape = vec![b, s];
+        let inputs = [
+            ("input_ids", HostTensor::from_i64(shape.clone(), &ids)),
+            ("attention_mask", HostTensor::from_i64(shape.clone(), &mask)),
+            ("token_type_ids", HostTensor::from_i64(shape, &types)),
+        ];
+        let inputs: Vec<(&str, HostTensor)> =
+            inputs.into_iter().filter(|(name, _)| meta.inputs.iter().any(|i| i.name == *name)).collect();
+        for (name, out) in ctx.run(&inputs)? {
+            let xs = out.to_f32_vec().map_err(anyhow::Error::msg)?;
+            if let Some(i) = xs.iter().position(|x| !x.is_finite()) {
+                bad += 1;
+                first.get_or_insert(format!("run {run}: batch {b} × {s}: output `{name}` element {i} is {}", xs[i]));
+                break;
+            }
+        }
+    }
+    Ok((bad, first))
+}
+
+/// A small deterministic generator (SplitMix64) for reproducible random inputs.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}

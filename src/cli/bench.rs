@@ -1,0 +1,91 @@
+//! `qfuse bench`: times a `.plan` end to end (CUDA graph replays between CUDA events).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use qfuse::runtime::{Engine, HostTensor};
+
+/// Arguments of `qfuse bench`.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// The plan file.
+    plan: PathBuf,
+    /// Batch size.
+    #[arg(long, default_value_t = 32)]
+    batch: u64,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    seq: u64,
+    /// Warm-up replays.
+    #[arg(long, default_value_t = 20)]
+    warmup: usize,
+    /// Timed replays (the median is reported).
+    #[arg(long, default_value_t = 100)]
+    iters: usize,
+    /// Print one JSON object instead of a line of text.
+    #[arg(long)]
+    json: bool,
+    /// Also print the GPU time of every kernel (one profiled run, no graph).
+    #[arg(long)]
+    profile: bool,
+}
+
+/// Runs `qfuse bench`.
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let engine = Engine::load(&args.plan)?;
+    let mut ctx = engine.context()?;
+    let inputs = synthetic_inputs(&engine, args.batch, args.seq);
+    let stats = ctx.bench(&inputs, args.warmup, args.iters)?;
+    let tokens = (args.batch * args.seq) as f64;
+    if args.profile {
+        let (_, timings) = ctx.run_profiled(&inputs)?;
+        let mut by_kernel: Vec<(String, f64, usize)> = Vec::new();
+        for t in &timings {
+            let template = t.kernel.rsplit_once('_').map_or(t.kernel.as_str(), |(a, _)| a).to_string();
+            match by_kernel.iter_mut().find(|(k, _, _)| *k == template) {
+                Some(e) => {
+                    e.1 += t.micros;
+                    e.2 += 1;
+                }
+                None => by_kernel.push((template, t.micros, 1)),
+            }
+        }
+        by_kernel.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (k, us, n) in &by_kernel {
+            eprintln!("{us:>9.1} µs  {n:>3}×  {k}");
+        }
+    }
+    if args.json {
+        let j = serde_json::json!({
+            "plan": args.plan.display().to_string(), "device": engine.device_name(), "batch": args.batch, "seq": args.seq,
+            "median_ms": stats.median_ms, "min_ms": stats.min_ms, "mean_ms": stats.mean_ms, "iters": stats.iters,
+        });
+        return super::output::print_line(&j.to_string()).map_err(Into::into);
+    }
+    super::output::print_line(&format!(
+        "{}: batch {} × {} tokens on {}: median {:.3} ms (min {:.3}, mean {:.3}, {} replays), {:.0} tokens/s",
+        args.plan.display(),
+        args.batch,
+        args.seq,
+        engine.device_name(),
+        stats.median_ms,
+        stats.min_ms,
+        stats.mean_ms,
+        stats.iters,
+        tokens / (stats.median_ms / 1000.0),
+    ))
+    .map_err(Into::into)
+}
+
+/// Deterministic BERT-style inputs: ids spread over the vocabulary, every position valid.
+fn synthetic_inputs(engine: &Engine, batch: u64, seq: u64) -> Vec<(&'static str, HostTensor)> {
+    let n = (batch * seq) as usize;
+    let ids: Vec<i64> = (0..n).map(|i| 1000 + (i as i64 * 7919) % 29000).collect();
+    let shape = vec![batch, seq];
+    let all = [
+        ("input_ids", HostTensor::from_i64(shape.clone(), &ids)),
+        ("attention_mask", HostTensor::from_i64(shape.clone(), &vec![1; n])),
+        ("token_type_ids", HostTensor::from_i64(shape, &vec![0; n])),
+    ];
+    all.into_iter().filter(|(name, _)| engine.meta().inputs.iter().any(|i| i.name == *name)).collect()
+}

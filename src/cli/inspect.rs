@@ -1,0 +1,148 @@
+//! `qfuse inspect`: what a `.plan` holds — header, signature, kernels, schedule, buffers, weights,
+//! recipe and fusion report — without a GPU.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use comfy_table::{presets, Table};
+use qfuse::plan::{ArgRef, Plan, PlanMeta, SectionKind};
+
+/// Arguments of `qfuse inspect`.
+#[derive(Args)]
+pub struct InspectArgs {
+    /// The plan file.
+    plan: PathBuf,
+    /// Also list every launch of the schedule with its arguments.
+    #[arg(long)]
+    schedule: bool,
+    /// Also print the final IR text stored in the plan.
+    #[arg(long)]
+    ir: bool,
+    /// Print the CUDA source of the kernel with this name (or template) and stop.
+    #[arg(long, value_name = "KERNEL")]
+    source: Option<String>,
+}
+
+/// Runs `qfuse inspect`.
+pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
+    let plan = Plan::load(&args.plan, None)?;
+    plan.verify_sections()?;
+    let meta = plan.meta();
+    if let Some(which) = &args.source {
+        let k = meta
+            .kernels
+            .iter()
+            .find(|k| &k.name == which || &k.template == which)
+            .ok_or_else(|| anyhow::anyhow!("no kernel or template `{which}` in {}", args.plan.display()))?;
+        return super::output::print_line(&k.source).map_err(Into::into);
+    }
+    let mut out = header_text(&plan);
+    out += &signature_table(meta).to_string();
+    out += "\n\n";
+    out += &kernel_table(&plan).to_string();
+    out += &format!(
+        "\n\n{} launches per run; {} buffers in a {:.2} MiB arena at the largest shapes; {} weights, {:.2} MiB\n",
+        meta.schedule.len(),
+        meta.buffers.len(),
+        mib(meta.peak_activation_bytes),
+        meta.weights.len(),
+        mib(plan.sections().iter().filter(|s| s.kind == SectionKind::Weights).map(|s| s.len).sum()),
+    );
+    out += &format!("recipe: {}\n", meta.recipe);
+    out += &fusion_summary(meta);
+    if args.schedule {
+        out += "\n";
+        out += &schedule_table(meta).to_string();
+    }
+    if args.ir {
+        out += "\n";
+        out += &meta.ir_text;
+    }
+    super::output::print_line(out.trim_end()).map_err(Into::into)
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+fn header_text(plan: &Plan) -> String {
+    let h = plan.header();
+    let m = plan.meta();
+    let symbols: Vec<String> = m.symbols.iter().map(|(s, max)| format!("{s} ≤ {max}")).collect();
+    format!(
+        "plan {}\n  format {}, written by qfuse {}, NVRTC {}.{}, arch {}\n  model `{}`, {} bytes, {} sections, symbols {}\n\n",
+        plan.path().display(),
+        h.format,
+        m.qfuse_version,
+        m.nvrtc_version.0,
+        m.nvrtc_version.1,
+        m.arch,
+        m.model_name,
+        h.file_len,
+        plan.sections().len(),
+        symbols.join(", "),
+    )
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_style(presets::UTF8_FULL_CONDENSED);
+    t.set_header(header);
+    t
+}
+
+fn signature_table(m: &PlanMeta) -> Table {
+    let mut t = table(&["", "name", "dtype", "shape"]);
+    let shape = |s: &[qfuse::plan::DimExpr]| format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "));
+    for (kind, sigs) in [("input", &m.inputs), ("output", &m.outputs)] {
+        for s in sigs {
+            t.add_row([kind.to_string(), s.name.clone(), s.dtype.clone(), shape(&s.shape)]);
+        }
+    }
+    t
+}
+
+fn kernel_table(plan: &Plan) -> Table {
+    let m = plan.meta();
+    let mut t = table(&["kernel", "launches", "grid", "block", "smem", "cubin"]);
+    for (i, k) in m.kernels.iter().enumerate() {
+        let launches = m.schedule.iter().filter(|l| l.kernel as usize == i).count();
+        let grid = k.grid.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(" × ");
+        let block = k.block.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×");
+        let cubin = plan.sections().get(k.section as usize).map_or(0, |s| s.len);
+        t.add_row([k.name.clone(), launches.to_string(), grid, block, format!("{}", k.shared_mem_bytes), format!("{cubin}")]);
+    }
+    t
+}
+
+fn schedule_table(m: &PlanMeta) -> Table {
+    let mut t = table(&["#", "kernel", "computes", "arguments"]);
+    for (i, l) in m.schedule.iter().enumerate() {
+        let args: Vec<String> = l
+            .args
+            .iter()
+            .map(|a| match a {
+                ArgRef::Weight(w) => format!("@{}", m.weights[*w as usize].name),
+                ArgRef::Buffer(b) => m.buffers[*b as usize].name.clone(),
+                ArgRef::Scalar(s) => qfuse::compile::describe_scalar(s),
+            })
+            .collect();
+        t.add_row([i.to_string(), m.kernels[l.kernel as usize].name.clone(), l.label.clone(), args.join(", ")]);
+    }
+    t
+}
+
+/// Counts of the fusion report's outcomes, and every standalone Q/DQ with its reason.
+fn fusion_summary(m: &PlanMeta) -> String {
+    let Ok(entries) = serde_json::from_str::<Vec<serde_json::Value>>(&m.fusion_report) else {
+        return "fusion report: (none)\n".into();
+    };
+    let outcome = |e: &serde_json::Value| e["outcome"].as_object().and_then(|o| o.keys().next().cloned()).unwrap_or_default();
+    let count = |k: &str| entries.iter().filter(|e| outcome(e) == k).count();
+    let mut out =
+        format!("fusion report: {} Q/DQ fused, {} folded offline, {} standalone\n", count("Fused"), count("Folded"), count("Standalone"));
+    for e in entries.iter().filter(|e| outcome(e) == "Standalone") {
+        out += &format!("  standalone {}: {}\n", e["qdq"].as_str().unwrap_or("?"), e["outcome"]["Standalone"]["reason"].as_str().unwrap_or("?"));
+    }
+    out
+}

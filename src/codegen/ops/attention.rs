@@ -1,0 +1,284 @@
+//! `attention`: fused multi-head attention from `templates/attention.cu` (see its header for the
+//! design: tensor-core `mma.sync.m16n8k16`, two passes over the key tiles, every rounding step of
+//! the reference interpreter reproduced).
+//!
+//! Operands `q, k, v : T[B, S, H·D]` (token-major, heads interleaved), then `mask_bias : T[B, S]`
+//! when the op is masked; `T` is `f16` or `bf16`. The result is `T[B, S, H·D]`, or FP8 E4M3 bytes
+//! when the op carries a per-tensor output quantization with a literal scale.
+//!
+//! Kernel signature, in order: `(const u16* q, const u16* k, const u16* v, [const u16*
+//! mask_bias,] out, i32 S)`: `mask_bias` only when masked; `out` is `u16*` (`T`) or `u8*`
+//! (E4M3). Launch: grid `(ceil_div(S, 64), H, B)`, block `(128, 1, 1)`, [`AttentionSpec::smem_bytes`]
+//! of dynamic shared memory (5 tiles of `64 × D` elements: 20, 40 or 80 KiB for D = 32, 64, 128).
+//! `D` ∈ {32, 64, 128} and `H` are compiled in; `S` and `B` are run-time values.
+
+use crate::codegen::expr::Expr;
+use crate::codegen::kernel::{finish_kernel, params, Arg, KernelDef, Launch, LowerCx, LowerError, Lowered};
+use crate::codegen::template::{Template, TemplateError};
+use crate::codegen::prelude;
+use crate::ir::{DType, Granularity, NodeId, Op, QuantSpec, ScaleSource};
+use crate::plan::{DimExpr, ParamType, Scalar};
+
+/// Name of the template, prefix of every generated kernel name.
+pub const TEMPLATE: &str = "attention";
+
+const ATTENTION: Template = Template { name: "attention.cu", text: include_str!("../../../templates/attention.cu") };
+
+/// The head sizes the template supports.
+pub const HEAD_DIMS: [u32; 3] = [32, 64, 128];
+
+/// Query rows per CTA (grid x = `ceil_div(S, TILE_Q)`).
+pub const TILE_Q: u64 = 64;
+
+/// Threads per CTA (4 warps, 16 query rows each).
+pub const THREADS: u32 = 128;
+
+/// Largest grid y / z extent (heads, batch).
+const MAX_GRID_YZ: u64 = 65535;
+
+/// What the kernel stores.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OutKind {
+    /// The operands' dtype `T`.
+    Same,
+    /// FP8 E4M3 bytes: `qf_quantize_e4m3(o, scale)` (a true division, RNE, saturating).
+    E4M3 {
+        /// The per-tensor dequantization scale.
+        scale: f32,
+    },
+}
+
+/// Everything the attention template is specialised on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionSpec {
+    /// Head size `D`: 32, 64 or 128.
+    pub head_dim: u32,
+    /// Number of heads `H`.
+    pub heads: u32,
+    /// Multiplier applied to the (rounded) scores, if any.
+    pub scale: Option<f32>,
+    /// Whether a `mask_bias : T[B, S]` operand is added to the scores.
+    pub mask: bool,
+    /// The result's storage.
+    pub out: OutKind,
+    /// `T`, the dtype of `q`, `k`, `v` and `mask_bias`: f16 or bf16.
+    pub dtype: DType,
+}
+
+/// What can go wrong generating an attention kernel.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AttentionError {
+    /// The spec asks for something the template does not do.
+    #[error("unsupported attention: {0}")]
+    Unsupported(String),
+    /// The template and the parameters disagree (a qfuse bug).
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+}
+
+impl AttentionSpec {
+    /// Dynamic shared memory: Q, two K and two V tiles of `64 × D` 16-bit elements.
+    pub fn smem_bytes(&self) -> u32 {
+        5 * 64 * self.head_dim * 2
+    }
+
+    /// Checks every constraint the template relies on; the error says which one failed.
+    pub fn validate(&self) -> Result<(), AttentionError> {
+        let bad = |reason: String| Err(AttentionError::Unsupported(reason));
+        match self.dtype {
+            DType::F16 | DType::BF16 => {}
+            d if d.is_quantized_storage() => {
+                return bad(format!(
+                    "quantized operands ({d}) are not supported: q, k, v (and the mask) must be f16 or bf16; \
+                     dequantize them first"
+                ))
+            }
+            d => return bad(format!("operands of dtype {d} are not supported: q, k, v must be f16 or bf16")),
+        }
+        if !HEAD_DIMS.contains(&self.head_dim) {
+            return bad(format!("head size {} is not one of {HEAD_DIMS:?}", self.head_dim));
+        }
+        if self.heads == 0 || u64::from(self.heads) > MAX_GRID_YZ {
+            return bad(format!("{} heads: must be between 1 and {MAX_GRID_YZ} (grid y)", self.heads));
+        }
+        if u64::from(self.heads) * u64::from(self.head_dim) > i32::MAX as u64 / 64 {
+            return bad(format!("{} heads of size {} are too wide", self.heads, self.head_dim));
+        }
+        if let Some(s) = self.scale {
+            if !s.is_finite() {
+                return bad(format!("score scale {s} is not finite"));
+            }
+        }
+        if let OutKind::E4M3 { scale } = self.out {
+            if !(scale.is_finite() && scale > 0.0) {
+                return bad(format!("output quantization scale {scale} must be finite and positive"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The score pipeline printed as CUDA: `T(dot)`, then `T(· scale)`, then `T(+ bias)`, over the
+    /// template's variables `dot` (the f32 accumulator) and `bias` (the key's mask bias).
+    fn score_expr(&self) -> Expr {
+        let mut e = Expr::var("dot").round(self.dtype);
+        if let Some(s) = self.scale {
+            e = e.mul(Expr::lit(s)).round(self.dtype);
+        }
+        if self.mask {
+            e = e.add(Expr::var("bias")).round(self.dtype);
+        }
+        e
+    }
+
+    /// Kernel parameters in signature order.
+    pub fn params(&self) -> Vec<(&'static str, ParamType)> {
+        let mut p = vec![("q", ParamType::Ptr), ("k", ParamType::Ptr), ("v", ParamType::Ptr)];
+        if self.mask {
+            p.push(("mask_bias", ParamType::Ptr));
+        }
+        p.extend([("out", ParamType::Ptr), ("S", ParamType::I32)]);
+        p
+    }
+}
+
+/// Renders `spec` for a batch of `batch` sequences of `seq` tokens (grid `(ceil_div(seq, 64),
+/// heads, batch)`); fails if the spec is unsupported.
+pub fn kernel(spec: &AttentionSpec, batch: DimExpr, seq: DimExpr) -> Result<KernelDef, AttentionError> {
+    spec.validate()?;
+    let flag = |b: bool| if b { "true" } else { "false" }.to_string();
+    let (quant_out, out_scale) = match spec.out {
+        OutKind::Same => (false, 0),
+        OutKind::E4M3 { scale } => (true, scale.to_bits()),
+    };
+    let source = ATTENTION.render(&[
+        ("prelude", prelude()),
+        // Kept as a placeholder: `finish_kernel` names the kernel by the hash of this text.
+        ("kernel_name", "{{kernel_name}}".into()),
+        ("head_dim", spec.head_dim.to_string()),
+        ("heads", spec.heads.to_string()),
+        ("bf16", flag(spec.dtype == DType::BF16)),
+        ("has_mask", flag(spec.mask)),
+        ("quant_out", flag(quant_out)),
+        ("out_scale_bits", format!("{out_scale:#010x}")),
+        ("score_expr", spec.score_expr().to_cuda()),
+        ("mask_param", if spec.mask { "const uint16_t* __restrict__ mask_bias, " } else { "" }.into()),
+        ("mask_arg", if spec.mask { "mask_bias" } else { "nullptr" }.into()),
+    ])?;
+    let grid = [seq.ceil_div(TILE_Q), DimExpr::Const(u64::from(spec.heads)), batch];
+    Ok(finish_kernel(TEMPLATE, source, grid, [THREADS, 1, 1], spec.smem_bytes(), params(&spec.params())))
+}
+
+/// The output kind an `attention`'s optional output quantization asks for.
+pub fn out_kind(output: Option<&QuantSpec>) -> Result<OutKind, String> {
+    let Some(q) = output else { return Ok(OutKind::Same) };
+    if q.storage != DType::F8E4M3 {
+        return Err(format!("output quantization to {} is not supported (only f8e4m3)", q.storage));
+    }
+    if q.granularity != Granularity::PerTensor {
+        return Err(format!("output quantization granularity {:?} is not supported (only per_tensor)", q.granularity));
+    }
+    if q.zero_point.is_some() {
+        return Err("an output zero point is not supported".into());
+    }
+    match q.scale {
+        ScaleSource::Literal(scale) => Ok(OutKind::E4M3 { scale }),
+        ref other => Err(format!("output scale {other:?} is not supported (only a literal scale)")),
+    }
+}
+
+/// Builds the spec of an attention node from its operands (`q, k, v[, mask_bias]`) and attributes,
+/// checking every shape and dtype the kernel relies on. Returns the spec and the `B` and `S`
+/// extents of `q`.
+pub fn spec_for(
+    cx: &LowerCx,
+    node: NodeId,
+    heads: u32,
+    scale: Option<f32>,
+    mask: bool,
+    output: Option<&QuantSpec>,
+) -> Result<(AttentionSpec, DimExpr, DimExpr), LowerError> {
+    let g = cx.graph;
+    let n = &g.nodes[node];
+    let err = |reason: String| cx.error(node, reason);
+    let want_inputs = 3 + usize::from(mask);
+    if n.inputs.len() != want_inputs || n.outputs.len() != 1 {
+        return Err(err(format!("expected {want_inputs} operands and 1 result, got {} and {}", n.inputs.len(), n.outputs.len())));
+    }
+    let (q, k, v) = (n.inputs[0], n.inputs[1], n.inputs[2]);
+    let dtype = g.ty(q).dtype;
+    for (what, val) in [("k", k), ("v", v)] {
+        if g.ty(val).dtype != dtype {
+            return Err(err(format!("{what} is {} but q is {dtype}", g.ty(val).dtype)));
+        }
+    }
+    let shape = g.shape(q);
+    if shape.len() != 3 {
+        return Err(err(format!("q must be [B, S, H·D], got rank {}", shape.len())));
+    }
+    if g.shape(k) != shape || g.shape(v) != shape {
+        return Err(err("q, k and v must have the same shape".into()));
+    }
+    if heads == 0 {
+        return Err(err("heads must be positive".into()));
+    }
+    let width = shape[2].fixed().ok_or_else(|| err("the last extent H·D of q must be fixed".into()))?;
+    if width % u64::from(heads) != 0 {
+        return Err(err(format!("q's last extent {width} is not a multiple of {heads} heads")));
+    }
+    let head_dim = u32::try_from(width / u64::from(heads)).map_err(|_| err(format!("head size {} is too large", width / u64::from(heads))))?;
+    if mask {
+        let m = n.inputs[3];
+        if g.ty(m).dtype != dtype {
+            return Err(err(format!("mask_bias is {} but q is {dtype}", g.ty(m).dtype)));
+        }
+        if g.shape(m).as_slice() != &shape[..2] {
+            return Err(err("mask_bias must be [B, S] with q's B and S".into()));
+        }
+    }
+    let out_ty = g.ty(n.outputs[0]);
+    let out = out_kind(output).map_err(err)?;
+    let want_out = if matches!(out, OutKind::E4M3 { .. }) { DType::F8E4M3 } else { dtype };
+    if out_ty.dtype != want_out || &out_ty.shape != shape {
+        return Err(err(format!("the result must be {want_out} with q's shape")));
+    }
+    let max = cx.max_shape(q);
+    if max[0] > MAX_GRID_YZ {
+        return Err(err(format!("batch up to {} exceeds the grid limit {MAX_GRID_YZ}", max[0])));
+    }
+    if max[1] > i32::MAX as u64 - TILE_Q {
+        return Err(err(format!("sequence length up to {} does not fit the kernel's i32", max[1])));
+    }
+    let spec = AttentionSpec { head_dim, heads, scale, mask, out, dtype };
+    spec.validate().map_err(|e| err(e.to_string()))?;
+    let dims = cx.dims(q);
+    Ok((spec, dims[0].clone(), dims[1].clone()))
+}
+
+/// Lowers an `attention` node with the given attributes to one launch.
+pub fn lower_with(
+    cx: &LowerCx,
+    node: NodeId,
+    heads: u32,
+    scale: Option<f32>,
+    mask: bool,
+    output: Option<&QuantSpec>,
+) -> Result<Lowered, LowerError> {
+    if cx.sm < 80 {
+        return Err(cx.error(node, format!("attention needs sm_80 or newer (mma.sync f16/bf16, cp.async), target is sm_{}", cx.sm)));
+    }
+    let (spec, batch, seq) = spec_for(cx, node, heads, scale, mask, output)?;
+    let kernel = kernel(&spec, batch, seq.clone()).map_err(|e| cx.error(node, e.to_string()))?;
+    let n = &cx.graph.nodes[node];
+    let mut args: Vec<Arg> = n.inputs.iter().map(|&v| Arg::Value(v)).collect();
+    args.push(Arg::Value(n.outputs[0]));
+    args.push(Arg::Scalar(Scalar::Dim(seq)));
+    Ok(Lowered::Launches(vec![Launch { kernel, args }]))
+}
+
+/// Lowers an `attention` node (`q, k, v[, mask_bias]`) to one launch of the attention template.
+pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
+    match &cx.graph.nodes[node].op {
+        Op::Attention(a) => lower_with(cx, node, a.heads, a.scale, a.mask, a.output.as_ref()),
+        other => Err(cx.error(node, format!("attention lowering called on `{}`", other.mnemonic()))),
+    }
+}

@@ -1,0 +1,36 @@
+//! Per-op lowering: one module per kernel family, and the dispatcher [`lower_node`].
+
+pub mod attention;
+mod common;
+pub mod elementwise;
+pub mod embed;
+pub mod norm;
+pub mod qmatmul;
+pub mod quantize;
+pub mod reduce;
+pub mod shape;
+
+use super::kernel::{LowerCx, LowerError, Lowered};
+use crate::ir::{NodeId, Op};
+
+/// Lowers one node: source ops need no code, views alias their operand, everything else becomes
+/// launches from its kernel family's module.
+pub fn lower_node(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
+    let n = &cx.graph.nodes[node];
+    match &n.op {
+        Op::Input { .. } | Op::Weight { .. } | Op::Scalar { .. } => Ok(Lowered::Nothing),
+        Op::Reshape => Ok(Lowered::Alias(n.inputs[0])),
+        Op::QMatMul(_) => qmatmul::lower(cx, node),
+        Op::Attention(_) => attention::lower(cx, node),
+        Op::Cast | Op::Unary(_) | Op::Binary(_) => elementwise::lower(cx, node),
+        Op::LayerNorm { .. } | Op::RmsNorm { .. } | Op::NormQuantize { .. } | Op::L2Normalize { .. } => norm::lower(cx, node),
+        Op::EmbedLayerNorm(_) => embed::lower(cx, node),
+        Op::Quantize(_) | Op::Dequantize(_) | Op::Requantize { .. } => quantize::lower(cx, node),
+        Op::Softmax { .. } | Op::MeanPool => reduce::lower(cx, node),
+        Op::Transpose { .. } | Op::Gather | Op::Iota => shape::lower(cx, node),
+        Op::MatMul { .. } => Err(cx.error(node, "no kernel for `matmul` yet (float matmuls must be rewritten to qmatmul or attention)")),
+        Op::Reduce { .. } => Err(cx.error(node, format!("no kernel for `{}` yet", n.op.mnemonic()))),
+        #[allow(unreachable_patterns)]
+        other => Err(cx.error(node, format!("no kernel for `{}` yet", other.mnemonic()))),
+    }
+}

@@ -1,0 +1,83 @@
+//! Tensors ↔ the raw little-endian bytes kernels read: the one place that defines a dtype's
+//! storage layout (16-bit floats as their bit patterns, 8-bit codes as bytes, 4-bit codes packed two
+//! per byte, low nibble first, `i64`/`i32`/`f32` little-endian).
+
+use crate::interp::Tensor;
+use crate::ir::DType;
+use crate::numerics::{decode_bits, encode_bits};
+
+/// Storage bytes of `t` in its dtype.
+pub fn encode(t: &Tensor) -> Vec<u8> {
+    let dt = t.dtype;
+    if let Some(ints) = t.as_i64() {
+        return match dt {
+            DType::I32 => ints.iter().flat_map(|&v| (v as i32).to_le_bytes()).collect(),
+            _ => ints.iter().flat_map(|&v| v.to_le_bytes()).collect(),
+        };
+    }
+    let xs = t.to_f32_vec();
+    match dt.bits() {
+        32 => xs.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
+        16 => xs.iter().flat_map(|&x| (encode_bits(x, dt) as u16).to_le_bytes()).collect(),
+        8 => xs.iter().map(|&x| encode_bits(x, dt) as u8).collect(),
+        4 => xs.chunks(2).map(|p| (encode_bits(p[0], dt) & 0xf) as u8 | ((p.get(1).map_or(0, |&x| encode_bits(x, dt)) & 0xf) << 4) as u8).collect(),
+        bits => unreachable!("no {bits}-bit dtype"),
+    }
+}
+
+/// The tensor of `dtype` and `shape` stored in `bytes`; errors if the length does not match.
+pub fn decode(dtype: DType, shape: Vec<usize>, bytes: &[u8]) -> Result<Tensor, String> {
+    let numel: usize = shape.iter().product();
+    let want = (numel * dtype.bits() as usize).div_ceil(8);
+    if bytes.len() != want {
+        return Err(format!("{dtype}{shape:?} needs {want} bytes, got {}", bytes.len()));
+    }
+    if matches!(dtype, DType::I64 | DType::I32) {
+        let ints = if dtype == DType::I64 {
+            bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
+        } else {
+            bytes.chunks_exact(4).map(|c| i64::from(i32::from_le_bytes(c.try_into().expect("4 bytes")))).collect()
+        };
+        return Ok(Tensor::i64(shape, ints));
+    }
+    let xs: Vec<f32> = match dtype.bits() {
+        32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect(),
+        16 => bytes.chunks_exact(2).map(|c| decode_bits(u32::from(u16::from_le_bytes([c[0], c[1]])), dtype)).collect(),
+        8 => bytes.iter().map(|&b| decode_bits(u32::from(b), dtype)).collect(),
+        4 => bytes.iter().flat_map(|&b| [decode_bits(u32::from(b & 0xf), dtype), decode_bits(u32::from(b >> 4), dtype)]).take(numel).collect(),
+        bits => return Err(format!("no {bits}-bit dtype")),
+    };
+    Ok(Tensor::from_f32_as(dtype, shape, xs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_every_storage_width() {
+        let cases: Vec<(DType, Vec<f32>)> = vec![
+            (DType::F32, vec![1.5, -0.0, 3.25e-9]),
+            (DType::F16, vec![1.0, -65504.0, 0.000061035156]),
+            (DType::BF16, vec![1.0, -3.0e38, 0.5]),
+            (DType::F8E4M3, vec![448.0, -0.015625, 0.0]),
+            (DType::I8, vec![-128.0, 127.0, 3.0]),
+            (DType::F4E2M1, vec![6.0, -0.5, 1.5]),
+        ];
+        for (dt, xs) in cases {
+            let t = Tensor::from_f32_as(dt, vec![xs.len()], xs);
+            let back = decode(dt, t.shape.clone(), &encode(&t)).unwrap();
+            assert_eq!(back, t, "{dt}");
+        }
+        let ids = Tensor::i64(vec![2], vec![-7, 30521]);
+        assert_eq!(encode(&ids).len(), 16);
+        assert_eq!(decode(DType::I64, vec![2], &encode(&ids)).unwrap(), ids);
+    }
+
+    #[test]
+    fn f16_bits_are_little_endian() {
+        let t = Tensor::from_f32_as(DType::F16, vec![1], vec![1.0]);
+        assert_eq!(encode(&t), vec![0x00, 0x3c]);
+        assert!(decode(DType::F16, vec![2], &[0, 0x3c]).unwrap_err().contains("needs 4 bytes"));
+    }
+}

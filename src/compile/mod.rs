@@ -1,0 +1,386 @@
+//! `qfuse::compile`: a model folder in, a `.plan` out.
+//!
+//! ```text
+//! import → quantize (recipe, calibration, fusion passes) → lower (codegen::ops)
+//!        → memory plan (codegen::memory) → NVRTC through the CUBIN cache → PlanBuilder
+//! ```
+//!
+//! ```no_run
+//! let opts = qfuse::compile::CompileOptions::for_recipe("fp8")?;
+//! let plan = qfuse::compile::compile("models/all-MiniLM-L6-v2".as_ref(), &opts)?;
+//! plan.save("minilm-fp8.plan".as_ref())?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod bytes;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::codegen::cache::{KernelCache, Origin};
+use crate::codegen::kernel::{Arg, KernelDef, LowerError};
+use crate::codegen::lower::{lower_graph, Program};
+use crate::codegen::memory::{self, MemoryPlan};
+use crate::codegen::nvrtc::{self, NvrtcError};
+use crate::import::{self, ImportError, ImportOptions, Model};
+use crate::interp::WeightSource;
+use crate::ir::{self, Graph, Op, ValueId};
+use crate::passes::PassOptions;
+use crate::plan::{
+    ArgRef, BufferMeta, DimExpr, KernelMeta, LaunchMeta, PlanBuilder, PlanError, PlanMeta, Scalar, SectionKind, TensorSig, WeightMeta,
+};
+use crate::quant::{self, CalibOptions, QuantError, Quantized, Recipe};
+
+/// The arch compiled for when none is given and no GPU is visible.
+pub const DEFAULT_ARCH: &str = "sm_90a";
+
+/// Name of the section holding the model's `tokenizer.json`, when it has one.
+pub const TOKENIZER_SECTION: &str = "tokenizer.json";
+
+/// How to compile.
+#[derive(Debug, Clone)]
+pub struct CompileOptions {
+    /// The quantization recipe.
+    pub recipe: Recipe,
+    /// Calibration (recipes with static activation scales).
+    pub calib: CalibOptions,
+    /// Pass selection and IR dumps.
+    pub passes: PassOptions,
+    /// Target arch (`sm_90a`, `sm_89`, …); `None`: [`DEFAULT_ARCH`].
+    pub arch: Option<String>,
+    /// Largest batch and sequence the plan accepts (symbols `B` and `S`).
+    pub import: ImportOptions,
+    /// CUBIN cache directory; `None` disables the cache.
+    pub kernel_cache: Option<PathBuf>,
+}
+
+impl CompileOptions {
+    /// Defaults for the recipe called `name` (`fp16`, `fp8`, `fp8-dynamic`, …).
+    pub fn for_recipe(name: &str) -> Result<Self, CompileError> {
+        let recipe = Recipe::named(name, crate::quant::calib::CalibMethod::Max).map_err(CompileError::Options)?;
+        Ok(Self::new(recipe))
+    }
+
+    /// Defaults around `recipe`: default calibration set, every pass, the user's kernel cache.
+    pub fn new(recipe: Recipe) -> Self {
+        Self {
+            recipe,
+            calib: CalibOptions::default(),
+            passes: PassOptions::default(),
+            arch: None,
+            import: ImportOptions::default(),
+            kernel_cache: KernelCache::default_location(),
+        }
+    }
+}
+
+/// Why compilation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// Bad options.
+    #[error("{0}")]
+    Options(String),
+    /// The model folder could not be imported.
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    /// Quantization or a pass failed.
+    #[error(transparent)]
+    Quant(#[from] QuantError),
+    /// A node has no kernel.
+    #[error(transparent)]
+    Lower(#[from] LowerError),
+    /// NVRTC failed.
+    #[error(transparent)]
+    Nvrtc(#[from] NvrtcError),
+    /// The plan could not be assembled or written.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// A weight the graph names could not be read.
+    #[error("weight `{name}`: {reason}")]
+    Weight {
+        /// The IR weight name.
+        name: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// What compilation did, for the CLI and logs.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CompileStats {
+    /// Target arch.
+    pub arch: String,
+    /// Nodes of the final graph.
+    pub nodes: usize,
+    /// Kernel launches per run.
+    pub launches: usize,
+    /// Distinct kernels.
+    pub kernels: usize,
+    /// Kernels compiled now / taken from the cache.
+    pub compiled: usize,
+    /// Kernels taken from the cache.
+    pub cached: usize,
+    /// Seconds spent in NVRTC (wall, parallel).
+    pub nvrtc_seconds: f64,
+    /// Arena size and what it would be without reuse.
+    pub peak_activation_bytes: u64,
+    /// Sum of all activation buffers without reuse.
+    pub unshared_activation_bytes: u64,
+    /// Bytes of weights in the plan.
+    pub weight_bytes: u64,
+    /// Total seconds (import to assembled plan).
+    pub seconds: f64,
+}
+
+/// A compiled plan in memory; [`CompiledPlan::save`] writes it.
+pub struct CompiledPlan {
+    builder: PlanBuilder<'static>,
+    /// What compilation did.
+    pub stats: CompileStats,
+    /// The quantization result (graphs, report, calibration).
+    pub quantized: Quantized,
+}
+
+impl CompiledPlan {
+    /// The plan's metadata.
+    pub fn meta(&self) -> &PlanMeta {
+        self.builder.meta()
+    }
+
+    /// Writes the plan atomically.
+    pub fn save(&self, path: &Path) -> Result<(), PlanError> {
+        self.builder.write(path)
+    }
+}
+
+/// Compiles the model in `model_dir`.
+pub fn compile(model_dir: &Path, opts: &CompileOptions) -> Result<CompiledPlan, CompileError> {
+    let started = Instant::now();
+    let model = import::load(model_dir, &opts.import)?;
+    let q = quant::quantize(&model, &opts.recipe, &opts.calib, &opts.passes)?;
+    let mut plan = build(&model, q, opts)?;
+    plan.stats.seconds = started.elapsed().as_secs_f64();
+    Ok(plan)
+}
+
+/// Lowers, compiles and assembles the plan of an already quantized model.
+pub fn build(model: &Model, q: Quantized, opts: &CompileOptions) -> Result<CompiledPlan, CompileError> {
+    let arch = opts.arch.clone().unwrap_or_else(|| DEFAULT_ARCH.to_string());
+    let sm = sm_of(&arch)?;
+    // Values are numbered as the IR text prints them, so buffer names match `ir_text`.
+    let graph = ir::order::compact(&q.fused);
+    let program = lower_graph(&graph, sm)?;
+    let mem = memory::plan(&graph, &program);
+    let version = nvrtc::locate()?.version;
+    let mut meta = PlanMeta::new(graph.name.clone(), arch.clone(), version);
+    meta.recipe = serde_json::to_string(&q.recipe).unwrap_or_default();
+    meta.calibration = serde_json::to_string(&q.calibration).unwrap_or_default();
+    meta.fusion_report = serde_json::to_string(&q.report).unwrap_or_default();
+    meta.ir_text = ir::print(&graph);
+    meta.symbols = graph.symbols.iter().map(|(_, s)| (s.name.clone(), s.max)).collect();
+    let mut builder = PlanBuilder::new(meta);
+    let t_nvrtc = Instant::now();
+    let (kernel_index, origins) = add_kernels(&mut builder, &program, &arch, opts)?;
+    let nvrtc_seconds = t_nvrtc.elapsed().as_secs_f64();
+    let buffers = add_buffers(&mut builder, &graph, &mem);
+    let weights = add_weights(&mut builder, &graph, &program, &model.weights)?;
+    add_schedule(&mut builder, &graph, &program, &kernel_index, &buffers, &weights);
+    add_signature(&mut builder, &graph, &program, &buffers);
+    if let Some(tok) = std::fs::read(model.dir.join("tokenizer.json")).ok() {
+        builder.add_section(SectionKind::Other, TOKENIZER_SECTION, tok);
+    }
+    builder.meta_mut().peak_activation_bytes = mem.peak_bytes;
+    let stats = CompileStats {
+        arch,
+        nodes: graph.nodes.len(),
+        launches: program.launches().count(),
+        kernels: origins.len(),
+        compiled: origins.iter().filter(|o| **o == Origin::Compiled).count(),
+        cached: origins.iter().filter(|o| **o == Origin::Cached).count(),
+        nvrtc_seconds,
+        peak_activation_bytes: mem.peak_bytes,
+        unshared_activation_bytes: mem.unshared_bytes,
+        weight_bytes: builder.meta().weights.iter().map(|w| weight_len(w)).sum(),
+        seconds: 0.0,
+    };
+    Ok(CompiledPlan { builder, stats, quantized: q })
+}
+
+/// `sm_90a` → 90.
+fn sm_of(arch: &str) -> Result<u32, CompileError> {
+    arch.strip_prefix("sm_")
+        .map(|s| s.trim_end_matches(['a', 'f']))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| CompileError::Options(format!("`{arch}` is not a real GPU arch such as sm_90a")))
+}
+
+fn weight_len(w: &WeightMeta) -> u64 {
+    let bits = w.dtype.parse::<ir::DType>().map_or(8, |d| u64::from(d.bits()));
+    (w.shape.iter().product::<u64>() * bits).div_ceil(8)
+}
+
+/// Compiles every distinct kernel (in parallel, through the cache) and adds its CUBIN section.
+/// Returns kernel name → index in `meta.kernels`, and where each CUBIN came from.
+fn add_kernels(
+    builder: &mut PlanBuilder<'static>,
+    program: &Program,
+    arch: &str,
+    opts: &CompileOptions,
+) -> Result<(std::collections::HashMap<String, u32>, Vec<Origin>), CompileError> {
+    let cache = KernelCache::new(opts.kernel_cache.clone());
+    let kernels: Vec<&KernelDef> = program.kernels();
+    let cubins: Vec<(Vec<u8>, Origin)> =
+        kernels.par_iter().map(|k| cache.cubin(&k.name, &k.source, arch)).collect::<Result<_, NvrtcError>>()?;
+    let mut index = std::collections::HashMap::new();
+    let mut origins = Vec::new();
+    for (k, (cubin, origin)) in kernels.into_iter().zip(cubins) {
+        let section = builder.add_section(SectionKind::Cubin, format!("cubin.{}", k.name), cubin);
+        let meta = KernelMeta {
+            name: k.name.clone(),
+            template: k.template.to_string(),
+            source: k.source.clone(),
+            section,
+            grid: k.grid.clone(),
+            block: k.block,
+            shared_mem_bytes: k.smem_bytes,
+            params: k.params.clone(),
+        };
+        index.insert(k.name.clone(), builder.meta().kernels.len() as u32);
+        builder.meta_mut().kernels.push(meta);
+        origins.push(origin);
+    }
+    Ok((index, origins))
+}
+
+/// One buffer per value with storage; returns value → buffer index.
+fn add_buffers(builder: &mut PlanBuilder<'static>, graph: &Graph, mem: &MemoryPlan) -> std::collections::HashMap<ValueId, u32> {
+    let mut values: Vec<ValueId> = mem.slot_of.keys().copied().collect();
+    values.sort();
+    let mut index = std::collections::HashMap::new();
+    for v in values {
+        let slot = &mem.slots[mem.slot_of[&v]];
+        let ty = graph.ty(v);
+        index.insert(v, builder.meta().buffers.len() as u32);
+        builder.meta_mut().buffers.push(BufferMeta {
+            name: v.to_string(),
+            dtype: ty.dtype.to_string(),
+            shape: dims(graph, v),
+            bytes: memory::max_bytes(graph, v),
+            offset: slot.offset,
+        });
+    }
+    index
+}
+
+fn dims(graph: &Graph, v: ValueId) -> Vec<DimExpr> {
+    graph
+        .shape(v)
+        .iter()
+        .map(|d| match *d {
+            ir::Dim::Fixed(n) => DimExpr::Const(n),
+            ir::Dim::Sym(s) => DimExpr::sym(graph.symbols[s].name.clone()),
+        })
+        .collect()
+}
+
+/// Adds a section for every weight or literal a launch reads; returns value → weight index.
+fn add_weights(
+    builder: &mut PlanBuilder<'static>,
+    graph: &Graph,
+    program: &Program,
+    store: &dyn WeightSource,
+) -> Result<std::collections::HashMap<ValueId, u32>, CompileError> {
+    let mut index = std::collections::HashMap::new();
+    for (_, launch) in program.launches() {
+        for arg in &launch.args {
+            let Arg::Value(v) = *arg else { continue };
+            let root = program.root(v);
+            if index.contains_key(&root) || !memory::is_constant(graph, root) {
+                continue;
+            }
+            let ty = graph.ty(root);
+            let (name, tensor) = match &graph.producer(root).op {
+                Op::Weight { name } => {
+                    let t = store.weight(name).map_err(|reason| CompileError::Weight { name: name.clone(), reason })?;
+                    (name.clone(), t.as_ref().clone())
+                }
+                Op::Scalar { value } => (format!("literal {root}"), crate::interp::Tensor::from_f32_as(ty.dtype, vec![], vec![*value as f32])),
+                _ => unreachable!("is_constant"),
+            };
+            if tensor.dtype != ty.dtype || tensor.shape.iter().map(|&d| d as u64).ne(memory_shape(graph, root)) {
+                return Err(CompileError::Weight {
+                    name,
+                    reason: format!("stored as {}{:?}, the graph expects {}", tensor.dtype, tensor.shape, ir::shape_text(&ty.shape)),
+                });
+            }
+            let section = builder.add_section(SectionKind::Weights, name.clone(), bytes::encode(&tensor));
+            let shape = tensor.shape.iter().map(|&d| d as u64).collect();
+            index.insert(root, builder.meta().weights.len() as u32);
+            builder.meta_mut().weights.push(WeightMeta { name, dtype: ty.dtype.to_string(), shape, section });
+        }
+    }
+    Ok(index)
+}
+
+fn memory_shape(graph: &Graph, v: ValueId) -> Vec<u64> {
+    crate::codegen::kernel::max_extents(graph, graph.shape(v))
+}
+
+fn add_schedule(
+    builder: &mut PlanBuilder<'static>,
+    graph: &Graph,
+    program: &Program,
+    kernels: &std::collections::HashMap<String, u32>,
+    buffers: &std::collections::HashMap<ValueId, u32>,
+    weights: &std::collections::HashMap<ValueId, u32>,
+) {
+    for (node, launch) in program.launches() {
+        let n = &graph.nodes[node];
+        let args = launch
+            .args
+            .iter()
+            .map(|a| match a {
+                Arg::Value(v) => match weights.get(&program.root(*v)) {
+                    Some(&w) => ArgRef::Weight(w),
+                    None => ArgRef::Buffer(buffers[v]),
+                },
+                Arg::Scalar(s) => ArgRef::Scalar(s.clone()),
+            })
+            .collect();
+        let results: Vec<String> = n.outputs.iter().map(|v| v.to_string()).collect();
+        let label = format!("{} {} ({})", n.op.mnemonic(), n.name.as_deref().unwrap_or("-"), results.join(", "));
+        let writes = n.outputs.iter().filter_map(|v| buffers.get(v).copied()).collect();
+        builder.meta_mut().schedule.push(LaunchMeta { kernel: kernels[&launch.kernel.name], args, label, writes });
+    }
+}
+
+fn add_signature(
+    builder: &mut PlanBuilder<'static>,
+    graph: &Graph,
+    program: &Program,
+    buffers: &std::collections::HashMap<ValueId, u32>,
+) {
+    let sig = |name: &str, v: ValueId| TensorSig {
+        name: name.to_string(),
+        dtype: graph.ty(v).dtype.to_string(),
+        shape: dims(graph, v),
+        buffer: buffers[&v],
+    };
+    let inputs: Vec<TensorSig> = graph.inputs().into_iter().filter(|(_, v)| buffers.contains_key(v)).map(|(n, v)| sig(n, v)).collect();
+    let outputs: Vec<TensorSig> = graph.outputs.iter().map(|(n, v)| sig(n, *v)).collect();
+    let _ = program;
+    builder.meta_mut().inputs = inputs;
+    builder.meta_mut().outputs = outputs;
+}
+
+/// The argument list printed for humans (`inspect`): `%3`, `@weight`, `B*S`.
+pub fn describe_scalar(s: &Scalar) -> String {
+    match s {
+        Scalar::F32(v) => format!("{v}"),
+        Scalar::I32(v) => format!("{v}"),
+        Scalar::I64(v) => format!("{v}"),
+        Scalar::Dim(e) => e.to_string(),
+    }
+}

@@ -1,0 +1,374 @@
+// qfuse fused multi-head attention (IR op `attention`) for sm_80+ (built for sm_90a), with
+// mma.sync.m16n8k16 (f16 or bf16 operands, f32 accumulators), ldmatrix and cp.async.
+//
+// Operands (T = f16 or bf16, 16-bit patterns), token-major with the heads interleaved:
+//   q, k, v    T[B, S, H*D]: element (b, s, h, d) at ((b*S + s)*H + h)*D + d
+//   mask_bias  T[B, S] (only when HAS_MASK): additive bias per key position
+//   out        T[B, S, H*D], or FP8 E4M3 bytes (same indexing) when QUANT_OUT
+// D, H, the scale, the mask flag and the output kind are compile-time constants; S is a run-time
+// argument (any S >= 1; the launch is skipped for S = 0 or B = 0). B is implicit in the grid.
+//
+// Reference semantics (the interpreter), per batch b, head h and query row i, over keys j < S:
+//   s_ij = T( sum_d q_id k_jd )            f32 accumulation
+//   s_ij = T( s_ij * scale )               if a scale is given
+//   s_ij = T( s_ij + mask_bias[b, j] )     if masked
+//   p_ij = T( exp(s_ij - max_j s) / sum_j exp(s_ij - max_j s) )   max, exp, sum in f32
+//   o_id = T( sum_j p_ij v_jd )            f32 accumulation
+//   out  = o, or qf_quantize_e4m3(o, OUT_SCALE) (a true division, RNE, saturating)
+// The kernel performs every one of these rounding steps. The only intended deviations: the sum of
+// exponentials is accumulated in f32 with online rescaling (the reference sums exp(s - final max)
+// in f64), tensor-core f32 accumulation order, and CUDA's expf (<= 2 ulp). These can move a
+// probability or an output by one T ulp on rare near-ties.
+//
+// Work decomposition: one CTA per (64-query tile, head, batch) = (blockIdx.x, blockIdx.y,
+// blockIdx.z); 4 warps, warp w owns query rows 16w..16w+15 of the tile (one m16 MMA row block).
+// Keys are visited in tiles of 64, in TWO passes over all key tiles:
+//   pass 1 (K tiles only): scores -> per-row running max m and sum l of exp(s - m), rescaled
+//          whenever m grows (online softmax statistics);
+//   pass 2 (K and V tiles): the scores are recomputed bit-identically (same MMAs, same order),
+//          p = T(exp(s - m) / l) is formed BEFORE the product, exactly like the reference, and
+//          packed straight from the score accumulators into MMA A fragments (no shared-memory
+//          round trip), then o += p . V in f32.
+// The 2*T steps (T = ceil(S/64) key tiles per pass) form one sequence that a double-buffered
+// cp.async pipeline walks: step i+1's tiles load while step i computes.
+//
+// Shared memory (dynamic, 5 tiles of 64 x D x 2 bytes): Q | K[2] | V[2]. Each tile is row-major
+// (row = token, 16-byte chunks of 8 elements along d) with an XOR swizzle on the chunk index
+// (tile_off) so the 8 row addresses of every ldmatrix 8x8 matrix hit 8 distinct 16-byte bank
+// groups. Rows past S are zero-filled by cp.async (src_bytes = 0): zero Q rows only feed outputs
+// that are never stored, zero V rows meet p = 0 (0 * 0, never 0 * garbage = NaN).
+//
+// Keys past S get the score -inf: they never raise the max and contribute exp(-inf) = 0. A row
+// whose valid scores are all -inf (e.g. every key masked with -65504 and a score below -16, whose
+// f16 sum overflows to -inf, exactly as in the reference) has max -inf; the reference then
+// computes exp(-inf - -inf) = NaN for the whole row, and so does this kernel (pass 2 uses the true
+// max). Pass 1 subtracts 0 instead of a -inf running max, so a leading run of -inf scores cannot
+// poison the sum of a row whose final max is finite. A +inf or NaN score gives a NaN row in both.
+
+{{prelude}}
+
+namespace attn {
+
+constexpr int D = {{head_dim}};        // head size
+constexpr int H = {{heads}};           // heads
+constexpr int HD = H * D;              // elements per token in q, k, v, out
+constexpr bool BF16 = {{bf16}};        // T = bf16 (else f16)
+constexpr bool HAS_MASK = {{has_mask}};
+constexpr bool QUANT_OUT = {{quant_out}};  // store FP8 E4M3 bytes
+constexpr uint32_t OUT_SCALE_BITS = {{out_scale_bits}}u;
+
+constexpr int BQ = 64;                 // query rows per CTA
+constexpr int BKV = 64;                // keys per tile
+constexpr int WARPS = BQ / 16;         // one m16 row block per warp
+constexpr int THREADS = WARPS * 32;
+constexpr int CH = D / 8;              // 16-byte chunks per tile row
+constexpr int TILE_BYTES = 64 * D * 2; // one 64 x D tile of T
+constexpr int Q_OFF = 0;
+constexpr int K_OFF = TILE_BYTES;      // K[buf] at K_OFF + buf * TILE_BYTES
+constexpr int V_OFF = 3 * TILE_BYTES;  // V[buf] at V_OFF + buf * TILE_BYTES
+constexpr int KSTEPS_QK = D / 16;      // k16 steps of Q K^T (over d)
+constexpr int NT_S = BKV / 8;          // n8 tiles of a 16 x 64 score block
+constexpr int NT_O = D / 8;            // n8 tiles of a 16 x D output block
+constexpr int SMEM_BYTES = 5 * TILE_BYTES;  // Q | K[2] | V[2]
+// e / l with e < P_TINY and l >= 0.5 is below half of T's smallest subnormal (f16: 2^-24, bf16:
+// 2^-133), so it rounds to 0: P_TINY = 2^-26 (f16) or 2^-135 (bf16, an f32 subnormal).
+constexpr uint32_t P_TINY_BITS = BF16 ? 0x00004000u : 0x32800000u;
+
+static_assert(D == 32 || D == 64 || D == 128, "head size must be 32, 64 or 128");
+static_assert((64 * CH) % THREADS == 0, "a tile's 16-byte chunks split evenly over the threads");
+static_assert(BQ == 64 && BKV == 64, "the indexing below assumes 64 x 64 blocks");
+
+typedef uint16_t T;
+template <bool Q> struct OutSel { typedef uint16_t type; };  // T
+template <> struct OutSel<true> { typedef uint8_t type; };  // FP8 E4M3 bytes
+typedef OutSel<QUANT_OUT>::type OutT;
+
+QF_DEVICE float neg_inf() { return __uint_as_float(0xff800000u); }
+
+QF_DEVICE float to_f32(T x) {
+    if constexpr (BF16) return qf_bf16_to_f32(x);
+    else return qf_f16_to_f32(x);
+}
+
+// Two f32 -> packed T x2, round to nearest even; `lo` in the low half (lower address / lower k).
+QF_DEVICE uint32_t pack2(float lo, float hi) {
+    if constexpr (BF16) {
+        uint32_t r;
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+        return r;
+    } else {
+        return qf_pack_f16x2(lo, hi);
+    }
+}
+
+QF_DEVICE float round_t(float x) {
+    if constexpr (BF16) return qf_round_bf16(x);
+    else return qf_round_f16(x);
+}
+
+// D(16x8, f32) += A(16x16, row) * B(16x8, col), T operands. Fragment layouts (g = lane / 4,
+// t = lane % 4): A regs {(g, 2t..2t+1), (g+8, 2t..), (g, 2t+8..), (g+8, 2t+8..)} as (row, k);
+// B regs {(k 2t..2t+1, n g), (k 2t+8.., n g)}; C/D {(g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1)}.
+QF_DEVICE void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    if constexpr (BF16) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+            "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+            "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+}
+
+// ldmatrix .x4 .trans: as qf_ldmatrix_x4, but each 8x8 matrix is delivered transposed: thread i
+// receives elements (row 2(i%4), col i/4) and (row 2(i%4)+1, col i/4) of the matrix whose rows
+// lanes 8m..8m+7 address.
+QF_DEVICE void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// Byte offset of 16-byte chunk c (elements 8c..8c+7) of row r in a swizzled 64 x D tile.
+// D = 32 (64-byte rows): the 128-byte-line swizzle of common.cuh (two rows per line; the chunk
+// index within the line is XORed with the line index mod 8). D >= 64 (8 or 16 chunks a row): the
+// low 3 bits of c are XORed with r mod 8, staying inside the row. Either way the 8 rows r0..r0+7
+// (r0 % 8 == 0) at a fixed c land in 8 distinct 16-byte slots mod 128 bytes: conflict-free
+// ldmatrix.
+QF_DEVICE uint32_t tile_off(int r, int c) {
+    if constexpr (D == 32) return qf_swizzle128(static_cast<uint32_t>(r * 64 + c * 16));
+    else return static_cast<uint32_t>(r * (D * 2) + ((c ^ (r & 7)) << 4));
+}
+
+// cp.async of the 64 x D tile whose first token is `row0` into the tile at shared address `dst`.
+// `head` points at element (b, 0, h, 0); token s of the head starts at head + s * HD. Chunk
+// i = tid + THREADS * p of the tile is row i / CH, chunk i % CH. Tokens >= S are zero-filled
+// (src_bytes = 0, source address clamped to `head`, which is valid).
+QF_DEVICE void load_tile(uint32_t dst, const T* head, int row0, int S, int tid) {
+#pragma unroll
+    for (int p = 0; p < 64 * CH / THREADS; ++p) {
+        const int i = tid + THREADS * p;
+        const int r = i / CH;
+        const int c = i % CH;
+        const int s = row0 + r;
+        const bool ok = s < S;
+        const T* src = ok ? head + static_cast<size_t>(s) * HD + c * 8 : head;
+        qf_cp_async_16(dst + tile_off(r, c), src, ok ? 16u : 0u);
+    }
+}
+
+// The finished scores of one 16 x 64 block: this warp's 16 query rows against the keys
+// key0..key0+63 of the K tile at shared address `kt`.
+// acc[n][e] is the score of query row (16w +) g + 8*(e/2) and key key0 + 8n + 2t + (e%2), where
+// g = lane / 4, t = lane % 4 (the m16n8 C fragment layout). Keys >= S get -inf.
+QF_DEVICE void scores(float (&acc)[NT_S][4], const uint32_t (&qf)[KSTEPS_QK][4], uint32_t kt, int key0,
+                      const T* mask_row, int S, int lane) {
+#pragma unroll
+    for (int n = 0; n < NT_S; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[n][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS_QK; ++kk) {
+#pragma unroll
+        for (int np = 0; np < NT_S / 2; ++np) {
+            // B operand = K^T: element (k = d, n = key) is K[key][d], i.e. the K tile's rows are
+            // the B fragment's columns, so plain (non-transposed) ldmatrix delivers it. Lanes
+            // 8m..8m+7 address matrix m: m = 0: keys 16np+0..7, d 16kk+0..7 (b0 of n-tile 2np);
+            // m = 1: same keys, d 16kk+8..15 (b1 of 2np); m = 2, 3: keys 16np+8..15 (n-tile 2np+1).
+            uint32_t kf[4];
+            const int key = 16 * np + (lane & 7) + 8 * (lane >> 4);
+            const int chunk = 2 * kk + ((lane >> 3) & 1);
+            qf_ldmatrix_x4(kf, kt + tile_off(key, chunk));
+            mma16816(acc[2 * np], qf[kk], kf[0], kf[1]);
+            mma16816(acc[2 * np + 1], qf[kk], kf[2], kf[3]);
+        }
+    }
+    const int t = lane & 3;
+#pragma unroll
+    for (int n = 0; n < NT_S; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int key = key0 + 8 * n + 2 * t + (e & 1);
+            float bias = 0.0f;
+            if constexpr (HAS_MASK) {
+                if (key < S) bias = to_f32(mask_row[key]);
+            }
+            (void)bias;
+            const float dot = acc[n][e];
+            // The reference's rounding steps: T(dot), T(* scale), T(+ bias).
+            const float s = {{score_expr}};
+            acc[n][e] = key < S ? s : neg_inf();
+        }
+    }
+}
+
+// p = T(exp(s - m) / l), the reference's probability (a true division). When exp(s - m) is below
+// P_TINY and l >= 0.5 (always so unless l is NaN or 0, i.e. the row is NaN anyway), the quotient
+// is below half of T's smallest subnormal and rounds to +0: the division is skipped. Besides
+// saving work, this avoids the division's slow path for subnormal operands, which peaky rows (a
+// few dominant keys, the rest 90+ below the max) otherwise hit for most keys.
+QF_DEVICE float prob(float s, float m, float l) {
+    const float e = expf(s - m);
+    if (e < __uint_as_float(P_TINY_BITS) && l >= 0.5f) return 0.0f;
+    return round_t(__fdiv_rn(e, l));
+}
+
+// The whole kernel; mask_bias is null without a mask.
+QF_DEVICE void attention(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                         const T* __restrict__ mask_bias, OutT* __restrict__ out, int S) {
+    extern __shared__ __align__(128) uint8_t smem[];
+    const uint32_t sm = qf_smem_addr(smem);
+    const int tid = threadIdx.x;
+    const int warp = tid >> 5;
+    const int lane = tid & 31;
+    const int g = lane >> 2;  // fragment row (and row + 8)
+    const int t = lane & 3;   // fragment column pair
+    const int q0 = blockIdx.x * BQ;  // first query token of the tile
+    const int h = blockIdx.y;
+    const int b = blockIdx.z;
+    // Element (b, 0, h, 0) of q, k, v, out; token s of this head is at + s * HD.
+    const size_t head = (static_cast<size_t>(b) * S * H + h) * D;
+    const T* mask_row = nullptr;
+    if (HAS_MASK) mask_row = mask_bias + static_cast<size_t>(b) * S;
+    const int tiles = (S + BKV - 1) / BKV;  // key tiles per pass
+    const int steps = 2 * tiles;            // pass 1: steps 0..tiles-1, pass 2: tiles..steps-1
+
+    // Prologue: Q and step 0 (K tile 0) in one group.
+    load_tile(sm + Q_OFF, q + head, q0, S, tid);
+    load_tile(sm + K_OFF, k + head, 0, S, tid);
+    qf_cp_async_commit();
+
+    uint32_t qf[KSTEPS_QK][4];  // this warp's Q rows as A fragments, k16 step kk = d 16kk..16kk+15
+    float m[2] = {neg_inf(), neg_inf()};  // running max of rows g and g+8 (equal across a quad)
+    float l[2] = {0.0f, 0.0f};  // pass 1: this thread's partial sum; pass 2: the row's full sum
+    float o[NT_O][4];           // o[n][e]: row g + 8*(e/2), d = 8n + 2t + (e%2)
+#pragma unroll
+    for (int n = 0; n < NT_O; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[n][e] = 0.0f;
+
+    for (int step = 0; step < steps; ++step) {
+        // Prefetch step + 1 into the other buffer (freed by the trailing barrier of step - 1).
+        const int next = step + 1;
+        if (next < steps) {
+            const int buf = next & 1;
+            const int j = next < tiles ? next : next - tiles;
+            load_tile(sm + K_OFF + buf * TILE_BYTES, k + head, j * BKV, S, tid);
+            if (next >= tiles) load_tile(sm + V_OFF + buf * TILE_BYTES, v + head, j * BKV, S, tid);
+        }
+        qf_cp_async_commit();  // possibly empty: keeps the group count uniform
+        qf_cp_async_wait<1>();  // everything but the newest group: step's tiles (and Q) landed
+        __syncthreads();
+
+        if (step == 0) {
+            // A fragments of Q: lane l addresses row 16w + l%16, d 16kk + 8*(l/16), so the four
+            // matrices are (rows 0-7 | 8-15) x (d 0-7 | 8-15) in the A register order.
+#pragma unroll
+            for (int kk = 0; kk < KSTEPS_QK; ++kk)
+                qf_ldmatrix_x4(qf[kk], sm + Q_OFF + tile_off(16 * warp + (lane & 15), 2 * kk + (lane >> 4)));
+        }
+
+        const int buf = step & 1;
+        const bool pass1 = step < tiles;
+        const int j = pass1 ? step : step - tiles;
+        float s[NT_S][4];
+        scores(s, qf, sm + K_OFF + buf * TILE_BYTES, j * BKV, mask_row, S, lane);
+
+        if (pass1) {
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {  // r = 0: row g (e = 0, 1); r = 1: row g + 8 (e = 2, 3)
+                float mt = neg_inf();
+#pragma unroll
+                for (int n = 0; n < NT_S; ++n) mt = fmaxf(mt, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
+                // The quad (lanes 4g..4g+3) holds the row's 64 keys.
+                mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
+                mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 2));
+                const float mnew = fmaxf(m[r], mt);
+                const float base = mnew == neg_inf() ? 0.0f : mnew;
+                float sum = 0.0f;
+#pragma unroll
+                for (int n = 0; n < NT_S; ++n) sum += expf(s[n][2 * r] - base) + expf(s[n][2 * r + 1] - base);
+                l[r] = l[r] * expf(m[r] - base) + sum;  // m = -inf: 0 * 0; m unchanged: * 1
+                m[r] = mnew;
+            }
+            if (step == tiles - 1) {
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+                    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+                }
+            }
+        } else {
+            // p = T(exp(s - max) / sum), then the P.V product. The A fragment of k16 step kk
+            // (keys 16kk..16kk+15) is score n-tiles 2kk (a0..a3: keys 2t, 2t+1 of rows g, g+8)
+            // and 2kk+1 (a4..a7: keys 8+2t, 8+2t+1): the C layout of two n8 tiles is the A layout
+            // of one k16 step.
+            const uint32_t vt = sm + V_OFF + buf * TILE_BYTES;
+#pragma unroll
+            for (int kk = 0; kk < BKV / 16; ++kk) {
+                uint32_t pa[4];
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    const float(&c)[4] = s[2 * kk + half];
+                    pa[2 * half] = pack2(prob(c[0], m[0], l[0]), prob(c[1], m[0], l[0]));      // row g
+                    pa[2 * half + 1] = pack2(prob(c[2], m[1], l[1]), prob(c[3], m[1], l[1]));  // row g + 8
+                }
+#pragma unroll
+                for (int dn = 0; dn < D / 16; ++dn) {
+                    // B operand = V: element (k = key, n = d) is V[key][d]; the pair a thread
+                    // needs (keys 2t, 2t+1 at d = g) runs down a column, hence .trans. Lanes
+                    // 8m..8m+7 address matrix m: m = 0: keys 16kk+0..7, d 16dn+0..7 (b0 of
+                    // n-tile 2dn); m = 1: keys 16kk+8..15, same d (b1 of 2dn); m = 2, 3: the same
+                    // keys at d 16dn+8..15 (n-tile 2dn+1).
+                    uint32_t vf[4];
+                    const int key = 16 * kk + (lane & 7) + 8 * ((lane >> 3) & 1);
+                    const int chunk = 2 * dn + (lane >> 4);
+                    ldmatrix_x4_trans(vf, vt + tile_off(key, chunk));
+                    mma16816(o[2 * dn], pa, vf[0], vf[1]);
+                    mma16816(o[2 * dn + 1], pa, vf[2], vf[3]);
+                }
+            }
+        }
+        __syncthreads();  // every warp is done with buffer `buf` before step + 2 refills it
+    }
+    qf_cp_async_wait<0>();
+
+    // Epilogue: o[n][e] is query token q0 + 16w + g + 8*(e/2), element d = 8n + 2t + (e%2) of
+    // head h; each thread stores its two adjacent d values at once.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int sq = q0 + 16 * warp + g + 8 * r;
+        if (sq >= S) continue;
+        OutT* row = out + head + static_cast<size_t>(sq) * HD;
+#pragma unroll
+        for (int n = 0; n < NT_O; ++n) {
+            const int d = 8 * n + 2 * t;
+            const float x0 = o[n][2 * r];
+            const float x1 = o[n][2 * r + 1];
+            if constexpr (QUANT_OUT) {
+                // T(o), then the output quantize: two bytes, d even -> 2-byte aligned.
+                const float sc = __uint_as_float(OUT_SCALE_BITS);
+                const uint32_t b0 = qf_quantize_e4m3(round_t(x0), sc);
+                const uint32_t b1 = qf_quantize_e4m3(round_t(x1), sc);
+                *reinterpret_cast<uint16_t*>(row + d) = static_cast<uint16_t>(b0 | (b1 << 8));
+            } else {
+                // T(o) for both (pack2 rounds RNE); d even -> 4-byte aligned.
+                *reinterpret_cast<uint32_t*>(row + d) = pack2(x0, x1);
+            }
+        }
+    }
+}
+
+}  // namespace attn
+
+// Grid (ceil_div(S, 64), H, B), block (128), attn::SMEM_BYTES of dynamic shared memory.
+extern "C" __global__ void __launch_bounds__(attn::THREADS)
+{{kernel_name}}(const uint16_t* __restrict__ q, const uint16_t* __restrict__ k, const uint16_t* __restrict__ v,
+                {{mask_param}}attn::OutT* __restrict__ out, int S) {
+    attn::attention(q, k, v, {{mask_arg}}, out, S);
+}

@@ -1,0 +1,371 @@
+// qfuse device code shared by the non-GEMM kernels (src/codegen/ops/*): dtype traits, vector
+// packs, f64 reductions and the row engine behind layernorm / rmsnorm / norm+quantize /
+// embed+layernorm / per-token quantize / l2_normalize / softmax. Inlined after common.cuh and
+// math.cuh (a template's prelude), whose typedefs and conversions it uses. No placeholders: every
+// kernel-specific constant comes from a configuration struct the entry template defines.
+//
+// Numerics follow the reference interpreter (src/interp/ops): row statistics in f64 (like the
+// interpreter), per-element f32 steps with explicit __fmul_rn / __fadd_rn / __fdiv_rn so that
+// NVRTC's default FMA contraction cannot merge what the interpreter rounds twice.
+
+// ---- dtype traits --------------------------------------------------------------------------------
+// `T` is the storage type, `load` widens exactly to f32, `store` is the IR's `cast` to the dtype:
+// RNE for floats (FP8 saturating, NaN kept); for integers RNE, clamp to the range the interpreter
+// uses (numerics::int_range), NaN -> 0, never -0.
+
+// Rounds half to even and clamps to [lo, hi]; NaN becomes 0 (numerics::saturate_int).
+QF_DEVICE float qf_sat_int(float f, float lo, float hi) {
+    if (f != f) return 0.0f;
+    return fminf(fmaxf(rintf(f), lo), hi) + 0.0f;
+}
+
+struct qf_f32 {
+    typedef float T;
+    static QF_DEVICE float load(T v) { return v; }
+    static QF_DEVICE T store(float f) { return f; }
+};
+struct qf_f16 {
+    typedef uint16_t T;
+    static QF_DEVICE float load(T v) { return qf_f16_to_f32(v); }
+    static QF_DEVICE T store(float f) { return qf_f32_to_f16(f); }
+};
+struct qf_bf16 {
+    typedef uint16_t T;
+    static QF_DEVICE float load(T v) { return qf_bf16_to_f32(v); }
+    static QF_DEVICE T store(float f) { return qf_f32_to_bf16(f); }
+};
+struct qf_e4m3 {
+    typedef uint8_t T;
+    static QF_DEVICE float load(T v) { return qf_e4m3_to_f32(v); }
+    static QF_DEVICE T store(float f) { return qf_f32_to_e4m3(f); }
+};
+struct qf_e5m2 {
+    typedef uint8_t T;
+    static QF_DEVICE float load(T v) { return qf_e5m2_to_f32(v); }
+    static QF_DEVICE T store(float f) { return qf_f32_to_e5m2(f); }
+};
+struct qf_i8 {
+    typedef int8_t T;
+    static QF_DEVICE float load(T v) { return static_cast<float>(v); }
+    static QF_DEVICE T store(float f) { return static_cast<T>(static_cast<int>(qf_sat_int(f, -128.0f, 127.0f))); }
+};
+struct qf_u8 {
+    typedef uint8_t T;
+    static QF_DEVICE float load(T v) { return static_cast<float>(v); }
+    static QF_DEVICE T store(float f) { return static_cast<T>(static_cast<int>(qf_sat_int(f, 0.0f, 255.0f))); }
+};
+struct qf_i32 {
+    typedef int32_t T;
+    static QF_DEVICE float load(T v) { return __int2float_rn(v); }
+    // 2^31 - 128: the largest f32 inside the i32 range.
+    static QF_DEVICE T store(float f) { return __float2int_rn(qf_sat_int(f, -2147483648.0f, 2147483520.0f)); }
+};
+struct qf_i64 {
+    typedef int64_t T;
+    static QF_DEVICE float load(T v) { return __ll2float_rn(v); }
+    // 2^63 - 2^39: the largest f32 inside the i64 range.
+    static QF_DEVICE T store(float f) {
+        return __float2ll_rn(qf_sat_int(f, -9223372036854775808.0f, 9223371487098961920.0f));
+    }
+};
+
+// One IR rounding step to D (identity for f32).
+template <class D>
+QF_DEVICE float qf_round(float f) {
+    return D::load(D::store(f));
+}
+
+// ---- vector packs --------------------------------------------------------------------------------
+// N consecutive elements moved with the widest aligned accesses (at most 16 bytes each). The
+// caller guarantees the address is a multiple of the pack's alignment (rows are 256-byte aligned
+// and row lengths are multiples of N).
+template <int BYTES>
+struct qf_pack_align {
+    static constexpr int value = BYTES >= 16 ? 16 : BYTES;
+};
+template <typename T, int N>
+struct alignas(qf_pack_align<sizeof(T) * N>::value) qf_pack {
+    T e[N];
+};
+
+template <class D, int N>
+QF_DEVICE void qf_load_vec(const typename D::T* p, float (&out)[N]) {
+    const qf_pack<typename D::T, N> k = *reinterpret_cast<const qf_pack<typename D::T, N>*>(p);
+#pragma unroll
+    for (int i = 0; i < N; ++i) out[i] = D::load(k.e[i]);
+}
+
+template <class D, int N>
+QF_DEVICE void qf_store_vec(typename D::T* p, const float (&in)[N]) {
+    qf_pack<typename D::T, N> k;
+#pragma unroll
+    for (int i = 0; i < N; ++i) k.e[i] = D::store(in[i]);
+    *reinterpret_cast<qf_pack<typename D::T, N>*>(p) = k;
+}
+
+// ---- f64 warp / row-group reductions -------------------------------------------------------------
+// XOR butterflies: every lane ends with the bitwise-same result (IEEE + and max are commutative).
+QF_DEVICE double qf_warp_sum_f64(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+QF_DEVICE double qf_warp_max_f64(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum (MAX = false) or NaN-ignoring max (MAX = true) over a row group of WPR warps. With WPR > 1
+// the group is the whole block (the row engine then puts one row in a block) and every thread of
+// the block must call it; `red` holds WPR doubles of shared memory. All threads get the same
+// value: the per-warp partials are combined in warp order.
+template <int WPR, bool MAX>
+QF_DEVICE double qf_group_reduce(double v, double* red) {
+    v = MAX ? qf_warp_max_f64(v) : qf_warp_sum_f64(v);
+    if constexpr (WPR > 1) {
+        __syncthreads();  // the previous reduction's readers are done with `red`
+        if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+        __syncthreads();
+        v = red[0];
+#pragma unroll
+        for (int w = 1; w < WPR; ++w) v = MAX ? fmax(v, red[w]) : v + red[w];
+    }
+    return v;
+}
+
+// ---- row engine -----------------------------------------------------------------------------------
+// One row of length n (the last axis) per group of 32*WPR threads, RPB groups per block
+// (WPR > 1 implies RPB == 1). Each thread keeps its elements in registers: vector k (VEC
+// consecutive elements) of the row belongs to thread k % TPR. Pipeline:
+//   load    SOURCE 0: x[row, :];  SOURCE 1 (embedding): round_Y(round_Y(word[id] + pos[s]) + type[tid])
+//   norm    NORM 0: none; 1: layernorm; 2: rmsnorm; 3: l2_normalize; 4: softmax; result rounded to Y
+//   outputs STORE_Y: y[row, :] in Y;  QUANT 1/2/3/4: q[row, :] = cast_Q(y / s) (+ zero point)
+//           with s literal (1), per-tensor from scale_in[0] (2), dynamic per-token (3: amax / QMAX,
+//           written to scales[row]) or per-token from scale_in[row] (4).
+//
+// A configuration struct C provides:
+//   typedefs X (source element), ID (index element, embedding only), G, BT (gamma, beta), Y, Q, S
+//   constexpr int HMAX (row length, or its maximum when DYN), VEC, WPR, RPB, SOURCE, NORM, QUANT
+//   constexpr bool DYN (row length from args.n at run time; VEC must be 1), BETA, STORE_Y, ZERO
+//   constexpr long long V, P, TT (embedding table rows)
+//   static device functions eps() (double), scale(), zero(), qmax() (float)
+
+template <class C>
+struct qf_row_args {
+    const typename C::X::T* x;          // SOURCE 0: [rows, n]
+    const typename C::ID::T* ids;       // SOURCE 1: [rows]
+    const typename C::ID::T* type_ids;  // SOURCE 1: [rows]
+    const typename C::X::T* word;       // SOURCE 1: [V, n]
+    const typename C::X::T* pos;        // SOURCE 1: [P, n]
+    const typename C::X::T* type;       // SOURCE 1: [TT, n]
+    const typename C::G::T* gamma;      // NORM 1, 2: [n]
+    const typename C::BT::T* beta;      // NORM 1 with BETA: [n]
+    const typename C::S::T* scale_in;   // QUANT 2: [1]; QUANT 4: [rows]
+    typename C::Y::T* y;                // STORE_Y: [rows, n]
+    typename C::Q::T* q;                // QUANT != 0: [rows, n]
+    typename C::S::T* scales;           // QUANT 3: [rows]
+    long long rows;                     // number of rows
+    long long n;                        // DYN: row length
+    long long seq;                      // SOURCE 1: tokens per sequence (position = row % seq)
+};
+
+template <int N>
+QF_DEVICE void qf_fill(float (&v)[N], float f) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = f;
+}
+
+// Loads elements [col, col + VEC) of row `row` (as f32, already rounded to their IR dtype).
+template <class C>
+QF_DEVICE void qf_row_load(const qf_row_args<C>& a, long long row, long long n, long long col, float (&v)[C::VEC]) {
+    if constexpr (C::SOURCE == 0) {
+        qf_load_vec<typename C::X>(a.x + row * n + col, v);
+    } else {
+        // An index outside its table (id >= V, id < 0, position >= P, type id >= TT) reads
+        // nothing: its contribution is NaN, so the row's outputs are NaN (FP8 codes 0x7f,
+        // integer codes 0; a dynamic scale ignores NaN and becomes 1).
+        const float nan = __int_as_float(0x7fc00000);
+        const long long id = static_cast<long long>(a.ids[row]);
+        const long long tid = static_cast<long long>(a.type_ids[row]);
+        const long long s = row % a.seq;
+        float w[C::VEC], p[C::VEC], t[C::VEC];
+        if (id >= 0 && id < C::V) qf_load_vec<typename C::X>(a.word + id * n + col, w); else qf_fill(w, nan);
+        if (s < C::P) qf_load_vec<typename C::X>(a.pos + s * n + col, p); else qf_fill(p, nan);
+        if (tid >= 0 && tid < C::TT) qf_load_vec<typename C::X>(a.type + tid * n + col, t); else qf_fill(t, nan);
+#pragma unroll
+        for (int i = 0; i < C::VEC; ++i) {
+            v[i] = qf_round<typename C::Y>(__fadd_rn(qf_round<typename C::Y>(__fadd_rn(w[i], p[i])), t[i]));
+        }
+    }
+}
+
+template <class C>
+QF_DEVICE void qf_row_main(const qf_row_args<C>& a) {
+    constexpr int VEC = C::VEC;
+    constexpr int TPR = 32 * C::WPR;
+    constexpr int NV = (C::HMAX / VEC + TPR - 1) / TPR;  // vectors per thread (at most)
+    static_assert(C::HMAX % VEC == 0, "row length must be a multiple of VEC");
+    static_assert(!C::DYN || VEC == 1, "run-time row lengths use scalar accesses");
+    static_assert(C::WPR == 1 || C::RPB == 1, "multi-warp rows take a whole block");
+    __shared__ double red[C::WPR];
+
+    const int t = threadIdx.x % TPR;
+    const long long row = static_cast<long long>(blockIdx.x) * C::RPB + threadIdx.x / TPR;
+    // Uniform per warp (WPR == 1, no block barriers) or per block (WPR > 1, RPB == 1).
+    if (row >= a.rows) return;
+    const long long n = C::DYN ? a.n : static_cast<long long>(C::HMAX);
+    const long long nvec = n / VEC;
+    const double count = static_cast<double>(n);
+
+    float v[NV][VEC];
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+        const long long k = t + j * TPR;
+        if (k < nvec) qf_row_load<C>(a, row, n, k * VEC, v[j]);
+        else qf_fill(v[j], 0.0f);
+    }
+
+    if constexpr (C::NORM == 1) {  // layernorm: (x - mean) / sqrt(var + eps) * gamma + beta
+        double s = 0.0;
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+            if (t + j * TPR < nvec)
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) s += static_cast<double>(v[j][i]);
+        const double mean = qf_group_reduce<C::WPR, false>(s, red) / count;
+        double q = 0.0;
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+            if (t + j * TPR < nvec)
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) {
+                    const double d = static_cast<double>(v[j][i]) - mean;
+                    q += d * d;
+                }
+        const double var = qf_group_reduce<C::WPR, false>(q, red) / count;
+        const double inv = 1.0 / sqrt(var + C::eps());
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const long long k = t + j * TPR;
+            if (k >= nvec) continue;
+            float g[VEC], b[VEC];
+            qf_load_vec<typename C::G>(a.gamma + k * VEC, g);
+            if constexpr (C::BETA) qf_load_vec<typename C::BT>(a.beta + k * VEC, b);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                float y = __fmul_rn(static_cast<float>((static_cast<double>(v[j][i]) - mean) * inv), g[i]);
+                if constexpr (C::BETA) y = __fadd_rn(y, b[i]);
+                v[j][i] = qf_round<typename C::Y>(y);
+            }
+        }
+    } else if constexpr (C::NORM == 2) {  // rmsnorm: x / sqrt(mean(x^2) + eps) * gamma
+        double s = 0.0;
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+            if (t + j * TPR < nvec)
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) {
+                    const double d = static_cast<double>(v[j][i]);
+                    s += d * d;
+                }
+        const double ms = qf_group_reduce<C::WPR, false>(s, red) / count;
+        const double inv = 1.0 / sqrt(ms + C::eps());
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const long long k = t + j * TPR;
+            if (k >= nvec) continue;
+            float g[VEC];
+            qf_load_vec<typename C::G>(a.gamma + k * VEC, g);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                v[j][i] = qf_round<typename C::Y>(__fmul_rn(static_cast<float>(static_cast<double>(v[j][i]) * inv), g[i]));
+            }
+        }
+    } else if constexpr (C::NORM == 3) {  // l2_normalize: x / max(||x||, eps)
+        double s = 0.0;
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+            if (t + j * TPR < nvec)
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) {
+                    const double d = static_cast<double>(v[j][i]);
+                    s += d * d;
+                }
+        const double denom = fmax(sqrt(qf_group_reduce<C::WPR, false>(s, red)), C::eps());
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                v[j][i] = qf_round<typename C::Y>(static_cast<float>(static_cast<double>(v[j][i]) / denom));
+            }
+    } else if constexpr (C::NORM == 4) {  // softmax: exp(x - max) / sum, the sum in f64
+        double m = -__longlong_as_double(0x7ff0000000000000ll);
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+            if (t + j * TPR < nvec)
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) m = fmax(m, static_cast<double>(v[j][i]));
+        const float mx = static_cast<float>(qf_group_reduce<C::WPR, true>(m, red));
+        double s = 0.0;
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+            if (t + j * TPR < nvec)
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) {
+                    // exp in f64, rounded once to f32: the correctly rounded expf (as glibc's,
+                    // which the interpreter calls, is in all but rare cases).
+                    v[j][i] = static_cast<float>(exp(static_cast<double>(__fsub_rn(v[j][i], mx))));
+                    s += static_cast<double>(v[j][i]);
+                }
+        const double sum = qf_group_reduce<C::WPR, false>(s, red);
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                v[j][i] = qf_round<typename C::Y>(static_cast<float>(static_cast<double>(v[j][i]) / sum));
+            }
+    }
+
+    if constexpr (C::STORE_Y) {
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const long long k = t + j * TPR;
+            if (k < nvec) qf_store_vec<typename C::Y>(a.y + row * n + k * VEC, v[j]);
+        }
+    }
+
+    if constexpr (C::QUANT != 0) {
+        float s;
+        if constexpr (C::QUANT == 1) {
+            s = C::scale();
+        } else if constexpr (C::QUANT == 2) {
+            s = C::S::load(a.scale_in[0]);
+        } else if constexpr (C::QUANT == 4) {
+            s = C::S::load(a.scale_in[row]);
+        } else {  // dynamic per token: amax ignores NaN; an all-zero row gets scale 1
+            double m = 0.0;
+#pragma unroll
+            for (int j = 0; j < NV; ++j)
+                if (t + j * TPR < nvec)
+#pragma unroll
+                    for (int i = 0; i < VEC; ++i) m = fmax(m, static_cast<double>(fabsf(v[j][i])));
+            const float amax = static_cast<float>(qf_group_reduce<C::WPR, true>(m, red));
+            s = qf_dynamic_scale(amax, C::qmax());
+            if (t == 0) a.scales[row] = C::S::store(s);
+        }
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const long long k = t + j * TPR;
+            if (k >= nvec) continue;
+            float r[VEC];
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                const float d = __fdiv_rn(v[j][i], s);
+                r[i] = C::ZERO ? __fadd_rn(rintf(d), C::zero()) : d;
+            }
+            qf_store_vec<typename C::Q>(a.q + row * n + k * VEC, r);
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! Fused attention code generation: `attention` nodes (parsed from IR text) → CUDA C (snapshot of
+//! the MiniLM f16 kernel) → `sm_90a` CUBIN through NVRTC, plus the errors for unsupported cases.
+//! No GPU needed; NVRTC is (these tests fail, never skip, without it: the project's test command
+//! runs `scripts/cache.sh nvrtc` first).
+
+use qfuse::codegen::kernel::{Arg, KernelDef, LowerCx, Lowered};
+use qfuse::codegen::nvrtc;
+use qfuse::codegen::ops::attention::{self, AttentionError, AttentionSpec, OutKind};
+use qfuse::ir::{self, DType, Graph, NodeId};
+use qfuse::plan::{DimExpr, ParamType, Scalar};
+
+/// 1/√32 rounded to f16 (exactly representable, as the verifier requires).
+const SCALE_D32: &str = "0.17675781";
+
+/// A graph with one `attention` node over `dtype[B, S, width]` operands (`B ≤ 8`, `S ≤ 512`).
+fn graph(dtype: &str, width: u64, attrs: &str, mask: bool, out: &str) -> Graph {
+    let mask_line = if mask { format!("  %3 = input \"mask\" : {dtype}[B,S]\n") } else { String::new() };
+    let mask_attr = if mask { ", mask=%3" } else { "" };
+    let text = format!(
+        "graph \"attn\" {{\n  sym B max=8\n  sym S max=512\n  %0 = input \"q\" : {dtype}[B,S,{width}]\n  %1 = input \"k\" : \
+         {dtype}[B,S,{width}]\n  %2 = input \"v\" : {dtype}[B,S,{width}]\n{mask_line}  %4 = attention %0, %1, %2 {{{attrs}{mask_attr}}} \
+         : {out}[B,S,{width}] loc(\"layer.0.attention\")\n  return \"o\" = %4\n}}\n"
+    );
+    ir::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+fn attention_node(g: &Graph) -> NodeId {
+    g.nodes.iter().find(|(_, n)| n.op.mnemonic() == "attention").map(|(id, _)| id).expect("an attention node")
+}
+
+/// Lowers the graph's attention node for sm_90 and returns its single launch's kernel, checking
+/// the launch arguments against the node.
+fn lower(g: &Graph) -> KernelDef {
+    let node = attention_node(g);
+    let cx = LowerCx::new(g, 90);
+    let lowered = attention::lower(&cx, node).unwrap_or_else(|e| panic!("{e}"));
+    let Lowered::Launches(launches) = lowered else { panic!("expected launches, got {lowered:?}") };
+    assert_eq!(launches.len(), 1);
+    let l = &launches[0];
+    let n = &g.nodes[node];
+    let mut want: Vec<Arg> = n.inputs.iter().map(|&v| Arg::Value(v)).collect();
+    want.push(Arg::Value(n.outputs[0]));
+    want.push(Arg::Scalar(Scalar::Dim(DimExpr::sym("S"))));
+    assert_eq!(l.args, want);
+    assert_eq!(l.kernel.params.len(), l.args.len());
+    l.kernel.clone()
+}
+
+/// Resource usage of `kernel` read from a CUBIN's `.nv.info` section (NVRTC has no `-Xptxas -v`
+/// report): `(registers, local frame bytes, minimum stack bytes)`. The section is a list of
+/// `(format, attribute)` records; for `EIATTR_REGCOUNT` (0x2f), `EIATTR_FRAME_SIZE` (0x11) and
+/// `EIATTR_MIN_STACK_SIZE` (0x12) the payload is `(function symbol index, value)`, and the
+/// function's symbol index is the `sh_info` of its `.text.<kernel>` section.
+fn cubin_usage(cubin: &[u8], kernel: &str) -> (u32, u32, u32) {
+    let u16_at = |o: usize| u16::from_le_bytes(cubin[o..o + 2].try_into().unwrap()) as usize;
+    let u32_at = |o: usize| u32::from_le_bytes(cubin[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(cubin[o..o + 8].try_into().unwrap()) as usize;
+    assert_eq!(&cubin[..5], b"\x7fELF\x02", "64-bit ELF expected");
+    let (shoff, shentsize, shnum, shstrndx) = (u64_at(0x28), u16_at(0x3a), u16_at(0x3c), u16_at(0x3e));
+    let sh = |i: usize| shoff + i * shentsize;
+    let strtab = u64_at(sh(shstrndx) + 0x18);
+    let name_of = |i: usize| {
+        let start = strtab + u32_at(sh(i)) as usize;
+        let end = start + cubin[start..].iter().position(|&b| b == 0).unwrap();
+        String::from_utf8_lossy(&cubin[start..end]).into_owned()
+    };
+    let text = (0..shnum).find(|&i| name_of(i) == format!(".text.{kernel}")).expect("kernel text section");
+    let sym = u32_at(sh(text) + 0x2c);
+    let info = (0..shnum).find(|&i| name_of(i) == ".nv.info").expect(".nv.info section");
+    let (off, size) = (u64_at(sh(info) + 0x18), u64_at(sh(info) + 0x20));
+    let (mut regs, mut frame, mut stack) = (None, 0, 0);
+    let mut p = off;
+    while p + 4 <= off + size {
+        let (format, attr) = (cubin[p], cubin[p + 1]);
+        let len = if format == 0x04 { u16_at(p + 2) } else { 0 };
+        if format == 0x04 && len == 8 && u32_at(p + 4) == sym {
+            let value = u32_at(p + 8);
+            match attr {
+                0x2f => regs = Some(value),
+                0x11 => frame = value,
+                0x12 => stack = value,
+                _ => {}
+            }
+        }
+        p += 4 + len;
+    }
+    (regs.expect("EIATTR_REGCOUNT for the kernel"), frame, stack)
+}
+
+fn compile(k: &KernelDef) -> Vec<u8> {
+    nvrtc::locate().unwrap_or_else(|e| panic!("NVRTC is required (run `scripts/cache.sh nvrtc`): {e}"));
+    assert!(!k.source.contains("{{"), "unsubstituted placeholder");
+    let cubin = nvrtc::compile_cubin(&k.name, &k.source, "sm_90a", &[]).unwrap_or_else(|e| panic!("{}:\n{e}", k.name));
+    assert!(cubin.starts_with(b"\x7fELF"), "{}: not an ELF", k.name);
+    assert!(cubin.windows(k.name.len()).any(|w| w == k.name.as_bytes()), "{}: kernel symbol missing", k.name);
+    let (regs, frame, stack) = cubin_usage(&cubin, &k.name);
+    eprintln!("{}: {regs} registers, {frame} bytes local frame, {stack} bytes stack, {} bytes dynamic smem", k.name, k.smem_bytes);
+    assert!(regs > 0 && regs <= 255, "{}: {regs} registers", k.name);
+    assert_eq!((frame, stack), (0, 0), "{}: spills to local memory", k.name);
+    cubin
+}
+
+fn minilm_f16() -> Graph {
+    graph("f16", 384, &format!("heads=12, scale={SCALE_D32}"), true, "f16")
+}
+
+#[test]
+fn minilm_f16_lowers_and_compiles() {
+    let k = lower(&minilm_f16());
+    assert_eq!(k.template, "attention");
+    assert!(k.name.starts_with("attention_") && k.name.len() == "attention_".len() + 16, "{}", k.name);
+    assert_eq!(k.grid, [DimExpr::sym("S").ceil_div(64), DimExpr::Const(12), DimExpr::sym("B")]);
+    assert_eq!(k.block, [128, 1, 1]);
+    assert_eq!(k.smem_bytes, 5 * 64 * 32 * 2);
+    let names: Vec<(&str, ParamType)> = k.params.iter().map(|p| (p.name.as_str(), p.ty)).collect();
+    assert_eq!(
+        names,
+        [
+            ("q", ParamType::Ptr),
+            ("k", ParamType::Ptr),
+            ("v", ParamType::Ptr),
+            ("mask_bias", ParamType::Ptr),
+            ("out", ParamType::Ptr),
+            ("S", ParamType::I32)
+        ]
+    );
+    // T(dot), T(· scale), T(+ bias): every rounding step of the reference.
+    assert!(
+        k.source.contains("const float s = qf_round_f16(qf_round_f16(qf_round_f16(dot) * __int_as_float(0x3e350000)) + bias);"),
+        "score expression"
+    );
+    compile(&k);
+}
+
+#[test]
+fn minilm_e4m3_output_compiles() {
+    let g = graph("f16", 384, &format!("heads=12, scale={SCALE_D32}, out=f8e4m3, out_scale=0.0078125"), true, "f8e4m3");
+    let k = lower(&g);
+    assert!(k.source.contains("constexpr bool QUANT_OUT = true;"));
+    assert!(k.source.contains("constexpr uint32_t OUT_SCALE_BITS = 0x3c000000u;"));
+    assert_ne!(k.name, lower(&minilm_f16()).name);
+    compile(&k);
+}
+
+#[test]
+fn head_dims_64_and_128_compile() {
+    // D = 64, no scale, no mask.
+    let k64 = lower(&graph("f16", 512, "heads=8", false, "f16"));
+    assert_eq!(k64.smem_bytes, 5 * 64 * 64 * 2);
+    assert_eq!(k64.params.len(), 5);
+    assert!(k64.source.contains("const float s = qf_round_f16(dot);"));
+    compile(&k64);
+    // D = 128 with scale and mask, and its bf16 and e4m3-output variants.
+    let k128 = lower(&graph("f16", 1536, "heads=12, scale=0.08837890625", true, "f16"));
+    assert_eq!(k128.smem_bytes, 5 * 64 * 128 * 2);
+    assert_eq!(k128.grid[1], DimExpr::Const(12));
+    compile(&k128);
+    let bf = lower(&graph("bf16", 1536, "heads=12, scale=0.08837890625", true, "bf16"));
+    assert!(bf.source.contains("constexpr bool BF16 = true;"));
+    assert!(bf.source.contains("qf_round_bf16(qf_round_bf16(qf_round_bf16(dot)"));
+    compile(&bf);
+    compile(&lower(&graph("f16", 256, "heads=2, out=f8e4m3, out_scale=0.25", true, "f8e4m3")));
+}
+
+#[test]
+fn generated_source_snapshot() {
+    let k = lower(&minilm_f16());
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.bind(|| insta::assert_snapshot!("codegen_attention__minilm_f16_h12_d32_mask_scale", k.source));
+}
+
+#[test]
+fn rendering_is_deterministic_and_specific() {
+    let a = lower(&minilm_f16());
+    assert_eq!(a, lower(&minilm_f16()));
+    let unmasked = lower(&graph("f16", 384, &format!("heads=12, scale={SCALE_D32}"), false, "f16"));
+    let d64 = lower(&graph("f16", 384, "heads=6", true, "f16"));
+    let names = [&a.name, &unmasked.name, &d64.name];
+    assert!(names[0] != names[1] && names[1] != names[2] && names[0] != names[2], "{names:?}");
+}
+
+fn lower_err(g: &Graph) -> String {
+    let cx = LowerCx::new(g, 90);
+    match attention::lower(&cx, attention_node(g)) {
+        Err(e) => e.to_string(),
+        Ok(l) => panic!("expected an error, got {l:?}"),
+    }
+}
+
+#[test]
+fn unsupported_head_size_is_an_error() {
+    // 384 / 8 = 48.
+    let e = lower_err(&graph("f16", 384, "heads=8", false, "f16"));
+    assert!(e.contains("head size 48 is not one of [32, 64, 128]"), "{e}");
+    assert!(e.contains("attention loc(\"layer.0.attention\")"), "{e}");
+    let e = lower_err(&graph("f16", 384, "heads=24", false, "f16"));
+    assert!(e.contains("head size 16 is not one of"), "{e}");
+}
+
+#[test]
+fn quantized_operands_are_an_error() {
+    // The verifier rejects this graph too; lowering must not rely on it.
+    let e = lower_err(&graph("f8e4m3", 384, "heads=12", false, "f8e4m3"));
+    assert!(e.contains("quantized operands (f8e4m3) are not supported"), "{e}");
+    let e = lower_err(&graph("i8", 384, "heads=12", false, "i8"));
+    assert!(e.contains("quantized operands (i8) are not supported"), "{e}");
+    let e = lower_err(&graph("f32", 384, "heads=12", false, "f32"));
+    assert!(e.contains("dtype f32 are not supported"), "{e}");
+}
+
+#[test]
+fn spec_errors() {
+    let base = AttentionSpec { head_dim: 32, heads: 12, scale: None, mask: false, out: OutKind::Same, dtype: DType::F16 };
+    let err = |s: AttentionSpec| match attention::kernel(&s, DimExpr::sym("B"), DimExpr::sym("S")) {
+        Err(AttentionError::Unsupported(r)) => r,
+        other => panic!("{s:?}: expected Unsupported, got {other:?}"),
+    };
+    assert!(err(AttentionSpec { head_dim: 96, ..base }).contains("head size 96"));
+    assert!(err(AttentionSpec { dtype: DType::F8E5M2, ..base }).contains("quantized operands (f8e5m2)"));
+    assert!(err(AttentionSpec { heads: 0, ..base }).contains("0 heads"));
+    assert!(err(AttentionSpec { scale: Some(f32::NAN), ..base }).contains("not finite"));
+    assert!(err(AttentionSpec { out: OutKind::E4M3 { scale: 0.0 }, ..base }).contains("finite and positive"));
+    let k = attention::kernel(&base, DimExpr::Const(2), DimExpr::Const(100)).expect("valid");
+    assert_eq!(k.grid, [DimExpr::Const(2), DimExpr::Const(12), DimExpr::Const(2)]);
+}
+
+#[test]
+fn unsupported_output_quantization_is_an_error() {
+    let g = graph("f16", 384, "heads=12, out=f8e5m2, out_scale=0.5", false, "f8e5m2");
+    let e = lower_err(&g);
+    assert!(e.contains("output quantization to f8e5m2 is not supported"), "{e}");
+}
+
+// ---- TEMPORARY: device check dump -------------------------------------------------------------
+
+#[test]
+#[ignore]
+fn dump_device_cases() {
+    use qfuse::interp::{self, tensor::Tensor};
+    use qfuse::numerics::encode_bits;
+    let dir = std::path::PathBuf::from(std::env::var("QFUSE_ATTN_DUMP").expect("QFUSE_ATTN_DUMP"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rnd = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    struct Case {
+        name: &'static str,
+        dtype: &'static str,
+        width: u64,
+        attrs: String,
+        mask: bool,
+        out: &'static str,
+        b: usize,
+        s: usize,
+        kind: u32,
+    }
+    let cases = vec![
+        Case { name: "minilm_f16", dtype: "f16", width: 384, attrs: format!("heads=12, scale={SCALE_D32}"), mask: true, out: "f16", b: 3, s: 100, kind: 0 },
+        Case { name: "minilm_f16_s512", dtype: "f16", width: 384, attrs: format!("heads=12, scale={SCALE_D32}"), mask: true, out: "f16", b: 2, s: 512, kind: 0 },
+        Case { name: "minilm_e4m3", dtype: "f16", width: 384, attrs: format!("heads=12, scale={SCALE_D32}, out=f8e4m3, out_scale=0.0078125"), mask: true, out: "f8e4m3", b: 2, s: 77, kind: 0 },
+        Case { name: "d64_plain", dtype: "f16", width: 512, attrs: "heads=8".into(), mask: false, out: "f16", b: 1, s: 64, kind: 0 },
+        Case { name: "d128_bf16", dtype: "bf16", width: 512, attrs: "heads=4, scale=0.08837890625".into(), mask: true, out: "bf16", b: 2, s: 130, kind: 0 },
+        Case { name: "d128_f16", dtype: "f16", width: 1536, attrs: "heads=12, scale=0.08837890625".into(), mask: true, out: "f16", b: 1, s: 200, kind: 0 },
+        Case { name: "s1", dtype: "f16", width: 64, attrs: "heads=2".into(), mask: true, out: "f16", b: 2, s: 1, kind: 0 },
+        Case { name: "neg_inf_rows", dtype: "f16", width: 32, attrs: format!("heads=1, scale={SCALE_D32}"), mask: true, out: "f16", b: 2, s: 70, kind: 1 },
+    ];
+    let mut index = String::new();
+    for c in cases {
+        let g = graph(c.dtype, c.width, &c.attrs, c.mask, c.out);
+        ir::verify(&g, "dump").unwrap_or_else(|e| panic!("{e}"));
+        let k = lower(&g);
+        let cubin = compile(&k);
+        let dt: DType = c.dtype.parse().unwrap();
+        let odt: DType = c.out.parse().unwrap();
+        let n = c.b * c.s * c.width as usize;
+        let mut gen = |sign: f32| -> Vec<f32> {
+            (0..n).map(|_| if c.kind == 1 { 3.0 * sign } else { (rnd() as f32 * 4.0 - 2.0) }).collect()
+        };
+        let (qv, kv, vv) = (gen(1.0), gen(-1.0), (0..n).map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0).collect::<Vec<f32>>());
+        // Batch 0: keys >= 2/3 S masked (padding); batch 1: everything masked; others: none.
+        let mut mv = vec![0f32; c.b * c.s];
+        for bi in 0..c.b {
+            for si in 0..c.s {
+                let masked = (bi == 0 && si >= (2 * c.s).div_ceil(3)) || bi == 1;
+                mv[bi * c.s + si] = if masked { -65504.0 } else { 0.0 };
+            }
+        }
+        let shape = vec![c.b, c.s, c.width as usize];
+        let mut inputs = vec![
+            ("q", Tensor::from_f32_as(dt, shape.clone(), qv)),
+            ("k", Tensor::from_f32_as(dt, shape.clone(), kv)),
+            ("v", Tensor::from_f32_as(dt, shape.clone(), vv)),
+        ];
+        if c.mask {
+            inputs.push(("mask", Tensor::from_f32_as(dt, vec![c.b, c.s], mv)));
+        }
+        let outs = interp::run(&g, &interp::NoWeights, &inputs).unwrap_or_else(|e| panic!("{e}"));
+        let write16 = |name: &str, t: &Tensor| {
+            let bytes: Vec<u8> = t.to_f32_vec().iter().flat_map(|&x| (encode_bits(x, t.dtype) as u16).to_le_bytes()).collect();
+            std::fs::write(dir.join(format!("{}.{name}", c.name)), bytes).unwrap();
+        };
+        for (name, t) in &inputs {
+            write16(name, t);
+        }
+        let o = &outs[0].1;
+        if odt == DType::F8E4M3 {
+            let bytes: Vec<u8> = o.to_f32_vec().iter().map(|&x| encode_bits(x, odt) as u8).collect();
+            std::fs::write(dir.join(format!("{}.expected", c.name)), bytes).unwrap();
+        } else {
+            write16("expected", o);
+        }
+        std::fs::write(dir.join(format!("{}.cubin", c.name)), &cubin).unwrap();
+        let ev = |e: &DimExpr| e.eval_with(&[("B".into(), c.b as u64), ("S".into(), c.s as u64)]).unwrap();
+        index.push_str(&format!(
+            "{} {} {} {} {} {} {} {} {} {} {} {} {}\n",
+            c.name,
+            k.name,
+            c.dtype,
+            c.out,
+            u8::from(c.mask),
+            c.b,
+            c.s,
+            c.width,
+            ev(&k.grid[0]),
+            ev(&k.grid[1]),
+            ev(&k.grid[2]),
+            k.block[0],
+            k.smem_bytes
+        ));
+    }
+    std::fs::write(dir.join("index.txt"), index).unwrap();
+}

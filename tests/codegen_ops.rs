@@ -1,0 +1,383 @@
+//! Code generation of the non-GEMM ops (src/codegen/ops): IR text → lowering through the
+//! dispatcher → CUDA C → `sm_90a` CUBIN with NVRTC; snapshots of canonical kernels; specific
+//! errors for unsupported variants. No GPU needed; NVRTC is (these tests fail, never skip,
+//! without it: the project's test command runs `scripts/cache.sh nvrtc` first).
+
+use std::collections::BTreeMap;
+
+use qfuse::codegen::kernel::{Arg, Launch, LowerCx, Lowered};
+use qfuse::codegen::nvrtc;
+use qfuse::codegen::ops::lower_node;
+use qfuse::ir::{self, Graph, NodeId, Op};
+use qfuse::plan::Scalar;
+
+const OPS_CUH: &str = include_str!("../templates/ops.cuh");
+
+fn parse(text: &str) -> Graph {
+    ir::parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// Every node's lowering, by node.
+fn lower(g: &Graph) -> Vec<(NodeId, Result<Lowered, String>)> {
+    let cx = LowerCx::new(g, 90);
+    (0..g.nodes.len()).map(NodeId::from).map(|n| (n, lower_node(&cx, n).map_err(|e| e.to_string()))).collect()
+}
+
+/// The launches of every node, panicking on any error.
+fn launches(g: &Graph) -> Vec<(NodeId, Launch)> {
+    let mut out = Vec::new();
+    for (n, r) in lower(g) {
+        match r.unwrap_or_else(|e| panic!("{e}")) {
+            Lowered::Launches(ls) => out.extend(ls.into_iter().map(|l| (n, l))),
+            Lowered::Alias(_) | Lowered::Nothing => {}
+        }
+    }
+    out
+}
+
+/// The launches of one node (the first with that mnemonic).
+fn node_launches(g: &Graph, mnemonic: &str) -> Vec<Launch> {
+    let cx = LowerCx::new(g, 90);
+    let node = (0..g.nodes.len()).map(NodeId::from).find(|&n| g.nodes[n].op.mnemonic() == mnemonic).expect("node");
+    match lower_node(&cx, node).unwrap_or_else(|e| panic!("{e}")) {
+        Lowered::Launches(ls) => ls,
+        other => panic!("{mnemonic}: {other:?}"),
+    }
+}
+
+/// Compiles each distinct kernel once, checking the launch metadata against the source.
+fn compile(ls: &[Launch]) -> usize {
+    nvrtc::locate().unwrap_or_else(|e| panic!("NVRTC is required (run `scripts/cache.sh nvrtc`): {e}"));
+    let mut seen = BTreeMap::new();
+    for l in ls {
+        let k = &l.kernel;
+        assert_eq!(l.args.len(), k.params.len(), "{}", k.name);
+        assert!(!k.source.contains("{{"), "{}: unsubstituted placeholder", k.name);
+        if let Some(prev) = seen.insert(k.name.clone(), k.source.clone()) {
+            assert_eq!(prev, k.source, "{}: two sources under one name", k.name);
+            continue;
+        }
+        // Every parameter is named in the signature, in order.
+        let sig_start = k.source.find(&format!("{}(", k.name)).unwrap_or_else(|| panic!("{}: entry point missing", k.name));
+        let sig = &k.source[sig_start..k.source[sig_start..].find(')').map(|e| sig_start + e).expect("signature")];
+        let mut at = 0;
+        for p in &k.params {
+            let pos =
+                sig[at..].find(&format!(" {}", p.name)).unwrap_or_else(|| panic!("{}: parameter {} out of order in {sig}", k.name, p.name));
+            at += pos + 1;
+        }
+        let cubin = nvrtc::compile_cubin(&k.name, &k.source, "sm_90a", &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(cubin.starts_with(b"\x7fELF"), "{}: not an ELF", k.name);
+        assert!(cubin.windows(k.name.len()).any(|w| w == k.name.as_bytes()), "{}: kernel symbol missing", k.name);
+    }
+    seen.len()
+}
+
+/// A launch as reviewable text: metadata, then the source without the shared preamble.
+fn describe(g: &Graph, l: &Launch) -> String {
+    let k = &l.kernel;
+    let mut s =
+        format!("kernel {}\ngrid [{}, {}, {}]  block {:?}  smem {}\n", k.name, k.grid[0], k.grid[1], k.grid[2], k.block, k.smem_bytes);
+    for (p, a) in k.params.iter().zip(&l.args) {
+        let arg = match a {
+            Arg::Value(v) => format!("%{} : {}{}", v.index(), g.ty(*v).dtype, ir::shape_text(&g.ty(*v).shape)),
+            Arg::Scalar(Scalar::Dim(e)) => format!("dim {e}"),
+            Arg::Scalar(other) => format!("{other:?}"),
+        };
+        s.push_str(&format!("  {:<10} {:<4?} <- {arg}\n", p.name, p.ty));
+    }
+    let body =
+        k.source.replace(&qfuse::codegen::prelude(), "// {{prelude}} (common.cuh, math.cuh)").replace(OPS_CUH, "// {{ops}} (ops.cuh)");
+    s.push_str("----\n");
+    s.push_str(&body);
+    s
+}
+
+fn snapshot(name: &str, text: String) {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.bind(|| insta::assert_snapshot!(format!("codegen_ops__{name}"), text));
+}
+
+/// MiniLM-like graph, static FP8: every non-GEMM op kind of the fused pipeline and its unfused
+/// pieces (gathers, iota, adds).
+const BERT_STATIC: &str = r#"
+graph "ops_static" {
+  sym B max=64
+  sym S max=512
+  %0 = input "input_ids" : i64[B,S]
+  %1 = input "attention_mask" : i64[B,S]
+  %2 = input "token_type_ids" : i64[B,S]
+  %3 = weight @word : f16[30522,384]
+  %4 = weight @pos : f16[512,384]
+  %5 = weight @type : f16[2,384]
+  %6 = weight @ln.w : f16[384]
+  %7 = weight @ln.b : f16[384]
+  %8, %9 = embed_layernorm %0, %2, %3, %4, %5, %6, %7 {eps=1e-12, via=f16, keep_normed=true, f8e4m3, per_tensor, scale=0.016034808} : f8e4m3[B,S,384], f16[B,S,384] loc("embeddings")
+  %10 = scalar 1.0 : f16[] loc("attention_mask")
+  %11 = cast %1 : f16[B,S] loc("attention_mask")
+  %12 = sub %10, %11 : f16[B,S] loc("attention_mask")
+  %13 = scalar -65504.0 : f16[] loc("attention_mask")
+  %14 = mul %12, %13 : f16[B,S] loc("attention_mask")
+  %15 = reshape %14 : f16[B,1,1,S]
+  %16 = input "scores" : f16[B,12,S,S]
+  %17 = scalar 0.1767578125 : f16[]
+  %18 = mul %16, %17 : f16[B,12,S,S]
+  %19 = add %18, %15 : f16[B,12,S,S]
+  %20 = softmax %19 {axis=-1} : f16[B,12,S,S]
+  %21 = input "ctx" : f16[B,12,S,32]
+  %22 = quantize %21 {f8e4m3, per_tensor, scale=0.0070277625} : f8e4m3[B,12,S,32]
+  %23 = transpose %22 {perm=[0,2,1,3]} : f8e4m3[B,S,12,32]
+  %24 = reshape %23 : f8e4m3[B,S,384]
+  %25 = input "proj" : f16[B,S,384]
+  %26 = reshape %25 : f16[B,S,12,32]
+  %27 = transpose %26 {perm=[0,2,1,3]} : f16[B,12,S,32]
+  %28 = input "resid" : f16[B,S,384]
+  %29, %30 = layernorm_quantize %28, %6, %7 {eps=1e-12, via=f16, keep_normed=true, f8e4m3, per_tensor, scale=0.063546315} : f8e4m3[B,S,384], f16[B,S,384] loc("encoder.layer.0.attention.output.LayerNorm")
+  %31 = weight @bias : f16[1536]
+  %32 = input "ffn" : f16[B,S,1536]
+  %33 = add %32, %31 : f16[B,S,1536]
+  %34 = gelu %33 : f16[B,S,1536]
+  %35 = layernorm %28, %6, %7 {eps=1e-12} : f16[B,S,384] loc("encoder.layer.5.output.LayerNorm")
+  %36 = mean_pool %35, %1 : f16[B,384] loc("pooling")
+  %37 = l2_normalize %36 {eps=1e-12} : f16[B,384] loc("normalize")
+  %38 = gather %3, %0 : f16[B,S,384]
+  %39 = iota : i64[S]
+  %40 = gather %4, %39 : f16[S,384]
+  %41 = add %38, %40 : f16[B,S,384]
+  %42 = gather %5, %2 : f16[B,S,384]
+  %43 = add %41, %42 : f16[B,S,384]
+  return "q" = %8, "n" = %9, "p" = %20, "t" = %24, "h" = %27, "q2" = %29, "n2" = %30, "g" = %34, "e" = %37, "x" = %43
+}
+"#;
+
+/// Dynamic per-token FP8 and other quantization variants.
+const BERT_DYNAMIC: &str = r#"
+graph "ops_dynamic" {
+  sym B max=64
+  sym S max=512
+  %0 = input "input_ids" : i64[B,S]
+  %1 = input "token_type_ids" : i64[B,S]
+  %2 = weight @word : f16[30522,384]
+  %3 = weight @pos : f16[512,384]
+  %4 = weight @type : f16[2,384]
+  %5 = weight @ln.w : f16[384]
+  %6 = weight @ln.b : f16[384]
+  %7, %8, %9 = embed_layernorm %0, %1, %2, %3, %4, %5, %6 {eps=1e-12, via=f16, keep_normed=true, f8e4m3, per_token, scale=dynamic(f32)} : f8e4m3[B,S,384], f32[B,S,1], f16[B,S,384] loc("embeddings")
+  %10 = embed_layernorm %0, %1, %2, %3, %4, %5, %6 {eps=1e-12, via=f16} : f16[B,S,384] loc("embeddings_plain")
+  %11 = input "x" : f16[B,S,384]
+  %12, %13, %14 = layernorm_quantize %11, %5, %6 {eps=1e-12, via=f16, keep_normed=true, f8e4m3, per_token, scale=dynamic(f32)} : f8e4m3[B,S,384], f32[B,S,1], f16[B,S,384]
+  %15 = input "ffn" : f16[B,S,1536]
+  %16, %17 = quantize %15 {f8e4m3, per_token, scale=dynamic(f32)} : f8e4m3[B,S,1536], f32[B,S,1] loc("encoder.layer.0.output.dense:a.q")
+  %18 = input "wide" : f32[B,4096]
+  %19 = weight @g4096 : f32[4096]
+  %20, %21 = rmsnorm_quantize %18, %19 {eps=1e-6, via=bf16, f8e5m2, per_token, scale=dynamic(f32)} : f8e5m2[B,4096], f32[B,1]
+  %22 = rmsnorm_quantize %18, %19 {eps=1e-6, via=f16, i8, per_tensor, scale=0.02} : i8[B,4096]
+  %23 = weight @g33 : bf16[33]
+  %24 = input "odd" : bf16[B,33]
+  %25 = rmsnorm %24, %23 {eps=1e-6} : bf16[B,33]
+  %26 = input "seqrow" : f32[B,S]
+  %27 = softmax %26 {axis=-1} : f32[B,S]
+  %28 = weight @gs : f32[8]
+  %29 = input "s8" : f16[B,8]
+  %30 = weight @s8.scale : f32[]
+  %31 = layernorm_quantize %29, %28, %28 {eps=1e-5, via=f16, u8, per_tensor, scale=%30, zero=128} : u8[B,8]
+  return "q" = %7, "s" = %8, "n" = %9, "e" = %10, "q2" = %12, "s2" = %13, "n2" = %14, "q3" = %16, "s3" = %17, "q4" = %20, "s4" = %21, "q5" = %22, "r" = %25, "sm" = %27, "q6" = %31
+}
+"#;
+
+/// Element-wise, quantize/dequantize and data-movement variants.
+const MISC: &str = r#"
+graph "ops_misc" {
+  sym B max=64
+  sym S max=512
+  %0 = input "w" : f8e4m3[16,32]
+  %1 = weight @w.scale : f32[16]
+  %2 = dequantize %0 {f8e4m3, per_channel(0), scale=%1} : f16[16,32]
+  %3 = input "a" : f16[B,S,32]
+  %4 = requantize %0 {from_scale=0.05, via=f16, f8e4m3, per_tensor, scale=0.1} : f8e4m3[16,32]
+  %5 = weight @a.scale : f32[]
+  %6 = quantize %3 {u8, per_tensor, scale=%5, zero=128} : u8[B,S,32]
+  %7 = dequantize %6 {u8, per_tensor, scale=%5, zero=128} : f32[B,S,32]
+  %8 = cast %7 : i64[B,S,32]
+  %9 = cast %8 : i32[B,S,32]
+  %10 = cast %9 : f16[B,S,32]
+  %11 = input "b" : f16[S,1]
+  %12 = max %3, %11 : f16[B,S,32]
+  %13 = relu %12 : f16[B,S,32]
+  %14 = input "tok_scale" : f32[B,S,1]
+  %15 = quantize %3 {f8e4m3, per_token, scale=%14} : f8e4m3[B,S,32]
+  %16 = dequantize %15 {f8e4m3, per_token, scale=%14} : bf16[B,S,32]
+  %17 = transpose %3 {perm=[2,0,1]} : f16[32,B,S]
+  %18 = transpose %7 {perm=[0,2,1]} : f32[B,32,S]
+  %19 = input "dyn" : f16[B,S]
+  %20 = weight @g : f16[S]
+  %21 = iota : i32[S]
+  %22 = gather %3, %21 : f16[S,S,32]
+  %23 = div %12, %3 : f16[B,S,32]
+  %24 = tanh %23 : f16[B,S,32]
+  %25 = min %24, %13 : f16[B,S,32]
+  %26 = input "i8" : i8[B,S]
+  %27 = cast %26 : f32[B,S]
+  %28 = quantize %27 {i8, per_tensor, scale=0.5} : i8[B,S]
+  return "a" = %2, "b" = %4, "c" = %10, "d" = %16, "e" = %17, "f" = %18, "g" = %22, "h" = %25, "i" = %28
+}
+"#;
+
+#[test]
+fn static_graph_lowers_and_compiles() {
+    let g = parse(BERT_STATIC);
+    let ls = launches(&g);
+    assert!(ls.len() >= 20, "{} launches", ls.len());
+    let n = compile(&ls.into_iter().map(|(_, l)| l).collect::<Vec<_>>());
+    assert!(n >= 15, "{n} distinct kernels");
+}
+
+#[test]
+fn dynamic_graph_lowers_and_compiles() {
+    let g = parse(BERT_DYNAMIC);
+    let ls: Vec<Launch> = launches(&g).into_iter().map(|(_, l)| l).collect();
+    compile(&ls);
+}
+
+#[test]
+fn misc_graph_lowers_and_compiles() {
+    let g = parse(MISC);
+    let ls: Vec<Launch> = launches(&g).into_iter().map(|(_, l)| l).collect();
+    compile(&ls);
+}
+
+#[test]
+fn identity_transpose_and_reshape_are_views() {
+    let g = parse(
+        r#"graph "t" {
+  sym B max=4
+  %0 = input "x" : f16[B,8]
+  %1 = transpose %0 {perm=[0,1]} : f16[B,8]
+  %2 = reshape %1 : f16[B,2,4]
+  return "y" = %2
+}"#,
+    );
+    let r = lower(&g);
+    assert!(matches!(r[1].1, Ok(Lowered::Alias(v)) if v.index() == 0), "{:?}", r[1].1);
+    assert!(matches!(r[2].1, Ok(Lowered::Alias(v)) if v.index() == 1), "{:?}", r[2].1);
+}
+
+#[test]
+fn launch_shapes() {
+    let g = parse(BERT_STATIC);
+    // H = 384 f16: one warp per row, 4 rows per 128-thread block, 16-byte vectors.
+    let l = &node_launches(&g, "layernorm_quantize")[0];
+    assert_eq!(l.kernel.block, [128, 1, 1]);
+    assert_eq!(l.kernel.grid[0].to_string(), "ceil_div(B*S, 4)");
+    assert!(l.kernel.source.contains("HMAX = 384, VEC = 8, WPR = 1, RPB = 4"), "{}", l.kernel.source);
+    // Softmax over a symbolic row: sized for S's maximum, length at run time.
+    let l = &node_launches(&g, "softmax")[0];
+    assert!(l.kernel.source.contains("HMAX = 512, VEC = 1") && l.kernel.source.contains("DYN = true"));
+    assert_eq!(l.kernel.params.last().map(|p| p.name.as_str()), Some("n"));
+    // The mask add merges the two middle axes: a three-axis walk.
+    let g2 = parse(BERT_STATIC);
+    let cx = LowerCx::new(&g2, 90);
+    let add = (0..g2.nodes.len()).map(NodeId::from).find(|&n| g2.nodes[n].outputs.first().is_some_and(|v| v.index() == 19)).expect("add");
+    let Ok(Lowered::Launches(ls)) = lower_node(&cx, add) else { panic!() };
+    let src = &ls[0].kernel.source;
+    let body = &src[src.find("extern \"C\"").expect("entry")..];
+    for line in ["const idx_t c2 = rem % (d_S);", "rem /= (d_S * 12u);", "in1[c0 * (d_S) + c2]", "in0[i]"] {
+        assert!(body.contains(line), "{line}: {body}");
+    }
+    assert!(!body.contains("sym_B"), "B is not needed: {body}");
+    let wide = parse(BERT_DYNAMIC);
+    let l = &node_launches(&wide, "rmsnorm_quantize")[0];
+    assert_eq!(l.kernel.block, [128, 1, 1], "H = 4096: 4 warps per row");
+    assert!(l.kernel.source.contains("WPR = 4, RPB = 1"));
+}
+
+#[test]
+fn canonical_snapshots() {
+    let g = parse(BERT_STATIC);
+    let one = |m: &str| {
+        let ls = node_launches(&g, m);
+        assert_eq!(ls.len(), 1, "{m}");
+        ls.into_iter().next().expect("one")
+    };
+    snapshot("layernorm_quantize_static", describe(&g, &one("layernorm_quantize")));
+    snapshot("embed_layernorm_fp8_keep_normed", describe(&g, &one("embed_layernorm")));
+    snapshot("mean_pool", describe(&g, &one("mean_pool")));
+    snapshot("l2_normalize", describe(&g, &one("l2_normalize")));
+    // The attention-mask chain: cast i64 -> f16, 1 - x, x * -65504.
+    let cx = LowerCx::new(&g, 90);
+    let mut chain = String::new();
+    for out in [11, 12, 14] {
+        let node =
+            (0..g.nodes.len()).map(NodeId::from).find(|&n| g.nodes[n].outputs.first().is_some_and(|v| v.index() == out)).expect("node");
+        let Ok(Lowered::Launches(ls)) = lower_node(&cx, node) else { panic!("%{out}") };
+        chain.push_str(&format!("==== %{out} = {}\n", g.nodes[node].op.mnemonic()));
+        chain.push_str(&describe(&g, &ls[0]));
+    }
+    snapshot("mask_chain", chain);
+    let d = parse(BERT_DYNAMIC);
+    let ls = node_launches(&d, "quantize");
+    snapshot("quantize_dynamic_per_token", describe(&d, &ls[0]));
+}
+
+fn expect_error(text: &str, needle: &str) {
+    let g = parse(text);
+    let errs: Vec<String> = lower(&g).into_iter().filter_map(|(_, r)| r.err()).collect();
+    assert!(errs.iter().any(|e| e.contains(needle)), "expected an error containing {needle:?}, got {errs:#?}");
+}
+
+#[test]
+fn unsupported_variants_give_specific_errors() {
+    let head = "graph \"t\" {\n  sym B max=4\n  %0 = input \"x\" : f16[B,8,16]\n";
+    let case = |body: &str, needle: &str| expect_error(&format!("{head}{body}\n}}"), needle);
+    case("  %1 = softmax %0 {axis=1} : f16[B,8,16]\n  return \"y\" = %1", "only the last axis has a kernel");
+    case(
+        "  %1, %2 = quantize %0 {f8e4m3, per_tensor, scale=dynamic(f32)} : f8e4m3[B,8,16], f32[]\n  return \"y\" = %1",
+        "dynamic per-tensor quantization has no kernel yet",
+    );
+    case(
+        "  %1, %2 = quantize %0 {f8e4m3, block(-1:8), scale=dynamic(f32)} : f8e4m3[B,8,16], f32[B,8,2]\n  return \"y\" = %1",
+        "block-scaled quantization has no kernel yet",
+    );
+    case("  %1 = reduce_sum %0 {axes=[-1]} : f16[B,8]\n  return \"y\" = %1", "no kernel for `reduce_sum` yet");
+    case("  %1 = matmul %0, %0 {transpose_b} : f16[B,8,8]\n  return \"y\" = %1", "no kernel for `matmul` yet");
+    case(
+        "  %1 = cast %0 : i64[B,8,16]\n  %2 = add %1, %1 : i64[B,8,16]\n  return \"y\" = %2",
+        "integer (i64) binary ops have no kernel yet",
+    );
+    case("  %1 = quantize %0 {i4, per_tensor, scale=0.5} : i4[B,8,16]\n  return \"y\" = %1", "i4 storage has no kernel yet");
+    case(
+        "  %1 = weight @g : f16[16]\n  %2 = weight @s : f32[16]\n  %3 = rmsnorm_quantize %0, %1 {eps=1e-6, via=f16, f8e4m3, per_channel(-1), scale=%2} : f8e4m3[B,8,16]\n  return \"y\" = %3",
+        "per-channel quantization of a row-wise result has no kernel yet",
+    );
+    expect_error(
+        "graph \"t\" {\n  sym B max=4\n  %0 = input \"x\" : f32[B,40000]\n  %1 = l2_normalize %0 {eps=1e-12} : f32[B,40000]\n  return \"y\" = %1\n}",
+        "row length 40000 exceeds the row kernels' limit of 32768",
+    );
+}
+
+/// Every non-GEMM node of the fused MiniLM graphs (the pipeline snapshots) lowers and compiles.
+#[test]
+fn minilm_fused_graphs_lower() {
+    for snap in ["pipeline__minilm_fp8.snap", "pipeline__minilm_fp8-dynamic.snap", "pipeline__minilm_fp16.snap"] {
+        let path = format!("{}/snapshots/{snap}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).expect("snapshot");
+        let ir = &text[text.find("graph ").expect("graph")..];
+        let g = parse(ir);
+        let cx = LowerCx::new(&g, 90);
+        let mut all = Vec::new();
+        for n in (0..g.nodes.len()).map(NodeId::from) {
+            if matches!(g.nodes[n].op, Op::MatMul { .. } | Op::QMatMul(_) | Op::Attention(_)) {
+                continue;
+            }
+            match lower_node(&cx, n) {
+                Ok(Lowered::Launches(ls)) => all.extend(ls),
+                Ok(_) => {}
+                Err(e) => panic!("{snap}: {e}"),
+            }
+        }
+        assert!(!all.is_empty());
+        compile(&all);
+    }
+}

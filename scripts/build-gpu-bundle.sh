@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# Builds what the GPU machine needs for the FP8 GEMM benchmark into gpu-bundle/ (git-ignored):
-# the release qfuse-gemm-bench binary (needs only libcuda there) and kernels/ (one sm_90a CUBIN
-# and .cu per kernel, manifest.json with specs and launch shapes), rendered and compiled here
-# with NVRTC. Then, on the device: `run` with carry ["gpu-bundle"], command
-# `scripts/gpu-gemm-bench.sh`.
+# Builds everything the GPU machine needs into gpu-bundle/ (git-ignored), for `run` with
+# carry ["gpu-bundle"] and the command `scripts/gpu-check.sh`:
+#   qfuse             release binary, stripped (runs plans, compiles them, runs the interpreter)
+#   qfuse-gemm-bench  the FP8 GEMM benchmark binary, with kernels/ rendered and compiled here
+#   model/            the default model with its weights converted to f16 (half the bytes; the
+#                     tree that travels is limited to 64 MiB)
+#   cache/kernels/    CUBINs of the MiniLM plans, compiled here with NVRTC (so the GPU machine
+#                     needs no NVRTC of the same version: every kernel is a cache hit)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/cache.sh"
 qfuse_ensure_nvrtc
+qfuse_ensure_model
 cd "$QFUSE_ROOT"
-cargo build --release --locked --bin qfuse-gemm-bench
+cargo build --release --locked --bins
 rm -rf gpu-bundle
-mkdir -p gpu-bundle
-cp target/release/qfuse-gemm-bench gpu-bundle/
-strip gpu-bundle/qfuse-gemm-bench 2>/dev/null || true
+mkdir -p gpu-bundle/cache
+cp target/release/qfuse target/release/qfuse-gemm-bench gpu-bundle/
+strip gpu-bundle/qfuse gpu-bundle/qfuse-gemm-bench 2>/dev/null || true
 gpu-bundle/qfuse-gemm-bench build gpu-bundle/kernels 2>/dev/null
-du -sh gpu-bundle
+py="$QFUSE_CACHE_DIR/pyenv/bin/python3"; [[ -x "$py" ]] || py=python3
+"$py" scripts/f16_model.py "$QFUSE_MODEL_DIR" gpu-bundle/model
+for recipe in fp16 fp8 fp8-dynamic; do
+    QFUSE_CACHE_DIR="$QFUSE_ROOT/gpu-bundle/cache" gpu-bundle/qfuse --quiet compile gpu-bundle/model --recipe "$recipe" \
+        -o "gpu-bundle/minilm-$recipe.plan" | tail -2
+    rm "gpu-bundle/minilm-$recipe.plan"
+done
+du -sh gpu-bundle gpu-bundle/*

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Peers for qfuse's FP8 GEMM benchmark, and the comparison table.
+"""Peers for qfuse's GEMM benchmark (FP8 and f16 kernels), and the comparison table.
 
 Times, at the shapes qfuse-gemm-bench ran (read from its JSON lines), with the same method
 (10 warm-up launches, a spin kernel that keeps the GPU busy while the host enqueues, then the
@@ -8,8 +8,11 @@ median of 30 launches each bracketed by CUDA events; random E4M3 codes without N
     use_fast_accum (fast = no promotion of the tensor cores' FP8 accumulator);
   - torch f16 matmul (cuBLAS) on the same shapes.
 Also reports cuBLASLt's normwise error against the exact result rounded to f16 on a few rows
-(the reference qfuse's own check uses), to put qfuse's error numbers in context. Prints a short table (qfuse best exact / best fast variant
-against cuBLASLt), then the per-variant numbers of the square shapes.
+(the reference qfuse's own check uses), to put qfuse's error numbers in context. Prints a short
+table (qfuse's best exact / best fast FP8 variant against cuBLASLt, qfuse's best f16 variant
+against torch f16), then the per-variant numbers of the square shapes. qfuse's kernels run the
+epilogues of the plans (bias, GeLU, residual, output quantize) where their label says so; the
+peers run plain scaled GEMMs.
 
 usage: gemm_peer_bench.py QFUSE_JSONL [--out PEER_JSONL]
 """
@@ -82,7 +85,9 @@ def main():
     args = ap.parse_args()
     rows = [json.loads(l) for l in open(args.qfuse_jsonl) if l.startswith("{")]
     bench = [r for r in rows if r.get("kind") == "qfuse" and "tflops" in r]
-    shapes = sorted({(r["m"], r["n"], r["k"]) for r in bench}, key=lambda s: -s[0] * s[1] * s[2])
+    wide = [r for r in bench if r.get("operand", "E4M3") == "F16"]
+    bench = [r for r in bench if r.get("operand", "E4M3") == "E4M3"]
+    shapes = sorted({(r["m"], r["n"], r["k"]) for r in bench + wide}, key=lambda s: -s[0] * s[1] * s[2])
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, cuBLASLt via torch._scaled_mm")
     peer = {s: peers(*s, seed=i + 1) for i, s in enumerate(shapes)}
     if args.out:
@@ -93,20 +98,20 @@ def main():
     def short(v):
         return " ".join(t for t in v.split() if not (t.startswith("g") and t[1:].isdigit()))
 
-    def best(s, fast):
-        c = [r for r in bench if (r["m"], r["n"], r["k"]) == s and r["check"] == "ok" and r["fast_accum"] == fast]
+    def best(s, fast, rows=bench):
+        c = [r for r in rows if (r["m"], r["n"], r["k"]) == s and r["check"] == "ok" and r["fast_accum"] == fast]
         return max(c, key=lambda r: r["tflops"], default=None)
 
     print()
-    print(f"{'TFLOP/s, median of 30':18s} {'qfuse exact accumulation':33s} {'qfuse fast accumulation':33s} cuBLASLt cuBLASLt torch  exact/   fast/")
-    print(f"{'M x N x K':18s} {'best variant':26s} {'TF/s':>6s} {'best variant':26s} {'TF/s':>6s} FP8      FP8 fast f16    cuBLASLt cuBLASLt-fast")
+    print(f"{'TFLOP/s, median of 30':18s} {'qfuse FP8 exact accumulation':33s} {'qfuse FP8 fast accumulation':33s} cuBLASLt cuBLASLt torch  exact/   fast/    {'qfuse f16':33s} f16/")
+    print(f"{'M x N x K':18s} {'best variant':26s} {'TF/s':>6s} {'best variant':26s} {'TF/s':>6s} FP8      FP8 fast f16    cuBLASLt cuBLASLt-fast {'best variant':26s} {'TF/s':>6s} torch")
     for s in shapes:
-        p, e, f = peer[s], best(s, False), best(s, True)
+        p, e, f, h = peer[s], best(s, False), best(s, True), best(s, False, wide)
         cell = lambda r: f"{short(r['variant'])[:26]:26s} {r['tflops']:6.0f}" if r else f"{'-':26s} {'-':>6s}"
         ratio = lambda r, key: f"{r['tflops'] / p[key]:8.2f}" if r else f"{'-':>8s}"
         print(
             f"{'x'.join(map(str, s)):18s} {cell(e)} {cell(f)} {p['cublaslt']:7.0f}  {p['cublaslt_fast']:7.0f} "
-            f"{p['torch_f16']:5.0f} {ratio(e, 'cublaslt')} {ratio(f, 'cublaslt_fast')}"
+            f"{p['torch_f16']:5.0f} {ratio(e, 'cublaslt')} {ratio(f, 'cublaslt_fast')}      {cell(h)} {ratio(h, 'torch_f16')}"
         )
     print()
     print("normwise rel. error vs the exact result rounded to f16 (sampled rows):")
@@ -124,7 +129,7 @@ def main():
             continue
         cells = [
             f"{short(r['variant']):34s} {r['tflops']:6.0f} {r['check']:4s} {r['stats']['norm_rel_err'] or float('nan'):.1e}"
-            for r in sorted((r for r in bench if (r["m"], r["n"], r["k"]) == s), key=lambda r: -r["tflops"])
+            for r in sorted((r for r in bench + wide if (r["m"], r["n"], r["k"]) == s), key=lambda r: -r["tflops"])
         ]
         print(f"  {'x'.join(map(str, s))}:")
         for c in cells:

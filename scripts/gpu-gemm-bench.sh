@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command for the GPU machine (after scripts/build-gpu-bundle.sh here, carry gpu-bundle):
-# qfuse's FP8 GEMM kernels checked against an exact CPU reference and timed, then the peers
-# (cuBLASLt FP8 via torch._scaled_mm, torch f16) timed the same way, then one table.
+# qfuse's GEMM kernels (FP8 and f16/bf16 operands, the plans' epilogues) checked against a CPU
+# reference (exact accumulator, the interpreter's epilogue) and timed, then the peers (cuBLASLt
+# FP8 via torch._scaled_mm, torch f16) timed the same way, then one table.
 # Full logs and JSON lines go to $OUT (or /tmp/gemm-bench). Exit status 1 if a check failed.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

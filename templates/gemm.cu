@@ -3,21 +3,22 @@
 //   acc[m,n] = sum_k A[m,k] * B[n,k]                          (f32 accumulation)
 //   Y[m,n]   = STORE( EPILOGUE(acc[m,n], inputs at (m,n)) )
 //
-// Operands (OPERAND): FP8 E4M3 x E4M3 (bytes), f16 x f16 or bf16 x bf16 (16-bit patterns). A is [M,K]
-// row-major (activations; the IR's [.., M, K] with the leading axes flattened into M), B is [N,K]
-// row-major (weights, the nn.Linear layout), i.e. both K-major ("TN"). N, K, the tiles and the
-// epilogue are compile-time constants; M is a run-time argument (any M >= 1; rows past M are
+// Operands (OPERAND): FP8 E4M3 x E4M3 (bytes), f16 x f16 or bf16 x bf16 (16-bit patterns). A is
+// [M,K] row-major (activations; the IR's [.., M, K] with the leading axes flattened into M), B is
+// [N,K] row-major (weights, the nn.Linear layout), i.e. both K-major ("TN"). N, K, the tiles and
+// the epilogue are compile-time constants; M is a run-time argument (any M >= 1; rows past M are
 // neither loaded nor stored). Requires N % BN == 0 and K * ELEM_BYTES % 16 == 0 (K need not be a
-// multiple of the k-tile: the last k-tile's chunks past K are zero-filled), 16-byte aligned A, B,
-// Y (every IR value is 256-byte aligned).
+// multiple of the k-tile: the last k-tile's chunks past K are zero-filled), 16-byte aligned A, B, Y
+// (every IR value is 256-byte aligned).
 //
-// EPILOGUE is an f32 expression printed by the expression IR (src/codegen/expr.rs) over `acc`
-// and one `<input>_v` per epilogue input (the IR's a_scale, b_scale and `add` operands, widened
-// to f32); it performs every rounding step of the reference interpreter (scale, round to the
+// EPILOGUE is an f32 expression printed by the expression IR (src/codegen/expr.rs) over `acc` and
+// one `<input>_v` per epilogue input (the IR's a_scale, b_scale and `add` operands, widened to
+// f32); it performs every rounding step of the reference interpreter (scale, round to the
 // accumulator dtype, each epilogue step rounded to its dtype), with every f32 +, -, *, / rounded
-// once and never contracted into an FMA (qf_rn_f32). STORE converts the final value to
-// the output: f16/bf16 (RNE, exact since the value is already rounded), f32, or FP8 E4M3 bytes
-// through qf_quantize_e4m3(x, scale) (a true division, RNE, saturating).
+// once and never contracted into an FMA (qf_rn_f32). STORE converts the final value to the output:
+// f16/bf16 (RNE, exact since the value is already rounded), f32, or FP8 E4M3 bytes as
+// qf_quantize_e4m3(x, scale) computes them (the true quotient x / scale, RNE, saturating; the
+// quotient through qf_gemm_div, which is bit-identical to the division without its slow path).
 //
 // ---- Index mappings ----------------------------------------------------------------------------
 // Block -> tile: blockIdx.x enumerates ceil(M/BM) * (N/BN) output tiles in groups of GROUP_M
@@ -26,47 +27,50 @@
 // (tile_n = in_group / group_rows), so the blocks running together share B columns and A rows in
 // L2. The tile covers rows m0 = tile_m*BM .. m0+BM-1 and columns n0 = tile_n*BN .. n0+BN-1.
 //
-// Global -> shared: a k-tile is BK_BYTES = 128 (wgmma) or 64/128 (mma.sync) bytes of K, i.e.
-// BK = BK_BYTES / ELEM_BYTES elements. Each thread copies 16-byte chunks: thread t owns chunk
-// column ld_col = (t % CHUNKS_PER_ROW) * 16 bytes of rows ld_row + i * ROWS_PER_PASS
-// (ld_row = t / CHUNKS_PER_ROW, i = 0..A_LOADS-1 for A, 0..B_LOADS-1 for B). Global byte address
-// of A's chunk for k-tile t: A + (m0 + row) * K_BYTES + t * BK_BYTES + ld_col (same for B with n0).
-// Shared byte address: stage + qf_swizzle128(row * BK_BYTES + ld_col) (+ A_BYTES for B): tile
-// rows are BK_BYTES long, and the 16-byte chunk index inside each 128-byte line is XORed with the
-// line index mod 8 (the hardware's 128-byte swizzle, 1024-byte aligned tiles). Rows of A past M
-// are not copied (stale shared memory feeds only rows that are never stored); chunks past K (a
-// partial last k-tile) are zero-filled for A and B alike, so they add 0 * 0.
+// Global -> shared: a k-tile is BK_BYTES = 128 (wgmma) or 64/128 (mma.sync) bytes of K, i.e. BK =
+// BK_BYTES / ELEM_BYTES elements. Each thread copies 16-byte chunks: thread t owns chunk column
+// ld_col = (t % CHUNKS_PER_ROW) * 16 bytes of rows ld_row + i * ROWS_PER_PASS (ld_row = t /
+// CHUNKS_PER_ROW, i = 0..A_LOADS-1 for A, 0..B_LOADS-1 for B). Global byte address of A's chunk for
+// k-tile t: A + (m0 + row) * K_BYTES + t * BK_BYTES + ld_col (same for B with n0).
+// Shared byte address: stage + qf_swizzle128(row * BK_BYTES + ld_col) (+ A_BYTES for B): tile rows
+// are BK_BYTES long, and the 16-byte chunk index inside each 128-byte line is XORed with the line
+// index mod 8 (the hardware's 128-byte swizzle, 1024-byte aligned tiles). Rows of A past M are not
+// copied (stale shared memory feeds only rows that are never stored); chunks past K (a partial last
+// k-tile) are zero-filled for A and B alike, so they add 0 * 0.
 //
-// MAINLOOP = Wgmma / WgmmaWaitGroup (sm_90a): warpgroup wg = warp / 4 owns tile rows
-// 64*wg .. 64*wg+63 and all BN columns (WARPS_M = BM / 16, WARPS_N = 1). Per k-tile it issues
-// BK_BYTES / 32 wgmmas m64nBNk32 (e4m3) or m64nBNk16 (f16/bf16): each consumes 32 bytes of K, so the
-// k-step ks reads both operands through 128B-swizzle K-major descriptors at byte offset ks * 32
-// inside the rows (A rows start at 64*wg*BK_BYTES, B rows at 0). f16/bf16 wgmma accumulates all
-// of K in f32 registers. The FP8 tensor-core accumulation keeps fewer bits than f32: by default each
-// 128-byte k-tile is summed into a fresh partial accumulator and added to f32 registers
-// ("promotion"); FAST_ACCUM accumulates all of K in the tensor cores instead.
-// MAINLOOP = MmaSync (e4m3 only): mma.sync.m16n8k32 fed by ldmatrix; warp (wm, wn) =
-// (warp / WARPS_N, warp % WARPS_N) owns rows wm*WM .. +WM-1 and columns wn*WN .. +WN-1 as
-// (WM/16) x (WN/8) MMAs. On sm_90 ptxas lowers it to e4m3->f16 conversions and f16 HMMA.
+// MAINLOOP = Wgmma / WgmmaWaitGroup (sm_90a): warpgroup wg = warp / 4 owns tile rows 64*wg ..
+// 64*wg+63 and all BN columns (WARPS_M = BM / 16, WARPS_N = 1). Per k-tile it issues BK_BYTES / 32
+// wgmmas m64nBNk32 (e4m3) or m64nBNk16 (f16/bf16): each consumes 32 bytes of K, so the k-step ks
+// reads both operands through 128B-swizzle K-major descriptors at byte offset ks * 32 inside the
+// rows (A rows start at 64*wg*BK_BYTES, B rows at 0). f16/bf16 wgmma accumulates all of K in f32
+// registers. The FP8 tensor-core accumulation keeps fewer bits than f32: by default each 128-byte
+// k-tile is summed into a fresh partial accumulator and added to f32 registers ("promotion");
+// FAST_ACCUM accumulates all of K in the tensor cores instead.
+// MAINLOOP = MmaSync (e4m3 only): mma.sync.m16n8k32 fed by ldmatrix; warp (wm, wn) = (warp /
+// WARPS_N, warp % WARPS_N) owns rows wm*WM .. +WM-1 and columns wn*WN .. +WN-1 as (WM/16) x (WN/8)
+// MMAs. On sm_90 ptxas lowers it to e4m3->f16 conversions and f16 HMMA.
 //
-// Accumulator fragments (both mainloops; the wgmma m64nN f32 layout restricted to one warp is
-// the mma m16n8 layout): with g = lane / 4, q = lane % 4, acc[mt][nt][2*h + e] holds
+// Accumulator fragments (both mainloops; the wgmma m64nN f32 layout restricted to one warp is the
+// mma m16n8 layout): with g = lane / 4, q = lane % 4, acc[mt][nt][2*h + e] holds
 //   row = wm*WM + mt*16 + g + 8*h,   col = wn*WN + nt*8 + 2*q + e      (h, e in {0, 1})
 // (for wgmma: wm = warp, WM = 16, wn = 0, MT = 1).
 //
-// Epilogue, stage 1: every thread writes its fragments as float2 to a shared f32 tile
-// [BM][BN + 8] (8 floats of padding: the 8 rows x 8 columns that a half-warp writes fall in 32
-// distinct banks). Stage 2: thread t handles, in pass p, the 4 consecutive columns
-// col = (c % (BN/4)) * 4 of tile row row = c / (BN/4), c = t + p * THREADS: it reads them as one
-// float4 (a quarter-warp reads 128 contiguous bytes: conflict-free), loads its epilogue inputs
-// with 4-element vector loads (per-column [N] inputs at n, full [M,N] inputs at m*N + n, per-row
-// [M,1] inputs at m, single elements at 0; m = m0 + row, n = n0 + col), evaluates EPILOGUE for
-// each of the 4 elements and stores them with one 4-element store at Y + m*N + n (consecutive
-// threads write consecutive bytes). Rows with m >= M are skipped.
+// Epilogue, stage 1: every thread writes its fragments as float2 to a shared f32 tile [BM][BN + 8]
+// (8 floats of padding: the 8 rows x 8 columns that a half-warp writes fall in 32 distinct banks).
+// Stage 2: thread t handles, in pass p, the 4 consecutive columns col = (c % (BN/4)) * 4 of tile
+// row row = c / (BN/4), c = t + p * THREADS: it reads them as one float4 (a quarter-warp reads 128
+// contiguous bytes: conflict-free), loads its epilogue inputs with 4-element vector loads
+// (per-column [N] inputs at n, full [M,N] inputs at m*N + n, per-row [M,1] inputs at m, single
+// elements at 0; m = m0 + row, n = n0 + col), evaluates EPILOGUE for each of the 4 elements and
+// stores them with one 4-element store at Y + m*N + n (consecutive threads write consecutive
+// bytes). Rows with m >= M are skipped. Passes run in batches of up to 4 whose loads are all issued
+// before their math (latency overlap).
 
 {{prelude}}
 
-namespace {
+// A named namespace (not an anonymous one): helpers a kernel does not use raise no NVRTC
+// "declared but never referenced" warnings.
+namespace qf_gemm {
 
 enum class Operand { E4M3, F16, BF16 };
 constexpr Operand OPERAND = Operand::{{operand}};
@@ -556,15 +560,32 @@ QF_DEVICE void qf_st4_bf16(uint16_t* p, const float (&y)[4]) {
     *reinterpret_cast<uint2*>(p) = make_uint2(lo, hi);
 }
 
-// Per-tensor static FP8 E4M3 quantization of each element: qf_quantize_e4m3(y, scale).
-QF_DEVICE void qf_st4_e4m3(uint8_t* p, const float (&y)[4], float scale) {
+// x / scale rounded to nearest even, for scale > 0 normal with rcp = RN(1 / scale) (compiled in),
+// without the slow-path call of a full IEEE division (a call per element serializes the
+// epilogue). Markstein's correction: q0 = RN(x * rcp) is within one ulp of x / scale, so
+// e = x - q0 * scale is exact in one FMA and RN(q0 + e * rcp) = RN(x / scale) (no overflow or
+// underflow; src/codegen/gemm.rs tests it against IEEE division). Zeros (keeping their sign),
+// infinities, NaN and an overflowing product take q0 itself, which is then also x / scale or
+// saturates alike below.
+QF_DEVICE float qf_gemm_div(float x, float scale, float rcp) {
+    const float q0 = __fmul_rn(x, rcp);
+    const float e = __fmaf_rn(-q0, scale, x);
+    const float q1 = __fmaf_rn(e, rcp, q0);
+    return (x != 0.0f && fabsf(q0) <= 3.40282347e38f) ? q1 : q0;
+}
+
+// Per-tensor static FP8 E4M3 quantization of each element: qf_quantize_e4m3(y, scale), i.e.
+// the true quotient y / scale, then RNE with saturation.
+QF_DEVICE void qf_st4_e4m3(uint8_t* p, const float (&y)[4], float scale, float rcp) {
     uint32_t w = 0;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) w |= static_cast<uint32_t>(qf_quantize_e4m3(y[j], scale)) << (8 * j);
+    for (int j = 0; j < 4; ++j) w |= static_cast<uint32_t>(qf_f32_to_e4m3(qf_gemm_div(y[j], scale, rcp))) << (8 * j);
     *reinterpret_cast<uint32_t*>(p) = w;
 }
 
-}  // namespace
+}  // namespace qf_gemm
+
+using namespace qf_gemm;
 
 extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM)
 {{kernel_name}}({{params}}) {
@@ -641,30 +662,48 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM)
     __syncthreads();
 
     // Stage 2: 4 consecutive columns of one row per thread and pass (mapping in the header).
+    // Passes go in batches of OUT_BATCH: the batch's shared-memory reads and global input loads
+    // are all issued before any of its results is computed, so their latencies overlap.
     constexpr int CHUNKS_PER_OUT_ROW = BN / VEC;
     constexpr int OUT_PASSES = BM * CHUNKS_PER_OUT_ROW / THREADS;
+    constexpr int OUT_BATCH = OUT_PASSES % 4 == 0 ? 4 : OUT_PASSES % 2 == 0 ? 2 : 1;
 #pragma unroll 1
-    for (int i = 0; i < OUT_PASSES; ++i) {
-        const int c = tid + i * THREADS;
-        const int row = c / CHUNKS_PER_OUT_ROW;
-        const int col = (c % CHUNKS_PER_OUT_ROW) * VEC;
-        const int m = m0 + row;
-        const int n = n0 + col;
-        if (m < M) {
-            float acc4[4];
-            qf_ld4_f32(tile + row * OUT_STRIDE + col, acc4);
-            const size_t mn = (size_t)m * N + n;  // element (m, n) of an [M, N] tensor
-            (void)mn;
-            // Epilogue inputs at (m, n .. n+3).
-{{load_inputs}}
-            float y[4];
+    for (int i0 = 0; i0 < OUT_PASSES; i0 += OUT_BATCH) {
+        float acc4[OUT_BATCH][4];
+{{declare_inputs}}
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const qf_rn_f32 acc = acc4[j];
-{{element_inputs}}
-                y[j] = {{value}};
+        for (int u = 0; u < OUT_BATCH; ++u) {
+            const int c = tid + (i0 + u) * THREADS;
+            const int row = c / CHUNKS_PER_OUT_ROW;
+            const int col = (c % CHUNKS_PER_OUT_ROW) * VEC;
+            const int m = m0 + row;
+            const int n = n0 + col;
+            const size_t mn = (size_t)m * N + n;  // element (m, n) of an [M, N] tensor
+            (void)n;
+            (void)mn;
+            qf_ld4_f32(tile + row * OUT_STRIDE + col, acc4[u]);
+            if (m < M) {
+                // Epilogue inputs at (m, n .. n+3).
+{{load_inputs}}
             }
-            {{store}};
+        }
+#pragma unroll
+        for (int u = 0; u < OUT_BATCH; ++u) {
+            const int c = tid + (i0 + u) * THREADS;
+            const int row = c / CHUNKS_PER_OUT_ROW;
+            const int col = (c % CHUNKS_PER_OUT_ROW) * VEC;
+            const int m = m0 + row;
+            const size_t mn = (size_t)m * N + n0 + col;
+            if (m < M) {
+                float y[4];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const qf_rn_f32 acc = acc4[u][j];
+{{element_inputs}}
+                    y[j] = {{value}};
+                }
+                {{store}};
+            }
         }
     }
 }

@@ -148,7 +148,8 @@ QF_DEVICE double qf_group_reduce(double v, double* red) {
 // A configuration struct C provides:
 //   typedefs X (source element), ID (index element, embedding only), G, BT (gamma, beta), Y, Q, S
 //   constexpr int HMAX (row length, or its maximum when DYN), VEC, WPR, RPB, SOURCE, NORM, QUANT
-//   constexpr bool DYN (row length from args.n at run time; VEC must be 1), BETA, STORE_Y, ZERO
+//   constexpr bool DYN (row length from args.n at run time; VEC must be 1), BETA, STORE_Y, ZERO,
+//     PREFETCH (load gamma / beta with the row rather than after the statistics)
 //   constexpr long long V, P, TT (embedding table rows)
 //   static device functions eps() (double), scale(), zero(), qmax() (float)
 
@@ -219,12 +220,22 @@ QF_DEVICE void qf_row_main(const qf_row_args<C>& a) {
     const long long nvec = n / VEC;
     const double count = static_cast<double>(n);
 
+    // The row, and with PREFETCH gamma / beta (issued before the reductions, so that their
+    // latency overlaps the row's instead of following it, at the cost of registers).
     float v[NV][VEC];
+    constexpr int NG = (C::NORM == 1 || C::NORM == 2) ? NV : 1;
+    constexpr int NB = (C::NORM == 1 && C::BETA) ? NV : 1;
+    float gv[NG][VEC], bv[NB][VEC];
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
         const long long k = t + j * TPR;
-        if (k < nvec) qf_row_load<C>(a, row, n, k * VEC, v[j]);
-        else qf_fill(v[j], 0.0f);
+        if (k < nvec) {
+            qf_row_load<C>(a, row, n, k * VEC, v[j]);
+            if constexpr (C::PREFETCH && (C::NORM == 1 || C::NORM == 2)) qf_load_vec<typename C::G>(a.gamma + k * VEC, gv[j]);
+            if constexpr (C::PREFETCH && C::NORM == 1 && C::BETA) qf_load_vec<typename C::BT>(a.beta + k * VEC, bv[j]);
+        } else {
+            qf_fill(v[j], 0.0f);
+        }
     }
 
     if constexpr (C::NORM == 1) {  // layernorm: (x - mean) / sqrt(var + eps) * gamma + beta
@@ -250,13 +261,12 @@ QF_DEVICE void qf_row_main(const qf_row_args<C>& a) {
         for (int j = 0; j < NV; ++j) {
             const long long k = t + j * TPR;
             if (k >= nvec) continue;
-            float g[VEC], b[VEC];
-            qf_load_vec<typename C::G>(a.gamma + k * VEC, g);
-            if constexpr (C::BETA) qf_load_vec<typename C::BT>(a.beta + k * VEC, b);
+            if constexpr (!C::PREFETCH) qf_load_vec<typename C::G>(a.gamma + k * VEC, gv[j]);
+            if constexpr (!C::PREFETCH && C::BETA) qf_load_vec<typename C::BT>(a.beta + k * VEC, bv[j]);
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
-                float y = __fmul_rn(static_cast<float>((static_cast<double>(v[j][i]) - mean) * inv), g[i]);
-                if constexpr (C::BETA) y = __fadd_rn(y, b[i]);
+                float y = __fmul_rn(static_cast<float>((static_cast<double>(v[j][i]) - mean) * inv), gv[j][i]);
+                if constexpr (C::BETA) y = __fadd_rn(y, bv[j][i]);
                 v[j][i] = qf_round<typename C::Y>(y);
             }
         }
@@ -276,11 +286,10 @@ QF_DEVICE void qf_row_main(const qf_row_args<C>& a) {
         for (int j = 0; j < NV; ++j) {
             const long long k = t + j * TPR;
             if (k >= nvec) continue;
-            float g[VEC];
-            qf_load_vec<typename C::G>(a.gamma + k * VEC, g);
+            if constexpr (!C::PREFETCH) qf_load_vec<typename C::G>(a.gamma + k * VEC, gv[j]);
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
-                v[j][i] = qf_round<typename C::Y>(__fmul_rn(static_cast<float>(static_cast<double>(v[j][i]) * inv), g[i]));
+                v[j][i] = qf_round<typename C::Y>(__fmul_rn(static_cast<float>(static_cast<double>(v[j][i]) * inv), gv[j][i]));
             }
         }
     } else if constexpr (C::NORM == 3) {  // l2_normalize: x / max(||x||, eps)

@@ -124,11 +124,10 @@ fn minilm_f16_lowers_and_compiles() {
             ("S", ParamType::I32)
         ]
     );
-    // T(dot), T(· scale), T(+ bias): every rounding step of the reference.
-    assert!(
-        k.source.contains("const float s = qf_round_f16(qf_round_f16(qf_round_f16(dot) * __int_as_float(0x3e350000)) + bias);"),
-        "score expression"
-    );
+    // The score scale, bit-exact, and the mask.
+    assert!(k.source.contains("constexpr bool HAS_SCALE = true;"));
+    assert!(k.source.contains("constexpr uint32_t SCALE_BITS = 0x3e350000u;"));
+    assert!(k.source.contains("constexpr bool HAS_MASK = true;"));
     compile(&k);
 }
 
@@ -148,7 +147,7 @@ fn head_dims_64_and_128_compile() {
     let k64 = lower(&graph("f16", 512, "heads=8", false, "f16"));
     assert_eq!(k64.smem_bytes, 5 * 64 * 64 * 2);
     assert_eq!(k64.params.len(), 5);
-    assert!(k64.source.contains("const float s = qf_round_f16(dot);"));
+    assert!(k64.source.contains("constexpr bool HAS_SCALE = false;") && k64.source.contains("constexpr bool HAS_MASK = false;"));
     compile(&k64);
     // D = 128 with scale and mask, and its bf16 and e4m3-output variants.
     let k128 = lower(&graph("f16", 1536, "heads=12, scale=0.08837890625", true, "f16"));
@@ -157,7 +156,7 @@ fn head_dims_64_and_128_compile() {
     compile(&k128);
     let bf = lower(&graph("bf16", 1536, "heads=12, scale=0.08837890625", true, "bf16"));
     assert!(bf.source.contains("constexpr bool BF16 = true;"));
-    assert!(bf.source.contains("qf_round_bf16(qf_round_bf16(qf_round_bf16(dot)"));
+    assert!(bf.source.contains("constexpr uint32_t SCALE_BITS = 0x3db50000u;"));
     compile(&bf);
     compile(&lower(&graph("f16", 256, "heads=2, out=f8e4m3, out_scale=0.25", true, "f8e4m3")));
 }
@@ -231,108 +230,4 @@ fn unsupported_output_quantization_is_an_error() {
     let g = graph("f16", 384, "heads=12, out=f8e5m2, out_scale=0.5", false, "f8e5m2");
     let e = lower_err(&g);
     assert!(e.contains("output quantization to f8e5m2 is not supported"), "{e}");
-}
-
-// ---- TEMPORARY: device check dump -------------------------------------------------------------
-
-#[test]
-#[ignore]
-fn dump_device_cases() {
-    use qfuse::interp::{self, tensor::Tensor};
-    use qfuse::numerics::encode_bits;
-    let dir = std::path::PathBuf::from(std::env::var("QFUSE_ATTN_DUMP").expect("QFUSE_ATTN_DUMP"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut rnd = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f64 / (1u64 << 53) as f64
-    };
-    struct Case {
-        name: &'static str,
-        dtype: &'static str,
-        width: u64,
-        attrs: String,
-        mask: bool,
-        out: &'static str,
-        b: usize,
-        s: usize,
-        kind: u32,
-    }
-    let cases = vec![
-        Case { name: "minilm_f16", dtype: "f16", width: 384, attrs: format!("heads=12, scale={SCALE_D32}"), mask: true, out: "f16", b: 3, s: 100, kind: 0 },
-        Case { name: "minilm_f16_s512", dtype: "f16", width: 384, attrs: format!("heads=12, scale={SCALE_D32}"), mask: true, out: "f16", b: 2, s: 512, kind: 0 },
-        Case { name: "minilm_e4m3", dtype: "f16", width: 384, attrs: format!("heads=12, scale={SCALE_D32}, out=f8e4m3, out_scale=0.0078125"), mask: true, out: "f8e4m3", b: 2, s: 77, kind: 0 },
-        Case { name: "d64_plain", dtype: "f16", width: 512, attrs: "heads=8".into(), mask: false, out: "f16", b: 1, s: 64, kind: 0 },
-        Case { name: "d128_bf16", dtype: "bf16", width: 512, attrs: "heads=4, scale=0.08837890625".into(), mask: true, out: "bf16", b: 2, s: 130, kind: 0 },
-        Case { name: "d128_f16", dtype: "f16", width: 1536, attrs: "heads=12, scale=0.08837890625".into(), mask: true, out: "f16", b: 1, s: 200, kind: 0 },
-        Case { name: "s1", dtype: "f16", width: 64, attrs: "heads=2".into(), mask: true, out: "f16", b: 2, s: 1, kind: 0 },
-        Case { name: "neg_inf_rows", dtype: "f16", width: 32, attrs: format!("heads=1, scale={SCALE_D32}"), mask: true, out: "f16", b: 2, s: 70, kind: 1 },
-    ];
-    let mut index = String::new();
-    for c in cases {
-        let g = graph(c.dtype, c.width, &c.attrs, c.mask, c.out);
-        ir::verify(&g, "dump").unwrap_or_else(|e| panic!("{e}"));
-        let k = lower(&g);
-        let cubin = compile(&k);
-        let dt: DType = c.dtype.parse().unwrap();
-        let odt: DType = c.out.parse().unwrap();
-        let n = c.b * c.s * c.width as usize;
-        let mut gen = |sign: f32| -> Vec<f32> {
-            (0..n).map(|_| if c.kind == 1 { 3.0 * sign } else { (rnd() as f32 * 4.0 - 2.0) }).collect()
-        };
-        let (qv, kv, vv) = (gen(1.0), gen(-1.0), (0..n).map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0).collect::<Vec<f32>>());
-        // Batch 0: keys >= 2/3 S masked (padding); batch 1: everything masked; others: none.
-        let mut mv = vec![0f32; c.b * c.s];
-        for bi in 0..c.b {
-            for si in 0..c.s {
-                let masked = (bi == 0 && si >= (2 * c.s).div_ceil(3)) || bi == 1;
-                mv[bi * c.s + si] = if masked { -65504.0 } else { 0.0 };
-            }
-        }
-        let shape = vec![c.b, c.s, c.width as usize];
-        let mut inputs = vec![
-            ("q", Tensor::from_f32_as(dt, shape.clone(), qv)),
-            ("k", Tensor::from_f32_as(dt, shape.clone(), kv)),
-            ("v", Tensor::from_f32_as(dt, shape.clone(), vv)),
-        ];
-        if c.mask {
-            inputs.push(("mask", Tensor::from_f32_as(dt, vec![c.b, c.s], mv)));
-        }
-        let outs = interp::run(&g, &interp::NoWeights, &inputs).unwrap_or_else(|e| panic!("{e}"));
-        let write16 = |name: &str, t: &Tensor| {
-            let bytes: Vec<u8> = t.to_f32_vec().iter().flat_map(|&x| (encode_bits(x, t.dtype) as u16).to_le_bytes()).collect();
-            std::fs::write(dir.join(format!("{}.{name}", c.name)), bytes).unwrap();
-        };
-        for (name, t) in &inputs {
-            write16(name, t);
-        }
-        let o = &outs[0].1;
-        if odt == DType::F8E4M3 {
-            let bytes: Vec<u8> = o.to_f32_vec().iter().map(|&x| encode_bits(x, odt) as u8).collect();
-            std::fs::write(dir.join(format!("{}.expected", c.name)), bytes).unwrap();
-        } else {
-            write16("expected", o);
-        }
-        std::fs::write(dir.join(format!("{}.cubin", c.name)), &cubin).unwrap();
-        let ev = |e: &DimExpr| e.eval_with(&[("B".into(), c.b as u64), ("S".into(), c.s as u64)]).unwrap();
-        index.push_str(&format!(
-            "{} {} {} {} {} {} {} {} {} {} {} {} {}\n",
-            c.name,
-            k.name,
-            c.dtype,
-            c.out,
-            u8::from(c.mask),
-            c.b,
-            c.s,
-            c.width,
-            ev(&k.grid[0]),
-            ev(&k.grid[1]),
-            ev(&k.grid[2]),
-            k.block[0],
-            k.smem_bytes
-        ));
-    }
-    std::fs::write(dir.join("index.txt"), index).unwrap();
 }

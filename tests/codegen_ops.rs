@@ -80,7 +80,18 @@ fn describe(g: &Graph, l: &Launch) -> String {
         format!("kernel {}\ngrid [{}, {}, {}]  block {:?}  smem {}\n", k.name, k.grid[0], k.grid[1], k.grid[2], k.block, k.smem_bytes);
     for (p, a) in k.params.iter().zip(&l.args) {
         let arg = match a {
-            Arg::Value(v) => format!("%{} : {}{}", v.index(), g.ty(*v).dtype, ir::shape_text(&g.ty(*v).shape)),
+            Arg::Value(v) => {
+                let dims: Vec<String> = g
+                    .ty(*v)
+                    .shape
+                    .iter()
+                    .map(|d| match d {
+                        ir::Dim::Fixed(n) => n.to_string(),
+                        ir::Dim::Sym(s) => g.symbols[*s].name.clone(),
+                    })
+                    .collect();
+                format!("%{} : {}[{}]", v.index(), g.ty(*v).dtype, dims.join(","))
+            }
             Arg::Scalar(Scalar::Dim(e)) => format!("dim {e}"),
             Arg::Scalar(other) => format!("{other:?}"),
         };
@@ -213,8 +224,8 @@ graph "ops_misc" {
   %18 = transpose %7 {perm=[0,2,1]} : f32[B,32,S]
   %19 = input "dyn" : f16[B,S]
   %20 = weight @g : f16[S]
-  %21 = iota : i32[S]
-  %22 = gather %3, %21 : f16[S,S,32]
+  %21 = iota : i32[B]
+  %22 = gather %3, %21 : f16[B,S,32]
   %23 = div %12, %3 : f16[B,S,32]
   %24 = tanh %23 : f16[B,S,32]
   %25 = min %24, %13 : f16[B,S,32]
@@ -379,5 +390,420 @@ fn minilm_fused_graphs_lower() {
         }
         assert!(!all.is_empty());
         compile(&all);
+    }
+}
+
+/// Runs every kernel of the case graphs on a GPU, each node on the interpreter's values of its
+/// operands, and compares its results with the interpreter's, code by code. Needs a CUDA device
+/// and NVRTC: `cargo test --test codegen_ops -- --ignored --nocapture gpu`.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_matches_interpreter() {
+    let ctx = cudarc::driver::CudaContext::new(0).expect("a CUDA device");
+    ctx.bind_to_thread().expect("bind");
+    let mut report = String::new();
+    let mut failures = Vec::new();
+    for (name, text, syms) in [
+        ("static", BERT_STATIC, &[("B", 3u64), ("S", 77)][..]),
+        ("dynamic", BERT_DYNAMIC, &[("B", 3), ("S", 77)][..]),
+        ("misc", MISC, &[("B", 3), ("S", 77)][..]),
+        ("static_s1", BERT_STATIC, &[("B", 2), ("S", 1)][..]),
+    ] {
+        gpu::check_graph(name, &parse(text), syms, &mut report, &mut failures);
+    }
+    let _ = report;
+    assert!(failures.is_empty(), "mismatches beyond tolerance:\n{}", failures.join("\n"));
+}
+
+/// Times every kernel of the static and dynamic graphs at B = 32, S = 512 (zeroed inputs) and
+/// prints µs per launch and the bandwidth of the bytes its arguments hold. Needs a CUDA device:
+/// `cargo test --test codegen_ops -- --ignored --nocapture gpu_timings`.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_timings() {
+    let ctx = cudarc::driver::CudaContext::new(0).expect("a CUDA device");
+    ctx.bind_to_thread().expect("bind");
+    for (name, text) in [("static", BERT_STATIC), ("dynamic", BERT_DYNAMIC)] {
+        gpu::time_graph(name, &parse(text), &[("B", 32), ("S", 512)]);
+    }
+}
+
+mod gpu {
+    use std::collections::HashMap;
+    use std::ffi::c_void;
+    use std::sync::Arc;
+
+    use cudarc::driver::result;
+    use qfuse::codegen::kernel::{Arg, LowerCx, Lowered};
+    use qfuse::codegen::nvrtc;
+    use qfuse::codegen::ops::lower_node;
+    use qfuse::interp::{self, Tensor, TensorData};
+    use qfuse::ir::{DType, Dim, Graph, NodeId, Op, ValueId};
+    use qfuse::numerics::{decode_bits, encode_bits};
+    use qfuse::plan::{ParamType, Scalar};
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        /// Uniform in [-1, 1).
+        fn unit(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
+
+    fn bytes_of(dt: DType) -> usize {
+        (dt.bits() / 8) as usize
+    }
+
+    /// Test data for a graph input or weight, by name.
+    fn make(name: &str, dt: DType, shape: &[usize], rng: &mut Rng) -> Tensor {
+        let n: usize = shape.iter().product();
+        if matches!(dt, DType::I64 | DType::I32) {
+            let data: Vec<i64> = if name == "attention_mask" {
+                // Row b keeps its first S - 3b tokens; the last row is all padding.
+                let (b, s) = (shape[0], shape[1]);
+                (0..n).map(|i| i64::from(b > 1 && i / s != b - 1 && (i % s) + 3 * (i / s) < s)).collect()
+            } else {
+                let bound = match name {
+                    "input_ids" => 30522,
+                    "token_type_ids" => 2,
+                    _ => 3,
+                };
+                (0..n).map(|_| rng.below(bound) as i64).collect()
+            };
+            return Tensor::new(dt, shape.to_vec(), TensorData::I64(data)).expect("tensor");
+        }
+        let data: Vec<f32> = (0..n)
+            .map(|_| {
+                let u = rng.unit();
+                if name.contains("scale") {
+                    0.01 + 0.04 * u.abs()
+                } else if name.starts_with("ln.w") || name.starts_with('g') {
+                    1.0 + 0.25 * u
+                } else if dt == DType::I8 {
+                    128.0 * u
+                } else if dt == DType::F8E4M3 {
+                    300.0 * u
+                } else if name == "scores" {
+                    8.0 * u
+                } else {
+                    // A spread of magnitudes, some rows far from zero mean.
+                    3.0 * u * (1.0 + (rng.below(4) as f32))
+                }
+            })
+            .collect();
+        Tensor::from_f32_as(dt, shape.to_vec(), data)
+    }
+
+    /// The storage bytes of a tensor (little-endian codes of its dtype).
+    fn encode(t: &Tensor) -> Vec<u8> {
+        let eb = bytes_of(t.dtype);
+        let mut out = Vec::with_capacity(t.numel() * eb);
+        match &t.data {
+            TensorData::I64(v) => v.iter().for_each(|&x| out.extend_from_slice(&x.to_le_bytes()[..eb])),
+            TensorData::F32(v) => v.iter().for_each(|&x| out.extend_from_slice(&u64::from(encode_bits(x, t.dtype)).to_le_bytes()[..eb])),
+        }
+        out
+    }
+
+    /// Element codes (sign-extended for integers) of the reference tensor.
+    fn codes(t: &Tensor) -> Vec<i64> {
+        match &t.data {
+            TensorData::I64(v) => v.clone(),
+            TensorData::F32(v) => v.iter().map(|&x| i64::from(encode_bits(x, t.dtype))).collect(),
+        }
+    }
+
+    fn gpu_codes(bytes: &[u8], dt: DType) -> Vec<i64> {
+        let eb = bytes_of(dt);
+        bytes
+            .chunks(eb)
+            .map(|c| {
+                let mut b = [0u8; 8];
+                b[..eb].copy_from_slice(c);
+                let u = u64::from_le_bytes(b);
+                match dt {
+                    DType::I64 => u as i64,
+                    DType::I32 => i64::from(u as u32 as i32),
+                    _ => u as i64,
+                }
+            })
+            .collect()
+    }
+
+    /// Distance of two codes in steps of the dtype's grid (0 when both are NaN).
+    fn distance(a: i64, b: i64, dt: DType) -> u64 {
+        if !dt.is_float() || dt.bits() > 32 {
+            return a.abs_diff(b);
+        }
+        let (fa, fb) = (decode_bits(a as u32, dt), decode_bits(b as u32, dt));
+        if fa.is_nan() && fb.is_nan() {
+            return 0;
+        }
+        if fa.is_nan() || fb.is_nan() {
+            return u64::MAX;
+        }
+        let bits = dt.bits();
+        let ord = |c: i64| -> i64 {
+            let sign = (c >> (bits - 1)) & 1;
+            let mag = c & ((1i64 << (bits - 1)) - 1);
+            if sign == 1 {
+                -mag
+            } else {
+                mag
+            }
+        };
+        ord(a).abs_diff(ord(b))
+    }
+
+    pub(super) fn check_graph(name: &str, g: &Graph, syms: &[(&str, u64)], report: &mut String, failures: &mut Vec<String>) {
+        let sym_vals: Vec<(String, u64)> = syms.iter().map(|&(s, v)| (s.to_string(), v)).collect();
+        let extent = |d: &Dim| match d {
+            Dim::Fixed(n) => *n as usize,
+            Dim::Sym(s) => syms.iter().find(|(n, _)| *n == g.symbols[*s].name).expect("symbol value").1 as usize,
+        };
+        let mut rng = Rng(0x5eed ^ name.len() as u64);
+        let mut inputs: Vec<(String, Tensor)> = Vec::new();
+        let mut weights: HashMap<String, Arc<Tensor>> = HashMap::new();
+        for (_, node) in g.nodes.iter() {
+            let v = node.outputs.first().copied();
+            match (&node.op, v) {
+                (Op::Input { name }, Some(v)) => {
+                    let shape: Vec<usize> = g.shape(v).iter().map(extent).collect();
+                    inputs.push((name.clone(), make(name, g.ty(v).dtype, &shape, &mut rng)));
+                }
+                (Op::Weight { name }, Some(v)) => {
+                    let shape: Vec<usize> = g.shape(v).iter().map(extent).collect();
+                    weights.insert(name.clone(), Arc::new(make(name, g.ty(v).dtype, &shape, &mut rng)));
+                }
+                _ => {}
+            }
+        }
+        let mut values: HashMap<ValueId, Tensor> = HashMap::new();
+        let refs: Vec<(&str, Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+        interp::run_observed(g, &weights, &refs, &mut |v, t| {
+            values.insert(v, t.clone());
+        })
+        .unwrap_or_else(|e| panic!("{name}: interpreter: {e}"));
+
+        let cx = LowerCx::new(g, 90);
+        for n in (0..g.nodes.len()).map(NodeId::from) {
+            let node = &g.nodes[n];
+            if node.outputs.iter().any(|v| !values.contains_key(v)) {
+                continue; // dead in the interpreter's run
+            }
+            let Ok(Lowered::Launches(launches)) = lower_node(&cx, n) else { continue };
+            // Device buffers for every value argument: operands uploaded, results poisoned.
+            let mut bufs: HashMap<ValueId, (u64, usize)> = HashMap::new();
+            for l in &launches {
+                for a in &l.args {
+                    let Arg::Value(v) = a else { continue };
+                    if bufs.contains_key(v) {
+                        continue;
+                    }
+                    let t = &values[v];
+                    let bytes = t.numel() * bytes_of(t.dtype);
+                    let ptr = unsafe { result::malloc_sync(bytes.max(1)) }.expect("malloc");
+                    if node.outputs.contains(v) {
+                        unsafe { result::memset_d8_sync(ptr, 0xa5, bytes.max(1)) }.expect("memset");
+                    } else {
+                        unsafe { result::memcpy_htod_sync(ptr, &encode(t)) }.expect("upload");
+                    }
+                    bufs.insert(*v, (ptr, bytes));
+                }
+            }
+            for l in &launches {
+                let k = &l.kernel;
+                let cubin = nvrtc::compile_cubin(&k.name, &k.source, "sm_90a", &[]).unwrap_or_else(|e| panic!("{e}"));
+                let mut image = cubin.clone();
+                image.push(0);
+                let module = unsafe { result::module::load_data(image.as_ptr().cast()) }.expect("module");
+                let func =
+                    unsafe { result::module::get_function(module, std::ffi::CString::new(k.name.clone()).unwrap()) }.expect("function");
+                let mut slots: Vec<u64> = Vec::new();
+                for (p, a) in k.params.iter().zip(&l.args) {
+                    slots.push(match (a, p.ty) {
+                        (Arg::Value(v), ParamType::Ptr) => bufs[v].0,
+                        (Arg::Scalar(Scalar::Dim(e)), ParamType::I64 | ParamType::I32) => e.eval_with(&sym_vals).expect("dim"),
+                        (Arg::Scalar(Scalar::I64(x)), _) => *x as u64,
+                        (Arg::Scalar(Scalar::I32(x)), _) => *x as u32 as u64,
+                        (Arg::Scalar(Scalar::F32(x)), _) => u64::from(x.to_bits()),
+                        other => panic!("{}: unexpected argument {other:?}", k.name),
+                    });
+                }
+                let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
+                let grid: Vec<u32> = k.grid.iter().map(|e| e.eval_with(&sym_vals).expect("grid") as u32).collect();
+                if grid.contains(&0) {
+                    continue;
+                }
+                unsafe {
+                    result::launch_kernel(
+                        func,
+                        (grid[0], grid[1], grid[2]),
+                        (k.block[0], k.block[1], k.block[2]),
+                        k.smem_bytes,
+                        std::ptr::null_mut(),
+                        &mut params,
+                    )
+                }
+                .unwrap_or_else(|e| panic!("{}: launch: {e:?}", k.name));
+                result::ctx::synchronize().unwrap_or_else(|e| panic!("{}: {e:?}", k.name));
+                unsafe { result::module::unload(module) }.expect("unload");
+            }
+            for &out in &node.outputs {
+                let t = &values[&out];
+                let (ptr, bytes) = bufs[&out];
+                let mut host = vec![0u8; bytes];
+                unsafe { result::memcpy_dtoh_sync(&mut host, ptr) }.expect("download");
+                let got = gpu_codes(&host, t.dtype);
+                let want = codes(t);
+                let mut mism = 0usize;
+                let mut worst = 0u64;
+                let mut first = None;
+                for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+                    let d = if a == b { 0 } else { distance(a, b, t.dtype) };
+                    if d > 0 {
+                        mism += 1;
+                        if d > worst {
+                            worst = d;
+                            first = Some((i, a, b));
+                        }
+                    }
+                }
+                let line = format!(
+                    "{name:<10} %{:<4} {:<20} {:>9} elems {:>7} {:<7} mismatches {:>6}  worst {}{}",
+                    out.index(),
+                    node.op.mnemonic(),
+                    want.len(),
+                    t.dtype.to_string(),
+                    "",
+                    mism,
+                    if worst == u64::MAX { "NaN".to_string() } else { worst.to_string() },
+                    first.map(|(i, a, b)| format!("  (at {i}: gpu {a:#x}, ref {b:#x})")).unwrap_or_default()
+                );
+                println!("{line}");
+                report.push_str(&line);
+                report.push('\n');
+                // Tolerance: one step of the output grid, on at most 1 in 1000 elements.
+                if worst > 1 || mism * 1000 > want.len().max(1000) {
+                    failures.push(line);
+                }
+            }
+            for (ptr, _) in bufs.values() {
+                unsafe { result::free_sync(*ptr) }.expect("free");
+            }
+        }
+    }
+
+    pub(super) fn time_graph(name: &str, g: &Graph, syms: &[(&str, u64)]) {
+        let sym_vals: Vec<(String, u64)> = syms.iter().map(|&(s, v)| (s.to_string(), v)).collect();
+        let extent = |d: &Dim| match d {
+            Dim::Fixed(n) => *n as usize,
+            Dim::Sym(s) => syms.iter().find(|(n, _)| *n == g.symbols[*s].name).expect("symbol value").1 as usize,
+        };
+        let cx = LowerCx::new(g, 90);
+        for n in (0..g.nodes.len()).map(NodeId::from) {
+            let Ok(Lowered::Launches(launches)) = lower_node(&cx, n) else { continue };
+            for l in &launches {
+                let k = &l.kernel;
+                let mut total = 0usize;
+                let mut slots: Vec<u64> = Vec::new();
+                let mut allocs = Vec::new();
+                for (p, a) in k.params.iter().zip(&l.args) {
+                    slots.push(match (a, p.ty) {
+                        (Arg::Value(v), _) => {
+                            let bytes = g.shape(*v).iter().map(extent).product::<usize>() * bytes_of(g.ty(*v).dtype);
+                            total += bytes;
+                            let ptr = unsafe { result::malloc_sync(bytes.max(1)) }.expect("malloc");
+                            unsafe { result::memset_d8_sync(ptr, 0, bytes.max(1)) }.expect("memset");
+                            allocs.push(ptr);
+                            ptr
+                        }
+                        (Arg::Scalar(Scalar::Dim(e)), _) => e.eval_with(&sym_vals).expect("dim"),
+                        other => panic!("{other:?}"),
+                    });
+                }
+                // Variants of the H = 384 row kernels: VEC 8 / 4, γβ prefetch on / off, 64-register cap.
+                let mut variants = vec![("", k.source.clone())];
+                if k.source.contains("HMAX = 384, VEC = 8") && k.source.contains("NORM = 1") {
+                    let base = k.source.clone();
+                    let vec4 = base.replace("HMAX = 384, VEC = 8", "HMAX = 384, VEC = 4");
+                    let nopf = |x: &str| x.replace("PREFETCH = true", "PREFETCH = false");
+                    let cap = |x: &str| x.replace("__launch_bounds__(128)", "__launch_bounds__(128, 8)");
+                    variants = vec![
+                        ("v8 pf", base.clone()),
+                        ("v8 nopf", nopf(&base)),
+                        ("v4 pf", vec4.clone()),
+                        ("v4 nopf", nopf(&vec4)),
+                        ("v8 nopf cap", cap(&nopf(&base))),
+                        ("v4 nopf cap", cap(&nopf(&vec4))),
+                        ("v4 pf cap", cap(&vec4)),
+                    ];
+                }
+                for (label, source) in variants {
+                    let cubin = nvrtc::compile_cubin(&k.name, &source, "sm_90a", &[]).unwrap_or_else(|e| panic!("{e}"));
+                    let mut image = cubin.clone();
+                    image.push(0);
+                    let module = unsafe { result::module::load_data(image.as_ptr().cast()) }.expect("module");
+                    let func =
+                        unsafe { result::module::get_function(module, std::ffi::CString::new(k.name.clone()).unwrap()) }.expect("function");
+                    let mut slots = slots.clone();
+                    let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
+                    let grid: Vec<u32> = k.grid.iter().map(|e| e.eval_with(&sym_vals).expect("grid") as u32).collect();
+                    let mut launch = || unsafe {
+                        result::launch_kernel(
+                            func,
+                            (grid[0], grid[1], grid[2]),
+                            (k.block[0], k.block[1], k.block[2]),
+                            k.smem_bytes,
+                            std::ptr::null_mut(),
+                            &mut params,
+                        )
+                        .expect("launch")
+                    };
+                    for _ in 0..3 {
+                        launch();
+                    }
+                    result::ctx::synchronize().expect("sync");
+                    let reps = 50;
+                    let t0 = std::time::Instant::now();
+                    for _ in 0..reps {
+                        launch();
+                    }
+                    result::ctx::synchronize().expect("sync");
+                    let us = t0.elapsed().as_secs_f64() * 1e6 / f64::from(reps);
+                    let regs = unsafe {
+                        result::function::get_function_attribute(
+                            func,
+                            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NUM_REGS,
+                        )
+                    }
+                    .unwrap_or(-1);
+                    println!(
+                        "{name:<8} {:<20} {label:<12} {:>10.1} us {:>8.1} MB {:>7.0} GB/s  regs {regs:>3}  grid {:?} block {:?}",
+                        g.nodes[n].op.mnemonic(),
+                        us,
+                        total as f64 / 1e6,
+                        total as f64 / us / 1e3,
+                        grid,
+                        k.block
+                    );
+                    unsafe { result::module::unload(module) }.expect("unload");
+                }
+                for p in allocs {
+                    unsafe { result::free_sync(p) }.expect("free");
+                }
+            }
+        }
     }
 }

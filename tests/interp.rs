@@ -874,3 +874,82 @@ fn corrupt_graph_is_an_error_not_a_panic() {
     let r = interp::run(&g, &NoWeights, &[("x", Tensor::f32(vec![2], vec![1.0, 2.0]))]);
     assert!(matches!(r, Err(InterpError::InvalidGraph { .. })), "{r:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fused attention and embedding vs naive references
+// ---------------------------------------------------------------------------------------------
+
+/// `attention` on `[B,S,H·D]` operands with heads interleaved along the last axis, against a naive
+/// per-(batch, head) reference that rounds to f16 where the op does.
+#[test]
+fn attention_vs_naive_per_head() {
+    let (b, s, h, d) = (2usize, 5usize, 3usize, 4usize);
+    let e = h * d;
+    let r16 = |x: f64| qfuse::numerics::cast(x as f32, DType::F16) as f64;
+    let tensor = |seed: u64| Tensor::from_f32_as(DType::F16, vec![b, s, e], rand_vec(b * s * e, seed).iter().map(|x| x * 2.0).collect());
+    let (q, k, v) = (tensor(1), tensor(2), tensor(3));
+    let mask: Vec<f32> = (0..b * s).map(|i| if i == s - 1 || i == 2 * s - 2 { -65504.0 } else { 0.0 }).collect();
+    let mask = Tensor::from_f32_as(DType::F16, vec![b, s], mask);
+    let src = format!(
+        "graph \"t\" {{\n  %0 = input \"q\" : f16[{b},{s},{e}]\n  %1 = input \"k\" : f16[{b},{s},{e}]\n  %2 = input \"v\" : f16[{b},{s},{e}]\n  \
+         %3 = input \"m\" : f16[{b},{s}]\n  %4 = attention %0, %1, %2 {{heads={h}, scale=0.5, mask=%3}} : f16[{b},{s},{e}]\n  \
+         return \"y\" = %4\n}}"
+    );
+    let out = run(&src, vec![("q", q.clone()), ("k", k.clone()), ("v", v.clone()), ("m", mask.clone())]);
+    let (qv, kv, vv, mv) = (f32s(&q), f32s(&k), f32s(&v), f32s(&mask));
+    let at = |t: &[f32], bi: usize, i: usize, hi: usize, di: usize| t[(bi * s + i) * e + hi * d + di] as f64;
+    let mut want = vec![0f64; b * s * e];
+    for bi in 0..b {
+        for hi in 0..h {
+            for i in 0..s {
+                let scores: Vec<f64> = (0..s)
+                    .map(|j| {
+                        let dot = r16((0..d).map(|di| at(qv, bi, i, hi, di) * at(kv, bi, j, hi, di)).sum());
+                        r16(r16(dot * 0.5) + mv[bi * s + j] as f64)
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let exps: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+                let sum: f64 = exps.iter().sum();
+                let p: Vec<f64> = exps.iter().map(|x| r16(x / sum)).collect();
+                for di in 0..d {
+                    want[(bi * s + i) * e + hi * d + di] = (0..s).map(|j| p[j] * at(vv, bi, j, hi, di)).sum();
+                }
+            }
+        }
+    }
+    assert_close(f32s(&out["y"]), &want, 2e-3, "attention");
+}
+
+/// `embed_layernorm` gathers word rows by id, position rows by position and type rows by type id.
+#[test]
+fn embed_layernorm_vs_naive() {
+    let (b, s, hd) = (2usize, 3usize, 4usize);
+    let table = |rows: usize, seed: u64| Tensor::from_f32_as(DType::F16, vec![rows, hd], rand_vec(rows * hd, seed));
+    let w = weights(vec![
+        ("word", table(7, 1)),
+        ("pos", table(4, 2)),
+        ("type", table(2, 3)),
+        ("gamma", Tensor::from_f32_as(DType::F16, vec![hd], vec![1.0, 0.5, 2.0, 1.0])),
+        ("beta", Tensor::from_f32_as(DType::F16, vec![hd], vec![0.0, 0.25, -0.5, 1.0])),
+    ]);
+    let ids = vec![3i64, 6, 0, 1, 1, 5];
+    let types = vec![0i64, 1, 1, 0, 0, 1];
+    let src = format!(
+        "graph \"t\" {{\n  %0 = input \"ids\" : i64[{b},{s}]\n  %1 = input \"types\" : i64[{b},{s}]\n  %2 = weight @word : f16[7,{hd}]\n  \
+         %3 = weight @pos : f16[4,{hd}]\n  %4 = weight @type : f16[2,{hd}]\n  %5 = weight @gamma : f16[{hd}]\n  %6 = weight @beta : f16[{hd}]\n  \
+         %7 = embed_layernorm %0, %1, %2, %3, %4, %5, %6 {{eps=1e-5, via=f16}} : f16[{b},{s},{hd}]\n  return \"y\" = %7\n}}"
+    );
+    let out = run_w(&src, &w, vec![("ids", Tensor::i64(vec![b, s], ids.clone())), ("types", Tensor::i64(vec![b, s], types.clone()))]);
+    let row = |name: &str, r: usize| f32s(&w[name])[r * hd..(r + 1) * hd].iter().map(|&x| x as f64).collect::<Vec<_>>();
+    let (gamma, beta) = (row("gamma", 0), row("beta", 0));
+    let mut want = vec![];
+    for t in 0..b * s {
+        let x: Vec<f64> =
+            (0..hd).map(|c| row("word", ids[t] as usize)[c] + row("pos", t % s)[c] + row("type", types[t] as usize)[c]).collect();
+        let mean = x.iter().sum::<f64>() / hd as f64;
+        let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / hd as f64;
+        want.extend((0..hd).map(|c| (x[c] - mean) / (var + 1e-5).sqrt() * gamma[c] + beta[c]));
+    }
+    assert_close(f32s(&out["y"]), &want, 1e-2, "embed_layernorm");
+}

@@ -40,7 +40,11 @@ fn fused_type_rules_reject_misuse() {
         ("qmatmul %0, %4 {transpose_b, alpha=1.0, acc=f32} : f32[B,16]", "f16 lhs, FP8 rhs", "must be of one family"),
         ("qmatmul %0, %51 {transpose_b, alpha=1.0, acc=f32} : f32[B,16]", "f16 lhs, bf16 rhs", "must be of one family"),
         ("qmatmul %52, %4 {transpose_b, alpha=1.0, acc=f32} : f32[B,16]", "i8 lhs, FP8 rhs", "must be of one family"),
-        ("qmatmul %0, %53 {transpose_b, alpha=1.0, b_scale=%10, acc=f16} : f16[B,16]", "f16 operands with b_scale", "takes no a_scale or b_scale"),
+        (
+            "qmatmul %0, %53 {transpose_b, alpha=1.0, b_scale=%10, acc=f16} : f16[B,16]",
+            "f16 operands with b_scale",
+            "takes no a_scale or b_scale",
+        ),
         ("qmatmul %54, %54 {transpose_b, alpha=1.0, acc=f32} : f32[B,B]", "f32 operands", "must be FP8, 8-bit integer, f16 or bf16"),
         ("qmatmul %3, %4 {transpose_b, alpha=1.0, acc=f32, epilogue=[add(%1,f32)]} : f32[B,16]", "bias of wrong width", "does not fit"),
         (
@@ -49,7 +53,8 @@ fn fused_type_rules_reject_misuse() {
             "per-tensor quantization with a literal scale",
         ),
     ];
-    let extra = "  %51 = weight @wb : bf16[16,8]\n  %52 = weight @wi : i8[B,8]\n  %53 = weight @wh : f16[16,8]\n  %54 = input \"x32\" : f32[B,8]\n";
+    let extra =
+        "  %51 = weight @wb : bf16[16,8]\n  %52 = weight @wi : i8[B,8]\n  %53 = weight @wh : f16[16,8]\n  %54 = input \"x32\" : f32[B,8]\n";
     for (line, what, want) in bad {
         let src = FUSED.replace("  return", &format!("{extra}  %50 = {line}\n  return"));
         let g = ir::parse(&src).unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -229,8 +234,11 @@ fn attention_embedding_and_f16_gemm_round_trip() {
     let text = ir::print(&g);
     assert_eq!(ir::parse(&text).unwrap(), ir::order::renumber(&g));
     for want in [
-        "attention %", "{heads=2, scale=0.35351563, mask=%", ", out=f8e4m3, out_scale=0.01} : f8e4m3[B,S,16] loc(\"attn\")",
-        "{heads=4} : f16[B,S,16]", "{eps=1e-12, via=f16} : f16[B,S,16] loc(\"embeddings.LayerNorm\")",
+        "attention %",
+        "{heads=2, scale=0.35351563, mask=%",
+        ", out=f8e4m3, out_scale=0.01} : f8e4m3[B,S,16] loc(\"attn\")",
+        "{heads=4} : f16[B,S,16]",
+        "{eps=1e-12, via=f16} : f16[B,S,16] loc(\"embeddings.LayerNorm\")",
         "{eps=1e-12, via=f16, keep_normed=true, f8e4m3, per_tensor, scale=0.02} : f8e4m3[B,S,16], f16[B,S,16]",
         "{transpose_b, alpha=1.0, acc=f16, epilogue=[add(%",
     ] {
@@ -272,9 +280,17 @@ fn attention_and_embedding_type_rules_reject_misuse() {
         ("attention %1, %1, %1 {heads=0} : f16[B,S,16]", "no heads", "at least one head"),
         ("attention %1, %1, %2 {heads=2} : f16[B,S,16]", "v of another shape", "attention v is"),
         ("attention %1, %1, %1 {heads=2, scale=0.1} : f16[B,S,16]", "scale not an f16 value", "not exactly representable in f16"),
-        ("attention %1, %1, %1 {heads=2, mask=%1} : f16[B,S,16]", "mask not [B,S]", "mask bias must be f16[sym0,sym1], got f16[sym0,sym1,16]"),
+        (
+            "attention %1, %1, %1 {heads=2, mask=%1} : f16[B,S,16]",
+            "mask not [B,S]",
+            "mask bias must be f16[sym0,sym1], got f16[sym0,sym1,16]",
+        ),
         ("attention %1, %1, %1 {heads=2, out=f8e4m3, out_scale=0.5} : f16[B,S,16]", "output declared f16", "declared type"),
-        ("embed_layernorm %3, %3, %5, %5, %5, %6, %6 {eps=1e-12, via=f16, keep_normed=true} : f16[B,S,16]", "keep_normed without quant", "keep_normed needs"),
+        (
+            "embed_layernorm %3, %3, %5, %5, %5, %6, %6 {eps=1e-12, via=f16, keep_normed=true} : f16[B,S,16]",
+            "keep_normed without quant",
+            "keep_normed needs",
+        ),
         ("embed_layernorm %4, %4, %5, %5, %5, %6, %6 {eps=1e-12, via=f16} : f16[B,S,16]", "i32 ids", "ids must be i64[B, S]"),
         ("embed_layernorm %3, %3, %5, %5, %5, %6, %6 {eps=1e-12, via=bf16} : bf16[B,S,16]", "tables not of via", "word table must be bf16"),
         ("embed_layernorm %3, %3, %5, %5, %5, %1, %6 {eps=1e-12, via=f16} : f16[B,S,16]", "gamma not [H]", "gamma must be f16[16]"),

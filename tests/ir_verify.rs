@@ -79,6 +79,9 @@ invalid_ir!(
     duplicate_input_names,
     no_outputs,
     several_errors,
+    qmatmul_mixed_families,
+    attention_heads_do_not_divide,
+    embed_layernorm_table_dtype,
 );
 
 /// Every `.ir` file in the case directory has a test above (and vice versa).

@@ -4,8 +4,8 @@
 //! `cast`, `reshape`, `dequantize`) take it from the *declared* type and check it instead.
 
 use super::{
-    normalize_axis, shape_text, Attention, DType, Dim, EmbedLayerNorm, EpilogueOp, Granularity, NormKind, Op, QMatMul, QuantSpec,
-    ReduceOp, ScaleSource, Shape, TensorType, ZeroPoint,
+    normalize_axis, shape_text, Attention, DType, Dim, EmbedLayerNorm, EpilogueOp, Granularity, NormKind, Op, QMatMul, QuantSpec, ReduceOp,
+    ScaleSource, Shape, TensorType, ZeroPoint,
 };
 
 /// Result of a type rule: the output types, or why the node is ill-typed.

@@ -60,8 +60,7 @@
 use super::dce::{live_users, output_uses};
 use super::{loc, Pass, PassCx, PassError};
 use crate::ir::{
-    normalize_axis, order, Attention, BinaryOp, Builder, DType, Dim, Granularity, Graph, IdVec, NodeId, Op, QuantSpec, ScaleSource,
-    ValueId,
+    normalize_axis, order, Attention, BinaryOp, Builder, DType, Dim, Granularity, Graph, IdVec, NodeId, Op, QuantSpec, ScaleSource, ValueId,
 };
 use smallvec::SmallVec;
 
@@ -113,7 +112,10 @@ impl Pass for FuseAttention {
 enum Match {
     Apply(Fusion),
     /// The pattern is there but a side condition fails; `qdqs` are the Q/DQ nodes around it.
-    Decline { qdqs: Vec<NodeId>, reason: String },
+    Decline {
+        qdqs: Vec<NodeId>,
+        reason: String,
+    },
 }
 
 /// An attention chain and what replaces it.
@@ -171,14 +173,12 @@ fn match_attention(g: &Graph, users: &Users, id: NodeId) -> Option<Match> {
     }
     let ctx = match sole_reader(g, users, probs) {
         Some(r) if matches!(g.nodes[r].op, Op::MatMul { transpose_a: false, transpose_b: false }) && g.nodes[r].inputs[0] == probs => r,
-        Some(r) if matches!(g.nodes[r].op, Op::MatMul { .. } | Op::QMatMul(_)) => return decline("P·V must read the softmax as `a`, untransposed".into()),
+        Some(r) if matches!(g.nodes[r].op, Op::MatMul { .. } | Op::QMatMul(_)) => {
+            return decline("P·V must read the softmax as `a`, untransposed".into())
+        }
         _ => return decline("the softmax's result must be read by P·V only".into()),
     };
-    let (q, k, v) = (
-        split(g, users, product.inputs[0]),
-        split(g, users, product.inputs[1]),
-        split(g, users, g.nodes[ctx].inputs[1]),
-    );
+    let (q, k, v) = (split(g, users, product.inputs[0]), split(g, users, product.inputs[1]), split(g, users, g.nodes[ctx].inputs[1]));
     let (q, k, v) = match (q, k, v) {
         (Ok(q), Ok(k), Ok(v)) => (q, k, v),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return decline(e),
@@ -187,10 +187,8 @@ fn match_attention(g: &Graph, users: &Users, id: NodeId) -> Option<Match> {
         return decline("q, k and v differ in type or head split".into());
     }
     let shape = g.shape(q.x).clone();
-    for &v in &scores.values {
-        if !single_reader(g, users, v) {
-            return decline("the scores have other readers".into());
-        }
+    if scores.values.iter().any(|&s| !single_reader(g, users, s)) {
+        return decline("the scores have other readers".into());
     }
     let scale = match scores.scale {
         None => None,
@@ -325,7 +323,9 @@ fn merge(g: &Graph, users: &Users, ctx: ValueId, shape: &[Dim]) -> Result<Merge,
     let mut m = Merge { output: None, last: ctx, name: None, declines: vec![] };
     let (mut transposed, mut reshaped) = (false, false);
     while !reshaped {
-        let Some(r) = sole_reader(g, users, m.last) else { return Err("the attention context (or its head merge) has other readers".into()) };
+        let Some(r) = sole_reader(g, users, m.last) else {
+            return Err("the attention context (or its head merge) has other readers".into());
+        };
         let next = &g.nodes[r];
         match &next.op {
             Op::Quantize(spec) if m.output.is_none() && next.inputs[0] == m.last => {
@@ -452,13 +452,19 @@ mod tests {
 
     #[test]
     fn declines_are_reported_on_the_quantizes_around() {
-        assert_eq!(report("fp8_attention_qmatmul"), [
-            "L.matmul1:a.q: standalone, the attention around it does not fuse: its Q·Kᵀ is a qmatmul over quantized operands (the \
-             --fp8-attention recipe option); `attention` computes on f16/bf16 q, k, v",
-        ]);
-        assert_eq!(report("per_token_output_quantize"), [
-            "O:a.q: standalone, an attention output quantize takes one literal per-tensor scale, not a dynamic per-token scale (the row \
-             amax needs all heads of a token)",
-        ]);
+        assert_eq!(
+            report("fp8_attention_qmatmul"),
+            ["L.matmul1:a.q: standalone, the attention around it does not fuse: its Q·Kᵀ is a qmatmul over quantized operands (the \
+             --fp8-attention recipe option); `attention` computes on f16/bf16 q, k, v",]
+        );
+        assert_eq!(
+            report("head_merge_other_reader"),
+            ["O:a.q: standalone, the attention around it does not fuse: the attention context (or its head merge) has other readers",]
+        );
+        assert_eq!(
+            report("per_token_output_quantize"),
+            ["O:a.q: standalone, an attention output quantize takes one literal per-tensor scale, not a dynamic per-token scale (the row \
+             amax needs all heads of a token)",]
+        );
     }
 }

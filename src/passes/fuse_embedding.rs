@@ -19,13 +19,14 @@
 //! type_ids)))` ⇒ `embed_layernorm(ids, type_ids, word, pos, type, γ, β)`, for `norm` a `layernorm`
 //! (quant none) or a `layernorm_quantize` (its spec, scale operands and `keep_normed` carried over);
 //! either add may have its operands swapped (IEEE addition commutes). `via` is the norm's input
-//! dtype, which every table, γ and β must share.
+//! dtype, which every table, γ and β must share (a `layernorm_quantize` whose `via` differs from its
+//! input's dtype is not matched).
 //!
 //! Exact: `embed_layernorm` is defined (and interpreted) as exactly this chain — the same gathers,
 //! the iota, the two rounded adds in this association, then the norm's own kernel.
 //!
 //! Preconditions, each a decline (traced; no Q/DQ is involved, so there is no report entry): the
-//! positions come from an `iota` of q's sequence length `S` (not from a `position_ids` input); ids
+//! positions come from an `iota` over the ids' sequence length `S` (not a `position_ids` input); ids
 //! and type ids are `i64[B,S]` of one shape; the position gather is `[S,H]`; tables, γ and β have
 //! the norm's dtype; every intermediate (the three gathers and two sums) has exactly one live reader
 //! and is not a graph output. Another association (`(word + type) + pos`) is not matched.
@@ -88,7 +89,9 @@ fn match_embedding(g: &Graph, users: &Users, id: NodeId) -> Option<Result<Fusion
     let node = &g.nodes[id];
     let (eps, quant, keep_normed) = match &node.op {
         Op::LayerNorm { eps } => (*eps, None, false),
-        Op::NormQuantize { kind: NormKind::LayerNorm, eps, quant, keep_normed, .. } => (*eps, Some(quant.clone()), *keep_normed),
+        Op::NormQuantize { kind: NormKind::LayerNorm, eps, via, quant, keep_normed } if *via == g.ty(node.inputs[0]).dtype => {
+            (*eps, Some(quant.clone()), *keep_normed)
+        }
         _ => return None,
     };
     let x = node.inputs[0];
@@ -176,4 +179,39 @@ fn apply_embedding(g: &mut Graph, norm: NodeId, f: Fusion) -> Result<NodeId, Pas
         g.replace_all_uses(o, n);
     }
     Ok(g.values[outs[0]].producer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::passes::MemoryWeights;
+
+    /// Runs the pass on a case file with a report that already holds `entries`.
+    fn report_after(case: &str, entries: &[(&str, &str, &str)]) -> Vec<String> {
+        let path = format!("{}/tests/ir/fuse-embedding/{case}.ir", env!("CARGO_MANIFEST_DIR"));
+        let mut g = crate::ir::parse(&std::fs::read_to_string(path).expect("case file")).expect("case parses");
+        let w = MemoryWeights::default();
+        let mut cx = PassCx::new(&w);
+        for (qdq, into, node) in entries {
+            cx.report.fused(qdq, into, node);
+        }
+        FuseEmbedding.run(&mut g, &mut cx).expect("pass runs");
+        assert!(!FuseEmbedding.run(&mut g, &mut cx).expect("pass runs"), "a second run finds nothing");
+        cx.report.finish(&g).into_iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn quantizes_fused_into_the_norm_now_name_the_embedding() {
+        let before = [
+            ("Q:a.q", "layernorm_quantize", "embeddings.LayerNorm"),
+            ("X:a.q", "layernorm_quantize", "encoder.layer.0.attention.output.LayerNorm"),
+        ];
+        assert_eq!(
+            report_after("layernorm_quantize_keep_normed", &before),
+            [
+                "Q:a.q: fused into embed_layernorm embeddings.LayerNorm",
+                "X:a.q: fused into layernorm_quantize encoder.layer.0.attention.output.LayerNorm",
+            ]
+        );
+    }
 }

@@ -124,8 +124,10 @@ fn calibrate(
 ) -> Result<(Ranges, Option<CalibSummary>), QuantError> {
     let tok =
         model.tokenizer.as_ref().ok_or_else(|| QuantError::Recipe(format!("{}: calibration needs tokenizer.json", model.dir.display())))?;
-    let batches =
-        opts.sentences.chunks(opts.batch.max(1)).map(|chunk| tok.encode(chunk).map(|b| b.inputs())).collect::<Result<Vec<_>, _>>()?;
+    // Never more texts per run than the graph accepts (a plan compiled with a small max batch).
+    let max_batch = g.symbol("B").map_or(usize::MAX, |s| g.symbols[s].max as usize);
+    let per_run = opts.batch.clamp(1, max_batch.max(1));
+    let batches = opts.sentences.chunks(per_run).map(|chunk| tok.encode(chunk).map(|b| b.inputs())).collect::<Result<Vec<_>, _>>()?;
     let collected = calib::collect(g, &model.weights, &batches, values, opts.quiet)?;
     let storage = recipe.linear.activation.map_or(ir::DType::F8E4M3, |a| a.storage);
     let (amax, issues) = collected.amaxes(g, opts.method, storage);

@@ -12,10 +12,9 @@
 //! of dynamic shared memory (5 tiles of `64 × D` elements: 20, 40 or 80 KiB for D = 32, 64, 128).
 //! `D` ∈ {32, 64, 128} and `H` are compiled in; `S` and `B` are run-time values.
 
-use crate::codegen::expr::Expr;
 use crate::codegen::kernel::{finish_kernel, params, Arg, KernelDef, Launch, LowerCx, LowerError, Lowered};
-use crate::codegen::template::{Template, TemplateError};
 use crate::codegen::prelude;
+use crate::codegen::template::{Template, TemplateError};
 use crate::ir::{DType, Granularity, NodeId, Op, QuantSpec, ScaleSource};
 use crate::plan::{DimExpr, ParamType, Scalar};
 
@@ -117,19 +116,6 @@ impl AttentionSpec {
         Ok(())
     }
 
-    /// The score pipeline printed as CUDA: `T(dot)`, then `T(· scale)`, then `T(+ bias)`, over the
-    /// template's variables `dot` (the f32 accumulator) and `bias` (the key's mask bias).
-    fn score_expr(&self) -> Expr {
-        let mut e = Expr::var("dot").round(self.dtype);
-        if let Some(s) = self.scale {
-            e = e.mul(Expr::lit(s)).round(self.dtype);
-        }
-        if self.mask {
-            e = e.add(Expr::var("bias")).round(self.dtype);
-        }
-        e
-    }
-
     /// Kernel parameters in signature order.
     pub fn params(&self) -> Vec<(&'static str, ParamType)> {
         let mut p = vec![("q", ParamType::Ptr), ("k", ParamType::Ptr), ("v", ParamType::Ptr)];
@@ -160,7 +146,8 @@ pub fn kernel(spec: &AttentionSpec, batch: DimExpr, seq: DimExpr) -> Result<Kern
         ("has_mask", flag(spec.mask)),
         ("quant_out", flag(quant_out)),
         ("out_scale_bits", format!("{out_scale:#010x}")),
-        ("score_expr", spec.score_expr().to_cuda()),
+        ("has_scale", flag(spec.scale.is_some())),
+        ("scale_bits", format!("{:#010x}", spec.scale.unwrap_or(0.0).to_bits())),
         ("mask_param", if spec.mask { "const uint16_t* __restrict__ mask_bias, " } else { "" }.into()),
         ("mask_arg", if spec.mask { "mask_bias" } else { "nullptr" }.into()),
     ])?;
@@ -225,7 +212,8 @@ pub fn spec_for(
     if width % u64::from(heads) != 0 {
         return Err(err(format!("q's last extent {width} is not a multiple of {heads} heads")));
     }
-    let head_dim = u32::try_from(width / u64::from(heads)).map_err(|_| err(format!("head size {} is too large", width / u64::from(heads))))?;
+    let head_dim =
+        u32::try_from(width / u64::from(heads)).map_err(|_| err(format!("head size {} is too large", width / u64::from(heads))))?;
     if mask {
         let m = n.inputs[3];
         if g.ty(m).dtype != dtype {

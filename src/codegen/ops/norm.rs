@@ -109,6 +109,9 @@ pub(crate) struct RowSpec {
 /// Largest row length (elements) the engine keeps in registers: 32 warps × 32 lanes × 32.
 pub(crate) const MAX_ROW: u64 = 32 * 32 * 32;
 
+/// Load γ/β together with the row (see `ops.cuh`).
+const PREFETCH: bool = true;
+
 /// Renders a row-engine kernel.
 pub(crate) fn row_launch(cx: &LowerCx, node: NodeId, spec: &RowSpec) -> Result<Launch, LowerError> {
     let g = cx.graph;
@@ -253,7 +256,7 @@ pub(crate) fn row_launch(cx: &LowerCx, node: NodeId, spec: &RowSpec) -> Result<L
          typedef {q_t} Q;\n    typedef {s_t} S;\n    \
          static constexpr int HMAX = {hmax}, VEC = {vec}, WPR = {wpr}, RPB = {rpb};\n    \
          static constexpr int SOURCE = {source}, NORM = {norm_id}, QUANT = {quant_id};\n    \
-         static constexpr bool DYN = {dyn_len}, BETA = {beta}, STORE_Y = {store_y}, ZERO = {zero_on};\n    \
+         static constexpr bool DYN = {dyn_len}, BETA = {beta}, STORE_Y = {store_y}, ZERO = {zero_on}, PREFETCH = {prefetch};\n    \
          static constexpr long long V = {v_rows}, P = {p_rows}, TT = {t_rows};\n    \
          static QF_DEVICE double eps() {{ return static_cast<double>({eps}); }}\n    \
          static QF_DEVICE float scale() {{ return {scale}; }}\n    \
@@ -264,6 +267,7 @@ pub(crate) fn row_launch(cx: &LowerCx, node: NodeId, spec: &RowSpec) -> Result<L
         beta = b(beta),
         store_y = b(spec.y.is_some()),
         zero_on = b(zero.is_some()),
+        prefetch = b(PREFETCH),
         eps = f32_lit(spec.eps),
         scale = f32_lit(scale),
         zero = f32_lit(zero.unwrap_or(0) as f32),

@@ -29,7 +29,7 @@ use crate::plan::{DimExpr, Scalar};
 /// and renders the rest unchanged, so benchmarks and plans share one code path.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GemmPlan {
-    /// Operands, tiles and mainloop (the defaults of [`GemmSpec::default_for`]).
+    /// Operands, tiles and mainloop (the defaults of [`GemmSpec::for_problem`] for M's maximum).
     pub spec: GemmSpec,
     /// The epilogue, from the node's payload.
     pub epilogue: Epilogue,
@@ -117,7 +117,7 @@ pub fn plan(cx: &LowerCx, node: NodeId) -> Result<GemmPlan, LowerError> {
     }
     let m = cx.rows(a);
     let max_m: u64 = cx.max_shape(a)[..lead.len()].iter().product();
-    let spec = GemmSpec::default_for(operand, n32, k32);
+    let spec = GemmSpec::for_problem(operand, n32, k32, max_m);
     spec.check_m(max_m).map_err(|_| err(format!("M up to {max_m} rows exceeds what one launch of the GEMM covers (i32)")))?;
 
     // Scale vectors and epilogue operands, in operand order.
@@ -204,7 +204,11 @@ pub fn epilogue(q: &QMatMul, adds: &[(DType, Index)]) -> Result<Epilogue, String
             EpilogueOp::Cast => x,
             EpilogueOp::Add => {
                 let &(d, index) = operands.next().ok_or_else(|| format!("no operand for epilogue step {i} (add)"))?;
-                let input = EpilogueInput { name: format!("add{}", inputs.len() - usize::from(q.a_scale) - usize::from(q.b_scale)), dtype: d, index };
+                let input = EpilogueInput {
+                    name: format!("add{}", inputs.len() - usize::from(q.a_scale) - usize::from(q.b_scale)),
+                    dtype: d,
+                    index,
+                };
                 let v = x.add(input.value());
                 inputs.push(input);
                 v

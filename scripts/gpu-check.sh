@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The one command for the GPU machine (after scripts/build-gpu-bundle.sh here; carry gpu-bundle):
+#   1. compile the default model to fp16, fp8 and fp8-dynamic plans (kernels from the bundle's
+#      CUBIN cache, calibration by the interpreter on this machine's CPUs);
+#   2. `qfuse check` each plan: every kernel's output against the interpreter running the same
+#      fused IR (named tolerance per dtype), end-to-end cosine >= 0.9999, 256 random inputs
+#      without NaN;
+#   3. benchmark, side by side: `qfuse bench` of each plan at batch 32 x 128 tokens against
+#      PyTorch f16 eager and torch.compile (same model folder), then qfuse's FP8 GEMM against
+#      cuBLASLt (torch._scaled_mm) at 4096^3 and 8192^3 (scripts/gpu-gemm-bench.sh);
+#   4. one summary table with ratios.
+# Logs go to $OUT (or /tmp/gpu-check). Exit status 1 if any check failed.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+out="${OUT:-/tmp/gpu-check}"
+mkdir -p "$out"
+export QFUSE_CACHE_DIR="$PWD/gpu-bundle/cache"
+q=gpu-bundle/qfuse
+model=gpu-bundle/model
+batch="${BATCH:-32}" seq="${SEQ:-128}"
+rc=0
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv,noheader 2>&1 | head -1
+
+echo "== compile"
+for r in fp16 fp8 fp8-dynamic; do
+    if ! "$q" --quiet compile "$model" --recipe "$r" -o "/tmp/minilm-$r.plan" >"$out/compile-$r.log" 2>&1; then
+        echo "compile $r FAILED:"; tail -30 "$out/compile-$r.log"; rc=1; continue
+    fi
+    echo "$r: $(grep -E '^plan:' "$out/compile-$r.log")"
+    echo "    $(tail -1 "$out/compile-$r.log")"
+done
+
+echo "== check (GPU vs interpreter)"
+for r in fp16 fp8 fp8-dynamic; do
+    [[ -f "/tmp/minilm-$r.plan" ]] || continue
+    echo "-- $r"
+    timeout 400 "$q" check "/tmp/minilm-$r.plan" --random 256 --all >"$out/check-$r.log" 2>&1 || rc=1
+    # Failing kernels (if any), the worst result per dtype, and the summary lines.
+    grep -E 'FAIL|error' "$out/check-$r.log" | head -20
+    python3 scripts/check_summary.py "$out/check-$r.log"
+    grep -E '^(per-kernel|end to end|random inputs|PASS|FAIL)' "$out/check-$r.log"
+done
+
+echo "== bench: MiniLM batch $batch x $seq"
+: >"$out/bench.jsonl"
+for r in fp16 fp8 fp8-dynamic; do
+    [[ -f "/tmp/minilm-$r.plan" ]] || continue
+    "$q" bench "/tmp/minilm-$r.plan" --batch "$batch" --seq "$seq" --json --profile >>"$out/bench.jsonl" 2>"$out/profile-$r.log" \
+        || { echo "bench $r failed"; tail -5 "$out/profile-$r.log"; rc=1; }
+    echo "-- qfuse $r: kernel time by template (one profiled run)"; head -8 "$out/profile-$r.log"
+done
+PYTHONUNBUFFERED=1 timeout 500 python3 scripts/minilm_peer_bench.py "$model" --batch "$batch" --seq "$seq" \
+    >>"$out/bench.jsonl" 2>"$out/peer.log" || { echo "peer benchmark failed:"; tail -20 "$out/peer.log"; }
+python3 - "$out/bench.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+peers = {r["peer"]: r for r in rows if "peer" in r and "median_ms" in r}
+ours = [r for r in rows if "plan" in r]
+print(f"{'MiniLM end to end':34s} {'median ms':>10s} " + " ".join(f"{'vs ' + p:>22s}" for p in peers))
+for r in ours:
+    name = "qfuse " + r["plan"].rsplit("minilm-", 1)[-1].removesuffix(".plan")
+    ratios = " ".join(f"{p['median_ms'] / r['median_ms']:>21.2f}x" for p in peers.values())
+    print(f"{name:34s} {r['median_ms']:>10.3f} {ratios}")
+for p, r in peers.items():
+    print(f"{'torch ' + p:34s} {r['median_ms']:>10.3f}")
+for r in rows:
+    if "error" in r:
+        print("peer error:", r)
+print("(ratio = peer time / qfuse time; > 1 means qfuse is faster)")
+PY
+
+echo "== FP8 GEMM vs cuBLASLt"
+timeout 420 scripts/gpu-gemm-bench.sh || rc=1
+exit $rc

@@ -20,9 +20,12 @@ strip gpu-bundle/qfuse gpu-bundle/qfuse-gemm-bench 2>/dev/null || true
 gpu-bundle/qfuse-gemm-bench build gpu-bundle/kernels 2>/dev/null
 py="$QFUSE_CACHE_DIR/pyenv/bin/python3"; [[ -x "$py" ]] || py=python3
 "$py" scripts/f16_model.py "$QFUSE_MODEL_DIR" gpu-bundle/model
-for recipe in fp16 fp8 fp8-dynamic; do
-    QFUSE_CACHE_DIR="$QFUSE_ROOT/gpu-bundle/cache" gpu-bundle/qfuse --quiet compile gpu-bundle/model --recipe "$recipe" \
-        -o "gpu-bundle/minilm-$recipe.plan" | tail -2
-    rm "gpu-bundle/minilm-$recipe.plan"
+for args in "--recipe fp16" "--recipe fp8" "--recipe fp8-dynamic" "--recipe fp8 --fp8-accum tensor-core"; do
+    # shellcheck disable=SC2086
+    QFUSE_CACHE_DIR="$QFUSE_ROOT/gpu-bundle/cache" gpu-bundle/qfuse --quiet compile gpu-bundle/model $args \
+        -o gpu-bundle/tmp.plan | tail -2
+    rm gpu-bundle/tmp.plan
 done
+# Compressed for the trip (scripts/gpu-check.sh unpacks): the tree that travels is limited to 64 MiB.
+(cd gpu-bundle && tar czf kernels.tgz kernels && rm -rf kernels && gzip -9f qfuse qfuse-gemm-bench)
 du -sh gpu-bundle gpu-bundle/*

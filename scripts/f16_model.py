@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Copies a Hugging Face model folder with its safetensors weights converted from F32 to F16
-(halving the bytes), for carrying the model to the GPU machine. Other files are copied as is.
+(halving the bytes), for carrying the model to the GPU machine. Other files and folders are copied as is.
 
 usage: f16_model.py SRC_DIR DST_DIR
 """
@@ -49,6 +49,8 @@ def main():
             convert(p, dst / p.name)
         elif p.is_file():
             shutil.copy2(p, dst / p.name)
+        elif p.is_dir():
+            shutil.copytree(p, dst / p.name, dirs_exist_ok=True)
 
 
 if __name__ == "__main__":

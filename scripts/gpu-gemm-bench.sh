@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,po
 rc=0
 : >"$out/qfuse.jsonl"
 : >"$out/qfuse.log"
-for kind in mma wgmma-wg wgmma; do
+for kind in ${GEMM_KINDS:-mma wgmma-wg wgmma}; do
     timeout 300 gpu-bundle/qfuse-gemm-bench run gpu-bundle/kernels "$kind" >>"$out/qfuse.jsonl" 2>>"$out/qfuse.log"
     r=$?
     [ "$r" -ne 0 ] && { rc=1; echo "qfuse-gemm-bench run $kind: exit status $r"; }

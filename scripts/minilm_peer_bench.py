@@ -61,7 +61,7 @@ def main():
     from transformers import BertModel
 
     torch.manual_seed(0)
-    model = BertModel.from_pretrained(a.model_dir, torch_dtype=torch.float16, add_pooling_layer=False).cuda().eval()
+    model = BertModel.from_pretrained(a.model_dir, dtype=torch.float16, add_pooling_layer=False).cuda().eval()
     vocab = model.config.vocab_size
     ids = torch.randint(1000, vocab, (a.batch, a.seq), device="cuda")
     mask = torch.ones_like(ids)

@@ -90,6 +90,10 @@ enum class Mainloop { MmaSync, Wgmma, WgmmaWaitGroup };
 constexpr Mainloop MAINLOOP = Mainloop::{{mainloop}};
 constexpr bool WGMMA = MAINLOOP != Mainloop::MmaSync;
 constexpr bool FAST_ACCUM = {{fast_accum}};
+// FP8 promotion: the tensor cores' partial sums are added to f32 registers every PROMOTE_STEPS
+// k-steps of 32 (1: after every wgmma; their internal accumulation keeps only ~14 mantissa bits,
+// so shorter partial sums stay closer to an f32 sum).
+constexpr int PROMOTE_STEPS = {{promote_steps}};
 // Accumulate all of K in the wgmma accumulators (f16/bf16 always: their tensor-core sums are f32).
 constexpr bool DIRECT_ACC = FAST_ACCUM || WIDE;
 
@@ -101,6 +105,7 @@ constexpr int WN = BN / WARPS_N;
 constexpr int MT = WM / 16;  // m16 tiles per warp
 constexpr int NT = WN / 8;   // n8 tiles per warp
 constexpr int KSTEPS = BK_BYTES / 32;  // MMAs per k-tile: each consumes 32 bytes of K
+static_assert(PROMOTE_STEPS >= 1 && KSTEPS % PROMOTE_STEPS == 0, "promotion interval must divide the k-tile");
 constexpr int KTILES = (K_BYTES + BK_BYTES - 1) / BK_BYTES;
 constexpr bool K_TAIL = K_BYTES % BK_BYTES != 0;  // the last k-tile is partial
 constexpr int N_TILES = N / BN;
@@ -415,18 +420,26 @@ QF_DEVICE void wgmma_k(float (&d)[WN_ / 8][4], uint64_t desc_a, uint64_t desc_b,
     }
 }
 
+// Issues this warpgroup's wgmmas for k-steps [ks0, ks0 + nks) of one k-tile against B rows
+// [b_row, b_row + WN_) into `d` and commits them as one group; with !Accumulate the first one
+// starts from zero. (Called with constants after unrolling.)
+template <int WN_, bool Accumulate>
+QF_DEVICE void wgmma_steps(float (&d)[WN_ / 8][4], uint32_t st, uint32_t a_wg, int b_row, int ks0, int nks) {
+    qf_fence_acc(d);
+    qf_wgmma_fence();
+#pragma unroll
+    for (int ks = ks0; ks < ks0 + nks; ++ks)
+        wgmma_k<WN_>(d, qf_wgmma_desc_sw128(st + a_wg + ks * 32),
+                     qf_wgmma_desc_sw128(st + A_BYTES + b_row * BK_BYTES + ks * 32), Accumulate || ks > ks0);
+    qf_wgmma_commit();
+}
+
 // Issues this warpgroup's KSTEPS wgmmas of one k-tile against B rows [b_row, b_row + WN_) into
 // `d` and commits them as one group. With !Accumulate the first k-step ignores the old contents
 // of `d` (starts from zero).
 template <int WN_, bool Accumulate>
 QF_DEVICE void wgmma_tile(float (&d)[WN_ / 8][4], uint32_t st, uint32_t a_wg, int b_row) {
-    qf_fence_acc(d);
-    qf_wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks)
-        wgmma_k<WN_>(d, qf_wgmma_desc_sw128(st + a_wg + ks * 32),
-                     qf_wgmma_desc_sw128(st + A_BYTES + b_row * BK_BYTES + ks * 32), Accumulate || ks > 0);
-    qf_wgmma_commit();
+    wgmma_steps<WN_, Accumulate>(d, st, a_wg, b_row, 0, KSTEPS);
 }
 
 // wgmma mainloop.
@@ -468,15 +481,18 @@ QF_DEVICE void mainloop_wgmma(float (&acc)[MT][NT][4], uint32_t smem_base, const
             const uint32_t st = pipe.wait_tile(kt);
 #pragma unroll
             for (int h = 0; h < BN / PN; ++h) {
-                wgmma_tile<PN, false>(part, st, a_wg, h * PN);
-                if (h == 0) pipe.produce(kt);  // issue the next copies while the wgmmas run
-                qf_wgmma_wait<0>();
-                qf_fence_acc(part);
-                if (h == BN / PN - 1) pipe.release(kt);
 #pragma unroll
-                for (int i = 0; i < PN / 8; ++i)
+                for (int g = 0; g < KSTEPS / PROMOTE_STEPS; ++g) {
+                    wgmma_steps<PN, false>(part, st, a_wg, h * PN, g * PROMOTE_STEPS, PROMOTE_STEPS);
+                    if (h == 0 && g == 0) pipe.produce(kt);  // issue the next copies while the wgmmas run
+                    qf_wgmma_wait<0>();
+                    qf_fence_acc(part);
+                    if (h == BN / PN - 1 && g == KSTEPS / PROMOTE_STEPS - 1) pipe.release(kt);
 #pragma unroll
-                    for (int j = 0; j < 4; ++j) acc[0][h * PN / 8 + i][j] += part[i][j];
+                    for (int i = 0; i < PN / 8; ++i)
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) acc[0][h * PN / 8 + i][j] += part[i][j];
+                }
             }
         }
     }

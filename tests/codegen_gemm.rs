@@ -7,10 +7,10 @@
 use std::time::Instant;
 
 use qfuse::codegen::gemm::{self, Epilogue, GemmError, GemmSpec, Mainloop, Operand};
-use qfuse::codegen::kernel::{Arg, KernelDef, Launch, LowerCx, LowerError, Lowered};
+use qfuse::codegen::kernel::{Arg, KernelDef, Launch, LowerCx, LowerError, LowerOptions, Lowered};
 use qfuse::codegen::nvrtc;
 use qfuse::codegen::ops::qmatmul;
-use qfuse::ir::{Graph, NodeId, Op};
+use qfuse::ir::{DType, Graph, NodeId, Op};
 use qfuse::plan::{DimExpr, ParamType, Scalar};
 
 /// The MiniLM linear layers: (N, K).
@@ -192,7 +192,12 @@ fn minilm_qmatmuls_lower_and_compile_to_sm90a_cubin() {
         assert!(!k.source.contains("{{"), "{}: unsubstituted placeholder", c.name);
         let Op::QMatMul(q) = &n.op else { unreachable!() };
         let spec = qmatmul::plan(&LowerCx::new(&g, 90), node).expect("plans").spec;
-        assert!(spec.mainloop.is_wgmma() && !spec.fast_accum, "{}: {spec:?}", c.name);
+        // Exact FP8 accumulation (the default) takes mma.sync; f16/bf16 and the tensor-core option wgmma.
+        let fp8 = g.ty(n.inputs[0]).dtype == DType::F8E4M3;
+        assert_eq!(spec.mainloop.is_wgmma(), !fp8, "{}: {spec:?}", c.name);
+        assert!(!spec.fast_accum, "{}: {spec:?}", c.name);
+        let tc = LowerCx { options: LowerOptions { exact_fp8: false }, ..LowerCx::new(&g, 90) };
+        assert!(qmatmul::plan(&tc, node).expect("plans").spec.mainloop.is_wgmma(), "{}", c.name);
         let tiles_n = u64::from(spec.n / spec.tile_n);
         let grid = DimExpr::sym("B").mul(DimExpr::sym("S")).ceil_div(u64::from(spec.tile_m)).mul(DimExpr::Const(tiles_n));
         assert_eq!(k.grid, [grid, DimExpr::Const(1), DimExpr::Const(1)], "{}", c.name);

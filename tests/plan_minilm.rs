@@ -75,7 +75,12 @@ fn check_schedule(plan: &Plan, recipe: &str) {
             if let ArgRef::Buffer(b) = arg {
                 let b = &meta.buffers[*b as usize];
                 let writes_it = l.writes.iter().any(|w| meta.buffers[*w as usize].name == b.name);
-                assert!(writes_it || defined.contains(&b.name) || written.contains(&b.offset), "{recipe}: launch {n} ({}) reads {} before it is written", l.label, b.name);
+                assert!(
+                    writes_it || defined.contains(&b.name) || written.contains(&b.offset),
+                    "{recipe}: launch {n} ({}) reads {} before it is written",
+                    l.label,
+                    b.name
+                );
             }
         }
         for &w in &l.writes {

@@ -760,10 +760,12 @@ fn gpu_end_to_end() {
     // Checked: the written buffers of each launch, with run-time shapes.
     type Seen = (usize, String, Vec<(u32, HostTensor)>);
     let mut seen: Vec<Seen> = Vec::new();
-    let outputs = ctx.run_checked(&inputs, &mut |i, l, w| {
-        seen.push((i, l.label.clone(), w.to_vec()));
-        Vec::new()
-    }).expect("checked");
+    let outputs = ctx
+        .run_checked(&inputs, &mut |i, l, w| {
+            seen.push((i, l.label.clone(), w.to_vec()));
+            Vec::new()
+        })
+        .expect("checked");
     check_toy(&inputs, &outputs);
     assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), [0, 2]);
     assert_eq!(seen[0].2, vec![(2, outputs[0].1.clone())]);

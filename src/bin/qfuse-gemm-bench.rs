@@ -352,9 +352,9 @@ fn plan() -> Vec<(&'static str, GemmSpec, Epi, Vec<u32>)> {
         let f16_epi = if n == 1536 { Epi::Bias } else { Epi::BiasResidual };
         for m in [4096, 32768] {
             for &epi in epis {
-                out.push(("bench", GemmSpec::for_problem(Operand::E4M3, n, k, u64::from(m)), epi, vec![m]));
+                out.push(("bench", GemmSpec::for_problem(Operand::E4M3, n, k, u64::from(m), false), epi, vec![m]));
             }
-            out.push(("bench", GemmSpec::for_problem(Operand::F16, n, k, u64::from(m)), f16_epi, vec![m]));
+            out.push(("bench", GemmSpec::for_problem(Operand::F16, n, k, u64::from(m), false), f16_epi, vec![m]));
         }
         out.push(("bench", spec(n, k, (64, 128, 128), 4, (2, 2)), Epi::Bias, vec![4096]));
         let mut variants = vec![wg(n, k, 64, 64, 4), wg(n, k, 64, 128, 4), wg(n, k, 128, 128, 4), two_per_sm(wg(n, k, 128, 128, 3))];

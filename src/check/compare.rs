@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `f16`, `bf16` | relative L2 error ≤ 2e-3 and every element within 8e-3·max\|ref\| | a different summation order or an `f32` statistic (the interpreter uses `f64`) moves a result by about one rounding step (2^-11 relative for f16) |
 //! | `f32` | relative L2 ≤ 1e-4, every element within 1e-3·max\|ref\| | dynamic scales: `amax / 448` of values that agree |
-//! | FP8 (`f8e4m3`, `f8e5m2`) | ≤ 1 % of the codes differ, none by more than one step | a value on a rounding boundary may round either way once its input moved by one f16 step |
+//! | FP8 (`f8e4m3`, `f8e5m2`) | ≤ 1 % of the codes differ, none by more than one step (below the smallest normal: one subnormal step) | a value on a rounding boundary may round either way once its input moved by one f16 step |
 //! | integers | exact | |
 //!
 //! A NaN or infinity where the reference is finite always fails.
@@ -29,6 +29,8 @@ pub enum Tolerance {
         share: f64,
         /// Relative size of one step (2^-mantissa bits).
         step: f64,
+        /// Smallest normal magnitude: below it one step is that of the smallest normal.
+        min_normal: f64,
     },
     /// Bit-exact.
     Exact,
@@ -40,9 +42,9 @@ impl Tolerance {
         match dtype {
             DType::F16 | DType::BF16 => Tolerance::Float { rel_l2: 2e-3, rel_max: 8e-3 },
             DType::F32 => Tolerance::Float { rel_l2: 1e-4, rel_max: 1e-3 },
-            DType::F8E4M3 => Tolerance::Codes { share: 0.01, step: 0.125 },
-            DType::F8E5M2 => Tolerance::Codes { share: 0.01, step: 0.25 },
-            DType::F4E2M1 => Tolerance::Codes { share: 0.01, step: 0.5 },
+            DType::F8E4M3 => Tolerance::Codes { share: 0.01, step: 0.125, min_normal: 2f64.powi(-6) },
+            DType::F8E5M2 => Tolerance::Codes { share: 0.01, step: 0.25, min_normal: 2f64.powi(-14) },
+            DType::F4E2M1 => Tolerance::Codes { share: 0.01, step: 0.5, min_normal: 1.0 },
             _ => Tolerance::Exact,
         }
     }
@@ -82,17 +84,24 @@ pub fn compare(dtype: DType, want: &[f32], got: &[f32]) -> Comparison {
         return Comparison::mismatch(format!("{} elements, the interpreter has {}", got.len(), want.len()));
     }
     if let Some(i) = (0..want.len()).find(|&i| want[i].is_finite() && !got[i].is_finite()) {
-        return Comparison { pass: false, measured: format!("element {i} is {} (reference {})", got[i], want[i]), tolerance: tol.describe() };
+        return Comparison {
+            pass: false,
+            measured: format!("element {i} is {} (reference {})", got[i], want[i]),
+            tolerance: tol.describe(),
+        };
     }
     let (pass, measured) = match tol {
         Tolerance::Float { rel_l2, rel_max } => {
             let (l2, max) = float_errors(want, got);
             (l2 <= rel_l2 && max <= rel_max, format!("rel_l2 {l2:.1e}, max {max:.1e}·|ref|"))
         }
-        Tolerance::Codes { share, step } => {
-            let (differ, worst) = code_errors(want, got, step);
+        Tolerance::Codes { share, step, min_normal } => {
+            let (differ, worst) = code_errors(want, got, step, min_normal);
             let frac = differ as f64 / want.len().max(1) as f64;
-            (frac <= share && worst <= 1.0, format!("{differ} of {} codes differ ({:.2}%), worst {worst:.2} steps", want.len(), frac * 100.0))
+            (
+                frac <= share && worst <= 1.0,
+                format!("{differ} of {} codes differ ({:.2}%), worst {worst:.2} steps", want.len(), frac * 100.0),
+            )
         }
         Tolerance::Exact => {
             let differ = want.iter().zip(got).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
@@ -119,8 +128,9 @@ fn float_errors(want: &[f32], got: &[f32]) -> (f64, f64) {
     (rel(num.sqrt(), den.sqrt()), rel(max_err, max_ref))
 }
 
-/// (codes that differ, largest difference in steps of the larger magnitude).
-fn code_errors(want: &[f32], got: &[f32], step: f64) -> (usize, f64) {
+/// (codes that differ, largest difference in steps of the larger magnitude, a step below the
+/// smallest normal being the smallest normal's).
+fn code_errors(want: &[f32], got: &[f32], step: f64, min_normal: f64) -> (usize, f64) {
     let mut differ = 0;
     let mut worst = 0f64;
     for (&r, &g) in want.iter().zip(got) {
@@ -128,9 +138,9 @@ fn code_errors(want: &[f32], got: &[f32], step: f64) -> (usize, f64) {
             continue;
         }
         differ += 1;
-        // One step at magnitude m is step·2^floor(log2 m); the smallest subnormal step bounds it below.
-        let m = (r.abs().max(g.abs())) as f64;
-        let unit = (step * 2f64.powf(m.log2().floor())).max(2f64.powi(-9));
+        // One step at magnitude m is step·2^floor(log2 m), and the smallest normal's below it.
+        let m = (r.abs().max(g.abs()) as f64).max(min_normal);
+        let unit = step * 2f64.powf(m.log2().floor());
         worst = worst.max((g as f64 - r as f64).abs() / unit);
     }
     (differ, worst)
@@ -159,6 +169,14 @@ mod tests {
         assert!(c.pass, "{c:?}");
         got[5] = want[5] + 0.25;
         assert!(!compare(DType::F8E4M3, &want, &got).pass);
+        // Near zero the step is the smallest normal's (2^-9 for E4M3): 0 vs 7·2^-9 passes
+        // (subnormal codes), 0 vs 2^-6 + 2^-9 (two normal steps) fails.
+        let zeros = vec![0.0f32; 200];
+        let mut near = zeros.clone();
+        near[0] = 7.0 * 2f32.powi(-9);
+        assert!(!compare(DType::F8E4M3, &zeros, &near).pass, "7 subnormal steps are 7 smallest-normal steps");
+        near[0] = 2f32.powi(-9);
+        assert!(compare(DType::F8E4M3, &zeros, &near).pass);
     }
 
     #[test]

@@ -39,7 +39,8 @@ impl PlanWeights {
         for w in &plan.meta().weights {
             let dtype: DType = w.dtype.parse().map_err(|e| anyhow::anyhow!("weight `{}`: dtype {}: {e}", w.name, w.dtype))?;
             let shape = w.shape.iter().map(|&d| d as usize).collect();
-            let t = bytes::decode(dtype, shape, plan.section_bytes(w.section as usize)?).map_err(|e| anyhow::anyhow!("weight `{}`: {e}", w.name))?;
+            let t = bytes::decode(dtype, shape, plan.section_bytes(w.section as usize)?)
+                .map_err(|e| anyhow::anyhow!("weight `{}`: {e}", w.name))?;
             tensors.insert(w.name.clone(), Arc::new(t));
         }
         Ok(Self { tensors })
@@ -136,7 +137,12 @@ pub fn check_plan(path: &Path, opts: &CheckOptions) -> anyhow::Result<CheckRepor
         .outputs
         .iter()
         .zip(&outputs)
-        .map(|((name, v), (_, gpu))| Ok((name.clone(), row_cosines(&reference[v].to_f32_vec(), &gpu.to_f32_vec().map_err(anyhow::Error::msg)?, width(&reference[v])))))
+        .map(|((name, v), (_, gpu))| {
+            Ok((
+                name.clone(),
+                row_cosines(&reference[v].to_f32_vec(), &gpu.to_f32_vec().map_err(anyhow::Error::msg)?, width(&reference[v])),
+            ))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let (random_nonfinite, first_nonfinite) = random_runs(&mut ctx, &engine, opts)?;
     Ok(CheckReport {
@@ -178,11 +184,19 @@ fn per_kernel(
             };
             let Some(want) = reference.get(&v) else { continue };
             let comparison = match gpu.to_f32_vec() {
-                Ok(got) if gpu.shape.iter().map(|&d| d as usize).eq(want.shape.iter().copied()) => compare(want.dtype, &want.to_f32_vec(), &got),
+                Ok(got) if gpu.shape.iter().map(|&d| d as usize).eq(want.shape.iter().copied()) => {
+                    compare(want.dtype, &want.to_f32_vec(), &got)
+                }
                 Ok(_) => Comparison::mismatch(format!("GPU shape {:?}, interpreter {:?}", gpu.shape, want.shape)),
                 Err(e) => Comparison::mismatch(e),
             };
-            checks.push(KernelCheck { launch: index, label: launch.label.clone(), value: b.name.clone(), dtype: b.dtype.clone(), comparison });
+            checks.push(KernelCheck {
+                launch: index,
+                label: launch.label.clone(),
+                value: b.name.clone(),
+                dtype: b.dtype.clone(),
+                comparison,
+            });
             forced.push((*buffer, to_host(want)));
         }
         forced
@@ -249,8 +263,7 @@ fn random_runs(ctx: &mut Context<'_>, engine: &Engine, opts: &CheckOptions) -> a
             ("attention_mask", HostTensor::from_i64(shape.clone(), &mask)),
             ("token_type_ids", HostTensor::from_i64(shape, &types)),
         ];
-        let inputs: Vec<(&str, HostTensor)> =
-            inputs.into_iter().filter(|(name, _)| meta.inputs.iter().any(|i| i.name == *name)).collect();
+        let inputs: Vec<(&str, HostTensor)> = inputs.into_iter().filter(|(name, _)| meta.inputs.iter().any(|i| i.name == *name)).collect();
         for (name, out) in ctx.run(&inputs)? {
             let xs = out.to_f32_vec().map_err(anyhow::Error::msg)?;
             if let Some(i) = xs.iter().position(|x| !x.is_finite()) {

@@ -19,6 +19,15 @@ pub enum Emit {
     Ir,
 }
 
+/// FP8 GEMM accumulation (see `--fp8-accum`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Fp8Accum {
+    /// Exact f32 sums.
+    Exact,
+    /// Hopper FP8 tensor-core accumulation.
+    TensorCore,
+}
+
 /// Arguments of `qfuse compile`.
 #[derive(Args)]
 pub struct CompileArgs {
@@ -44,6 +53,11 @@ pub struct CompileArgs {
     /// Compile every kernel with NVRTC even if the CUBIN cache has it.
     #[arg(long)]
     no_kernel_cache: bool,
+    /// How FP8 GEMMs accumulate: `exact` (f32 sums that match the interpreter; on sm_90 FP8 is
+    /// converted to f16 tensor-core MMAs) or `tensor-core` (Hopper FP8 wgmma: faster on large
+    /// GEMMs, ~14-bit internal accumulation like cuBLASLt's).
+    #[arg(long, value_enum, default_value = "exact")]
+    fp8_accum: Fp8Accum,
     /// Print the fusion report as JSON on stdout instead of a table.
     #[arg(long)]
     json: bool,
@@ -73,6 +87,7 @@ pub fn run(args: &CompileArgs, quiet: bool) -> anyhow::Result<()> {
             if args.no_kernel_cache {
                 opts.kernel_cache = None;
             }
+            opts.lower.exact_fp8 = args.fp8_accum == Fp8Accum::Exact;
             let plan = compile::compile(&args.model_dir, &opts)?;
             plan.save(&args.output)?;
             let stats = plan.stats.clone();

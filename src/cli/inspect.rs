@@ -142,7 +142,11 @@ fn fusion_summary(m: &PlanMeta) -> String {
     let mut out =
         format!("fusion report: {} Q/DQ fused, {} folded offline, {} standalone\n", count("Fused"), count("Folded"), count("Standalone"));
     for e in entries.iter().filter(|e| outcome(e) == "Standalone") {
-        out += &format!("  standalone {}: {}\n", e["qdq"].as_str().unwrap_or("?"), e["outcome"]["Standalone"]["reason"].as_str().unwrap_or("?"));
+        out += &format!(
+            "  standalone {}: {}\n",
+            e["qdq"].as_str().unwrap_or("?"),
+            e["outcome"]["Standalone"]["reason"].as_str().unwrap_or("?")
+        );
     }
     out
 }

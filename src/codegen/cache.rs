@@ -15,8 +15,9 @@ use sha2::{Digest, Sha256};
 
 use super::nvrtc::{self, NvrtcError};
 
-/// NVRTC options every plan kernel is compiled with (besides the arch and include path).
-pub const DEFAULT_OPTIONS: &[&str] = &["--std=c++17", "-default-device"];
+/// NVRTC options every plan kernel is compiled with (besides the arch and include path). Warning
+/// 177 ("declared but never referenced") is expected in specialised templates and silenced.
+pub const DEFAULT_OPTIONS: &[&str] = &["--std=c++17", "-default-device", "--diag-suppress=177"];
 
 /// A directory of CUBINs named by content key.
 #[derive(Debug, Clone)]

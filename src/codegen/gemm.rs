@@ -144,6 +144,15 @@ pub struct GemmSpec {
     /// 128-deep k-tile is summed separately by the tensor cores and then added to f32 registers
     /// ("promotion"), which bounds the error to that of one 128-term partial sum.
     pub fast_accum: bool,
+    /// FP8 wgmma without `fast_accum`: add the tensor cores' partial sums to the f32 registers
+    /// every this many 32-byte k-steps (must divide the k-steps of a tile); 0 (the default) means
+    /// once per k-tile. The tensor cores' internal FP8 accumulation keeps about 14 mantissa bits:
+    /// on H100 (Nov 2026) promoting after every wgmma (1) halved the FP8 codes that differ from an
+    /// exact sum after MiniLM's GeLU GEMM (0.46 % → 0.19 %) but cost a third of the speed at
+    /// 8192³ (1150 → 756 TFLOP/s), and did not bring the plans' embeddings closer to the
+    /// interpreter's. For sums that match an exact f32 sum, use the `mma.sync` mainloop
+    /// ([`GemmSpec::for_problem`] with `exact_fp8`).
+    pub promote_steps: u32,
 }
 
 impl GemmSpec {
@@ -174,6 +183,7 @@ impl GemmSpec {
             operand: Operand::E4M3,
             mainloop: Mainloop::MmaSync,
             fast_accum: false,
+            promote_steps: 0,
         }
     }
 
@@ -229,7 +239,16 @@ impl GemmSpec {
     /// instead of 64×64. H100, MiniLM shapes (Nov 2026): at M = 32768, 128×128 ×2 ran FP8
     /// 384×384 at 363 vs 291 TFLOP/s and 384×1536 at 752 vs 568 (f16: 261 vs 213, 407 vs 316);
     /// at M = 4096 (96 such tiles) 64×64 stays ahead (163 vs 148).
-    pub fn for_problem(operand: Operand, n: u32, k: u32, max_m: u64) -> Self {
+    ///
+    /// With `exact_fp8`, an E4M3 GEMM takes the `mma.sync` mainloop instead ([`GemmSpec::for_shape`]):
+    /// on sm_90 ptxas turns it into exact E4M3→f16 conversions and f16 tensor-core MMAs with f32
+    /// accumulation, whose sums match the interpreter's f32 sums to rounding (Hopper's FP8 wgmma
+    /// accumulates with ~14 mantissa bits, so its sums differ from the interpreter's by more,
+    /// as cuBLASLt's do).
+    pub fn for_problem(operand: Operand, n: u32, k: u32, max_m: u64, exact_fp8: bool) -> Self {
+        if exact_fp8 && operand == Operand::E4M3 {
+            return Self::for_shape(n, k);
+        }
         let base = Self::default_for(operand, n, k);
         let big_tiles = max_m.div_ceil(128) * u64::from(n / 128);
         if base.tile_n == 64 && n % 128 == 0 && big_tiles >= 2 * 132 {
@@ -358,6 +377,9 @@ impl GemmSpec {
             }
             if s.stages < 3 {
                 return bad("wgmma needs at least 3 stages".into());
+            }
+            if s.promote_steps != 0 && (s.tile_k_bytes() / 32) % s.promote_steps != 0 {
+                return bad(format!("promote_steps {} must divide the {} k-steps of a tile", s.promote_steps, s.tile_k_bytes() / 32));
             }
             if s.fast_accum && s.operand != Operand::E4M3 {
                 return bad("fast_accum is an FP8 option (f16/bf16 wgmma accumulates in f32)".into());
@@ -604,6 +626,7 @@ pub fn render(spec: &GemmSpec, epi: &Epilogue, m: DimExpr) -> Result<KernelDef, 
         ("ctas_per_sm", spec.ctas_per_sm.to_string()),
         ("mainloop", format!("{:?}", spec.mainloop)),
         ("fast_accum", flag(spec.fast_accum)),
+        ("promote_steps", if spec.promote_steps == 0 { spec.tile_k_bytes() / 32 } else { spec.promote_steps }.to_string()),
         ("params", params.join(", ")),
         ("declare_inputs", decls.join("\n")),
         ("load_inputs", loads.join("\n")),
@@ -643,13 +666,13 @@ mod tests {
         assert_eq!(GemmSpec::wgmma_for_shape(384, 384).tile_m, 64);
         assert_eq!(GemmSpec::wgmma_f16_for_shape(384, 384).tile_k, 64);
         for op in [Operand::E4M3, Operand::F16, Operand::BF16] {
-            let small = GemmSpec::for_problem(op, 384, 1536, 4096);
+            let small = GemmSpec::for_problem(op, 384, 1536, 4096, false);
             assert_eq!(small, GemmSpec::default_for(op, 384, 1536));
-            let big = GemmSpec::for_problem(op, 384, 1536, 64 * 512);
+            let big = GemmSpec::for_problem(op, 384, 1536, 64 * 512, false);
             assert_eq!((big.tile_m, big.tile_n, big.ctas_per_sm, big.operand), (128, 128, 2, op));
             big.validate().expect("valid");
-            assert_eq!(GemmSpec::for_problem(op, 192, 384, 1 << 20).tile_n, 64, "N = 192 has no 128-wide tiles");
-            assert_eq!(GemmSpec::for_problem(op, 1536, 384, 1 << 20), GemmSpec::default_for(op, 1536, 384));
+            assert_eq!(GemmSpec::for_problem(op, 192, 384, 1 << 20, false).tile_n, 64, "N = 192 has no 128-wide tiles");
+            assert_eq!(GemmSpec::for_problem(op, 1536, 384, 1 << 20, false), GemmSpec::default_for(op, 1536, 384));
         }
     }
 

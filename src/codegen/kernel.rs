@@ -74,18 +74,35 @@ pub struct LowerError {
     pub reason: String,
 }
 
+/// Choices that change generated code (not its meaning beyond rounding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LowerOptions {
+    /// FP8 GEMMs accumulate exactly in f32 (on sm_90: `mma.sync`, E4M3 converted to f16 MMAs),
+    /// matching the interpreter; otherwise Hopper's FP8 `wgmma` (faster at large sizes, ~14-bit
+    /// internal accumulation as in cuBLASLt).
+    pub exact_fp8: bool,
+}
+
+impl Default for LowerOptions {
+    fn default() -> Self {
+        Self { exact_fp8: true }
+    }
+}
+
 /// Read-only view of the graph for lowering, with shape helpers.
 pub struct LowerCx<'g> {
     /// The (fused, verified) graph.
     pub graph: &'g Graph,
     /// Target SM version, e.g. 90 for `sm_90a`.
     pub sm: u32,
+    /// Code-generation choices.
+    pub options: LowerOptions,
 }
 
 impl<'g> LowerCx<'g> {
-    /// A context for `graph` targeting `sm`.
+    /// A context for `graph` targeting `sm` with default options.
     pub fn new(graph: &'g Graph, sm: u32) -> Self {
-        Self { graph, sm }
+        Self { graph, sm, options: LowerOptions::default() }
     }
 
     /// An error about `node`.

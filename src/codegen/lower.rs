@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::kernel::{Arg, KernelDef, Launch, LowerCx, LowerError, Lowered};
+use super::kernel::{Arg, KernelDef, Launch, LowerCx, LowerError, LowerOptions, Lowered};
 use super::ops;
 use crate::ir::{order, Graph, NodeId, ValueId};
 
@@ -53,8 +53,8 @@ impl Program {
 }
 
 /// Lowers every live node of `graph` for SM version `sm` (90 for `sm_90a`).
-pub fn lower_graph(graph: &Graph, sm: u32) -> Result<Program, LowerError> {
-    let cx = LowerCx::new(graph, sm);
+pub fn lower_graph(graph: &Graph, sm: u32, options: LowerOptions) -> Result<Program, LowerError> {
+    let cx = LowerCx { options, ..LowerCx::new(graph, sm) };
     let order = order::canonical_order(graph)
         .ok_or_else(|| LowerError { node: format!("graph `{}`", graph.name), reason: "the graph has a cycle".into() })?;
     let live = graph.live_nodes();

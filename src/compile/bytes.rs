@@ -20,7 +20,10 @@ pub fn encode(t: &Tensor) -> Vec<u8> {
         32 => xs.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
         16 => xs.iter().flat_map(|&x| (encode_bits(x, dt) as u16).to_le_bytes()).collect(),
         8 => xs.iter().map(|&x| encode_bits(x, dt) as u8).collect(),
-        4 => xs.chunks(2).map(|p| (encode_bits(p[0], dt) & 0xf) as u8 | ((p.get(1).map_or(0, |&x| encode_bits(x, dt)) & 0xf) << 4) as u8).collect(),
+        4 => xs
+            .chunks(2)
+            .map(|p| (encode_bits(p[0], dt) & 0xf) as u8 | ((p.get(1).map_or(0, |&x| encode_bits(x, dt)) & 0xf) << 4) as u8)
+            .collect(),
         bits => unreachable!("no {bits}-bit dtype"),
     }
 }
@@ -44,7 +47,11 @@ pub fn decode(dtype: DType, shape: Vec<usize>, bytes: &[u8]) -> Result<Tensor, S
         32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect(),
         16 => bytes.chunks_exact(2).map(|c| decode_bits(u32::from(u16::from_le_bytes([c[0], c[1]])), dtype)).collect(),
         8 => bytes.iter().map(|&b| decode_bits(u32::from(b), dtype)).collect(),
-        4 => bytes.iter().flat_map(|&b| [decode_bits(u32::from(b & 0xf), dtype), decode_bits(u32::from(b >> 4), dtype)]).take(numel).collect(),
+        4 => bytes
+            .iter()
+            .flat_map(|&b| [decode_bits(u32::from(b & 0xf), dtype), decode_bits(u32::from(b >> 4), dtype)])
+            .take(numel)
+            .collect(),
         bits => return Err(format!("no {bits}-bit dtype")),
     };
     Ok(Tensor::from_f32_as(dtype, shape, xs))

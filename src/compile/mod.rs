@@ -20,7 +20,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::codegen::cache::{KernelCache, Origin};
-use crate::codegen::kernel::{Arg, KernelDef, LowerError};
+use crate::codegen::kernel::{Arg, KernelDef, LowerError, LowerOptions};
 use crate::codegen::lower::{lower_graph, Program};
 use crate::codegen::memory::{self, MemoryPlan};
 use crate::codegen::nvrtc::{self, NvrtcError};
@@ -54,6 +54,8 @@ pub struct CompileOptions {
     pub import: ImportOptions,
     /// CUBIN cache directory; `None` disables the cache.
     pub kernel_cache: Option<PathBuf>,
+    /// Code-generation choices (FP8 accumulation).
+    pub lower: LowerOptions,
 }
 
 impl CompileOptions {
@@ -72,6 +74,7 @@ impl CompileOptions {
             arch: None,
             import: ImportOptions::default(),
             kernel_cache: KernelCache::default_location(),
+            lower: LowerOptions::default(),
         }
     }
 }
@@ -171,7 +174,7 @@ pub fn build(model: &Model, q: Quantized, opts: &CompileOptions) -> Result<Compi
     let sm = sm_of(&arch)?;
     // Values are numbered as the IR text prints them, so buffer names match `ir_text`.
     let graph = ir::order::compact(&q.fused);
-    let program = lower_graph(&graph, sm)?;
+    let program = lower_graph(&graph, sm, opts.lower)?;
     let mem = memory::plan(&graph, &program);
     let version = nvrtc::locate()?.version;
     let mut meta = PlanMeta::new(graph.name.clone(), arch.clone(), version);
@@ -306,7 +309,9 @@ fn add_weights(
                     let t = store.weight(name).map_err(|reason| CompileError::Weight { name: name.clone(), reason })?;
                     (name.clone(), t.as_ref().clone())
                 }
-                Op::Scalar { value } => (format!("literal {root}"), crate::interp::Tensor::from_f32_as(ty.dtype, vec![], vec![*value as f32])),
+                Op::Scalar { value } => {
+                    (format!("literal {root}"), crate::interp::Tensor::from_f32_as(ty.dtype, vec![], vec![*value as f32]))
+                }
                 _ => unreachable!("is_constant"),
             };
             if tensor.dtype != ty.dtype || tensor.shape.iter().map(|&d| d as u64).ne(memory_shape(graph, root)) {
@@ -356,12 +361,7 @@ fn add_schedule(
     }
 }
 
-fn add_signature(
-    builder: &mut PlanBuilder<'static>,
-    graph: &Graph,
-    program: &Program,
-    buffers: &std::collections::HashMap<ValueId, u32>,
-) {
+fn add_signature(builder: &mut PlanBuilder<'static>, graph: &Graph, program: &Program, buffers: &std::collections::HashMap<ValueId, u32>) {
     let sig = |name: &str, v: ValueId| TensorSig {
         name: name.to_string(),
         dtype: graph.ty(v).dtype.to_string(),

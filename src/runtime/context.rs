@@ -373,7 +373,13 @@ impl<'e> Context<'e> {
         let err = |message: String| RuntimeError::Buffer { what: "buffer", name: b.name.clone(), message };
         let ext = buffer_extent(meta, w, &b.dtype, &b.shape, symbols).map_err(err)?;
         if t.dtype != b.dtype || ext.bytes != t.data.len() as u64 {
-            return Err(err(format!("replacement is {} with {} bytes, the buffer holds {} with {} bytes", t.dtype, t.data.len(), b.dtype, ext.bytes)));
+            return Err(err(format!(
+                "replacement is {} with {} bytes, the buffer holds {} with {} bytes",
+                t.dtype,
+                t.data.len(),
+                b.dtype,
+                ext.bytes
+            )));
         }
         if !t.data.is_empty() {
             // SAFETY: the range lies inside the arena (checked extent); `t` outlives the copy, which

@@ -117,7 +117,7 @@ pub fn plan(cx: &LowerCx, node: NodeId) -> Result<GemmPlan, LowerError> {
     }
     let m = cx.rows(a);
     let max_m: u64 = cx.max_shape(a)[..lead.len()].iter().product();
-    let spec = GemmSpec::for_problem(operand, n32, k32, max_m);
+    let spec = GemmSpec::for_problem(operand, n32, k32, max_m, cx.options.exact_fp8);
     spec.check_m(max_m).map_err(|_| err(format!("M up to {max_m} rows exceeds what one launch of the GEMM covers (i32)")))?;
 
     // Scale vectors and epilogue operands, in operand order.

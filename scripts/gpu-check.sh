@@ -45,11 +45,11 @@ echo "== check (GPU vs interpreter)"
 for r in $plans; do
     [[ -f "/tmp/minilm-$r.plan" ]] || continue
     echo "-- $r"
-    timeout 150 "$q" check "/tmp/minilm-$r.plan" --random 256 --all >"$out/check-$r.log" 2>&1 || [[ $r == fp8-tc ]] || rc=1
+    timeout 150 "$q" check "/tmp/minilm-$r.plan" --random 256 --all --model "$model" >"$out/check-$r.log" 2>&1 || [[ $r == fp8-tc ]] || rc=1
     # Failing kernels (if any), the worst result per dtype, and the summary lines.
     grep -E 'FAIL|error' "$out/check-$r.log" | head -20
     python3 scripts/check_summary.py "$out/check-$r.log"
-    grep -E '^(per-kernel|end to end|random inputs|PASS|FAIL)' "$out/check-$r.log"
+    grep -E "^(per-kernel|end to end|vs FP32|random inputs|PASS|FAIL)" "$out/check-$r.log"
 done
 
 echo "== bench: MiniLM batch $batch x $seq"

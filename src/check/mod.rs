@@ -94,6 +94,18 @@ pub struct CheckReport {
     pub first_nonfinite: Option<String>,
     /// CUDA graphs captured during the random runs (one per distinct shape).
     pub graphs_captured: usize,
+    /// With a reference model: per output row, cosine of the GPU's and of the interpreter's
+    /// result with the unquantized model's (the interpreter running the imported FP32 graph).
+    pub vs_fp32: Option<Fp32Comparison>,
+}
+
+/// How far the plan (on the GPU) and the interpreter (on the plan's IR) are from FP32.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fp32Comparison {
+    /// Cosine of each GPU output row with FP32's.
+    pub gpu: Vec<f64>,
+    /// Cosine of each interpreter output row with FP32's.
+    pub interpreter: Vec<f64>,
 }
 
 impl CheckReport {
@@ -117,6 +129,8 @@ pub struct CheckOptions {
     pub seed: u64,
     /// Tokenizer truncation.
     pub max_tokens: usize,
+    /// The model folder the plan was compiled from: adds the comparison with FP32.
+    pub reference_model: Option<std::path::PathBuf>,
 }
 
 /// Runs all three checks of the module doc on the plan at `path` (GPU 0).
@@ -144,6 +158,10 @@ pub fn check_plan(path: &Path, opts: &CheckOptions) -> anyhow::Result<CheckRepor
             ))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let vs_fp32 = match &opts.reference_model {
+        Some(dir) => Some(fp32_comparison(dir, &opts.texts, &graph, &reference, &outputs)?),
+        None => None,
+    };
     let (random_nonfinite, first_nonfinite) = random_runs(&mut ctx, &engine, opts)?;
     Ok(CheckReport {
         kernels,
@@ -152,7 +170,28 @@ pub fn check_plan(path: &Path, opts: &CheckOptions) -> anyhow::Result<CheckRepor
         random_nonfinite,
         first_nonfinite,
         graphs_captured: ctx.cached_graphs(),
+        vs_fp32,
     })
+}
+
+/// The first output of the GPU and of the interpreter, each against the imported model's FP32
+/// graph on the same texts.
+fn fp32_comparison(
+    dir: &Path,
+    texts: &[String],
+    graph: &Graph,
+    reference: &HashMap<ValueId, Tensor>,
+    gpu: &[(String, HostTensor)],
+) -> anyhow::Result<Fp32Comparison> {
+    let model = crate::import::load(dir, &crate::import::ImportOptions::default())?;
+    let tok = model.tokenizer.as_ref().ok_or_else(|| anyhow::anyhow!("{}: no tokenizer.json", dir.display()))?;
+    let fp32 = interp::run(&model.graph, &model.weights, &tok.encode(texts)?.inputs())?;
+    let want = fp32.first().ok_or_else(|| anyhow::anyhow!("{}: the model has no output", dir.display()))?.1.to_f32_vec();
+    let (_, v) = graph.outputs.first().ok_or_else(|| anyhow::anyhow!("the plan has no output"))?;
+    let interp_out = reference[v].to_f32_vec();
+    let gpu_out = gpu.first().ok_or_else(|| anyhow::anyhow!("no GPU output"))?.1.to_f32_vec().map_err(anyhow::Error::msg)?;
+    let w = width(&reference[v]);
+    Ok(Fp32Comparison { gpu: row_cosines(&gpu_out, &want, w), interpreter: row_cosines(&interp_out, &want, w) })
 }
 
 /// Every value the interpreter computes for `inputs`.

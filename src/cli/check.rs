@@ -26,6 +26,9 @@ pub struct CheckArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// The model folder the plan was compiled from: also compare GPU and interpreter with FP32.
+    #[arg(long)]
+    model: Option<PathBuf>,
 }
 
 const SENTENCES: [&str; 16] = [
@@ -53,7 +56,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
     if texts.is_empty() {
         texts = SENTENCES.iter().map(|s| s.to_string()).collect();
     }
-    let opts = CheckOptions { texts, random_runs: args.random, seed: 0x5eed, max_tokens: 128 };
+    let opts = CheckOptions { texts, random_runs: args.random, seed: 0x5eed, max_tokens: 128, reference_model: args.model.clone() };
     let started = std::time::Instant::now();
     let report = check_plan(&args.plan, &opts)?;
     let passed = report.passed(args.min_cos);
@@ -87,6 +90,13 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
                 "end to end `{name}`: {} rows, cosine GPU vs interpreter min {min:.6}, mean {mean:.6} (bar {})",
                 cos.len(),
                 args.min_cos
+            ));
+        }
+        if let Some(f) = &report.vs_fp32 {
+            let stats = |c: &[f64]| (c.iter().copied().fold(f64::INFINITY, f64::min), c.iter().sum::<f64>() / c.len().max(1) as f64);
+            let ((gmin, gmean), (imin, imean)) = (stats(&f.gpu), stats(&f.interpreter));
+            lines.push(format!(
+                "vs FP32 model: GPU cosine min {gmin:.6} mean {gmean:.6}; interpreter min {imin:.6} mean {imean:.6} (same quantized IR)"
             ));
         }
         lines.push(format!(

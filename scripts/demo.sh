@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The main job on the default model (all-MiniLM-L6-v2): installs what it needs into .cache/
 # (pinned, idempotent, offline once cached), builds qfuse, imports the model (IR summary),
-# quantizes it with the fp8 recipe (calibration, Q/DQ, fusion: the fusion report), measures the
-# accuracy against FP32 on held-out texts, and embeds a few sentences with the fused FP8 graph.
+# compiles it with the fp8 recipe to a .plan (calibration, Q/DQ, fusion report, CUDA kernels from
+# templates compiled by NVRTC to sm_90a), shows what the plan holds, measures the recipe's
+# accuracy against FP32 on held-out texts, and embeds a few sentences: on the GPU from the plan
+# when one is present (then also checks the plan against the interpreter and times it), else with
+# the reference interpreter running the same fused FP8 graph.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/cache.sh"
 qfuse_ensure_model
@@ -14,17 +17,27 @@ mkdir -p target/demo
 echo "== import =="
 "$qfuse" import "$QFUSE_MODEL_DIR" --dump-ir target/demo/minilm.ir
 echo
-echo "== compile --recipe fp8 (calibrate, insert Q/DQ, fuse) =="
-"$qfuse" compile "$QFUSE_MODEL_DIR" --recipe fp8 --emit ir -o target/demo/minilm-fp8.ir
+echo "== compile --recipe fp8 -o minilm-fp8.plan (calibrate, insert Q/DQ, fuse, generate CUDA, NVRTC) =="
+"$qfuse" compile "$QFUSE_MODEL_DIR" --recipe fp8 -o target/demo/minilm-fp8.plan
+echo
+echo "== inspect minilm-fp8.plan =="
+"$qfuse" inspect target/demo/minilm-fp8.plan
 echo
 echo "== eval --recipe fp8 (per-layer and end-to-end accuracy vs FP32, held-out texts) =="
 "$qfuse" eval "$QFUSE_MODEL_DIR" --recipe fp8
 echo
-echo "== embed --recipe fp8 (reference interpreter running the fused FP8 graph) =="
-"$qfuse" embed "$QFUSE_MODEL_DIR" --recipe fp8 \
-  "A man is eating food." \
-  "A man is eating a piece of bread." \
-  "The new movie is awesome." \
-  "The new movie is so great." \
-  "A woman is playing violin." \
-  "The stock market fell sharply today."
+texts=("A man is eating food." "A man is eating a piece of bread." "The new movie is awesome."
+  "The new movie is so great." "A woman is playing violin." "The stock market fell sharply today.")
+if nvidia-smi -L >/dev/null 2>&1; then
+  echo "== run minilm-fp8.plan on the GPU =="
+  "$qfuse" run target/demo/minilm-fp8.plan "${texts[@]}"
+  echo
+  echo "== check the plan against the interpreter, kernel by kernel and end to end =="
+  "$qfuse" check target/demo/minilm-fp8.plan --model "$QFUSE_MODEL_DIR" || true
+  echo
+  echo "== bench: batch 32 x 128 tokens =="
+  "$qfuse" bench target/demo/minilm-fp8.plan --batch 32 --seq 128
+else
+  echo "== embed --recipe fp8 (no GPU here: the reference interpreter runs the plan's fused FP8 graph) =="
+  "$qfuse" embed "$QFUSE_MODEL_DIR" --recipe fp8 "${texts[@]}"
+fi

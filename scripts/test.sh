@@ -10,3 +10,5 @@ cd "$QFUSE_ROOT"
 export INSTA_UPDATE="${INSTA_UPDATE:-no}"
 cargo test --locked --all-targets
 cargo test --locked --doc
+# The runtime alone (no importer, passes, interpreter, NVRTC, tokenizer): it must build and pass.
+cargo test --locked --no-default-features --test runtime

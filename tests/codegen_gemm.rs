@@ -126,11 +126,21 @@ fn qmatmul_node(g: &Graph) -> NodeId {
 }
 
 /// Parses `ir` (checking it type-checks) and lowers its qmatmul.
+/// Lowers the IR's qmatmul with Hopper's FP8 tensor-core accumulation (the wgmma mainloop, whose
+/// generated code the snapshots pin); [`lower_ir_exact`] uses the default exact accumulation.
 fn lower_ir(ir: &str) -> (Graph, NodeId, Result<Lowered, LowerError>) {
+    lower_ir_with(ir, LowerOptions { exact_fp8: false })
+}
+
+fn lower_ir_exact(ir: &str) -> (Graph, NodeId, Result<Lowered, LowerError>) {
+    lower_ir_with(ir, LowerOptions::default())
+}
+
+fn lower_ir_with(ir: &str, options: LowerOptions) -> (Graph, NodeId, Result<Lowered, LowerError>) {
     let g = qfuse::ir::parse(ir).unwrap_or_else(|e| panic!("{e}\n{ir}"));
     qfuse::ir::verify(&g, "test").unwrap_or_else(|e| panic!("{e}\n{ir}"));
     let node = qmatmul_node(&g);
-    let lowered = qmatmul::lower(&LowerCx::new(&g, 90), node);
+    let lowered = qmatmul::lower(&LowerCx { options, ..LowerCx::new(&g, 90) }, node);
     (g, node, lowered)
 }
 
@@ -191,13 +201,13 @@ fn minilm_qmatmuls_lower_and_compile_to_sm90a_cubin() {
         assert!(k.name.starts_with("gemm_") && k.template == "gemm", "{}", k.name);
         assert!(!k.source.contains("{{"), "{}: unsubstituted placeholder", c.name);
         let Op::QMatMul(q) = &n.op else { unreachable!() };
-        let spec = qmatmul::plan(&LowerCx::new(&g, 90), node).expect("plans").spec;
         // Exact FP8 accumulation (the default) takes mma.sync; f16/bf16 and the tensor-core option wgmma.
+        let exact = qmatmul::plan(&LowerCx::new(&g, 90), node).expect("plans").spec;
         let fp8 = g.ty(n.inputs[0]).dtype == DType::F8E4M3;
-        assert_eq!(spec.mainloop.is_wgmma(), !fp8, "{}: {spec:?}", c.name);
-        assert!(!spec.fast_accum, "{}: {spec:?}", c.name);
+        assert_eq!(exact.mainloop.is_wgmma(), !fp8, "{}: {exact:?}", c.name);
         let tc = LowerCx { options: LowerOptions { exact_fp8: false }, ..LowerCx::new(&g, 90) };
-        assert!(qmatmul::plan(&tc, node).expect("plans").spec.mainloop.is_wgmma(), "{}", c.name);
+        let spec = qmatmul::plan(&tc, node).expect("plans").spec;
+        assert!(spec.mainloop.is_wgmma() && !spec.fast_accum, "{}: {spec:?}", c.name);
         let tiles_n = u64::from(spec.n / spec.tile_n);
         let grid = DimExpr::sym("B").mul(DimExpr::sym("S")).ceil_div(u64::from(spec.tile_m)).mul(DimExpr::Const(tiles_n));
         assert_eq!(k.grid, [grid, DimExpr::Const(1), DimExpr::Const(1)], "{}", c.name);
@@ -224,6 +234,11 @@ fn grid_and_signature_of_the_mlp_up_projection() {
     assert!(k.source.contains(
         "(const uint8_t* __restrict__ A, const uint8_t* __restrict__ B, const uint16_t* __restrict__ add0, uint8_t* __restrict__ Y, int M)"
     ));
+    // The default, exact accumulation: the mma.sync mainloop with its 128×256 tiles for N = 1536.
+    let exact = one_launch(lower_ir_exact(&c.ir).2, &c.name).kernel;
+    assert_eq!(exact.grid[0].to_string(), "ceil_div(B*S, 128)*6");
+    assert!(exact.source.contains("Mainloop::MmaSync;"), "exact FP8 accumulation takes mma.sync");
+    assert!(k.source.contains("Mainloop::Wgmma;"));
     let c = minilm_cases().into_iter().find(|c| c.name == "fp8_dynamic_bias_residual_384x1536").expect("case");
     let k = one_launch(lower_ir(&c.ir).2, &c.name).kernel;
     // Up to 64·512 rows: 128×128 tiles, two blocks per SM.

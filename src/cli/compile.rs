@@ -41,7 +41,7 @@ pub struct CompileArgs {
     /// Output file.
     #[arg(short, long)]
     output: PathBuf,
-    /// Target GPU arch of the CUBINs (default: sm_90a).
+    /// Target GPU arch of the CUBINs (default: the local GPU's, else sm_90a).
     #[arg(long)]
     arch: Option<String>,
     /// Largest batch the plan accepts.

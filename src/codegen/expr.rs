@@ -3,7 +3,7 @@
 //!
 //! Every expression is an `f32` value. The IR's per-step rounding (an `f16` add is an `f32` add
 //! rounded to `f16`) is explicit as [`Expr::Round`]; literals print as exact bit patterns. The
-//! printed functions (`qf_gelu`, `qf_round_f16`, …) are defined in `templates/common.cuh` with the
+//! printed functions (`qf_gelu`, `qf_round_f16`, …) are defined in `templates/math.cuh` with the
 //! interpreter's formulas (`src/interp/ops/elementwise.rs`).
 //!
 //! ```

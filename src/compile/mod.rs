@@ -33,7 +33,7 @@ use crate::plan::{
 };
 use crate::quant::{self, CalibOptions, QuantError, Quantized, Recipe};
 
-/// The arch compiled for when none is given and no GPU is visible.
+/// The arch compiled for when none is given and no GPU is visible (with one, its arch).
 pub const DEFAULT_ARCH: &str = "sm_90a";
 
 /// Name of the section holding the model's `tokenizer.json`, when it has one.
@@ -48,7 +48,7 @@ pub struct CompileOptions {
     pub calib: CalibOptions,
     /// Pass selection and IR dumps.
     pub passes: PassOptions,
-    /// Target arch (`sm_90a`, `sm_89`, …); `None`: [`DEFAULT_ARCH`].
+    /// Target arch (`sm_90a`, `sm_89`, …); `None`: the local GPU's, else [`DEFAULT_ARCH`].
     pub arch: Option<String>,
     /// Largest batch and sequence the plan accepts (symbols `B` and `S`).
     pub import: ImportOptions,
@@ -170,7 +170,7 @@ pub fn compile(model_dir: &Path, opts: &CompileOptions) -> Result<CompiledPlan, 
 
 /// Lowers, compiles and assembles the plan of an already quantized model.
 pub fn build(model: &Model, q: Quantized, opts: &CompileOptions) -> Result<CompiledPlan, CompileError> {
-    let arch = opts.arch.clone().unwrap_or_else(|| DEFAULT_ARCH.to_string());
+    let arch = opts.arch.clone().or_else(|| crate::runtime::local_arch(0)).unwrap_or_else(|| DEFAULT_ARCH.to_string());
     let sm = sm_of(&arch)?;
     // Values are numbered as the IR text prints them, so buffer names match `ir_text`.
     let graph = ir::order::compact(&q.fused);

@@ -197,7 +197,7 @@ pub struct ParamMeta {
 /// A compiled kernel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelMeta {
-    /// Entry point name in the CUBIN, e.g. `qgemm_fp8_1a2b3c4d`.
+    /// Entry point name in the CUBIN: `<template>_<16 hex digits>` (content hash), e.g. `gemm_1f0c…`.
     pub name: String,
     /// The template it was generated from, e.g. `qgemm_fp8`.
     pub template: String,

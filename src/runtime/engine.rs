@@ -25,6 +25,26 @@ pub fn device_arch(major: i32, minor: i32) -> String {
     format!("sm_{major}{minor}{suffix}")
 }
 
+/// The arch of local GPU `ordinal` (e.g. `sm_90a`), or `None` without a driver or such a device.
+/// Used by `qfuse compile` to target the machine it runs on; never panics.
+pub fn local_arch(ordinal: usize) -> Option<String> {
+    crate::runtime::cuda::probe_driver().ok()?;
+    crate::runtime::cuda::guarded("reading the local GPU's arch", || {
+        let none = || RuntimeError::Usage(String::new());
+        result::init().map_err(|_| none())?;
+        let count = result::device::get_count().map_err(|_| none())?;
+        if ordinal >= usize::try_from(count).unwrap_or(0) {
+            return Err(none());
+        }
+        let dev = result::device::get(ordinal as i32).map_err(|_| none())?;
+        let attr = |a| unsafe { result::device::get_attribute(dev, a) }.map_err(|_| none());
+        let major = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+        let minor = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+        Ok(device_arch(major, minor))
+    })
+    .ok()
+}
+
 /// A plan loaded on one device, ready to run: every CUBIN loaded, every kernel resolved, every
 /// weight uploaded once. `Send + Sync`: share it (`&Engine`, `Arc<Engine>`) and give each thread
 /// its own [`Context`].

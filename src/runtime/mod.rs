@@ -37,6 +37,6 @@ mod error;
 pub mod tensor;
 
 pub use context::{BenchStats, Context, KernelTiming, Outputs, DEFAULT_GRAPH_CACHE};
-pub use engine::{device_arch, Engine, DEVICE_ALIGN};
+pub use engine::{device_arch, local_arch, Engine, DEVICE_ALIGN};
 pub use error::RuntimeError;
 pub use tensor::HostTensor;

@@ -2,7 +2,10 @@
 //!
 //! Pipeline: [`import`] a Hugging Face folder into the [`ir`]; a [`quant`] recipe and calibration
 //! place quantize/dequantize nodes; [`passes`] fold and fuse them; the reference [`interp`]reter
-//! runs any stage on the CPU (the oracle of every test); [`codegen`] compiles kernels with NVRTC.
+//! runs any stage on the CPU (the oracle of every test); [`codegen`] lowers the fused graph to
+//! CUDA kernels from `templates/` and compiles them with NVRTC; [`compile`](mod@compile) assembles
+//! a [`plan`] file; the [`runtime`] runs it on the GPU and [`check`] compares it with the
+//! interpreter. With `--no-default-features` only [`plan`] and [`runtime`] are built.
 
 #[cfg(feature = "compiler")]
 pub mod check;
@@ -24,4 +27,9 @@ pub mod plan;
 #[cfg(feature = "compiler")]
 pub mod quant;
 pub mod runtime;
+
+/// `qfuse::compile(model_dir, &CompileOptions::for_recipe("fp8")?)?.save(path)`: see [`compile`](mod@compile).
+#[cfg(feature = "compiler")]
+pub use compile::{compile, CompileOptions, CompiledPlan};
+
 pub mod util;

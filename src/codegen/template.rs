@@ -32,7 +32,7 @@ fn quoted(keys: &[String]) -> String {
 /// A template's name (for messages) and text.
 #[derive(Debug, Clone, Copy)]
 pub struct Template {
-    /// Short name, e.g. `qgemm_fp8.cu`.
+    /// Short name, e.g. `gemm.cu`.
     pub name: &'static str,
     /// The text with `{{key}}` placeholders.
     pub text: &'static str,

@@ -199,7 +199,7 @@ pub struct ParamMeta {
 pub struct KernelMeta {
     /// Entry point name in the CUBIN: `<template>_<16 hex digits>` (content hash), e.g. `gemm_1f0c…`.
     pub name: String,
-    /// The template it was generated from, e.g. `qgemm_fp8`.
+    /// The template family it was generated from, e.g. `gemm`, `layernorm`.
     pub template: String,
     /// The complete CUDA C source that NVRTC compiled.
     pub source: String,
@@ -251,7 +251,7 @@ pub struct LaunchMeta {
     /// Arguments, matching the kernel's `params`.
     pub args: Vec<ArgRef>,
     /// What it computes, for humans: the IR node's location and results, e.g.
-    /// `encoder.layer.0.attention.self.query (%18)`.
+    /// `qmatmul encoder.layer.0.attention.self.query (%18)`.
     pub label: String,
     /// The buffers this launch writes (the IR node's results), for per-kernel checks.
     pub writes: Vec<u32>,
@@ -297,7 +297,7 @@ pub enum SectionKind {
 pub struct SectionEntry {
     /// What the section holds.
     pub kind: SectionKind,
-    /// Name, for humans and error messages (`cubin.qgemm_w8a16_1a2b3c4d`, a weight name).
+    /// Name, for humans and error messages (`cubin.gemm_<16 hex digits>`, a weight name).
     pub name: String,
     /// Byte offset in the file; a multiple of `align`.
     pub offset: u64,

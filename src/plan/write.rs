@@ -13,7 +13,7 @@ use super::PlanError;
 /// ```no_run
 /// # use qfuse::plan::{PlanBuilder, PlanMeta, SectionKind};
 /// let mut b = PlanBuilder::new(PlanMeta::new("bert-base", "sm_90a", (13, 0)));
-/// let cubin = b.add_section(SectionKind::Cubin, "cubin.qgemm", vec![0x7f, b'E', b'L', b'F']);
+/// let cubin = b.add_section(SectionKind::Cubin, "cubin.gemm", vec![0x7f, b'E', b'L', b'F']);
 /// b.write("model.plan".as_ref())?;
 /// # Ok::<(), qfuse::plan::PlanError>(())
 /// ```

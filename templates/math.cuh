@@ -79,7 +79,8 @@ QF_DEVICE float qf_gelu_tanh(float x) {
 }
 
 QF_DEVICE float qf_silu(float x) { return x / (1.0f + expf(-x)); }
-QF_DEVICE float qf_relu(float x) { return fmaxf(x, 0.0f); }
+// As the interpreter: NaN and -0 pass through (fmaxf would turn NaN into 0).
+QF_DEVICE float qf_relu(float x) { return x < 0.0f ? 0.0f : x; }
 QF_DEVICE float qf_rsqrt(float x) { return 1.0f / sqrtf(x); }
 
 // ---- warp / block reductions -------------------------------------------------------------------

@@ -81,5 +81,5 @@ print("(ratio = peer time / qfuse time; > 1 means qfuse is faster)")
 PY
 
 echo "== FP8 GEMM vs cuBLASLt"
-GEMM_KINDS=wgmma timeout 150 scripts/gpu-gemm-bench.sh || rc=1
+GEMM_KINDS="mma wgmma" timeout 150 scripts/gpu-gemm-bench.sh || rc=1
 exit $rc

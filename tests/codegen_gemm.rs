@@ -234,9 +234,9 @@ fn grid_and_signature_of_the_mlp_up_projection() {
     assert!(k.source.contains(
         "(const uint8_t* __restrict__ A, const uint8_t* __restrict__ B, const uint16_t* __restrict__ add0, uint8_t* __restrict__ Y, int M)"
     ));
-    // The default, exact accumulation: the mma.sync mainloop with its 128×256 tiles for N = 1536.
+    // The default, exact accumulation: the mma.sync mainloop with 64×128 tiles for N = 1536.
     let exact = one_launch(lower_ir_exact(&c.ir).2, &c.name).kernel;
-    assert_eq!(exact.grid[0].to_string(), "ceil_div(B*S, 128)*6");
+    assert_eq!(exact.grid[0].to_string(), "ceil_div(B*S, 64)*12");
     assert!(exact.source.contains("Mainloop::MmaSync;"), "exact FP8 accumulation takes mma.sync");
     assert!(k.source.contains("Mainloop::Wgmma;"));
     let c = minilm_cases().into_iter().find(|c| c.name == "fp8_dynamic_bias_residual_384x1536").expect("case");

@@ -354,6 +354,8 @@ fn plan() -> Vec<(&'static str, GemmSpec, Epi, Vec<u32>)> {
             for &epi in epis {
                 out.push(("bench", GemmSpec::for_problem(Operand::E4M3, n, k, u64::from(m), false), epi, vec![m]));
             }
+            // The plans' default, exact-accumulation (mma.sync) kernel.
+            out.push(("bench", GemmSpec::for_problem(Operand::E4M3, n, k, u64::from(m), true), epis[0], vec![m]));
             out.push(("bench", GemmSpec::for_problem(Operand::F16, n, k, u64::from(m), false), f16_epi, vec![m]));
         }
         out.push(("bench", spec(n, k, (64, 128, 128), 4, (2, 2)), Epi::Bias, vec![4096]));

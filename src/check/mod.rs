@@ -260,21 +260,10 @@ fn width(t: &Tensor) -> usize {
     t.shape.last().copied().unwrap_or(1).max(1)
 }
 
-/// Cosine similarity of each row of `a` and `b`.
+/// Cosine similarity of each row of `a` and `b` (1 for two all-zero rows).
 pub fn row_cosines(a: &[f32], b: &[f32], width: usize) -> Vec<f64> {
-    a.chunks(width)
-        .zip(b.chunks(width))
-        .map(|(x, y)| {
-            let dot: f64 = x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum();
-            let nx: f64 = x.iter().map(|&p| (p as f64).powi(2)).sum::<f64>().sqrt();
-            let ny: f64 = y.iter().map(|&q| (q as f64).powi(2)).sum::<f64>().sqrt();
-            if nx == 0.0 && ny == 0.0 {
-                1.0
-            } else {
-                dot / (nx * ny).max(1e-300)
-            }
-        })
-        .collect()
+    let zero = |r: &[f32]| r.iter().all(|&x| x == 0.0);
+    a.chunks(width).zip(b.chunks(width)).map(|(x, y)| if zero(x) && zero(y) { 1.0 } else { crate::quant::eval::cosine(x, y) }).collect()
 }
 
 /// Random BERT inputs through the graph path; counts runs with a non-finite output.

@@ -115,10 +115,7 @@ impl<'g> LowerCx<'g> {
 
     /// A dimension as an expression over the symbols.
     pub fn dim(&self, d: Dim) -> DimExpr {
-        match d {
-            Dim::Fixed(n) => DimExpr::Const(n),
-            Dim::Sym(s) => DimExpr::sym(self.graph.symbols[s].name.clone()),
-        }
+        dim_expr(self.graph, d)
     }
 
     /// Every dimension of `v`'s shape.
@@ -161,6 +158,14 @@ impl<'g> LowerCx<'g> {
             Op::Weight { name } => Some(name),
             _ => None,
         }
+    }
+}
+
+/// A dimension of `graph` as an expression over its symbols (by name).
+pub fn dim_expr(graph: &Graph, d: Dim) -> DimExpr {
+    match d {
+        Dim::Fixed(n) => DimExpr::Const(n),
+        Dim::Sym(s) => DimExpr::sym(graph.symbols[s].name.clone()),
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::codegen::cache::{KernelCache, Origin};
-use crate::codegen::kernel::{Arg, KernelDef, LowerError, LowerOptions};
+use crate::codegen::kernel::{dim_expr, max_extents, Arg, KernelDef, LowerError, LowerOptions};
 use crate::codegen::lower::{lower_graph, Program};
 use crate::codegen::memory::{self, MemoryPlan};
 use crate::codegen::nvrtc::{self, NvrtcError};
@@ -190,7 +190,7 @@ pub fn build(model: &Model, q: Quantized, opts: &CompileOptions) -> Result<Compi
     let buffers = add_buffers(&mut builder, &graph, &mem);
     let weights = add_weights(&mut builder, &graph, &program, &model.weights)?;
     add_schedule(&mut builder, &graph, &program, &kernel_index, &buffers, &weights);
-    add_signature(&mut builder, &graph, &program, &buffers);
+    add_signature(&mut builder, &graph, &buffers);
     if let Some(tok) = std::fs::read(model.dir.join("tokenizer.json")).ok() {
         builder.add_section(SectionKind::Other, TOKENIZER_SECTION, tok);
     }
@@ -220,8 +220,7 @@ fn sm_of(arch: &str) -> Result<u32, CompileError> {
 }
 
 fn weight_len(w: &WeightMeta) -> u64 {
-    let bits = w.dtype.parse::<ir::DType>().map_or(8, |d| u64::from(d.bits()));
-    (w.shape.iter().product::<u64>() * bits).div_ceil(8)
+    crate::runtime::tensor::dense_bytes(&w.dtype, w.shape.iter().product()).unwrap_or(0)
 }
 
 /// Compiles every distinct kernel (in parallel, through the cache) and adds its CUBIN section.
@@ -278,14 +277,7 @@ fn add_buffers(builder: &mut PlanBuilder<'static>, graph: &Graph, mem: &MemoryPl
 }
 
 fn dims(graph: &Graph, v: ValueId) -> Vec<DimExpr> {
-    graph
-        .shape(v)
-        .iter()
-        .map(|d| match *d {
-            ir::Dim::Fixed(n) => DimExpr::Const(n),
-            ir::Dim::Sym(s) => DimExpr::sym(graph.symbols[s].name.clone()),
-        })
-        .collect()
+    graph.shape(v).iter().map(|&d| dim_expr(graph, d)).collect()
 }
 
 /// Adds a section for every weight or literal a launch reads; returns value → weight index.
@@ -314,7 +306,7 @@ fn add_weights(
                 }
                 _ => unreachable!("is_constant"),
             };
-            if tensor.dtype != ty.dtype || tensor.shape.iter().map(|&d| d as u64).ne(memory_shape(graph, root)) {
+            if tensor.dtype != ty.dtype || tensor.shape.iter().map(|&d| d as u64).ne(max_extents(graph, &ty.shape)) {
                 return Err(CompileError::Weight {
                     name,
                     reason: format!("stored as {}{:?}, the graph expects {}", tensor.dtype, tensor.shape, ir::shape_text(&ty.shape)),
@@ -327,10 +319,6 @@ fn add_weights(
         }
     }
     Ok(index)
-}
-
-fn memory_shape(graph: &Graph, v: ValueId) -> Vec<u64> {
-    crate::codegen::kernel::max_extents(graph, graph.shape(v))
 }
 
 fn add_schedule(
@@ -361,7 +349,7 @@ fn add_schedule(
     }
 }
 
-fn add_signature(builder: &mut PlanBuilder<'static>, graph: &Graph, program: &Program, buffers: &std::collections::HashMap<ValueId, u32>) {
+fn add_signature(builder: &mut PlanBuilder<'static>, graph: &Graph, buffers: &std::collections::HashMap<ValueId, u32>) {
     let sig = |name: &str, v: ValueId| TensorSig {
         name: name.to_string(),
         dtype: graph.ty(v).dtype.to_string(),
@@ -370,7 +358,6 @@ fn add_signature(builder: &mut PlanBuilder<'static>, graph: &Graph, program: &Pr
     };
     let inputs: Vec<TensorSig> = graph.inputs().into_iter().filter(|(_, v)| buffers.contains_key(v)).map(|(n, v)| sig(n, v)).collect();
     let outputs: Vec<TensorSig> = graph.outputs.iter().map(|(n, v)| sig(n, *v)).collect();
-    let _ = program;
     builder.meta_mut().inputs = inputs;
     builder.meta_mut().outputs = outputs;
 }

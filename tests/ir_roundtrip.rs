@@ -619,7 +619,7 @@ impl<'g> Gen<'g> {
         }
         let alpha = f32_value(d);
         let output = self.fused_output(d);
-        let q = QMatMul { transpose_b, alpha, a_scale, b_scale, acc_dtype, epilogue, output };
+        let q = QMatMul { transpose_b, alpha, a_scale, b_scale, acc_dtype, epilogue, output, b_dequant: None };
         self.add1(Op::QMatMul(q), &inputs, None);
     }
 

@@ -435,6 +435,7 @@ fn decode_qmatmul(attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), String> {
         acc_dtype: dtype_attr(attrs, "acc")?,
         epilogue,
         output,
+        b_dequant: None,
     };
     Ok((Op::QMatMul(q), refs))
 }

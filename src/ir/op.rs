@@ -106,12 +106,22 @@ pub struct QMatMul {
     pub epilogue: Vec<EpilogueStep>,
     /// A fused output quantize (per-tensor, literal scale), or `None` for a wide-float output.
     pub output: Option<QuantSpec>,
+    /// Weight-only quantization (W8A16, W4A16, FP8/NVFP4 weights on f16 GEMMs): `b` holds codes
+    /// that this spec dequantizes to `a`'s dtype (f16/bf16) before the product, exactly as a
+    /// `dequantize` producing that dtype would; its scale (then zero point) inputs follow `b`.
+    /// `alpha` is then 1 and `a_scale`/`b_scale` are false.
+    #[serde(default)]
+    pub b_dequant: Option<QuantSpec>,
 }
 
 impl QMatMul {
-    /// Number of inputs: `a`, `b`, the optional scale vectors, one per `Add` step.
+    /// Number of inputs: `a`, `b`, `b_dequant`'s scale and zero point, the optional scale vectors,
+    /// one per `Add` step — in that order.
     pub fn arity(&self) -> usize {
-        2 + usize::from(self.a_scale) + usize::from(self.b_scale) + self.epilogue.iter().filter(|s| s.op == EpilogueOp::Add).count()
+        2 + self.b_dequant.as_ref().map_or(0, QuantSpec::extra_inputs)
+            + usize::from(self.a_scale)
+            + usize::from(self.b_scale)
+            + self.epilogue.iter().filter(|s| s.op == EpilogueOp::Add).count()
     }
 }
 

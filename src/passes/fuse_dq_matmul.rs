@@ -214,6 +214,7 @@ fn build(g: &Graph, matmul: NodeId, transpose_b: bool, a: Operand, b: Operand) -
         acc_dtype: want.dtype,
         epilogue: vec![],
         output: None,
+        b_dequant: None,
     });
     let inputs: Vec<ValueId> = [a.q, b.q].into_iter().chain(a.vector).chain(b.vector).collect();
     let tys: Vec<&TensorType> = inputs.iter().map(|&v| g.ty(v)).collect();

@@ -73,7 +73,16 @@ fn match_lift(g: &Graph, id: NodeId) -> Option<Lift> {
     if !matches!(dtype, DType::F16 | DType::BF16) || g.ty(w).dtype != dtype || g.ty(w).rank() != 2 || !weight_rooted(g, w) {
         return None;
     }
-    let op = QMatMul { transpose_b: true, alpha: 1.0, a_scale: false, b_scale: false, acc_dtype: dtype, epilogue: vec![], output: None };
+    let op = QMatMul {
+        transpose_b: true,
+        alpha: 1.0,
+        a_scale: false,
+        b_scale: false,
+        acc_dtype: dtype,
+        epilogue: vec![],
+        output: None,
+        b_dequant: None,
+    };
     Some(Lift { op, inputs: [a, w] })
 }
 

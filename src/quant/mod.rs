@@ -4,6 +4,7 @@
 //! convert to the recipe's compute dtype → find the matmul sites → calibrate the activations the
 //! recipe needs → insert Q/DQ → run the fusion passes → fusion report.
 
+pub mod algo;
 pub mod calib;
 pub mod eval;
 pub mod insert;

@@ -293,7 +293,16 @@ mod tests {
     use crate::ir::{EpilogueStep, QuantSpec, UnaryOp};
 
     fn q(epilogue: Vec<EpilogueStep>) -> QMatMul {
-        QMatMul { transpose_b: true, alpha: 0.5, a_scale: true, b_scale: true, acc_dtype: DType::F32, epilogue, output: None }
+        QMatMul {
+            transpose_b: true,
+            alpha: 0.5,
+            a_scale: true,
+            b_scale: true,
+            acc_dtype: DType::F32,
+            epilogue,
+            output: None,
+            b_dequant: None,
+        }
     }
 
     #[test]

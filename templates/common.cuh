@@ -47,6 +47,16 @@ QF_DEVICE void qf_mma_e4m3_16832(float (&d)[4], const uint32_t (&a)[4], const ui
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// D = A(16x32 s8, row) * B(32x8 s8, col) + D, s32 accumulators (exact; wraps on overflow, which
+// the GEMM rules out by bounding K). Same fragment layouts as the e4m3 form.
+QF_DEVICE void qf_mma_s8_16832(int32_t (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
 // Two f32 -> packed f16x2 (round to nearest even); `lo` goes to the low half (lower address).
 QF_DEVICE uint32_t qf_pack_f16x2(float lo, float hi) {
     uint32_t r;

@@ -3,7 +3,8 @@
 //   acc[m,n] = sum_k A[m,k] * B[n,k]                          (f32 accumulation)
 //   Y[m,n]   = STORE( EPILOGUE(acc[m,n], inputs at (m,n)) )
 //
-// Operands (OPERAND): FP8 E4M3 x E4M3 (bytes), f16 x f16 or bf16 x bf16 (16-bit patterns). A is
+// Operands (OPERAND): FP8 E4M3 x E4M3 (bytes), f16 x f16 or bf16 x bf16 (16-bit patterns), or
+// s8 x s8 (bytes; exact s32 accumulators, converted to f32 once before the epilogue). A is
 // [M,K] row-major (activations; the IR's [.., M, K] with the leading axes flattened into M), B is
 // [N,K] row-major (weights, the nn.Linear layout), i.e. both K-major ("TN"). N, K, the tiles and
 // the epilogue are compile-time constants; M is a run-time argument (any M >= 1; rows past M are
@@ -46,9 +47,10 @@
 // registers. The FP8 tensor-core accumulation keeps fewer bits than f32: by default each 128-byte
 // k-tile is summed into a fresh partial accumulator and added to f32 registers ("promotion");
 // FAST_ACCUM accumulates all of K in the tensor cores instead.
-// MAINLOOP = MmaSync (e4m3 only): mma.sync.m16n8k32 fed by ldmatrix; warp (wm, wn) = (warp /
+// MAINLOOP = MmaSync (e4m3 or s8): mma.sync.m16n8k32 fed by ldmatrix; warp (wm, wn) = (warp /
 // WARPS_N, warp % WARPS_N) owns rows wm*WM .. +WM-1 and columns wn*WN .. +WN-1 as (WM/16) x (WN/8)
-// MMAs. On sm_90 ptxas lowers it to e4m3->f16 conversions and f16 HMMA.
+// MMAs. On sm_90 ptxas lowers e4m3 to e4m3->f16 conversions and f16 HMMA; s8 runs as IMMA with
+// s32 accumulators (exact while K * 128 * 128 < 2^31, which GemmSpec::validate checks).
 //
 // Accumulator fragments (both mainloops; the wgmma m64nN f32 layout restricted to one warp is the
 // mma m16n8 layout): with g = lane / 4, q = lane % 4, acc[mt][nt][2*h + e] holds
@@ -72,9 +74,10 @@
 // "declared but never referenced" warnings.
 namespace qf_gemm {
 
-enum class Operand { E4M3, F16, BF16 };
+enum class Operand { E4M3, F16, BF16, I8 };
 constexpr Operand OPERAND = Operand::{{operand}};
-constexpr bool WIDE = OPERAND != Operand::E4M3;  // f16 or bf16 operands
+constexpr bool WIDE = OPERAND == Operand::F16 || OPERAND == Operand::BF16;  // f16 or bf16 operands
+constexpr bool INT8 = OPERAND == Operand::I8;  // s8 x s8, exact s32 accumulators
 constexpr int ELEM_BYTES = WIDE ? 2 : 1;
 constexpr int N = {{n}};
 constexpr int K = {{k}};
@@ -124,7 +127,8 @@ static_assert(BK_BYTES == 64 || BK_BYTES == 128, "swizzle assumes 64- or 128-byt
 static_assert(!WGMMA || (BK_BYTES == 128 && WM == 16 && WARPS_N == 1 && WARPS_M % 4 == 0 &&
                          (BN == 64 || BN == 128 || BN == 256)),
               "wgmma: 128-byte rows, whole warpgroups stacked along M, n in {64, 128, 256}");
-static_assert(WGMMA || OPERAND == Operand::E4M3, "the mma.sync mainloop is e4m3 only");
+static_assert(WGMMA || OPERAND == Operand::E4M3 || INT8, "the mma.sync mainloop takes 8-bit operands (e4m3, s8)");
+static_assert(!WGMMA || !INT8, "s8 operands take the mma.sync mainloop");
 static_assert(WM % 16 == 0 && WN % 16 == 0, "warp tile must be a multiple of 16x16");
 static_assert(WGMMA || KSTEPS % 2 == 0, "fragment double buffer alternates per k-step");
 static_assert(!WGMMA || STAGES >= 3, "wgmma: one tile in the tensor cores, one landing, one loading");
@@ -172,8 +176,28 @@ QF_DEVICE void load_frags(uint32_t (&a)[MT_][4], uint32_t (&b)[NP_][4], uint32_t
         qf_ldmatrix_x4(b[np], stage + A_BYTES + b_off + np * 16 * BK_BYTES);
 }
 
+// The accumulator of the operand family: exact s32 sums for s8 operands, f32 otherwise.
+template <bool Int>
+struct AccOf {
+    typedef float T;
+};
+template <>
+struct AccOf<true> {
+    typedef int32_t T;
+};
+typedef AccOf<INT8>::T Acc;
+
+// An accumulator's f32 value: s32 sums are converted once, round to nearest even (the
+// interpreter's integer sum `as f32`).
+QF_DEVICE float acc_to_f32(float x) { return x; }
+QF_DEVICE float acc_to_f32(int32_t x) { return __int2float_rn(x); }
+
+// One m16n8k32 MMA of the operand family (e4m3 -> f32, s8 -> s32; the same fragment layouts).
+QF_DEVICE void mma_16832(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) { qf_mma_e4m3_16832(d, a, b); }
+QF_DEVICE void mma_16832(int32_t (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) { qf_mma_s8_16832(d, a, b); }
+
 template <int MT_, int NT_>
-QF_DEVICE void mma_step(float (&acc)[MT_][NT_][4], const uint32_t (&a)[MT_][4],
+QF_DEVICE void mma_step(Acc (&acc)[MT_][NT_][4], const uint32_t (&a)[MT_][4],
                         const uint32_t (&b)[NT_ / 2][4]) {
 #pragma unroll
     for (int mt = 0; mt < MT_; ++mt) {
@@ -182,7 +206,7 @@ QF_DEVICE void mma_step(float (&acc)[MT_][NT_][4], const uint32_t (&a)[MT_][4],
             // Serpentine over n so consecutive MMAs share a B fragment.
             const int nt = (mt & 1) ? NT_ - 1 - j : j;
             const uint32_t bf[2] = {b[nt / 2][(nt & 1) * 2], b[nt / 2][(nt & 1) * 2 + 1]};
-            qf_mma_e4m3_16832(acc[mt][nt], a[mt], bf);
+            mma_16832(acc[mt][nt], a[mt], bf);
         }
     }
 }
@@ -191,7 +215,7 @@ QF_DEVICE void mma_step(float (&acc)[MT_][NT_][4], const uint32_t (&a)[MT_][4],
 
 // mma.sync mainloop: STAGES-1 tiles in flight, ldmatrix fragments double-buffered per k-step.
 template <bool Selected>
-QF_DEVICE void mainloop_mma_sync(float (&acc)[MT][NT][4], uint32_t smem_base, const uint8_t* a_src,
+QF_DEVICE void mainloop_mma_sync(Acc (&acc)[MT][NT][4], uint32_t smem_base, const uint8_t* a_src,
                                  const uint8_t* b_src, uint32_t a_row_ok, uint32_t st_off, int ld_col,
                                  int warp, int lane) {
     const int wm = warp / WARPS_N;
@@ -499,7 +523,7 @@ QF_DEVICE void mainloop_wgmma(float (&acc)[MT][NT][4], uint32_t smem_base, const
 }
 
 template <bool Wgmma>
-QF_DEVICE void mainloop(float (&acc)[MT][NT][4], uint32_t smem_base, const uint8_t* a_src,
+QF_DEVICE void mainloop(Acc (&acc)[MT][NT][4], uint32_t smem_base, const uint8_t* a_src,
                         const uint8_t* b_src, uint32_t a_row_ok, uint32_t st_off, int ld_col, int warp,
                         int lane) {
     if constexpr (Wgmma) {
@@ -509,97 +533,7 @@ QF_DEVICE void mainloop(float (&acc)[MT][NT][4], uint32_t smem_base, const uint8
     }
 }
 
-// ---- epilogue arithmetic -------------------------------------------------------------------------
-// The epilogue's f32 values (`acc` and every `<input>_v`) are qf_rn_f32: each +, -, *, / that
-// involves one is a single IEEE round-to-nearest operation that the compiler never contracts
-// into an FMA (plain `a * b + c` may become one FFMA, rounding once where the interpreter rounds
-// twice). The printed expression (src/codegen/expr.rs) keeps its form; functions (qf_round_f16, qf_gelu, ...)
-// take and return float through the implicit conversions.
-struct qf_rn_f32 {
-    float v;
-    QF_DEVICE qf_rn_f32(float x) : v(x) {}
-    QF_DEVICE operator float() const { return v; }
-};
-#define QF_F32_OP(op, fn)                                                                          \
-    QF_DEVICE qf_rn_f32 operator op(qf_rn_f32 a, qf_rn_f32 b) { return qf_rn_f32(fn(a.v, b.v)); } \
-    QF_DEVICE qf_rn_f32 operator op(qf_rn_f32 a, float b) { return qf_rn_f32(fn(a.v, b)); }        \
-    QF_DEVICE qf_rn_f32 operator op(float a, qf_rn_f32 b) { return qf_rn_f32(fn(a, b.v)); }
-QF_F32_OP(+, __fadd_rn)
-QF_F32_OP(-, __fsub_rn)
-QF_F32_OP(*, __fmul_rn)
-QF_F32_OP(/, __fdiv_rn)
-#undef QF_F32_OP
-
-// ---- epilogue loads and stores: 4 consecutive elements (VEC) --------------------------------------
-// Loads widen to f32 exactly; `p` is 4-element aligned (n % 4 == 0, N % 64 == 0).
-QF_DEVICE void qf_ld4_f32(const float* p, float (&v)[4]) {
-    const float4 x = *reinterpret_cast<const float4*>(p);
-    v[0] = x.x;
-    v[1] = x.y;
-    v[2] = x.z;
-    v[3] = x.w;
-}
-
-QF_DEVICE void qf_ld4_f16(const uint16_t* p, float (&v)[4]) {
-    const uint2 x = *reinterpret_cast<const uint2*>(p);
-    v[0] = qf_f16_to_f32(static_cast<uint16_t>(x.x & 0xffffu));
-    v[1] = qf_f16_to_f32(static_cast<uint16_t>(x.x >> 16));
-    v[2] = qf_f16_to_f32(static_cast<uint16_t>(x.y & 0xffffu));
-    v[3] = qf_f16_to_f32(static_cast<uint16_t>(x.y >> 16));
-}
-
-QF_DEVICE void qf_ld4_bf16(const uint16_t* p, float (&v)[4]) {
-    const uint2 x = *reinterpret_cast<const uint2*>(p);
-    v[0] = __uint_as_float(x.x << 16);
-    v[1] = __uint_as_float(x.x & 0xffff0000u);
-    v[2] = __uint_as_float(x.y << 16);
-    v[3] = __uint_as_float(x.y & 0xffff0000u);
-}
-
-// One element broadcast to the 4 (per-row and single-element inputs).
-QF_DEVICE void qf_ldb4_f32(const float* p, float (&v)[4]) { v[0] = v[1] = v[2] = v[3] = *p; }
-QF_DEVICE void qf_ldb4_f16(const uint16_t* p, float (&v)[4]) { v[0] = v[1] = v[2] = v[3] = qf_f16_to_f32(*p); }
-QF_DEVICE void qf_ldb4_bf16(const uint16_t* p, float (&v)[4]) { v[0] = v[1] = v[2] = v[3] = qf_bf16_to_f32(*p); }
-
-// Stores: element j at p + j (lower address = lower element).
-QF_DEVICE void qf_st4_f32(float* p, const float (&y)[4]) {
-    *reinterpret_cast<float4*>(p) = make_float4(y[0], y[1], y[2], y[3]);
-}
-
-QF_DEVICE void qf_st4_f16(uint16_t* p, const float (&y)[4]) {
-    *reinterpret_cast<uint2*>(p) = make_uint2(qf_pack_f16x2(y[0], y[1]), qf_pack_f16x2(y[2], y[3]));
-}
-
-QF_DEVICE void qf_st4_bf16(uint16_t* p, const float (&y)[4]) {
-    const uint32_t lo = static_cast<uint32_t>(qf_f32_to_bf16(y[0])) | (static_cast<uint32_t>(qf_f32_to_bf16(y[1])) << 16);
-    const uint32_t hi = static_cast<uint32_t>(qf_f32_to_bf16(y[2])) | (static_cast<uint32_t>(qf_f32_to_bf16(y[3])) << 16);
-    *reinterpret_cast<uint2*>(p) = make_uint2(lo, hi);
-}
-
-// x / scale rounded to nearest even, for scale > 0 normal with rcp = RN(1 / scale) (compiled in),
-// without the slow-path call of a full IEEE division (a call per element serializes the
-// epilogue). Markstein's correction: q0 = RN(x * rcp) is within one ulp of x / scale, so
-// e = x - q0 * scale is exact in one FMA and RN(q0 + e * rcp) = RN(x / scale) (no overflow or
-// underflow; src/codegen/gemm.rs tests it against IEEE division). Zeros (keeping their sign),
-// infinities, NaN and an overflowing product take q0 itself, which is then also x / scale or
-// saturates alike below.
-QF_DEVICE float qf_gemm_div(float x, float scale, float rcp) {
-    const float q0 = __fmul_rn(x, rcp);
-    const float e = __fmaf_rn(-q0, scale, x);
-    const float q1 = __fmaf_rn(e, rcp, q0);
-    return (x != 0.0f && fabsf(q0) <= 3.40282347e38f) ? q1 : q0;
-}
-
-// Per-tensor static FP8 E4M3 quantization of each element: qf_quantize_e4m3(y, scale), i.e.
-// the true quotient y / scale, then RNE with saturation.
-QF_DEVICE void qf_st4_e4m3(uint8_t* p, const float (&y)[4], float scale, float rcp) {
-    uint32_t w = 0;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) w |= static_cast<uint32_t>(qf_f32_to_e4m3(qf_gemm_div(y[j], scale, rcp))) << (8 * j);
-    *reinterpret_cast<uint32_t*>(p) = w;
-}
-
-}  // namespace qf_gemm
+{{epilogue}}}  // namespace qf_gemm
 
 using namespace qf_gemm;
 
@@ -643,13 +577,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM)
     const uint8_t* b_src = B + (size_t)(n0 + ld_row) * K_BYTES + ld_col;
     const uint32_t st_off = qf_swizzle128(ld_row * BK_BYTES + ld_col);
 
-    float acc[MT][NT][4];
+    Acc acc[MT][NT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.0f;
+            for (int e = 0; e < 4; ++e) acc[mt][nt][e] = Acc(0);
 
     mainloop<WGMMA>(acc, smem_base, a_src, b_src, a_row_ok, st_off, ld_col, warp, lane);
 
@@ -671,55 +605,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM)
             for (int h = 0; h < 2; ++h) {
                 const int row = wm * WM + mt * 16 + g + h * 8;
                 *reinterpret_cast<float2*>(tile + row * OUT_STRIDE + col) =
-                    make_float2(acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
+                    make_float2(acc_to_f32(acc[mt][nt][2 * h]), acc_to_f32(acc[mt][nt][2 * h + 1]));
             }
         }
     }
     __syncthreads();
 
-    // Stage 2: 4 consecutive columns of one row per thread and pass (mapping in the header).
-    // Passes go in batches of OUT_BATCH: the batch's shared-memory reads and global input loads
-    // are all issued before any of its results is computed, so their latencies overlap.
-    constexpr int CHUNKS_PER_OUT_ROW = BN / VEC;
-    constexpr int OUT_PASSES = BM * CHUNKS_PER_OUT_ROW / THREADS;
-    constexpr int OUT_BATCH = OUT_PASSES % 4 == 0 ? 4 : OUT_PASSES % 2 == 0 ? 2 : 1;
-#pragma unroll 1
-    for (int i0 = 0; i0 < OUT_PASSES; i0 += OUT_BATCH) {
-        float acc4[OUT_BATCH][4];
-{{declare_inputs}}
-#pragma unroll
-        for (int u = 0; u < OUT_BATCH; ++u) {
-            const int c = tid + (i0 + u) * THREADS;
-            const int row = c / CHUNKS_PER_OUT_ROW;
-            const int col = (c % CHUNKS_PER_OUT_ROW) * VEC;
-            const int m = m0 + row;
-            const int n = n0 + col;
-            const size_t mn = (size_t)m * N + n;  // element (m, n) of an [M, N] tensor
-            (void)n;
-            (void)mn;
-            qf_ld4_f32(tile + row * OUT_STRIDE + col, acc4[u]);
-            if (m < M) {
-                // Epilogue inputs at (m, n .. n+3).
-{{load_inputs}}
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < OUT_BATCH; ++u) {
-            const int c = tid + (i0 + u) * THREADS;
-            const int row = c / CHUNKS_PER_OUT_ROW;
-            const int col = (c % CHUNKS_PER_OUT_ROW) * VEC;
-            const int m = m0 + row;
-            const size_t mn = (size_t)m * N + n0 + col;
-            if (m < M) {
-                float y[4];
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const qf_rn_f32 acc = acc4[u][j];
-{{element_inputs}}
-                    y[j] = {{value}};
-                }
-                {{store}};
-            }
-        }
-    }
-}
+{{store_tile}}}

@@ -59,6 +59,36 @@ QF_DEVICE float qf_round_e5m2(float f) { return qf_e5m2_to_f32(qf_f32_to_e5m2(f)
 // saturation.
 QF_DEVICE uint8_t qf_quantize_e4m3(float x, float scale) { return qf_f32_to_e4m3(__fdiv_rn(x, scale)); }
 
+// ---- INT8 (signed bytes) -------------------------------------------------------------------------
+// The IR's cast to i8 (numerics::cast): round to nearest even, saturate to [-128, 127], NaN -> 0,
+// never -0. Clamping first is exact (the bounds are integers) and keeps the conversion in range.
+QF_DEVICE int8_t qf_f32_to_i8(float f) {
+    const int i = __float2int_rn(fminf(fmaxf(f, -128.0f), 127.0f));
+    return static_cast<int8_t>(f == f ? i : 0);
+}
+
+// Static quantization to i8 as the IR defines it: a true division x / s, then qf_f32_to_i8.
+QF_DEVICE int8_t qf_quantize_i8(float x, float scale) { return qf_f32_to_i8(__fdiv_rn(x, scale)); }
+
+// ---- FP4 E2M1 (a code in the low nibble; storage packs two per byte, low nibble first) ----------
+// numerics::f32_to_e2m1: RNE onto {0, 0.5, 1, 1.5, 2, 3, 4, 6} (ties to the even code: 0.25 -> 0,
+// 0.75 -> 1, 1.25 -> 1, 1.75 -> 2, 2.5 -> 2, 3.5 -> 4, 5 -> 4), saturating to 6 (also +-inf), the
+// sign kept (bit 3, also for -0), NaN -> +6. (sm_90 has no cvt to e2m1.)
+QF_DEVICE uint8_t qf_f32_to_e2m1(float f) {
+    if (f != f) return 0x7;
+    const uint32_t sign = (__float_as_uint(f) >> 28) & 0x8u;
+    const float a = fabsf(f);
+    const uint32_t c = a <= 0.25f ? 0u : a < 0.75f ? 1u : a <= 1.25f ? 2u : a < 1.75f ? 3u
+                     : a <= 2.5f ? 4u : a < 3.5f ? 5u : a <= 5.0f ? 6u : 7u;
+    return static_cast<uint8_t>(sign | c);
+}
+
+QF_DEVICE float qf_e2m1_to_f32(uint8_t b) {
+    const uint32_t c = b & 0x7u;
+    const float mag = c < 4u ? 0.5f * static_cast<float>(c) : (c == 4u ? 2.0f : c == 5u ? 3.0f : c == 6u ? 4.0f : 6.0f);
+    return (b & 0x8u) ? -mag : mag;
+}
+
 // Largest finite E4M3 value: dynamic scales are amax / 448.
 #define QF_E4M3_MAX 448.0f
 

@@ -47,7 +47,13 @@ struct qf_e5m2 {
 struct qf_i8 {
     typedef int8_t T;
     static QF_DEVICE float load(T v) { return static_cast<float>(v); }
-    static QF_DEVICE T store(float f) { return static_cast<T>(static_cast<int>(qf_sat_int(f, -128.0f, 127.0f))); }
+    static QF_DEVICE T store(float f) { return qf_f32_to_i8(f); }
+};
+// FP4 E2M1: a code per element here; row kernels pack two per byte (qf_store_packed).
+struct qf_e2m1 {
+    typedef uint8_t T;
+    static QF_DEVICE float load(T v) { return qf_e2m1_to_f32(v); }
+    static QF_DEVICE T store(float f) { return qf_f32_to_e2m1(f); }
 };
 struct qf_u8 {
     typedef uint8_t T;
@@ -103,6 +109,26 @@ QF_DEVICE void qf_store_vec(typename D::T* p, const float (&in)[N]) {
     *reinterpret_cast<qf_pack<typename D::T, N>*>(p) = k;
 }
 
+// N 4-bit codes of D (N even) packed two per byte, element 2i in the low nibble of byte i (the
+// storage layout of src/compile/bytes.rs), stored as N / 2 bytes at p.
+template <class D, int N>
+QF_DEVICE void qf_store_packed(uint8_t* p, const float (&in)[N]) {
+    static_assert(N % 2 == 0, "whole bytes");
+    qf_pack<uint8_t, N / 2> k;
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) k.e[i] = static_cast<uint8_t>((D::store(in[2 * i]) & 0xf) | ((D::store(in[2 * i + 1]) & 0xf) << 4));
+    *reinterpret_cast<qf_pack<uint8_t, N / 2>*>(p) = k;
+}
+
+// The scale of a dynamic region as the interpreter defines it (src/interp/ops/quant.rs): amax /
+// qmax in f32, rounded to the scale dtype S; 1 where that is 0 (amax = 0, or the rounded scale
+// underflows), so nothing divides by zero.
+template <class S>
+QF_DEVICE float qf_dynamic_scale_as(float amax, float qmax) {
+    const float s = S::load(S::store(__fdiv_rn(amax, qmax)));
+    return s > 0.0f ? s : 1.0f;
+}
+
 // ---- f64 warp / row-group reductions -------------------------------------------------------------
 // XOR butterflies: every lane ends with the bitwise-same result (IEEE + and max are commutative).
 QF_DEVICE double qf_warp_sum_f64(double v) {
@@ -143,12 +169,16 @@ QF_DEVICE double qf_group_reduce(double v, double* red) {
 //   norm    NORM 0: none; 1: layernorm; 2: rmsnorm; 3: l2_normalize; 4: softmax; result rounded to Y
 //   outputs STORE_Y: y[row, :] in Y;  QUANT 1/2/3/4: q[row, :] = cast_Q(y / s) (+ zero point)
 //           with s literal (1), per-tensor from scale_in[0] (2), dynamic per-token (3: amax / QMAX,
-//           written to scales[row]) or per-token from scale_in[row] (4).
+//           written to scales[row]) or per-token from scale_in[row] (4); QUANT 5: dynamic per block
+//           of GROUP elements (qf_block_quant), NB scales per row in S, 4-bit codes PACKED.
 //
 // A configuration struct C provides:
 //   typedefs X (source element), ID (index element, embedding only), G, BT (gamma, beta), Y, Q, S
-//   constexpr int HMAX (row length, or its maximum when DYN), VEC, WPR, RPB, SOURCE, NORM, QUANT
+//   constexpr int HMAX (row length, or its maximum when DYN), VEC, WPR, RPB, SOURCE, NORM, QUANT,
+//     GROUP (QUANT 5: block length)
+//   constexpr long long NB (QUANT 5: blocks per row)
 //   constexpr bool DYN (row length from args.n at run time; VEC must be 1), BETA, STORE_Y, ZERO,
+//     PACKED (QUANT 5: Q is a 4-bit type stored two codes per byte),
 //     PREFETCH (load gamma / beta with the row rather than after the statistics)
 //   constexpr long long V, P, TT (embedding table rows)
 //   static device functions eps() (double), scale(), zero(), qmax() (float)
@@ -166,7 +196,7 @@ struct qf_row_args {
     const typename C::S::T* scale_in;   // QUANT 2: [1]; QUANT 4: [rows]
     typename C::Y::T* y;                // STORE_Y: [rows, n]
     typename C::Q::T* q;                // QUANT != 0: [rows, n]
-    typename C::S::T* scales;           // QUANT 3: [rows]
+    typename C::S::T* scales;           // QUANT 3: [rows]; QUANT 5: [rows, NB]
     long long rows;                     // number of rows
     long long n;                        // DYN: row length
     long long seq;                      // SOURCE 1: tokens per sequence (position = row % seq)
@@ -198,6 +228,46 @@ QF_DEVICE void qf_row_load(const qf_row_args<C>& a, long long row, long long n, 
 #pragma unroll
         for (int i = 0; i < C::VEC; ++i) {
             v[i] = qf_round<typename C::Y>(__fadd_rn(qf_round<typename C::Y>(__fadd_rn(w[i], p[i])), t[i]));
+        }
+    }
+}
+
+// QUANT 5: dynamic scales per block of GROUP consecutive elements of the row (DeepSeek-style 1x128
+// FP8 activation groups, NVFP4's 16-element blocks). The LANES = GROUP / VEC consecutive threads
+// holding a block's vectors reduce its amax with XOR shuffles (f32 max, exact in any order; NaN
+// ignored like the interpreter's f32::max); s = qf_dynamic_scale_as<S>(amax, QMAX), written by the
+// block's first thread to scales[row * NB + block]; q = cast_Q(x / s) with a true division. A
+// ragged last block is the row's tail (vectors past the row hold zeros). PACKED: 4-bit codes, two
+// per byte (qf_store_packed) at byte (row * n + col) / 2.
+template <class C, int NV>
+QF_DEVICE void qf_block_quant(const qf_row_args<C>& a, long long row, long long n, long long nvec, int t,
+                              const float (&v)[NV][C::VEC]) {
+    constexpr int VEC = C::VEC;
+    constexpr int TPR = 32 * C::WPR;
+    constexpr int LANES = C::GROUP / VEC;
+    static_assert(C::GROUP % VEC == 0 && LANES >= 1 && LANES <= 32 && (LANES & (LANES - 1)) == 0,
+                  "a block spans a power-of-two number of lanes of one warp");
+    static_assert(!C::PACKED || VEC % 2 == 0, "packed codes are stored in whole bytes");
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+        float m = 0.0f;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) m = fmaxf(m, fabsf(v[j][i]));
+        // Every lane takes part (no early exit before the shuffles).
+#pragma unroll
+        for (int o = LANES / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        const long long k = t + j * TPR;
+        if (k >= nvec) continue;
+        const float s = qf_dynamic_scale_as<typename C::S>(m, C::qmax());
+        const long long col = k * VEC;
+        if (col % C::GROUP == 0) a.scales[row * C::NB + col / C::GROUP] = C::S::store(s);
+        float r[VEC];
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) r[i] = __fdiv_rn(v[j][i], s);
+        if constexpr (C::PACKED) {
+            qf_store_packed<typename C::Q>(reinterpret_cast<uint8_t*>(a.q) + (row * n + col) / 2, r);
+        } else {
+            qf_store_vec<typename C::Q>(a.q + row * n + col, r);
         }
     }
 }
@@ -345,7 +415,9 @@ QF_DEVICE void qf_row_main(const qf_row_args<C>& a) {
         }
     }
 
-    if constexpr (C::QUANT != 0) {
+    if constexpr (C::QUANT == 5) {
+        qf_block_quant<C>(a, row, n, nvec, t, v);
+    } else if constexpr (C::QUANT != 0) {
         float s;
         if constexpr (C::QUANT == 1) {
             s = C::scale();

@@ -297,11 +297,14 @@ fn unsupported_qmatmuls_give_specific_errors() {
     // Operand types the template has no MMA for.
     let e = lower_error(&graph_text("f8e5m2", "f16", (384, 384), bias, "f16"));
     assert!(e.contains("f8e5m2 × f8e5m2 are not supported"), "{e}");
-    let e = lower_error(&graph_text("i8", "f16", (384, 384), bias, "f16"));
-    assert!(e.contains("i8 × i8 are not supported"), "{e}");
+    let e = lower_error(&graph_text("u8", "f16", (384, 384), bias, "f16"));
+    assert!(e.contains("u8 × u8 are not supported"), "{e}");
     // An output quantize to another storage.
-    let e = lower_error(&graph_text("f8e4m3", "f16", (384, 384), &format!("{bias}, out=i8, out_scale=0.1"), "i8"));
-    assert!(e.contains("output quantize to i8 is not supported"), "{e}");
+    let e = lower_error(&graph_text("f8e4m3", "f16", (384, 384), &format!("{bias}, out=u8, out_scale=0.1"), "u8"));
+    assert!(e.contains("output quantize to u8 is not supported"), "{e}");
+    // INT8 sums that could overflow the s32 accumulators.
+    let e = lower_error(&graph_text("i8", "f16", (384, 131_072), bias, "f16"));
+    assert!(e.contains("overflow the s32 accumulators"), "{e}");
     // An epilogue operand broadcast the epilogue cannot read: [S, N] against [B, S, N].
     let ir = graph_text("f8e4m3", "f16", (384, 384), "transpose_b, alpha=0.5, acc=f32, epilogue=[cast(f16),add(%7,f16)]", "f16")
         .replace("  %6 = qmatmul", "  %7 = input \"pos\" : f16[S,384]\n  %6 = qmatmul");
@@ -329,6 +332,89 @@ fn per_row_and_single_element_operands() {
     assert_cubin(&k, &cubin);
 }
 
+/// INT8 (SmoothQuant W8A8) qmatmuls: i8 × i8 with per-token `a_scale` and per-channel `b_scale`
+/// (the dynamic recipe's scales) or a per-tensor `alpha`, the MiniLM epilogues, f16 or i8 output.
+fn int8_cases() -> Vec<Case> {
+    let dynamic = "transpose_b, alpha=1.0, a_scale=%4, b_scale=%5, acc=f32";
+    let mut v = Vec::new();
+    for s in MINILM {
+        v.push(case("int8_dynamic_bias", "i8", "f16", s, &format!("{dynamic}, epilogue=[cast(f16),add(%2,f16)]"), "f16"));
+    }
+    v.push(case(
+        "int8_dynamic_bias_quant",
+        "i8",
+        "f16",
+        (1536, 384),
+        &format!("{dynamic}, epilogue=[cast(f16),add(%2,f16)], out=i8, out_scale=0.05"),
+        "i8",
+    ));
+    v.push(case(
+        "int8_bias_gelu_quant",
+        "i8",
+        "f16",
+        (1536, 384),
+        "transpose_b, alpha=0.000102653794, acc=f32, epilogue=[cast(f16),add(%2,f16),gelu(f16)], out=i8, out_scale=0.045479912",
+        "i8",
+    ));
+    v.push(case(
+        "int8_dynamic_bias_residual",
+        "i8",
+        "f16",
+        (384, 1536),
+        &format!("{dynamic}, epilogue=[cast(f16),add(%2,f16),add(%3,f16)]"),
+        "f16",
+    ));
+    v.push(case("int8_plain_f32", "i8", "f32", (4096, 4096), "transpose_b, alpha=0.5, acc=f32", "f32"));
+    v
+}
+
+#[test]
+fn int8_qmatmuls_lower_and_compile_to_sm90a_cubin() {
+    nvrtc::locate().unwrap_or_else(|e| panic!("NVRTC is required (run `scripts/cache.sh nvrtc`): {e}"));
+    let mut kernels = Vec::new();
+    for c in int8_cases() {
+        // The FP8 accumulation option does not apply: INT8 always takes mma.sync.
+        for (g, node, lowered) in [lower_ir(&c.ir), lower_ir_exact(&c.ir)] {
+            let launch = one_launch(lowered, &c.name);
+            let spec = qmatmul::plan(&LowerCx::new(&g, 90), node).expect("plans").spec;
+            assert_eq!((spec.operand, spec.mainloop), (Operand::I8, Mainloop::MmaSync), "{}", c.name);
+            let n = &g.nodes[node];
+            let mut want: Vec<Arg> = n.inputs.iter().chain(&n.outputs).map(|&v| Arg::Value(v)).collect();
+            want.push(Arg::Scalar(Scalar::Dim(DimExpr::sym("B").mul(DimExpr::sym("S")))));
+            assert_eq!(launch.args, want, "{}", c.name);
+            let k = launch.kernel;
+            assert!(k.source.contains("constexpr Operand OPERAND = Operand::I8;"), "{}", c.name);
+            let i8_out = g.ty(n.outputs[0]).dtype == DType::I8;
+            assert_eq!(i8_out, k.source.contains("qf_st4_i8(Y + mn, y,"), "{}", c.name);
+            assert_eq!(i8_out, k.source.contains("int8_t* __restrict__ Y"), "{}", c.name);
+            kernels.push((c.name.clone(), k));
+        }
+    }
+    kernels.dedup_by(|a, b| a.1.name == b.1.name);
+    let times = compile_all(&kernels);
+    for ((name, k), t) in kernels.iter().zip(&times) {
+        eprintln!("{name:34} {:>6.2} s  {}  grid {}  block {}  smem {}", t, k.name, k.grid[0], k.block[0], k.smem_bytes);
+    }
+}
+
+/// The generated CUDA of the INT8 GEMM with per-token `a_scale`, per-channel `b_scale`, a bias
+/// and an i8 output quantize (prelude and hash masked, as in [`generated_source_snapshots`]).
+#[test]
+fn int8_generated_source_snapshot() {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"));
+    settings.set_prepend_module_to_snapshot(false);
+    let prelude = qfuse::codegen::prelude();
+    let name = "int8_dynamic_bias_quant_1536x384";
+    let c = int8_cases().into_iter().find(|c| c.name == name).expect("case");
+    let k = one_launch(lower_ir_exact(&c.ir).2, name).kernel;
+    assert!(k.source.contains(
+        "y[j] = qf_round_f16(qf_round_f16(acc * a_scale_v * b_scale_v) + add0_v);"
+    ), "the interpreter's scale order: alpha (1: omitted), a_scale, b_scale, then the f16 steps");
+    let src = k.source.replace(&prelude, "// [prelude: templates/common.cuh + templates/math.cuh]\n").replace(&k.name, "gemm_<hash>");
+    settings.bind(|| insta::assert_snapshot!(format!("codegen_gemm__{name}"), src));
+}
+
 // ---- the template's own specs ----------------------------------------------------------------------
 
 /// Specs that cover both mainloop families, both FP8 tile depths, f16/bf16, fast accumulation,
@@ -347,6 +433,8 @@ fn specs() -> Vec<GemmSpec> {
         GemmSpec::wgmma_f16_for_shape(4096, 4096),
         GemmSpec::wgmma_f16_for_shape(1536, 392),
         GemmSpec { mainloop: Mainloop::WgmmaWaitGroup, ..GemmSpec::wgmma_bf16_for_shape(384, 384) },
+        GemmSpec::int8_for_shape(4096, 4096),
+        GemmSpec { tile_k: 64, ..GemmSpec::int8_for_shape(384, 400) },
     ]
 }
 
@@ -401,7 +489,10 @@ fn invalid_specs_are_errors() {
     invalid(GemmSpec { warps_m: 1, warps_n: 1, ..base }, "128 f32 accumulators");
     invalid(GemmSpec { tile_m: 120, ..base }, "multiple of 16x16");
     invalid(GemmSpec { fast_accum: true, ..base }, "wgmma only");
-    invalid(GemmSpec { operand: Operand::F16, tile_k: 64, ..base }, "e4m3 operands only");
+    invalid(GemmSpec { operand: Operand::F16, tile_k: 64, ..base }, "8-bit operands only");
+    invalid(GemmSpec { operand: Operand::I8, ..wg }, "mma.sync mainloop");
+    invalid(GemmSpec { k: gemm::MAX_I8_K + 1, ..GemmSpec::int8_for_shape(4096, 4096) }, "overflow the s32 accumulators");
+    GemmSpec { k: gemm::MAX_I8_K - 15, ..GemmSpec::int8_for_shape(4096, 4096) }.validate().expect("the largest INT8 K");
     invalid(GemmSpec { fast_accum: true, ..GemmSpec::wgmma_f16_for_shape(4096, 4096) }, "FP8 option");
     invalid(GemmSpec { tile_k: 128, ..GemmSpec::wgmma_f16_for_shape(4096, 4096) }, "not 64 or 128");
     invalid(GemmSpec { stages: 6, ..wg }, "exceed");

@@ -198,6 +198,37 @@ graph "ops_dynamic" {
 }
 "#;
 
+/// INT8 (SmoothQuant) row kernels, i8 static and dynamic per token, and dynamic block quantize
+/// along the last axis: FP8 1×128 groups with f32 scales (also a ragged last block) and NVFP4
+/// (E2M1 codes packed two per byte, blocks of 16, E4M3 scales).
+const INT8_BLOCK: &str = r#"
+graph "ops_int8_block" {
+  sym B max=64
+  sym S max=512
+  %0 = input "input_ids" : i64[B,S]
+  %1 = input "token_type_ids" : i64[B,S]
+  %2 = weight @word : f16[30522,384]
+  %3 = weight @pos : f16[512,384]
+  %4 = weight @type : f16[2,384]
+  %5 = weight @ln.w : f16[384]
+  %6 = weight @ln.b : f16[384]
+  %7, %8 = embed_layernorm %0, %1, %2, %3, %4, %5, %6 {eps=1e-12, via=f16, i8, per_token, scale=dynamic(f32)} : i8[B,S,384], f32[B,S,1]
+  %9 = embed_layernorm %0, %1, %2, %3, %4, %5, %6 {eps=1e-12, via=f16, i8, per_tensor, scale=0.03} : i8[B,S,384]
+  %10 = input "x" : f16[B,S,384]
+  %11, %12 = layernorm_quantize %10, %5, %6 {eps=1e-12, via=f16, i8, per_token, scale=dynamic(f32)} : i8[B,S,384], f32[B,S,1]
+  %13 = rmsnorm_quantize %10, %5 {eps=1e-6, via=f16, i8, per_tensor, scale=0.02} : i8[B,S,384]
+  %14 = input "ffn" : f16[B,S,1536]
+  %15, %16 = quantize %14 {i8, per_token, scale=dynamic(f32)} : i8[B,S,1536], f32[B,S,1]
+  %17 = quantize %14 {i8, per_tensor, scale=0.05} : i8[B,S,1536]
+  %18, %19 = quantize %14 {f8e4m3, block(-1:128), scale=dynamic(f32)} : f8e4m3[B,S,1536], f32[B,S,12]
+  %20, %21 = quantize %14 {f4e2m1, block(-1:16), scale=dynamic(f8e4m3)} : f4e2m1[B,S,1536], f8e4m3[B,S,96]
+  %22 = input "ragged" : bf16[B,200]
+  %23, %24 = quantize %22 {f8e4m3, block(-1:128), scale=dynamic(f32)} : f8e4m3[B,200], f32[B,2]
+  %25, %26 = rmsnorm_quantize %10, %5 {eps=1e-6, via=bf16, f4e2m1, block(-1:16), scale=dynamic(f8e4m3)} : f4e2m1[B,S,384], f8e4m3[B,S,24]
+  return "a" = %7, "b" = %8, "c" = %9, "d" = %11, "e" = %12, "f" = %13, "g" = %15, "h" = %16, "i" = %17, "j" = %18, "k" = %19, "l" = %20, "m" = %21, "n" = %23, "o" = %24, "p" = %25, "q" = %26
+}
+"#;
+
 /// Element-wise, quantize/dequantize and data-movement variants.
 const MISC: &str = r#"
 graph "ops_misc" {
@@ -250,6 +281,28 @@ fn dynamic_graph_lowers_and_compiles() {
     let g = parse(BERT_DYNAMIC);
     let ls: Vec<Launch> = launches(&g).into_iter().map(|(_, l)| l).collect();
     compile(&ls);
+}
+
+#[test]
+fn int8_and_block_graph_lowers_and_compiles() {
+    let g = parse(INT8_BLOCK);
+    let ls: Vec<Launch> = launches(&g).into_iter().map(|(_, l)| l).collect();
+    assert_eq!(ls.len(), 10, "one row kernel per quantizing node");
+    compile(&ls);
+}
+
+/// The block quantize kernel of NVFP4 activations: E2M1 codes packed two per byte, E4M3 scales per
+/// 16 elements, one block per pair of 8-element vectors.
+#[test]
+fn block_quantize_snapshot() {
+    let g = parse(INT8_BLOCK);
+    let l = launches(&g)
+        .into_iter()
+        .map(|(_, l)| l)
+        .find(|l| l.kernel.source.contains("typedef qf_e2m1 Q;") && l.kernel.template == "quantize")
+        .expect("the f4e2m1 block quantize");
+    assert!(l.kernel.source.contains("QUANT = 5, GROUP = 16") && l.kernel.source.contains("PACKED = true"), "{}", l.kernel.source);
+    snapshot("quantize_dynamic_block_nvfp4", describe(&g, &l));
 }
 
 #[test]
@@ -348,8 +401,16 @@ fn unsupported_variants_give_specific_errors() {
         "dynamic per-tensor quantization has no kernel yet",
     );
     case(
-        "  %1, %2 = quantize %0 {f8e4m3, block(-1:8), scale=dynamic(f32)} : f8e4m3[B,8,16], f32[B,8,2]\n  return \"y\" = %1",
-        "block-scaled quantization has no kernel yet",
+        "  %1, %2 = quantize %0 {f8e4m3, block(1:4), scale=dynamic(f32)} : f8e4m3[B,8,16], f32[B,2,16]\n  return \"y\" = %1",
+        "blocks along the last axis only",
+    );
+    case(
+        "  %1, %2 = quantize %0 {f8e4m3, block(-1:8), scale=dynamic(e8m0)} : f8e4m3[B,8,16], e8m0[B,8,2]\n  return \"y\" = %1",
+        "dynamic block scales stored as e8m0 have no kernel yet",
+    );
+    case(
+        "  %1, %2 = quantize %0 {f8e4m3, block(-1:100), scale=dynamic(f32)} : f8e4m3[B,8,16], f32[B,8,1]\n  return \"y\" = %1",
+        "no vector width fits",
     );
     case("  %1 = reduce_sum %0 {axes=[-1]} : f16[B,8]\n  return \"y\" = %1", "no kernel for `reduce_sum` yet");
     case("  %1 = matmul %0, %0 {transpose_b} : f16[B,8,8]\n  return \"y\" = %1", "no kernel for `matmul` yet");
@@ -407,6 +468,7 @@ fn gpu_matches_interpreter() {
         ("static", BERT_STATIC, &[("B", 3u64), ("S", 77)][..]),
         ("dynamic", BERT_DYNAMIC, &[("B", 3), ("S", 77)][..]),
         ("misc", MISC, &[("B", 3), ("S", 77)][..]),
+        ("int8_block", INT8_BLOCK, &[("B", 3), ("S", 77)][..]),
         ("static_s1", BERT_STATIC, &[("B", 2), ("S", 1)][..]),
     ] {
         gpu::check_graph(name, &parse(text), syms, &mut report, &mut failures);
@@ -465,6 +527,11 @@ mod gpu {
         (dt.bits() / 8) as usize
     }
 
+    /// Bytes of `n` elements of `dt` (4-bit codes packed two per byte).
+    fn storage_bytes(dt: DType, n: usize) -> usize {
+        (n * dt.bits() as usize).div_ceil(8)
+    }
+
     /// Test data for a graph input or weight, by name.
     fn make(name: &str, dt: DType, shape: &[usize], rng: &mut Rng) -> Tensor {
         let n: usize = shape.iter().product();
@@ -507,6 +574,11 @@ mod gpu {
 
     /// The storage bytes of a tensor (little-endian codes of its dtype).
     fn encode(t: &Tensor) -> Vec<u8> {
+        if t.dtype.bits() == 4 {
+            // Two codes per byte, low nibble first (src/compile/bytes.rs).
+            let c = codes(t);
+            return c.chunks(2).map(|p| (p[0] as u8 & 0xf) | ((p.get(1).copied().unwrap_or(0) as u8 & 0xf) << 4)).collect();
+        }
         let eb = bytes_of(t.dtype);
         let mut out = Vec::with_capacity(t.numel() * eb);
         match &t.data {
@@ -525,6 +597,9 @@ mod gpu {
     }
 
     fn gpu_codes(bytes: &[u8], dt: DType) -> Vec<i64> {
+        if dt.bits() == 4 {
+            return bytes.iter().flat_map(|&b| [i64::from(b & 0xf), i64::from(b >> 4)]).collect();
+        }
         let eb = bytes_of(dt);
         bytes
             .chunks(eb)
@@ -612,7 +687,7 @@ mod gpu {
                         continue;
                     }
                     let t = &values[v];
-                    let bytes = t.numel() * bytes_of(t.dtype);
+                    let bytes = storage_bytes(t.dtype, t.numel());
                     let ptr = unsafe { result::malloc_sync(bytes.max(1)) }.expect("malloc");
                     if node.outputs.contains(v) {
                         unsafe { result::memset_d8_sync(ptr, 0xa5, bytes.max(1)) }.expect("memset");
@@ -722,7 +797,7 @@ mod gpu {
                 for (p, a) in k.params.iter().zip(&l.args) {
                     slots.push(match (a, p.ty) {
                         (Arg::Value(v), _) => {
-                            let bytes = g.shape(*v).iter().map(extent).product::<usize>() * bytes_of(g.ty(*v).dtype);
+                            let bytes = storage_bytes(g.ty(*v).dtype, g.shape(*v).iter().map(extent).product::<usize>());
                             total += bytes;
                             let ptr = unsafe { result::malloc_sync(bytes.max(1)) }.expect("malloc");
                             unsafe { result::memset_d8_sync(ptr, 0, bytes.max(1)) }.expect("memset");

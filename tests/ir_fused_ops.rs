@@ -313,3 +313,165 @@ fn attention_and_embedding_type_rules_reject_misuse() {
         assert!(err.contains(want), "{what}: {err}");
     }
 }
+
+/// Weight-only qmatmuls (`b_dequant`) over each weight storage and granularity, f16 and bf16.
+const WEIGHT_ONLY: &str = r#"
+graph "weight-only" {
+  sym B max=4
+  %0 = input "x" : f16[B,16]
+  %1 = input "xb" : bf16[B,16]
+  %2 = weight @w.u4 : u4[12,16]
+  %3 = weight @w.u4.scale : f32[12,2]
+  %4 = weight @w.u4.zero : u8[12,2]
+  %5 = weight @w.i8 : i8[12,16]
+  %6 = weight @w.i8.scale : f32[12]
+  %7 = weight @w.fp8 : f8e4m3[12,16]
+  %8 = weight @w.fp8.scale : f32[3,4]
+  %9 = weight @w.fp4 : f4e2m1[12,16]
+  %10 = weight @w.fp4.scale : f32[12,4]
+  %11 = weight @bias : f16[12]
+  %20 = qmatmul %0, %2 {transpose_b, alpha=1.0, b_dequant(u4,block(1:8),scale=%3,zero=%4), acc=f16, epilogue=[add(%11,f16),gelu(f16)]} : f16[B,12]
+  %21 = qmatmul %0, %5 {transpose_b, alpha=1.0, b_dequant(i8,per_channel(0),scale=%6), acc=f16} : f16[B,12]
+  %22 = qmatmul %1, %7 {transpose_b, alpha=1.0, b_dequant(f8e4m3,block(0:4,1:4),scale=%8), acc=bf16} : bf16[B,12]
+  %23 = qmatmul %0, %9 {transpose_b, alpha=1.0, b_dequant(f4e2m1,block(-1:4),scale=%10), acc=f16} : f16[B,12]
+  return "u4" = %20, "i8" = %21, "fp8" = %22, "fp4" = %23
+}
+"#;
+
+/// `WEIGHT_ONLY` as `matmul(a, dequantize(b))`, the definition of `b_dequant`.
+const WEIGHT_ONLY_UNFUSED: &str = r#"
+graph "weight-only-unfused" {
+  sym B max=4
+  %0 = input "x" : f16[B,16]
+  %1 = input "xb" : bf16[B,16]
+  %2 = weight @w.u4 : u4[12,16]
+  %3 = weight @w.u4.scale : f32[12,2]
+  %4 = weight @w.u4.zero : u8[12,2]
+  %5 = weight @w.i8 : i8[12,16]
+  %6 = weight @w.i8.scale : f32[12]
+  %7 = weight @w.fp8 : f8e4m3[12,16]
+  %8 = weight @w.fp8.scale : f32[3,4]
+  %9 = weight @w.fp4 : f4e2m1[12,16]
+  %10 = weight @w.fp4.scale : f32[12,4]
+  %11 = weight @bias : f16[12]
+  %30 = dequantize %2 {u4, block(1:8), scale=%3, zero=%4} : f16[12,16]
+  %31 = matmul %0, %30 {transpose_b} : f16[B,12]
+  %32 = add %31, %11 : f16[B,12]
+  %20 = gelu %32 : f16[B,12]
+  %33 = dequantize %5 {i8, per_channel(0), scale=%6} : f16[12,16]
+  %21 = matmul %0, %33 {transpose_b} : f16[B,12]
+  %34 = dequantize %7 {f8e4m3, block(0:4,1:4), scale=%8} : bf16[12,16]
+  %22 = matmul %1, %34 {transpose_b} : bf16[B,12]
+  %35 = dequantize %9 {f4e2m1, block(-1:4), scale=%10} : f16[12,16]
+  %23 = matmul %0, %35 {transpose_b} : f16[B,12]
+  return "u4" = %20, "i8" = %21, "fp8" = %22, "fp4" = %23
+}
+"#;
+
+fn weight_only_weights() -> Mem {
+    let v = |n: usize, f: &dyn Fn(usize) -> f32| (0..n).map(f).collect::<Vec<f32>>();
+    let t = |dtype, shape: Vec<usize>, data: Vec<f32>| Arc::new(Tensor::from_f32_as(dtype, shape, data));
+    use ir::DType::*;
+    let mut m = HashMap::new();
+    m.insert("w.u4".into(), t(U4, vec![12, 16], v(192, &|i| (i * 7 % 16) as f32)));
+    m.insert("w.u4.scale".into(), t(F32, vec![12, 2], v(24, &|i| 0.01 + i as f32 * 0.003)));
+    m.insert("w.u4.zero".into(), t(U8, vec![12, 2], v(24, &|i| (i % 5 + 6) as f32)));
+    m.insert("w.i8".into(), t(I8, vec![12, 16], v(192, &|i| ((i * 37 % 255) as f32) - 127.0)));
+    m.insert("w.i8.scale".into(), t(F32, vec![12], v(12, &|i| 0.002 + i as f32 * 1e-4)));
+    m.insert("w.fp8".into(), t(F8E4M3, vec![12, 16], v(192, &|i| ((i * 13 % 41) as f32 - 20.0) * 7.5)));
+    m.insert("w.fp8.scale".into(), t(F32, vec![3, 4], v(12, &|i| 0.001 * (i + 1) as f32)));
+    m.insert("w.fp4".into(), t(F4E2M1, vec![12, 16], v(192, &|i| ((i * 5 % 13) as f32 - 6.0) * 0.5)));
+    m.insert("w.fp4.scale".into(), t(F32, vec![12, 4], v(48, &|i| 0.05 + i as f32 * 0.01)));
+    m.insert("bias".into(), t(F16, vec![12], v(12, &|i| i as f32 * 0.1 - 0.5)));
+    Mem(m)
+}
+
+#[test]
+fn weight_only_qmatmul_round_trips() {
+    let g = ir::parse(WEIGHT_ONLY).unwrap();
+    ir::verify(&g, "after parse").unwrap();
+    let text = ir::print(&g);
+    assert_eq!(ir::parse(&text).unwrap(), ir::order::renumber(&g));
+    assert!(text.contains("b_dequant(u4,block(1:8),scale=%3,zero=%4), acc=f16, epilogue=[add(%11,f16),gelu(f16)]}"), "{text}");
+}
+
+/// `qmatmul{b_dequant}` equals `matmul(a, dequantize(b))` (and its epilogue) bit for bit.
+#[test]
+fn weight_only_qmatmul_is_matmul_of_dequantize() {
+    let w = weight_only_weights();
+    let x: Vec<f32> = (0..48).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.37).collect();
+    let inputs = [
+        ("x", Tensor::from_f32_as(ir::DType::F16, vec![3, 16], x.clone())),
+        ("xb", Tensor::from_f32_as(ir::DType::BF16, vec![3, 16], x)),
+    ];
+    let fused = interp::run(&ir::parse(WEIGHT_ONLY).unwrap(), &w, &inputs).unwrap();
+    let unfused = interp::run(&ir::parse(WEIGHT_ONLY_UNFUSED).unwrap(), &w, &inputs).unwrap();
+    for ((name, a), (_, b)) in fused.iter().zip(&unfused) {
+        assert_eq!((a.dtype, &a.shape), (b.dtype, &b.shape), "{name}");
+        let bits = |t: &Tensor| t.to_f32_vec().iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(a), bits(b), "{name}: fused {:?}\nunfused {:?}", a.to_f32_vec(), b.to_f32_vec());
+        assert!(a.to_f32_vec().iter().filter(|v| **v != 0.0).count() > 20, "{name}: the test data must not give zeros");
+    }
+}
+
+#[test]
+fn weight_only_type_rules_reject_misuse() {
+    let bad = [
+        ("qmatmul %0, %5 {transpose_b, alpha=0.5, b_dequant(i8,per_channel(0),scale=%6), acc=f16} : f16[B,12]", "alpha", "alpha=1.0"),
+        ("qmatmul %0, %5 {transpose_b, alpha=1.0, b_dequant(i8,per_channel(1),scale=%40), acc=f16} : f16[B,12]", "K", "granularity"),
+        ("qmatmul %0, %5 {transpose_b, alpha=1.0, b_dequant(i8,per_tensor,scale=%41), acc=f16} : f16[B,12]", "per-tensor", "granularity"),
+        ("qmatmul %0, %5 {transpose_b, alpha=1.0, b_dequant(u4,per_channel(0),scale=%6), acc=f16} : f16[B,12]", "storage", "b_dequant stores u4"),
+        ("qmatmul %0, %2 {transpose_b, alpha=1.0, b_dequant(u4,block(1:8),scale=%3,zero=%42), acc=f16} : f16[B,12]", "i8 zero", "must be u8"),
+        ("qmatmul %0, %2 {transpose_b, alpha=1.0, b_dequant(u4,block(1:8),scale=%43), acc=f16} : f16[B,12]", "f16 scale", "must be f32"),
+        ("qmatmul %0, %2 {transpose_b, alpha=1.0, b_dequant(u4,block(1:8),scale=%6), acc=f16} : f16[B,12]", "scale shape", "scale shape"),
+        ("qmatmul %44, %5 {transpose_b, alpha=1.0, b_dequant(i8,per_channel(0),scale=%6), acc=f32} : f32[B,12]", "f32 lhs", "f16 or bf16"),
+        ("qmatmul %0, %45 {alpha=1.0, b_dequant(i8,per_channel(0),scale=%6), acc=f16} : f16[B,12]", "[K, N]", "transpose_b"),
+        ("qmatmul %0, %7 {transpose_b, alpha=1.0, b_dequant(f8e4m3,block(0:4,1:4),scale=%8,zero=%46), acc=f16} : f16[B,12]", "fp8 zero", "integer storage"),
+        ("qmatmul %0, %5 {transpose_b, alpha=1.0, b_dequant(i8,per_channel(0),scale=0.5), acc=f16} : f16[B,12]", "literal", "scale=%v"),
+    ];
+    let extra = "  %40 = weight @s16 : f32[16]\n  %41 = weight @s0 : f32[]\n  %42 = weight @zi : i8[12,2]\n  %43 = weight @sh : f16[12,2]\n  %44 = input \"x32\" : f32[B,16]\n  %45 = weight @wkn : i8[16,12]\n  %46 = weight @zf : u8[3,4]\n";
+    for (line, what, want) in bad {
+        let src = WEIGHT_ONLY.replace("  return", &format!("{extra}  %50 = {line}\n  return"));
+        let g = ir::parse(&src).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let err = ir::verify(&g, "test").expect_err(what).to_string();
+        assert!(err.contains(want), "{what}: {err}");
+    }
+}
+
+/// 8-bit integer qmatmuls sum exactly (as `mma.sync … s32`), then round the sum to f32 once:
+/// with K = 1536 and codes near 127 the sums pass 2^24, where an f32 accumulation rounds.
+#[test]
+fn int8_qmatmul_accumulates_exactly() {
+    const SRC: &str = r#"
+graph "int8" {
+  %0 = input "a" : i8[2,1536]
+  %1 = weight @w : i8[3,1536]
+  %2 = qmatmul %0, %1 {transpose_b, alpha=1.0, acc=f32} : f32[2,3]
+  return "y" = %2
+}
+"#;
+    let k = 1536;
+    let mut state = 0x2545_f491_u64;
+    let mut code = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        100 + (state >> 33) as i64 % 28
+    };
+    let a: Vec<i64> = (0..2 * k).map(|_| code()).collect();
+    let b: Vec<i64> = (0..3 * k).map(|_| code()).collect();
+    let as_f32 = |v: &[i64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let mut m = HashMap::new();
+    m.insert("w".to_string(), Arc::new(Tensor::from_f32_as(ir::DType::I8, vec![3, k], as_f32(&b))));
+    let inputs = [("a", Tensor::from_f32_as(ir::DType::I8, vec![2, k], as_f32(&a)))];
+    let y = interp::run(&ir::parse(SRC).unwrap(), &Mem(m), &inputs).unwrap()[0].1.to_f32_vec();
+    let (mut exact, mut sequential) = (vec![], vec![]);
+    for r in 0..2 {
+        for c in 0..3 {
+            let terms = (0..k).map(|i| a[r * k + i] * b[c * k + i]);
+            exact.push(terms.clone().sum::<i64>() as f32);
+            sequential.push(terms.fold(0f32, |s, t| s + t as f32));
+        }
+    }
+    assert!(exact.iter().all(|&v| v > (1 << 24) as f32), "the sums must pass 2^24: {exact:?}");
+    assert_ne!(exact, sequential, "the data must make an f32 accumulation round");
+    assert_eq!(y, exact);
+}

@@ -573,6 +573,9 @@ impl<'g> Gen<'g> {
     /// A `qmatmul` over FP8, 8-bit integer or (same) f16/bf16 operands, rank 2–4, optional scale
     /// vectors (quantized operands only), an epilogue and an output quantize.
     fn qmatmul(&mut self, d: &mut Dice) {
+        if d.chance(25) {
+            return self.weight_only_qmatmul(d);
+        }
         let (da, db) = match d.below(3) {
             0 => (d.pick(&[DType::F8E4M3, DType::F8E5M2]), d.pick(&[DType::F8E4M3, DType::F8E5M2])),
             1 => (d.pick(&[DType::I8, DType::U8]), d.pick(&[DType::I8, DType::U8])),
@@ -601,6 +604,16 @@ impl<'g> Gen<'g> {
             inputs.push(self.value_of(d, TensorType::new(DType::F32, [n])));
         }
         let acc_dtype = d.pick(&WIDE);
+        let epilogue = self.epilogue(d, acc_dtype, &out, &mut inputs);
+        let alpha = f32_value(d);
+        let output = self.fused_output(d);
+        let q = QMatMul { transpose_b, alpha, a_scale, b_scale, acc_dtype, epilogue, output, b_dequant: None };
+        self.add1(Op::QMatMul(q), &inputs, None);
+    }
+
+    /// Up to three epilogue steps after an accumulator rounded to `acc_dtype`, pushing the `add`
+    /// operands (a bias `[N]` or a residual shaped `out`) on `inputs`.
+    fn epilogue(&mut self, d: &mut Dice, acc_dtype: DType, out: &[Dim], inputs: &mut Vec<ValueId>) -> Vec<EpilogueStep> {
         let mut running = acc_dtype;
         let mut epilogue = vec![];
         for _ in 0..d.below(4) {
@@ -608,7 +621,7 @@ impl<'g> Gen<'g> {
             let op = match d.below(3) {
                 0 => EpilogueOp::Cast,
                 1 => {
-                    let shape: Vec<Dim> = if d.chance(50) { vec![n] } else { out.clone() };
+                    let shape: Vec<Dim> = if d.chance(50) { vec![out[out.len() - 1]] } else { out.to_vec() };
                     inputs.push(self.value_of(d, TensorType::new(running, shape)));
                     EpilogueOp::Add
                 }
@@ -617,9 +630,42 @@ impl<'g> Gen<'g> {
             epilogue.push(EpilogueStep { op, dtype });
             running = dtype;
         }
-        let alpha = f32_value(d);
+        epilogue
+    }
+
+    /// A weight-only `qmatmul` (`b_dequant`): f16/bf16 `a [.., M, K]`, codes `[N, K]` of every
+    /// weight-only storage, each allowed granularity (per_channel(0), K-groups, 2-D blocks, ragged
+    /// last blocks included), f32 scales, optional u8 zero points (integer storage), an epilogue.
+    fn weight_only_qmatmul(&mut self, d: &mut Dice) {
+        let storage = d.pick(&[DType::I8, DType::U8, DType::I4, DType::U4, DType::F8E4M3, DType::F4E2M1]);
+        let (n, k) = (d.pick(&[1u64, 3, 16, 128]), d.pick(&[1u64, 5, 32, 256]));
+        let batch: Vec<Dim> = (0..d.below(3)).map(|_| self.dim(d)).collect();
+        let m = self.dim(d);
+        let t = d.pick(&[DType::F16, DType::BF16]);
+        let a = self.value_of(d, TensorType::new(t, batch.iter().copied().chain([m, Dim::Fixed(k)])));
+        let data: Shape = [Dim::Fixed(n), Dim::Fixed(k)].into_iter().collect();
+        let b = self.value_of(d, TensorType::new(storage, data.clone()));
+        let granularity = match d.below(3) {
+            0 => Granularity::PerChannel { axis: spell_axis(d, 0, 2) },
+            1 => Granularity::Block { blocks: vec![(spell_axis(d, 1, 2), d.pick(&[16, 32, 128, 3]))] },
+            _ => {
+                let mut blocks = vec![(spell_axis(d, 0, 2), d.pick(&[1, 4, 128])), (spell_axis(d, 1, 2), d.pick(&[7, 128]))];
+                d.shuffle(&mut blocks);
+                Granularity::Block { blocks }
+            }
+        };
+        let scale_shape = granularity.scale_shape(&data).expect("generated granularity fits");
+        let mut inputs = vec![a, b, self.value_of(d, TensorType::new(DType::F32, scale_shape.clone()))];
+        let zero_point = (storage.is_int() && d.chance(50)).then(|| {
+            inputs.push(self.value_of(d, TensorType::new(DType::U8, scale_shape)));
+            ZeroPoint::Input
+        });
+        let b_dequant = Some(QuantSpec { storage, granularity, scale: ScaleSource::Input, zero_point });
+        let acc_dtype = d.pick(&WIDE);
+        let out: Vec<Dim> = batch.iter().copied().chain([m, Dim::Fixed(n)]).collect();
+        let epilogue = self.epilogue(d, acc_dtype, &out, &mut inputs);
         let output = self.fused_output(d);
-        let q = QMatMul { transpose_b, alpha, a_scale, b_scale, acc_dtype, epilogue, output, b_dequant: None };
+        let q = QMatMul { transpose_b: true, alpha: 1.0, a_scale: false, b_scale: false, acc_dtype, epilogue, output, b_dequant };
         self.add1(Op::QMatMul(q), &inputs, None);
     }
 
@@ -869,6 +915,9 @@ fn generator_covers_the_ir() {
                 Op::QMatMul(q) => {
                     seen.insert(format!("qmatmul {}", g.ty(node.inputs[0]).dtype));
                     seen.insert(format!("qmatmul output {}", q.output.is_some()));
+                    if let Some(spec) = &q.b_dequant {
+                        seen.insert(format!("qmatmul b_dequant {} zero={}", spec.storage, spec.zero_point.is_some()));
+                    }
                     if q.epilogue.iter().any(|s| s.op == EpilogueOp::Add) {
                         seen.insert("qmatmul epilogue add".into());
                     }
@@ -952,6 +1001,10 @@ fn generator_covers_the_ir() {
         "qmatmul output true",
         "qmatmul output false",
         "qmatmul epilogue add",
+        "qmatmul b_dequant u4 zero=true",
+        "qmatmul b_dequant i8 zero=false",
+        "qmatmul b_dequant f4e2m1 zero=false",
+        "qmatmul b_dequant f8e4m3 zero=false",
         "attention",
         "embed_layernorm",
         "embed_layernorm quant=false keep_normed=false",
@@ -1161,7 +1214,12 @@ graph "t" {
   %18, %19 = quantize %14 {i4, block(-1:8), scale=dynamic(e8m0,nearest), zero=-1} : i4[B,S,16], e8m0[B,S,2]
   %20 = mean_pool %14, %1 : f32[B,16]
   %21 = l2_normalize %20 {eps=1e-12} : f32[B,16]
-  return "y" = %14, "w" = %11, "mx" = %17, "emb" = %21
+  %22 = input "h" : f16[B,16]
+  %23 = weight @w4 : u4[16,16]
+  %24 = weight @w4.scale : f32[16,2]
+  %25 = weight @w4.zero : u8[16,2]
+  %26 = qmatmul %22, %23 {transpose_b, alpha=1.0, b_dequant(u4, block(1:8), scale=%24, zero=%25), acc=f16, epilogue=[add(%22,f16)]} : f16[B,16]
+  return "y" = %14, "w" = %11, "mx" = %17, "emb" = %21, "wo" = %26
 }
 "#;
     let g = ir::parse(SRC).unwrap_or_else(|e| panic!("{e}"));
@@ -1172,6 +1230,7 @@ graph "t" {
     assert_eq!(ir::print(&g2), text);
     assert!(text.contains("@\"w s\""), "{text}");
     assert!(text.contains("scale=dynamic(e8m0,nearest), zero=-1}"), "{text}");
+    assert!(text.contains("{transpose_b, alpha=1.0, b_dequant(u4,block(1:8),scale=%"), "{text}");
 }
 
 /// The complete example in `docs/ir.md` is valid and in canonical form.

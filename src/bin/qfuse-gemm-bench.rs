@@ -15,7 +15,8 @@
 //! sampled rows at large ones; Y is poisoned first so unwritten elements show), then times each
 //! with CUDA events (warm-up, median of the timed runs) and prints one JSON line per kernel and
 //! shape. Exit status 1 if any check failed. An optional mainloop kind (`mma`, `wgmma`,
-//! `wgmma-wg`) restricts the run to those kernels, and a kernel that has not finished after
+//! `wgmma-wg`, or `int8` for the INT8 kernels: random i8 operands, checked against exact integer
+//! sums, timed in TOPS the same way) restricts the run to those kernels, and a kernel that has not finished after
 //! [`HANG_SECS`] ends the process (status 2) rather than hanging.
 
 use std::collections::BTreeMap;
@@ -60,6 +61,9 @@ enum Epi {
 }
 
 const OUT_SCALE: f32 = 0.05;
+
+/// The output scale of INT8 kernels' i8 output quantize (outputs of order 10 → codes of order 100).
+const OUT_SCALE_I8: f32 = 0.1;
 
 /// How a kernel was made: enough to rebuild its node's semantics and inputs at run time.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,12 +170,14 @@ fn two_per_sm(s: GemmSpec) -> GemmSpec {
 
 fn label(s: &GemmSpec, epi: Epi) -> String {
     let kind = match s.mainloop {
+        // INT8 kernels form their own kind (`run DIR int8`).
+        _ if s.operand == Operand::I8 => "int8",
         Mainloop::MmaSync => "mma",
         Mainloop::Wgmma => "wgmma",
         Mainloop::WgmmaWaitGroup => "wgmma-wg",
     };
     let mut l = format!("{kind} {}x{}x{} s{} w{}x{} g{}", s.tile_m, s.tile_n, s.tile_k, s.stages, s.warps_m, s.warps_n, s.group_m);
-    if s.operand != Operand::E4M3 {
+    if matches!(s.operand, Operand::F16 | Operand::BF16) {
         l.push_str(&format!(" {:?}", s.operand).to_lowercase());
     }
     if s.ctas_per_sm > 1 {
@@ -193,8 +199,8 @@ fn label(s: &GemmSpec, epi: Epi) -> String {
 }
 
 /// Root mean square of the random E4M3 values (uniform over the 254 non-NaN codes).
-fn e4m3_rms() -> f64 {
-    let lut = e4m3_table();
+fn operand_rms(operand: Operand) -> f64 {
+    let lut = operand_table(operand);
     let v: Vec<f64> = lut.iter().filter(|x| x.is_finite()).map(|&x| f64::from(x).powi(2)).collect();
     (v.iter().sum::<f64>() / v.len() as f64).sqrt()
 }
@@ -203,16 +209,19 @@ fn e4m3_rms() -> f64 {
 /// 1, as lift-linear makes it), and the operand shift. Outputs of order 10.
 fn case_ir(operand: Operand, epi: Epi, n: u32, k: u32) -> (String, i32, f32) {
     // alpha0 · rms(a) · rms(b) · √K ≈ 10.
-    let alpha0 = 10.0 / (e4m3_rms().powi(2) * f64::from(k).sqrt());
+    let alpha0 = 10.0 / (operand_rms(operand).powi(2) * f64::from(k).sqrt());
     let (ty, wide_t, shift, alpha) = match operand {
         Operand::E4M3 => ("f8e4m3", "f16", 0, alpha0 as f32),
+        Operand::I8 => ("i8", "f16", 0, alpha0 as f32),
         // Operands E4M3 · 2^-shift each: alpha0 ≈ 2^-2·shift.
         Operand::F16 | Operand::BF16 => {
             let shift = (-alpha0.log2() / 2.0).round() as i32;
             (if operand == Operand::F16 { "f16" } else { "bf16" }, if operand == Operand::F16 { "f16" } else { "bf16" }, shift, 1.0)
         }
     };
-    let fp8 = operand == Operand::E4M3;
+    // 8-bit operands (FP8, INT8) accumulate in f32 and cast to f16, as the recipes make them.
+    let fp8 = matches!(operand, Operand::E4M3 | Operand::I8);
+    let (q_ty, q_scale) = if operand == Operand::I8 { ("i8", OUT_SCALE_I8) } else { ("f8e4m3", OUT_SCALE) };
     let (acc, cast) = if fp8 { ("f32", "cast(f16),") } else { (wide_t, "") };
     let alpha = if epi == Epi::Dynamic { 1.0 } else { alpha };
     let head = format!("transpose_b, alpha={alpha:?}");
@@ -221,14 +230,14 @@ fn case_ir(operand: Operand, epi: Epi, n: u32, k: u32) -> (String, i32, f32) {
         Epi::Plain => format!("{head}, acc={acc}"),
         Epi::Bias => format!("{head}, acc={acc}, epilogue=[{cast}add(%2,{wide_t})]"),
         Epi::BiasGeluQuant => {
-            format!("{head}, acc={acc}, epilogue=[{cast}add(%2,{wide_t}),gelu({wide_t})], out=f8e4m3, out_scale={OUT_SCALE:?}")
+            format!("{head}, acc={acc}, epilogue=[{cast}add(%2,{wide_t}),gelu({wide_t})], out={q_ty}, out_scale={q_scale:?}")
         }
         Epi::BiasGelu => format!("{head}, acc={acc}, epilogue=[{cast}add(%2,{wide_t}),gelu({wide_t})]"),
-        Epi::BiasQuant => format!("{head}, acc={acc}, epilogue=[{cast}add(%2,{wide_t})], out=f8e4m3, out_scale={OUT_SCALE:?}"),
+        Epi::BiasQuant => format!("{head}, acc={acc}, epilogue=[{cast}add(%2,{wide_t})], out={q_ty}, out_scale={q_scale:?}"),
         Epi::BiasResidual => format!("{head}, acc={acc}, epilogue=[{cast}add(%2,{wide_t}),add(%3,{wide_t})]"),
         Epi::Dynamic => format!("{head}, a_scale=%4, b_scale=%5, acc={acc}, epilogue=[{cast}add(%2,{wide_t})]"),
     };
-    let out = if matches!(epi, Epi::BiasGeluQuant | Epi::BiasQuant) { "f8e4m3" } else { wide_t };
+    let out = if matches!(epi, Epi::BiasGeluQuant | Epi::BiasQuant) { q_ty } else { wide_t };
     let ir = format!(
         r#"graph "bench" {{
   sym M max=1048576
@@ -369,7 +378,47 @@ fn plan() -> Vec<(&'static str, GemmSpec, Epi, Vec<u32>)> {
             out.push(("bench", wide(s, Operand::F16), Epi::Bias, vec![4096, 32768]));
         }
     }
+    int8_plan(&mut out, &small_ms);
     out
+}
+
+/// The same tiles with i8 operands (the `mma.sync` mainloop).
+fn int8(s: GemmSpec) -> GemmSpec {
+    GemmSpec { operand: Operand::I8, ..s }
+}
+
+/// The INT8 kernels (`run DIR int8`): correctness on small shapes (partial M tiles, M = 1, a
+/// partial last k-tile, every epilogue including the i8 output quantize), then timing at the
+/// square shapes against cuBLASLt's `torch._int_mm` and at MiniLM's shapes for 4096 tokens
+/// (N = 1152: the fused QKV projection) with the plans' default tiles and variants.
+fn int8_plan(out: &mut Vec<(&'static str, GemmSpec, Epi, Vec<u32>)>, small_ms: &[u32]) {
+    for (s, epi) in [
+        (GemmSpec::int8_for_shape(256, 512), Epi::Bias),
+        (int8(spec(256, 512, (128, 128, 128), 4, (2, 2))), Epi::Plain),
+        (int8(spec(256, 512, (64, 64, 64), 2, (2, 2))), Epi::BiasGeluQuant),
+        (GemmSpec::for_problem(Operand::I8, 256, 400, 4096, true), Epi::Dynamic),
+        (GemmSpec::for_problem(Operand::I8, 256, 512, 4096, true), Epi::BiasQuant),
+        (GemmSpec::for_problem(Operand::I8, 256, 512, 4096, true), Epi::BiasResidual),
+    ] {
+        out.push(("check", s, epi, small_ms.to_vec()));
+    }
+    for n in [4096, 8192] {
+        for s in [
+            GemmSpec::int8_for_shape(n, n),
+            int8(spec(n, n, (256, 128, 128), 4, (4, 2))),
+            int8(spec(n, n, (128, 128, 128), 4, (2, 2))),
+            int8(spec(n, n, (128, 256, 64), 6, (2, 4))),
+        ] {
+            out.push(("bench", s, Epi::Plain, vec![n]));
+        }
+    }
+    for (n, k) in [(1152, 384), (384, 384), (1536, 384), (384, 1536)] {
+        let default = GemmSpec::for_problem(Operand::I8, n, k, 4096, true);
+        out.push(("bench", default, Epi::Plain, vec![4096]));
+        out.push(("bench", default, Epi::Dynamic, vec![4096]));
+        out.push(("bench", int8(GemmSpec::for_shape(n, k)), Epi::Plain, vec![4096]));
+        out.push(("bench", int8(spec(n, k, (64, 64, 128), 4, (2, 2))), Epi::Plain, vec![4096]));
+    }
 }
 
 fn build(dir: &Path, ptxas_verbose: bool) -> Result<()> {
@@ -452,6 +501,29 @@ fn random_e4m3(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// Random operand codes: E4M3 without NaN codes ([`random_e4m3`]) for float operands, every byte
+/// for INT8.
+fn random_codes(len: usize, seed: u64, operand: Operand) -> Vec<u8> {
+    if operand != Operand::I8 {
+        return random_e4m3(len, seed);
+    }
+    let mut v = vec![0u8; len];
+    v.par_chunks_mut(1 << 16).enumerate().for_each(|(i, chunk)| {
+        let mut rng = Rng(seed ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        chunk.iter_mut().for_each(|x| *x = (rng.next() >> 56) as u8);
+    });
+    v
+}
+
+/// The value of every operand code: i8 for INT8 (products ≤ 2^14 are exact in f32, their sums
+/// exact in f64, so the reference is the exact integer sum), E4M3 otherwise.
+fn operand_table(operand: Operand) -> [f32; 256] {
+    if operand != Operand::I8 {
+        return e4m3_table();
+    }
+    std::array::from_fn(|code| f32::from(code as u8 as i8))
+}
+
 /// E4M3 (`fn` variant: no infinities, NaN = S.1111.111) decoded exactly.
 fn e4m3_table() -> [f32; 256] {
     let mut t = [0f32; 256];
@@ -473,7 +545,7 @@ fn e4m3_table() -> [f32; 256] {
 fn operand_bytes(codes: &[u8], operand: Operand, shift: i32, lut: &[f32; 256]) -> Vec<u8> {
     let s = 2f32.powi(-shift);
     match operand {
-        Operand::E4M3 => codes.to_vec(),
+        Operand::E4M3 | Operand::I8 => codes.to_vec(),
         Operand::F16 => codes.par_iter().flat_map_iter(|&c| f16::from_f32(lut[c as usize] * s).to_le_bytes()).collect(),
         Operand::BF16 => codes.par_iter().flat_map_iter(|&c| bf16::from_f32(lut[c as usize] * s).to_le_bytes()).collect(),
     }
@@ -533,6 +605,9 @@ fn expected(q: &QMatMul, acc: f32, a_s: f32, b_s: f32, adds: &[f32]) -> f32 {
 
 /// One unit in the last place of `x` stored as `dtype`.
 fn ulp(x: f32, dtype: DType) -> f64 {
+    if dtype.is_int() {
+        return 1.0;
+    }
     let (mant, min_exp) = match dtype {
         DType::F16 => (10, -14),
         DType::BF16 => (7, -126),
@@ -561,6 +636,8 @@ struct CheckStats {
 /// How a kernel accumulates, which sets the error it is allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Accum {
+    /// Exact integer sums (INT8: s32 accumulators), converted to f32 once like the interpreter's.
+    Exact,
     /// f32 throughout (mma.sync, which ptxas lowers to f16 HMMA + FADD on sm_90; f16/bf16 wgmma).
     F32,
     /// wgmma FP8 partial sums over 128-deep k-tiles, added in f32.
@@ -572,6 +649,7 @@ enum Accum {
 impl Accum {
     fn of(spec: &GemmSpec) -> Self {
         match (spec.mainloop, spec.fast_accum, spec.operand) {
+            (_, _, Operand::I8) => Accum::Exact,
             (Mainloop::MmaSync, _, _) | (_, _, Operand::F16 | Operand::BF16) => Accum::F32,
             (_, false, _) => Accum::Promoted,
             (_, true, _) => Accum::Fast,
@@ -585,12 +663,13 @@ impl Accum {
     /// partials err up to ~2^-11.5 · Σ|a·b|).
     fn tolerance(self, out: DType) -> (f64, f64) {
         let (slack, norm) = match self {
+            Accum::Exact => (0.0, 1e-3),
             Accum::F32 => (2f64.powi(-12), 1e-3),
             Accum::Promoted => (2f64.powi(-10), 1e-3),
             Accum::Fast => (2f64.powi(-8), 2e-2),
         };
         let floor = match out {
-            DType::F8E4M3 => 5e-2,
+            DType::F8E4M3 | DType::I8 => 5e-2,
             DType::BF16 => 1e-2,
             _ => 0.0,
         };
@@ -616,6 +695,8 @@ fn check(y: &[u8], refs: &[(usize, Vec<(f64, f64)>)], case: &Case, inputs: &Host
         let b = &y[i * bytes..(i + 1) * bytes];
         match out {
             DType::F8E4M3 => (e4m3_table()[b[0] as usize], b[0] == 0xff),
+            // Every byte is a valid i8 code: the 0xff poison (-1) is caught by the comparison only.
+            DType::I8 => (f32::from(b[0] as i8), false),
             DType::F16 => (f16::from_le_bytes([b[0], b[1]]).to_f32(), b == [0xff, 0xff]),
             DType::BF16 => (bf16::from_le_bytes([b[0], b[1]]).to_f32(), b == [0xff, 0xff]),
             _ => (f32::from_le_bytes([b[0], b[1], b[2], b[3]]), b == [0xff; 4]),
@@ -709,9 +790,9 @@ struct Problem {
 }
 
 fn make_operands(stream: &Arc<CudaStream>, m: usize, n: usize, k: usize, operand: Operand, shift: i32, seed: u64) -> Result<Operands> {
-    let lut = e4m3_table();
-    let a = random_e4m3(m * k, seed);
-    let b = random_e4m3(n * k, seed ^ 0xB);
+    let lut = operand_table(operand);
+    let a = random_codes(m * k, seed, operand);
+    let b = random_codes(n * k, seed ^ 0xB, operand);
     let scale = 2f32.powi(-shift);
     let bf: Vec<f32> = b.par_iter().map(|&c| lut[c as usize] * scale).collect();
     let refs = sample_rows(m, seed ^ 0xD).into_par_iter().map(|r| (r, reference_row(&a, &bf, &lut, scale, r, n, k))).collect();

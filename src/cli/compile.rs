@@ -97,6 +97,7 @@ pub fn run(args: &CompileArgs, quiet: bool) -> anyhow::Result<()> {
     if args.json {
         let json = serde_json::json!({
             "recipe": q.recipe, "calibration": q.calibration, "report": q.report, "skipped": q.skipped, "plan": stats,
+            "algorithms": q.algorithms, "auto": q.auto,
         });
         return super::output::print_line(&serde_json::to_string_pretty(&json)?).map_err(Into::into);
     }
@@ -144,7 +145,28 @@ pub fn describe(q: &Quantized) -> String {
     for (site, why) in &q.skipped {
         out += &format!("\nnot quantized: {site}: {why}");
     }
+    for (sites, what) in &q.algorithms {
+        out += &format!("\n{what}: {sites}");
+    }
+    if !q.auto.is_empty() {
+        out += &format!("\n{}", auto_table(&q.auto));
+    }
     out
+}
+
+/// `--recipe auto`: each matmul's candidates (weight bits, output cosine) and the choice.
+pub fn auto_table(choices: &[quant::auto::LayerChoice]) -> Table {
+    let mut t = Table::new();
+    t.load_style(presets::UTF8_FULL_CONDENSED);
+    let mut header = vec!["matmul".to_string(), "chosen".to_string()];
+    header.extend(choices.first().map_or(vec![], |c| c.scores.iter().map(|(n, bits, _)| format!("{n} ({bits:.2} b)")).collect()));
+    t.set_header(header);
+    for c in choices {
+        let mut row = vec![c.site.clone(), c.name().to_string()];
+        row.extend(c.scores.iter().map(|(_, _, cos)| format!("{cos:.5}")));
+        t.add_row(row);
+    }
+    t
 }
 
 fn fusion_table(entries: &[Entry]) -> Table {

@@ -11,24 +11,29 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub struct EvalArgs {
     /// Hugging Face model folder.
-    model_dir: PathBuf,
+    pub model_dir: PathBuf,
     #[command(flatten)]
-    recipe: RecipeArgs,
+    pub recipe: RecipeArgs,
     /// Held-out texts, one per line (default: the built-in evaluation set, disjoint from calibration).
     #[arg(long)]
     eval_file: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
     /// Show only the N layers with the lowest SNR (0 = all).
     #[arg(long, default_value_t = 0)]
-    worst: usize,
+    pub worst: usize,
+    /// With `--recipe all`: do not compile plans (the plan size column stays empty).
+    #[arg(long)]
+    pub no_plan: bool,
+    /// With `--recipe all`: keep each recipe's plan in this folder (default: measured, then removed).
+    #[arg(long)]
+    pub plans_dir: Option<PathBuf>,
 }
 
 /// Runs `qfuse eval`.
 pub fn run(args: &EvalArgs, quiet: bool) -> anyhow::Result<()> {
     let model = import::load(&args.model_dir, &ImportOptions::default())?;
-    let recipe = args.recipe.build(args.recipe.recipe.as_deref().unwrap_or("fp8"))?;
     let calib_opts = args.recipe.calib_options(quiet)?;
     let texts = match &args.eval_file {
         Some(p) => calib::read_sentences(p).map_err(anyhow::Error::msg)?,
@@ -36,6 +41,10 @@ pub fn run(args: &EvalArgs, quiet: bool) -> anyhow::Result<()> {
     };
     let overlap = texts.iter().filter(|t| calib_opts.sentences.contains(t)).count();
     anyhow::ensure!(overlap == 0, "{overlap} evaluation text(s) are also calibration samples: evaluate on held-out texts");
+    if args.recipe.recipe.as_deref() == Some("all") {
+        return super::eval_table::run(args, &model, &texts, quiet);
+    }
+    let recipe = args.recipe.build(args.recipe.recipe.as_deref().unwrap_or("fp8"))?;
     let q = quant::quantize(&model, &recipe, &calib_opts, &args.recipe.pass_options())?;
     let report = eval::evaluate(&model, &q, &texts, 16)?;
     if args.json {
@@ -43,6 +52,12 @@ pub fn run(args: &EvalArgs, quiet: bool) -> anyhow::Result<()> {
         return super::output::print_line(&serde_json::to_string_pretty(&json)?).map_err(Into::into);
     }
     super::output::print_line(&render(&report, args.worst))?;
+    for (sites, what) in &q.algorithms {
+        super::output::print_line(&format!("{what}: {sites}"))?;
+    }
+    if !q.auto.is_empty() {
+        super::output::print_line(&super::compile::auto_table(&q.auto).to_string())?;
+    }
     Ok(())
 }
 

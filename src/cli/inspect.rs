@@ -127,7 +127,12 @@ fn schedule_table(m: &PlanMeta) -> Table {
                 ArgRef::Scalar(s) => qfuse::compile::describe_scalar(s),
             })
             .collect();
-        t.add_row([i.to_string(), m.kernels[l.kernel as usize].name.clone(), l.label.clone(), args.join(", ")]);
+        // A guarded launch (format 1.1) runs only for the shapes where its guard holds.
+        let computes = match m.guard_of(i) {
+            Some(g) => format!("{} [when {g}]", l.label),
+            None => l.label.clone(),
+        };
+        t.add_row([i.to_string(), m.kernels[l.kernel as usize].name.clone(), computes, args.join(", ")]);
     }
     t
 }

@@ -5,6 +5,7 @@ mod check;
 mod compile;
 mod embed;
 mod eval;
+mod eval_table;
 mod import;
 mod inspect;
 mod output;

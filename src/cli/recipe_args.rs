@@ -4,16 +4,34 @@ use anyhow::Context;
 use clap::Args;
 use qfuse::passes::PassOptions;
 use qfuse::quant::calib::{self, CalibMethod};
-use qfuse::quant::recipe::{Granularity, Recipe};
+use qfuse::quant::recipe::{AutoTarget, Granularity, Recipe};
 use qfuse::quant::CalibOptions;
 use std::path::PathBuf;
 
 /// How to quantize.
 #[derive(Args, Clone, Debug)]
 pub struct RecipeArgs {
-    /// fp16 | fp8 | fp8-dynamic.
+    /// fp16 | fp8 | fp8-dynamic | int8-sq | w8a16 | w4a16-rtn | w4a16-awq | w4a16-gptq | nvfp4 | fp8-block | auto.
     #[arg(long)]
     pub recipe: Option<String>,
+    /// SmoothQuant migration strength α for `int8-sq` (0.5).
+    #[arg(long)]
+    pub sq_alpha: Option<f32>,
+    /// Activation scales of 8-bit recipes: static (per tensor, calibrated) | dynamic (per token).
+    #[arg(long)]
+    pub act_scale: Option<String>,
+    /// Group length along K of the W4A16 recipes (128).
+    #[arg(long)]
+    pub group_size: Option<u64>,
+    /// GPTQ: quantize columns by decreasing Hessian diagonal (static groups).
+    #[arg(long)]
+    pub act_order: bool,
+    /// `auto`: the cheapest format per matmul whose output cosine to FP32 is at least this (0.999).
+    #[arg(long, conflicts_with = "budget")]
+    pub max_error: Option<f64>,
+    /// `auto`: the most accurate formats within this mean weight bits per element.
+    #[arg(long)]
+    pub budget: Option<f64>,
     /// Calibration method for static activation scales: max | percentile[:P] (P = 99.99) | entropy | mse.
     #[arg(long, default_value = "max")]
     pub calib: String,
@@ -58,6 +76,30 @@ impl RecipeArgs {
                 other => anyhow::bail!("--weight-granularity: `{other}` is not per-tensor or per-channel"),
             };
             recipe = recipe.with_weight_granularity(g);
+        }
+        if let Some(alpha) = self.sq_alpha {
+            recipe = recipe.with_smooth_alpha(alpha).map_err(anyhow::Error::msg)?;
+        }
+        if let Some(a) = &self.act_scale {
+            let dynamic = match a.as_str() {
+                "static" => false,
+                "dynamic" => true,
+                other => anyhow::bail!("--act-scale: `{other}` is not static or dynamic"),
+            };
+            recipe = recipe.with_activation_scale(dynamic, method).map_err(anyhow::Error::msg)?;
+        }
+        if let Some(size) = self.group_size {
+            anyhow::ensure!(size > 0, "--group-size must be positive");
+            recipe = recipe.with_group_size(size).map_err(anyhow::Error::msg)?;
+        }
+        if self.act_order {
+            recipe = recipe.with_act_order().map_err(anyhow::Error::msg)?;
+        }
+        match (self.max_error, self.budget, recipe.auto.is_some()) {
+            (Some(c), None, true) => recipe.auto = Some(AutoTarget::MinCosine(c)),
+            (None, Some(b), true) => recipe.auto = Some(AutoTarget::Budget(b)),
+            (Some(_), _, false) | (_, Some(_), false) => anyhow::bail!("--max-error and --budget apply to --recipe auto"),
+            _ => {}
         }
         recipe.exclude = self.exclude.clone();
         recipe.fp8_attention = self.fp8_attention;

@@ -30,6 +30,27 @@ use crate::plan::{DimExpr, ParamMeta, ParamType};
 
 const GEMM: Template = Template { name: "gemm.cu", text: include_str!("../../templates/gemm.cu") };
 
+/// `templates/gemm_epilogue.cuh` below its header: the epilogue's arithmetic type, loads and stores.
+const EPILOGUE_HELPERS: &str = after_header(include_str!("../../templates/gemm_epilogue.cuh"));
+
+/// `templates/gemm_store_tile.cuh` below its header: stage 2 of the epilogue (staged tile → Y).
+const STORE_TILE: Template = Template { name: "gemm_store_tile.cuh", text: after_header(include_str!("../../templates/gemm_store_tile.cuh")) };
+
+/// The text of a shared `.cuh` fragment after its header comment (everything up to and including
+/// the first empty line), so the fragment is inserted exactly as it stood in `gemm.cu`.
+const fn after_header(text: &'static str) -> &'static str {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i + 1 < b.len() {
+        if b[i] == b'\n' && b[i + 1] == b'\n' {
+            let (_, rest) = text.split_at(i + 2);
+            return rest;
+        }
+        i += 1;
+    }
+    text
+}
+
 /// Name of the template, prefix of every generated kernel name.
 pub const TEMPLATE: &str = "gemm";
 
@@ -41,6 +62,9 @@ pub const SM_SMEM_BYTES: u32 = 228 * 1024;
 
 /// Static shared memory the template may declare besides the dynamic part (2 mbarriers a stage).
 const STATIC_SMEM_BYTES: u64 = 16 * 16;
+
+/// Largest K of an INT8 GEMM: `K · 128 · 128 ≤ 2^31 − 1`, so the s32 sums of i8 products never wrap.
+pub const MAX_I8_K: u32 = ((1u64 << 31) / (128 * 128) - 1) as u32;
 
 /// Output columns each thread of the epilogue handles at once (the template's `VEC`).
 const EPILOGUE_VEC: u32 = 4;
@@ -54,13 +78,16 @@ pub enum Operand {
     F16,
     /// bfloat16 (16-bit patterns).
     BF16,
+    /// Signed 8-bit integers (SmoothQuant W8A8): `mma.sync` s8 with exact s32 accumulators, converted
+    /// to f32 once (round to nearest even) before the epilogue.
+    I8,
 }
 
 impl Operand {
     /// Bytes per element.
     pub fn bytes(self) -> u32 {
         match self {
-            Operand::E4M3 => 1,
+            Operand::E4M3 | Operand::I8 => 1,
             Operand::F16 | Operand::BF16 => 2,
         }
     }
@@ -71,6 +98,7 @@ impl Operand {
             Operand::E4M3 => DType::F8E4M3,
             Operand::F16 => DType::F16,
             Operand::BF16 => DType::BF16,
+            Operand::I8 => DType::I8,
         }
     }
 
@@ -80,6 +108,7 @@ impl Operand {
             DType::F8E4M3 => Some(Operand::E4M3),
             DType::F16 => Some(Operand::F16),
             DType::BF16 => Some(Operand::BF16),
+            DType::I8 => Some(Operand::I8),
             _ => None,
         }
     }
@@ -230,7 +259,14 @@ impl GemmSpec {
             Operand::E4M3 => Self::wgmma_for_shape(n, k),
             Operand::F16 => Self::wgmma_f16_for_shape(n, k),
             Operand::BF16 => Self::wgmma_bf16_for_shape(n, k),
+            Operand::I8 => Self::int8_for_shape(n, k),
         }
+    }
+
+    /// The INT8 configuration for an `N × K` weight: the `mma.sync` tiles of
+    /// [`GemmSpec::for_shape`] with s8 operands (Hopper's s8 `wgmma` is not used yet).
+    pub fn int8_for_shape(n: u32, k: u32) -> Self {
+        Self { operand: Operand::I8, ..Self::for_shape(n, k) }
     }
 
     /// The default configuration for `operand`, an `N × K` weight and at most `max_m` rows: as
@@ -245,12 +281,13 @@ impl GemmSpec {
     /// accumulation, whose sums match the interpreter's f32 sums to rounding (Hopper's FP8 wgmma
     /// accumulates with ~14 mantissa bits, so its sums differ from the interpreter's by more,
     /// as cuBLASLt's do).
+    /// INT8 always takes `mma.sync` (its s32 sums are exact), with the exact-FP8 tiles.
     pub fn for_problem(operand: Operand, n: u32, k: u32, max_m: u64, exact_fp8: bool) -> Self {
-        if exact_fp8 && operand == Operand::E4M3 {
+        if (exact_fp8 && operand == Operand::E4M3) || operand == Operand::I8 {
             // H100, M = 4096 (Nov 2026): 64×128 tiles (2×2 warps) ran MiniLM's 384×384, 1536×384
             // and 384×1536 at 108, 188 and 194 TFLOP/s; the larger for_shape tiles leave SMs idle
             // at N ≤ 1536 (384 × 128×128 tiles is 96 blocks on 132 SMs).
-            let s = Self::for_shape(n, k);
+            let s = Self { operand, ..Self::for_shape(n, k) };
             if n <= 1536 && n % 128 == 0 {
                 return Self { tile_m: 64, tile_n: 128, warps_m: 2, warps_n: 2, ..s };
             }
@@ -276,7 +313,7 @@ impl GemmSpec {
 
     /// Accumulates all of K in the wgmma accumulators (FP8 fast accumulation, or f16/bf16).
     fn direct_accumulation(&self) -> bool {
-        self.fast_accum || self.operand != Operand::E4M3
+        self.fast_accum || matches!(self.operand, Operand::F16 | Operand::BF16)
     }
 
     /// Dynamic shared memory: the cp.async ring or the staged f32 output tile (rows padded by 8
@@ -372,6 +409,14 @@ impl GemmSpec {
         if s.smem_bytes() + STATIC_SMEM_BYTES > u64::from(MAX_SMEM_BYTES) {
             return bad(format!("{} bytes of shared memory (+{STATIC_SMEM_BYTES} static) exceed {MAX_SMEM_BYTES}", s.smem_bytes()));
         }
+        if s.operand == Operand::I8 {
+            if s.mainloop.is_wgmma() {
+                return bad("i8 operands take the mma.sync mainloop (there is no s8 wgmma variant yet)".into());
+            }
+            if s.k > MAX_I8_K {
+                return bad(format!("k {} exceeds {MAX_I8_K}: sums of i8 products could overflow the s32 accumulators", s.k));
+            }
+        }
         if s.mainloop.is_wgmma() {
             if tk != 128 || s.warps_n != 1 || s.warps_m * 16 != s.tile_m || s.warps_m % 4 != 0 {
                 return bad(
@@ -391,8 +436,8 @@ impl GemmSpec {
             if s.fast_accum && s.operand != Operand::E4M3 {
                 return bad("fast_accum is an FP8 option (f16/bf16 wgmma accumulates in f32)".into());
             }
-        } else if s.operand != Operand::E4M3 {
-            return bad("the mma.sync mainloop takes e4m3 operands only (use wgmma for f16/bf16)".into());
+        } else if !matches!(s.operand, Operand::E4M3 | Operand::I8) {
+            return bad("the mma.sync mainloop takes 8-bit operands only, e4m3 or i8 (use wgmma for f16/bf16)".into());
         } else if tk / 32 % 2 != 0 {
             return bad("mma.sync needs an even number of k32 steps per tile".into());
         } else if s.fast_accum {
@@ -465,6 +510,12 @@ pub enum Store {
         /// The dequantization scale.
         scale: f32,
     },
+    /// Signed 8-bit integers, per-tensor static quantization: `qf_quantize_i8(x, scale)` (a true
+    /// division, RNE, saturating to [-128, 127], NaN → 0).
+    I8 {
+        /// The dequantization scale.
+        scale: f32,
+    },
 }
 
 impl Store {
@@ -473,6 +524,7 @@ impl Store {
         match self {
             Store::Float(d) => *d,
             Store::E4M3 { .. } => DType::F8E4M3,
+            Store::I8 { .. } => DType::I8,
         }
     }
 }
@@ -532,8 +584,8 @@ impl Epilogue {
             return Err(format!("epilogue input `{}` is never read", inp.name));
         }
         match self.store {
-            Store::Float(d) if !d.is_wide_float() => Err(format!("cannot store {d} as a float; quantized outputs use Store::E4M3")),
-            Store::E4M3 { scale } if !(scale.is_normal() && scale > 0.0 && (1.0 / scale).is_normal()) => {
+            Store::Float(d) if !d.is_wide_float() => Err(format!("cannot store {d} as a float; quantized outputs use Store::E4M3 or Store::I8")),
+            Store::E4M3 { scale } | Store::I8 { scale } if !(scale.is_normal() && scale > 0.0 && (1.0 / scale).is_normal()) => {
                 Err(format!("output scale {scale} is not a positive normal f32 with a normal reciprocal"))
             }
             _ => Ok(()),
@@ -575,6 +627,7 @@ fn c_type(dtype: DType) -> &'static str {
     match dtype {
         DType::F32 => "float",
         DType::F8E4M3 | DType::F8E5M2 => "uint8_t",
+        DType::I8 => "int8_t",
         _ => "uint16_t",
     }
 }
@@ -594,27 +647,8 @@ pub fn render(spec: &GemmSpec, epi: &Epilogue, m: DimExpr) -> Result<KernelDef, 
     epi.validate().map_err(GemmError::Epilogue)?;
     let flag = |b: bool| if b { "true" } else { "false" }.to_string();
     let mut params = vec!["const uint8_t* __restrict__ A".to_string(), "const uint8_t* __restrict__ B".to_string()];
-    let (mut decls, mut loads, mut elems) = (Vec::new(), Vec::new(), Vec::new());
-    for inp in &epi.inputs {
-        let ty = c_type(inp.dtype);
-        params.push(format!("const {ty}* __restrict__ {}", inp.name));
-        let (kind, offset) = match inp.index {
-            Index::PerColumn => ("ld4", "n"),
-            Index::Full => ("ld4", "mn"),
-            Index::PerRow => ("ldb4", "m"),
-            Index::Single => ("ldb4", "0"),
-        };
-        let name = &inp.name;
-        decls.push(format!("        float {name}_c[OUT_BATCH][4];"));
-        loads.push(format!("                qf_{kind}_{}({name} + {offset}, {name}_c[u]);", load_suffix(inp.dtype)));
-        elems.push(format!("                    const qf_rn_f32 {name}_v = {name}_c[u][j];"));
-    }
-    params.push(format!("{}* __restrict__ Y", c_type(epi.store.dtype())));
-    params.push("int M".into());
-    let store = match epi.store {
-        Store::Float(d) => format!("qf_st4_{}(Y + mn, y)", load_suffix(d)),
-        Store::E4M3 { scale } => format!("qf_st4_e4m3(Y + mn, y, {}, {})", Expr::lit(scale).to_cuda(), Expr::lit(1.0 / scale).to_cuda()),
-    };
+    params.extend(epilogue_params(epi));
+    let [helpers, store_tile] = epilogue_values(epi)?;
     let source = GEMM.render(&[
         ("prelude", super::prelude()),
         // Kept for finish_kernel, which names the kernel by the hash of this source.
@@ -635,14 +669,53 @@ pub fn render(spec: &GemmSpec, epi: &Epilogue, m: DimExpr) -> Result<KernelDef, 
         ("fast_accum", flag(spec.fast_accum)),
         ("promote_steps", if spec.promote_steps == 0 { spec.tile_k_bytes() / 32 } else { spec.promote_steps }.to_string()),
         ("params", params.join(", ")),
+        helpers,
+        store_tile,
+    ])?;
+    let smem_bytes = u32::try_from(spec.smem_bytes()).expect("validated: at most MAX_SMEM_BYTES");
+    Ok(finish_kernel(TEMPLATE, source, grid(spec, m), [spec.threads(), 1, 1], smem_bytes, kernel_params(epi)))
+}
+
+/// The C parameters of a GEMM kernel after its operands: one `const` pointer per epilogue input,
+/// `Y` (the stored dtype) and `int M`, in [`kernel_params`] order.
+pub(crate) fn epilogue_params(epi: &Epilogue) -> Vec<String> {
+    let mut params: Vec<String> = epi.inputs.iter().map(|inp| format!("const {}* __restrict__ {}", c_type(inp.dtype), inp.name)).collect();
+    params.push(format!("{}* __restrict__ Y", c_type(epi.store.dtype())));
+    params.push("int M".into());
+    params
+}
+
+/// The template values `epilogue` (the shared helpers of `gemm_epilogue.cuh`, inserted at
+/// namespace scope) and `store_tile` (stage 2 of `gemm_store_tile.cuh` specialised for `epi`,
+/// inserted in the kernel body after the f32 tile is staged) that every GEMM template takes. The
+/// epilogue must be valid ([`Epilogue::validate`]).
+pub(crate) fn epilogue_values(epi: &Epilogue) -> Result<[(&'static str, String); 2], GemmError> {
+    let (mut decls, mut loads, mut elems) = (Vec::new(), Vec::new(), Vec::new());
+    for inp in &epi.inputs {
+        let (kind, offset) = match inp.index {
+            Index::PerColumn => ("ld4", "n"),
+            Index::Full => ("ld4", "mn"),
+            Index::PerRow => ("ldb4", "m"),
+            Index::Single => ("ldb4", "0"),
+        };
+        let name = &inp.name;
+        decls.push(format!("        float {name}_c[OUT_BATCH][4];"));
+        loads.push(format!("                qf_{kind}_{}({name} + {offset}, {name}_c[u]);", load_suffix(inp.dtype)));
+        elems.push(format!("                    const qf_rn_f32 {name}_v = {name}_c[u][j];"));
+    }
+    let store = match epi.store {
+        Store::Float(d) => format!("qf_st4_{}(Y + mn, y)", load_suffix(d)),
+        Store::E4M3 { scale } => format!("qf_st4_e4m3(Y + mn, y, {}, {})", Expr::lit(scale).to_cuda(), Expr::lit(1.0 / scale).to_cuda()),
+        Store::I8 { scale } => format!("qf_st4_i8(Y + mn, y, {}, {})", Expr::lit(scale).to_cuda(), Expr::lit(1.0 / scale).to_cuda()),
+    };
+    let store_tile = STORE_TILE.render(&[
         ("declare_inputs", decls.join("\n")),
         ("load_inputs", loads.join("\n")),
         ("element_inputs", elems.join("\n")),
         ("value", epi.value.to_cuda()),
         ("store", store),
     ])?;
-    let smem_bytes = u32::try_from(spec.smem_bytes()).expect("validated: at most MAX_SMEM_BYTES");
-    Ok(finish_kernel(TEMPLATE, source, grid(spec, m), [spec.threads(), 1, 1], smem_bytes, kernel_params(epi)))
+    Ok([("epilogue", EPILOGUE_HELPERS.to_string()), ("store_tile", store_tile)])
 }
 
 #[cfg(test)]

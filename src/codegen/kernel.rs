@@ -14,7 +14,7 @@
 //! GEMM in every layer) are compiled once.
 
 use crate::ir::{Dim, Graph, NodeId, Op, Shape, ValueId};
-use crate::plan::{DimExpr, ParamMeta, ParamType, Scalar};
+use crate::plan::{DimExpr, Guard, ParamMeta, ParamType, Scalar};
 
 /// A kernel: complete CUDA C source plus how to launch it.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +51,9 @@ pub struct Launch {
     pub kernel: KernelDef,
     /// Arguments, one per `kernel.params`.
     pub args: Vec<Arg>,
+    /// Runs only for the shapes where this holds (`None`: always). Alternatives of one node (a
+    /// GEMV for few rows, a GEMM for more) carry complementary guards and write the same results.
+    pub when: Option<Guard>,
 }
 
 /// The lowering of one node.

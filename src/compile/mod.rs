@@ -29,7 +29,7 @@ use crate::interp::WeightSource;
 use crate::ir::{self, Graph, Op, ValueId};
 use crate::passes::PassOptions;
 use crate::plan::{
-    ArgRef, BufferMeta, DimExpr, KernelMeta, LaunchMeta, PlanBuilder, PlanError, PlanMeta, Scalar, SectionKind, TensorSig, WeightMeta,
+    ArgRef, BufferMeta, DimExpr, KernelMeta, LaunchGuard, LaunchMeta, PlanBuilder, PlanError, PlanMeta, Scalar, SectionKind, TensorSig, WeightMeta,
 };
 use crate::quant::{self, CalibOptions, QuantError, Quantized, Recipe};
 
@@ -345,7 +345,12 @@ fn add_schedule(
         let results: Vec<String> = n.outputs.iter().map(|v| v.to_string()).collect();
         let label = format!("{} {} ({})", n.op.mnemonic(), n.name.as_deref().unwrap_or("-"), results.join(", "));
         let writes = n.outputs.iter().filter_map(|v| buffers.get(v).copied()).collect();
-        builder.meta_mut().schedule.push(LaunchMeta { kernel: kernels[&launch.kernel.name], args, label, writes });
+        let meta = builder.meta_mut();
+        if let Some(when) = &launch.when {
+            let index = u32::try_from(meta.schedule.len()).expect("fewer than 2^32 launches");
+            meta.launch_guards.push(LaunchGuard { launch: index, when: when.clone() });
+        }
+        meta.schedule.push(LaunchMeta { kernel: kernels[&launch.kernel.name], args, label, writes });
     }
 }
 

@@ -24,6 +24,8 @@ pub enum AttrValue {
     Call(String, Vec<AttrValue>),
     /// `a:b`.
     Pair(i64, i64),
+    /// `key=value` among a call's arguments (`b_dequant(u4,block(1:128),scale=%5)`).
+    Keyed(String, Box<AttrValue>),
 }
 
 /// One attribute: a bare value or `key=value`.
@@ -123,12 +125,16 @@ fn ident(s: &str) -> AttrValue {
 }
 
 fn encode_qmatmul(q: &QMatMul, extra: &[ValueId]) -> Vec<Attr> {
-    let mut refs = extra.iter().map(|&v| AttrValue::Ref(v));
+    let n_dequant = q.b_dequant.as_ref().map_or(0, QuantSpec::extra_inputs).min(extra.len());
+    let mut refs = extra[n_dequant..].iter().map(|&v| AttrValue::Ref(v));
     let mut v = vec![];
     if q.transpose_b {
         v.push(bare("transpose_b"));
     }
     v.push(kv("alpha", f32_num(q.alpha)));
+    if let Some(spec) = &q.b_dequant {
+        v.push(Attr { key: None, value: encode_b_dequant(spec, &extra[..n_dequant]) });
+    }
     if q.a_scale {
         v.push(kv("a_scale", refs.next().expect("a_scale input present")));
     }
@@ -150,6 +156,33 @@ fn encode_qmatmul(q: &QMatMul, extra: &[ValueId]) -> Vec<Attr> {
     }
     v.extend(encode_output(q.output.as_ref()));
     v
+}
+
+/// `b_dequant(<storage>,<granularity>,scale=…[,zero=…])`: the spec spelled as a `dequantize`'s
+/// attributes, as the arguments of one call; `extra` holds its scale and zero-point inputs.
+fn encode_b_dequant(spec: &QuantSpec, extra: &[ValueId]) -> AttrValue {
+    let args = encode_quant(spec, extra).into_iter().map(|a| match a.key {
+        Some(key) => AttrValue::Keyed(key, Box::new(a.value)),
+        None => a.value,
+    });
+    AttrValue::Call("b_dequant".into(), args.collect())
+}
+
+/// The spec of a `b_dequant(...)` item, with the value references it names, if the item is there.
+fn decode_b_dequant(attrs: &[Attr]) -> Result<Option<(QuantSpec, Vec<ValueId>)>, String> {
+    let found = attrs.iter().find_map(|a| match (&a.key, &a.value) {
+        (None, AttrValue::Call(name, args)) if name == "b_dequant" => Some(args),
+        _ => None,
+    });
+    let Some(args) = found else { return Ok(None) };
+    let inner: Vec<Attr> = args
+        .iter()
+        .map(|arg| match arg {
+            AttrValue::Keyed(key, value) => Attr { key: Some(key.clone()), value: (**value).clone() },
+            other => Attr { key: None, value: other.clone() },
+        })
+        .collect();
+    decode_quant(&inner).map(Some).map_err(|e| format!("b_dequant: {e}"))
 }
 
 /// `heads=12[, scale=0.17675781][, mask=%v][, out=f8e4m3, out_scale=0.007]`.
@@ -406,7 +439,10 @@ fn dtype_attr(attrs: &[Attr], key: &str) -> Result<DType, String> {
 }
 
 fn decode_qmatmul(attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), String> {
-    let mut refs = vec![];
+    let (b_dequant, mut refs) = match decode_b_dequant(attrs)? {
+        Some((spec, refs)) => (Some(spec), refs),
+        None => (None, vec![]),
+    };
     let mut take_ref = |key: &str| -> Result<bool, String> {
         match get(attrs, key) {
             None => Ok(false),
@@ -435,7 +471,7 @@ fn decode_qmatmul(attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), String> {
         acc_dtype: dtype_attr(attrs, "acc")?,
         epilogue,
         output,
-        b_dequant: None,
+        b_dequant,
     };
     Ok((Op::QMatMul(q), refs))
 }

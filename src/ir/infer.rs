@@ -374,7 +374,16 @@ fn gemm_family(dtype: DType) -> Option<GemmFamily> {
 }
 
 fn qmatmul(q: &QMatMul, inputs: &[&TensorType]) -> Result<TensorType, String> {
-    let (a, b) = (inputs[0], inputs[1]);
+    let a = inputs[0];
+    let n_dequant = q.b_dequant.as_ref().map_or(0, QuantSpec::extra_inputs);
+    let dequantized;
+    let b = match &q.b_dequant {
+        Some(spec) => {
+            dequantized = weight_only(q, spec, a, inputs[1], &inputs[2..2 + n_dequant])?;
+            &dequantized
+        }
+        None => inputs[1],
+    };
     for (t, what) in [(a, "lhs"), (b, "rhs")] {
         if gemm_family(t.dtype).is_none() {
             return Err(format!("qmatmul {what} must be FP8, 8-bit integer, f16 or bf16, got {}", t.dtype));
@@ -391,7 +400,7 @@ fn qmatmul(q: &QMatMul, inputs: &[&TensorType]) -> Result<TensorType, String> {
         return Err(format!("a qmatmul over {} operands takes no a_scale or b_scale", a.dtype));
     }
     let shape = matmul_shape(a, b, false, q.transpose_b)?;
-    let mut rest = inputs[2..].iter();
+    let mut rest = inputs[2 + n_dequant..].iter();
     if q.a_scale {
         let s = rest.next().ok_or("missing a_scale")?;
         let want: Shape = shape[..shape.len() - 1].iter().copied().chain([Dim::Fixed(1)]).collect();
@@ -433,6 +442,66 @@ fn qmatmul(q: &QMatMul, inputs: &[&TensorType]) -> Result<TensorType, String> {
         dtype = out.storage;
     }
     Ok(TensorType { dtype, shape })
+}
+
+/// Storage types a weight-only `qmatmul` (`b_dequant`) reads its weight codes from.
+const WEIGHT_ONLY_STORAGE: [DType; 6] = [DType::I8, DType::U8, DType::I4, DType::U4, DType::F8E4M3, DType::F4E2M1];
+
+/// The type rule of `b_dequant` (weight-only quantization): `a` is f16/bf16; `b` is a 2-D `[N, K]`
+/// weight (`transpose_b`) of the spec's storage, one of [`WEIGHT_ONLY_STORAGE`]; the granularity is
+/// [`weight_only_granularity`]; the scale is an f32 input of the granularity's scale shape and the
+/// zero point, if any, a `u8` input of that shape (integer storage only); `alpha` is 1 and there is
+/// no `a_scale`/`b_scale`. Returns the type `b` dequantizes to: its shape in `a`'s dtype.
+fn weight_only(q: &QMatMul, spec: &QuantSpec, a: &TensorType, b: &TensorType, qparams: &[&TensorType]) -> Result<TensorType, String> {
+    if q.alpha != 1.0 || q.a_scale || q.b_scale {
+        return Err("a weight-only qmatmul (b_dequant) takes alpha=1.0 and no a_scale or b_scale".into());
+    }
+    if !matches!(a.dtype, DType::F16 | DType::BF16) {
+        return Err(format!("a weight-only qmatmul's lhs must be f16 or bf16, got {}", a.dtype));
+    }
+    if !WEIGHT_ONLY_STORAGE.contains(&spec.storage) {
+        return Err(format!("b_dequant cannot read {} weights (i8, u8, i4, u4, f8e4m3 or f4e2m1)", spec.storage));
+    }
+    if b.dtype != spec.storage {
+        return Err(format!("qmatmul rhs is {} but b_dequant stores {}", b.dtype, spec.storage));
+    }
+    if !q.transpose_b || b.rank() != 2 {
+        return Err(format!("b_dequant needs a 2-D [N, K] weight read with transpose_b, got {}", shape_text(&b.shape)));
+    }
+    check_spec(spec)?;
+    weight_only_granularity(&spec.granularity)?;
+    if spec.scale != ScaleSource::Input || matches!(spec.zero_point, Some(ZeroPoint::Literal(_))) {
+        return Err("b_dequant reads its scale (and zero point) from inputs: scale=%v[, zero=%v]".into());
+    }
+    check_qparams(spec, &b.shape, qparams)?;
+    if qparams[0].dtype != DType::F32 {
+        return Err(format!("b_dequant's scale must be f32, got {}", qparams[0].dtype));
+    }
+    if let Some(z) = qparams.get(1).filter(|z| z.dtype != DType::U8) {
+        return Err(format!("b_dequant's zero point must be u8, got {}", z.dtype));
+    }
+    Ok(b.with_dtype(a.dtype))
+}
+
+/// The granularities of a weight-only `[N, K]` weight: `per_channel(0)` (one scale per output
+/// feature), `block(1:G)` (groups of G along K: W4A16, NVFP4) or `block(0:R,1:C)` (R×C tiles: FP8
+/// 128×128 blocks); axes may be spelled negative.
+fn weight_only_granularity(g: &Granularity) -> Result<(), String> {
+    let axis = |a: i64| normalize_axis(a, 2);
+    let ok = match g {
+        Granularity::PerChannel { axis: a } => axis(*a) == Some(0),
+        Granularity::Block { blocks } => {
+            let mut axes: Vec<Option<usize>> = blocks.iter().map(|&(a, _)| axis(a)).collect();
+            axes.sort();
+            axes == [Some(1)] || axes == [Some(0), Some(1)]
+        }
+        Granularity::PerTensor | Granularity::PerToken => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err("b_dequant granularity must be per_channel(0), block(1:G) or block(0:R,1:C) of the [N, K] weight".into())
+    }
 }
 
 /// `attention`: `q, k, v: T[B, S, H·D]` (T f16 or bf16, one shape), an optional `T[B, S]` mask

@@ -385,7 +385,12 @@ impl Parser<'_> {
             Tok::Ident(s) if self.eat('(') => {
                 let mut args = vec![];
                 while !self.eat(')') {
-                    args.push(self.attr_value()?);
+                    let arg = self.attr_value()?;
+                    args.push(match (arg, self.eat('=')) {
+                        (AttrValue::Ident(k), true) => AttrValue::Keyed(k, Box::new(self.attr_value()?)),
+                        (_, true) => return self.err("argument keys must be names"),
+                        (arg, false) => arg,
+                    });
                     if !self.eat(',') {
                         self.expect(')')?;
                         break;

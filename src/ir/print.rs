@@ -101,6 +101,7 @@ fn attr_value(v: &AttrValue) -> String {
         AttrValue::Ref(v) => v.to_string(),
         AttrValue::Call(name, args) => format!("{name}({})", args.iter().map(attr_value).collect::<Vec<_>>().join(",")),
         AttrValue::Pair(a, b) => format!("{a}:{b}"),
+        AttrValue::Keyed(k, v) => format!("{k}={}", attr_value(v)),
     }
 }
 

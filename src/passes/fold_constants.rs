@@ -93,7 +93,7 @@ fn fail(message: String) -> PassError {
 }
 
 /// The checkpoint name at the root of `v` when `v` is a `weight` seen through `cast`s.
-fn constant_root(g: &Graph, v: ValueId) -> Option<&str> {
+pub(super) fn constant_root(g: &Graph, v: ValueId) -> Option<&str> {
     let node = g.producer(v);
     match &node.op {
         Op::Weight { name } => Some(name),
@@ -156,7 +156,7 @@ fn apply_fold(g: &mut Graph, cx: &mut PassCx, f: Fold) -> Result<(), PassError> 
 }
 
 /// The node's results, computed by the interpreter on a graph holding only the node's cone.
-fn evaluate(g: &Graph, id: NodeId, weights: &dyn Weights) -> Result<Vec<Tensor>, String> {
+pub(super) fn evaluate(g: &Graph, id: NodeId, weights: &dyn Weights) -> Result<Vec<Tensor>, String> {
     let mut cone = Graph { name: "fold".into(), symbols: g.symbols.clone(), ..Default::default() };
     let mut map = HashMap::new();
     let root = copy_cone(g, id, &mut cone, &mut map);
@@ -188,7 +188,7 @@ fn copy_cone(g: &Graph, id: NodeId, cone: &mut Graph, map: &mut HashMap<NodeId, 
 
 /// Puts `t` in the store under `base` (or `base.1`, `base.2`, … when `base` holds other data)
 /// and returns the name used; a name already holding equal data is reused without an insert.
-fn store(weights: &dyn Weights, base: String, t: Tensor) -> String {
+pub(super) fn store(weights: &dyn Weights, base: String, t: Tensor) -> String {
     let mut name = base.clone();
     for k in 1.. {
         match weights.weight(&name) {

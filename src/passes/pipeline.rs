@@ -4,18 +4,24 @@ use super::*;
 
 /// The passes that turn a graph with explicit Q/DQ into fused quantized ops, in order.
 ///
-/// `cse` runs early too: the recipe places one Q→DQ per matmul input, so the Q, K and V
-/// projections reading one LayerNorm output start with three identical quantizes. `lift-linear`
+/// `fold-smoothing` runs first: it reads the LayerNorms' constant γ/β as the importer left them
+/// and must move the SmoothQuant/AWQ factors into them before `fuse-layernorm-quantize` looks for
+/// `quantize(layernorm)`. `cse` runs early too: the recipe places one Q→DQ per matmul input, so the Q, K and V
+/// projections reading one LayerNorm output start with three identical quantizes.
+/// `fuse-weight-dequant` turns weight-only quantized linear layers (f16/bf16 dequantizes of
+/// weights) into qmatmuls that dequantize in the GEMM; `lift-linear`
 /// turns the remaining f16/bf16 linear layers into qmatmuls so `fuse-epilogue` fuses them too;
 /// `fuse-attention` and `fuse-embedding` then leave one node per kernel.
 pub fn fusion() -> Vec<Box<dyn Pass>> {
     vec![
+        Box::new(fold_smoothing::FoldSmoothing),
         Box::new(fold_constants::FoldConstants),
         Box::new(cse::Cse),
         Box::new(propagate_qdq::PropagateQdq),
         Box::new(fold_scales::FoldScales),
         Box::new(fuse_layernorm_quantize::FuseLayerNormQuantize),
         Box::new(fuse_dq_matmul::FuseDqMatmul),
+        Box::new(fuse_weight_dequant::FuseWeightDequant),
         Box::new(lift_linear::LiftLinear),
         Box::new(fuse_epilogue::FuseEpilogue),
         Box::new(fuse_attention::FuseAttention),

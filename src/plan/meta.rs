@@ -5,7 +5,8 @@
 //! schema is versioned by the header's format version. Format 1.0 is the schema below. A minor
 //! version may only append fields at the end of [`PlanMeta`] (a reader of an older minor decodes
 //! its known prefix and ignores the rest); anything else (a field removed, reordered, retyped, a
-//! field added to a nested struct, a new enum variant) is a new major.
+//! field added to a nested struct, a new enum variant) is a new major. Format 1.1 appended
+//! [`PlanMeta::launch_guards`] ([`decode_meta`] reads 1.0 metadata with an empty table).
 
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +55,12 @@ pub struct PlanMeta {
     pub weights: Vec<WeightMeta>,
     /// Kernel launches, in order.
     pub schedule: Vec<LaunchMeta>,
+    /// Format 1.1: launches that run only for some shapes (e.g. a GEMV for at most 16 rows and a
+    /// GEMM above), at most one guard per launch, in schedule order. Launches without a guard
+    /// always run. Guarded alternatives write the same buffers with the same values up to f32
+    /// summation order, so a 1.0 reader, which ignores this table and runs every launch, still
+    /// computes the model (only slower).
+    pub launch_guards: Vec<LaunchGuard>,
 }
 
 impl PlanMeta {
@@ -84,6 +91,24 @@ impl PlanMeta {
         self.check_buffers()?;
         for (n, launch) in self.schedule.iter().enumerate() {
             self.check_launch(n, launch)?;
+        }
+        self.check_guards()
+    }
+
+    /// The guard of launch `index`, if it has one.
+    pub fn guard_of(&self, index: usize) -> Option<&Guard> {
+        self.launch_guards.iter().find(|g| g.launch as usize == index).map(|g| &g.when)
+    }
+
+    fn check_guards(&self) -> Result<(), String> {
+        for (i, g) in self.launch_guards.iter().enumerate() {
+            if g.launch as usize >= self.schedule.len() {
+                return Err(format!("launch guard {i} refers to launch {} out of {}", g.launch, self.schedule.len()));
+            }
+            if i > 0 && self.launch_guards[i - 1].launch >= g.launch {
+                return Err(format!("launch guard {i} (launch {}) is not in strictly increasing launch order", g.launch));
+            }
+            self.check_symbols(&format!("guard of launch {}", g.launch), g.when.rows())?;
         }
         Ok(())
     }
@@ -257,6 +282,62 @@ pub struct LaunchMeta {
     pub writes: Vec<u32>,
 }
 
+/// A condition on the shape symbols under which a launch runs ([`PlanMeta::launch_guards`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Guard {
+    /// Runs when `rows ≤ max` (e.g. a GEMV for small M).
+    RowsAtMost {
+        /// The row count, over the shape symbols (e.g. `B*S`).
+        rows: DimExpr,
+        /// Largest row count it runs for.
+        max: u64,
+    },
+    /// Runs when `rows > min` (the alternative of a [`Guard::RowsAtMost`] with `max = min`).
+    RowsAbove {
+        /// The row count, over the shape symbols.
+        rows: DimExpr,
+        /// Largest row count it does not run for.
+        min: u64,
+    },
+}
+
+impl Guard {
+    /// The row expression the guard tests.
+    pub fn rows(&self) -> &DimExpr {
+        match self {
+            Guard::RowsAtMost { rows, .. } | Guard::RowsAbove { rows, .. } => rows,
+        }
+    }
+
+    /// Whether the launch runs for these symbol values; an error if `rows` cannot be evaluated.
+    pub fn holds(&self, symbols: &[(String, u64)]) -> Result<bool, String> {
+        let rows = self.rows().eval_with(symbols)?;
+        Ok(match self {
+            Guard::RowsAtMost { max, .. } => rows <= *max,
+            Guard::RowsAbove { min, .. } => rows > *min,
+        })
+    }
+}
+
+impl std::fmt::Display for Guard {
+    /// `B*S <= 16`, `B*S > 16`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Guard::RowsAtMost { rows, max } => write!(f, "{rows} <= {max}"),
+            Guard::RowsAbove { rows, min } => write!(f, "{rows} > {min}"),
+        }
+    }
+}
+
+/// Launch [`PlanMeta::schedule`]`[launch]` runs only when `when` holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchGuard {
+    /// Index into [`PlanMeta::schedule`].
+    pub launch: u32,
+    /// The condition.
+    pub when: Guard,
+}
+
 /// What a launch argument refers to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ArgRef {
@@ -314,6 +395,18 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
     postcard::to_stdvec(value).map_err(|e| e.to_string())
 }
 
+/// Decodes the metadata written with format `found`, this reader being `ours`: as [`decode`],
+/// except that format 1.0 metadata, which ends before [`PlanMeta::launch_guards`] (appended in
+/// 1.1), decodes with an empty guard table.
+pub(crate) fn decode_meta(bytes: &[u8], found: FormatVersion, ours: FormatVersion) -> Result<PlanMeta, String> {
+    if found.major == 1 && found.minor == 0 {
+        // postcard encodes an empty Vec as its length, a single 0 byte.
+        let with_guards: Vec<u8> = bytes.iter().copied().chain([0]).collect();
+        return decode(&with_guards, found, ours);
+    }
+    decode(bytes, found, ours)
+}
+
 /// Decodes metadata or a section table written with format `found`, this reader being `ours`.
 ///
 /// Same or older minor: the bytes must be consumed exactly. Newer minor: trailing bytes are
@@ -341,6 +434,30 @@ mod tests {
         bytes.extend_from_slice(&[7, 1, 2, 3]);
         assert_eq!(decode::<PlanMeta>(&bytes, V1_3, V1_0).unwrap(), meta);
         assert!(decode::<PlanMeta>(&bytes, V1_0, V1_0).unwrap_err().contains("trailing"));
+    }
+
+    #[test]
+    fn format_1_0_metadata_decodes_without_guards() {
+        let mut meta = PlanMeta::new("m", "sm_90a", (13, 0));
+        meta.symbols = vec![("B".into(), 4)];
+        let v1_1 = FormatVersion { major: 1, minor: 1 };
+        let mut bytes = encode(&meta).unwrap();
+        assert_eq!(bytes.pop(), Some(0), "the empty guard table is the last byte");
+        assert_eq!(decode_meta(&bytes, V1_0, v1_1).unwrap(), meta);
+        meta.launch_guards = vec![LaunchGuard { launch: 0, when: Guard::RowsAtMost { rows: DimExpr::sym("B"), max: 2 } }];
+        assert_eq!(decode_meta(&encode(&meta).unwrap(), v1_1, v1_1).unwrap(), meta);
+    }
+
+    #[test]
+    fn guards_evaluate_rows() {
+        let rows = DimExpr::sym("B").mul(DimExpr::sym("S"));
+        let small = Guard::RowsAtMost { rows: rows.clone(), max: 16 };
+        let large = Guard::RowsAbove { rows, min: 16 };
+        let at = |b: u64, s: u64| vec![("B".to_string(), b), ("S".to_string(), s)];
+        assert_eq!((small.holds(&at(4, 4)), large.holds(&at(4, 4))), (Ok(true), Ok(false)));
+        assert_eq!((small.holds(&at(1, 17)), large.holds(&at(1, 17))), (Ok(false), Ok(true)));
+        assert!(small.holds(&[]).is_err());
+        assert_eq!((small.to_string(), large.to_string()), ("B*S <= 16".to_string(), "B*S > 16".to_string()));
     }
 
     #[test]

@@ -78,10 +78,14 @@ pub fn evaluate(model: &Model, q: &Quantized, texts: &[String], batch: usize) ->
     let tok = model.tokenizer.as_ref().ok_or(EvalError::NoTokenizer)?;
     let mut fp32 = model.graph.clone();
     let fp32_sites = site_values(&mut fp32);
-    let quantized: Vec<&str> = q.report.iter().filter_map(|e| e.qdq.strip_suffix(":a.q")).collect();
+    let skipped: Vec<&str> = q.skipped.iter().map(|(s, _)| s.as_str()).collect();
     let q_sites: HashMap<String, ValueId> = q.sites.iter().map(|s| (s.name.clone(), q.qdq.nodes[s.node].outputs[0])).collect();
-    let names: Vec<String> =
-        q.sites.iter().map(|s| s.name.clone()).filter(|n| quantized.contains(&n.as_str()) && fp32_sites.contains_key(n)).collect();
+    let names: Vec<String> = q
+        .sites
+        .iter()
+        .filter(|s| insert::plan(&q.recipe, s).is_some() && !skipped.contains(&s.name.as_str()) && fp32_sites.contains_key(&s.name))
+        .map(|s| s.name.clone())
+        .collect();
     let mut accs = vec![Acc::default(); names.len()];
     let (mut ref_emb, mut q_emb) = (vec![], vec![]);
     for chunk in texts.chunks(batch.max(1)) {
@@ -158,4 +162,38 @@ fn nearest(embs: &[Vec<f32>], i: usize) -> Option<usize> {
 
 fn neighbour_changes(reference: &[Vec<f32>], quantized: &[Vec<f32>]) -> usize {
     (0..reference.len()).filter(|&i| nearest(reference, i) != nearest(quantized, i)).count()
+}
+
+/// Bytes of the model's weights as `q`'s recipe stores them: each quantized matmul's weight at its
+/// scheme's bits per element (scales and zero points included,
+/// [`super::recipe::Scheme::bits_per_element`]), every other floating-point weight in the compute
+/// dtype, integer tensors as they are.
+pub fn weight_bytes(model: &Model, q: &Quantized) -> u64 {
+    let skipped: Vec<&str> = q.skipped.iter().map(|(s, _)| s.as_str()).collect();
+    let quantized: HashMap<&str, f64> = q
+        .sites
+        .iter()
+        .filter(|s| !skipped.contains(&s.name.as_str()))
+        .filter_map(|s| match &s.kind {
+            insert::SiteKind::Linear { weight } => {
+                let l = q.recipe.for_linear(&s.name)?;
+                let shape = model.weights.shape(weight)?;
+                Some((weight.as_str(), l.weight_bits(shape[0] as u64, shape[1..].iter().product::<usize>() as u64)))
+            }
+            insert::SiteKind::Attention => None,
+        })
+        .collect();
+    let mut bits = 0f64;
+    for (_, node) in q.baseline.nodes.iter() {
+        let crate::ir::Op::Weight { name } = &node.op else { continue };
+        let ty = q.baseline.ty(node.outputs[0]);
+        let elements = ty.shape.iter().map(|d| d.fixed().unwrap_or(1)).product::<u64>() as f64;
+        let per = match quantized.get(name.as_str()) {
+            Some(&b) => b,
+            None if ty.dtype.is_float() => f64::from(q.recipe.compute.bits()),
+            None => f64::from(ty.dtype.bits()),
+        };
+        bits += elements * per;
+    }
+    (bits / 8.0).ceil() as u64
 }

@@ -13,8 +13,10 @@
 //!          %y = cast %m : f16[B,S,384]                                              loc("L")
 //! ```
 
-use super::recipe::{Granularity, LayerQuant, Recipe, ScaleRule, Scheme};
-use crate::ir::{self, Builder, DType, Graph, NodeId, Op, QuantSpec, ScaleSource, TensorType, ValueId};
+use super::algo::GroupQuant;
+use super::recipe::{GemmDomain, Granularity, LayerQuant, Recipe, ScaleRule, Scheme};
+use super::weight_qdq;
+use crate::ir::{self, Builder, DType, Graph, NodeId, Op, QuantSpec, ScaleSource, ValueId};
 use crate::passes::Weights;
 use std::collections::HashMap;
 
@@ -80,15 +82,14 @@ fn weight_name(g: &Graph, v: ValueId) -> Option<String> {
 }
 
 /// The values whose calibration statistics the recipe needs: activation inputs of the sites it
-/// quantizes with calibrated scales.
+/// quantizes with calibrated (or calibrated global) scales.
 pub fn calibration_values(g: &Graph, recipe: &Recipe, sites: &[Site]) -> Vec<ValueId> {
+    let calibrated = |s: &Scheme| matches!(s.scale, ScaleRule::Calibrated(_) | ScaleRule::DynamicUnderGlobal(_));
     let mut out = vec![];
     for site in sites {
         let inputs = &g.nodes[site.node].inputs;
         match (&site.kind, plan(recipe, site)) {
-            (SiteKind::Linear { .. }, Some(p)) if p.activation.is_some_and(|a| matches!(a.scale, ScaleRule::Calibrated(_))) => {
-                out.push(inputs[0])
-            }
+            (SiteKind::Linear { .. }, Some(p)) if p.activation.as_ref().is_some_and(calibrated) => out.push(inputs[0]),
             (SiteKind::Attention, Some(_)) => out.extend([inputs[0], inputs[1]]),
             _ => {}
         }
@@ -102,17 +103,19 @@ pub fn calibration_values(g: &Graph, recipe: &Recipe, sites: &[Site]) -> Vec<Val
 pub fn plan(recipe: &Recipe, site: &Site) -> Option<LayerQuant> {
     match site.kind {
         SiteKind::Linear { .. } => recipe.for_linear(&site.name),
-        SiteKind::Attention => recipe.for_attention(&site.name).map(|s| LayerQuant { weight: Some(s), activation: Some(s) }),
+        SiteKind::Attention => recipe.for_attention(&site.name).map(|s| LayerQuant::quantized(s, s)),
     }
 }
 
 /// Inserts Q/DQ for every site the recipe quantizes. `amax` holds calibrated ranges of activation
-/// values. Sites whose range is missing are left in high precision and returned with the reason.
+/// values; `prepared` the weights that a weight algorithm replaced (by site node). Sites whose
+/// range is missing are left in high precision and returned with the reason.
 pub fn insert(
     g: &mut Graph,
     recipe: &Recipe,
     sites: &[Site],
     amax: &HashMap<ValueId, f32>,
+    prepared: &HashMap<NodeId, PreparedWeight>,
     weights: &dyn Weights,
 ) -> Result<Vec<(String, String)>, String> {
     let mut skipped = vec![];
@@ -120,7 +123,7 @@ pub fn insert(
         let Some(p) = plan(recipe, site) else { continue };
         let inputs = g.nodes[site.node].inputs.clone();
         let missing = |v: ValueId| !amax.get(&v).is_some_and(|a| *a > 0.0 && a.is_finite());
-        let needs = |s: Option<Scheme>| s.is_some_and(|s| matches!(s.scale, ScaleRule::Calibrated(_)));
+        let needs = |s: Option<Scheme>| s.is_some_and(|s| matches!(s.scale, ScaleRule::Calibrated(_) | ScaleRule::DynamicUnderGlobal(_)));
         let act_missing = needs(p.activation) && missing(inputs[0]);
         let b_missing = site.kind == SiteKind::Attention && missing(inputs[1]);
         if act_missing || b_missing {
@@ -130,20 +133,39 @@ pub fn insert(
             ));
             continue;
         }
+        let out = match p.domain {
+            GemmDomain::Quantized => DType::F32,
+            GemmDomain::Dequantized => g.ty(inputs[0]).dtype,
+        };
         let a = match p.activation {
-            Some(s) => quantize_activation(g, inputs[0], s, amax.get(&inputs[0]).copied(), &format!("{}:a", site.name))?,
+            Some(s) => quantize_activation(g, inputs[0], s, amax.get(&inputs[0]).copied(), &format!("{}:a", site.name), out)?,
             None => inputs[0],
         };
         let b = match (&site.kind, p.weight) {
-            (SiteKind::Linear { weight }, Some(s)) => quantize_weight(g, inputs[1], weight, s, &format!("{}:b", site.name), weights)?,
+            (SiteKind::Linear { weight }, Some(s)) => {
+                let prep = prepared.get(&site.node);
+                let tensor = prep.map_or(weight.as_str(), |p| p.tensor.as_str());
+                let ws = weight_qdq::WeightSite { value: inputs[1], tensor, groups: prep.and_then(|p| p.groups.as_ref()) };
+                weight_qdq::insert(g, &ws, &s, &format!("{}:b", site.name), weights, out)?
+            }
             (SiteKind::Attention, Some(s)) => {
-                quantize_activation(g, inputs[1], s, amax.get(&inputs[1]).copied(), &format!("{}:b", site.name))?
+                quantize_activation(g, inputs[1], s, amax.get(&inputs[1]).copied(), &format!("{}:b", site.name), out)?
             }
             (_, None) => inputs[1],
         };
         rewire_matmul(g, site.node, a, b)?;
     }
     Ok(skipped)
+}
+
+/// A weight a weight algorithm replaced: the store's tensor now behind the site's weight value
+/// (scaled by SmoothQuant/AWQ, or GPTQ's dequantized result), and GPTQ's fixed group parameters.
+#[derive(Clone, Debug)]
+pub struct PreparedWeight {
+    /// Name of the derived tensor.
+    pub tensor: String,
+    /// Scales and zero points the quantize must use.
+    pub groups: Option<GroupQuant>,
 }
 
 /// Points the matmul at the dequantized operands; when they are f32 its result becomes f32 and a
@@ -170,71 +192,60 @@ fn spec(storage: DType, granularity: ir::Granularity, scale: ScaleSource) -> Qua
     QuantSpec { storage, granularity, scale, zero_point: None }
 }
 
-/// `quantize → dequantize(f32)` of an activation, static per tensor or dynamic per token.
-fn quantize_activation(g: &mut Graph, x: ValueId, s: Scheme, amax: Option<f32>, loc: &str) -> Result<ValueId, String> {
+/// `quantize → dequantize(out)` of an activation: static per tensor, dynamic per token, dynamic
+/// groups along K, or NVFP4 (dynamic E4M3 block scales under a calibrated global scale).
+fn quantize_activation(g: &mut Graph, x: ValueId, s: Scheme, amax: Option<f32>, loc: &str, out: DType) -> Result<ValueId, String> {
     let qmax = s.storage.max_finite() as f32;
-    let (q_spec, granularity) = match (s.granularity, s.scale) {
-        (Granularity::PerToken, ScaleRule::Dynamic) => {
-            let dynamic = ScaleSource::Dynamic { dtype: DType::F32, rounding: crate::numerics::E8M0Rounding::Up };
-            (spec(s.storage, ir::Granularity::PerToken, dynamic), ir::Granularity::PerToken)
+    let dynamic = ScaleSource::Dynamic { dtype: s.scale_dtype, rounding: crate::numerics::E8M0Rounding::Up };
+    let q_spec = match (s.granularity, s.scale) {
+        (Granularity::PerToken, ScaleRule::Dynamic) => spec(s.storage, ir::Granularity::PerToken, dynamic),
+        (Granularity::Group { size }, ScaleRule::Dynamic) => spec(s.storage, ir::Granularity::Block { blocks: vec![(-1, size)] }, dynamic),
+        (Granularity::Group { size }, ScaleRule::DynamicUnderGlobal(_)) => {
+            let global = pow2_global(amax.ok_or("missing calibrated range")?, qmax, s.scale_dtype);
+            return quantize_under_global(g, x, spec(s.storage, ir::Granularity::Block { blocks: vec![(-1, size)] }, dynamic), global, loc, out);
         }
-        (Granularity::PerTensor, ScaleRule::Calibrated(_)) => {
-            let amax = amax.ok_or("missing calibrated range")?;
-            (QuantSpec::per_tensor(s.storage, amax / qmax), ir::Granularity::PerTensor)
-        }
-        other => return Err(format!("activation scheme {other:?} is not supported yet")),
+        (Granularity::PerTensor, ScaleRule::Calibrated(_)) => QuantSpec::per_tensor(s.storage, amax.ok_or("missing calibrated range")? / qmax),
+        other => return Err(format!("activation scheme {other:?} is not supported")),
     };
-    let mut b = Builder::new(g);
+    qdq(&mut Builder::new(g), x, q_spec, loc, out)
+}
+
+/// `quantize → dequantize(out)`; a dynamic quantize's scales feed the dequantize.
+fn qdq(b: &mut Builder, x: ValueId, q_spec: QuantSpec, loc: &str, out: DType) -> Result<ValueId, String> {
     b.scope = Some(format!("{loc}.q"));
     let outs = b.add(Op::Quantize(q_spec.clone()), &[x], None)?;
     b.scope = Some(format!("{loc}.dq"));
-    let f32_ty = |b: &Builder| b.graph.ty(x).with_dtype(DType::F32);
-    let ty = f32_ty(&b);
+    let ty = b.graph.ty(x).with_dtype(out);
     match q_spec.scale {
         ScaleSource::Dynamic { .. } => {
-            b.add1(Op::Dequantize(spec(s.storage, granularity, ScaleSource::Input)), &[outs[0], outs[1]], Some(ty))
+            let dq = QuantSpec { scale: ScaleSource::Input, ..q_spec };
+            b.add1(Op::Dequantize(dq), &[outs[0], outs[1]], Some(ty))
         }
         _ => b.add1(Op::Dequantize(q_spec), &[outs[0]], Some(ty)),
     }
 }
 
-/// `quantize → dequantize(f32)` of a weight `[N, K]` with scales from its data.
-fn quantize_weight(g: &mut Graph, w: ValueId, name: &str, s: Scheme, loc: &str, weights: &dyn Weights) -> Result<ValueId, String> {
-    let ty = g.ty(w).clone();
-    let data = weights.weight(name)?;
-    let mut values = data.to_f32_vec();
-    crate::numerics::cast_slice(&mut values, ty.dtype);
-    let n = ty.shape[0].fixed().ok_or("weight rows must be fixed")? as usize;
-    let qmax = s.storage.max_finite() as f32;
-    let scale = |amax: f32| if amax > 0.0 && amax.is_finite() { amax / qmax } else { 1.0 };
-    let mut b = Builder::new(g);
-    let q_spec = match s.granularity {
-        Granularity::PerTensor => QuantSpec::per_tensor(s.storage, scale(values.iter().fold(0.0, |m, x| m.max(x.abs())))),
-        Granularity::PerChannel => {
-            let rows: Vec<f32> = values.chunks(values.len() / n.max(1)).map(|r| scale(r.iter().fold(0.0, |m, x| m.max(x.abs())))).collect();
-            let scale_name = format!("{name}.scale");
-            weights.insert(scale_name.clone(), crate::interp::Tensor::f32(vec![n], rows));
-            b.scope = Some(format!("{loc}.scale"));
-            let sv = b.weight(&scale_name, TensorType::fixed(DType::F32, &[n as u64]))?;
-            return quantize_weight_with(
-                &mut b,
-                w,
-                spec(s.storage, ir::Granularity::PerChannel { axis: 0 }, ScaleSource::Input),
-                Some(sv),
-                loc,
-            );
-        }
-        other => return Err(format!("weight granularity {other:?} is not supported yet")),
-    };
-    quantize_weight_with(&mut b, w, q_spec, None, loc)
+/// The power of two at or above `amax / (qmax · scale_max)`: NVFP4's activation global scale.
+/// A power of two makes the pre- and post-multiplications exact in any float dtype, and its block
+/// scales (`≤ scale_max`) still cover the calibrated range.
+fn pow2_global(amax: f32, qmax: f32, scale_dtype: DType) -> f32 {
+    let ideal = amax / (qmax * scale_dtype.max_finite() as f32);
+    if ideal > 0.0 && ideal.is_finite() {
+        2f32.powi(ideal.log2().ceil() as i32)
+    } else {
+        1.0
+    }
 }
 
-fn quantize_weight_with(b: &mut Builder, w: ValueId, q_spec: QuantSpec, scale: Option<ValueId>, loc: &str) -> Result<ValueId, String> {
-    let extra: Vec<ValueId> = std::iter::once(w).chain(scale).collect();
-    b.scope = Some(format!("{loc}.q"));
-    let q = b.add1(Op::Quantize(q_spec.clone()), &extra, None)?;
-    b.scope = Some(format!("{loc}.dq"));
-    let ty = b.graph.ty(w).with_dtype(DType::F32);
-    let dq_inputs: Vec<ValueId> = std::iter::once(q).chain(scale).collect();
-    b.add1(Op::Dequantize(q_spec), &dq_inputs, Some(ty))
+/// `x · (1/global) → quantize → dequantize → · global`, in `x`'s dtype up to the dequantize.
+fn quantize_under_global(g: &mut Graph, x: ValueId, q_spec: QuantSpec, global: f32, loc: &str, out: DType) -> Result<ValueId, String> {
+    let mut b = Builder::new(g);
+    b.scope = Some(format!("{loc}.prescale"));
+    let dtype = b.graph.ty(x).dtype;
+    let inv = b.scalar(f64::from(1.0 / global), dtype)?;
+    let scaled = b.binary(ir::BinaryOp::Mul, x, inv)?;
+    let dq = qdq(&mut b, scaled, q_spec, loc, out)?;
+    b.scope = Some(format!("{loc}.postscale"));
+    let back = b.scalar(f64::from(global), out)?;
+    b.binary(ir::BinaryOp::Mul, dq, back)
 }

@@ -5,11 +5,15 @@
 //! recipe needs → insert Q/DQ → run the fusion passes → fusion report.
 
 pub mod algo;
+pub mod auto;
 pub mod calib;
+pub mod capture;
 pub mod eval;
 pub mod insert;
 pub mod precision;
+pub mod prepare;
 pub mod recipe;
+pub mod weight_qdq;
 
 pub use recipe::Recipe;
 
@@ -69,6 +73,10 @@ pub struct Quantized {
     pub skipped: Vec<(String, String)>,
     /// Calibration, when the recipe needed it.
     pub calibration: Option<CalibSummary>,
+    /// What the weight algorithms did: `(sites, summary)` per activation they share.
+    pub algorithms: Vec<(String, String)>,
+    /// `--recipe auto`: every layer's candidate scores and choice (also in `recipe.layers`).
+    pub auto: Vec<auto::LayerChoice>,
 }
 
 /// Why quantization failed.
@@ -93,11 +101,23 @@ pub fn quantize(model: &Model, recipe: &Recipe, calib: &CalibOptions, passes: &P
     let mut baseline = precision::convert(&model.graph, recipe.compute).map_err(QuantError::Recipe)?;
     let sites = insert::find_sites(&mut baseline);
     check(&baseline, "after conversion to the compute dtype")?;
-    let values = insert::calibration_values(&baseline, recipe, &sites);
+    let mut recipe = recipe.clone();
+    let auto = match recipe.auto {
+        Some(target) => auto::choose(model, &baseline, &sites, &mut recipe, target, calib)?,
+        None => vec![],
+    };
+    let recipe = &recipe;
+    let mut prepared_graph = baseline.clone();
+    let prepared = prepare::prepare(model, &mut prepared_graph, recipe, &sites, calib)?;
+    for (names, what) in &prepared.notes {
+        tracing::info!(sites = names.as_str(), "{what}");
+    }
+    check(&prepared_graph, "after the weight algorithms")?;
+    let values = insert::calibration_values(&prepared_graph, recipe, &sites);
     let (amax, calibration) =
-        if values.is_empty() { (Default::default(), None) } else { calibrate(model, &baseline, recipe, calib, &values)? };
-    let mut qdq = baseline.clone();
-    let skipped = insert::insert(&mut qdq, recipe, &sites, &amax, &model.weights).map_err(QuantError::Recipe)?;
+        if values.is_empty() { (Default::default(), None) } else { calibrate(model, &prepared_graph, recipe, calib, &values)? };
+    let mut qdq = prepared_graph;
+    let skipped = insert::insert(&mut qdq, recipe, &sites, &amax, &prepared.weights, &model.weights).map_err(QuantError::Recipe)?;
     for (site, why) in &skipped {
         tracing::warn!(site = site.as_str(), "{why}");
     }
@@ -106,7 +126,18 @@ pub fn quantize(model: &Model, recipe: &Recipe, calib: &CalibOptions, passes: &P
     let mut cx = PassCx::new(&model.weights);
     PassManager::new(pipeline::fusion(), passes.clone())?.run(&mut fused, &mut cx)?;
     let report = cx.report.finish(&fused);
-    Ok(Quantized { recipe: recipe.clone(), baseline, qdq, fused, sites, report, skipped, calibration })
+    Ok(Quantized {
+        recipe: recipe.clone(),
+        baseline,
+        qdq,
+        fused,
+        sites,
+        report,
+        skipped,
+        calibration,
+        algorithms: prepared.notes,
+        auto,
+    })
 }
 
 fn check(g: &Graph, context: &str) -> Result<(), QuantError> {

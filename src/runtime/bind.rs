@@ -245,8 +245,8 @@ pub struct ResolvedLaunch {
     pub args: Vec<KernelArg>,
 }
 
-/// Resolves launch `index` of the schedule: its grid (`None` if any extent is zero: the launch is
-/// skipped) and its arguments (weights and buffers as device pointers, `Scalar::Dim` evaluated
+/// Resolves launch `index` of the schedule: its grid (`None` if its guard
+/// ([`PlanMeta::launch_guards`]) does not hold or any extent is zero: the launch is skipped) and its arguments (weights and buffers as device pointers, `Scalar::Dim` evaluated
 /// and checked to fit its parameter's integer type).
 pub fn resolve_launch(
     meta: &PlanMeta,
@@ -262,6 +262,11 @@ pub fn resolve_launch(
     let Some(kernel) = meta.kernels.get(launch.kernel as usize) else {
         return Err(err(format!("kernel {} out of {}", launch.kernel, meta.kernels.len())));
     };
+    if let Some(guard) = meta.guard_of(index) {
+        if !guard.holds(symbols).map_err(|m| err(format!("guard `{guard}`: {m}")))? {
+            return Ok(None);
+        }
+    }
     let mut grid = [0u32; 3];
     for (axis, e) in kernel.grid.iter().enumerate() {
         let v = e.eval_with(symbols).map_err(|m| err(format!("grid {}: {m}", AXES[axis])))?;
@@ -311,8 +316,8 @@ pub fn resolve_launch(
     }))
 }
 
-/// Every launch of the schedule that runs for `symbols` (launches with a zero grid extent are left
-/// out), resolved.
+/// Every launch of the schedule that runs for `symbols` (launches whose guard does not hold or with
+/// a zero grid extent are left out), resolved. A CUDA graph captured from it holds only those.
 pub fn resolve_schedule(meta: &PlanMeta, symbols: &[(String, u64)], addrs: &Addresses<'_>) -> Result<Vec<ResolvedLaunch>, RuntimeError> {
     let mut out = Vec::with_capacity(meta.schedule.len());
     for index in 0..meta.schedule.len() {

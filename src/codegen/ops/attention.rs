@@ -260,7 +260,7 @@ pub fn lower_with(
     let mut args: Vec<Arg> = n.inputs.iter().map(|&v| Arg::Value(v)).collect();
     args.push(Arg::Value(n.outputs[0]));
     args.push(Arg::Scalar(Scalar::Dim(seq)));
-    Ok(Lowered::Launches(vec![Launch { kernel, args }]))
+    Ok(Lowered::Launches(vec![Launch { kernel, args, when: None }]))
 }
 
 /// Lowers an `attention` node (`q, k, v[, mask_bias]`) to one launch of the attention template.

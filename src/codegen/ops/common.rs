@@ -105,7 +105,7 @@ impl Sig {
     pub fn launch(self, template: &'static str, source: String, grid: [DimExpr; 3], block: [u32; 3], smem: u32) -> Launch {
         let list: Vec<(&str, ParamType)> = self.params.iter().map(|(n, t)| (n.as_str(), *t)).collect();
         let kernel = finish_kernel(template, source, grid, block, smem, params(&list));
-        Launch { kernel, args: self.args }
+        Launch { kernel, args: self.args, when: None }
     }
 }
 

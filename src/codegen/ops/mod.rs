@@ -9,6 +9,7 @@ pub mod qmatmul;
 pub mod quantize;
 pub mod reduce;
 pub mod shape;
+pub mod wonly;
 
 use super::kernel::{LowerCx, LowerError, Lowered};
 use crate::ir::{NodeId, Op};
@@ -20,6 +21,8 @@ pub fn lower_node(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
     match &n.op {
         Op::Input { .. } | Op::Weight { .. } | Op::Scalar { .. } => Ok(Lowered::Nothing),
         Op::Reshape => Ok(Lowered::Alias(n.inputs[0])),
+        // Weight-only (`b_dequant`): GEMV / GEMM with in-register dequantization.
+        Op::QMatMul(q) if q.b_dequant.is_some() => wonly::lower(cx, node),
         Op::QMatMul(_) => qmatmul::lower(cx, node),
         Op::Attention(_) => attention::lower(cx, node),
         Op::Cast | Op::Unary(_) | Op::Binary(_) => elementwise::lower(cx, node),

@@ -69,6 +69,9 @@ pub(crate) enum Scale {
     PerToken(ValueId),
     /// Computed per row, written to `scales`.
     Dynamic { scales: ValueId },
+    /// Computed per block of `group` consecutive elements of the row, written to `scales`
+    /// (`[rows, ⌈n / group⌉]` in its own dtype).
+    DynamicBlock { scales: ValueId, group: u64 },
 }
 
 /// The quantized output of a row kernel.
@@ -136,11 +139,29 @@ pub(crate) fn row_launch(cx: &LowerCx, node: NodeId, spec: &RowSpec) -> Result<L
     // The widest vector that divides the row and keeps the threads' shares even: the fewest
     // elements on the busiest thread, ties to the wider vector (H = 384, one warp: 4 × 3 rather
     // than 8 × 2 on half the lanes, measured 20% faster on an H100).
+    let block = spec.quant.as_ref().and_then(|q| match q.scale {
+        Scale::DynamicBlock { group, .. } => Some(group),
+        _ => None,
+    });
+    let packed = spec.quant.as_ref().is_some_and(|q| q.storage.bits() == 4);
+    if block.is_some() && dyn_len {
+        return Err(cx.error(node, "block-scaled quantization needs a fixed row length"));
+    }
+    if packed && hmax % 2 != 0 {
+        return Err(cx.error(node, format!("4-bit codes are packed two per byte: the row length {hmax} must be even")));
+    }
+    // A block's vectors lie in at most one warp (GROUP / VEC lanes, a power of two ≤ 32); packed
+    // codes fill whole bytes.
+    let fits = |v: u64| block.is_none_or(|g| g % v == 0 && (g / v).is_power_of_two() && g / v <= 32) && (!packed || v % 2 == 0);
     let vec: u64 = if dyn_len {
         1
     } else {
         let busiest = |v: u64| (hmax / v).div_ceil(32 * wpr) * v;
-        [8, 4, 2, 1].into_iter().filter(|v| hmax % v == 0).min_by_key(|&v| (busiest(v), std::cmp::Reverse(v))).expect("1 divides")
+        [8, 4, 2, 1]
+            .into_iter()
+            .filter(|&v| hmax % v == 0 && fits(v))
+            .min_by_key(|&v| (busiest(v), std::cmp::Reverse(v)))
+            .ok_or_else(|| cx.error(node, format!("no vector width fits a row of {hmax} and blocks of {}", block.unwrap_or(0))))?
     };
     let rpb = if wpr == 1 { 4 } else { 1 };
     let threads = 32 * wpr * rpb;
@@ -218,7 +239,7 @@ pub(crate) fn row_launch(cx: &LowerCx, node: NodeId, spec: &RowSpec) -> Result<L
     let (quant_id, q_t, s_t, scale, zero, qmax) = match &spec.quant {
         None => (0, "qf_f32", "qf_f32", 0.0f32, None, 0.0f32),
         Some(q) => {
-            let qt = tr(q.storage, "the quantized result")?;
+            let qt = if q.storage == DType::F4E2M1 { "qf_e2m1" } else { tr(q.storage, "the quantized result")? };
             let qmax = q.storage.max_finite() as f32;
             let (id, st, lit) = match &q.scale {
                 Scale::Literal(s) => (1, "qf_f32", *s),
@@ -233,6 +254,7 @@ pub(crate) fn row_launch(cx: &LowerCx, node: NodeId, spec: &RowSpec) -> Result<L
                     }
                     (3, "qf_f32", 0.0)
                 }
+                Scale::DynamicBlock { scales, .. } => (5, tr(dtype(*scales), "the block scales")?, 0.0),
             };
             (id, qt, st, lit, q.zero, qmax)
         }
@@ -242,8 +264,8 @@ pub(crate) fn row_launch(cx: &LowerCx, node: NodeId, spec: &RowSpec) -> Result<L
     if let Some(q) = &spec.quant {
         sig.output("q", &format!("{q_t}::T"), q.q);
         bind.push_str("    a.q = q;\n");
-        if let Scale::Dynamic { scales } = q.scale {
-            sig.output("scales", "qf_f32::T", scales);
+        if let Scale::Dynamic { scales } | Scale::DynamicBlock { scales, .. } = q.scale {
+            sig.output("scales", &format!("{s_t}::T"), scales);
             bind.push_str("    a.scales = scales;\n");
         }
     }
@@ -267,8 +289,10 @@ pub(crate) fn row_launch(cx: &LowerCx, node: NodeId, spec: &RowSpec) -> Result<L
         "    typedef {x_t} X;\n    typedef {id_t} ID;\n    typedef {g_t} G;\n    typedef {b_t} BT;\n    typedef {y_t} Y;\n    \
          typedef {q_t} Q;\n    typedef {s_t} S;\n    \
          static constexpr int HMAX = {hmax}, VEC = {vec}, WPR = {wpr}, RPB = {rpb};\n    \
-         static constexpr int SOURCE = {source}, NORM = {norm_id}, QUANT = {quant_id};\n    \
-         static constexpr bool DYN = {dyn_len}, BETA = {beta}, STORE_Y = {store_y}, ZERO = {zero_on}, PREFETCH = {prefetch};\n    \
+         static constexpr int SOURCE = {source}, NORM = {norm_id}, QUANT = {quant_id}, GROUP = {group};\n    \
+         static constexpr bool DYN = {dyn_len}, BETA = {beta}, STORE_Y = {store_y}, ZERO = {zero_on}, PREFETCH = {prefetch}, \
+         PACKED = {packed};\n    \
+         static constexpr long long NB = {nb};\n    \
          static constexpr long long V = {v_rows}, P = {p_rows}, TT = {t_rows};\n    \
          static QF_DEVICE double eps() {{ return static_cast<double>({eps}); }}\n    \
          static QF_DEVICE float scale() {{ return {scale}; }}\n    \
@@ -280,6 +304,9 @@ pub(crate) fn row_launch(cx: &LowerCx, node: NodeId, spec: &RowSpec) -> Result<L
         store_y = b(spec.y.is_some()),
         zero_on = b(zero.is_some()),
         prefetch = b(PREFETCH),
+        group = block.unwrap_or(0),
+        packed = b(packed),
+        nb = block.map_or(0, |g| hmax.div_ceil(g)),
         eps = f32_lit(spec.eps),
         scale = f32_lit(scale),
         zero = f32_lit(zero.unwrap_or(0) as f32),
@@ -328,12 +355,49 @@ pub(crate) fn row_quant(
         (Granularity::PerChannel { .. }, _) => {
             return Err(cx.error(node, "per-channel quantization of a row-wise result has no kernel yet"))
         }
-        (Granularity::Block { .. }, _) => return Err(cx.error(node, "block-scaled quantization has no kernel yet")),
+        (Granularity::Block { blocks }, ScaleSource::Dynamic { dtype, .. }) => {
+            let scales = scales_out.ok_or_else(|| cx.error(node, "internal: dynamic quantize without a scales output"))?;
+            block_scale(cx, node, blocks, *dtype, zero.is_some(), cx.graph.shape(q).len(), scales)?
+        }
+        (Granularity::Block { .. }, _) => {
+            return Err(cx.error(node, "static block-scaled quantization has no row kernel yet (dynamic block scales only)"))
+        }
     };
-    if !matches!(spec.storage, DType::F8E4M3 | DType::F8E5M2 | DType::I8 | DType::U8) {
-        return Err(cx.error(node, format!("quantization to {} has no kernel yet (f8e4m3, f8e5m2, i8, u8)", spec.storage)));
+    let block = matches!(scale, Scale::DynamicBlock { .. });
+    if !(matches!(spec.storage, DType::F8E4M3 | DType::F8E5M2 | DType::I8 | DType::U8) || (block && spec.storage == DType::F4E2M1)) {
+        return Err(cx.error(
+            node,
+            format!("quantization to {} has no kernel yet (f8e4m3, f8e5m2, i8, u8; f4e2m1 with dynamic block scales)", spec.storage),
+        ));
     }
     Ok(Quant { q, storage: spec.storage, scale, zero })
+}
+
+/// The row engine's dynamic block scale for `blocks` over data of rank `rank`: one block size
+/// along the last axis, no zero point, scales stored as f32, f16, bf16, f8e4m3 or f8e5m2.
+fn block_scale(
+    cx: &LowerCx,
+    node: NodeId,
+    blocks: &[(i64, u64)],
+    dtype: DType,
+    zero: bool,
+    rank: usize,
+    scales: ValueId,
+) -> Result<Scale, LowerError> {
+    let group = match blocks {
+        [(axis, g)] if rank > 0 && crate::ir::normalize_axis(*axis, rank) == Some(rank - 1) && *g > 0 => *g,
+        _ => return Err(cx.error(node, "block-scaled quantization has a kernel for blocks along the last axis only")),
+    };
+    if zero {
+        return Err(cx.error(node, "block-scaled quantization with a zero point has no kernel yet"));
+    }
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::F8E5M2) {
+        return Err(cx.error(node, format!("dynamic block scales stored as {dtype} have no kernel yet (f32, f16, bf16, f8e4m3, f8e5m2)")));
+    }
+    if cx.graph.ty(scales).dtype != dtype {
+        return Err(cx.error(node, format!("the scales output is {}, the spec says {dtype}", cx.graph.ty(scales).dtype)));
+    }
+    Ok(Scale::DynamicBlock { scales, group })
 }
 
 /// Lowers `layernorm`, `rmsnorm`, `layernorm_quantize`, `rmsnorm_quantize` and `l2_normalize`.

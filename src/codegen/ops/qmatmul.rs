@@ -2,16 +2,19 @@
 //! the template's header for the design and every index mapping).
 //!
 //! Semantics (the reference interpreter's, `src/interp/ops/fused.rs`): for `a [.., M, K]` and a
-//! weight `b [N, K]` (`transpose_b`), `acc = Σ_k a·b` in f32; `x = acc·alpha` (`·a_scale[m]` with
+//! weight `b [N, K]` (`transpose_b`), `acc = Σ_k a·b` in f32 (i8: exact in integers, then
+//! one RNE conversion to f32); `x = acc·alpha` (`·a_scale[m]` with
 //! a per-row `f32 [.., M, 1]` operand, then `·b_scale[n]` with a per-channel `f32 [N]` operand, in
 //! that order, each product rounded to f32); `x = round(acc_dtype, x)`; then every epilogue step
 //! in order: `cast(d)` → `round_d(x)`, `add(d)` → `round_d(x + operand)` (the next operand, read
-//! in its own dtype), `unary(d)` → `round_d(f(x))`; finally the per-tensor FP8 E4M3 output
-//! quantize `qf_quantize_e4m3(x, scale)` if any, else `x` stored in the last step's dtype. The
-//! whole chain is one [`Expr`], printed by the expression IR.
+//! in its own dtype), `unary(d)` → `round_d(f(x))`; finally the per-tensor output quantize
+//! `qf_quantize_e4m3(x, scale)` or `qf_quantize_i8(x, scale)` if any, else `x` stored in the last
+//! step's dtype. The whole chain is one [`Expr`], printed by the expression IR.
 //!
-//! Operands: `f8e4m3 × f8e4m3` (wgmma k32 with per-128 promotion), `f16 × f16` and
-//! `bf16 × bf16` (wgmma k16, f32 accumulation). `N` must be a multiple of 64 and `K` of 16
+//! Operands: `f8e4m3 × f8e4m3` (wgmma k32 with per-128 promotion, or exact `mma.sync`),
+//! `i8 × i8` (`mma.sync` s8 with exact s32 sums, converted to f32 once with RNE, then the same
+//! epilogue; K ≤ [`gemm::MAX_I8_K`]), `f16 × f16` and `bf16 × bf16` (wgmma k16, f32
+//! accumulation). The output quantize is per-tensor with a literal scale, to `f8e4m3` or `i8`. `N` must be a multiple of 64 and `K` of 16
 //! elements (FP8) or 8 (f16/bf16); `M` (the product of `a`'s leading extents) is a run-time
 //! value.
 //!
@@ -47,7 +50,7 @@ impl GemmPlan {
 
     /// The kernel with its arguments.
     pub fn launch(&self) -> Result<Launch, GemmError> {
-        Ok(Launch { kernel: self.render()?, args: self.args.clone() })
+        Ok(Launch { kernel: self.render()?, args: self.args.clone(), when: None })
     }
 }
 
@@ -73,7 +76,7 @@ pub fn plan(cx: &LowerCx, node: NodeId) -> Result<GemmPlan, LowerError> {
         (Some(x), Some(w)) if x == w => x,
         _ => {
             return Err(err(format!(
-                "operands {} × {} are not supported: the GEMM takes f8e4m3 × f8e4m3, f16 × f16 or bf16 × bf16",
+                "operands {} × {} are not supported: the GEMM takes f8e4m3 × f8e4m3, i8 × i8, f16 × f16 or bf16 × bf16",
                 ta.dtype, tb.dtype
             )))
         }
@@ -230,13 +233,14 @@ pub fn epilogue(q: &QMatMul, adds: &[(DType, Index)]) -> Result<Epilogue, String
             if spec.granularity != Granularity::PerTensor || spec.zero_point.is_some() {
                 return Err("the output quantize must be per-tensor without a zero point".into());
             }
-            if spec.storage != DType::F8E4M3 {
-                return Err(format!("output quantize to {} is not supported (only f8e4m3)", spec.storage));
-            }
             if !(scale.is_finite() && scale > 0.0) {
                 return Err(format!("output scale {scale} is not finite and positive"));
             }
-            Store::E4M3 { scale }
+            match spec.storage {
+                DType::F8E4M3 => Store::E4M3 { scale },
+                DType::I8 => Store::I8 { scale },
+                other => return Err(format!("output quantize to {other} is not supported (only f8e4m3 and i8)")),
+            }
         }
     };
     Ok(Epilogue { inputs, value: x, store })
@@ -244,7 +248,7 @@ pub fn epilogue(q: &QMatMul, adds: &[(DType, Index)]) -> Result<Epilogue, String
 
 /// How an operand of shape `t` broadcasts to the result `out = [.., M, N]`, if the epilogue can
 /// read it.
-fn classify(out: &[Dim], t: &[Dim]) -> Option<Index> {
+pub(crate) fn classify(out: &[Dim], t: &[Dim]) -> Option<Index> {
     let r = out.len();
     if t.len() > r {
         return None;
@@ -265,7 +269,7 @@ fn classify(out: &[Dim], t: &[Dim]) -> Option<Index> {
 }
 
 /// `b` is a weight, possibly through `cast`s (what `lift-linear` accepts).
-fn weight_rooted(cx: &LowerCx, mut v: ValueId) -> bool {
+pub(crate) fn weight_rooted(cx: &LowerCx, mut v: ValueId) -> bool {
     loop {
         let p = cx.graph.producer(v);
         match p.op {
@@ -277,12 +281,12 @@ fn weight_rooted(cx: &LowerCx, mut v: ValueId) -> bool {
 }
 
 /// `%7 (f16[B,S,384])`.
-fn describe(cx: &LowerCx, v: ValueId) -> String {
+pub(crate) fn describe(cx: &LowerCx, v: ValueId) -> String {
     format!("%{} ({})", v.index(), crate::ir::print::ty(cx.graph, cx.graph.ty(v)))
 }
 
 /// `[B,S,384]`, with the symbols' names.
-fn shape_str(cx: &LowerCx, shape: &[Dim]) -> String {
+pub(crate) fn shape_str(cx: &LowerCx, shape: &[Dim]) -> String {
     let dims: Vec<String> = shape.iter().map(|&d| cx.dim(d).to_string()).collect();
     format!("[{}]", dims.join(","))
 }
@@ -329,8 +333,10 @@ mod tests {
     #[test]
     fn unsupported_outputs_and_operand_counts_are_errors() {
         let mut qm = q(vec![]);
+        qm.output = Some(QuantSpec::per_tensor(DType::U8, 0.25));
+        assert!(epilogue(&qm, &[]).unwrap_err().contains("only f8e4m3 and i8"));
         qm.output = Some(QuantSpec::per_tensor(DType::I8, 0.25));
-        assert!(epilogue(&qm, &[]).unwrap_err().contains("only f8e4m3"));
+        assert_eq!(epilogue(&qm, &[]).expect("i8 output").store, Store::I8 { scale: 0.25 });
         let qm = q(vec![EpilogueStep { op: EpilogueOp::Add, dtype: DType::F16 }]);
         assert!(epilogue(&qm, &[]).unwrap_err().contains("no operand"));
         assert!(epilogue(&q(vec![]), &[(DType::F16, Index::Full)]).unwrap_err().contains("add operands"));

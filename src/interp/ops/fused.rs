@@ -52,12 +52,23 @@ pub(super) fn norm_quantize(
     Ok(results)
 }
 
-/// `qmatmul`: f32 accumulation over the quantized operands, scaling, epilogue, output quantize.
+/// `qmatmul`: with `b_dequant`, `b` dequantized to `a`'s dtype first (the `dequantize` kernel);
+/// then the accumulation — exact for 8-bit integer operands ([`matmul::matmul_exact_int`]), f32
+/// otherwise — scaling, epilogue, output quantize.
 pub(super) fn qmatmul(q: &QMatMul, mut args: std::vec::IntoIter<Arc<Tensor>>, outs: &[OutType]) -> Result<Vec<Tensor>, String> {
     let mut next = || args.next().ok_or_else(|| "missing operand".to_string());
-    let (a, b) = (next()?, next()?);
+    let (a, mut b) = (next()?, next()?);
+    if let Some(spec) = &q.b_dequant {
+        let qparams = (0..spec.extra_inputs()).map(|_| next()).collect::<Result<Vec<_>, _>>()?;
+        let to = OutType { dtype: a.dtype, shape: b.shape.clone() };
+        b = Arc::new(quant::dequantize(spec, b, qparams, &to)?);
+    }
     let shape = outs[0].shape.clone();
-    let acc = matmul::matmul(&a, &b, false, q.transpose_b, &OutType { dtype: crate::ir::DType::F32, shape: shape.clone() })?;
+    let acc_ty = OutType { dtype: DType::F32, shape: shape.clone() };
+    let acc = match a.dtype {
+        DType::I8 | DType::U8 => matmul::matmul_exact_int(&a, &b, false, q.transpose_b, &acc_ty)?,
+        _ => matmul::matmul(&a, &b, false, q.transpose_b, &acc_ty)?,
+    };
     let a_scale = if q.a_scale { Some(next()?) } else { None };
     let b_scale = if q.b_scale { Some(next()?) } else { None };
     let mut y = Arc::new(scale(acc, q.alpha, a_scale.as_deref(), b_scale.as_deref(), q.acc_dtype)?);

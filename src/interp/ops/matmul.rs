@@ -27,23 +27,43 @@ struct Dims {
 
 /// `a · b` over the last two axes, batch axes broadcast.
 pub(super) fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, out: &OutType) -> Result<Tensor, String> {
-    let (x, y) = (f32s(a)?, f32s(b)?);
-    let (ra, rb) = (a.rank(), b.rank());
+    let dst = product(f32s(a)?, &a.shape, f32s(b)?, &b.shape, ta, tb, &out.shape)?;
+    Ok(finish(out, dst))
+}
+
+/// `a · b` over integer-valued operands (`i8`/`u8` codes), summed exactly as `mma.sync … s32`
+/// does, then converted to `f32` once (round to nearest even, `cvt.rn.f32.s32`) and rounded to
+/// `out.dtype`. The GEMM runs in `f64`: every product and partial sum is an integer below 2^53
+/// (K·2^16 ≪ 2^53), so whatever order `gemm` adds in, each sum is exact.
+pub(super) fn matmul_exact_int(a: &Tensor, b: &Tensor, ta: bool, tb: bool, out: &OutType) -> Result<Tensor, String> {
+    let widen = |t: &Tensor| -> Result<Vec<f64>, String> { Ok(f32s(t)?.iter().map(|&v| f64::from(v)).collect()) };
+    let dst = product(&widen(a)?, &a.shape, &widen(b)?, &b.shape, ta, tb, &out.shape)?;
+    Ok(finish(out, dst.into_iter().map(|v| v as f32).collect()))
+}
+
+/// An element type the GEMM runs in (`f32`, or `f64` for exact integer sums).
+trait Elem: Copy + Send + Sync + From<f32> + 'static {}
+impl Elem for f32 {}
+impl Elem for f64 {}
+
+/// The product of `x` (shape `sa`) and `y` (shape `sb`), checked against `want`.
+fn product<T: Elem>(x: &[T], sa: &[usize], y: &[T], sb: &[usize], ta: bool, tb: bool, want: &[usize]) -> Result<Vec<T>, String> {
+    let (ra, rb) = (sa.len(), sb.len());
     if ra < 2 || rb < 2 {
-        return Err(format!("operands need rank ≥ 2, got {:?} and {:?}", a.shape, b.shape));
+        return Err(format!("operands need rank ≥ 2, got {sa:?} and {sb:?}"));
     }
-    let (m, k) = if ta { (a.shape[ra - 1], a.shape[ra - 2]) } else { (a.shape[ra - 2], a.shape[ra - 1]) };
-    let (k2, n) = if tb { (b.shape[rb - 1], b.shape[rb - 2]) } else { (b.shape[rb - 2], b.shape[rb - 1]) };
+    let (m, k) = if ta { (sa[ra - 1], sa[ra - 2]) } else { (sa[ra - 2], sa[ra - 1]) };
+    let (k2, n) = if tb { (sb[rb - 1], sb[rb - 2]) } else { (sb[rb - 2], sb[rb - 1]) };
     if k != k2 {
-        return Err(format!("contraction extents differ: {:?} vs {:?}", a.shape, b.shape));
+        return Err(format!("contraction extents differ: {sa:?} vs {sb:?}"));
     }
-    let (abatch, bbatch) = (&a.shape[..ra - 2], &b.shape[..rb - 2]);
+    let (abatch, bbatch) = (&sa[..ra - 2], &sb[..rb - 2]);
     let batch = broadcast_dims(abatch, bbatch)?;
-    let want: Vec<usize> = batch.iter().copied().chain([m, n]).collect();
-    if want != out.shape {
-        return Err(format!("result shape {want:?} differs from the declared {:?}", out.shape));
+    let shape: Vec<usize> = batch.iter().copied().chain([m, n]).collect();
+    if shape != want {
+        return Err(format!("result shape {shape:?} differs from the declared {want:?}"));
     }
-    let mut dst = vec![0f32; want.iter().product()];
+    let mut dst = vec![T::from(0.0); shape.iter().product()];
     let d = Dims { m, n, k, ta, tb };
     if !dst.is_empty() && k > 0 {
         if bbatch.iter().product::<usize>() == 1 && !ta {
@@ -53,14 +73,14 @@ pub(super) fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, out: &OutType) 
             batched(&mut dst, (x, abatch), (y, bbatch), &batch, d);
         }
     }
-    Ok(finish(out, dst))
+    Ok(dst)
 }
 
 /// One product per broadcast batch index.
-fn batched(dst: &mut [f32], a: (&[f32], &[usize]), b: (&[f32], &[usize]), batch: &[usize], d: Dims) {
+fn batched<T: Elem>(dst: &mut [T], a: (&[T], &[usize]), b: (&[T], &[usize]), batch: &[usize], d: Dims) {
     let ast = batch_strides(a.1, batch.len(), d.m * d.k);
     let bst = batch_strides(b.1, batch.len(), d.k * d.n);
-    let one = |i: usize, out: &mut [f32], par: Parallelism| {
+    let one = |i: usize, out: &mut [T], par: Parallelism| {
         let ao = row_offset(i, batch, &ast);
         let bo = row_offset(i, batch, &bst);
         gemm_into(out, &a.0[ao..ao + d.m * d.k], &b.0[bo..bo + d.k * d.n], d, par);
@@ -94,7 +114,7 @@ fn broadcast_dims(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
 }
 
 /// `dst[m×n] = a[m×k] · b[k×n]`, reading `a` (`b`) transposed when `ta` (`tb`).
-fn gemm_into(dst: &mut [f32], a: &[f32], b: &[f32], d: Dims, par: Parallelism) {
+fn gemm_into<T: Elem>(dst: &mut [T], a: &[T], b: &[T], d: Dims, par: Parallelism) {
     let Dims { m, n, k, ta, tb } = d;
     assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "gemm operand sizes");
     let (a_cs, a_rs) = if ta { (m, 1) } else { (1, k) };
@@ -115,8 +135,8 @@ fn gemm_into(dst: &mut [f32], a: &[f32], b: &[f32], d: Dims, par: Parallelism) {
             b.as_ptr(),
             b_cs as isize,
             b_rs as isize,
-            0.0,
-            1.0,
+            T::from(0.0),
+            T::from(1.0),
             false,
             false,
             false,

@@ -1,0 +1,190 @@
+//! Weight algorithms applied to the graph before Q/DQ insertion: SmoothQuant and AWQ per-input-
+//! channel scaling, and GPTQ.
+//!
+//! Sites reading the same activation (Q, K and V read one LayerNorm output) share one factor
+//! vector `s [K]`. The activation is multiplied by `inv = f16(1/s)` — a constant vector in the
+//! compute dtype, which `fold-smoothing` then moves into the preceding LayerNorm's γ and β — and
+//! each weight is replaced by `W · diag(1/inv)` (computed in f32 from the checkpoint tensor), so
+//! the product is unchanged up to rounding whatever `inv` rounded to:
+//!
+//! ```text
+//! before:  %y = matmul %x, %w {transpose_b}
+//! after:   %inv = weight @<x>.smooth : f16[K]
+//!          %xs = mul %x, %inv
+//!          %ws = cast (weight @<w>.smooth : f32[N,K]) : f16[N,K]
+//!          %y = matmul %xs, %ws {transpose_b}
+//! ```
+//!
+//! GPTQ replaces the weight by its quantized-and-dequantized result and fixes the scales and zero
+//! points the quantize then uses, so the codes in the plan are GPTQ's.
+
+use super::algo::{self, ChannelStats};
+use super::capture::{self, Wants};
+use super::insert::{PreparedWeight, Site, SiteKind};
+use super::recipe::{Recipe, WeightAlgo};
+use super::{CalibOptions, QuantError};
+use crate::import::Model;
+use crate::interp::Tensor;
+use crate::ir::{BinaryOp, Builder, DType, Graph, NodeId, TensorType, ValueId};
+use crate::numerics;
+use std::collections::{BTreeMap, HashMap};
+
+/// Rows kept per activation for the AWQ search.
+const AWQ_ROWS: usize = 2048;
+
+/// What preparation did: derived weights by site node, and a line per site group for the log.
+#[derive(Default)]
+pub struct Prepared {
+    /// Derived weights by site node.
+    pub weights: HashMap<NodeId, PreparedWeight>,
+    /// `(sites, what was done)`, e.g. `("…query, …key, …value", "AWQ α = 0.45")`.
+    pub notes: Vec<(String, String)>,
+}
+
+/// A set of Linear sites reading one activation, with their weight tensors.
+struct Group<'a> {
+    input: ValueId,
+    sites: Vec<(&'a Site, &'a str)>,
+}
+
+/// Runs the recipe's weight algorithms on `g` (the compute-dtype graph); see the module doc.
+pub fn prepare(model: &Model, g: &mut Graph, recipe: &Recipe, sites: &[Site], calib: &CalibOptions) -> Result<Prepared, QuantError> {
+    let groups = groups(g, recipe, sites);
+    let mut wants: HashMap<ValueId, Wants> = HashMap::new();
+    for gr in &groups {
+        for (site, _) in &gr.sites {
+            let l = recipe.for_linear(&site.name).expect("grouped sites are quantized");
+            let w = wants.entry(gr.input).or_default();
+            match l.algo {
+                WeightAlgo::Awq { .. } => w.sample_rows = AWQ_ROWS,
+                WeightAlgo::Gptq { .. } => w.hessian = true,
+                WeightAlgo::Rtn => {}
+            }
+        }
+    }
+    if wants.is_empty() {
+        return Ok(Prepared::default());
+    }
+    let stats = capture::channel_stats(model, g, calib, &wants)?;
+    let mut prepared = Prepared::default();
+    for gr in &groups {
+        prepare_group(model, g, recipe, gr, &stats[&gr.input], &mut prepared).map_err(QuantError::Recipe)?;
+    }
+    Ok(prepared)
+}
+
+/// Linear sites needing an algorithm, grouped by activation input (in site order).
+fn groups<'a>(g: &Graph, recipe: &Recipe, sites: &'a [Site]) -> Vec<Group<'a>> {
+    let mut by_input: BTreeMap<ValueId, Vec<(&Site, &str)>> = BTreeMap::new();
+    for site in sites {
+        let (SiteKind::Linear { weight }, Some(l)) = (&site.kind, recipe.for_linear(&site.name)) else { continue };
+        if l.weight.is_some() && (l.smooth.is_some() || l.algo != WeightAlgo::Rtn) {
+            by_input.entry(g.nodes[site.node].inputs[0]).or_default().push((site, weight.as_str()));
+        }
+    }
+    by_input.into_iter().map(|(input, sites)| Group { input, sites }).collect()
+}
+
+fn prepare_group(model: &Model, g: &mut Graph, recipe: &Recipe, gr: &Group, stats: &ChannelStats, out: &mut Prepared) -> Result<(), String> {
+    let names = gr.sites.iter().map(|(s, _)| s.name.as_str()).collect::<Vec<_>>().join(", ");
+    let layer = recipe.for_linear(&gr.sites[0].0.name).expect("grouped sites are quantized");
+    let ws: Vec<(Vec<f32>, usize)> = gr.sites.iter().map(|(_, w)| read_weight(model, w)).collect::<Result<_, _>>()?;
+    let k = stats.k();
+    let refs: Vec<(&[f32], usize)> = ws.iter().map(|(w, n)| (w.as_slice(), *n)).collect();
+    let factors = match (layer.smooth, layer.algo) {
+        (Some(alpha), _) => {
+            let w_absmax = algo::weight_absmax_per_input(&refs, k).map_err(|e| e.to_string())?;
+            let s = algo::smooth_factors(stats.absmax(), &w_absmax, alpha).map_err(|e| e.to_string())?;
+            out.notes.push((names.clone(), format!("SmoothQuant α = {alpha}")));
+            Some(s)
+        }
+        (None, WeightAlgo::Awq { grid }) => {
+            let group = match layer.weight.map(|w| w.granularity) {
+                Some(super::recipe::Granularity::Group { size }) => size as usize,
+                _ => return Err(format!("{names}: AWQ needs a grouped weight scheme")),
+            };
+            let opts = algo::AwqOptions { group, grid, ..algo::AwqOptions::default() };
+            let calib = algo::AwqCalib::from_stats(stats).map_err(|e| e.to_string())?;
+            let r = algo::awq_search(&refs, &calib, &opts).map_err(|e| format!("{names}: {e}"))?;
+            let best = r.losses.iter().find(|l| l.0 == r.alpha).map_or(f64::NAN, |l| l.1);
+            out.notes.push((names.clone(), format!("AWQ α = {:.2} (output MSE {best:.3e}; {:.3e} at α = 0, plain RTN)", r.alpha, r.losses[0].1)));
+            Some(r.scales)
+        }
+        _ => None,
+    };
+    if let Some(s) = factors {
+        let inv = scale_activation(model, g, gr, &s)?;
+        for ((site, weight), (w, n)) in gr.sites.iter().zip(&ws) {
+            let scaled: Vec<f32> = w.chunks(k).flat_map(|row| row.iter().zip(&inv).map(|(x, i)| x / i)).collect();
+            let name = format!("{weight}.smooth");
+            model.weights.insert(name.clone(), Tensor::f32(vec![*n, k], scaled));
+            replace_weight(g, site.node, &name, *n, k)?;
+            out.weights.insert(site.node, PreparedWeight { tensor: name, groups: None });
+        }
+    }
+    if let WeightAlgo::Gptq { damp, block, act_order } = layer.algo {
+        for ((site, weight), (w, n)) in gr.sites.iter().zip(&ws) {
+            let (bits, group, symmetric) = match layer.weight {
+                Some(super::recipe::Scheme { storage, granularity: super::recipe::Granularity::Group { size }, zero_point, .. }) => {
+                    (storage.bits(), size as usize, !zero_point)
+                }
+                _ => return Err(format!("{}: GPTQ needs a grouped weight scheme", site.name)),
+            };
+            let opts = algo::GptqOptions { bits, group, symmetric, percdamp: damp, block, act_order };
+            let r = algo::gptq_from_stats(w, *n, stats, &opts).map_err(|e| format!("{}: {e}", site.name))?;
+            let name = format!("{weight}.gptq");
+            model.weights.insert(name.clone(), Tensor::f32(vec![*n, k], r.quant.dequantize()));
+            replace_weight(g, site.node, &name, *n, k)?;
+            out.weights.insert(site.node, PreparedWeight { tensor: name, groups: Some(r.quant) });
+        }
+        out.notes.push((names, format!("GPTQ (damp {damp}, blocks of {block}{})", if act_order { ", act-order" } else { "" })));
+    }
+    Ok(())
+}
+
+/// The checkpoint tensor `name` `[N, K]` as f32, with N.
+fn read_weight(model: &Model, name: &str) -> Result<(Vec<f32>, usize), String> {
+    let t = crate::interp::WeightSource::weight(&model.weights, name)?;
+    match t.shape.as_slice() {
+        [n, _] => Ok((t.to_f32_vec(), *n)),
+        other => Err(format!("weight `{name}` must be [N, K], got {other:?}")),
+    }
+}
+
+/// Multiplies the group's activation by `f16(1/s)` and points its sites at the product; returns
+/// the rounded factors `inv`.
+fn scale_activation(model: &Model, g: &mut Graph, gr: &Group, s: &[f32]) -> Result<Vec<f32>, String> {
+    let dtype = g.ty(gr.input).dtype;
+    let mut inv: Vec<f32> = s.iter().map(|&x| 1.0 / x).collect();
+    numerics::cast_slice(&mut inv, dtype);
+    if inv.iter().any(|&x| !(x > 0.0 && x.is_finite())) {
+        return Err(format!("activation factors 1/s do not fit {dtype} (range {:?})", minmax(s)));
+    }
+    let name = format!("{}.smooth", gr.sites[0].0.name);
+    let weights_ty = TensorType::fixed(dtype, &[inv.len() as u64]);
+    let mut b = Builder::new(g);
+    b.scope = Some(format!("{}.smooth", gr.sites[0].0.name));
+    let w = b.weight(&name, weights_ty)?;
+    let scaled = b.binary(BinaryOp::Mul, gr.input, w)?;
+    for (site, _) in &gr.sites {
+        g.nodes[site.node].inputs[0] = scaled;
+    }
+    model.weights.insert(name, Tensor::from_f32_as(dtype, vec![inv.len()], inv.clone()));
+    Ok(inv)
+}
+
+/// Points the matmul's weight operand at `cast(weight @name : f32[n, k])` in its current dtype.
+fn replace_weight(g: &mut Graph, node: NodeId, name: &str, n: usize, k: usize) -> Result<(), String> {
+    let dtype = g.ty(g.nodes[node].inputs[1]).dtype;
+    let scope = g.nodes[node].name.clone();
+    let mut b = Builder::new(g);
+    b.scope = scope;
+    let w = b.weight(name, TensorType::fixed(DType::F32, &[n as u64, k as u64]))?;
+    let cast = b.cast(w, dtype)?;
+    g.nodes[node].inputs[1] = cast;
+    Ok(())
+}
+
+fn minmax(xs: &[f32]) -> (f32, f32) {
+    xs.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+}

@@ -1,0 +1,174 @@
+//! The quantize → dequantize pair on a weight `[N, K]`, with scales (and zero points) computed
+//! offline from its data, or given by a weight algorithm (GPTQ).
+//!
+//! | scheme | quantize spec | scale input (f32) | zero point (u8) |
+//! |---|---|---|---|
+//! | per tensor | `per_tensor, scale=amax/qmax` | — | — |
+//! | per channel | `per_channel(0)` | `[N]`: row amax / qmax | — |
+//! | groups of G along K (INT4) | `block(1:G)` | `[N, ⌈K/G⌉]` | `[N, ⌈K/G⌉]` when asymmetric |
+//! | NVFP4 (E2M1, 16 along K) | `block(1:16)` | `[N, K/16]`: `e4m3(amax_b / (6·s_g))·s_g` | — |
+//! | 2-D blocks R×C (FP8) | `block(0:R, 1:C)` | `[⌈N/R⌉, ⌈K/C⌉]`: block amax / 448 | — |
+//!
+//! NVFP4's global scale is `s_g = amax / (6·448)` (ModelOpt's rule); the block scale is rounded
+//! to E4M3 first and the product with `s_g` is the f32 multiplier the dequantize applies, so the
+//! plan holds one f32 scale per block (the table's "weight bytes" counts the format's E4M3 scale
+//! and one f32 global, [`super::recipe::Scheme::bits_per_element`]). A region whose range is 0
+//! gets scale 1, so nothing divides by zero.
+//!
+//! The weight is read as the graph sees it: the checkpoint tensor rounded to the weight value's
+//! dtype (the compute dtype), exactly what the quantize then reads.
+
+use super::algo::{self, GroupQuant};
+use super::recipe::{Granularity, Scheme};
+use crate::interp::Tensor;
+use crate::ir::{self, Builder, DType, Graph, Op, QuantSpec, ScaleSource, TensorType, ValueId, ZeroPoint};
+use crate::numerics;
+use crate::passes::Weights;
+
+/// A weight value to quantize: the graph value (a cast of the checkpoint tensor), the tensor's
+/// name, and group parameters fixed by a weight algorithm.
+pub struct WeightSite<'a> {
+    /// The weight as the matmul reads it (`[N, K]`).
+    pub value: ValueId,
+    /// The store's tensor behind it.
+    pub tensor: &'a str,
+    /// Scales and zero points chosen by an algorithm (GPTQ); `None`: computed here.
+    pub groups: Option<&'a GroupQuant>,
+}
+
+/// Inserts `quantize → dequantize(out)` on `site` per `scheme`; returns the dequantized value.
+pub fn insert(
+    g: &mut Graph,
+    site: &WeightSite,
+    scheme: &Scheme,
+    loc: &str,
+    weights: &dyn Weights,
+    out: DType,
+) -> Result<ValueId, String> {
+    let ty = g.ty(site.value).clone();
+    let (n, k) = match ty.shape.as_slice() {
+        [n, k] => (n.fixed().ok_or("weight rows must be fixed")? as usize, k.fixed().ok_or("weight columns must be fixed")? as usize),
+        _ => return Err(format!("weight `{}` must be [N, K]", site.tensor)),
+    };
+    let mut values = weights.weight(site.tensor)?.to_f32_vec();
+    numerics::cast_slice(&mut values, ty.dtype);
+    let params = scales(&values, n, k, scheme, site.groups)?;
+    let mut b = Builder::new(g);
+    b.scope = Some(format!("{loc}.scale"));
+    let mut extra = vec![];
+    let scale = match params.scale {
+        ScaleData::Literal(s) => ScaleSource::Literal(s),
+        ScaleData::Tensor(shape, data) => {
+            let name = format!("{}.scale", site.tensor);
+            weights.insert(name.clone(), Tensor::f32(shape.clone(), data));
+            extra.push(b.weight(&name, TensorType::fixed(DType::F32, &shape.iter().map(|&d| d as u64).collect::<Vec<_>>()))?);
+            ScaleSource::Input
+        }
+    };
+    let zero_point = match params.zeros {
+        None => None,
+        Some((shape, data)) => {
+            let name = format!("{}.zero", site.tensor);
+            weights.insert(name.clone(), Tensor::from_f32_as(DType::U8, shape.clone(), data));
+            extra.push(b.weight(&name, TensorType::fixed(DType::U8, &shape.iter().map(|&d| d as u64).collect::<Vec<_>>()))?);
+            Some(ZeroPoint::Input)
+        }
+    };
+    let spec = QuantSpec { storage: scheme.storage, granularity: params.granularity, scale, zero_point };
+    b.scope = Some(format!("{loc}.q"));
+    let q_inputs: Vec<ValueId> = std::iter::once(site.value).chain(extra.iter().copied()).collect();
+    let q = b.add1(Op::Quantize(spec.clone()), &q_inputs, None)?;
+    b.scope = Some(format!("{loc}.dq"));
+    let dq_inputs: Vec<ValueId> = std::iter::once(q).chain(extra).collect();
+    b.add1(Op::Dequantize(spec), &dq_inputs, Some(ty.with_dtype(out)))
+}
+
+/// A scale: one literal, or a tensor of `shape`.
+enum ScaleData {
+    Literal(f32),
+    Tensor(Vec<usize>, Vec<f32>),
+}
+
+/// The scales, zero points and IR granularity of `scheme` on `w [n, k]`.
+struct Params {
+    granularity: ir::Granularity,
+    scale: ScaleData,
+    zeros: Option<(Vec<usize>, Vec<f32>)>,
+}
+
+fn scales(w: &[f32], n: usize, k: usize, scheme: &Scheme, fixed: Option<&GroupQuant>) -> Result<Params, String> {
+    let qmax = scheme.storage.max_finite() as f32;
+    let plain = |granularity, scale| Params { granularity, scale, zeros: None };
+    Ok(match scheme.granularity {
+        Granularity::PerTensor => plain(ir::Granularity::PerTensor, ScaleData::Literal(scale_of(absmax(w), qmax))),
+        Granularity::PerChannel => {
+            let rows = w.chunks(k).map(|r| scale_of(absmax(r), qmax)).collect();
+            plain(ir::Granularity::PerChannel { axis: 0 }, ScaleData::Tensor(vec![n], rows))
+        }
+        Granularity::Group { size } if scheme.storage == DType::F4E2M1 => {
+            let blocks = block_scales(w, n, k, 1, size as usize, |amax| amax);
+            plain(ir::Granularity::Block { blocks: vec![(1, size)] }, ScaleData::Tensor(vec![n, k.div_ceil(size as usize)], nvfp4_scales(&blocks, w)))
+        }
+        Granularity::Group { size } => {
+            let q = match fixed {
+                Some(q) => q.clone(),
+                None => algo::rtn(w, n, k, scheme.storage.bits(), size as usize, !scheme.zero_point).map_err(|e| e.to_string())?,
+            };
+            let shape = vec![n, k.div_ceil(size as usize)];
+            let zeros = q.zeros.as_ref().map(|z| (shape.clone(), z.iter().map(|&v| f32::from(v)).collect()));
+            Params { granularity: ir::Granularity::Block { blocks: vec![(1, size)] }, scale: ScaleData::Tensor(shape, q.scales.clone()), zeros }
+        }
+        Granularity::Block { rows, cols } => {
+            let amax = block_scales(w, n, k, rows as usize, cols as usize, |amax| amax);
+            let shape = vec![n.div_ceil(rows as usize), k.div_ceil(cols as usize)];
+            plain(
+                ir::Granularity::Block { blocks: vec![(0, rows), (1, cols)] },
+                ScaleData::Tensor(shape, amax.iter().map(|&a| scale_of(a, qmax)).collect()),
+            )
+        }
+        Granularity::PerToken => return Err("weights cannot be quantized per token".into()),
+    })
+}
+
+/// `amax / qmax`, or 1 for an all-zero (or non-finite) region.
+fn scale_of(amax: f32, qmax: f32) -> f32 {
+    let s = amax / qmax;
+    if s > 0.0 && s.is_finite() {
+        s
+    } else {
+        1.0
+    }
+}
+
+fn absmax(xs: &[f32]) -> f32 {
+    xs.iter().fold(0.0f32, |m, x| m.max(x.abs()))
+}
+
+/// `f(amax)` of every `rows × cols` block of `w [n, k]`, row-major over blocks.
+fn block_scales(w: &[f32], n: usize, k: usize, rows: usize, cols: usize, f: impl Fn(f32) -> f32) -> Vec<f32> {
+    let (bn, bk) = (n.div_ceil(rows), k.div_ceil(cols));
+    let mut amax = vec![0f32; bn * bk];
+    for (r, row) in w.chunks(k).enumerate() {
+        for (c, chunk) in row.chunks(cols).enumerate() {
+            let a = &mut amax[(r / rows) * bk + c];
+            *a = a.max(absmax(chunk));
+        }
+    }
+    amax.into_iter().map(f).collect()
+}
+
+/// NVFP4 multipliers `e4m3(amax_b / (6·s_g))·s_g` with `s_g = amax / (6·448)`.
+fn nvfp4_scales(block_amax: &[f32], w: &[f32]) -> Vec<f32> {
+    let global = scale_of(absmax(w), 6.0 * 448.0);
+    block_amax
+        .iter()
+        .map(|&a| {
+            let s = numerics::cast(a / (6.0 * global), DType::F8E4M3);
+            if s > 0.0 {
+                s * global
+            } else {
+                global
+            }
+        })
+        .collect()
+}

@@ -20,11 +20,13 @@ strip gpu-bundle/qfuse gpu-bundle/qfuse-gemm-bench 2>/dev/null || true
 gpu-bundle/qfuse-gemm-bench build gpu-bundle/kernels 2>/dev/null
 py="$QFUSE_CACHE_DIR/pyenv/bin/python3"; [[ -x "$py" ]] || py=python3
 "$py" scripts/f16_model.py "$QFUSE_MODEL_DIR" gpu-bundle/model
-for args in "--recipe fp16" "--recipe fp8" "--recipe fp8-dynamic" "--recipe fp8 --fp8-accum tensor-core"; do
+# Every recipe gpu-check.sh compiles (plans that do not lower yet report why and are skipped).
+for r in fp16 fp8 fp8-dynamic int8-sq w8a16 w4a16-rtn w4a16-awq w4a16-gptq nvfp4 fp8-block "fp8 --fp8-accum tensor-core"; do
+    args="--recipe $r"
     # shellcheck disable=SC2086
     QFUSE_CACHE_DIR="$QFUSE_ROOT/gpu-bundle/cache" gpu-bundle/qfuse --quiet compile gpu-bundle/model $args \
-        -o gpu-bundle/tmp.plan | tail -2
-    rm gpu-bundle/tmp.plan
+        -o gpu-bundle/tmp.plan 2>&1 | tail -2 || true
+    rm -f gpu-bundle/tmp.plan
 done
 # Compressed for the trip (scripts/gpu-check.sh unpacks): the tree that travels is limited to 64 MiB.
 (cd gpu-bundle && tar czf kernels.tgz kernels && rm -rf kernels && gzip -9f qfuse qfuse-gemm-bench)

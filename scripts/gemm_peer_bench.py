@@ -6,7 +6,19 @@ Times, at the shapes qfuse-gemm-bench ran (read from its JSON lines), with the s
 median of 30 launches each bracketed by CUDA events; random E4M3 codes without NaN):
   - cuBLASLt FP8 through torch._scaled_mm (per-tensor scales, f16 out), with and without
     use_fast_accum (fast = no promotion of the tensor cores' FP8 accumulator);
-  - torch f16 matmul (cuBLAS) on the same shapes.
+  - torch f16 matmul (cuBLAS) on the same shapes;
+  - for qfuse's INT8 kernels (`GEMM_KINDS=int8`), cuBLASLt INT8 through torch._int_mm (s8 x s8 ->
+    s32, A row-major, B column-major, i.e. the same "TN" layout) on random i8 operands; TOPS and
+    the ratio qfuse / cuBLASLt (qfuse's kernels also run their epilogue and store f16 or i8, the
+    peer stores s32);
+  - for qfuse's weight-only kernels (`GEMM_KINDS=wonly`: f16 activations, W8A16 i8 per channel or
+    W4A16 u4 groups of 128 with u8 zero points, +bias, f16 out), on random weights of the same
+    format: torch f16 F.linear (cuBLAS, bias included) with the weight dequantized to f16
+    beforehand (the "dequantize then cuBLAS" baseline, dequantization not timed), and
+    torch._weight_int8pack_mm (W8A16, f16) / torch._weight_int4pack_mm (W4A16, bf16, tinygemm
+    packing by torch._convert_weight_to_int4pack, zero points folded into its float zeros) where
+    the build has them ("n/a" otherwise); TFLOP/s, qfuse's weight GB/s for M <= 16, the ratios
+    qfuse / peer and each peer's normwise error on sampled rows (a check of the peer's packing).
 Also reports cuBLASLt's normwise error against the exact result rounded to f16 on a few rows
 (the reference qfuse's own check uses), to put qfuse's error numbers in context. Prints a short
 table (qfuse's best exact / best fast FP8 variant against cuBLASLt, qfuse's best f16 variant
@@ -78,6 +90,130 @@ def peers(m, n, k, seed):
     return out
 
 
+def int8_peer(m, n, k, seed):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    a = torch.randint(-128, 128, (m, k), dtype=torch.int8, device="cuda", generator=gen)
+    b = torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda", generator=gen)
+    bt = b.t()  # [K, N] column-major
+    # Exactness of the peer on a few rows (s32 sums of i8 products are exact for K < 2^17).
+    rows = torch.randperm(m, generator=gen, device="cuda")[:8]
+    y = torch._int_mm(a, bt)
+    ref = a[rows].long() @ b.long().t()
+    exact = bool((y[rows].long() == ref).all().item())
+    ms = median_ms(lambda: torch._int_mm(a, bt))
+    del a, b, y
+    torch.cuda.empty_cache()
+    return {"kind": "peer-int8", "m": m, "n": n, "k": k, "cublaslt_int8": 2.0 * m * n * k / (ms * 1e-3) / 1e12, "exact": exact}
+
+
+def int8_table(rows, out):
+    """qfuse's best checked INT8 variant per shape against torch._int_mm, TOPS."""
+    int8 = [r for r in rows if r.get("kind") == "qfuse" and "tflops" in r and r.get("operand") == "I8"]
+    shapes = sorted({(r["m"], r["n"], r["k"]) for r in int8}, key=lambda s: -s[0] * s[1] * s[2])
+    if not shapes:
+        return
+    print()
+    print(f"{'TOPS, median of 30':18s} {'qfuse INT8 best variant':44s} {'TOPS':>6s} {'cuBLASLt':>8s} {'ratio':>6s}  (plain = f16 out; +dyn = a_scale, b_scale, bias)")
+    for i, s in enumerate(shapes):
+        p = int8_peer(*s, seed=100 + i)
+        if out:
+            out.write(json.dumps(p) + "\n")
+        for epi in sorted({r["epilogue"] for r in int8 if (r["m"], r["n"], r["k"]) == s}):
+            c = [r for r in int8 if (r["m"], r["n"], r["k"]) == s and r["epilogue"] == epi and r["check"] == "ok"]
+            best = max(c, key=lambda r: r["tflops"], default=None)
+            cell = f"{best['variant'][:44]:44s} {best['tflops']:6.0f}" if best else f"{'- (no checked variant)':44s} {'-':>6s}"
+            ratio = f"{best['tflops'] / p['cublaslt_int8']:6.2f}" if best else f"{'-':>6s}"
+            exact = "" if p["exact"] else "  (cuBLASLt NOT exact on sampled rows)"
+            print(f"{'x'.join(map(str, s)):18s} {cell} {p['cublaslt_int8']:8.0f} {ratio}  {epi}{exact}")
+
+
+def wonly_weights(fmt, n, k, gen):
+    """Random codes, scales, zero points (W4A16) and the weight dequantized as qfuse does it:
+    (q - z) * s in f32, rounded to f16."""
+    groups = 1 if fmt == "W8A16" else k // 128
+    if fmt == "W8A16":
+        q = torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda", generator=gen)
+        z = torch.zeros(n, groups, device="cuda")
+    else:
+        q = torch.randint(0, 16, (n, k), dtype=torch.uint8, device="cuda", generator=gen)
+        z = torch.randint(0, 16, (n, groups), device="cuda", generator=gen).float()
+    rms_q = 73.9 if fmt == "W8A16" else 6.52
+    s = (torch.rand(n, groups, device="cuda", generator=gen) + 0.5) * (10.0 / ((1 / 3) ** 0.5 * rms_q * k**0.5))
+    rep = lambda t: t.repeat_interleave(k // groups, dim=1)
+    w16 = ((q.float() - rep(z)) * rep(s)).half()
+    return q, s, z, w16
+
+
+def int8pack(a, q, s, z):
+    return lambda: torch._weight_int8pack_mm(a, q, s[:, 0].half())
+
+
+def int4pack(a, q, s, z):
+    """tinygemm: w = (q - 8) * scale + zero, so zero = (8 - z) * scale gives (q - z) * scale."""
+    n, k = q.shape
+    inner = next(t for t in (8, 4, 2) if k % (t * 16) == 0)
+    try:  # torch >= 2.5: [N, K/2] uint8, even k in the high nibble
+        packed = torch._convert_weight_to_int4pack((q[:, ::2] << 4 | q[:, 1::2]).contiguous(), inner)
+    except RuntimeError:  # older: [N, K] int32
+        packed = torch._convert_weight_to_int4pack(q.int().contiguous(), inner)
+    sz = torch.stack([s, (8 - z) * s], dim=-1).transpose(0, 1).contiguous().bfloat16()
+    ab = a.bfloat16()
+    return lambda: torch._weight_int4pack_mm(ab, packed, 128, sz)
+
+
+def wonly_peer(fmt, m, n, k, seed):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    a = (torch.rand(m, k, device="cuda", generator=gen) * 2 - 1).half()
+    q, s, z, w16 = wonly_weights(fmt, n, k, gen)
+    bias = ((torch.rand(n, device="cuda", generator=gen) * 8) - 4).half()
+    flops = 2.0 * m * n * k
+    rows = torch.randperm(m, generator=gen, device="cuda")[:16]
+    ref = a[rows].double() @ w16.double().t()
+    out = {"kind": "peer-wonly", "format": fmt, "m": m, "n": n, "k": k}
+    # Each maker returns the timed call (packing, which may be missing from the build, is not timed).
+    makers = {
+        "torch_f16": lambda: lambda: torch.nn.functional.linear(a, w16, bias),
+        "pack": lambda: (int8pack if fmt == "W8A16" else int4pack)(a, q, s, z),
+    }
+    for name, make in makers.items():
+        try:
+            f = make()
+            y = f().double()[rows] - (bias.double() if name == "torch_f16" else 0)
+            out[name + "_err"] = ((y - ref).norm() / ref.norm()).item()
+            out[name] = flops / (median_ms(f) * 1e-3) / 1e12
+        except (RuntimeError, AttributeError, NotImplementedError, StopIteration) as e:
+            out[name] = None
+            out[name + "_why"] = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+    del a, q, s, z, w16
+    torch.cuda.empty_cache()
+    return out
+
+
+def wonly_table(rows, out):
+    """qfuse's weight-only kernels per shape against torch f16 (dequantized weight) and the
+    int8pack / int4pack kernels, TFLOP/s."""
+    wonly = [r for r in rows if r.get("kind") == "qfuse" and "tflops" in r and r.get("operand") in ("W8A16", "W4A16")]
+    if not wonly:
+        return
+    wonly.sort(key=lambda r: (r["operand"], -r["n"] * r["k"], r["n"], r["k"], r["m"]))
+    print()
+    print("weight-only GEMM/GEMV (f16 activations, +bias, f16 out), TFLOP/s, median of 30; GB/s = weight bytes (codes, scales, zero points) / time")
+    print(f"{'format':6s} {'M x N x K':16s} {'path':4s} {'check':5s} {'qfuse':>6s} {'GB/s':>6s} {'torch f16':>9s} {'q/f16':>6s} {'pack':>6s} {'q/pack':>6s}  peer errors (f16, pack)")
+    na = lambda x, f: f"{x:{f}}" if x is not None else "n/a"
+    for i, r in enumerate(wonly):
+        p = wonly_peer(r["operand"], r["m"], r["n"], r["k"], seed=200 + i)
+        if out:
+            out.write(json.dumps(p) + "\n")
+        ratio = lambda key: f"{r['tflops'] / p[key]:6.2f}" if p.get(key) else f"{'n/a':>6s}"
+        gbps = f"{r['weight_gbps']:6.0f}" if "weight_gbps" in r else f"{'':6s}"
+        errs = ", ".join(na(p.get(key + "_err"), ".1e") for key in ("torch_f16", "pack"))
+        why = f"  (pack: {p['pack_why']})" if "pack_why" in p else ""
+        print(
+            f"{r['operand']:6s} {'x'.join(map(str, (r['m'], r['n'], r['k']))):16s} {r.get('path') or '':4s} {r['check']:5s} "
+            f"{r['tflops']:6.2f} {gbps} {na(p['torch_f16'], '9.2f'):>9s} {ratio('torch_f16')} {na(p['pack'], '6.2f'):>6s} {ratio('pack')}  {errs}{why}"
+        )
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("qfuse_jsonl")
@@ -90,10 +226,12 @@ def main():
     shapes = sorted({(r["m"], r["n"], r["k"]) for r in bench + wide}, key=lambda s: -s[0] * s[1] * s[2])
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, cuBLASLt via torch._scaled_mm")
     peer = {s: peers(*s, seed=i + 1) for i, s in enumerate(shapes)}
-    if args.out:
-        with open(args.out, "w") as f:
-            for p in peer.values():
-                f.write(json.dumps(p) + "\n")
+    out = open(args.out, "w") if args.out else None
+    if out:
+        for p in peer.values():
+            out.write(json.dumps(p) + "\n")
+    int8_table(rows, out)
+    wonly_table(rows, out)
 
     def short(v):
         return " ".join(t for t in v.split() if not (t.startswith("g") and t[1:].isdigit()))

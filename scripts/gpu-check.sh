@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one command for the GPU machine (after scripts/build-gpu-bundle.sh here; carry gpu-bundle):
-#   1. compile the default model to fp16, fp8 and fp8-dynamic plans (kernels from the bundle's
+#   1. compile the default model to a plan per recipe ($PLANS; kernels from the bundle's
 #      CUBIN cache, calibration by the interpreter on this machine's CPUs);
 #   2. `qfuse check` each plan: every kernel's output against the interpreter running the same
 #      fused IR (named tolerance per dtype), end-to-end cosine >= 0.9999, 256 random inputs
@@ -28,13 +28,13 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=cs
 # Plans: name -> compile arguments. fp8-tc trades exact FP8 accumulation for Hopper's FP8 tensor
 # cores (faster large GEMMs); it is checked and timed too, but its end-to-end cosine against the
 # exact interpreter is informational, not a pass/fail bar.
-declare -A args=([fp16]="--recipe fp16" [fp8]="--recipe fp8" [fp8-dynamic]="--recipe fp8-dynamic"
-    [fp8-tc]="--recipe fp8 --fp8-accum tensor-core")
-plans="fp16 fp8 fp8-dynamic fp8-tc"
+# The other recipes (int8-sq, w8a16, w4a16-*, nvfp4, fp8-block) compile with their defaults.
+declare -A args=([fp8-tc]="--recipe fp8 --fp8-accum tensor-core")
+plans="${PLANS:-fp16 fp8 fp8-dynamic fp8-tc int8-sq w8a16 w4a16-rtn w4a16-awq w4a16-gptq nvfp4 fp8-block}"
 echo "== compile"
 for r in $plans; do
     # shellcheck disable=SC2086
-    if ! "$q" --quiet compile "$model" ${args[$r]} -o "/tmp/minilm-$r.plan" >"$out/compile-$r.log" 2>&1; then
+    if ! "$q" --quiet compile "$model" ${args[$r]:---recipe $r} -o "/tmp/minilm-$r.plan" >"$out/compile-$r.log" 2>&1; then
         echo "compile $r FAILED:"; tail -30 "$out/compile-$r.log"; rc=1; continue
     fi
     echo "$r: $(grep -E '^plan:' "$out/compile-$r.log")"
@@ -80,6 +80,6 @@ for r in rows:
 print("(ratio = peer time / qfuse time; > 1 means qfuse is faster)")
 PY
 
-echo "== FP8 GEMM vs cuBLASLt"
-GEMM_KINDS="mma wgmma" timeout 150 scripts/gpu-gemm-bench.sh || rc=1
+echo "== GEMMs vs cuBLASLt / cuBLAS (FP8, INT8, weight-only)"
+GEMM_KINDS="${GEMM_KINDS:-mma wgmma int8 wonly}" timeout 240 scripts/gpu-gemm-bench.sh || rc=1
 exit $rc

@@ -2,7 +2,11 @@
 # The one command for the GPU machine (after scripts/build-gpu-bundle.sh here, carry gpu-bundle):
 # qfuse's GEMM kernels (FP8 and f16/bf16 operands, the plans' epilogues) checked against a CPU
 # reference (exact accumulator, the interpreter's epilogue) and timed, then the peers (cuBLASLt
-# FP8 via torch._scaled_mm, torch f16) timed the same way, then one table.
+# FP8 via torch._scaled_mm, torch f16, cuBLASLt INT8 via torch._int_mm) timed the same way, then
+# the tables. GEMM_KINDS picks the kernel families (default `mma wgmma-wg wgmma`; `int8` = the
+# INT8 kernels, `wonly` = the weight-only W8A16 / W4A16 GEMV and GEMM against torch f16 and
+# torch._weight_int8pack_mm / _weight_int4pack_mm, e.g. GEMM_KINDS="int8 wonly" or
+# GEMM_KINDS="mma wgmma-wg wgmma int8 wonly").
 # Full logs and JSON lines go to $OUT (or /tmp/gemm-bench). Exit status 1 if a check failed.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -23,9 +27,12 @@ done
 grep -E "^device|CHECK FAILED|HANG|Error|panicked" "$out/qfuse.log" | sort -u | cut -c1-400
 python3 - "$out/qfuse.jsonl" <<'PY'
 import json, sys
-worst = {}
+worst, wonly = {}, []
 for line in open(sys.argv[1]):
     r = json.loads(line)
+    if r.get("kind") == "qfuse" and r.get("operand") in ("W8A16", "W4A16"):
+        wonly.append(r)
+        continue
     if r.get("kind") != "qfuse" or "tflops" in r:
         continue
     key = (r["n"], r["k"], r["variant"])
@@ -39,6 +46,15 @@ for line in open(sys.argv[1]):
 for (n, k, v), w in sorted(worst.items()):
     print(f"check {'ok  ' if w['ok'] else 'FAIL'} N={n} K={k:<5} {v:44s} M={','.join(w['ms']):14s} "
           f"norm_rel<={w['norm']:.1e} max_abs<={w['abs']:.1e} bad={w['bad']}")
+# Weight-only kernels: every (M, N, K), checked (relative L2 <= 1e-3) and, except the check-only
+# M values, timed (TFLOP/s; weight GB/s for M <= 16).
+for r in sorted(wonly, key=lambda r: (r["operand"], r["n"], r["k"], r["m"])):
+    s = r["stats"]
+    t = f"{r['tflops']:7.2f} TF/s" if "tflops" in r else f"{'check only':>12s}"
+    bw = f" {r['weight_gbps']:6.0f} GB/s" if "weight_gbps" in r else ""
+    print(f"wonly {'ok  ' if r['check'] == 'ok' else 'FAIL'} {r['operand']} {r['m']:>5}x{r['n']}x{r['k']:<5} {r['variant']:38s} "
+          f"norm_rel={s['norm_rel_err'] if s['norm_rel_err'] is not None else float('inf'):.1e} max_abs={s['max_abs_err']:.1e} "
+          f"bad={s['bad'] + s['unwritten']} {t}{bw}")
 PY
 PYTHONUNBUFFERED=1 python3 scripts/gemm_peer_bench.py "$out/qfuse.jsonl" --out "$out/peer.jsonl" 2>"$out/peer.log" \
     || { echo "peer benchmark failed:"; tail -20 "$out/peer.log"; }

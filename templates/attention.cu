@@ -14,7 +14,8 @@
 //   s_ij = T( s_ij + mask_bias[b, j] )     if masked
 //   p_ij = T( exp(s_ij - max_j s) / sum_j exp(s_ij - max_j s) )   max, exp, sum in f32
 //   o_id = T( sum_j p_ij v_jd )            f32 accumulation
-//   out  = o, or qf_quantize_e4m3(o, OUT_SCALE) (a true division, RNE, saturating)
+//   out  = o, or qf_quantize_e4m3(o, OUT_SCALE) (a true division, RNE, saturating), or with
+//          OUT_I8 qf_quantize_i8(o, OUT_SCALE) (RNE, saturating to [-128, 127], NaN -> 0)
 // The kernel performs every one of these rounding steps (T roundings two at a time with paired
 // conversions, bit-identical to one at a time). The only intended deviations: the sum of
 // exponentials is accumulated in f32 with online rescaling (the reference sums exp(s - final max)
@@ -61,7 +62,8 @@ constexpr bool BF16 = {{bf16}};  // T = bf16 (else f16)
 constexpr bool HAS_SCALE = {{has_scale}};
 constexpr uint32_t SCALE_BITS = {{scale_bits}}u;  // the score scale, bit-exact (when HAS_SCALE)
 constexpr bool HAS_MASK = {{has_mask}};
-constexpr bool QUANT_OUT = {{quant_out}};  // store FP8 E4M3 bytes
+constexpr bool QUANT_OUT = {{quant_out}};  // store FP8 E4M3 bytes (or i8 codes when OUT_I8)
+constexpr bool OUT_I8 = {{out_i8}};         // the output quantize stores i8: qf_quantize_i8
 constexpr uint32_t OUT_SCALE_BITS = {{out_scale_bits}}u;
 
 constexpr int BQ = 64;                 // query rows per CTA
@@ -400,8 +402,8 @@ QF_DEVICE void attention(const T* __restrict__ q, const T* __restrict__ k, const
                 // T(o), then the output quantize: two bytes, d even -> 2-byte aligned.
                 round2(x0, x1);
                 const float sc = __uint_as_float(OUT_SCALE_BITS);
-                const uint32_t b0 = qf_quantize_e4m3(x0, sc);
-                const uint32_t b1 = qf_quantize_e4m3(x1, sc);
+                const uint32_t b0 = OUT_I8 ? static_cast<uint8_t>(qf_quantize_i8(x0, sc)) : qf_quantize_e4m3(x0, sc);
+                const uint32_t b1 = OUT_I8 ? static_cast<uint8_t>(qf_quantize_i8(x1, sc)) : qf_quantize_e4m3(x1, sc);
                 *reinterpret_cast<uint16_t*>(row + d) = static_cast<uint16_t>(b0 | (b1 << 8));
             } else {
                 // T(o) for both (pack2 rounds RNE); d even -> 4-byte aligned.

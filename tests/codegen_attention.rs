@@ -142,6 +142,16 @@ fn minilm_e4m3_output_compiles() {
 }
 
 #[test]
+fn minilm_i8_output_compiles() {
+    let g = graph("f16", 384, &format!("heads=12, scale={SCALE_D32}, out=i8, out_scale=0.0078125"), true, "i8");
+    let k = lower(&g);
+    assert!(k.source.contains("constexpr bool QUANT_OUT = true;") && k.source.contains("constexpr bool OUT_I8 = true;"));
+    let e4m3 = graph("f16", 384, &format!("heads=12, scale={SCALE_D32}, out=f8e4m3, out_scale=0.0078125"), true, "f8e4m3");
+    assert_ne!(k.name, lower(&e4m3).name);
+    compile(&k);
+}
+
+#[test]
 fn head_dims_64_and_128_compile() {
     // D = 64, no scale, no mask.
     let k64 = lower(&graph("f16", 512, "heads=8", false, "f16"));

@@ -408,9 +408,10 @@ fn int8_generated_source_snapshot() {
     let name = "int8_dynamic_bias_quant_1536x384";
     let c = int8_cases().into_iter().find(|c| c.name == name).expect("case");
     let k = one_launch(lower_ir_exact(&c.ir).2, name).kernel;
-    assert!(k.source.contains(
-        "y[j] = qf_round_f16(qf_round_f16(acc * a_scale_v * b_scale_v) + add0_v);"
-    ), "the interpreter's scale order: alpha (1: omitted), a_scale, b_scale, then the f16 steps");
+    assert!(
+        k.source.contains("y[j] = qf_round_f16(qf_round_f16(acc * a_scale_v * b_scale_v) + add0_v);"),
+        "the interpreter's scale order: alpha (1: omitted), a_scale, b_scale, then the f16 steps"
+    );
     let src = k.source.replace(&prelude, "// [prelude: templates/common.cuh + templates/math.cuh]\n").replace(&k.name, "gemm_<hash>");
     settings.bind(|| insta::assert_snapshot!(format!("codegen_gemm__{name}"), src));
 }

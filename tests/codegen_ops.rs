@@ -229,6 +229,35 @@ graph "ops_int8_block" {
 }
 "#;
 
+/// Block-scaled activation round trips of the `nvfp4` and `fp8-block` recipes at MiniLM's widths
+/// (K = 384 and 1536): dynamic block quantize, then dequantize with the quantize's scales (E4M3,
+/// f32 and bf16 scales; f16, bf16 and f32 results); a static block quantize reading those scales;
+/// per-token dequantize of FP8 codes and of packed E2M1 codes.
+const BLOCK_DQ: &str = r#"
+graph "ops_block_dq" {
+  sym B max=64
+  sym S max=512
+  %0 = input "x" : f16[B,S,384]
+  %1 = input "ffn" : f16[B,S,1536]
+  %2, %3 = quantize %0 {f4e2m1, block(-1:16), scale=dynamic(f8e4m3)} : f4e2m1[B,S,384], f8e4m3[B,S,24]
+  %4 = dequantize %2 {f4e2m1, block(-1:16), scale=%3} : f16[B,S,384]
+  %5, %6 = quantize %1 {f4e2m1, block(-1:16), scale=dynamic(f8e4m3)} : f4e2m1[B,S,1536], f8e4m3[B,S,96]
+  %7 = dequantize %5 {f4e2m1, block(-1:16), scale=%6} : bf16[B,S,1536]
+  %8, %9 = quantize %0 {f8e4m3, block(-1:128), scale=dynamic(f32)} : f8e4m3[B,S,384], f32[B,S,3]
+  %10 = dequantize %8 {f8e4m3, block(-1:128), scale=%9} : f16[B,S,384]
+  %11, %12 = quantize %1 {f8e4m3, block(-1:128), scale=dynamic(f32)} : f8e4m3[B,S,1536], f32[B,S,12]
+  %13 = dequantize %11 {f8e4m3, block(-1:128), scale=%12} : f32[B,S,1536]
+  %14 = quantize %1 {f8e4m3, block(-1:128), scale=%12} : f8e4m3[B,S,1536]
+  %15, %16 = quantize %0 {f8e4m3, block(-1:128), scale=dynamic(bf16)} : f8e4m3[B,S,384], bf16[B,S,3]
+  %17 = dequantize %15 {f8e4m3, block(-1:128), scale=%16} : f16[B,S,384]
+  %18, %19 = quantize %0 {f8e4m3, per_token, scale=dynamic(f32)} : f8e4m3[B,S,384], f32[B,S,1]
+  %20 = dequantize %18 {f8e4m3, per_token, scale=%19} : f16[B,S,384]
+  %21 = input "tok_scale" : f32[B,S,1]
+  %22 = dequantize %2 {f4e2m1, per_token, scale=%21} : f16[B,S,384]
+  return "a" = %4, "b" = %7, "c" = %10, "d" = %13, "e" = %14, "f" = %17, "g" = %20, "h" = %22
+}
+"#;
+
 /// Element-wise, quantize/dequantize and data-movement variants.
 const MISC: &str = r#"
 graph "ops_misc" {
@@ -303,6 +332,25 @@ fn block_quantize_snapshot() {
         .expect("the f4e2m1 block quantize");
     assert!(l.kernel.source.contains("QUANT = 5, GROUP = 16") && l.kernel.source.contains("PACKED = true"), "{}", l.kernel.source);
     snapshot("quantize_dynamic_block_nvfp4", describe(&g, &l));
+}
+
+/// Every node of the block round trips lowers (one launch each) and compiles to `sm_90a`.
+#[test]
+fn block_dequantize_graph_lowers_and_compiles() {
+    let g = parse(BLOCK_DQ);
+    let ls: Vec<Launch> = launches(&g).into_iter().map(|(_, l)| l).collect();
+    assert_eq!(ls.len(), 14, "one kernel per quantize / dequantize node");
+    compile(&ls);
+}
+
+/// The NVFP4 activation dequantize: one E2M1 code byte (two elements) per index, the E4M3 scale
+/// of its 16-element block, an aligned f16 pair stored.
+#[test]
+fn block_dequantize_snapshot() {
+    let g = parse(BLOCK_DQ);
+    let l = node_launches(&g, "dequantize").into_iter().next().expect("the f4e2m1 block dequantize");
+    assert!(l.kernel.source.contains("qf_e2m1::load(x0 & 0xf)"), "{}", l.kernel.source);
+    snapshot("dequantize_block_nvfp4", describe(&g, &l));
 }
 
 #[test]
@@ -412,6 +460,14 @@ fn unsupported_variants_give_specific_errors() {
         "  %1, %2 = quantize %0 {f8e4m3, block(-1:100), scale=dynamic(f32)} : f8e4m3[B,8,16], f32[B,8,1]\n  return \"y\" = %1",
         "no vector width fits",
     );
+    case(
+        "  %1 = weight @s : f32[B,8,2]\n  %2 = quantize %0 {f8e4m3, block(-1:10), scale=%1} : f8e4m3[B,8,16]\n  return \"y\" = %2",
+        "a ragged last block (last axis 16, blocks of 10) has no kernel yet",
+    );
+    case(
+        "  %1, %2 = quantize %0 {f4e2m1, block(-1:16), scale=dynamic(f8e4m3)} : f4e2m1[B,8,16], f8e4m3[B,8,1]\n  %3 = weight @s : f32[16]\n  %4 = dequantize %1 {f4e2m1, per_channel(-1), scale=%3} : f16[B,8,16]\n  return \"y\" = %4",
+        "per-channel scales along the packed last axis have no kernel yet",
+    );
     case("  %1 = reduce_sum %0 {axes=[-1]} : f16[B,8]\n  return \"y\" = %1", "no kernel for `reduce_sum` yet");
     case("  %1 = matmul %0, %0 {transpose_b} : f16[B,8,8]\n  return \"y\" = %1", "no kernel for `matmul` yet");
     case(
@@ -469,6 +525,7 @@ fn gpu_matches_interpreter() {
         ("dynamic", BERT_DYNAMIC, &[("B", 3), ("S", 77)][..]),
         ("misc", MISC, &[("B", 3), ("S", 77)][..]),
         ("int8_block", INT8_BLOCK, &[("B", 3), ("S", 77)][..]),
+        ("block_dq", BLOCK_DQ, &[("B", 3), ("S", 77)][..]),
         ("static_s1", BERT_STATIC, &[("B", 2), ("S", 1)][..]),
     ] {
         gpu::check_graph(name, &parse(text), syms, &mut report, &mut failures);

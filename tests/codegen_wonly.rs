@@ -9,7 +9,9 @@
 use qfuse::codegen::kernel::{KernelDef, Launch, LowerCx, Lowered};
 use qfuse::codegen::nvrtc;
 use qfuse::codegen::ops::wonly::{self, Path};
-use qfuse::ir::{DType, Dim, EpilogueOp, EpilogueStep, Graph, Granularity, Op, QMatMul, QuantSpec, ScaleSource, TensorType, UnaryOp, ZeroPoint};
+use qfuse::ir::{
+    DType, Dim, EpilogueOp, EpilogueStep, Granularity, Graph, Op, QMatMul, QuantSpec, ScaleSource, TensorType, UnaryOp, ZeroPoint,
+};
 use qfuse::plan::Guard;
 
 /// A storage variant: name, code dtype, granularity, zero point.
@@ -26,7 +28,12 @@ fn variants() -> Vec<Variant> {
         Variant { name: "i8_channel", storage: DType::I8, granularity: Granularity::PerChannel { axis: 0 }, zero: None },
         Variant { name: "u4_zp_g128", storage: DType::U4, granularity: group(128), zero: Some(ZeroPoint::Input) },
         Variant { name: "i4_g128", storage: DType::I4, granularity: group(128), zero: None },
-        Variant { name: "e4m3_block128", storage: DType::F8E4M3, granularity: Granularity::Block { blocks: vec![(0, 128), (1, 128)] }, zero: None },
+        Variant {
+            name: "e4m3_block128",
+            storage: DType::F8E4M3,
+            granularity: Granularity::Block { blocks: vec![(0, 128), (1, 128)] },
+            zero: None,
+        },
         Variant { name: "e2m1_g16", storage: DType::F4E2M1, granularity: group(16), zero: None },
     ]
 }
@@ -57,7 +64,7 @@ fn graph(v: &Variant, act: DType, (n, k): (u64, u64), epi: Epi, b_max: u64) -> G
     let sshape = v.granularity.scale_shape(&wshape).expect("scale shape");
     let sc = node(&mut g, Op::Weight { name: "L.weight_scale".into() }, &[], TensorType::new(DType::F32, sshape.clone()));
     let mut inputs = vec![x, w, out(&g, sc)];
-    if v.zero.is_some() {
+    if v.zero == Some(ZeroPoint::Input) {
         let zp = node(&mut g, Op::Weight { name: "L.weight_zero".into() }, &[], TensorType::new(DType::U8, sshape));
         inputs.push(out(&g, zp));
     }
@@ -111,7 +118,9 @@ fn all_variants_lower_to_guarded_launches_and_compile_to_sm90a_cubin() {
     let mut kernels: Vec<KernelDef> = Vec::new();
     for v in variants() {
         for act in [DType::F16, DType::BF16] {
-            for (epi, shape) in [(Epi::Plain, (384, 384)), (Epi::Bias, (1152, 384)), (Epi::BiasGelu, (1536, 384)), (Epi::BiasResidual, (384, 1536))] {
+            for (epi, shape) in
+                [(Epi::Plain, (384, 384)), (Epi::Bias, (1152, 384)), (Epi::BiasGelu, (1536, 384)), (Epi::BiasResidual, (384, 1536))]
+            {
                 let g = graph(&v, act, shape, epi, 128);
                 let l = lower(&g);
                 assert_eq!(l.len(), 2, "{}: GEMV and GEMM", v.name);
@@ -172,7 +181,8 @@ fn generated_source_snapshots() {
     for (name, launch) in ["w4a16_g128_bias_gelu_gemv_1536x384", "w4a16_g128_bias_gelu_gemm_1536x384"].into_iter().zip(lower(&g)) {
         let k = launch.kernel;
         assert!(k.source.contains(&prelude), "{name}: the prelude is inlined");
-        let src = k.source.replace(&prelude, "// [prelude: templates/common.cuh + templates/math.cuh]\n").replace(&k.name, "gemm_wonly_<hash>");
+        let src =
+            k.source.replace(&prelude, "// [prelude: templates/common.cuh + templates/math.cuh]\n").replace(&k.name, "gemm_wonly_<hash>");
         settings.bind(|| insta::assert_snapshot!(format!("codegen_wonly__{name}"), src));
     }
 }

@@ -392,7 +392,7 @@ fn weight_only_qmatmul_round_trips() {
     ir::verify(&g, "after parse").unwrap();
     let text = ir::print(&g);
     assert_eq!(ir::parse(&text).unwrap(), ir::order::renumber(&g));
-    assert!(text.contains("b_dequant(u4,block(1:8),scale=%3,zero=%4), acc=f16, epilogue=[add(%11,f16),gelu(f16)]}"), "{text}");
+    assert!(text.contains("b_dequant(u4,block(1:8),scale=%3,zero=%4), acc=f16, epilogue=[add(%5,f16),gelu(f16)]}"), "{text}");
 }
 
 /// `qmatmul{b_dequant}` equals `matmul(a, dequantize(b))` (and its epilogue) bit for bit.
@@ -400,10 +400,8 @@ fn weight_only_qmatmul_round_trips() {
 fn weight_only_qmatmul_is_matmul_of_dequantize() {
     let w = weight_only_weights();
     let x: Vec<f32> = (0..48).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.37).collect();
-    let inputs = [
-        ("x", Tensor::from_f32_as(ir::DType::F16, vec![3, 16], x.clone())),
-        ("xb", Tensor::from_f32_as(ir::DType::BF16, vec![3, 16], x)),
-    ];
+    let inputs =
+        [("x", Tensor::from_f32_as(ir::DType::F16, vec![3, 16], x.clone())), ("xb", Tensor::from_f32_as(ir::DType::BF16, vec![3, 16], x))];
     let fused = interp::run(&ir::parse(WEIGHT_ONLY).unwrap(), &w, &inputs).unwrap();
     let unfused = interp::run(&ir::parse(WEIGHT_ONLY_UNFUSED).unwrap(), &w, &inputs).unwrap();
     for ((name, a), (_, b)) in fused.iter().zip(&unfused) {
@@ -420,13 +418,25 @@ fn weight_only_type_rules_reject_misuse() {
         ("qmatmul %0, %5 {transpose_b, alpha=0.5, b_dequant(i8,per_channel(0),scale=%6), acc=f16} : f16[B,12]", "alpha", "alpha=1.0"),
         ("qmatmul %0, %5 {transpose_b, alpha=1.0, b_dequant(i8,per_channel(1),scale=%40), acc=f16} : f16[B,12]", "K", "granularity"),
         ("qmatmul %0, %5 {transpose_b, alpha=1.0, b_dequant(i8,per_tensor,scale=%41), acc=f16} : f16[B,12]", "per-tensor", "granularity"),
-        ("qmatmul %0, %5 {transpose_b, alpha=1.0, b_dequant(u4,per_channel(0),scale=%6), acc=f16} : f16[B,12]", "storage", "b_dequant stores u4"),
-        ("qmatmul %0, %2 {transpose_b, alpha=1.0, b_dequant(u4,block(1:8),scale=%3,zero=%42), acc=f16} : f16[B,12]", "i8 zero", "must be u8"),
+        (
+            "qmatmul %0, %5 {transpose_b, alpha=1.0, b_dequant(u4,per_channel(0),scale=%6), acc=f16} : f16[B,12]",
+            "storage",
+            "b_dequant stores u4",
+        ),
+        (
+            "qmatmul %0, %2 {transpose_b, alpha=1.0, b_dequant(u4,block(1:8),scale=%3,zero=%42), acc=f16} : f16[B,12]",
+            "i8 zero",
+            "must be u8",
+        ),
         ("qmatmul %0, %2 {transpose_b, alpha=1.0, b_dequant(u4,block(1:8),scale=%43), acc=f16} : f16[B,12]", "f16 scale", "must be f32"),
         ("qmatmul %0, %2 {transpose_b, alpha=1.0, b_dequant(u4,block(1:8),scale=%6), acc=f16} : f16[B,12]", "scale shape", "scale shape"),
         ("qmatmul %44, %5 {transpose_b, alpha=1.0, b_dequant(i8,per_channel(0),scale=%6), acc=f32} : f32[B,12]", "f32 lhs", "f16 or bf16"),
         ("qmatmul %0, %45 {alpha=1.0, b_dequant(i8,per_channel(0),scale=%6), acc=f16} : f16[B,12]", "[K, N]", "transpose_b"),
-        ("qmatmul %0, %7 {transpose_b, alpha=1.0, b_dequant(f8e4m3,block(0:4,1:4),scale=%8,zero=%46), acc=f16} : f16[B,12]", "fp8 zero", "integer storage"),
+        (
+            "qmatmul %0, %7 {transpose_b, alpha=1.0, b_dequant(f8e4m3,block(0:4,1:4),scale=%8,zero=%46), acc=f16} : f16[B,12]",
+            "fp8 zero",
+            "integer storage",
+        ),
         ("qmatmul %0, %5 {transpose_b, alpha=1.0, b_dequant(i8,per_channel(0),scale=0.5), acc=f16} : f16[B,12]", "literal", "scale=%v"),
     ];
     let extra = "  %40 = weight @s16 : f32[16]\n  %41 = weight @s0 : f32[]\n  %42 = weight @zi : i8[12,2]\n  %43 = weight @sh : f16[12,2]\n  %44 = input \"x32\" : f32[B,16]\n  %45 = weight @wkn : i8[16,12]\n  %46 = weight @zf : u8[3,4]\n";

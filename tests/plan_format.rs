@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use qfuse::plan::{
-    ArgRef, BufferMeta, DimExpr, FormatVersion, KernelMeta, LaunchMeta, ParamMeta, ParamType, Plan, PlanBuilder, PlanError, PlanMeta,
-    Scalar, SectionKind, TensorSig, WeightMeta, HEADER_SIZE, QFUSE_VERSION, SECTION_ALIGN,
+    ArgRef, BufferMeta, DimExpr, FormatVersion, Guard, KernelMeta, LaunchGuard, LaunchMeta, ParamMeta, ParamType, Plan, PlanBuilder,
+    PlanError, PlanMeta, Scalar, SectionKind, TensorSig, WeightMeta, FORMAT_VERSION, HEADER_SIZE, QFUSE_VERSION, SECTION_ALIGN,
 };
 
 // Documented header offsets.
@@ -228,7 +228,8 @@ fn round_trip_keeps_meta_and_sections() {
     assert_eq!(plan.meta(), &sample_meta());
     assert_eq!(plan.path(), path);
     let h = plan.header();
-    assert_eq!(h.format, FormatVersion { major: 1, minor: 0 });
+    assert_eq!(h.format, FORMAT_VERSION);
+    assert_eq!(FORMAT_VERSION, FormatVersion { major: 1, minor: 1 });
     assert_eq!((h.header_size as usize, h.flags), (HEADER_SIZE, 0));
     assert_eq!((h.arch.as_str(), h.qfuse_version.as_str(), h.nvrtc_version), ("sm_90a", QFUSE_VERSION, (13, 0)));
     assert_eq!(h.file_len, std::fs::metadata(&path).unwrap().len());
@@ -249,7 +250,7 @@ fn round_trip_keeps_meta_and_sections() {
 fn header_matches_documented_layout() {
     let b = sample_bytes();
     assert_eq!(&b[..8], b"QFUSEPLN");
-    assert_eq!((b[OFF_MAJOR], b[OFF_MAJOR + 1], b[OFF_MINOR], b[OFF_MINOR + 1]), (1, 0, 0, 0));
+    assert_eq!((b[OFF_MAJOR], b[OFF_MAJOR + 1], b[OFF_MINOR], b[OFF_MINOR + 1]), (1, 0, 1, 0));
     assert_eq!(u32::from_le_bytes(b[OFF_HEADER_SIZE..OFF_HEADER_SIZE + 4].try_into().unwrap()), 128);
     assert_eq!(&b[OFF_ARCH..OFF_ARCH + 7], b"sm_90a\0");
     assert_eq!(&b[24..24 + QFUSE_VERSION.len()], QFUSE_VERSION.as_bytes());
@@ -451,7 +452,7 @@ fn newer_major_is_rejected_before_anything_else() {
     match load_bytes(&b, Some("sm_90a")) {
         Err(e @ PlanError::NewerFormat { .. }) => {
             let PlanError::NewerFormat { found, supported, .. } = &e else { unreachable!() };
-            assert_eq!((found.to_string(), supported.to_string()), ("2.3".into(), "1.0".into()));
+            assert_eq!((found.to_string(), supported.to_string()), ("2.3".into(), "1.1".into()));
             assert!(e.to_string().contains(&format!("recompile the plan with qfuse {QFUSE_VERSION}")), "{e}");
         }
         other => panic!("expected NewerFormat, got {other:?}"),
@@ -464,6 +465,37 @@ fn major_zero_is_older_than_supported() {
     put_u16(&mut b, OFF_MAJOR, 0);
     fix_header_crc(&mut b);
     assert!(matches!(load_bytes(&b, None), Err(PlanError::OlderFormat { .. })));
+}
+
+/// Format 1.1's launch guards round-trip, are shown by their `Display`, and are checked against
+/// the schedule and the symbols (the writer refuses what a reader would reject).
+#[test]
+fn launch_guards_round_trip_and_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("guarded.plan");
+    let mut meta = sample_meta();
+    let rows = meta.symbols.first().map(|(s, _)| DimExpr::sym(s.clone())).expect("a symbol");
+    meta.launch_guards = vec![LaunchGuard { launch: 0, when: Guard::RowsAtMost { rows: rows.clone(), max: 16 } }];
+    let write = |m: PlanMeta| {
+        let mut b = PlanBuilder::new(m);
+        for (kind, name, bytes) in sample_sections() {
+            b.add_section(kind, name, bytes);
+        }
+        b.write(&path).map_err(|e| e.to_string())
+    };
+    write(meta.clone()).unwrap();
+    let plan = Plan::load(&path, None).unwrap();
+    assert_eq!(plan.meta(), &meta);
+    assert_eq!(plan.meta().guard_of(0).map(|g| g.to_string()).as_deref(), Some("B <= 16"));
+    for (bad, needle) in [
+        (LaunchGuard { launch: 1, when: Guard::RowsAbove { rows: rows.clone(), min: 16 } }, "launch 1 out of 1"),
+        (LaunchGuard { launch: 0, when: Guard::RowsAbove { rows: DimExpr::sym("T"), min: 16 } }, "unknown symbol `T`"),
+    ] {
+        let mut m = sample_meta();
+        m.launch_guards = vec![bad];
+        let e = write(m).unwrap_err();
+        assert!(e.contains(needle), "{e}");
+    }
 }
 
 #[test]

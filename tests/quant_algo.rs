@@ -5,8 +5,8 @@
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use qfuse::quant::algo::{
-    awq_search, dequantize_scaled, gptq, gptq_from_stats, output_error, quantize_with, rtn, smooth_factors, weight_absmax_per_input,
-    AlgoError, AwqCalib, AwqOptions, ChannelStats, GptqOptions, GroupQuant,
+    awq_search, clip_search, dequantize_scaled, gptq, gptq_from_stats, output_error, quantize_with, rtn, smooth_factors,
+    weight_absmax_per_input, AlgoError, AwqCalib, AwqOptions, ChannelStats, ClipOptions, GptqOptions, GroupQuant,
 };
 use std::time::Instant;
 
@@ -117,7 +117,7 @@ fn quantize_with_reuses_parameters() {
     // A weight twice as large saturates at the old parameters' ends.
     let w2: Vec<f32> = w.iter().map(|v| v * 2.0).collect();
     let q2 = quantize_with(&w2, q.params()).unwrap();
-    assert!(q2.codes.iter().any(|&c| c == 15) && q2.codes.iter().any(|&c| c == 0));
+    assert!(q2.codes.contains(&15) && q2.codes.contains(&0));
     assert!(quantize_with(&w[1..], q.params()).is_err());
 }
 
@@ -238,6 +238,84 @@ fn awq_from_stats_matches_direct_rows() {
     assert_eq!((a.alpha, &a.scales, &a.quant), (b.alpha, &b.scales, &b.quant));
 }
 
+/// Per `(row, group)` of `w [n, k]`: `Σ_m (X_{m,g}·(w − ŵ)_{n,g})²` over the rows `x`, summed naively.
+fn group_errors(x: &[f32], k: usize, w: &[f32], w_hat: &[f32], group: usize) -> Vec<f64> {
+    let mut out = vec![];
+    for (row, row_hat) in w.chunks(k).zip(w_hat.chunks(k)) {
+        for c0 in (0..k).step_by(group) {
+            let c1 = (c0 + group).min(k);
+            let err = x.chunks(k).map(|xr| (c0..c1).map(|j| f64::from(xr[j]) * (f64::from(row[j]) - f64::from(row_hat[j]))).sum::<f64>());
+            out.push(err.map(|v| v * v).sum());
+        }
+    }
+    out
+}
+
+/// [`weights`] with one isolated outlier, 8× larger, every 211 elements.
+fn outlier_weights(n: usize, k: usize, seed: u64) -> Vec<f32> {
+    let mut w = weights(n, k, seed);
+    w.iter_mut().step_by(211).for_each(|v| *v *= 8.0);
+    w
+}
+
+#[test]
+fn clip_never_increases_group_errors_and_cuts_outlier_errors() {
+    let (n, k, m) = (384, 384, 400);
+    let w = outlier_weights(n, k, 40);
+    let x = activations(m, k, 41);
+    // Asymmetric and symmetric groups, and a ragged last group (384 = 3·100 + 84).
+    for (symmetric, group) in [(false, 128), (true, 128), (false, 100)] {
+        let opts = ClipOptions { group, symmetric, ..Default::default() };
+        let start = Instant::now();
+        let c = clip_search(&w, n, &x, k, &opts).unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        let plain = rtn(&w, n, k, 4, group, symmetric).unwrap();
+        let (before, after) = (group_errors(&x, k, &w, &plain.dequantize(), group), group_errors(&x, k, &w, &c.quant.dequantize(), group));
+        let worse = before.iter().zip(&after).filter(|(b, a)| **a > **b * (1.0 + 1e-9)).count();
+        assert_eq!(worse, 0, "sym={symmetric} G={group}: {worse} groups got worse");
+        let (sum_before, sum_after) = (before.iter().sum::<f64>(), after.iter().sum::<f64>());
+        assert!((c.error_unclipped - sum_before).abs() <= 1e-6 * sum_before, "{} vs naive {sum_before}", c.error_unclipped);
+        assert!((c.error - sum_after).abs() <= 1e-6 * sum_after, "{} vs naive {sum_after}", c.error);
+        let (e_rtn, e_clip) =
+            (output_error(&x, k, &w, &plain.dequantize(), n).unwrap(), output_error(&x, k, &w, &c.quant.dequantize(), n).unwrap());
+        println!(
+            "clip {n}x{k} sym={symmetric} G={group}: {secs:.2} s; mean ratio {:.3}; group error {:.4e} -> {:.4e}; output error {e_rtn:.4e} -> {e_clip:.4e}",
+            c.mean_ratio, c.error_unclipped, c.error
+        );
+        assert!(sum_after < 0.9 * sum_before && e_clip < e_rtn, "sym={symmetric} G={group}: no gain on outlier weights");
+        assert!(c.mean_ratio < 1.0 && c.ratios.iter().all(|r| (0.5..=1.0).contains(r)));
+        let (lo, hi) = if symmetric { (-8, 7) } else { (0, 15) };
+        assert!(c.quant.codes.iter().all(|&q| (lo..=hi).contains(&q)), "codes outside [{lo}, {hi}]");
+        assert_eq!(quantize_with(&w, c.quant.params()).unwrap(), c.quant, "the parameters do not reproduce the codes");
+    }
+}
+
+#[test]
+fn clip_subsamples_rows_deterministically() {
+    let (n, k, m) = (32, 64, 1000);
+    let w = outlier_weights(n, k, 50);
+    let x = activations(m, k, 51);
+    let opts = ClipOptions { group: 32, max_rows: 300, ..Default::default() };
+    let a = clip_search(&w, n, &x, k, &opts).unwrap();
+    // Rows ⌊i·M/300⌋: evenly spaced, as the AWQ search takes them.
+    let picked: Vec<f32> = (0..300).flat_map(|i| x[i * m / 300 * k..][..k].to_vec()).collect();
+    let b = clip_search(&w, n, &picked, k, &ClipOptions { max_rows: 300, ..opts.clone() }).unwrap();
+    assert_eq!((&a.quant, &a.ratios), (&b.quant, &b.ratios));
+    assert_eq!(a.quant, clip_search(&w, n, &x, k, &opts).unwrap().quant);
+}
+
+#[test]
+fn clip_timing_on_ffn_shapes() {
+    let x = activations(512, 1536, 61);
+    for (n, k) in [(1536, 384), (384, 1536)] {
+        let w = weights(n, k, 60);
+        let start = Instant::now();
+        let c = clip_search(&w, n, &x[..512 * k], k, &ClipOptions::default()).unwrap();
+        println!("clip {n}x{k}, 512 rows, G=128: {:.2} s (mean ratio {:.3})", start.elapsed().as_secs_f64(), c.mean_ratio);
+        assert!(c.error <= c.error_unclipped);
+    }
+}
+
 /// GPTQ and RTN output errors of one weight on the rows `x`.
 fn gptq_vs_rtn(w: &[f32], n: usize, k: usize, x: &[f32], stats: &ChannelStats, opts: &GptqOptions) -> (f64, f64, f64) {
     let start = Instant::now();
@@ -282,15 +360,17 @@ fn gptq_handles_dead_channels_and_rank_deficient_inputs() {
     x.iter_mut().skip(5).step_by(k).for_each(|v| *v = 0.0);
     let mut stats = ChannelStats::new(k).unwrap().with_hessian();
     stats.observe(&x, k).unwrap();
-    for act_order in [false, true] {
-        let opts = GptqOptions { group: 16, act_order, ..Default::default() };
+    // Groups within blocks, groups longer than blocks, groups not dividing the block, ragged groups.
+    for (act_order, group, block) in [(false, 16, 128), (true, 16, 128), (false, 48, 32), (true, 48, 32), (false, 24, 128), (false, 7, 10)]
+    {
+        let opts = GptqOptions { group, block, act_order, ..Default::default() };
         let r = gptq_from_stats(&w, n, &stats, &opts).unwrap();
         assert_eq!(r.dead, 1);
         let d = r.quant.dequantize();
         assert!((0..n).all(|row| d[row * k + 5] == 0.0), "the dead column is not zero");
         let e = output_error(&x, k, &w, &d, n).unwrap();
-        let e_rtn = output_error(&x, k, &w, &rtn(&w, n, k, 4, 16, false).unwrap().dequantize(), n).unwrap();
-        assert!(e < e_rtn, "act_order={act_order}: {e} vs RTN {e_rtn}");
+        let e_rtn = output_error(&x, k, &w, &rtn(&w, n, k, 4, group, false).unwrap().dequantize(), n).unwrap();
+        assert!(e < e_rtn, "act_order={act_order} group={group} block={block}: {e} vs RTN {e_rtn}");
     }
 }
 

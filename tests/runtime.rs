@@ -8,7 +8,8 @@
 use half::{bf16, f16};
 
 use qfuse::plan::{
-    arch_compatible, ArgRef, BufferMeta, DimExpr, KernelMeta, LaunchMeta, ParamMeta, ParamType, PlanMeta, Scalar, TensorSig, WeightMeta,
+    arch_compatible, ArgRef, BufferMeta, DimExpr, Guard, KernelMeta, LaunchGuard, LaunchMeta, ParamMeta, ParamType, PlanMeta, Scalar,
+    TensorSig, WeightMeta,
 };
 use qfuse::runtime::bind::{
     bind_inputs, buffer_extent, check_kernel, dim_arg, resolve_launch, resolve_schedule, sig_extent, Addresses, KernelArg,
@@ -275,6 +276,31 @@ fn a_zero_grid_skips_the_launch() {
     assert_eq!(resolve_launch(&meta, 1, &symbols, &addrs).unwrap(), None);
     let all = resolve_schedule(&meta, &symbols, &addrs).unwrap();
     assert_eq!(all.iter().map(|l| l.index).collect::<Vec<_>>(), vec![0, 2]);
+}
+
+/// A GEMV guarded by `B·S ≤ 16` and a GEMM guarded by `B·S > 16` (what a weight-only qmatmul
+/// lowers to): exactly one of them runs for each shape, and a guard over an unknown symbol is an
+/// error naming the launch.
+#[test]
+fn guards_select_one_launch_per_shape() {
+    let mut meta = launch_meta();
+    let rows = sym("B").mul(sym("S"));
+    meta.schedule.truncate(1);
+    meta.schedule.push(meta.schedule[0].clone());
+    meta.launch_guards = vec![
+        LaunchGuard { launch: 0, when: Guard::RowsAtMost { rows: rows.clone(), max: 16 } },
+        LaunchGuard { launch: 1, when: Guard::RowsAbove { rows, min: 16 } },
+    ];
+    let addrs = Addresses { weights: &[1], arena: 256 };
+    let runs = |b: u64, s: u64| {
+        let symbols = vec![("B".to_string(), b), ("S".to_string(), s)];
+        resolve_schedule(&meta, &symbols, &addrs).unwrap().iter().map(|l| l.index).collect::<Vec<_>>()
+    };
+    assert_eq!((runs(1, 1), runs(2, 8), runs(1, 17), runs(64, 512)), (vec![0], vec![0], vec![1], vec![1]));
+    meta.launch_guards[1].when = Guard::RowsAbove { rows: sym("T"), min: 16 };
+    let e = unwrap_err(resolve_launch(&meta, 1, &[("B".into(), 1), ("S".into(), 1)], &addrs));
+    assert!(matches!(&e, RuntimeError::Launch { index: 1, .. }), "{e}");
+    assert!(e.to_string().contains("guard `T > 16`"), "{e}");
 }
 
 #[test]

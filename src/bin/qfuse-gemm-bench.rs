@@ -18,6 +18,13 @@
 //! `wgmma-wg`, or `int8` for the INT8 kernels: random i8 operands, checked against exact integer
 //! sums, timed in TOPS the same way) restricts the run to those kernels, and a kernel that has not finished after
 //! [`HANG_SECS`] ends the process (status 2) rather than hanging.
+//!
+//! `wonly` (part of every run without a kind) is the weight-only family: the GEMV and GEMM of
+//! `codegen::ops::wonly` as a MiniLM plan makes them (`wonly::plan`, `WonlyPlan::launches`; the
+//! plan's `M ≤ 16` / `M > 16` guards pick the kernel for each M), f16 activations, W8A16 (i8 per
+//! channel) and W4A16 (u4 groups of 128, u8 zero points), bias epilogue. Checked against the f64
+//! sum of the weights dequantized as the kernel does (`(q − z)·s` in f32, rounded to f16), timed
+//! in TFLOP/s and, for M ≤ 16, weight GB/s (codes, scales, zero points over the median time).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,7 +39,10 @@ use serde::{Deserialize, Serialize};
 use qfuse::codegen::gemm::{GemmSpec, Index, Mainloop, Operand};
 use qfuse::codegen::kernel::{Arg, LowerCx};
 use qfuse::codegen::ops::qmatmul;
-use qfuse::ir::{DType, EpilogueOp, Op, QMatMul, UnaryOp};
+use qfuse::codegen::ops::wonly::{self, Path as WonlyPath, WonlySpec};
+use qfuse::ir::{
+    DType, Dim, EpilogueOp, EpilogueStep, Granularity, Graph, Op, QMatMul, QuantSpec, ScaleSource, TensorType, UnaryOp, ValueId, ZeroPoint,
+};
 use qfuse::plan::DimExpr;
 
 const ARCH: &str = "sm_90a";
@@ -92,6 +102,13 @@ struct Entry {
     ms: Vec<u32>,
     case: Case,
     spec: GemmSpec,
+    #[serde(flatten)]
+    kernel: Compiled,
+}
+
+/// A compiled kernel of the bundle: what loading and launching it needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Compiled {
     name: String,
     /// Grid over the symbol `M`.
     grid: [DimExpr; 3],
@@ -101,6 +118,34 @@ struct Entry {
     cubin: String,
 }
 
+impl Compiled {
+    fn of(k: &qfuse::codegen::kernel::KernelDef) -> Self {
+        Compiled {
+            name: k.name.clone(),
+            grid: k.grid.clone(),
+            block: k.block,
+            smem_bytes: k.smem_bytes,
+            cubin: format!("{}.cubin", k.name),
+        }
+    }
+}
+
+/// A manifest entry that names a compiled kernel.
+trait Kernel {
+    fn label(&self) -> &str;
+    fn compiled(&self) -> &Compiled;
+}
+
+impl Kernel for Entry {
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn compiled(&self) -> &Compiled {
+        &self.kernel
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Manifest {
     arch: String,
@@ -108,6 +153,9 @@ struct Manifest {
     /// CUBIN of [`SPIN_SOURCE`].
     spin: String,
     entries: Vec<Entry>,
+    /// The weight-only kernels (`run DIR wonly`).
+    #[serde(default)]
+    wonly: Vec<WonlyEntry>,
 }
 
 /// A one-thread kernel that spins for `cycles` clock cycles. Launched before each timed batch,
@@ -134,7 +182,7 @@ fn main() -> Result<()> {
         [cmd, dir, v] if cmd == "build" && v == "--ptxas-verbose" => build(Path::new(dir), true),
         [cmd, dir] if cmd == "run" => run(Path::new(dir), None),
         [cmd, dir, kind] if cmd == "run" => run(Path::new(dir), Some(kind)),
-        _ => bail!("usage: qfuse-gemm-bench build DIR [--ptxas-verbose] | run DIR [mma|wgmma|wgmma-wg]"),
+        _ => bail!("usage: qfuse-gemm-bench build DIR [--ptxas-verbose] | run DIR [mma|wgmma|wgmma-wg|int8|wonly]"),
     }
 }
 
@@ -277,11 +325,7 @@ fn make_kernel(role: &str, spec: GemmSpec, epi: Epi, ms: Vec<u32>) -> Result<(En
         ms,
         case: Case { operand: spec.operand, epi, shift, alpha0, q, adds },
         spec,
-        name: k.name.clone(),
-        grid: k.grid.clone(),
-        block: k.block,
-        smem_bytes: k.smem_bytes,
-        cubin: format!("{}.cubin", k.name),
+        kernel: Compiled::of(&k),
     };
     Ok((entry, k.source))
 }
@@ -421,6 +465,165 @@ fn int8_plan(out: &mut Vec<(&'static str, GemmSpec, Epi, Vec<u32>)>, small_ms: &
     }
 }
 
+// ---- weight-only kernels (`run DIR wonly`) -----------------------------------------------------
+
+/// The weight formats of the weight-only kernels (f16 activations, f16 bias, f16 output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Weights {
+    /// i8 codes, one f32 scale per output channel.
+    W8A16,
+    /// u4 codes (two per byte along K, low nibble first), an f32 scale and a u8 zero point per
+    /// group of [`GROUP`] along K.
+    W4A16,
+}
+
+/// The W4A16 group size along K.
+const GROUP: usize = 128;
+
+/// The row bound of the bench's graphs: the MiniLM plans' `B·S ≤ 64·512`, which sets the GEMM's tiles.
+const WONLY_MAX_M: u64 = 32768;
+
+/// M values only checked (not timed): the first GEMM row count, a partial row tile.
+const WONLY_CHECK_MS: [u32; 2] = [17, 300];
+
+impl Weights {
+    fn spec(self) -> QuantSpec {
+        let (storage, granularity, zero_point) = match self {
+            Weights::W8A16 => (DType::I8, Granularity::PerChannel { axis: 0 }, None),
+            Weights::W4A16 => (DType::U4, Granularity::Block { blocks: vec![(-1, GROUP as u64)] }, Some(ZeroPoint::Input)),
+        };
+        QuantSpec { storage, granularity, scale: ScaleSource::Input, zero_point }
+    }
+
+    /// Scales (and zero points) per output channel.
+    fn groups(self, k: usize) -> usize {
+        match self {
+            Weights::W8A16 => 1,
+            Weights::W4A16 => k / GROUP,
+        }
+    }
+
+    /// Bytes of an `n × k` weight as the kernel reads them: codes, f32 scales, u8 zero points.
+    fn bytes(self, n: usize, k: usize) -> usize {
+        match self {
+            Weights::W8A16 => n * k + n * 4,
+            Weights::W4A16 => n * k / 2 + n * self.groups(k) * 5,
+        }
+    }
+}
+
+/// One compiled weight-only kernel (the GEMV or the GEMM of a plan) and the M values it runs:
+/// those for which the plan's guard selects it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct WonlyEntry {
+    label: String,
+    weights: Weights,
+    n: u32,
+    k: u32,
+    /// M values checked and timed.
+    ms: Vec<u32>,
+    /// M values only checked.
+    check_ms: Vec<u32>,
+    /// The node's semantics for the checker (operand F16, epilogue [`Epi::Bias`]).
+    case: Case,
+    #[serde(flatten)]
+    kernel: Compiled,
+}
+
+impl Kernel for WonlyEntry {
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn compiled(&self) -> &Compiled {
+        &self.kernel
+    }
+}
+
+/// The weight-only kernels: both formats at MiniLM's linear layers (the fused QKV projection
+/// included) for M ∈ {1, 16, 4096}, and 4096 × 4096 at M = 16 (GEMV) and 4096 (GEMM).
+fn wonly_plan() -> Vec<(Weights, (u32, u32), Vec<u32>)> {
+    let shapes = [((1152, 384), vec![1, 16, 4096]), ((384, 384), vec![1, 16, 4096]), ((1536, 384), vec![1, 16, 4096])];
+    let shapes = shapes.into_iter().chain([((384, 1536), vec![1, 16, 4096]), ((4096, 4096), vec![16, 4096])]);
+    shapes.flat_map(|(nk, ms)| [Weights::W8A16, Weights::W4A16].map(|w| (w, nk, ms.clone()))).collect()
+}
+
+/// Adds a node with one `dtype[dims]` result to `g` and returns the result.
+fn add_value(g: &mut Graph, op: Op, inputs: &[ValueId], dtype: DType, dims: Vec<Dim>) -> ValueId {
+    let node = g.add_node(op, inputs, vec![TensorType::new(dtype, dims)], Some("L".into()));
+    g.nodes[node].outputs[0]
+}
+
+/// `y = qmatmul(x f16[M, K], codes [N, K], scale, [zero point], bias f16[N])` with the bias
+/// epilogue (`[cast(f16), add(bias)]`, f32 accumulator), `M ≤ WONLY_MAX_M`: a MiniLM linear layer
+/// of the `w8a16` / `w4a16` recipes.
+fn wonly_graph(weights: Weights, n: u64, k: u64) -> Result<Graph> {
+    let mut g = Graph::new("bench-wonly");
+    let m = Dim::Sym(g.add_symbol("M", WONLY_MAX_M));
+    let spec = weights.spec();
+    let weight = |g: &mut Graph, name: &str, dtype, dims| add_value(g, Op::Weight { name: format!("L.{name}") }, &[], dtype, dims);
+    let x = add_value(&mut g, Op::Input { name: "x".into() }, &[], DType::F16, vec![m, Dim::Fixed(k)]);
+    let codes = weight(&mut g, "weight", spec.storage, vec![Dim::Fixed(n), Dim::Fixed(k)]);
+    let scale_shape: Vec<Dim> = spec.granularity.scale_shape(&g.ty(codes).shape).map_err(anyhow::Error::msg)?.into_iter().collect();
+    let mut inputs = vec![x, codes, weight(&mut g, "weight_scale", DType::F32, scale_shape.clone())];
+    if spec.zero_point.is_some() {
+        inputs.push(weight(&mut g, "weight_zero", DType::U8, scale_shape));
+    }
+    inputs.push(weight(&mut g, "bias", DType::F16, vec![Dim::Fixed(n)]));
+    let q = QMatMul {
+        transpose_b: true,
+        alpha: 1.0,
+        a_scale: false,
+        b_scale: false,
+        acc_dtype: DType::F32,
+        epilogue: vec![EpilogueStep { op: EpilogueOp::Cast, dtype: DType::F16 }, EpilogueStep { op: EpilogueOp::Add, dtype: DType::F16 }],
+        output: None,
+        b_dequant: Some(spec),
+    };
+    let y = add_value(&mut g, Op::QMatMul(q), &inputs, DType::F16, vec![m, Dim::Fixed(n)]);
+    g.outputs.push(("y".into(), y));
+    qfuse::ir::verify(&g, "bench").map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(g)
+}
+
+/// The GEMV and GEMM of the node's plan (`wonly::plan`, `WonlyPlan::launches`), each with the
+/// M values of `ms` its guard selects, and their sources.
+fn make_wonly_kernels(weights: Weights, n: u32, k: u32, ms: &[u32]) -> Result<Vec<(WonlyEntry, String)>> {
+    let g = wonly_graph(weights, n.into(), k.into())?;
+    let node = g.nodes.ids().find(|&id| matches!(g.nodes[id].op, Op::QMatMul(_))).context("no qmatmul")?;
+    let plan = wonly::plan(&LowerCx::new(&g, 90), node)?;
+    let Op::QMatMul(q) = g.nodes[node].op.clone() else { unreachable!() };
+    let case = Case { operand: Operand::F16, epi: Epi::Bias, shift: 0, alpha0: 1.0, q, adds: vec![(DType::F16, Index::PerColumn)] };
+    let specs = plan.gemv.iter().chain(&plan.gemm);
+    plan.launches()?
+        .into_iter()
+        .zip(specs)
+        .map(|(launch, spec)| {
+            let selects = |m: &&u32| launch.when.as_ref().is_none_or(|g| g.holds(&[("M".into(), u64::from(**m))]).unwrap_or(false));
+            let entry = WonlyEntry {
+                label: wonly_label(weights, spec),
+                weights,
+                n,
+                k,
+                ms: ms.iter().filter(selects).copied().collect(),
+                check_ms: WONLY_CHECK_MS.iter().filter(selects).copied().filter(|m| !ms.contains(m)).collect(),
+                case: case.clone(),
+                kernel: Compiled::of(&launch.kernel),
+            };
+            Ok((entry, launch.kernel.source))
+        })
+        .collect()
+}
+
+/// E.g. `wonly w4a16 gemm 128x128 s3 w2x4 +bias` or `wonly w8a16 gemv 16x16 w8 +bias`.
+fn wonly_label(weights: Weights, s: &WonlySpec) -> String {
+    let w = format!("{weights:?}").to_lowercase();
+    match s.path {
+        WonlyPath::Gemv => format!("wonly {w} gemv {}x{} w{} +bias", s.tile_m, s.tile_n, s.warps_m),
+        WonlyPath::Gemm => format!("wonly {w} gemm {}x{} s{} w{}x{} +bias", s.tile_m, s.tile_n, s.stages, s.warps_m, s.warps_n),
+    }
+}
+
 fn build(dir: &Path, ptxas_verbose: bool) -> Result<()> {
     let install = qfuse::codegen::nvrtc::locate()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -432,18 +635,22 @@ fn build(dir: &Path, ptxas_verbose: bool) -> Result<()> {
         .into_par_iter()
         .map(|(role, spec, epi, ms)| -> Result<Entry> {
             let (entry, source) = make_kernel(role, spec, epi, ms).with_context(|| format!("{spec:?} {epi:?}"))?;
-            let t = std::time::Instant::now();
-            let cubin = qfuse::codegen::nvrtc::compile_cubin(&entry.name, &source, ARCH, &opts)?;
-            eprintln!("{:44} {:5.2} s  {}", entry.label, t.elapsed().as_secs_f64(), entry.name);
-            std::fs::write(dir.join(&entry.cubin), &cubin)?;
-            std::fs::write(dir.join(format!("{}.cu", entry.name)), &source)?;
+            compile_into(dir, &entry, &source, &opts)?;
             Ok(entry)
         })
         .collect::<Result<Vec<_>>>()?;
+    let wonly = wonly_plan()
+        .into_par_iter()
+        .map(|(weights, (n, k), ms)| make_wonly_kernels(weights, n, k, &ms).with_context(|| format!("{weights:?} {n}x{k}")))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>();
+    wonly.par_iter().try_for_each(|(entry, source)| compile_into(dir, entry, source, &opts))?;
     // A kernel planned twice (same source) runs its problems once.
-    entries.sort_by(|a, b| a.name.cmp(&b.name).then(a.role.cmp(&b.role)));
+    entries.sort_by(|a, b| a.kernel.name.cmp(&b.kernel.name).then(a.role.cmp(&b.role)));
     entries.dedup_by(|b, a| {
-        let same = a.name == b.name && a.case.epi == b.case.epi;
+        let same = a.kernel.name == b.kernel.name && a.case.epi == b.case.epi;
         if same {
             let extra: Vec<u32> = b.ms.iter().copied().filter(|m| !a.ms.contains(m)).collect();
             a.ms.extend(extra);
@@ -460,9 +667,21 @@ fn build(dir: &Path, ptxas_verbose: bool) -> Result<()> {
         nvrtc: format!("{}.{}", install.version.0, install.version.1),
         spin: "qf_spin.cubin".into(),
         entries,
+        wonly: wonly.into_iter().map(|(e, _)| e).collect(),
     };
     std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
-    eprintln!("wrote {} kernels to {}", manifest.entries.len(), dir.display());
+    eprintln!("wrote {} + {} weight-only kernels to {}", manifest.entries.len(), manifest.wonly.len(), dir.display());
+    Ok(())
+}
+
+/// Compiles `source` to the CUBIN `entry` names and writes both into `dir`.
+fn compile_into(dir: &Path, entry: &impl Kernel, source: &str, opts: &[String]) -> Result<()> {
+    let k = entry.compiled();
+    let t = std::time::Instant::now();
+    let cubin = qfuse::codegen::nvrtc::compile_cubin(&k.name, source, ARCH, opts)?;
+    eprintln!("{:44} {:5.2} s  {}", entry.label(), t.elapsed().as_secs_f64(), k.name);
+    std::fs::write(dir.join(&k.cubin), &cubin)?;
+    std::fs::write(dir.join(format!("{}.cu", k.name)), source)?;
     Ok(())
 }
 
@@ -485,20 +704,24 @@ impl Rng {
     }
 }
 
-/// Random E4M3 codes, NaN codes (0x7f, 0xff) excluded; filled in parallel, reproducible.
-fn random_e4m3(len: usize, seed: u64) -> Vec<u8> {
-    let mut v = vec![0u8; len];
+/// `len` values drawn by `draw`, filled in parallel, reproducible.
+fn random_vec<T: Copy + Default + Send>(len: usize, seed: u64, draw: impl Fn(&mut Rng) -> T + Sync) -> Vec<T> {
+    let mut v = vec![T::default(); len];
     v.par_chunks_mut(1 << 16).enumerate().for_each(|(i, chunk)| {
         let mut rng = Rng(seed ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
-        for x in chunk.iter_mut() {
-            let mut b = (rng.next() >> 56) as u8;
-            while b & 0x7f == 0x7f {
-                b = (rng.next() >> 56) as u8;
-            }
-            *x = b;
-        }
+        chunk.iter_mut().for_each(|x| *x = draw(&mut rng));
     });
     v
+}
+
+/// Random E4M3 codes, NaN codes (0x7f, 0xff) excluded; filled in parallel, reproducible.
+fn random_e4m3(len: usize, seed: u64) -> Vec<u8> {
+    random_vec(len, seed, |rng| loop {
+        let b = (rng.next() >> 56) as u8;
+        if b & 0x7f != 0x7f {
+            break b;
+        }
+    })
 }
 
 /// Random operand codes: E4M3 without NaN codes ([`random_e4m3`]) for float operands, every byte
@@ -507,12 +730,7 @@ fn random_codes(len: usize, seed: u64, operand: Operand) -> Vec<u8> {
     if operand != Operand::I8 {
         return random_e4m3(len, seed);
     }
-    let mut v = vec![0u8; len];
-    v.par_chunks_mut(1 << 16).enumerate().for_each(|(i, chunk)| {
-        let mut rng = Rng(seed ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
-        chunk.iter_mut().for_each(|x| *x = (rng.next() >> 56) as u8);
-    });
-    v
+    random_vec(len, seed, |rng| (rng.next() >> 56) as u8)
 }
 
 /// The value of every operand code: i8 for INT8 (products ≤ 2^14 are exact in f32, their sums
@@ -556,6 +774,12 @@ fn operand_bytes(codes: &[u8], operand: Operand, shift: i32, lut: &[f32; 256]) -
 /// sums (≤ 2^31 terms spanning < 50 bits) exact in f64.
 fn reference_row(a: &[u8], bf: &[f32], lut: &[f32; 256], scale: f32, r: usize, n: usize, k: usize) -> Vec<(f64, f64)> {
     let arow: Vec<f32> = a[r * k..(r + 1) * k].iter().map(|&c| lut[c as usize] * scale).collect();
+    dot_columns(&arow, bf, n, k)
+}
+
+/// (Σ a·b in f64, Σ |a·b|) of `arow` with each of the `n` rows of `bf` (`[n, k]`), products
+/// rounded to f32 (exact for the bench's operands).
+fn dot_columns(arow: &[f32], bf: &[f32], n: usize, k: usize) -> Vec<(f64, f64)> {
     (0..n)
         .map(|j| {
             let brow = &bf[j * k..(j + 1) * k];
@@ -734,7 +958,8 @@ fn check(y: &[u8], refs: &[(usize, Vec<(f64, f64)>)], case: &Case, inputs: &Host
             if err > ulp(want, out) {
                 st.over_1ulp += 1;
             }
-            let tol = 2.0 * ulp(want, out);
+            // Integer codes: one step (a rounding tie decided differently after GeLU); floats: 2 ulps.
+            let tol = if out.is_int() { 1.0 } else { 2.0 * ulp(want, out) };
             if g < f64::from(lo) - tol || g > f64::from(hi) + tol {
                 st.bad += 1;
                 st.first_bad.get_or_insert_with(|| format!("Y[{r},{j}] = {g} want {w} in [{lo}, {hi}] ± {tol:.3e}"));
@@ -836,15 +1061,25 @@ fn make_problem(stream: &Arc<CudaStream>, case: &Case, m: usize, n: usize, seed:
     Ok(Problem { m, n, host, inputs, y: stream.alloc_zeros::<u8>(m * n * out_bytes)? })
 }
 
-struct Loaded {
-    entry: Entry,
+/// A manifest entry with its loaded function.
+struct Loaded<E> {
+    entry: E,
     func: CudaFunction,
 }
 
-fn launch(stream: &Arc<CudaStream>, l: &Loaded, ops: &Operands, p: &mut Problem) -> Result<()> {
-    let e = &l.entry;
+fn load<E: Kernel>(ctx: &Arc<CudaContext>, dir: &Path, entry: E) -> Result<Loaded<E>> {
+    let k = entry.compiled();
+    let cubin = std::fs::read(dir.join(&k.cubin))?;
+    let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin))?;
+    let func = module.load_function(&k.name)?;
+    func.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, i32::try_from(k.smem_bytes)?)?;
+    Ok(Loaded { entry, func })
+}
+
+/// Launches `l` with arguments `A, B, <inputs>, Y, M`.
+fn launch<E: Kernel>(stream: &Arc<CudaStream>, l: &Loaded<E>, ops: &Operands, p: &mut Problem) -> Result<()> {
+    let e = l.entry.compiled();
     let m = u32::try_from(p.m)?;
-    e.spec.check_m(u64::from(m))?;
     let values = [("M".to_string(), u64::from(m))];
     let grid = [e.grid[0].eval_with(&values), e.grid[1].eval_with(&values), e.grid[2].eval_with(&values)];
     let grid: Vec<u32> =
@@ -884,20 +1119,27 @@ fn finish(ctx: &Arc<CudaContext>, stream: &Arc<CudaStream>, what: &str) -> Resul
     Ok(())
 }
 
-fn run_check(ctx: &Arc<CudaContext>, stream: &Arc<CudaStream>, l: &Loaded, ops: &Operands, p: &mut Problem) -> Result<CheckStats> {
+/// Poisons Y, runs `l` once and checks Y against the reference of `case` under `accum`.
+fn run_check<E: Kernel>(
+    (ctx, stream): (&Arc<CudaContext>, &Arc<CudaStream>),
+    l: &Loaded<E>,
+    (case, accum): (&Case, Accum),
+    ops: &Operands,
+    p: &mut Problem,
+) -> Result<CheckStats> {
     let len = p.y.len();
     stream.memcpy_htod(&vec![0xffu8; len], &mut p.y)?;
     launch(stream, l, ops, p)?;
-    finish(ctx, stream, &format!("{} at M={}", l.entry.label, p.m))?;
+    finish(ctx, stream, &format!("{} at M={}", l.entry.label(), p.m))?;
     let y = stream.clone_dtoh(&p.y)?;
-    Ok(check(&y, &ops.refs, &l.entry.case, &p.host, p.n, Accum::of(&l.entry.spec)))
+    Ok(check(&y, &ops.refs, case, &p.host, p.n, accum))
 }
 
-fn time_kernel(
+fn time_kernel<E: Kernel>(
     ctx: &Arc<CudaContext>,
     stream: &Arc<CudaStream>,
     spin: &CudaFunction,
-    l: &Loaded,
+    l: &Loaded<E>,
     ops: &Operands,
     p: &mut Problem,
 ) -> Result<(f64, f64)> {
@@ -915,10 +1157,110 @@ fn time_kernel(
         launch(stream, l, ops, p)?;
         e1.record(stream)?;
     }
-    finish(ctx, stream, &format!("timing {} at M={}", l.entry.label, p.m))?;
+    finish(ctx, stream, &format!("timing {} at M={}", l.entry.label(), p.m))?;
     let mut ms = events.iter().map(|(e0, e1)| Ok(f64::from(e0.elapsed_ms(e1)?))).collect::<Result<Vec<_>>>()?;
     ms.sort_by(f64::total_cmp);
     Ok((ms[ms.len() / 2], ms[0]))
+}
+
+/// A weight-only layer's host data: device bytes of codes, scales, zero points and bias, and the
+/// dequantized weight `[N, K]` as the kernel computes it (`(q − z)·s` in f32, rounded to f16).
+struct WonlyWeights {
+    codes: Vec<u8>,
+    scale: Vec<f32>,
+    zero: Vec<u8>,
+    bias: Vec<f32>,
+    w: Vec<f32>,
+}
+
+/// Random codes, scales around the value that brings outputs to order 10 for activations
+/// uniform in (-1, 1), random u8 zero points in 0..=15 (W4A16), random f16 bias.
+fn wonly_weights(weights: Weights, n: usize, k: usize, seed: u64) -> WonlyWeights {
+    let groups = weights.groups(k);
+    // rms of (q − z): i8 uniform ≈ 73.9; u4 − u4 ≈ √(2 · 21.25).
+    let rms_q = if weights == Weights::W8A16 { 73.9 } else { 6.52 };
+    let base = 10.0 / ((1.0 / 3f32).sqrt() * rms_q * (k as f32).sqrt());
+    let q: Vec<u8> = random_vec(n * k, seed, |rng| (rng.next() >> 56) as u8 >> if weights == Weights::W8A16 { 0 } else { 4 });
+    let scale = random_vec(n * groups, seed ^ 0x5, |rng| base * rng.uniform(0.5, 1.5));
+    let zero = if weights == Weights::W8A16 { vec![] } else { random_vec(n * groups, seed ^ 0x7, |rng| (rng.next() >> 60) as u8) };
+    let bias = random_vec(n, seed ^ 0x9, |rng| qfuse::numerics::cast(rng.uniform(-4.0, 4.0), DType::F16));
+    let w = (0..n * k)
+        .into_par_iter()
+        .map(|i| {
+            let g = i / k * groups + i % k / (k / groups);
+            let (code, z) = match weights {
+                Weights::W8A16 => (f32::from(q[i] as i8), 0.0),
+                Weights::W4A16 => (f32::from(q[i]), f32::from(zero[g])),
+            };
+            f16::from_f32((code - z) * scale[g]).to_f32()
+        })
+        .collect();
+    let codes = match weights {
+        Weights::W8A16 => q,
+        Weights::W4A16 => q.par_chunks(2).map(|p| p[0] | (p[1] << 4)).collect(),
+    };
+    WonlyWeights { codes, scale, zero, bias, w }
+}
+
+/// Random f16 activations `[M, K]` uniform in (-1, 1), as f32, with the exact reference of
+/// sampled rows against `w`, uploaded with the codes as the kernel's A and B.
+fn wonly_operands(stream: &Arc<CudaStream>, w: &WonlyWeights, (m, n, k): (usize, usize, usize), seed: u64) -> Result<Operands> {
+    let a = random_vec(m * k, seed, |rng| qfuse::numerics::cast(rng.uniform(-1.0, 1.0), DType::F16));
+    let refs = sample_rows(m, seed ^ 0xD).into_par_iter().map(|r| (r, dot_columns(&a[r * k..(r + 1) * k], &w.w, n, k))).collect();
+    Ok(Operands { a: stream.clone_htod(&wide_bytes(&a, DType::F16))?, b: stream.clone_htod(&w.codes)?, refs })
+}
+
+/// The epilogue and dequantization operands of one problem (`SCALE, [ZP], bias`) and its Y.
+fn wonly_problem(stream: &Arc<CudaStream>, w: &WonlyWeights, m: usize, n: usize) -> Result<Problem> {
+    let mut inputs = vec![stream.clone_htod(&wide_bytes(&w.scale, DType::F32))?];
+    if !w.zero.is_empty() {
+        inputs.push(stream.clone_htod(&w.zero)?);
+    }
+    inputs.push(stream.clone_htod(&wide_bytes(&w.bias, DType::F16))?);
+    let host = HostInputs { a_scale: vec![], b_scale: vec![], adds: vec![(Index::PerColumn, w.bias.clone())] };
+    Ok(Problem { m, n, host, inputs, y: stream.alloc_zeros::<u8>(m * n * 2)? })
+}
+
+/// Checks every weight-only kernel at its M values (relative L2 error ≤ 1e-3 and the f32
+/// accumulation bounds of [`Accum::F32`]) and times it at the benchmark ones: one JSON line each,
+/// with TFLOP/s and, for M ≤ 16, the weight bandwidth. Returns the number of failed checks.
+fn run_wonly(cs: (&Arc<CudaContext>, &Arc<CudaStream>), spin: &CudaFunction, dir: &Path, entries: Vec<WonlyEntry>) -> Result<usize> {
+    let (ctx, stream) = cs;
+    let mut failures = 0;
+    for entry in entries {
+        let l = load(ctx, dir, entry)?;
+        let e = &l.entry;
+        let (n, k) = (e.n as usize, e.k as usize);
+        let w = wonly_weights(e.weights, n, k, (n * 1009 + k) as u64);
+        for (m, timed) in e.ms.iter().map(|&m| (m, true)).chain(e.check_ms.iter().map(|&m| (m, false))) {
+            let m = m as usize;
+            let ops = wonly_operands(stream, &w, (m, n, k), (m * 1_000_003 + n * 1009 + k) as u64)?;
+            let mut p = wonly_problem(stream, &w, m, n)?;
+            let st = run_check(cs, &l, (&e.case, Accum::F32), &ops, &mut p)?;
+            let ok = passed(&st);
+            failures += usize::from(!ok);
+            let mut line = serde_json::json!({
+                "kind": "qfuse", "m": m, "n": n, "k": k, "variant": e.label, "operand": format!("{:?}", e.weights),
+                "epilogue": "Bias", "path": e.label.split(' ').nth(2), "kernel": e.kernel.name,
+                "check": if ok { "ok" } else { "FAIL" }, "stats": st, "mainloop": "MmaSync", "fast_accum": false,
+                "weight_bytes": e.weights.bytes(n, k),
+            });
+            if timed {
+                let (med, min) = time_kernel(ctx, stream, spin, &l, &ops, &mut p)?;
+                line["median_ms"] = med.into();
+                line["min_ms"] = min.into();
+                line["tflops"] = (2.0 * (m * n * k) as f64 / (med * 1e-3) / 1e12).into();
+                if m <= 16 {
+                    line["weight_gbps"] = (e.weights.bytes(n, k) as f64 / (med * 1e-3) / 1e9).into();
+                }
+            }
+            println!("{line}");
+            if !ok {
+                eprintln!("CHECK FAILED: {} at {m}x{n}x{k}: {st:?}", e.label);
+            }
+        }
+    }
+    Ok(failures)
 }
 
 fn run(dir: &Path, kind: Option<&str>) -> Result<()> {
@@ -940,17 +1282,10 @@ fn run(dir: &Path, kind: Option<&str>) -> Result<()> {
         manifest.nvrtc
     );
     let spin = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(std::fs::read(dir.join(&manifest.spin))?))?.load_function("qf_spin")?;
-    let mut loaded = Vec::new();
-    for entry in manifest.entries {
-        if kind.is_some_and(|k| entry.label.split(' ').next() != Some(k)) {
-            continue;
-        }
-        let cubin = std::fs::read(dir.join(&entry.cubin))?;
-        let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin))?;
-        let func = module.load_function(&entry.name)?;
-        func.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, i32::try_from(entry.smem_bytes)?)?;
-        loaded.push(Loaded { entry, func });
-    }
+    let of_kind = |label: &str| kind.is_none_or(|k| label.split(' ').next() == Some(k));
+    let wonly: Vec<WonlyEntry> = manifest.wonly.into_iter().filter(|e| of_kind(&e.label)).collect();
+    let mut failures = run_wonly((&ctx, &stream), &spin, dir, wonly)?;
+    let loaded = manifest.entries.into_iter().filter(|e| of_kind(&e.label)).map(|e| load(&ctx, dir, e)).collect::<Result<Vec<_>>>()?;
     // Group by operands so each (M, N, K, operand type) is generated and referenced once.
     let mut by_shape: BTreeMap<(usize, usize, usize, String, i32), Vec<usize>> = BTreeMap::new();
     for (i, l) in loaded.iter().enumerate() {
@@ -960,7 +1295,6 @@ fn run(dir: &Path, kind: Option<&str>) -> Result<()> {
             by_shape.entry(key).or_default().push(i);
         }
     }
-    let mut failures = 0;
     let mut best: BTreeMap<(usize, usize, usize, String), (f64, String)> = BTreeMap::new();
     for ((m, n, k, operand, shift), idx) in &by_shape {
         let (m, n, k) = (*m, *n, *k);
@@ -969,13 +1303,14 @@ fn run(dir: &Path, kind: Option<&str>) -> Result<()> {
         for &i in idx {
             let l = &loaded[i];
             let mut p = make_problem(&stream, &l.entry.case, m, n, seed ^ 0xE)?;
-            let st = run_check(&ctx, &stream, l, &ops, &mut p)?;
+            l.entry.spec.check_m(m as u64)?;
+            let st = run_check((&ctx, &stream), l, (&l.entry.case, Accum::of(&l.entry.spec)), &ops, &mut p)?;
             let ok = passed(&st);
             failures += usize::from(!ok);
             let mut line = serde_json::json!({
                 "kind": "qfuse", "m": m, "n": n, "k": k, "variant": l.entry.label, "operand": operand,
                 "epilogue": format!("{:?}", l.entry.case.epi),
-                "kernel": l.entry.name, "check": if ok { "ok" } else { "FAIL" }, "stats": st,
+                "kernel": l.entry.kernel.name, "check": if ok { "ok" } else { "FAIL" }, "stats": st,
                 "mainloop": format!("{:?}", l.entry.spec.mainloop), "fast_accum": l.entry.spec.fast_accum,
             });
             if l.entry.role == "bench" {
@@ -1034,6 +1369,43 @@ mod tests {
         }
     }
 
+    /// INT8: the exact integer reference (i8 or f16 output) passes; one code off fails.
+    #[test]
+    fn int8_check_is_exact() {
+        let (m, n, k) = (3, 64, 64);
+        let lut = operand_table(Operand::I8);
+        for epi in [Epi::BiasQuant, Epi::Dynamic] {
+            let (entry, _) = make_kernel("check", GemmSpec::int8_for_shape(n as u32, k as u32), epi, vec![]).expect("plans");
+            let case = entry.case;
+            let (a, b) = (random_codes(m * k, 1, Operand::I8), random_codes(n * k, 2, Operand::I8));
+            let bf: Vec<f32> = b.iter().map(|&c| lut[c as usize]).collect();
+            let refs: Vec<_> = (0..m).map(|r| (r, reference_row(&a, &bf, &lut, 1.0, r, n, k))).collect();
+            let host = HostInputs {
+                a_scale: vec![0.01; m],
+                b_scale: vec![0.02; n],
+                adds: case.adds.iter().map(|&(d, ix)| (ix, vec![qfuse::numerics::cast(0.3, d); n])).collect(),
+            };
+            let out = qfuse_out_dtype(&case.q);
+            let mut y = Vec::new();
+            for (r, row) in &refs {
+                for (j, &(acc, _)) in row.iter().enumerate() {
+                    let adds: Vec<f32> = host.adds.iter().map(|(_, v)| v[j]).collect();
+                    let v = expected(&case.q, acc as f32, host.a_scale[*r], host.b_scale[j], &adds);
+                    match out {
+                        DType::I8 => y.push(v as i8 as u8),
+                        _ => y.extend(f16::from_f32(v).to_le_bytes()),
+                    }
+                }
+            }
+            assert!(passed(&check(&y, &refs, &case, &host, n, Accum::of(&entry.spec))), "{epi:?}");
+            if out == DType::I8 {
+                let mut bad = y.clone();
+                bad[7] = bad[7].wrapping_add(2);
+                assert!(!passed(&check(&bad, &refs, &case, &host, n, Accum::Exact)), "{epi:?}: a code two steps off");
+            }
+        }
+    }
+
     /// The checker accepts the reference and rejects a wrong element and unwritten output.
     #[test]
     fn check_accepts_exact_and_rejects_errors() {
@@ -1084,6 +1456,57 @@ mod tests {
             bad[2 * bytes..3 * bytes].fill(0xff);
             let st = check(&bad, &refs, &case, &host, n, Accum::Fast);
             assert_eq!(st.unwritten, 1, "{epi:?}");
+        }
+    }
+
+    /// Each weight-only shape plans a GEMV and a GEMM; the guards give the GEMV M ≤ 16 and the
+    /// GEMM the rest (the check-only M values included).
+    #[test]
+    fn wonly_kernels_follow_the_plan_guards() {
+        for (weights, (n, k), ms) in wonly_plan() {
+            let kernels = make_wonly_kernels(weights, n, k, &ms).unwrap_or_else(|e| panic!("{weights:?} {n}x{k}: {e:#}"));
+            let [(gemv, _), (gemm, _)] = kernels.as_slice() else { panic!("{weights:?} {n}x{k}: {} kernels", kernels.len()) };
+            assert!(gemv.label.contains(" gemv ") && gemm.label.contains(" gemm "), "{} / {}", gemv.label, gemm.label);
+            assert_eq!(gemv.ms, ms.iter().copied().filter(|&m| m <= 16).collect::<Vec<_>>());
+            assert_eq!(gemm.ms, [4096]);
+            assert_eq!((gemv.check_ms.as_slice(), gemm.check_ms.as_slice()), (&[][..], &WONLY_CHECK_MS[..]));
+            assert_eq!(gemm.kernel.grid[0].eval_with(&[("M".into(), 300)]), Ok(300u64.div_ceil(128) * u64::from(n / 128).max(1)));
+        }
+    }
+
+    /// The dequantized weight follows the device layout (W4A16: low nibble first, groups of 128
+    /// along K), and the checker accepts the reference output and rejects a wrong element.
+    #[test]
+    fn wonly_reference_matches_the_layout_and_checks() {
+        let (m, n, k) = (3, 64, 256);
+        for weights in [Weights::W8A16, Weights::W4A16] {
+            let w = wonly_weights(weights, n, k, 11);
+            let (j, groups) = (5, weights.groups(k));
+            for i in [0, 129, 130, 255] {
+                let g = j * groups + i / (k / groups);
+                let code = match weights {
+                    Weights::W8A16 => f32::from(w.codes[j * k + i] as i8),
+                    Weights::W4A16 => f32::from((w.codes[(j * k + i) / 2] >> (4 * (i % 2))) & 0xf),
+                };
+                let z = w.zero.get(g).map_or(0.0, |&z| f32::from(z));
+                assert_eq!(w.w[j * k + i], f16::from_f32((code - z) * w.scale[g]).to_f32(), "{weights:?} k = {i}");
+            }
+            let (entry, _) = make_wonly_kernels(weights, n as u32, k as u32, &[1]).expect("plans").swap_remove(0);
+            let a = random_vec(m * k, 3, |rng| qfuse::numerics::cast(rng.uniform(-1.0, 1.0), DType::F16));
+            let refs: Vec<_> = (0..m).map(|r| (r, dot_columns(&a[r * k..(r + 1) * k], &w.w, n, k))).collect();
+            let host = HostInputs { a_scale: vec![], b_scale: vec![], adds: vec![(Index::PerColumn, w.bias.clone())] };
+            let y: Vec<u8> = refs
+                .iter()
+                .flat_map(|(_, row)| {
+                    row.iter().enumerate().map(|(j, &(acc, _))| expected(&entry.case.q, acc as f32, 1.0, 1.0, &[w.bias[j]]))
+                })
+                .flat_map(|v| f16::from_f32(v).to_le_bytes())
+                .collect();
+            let st = check(&y, &refs, &entry.case, &host, n, Accum::F32);
+            assert!(passed(&st) && st.max_abs_err == 0.0, "{weights:?}: {st:?}");
+            let mut bad = y.clone();
+            bad[2 * 70 + 1] ^= 0x04;
+            assert!(!passed(&check(&bad, &refs, &entry.case, &host, n, Accum::F32)), "{weights:?}: a flipped exponent bit");
         }
     }
 }

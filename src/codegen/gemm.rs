@@ -34,7 +34,8 @@ const GEMM: Template = Template { name: "gemm.cu", text: include_str!("../../tem
 const EPILOGUE_HELPERS: &str = after_header(include_str!("../../templates/gemm_epilogue.cuh"));
 
 /// `templates/gemm_store_tile.cuh` below its header: stage 2 of the epilogue (staged tile → Y).
-const STORE_TILE: Template = Template { name: "gemm_store_tile.cuh", text: after_header(include_str!("../../templates/gemm_store_tile.cuh")) };
+const STORE_TILE: Template =
+    Template { name: "gemm_store_tile.cuh", text: after_header(include_str!("../../templates/gemm_store_tile.cuh")) };
 
 /// The text of a shared `.cuh` fragment after its header comment (everything up to and including
 /// the first empty line), so the fragment is inserted exactly as it stood in `gemm.cu`.
@@ -584,7 +585,9 @@ impl Epilogue {
             return Err(format!("epilogue input `{}` is never read", inp.name));
         }
         match self.store {
-            Store::Float(d) if !d.is_wide_float() => Err(format!("cannot store {d} as a float; quantized outputs use Store::E4M3 or Store::I8")),
+            Store::Float(d) if !d.is_wide_float() => {
+                Err(format!("cannot store {d} as a float; quantized outputs use Store::E4M3 or Store::I8"))
+            }
             Store::E4M3 { scale } | Store::I8 { scale } if !(scale.is_normal() && scale > 0.0 && (1.0 / scale).is_normal()) => {
                 Err(format!("output scale {scale} is not a positive normal f32 with a normal reciprocal"))
             }

@@ -273,9 +273,12 @@ pub enum Op {
         /// Also output the unquantized norm (rounded to `via`).
         keep_normed: bool,
     },
-    /// `a, b [, a_scale] [, b_scale] [, epilogue inputs…] → y`: `Σ_k a·b` over quantized (or
-    /// both f16 / both bf16) operands in f32, times `alpha·a_scale[m]·b_scale[n]`, rounded to
-    /// `acc_dtype`, then the epilogue, then the optional output quantize.
+    /// `a, b [, b_dequant scale] [, b_dequant zero] [, a_scale] [, b_scale] [, epilogue inputs…] → y`:
+    /// `Σ_k a·b` over quantized (or both f16 / both bf16) operands, times
+    /// `alpha·a_scale[m]·b_scale[n]`, rounded to `acc_dtype`, then the epilogue, then the optional
+    /// output quantize. With `b_dequant`, `b` is first dequantized to `a`'s dtype. The sum is exact
+    /// for 8-bit integer operands (integer products summed as `mma.sync … s32` does, then rounded to
+    /// f32 once, RNE, before the scales) and accumulated in f32 otherwise.
     QMatMul(QMatMul),
     /// `q, k, v [, mask_bias] → o`: multi-head attention over `[B, S, H·D]` operands of one
     /// f16/bf16 dtype T, rounding to T where the unfused graph does: scores, scaled scores,

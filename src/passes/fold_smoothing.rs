@@ -36,8 +36,10 @@
 //! `½ulp(n·γ') + ½ulp(β') + ½ulp(m)` (fused): about one ulp of the result where the two terms do
 //! not cancel, more (measured against the row's largest magnitude) where `n·γ'` and `β'` nearly
 //! cancel. The pass cases declare `# tolerance: ulp` (one ulp of T at the element or at the
-//! output's largest magnitude, whichever is larger), which bounds that sum on them. Quantization
-//! error downstream dwarfs it: an f16 ulp is 2^-11 relative, an int8 step 2^-7 of the range.
+//! output's largest magnitude, whichever is larger), which bounds that sum on them, and `code`
+//! where a quantize follows (a one-ulp change of its input can move a value across a rounding
+//! boundary: one code). Quantization error downstream dwarfs it: an f16 ulp is 2^-11 relative, an
+//! int8 step 2^-7 of the range.
 //!
 //! Not fired, and nothing reported (no Q/DQ is involved): a factor that is not a constant chain,
 //! a factor broadcast over other axes (its shape has a non-1 extent before the last axis, or its
@@ -206,5 +208,22 @@ graph "t" {
         assert_eq!(text.matches("= layernorm").count(), 2, "{text}");
         assert!(!text.contains("mul"), "{text}");
         assert!(!FoldSmoothing.run(&mut g, &mut cx).unwrap(), "a second run finds nothing");
+    }
+
+    /// Run first, the pass leaves `quantize(layernorm)` where the recipe wrote
+    /// `quantize(mul(layernorm, s))`, which `fuse-layernorm-quantize` then fuses.
+    #[test]
+    fn layernorm_quantize_fuses_after_smoothing() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ir/fold-smoothing/layernorm_residual_reader.ir");
+        let mut g = crate::ir::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let w = MemoryWeights::default();
+        for name in ["ln.gamma", "ln.beta", "L.smooth"] {
+            w.insert(name.into(), Tensor::from_f32_as(DType::F16, vec![16], (0..16).map(|i| 0.5 + i as f32 / 16.0).collect()));
+        }
+        let mut cx = PassCx::new(&w);
+        assert!(FoldSmoothing.run(&mut g, &mut cx).unwrap());
+        assert!(crate::passes::fuse_layernorm_quantize::FuseLayerNormQuantize.run(&mut g, &mut cx).unwrap());
+        let text = crate::ir::print(&g);
+        assert!(text.contains("= layernorm_quantize %0, %1, %2 {eps=1e-12, via=f16, i8, per_tensor, scale=0.02}"), "{text}");
     }
 }

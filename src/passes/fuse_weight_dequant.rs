@@ -83,7 +83,10 @@ impl Pass for FuseWeightDequant {
 enum Match {
     Apply(Fusion),
     /// The weight's dequantize stays, for `reason`.
-    Decline { dq: NodeId, reason: String },
+    Decline {
+        dq: NodeId,
+        reason: String,
+    },
 }
 
 /// The qmatmul that replaces a matmul, and the dequantize it absorbs.
@@ -190,10 +193,10 @@ fn apply_weight_dequant(g: &mut Graph, matmul: NodeId, op: Op, inputs: &[ValueId
 mod tests {
     use super::*;
 
-    /// The report lines ending in `.dq` after running the pass on a case file (twice: the
-    /// second run must change nothing).
+    /// The report lines of weight dequantizes (`:b.dq`) after running the pass on a case file
+    /// (twice: the second run must change nothing).
     fn report(case: &str) -> Vec<String> {
-        crate::passes::report_of_case(&FuseWeightDequant, "fuse-weight-dequant", case, ".dq")
+        crate::passes::report_of_case(&FuseWeightDequant, "fuse-weight-dequant", case, ":b.dq")
     }
 
     #[test]
@@ -203,12 +206,14 @@ mod tests {
 
     #[test]
     fn declines_name_their_reason() {
-        assert_eq!(report("dequantize_other_reader"), [
-            "L:b.dq: standalone, the dequantized weight is also read by add \"probe\", so the dequantize must stay"
-        ]);
-        assert_eq!(report("activation_dequantized"), [
-            "L:b.dq: standalone, the activation is dequantized too: a weight-only qmatmul multiplies f16/bf16 activations"
-        ]);
+        assert_eq!(
+            report("dequantize_other_reader"),
+            ["L:b.dq: standalone, the dequantized weight is also read by add \"probe\", so the dequantize must stay"]
+        );
+        assert_eq!(
+            report("activation_dequantized"),
+            ["L:b.dq: standalone, the activation is dequantized too: a weight-only qmatmul multiplies f16/bf16 activations"]
+        );
         let per_tensor = report("per_tensor_scale");
         assert!(per_tensor[0].contains("b_dequant granularity must be per_channel(0)"), "{per_tensor:?}");
     }

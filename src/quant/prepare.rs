@@ -15,13 +15,18 @@
 //!          %y = matmul %xs, %ws {transpose_b}
 //! ```
 //!
+//! After AWQ's scaling, its clipping search ([`algo::clip_search`]) runs on each derived weight as
+//! the matmul reads it (rounded to the compute dtype) against the calibration rows times `inv`, and
+//! fixes the group scales and zero points the quantize then uses; the codes it reproduces on those
+//! values are the clipped ones.
+//!
 //! GPTQ replaces the weight by its quantized-and-dequantized result and fixes the scales and zero
 //! points the quantize then uses, so the codes in the plan are GPTQ's.
 
 use super::algo::{self, ChannelStats};
 use super::capture::{self, Wants};
 use super::insert::{PreparedWeight, Site, SiteKind};
-use super::recipe::{Recipe, WeightAlgo};
+use super::recipe::{Granularity, LayerQuant, Recipe, Scheme, WeightAlgo};
 use super::{CalibOptions, QuantError};
 use crate::import::Model;
 use crate::interp::Tensor;
@@ -85,7 +90,14 @@ fn groups<'a>(g: &Graph, recipe: &Recipe, sites: &'a [Site]) -> Vec<Group<'a>> {
     by_input.into_iter().map(|(input, sites)| Group { input, sites }).collect()
 }
 
-fn prepare_group(model: &Model, g: &mut Graph, recipe: &Recipe, gr: &Group, stats: &ChannelStats, out: &mut Prepared) -> Result<(), String> {
+fn prepare_group(
+    model: &Model,
+    g: &mut Graph,
+    recipe: &Recipe,
+    gr: &Group,
+    stats: &ChannelStats,
+    out: &mut Prepared,
+) -> Result<(), String> {
     let names = gr.sites.iter().map(|(s, _)| s.name.as_str()).collect::<Vec<_>>().join(", ");
     let layer = recipe.for_linear(&gr.sites[0].0.name).expect("grouped sites are quantized");
     let ws: Vec<(Vec<f32>, usize)> = gr.sites.iter().map(|(_, w)| read_weight(model, w)).collect::<Result<_, _>>()?;
@@ -96,40 +108,29 @@ fn prepare_group(model: &Model, g: &mut Graph, recipe: &Recipe, gr: &Group, stat
             let w_absmax = algo::weight_absmax_per_input(&refs, k).map_err(|e| e.to_string())?;
             let s = algo::smooth_factors(stats.absmax(), &w_absmax, alpha).map_err(|e| e.to_string())?;
             out.notes.push((names.clone(), format!("SmoothQuant α = {alpha}")));
-            Some(s)
+            Some((s, None))
         }
         (None, WeightAlgo::Awq { grid }) => {
-            let group = match layer.weight.map(|w| w.granularity) {
-                Some(super::recipe::Granularity::Group { size }) => size as usize,
-                _ => return Err(format!("{names}: AWQ needs a grouped weight scheme")),
-            };
-            let opts = algo::AwqOptions { group, grid, ..algo::AwqOptions::default() };
-            let calib = algo::AwqCalib::from_stats(stats).map_err(|e| e.to_string())?;
-            let r = algo::awq_search(&refs, &calib, &opts).map_err(|e| format!("{names}: {e}"))?;
-            let best = r.losses.iter().find(|l| l.0 == r.alpha).map_or(f64::NAN, |l| l.1);
-            out.notes.push((names.clone(), format!("AWQ α = {:.2} (output MSE {best:.3e}; {:.3e} at α = 0, plain RTN)", r.alpha, r.losses[0].1)));
-            Some(r.scales)
+            let (s, note) = awq_factors(&layer, &names, &refs, stats, grid)?;
+            Some((s, Some(note)))
         }
         _ => None,
     };
-    if let Some(s) = factors {
+    if let Some((s, awq_note)) = factors {
         let inv = scale_activation(model, g, gr, &s)?;
-        for ((site, weight), (w, n)) in gr.sites.iter().zip(&ws) {
-            let scaled: Vec<f32> = w.chunks(k).flat_map(|row| row.iter().zip(&inv).map(|(x, i)| x / i)).collect();
-            let name = format!("{weight}.smooth");
-            model.weights.insert(name.clone(), Tensor::f32(vec![*n, k], scaled));
-            replace_weight(g, site.node, &name, *n, k)?;
-            out.weights.insert(site.node, PreparedWeight { tensor: name, groups: None });
+        let clip = match awq_note {
+            Some(_) => Some((clip_options(&layer, &names)?, scaled_samples(stats, &inv)?)),
+            None => None,
+        };
+        let ratio = scale_weights(model, g, gr, &ws, &inv, clip.as_ref(), out)?;
+        if let Some(note) = awq_note {
+            out.notes.push((names.clone(), format!("{note}; clip ratio mean {ratio:.3}")));
         }
     }
     if let WeightAlgo::Gptq { damp, block, act_order } = layer.algo {
         for ((site, weight), (w, n)) in gr.sites.iter().zip(&ws) {
-            let (bits, group, symmetric) = match layer.weight {
-                Some(super::recipe::Scheme { storage, granularity: super::recipe::Granularity::Group { size }, zero_point, .. }) => {
-                    (storage.bits(), size as usize, !zero_point)
-                }
-                _ => return Err(format!("{}: GPTQ needs a grouped weight scheme", site.name)),
-            };
+            let (bits, group, symmetric) =
+                group_format(&layer).ok_or_else(|| format!("{}: GPTQ needs a grouped weight scheme", site.name))?;
             let opts = algo::GptqOptions { bits, group, symmetric, percdamp: damp, block, act_order };
             let r = algo::gptq_from_stats(w, *n, stats, &opts).map_err(|e| format!("{}: {e}", site.name))?;
             let name = format!("{weight}.gptq");
@@ -140,6 +141,87 @@ fn prepare_group(model: &Model, g: &mut Graph, recipe: &Recipe, gr: &Group, stat
         out.notes.push((names, format!("GPTQ (damp {damp}, blocks of {block}{})", if act_order { ", act-order" } else { "" })));
     }
     Ok(())
+}
+
+/// Replaces each site's weight `W` (`ws`, in site order) by `W · diag(1/inv)`. With `clip` (AWQ's
+/// clipping settings and the scaled calibration rows) the clipping search fixes each weight's group
+/// parameters; returns the mean chosen ratio over all groups (NaN without `clip`).
+fn scale_weights(
+    model: &Model,
+    g: &mut Graph,
+    gr: &Group,
+    ws: &[(Vec<f32>, usize)],
+    inv: &[f32],
+    clip: Option<&(algo::ClipOptions, Vec<f32>)>,
+    out: &mut Prepared,
+) -> Result<f64, String> {
+    let k = inv.len();
+    let (mut ratio_sum, mut rows) = (0f64, 0usize);
+    for ((site, weight), (w, n)) in gr.sites.iter().zip(ws) {
+        let scaled: Vec<f32> = w.chunks(k).flat_map(|row| row.iter().zip(inv).map(|(x, i)| x / i)).collect();
+        let name = format!("{weight}.smooth");
+        replace_weight(g, site.node, &name, *n, k)?;
+        let groups = match clip {
+            Some((opts, x)) => {
+                let r = clip_weight(g, site, &scaled, *n, x, opts)?;
+                // Every row has the same number of groups: weighting by rows averages over groups.
+                (ratio_sum, rows) = (ratio_sum + r.mean_ratio * *n as f64, rows + n);
+                Some(r.quant)
+            }
+            None => None,
+        };
+        model.weights.insert(name.clone(), Tensor::f32(vec![*n, k], scaled));
+        out.weights.insert(site.node, PreparedWeight { tensor: name, groups });
+    }
+    Ok(if rows == 0 { f64::NAN } else { ratio_sum / rows as f64 })
+}
+
+/// The AWQ scales of a group's weights `refs` and the note line describing the search.
+fn awq_factors(
+    layer: &LayerQuant,
+    names: &str,
+    refs: &[(&[f32], usize)],
+    stats: &ChannelStats,
+    grid: usize,
+) -> Result<(Vec<f32>, String), String> {
+    let (bits, group, symmetric) = group_format(layer).ok_or_else(|| format!("{names}: AWQ needs a grouped weight scheme"))?;
+    let opts = algo::AwqOptions { bits, group, grid, symmetric, ..algo::AwqOptions::default() };
+    let calib = algo::AwqCalib::from_stats(stats).map_err(|e| e.to_string())?;
+    let r = algo::awq_search(refs, &calib, &opts).map_err(|e| format!("{names}: {e}"))?;
+    let best = r.losses.iter().find(|l| l.0 == r.alpha).map_or(f64::NAN, |l| l.1);
+    let note = format!("AWQ α = {:.2} (output MSE {best:.3e}; {:.3e} at α = 0, plain RTN)", r.alpha, r.losses[0].1);
+    Ok((r.scales, note))
+}
+
+/// `(bits, group size, symmetric)` of the layer's grouped weight scheme; `None` when it is not grouped.
+fn group_format(layer: &LayerQuant) -> Option<(u32, usize, bool)> {
+    match layer.weight {
+        Some(Scheme { storage, granularity: Granularity::Group { size }, zero_point, .. }) => {
+            Some((storage.bits(), size as usize, !zero_point))
+        }
+        _ => None,
+    }
+}
+
+/// The clipping search's settings for the layer's weight format (the search's other defaults).
+fn clip_options(layer: &LayerQuant, names: &str) -> Result<algo::ClipOptions, String> {
+    let (bits, group, symmetric) = group_format(layer).ok_or_else(|| format!("{names}: AWQ needs a grouped weight scheme"))?;
+    Ok(algo::ClipOptions { bits, group, symmetric, ..algo::ClipOptions::default() })
+}
+
+/// The AWQ search's calibration rows as the scaled activation `x · inv` carries them.
+fn scaled_samples(stats: &ChannelStats, inv: &[f32]) -> Result<Vec<f32>, String> {
+    let x = stats.samples().filter(|x| !x.is_empty()).ok_or("AWQ clipping needs sample rows")?;
+    Ok(x.chunks(inv.len()).flat_map(|row| row.iter().zip(inv).map(|(v, i)| v * i)).collect())
+}
+
+/// Runs the clipping search on the derived weight `scaled [n, K]` as the matmul reads it (rounded
+/// to the weight operand's dtype, which the quantize then reads, so `quantize_with` on the same
+/// values reproduces the codes) against the scaled calibration rows `x`.
+fn clip_weight(g: &Graph, site: &Site, scaled: &[f32], n: usize, x: &[f32], opts: &algo::ClipOptions) -> Result<algo::ClipResult, String> {
+    let mut seen = scaled.to_vec();
+    numerics::cast_slice(&mut seen, g.ty(g.nodes[site.node].inputs[1]).dtype);
+    algo::clip_search(&seen, n, x, scaled.len() / n, opts).map_err(|e| format!("{}: AWQ clipping: {e}", site.name))
 }
 
 /// The checkpoint tensor `name` `[N, K]` as f32, with N.

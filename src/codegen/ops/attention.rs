@@ -45,6 +45,11 @@ pub enum OutKind {
         /// The per-tensor dequantization scale.
         scale: f32,
     },
+    /// i8 codes: `qf_quantize_i8(o, scale)` (a true division, RNE, saturating, NaN → 0).
+    I8 {
+        /// The per-tensor dequantization scale.
+        scale: f32,
+    },
 }
 
 /// Everything the attention template is specialised on.
@@ -108,7 +113,7 @@ impl AttentionSpec {
                 return bad(format!("score scale {s} is not finite"));
             }
         }
-        if let OutKind::E4M3 { scale } = self.out {
+        if let OutKind::E4M3 { scale } | OutKind::I8 { scale } = self.out {
             if !(scale.is_finite() && scale > 0.0) {
                 return bad(format!("output quantization scale {scale} must be finite and positive"));
             }
@@ -134,7 +139,7 @@ pub fn kernel(spec: &AttentionSpec, batch: DimExpr, seq: DimExpr) -> Result<Kern
     let flag = |b: bool| if b { "true" } else { "false" }.to_string();
     let (quant_out, out_scale) = match spec.out {
         OutKind::Same => (false, 0),
-        OutKind::E4M3 { scale } => (true, scale.to_bits()),
+        OutKind::E4M3 { scale } | OutKind::I8 { scale } => (true, scale.to_bits()),
     };
     let source = ATTENTION.render(&[
         ("prelude", prelude()),
@@ -145,6 +150,7 @@ pub fn kernel(spec: &AttentionSpec, batch: DimExpr, seq: DimExpr) -> Result<Kern
         ("bf16", flag(spec.dtype == DType::BF16)),
         ("has_mask", flag(spec.mask)),
         ("quant_out", flag(quant_out)),
+        ("out_i8", flag(matches!(spec.out, OutKind::I8 { .. }))),
         ("out_scale_bits", format!("{out_scale:#010x}")),
         ("has_scale", flag(spec.scale.is_some())),
         ("scale_bits", format!("{:#010x}", spec.scale.unwrap_or(0.0).to_bits())),
@@ -158,8 +164,8 @@ pub fn kernel(spec: &AttentionSpec, batch: DimExpr, seq: DimExpr) -> Result<Kern
 /// The output kind an `attention`'s optional output quantization asks for.
 pub fn out_kind(output: Option<&QuantSpec>) -> Result<OutKind, String> {
     let Some(q) = output else { return Ok(OutKind::Same) };
-    if q.storage != DType::F8E4M3 {
-        return Err(format!("output quantization to {} is not supported (only f8e4m3)", q.storage));
+    if !matches!(q.storage, DType::F8E4M3 | DType::I8) {
+        return Err(format!("output quantization to {} is not supported (only f8e4m3 and i8)", q.storage));
     }
     if q.granularity != Granularity::PerTensor {
         return Err(format!("output quantization granularity {:?} is not supported (only per_tensor)", q.granularity));
@@ -168,6 +174,7 @@ pub fn out_kind(output: Option<&QuantSpec>) -> Result<OutKind, String> {
         return Err("an output zero point is not supported".into());
     }
     match q.scale {
+        ScaleSource::Literal(scale) if q.storage == DType::I8 => Ok(OutKind::I8 { scale }),
         ScaleSource::Literal(scale) => Ok(OutKind::E4M3 { scale }),
         ref other => Err(format!("output scale {other:?} is not supported (only a literal scale)")),
     }
@@ -225,7 +232,11 @@ pub fn spec_for(
     }
     let out_ty = g.ty(n.outputs[0]);
     let out = out_kind(output).map_err(err)?;
-    let want_out = if matches!(out, OutKind::E4M3 { .. }) { DType::F8E4M3 } else { dtype };
+    let want_out = match out {
+        OutKind::E4M3 { .. } => DType::F8E4M3,
+        OutKind::I8 { .. } => DType::I8,
+        OutKind::Same => dtype,
+    };
     if out_ty.dtype != want_out || &out_ty.shape != shape {
         return Err(err(format!("the result must be {want_out} with q's shape")));
     }

@@ -1,22 +1,29 @@
 //! `quantize`, `dequantize` and `requantize`.
 //!
-//! - Static quantize (literal or operand scale, per tensor / per channel / per token, optional
-//!   literal or operand zero point) and every dequantize/requantize are element-wise kernels
-//!   ([`super::elementwise::emit`], `templates/elementwise.cu`): operands `in0` = data, then the
-//!   scale and zero-point operands (broadcast along their granularity), output `out`.
-//!   `q = cast(x / s)` (true division; integers `cast(rint(x / s) + z)`), `x = (q − z)·s`.
-//! - Dynamic per-token quantize is a row kernel (`templates/quantize.cu`, the row engine of
-//!   [`super::norm`]): signature `(x, q, scales, long long rows[, long long n])`, one scale per
-//!   row `amax / qmax` (1 for an all-zero row) written as `f32[rows]`.
+//! - Static quantize (literal or operand scale, per tensor / per channel / per token / blocks
+//!   along the last axis, optional literal or operand zero point) and every dequantize/requantize
+//!   are element-wise kernels ([`super::elementwise::emit`], `templates/elementwise.cu`): operands
+//!   `in0` = data, then the scale and zero-point operands (broadcast along their granularity),
+//!   output `out`. `q = cast(x / s)` (true division; integers `cast(rint(x / s) + z)`),
+//!   `x = (q − z)·s` (`__fmul_rn`, then one rounding to the output dtype).
+//! - Block scales (`block(-1:G)`, scales `[.., K/G]`): the walk splits the last axis into
+//!   `[K/G, G]` and the scales broadcast along the inner one ([`View`]); K must be a fixed multiple
+//!   of G (a ragged last block has no kernel yet).
+//! - Packed 4-bit codes (`f4e2m1`, dequantize only): one walk index per code byte, i.e. per pair
+//!   of elements (low nibble first, `src/compile/bytes.rs`), stored as a `qf_pack<T, 2>`.
+//! - Dynamic quantize is a row kernel (`templates/quantize.cu`, the row engine of
+//!   [`super::norm`]): signature `(x, q, scales, long long rows[, long long n])`; per token one
+//!   scale per row `amax / qmax` (1 for an all-zero row) written as `f32[rows]`, per block of G
+//!   along the last axis `[rows, K/G]` scales in the spec's dtype (4-bit codes packed).
 //!
-//! Unsupported (specific errors): dynamic per-tensor scales (a grid-wide amax), block scales,
-//! packed 4-bit storage, dynamic scale dtypes other than f32.
+//! Unsupported (specific errors): dynamic per-tensor scales (a grid-wide amax), blocks along
+//! other axes or ragged, static quantize to packed 4-bit storage, i4/u4 storage.
 
-use super::common::{trait_or_err, Prod};
-use super::elementwise::{emit, float_term, out_extents, terms_to_exprs, Load, Operand, Spec, Term};
+use super::common::{broadcast_strides, literal_f32, trait_or_err, Prod};
+use super::elementwise::{emit, out_extents, terms_to_exprs, Load, Operand, Spec, Term};
 use super::norm::{row_launch, row_quant, Norm, RowSpec, Source};
 use crate::codegen::expr::{Expr, Fn2};
-use crate::codegen::kernel::{LowerCx, LowerError, Lowered};
+use crate::codegen::kernel::{Launch, LowerCx, LowerError, Lowered};
 use crate::codegen::template::Template;
 use crate::ir::{normalize_axis, DType, Dim, Granularity, NodeId, Op, QuantSpec, ScaleSource, ValueId, ZeroPoint};
 
@@ -46,10 +53,11 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
         }
         Op::Quantize(spec) => {
             let (x, q) = (n.inputs[0], n.outputs[0]);
-            check_storage(cx, node, spec)?;
+            check_storage(cx, node, spec, false)?;
             let qt = trait_or_err(cx, node, spec.storage, "the quantized result")?;
-            let mut terms = vec![float_term(cx, node, x, cx.graph.shape(q).len(), "the operand")?];
-            let (s, z) = scale_zero_terms(cx, node, spec, x, &n.inputs[1..], &mut terms)?;
+            let view = View::new(cx, node, spec, cx.graph.shape(q))?;
+            let mut terms = vec![view.data_term(cx, node, x)?];
+            let (s, z) = scale_zero_terms(cx, node, spec, &view, &n.inputs[1..], &mut terms)?;
             let (operands, exprs, _) = terms_to_exprs(terms);
             let xe = exprs[0].clone();
             let div = xe.div(pick(&exprs, s));
@@ -62,38 +70,16 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
                 doc: format!("quantize -> {}", spec.storage),
                 out: q,
                 out_c_type: format!("{qt}::T"),
-                extents: out_extents(cx, q),
+                extents: view.extents(),
                 operands,
                 compute,
             };
             emit(cx, node, spec)?
         }
-        Op::Dequantize(spec) => {
-            let (qv, y) = (n.inputs[0], n.outputs[0]);
-            check_storage(cx, node, spec)?;
-            let out_dt = cx.graph.ty(y).dtype;
-            let yt = trait_or_err(cx, node, out_dt, "the result")?;
-            let mut terms = vec![float_term(cx, node, qv, cx.graph.shape(y).len(), "the operand")?];
-            let (s, z) = scale_zero_terms(cx, node, spec, qv, &n.inputs[1..], &mut terms)?;
-            let (operands, exprs, _) = terms_to_exprs(terms);
-            let centered = match z {
-                Some(z) => exprs[0].clone().bin(Fn2::Sub, pick(&exprs, z)),
-                None => exprs[0].clone(),
-            };
-            let compute = format!("        out[i] = {yt}::store({});\n", centered.mul(pick(&exprs, s)).to_cuda());
-            let spec = Spec {
-                doc: format!("dequantize {} -> {out_dt}", spec.storage),
-                out: y,
-                out_c_type: format!("{yt}::T"),
-                extents: out_extents(cx, y),
-                operands,
-                compute,
-            };
-            emit(cx, node, spec)?
-        }
+        Op::Dequantize(spec) => dequantize(cx, node, spec)?,
         Op::Requantize { from_scale, via, to } => {
             let (qv, y) = (n.inputs[0], n.outputs[0]);
-            check_storage(cx, node, to)?;
+            check_storage(cx, node, to, false)?;
             let (ScaleSource::Literal(to_scale), Granularity::PerTensor) = (&to.scale, &to.granularity) else {
                 return Err(cx.error(node, "requantize needs a per-tensor literal output scale"));
             };
@@ -128,11 +114,150 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
     Ok(Lowered::Launches(vec![launch]))
 }
 
-fn check_storage(cx: &LowerCx, node: NodeId, spec: &QuantSpec) -> Result<(), LowerError> {
-    if matches!(spec.storage, DType::F8E4M3 | DType::F8E5M2 | DType::I8 | DType::U8) {
+/// `dequantize`: `x = (q − z)·s` per element (per pair of elements for packed 4-bit codes), one
+/// `__fmul_rn` in f32, rounded once to the output dtype.
+fn dequantize(cx: &LowerCx, node: NodeId, spec: &QuantSpec) -> Result<Launch, LowerError> {
+    let n = &cx.graph.nodes[node];
+    let (qv, y) = (n.inputs[0], n.outputs[0]);
+    check_storage(cx, node, spec, true)?;
+    let out_dt = cx.graph.ty(y).dtype;
+    let yt = trait_or_err(cx, node, out_dt, "the result")?;
+    let view = View::new(cx, node, spec, cx.graph.shape(y))?;
+    let mut terms = vec![view.data_term(cx, node, qv)?];
+    let (s, z) = scale_zero_terms(cx, node, spec, &view, &n.inputs[1..], &mut terms)?;
+    let (operands, exprs, _) = terms_to_exprs(terms);
+    let value = |q: Expr| {
+        let centered = match z {
+            Some(z) => q.bin(Fn2::Sub, pick(&exprs, z)),
+            None => q,
+        };
+        format!("__fmul_rn({}, {})", centered.to_cuda(), pick(&exprs, s).to_cuda())
+    };
+    let (out_c_type, compute) = if view.pack == 2 {
+        // `x0` holds two codes, element 2i in the low nibble (src/compile/bytes.rs); the pair is
+        // stored as one aligned `qf_pack<T, 2>` (ops.cuh).
+        let (byte, ct) = (exprs[0].to_cuda(), PACKED_E2M1);
+        let lo = value(Expr::var("q0"));
+        let hi = value(Expr::var("q1"));
+        (
+            format!("qf_pack<{yt}::T, 2>"),
+            format!(
+                "        const float q0 = {ct}::load({byte} & 0xf), q1 = {ct}::load({byte} >> 4);\n        \
+                 out[i] = qf_pack<{yt}::T, 2>{{{{{yt}::store({lo}), {yt}::store({hi})}}}};\n"
+            ),
+        )
+    } else {
+        (format!("{yt}::T"), format!("        out[i] = {yt}::store({});\n", value(exprs[0].clone())))
+    };
+    let spec = Spec {
+        doc: format!("dequantize {} {} -> {out_dt}", spec.storage, granularity_name(&spec.granularity)),
+        out: y,
+        out_c_type,
+        extents: view.extents(),
+        operands,
+        compute,
+    };
+    emit(cx, node, spec)
+}
+
+/// The `ops.cuh` trait of the one packed 4-bit storage with a kernel (its codes, one per nibble).
+const PACKED_E2M1: &str = "qf_e2m1";
+
+fn granularity_name(g: &Granularity) -> String {
+    match g {
+        Granularity::PerTensor => "per_tensor".into(),
+        Granularity::PerChannel { axis } => format!("per_channel({axis})"),
+        Granularity::PerToken => "per_token".into(),
+        Granularity::Block { blocks } => {
+            let b: Vec<String> = blocks.iter().map(|(a, g)| format!("{a}:{g}")).collect();
+            format!("block({})", b.join(","))
+        }
+    }
+}
+
+/// Storage with a static kernel: f8e4m3, f8e5m2, i8, u8, and with `packed` f4e2m1 (dequantize).
+fn check_storage(cx: &LowerCx, node: NodeId, spec: &QuantSpec, packed: bool) -> Result<(), LowerError> {
+    if matches!(spec.storage, DType::F8E4M3 | DType::F8E5M2 | DType::I8 | DType::U8) || (packed && spec.storage == DType::F4E2M1) {
         Ok(())
     } else {
-        Err(cx.error(node, format!("{} storage has no kernel yet (f8e4m3, f8e5m2, i8, u8)", spec.storage)))
+        let also = if packed { ", f4e2m1" } else { "" };
+        Err(cx.error(node, format!("{} storage has no kernel yet (f8e4m3, f8e5m2, i8, u8{also})", spec.storage)))
+    }
+}
+
+/// How a static (de)quantize walks its output: the output's axes, the last split into
+/// `[K / G, G]` for scales in blocks of G along it, and counted in pairs for packed 4-bit codes
+/// (one code byte per walk index). Contract: block scales need a fixed K that G divides; packed
+/// codes need an even K (and G), so that pairs never straddle a row or a block.
+struct View {
+    /// Walk axes, outer → inner (the output's shape when nothing is split or packed).
+    dims: Vec<Dim>,
+    /// Elements per walk index: 2 for packed 4-bit codes, else 1.
+    pack: u64,
+}
+
+impl View {
+    fn new(cx: &LowerCx, node: NodeId, spec: &QuantSpec, shape: &[Dim]) -> Result<Self, LowerError> {
+        let pack = if spec.storage.bits() == 4 { 2 } else { 1 };
+        let group = match &spec.granularity {
+            Granularity::Block { blocks } => Some(last_axis_group(cx, node, blocks, shape.len())?),
+            _ => None,
+        };
+        if pack == 1 && group.is_none() {
+            return Ok(View { dims: shape.to_vec(), pack });
+        }
+        let what = if group.is_some() { "block-scaled quantization" } else { "packed 4-bit codes" };
+        let Some((&Dim::Fixed(k), lead)) = shape.split_last() else {
+            return Err(cx.error(node, format!("{what} needs a fixed last axis")));
+        };
+        let g = group.unwrap_or(k);
+        if k % g != 0 {
+            return Err(cx.error(node, format!("a ragged last block (last axis {k}, blocks of {g}) has no kernel yet")));
+        }
+        if g % pack != 0 {
+            return Err(cx.error(node, format!("4-bit codes are packed two per byte: {g} elements (a block or a row) must be even")));
+        }
+        if let Granularity::PerChannel { axis } = spec.granularity {
+            if pack == 2 && normalize_axis(axis, shape.len()) == Some(shape.len() - 1) {
+                return Err(cx.error(node, "per-channel scales along the packed last axis have no kernel yet"));
+            }
+        }
+        let mut dims = lead.to_vec();
+        if group.is_some() {
+            dims.push(Dim::Fixed(k / g));
+        }
+        dims.push(Dim::Fixed(g / pack));
+        Ok(View { dims, pack })
+    }
+
+    fn rank(&self) -> usize {
+        self.dims.len()
+    }
+
+    fn extents(&self) -> Vec<Prod> {
+        self.dims.iter().map(|&d| Prod::of(d)).collect()
+    }
+
+    /// The data operand (same shape as the output): a literal, a pointer read as f32, or for
+    /// packed codes a pointer to raw bytes of two codes each.
+    fn data_term(&self, cx: &LowerCx, node: NodeId, v: ValueId) -> Result<Term, LowerError> {
+        let strides = broadcast_strides(&self.dims, self.rank());
+        if self.pack == 2 {
+            return Ok(Term::Ptr(Operand { value: v, c_type: "uint8_t".into(), load: Load::Raw, strides }));
+        }
+        if let Some(x) = literal_f32(cx, v) {
+            return Ok(Term::Lit(x));
+        }
+        let t = trait_or_err(cx, node, cx.graph.ty(v).dtype, "the operand")?;
+        Ok(Term::Ptr(Operand { value: v, c_type: format!("{t}::T"), load: Load::Float(t), strides }))
+    }
+}
+
+/// The block size of `blocks` when it is one block along the last axis of a rank-`rank` tensor.
+fn last_axis_group(cx: &LowerCx, node: NodeId, blocks: &[(i64, u64)], rank: usize) -> Result<u64, LowerError> {
+    match blocks {
+        [(axis, g)] if rank > 0 && normalize_axis(*axis, rank) == Some(rank - 1) && *g > 0 => Ok(*g),
+        _ => Err(cx.error(node, "block-scaled quantization has a kernel for blocks along the last axis only")),
     }
 }
 
@@ -144,33 +269,40 @@ fn pick(exprs: &[Expr], t: TermIx) -> Expr {
     exprs[t.0].clone()
 }
 
-/// Appends the scale and zero-point terms of a static spec over data `data` (operands `extra`:
+/// Appends the scale and zero-point terms of a static spec walked as `view` (operands `extra`:
 /// scale then zero point, as `QuantSpec::extra_inputs`), returning their positions.
 fn scale_zero_terms(
     cx: &LowerCx,
     node: NodeId,
     spec: &QuantSpec,
-    data: ValueId,
+    view: &View,
     extra: &[ValueId],
     terms: &mut Vec<Term>,
 ) -> Result<(TermIx, Option<TermIx>), LowerError> {
-    let shape = cx.graph.shape(data).clone();
-    let rank = shape.len();
-    // Strides of a scale-shaped operand against the data.
+    let rank = view.rank();
+    // Strides of a scale-shaped operand against the walk.
     let strides = |v: ValueId| -> Result<Vec<Option<Prod>>, LowerError> {
         match &spec.granularity {
             Granularity::PerTensor => Ok(vec![None; rank]),
-            Granularity::PerToken => Ok(super::common::broadcast_strides(cx.graph.shape(v), rank)),
+            Granularity::PerToken => Ok(broadcast_strides(cx.graph.shape(v), rank)),
             Granularity::PerChannel { axis } => {
                 let a = normalize_axis(*axis, rank).ok_or_else(|| cx.error(node, format!("per-channel axis {axis} out of range")))?;
-                Ok((0..rank).map(|i| (i == a && shape[a] != Dim::Fixed(1)).then(Prod::one)).collect())
+                Ok((0..rank).map(|i| (i == a && view.dims[a] != Dim::Fixed(1)).then(Prod::one)).collect())
             }
-            Granularity::Block { .. } => Err(cx.error(node, "block-scaled quantization has no kernel yet")),
+            // Scales `[.., K/G]` against the walk `[.., K/G, G / pack]`: broadcast along the block.
+            Granularity::Block { .. } => {
+                let mut shape = cx.graph.shape(v).clone();
+                if shape.len() + 1 != rank {
+                    return Err(cx.error(node, format!("block scales of rank {} for data of rank {}", shape.len(), rank - 1)));
+                }
+                shape.push(Dim::Fixed(1));
+                Ok(broadcast_strides(&shape, rank))
+            }
         }
     };
     let mut extra = extra.iter().copied();
     let operand = |v: ValueId, what: &str, terms: &mut Vec<Term>| -> Result<TermIx, LowerError> {
-        let t = match super::common::literal_f32(cx, v) {
+        let t = match literal_f32(cx, v) {
             Some(x) => Term::Lit(x),
             None => {
                 let tr = trait_or_err(cx, node, cx.graph.ty(v).dtype, what)?;
@@ -182,9 +314,6 @@ fn scale_zero_terms(
     };
     let s = match &spec.scale {
         ScaleSource::Literal(s) => {
-            if matches!(spec.granularity, Granularity::Block { .. }) {
-                return Err(cx.error(node, "block-scaled quantization has no kernel yet"));
-            }
             terms.push(Term::Lit(*s));
             TermIx(terms.len() - 1)
         }

@@ -1,5 +1,6 @@
 //! `matmul`: batched matrix products on the `gemm` crate (f32 accumulation), rounded to the output
-//! dtype afterwards.
+//! dtype afterwards; and, for 8-bit integer `qmatmul`s, the same products in f64, exact for
+//! integer operands, rounded to f32 once (`matmul_exact_int`).
 //!
 //! Strategy:
 //! - `b` without batch extent (`[N, K]` with `transpose_b`: a Linear) and `a` not transposed: all

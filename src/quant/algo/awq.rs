@@ -169,7 +169,7 @@ impl OutputLoss {
 }
 
 /// At most `max_rows` rows of `x`, evenly spaced (row `⌊i·M/max_rows⌋`), deterministic.
-fn subsample(x: &[f32], k: usize, max_rows: usize) -> Vec<f32> {
+pub(super) fn subsample(x: &[f32], k: usize, max_rows: usize) -> Vec<f32> {
     let m = x.len() / k;
     if m <= max_rows {
         return x.to_vec();

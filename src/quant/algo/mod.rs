@@ -8,6 +8,7 @@
 //! | [`stats`] | [`ChannelStats`]: per-input-channel activation statistics, the Hessian `XᵀX` and sample rows | — |
 //! | [`smooth`] | SmoothQuant migration factors ([`smooth_factors`]) | Xiao et al., arXiv 2211.10438 |
 //! | [`awq`] | the AWQ activation-aware scale search ([`awq_search`]) | Lin et al., arXiv 2306.00978 |
+//! | [`clip`] | AWQ's per-group clipping search ([`clip_search`]) | the same, `auto_clip` |
 //! | [`gptq`] | GPTQ error-compensating quantization ([`gptq()`]) | Frantar et al., arXiv 2210.17323 |
 //!
 //! Conventions shared by every function here (they match the IR's `dequantize`, see
@@ -28,6 +29,7 @@
 //! [`AlgoError`] naming what is wrong; nothing here panics on user data.
 
 pub mod awq;
+pub mod clip;
 pub mod gptq;
 pub mod group;
 mod mat;
@@ -35,6 +37,7 @@ pub mod smooth;
 pub mod stats;
 
 pub use awq::{awq_search, dequantize_scaled, quantize_scaled, AwqCalib, AwqOptions, AwqResult};
+pub use clip::{clip_search, ClipOptions, ClipResult};
 pub use gptq::{gptq, gptq_from_stats, GptqOptions, GptqResult};
 pub use group::{quantize_with, rtn, GroupParams, GroupQuant};
 pub use mat::output_error;

@@ -181,7 +181,7 @@ def wonly_peer(fmt, m, n, k, seed):
             y = f().double()[rows] - (bias.double() if name == "torch_f16" else 0)
             out[name + "_err"] = ((y - ref).norm() / ref.norm()).item()
             out[name] = flops / (median_ms(f) * 1e-3) / 1e12
-        except (RuntimeError, AttributeError, NotImplementedError, StopIteration) as e:
+        except Exception as e:  # a peer missing from this build (or failing) prints n/a
             out[name] = None
             out[name + "_why"] = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
     del a, q, s, z, w16

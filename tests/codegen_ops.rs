@@ -232,7 +232,8 @@ graph "ops_int8_block" {
 /// Block-scaled activation round trips of the `nvfp4` and `fp8-block` recipes at MiniLM's widths
 /// (K = 384 and 1536): dynamic block quantize, then dequantize with the quantize's scales (E4M3,
 /// f32 and bf16 scales; f16, bf16 and f32 results); a static block quantize reading those scales;
-/// per-token dequantize of FP8 codes and of packed E2M1 codes.
+/// per-token dequantize of FP8 codes and of packed E2M1 codes; the FP8 weight dequantize of
+/// `fp8-block` (128×128 blocks).
 const BLOCK_DQ: &str = r#"
 graph "ops_block_dq" {
   sym B max=64
@@ -254,7 +255,10 @@ graph "ops_block_dq" {
   %20 = dequantize %18 {f8e4m3, per_token, scale=%19} : f16[B,S,384]
   %21 = input "tok_scale" : f32[B,S,1]
   %22 = dequantize %2 {f4e2m1, per_token, scale=%21} : f16[B,S,384]
-  return "a" = %4, "b" = %7, "c" = %10, "d" = %13, "e" = %14, "f" = %17, "g" = %20, "h" = %22
+  %23 = input "w" : f8e4m3[384,1536]
+  %24 = weight @w.scale : f32[3,12]
+  %25 = dequantize %23 {f8e4m3, block(0:128,1:128), scale=%24} : f16[384,1536]
+  return "a" = %4, "b" = %7, "c" = %10, "d" = %13, "e" = %14, "f" = %17, "g" = %20, "h" = %22, "i" = %25
 }
 "#;
 
@@ -339,7 +343,7 @@ fn block_quantize_snapshot() {
 fn block_dequantize_graph_lowers_and_compiles() {
     let g = parse(BLOCK_DQ);
     let ls: Vec<Launch> = launches(&g).into_iter().map(|(_, l)| l).collect();
-    assert_eq!(ls.len(), 14, "one kernel per quantize / dequantize node");
+    assert_eq!(ls.len(), 15, "one kernel per quantize / dequantize node");
     compile(&ls);
 }
 
@@ -462,7 +466,7 @@ fn unsupported_variants_give_specific_errors() {
     );
     case(
         "  %1 = weight @s : f32[B,8,2]\n  %2 = quantize %0 {f8e4m3, block(-1:10), scale=%1} : f8e4m3[B,8,16]\n  return \"y\" = %2",
-        "a ragged last block (last axis 16, blocks of 10) has no kernel yet",
+        "a ragged last block (axis 2 of 16, blocks of 10) has no kernel yet",
     );
     case(
         "  %1, %2 = quantize %0 {f4e2m1, block(-1:16), scale=dynamic(f8e4m3)} : f4e2m1[B,8,16], f8e4m3[B,8,1]\n  %3 = weight @s : f32[16]\n  %4 = dequantize %1 {f4e2m1, per_channel(-1), scale=%3} : f16[B,8,16]\n  return \"y\" = %4",

@@ -87,7 +87,8 @@ fn plan_size(model: &Model, q: quant::Quantized, name: &str, keep: Option<&PathB
         Some(dir) => dir.join(format!("{name}.plan")),
         None => std::env::temp_dir().join(format!("qfuse-eval-{}-{name}.plan", std::process::id())),
     };
-    let size = plan.save(&path).map_err(|e| e.to_string()).and_then(|()| std::fs::metadata(&path).map(|m| m.len()).map_err(|e| e.to_string()));
+    let size =
+        plan.save(&path).map_err(|e| e.to_string()).and_then(|()| std::fs::metadata(&path).map(|m| m.len()).map_err(|e| e.to_string()));
     if keep.is_none() {
         let _ = std::fs::remove_file(&path);
     }

@@ -29,7 +29,8 @@ use crate::interp::WeightSource;
 use crate::ir::{self, Graph, Op, ValueId};
 use crate::passes::PassOptions;
 use crate::plan::{
-    ArgRef, BufferMeta, DimExpr, KernelMeta, LaunchGuard, LaunchMeta, PlanBuilder, PlanError, PlanMeta, Scalar, SectionKind, TensorSig, WeightMeta,
+    ArgRef, BufferMeta, DimExpr, KernelMeta, LaunchGuard, LaunchMeta, PlanBuilder, PlanError, PlanMeta, Scalar, SectionKind, TensorSig,
+    WeightMeta,
 };
 use crate::quant::{self, CalibOptions, QuantError, Quantized, Recipe};
 

@@ -26,8 +26,9 @@
 //! unfused dequantize and matmul compute, bit for bit.
 //!
 //! Not fired, without a report: a dequantize producing f32 (activation-quantized recipes, left to
-//! `fuse-dq-matmul`, whose decline stands). Declined, with the reason on the dequantize
-//! (`L:b.dq`): `a` also dequantized, `transpose_a`, the `[K, N]` layout (no `transpose_b`), codes
+//! `fuse-dq-matmul`, whose decline stands). An `a` dequantized to T too (the FP8-block and NVFP4
+//! activations Hopper emulates) is just a T operand: the rule fires. Declined, with the reason on
+//! the dequantize (`L:b.dq`): `transpose_a`, the `[K, N]` layout (no `transpose_b`), codes
 //! that are not a `weight`, a dequantize that a node other than such a matmul (or a graph output)
 //! also reads, since it would have to stay, and whatever the `qmatmul` type rule rejects
 //! (granularity, storage, scale or zero-point types), with its message.
@@ -139,7 +140,8 @@ fn match_weight_dequant(g: &Graph, users: &Users, id: NodeId) -> Option<Match> {
     }
 }
 
-/// Checks the matmul `id` itself: the `nn.Linear` layout, `a` not transposed, not dequantized.
+/// Checks the matmul `id` itself: the `nn.Linear` layout, `a` not transposed. An `a` that is itself
+/// dequantized to T (FP8-block and NVFP4 activations emulated on Hopper) is an ordinary T operand.
 fn fits(g: &Graph, id: NodeId) -> Result<(), String> {
     let node = &g.nodes[id];
     let Op::MatMul { transpose_a, transpose_b } = node.op else { return Err("not a matmul".into()) };
@@ -148,9 +150,6 @@ fn fits(g: &Graph, id: NodeId) -> Result<(), String> {
     }
     if !transpose_b {
         return Err("the weight is read in the [K, N] layout; b_dequant needs the [N, K] layout (transpose_b)".into());
-    }
-    if matches!(g.producer(node.inputs[0]).op, Op::Dequantize(_)) {
-        return Err("the activation is dequantized too: a weight-only qmatmul multiplies f16/bf16 activations".into());
     }
     Ok(())
 }
@@ -210,10 +209,7 @@ mod tests {
             report("dequantize_other_reader"),
             ["L:b.dq: standalone, the dequantized weight is also read by add \"probe\", so the dequantize must stay"]
         );
-        assert_eq!(
-            report("activation_dequantized"),
-            ["L:b.dq: standalone, the activation is dequantized too: a weight-only qmatmul multiplies f16/bf16 activations"]
-        );
+        assert_eq!(report("activation_dequantized"), ["L:b.dq: fused into qmatmul L"]);
         let per_tensor = report("per_tensor_scale");
         assert!(per_tensor[0].contains("b_dequant granularity must be per_channel(0)"), "{per_tensor:?}");
     }

@@ -31,8 +31,8 @@ use std::path::PathBuf;
 pub use dim::DimExpr;
 pub use header::{FormatVersion, PlanExtent, PlanHeader, FORMAT_VERSION, HEADER_SIZE, MAGIC};
 pub use meta::{
-    ArgRef, BufferMeta, Guard, KernelMeta, LaunchGuard, LaunchMeta, ParamMeta, ParamType, PlanMeta, Scalar, SectionEntry, SectionKind, TensorSig, WeightMeta,
-    SECTION_ALIGN,
+    ArgRef, BufferMeta, Guard, KernelMeta, LaunchGuard, LaunchMeta, ParamMeta, ParamType, PlanMeta, Scalar, SectionEntry, SectionKind,
+    TensorSig, WeightMeta, SECTION_ALIGN,
 };
 pub use read::{arch_compatible, Plan};
 pub use write::PlanBuilder;

@@ -45,7 +45,8 @@ impl Plan {
         let bad_meta = |message: String| PlanError::Meta { path: path.into(), message };
         let sections: Vec<SectionEntry> =
             meta::decode(table_bytes, header.format, FORMAT_VERSION).map_err(|e| bad_meta(format!("section table: {e}")))?;
-        let meta: PlanMeta = meta::decode_meta(meta_bytes, header.format, FORMAT_VERSION).map_err(|e| bad_meta(format!("metadata: {e}")))?;
+        let meta: PlanMeta =
+            meta::decode_meta(meta_bytes, header.format, FORMAT_VERSION).map_err(|e| bad_meta(format!("metadata: {e}")))?;
         check_sections(path, &header, &sections)?;
         check_meta_matches_header(&meta, &header).map_err(bad_meta)?;
         meta.check_refs(&sections).map_err(bad_meta)?;

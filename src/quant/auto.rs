@@ -16,12 +16,12 @@
 //! among equally small weights, quantized activations run on faster tensor cores.
 
 use super::algo::ChannelStats;
+use super::calib::CalibMethod;
 use super::capture::{self, Wants};
 use super::eval::cosine;
 use super::insert::{self, Site, SiteKind};
 use super::recipe::{schemes, AutoTarget, Granularity, LayerQuant, Recipe, ScaleRule, Scheme, DEFAULT_GROUP};
 use super::{CalibOptions, QuantError};
-use super::calib::CalibMethod;
 use crate::import::Model;
 use crate::interp::{self, Tensor, WeightSource};
 use crate::ir::{Builder, DType, Graph, TensorType, ValueId};
@@ -46,7 +46,13 @@ pub fn candidates() -> Vec<Candidate> {
     let dynamic = |storage| Scheme::new(storage, Granularity::PerToken, ScaleRule::Dynamic);
     let channel = |storage| Scheme::new(storage, Granularity::PerChannel, ScaleRule::FromData);
     vec![
-        Candidate { name: "nvfp4", layer: LayerQuant::dequantized(schemes::nvfp4(ScaleRule::FromData), Some(schemes::nvfp4(ScaleRule::DynamicUnderGlobal(CalibMethod::Max)))) },
+        Candidate {
+            name: "nvfp4",
+            layer: LayerQuant::dequantized(
+                schemes::nvfp4(ScaleRule::FromData),
+                Some(schemes::nvfp4(ScaleRule::DynamicUnderGlobal(CalibMethod::Max))),
+            ),
+        },
         Candidate { name: "w4a16", layer: LayerQuant::dequantized(schemes::uint4_group(DEFAULT_GROUP), None) },
         Candidate { name: "int8", layer: LayerQuant::quantized(channel(DType::I8), dynamic(DType::I8)) },
         Candidate { name: "fp8", layer: LayerQuant::quantized(channel(DType::F8E4M3), dynamic(DType::F8E4M3)) },
@@ -78,7 +84,14 @@ impl LayerChoice {
 
 /// Scores every candidate on every Linear site of `g` and picks per `target`; the choices go into
 /// `recipe.layers`.
-pub fn choose(model: &Model, g: &Graph, sites: &[Site], recipe: &mut Recipe, target: AutoTarget, calib: &CalibOptions) -> Result<Vec<LayerChoice>, QuantError> {
+pub fn choose(
+    model: &Model,
+    g: &Graph,
+    sites: &[Site],
+    recipe: &mut Recipe,
+    target: AutoTarget,
+    calib: &CalibOptions,
+) -> Result<Vec<LayerChoice>, QuantError> {
     let linear: Vec<(&Site, &str)> = sites
         .iter()
         .filter(|s| !recipe.excluded(&s.name))
@@ -87,7 +100,8 @@ pub fn choose(model: &Model, g: &Graph, sites: &[Site], recipe: &mut Recipe, tar
             SiteKind::Attention => None,
         })
         .collect();
-    let wants: HashMap<ValueId, Wants> = linear.iter().map(|(s, _)| (g.nodes[s.node].inputs[0], Wants { hessian: false, sample_rows: ROWS })).collect();
+    let wants: HashMap<ValueId, Wants> =
+        linear.iter().map(|(s, _)| (g.nodes[s.node].inputs[0], Wants { hessian: false, sample_rows: ROWS })).collect();
     let stats = capture::channel_stats(model, g, calib, &wants)?;
     let cands = candidates();
     let mut choices = vec![];
@@ -137,7 +151,15 @@ fn reference_product(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<
 }
 
 /// Runs `x · Wᵀ` with `layer` applied, in the compute dtype f16, as the recipe would.
-fn run_layer(model: &Model, weight: &str, x: &[f32], m: usize, (n, k): (usize, usize), layer: LayerQuant, amax: f32) -> Result<Vec<f32>, String> {
+fn run_layer(
+    model: &Model,
+    weight: &str,
+    x: &[f32],
+    m: usize,
+    (n, k): (usize, usize),
+    layer: LayerQuant,
+    amax: f32,
+) -> Result<Vec<f32>, String> {
     let mut g = Graph::default();
     let mut b = Builder::new(&mut g);
     let xv = b.add1(crate::ir::Op::Input { name: "x".into() }, &[], Some(TensorType::fixed(DType::F16, &[m as u64, k as u64])))?;

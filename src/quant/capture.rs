@@ -30,7 +30,8 @@ pub fn channel_stats(
 ) -> Result<HashMap<ValueId, ChannelStats>, QuantError> {
     let mut stats = HashMap::new();
     for (&v, w) in wants {
-        let k = g.ty(v).shape.last().and_then(|d| d.fixed()).ok_or_else(|| QuantError::Recipe(format!("{v}: channel extent must be fixed")))?;
+        let k =
+            g.ty(v).shape.last().and_then(|d| d.fixed()).ok_or_else(|| QuantError::Recipe(format!("{v}: channel extent must be fixed")))?;
         let mut s = ChannelStats::new(k as usize).map_err(|e| QuantError::Recipe(format!("{v}: {e}")))?;
         if w.hessian {
             s = s.with_hessian();
@@ -40,7 +41,8 @@ pub fn channel_stats(
         }
         stats.insert(v, s);
     }
-    let tok = model.tokenizer.as_ref().ok_or_else(|| QuantError::Recipe(format!("{}: calibration needs tokenizer.json", model.dir.display())))?;
+    let tok =
+        model.tokenizer.as_ref().ok_or_else(|| QuantError::Recipe(format!("{}: calibration needs tokenizer.json", model.dir.display())))?;
     let mut failure: Option<String> = None;
     for chunk in opts.sentences.chunks(opts.batch.max(1)) {
         let inputs = tok.encode(chunk)?.inputs();

@@ -202,9 +202,18 @@ fn quantize_activation(g: &mut Graph, x: ValueId, s: Scheme, amax: Option<f32>, 
         (Granularity::Group { size }, ScaleRule::Dynamic) => spec(s.storage, ir::Granularity::Block { blocks: vec![(-1, size)] }, dynamic),
         (Granularity::Group { size }, ScaleRule::DynamicUnderGlobal(_)) => {
             let global = pow2_global(amax.ok_or("missing calibrated range")?, qmax, s.scale_dtype);
-            return quantize_under_global(g, x, spec(s.storage, ir::Granularity::Block { blocks: vec![(-1, size)] }, dynamic), global, loc, out);
+            return quantize_under_global(
+                g,
+                x,
+                spec(s.storage, ir::Granularity::Block { blocks: vec![(-1, size)] }, dynamic),
+                global,
+                loc,
+                out,
+            );
         }
-        (Granularity::PerTensor, ScaleRule::Calibrated(_)) => QuantSpec::per_tensor(s.storage, amax.ok_or("missing calibrated range")? / qmax),
+        (Granularity::PerTensor, ScaleRule::Calibrated(_)) => {
+            QuantSpec::per_tensor(s.storage, amax.ok_or("missing calibrated range")? / qmax)
+        }
         other => return Err(format!("activation scheme {other:?} is not supported")),
     };
     qdq(&mut Builder::new(g), x, q_spec, loc, out)

@@ -126,18 +126,7 @@ pub fn quantize(model: &Model, recipe: &Recipe, calib: &CalibOptions, passes: &P
     let mut cx = PassCx::new(&model.weights);
     PassManager::new(pipeline::fusion(), passes.clone())?.run(&mut fused, &mut cx)?;
     let report = cx.report.finish(&fused);
-    Ok(Quantized {
-        recipe: recipe.clone(),
-        baseline,
-        qdq,
-        fused,
-        sites,
-        report,
-        skipped,
-        calibration,
-        algorithms: prepared.notes,
-        auto,
-    })
+    Ok(Quantized { recipe: recipe.clone(), baseline, qdq, fused, sites, report, skipped, calibration, algorithms: prepared.notes, auto })
 }
 
 fn check(g: &Graph, context: &str) -> Result<(), QuantError> {

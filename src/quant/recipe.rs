@@ -138,7 +138,8 @@ pub struct LayerQuant {
 
 impl LayerQuant {
     /// No quantization.
-    pub const NONE: LayerQuant = LayerQuant { weight: None, activation: None, algo: WeightAlgo::Rtn, smooth: None, domain: GemmDomain::Quantized };
+    pub const NONE: LayerQuant =
+        LayerQuant { weight: None, activation: None, algo: WeightAlgo::Rtn, smooth: None, domain: GemmDomain::Quantized };
 
     /// Activation-and-weight quantization computed on the codes.
     pub const fn quantized(weight: Scheme, activation: Scheme) -> Self {
@@ -191,7 +192,8 @@ pub const RECIPES: &[&str] =
     &["fp16", "fp8", "fp8-dynamic", "int8-sq", "w8a16", "w4a16-rtn", "w4a16-awq", "w4a16-gptq", "nvfp4", "fp8-block", "auto"];
 
 /// The recipes `eval --recipe all` compares (every fixed recipe; `auto` needs a target).
-pub const TABLE_RECIPES: &[&str] = &["fp16", "fp8", "fp8-dynamic", "int8-sq", "w8a16", "w4a16-rtn", "w4a16-awq", "w4a16-gptq", "nvfp4", "fp8-block"];
+pub const TABLE_RECIPES: &[&str] =
+    &["fp16", "fp8", "fp8-dynamic", "int8-sq", "w8a16", "w4a16-rtn", "w4a16-awq", "w4a16-gptq", "nvfp4", "fp8-block"];
 
 /// Default group length of the W4A16 recipes.
 pub const DEFAULT_GROUP: u64 = 128;
@@ -250,15 +252,7 @@ impl Recipe {
             other => return Err(format!("unknown recipe `{other}`; recipes are: {}", RECIPES.join(", "))),
         };
         let auto = (name == "auto").then_some(AutoTarget::MinCosine(0.999));
-        Ok(Recipe {
-            name: name.into(),
-            compute: DType::F16,
-            linear,
-            layers: BTreeMap::new(),
-            auto,
-            fp8_attention: false,
-            exclude: vec![],
-        })
+        Ok(Recipe { name: name.into(), compute: DType::F16, linear, layers: BTreeMap::new(), auto, fp8_attention: false, exclude: vec![] })
     }
 
     /// Sets the weight granularity (`per-tensor` | `per-channel`).
@@ -284,7 +278,9 @@ impl Recipe {
     /// Sets the group length of grouped weight schemes.
     pub fn with_group_size(mut self, size: u64) -> Result<Self, String> {
         match &mut self.linear.weight {
-            Some(Scheme { granularity: Granularity::Group { size: s }, storage, .. }) if storage.bits() == 4 && *storage != DType::F4E2M1 => {
+            Some(Scheme { granularity: Granularity::Group { size: s }, storage, .. })
+                if storage.bits() == 4 && *storage != DType::F4E2M1 =>
+            {
                 *s = size;
                 Ok(self)
             }

@@ -37,14 +37,7 @@ pub struct WeightSite<'a> {
 }
 
 /// Inserts `quantize → dequantize(out)` on `site` per `scheme`; returns the dequantized value.
-pub fn insert(
-    g: &mut Graph,
-    site: &WeightSite,
-    scheme: &Scheme,
-    loc: &str,
-    weights: &dyn Weights,
-    out: DType,
-) -> Result<ValueId, String> {
+pub fn insert(g: &mut Graph, site: &WeightSite, scheme: &Scheme, loc: &str, weights: &dyn Weights, out: DType) -> Result<ValueId, String> {
     let ty = g.ty(site.value).clone();
     let (n, k) = match ty.shape.as_slice() {
         [n, k] => (n.fixed().ok_or("weight rows must be fixed")? as usize, k.fixed().ok_or("weight columns must be fixed")? as usize),
@@ -107,7 +100,10 @@ fn scales(w: &[f32], n: usize, k: usize, scheme: &Scheme, fixed: Option<&GroupQu
         }
         Granularity::Group { size } if scheme.storage == DType::F4E2M1 => {
             let blocks = block_scales(w, n, k, 1, size as usize, |amax| amax);
-            plain(ir::Granularity::Block { blocks: vec![(1, size)] }, ScaleData::Tensor(vec![n, k.div_ceil(size as usize)], nvfp4_scales(&blocks, w)))
+            plain(
+                ir::Granularity::Block { blocks: vec![(1, size)] },
+                ScaleData::Tensor(vec![n, k.div_ceil(size as usize)], nvfp4_scales(&blocks, w)),
+            )
         }
         Granularity::Group { size } => {
             let q = match fixed {
@@ -116,7 +112,11 @@ fn scales(w: &[f32], n: usize, k: usize, scheme: &Scheme, fixed: Option<&GroupQu
             };
             let shape = vec![n, k.div_ceil(size as usize)];
             let zeros = q.zeros.as_ref().map(|z| (shape.clone(), z.iter().map(|&v| f32::from(v)).collect()));
-            Params { granularity: ir::Granularity::Block { blocks: vec![(1, size)] }, scale: ScaleData::Tensor(shape, q.scales.clone()), zeros }
+            Params {
+                granularity: ir::Granularity::Block { blocks: vec![(1, size)] },
+                scale: ScaleData::Tensor(shape, q.scales.clone()),
+                zeros,
+            }
         }
         Granularity::Block { rows, cols } => {
             let amax = block_scales(w, n, k, rows as usize, cols as usize, |amax| amax);

@@ -6,9 +6,10 @@
 //!   `in0` = data, then the scale and zero-point operands (broadcast along their granularity),
 //!   output `out`. `q = cast(x / s)` (true division; integers `cast(rint(x / s) + z)`),
 //!   `x = (q − z)·s` (`__fmul_rn`, then one rounding to the output dtype).
-//! - Block scales (`block(-1:G)`, scales `[.., K/G]`): the walk splits the last axis into
-//!   `[K/G, G]` and the scales broadcast along the inner one ([`View`]); K must be a fixed multiple
-//!   of G (a ragged last block has no kernel yet).
+//! - Block scales (`block(a:G, …)`, e.g. activations `block(-1:G)` with scales `[.., K/G]`, FP8
+//!   weights `block(0:128,1:128)`): the walk splits every blocked axis into `[d/G, G]` and the
+//!   scales broadcast along the inner part ([`View`]); d must be a fixed multiple of G (a ragged
+//!   last block has no kernel yet).
 //! - Packed 4-bit codes (`f4e2m1`, dequantize only): one walk index per code byte, i.e. per pair
 //!   of elements (low nibble first, `src/compile/bytes.rs`), stored as a `qf_pack<T, 2>`.
 //! - Dynamic quantize is a row kernel (`templates/quantize.cu`, the row engine of
@@ -16,8 +17,8 @@
 //!   scale per row `amax / qmax` (1 for an all-zero row) written as `f32[rows]`, per block of G
 //!   along the last axis `[rows, K/G]` scales in the spec's dtype (4-bit codes packed).
 //!
-//! Unsupported (specific errors): dynamic per-tensor scales (a grid-wide amax), blocks along
-//! other axes or ragged, static quantize to packed 4-bit storage, i4/u4 storage.
+//! Unsupported (specific errors): dynamic per-tensor scales (a grid-wide amax), dynamic blocks off
+//! the last axis, ragged static blocks, static quantize to packed 4-bit storage, i4/u4 storage.
 
 use super::common::{broadcast_strides, literal_f32, trait_or_err, Prod};
 use super::elementwise::{emit, out_extents, terms_to_exprs, Load, Operand, Spec, Term};
@@ -143,7 +144,8 @@ fn dequantize(cx: &LowerCx, node: NodeId, spec: &QuantSpec) -> Result<Launch, Lo
             format!("qf_pack<{yt}::T, 2>"),
             format!(
                 "        const float q0 = {ct}::load({byte} & 0xf), q1 = {ct}::load({byte} >> 4);\n        \
-                 out[i] = qf_pack<{yt}::T, 2>{{{{{yt}::store({lo}), {yt}::store({hi})}}}};\n"
+                 qf_pack<{yt}::T, 2> y;\n        y.e[0] = {yt}::store({lo});\n        y.e[1] = {yt}::store({hi});\n        \
+                 out[i] = y;\n"
             ),
         )
     } else {
@@ -185,49 +187,65 @@ fn check_storage(cx: &LowerCx, node: NodeId, spec: &QuantSpec, packed: bool) -> 
     }
 }
 
-/// How a static (de)quantize walks its output: the output's axes, the last split into
-/// `[K / G, G]` for scales in blocks of G along it, and counted in pairs for packed 4-bit codes
-/// (one code byte per walk index). Contract: block scales need a fixed K that G divides; packed
-/// codes need an even K (and G), so that pairs never straddle a row or a block.
+/// How a static (de)quantize walks its output: the output's axes, each blocked axis split into
+/// `[d / G, G]` (its scales broadcast along the inner part), the last axis counted in pairs for
+/// packed 4-bit codes (one code byte per walk index). Contract: a blocked axis has a fixed extent
+/// that G divides; packed codes need an even, fixed last extent (and G along it), so that a pair
+/// never straddles a row or a block.
 struct View {
     /// Walk axes, outer → inner (the output's shape when nothing is split or packed).
     dims: Vec<Dim>,
+    /// Per output axis: split into blocks.
+    blocked: Vec<bool>,
     /// Elements per walk index: 2 for packed 4-bit codes, else 1.
     pack: u64,
 }
 
 impl View {
     fn new(cx: &LowerCx, node: NodeId, spec: &QuantSpec, shape: &[Dim]) -> Result<Self, LowerError> {
+        let rank = shape.len();
         let pack = if spec.storage.bits() == 4 { 2 } else { 1 };
-        let group = match &spec.granularity {
-            Granularity::Block { blocks } => Some(last_axis_group(cx, node, blocks, shape.len())?),
-            _ => None,
-        };
-        if pack == 1 && group.is_none() {
-            return Ok(View { dims: shape.to_vec(), pack });
-        }
-        let what = if group.is_some() { "block-scaled quantization" } else { "packed 4-bit codes" };
-        let Some((&Dim::Fixed(k), lead)) = shape.split_last() else {
-            return Err(cx.error(node, format!("{what} needs a fixed last axis")));
-        };
-        let g = group.unwrap_or(k);
-        if k % g != 0 {
-            return Err(cx.error(node, format!("a ragged last block (last axis {k}, blocks of {g}) has no kernel yet")));
-        }
-        if g % pack != 0 {
-            return Err(cx.error(node, format!("4-bit codes are packed two per byte: {g} elements (a block or a row) must be even")));
-        }
-        if let Granularity::PerChannel { axis } = spec.granularity {
-            if pack == 2 && normalize_axis(axis, shape.len()) == Some(shape.len() - 1) {
-                return Err(cx.error(node, "per-channel scales along the packed last axis have no kernel yet"));
+        let mut group = vec![None; rank];
+        if let Granularity::Block { blocks } = &spec.granularity {
+            for &(axis, g) in blocks {
+                let a =
+                    normalize_axis(axis, rank).filter(|_| g > 0).ok_or_else(|| cx.error(node, format!("block axis {axis} of size {g}")))?;
+                group[a] = Some(g);
             }
         }
-        let mut dims = lead.to_vec();
-        if group.is_some() {
-            dims.push(Dim::Fixed(k / g));
+        if pack == 2 {
+            if let Granularity::PerChannel { axis } = spec.granularity {
+                if rank > 0 && normalize_axis(axis, rank) == Some(rank - 1) {
+                    return Err(cx.error(node, "per-channel scales along the packed last axis have no kernel yet"));
+                }
+            }
+            if rank == 0 {
+                return Err(cx.error(node, "packed 4-bit codes need rank ≥ 1"));
+            }
         }
-        dims.push(Dim::Fixed(g / pack));
-        Ok(View { dims, pack })
+        let mut dims = Vec::with_capacity(rank + 2);
+        for (a, &d) in shape.iter().enumerate() {
+            let p = if a + 1 == rank { pack } else { 1 };
+            if group[a].is_none() && p == 1 {
+                dims.push(d);
+                continue;
+            }
+            let Dim::Fixed(k) = d else {
+                return Err(cx.error(node, format!("block scales / packed codes need a fixed extent along axis {a}")));
+            };
+            let g = group[a].unwrap_or(k);
+            if k % g != 0 {
+                return Err(cx.error(node, format!("a ragged last block (axis {a} of {k}, blocks of {g}) has no kernel yet")));
+            }
+            if g % p != 0 {
+                return Err(cx.error(node, format!("4-bit codes are packed two per byte: {g} elements (a block or a row) must be even")));
+            }
+            if group[a].is_some() {
+                dims.push(Dim::Fixed(k / g));
+            }
+            dims.push(Dim::Fixed(g / p));
+        }
+        Ok(View { dims, blocked: group.iter().map(Option::is_some).collect(), pack })
     }
 
     fn rank(&self) -> usize {
@@ -236,6 +254,22 @@ impl View {
 
     fn extents(&self) -> Vec<Prod> {
         self.dims.iter().map(|&d| Prod::of(d)).collect()
+    }
+
+    /// The walk strides of a block-scale operand of shape `scales` (one extent per output axis,
+    /// `d / G` along blocked ones): broadcast along the inner part of every split axis.
+    fn block_scale_strides(&self, scales: &[Dim]) -> Option<Vec<Option<Prod>>> {
+        if scales.len() != self.blocked.len() {
+            return None;
+        }
+        let mut shape = Vec::with_capacity(self.rank());
+        for (&d, &b) in scales.iter().zip(&self.blocked) {
+            shape.push(d);
+            if b {
+                shape.push(Dim::Fixed(1));
+            }
+        }
+        Some(broadcast_strides(&shape, self.rank()))
     }
 
     /// The data operand (same shape as the output): a literal, a pointer read as f32, or for
@@ -250,14 +284,6 @@ impl View {
         }
         let t = trait_or_err(cx, node, cx.graph.ty(v).dtype, "the operand")?;
         Ok(Term::Ptr(Operand { value: v, c_type: format!("{t}::T"), load: Load::Float(t), strides }))
-    }
-}
-
-/// The block size of `blocks` when it is one block along the last axis of a rank-`rank` tensor.
-fn last_axis_group(cx: &LowerCx, node: NodeId, blocks: &[(i64, u64)], rank: usize) -> Result<u64, LowerError> {
-    match blocks {
-        [(axis, g)] if rank > 0 && normalize_axis(*axis, rank) == Some(rank - 1) && *g > 0 => Ok(*g),
-        _ => Err(cx.error(node, "block-scaled quantization has a kernel for blocks along the last axis only")),
     }
 }
 
@@ -291,12 +317,9 @@ fn scale_zero_terms(
             }
             // Scales `[.., K/G]` against the walk `[.., K/G, G / pack]`: broadcast along the block.
             Granularity::Block { .. } => {
-                let mut shape = cx.graph.shape(v).clone();
-                if shape.len() + 1 != rank {
-                    return Err(cx.error(node, format!("block scales of rank {} for data of rank {}", shape.len(), rank - 1)));
-                }
-                shape.push(Dim::Fixed(1));
-                Ok(broadcast_strides(&shape, rank))
+                let shape = cx.graph.shape(v);
+                view.block_scale_strides(shape)
+                    .ok_or_else(|| cx.error(node, format!("block scales of rank {} for data of rank {}", shape.len(), view.blocked.len())))
             }
         }
     };

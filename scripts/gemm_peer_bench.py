@@ -98,8 +98,9 @@ def int8_peer(m, n, k, seed):
     # Exactness of the peer on a few rows (s32 sums of i8 products are exact for K < 2^17).
     rows = torch.randperm(m, generator=gen, device="cuda")[:8]
     y = torch._int_mm(a, bt)
-    ref = a[rows].long() @ b.long().t()
-    exact = bool((y[rows].long() == ref).all().item())
+    # CUDA has no int64 matmul: the exact reference runs on the CPU (8 rows).
+    ref = a[rows].long().cpu() @ b.long().cpu().t()
+    exact = bool((y[rows].long().cpu() == ref).all().item())
     ms = median_ms(lambda: torch._int_mm(a, bt))
     del a, b, y
     torch.cuda.empty_cache()

@@ -200,8 +200,8 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
-/// Finishes a kernel whose source contains `{{kernel_name}}` placeholders: names it by content
-/// hash and substitutes the name.
+/// Finishes a kernel whose source contains `{{kernel_name}}` placeholders: names it by the hash of
+/// its content and launch configuration (grid, block, shared memory) and substitutes the name.
 pub fn finish_kernel(
     template: &'static str,
     source_with_placeholder: String,
@@ -210,7 +210,11 @@ pub fn finish_kernel(
     smem_bytes: u32,
     params: Vec<ParamMeta>,
 ) -> KernelDef {
-    let name = kernel_name(template, &source_with_placeholder);
+    // The launch configuration is part of a kernel's identity: plans keep one grid per kernel, and
+    // element-wise kernels whose source does not depend on the extent (`mul` by a scalar on
+    // [B,S,384] and on [B,S,1536]) must not share one.
+    let identity = format!("{source_with_placeholder}\n// launch grid {grid:?} block {block:?} smem {smem_bytes}");
+    let name = kernel_name(template, &identity);
     let source = source_with_placeholder.replace("{{kernel_name}}", &name);
     KernelDef { template, name, source, grid, block, smem_bytes, params }
 }
@@ -227,5 +231,7 @@ mod tests {
         assert!(a.starts_with("layernorm_") && a.len() == "layernorm_".len() + 16);
         let k = finish_kernel("t", "void {{kernel_name}}()".into(), [1.into(), 1.into(), 1.into()], [32, 1, 1], 0, vec![]);
         assert_eq!(k.source, format!("void {}()", k.name));
+        let wider = finish_kernel("t", "void {{kernel_name}}()".into(), [2.into(), 1.into(), 1.into()], [32, 1, 1], 0, vec![]);
+        assert_ne!(k.name, wider.name, "one source with two grids is two kernels");
     }
 }

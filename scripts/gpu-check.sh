@@ -9,10 +9,11 @@
 #      PyTorch f16 eager and torch.compile (same model folder), then qfuse's FP8 GEMM against
 #      cuBLASLt (torch._scaled_mm) at 4096^3 and 8192^3 (scripts/gpu-gemm-bench.sh);
 #   4. one summary table with ratios.
-# Logs go to $OUT (or /tmp/gpu-check). Exit status 1 if any check failed.
+# Logs go to /tmp/gpu-check (and, on the device tool, one archive $OUT/gpu-check-logs.tgz: it
+# returns at most 8 files). Exit status 1 if any check failed.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-out="${OUT:-/tmp/gpu-check}"
+out=/tmp/gpu-check
 mkdir -p "$out"
 # The bundle travels compressed (the tree that travels is limited to 64 MiB).
 for f in gpu-bundle/qfuse.gz gpu-bundle/qfuse-gemm-bench.gz; do [[ -f "$f" ]] && gunzip -f "$f"; done
@@ -82,4 +83,5 @@ PY
 
 echo "== GEMMs vs cuBLASLt / cuBLAS (FP8, INT8, weight-only)"
 GEMM_KINDS="${GEMM_KINDS:-mma wgmma int8 wonly}" timeout 240 scripts/gpu-gemm-bench.sh || rc=1
+[[ -n "${OUT:-}" ]] && tar czf "$OUT/gpu-check-logs.tgz" -C /tmp gpu-check gemm-bench 2>/dev/null
 exit $rc

@@ -7,10 +7,10 @@
 # INT8 kernels, `wonly` = the weight-only W8A16 / W4A16 GEMV and GEMM against torch f16 and
 # torch._weight_int8pack_mm / _weight_int4pack_mm, e.g. GEMM_KINDS="int8 wonly" or
 # GEMM_KINDS="mma wgmma-wg wgmma int8 wonly").
-# Full logs and JSON lines go to $OUT (or /tmp/gemm-bench). Exit status 1 if a check failed.
+# Full logs and JSON lines go to /tmp/gemm-bench (gpu-check.sh archives them). Exit status 1 if a check failed.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-out="${OUT:-/tmp/gemm-bench}"
+out=/tmp/gemm-bench
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu \
     --format=csv,noheader 2>&1 | head -1

@@ -48,7 +48,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
         meta.weights.len(),
         mib(plan.sections().iter().filter(|s| s.kind == SectionKind::Weights).map(|s| s.len).sum()),
     );
-    out += &format!("recipe: {}\n", meta.recipe);
+    out += &recipe_summary(&meta.recipe);
     out += &fusion_summary(meta);
     if args.schedule {
         out += "\n";
@@ -152,6 +152,23 @@ fn fusion_summary(m: &PlanMeta) -> String {
             e["qdq"].as_str().unwrap_or("?"),
             e["outcome"]["Standalone"]["reason"].as_str().unwrap_or("?")
         );
+    }
+    out
+}
+
+/// The recipe line; with per-layer choices (`--recipe auto`), one line per matmul with its weight and
+/// activation formats.
+fn recipe_summary(recipe_json: &str) -> String {
+    let Ok(r) = serde_json::from_str::<serde_json::Value>(recipe_json) else { return format!("recipe: {recipe_json}\n") };
+    let layers = r["layers"].as_object().filter(|l| !l.is_empty());
+    let Some(layers) = layers else { return format!("recipe: {recipe_json}\n") };
+    let format = |s: &serde_json::Value| match s {
+        serde_json::Value::Null => "f16".to_string(),
+        s => format!("{} {}", s["storage"].as_str().unwrap_or("?"), s["granularity"]),
+    };
+    let mut out = format!("recipe: {} (a format per matmul)\n", r["name"].as_str().unwrap_or("?"));
+    for (site, l) in layers {
+        out += &format!("  {site}: weight {}, activation {}\n", format(&l["weight"]), format(&l["activation"]));
     }
     out
 }

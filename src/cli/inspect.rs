@@ -164,11 +164,23 @@ fn recipe_summary(recipe_json: &str) -> String {
     let Some(layers) = layers else { return format!("recipe: {recipe_json}\n") };
     let format = |s: &serde_json::Value| match s {
         serde_json::Value::Null => "f16".to_string(),
-        s => format!("{} {}", s["storage"].as_str().unwrap_or("?"), s["granularity"]),
+        s => format!("{} {}", s["storage"].as_str().unwrap_or("?").to_lowercase(), granularity(&s["granularity"])),
     };
     let mut out = format!("recipe: {} (a format per matmul)\n", r["name"].as_str().unwrap_or("?"));
     for (site, l) in layers {
         out += &format!("  {site}: weight {}, activation {}\n", format(&l["weight"]), format(&l["activation"]));
     }
     out
+}
+
+/// A recipe granularity as JSON (`"PerChannel"`, `{"Group":{"size":128}}`) in words.
+fn granularity(g: &serde_json::Value) -> String {
+    match g {
+        serde_json::Value::String(s) if s == "PerTensor" => "per tensor".into(),
+        serde_json::Value::String(s) if s == "PerChannel" => "per channel".into(),
+        serde_json::Value::String(s) if s == "PerToken" => "per token".into(),
+        _ if g["Group"].is_object() => format!("groups of {}", g["Group"]["size"]),
+        _ if g["Block"].is_object() => format!("{}×{} blocks", g["Block"]["rows"], g["Block"]["cols"]),
+        other => other.to_string(),
+    }
 }

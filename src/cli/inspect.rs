@@ -184,3 +184,25 @@ fn granularity(g: &serde_json::Value) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::recipe_summary;
+    use qfuse::quant::recipe::{schemes, LayerQuant, Recipe};
+
+    #[test]
+    fn per_layer_formats_are_listed_in_words() {
+        let mut r = Recipe::named("auto", qfuse::quant::calib::CalibMethod::Max).unwrap();
+        r.layers.insert("l.0.q".into(), LayerQuant::dequantized(schemes::uint4_group(128), None));
+        r.layers.insert(
+            "l.0.o".into(),
+            LayerQuant::quantized(schemes::int8_channel(), schemes::fp8_tensor(qfuse::quant::recipe::ScaleRule::Dynamic)),
+        );
+        let text = recipe_summary(&serde_json::to_string(&r).unwrap());
+        assert!(text.starts_with("recipe: auto (a format per matmul)\n"), "{text}");
+        assert!(text.contains("  l.0.q: weight u4 groups of 128, activation f16\n"), "{text}");
+        assert!(text.contains("  l.0.o: weight i8 per channel, activation f8e4m3 per tensor\n"), "{text}");
+        let plain = Recipe::named("fp8", qfuse::quant::calib::CalibMethod::Max).unwrap();
+        assert!(recipe_summary(&serde_json::to_string(&plain).unwrap()).starts_with("recipe: {\"name\":\"fp8\""));
+    }
+}

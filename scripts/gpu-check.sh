@@ -9,7 +9,7 @@
 #      PyTorch f16 eager and torch.compile (same model folder), then qfuse's FP8 GEMM against
 #      cuBLASLt (torch._scaled_mm) at 4096^3 and 8192^3 (scripts/gpu-gemm-bench.sh);
 #   4. one summary table with ratios.
-# Logs go to /tmp/gpu-check (and, on the device tool, one archive $OUT/gpu-check-logs.tgz: it
+# BENCH=0 stops after the checks. Logs go to /tmp/gpu-check (and, on the device tool, one archive $OUT/gpu-check-logs.tgz: it
 # returns at most 8 files). Exit status 1 if any check failed.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -53,6 +53,18 @@ for r in $plans; do
     grep -E "^(per-kernel|end to end|vs FP32|random inputs|PASS|FAIL)" "$out/check-$r.log"
 done
 
+# Small batches: at most 16 token rows the weight-only plans run their GEMV launches (the plan's
+# launch guards pick them), so the same check on one short text covers that path.
+echo "== check at B*S <= 16 (GEMV path of the weight-only plans)"
+printf 'A man is eating food.\n' >"$out/one-text.txt"
+for r in $plans; do
+    [[ -f "/tmp/minilm-$r.plan" ]] || continue
+    timeout 60 "$q" check "/tmp/minilm-$r.plan" --file "$out/one-text.txt" --random 16 --all >"$out/check-small-$r.log" 2>&1 \
+        || [[ $r == fp8* || $r == int8-sq || $r == nvfp4 ]] || rc=1
+    echo "-- $r: $(grep -E '^per-kernel' "$out/check-small-$r.log") $(grep -oE 'cosine GPU vs interpreter min [0-9.]+' "$out/check-small-$r.log")"
+done
+
+[[ "${BENCH:-1}" == 0 ]] && { [[ -n "${OUT:-}" ]] && tar czf "$OUT/gpu-check-logs.tgz" -C /tmp gpu-check; exit $rc; }
 echo "== bench: MiniLM batch $batch x $seq"
 : >"$out/bench.jsonl"
 for r in $plans; do

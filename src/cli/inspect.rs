@@ -156,21 +156,33 @@ fn fusion_summary(m: &PlanMeta) -> String {
     out
 }
 
-/// The recipe line; with per-layer choices (`--recipe auto`), one line per matmul with its weight and
-/// activation formats.
+/// The recipe in words: its name, the Linear layers' weight and activation formats (and the weight
+/// algorithm or SmoothQuant α); with per-layer choices (`--recipe auto`), one line per matmul.
 fn recipe_summary(recipe_json: &str) -> String {
     let Ok(r) = serde_json::from_str::<serde_json::Value>(recipe_json) else { return format!("recipe: {recipe_json}\n") };
-    let layers = r["layers"].as_object().filter(|l| !l.is_empty());
-    let Some(layers) = layers else { return format!("recipe: {recipe_json}\n") };
     let format = |s: &serde_json::Value| match s {
         serde_json::Value::Null => "f16".to_string(),
         s => format!("{} {}", s["storage"].as_str().unwrap_or("?").to_lowercase(), granularity(&s["granularity"])),
     };
-    let mut out = format!("recipe: {} (a format per matmul)\n", r["name"].as_str().unwrap_or("?"));
-    for (site, l) in layers {
-        out += &format!("  {site}: weight {}, activation {}\n", format(&l["weight"]), format(&l["activation"]));
+    let name = r["name"].as_str().unwrap_or("?");
+    match r["layers"].as_object().filter(|l| !l.is_empty()) {
+        Some(layers) => {
+            let mut out = format!("recipe: {name} (a format per matmul)\n");
+            for (site, l) in layers {
+                out += &format!("  {site}: weight {}, activation {}\n", format(&l["weight"]), format(&l["activation"]));
+            }
+            out
+        }
+        None => {
+            let l = &r["linear"];
+            let algo = match (&l["algo"], &l["smooth"]) {
+                (_, serde_json::Value::Number(a)) => format!(", SmoothQuant α = {a}"),
+                (serde_json::Value::String(s), _) if s == "Rtn" => String::new(),
+                (a, _) => format!(", codes by {}", a.as_object().and_then(|o| o.keys().next()).map_or("?", |k| k.as_str())),
+            };
+            format!("recipe: {name}: weight {}, activation {}{algo}\n", format(&l["weight"]), format(&l["activation"]))
+        }
     }
-    out
 }
 
 /// A recipe granularity as JSON (`"PerChannel"`, `{"Group":{"size":128}}`) in words.
@@ -202,7 +214,11 @@ mod tests {
         assert!(text.starts_with("recipe: auto (a format per matmul)\n"), "{text}");
         assert!(text.contains("  l.0.q: weight u4 groups of 128, activation f16\n"), "{text}");
         assert!(text.contains("  l.0.o: weight i8 per channel, activation f8e4m3 per tensor\n"), "{text}");
-        let plain = Recipe::named("fp8", qfuse::quant::calib::CalibMethod::Max).unwrap();
-        assert!(recipe_summary(&serde_json::to_string(&plain).unwrap()).starts_with("recipe: {\"name\":\"fp8\""));
+        let line = |name: &str| {
+            recipe_summary(&serde_json::to_string(&Recipe::named(name, qfuse::quant::calib::CalibMethod::Max).unwrap()).unwrap())
+        };
+        assert_eq!(line("fp8"), "recipe: fp8: weight f8e4m3 per tensor, activation f8e4m3 per tensor\n");
+        assert_eq!(line("int8-sq"), "recipe: int8-sq: weight i8 per channel, activation i8 per token, SmoothQuant α = 0.5\n");
+        assert_eq!(line("w4a16-gptq"), "recipe: w4a16-gptq: weight u4 groups of 128, activation f16, codes by Gptq\n");
     }
 }

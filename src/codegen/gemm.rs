@@ -44,8 +44,10 @@ const fn after_header(text: &'static str) -> &'static str {
     let mut i = 0;
     while i + 1 < b.len() {
         if b[i] == b'\n' && b[i + 1] == b'\n' {
-            let (_, rest) = text.split_at(i + 2);
-            return rest;
+            let (_, rest) = b.split_at(i + 2);
+            // SAFETY: `rest` starts right after an ASCII newline of valid UTF-8, so it is valid UTF-8
+            // (`str::split_at` is not `const` at the crate's MSRV, 1.85).
+            return unsafe { std::str::from_utf8_unchecked(rest) };
         }
         i += 1;
     }

@@ -192,7 +192,7 @@ pub fn build(model: &Model, q: Quantized, opts: &CompileOptions) -> Result<Compi
     let weights = add_weights(&mut builder, &graph, &program, &model.weights)?;
     add_schedule(&mut builder, &graph, &program, &kernel_index, &buffers, &weights);
     add_signature(&mut builder, &graph, &buffers);
-    if let Some(tok) = std::fs::read(model.dir.join("tokenizer.json")).ok() {
+    if let Ok(tok) = std::fs::read(model.dir.join("tokenizer.json")) {
         builder.add_section(SectionKind::Other, TOKENIZER_SECTION, tok);
     }
     builder.meta_mut().peak_activation_bytes = mem.peak_bytes;
@@ -206,7 +206,7 @@ pub fn build(model: &Model, q: Quantized, opts: &CompileOptions) -> Result<Compi
         nvrtc_seconds,
         peak_activation_bytes: mem.peak_bytes,
         unshared_activation_bytes: mem.unshared_bytes,
-        weight_bytes: builder.meta().weights.iter().map(|w| weight_len(w)).sum(),
+        weight_bytes: builder.meta().weights.iter().map(weight_len).sum(),
         seconds: 0.0,
     };
     Ok(CompiledPlan { builder, stats, quantized: q })

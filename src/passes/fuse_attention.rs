@@ -57,15 +57,12 @@
 //! `fuse-epilogue` (which ends the Q/K/V projections at their bias adds); the trailing `cse`/`dce`
 //! clean up.
 
-use super::dce::{live_users, output_uses};
-use super::{loc, Pass, PassCx, PassError};
+use super::dce::output_uses;
+use super::rule::{self, Applied, Found, Users};
+use super::{Pass, PassCx, PassError};
 use crate::ir::{
-    normalize_axis, order, Attention, BinaryOp, Builder, DType, Dim, Granularity, Graph, IdVec, NodeId, Op, QuantSpec, ScaleSource, ValueId,
+    normalize_axis, Attention, BinaryOp, Builder, DType, Dim, Granularity, Graph, NodeId, Op, QuantSpec, ScaleSource, ValueId,
 };
-use smallvec::SmallVec;
-
-/// The live readers of every value, once per operand slot (`dce::live_users`).
-type Users = IdVec<ValueId, SmallVec<[NodeId; 2]>>;
 
 /// `fuse-attention`.
 pub struct FuseAttention;
@@ -76,46 +73,11 @@ impl Pass for FuseAttention {
     }
 
     fn run(&self, g: &mut Graph, cx: &mut PassCx) -> Result<bool, PassError> {
-        let mut changed = false;
-        let mut users = live_users(g);
-        for id in g.nodes.ids().collect::<Vec<_>>() {
-            match match_attention(g, &users, id) {
-                None => {}
-                Some(Match::Decline { qdqs, reason }) => {
-                    tracing::debug!(rule = "attention", node = %id, declined = %reason);
-                    for q in qdqs {
-                        cx.report.declined(&loc(g, q), format!("the attention around it does not fuse: {reason}"));
-                    }
-                }
-                Some(Match::Apply(f)) => {
-                    let fused = apply_attention(g, &f)?;
-                    tracing::debug!(rule = "attention", node = %id, output = f.output.is_some());
-                    if let Some(q) = f.output {
-                        cx.report.fused(&loc(g, q), "attention", &loc(g, fused));
-                    }
-                    for (q, reason) in f.declines {
-                        cx.report.declined(&loc(g, q), reason);
-                    }
-                    changed = true;
-                    users = live_users(g);
-                }
-            }
-        }
-        if changed {
-            *g = order::compact(g);
-        }
-        Ok(changed)
+        rule::run(g, cx, "attention", match_attention, |g, _, f: Fusion| {
+            let node = apply_attention(g, &f)?;
+            Ok(Applied { node, into: "attention", fused: f.output.into_iter().collect(), declined: f.declines })
+        })
     }
-}
-
-/// What the rule found at one softmax.
-enum Match {
-    Apply(Fusion),
-    /// The pattern is there but a side condition fails; `qdqs` are the Q/DQ nodes around it.
-    Decline {
-        qdqs: Vec<NodeId>,
-        reason: String,
-    },
 }
 
 /// An attention chain and what replaces it.
@@ -147,12 +109,15 @@ struct Scores {
 /// `reshape(transpose(matmul(softmax(add(mul(matmul(split(q), split(k)ᵀ), c), reshape(m))),
 /// split(v)), [0,2,1,3])) => attention(q, k, v, m){scale = c}`, mul and add optional, with an
 /// optional per-tensor literal quantize anywhere on the context's layout chain.
-fn match_attention(g: &Graph, users: &Users, id: NodeId) -> Option<Match> {
+fn match_attention(g: &Graph, users: &Users, id: NodeId) -> Option<Found<Fusion>> {
     let node = &g.nodes[id];
     let Op::Softmax { axis } = node.op else { return None };
     let probs = node.outputs[0];
     let scores = scores_of(g, node.inputs[0])?;
-    let decline = |reason: String| Some(Match::Decline { qdqs: nearby_quantizes(g, users, probs), reason });
+    let decline = |reason: String| {
+        let qdqs = nearby_quantizes(g, users, probs);
+        Some(Found::Decline(qdqs.into_iter().map(|q| (q, format!("the attention around it does not fuse: {reason}"))).collect()))
+    };
     let product = &g.nodes[scores.product];
     if let Op::QMatMul(_) = product.op {
         return decline(
@@ -211,7 +176,7 @@ fn match_attention(g: &Graph, users: &Users, id: NodeId) -> Option<Match> {
     let mut inputs = vec![q.x, k.x, v.x];
     inputs.extend(mask);
     let op = Attention { heads: q.heads, scale, mask: mask.is_some(), output: merged.output.as_ref().map(|(_, s)| s.clone()) };
-    Some(Match::Apply(Fusion {
+    Some(Found::Apply(Fusion {
         op,
         inputs,
         output: merged.output.map(|(n, _)| n),

@@ -38,15 +38,10 @@
 //! quantized weight); `fold-scales` turns constant scale inputs into literals; a dequantize shared
 //! by several matmuls fuses into each; `fuse-epilogue` then grows the qmatmul's epilogue.
 
-use super::dce::{live_users, output_uses};
+use super::dce::output_uses;
+use super::rule::{self, Applied, Found, Users};
 use super::{loc, Pass, PassCx, PassError};
-use crate::ir::{
-    infer, normalize_axis, order, print, Builder, DType, Granularity, Graph, IdVec, NodeId, Op, QMatMul, ScaleSource, TensorType, ValueId,
-};
-use smallvec::SmallVec;
-
-/// The live readers of every value, once per operand slot (`dce::live_users`).
-type Users = IdVec<ValueId, SmallVec<[NodeId; 2]>>;
+use crate::ir::{infer, normalize_axis, print, Builder, DType, Granularity, Graph, NodeId, Op, QMatMul, ScaleSource, TensorType, ValueId};
 
 /// `fuse-dq-matmul`.
 pub struct FuseDqMatmul;
@@ -57,39 +52,11 @@ impl Pass for FuseDqMatmul {
     }
 
     fn run(&self, g: &mut Graph, cx: &mut PassCx) -> Result<bool, PassError> {
-        let mut changed = false;
-        let mut users = live_users(g);
-        for id in g.nodes.ids().collect::<Vec<_>>() {
-            match match_dq_matmul(g, &users, id) {
-                None => {}
-                Some(Match::Decline(declines)) => {
-                    for (dq, reason) in declines {
-                        cx.report.declined(&loc(g, dq), reason);
-                    }
-                }
-                Some(Match::Apply(fusion)) => {
-                    let fused = apply_dq_matmul(g, id, fusion.op, &fusion.inputs)?;
-                    tracing::debug!(rule = "dq_matmul", node = %id);
-                    for dq in fusion.dqs {
-                        cx.report.fused(&loc(g, dq), "qmatmul", &loc(g, fused));
-                    }
-                    changed = true;
-                    users = live_users(g);
-                }
-            }
-        }
-        if changed {
-            *g = order::compact(g);
-        }
-        Ok(changed)
+        rule::run(g, cx, "dq_matmul", match_dq_matmul, |g, id, f: Fusion| {
+            let node = apply_dq_matmul(g, id, f.op, &f.inputs)?;
+            Ok(Applied { node, into: "qmatmul", fused: f.dqs.to_vec(), declined: vec![] })
+        })
     }
-}
-
-/// What the rule found at one matmul.
-enum Match {
-    Apply(Fusion),
-    /// The dequantizes that stay, each with its reason.
-    Decline(Vec<(NodeId, String)>),
 }
 
 /// The qmatmul that replaces a matmul, and the dequantizes it absorbs.
@@ -118,7 +85,7 @@ enum Side {
 
 /// `matmul(dequantize(qa, sa), dequantize(qb, sb)) => qmatmul(qa, qb; alpha, a_scale, b_scale)`:
 /// the scales leave the sum (`Σ (qa·sa)(qb·sb) = (Σ qa·qb)·sa·sb`, up to f32 reassociation).
-fn match_dq_matmul(g: &Graph, users: &Users, id: NodeId) -> Option<Match> {
+fn match_dq_matmul(g: &Graph, users: &Users, id: NodeId) -> Option<Found<Fusion>> {
     let node = &g.nodes[id];
     let Op::MatMul { transpose_a, transpose_b } = node.op else { return None };
     let (da, db) = (dequantize_of(g, node.inputs[0]), dequantize_of(g, node.inputs[1]));
@@ -128,23 +95,23 @@ fn match_dq_matmul(g: &Graph, users: &Users, id: NodeId) -> Option<Match> {
     }
     let (Some(da), Some(db)) = (da, db) else {
         let reason = "the other matmul operand is not dequantized; qmatmul needs both operands quantized";
-        return Some(Match::Decline(da.or(db).map(|d| (d, reason.to_string())).into_iter().collect()));
+        return Some(Found::Decline(da.or(db).map(|d| (d, reason.to_string())).into_iter().collect()));
     };
     if transpose_a {
         let reason = "transpose_a is not supported by qmatmul";
-        return Some(Match::Decline(vec![(da, reason.into()), (db, reason.into())]));
+        return Some(Found::Decline(vec![(da, reason.into()), (db, reason.into())]));
     }
     let a = operand(g, users, da, Side::A, transpose_b);
     let b = operand(g, users, db, Side::B, transpose_b);
     let other = |d: NodeId, why: &str| format!("the other operand's dequantize ({}) does not fuse: {why}", loc(g, d));
     Some(match (a, b) {
         (Ok(a), Ok(b)) => match build(g, id, transpose_b, a, b) {
-            Ok((op, inputs)) => Match::Apply(Fusion { op, inputs, dqs: [da, db] }),
-            Err(reason) => Match::Decline(vec![(da, reason.clone()), (db, reason)]),
+            Ok((op, inputs)) => Found::Apply(Fusion { op, inputs, dqs: [da, db] }),
+            Err(reason) => Found::Decline(vec![(da, reason.clone()), (db, reason)]),
         },
-        (Err(ra), Err(rb)) => Match::Decline(vec![(da, ra), (db, rb)]),
-        (Err(ra), Ok(_)) => Match::Decline(vec![(db, other(da, &ra)), (da, ra)]),
-        (Ok(_), Err(rb)) => Match::Decline(vec![(da, other(db, &rb)), (db, rb)]),
+        (Err(ra), Err(rb)) => Found::Decline(vec![(da, ra), (db, rb)]),
+        (Err(ra), Ok(_)) => Found::Decline(vec![(db, other(da, &ra)), (da, ra)]),
+        (Ok(_), Err(rb)) => Found::Decline(vec![(da, other(db, &rb)), (db, rb)]),
     })
 }
 

@@ -41,13 +41,10 @@
 //! `fuse-dq-matmul` (f32 dequantizes), before `lift-linear` (which would otherwise see no weight
 //! and leave the matmul alone) and `fuse-epilogue`, which grows the new qmatmul's epilogue.
 
-use super::dce::{live_users, output_uses};
+use super::dce::output_uses;
+use super::rule::{self, Applied, Found, Users};
 use super::{loc, Pass, PassCx, PassError};
-use crate::ir::{infer, order, print, Builder, DType, Graph, IdVec, NodeId, Op, QMatMul, TensorType, ValueId};
-use smallvec::SmallVec;
-
-/// The live readers of every value, once per operand slot (`dce::live_users`).
-type Users = IdVec<ValueId, SmallVec<[NodeId; 2]>>;
+use crate::ir::{infer, print, Builder, DType, Graph, NodeId, Op, QMatMul, TensorType, ValueId};
 
 /// `fuse-weight-dequant`.
 pub struct FuseWeightDequant;
@@ -58,36 +55,11 @@ impl Pass for FuseWeightDequant {
     }
 
     fn run(&self, g: &mut Graph, cx: &mut PassCx) -> Result<bool, PassError> {
-        let mut changed = false;
-        let mut users = live_users(g);
-        for id in g.nodes.ids().collect::<Vec<_>>() {
-            match match_weight_dequant(g, &users, id) {
-                None => {}
-                Some(Match::Decline { dq, reason }) => cx.report.declined(&loc(g, dq), reason),
-                Some(Match::Apply(fusion)) => {
-                    let fused = apply_weight_dequant(g, id, fusion.op, &fusion.inputs)?;
-                    tracing::debug!(rule = "weight_dequant", node = %id);
-                    cx.report.fused(&loc(g, fusion.dq), "qmatmul", &loc(g, fused));
-                    changed = true;
-                    users = live_users(g);
-                }
-            }
-        }
-        if changed {
-            *g = order::compact(g);
-        }
-        Ok(changed)
+        rule::run(g, cx, "weight_dequant", match_weight_dequant, |g, id, f: Fusion| {
+            let node = apply_weight_dequant(g, id, f.op, &f.inputs)?;
+            Ok(Applied { node, into: "qmatmul", fused: vec![f.dq], declined: vec![] })
+        })
     }
-}
-
-/// What the rule found at one matmul.
-enum Match {
-    Apply(Fusion),
-    /// The weight's dequantize stays, for `reason`.
-    Decline {
-        dq: NodeId,
-        reason: String,
-    },
 }
 
 /// The qmatmul that replaces a matmul, and the dequantize it absorbs.
@@ -99,7 +71,7 @@ struct Fusion {
 
 /// `matmul(a, dequantize(qw, spec) : T){transpose_b} => qmatmul(a, qw; b_dequant=spec, acc=T)`
 /// for T ∈ {f16, bf16} and `qw` a weight: the qmatmul dequantizes to T exactly as the DQ did.
-fn match_weight_dequant(g: &Graph, users: &Users, id: NodeId) -> Option<Match> {
+fn match_weight_dequant(g: &Graph, users: &Users, id: NodeId) -> Option<Found<Fusion>> {
     let node = &g.nodes[id];
     let Op::MatMul { .. } = node.op else { return None };
     let dq = g.values[node.inputs[1]].producer;
@@ -111,7 +83,7 @@ fn match_weight_dequant(g: &Graph, users: &Users, id: NodeId) -> Option<Match> {
     if !live {
         return None;
     }
-    let decline = |reason: String| Some(Match::Decline { dq, reason });
+    let decline = |reason: String| Some(Found::Decline(vec![(dq, reason)]));
     if let Err(reason) = fits(g, id) {
         return decline(reason);
     }
@@ -135,7 +107,7 @@ fn match_weight_dequant(g: &Graph, users: &Users, id: NodeId) -> Option<Match> {
     });
     let inputs: Vec<ValueId> = [node.inputs[0]].into_iter().chain(g.nodes[dq].inputs.iter().copied()).collect();
     match type_check(g, id, &op, &inputs) {
-        Ok(()) => Some(Match::Apply(Fusion { op, inputs, dq })),
+        Ok(()) => Some(Found::Apply(Fusion { op, inputs, dq })),
         Err(reason) => decline(reason),
     }
 }

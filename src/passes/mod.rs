@@ -21,6 +21,7 @@ pub mod manager;
 pub mod pipeline;
 pub mod propagate_qdq;
 pub mod report;
+pub mod rule;
 
 pub use manager::{PassManager, PassOptions};
 pub use report::FusionReport;

@@ -129,43 +129,33 @@ fn score(model: &Model, site: &Site, weight: &str, x: &ChannelStats, cands: &[Ca
     if m == 0 {
         return Err("no calibration rows reached this layer".into());
     }
-    let reference = reference_product(rows, m, k, &w.to_f32_vec(), n);
     let amax = rows.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let reference = run_layer(model, weight, rows, (m, n, k), DType::F32, LayerQuant::NONE, amax)?;
     let mut scores = vec![];
     for c in cands {
-        let y = run_layer(model, weight, rows, m, (n, k), c.layer, amax)?;
+        let y = run_layer(model, weight, rows, (m, n, k), DType::F16, c.layer, amax)?;
         scores.push((c.name.to_string(), c.layer.weight_bits(n as u64, k as u64), cosine(&reference, &y)));
     }
     Ok(LayerChoice { site: site.name.clone(), elements: (n * k) as u64, scores, chosen: 0 })
 }
 
-/// `X·Wᵀ` in f32 (through an f32 one-matmul graph).
-fn reference_product(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
-    let mut y = vec![0f32; m * n];
-    for (row, out) in x.chunks(k).zip(y.chunks_mut(n)) {
-        for (o, wr) in out.iter_mut().zip(w.chunks(k)) {
-            *o = row.iter().zip(wr).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>() as f32;
-        }
-    }
-    y
-}
-
-/// Runs `x · Wᵀ` with `layer` applied, in the compute dtype f16, as the recipe would.
+/// Runs `x · Wᵀ` by the interpreter with `layer` applied, computing in `dtype` as the recipe
+/// would (the compute dtype f16; f32 with no quantization is the reference).
 fn run_layer(
     model: &Model,
     weight: &str,
     x: &[f32],
-    m: usize,
-    (n, k): (usize, usize),
+    (m, n, k): (usize, usize, usize),
+    dtype: DType,
     layer: LayerQuant,
     amax: f32,
 ) -> Result<Vec<f32>, String> {
     let mut g = Graph::default();
     let mut b = Builder::new(&mut g);
-    let xv = b.add1(crate::ir::Op::Input { name: "x".into() }, &[], Some(TensorType::fixed(DType::F16, &[m as u64, k as u64])))?;
+    let xv = b.add1(crate::ir::Op::Input { name: "x".into() }, &[], Some(TensorType::fixed(dtype, &[m as u64, k as u64])))?;
     b.scope = Some("layer".into());
     let wv = b.weight(weight, TensorType::fixed(DType::F32, &[n as u64, k as u64]))?;
-    let wc = b.cast(wv, DType::F16)?;
+    let wc = if dtype == DType::F32 { wv } else { b.cast(wv, dtype)? };
     let y = b.add1(crate::ir::Op::MatMul { transpose_a: false, transpose_b: true }, &[xv, wc], None)?;
     g.outputs.push(("y".into(), y));
     let sites = insert::find_sites(&mut g);
@@ -173,7 +163,7 @@ fn run_layer(
     recipe.linear = layer;
     let amaxes: HashMap<ValueId, f32> = [(xv, amax)].into();
     insert::insert(&mut g, &recipe, &sites, &amaxes, &HashMap::new(), &model.weights)?;
-    let input = Tensor::from_f32_as(DType::F16, vec![m, k], x.to_vec());
+    let input = Tensor::from_f32_as(dtype, vec![m, k], x.to_vec());
     let out = interp::run(&g, &model.weights, &[("x", input)]).map_err(|e| e.to_string())?;
     Ok(out[0].1.to_f32_vec())
 }

@@ -84,12 +84,11 @@ fn weight_name(g: &Graph, v: ValueId) -> Option<String> {
 /// The values whose calibration statistics the recipe needs: activation inputs of the sites it
 /// quantizes with calibrated (or calibrated global) scales.
 pub fn calibration_values(g: &Graph, recipe: &Recipe, sites: &[Site]) -> Vec<ValueId> {
-    let calibrated = |s: &Scheme| matches!(s.scale, ScaleRule::Calibrated(_) | ScaleRule::DynamicUnderGlobal(_));
     let mut out = vec![];
     for site in sites {
         let inputs = &g.nodes[site.node].inputs;
         match (&site.kind, plan(recipe, site)) {
-            (SiteKind::Linear { .. }, Some(p)) if p.activation.as_ref().is_some_and(calibrated) => out.push(inputs[0]),
+            (SiteKind::Linear { .. }, Some(p)) if p.activation.is_some_and(|a| a.scale.is_calibrated()) => out.push(inputs[0]),
             (SiteKind::Attention, Some(_)) => out.extend([inputs[0], inputs[1]]),
             _ => {}
         }
@@ -123,7 +122,7 @@ pub fn insert(
         let Some(p) = plan(recipe, site) else { continue };
         let inputs = g.nodes[site.node].inputs.clone();
         let missing = |v: ValueId| !amax.get(&v).is_some_and(|a| *a > 0.0 && a.is_finite());
-        let needs = |s: Option<Scheme>| s.is_some_and(|s| matches!(s.scale, ScaleRule::Calibrated(_) | ScaleRule::DynamicUnderGlobal(_)));
+        let needs = |s: Option<Scheme>| s.is_some_and(|s| s.scale.is_calibrated());
         let act_missing = needs(p.activation) && missing(inputs[0]);
         let b_missing = site.kind == SiteKind::Attention && missing(inputs[1]);
         if act_missing || b_missing {

@@ -49,6 +49,13 @@ pub enum ScaleRule {
     DynamicUnderGlobal(CalibMethod),
 }
 
+impl ScaleRule {
+    /// True when the scale (or NVFP4's global scale) comes from calibration statistics.
+    pub fn is_calibrated(&self) -> bool {
+        matches!(self, ScaleRule::Calibrated(_) | ScaleRule::DynamicUnderGlobal(_))
+    }
+}
+
 /// How one tensor is quantized.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Scheme {

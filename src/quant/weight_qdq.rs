@@ -99,7 +99,7 @@ fn scales(w: &[f32], n: usize, k: usize, scheme: &Scheme, fixed: Option<&GroupQu
             plain(ir::Granularity::PerChannel { axis: 0 }, ScaleData::Tensor(vec![n], rows))
         }
         Granularity::Group { size } if scheme.storage == DType::F4E2M1 => {
-            let blocks = block_scales(w, n, k, 1, size as usize, |amax| amax);
+            let blocks = block_amax(w, n, k, 1, size as usize);
             plain(
                 ir::Granularity::Block { blocks: vec![(1, size)] },
                 ScaleData::Tensor(vec![n, k.div_ceil(size as usize)], nvfp4_scales(&blocks, w)),
@@ -119,7 +119,7 @@ fn scales(w: &[f32], n: usize, k: usize, scheme: &Scheme, fixed: Option<&GroupQu
             }
         }
         Granularity::Block { rows, cols } => {
-            let amax = block_scales(w, n, k, rows as usize, cols as usize, |amax| amax);
+            let amax = block_amax(w, n, k, rows as usize, cols as usize);
             let shape = vec![n.div_ceil(rows as usize), k.div_ceil(cols as usize)];
             plain(
                 ir::Granularity::Block { blocks: vec![(0, rows), (1, cols)] },
@@ -144,8 +144,8 @@ fn absmax(xs: &[f32]) -> f32 {
     xs.iter().fold(0.0f32, |m, x| m.max(x.abs()))
 }
 
-/// `f(amax)` of every `rows × cols` block of `w [n, k]`, row-major over blocks.
-fn block_scales(w: &[f32], n: usize, k: usize, rows: usize, cols: usize, f: impl Fn(f32) -> f32) -> Vec<f32> {
+/// The amax of every `rows × cols` block of `w [n, k]`, row-major over blocks.
+fn block_amax(w: &[f32], n: usize, k: usize, rows: usize, cols: usize) -> Vec<f32> {
     let (bn, bk) = (n.div_ceil(rows), k.div_ceil(cols));
     let mut amax = vec![0f32; bn * bk];
     for (r, row) in w.chunks(k).enumerate() {
@@ -154,7 +154,7 @@ fn block_scales(w: &[f32], n: usize, k: usize, rows: usize, cols: usize, f: impl
             *a = a.max(absmax(chunk));
         }
     }
-    amax.into_iter().map(f).collect()
+    amax
 }
 
 /// NVFP4 multipliers `e4m3(amax_b / (6·s_g))·s_g` with `s_g = amax / (6·448)`.

@@ -30,12 +30,17 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=cs
 # cores (faster large GEMMs); it is checked and timed too, but its end-to-end cosine against the
 # exact interpreter is informational, not a pass/fail bar.
 # The other recipes (int8-sq, w8a16, w4a16-*, nvfp4, fp8-block) compile with their defaults.
-declare -A args=([fp8-tc]="--recipe fp8 --fp8-accum tensor-core")
-plans="${PLANS:-fp16 fp8 fp8-dynamic fp8-tc int8-sq w8a16 w4a16-rtn w4a16-awq w4a16-gptq nvfp4 fp8-block}"
+# fp8-attn runs attention on FP8 q, k, v (--fp8-attention); fp8-attn-d64 is the same on the
+# 6-head view of the model (head size 64, scripts/model-variant.sh), for the D = 64 kernel.
+declare -A args=([fp8-tc]="--recipe fp8 --fp8-accum tensor-core" [fp8-attn]="--recipe fp8 --fp8-attention"
+    [fp8-attn-d64]="--recipe fp8 --fp8-attention")
+bash scripts/model-variant.sh "$model" /tmp/model-h6 6
+declare -A models=([fp8-attn-d64]=/tmp/model-h6)
+plans="${PLANS:-fp16 fp8 fp8-dynamic fp8-tc fp8-attn fp8-attn-d64 int8-sq w8a16 w4a16-rtn w4a16-awq w4a16-gptq nvfp4 fp8-block}"
 echo "== compile"
 for r in $plans; do
     # shellcheck disable=SC2086
-    if ! "$q" --quiet compile "$model" ${args[$r]:---recipe $r} -o "/tmp/minilm-$r.plan" >"$out/compile-$r.log" 2>&1; then
+    if ! "$q" --quiet compile "${models[$r]:-$model}" ${args[$r]:---recipe $r} -o "/tmp/minilm-$r.plan" >"$out/compile-$r.log" 2>&1; then
         echo "compile $r FAILED:"; tail -30 "$out/compile-$r.log"; rc=1; continue
     fi
     echo "$r: $(grep -E '^plan:' "$out/compile-$r.log")"
@@ -46,7 +51,7 @@ echo "== check (GPU vs interpreter)"
 for r in $plans; do
     [[ -f "/tmp/minilm-$r.plan" ]] || continue
     echo "-- $r"
-    timeout 150 "$q" check "/tmp/minilm-$r.plan" --random 256 --all --model "$model" >"$out/check-$r.log" 2>&1 || [[ $r == fp8-tc ]] || rc=1
+    timeout 150 "$q" check "/tmp/minilm-$r.plan" --random 256 --all --model "${models[$r]:-$model}" >"$out/check-$r.log" 2>&1 || [[ $r == fp8-tc ]] || rc=1
     # Failing kernels (if any), the worst result per dtype, and the summary lines.
     grep -E 'FAIL|error' "$out/check-$r.log" | head -20
     python3 scripts/check_summary.py "$out/check-$r.log"

@@ -1,8 +1,10 @@
 // qfuse fused multi-head attention (IR op `attention`) for sm_80+ (built for sm_90a), with
-// mma.sync.m16n8k16 (f16 or bf16 operands, f32 accumulators), ldmatrix and cp.async.
+// mma.sync.m16n8k16 (f16 or bf16 operands, f32 accumulators), ldmatrix and cp.async; with FP8
+// (E4M3 q, k, v: sm_89+) both products run on mma.sync.m16n8k32.e4m3 instead.
 //
-// Operands (T = f16 or bf16, 16-bit patterns), token-major with the heads interleaved:
-//   q, k, v    T[B, S, H*D]: element (b, s, h, d) at ((b*S + s)*H + h)*D + d
+// Operands (T = f16 or bf16, 16-bit patterns; Op = T, or E4M3 bytes when FP8), token-major with
+// the heads interleaved:
+//   q, k, v    Op[B, S, H*D]: element (b, s, h, d) at ((b*S + s)*H + h)*D + d
 //   mask_bias  T[B, S] (only when HAS_MASK): additive bias per key position
 //   out        T[B, S, H*D], or FP8 E4M3 bytes (same indexing) when QUANT_OUT
 // D, H, the scale, the mask flag and the output kind are compile-time constants; S is a run-time
@@ -16,6 +18,11 @@
 //   o_id = T( sum_j p_ij v_jd )            f32 accumulation
 //   out  = o, or qf_quantize_e4m3(o, OUT_SCALE) (a true division, RNE, saturating), or with
 //          OUT_I8 qf_quantize_i8(o, OUT_SCALE) (RNE, saturating to [-128, 127], NaN -> 0)
+// With FP8 (the IR's `fp8(qk_alpha, p_scale, pv_alpha)`), the products are those of two qmatmuls
+// and the probabilities are quantized between them:
+//   s_ij = T( f32(sum_d q_id k_jd) * QK_ALPHA )
+//   p_ij = T(...) as above, then P_ij = qf_quantize_e4m3(p_ij, P_SCALE)  (E4M3 codes)
+//   o_id = T( f32(sum_j P_ij v_jd) * PV_ALPHA )
 // The kernel performs every one of these rounding steps (T roundings two at a time with paired
 // conversions, bit-identical to one at a time). The only intended deviations: the sum of
 // exponentials is accumulated in f32 with online rescaling (the reference sums exp(s - final max)
@@ -38,11 +45,21 @@
 // The 2*T steps (T = ceil(S/64) key tiles per pass) form one sequence that a double-buffered
 // cp.async pipeline walks: step i+1's tiles load while step i computes.
 //
-// Shared memory (dynamic, 5 tiles of 64 x D x 2 bytes): Q | K[2] | V[2]. Each tile is row-major
-// (row = token, 16-byte chunks of 8 elements along d) with an XOR swizzle on the chunk index
-// (tile_off) so the 8 row addresses of every ldmatrix 8x8 matrix hit 8 distinct 16-byte bank
-// groups. Rows past S are zero-filled by cp.async (src_bytes = 0): zero Q rows only feed outputs
-// that are never stored, zero V rows meet p = 0 (0 * 0, never 0 * garbage = NaN).
+// Shared memory (dynamic, 5 tiles of 64 x D operands, ROW_BYTES = D * sizeof(Op) a row):
+// Q | K[2] | V[2]. Each tile is row-major (row = token, 16-byte chunks along d) with an XOR swizzle
+// on the chunk index (tile_off) so the 8 row addresses of every ldmatrix 8x8 matrix hit 8 distinct
+// 16-byte bank groups. Rows past S are zero-filled by cp.async (src_bytes = 0): zero Q rows only
+// feed outputs that are never stored, zero V rows meet p = 0 (0 * 0, never 0 * garbage = NaN).
+//
+// FP8: an m16n8k32 A fragment holds 4 consecutive k of a row per register, where the score
+// accumulators (C layout) hold pairs 2t, 2t+1 of each n8 tile. Rather than shuffling, P.V runs
+// over the keys of each 32-key block in a permuted order: mma position kappa = 4t + i (i < 4) is
+// key 8*(i/2) + 2t + i%2, and kappa + 16 is that key + 16 (so a0 = tiles 0 and 1 of row g, etc.).
+// V is therefore stored transposed, d-major (V^T[d][kappa], 64 bytes a row, 4-byte words XOR-
+// swizzled by (d/2)%4 * 4 so a warp's B-fragment loads hit 32 distinct banks): global -> registers
+// at the prefetch, -> shared memory after the step's Q.K^T, keys past S as zeros. Q.K^T needs no
+// permutation: ldmatrix .b16 on byte rows delivers exactly the e4m3 A/B fragments (4 consecutive
+// bytes of d per register), so the Q and K tiles are used as in the f16 kernel.
 //
 // Keys past S get the score -inf: they never raise the max and contribute exp(-inf) = 0. A row
 // whose valid scores are all -inf (e.g. every key masked with -65504 and a score below -16, whose
@@ -59,6 +76,11 @@ constexpr int D = {{head_dim}};  // head size
 constexpr int H = {{heads}};  // heads
 constexpr int HD = H * D;  // elements per token in q, k, v, out
 constexpr bool BF16 = {{bf16}};  // T = bf16 (else f16)
+constexpr bool FP8 = {{fp8}};    // q, k, v are E4M3 bytes (else T)
+constexpr uint32_t QK_ALPHA_BITS = {{qk_alpha_bits}}u;  // FP8: multiplier of Q.K^T's f32 sums
+constexpr uint32_t P_SCALE_BITS = {{p_scale_bits}}u;    // FP8: the probabilities' quantize scale
+constexpr uint32_t P_RCP_BITS = {{p_rcp_bits}}u;        // FP8: RN(1 / P_SCALE), for qf_div_by_scale
+constexpr uint32_t PV_ALPHA_BITS = {{pv_alpha_bits}}u;  // FP8: multiplier of P.V's f32 sums
 constexpr bool HAS_SCALE = {{has_scale}};
 constexpr uint32_t SCALE_BITS = {{scale_bits}}u;  // the score scale, bit-exact (when HAS_SCALE)
 constexpr bool HAS_MASK = {{has_mask}};
@@ -73,13 +95,16 @@ constexpr int THREADS = WARPS * 32;
 // __launch_bounds__ minimum CTAs per SM: caps registers at 65536 / (THREADS * MIN_CTAS), 128 for
 // D <= 64 (4 CTAs, 16 warps per SM) and 255 for D = 128 (its 64 f32 output accumulators and 32
 // Q fragment registers need ~245). Without a minimum, ptxas picked fewer registers and spilled.
-constexpr int MIN_CTAS = D == 128 ? 1 : 4;
-constexpr int CH = D / 8;              // 16-byte chunks per tile row
-constexpr int TILE_BYTES = 64 * D * 2; // one 64 x D tile of T
+// FP8 with D = 64 also holds the next V tile in registers (8) and spills at 128: 3 CTAs (170).
+constexpr int MIN_CTAS = D == 128 ? 1 : (FP8 && D == 64 ? 3 : 4);
+constexpr int ES = FP8 ? 1 : 2;        // bytes per operand element
+constexpr int ROW_BYTES = D * ES;      // one token's head in a tile
+constexpr int CH = ROW_BYTES / 16;     // 16-byte chunks per tile row
+constexpr int TILE_BYTES = 64 * ROW_BYTES;  // one 64 x D tile of operands (V^T: D x 64 when FP8)
 constexpr int Q_OFF = 0;
 constexpr int K_OFF = TILE_BYTES;      // K[buf] at K_OFF + buf * TILE_BYTES
 constexpr int V_OFF = 3 * TILE_BYTES;  // V[buf] at V_OFF + buf * TILE_BYTES
-constexpr int KSTEPS_QK = D / 16;      // k16 steps of Q K^T (over d)
+constexpr int KSTEPS_QK = ROW_BYTES / 32;  // k-steps of Q K^T over d: 32 bytes each (k16 / k32)
 constexpr int NT_S = BKV / 8;          // n8 tiles of a 16 x 64 score block
 constexpr int NT_O = D / 8;            // n8 tiles of a 16 x D output block
 constexpr int SMEM_BYTES = 5 * TILE_BYTES;  // Q | K[2] | V[2]
@@ -92,6 +117,10 @@ static_assert((64 * CH) % THREADS == 0, "a tile's 16-byte chunks split evenly ov
 static_assert(BQ == 64 && BKV == 64, "the indexing below assumes 64 x 64 blocks");
 
 typedef uint16_t T;
+template <bool F> struct OpSel { typedef uint16_t type; };  // T
+template <> struct OpSel<true> { typedef uint8_t type; };   // E4M3 bytes
+typedef OpSel<FP8>::type Op;
+constexpr int CHUNK_ELEMS = 16 / ES;  // operand elements per 16-byte chunk
 template <bool Q> struct OutSel { typedef uint16_t type; };  // T
 template <> struct OutSel<true> { typedef uint8_t type; };  // FP8 E4M3 bytes
 typedef OutSel<QUANT_OUT>::type OutT;
@@ -155,22 +184,44 @@ QF_DEVICE void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
                  : "r"(addr));
 }
 
-// Byte offset of 16-byte chunk c (elements 8c..8c+7) of row r in a swizzled 64 x D tile.
-// D = 32 (64-byte rows): the 128-byte-line swizzle of common.cuh (two rows per line; the chunk
-// index within the line is XORed with the line index mod 8). D >= 64 (8 or 16 chunks a row): the
-// low 3 bits of c are XORed with r mod 8, staying inside the row. Either way the 8 rows r0..r0+7
-// (r0 % 8 == 0) at a fixed c land in 8 distinct 16-byte slots mod 128 bytes: conflict-free
-// ldmatrix.
+// One k-step of a product: k16 of T operands, or k32 of E4M3 bytes; B = {b0, b1}.
+QF_DEVICE void mma_step(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    if constexpr (FP8) {
+        const uint32_t b[2] = {b0, b1};
+        qf_mma_e4m3_16832(d, a, b);
+    } else {
+        mma16816(d, a, b0, b1);
+    }
+}
+
+// Byte offset of 16-byte chunk c of row r in a swizzled 64-row tile of ROW_BYTES a row.
+// ROW_BYTES <= 64 (2 or 4 rows per 128-byte line): the 128-byte-line swizzle of common.cuh (the
+// chunk index within the line is XORed with the line index mod 8). ROW_BYTES >= 128 (8 or 16
+// chunks a row): the low 3 bits of c are XORed with r mod 8, staying inside the row. Either way
+// the 8 rows r0..r0+7 (r0 % 8 == 0) at a fixed c land in 8 distinct 16-byte slots mod 128 bytes:
+// conflict-free ldmatrix.
 QF_DEVICE uint32_t tile_off(int r, int c) {
-    if constexpr (D == 32) return qf_swizzle128(static_cast<uint32_t>(r * 64 + c * 16));
-    else return static_cast<uint32_t>(r * (D * 2) + ((c ^ (r & 7)) << 4));
+    if constexpr (ROW_BYTES <= 64) return qf_swizzle128(static_cast<uint32_t>(r * ROW_BYTES + c * 16));
+    else return static_cast<uint32_t>(r * ROW_BYTES + ((c ^ (r & 7)) << 4));
+}
+
+// FP8: the mma position kappa of key < 64 of a tile (see the header): within each 32-key block,
+// key 8a + 2t + b (a, b < 2, t < 4) of each 16-key half sits at 4t + 2a + b.
+QF_DEVICE int kappa_of(int key) {
+    return 32 * (key >> 5) + 16 * ((key >> 4) & 1) + 4 * ((key >> 1) & 3) + 2 * ((key >> 3) & 1) + (key & 1);
+}
+
+// FP8 V^T: the byte offset of (d, kappa), its 4-byte word XOR-swizzled by (d / 2) % 4 * 4.
+QF_DEVICE uint32_t vt_off(int d, int kappa) {
+    const int word = (kappa >> 2) ^ (((d >> 1) & 3) << 2);
+    return static_cast<uint32_t>(d * 64 + word * 4 + (kappa & 3));
 }
 
 // cp.async of the 64 x D tile whose first token is `row0` into the tile at shared address `dst`.
 // `head` points at element (b, 0, h, 0); token s of the head starts at head + s * HD. Chunk
 // i = tid + THREADS * p of the tile is row i / CH, chunk i % CH. Tokens >= S are zero-filled
 // (src_bytes = 0, source address clamped to `head`, which is valid).
-QF_DEVICE void load_tile(uint32_t dst, const T* head, int row0, int S, int tid) {
+QF_DEVICE void load_tile(uint32_t dst, const Op* head, int row0, int S, int tid) {
 #pragma unroll
     for (int p = 0; p < 64 * CH / THREADS; ++p) {
         const int i = tid + THREADS * p;
@@ -178,8 +229,40 @@ QF_DEVICE void load_tile(uint32_t dst, const T* head, int row0, int S, int tid) 
         const int c = i % CH;
         const int s = row0 + r;
         const bool ok = s < S;
-        const T* src = ok ? head + static_cast<size_t>(s) * HD + c * 8 : head;
+        const Op* src = ok ? head + static_cast<size_t>(s) * HD + c * CHUNK_ELEMS : head;
         qf_cp_async_16(dst + tile_off(r, c), src, ok ? 16u : 0u);
+    }
+}
+
+// FP8: this thread's 16-byte chunks of the 64 x D V tile whose first token is `row0` (chunk
+// i = tid + THREADS * p: key i / CH, d 16 (i % CH) ..), zeros for tokens >= S.
+constexpr int V_CHUNKS = 64 * CH / THREADS;
+QF_DEVICE void load_v_regs(uint4 (&regs)[V_CHUNKS], const Op* head, int row0, int S, int tid) {
+#pragma unroll
+    for (int p = 0; p < V_CHUNKS; ++p) {
+        const int i = tid + THREADS * p;
+        const int s = row0 + i / CH;
+        regs[p] = s < S ? *reinterpret_cast<const uint4*>(head + static_cast<size_t>(s) * HD + (i % CH) * 16) : make_uint4(0, 0, 0, 0);
+    }
+}
+
+// FP8: stores the 4 bytes of `word` (d0..d0+3 of one key) into the V^T tile `vt`.
+QF_DEVICE void store_vt_word(uint8_t* vt, uint32_t word, int d0, int kappa) {
+#pragma unroll
+    for (int b = 0; b < 4; ++b) vt[vt_off(d0 + b, kappa)] = static_cast<uint8_t>(word >> (8 * b));
+}
+
+// FP8: stores the chunks of load_v_regs transposed into the V^T tile `vt` (shared memory).
+QF_DEVICE void store_vt(uint8_t* vt, const uint4 (&regs)[V_CHUNKS], int tid) {
+#pragma unroll
+    for (int p = 0; p < V_CHUNKS; ++p) {
+        const int i = tid + THREADS * p;
+        const int kappa = kappa_of(i / CH);
+        const int d0 = (i % CH) * 16;
+        store_vt_word(vt, regs[p].x, d0, kappa);
+        store_vt_word(vt, regs[p].y, d0 + 4, kappa);
+        store_vt_word(vt, regs[p].z, d0 + 8, kappa);
+        store_vt_word(vt, regs[p].w, d0 + 12, kappa);
     }
 }
 
@@ -205,12 +288,12 @@ QF_DEVICE void scores(float (&acc)[NT_S][4], const uint32_t (&qf)[KSTEPS_QK][4],
             const int key = 16 * np + (lane & 7) + 8 * (lane >> 4);
             const int chunk = 2 * kk + ((lane >> 3) & 1);
             qf_ldmatrix_x4(kf, kt + tile_off(key, chunk));
-            mma16816(acc[2 * np], qf[kk], kf[0], kf[1]);
-            mma16816(acc[2 * np + 1], qf[kk], kf[2], kf[3]);
+            mma_step(acc[2 * np], qf[kk], kf[0], kf[1]);
+            mma_step(acc[2 * np + 1], qf[kk], kf[2], kf[3]);
         }
     }
-    // The reference's rounding steps, T(dot), T(* scale), T(+ bias), two elements at a time (the
-    // pair (e, e+1) is one row, keys 2t and 2t+1); keys >= S become -inf.
+    // The reference's rounding steps, T(dot) (FP8: T(dot * QK_ALPHA)), T(* scale), T(+ bias), two
+    // elements at a time (the pair (e, e+1) is one row, keys 2t and 2t+1); keys >= S become -inf.
     const int t = lane & 3;
 #pragma unroll
     for (int n = 0; n < NT_S; ++n) {
@@ -223,6 +306,10 @@ QF_DEVICE void scores(float (&acc)[NT_S][4], const uint32_t (&qf)[KSTEPS_QK][4],
 #pragma unroll
         for (int r = 0; r < 2; ++r) {  // r = 0: row g (e = 0, 1); r = 1: row g + 8 (e = 2, 3)
             float a = acc[n][2 * r], b = acc[n][2 * r + 1];
+            if constexpr (FP8) {
+                a = __fmul_rn(a, __uint_as_float(QK_ALPHA_BITS));
+                b = __fmul_rn(b, __uint_as_float(QK_ALPHA_BITS));
+            }
             round2(a, b);
             if constexpr (HAS_SCALE) {
                 a = __fmul_rn(a, __uint_as_float(SCALE_BITS));
@@ -265,8 +352,14 @@ QF_DEVICE float prob(float s, float m, float l) {
     return div_rn(e, l);
 }
 
+// FP8: the E4M3 code of a probability, qf_quantize_e4m3(p, P_SCALE) (the true quotient, through
+// qf_div_by_scale without a division's slow path, RNE, saturating).
+QF_DEVICE uint32_t quantize_p(float p) {
+    return qf_f32_to_e4m3(qf_div_by_scale(p, __uint_as_float(P_SCALE_BITS), __uint_as_float(P_RCP_BITS)));
+}
+
 // The whole kernel; mask_bias is null without a mask.
-QF_DEVICE void attention(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+QF_DEVICE void attention(const Op* __restrict__ q, const Op* __restrict__ k, const Op* __restrict__ v,
                          const T* __restrict__ mask_bias, OutT* __restrict__ out, int S) {
     extern __shared__ __align__(128) uint8_t smem[];
     const uint32_t sm = qf_smem_addr(smem);
@@ -300,13 +393,18 @@ QF_DEVICE void attention(const T* __restrict__ q, const T* __restrict__ k, const
         for (int e = 0; e < 4; ++e) o[n][e] = 0.0f;
 
     for (int step = 0; step < steps; ++step) {
+        uint4 v_regs[V_CHUNKS];  // FP8: the next V tile, on its way to V^T
         // Prefetch step + 1 into the other buffer (freed by the trailing barrier of step - 1).
         const int next = step + 1;
+        const bool next_has_v = next < steps && next >= tiles;
         if (next < steps) {
             const int buf = next & 1;
             const int j = next < tiles ? next : next - tiles;
             load_tile(sm + K_OFF + buf * TILE_BYTES, k + head, j * BKV, S, tid);
-            if (next >= tiles) load_tile(sm + V_OFF + buf * TILE_BYTES, v + head, j * BKV, S, tid);
+            if (next_has_v) {
+                if constexpr (FP8) load_v_regs(v_regs, v + head, j * BKV, S, tid);
+                else load_tile(sm + V_OFF + buf * TILE_BYTES, v + head, j * BKV, S, tid);
+            }
         }
         qf_cp_async_commit();  // possibly empty: keeps the group count uniform
         qf_cp_async_wait<1>();  // everything but the newest group: step's tiles (and Q) landed
@@ -325,6 +423,12 @@ QF_DEVICE void attention(const T* __restrict__ q, const T* __restrict__ k, const
         const int j = pass1 ? step : step - tiles;
         float s[NT_S][4];
         scores(s, qf, sm + K_OFF + buf * TILE_BYTES, j * BKV, mask_row, S, lane);
+        if constexpr (FP8) {
+            // The next V tile (loaded before the scores' MMAs, which hid the latency) into the
+            // other buffer, free since the trailing barrier of step - 1; done before P.V, whose
+            // accumulators and fragments need the registers.
+            if (next_has_v) store_vt(smem + V_OFF + (next & 1) * TILE_BYTES, v_regs, tid);
+        }
 
         if (pass1) {
 #pragma unroll
@@ -348,6 +452,37 @@ QF_DEVICE void attention(const T* __restrict__ q, const T* __restrict__ k, const
                 for (int r = 0; r < 2; ++r) {
                     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
                     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+                }
+            }
+        } else if constexpr (FP8) {
+            // P = E4M3(T(exp(s - max) / sum)), then the P.V product, k32 step kk = keys
+            // 32kk..32kk+31 in the permuted order of the header: a0 = row g, score n-tiles 4kk
+            // and 4kk+1 (keys 2t, 2t+1 of each); a1 the same for row g + 8; a2, a3 n-tiles 4kk+2,
+            // 4kk+3. B fragments are words of V^T (vt_off): b0 = kappa 4t..4t+3, b1 = 16 + that.
+            const uint32_t vt = sm + V_OFF + buf * TILE_BYTES;
+#pragma unroll
+            for (int kk = 0; kk < BKV / 32; ++kk) {
+                uint32_t pa[4];
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+#pragma unroll
+                    for (int r = 0; r < 2; ++r) {
+                        const float(&c0)[4] = s[4 * kk + 2 * half];
+                        const float(&c1)[4] = s[4 * kk + 2 * half + 1];
+                        float p0 = prob(c0[2 * r], m[r], l[r]), p1 = prob(c0[2 * r + 1], m[r], l[r]);
+                        float p2 = prob(c1[2 * r], m[r], l[r]), p3 = prob(c1[2 * r + 1], m[r], l[r]);
+                        round2(p0, p1);
+                        round2(p2, p3);
+                        pa[2 * half + r] = quantize_p(p0) | (quantize_p(p1) << 8) | (quantize_p(p2) << 16) | (quantize_p(p3) << 24);
+                    }
+                }
+#pragma unroll
+                for (int n = 0; n < NT_O; ++n) {
+                    const int dcol = 8 * n + g;
+                    uint32_t b0, b1;
+                    asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(b0) : "r"(vt + vt_off(dcol, 32 * kk + 4 * t)));
+                    asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(b1) : "r"(vt + vt_off(dcol, 32 * kk + 16 + 4 * t)));
+                    mma_step(o[n], pa, b0, b1);
                 }
             }
         } else {
@@ -377,8 +512,8 @@ QF_DEVICE void attention(const T* __restrict__ q, const T* __restrict__ k, const
                     const int key = 16 * kk + (lane & 7) + 8 * ((lane >> 3) & 1);
                     const int chunk = 2 * dn + (lane >> 4);
                     ldmatrix_x4_trans(vf, vt + tile_off(key, chunk));
-                    mma16816(o[2 * dn], pa, vf[0], vf[1]);
-                    mma16816(o[2 * dn + 1], pa, vf[2], vf[3]);
+                    mma_step(o[2 * dn], pa, vf[0], vf[1]);
+                    mma_step(o[2 * dn + 1], pa, vf[2], vf[3]);
                 }
             }
         }
@@ -398,6 +533,10 @@ QF_DEVICE void attention(const T* __restrict__ q, const T* __restrict__ k, const
             const int d = 8 * n + 2 * t;
             float x0 = o[n][2 * r];
             float x1 = o[n][2 * r + 1];
+            if constexpr (FP8) {
+                x0 = __fmul_rn(x0, __uint_as_float(PV_ALPHA_BITS));
+                x1 = __fmul_rn(x1, __uint_as_float(PV_ALPHA_BITS));
+            }
             if constexpr (QUANT_OUT) {
                 // T(o), then the output quantize: two bytes, d even -> 2-byte aligned.
                 round2(x0, x1);
@@ -417,7 +556,7 @@ QF_DEVICE void attention(const T* __restrict__ q, const T* __restrict__ k, const
 
 // Grid (ceil_div(S, 64), H, B), block (128), attn::SMEM_BYTES of dynamic shared memory.
 extern "C" __global__ void __launch_bounds__(attn::THREADS, attn::MIN_CTAS)
-{{kernel_name}}(const uint16_t* __restrict__ q, const uint16_t* __restrict__ k, const uint16_t* __restrict__ v,
+{{kernel_name}}(const attn::Op* __restrict__ q, const attn::Op* __restrict__ k, const attn::Op* __restrict__ v,
                 {{mask_param}}attn::OutT* __restrict__ out, int S) {
     attn::attention(q, k, v, {{mask_arg}}, out, S);
 }

@@ -19,7 +19,7 @@
 // once and never contracted into an FMA (qf_rn_f32). STORE converts the final value to the output:
 // f16/bf16 (RNE, exact since the value is already rounded), f32, or FP8 E4M3 bytes as
 // qf_quantize_e4m3(x, scale) computes them (the true quotient x / scale, RNE, saturating; the
-// quotient through qf_gemm_div, which is bit-identical to the division without its slow path).
+// quotient through qf_div_by_scale, which is bit-identical to the division without its slow path).
 //
 // ---- Index mappings ----------------------------------------------------------------------------
 // Block -> tile: blockIdx.x enumerates ceil(M/BM) * (N/BN) output tiles in groups of GROUP_M

@@ -72,35 +72,21 @@ QF_DEVICE void qf_st4_bf16(uint16_t* p, const float (&y)[4]) {
     *reinterpret_cast<uint2*>(p) = make_uint2(lo, hi);
 }
 
-// x / scale rounded to nearest even, for scale > 0 normal with rcp = RN(1 / scale) (compiled in),
-// without the slow-path call of a full IEEE division (a call per element serializes the
-// epilogue). Markstein's correction: q0 = RN(x * rcp) is within one ulp of x / scale, so
-// e = x - q0 * scale is exact in one FMA and RN(q0 + e * rcp) = RN(x / scale) (no overflow or
-// underflow; src/codegen/gemm.rs tests it against IEEE division). Zeros (keeping their sign),
-// infinities, NaN and an overflowing product take q0 itself, which is then also x / scale or
-// saturates alike below.
-QF_DEVICE float qf_gemm_div(float x, float scale, float rcp) {
-    const float q0 = __fmul_rn(x, rcp);
-    const float e = __fmaf_rn(-q0, scale, x);
-    const float q1 = __fmaf_rn(e, rcp, q0);
-    return (x != 0.0f && fabsf(q0) <= 3.40282347e38f) ? q1 : q0;
-}
-
 // Per-tensor static FP8 E4M3 quantization of each element: qf_quantize_e4m3(y, scale), i.e.
 // the true quotient y / scale, then RNE with saturation.
 QF_DEVICE void qf_st4_e4m3(uint8_t* p, const float (&y)[4], float scale, float rcp) {
     uint32_t w = 0;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) w |= static_cast<uint32_t>(qf_f32_to_e4m3(qf_gemm_div(y[j], scale, rcp))) << (8 * j);
+    for (int j = 0; j < 4; ++j) w |= static_cast<uint32_t>(qf_f32_to_e4m3(qf_div_by_scale(y[j], scale, rcp))) << (8 * j);
     *reinterpret_cast<uint32_t*>(p) = w;
 }
 
 // Per-tensor static i8 quantization of each element: qf_quantize_i8(y, scale), i.e. the true
-// quotient y / scale (through qf_gemm_div), then RNE, saturation to [-128, 127], NaN -> 0.
+// quotient y / scale (through qf_div_by_scale), then RNE, saturation to [-128, 127], NaN -> 0.
 QF_DEVICE void qf_st4_i8(int8_t* p, const float (&y)[4], float scale, float rcp) {
     uint32_t w = 0;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) w |= static_cast<uint32_t>(static_cast<uint8_t>(qf_f32_to_i8(qf_gemm_div(y[j], scale, rcp)))) << (8 * j);
+    for (int j = 0; j < 4; ++j) w |= static_cast<uint32_t>(static_cast<uint8_t>(qf_f32_to_i8(qf_div_by_scale(y[j], scale, rcp)))) << (8 * j);
     *reinterpret_cast<uint32_t*>(p) = w;
 }
 

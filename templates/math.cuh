@@ -55,6 +55,20 @@ QF_DEVICE float qf_e5m2_to_f32(uint8_t b) {
 QF_DEVICE float qf_round_e4m3(float f) { return qf_e4m3_to_f32(qf_f32_to_e4m3(f)); }
 QF_DEVICE float qf_round_e5m2(float f) { return qf_e5m2_to_f32(qf_f32_to_e5m2(f)); }
 
+// x / scale rounded to nearest even, for scale > 0 normal with rcp = RN(1 / scale) (compiled in
+// by the caller), without the slow-path call of a full IEEE division (a call per element
+// serializes a GEMM epilogue or an attention's probability quantize). Markstein's correction:
+// q0 = RN(x * rcp) is within one ulp of x / scale, so e = x - q0 * scale is exact in one FMA and
+// RN(q0 + e * rcp) = RN(x / scale) (no overflow or underflow; src/codegen/gemm.rs tests it
+// against IEEE division). Zeros (keeping their sign), infinities, NaN and an overflowing product
+// take q0 itself, which is then also x / scale or saturates as it would in the quantize after.
+QF_DEVICE float qf_div_by_scale(float x, float scale, float rcp) {
+    const float q0 = __fmul_rn(x, rcp);
+    const float e = __fmaf_rn(-q0, scale, x);
+    const float q1 = __fmaf_rn(e, rcp, q0);
+    return (x != 0.0f && fabsf(q0) <= 3.40282347e38f) ? q1 : q0;
+}
+
 // Static quantization as the IR defines it: a true division x / s (not x * (1/s)), then RNE with
 // saturation.
 QF_DEVICE uint8_t qf_quantize_e4m3(float x, float scale) { return qf_f32_to_e4m3(__fdiv_rn(x, scale)); }

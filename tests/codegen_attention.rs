@@ -171,6 +171,52 @@ fn head_dims_64_and_128_compile() {
     compile(&lower(&graph("f16", 256, "heads=2, out=f8e4m3, out_scale=0.25", true, "f8e4m3")));
 }
 
+/// An FP8 attention (`--fp8-attention`): E4M3 q, k, v of `width` with f16 scores and mask.
+fn fp8_graph(width: u64, heads: u32, out: &str) -> Graph {
+    let out_attrs = if out == "f8e4m3" { ", out=f8e4m3, out_scale=0.0070277625" } else { "" };
+    let text = format!(
+        "graph \"attn\" {{\n  sym B max=8\n  sym S max=512\n  %0 = input \"q\" : f8e4m3[B,S,{width}]\n  %1 = input \"k\" : \
+         f8e4m3[B,S,{width}]\n  %2 = input \"v\" : f8e4m3[B,S,{width}]\n  %3 = input \"mask\" : f16[B,S]\n  %4 = attention %0, %1, %2 \
+         {{heads={heads}, mask=%3, fp8(qk_alpha=0.00082239875,p_scale=0.002232143,pv_alpha=1.8187933e-5,via=f16){out_attrs}}} : \
+         {out}[B,S,{width}] loc(\"layer.0.attention\")\n  return \"o\" = %4\n}}\n"
+    );
+    ir::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+#[test]
+fn fp8_operands_lower_and_compile_for_head_sizes_32_and_64() {
+    let k = lower(&fp8_graph(384, 12, "f8e4m3"));
+    assert_eq!(k.smem_bytes, 5 * 64 * 32, "E4M3 tiles are one byte an element");
+    for line in [
+        "constexpr bool FP8 = true;",
+        "constexpr uint32_t QK_ALPHA_BITS = 0x3a57963fu;",
+        "constexpr uint32_t P_SCALE_BITS = 0x3b124925u;",
+        "constexpr uint32_t PV_ALPHA_BITS = 0x3798924au;",
+        "constexpr bool QUANT_OUT = true;",
+    ] {
+        assert!(k.source.contains(line), "{line}");
+    }
+    assert_ne!(k.name, lower(&graph("f16", 384, "heads=12, out=f8e4m3, out_scale=0.0070277625", true, "f8e4m3")).name);
+    compile(&k);
+    let k = lower(&fp8_graph(384, 6, "f16"));
+    assert_eq!(k.smem_bytes, 5 * 64 * 64);
+    compile(&k);
+}
+
+#[test]
+fn fp8_operands_need_fp8_and_sm89() {
+    let e = lower_err(&graph("f8e4m3", 384, "heads=12", false, "f8e4m3"));
+    assert!(e.contains("quantized operands (f8e4m3) are not supported"), "{e}");
+    let g = fp8_graph(384, 12, "f16");
+    let e = match attention::lower(&LowerCx::new(&g, 80), attention_node(&g)) {
+        Err(e) => e.to_string(),
+        Ok(l) => panic!("expected an error, got {l:?}"),
+    };
+    assert!(e.contains("FP8 attention needs sm_89 or newer"), "{e}");
+    let e = lower_err(&fp8_graph(384, 3, "f16"));
+    assert!(e.contains("FP8 attention: head size 128 is not one of [32, 64]"), "{e}");
+}
+
 #[test]
 fn generated_source_snapshot() {
     let k = lower(&minilm_f16());
@@ -178,6 +224,8 @@ fn generated_source_snapshot() {
     settings.set_snapshot_path(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"));
     settings.set_prepend_module_to_snapshot(false);
     settings.bind(|| insta::assert_snapshot!("codegen_attention__minilm_f16_h12_d32_mask_scale", k.source));
+    let fp8 = lower(&fp8_graph(384, 12, "f8e4m3"));
+    settings.bind(|| insta::assert_snapshot!("codegen_attention__minilm_fp8_operands_h12_d32_mask_quant", fp8.source));
 }
 
 #[test]
@@ -221,7 +269,7 @@ fn quantized_operands_are_an_error() {
 
 #[test]
 fn spec_errors() {
-    let base = AttentionSpec { head_dim: 32, heads: 12, scale: None, mask: false, out: OutKind::Same, dtype: DType::F16 };
+    let base = AttentionSpec { head_dim: 32, heads: 12, scale: None, mask: false, out: OutKind::Same, dtype: DType::F16, fp8: None };
     let err = |s: AttentionSpec| match attention::kernel(&s, DimExpr::sym("B"), DimExpr::sym("S")) {
         Err(AttentionError::Unsupported(r)) => r,
         other => panic!("{s:?}: expected Unsupported, got {other:?}"),
@@ -231,6 +279,8 @@ fn spec_errors() {
     assert!(err(AttentionSpec { heads: 0, ..base }).contains("0 heads"));
     assert!(err(AttentionSpec { scale: Some(f32::NAN), ..base }).contains("not finite"));
     assert!(err(AttentionSpec { out: OutKind::E4M3 { scale: 0.0 }, ..base }).contains("finite and positive"));
+    let fp8 = ir::AttentionFp8 { qk_alpha: 1e-3, p_scale: 0.0, pv_alpha: 1e-5, compute: DType::F16 };
+    assert!(err(AttentionSpec { fp8: Some(fp8), ..base }).contains("p_scale 0 must be finite and positive"));
     let k = attention::kernel(&base, DimExpr::Const(2), DimExpr::Const(100)).expect("valid");
     assert_eq!(k.grid, [DimExpr::Const(2), DimExpr::Const(12), DimExpr::Const(2)]);
 }

@@ -752,7 +752,7 @@ fn run_observed_sees_every_value_once() {
     assert_eq!(shapes[&4], vec![3, 1]);
     let plain = interp::run(&g, &w, &inputs).unwrap();
     assert_eq!(out, plain);
-    let one_thread = interp::run_with(&g, &w, &inputs, &RunOptions { threads: 1 }, &mut |_, _| {}).unwrap();
+    let one_thread = interp::run_with(&g, &w, &inputs, &RunOptions { threads: 1, ..Default::default() }, &mut |_, _| {}).unwrap();
     assert_eq!(one_thread, plain);
 }
 
@@ -952,4 +952,56 @@ fn embed_layernorm_vs_naive() {
         want.extend((0..hd).map(|c| (x[c] - mean) / (var + 1e-5).sqrt() * gamma[c] + beta[c]));
     }
     assert_close(f32s(&out["y"]), &want, 1e-2, "embed_layernorm");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accumulation
+// ---------------------------------------------------------------------------------------------
+
+/// E4M3 codes `qmatmul` sums: with `Accumulation::F64` the result is the exact sum rounded to f32
+/// once, whatever the order of K; with the default f32 sums it is within f32 rounding of that, and
+/// on this many long rows it is not bit-identical (else the floor `qfuse check` reports would be
+/// vacuous).
+#[test]
+fn f64_accumulation_is_exact_for_e4m3_codes() {
+    let (m, n, k) = (64, 48, 1536);
+    let src = format!(
+        "graph \"t\" {{\n  %0 = input \"a\" : f8e4m3[{m},{k}]\n  %1 = input \"b\" : f8e4m3[{n},{k}]\n  \
+         %2 = qmatmul %0, %1 {{transpose_b, alpha=1, acc=f32}} : f32[{m},{n}]\n  return \"y\" = %2\n}}\n"
+    );
+    let g = graph(&src);
+    // Codes over E4M3's whole range (subnormals to 448), both signs.
+    let codes = |len: usize, seed: u64| {
+        rand_vec(len, seed).iter().map(|&u| qfuse::numerics::cast(u.signum() * 2f32.powf(u.abs() * 17.0 - 9.0), DType::F8E4M3)).collect()
+    };
+    let (a, b): (Vec<f32>, Vec<f32>) = (codes(m * k, 1), codes(n * k, 2));
+    let inputs = |a: &[f32], b: &[f32]| {
+        vec![
+            ("a", Tensor::from_f32_as(DType::F8E4M3, vec![m, k], a.to_vec())),
+            ("b", Tensor::from_f32_as(DType::F8E4M3, vec![n, k], b.to_vec())),
+        ]
+    };
+    let run = |acc, a: &[f32], b: &[f32]| {
+        let opts = RunOptions { accumulation: acc, ..Default::default() };
+        let out = interp::run_with(&g, &NoWeights, &inputs(a, b), &opts, &mut |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
+        f32s(&out[0].1).to_vec()
+    };
+    // The exact sums: every product is a multiple of 2^-18 below 2^18, so i128 fixed point is exact.
+    let fixed = |x: f32| (x as f64 * 2f64.powi(9)) as i128;
+    let exact: Vec<f32> = (0..m * n)
+        .map(|i| {
+            let (r, c) = (i / n, i % n);
+            let s: i128 = (0..k).map(|j| fixed(a[r * k + j]) * fixed(b[c * k + j])).sum();
+            (s as f64 / 2f64.powi(18)) as f32
+        })
+        .collect();
+    let wide = run(interp::Accumulation::F64, &a, &b);
+    assert_eq!(wide, exact, "f64 sums of E4M3 products are exact, rounded once");
+    // Reversing K changes nothing in f64.
+    let rev = |x: &[f32], rows: usize| -> Vec<f32> { x.chunks(k).take(rows).flat_map(|row| row.iter().rev().copied()).collect() };
+    assert_eq!(run(interp::Accumulation::F64, &rev(&a, m), &rev(&b, n)), exact);
+    let narrow = run(interp::Accumulation::F32, &a, &b);
+    let scale: f64 = exact.iter().map(|&x| (x as f64).abs()).fold(0.0, f64::max);
+    assert_close(&narrow, &exact.iter().map(|&x| x as f64).collect::<Vec<_>>(), 1e-5 * scale.max(1.0), "f32 sums");
+    assert!(narrow != exact, "f32 sums over K = {k} should differ from the exact ones somewhere");
 }

@@ -19,8 +19,8 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{FileFailurePersistence, TestRunner};
 use qfuse::ir::print::print_exact;
 use qfuse::ir::{
-    self, order, Attention, BinaryOp, Builder, DType, Dim, EmbedLayerNorm, EpilogueOp, EpilogueStep, Granularity, Graph, Node, NodeId, Op,
-    QMatMul, QuantSpec, ReduceOp, ScaleSource, Shape, SymId, TensorType, UnaryOp, ValueId, ValueInfo, ZeroPoint,
+    self, order, Attention, AttentionFp8, BinaryOp, Builder, DType, Dim, EmbedLayerNorm, EpilogueOp, EpilogueStep, Granularity, Graph,
+    Node, NodeId, Op, QMatMul, QuantSpec, ReduceOp, ScaleSource, Shape, SymId, TensorType, UnaryOp, ValueId, ValueInfo, ZeroPoint,
 };
 use qfuse::numerics::E8M0Rounding;
 use std::collections::BTreeSet;
@@ -134,6 +134,16 @@ fn f32_value(d: &mut Dice) -> f32 {
         }
     }
     d.pick(&F32_LITERALS)
+}
+
+/// A positive finite f32 (an FP8 attention's multipliers); 1.0 for a zero word.
+fn positive_f32(d: &mut Dice) -> f32 {
+    let x = f32_value(d).abs();
+    if x.is_finite() && x > 0.0 {
+        x
+    } else {
+        d.pick(&[1.0, 0.00082239875, 1.8187933e-5, f32::MIN_POSITIVE, 1e-45, 448.0])
+    }
 }
 
 fn f64_value(d: &mut Dice) -> f64 {
@@ -669,14 +679,21 @@ impl<'g> Gen<'g> {
         self.add1(Op::QMatMul(q), &inputs, None);
     }
 
-    /// An `attention` over `[B,S,H·D]` f16/bf16 operands, with or without scale, mask and output
-    /// quantize.
+    /// An `attention` over `[B,S,H·D]` f16/bf16 operands, or E4M3 operands with `fp8(...)`, with or
+    /// without scale, mask and output quantize.
     fn attention(&mut self, d: &mut Dice) {
         let dtype = d.pick(&[DType::F16, DType::BF16]);
         let heads = d.pick(&[1u32, 2, 3, 12]);
         let width = u64::from(heads) * d.pick(&[1u64, 2, 4, 32]);
         let (b, s) = (self.dim(d), self.dim(d));
-        let ty = TensorType::new(dtype, [b, s, Dim::Fixed(width)]);
+        let fp8 = d.chance(40).then(|| AttentionFp8 {
+            qk_alpha: positive_f32(d),
+            p_scale: positive_f32(d),
+            pv_alpha: positive_f32(d),
+            compute: dtype,
+        });
+        let operands = if fp8.is_some() { DType::F8E4M3 } else { dtype };
+        let ty = TensorType::new(operands, [b, s, Dim::Fixed(width)]);
         let mut inputs = vec![self.value_of(d, ty.clone()), self.value_of(d, ty.clone()), self.value_of(d, ty)];
         let scale = if d.chance(60) { Some(qfuse::numerics::cast(f32_value(d), dtype)) } else { None };
         let mask = d.chance(50);
@@ -684,7 +701,7 @@ impl<'g> Gen<'g> {
             inputs.push(self.value_of(d, TensorType::new(dtype, [b, s])));
         }
         let output = self.fused_output(d);
-        self.add1(Op::Attention(Attention { heads, scale, mask, output }), &inputs, None);
+        self.add1(Op::Attention(Attention { heads, scale, mask, fp8, output }), &inputs, None);
     }
 
     /// An `embed_layernorm`, plain or with any quantization `layernorm_quantize` could carry.
@@ -924,6 +941,9 @@ fn generator_covers_the_ir() {
                 }
                 Op::Attention(a) => {
                     seen.insert(format!("attention mask={} scale={} output={}", a.mask, a.scale.is_some(), a.output.is_some()));
+                    if let Some(f) = &a.fp8 {
+                        seen.insert(format!("attention fp8 via={} output={}", f.compute, a.output.is_some()));
+                    }
                 }
                 Op::EmbedLayerNorm(e) => {
                     seen.insert(format!("embed_layernorm quant={} keep_normed={}", e.quant.is_some(), e.keep_normed));
@@ -1051,6 +1071,11 @@ fn generator_covers_the_ir() {
         }
     }
     want.push("attention mask=false scale=false output=false".into());
+    for via in ["f16", "bf16"] {
+        for output in [false, true] {
+            want.push(format!("attention fp8 via={via} output={output}"));
+        }
+    }
     let missing: Vec<&String> = want.iter().filter(|w| !seen.contains(*w)).collect();
     assert!(missing.is_empty(), "the generator never produced {missing:?}");
     let zero_kinds = seen.iter().filter(|s| s.starts_with("zero ")).count();
@@ -1231,6 +1256,50 @@ graph "t" {
     assert!(text.contains("@\"w s\""), "{text}");
     assert!(text.contains("scale=dynamic(e8m0,nearest), zero=-1}"), "{text}");
     assert!(text.contains("{transpose_b, alpha=1.0, b_dequant(u4,block(1:8),scale=%"), "{text}");
+}
+
+/// FP8 attention (`fp8(...)`, with and without a fused output quantize) reads back from its text,
+/// prints back to the same text and keeps each multiplier's bits.
+#[test]
+fn fp8_attention_round_trips() {
+    const SRC: &str = r#"graph "t" {
+  sym B max=4
+  sym S max=128
+  %0 = input "q" : f8e4m3[B,S,384]
+  %1 = input "k" : f8e4m3[B,S,384]
+  %2 = input "v" : f8e4m3[B,S,384]
+  %3 = input "mask_bias" : f16[B,S]
+  %4 = input "mask_bf16" : bf16[B,S]
+  %5 = attention %0, %1, %2 {heads=12, scale=0.17675781, mask=%3, fp8(qk_alpha=0.00082239875,p_scale=0.002232143,pv_alpha=1.8187933e-5,via=f16), out=f8e4m3, out_scale=0.0070277625} : f8e4m3[B,S,384] loc("encoder.layer.0.attention.self")
+  %6 = attention %0, %1, %2 {heads=6, mask=%4, fp8(qk_alpha=1e-45,p_scale=448.0,pv_alpha=3.4028235e38,via=bf16)} : bf16[B,S,384]
+  %7 = attention %0, %0, %0 {heads=1, fp8(qk_alpha=1.0,p_scale=0.1,pv_alpha=0.1,via=f16)} : f16[B,S,384]
+  return "ctx" = %5, "ctx_bf16" = %6, "self" = %7
+}
+"#;
+    let g = ir::parse(SRC).unwrap_or_else(|e| panic!("{e}"));
+    ir::verify(&g, "after parse").unwrap();
+    let text = ir::print(&g);
+    assert_eq!(text, SRC, "not in canonical form");
+    let g2 = ir::parse(&text).unwrap();
+    assert_eq!(g2, order::renumber(&g));
+    let fp8s: Vec<(AttentionFp8, bool)> = g2
+        .nodes
+        .values()
+        .filter_map(|n| match &n.op {
+            Op::Attention(a) => Some((a.fp8.expect("fp8 attention"), a.output.is_some())),
+            _ => None,
+        })
+        .collect();
+    let bits = |f: &AttentionFp8| [f.qk_alpha.to_bits(), f.p_scale.to_bits(), f.pv_alpha.to_bits()];
+    let want = [
+        (AttentionFp8 { qk_alpha: 0.00082239875, p_scale: 0.002232143, pv_alpha: 1.8187933e-5, compute: DType::F16 }, true),
+        (AttentionFp8 { qk_alpha: 1e-45, p_scale: 448.0, pv_alpha: f32::MAX, compute: DType::BF16 }, false),
+        (AttentionFp8 { qk_alpha: 1.0, p_scale: 0.1, pv_alpha: 0.1, compute: DType::F16 }, false),
+    ];
+    assert_eq!(fp8s.len(), want.len());
+    for ((got, got_out), (want, want_out)) in fp8s.iter().zip(&want) {
+        assert_eq!((bits(got), got.compute, got_out), (bits(want), want.compute, want_out));
+    }
 }
 
 /// The complete example in `docs/ir.md` is valid and in canonical form.

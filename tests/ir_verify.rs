@@ -81,6 +81,10 @@ invalid_ir!(
     several_errors,
     qmatmul_mixed_families,
     attention_heads_do_not_divide,
+    attention_fp8_f16_operands,
+    attention_f8_operands_without_fp8,
+    attention_fp8_via_f32,
+    attention_fp8_nonpositive_p_scale,
     embed_layernorm_table_dtype,
 );
 

@@ -16,7 +16,13 @@ use qfuse::plan::{ArgRef, Plan, SectionKind};
 use qfuse::quant::calib;
 
 fn compile_minilm(recipe: &str, cache: &std::path::Path) -> CompiledPlan {
+    compile_minilm_with(recipe, cache, |_| {})
+}
+
+/// [`compile_minilm`] with the options adjusted by `adjust` first.
+fn compile_minilm_with(recipe: &str, cache: &std::path::Path, adjust: impl FnOnce(&mut CompileOptions)) -> CompiledPlan {
     let mut opts = CompileOptions::for_recipe(recipe).unwrap();
+    adjust(&mut opts);
     opts.calib.sentences = calib::default_calibration_sentences().into_iter().take(16).collect();
     opts.kernel_cache = Some(cache.to_path_buf());
     opts.import = ImportOptions { max_batch: 8, max_seq: Some(128), ..ImportOptions::default() };
@@ -45,6 +51,24 @@ fn minilm_plans_compile_for_sm90a_and_round_trip() {
             "{recipe}: {} kernels, {} launches, arena {} of {} bytes without reuse, {} weight bytes",
             stats.kernels, stats.launches, stats.peak_activation_bytes, stats.unshared_activation_bytes, stats.weight_bytes
         );
+    }
+}
+
+/// `--fp8-attention`: the six attentions become one FP8-operand kernel each (E4M3 Q·Kᵀ and P·V),
+/// compiled by NVRTC like every other kernel of the plan.
+#[test]
+fn minilm_fp8_attention_plan_compiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let compiled = compile_minilm_with("fp8", &dir.path().join("kernels"), |o| o.recipe.fp8_attention = true);
+    let path = dir.path().join("minilm-fp8-attention.plan");
+    compiled.save(&path).unwrap();
+    let plan = Plan::load(&path, Some("sm_90a")).unwrap();
+    check_kernels(&plan, "fp8 --fp8-attention");
+    check_schedule(&plan, "fp8 --fp8-attention");
+    let attention: Vec<_> = plan.meta().kernels.iter().filter(|k| k.template == "attention").collect();
+    assert_eq!(attention.len(), 6, "one attention kernel per layer (each has its own compiled-in scales)");
+    for k in attention {
+        assert!(k.source.contains("constexpr bool FP8 = true;"), "{}: not the FP8-operand attention", k.name);
     }
 }
 

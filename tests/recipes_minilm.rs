@@ -93,6 +93,28 @@ fn fused_graph_computes_the_qdq_graph() {
     }
 }
 
+/// `fp8 --fp8-attention`: every attention fuses with E4M3 operands (the two qmatmuls and the
+/// probabilities' quantize inside), and the fused op computes exactly its chain: the graph with
+/// `fuse-attention` and the one without it give bit-identical embeddings. (Against the Q/DQ graph
+/// the fused FP8 graph drifts to FP8 noise, ~0.999, through `fuse-dq-matmul`'s reassociated
+/// scales, as `quant_pipeline` shows.)
+#[test]
+fn fp8_attention_fuses_into_one_exact_op_per_layer() {
+    let model = model();
+    let mut r = recipe("fp8");
+    r.fp8_attention = true;
+    let fused = run(&model, &r, 8);
+    assert_eq!(count(&fused.fused, |op| matches!(op, Op::Attention(a) if a.fp8.is_some())), 6, "one FP8 attention per layer");
+    assert_eq!(count(&fused.fused, |op| matches!(op, Op::Softmax { .. })), 0, "no softmax left outside an attention");
+    let passes = PassOptions { disable: vec!["fuse-attention".into()], verify: true, ..Default::default() };
+    let unfused = quant::quantize(&model, &r, &calib_opts(8), &passes).unwrap();
+    assert_eq!(count(&unfused.fused, |op| matches!(op, Op::Attention(_))), 0);
+    let inputs = model.tokenizer.as_ref().unwrap().encode(&held_out(8)).unwrap().inputs();
+    let a = interp::run(&fused.fused, &model.weights, &inputs).unwrap();
+    let b = interp::run(&unfused.fused, &model.weights, &inputs).unwrap();
+    assert_eq!(a[0].1.to_f32_vec(), b[0].1.to_f32_vec(), "the fused attentions change the embeddings");
+}
+
 #[test]
 fn awq_and_gptq_beat_round_to_nearest() {
     let model = model();

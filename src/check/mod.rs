@@ -86,6 +86,12 @@ pub struct CheckReport {
     pub kernels: Vec<KernelCheck>,
     /// Cosine of each output row (GPU graph run vs interpreter), per output.
     pub end_to_end: Vec<(String, Vec<f64>)>,
+    /// The summation-order floor: cosine of each output row of the interpreter with f32 sums (the
+    /// reference above) against the interpreter with f64 sums ([`interp::Accumulation::F64`]),
+    /// per output. Two correct references differ this much; where quantization re-rounds sums
+    /// (FP8, INT8 activations), a last-bit difference flips a code and the flip propagates, so a
+    /// GPU that sums in a third order cannot be expected closer than this.
+    pub summation_floor: Vec<(String, Vec<f64>)>,
     /// Random-input runs, and how many produced a NaN or infinity (with the first offender).
     pub random_runs: usize,
     /// Runs with a non-finite output.
@@ -158,6 +164,7 @@ pub fn check_plan(path: &Path, opts: &CheckOptions) -> anyhow::Result<CheckRepor
             ))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let summation_floor = summation_floor(&graph, &weights, &inputs, &reference)?;
     let vs_fp32 = match &opts.reference_model {
         Some(dir) => Some(fp32_comparison(dir, &opts.texts, &graph, &reference, &outputs)?),
         None => None,
@@ -166,12 +173,31 @@ pub fn check_plan(path: &Path, opts: &CheckOptions) -> anyhow::Result<CheckRepor
     Ok(CheckReport {
         kernels,
         end_to_end,
+        summation_floor,
         random_runs: opts.random_runs,
         random_nonfinite,
         first_nonfinite,
         graphs_captured: ctx.cached_graphs(),
         vs_fp32,
     })
+}
+
+/// Per output, the row cosines of `reference` (the interpreter's f32 sums) against the interpreter
+/// summing in f64.
+fn summation_floor(
+    graph: &Graph,
+    weights: &PlanWeights,
+    inputs: &[(&str, Tensor)],
+    reference: &HashMap<ValueId, Tensor>,
+) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
+    let opts = interp::RunOptions { accumulation: interp::Accumulation::F64, ..Default::default() };
+    let wide = interp::run_with(graph, weights, inputs, &opts, &mut |_, _| {})?;
+    Ok(graph
+        .outputs
+        .iter()
+        .zip(&wide)
+        .map(|((name, v), (_, t))| (name.clone(), row_cosines(&reference[v].to_f32_vec(), &t.to_f32_vec(), width(&reference[v]))))
+        .collect())
 }
 
 /// The first output of the GPU and of the interpreter, each against the imported model's FP32

@@ -84,17 +84,21 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
         let ok = report.kernels.iter().filter(|k| k.comparison.pass).count();
         let mut lines = vec![format!("per-kernel: {ok} of {} results within their dtype's tolerance", report.kernels.len())];
         for (name, cos) in &report.end_to_end {
-            let min = cos.iter().copied().fold(f64::INFINITY, f64::min);
-            let mean = cos.iter().sum::<f64>() / cos.len().max(1) as f64;
+            let (min, mean) = min_mean(cos);
             lines.push(format!(
                 "end to end `{name}`: {} rows, cosine GPU vs interpreter min {min:.6}, mean {mean:.6} (bar {})",
                 cos.len(),
                 args.min_cos
             ));
         }
+        for (name, cos) in &report.summation_floor {
+            let (min, mean) = min_mean(cos);
+            lines.push(format!(
+                "summation-order floor `{name}`: cosine interpreter (f32 sums) vs interpreter (f64 sums) min {min:.6}, mean {mean:.6}"
+            ));
+        }
         if let Some(f) = &report.vs_fp32 {
-            let stats = |c: &[f64]| (c.iter().copied().fold(f64::INFINITY, f64::min), c.iter().sum::<f64>() / c.len().max(1) as f64);
-            let ((gmin, gmean), (imin, imean)) = (stats(&f.gpu), stats(&f.interpreter));
+            let ((gmin, gmean), (imin, imean)) = (min_mean(&f.gpu), min_mean(&f.interpreter));
             lines.push(format!(
                 "vs FP32 model: GPU cosine min {gmin:.6} mean {gmean:.6}; interpreter min {imin:.6} mean {imean:.6} (same quantized IR)"
             ));
@@ -113,4 +117,9 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
         anyhow::bail!("{}: the GPU results do not match the interpreter", args.plan.display());
     }
     Ok(())
+}
+
+/// The smallest and the mean of some cosines.
+fn min_mean(c: &[f64]) -> (f64, f64) {
+    (c.iter().copied().fold(f64::INFINITY, f64::min), c.iter().sum::<f64>() / c.len().max(1) as f64)
 }

@@ -774,7 +774,7 @@ mod tests {
         assert_eq!(names, ["A", "B", "bias", "Y", "M"]);
     }
 
-    /// The template's `qf_gemm_div` (Markstein's corrected reciprocal product) is IEEE division
+    /// The template's `qf_div_by_scale` (Markstein's corrected reciprocal product) is IEEE division
     /// for every f16 value and a spread of f32 values over the scales an output quantize uses.
     #[test]
     fn corrected_reciprocal_division_is_ieee_division() {

@@ -164,6 +164,22 @@ pub enum InterpError {
 pub struct RunOptions {
     /// Worker threads for ops; 0 = all (rayon's global pool).
     pub threads: usize,
+    /// How float products are summed.
+    pub accumulation: Accumulation,
+}
+
+/// How `matmul`, float `qmatmul` and `attention` products sum (integer-code `qmatmul`s are
+/// always summed exactly, as `mma.sync … s32` does).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Accumulation {
+    /// f32 sums in the `gemm` crate's blocked order, as a GPU's f32 accumulators do (in theirs).
+    #[default]
+    F32,
+    /// f64 sums rounded to f32 once: exact for 8-bit codes (E4M3 products are multiples of 2^-18
+    /// below 2^18, so any K ≤ 2^16 sums exactly), order-independent to f64 precision otherwise.
+    /// Compared with [`Accumulation::F32`], it measures how much a graph's result depends on the
+    /// order its sums are taken in (`qfuse check`'s summation-order floor).
+    F64,
 }
 
 /// Named graph results, in the graph's output order.
@@ -202,7 +218,7 @@ pub fn run_with(
         0 => None,
         n => rayon::ThreadPoolBuilder::new().num_threads(n).build().ok(),
     };
-    let mut ex = Executor::new(g, weights, pool);
+    let mut ex = Executor::new(g, weights, pool, opts.accumulation);
     ex.bind_inputs(inputs)?;
     for id in order {
         if ex.live[id.index()] {
@@ -217,6 +233,7 @@ struct Executor<'a> {
     g: &'a Graph,
     weights: &'a dyn WeightSource,
     pool: Option<rayon::ThreadPool>,
+    accumulation: Accumulation,
     live: Vec<bool>,
     /// Bound symbol values, by `SymId` index.
     syms: Vec<Option<u64>>,
@@ -226,7 +243,7 @@ struct Executor<'a> {
 }
 
 impl<'a> Executor<'a> {
-    fn new(g: &'a Graph, weights: &'a dyn WeightSource, pool: Option<rayon::ThreadPool>) -> Self {
+    fn new(g: &'a Graph, weights: &'a dyn WeightSource, pool: Option<rayon::ThreadPool>, accumulation: Accumulation) -> Self {
         let live = g.live_nodes();
         let mut uses = vec![0u32; g.values.len()];
         for (id, node) in g.nodes.iter() {
@@ -237,7 +254,7 @@ impl<'a> Executor<'a> {
         g.outputs.iter().for_each(|(_, v)| uses[v.index()] += 1);
         let syms = vec![None; g.symbols.len()];
         let store = vec![None; g.values.len()];
-        Executor { g, weights, pool, live, syms, uses, store }
+        Executor { g, weights, pool, accumulation, live, syms, uses, store }
     }
 
     /// Checks every graph input and binds the symbols of their shapes.
@@ -362,7 +379,8 @@ impl<'a> Executor<'a> {
             .collect::<Result<Vec<_>, String>>()
             .map_err(|m| self.op_error(id, m))?;
         let args = self.take_operands(node).map_err(|m| self.op_error(id, m))?;
-        let eval = || ops::eval_guarded(&node.op, args, &outs);
+        let accumulation = self.accumulation;
+        let eval = || ops::eval_guarded(&node.op, args, &outs, accumulation);
         let results = match &self.pool {
             Some(p) => p.install(eval),
             None => eval(),

@@ -4,8 +4,8 @@
 //! parser cannot drift apart.
 
 use super::{
-    Attention, BinaryOp, DType, EmbedLayerNorm, EpilogueOp, EpilogueStep, Granularity, NormKind, Op, QMatMul, QuantSpec, ReduceOp,
-    ScaleSource, UnaryOp, ValueId, ZeroPoint,
+    Attention, AttentionFp8, BinaryOp, DType, EmbedLayerNorm, EpilogueOp, EpilogueStep, Granularity, NormKind, Op, QMatMul, QuantSpec,
+    ReduceOp, ScaleSource, UnaryOp, ValueId, ZeroPoint,
 };
 use crate::numerics::E8M0Rounding;
 
@@ -194,8 +194,48 @@ fn encode_attention(a: &Attention, extra: &[ValueId]) -> Vec<Attr> {
     if a.mask {
         v.push(kv("mask", AttrValue::Ref(*extra.first().expect("mask input present"))));
     }
+    if let Some(f) = &a.fp8 {
+        v.push(Attr { key: None, value: encode_attention_fp8(f) });
+    }
     v.extend(encode_output(a.output.as_ref()));
     v
+}
+
+/// `fp8(qk_alpha=…, p_scale=…, pv_alpha=…, via=f16)` of an attention over E4M3 operands.
+fn encode_attention_fp8(f: &AttentionFp8) -> AttrValue {
+    let keyed = |k: &str, v: AttrValue| AttrValue::Keyed(k.into(), Box::new(v));
+    AttrValue::Call(
+        "fp8".into(),
+        vec![
+            keyed("qk_alpha", f32_num(f.qk_alpha)),
+            keyed("p_scale", f32_num(f.p_scale)),
+            keyed("pv_alpha", f32_num(f.pv_alpha)),
+            keyed("via", ident(f.compute.name())),
+        ],
+    )
+}
+
+/// The `fp8(...)` item of an attention, if present.
+fn decode_attention_fp8(attrs: &[Attr]) -> Result<Option<AttentionFp8>, String> {
+    let found = attrs.iter().find_map(|a| match (&a.key, &a.value) {
+        (None, AttrValue::Call(name, args)) if name == "fp8" => Some(args),
+        _ => None,
+    });
+    let Some(args) = found else { return Ok(None) };
+    let inner = args
+        .iter()
+        .map(|arg| match arg {
+            AttrValue::Keyed(key, value) => Ok(Attr { key: Some(key.clone()), value: (**value).clone() }),
+            other => Err(format!("fp8(...) takes key=value arguments, got {other:?}")),
+        })
+        .collect::<Result<Vec<Attr>, String>>()?;
+    let num = |k: &str| required(&inner, k).and_then(as_f32).map_err(|e| format!("fp8: {e}"));
+    Ok(Some(AttentionFp8 {
+        qk_alpha: num("qk_alpha")?,
+        p_scale: num("p_scale")?,
+        pv_alpha: num("pv_alpha")?,
+        compute: dtype_attr(&inner, "via").map_err(|e| format!("fp8: {e}"))?,
+    }))
 }
 
 /// `out=<storage>, out_scale=<f32>` of a fused per-tensor output quantize.
@@ -493,7 +533,7 @@ fn decode_attention(attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), String> {
         Some(AttrValue::Ref(v)) => vec![*v],
         Some(other) => return Err(format!("`mask` must be a value, got {other:?}")),
     };
-    let a = Attention { heads, scale, mask: !refs.is_empty(), output: decode_output(attrs)? };
+    let a = Attention { heads, scale, mask: !refs.is_empty(), fp8: decode_attention_fp8(attrs)?, output: decode_output(attrs)? };
     Ok((Op::Attention(a), refs))
 }
 

@@ -504,17 +504,15 @@ fn weight_only_granularity(g: &Granularity) -> Result<(), String> {
     }
 }
 
-/// `attention`: `q, k, v: T[B, S, H·D]` (T f16 or bf16, one shape), an optional `T[B, S]` mask
-/// bias; the result has q's shape, in T or in the output quantize's storage.
+/// `attention`: `q, k, v: T[B, S, H·D]` (T f16 or bf16, one shape), or, with `fp8(...)`, E4M3
+/// codes of one shape computing in T = `via`; an optional `T[B, S]` mask bias; the result has q's
+/// shape, in T or in the output quantize's storage.
 fn attention(a: &Attention, inputs: &[&TensorType]) -> Result<TensorType, String> {
     let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
-    let dtype = q.dtype;
-    if !matches!(dtype, DType::F16 | DType::BF16) {
-        return Err(format!("attention operands must be f16 or bf16, got {dtype}"));
-    }
+    let dtype = attention_compute_dtype(a, q.dtype)?;
     for (t, what) in [(k, "k"), (v, "v")] {
         if *t != *q {
-            return Err(format!("attention {what} is {}{} but q is {dtype}{}", t.dtype, shape_text(&t.shape), shape_text(&q.shape)));
+            return Err(format!("attention {what} is {}{} but q is {}{}", t.dtype, shape_text(&t.shape), q.dtype, shape_text(&q.shape)));
         }
     }
     if q.rank() != 3 {
@@ -544,11 +542,35 @@ fn attention(a: &Attention, inputs: &[&TensorType]) -> Result<TensorType, String
         }
     }
     let mut out = q.clone();
+    out.dtype = dtype;
     if let Some(spec) = &a.output {
         require_static_per_tensor(spec, "attention output")?;
         out.dtype = spec.storage;
     }
     Ok(out)
+}
+
+/// The dtype an attention computes in: its operands' (f16/bf16), or `fp8(via=…)` over E4M3
+/// operands, whose three multipliers must be positive and finite.
+fn attention_compute_dtype(a: &Attention, operands: DType) -> Result<DType, String> {
+    let Some(f) = &a.fp8 else {
+        if !matches!(operands, DType::F16 | DType::BF16) {
+            return Err(format!("attention operands must be f16 or bf16 (or f8e4m3 with fp8(...)), got {operands}"));
+        }
+        return Ok(operands);
+    };
+    if operands != DType::F8E4M3 {
+        return Err(format!("attention with fp8(...) takes f8e4m3 operands, got {operands}"));
+    }
+    if !matches!(f.compute, DType::F16 | DType::BF16) {
+        return Err(format!("attention fp8(via=…) must be f16 or bf16, got {}", f.compute));
+    }
+    for (name, x) in [("qk_alpha", f.qk_alpha), ("p_scale", f.p_scale), ("pv_alpha", f.pv_alpha)] {
+        if !(x.is_finite() && x > 0.0) {
+            return Err(format!("attention fp8 {name} must be positive and finite, got {x:?}"));
+        }
+    }
+    Ok(f.compute)
 }
 
 /// `embed_layernorm`: `ids, type_ids: i64[B, S]`, tables `via[·, H]`, `gamma, beta: via[H]`,

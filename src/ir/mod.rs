@@ -22,7 +22,7 @@ pub use builder::Builder;
 pub use dtype::DType;
 pub use graph::{Graph, Node, ValueInfo};
 pub use id::{IdVec, NodeId, SymId, ValueId};
-pub use op::{Attention, BinaryOp, EmbedLayerNorm, EpilogueOp, EpilogueStep, NormKind, Op, QMatMul, ReduceOp, UnaryOp};
+pub use op::{Attention, AttentionFp8, BinaryOp, EmbedLayerNorm, EpilogueOp, EpilogueStep, NormKind, Op, QMatMul, ReduceOp, UnaryOp};
 pub use parse::{parse, ParseError};
 pub use print::print;
 pub use quant::{Granularity, QuantSpec, ScaleSource, ZeroPoint};

@@ -134,8 +134,28 @@ pub struct Attention {
     pub scale: Option<f32>,
     /// A mask-bias operand follows q, k, v.
     pub mask: bool,
+    /// FP8 operands (`--fp8-attention`): q, k and v are E4M3 codes and both products run on
+    /// them; `None` for f16/bf16 operands.
+    #[serde(default)]
+    pub fp8: Option<AttentionFp8>,
     /// A fused output quantize (per-tensor, literal scale), `None` for a wide-float output.
     pub output: Option<QuantSpec>,
+}
+
+/// The quantized products of an FP8 `attention`: the unfused chain's two `qmatmul`s and the
+/// probabilities' quantize between them. With T = `compute`:
+/// `s = T(f32(Σ q·k) · qk_alpha)`, then scale, mask and softmax in T as for f16 operands, then
+/// `p = quantize(p, f8e4m3, per_tensor, scale = p_scale)` and `o = T(f32(Σ p·v) · pv_alpha)`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttentionFp8 {
+    /// Multiplier of Q·Kᵀ's f32 sums: q's scale times k's.
+    pub qk_alpha: f32,
+    /// Scale of the probabilities' per-tensor E4M3 quantize.
+    pub p_scale: f32,
+    /// Multiplier of P·V's f32 sums: `p_scale` times v's scale.
+    pub pv_alpha: f32,
+    /// Dtype of the scores, probabilities and context (f16 or bf16).
+    pub compute: DType,
 }
 
 impl Attention {

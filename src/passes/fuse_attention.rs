@@ -24,9 +24,25 @@
 //!   %19 = attention %q, %k, %v {heads=12, scale=0.1767578125, mask=%m, out=f8e4m3, out_scale=0.007} : f8e4m3[B,S,384] loc("L")
 //! ```
 //!
+//! With `--fp8-attention` q, k and v are E4M3 codes (`f8e4m3[B,S,384]`, split as above), both
+//! products are `qmatmul`s and the probabilities are quantized between them:
+//!
+//! ```text
+//! before:
+//!   %8 = qmatmul %5, %7 {transpose_b, alpha=0.00082239875, acc=f32, epilogue=[cast(f16)]} : f16[B,12,S,S] loc("L.matmul0")
+//!   ... (mul, add of the mask, softmax as above)
+//!   %14 = quantize %13 {f8e4m3, per_tensor, scale=0.002232143} : f8e4m3[B,12,S,S] loc("L.matmul1:a.q")
+//!   %16 = qmatmul %14, %15 {alpha=1.8187933e-5, acc=f32, epilogue=[cast(f16)], out=f8e4m3, out_scale=0.007} : f8e4m3[B,12,S,32] loc("L.matmul1")
+//!   %17 = transpose %16 {perm=[0,2,1,3]} : f8e4m3[B,S,12,32]
+//!   %18 = reshape %17 : f8e4m3[B,S,384] loc("L")
+//! after:
+//!   %18 = attention %q, %k, %v {heads=12, scale=0.17675781, mask=%m, fp8(qk_alpha=0.00082239875,p_scale=0.002232143,pv_alpha=1.8187933e-5,via=f16), out=f8e4m3, out_scale=0.007} : f8e4m3[B,S,384] loc("L")
+//! ```
+//!
 //! Rule `attention`, anchored at a `softmax`: `reshape(transpose(matmul(softmax(add(mul(matmul(
 //! split(q), split(k)ᵀ), c), reshape(m))), split(v)), [0,2,1,3]))` ⇒ `attention(q, k, v, m)`, where
-//! `split(x) = transpose(reshape(x : T[B,S,H·D] → [B,S,H,D]), [0,2,1,3])`, T ∈ {f16, bf16}:
+//! `split(x) = transpose(reshape(x : T[B,S,H·D] → [B,S,H,D]), [0,2,1,3])`, T ∈ {f16, bf16} (x is
+//! `f8e4m3` under FP8, last item):
 //! - the `mul` by a `scalar` `c` (either operand order) is optional and gives `scale` (c as the
 //!   interpreter reads it, rounded to T, so exactly representable);
 //! - the `add` (either operand order) of a `T[B,S]` mask `m` reshaped to `[B,1,1,S]` is optional and
@@ -34,16 +50,25 @@
 //! - one per-tensor quantize with a literal scale and no zero point, before the transpose, between
 //!   transpose and reshape, or reading the reshape, becomes `output` (it commutes with moving
 //!   elements). `propagate-qdq` leaves the recipe's context quantize right after `P·V`.
+//! - FP8 (`fp8`): q, k, v are `f8e4m3`; `Q·Kᵀ` is a `qmatmul {transpose_b, alpha, acc=f32,
+//!   epilogue=[cast(T)]}` (`qk_alpha`); the softmax is read only by a `quantize {f8e4m3,
+//!   per_tensor, scale=p_scale}` (absorbed, reported fused), read only by `P·V`, a `qmatmul {alpha,
+//!   acc=f32, epilogue=[cast(T)]}` (`pv_alpha`) whose own `out=…, out_scale=…`, if any, is the
+//!   `output` (then no quantize may follow on the layout chain).
 //!
 //! Exact: `attention` is defined (and interpreted) as exactly this chain, kernel by kernel; a
 //! per-tensor literal quantize is element-wise, so where it sat in the layout chain changes nothing.
 //!
-//! Preconditions, each a decline: T is f16 or bf16; both products are `matmul`s (not `qmatmul`s
-//! over FP8 operands, which `--fp8-attention` asks for); `Q·Kᵀ` uses `transpose_b` and `P·V` reads
-//! the softmax as `a`; the softmax runs over the last (key) axis; q, k and v have one type and one
-//! head split, with perm `[0,2,1,3]`; the scale is a `scalar`; the mask is `[B,S]` with q's `B` and
-//! `S`; and every value of the chain (the splits, scores, probabilities, context and its layout
-//! chain) has exactly one live reader and is not a graph output — otherwise both copies would stay.
+//! Preconditions, each a decline: T is f16 or bf16; both products are `matmul`s, or both are
+//! `qmatmul`s over E4M3 × E4M3 without scale vectors or `b_dequant`, with `acc=f32`, an epilogue of
+//! exactly `cast(T)`, a positive finite `alpha`, and no output quantize on `Q·Kᵀ`; the
+//! probabilities' quantize is E4M3, per tensor, with a positive literal scale and no zero point;
+//! `Q·Kᵀ` uses `transpose_b` and `P·V` reads the softmax (or its quantize) as `a`; the softmax runs
+//! over the last (key) axis; q, k and v have one type and one head split, with perm `[0,2,1,3]`;
+//! the scale is a `scalar`; the mask is `[B,S]` with q's `B` and `S`; and every value of the chain
+//! (the splits, scores, probabilities and their codes, context and its layout chain) has exactly
+//! one live reader and is not a graph output — otherwise both copies would stay.
+//! Under FP8 the report's entries fused into the two `qmatmul`s now read "fused into attention".
 //! Declines are recorded on the Q/DQ nodes around the attention (the softmax-output quantize of
 //! FP8 attention, the context's quantize) and traced; without such nodes there is no report entry.
 //! A quantize reading the fused result that cannot join (a dynamic per-token scale, under
@@ -53,15 +78,17 @@
 //! (`dce::live_users`), so the shared mask reshape and scale scalar die with the last attention; a
 //! changed graph is compacted.
 //!
-//! Interacting passes: after `propagate-qdq` (which moves the context quantize next to `P·V`) and
-//! `fuse-epilogue` (which ends the Q/K/V projections at their bias adds); the trailing `cse`/`dce`
-//! clean up.
+//! Interacting passes: after `propagate-qdq` (which moves the context quantize next to `P·V`),
+//! `fuse-dq-matmul` (which makes FP8 `Q·Kᵀ` and `P·V` `qmatmul`s) and `fuse-epilogue` (which ends
+//! the Q/K/V projections at their bias adds, with their E4M3 output quantizes under FP8, and gives
+//! FP8 `P·V` the context quantize); the trailing `cse`/`dce` clean up.
 
 use super::dce::output_uses;
 use super::rule::{self, Applied, Found, Users};
-use super::{Pass, PassCx, PassError};
+use super::{loc, Pass, PassCx, PassError};
 use crate::ir::{
-    normalize_axis, Attention, BinaryOp, Builder, DType, Dim, Granularity, Graph, NodeId, Op, QuantSpec, ScaleSource, ValueId,
+    normalize_axis, Attention, AttentionFp8, BinaryOp, Builder, DType, Dim, EpilogueOp, EpilogueStep, Granularity, Graph, NodeId, Op,
+    QMatMul, QuantSpec, ScaleSource, ValueId,
 };
 
 /// `fuse-attention`.
@@ -73,10 +100,17 @@ impl Pass for FuseAttention {
     }
 
     fn run(&self, g: &mut Graph, cx: &mut PassCx) -> Result<bool, PassError> {
-        rule::run(g, cx, "attention", match_attention, |g, _, f: Fusion| {
+        // (FP8 product, attention) locs: what fused into those qmatmuls is now in the attention.
+        let absorbed = std::cell::RefCell::new(vec![]);
+        let changed = rule::run(g, cx, "attention", match_attention, |g, _, f: Fusion| {
             let node = apply_attention(g, &f)?;
-            Ok(Applied { node, into: "attention", fused: f.output.into_iter().collect(), declined: f.declines })
-        })
+            absorbed.borrow_mut().extend(f.products.iter().map(|&p| (loc(g, p), loc(g, node))));
+            Ok(Applied { node, into: "attention", fused: f.fused.clone(), declined: f.declines })
+        })?;
+        for (product, attention) in absorbed.into_inner() {
+            cx.report.refused("qmatmul", &product, "attention", &attention);
+        }
+        Ok(changed)
     }
 }
 
@@ -85,8 +119,10 @@ struct Fusion {
     op: Attention,
     /// `q, k, v[, mask]`.
     inputs: Vec<ValueId>,
-    /// The absorbed output quantize.
-    output: Option<NodeId>,
+    /// The absorbed quantizes (the probabilities' under FP8, the context's).
+    fused: Vec<NodeId>,
+    /// The absorbed `qmatmul`s (FP8 `Q·Kᵀ` and `P·V`), whose report entries move to the attention.
+    products: Vec<NodeId>,
     /// The value the fused node replaces (the final reshape, or the absorbed quantize).
     last: ValueId,
     /// The loc of the fused node: the final reshape's.
@@ -119,29 +155,35 @@ fn match_attention(g: &Graph, users: &Users, id: NodeId) -> Option<Found<Fusion>
         Some(Found::Decline(qdqs.into_iter().map(|q| (q, format!("the attention around it does not fuse: {reason}"))).collect()))
     };
     let product = &g.nodes[scores.product];
-    if let Op::QMatMul(_) = product.op {
-        return decline(
-            "its Q·Kᵀ is a qmatmul over quantized operands (the --fp8-attention recipe option); `attention` computes on f16/bf16 \
-             q, k, v"
-                .into(),
-        );
-    }
     let dtype = g.ty(probs).dtype;
     if !matches!(dtype, DType::F16 | DType::BF16) {
         return decline(format!("`attention` computes in f16 or bf16, not {dtype}"));
     }
-    let Op::MatMul { transpose_a: false, transpose_b: true } = product.op else {
-        return decline("Q·Kᵀ must be a matmul with transpose_b and no transpose_a".into());
+    let qk_alpha = match &product.op {
+        Op::MatMul { transpose_a: false, transpose_b: true } => None,
+        Op::QMatMul(qm) if qm.transpose_b => match fp8_product(g, qm, &product.inputs, dtype) {
+            Ok(alpha) => Some(alpha),
+            Err(e) => return decline(format!("its Q·Kᵀ {e}")),
+        },
+        _ => return decline("Q·Kᵀ must be a matmul with transpose_b and no transpose_a".into()),
     };
     if g.ty(probs).rank() != 4 || normalize_axis(axis, 4) != Some(3) {
         return decline(format!("the softmax runs over axis {axis}, not over the keys (the last axis of [B,H,S,S])"));
     }
-    let ctx = match sole_reader(g, users, probs) {
-        Some(r) if matches!(g.nodes[r].op, Op::MatMul { transpose_a: false, transpose_b: false }) && g.nodes[r].inputs[0] == probs => r,
-        Some(r) if matches!(g.nodes[r].op, Op::MatMul { .. } | Op::QMatMul(_)) => {
-            return decline("P·V must read the softmax as `a`, untransposed".into())
+    let Some(pv) = context_product(g, users, probs) else {
+        return decline("the softmax's result must be read by P·V only".into());
+    };
+    let pv = match pv {
+        Ok(pv) => pv,
+        Err(e) => return decline(e),
+    };
+    let ctx = pv.node;
+    let fp8 = match (qk_alpha, &pv.fp8) {
+        (None, None) => None,
+        (Some(qk_alpha), Some((p_scale, pv_alpha, _))) => {
+            Some(AttentionFp8 { qk_alpha, p_scale: *p_scale, pv_alpha: *pv_alpha, compute: dtype })
         }
-        _ => return decline("the softmax's result must be read by P·V only".into()),
+        _ => return decline("one of Q·Kᵀ and P·V runs on FP8 operands and the other does not".into()),
     };
     let (q, k, v) = (split(g, users, product.inputs[0]), split(g, users, product.inputs[1]), split(g, users, g.nodes[ctx].inputs[1]));
     let (q, k, v) = match (q, k, v) {
@@ -169,21 +211,84 @@ fn match_attention(g: &Graph, users: &Users, id: NodeId) -> Option<Found<Fusion>
             None => return decline("the mask bias is not a [B,S] value (q's B and S) reshaped to [B,1,1,S]".into()),
         },
     };
-    let merged = match merge(g, users, g.nodes[ctx].outputs[0], &shape) {
+    let merged = match merge(g, users, g.nodes[ctx].outputs[0], &shape, pv.output) {
         Ok(m) => m,
         Err(e) => return decline(e),
     };
     let mut inputs = vec![q.x, k.x, v.x];
     inputs.extend(mask);
-    let op = Attention { heads: q.heads, scale, mask: mask.is_some(), output: merged.output.as_ref().map(|(_, s)| s.clone()) };
-    Some(Found::Apply(Fusion {
-        op,
-        inputs,
-        output: merged.output.map(|(n, _)| n),
-        last: merged.last,
-        name: merged.name,
-        declines: merged.declines,
-    }))
+    let op = Attention { heads: q.heads, scale, mask: mask.is_some(), fp8, output: merged.output };
+    let fused = pv.fp8.map(|(_, _, pq)| pq).into_iter().chain(merged.absorbed).collect();
+    let products = if fp8.is_some() { vec![scores.product, ctx] } else { vec![] };
+    Some(Found::Apply(Fusion { op, inputs, fused, products, last: merged.last, name: merged.name, declines: merged.declines }))
+}
+
+/// The `P·V` product reading the probabilities: a `matmul`, or (FP8 attention) a `qmatmul` reading
+/// their per-tensor E4M3 quantize.
+struct ContextProduct {
+    node: NodeId,
+    /// FP8: the probabilities' quantize scale, P·V's `alpha` and the quantize node.
+    fp8: Option<(f32, f32, NodeId)>,
+    /// The qmatmul's own fused output quantize.
+    output: Option<QuantSpec>,
+}
+
+/// The `P·V` product reading `probs`: a `matmul` of the softmax itself, or (FP8) a `qmatmul` of
+/// its quantize; `None` when the softmax has another reader (or one that is neither), an error
+/// when the reader is a product or quantize of the wrong form.
+fn context_product(g: &Graph, users: &Users, probs: ValueId) -> Option<Result<ContextProduct, String>> {
+    let r = sole_reader(g, users, probs)?;
+    let reader = &g.nodes[r];
+    let spec = match &reader.op {
+        Op::MatMul { transpose_a: false, transpose_b: false } if reader.inputs[0] == probs => {
+            return Some(Ok(ContextProduct { node: r, fp8: None, output: None }))
+        }
+        Op::MatMul { .. } | Op::QMatMul(_) => return Some(Err("P·V must read the softmax as `a`, untransposed".into())),
+        Op::Quantize(spec) => spec,
+        _ => return None,
+    };
+    let p_scale = match (spec.storage, &spec.granularity, &spec.scale, &spec.zero_point) {
+        (DType::F8E4M3, Granularity::PerTensor, ScaleSource::Literal(s), None) if s.is_finite() && *s > 0.0 => *s,
+        _ => {
+            return Some(
+                Err("the probabilities' quantize must be E4M3, per tensor, with a positive literal scale and no zero point".into()),
+            )
+        }
+    };
+    let codes = reader.outputs[0];
+    let Some(pv) = sole_reader(g, users, codes) else { return Some(Err("the quantized probabilities have other readers".into())) };
+    let node = &g.nodes[pv];
+    let Op::QMatMul(qm) = &node.op else { return Some(Err("the quantized probabilities must be read by a qmatmul P·V".into())) };
+    if qm.transpose_b || node.inputs[0] != codes {
+        return Some(Err("P·V must read the probabilities as `a`, untransposed".into()));
+    }
+    let dtype = g.ty(probs).dtype;
+    Some(match fp8_product(g, qm, &node.inputs, dtype) {
+        Ok(alpha) => Ok(ContextProduct { node: pv, fp8: Some((p_scale, alpha, r)), output: qm.output.clone() }),
+        Err(e) => Err(format!("its P·V {e}")),
+    })
+}
+
+/// The `alpha` of a batched `qmatmul` over two E4M3 operands that `attention` can take: f32
+/// sums scaled by one literal, then `cast(T)`, where T is the softmax's dtype; or why not.
+fn fp8_product(g: &Graph, qm: &QMatMul, inputs: &[ValueId], dtype: DType) -> Result<f32, String> {
+    let operands = [g.ty(inputs[0]).dtype, g.ty(inputs[1]).dtype];
+    if operands != [DType::F8E4M3; 2] {
+        return Err(format!("is a qmatmul over {} × {}, not E4M3 × E4M3", operands[0], operands[1]));
+    }
+    if qm.a_scale || qm.b_scale || qm.b_dequant.is_some() || qm.acc_dtype != DType::F32 {
+        return Err("is a qmatmul with scale vectors, weight dequantization or a non-f32 accumulator".into());
+    }
+    if qm.epilogue.as_slice() != [EpilogueStep { op: EpilogueOp::Cast, dtype }] {
+        return Err(format!("is a qmatmul whose epilogue is not exactly cast({dtype})"));
+    }
+    if qm.transpose_b && qm.output.is_some() {
+        return Err("quantizes the scores".into());
+    }
+    if !(qm.alpha.is_finite() && qm.alpha > 0.0) {
+        return Err(format!("is a qmatmul with alpha={:?}, not a positive finite multiplier", qm.alpha));
+    }
+    Ok(qm.alpha)
 }
 
 /// Walks up from the softmax's operand through an optional mask `add` and an optional scale `mul`
@@ -276,16 +381,20 @@ fn mask_of(g: &Graph, m4: ValueId, bs: &[Dim]) -> Option<ValueId> {
 
 /// The head merge after `P·V`.
 struct Merge {
-    output: Option<(NodeId, QuantSpec)>,
+    /// The attention's output quantize: P·V's own, or a quantize on the layout chain.
+    output: Option<QuantSpec>,
+    /// The quantize node that joins (none when P·V carried the quantize).
+    absorbed: Option<NodeId>,
     last: ValueId,
     name: Option<String>,
     declines: Vec<(NodeId, String)>,
 }
 
 /// Walks down from the context `[B,H,S,D]`: `transpose [0,2,1,3]`, `reshape` to q's shape, with
-/// one optional per-tensor literal quantize before, between or after them.
-fn merge(g: &Graph, users: &Users, ctx: ValueId, shape: &[Dim]) -> Result<Merge, String> {
-    let mut m = Merge { output: None, last: ctx, name: None, declines: vec![] };
+/// one optional per-tensor literal quantize before, between or after them (unless P·V brings its
+/// own, `output`).
+fn merge(g: &Graph, users: &Users, ctx: ValueId, shape: &[Dim], output: Option<QuantSpec>) -> Result<Merge, String> {
+    let mut m = Merge { output, absorbed: None, last: ctx, name: None, declines: vec![] };
     let (mut transposed, mut reshaped) = (false, false);
     while !reshaped {
         let Some(r) = sole_reader(g, users, m.last) else {
@@ -297,7 +406,8 @@ fn merge(g: &Graph, users: &Users, ctx: ValueId, shape: &[Dim]) -> Result<Merge,
                 if let Some(reason) = unsupported_output(spec) {
                     return Err(format!("the context's quantize cannot join: {reason}"));
                 }
-                m.output = Some((r, spec.clone()));
+                m.output = Some(spec.clone());
+                m.absorbed = Some(r);
             }
             Op::Transpose { perm } if !transposed => {
                 if perm.as_slice() != [0, 2, 1, 3] {
@@ -325,7 +435,8 @@ fn merge(g: &Graph, users: &Users, ctx: ValueId, shape: &[Dim]) -> Result<Merge,
         let Op::Quantize(spec) = &g.nodes[r].op else { continue };
         match (unsupported_output(spec), lone == Some(r)) {
             (None, true) => {
-                m.output = Some((r, spec.clone()));
+                m.output = Some(spec.clone());
+                m.absorbed = Some(r);
                 m.last = g.nodes[r].outputs[0];
                 return Ok(m);
             }
@@ -416,11 +527,46 @@ mod tests {
     }
 
     #[test]
+    fn fp8_probabilities_quantize_fuses() {
+        assert_eq!(report("bert_fp8_attention"), ["L.matmul1:a.q: fused into attention L"]);
+        assert_eq!(report("fp8_attention_f16_result"), ["L.matmul1:a.q: fused into attention L"]);
+        assert_eq!(
+            report("fp8_attention_bf16_quantize_after_merge"),
+            ["L.matmul1:a.q: fused into attention L", "O:a.q: fused into attention L"]
+        );
+    }
+
+    /// Q/DQ nodes that earlier passes fused into the FP8 products (`fuse-dq-matmul`'s operand
+    /// dequantizes, `fuse-epilogue`'s context quantize) now read as fused into the attention.
+    #[test]
+    fn entries_fused_into_fp8_products_move_to_the_attention() {
+        let path = format!("{}/tests/ir/fuse-attention/bert_fp8_attention.ir", env!("CARGO_MANIFEST_DIR"));
+        let mut g = crate::ir::parse(&std::fs::read_to_string(path).expect("case file")).expect("case parses");
+        let w = crate::passes::MemoryWeights::default();
+        let mut cx = PassCx::new(&w);
+        for (qdq, node) in [("L.matmul0:a.dq", "L.matmul0"), ("L.matmul1:b.dq", "L.matmul1"), ("O:a.q", "L.matmul1"), ("X:a.dq", "X")] {
+            cx.report.fused(qdq, "qmatmul", node);
+        }
+        assert!(FuseAttention.run(&mut g, &mut cx).expect("pass runs"));
+        let lines: Vec<String> = cx.report.finish(&g).into_iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            lines,
+            [
+                "L.matmul0:a.dq: fused into attention L",
+                "L.matmul1:a.q: fused into attention L",
+                "L.matmul1:b.dq: fused into attention L",
+                "O:a.q: fused into attention L",
+                "X:a.dq: fused into qmatmul X",
+            ]
+        );
+    }
+
+    #[test]
     fn declines_are_reported_on_the_quantizes_around() {
+        let declined = |qdq: &str, reason: &str| vec![format!("{qdq}: standalone, the attention around it does not fuse: {reason}")];
         assert_eq!(
             report("fp8_attention_qmatmul"),
-            ["L.matmul1:a.q: standalone, the attention around it does not fuse: its Q·Kᵀ is a qmatmul over quantized operands (the \
-             --fp8-attention recipe option); `attention` computes on f16/bf16 q, k, v",]
+            declined("L.matmul1:a.q", "q, k and v must each be split into heads by reshape [B,S,H·D] → [B,S,H,D] and transpose [0,2,1,3]")
         );
         assert_eq!(
             report("head_merge_other_reader"),
@@ -430,6 +576,33 @@ mod tests {
             report("per_token_output_quantize"),
             ["O:a.q: standalone, an attention output quantize takes one literal per-tensor scale, not a dynamic per-token scale (the row \
              amax needs all heads of a token)",]
+        );
+    }
+
+    #[test]
+    fn fp8_declines_are_reported() {
+        let declined = |qdq: &str, reason: &str| vec![format!("{qdq}: standalone, the attention around it does not fuse: {reason}")];
+        assert_eq!(
+            report("fp8_pv_epilogue_gelu"),
+            declined("L.matmul1:a.q", "its P·V is a qmatmul whose epilogue is not exactly cast(f16)")
+        );
+        assert_eq!(
+            report("fp8_pv_a_scale"),
+            declined("L.matmul1:a.q", "its P·V is a qmatmul with scale vectors, weight dequantization or a non-f32 accumulator")
+        );
+        assert_eq!(
+            report("fp8_probs_per_token_quantize"),
+            declined(
+                "L.matmul1:a.q",
+                "the probabilities' quantize must be E4M3, per tensor, with a positive literal scale and no zero point"
+            )
+        );
+        let mixed = "one of Q·Kᵀ and P·V runs on FP8 operands and the other does not";
+        assert_eq!(report("fp8_qk_only"), declined("O:a.q", mixed));
+        assert_eq!(report("fp8_pv_only"), declined("L.matmul1:a.q", mixed));
+        assert_eq!(
+            report("fp8_qk_negative_alpha"),
+            declined("L.matmul1:a.q", "its Q·Kᵀ is a qmatmul with alpha=-1.5e-5, not a positive finite multiplier")
         );
     }
 }

@@ -1,21 +1,23 @@
 //! `attention`: fused multi-head attention from `templates/attention.cu` (see its header for the
-//! design: tensor-core `mma.sync.m16n8k16`, two passes over the key tiles, every rounding step of
-//! the reference interpreter reproduced).
+//! design: tensor-core `mma.sync.m16n8k16` — `m16n8k32.e4m3` for FP8 operands —, two passes over
+//! the key tiles, every rounding step of the reference interpreter reproduced).
 //!
-//! Operands `q, k, v : T[B, S, H·D]` (token-major, heads interleaved), then `mask_bias : T[B, S]`
-//! when the op is masked; `T` is `f16` or `bf16`. The result is `T[B, S, H·D]`, or FP8 E4M3 bytes
-//! when the op carries a per-tensor output quantization with a literal scale.
+//! Operands `q, k, v : T[B, S, H·D]` (token-major, heads interleaved), or E4M3 codes with the
+//! op's `fp8(...)`, then `mask_bias : T[B, S]` when the op is masked; `T` is `f16` or `bf16`. The
+//! result is `T[B, S, H·D]`, or FP8 E4M3 / i8 bytes when the op carries a per-tensor output
+//! quantization with a literal scale.
 //!
-//! Kernel signature, in order: `(const u16* q, const u16* k, const u16* v, [const u16*
-//! mask_bias,] out, i32 S)`: `mask_bias` only when masked; `out` is `u16*` (`T`) or `u8*`
-//! (E4M3). Launch: grid `(ceil_div(S, 64), H, B)`, block `(128, 1, 1)`, [`AttentionSpec::smem_bytes`]
-//! of dynamic shared memory (5 tiles of `64 × D` elements: 20, 40 or 80 KiB for D = 32, 64, 128).
-//! `D` ∈ {32, 64, 128} and `H` are compiled in; `S` and `B` are run-time values.
+//! Kernel signature, in order: `(q, k, v, [const u16* mask_bias,] out, i32 S)`: operands are
+//! `u16*` (`T`) or `u8*` (E4M3); `mask_bias` only when masked; `out` is `u16*` (`T`) or `u8*`.
+//! Launch: grid `(ceil_div(S, 64), H, B)`, block `(128, 1, 1)`, [`AttentionSpec::smem_bytes`]
+//! of dynamic shared memory (5 tiles of `64 × D` operands: 20, 40 or 80 KiB for f16 D = 32, 64,
+//! 128; half that for E4M3). `D` ∈ {32, 64, 128} (E4M3: 32, 64) and `H` are compiled in; `S` and
+//! `B` are run-time values.
 
 use crate::codegen::kernel::{finish_kernel, params, Arg, KernelDef, Launch, LowerCx, LowerError, Lowered};
 use crate::codegen::prelude;
 use crate::codegen::template::{Template, TemplateError};
-use crate::ir::{DType, Granularity, NodeId, Op, QuantSpec, ScaleSource};
+use crate::ir::{Attention, AttentionFp8, DType, Granularity, NodeId, Op, QuantSpec, ScaleSource};
 use crate::plan::{DimExpr, ParamType, Scalar};
 
 /// Name of the template, prefix of every generated kernel name.
@@ -25,6 +27,10 @@ const ATTENTION: Template = Template { name: "attention.cu", text: include_str!(
 
 /// The head sizes the template supports.
 pub const HEAD_DIMS: [u32; 3] = [32, 64, 128];
+
+/// The head sizes of FP8 operands. At D = 128 the f16 kernel already needs ~245 registers a
+/// thread; holding the next V tile on its way to V^T (16 more) makes ptxas spill.
+pub const FP8_HEAD_DIMS: [u32; 2] = [32, 64];
 
 /// Query rows per CTA (grid x = `ceil_div(S, TILE_Q)`).
 pub const TILE_Q: u64 = 64;
@@ -65,8 +71,11 @@ pub struct AttentionSpec {
     pub mask: bool,
     /// The result's storage.
     pub out: OutKind,
-    /// `T`, the dtype of `q`, `k`, `v` and `mask_bias`: f16 or bf16.
+    /// `T`, the dtype of the scores, probabilities, context and `mask_bias` (and of `q`, `k`,
+    /// `v` without `fp8`): f16 or bf16.
     pub dtype: DType,
+    /// E4M3 `q`, `k`, `v` and the multipliers of the two products (the IR's `fp8(...)`).
+    pub fp8: Option<AttentionFp8>,
 }
 
 /// What can go wrong generating an attention kernel.
@@ -81,9 +90,18 @@ pub enum AttentionError {
 }
 
 impl AttentionSpec {
-    /// Dynamic shared memory: Q, two K and two V tiles of `64 × D` 16-bit elements.
+    /// Dynamic shared memory: Q, two K and two V tiles of `64 × D` operands (2 bytes, or 1 for E4M3).
     pub fn smem_bytes(&self) -> u32 {
-        5 * 64 * self.head_dim * 2
+        5 * 64 * self.head_dim * self.operand_bytes()
+    }
+
+    /// Bytes per operand element.
+    fn operand_bytes(&self) -> u32 {
+        if self.fp8.is_some() {
+            1
+        } else {
+            2
+        }
     }
 
     /// Checks every constraint the template relies on; the error says which one failed.
@@ -101,6 +119,16 @@ impl AttentionSpec {
         }
         if !HEAD_DIMS.contains(&self.head_dim) {
             return bad(format!("head size {} is not one of {HEAD_DIMS:?}", self.head_dim));
+        }
+        if let Some(f) = &self.fp8 {
+            if !FP8_HEAD_DIMS.contains(&self.head_dim) {
+                return bad(format!("FP8 attention: head size {} is not one of {FP8_HEAD_DIMS:?}", self.head_dim));
+            }
+            for (name, x) in [("qk_alpha", f.qk_alpha), ("p_scale", f.p_scale), ("pv_alpha", f.pv_alpha)] {
+                if !(x.is_finite() && x > 0.0) {
+                    return bad(format!("FP8 attention: {name} {x} must be finite and positive"));
+                }
+            }
         }
         if self.heads == 0 || u64::from(self.heads) > MAX_GRID_YZ {
             return bad(format!("{} heads: must be between 1 and {MAX_GRID_YZ} (grid y)", self.heads));
@@ -148,6 +176,11 @@ pub fn kernel(spec: &AttentionSpec, batch: DimExpr, seq: DimExpr) -> Result<Kern
         ("head_dim", spec.head_dim.to_string()),
         ("heads", spec.heads.to_string()),
         ("bf16", flag(spec.dtype == DType::BF16)),
+        ("fp8", flag(spec.fp8.is_some())),
+        ("qk_alpha_bits", format!("{:#010x}", spec.fp8.map_or(0, |f| f.qk_alpha.to_bits()))),
+        ("p_scale_bits", format!("{:#010x}", spec.fp8.map_or(0, |f| f.p_scale.to_bits()))),
+        ("p_rcp_bits", format!("{:#010x}", spec.fp8.map_or(0, |f| (1.0 / f.p_scale).to_bits()))),
+        ("pv_alpha_bits", format!("{:#010x}", spec.fp8.map_or(0, |f| f.pv_alpha.to_bits()))),
         ("has_mask", flag(spec.mask)),
         ("quant_out", flag(quant_out)),
         ("out_i8", flag(matches!(spec.out, OutKind::I8 { .. }))),
@@ -183,28 +216,27 @@ pub fn out_kind(output: Option<&QuantSpec>) -> Result<OutKind, String> {
 /// Builds the spec of an attention node from its operands (`q, k, v[, mask_bias]`) and attributes,
 /// checking every shape and dtype the kernel relies on. Returns the spec and the `B` and `S`
 /// extents of `q`.
-pub fn spec_for(
-    cx: &LowerCx,
-    node: NodeId,
-    heads: u32,
-    scale: Option<f32>,
-    mask: bool,
-    output: Option<&QuantSpec>,
-) -> Result<(AttentionSpec, DimExpr, DimExpr), LowerError> {
+pub fn spec_for(cx: &LowerCx, node: NodeId, a: &Attention) -> Result<(AttentionSpec, DimExpr, DimExpr), LowerError> {
+    let Attention { heads, scale, mask, fp8, ref output } = *a;
     let g = cx.graph;
     let n = &g.nodes[node];
     let err = |reason: String| cx.error(node, reason);
-    let want_inputs = 3 + usize::from(mask);
+    let want_inputs = a.arity();
     if n.inputs.len() != want_inputs || n.outputs.len() != 1 {
         return Err(err(format!("expected {want_inputs} operands and 1 result, got {} and {}", n.inputs.len(), n.outputs.len())));
     }
     let (q, k, v) = (n.inputs[0], n.inputs[1], n.inputs[2]);
-    let dtype = g.ty(q).dtype;
+    let operand = g.ty(q).dtype;
     for (what, val) in [("k", k), ("v", v)] {
-        if g.ty(val).dtype != dtype {
-            return Err(err(format!("{what} is {} but q is {dtype}", g.ty(val).dtype)));
+        if g.ty(val).dtype != operand {
+            return Err(err(format!("{what} is {} but q is {operand}", g.ty(val).dtype)));
         }
     }
+    let dtype = match fp8 {
+        Some(f) if operand == DType::F8E4M3 => f.compute,
+        Some(_) => return Err(err(format!("fp8(...) attention takes f8e4m3 operands, q is {operand}"))),
+        None => operand,
+    };
     let shape = g.shape(q);
     if shape.len() != 3 {
         return Err(err(format!("q must be [B, S, H·D], got rank {}", shape.len())));
@@ -224,14 +256,14 @@ pub fn spec_for(
     if mask {
         let m = n.inputs[3];
         if g.ty(m).dtype != dtype {
-            return Err(err(format!("mask_bias is {} but q is {dtype}", g.ty(m).dtype)));
+            return Err(err(format!("mask_bias is {} but the attention computes in {dtype}", g.ty(m).dtype)));
         }
         if g.shape(m).as_slice() != &shape[..2] {
             return Err(err("mask_bias must be [B, S] with q's B and S".into()));
         }
     }
     let out_ty = g.ty(n.outputs[0]);
-    let out = out_kind(output).map_err(err)?;
+    let out = out_kind(output.as_ref()).map_err(err)?;
     let want_out = match out {
         OutKind::E4M3 { .. } => DType::F8E4M3,
         OutKind::I8 { .. } => DType::I8,
@@ -247,25 +279,21 @@ pub fn spec_for(
     if max[1] > i32::MAX as u64 - TILE_Q {
         return Err(err(format!("sequence length up to {} does not fit the kernel's i32", max[1])));
     }
-    let spec = AttentionSpec { head_dim, heads, scale, mask, out, dtype };
+    let spec = AttentionSpec { head_dim, heads, scale, mask, out, dtype, fp8 };
     spec.validate().map_err(|e| err(e.to_string()))?;
     let dims = cx.dims(q);
     Ok((spec, dims[0].clone(), dims[1].clone()))
 }
 
 /// Lowers an `attention` node with the given attributes to one launch.
-pub fn lower_with(
-    cx: &LowerCx,
-    node: NodeId,
-    heads: u32,
-    scale: Option<f32>,
-    mask: bool,
-    output: Option<&QuantSpec>,
-) -> Result<Lowered, LowerError> {
+pub fn lower_with(cx: &LowerCx, node: NodeId, a: &Attention) -> Result<Lowered, LowerError> {
     if cx.sm < 80 {
         return Err(cx.error(node, format!("attention needs sm_80 or newer (mma.sync f16/bf16, cp.async), target is sm_{}", cx.sm)));
     }
-    let (spec, batch, seq) = spec_for(cx, node, heads, scale, mask, output)?;
+    if a.fp8.is_some() && cx.sm < 89 {
+        return Err(cx.error(node, format!("FP8 attention needs sm_89 or newer (mma.sync e4m3), target is sm_{}", cx.sm)));
+    }
+    let (spec, batch, seq) = spec_for(cx, node, a)?;
     let kernel = kernel(&spec, batch, seq.clone()).map_err(|e| cx.error(node, e.to_string()))?;
     let n = &cx.graph.nodes[node];
     let mut args: Vec<Arg> = n.inputs.iter().map(|&v| Arg::Value(v)).collect();
@@ -277,7 +305,7 @@ pub fn lower_with(
 /// Lowers an `attention` node (`q, k, v[, mask_bias]`) to one launch of the attention template.
 pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
     match &cx.graph.nodes[node].op {
-        Op::Attention(a) => lower_with(cx, node, a.heads, a.scale, a.mask, a.output.as_ref()),
+        Op::Attention(a) => lower_with(cx, node, a),
         other => Err(cx.error(node, format!("attention lowering called on `{}`", other.mnemonic()))),
     }
 }

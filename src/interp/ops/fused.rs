@@ -8,6 +8,7 @@
 
 use super::{elementwise, matmul, norm, quant, reduce, shape, OutType};
 use crate::interp::tensor::Tensor;
+use crate::interp::Accumulation;
 use crate::ir::{Attention, BinaryOp, DType, EmbedLayerNorm, EpilogueOp, Granularity, NormKind, QMatMul, QuantSpec, ScaleSource};
 use std::sync::Arc;
 
@@ -53,9 +54,14 @@ pub(super) fn norm_quantize(
 }
 
 /// `qmatmul`: with `b_dequant`, `b` dequantized to `a`'s dtype first (the `dequantize` kernel);
-/// then the accumulation — exact for 8-bit integer operands ([`matmul::matmul_exact_int`]), f32
-/// otherwise — scaling, epilogue, output quantize.
-pub(super) fn qmatmul(q: &QMatMul, mut args: std::vec::IntoIter<Arc<Tensor>>, outs: &[OutType]) -> Result<Vec<Tensor>, String> {
+/// then the accumulation — exact for 8-bit integer operands ([`matmul::matmul_f64`]), as `acc`
+/// says otherwise — scaling, epilogue, output quantize.
+pub(super) fn qmatmul(
+    q: &QMatMul,
+    mut args: std::vec::IntoIter<Arc<Tensor>>,
+    outs: &[OutType],
+    acc: Accumulation,
+) -> Result<Vec<Tensor>, String> {
     let mut next = || args.next().ok_or_else(|| "missing operand".to_string());
     let (a, mut b) = (next()?, next()?);
     if let Some(spec) = &q.b_dequant {
@@ -65,13 +71,13 @@ pub(super) fn qmatmul(q: &QMatMul, mut args: std::vec::IntoIter<Arc<Tensor>>, ou
     }
     let shape = outs[0].shape.clone();
     let acc_ty = OutType { dtype: DType::F32, shape: shape.clone() };
-    let acc = match a.dtype {
-        DType::I8 | DType::U8 => matmul::matmul_exact_int(&a, &b, false, q.transpose_b, &acc_ty)?,
-        _ => matmul::matmul(&a, &b, false, q.transpose_b, &acc_ty)?,
+    let sums = match a.dtype {
+        DType::I8 | DType::U8 => matmul::matmul_f64(&a, &b, false, q.transpose_b, &acc_ty)?,
+        _ => matmul::matmul(&a, &b, false, q.transpose_b, &acc_ty, acc)?,
     };
     let a_scale = if q.a_scale { Some(next()?) } else { None };
     let b_scale = if q.b_scale { Some(next()?) } else { None };
-    let mut y = Arc::new(scale(acc, q.alpha, a_scale.as_deref(), b_scale.as_deref(), q.acc_dtype)?);
+    let mut y = Arc::new(scale(sums, q.alpha, a_scale.as_deref(), b_scale.as_deref(), q.acc_dtype)?);
     for step in &q.epilogue {
         let out = OutType { dtype: step.dtype, shape: shape.clone() };
         y = Arc::new(match step.op {
@@ -90,12 +96,19 @@ pub(super) fn qmatmul(q: &QMatMul, mut args: std::vec::IntoIter<Arc<Tensor>>, ou
 /// T at each step, computed exactly as the unfused graph does: `reshape` to `[B,S,H,D]`,
 /// `transpose` to `[B,H,S,D]`, `matmul` (`transpose_b`), `mul` by the scalar, `add` of the mask
 /// reshaped to `[B,1,1,S]`, `softmax` over the keys, `matmul` with v, `transpose` and `reshape`
-/// back to `[B,S,H·D]`, then the optional output quantize.
-pub(super) fn attention(a: &Attention, mut args: std::vec::IntoIter<Arc<Tensor>>, outs: &[OutType]) -> Result<Vec<Tensor>, String> {
+/// back to `[B,S,H·D]`, then the optional output quantize. With `fp8`, the two products are the
+/// unfused `qmatmul`s (f32 sums of the codes' values, times `qk_alpha` / `pv_alpha`, cast to T)
+/// and the probabilities are quantized per tensor to E4M3 before P·V.
+pub(super) fn attention(
+    a: &Attention,
+    mut args: std::vec::IntoIter<Arc<Tensor>>,
+    outs: &[OutType],
+    acc: Accumulation,
+) -> Result<Vec<Tensor>, String> {
     let mut next = || args.next().ok_or_else(|| "missing operand".to_string());
     let (q, k, v) = (next()?, next()?, next()?);
     let mask = if a.mask { Some(next()?) } else { None };
-    let dtype = q.dtype;
+    let dtype = a.fp8.map_or(q.dtype, |f| f.compute);
     let &[b, s, width] = q.shape.as_slice() else { return Err(format!("q must be [B, S, H·D], got {:?}", q.shape)) };
     let heads = a.heads as usize;
     if heads == 0 || width % heads != 0 {
@@ -104,12 +117,14 @@ pub(super) fn attention(a: &Attention, mut args: std::vec::IntoIter<Arc<Tensor>>
     let d = width / heads;
     let ty = |shape: Vec<usize>| OutType { dtype, shape };
     let split = |x: Arc<Tensor>| -> Result<Tensor, String> {
-        let r = shape::reshape(x, &ty(vec![b, s, heads, d]))?;
-        shape::transpose(&r, &[0, 2, 1, 3], &ty(vec![b, heads, s, d]))
+        let operand = |shape: Vec<usize>| OutType { dtype: x.dtype, shape };
+        let r = shape::reshape(x.clone(), &operand(vec![b, s, heads, d]))?;
+        shape::transpose(&r, &[0, 2, 1, 3], &operand(vec![b, heads, s, d]))
     };
     let (qh, kh, vh) = (split(q)?, split(k)?, split(v)?);
     let scores_ty = ty(vec![b, heads, s, s]);
-    let mut scores = Arc::new(matmul::matmul(&qh, &kh, false, true, &scores_ty)?);
+    let qk_alpha = a.fp8.map(|f| f.qk_alpha);
+    let mut scores = Arc::new(attention_product(&qh, &kh, true, qk_alpha, &scores_ty, acc)?);
     drop((qh, kh));
     if let Some(scale) = a.scale {
         let c = Arc::new(elementwise::scalar(f64::from(scale), &ty(vec![])));
@@ -119,8 +134,14 @@ pub(super) fn attention(a: &Attention, mut args: std::vec::IntoIter<Arc<Tensor>>
         let m = Arc::new(shape::reshape(m, &ty(vec![b, 1, 1, s]))?);
         scores = Arc::new(elementwise::binary(BinaryOp::Add, scores, m, &scores_ty)?);
     }
-    let probs = reduce::softmax(scores, -1, &scores_ty)?;
-    let ctx = matmul::matmul(&probs, &vh, false, false, &ty(vec![b, heads, s, d]))?;
+    let mut probs = reduce::softmax(scores, -1, &scores_ty)?;
+    if let Some(f) = &a.fp8 {
+        let spec = QuantSpec::per_tensor(DType::F8E4M3, f.p_scale);
+        let codes = OutType { dtype: DType::F8E4M3, shape: vec![b, heads, s, s] };
+        probs = quant::quantize(&spec, Arc::new(probs), vec![], &[codes])?.remove(0);
+    }
+    let pv_alpha = a.fp8.map(|f| f.pv_alpha);
+    let ctx = attention_product(&probs, &vh, false, pv_alpha, &ty(vec![b, heads, s, d]), acc)?;
     drop((probs, vh));
     let ctx = shape::transpose(&ctx, &[0, 2, 1, 3], &ty(vec![b, s, heads, d]))?;
     let y = shape::reshape(Arc::new(ctx), &ty(vec![b, s, width]))?;
@@ -128,6 +149,21 @@ pub(super) fn attention(a: &Attention, mut args: std::vec::IntoIter<Arc<Tensor>>
         Some(spec) => quant::quantize(spec, Arc::new(y), vec![], outs),
         None => Ok(vec![y]),
     }
+}
+
+/// One batched product of `attention`: a `matmul` rounded to `out.dtype`, or with `alpha` (FP8
+/// operands) a `qmatmul`: f32 sums, times `alpha`, cast to `out.dtype`.
+fn attention_product(
+    x: &Tensor,
+    y: &Tensor,
+    transpose_b: bool,
+    alpha: Option<f32>,
+    out: &OutType,
+    acc: Accumulation,
+) -> Result<Tensor, String> {
+    let Some(alpha) = alpha else { return matmul::matmul(x, y, false, transpose_b, out, acc) };
+    let sums = matmul::matmul(x, y, false, transpose_b, &OutType { dtype: DType::F32, shape: out.shape.clone() }, acc)?;
+    Ok(elementwise::cast(Arc::new(scale(sums, alpha, None, None, DType::F32)?), out))
 }
 
 /// `embed_layernorm`: `x = (word[ids] + pos[iota(S)]) + type[type_ids]`, each sum rounded to `via`

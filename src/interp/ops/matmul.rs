@@ -1,6 +1,6 @@
-//! `matmul`: batched matrix products on the `gemm` crate (f32 accumulation), rounded to the output
-//! dtype afterwards; and, for 8-bit integer `qmatmul`s, the same products in f64, exact for
-//! integer operands, rounded to f32 once (`matmul_exact_int`).
+//! `matmul`: batched matrix products on the `gemm` crate, in f32 ([`Accumulation::F32`]) or in f64
+//! rounded to f32 once ([`Accumulation::F64`]; always so for 8-bit integer `qmatmul`s, where it is
+//! exact), then rounded to the output dtype.
 //!
 //! Strategy:
 //! - `b` without batch extent (`[N, K]` with `transpose_b`: a Linear) and `a` not transposed: all
@@ -13,6 +13,7 @@
 
 use super::{f32s, finish, row_offset, OutType};
 use crate::interp::tensor::{strides, Tensor};
+use crate::interp::Accumulation;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -26,17 +27,20 @@ struct Dims {
     tb: bool,
 }
 
-/// `a · b` over the last two axes, batch axes broadcast.
-pub(super) fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, out: &OutType) -> Result<Tensor, String> {
+/// `a · b` over the last two axes, batch axes broadcast, summed as `acc` says.
+pub(super) fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, out: &OutType, acc: Accumulation) -> Result<Tensor, String> {
+    if acc == Accumulation::F64 {
+        return matmul_f64(a, b, ta, tb, out);
+    }
     let dst = product(f32s(a)?, &a.shape, f32s(b)?, &b.shape, ta, tb, &out.shape)?;
     Ok(finish(out, dst))
 }
 
-/// `a · b` over integer-valued operands (`i8`/`u8` codes), summed exactly as `mma.sync … s32`
-/// does, then converted to `f32` once (round to nearest even, `cvt.rn.f32.s32`) and rounded to
-/// `out.dtype`. The GEMM runs in `f64`: every product and partial sum is an integer below 2^53
-/// (K·2^16 ≪ 2^53), so whatever order `gemm` adds in, each sum is exact.
-pub(super) fn matmul_exact_int(a: &Tensor, b: &Tensor, ta: bool, tb: bool, out: &OutType) -> Result<Tensor, String> {
+/// `a · b` summed in `f64`, converted to `f32` once (round to nearest even) and rounded to
+/// `out.dtype`. Exact for integer-valued operands (`i8`/`u8` codes, as `mma.sync … s32` sums,
+/// then `cvt.rn.f32.s32`): every product and partial sum is an integer below 2^53 (K·2^16 ≪ 2^53),
+/// so whatever order `gemm` adds in, each sum is exact; likewise for E4M3 values.
+pub(super) fn matmul_f64(a: &Tensor, b: &Tensor, ta: bool, tb: bool, out: &OutType) -> Result<Tensor, String> {
     let widen = |t: &Tensor| -> Result<Vec<f64>, String> { Ok(f32s(t)?.iter().map(|&v| f64::from(v)).collect()) };
     let dst = product(&widen(a)?, &a.shape, &widen(b)?, &b.shape, ta, tb, &out.shape)?;
     Ok(finish(out, dst.into_iter().map(|v| v as f32).collect()))

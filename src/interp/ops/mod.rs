@@ -11,6 +11,7 @@ mod reduce;
 mod shape;
 
 use super::tensor::{Tensor, TensorData};
+use super::Accumulation;
 use crate::ir::{infer, DType, Op};
 use rayon::prelude::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -27,8 +28,8 @@ pub(crate) struct OutType {
 const PAR_MIN: usize = 1 << 15;
 
 /// [`eval`], turning a panic inside a kernel into an error instead of unwinding into the caller.
-pub(crate) fn eval_guarded(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType]) -> Result<Vec<Tensor>, String> {
-    match catch_unwind(AssertUnwindSafe(|| eval(op, args, outs))) {
+pub(crate) fn eval_guarded(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], acc: Accumulation) -> Result<Vec<Tensor>, String> {
+    match catch_unwind(AssertUnwindSafe(|| eval(op, args, outs, acc))) {
         Ok(r) => r,
         Err(p) => {
             let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
@@ -37,8 +38,8 @@ pub(crate) fn eval_guarded(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType]) ->
     }
 }
 
-/// Applies `op` to `args`, producing one tensor per entry of `outs`.
-fn eval(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType]) -> Result<Vec<Tensor>, String> {
+/// Applies `op` to `args`, producing one tensor per entry of `outs`; products sum as `acc` says.
+fn eval(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], acc: Accumulation) -> Result<Vec<Tensor>, String> {
     let want = infer::arity(op);
     if args.len() != want {
         return Err(format!("takes {want} operand(s), got {}", args.len()));
@@ -58,8 +59,8 @@ fn eval(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType]) -> Result<Vec<Tensor>
         Op::NormQuantize { kind, eps, via, quant, keep_normed } => {
             return fused::norm_quantize(*kind, *eps, *via, quant, *keep_normed, args, outs)
         }
-        Op::QMatMul(q) => return fused::qmatmul(q, args, outs),
-        Op::Attention(a) => return fused::attention(a, args, outs),
+        Op::QMatMul(q) => return fused::qmatmul(q, args, outs, acc),
+        Op::Attention(a) => return fused::attention(a, args, outs, acc),
         Op::EmbedLayerNorm(e) => return fused::embed_layernorm(e, args, outs),
         Op::Dequantize(spec) => quant::dequantize(spec, next!(), args.collect(), out)?,
         Op::Scalar { value } => elementwise::scalar(*value, out),
@@ -68,7 +69,7 @@ fn eval(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType]) -> Result<Vec<Tensor>
         Op::Binary(b) => elementwise::binary(*b, next!(), next!(), out)?,
         Op::Unary(u) => elementwise::unary(*u, next!(), out)?,
         Op::Gather => shape::gather(&*next!(), &*next!(), out)?,
-        Op::MatMul { transpose_a, transpose_b } => matmul::matmul(&*next!(), &*next!(), *transpose_a, *transpose_b, out)?,
+        Op::MatMul { transpose_a, transpose_b } => matmul::matmul(&*next!(), &*next!(), *transpose_a, *transpose_b, out, acc)?,
         Op::LayerNorm { eps } => norm::layer_norm(next!(), &*next!(), Some(&*next!()), *eps, out)?,
         Op::RmsNorm { eps } => norm::rms_norm(next!(), &*next!(), *eps, out)?,
         Op::L2Normalize { eps } => norm::l2_normalize(next!(), *eps, out)?,

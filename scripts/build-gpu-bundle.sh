@@ -21,19 +21,22 @@ gpu-bundle/qfuse-gemm-bench build gpu-bundle/kernels 2>/dev/null
 py="$QFUSE_CACHE_DIR/pyenv/bin/python3"; [[ -x "$py" ]] || py=python3
 "$py" scripts/f16_model.py "$QFUSE_MODEL_DIR" gpu-bundle/model
 # Every recipe gpu-check.sh compiles (plans that do not lower yet report why and are skipped).
-# The 6-head view of the model (head size 64; scripts/model-variant.sh) exercises D = 64 kernels.
+# The 6- and 3-head views of the model (head sizes 64 and 128; scripts/model-variant.sh) exercise
+# the D = 64 and D = 128 attention kernels.
 bash scripts/model-variant.sh gpu-bundle/model gpu-bundle/model-h6 6
+bash scripts/model-variant.sh gpu-bundle/model gpu-bundle/model-h3 3
 for r in fp16 fp8 fp8-dynamic int8-sq w8a16 w4a16-rtn w4a16-awq w4a16-gptq nvfp4 fp8-block "fp8 --fp8-accum tensor-core" \
-    "fp8 --fp8-attention" "h6:fp8 --fp8-attention"; do
+    "fp8 --fp8-attention" "h6:fp8 --fp8-attention" "h3:fp8 --fp8-attention"; do
     model=gpu-bundle/model
-    [[ $r == h6:* ]] && { model=gpu-bundle/model-h6; r=${r#h6:}; }
+    [[ $r == h?:* ]] && { model=gpu-bundle/model-${r%%:*}; r=${r#h?:}; }
     args="--recipe $r"
     # shellcheck disable=SC2086
     QFUSE_CACHE_DIR="$QFUSE_ROOT/gpu-bundle/cache" gpu-bundle/qfuse --quiet compile $model $args \
         -o gpu-bundle/tmp.plan 2>&1 | tail -2 || true
     rm -f gpu-bundle/tmp.plan
 done
-rm -rf gpu-bundle/model-h6  # links only; gpu-check.sh makes it again
+rm -rf gpu-bundle/model-h6 gpu-bundle/model-h3  # links only; gpu-check.sh makes them again
 # Compressed for the trip (scripts/gpu-check.sh unpacks): the tree that travels is limited to 64 MiB.
-(cd gpu-bundle && tar czf kernels.tgz kernels && rm -rf kernels && gzip -9f qfuse qfuse-gemm-bench)
+(cd gpu-bundle && tar czf kernels.tgz kernels && rm -rf kernels && tar czf cache.tgz cache && rm -rf cache \
+    && gzip -9f qfuse qfuse-gemm-bench)
 du -sh gpu-bundle gpu-bundle/*

@@ -18,6 +18,7 @@ mkdir -p "$out"
 # The bundle travels compressed (the tree that travels is limited to 64 MiB).
 for f in gpu-bundle/qfuse.gz gpu-bundle/qfuse-gemm-bench.gz; do [[ -f "$f" ]] && gunzip -f "$f"; done
 [[ -f gpu-bundle/kernels.tgz ]] && tar xzf gpu-bundle/kernels.tgz -C gpu-bundle && rm gpu-bundle/kernels.tgz
+[[ -f gpu-bundle/cache.tgz ]] && tar xzf gpu-bundle/cache.tgz -C gpu-bundle && rm gpu-bundle/cache.tgz
 chmod +x gpu-bundle/qfuse gpu-bundle/qfuse-gemm-bench
 export QFUSE_CACHE_DIR="$PWD/gpu-bundle/cache"
 q=gpu-bundle/qfuse
@@ -30,13 +31,14 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=cs
 # cores (faster large GEMMs); it is checked and timed too, but its end-to-end cosine against the
 # exact interpreter is informational, not a pass/fail bar.
 # The other recipes (int8-sq, w8a16, w4a16-*, nvfp4, fp8-block) compile with their defaults.
-# fp8-attn runs attention on FP8 q, k, v (--fp8-attention); fp8-attn-d64 is the same on the
-# 6-head view of the model (head size 64, scripts/model-variant.sh), for the D = 64 kernel.
+# fp8-attn runs attention on FP8 q, k, v (--fp8-attention); fp8-attn-d64 / -d128 are the same on
+# the 6- and 3-head views of the model (head sizes 64 and 128, scripts/model-variant.sh).
 declare -A args=([fp8-tc]="--recipe fp8 --fp8-accum tensor-core" [fp8-attn]="--recipe fp8 --fp8-attention"
-    [fp8-attn-d64]="--recipe fp8 --fp8-attention")
+    [fp8-attn-d64]="--recipe fp8 --fp8-attention" [fp8-attn-d128]="--recipe fp8 --fp8-attention")
 bash scripts/model-variant.sh "$model" /tmp/model-h6 6
-declare -A models=([fp8-attn-d64]=/tmp/model-h6)
-plans="${PLANS:-fp16 fp8 fp8-dynamic fp8-tc fp8-attn fp8-attn-d64 int8-sq w8a16 w4a16-rtn w4a16-awq w4a16-gptq nvfp4 fp8-block}"
+bash scripts/model-variant.sh "$model" /tmp/model-h3 3
+declare -A models=([fp8-attn-d64]=/tmp/model-h6 [fp8-attn-d128]=/tmp/model-h3)
+plans="${PLANS:-fp16 fp8 fp8-dynamic fp8-tc fp8-attn fp8-attn-d64 fp8-attn-d128 int8-sq w8a16 w4a16-rtn w4a16-awq w4a16-gptq nvfp4 fp8-block}"
 echo "== compile"
 for r in $plans; do
     # shellcheck disable=SC2086

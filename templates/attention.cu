@@ -56,8 +56,9 @@
 // over the keys of each 32-key block in a permuted order: mma position kappa = 4t + i (i < 4) is
 // key 8*(i/2) + 2t + i%2, and kappa + 16 is that key + 16 (so a0 = tiles 0 and 1 of row g, etc.).
 // V is therefore stored transposed, d-major (V^T[d][kappa], 64 bytes a row, 4-byte words XOR-
-// swizzled by (d/2)%4 * 4 so a warp's B-fragment loads hit 32 distinct banks): global -> registers
-// at the prefetch, -> shared memory after the step's Q.K^T, keys past S as zeros. Q.K^T needs no
+// swizzled by (d/2)%4 * 4 so a warp's B-fragment loads hit 32 distinct banks): the V tile arrives
+// by cp.async as in the f16 kernel (keys past S zero-filled) and is transposed shared -> shared
+// after the step's Q.K^T, followed by one more barrier (a sixth tile of shared memory). Q.K^T needs no
 // permutation: ldmatrix .b16 on byte rows delivers exactly the e4m3 A/B fragments (4 consecutive
 // bytes of d per register), so the Q and K tiles are used as in the f16 kernel.
 //
@@ -95,8 +96,7 @@ constexpr int THREADS = WARPS * 32;
 // __launch_bounds__ minimum CTAs per SM: caps registers at 65536 / (THREADS * MIN_CTAS), 128 for
 // D <= 64 (4 CTAs, 16 warps per SM) and 255 for D = 128 (its 64 f32 output accumulators and 32
 // Q fragment registers need ~245). Without a minimum, ptxas picked fewer registers and spilled.
-// FP8 with D = 64 also holds the next V tile in registers (8) and spills at 128: 3 CTAs (170).
-constexpr int MIN_CTAS = D == 128 ? 1 : (FP8 && D == 64 ? 3 : 4);
+constexpr int MIN_CTAS = D == 128 ? 1 : 4;
 constexpr int ES = FP8 ? 1 : 2;        // bytes per operand element
 constexpr int ROW_BYTES = D * ES;      // one token's head in a tile
 constexpr int CH = ROW_BYTES / 16;     // 16-byte chunks per tile row
@@ -107,7 +107,8 @@ constexpr int V_OFF = 3 * TILE_BYTES;  // V[buf] at V_OFF + buf * TILE_BYTES
 constexpr int KSTEPS_QK = ROW_BYTES / 32;  // k-steps of Q K^T over d: 32 bytes each (k16 / k32)
 constexpr int NT_S = BKV / 8;          // n8 tiles of a 16 x 64 score block
 constexpr int NT_O = D / 8;            // n8 tiles of a 16 x D output block
-constexpr int SMEM_BYTES = 5 * TILE_BYTES;  // Q | K[2] | V[2]
+constexpr int VT_OFF = 5 * TILE_BYTES;  // FP8: V^T, the transposed V tile of the current step
+constexpr int SMEM_BYTES = (FP8 ? 6 : 5) * TILE_BYTES;  // Q | K[2] | V[2] (| V^T)
 // e / l with e < P_TINY and l >= 0.5 is below half of T's smallest subnormal (f16: 2^-24, bf16:
 // 2^-133), so it rounds to 0: P_TINY = 2^-26 (f16) or 2^-135 (bf16, an f32 subnormal).
 constexpr uint32_t P_TINY_BITS = BF16 ? 0x00004000u : 0x32800000u;
@@ -234,35 +235,26 @@ QF_DEVICE void load_tile(uint32_t dst, const Op* head, int row0, int S, int tid)
     }
 }
 
-// FP8: this thread's 16-byte chunks of the 64 x D V tile whose first token is `row0` (chunk
-// i = tid + THREADS * p: key i / CH, d 16 (i % CH) ..), zeros for tokens >= S.
-constexpr int V_CHUNKS = 64 * CH / THREADS;
-QF_DEVICE void load_v_regs(uint4 (&regs)[V_CHUNKS], const Op* head, int row0, int S, int tid) {
-#pragma unroll
-    for (int p = 0; p < V_CHUNKS; ++p) {
-        const int i = tid + THREADS * p;
-        const int s = row0 + i / CH;
-        regs[p] = s < S ? *reinterpret_cast<const uint4*>(head + static_cast<size_t>(s) * HD + (i % CH) * 16) : make_uint4(0, 0, 0, 0);
-    }
-}
-
 // FP8: stores the 4 bytes of `word` (d0..d0+3 of one key) into the V^T tile `vt`.
 QF_DEVICE void store_vt_word(uint8_t* vt, uint32_t word, int d0, int kappa) {
 #pragma unroll
     for (int b = 0; b < 4; ++b) vt[vt_off(d0 + b, kappa)] = static_cast<uint8_t>(word >> (8 * b));
 }
 
-// FP8: stores the chunks of load_v_regs transposed into the V^T tile `vt` (shared memory).
-QF_DEVICE void store_vt(uint8_t* vt, const uint4 (&regs)[V_CHUNKS], int tid) {
+// FP8: transposes the V tile at shared address `v` (as load_tile left it) into the V^T tile `vt`
+// (shared memory): thread tid moves chunks i = tid + THREADS * p (key i / CH, d 16 (i % CH) ..).
+QF_DEVICE void transpose_v(uint8_t* vt, uint32_t v, int tid) {
 #pragma unroll
-    for (int p = 0; p < V_CHUNKS; ++p) {
+    for (int p = 0; p < 64 * CH / THREADS; ++p) {
         const int i = tid + THREADS * p;
-        const int kappa = kappa_of(i / CH);
-        const int d0 = (i % CH) * 16;
-        store_vt_word(vt, regs[p].x, d0, kappa);
-        store_vt_word(vt, regs[p].y, d0 + 4, kappa);
-        store_vt_word(vt, regs[p].z, d0 + 8, kappa);
-        store_vt_word(vt, regs[p].w, d0 + 12, kappa);
+        const int key = i / CH;
+        const int c = i % CH;
+        uint32_t w[4];
+        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
+                     : "r"(v + tile_off(key, c)));
+#pragma unroll
+        for (int q = 0; q < 4; ++q) store_vt_word(vt, w[q], 16 * c + 4 * q, kappa_of(key));
     }
 }
 
@@ -393,7 +385,6 @@ QF_DEVICE void attention(const Op* __restrict__ q, const Op* __restrict__ k, con
         for (int e = 0; e < 4; ++e) o[n][e] = 0.0f;
 
     for (int step = 0; step < steps; ++step) {
-        uint4 v_regs[V_CHUNKS];  // FP8: the next V tile, on its way to V^T
         // Prefetch step + 1 into the other buffer (freed by the trailing barrier of step - 1).
         const int next = step + 1;
         const bool next_has_v = next < steps && next >= tiles;
@@ -401,10 +392,7 @@ QF_DEVICE void attention(const Op* __restrict__ q, const Op* __restrict__ k, con
             const int buf = next & 1;
             const int j = next < tiles ? next : next - tiles;
             load_tile(sm + K_OFF + buf * TILE_BYTES, k + head, j * BKV, S, tid);
-            if (next_has_v) {
-                if constexpr (FP8) load_v_regs(v_regs, v + head, j * BKV, S, tid);
-                else load_tile(sm + V_OFF + buf * TILE_BYTES, v + head, j * BKV, S, tid);
-            }
+            if (next_has_v) load_tile(sm + V_OFF + buf * TILE_BYTES, v + head, j * BKV, S, tid);
         }
         qf_cp_async_commit();  // possibly empty: keeps the group count uniform
         qf_cp_async_wait<1>();  // everything but the newest group: step's tiles (and Q) landed
@@ -424,10 +412,13 @@ QF_DEVICE void attention(const Op* __restrict__ q, const Op* __restrict__ k, con
         float s[NT_S][4];
         scores(s, qf, sm + K_OFF + buf * TILE_BYTES, j * BKV, mask_row, S, lane);
         if constexpr (FP8) {
-            // The next V tile (loaded before the scores' MMAs, which hid the latency) into the
-            // other buffer, free since the trailing barrier of step - 1; done before P.V, whose
-            // accumulators and fragments need the registers.
-            if (next_has_v) store_vt(smem + V_OFF + (next & 1) * TILE_BYTES, v_regs, tid);
+            // This step's V tile (landed with the step's group) into V^T, which the trailing
+            // barrier of step - 1 freed; the barrier after it publishes V^T to P.V. Uniform: the
+            // condition is the same for every thread.
+            if (!pass1) {
+                transpose_v(smem + VT_OFF, sm + V_OFF + buf * TILE_BYTES, tid);
+                __syncthreads();
+            }
         }
 
         if (pass1) {
@@ -459,7 +450,7 @@ QF_DEVICE void attention(const Op* __restrict__ q, const Op* __restrict__ k, con
             // 32kk..32kk+31 in the permuted order of the header: a0 = row g, score n-tiles 4kk
             // and 4kk+1 (keys 2t, 2t+1 of each); a1 the same for row g + 8; a2, a3 n-tiles 4kk+2,
             // 4kk+3. B fragments are words of V^T (vt_off): b0 = kappa 4t..4t+3, b1 = 16 + that.
-            const uint32_t vt = sm + V_OFF + buf * TILE_BYTES;
+            const uint32_t vt = sm + VT_OFF;
 #pragma unroll
             for (int kk = 0; kk < BKV / 32; ++kk) {
                 uint32_t pa[4];

@@ -184,9 +184,9 @@ fn fp8_graph(width: u64, heads: u32, out: &str) -> Graph {
 }
 
 #[test]
-fn fp8_operands_lower_and_compile_for_head_sizes_32_and_64() {
+fn fp8_operands_lower_and_compile_for_every_head_size() {
     let k = lower(&fp8_graph(384, 12, "f8e4m3"));
-    assert_eq!(k.smem_bytes, 5 * 64 * 32, "E4M3 tiles are one byte an element");
+    assert_eq!(k.smem_bytes, 6 * 64 * 32, "E4M3 tiles are one byte an element, plus V^T");
     for line in [
         "constexpr bool FP8 = true;",
         "constexpr uint32_t QK_ALPHA_BITS = 0x3a57963fu;",
@@ -198,9 +198,11 @@ fn fp8_operands_lower_and_compile_for_head_sizes_32_and_64() {
     }
     assert_ne!(k.name, lower(&graph("f16", 384, "heads=12, out=f8e4m3, out_scale=0.0070277625", true, "f8e4m3")).name);
     compile(&k);
-    let k = lower(&fp8_graph(384, 6, "f16"));
-    assert_eq!(k.smem_bytes, 5 * 64 * 64);
-    compile(&k);
+    for (heads, d) in [(6, 64), (3, 128)] {
+        let k = lower(&fp8_graph(384, heads, "f16"));
+        assert_eq!(k.smem_bytes, 6 * 64 * d);
+        compile(&k);
+    }
 }
 
 #[test]
@@ -213,8 +215,8 @@ fn fp8_operands_need_fp8_and_sm89() {
         Ok(l) => panic!("expected an error, got {l:?}"),
     };
     assert!(e.contains("FP8 attention needs sm_89 or newer"), "{e}");
-    let e = lower_err(&fp8_graph(384, 3, "f16"));
-    assert!(e.contains("FP8 attention: head size 128 is not one of [32, 64]"), "{e}");
+    let e = lower_err(&fp8_graph(384, 8, "f16"));
+    assert!(e.contains("head size 48 is not one of [32, 64, 128]"), "{e}");
 }
 
 #[test]

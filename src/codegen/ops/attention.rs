@@ -11,7 +11,7 @@
 //! `u16*` (`T`) or `u8*` (E4M3); `mask_bias` only when masked; `out` is `u16*` (`T`) or `u8*`.
 //! Launch: grid `(ceil_div(S, 64), H, B)`, block `(128, 1, 1)`, [`AttentionSpec::smem_bytes`]
 //! of dynamic shared memory (5 tiles of `64 × D` operands: 20, 40 or 80 KiB for f16 D = 32, 64,
-//! 128; half that for E4M3). `D` ∈ {32, 64, 128} (E4M3: 32, 64) and `H` are compiled in; `S` and
+//! 128; 6 tiles of one byte for E4M3). `D` ∈ {32, 64, 128} and `H` are compiled in; `S` and
 //! `B` are run-time values.
 
 use crate::codegen::kernel::{finish_kernel, params, Arg, KernelDef, Launch, LowerCx, LowerError, Lowered};
@@ -27,10 +27,6 @@ const ATTENTION: Template = Template { name: "attention.cu", text: include_str!(
 
 /// The head sizes the template supports.
 pub const HEAD_DIMS: [u32; 3] = [32, 64, 128];
-
-/// The head sizes of FP8 operands. At D = 128 the f16 kernel already needs ~245 registers a
-/// thread; holding the next V tile on its way to V^T (16 more) makes ptxas spill.
-pub const FP8_HEAD_DIMS: [u32; 2] = [32, 64];
 
 /// Query rows per CTA (grid x = `ceil_div(S, TILE_Q)`).
 pub const TILE_Q: u64 = 64;
@@ -90,9 +86,11 @@ pub enum AttentionError {
 }
 
 impl AttentionSpec {
-    /// Dynamic shared memory: Q, two K and two V tiles of `64 × D` operands (2 bytes, or 1 for E4M3).
+    /// Dynamic shared memory: Q, two K and two V tiles of `64 × D` operands (2 bytes, or 1 for
+    /// E4M3, which adds the transposed V tile).
     pub fn smem_bytes(&self) -> u32 {
-        5 * 64 * self.head_dim * self.operand_bytes()
+        let tiles = if self.fp8.is_some() { 6 } else { 5 };
+        tiles * 64 * self.head_dim * self.operand_bytes()
     }
 
     /// Bytes per operand element.
@@ -121,9 +119,6 @@ impl AttentionSpec {
             return bad(format!("head size {} is not one of {HEAD_DIMS:?}", self.head_dim));
         }
         if let Some(f) = &self.fp8 {
-            if !FP8_HEAD_DIMS.contains(&self.head_dim) {
-                return bad(format!("FP8 attention: head size {} is not one of {FP8_HEAD_DIMS:?}", self.head_dim));
-            }
             for (name, x) in [("qk_alpha", f.qk_alpha), ("p_scale", f.p_scale), ("pv_alpha", f.pv_alpha)] {
                 if !(x.is_finite() && x > 0.0) {
                     return bad(format!("FP8 attention: {name} {x} must be finite and positive"));

@@ -35,6 +35,11 @@ fn launches(g: &Graph) -> Vec<(NodeId, Launch)> {
     out
 }
 
+/// Every launch of the graph, in node order.
+fn all_launches(g: &Graph) -> Vec<Launch> {
+    launches(g).into_iter().map(|(_, l)| l).collect()
+}
+
 /// The launches of one node (the first with that mnemonic).
 fn node_launches(g: &Graph, mnemonic: &str) -> Vec<Launch> {
     let cx = LowerCx::new(g, 90);
@@ -303,23 +308,23 @@ graph "ops_misc" {
 #[test]
 fn static_graph_lowers_and_compiles() {
     let g = parse(BERT_STATIC);
-    let ls = launches(&g);
+    let ls = all_launches(&g);
     assert!(ls.len() >= 20, "{} launches", ls.len());
-    let n = compile(&ls.into_iter().map(|(_, l)| l).collect::<Vec<_>>());
+    let n = compile(&ls);
     assert!(n >= 15, "{n} distinct kernels");
 }
 
 #[test]
 fn dynamic_graph_lowers_and_compiles() {
     let g = parse(BERT_DYNAMIC);
-    let ls: Vec<Launch> = launches(&g).into_iter().map(|(_, l)| l).collect();
+    let ls = all_launches(&g);
     compile(&ls);
 }
 
 #[test]
 fn int8_and_block_graph_lowers_and_compiles() {
     let g = parse(INT8_BLOCK);
-    let ls: Vec<Launch> = launches(&g).into_iter().map(|(_, l)| l).collect();
+    let ls = all_launches(&g);
     assert_eq!(ls.len(), 10, "one row kernel per quantizing node");
     compile(&ls);
 }
@@ -329,9 +334,8 @@ fn int8_and_block_graph_lowers_and_compiles() {
 #[test]
 fn block_quantize_snapshot() {
     let g = parse(INT8_BLOCK);
-    let l = launches(&g)
+    let l = all_launches(&g)
         .into_iter()
-        .map(|(_, l)| l)
         .find(|l| l.kernel.source.contains("typedef qf_e2m1 Q;") && l.kernel.template == "quantize")
         .expect("the f4e2m1 block quantize");
     assert!(l.kernel.source.contains("QUANT = 5, GROUP = 16") && l.kernel.source.contains("PACKED = true"), "{}", l.kernel.source);
@@ -342,7 +346,7 @@ fn block_quantize_snapshot() {
 #[test]
 fn block_dequantize_graph_lowers_and_compiles() {
     let g = parse(BLOCK_DQ);
-    let ls: Vec<Launch> = launches(&g).into_iter().map(|(_, l)| l).collect();
+    let ls = all_launches(&g);
     assert_eq!(ls.len(), 15, "one kernel per quantize / dequantize node");
     compile(&ls);
 }
@@ -360,7 +364,7 @@ fn block_dequantize_snapshot() {
 #[test]
 fn misc_graph_lowers_and_compiles() {
     let g = parse(MISC);
-    let ls: Vec<Launch> = launches(&g).into_iter().map(|(_, l)| l).collect();
+    let ls = all_launches(&g);
     compile(&ls);
 }
 

@@ -82,16 +82,7 @@ fn graph(v: &Variant, act: DType, (n, k): (u64, u64), epi: Epi, b_max: u64) -> G
         inputs.push(out(&g, r));
         steps.push(EpilogueStep { op: EpilogueOp::Add, dtype: act });
     }
-    let q = QMatMul {
-        transpose_b: true,
-        alpha: 1.0,
-        a_scale: false,
-        b_scale: false,
-        acc_dtype: DType::F32,
-        epilogue: steps,
-        output: None,
-        b_dequant: Some(spec),
-    };
+    let q = QMatMul::weight_only(spec, DType::F32, steps);
     let y = node(&mut g, Op::QMatMul(q), &inputs, bs(n));
     let y = out(&g, y);
     g.outputs.push(("y".into(), y));

@@ -570,16 +570,8 @@ fn wonly_graph(weights: Weights, n: u64, k: u64) -> Result<Graph> {
         inputs.push(weight(&mut g, "weight_zero", DType::U8, scale_shape));
     }
     inputs.push(weight(&mut g, "bias", DType::F16, vec![Dim::Fixed(n)]));
-    let q = QMatMul {
-        transpose_b: true,
-        alpha: 1.0,
-        a_scale: false,
-        b_scale: false,
-        acc_dtype: DType::F32,
-        epilogue: vec![EpilogueStep { op: EpilogueOp::Cast, dtype: DType::F16 }, EpilogueStep { op: EpilogueOp::Add, dtype: DType::F16 }],
-        output: None,
-        b_dequant: Some(spec),
-    };
+    let epilogue = vec![EpilogueStep { op: EpilogueOp::Cast, dtype: DType::F16 }, EpilogueStep { op: EpilogueOp::Add, dtype: DType::F16 }];
+    let q = QMatMul::weight_only(spec, DType::F32, epilogue);
     let y = add_value(&mut g, Op::QMatMul(q), &inputs, DType::F16, vec![m, Dim::Fixed(n)]);
     g.outputs.push(("y".into(), y));
     qfuse::ir::verify(&g, "bench").map_err(|e| anyhow::anyhow!("{e}"))?;

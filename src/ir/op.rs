@@ -115,6 +115,12 @@ pub struct QMatMul {
 }
 
 impl QMatMul {
+    /// A weight-only product (`b_dequant`): `a · dequantize(b)ᵀ` with `b` a `[N, K]` weight of
+    /// `spec`'s codes, summed into `acc_dtype`, then `epilogue`; no scale vectors, `alpha` 1.
+    pub fn weight_only(spec: QuantSpec, acc_dtype: DType, epilogue: Vec<EpilogueStep>) -> Self {
+        QMatMul { transpose_b: true, alpha: 1.0, a_scale: false, b_scale: false, acc_dtype, epilogue, output: None, b_dequant: Some(spec) }
+    }
+
     /// Number of inputs: `a`, `b`, `b_dequant`'s scale and zero point, the optional scale vectors,
     /// one per `Add` step — in that order.
     pub fn arity(&self) -> usize {

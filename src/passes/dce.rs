@@ -44,8 +44,11 @@ impl Pass for Dce {
     }
 }
 
+/// The live readers of each value ([`live_users`]).
+pub(crate) type Users = IdVec<ValueId, SmallVec<[NodeId; 2]>>;
+
 /// For every value, the *live* nodes that read it (once per operand slot).
-pub(crate) fn live_users(g: &Graph) -> IdVec<ValueId, SmallVec<[NodeId; 2]>> {
+pub(crate) fn live_users(g: &Graph) -> Users {
     let live = g.live_nodes();
     let mut users = g.users();
     for (v, _) in g.values.iter() {

@@ -40,12 +40,9 @@
 //! Idempotent: no rule matches its own output. A changed graph is compacted (README.md §4).
 //! Interactions: after `propagate-qdq` (which makes DQ and Q meet), before the fusions.
 
-use super::dce::{live_users, output_uses};
+use super::dce::{live_users, output_uses, Users};
 use super::{loc, Pass, PassCx, PassError};
-use crate::ir::{order, DType, Granularity, Graph, IdVec, NodeId, Op, QuantSpec, ScaleSource, ValueId, ZeroPoint};
-use smallvec::SmallVec;
-
-type Users = IdVec<ValueId, SmallVec<[NodeId; 2]>>;
+use crate::ir::{order, DType, Granularity, Graph, NodeId, Op, QuantSpec, ScaleSource, ValueId, ZeroPoint};
 
 /// `fold-scales`.
 pub struct FoldScales;

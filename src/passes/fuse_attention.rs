@@ -84,7 +84,8 @@
 //! FP8 `P·V` the context quantize); the trailing `cse`/`dce` clean up.
 
 use super::dce::output_uses;
-use super::rule::{self, Applied, Found, Users};
+use super::dce::Users;
+use super::rule::{self, Applied, Found};
 use super::{loc, Pass, PassCx, PassError};
 use crate::ir::{
     normalize_axis, Attention, AttentionFp8, BinaryOp, Builder, DType, Dim, EpilogueOp, EpilogueStep, Granularity, Graph, NodeId, Op,
@@ -101,13 +102,13 @@ impl Pass for FuseAttention {
 
     fn run(&self, g: &mut Graph, cx: &mut PassCx) -> Result<bool, PassError> {
         // (FP8 product, attention) locs: what fused into those qmatmuls is now in the attention.
-        let absorbed = std::cell::RefCell::new(vec![]);
+        let mut absorbed = vec![];
         let changed = rule::run(g, cx, "attention", match_attention, |g, _, f: Fusion| {
             let node = apply_attention(g, &f)?;
-            absorbed.borrow_mut().extend(f.products.iter().map(|&p| (loc(g, p), loc(g, node))));
-            Ok(Applied { node, into: "attention", fused: f.fused.clone(), declined: f.declines })
+            absorbed.extend(f.products.iter().map(|&p| (loc(g, p), loc(g, node))));
+            Ok(Applied { node, into: "attention", fused: f.fused, declined: f.declines })
         })?;
-        for (product, attention) in absorbed.into_inner() {
+        for (product, attention) in absorbed {
             cx.report.refused("qmatmul", &product, "attention", &attention);
         }
         Ok(changed)

@@ -39,7 +39,8 @@
 //! by several matmuls fuses into each; `fuse-epilogue` then grows the qmatmul's epilogue.
 
 use super::dce::output_uses;
-use super::rule::{self, Applied, Found, Users};
+use super::dce::Users;
+use super::rule::{self, Applied, Found};
 use super::{loc, Pass, PassCx, PassError};
 use crate::ir::{infer, normalize_axis, print, Builder, DType, Granularity, Graph, NodeId, Op, QMatMul, ScaleSource, TensorType, ValueId};
 

@@ -37,13 +37,9 @@
 //!
 //! Interacting passes: after `fuse-layernorm-quantize`, whose `layernorm_quantize` it extends.
 
-use super::dce::{live_users, output_uses};
+use super::dce::{live_users, output_uses, Users};
 use super::{loc, Pass, PassCx, PassError};
-use crate::ir::{order, BinaryOp, Builder, DType, EmbedLayerNorm, Graph, IdVec, NodeId, NormKind, Op, ValueId};
-use smallvec::SmallVec;
-
-/// The live readers of every value, once per operand slot (`dce::live_users`).
-type Users = IdVec<ValueId, SmallVec<[NodeId; 2]>>;
+use crate::ir::{order, BinaryOp, Builder, DType, EmbedLayerNorm, Graph, NodeId, NormKind, Op, ValueId};
 
 /// `fuse-embedding`.
 pub struct FuseEmbedding;

@@ -37,15 +37,11 @@
 //! Interacting passes: runs after `fuse-dq-matmul`, which creates the qmatmuls; the trailing `cse`
 //! and `dce` clean up.
 
-use super::dce::{live_users, output_uses};
+use super::dce::{live_users, output_uses, Users};
 use super::{loc, Pass, PassCx, PassError};
 use crate::ir::{
-    order, BinaryOp, Builder, EpilogueOp, EpilogueStep, Granularity, Graph, IdVec, NodeId, Op, QuantSpec, ScaleSource, UnaryOp, ValueId,
+    order, BinaryOp, Builder, EpilogueOp, EpilogueStep, Granularity, Graph, NodeId, Op, QuantSpec, ScaleSource, UnaryOp, ValueId,
 };
-use smallvec::SmallVec;
-
-/// The live readers of every value, once per operand slot (`dce::live_users`).
-type Users = IdVec<ValueId, SmallVec<[NodeId; 2]>>;
 
 /// `fuse-epilogue`.
 pub struct FuseEpilogue;

@@ -34,13 +34,9 @@
 //! too; `fuse-dq-matmul` then reads the fused node's quantized output through the dequantize the
 //! recipe placed after each quantize.
 
-use super::dce::{live_users, output_uses};
+use super::dce::{live_users, output_uses, Users};
 use super::{loc, Pass, PassCx, PassError};
-use crate::ir::{order, Builder, Granularity, Graph, IdVec, NodeId, NormKind, Op, QuantSpec, ScaleSource, ValueId};
-use smallvec::SmallVec;
-
-/// The live readers of every value, once per operand slot (`dce::live_users`).
-type Users = IdVec<ValueId, SmallVec<[NodeId; 2]>>;
+use crate::ir::{order, Builder, Granularity, Graph, NodeId, NormKind, Op, QuantSpec, ScaleSource, ValueId};
 
 /// `fuse-layernorm-quantize`.
 pub struct FuseLayerNormQuantize;

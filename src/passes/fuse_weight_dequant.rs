@@ -42,7 +42,8 @@
 //! and leave the matmul alone) and `fuse-epilogue`, which grows the new qmatmul's epilogue.
 
 use super::dce::output_uses;
-use super::rule::{self, Applied, Found, Users};
+use super::dce::Users;
+use super::rule::{self, Applied, Found};
 use super::{loc, Pass, PassCx, PassError};
 use crate::ir::{infer, print, Builder, DType, Graph, NodeId, Op, QMatMul, TensorType, ValueId};
 
@@ -95,16 +96,7 @@ fn match_weight_dequant(g: &Graph, users: &Users, id: NodeId) -> Option<Found<Fu
     if let Some(other) = blocking_reader(g, users, node.inputs[1]) {
         return decline(format!("the dequantized weight is also read by {other}, so the dequantize must stay"));
     }
-    let op = Op::QMatMul(QMatMul {
-        transpose_b: true,
-        alpha: 1.0,
-        a_scale: false,
-        b_scale: false,
-        acc_dtype: g.ty(node.outputs[0]).dtype,
-        epilogue: vec![],
-        output: None,
-        b_dequant: Some(spec.clone()),
-    });
+    let op = Op::QMatMul(QMatMul::weight_only(spec.clone(), g.ty(node.outputs[0]).dtype, vec![]));
     let inputs: Vec<ValueId> = [node.inputs[0]].into_iter().chain(g.nodes[dq].inputs.iter().copied()).collect();
     match type_check(g, id, &op, &inputs) {
         Ok(()) => Some(Found::Apply(Fusion { op, inputs, dq })),

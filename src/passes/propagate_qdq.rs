@@ -33,10 +33,9 @@
 //! a Q moved backward meet as DQ→Q) and the fusions (FP8 attention's Q/K/V quantizes reach the
 //! bias add that ends each projection, so the projection GEMM can emit FP8).
 
-use super::dce::{live_users, output_uses};
+use super::dce::{live_users, output_uses, Users};
 use super::{loc, Pass, PassCx, PassError};
-use crate::ir::{order, Builder, Granularity, Graph, IdVec, NodeId, Op, QuantSpec, ValueId};
-use smallvec::SmallVec;
+use crate::ir::{order, Builder, Granularity, Graph, NodeId, Op, QuantSpec, ValueId};
 use std::collections::HashSet;
 
 /// Rounds after which the pass gives up with an error.
@@ -73,8 +72,6 @@ enum Match {
     Apply(Rewrite),
     Decline { qdq: NodeId, reason: String },
 }
-
-type Users = IdVec<ValueId, SmallVec<[NodeId; 2]>>;
 
 fn fail(message: String) -> PassError {
     PassError::Failed { pass: "propagate-qdq", message }

@@ -4,13 +4,9 @@
 //! records both; readers are recomputed after every rewrite (`dce::live_users`, so a Q/DQ shared by
 //! several matches fuses into each), and a changed graph is compacted at the end.
 
-use super::dce::live_users;
+use super::dce::{live_users, Users};
 use super::{loc, PassCx, PassError};
-use crate::ir::{order, Graph, IdVec, NodeId, ValueId};
-use smallvec::SmallVec;
-
-/// The live readers of every value, once per operand slot (`dce::live_users`).
-pub type Users = IdVec<ValueId, SmallVec<[NodeId; 2]>>;
+use crate::ir::{order, Graph, NodeId};
 
 /// What a rule's matcher found at one node.
 pub enum Found<F> {
@@ -39,7 +35,7 @@ pub fn run<F>(
     cx: &mut PassCx,
     rule: &'static str,
     find: impl Fn(&Graph, &Users, NodeId) -> Option<Found<F>>,
-    apply: impl Fn(&mut Graph, NodeId, F) -> Result<Applied, PassError>,
+    mut apply: impl FnMut(&mut Graph, NodeId, F) -> Result<Applied, PassError>,
 ) -> Result<bool, PassError> {
     let mut changed = false;
     let mut users = live_users(g);

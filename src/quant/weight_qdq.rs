@@ -106,9 +106,13 @@ fn scales(w: &[f32], n: usize, k: usize, scheme: &Scheme, fixed: Option<&GroupQu
             )
         }
         Granularity::Group { size } => {
+            let owned;
             let q = match fixed {
-                Some(q) => q.clone(),
-                None => algo::rtn(w, n, k, scheme.storage.bits(), size as usize, !scheme.zero_point).map_err(|e| e.to_string())?,
+                Some(q) => q,
+                None => {
+                    owned = algo::rtn(w, n, k, scheme.storage.bits(), size as usize, !scheme.zero_point).map_err(|e| e.to_string())?;
+                    &owned
+                }
             };
             let shape = vec![n, k.div_ceil(size as usize)];
             let zeros = q.zeros.as_ref().map(|z| (shape.clone(), z.iter().map(|&v| f32::from(v)).collect()));

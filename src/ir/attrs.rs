@@ -4,7 +4,7 @@
 //! parser cannot drift apart.
 
 use super::{
-    Attention, AttentionFp8, BinaryOp, DType, EmbedLayerNorm, EpilogueOp, EpilogueStep, Granularity, NormKind, Op, QMatMul, QuantSpec,
+    Attention, AttentionFp8, BinaryOp, CausalAttention, DType, Rope, RopeLlama3, RopePairs, EmbedLayerNorm, EpilogueOp, EpilogueStep, Granularity, NormKind, Op, QMatMul, QuantSpec,
     ReduceOp, ScaleSource, UnaryOp, ValueId, ZeroPoint,
 };
 use crate::numerics::E8M0Rounding;
@@ -97,6 +97,10 @@ pub fn encode(op: &Op, extra: &[ValueId]) -> Vec<Attr> {
         }
         Op::QMatMul(q) => encode_qmatmul(q, extra),
         Op::Attention(a) => encode_attention(a, extra),
+        Op::Rope(r) => encode_rope(r),
+        Op::CausalAttention(a) => {
+            vec![kv("heads", int(i64::from(a.heads))), kv("kv_heads", int(i64::from(a.kv_heads))), kv("scale", f32_num(a.scale))]
+        }
         Op::EmbedLayerNorm(e) => {
             let mut v = vec![kv("eps", f32_num(e.eps)), kv("via", ident(e.via.name()))];
             if e.keep_normed {
@@ -185,6 +189,67 @@ fn decode_b_dequant(attrs: &[Attr]) -> Result<Option<(QuantSpec, Vec<ValueId>)>,
     decode_quant(&inner).map(Some).map_err(|e| format!("b_dequant: {e}"))
 }
 
+/// `heads=9, theta=100000.0, pairs=half[, llama3(factor=…, low=…, high=…, original=…)]`.
+fn encode_rope(r: &Rope) -> Vec<Attr> {
+    let pairs = match r.pairs {
+        RopePairs::Half => "half",
+        RopePairs::Adjacent => "adjacent",
+    };
+    let mut v = vec![kv("heads", int(i64::from(r.heads))), kv("theta", f32_num(r.theta)), kv("pairs", ident(pairs))];
+    if let Some(l) = &r.llama3 {
+        let keyed = |k: &str, v: AttrValue| AttrValue::Keyed(k.into(), Box::new(v));
+        let args = vec![
+            keyed("factor", f32_num(l.factor)),
+            keyed("low", f32_num(l.low_freq_factor)),
+            keyed("high", f32_num(l.high_freq_factor)),
+            keyed("original", int(i64::from(l.original_max_positions))),
+        ];
+        v.push(Attr { key: None, value: AttrValue::Call("llama3".into(), args) });
+    }
+    v
+}
+
+fn decode_rope(attrs: &[Attr]) -> Result<Rope, String> {
+    let pairs = match required(attrs, "pairs")? {
+        AttrValue::Ident(s) if s == "half" => RopePairs::Half,
+        AttrValue::Ident(s) if s == "adjacent" => RopePairs::Adjacent,
+        other => return Err(format!("rope pairs must be `half` or `adjacent`, got {other:?}")),
+    };
+    let llama3 = attrs.iter().find_map(|a| match (&a.key, &a.value) {
+        (None, AttrValue::Call(name, args)) if name == "llama3" => Some(args),
+        _ => None,
+    });
+    let llama3 = match llama3 {
+        None => None,
+        Some(args) => {
+            let inner = keyed_args(args, "llama3")?;
+            let num = |k: &str| required(&inner, k).and_then(as_f32).map_err(|e| format!("llama3: {e}"));
+            Some(RopeLlama3 {
+                factor: num("factor")?,
+                low_freq_factor: num("low")?,
+                high_freq_factor: num("high")?,
+                original_max_positions: u32_attr(&inner, "original").map_err(|e| format!("llama3: {e}"))?,
+            })
+        }
+    };
+    Ok(Rope { heads: u32_attr(attrs, "heads")?, theta: as_f32(required(attrs, "theta")?)?, pairs, llama3 })
+}
+
+/// The `key=value` arguments of a call item such as `llama3(...)` as attributes.
+fn keyed_args(args: &[AttrValue], call: &str) -> Result<Vec<Attr>, String> {
+    args.iter()
+        .map(|arg| match arg {
+            AttrValue::Keyed(key, value) => Ok(Attr { key: Some(key.clone()), value: (**value).clone() }),
+            other => Err(format!("{call}(...) takes key=value arguments, got {other:?}")),
+        })
+        .collect()
+}
+
+fn u32_attr(attrs: &[Attr], key: &str) -> Result<u32, String> {
+    let v = as_int(required(attrs, key)?)?;
+    u32::try_from(v).map_err(|_| format!("`{key}` = {v} is out of range"))
+}
+
 /// `heads=12[, scale=0.17675781][, mask=%v][, out=f8e4m3, out_scale=0.007]`.
 fn encode_attention(a: &Attention, extra: &[ValueId]) -> Vec<Attr> {
     let mut v = vec![kv("heads", int(i64::from(a.heads)))];
@@ -222,13 +287,7 @@ fn decode_attention_fp8(attrs: &[Attr]) -> Result<Option<AttentionFp8>, String> 
         _ => None,
     });
     let Some(args) = found else { return Ok(None) };
-    let inner = args
-        .iter()
-        .map(|arg| match arg {
-            AttrValue::Keyed(key, value) => Ok(Attr { key: Some(key.clone()), value: (**value).clone() }),
-            other => Err(format!("fp8(...) takes key=value arguments, got {other:?}")),
-        })
-        .collect::<Result<Vec<Attr>, String>>()?;
+    let inner = keyed_args(args, "fp8")?;
     let num = |k: &str| required(&inner, k).and_then(as_f32).map_err(|e| format!("fp8: {e}"));
     Ok(Some(AttentionFp8 {
         qk_alpha: num("qk_alpha")?,
@@ -364,6 +423,12 @@ pub fn decode(mnemonic: &str, attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), Stri
             return Ok((Op::NormQuantize { kind, eps: eps()?, via: dtype_attr(attrs, "via")?, quant, keep_normed }, refs));
         }
         "qmatmul" => return decode_qmatmul(attrs),
+        "rope" => Op::Rope(decode_rope(attrs)?),
+        "causal_attention" => Op::CausalAttention(CausalAttention {
+            heads: u32_attr(attrs, "heads")?,
+            kv_heads: u32_attr(attrs, "kv_heads")?,
+            scale: as_f32(required(attrs, "scale")?)?,
+        }),
         "attention" => return decode_attention(attrs),
         "embed_layernorm" => {
             let (quant, refs) = match get(attrs, "scale") {

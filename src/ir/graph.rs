@@ -46,6 +46,23 @@ pub struct Graph {
     pub values: IdVec<ValueId, ValueInfo>,
     /// Named graph results, in order.
     pub outputs: Vec<(String, ValueId)>,
+    /// State carried from one run to the next (a decoder's KV cache), by input and output name.
+    #[serde(default)]
+    pub state: Vec<StateSlot>,
+}
+
+/// A state tensor of a stepwise graph (a decoder's KV cache): the run reads it as the graph input
+/// `input`, and the caller appends the graph output `update` to it along `axis` before the next
+/// run. The verifier checks that the two have one dtype and one shape except along `axis`, where
+/// the input's extent is a symbol (the state's length, bounded by the symbol's max).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateSlot {
+    /// The graph input holding the state so far.
+    pub input: String,
+    /// The graph output holding this run's addition.
+    pub update: String,
+    /// The axis the addition is appended along.
+    pub axis: usize,
 }
 
 impl Graph {

@@ -60,6 +60,8 @@ pub fn infer(op: &Op, inputs: &[&TensorType], declared: &[TensorType]) -> InferR
         Op::QMatMul(q) => qmatmul(q, inputs).map(|t| vec![t]),
         Op::Attention(a) => attention(a, inputs).map(|t| vec![t]),
         Op::EmbedLayerNorm(e) => embed_layernorm(e, inputs),
+        Op::Rope(r) => super::decoder_types::rope(r, inputs).map(|t| vec![t]),
+        Op::CausalAttention(a) => super::decoder_types::causal_attention(a, inputs).map(|t| vec![t]),
     }
 }
 
@@ -77,6 +79,8 @@ pub fn arity(op: &Op) -> usize {
         Op::QMatMul(q) => q.arity(),
         Op::Attention(a) => a.arity(),
         Op::EmbedLayerNorm(e) => e.arity(),
+        Op::Rope(_) => 2,
+        Op::CausalAttention(_) => 6,
     }
 }
 

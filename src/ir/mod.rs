@@ -6,6 +6,7 @@
 
 mod attrs;
 pub mod builder;
+mod decoder_types;
 mod dtype;
 mod graph;
 mod id;
@@ -20,9 +21,12 @@ pub mod verify;
 
 pub use builder::Builder;
 pub use dtype::DType;
-pub use graph::{Graph, Node, ValueInfo};
+pub use graph::{Graph, Node, StateSlot, ValueInfo};
 pub use id::{IdVec, NodeId, SymId, ValueId};
-pub use op::{Attention, AttentionFp8, BinaryOp, EmbedLayerNorm, EpilogueOp, EpilogueStep, NormKind, Op, QMatMul, ReduceOp, UnaryOp};
+pub use op::{
+    Attention, AttentionFp8, BinaryOp, CausalAttention, EmbedLayerNorm, EpilogueOp, EpilogueStep, NormKind, Op, QMatMul, ReduceOp, Rope, RopeLlama3,
+    RopePairs, UnaryOp,
+};
 pub use parse::{parse, ParseError};
 pub use print::print;
 pub use quant::{Granularity, QuantSpec, ScaleSource, ZeroPoint};

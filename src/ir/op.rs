@@ -192,6 +192,59 @@ impl EmbedLayerNorm {
     }
 }
 
+/// Which coordinates of a head RoPE rotates together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RopePairs {
+    /// `(i, i + D/2)`: Hugging Face's `rotate_half` (Llama, Mistral, Qwen2 checkpoints).
+    Half,
+    /// `(2i, 2i + 1)`: llama.cpp's normal RoPE (GGUF Llama files, whose Q/K rows are permuted).
+    Adjacent,
+}
+
+/// Llama 3's frequency-dependent RoPE rescaling (`rope_scaling.rope_type = "llama3"`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RopeLlama3 {
+    /// Divisor of low frequencies.
+    pub factor: f32,
+    /// Wavelengths above `original / low_freq_factor` are divided by `factor`.
+    pub low_freq_factor: f32,
+    /// Wavelengths below `original / high_freq_factor` are kept.
+    pub high_freq_factor: f32,
+    /// The context length the model was trained at.
+    pub original_max_positions: u32,
+}
+
+/// Payload of a rotary position embedding.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rope {
+    /// Heads N; `x` is `[B, S, N·D]`.
+    pub heads: u32,
+    /// Base θ of the inverse frequencies `θ^(−2i/D)`.
+    pub theta: f32,
+    /// Pairing of rotated coordinates.
+    pub pairs: RopePairs,
+    /// Optional Llama 3 frequency rescaling.
+    pub llama3: Option<RopeLlama3>,
+}
+
+/// Payload of a causal, grouped-query attention over a KV cache (decoders).
+///
+/// Inputs `q [B,S,H·D]`, `k, v [B,KV,S,D]` (this step's keys and values, as the cache stores
+/// them), `past_k, past_v [B,KV,P,D]` (the cache), `cache_len i64[B]` → `o [B,S,H·D]`. Query `s`
+/// of sequence `b` sits at position `cache_len[b] + s`; query head `h` reads KV head
+/// `h / (H/KV)`; it attends to the first `cache_len[b]` cached tokens and to this step's tokens
+/// `0..=s`. Scores `Σ q·k` (f32 sums) times `scale`, softmax, `Σ p·v` — all in f32 — rounded once
+/// to q's dtype. Cache rows at or past `cache_len[b]` are never read.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CausalAttention {
+    /// Query heads H.
+    pub heads: u32,
+    /// Key/value heads KV (H is a multiple of KV).
+    pub kv_heads: u32,
+    /// Multiplier of the scores (`1/√D`).
+    pub scale: f32,
+}
+
 /// One IR operation. Inputs and outputs are listed as `inputs → outputs`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Op {
@@ -313,6 +366,13 @@ pub enum Op {
     /// `ids, type_ids, word, pos, type, gamma, beta [, scale] [, zero] → y` or `→ q [, scales]
     /// [, normed]`: BERT's embedding gathers and sums, then `layernorm` or `layernorm_quantize`.
     EmbedLayerNorm(EmbedLayerNorm),
+    /// `x [B,S,N·D], cache_len i64[B] → y`: rotary position embedding; token `s` of sequence `b`
+    /// sits at position `p = cache_len[b] + s` and each pair `(x₁, x₂)` of a head (see
+    /// [`RopePairs`]) becomes `(x₁·cos − x₂·sin, x₂·cos + x₁·sin)` with angle `p·θ^(−2i/D)`
+    /// (angles, cos and sin in f64, rounded to f32; the rotation in f32, rounded to y's dtype).
+    Rope(Rope),
+    /// `q, k, v, past_k, past_v, cache_len → o`: see [`CausalAttention`].
+    CausalAttention(CausalAttention),
 }
 
 impl Op {
@@ -366,6 +426,8 @@ impl Op {
             Op::QMatMul(_) => "qmatmul",
             Op::Attention(_) => "attention",
             Op::EmbedLayerNorm(_) => "embed_layernorm",
+            Op::Rope(_) => "rope",
+            Op::CausalAttention(_) => "causal_attention",
         }
     }
 

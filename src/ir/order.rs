@@ -113,5 +113,6 @@ fn rebuild(g: &Graph, order: &[NodeId]) -> Graph {
         out.nodes.push(Node { op: node.op.clone(), inputs, outputs, name: node.name.clone() });
     }
     out.outputs = g.outputs.iter().map(|(n, v)| (n.clone(), value_map[v.index()].expect("output kept"))).collect();
+    out.state = g.state.clone();
     out
 }

@@ -216,6 +216,7 @@ impl Parser<'_> {
             match self.peek().clone() {
                 Tok::Ident(s) if s == "sym" => self.symbol()?,
                 Tok::Ident(s) if s == "return" => self.returns()?,
+                Tok::Ident(s) if s == "state" => self.state()?,
                 Tok::Value(_) => self.node()?,
                 Tok::Punct('}') => break,
                 other => return self.err(format!("expected a node, `sym`, `return` or `}}`, found {}", describe(&other))),
@@ -272,6 +273,19 @@ impl Parser<'_> {
                 return Ok(());
             }
         }
+    }
+
+    /// `state "input" append "update" axis=N`.
+    fn state(&mut self) -> Result<(), ParseError> {
+        self.keyword("state")?;
+        let Tok::Str(input) = self.bump() else { return self.err("expected the state's input name string") };
+        self.keyword("append")?;
+        let Tok::Str(update) = self.bump() else { return self.err("expected the state's update output name string") };
+        self.keyword("axis")?;
+        self.expect('=')?;
+        let axis = self.number::<usize>()?;
+        self.g.state.push(crate::ir::StateSlot { input, update, axis });
+        Ok(())
     }
 
     fn node(&mut self) -> Result<(), ParseError> {

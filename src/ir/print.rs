@@ -34,6 +34,9 @@ pub fn print_exact(g: &Graph) -> String {
         let outs: Vec<String> = g.outputs.iter().map(|(n, v)| format!("{} = {v}", quote(n))).collect();
         let _ = writeln!(out, "  return {}", outs.join(", "));
     }
+    for slot in &g.state {
+        let _ = writeln!(out, "  state {} append {} axis={}", quote(&slot.input), quote(&slot.update), slot.axis);
+    }
     out.push_str("}\n");
     out
 }

@@ -11,7 +11,7 @@
 //!
 //! A verifier failure after a pass is always a qfuse bug, never a user error.
 
-use super::{infer, order, print, Dim, Graph, NodeId, Op, TensorType};
+use super::{infer, order, print, shape_text, Dim, Graph, NodeId, Op, TensorType};
 use std::collections::HashSet;
 use std::fmt;
 
@@ -160,4 +160,29 @@ fn check_signature(g: &Graph, report: &mut impl FnMut(Option<NodeId>, String)) {
     if g.outputs.is_empty() {
         report(None, "graph has no outputs".into());
     }
+    for slot in &g.state {
+        if let Err(m) = check_state(g, slot) {
+            report(None, format!("state \"{}\": {m}", slot.input));
+        }
+    }
+}
+
+/// A state slot names an input and an output of one dtype whose shapes agree except along
+/// `axis`, where the input's extent is a symbol.
+fn check_state(g: &Graph, slot: &crate::ir::StateSlot) -> Result<(), String> {
+    let input = g.inputs().into_iter().find(|(n, _)| *n == slot.input).map(|(_, v)| v).ok_or("no graph input of that name")?;
+    let update = g.outputs.iter().find(|(n, _)| *n == slot.update).map(|(_, v)| *v);
+    let update = update.ok_or_else(|| format!("no graph output \"{}\"", slot.update))?;
+    let (a, b) = (g.ty(input), g.ty(update));
+    if a.dtype != b.dtype || a.rank() != b.rank() {
+        return Err(format!("input is {}{} but its update is {}{}", a.dtype, shape_text(&a.shape), b.dtype, shape_text(&b.shape)));
+    }
+    if slot.axis >= a.rank() || !matches!(a.shape[slot.axis], Dim::Sym(_)) {
+        return Err(format!("axis {} must be a symbolic extent of the input {}", slot.axis, shape_text(&a.shape)));
+    }
+    let differs = (0..a.rank()).any(|i| i != slot.axis && a.shape[i] != b.shape[i]);
+    if differs {
+        return Err(format!("input {} and update {} differ off axis {}", shape_text(&a.shape), shape_text(&b.shape), slot.axis));
+    }
+    Ok(())
 }

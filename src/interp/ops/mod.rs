@@ -2,6 +2,7 @@
 //! shared tensors (reusing a buffer in place when it holds the only reference), computes in `f32`
 //! and returns results already rounded to their output dtypes.
 
+mod decoder;
 mod elementwise;
 mod fused;
 mod matmul;
@@ -62,6 +63,8 @@ fn eval(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], acc: Accumulation) ->
         Op::QMatMul(q) => return fused::qmatmul(q, args, outs, acc),
         Op::Attention(a) => return fused::attention(a, args, outs, acc),
         Op::EmbedLayerNorm(e) => return fused::embed_layernorm(e, args, outs),
+        Op::CausalAttention(a) => decoder::causal_attention(a, args.collect(), out)?,
+        Op::Rope(r) => decoder::rope(r, next!(), &*next!(), out)?,
         Op::Dequantize(spec) => quant::dequantize(spec, next!(), args.collect(), out)?,
         Op::Scalar { value } => elementwise::scalar(*value, out),
         Op::Iota => elementwise::iota(out)?,

@@ -1,0 +1,91 @@
+//! Next-token choice: greedy, or temperature / top-k / top-p sampling driven by a counter-based
+//! generator, so that a seed and a step number always give the same draw.
+
+/// Sampling settings; `temperature == 0` is greedy.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampling {
+    /// Softmax temperature; 0 picks the most likely token.
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens (0 = all).
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose probability reaches `top_p` (1 = all).
+    pub top_p: f32,
+    /// Seed of the counter-based generator.
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+    }
+}
+
+impl Sampling {
+    /// Checks the ranges; the message names the flag.
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(format!("--temperature must be ≥ 0, got {}", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("--top-p must lie in (0, 1], got {}", self.top_p));
+        }
+        Ok(())
+    }
+}
+
+/// SplitMix64's finaliser: a bijective hash of a 64-bit counter.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A uniform draw in [0, 1) for (`seed`, `counter`).
+pub fn uniform(seed: u64, counter: u64) -> f64 {
+    (mix(mix(seed) ^ counter) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The index of the largest logit (the first one on ties); `None` for an empty or all-NaN row.
+pub fn argmax(logits: &[f32]) -> Option<usize> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &x) in logits.iter().enumerate() {
+        if !x.is_nan() && best.is_none_or(|(_, b)| x > b) {
+            best = Some((i, x));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// Picks the next token from `logits` at generation step `step`.
+pub fn choose(logits: &[f32], s: &Sampling, step: u64) -> Option<usize> {
+    if s.temperature == 0.0 {
+        return argmax(logits);
+    }
+    let mut order: Vec<usize> = (0..logits.len()).filter(|&i| !logits[i].is_nan()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    if s.top_k > 0 {
+        order.truncate(s.top_k);
+    }
+    let top = *logits.get(*order.first()?)? as f64;
+    let weights: Vec<f64> = order.iter().map(|&i| ((logits[i] as f64 - top) / s.temperature as f64).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    let mut kept = 0;
+    let mut mass = 0.0;
+    for w in &weights {
+        mass += w / total;
+        kept += 1;
+        if mass >= s.top_p as f64 {
+            break;
+        }
+    }
+    let kept_total: f64 = weights[..kept].iter().sum();
+    let mut target = uniform(s.seed, step) * kept_total;
+    for (i, w) in weights[..kept].iter().enumerate() {
+        if target < *w {
+            return Some(order[i]);
+        }
+        target -= w;
+    }
+    Some(order[kept - 1])
+}

@@ -1,0 +1,143 @@
+//! Decoder kernels: rotary position embedding and causal grouped-query attention over a KV cache.
+//! Semantics are documented on [`crate::ir::Op::Rope`] and [`crate::ir::CausalAttention`].
+
+use super::{f32s, finish, for_rows, take_f32, OutType};
+use crate::interp::tensor::Tensor;
+use crate::ir::{CausalAttention, Rope, RopeLlama3, RopePairs};
+use std::sync::Arc;
+
+/// The cached-token counts of `cache_len`, each checked against `0..=capacity`.
+fn cache_lens(t: &Tensor, capacity: usize) -> Result<Vec<usize>, String> {
+    let lens = t.as_i64().ok_or("cache_len must be an integer tensor")?;
+    lens.iter()
+        .enumerate()
+        .map(|(b, &n)| {
+            usize::try_from(n).ok().filter(|&n| n <= capacity).ok_or_else(|| format!("cache_len[{b}] = {n} is outside 0..={capacity}"))
+        })
+        .collect()
+}
+
+/// Inverse frequencies `θ^(−2i/D)` for `i < D/2` (f64), with Llama 3's rescaling when given.
+pub fn inverse_frequencies(theta: f64, head_dim: usize, llama3: Option<&RopeLlama3>) -> Vec<f64> {
+    let half = head_dim / 2;
+    let base: Vec<f64> = (0..half).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)).collect();
+    let Some(l) = llama3 else { return base };
+    let (factor, low, high) = (f64::from(l.factor), f64::from(l.low_freq_factor), f64::from(l.high_freq_factor));
+    let original = f64::from(l.original_max_positions);
+    let (low_wavelen, high_wavelen) = (original / low, original / high);
+    base.into_iter()
+        .map(|f| {
+            let wavelen = 2.0 * std::f64::consts::PI / f;
+            if wavelen < high_wavelen {
+                f
+            } else if wavelen > low_wavelen {
+                f / factor
+            } else {
+                let smooth = (original / wavelen - low) / (high - low);
+                (1.0 - smooth) * f / factor + smooth * f
+            }
+        })
+        .collect()
+}
+
+/// `rope x, cache_len`.
+pub fn rope(r: &Rope, x: Arc<Tensor>, cache_len: &Tensor, out: &OutType) -> Result<Tensor, String> {
+    let [batch, seq, width] = x.shape[..] else { return Err("rope operand must be rank 3".into()) };
+    let heads = r.heads as usize;
+    let d = width / heads;
+    let lens = cache_lens(cache_len, usize::MAX)?;
+    if lens.len() != batch {
+        return Err(format!("cache_len has {} entries for batch {batch}", lens.len()));
+    }
+    let freqs = inverse_frequencies(f64::from(r.theta), d, r.llama3.as_ref());
+    let mut data = take_f32(x)?;
+    let pairs = r.pairs;
+    for_rows(&mut data, width, |row, v| {
+        let pos = (lens[row / seq] + row % seq) as f64;
+        let table: Vec<(f32, f32)> = freqs.iter().map(|f| ((pos * f).cos() as f32, (pos * f).sin() as f32)).collect();
+        for head in v.chunks_mut(d) {
+            for (i, &(cos, sin)) in table.iter().enumerate() {
+                let (a, b) = match pairs {
+                    RopePairs::Half => (i, i + d / 2),
+                    RopePairs::Adjacent => (2 * i, 2 * i + 1),
+                };
+                let (x1, x2) = (head[a], head[b]);
+                head[a] = x1 * cos - x2 * sin;
+                head[b] = x2 * cos + x1 * sin;
+            }
+        }
+    });
+    Ok(finish(out, data))
+}
+
+/// Views of one causal attention's operands.
+struct Operands<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    past_k: &'a [f32],
+    past_v: &'a [f32],
+    lens: Vec<usize>,
+    seq: usize,
+    past: usize,
+    d: usize,
+}
+
+/// `causal_attention q, k, v, past_k, past_v, cache_len`.
+pub fn causal_attention(a: &CausalAttention, args: Vec<Arc<Tensor>>, out: &OutType) -> Result<Tensor, String> {
+    let [q, k, v, pk, pv, len] = &args[..] else { return Err("causal_attention takes 6 operands".into()) };
+    let [batch, seq, width] = q.shape[..] else { return Err("q must be rank 3".into()) };
+    let (heads, kv_heads) = (a.heads as usize, a.kv_heads as usize);
+    let d = width / heads;
+    let past = pk.shape.get(2).copied().ok_or("past_k must be rank 4")?;
+    let lens = cache_lens(len, past)?;
+    if lens.len() != batch {
+        return Err(format!("cache_len has {} entries for batch {batch}", lens.len()));
+    }
+    let ops = Operands { q: f32s(q)?, k: f32s(k)?, v: f32s(v)?, past_k: f32s(pk)?, past_v: f32s(pv)?, lens, seq, past, d };
+    let group = heads / kv_heads;
+    let mut data = vec![0f32; batch * seq * width];
+    // One row of `data` is one (b, s) token; heads run inside.
+    for_rows(&mut data, width, |row, o| {
+        let (b, s) = (row / seq, row % seq);
+        for h in 0..heads {
+            let g = h / group;
+            let q_row = &ops.q[row * width + h * d..][..d];
+            attend_one(&ops, a.scale, b, s, g, kv_heads, q_row, &mut o[h * d..][..d]);
+        }
+    });
+    Ok(finish(out, data))
+}
+
+/// Attention of one query row of head group `g` (KV head) over the cache then this step's keys.
+#[allow(clippy::too_many_arguments)]
+fn attend_one(ops: &Operands, scale: f32, b: usize, s: usize, g: usize, kv_heads: usize, q: &[f32], o: &mut [f32]) {
+    let d = ops.d;
+    let cached = ops.lens[b];
+    let past_base = (b * kv_heads + g) * ops.past * d;
+    let step_base = (b * kv_heads + g) * ops.seq * d;
+    let key = |t: usize| -> (&[f32], &[f32]) {
+        if t < cached {
+            (&ops.past_k[past_base + t * d..][..d], &ops.past_v[past_base + t * d..][..d])
+        } else {
+            let j = t - cached;
+            (&ops.k[step_base + j * d..][..d], &ops.v[step_base + j * d..][..d])
+        }
+    };
+    let n = cached + s + 1;
+    let scores: Vec<f32> = (0..n).map(|t| dot(q, key(t).0) * scale).collect();
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let weights: Vec<f32> = scores.iter().map(|&x| (x - max).exp()).collect();
+    let sum: f32 = weights.iter().sum();
+    o.iter_mut().for_each(|x| *x = 0.0);
+    for (t, w) in weights.iter().enumerate() {
+        let p = w / sum;
+        for (acc, &vv) in o.iter_mut().zip(key(t).1) {
+            *acc += p * vv;
+        }
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}

@@ -1,0 +1,81 @@
+//! Type rules of the decoder ops: `rope` and `causal_attention` (semantics in [`super::Op`]).
+
+use super::{shape_text, CausalAttention, DType, Dim, Rope, TensorType};
+
+/// `x [B,S,N·D], cache_len i64[B] → x`'s type.
+pub fn rope(r: &Rope, inputs: &[&TensorType]) -> Result<TensorType, String> {
+    let (x, len) = (inputs[0], inputs[1]);
+    if !x.dtype.is_wide_float() {
+        return Err(format!("rope operand must be f32/f16/bf16, got {}", x.dtype));
+    }
+    let head_dim = head_dim(x, r.heads, "rope")?;
+    if head_dim % 2 != 0 {
+        return Err(format!("rope head size {head_dim} is odd"));
+    }
+    if !(r.theta.is_finite() && r.theta > 1.0) {
+        return Err(format!("rope theta must be finite and > 1, got {:?}", r.theta));
+    }
+    if let Some(l) = &r.llama3 {
+        let ok = l.factor >= 1.0 && l.low_freq_factor > 0.0 && l.high_freq_factor > l.low_freq_factor && l.original_max_positions > 0;
+        if !ok {
+            return Err(format!("rope llama3 scaling needs factor ≥ 1, 0 < low < high and a positive original length, got {l:?}"));
+        }
+    }
+    cache_len_type(len, x.shape[0], "rope")?;
+    Ok(x.clone())
+}
+
+/// `q [B,S,H·D], k, v [B,KV,S,D], past_k, past_v [B,KV,P,D], cache_len i64[B] → q`'s type.
+pub fn causal_attention(a: &CausalAttention, inputs: &[&TensorType]) -> Result<TensorType, String> {
+    let [q, k, v, pk, pv, len] = inputs else { return Err("causal_attention takes 6 inputs".into()) };
+    if !q.dtype.is_wide_float() {
+        return Err(format!("causal_attention q must be f32/f16/bf16, got {}", q.dtype));
+    }
+    if a.kv_heads == 0 || a.heads % a.kv_heads != 0 {
+        return Err(format!("causal_attention heads {} must be a positive multiple of kv_heads {}", a.heads, a.kv_heads));
+    }
+    if !(a.scale.is_finite() && a.scale > 0.0) {
+        return Err(format!("causal_attention scale must be positive and finite, got {:?}", a.scale));
+    }
+    let d = head_dim(q, a.heads, "causal_attention")?;
+    let (batch, seq, kv) = (q.shape[0], q.shape[1], Dim::Fixed(u64::from(a.kv_heads)));
+    let step = [batch, kv, seq, Dim::Fixed(d)];
+    for (t, what) in [(k, "k"), (v, "v")] {
+        expect(t, q.dtype, &step, what)?;
+    }
+    if pk.shape.len() != 4 || pk.shape[3] != Dim::Fixed(d) {
+        return Err(format!("causal_attention past_k must be [B,{},P,{d}], got {}", a.kv_heads, shape_text(&pk.shape)));
+    }
+    let past = [batch, kv, pk.shape[2], Dim::Fixed(d)];
+    for (t, what) in [(pk, "past_k"), (pv, "past_v")] {
+        expect(t, q.dtype, &past, what)?;
+    }
+    cache_len_type(len, batch, "causal_attention")?;
+    Ok((*q).clone())
+}
+
+/// D of an `[B, S, N·D]` operand with `heads` heads.
+fn head_dim(x: &TensorType, heads: u32, op: &str) -> Result<u64, String> {
+    if x.rank() != 3 {
+        return Err(format!("{op} operand must be [B, S, N·D], got {}", shape_text(&x.shape)));
+    }
+    let width = x.shape[2].fixed().ok_or_else(|| format!("{op}: the last extent N·D must be fixed"))?;
+    if heads == 0 || width % u64::from(heads) != 0 {
+        return Err(format!("{op}: last extent {width} is not a multiple of {heads} heads"));
+    }
+    Ok(width / u64::from(heads))
+}
+
+fn cache_len_type(len: &TensorType, batch: Dim, op: &str) -> Result<(), String> {
+    if len.dtype != DType::I64 || len.shape.as_slice() != [batch] {
+        return Err(format!("{op} cache_len must be i64[B], got {}{}", len.dtype, shape_text(&len.shape)));
+    }
+    Ok(())
+}
+
+fn expect(t: &TensorType, dtype: DType, shape: &[Dim], what: &str) -> Result<(), String> {
+    if t.dtype != dtype || t.shape.as_slice() != shape {
+        return Err(format!("causal_attention {what} must be {dtype}{}, got {}{}", shape_text(shape), t.dtype, shape_text(&t.shape)));
+    }
+    Ok(())
+}

@@ -7,7 +7,7 @@ Pinned dependencies: scripts/requirements-decoder.txt (gguf, numpy).
 config dict; arch `llama` (model_type llama and mistral) gets llama.cpp's Q/K row permutation
 (`permute_for_llama_rope`), arch `qwen2` keeps HF order (NeoX RoPE). 2-D tensors are stored in `tensor_dtype`
 (F32 or F16), 1-D tensors (norms, biases) always in F32, as convert_hf_to_gguf.py does. The tokenizer.ggml.* and
-tokenizer.chat_template keys are copied verbatim from a source GGUF. `check_gguf_twin` reads the file back,
+tokenizer.chat_template keys are copied verbatim from a source GGUF (read once into `GgufTokenizerKeys`). `check_gguf_twin` reads the file back,
 dequantizes, undoes the permutation and demands bit-equality with the HF weights.
 """
 
@@ -80,22 +80,19 @@ def add_hparams(writer, arch, config, name, file_type):
                                         config["hidden_size"] // config["num_attention_heads"])
 
 
-def copy_tokenizer_keys(writer, source_gguf):
-    """Every tokenizer.* key of `source_gguf`, same value types."""
-    reader = gguf.GGUFReader(source_gguf)
-    for key, field in reader.fields.items():
-        if not key.startswith("tokenizer."):
-            continue
-        sub_type = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(key, field.contents(), field.types[0], sub_type)
+def copy_tokenizer_keys(writer, tokenizer_keys):
+    """Every tokenizer.* key of a `GgufTokenizerKeys`, same value types."""
+    for key, (value, types) in tokenizer_keys.typed.items():
+        sub_type = types[1] if types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, value, types[0], sub_type)
 
 
-def write_gguf_twin(path, weights, config, tensor_dtype, tokenizer_gguf, name):
+def write_gguf_twin(path, weights, config, tensor_dtype, tokenizer_keys, name):
     """Writes `weights` (HF names, float32) as an unquantized GGUF at `path`."""
     arch = GGUF_ARCH_OF_MODEL_TYPE[config["model_type"]]
     writer = gguf.GGUFWriter(path, arch)
     add_hparams(writer, arch, config, name, FILE_TYPE[tensor_dtype])
-    copy_tokenizer_keys(writer, tokenizer_gguf)
+    copy_tokenizer_keys(writer, tokenizer_keys)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     for hf_name, tensor in weights.items():
         heads = rope_heads(hf_name, config) if arch == "llama" else None
@@ -109,9 +106,9 @@ def write_gguf_twin(path, weights, config, tensor_dtype, tokenizer_gguf, name):
     writer.close()
 
 
-def check_gguf_twin(path, weights, config):
-    """Problems (strings) found comparing the GGUF at `path` with the HF weights; empty when it matches exactly."""
-    reader = gguf.GGUFReader(path)
+def check_gguf_twin(path, reader, weights, config):
+    """Problems (strings) found comparing the GGUF at `path` (open in `reader`) with the HF weights; empty when it
+    matches exactly."""
     arch = GGUF_ARCH_OF_MODEL_TYPE[config["model_type"]]
     problems = []
     if reader.fields["general.architecture"].contents() != arch:

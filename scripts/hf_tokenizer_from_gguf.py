@@ -29,7 +29,8 @@ class GgufTokenizerKeys:
     def __init__(self, path):
         self.path = path
         reader = gguf.GGUFReader(path)
-        self.fields = {k: f for k, f in reader.fields.items() if k.startswith("tokenizer.")}
+        # {key: (value, [GGUFValueType, element type if an array])}, decoded once: gguf-py's field parsing is slow.
+        self.typed = {k: (f.contents(), list(f.types)) for k, f in reader.fields.items() if k.startswith("tokenizer.")}
         model = self.value("tokenizer.ggml.model")
         if model != "gpt2":
             raise ValueError(f"{path}: tokenizer.ggml.model is {model!r}; only 'gpt2' (byte-level BPE) is supported")
@@ -45,12 +46,11 @@ class GgufTokenizerKeys:
 
     def value(self, key, default=None):
         """The decoded value of `key`; `default` if absent and a default is given, else ValueError."""
-        field = self.fields.get(key)
-        if field is None:
+        if key not in self.typed:
             if default is not None:
                 return default
             raise ValueError(f"{self.path}: missing key {key}")
-        return field.contents()
+        return self.typed[key][0]
 
     def token(self, key):
         """The token string whose id is stored under `key` (e.g. tokenizer.ggml.bos_token_id)."""

@@ -361,11 +361,12 @@ def hf_name_of_gguf(file, name):
     raise ValueError(f"{file}: tensor {name} is not part of a llama/qwen2 model")
 
 
-def load_gguf(file):
-    """The Model of a GGUF file, Q/K rows left in GGUF order (see the module doc)."""
+def load_gguf(file, reader=None):
+    """The Model of a GGUF file, Q/K rows left in GGUF order (see the module doc). `reader`: the file already
+    open in a gguf.GGUFReader, to save parsing it again."""
     import gguf  # only this loader needs gguf-py
 
-    reader = gguf.GGUFReader(file)
+    reader = reader if reader is not None else gguf.GGUFReader(file)
 
     def key(name, default=None):
         field = reader.fields.get(name)

@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 
+import gguf
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -75,7 +76,8 @@ def round_to_dtype(values, dtype):
 
 
 def random_weights(spec, config, rng):
-    """{HF name: float32} in the checkpoint dtype; linear ~ N(0, 1/fan_in), norms ~ 1 + N(0, 0.1^2)."""
+    """{HF name: float32} in the checkpoint dtype; linear and embedding ~ N(0, 1/fan_in) (std 1/sqrt(fan_in), so
+    tied logits stay O(1)), norms ~ 1 + N(0, 0.1^2), qwen2 biases ~ N(0, 0.5^2)."""
     kv_rows = config["num_key_value_heads"] * HEAD_DIM
     vocab = config["vocab_size"]
 
@@ -85,7 +87,7 @@ def random_weights(spec, config, rng):
     def norm():
         return 1.0 + 0.1 * rng.standard_normal(HIDDEN)
 
-    weights = {"model.embed_tokens.weight": rng.standard_normal((vocab, HIDDEN))}
+    weights = {"model.embed_tokens.weight": linear(vocab, HIDDEN)}  # also the lm_head when tied
     for layer in range(LAYERS):
         p = f"model.layers.{layer}."
         weights[p + "input_layernorm.weight"] = norm()
@@ -253,9 +255,9 @@ def greedy_by_recomputation(model, ids, steps):
     return ids[-steps:]
 
 
-def gguf_logit_problems(path, hf_model, tokenizer):
+def gguf_logit_problems(path, reader, hf_model, tokenizer):
     """The GGUF forward (permuted Q/K, llama.cpp RoPE pairs) must give the HF logits."""
-    gguf_model = llama_reference.load_gguf(path)
+    gguf_model = llama_reference.load_gguf(path, reader)
     problems = []
     for label, text in PROMPTS:
         ids = tokenizer.encode(text).ids
@@ -289,9 +291,10 @@ def build_model(out_dir, spec, keys, rng):
     problems += expected_problems
     if spec["gguf"]:
         tensor_dtype = np.float16 if spec["dtype"] == "F16" else np.float32
-        gguf_twin.write_gguf_twin(gguf_path, weights, config, tensor_dtype, keys.path, f"qfuse synthetic {name}")
-        problems += gguf_twin.check_gguf_twin(gguf_path, weights, config)
-        problems += gguf_logit_problems(gguf_path, model, tokenizer)
+        gguf_twin.write_gguf_twin(gguf_path, weights, config, tensor_dtype, keys, f"qfuse synthetic {name}")
+        reader = gguf.GGUFReader(gguf_path)
+        problems += gguf_twin.check_gguf_twin(gguf_path, reader, weights, config)
+        problems += gguf_logit_problems(gguf_path, reader, model, tokenizer)
     return problems
 
 

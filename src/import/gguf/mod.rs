@@ -5,6 +5,8 @@
 //! count), metadata key/value pairs, tensor infos (name, dims innermost first, ggml type, offset),
 //! padding to `general.alignment`, tensor data. Every error names the file and the key or tensor.
 
+pub mod quants;
 pub mod types;
 
+pub use quants::{dequantize, dequantize_into};
 pub use types::GgmlType;

@@ -8,4 +8,5 @@
 pub mod quants;
 pub mod types;
 
+pub use quants::{dequantize, dequantize_into};
 pub use types::GgmlType;

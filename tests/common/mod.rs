@@ -85,3 +85,37 @@ pub fn tiny_bert_dir() -> tempfile::TempDir {
     std::fs::write(dir.path().join("model.safetensors"), safetensors_bytes(&tiny_bert_tensors())).unwrap();
     dir
 }
+
+/// A synthetic Llama-family checkpoint written by `scripts/cache.sh synthetic` (which
+/// `scripts/test.sh` runs), or `None` with a printed notice when it is absent.
+pub fn synthetic(name: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/synthetic").join(name);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("SKIPPED: {} is missing (run `bash scripts/cache.sh synthetic`)", p.display());
+        None
+    }
+}
+
+/// The default decoder's GGUF, installed by `scripts/test.sh` (scripts/cache.sh decoder).
+pub fn smollm2_gguf() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(p.exists(), "{} is missing: run `bash scripts/test.sh` (it installs the model)", p.display());
+    p
+}
+
+/// Little-endian f32 values from base64 text.
+pub fn f32_base64(text: &str) -> Vec<f32> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text).expect("valid base64");
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// Cosine similarity in f64.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}

@@ -51,6 +51,41 @@ pub struct Model {
     pub tokenizer: Option<TextTokenizer>,
 }
 
+/// What quantization and calibration read from an imported model, encoder or decoder.
+pub trait Imported: Sync {
+    /// The imported graph (FP32).
+    fn graph(&self) -> &Graph;
+    /// Its weights.
+    fn weights(&self) -> &WeightStore;
+    /// The folder or file it came from (named in errors).
+    fn source(&self) -> &Path;
+    /// The interpreter inputs of `texts` run together (at most [`Imported::texts_per_run`]).
+    fn encode_batch(&self, texts: &[String]) -> Result<Vec<(&'static str, crate::interp::Tensor)>, ImportError>;
+    /// Most texts one run takes (decoders take one, so padding never enters the statistics).
+    fn texts_per_run(&self) -> usize {
+        usize::MAX
+    }
+}
+
+impl Imported for Model {
+    fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    fn weights(&self) -> &WeightStore {
+        &self.weights
+    }
+
+    fn source(&self) -> &Path {
+        &self.dir
+    }
+
+    fn encode_batch(&self, texts: &[String]) -> Result<Vec<(&'static str, crate::interp::Tensor)>, ImportError> {
+        let tok = self.tokenizer.as_ref().ok_or_else(|| ImportError::MissingFile { path: self.dir.join("tokenizer.json"), what: "tokenizer (needed for calibration)" })?;
+        Ok(tok.encode(texts)?.inputs())
+    }
+}
+
 /// Imports the model folder `dir`.
 pub fn load(dir: &Path, opts: &ImportOptions) -> Result<Model, ImportError> {
     if !dir.is_dir() {

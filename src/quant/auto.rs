@@ -22,7 +22,7 @@ use super::eval::cosine;
 use super::insert::{self, Site, SiteKind};
 use super::recipe::{schemes, AutoTarget, Granularity, LayerQuant, Recipe, ScaleRule, Scheme, DEFAULT_GROUP};
 use super::{CalibOptions, QuantError};
-use crate::import::Model;
+use crate::import::Imported;
 use crate::interp::{self, Tensor, WeightSource};
 use crate::ir::{Builder, DType, Graph, TensorType, ValueId};
 use serde::Serialize;
@@ -85,7 +85,7 @@ impl LayerChoice {
 /// Scores every candidate on every Linear site of `g` and picks per `target`; the choices go into
 /// `recipe.layers`.
 pub fn choose(
-    model: &Model,
+    model: &dyn Imported,
     g: &Graph,
     sites: &[Site],
     recipe: &mut Recipe,
@@ -121,8 +121,8 @@ pub fn choose(
 }
 
 /// The cosine of each candidate on one layer.
-fn score(model: &Model, site: &Site, weight: &str, x: &ChannelStats, cands: &[Candidate]) -> Result<LayerChoice, String> {
-    let w = model.weights.weight(weight)?;
+fn score(model: &dyn Imported, site: &Site, weight: &str, x: &ChannelStats, cands: &[Candidate]) -> Result<LayerChoice, String> {
+    let w = model.weights().weight(weight)?;
     let [n, k] = w.shape[..] else { return Err(format!("weight `{weight}` must be [N, K]")) };
     let rows = x.samples().unwrap_or(&[]);
     let m = rows.len() / k.max(1);
@@ -142,7 +142,7 @@ fn score(model: &Model, site: &Site, weight: &str, x: &ChannelStats, cands: &[Ca
 /// Runs `x · Wᵀ` by the interpreter with `layer` applied, computing in `dtype` as the recipe
 /// would (the compute dtype f16; f32 with no quantization is the reference).
 fn run_layer(
-    model: &Model,
+    model: &dyn Imported,
     weight: &str,
     x: &[f32],
     (m, n, k): (usize, usize, usize),
@@ -162,9 +162,9 @@ fn run_layer(
     let mut recipe = Recipe::named("fp16", CalibMethod::Max)?;
     recipe.linear = layer;
     let amaxes: HashMap<ValueId, f32> = [(xv, amax)].into();
-    insert::insert(&mut g, &recipe, &sites, &amaxes, &HashMap::new(), &model.weights)?;
+    insert::insert(&mut g, &recipe, &sites, &amaxes, &HashMap::new(), model.weights())?;
     let input = Tensor::from_f32_as(dtype, vec![m, k], x.to_vec());
-    let out = interp::run(&g, &model.weights, &[("x", input)]).map_err(|e| e.to_string())?;
+    let out = interp::run(&g, model.weights(), &[("x", input)]).map_err(|e| e.to_string())?;
     Ok(out[0].1.to_f32_vec())
 }
 

@@ -7,7 +7,7 @@
 
 use super::algo::ChannelStats;
 use super::{CalibOptions, QuantError};
-use crate::import::Model;
+use crate::import::Imported;
 use crate::interp::{self, Tensor};
 use crate::ir::{Graph, ValueId};
 use std::collections::HashMap;
@@ -23,7 +23,7 @@ pub struct Wants {
 
 /// Runs the calibration texts through `g` and returns the statistics of each requested value.
 pub fn channel_stats(
-    model: &Model,
+    model: &dyn Imported,
     g: &Graph,
     opts: &CalibOptions,
     wants: &HashMap<ValueId, Wants>,
@@ -41,13 +41,11 @@ pub fn channel_stats(
         }
         stats.insert(v, s);
     }
-    let tok =
-        model.tokenizer.as_ref().ok_or_else(|| QuantError::Recipe(format!("{}: calibration needs tokenizer.json", model.dir.display())))?;
     let mut failure: Option<String> = None;
-    for chunk in opts.sentences.chunks(opts.batch.max(1)) {
-        let inputs = tok.encode(chunk)?.inputs();
+    for chunk in opts.sentences.chunks(opts.batch.clamp(1, model.texts_per_run().max(1))) {
+        let inputs = model.encode_batch(chunk)?;
         let keep = real_token_rows(&inputs);
-        interp::run_observed(g, &model.weights, &inputs, &mut |id, t| {
+        interp::run_observed(g, model.weights(), &inputs, &mut |id, t| {
             if let (Some(s), None) = (stats.get_mut(&id), &failure) {
                 if let Err(e) = observe(s, t, keep.as_deref()) {
                     failure = Some(format!("{id}: {e}"));

@@ -17,7 +17,7 @@ pub mod weight_qdq;
 
 pub use recipe::Recipe;
 
-use crate::import::{ImportError, Model};
+use crate::import::{ImportError, Imported};
 use crate::ir::{self, Graph};
 use crate::passes::{pipeline, report::Entry, PassCx, PassError, PassManager, PassOptions};
 use calib::CalibMethod;
@@ -97,8 +97,8 @@ pub enum QuantError {
 }
 
 /// Runs `recipe` on `model`: see the module doc.
-pub fn quantize(model: &Model, recipe: &Recipe, calib: &CalibOptions, passes: &PassOptions) -> Result<Quantized, QuantError> {
-    let mut baseline = precision::convert(&model.graph, recipe.compute).map_err(QuantError::Recipe)?;
+pub fn quantize(model: &dyn Imported, recipe: &Recipe, calib: &CalibOptions, passes: &PassOptions) -> Result<Quantized, QuantError> {
+    let mut baseline = precision::convert(model.graph(), recipe.compute).map_err(QuantError::Recipe)?;
     let sites = insert::find_sites(&mut baseline);
     check(&baseline, "after conversion to the compute dtype")?;
     let mut recipe = recipe.clone();
@@ -117,13 +117,13 @@ pub fn quantize(model: &Model, recipe: &Recipe, calib: &CalibOptions, passes: &P
     let (amax, calibration) =
         if values.is_empty() { (Default::default(), None) } else { calibrate(model, &prepared_graph, recipe, calib, &values)? };
     let mut qdq = prepared_graph;
-    let skipped = insert::insert(&mut qdq, recipe, &sites, &amax, &prepared.weights, &model.weights).map_err(QuantError::Recipe)?;
+    let skipped = insert::insert(&mut qdq, recipe, &sites, &amax, &prepared.weights, model.weights()).map_err(QuantError::Recipe)?;
     for (site, why) in &skipped {
         tracing::warn!(site = site.as_str(), "{why}");
     }
     check(&qdq, "after Q/DQ insertion")?;
     let mut fused = qdq.clone();
-    let mut cx = PassCx::new(&model.weights);
+    let mut cx = PassCx::new(model.weights());
     PassManager::new(pipeline::fusion(), passes.clone())?.run(&mut fused, &mut cx)?;
     let report = cx.report.finish(&fused);
     Ok(Quantized { recipe: recipe.clone(), baseline, qdq, fused, sites, report, skipped, calibration, algorithms: prepared.notes, auto })
@@ -137,19 +137,17 @@ type Ranges = std::collections::HashMap<ir::ValueId, f32>;
 
 /// Runs the calibration set through `g` and picks a range for each value.
 fn calibrate(
-    model: &Model,
+    model: &dyn Imported,
     g: &Graph,
     recipe: &Recipe,
     opts: &CalibOptions,
     values: &[ir::ValueId],
 ) -> Result<(Ranges, Option<CalibSummary>), QuantError> {
-    let tok =
-        model.tokenizer.as_ref().ok_or_else(|| QuantError::Recipe(format!("{}: calibration needs tokenizer.json", model.dir.display())))?;
     // Never more texts per run than the graph accepts (a plan compiled with a small max batch).
     let max_batch = g.symbol("B").map_or(usize::MAX, |s| g.symbols[s].max as usize);
-    let per_run = opts.batch.clamp(1, max_batch.max(1));
-    let batches = opts.sentences.chunks(per_run).map(|chunk| tok.encode(chunk).map(|b| b.inputs())).collect::<Result<Vec<_>, _>>()?;
-    let collected = calib::collect(g, &model.weights, &batches, values, opts.quiet)?;
+    let per_run = opts.batch.clamp(1, max_batch.max(1).min(model.texts_per_run().max(1)));
+    let batches = opts.sentences.chunks(per_run).map(|chunk| model.encode_batch(chunk)).collect::<Result<Vec<_>, _>>()?;
+    let collected = calib::collect(g, model.weights(), &batches, values, opts.quiet)?;
     let storage = recipe.linear.activation.map_or(ir::DType::F8E4M3, |a| a.storage);
     let (amax, issues) = collected.amaxes(g, opts.method, storage);
     let summary = CalibSummary {

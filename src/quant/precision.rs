@@ -4,7 +4,9 @@
 //! `fold-constants`), scalar literals are clamped into the target's finite range (the attention
 //! mask's `min_f32` becomes `-65504` in f16, as `transformers` uses `finfo(dtype).min`), and ops
 //! whose result type is declared (`cast`, `reshape`, ...) declare the target instead. Integer
-//! values (token ids, masks) are untouched. Node names are kept.
+//! values (token ids, masks) are untouched. Node names are kept. State tensors (a decoder's KV
+//! cache) keep their dtype, which `--kv-cache` chose: a state input is cast to the compute dtype
+//! after it is read, and its update is cast back before it is returned.
 
 use crate::ir::{order, Builder, DType, Graph, Op, TensorType, ValueId};
 
@@ -22,6 +24,10 @@ pub fn convert(g: &Graph, to: DType) -> Result<Graph, String> {
             node.inputs.iter().map(|v| map[v.index()].ok_or("operand not yet converted")).collect::<Result<_, _>>()?;
         let declared = node.outputs.first().map(|&v| g.ty(v));
         let results = match &node.op {
+            Op::Input { name } if declared.is_some_and(|t| t.dtype == DType::F32) && g.state.iter().any(|s| &s.input == name) => {
+                let x = b.add(node.op.clone(), &[], declared.cloned())?;
+                vec![b.cast(x[0], to)?]
+            }
             Op::Weight { .. } if declared.is_some_and(|t| t.dtype == DType::F32) => {
                 let w = b.add(node.op.clone(), &[], declared.cloned())?;
                 vec![b.cast(w[0], to)?]
@@ -38,7 +44,17 @@ pub fn convert(g: &Graph, to: DType) -> Result<Graph, String> {
             map[old.index()] = Some(new);
         }
     }
-    out.outputs =
-        g.outputs.iter().map(|(n, v)| Ok((n.clone(), map[v.index()].ok_or("output not converted")?))).collect::<Result<_, String>>()?;
+    let mut outputs = vec![];
+    for (name, v) in &g.outputs {
+        let mut new = map[v.index()].ok_or("output not converted")?;
+        let kept = g.ty(*v).dtype;
+        if g.state.iter().any(|s| &s.update == name) && b.graph.ty(new).dtype != kept {
+            b.scope = Some(format!("{name}.store"));
+            new = b.cast(new, kept)?;
+        }
+        outputs.push((name.clone(), new));
+    }
+    out.outputs = outputs;
+    out.state = g.state.clone();
     Ok(out)
 }

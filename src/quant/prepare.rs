@@ -28,7 +28,7 @@ use super::capture::{self, Wants};
 use super::insert::{PreparedWeight, Site, SiteKind};
 use super::recipe::{Granularity, LayerQuant, Recipe, Scheme, WeightAlgo};
 use super::{CalibOptions, QuantError};
-use crate::import::Model;
+use crate::import::Imported;
 use crate::interp::Tensor;
 use crate::ir::{BinaryOp, Builder, DType, Graph, NodeId, TensorType, ValueId};
 use crate::numerics;
@@ -53,7 +53,7 @@ struct Group<'a> {
 }
 
 /// Runs the recipe's weight algorithms on `g` (the compute-dtype graph); see the module doc.
-pub fn prepare(model: &Model, g: &mut Graph, recipe: &Recipe, sites: &[Site], calib: &CalibOptions) -> Result<Prepared, QuantError> {
+pub fn prepare(model: &dyn Imported, g: &mut Graph, recipe: &Recipe, sites: &[Site], calib: &CalibOptions) -> Result<Prepared, QuantError> {
     let groups = groups(g, recipe, sites);
     let mut wants: HashMap<ValueId, Wants> = HashMap::new();
     for gr in &groups {
@@ -91,7 +91,7 @@ fn groups<'a>(g: &Graph, recipe: &Recipe, sites: &'a [Site]) -> Vec<Group<'a>> {
 }
 
 fn prepare_group(
-    model: &Model,
+    model: &dyn Imported,
     g: &mut Graph,
     recipe: &Recipe,
     gr: &Group,
@@ -134,7 +134,7 @@ fn prepare_group(
             let opts = algo::GptqOptions { bits, group, symmetric, percdamp: damp, block, act_order };
             let r = algo::gptq_from_stats(w, *n, stats, &opts).map_err(|e| format!("{}: {e}", site.name))?;
             let name = format!("{weight}.gptq");
-            model.weights.insert(name.clone(), Tensor::f32(vec![*n, k], r.quant.dequantize()));
+            model.weights().insert(name.clone(), Tensor::f32(vec![*n, k], r.quant.dequantize()));
             replace_weight(g, site.node, &name, *n, k)?;
             out.weights.insert(site.node, PreparedWeight { tensor: name, groups: Some(r.quant) });
         }
@@ -147,7 +147,7 @@ fn prepare_group(
 /// clipping settings and the scaled calibration rows) the clipping search fixes each weight's group
 /// parameters; returns the mean chosen ratio over all groups (NaN without `clip`).
 fn scale_weights(
-    model: &Model,
+    model: &dyn Imported,
     g: &mut Graph,
     gr: &Group,
     ws: &[(Vec<f32>, usize)],
@@ -170,7 +170,7 @@ fn scale_weights(
             }
             None => None,
         };
-        model.weights.insert(name.clone(), Tensor::f32(vec![*n, k], scaled));
+        model.weights().insert(name.clone(), Tensor::f32(vec![*n, k], scaled));
         out.weights.insert(site.node, PreparedWeight { tensor: name, groups });
     }
     Ok(if rows == 0 { f64::NAN } else { ratio_sum / rows as f64 })
@@ -221,8 +221,8 @@ fn clip_weight(g: &Graph, site: &Site, scaled: &[f32], n: usize, x: &[f32], opts
 }
 
 /// The checkpoint tensor `name` `[N, K]` as f32, with N.
-fn read_weight(model: &Model, name: &str) -> Result<(Vec<f32>, usize), String> {
-    let t = crate::interp::WeightSource::weight(&model.weights, name)?;
+fn read_weight(model: &dyn Imported, name: &str) -> Result<(Vec<f32>, usize), String> {
+    let t = crate::interp::WeightSource::weight(model.weights(), name)?;
     match t.shape.as_slice() {
         [n, _] => Ok((t.to_f32_vec(), *n)),
         other => Err(format!("weight `{name}` must be [N, K], got {other:?}")),
@@ -231,7 +231,7 @@ fn read_weight(model: &Model, name: &str) -> Result<(Vec<f32>, usize), String> {
 
 /// Multiplies the group's activation by `f16(1/s)` and points its sites at the product; returns
 /// the rounded factors `inv`.
-fn scale_activation(model: &Model, g: &mut Graph, gr: &Group, s: &[f32]) -> Result<Vec<f32>, String> {
+fn scale_activation(model: &dyn Imported, g: &mut Graph, gr: &Group, s: &[f32]) -> Result<Vec<f32>, String> {
     let dtype = g.ty(gr.input).dtype;
     let mut inv: Vec<f32> = s.iter().map(|&x| 1.0 / x).collect();
     numerics::cast_slice(&mut inv, dtype);
@@ -247,7 +247,7 @@ fn scale_activation(model: &Model, g: &mut Graph, gr: &Group, s: &[f32]) -> Resu
     for (site, _) in &gr.sites {
         g.nodes[site.node].inputs[0] = scaled;
     }
-    model.weights.insert(name, Tensor::from_f32_as(dtype, vec![inv.len()], inv.clone()));
+    model.weights().insert(name, Tensor::from_f32_as(dtype, vec![inv.len()], inv.clone()));
     Ok(inv)
 }
 

@@ -55,3 +55,52 @@ impl KvFormat {
         2 * kv_heads * head_dim * u64::from(self.storage().bits()) / 8
     }
 }
+
+/// Per-layer `(k_scale, v_scale)` for a `storage` cache: the largest |K| and |V| each layer
+/// writes over `texts` (run one at a time through the FP32 model with an unquantized cache),
+/// divided by the format's largest code. A layer whose amax is zero or not finite is an error
+/// naming it.
+pub fn calibrate(model: &super::DecoderModel, texts: &[String], storage: DType, quiet: bool) -> Result<Vec<(f32, f32)>, crate::import::ImportError> {
+    use crate::import::{ImportError, Imported};
+    let layers = model.config.num_layers as usize;
+    let mut amax = vec![(0f32, 0f32); layers];
+    let mut f32_model_graph = model.graph.clone();
+    if model.options.kv != KvFormat::Float(DType::F32) {
+        let mut opts = model.options.clone();
+        opts.kv = KvFormat::Float(DType::F32);
+        f32_model_graph = super::block::build(&model.config, &model.weights, &opts.kv, opts.max_batch, model.max_seq, "kv-calibration")?;
+    }
+    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(texts.len() as u64) };
+    bar.set_message("calibrating the KV cache");
+    for text in texts {
+        let mut inputs = model.encode_batch(std::slice::from_ref(text))?;
+        inputs.retain(|(n, _)| !n.starts_with("past."));
+        inputs.extend(model.empty_cache(&f32_model_graph));
+        let outs = crate::interp::run(&f32_model_graph, &model.weights, &inputs)
+            .map_err(|e| ImportError::Graph { layer: "KV-cache calibration".into(), message: e.to_string() })?;
+        for (name, t) in &outs {
+            let Some((kind, layer)) = name.strip_prefix("present.").and_then(|r| r.split_once('.')) else { continue };
+            let Ok(layer) = layer.parse::<usize>() else { continue };
+            let m = t.to_f32_vec().iter().fold(0f32, |m, x| m.max(x.abs()));
+            let slot = &mut amax[layer.min(layers - 1)];
+            if kind == "k" {
+                slot.0 = slot.0.max(m);
+            } else {
+                slot.1 = slot.1.max(m);
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let qmax = storage.max_finite() as f32;
+    amax.iter()
+        .enumerate()
+        .map(|(l, &(k, v))| {
+            if !(k.is_finite() && k > 0.0 && v.is_finite() && v > 0.0) {
+                let message = format!("layer {l}: calibration saw K amax {k} and V amax {v}; no usable scale");
+                return Err(ImportError::Graph { layer: format!("model.layers.{l}.self_attn"), message });
+            }
+            Ok((k / qmax, v / qmax))
+        })
+        .collect()
+}

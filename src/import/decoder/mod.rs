@@ -4,15 +4,18 @@
 
 pub mod block;
 pub mod config;
+pub mod gguf;
 pub mod hf;
 pub mod kv;
 
 pub use config::{DecoderConfig, Family};
 pub use kv::KvFormat;
 
+use super::gguf::{GgufFile, GgufTokenizer};
 use super::json::JsonFile;
-use super::{ImportError, WeightStore};
-use crate::ir::Graph;
+use super::{ImportError, Imported, WeightStore};
+use crate::interp::{Tensor, TensorData};
+use crate::ir::{DType, Graph};
 use std::path::{Path, PathBuf};
 
 /// Import settings of a decoder.
@@ -44,6 +47,37 @@ pub struct DecoderModel {
     pub weights: WeightStore,
     /// The context length the graph accepts (symbols `S` and `P`).
     pub max_seq: u64,
+    /// The tokenizer with its special tokens and chat template, when the model has one.
+    pub tokenizer: Option<GgufTokenizer>,
+    /// The import settings the graph was built with.
+    pub options: DecoderOptions,
+}
+
+/// Imports a decoder: a `.gguf` file or a Hugging Face folder.
+pub fn load(path: &Path, opts: &DecoderOptions) -> Result<DecoderModel, ImportError> {
+    if path.is_file() {
+        return load_gguf(path, opts);
+    }
+    if !path.is_dir() {
+        return Err(ImportError::MissingFile { path: path.into(), what: "decoder (a .gguf file or a model folder)" });
+    }
+    load_hf(path, opts)
+}
+
+/// Imports a GGUF file (Llama-family architectures).
+pub fn load_gguf(path: &Path, opts: &DecoderOptions) -> Result<DecoderModel, ImportError> {
+    let file = GgufFile::open(path)?;
+    let family = gguf::family(&file)?;
+    let config = gguf::config(&file, family)?;
+    let weights = gguf::weights(&file, &config)?;
+    let tokenizer = GgufTokenizer::from_gguf(&file)?;
+    if tokenizer.vocab_size() as u64 != config.vocab_size {
+        let message = format!("{} tokens but the embedding has {} rows", tokenizer.vocab_size(), config.vocab_size);
+        return Err(file.key_error("tokenizer.ggml.tokens", message));
+    }
+    let mut model = finish(path, config, weights, opts)?;
+    model.tokenizer = Some(tokenizer);
+    Ok(model)
 }
 
 /// True when `path` holds a decoder qfuse imports: a `.gguf` file, or a folder whose
@@ -67,7 +101,11 @@ pub fn load_hf(dir: &Path, opts: &DecoderOptions) -> Result<DecoderModel, Import
     })?;
     let config = hf::config(&cfg_file, family)?;
     let weights = hf::weights(dir)?;
-    finish(dir, config, weights, opts)
+    let mut model = finish(dir, config, weights, opts)?;
+    if dir.join("tokenizer.json").exists() {
+        model.tokenizer = Some(GgufTokenizer::from_hf_folder(dir, &model.config)?);
+    }
+    Ok(model)
 }
 
 /// Builds and verifies the step graph.
@@ -78,5 +116,90 @@ fn finish(path: &Path, config: DecoderConfig, weights: WeightStore, opts: &Decod
     if let Err(e) = crate::ir::verify(&graph, "after import") {
         return Err(ImportError::Graph { layer: format!("whole graph of {}", path.display()), message: e.to_string() });
     }
-    Ok(DecoderModel { path: path.into(), config, graph, weights, max_seq })
+    Ok(DecoderModel { path: path.into(), config, graph, weights, max_seq, tokenizer: None, options: opts.clone() })
+}
+
+impl DecoderModel {
+    /// Rebuilds the step graph with another KV-cache format.
+    pub fn with_kv(&mut self, kv: KvFormat) -> Result<(), ImportError> {
+        self.options.kv = kv;
+        let name = self.graph.name.clone();
+        self.graph = block::build(&self.config, &self.weights, &self.options.kv, self.options.max_batch, self.max_seq, &name)?;
+        crate::ir::verify(&self.graph, "after import")
+            .map_err(|e| ImportError::Graph { layer: format!("whole graph of {}", self.path.display()), message: e.to_string() })
+    }
+
+    /// Empty cache tensors for one sequence, as a step graph's state inputs (`[1, KV, 0, D]`).
+    pub fn empty_cache(&self, graph: &Graph) -> Vec<(&'static str, Tensor)> {
+        let inputs = graph.inputs();
+        let kv = self.config.num_kv_heads as usize;
+        let d = self.config.head_dim as usize;
+        let mut out = vec![];
+        for slot in &graph.state {
+            let Some((_, v)) = inputs.iter().find(|(n, _)| *n == slot.input) else { continue };
+            let name: &'static str = Box::leak(slot.input.clone().into_boxed_str());
+            out.push((name, Tensor { dtype: graph.ty(*v).dtype, shape: vec![1, kv, 0, d], data: TensorData::F32(vec![]) }));
+        }
+        out
+    }
+}
+
+impl Imported for DecoderModel {
+    fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    fn weights(&self) -> &WeightStore {
+        &self.weights
+    }
+
+    fn source(&self) -> &Path {
+        &self.path
+    }
+
+    /// One text: its ids (BOS first when the tokenizer adds one), an empty cache.
+    fn encode_batch(&self, texts: &[String]) -> Result<Vec<(&'static str, Tensor)>, ImportError> {
+        let tok = self.tokenizer.as_ref().ok_or_else(|| ImportError::MissingFile { path: self.path.clone(), what: "tokenizer (needed for calibration)" })?;
+        let [text] = texts else {
+            return Err(ImportError::Tokenizer { path: self.path.clone(), message: format!("decoders calibrate one text per run, got {}", texts.len()) });
+        };
+        let mut ids = tok.encode(text)?;
+        ids.truncate(self.max_seq as usize);
+        let n = ids.len();
+        let mut inputs = vec![
+            ("input_ids", Tensor::i64(vec![1, n], ids.into_iter().map(i64::from).collect())),
+            ("cache_len", Tensor::i64(vec![1], vec![0])),
+        ];
+        inputs.extend(self.empty_cache(&self.graph));
+        Ok(inputs)
+    }
+
+    fn texts_per_run(&self) -> usize {
+        1
+    }
+}
+
+/// The recipe as decoders use it: `lm_head` stays in high precision unless the recipe names it
+/// (ModelOpt's default).
+pub fn decoder_recipe(mut recipe: crate::quant::Recipe) -> crate::quant::Recipe {
+    if !recipe.exclude.iter().any(|e| e == "lm_head") {
+        recipe.exclude.push("lm_head".into());
+    }
+    recipe
+}
+
+/// Switches `model` to a KV cache stored as `storage`; a quantized cache gets per-layer K and V
+/// scales from the calibration set (`amax / max code`), and a layer that saw no data is an
+/// error naming it, never a silent 1.0.
+pub fn set_kv_cache(model: &mut DecoderModel, storage: DType, quiet: bool) -> Result<(), ImportError> {
+    let kv = match storage {
+        DType::F32 | DType::F16 | DType::BF16 => KvFormat::Float(storage),
+        DType::F8E4M3 | DType::I8 => {
+            let texts = crate::quant::calib::default_calibration_sentences();
+            let scales = kv::calibrate(model, &texts, storage, quiet)?;
+            KvFormat::PerTensor { storage, scales }
+        }
+        other => return Err(ImportError::Graph { layer: "kv cache".into(), message: format!("{other} is not a KV-cache format") }),
+    };
+    model.with_kv(kv)
 }

@@ -5,6 +5,16 @@
 //! count), metadata key/value pairs, tensor infos (name, dims innermost first, ggml type, offset),
 //! padding to `general.alignment`, tensor data. Every error names the file and the key or tensor.
 
+mod access;
+mod cursor;
+pub mod meta;
+mod reader;
+mod tensor;
+pub mod tokenizer;
 pub mod types;
 
+pub use meta::{MetaArray, MetaValue, StrList};
+pub use reader::{GgufFile, DEFAULT_ALIGNMENT};
+pub use tensor::TensorInfo;
+pub use tokenizer::{GgufTokenizer, GgufVocab, StreamDecoder};
 pub use types::GgmlType;

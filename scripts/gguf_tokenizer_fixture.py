@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes tests/fixtures/smollm2_tokens.json and tests/fixtures/smollm2_chat.json.
+"""Writes tests/fixtures/smollm2_tokens.json, smollm2_chat.json and smollm2_layout.json.
 
 An independent reference for qfuse's GGUF tokenizer (src/import/gguf/tokenizer.rs) and chat
 templates (src/import/chat.rs): the vocabulary, merges and token types are read from the GGUF with
@@ -7,7 +7,9 @@ gguf-py, a tokenizer is built with HF `tokenizers` as docs/decoders.md describes
 and merges, the pre-tokenizer llama.cpp uses for each `tokenizer.ggml.pre`, ByteLevel decoder,
 control tokens special), and every test string is encoded with each supported pre-tokenizer. The
 chat template is rendered with Jinja2 the way `transformers` renders it (sandboxed,
-trim_blocks, lstrip_blocks).
+trim_blocks, lstrip_blocks). The layout fixture lists what gguf-py reads from the container (version,
+alignment, every key with its type, every tensor with dims, type and offset, and the first values
+of the F32 tensors) for tests/gguf_reader.rs.
 
 Usage: .cache/pyenv/bin/python scripts/gguf_tokenizer_fixture.py [GGUF]
 (`bash scripts/cache.sh pyenv decoder` installs the environment and the model.)
@@ -140,8 +142,35 @@ def chat_cases(vocab):
     return {"bos_token": bos, "eos_token": eos, "cases": cases}
 
 
+def layout(path):
+    reader = gguf.GGUFReader(path)
+    keys = []
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF."):
+            continue
+        types = [gguf.GGUFValueType(t).name for t in field.types]
+        keys.append({"key": name, "type": types, "count": len(field.data)})
+    tensors = []
+    for t in reader.tensors:
+        entry = {"name": t.name, "dims": [int(d) for d in t.shape], "type": t.tensor_type.name,
+                 "offset": int(t.data_offset - reader.data_offset), "bytes": int(t.n_bytes)}
+        if t.tensor_type == gguf.GGMLQuantizationType.F32:
+            entry["first"] = [float(x) for x in t.data.reshape(-1)[:4]]
+        tensors.append(entry)
+    version = int(reader.fields["GGUF.version"].contents())
+    return {"version": version, "alignment": int(reader.alignment), "data_start": int(reader.data_offset),
+            "file_bytes": path.stat().st_size, "keys": keys, "tensors": tensors}
+
+
 def write(path, data):
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    # One line per list entry keeps the files diffable without a line per token id.
+    body = {k: v for k, v in data.items() if not isinstance(v, list) or not v or not isinstance(v[0], dict)}
+    lists = {k: v for k, v in data.items() if k not in body}
+    text = json.dumps(body, ensure_ascii=False, indent=1)[:-2]
+    for name, entries in lists.items():
+        rows = ",\n  ".join(json.dumps(e, ensure_ascii=False) for e in entries)
+        text += f',\n "{name}": [\n  {rows}\n ]'
+    path.write_text(text + "\n}\n", encoding="utf-8")
     print(f"wrote {path.relative_to(ROOT)}")
 
 
@@ -151,6 +180,7 @@ def main():
     source = {"model": model.name, "gguf": gguf.__name__ + "-py", "pre": vocab["pre"]}
     write(ROOT / "tests/fixtures/smollm2_tokens.json", {**source, "pre_tokenizers": list(PRE), "cases": token_cases(vocab)})
     write(ROOT / "tests/fixtures/smollm2_chat.json", {**source, **chat_cases(vocab)})
+    write(ROOT / "tests/fixtures/smollm2_layout.json", {**source, **layout(model)})
 
 
 if __name__ == "__main__":

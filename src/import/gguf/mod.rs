@@ -7,12 +7,15 @@
 
 mod access;
 mod cursor;
+mod exercise;
 pub mod meta;
 mod reader;
 mod tensor;
 pub mod tokenizer;
 pub mod types;
 
+#[doc(hidden)]
+pub use exercise::exercise;
 pub use meta::{MetaArray, MetaValue, StrList};
 pub use reader::{GgufFile, DEFAULT_ALIGNMENT};
 pub use tensor::TensorInfo;

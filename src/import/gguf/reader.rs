@@ -193,7 +193,7 @@ fn read_header(cur: &mut Cursor<'_>) -> Result<(u32, u64, u64), Fault> {
     let version = cur.u32("version").map_err(Fault::header)?;
     match version {
         2 | 3 => {}
-        v if v.swap_bytes() <= 3 => return Err(Fault::header(format!("big-endian GGUF (version {}) is not supported", v.swap_bytes()))),
+        v if v > 0xffff && v.swap_bytes() <= 3 => return Err(Fault::header(format!("big-endian GGUF (version {}) is not supported", v.swap_bytes()))),
         v => return Err(Fault::header(format!("version {v} is not supported (2 and 3 are)"))),
     }
     let n_tensors = cur.u64("tensor count").map_err(Fault::header)?;

@@ -114,8 +114,9 @@ pub(super) fn check_ranges(tensors: &[TensorInfo], data_len: u64, alignment: u64
     for pair in spans.windows(2) {
         let ((_, end, a), (start, _, b)) = (pair[0], pair[1]);
         if start < end {
-            let message = format!("its bytes overlap those of tensor `{}`", tensors[a].name);
-            return Err(tensors[b].fault(message));
+            let (first, later) = (a.min(b), a.max(b));
+            let message = format!("its bytes overlap those of tensor `{}`", tensors[first].name);
+            return Err(tensors[later].fault(message));
         }
     }
     Ok(())

@@ -95,6 +95,24 @@ pub enum ImportError {
         /// What went wrong (includes the text when it is text-specific).
         message: String,
     },
+    /// A GGUF file is malformed, or a key or tensor of it is missing or unusable.
+    #[error("{}: {item}: {message}", path.display())]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// What is at fault: `header`, ``key `tokenizer.ggml.tokens` ``, ``tensor `output.weight` ``.
+        item: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A chat template failed to parse or render.
+    #[error("{origin}: chat template: {message}")]
+    ChatTemplate {
+        /// Where the template came from (file and key or field).
+        origin: String,
+        /// The template engine's message (with the line).
+        message: String,
+    },
     /// The importer built an ill-typed graph: a qfuse bug, reported with the layer.
     #[error("internal error while building layer `{layer}`: {message}")]
     Graph {

@@ -5,6 +5,7 @@
 //! asks for them. Every error names the file and the tensor or field at fault.
 
 pub mod bert;
+pub mod chat;
 pub mod decoder;
 pub mod gguf;
 mod error;

@@ -6,6 +6,7 @@ mod compile;
 mod embed;
 mod eval;
 mod eval_table;
+mod generate;
 mod import;
 mod inspect;
 mod output;
@@ -44,6 +45,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Check a .plan on the GPU against the reference interpreter, kernel by kernel and end to end.
     Check(check::CheckArgs),
+    /// Generate text with a decoder (GGUF file or Llama/Mistral/Qwen2 folder) on the reference interpreter.
+    Generate(generate::GenerateArgs),
 }
 
 /// Parses arguments, runs the command, and maps errors to a message and exit code 1.
@@ -59,6 +62,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Check(args) => check::run(&args),
+        Command::Generate(args) => generate::run(&args, cli.quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -285,3 +285,28 @@ impl StreamDecoder {
         Ok(fresh)
     }
 }
+
+impl GgufTokenizer {
+    /// The tokenizer of a Hugging Face decoder folder: `tokenizer.json`, with the chat template,
+    /// BOS/EOS tokens and `add_bos_token` from `tokenizer_config.json` when present (the config's
+    /// token ids otherwise).
+    pub fn from_hf_folder(dir: &std::path::Path, cfg: &crate::import::decoder::DecoderConfig) -> Result<Self, ImportError> {
+        let path = dir.join("tokenizer.json");
+        let inner = Tokenizer::from_file(&path).map_err(|e| ImportError::Tokenizer { path: path.clone(), message: e.to_string() })?;
+        let config_path = dir.join("tokenizer_config.json");
+        let config: serde_json::Value = match std::fs::read_to_string(&config_path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| ImportError::Json { path: config_path.clone(), message: e.to_string() })?,
+            Err(_) => serde_json::Value::Null,
+        };
+        let token_id = |key: &str| {
+            let token = config.get(key).and_then(|t| t.as_str().or_else(|| t.get("content").and_then(|c| c.as_str())));
+            token.and_then(|t| inner.token_to_id(t))
+        };
+        let bos = token_id("bos_token").or(cfg.bos_token_id);
+        let eos = token_id("eos_token").or(cfg.eos_token_ids.first().copied());
+        let add_bos = config.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
+        let chat_template = config.get("chat_template").and_then(|v| v.as_str()).map(str::to_owned);
+        let vocab_size = inner.get_vocab_size(true);
+        Ok(GgufTokenizer { path, inner, vocab_size, bos, eos, add_bos, chat_template })
+    }
+}

@@ -126,7 +126,10 @@ fn chat_template_errors_name_the_source() {
     assert!(message.starts_with("x.gguf: key `tokenizer.chat_template`: chat template: line 1"), "{message}");
     let template = ChatTemplate::new("cfg.json: field `chat_template`", "{{ raise_exception('roles must alternate') }}").unwrap();
     let message = template.render(&[], true, "", "").unwrap_err().to_string();
-    assert!(message.starts_with("cfg.json: field `chat_template`: chat template:") && message.contains("roles must alternate"), "{message}");
+    assert!(
+        message.starts_with("cfg.json: field `chat_template`: chat template:") && message.contains("roles must alternate"),
+        "{message}"
+    );
     let trimmed = ChatTemplate::new("t", "{% for m in messages %}\n  {{ m.content }}\n{% endfor %}").unwrap();
     assert_eq!(trimmed.render(&[ChatMessage::new("user", "a"), ChatMessage::new("user", "b")], false, "", "").unwrap(), "  a\n  b\n");
 }

@@ -66,7 +66,13 @@ impl ChatTemplate {
 
     /// Renders `messages`; with `add_generation_prompt` the text ends where the assistant's reply
     /// begins.
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool, bos_token: &str, eos_token: &str) -> Result<String, ImportError> {
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<String, ImportError> {
         let env = self.environment()?;
         let template = env.get_template("chat").map_err(|e| self.error(e))?;
         let messages = Value::from(Serde(messages));

@@ -9,7 +9,11 @@ use crate::import::ImportError;
 impl GgufFile {
     /// `Ok(None)` when `key` is absent, else `get(self, key)`:
     /// `file.optional("tokenizer.ggml.bos_token_id", GgufFile::u32)`.
-    pub fn optional<'a, T>(&'a self, key: &str, get: impl FnOnce(&'a Self, &str) -> Result<T, ImportError>) -> Result<Option<T>, ImportError> {
+    pub fn optional<'a, T>(
+        &'a self,
+        key: &str,
+        get: impl FnOnce(&'a Self, &str) -> Result<T, ImportError>,
+    ) -> Result<Option<T>, ImportError> {
         if self.value(key).is_some() {
             get(self, key).map(Some)
         } else {

@@ -282,7 +282,12 @@ fn read_array(cur: &mut Cursor<'_>, depth: usize) -> Result<MetaArray, String> {
 }
 
 fn read_elements(cur: &mut Cursor<'_>, elem: u32, count: u64, depth: usize) -> Result<MetaArray, String> {
-    fn many<T>(cur: &mut Cursor<'_>, count: u64, size: usize, mut one: impl FnMut(&mut Cursor<'_>) -> Result<T, String>) -> Result<Vec<T>, String> {
+    fn many<T>(
+        cur: &mut Cursor<'_>,
+        count: u64,
+        size: usize,
+        mut one: impl FnMut(&mut Cursor<'_>) -> Result<T, String>,
+    ) -> Result<Vec<T>, String> {
         let mut out = Vec::with_capacity(capacity_for::<T>(count, cur.remaining(), size));
         for _ in 0..count {
             out.push(one(cur)?);

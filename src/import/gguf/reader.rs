@@ -2,12 +2,12 @@
 //! a memory map or from bytes, with every count, length and offset checked against the file.
 //!
 //! Limits (as llama.cpp's `gguf.cpp` unless noted): versions 2 and 3, little-endian only; at
-//! most [`MAX_ARRAY_DEPTH`] nested arrays; tensor names up to [`MAX_NAME_LEN`] bytes, up to
-//! [`MAX_DIMS`] dims, element counts within `i64`; `general.alignment` a `u32` power of two
-//! (llama.cpp and gguf-py both refuse anything else; the spec's "multiple of 8" is not enforced
-//! because they do not enforce it); duplicate keys and tensor names refused. No list is reserved
-//! beyond what the remaining bytes could hold, so a lying count cannot allocate more than the
-//! file's size.
+//! most [`MAX_ARRAY_DEPTH`](super::MAX_ARRAY_DEPTH) nested arrays; tensor names up to
+//! [`MAX_NAME_LEN`](super::MAX_NAME_LEN) bytes, up to [`MAX_DIMS`](super::MAX_DIMS) dims,
+//! element counts within `i64`; `general.alignment` a `u32` power of two (llama.cpp and gguf-py
+//! both refuse anything else; the spec's "multiple of 8" is not enforced because they do not
+//! enforce it); duplicate keys and tensor names refused. No list is reserved beyond what the
+//! remaining bytes could hold, so a lying count cannot allocate more than the file's size.
 
 use super::cursor::{capacity_for, Cursor};
 use super::meta::{read_value, MetaValue};
@@ -16,9 +16,6 @@ use crate::import::ImportError;
 use memmap2::Mmap;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-#[allow(unused_imports)] // named in the module doc
-use super::{meta::MAX_ARRAY_DEPTH, tensor::MAX_DIMS, tensor::MAX_NAME_LEN};
 
 /// Alignment of the data section and of every tensor when `general.alignment` is absent.
 pub const DEFAULT_ALIGNMENT: u64 = 32;
@@ -193,7 +190,9 @@ fn read_header(cur: &mut Cursor<'_>) -> Result<(u32, u64, u64), Fault> {
     let version = cur.u32("version").map_err(Fault::header)?;
     match version {
         2 | 3 => {}
-        v if v > 0xffff && v.swap_bytes() <= 3 => return Err(Fault::header(format!("big-endian GGUF (version {}) is not supported", v.swap_bytes()))),
+        v if v > 0xffff && v.swap_bytes() <= 3 => {
+            return Err(Fault::header(format!("big-endian GGUF (version {}) is not supported", v.swap_bytes())))
+        }
         v => return Err(Fault::header(format!("version {v} is not supported (2 and 3 are)"))),
     }
     let n_tensors = cur.u64("tensor count").map_err(Fault::header)?;

@@ -78,10 +78,7 @@ fn check_geometry(info: &TensorInfo) -> Result<(), Fault> {
     let Some((per_block, _)) = info.ty.block() else { return Ok(()) };
     let row = info.dims.first().copied().unwrap_or(1);
     if row % per_block as u64 != 0 {
-        return Err(info.fault(format!(
-            "rows of {row} values (dims[0]) are not a whole number of {} blocks of {per_block}",
-            info.ty
-        )));
+        return Err(info.fault(format!("rows of {row} values (dims[0]) are not a whole number of {} blocks of {per_block}", info.ty)));
     }
     if info.byte_size().is_none() {
         return Err(info.fault(format!("dims {:?} overflow the byte size of {}", info.dims, info.ty)));
@@ -101,10 +98,9 @@ pub(super) fn check_ranges(tensors: &[TensorInfo], data_len: u64, alignment: u64
         let size = t.byte_size().unwrap_or(0);
         let end = t.offset.checked_add(size).filter(|&end| end <= data_len);
         let Some(end) = end else {
-            return Err(t.fault(format!(
-                "bytes {}..{}+{size} run past the data section's {data_len} bytes (truncated file?)",
-                t.offset, t.offset
-            )));
+            return Err(
+                t.fault(format!("bytes {}..{}+{size} run past the data section's {data_len} bytes (truncated file?)", t.offset, t.offset))
+            );
         };
         if size > 0 {
             spans.push((t.offset, end, i));

@@ -83,7 +83,9 @@ impl GgufVocab {
         };
         let token_id = |key: &str| -> Result<Option<u32>, ImportError> {
             match file.optional(key, GgufFile::u32)? {
-                Some(id) if id as usize >= tokens.len() => Err(file.key_error(key, format!("id {id} is not below the vocabulary size {}", tokens.len()))),
+                Some(id) if id as usize >= tokens.len() => {
+                    Err(file.key_error(key, format!("id {id} is not below the vocabulary size {}", tokens.len())))
+                }
                 id => Ok(id),
             }
         };

@@ -7,10 +7,13 @@
 #                     tree that travels is limited to 64 MiB)
 #   cache/kernels/    CUBINs of the MiniLM plans, compiled here with NVRTC (so the GPU machine
 #                     needs no NVRTC of the same version: every kernel is a cache hit)
+# Installs what it needs itself (scripts/cache.sh): NVRTC, the model, and the pinned Python env
+# .cache/pyenv (scripts/requirements-decoder.txt, with numpy for scripts/f16_model.py).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/cache.sh"
 qfuse_ensure_nvrtc
 qfuse_ensure_model
+qfuse_ensure_pyenv
 cd "$QFUSE_ROOT"
 cargo build --release --locked --bins
 rm -rf gpu-bundle
@@ -18,8 +21,7 @@ mkdir -p gpu-bundle/cache
 cp target/release/qfuse target/release/qfuse-gemm-bench gpu-bundle/
 strip gpu-bundle/qfuse gpu-bundle/qfuse-gemm-bench 2>/dev/null || true
 gpu-bundle/qfuse-gemm-bench build gpu-bundle/kernels 2>/dev/null
-py="$QFUSE_CACHE_DIR/pyenv/bin/python3"; [[ -x "$py" ]] || py=python3
-"$py" scripts/f16_model.py "$QFUSE_MODEL_DIR" gpu-bundle/model
+"$QFUSE_CACHE_DIR/pyenv/bin/python3" scripts/f16_model.py "$QFUSE_MODEL_DIR" gpu-bundle/model
 # Every recipe gpu-check.sh compiles (plans that do not lower yet report why and are skipped).
 # The 6- and 3-head views of the model (head sizes 64 and 128; scripts/model-variant.sh) exercise
 # the D = 64 and D = 128 attention kernels.

@@ -16,13 +16,13 @@
 //   s_ij = T( s_ij + mask_bias[b, j] )     if masked
 //   p_ij = T( exp(s_ij - max_j s) / sum_j exp(s_ij - max_j s) )   max, exp, sum in f32
 //   o_id = T( sum_j p_ij v_jd )            f32 accumulation
-//   out  = o, or qf_quantize_e4m3(o, OUT_SCALE) (a true division, RNE, saturating), or with
-//          OUT_I8 qf_quantize_i8(o, OUT_SCALE) (RNE, saturating to [-128, 127], NaN -> 0)
+//   out  = o, or qf_quantize_e4m3(o, out_scale) (a true division, RNE, saturating), or with
+//          OUT_I8 qf_quantize_i8(o, out_scale) (RNE, saturating to [-128, 127], NaN -> 0)
 // With FP8 (the IR's `fp8(qk_alpha, p_scale, pv_alpha)`), the products are those of two qmatmuls
 // and the probabilities are quantized between them:
-//   s_ij = T( f32(sum_d q_id k_jd) * QK_ALPHA )
-//   p_ij = T(...) as above, then P_ij = qf_quantize_e4m3(p_ij, P_SCALE)  (E4M3 codes)
-//   o_id = T( f32(sum_j P_ij v_jd) * PV_ALPHA )
+//   s_ij = T( f32(sum_d q_id k_jd) * qk_alpha )
+//   p_ij = T(...) as above, then P_ij = qf_quantize_e4m3(p_ij, p_scale)  (E4M3 codes)
+//   o_id = T( f32(sum_j P_ij v_jd) * pv_alpha )
 // The kernel performs every one of these rounding steps (T roundings two at a time with paired
 // conversions, bit-identical to one at a time). The only intended deviations: the sum of
 // exponentials is accumulated in f32 with online rescaling (the reference sums exp(s - final max)
@@ -78,16 +78,21 @@ constexpr int H = {{heads}};  // heads
 constexpr int HD = H * D;  // elements per token in q, k, v, out
 constexpr bool BF16 = {{bf16}};  // T = bf16 (else f16)
 constexpr bool FP8 = {{fp8}};    // q, k, v are E4M3 bytes (else T)
-constexpr uint32_t QK_ALPHA_BITS = {{qk_alpha_bits}}u;  // FP8: multiplier of Q.K^T's f32 sums
-constexpr uint32_t P_SCALE_BITS = {{p_scale_bits}}u;    // FP8: the probabilities' quantize scale
-constexpr uint32_t P_RCP_BITS = {{p_rcp_bits}}u;        // FP8: RN(1 / P_SCALE), for qf_div_by_scale
-constexpr uint32_t PV_ALPHA_BITS = {{pv_alpha_bits}}u;  // FP8: multiplier of P.V's f32 sums
 constexpr bool HAS_SCALE = {{has_scale}};
 constexpr uint32_t SCALE_BITS = {{scale_bits}}u;  // the score scale, bit-exact (when HAS_SCALE)
 constexpr bool HAS_MASK = {{has_mask}};
 constexpr bool QUANT_OUT = {{quant_out}};  // store FP8 E4M3 bytes (or i8 codes when OUT_I8)
 constexpr bool OUT_I8 = {{out_i8}};         // the output quantize stores i8: qf_quantize_i8
-constexpr uint32_t OUT_SCALE_BITS = {{out_scale_bits}}u;
+
+// The per-layer constants, kernel parameters (every layer's attention of one shape is one kernel);
+// 0 where unused.
+struct Consts {
+    float qk_alpha;  // FP8: multiplier of Q.K^T's f32 sums
+    float p_scale;   // FP8: the probabilities' quantize scale
+    float p_rcp;     // FP8: RN(1 / p_scale), for qf_div_by_scale
+    float pv_alpha;  // FP8: multiplier of P.V's f32 sums
+    float out_scale; // QUANT_OUT: the output quantize's scale
+};
 
 constexpr int BQ = 64;                 // query rows per CTA
 constexpr int BKV = 64;                // keys per tile
@@ -263,7 +268,7 @@ QF_DEVICE void transpose_v(uint8_t* vt, uint32_t v, int tid) {
 // acc[n][e] is the score of query row (16w +) g + 8*(e/2) and key key0 + 8n + 2t + (e%2), where
 // g = lane / 4, t = lane % 4 (the m16n8 C fragment layout). Keys >= S get -inf.
 QF_DEVICE void scores(float (&acc)[NT_S][4], const uint32_t (&qf)[KSTEPS_QK][4], uint32_t kt, int key0,
-                      const T* mask_row, int S, int lane) {
+                      const T* mask_row, int S, int lane, float qk_alpha) {
 #pragma unroll
     for (int n = 0; n < NT_S; ++n)
 #pragma unroll
@@ -284,7 +289,7 @@ QF_DEVICE void scores(float (&acc)[NT_S][4], const uint32_t (&qf)[KSTEPS_QK][4],
             mma_step(acc[2 * np + 1], qf[kk], kf[2], kf[3]);
         }
     }
-    // The reference's rounding steps, T(dot) (FP8: T(dot * QK_ALPHA)), T(* scale), T(+ bias), two
+    // The reference's rounding steps, T(dot) (FP8: T(dot * qk_alpha)), T(* scale), T(+ bias), two
     // elements at a time (the pair (e, e+1) is one row, keys 2t and 2t+1); keys >= S become -inf.
     const int t = lane & 3;
 #pragma unroll
@@ -299,8 +304,8 @@ QF_DEVICE void scores(float (&acc)[NT_S][4], const uint32_t (&qf)[KSTEPS_QK][4],
         for (int r = 0; r < 2; ++r) {  // r = 0: row g (e = 0, 1); r = 1: row g + 8 (e = 2, 3)
             float a = acc[n][2 * r], b = acc[n][2 * r + 1];
             if constexpr (FP8) {
-                a = __fmul_rn(a, __uint_as_float(QK_ALPHA_BITS));
-                b = __fmul_rn(b, __uint_as_float(QK_ALPHA_BITS));
+                a = __fmul_rn(a, qk_alpha);
+                b = __fmul_rn(b, qk_alpha);
             }
             round2(a, b);
             if constexpr (HAS_SCALE) {
@@ -344,15 +349,15 @@ QF_DEVICE float prob(float s, float m, float l) {
     return div_rn(e, l);
 }
 
-// FP8: the E4M3 code of a probability, qf_quantize_e4m3(p, P_SCALE) (the true quotient, through
+// FP8: the E4M3 code of a probability, qf_quantize_e4m3(p, p_scale) (the true quotient, through
 // qf_div_by_scale without a division's slow path, RNE, saturating).
-QF_DEVICE uint32_t quantize_p(float p) {
-    return qf_f32_to_e4m3(qf_div_by_scale(p, __uint_as_float(P_SCALE_BITS), __uint_as_float(P_RCP_BITS)));
+QF_DEVICE uint32_t quantize_p(float p, const Consts& c) {
+    return qf_f32_to_e4m3(qf_div_by_scale(p, c.p_scale, c.p_rcp));
 }
 
 // The whole kernel; mask_bias is null without a mask.
 QF_DEVICE void attention(const Op* __restrict__ q, const Op* __restrict__ k, const Op* __restrict__ v,
-                         const T* __restrict__ mask_bias, OutT* __restrict__ out, int S) {
+                         const T* __restrict__ mask_bias, OutT* __restrict__ out, int S, const Consts c) {
     extern __shared__ __align__(128) uint8_t smem[];
     const uint32_t sm = qf_smem_addr(smem);
     const int tid = threadIdx.x;
@@ -410,7 +415,7 @@ QF_DEVICE void attention(const Op* __restrict__ q, const Op* __restrict__ k, con
         const bool pass1 = step < tiles;
         const int j = pass1 ? step : step - tiles;
         float s[NT_S][4];
-        scores(s, qf, sm + K_OFF + buf * TILE_BYTES, j * BKV, mask_row, S, lane);
+        scores(s, qf, sm + K_OFF + buf * TILE_BYTES, j * BKV, mask_row, S, lane, c.qk_alpha);
         if constexpr (FP8) {
             // This step's V tile (landed with the step's group) into V^T, which the trailing
             // barrier of step - 1 freed; the barrier after it publishes V^T to P.V. Uniform: the
@@ -464,7 +469,7 @@ QF_DEVICE void attention(const Op* __restrict__ q, const Op* __restrict__ k, con
                         float p2 = prob(c1[2 * r], m[r], l[r]), p3 = prob(c1[2 * r + 1], m[r], l[r]);
                         round2(p0, p1);
                         round2(p2, p3);
-                        pa[2 * half + r] = quantize_p(p0) | (quantize_p(p1) << 8) | (quantize_p(p2) << 16) | (quantize_p(p3) << 24);
+                        pa[2 * half + r] = quantize_p(p0, c) | (quantize_p(p1, c) << 8) | (quantize_p(p2, c) << 16) | (quantize_p(p3, c) << 24);
                     }
                 }
 #pragma unroll
@@ -525,13 +530,13 @@ QF_DEVICE void attention(const Op* __restrict__ q, const Op* __restrict__ k, con
             float x0 = o[n][2 * r];
             float x1 = o[n][2 * r + 1];
             if constexpr (FP8) {
-                x0 = __fmul_rn(x0, __uint_as_float(PV_ALPHA_BITS));
-                x1 = __fmul_rn(x1, __uint_as_float(PV_ALPHA_BITS));
+                x0 = __fmul_rn(x0, c.pv_alpha);
+                x1 = __fmul_rn(x1, c.pv_alpha);
             }
             if constexpr (QUANT_OUT) {
                 // T(o), then the output quantize: two bytes, d even -> 2-byte aligned.
                 round2(x0, x1);
-                const float sc = __uint_as_float(OUT_SCALE_BITS);
+                const float sc = c.out_scale;
                 const uint32_t b0 = OUT_I8 ? static_cast<uint8_t>(qf_quantize_i8(x0, sc)) : qf_quantize_e4m3(x0, sc);
                 const uint32_t b1 = OUT_I8 ? static_cast<uint8_t>(qf_quantize_i8(x1, sc)) : qf_quantize_e4m3(x1, sc);
                 *reinterpret_cast<uint16_t*>(row + d) = static_cast<uint16_t>(b0 | (b1 << 8));
@@ -548,6 +553,7 @@ QF_DEVICE void attention(const Op* __restrict__ q, const Op* __restrict__ k, con
 // Grid (ceil_div(S, 64), H, B), block (128), attn::SMEM_BYTES of dynamic shared memory.
 extern "C" __global__ void __launch_bounds__(attn::THREADS, attn::MIN_CTAS)
 {{kernel_name}}(const attn::Op* __restrict__ q, const attn::Op* __restrict__ k, const attn::Op* __restrict__ v,
-                {{mask_param}}attn::OutT* __restrict__ out, int S) {
-    attn::attention(q, k, v, {{mask_arg}}, out, S);
+                {{mask_param}}attn::OutT* __restrict__ out, int S, float qk_alpha, float p_scale, float p_rcp,
+                float pv_alpha, float out_scale) {
+    attn::attention(q, k, v, {{mask_arg}}, out, S, attn::Consts{qk_alpha, p_scale, p_rcp, pv_alpha, out_scale});
 }

@@ -181,7 +181,9 @@ QF_DEVICE double qf_group_reduce(double v, double* red) {
 //     PACKED (QUANT 5: Q is a 4-bit type stored two codes per byte),
 //     PREFETCH (load gamma / beta with the row rather than after the statistics)
 //   constexpr long long V, P, TT (embedding table rows)
-//   static device functions eps() (double), scale(), zero(), qmax() (float)
+//   static device functions eps() (double), qmax() (float)
+// The per-launch constants (a literal quantize scale, a zero point) are kernel parameters copied
+// into qf_row_args (scale, zero), so every layer's kernel of one shape is the same kernel.
 
 template <class C>
 struct qf_row_args {
@@ -200,6 +202,8 @@ struct qf_row_args {
     long long rows;                     // number of rows
     long long n;                        // DYN: row length
     long long seq;                      // SOURCE 1: tokens per sequence (position = row % seq)
+    float scale;                        // QUANT 1: the literal scale
+    float zero;                         // ZERO: the zero point
 };
 
 template <int N>
@@ -420,7 +424,7 @@ QF_DEVICE void qf_row_main(const qf_row_args<C>& a) {
     } else if constexpr (C::QUANT != 0) {
         float s;
         if constexpr (C::QUANT == 1) {
-            s = C::scale();
+            s = a.scale;
         } else if constexpr (C::QUANT == 2) {
             s = C::S::load(a.scale_in[0]);
         } else if constexpr (C::QUANT == 4) {
@@ -444,7 +448,7 @@ QF_DEVICE void qf_row_main(const qf_row_args<C>& a) {
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
                 const float d = __fdiv_rn(v[j][i], s);
-                r[i] = C::ZERO ? __fadd_rn(rintf(d), C::zero()) : d;
+                r[i] = C::ZERO ? __fadd_rn(rintf(d), a.zero) : d;
             }
             qf_store_vec<typename C::Q>(a.q + row * n + k * VEC, r);
         }

@@ -28,6 +28,18 @@ fn attention_node(g: &Graph) -> NodeId {
     g.nodes.iter().find(|(_, n)| n.op.mnemonic() == "attention").map(|(id, _)| id).expect("an attention node")
 }
 
+/// The five per-launch `f32`s an attention must get, from its payload: qk_alpha, p_scale,
+/// RN(1 / p_scale), pv_alpha (0 without `fp8(...)`) and the output quantize's scale (0 without).
+fn per_launch_scalars(op: &ir::Op) -> [f32; 5] {
+    let ir::Op::Attention(a) = op else { panic!("not an attention") };
+    let (qk, ps, pv) = a.fp8.map_or((0.0, 0.0, 0.0), |f| (f.qk_alpha, f.p_scale, f.pv_alpha));
+    let out = match a.output.as_ref().map(|o| o.scale.clone()) {
+        Some(ir::ScaleSource::Literal(s)) => s,
+        _ => 0.0,
+    };
+    [qk, ps, if ps == 0.0 { 0.0 } else { 1.0 / ps }, pv, out]
+}
+
 /// Lowers the graph's attention node for sm_90 and returns its single launch's kernel, checking
 /// the launch arguments against the node.
 fn lower(g: &Graph) -> KernelDef {
@@ -41,7 +53,9 @@ fn lower(g: &Graph) -> KernelDef {
     let mut want: Vec<Arg> = n.inputs.iter().map(|&v| Arg::Value(v)).collect();
     want.push(Arg::Value(n.outputs[0]));
     want.push(Arg::Scalar(Scalar::Dim(DimExpr::sym("S"))));
+    want.extend(per_launch_scalars(&n.op).map(|v| Arg::Scalar(Scalar::F32(v))));
     assert_eq!(l.args, want);
+    assert!(l.kernel.params[l.kernel.params.len() - 5..].iter().all(|p| p.ty == ParamType::F32));
     assert_eq!(l.kernel.params.len(), l.args.len());
     l.kernel.clone()
 }
@@ -121,7 +135,12 @@ fn minilm_f16_lowers_and_compiles() {
             ("v", ParamType::Ptr),
             ("mask_bias", ParamType::Ptr),
             ("out", ParamType::Ptr),
-            ("S", ParamType::I32)
+            ("S", ParamType::I32),
+            ("qk_alpha", ParamType::F32),
+            ("p_scale", ParamType::F32),
+            ("p_rcp", ParamType::F32),
+            ("pv_alpha", ParamType::F32),
+            ("out_scale", ParamType::F32)
         ]
     );
     // The score scale, bit-exact, and the mask.
@@ -136,8 +155,10 @@ fn minilm_e4m3_output_compiles() {
     let g = graph("f16", 384, &format!("heads=12, scale={SCALE_D32}, out=f8e4m3, out_scale=0.0078125"), true, "f8e4m3");
     let k = lower(&g);
     assert!(k.source.contains("constexpr bool QUANT_OUT = true;"));
-    assert!(k.source.contains("constexpr uint32_t OUT_SCALE_BITS = 0x3c000000u;"));
+    assert!(!k.source.contains("0x3c000000"), "the output scale is a launch argument, not compiled in");
     assert_ne!(k.name, lower(&minilm_f16()).name);
+    let other_scale = graph("f16", 384, &format!("heads=12, scale={SCALE_D32}, out=f8e4m3, out_scale=0.25"), true, "f8e4m3");
+    assert_eq!(k, lower(&other_scale), "layers that differ only in their output scale share one kernel");
     compile(&k);
 }
 
@@ -156,7 +177,7 @@ fn head_dims_64_and_128_compile() {
     // D = 64, no scale, no mask.
     let k64 = lower(&graph("f16", 512, "heads=8", false, "f16"));
     assert_eq!(k64.smem_bytes, 5 * 64 * 64 * 2);
-    assert_eq!(k64.params.len(), 5);
+    assert_eq!(k64.params.len(), 5 + 5, "q, k, v, out, S and the five per-launch scales");
     assert!(k64.source.contains("constexpr bool HAS_SCALE = false;") && k64.source.contains("constexpr bool HAS_MASK = false;"));
     compile(&k64);
     // D = 128 with scale and mask, and its bf16 and e4m3-output variants.
@@ -187,14 +208,11 @@ fn fp8_graph(width: u64, heads: u32, out: &str) -> Graph {
 fn fp8_operands_lower_and_compile_for_every_head_size() {
     let k = lower(&fp8_graph(384, 12, "f8e4m3"));
     assert_eq!(k.smem_bytes, 6 * 64 * 32, "E4M3 tiles are one byte an element, plus V^T");
-    for line in [
-        "constexpr bool FP8 = true;",
-        "constexpr uint32_t QK_ALPHA_BITS = 0x3a57963fu;",
-        "constexpr uint32_t P_SCALE_BITS = 0x3b124925u;",
-        "constexpr uint32_t PV_ALPHA_BITS = 0x3798924au;",
-        "constexpr bool QUANT_OUT = true;",
-    ] {
+    for line in ["constexpr bool FP8 = true;", "constexpr bool QUANT_OUT = true;", "float qk_alpha, float p_scale, float p_rcp,"] {
         assert!(k.source.contains(line), "{line}");
+    }
+    for bits in ["0x3a57963f", "0x3b124925", "0x3798924a"] {
+        assert!(!k.source.contains(bits), "{bits}: the FP8 scales are launch arguments, not compiled in");
     }
     assert_ne!(k.name, lower(&graph("f16", 384, "heads=12, out=f8e4m3, out_scale=0.0070277625", true, "f8e4m3")).name);
     compile(&k);

@@ -13,6 +13,20 @@ use qfuse::codegen::ops::qmatmul;
 use qfuse::ir::{DType, Graph, NodeId, Op};
 use qfuse::plan::{DimExpr, ParamType, Scalar};
 
+/// The per-launch `f32` arguments a GEMM of `node` must get, from its payload: `alpha` unless it is
+/// 1, then the output quantize's scale and RN(1 / scale).
+fn per_launch_scalars(g: &Graph, node: NodeId) -> Vec<Arg> {
+    let Op::QMatMul(q) = &g.nodes[node].op else { panic!("not a qmatmul") };
+    let mut out = Vec::new();
+    if q.alpha != 1.0 {
+        out.push(Arg::Scalar(Scalar::F32(q.alpha)));
+    }
+    if let Some(qfuse::ir::ScaleSource::Literal(s)) = q.output.as_ref().map(|o| o.scale.clone()) {
+        out.extend([Arg::Scalar(Scalar::F32(s)), Arg::Scalar(Scalar::F32(1.0 / s))]);
+    }
+    out
+}
+
 /// The MiniLM linear layers: (N, K).
 const MINILM: [(u32, u32); 3] = [(384, 384), (1536, 384), (384, 1536)];
 
@@ -192,12 +206,15 @@ fn minilm_qmatmuls_lower_and_compile_to_sm90a_cubin() {
         let n = &g.nodes[node];
         let mut want: Vec<Arg> = n.inputs.iter().chain(&n.outputs).map(|&v| Arg::Value(v)).collect();
         want.push(Arg::Scalar(Scalar::Dim(DimExpr::sym("B").mul(DimExpr::sym("S")))));
+        want.extend(per_launch_scalars(&g, node));
         assert_eq!(launch.args, want, "{}", c.name);
         assert_eq!(k.params.len(), launch.args.len(), "{}", c.name);
-        assert!(k.params[..k.params.len() - 1].iter().all(|p| p.ty == ParamType::Ptr), "{}", c.name);
+        let m_at = k.params.iter().position(|p| p.name == "M").expect("M");
+        assert!(k.params[..m_at].iter().all(|p| p.ty == ParamType::Ptr), "{}", c.name);
+        assert!(k.params[m_at + 1..].iter().all(|p| p.ty == ParamType::F32), "{}", c.name);
         assert_eq!((k.params[0].name.as_str(), k.params[1].name.as_str()), ("A", "B"));
-        assert_eq!(k.params[k.params.len() - 2].name, "Y");
-        assert_eq!((k.params.last().unwrap().name.as_str(), k.params.last().unwrap().ty), ("M", ParamType::I32));
+        assert_eq!(k.params[m_at - 1].name, "Y");
+        assert_eq!(k.params[m_at].ty, ParamType::I32);
         assert!(k.name.starts_with("gemm_") && k.template == "gemm", "{}", k.name);
         assert!(!k.source.contains("{{"), "{}: unsubstituted placeholder", c.name);
         let Op::QMatMul(q) = &n.op else { unreachable!() };
@@ -230,10 +247,13 @@ fn grid_and_signature_of_the_mlp_up_projection() {
     let k = one_launch(lowered, &c.name).kernel;
     assert_eq!(k.grid[0].to_string(), "ceil_div(B*S, 128)*12");
     let params: Vec<&str> = k.params.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(params, ["A", "B", "add0", "Y", "M"]);
+    assert_eq!(params, ["A", "B", "add0", "Y", "M", "alpha", "out_scale", "out_rcp"]);
     assert!(k.source.contains(
-        "(const uint8_t* __restrict__ A, const uint8_t* __restrict__ B, const uint16_t* __restrict__ add0, uint8_t* __restrict__ Y, int M)"
+        "(const uint8_t* __restrict__ A, const uint8_t* __restrict__ B, const uint16_t* __restrict__ add0, uint8_t* __restrict__ Y, int M, \
+         float alpha, float out_scale, float out_rcp)"
     ));
+    assert!(k.source.contains("qf_st4_e4m3(Y + mn, y, out_scale, out_rcp)"), "the output scale is a parameter");
+    assert!(!k.source.contains(&format!("{:#010x}", 0.045479912f32.to_bits())), "the output scale is not compiled in");
     // The default, exact accumulation: the mma.sync mainloop with 64×128 tiles for N = 1536.
     let exact = one_launch(lower_ir_exact(&c.ir).2, &c.name).kernel;
     assert_eq!(exact.grid[0].to_string(), "ceil_div(B*S, 64)*12");
@@ -326,7 +346,8 @@ fn per_row_and_single_element_operands() {
     let k = one_launch(lowered, "per-row").kernel;
     assert!(k.source.contains("qf_ldb4_f32(add0 + m, add0_c[u]);"), "per-row operand read at m");
     assert!(k.source.contains("qf_ldb4_f32(add1 + 0, add1_c[u]);"), "single element read at 0");
-    assert!(k.source.contains("y[j] = acc * __int_as_float(0x3f000000) + add0_v + add1_v;"));
+    assert!(k.source.contains("y[j] = acc * alpha + add0_v + add1_v;"), "alpha is a parameter, not a literal");
+    assert!(k.source.contains("int M, float alpha)"));
     assert!(k.source.contains("qf_st4_f32(Y + mn, y);"));
     let (cubin, _) = compile(&k);
     assert_cubin(&k, &cubin);
@@ -381,6 +402,7 @@ fn int8_qmatmuls_lower_and_compile_to_sm90a_cubin() {
             let n = &g.nodes[node];
             let mut want: Vec<Arg> = n.inputs.iter().chain(&n.outputs).map(|&v| Arg::Value(v)).collect();
             want.push(Arg::Scalar(Scalar::Dim(DimExpr::sym("B").mul(DimExpr::sym("S")))));
+            want.extend(per_launch_scalars(&g, node));
             assert_eq!(launch.args, want, "{}", c.name);
             let k = launch.kernel;
             assert!(k.source.contains("constexpr Operand OPERAND = Operand::I8;"), "{}", c.name);

@@ -116,16 +116,27 @@ struct Compiled {
     smem_bytes: u32,
     /// CUBIN file name inside the bundle.
     cubin: String,
+    /// The trailing `f32` arguments (the epilogue's per-launch constants: alpha, output scale and
+    /// its reciprocal), passed after `M`.
+    scalars: Vec<f32>,
 }
 
 impl Compiled {
-    fn of(k: &qfuse::codegen::kernel::KernelDef) -> Self {
+    /// The kernel `k` launched with `args` (the plan's arguments, whose `f32` scalars it keeps).
+    fn of(k: &qfuse::codegen::kernel::KernelDef, args: &[Arg]) -> Self {
         Compiled {
             name: k.name.clone(),
             grid: k.grid.clone(),
             block: k.block,
             smem_bytes: k.smem_bytes,
             cubin: format!("{}.cubin", k.name),
+            scalars: args
+                .iter()
+                .filter_map(|a| match a {
+                    Arg::Scalar(qfuse::plan::Scalar::F32(v)) => Some(*v),
+                    _ => None,
+                })
+                .collect(),
         }
     }
 }
@@ -325,7 +336,7 @@ fn make_kernel(role: &str, spec: GemmSpec, epi: Epi, ms: Vec<u32>) -> Result<(En
         ms,
         case: Case { operand: spec.operand, epi, shift, alpha0, q, adds },
         spec,
-        kernel: Compiled::of(&k),
+        kernel: Compiled::of(&k, &plan.args),
     };
     Ok((entry, k.source))
 }
@@ -600,7 +611,7 @@ fn make_wonly_kernels(weights: Weights, n: u32, k: u32, ms: &[u32]) -> Result<Ve
                 ms: ms.iter().filter(selects).copied().collect(),
                 check_ms: WONLY_CHECK_MS.iter().filter(selects).copied().filter(|m| !ms.contains(m)).collect(),
                 case: case.clone(),
-                kernel: Compiled::of(&launch.kernel),
+                kernel: Compiled::of(&launch.kernel, &launch.args),
             };
             Ok((entry, launch.kernel.source))
         })
@@ -1068,7 +1079,7 @@ fn load<E: Kernel>(ctx: &Arc<CudaContext>, dir: &Path, entry: E) -> Result<Loade
     Ok(Loaded { entry, func })
 }
 
-/// Launches `l` with arguments `A, B, <inputs>, Y, M`.
+/// Launches `l` with arguments `A, B, <inputs>, Y, M, <scalars>`.
 fn launch<E: Kernel>(stream: &Arc<CudaStream>, l: &Loaded<E>, ops: &Operands, p: &mut Problem) -> Result<()> {
     let e = l.entry.compiled();
     let m = u32::try_from(p.m)?;
@@ -1091,6 +1102,9 @@ fn launch<E: Kernel>(stream: &Arc<CudaStream>, l: &Loaded<E>, ops: &Operands, p:
         b.arg(inp);
     }
     b.arg(&mut p.y).arg(&m_arg);
+    for x in &e.scalars {
+        b.arg(x);
+    }
     unsafe { b.launch(cfg) }?;
     Ok(())
 }

@@ -124,6 +124,15 @@ pub enum Expr {
     Var(String),
     /// A literal, printed bit-exactly.
     Lit(f32),
+    /// A per-launch `f32` value (a static scale, a GEMM's alpha): printed as the kernel parameter
+    /// `name`, whose `value` the launch passes ([`Expr::params`]). Layers that differ only in
+    /// such values share one kernel.
+    Param {
+        /// The kernel parameter (a C identifier).
+        name: String,
+        /// The exact value the launch passes.
+        value: f32,
+    },
     /// `f(x)`.
     Call(Fn1, Box<Expr>),
     /// `a ∘ b`.
@@ -146,6 +155,13 @@ impl Expr {
     /// A literal.
     pub fn lit(v: f32) -> Self {
         Expr::Lit(v)
+    }
+
+    /// A per-launch value: the kernel parameter `name` (panics unless it is a C identifier, a
+    /// codegen bug), passed as `value` at launch.
+    pub fn param(name: impl Into<String>, value: f32) -> Self {
+        let Expr::Var(name) = Expr::var(name) else { unreachable!("Expr::var builds a Var") };
+        Expr::Param { name, value }
     }
 
     /// `f(self)`.
@@ -198,10 +214,26 @@ impl Expr {
         out
     }
 
+    /// The per-launch values it reads ([`Expr::Param`]), each name once, in first-use order, with
+    /// the value the launch passes. A name used with two different values is a codegen bug
+    /// (panics).
+    pub fn params(&self) -> Vec<(String, f32)> {
+        let mut out: Vec<(String, f32)> = Vec::new();
+        self.visit(&mut |e| {
+            if let Expr::Param { name, value } = e {
+                match out.iter().find(|(n, _)| n == name) {
+                    Some((_, v)) => assert!(v.to_bits() == value.to_bits(), "parameter `{name}` given two values"),
+                    None => out.push((name.clone(), *value)),
+                }
+            }
+        });
+        out
+    }
+
     fn visit<'a>(&'a self, f: &mut impl FnMut(&'a Expr)) {
         f(self);
         match self {
-            Expr::Var(_) | Expr::Lit(_) => {}
+            Expr::Var(_) | Expr::Lit(_) | Expr::Param { .. } => {}
             Expr::Call(_, x) | Expr::Round(_, x) => x.visit(f),
             Expr::Bin(_, a, b) => {
                 a.visit(f);
@@ -219,7 +251,7 @@ impl Expr {
 
     fn print(&self, out: &mut String, ctx: Prec) {
         match self {
-            Expr::Var(v) => out.push_str(v),
+            Expr::Var(v) | Expr::Param { name: v, .. } => out.push_str(v),
             Expr::Lit(v) => out.push_str(&format!("__int_as_float({:#010x})", v.to_bits())),
             Expr::Call(Fn1::Neg, x) => {
                 out.push_str("(-");
@@ -311,6 +343,22 @@ mod tests {
     fn literals_are_bit_exact() {
         assert_eq!(Expr::lit(-65504.0).to_cuda(), "__int_as_float(0xc77fe000)");
         assert_eq!(Expr::lit(f32::MIN_POSITIVE / 2.0).to_cuda(), "__int_as_float(0x00400000)");
+    }
+
+    #[test]
+    fn params_print_as_their_name_and_carry_their_value() {
+        let e = Expr::var("acc").mul(Expr::param("alpha", 0.25)).div(Expr::param("alpha", 0.25)).add(Expr::param("beta", -1.0));
+        assert_eq!(e.to_cuda(), "acc * alpha / alpha + beta");
+        assert_eq!(e.params(), vec![("alpha".to_string(), 0.25), ("beta".to_string(), -1.0)]);
+        assert_eq!(e.vars(), vec!["acc"], "a parameter is not a variable of the kernel body");
+        let other = Expr::var("acc").mul(Expr::param("alpha", 0.5));
+        assert_eq!(e.to_cuda().split(" / ").next(), other.to_cuda().split(" / ").next(), "the value is not in the source");
+    }
+
+    #[test]
+    #[should_panic(expected = "two values")]
+    fn a_parameter_has_one_value() {
+        let _ = Expr::param("s", 1.0).add(Expr::param("s", 2.0)).params();
     }
 
     #[test]

@@ -14,8 +14,10 @@
 //! index mapping.
 //!
 //! Kernel signature, in order: `(const u8* A, const u8* B, <one const pointer per epilogue
-//! input>, Y, i32 M)`, where the inputs are `const float*` (f32) or `const u16*` (f16/bf16) and
-//! `Y` is `u16*` (f16/bf16), `float*` (f32) or `u8*` (E4M3). Default tiles per problem:
+//! input>, Y, i32 M, <one f32 per Epilogue::scalars>)`, where the inputs are `const float*` (f32)
+//! or `const u16*` (f16/bf16), `Y` is `u16*` (f16/bf16), `float*` (f32) or `u8*` (E4M3), and the
+//! trailing `float`s are the per-launch constants (`alpha`, `out_scale`, `out_rcp`): layers that
+//! differ only in them share one kernel. Default tiles per problem:
 //! [`GemmSpec::for_problem`] (H100-measured). Launch ([`grid`]): grid
 //! `(ceil_div(M, tile_m) · N / tile_n, 1, 1)`, block `(32 · warps_m · warps_n, 1, 1)`,
 //! [`GemmSpec::smem_bytes`] of dynamic shared memory. Nothing is launched for M = 0.
@@ -23,10 +25,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::expr::Expr;
-use super::kernel::{finish_kernel, KernelDef};
+use super::kernel::{finish_kernel, Arg, KernelDef};
 use super::template::{Template, TemplateError};
 use crate::ir::DType;
-use crate::plan::{DimExpr, ParamMeta, ParamType};
+use crate::plan::{DimExpr, ParamMeta, ParamType, Scalar};
 
 const GEMM: Template = Template { name: "gemm.cu", text: include_str!("../../templates/gemm.cu") };
 
@@ -560,6 +562,18 @@ impl Epilogue {
         Epilogue { inputs, value, store: Store::Float(DType::F16) }
     }
 
+    /// The per-launch `f32` values, in kernel-parameter order (after `M`): the value's
+    /// [`Expr::Param`]s (e.g. `alpha`), then a quantized store's `out_scale` and `out_rcp`
+    /// (RN(1 / scale), which the store multiplies by). Passed at launch as `Scalar::F32`, so
+    /// GEMMs that differ only in these values share one kernel.
+    pub fn scalars(&self) -> Vec<(String, f32)> {
+        let mut out = self.value.params();
+        if let Store::E4M3 { scale } | Store::I8 { scale } = self.store {
+            out.extend([("out_scale".to_string(), scale), ("out_rcp".to_string(), 1.0 / scale)]);
+        }
+        out
+    }
+
     /// Checks names, dtypes and that the value reads exactly `acc` and the inputs.
     pub fn validate(&self) -> Result<(), String> {
         let ident = |s: &str| {
@@ -578,6 +592,14 @@ impl Epilogue {
                 return Err(format!("epilogue input `{}` is {}; only f32, f16 and bf16 are read", inp.name, inp.dtype));
             }
             vars.push(format!("{}_v", inp.name));
+        }
+        for (name, _) in self.value.params() {
+            if RESERVED.contains(&name.as_str()) || name.starts_with("qf_") || name.starts_with("out_") || vars.contains(&name) {
+                return Err(format!("epilogue parameter name `{name}` is not a free C identifier"));
+            }
+            if self.inputs.iter().any(|i| i.name == name) {
+                return Err(format!("epilogue parameter `{name}` is also an input"));
+            }
         }
         let used = self.value.vars();
         if let Some(v) = used.iter().find(|v| !vars.iter().any(|k| k == *v)) {
@@ -618,14 +640,25 @@ pub fn grid(spec: &GemmSpec, m: DimExpr) -> [DimExpr; 3] {
     [m.ceil_div(u64::from(spec.tile_m.max(1))).mul(DimExpr::Const(tiles_n)), DimExpr::Const(1), DimExpr::Const(1)]
 }
 
-/// The kernel's parameters: `A, B`, the epilogue inputs, `Y`, `M`.
+/// The kernel's parameters: `A, B`, the epilogue inputs, `Y`, `M`, the epilogue's scalars.
 pub fn kernel_params(epi: &Epilogue) -> Vec<ParamMeta> {
     let ptr = |name: &str| ParamMeta { name: name.into(), ty: ParamType::Ptr };
     let mut out = vec![ptr("A"), ptr("B")];
     out.extend(epi.inputs.iter().map(|i| ptr(&i.name)));
     out.push(ptr("Y"));
     out.push(ParamMeta { name: "M".into(), ty: ParamType::I32 });
+    out.extend(scalar_params(epi));
     out
+}
+
+/// The `f32` parameters of the epilogue's [`Epilogue::scalars`], which end every GEMM signature.
+pub(crate) fn scalar_params(epi: &Epilogue) -> Vec<ParamMeta> {
+    epi.scalars().into_iter().map(|(name, _)| ParamMeta { name, ty: ParamType::F32 }).collect()
+}
+
+/// The launch arguments of the epilogue's [`Epilogue::scalars`]: their exact values.
+pub fn scalar_args(epi: &Epilogue) -> Vec<Arg> {
+    epi.scalars().into_iter().map(|(_, v)| Arg::Scalar(Scalar::F32(v))).collect()
 }
 
 fn c_type(dtype: DType) -> &'static str {
@@ -682,11 +715,13 @@ pub fn render(spec: &GemmSpec, epi: &Epilogue, m: DimExpr) -> Result<KernelDef, 
 }
 
 /// The C parameters of a GEMM kernel after its operands: one `const` pointer per epilogue input,
-/// `Y` (the stored dtype) and `int M`, in [`kernel_params`] order.
+/// `Y` (the stored dtype), `int M` and one `float` per [`Epilogue::scalars`], in
+/// [`kernel_params`] order.
 pub(crate) fn epilogue_params(epi: &Epilogue) -> Vec<String> {
     let mut params: Vec<String> = epi.inputs.iter().map(|inp| format!("const {}* __restrict__ {}", c_type(inp.dtype), inp.name)).collect();
     params.push(format!("{}* __restrict__ Y", c_type(epi.store.dtype())));
     params.push("int M".into());
+    params.extend(epi.scalars().into_iter().map(|(name, _)| format!("float {name}")));
     params
 }
 
@@ -710,8 +745,9 @@ pub(crate) fn epilogue_values(epi: &Epilogue) -> Result<[(&'static str, String);
     }
     let store = match epi.store {
         Store::Float(d) => format!("qf_st4_{}(Y + mn, y)", load_suffix(d)),
-        Store::E4M3 { scale } => format!("qf_st4_e4m3(Y + mn, y, {}, {})", Expr::lit(scale).to_cuda(), Expr::lit(1.0 / scale).to_cuda()),
-        Store::I8 { scale } => format!("qf_st4_i8(Y + mn, y, {}, {})", Expr::lit(scale).to_cuda(), Expr::lit(1.0 / scale).to_cuda()),
+        // The scale and its reciprocal are the parameters `out_scale`, `out_rcp` (Epilogue::scalars).
+        Store::E4M3 { .. } => "qf_st4_e4m3(Y + mn, y, out_scale, out_rcp)".to_string(),
+        Store::I8 { .. } => "qf_st4_i8(Y + mn, y, out_scale, out_rcp)".to_string(),
     };
     let store_tile = STORE_TILE.render(&[
         ("declare_inputs", decls.join("\n")),

@@ -7,8 +7,11 @@
 //! result is `T[B, S, H·D]`, or FP8 E4M3 / i8 bytes when the op carries a per-tensor output
 //! quantization with a literal scale.
 //!
-//! Kernel signature, in order: `(q, k, v, [const u16* mask_bias,] out, i32 S)`: operands are
-//! `u16*` (`T`) or `u8*` (E4M3); `mask_bias` only when masked; `out` is `u16*` (`T`) or `u8*`.
+//! Kernel signature, in order: `(q, k, v, [const u16* mask_bias,] out, i32 S, f32 qk_alpha,
+//! f32 p_scale, f32 p_rcp, f32 pv_alpha, f32 out_scale)`: operands are `u16*` (`T`) or `u8*`
+//! (E4M3); `mask_bias` only when masked; `out` is `u16*` (`T`) or `u8*`; the five floats are the
+//! per-layer constants ([`AttentionSpec::scalars`], 0 where unused), so every layer's attention of
+//! one shape is one kernel.
 //! Launch: grid `(ceil_div(S, 64), H, B)`, block `(128, 1, 1)`, [`AttentionSpec::smem_bytes`]
 //! of dynamic shared memory (5 tiles of `64 × D` operands: 20, 40 or 80 KiB for f16 D = 32, 64,
 //! 128; 6 tiles of one byte for E4M3). `D` ∈ {32, 64, 128} and `H` are compiled in; `S` and
@@ -33,6 +36,9 @@ pub const TILE_Q: u64 = 64;
 
 /// Threads per CTA (4 warps, 16 query rows each).
 pub const THREADS: u32 = 128;
+
+/// The trailing `float` parameters of every attention kernel ([`AttentionSpec::scalars`]).
+pub const SCALAR_PARAMS: [&str; 5] = ["qk_alpha", "p_scale", "p_rcp", "pv_alpha", "out_scale"];
 
 /// Largest grid y / z extent (heads, batch).
 const MAX_GRID_YZ: u64 = 65535;
@@ -151,7 +157,20 @@ impl AttentionSpec {
             p.push(("mask_bias", ParamType::Ptr));
         }
         p.extend([("out", ParamType::Ptr), ("S", ParamType::I32)]);
+        p.extend(SCALAR_PARAMS.map(|name| (name, ParamType::F32)));
         p
+    }
+
+    /// The per-launch constants, in [`SCALAR_PARAMS`] order: the FP8 multipliers and
+    /// probability scale with its reciprocal RN(1 / p_scale), and the output quantize's scale (0
+    /// where unused). Layers that differ only in these share one kernel.
+    pub fn scalars(&self) -> [f32; 5] {
+        let (qk, ps, pr, pv) = self.fp8.map_or((0.0, 0.0, 0.0, 0.0), |f| (f.qk_alpha, f.p_scale, 1.0 / f.p_scale, f.pv_alpha));
+        let out = match self.out {
+            OutKind::Same => 0.0,
+            OutKind::E4M3 { scale } | OutKind::I8 { scale } => scale,
+        };
+        [qk, ps, pr, pv, out]
     }
 }
 
@@ -160,10 +179,7 @@ impl AttentionSpec {
 pub fn kernel(spec: &AttentionSpec, batch: DimExpr, seq: DimExpr) -> Result<KernelDef, AttentionError> {
     spec.validate()?;
     let flag = |b: bool| if b { "true" } else { "false" }.to_string();
-    let (quant_out, out_scale) = match spec.out {
-        OutKind::Same => (false, 0),
-        OutKind::E4M3 { scale } | OutKind::I8 { scale } => (true, scale.to_bits()),
-    };
+    let quant_out = spec.out != OutKind::Same;
     let source = ATTENTION.render(&[
         ("prelude", prelude()),
         // Kept as a placeholder: `finish_kernel` names the kernel by the hash of this text.
@@ -172,14 +188,9 @@ pub fn kernel(spec: &AttentionSpec, batch: DimExpr, seq: DimExpr) -> Result<Kern
         ("heads", spec.heads.to_string()),
         ("bf16", flag(spec.dtype == DType::BF16)),
         ("fp8", flag(spec.fp8.is_some())),
-        ("qk_alpha_bits", format!("{:#010x}", spec.fp8.map_or(0, |f| f.qk_alpha.to_bits()))),
-        ("p_scale_bits", format!("{:#010x}", spec.fp8.map_or(0, |f| f.p_scale.to_bits()))),
-        ("p_rcp_bits", format!("{:#010x}", spec.fp8.map_or(0, |f| (1.0 / f.p_scale).to_bits()))),
-        ("pv_alpha_bits", format!("{:#010x}", spec.fp8.map_or(0, |f| f.pv_alpha.to_bits()))),
         ("has_mask", flag(spec.mask)),
         ("quant_out", flag(quant_out)),
         ("out_i8", flag(matches!(spec.out, OutKind::I8 { .. }))),
-        ("out_scale_bits", format!("{out_scale:#010x}")),
         ("has_scale", flag(spec.scale.is_some())),
         ("scale_bits", format!("{:#010x}", spec.scale.unwrap_or(0.0).to_bits())),
         ("mask_param", if spec.mask { "const uint16_t* __restrict__ mask_bias, " } else { "" }.into()),
@@ -294,6 +305,7 @@ pub fn lower_with(cx: &LowerCx, node: NodeId, a: &Attention) -> Result<Lowered, 
     let mut args: Vec<Arg> = n.inputs.iter().map(|&v| Arg::Value(v)).collect();
     args.push(Arg::Value(n.outputs[0]));
     args.push(Arg::Scalar(Scalar::Dim(seq)));
+    args.extend(spec.scalars().map(|v| Arg::Scalar(Scalar::F32(v))));
     Ok(Lowered::Launches(vec![Launch { kernel, args, when: None }]))
 }
 

@@ -48,6 +48,17 @@ pub(crate) fn f32_lit(v: f32) -> String {
     Expr::lit(v).to_cuda()
 }
 
+/// The per-launch constants ([`Expr::Param`]) of `exprs`, each name once, in first-use order.
+pub(crate) fn params_of(exprs: &[Expr]) -> Vec<(String, f32)> {
+    let mut out: Vec<(String, f32)> = Vec::new();
+    for p in exprs.iter().flat_map(Expr::params) {
+        if !out.iter().any(|(n, _)| *n == p.0) {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// The `f32` a `scalar` node's value is stored as (its value rounded to the node's dtype, as the
 /// interpreter stores it).
 pub(crate) fn literal_f32(cx: &LowerCx, v: ValueId) -> Option<f32> {
@@ -94,6 +105,13 @@ impl Sig {
         self.decls.push(format!("long long {name}"));
         self.params.push((name.into(), ParamType::I64));
         self.args.push(Arg::Scalar(Scalar::Dim(e)));
+    }
+
+    /// A per-launch constant: `float <name>`, passed as exactly `value`.
+    pub fn scalar(&mut self, name: &str, value: f32) {
+        self.decls.push(format!("float {name}"));
+        self.params.push((name.into(), ParamType::F32));
+        self.args.push(Arg::Scalar(Scalar::F32(value)));
     }
 
     /// The C parameter list.

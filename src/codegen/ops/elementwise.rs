@@ -2,9 +2,10 @@
 //! broadcasting), and — through [`emit`] — static quantize / dequantize / requantize
 //! ([`super::quantize`]) and transposes ([`super::shape`]).
 //!
-//! Kernel signature: `(const T0* in0, const T1* in1, …, Ty* out, long long n, long long sym_<S>…)`:
-//! one pointer per non-literal operand in operand order, the output, the element count, then
-//! every shape symbol the index arithmetic needs (by symbol index order). Launch: grid
+//! Kernel signature: `(const T0* in0, const T1* in1, …, Ty* out, long long n, long long sym_<S>…,
+//! float c0…)`: one pointer per non-literal operand in operand order, the output, the element
+//! count, every shape symbol the index arithmetic needs (by symbol index order), then the
+//! per-launch constants ([`Spec::scalars`]: literal operands `c<k>`, static scales). Launch: grid
 //! `ceil_div(n, 1024)`, block 256, each thread 4 elements 256 apart.
 //!
 //! Broadcasting is fixed at compile time: the IR's broadcast rule (`infer::broadcast_shapes`)
@@ -15,12 +16,13 @@
 //!
 //! Numerics (the interpreter's, `src/interp/ops/elementwise.rs`): operands are widened exactly to
 //! f32 (`i64` → f32 rounds to nearest even, as Rust's `as f32`); one op in f32; the store is the
-//! output dtype's cast (the IR's rounding step). Literal operands (`scalar` nodes) are compiled
-//! in bit-exactly, already rounded to their dtype. `max`/`min` propagate NaN and `relu` keeps
+//! output dtype's cast (the IR's rounding step). Literal operands (`scalar` nodes) are `float`
+//! parameters passed bit-exactly, already rounded to their dtype. `max`/`min` propagate NaN and `relu` keeps
 //! NaN (and −0), unlike `fmaxf`. `cast` between `i32`/`i64` stays in integers (saturating).
 
 use super::common::{
-    broadcast_strides, ceil_div, elem_bytes, idx_type, literal_f32, prelude_values, render, sym_param, trait_or_err, Prod, Sig, Walk,
+    broadcast_strides, ceil_div, elem_bytes, idx_type, literal_f32, params_of, prelude_values, render, sym_param, trait_or_err, Prod, Sig,
+    Walk,
 };
 use crate::codegen::expr::{Expr, Fn1, Fn2};
 use crate::codegen::kernel::{Launch, LowerCx, LowerError, Lowered};
@@ -67,8 +69,12 @@ pub(crate) struct Spec {
     /// Pointer operands `in0, in1, …`, loaded as `x0, x1, …`.
     pub operands: Vec<Operand>,
     /// Statements (8-space indent, one per line, newline-terminated) computing from `x<k>` and
-    /// ending with the store `out[i] = …;`.
+    /// the scalars, ending with the store `out[i] = …;`.
     pub compute: String,
+    /// Per-launch constants the statements read (`float` parameters after the sizes), with the
+    /// exact values the launch passes: literal operands and static scales, so that layers that
+    /// differ only in them share one kernel.
+    pub scalars: Vec<(String, f32)>,
 }
 
 /// Renders and packages an element-wise kernel.
@@ -87,6 +93,9 @@ pub(crate) fn emit(cx: &LowerCx, node: NodeId, spec: Spec) -> Result<Launch, Low
     sig.dim("n", numel.dim_expr(g));
     for s in walk.symbols() {
         sig.dim(&sym_param(g, s), crate::plan::DimExpr::sym(g.symbols[s].name.clone()));
+    }
+    for (name, value) in &spec.scalars {
+        sig.scalar(name, *value);
     }
 
     let (coords, offs) = walk.offsets(g);
@@ -114,9 +123,10 @@ pub(crate) fn emit(cx: &LowerCx, node: NodeId, spec: Spec) -> Result<Launch, Low
     Ok(sig.launch("elementwise", source, grid, [256, 1, 1], 0))
 }
 
-/// An operand that is either a compiled-in literal or a pointer operand `x<k>`.
+/// An operand that is either a literal (a per-launch `float` parameter `c<k>`) or a pointer
+/// operand `x<k>`.
 pub(crate) enum Term {
-    /// A `scalar` node's value (already rounded to its dtype).
+    /// A `scalar` node's value (already rounded to its dtype), passed at launch.
     Lit(f32),
     /// A pointer operand.
     Ptr(Operand),
@@ -137,14 +147,19 @@ pub(crate) fn float_term(cx: &LowerCx, node: NodeId, v: ValueId, rank: usize, wh
     }))
 }
 
-/// Splits terms into pointer operands and the expressions naming them (`x<k>` / literal).
+/// Splits terms into pointer operands and the expressions naming them (`x<k>` / the parameter
+/// `c<k>`, whose value [`params_of`] collects for [`Spec::scalars`]).
 pub(crate) fn terms_to_exprs(terms: Vec<Term>) -> (Vec<Operand>, Vec<Expr>, Vec<String>) {
     let mut ops = Vec::new();
     let mut exprs = Vec::new();
     let mut vars = Vec::new();
+    let mut lits = 0;
     for t in terms {
         match t {
-            Term::Lit(x) => exprs.push(Expr::lit(x)),
+            Term::Lit(x) => {
+                exprs.push(Expr::param(format!("c{lits}"), x));
+                lits += 1;
+            }
             Term::Ptr(o) => {
                 let name = format!("x{}", ops.len());
                 exprs.push(Expr::var(name.clone()));
@@ -186,7 +201,8 @@ fn cast(cx: &LowerCx, node: NodeId) -> Result<Launch, LowerError> {
     let tt = trait_or_err(cx, node, to, "the result")?;
     if let Some(v) = literal_f32(cx, x) {
         // A cast of a literal (not folded upstream): a constant fill.
-        let compute = format!("        out[i] = {tt}::store({});\n", Expr::lit(v).to_cuda());
+        let c = Expr::param("c0", v);
+        let compute = format!("        out[i] = {tt}::store({});\n", c.to_cuda());
         let spec = Spec {
             doc: format!("cast literal -> {to}"),
             out: y,
@@ -194,6 +210,7 @@ fn cast(cx: &LowerCx, node: NodeId) -> Result<Launch, LowerError> {
             extents: out_extents(cx, y),
             operands: vec![],
             compute,
+            scalars: c.params(),
         };
         return emit(cx, node, spec);
     }
@@ -217,6 +234,7 @@ fn cast(cx: &LowerCx, node: NodeId) -> Result<Launch, LowerError> {
         extents: out_extents(cx, y),
         operands,
         compute,
+        scalars: vec![],
     };
     emit(cx, node, spec)
 }
@@ -228,6 +246,7 @@ fn unary(cx: &LowerCx, node: NodeId, u: UnaryOp) -> Result<Launch, LowerError> {
     let tt = trait_or_err(cx, node, dt, "the result")?;
     let rank = cx.graph.shape(y).len();
     let (operands, exprs, _) = terms_to_exprs(vec![float_term(cx, node, x, rank, "the operand")?]);
+    let scalars = params_of(&exprs);
     let a = exprs.into_iter().next().expect("one term");
     let compute = if u == UnaryOp::Relu {
         // The interpreter's `if x < 0 { 0 } else { x }`: NaN and −0 pass through (fmaxf would not).
@@ -243,6 +262,7 @@ fn unary(cx: &LowerCx, node: NodeId, u: UnaryOp) -> Result<Launch, LowerError> {
         extents: out_extents(cx, y),
         operands,
         compute,
+        scalars,
     };
     emit(cx, node, spec)
 }
@@ -258,6 +278,7 @@ fn binary(cx: &LowerCx, node: NodeId, b: BinaryOp) -> Result<Launch, LowerError>
     let rank = cx.graph.shape(y).len();
     let terms = vec![float_term(cx, node, n.inputs[0], rank, "lhs")?, float_term(cx, node, n.inputs[1], rank, "rhs")?];
     let (operands, exprs, vars) = terms_to_exprs(terms);
+    let scalars = params_of(&exprs);
     let mut it = exprs.into_iter();
     let (a, c) = (it.next().expect("lhs"), it.next().expect("rhs"));
     let e = a.bin(Fn2::from_binary(b), c);
@@ -279,6 +300,7 @@ fn binary(cx: &LowerCx, node: NodeId, b: BinaryOp) -> Result<Launch, LowerError>
         extents: out_extents(cx, y),
         operands,
         compute,
+        scalars,
     };
     emit(cx, node, spec)
 }

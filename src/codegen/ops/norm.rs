@@ -5,9 +5,11 @@
 //!
 //! Kernel signature (parameters present only when the variant needs them, in this order):
 //! `(x | ids, type_ids, word, pos, type; gamma; beta; scale_in; q; scales; y; long long rows;
-//! long long n; long long seq)`: `q`, `scales`, `y` are the outputs in IR order (quantized
-//! values, dynamic scales `f32[rows]`, the rounded norm); `n` is the row length when the last axis
-//! is symbolic, `seq` the tokens per sequence of an embedding.
+//! long long n; long long seq; float scale; float zero)`: `q`, `scales`, `y` are the outputs in
+//! IR order (quantized values, dynamic scales `f32[rows]`, the rounded norm); `n` is the row length
+//! when the last axis is symbolic, `seq` the tokens per sequence of an embedding; `scale` (a literal
+//! quantize scale) and `zero` (a zero point) are per-launch constants, so the layers' kernels of
+//! one shape are one kernel.
 //!
 //! Launch: one row per group of `32·WPR` threads, WPR = the power of two keeping ≤ 32 elements per
 //! thread (1 up to H = 1024, at most 32, so H ≤ 32768); with WPR = 1 four rows per 128-thread
@@ -284,6 +286,16 @@ pub(crate) fn row_launch(cx: &LowerCx, node: NodeId, spec: &RowSpec) -> Result<L
         bind.push_str("    a.seq = seq;\n");
     }
 
+    // Per-launch constants (per layer): a literal scale and a zero point.
+    if quant_id == 1 {
+        sig.scalar("scale", scale);
+        bind.push_str("    a.scale = scale;\n");
+    }
+    if let Some(z) = zero {
+        sig.scalar("zero", z as f32);
+        bind.push_str("    a.zero = zero;\n");
+    }
+
     let b = |v: bool| if v { "true" } else { "false" };
     let config = format!(
         "    typedef {x_t} X;\n    typedef {id_t} ID;\n    typedef {g_t} G;\n    typedef {b_t} BT;\n    typedef {y_t} Y;\n    \
@@ -295,8 +307,6 @@ pub(crate) fn row_launch(cx: &LowerCx, node: NodeId, spec: &RowSpec) -> Result<L
          static constexpr long long NB = {nb};\n    \
          static constexpr long long V = {v_rows}, P = {p_rows}, TT = {t_rows};\n    \
          static QF_DEVICE double eps() {{ return static_cast<double>({eps}); }}\n    \
-         static QF_DEVICE float scale() {{ return {scale}; }}\n    \
-         static QF_DEVICE float zero() {{ return {zero}; }}\n    \
          static QF_DEVICE float qmax() {{ return {qmax}; }}\n",
         source = u8::from(matches!(spec.source, Source::Embed { .. })),
         dyn_len = b(dyn_len),
@@ -308,8 +318,6 @@ pub(crate) fn row_launch(cx: &LowerCx, node: NodeId, spec: &RowSpec) -> Result<L
         packed = b(packed),
         nb = block.map_or(0, |g| hmax.div_ceil(g)),
         eps = f32_lit(spec.eps),
-        scale = f32_lit(scale),
-        zero = f32_lit(zero.unwrap_or(0) as f32),
         qmax = f32_lit(qmax),
     );
 

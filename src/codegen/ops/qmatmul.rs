@@ -19,8 +19,10 @@
 //! value.
 //!
 //! Kernel signature, in order: `A`, `B`, then `a_scale`, `b_scale` (when present) and one
-//! `add<i>` per `add` step (exactly the node's operands after `a` and `b`), then `Y` (the result)
-//! and `M: i32`. Grid `(ceil_div(M, tile_m) · N/tile_n, 1, 1)`.
+//! `add<i>` per `add` step (exactly the node's operands after `a` and `b`), then `Y` (the result),
+//! `M: i32`, and the per-launch `f32`s `alpha` (when ≠ 1), `out_scale` and `out_rcp` (with an
+//! output quantize): per-layer constants are arguments, so every layer's GEMM of one shape is one
+//! kernel. Grid `(ceil_div(M, tile_m) · N/tile_n, 1, 1)`.
 
 use crate::codegen::expr::{Expr, Fn1};
 use crate::codegen::gemm::{self, Epilogue, EpilogueInput, GemmError, GemmSpec, Index, Operand, Store};
@@ -170,6 +172,7 @@ pub fn plan(cx: &LowerCx, node: NodeId) -> Result<GemmPlan, LowerError> {
     args.extend(scales.into_iter().chain(adds.iter().map(|&(v, _, _)| v)).map(Arg::Value));
     args.push(Arg::Value(y));
     args.push(Arg::Scalar(Scalar::Dim(m.clone())));
+    args.extend(gemm::scalar_args(&epilogue));
     Ok(GemmPlan { spec, epilogue, m, args })
 }
 
@@ -180,8 +183,9 @@ pub fn epilogue(q: &QMatMul, adds: &[(DType, Index)]) -> Result<Epilogue, String
     let mut inputs = Vec::new();
     let mut x = Expr::var("acc");
     // `acc · 1` is `acc` for every f32 (NaN, ±0, ±inf included): no multiplication printed.
+    // alpha is per layer (static scales folded in): a kernel parameter, not a literal.
     if q.alpha != 1.0 {
-        x = x.mul(Expr::lit(q.alpha));
+        x = x.mul(Expr::param("alpha", q.alpha));
     }
     if q.a_scale {
         let s = EpilogueInput { name: "a_scale".into(), dtype: DType::F32, index: Index::PerRow };
@@ -322,8 +326,9 @@ mod tests {
         let e = epilogue(&qm, &[(DType::F16, Index::PerColumn), (DType::F16, Index::Full)]).expect("builds");
         assert_eq!(
             e.value.to_cuda(),
-            "qf_round_f16(qf_gelu(qf_round_f16(qf_round_f16(acc * __int_as_float(0x3f000000) * a_scale_v * b_scale_v) + add0_v))) + add1_v"
+            "qf_round_f16(qf_gelu(qf_round_f16(qf_round_f16(acc * alpha * a_scale_v * b_scale_v) + add0_v))) + add1_v"
         );
+        assert_eq!(e.scalars(), vec![("alpha".into(), 0.5), ("out_scale".into(), 0.25), ("out_rcp".into(), 4.0)]);
         let names: Vec<&str> = e.inputs.iter().map(|i| i.name.as_str()).collect();
         assert_eq!(names, ["a_scale", "b_scale", "add0", "add1"]);
         assert_eq!(e.store, Store::E4M3 { scale: 0.25 });

@@ -4,7 +4,8 @@
 //!   along the last axis, optional literal or operand zero point) and every dequantize/requantize
 //!   are element-wise kernels ([`super::elementwise::emit`], `templates/elementwise.cu`): operands
 //!   `in0` = data, then the scale and zero-point operands (broadcast along their granularity),
-//!   output `out`. `q = cast(x / s)` (true division; integers `cast(rint(x / s) + z)`),
+//!   output `out`; literal scales and zero points are `float` parameters (`c<k>`; requantize:
+//!   `from_scale`, `to_scale`, `zero`), so every layer's (de)quantize of one shape is one kernel. `q = cast(x / s)` (true division; integers `cast(rint(x / s) + z)`),
 //!   `x = (q − z)·s` (`__fmul_rn`, then one rounding to the output dtype).
 //! - Block scales (`block(a:G, …)`, e.g. activations `block(-1:G)` with scales `[.., K/G]`, FP8
 //!   weights `block(0:128,1:128)`): the walk splits every blocked axis into `[d/G, G]` and the
@@ -20,7 +21,7 @@
 //! Unsupported (specific errors): dynamic per-tensor scales (a grid-wide amax), dynamic blocks off
 //! the last axis, ragged static blocks, static quantize to packed 4-bit storage, i4/u4 storage.
 
-use super::common::{broadcast_strides, literal_f32, trait_or_err, Prod};
+use super::common::{broadcast_strides, literal_f32, params_of, trait_or_err, Prod};
 use super::elementwise::{emit, out_extents, terms_to_exprs, Load, Operand, Spec, Term};
 use super::norm::{row_launch, row_quant, Norm, RowSpec, Source};
 use crate::codegen::expr::{Expr, Fn2};
@@ -60,6 +61,7 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
             let mut terms = vec![view.data_term(cx, node, x)?];
             let (s, z) = scale_zero_terms(cx, node, spec, &view, &n.inputs[1..], &mut terms)?;
             let (operands, exprs, _) = terms_to_exprs(terms);
+            let scalars = params_of(&exprs);
             let xe = exprs[0].clone();
             let div = xe.div(pick(&exprs, s));
             let value = match z {
@@ -74,6 +76,7 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
                 extents: view.extents(),
                 operands,
                 compute,
+                scalars,
             };
             emit(cx, node, spec)?
         }
@@ -93,9 +96,15 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
                 load: Load::Float(it),
                 strides: super::common::dense_strides(cx.graph.shape(qv)),
             };
-            let div = Expr::var("x0").mul(Expr::lit(*from_scale)).round(*via).div(Expr::lit(*to_scale));
+            // Both scales and the zero point are per layer: kernel parameters.
+            let div = Expr::var("x0").mul(Expr::param("from_scale", *from_scale)).round(*via).div(Expr::param("to_scale", *to_scale));
+            let mut scalars = div.params();
             let value = match to.zero_point {
-                Some(ZeroPoint::Literal(z)) => format!("rintf({}) + {}", div.to_cuda(), Expr::lit(z as f32).to_cuda()),
+                Some(ZeroPoint::Literal(z)) => {
+                    let zero = Expr::param("zero", z as f32);
+                    scalars.extend(zero.params());
+                    format!("rintf({}) + {}", div.to_cuda(), zero.to_cuda())
+                }
                 Some(ZeroPoint::Input) => return Err(cx.error(node, "requantize with an operand zero point has no kernel")),
                 None => div.to_cuda(),
             };
@@ -107,6 +116,7 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
                 extents: out_extents(cx, y),
                 operands: vec![operand],
                 compute,
+                scalars,
             };
             emit(cx, node, spec)?
         }
@@ -127,6 +137,7 @@ fn dequantize(cx: &LowerCx, node: NodeId, spec: &QuantSpec) -> Result<Launch, Lo
     let mut terms = vec![view.data_term(cx, node, qv)?];
     let (s, z) = scale_zero_terms(cx, node, spec, &view, &n.inputs[1..], &mut terms)?;
     let (operands, exprs, _) = terms_to_exprs(terms);
+    let scalars = params_of(&exprs);
     let value = |q: Expr| {
         let centered = match z {
             Some(z) => q.bin(Fn2::Sub, pick(&exprs, z)),
@@ -158,6 +169,7 @@ fn dequantize(cx: &LowerCx, node: NodeId, spec: &QuantSpec) -> Result<Launch, Lo
         extents: view.extents(),
         operands,
         compute,
+        scalars,
     };
     emit(cx, node, spec)
 }

@@ -65,6 +65,7 @@ fn transpose(cx: &LowerCx, node: NodeId, perm: &[usize]) -> Result<Lowered, Lowe
         extents,
         operands: vec![Operand { value: x, c_type, load: Load::Raw, strides }],
         compute: "        out[i] = x0;\n".into(),
+        scalars: vec![],
     };
     Ok(Lowered::Launches(vec![emit(cx, node, spec)?]))
 }

@@ -264,7 +264,8 @@ pub fn grid(spec: &WonlySpec, m: DimExpr) -> [DimExpr; 3] {
     [x, DimExpr::Const(1), DimExpr::Const(1)]
 }
 
-/// The kernel's parameters: `A, B, SCALE, [ZP]`, the epilogue inputs, `Y`, `M`.
+/// The kernel's parameters: `A, B, SCALE, [ZP]`, the epilogue inputs, `Y`, `M`, the epilogue's
+/// per-launch `f32`s ([`Epilogue::scalars`]).
 pub fn kernel_params(dq: &Dequant, epi: &Epilogue) -> Vec<ParamMeta> {
     let zp = matches!(dq.zero, Zero::Input { .. });
     let mut names = vec!["A", "B", "SCALE"];
@@ -274,6 +275,7 @@ pub fn kernel_params(dq: &Dequant, epi: &Epilogue) -> Vec<ParamMeta> {
     out.extend(epi.inputs.iter().map(|i| ptr(&i.name)));
     out.push(ptr("Y"));
     out.push(ParamMeta { name: "M".into(), ty: ParamType::I32 });
+    out.extend(gemm::scalar_params(epi));
     out
 }
 
@@ -437,6 +439,7 @@ pub fn plan(cx: &LowerCx, node: NodeId) -> Result<WonlyPlan, LowerError> {
     let m = cx.rows(a);
     args.push(Arg::Value(y));
     args.push(Arg::Scalar(Scalar::Dim(m.clone())));
+    args.extend(gemm::scalar_args(&epilogue));
 
     let max_m: u64 = cx.max_shape(a)[..lead.len()].iter().product();
     let (n32, k32) = (nn as u32, k as u32);

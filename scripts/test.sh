@@ -6,6 +6,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/cache.sh"
 qfuse_ensure_model
 qfuse_ensure_decoder   # SmolLM2 GGUF: tests/gguf_*.rs skip (with a notice) only without it
+qfuse_ensure_synthetic # small Llama/Mistral/Qwen2 folders + GGUF twins + numpy reference (tests/decoder_*.rs)
 qfuse_ensure_nvrtc
 cd "$QFUSE_ROOT"
 export INSTA_UPDATE="${INSTA_UPDATE:-no}"

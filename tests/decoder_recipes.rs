@@ -1,0 +1,79 @@
+//! Recipes and KV-cache formats on a decoder (the synthetic Llama): every recipe quantizes, fuses
+//! and generates; quantized logits stay close to FP32 while differing from them; lm_head stays
+//! in high precision; quantized caches hold codes with calibrated per-layer scales.
+
+mod common;
+
+use qfuse::generate::Session;
+use qfuse::import::decoder::{self, DecoderOptions, KvFormat};
+use qfuse::ir::{DType, Op};
+use qfuse::passes::PassOptions;
+use qfuse::quant::{self, CalibOptions, Recipe};
+
+const TOKENS: [u32; 9] = [504, 2365, 6354, 16438, 27003, 690, 260, 23790, 2767];
+
+fn calib() -> CalibOptions {
+    CalibOptions { sentences: quant::calib::default_calibration_sentences().into_iter().take(8).collect(), ..Default::default() }
+}
+
+fn logits(graph: &qfuse::ir::Graph, model: &decoder::DecoderModel) -> Vec<f32> {
+    let mut s = Session::new(graph, &model.weights, 0).expect("session");
+    let first = s.step(&TOKENS[..5]).expect("prefill");
+    let mut out = first.data;
+    for &t in &TOKENS[5..] {
+        out.extend(s.step(&[t]).expect("decode").data);
+    }
+    out
+}
+
+/// Whether the `lm_head` product reads narrow (quantized) operands; `None` if there is none.
+fn lm_head_narrow(g: &qfuse::ir::Graph) -> Option<bool> {
+    let node = g.nodes.iter().map(|(_, n)| n).find(|n| n.name.as_deref() == Some("lm_head") && matches!(n.op, Op::QMatMul(_) | Op::MatMul { .. }))?;
+    Some(node.inputs.iter().take(2).any(|&v| !g.ty(v).dtype.is_wide_float()))
+}
+
+#[test]
+fn every_recipe_runs_on_a_decoder_and_keeps_lm_head() {
+    let Some(dir) = common::synthetic("llama-f32") else { return };
+    let opts = DecoderOptions { max_batch: 1, max_seq: Some(64), ..Default::default() };
+    let model = decoder::load(&dir, &opts).expect("import");
+    let reference = logits(&model.graph, &model);
+    for (name, bar) in [("fp16", 0.9999), ("fp8", 0.99), ("fp8-dynamic", 0.99), ("int8-sq", 0.99), ("w8a16", 0.999), ("w4a16-awq", 0.95), ("nvfp4", 0.9)] {
+        let recipe = decoder::decoder_recipe(Recipe::named(name, quant::calib::CalibMethod::Max).expect("recipe"));
+        let q = quant::quantize(&model, &recipe, &calib(), &PassOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        qfuse::ir::verify(&q.fused, name).expect("fused graph verifies");
+        assert_eq!(q.fused.state, model.graph.state, "{name}: the cache stays graph state");
+        let got = logits(&q.fused, &model);
+        let cos = common::cosine(&got, &reference);
+        assert!(cos > bar, "{name}: logits cosine to FP32 {cos} (bar {bar})");
+        if name != "fp16" {
+            assert!(got != reference, "{name}: quantization changed nothing");
+        }
+        assert_eq!(lm_head_narrow(&q.fused), Some(false), "{name}: lm_head must stay in high precision by default");
+        if name == "fp8" {
+            let all = Recipe::named(name, quant::calib::CalibMethod::Max).expect("recipe");
+            let q = quant::quantize(&model, &all, &calib(), &PassOptions::default()).expect("quantize");
+            assert_eq!(lm_head_narrow(&q.fused), Some(true), "without the decoder default, fp8 quantizes lm_head");
+        }
+    }
+}
+
+#[test]
+fn quantized_kv_caches_store_codes_with_calibrated_scales() {
+    let Some(dir) = common::synthetic("qwen2-f32") else { return };
+    let opts = DecoderOptions { max_batch: 1, max_seq: Some(64), ..Default::default() };
+    let mut model = decoder::load(&dir, &opts).expect("import");
+    let reference = logits(&model.graph, &model);
+    for (storage, bar) in [(DType::F8E4M3, 0.999), (DType::I8, 0.999), (DType::F16, 0.99999)] {
+        decoder::set_kv_cache(&mut model, storage, true).expect("kv cache");
+        let past = model.graph.inputs().into_iter().find(|(n, _)| *n == "past.k.0").expect("cache input").1;
+        assert_eq!(model.graph.ty(past).dtype, storage, "the cache input is typed in its storage format");
+        if let KvFormat::PerTensor { scales, .. } = &model.options.kv {
+            assert_eq!(scales.len(), 2);
+            assert!(scales.iter().all(|&(k, v)| k > 0.0 && v > 0.0 && k != 1.0 && v != 1.0), "calibrated scales, never 1.0: {scales:?}");
+        }
+        let got = logits(&model.graph, &model);
+        let cos = common::cosine(&got, &reference);
+        assert!(cos > bar && got != reference, "{storage}: cosine {cos}");
+    }
+}

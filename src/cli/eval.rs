@@ -10,13 +10,14 @@ use std::path::PathBuf;
 /// Arguments of `qfuse eval`.
 #[derive(Args)]
 pub struct EvalArgs {
-    /// Hugging Face model folder.
+    /// Hugging Face model folder, or a decoder (`.gguf` file or Llama/Mistral/Qwen2 folder).
     pub model_dir: PathBuf,
     #[command(flatten)]
     pub recipe: RecipeArgs,
-    /// Held-out texts, one per line (default: the built-in evaluation set, disjoint from calibration).
+    /// Held-out texts, one per line (default: the built-in evaluation set, disjoint from calibration);
+    /// for decoders one text, scored in chunks (default: /usr/share/common-licenses/GPL-3).
     #[arg(long)]
-    eval_file: Option<PathBuf>,
+    pub eval_file: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -29,10 +30,22 @@ pub struct EvalArgs {
     /// With `--recipe all`: keep each recipe's plan in this folder (default: measured, then removed).
     #[arg(long)]
     pub plans_dir: Option<PathBuf>,
+    /// Decoders: tokens per chunk (llama.cpp's `-c`; the second half of each chunk is scored).
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Decoders: most chunks of the evaluation text to score.
+    #[arg(long, default_value_t = 4)]
+    pub chunks: usize,
+    /// Decoders: KV-cache storage of the quantized runs (fp8 | int8 | f16 | bf16).
+    #[arg(long)]
+    pub kv_cache: Option<String>,
 }
 
 /// Runs `qfuse eval`.
 pub fn run(args: &EvalArgs, quiet: bool) -> anyhow::Result<()> {
+    if qfuse::import::decoder::is_decoder(&args.model_dir) {
+        return super::eval_decoder::run(args, quiet);
+    }
     let model = import::load(&args.model_dir, &ImportOptions::default())?;
     let calib_opts = args.recipe.calib_options(quiet)?;
     let texts = match &args.eval_file {

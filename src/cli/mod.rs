@@ -5,6 +5,7 @@ mod check;
 mod compile;
 mod embed;
 mod eval;
+mod eval_decoder;
 mod eval_table;
 mod generate;
 mod import;

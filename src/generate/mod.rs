@@ -1,6 +1,7 @@
 //! Text generation on the reference interpreter: a [`Session`] per sequence holding its KV cache,
 //! prefill of the prompt in one step, then one step per new token, chosen by [`sample::choose`].
 
+pub mod eval;
 pub mod sample;
 pub mod session;
 

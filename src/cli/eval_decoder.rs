@@ -1,0 +1,91 @@
+//! `qfuse eval` on a decoder: perplexity and KL divergence per recipe against the unquantized
+//! model on a real English text (llama.cpp's chunking), as one table or JSON.
+
+use super::eval::EvalArgs;
+use anyhow::Context;
+use comfy_table::{presets, Table};
+use qfuse::generate::eval::{self, DecoderReport};
+use qfuse::import::decoder::{self, DecoderOptions, KvFormat};
+use qfuse::quant::{self, recipe::TABLE_RECIPES};
+
+/// The evaluation text when `--eval-file` is not given: the GNU GPL v3 as Debian ships it (real
+/// English prose, never part of the calibration set).
+const DEFAULT_TEXT: &str = "/usr/share/common-licenses/GPL-3";
+
+/// Runs the decoder evaluation.
+pub fn run(args: &EvalArgs, quiet: bool) -> anyhow::Result<()> {
+    let ctx = args.ctx.max(16);
+    let opts = DecoderOptions { max_batch: 1, max_seq: Some(ctx as u64), kv: KvFormat::Float(qfuse::ir::DType::F32) };
+    let mut model = decoder::load(&args.model_dir, &opts)?;
+    let path = args.eval_file.clone().unwrap_or_else(|| DEFAULT_TEXT.into());
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: the evaluation text", path.display()))?;
+    let tok = model.tokenizer.as_ref().context("the model has no tokenizer")?;
+    let tokens = tok.encode(&text)?;
+    let chunks = eval::chunks(&tokens, ctx, args.chunks);
+    anyhow::ensure!(!chunks.is_empty(), "{}: {} tokens make no chunk of --ctx {ctx}", path.display(), tokens.len());
+    let bar = progress(quiet, chunks.len());
+    bar.set_message("fp32 reference");
+    let reference = eval::score(&model.graph, &model.weights, &chunks, &|| bar.inc(1)).map_err(anyhow::Error::msg)?;
+    let mut reports = vec![eval::compare("fp32", &reference, &reference)];
+    let names: Vec<String> = match args.recipe.recipe.as_deref() {
+        Some("all") => TABLE_RECIPES.iter().filter(|r| **r != "fp16").map(|r| r.to_string()).collect(),
+        Some(r) => vec![r.to_string()],
+        None => vec!["fp8".into()],
+    };
+    let calib = args.recipe.calib_options(true)?;
+    if let Some(kv) = &args.kv_cache {
+        let storage = KvFormat::parse_storage(kv).map_err(|e| anyhow::anyhow!("--kv-cache: {e}"))?;
+        decoder::set_kv_cache(&mut model, storage, quiet)?;
+    }
+    for name in &names {
+        bar.set_message(name.clone());
+        let recipe = decoder::decoder_recipe(args.recipe.build(name)?);
+        let q = quant::quantize(&model, &recipe, &calib, &args.recipe.pass_options())?;
+        let scored = eval::score(&q.fused, &model.weights, &chunks, &|| bar.inc(1)).map_err(anyhow::Error::msg)?;
+        let label = match &args.kv_cache {
+            Some(kv) => format!("{name} + {kv} KV"),
+            None => name.clone(),
+        };
+        reports.push(eval::compare(&label, &reference, &scored));
+    }
+    bar.finish_and_clear();
+    if args.json {
+        let doc = serde_json::json!({"text": path, "ctx": ctx, "chunks": chunks.len(), "reports": reports});
+        return super::output::print_line(&serde_json::to_string_pretty(&doc)?).map_err(Into::into);
+    }
+    super::output::print_line(&table(&reports).to_string())?;
+    let scored = reports.first().map_or(0, |r| r.positions);
+    super::output::print_line(&format!(
+        "{} chunks of {ctx} tokens from {}, {scored} positions scored (second half of each chunk); KL(FP32 ‖ recipe) in nats",
+        chunks.len(),
+        path.display()
+    ))?;
+    Ok(())
+}
+
+fn progress(quiet: bool, chunks: usize) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg}: {pos} chunks of {len} scored {elapsed}").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()));
+    bar.set_length(chunks as u64);
+    bar
+}
+
+fn table(reports: &[DecoderReport]) -> Table {
+    let mut t = Table::new();
+    t.load_style(presets::UTF8_FULL_CONDENSED);
+    t.set_header(["recipe", "PPL", "ΔPPL", "mean KL", "p99 KL", "same top"]);
+    for r in reports {
+        t.add_row([
+            r.recipe.clone(),
+            format!("{:.4}", r.perplexity),
+            format!("{:+.4}", r.delta_perplexity),
+            format!("{:.5}", r.mean_kl),
+            format!("{:.4}", r.p99_kl),
+            format!("{:.2} %", 100.0 * r.same_top),
+        ]);
+    }
+    t
+}

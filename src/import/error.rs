@@ -95,9 +95,12 @@ pub enum ImportError {
         /// What went wrong (includes the text when it is text-specific).
         message: String,
     },
-    /// The importer built an ill-typed graph: a qfuse bug, reported with the layer.
-    #[error("internal error while building layer `{layer}`: {message}")]
+    /// The importer built an ill-typed graph: a qfuse bug, reported with the file the graph was
+    /// built from (the weights) and the layer.
+    #[error("{}: internal error while building layer `{layer}` from this file (a qfuse bug, please report it): {message}", path.display())]
     Graph {
+        /// The weights file the graph was built from.
+        path: PathBuf,
         /// Layer being built.
         layer: String,
         /// Type rule message.

@@ -66,7 +66,7 @@ pub fn load(dir: &Path, opts: &ImportOptions) -> Result<Model, ImportError> {
     let name = dir.file_name().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
     let graph = bert::build(&config, &weights, head, opts, &name)?;
     if let Err(e) = crate::ir::verify(&graph, "after import") {
-        return Err(ImportError::Graph { layer: "whole graph".into(), message: e.to_string() });
+        return Err(ImportError::Graph { path: weights.path().into(), layer: "whole graph".into(), message: e.to_string() });
     }
     let tok_path = dir.join("tokenizer.json");
     let tokenizer = if tok_path.exists() { Some(TextTokenizer::load(&tok_path, opts.max_tokens)?) } else { None };

@@ -32,14 +32,11 @@ impl Batch {
 }
 
 impl TextTokenizer {
-    /// Loads `path`. Padding in the file is ignored (batches are padded to their longest text);
+    /// Loads `path` (at most [`super::json::MAX_JSON_BYTES`]). Padding in the file is ignored (batches are padded to their longest text);
     /// truncation is set to `max_tokens`.
     pub fn load(path: &Path, max_tokens: usize) -> Result<Self, ImportError> {
-        if !path.exists() {
-            return Err(ImportError::MissingFile { path: path.into(), what: "tokenizer" });
-        }
-        let bytes = std::fs::read(path).map_err(|e| ImportError::Tokenizer { path: path.into(), message: e.to_string() })?;
-        Self::from_bytes(&bytes, path, max_tokens)
+        let text = super::json::read_limited(path, "tokenizer")?;
+        Self::from_bytes(text.as_bytes(), path, max_tokens)
     }
 
     /// Like [`Self::load`] from the bytes of a `tokenizer.json` (e.g. the copy inside a plan);
@@ -52,6 +49,11 @@ impl TextTokenizer {
         let trunc = TruncationParams { max_length: max_tokens, ..Default::default() };
         inner.with_truncation(Some(trunc)).map_err(|e| err(e.to_string()))?;
         Ok(TextTokenizer { path: path.into(), inner })
+    }
+
+    /// Number of token ids, special and added tokens included.
+    pub fn vocab_size(&self) -> u64 {
+        self.inner.get_vocab_size(true) as u64
     }
 
     /// Tokenizes `texts` into one padded batch (pad id 0, mask 0).

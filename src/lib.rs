@@ -14,6 +14,8 @@ pub mod codegen;
 #[cfg(feature = "compiler")]
 pub mod compile;
 #[cfg(feature = "compiler")]
+pub mod harness;
+#[cfg(feature = "compiler")]
 pub mod import;
 #[cfg(feature = "compiler")]
 pub mod interp;

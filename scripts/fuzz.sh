@@ -11,8 +11,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../fuzz"
 which="${1:-all}" seconds="${2:-1800}" jobs="${JOBS:-1}"
 targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^qfuse-fuzz$')
-[[ "$which" == all ]] || targets="$which"
-cargo +nightly fuzz build -s none --debug-assertions $targets 2>&1 | tail -3
+build=()
+[[ "$which" == all ]] || { targets="$which"; build=("$which"); }
+cargo +nightly fuzz build -s none --debug-assertions "${build[@]}" 2>&1 | tail -3
 parallel=()
 (( jobs > 1 )) && parallel=(-jobs="$jobs" -workers="$jobs")
 rc=0

@@ -74,8 +74,11 @@ pub fn tokenizer(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// One parser's entry point: untrusted bytes in, `Ok` or an error message out.
+pub type Parse = fn(&[u8]) -> Result<(), String>;
+
 /// The parsers by target name, as `fuzz/fuzz_targets/<name>.rs` and the fixture folders call them.
-pub const TARGETS: [(&str, fn(&[u8]) -> Result<(), String>); 5] =
+pub const TARGETS: [(&str, Parse); 5] =
     [("plan", plan), ("ir_text", ir_text), ("safetensors", safetensors), ("config", config), ("tokenizer", tokenizer)];
 
 /// This thread's scratch folder (created once, reused by every call).

@@ -39,7 +39,7 @@ fn a_plan_with_100_000_nested_dims_is_an_error() {
     let deep = dir.path().join("deep.plan");
     plan_with_nested_dims(deep.clone(), 100_000);
     assert!(std::fs::metadata(&deep).unwrap().len() > 190_000);
-    let err = Plan::load(&deep, None).err().expect("a deep plan must not load").to_string();
+    let err = Plan::load(&deep, None).map(drop).unwrap_err().to_string();
     assert!(err.contains(&format!("nested deeper than {MAX_DIM_DEPTH}")), "{err}");
     assert!(err.contains("deep.plan"), "the error names the file: {err}");
     let shallow = dir.path().join("shallow.plan");
@@ -74,7 +74,7 @@ fn deeply_nested_json_is_an_error_naming_the_file() {
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.json"), &deep).unwrap();
-    let err = qfuse::import::read_config(dir.path()).err().expect("deep JSON must not parse").to_string();
+    let err = qfuse::import::read_config(dir.path()).map(drop).unwrap_err().to_string();
     assert!(err.contains("config.json") && err.contains("recursion limit"), "{err}");
     let keyed = format!("{}1{}", r#"{"a":"#.repeat(100_000), "}".repeat(100_000));
     assert!(harness::config(keyed.as_bytes()).is_err());
@@ -84,7 +84,8 @@ fn deeply_nested_json_is_an_error_naming_the_file() {
     assert!(harness::tokenizer(deep_normalizer.as_bytes()).is_err());
 }
 
-/// Every file under `tests/fixtures/fuzz/<target>/` through its target: Ok or Err, never a panic.
+/// Every file under `tests/fixtures/fuzz/<target>/` (inputs a fuzzer crashed on, and smaller
+/// hand-built copies of the issue's reproductions) through its target: Ok or Err, never a panic.
 #[test]
 fn fuzz_crashes_replay_without_panicking() {
     let mut replayed = 0;
@@ -114,11 +115,13 @@ fn fuzz_seeds_are_valid_inputs() {
     }
 }
 
-/// Writes `fuzz/seeds/plan/tiny.plan`: a small plan with IR text and weight sections of several
-/// storage widths, built without a GPU like `tests/plan_format.rs` builds its plans.
+/// Writes the generated plans: the fuzz seed `fuzz/seeds/plan/tiny.plan` (IR text, weight
+/// sections of several storage widths, built without a GPU like `tests/plan_format.rs` builds its
+/// plans) and the regression input `tests/fixtures/fuzz/plan/nested_dims_1000.plan`.
 #[test]
-#[ignore = "writes the fuzz seed plan; run after a format change"]
-fn write_seed_plan() {
+#[ignore = "writes the generated fuzz plans; run after a format change"]
+fn write_fuzz_plans() {
+    plan_with_nested_dims(repo("tests/fixtures/fuzz/plan/nested_dims_1000.plan"), 1000);
     let ir_text = std::fs::read_to_string(repo("tests/ir/propagate-qdq/attention_qk_chain.ir")).unwrap();
     let mut meta = PlanMeta::new("tiny", "sm_90a", (13, 0));
     meta.ir_text = ir_text;

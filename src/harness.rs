@@ -77,6 +77,19 @@ pub fn tokenizer(bytes: &[u8]) -> Result<(), String> {
 /// One parser's entry point: untrusted bytes in, `Ok` or an error message out.
 pub type Parse = fn(&[u8]) -> Result<(), String>;
 
+/// For fuzz targets: a panic hook that aborts (so libFuzzer records a crash) unless the panic is
+/// contained by [`crate::util::contain_panic`] and becomes an error. libFuzzer's own hook aborts
+/// on every panic; call this once per process, from the target's `init`.
+pub fn abort_on_uncontained_panics() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !crate::util::panic_is_contained() {
+            report(info);
+            std::process::abort();
+        }
+    }));
+}
+
 /// The parsers by target name, as `fuzz/fuzz_targets/<name>.rs` and the fixture folders call them.
 pub const TARGETS: [(&str, Parse); 5] =
     [("plan", plan), ("ir_text", ir_text), ("safetensors", safetensors), ("config", config), ("tokenizer", tokenizer)];

@@ -10,15 +10,13 @@ pub const BUG_REPORT: &str = "this is a bug in qfuse, not in your input or setup
      and, if you can, the input files";
 
 /// Runs `command`; a panic inside it prints one message (with [`BUG_REPORT`]) to stderr and
-/// returns exit status 1.
+/// returns exit status 1. Panics contained by `qfuse::util::contain_panic` print nothing.
 pub fn run(command: impl FnOnce() -> ExitCode + UnwindSafe) -> ExitCode {
     panic::set_hook(Box::new(|info| {
-        let message = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "panic with a non-text payload".into());
+        if qfuse::util::panic_is_contained() {
+            return; // a dependency's panic that becomes an error (`qfuse::util::contain_panic`)
+        }
+        let message = qfuse::util::panic_message(info.payload());
         let at = info.location().map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
         eprintln!("qfuse: internal error: {message}{at}\n{BUG_REPORT}");
     }));

@@ -44,7 +44,9 @@ impl TextTokenizer {
     pub fn from_bytes(bytes: &[u8], origin: &Path, max_tokens: usize) -> Result<Self, ImportError> {
         let path = origin;
         let err = |message: String| ImportError::Tokenizer { path: path.into(), message };
-        let mut inner = Tokenizer::from_bytes(bytes).map_err(|e| err(e.to_string()))?;
+        // The tokenizers crate panics on some malformed files (e.g. a `decoder` of the wrong shape).
+        let parsed = crate::util::contain_panic("the tokenizers library", || Tokenizer::from_bytes(bytes)).map_err(err)?;
+        let mut inner = parsed.map_err(|e| err(e.to_string()))?;
         inner.with_padding(None);
         let trunc = TruncationParams { max_length: max_tokens, ..Default::default() };
         inner.with_truncation(Some(trunc)).map_err(|e| err(e.to_string()))?;
@@ -60,10 +62,10 @@ impl TextTokenizer {
     pub fn encode(&self, texts: &[String]) -> Result<Batch, ImportError> {
         let mut rows = Vec::with_capacity(texts.len());
         for (i, text) in texts.iter().enumerate() {
-            let enc = self.inner.encode(text.as_str(), true).map_err(|e| ImportError::Tokenizer {
-                path: self.path.clone(),
-                message: format!("text #{i} ({:?}): {e}", preview(text)),
-            })?;
+            let fail =
+                |e: String| ImportError::Tokenizer { path: self.path.clone(), message: format!("text #{i} ({:?}): {e}", preview(text)) };
+            let encoded = crate::util::contain_panic("the tokenizers library", || self.inner.encode(text.as_str(), true)).map_err(fail)?;
+            let enc = encoded.map_err(|e| fail(e.to_string()))?;
             if enc.get_ids().is_empty() {
                 let message = format!("text #{i} ({:?}) produced no tokens", preview(text));
                 return Err(ImportError::Tokenizer { path: self.path.clone(), message });

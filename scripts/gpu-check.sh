@@ -10,7 +10,12 @@
 #      cuBLASLt (torch._scaled_mm) at 4096^3 and 8192^3 (scripts/gpu-gemm-bench.sh);
 #   4. one summary table with ratios.
 # BENCH=0 stops after the checks. Logs go to /tmp/gpu-check (and, on the device tool, one archive $OUT/gpu-check-logs.tgz: it
-# returns at most 8 files). Exit status 1 if any check failed.
+# returns at most 8 files).
+# Verdicts: one line per plan after the checks, `verdict <plan>: PASS|FAIL|INFO (...)`. A plan is
+# FAIL when it does not compile or a required check fails (`qfuse check` on the texts, and again
+# at B*S <= 16). Plans in `informational` below are checked and reported but never FAIL (INFO,
+# with the reason). Benchmarks are measurements, not checks: their errors are `info:` lines.
+# Exit status 1 exactly when some plan's verdict is FAIL.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out=/tmp/gpu-check
@@ -28,13 +33,18 @@ rc=0
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv,noheader 2>&1 | head -1
 
 # Plans: name -> compile arguments. fp8-tc trades exact FP8 accumulation for Hopper's FP8 tensor
-# cores (faster large GEMMs); it is checked and timed too, but its end-to-end cosine against the
-# exact interpreter is informational, not a pass/fail bar.
+# cores (faster large GEMMs); it is checked and timed too, but its checks against the exact
+# interpreter are informational (see `informational`), not a pass/fail bar.
 # The other recipes (int8-sq, w8a16, w4a16-*, nvfp4, fp8-block) compile with their defaults.
 # fp8-attn runs attention on FP8 q, k, v (--fp8-attention); fp8-attn-d64 / -d128 are the same on
 # the 6- and 3-head views of the model (head sizes 64 and 128, scripts/model-variant.sh).
 declare -A args=([fp8-tc]="--recipe fp8 --fp8-accum tensor-core" [fp8-attn]="--recipe fp8 --fp8-attention"
     [fp8-attn-d64]="--recipe fp8 --fp8-attention" [fp8-attn-d128]="--recipe fp8 --fp8-attention")
+# Plans whose checks are informational, with the reason (every other plan must pass).
+declare -A informational=([fp8-tc]="FP8 tensor cores accumulate in reduced precision: the exact interpreter is not its bar")
+declare -A why=()
+# fail PLAN WHY: a check of PLAN failed (required unless PLAN is informational).
+fail() { why[$1]="${why[$1]:+${why[$1]}; }$2"; }
 bash scripts/model-variant.sh "$model" /tmp/model-h6 6
 bash scripts/model-variant.sh "$model" /tmp/model-h3 3
 declare -A models=([fp8-attn-d64]=/tmp/model-h6 [fp8-attn-d128]=/tmp/model-h3)
@@ -43,7 +53,7 @@ echo "== compile"
 for r in $plans; do
     # shellcheck disable=SC2086
     if ! "$q" --quiet compile "${models[$r]:-$model}" ${args[$r]:---recipe $r} -o "/tmp/minilm-$r.plan" >"$out/compile-$r.log" 2>&1; then
-        echo "compile $r FAILED:"; tail -30 "$out/compile-$r.log"; rc=1; continue
+        echo "compile $r FAILED:"; tail -30 "$out/compile-$r.log"; fail "$r" "compile failed"; continue
     fi
     echo "$r: $(grep -E '^plan:' "$out/compile-$r.log")"
     echo "    $(tail -1 "$out/compile-$r.log")"
@@ -53,11 +63,12 @@ echo "== check (GPU vs interpreter)"
 for r in $plans; do
     [[ -f "/tmp/minilm-$r.plan" ]] || continue
     echo "-- $r"
-    timeout 150 "$q" check "/tmp/minilm-$r.plan" --random 256 --all --model "${models[$r]:-$model}" >"$out/check-$r.log" 2>&1 || [[ $r == fp8-tc ]] || rc=1
+    timeout 150 "$q" check "/tmp/minilm-$r.plan" --random 256 --all --model "${models[$r]:-$model}" >"$out/check-$r.log" 2>&1 \
+        || fail "$r" "check failed: $(grep -E '^per-kernel' "$out/check-$r.log" | head -1)"
     # Failing kernels (if any), the worst result per dtype, and the summary lines.
     grep -E 'FAIL|error' "$out/check-$r.log" | head -20
     python3 scripts/check_summary.py "$out/check-$r.log"
-    grep -E "^(per-kernel|end to end|vs FP32|random inputs|PASS|FAIL)" "$out/check-$r.log"
+    grep -E "^(per-kernel|end to end|info:|random inputs|PASS|FAIL)" "$out/check-$r.log"
 done
 
 # Small batches: at most 16 token rows the weight-only plans run their GEMV launches (the plan's
@@ -67,9 +78,19 @@ printf 'A man is eating food.\n' >"$out/one-text.txt"
 for r in $plans; do
     [[ -f "/tmp/minilm-$r.plan" ]] || continue
     timeout 60 "$q" check "/tmp/minilm-$r.plan" --file "$out/one-text.txt" --random 16 --all >"$out/check-small-$r.log" 2>&1 \
-        || [[ $r == fp8* || $r == int8-sq || $r == nvfp4 ]] || rc=1
+        || fail "$r" "check at B*S <= 16 failed: $(grep -E '^per-kernel' "$out/check-small-$r.log" | head -1)"
     echo "-- $r: $(grep -E '^per-kernel' "$out/check-small-$r.log") $(grep -oE 'cosine GPU vs interpreter min [0-9.]+' "$out/check-small-$r.log")"
 done
+
+echo "== verdicts"
+for r in $plans; do
+    info="${informational[$r]:-}"
+    if [[ -n $info ]]; then v="INFO ($info; ${why[$r]:-its checks passed})"
+    elif [[ -n "${why[$r]:-}" ]]; then v="FAIL (${why[$r]})"; rc=1
+    else v=PASS; fi
+    echo "verdict $r: $v"
+done
+echo "required checks: $( ((rc == 0)) && echo 'all passed' || echo 'some FAILED')"
 
 [[ "${BENCH:-1}" == 0 ]] && { [[ -n "${OUT:-}" ]] && tar czf "$OUT/gpu-check-logs.tgz" -C /tmp gpu-check; exit $rc; }
 echo "== bench: MiniLM batch $batch x $seq"
@@ -77,11 +98,11 @@ echo "== bench: MiniLM batch $batch x $seq"
 for r in $plans; do
     [[ -f "/tmp/minilm-$r.plan" ]] || continue
     "$q" bench "/tmp/minilm-$r.plan" --batch "$batch" --seq "$seq" --json --profile >>"$out/bench.jsonl" 2>"$out/profile-$r.log" \
-        || { echo "bench $r failed"; tail -5 "$out/profile-$r.log"; rc=1; }
+        || { echo "info: bench $r failed (a measurement, not a check)"; tail -5 "$out/profile-$r.log"; }
     echo "-- qfuse $r: kernel time by template (one profiled run)"; head -8 "$out/profile-$r.log"
 done
 PYTHONUNBUFFERED=1 timeout 240 python3 scripts/minilm_peer_bench.py "$model" --batch "$batch" --seq "$seq" \
-    >>"$out/bench.jsonl" 2>"$out/peer.log" || { echo "peer benchmark failed:"; tail -20 "$out/peer.log"; }
+    >>"$out/bench.jsonl" 2>"$out/peer.log" || { echo "info: peer benchmark failed:"; tail -20 "$out/peer.log"; }
 python3 - "$out/bench.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
@@ -101,6 +122,8 @@ print("(ratio = peer time / qfuse time; > 1 means qfuse is faster)")
 PY
 
 echo "== GEMMs vs cuBLASLt / cuBLAS (FP8, INT8, weight-only)"
-GEMM_KINDS="${GEMM_KINDS:-mma wgmma int8 wonly}" timeout 240 scripts/gpu-gemm-bench.sh || rc=1
+GEMM_KINDS="${GEMM_KINDS:-mma wgmma int8 wonly}" timeout 240 scripts/gpu-gemm-bench.sh \
+    || echo "info: the GEMM benchmark failed (a measurement, not a check)"
 [[ -n "${OUT:-}" ]] && tar czf "$OUT/gpu-check-logs.tgz" -C /tmp gpu-check gemm-bench 2>/dev/null
+echo "required checks: $( ((rc == 0)) && echo 'all passed' || echo 'some FAILED') (verdicts above)"
 exit $rc

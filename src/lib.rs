@@ -16,6 +16,8 @@ pub mod compile;
 #[cfg(feature = "compiler")]
 pub mod generate;
 #[cfg(feature = "compiler")]
+pub mod harness;
+#[cfg(feature = "compiler")]
 pub mod import;
 #[cfg(feature = "compiler")]
 pub mod interp;

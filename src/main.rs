@@ -1,7 +1,8 @@
 //! The `qfuse` command line.
 
 mod cli;
+mod panic_guard;
 
 fn main() -> std::process::ExitCode {
-    cli::main()
+    panic_guard::run(cli::main)
 }

@@ -20,3 +20,45 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     result
 }
+
+thread_local! {
+    /// How many [`contain_panic`] calls are running on this thread.
+    static CONTAINING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs third-party code `f` that panics on some malformed input (a dependency's bug, not
+/// qfuse's), turning such a panic into `Err("<what> panicked: <message>")`. Panic hooks that
+/// report bugs check [`panic_is_contained`] and stay quiet for these.
+pub fn contain_panic<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+    CONTAINING.with(|c| c.set(c.get() + 1));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CONTAINING.with(|c| c.set(c.get() - 1));
+    result.map_err(|payload| format!("{what} panicked: {}", panic_message(payload.as_ref())))
+}
+
+/// Whether the current thread is inside [`contain_panic`], so a panic now will become an error.
+pub fn panic_is_contained() -> bool {
+    CONTAINING.with(|c| c.get() > 0)
+}
+
+/// The text of a panic payload (`panic!("…")` gives a `&str` or a `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-text payload".into())
+}
+
+#[cfg(test)]
+mod contain_tests {
+    use super::*;
+
+    #[test]
+    fn a_contained_panic_is_an_error() {
+        assert_eq!(contain_panic("lib", || 3), Ok(3));
+        let err = contain_panic("lib", || -> u8 { panic!("bad {}", "input") }).unwrap_err();
+        assert_eq!(err, "lib panicked: bad input");
+        assert!(!panic_is_contained());
+    }
+}

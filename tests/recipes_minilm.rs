@@ -71,25 +71,69 @@ fn weight_only_recipes_fuse_the_dequantize_into_the_gemm() {
     }
 }
 
-/// The fused graph (weight-only GEMMs, smoothed LayerNorms) computes the Q/DQ graph: the passes
-/// that matter here are exact or within an f16 ulp, so the embeddings agree to 1e-4 in cosine.
-/// For `int8-sq`, `fuse-dq-matmul` (which reassociates the scales, as the GPU does) and
-/// `fold-smoothing` (which rounds γ·s and β·s to f16) are left out: their ulp differences cross
-/// per-token INT8 rounding boundaries and drift to ~0.9992 — noise, as for FP8 in `quant_pipeline`;
-/// each is proven on its own by its IR cases.
+/// How far a recipe's fused graph may be from its Q/DQ graph, named by the least exact pass that
+/// fires on it (docs/passes.md): the smallest cosine, over the embedding rows, of fused vs Q/DQ.
+#[derive(Clone, Copy, Debug)]
+enum FusedTolerance {
+    /// Only exact passes and passes within an f16 ulp of a wide-float result (`fold-smoothing`,
+    /// `fuse-dq-matmul` where no activation quantize follows): ulp noise, 1e-4 in cosine.
+    Ulp,
+    /// `fuse-dq-matmul` (reassociated scales) or `fold-smoothing` (γ·s rounded to f16) ahead of an
+    /// activation quantize (`# tolerance: code`): an ulp moves a value across a rounding boundary
+    /// now and then, and the flipped code propagates through the later layers.
+    Code,
+}
+
+impl FusedTolerance {
+    /// The recipe's tolerance: `Code` for the recipes whose per-tensor or per-token activation
+    /// quantizes follow `fuse-dq-matmul` or `fold-smoothing`; the block-scaled `nvfp4` and
+    /// `fp8-block` and the weight-only recipes stay within `Ulp`.
+    fn of(recipe: &str) -> Self {
+        match recipe {
+            "fp8" | "fp8-dynamic" | "int8-sq" => FusedTolerance::Code,
+            _ => FusedTolerance::Ulp,
+        }
+    }
+
+    /// The bar. `Code`: the flips of six layers; on these 8 texts the three `Code` recipes
+    /// measured 0.99886 (int8-sq) to 0.99916 (fp8-dynamic), while a wrong scale or a wrong
+    /// fused kernel drops far below.
+    fn min_cosine(self) -> f64 {
+        match self {
+            FusedTolerance::Ulp => 0.9999,
+            FusedTolerance::Code => 0.998,
+        }
+    }
+}
+
+/// Smallest cosine between the rows (embeddings) of two outputs.
+fn min_row_cosine(a: &[f32], b: &[f32], width: usize) -> f64 {
+    a.chunks(width).zip(b.chunks(width)).map(|(x, y)| eval::cosine(x, y)).fold(f64::INFINITY, f64::min)
+}
+
+/// Every recipe as shipped (all passes on): the fused graph computes its Q/DQ graph within the
+/// named tolerance of the passes that fire on it. `int8-sq` without `fuse-dq-matmul` and
+/// `fold-smoothing` (its two inexact passes) is held to `Ulp`, which shows the remaining passes
+/// are exact; each of the two is proven on its own by its IR cases.
 #[test]
 fn fused_graph_computes_the_qdq_graph() {
     let model = model();
     let tok = model.tokenizer.as_ref().unwrap();
     let inputs = tok.encode(&held_out(8)).unwrap().inputs();
-    for name in ["int8-sq", "w4a16-awq", "nvfp4", "fp8-block"] {
-        let disable = if name == "int8-sq" { vec!["fuse-dq-matmul".to_string(), "fold-smoothing".to_string()] } else { vec![] };
-        let passes = PassOptions { disable, verify: true, ..Default::default() };
+    let without_inexact = vec!["fuse-dq-matmul".to_string(), "fold-smoothing".to_string()];
+    let cases = quant::recipe::TABLE_RECIPES.iter().map(|&name| (name, vec![], FusedTolerance::of(name)));
+    for (name, disable, tolerance) in cases.chain([("int8-sq", without_inexact, FusedTolerance::Ulp)]) {
+        let passes = PassOptions { disable: disable.clone(), verify: true, ..Default::default() };
         let q = quant::quantize(&model, &recipe(name), &calib_opts(8), &passes).unwrap();
         let a = interp::run(&q.qdq, &model.weights, &inputs).unwrap();
         let b = interp::run(&q.fused, &model.weights, &inputs).unwrap();
-        let cos = eval::cosine(&a[0].1.to_f32_vec(), &b[0].1.to_f32_vec());
-        assert!(cos > 0.9999, "{name}: fused vs Q/DQ cosine {cos}");
+        let width = *a[0].1.shape.last().unwrap();
+        let cos = min_row_cosine(&a[0].1.to_f32_vec(), &b[0].1.to_f32_vec(), width);
+        eprintln!("{name} (disabled {disable:?}): fused vs Q/DQ min row cosine {cos:.6}, {tolerance:?} bar {}", tolerance.min_cosine());
+        assert!(
+            cos >= tolerance.min_cosine(),
+            "{name} (disabled {disable:?}): fused vs Q/DQ min row cosine {cos} under the {tolerance:?} bar"
+        );
     }
 }
 

@@ -4,6 +4,6 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: qfuse::harness::abort_on_uncontained_panics(), |data: &[u8]| {
     qfuse::import::gguf::exercise(data);
 });

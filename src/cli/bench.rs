@@ -1,8 +1,9 @@
 //! `qfuse bench`: times a `.plan` end to end (CUDA graph replays between CUDA events).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
+use qfuse::check::inputs::{self, InputSpace};
 use qfuse::runtime::{Engine, HostTensor};
 
 /// Arguments of `qfuse bench`.
@@ -34,7 +35,7 @@ pub struct BenchArgs {
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let engine = Engine::load(&args.plan)?;
     let mut ctx = engine.context()?;
-    let inputs = synthetic_inputs(&engine, args.batch, args.seq);
+    let inputs = synthetic_inputs(&args.plan, &engine, args.batch, args.seq)?;
     let stats = ctx.bench(&inputs, args.warmup, args.iters)?;
     let tokens = (args.batch * args.seq) as f64;
     if args.profile {
@@ -77,15 +78,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     .map_err(Into::into)
 }
 
-/// Deterministic BERT-style inputs: ids spread over the vocabulary, every position valid.
-fn synthetic_inputs(engine: &Engine, batch: u64, seq: u64) -> Vec<(&'static str, HostTensor)> {
-    let n = (batch * seq) as usize;
-    let ids: Vec<i64> = (0..n).map(|i| 1000 + (i as i64 * 7919) % 29000).collect();
-    let shape = vec![batch, seq];
-    let all = [
-        ("input_ids", HostTensor::from_i64(shape.clone(), &ids)),
-        ("attention_mask", HostTensor::from_i64(shape.clone(), &vec![1; n])),
-        ("token_type_ids", HostTensor::from_i64(shape, &vec![0; n])),
-    ];
-    all.into_iter().filter(|(name, _)| engine.meta().inputs.iter().any(|i| i.name == *name)).collect()
+/// Deterministic inputs from the model's own vocabulary (its embedding table and its stored
+/// tokenizer), rows of lengths from `seq` down to about `seq / 2`, padded.
+fn synthetic_inputs(path: &Path, engine: &Engine, batch: u64, seq: u64) -> anyhow::Result<Vec<(&'static str, HostTensor)>> {
+    let plan = qfuse::plan::Plan::load(path, None)?;
+    let tokenizer_vocab = qfuse::check::plan_tokenizer(&plan, seq as usize).ok().map(|t| t.vocab_size());
+    let space = InputSpace::of_plan(engine.meta(), tokenizer_vocab).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let lengths: Vec<u64> = (0..batch).map(|r| seq - r * seq / (2 * batch.max(1))).collect();
+    let mut state = 0u64;
+    let mut draw = |n: u64| {
+        state = state.wrapping_add(7919);
+        state % n
+    };
+    Ok(inputs::bound_by(engine.meta(), inputs::bert_batch(space, seq, &lengths, &mut draw)))
 }

@@ -82,7 +82,11 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
             super::output::print_line(&t.to_string())?;
         }
         let ok = report.kernels.iter().filter(|k| k.comparison.pass).count();
-        let mut lines = vec![format!("per-kernel: {ok} of {} results within their dtype's tolerance", report.kernels.len())];
+        let boundary: usize = report.kernels.iter().map(|k| k.comparison.boundary_cases).sum();
+        let mut lines = vec![format!(
+            "per-kernel: {ok} of {} results within their dtype's tolerance; {boundary} narrow codes on a rounding boundary (allowed)",
+            report.kernels.len()
+        )];
         for (name, cos) in &report.end_to_end {
             let (min, mean) = min_mean(cos);
             lines.push(format!(
@@ -94,13 +98,13 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
         for (name, cos) in &report.summation_floor {
             let (min, mean) = min_mean(cos);
             lines.push(format!(
-                "summation-order floor `{name}`: cosine interpreter (f32 sums) vs interpreter (f64 sums) min {min:.6}, mean {mean:.6}"
+                "info: summation-order floor `{name}`: cosine interpreter (f32 sums) vs interpreter (f64 sums) min {min:.6}, mean {mean:.6}"
             ));
         }
         if let Some(f) = &report.vs_fp32 {
             let ((gmin, gmean), (imin, imean)) = (min_mean(&f.gpu), min_mean(&f.interpreter));
             lines.push(format!(
-                "vs FP32 model: GPU cosine min {gmin:.6} mean {gmean:.6}; interpreter min {imin:.6} mean {imean:.6} (same quantized IR)"
+                "info: vs FP32 model: GPU cosine min {gmin:.6} mean {gmean:.6}; interpreter min {imin:.6} mean {imean:.6} (same quantized IR)"
             ));
         }
         lines.push(format!(

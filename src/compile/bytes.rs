@@ -28,10 +28,13 @@ pub fn encode(t: &Tensor) -> Vec<u8> {
     }
 }
 
-/// The tensor of `dtype` and `shape` stored in `bytes`; errors if the length does not match.
+/// The tensor of `dtype` and `shape` stored in `bytes`; errors if the length does not match
+/// (also when the shape's byte size overflows, as a hostile plan's may).
 pub fn decode(dtype: DType, shape: Vec<usize>, bytes: &[u8]) -> Result<Tensor, String> {
-    let numel: usize = shape.iter().product();
-    let want = (numel * dtype.bits() as usize).div_ceil(8);
+    let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    let Some((numel, want)) = numel.and_then(|n| Some((n, n.checked_mul(dtype.bits() as usize)?.div_ceil(8)))) else {
+        return Err(format!("{dtype}{shape:?} has more bytes than fit in memory"));
+    };
     if bytes.len() != want {
         return Err(format!("{dtype}{shape:?} needs {want} bytes, got {}", bytes.len()));
     }
@@ -86,5 +89,12 @@ mod tests {
         let t = Tensor::from_f32_as(DType::F16, vec![1], vec![1.0]);
         assert_eq!(encode(&t), vec![0x00, 0x3c]);
         assert!(decode(DType::F16, vec![2], &[0, 0x3c]).unwrap_err().contains("needs 4 bytes"));
+    }
+
+    #[test]
+    fn overflowing_shapes_are_errors() {
+        let huge = vec![1 << 40, 1 << 40];
+        assert!(decode(DType::F32, huge, &[]).unwrap_err().contains("more bytes than fit"));
+        assert!(decode(DType::F16, vec![usize::MAX / 2 + 1], &[]).unwrap_err().contains("more bytes than fit"));
     }
 }

@@ -137,7 +137,8 @@ impl BertBuilder<'_, '_> {
 
     /// Runs a builder step, turning a type-rule failure into an error naming the layer.
     fn ctx<T>(&mut self, layer: &str, f: impl FnOnce(&mut Builder) -> Result<T, String>) -> Result<T, ImportError> {
-        f(&mut self.b).map_err(|message| ImportError::Graph { layer: layer.into(), message })
+        let path = self.weights.path().into();
+        f(&mut self.b).map_err(|message| ImportError::Graph { path, layer: layer.into(), message })
     }
 
     /// Runs a builder step with nodes named `module`.

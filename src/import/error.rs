@@ -95,6 +95,17 @@ pub enum ImportError {
         /// What went wrong (includes the text when it is text-specific).
         message: String,
     },
+    /// A decoder's KV cache could not be set up: an unsupported format, or calibration that left
+    /// a layer without a usable scale (never silently 1.0).
+    #[error("{}: KV cache of `{layer}`: {message}", path.display())]
+    KvCache {
+        /// The model.
+        path: PathBuf,
+        /// The layer (or `all layers`).
+        layer: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A GGUF file is malformed, or a key or tensor of it is missing or unusable.
     #[error("{}: {item}: {message}", path.display())]
     Gguf {
@@ -113,9 +124,12 @@ pub enum ImportError {
         /// The template engine's message (with the line).
         message: String,
     },
-    /// The importer built an ill-typed graph: a qfuse bug, reported with the layer.
-    #[error("internal error while building layer `{layer}`: {message}")]
+    /// The importer built an ill-typed graph: a qfuse bug, reported with the file the graph was
+    /// built from (the weights) and the layer.
+    #[error("{}: internal error while building layer `{layer}` from this file (a qfuse bug, please report it): {message}", path.display())]
     Graph {
+        /// The weights file the graph was built from.
+        path: PathBuf,
         /// Layer being built.
         layer: String,
         /// Type rule message.

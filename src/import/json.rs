@@ -1,8 +1,30 @@
 //! Reading JSON files with errors that name the file and field.
+//!
+//! Limits on hostile files: a JSON file larger than [`MAX_JSON_BYTES`] is refused before it is
+//! read, and `serde_json` refuses nesting deeper than 128 levels (its recursion limit, which this
+//! crate never lifts), so a deep document is an error, never a stack overflow.
 
 use super::ImportError;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+
+/// Largest JSON file read (configs are kilobytes; a tokenizer.json a few megabytes).
+pub const MAX_JSON_BYTES: u64 = 256 << 20;
+
+/// Reads `path` as text, refusing files above [`MAX_JSON_BYTES`]; `what` describes the file for
+/// the missing-file error.
+pub fn read_limited(path: &Path, what: &'static str) -> Result<String, ImportError> {
+    let io = |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::NotFound => ImportError::MissingFile { path: path.into(), what },
+        _ => ImportError::Io { path: path.into(), source },
+    };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > MAX_JSON_BYTES {
+        let message = format!("{len} bytes is more than the {MAX_JSON_BYTES} a JSON file may have");
+        return Err(ImportError::Json { path: path.into(), message });
+    }
+    std::fs::read_to_string(path).map_err(io)
+}
 
 /// A parsed JSON document that remembers which file it came from.
 pub struct JsonFile {
@@ -15,12 +37,13 @@ pub struct JsonFile {
 impl JsonFile {
     /// Reads and parses `path`; `what` describes the file for the missing-file error.
     pub fn read(path: &Path, what: &'static str) -> Result<Self, ImportError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ImportError::MissingFile { path: path.into(), what }),
-            Err(source) => return Err(ImportError::Io { path: path.into(), source }),
-        };
-        let value = serde_json::from_str(&text).map_err(|e| ImportError::Json { path: path.into(), message: e.to_string() })?;
+        let text = read_limited(path, what)?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses `text` as the contents of `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ImportError> {
+        let value = serde_json::from_str(text).map_err(|e| ImportError::Json { path: path.into(), message: e.to_string() })?;
         Ok(JsonFile { path: path.into(), value })
     }
 

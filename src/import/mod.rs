@@ -7,8 +7,8 @@
 pub mod bert;
 pub mod chat;
 pub mod decoder;
-pub mod gguf;
 mod error;
+pub mod gguf;
 mod json;
 pub mod tokenize;
 mod weights;
@@ -92,26 +92,31 @@ pub fn load(dir: &Path, opts: &ImportOptions) -> Result<Model, ImportError> {
     if !dir.is_dir() {
         return Err(ImportError::MissingFile { path: dir.into(), what: "model folder" });
     }
-    let cfg_file = JsonFile::read(&dir.join("config.json"), "model config")?;
-    let model_type = cfg_file.string("model_type")?;
-    if model_type != "bert" {
-        return Err(ImportError::UnsupportedModel { path: cfg_file.path.clone(), model_type: model_type.into(), supported: "bert" });
-    }
-    let config = bert::BertConfig::from_json(&cfg_file)?;
+    let config = read_config(dir)?;
     let weights = WeightStore::open(&dir.join("model.safetensors"))?;
     let head = sentence_transformers_head(dir)?;
     let name = dir.file_name().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
     let graph = bert::build(&config, &weights, head, opts, &name)?;
     if let Err(e) = crate::ir::verify(&graph, "after import") {
-        return Err(ImportError::Graph { layer: "whole graph".into(), message: e.to_string() });
+        return Err(ImportError::Graph { path: weights.path().into(), layer: "whole graph".into(), message: e.to_string() });
     }
     let tok_path = dir.join("tokenizer.json");
     let tokenizer = if tok_path.exists() { Some(TextTokenizer::load(&tok_path, opts.max_tokens)?) } else { None };
     Ok(Model { dir: dir.into(), config, graph, weights, tokenizer })
 }
 
+/// Reads and checks `dir/config.json`: a BERT model's settings.
+pub fn read_config(dir: &Path) -> Result<bert::BertConfig, ImportError> {
+    let cfg_file = JsonFile::read(&dir.join("config.json"), "model config")?;
+    let model_type = cfg_file.string("model_type")?;
+    if model_type != "bert" {
+        return Err(ImportError::UnsupportedModel { path: cfg_file.path.clone(), model_type: model_type.into(), supported: "bert" });
+    }
+    bert::BertConfig::from_json(&cfg_file)
+}
+
 /// Reads `modules.json` (and `1_Pooling/config.json`) to decide the graph's head.
-fn sentence_transformers_head(dir: &Path) -> Result<bert::Head, ImportError> {
+pub(crate) fn sentence_transformers_head(dir: &Path) -> Result<bert::Head, ImportError> {
     let path = dir.join("modules.json");
     if !path.exists() {
         return Ok(bert::Head::Hidden);

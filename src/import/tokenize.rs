@@ -32,14 +32,11 @@ impl Batch {
 }
 
 impl TextTokenizer {
-    /// Loads `path`. Padding in the file is ignored (batches are padded to their longest text);
+    /// Loads `path` (at most [`super::json::MAX_JSON_BYTES`]). Padding in the file is ignored (batches are padded to their longest text);
     /// truncation is set to `max_tokens`.
     pub fn load(path: &Path, max_tokens: usize) -> Result<Self, ImportError> {
-        if !path.exists() {
-            return Err(ImportError::MissingFile { path: path.into(), what: "tokenizer" });
-        }
-        let bytes = std::fs::read(path).map_err(|e| ImportError::Tokenizer { path: path.into(), message: e.to_string() })?;
-        Self::from_bytes(&bytes, path, max_tokens)
+        let text = super::json::read_limited(path, "tokenizer")?;
+        Self::from_bytes(text.as_bytes(), path, max_tokens)
     }
 
     /// Like [`Self::load`] from the bytes of a `tokenizer.json` (e.g. the copy inside a plan);
@@ -47,21 +44,28 @@ impl TextTokenizer {
     pub fn from_bytes(bytes: &[u8], origin: &Path, max_tokens: usize) -> Result<Self, ImportError> {
         let path = origin;
         let err = |message: String| ImportError::Tokenizer { path: path.into(), message };
-        let mut inner = Tokenizer::from_bytes(bytes).map_err(|e| err(e.to_string()))?;
+        // The tokenizers crate panics on some malformed files (e.g. a `decoder` of the wrong shape).
+        let parsed = crate::util::contain_panic("the tokenizers library", || Tokenizer::from_bytes(bytes)).map_err(err)?;
+        let mut inner = parsed.map_err(|e| err(e.to_string()))?;
         inner.with_padding(None);
         let trunc = TruncationParams { max_length: max_tokens, ..Default::default() };
         inner.with_truncation(Some(trunc)).map_err(|e| err(e.to_string()))?;
         Ok(TextTokenizer { path: path.into(), inner })
     }
 
+    /// Number of token ids, special and added tokens included.
+    pub fn vocab_size(&self) -> u64 {
+        self.inner.get_vocab_size(true) as u64
+    }
+
     /// Tokenizes `texts` into one padded batch (pad id 0, mask 0).
     pub fn encode(&self, texts: &[String]) -> Result<Batch, ImportError> {
         let mut rows = Vec::with_capacity(texts.len());
         for (i, text) in texts.iter().enumerate() {
-            let enc = self.inner.encode(text.as_str(), true).map_err(|e| ImportError::Tokenizer {
-                path: self.path.clone(),
-                message: format!("text #{i} ({:?}): {e}", preview(text)),
-            })?;
+            let fail =
+                |e: String| ImportError::Tokenizer { path: self.path.clone(), message: format!("text #{i} ({:?}): {e}", preview(text)) };
+            let encoded = crate::util::contain_panic("the tokenizers library", || self.inner.encode(text.as_str(), true)).map_err(fail)?;
+            let enc = encoded.map_err(|e| fail(e.to_string()))?;
             if enc.get_ids().is_empty() {
                 let message = format!("text #{i} ({:?}) produced no tokens", preview(text));
                 return Err(ImportError::Tokenizer { path: self.path.clone(), message });

@@ -180,10 +180,11 @@ fn norm(inputs: &[&TensorType]) -> Result<TensorType, String> {
     Ok(x.clone())
 }
 
-/// Checks that two shapes hold the same number of elements, symbol by symbol.
+/// Checks that two shapes hold the same number of elements, symbol by symbol; `false` when a
+/// fixed product overflows u64 (no tensor is that large).
 fn same_numel(a: &Shape, b: &Shape) -> bool {
     let split = |s: &Shape| {
-        let fixed: u64 = s.iter().filter_map(|d| d.fixed()).product();
+        let fixed = s.iter().filter_map(|d| d.fixed()).try_fold(1u64, u64::checked_mul)?;
         let mut syms: Vec<_> = s
             .iter()
             .filter_map(|d| match d {
@@ -192,9 +193,9 @@ fn same_numel(a: &Shape, b: &Shape) -> bool {
             })
             .collect();
         syms.sort();
-        (fixed, syms)
+        Some((fixed, syms))
     };
-    split(a) == split(b)
+    split(a).is_some_and(|a| split(b) == Some(a))
 }
 
 fn reshape(x: &TensorType, to: TensorType) -> Result<TensorType, String> {

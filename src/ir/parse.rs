@@ -139,12 +139,18 @@ struct Parser<'a> {
     pos: usize,
     g: Graph,
     names: HashMap<u32, ValueId>,
+    /// Nesting of the attribute value being parsed (lists, calls, keyed arguments).
+    depth: usize,
 }
+
+/// Deepest nesting of attribute values (`[[1]]`, `f(g(x))`): real graphs use two or three levels;
+/// the limit keeps hostile text from exhausting the stack.
+const MAX_ATTR_DEPTH: usize = 32;
 
 /// Parses a graph from its text form.
 pub fn parse(src: &str) -> Result<Graph, ParseError> {
     let toks = Lexer::tokens(src).map_err(|(off, msg)| error_at(src, off, msg))?;
-    let mut p = Parser { src, toks, pos: 0, g: Graph::default(), names: HashMap::new() };
+    let mut p = Parser { src, toks, pos: 0, g: Graph::default(), names: HashMap::new(), depth: 0 };
     p.graph()?;
     Ok(p.g)
 }
@@ -373,7 +379,18 @@ impl Parser<'_> {
         Ok(out)
     }
 
+    /// One attribute value, at most [`MAX_ATTR_DEPTH`] levels deep.
     fn attr_value(&mut self) -> Result<AttrValue, ParseError> {
+        if self.depth >= MAX_ATTR_DEPTH {
+            return self.err(format!("attribute nested deeper than {MAX_ATTR_DEPTH} levels"));
+        }
+        self.depth += 1;
+        let value = self.attr_value_at_depth();
+        self.depth -= 1;
+        value
+    }
+
+    fn attr_value_at_depth(&mut self) -> Result<AttrValue, ParseError> {
         match self.bump() {
             Tok::Num(s) if self.eat(':') => {
                 let a = s.parse().or_else(|_| self.err(format!("bad axis `{s}`")))?;

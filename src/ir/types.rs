@@ -80,9 +80,9 @@ impl TensorType {
         TensorType { dtype, shape: self.shape.clone() }
     }
 
-    /// Number of elements when every dim is fixed.
+    /// Number of elements when every dim is fixed and their product fits a u64.
     pub fn fixed_numel(&self) -> Option<u64> {
-        self.shape.iter().map(|d| d.fixed()).product()
+        self.shape.iter().try_fold(1u64, |n, d| n.checked_mul(d.fixed()?))
     }
 
     /// Normalises a possibly negative axis; `None` when out of range.

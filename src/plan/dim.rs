@@ -6,10 +6,16 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Deepest nesting of a decoded [`DimExpr`]: codegen builds expressions a few levels deep, and
+/// the limit keeps a hostile plan from exhausting the stack while decoding, printing or dropping.
+pub const MAX_DIM_DEPTH: usize = 64;
 
 /// An integer expression over shape symbols.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// Decoding enforces [`MAX_DIM_DEPTH`]; deeper input is an error, never a stack overflow.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub enum DimExpr {
     /// A constant.
     Const(u64),
@@ -138,6 +144,75 @@ impl DimExpr {
     }
 }
 
+/// The serde image of [`DimExpr`] (same name and variants, so the same bytes); children decode
+/// through [`DimExpr`]'s depth-counting `Deserialize`.
+#[derive(Deserialize)]
+#[serde(rename = "DimExpr")]
+enum DimExprRepr {
+    Const(u64),
+    Sym(String),
+    Add(Box<DimExpr>, Box<DimExpr>),
+    Mul(Box<DimExpr>, Box<DimExpr>),
+    CeilDiv(Box<DimExpr>, u64),
+    Min(Box<DimExpr>, Box<DimExpr>),
+}
+
+impl From<DimExprRepr> for DimExpr {
+    fn from(r: DimExprRepr) -> Self {
+        match r {
+            DimExprRepr::Const(c) => DimExpr::Const(c),
+            DimExprRepr::Sym(s) => DimExpr::Sym(s),
+            DimExprRepr::Add(a, b) => DimExpr::Add(a, b),
+            DimExprRepr::Mul(a, b) => DimExpr::Mul(a, b),
+            DimExprRepr::CeilDiv(a, d) => DimExpr::CeilDiv(a, d),
+            DimExprRepr::Min(a, b) => DimExpr::Min(a, b),
+        }
+    }
+}
+
+thread_local! {
+    /// Nesting of the [`DimExpr`] being decoded on this thread.
+    static DECODE_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Set when a decode on this thread hit [`MAX_DIM_DEPTH`] (postcard drops custom messages).
+    static DEPTH_EXCEEDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a decode on this thread hit [`MAX_DIM_DEPTH`] since the last call; resets the flag.
+pub(crate) fn take_depth_exceeded() -> bool {
+    DEPTH_EXCEEDED.with(|e| e.replace(false))
+}
+
+/// One level of [`DECODE_DEPTH`], released on drop (also when decoding fails).
+struct DepthLevel;
+
+impl DepthLevel {
+    fn enter() -> Result<Self, String> {
+        let depth = DECODE_DEPTH.with(|d| {
+            d.set(d.get() + 1);
+            d.get()
+        });
+        let level = DepthLevel;
+        if depth > MAX_DIM_DEPTH {
+            DEPTH_EXCEEDED.with(|e| e.set(true));
+            return Err(format!("dimension expression nested deeper than {MAX_DIM_DEPTH} levels"));
+        }
+        Ok(level)
+    }
+}
+
+impl Drop for DepthLevel {
+    fn drop(&mut self) {
+        DECODE_DEPTH.with(|d| d.set(d.get() - 1));
+    }
+}
+
+impl<'de> Deserialize<'de> for DimExpr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let _level = DepthLevel::enter().map_err(serde::de::Error::custom)?;
+        DimExprRepr::deserialize(deserializer).map(DimExpr::from)
+    }
+}
+
 impl From<u64> for DimExpr {
     fn from(c: u64) -> Self {
         DimExpr::Const(c)
@@ -200,5 +275,27 @@ mod tests {
         let big = DimExpr::Const(u64::MAX).mul(DimExpr::sym("B"));
         assert!(big.eval_with(&bs()).unwrap_err().contains("overflows"));
         assert_eq!(e.symbols(), vec!["T", "B"]);
+    }
+
+    fn nested_ceil_divs(depth: usize) -> DimExpr {
+        (0..depth).fold(DimExpr::sym("B"), |e, _| DimExpr::CeilDiv(Box::new(e), 2))
+    }
+
+    #[test]
+    fn decoding_stops_at_the_depth_limit() {
+        let ok = nested_ceil_divs(MAX_DIM_DEPTH - 1);
+        let bytes = postcard::to_stdvec(&ok).unwrap();
+        assert_eq!(postcard::from_bytes::<DimExpr>(&bytes).unwrap(), ok);
+        // 100,000 levels, encoded by hand (encoding recurses too): `CeilDiv` is variant 4,
+        // then the inner expression, then the divisor 2; innermost `Sym("B")` is variant 1.
+        let depth = 100_000;
+        let mut bytes = vec![4u8; depth];
+        bytes.extend_from_slice(&[1, 1, b'B']);
+        bytes.extend(std::iter::repeat_n(2u8, depth));
+        take_depth_exceeded();
+        assert!(postcard::from_bytes::<DimExpr>(&bytes).is_err());
+        assert!(take_depth_exceeded());
+        // The counter is released after a failure: a shallow expression still decodes.
+        assert_eq!(postcard::from_bytes::<DimExpr>(&postcard::to_stdvec(&ok).unwrap()).unwrap(), ok);
     }
 }

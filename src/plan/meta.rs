@@ -411,9 +411,18 @@ pub(crate) fn decode_meta(bytes: &[u8], found: FormatVersion, ours: FormatVersio
 ///
 /// Same or older minor: the bytes must be consumed exactly. Newer minor: trailing bytes are
 /// fields appended by that minor and are ignored. postcard bounds every length prefix by the
-/// bytes left, so a hostile length is an error, never an allocation.
+/// bytes left, so a hostile length is an error, never an allocation; the only recursive type,
+/// [`DimExpr`], stops at [`super::dim::MAX_DIM_DEPTH`] levels, so hostile nesting is an error,
+/// never a stack overflow.
 pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], found: FormatVersion, ours: FormatVersion) -> Result<T, String> {
-    let (value, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|e| e.to_string())?;
+    super::dim::take_depth_exceeded();
+    let (value, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|e| {
+        if super::dim::take_depth_exceeded() {
+            format!("a dimension expression is nested deeper than {} levels", super::dim::MAX_DIM_DEPTH)
+        } else {
+            e.to_string()
+        }
+    })?;
     if !rest.is_empty() && found.minor <= ours.minor {
         return Err(format!("{} unexpected trailing bytes", rest.len()));
     }

@@ -28,7 +28,7 @@ mod write;
 
 use std::path::PathBuf;
 
-pub use dim::DimExpr;
+pub use dim::{DimExpr, MAX_DIM_DEPTH};
 pub use header::{FormatVersion, PlanExtent, PlanHeader, FORMAT_VERSION, HEADER_SIZE, MAGIC};
 pub use meta::{
     ArgRef, BufferMeta, Guard, KernelMeta, LaunchGuard, LaunchMeta, ParamMeta, ParamType, PlanMeta, Scalar, SectionEntry, SectionKind,

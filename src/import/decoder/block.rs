@@ -180,7 +180,7 @@ impl BlockBuilder<'_, '_> {
     }
 
     fn ctx<T>(&mut self, layer: &str, f: impl FnOnce(&mut Builder) -> Result<T, String>) -> Result<T, ImportError> {
-        f(&mut self.b).map_err(|message| ImportError::Graph { layer: layer.into(), message })
+        f(&mut self.b).map_err(|message| ImportError::Graph { path: self.weights.path().into(), layer: layer.into(), message })
     }
 
     fn scoped<T>(&mut self, module: &str, f: impl FnOnce(&mut Builder) -> Result<T, String>) -> Result<T, ImportError> {

@@ -77,7 +77,7 @@ pub fn calibrate(model: &super::DecoderModel, texts: &[String], storage: DType, 
         inputs.retain(|(n, _)| !n.starts_with("past."));
         inputs.extend(model.empty_cache(&f32_model_graph));
         let outs = crate::interp::run(&f32_model_graph, &model.weights, &inputs)
-            .map_err(|e| ImportError::Graph { layer: "KV-cache calibration".into(), message: e.to_string() })?;
+            .map_err(|e| ImportError::KvCache { path: model.path.clone(), layer: "all layers".into(), message: format!("calibration run failed: {e}") })?;
         for (name, t) in &outs {
             let Some((kind, layer)) = name.strip_prefix("present.").and_then(|r| r.split_once('.')) else { continue };
             let Ok(layer) = layer.parse::<usize>() else { continue };
@@ -98,7 +98,7 @@ pub fn calibrate(model: &super::DecoderModel, texts: &[String], storage: DType, 
         .map(|(l, &(k, v))| {
             if !(k.is_finite() && k > 0.0 && v.is_finite() && v > 0.0) {
                 let message = format!("layer {l}: calibration saw K amax {k} and V amax {v}; no usable scale");
-                return Err(ImportError::Graph { layer: format!("model.layers.{l}.self_attn"), message });
+                return Err(ImportError::KvCache { path: model.path.clone(), layer: format!("model.layers.{l}.self_attn"), message });
             }
             Ok((k / qmax, v / qmax))
         })

@@ -114,7 +114,7 @@ fn finish(path: &Path, config: DecoderConfig, weights: WeightStore, opts: &Decod
     let name = path.file_stem().map_or_else(|| "decoder".into(), |n| n.to_string_lossy().into_owned());
     let graph = block::build(&config, &weights, &opts.kv, opts.max_batch, max_seq, &name)?;
     if let Err(e) = crate::ir::verify(&graph, "after import") {
-        return Err(ImportError::Graph { layer: format!("whole graph of {}", path.display()), message: e.to_string() });
+        return Err(ImportError::Graph { path: path.into(), layer: "whole graph".into(), message: e.to_string() });
     }
     Ok(DecoderModel { path: path.into(), config, graph, weights, max_seq, tokenizer: None, options: opts.clone() })
 }
@@ -126,7 +126,7 @@ impl DecoderModel {
         let name = self.graph.name.clone();
         self.graph = block::build(&self.config, &self.weights, &self.options.kv, self.options.max_batch, self.max_seq, &name)?;
         crate::ir::verify(&self.graph, "after import")
-            .map_err(|e| ImportError::Graph { layer: format!("whole graph of {}", self.path.display()), message: e.to_string() })
+            .map_err(|e| ImportError::Graph { path: self.path.clone(), layer: "whole graph".into(), message: e.to_string() })
     }
 
     /// Empty cache tensors for one sequence, as a step graph's state inputs (`[1, KV, 0, D]`).
@@ -199,7 +199,10 @@ pub fn set_kv_cache(model: &mut DecoderModel, storage: DType, quiet: bool) -> Re
             let scales = kv::calibrate(model, &texts, storage, quiet)?;
             KvFormat::PerTensor { storage, scales }
         }
-        other => return Err(ImportError::Graph { layer: "kv cache".into(), message: format!("{other} is not a KV-cache format") }),
+        other => {
+            let message = format!("{other} is not a KV-cache format (f32, f16, bf16, f8e4m3, i8)");
+            return Err(ImportError::KvCache { path: model.path.clone(), layer: "all layers".into(), message });
+        }
     };
     model.with_kv(kv)
 }

@@ -1,0 +1,6 @@
+//! Fuzz target: `qfuse::harness::safetensors` (see `scripts/fuzz.sh`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(init: qfuse::harness::abort_on_uncontained_panics(), |bytes: &[u8]| {
+    let _ = qfuse::harness::safetensors(bytes);
+});

@@ -1,0 +1,106 @@
+//! Random model inputs that respect the model: token ids drawn from the model's own vocabulary
+//! (never beyond its embedding table or its tokenizer), token types from its type table, and
+//! rows of different lengths padded the way the tokenizer pads them (id 0, mask 0).
+
+use crate::plan::PlanMeta;
+use crate::runtime::HostTensor;
+
+/// Weight-name fragments of the token embedding table (BERT, GGUF).
+const TOKEN_TABLES: [&str; 2] = ["word_embeddings", "token_embd"];
+/// Weight-name fragment of BERT's token-type table.
+const TYPE_TABLE: &str = "token_type_embeddings";
+
+/// The ids a model accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputSpace {
+    /// Token ids are `0..vocab`.
+    pub vocab: u64,
+    /// Token-type ids are `0..type_vocab`.
+    pub type_vocab: u64,
+}
+
+impl InputSpace {
+    /// The space of the plan's model: the vocabulary is the smaller of the token embedding
+    /// table's rows (the config's `vocab_size`) and `tokenizer_vocab` (the tokenizer's size, with
+    /// its added special tokens), whichever are known; an error if neither is.
+    pub fn of_plan(meta: &PlanMeta, tokenizer_vocab: Option<u64>) -> Result<Self, String> {
+        let rows =
+            |fragment: &str| meta.weights.iter().filter(|w| w.name.contains(fragment)).filter_map(|w| w.shape.first().copied()).min();
+        let table = TOKEN_TABLES.iter().filter_map(|f| rows(f)).min();
+        let vocab = match (table, tokenizer_vocab) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(v), None) | (None, Some(v)) => v,
+            (None, None) => return Err("cannot tell the model's vocabulary: no token embedding weight and no tokenizer".into()),
+        };
+        if vocab == 0 {
+            return Err("the model's vocabulary is empty".into());
+        }
+        Ok(InputSpace { vocab, type_vocab: rows(TYPE_TABLE).unwrap_or(1).max(1) })
+    }
+}
+
+/// A batch of `lengths.len()` rows of `seq` tokens; row `r` has `lengths[r]` (at least 1, at most
+/// `seq`) tokens then padding. Ids and types are drawn by `draw(n)` (uniform in `0..n`).
+pub fn bert_batch(space: InputSpace, seq: u64, lengths: &[u64], draw: &mut dyn FnMut(u64) -> u64) -> Vec<(&'static str, HostTensor)> {
+    let n = lengths.len() * seq as usize;
+    let (mut ids, mut mask, mut types) = (vec![0i64; n], vec![0i64; n], vec![0i64; n]);
+    for (row, &len) in lengths.iter().enumerate() {
+        for t in 0..len.clamp(1, seq) as usize {
+            let i = row * seq as usize + t;
+            ids[i] = draw(space.vocab) as i64;
+            mask[i] = 1;
+            types[i] = draw(space.type_vocab) as i64;
+        }
+    }
+    let shape = vec![lengths.len() as u64, seq];
+    vec![
+        ("input_ids", HostTensor::from_i64(shape.clone(), &ids)),
+        ("attention_mask", HostTensor::from_i64(shape.clone(), &mask)),
+        ("token_type_ids", HostTensor::from_i64(shape, &types)),
+    ]
+}
+
+/// Keeps the inputs the plan binds (a model without token types has no `token_type_ids`).
+pub fn bound_by(meta: &PlanMeta, inputs: Vec<(&'static str, HostTensor)>) -> Vec<(&'static str, HostTensor)> {
+    inputs.into_iter().filter(|(name, _)| meta.inputs.iter().any(|i| i.name == *name)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::WeightMeta;
+
+    fn meta_with(weights: &[(&str, u64)]) -> PlanMeta {
+        let mut meta = PlanMeta::default();
+        meta.weights = weights
+            .iter()
+            .map(|&(name, rows)| WeightMeta { name: name.into(), dtype: "f16".into(), shape: vec![rows, 8], section: 0 })
+            .collect();
+        meta
+    }
+
+    #[test]
+    fn the_vocabulary_is_the_smaller_of_table_and_tokenizer() {
+        let meta = meta_with(&[("embeddings.word_embeddings.weight.f16", 1000), ("embeddings.token_type_embeddings.weight", 1)]);
+        assert_eq!(InputSpace::of_plan(&meta, None), Ok(InputSpace { vocab: 1000, type_vocab: 1 }));
+        assert_eq!(InputSpace::of_plan(&meta, Some(900)).unwrap().vocab, 900);
+        assert_eq!(InputSpace::of_plan(&meta_with(&[]), Some(77)).unwrap().vocab, 77);
+        assert!(InputSpace::of_plan(&meta_with(&[]), None).is_err());
+    }
+
+    #[test]
+    fn ids_stay_in_the_vocabulary_and_rows_are_padded() {
+        let space = InputSpace { vocab: 50, type_vocab: 2 };
+        let mut state = 1u64;
+        let mut draw = |n: u64| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) % n
+        };
+        let batch = bert_batch(space, 6, &[6, 2, 1], &mut draw);
+        let ids = batch[0].1.to_f32_vec().unwrap();
+        let mask = batch[1].1.to_f32_vec().unwrap();
+        assert!(ids.iter().all(|&id| (0.0..50.0).contains(&id)));
+        assert_eq!(mask, [1., 1., 1., 1., 1., 1., 1., 1., 0., 0., 0., 0., 1., 0., 0., 0., 0., 0.]);
+        assert!(ids.iter().zip(&mask).all(|(&id, &m)| m == 1.0 || id == 0.0), "padding has id 0");
+    }
+}

@@ -1,0 +1,86 @@
+//! Judging what one launch wrote: every written buffer is compared with the interpreter's value
+//! of its IR value, and a buffer that cannot be compared (it names no IR value, the interpreter
+//! has no value for it, its shape or bytes disagree) is a failed check, never a silent skip.
+//!
+//! Independent of the GPU: [`judge_launch`] takes the written buffers as host tensors, so tests
+//! plant wrong "GPU" results here.
+
+use std::collections::HashMap;
+
+use super::compare::{compare, Comparison, Reference};
+use super::{to_host, KernelCheck};
+use crate::interp::Tensor;
+use crate::ir::{Graph, ValueId};
+use crate::plan::{LaunchMeta, PlanMeta};
+use crate::runtime::HostTensor;
+
+/// The interpreter's values of every IR value: with f32 sums (the reference) and, for narrow-code
+/// values, with f64 sums (which codes sit on a rounding boundary).
+pub struct References {
+    /// f32 sums.
+    pub values: HashMap<ValueId, Tensor>,
+    /// f64 sums, narrow-code values only.
+    pub wide: HashMap<ValueId, Tensor>,
+}
+
+/// The checks of launch `index` and the reference values to write in place of the GPU's
+/// (teacher forcing) for the buffers that have one.
+pub fn judge_launch(
+    graph: &Graph,
+    meta: &PlanMeta,
+    refs: &References,
+    index: usize,
+    launch: &LaunchMeta,
+    written: &[(u32, HostTensor)],
+) -> (Vec<KernelCheck>, Vec<(u32, HostTensor)>) {
+    let mut checks = Vec::new();
+    let mut forced = Vec::new();
+    for (buffer, gpu) in written {
+        let Some(b) = meta.buffers.get(*buffer as usize) else {
+            let comparison = Comparison::mismatch(format!("launch wrote buffer {buffer}, which the plan does not have"));
+            checks.push(KernelCheck {
+                launch: index,
+                label: launch.label.clone(),
+                value: format!("buffer {buffer}"),
+                dtype: gpu.dtype.clone(),
+                comparison,
+            });
+            continue;
+        };
+        let want = value_id(graph, &b.name).and_then(|v| Some((v, refs.values.get(&v)?)));
+        let comparison = match want {
+            None => Comparison::mismatch(format!("buffer `{}` has no interpreter value to compare with", b.name)),
+            Some((v, want)) => {
+                forced.push((*buffer, to_host(want)));
+                compare_tensor(want, refs.wide.get(&v), gpu)
+            }
+        };
+        checks.push(KernelCheck { launch: index, label: launch.label.clone(), value: b.name.clone(), dtype: b.dtype.clone(), comparison });
+    }
+    (checks, forced)
+}
+
+fn compare_tensor(want: &Tensor, wide: Option<&Tensor>, gpu: &HostTensor) -> Comparison {
+    if !gpu.shape.iter().map(|&d| d as usize).eq(want.shape.iter().copied()) {
+        return Comparison::mismatch(format!("GPU shape {:?}, interpreter {:?}", gpu.shape, want.shape));
+    }
+    if gpu.dtype != want.dtype.to_string() {
+        return Comparison::mismatch(format!("GPU dtype {}, interpreter {}", gpu.dtype, want.dtype));
+    }
+    match gpu.to_f32_vec() {
+        Ok(got) => {
+            let wide = wide.filter(|w| w.shape == want.shape).map(Tensor::to_f32_vec);
+            compare(want.dtype, Reference { values: &want.to_f32_vec(), wide: wide.as_deref() }, &got)
+        }
+        Err(e) => Comparison::mismatch(e),
+    }
+}
+
+/// The IR value a buffer holds, from its name (`%18`).
+pub fn value_id(graph: &Graph, name: &str) -> Option<ValueId> {
+    let i: usize = name.strip_prefix('%')?.parse().ok()?;
+    (i < graph.values.len()).then(|| ValueId::from(i))
+}
+
+#[cfg(test)]
+mod tests;

@@ -5,10 +5,13 @@
 # templates compiled by NVRTC to sm_90a), shows what the plan holds, measures the recipe's
 # accuracy against FP32 on held-out texts, and embeds a few sentences: on the GPU from the plan
 # when one is present (then also checks the plan against the interpreter and times it), else with
-# the reference interpreter running the same fused FP8 graph.
+# the reference interpreter running the same fused FP8 graph. Then the default decoder
+# (SmolLM2-135M-Instruct from its GGUF): greedy generation with the fp8 recipe and an FP8 KV cache
+# on the reference interpreter (the GPU decoder plans are not built yet), streamed as it comes.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/cache.sh"
 qfuse_ensure_model
+qfuse_ensure_decoder
 qfuse_ensure_nvrtc
 cd "$QFUSE_ROOT"
 cargo build --release --locked --quiet
@@ -41,3 +44,7 @@ else
   echo "== embed --recipe fp8 (no GPU here: the reference interpreter runs the plan's fused FP8 graph) =="
   "$qfuse" embed "$QFUSE_MODEL_DIR" --recipe fp8 "${texts[@]}"
 fi
+echo
+echo "== generate with SmolLM2-135M-Instruct (GGUF), fp8 recipe, fp8 KV cache, reference interpreter =="
+"$qfuse" generate "$QFUSE_DECODER_GGUF" --recipe fp8 --kv-cache fp8 --chat \
+  --prompt "What is the capital of France? Answer in one sentence." --max-new-tokens 48

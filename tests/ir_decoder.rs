@@ -1,0 +1,113 @@
+//! The decoder ops (`rope`, `causal_attention`) and graph state in the IR: text round trip,
+//! verifier rules, and the interpreter's semantics on small hand-checked cases.
+
+use qfuse::interp::{self, NoWeights, Tensor};
+use qfuse::ir::{self, Builder, CausalAttention, DType, Dim, Graph, Op, Rope, RopePairs, StateSlot, TensorType};
+
+/// q/k/v inputs, rope on q and k, causal attention over a cache of `storage`, state slots.
+fn step_graph(storage: DType) -> Graph {
+    let mut g = Graph::new("step");
+    let (b, s, p) = (Dim::Sym(g.add_symbol("B", 2)), Dim::Sym(g.add_symbol("S", 8)), Dim::Sym(g.add_symbol("P", 8)));
+    let mut bb = Builder::new(&mut g);
+    let q = bb.input("q", TensorType::new(DType::F32, [b, s, Dim::Fixed(8)])).unwrap();
+    let k = bb.input("k", TensorType::new(DType::F32, [b, Dim::Fixed(1), s, Dim::Fixed(4)])).unwrap();
+    let v = bb.input("v", TensorType::new(DType::F32, [b, Dim::Fixed(1), s, Dim::Fixed(4)])).unwrap();
+    let pk = bb.input("past.k", TensorType::new(storage, [b, Dim::Fixed(1), p, Dim::Fixed(4)])).unwrap();
+    let pv = bb.input("past.v", TensorType::new(DType::F32, [b, Dim::Fixed(1), p, Dim::Fixed(4)])).unwrap();
+    let len = bb.input("cache_len", TensorType::new(DType::I64, [b])).unwrap();
+    let rope = Op::Rope(Rope { heads: 2, theta: 10000.0, pairs: RopePairs::Half, llama3: None });
+    let q = bb.add1(rope, &[q, len], None).unwrap();
+    let pk32 = bb.cast(pk, DType::F32).unwrap();
+    let o = bb.add1(Op::CausalAttention(CausalAttention { heads: 2, kv_heads: 1, scale: 0.5 }), &[q, k, v, pk32, pv, len], None).unwrap();
+    g.outputs.push(("o".into(), o));
+    g.outputs.push(("present.k".into(), k));
+    g.outputs.push(("present.v".into(), v));
+    g.state = vec![
+        StateSlot { input: "past.k".into(), update: "present.k".into(), axis: 2 },
+        StateSlot { input: "past.v".into(), update: "present.v".into(), axis: 2 },
+    ];
+    g
+}
+
+#[test]
+fn decoder_ops_and_state_round_trip_through_text() {
+    let g = step_graph(DType::F32);
+    ir::verify(&g, "built").expect("verifies");
+    let text = ir::print(&g);
+    assert!(text.contains("rope") && text.contains("causal_attention") && text.contains("state \"past.k\" append \"present.k\" axis=2"), "{text}");
+    let back = ir::parse(&text).expect("parses");
+    assert_eq!(ir::print(&back), text);
+    assert_eq!(back.state, g.state);
+}
+
+#[test]
+fn the_verifier_knows_the_cache_invariants() {
+    let g = step_graph(DType::F16);
+    let err = ir::verify(&g, "mismatched").expect_err("f16 state with an f32 update").to_string();
+    assert!(err.contains("state \"past.k\"") && err.contains("f16"), "{err}");
+    let mut g = step_graph(DType::F32);
+    g.state[0].axis = 3;
+    let err = ir::verify(&g, "fixed axis").expect_err("state along a fixed axis").to_string();
+    assert!(err.contains("axis 3"), "{err}");
+    let text = ir::print(&step_graph(DType::F32)).replace("kv_heads=1", "kv_heads=3");
+    let err = ir::parse(&text).map(|g| ir::verify(&g, "bad heads")).expect("parses").expect_err("2 heads, 3 KV heads").to_string();
+    assert!(err.contains("multiple of kv_heads"), "{err}");
+}
+
+fn t(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
+    Tensor::f32(shape, data)
+}
+
+/// One query, one cached key and one new key: the softmax weights are checked by hand, and
+/// the cached rows past `cache_len` (filled with NaN) are never read.
+#[test]
+fn causal_attention_reads_the_valid_cache_and_the_causal_prefix() {
+    let g = step_graph(DType::F32);
+    let q = t(vec![1, 1, 8], vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    let k = t(vec![1, 1, 1, 4], vec![2.0, 0.0, 0.0, 0.0]);
+    let v = t(vec![1, 1, 1, 4], vec![0.0, 1.0, 0.0, 0.0]);
+    let pk = t(vec![1, 1, 2, 4], vec![0.0, 0.0, 0.0, 0.0, f32::NAN, f32::NAN, f32::NAN, f32::NAN]);
+    let pv = t(vec![1, 1, 2, 4], vec![1.0, 0.0, 0.0, 0.0, f32::NAN, f32::NAN, f32::NAN, f32::NAN]);
+    let len = Tensor::i64(vec![1], vec![1]);
+    let inputs = [("q", q), ("k", k), ("v", v), ("past.k", pk), ("past.v", pv), ("cache_len", len)];
+    let out = interp::run(&g, &NoWeights, &inputs).expect("runs");
+    let o = out[0].1.to_f32_vec();
+    // q sits at position 1 and is rotated; its first head [c, 0, s, 0]·(2,0,0,0)·0.5 = cos(1).
+    let score = 1f64.cos() as f32;
+    let w_new = score.exp() / (1.0 + score.exp());
+    assert!((o[0] - (1.0 - w_new)).abs() < 1e-6 && (o[1] - w_new).abs() < 1e-6, "{o:?}");
+    assert!(o.iter().all(|x| x.is_finite()), "rows past cache_len were read: {o:?}");
+}
+
+/// llama.cpp's adjacent pairs on rows permuted as its converter permutes them equal Hugging
+/// Face's rotate-half pairs on the original rows.
+#[test]
+fn adjacent_rope_on_permuted_rows_equals_half_rope() {
+    let run = |pairs, x: Vec<f32>| {
+        let mut g = Graph::new("rope");
+        let (b, s) = (Dim::Sym(g.add_symbol("B", 1)), Dim::Sym(g.add_symbol("S", 4)));
+        let mut bb = Builder::new(&mut g);
+        let xi = bb.input("x", TensorType::new(DType::F32, [b, s, Dim::Fixed(8)])).unwrap();
+        let len = bb.input("cache_len", TensorType::new(DType::I64, [b])).unwrap();
+        let y = bb.add1(Op::Rope(Rope { heads: 1, theta: 100.0, pairs, llama3: None }), &[xi, len], None).unwrap();
+        g.outputs.push(("y".into(), y));
+        let out = interp::run(&g, &NoWeights, &[("x", t(vec![1, 3, 8], x)), ("cache_len", Tensor::i64(vec![1], vec![5]))]).unwrap();
+        out[0].1.to_f32_vec()
+    };
+    let x: Vec<f32> = (0..24).map(|i| (i as f32 * 0.37).sin()).collect();
+    // Row (feature) order of llama.cpp: HF index j·(D/2) + i stored at 2i + j.
+    let permute = |v: &[f32]| -> Vec<f32> {
+        let mut out = v.to_vec();
+        for tok in 0..3 {
+            for i in 0..4 {
+                for j in 0..2 {
+                    out[tok * 8 + 2 * i + j] = v[tok * 8 + j * 4 + i];
+                }
+            }
+        }
+        out
+    };
+    let half = run(RopePairs::Half, x.clone());
+    let adjacent = run(RopePairs::Adjacent, permute(&x));
+    assert_eq!(adjacent, permute(&half));
+}

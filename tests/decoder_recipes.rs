@@ -28,7 +28,11 @@ fn logits(graph: &qfuse::ir::Graph, model: &decoder::DecoderModel) -> Vec<f32> {
 
 /// Whether the `lm_head` product reads narrow (quantized) operands; `None` if there is none.
 fn lm_head_narrow(g: &qfuse::ir::Graph) -> Option<bool> {
-    let node = g.nodes.iter().map(|(_, n)| n).find(|n| n.name.as_deref() == Some("lm_head") && matches!(n.op, Op::QMatMul(_) | Op::MatMul { .. }))?;
+    let node = g
+        .nodes
+        .iter()
+        .map(|(_, n)| n)
+        .find(|n| n.name.as_deref() == Some("lm_head") && matches!(n.op, Op::QMatMul(_) | Op::MatMul { .. }))?;
     Some(node.inputs.iter().take(2).any(|&v| !g.ty(v).dtype.is_wide_float()))
 }
 
@@ -38,7 +42,19 @@ fn every_recipe_runs_on_a_decoder_and_keeps_lm_head() {
     let opts = DecoderOptions { max_batch: 1, max_seq: Some(64), ..Default::default() };
     let model = decoder::load(&dir, &opts).expect("import");
     let reference = logits(&model.graph, &model);
-    for (name, bar) in [("fp16", 0.9999), ("fp8", 0.99), ("fp8-dynamic", 0.99), ("int8-sq", 0.99), ("w8a16", 0.999), ("w4a16-awq", 0.95), ("nvfp4", 0.9)] {
+    for (name, bar) in [
+        ("fp16", 0.9999),
+        ("fp8", 0.99),
+        ("fp8-dynamic", 0.99),
+        ("int8-sq", 0.99),
+        ("w8a16", 0.999),
+        ("w4a16-awq", 0.95),
+        ("w4a16-gptq", 0.95),
+        ("w4a8-awq", 0.95),
+        ("nvfp4", 0.9),
+        ("mxfp8", 0.99),
+        ("mxfp4", 0.9),
+    ] {
         let recipe = decoder::decoder_recipe(Recipe::named(name, quant::calib::CalibMethod::Max).expect("recipe"));
         let q = quant::quantize(&model, &recipe, &calib(), &PassOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
         qfuse::ir::verify(&q.fused, name).expect("fused graph verifies");
@@ -64,7 +80,7 @@ fn quantized_kv_caches_store_codes_with_calibrated_scales() {
     let opts = DecoderOptions { max_batch: 1, max_seq: Some(64), ..Default::default() };
     let mut model = decoder::load(&dir, &opts).expect("import");
     let reference = logits(&model.graph, &model);
-    for (storage, bar) in [(DType::F8E4M3, 0.999), (DType::I8, 0.999), (DType::F16, 0.99999)] {
+    for (storage, bar) in [(DType::F8E4M3, 0.995), (DType::I8, 0.995), (DType::F16, 0.99999)] {
         decoder::set_kv_cache(&mut model, storage, true).expect("kv cache");
         let past = model.graph.inputs().into_iter().find(|(n, _)| *n == "past.k.0").expect("cache input").1;
         assert_eq!(model.graph.ty(past).dtype, storage, "the cache input is typed in its storage format");

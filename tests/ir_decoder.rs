@@ -34,7 +34,10 @@ fn decoder_ops_and_state_round_trip_through_text() {
     let g = step_graph(DType::F32);
     ir::verify(&g, "built").expect("verifies");
     let text = ir::print(&g);
-    assert!(text.contains("rope") && text.contains("causal_attention") && text.contains("state \"past.k\" append \"present.k\" axis=2"), "{text}");
+    assert!(
+        text.contains("rope") && text.contains("causal_attention") && text.contains("state \"past.k\" append \"present.k\" axis=2"),
+        "{text}"
+    );
     let back = ir::parse(&text).expect("parses");
     assert_eq!(ir::print(&back), text);
     assert_eq!(back.state, g.state);

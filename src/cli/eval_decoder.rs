@@ -6,7 +6,7 @@ use anyhow::Context;
 use comfy_table::{presets, Table};
 use qfuse::generate::eval::{self, DecoderReport};
 use qfuse::import::decoder::{self, DecoderOptions, KvFormat};
-use qfuse::quant::{self, recipe::TABLE_RECIPES};
+use qfuse::quant::{self, recipe::DECODER_TABLE_RECIPES};
 
 /// The evaluation text when `--eval-file` is not given: the GNU GPL v3 as Debian ships it (real
 /// English prose, never part of the calibration set).
@@ -28,11 +28,11 @@ pub fn run(args: &EvalArgs, quiet: bool) -> anyhow::Result<()> {
     let reference = eval::score(&model.graph, &model.weights, &chunks, &|| bar.inc(1)).map_err(anyhow::Error::msg)?;
     let mut reports = vec![eval::compare("fp32", &reference, &reference)];
     let names: Vec<String> = match args.recipe.recipe.as_deref() {
-        Some("all") => TABLE_RECIPES.iter().filter(|r| **r != "fp16").map(|r| r.to_string()).collect(),
+        Some("all") => DECODER_TABLE_RECIPES.iter().map(|r| r.to_string()).collect(),
         Some(r) => vec![r.to_string()],
         None => vec!["fp8".into()],
     };
-    let calib = args.recipe.calib_options(true)?;
+    let calib = args.recipe.decoder_calib_options(true)?;
     if let Some(kv) = &args.kv_cache {
         let storage = KvFormat::parse_storage(kv).map_err(|e| anyhow::anyhow!("--kv-cache: {e}"))?;
         decoder::set_kv_cache(&mut model, storage, quiet)?;
@@ -68,7 +68,10 @@ fn progress(quiet: bool, chunks: usize) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg}: {pos} chunks of {len} scored {elapsed}").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg}: {pos} chunks of {len} scored {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
     bar.set_length(chunks as u64);
     bar
 }

@@ -4,9 +4,9 @@
 use anyhow::{bail, Context};
 use clap::Args;
 use qfuse::generate::{self, Sampling, Session, Stop};
+use qfuse::import::chat::ChatMessage;
 use qfuse::import::decoder::{self, DecoderModel, DecoderOptions, KvFormat};
 use qfuse::import::gguf::StreamDecoder;
-use qfuse::import::chat::ChatMessage;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -79,7 +79,7 @@ pub fn run(args: &GenerateArgs, quiet: bool) -> anyhow::Result<()> {
     let graph = match args.recipe.recipe()? {
         Some(recipe) => {
             let recipe = decoder::decoder_recipe(recipe);
-            let calib = args.recipe.calib_options(quiet)?;
+            let calib = args.recipe.decoder_calib_options(quiet)?;
             qfuse::quant::quantize(&model, &recipe, &calib, &args.recipe.pass_options())?.fused
         }
         None => model.graph.clone(),

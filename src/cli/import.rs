@@ -11,7 +11,8 @@ use std::path::PathBuf;
 /// Arguments of `qfuse import`.
 #[derive(Args)]
 pub struct ImportArgs {
-    /// Hugging Face model folder (config.json + model.safetensors).
+    /// Hugging Face model folder (config.json + model.safetensors), or a decoder (`.gguf` file or
+    /// Llama/Mistral/Qwen2 folder).
     model_dir: PathBuf,
     /// Also write the IR text to this file.
     #[arg(long)]
@@ -21,12 +22,42 @@ pub struct ImportArgs {
 /// Runs `qfuse import`.
 pub fn run(args: &ImportArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let model = import::load(&args.model_dir, &ImportOptions::default())?;
+    let (graph, text) = if import::decoder::is_decoder(&args.model_dir) {
+        let model = import::decoder::load(&args.model_dir, &import::decoder::DecoderOptions::default())?;
+        let c = &model.config;
+        let about = format!(
+            "{} decoder: {} layers, width {}, {} heads / {} KV heads of {}, SwiGLU {}, vocabulary {}, RoPE θ {}, context {}{}",
+            c.family.name(),
+            c.num_layers,
+            c.hidden_size,
+            c.num_heads,
+            c.num_kv_heads,
+            c.head_dim,
+            c.intermediate_size,
+            c.vocab_size,
+            c.rope_theta,
+            c.max_position_embeddings,
+            if c.tie_word_embeddings { ", tied lm_head" } else { "" }
+        );
+        let state = format!("KV-cache state: {} tensors ({})", model.graph.state.len(), model.options.kv.storage());
+        (
+            model.graph.clone(),
+            format!(
+                "{}
+{about}
+{state}",
+                summary(&model.graph, &model.weights)
+            ),
+        )
+    } else {
+        let model = import::load(&args.model_dir, &ImportOptions::default())?;
+        (model.graph.clone(), summary(&model.graph, &model.weights))
+    };
     let elapsed = started.elapsed();
-    super::output::print_line(&summary(&model.graph, &model.weights))?;
+    super::output::print_line(&text)?;
     super::output::print_line(&format!("imported in {:.2} s", elapsed.as_secs_f64()))?;
     if let Some(path) = &args.dump_ir {
-        super::output::write_atomic(path, qfuse::ir::print(&model.graph).as_bytes())
+        super::output::write_atomic(path, qfuse::ir::print(&graph).as_bytes())
             .with_context(|| format!("writing the IR to {}", path.display()))?;
         super::output::print_line(&format!("IR written to {}", path.display()))?;
     }

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 /// How to quantize.
 #[derive(Args, Clone, Debug)]
 pub struct RecipeArgs {
-    /// fp16 | fp8 | fp8-dynamic | int8-sq | w8a16 | w4a16-rtn | w4a16-awq | w4a16-gptq | nvfp4 | fp8-block | auto.
+    /// fp16 | fp8 | fp8-dynamic | int8-sq | w8a16 | w4a16-rtn | w4a16-awq | w4a16-gptq | w4a8-awq | nvfp4 | mxfp8 | mxfp4 | fp8-block | auto
+    /// (`eval` also takes `all`; w4a8-awq, mxfp8 and mxfp4 run on the reference interpreter only).
     #[arg(long)]
     pub recipe: Option<String>,
     /// SmoothQuant migration strength α for `int8-sq` (0.5).
@@ -108,10 +109,19 @@ impl RecipeArgs {
 
     /// Calibration settings.
     pub fn calib_options(&self, quiet: bool) -> anyhow::Result<CalibOptions> {
+        self.calib_options_or(quiet, calib::default_calibration_sentences)
+    }
+
+    /// [`RecipeArgs::calib_options`] for decoders: the default set mixes prose, chats and code.
+    pub fn decoder_calib_options(&self, quiet: bool) -> anyhow::Result<CalibOptions> {
+        self.calib_options_or(quiet, calib::default_decoder_calibration)
+    }
+
+    fn calib_options_or(&self, quiet: bool, default: fn() -> Vec<String>) -> anyhow::Result<CalibOptions> {
         let method = self.calib.parse().map_err(anyhow::Error::msg).context("--calib")?;
         let sentences = match &self.calib_file {
             Some(path) => calib::read_sentences(path).map_err(anyhow::Error::msg)?,
-            None => calib::default_calibration_sentences(),
+            None => default(),
         };
         anyhow::ensure!(!sentences.is_empty(), "the calibration set is empty");
         Ok(CalibOptions { method, sentences, batch: 16, quiet })

@@ -46,7 +46,11 @@ impl<'a> Session<'a> {
         let inputs = graph.inputs();
         let mut cache = vec![];
         for slot in &graph.state {
-            let v = inputs.iter().find(|(n, _)| *n == slot.input).map(|(_, v)| *v).ok_or_else(|| format!("state input `{}` is missing", slot.input))?;
+            let v = inputs
+                .iter()
+                .find(|(n, _)| *n == slot.input)
+                .map(|(_, v)| *v)
+                .ok_or_else(|| format!("state input `{}` is missing", slot.input))?;
             let ty = graph.ty(v);
             let shape: Vec<usize> = ty
                 .shape

@@ -95,6 +95,14 @@ pub enum ImportError {
         /// What went wrong (includes the text when it is text-specific).
         message: String,
     },
+    /// The model is of a kind this command does not take (a decoder given to an encoder command).
+    #[error("{}: {message}", path.display())]
+    WrongKind {
+        /// The model.
+        path: PathBuf,
+        /// What it is and which commands take it.
+        message: String,
+    },
     /// A decoder's KV cache could not be set up: an unsupported format, or calibration that left
     /// a layer without a usable scale (never silently 1.0).
     #[error("{}: KV cache of `{layer}`: {message}", path.display())]

@@ -82,13 +82,21 @@ impl Imported for Model {
     }
 
     fn encode_batch(&self, texts: &[String]) -> Result<Vec<(&'static str, crate::interp::Tensor)>, ImportError> {
-        let tok = self.tokenizer.as_ref().ok_or_else(|| ImportError::MissingFile { path: self.dir.join("tokenizer.json"), what: "tokenizer (needed for calibration)" })?;
+        let tok = self.tokenizer.as_ref().ok_or_else(|| ImportError::MissingFile {
+            path: self.dir.join("tokenizer.json"),
+            what: "tokenizer (needed for calibration)",
+        })?;
         Ok(tok.encode(texts)?.inputs())
     }
 }
 
 /// Imports the model folder `dir`.
 pub fn load(dir: &Path, opts: &ImportOptions) -> Result<Model, ImportError> {
+    if decoder::is_decoder(dir) {
+        let message = "is a decoder (GGUF or Llama/Mistral/Qwen2): `qfuse import`, `generate` and `eval` take it; \
+                       encoder commands (embed, compile) do not, and GPU plans for decoders are not built yet";
+        return Err(ImportError::WrongKind { path: dir.into(), message: message.into() });
+    }
     if !dir.is_dir() {
         return Err(ImportError::MissingFile { path: dir.into(), what: "model folder" });
     }

@@ -101,7 +101,11 @@ impl WeightStore {
         let dir = index.parent().unwrap_or(Path::new("."));
         let mut shards: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
         if shards.len() != map.len() {
-            return Err(ImportError::Field { path: index.into(), field: "weight_map".into(), message: "every entry must be a file name".into() });
+            return Err(ImportError::Field {
+                path: index.into(),
+                field: "weight_map".into(),
+                message: "every entry must be a file name".into(),
+            });
         }
         shards.sort();
         shards.dedup();
@@ -129,7 +133,10 @@ impl WeightStore {
     /// Maps a GGUF file whose tensors the importer has located and named.
     pub fn open_gguf(path: &Path, tensors: Vec<GgufTensor>) -> Result<Self, ImportError> {
         let mmap = map_file(path, "GGUF model")?;
-        let bad = |tensor: &str, message: String| ImportError::Safetensors { path: path.into(), message: format!("tensor `{tensor}`: {message}") };
+        let bad = |tensor: &str, message: String| ImportError::Safetensors {
+            path: path.into(),
+            message: format!("tensor `{tensor}`: {message}"),
+        };
         let mut infos = HashMap::new();
         for t in tensors {
             let numel = t.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
@@ -217,7 +224,12 @@ impl WeightStore {
             }
         }
         if info.shape.iter().map(|&d| d as u64).ne(expected.iter().copied()) {
-            return Err(ImportError::TensorShape { path: path.clone(), tensor: name.into(), expected: expected.to_vec(), got: info.shape.clone() });
+            return Err(ImportError::TensorShape {
+                path: path.clone(),
+                tensor: name.into(),
+                expected: expected.to_vec(),
+                got: info.shape.clone(),
+            });
         }
         Ok(())
     }

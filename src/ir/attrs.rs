@@ -4,8 +4,8 @@
 //! parser cannot drift apart.
 
 use super::{
-    Attention, AttentionFp8, BinaryOp, CausalAttention, DType, Rope, RopeLlama3, RopePairs, EmbedLayerNorm, EpilogueOp, EpilogueStep, Granularity, NormKind, Op, QMatMul, QuantSpec,
-    ReduceOp, ScaleSource, UnaryOp, ValueId, ZeroPoint,
+    Attention, AttentionFp8, BinaryOp, CausalAttention, DType, EmbedLayerNorm, EpilogueOp, EpilogueStep, Granularity, NormKind, Op,
+    QMatMul, QuantSpec, ReduceOp, Rope, RopeLlama3, RopePairs, ScaleSource, UnaryOp, ValueId, ZeroPoint,
 };
 use crate::numerics::E8M0Rounding;
 

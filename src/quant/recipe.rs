@@ -195,12 +195,31 @@ pub struct Recipe {
 }
 
 /// The recipes `--recipe` accepts.
-pub const RECIPES: &[&str] =
-    &["fp16", "fp8", "fp8-dynamic", "int8-sq", "w8a16", "w4a16-rtn", "w4a16-awq", "w4a16-gptq", "nvfp4", "fp8-block", "auto"];
+pub const RECIPES: &[&str] = &[
+    "fp16",
+    "fp8",
+    "fp8-dynamic",
+    "int8-sq",
+    "w8a16",
+    "w4a16-rtn",
+    "w4a16-awq",
+    "w4a16-gptq",
+    "w4a8-awq",
+    "nvfp4",
+    "mxfp8",
+    "mxfp4",
+    "fp8-block",
+    "auto",
+];
 
 /// The recipes `eval --recipe all` compares (every fixed recipe; `auto` needs a target).
 pub const TABLE_RECIPES: &[&str] =
     &["fp16", "fp8", "fp8-dynamic", "int8-sq", "w8a16", "w4a16-rtn", "w4a16-awq", "w4a16-gptq", "nvfp4", "fp8-block"];
+
+/// The recipes a decoder's `eval --recipe all` compares (the table recipes plus the ones only the
+/// reference interpreter runs today: W4A8-AWQ and the OCP MX formats).
+pub const DECODER_TABLE_RECIPES: &[&str] =
+    &["fp8", "fp8-dynamic", "int8-sq", "w8a16", "w4a16-rtn", "w4a16-awq", "w4a16-gptq", "w4a8-awq", "nvfp4", "mxfp8", "mxfp4", "fp8-block"];
 
 /// Default group length of the W4A16 recipes.
 pub const DEFAULT_GROUP: u64 = 128;
@@ -227,6 +246,11 @@ pub mod schemes {
     pub const fn nvfp4(scale: ScaleRule) -> Scheme {
         Scheme { scale_dtype: DType::F8E4M3, ..Scheme::new(DType::F4E2M1, Granularity::Group { size: 16 }, scale) }
     }
+    /// OCP MX (v1.0): `storage` elements in blocks of 32 along K sharing one E8M0 (power-of-two)
+    /// scale; MXFP8 uses E4M3 elements, MXFP4 E2M1.
+    pub const fn mx(storage: DType, scale: ScaleRule) -> Scheme {
+        Scheme { scale_dtype: DType::E8M0, ..Scheme::new(storage, Granularity::Group { size: 32 }, scale) }
+    }
 }
 
 impl Recipe {
@@ -252,6 +276,14 @@ impl Recipe {
             "w4a16-awq" => w4(WeightAlgo::Awq { grid: 20 }),
             "w4a16-gptq" => w4(WeightAlgo::Gptq { damp: 0.01, block: 128, act_order: false }),
             "nvfp4" => LayerQuant::dequantized(nvfp4(ScaleRule::FromData), Some(nvfp4(ScaleRule::DynamicUnderGlobal(calib)))),
+            // TensorRT-LLM's W4A8-AWQ: INT4 g128 AWQ weights, FP8 per-tensor static activations.
+            "w4a8-awq" => LayerQuant {
+                algo: WeightAlgo::Awq { grid: 20 },
+                ..LayerQuant::dequantized(uint4_group(DEFAULT_GROUP), Some(fp8_tensor(cal)))
+            },
+            "mxfp8" => LayerQuant::dequantized(mx(DType::F8E4M3, ScaleRule::FromData), Some(mx(DType::F8E4M3, ScaleRule::Dynamic))),
+            // Weight-only MXFP4, as GPT-OSS ships its experts.
+            "mxfp4" => LayerQuant::dequantized(mx(DType::F4E2M1, ScaleRule::FromData), None),
             "fp8-block" => LayerQuant::dequantized(
                 Scheme::new(DType::F8E4M3, Granularity::Block { rows: 128, cols: 128 }, ScaleRule::FromData),
                 Some(Scheme::new(DType::F8E4M3, Granularity::Group { size: 128 }, ScaleRule::Dynamic)),

@@ -66,7 +66,14 @@ impl BlockBuilder<'_, '_> {
         self.scoped(&format!("{p}.mlp"), |b| b.binary(BinaryOp::Add, x, mlp))
     }
 
-    fn attention(&mut self, layer: usize, m: &str, x: ValueId, step: &StepInputs, state: &mut Vec<StateSlot>) -> Result<ValueId, ImportError> {
+    fn attention(
+        &mut self,
+        layer: usize,
+        m: &str,
+        x: ValueId,
+        step: &StepInputs,
+        state: &mut Vec<StateSlot>,
+    ) -> Result<ValueId, ImportError> {
         let c = self.cfg;
         let (h, d, heads, kv_heads) = (c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads);
         let bias = c.qkv_bias;
@@ -191,7 +198,14 @@ impl BlockBuilder<'_, '_> {
 
 /// Builds the step graph of `cfg` over `weights` with a KV cache of format `kv`; `max_batch` and
 /// `max_seq` bound the symbols `B` (sequences), `S` (new tokens per step) and `P` (cached tokens).
-pub fn build(cfg: &DecoderConfig, weights: &WeightStore, kv: &KvFormat, max_batch: u64, max_seq: u64, name: &str) -> Result<Graph, ImportError> {
+pub fn build(
+    cfg: &DecoderConfig,
+    weights: &WeightStore,
+    kv: &KvFormat,
+    max_batch: u64,
+    max_seq: u64,
+    name: &str,
+) -> Result<Graph, ImportError> {
     let mut graph = Graph::new(name);
     let batch = Dim::Sym(graph.add_symbol("B", max_batch));
     let seq = Dim::Sym(graph.add_symbol("S", max_seq));

@@ -67,7 +67,10 @@ impl DecoderConfig {
     /// Checks the relations between fields; the message names the offending field.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         if self.num_heads % self.num_kv_heads != 0 {
-            return Err(("num_key_value_heads", format!("{} query heads are not a multiple of {} KV heads", self.num_heads, self.num_kv_heads)));
+            return Err((
+                "num_key_value_heads",
+                format!("{} query heads are not a multiple of {} KV heads", self.num_heads, self.num_kv_heads),
+            ));
         }
         if self.head_dim % 2 != 0 {
             return Err(("head_dim", format!("RoPE needs an even head size, got {}", self.head_dim)));

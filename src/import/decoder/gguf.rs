@@ -28,12 +28,16 @@ pub fn config(file: &GgufFile, family: Family) -> Result<DecoderConfig, ImportEr
     let hidden = u64::from(file.u32(&key("embedding_length"))?);
     let kv_heads = file.optional(&key("attention.head_count_kv"), GgufFile::u32)?.map_or(heads, u64::from);
     if heads == 0 || kv_heads == 0 || hidden % heads != 0 {
-        return Err(file.key_error(&key("attention.head_count"), format!("{heads} heads (and {kv_heads} KV heads) do not divide width {hidden}")));
+        return Err(
+            file.key_error(&key("attention.head_count"), format!("{heads} heads (and {kv_heads} KV heads) do not divide width {hidden}"))
+        );
     }
     let head_dim = hidden / heads;
     if let Some(rot) = file.optional(&key("rope.dimension_count"), GgufFile::u32)? {
         if u64::from(rot) != head_dim {
-            return Err(file.key_error(&key("rope.dimension_count"), format!("partial rotary embeddings ({rot} of {head_dim}) are not supported")));
+            return Err(
+                file.key_error(&key("rope.dimension_count"), format!("partial rotary embeddings ({rot} of {head_dim}) are not supported"))
+            );
         }
     }
     if let Some(kind) = file.optional(&key("rope.scaling.type"), GgufFile::str)? {
@@ -118,8 +122,8 @@ fn permuted_heads(cfg: &DecoderConfig, gguf: &str) -> Option<usize> {
 pub fn weights(file: &GgufFile, cfg: &DecoderConfig) -> Result<WeightStore, ImportError> {
     let mut tensors = vec![];
     for info in file.tensors() {
-        let name = hf_name(&info.name)
-            .ok_or_else(|| file.key_error(&info.name, "is not a tensor of a Llama-family decoder (unknown name)"))?;
+        let name =
+            hf_name(&info.name).ok_or_else(|| file.key_error(&info.name, "is not a tensor of a Llama-family decoder (unknown name)"))?;
         tensors.push(store_entry(file, info, name, permuted_heads(cfg, &info.name))?);
     }
     WeightStore::open_gguf(file.path(), tensors)

@@ -60,7 +60,12 @@ impl KvFormat {
 /// writes over `texts` (run one at a time through the FP32 model with an unquantized cache),
 /// divided by the format's largest code. A layer whose amax is zero or not finite is an error
 /// naming it.
-pub fn calibrate(model: &super::DecoderModel, texts: &[String], storage: DType, quiet: bool) -> Result<Vec<(f32, f32)>, crate::import::ImportError> {
+pub fn calibrate(
+    model: &super::DecoderModel,
+    texts: &[String],
+    storage: DType,
+    quiet: bool,
+) -> Result<Vec<(f32, f32)>, crate::import::ImportError> {
     use crate::import::{ImportError, Imported};
     let layers = model.config.num_layers as usize;
     let mut amax = vec![(0f32, 0f32); layers];
@@ -76,8 +81,11 @@ pub fn calibrate(model: &super::DecoderModel, texts: &[String], storage: DType, 
         let mut inputs = model.encode_batch(std::slice::from_ref(text))?;
         inputs.retain(|(n, _)| !n.starts_with("past."));
         inputs.extend(model.empty_cache(&f32_model_graph));
-        let outs = crate::interp::run(&f32_model_graph, &model.weights, &inputs)
-            .map_err(|e| ImportError::KvCache { path: model.path.clone(), layer: "all layers".into(), message: format!("calibration run failed: {e}") })?;
+        let outs = crate::interp::run(&f32_model_graph, &model.weights, &inputs).map_err(|e| ImportError::KvCache {
+            path: model.path.clone(),
+            layer: "all layers".into(),
+            message: format!("calibration run failed: {e}"),
+        })?;
         for (name, t) in &outs {
             let Some((kind, layer)) = name.strip_prefix("present.").and_then(|r| r.split_once('.')) else { continue };
             let Ok(layer) = layer.parse::<usize>() else { continue };

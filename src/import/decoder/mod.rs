@@ -125,8 +125,11 @@ impl DecoderModel {
         self.options.kv = kv;
         let name = self.graph.name.clone();
         self.graph = block::build(&self.config, &self.weights, &self.options.kv, self.options.max_batch, self.max_seq, &name)?;
-        crate::ir::verify(&self.graph, "after import")
-            .map_err(|e| ImportError::Graph { path: self.path.clone(), layer: "whole graph".into(), message: e.to_string() })
+        crate::ir::verify(&self.graph, "after import").map_err(|e| ImportError::Graph {
+            path: self.path.clone(),
+            layer: "whole graph".into(),
+            message: e.to_string(),
+        })
     }
 
     /// Empty cache tensors for one sequence, as a step graph's state inputs (`[1, KV, 0, D]`).
@@ -159,9 +162,15 @@ impl Imported for DecoderModel {
 
     /// One text: its ids (BOS first when the tokenizer adds one), an empty cache.
     fn encode_batch(&self, texts: &[String]) -> Result<Vec<(&'static str, Tensor)>, ImportError> {
-        let tok = self.tokenizer.as_ref().ok_or_else(|| ImportError::MissingFile { path: self.path.clone(), what: "tokenizer (needed for calibration)" })?;
+        let tok = self
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| ImportError::MissingFile { path: self.path.clone(), what: "tokenizer (needed for calibration)" })?;
         let [text] = texts else {
-            return Err(ImportError::Tokenizer { path: self.path.clone(), message: format!("decoders calibrate one text per run, got {}", texts.len()) });
+            return Err(ImportError::Tokenizer {
+                path: self.path.clone(),
+                message: format!("decoders calibrate one text per run, got {}", texts.len()),
+            });
         };
         let mut ids = tok.encode(text)?;
         ids.truncate(self.max_seq as usize);
@@ -195,7 +204,7 @@ pub fn set_kv_cache(model: &mut DecoderModel, storage: DType, quiet: bool) -> Re
     let kv = match storage {
         DType::F32 | DType::F16 | DType::BF16 => KvFormat::Float(storage),
         DType::F8E4M3 | DType::I8 => {
-            let texts = crate::quant::calib::default_calibration_sentences();
+            let texts = crate::quant::calib::default_decoder_calibration();
             let scales = kv::calibrate(model, &texts, storage, quiet)?;
             KvFormat::PerTensor { storage, scales }
         }

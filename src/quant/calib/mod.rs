@@ -17,7 +17,7 @@ mod sentences;
 
 pub use histogram::{TensorStats, NUM_BINS};
 pub use methods::choose_amax;
-pub use sentences::{default_calibration_sentences, default_eval_sentences, read_sentences};
+pub use sentences::{default_calibration_sentences, default_decoder_calibration, default_eval_sentences, read_sentences};
 
 use crate::interp::{self, InterpError, Tensor, WeightSource};
 use crate::ir::{DType, Graph, ValueId};

@@ -8,11 +8,21 @@ use std::path::Path;
 
 const CALIBRATION: &str = include_str!("calibration_sentences.txt");
 const EVAL: &str = include_str!("eval_sentences.txt");
+const DECODER: &str = include_str!("decoder_calibration.txt");
 
 /// The built-in calibration set: varied English sentences (topics, lengths 3–60 words, questions,
 /// lists, numbers).
 pub fn default_calibration_sentences() -> Vec<String> {
     non_blank_lines(CALIBRATION)
+}
+
+/// The built-in calibration set of decoders: the English prose of
+/// [`default_calibration_sentences`] plus chats (ChatML, as instruction-tuned models see them),
+/// code in several languages, data and non-English prose (`decoder_calibration.txt`, one sample per
+/// line with `\n` for a line break). Never used to evaluate.
+pub fn default_decoder_calibration() -> Vec<String> {
+    let mixed = non_blank_lines(DECODER).into_iter().map(|l| l.replace("\\n", "\n"));
+    default_calibration_sentences().into_iter().chain(mixed).collect()
 }
 
 /// The built-in held-out evaluation set (disjoint from the calibration set), with paraphrase

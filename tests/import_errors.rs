@@ -49,9 +49,13 @@ fn malformed_config() {
 #[test]
 fn unsupported_model_type() {
     let dir = tiny_bert_dir();
+    std::fs::write(dir.path().join("config.json"), TINY_CONFIG.replace("\"bert\"", "\"gpt_neox\"")).unwrap();
+    let e = err_text(dir.path());
+    assert!(e.contains("config.json") && e.contains("model_type") && e.contains("gpt_neox"), "{e}");
+    // A Llama-family folder is a decoder: the encoder importer says which commands take it.
     std::fs::write(dir.path().join("config.json"), TINY_CONFIG.replace("\"bert\"", "\"llama\"")).unwrap();
     let e = err_text(dir.path());
-    assert!(e.contains("config.json") && e.contains("model_type") && e.contains("llama"), "{e}");
+    assert!(e.contains("is a decoder") && e.contains("qfuse import`, `generate` and `eval`"), "{e}");
 }
 
 #[test]

@@ -90,9 +90,11 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
         for (name, cos) in &report.end_to_end {
             let (min, mean) = min_mean(cos);
             lines.push(format!(
-                "end to end `{name}`: {} rows, cosine GPU vs interpreter min {min:.6}, mean {mean:.6} (bar {})",
+                "end to end `{name}`: {} rows, cosine GPU vs interpreter min {min:.6}, mean {mean:.6} (bar {:.6}: {}, or the summation-order floor minus {:.0e} when lower)",
                 cos.len(),
-                args.min_cos
+                report.end_to_end_bar(name, args.min_cos),
+                args.min_cos,
+                qfuse::check::FLOOR_MARGIN
             ));
         }
         for (name, cos) in &report.summation_floor {

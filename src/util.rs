@@ -62,3 +62,20 @@ mod contain_tests {
         assert!(!panic_is_contained());
     }
 }
+
+/// A `'static` copy of `name`, allocated once per distinct name for the life of the process (the
+/// interpreter binds inputs by `&str`; state-input names such as `past.k.3` are a small fixed
+/// set per model, so this stays bounded).
+#[cfg(feature = "compiler")]
+pub fn intern(name: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut names = NAMES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(&found) = names.get(name) {
+        return found;
+    }
+    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.insert(leaked);
+    leaked
+}

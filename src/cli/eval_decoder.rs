@@ -27,6 +27,9 @@ pub fn run(args: &EvalArgs, quiet: bool) -> anyhow::Result<()> {
     bar.set_message("fp32 reference");
     let reference = eval::score(&model.graph, &model.weights, &chunks, &|| bar.inc(1)).map_err(anyhow::Error::msg)?;
     let mut reports = vec![eval::compare("fp32", &reference, &reference)];
+    let mut layers: Vec<Vec<quant::eval::LayerMetrics>> = vec![vec![]];
+    // Per-layer SNR over the first chunk's first 256 tokens (every site's output is kept in memory).
+    let snr_ids: Vec<u32> = chunks[0].iter().take(256).copied().collect();
     let names: Vec<String> = match args.recipe.recipe.as_deref() {
         Some("all") => DECODER_TABLE_RECIPES.iter().map(|r| r.to_string()).collect(),
         Some(r) => vec![r.to_string()],
@@ -42,6 +45,8 @@ pub fn run(args: &EvalArgs, quiet: bool) -> anyhow::Result<()> {
         let recipe = decoder::decoder_recipe(args.recipe.build(name)?);
         let q = quant::quantize(&model, &recipe, &calib, &args.recipe.pass_options())?;
         let scored = eval::score(&q.fused, &model.weights, &chunks, &|| bar.inc(1)).map_err(anyhow::Error::msg)?;
+        let run = model.step_inputs(&snr_ids);
+        layers.push(quant::eval::layer_metrics(&model, &q, std::slice::from_ref(&run))?);
         let label = match &args.kv_cache {
             Some(kv) => format!("{name} + {kv} KV"),
             None => name.clone(),
@@ -50,10 +55,11 @@ pub fn run(args: &EvalArgs, quiet: bool) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     if args.json {
-        let doc = serde_json::json!({"text": path, "ctx": ctx, "chunks": chunks.len(), "reports": reports});
+        let recipes: Vec<_> = reports.iter().zip(&layers).map(|(r, l)| serde_json::json!({"report": r, "layers": l})).collect();
+        let doc = serde_json::json!({"text": path, "ctx": ctx, "chunks": chunks.len(), "recipes": recipes});
         return super::output::print_line(&serde_json::to_string_pretty(&doc)?).map_err(Into::into);
     }
-    super::output::print_line(&table(&reports).to_string())?;
+    super::output::print_line(&table(&reports, &layers).to_string())?;
     let scored = reports.first().map_or(0, |r| r.positions);
     super::output::print_line(&format!(
         "{} chunks of {ctx} tokens from {}, {scored} positions scored (second half of each chunk); KL(FP32 ‖ recipe) in nats",
@@ -76,11 +82,12 @@ fn progress(quiet: bool, chunks: usize) -> indicatif::ProgressBar {
     bar
 }
 
-fn table(reports: &[DecoderReport]) -> Table {
+fn table(reports: &[DecoderReport], layers: &[Vec<quant::eval::LayerMetrics>]) -> Table {
     let mut t = Table::new();
     t.load_style(presets::UTF8_FULL_CONDENSED);
-    t.set_header(["recipe", "PPL", "ΔPPL", "mean KL", "p99 KL", "same top"]);
-    for r in reports {
+    t.set_header(["recipe", "PPL", "ΔPPL", "mean KL", "p99 KL", "same top", "worst matmul (SNR dB)"]);
+    for (r, l) in reports.iter().zip(layers) {
+        let worst = l.first().map_or(String::new(), |w| format!("{} ({:.1})", w.name, w.snr_db));
         t.add_row([
             r.recipe.clone(),
             format!("{:.4}", r.perplexity),
@@ -88,6 +95,7 @@ fn table(reports: &[DecoderReport]) -> Table {
             format!("{:.5}", r.mean_kl),
             format!("{:.4}", r.p99_kl),
             format!("{:.2} %", 100.0 * r.same_top),
+            worst,
         ]);
     }
     t

@@ -118,7 +118,11 @@ pub fn read_config(dir: &Path) -> Result<bert::BertConfig, ImportError> {
     let cfg_file = JsonFile::read(&dir.join("config.json"), "model config")?;
     let model_type = cfg_file.string("model_type")?;
     if model_type != "bert" {
-        return Err(ImportError::UnsupportedModel { path: cfg_file.path.clone(), model_type: model_type.into(), supported: "bert (encoders); llama, mistral, qwen2 (decoders)" });
+        return Err(ImportError::UnsupportedModel {
+            path: cfg_file.path.clone(),
+            model_type: model_type.into(),
+            supported: "bert (encoders); llama, mistral, qwen2 (decoders)",
+        });
     }
     bert::BertConfig::from_json(&cfg_file)
 }

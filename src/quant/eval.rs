@@ -7,8 +7,8 @@
 //! a text's nearest neighbour in the set changes.
 
 use super::{insert, Quantized};
-use crate::import::Model;
-use crate::interp::{self, InterpError, Tensor};
+use crate::import::{Imported, Model};
+use crate::interp::{self, InterpError, Tensor, WeightSource};
 use crate::ir::{Graph, ValueId};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -76,24 +76,13 @@ impl Acc {
 /// Evaluates `q` against `model`'s FP32 graph on `texts`, `batch` texts per run.
 pub fn evaluate(model: &Model, q: &Quantized, texts: &[String], batch: usize) -> Result<EvalReport, EvalError> {
     let tok = model.tokenizer.as_ref().ok_or(EvalError::NoTokenizer)?;
-    let mut fp32 = model.graph.clone();
-    let fp32_sites = site_values(&mut fp32);
-    let skipped: Vec<&str> = q.skipped.iter().map(|(s, _)| s.as_str()).collect();
-    let q_sites: HashMap<String, ValueId> = q.sites.iter().map(|s| (s.name.clone(), q.qdq.nodes[s.node].outputs[0])).collect();
-    let names: Vec<String> = q
-        .sites
-        .iter()
-        .filter(|s| insert::plan(&q.recipe, s).is_some() && !skipped.contains(&s.name.as_str()) && fp32_sites.contains_key(&s.name))
-        .map(|s| s.name.clone())
-        .collect();
+    let SitePairs { fp32, names, reference: want_ref, quantized: want_q } = site_pairs(&model.graph, q);
     let mut accs = vec![Acc::default(); names.len()];
     let (mut ref_emb, mut q_emb) = (vec![], vec![]);
     for chunk in texts.chunks(batch.max(1)) {
         let inputs = tok.encode(chunk)?.inputs();
-        let want_ref: Vec<ValueId> = names.iter().map(|n| fp32_sites[n]).collect();
-        let want_q: Vec<ValueId> = names.iter().map(|n| q_sites[n]).collect();
-        let (ref_out, ref_vals) = run_capturing(&fp32, model, &inputs, &want_ref)?;
-        let (_, q_vals) = run_capturing(&q.qdq, model, &inputs, &want_q)?;
+        let (ref_out, ref_vals) = run_capturing(&fp32, &model.weights, &inputs, &want_ref)?;
+        let (_, q_vals) = run_capturing(&q.qdq, &model.weights, &inputs, &want_q)?;
         for (i, acc) in accs.iter_mut().enumerate() {
             acc.add(&ref_vals[i], &q_vals[i]);
         }
@@ -126,6 +115,48 @@ pub enum EvalError {
     Interp(#[from] InterpError),
 }
 
+/// The matmul sites `q` quantized that the FP32 graph also has: the FP32 graph with its sites
+/// named, the names, and each site's output value in the FP32 and in the Q/DQ graph.
+struct SitePairs {
+    fp32: Graph,
+    names: Vec<String>,
+    reference: Vec<ValueId>,
+    quantized: Vec<ValueId>,
+}
+
+fn site_pairs(fp32_graph: &Graph, q: &Quantized) -> SitePairs {
+    let mut fp32 = fp32_graph.clone();
+    let fp32_sites = site_values(&mut fp32);
+    let skipped: Vec<&str> = q.skipped.iter().map(|(s, _)| s.as_str()).collect();
+    let q_sites: HashMap<String, ValueId> = q.sites.iter().map(|s| (s.name.clone(), q.qdq.nodes[s.node].outputs[0])).collect();
+    let names: Vec<String> = q
+        .sites
+        .iter()
+        .filter(|s| insert::plan(&q.recipe, s).is_some() && !skipped.contains(&s.name.as_str()) && fp32_sites.contains_key(&s.name))
+        .map(|s| s.name.clone())
+        .collect();
+    let reference = names.iter().map(|n| fp32_sites[n]).collect();
+    let quantized = names.iter().map(|n| q_sites[n]).collect();
+    SitePairs { fp32, names, reference, quantized }
+}
+
+/// Per-matmul SNR, cosine and relative error of `q`'s Q/DQ graph against `model`'s FP32 graph
+/// over `runs` (interpreter inputs, one run each), worst SNR first.
+pub fn layer_metrics(model: &dyn Imported, q: &Quantized, runs: &[Vec<(&str, Tensor)>]) -> Result<Vec<LayerMetrics>, EvalError> {
+    let SitePairs { fp32, names, reference, quantized } = site_pairs(model.graph(), q);
+    let mut accs = vec![Acc::default(); names.len()];
+    for inputs in runs {
+        let (_, ref_vals) = run_capturing(&fp32, model.weights(), inputs, &reference)?;
+        let (_, q_vals) = run_capturing(&q.qdq, model.weights(), inputs, &quantized)?;
+        for (i, acc) in accs.iter_mut().enumerate() {
+            acc.add(&ref_vals[i], &q_vals[i]);
+        }
+    }
+    let mut layers: Vec<LayerMetrics> = names.iter().zip(&accs).map(|(n, a)| a.metrics(n)).collect();
+    layers.sort_by(|a, b| a.snr_db.total_cmp(&b.snr_db));
+    Ok(layers)
+}
+
 /// Names the matmuls of `g` as the recipe does and returns each one's output value.
 fn site_values(g: &mut Graph) -> HashMap<String, ValueId> {
     insert::find_sites(g).into_iter().map(|s| (s.name, g.nodes[s.node].outputs[0])).collect()
@@ -133,10 +164,10 @@ fn site_values(g: &mut Graph) -> HashMap<String, ValueId> {
 
 type Captured = (Vec<(String, Tensor)>, Vec<Vec<f32>>);
 
-fn run_capturing(g: &Graph, model: &Model, inputs: &[(&str, Tensor)], want: &[ValueId]) -> Result<Captured, InterpError> {
+fn run_capturing(g: &Graph, weights: &dyn WeightSource, inputs: &[(&str, Tensor)], want: &[ValueId]) -> Result<Captured, InterpError> {
     let mut got: Vec<Vec<f32>> = vec![vec![]; want.len()];
     let index: HashMap<ValueId, usize> = want.iter().enumerate().map(|(i, &v)| (v, i)).collect();
-    let out = interp::run_observed(g, &model.weights, inputs, &mut |v, t| {
+    let out = interp::run_observed(g, weights, inputs, &mut |v, t| {
         if let Some(&i) = index.get(&v) {
             got[i] = t.to_f32_vec();
         }

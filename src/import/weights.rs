@@ -133,10 +133,7 @@ impl WeightStore {
     /// Maps a GGUF file whose tensors the importer has located and named.
     pub fn open_gguf(path: &Path, tensors: Vec<GgufTensor>) -> Result<Self, ImportError> {
         let mmap = map_file(path, "GGUF model")?;
-        let bad = |tensor: &str, message: String| ImportError::Safetensors {
-            path: path.into(),
-            message: format!("tensor `{tensor}`: {message}"),
-        };
+        let bad = |tensor: &str, message: String| ImportError::Gguf { path: path.into(), item: format!("tensor `{tensor}`"), message };
         let mut infos = HashMap::new();
         for t in tensors {
             let numel = t.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));

@@ -20,8 +20,10 @@
 //! Op semantics are documented in the `ops` submodules (`ops::quant` for quantization).
 
 mod ops;
+mod state;
 pub mod tensor;
 
+pub use state::empty_state;
 pub use tensor::{Tensor, TensorData};
 
 use crate::ir::{order, DType, Dim, Graph, Node, NodeId, Op, Shape, ValueId};

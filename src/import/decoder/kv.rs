@@ -66,22 +66,25 @@ pub fn calibrate(
     storage: DType,
     quiet: bool,
 ) -> Result<Vec<(f32, f32)>, crate::import::ImportError> {
-    use crate::import::{ImportError, Imported};
+    use crate::import::ImportError;
     let layers = model.config.num_layers as usize;
     let mut amax = vec![(0f32, 0f32); layers];
-    let mut f32_model_graph = model.graph.clone();
-    if model.options.kv != KvFormat::Float(DType::F32) {
-        let mut opts = model.options.clone();
-        opts.kv = KvFormat::Float(DType::F32);
-        f32_model_graph = super::block::build(&model.config, &model.weights, &opts.kv, opts.max_batch, model.max_seq, "kv-calibration")?;
-    }
+    let f32_graph = model.step_graph(&KvFormat::Float(DType::F32), "kv-calibration")?;
+    let tok = model
+        .tokenizer
+        .as_ref()
+        .ok_or_else(|| ImportError::MissingFile { path: model.path.clone(), what: "tokenizer (needed for calibration)" })?;
     let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(texts.len() as u64) };
     bar.set_message("calibrating the KV cache");
     for text in texts {
-        let mut inputs = model.encode_batch(std::slice::from_ref(text))?;
-        inputs.retain(|(n, _)| !n.starts_with("past."));
-        inputs.extend(model.empty_cache(&f32_model_graph));
-        let outs = crate::interp::run(&f32_model_graph, &model.weights, &inputs).map_err(|e| ImportError::KvCache {
+        let mut ids = tok.encode(text)?;
+        ids.truncate(model.max_seq as usize);
+        let inputs = super::prefill_inputs(&f32_graph, &ids).map_err(|message| ImportError::KvCache {
+            path: model.path.clone(),
+            layer: "all layers".into(),
+            message,
+        })?;
+        let outs = crate::interp::run(&f32_graph, &model.weights, &inputs).map_err(|e| ImportError::KvCache {
             path: model.path.clone(),
             layer: "all layers".into(),
             message: format!("calibration run failed: {e}"),

@@ -14,7 +14,7 @@ pub use kv::KvFormat;
 use super::gguf::{GgufFile, GgufTokenizer};
 use super::json::JsonFile;
 use super::{ImportError, Imported, WeightStore};
-use crate::interp::{Tensor, TensorData};
+use crate::interp::Tensor;
 use crate::ir::{DType, Graph};
 use std::path::{Path, PathBuf};
 
@@ -112,49 +112,56 @@ pub fn load_hf(dir: &Path, opts: &DecoderOptions) -> Result<DecoderModel, Import
 fn finish(path: &Path, config: DecoderConfig, weights: WeightStore, opts: &DecoderOptions) -> Result<DecoderModel, ImportError> {
     let max_seq = opts.max_seq.unwrap_or(config.max_position_embeddings).min(config.max_position_embeddings);
     let name = path.file_stem().map_or_else(|| "decoder".into(), |n| n.to_string_lossy().into_owned());
-    let graph = block::build(&config, &weights, &opts.kv, opts.max_batch, max_seq, &name)?;
-    if let Err(e) = crate::ir::verify(&graph, "after import") {
-        return Err(ImportError::Graph { path: path.into(), layer: "whole graph".into(), message: e.to_string() });
-    }
+    let graph = build_verified(path, &config, &weights, &opts.kv, opts.max_batch, max_seq, &name)?;
     Ok(DecoderModel { path: path.into(), config, graph, weights, max_seq, tokenizer: None, options: opts.clone() })
+}
+
+/// [`block::build`], then the verifier (a failure is a qfuse bug, reported with the model).
+fn build_verified(
+    path: &Path,
+    config: &DecoderConfig,
+    weights: &WeightStore,
+    kv: &KvFormat,
+    max_batch: u64,
+    max_seq: u64,
+    name: &str,
+) -> Result<Graph, ImportError> {
+    let graph = block::build(config, weights, kv, max_batch, max_seq, name)?;
+    crate::ir::verify(&graph, "after import").map_err(|e| ImportError::Graph {
+        path: path.into(),
+        layer: "whole graph".into(),
+        message: e.to_string(),
+    })?;
+    Ok(graph)
 }
 
 impl DecoderModel {
     /// Rebuilds the step graph with another KV-cache format.
     pub fn with_kv(&mut self, kv: KvFormat) -> Result<(), ImportError> {
         self.options.kv = kv;
-        let name = self.graph.name.clone();
-        self.graph = block::build(&self.config, &self.weights, &self.options.kv, self.options.max_batch, self.max_seq, &name)?;
-        crate::ir::verify(&self.graph, "after import").map_err(|e| ImportError::Graph {
-            path: self.path.clone(),
-            layer: "whole graph".into(),
-            message: e.to_string(),
-        })
+        self.graph = self.step_graph(&self.options.kv, &self.graph.name)?;
+        Ok(())
     }
 
-    /// Inputs of one prefill step of `ids` with an empty cache (one sequence).
-    pub fn step_inputs(&self, ids: &[u32]) -> Vec<(&'static str, Tensor)> {
-        let mut inputs = vec![
-            ("input_ids", Tensor::i64(vec![1, ids.len()], ids.iter().map(|&t| i64::from(t)).collect())),
-            ("cache_len", Tensor::i64(vec![1], vec![0])),
-        ];
-        inputs.extend(self.empty_cache(&self.graph));
-        inputs
+    /// The model's step graph (its batch and context limits) with a KV cache of format `kv`.
+    pub fn step_graph(&self, kv: &KvFormat, name: &str) -> Result<Graph, ImportError> {
+        build_verified(&self.path, &self.config, &self.weights, kv, self.options.max_batch, self.max_seq, name)
     }
 
-    /// Empty cache tensors for one sequence, as a step graph's state inputs (`[1, KV, 0, D]`).
-    pub fn empty_cache(&self, graph: &Graph) -> Vec<(&'static str, Tensor)> {
-        let inputs = graph.inputs();
-        let kv = self.config.num_kv_heads as usize;
-        let d = self.config.head_dim as usize;
-        let mut out = vec![];
-        for slot in &graph.state {
-            let Some((_, v)) = inputs.iter().find(|(n, _)| *n == slot.input) else { continue };
-            let name = crate::util::intern(&slot.input);
-            out.push((name, Tensor { dtype: graph.ty(*v).dtype, shape: vec![1, kv, 0, d], data: TensorData::F32(vec![]) }));
-        }
-        out
+    /// Inputs of one prefill step of `ids` through the model's step graph, with an empty cache.
+    pub fn step_inputs(&self, ids: &[u32]) -> Result<Vec<(&'static str, Tensor)>, ImportError> {
+        prefill_inputs(&self.graph, ids).map_err(|message| ImportError::Graph { path: self.path.clone(), layer: "state".into(), message })
     }
+}
+
+/// Inputs of one prefill step of `ids` through `graph` (one sequence, empty cache).
+pub fn prefill_inputs(graph: &Graph, ids: &[u32]) -> Result<Vec<(&'static str, Tensor)>, String> {
+    let mut inputs = vec![
+        ("input_ids", Tensor::i64(vec![1, ids.len()], ids.iter().map(|&t| i64::from(t)).collect())),
+        ("cache_len", Tensor::i64(vec![1], vec![0])),
+    ];
+    inputs.extend(crate::interp::empty_state(graph)?);
+    Ok(inputs)
 }
 
 impl Imported for DecoderModel {
@@ -184,7 +191,7 @@ impl Imported for DecoderModel {
         };
         let mut ids = tok.encode(text)?;
         ids.truncate(self.max_seq as usize);
-        Ok(self.step_inputs(&ids))
+        self.step_inputs(&ids)
     }
 
     fn texts_per_run(&self) -> usize {
@@ -205,6 +212,9 @@ pub fn decoder_recipe(mut recipe: crate::quant::Recipe) -> crate::quant::Recipe 
 /// scales from the calibration set (`amax / max code`), and a layer that saw no data is an
 /// error naming it, never a silent 1.0.
 pub fn set_kv_cache(model: &mut DecoderModel, storage: DType, quiet: bool) -> Result<(), ImportError> {
+    if model.options.kv == KvFormat::Float(storage) {
+        return Ok(());
+    }
     let kv = match storage {
         DType::F32 | DType::F16 | DType::BF16 => KvFormat::Float(storage),
         DType::F8E4M3 | DType::I8 => {

@@ -293,13 +293,11 @@ impl GgufTokenizer {
     /// BOS/EOS tokens and `add_bos_token` from `tokenizer_config.json` when present (the config's
     /// token ids otherwise).
     pub fn from_hf_folder(dir: &std::path::Path, cfg: &crate::import::decoder::DecoderConfig) -> Result<Self, ImportError> {
+        use crate::import::json::{read_limited, JsonFile};
         let path = dir.join("tokenizer.json");
-        let inner = Tokenizer::from_file(&path).map_err(|e| ImportError::Tokenizer { path: path.clone(), message: e.to_string() })?;
+        let inner = crate::import::tokenize::parse_tokenizer_json(read_limited(&path, "tokenizer")?.as_bytes(), &path)?;
         let config_path = dir.join("tokenizer_config.json");
-        let config: serde_json::Value = match std::fs::read_to_string(&config_path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| ImportError::Json { path: config_path.clone(), message: e.to_string() })?,
-            Err(_) => serde_json::Value::Null,
-        };
+        let config = if config_path.exists() { JsonFile::read(&config_path, "tokenizer config")?.value } else { serde_json::Value::Null };
         let token_id = |key: &str| {
             let token = config.get(key).and_then(|t| t.as_str().or_else(|| t.get("content").and_then(|c| c.as_str())));
             token.and_then(|t| inner.token_to_id(t))

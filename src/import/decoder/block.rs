@@ -196,8 +196,9 @@ impl BlockBuilder<'_, '_> {
     }
 }
 
-/// Builds the step graph of `cfg` over `weights` with a KV cache of format `kv`; `max_batch` and
-/// `max_seq` bound the symbols `B` (sequences), `S` (new tokens per step) and `P` (cached tokens).
+/// Builds and verifies the step graph of `cfg` over `weights` with a KV cache of format `kv`;
+/// `max_batch` and `max_seq` bound the symbols `B` (sequences), `S` (new tokens per step) and `P`
+/// (cached tokens). A verifier failure is a qfuse bug, reported with the weights' file.
 pub fn build(
     cfg: &DecoderConfig,
     weights: &WeightStore,
@@ -213,5 +214,10 @@ pub fn build(
     let mut bb = BlockBuilder { b: Builder::new(&mut graph), cfg, weights, kv };
     let state = bb.graph_body(batch, seq, past)?;
     graph.state = state;
+    crate::ir::verify(&graph, "after import").map_err(|e| ImportError::Graph {
+        path: weights.path().into(),
+        layer: "whole graph".into(),
+        message: e.to_string(),
+    })?;
     Ok(graph)
 }

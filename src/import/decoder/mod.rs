@@ -112,27 +112,8 @@ pub fn load_hf(dir: &Path, opts: &DecoderOptions) -> Result<DecoderModel, Import
 fn finish(path: &Path, config: DecoderConfig, weights: WeightStore, opts: &DecoderOptions) -> Result<DecoderModel, ImportError> {
     let max_seq = opts.max_seq.unwrap_or(config.max_position_embeddings).min(config.max_position_embeddings);
     let name = path.file_stem().map_or_else(|| "decoder".into(), |n| n.to_string_lossy().into_owned());
-    let graph = build_verified(path, &config, &weights, &opts.kv, opts.max_batch, max_seq, &name)?;
+    let graph = block::build(&config, &weights, &opts.kv, opts.max_batch, max_seq, &name)?;
     Ok(DecoderModel { path: path.into(), config, graph, weights, max_seq, tokenizer: None, options: opts.clone() })
-}
-
-/// [`block::build`], then the verifier (a failure is a qfuse bug, reported with the model).
-fn build_verified(
-    path: &Path,
-    config: &DecoderConfig,
-    weights: &WeightStore,
-    kv: &KvFormat,
-    max_batch: u64,
-    max_seq: u64,
-    name: &str,
-) -> Result<Graph, ImportError> {
-    let graph = block::build(config, weights, kv, max_batch, max_seq, name)?;
-    crate::ir::verify(&graph, "after import").map_err(|e| ImportError::Graph {
-        path: path.into(),
-        layer: "whole graph".into(),
-        message: e.to_string(),
-    })?;
-    Ok(graph)
 }
 
 impl DecoderModel {
@@ -145,7 +126,7 @@ impl DecoderModel {
 
     /// The model's step graph (its batch and context limits) with a KV cache of format `kv`.
     pub fn step_graph(&self, kv: &KvFormat, name: &str) -> Result<Graph, ImportError> {
-        build_verified(&self.path, &self.config, &self.weights, kv, self.options.max_batch, self.max_seq, name)
+        block::build(&self.config, &self.weights, kv, self.options.max_batch, self.max_seq, name)
     }
 
     /// Inputs of one prefill step of `ids` through the model's step graph, with an empty cache.

@@ -34,6 +34,7 @@ mod context;
 mod cuda;
 mod engine;
 mod error;
+pub mod scheduler;
 pub mod tensor;
 
 pub use context::{BenchStats, Context, KernelTiming, Outputs, DEFAULT_GRAPH_CACHE};

@@ -87,7 +87,7 @@ fn thousands_of_requests_finish_identically_and_free_every_page() {
         }
         let out = sched.step(|inp| Ok::<_, ()>(fake_model(inp, vocab))).unwrap();
         max_running = max_running.max(sched.running());
-        done.extend(out);
+        done.extend(out.finished);
         steps += 1;
         if sched.pending() == 0 && it.len() == 0 {
             break;
@@ -117,7 +117,7 @@ fn requests_wait_for_pages_instead_of_failing() {
     while sched.pending() > 0 {
         let out = sched.step(|inp| Ok::<_, ()>(fake_model(inp, vocab))).unwrap();
         assert!(sched.running() <= 1, "only one request fits the cache");
-        done += out.len();
+        done += out.finished.len();
     }
     assert_eq!((done, sched.pages_in_use()), (5, 0));
 }
@@ -141,7 +141,7 @@ fn a_step_error_leaves_the_scheduler_consistent() {
     // The failed step changed nothing: the request runs to completion afterwards.
     let mut out = vec![];
     while sched.pending() > 0 {
-        out.extend(sched.step(|inp| Ok::<_, ()>(fake_model(inp, 50))).unwrap());
+        out.extend(sched.step(|inp| Ok::<_, ()>(fake_model(inp, 50))).unwrap().finished);
     }
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].tokens.len(), 4);

@@ -8,6 +8,7 @@ mod eval;
 mod eval_decoder;
 mod eval_table;
 mod generate;
+mod generate_plan;
 mod import;
 mod inspect;
 mod output;

@@ -111,6 +111,15 @@ pub struct Completion {
     pub finish: Finish,
 }
 
+/// What one step produced.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StepReport {
+    /// `(request id, token)` of every token generated in this step, in row order.
+    pub emitted: Vec<(u64, u32)>,
+    /// Requests this step finished.
+    pub finished: Vec<Completion>,
+}
+
 /// The geometry the scheduler works in (from the plan's decoder metadata).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Geometry {
@@ -225,11 +234,12 @@ impl Scheduler {
         }
     }
 
-    /// Runs one step through `run` (which returns one sampled id per row) and returns the
-    /// requests it finished; `Ok(vec![])` with nothing pending means all work is done.
-    pub fn step<E>(&mut self, run: impl FnOnce(&StepInput) -> Result<Vec<u32>, E>) -> Result<Vec<Completion>, E> {
+    /// Runs one step through `run` (which returns one sampled id per row) and returns the tokens
+    /// it generated and the requests it finished; nothing pending means all work is done. When
+    /// `run` fails nothing changes.
+    pub fn step<E>(&mut self, run: impl FnOnce(&StepInput) -> Result<Vec<u32>, E>) -> Result<StepReport, E> {
         self.admit();
-        let Some(rows) = self.next_rows() else { return Ok(vec![]) };
+        let Some(rows) = self.next_rows() else { return Ok(StepReport::default()) };
         let input = self.input(&rows);
         let sampled = run(&input)?;
         Ok(self.advance(&rows, input.seq, &sampled))
@@ -276,9 +286,10 @@ impl Scheduler {
 
     /// Applies a step's sampled ids: caches grow, prompts shrink, tokens are appended, finished
     /// sequences leave and free their pages.
-    fn advance(&mut self, rows: &[usize], seq: usize, sampled: &[u32]) -> Vec<Completion> {
+    fn advance(&mut self, rows: &[usize], seq: usize, sampled: &[u32]) -> StepReport {
         let max_seq = self.geometry.max_seq;
         let mut done = Vec::new();
+        let mut emitted = Vec::new();
         for (b, &r) in rows.iter().enumerate() {
             let s = &mut self.running[r];
             s.cached += seq as u32;
@@ -291,6 +302,7 @@ impl Scheduler {
             }
             let Some(&token) = sampled.get(b) else { continue };
             s.generated.push(token);
+            emitted.push((s.req.id, token));
             let finish = if s.req.stop.contains(&token) {
                 Some(Finish::Stop)
             } else if s.generated.len() as u32 >= s.req.max_new {
@@ -311,6 +323,6 @@ impl Scheduler {
             out.push(Completion { id: s.req.id, tokens: s.generated, finish });
         }
         out.reverse();
-        out
+        StepReport { emitted, finished: out }
     }
 }

@@ -61,7 +61,7 @@ fn float_trait(cx: &LowerCx, node: NodeId, dt: DType, what: &str) -> Result<&'st
 }
 
 /// `{{prelude}}`, `{{ops}}` and `{{kernel_name}}` plus `values`.
-fn with_prelude(values: Vec<(&'static str, String)>) -> Vec<(&'static str, String)> {
+pub(crate) fn with_prelude(values: Vec<(&'static str, String)>) -> Vec<(&'static str, String)> {
     prelude_values().into_iter().chain(values).collect()
 }
 
@@ -125,7 +125,7 @@ fn check_cache_len(cx: &LowerCx, node: NodeId, len: ValueId) -> Result<(), Lower
 pub enum CacheRead {
     /// f16, bf16 or f32 values read exactly.
     Float(DType),
-    /// `f8e4m3` or `i8` codes: `via(code · scale)`.
+    /// `f8e4m3`, `f8e5m2` or `i8` codes: `via(code · scale)`.
     Codes {
         /// The stored dtype.
         storage: DType,
@@ -201,8 +201,8 @@ impl PagedAttentionSpec {
         }
         match self.cache {
             CacheRead::Float(DType::F16 | DType::BF16 | DType::F32) => {}
-            CacheRead::Codes { storage: DType::F8E4M3 | DType::I8, via: DType::F16 | DType::BF16 | DType::F32 } => {}
-            other => return Err(format!("a KV cache read as {other:?} has no kernel (floats f16/bf16/f32, or f8e4m3/i8 codes)")),
+            CacheRead::Codes { storage: DType::F8E4M3 | DType::F8E5M2 | DType::I8, via: DType::F16 | DType::BF16 | DType::F32 } => {}
+            other => return Err(format!("a KV cache read as {other:?} has no kernel (floats f16/bf16/f32, or f8e4m3/f8e5m2/i8 codes)")),
         }
         if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
             return Err(format!("{} heads are not a multiple of {} KV heads", self.heads, self.kv_heads));
@@ -329,13 +329,14 @@ fn is_update(cx: &LowerCx, v: ValueId, update: &str) -> bool {
     cx.graph.outputs.iter().any(|(name, o)| name == update && *o == v)
 }
 
-/// The cache read of a `causal_attention` whose cache tensors are `storage`.
+/// How a `causal_attention` whose cache tensors are `storage` reads them, and the launch's
+/// `(k_scale, v_scale)` (1 for float caches, where the kernel ignores them).
 fn cache_read(a: &CausalAttention, storage: DType) -> Result<(CacheRead, f32, f32), String> {
-    let _ = a;
-    if storage.is_wide_float() {
-        return Ok((CacheRead::Float(storage), 1.0, 1.0));
+    match a.cache {
+        None if storage.is_wide_float() => Ok((CacheRead::Float(storage), 1.0, 1.0)),
+        None => Err(format!("a {storage} KV cache must be read as codes (the op carries no codes(...); run fuse-kv-cache)")),
+        Some(c) => Ok((CacheRead::Codes { storage, via: c.via }, c.k_scale, c.v_scale)),
     }
-    Err(format!("a {storage} KV cache needs the op to carry its scales (codes are not read without them)"))
 }
 
 fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<Lowered, LowerError> {

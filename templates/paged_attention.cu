@@ -16,13 +16,16 @@
 // Work split: one CTA of {{threads}} threads per (tile of QT = {{q_tokens}} query tokens, KV head, sequence):
 // grid (ceil_div(S, QT), KV, B). The CTA serves all G = {{group}} query heads of its KV group for
 // its QT tokens (ROWS = QT·G query rows; at decode, S = 1, only G rows are live) from one load of
-// each K/V page: it walks the pages 0 ..= (last position of its tokens) / PAGE in order; per page
-// it dequantizes the K and V tiles [PAGE, D] into shared memory (f32), computes the live rows'
-// PAGE scores (causally masked), updates each row's running max and sum, and rescales and
-// accumulates the f32 outputs held in registers (each thread owns ceil(ROWS·D / threads) of them).
-// Shared memory (f32): Q [ROWS][D+1] | K [PAGE][D+1] | V [PAGE][D] | P [ROWS][PAGE] | m, l, α [ROWS]
-// (rows padded by one word so that threads of one warp reading different rows or keys hit
-// different banks). No split-KV: long decode contexts run on B·KV CTAs.
+// each K/V tile: it walks positions 0 ..= (last position of its tokens) in tiles of TK = {{tile_keys}}
+// keys (whole pages of PAGE = {{page_size}}); per tile it dequantizes K and V [TK, D] into shared memory
+// (f32; each thread moves 16-byte packs, finding each key's page in the page table), computes the
+// live rows' TK scores (causally masked), updates each row's running max and sum (one warp per
+// row), and rescales and accumulates the f32 outputs held in registers (each thread owns
+// ceil(ROWS·D / threads) of them).
+// Shared memory (f32): Q [ROWS][D+1] | K [TK][D+1] | V [TK][D] | P [ROWS][TK] | m, l, α [ROWS]
+// (Q and K rows padded by one word so that threads of one warp reading different rows or keys
+// hit different banks). No split-KV (it needs a workspace the memory plan does not provide):
+// decode runs on B·KV CTAs, each streaming its sequence's whole cache.
 
 typedef {{q_t}} QT_;   // q
 typedef {{o_t}} OT_;   // o
@@ -35,6 +38,7 @@ typedef {{c_t}} CT_;   // cache storage
 #define QF_QTOK {{q_tokens}}
 #define QF_ROWS (QF_QTOK * QF_G)
 #define QF_PAGE {{page_size}}
+#define QF_TK {{tile_keys}}
 #define QF_MAX_PAGES {{max_pages}}
 #define QF_THREADS {{threads}}
 #define QF_WARPS (QF_THREADS / 32)
@@ -56,16 +60,20 @@ QF_DEVICE float qf_cache_value(CT_::T code, float scale) {
 #endif
 }
 
-// Dequantizes PAGE × D elements of one pool page (contiguous: HND within a page) into `dst`
-// ([PAGE][ld] f32); keys at or past `live` are zero (never read from memory).
-QF_DEVICE void qf_load_tile(const CT_::T* __restrict__ src, float* dst, int ld, int live, float scale) {
-    const uint4* src4 = reinterpret_cast<const uint4*>(src);
-    for (int pk = threadIdx.x; pk < QF_PAGE * QF_D / QF_EP; pk += QF_THREADS) {
+// Dequantizes the K or V elements of keys t0 .. t0 + TK − 1 into `dst` ([TK][ld] f32): key t lives
+// in page table[t / PAGE], slot t % PAGE, a contiguous row of D elements (HND within a page).
+// Keys at or past t0 + live are zero (never read from memory).
+QF_DEVICE void qf_load_tile(const CT_::T* __restrict__ pool, const int* __restrict__ table, int g, long long t0, int live,
+                            float* dst, int ld, float scale) {
+    for (int pk = threadIdx.x; pk < QF_TK * QF_D / QF_EP; pk += QF_THREADS) {
         const int e0 = pk * QF_EP;
         const int j = e0 / QF_D, d0 = e0 % QF_D;
         float* row = dst + j * ld + d0;
         if (j < live) {
-            const uint4 w = src4[pk];
+            const long long t = t0 + j;
+            const long long page = table[t / QF_PAGE];
+            const long long at = ((page * QF_KV + g) * QF_PAGE + t % QF_PAGE) * QF_D + d0;
+            const uint4 w = *reinterpret_cast<const uint4*>(pool + at);
             const CT_::T* e = reinterpret_cast<const CT_::T*>(&w);
 #pragma unroll
             for (int u = 0; u < QF_EP; ++u) row[u] = qf_cache_value(e[u], scale);
@@ -82,9 +90,9 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
     extern __shared__ float smem[];
     float* Qs = smem;
     float* Ks = Qs + QF_ROWS * QF_QLD;
-    float* Vs = Ks + QF_PAGE * QF_KLD;
-    float* Ps = Vs + QF_PAGE * QF_D;
-    float* row_m = Ps + QF_ROWS * QF_PAGE;
+    float* Vs = Ks + QF_TK * QF_KLD;
+    float* Ps = Vs + QF_TK * QF_D;
+    float* row_m = Ps + QF_ROWS * QF_TK;
     float* row_l = row_m + QF_ROWS;
     float* row_a = row_l + QF_ROWS;
 
@@ -113,23 +121,21 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
     for (int k = 0; k < QF_OPT; ++k) acc[k] = 0.0f;
 
     const long long last = base + s0 + tokens - 1;  // the last position any row attends to
-    const long long pages = last / QF_PAGE + 1;
     const int* table = page_table + b * QF_MAX_PAGES;
-    for (long long pg = 0; pg < pages && pg < QF_MAX_PAGES; ++pg) {
-        const long long page = table[pg];
-        const long long first = pg * QF_PAGE;
-        const int live = static_cast<int>(last - first + 1 < QF_PAGE ? last - first + 1 : QF_PAGE);
-        const long long off = (page * QF_KV + g) * (static_cast<long long>(QF_PAGE) * QF_D);
-        __syncthreads();  // the previous page's tiles are consumed (and Q, m, l are written)
-        qf_load_tile(k_pool + off, Ks, QF_KLD, live, k_scale);
-        qf_load_tile(v_pool + off, Vs, QF_D, live, v_scale);
+    // Keys past the page table (t / PAGE ≥ MAX_PAGES) are not read: the runtime never admits them.
+    const long long end = last + 1 < static_cast<long long>(QF_MAX_PAGES) * QF_PAGE ? last + 1 : static_cast<long long>(QF_MAX_PAGES) * QF_PAGE;
+    for (long long first = 0; first < end; first += QF_TK) {
+        const int live = static_cast<int>(end - first < QF_TK ? end - first : QF_TK);
+        __syncthreads();  // the previous tile is consumed (and Q, m, l are written)
+        qf_load_tile(k_pool, table, g, first, live, Ks, QF_KLD, k_scale);
+        qf_load_tile(v_pool, table, g, first, live, Vs, QF_D, v_scale);
         __syncthreads();
         // Scores, causally masked.
-        for (int p = threadIdx.x; p < rows * QF_PAGE; p += QF_THREADS) {
-            const int r = p / QF_PAGE, j = p % QF_PAGE;
+        for (int p = threadIdx.x; p < rows * QF_TK; p += QF_THREADS) {
+            const int r = p / QF_TK, j = p % QF_TK;
             const long long pos_q = base + s0 + r / QF_G;
             float sc = -__int_as_float(0x7f800000);
-            if (first + j <= pos_q) {
+            if (j < live && first + j <= pos_q) {
                 const float* qr = Qs + r * QF_QLD;
                 const float* kr = Ks + j * QF_KLD;
                 float dot = 0.0f;
@@ -137,22 +143,22 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
                 for (int d = 0; d < QF_D; ++d) dot = fmaf(qr[d], kr[d], dot);
                 sc = __fmul_rn(dot, scale);
             }
-            Ps[r * QF_PAGE + j] = sc;
+            Ps[r * QF_TK + j] = sc;
         }
         __syncthreads();
         // Online softmax statistics: one warp per row.
         const int lane = threadIdx.x & 31;
         for (int r = threadIdx.x >> 5; r < rows; r += QF_WARPS) {
-            float* pr = Ps + r * QF_PAGE;
+            float* pr = Ps + r * QF_TK;
             float mx = -__int_as_float(0x7f800000);
-            for (int j = lane; j < QF_PAGE; j += 32) mx = fmaxf(mx, pr[j]);
+            for (int j = lane; j < QF_TK; j += 32) mx = fmaxf(mx, pr[j]);
             mx = qf_warp_max(mx);
             const float m_old = row_m[r];
             const float m_new = fmaxf(m_old, mx);
             const bool none = m_new == -__int_as_float(0x7f800000);
             const float alpha = none ? 1.0f : expf(m_old - m_new);
             float sum = 0.0f;
-            for (int j = lane; j < QF_PAGE; j += 32) {
+            for (int j = lane; j < QF_TK; j += 32) {
                 const float e = none ? 0.0f : expf(pr[j] - m_new);
                 pr[j] = e;
                 sum += e;
@@ -171,10 +177,10 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
             const int e = threadIdx.x + k * QF_THREADS;
             const int r = e / QF_D, d = e % QF_D;
             if (r < rows) {
-                const float* pr = Ps + r * QF_PAGE;
+                const float* pr = Ps + r * QF_TK;
                 float o = acc[k] * row_a[r];
 #pragma unroll 8
-                for (int j = 0; j < QF_PAGE; ++j) o = fmaf(pr[j], Vs[j * QF_D + d], o);
+                for (int j = 0; j < QF_TK; ++j) o = fmaf(pr[j], Vs[j * QF_D + d], o);
                 acc[k] = o;
             }
         }

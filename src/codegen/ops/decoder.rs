@@ -170,6 +170,12 @@ impl PagedAttentionSpec {
         self.heads / self.kv_heads
     }
 
+    /// Keys per shared-memory tile: whole pages, at least 64 keys.
+    pub fn tile_keys(&self) -> u32 {
+        let page = self.paged.page_size.max(1);
+        page * 64u32.div_ceil(page)
+    }
+
     /// Query tokens per CTA: as many as keep the rows (tokens × group) at or under [`MAX_ROWS`]
     /// and the shared memory under [`MAX_SMEM`] (at least 1).
     pub fn q_tokens(&self) -> u32 {
@@ -180,16 +186,16 @@ impl PagedAttentionSpec {
         qt
     }
 
-    /// Dynamic shared memory (f32 words): Q [ROWS][D+1], K [PAGE][D+1], V [PAGE][D],
-    /// P [ROWS][PAGE], and three row statistics.
+    /// Dynamic shared memory (f32 words): Q [ROWS][D+1], K [TK][D+1], V [TK][D], P [ROWS][TK],
+    /// and three row statistics (TK: [`Self::tile_keys`]).
     pub fn smem_bytes(&self) -> u32 {
         self.smem_for(self.q_tokens())
     }
 
     fn smem_for(&self, q_tokens: u32) -> u32 {
         let rows = q_tokens * self.group();
-        let (d, page) = (self.head_dim, self.paged.page_size);
-        4 * (rows * (d + 1) + page * (d + 1) + page * d + rows * page + 3 * rows)
+        let (d, tk) = (self.head_dim, self.tile_keys());
+        4 * (rows * (d + 1) + tk * (d + 1) + tk * d + rows * tk + 3 * rows)
     }
 
     /// Checks what the template relies on; the message names the constraint.
@@ -215,8 +221,8 @@ impl PagedAttentionSpec {
             return Err(format!("head size {}: a row of {} is not a whole number of 16-byte packs", self.head_dim, self.cache.storage()));
         }
         let PagedKv { page_size, max_pages } = self.paged;
-        if page_size == 0 || page_size > 256 || max_pages == 0 {
-            return Err(format!("page size {page_size} (1..=256) and {max_pages} pages per sequence (≥ 1) are not supported"));
+        if page_size == 0 || page_size > 128 || max_pages == 0 {
+            return Err(format!("page size {page_size} (1..=128) and {max_pages} pages per sequence (≥ 1) are not supported"));
         }
         if !self.scale.is_finite() {
             return Err(format!("score scale {} is not finite", self.scale));
@@ -269,6 +275,7 @@ impl PagedAttentionSpec {
             ("head_dim", self.head_dim.to_string()),
             ("q_tokens", qt.to_string()),
             ("page_size", self.paged.page_size.to_string()),
+            ("tile_keys", self.tile_keys().to_string()),
             ("max_pages", self.paged.max_pages.to_string()),
             ("threads", ATTN_THREADS.to_string()),
             ("codes", codes.to_string()),

@@ -38,7 +38,7 @@ pub struct GenerateArgs {
     /// Sampling temperature; 0 (the default) is greedy.
     #[arg(long, default_value_t = 0.0)]
     pub(crate) temperature: f32,
-    /// Sample among the K most likely tokens (0 = all).
+    /// Sample among the K most likely tokens (0 = the 256 most likely; at most 256).
     #[arg(long, default_value_t = 0)]
     pub(crate) top_k: usize,
     /// Sample within the top-p probability mass (1 = all).

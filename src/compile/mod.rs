@@ -240,7 +240,7 @@ pub(crate) fn assemble(source: &Source<'_>, q: Quantized, opts: &CompileOptions)
     let nvrtc_seconds = t_nvrtc.elapsed().as_secs_f64();
     let buffers = add_buffers(&mut builder, &graph, &mem);
     let weights = add_weights(&mut builder, &graph, &program, source.weights)?;
-    add_schedule(&mut builder, &graph, &program, &kernel_index, &buffers, &weights);
+    add_schedule(&mut builder, &graph, &program, &kernel_index, &buffers, &weights)?;
     add_signature(&mut builder, &graph, &buffers);
     drop_unused_symbols(builder.meta_mut());
     if let Some(tok) = &source.tokenizer {
@@ -267,7 +267,7 @@ pub(crate) fn assemble(source: &Source<'_>, q: Quantized, opts: &CompileOptions)
 /// cache lives in pages), so the runtime need not bind them.
 fn drop_unused_symbols(meta: &mut PlanMeta) {
     let mut used = std::collections::BTreeSet::new();
-    let mut note = |e: &DimExpr| used.extend(e.symbols().map(str::to_string));
+    let mut note = |e: &DimExpr| used.extend(e.symbols().into_iter().map(str::to_string));
     for sig in meta.inputs.iter().chain(&meta.outputs) {
         sig.shape.iter().for_each(&mut note);
     }
@@ -406,20 +406,23 @@ fn add_schedule(
     kernels: &std::collections::HashMap<String, u32>,
     buffers: &std::collections::HashMap<ValueId, u32>,
     weights: &std::collections::HashMap<ValueId, u32>,
-) {
+) -> Result<(), CompileError> {
     for (node, launch) in program.launches() {
         let n = &graph.nodes[node];
         let args = launch
             .args
             .iter()
             .map(|a| match a {
-                Arg::Value(v) => match weights.get(&program.root(*v)) {
+                Arg::Value(v) => Ok(match weights.get(&program.root(*v)) {
                     Some(&w) => ArgRef::Weight(w),
                     None => ArgRef::Buffer(buffers[v]),
-                },
-                Arg::Scalar(s) => ArgRef::Scalar(s.clone()),
+                }),
+                Arg::Scalar(s) => Ok(ArgRef::Scalar(s.clone())),
+                // The paged KV cache's pools and page table belong to the generator (format 2.0).
+                Arg::KvPool(i) => Ok(ArgRef::KvPool(*i)),
+                Arg::PageTable => Ok(ArgRef::PageTable),
             })
-            .collect();
+            .collect::<Result<Vec<_>, CompileError>>()?;
         let results: Vec<String> = n.outputs.iter().map(|v| v.to_string()).collect();
         let label = format!("{} {} ({})", n.op.mnemonic(), n.name.as_deref().unwrap_or("-"), results.join(", "));
         let writes = n.outputs.iter().filter_map(|v| buffers.get(v).copied()).collect();
@@ -430,6 +433,7 @@ fn add_schedule(
         }
         meta.schedule.push(LaunchMeta { kernel: kernels[&launch.kernel.name], args, label, writes });
     }
+    Ok(())
 }
 
 fn add_signature(builder: &mut PlanBuilder<'static>, graph: &Graph, buffers: &std::collections::HashMap<ValueId, u32>) {

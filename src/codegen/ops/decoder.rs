@@ -28,8 +28,7 @@ use crate::plan::{DimExpr, ParamType, Scalar};
 
 const ROPE: Template = Template { name: "rope.cu", text: include_str!("../../../templates/rope.cu") };
 const KV_APPEND: Template = Template { name: "kv_append.cu", text: include_str!("../../../templates/kv_append.cu") };
-const PAGED_ATTENTION: Template =
-    Template { name: "paged_attention.cu", text: include_str!("../../../templates/paged_attention.cu") };
+const PAGED_ATTENTION: Template = Template { name: "paged_attention.cu", text: include_str!("../../../templates/paged_attention.cu") };
 
 /// Threads of a rope CTA (one CTA per token row).
 pub const ROPE_THREADS: u32 = 128;
@@ -282,7 +281,14 @@ impl PagedAttentionSpec {
 
 /// The kv_append kernel for a cache of `storage` with `kv_heads` heads of `head_dim`: grid
 /// `(ceil_div(B·KV·S·R, 256), 2, 1)` over `batch` and `seq`.
-pub fn kv_append_kernel(storage: DType, kv_heads: u32, head_dim: u32, paged: PagedKv, batch: DimExpr, seq: DimExpr) -> Result<KernelDef, String> {
+pub fn kv_append_kernel(
+    storage: DType,
+    kv_heads: u32,
+    head_dim: u32,
+    paged: PagedKv,
+    batch: DimExpr,
+    seq: DimExpr,
+) -> Result<KernelDef, String> {
     let eb = elem_bytes(storage).ok_or_else(|| format!("a KV cache of {storage} (packed 4-bit) has no kernel"))?;
     let row = u64::from(head_dim) * eb;
     let pb = pack_bytes(row, eb);

@@ -305,9 +305,8 @@ fn reference(logits: &[f32], s: &Sampling, step: u64) -> Option<usize> {
             if x.is_nan() {
                 continue;
             }
-            match best {
-                Some(b) if !(x > logits[b]) => {}
-                _ => best = Some(i),
+            if best.is_none_or(|b| x > logits[b]) {
+                best = Some(i);
             }
         }
         return best;

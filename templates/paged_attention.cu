@@ -84,6 +84,19 @@ QF_DEVICE void qf_load_tile(const CT_::T* __restrict__ pool, const int* __restri
     }
 }
 
+// Element k of the outputs this thread owns: row r, column d; false past the live rows.
+QF_DEVICE bool qf_owned(int k, int rows, int& r, int& d) {
+    const int e = threadIdx.x + k * QF_THREADS;
+    r = e / QF_D;
+    d = e % QF_D;
+    return r < rows;
+}
+
+// Offset of query row r (token s0 + r / G, head g·G + r % G) of sequence b in q and o.
+QF_DEVICE long long qf_row_offset(long long b, long long S, long long s0, int g, int r) {
+    return ((b * S + s0 + r / QF_G) * QF_H + g * QF_G + r % QF_G) * QF_D;
+}
+
 extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const QT_::T* __restrict__ q,
         const CT_::T* __restrict__ k_pool, const CT_::T* __restrict__ v_pool, const int* __restrict__ page_table,
         const long long* __restrict__ cache_len, OT_::T* __restrict__ out, long long S, float k_scale, float v_scale) {
@@ -108,9 +121,7 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
     // Query rows: r = token · G + head in group.
     for (int e = threadIdx.x; e < rows * QF_D; e += QF_THREADS) {
         const int r = e / QF_D, d = e % QF_D;
-        const long long s = s0 + r / QF_G;
-        const int h = g * QF_G + r % QF_G;
-        Qs[r * QF_QLD + d] = QT_::load(q[((b * S + s) * QF_H + h) * QF_D + d]);
+        Qs[r * QF_QLD + d] = QT_::load(q[qf_row_offset(b, S, s0, g, r) + d]);
     }
     for (int r = threadIdx.x; r < rows; r += QF_THREADS) {
         row_m[r] = -__int_as_float(0x7f800000);
@@ -174,9 +185,8 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
         // o = o · α + Σ_j p_j · v_j.
 #pragma unroll
         for (int k = 0; k < QF_OPT; ++k) {
-            const int e = threadIdx.x + k * QF_THREADS;
-            const int r = e / QF_D, d = e % QF_D;
-            if (r < rows) {
+            int r, d;
+            if (qf_owned(k, rows, r, d)) {
                 const float* pr = Ps + r * QF_TK;
                 float o = acc[k] * row_a[r];
 #pragma unroll 8
@@ -188,12 +198,7 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
     __syncthreads();
 #pragma unroll
     for (int k = 0; k < QF_OPT; ++k) {
-        const int e = threadIdx.x + k * QF_THREADS;
-        const int r = e / QF_D, d = e % QF_D;
-        if (r < rows) {
-            const long long s = s0 + r / QF_G;
-            const int h = g * QF_G + r % QF_G;
-            out[((b * S + s) * QF_H + h) * QF_D + d] = OT_::store(__fdiv_rn(acc[k], row_l[r]));
-        }
+        int r, d;
+        if (qf_owned(k, rows, r, d)) out[qf_row_offset(b, S, s0, g, r) + d] = OT_::store(__fdiv_rn(acc[k], row_l[r]));
     }
 }

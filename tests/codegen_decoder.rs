@@ -74,7 +74,10 @@ fn a_float_cache_step_lowers_to_append_then_paged_attention_on_the_state_slots()
         // State slots of this layer's K and V, in graph.state order.
         let slot = |name: String| g.state.iter().position(|s| s.input == name).unwrap() as u32;
         let (ks, vs) = (slot(format!("past.k.{layer}")), slot(format!("past.v.{layer}")));
-        assert_eq!(l[0].args[..6], [Arg::Value(n.inputs[1]), Arg::Value(n.inputs[2]), Arg::KvPool(ks), Arg::KvPool(vs), Arg::PageTable, Arg::Value(n.inputs[5])]);
+        assert_eq!(
+            l[0].args[..6],
+            [Arg::Value(n.inputs[1]), Arg::Value(n.inputs[2]), Arg::KvPool(ks), Arg::KvPool(vs), Arg::PageTable, Arg::Value(n.inputs[5])]
+        );
         assert_eq!(
             l[1].args[..6],
             [Arg::Value(n.inputs[0]), Arg::KvPool(ks), Arg::KvPool(vs), Arg::PageTable, Arg::Value(n.inputs[5]), Arg::Value(n.outputs[0])]
@@ -227,7 +230,8 @@ fn paged_attention_variants_compile() {
         assert!(spec.smem_bytes() <= decoder::MAX_SMEM);
         let k = spec.kernel(DimExpr::sym("B"), DimExpr::sym("S")).unwrap_or_else(|e| panic!("{spec:?}: {e}"));
         compile(&k);
-        let append = decoder::kv_append_kernel(cache.storage(), kv_heads, head_dim, spec.paged, DimExpr::sym("B"), DimExpr::sym("S")).unwrap();
+        let append =
+            decoder::kv_append_kernel(cache.storage(), kv_heads, head_dim, spec.paged, DimExpr::sym("B"), DimExpr::sym("S")).unwrap();
         compile(&append);
     }
     // Rows of 8 one-byte codes are not whole 16-byte packs.
@@ -301,9 +305,8 @@ fn reference(logits: &[f32], s: &Sampling, step: u64) -> Option<usize> {
             if x.is_nan() {
                 continue;
             }
-            match best {
-                Some(b) if !(x > logits[b]) => {}
-                _ => best = Some(i),
+            if best.is_none_or(|b| x > logits[b]) {
+                best = Some(i);
             }
         }
         return best;

@@ -28,8 +28,7 @@ use crate::plan::{DimExpr, ParamType, Scalar};
 
 const ROPE: Template = Template { name: "rope.cu", text: include_str!("../../../templates/rope.cu") };
 const KV_APPEND: Template = Template { name: "kv_append.cu", text: include_str!("../../../templates/kv_append.cu") };
-const PAGED_ATTENTION: Template =
-    Template { name: "paged_attention.cu", text: include_str!("../../../templates/paged_attention.cu") };
+const PAGED_ATTENTION: Template = Template { name: "paged_attention.cu", text: include_str!("../../../templates/paged_attention.cu") };
 
 /// Threads of a rope CTA (one CTA per token row).
 pub const ROPE_THREADS: u32 = 128;
@@ -235,18 +234,9 @@ impl PagedAttentionSpec {
 
     /// Kernel parameters in signature order.
     pub fn params() -> Vec<(&'static str, ParamType)> {
-        let p = ParamType::Ptr;
-        vec![
-            ("q", p),
-            ("k_pool", p),
-            ("v_pool", p),
-            ("page_table", p),
-            ("cache_len", p),
-            ("out", p),
-            ("S", ParamType::I64),
-            ("k_scale", ParamType::F32),
-            ("v_scale", ParamType::F32),
-        ]
+        let mut p = pointers(&["q", "k_pool", "v_pool", "page_table", "cache_len", "out"]);
+        p.extend([("S", ParamType::I64), ("k_scale", ParamType::F32), ("v_scale", ParamType::F32)]);
+        p
     }
 
     /// Renders the kernel for `batch` sequences of `seq` query tokens.
@@ -291,7 +281,14 @@ impl PagedAttentionSpec {
 
 /// The kv_append kernel for a cache of `storage` with `kv_heads` heads of `head_dim`: grid
 /// `(ceil_div(B·KV·S·R, 256), 2, 1)` over `batch` and `seq`.
-pub fn kv_append_kernel(storage: DType, kv_heads: u32, head_dim: u32, paged: PagedKv, batch: DimExpr, seq: DimExpr) -> Result<KernelDef, String> {
+pub fn kv_append_kernel(
+    storage: DType,
+    kv_heads: u32,
+    head_dim: u32,
+    paged: PagedKv,
+    batch: DimExpr,
+    seq: DimExpr,
+) -> Result<KernelDef, String> {
     let eb = elem_bytes(storage).ok_or_else(|| format!("a KV cache of {storage} (packed 4-bit) has no kernel"))?;
     let row = u64::from(head_dim) * eb;
     let pb = pack_bytes(row, eb);
@@ -311,18 +308,14 @@ pub fn kv_append_kernel(storage: DType, kv_heads: u32, head_dim: u32, paged: Pag
     let source = KV_APPEND.render(&values).map_err(|e| e.to_string())?;
     let total = DimExpr::product([batch, DimExpr::Const(u64::from(kv_heads)), seq, DimExpr::Const(packs)]);
     let grid = [total.ceil_div(u64::from(APPEND_THREADS)), 2.into(), 1.into()];
-    let p = ParamType::Ptr;
-    let list = [
-        ("k", p),
-        ("v", p),
-        ("k_pool", p),
-        ("v_pool", p),
-        ("page_table", p),
-        ("cache_len", p),
-        ("B", ParamType::I64),
-        ("S", ParamType::I64),
-    ];
+    let mut list = pointers(&["k", "v", "k_pool", "v_pool", "page_table", "cache_len"]);
+    list.extend([("B", ParamType::I64), ("S", ParamType::I64)]);
     Ok(finish_kernel("kv_append", source, grid, [APPEND_THREADS, 1, 1], 0, params(&list)))
+}
+
+/// Pointer parameters named `names`, in order.
+fn pointers(names: &[&'static str]) -> Vec<(&'static str, ParamType)> {
+    names.iter().map(|&n| (n, ParamType::Ptr)).collect()
 }
 
 /// The state slot whose input is `v` (an `input` node), if any.

@@ -1,6 +1,7 @@
 //! Command-line front end: argument parsing, logging set-up and error reporting.
 
 mod bench;
+mod bench_decoder;
 mod check;
 mod compile;
 mod embed;

@@ -250,7 +250,9 @@ fn attention_case(compute: DType, cache: DType, codes: &str, seq: usize, lens: &
     let o = g.outputs[0].1;
     buffers.insert(o, gpu.upload(&vec![0u8; o_bytes]));
     let syms = vec![("B".to_string(), batch as u64), ("S".to_string(), seq as u64), ("P".to_string(), past as u64)];
-    let launches: Vec<&Launch> = program.launches().map(|(_, l)| l).collect();
+    // The append, then the attention variant whose guard holds for this S.
+    let launches: Vec<&Launch> =
+        program.launches().map(|(_, l)| l).filter(|l| l.when.as_ref().is_none_or(|w| w.holds(&syms).unwrap())).collect();
     assert_eq!(launches.len(), 2);
     for l in &launches {
         gpu.launch(&l.kernel, grid(&l.kernel, &syms), &bind(l, &buffers, &pool_ptrs, table_ptr, &syms));

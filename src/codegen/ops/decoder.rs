@@ -199,7 +199,7 @@ impl PagedAttentionSpec {
         qt
     }
 
-    /// Dynamic shared memory (f32 words): Q [ROWS][D+1], K [TK][D+1], V [TK][D], P [ROWS][TK],
+    /// Dynamic shared memory (f32 words): Q `[ROWS][D+1]`, K `[TK][D+1]`, V `[TK][D]`, P `[ROWS][TK]`,
     /// and three row statistics (TK: [`Self::tile_keys`]).
     pub fn smem_bytes(&self) -> u32 {
         self.smem_for(self.q_tokens())

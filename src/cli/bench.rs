@@ -11,9 +11,15 @@ use qfuse::runtime::{Engine, HostTensor};
 pub struct BenchArgs {
     /// The plan file.
     plan: PathBuf,
-    /// Batch size.
-    #[arg(long, default_value_t = 32)]
-    batch: u64,
+    /// Batch size (decoder plans: a comma-separated list, e.g. `1,8,64`).
+    #[arg(long, default_value = "32")]
+    batch: String,
+    /// Decoder plans: prompt tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    prompt_len: u64,
+    /// Decoder plans: tokens generated per sequence.
+    #[arg(long, default_value_t = 128)]
+    gen: u64,
     /// Tokens per sequence.
     #[arg(long, default_value_t = 128)]
     seq: u64,
@@ -34,10 +40,19 @@ pub struct BenchArgs {
 /// Runs `qfuse bench`.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let engine = Engine::load(&args.plan)?;
+    let batches: Vec<u64> = args
+        .batch
+        .split(',')
+        .map(|b| b.trim().parse::<u64>().map_err(|_| anyhow::anyhow!("--batch: `{b}` is not a batch size")))
+        .collect::<Result<_, _>>()?;
+    if engine.meta().decoder.is_some() {
+        return run_decoder(args, &engine, &batches);
+    }
+    let [batch] = batches[..] else { anyhow::bail!("--batch takes one size for encoder plans (a list only for decoders)") };
     let mut ctx = engine.context()?;
-    let inputs = synthetic_inputs(&args.plan, &engine, args.batch, args.seq)?;
+    let inputs = synthetic_inputs(&args.plan, &engine, batch, args.seq)?;
     let stats = ctx.bench(&inputs, args.warmup, args.iters)?;
-    let tokens = (args.batch * args.seq) as f64;
+    let tokens = (batch * args.seq) as f64;
     if args.profile {
         let (_, timings) = ctx.run_profiled(&inputs)?;
         let mut by_kernel: Vec<(String, f64, usize)> = Vec::new();
@@ -58,7 +73,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if args.json {
         let j = serde_json::json!({
-            "plan": args.plan.display().to_string(), "device": engine.device_name(), "batch": args.batch, "seq": args.seq,
+            "plan": args.plan.display().to_string(), "device": engine.device_name(), "batch": batch, "seq": args.seq,
             "median_ms": stats.median_ms, "min_ms": stats.min_ms, "mean_ms": stats.mean_ms, "iters": stats.iters,
         });
         return super::output::print_line(&j.to_string()).map_err(Into::into);
@@ -66,7 +81,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     super::output::print_line(&format!(
         "{}: batch {} × {} tokens on {}: median {:.3} ms (min {:.3}, mean {:.3}, {} replays), {:.0} tokens/s",
         args.plan.display(),
-        args.batch,
+        batch,
         args.seq,
         engine.device_name(),
         stats.median_ms,
@@ -91,4 +106,28 @@ fn synthetic_inputs(path: &Path, engine: &Engine, batch: u64, seq: u64) -> anyho
         state % n
     };
     Ok(inputs::bound_by(engine.meta(), inputs::bert_batch(space, seq, &lengths, &mut draw)))
+}
+
+/// `qfuse bench` of a decoder plan: one line (or JSON object) per batch size.
+fn run_decoder(args: &BenchArgs, engine: &Engine, batches: &[u64]) -> anyhow::Result<()> {
+    let rows = super::bench_decoder::bench(engine, args.prompt_len, args.gen, batches)?;
+    if args.json {
+        let j = serde_json::json!({"plan": args.plan.display().to_string(), "device": engine.device_name(), "weight_bytes": engine.weight_bytes(), "runs": rows});
+        return super::output::print_line(&j.to_string()).map_err(Into::into);
+    }
+    for r in &rows {
+        super::output::print_line(&format!(
+            "{}: batch {:>3}, prompt {} + {} tokens on {}: first token {:.2} ms, {:.3} ms per step, {:.0} tokens/s, weights at {:.0} GB/s",
+            args.plan.display(),
+            r.batch,
+            r.prompt_len,
+            r.gen,
+            engine.device_name(),
+            r.ttft_ms,
+            r.ms_per_step,
+            r.tokens_per_second,
+            r.weight_gb_per_s
+        ))?;
+    }
+    Ok(())
 }

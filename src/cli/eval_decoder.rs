@@ -15,7 +15,7 @@ const DEFAULT_TEXT: &str = "/usr/share/common-licenses/GPL-3";
 /// Runs the decoder evaluation.
 pub fn run(args: &EvalArgs, quiet: bool) -> anyhow::Result<()> {
     let ctx = args.ctx.max(16);
-    let opts = DecoderOptions { max_batch: 1, max_seq: Some(ctx as u64), kv: KvFormat::Float(qfuse::ir::DType::F32) };
+    let opts = DecoderOptions { max_batch: 1, max_seq: Some(ctx as u64), kv: KvFormat::Float(qfuse::ir::DType::F32), max_step: None };
     let mut model = decoder::load(&args.model_dir, &opts)?;
     let path = args.eval_file.clone().unwrap_or_else(|| DEFAULT_TEXT.into());
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}: the evaluation text", path.display()))?;

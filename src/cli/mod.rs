@@ -1,6 +1,7 @@
 //! Command-line front end: argument parsing, logging set-up and error reporting.
 
 mod bench;
+mod bench_decoder;
 mod check;
 mod compile;
 mod embed;
@@ -8,6 +9,7 @@ mod eval;
 mod eval_decoder;
 mod eval_table;
 mod generate;
+mod generate_plan;
 mod import;
 mod inspect;
 mod output;

@@ -2,6 +2,7 @@
 //! prefill of the prompt in one step, then one step per new token, chosen by [`sample::choose`].
 
 pub mod eval;
+pub mod paged;
 pub mod sample;
 pub mod session;
 

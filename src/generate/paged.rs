@@ -1,0 +1,113 @@
+//! The GPU generator's step semantics on the interpreter: a paged KV cache held on the host, one
+//! [`StepInput`] (ids, cache lengths, page-table rows) run through the step graph, the keys and
+//! values of the step appended into the pages, one token chosen per row by
+//! [`super::sample::choose`].
+//!
+//! It is the reference of [`crate::runtime::Generator`]: the same scheduler drives both, so a
+//! test can run in-flight batching on the CPU (and compare it with each request run alone), and
+//! a GPU script can compare a plan's tokens with exactly what the interpreter computes for the
+//! same steps.
+
+use super::sample::{choose, Sampling};
+use crate::interp::{self, Accumulation, RunOptions, Tensor, TensorData, WeightSource};
+use crate::ir::Graph;
+use crate::runtime::scheduler::{Geometry, StepInput};
+
+/// A host-side paged KV cache over a step graph.
+pub struct PagedStepper<'a> {
+    graph: &'a Graph,
+    weights: &'a dyn WeightSource,
+    geometry: Geometry,
+    /// One pool per state slot: `[pages, KV, page_size, D]` values (codes for quantized caches).
+    pools: Vec<Vec<f32>>,
+    /// `(KV, D)` of each slot and the dtype of its tensors.
+    slots: Vec<(usize, usize, crate::ir::DType)>,
+    options: RunOptions,
+}
+
+impl<'a> PagedStepper<'a> {
+    /// Pools of `pages` pages for `graph`'s state slots; sums in `accumulation`.
+    pub fn new(graph: &'a Graph, weights: &'a dyn WeightSource, geometry: Geometry, pages: u32, accumulation: Accumulation) -> Result<Self, String> {
+        let inputs = graph.inputs();
+        let mut slots = Vec::with_capacity(graph.state.len());
+        for s in &graph.state {
+            let v = inputs.iter().find(|(n, _)| *n == s.input).map(|(_, v)| *v).ok_or_else(|| format!("state `{}` is not an input", s.input))?;
+            let ty = graph.ty(v);
+            let dim = |a: usize| ty.shape.get(a).and_then(|d| d.fixed()).map(|x| x as usize);
+            let (Some(kv), Some(d)) = (dim(1), dim(3)) else { return Err(format!("state `{}` is not [B, KV, P, D]", s.input)) };
+            slots.push((kv, d, ty.dtype));
+        }
+        let pools = slots.iter().map(|&(kv, d, _)| vec![0.0; pages as usize * kv * geometry.page_size as usize * d]).collect();
+        Ok(Self { graph, weights, geometry, pools, slots, options: RunOptions { threads: 0, accumulation } })
+    }
+
+    /// Index of `(page, head, slot, 0)` in a pool of `kv` heads of size `d`.
+    fn at(&self, page: usize, head: usize, slot: usize, kv: usize, d: usize) -> usize {
+        ((page * kv + head) * self.geometry.page_size as usize + slot) * d
+    }
+
+    /// The page and slot of token `t` of row `b`.
+    fn locate(&self, input: &StepInput, b: usize, t: usize) -> Result<(usize, usize), String> {
+        let page_size = self.geometry.page_size as usize;
+        let col = t / page_size;
+        if col >= self.geometry.max_pages as usize {
+            return Err(format!("row {b}: token {t} lies past the page table"));
+        }
+        let page = input.page_table[b * self.geometry.max_pages as usize + col];
+        let page = usize::try_from(page).map_err(|_| format!("row {b}: negative page {page}"))?;
+        Ok((page, t % page_size))
+    }
+
+    /// Runs one step; returns one token per row and each row's last logits.
+    pub fn step(&mut self, input: &StepInput) -> Result<(Vec<u32>, Vec<Vec<f32>>), String> {
+        let (batch, seq) = (input.batch, input.seq);
+        let past = input.cache_len.iter().copied().max().unwrap_or(0).max(0) as usize;
+        let mut feeds: Vec<(&str, Tensor)> = vec![
+            ("input_ids", Tensor::i64(vec![batch, seq], input.ids.clone())),
+            ("cache_len", Tensor::i64(vec![batch], input.cache_len.clone())),
+        ];
+        for (i, s) in self.graph.state.iter().enumerate() {
+            let (kv, d, dtype) = self.slots[i];
+            let mut data = vec![0.0f32; batch * kv * past * d];
+            for b in 0..batch {
+                for t in 0..input.cache_len[b] as usize {
+                    let (page, slot) = self.locate(input, b, t)?;
+                    for h in 0..kv {
+                        let src = self.at(page, h, slot, kv, d);
+                        let dst = ((b * kv + h) * past + t) * d;
+                        data[dst..dst + d].copy_from_slice(&self.pools[i][src..src + d]);
+                    }
+                }
+            }
+            feeds.push((s.input.as_str(), Tensor { dtype, shape: vec![batch, kv, past, d], data: TensorData::F32(data) }));
+        }
+        let outs = interp::run_with(self.graph, self.weights, &feeds, &self.options, &mut |_, _| {}).map_err(|e| e.to_string())?;
+        let find = |name: &str| outs.iter().find(|(n, _)| n == name).map(|(_, t)| t);
+        for (i, s) in self.graph.state.iter().enumerate() {
+            let (kv, d, _) = self.slots[i];
+            let present = find(&s.update).ok_or_else(|| format!("the step produced no `{}`", s.update))?.to_f32_vec();
+            for b in 0..batch {
+                for j in 0..seq {
+                    let (page, slot) = self.locate(input, b, input.cache_len[b] as usize + j)?;
+                    for h in 0..kv {
+                        let src = ((b * kv + h) * seq + j) * d;
+                        let dst = self.at(page, h, slot, kv, d);
+                        self.pools[i][dst..dst + d].copy_from_slice(&present[src..src + d]);
+                    }
+                }
+            }
+        }
+        let logits = find("logits").ok_or("the step produced no `logits`")?.to_f32_vec();
+        let vocab = logits.len() / (batch * seq).max(1);
+        let mut ids = Vec::with_capacity(batch);
+        let mut rows = Vec::with_capacity(batch);
+        for b in 0..batch {
+            let row = logits[((b * seq) + seq - 1) * vocab..][..vocab].to_vec();
+            let (p, counter) = input.sampling[b];
+            let s = Sampling { temperature: p.temperature, top_k: p.top_k as usize, top_p: p.top_p, seed: p.seed };
+            ids.push(choose(&row, &s, counter).ok_or("a row of logits is all NaN")? as u32);
+            rows.push(row);
+        }
+        Ok((ids, rows))
+    }
+}

@@ -15,6 +15,7 @@
 mod compare;
 pub mod inputs;
 mod judge;
+pub mod decoder;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -29,6 +29,61 @@ pub struct CheckArgs {
     /// The model folder the plan was compiled from: also compare GPU and interpreter with FP32.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Decoder plans: greedy tokens generated per prompt and compared step by step.
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: u32,
+}
+
+/// Prompts of the decoder check (through the plan's chat template when it has one).
+const PROMPTS: [&str; 8] = [
+    "The capital of France is",
+    "Write a haiku about the sea.",
+    "def fibonacci(n):",
+    "List three prime numbers and explain why they are prime.",
+    "Translate to French: the cat sleeps on the warm windowsill.",
+    "What is 17 times 23?",
+    "Explain what a KV cache is in one paragraph.",
+    "Once upon a time",
+];
+
+/// `qfuse check` of a decoder plan: greedy generation on the GPU and on the interpreter, in lockstep.
+fn run_decoder(args: &CheckArgs) -> anyhow::Result<()> {
+    let plan = qfuse::plan::Plan::load(&args.plan, None)?;
+    let d = plan.meta().decoder.clone().expect("checked by the caller");
+    let tok = super::generate_plan::plan_tokenizer(&plan, &d)?;
+    let chat = d.tokens.chat_template.is_some();
+    let prompts = PROMPTS.iter().map(|p| super::generate_plan::prompt_ids(&tok, p, chat, None)).collect::<anyhow::Result<Vec<_>>>()?;
+    let started = std::time::Instant::now();
+    let r = qfuse::check::decoder::check_decoder_plan(&args.plan, &prompts, args.max_new_tokens)?;
+    if args.json {
+        super::output::print_line(&serde_json::to_string_pretty(&r)?)?;
+    } else {
+        let mut lines = vec![format!(
+            "decoder: {} prompts × {} greedy tokens, GPU vs interpreter on the same steps: {} rows, KL mean {:.2e} max {:.2e} nats, largest logit difference {:.4}",
+            prompts.len(),
+            args.max_new_tokens,
+            r.rows,
+            r.mean_kl,
+            r.max_kl,
+            r.max_noise
+        )];
+        lines.push(format!("identical tokens per prompt before the first difference: {:?}", r.identical_prefix));
+        for (what, rows) in [("explained (top-two gap within the noise)", &r.explained), ("UNEXPLAINED", &r.unexplained)] {
+            for c in rows.iter().take(8) {
+                lines.push(format!(
+                    "{what}: prompt {} step {}: GPU {} vs interpreter {} (gap {:.4}, noise {:.4})",
+                    c.request, c.step, c.gpu, c.reference, c.gap, c.noise
+                ));
+            }
+        }
+        lines.push(format!("non-finite logit rows: {}", r.non_finite));
+        lines.push(format!("{} in {:.1} s", if r.passed() { "PASS" } else { "FAIL" }, started.elapsed().as_secs_f64()));
+        super::output::print_line(&lines.join("\n"))?;
+    }
+    if !r.passed() {
+        anyhow::bail!("{}: the GPU's tokens differ from the interpreter's beyond the plan's noise", args.plan.display());
+    }
+    Ok(())
 }
 
 const SENTENCES: [&str; 16] = [
@@ -52,6 +107,9 @@ const SENTENCES: [&str; 16] = [
 
 /// Runs `qfuse check`; exits with an error if anything failed.
 pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
+    if qfuse::plan::Plan::load(&args.plan, None).is_ok_and(|p| p.meta().decoder.is_some()) {
+        return run_decoder(args);
+    }
     let mut texts: Vec<String> = super::embed::read_text_file(args.file.as_deref())?;
     if texts.is_empty() {
         texts = SENTENCES.iter().map(|s| s.to_string()).collect();

@@ -11,19 +11,20 @@ use qfuse::runtime::{Engine, HostTensor};
 pub struct BenchArgs {
     /// The plan file.
     plan: PathBuf,
-    /// Batch size.
+    /// Batch size (1 to the plan's largest batch, `B`).
     #[arg(long, default_value_t = 32)]
     batch: u64,
-    /// Tokens per sequence.
+    /// Tokens per sequence (1 to the plan's longest sequence, `S`).
     #[arg(long, default_value_t = 128)]
     seq: u64,
     /// Warm-up replays.
     #[arg(long, default_value_t = 20)]
     warmup: usize,
-    /// Timed replays (the median is reported).
+    /// Timed replays, at least 1 (the median is reported).
     #[arg(long, default_value_t = 100)]
     iters: usize,
-    /// Print one JSON object instead of a line of text.
+    /// Print one JSON object (`plan`, `device`, `batch`, `seq`, `median_ms`, `min_ms`, `mean_ms`,
+    /// `iters`) instead of a line of text.
     #[arg(long)]
     json: bool,
     /// Also print the GPU time of every kernel (one profiled run, no graph).
@@ -31,12 +32,24 @@ pub struct BenchArgs {
     profile: bool,
 }
 
-/// Runs `qfuse bench`.
-pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+/// Runs `qfuse bench`: the flags are checked against the plan's maxima (read without a GPU)
+/// before the GPU is touched.
+pub fn run(args: &BenchArgs, quiet: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(args.iters >= 1, "--iters 0: time at least one replay");
+    let spinner = qfuse::progress::spinner(format!("loading {}", args.plan.display()), quiet);
+    let plan = qfuse::plan::Plan::load(&args.plan, None)?;
+    let max = |sym: &str| plan.meta().symbols.iter().find(|(s, _)| s == sym).map(|&(_, m)| m);
+    let what = |sym: &str| format!("the plan's maximum (symbol `{sym}`, set by `qfuse compile --max-{}`)", if sym == "B" { "batch" } else { "seq" });
+    super::validate::at_most("--batch", args.batch, max("B").unwrap_or(u64::MAX), &what("B"))?;
+    super::validate::at_most("--seq", args.seq, max("S").unwrap_or(u64::MAX), &what("S"))?;
     let engine = Engine::load(&args.plan)?;
     let mut ctx = engine.context()?;
-    let inputs = synthetic_inputs(&args.plan, &engine, args.batch, args.seq)?;
-    let stats = ctx.bench(&inputs, args.warmup, args.iters)?;
+    let inputs = synthetic_inputs(&plan, &args.plan, &engine, args.batch, args.seq)?;
+    spinner.finish_and_clear();
+    let spinner = qfuse::progress::spinner(format!("timing {} replays", args.warmup + args.iters), quiet);
+    let stats = ctx.bench(&inputs, args.warmup, args.iters);
+    spinner.finish_and_clear();
+    let stats = stats?;
     let tokens = (args.batch * args.seq) as f64;
     if args.profile {
         let (_, timings) = ctx.run_profiled(&inputs)?;
@@ -57,10 +70,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
     }
     if args.json {
-        let j = serde_json::json!({
-            "plan": args.plan.display().to_string(), "device": engine.device_name(), "batch": args.batch, "seq": args.seq,
-            "median_ms": stats.median_ms, "min_ms": stats.min_ms, "mean_ms": stats.mean_ms, "iters": stats.iters,
-        });
+        let j = json(args, &engine.device_name(), (stats.median_ms, stats.min_ms, stats.mean_ms), stats.iters);
         return super::output::print_line(&j.to_string()).map_err(Into::into);
     }
     super::output::print_line(&format!(
@@ -78,11 +88,24 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     .map_err(Into::into)
 }
 
+/// The `--json` object: the plan, the device, the shape and the times `(median, min, mean)` in ms.
+fn json(args: &BenchArgs, device: &str, (median_ms, min_ms, mean_ms): (f64, f64, f64), iters: usize) -> serde_json::Value {
+    serde_json::json!({
+        "plan": args.plan.display().to_string(), "device": device, "batch": args.batch, "seq": args.seq,
+        "median_ms": median_ms, "min_ms": min_ms, "mean_ms": mean_ms, "iters": iters,
+    })
+}
+
 /// Deterministic inputs from the model's own vocabulary (its embedding table and its stored
 /// tokenizer), rows of lengths from `seq` down to about `seq / 2`, padded.
-fn synthetic_inputs(path: &Path, engine: &Engine, batch: u64, seq: u64) -> anyhow::Result<Vec<(&'static str, HostTensor)>> {
-    let plan = qfuse::plan::Plan::load(path, None)?;
-    let tokenizer_vocab = qfuse::check::plan_tokenizer(&plan, seq as usize).ok().map(|t| t.vocab_size());
+fn synthetic_inputs(
+    plan: &qfuse::plan::Plan,
+    path: &Path,
+    engine: &Engine,
+    batch: u64,
+    seq: u64,
+) -> anyhow::Result<Vec<(&'static str, HostTensor)>> {
+    let tokenizer_vocab = qfuse::check::plan_tokenizer(plan, seq as usize).ok().map(|t| t.vocab_size());
     let space = InputSpace::of_plan(engine.meta(), tokenizer_vocab).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let lengths: Vec<u64> = (0..batch).map(|r| seq - r * seq / (2 * batch.max(1))).collect();
     let mut state = 0u64;
@@ -91,4 +114,30 @@ fn synthetic_inputs(path: &Path, engine: &Engine, batch: u64, seq: u64) -> anyho
         state % n
     };
     Ok(inputs::bound_by(engine.meta(), inputs::bert_batch(space, seq, &lengths, &mut draw)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    #[test]
+    fn json_has_the_documented_keys() {
+        let args = Wrap::parse_from(["bench", "x.plan", "--batch", "4", "--seq", "16"]).bench;
+        let j = json(&args, "H100", (1.5, 1.25, 1.75), 100);
+        let keys: Vec<&str> = j.as_object().expect("object").keys().map(String::as_str).collect();
+        let mut want = vec!["batch", "device", "iters", "mean_ms", "median_ms", "min_ms", "plan", "seq"];
+        want.sort_unstable();
+        let mut got = keys.clone();
+        got.sort_unstable();
+        assert_eq!(got, want);
+        assert_eq!(j["batch"], 4);
+        assert_eq!(j["median_ms"], 1.5);
+    }
 }

@@ -21,6 +21,7 @@ pub struct ImportArgs {
 
 /// Runs `qfuse import`.
 pub fn run(args: &ImportArgs) -> anyhow::Result<()> {
+    super::validate::model_path(&args.model_dir, true)?;
     let started = std::time::Instant::now();
     let (graph, text) = if import::decoder::is_decoder(&args.model_dir) {
         let model = import::decoder::load(&args.model_dir, &import::decoder::DecoderOptions::default())?;

@@ -5,11 +5,8 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
-fn qfuse(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qfuse")).args(args).output().expect("run qfuse")
-}
+use common::cli::{each_fails_naming, help_lists, json_of, keys, qfuse};
+use std::process::Command;
 
 /// A small fp16 MiniLM plan (batch ≤ 4, sequence ≤ 32) in `dir`.
 fn tiny_plan(dir: &std::path::Path) -> String {
@@ -37,34 +34,22 @@ fn tiny_plan(dir: &std::path::Path) -> String {
 
 #[test]
 fn help_lists_flags_and_defaults() {
-    let out = qfuse(&["bench", "--help"]);
-    assert!(out.status.success());
-    let help = String::from_utf8_lossy(&out.stdout);
-    for want in ["--batch", "[default: 32]", "--seq", "[default: 128]", "--iters", "[default: 100]", "--json", "median_ms"] {
-        assert!(help.contains(want), "`bench --help` lacks {want}:\n{help}");
-    }
+    help_lists("bench", &["--batch", "[default: 32]", "--seq", "[default: 128]", "--iters", "[default: 100]", "--json", "median_ms"]);
 }
 
 #[test]
 fn bad_flag_values_name_the_flag_and_the_plans_limit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let plan = tiny_plan(dir.path());
-    let cases: [(&[&str], &[&str]); 4] = [
-        (&["--batch", "5"], &["--batch 5", "exceeds 4", "--max-batch"]),
-        (&["--batch", "4", "--seq", "100"], &["--seq 100", "exceeds 32", "--max-seq"]),
-        (&["--batch", "0"], &["--batch 0", "at least 1"]),
-        (&["--iters", "0"], &["--iters 0"]),
-    ];
-    for (flags, named) in cases {
-        let mut args = vec!["bench", plan.as_str(), "--quiet"];
-        args.extend_from_slice(flags);
-        let out = qfuse(&args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{flags:?}: {err}");
-        for n in named {
-            assert!(err.contains(n), "{flags:?}: the error should say {n}: {err}");
-        }
-    }
+    each_fails_naming(
+        &["bench", plan.as_str(), "--quiet"],
+        &[
+            (&["--batch", "5"], &["--batch 5", "exceeds 4", "--max-batch"]),
+            (&["--batch", "4", "--seq", "100"], &["--seq 100", "exceeds 32", "--max-seq"]),
+            (&["--batch", "0"], &["--batch 0", "at least 1"]),
+            (&["--iters", "0"], &["--iters 0"]),
+        ],
+    );
 }
 
 #[test]
@@ -86,12 +71,8 @@ fn json_shape_on_a_gpu() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let plan = tiny_plan(dir.path());
-    let out = qfuse(&["bench", &plan, "--batch", "2", "--seq", "16", "--warmup", "1", "--iters", "3", "--json", "--quiet"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
-    let mut keys: Vec<&str> = doc.as_object().expect("object").keys().map(String::as_str).collect();
-    keys.sort_unstable();
-    assert_eq!(keys, ["batch", "device", "iters", "mean_ms", "median_ms", "min_ms", "plan", "seq"]);
+    let doc = json_of(&["bench", &plan, "--batch", "2", "--seq", "16", "--warmup", "1", "--iters", "3", "--json", "--quiet"]);
+    assert_eq!(keys(&doc), ["batch", "device", "iters", "mean_ms", "median_ms", "min_ms", "plan", "seq"]);
     assert_eq!(doc["batch"], 2);
     assert_eq!(doc["iters"], 3);
     assert!(doc["median_ms"].as_f64().expect("median") > 0.0);

@@ -4,51 +4,35 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
-fn qfuse(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qfuse")).args(args).output().expect("run qfuse")
-}
+use common::cli::{each_fails_naming, help_lists, json_of};
 
 #[test]
 fn help_lists_all_and_defaults() {
-    let out = qfuse(&["eval", "--help"]);
-    assert!(out.status.success());
-    let help = String::from_utf8_lossy(&out.stdout);
-    for want in ["--recipe", "`all`", "default: fp8", "--ctx", "[default: 512]", "--chunks", "[default: 4]", "--json"] {
-        assert!(help.contains(want), "`eval --help` lacks {want}:\n{help}");
-    }
+    help_lists("eval", &["--recipe", "`all`", "default: fp8", "--ctx", "[default: 512]", "--chunks", "[default: 4]", "--json"]);
 }
 
 #[test]
 fn bad_flag_values_are_named() {
     let Some(gguf) = common::synthetic("llama-f32.gguf") else { return };
     let gguf = gguf.to_str().expect("utf-8 path");
-    let cases: [(&[&str], &str); 5] = [
-        (&["--ctx", "8"], "--ctx 8"),
-        (&["--ctx", "1000000"], "--ctx 1000000"),
-        (&["--chunks", "0"], "--chunks 0"),
-        (&["--kv-cache", "fp4"], "--kv-cache fp4"),
-        (&["--recipe", "auto", "--max-error", "2"], "--max-error 2"),
-    ];
-    for (flags, named) in cases {
-        let mut args = vec!["eval", gguf, "--quiet"];
-        args.extend_from_slice(flags);
-        let out = qfuse(&args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{flags:?}: {err}");
-        assert!(err.contains(named), "{flags:?}: the error should say {named}: {err}");
-        assert!(out.stdout.is_empty(), "{flags:?}: nothing evaluated");
-    }
+    each_fails_naming(
+        &["eval", gguf, "--quiet"],
+        &[
+            (&["--ctx", "8"], &["--ctx 8"]),
+            (&["--ctx", "1000000"], &["--ctx 1000000", "position limit"]),
+            (&["--chunks", "0"], &["--chunks 0"]),
+            (&["--kv-cache", "fp4"], &["--kv-cache fp4"]),
+            (&["--recipe", "auto", "--max-error", "2"], &["--max-error 2"]),
+            (&["--recipe", "fp9"], &["--recipe fp9", "or all"]),
+        ],
+    );
 }
 
 #[test]
 fn json_shape_from_a_gguf() {
     let Some(gguf) = common::synthetic("llama-f32.gguf") else { return };
     let gguf = gguf.to_str().expect("utf-8 path");
-    let out = qfuse(&["eval", gguf, "--recipe", "fp8", "--ctx", "32", "--chunks", "1", "--json", "--quiet"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    let doc = json_of(&["eval", gguf, "--recipe", "fp8", "--ctx", "32", "--chunks", "1", "--json", "--quiet"]);
     assert_eq!(doc["ctx"], 32);
     assert_eq!(doc["chunks"], 1);
     assert!(doc["text"].is_string());

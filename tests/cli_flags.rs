@@ -4,11 +4,8 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
-fn qfuse(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qfuse")).args(args).output().expect("run qfuse")
-}
+use common::cli::qfuse;
+use std::process::Command;
 
 /// Runs a command that must fail; returns its stderr.
 fn fails(args: &[&str]) -> String {
@@ -44,7 +41,10 @@ fn flags_fail_before_any_work_naming_flag_value_and_limit() {
         (vec!["compile", m, "-o", p, "--arch", "sm_80"], vec!["sm_80 has no FP8 tensor cores", "use sm_89 or newer"]),
         (vec!["compile", m, "-o", p, "--max-seq", "100000"], vec!["--max-seq 100000", "exceeds 512", "max_position_embeddings"]),
         (vec!["compile", m, "-o", p, "--max-batch", "0"], vec!["--max-batch 0"]),
-        (vec!["compile", m, "-o", p, "--exclude", "encoder.layer.?.output.dens"], vec!["--exclude", "nearest names", "encoder.layer.0.output.dense"]),
+        (
+            vec!["compile", m, "-o", p, "--exclude", "encoder.layer.?.output.dens"],
+            vec!["--exclude", "nearest names", "encoder.layer.0.output.dense"],
+        ),
         (vec!["compile", m, "-o", p, "--recipe", "auto", "--budget", "0"], vec!["--budget 0", "16"]),
         (vec!["eval", m, "--recipe", "auto", "--max-error", "2"], vec!["--max-error 2", "(0, 1]"]),
         (vec!["embed", m, "--max-tokens", "100000", "text"], vec!["--max-tokens 100000", "exceeds 512"]),
@@ -68,7 +68,11 @@ fn path_errors_are_plain_sentences_said_once() {
     assert!(err.contains("is a file, not a model folder") && err.contains(model.to_str().expect("utf-8")), "{err}");
     let err = fails(&["import", "/nonexistent-qfuse-model"]);
     assert!(err.contains("/nonexistent-qfuse-model does not exist"), "{err}");
-    for args in [&["inspect", "/nonexistent-qfuse.plan"][..], &["run", "/nonexistent-qfuse.plan", "--text", "a"], &["embed", model.to_str().expect("utf-8"), "--file", "/nonexistent-qfuse.txt"]] {
+    for args in [
+        &["inspect", "/nonexistent-qfuse.plan"][..],
+        &["run", "/nonexistent-qfuse.plan", "--text", "a"],
+        &["embed", model.to_str().expect("utf-8"), "--file", "/nonexistent-qfuse.txt"],
+    ] {
         let err = fails(args);
         assert_eq!(err.matches("No such file or directory").count(), 1, "{args:?}: {err}");
         assert!(!repeats(&err), "{args:?}: {err}");
@@ -110,7 +114,9 @@ fn cache_info_and_clear_use_the_chosen_folder() {
     let kernels = dir.path().join("kernels");
     std::fs::create_dir_all(&kernels).expect("mkdir");
     std::fs::write(kernels.join("k.cubin"), b"\x7fELF").expect("write");
-    let run = |action: &str| Command::new(env!("CARGO_BIN_EXE_qfuse")).args(["cache", action]).env("QFUSE_CACHE_DIR", dir.path()).output().expect("run");
+    let run = |action: &str| {
+        Command::new(env!("CARGO_BIN_EXE_qfuse")).args(["cache", action]).env("QFUSE_CACHE_DIR", dir.path()).output().expect("run")
+    };
     let info = String::from_utf8_lossy(&run("info").stdout).into_owned();
     assert!(info.contains(kernels.to_str().expect("utf-8")) && info.contains("1 CUBIN"), "{info}");
     let cleared = run("clear");

@@ -39,7 +39,9 @@ pub fn run(args: &BenchArgs, quiet: bool) -> anyhow::Result<()> {
     let spinner = qfuse::progress::spinner(format!("loading {}", args.plan.display()), quiet);
     let plan = qfuse::plan::Plan::load(&args.plan, None)?;
     let max = |sym: &str| plan.meta().symbols.iter().find(|(s, _)| s == sym).map(|&(_, m)| m);
-    let what = |sym: &str| format!("the plan's maximum (symbol `{sym}`, set by `qfuse compile --max-{}`)", if sym == "B" { "batch" } else { "seq" });
+    let what = |sym: &str| {
+        format!("the plan's maximum (symbol `{sym}`, set by `qfuse compile --max-{}`)", if sym == "B" { "batch" } else { "seq" })
+    };
     super::validate::at_most("--batch", args.batch, max("B").unwrap_or(u64::MAX), &what("B"))?;
     super::validate::at_most("--seq", args.seq, max("S").unwrap_or(u64::MAX), &what("S"))?;
     let engine = Engine::load(&args.plan)?;

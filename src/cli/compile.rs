@@ -1,6 +1,7 @@
 //! `qfuse compile`: recipe, calibration, fusion, code generation; writes a `.plan` (or the fused IR).
 
 use super::recipe_args::RecipeArgs;
+use super::validate;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use comfy_table::{presets, Table};
@@ -8,7 +9,6 @@ use qfuse::compile::{self, CompileOptions, CompileStats};
 use qfuse::import::{self, ImportOptions};
 use qfuse::passes::report::{Entry, Outcome};
 use qfuse::quant::{self, Quantized};
-use super::validate;
 use std::path::PathBuf;
 
 /// What `compile` writes.
@@ -247,10 +247,7 @@ pub fn achieved_line(choices: &[quant::auto::LayerChoice], target: Option<quant:
         Some(quant::recipe::AutoTarget::Budget(b)) => format!("target: ≤ {b} bits"),
         None => String::new(),
     };
-    Some(format!(
-        "auto achieved: {:.2} mean weight bits per element, lowest matmul output cosine {:.5} ({target})",
-        mean_bits, min_cosine
-    ))
+    Some(format!("auto achieved: {:.2} mean weight bits per element, lowest matmul output cosine {:.5} ({target})", mean_bits, min_cosine))
 }
 
 /// What `auto` achieved: the mean weight bits per element (weighted by the matmuls' weight

@@ -169,7 +169,8 @@ pub fn print_tables(texts: &[String], embeddings: &[Vec<f32>], matrix: bool) -> 
     } else {
         sim.set_header(["#", "text", "nearest", "cosine"]);
         for (i, (a, t)) in embeddings.iter().zip(texts).enumerate() {
-            let nearest = embeddings.iter().enumerate().filter(|(j, _)| *j != i).map(|(j, b)| (j, cosine(a, b))).max_by(|x, y| x.1.total_cmp(&y.1));
+            let nearest =
+                embeddings.iter().enumerate().filter(|(j, _)| *j != i).map(|(j, b)| (j, cosine(a, b))).max_by(|x, y| x.1.total_cmp(&y.1));
             if let Some((j, c)) = nearest {
                 sim.add_row([i.to_string(), short(t), format!("#{j} {}", short(&texts[j])), format!("{c:.3}")]);
             }
@@ -177,7 +178,10 @@ pub fn print_tables(texts: &[String], embeddings: &[Vec<f32>], matrix: bool) -> 
     }
     super::output::print_line(&sim.to_string())?;
     if !matrix && texts.len() > MATRIX_TEXTS {
-        super::output::print_line(&format!("{} texts: nearest neighbours only (--matrix for all similarities, --json for the vectors)", texts.len()))?;
+        super::output::print_line(&format!(
+            "{} texts: nearest neighbours only (--matrix for all similarities, --json for the vectors)",
+            texts.len()
+        ))?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ use super::recipe_args::RecipeArgs;
 use clap::Args;
 use comfy_table::{presets, Table};
 use qfuse::import::{self, ImportOptions};
+use qfuse::quant::recipe::RECIPES;
 use qfuse::quant::{calib, eval};
 use std::path::PathBuf;
 
@@ -45,6 +46,9 @@ pub struct EvalArgs {
 /// (calibration bar or spinner) and evaluated (a bar over batches of texts).
 pub fn run(args: &EvalArgs, quiet: bool, verbose: bool) -> anyhow::Result<()> {
     super::validate::model_path(&args.model_dir, true)?;
+    if let Some(name) = args.recipe.recipe.as_deref().filter(|n| *n != "all" && !RECIPES.contains(n)) {
+        anyhow::bail!("--recipe {name}: unknown recipe; eval takes {}, or all (every fixed recipe in one table)", RECIPES.join(", "));
+    }
     if qfuse::import::decoder::is_decoder(&args.model_dir) {
         return super::eval_decoder::run(args, quiet);
     }

@@ -230,7 +230,10 @@ pub const KNOWN_ARCHS: &[&str] = &[
 /// FP8 storage (weights, activations or `fp8_attention`) needs FP8 tensor cores, sm_89 or newer.
 pub fn check_arch(arch: &str, recipe: &Recipe) -> Result<(), CompileError> {
     if !KNOWN_ARCHS.contains(&arch) {
-        return Err(CompileError::Options(format!("--arch {arch}: not a GPU arch NVRTC compiles for; use one of {}", KNOWN_ARCHS.join(", "))));
+        return Err(CompileError::Options(format!(
+            "--arch {arch}: not a GPU arch NVRTC compiles for; use one of {}",
+            KNOWN_ARCHS.join(", ")
+        )));
     }
     let fp8 = |l: &quant::recipe::LayerQuant| {
         [l.weight, l.activation].iter().flatten().any(|s| matches!(s.storage, ir::DType::F8E4M3 | ir::DType::F8E5M2))
@@ -268,10 +271,8 @@ fn add_kernels(
     let cache = KernelCache::new(opts.kernel_cache.clone());
     let kernels: Vec<&KernelDef> = program.kernels();
     let bar = crate::progress::bar(kernels.len() as u64, "kernels", format!("NVRTC for {arch}"), !opts.progress);
-    let cubins: Vec<(Vec<u8>, Origin)> = kernels
-        .par_iter()
-        .map(|k| cache.cubin(&k.name, &k.source, arch).inspect(|_| bar.inc(1)))
-        .collect::<Result<_, NvrtcError>>()?;
+    let cubins: Vec<(Vec<u8>, Origin)> =
+        kernels.par_iter().map(|k| cache.cubin(&k.name, &k.source, arch).inspect(|_| bar.inc(1))).collect::<Result<_, NvrtcError>>()?;
     bar.finish_and_clear();
     let mut index = std::collections::HashMap::new();
     let mut origins = Vec::new();

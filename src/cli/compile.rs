@@ -4,7 +4,7 @@ use super::recipe_args::RecipeArgs;
 use super::validate;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use comfy_table::{presets, Table};
+use comfy_table::Table;
 use qfuse::compile::{self, CompileOptions, CompileStats};
 use qfuse::import::{self, ImportOptions};
 use qfuse::passes::report::{Entry, Outcome};
@@ -265,10 +265,7 @@ pub fn auto_achieved(choices: &[quant::auto::LayerChoice]) -> Option<(f64, f64)>
 /// `--recipe auto`: each matmul's candidates (weight bits, output cosine) and the choice, with
 /// short column heads so that the table fits a 120-column terminal.
 pub fn auto_table(choices: &[quant::auto::LayerChoice]) -> Table {
-    let mut t = Table::new();
-    t.load_style(presets::UTF8_FULL_CONDENSED);
-    t.set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
-    t.set_width(120);
+    let mut t = super::output::table();
     let mut header = vec!["matmul".to_string(), "chosen".to_string()];
     header.extend(choices.first().map_or(vec![], |c| c.scores.iter().map(|(n, bits, _)| format!("{n}\n{bits:.2} b")).collect()));
     t.set_header(header);
@@ -281,8 +278,7 @@ pub fn auto_table(choices: &[quant::auto::LayerChoice]) -> Table {
 }
 
 fn fusion_table(entries: &[Entry]) -> Table {
-    let mut t = Table::new();
-    t.load_style(presets::UTF8_FULL_CONDENSED);
+    let mut t = super::output::table();
     t.set_header(["Q/DQ", "outcome", "detail"]);
     for e in entries {
         let (what, detail) = match &e.outcome {

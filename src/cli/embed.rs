@@ -2,7 +2,6 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use comfy_table::{presets, Table};
 use qfuse::import::{self, ImportOptions};
 use qfuse::interp::{self, Tensor};
 use std::path::PathBuf;
@@ -147,8 +146,7 @@ pub fn print_tables(texts: &[String], embeddings: &[Vec<f32>], matrix: bool) -> 
             s
         }
     };
-    let mut table = Table::new();
-    table.load_style(presets::UTF8_FULL_CONDENSED);
+    let mut table = super::output::table();
     table.set_header(["#", "text", "dims", "embedding[..4]"]);
     for (i, (t, e)) in texts.iter().zip(embeddings).enumerate() {
         let head: Vec<String> = e.iter().take(4).map(|x| format!("{x:+.4}")).collect();
@@ -158,8 +156,7 @@ pub fn print_tables(texts: &[String], embeddings: &[Vec<f32>], matrix: bool) -> 
     if texts.len() < 2 {
         return Ok(());
     }
-    let mut sim = Table::new();
-    sim.load_style(presets::UTF8_FULL_CONDENSED);
+    let mut sim = super::output::table();
     if matrix || texts.len() <= MATRIX_TEXTS {
         sim.set_header(std::iter::once("cosine".to_string()).chain((0..texts.len()).map(|i| format!("#{i}"))));
         for (i, a) in embeddings.iter().enumerate() {

@@ -2,7 +2,6 @@
 
 use super::recipe_args::RecipeArgs;
 use clap::Args;
-use comfy_table::{presets, Table};
 use qfuse::import::{self, ImportOptions};
 use qfuse::quant::recipe::RECIPES;
 use qfuse::quant::{calib, eval};
@@ -48,6 +47,9 @@ pub fn run(args: &EvalArgs, quiet: bool, verbose: bool) -> anyhow::Result<()> {
     super::validate::model_path(&args.model_dir, true)?;
     if let Some(name) = args.recipe.recipe.as_deref().filter(|n| *n != "all" && !RECIPES.contains(n)) {
         anyhow::bail!("--recipe {name}: unknown recipe; eval takes {}, or all (every fixed recipe in one table)", RECIPES.join(", "));
+    }
+    if let Some(dir) = &args.plans_dir {
+        anyhow::ensure!(dir.is_dir(), "--plans-dir {}: no such folder; create it first", dir.display());
     }
     if qfuse::import::decoder::is_decoder(&args.model_dir) {
         return super::eval_decoder::run(args, quiet);
@@ -104,8 +106,7 @@ pub fn render(r: &eval::EvalReport, worst: usize) -> String {
         layers.sort_by(|a, b| a.snr_db.total_cmp(&b.snr_db));
         layers.truncate(worst);
     }
-    let mut t = Table::new();
-    t.load_style(presets::UTF8_FULL_CONDENSED);
+    let mut t = super::output::table();
     t.set_header(["matmul", "SNR dB", "cosine", "rel. error"]);
     for l in &layers {
         t.add_row([l.name.clone(), format!("{:.1}", l.snr_db), format!("{:.6}", l.cosine), format!("{:.4}", l.rel_error)]);

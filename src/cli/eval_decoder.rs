@@ -3,7 +3,7 @@
 
 use super::eval::EvalArgs;
 use anyhow::Context;
-use comfy_table::{presets, Table};
+use comfy_table::Table;
 use qfuse::generate::eval::{self, DecoderReport};
 use qfuse::import::decoder::{self, DecoderOptions, KvFormat};
 use qfuse::quant::{self, recipe::DECODER_TABLE_RECIPES};
@@ -82,8 +82,7 @@ pub fn run(args: &EvalArgs, quiet: bool) -> anyhow::Result<()> {
 }
 
 fn table(reports: &[DecoderReport], layers: &[Vec<quant::eval::LayerMetrics>]) -> Table {
-    let mut t = Table::new();
-    t.load_style(presets::UTF8_FULL_CONDENSED);
+    let mut t = super::output::table();
     t.set_header(["recipe", "PPL", "ΔPPL", "mean KL", "p99 KL", "same top", "worst matmul (SNR dB)"]);
     for (r, l) in reports.iter().zip(layers) {
         let worst = l.first().map_or(String::new(), |w| format!("{} ({:.1})", w.name, w.snr_db));

@@ -3,7 +3,6 @@
 //! recipe stores them, and the size of the `.plan` it compiles to.
 
 use super::eval::EvalArgs;
-use comfy_table::{presets, Table};
 use qfuse::compile::{self, CompileOptions};
 use qfuse::import::Model;
 use qfuse::quant::{self, eval, recipe::TABLE_RECIPES};
@@ -107,8 +106,7 @@ fn mib(bytes: u64) -> String {
 
 /// The table, then one line per plan that did not compile and per weight algorithm's summary.
 fn render(rows: &[Row], texts: usize) -> String {
-    let mut t = Table::new();
-    t.load_style(presets::UTF8_FULL_CONDENSED);
+    let mut t = super::output::table();
     t.set_header(["recipe", "cos mean", "cos min", "worst layer SNR dB", "weights MiB", "plan MiB", "target (mean)"]);
     for r in rows {
         t.add_row([

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use comfy_table::{presets, Table};
+use comfy_table::Table;
 use qfuse::plan::{ArgRef, Plan, PlanMeta, SectionKind};
 
 /// Arguments of `qfuse inspect`.
@@ -85,8 +85,7 @@ fn header_text(plan: &Plan) -> String {
 }
 
 fn table(header: &[&str]) -> Table {
-    let mut t = Table::new();
-    t.load_style(presets::UTF8_FULL_CONDENSED);
+    let mut t = super::output::table();
     t.set_header(header);
     t
 }

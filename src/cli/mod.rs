@@ -70,7 +70,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(&args),
         Command::Run(args) => run::run(&args, cli.quiet),
         Command::Bench(args) => bench::run(&args, cli.quiet),
-        Command::Check(args) => check::run(&args),
+        Command::Check(args) => check::run(&args, cli.quiet),
         Command::Generate(args) => generate::run(&args, cli.quiet),
         Command::Cache(args) => cache::run(&args),
     };

@@ -42,8 +42,8 @@ pub struct CompileArgs {
     /// Output file.
     #[arg(short, long)]
     output: PathBuf,
-    /// Target GPU arch of the CUBINs: sm_75, sm_80, sm_86, sm_87, sm_89, sm_90, sm_90a, sm_100,
-    /// sm_100a, sm_120, sm_120a (default: the local GPU's, else sm_90a). FP8 needs sm_89 or newer.
+    /// Target GPU arch of the CUBINs, sm_75 (Turing) to sm_121a; an unknown value lists them all.
+    /// FP8 recipes need sm_89 or newer. [default: the local GPU's, else sm_90a]
     #[arg(long)]
     arch: Option<String>,
     /// Largest batch the plan accepts (at least 1).

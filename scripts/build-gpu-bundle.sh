@@ -16,6 +16,21 @@ qfuse_ensure_model
 qfuse_ensure_pyenv
 cd "$QFUSE_ROOT"
 cargo build --release --locked --bins
+if [[ "${1:-}" == decoder ]]; then
+    # `build-gpu-bundle.sh decoder`: what scripts/gpu-decoder.sh needs — the binary, and the
+    # default decoder's GGUF in three pieces (gguf-a, -b, -c: one call carries at most 64 MiB with
+    # the working tree, so calls one and two carry gguf-a and gguf-b, and the third, at once
+    # after them while the machine is warm, gpu-bundle and gguf-c and runs the script).
+    qfuse_ensure_decoder
+    rm -rf gpu-bundle gguf-a gguf-b gguf-c && mkdir -p gpu-bundle gguf-a gguf-b gguf-c
+    cp target/release/qfuse gpu-bundle/ && strip gpu-bundle/qfuse 2>/dev/null || true
+    gzip -9f gpu-bundle/qfuse
+    split -b 33m "$QFUSE_DECODER_GGUF" gguf-a/part.
+    mv gguf-a/part.ab gguf-b/ && mv gguf-a/part.ac gguf-c/
+    sha256sum "$QFUSE_DECODER_GGUF" | cut -d' ' -f1 >gguf-c/sha256
+    du -sh gpu-bundle gguf-a gguf-b gguf-c
+    exit 0
+fi
 rm -rf gpu-bundle
 mkdir -p gpu-bundle/cache
 cp target/release/qfuse target/release/qfuse-gemm-bench gpu-bundle/

@@ -48,6 +48,8 @@ fn bad_flag_values_name_the_flag_and_the_plans_limit() {
             (&["--batch", "4", "--seq", "100"], &["--seq 100", "exceeds 32", "--max-seq"]),
             (&["--batch", "0"], &["--batch 0", "at least 1"]),
             (&["--iters", "0"], &["--iters 0"]),
+            (&["--batch", "1,x"], &["--batch", "`x` is not a batch size"]),
+            (&["--batch", "1,2"], &["a list only for decoders"]),
         ],
     );
 }

@@ -31,6 +31,31 @@ fn bad_flag_values_are_named() {
 }
 
 #[test]
+fn plan_flags_are_checked_before_the_plan_loads() {
+    each_fails_naming(
+        &["generate", "/nonexistent-qfuse-decoder.plan", "--prompt", "Hello", "--quiet"],
+        &[(&["--max-new-tokens", "0"], &["--max-new-tokens 0"]), (&["--top-p", "0"], &["--top-p"])],
+    );
+}
+
+#[test]
+fn decoder_compile_flags_fail_before_any_work() {
+    let Some(gguf) = common::synthetic("llama-f32.gguf") else { return };
+    let gguf = gguf.to_str().expect("utf-8 path");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = dir.path().join("d.plan");
+    each_fails_naming(
+        &["compile", gguf, "--quiet"],
+        &[
+            (&["-o", "/nonexistent-qfuse/d.plan"], &["-o /nonexistent-qfuse/d.plan", "does not exist"]),
+            (&["-o", plan.to_str().expect("utf-8"), "--arch", "sm_86"], &["sm_86 has no FP8 tensor cores"]),
+            (&["-o", plan.to_str().expect("utf-8"), "--page-size", "7"], &["--page-size 7"]),
+        ],
+    );
+    assert!(!plan.exists());
+}
+
+#[test]
 fn a_missing_model_is_one_plain_sentence() {
     let out = qfuse(&["generate", "/nonexistent/model.gguf", "--prompt", "Hi"]);
     let err = String::from_utf8_lossy(&out.stderr);

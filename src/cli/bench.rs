@@ -11,9 +11,17 @@ use qfuse::runtime::{Engine, HostTensor};
 pub struct BenchArgs {
     /// The plan file.
     plan: PathBuf,
-    /// Batch size (1 to the plan's largest batch, `B`).
-    #[arg(long, default_value_t = 32)]
-    batch: u64,
+    /// Batch size, 1 to the plan's largest batch (decoder plans: a comma-separated list, e.g.
+    /// `1,8,64`).
+    #[arg(long, default_value = "32")]
+    batch: String,
+    /// Decoder plans: prompt tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    prompt_len: u64,
+    /// Decoder plans: tokens generated per sequence (at least 2; prompt plus generated tokens fit
+    /// the plan's context).
+    #[arg(long, default_value_t = 128)]
+    gen: u64,
     /// Tokens per sequence (1 to the plan's longest sequence, `S`).
     #[arg(long, default_value_t = 128)]
     seq: u64,
@@ -23,8 +31,9 @@ pub struct BenchArgs {
     /// Timed replays, at least 1 (the median is reported).
     #[arg(long, default_value_t = 100)]
     iters: usize,
-    /// Print one JSON object (`plan`, `device`, `batch`, `seq`, `median_ms`, `min_ms`, `mean_ms`,
-    /// `iters`) instead of a line of text.
+    /// Print one JSON object instead of a line of text (encoder plans: `plan`, `device`, `batch`,
+    /// `seq`, `median_ms`, `min_ms`, `mean_ms`, `iters`; decoder plans: `plan`, `device`,
+    /// `weight_bytes`, `runs`).
     #[arg(long)]
     json: bool,
     /// Also print the GPU time of every kernel (one profiled run, no graph).
@@ -36,23 +45,46 @@ pub struct BenchArgs {
 /// before the GPU is touched.
 pub fn run(args: &BenchArgs, quiet: bool) -> anyhow::Result<()> {
     anyhow::ensure!(args.iters >= 1, "--iters 0: time at least one replay");
+    let batches: Vec<u64> = args
+        .batch
+        .split(',')
+        .map(|b| b.trim().parse::<u64>().map_err(|_| anyhow::anyhow!("--batch: `{b}` is not a batch size")))
+        .collect::<Result<_, _>>()?;
     let spinner = qfuse::progress::spinner(format!("loading {}", args.plan.display()), quiet);
     let plan = qfuse::plan::Plan::load(&args.plan, None)?;
+    if let Some(d) = &plan.meta().decoder {
+        let what = "the plan's largest batch (set by `qfuse compile --max-batch`)";
+        for &b in &batches {
+            super::validate::at_most("--batch", b, d.max_batch, what)?;
+        }
+        anyhow::ensure!(args.gen >= 2, "--gen {}: at least 2 (one decode step after the first token)", args.gen);
+        anyhow::ensure!(
+            args.prompt_len >= 1 && args.prompt_len + args.gen <= d.max_seq,
+            "--prompt-len {} + --gen {}: exceeds {}, the plan's context (set by `qfuse compile --max-seq`)",
+            args.prompt_len,
+            args.gen,
+            d.max_seq
+        );
+        let engine = Engine::load(&args.plan)?;
+        spinner.finish_and_clear();
+        return run_decoder(args, &engine, &batches, quiet);
+    }
+    let [batch] = batches[..] else { anyhow::bail!("--batch takes one size for encoder plans (a list only for decoders)") };
     let max = |sym: &str| plan.meta().symbols.iter().find(|(s, _)| s == sym).map(|&(_, m)| m);
     let what = |sym: &str| {
         format!("the plan's maximum (symbol `{sym}`, set by `qfuse compile --max-{}`)", if sym == "B" { "batch" } else { "seq" })
     };
-    super::validate::at_most("--batch", args.batch, max("B").unwrap_or(u64::MAX), &what("B"))?;
+    super::validate::at_most("--batch", batch, max("B").unwrap_or(u64::MAX), &what("B"))?;
     super::validate::at_most("--seq", args.seq, max("S").unwrap_or(u64::MAX), &what("S"))?;
     let engine = Engine::load(&args.plan)?;
     let mut ctx = engine.context()?;
-    let inputs = synthetic_inputs(&plan, &args.plan, &engine, args.batch, args.seq)?;
+    let inputs = synthetic_inputs(&plan, &args.plan, &engine, batch, args.seq)?;
     spinner.finish_and_clear();
     let spinner = qfuse::progress::spinner(format!("timing {} replays", args.warmup + args.iters), quiet);
     let stats = ctx.bench(&inputs, args.warmup, args.iters);
     spinner.finish_and_clear();
     let stats = stats?;
-    let tokens = (args.batch * args.seq) as f64;
+    let tokens = (batch * args.seq) as f64;
     if args.profile {
         let (_, timings) = ctx.run_profiled(&inputs)?;
         let mut by_kernel: Vec<(String, f64, usize)> = Vec::new();
@@ -72,13 +104,13 @@ pub fn run(args: &BenchArgs, quiet: bool) -> anyhow::Result<()> {
         }
     }
     if args.json {
-        let j = json(args, &engine.device_name(), (stats.median_ms, stats.min_ms, stats.mean_ms), stats.iters);
+        let j = json(args, batch, &engine.device_name(), (stats.median_ms, stats.min_ms, stats.mean_ms), stats.iters);
         return super::output::print_line(&j.to_string()).map_err(Into::into);
     }
     super::output::print_line(&format!(
         "{}: batch {} × {} tokens on {}: median {:.3} ms (min {:.3}, mean {:.3}, {} replays), {:.0} tokens/s",
         args.plan.display(),
-        args.batch,
+        batch,
         args.seq,
         engine.device_name(),
         stats.median_ms,
@@ -90,10 +122,11 @@ pub fn run(args: &BenchArgs, quiet: bool) -> anyhow::Result<()> {
     .map_err(Into::into)
 }
 
-/// The `--json` object: the plan, the device, the shape and the times `(median, min, mean)` in ms.
-fn json(args: &BenchArgs, device: &str, (median_ms, min_ms, mean_ms): (f64, f64, f64), iters: usize) -> serde_json::Value {
+/// The encoder `--json` object: the plan, the device, the shape and the times `(median, min,
+/// mean)` in ms.
+fn json(args: &BenchArgs, batch: u64, device: &str, (median_ms, min_ms, mean_ms): (f64, f64, f64), iters: usize) -> serde_json::Value {
     serde_json::json!({
-        "plan": args.plan.display().to_string(), "device": device, "batch": args.batch, "seq": args.seq,
+        "plan": args.plan.display().to_string(), "device": device, "batch": batch, "seq": args.seq,
         "median_ms": median_ms, "min_ms": min_ms, "mean_ms": mean_ms, "iters": iters,
     })
 }
@@ -118,6 +151,33 @@ fn synthetic_inputs(
     Ok(inputs::bound_by(engine.meta(), inputs::bert_batch(space, seq, &lengths, &mut draw)))
 }
 
+/// `qfuse bench` of a decoder plan: one line (or JSON object) per batch size.
+fn run_decoder(args: &BenchArgs, engine: &Engine, batches: &[u64], quiet: bool) -> anyhow::Result<()> {
+    let spinner = qfuse::progress::spinner(format!("timing batch sizes {}", args.batch), quiet);
+    let rows = super::bench_decoder::bench(engine, args.prompt_len, args.gen, batches);
+    spinner.finish_and_clear();
+    let rows = rows?;
+    if args.json {
+        let j = serde_json::json!({"plan": args.plan.display().to_string(), "device": engine.device_name(), "weight_bytes": engine.weight_bytes(), "runs": rows});
+        return super::output::print_line(&j.to_string()).map_err(Into::into);
+    }
+    for r in &rows {
+        super::output::print_line(&format!(
+            "{}: batch {:>3}, prompt {} + {} tokens on {}: first token {:.2} ms, {:.3} ms per step, {:.0} tokens/s, weights at {:.0} GB/s",
+            args.plan.display(),
+            r.batch,
+            r.prompt_len,
+            r.gen,
+            engine.device_name(),
+            r.ttft_ms,
+            r.ms_per_step,
+            r.tokens_per_second,
+            r.weight_gb_per_s
+        ))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,13 +192,10 @@ mod tests {
     #[test]
     fn json_has_the_documented_keys() {
         let args = Wrap::parse_from(["bench", "x.plan", "--batch", "4", "--seq", "16"]).bench;
-        let j = json(&args, "H100", (1.5, 1.25, 1.75), 100);
-        let keys: Vec<&str> = j.as_object().expect("object").keys().map(String::as_str).collect();
-        let mut want = vec!["batch", "device", "iters", "mean_ms", "median_ms", "min_ms", "plan", "seq"];
-        want.sort_unstable();
-        let mut got = keys.clone();
-        got.sort_unstable();
-        assert_eq!(got, want);
+        let j = json(&args, 4, "H100", (1.5, 1.25, 1.75), 100);
+        let mut keys: Vec<&str> = j.as_object().expect("object").keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["batch", "device", "iters", "mean_ms", "median_ms", "min_ms", "plan", "seq"]);
         assert_eq!(j["batch"], 4);
         assert_eq!(j["median_ms"], 1.5);
     }

@@ -64,15 +64,27 @@ pub struct CompileArgs {
     /// Print everything (recipe, calibration, fusion report, plan statistics) as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Decoders: KV-cache storage (fp8 | int8 | f16 | bf16; default: the recipe's compute dtype).
+    #[arg(long)]
+    pub(crate) kv_cache: Option<String>,
+    /// Decoders: tokens per KV-cache page (16, 32 or 64).
+    #[arg(long, default_value_t = 32)]
+    pub(crate) page_size: u32,
+    /// Decoders: most prompt tokens per prefill step (longer prompts are prefilled in chunks).
+    #[arg(long, default_value_t = 256)]
+    pub(crate) max_step: u64,
 }
 
 /// Runs `qfuse compile`. Every flag is checked before the import starts; then import,
 /// quantization (calibration bar or a spinner), NVRTC (a bar over kernels) and the write.
 pub fn run(args: &CompileArgs, quiet: bool, verbose: bool) -> anyhow::Result<()> {
+    validate::model_path(&args.model_dir, true)?;
+    validate::output_path("-o", &args.output)?;
+    if qfuse::import::decoder::is_decoder(&args.model_dir) {
+        return compile_decoder(args, quiet);
+    }
     let started = std::time::Instant::now();
     let emit = args.emit.unwrap_or(if args.output.extension().is_some_and(|e| e == "ir") { Emit::Ir } else { Emit::Plan });
-    validate::model_path(&args.model_dir, false)?;
-    validate::output_path("-o", &args.output)?;
     validate::at_most("--max-batch", args.max_batch, u32::MAX as u64, "the largest batch a plan can describe")?;
     let recipe = args.recipe.build(args.recipe.recipe.as_deref().unwrap_or("fp8"))?;
     if emit == Emit::Plan {
@@ -129,6 +141,57 @@ pub fn run(args: &CompileArgs, quiet: bool, verbose: bool) -> anyhow::Result<()>
     }
     let secs = started.elapsed().as_secs_f64();
     super::output::print_line(&format!("wrote {} ({} nodes) in {secs:.2} s", args.output.display(), q.fused.nodes.len()))?;
+    Ok(())
+}
+
+/// `qfuse compile` of a decoder: one plan with prefill and decode kernels over a paged KV cache.
+fn compile_decoder(args: &CompileArgs, quiet: bool) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    anyhow::ensure!(args.emit != Some(Emit::Ir), "--emit ir: decoders print their IR with `qfuse import --dump-ir` or `--dump-ir-after`");
+    let kv_cache = match &args.kv_cache {
+        Some(name) => Some(qfuse::import::decoder::KvFormat::parse_storage(name).map_err(|e| anyhow::anyhow!("--kv-cache: {e}"))?),
+        None => None,
+    };
+    let d = compile::DecoderPlanOptions {
+        kv_cache,
+        max_seq: args.max_seq,
+        max_batch: args.max_batch,
+        max_step: args.max_step,
+        page_size: args.page_size,
+    };
+    d.check()?;
+    let recipe = args.recipe.build(args.recipe.recipe.as_deref().unwrap_or("fp8"))?;
+    if let Some(arch) = &args.arch {
+        compile::check_arch(arch, &recipe)?;
+    }
+    let mut opts = CompileOptions::new(recipe);
+    opts.calib = args.recipe.decoder_calib_options(quiet)?;
+    opts.passes = args.recipe.pass_options();
+    opts.arch = args.arch.clone();
+    opts.progress = !quiet;
+    if args.no_kernel_cache {
+        opts.kernel_cache = None;
+    }
+    opts.lower.exact_fp8 = args.fp8_accum == Fp8Accum::Exact;
+    let plan = compile::compile_decoder(&args.model_dir, &opts, &d)?;
+    plan.save(&args.output)?;
+    let stats = plan.stats.clone();
+    if args.json {
+        let json = serde_json::json!({"recipe": plan.quantized.recipe, "plan": stats, "decoder": plan.meta().decoder.as_ref().map(|d| serde_json::json!({
+            "max_seq": d.max_seq, "max_batch": d.max_batch, "max_step_tokens": d.max_step_tokens, "page_size": d.kv.page_size,
+            "kv_cache": d.kv.slots.first().map(|s| s.dtype.clone()), "layers": d.kv.slots.len() / 2, "vocab": d.vocab}))});
+        return super::output::print_line(&serde_json::to_string_pretty(&json)?).map_err(Into::into);
+    }
+    super::output::print_line(&describe_stats(&stats))?;
+    if let Some(d) = &plan.meta().decoder {
+        let kv = d.kv.slots.first().map_or("-", |s| s.dtype.as_str());
+        super::output::print_line(&format!(
+            "decoder: context {} tokens, batch ≤ {}, prefill chunks of ≤ {} tokens, KV cache {kv} in pages of {} tokens",
+            d.max_seq, d.max_batch, d.max_step_tokens, d.kv.page_size
+        ))?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    super::output::print_line(&format!("wrote {} in {secs:.2} s", args.output.display()))?;
     Ok(())
 }
 

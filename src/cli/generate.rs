@@ -14,20 +14,21 @@ use std::time::Instant;
 /// Arguments of `qfuse generate`.
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// A decoder: a `.gguf` file or a Hugging Face Llama/Mistral/Qwen2 folder.
-    model: PathBuf,
+    /// A decoder: a `.gguf` file or a Hugging Face Llama/Mistral/Qwen2 folder (run on the CPU
+    /// interpreter), or a decoder `.plan` (run on the GPU).
+    pub(crate) model: PathBuf,
     /// The prompt.
     #[arg(long)]
-    prompt: String,
+    pub(crate) prompt: String,
     /// Wrap the prompt as a user message with the model's chat template.
     #[arg(long)]
-    chat: bool,
+    pub(crate) chat: bool,
     /// With --chat: a system message first.
     #[arg(long, requires = "chat")]
-    system: Option<String>,
+    pub(crate) system: Option<String>,
     /// Most tokens to generate (at least 1).
     #[arg(long, default_value_t = 64)]
-    max_new_tokens: usize,
+    pub(crate) max_new_tokens: usize,
     /// KV-cache storage: f32 | f16 | bf16 | fp8 | int8 (quantized caches are calibrated per layer).
     #[arg(long, default_value = "f32")]
     kv_cache: String,
@@ -37,19 +38,19 @@ pub struct GenerateArgs {
     max_seq: Option<u64>,
     /// Sampling temperature; 0 (the default) is greedy.
     #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
-    /// Sample among the K most likely tokens (0 = all).
+    pub(crate) temperature: f32,
+    /// Sample among the K most likely tokens (0 = the 256 most likely; at most 256).
     #[arg(long, default_value_t = 0)]
-    top_k: usize,
+    pub(crate) top_k: usize,
     /// Sample within the top-p probability mass (1 = all).
     #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
+    pub(crate) top_p: f32,
     /// Seed of the sampler (runs with one seed reproduce).
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// Print `{"text", "prompt_ids", "ids", "stop", "tokens_per_second"}` instead of streaming.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Quantize first (the tokens come from the fused graph).
     #[command(flatten)]
     recipe: super::recipe_args::RecipeArgs,
@@ -63,15 +64,18 @@ const DEFAULT_MAX_SEQ: u64 = 4096;
 pub fn run(args: &GenerateArgs, quiet: bool) -> anyhow::Result<()> {
     let sampling = Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
     sampling.check().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(args.max_new_tokens >= 1, "--max-new-tokens 0: generate at least one token");
+    if args.model.extension().is_some_and(|e| e == "plan") {
+        return super::generate_plan::run(args, quiet);
+    }
     let storage = KvFormat::parse_storage(&args.kv_cache).map_err(|e| anyhow::anyhow!("--kv-cache: {e}"))?;
     super::validate::model_path(&args.model, true)?;
     let max_seq = args.max_seq.unwrap_or(DEFAULT_MAX_SEQ);
     if max_seq == 0 {
         bail!("--max-seq 0: must be at least 1");
     }
-    anyhow::ensure!(args.max_new_tokens >= 1, "--max-new-tokens 0: generate at least one token");
     let recipe = args.recipe.recipe()?;
-    let opts = DecoderOptions { max_batch: 1, max_seq: Some(max_seq), kv: KvFormat::Float(qfuse::ir::DType::F32) };
+    let opts = DecoderOptions { max_batch: 1, max_seq: Some(max_seq), kv: KvFormat::Float(qfuse::ir::DType::F32), max_step: None };
     let spinner = qfuse::progress::spinner(format!("loading {}", args.model.display()), quiet);
     let mut model = decoder::load(&args.model, &opts)?;
     spinner.finish_and_clear();

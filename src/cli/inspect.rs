@@ -124,6 +124,11 @@ fn schedule_table(m: &PlanMeta) -> Table {
                 ArgRef::Weight(w) => format!("@{}", m.weights[*w as usize].name),
                 ArgRef::Buffer(b) => m.buffers[*b as usize].name.clone(),
                 ArgRef::Scalar(s) => qfuse::compile::describe_scalar(s),
+                ArgRef::KvPool(i) => match m.decoder.as_ref().and_then(|d| d.kv.slots.get(*i as usize)) {
+                    Some(slot) => format!("pages({})", slot.input),
+                    None => format!("pages(#{i})"),
+                },
+                ArgRef::PageTable => "page_table".into(),
             })
             .collect();
         // A guarded launch (format 1.1) runs only for the shapes where its guard holds.

@@ -1,6 +1,7 @@
 //! Command-line front end: argument parsing, logging set-up and error reporting.
 
 mod bench;
+mod bench_decoder;
 mod cache;
 mod check;
 mod compile;
@@ -9,6 +10,7 @@ mod eval;
 mod eval_decoder;
 mod eval_table;
 mod generate;
+mod generate_plan;
 mod import;
 mod inspect;
 mod output;

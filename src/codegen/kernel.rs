@@ -42,6 +42,14 @@ pub enum Arg {
     Value(ValueId),
     /// A scalar by value.
     Scalar(Scalar),
+    /// Device pointer to the paged KV-cache pool of graph state slot `i` (`graph.state[i]`):
+    /// `[num_pages, KV, PAGE, D]` elements of the cache dtype, HND within a page. Owned by the
+    /// runtime; see [`PagedKv`].
+    KvPool(u32),
+    /// Device pointer to the page table: i32 `[B, MAX_PAGES]`, row `b` listing the pages of the
+    /// run's `b`-th sequence in order (token `t` lives in page `table[b·MAX_PAGES + t/PAGE]`, slot
+    /// `t % PAGE`).
+    PageTable,
 }
 
 /// A kernel launch produced by lowering one node.
@@ -92,6 +100,16 @@ impl Default for LowerOptions {
     }
 }
 
+/// The runtime's paged KV cache, as far as code generation sees it: compile-time constants of
+/// the kernels that read and write the pools ([`Arg::KvPool`], [`Arg::PageTable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PagedKv {
+    /// Tokens per page (PAGE).
+    pub page_size: u32,
+    /// Columns of the page table (MAX_PAGES): the most pages one sequence can hold.
+    pub max_pages: u32,
+}
+
 /// Read-only view of the graph for lowering, with shape helpers.
 pub struct LowerCx<'g> {
     /// The (fused, verified) graph.
@@ -100,12 +118,15 @@ pub struct LowerCx<'g> {
     pub sm: u32,
     /// Code-generation choices.
     pub options: LowerOptions,
+    /// The paged KV cache of a decoder plan; `None` for encoders (`causal_attention` is then an
+    /// error).
+    pub paged: Option<PagedKv>,
 }
 
 impl<'g> LowerCx<'g> {
-    /// A context for `graph` targeting `sm` with default options.
+    /// A context for `graph` targeting `sm` with default options and no paged KV cache.
     pub fn new(graph: &'g Graph, sm: u32) -> Self {
-        Self { graph, sm, options: LowerOptions::default() }
+        Self { graph, sm, options: LowerOptions::default(), paged: None }
     }
 
     /// An error about `node`.

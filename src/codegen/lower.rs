@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::kernel::{Arg, KernelDef, Launch, LowerCx, LowerError, LowerOptions, Lowered};
+use super::kernel::{Arg, KernelDef, Launch, LowerCx, LowerError, LowerOptions, Lowered, PagedKv};
 use super::ops;
 use crate::ir::{order, Graph, NodeId, ValueId};
 
@@ -52,9 +52,15 @@ impl Program {
     }
 }
 
-/// Lowers every live node of `graph` for SM version `sm` (90 for `sm_90a`).
+/// Lowers every live node of `graph` for SM version `sm` (90 for `sm_90a`), without a paged KV
+/// cache (encoders).
 pub fn lower_graph(graph: &Graph, sm: u32, options: LowerOptions) -> Result<Program, LowerError> {
-    let cx = LowerCx { options, ..LowerCx::new(graph, sm) };
+    lower_graph_paged(graph, sm, options, None)
+}
+
+/// [`lower_graph`] for a decoder step graph whose KV cache lives in the runtime's pages (`paged`).
+pub fn lower_graph_paged(graph: &Graph, sm: u32, options: LowerOptions, paged: Option<PagedKv>) -> Result<Program, LowerError> {
+    let cx = LowerCx { options, paged, ..LowerCx::new(graph, sm) };
     let order = order::canonical_order(graph)
         .ok_or_else(|| LowerError { node: format!("graph `{}`", graph.name), reason: "the graph has a cycle".into() })?;
     let live = graph.live_nodes();

@@ -1,7 +1,9 @@
 //! Activation memory planning: one arena, buffers reused by liveness.
 //!
 //! Every value a launch touches that is not a weight or literal gets storage in the arena. Views
-//! share their root's storage. A root lives from the step that writes it (model inputs: before the
+//! share their root's storage. A state input (a decoder's `past.{k,v}.L`, [`Graph::state`]) that
+//! no launch names gets none: its values live in the runtime's paged KV cache, which launches
+//! reach through [`Arg::KvPool`]. A root lives from the step that writes it (model inputs: before the
 //! first step) to the last step that reads it or any view of it (model outputs: past the end);
 //! lifetimes are inclusive, so a kernel never writes over its own operands. Sizes are taken at the
 //! symbols' maxima and rounded up to 256 bytes. Placement is greedy best-fit by decreasing size:
@@ -80,8 +82,11 @@ pub fn plan(graph: &Graph, program: &Program) -> MemoryPlan {
             m.push(v);
         }
     };
-    for (_, v) in graph.inputs() {
-        touch(v, 0, &mut life);
+    let is_state = |name: &str| graph.state.iter().any(|s| s.input == name);
+    for (name, v) in graph.inputs() {
+        if !is_state(name) {
+            touch(v, 0, &mut life);
+        }
     }
     for (i, step) in program.steps.iter().enumerate() {
         for arg in step.launches.iter().flat_map(|l| &l.args) {
@@ -95,6 +100,12 @@ pub fn plan(graph: &Graph, program: &Program) -> MemoryPlan {
     for &(_, v) in &graph.outputs {
         if !is_constant(graph, program.root(v)) {
             touch(v, end, &mut life);
+        }
+    }
+    // A state input that a launch does read is bound before the first step like any input.
+    for (name, v) in graph.inputs() {
+        if let Some(l) = life.get_mut(&v).filter(|_| is_state(name)) {
+            l.0 = 0;
         }
     }
     let mut roots: Vec<ValueId> = life.keys().copied().collect();

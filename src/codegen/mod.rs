@@ -4,6 +4,7 @@
 //! - [`expr`]: the expression IR that element-wise code and GEMM epilogues are printed from.
 //! - [`template`]: `templates/*.cu` files specialised by `{{name}}` parameters.
 //! - [`gemm`]: the FP8 GEMM template's typed spec.
+//! - [`sample`]: the on-GPU sampler the decoder runtime launches after a step.
 //! - [`nvrtc`] finds a CUDA 13 NVRTC (system toolkit or the project cache filled by
 //!   `scripts/cache.sh nvrtc`) without any environment variable, and turns CUDA C into CUBIN.
 
@@ -15,6 +16,7 @@ pub mod lower;
 pub mod memory;
 pub mod nvrtc;
 pub mod ops;
+pub mod sample;
 pub mod template;
 
 use template::Template;

@@ -13,6 +13,9 @@
 //! ```
 
 pub mod bytes;
+pub mod decoder;
+
+pub use decoder::{compile_decoder, DecoderPlanOptions};
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -21,7 +24,8 @@ use rayon::prelude::*;
 
 use crate::codegen::cache::{KernelCache, Origin};
 use crate::codegen::kernel::{dim_expr, max_extents, Arg, KernelDef, LowerError, LowerOptions};
-use crate::codegen::lower::{lower_graph, Program};
+use crate::codegen::kernel::PagedKv;
+use crate::codegen::lower::{lower_graph_paged, Program};
 use crate::codegen::memory::{self, MemoryPlan};
 use crate::codegen::nvrtc::{self, NvrtcError};
 use crate::import::{self, ImportError, ImportOptions, Model};
@@ -149,6 +153,8 @@ pub struct CompiledPlan {
     pub stats: CompileStats,
     /// The quantization result (graphs, report, calibration).
     pub quantized: Quantized,
+    /// Target arch of the plan's kernels.
+    arch_name: String,
 }
 
 impl CompiledPlan {
@@ -157,13 +163,41 @@ impl CompiledPlan {
         self.builder.meta()
     }
 
+    /// Compiles the sampling kernel over `vocab` logits of `dtype` and adds it to the plan;
+    /// returns its kernel index.
+    pub(crate) fn add_sample_kernel(&mut self, dtype: &crate::ir::DType, vocab: u64, opts: &CompileOptions) -> Result<u32, CompileError> {
+        let sm = sm_of(&self.arch_name)?;
+        let k = crate::codegen::sample::sample_kernel(vocab, *dtype, sm)?;
+        let cache = KernelCache::new(opts.kernel_cache.clone());
+        let (cubin, origin) = cache.cubin(&k.name, &k.source, &self.arch_name)?;
+        let section = self.builder.add_section(SectionKind::Cubin, format!("cubin.{}", k.name), cubin);
+        let meta = KernelMeta {
+            name: k.name.clone(),
+            template: k.template.to_string(),
+            source: k.source.clone(),
+            section,
+            grid: k.grid.clone(),
+            block: k.block,
+            shared_mem_bytes: k.smem_bytes,
+            params: k.params.clone(),
+        };
+        let index = self.builder.meta().kernels.len() as u32;
+        self.builder.meta_mut().kernels.push(meta);
+        self.stats.kernels += 1;
+        match origin {
+            Origin::Compiled => self.stats.compiled += 1,
+            Origin::Cached => self.stats.cached += 1,
+        }
+        Ok(index)
+    }
+
     /// Writes the plan atomically.
     pub fn save(&self, path: &Path) -> Result<(), PlanError> {
         self.builder.write(path)
     }
 }
 
-/// Compiles the model in `model_dir`.
+/// Compiles the encoder in `model_dir` (decoders: [`compile_decoder`]).
 pub fn compile(model_dir: &Path, opts: &CompileOptions) -> Result<CompiledPlan, CompileError> {
     let started = Instant::now();
     if let Some(arch) = &opts.arch {
@@ -176,14 +210,30 @@ pub fn compile(model_dir: &Path, opts: &CompileOptions) -> Result<CompiledPlan, 
     Ok(plan)
 }
 
-/// Lowers, compiles and assembles the plan of an already quantized model.
+/// Lowers, compiles and assembles the plan of an already quantized encoder.
 pub fn build(model: &Model, q: Quantized, opts: &CompileOptions) -> Result<CompiledPlan, CompileError> {
+    let tokenizer = std::fs::read(model.dir.join("tokenizer.json")).ok();
+    assemble(&Source { weights: &model.weights, tokenizer, paged: None }, q, opts)
+}
+
+/// What a plan is assembled from besides the quantized graphs.
+pub(crate) struct Source<'a> {
+    /// The checkpoint's weights.
+    pub weights: &'a dyn WeightSource,
+    /// A Hugging Face `tokenizer.json` to carry in the plan.
+    pub tokenizer: Option<Vec<u8>>,
+    /// The paged KV cache of a decoder plan.
+    pub paged: Option<PagedKv>,
+}
+
+/// Lowers, compiles and assembles a plan.
+pub(crate) fn assemble(source: &Source<'_>, q: Quantized, opts: &CompileOptions) -> Result<CompiledPlan, CompileError> {
     let arch = opts.arch.clone().or_else(|| crate::runtime::local_arch(0)).unwrap_or_else(|| DEFAULT_ARCH.to_string());
     check_arch(&arch, &q.recipe)?;
     let sm = sm_of(&arch)?;
     // Values are numbered as the IR text prints them, so buffer names match `ir_text`.
     let graph = ir::order::compact(&q.fused);
-    let program = lower_graph(&graph, sm, opts.lower)?;
+    let program = lower_graph_paged(&graph, sm, opts.lower, source.paged)?;
     let mem = memory::plan(&graph, &program);
     let version = nvrtc::locate()?.version;
     let mut meta = PlanMeta::new(graph.name.clone(), arch.clone(), version);
@@ -197,11 +247,12 @@ pub fn build(model: &Model, q: Quantized, opts: &CompileOptions) -> Result<Compi
     let (kernel_index, origins) = add_kernels(&mut builder, &program, &arch, opts)?;
     let nvrtc_seconds = t_nvrtc.elapsed().as_secs_f64();
     let buffers = add_buffers(&mut builder, &graph, &mem);
-    let weights = add_weights(&mut builder, &graph, &program, &model.weights)?;
-    add_schedule(&mut builder, &graph, &program, &kernel_index, &buffers, &weights);
+    let weights = add_weights(&mut builder, &graph, &program, source.weights)?;
+    add_schedule(&mut builder, &graph, &program, &kernel_index, &buffers, &weights)?;
     add_signature(&mut builder, &graph, &buffers);
-    if let Ok(tok) = std::fs::read(model.dir.join("tokenizer.json")) {
-        builder.add_section(SectionKind::Other, TOKENIZER_SECTION, tok);
+    drop_unused_symbols(builder.meta_mut());
+    if let Some(tok) = &source.tokenizer {
+        builder.add_section(SectionKind::Other, TOKENIZER_SECTION, tok.clone());
     }
     builder.meta_mut().peak_activation_bytes = mem.peak_bytes;
     let stats = CompileStats {
@@ -217,7 +268,34 @@ pub fn build(model: &Model, q: Quantized, opts: &CompileOptions) -> Result<Compi
         weight_bytes: builder.meta().weights.iter().map(weight_len).sum(),
         seconds: 0.0,
     };
-    Ok(CompiledPlan { builder, stats, quantized: q })
+    Ok(CompiledPlan { builder, arch_name: stats.arch.clone(), stats, quantized: q })
+}
+
+/// Removes shape symbols nothing in the plan mentions (a decoder's cache length `P`, once the
+/// cache lives in pages), so the runtime need not bind them.
+fn drop_unused_symbols(meta: &mut PlanMeta) {
+    let mut used = std::collections::BTreeSet::new();
+    let mut note = |e: &DimExpr| used.extend(e.symbols().into_iter().map(str::to_string));
+    for sig in meta.inputs.iter().chain(&meta.outputs) {
+        sig.shape.iter().for_each(&mut note);
+    }
+    for b in &meta.buffers {
+        b.shape.iter().for_each(&mut note);
+    }
+    for k in &meta.kernels {
+        k.grid.iter().for_each(&mut note);
+    }
+    for l in &meta.schedule {
+        for a in &l.args {
+            if let ArgRef::Scalar(Scalar::Dim(e)) = a {
+                note(e);
+            }
+        }
+    }
+    for g in &meta.launch_guards {
+        note(g.when.rows());
+    }
+    meta.symbols.retain(|(name, _)| used.contains(name));
 }
 
 /// The archs `--arch` accepts: those NVRTC 13 compiles for (Turing and newer).
@@ -367,20 +445,23 @@ fn add_schedule(
     kernels: &std::collections::HashMap<String, u32>,
     buffers: &std::collections::HashMap<ValueId, u32>,
     weights: &std::collections::HashMap<ValueId, u32>,
-) {
+) -> Result<(), CompileError> {
     for (node, launch) in program.launches() {
         let n = &graph.nodes[node];
         let args = launch
             .args
             .iter()
             .map(|a| match a {
-                Arg::Value(v) => match weights.get(&program.root(*v)) {
+                Arg::Value(v) => Ok(match weights.get(&program.root(*v)) {
                     Some(&w) => ArgRef::Weight(w),
                     None => ArgRef::Buffer(buffers[v]),
-                },
-                Arg::Scalar(s) => ArgRef::Scalar(s.clone()),
+                }),
+                Arg::Scalar(s) => Ok(ArgRef::Scalar(s.clone())),
+                // The paged KV cache's pools and page table belong to the generator (format 2.0).
+                Arg::KvPool(i) => Ok(ArgRef::KvPool(*i)),
+                Arg::PageTable => Ok(ArgRef::PageTable),
             })
-            .collect();
+            .collect::<Result<Vec<_>, CompileError>>()?;
         let results: Vec<String> = n.outputs.iter().map(|v| v.to_string()).collect();
         let label = format!("{} {} ({})", n.op.mnemonic(), n.name.as_deref().unwrap_or("-"), results.join(", "));
         let writes = n.outputs.iter().filter_map(|v| buffers.get(v).copied()).collect();
@@ -391,6 +472,7 @@ fn add_schedule(
         }
         meta.schedule.push(LaunchMeta { kernel: kernels[&launch.kernel.name], args, label, writes });
     }
+    Ok(())
 }
 
 fn add_signature(builder: &mut PlanBuilder<'static>, graph: &Graph, buffers: &std::collections::HashMap<ValueId, u32>) {

@@ -1,12 +1,18 @@
 //! Next-token choice: greedy, or temperature / top-k / top-p sampling driven by a counter-based
 //! generator, so that a seed and a step number always give the same draw.
 
+/// The most tokens a sampling step considers: `top_k` is capped at this, and `top_k = 0` means
+/// this many. The GPU sampler (`templates/sample.cu`) selects and sorts at most this many
+/// candidates in shared memory; the CPU applies the same cap so both follow one rule. Tokens past
+/// the 256 most likely carry negligible mass for any temperature a chat uses.
+pub const MAX_TOP_K: usize = 256;
+
 /// Sampling settings; `temperature == 0` is greedy.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sampling {
     /// Softmax temperature; 0 picks the most likely token.
     pub temperature: f32,
-    /// Keep only the `top_k` most likely tokens (0 = all).
+    /// Keep only the `top_k` most likely tokens (0 = [`MAX_TOP_K`]; larger values are capped at it).
     pub top_k: usize,
     /// Keep the smallest set of most likely tokens whose probability reaches `top_p` (1 = all).
     pub top_p: f32,
@@ -57,16 +63,31 @@ pub fn argmax(logits: &[f32]) -> Option<usize> {
     best.map(|(i, _)| i)
 }
 
-/// Picks the next token from `logits` at generation step `step`.
+/// The number of most likely tokens sampling keeps before `top_p`: `top_k`, or [`MAX_TOP_K`] when
+/// it is 0 or larger.
+pub fn candidates(top_k: usize) -> usize {
+    if top_k == 0 {
+        MAX_TOP_K
+    } else {
+        top_k.min(MAX_TOP_K)
+    }
+}
+
+/// Picks the next token from `logits` at generation step `step` (the generator's counter).
+///
+/// Greedy (`temperature == 0`): [`argmax`]. Otherwise: the non-NaN logits in descending
+/// `total_cmp` order (ties: smaller index first), cut to [`candidates`]`(top_k)`; weights
+/// `exp((l − l_max) / T)` in f64; the shortest prefix whose running sum of `w / Σw` reaches
+/// `top_p`; `u = uniform(seed, step)`; the first kept token whose weight exceeds what is left of
+/// `u · Σkept` after the weights before it (the last kept token if rounding leaves none).
+/// `templates/sample.cu` performs exactly these operations (docs/codegen.md, "Sampling").
 pub fn choose(logits: &[f32], s: &Sampling, step: u64) -> Option<usize> {
     if s.temperature == 0.0 {
         return argmax(logits);
     }
     let mut order: Vec<usize> = (0..logits.len()).filter(|&i| !logits[i].is_nan()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-    if s.top_k > 0 {
-        order.truncate(s.top_k);
-    }
+    order.truncate(candidates(s.top_k));
     let top = *logits.get(*order.first()?)? as f64;
     let weights: Vec<f64> = order.iter().map(|&i| ((logits[i] as f64 - top) / s.temperature as f64).exp()).collect();
     let total: f64 = weights.iter().sum();

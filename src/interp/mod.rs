@@ -23,6 +23,7 @@ mod ops;
 mod state;
 pub mod tensor;
 
+pub use ops::inverse_frequencies;
 pub use state::empty_state;
 pub use tensor::{Tensor, TensorData};
 

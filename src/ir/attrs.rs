@@ -4,8 +4,8 @@
 //! parser cannot drift apart.
 
 use super::{
-    Attention, AttentionFp8, BinaryOp, CausalAttention, DType, EmbedLayerNorm, EpilogueOp, EpilogueStep, Granularity, NormKind, Op,
-    QMatMul, QuantSpec, ReduceOp, Rope, RopeLlama3, RopePairs, ScaleSource, UnaryOp, ValueId, ZeroPoint,
+    Attention, AttentionFp8, BinaryOp, CausalAttention, DType, EmbedLayerNorm, EpilogueOp, EpilogueStep, Granularity, KvCodes, NormKind,
+    Op, QMatMul, QuantSpec, ReduceOp, Rope, RopeLlama3, RopePairs, ScaleSource, UnaryOp, ValueId, ZeroPoint,
 };
 use crate::numerics::E8M0Rounding;
 
@@ -99,7 +99,11 @@ pub fn encode(op: &Op, extra: &[ValueId]) -> Vec<Attr> {
         Op::Attention(a) => encode_attention(a, extra),
         Op::Rope(r) => encode_rope(r),
         Op::CausalAttention(a) => {
-            vec![kv("heads", int(i64::from(a.heads))), kv("kv_heads", int(i64::from(a.kv_heads))), kv("scale", f32_num(a.scale))]
+            let mut v = vec![kv("heads", int(i64::from(a.heads))), kv("kv_heads", int(i64::from(a.kv_heads))), kv("scale", f32_num(a.scale))];
+            if let Some(c) = &a.cache {
+                v.push(Attr { key: None, value: encode_kv_codes(c) });
+            }
+            v
         }
         Op::EmbedLayerNorm(e) => {
             let mut v = vec![kv("eps", f32_num(e.eps)), kv("via", ident(e.via.name()))];
@@ -280,6 +284,27 @@ fn encode_attention_fp8(f: &AttentionFp8) -> AttrValue {
     )
 }
 
+/// `codes(k_scale=…, v_scale=…, via=f16)` of a causal attention reading quantized cache codes.
+fn encode_kv_codes(c: &KvCodes) -> AttrValue {
+    let keyed = |k: &str, v: AttrValue| AttrValue::Keyed(k.into(), Box::new(v));
+    AttrValue::Call(
+        "codes".into(),
+        vec![keyed("k_scale", f32_num(c.k_scale)), keyed("v_scale", f32_num(c.v_scale)), keyed("via", ident(c.via.name()))],
+    )
+}
+
+/// The `codes(...)` item of a causal attention, if present.
+fn decode_kv_codes(attrs: &[Attr]) -> Result<Option<KvCodes>, String> {
+    let found = attrs.iter().find_map(|a| match (&a.key, &a.value) {
+        (None, AttrValue::Call(name, args)) if name == "codes" => Some(args),
+        _ => None,
+    });
+    let Some(args) = found else { return Ok(None) };
+    let inner = keyed_args(args, "codes")?;
+    let num = |k: &str| required(&inner, k).and_then(as_f32).map_err(|e| format!("codes: {e}"));
+    Ok(Some(KvCodes { k_scale: num("k_scale")?, v_scale: num("v_scale")?, via: dtype_attr(&inner, "via").map_err(|e| format!("codes: {e}"))? }))
+}
+
 /// The `fp8(...)` item of an attention, if present.
 fn decode_attention_fp8(attrs: &[Attr]) -> Result<Option<AttentionFp8>, String> {
     let found = attrs.iter().find_map(|a| match (&a.key, &a.value) {
@@ -428,6 +453,7 @@ pub fn decode(mnemonic: &str, attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), Stri
             heads: u32_attr(attrs, "heads")?,
             kv_heads: u32_attr(attrs, "kv_heads")?,
             scale: as_f32(required(attrs, "scale")?)?,
+            cache: decode_kv_codes(attrs)?,
         }),
         "attention" => return decode_attention(attrs),
         "embed_layernorm" => {

@@ -39,16 +39,28 @@ pub fn causal_attention(a: &CausalAttention, inputs: &[&TensorType]) -> Result<T
     }
     let d = head_dim(q, a.heads, "causal_attention")?;
     let (batch, seq, kv) = (q.shape[0], q.shape[1], Dim::Fixed(u64::from(a.kv_heads)));
+    let operand = match &a.cache {
+        None => q.dtype,
+        Some(c) => {
+            if !matches!(k.dtype, DType::F8E4M3 | DType::F8E5M2 | DType::I8) {
+                return Err(format!("causal_attention codes must be f8e4m3, f8e5m2 or i8, got {}", k.dtype));
+            }
+            if !c.via.is_wide_float() || [c.k_scale, c.v_scale].iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+                return Err(format!("causal_attention codes need positive finite scales and a float via, got {c:?}"));
+            }
+            k.dtype
+        }
+    };
     let step = [batch, kv, seq, Dim::Fixed(d)];
     for (t, what) in [(k, "k"), (v, "v")] {
-        expect(t, q.dtype, &step, what)?;
+        expect(t, operand, &step, what)?;
     }
     if pk.shape.len() != 4 || pk.shape[3] != Dim::Fixed(d) {
         return Err(format!("causal_attention past_k must be [B,{},P,{d}], got {}", a.kv_heads, shape_text(&pk.shape)));
     }
     let past = [batch, kv, pk.shape[2], Dim::Fixed(d)];
     for (t, what) in [(pk, "past_k"), (pv, "past_v")] {
-        expect(t, q.dtype, &past, what)?;
+        expect(t, operand, &past, what)?;
     }
     cache_len_type(len, batch, "causal_attention")?;
     Ok((*q).clone())

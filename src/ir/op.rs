@@ -235,6 +235,11 @@ pub struct Rope {
 /// `h / (H/KV)`; it attends to the first `cache_len[b]` cached tokens and to this step's tokens
 /// `0..=s`. Scores `Σ q·k` (f32 sums) times `scale`, softmax, `Σ p·v` — all in f32 — rounded once
 /// to q's dtype. Cache rows at or past `cache_len[b]` are never read.
+///
+/// With [`CausalAttention::cache`] set, `k, v, past_k, past_v` are the quantized cache's codes
+/// (`f8e4m3` or `i8`) and each element reads as `via(code · scale)` (K's scale for `k` and
+/// `past_k`, V's for `v` and `past_v`) — exactly the per-tensor `dequantize` to `via` that
+/// `fuse-kv-cache` folds in. The GPU reads the codes straight from the paged cache.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CausalAttention {
     /// Query heads H.
@@ -243,6 +248,21 @@ pub struct CausalAttention {
     pub kv_heads: u32,
     /// Multiplier of the scores (`1/√D`).
     pub scale: f32,
+    /// The K/V operands are cache codes dequantized on read; `None`: they are floats of q's dtype.
+    #[serde(default)]
+    pub cache: Option<KvCodes>,
+}
+
+/// How a [`CausalAttention`] reads a quantized KV cache: per-tensor scales of K and V (one
+/// layer's) and the dtype each dequantized element is rounded to.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KvCodes {
+    /// Dequantization multiplier of K's codes.
+    pub k_scale: f32,
+    /// Dequantization multiplier of V's codes.
+    pub v_scale: f32,
+    /// Dtype of a dequantized element (q's dtype, f16 or bf16 after a recipe).
+    pub via: DType,
 }
 
 /// One IR operation. Inputs and outputs are listed as `inputs → outputs`.

@@ -14,6 +14,7 @@ pub mod fuse_attention;
 pub mod fuse_dq_matmul;
 pub mod fuse_embedding;
 pub mod fuse_epilogue;
+pub mod fuse_kv_cache;
 pub mod fuse_layernorm_quantize;
 pub mod fuse_weight_dequant;
 pub mod lift_linear;

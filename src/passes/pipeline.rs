@@ -11,7 +11,8 @@ use super::*;
 /// `fuse-weight-dequant` turns weight-only quantized linear layers (f16/bf16 dequantizes of
 /// weights) into qmatmuls that dequantize in the GEMM; `lift-linear`
 /// turns the remaining f16/bf16 linear layers into qmatmuls so `fuse-epilogue` fuses them too;
-/// `fuse-attention` and `fuse-embedding` then leave one node per kernel.
+/// `fuse-attention` and `fuse-embedding` then leave one node per kernel; `fuse-kv-cache` lets a
+/// decoder's attention read its quantized KV cache's codes.
 pub fn fusion() -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(fold_smoothing::FoldSmoothing),
@@ -25,6 +26,7 @@ pub fn fusion() -> Vec<Box<dyn Pass>> {
         Box::new(lift_linear::LiftLinear),
         Box::new(fuse_epilogue::FuseEpilogue),
         Box::new(fuse_attention::FuseAttention),
+        Box::new(fuse_kv_cache::FuseKvCache),
         Box::new(fuse_embedding::FuseEmbedding),
         Box::new(cse::Cse),
         Box::new(dce::Dce),

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::dim::DimExpr;
+use super::decoder::DecoderMeta;
 use super::header::FormatVersion;
 
 /// Alignment of every section's offset, so a section can be memory-mapped on its own (a page).
@@ -61,6 +62,9 @@ pub struct PlanMeta {
     /// summation order, so a 1.0 reader, which ignores this table and runs every launch, still
     /// computes the model (only slower).
     pub launch_guards: Vec<LaunchGuard>,
+    /// Format 2.0: a decoder's paged KV cache, special tokens, generation defaults and sampling
+    /// kernel; `None` for encoders (and every 1.x plan).
+    pub decoder: Option<DecoderMeta>,
 }
 
 impl PlanMeta {
@@ -92,7 +96,27 @@ impl PlanMeta {
         for (n, launch) in self.schedule.iter().enumerate() {
             self.check_launch(n, launch)?;
         }
-        self.check_guards()
+        self.check_guards()?;
+        self.check_decoder()
+    }
+
+    fn check_decoder(&self) -> Result<(), String> {
+        let Some(d) = &self.decoder else { return Ok(()) };
+        if d.sample_kernel as usize >= self.kernels.len() {
+            return Err(format!("decoder: sampling kernel {} out of {}", d.sample_kernel, self.kernels.len()));
+        }
+        if !d.kv.page_size.is_power_of_two() || d.kv.max_pages == 0 {
+            return Err(format!("decoder: page size {} must be a power of two and max_pages {} positive", d.kv.page_size, d.kv.max_pages));
+        }
+        for s in &d.kv.slots {
+            if s.page_bytes(d.kv.page_size).is_none() {
+                return Err(format!("decoder: KV slot `{}` has an unknown dtype `{}` or an absurd page", s.input, s.dtype));
+            }
+        }
+        if !self.outputs.iter().any(|o| o.name == d.logits) {
+            return Err(format!("decoder: logits output `{}` is not an output of the plan", d.logits));
+        }
+        Ok(())
     }
 
     /// The guard of launch `index`, if it has one.
@@ -124,7 +148,7 @@ impl PlanMeta {
         }
         for (arg, param) in launch.args.iter().zip(&kernel.params) {
             let ok_type = match arg {
-                ArgRef::Weight(_) | ArgRef::Buffer(_) => param.ty == ParamType::Ptr,
+                ArgRef::Weight(_) | ArgRef::Buffer(_) | ArgRef::KvPool(_) | ArgRef::PageTable => param.ty == ParamType::Ptr,
                 ArgRef::Scalar(Scalar::F32(_)) => param.ty == ParamType::F32,
                 ArgRef::Scalar(Scalar::I32(_)) => param.ty == ParamType::I32,
                 ArgRef::Scalar(Scalar::I64(_)) => param.ty == ParamType::I64,
@@ -141,6 +165,10 @@ impl PlanMeta {
                     return bad(format!("buffer {i} out of {}", self.buffers.len()));
                 }
                 ArgRef::Scalar(Scalar::Dim(e)) => self.check_symbols(&format!("launch {n}"), e)?,
+                ArgRef::KvPool(i) if self.decoder.as_ref().is_none_or(|d| *i as usize >= d.kv.slots.len()) => {
+                    return bad(format!("KV pool {i} out of the plan's KV-cache slots"));
+                }
+                ArgRef::PageTable if self.decoder.is_none() => return bad("reads a page table, but the plan has no KV cache".into()),
                 _ => {}
             }
         }
@@ -299,13 +327,22 @@ pub enum Guard {
         /// Largest row count it does not run for.
         min: u64,
     },
+    /// Format 2.0: runs when `min < rows ≤ max` (a middle shape bucket).
+    RowsBetween {
+        /// The row count, over the shape symbols.
+        rows: DimExpr,
+        /// Largest row count it does not run for.
+        min: u64,
+        /// Largest row count it runs for.
+        max: u64,
+    },
 }
 
 impl Guard {
     /// The row expression the guard tests.
     pub fn rows(&self) -> &DimExpr {
         match self {
-            Guard::RowsAtMost { rows, .. } | Guard::RowsAbove { rows, .. } => rows,
+            Guard::RowsAtMost { rows, .. } | Guard::RowsAbove { rows, .. } | Guard::RowsBetween { rows, .. } => rows,
         }
     }
 
@@ -315,6 +352,7 @@ impl Guard {
         Ok(match self {
             Guard::RowsAtMost { max, .. } => rows <= *max,
             Guard::RowsAbove { min, .. } => rows > *min,
+            Guard::RowsBetween { min, max, .. } => rows > *min && rows <= *max,
         })
     }
 }
@@ -325,6 +363,7 @@ impl std::fmt::Display for Guard {
         match self {
             Guard::RowsAtMost { rows, max } => write!(f, "{rows} <= {max}"),
             Guard::RowsAbove { rows, min } => write!(f, "{rows} > {min}"),
+            Guard::RowsBetween { rows, min, max } => write!(f, "{min} < {rows} <= {max}"),
         }
     }
 }
@@ -347,6 +386,11 @@ pub enum ArgRef {
     Buffer(u32),
     /// A scalar passed by value.
     Scalar(Scalar),
+    /// Format 2.0: device pointer to the page pool of KV state slot `i`
+    /// ([`super::KvCacheMeta::slots`]), owned by the generator.
+    KvPool(u32),
+    /// Format 2.0: device pointer to the run's page table (`i32[B, max_pages]`).
+    PageTable,
 }
 
 /// A scalar launch argument.
@@ -399,17 +443,24 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
 /// except that format 1.0 metadata, which ends before [`PlanMeta::launch_guards`] (appended in
 /// 1.1), decodes with an empty guard table.
 pub(crate) fn decode_meta(bytes: &[u8], found: FormatVersion, ours: FormatVersion) -> Result<PlanMeta, String> {
-    if found.major == 1 && found.minor == 0 {
-        // postcard encodes an empty Vec as its length, a single 0 byte.
-        let with_guards: Vec<u8> = bytes.iter().copied().chain([0]).collect();
-        return decode(&with_guards, found, ours);
+    // postcard encodes an empty Vec as its length and `None` as its tag: a single 0 byte each.
+    // Format 1.0 ends before the guard table, 1.x before the decoder metadata; a 1.x plan's
+    // fields decode unchanged in 2.0 (2.0 only appended fields and enum variants).
+    let missing = match (found.major, found.minor) {
+        (1, 0) => 2,
+        (1, _) => 1,
+        _ => 0,
+    };
+    if missing > 0 {
+        let completed: Vec<u8> = bytes.iter().copied().chain(std::iter::repeat_n(0, missing)).collect();
+        return decode(&completed, found, ours);
     }
     decode(bytes, found, ours)
 }
 
 /// Decodes metadata or a section table written with format `found`, this reader being `ours`.
 ///
-/// Same or older minor: the bytes must be consumed exactly. Newer minor: trailing bytes are
+/// Same or older version: the bytes must be consumed exactly. Newer minor: trailing bytes are
 /// fields appended by that minor and are ignored. postcard bounds every length prefix by the
 /// bytes left, so a hostile length is an error, never an allocation; the only recursive type,
 /// [`DimExpr`], stops at [`super::dim::MAX_DIM_DEPTH`] levels, so hostile nesting is an error,
@@ -423,7 +474,7 @@ pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], found: FormatVersi
             e.to_string()
         }
     })?;
-    if !rest.is_empty() && found.minor <= ours.minor {
+    if !rest.is_empty() && (found.major, found.minor) <= (ours.major, ours.minor) {
         return Err(format!("{} unexpected trailing bytes", rest.len()));
     }
     Ok(value)

@@ -20,6 +20,7 @@
 //! The serializer (postcard) is an implementation detail of this module: no type outside
 //! `src/plan` encodes or decodes plan bytes, so the encoding can change with a format version.
 
+mod decoder;
 mod dim;
 mod header;
 mod meta;
@@ -28,6 +29,7 @@ mod write;
 
 use std::path::PathBuf;
 
+pub use decoder::{DecoderMeta, GenerationDefaults, KvCacheMeta, KvSlotMeta, SpecialTokens};
 pub use dim::{DimExpr, MAX_DIM_DEPTH};
 pub use header::{FormatVersion, PlanExtent, PlanHeader, FORMAT_VERSION, HEADER_SIZE, MAGIC};
 pub use meta::{

@@ -226,6 +226,11 @@ pub struct Addresses<'a> {
     pub weights: &'a [u64],
     /// Device address of the arena (256-byte aligned); buffer `i` is at `arena + buffers[i].offset`.
     pub arena: u64,
+    /// Device address of each KV-cache page pool ([`crate::plan::KvCacheMeta::slots`]); empty
+    /// without a KV cache.
+    pub kv_pools: &'a [u64],
+    /// Device address of the page table; 0 without a KV cache.
+    pub page_table: u64,
 }
 
 /// One launch of the schedule, resolved for given symbol values and addresses.
@@ -293,6 +298,11 @@ pub fn resolve_launch(
                 let b = meta.buffers.get(*i as usize).ok_or_else(|| bad(format!("buffer {i} out of {}", meta.buffers.len())))?;
                 KernelArg::Ptr(addrs.arena.checked_add(b.offset).ok_or_else(|| bad("address overflows".into()))?)
             }
+            (ArgRef::KvPool(i), ParamType::Ptr) => KernelArg::Ptr(*addrs.kv_pools.get(*i as usize).ok_or_else(|| {
+                bad(format!("KV pool {i} out of {}: decoder plans run through a generator, which owns the KV cache", addrs.kv_pools.len()))
+            })?),
+            (ArgRef::PageTable, ParamType::Ptr) if addrs.page_table != 0 => KernelArg::Ptr(addrs.page_table),
+            (ArgRef::PageTable, _) => return Err(bad("no page table: decoder plans run through a generator, which owns the KV cache".into())),
             (ArgRef::Scalar(Scalar::F32(v)), ParamType::F32) => KernelArg::F32(*v),
             (ArgRef::Scalar(Scalar::I32(v)), ParamType::I32) => KernelArg::I32(*v),
             (ArgRef::Scalar(Scalar::I64(v)), ParamType::I64) => KernelArg::I64(*v),

@@ -12,9 +12,14 @@ use super::bind::{
 };
 use super::cuda::{bind, guarded, DeviceAlloc, Gate, GraphExec};
 use super::engine::{Engine, DEVICE_ALIGN};
+use super::kv::KvCache;
 use super::error::RuntimeError;
 use super::tensor::HostTensor;
 use crate::plan::LaunchMeta;
+
+mod decode;
+
+pub use decode::StepOutput;
 
 /// How many captured graphs a context keeps by default (least recently used ones are dropped).
 pub const DEFAULT_GRAPH_CACHE: usize = 64;
@@ -73,6 +78,7 @@ pub struct Context<'e> {
     // the arena before the gate and the stream.
     graphs: HashMap<Vec<u64>, CachedGraph>,
     events: Vec<CudaEvent>,
+    kv: Option<KvCache>,
     arena: DeviceAlloc,
     gate: Arc<Gate>,
     stream: Arc<CudaStream>,
@@ -120,6 +126,7 @@ impl<'e> Context<'e> {
             Ok(Context {
                 graphs: HashMap::new(),
                 events: Vec::new(),
+                kv: None,
                 arena,
                 gate: Arc::default(),
                 stream,
@@ -236,7 +243,9 @@ impl<'e> Context<'e> {
                 this.upload_inputs(&binding, inputs)?;
                 this.sync()?;
                 let meta = this.engine.meta();
-                let addrs = this.addresses();
+                // Owned copies: the loop below needs `this` mutably.
+                let (pools, page_table) = this.kv.as_ref().map_or((vec![], 0), |kv| (kv.pool_ptrs.clone(), kv.table.ptr()));
+                let addrs = Addresses { weights: this.engine.weight_ptrs(), arena: this.arena_base, kv_pools: &pools, page_table };
                 for index in 0..meta.schedule.len() {
                     let Some(l) = resolve_launch(meta, index, &binding.symbols, &addrs)? else {
                         continue;
@@ -320,8 +329,11 @@ impl<'e> Context<'e> {
         bind(&self.engine.ctx, &format!("plan {}", self.engine.path().display()))
     }
 
-    fn addresses(&self) -> Addresses<'e> {
-        Addresses { weights: self.engine.weight_ptrs(), arena: self.arena_base }
+    fn addresses(&self) -> Addresses<'_> {
+        match &self.kv {
+            Some(kv) => Addresses { weights: self.engine.weight_ptrs(), arena: self.arena_base, kv_pools: &kv.pool_ptrs, page_table: kv.table.ptr() },
+            None => Addresses { weights: self.engine.weight_ptrs(), arena: self.arena_base, kv_pools: &[], page_table: 0 },
+        }
     }
 
     fn cu_stream(&self) -> sys::CUstream {

@@ -34,9 +34,13 @@ mod context;
 mod cuda;
 mod engine;
 mod error;
+mod generator;
+mod kv;
+pub mod scheduler;
 pub mod tensor;
 
-pub use context::{BenchStats, Context, KernelTiming, Outputs, DEFAULT_GRAPH_CACHE};
+pub use context::{BenchStats, Context, KernelTiming, Outputs, StepOutput, DEFAULT_GRAPH_CACHE};
+pub use generator::Generator;
 pub use engine::{device_arch, local_arch, Engine, DEVICE_ALIGN};
 pub use error::RuntimeError;
 pub use tensor::HostTensor;

@@ -32,7 +32,7 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
 }
 
 /// The widest pack (bytes, ≤ 16) that divides `row_bytes` and holds whole elements.
-fn pack_bytes(row_bytes: u64, elem: u64) -> u64 {
+pub(crate) fn pack_bytes(row_bytes: u64, elem: u64) -> u64 {
     [16, 8, 4, 2, 1].into_iter().find(|&p| p >= elem && row_bytes % p == 0 && p % elem == 0).unwrap_or(elem)
 }
 

@@ -89,6 +89,7 @@ impl BlockBuilder<'_, '_> {
             heads: heads as u32,
             kv_heads: kv_heads as u32,
             scale: (1.0 / (d as f64).sqrt()) as f32,
+            cache: None,
         });
         let o = self.scoped(m, |b| b.add1(op, &[q, k.0, v.0, past_k, past_v, step.cache_len], None))?;
         self.linear(&format!("{m}.o_proj"), o, h, heads * d, false)
@@ -197,19 +198,12 @@ impl BlockBuilder<'_, '_> {
 }
 
 /// Builds and verifies the step graph of `cfg` over `weights` with a KV cache of format `kv`;
-/// `max_batch` and `max_seq` bound the symbols `B` (sequences), `S` (new tokens per step) and `P`
-/// (cached tokens). A verifier failure is a qfuse bug, reported with the weights' file.
-pub fn build(
-    cfg: &DecoderConfig,
-    weights: &WeightStore,
-    kv: &KvFormat,
-    max_batch: u64,
-    max_seq: u64,
-    name: &str,
-) -> Result<Graph, ImportError> {
+/// `[max_batch, max_step, max_seq]` bound the symbols `B` (sequences), `S` (new tokens per step)
+/// and `P` (cached tokens). A verifier failure is a qfuse bug, reported with the weights' file.
+pub fn build(cfg: &DecoderConfig, weights: &WeightStore, kv: &KvFormat, [max_batch, max_step, max_seq]: [u64; 3], name: &str) -> Result<Graph, ImportError> {
     let mut graph = Graph::new(name);
     let batch = Dim::Sym(graph.add_symbol("B", max_batch));
-    let seq = Dim::Sym(graph.add_symbol("S", max_seq));
+    let seq = Dim::Sym(graph.add_symbol("S", max_step));
     let past = Dim::Sym(graph.add_symbol("P", max_seq));
     let mut bb = BlockBuilder { b: Builder::new(&mut graph), cfg, weights, kv };
     let state = bb.graph_body(batch, seq, past)?;

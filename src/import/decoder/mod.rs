@@ -27,11 +27,14 @@ pub struct DecoderOptions {
     pub max_seq: Option<u64>,
     /// KV-cache storage.
     pub kv: KvFormat,
+    /// Most new tokens of one step (symbol `S`); `None`: the context length. GPU plans keep it
+    /// small (prompts are prefilled in chunks) so that `B·S`-sized buffers stay small.
+    pub max_step: Option<u64>,
 }
 
 impl Default for DecoderOptions {
     fn default() -> Self {
-        DecoderOptions { max_batch: 8, max_seq: Some(2048), kv: KvFormat::Float(crate::ir::DType::F32) }
+        DecoderOptions { max_batch: 8, max_seq: Some(2048), kv: KvFormat::Float(crate::ir::DType::F32), max_step: None }
     }
 }
 
@@ -112,7 +115,8 @@ pub fn load_hf(dir: &Path, opts: &DecoderOptions) -> Result<DecoderModel, Import
 fn finish(path: &Path, config: DecoderConfig, weights: WeightStore, opts: &DecoderOptions) -> Result<DecoderModel, ImportError> {
     let max_seq = opts.max_seq.unwrap_or(config.max_position_embeddings).min(config.max_position_embeddings);
     let name = path.file_stem().map_or_else(|| "decoder".into(), |n| n.to_string_lossy().into_owned());
-    let graph = block::build(&config, &weights, &opts.kv, opts.max_batch, max_seq, &name)?;
+    let max_step = opts.max_step.unwrap_or(max_seq).min(max_seq);
+    let graph = block::build(&config, &weights, &opts.kv, [opts.max_batch, max_step, max_seq], &name)?;
     Ok(DecoderModel { path: path.into(), config, graph, weights, max_seq, tokenizer: None, options: opts.clone() })
 }
 
@@ -126,7 +130,8 @@ impl DecoderModel {
 
     /// The model's step graph (its batch and context limits) with a KV cache of format `kv`.
     pub fn step_graph(&self, kv: &KvFormat, name: &str) -> Result<Graph, ImportError> {
-        block::build(&self.config, &self.weights, kv, self.options.max_batch, self.max_seq, name)
+        let max_step = self.options.max_step.unwrap_or(self.max_seq).min(self.max_seq);
+        block::build(&self.config, &self.weights, kv, [self.options.max_batch, max_step, self.max_seq], name)
     }
 
     /// Inputs of one prefill step of `ids` through the model's step graph, with an empty cache.

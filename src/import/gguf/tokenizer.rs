@@ -10,7 +10,7 @@
 use super::{GgufFile, StrList};
 use crate::import::chat::ChatTemplate;
 use crate::import::ImportError;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -229,6 +229,20 @@ impl GgufTokenizer {
     /// The `tokenizers` tokenizer inside.
     pub fn inner(&self) -> &Tokenizer {
         &self.inner
+    }
+
+    /// The chat template's Jinja source, if the model has one.
+    pub fn chat_template_source(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
+    /// A tokenizer saved in a plan: HF `tokenizer.json` text and the special tokens; `path`
+    /// names the plan in errors.
+    pub fn from_saved(path: &Path, json: &[u8], bos: Option<u32>, eos: Option<u32>, add_bos: bool, chat_template: Option<String>) -> Result<Self, ImportError> {
+        let err = |message: String| ImportError::Tokenizer { path: path.into(), message };
+        let inner = Tokenizer::from_bytes(json).map_err(|e| err(format!("section `tokenizer.json`: {e}")))?;
+        let vocab_size = inner.get_vocab_size(true);
+        Ok(Self { path: path.into(), inner, vocab_size, bos, eos, add_bos, chat_template })
     }
 
     /// `tokenizer.chat_template`, compiled, if the file has one.

@@ -3,7 +3,9 @@
 
 use super::{f32s, finish, for_rows, take_f32, OutType};
 use crate::interp::tensor::Tensor;
-use crate::ir::{CausalAttention, Rope, RopeLlama3, RopePairs};
+use crate::ir::{CausalAttention, DType, Rope, RopeLlama3, RopePairs};
+use crate::numerics::cast;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// The cached-token counts of `cache_len`, each checked against `0..=capacity`.
@@ -94,7 +96,16 @@ pub fn causal_attention(a: &CausalAttention, args: Vec<Arc<Tensor>>, out: &OutTy
     if lens.len() != batch {
         return Err(format!("cache_len has {} entries for batch {batch}", lens.len()));
     }
-    let ops = Operands { q: f32s(q)?, k: f32s(k)?, v: f32s(v)?, past_k: f32s(pk)?, past_v: f32s(pv)?, lens, seq, past, d };
+    let (k, v, pk, pv) = match &a.cache {
+        None => (Cow::Borrowed(f32s(k)?), Cow::Borrowed(f32s(v)?), Cow::Borrowed(f32s(pk)?), Cow::Borrowed(f32s(pv)?)),
+        Some(c) => (
+            dequantized(k, c.k_scale, c.via)?,
+            dequantized(v, c.v_scale, c.via)?,
+            dequantized(pk, c.k_scale, c.via)?,
+            dequantized(pv, c.v_scale, c.via)?,
+        ),
+    };
+    let ops = Operands { q: f32s(q)?, k: &k, v: &v, past_k: &pk, past_v: &pv, lens, seq, past, d };
     let group = heads / kv_heads;
     let mut data = vec![0f32; batch * seq * width];
     // One row of `data` is one (b, s) token; heads run inside.
@@ -107,6 +118,11 @@ pub fn causal_attention(a: &CausalAttention, args: Vec<Arc<Tensor>>, out: &OutTy
         }
     });
     Ok(finish(out, data))
+}
+
+/// Cache codes read as the per-tensor `dequantize` to `via` reads them: `via(code · scale)`.
+fn dequantized(codes: &Tensor, scale: f32, via: DType) -> Result<Cow<'static, [f32]>, String> {
+    Ok(Cow::Owned(f32s(codes)?.iter().map(|&c| cast(c * scale, via)).collect()))
 }
 
 /// Attention of one query row of head group `g` (KV head) over the cache then this step's keys.

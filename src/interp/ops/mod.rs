@@ -11,6 +11,8 @@ mod quant;
 mod reduce;
 mod shape;
 
+pub use decoder::inverse_frequencies;
+
 use super::tensor::{Tensor, TensorData};
 use super::Accumulation;
 use crate::ir::{infer, DType, Op};

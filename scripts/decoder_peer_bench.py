@@ -1,0 +1,55 @@
+"""Peers of `qfuse bench` for decoders, on the same GPU: HF transformers LlamaForCausalLM with
+SmolLM2-135M's shape (random weights: speed does not depend on them), f16, greedy decode with a
+static cache, eager and under torch.compile(mode="reduce-overhead"); and the device's copy
+bandwidth (a 1 GiB device-to-device copy), the ceiling of a weight-streaming decode step."""
+import time
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+torch.manual_seed(0)
+dev = "cuda"
+x = torch.empty(1 << 29, dtype=torch.float16, device=dev)
+y = torch.empty_like(x)
+for _ in range(3):
+    y.copy_(x)
+torch.cuda.synchronize()
+t = time.perf_counter()
+for _ in range(20):
+    y.copy_(x)
+torch.cuda.synchronize()
+bw = 2 * x.numel() * 2 * 20 / (time.perf_counter() - t) / 1e9
+print(f"copy bandwidth: {bw:.0f} GB/s (read + write of 1 GiB)")
+del x, y
+cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                  num_key_value_heads=3, max_position_embeddings=2048, rope_theta=100000.0, tie_word_embeddings=True)
+model = LlamaForCausalLM(cfg).to(dev, torch.float16).eval()
+weights = sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def decode_rate(batch, mode):
+    ids = torch.randint(0, 49152, (batch, 128), device=dev)
+    kw = dict(max_new_tokens=64, min_new_tokens=64, do_sample=False, cache_implementation="static", pad_token_id=0)
+    if mode == "compile":
+        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+    for _ in range(2):
+        model.generate(ids, **kw)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    model.generate(ids, max_new_tokens=1, min_new_tokens=1, do_sample=False, cache_implementation="static", pad_token_id=0)
+    torch.cuda.synchronize()
+    t1 = time.perf_counter()
+    model.generate(ids, **kw)
+    torch.cuda.synchronize()
+    t2 = time.perf_counter()
+    step = ((t2 - t1) - (t1 - t0)) / 63
+    return (t1 - t0) * 1e3, step * 1e3, batch / step
+
+
+with torch.no_grad():
+    for mode in ["eager", "compile"]:
+        for batch in [1, 8]:
+            try:
+                ttft, ms, rate = decode_rate(batch, mode)
+                print(f"HF {mode:7s} static cache, batch {batch}: first token {ttft:.2f} ms, {ms:.3f} ms per step, {rate:.0f} tokens/s, weights at {weights / ms / 1e6:.0f} GB/s")
+            except Exception as e:  # a peer that fails is reported, not fatal
+                print(f"HF {mode} batch {batch}: failed: {type(e).__name__}: {str(e)[:200]}")

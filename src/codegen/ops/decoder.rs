@@ -1,0 +1,433 @@
+//! Decoder ops: `rope` (`templates/rope.cu`) and `causal_attention` over the runtime's paged KV
+//! cache (`templates/kv_append.cu`, then `templates/paged_attention.cu`). Each template's header
+//! is its full design; docs/codegen.md "Decoder kernels" summarises them.
+//!
+//! - `rope x, cache_len` → one launch, signature `(x, cache_len, y, long long rows, long long S)`,
+//!   grid `(B·S, 1, 1)`, block [`ROPE_THREADS`]. Heads, head size, pairing and the inverse
+//!   frequencies (the interpreter's [`inverse_frequencies`], f64, printed exactly) are compiled in.
+//! - `causal_attention q, k, v, past_k, past_v, cache_len` → two launches, and only with a paged
+//!   KV cache ([`LowerCx::paged`]); `past_k`/`past_v` must be state inputs ([`Graph::state`]) and
+//!   `k`/`v` their state updates. They name the pools of their state slots ([`Arg::KvPool`]) and
+//!   never their arena storage, so the past inputs get none ([`crate::codegen::memory`]).
+//!   1. `kv_append(k, v, k_pool, v_pool, page_table, cache_len, long long B, long long S)`:
+//!      grid `(ceil_div(B·KV·S·R, 256), 2, 1)`, block 256, R packs per row of D elements.
+//!   2. `paged_attention(q, k_pool, v_pool, page_table, cache_len, o, long long S, float k_scale,
+//!      float v_scale)`: grid `(ceil_div(S, QT), KV, B)`, block [`ATTN_THREADS`], dynamic shared
+//!      memory [`PagedAttentionSpec::smem_bytes`]. The score scale is compiled in; the cache
+//!      scales are arguments (1 for float caches), so every layer of one shape shares the kernel.
+//!
+//! [`Graph::state`]: crate::ir::Graph::state
+
+use super::common::{dtype_trait, elem_bytes, prelude_values, render, Sig};
+use super::shape::pack_bytes;
+use crate::codegen::kernel::{finish_kernel, params, Arg, KernelDef, Launch, LowerCx, LowerError, Lowered, PagedKv};
+use crate::codegen::template::Template;
+use crate::interp::inverse_frequencies;
+use crate::ir::{CausalAttention, DType, NodeId, Op, Rope, RopePairs, ValueId};
+use crate::plan::{DimExpr, ParamType, Scalar};
+
+const ROPE: Template = Template { name: "rope.cu", text: include_str!("../../../templates/rope.cu") };
+const KV_APPEND: Template = Template { name: "kv_append.cu", text: include_str!("../../../templates/kv_append.cu") };
+const PAGED_ATTENTION: Template = Template { name: "paged_attention.cu", text: include_str!("../../../templates/paged_attention.cu") };
+
+/// Threads of a rope CTA (one CTA per token row).
+pub const ROPE_THREADS: u32 = 128;
+/// Threads of a kv_append CTA (one 16-byte pack per thread).
+pub const APPEND_THREADS: u32 = 256;
+/// Threads of a paged_attention CTA.
+pub const ATTN_THREADS: u32 = 128;
+/// Most query rows (tokens × heads of a KV group) one paged_attention CTA serves.
+pub const MAX_ROWS: u32 = 64;
+/// Dynamic shared memory a CTA may use on sm_90 (227 KiB).
+pub const MAX_SMEM: u32 = 227 * 1024;
+
+/// Lowers `rope` and `causal_attention`.
+pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
+    match &cx.graph.nodes[node].op {
+        Op::Rope(r) => rope(cx, node, r),
+        Op::CausalAttention(a) => causal_attention(cx, node, a),
+        other => Err(cx.error(node, format!("internal: {} is not a decoder op", other.mnemonic()))),
+    }
+}
+
+/// The C element type and trait of a float activation dtype (f16, bf16, f32), or an error naming
+/// `what`.
+fn float_trait(cx: &LowerCx, node: NodeId, dt: DType, what: &str) -> Result<&'static str, LowerError> {
+    match dt {
+        DType::F16 | DType::BF16 | DType::F32 => Ok(dtype_trait(dt).expect("float trait")),
+        other => Err(cx.error(node, format!("{what} is {other}; the decoder kernels take f16, bf16 or f32"))),
+    }
+}
+
+/// `{{prelude}}`, `{{ops}}` and `{{kernel_name}}` plus `values`.
+pub(crate) fn with_prelude(values: Vec<(&'static str, String)>) -> Vec<(&'static str, String)> {
+    prelude_values().into_iter().chain(values).collect()
+}
+
+fn rope(cx: &LowerCx, node: NodeId, r: &Rope) -> Result<Lowered, LowerError> {
+    let n = &cx.graph.nodes[node];
+    let (x, len, y) = (n.inputs[0], n.inputs[1], n.outputs[0]);
+    let dt = cx.graph.ty(x).dtype;
+    let t = float_trait(cx, node, dt, "rope's operand")?;
+    if cx.graph.ty(y).dtype != dt {
+        return Err(cx.error(node, format!("rope's result is {} but its operand is {dt}", cx.graph.ty(y).dtype)));
+    }
+    check_cache_len(cx, node, len)?;
+    let shape = cx.graph.shape(x);
+    if shape.len() != 3 {
+        return Err(cx.error(node, format!("rope's operand must be [B, S, N·D], got rank {}", shape.len())));
+    }
+    let width = cx.fixed_last(x).ok_or_else(|| cx.error(node, "the last extent N·D of rope's operand must be fixed"))?;
+    let heads = u64::from(r.heads);
+    if heads == 0 || width % heads != 0 || (width / heads) % 2 != 0 {
+        return Err(cx.error(node, format!("rope over {width} columns: not {} heads of an even size", r.heads)));
+    }
+    let d = (width / heads) as usize;
+    let freqs = inverse_frequencies(f64::from(r.theta), d, r.llama3.as_ref());
+    // `{:e}` is the shortest decimal that reads back as the same f64 (in C as in Rust).
+    let table = freqs.iter().map(|f| format!("{f:e}")).collect::<Vec<_>>().join(", ");
+    let (pairs_doc, adjacent) = match r.pairs {
+        RopePairs::Half => ("pairs (i, i + D/2)", "0"),
+        RopePairs::Adjacent => ("pairs (2i, 2i + 1)", "1"),
+    };
+    let values = with_prelude(vec![
+        ("t", t.to_string()),
+        ("heads", r.heads.to_string()),
+        ("head_dim", d.to_string()),
+        ("adjacent", adjacent.to_string()),
+        ("pairs_doc", pairs_doc.to_string()),
+        ("inv_freq", table),
+        ("threads", ROPE_THREADS.to_string()),
+    ]);
+    let source = render(cx, node, &ROPE, &values)?;
+    let dims = cx.dims(x);
+    let rows = dims[0].clone().mul(dims[1].clone());
+    let mut sig = Sig::default();
+    sig.input("x", &format!("{t}::T"), x);
+    sig.input("cache_len", "long long", len);
+    sig.output("y", &format!("{t}::T"), y);
+    sig.dim("rows", rows.clone());
+    sig.dim("S", dims[1].clone());
+    Ok(Lowered::Launches(vec![sig.launch("rope", source, [rows, 1.into(), 1.into()], [ROPE_THREADS, 1, 1], 0)]))
+}
+
+fn check_cache_len(cx: &LowerCx, node: NodeId, len: ValueId) -> Result<(), LowerError> {
+    let ty = cx.graph.ty(len);
+    if ty.dtype != DType::I64 || ty.shape.len() != 1 {
+        return Err(cx.error(node, format!("cache_len must be i64[B], got {}", ty.dtype)));
+    }
+    Ok(())
+}
+
+/// How the attention reads cache elements: floats exactly, or codes times a scale rounded to `via`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CacheRead {
+    /// f16, bf16 or f32 values read exactly.
+    Float(DType),
+    /// `f8e4m3`, `f8e5m2` or `i8` codes: `via(code · scale)`.
+    Codes {
+        /// The stored dtype.
+        storage: DType,
+        /// The rounding dtype of `code · scale` (f16, bf16 or f32).
+        via: DType,
+    },
+}
+
+impl CacheRead {
+    /// The stored dtype.
+    pub fn storage(self) -> DType {
+        match self {
+            CacheRead::Float(d) | CacheRead::Codes { storage: d, .. } => d,
+        }
+    }
+}
+
+/// Everything the paged_attention template is specialised on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PagedAttentionSpec {
+    /// Query heads H.
+    pub heads: u32,
+    /// KV heads (H is a multiple).
+    pub kv_heads: u32,
+    /// Head size D.
+    pub head_dim: u32,
+    /// q's dtype (f16, bf16, f32).
+    pub q: DType,
+    /// o's dtype (f16, bf16, f32).
+    pub out: DType,
+    /// The cache's storage and how it is read.
+    pub cache: CacheRead,
+    /// Multiplier of the scores (compiled in).
+    pub scale: f32,
+    /// Page size and page-table width.
+    pub paged: PagedKv,
+}
+
+impl PagedAttentionSpec {
+    /// Query heads per KV head.
+    pub fn group(&self) -> u32 {
+        self.heads / self.kv_heads
+    }
+
+    /// Keys per shared-memory tile: whole pages, at least 64 keys.
+    pub fn tile_keys(&self) -> u32 {
+        let page = self.paged.page_size.max(1);
+        page * 64u32.div_ceil(page)
+    }
+
+    /// Query tokens per CTA: as many as keep the rows (tokens × group) at or under [`MAX_ROWS`]
+    /// and the shared memory under [`MAX_SMEM`] (at least 1).
+    pub fn q_tokens(&self) -> u32 {
+        let mut qt = (MAX_ROWS / self.group()).max(1);
+        while qt > 1 && self.smem_for(qt) > MAX_SMEM {
+            qt /= 2;
+        }
+        qt
+    }
+
+    /// Dynamic shared memory (f32 words): Q [ROWS][D+1], K [TK][D+1], V [TK][D], P [ROWS][TK],
+    /// and three row statistics (TK: [`Self::tile_keys`]).
+    pub fn smem_bytes(&self) -> u32 {
+        self.smem_for(self.q_tokens())
+    }
+
+    fn smem_for(&self, q_tokens: u32) -> u32 {
+        let rows = q_tokens * self.group();
+        let (d, tk) = (self.head_dim, self.tile_keys());
+        4 * (rows * (d + 1) + tk * (d + 1) + tk * d + rows * tk + 3 * rows)
+    }
+
+    /// Checks what the template relies on; the message names the constraint.
+    pub fn validate(&self) -> Result<(), String> {
+        for (what, dt) in [("q", self.q), ("o", self.out)] {
+            if !matches!(dt, DType::F16 | DType::BF16 | DType::F32) {
+                return Err(format!("{what} is {dt}; paged attention computes from f16, bf16 or f32"));
+            }
+        }
+        match self.cache {
+            CacheRead::Float(DType::F16 | DType::BF16 | DType::F32) => {}
+            CacheRead::Codes { storage: DType::F8E4M3 | DType::F8E5M2 | DType::I8, via: DType::F16 | DType::BF16 | DType::F32 } => {}
+            other => return Err(format!("a KV cache read as {other:?} has no kernel (floats f16/bf16/f32, or f8e4m3/f8e5m2/i8 codes)")),
+        }
+        if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+            return Err(format!("{} heads are not a multiple of {} KV heads", self.heads, self.kv_heads));
+        }
+        if self.kv_heads > 65535 {
+            return Err(format!("{} KV heads exceed the grid limit 65535", self.kv_heads));
+        }
+        let eb = self.cache.storage().bits() / 8;
+        if self.head_dim == 0 || (self.head_dim * eb) % 16 != 0 {
+            return Err(format!("head size {}: a row of {} is not a whole number of 16-byte packs", self.head_dim, self.cache.storage()));
+        }
+        let PagedKv { page_size, max_pages } = self.paged;
+        if page_size == 0 || page_size > 128 || max_pages == 0 {
+            return Err(format!("page size {page_size} (1..=128) and {max_pages} pages per sequence (≥ 1) are not supported"));
+        }
+        if !self.scale.is_finite() {
+            return Err(format!("score scale {} is not finite", self.scale));
+        }
+        if self.smem_bytes() > MAX_SMEM {
+            return Err(format!("{} bytes of shared memory exceed {MAX_SMEM} (page size or group too large)", self.smem_bytes()));
+        }
+        Ok(())
+    }
+
+    /// Kernel parameters in signature order.
+    pub fn params() -> Vec<(&'static str, ParamType)> {
+        let mut p = pointers(&["q", "k_pool", "v_pool", "page_table", "cache_len", "out"]);
+        p.extend([("S", ParamType::I64), ("k_scale", ParamType::F32), ("v_scale", ParamType::F32)]);
+        p
+    }
+
+    /// Renders the kernel for `batch` sequences of `seq` query tokens.
+    pub fn kernel(&self, batch: DimExpr, seq: DimExpr) -> Result<KernelDef, String> {
+        self.validate()?;
+        let trait_of = |d: DType| dtype_trait(d).expect("validated dtype").to_string();
+        let (codes, via, cache_doc) = match self.cache {
+            CacheRead::Float(d) => ("0", String::new(), format!("{d} values, read exactly")),
+            CacheRead::Codes { storage, via } => {
+                let round = match via {
+                    DType::F16 => "qf_round_f16",
+                    DType::BF16 => "qf_round_bf16",
+                    _ => "",
+                };
+                ("1", round.to_string(), format!("{storage} codes, {via}(code · scale) (k_scale for K, v_scale for V)"))
+            }
+        };
+        let qt = self.q_tokens();
+        let values = with_prelude(vec![
+            ("q_t", trait_of(self.q)),
+            ("o_t", trait_of(self.out)),
+            ("c_t", trait_of(self.cache.storage())),
+            ("heads", self.heads.to_string()),
+            ("kv_heads", self.kv_heads.to_string()),
+            ("group", self.group().to_string()),
+            ("head_dim", self.head_dim.to_string()),
+            ("q_tokens", qt.to_string()),
+            ("page_size", self.paged.page_size.to_string()),
+            ("tile_keys", self.tile_keys().to_string()),
+            ("max_pages", self.paged.max_pages.to_string()),
+            ("threads", ATTN_THREADS.to_string()),
+            ("codes", codes.to_string()),
+            ("via", via),
+            ("cache_doc", cache_doc),
+            ("scale_bits", format!("{:#010x}", self.scale.to_bits())),
+        ]);
+        let source = PAGED_ATTENTION.render(&values).map_err(|e| e.to_string())?;
+        let grid = [seq.ceil_div(u64::from(qt)), DimExpr::Const(u64::from(self.kv_heads)), batch];
+        Ok(finish_kernel("paged_attention", source, grid, [ATTN_THREADS, 1, 1], self.smem_bytes(), params(&Self::params())))
+    }
+}
+
+/// The kv_append kernel for a cache of `storage` with `kv_heads` heads of `head_dim`: grid
+/// `(ceil_div(B·KV·S·R, 256), 2, 1)` over `batch` and `seq`.
+pub fn kv_append_kernel(
+    storage: DType,
+    kv_heads: u32,
+    head_dim: u32,
+    paged: PagedKv,
+    batch: DimExpr,
+    seq: DimExpr,
+) -> Result<KernelDef, String> {
+    let eb = elem_bytes(storage).ok_or_else(|| format!("a KV cache of {storage} (packed 4-bit) has no kernel"))?;
+    let row = u64::from(head_dim) * eb;
+    let pb = pack_bytes(row, eb);
+    let pack_t = super::elementwise::raw_type(pb);
+    let packs = row / pb;
+    let values = with_prelude(vec![
+        ("pack_t", pack_t.to_string()),
+        ("pack_bytes", pb.to_string()),
+        ("kv_heads", kv_heads.to_string()),
+        ("packs", packs.to_string()),
+        ("page_size", paged.page_size.to_string()),
+        ("max_pages", paged.max_pages.to_string()),
+        ("threads", APPEND_THREADS.to_string()),
+    ]);
+    // kv_append needs no ops.cuh; drop it from the prelude values.
+    let values: Vec<(&str, String)> = values.into_iter().filter(|(k, _)| *k != "ops").collect();
+    let source = KV_APPEND.render(&values).map_err(|e| e.to_string())?;
+    let total = DimExpr::product([batch, DimExpr::Const(u64::from(kv_heads)), seq, DimExpr::Const(packs)]);
+    let grid = [total.ceil_div(u64::from(APPEND_THREADS)), 2.into(), 1.into()];
+    let mut list = pointers(&["k", "v", "k_pool", "v_pool", "page_table", "cache_len"]);
+    list.extend([("B", ParamType::I64), ("S", ParamType::I64)]);
+    Ok(finish_kernel("kv_append", source, grid, [APPEND_THREADS, 1, 1], 0, params(&list)))
+}
+
+/// Pointer parameters named `names`, in order.
+fn pointers(names: &[&'static str]) -> Vec<(&'static str, ParamType)> {
+    names.iter().map(|&n| (n, ParamType::Ptr)).collect()
+}
+
+/// The state slot whose input is `v` (an `input` node), if any.
+fn state_slot_of_input(cx: &LowerCx, v: ValueId) -> Option<usize> {
+    let Op::Input { name } = &cx.graph.producer(v).op else { return None };
+    cx.graph.state.iter().position(|s| s.input == *name)
+}
+
+/// True if `v` is the graph output named `update`.
+fn is_update(cx: &LowerCx, v: ValueId, update: &str) -> bool {
+    cx.graph.outputs.iter().any(|(name, o)| name == update && *o == v)
+}
+
+/// How a `causal_attention` whose cache tensors are `storage` reads them, and the launch's
+/// `(k_scale, v_scale)` (1 for float caches, where the kernel ignores them).
+fn cache_read(a: &CausalAttention, storage: DType) -> Result<(CacheRead, f32, f32), String> {
+    match a.cache {
+        None if storage.is_wide_float() => Ok((CacheRead::Float(storage), 1.0, 1.0)),
+        None => Err(format!("a {storage} KV cache must be read as codes (the op carries no codes(...); run fuse-kv-cache)")),
+        Some(c) => Ok((CacheRead::Codes { storage, via: c.via }, c.k_scale, c.v_scale)),
+    }
+}
+
+fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<Lowered, LowerError> {
+    let Some(paged) = cx.paged else {
+        return Err(cx.error(node, "no paged KV cache configured (causal_attention runs only in decoder plans)"));
+    };
+    let n = &cx.graph.nodes[node];
+    let err = |reason: String| cx.error(node, reason);
+    let [q, k, v, past_k, past_v, len] = n.inputs[..] else {
+        return Err(err(format!("expected 6 operands, got {}", n.inputs.len())));
+    };
+    let o = n.outputs[0];
+    // The cache operands: state inputs, and this step's values their updates.
+    let mut slots = [0u32; 2];
+    for (i, (what, past, now)) in [("past_k", past_k, k), ("past_v", past_v, v)].into_iter().enumerate() {
+        let slot = state_slot_of_input(cx, past)
+            .ok_or_else(|| err(format!("{what} (%{}) is not a state input: the paged cache holds only graph state", past.index())))?;
+        let update = &cx.graph.state[slot].update;
+        if !is_update(cx, now, update) {
+            let which = if i == 0 { "k" } else { "v" };
+            return Err(err(format!("{which} (%{}) is not the state update `{update}` of {what}'s slot", now.index())));
+        }
+        slots[i] = u32::try_from(slot).map_err(|_| err("too many state slots".into()))?;
+    }
+    check_cache_len(cx, node, len)?;
+    let g = cx.graph;
+    let storage = g.ty(past_k).dtype;
+    for (what, val) in [("k", k), ("v", v), ("past_v", past_v)] {
+        if g.ty(val).dtype != storage {
+            return Err(err(format!("{what} is {} but past_k is {storage}", g.ty(val).dtype)));
+        }
+    }
+    let qs = g.shape(q);
+    if qs.len() != 3 {
+        return Err(err(format!("q must be [B, S, H·D], got rank {}", qs.len())));
+    }
+    let width = cx.fixed_last(q).ok_or_else(|| err("the last extent H·D of q must be fixed".into()))?;
+    if a.heads == 0 || width % u64::from(a.heads) != 0 {
+        return Err(err(format!("q's last extent {width} is not a multiple of {} heads", a.heads)));
+    }
+    let head_dim = u32::try_from(width / u64::from(a.heads)).map_err(|_| err("head size too large".into()))?;
+    let ks = g.shape(k);
+    let want_kv = [qs[0], crate::ir::Dim::Fixed(u64::from(a.kv_heads)), qs[1], crate::ir::Dim::Fixed(u64::from(head_dim))];
+    if ks.as_slice() != want_kv.as_slice() || g.shape(v) != ks {
+        return Err(err("k and v must be [B, KV, S, D] with q's B and S".into()));
+    }
+    let (cache, k_scale, v_scale) = cache_read(a, storage).map_err(&err)?;
+    let spec = PagedAttentionSpec {
+        heads: a.heads,
+        kv_heads: a.kv_heads,
+        head_dim,
+        q: g.ty(q).dtype,
+        out: g.ty(o).dtype,
+        cache,
+        scale: a.scale,
+        paged,
+    };
+    if g.shape(o) != qs {
+        return Err(err("the result must have q's shape".into()));
+    }
+    let dims = cx.dims(q);
+    let (batch, seq) = (dims[0].clone(), dims[1].clone());
+    if cx.max_shape(q)[0] > 65535 {
+        return Err(err("batch exceeds the grid limit 65535".into()));
+    }
+    let attention = spec.kernel(batch.clone(), seq.clone()).map_err(&err)?;
+    let append = kv_append_kernel(storage, a.kv_heads, head_dim, paged, batch.clone(), seq.clone()).map_err(&err)?;
+    let [k_slot, v_slot] = slots;
+    let append_args = vec![
+        Arg::Value(k),
+        Arg::Value(v),
+        Arg::KvPool(k_slot),
+        Arg::KvPool(v_slot),
+        Arg::PageTable,
+        Arg::Value(len),
+        Arg::Scalar(Scalar::Dim(batch)),
+        Arg::Scalar(Scalar::Dim(seq.clone())),
+    ];
+    let attention_args = vec![
+        Arg::Value(q),
+        Arg::KvPool(k_slot),
+        Arg::KvPool(v_slot),
+        Arg::PageTable,
+        Arg::Value(len),
+        Arg::Value(o),
+        Arg::Scalar(Scalar::Dim(seq)),
+        Arg::Scalar(Scalar::F32(k_scale)),
+        Arg::Scalar(Scalar::F32(v_scale)),
+    ];
+    Ok(Lowered::Launches(vec![
+        Launch { kernel: append, args: append_args, when: None },
+        Launch { kernel: attention, args: attention_args, when: None },
+    ]))
+}

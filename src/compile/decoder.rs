@@ -1,0 +1,150 @@
+//! Decoder plans: a Llama-family model (GGUF or Hugging Face folder) → one plan that generates.
+//!
+//! ```text
+//! import (S ≤ max_step, B ≤ max_batch, P ≤ max_seq) → KV-cache format (calibrated per layer)
+//!   → quantize (decoder recipe: lm_head kept) → lower with the paged KV cache
+//!   → + sampling kernel → DecoderMeta (pages, special tokens, chat template, defaults)
+//! ```
+//!
+//! The step graph's state inputs (`past.{k,v}.L`) get no arena storage: attention reads the
+//! runtime's page pools, and `kv_append` writes each step's `present.{k,v}.L` into them.
+
+use std::path::Path;
+use std::time::Instant;
+
+use super::{assemble, CompileError, CompileOptions, CompiledPlan, Source};
+use crate::codegen::kernel::PagedKv;
+use crate::import::decoder::{self, DecoderModel, DecoderOptions, KvFormat};
+use crate::ir::{DType, Graph};
+use crate::plan::{DecoderMeta, GenerationDefaults, KvCacheMeta, KvSlotMeta, SpecialTokens};
+use crate::quant;
+
+/// Decoder-specific compile settings.
+#[derive(Debug, Clone)]
+pub struct DecoderPlanOptions {
+    /// KV-cache storage; `None`: the recipe's compute dtype.
+    pub kv_cache: Option<DType>,
+    /// Longest sequence; `None`: the model's position limit, at most 4096.
+    pub max_seq: Option<u64>,
+    /// Most sequences per step (decode batch).
+    pub max_batch: u64,
+    /// Most tokens per sequence and step (prefill chunk).
+    pub max_step: u64,
+    /// Tokens per KV page (16–64, a power of two).
+    pub page_size: u32,
+}
+
+impl Default for DecoderPlanOptions {
+    fn default() -> Self {
+        Self { kv_cache: None, max_seq: None, max_batch: 16, max_step: 256, page_size: 32 }
+    }
+}
+
+impl DecoderPlanOptions {
+    /// Checks the settings before any work; errors name the flag.
+    pub fn check(&self) -> Result<(), CompileError> {
+        let bad = |m: String| Err(CompileError::Options(m));
+        if !(16..=64).contains(&self.page_size) || !self.page_size.is_power_of_two() {
+            return bad(format!("--page-size {}: must be 16, 32 or 64", self.page_size));
+        }
+        if self.max_batch == 0 || self.max_batch > 1024 {
+            return bad(format!("--max-batch {}: must lie in 1..=1024", self.max_batch));
+        }
+        if self.max_step == 0 {
+            return bad("--max-step must be at least 1".into());
+        }
+        if self.max_seq == Some(0) {
+            return bad("--max-seq must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Compiles the decoder at `path`.
+pub fn compile_decoder(path: &Path, opts: &CompileOptions, d: &DecoderPlanOptions) -> Result<CompiledPlan, CompileError> {
+    d.check()?;
+    let started = Instant::now();
+    let import = DecoderOptions { max_batch: d.max_batch, max_seq: Some(d.max_seq.unwrap_or(4096)), kv: KvFormat::Float(DType::F32), max_step: Some(d.max_step) };
+    let mut model = decoder::load(path, &import)?;
+    let storage = d.kv_cache.unwrap_or(opts.recipe.compute);
+    decoder::set_kv_cache(&mut model, storage, opts.calib.quiet)?;
+    let recipe = decoder::decoder_recipe(opts.recipe.clone());
+    let mut calib = opts.calib.clone();
+    if calib.sentences == crate::quant::CalibOptions::default().sentences {
+        calib.sentences = crate::quant::calib::default_decoder_calibration();
+    }
+    let q = quant::quantize(&model, &recipe, &calib, &opts.passes)?;
+    let max_pages = u32::try_from(model.max_seq.div_ceil(u64::from(d.page_size)))
+        .map_err(|_| CompileError::Options(format!("--max-seq {} needs too many pages", model.max_seq)))?;
+    let tokenizer = match &model.tokenizer {
+        Some(t) => Some(t.inner().to_string(false).map_err(|e| CompileError::Options(format!("{}: saving the tokenizer: {e}", path.display())))?),
+        None => None,
+    };
+    let source = Source { weights: &model.weights, tokenizer: tokenizer.map(String::into_bytes), paged: Some(PagedKv { page_size: d.page_size, max_pages }) };
+    let mut plan = assemble(&source, q, opts)?;
+    let sample = plan.add_sample_kernel(&logits_dtype(&plan.quantized.fused)?, model.config.vocab_size, opts)?;
+    let meta = decoder_meta(&model, &plan.quantized.fused, d, max_pages, sample)?;
+    plan.builder.meta_mut().decoder = Some(meta);
+    plan.stats.seconds = started.elapsed().as_secs_f64();
+    Ok(plan)
+}
+
+/// `past.k.3` → (3, 0), `past.v.3` → (3, 1).
+fn slot_of(name: &str) -> Option<(usize, usize)> {
+    let rest = name.strip_prefix("past.")?;
+    let (kind, layer) = rest.split_once('.')?;
+    let kind = ["k", "v"].iter().position(|k| *k == kind)?;
+    Some((layer.parse().ok()?, kind))
+}
+
+/// The logits output's dtype.
+fn logits_dtype(g: &Graph) -> Result<DType, CompileError> {
+    g.outputs.iter().find(|(n, _)| n == "logits").map(|(_, v)| g.ty(*v).dtype).ok_or_else(|| CompileError::Options("the decoder graph has no `logits` output".into()))
+}
+
+/// The plan's decoder metadata: one pool per state slot of the final graph.
+fn decoder_meta(model: &DecoderModel, g: &Graph, d: &DecoderPlanOptions, max_pages: u32, sample_kernel: u32) -> Result<DecoderMeta, CompileError> {
+    let mut slots = Vec::with_capacity(g.state.len());
+    for slot in &g.state {
+        let input = g.inputs().into_iter().find(|(n, _)| *n == slot.input).map(|(_, v)| v);
+        let ty = input.map(|v| g.ty(v)).ok_or_else(|| CompileError::Options(format!("state `{}` has no input", slot.input)))?;
+        let dim = |a: usize| ty.shape.get(a).and_then(|d| d.fixed()).and_then(|x| u32::try_from(x).ok());
+        let (Some(kv_heads), Some(head_dim)) = (dim(1), dim(3)) else {
+            return Err(CompileError::Options(format!("state `{}` is not [B, KV, P, D] with fixed KV and D", slot.input)));
+        };
+        let (layer, kind) = slot_of(&slot.input).ok_or_else(|| CompileError::Options(format!("state `{}` is not named past.{{k,v}}.<layer>", slot.input)))?;
+        let scale = model.options.kv.spec(layer, kind).and_then(|s| match s.scale {
+            crate::ir::ScaleSource::Literal(x) => Some(x),
+            _ => None,
+        });
+        slots.push(KvSlotMeta {
+            input: slot.input.clone(),
+            update: slot.update.clone(),
+            dtype: ty.dtype.to_string(),
+            kv_heads,
+            head_dim,
+            scale: scale.unwrap_or(1.0),
+        });
+    }
+    let tok = model.tokenizer.as_ref();
+    let eos: Vec<u32> = model.config.eos_token_ids.iter().copied().chain(tok.and_then(|t| t.eos_id())).collect();
+    let mut eos_unique = eos.clone();
+    eos_unique.sort_unstable();
+    eos_unique.dedup();
+    Ok(DecoderMeta {
+        kv: KvCacheMeta { page_size: d.page_size, max_pages, slots },
+        logits: "logits".into(),
+        vocab: model.config.vocab_size,
+        max_seq: model.max_seq,
+        max_batch: d.max_batch,
+        max_step_tokens: d.max_step.min(model.max_seq),
+        tokens: SpecialTokens {
+            bos: tok.and_then(|t| t.bos_id()),
+            eos: eos_unique,
+            add_bos: tok.is_some_and(|t| t.add_bos()),
+            chat_template: tok.and_then(|t| t.chat_template_source().map(str::to_string)),
+        },
+        sample_kernel,
+        defaults: GenerationDefaults::default(),
+    })
+}

@@ -1,0 +1,171 @@
+//! Decoder steps on a [`Context`]: a paged KV cache attached to the context, one plan run per
+//! scheduler step (CUDA graph per `(B, S)`), then the plan's sampling kernel on each row's last
+//! logits, on the GPU; only the sampled ids (and, when asked, those logits) come back.
+
+use super::*;
+use crate::plan::{DecoderMeta, ParamType};
+use crate::runtime::bind::KernelArg;
+use crate::runtime::kv;
+use crate::runtime::scheduler::StepInput;
+
+/// What one step returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOutput {
+    /// One sampled id per row.
+    pub ids: Vec<u32>,
+    /// Each row's last-position logits, when asked for.
+    pub logits: Option<Vec<Vec<f32>>>,
+}
+
+impl Context<'_> {
+    /// Gives this context a paged KV cache of `pages` pages per pool (replacing any earlier one;
+    /// graphs captured with the old pools are dropped). Decoder plans only.
+    pub fn attach_kv_cache(&mut self, pages: u32) -> Result<(), RuntimeError> {
+        guarded("allocating a KV cache", || {
+            self.bind_ctx()?;
+            self.sync()?;
+            self.graphs.clear();
+            self.kv = None;
+            self.kv = Some(KvCache::new(self.engine, pages)?);
+            Ok(())
+        })
+    }
+
+    /// Pages of the attached KV cache.
+    pub fn kv_pages(&self) -> Option<u32> {
+        self.kv.as_ref().map(|k| k.pages)
+    }
+
+    /// How many pages of this plan's KV cache fit in `bytes` (all layers, K and V).
+    pub fn pages_fitting(&self, bytes: u64) -> Result<u32, RuntimeError> {
+        let per_page = KvCache::bytes_per_page(kv::decoder(self.engine)?).max(1);
+        Ok(u32::try_from(bytes / per_page).unwrap_or(u32::MAX))
+    }
+
+    /// Runs one scheduler step: uploads the ids, cache lengths and page table, replays the graph
+    /// for `(B, S)`, samples one id per row on the GPU and returns the ids (and, with
+    /// `want_logits`, each row's last logits as f32).
+    pub fn decode_step(&mut self, input: &StepInput, want_logits: bool) -> Result<StepOutput, RuntimeError> {
+        guarded("running a decoder step", || {
+            let d = kv::decoder(self.engine)?.clone();
+            if self.kv.is_none() {
+                return Err(RuntimeError::Usage("no KV cache: call Context::attach_kv_cache first".into()));
+            }
+            check_step(&d, input)?;
+            let (b, s) = (input.batch as u64, input.seq as u64);
+            let inputs = [
+                ("input_ids", HostTensor::from_i64(vec![b, s], &input.ids)),
+                ("cache_len", HostTensor::from_i64(vec![b], &input.cache_len)),
+            ];
+            let binding = bind_inputs(self.engine.meta(), &inputs)?;
+            self.bind_ctx()?;
+            let table: Vec<u8> = input.page_table.iter().flat_map(|p| p.to_le_bytes()).collect();
+            self.sync_on_error(|this| {
+                this.upload_inputs(&binding, &inputs)?;
+                let (table_ptr, ids_ptr) = this.kv.as_ref().map(|kv| (kv.table.ptr(), kv.ids.ptr())).expect("checked above");
+                // SAFETY: the table holds max_batch·max_pages i32 (checked: B ≤ max_batch, row width
+                // = max_pages); `table` outlives the copy (the stream is synchronised below).
+                unsafe { result::memcpy_htod_async(table_ptr, &table, this.cu_stream()) }
+                    .map_err(|e| RuntimeError::driver("copying the page table to the device", e))?;
+                let issue = this.prepare(&binding)?;
+                this.issue(&issue, &binding)?;
+                let (logits_ptr, row_stride, elem) = this.logits_rows(&d, &binding.symbols, s)?;
+                let sample = this.sample_launch(&d, input, logits_ptr, row_stride)?;
+                this.launch(&sample)?;
+                let mut ids = vec![0u8; input.batch * 4];
+                // SAFETY: `ids` has B i32 of the device's max_batch; synchronised below.
+                unsafe { result::memcpy_dtoh_async(&mut ids, ids_ptr, this.cu_stream()) }
+                    .map_err(|e| RuntimeError::driver("copying the sampled ids to the host", e))?;
+                let logits = if want_logits { Some(this.download_rows(&d, logits_ptr, row_stride, &elem, input.batch)?) } else { None };
+                this.sync()?;
+                let ids = ids.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                Ok(StepOutput { ids, logits })
+            })
+        })
+    }
+
+    /// Address of row 0's last-position logits, the stride between rows (elements) and the
+    /// element dtype.
+    fn logits_rows(&self, d: &DecoderMeta, symbols: &[(String, u64)], s: u64) -> Result<(u64, u64, String), RuntimeError> {
+        let meta = self.engine.meta();
+        let sig = meta.outputs.iter().find(|o| o.name == d.logits).ok_or_else(|| RuntimeError::Usage(format!("no output `{}`", d.logits)))?;
+        let ext = sig_extent(meta, sig, symbols).map_err(|m| RuntimeError::Buffer { what: "output", name: sig.name.clone(), message: m })?;
+        let bytes = crate::runtime::tensor::dtype_bits(&sig.dtype).ok_or_else(|| RuntimeError::Usage(format!("logits dtype {}", sig.dtype)))? / 8;
+        let first = self.arena_base + ext.offset + (s - 1) * d.vocab * u64::from(bytes);
+        Ok((first, s * d.vocab, sig.dtype.clone()))
+    }
+
+    /// Enqueues copies of each row's last logits; valid after the next sync.
+    fn download_rows(&self, d: &DecoderMeta, first: u64, stride: u64, dtype: &str, rows: usize) -> Result<Vec<Vec<f32>>, RuntimeError> {
+        let elem = u64::from(crate::runtime::tensor::dtype_bits(dtype).unwrap_or(32) / 8);
+        let mut out = Vec::with_capacity(rows);
+        for r in 0..rows as u64 {
+            let mut bytes = vec![0u8; (d.vocab * elem) as usize];
+            // SAFETY: the row lies inside the logits buffer of the arena; the copy is into pageable
+            // memory, which the driver completes before returning.
+            unsafe { result::memcpy_dtoh_async(&mut bytes, first + r * stride * elem, self.cu_stream()) }
+                .map_err(|e| RuntimeError::driver("copying logits to the host", e))?;
+            self.sync()?;
+            let t = HostTensor { dtype: dtype.to_string(), shape: vec![d.vocab], data: bytes };
+            out.push(t.to_f32_vec().map_err(RuntimeError::Usage)?);
+        }
+        Ok(out)
+    }
+
+    /// The sampling kernel's launch over `input.batch` rows, its arguments bound by parameter name.
+    fn sample_launch(&self, d: &DecoderMeta, input: &StepInput, logits: u64, row_stride: u64) -> Result<ResolvedLaunch, RuntimeError> {
+        let meta = self.engine.meta();
+        let k = d.sample_kernel as usize;
+        let kernel = meta.kernels.get(k).ok_or_else(|| RuntimeError::Usage(format!("sampling kernel {k} missing")))?;
+        let kv = self.kv.as_ref().expect("checked by the caller");
+        // One setting per step (rows of one step share it; each row draws with its own counter).
+        let (p, counter) = input.sampling.first().copied().unwrap_or_default();
+        let mut args = Vec::with_capacity(kernel.params.len());
+        for param in &kernel.params {
+            let v = match (param.name.as_str(), param.ty) {
+                ("logits", ParamType::Ptr) => KernelArg::Ptr(logits),
+                ("row_stride", ParamType::I64) => KernelArg::I64(row_stride as i64),
+                ("rows", ParamType::I32) => KernelArg::I32(input.batch as i32),
+                ("out", ParamType::Ptr) => KernelArg::Ptr(kv.ids.ptr()),
+                ("temperature", ParamType::F32) => KernelArg::F32(p.temperature),
+                ("top_k", ParamType::I32) => KernelArg::I32(p.top_k as i32),
+                ("top_p", ParamType::F32) => KernelArg::F32(p.top_p),
+                ("seed", ParamType::I64) => KernelArg::I64(p.seed as i64),
+                ("counter", ParamType::I64) => KernelArg::I64(counter as i64),
+                (name, ty) => return Err(RuntimeError::Usage(format!("sampling kernel parameter `{name}` ({ty:?}) is unknown to this runtime"))),
+            };
+            args.push(v);
+        }
+        Ok(ResolvedLaunch {
+            index: usize::MAX,
+            kernel: k,
+            grid: [input.batch as u32, 1, 1],
+            block: kernel.block,
+            shared_mem_bytes: kernel.shared_mem_bytes,
+            args,
+        })
+    }
+}
+
+/// A step's shapes against the plan's limits; errors name the limit.
+fn check_step(d: &DecoderMeta, input: &StepInput) -> Result<(), RuntimeError> {
+    let bad = |m: String| Err(RuntimeError::Usage(m));
+    if input.batch == 0 || input.batch as u64 > d.max_batch {
+        return bad(format!("a step of {} sequences; the plan serves 1 to {} (--max-batch)", input.batch, d.max_batch));
+    }
+    if input.seq == 0 || input.seq as u64 > d.max_step_tokens {
+        return bad(format!("a step of {} tokens per sequence; the plan takes 1 to {}", input.seq, d.max_step_tokens));
+    }
+    if input.ids.len() != input.batch * input.seq || input.cache_len.len() != input.batch {
+        return bad("ids must be B·S and cache_len B long".into());
+    }
+    if input.page_table.len() != input.batch * d.kv.max_pages as usize {
+        return bad(format!("the page table must be B·{} long", d.kv.max_pages));
+    }
+    for (b, &len) in input.cache_len.iter().enumerate() {
+        if len < 0 || len as u64 + input.seq as u64 > d.max_seq {
+            return bad(format!("sequence {b}: {len} cached + {} new tokens exceed the plan's context {} (--max-seq)", input.seq, d.max_seq));
+        }
+    }
+    Ok(())
+}

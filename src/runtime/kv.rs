@@ -1,0 +1,61 @@
+//! The device side of a decoder's paged KV cache: one page pool per KV state slot, the page table
+//! of the current step, and the sampled ids, owned by a [`super::Context`] (see
+//! [`crate::plan::DecoderMeta`] for the layout and [`super::scheduler`] for who gets which pages).
+
+use super::cuda::DeviceAlloc;
+use super::engine::Engine;
+use super::error::RuntimeError;
+use crate::plan::DecoderMeta;
+
+/// Device memory of a paged KV cache.
+pub(crate) struct KvCache {
+    /// Page pools, one per state slot (`[pages, KV, page_size, D]` of its dtype).
+    #[allow(dead_code)] // owned for their lifetime: freed on drop
+    pools: Vec<DeviceAlloc>,
+    /// Their device addresses.
+    pub(crate) pool_ptrs: Vec<u64>,
+    /// `i32[max_batch, max_pages]`.
+    pub(crate) table: DeviceAlloc,
+    /// `i32[max_batch]`: the sampling kernel's output.
+    pub(crate) ids: DeviceAlloc,
+    /// Pages per pool.
+    pub(crate) pages: u32,
+}
+
+impl KvCache {
+    /// Pools of `pages` pages for `engine`'s decoder plan.
+    pub(crate) fn new(engine: &Engine, pages: u32) -> Result<Self, RuntimeError> {
+        let d = decoder(engine)?;
+        let what = |w: &str| format!("{w} of the KV cache of plan {}", engine.path().display());
+        if pages == 0 {
+            return Err(RuntimeError::Usage(format!("{}: needs at least one page", what("the pools"))));
+        }
+        let mut pools = Vec::with_capacity(d.kv.slots.len());
+        for slot in &d.kv.slots {
+            let page = slot.page_bytes(d.kv.page_size).ok_or_else(|| RuntimeError::Usage(format!("KV slot `{}`: bad dtype", slot.input)))?;
+            let bytes = page
+                .checked_mul(u64::from(pages))
+                .and_then(|b| usize::try_from(b).ok())
+                .ok_or_else(|| RuntimeError::Usage(format!("{} pages of KV slot `{}` do not fit in memory", pages, slot.input)))?;
+            pools.push(DeviceAlloc::new(&engine.ctx, bytes, &what(&format!("pool `{}`", slot.input)))?);
+        }
+        let rows = usize::try_from(d.max_batch).unwrap_or(usize::MAX);
+        let table_bytes = rows.saturating_mul(d.kv.max_pages as usize).saturating_mul(4);
+        let table = DeviceAlloc::new(&engine.ctx, table_bytes, &what("the page table"))?;
+        let ids = DeviceAlloc::new(&engine.ctx, rows.saturating_mul(4), &what("the sampled ids"))?;
+        let pool_ptrs = pools.iter().map(DeviceAlloc::ptr).collect();
+        Ok(Self { pools, pool_ptrs, table, ids, pages })
+    }
+
+    /// Bytes of one page across every pool (all layers, K and V).
+    pub(crate) fn bytes_per_page(d: &DecoderMeta) -> u64 {
+        d.kv.slots.iter().filter_map(|s| s.page_bytes(d.kv.page_size)).sum()
+    }
+}
+
+/// The plan's decoder metadata, or an error saying the plan is not a decoder.
+pub(crate) fn decoder(engine: &Engine) -> Result<&DecoderMeta, RuntimeError> {
+    engine.meta().decoder.as_ref().ok_or_else(|| {
+        RuntimeError::Usage(format!("plan {} is not a decoder (it has no KV cache); use Context::run", engine.path().display()))
+    })
+}

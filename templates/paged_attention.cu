@@ -1,0 +1,204 @@
+{{prelude}}
+{{ops}}
+// qfuse paged_attention (src/codegen/ops/decoder.rs): the second launch of a causal_attention
+// over the paged KV cache (kv_append has already written this step's keys and values).
+//
+// Operands: q [B, S, H·D] (dtype trait Q), the K and V page pools [num_pages, KV, PAGE, D] (cache
+// dtype trait C), the page table i32 [B, MAX_PAGES], cache_len i64 [B]; result o [B, S, H·D]
+// (trait O). Query s of sequence b sits at position cache_len[b] + s and attends to pool
+// positions 0 ..= cache_len[b] + s; query head h reads KV head h / G (G = H / KV).
+// Element values: {{cache_doc}}. Scores Σ q·k in f32 (one thread per score, sequential FMAs over
+// d) times the score scale, softmax in f32 with online (streaming) statistics and CUDA's expf,
+// Σ p·v in f32, divided by the sum of exponentials and rounded once to o's dtype: the
+// interpreter's math up to f32 rounding (the interpreter normalises p before the product and
+// uses a two-pass softmax).
+//
+// Work split: one CTA of {{threads}} threads per (tile of QT = {{q_tokens}} query tokens, KV head, sequence):
+// grid (ceil_div(S, QT), KV, B). The CTA serves all G = {{group}} query heads of its KV group for
+// its QT tokens (ROWS = QT·G query rows; at decode, S = 1, only G rows are live) from one load of
+// each K/V tile: it walks positions 0 ..= (last position of its tokens) in tiles of TK = {{tile_keys}}
+// keys (whole pages of PAGE = {{page_size}}); per tile it dequantizes K and V [TK, D] into shared memory
+// (f32; each thread moves 16-byte packs, finding each key's page in the page table), computes the
+// live rows' TK scores (causally masked), updates each row's running max and sum (one warp per
+// row), and rescales and accumulates the f32 outputs held in registers (each thread owns
+// ceil(ROWS·D / threads) of them).
+// Shared memory (f32): Q [ROWS][D+1] | K [TK][D+1] | V [TK][D] | P [ROWS][TK] | m, l, α [ROWS]
+// (Q and K rows padded by one word so that threads of one warp reading different rows or keys
+// hit different banks). No split-KV (it needs a workspace the memory plan does not provide):
+// decode runs on B·KV CTAs, each streaming its sequence's whole cache.
+
+typedef {{q_t}} QT_;   // q
+typedef {{o_t}} OT_;   // o
+typedef {{c_t}} CT_;   // cache storage
+
+#define QF_H {{heads}}
+#define QF_KV {{kv_heads}}
+#define QF_G {{group}}
+#define QF_D {{head_dim}}
+#define QF_QTOK {{q_tokens}}
+#define QF_ROWS (QF_QTOK * QF_G)
+#define QF_PAGE {{page_size}}
+#define QF_TK {{tile_keys}}
+#define QF_MAX_PAGES {{max_pages}}
+#define QF_THREADS {{threads}}
+#define QF_WARPS (QF_THREADS / 32)
+#define QF_QLD (QF_D + 1)
+#define QF_KLD (QF_D + 1)
+#define QF_OPT ((QF_ROWS * QF_D + QF_THREADS - 1) / QF_THREADS)
+#define QF_CODES {{codes}}
+// Elements per 16-byte pack of the pools.
+#define QF_EP (16 / sizeof(CT_::T))
+
+// The value of one cache element: {{cache_doc}}.
+QF_DEVICE float qf_cache_value(CT_::T code, float scale) {
+    const float f = CT_::load(code);
+#if QF_CODES
+    return {{via}}(__fmul_rn(f, scale));
+#else
+    (void)scale;
+    return f;
+#endif
+}
+
+// Dequantizes the K or V elements of keys t0 .. t0 + TK − 1 into `dst` ([TK][ld] f32): key t lives
+// in page table[t / PAGE], slot t % PAGE, a contiguous row of D elements (HND within a page).
+// Keys at or past t0 + live are zero (never read from memory).
+QF_DEVICE void qf_load_tile(const CT_::T* __restrict__ pool, const int* __restrict__ table, int g, long long t0, int live,
+                            float* dst, int ld, float scale) {
+    for (int pk = threadIdx.x; pk < QF_TK * QF_D / QF_EP; pk += QF_THREADS) {
+        const int e0 = pk * QF_EP;
+        const int j = e0 / QF_D, d0 = e0 % QF_D;
+        float* row = dst + j * ld + d0;
+        if (j < live) {
+            const long long t = t0 + j;
+            const long long page = table[t / QF_PAGE];
+            const long long at = ((page * QF_KV + g) * QF_PAGE + t % QF_PAGE) * QF_D + d0;
+            const uint4 w = *reinterpret_cast<const uint4*>(pool + at);
+            const CT_::T* e = reinterpret_cast<const CT_::T*>(&w);
+#pragma unroll
+            for (int u = 0; u < QF_EP; ++u) row[u] = qf_cache_value(e[u], scale);
+        } else {
+#pragma unroll
+            for (int u = 0; u < QF_EP; ++u) row[u] = 0.0f;
+        }
+    }
+}
+
+// Element k of the outputs this thread owns: row r, column d; false past the live rows.
+QF_DEVICE bool qf_owned(int k, int rows, int& r, int& d) {
+    const int e = threadIdx.x + k * QF_THREADS;
+    r = e / QF_D;
+    d = e % QF_D;
+    return r < rows;
+}
+
+// Offset of query row r (token s0 + r / G, head g·G + r % G) of sequence b in q and o.
+QF_DEVICE long long qf_row_offset(long long b, long long S, long long s0, int g, int r) {
+    return ((b * S + s0 + r / QF_G) * QF_H + g * QF_G + r % QF_G) * QF_D;
+}
+
+extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const QT_::T* __restrict__ q,
+        const CT_::T* __restrict__ k_pool, const CT_::T* __restrict__ v_pool, const int* __restrict__ page_table,
+        const long long* __restrict__ cache_len, OT_::T* __restrict__ out, long long S, float k_scale, float v_scale) {
+    extern __shared__ float smem[];
+    float* Qs = smem;
+    float* Ks = Qs + QF_ROWS * QF_QLD;
+    float* Vs = Ks + QF_TK * QF_KLD;
+    float* Ps = Vs + QF_TK * QF_D;
+    float* row_m = Ps + QF_ROWS * QF_TK;
+    float* row_l = row_m + QF_ROWS;
+    float* row_a = row_l + QF_ROWS;
+
+    const int g = blockIdx.y;
+    const long long b = blockIdx.z;
+    const long long s0 = static_cast<long long>(blockIdx.x) * QF_QTOK;
+    if (s0 >= S) return;
+    const int tokens = static_cast<int>(S - s0 < QF_QTOK ? S - s0 : QF_QTOK);
+    const int rows = tokens * QF_G;
+    const long long base = cache_len[b];
+    const float scale = __int_as_float({{scale_bits}});
+
+    // Query rows: r = token · G + head in group.
+    for (int e = threadIdx.x; e < rows * QF_D; e += QF_THREADS) {
+        const int r = e / QF_D, d = e % QF_D;
+        Qs[r * QF_QLD + d] = QT_::load(q[qf_row_offset(b, S, s0, g, r) + d]);
+    }
+    for (int r = threadIdx.x; r < rows; r += QF_THREADS) {
+        row_m[r] = -__int_as_float(0x7f800000);
+        row_l[r] = 0.0f;
+    }
+    float acc[QF_OPT];
+#pragma unroll
+    for (int k = 0; k < QF_OPT; ++k) acc[k] = 0.0f;
+
+    const long long last = base + s0 + tokens - 1;  // the last position any row attends to
+    const int* table = page_table + b * QF_MAX_PAGES;
+    // Keys past the page table (t / PAGE ≥ MAX_PAGES) are not read: the runtime never admits them.
+    const long long end = last + 1 < static_cast<long long>(QF_MAX_PAGES) * QF_PAGE ? last + 1 : static_cast<long long>(QF_MAX_PAGES) * QF_PAGE;
+    for (long long first = 0; first < end; first += QF_TK) {
+        const int live = static_cast<int>(end - first < QF_TK ? end - first : QF_TK);
+        __syncthreads();  // the previous tile is consumed (and Q, m, l are written)
+        qf_load_tile(k_pool, table, g, first, live, Ks, QF_KLD, k_scale);
+        qf_load_tile(v_pool, table, g, first, live, Vs, QF_D, v_scale);
+        __syncthreads();
+        // Scores, causally masked.
+        for (int p = threadIdx.x; p < rows * QF_TK; p += QF_THREADS) {
+            const int r = p / QF_TK, j = p % QF_TK;
+            const long long pos_q = base + s0 + r / QF_G;
+            float sc = -__int_as_float(0x7f800000);
+            if (j < live && first + j <= pos_q) {
+                const float* qr = Qs + r * QF_QLD;
+                const float* kr = Ks + j * QF_KLD;
+                float dot = 0.0f;
+#pragma unroll 8
+                for (int d = 0; d < QF_D; ++d) dot = fmaf(qr[d], kr[d], dot);
+                sc = __fmul_rn(dot, scale);
+            }
+            Ps[r * QF_TK + j] = sc;
+        }
+        __syncthreads();
+        // Online softmax statistics: one warp per row.
+        const int lane = threadIdx.x & 31;
+        for (int r = threadIdx.x >> 5; r < rows; r += QF_WARPS) {
+            float* pr = Ps + r * QF_TK;
+            float mx = -__int_as_float(0x7f800000);
+            for (int j = lane; j < QF_TK; j += 32) mx = fmaxf(mx, pr[j]);
+            mx = qf_warp_max(mx);
+            const float m_old = row_m[r];
+            const float m_new = fmaxf(m_old, mx);
+            const bool none = m_new == -__int_as_float(0x7f800000);
+            const float alpha = none ? 1.0f : expf(m_old - m_new);
+            float sum = 0.0f;
+            for (int j = lane; j < QF_TK; j += 32) {
+                const float e = none ? 0.0f : expf(pr[j] - m_new);
+                pr[j] = e;
+                sum += e;
+            }
+            sum = qf_warp_sum(sum);
+            if (lane == 0) {
+                row_m[r] = m_new;
+                row_l[r] = row_l[r] * alpha + sum;
+                row_a[r] = alpha;
+            }
+        }
+        __syncthreads();
+        // o = o · α + Σ_j p_j · v_j.
+#pragma unroll
+        for (int k = 0; k < QF_OPT; ++k) {
+            int r, d;
+            if (qf_owned(k, rows, r, d)) {
+                const float* pr = Ps + r * QF_TK;
+                float o = acc[k] * row_a[r];
+#pragma unroll 8
+                for (int j = 0; j < QF_TK; ++j) o = fmaf(pr[j], Vs[j * QF_D + d], o);
+                acc[k] = o;
+            }
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < QF_OPT; ++k) {
+        int r, d;
+        if (qf_owned(k, rows, r, d)) out[qf_row_offset(b, S, s0, g, r) + d] = OT_::store(__fdiv_rn(acc[k], row_l[r]));
+    }
+}

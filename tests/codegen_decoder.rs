@@ -1,0 +1,407 @@
+//! Decoder kernels (issue 13): `rope` and `causal_attention` over the paged KV cache lowered from
+//! real step graphs (the synthetic Llama checkpoint, f32 and FP8 caches) and from IR text, and the
+//! on-GPU sampler; every kernel compiled to `sm_90a` CUBIN with NVRTC. No GPU needed; NVRTC is
+//! (these tests fail, never skip, without it). The CPU sampling rule is checked against an
+//! independent transcription of the documented rule.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use qfuse::codegen::kernel::{Arg, KernelDef, Launch, LowerCx, LowerOptions, Lowered, PagedKv};
+use qfuse::codegen::lower::{lower_graph, lower_graph_paged};
+use qfuse::codegen::ops::decoder::{self, CacheRead, PagedAttentionSpec};
+use qfuse::codegen::{memory, nvrtc, sample};
+use qfuse::generate::sample::{choose, uniform, Sampling, MAX_TOP_K};
+use qfuse::import::decoder::{self as dec, DecoderOptions, KvFormat};
+use qfuse::ir::{self, DType, Graph, NodeId, Op};
+use qfuse::passes::{pipeline, MemoryWeights, PassCx};
+use qfuse::plan::{DimExpr, Scalar};
+
+const PAGED: PagedKv = PagedKv { page_size: 16, max_pages: 32 };
+
+fn compile(k: &KernelDef) {
+    nvrtc::compile_cubin(&k.name, &k.source, "sm_90a", &[]).unwrap_or_else(|e| panic!("{}:\n{e}", k.name));
+}
+
+fn cx(g: &Graph) -> LowerCx<'_> {
+    LowerCx { paged: Some(PAGED), ..LowerCx::new(g, 90) }
+}
+
+fn nodes_of<'g>(g: &'g Graph, mnemonic: &'static str) -> impl Iterator<Item = NodeId> + 'g {
+    g.nodes.ids().filter(move |&id| g.nodes[id].op.mnemonic() == mnemonic)
+}
+
+fn launches(cx: &LowerCx, node: NodeId) -> Vec<Launch> {
+    match qfuse::codegen::ops::lower_node(cx, node).unwrap_or_else(|e| panic!("{e}")) {
+        Lowered::Launches(l) => l,
+        other => panic!("expected launches, got {other:?}"),
+    }
+}
+
+fn f32_args(l: &Launch) -> Vec<f32> {
+    l.args.iter().filter_map(|a| if let Arg::Scalar(Scalar::F32(v)) = a { Some(*v) } else { None }).collect()
+}
+
+/// The synthetic Llama step graph (2 layers, 4 heads and 2 KV heads of 16) with a cache of `kv`;
+/// quantized caches go through `fuse-kv-cache`, so attention reads the codes.
+fn llama_step(kv: KvFormat) -> Option<Graph> {
+    let dir = common::synthetic("llama-f32")?;
+    let opts = DecoderOptions { max_batch: 4, max_seq: Some(256), kv: kv.clone() };
+    let model = dec::load(&dir, &opts).expect("import");
+    let mut g = model.graph;
+    if matches!(kv, KvFormat::PerTensor { .. }) {
+        let weights = MemoryWeights::default();
+        let mut pcx = PassCx::new(&weights);
+        let changed = pipeline::by_name("fuse-kv-cache").expect("pass").run(&mut g, &mut pcx).expect("fuse-kv-cache");
+        assert!(changed, "fuse-kv-cache fires on a quantized cache");
+    }
+    Some(g)
+}
+
+#[test]
+fn a_float_cache_step_lowers_to_append_then_paged_attention_on_the_state_slots() {
+    let Some(g) = llama_step(KvFormat::Float(DType::F32)) else { return };
+    let cx = cx(&g);
+    let attn: Vec<NodeId> = nodes_of(&g, "causal_attention").collect();
+    assert_eq!(attn.len(), 2, "one attention per layer");
+    let mut kernels = BTreeSet::new();
+    for (layer, &node) in attn.iter().enumerate() {
+        let l = launches(&cx, node);
+        assert_eq!(l.len(), 2);
+        assert_eq!((l[0].kernel.template, l[1].kernel.template), ("kv_append", "paged_attention"));
+        let n = &g.nodes[node];
+        // State slots of this layer's K and V, in graph.state order.
+        let slot = |name: String| g.state.iter().position(|s| s.input == name).unwrap() as u32;
+        let (ks, vs) = (slot(format!("past.k.{layer}")), slot(format!("past.v.{layer}")));
+        assert_eq!(
+            l[0].args[..6],
+            [Arg::Value(n.inputs[1]), Arg::Value(n.inputs[2]), Arg::KvPool(ks), Arg::KvPool(vs), Arg::PageTable, Arg::Value(n.inputs[5])]
+        );
+        assert_eq!(
+            l[1].args[..6],
+            [Arg::Value(n.inputs[0]), Arg::KvPool(ks), Arg::KvPool(vs), Arg::PageTable, Arg::Value(n.inputs[5]), Arg::Value(n.outputs[0])]
+        );
+        assert_eq!(f32_args(&l[1]), [1.0, 1.0], "float caches pass unit scales");
+        // No launch names the past inputs.
+        for launch in &l {
+            assert!(!launch.args.contains(&Arg::Value(n.inputs[3])) && !launch.args.contains(&Arg::Value(n.inputs[4])));
+        }
+        // Grid of the attention: (ceil_div(S, QT), KV, B), one CTA per KV group.
+        assert_eq!(l[1].kernel.grid[1], DimExpr::Const(2));
+        assert_eq!(l[1].kernel.grid[2], DimExpr::sym("B"));
+        assert!(l[1].kernel.source.contains("#define QF_G 2") && l[1].kernel.source.contains("#define QF_PAGE 16"));
+        kernels.extend(l.iter().map(|x| (x.kernel.name.clone(), x.kernel.source.clone())));
+    }
+    let ropes: Vec<NodeId> = nodes_of(&g, "rope").collect();
+    assert_eq!(ropes.len(), 4, "q and k per layer");
+    for &node in &ropes {
+        let l = launches(&cx, node);
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].kernel.template, "rope");
+        kernels.extend(l.iter().map(|x| (x.kernel.name.clone(), x.kernel.source.clone())));
+    }
+    // Both layers share every kernel: 1 append + 1 attention + rope on q (4 heads) and k (2 heads).
+    assert_eq!(kernels.len(), 4, "{:?}", kernels.iter().map(|k| &k.0).collect::<Vec<_>>());
+    for (name, source) in &kernels {
+        nvrtc::compile_cubin(name, source, "sm_90a", &[]).unwrap_or_else(|e| panic!("{name}:\n{e}"));
+    }
+}
+
+#[test]
+fn an_fp8_cache_step_reads_codes_with_per_layer_scales_as_arguments() {
+    let scales = vec![(0.011, 0.023), (0.017, 0.029)];
+    let Some(g) = llama_step(KvFormat::PerTensor { storage: DType::F8E4M3, scales: scales.clone() }) else { return };
+    let cx = cx(&g);
+    let attn: Vec<NodeId> = nodes_of(&g, "causal_attention").collect();
+    let lowered: Vec<Vec<Launch>> = attn.iter().map(|&n| launches(&cx, n)).collect();
+    assert_eq!(lowered.len(), 2);
+    for (layer, l) in lowered.iter().enumerate() {
+        assert_eq!(f32_args(&l[1]), [scales[layer].0, scales[layer].1], "layer {layer}");
+        assert!(l[1].kernel.source.contains("typedef qf_e4m3 CT_") && l[1].kernel.source.contains("#define QF_CODES 1"));
+        // The append copies bytes: 16 one-byte codes per row, one 16-byte pack.
+        assert!(l[0].kernel.source.contains("typedef uint4 P;") && l[0].kernel.source.contains("#define QF_R 1"));
+    }
+    assert_eq!(lowered[0][0].kernel.name, lowered[1][0].kernel.name, "one append kernel for both layers");
+    assert_eq!(lowered[0][1].kernel.name, lowered[1][1].kernel.name, "one attention kernel for both layers");
+    compile(&lowered[0][0].kernel);
+    compile(&lowered[0][1].kernel);
+}
+
+#[test]
+fn causal_attention_needs_a_paged_cache_and_state_operands() {
+    let Some(g) = llama_step(KvFormat::Float(DType::F32)) else { return };
+    let node = nodes_of(&g, "causal_attention").next().unwrap();
+    let plain = LowerCx::new(&g, 90);
+    let e = qfuse::codegen::ops::lower_node(&plain, node).unwrap_err();
+    assert!(e.reason.contains("no paged KV cache configured") && e.node.contains("causal_attention"), "{e}");
+    // An f16 cache under an f32 graph reads the state through a cast: not a state input.
+    let Some(g) = llama_step(KvFormat::Float(DType::F16)) else { return };
+    let node = nodes_of(&g, "causal_attention").next().unwrap();
+    let e = qfuse::codegen::ops::lower_node(&cx(&g), node).unwrap_err();
+    assert!(e.reason.contains("is not a state input"), "{e}");
+    // k swapped for q-shaped garbage: not the state update.
+    let mut g = llama_step(KvFormat::Float(DType::F32)).unwrap();
+    let node = nodes_of(&g, "causal_attention").next().unwrap();
+    let (k, v) = (g.nodes[node].inputs[1], g.nodes[node].inputs[2]);
+    g.nodes[node].inputs[1] = v;
+    let _ = k;
+    let e = qfuse::codegen::ops::lower_node(&cx(&g), node).unwrap_err();
+    assert!(e.reason.contains("is not the state update"), "{e}");
+}
+
+/// One layer by hand: FP8 cache codes, f16 compute, rope on q, GQA 4:1.
+const FP8_STEP: &str = r#"
+graph "step" {
+  sym B max=4
+  sym S max=64
+  sym P max=512
+  %0 = input "q" : f16[B,S,256]
+  %1 = input "cache_len" : i64[B]
+  %2 = input "past.k.0" : f8e4m3[B,1,P,64]
+  %3 = input "past.v.0" : f8e4m3[B,1,P,64]
+  %4 = input "k" : f16[B,1,S,64]
+  %5 = input "v" : f16[B,1,S,64]
+  %6 = quantize %4 {f8e4m3, per_tensor, scale=0.0078125} : f8e4m3[B,1,S,64]
+  %7 = quantize %5 {f8e4m3, per_tensor, scale=0.015625} : f8e4m3[B,1,S,64]
+  %8 = rope %0, %1 {heads=4, theta=10000, pairs=half} : f16[B,S,256]
+  %9 = causal_attention %8, %6, %7, %2, %3, %1 {heads=4, kv_heads=1, scale=0.125, codes(k_scale=0.0078125,v_scale=0.015625,via=f16)} : f16[B,S,256]
+  return "out" = %9, "present.k.0" = %6, "present.v.0" = %7
+  state "past.k.0" append "present.k.0" axis=2
+  state "past.v.0" append "present.v.0" axis=2
+}
+"#;
+
+#[test]
+fn past_inputs_get_no_arena_storage_and_every_kernel_compiles() {
+    let g = ir::parse(FP8_STEP).unwrap_or_else(|e| panic!("{e}"));
+    ir::verify(&g, "fp8 step").unwrap_or_else(|e| panic!("{e}"));
+    let program = lower_graph_paged(&g, 90, LowerOptions::default(), Some(PAGED)).unwrap_or_else(|e| panic!("{e}"));
+    let mem = memory::plan(&g, &program);
+    let inputs: std::collections::HashMap<&str, ir::ValueId> = g.inputs().into_iter().collect();
+    for name in ["past.k.0", "past.v.0"] {
+        assert!(mem.offset(inputs[name]).is_none(), "{name} has arena storage");
+        assert!(program.launches().all(|(_, l)| !l.args.contains(&Arg::Value(inputs[name]))));
+    }
+    for name in ["q", "cache_len", "k", "v"] {
+        assert!(mem.offset(inputs[name]).is_some(), "{name} has no storage");
+    }
+    // The input ops of the state slots lower to nothing.
+    for name in ["past.k.0", "past.v.0"] {
+        let node = g.producer(inputs[name]);
+        let id = g.nodes.ids().find(|&i| std::ptr::eq(&g.nodes[i], node)).unwrap();
+        assert_eq!(qfuse::codegen::ops::lower_node(&cx(&g), id).unwrap(), Lowered::Nothing);
+    }
+    let templates: Vec<&str> = program.launches().map(|(_, l)| l.kernel.template).collect();
+    assert_eq!(templates.iter().filter(|t| **t == "kv_append").count(), 1);
+    assert_eq!(templates.iter().filter(|t| **t == "paged_attention").count(), 1);
+    assert_eq!(templates.iter().filter(|t| **t == "rope").count(), 1);
+    for k in program.kernels() {
+        compile(k);
+    }
+    // Without a paged cache the same graph is an error naming the attention.
+    let e = lower_graph(&g, 90, LowerOptions::default()).unwrap_err();
+    assert!(e.reason.contains("no paged KV cache configured"), "{e}");
+}
+
+#[test]
+fn paged_attention_variants_compile() {
+    let cases = [
+        (DType::F16, CacheRead::Float(DType::F16), 9, 3, 64, 16),
+        (DType::BF16, CacheRead::Float(DType::BF16), 32, 8, 128, 64),
+        (DType::F32, CacheRead::Float(DType::F32), 4, 4, 64, 32),
+        (DType::F16, CacheRead::Codes { storage: DType::F8E4M3, via: DType::F16 }, 32, 8, 128, 16),
+        (DType::BF16, CacheRead::Codes { storage: DType::I8, via: DType::BF16 }, 8, 1, 64, 64),
+        (DType::F32, CacheRead::Codes { storage: DType::F8E5M2, via: DType::F32 }, 4, 2, 32, 16),
+    ];
+    for (q, cache, heads, kv_heads, head_dim, page_size) in cases {
+        let spec = PagedAttentionSpec {
+            heads,
+            kv_heads,
+            head_dim,
+            q,
+            out: q,
+            cache,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            paged: PagedKv { page_size, max_pages: 128 },
+        };
+        let rows = spec.q_tokens() * spec.group();
+        assert!(rows <= decoder::MAX_ROWS.max(spec.group()), "{spec:?}");
+        assert!(spec.smem_bytes() <= decoder::MAX_SMEM);
+        let k = spec.kernel(DimExpr::sym("B"), DimExpr::sym("S")).unwrap_or_else(|e| panic!("{spec:?}: {e}"));
+        compile(&k);
+        let append =
+            decoder::kv_append_kernel(cache.storage(), kv_heads, head_dim, spec.paged, DimExpr::sym("B"), DimExpr::sym("S")).unwrap();
+        compile(&append);
+    }
+    // Rows of 8 one-byte codes are not whole 16-byte packs.
+    let bad = PagedAttentionSpec {
+        heads: 2,
+        kv_heads: 1,
+        head_dim: 8,
+        q: DType::F16,
+        out: DType::F16,
+        cache: CacheRead::Codes { storage: DType::F8E4M3, via: DType::F16 },
+        scale: 0.35,
+        paged: PAGED,
+    };
+    assert!(bad.validate().unwrap_err().contains("16-byte packs"));
+}
+
+#[test]
+fn rope_kernels_print_the_interpreters_frequencies() {
+    let text = |pairs: &str, dtype: &str, extra: &str| {
+        format!(
+            r#"graph "r" {{
+  sym B max=2
+  sym S max=8
+  %0 = input "x" : {dtype}[B,S,64]
+  %1 = input "cache_len" : i64[B]
+  %2 = rope %0, %1 {{heads=4, theta=500000, pairs={pairs}{extra}}} : {dtype}[B,S,64]
+  return "y" = %2
+}}"#
+        )
+    };
+    let llama3 = ", llama3(factor=8, low=1, high=4, original=64)";
+    for (pairs, dtype, extra) in [("half", "f32", ""), ("adjacent", "f16", ""), ("half", "bf16", llama3)] {
+        let src = text(pairs, dtype, extra);
+        let g = match ir::parse(&src) {
+            Ok(g) => g,
+            Err(e) if !extra.is_empty() => panic!("llama3 rope syntax: {e}\n{src}"),
+            Err(e) => panic!("{e}"),
+        };
+        let program = lower_graph(&g, 90, LowerOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+        let k = program.kernels()[0];
+        let Op::Rope(r) = g.nodes.values().find(|n| matches!(n.op, Op::Rope(_))).unwrap().op else { unreachable!() };
+        let freqs = qfuse::interp::inverse_frequencies(f64::from(r.theta), 16, r.llama3.as_ref());
+        for f in &freqs {
+            assert!(k.source.contains(&format!("{f:e}")), "{f:e} missing");
+        }
+        assert!(k.source.contains(if pairs == "half" { "#define QF_ADJACENT 0" } else { "#define QF_ADJACENT 1" }));
+        compile(k);
+    }
+}
+
+#[test]
+fn sampler_kernels_compile_for_each_logits_dtype() {
+    for dt in [DType::F32, DType::F16, DType::BF16] {
+        let k = sample::sample_kernel(49152, dt, 90).unwrap();
+        assert_eq!(k.block, [1024, 1, 1]);
+        assert_eq!(k.params.len(), 9);
+        compile(&k);
+    }
+    assert!(sample::sample_kernel(49152, DType::I8, 90).is_err());
+    assert!(sample::sample_kernel(0, DType::F32, 90).is_err());
+}
+
+// ---- the sampling rule ----------------------------------------------------------------------
+
+/// The documented rule (docs/codegen.md "Sampling"), transcribed independently of `choose`:
+/// candidates by repeated extraction of the best remaining (value by total order, then index).
+fn reference(logits: &[f32], s: &Sampling, step: u64) -> Option<usize> {
+    if s.temperature == 0.0 {
+        let mut best: Option<usize> = None;
+        for (i, &x) in logits.iter().enumerate() {
+            if x.is_nan() {
+                continue;
+            }
+            if best.is_none_or(|b| x > logits[b]) {
+                best = Some(i);
+            }
+        }
+        return best;
+    }
+    let k = if s.top_k == 0 { MAX_TOP_K } else { s.top_k.min(MAX_TOP_K) };
+    let mut taken = vec![false; logits.len()];
+    let mut order = vec![];
+    while order.len() < k {
+        let mut best: Option<usize> = None;
+        for (i, &x) in logits.iter().enumerate() {
+            if taken[i] || x.is_nan() {
+                continue;
+            }
+            // Rust's total order on f32 as an integer key: the GPU's key.
+            let key = |x: f32| {
+                let b = x.to_bits();
+                if b >> 31 == 1 {
+                    !b
+                } else {
+                    b | 0x8000_0000
+                }
+            };
+            if best.is_none_or(|j| key(x) > key(logits[j])) {
+                best = Some(i);
+            }
+        }
+        let Some(i) = best else { break };
+        taken[i] = true;
+        order.push(i);
+    }
+    let top = f64::from(logits[*order.first()?]);
+    let w: Vec<f64> = order.iter().map(|&i| ((f64::from(logits[i]) - top) / f64::from(s.temperature)).exp()).collect();
+    let total = w.iter().fold(0.0, |a, b| a + b);
+    let mut kept = 0;
+    let mut mass = 0.0;
+    while kept < w.len() {
+        mass += w[kept] / total;
+        kept += 1;
+        if mass >= f64::from(s.top_p) {
+            break;
+        }
+    }
+    let kept_total = w[..kept].iter().fold(0.0, |a, b| a + b);
+    let mut target = uniform(s.seed, step) * kept_total;
+    for i in 0..kept {
+        if target < w[i] {
+            return Some(order[i]);
+        }
+        target -= w[i];
+    }
+    Some(order[kept - 1])
+}
+
+#[test]
+fn choose_follows_the_documented_rule_with_its_256_token_cap() {
+    let mut state = 0x1234_5678_9abc_def0_u64;
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state >> 33
+    };
+    let mut checked = 0;
+    for case in 0..300 {
+        let n = [1usize, 7, 300, 1000][case % 4];
+        let mut logits: Vec<f32> = (0..n).map(|_| (next() % 2000) as f32 / 100.0 - 10.0).collect();
+        // Ties, signed zeros, NaN and infinities.
+        if n > 5 {
+            logits[1] = logits[0];
+            logits[2] = 0.0;
+            logits[3] = -0.0;
+            if case % 3 == 0 {
+                logits[4] = f32::NAN;
+            }
+            if case % 5 == 0 {
+                logits[5] = f32::NEG_INFINITY;
+            }
+        }
+        let s = Sampling {
+            temperature: [0.0, 0.3, 1.0, 2.5][(case / 4) % 4],
+            top_k: [0, 1, 5, 256, 1000][case % 5],
+            top_p: [1.0, 0.9, 0.5][case % 3],
+            seed: case as u64,
+        };
+        for step in 0..4 {
+            assert_eq!(choose(&logits, &s, step), reference(&logits, &s, step), "case {case} step {step} {s:?}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 1200);
+    // The cap binds: 300 equal logits, so without it index 256..300 would be drawn often.
+    let flat = vec![1.0f32; 300];
+    let s = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 9 };
+    let picks: Vec<usize> = (0..2000).map(|step| choose(&flat, &s, step).unwrap()).collect();
+    assert!(picks.iter().all(|&i| i < MAX_TOP_K), "a token past the 256 candidates was drawn");
+    assert!(picks.iter().any(|&i| i > 200), "draws cover the candidates");
+    // All NaN: no token, greedy or not.
+    assert_eq!(choose(&[f32::NAN; 4], &s, 0), None);
+    assert_eq!(choose(&[f32::NAN; 4], &Sampling::default(), 0), None);
+}

@@ -1,0 +1,399 @@
+//! The decoder kernels on a GPU against the reference interpreter (issue 13): `rope`, the paged
+//! `causal_attention` (kv_append + paged_attention over shuffled pages, float and FP8 caches,
+//! prefill and decode) and the sampler against `generate::sample::choose`. Needs an NVIDIA GPU
+//! with sm_90 and NVRTC, so it is ignored by default (CI has no GPU):
+//!
+//! ```sh
+//! cargo test --release --test decoder_kernels_gpu -- --ignored --test-threads=1
+//! ```
+//!
+//! Without a driver or device every test fails (it never skips).
+
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::sync::Arc;
+
+use cudarc::driver::{result, sys, CudaContext};
+use qfuse::codegen::kernel::{Arg, KernelDef, Launch, LowerOptions, PagedKv};
+use qfuse::codegen::lower::lower_graph_paged;
+use qfuse::codegen::{nvrtc, sample};
+use qfuse::compile::bytes;
+use qfuse::generate::sample::{choose, Sampling};
+use qfuse::interp::{self, NoWeights, Tensor};
+use qfuse::ir::{self, DType, Graph, ValueId};
+use qfuse::plan::{ParamType, Scalar};
+
+/// A kernel argument by value.
+#[derive(Clone, Copy, Debug)]
+enum KArg {
+    Ptr(u64),
+    I64(i64),
+    I32(i32),
+    F32(f32),
+}
+
+struct Gpu {
+    _ctx: Arc<CudaContext>,
+    allocs: Vec<u64>,
+}
+
+impl Gpu {
+    fn new() -> Self {
+        let ctx = CudaContext::new(0).expect("a CUDA device (this test needs a GPU)");
+        ctx.bind_to_thread().expect("bind");
+        Gpu { _ctx: ctx, allocs: vec![] }
+    }
+
+    fn upload(&mut self, data: &[u8]) -> u64 {
+        // SAFETY: a fresh allocation of data.len() bytes, written from a live slice.
+        let p = unsafe { result::malloc_sync(data.len().max(1)) }.expect("malloc");
+        if !data.is_empty() {
+            unsafe { result::memcpy_htod_sync(p, data) }.expect("htod");
+        }
+        self.allocs.push(p);
+        p
+    }
+
+    fn download(&self, p: u64, n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        // SAFETY: `p` holds at least n bytes (allocated by `upload` with that size).
+        unsafe { result::memcpy_dtoh_sync(&mut v, p) }.expect("dtoh");
+        v
+    }
+
+    fn launch(&self, k: &KernelDef, grid: [u32; 3], args: &[KArg]) {
+        assert_eq!(args.len(), k.params.len(), "{}", k.name);
+        let cubin = nvrtc::compile_cubin(&k.name, &k.source, "sm_90a", &[]).unwrap_or_else(|e| panic!("{}:\n{e}", k.name));
+        let mut image = cubin.clone();
+        image.push(0);
+        // SAFETY: a complete CUBIN image; the module outlives the launch (synchronised below).
+        let module = unsafe { result::module::load_data(image.as_ptr().cast()) }.expect("load module");
+        let f = unsafe { result::module::get_function(module, CString::new(k.name.clone()).unwrap()) }.expect("function");
+        if k.smem_bytes > 48 * 1024 {
+            let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            unsafe { result::function::set_function_attribute(f, attr, k.smem_bytes as i32) }.expect("smem attribute");
+        }
+        let mut values: Vec<KArg> = args.to_vec();
+        let mut params: Vec<*mut c_void> = values
+            .iter_mut()
+            .map(|a| match a {
+                KArg::Ptr(p) => p as *mut u64 as *mut c_void,
+                KArg::I64(v) => v as *mut i64 as *mut c_void,
+                KArg::I32(v) => v as *mut i32 as *mut c_void,
+                KArg::F32(v) => v as *mut f32 as *mut c_void,
+            })
+            .collect();
+        let [bx, by, bz] = k.block;
+        // SAFETY: one pointer per parameter, of its type; every pointer argument is a live allocation.
+        let rc = unsafe {
+            sys::cuLaunchKernel(
+                f,
+                grid[0],
+                grid[1],
+                grid[2],
+                bx,
+                by,
+                bz,
+                k.smem_bytes,
+                std::ptr::null_mut(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(rc, sys::CUresult::CUDA_SUCCESS, "launching {}", k.name);
+        result::ctx::synchronize().unwrap_or_else(|e| panic!("running {}: {e:?}", k.name));
+        unsafe { result::module::unload(module) }.expect("unload");
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        for &p in &self.allocs {
+            let _ = unsafe { result::free_sync(p) };
+        }
+    }
+}
+
+/// Deterministic values in [-scale, scale).
+fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Grid of `k` at the given symbol values.
+fn grid(k: &KernelDef, syms: &[(String, u64)]) -> [u32; 3] {
+    k.grid.clone().map(|d| u32::try_from(d.eval_with(syms).expect("grid")).expect("grid fits u32"))
+}
+
+/// A launch's arguments: values by `buffers`, pools by state slot, the page table, scalars.
+fn bind(l: &Launch, buffers: &HashMap<ValueId, u64>, pools: &[u64], table: u64, syms: &[(String, u64)]) -> Vec<KArg> {
+    l.args
+        .iter()
+        .zip(&l.kernel.params)
+        .map(|(a, p)| match a {
+            Arg::Value(v) => KArg::Ptr(buffers[v]),
+            Arg::KvPool(i) => KArg::Ptr(pools[*i as usize]),
+            Arg::PageTable => KArg::Ptr(table),
+            Arg::Scalar(Scalar::F32(x)) => KArg::F32(*x),
+            Arg::Scalar(Scalar::I32(x)) => KArg::I32(*x),
+            Arg::Scalar(Scalar::I64(x)) => KArg::I64(*x),
+            Arg::Scalar(Scalar::Dim(d)) => {
+                let v = d.eval_with(syms).expect("dim");
+                match p.ty {
+                    ParamType::I32 => KArg::I32(v as i32),
+                    _ => KArg::I64(v as i64),
+                }
+            }
+        })
+        .collect()
+}
+
+fn input(g: &Graph, name: &str) -> ValueId {
+    g.inputs().into_iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no input {name}")).1
+}
+
+/// One attention layer: q (`compute`), this step's k and v and the cache (`cache`), GQA 8:2, D 64.
+fn attention_graph(compute: &str, cache: &str, codes: &str, seq_max: u64) -> Graph {
+    let text = format!(
+        r#"graph "attn" {{
+  sym B max=4
+  sym S max={seq_max}
+  sym P max=100
+  %0 = input "q" : {compute}[B,S,512]
+  %1 = input "cache_len" : i64[B]
+  %2 = input "past.k.0" : {cache}[B,2,P,64]
+  %3 = input "past.v.0" : {cache}[B,2,P,64]
+  %4 = input "k" : {cache}[B,2,S,64]
+  %5 = input "v" : {cache}[B,2,S,64]
+  %6 = causal_attention %0, %4, %5, %2, %3, %1 {{heads=8, kv_heads=2, scale=0.125{codes}}} : {compute}[B,S,512]
+  return "o" = %6, "present.k.0" = %4, "present.v.0" = %5
+  state "past.k.0" append "present.k.0" axis=2
+  state "past.v.0" append "present.v.0" axis=2
+}}"#
+    );
+    let g = ir::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    ir::verify(&g, "attention").unwrap_or_else(|e| panic!("{e}"));
+    g
+}
+
+/// Runs one attention case on the interpreter and the GPU; returns the largest |difference| of o
+/// and checks that the appended pool rows hold this step's k and v bytes.
+fn attention_case(compute: DType, cache: DType, codes: &str, seq: usize, lens: &[i64]) -> f32 {
+    const PAGE: u32 = 16;
+    const MAX_PAGES: u32 = 8;
+    let paged = PagedKv { page_size: PAGE, max_pages: MAX_PAGES };
+    let (kv, d, h, past) = (2usize, 64usize, 8usize, 100usize);
+    let batch = lens.len();
+    let g = attention_graph(compute.name(), cache.name(), codes, 16);
+    let scale = if cache.is_quantized_storage() { 200.0 } else { 1.0 };
+    let mk = |dt: DType, shape: Vec<usize>, seed: u64, s: f32| {
+        let n = shape.iter().product();
+        Tensor::from_f32_as(dt, shape, noise(n, seed, s))
+    };
+    let q = mk(compute, vec![batch, seq, h * d], 1, 1.0);
+    let k = mk(cache, vec![batch, kv, seq, d], 2, scale);
+    let v = mk(cache, vec![batch, kv, seq, d], 3, scale);
+    let pk = mk(cache, vec![batch, kv, past, d], 4, scale);
+    let pv = mk(cache, vec![batch, kv, past, d], 5, scale);
+    let len = Tensor::i64(vec![batch], lens.to_vec());
+    let inputs = [
+        ("q", q.clone()),
+        ("k", k.clone()),
+        ("v", v.clone()),
+        ("past.k.0", pk.clone()),
+        ("past.v.0", pv.clone()),
+        ("cache_len", len.clone()),
+    ];
+    let want = interp::run(&g, &NoWeights, &inputs).expect("interpreter")[0].1.to_f32_vec();
+
+    let program = lower_graph_paged(&g, 90, LowerOptions::default(), Some(paged)).unwrap_or_else(|e| panic!("{e}"));
+    let mut gpu = Gpu::new();
+    let eb = (cache.bits() / 8) as usize;
+    // Pages: sequence b's j-th page is a shuffled id; unused pool bytes are 0xff (NaN in f16, bf16,
+    // E4M3), so a read of anything but the live cache shows.
+    let num_pages = batch * MAX_PAGES as usize + 3;
+    let mut ids: Vec<i32> = (0..num_pages as i32).collect();
+    ids.reverse();
+    ids.rotate_left(5);
+    let table: Vec<i32> = ids[..batch * MAX_PAGES as usize].to_vec();
+    let (pk_bytes, pv_bytes) = (bytes::encode(&pk), bytes::encode(&pv));
+    let mut pools = [vec![0xffu8; num_pages * kv * PAGE as usize * d * eb], vec![0xffu8; num_pages * kv * PAGE as usize * d * eb]];
+    let at = |b: usize, g: usize, t: usize| {
+        let page = table[b * MAX_PAGES as usize + t / PAGE as usize] as usize;
+        (((page * kv + g) * PAGE as usize) + t % PAGE as usize) * d * eb
+    };
+    for (b, &cached) in lens.iter().enumerate() {
+        for g in 0..kv {
+            for t in 0..cached as usize {
+                let src = ((b * kv + g) * past + t) * d * eb;
+                let dst = at(b, g, t);
+                pools[0][dst..dst + d * eb].copy_from_slice(&pk_bytes[src..src + d * eb]);
+                pools[1][dst..dst + d * eb].copy_from_slice(&pv_bytes[src..src + d * eb]);
+            }
+        }
+    }
+    let pool_ptrs = [gpu.upload(&pools[0]), gpu.upload(&pools[1])];
+    let table_bytes: Vec<u8> = table.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let table_ptr = gpu.upload(&table_bytes);
+    let o_bytes = batch * seq * h * d * (compute.bits() / 8) as usize;
+    let mut buffers = HashMap::new();
+    for (name, t) in [("q", &q), ("k", &k), ("v", &v), ("cache_len", &len)] {
+        buffers.insert(input(&g, name), gpu.upload(&bytes::encode(t)));
+    }
+    let o = g.outputs[0].1;
+    buffers.insert(o, gpu.upload(&vec![0u8; o_bytes]));
+    let syms = vec![("B".to_string(), batch as u64), ("S".to_string(), seq as u64), ("P".to_string(), past as u64)];
+    let launches: Vec<&Launch> = program.launches().map(|(_, l)| l).collect();
+    assert_eq!(launches.len(), 2);
+    for l in &launches {
+        gpu.launch(&l.kernel, grid(&l.kernel, &syms), &bind(l, &buffers, &pool_ptrs, table_ptr, &syms));
+    }
+    // The appended rows.
+    let (kb, vb) = (bytes::encode(&k), bytes::encode(&v));
+    let got_pools = [gpu.download(pool_ptrs[0], pools[0].len()), gpu.download(pool_ptrs[1], pools[1].len())];
+    for (b, &cached) in lens.iter().enumerate() {
+        for g in 0..kv {
+            for s in 0..seq {
+                let src = ((b * kv + g) * seq + s) * d * eb;
+                let dst = at(b, g, cached as usize + s);
+                assert_eq!(got_pools[0][dst..dst + d * eb], kb[src..src + d * eb], "k row b{b} g{g} s{s}");
+                assert_eq!(got_pools[1][dst..dst + d * eb], vb[src..src + d * eb], "v row b{b} g{g} s{s}");
+            }
+        }
+    }
+    let got = bytes::decode(compute, vec![batch, seq, h * d], &gpu.download(buffers[&o], o_bytes)).expect("decode").to_f32_vec();
+    assert!(got.iter().all(|x| x.is_finite()), "non-finite outputs");
+    got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90) and NVRTC"]
+fn paged_attention_matches_the_interpreter() {
+    let lens = [0i64, 37, 83];
+    // (compute, cache, codes, tolerance: a few units of o's last place; o is an average of |v| ≤ 1
+    // values, or ≤ 200 · 448 · scale for codes)
+    let codes = ", codes(k_scale=0.0009765625,v_scale=0.001953125,via=f16)";
+    let cases: [(DType, DType, &str, f32); 4] = [
+        (DType::F32, DType::F32, "", 2e-6),
+        (DType::F16, DType::F16, "", 2e-3),
+        (DType::BF16, DType::BF16, "", 1.6e-2),
+        (DType::F16, DType::F8E4M3, codes, 1e-3),
+    ];
+    for (compute, cache, codes, tol) in cases {
+        for seq in [1usize, 7, 16] {
+            let diff = attention_case(compute, cache, codes, seq, &lens);
+            println!("paged attention {compute} over a {cache} cache, S = {seq}: max |GPU − interpreter| = {diff:e}");
+            assert!(diff <= tol, "{compute}/{cache} S={seq}: {diff} > {tol}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90) and NVRTC"]
+fn rope_matches_the_interpreter() {
+    for (dtype, extra) in [("f32", ""), ("f16", ""), ("bf16", ", llama3(factor=8, low=1, high=4, original=64)")] {
+        for pairs in ["half", "adjacent"] {
+            let text = format!(
+                r#"graph "r" {{
+  sym B max=4
+  sym S max=8
+  %0 = input "x" : {dtype}[B,S,256]
+  %1 = input "cache_len" : i64[B]
+  %2 = rope %0, %1 {{heads=4, theta=500000, pairs={pairs}{extra}}} : {dtype}[B,S,256]
+  return "y" = %2
+}}"#
+            );
+            let g = ir::parse(&text).unwrap();
+            let dt = g.ty(input(&g, "x")).dtype;
+            let x = Tensor::from_f32_as(dt, vec![3, 5, 256], noise(3 * 5 * 256, 11, 3.0));
+            let len = Tensor::i64(vec![3], vec![0, 7, 100_000]);
+            let want = interp::run(&g, &NoWeights, &[("x", x.clone()), ("cache_len", len.clone())]).unwrap()[0].1.to_f32_vec();
+            let program = lower_graph_paged(&g, 90, LowerOptions::default(), None).unwrap();
+            let mut gpu = Gpu::new();
+            let mut buffers = HashMap::new();
+            buffers.insert(input(&g, "x"), gpu.upload(&bytes::encode(&x)));
+            buffers.insert(input(&g, "cache_len"), gpu.upload(&bytes::encode(&len)));
+            let y = g.outputs[0].1;
+            let n = 3 * 5 * 256 * (dt.bits() / 8) as usize;
+            buffers.insert(y, gpu.upload(&vec![0u8; n]));
+            let syms = vec![("B".to_string(), 3), ("S".to_string(), 5)];
+            let l = program.launches().next().unwrap().1;
+            gpu.launch(&l.kernel, grid(&l.kernel, &syms), &bind(l, &buffers, &[], 0, &syms));
+            let got = bytes::decode(dt, vec![3, 5, 256], &gpu.download(buffers[&y], n)).unwrap().to_f32_vec();
+            let differ = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / b.abs().max(1e-3)).fold(0.0, f32::max);
+            println!("rope {dtype} {pairs}{extra}: {differ} of {} values differ, worst relative {worst:e}", got.len());
+            // f64 sincos differs from the host's in the last f64 bits: an f32 cos/sin can flip
+            // only at an f32 rounding boundary (rare), moving the result by about one f32 ulp.
+            assert!(differ * 200 <= got.len(), "{differ} values differ");
+            let tol = match dt {
+                DType::F32 => 1e-6,
+                DType::F16 => 1e-3,
+                _ => 8e-3,
+            };
+            assert!(worst <= tol, "worst relative difference {worst}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90) and NVRTC"]
+fn the_sampler_chooses_what_choose_chooses() {
+    let (rows, vocab, stride) = (4usize, 5000usize, 5003usize);
+    let mut logits = noise(rows * stride, 21, 8.0);
+    // Ties, signed zeros, NaN, -inf; a row of all NaN.
+    for b in 0..rows {
+        let r = &mut logits[b * stride..b * stride + vocab];
+        r[10] = r[11];
+        r[12] = 0.0;
+        r[13] = -0.0;
+        r[14] = f32::NAN;
+        r[15] = f32::NEG_INFINITY;
+    }
+    for x in &mut logits[3 * stride..3 * stride + vocab] {
+        *x = f32::NAN;
+    }
+    for dtype in [DType::F32, DType::BF16] {
+        let t = Tensor::from_f32_as(dtype, vec![rows * stride], logits.clone());
+        let host = t.to_f32_vec();
+        let k = sample::sample_kernel(vocab as u64, dtype, 90).unwrap();
+        let mut gpu = Gpu::new();
+        let lp = gpu.upload(&bytes::encode(&t));
+        let out = gpu.upload(&[0u8; 16]);
+        let mut agree = 0;
+        for (ti, temperature) in [0.0f32, 0.7, 1.0, 3.0].into_iter().enumerate() {
+            for top_k in [0i32, 1, 40, 256, 1000] {
+                for top_p in [1.0f32, 0.9, 0.3] {
+                    let (seed, counter) = (1234u64 + ti as u64, 77u64);
+                    let args = [
+                        KArg::Ptr(lp),
+                        KArg::Ptr(out),
+                        KArg::I64(rows as i64),
+                        KArg::I64(stride as i64),
+                        KArg::F32(temperature),
+                        KArg::I32(top_k),
+                        KArg::F32(top_p),
+                        KArg::I64(seed as i64),
+                        KArg::I64(counter as i64),
+                    ];
+                    gpu.launch(&k, [rows as u32, 1, 1], &args);
+                    let got: Vec<i32> = gpu.download(out, 16).chunks(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect();
+                    let s = Sampling { temperature, top_k: top_k as usize, top_p, seed };
+                    for b in 0..rows {
+                        let want = choose(&host[b * stride..b * stride + vocab], &s, counter + b as u64).map_or(-1, |i| i as i32);
+                        assert_eq!(got[b], want, "{dtype} row {b} {s:?}");
+                        agree += 1;
+                    }
+                }
+            }
+        }
+        println!("sampler ({dtype} logits): {agree} choices identical to choose()");
+    }
+}

@@ -47,7 +47,7 @@ fn f32_args(l: &Launch) -> Vec<f32> {
 /// quantized caches go through `fuse-kv-cache`, so attention reads the codes.
 fn llama_step(kv: KvFormat) -> Option<Graph> {
     let dir = common::synthetic("llama-f32")?;
-    let opts = DecoderOptions { max_batch: 4, max_seq: Some(256), kv: kv.clone() };
+    let opts = DecoderOptions { max_batch: 4, max_seq: Some(256), kv: kv.clone(), max_step: None };
     let model = dec::load(&dir, &opts).expect("import");
     let mut g = model.graph;
     if matches!(kv, KvFormat::PerTensor { .. }) {
@@ -68,8 +68,18 @@ fn a_float_cache_step_lowers_to_append_then_paged_attention_on_the_state_slots()
     let mut kernels = BTreeSet::new();
     for (layer, &node) in attn.iter().enumerate() {
         let l = launches(&cx, node);
-        assert_eq!(l.len(), 2);
-        assert_eq!((l[0].kernel.template, l[1].kernel.template), ("kv_append", "paged_attention"));
+        assert_eq!(l.len(), 3);
+        let templates: Vec<&str> = l.iter().map(|x| x.kernel.template).collect();
+        assert_eq!(templates, ["kv_append", "paged_attention", "paged_attention"]);
+        // Decode (S ≤ 1, one token per CTA) and prefill variants: exactly one runs per shape.
+        assert_eq!(l[1].args, l[2].args);
+        for (s, decode) in [(1u64, true), (2, false), (64, false)] {
+            let syms = [("B".to_string(), 3u64), ("S".to_string(), s)];
+            assert_eq!(l[1].when.as_ref().unwrap().holds(&syms), Ok(decode));
+            assert_eq!(l[2].when.as_ref().unwrap().holds(&syms), Ok(!decode));
+        }
+        assert!(l[1].kernel.source.contains("#define QF_QTOK 1") && l[1].kernel.source.contains("#define QF_TK 128"));
+        assert!(l[2].kernel.source.contains("#define QF_QTOK 32") && l[2].kernel.source.contains("#define QF_TK 64"));
         let n = &g.nodes[node];
         // State slots of this layer's K and V, in graph.state order.
         let slot = |name: String| g.state.iter().position(|s| s.input == name).unwrap() as u32;
@@ -79,7 +89,7 @@ fn a_float_cache_step_lowers_to_append_then_paged_attention_on_the_state_slots()
             [Arg::Value(n.inputs[1]), Arg::Value(n.inputs[2]), Arg::KvPool(ks), Arg::KvPool(vs), Arg::PageTable, Arg::Value(n.inputs[5])]
         );
         assert_eq!(
-            l[1].args[..6],
+            l[2].args[..6],
             [Arg::Value(n.inputs[0]), Arg::KvPool(ks), Arg::KvPool(vs), Arg::PageTable, Arg::Value(n.inputs[5]), Arg::Value(n.outputs[0])]
         );
         assert_eq!(f32_args(&l[1]), [1.0, 1.0], "float caches pass unit scales");
@@ -101,8 +111,8 @@ fn a_float_cache_step_lowers_to_append_then_paged_attention_on_the_state_slots()
         assert_eq!(l[0].kernel.template, "rope");
         kernels.extend(l.iter().map(|x| (x.kernel.name.clone(), x.kernel.source.clone())));
     }
-    // Both layers share every kernel: 1 append + 1 attention + rope on q (4 heads) and k (2 heads).
-    assert_eq!(kernels.len(), 4, "{:?}", kernels.iter().map(|k| &k.0).collect::<Vec<_>>());
+    // Both layers share every kernel: 1 append + 2 attentions + rope on q (4 heads) and k (2 heads).
+    assert_eq!(kernels.len(), 5, "{:?}", kernels.iter().map(|k| &k.0).collect::<Vec<_>>());
     for (name, source) in &kernels {
         nvrtc::compile_cubin(name, source, "sm_90a", &[]).unwrap_or_else(|e| panic!("{name}:\n{e}"));
     }
@@ -118,14 +128,17 @@ fn an_fp8_cache_step_reads_codes_with_per_layer_scales_as_arguments() {
     assert_eq!(lowered.len(), 2);
     for (layer, l) in lowered.iter().enumerate() {
         assert_eq!(f32_args(&l[1]), [scales[layer].0, scales[layer].1], "layer {layer}");
+        assert_eq!(f32_args(&l[2]), [scales[layer].0, scales[layer].1], "layer {layer}");
         assert!(l[1].kernel.source.contains("typedef qf_e4m3 CT_") && l[1].kernel.source.contains("#define QF_CODES 1"));
         // The append copies bytes: 16 one-byte codes per row, one 16-byte pack.
         assert!(l[0].kernel.source.contains("typedef uint4 P;") && l[0].kernel.source.contains("#define QF_R 1"));
     }
     assert_eq!(lowered[0][0].kernel.name, lowered[1][0].kernel.name, "one append kernel for both layers");
-    assert_eq!(lowered[0][1].kernel.name, lowered[1][1].kernel.name, "one attention kernel for both layers");
-    compile(&lowered[0][0].kernel);
-    compile(&lowered[0][1].kernel);
+    assert_eq!(lowered[0][1].kernel.name, lowered[1][1].kernel.name, "one decode attention kernel for both layers");
+    assert_eq!(lowered[0][2].kernel.name, lowered[1][2].kernel.name, "one prefill attention kernel for both layers");
+    for k in &lowered[0] {
+        compile(&k.kernel);
+    }
 }
 
 #[test]
@@ -194,7 +207,7 @@ fn past_inputs_get_no_arena_storage_and_every_kernel_compiles() {
     }
     let templates: Vec<&str> = program.launches().map(|(_, l)| l.kernel.template).collect();
     assert_eq!(templates.iter().filter(|t| **t == "kv_append").count(), 1);
-    assert_eq!(templates.iter().filter(|t| **t == "paged_attention").count(), 1);
+    assert_eq!(templates.iter().filter(|t| **t == "paged_attention").count(), 2);
     assert_eq!(templates.iter().filter(|t| **t == "rope").count(), 1);
     for k in program.kernels() {
         compile(k);
@@ -224,12 +237,16 @@ fn paged_attention_variants_compile() {
             cache,
             scale: 1.0 / (head_dim as f32).sqrt(),
             paged: PagedKv { page_size, max_pages: 128 },
+            decode: false,
         };
-        let rows = spec.q_tokens() * spec.group();
-        assert!(rows <= decoder::MAX_ROWS.max(spec.group()), "{spec:?}");
-        assert!(spec.smem_bytes() <= decoder::MAX_SMEM);
-        let k = spec.kernel(DimExpr::sym("B"), DimExpr::sym("S")).unwrap_or_else(|e| panic!("{spec:?}: {e}"));
-        compile(&k);
+        for spec in [spec, PagedAttentionSpec { decode: true, ..spec }] {
+            let rows = spec.q_tokens() * spec.group();
+            assert!(rows <= decoder::MAX_ROWS.max(spec.group()), "{spec:?}");
+            assert!(spec.smem_bytes() <= decoder::MAX_SMEM);
+            assert_eq!(spec.tile_keys() % page_size, 0);
+            let k = spec.kernel(DimExpr::sym("B"), DimExpr::sym("S")).unwrap_or_else(|e| panic!("{spec:?}: {e}"));
+            compile(&k);
+        }
         let append =
             decoder::kv_append_kernel(cache.storage(), kv_heads, head_dim, spec.paged, DimExpr::sym("B"), DimExpr::sym("S")).unwrap();
         compile(&append);
@@ -244,6 +261,7 @@ fn paged_attention_variants_compile() {
         cache: CacheRead::Codes { storage: DType::F8E4M3, via: DType::F16 },
         scale: 0.35,
         paged: PAGED,
+        decode: true,
     };
     assert!(bad.validate().unwrap_err().contains("16-byte packs"));
 }

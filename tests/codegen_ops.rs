@@ -99,6 +99,8 @@ fn describe(g: &Graph, l: &Launch) -> String {
             }
             Arg::Scalar(Scalar::Dim(e)) => format!("dim {e}"),
             Arg::Scalar(other) => format!("{other:?}"),
+            Arg::KvPool(i) => format!("pages of state {i}"),
+            Arg::PageTable => "page table".into(),
         };
         s.push_str(&format!("  {:<10} {:<4?} <- {arg}\n", p.name, p.ty));
     }

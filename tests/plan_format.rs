@@ -229,7 +229,7 @@ fn round_trip_keeps_meta_and_sections() {
     assert_eq!(plan.path(), path);
     let h = plan.header();
     assert_eq!(h.format, FORMAT_VERSION);
-    assert_eq!(FORMAT_VERSION, FormatVersion { major: 1, minor: 1 });
+    assert_eq!(FORMAT_VERSION, FormatVersion { major: 2, minor: 0 });
     assert_eq!((h.header_size as usize, h.flags), (HEADER_SIZE, 0));
     assert_eq!((h.arch.as_str(), h.qfuse_version.as_str(), h.nvrtc_version), ("sm_90a", QFUSE_VERSION, (13, 0)));
     assert_eq!(h.file_len, std::fs::metadata(&path).unwrap().len());
@@ -250,7 +250,7 @@ fn round_trip_keeps_meta_and_sections() {
 fn header_matches_documented_layout() {
     let b = sample_bytes();
     assert_eq!(&b[..8], b"QFUSEPLN");
-    assert_eq!((b[OFF_MAJOR], b[OFF_MAJOR + 1], b[OFF_MINOR], b[OFF_MINOR + 1]), (1, 0, 1, 0));
+    assert_eq!((b[OFF_MAJOR], b[OFF_MAJOR + 1], b[OFF_MINOR], b[OFF_MINOR + 1]), (2, 0, 0, 0));
     assert_eq!(u32::from_le_bytes(b[OFF_HEADER_SIZE..OFF_HEADER_SIZE + 4].try_into().unwrap()), 128);
     assert_eq!(&b[OFF_ARCH..OFF_ARCH + 7], b"sm_90a\0");
     assert_eq!(&b[24..24 + QFUSE_VERSION.len()], QFUSE_VERSION.as_bytes());
@@ -445,14 +445,14 @@ fn missing_file_and_directory_are_io_errors() {
 #[test]
 fn newer_major_is_rejected_before_anything_else() {
     let mut b = sample_bytes();
-    put_u16(&mut b, OFF_MAJOR, 2);
+    put_u16(&mut b, OFF_MAJOR, 3);
     put_u16(&mut b, OFF_MINOR, 3);
     put_u64(&mut b, OFF_META_LEN, u64::MAX); // a newer layout may mean anything
     fix_header_crc(&mut b);
     match load_bytes(&b, Some("sm_90a")) {
         Err(e @ PlanError::NewerFormat { .. }) => {
             let PlanError::NewerFormat { found, supported, .. } = &e else { unreachable!() };
-            assert_eq!((found.to_string(), supported.to_string()), ("2.3".into(), "1.1".into()));
+            assert_eq!((found.to_string(), supported.to_string()), ("3.3".into(), "2.0".into()));
             assert!(e.to_string().contains(&format!("recompile the plan with qfuse {QFUSE_VERSION}")), "{e}");
         }
         other => panic!("expected NewerFormat, got {other:?}"),
@@ -505,7 +505,7 @@ fn newer_minor_is_accepted() {
     b[110] = 0xaa; // a field appended in the reserved bytes by that minor
     fix_header_crc(&mut b);
     let plan = load_bytes(&b, Some("sm_90a")).unwrap();
-    assert_eq!(plan.header().format, FormatVersion { major: 1, minor: 7 });
+    assert_eq!(plan.header().format, FormatVersion { major: 2, minor: 7 });
     assert_eq!(plan.meta(), &sample_meta());
 }
 

@@ -497,15 +497,20 @@ mod tests {
     }
 
     #[test]
-    fn format_1_0_metadata_decodes_without_guards() {
+    fn format_1_x_metadata_decodes_without_later_fields() {
         let mut meta = PlanMeta::new("m", "sm_90a", (13, 0));
         meta.symbols = vec![("B".into(), 4)];
         let v1_1 = FormatVersion { major: 1, minor: 1 };
+        let v2_0 = FormatVersion { major: 2, minor: 0 };
         let mut bytes = encode(&meta).unwrap();
-        assert_eq!(bytes.pop(), Some(0), "the empty guard table is the last byte");
-        assert_eq!(decode_meta(&bytes, V1_0, v1_1).unwrap(), meta);
+        assert_eq!(bytes.pop(), Some(0), "the absent decoder metadata (2.0) is the last byte");
+        assert_eq!(decode_meta(&bytes, v1_1, v2_0).unwrap(), meta, "1.1 ends before the decoder metadata");
+        assert_eq!(bytes.pop(), Some(0), "the empty guard table (1.1) is the byte before");
+        assert_eq!(decode_meta(&bytes, V1_0, v2_0).unwrap(), meta, "1.0 ends before the guards");
         meta.launch_guards = vec![LaunchGuard { launch: 0, when: Guard::RowsAtMost { rows: DimExpr::sym("B"), max: 2 } }];
-        assert_eq!(decode_meta(&encode(&meta).unwrap(), v1_1, v1_1).unwrap(), meta);
+        meta.decoder = Some(DecoderMeta { vocab: 7, ..DecoderMeta::default() });
+        assert_eq!(decode_meta(&encode(&meta).unwrap(), v2_0, v2_0).unwrap(), meta);
+        assert!(decode_meta(&encode(&meta).unwrap(), v1_1, v2_0).unwrap_err().contains("trailing"), "a 1.1 plan cannot carry 2.0 fields");
     }
 
     #[test]
@@ -518,6 +523,9 @@ mod tests {
         assert_eq!((small.holds(&at(1, 17)), large.holds(&at(1, 17))), (Ok(false), Ok(true)));
         assert!(small.holds(&[]).is_err());
         assert_eq!((small.to_string(), large.to_string()), ("B*S <= 16".to_string(), "B*S > 16".to_string()));
+        let middle = Guard::RowsBetween { rows: DimExpr::sym("B").mul(DimExpr::sym("S")), min: 16, max: 64 };
+        assert_eq!((middle.holds(&at(4, 4)), middle.holds(&at(4, 5)), middle.holds(&at(8, 8)), middle.holds(&at(8, 9))), (Ok(false), Ok(true), Ok(true), Ok(false)));
+        assert_eq!(middle.to_string(), "16 < B*S <= 64");
     }
 
     #[test]

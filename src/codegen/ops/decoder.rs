@@ -5,7 +5,8 @@
 //! - `rope x, cache_len` → one launch, signature `(x, cache_len, y, long long rows, long long S)`,
 //!   grid `(B·S, 1, 1)`, block [`ROPE_THREADS`]. Heads, head size, pairing and the inverse
 //!   frequencies (the interpreter's [`inverse_frequencies`], f64, printed exactly) are compiled in.
-//! - `causal_attention q, k, v, past_k, past_v, cache_len` → two launches, and only with a paged
+//! - `causal_attention q, k, v, past_k, past_v, cache_len` → three launches (the append, then one
+//!   of two attention variants by a guard on S), and only with a paged
 //!   KV cache ([`LowerCx::paged`]); `past_k`/`past_v` must be state inputs ([`Graph::state`]) and
 //!   `k`/`v` their state updates. They name the pools of their state slots ([`Arg::KvPool`]) and
 //!   never their arena storage, so the past inputs get none ([`crate::codegen::memory`]).
@@ -13,7 +14,8 @@
 //!      grid `(ceil_div(B·KV·S·R, 256), 2, 1)`, block 256, R packs per row of D elements.
 //!   2. `paged_attention(q, k_pool, v_pool, page_table, cache_len, o, long long S, float k_scale,
 //!      float v_scale)`: grid `(ceil_div(S, QT), KV, B)`, block [`ATTN_THREADS`], dynamic shared
-//!      memory [`PagedAttentionSpec::smem_bytes`]. The score scale is compiled in; the cache
+//!      memory [`PagedAttentionSpec::smem_bytes`]; the decode variant (QT = 1, guard `S ≤ 1`) and
+//!      the prefill variant (QT·G ≤ 64 rows, guard `S > 1`) share the template. The score scale is compiled in; the cache
 //!      scales are arguments (1 for float caches), so every layer of one shape shares the kernel.
 //!
 //! [`Graph::state`]: crate::ir::Graph::state
@@ -24,7 +26,7 @@ use crate::codegen::kernel::{finish_kernel, params, Arg, KernelDef, Launch, Lowe
 use crate::codegen::template::Template;
 use crate::interp::inverse_frequencies;
 use crate::ir::{CausalAttention, DType, NodeId, Op, Rope, RopePairs, ValueId};
-use crate::plan::{DimExpr, ParamType, Scalar};
+use crate::plan::{DimExpr, Guard, ParamType, Scalar};
 
 const ROPE: Template = Template { name: "rope.cu", text: include_str!("../../../templates/rope.cu") };
 const KV_APPEND: Template = Template { name: "kv_append.cu", text: include_str!("../../../templates/kv_append.cu") };
@@ -38,6 +40,9 @@ pub const APPEND_THREADS: u32 = 256;
 pub const ATTN_THREADS: u32 = 128;
 /// Most query rows (tokens × heads of a KV group) one paged_attention CTA serves.
 pub const MAX_ROWS: u32 = 64;
+/// Keys per tile of the decode variant (at least; whole pages); the prefill variant's tiles
+/// hold at least 64.
+pub const DECODE_TILE_KEYS: u32 = 128;
 /// Dynamic shared memory a CTA may use on sm_90 (227 KiB).
 pub const MAX_SMEM: u32 = 227 * 1024;
 
@@ -161,6 +166,9 @@ pub struct PagedAttentionSpec {
     pub scale: f32,
     /// Page size and page-table width.
     pub paged: PagedKv,
+    /// The decode variant (one query token per CTA, [`DECODE_TILE_KEYS`]-key tiles), launched
+    /// when `S ≤ 1`; otherwise the prefill variant (up to [`MAX_ROWS`] rows, 64-key tiles).
+    pub decode: bool,
 }
 
 impl PagedAttentionSpec {
@@ -169,15 +177,21 @@ impl PagedAttentionSpec {
         self.heads / self.kv_heads
     }
 
-    /// Keys per shared-memory tile: whole pages, at least 64 keys.
+    /// Keys per shared-memory tile: whole pages, at least 64 keys ([`DECODE_TILE_KEYS`] for
+    /// the decode variant).
     pub fn tile_keys(&self) -> u32 {
         let page = self.paged.page_size.max(1);
-        page * 64u32.div_ceil(page)
+        let least = if self.decode { DECODE_TILE_KEYS } else { 64 };
+        page * least.div_ceil(page)
     }
 
-    /// Query tokens per CTA: as many as keep the rows (tokens × group) at or under [`MAX_ROWS`]
-    /// and the shared memory under [`MAX_SMEM`] (at least 1).
+    /// Query tokens per CTA: 1 for the decode variant; otherwise as many as keep the rows
+    /// (tokens × group) at or under [`MAX_ROWS`] and the shared memory under [`MAX_SMEM`] (at
+    /// least 1).
     pub fn q_tokens(&self) -> u32 {
+        if self.decode {
+            return 1;
+        }
         let mut qt = (MAX_ROWS / self.group()).max(1);
         while qt > 1 && self.smem_for(qt) > MAX_SMEM {
             qt /= 2;
@@ -185,7 +199,7 @@ impl PagedAttentionSpec {
         qt
     }
 
-    /// Dynamic shared memory (f32 words): Q [ROWS][D+1], K [TK][D+1], V [TK][D], P [ROWS][TK],
+    /// Dynamic shared memory (f32 words): Q `[ROWS][D+1]`, K `[TK][D+1]`, V `[TK][D]`, P `[ROWS][TK]`,
     /// and three row statistics (TK: [`Self::tile_keys`]).
     pub fn smem_bytes(&self) -> u32 {
         self.smem_for(self.q_tokens())
@@ -393,6 +407,7 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
         cache,
         scale: a.scale,
         paged,
+        decode: false,
     };
     if g.shape(o) != qs {
         return Err(err("the result must have q's shape".into()));
@@ -402,9 +417,11 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
     if cx.max_shape(q)[0] > 65535 {
         return Err(err("batch exceeds the grid limit 65535".into()));
     }
-    let attention = spec.kernel(batch.clone(), seq.clone()).map_err(&err)?;
+    let decode = PagedAttentionSpec { decode: true, ..spec }.kernel(batch.clone(), seq.clone()).map_err(&err)?;
+    let prefill = spec.kernel(batch.clone(), seq.clone()).map_err(&err)?;
     let append = kv_append_kernel(storage, a.kv_heads, head_dim, paged, batch.clone(), seq.clone()).map_err(&err)?;
     let [k_slot, v_slot] = slots;
+    let seq_expr = seq.clone();
     let append_args = vec![
         Arg::Value(k),
         Arg::Value(v),
@@ -426,8 +443,11 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
         Arg::Scalar(Scalar::F32(k_scale)),
         Arg::Scalar(Scalar::F32(v_scale)),
     ];
+    // Exactly one of the two attention variants runs for a given S.
+    let (one, more) = (Guard::RowsAtMost { rows: seq_expr.clone(), max: 1 }, Guard::RowsAbove { rows: seq_expr, min: 1 });
     Ok(Lowered::Launches(vec![
         Launch { kernel: append, args: append_args, when: None },
-        Launch { kernel: attention, args: attention_args, when: None },
+        Launch { kernel: decode, args: attention_args.clone(), when: Some(one) },
+        Launch { kernel: prefill, args: attention_args, when: Some(more) },
     ]))
 }

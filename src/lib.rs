@@ -29,6 +29,8 @@ pub mod numerics;
 pub mod passes;
 pub mod plan;
 #[cfg(feature = "compiler")]
+pub mod progress;
+#[cfg(feature = "compiler")]
 pub mod quant;
 pub mod runtime;
 

@@ -3,11 +3,7 @@
 
 mod common;
 
-use std::process::Command;
-
-fn qfuse(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_qfuse")).args(args).output().expect("run qfuse")
-}
+use common::cli::{each_fails_naming, qfuse};
 
 #[test]
 fn generate_json_is_greedy_and_reproducible() {
@@ -44,18 +40,13 @@ fn decoder_eval_json_has_a_report_per_recipe() {
 fn bad_decoder_flags_are_named() {
     let Some(dir) = common::synthetic("llama-f32") else { return };
     let dir = dir.to_str().expect("utf-8 path");
-    let cases: [(&[&str], &str); 4] = [
-        (&["--kv-cache", "fp4"], "--kv-cache"),
-        (&["--top-p", "0"], "--top-p"),
-        (&["--temperature=-1"], "--temperature"),
-        (&["--max-seq", "4"], "context"),
-    ];
-    for (flags, named) in cases {
-        let mut args = vec!["generate", dir, "--prompt", "The quick brown fox jumps over the lazy dog"];
-        args.extend_from_slice(flags);
-        let out = qfuse(&args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{flags:?}: {err}");
-        assert!(err.contains(named), "{flags:?}: error should name {named}: {err}");
-    }
+    each_fails_naming(
+        &["generate", dir, "--prompt", "The quick brown fox jumps over the lazy dog"],
+        &[
+            (&["--kv-cache", "fp4"], &["--kv-cache"]),
+            (&["--top-p", "0"], &["--top-p"]),
+            (&["--temperature=-1"], &["--temperature"]),
+            (&["--max-seq", "4"], &["context"]),
+        ],
+    );
 }

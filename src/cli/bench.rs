@@ -11,25 +11,29 @@ use qfuse::runtime::{Engine, HostTensor};
 pub struct BenchArgs {
     /// The plan file.
     plan: PathBuf,
-    /// Batch size (decoder plans: a comma-separated list, e.g. `1,8,64`).
+    /// Batch size, 1 to the plan's largest batch (decoder plans: a comma-separated list, e.g.
+    /// `1,8,64`).
     #[arg(long, default_value = "32")]
     batch: String,
     /// Decoder plans: prompt tokens per sequence.
     #[arg(long, default_value_t = 128)]
     prompt_len: u64,
-    /// Decoder plans: tokens generated per sequence.
+    /// Decoder plans: tokens generated per sequence (at least 2; prompt plus generated tokens fit
+    /// the plan's context).
     #[arg(long, default_value_t = 128)]
     gen: u64,
-    /// Tokens per sequence.
+    /// Tokens per sequence (1 to the plan's longest sequence, `S`).
     #[arg(long, default_value_t = 128)]
     seq: u64,
     /// Warm-up replays.
     #[arg(long, default_value_t = 20)]
     warmup: usize,
-    /// Timed replays (the median is reported).
+    /// Timed replays, at least 1 (the median is reported).
     #[arg(long, default_value_t = 100)]
     iters: usize,
-    /// Print one JSON object instead of a line of text.
+    /// Print one JSON object instead of a line of text (encoder plans: `plan`, `device`, `batch`,
+    /// `seq`, `median_ms`, `min_ms`, `mean_ms`, `iters`; decoder plans: `plan`, `device`,
+    /// `weight_bytes`, `runs`).
     #[arg(long)]
     json: bool,
     /// Also print the GPU time of every kernel (one profiled run, no graph).
@@ -37,21 +41,49 @@ pub struct BenchArgs {
     profile: bool,
 }
 
-/// Runs `qfuse bench`.
-pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let engine = Engine::load(&args.plan)?;
+/// Runs `qfuse bench`: the flags are checked against the plan's maxima (read without a GPU)
+/// before the GPU is touched.
+pub fn run(args: &BenchArgs, quiet: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(args.iters >= 1, "--iters 0: time at least one replay");
     let batches: Vec<u64> = args
         .batch
         .split(',')
         .map(|b| b.trim().parse::<u64>().map_err(|_| anyhow::anyhow!("--batch: `{b}` is not a batch size")))
         .collect::<Result<_, _>>()?;
-    if engine.meta().decoder.is_some() {
-        return run_decoder(args, &engine, &batches);
+    let spinner = qfuse::progress::spinner(format!("loading {}", args.plan.display()), quiet);
+    let plan = qfuse::plan::Plan::load(&args.plan, None)?;
+    if let Some(d) = &plan.meta().decoder {
+        let what = "the plan's largest batch (set by `qfuse compile --max-batch`)";
+        for &b in &batches {
+            super::validate::at_most("--batch", b, d.max_batch, what)?;
+        }
+        anyhow::ensure!(args.gen >= 2, "--gen {}: at least 2 (one decode step after the first token)", args.gen);
+        anyhow::ensure!(
+            args.prompt_len >= 1 && args.prompt_len + args.gen <= d.max_seq,
+            "--prompt-len {} + --gen {}: exceeds {}, the plan's context (set by `qfuse compile --max-seq`)",
+            args.prompt_len,
+            args.gen,
+            d.max_seq
+        );
+        let engine = Engine::load(&args.plan)?;
+        spinner.finish_and_clear();
+        return run_decoder(args, &engine, &batches, quiet);
     }
     let [batch] = batches[..] else { anyhow::bail!("--batch takes one size for encoder plans (a list only for decoders)") };
+    let max = |sym: &str| plan.meta().symbols.iter().find(|(s, _)| s == sym).map(|&(_, m)| m);
+    let what = |sym: &str| {
+        format!("the plan's maximum (symbol `{sym}`, set by `qfuse compile --max-{}`)", if sym == "B" { "batch" } else { "seq" })
+    };
+    super::validate::at_most("--batch", batch, max("B").unwrap_or(u64::MAX), &what("B"))?;
+    super::validate::at_most("--seq", args.seq, max("S").unwrap_or(u64::MAX), &what("S"))?;
+    let engine = Engine::load(&args.plan)?;
     let mut ctx = engine.context()?;
-    let inputs = synthetic_inputs(&args.plan, &engine, batch, args.seq)?;
-    let stats = ctx.bench(&inputs, args.warmup, args.iters)?;
+    let inputs = synthetic_inputs(&plan, &args.plan, &engine, batch, args.seq)?;
+    spinner.finish_and_clear();
+    let spinner = qfuse::progress::spinner(format!("timing {} replays", args.warmup + args.iters), quiet);
+    let stats = ctx.bench(&inputs, args.warmup, args.iters);
+    spinner.finish_and_clear();
+    let stats = stats?;
     let tokens = (batch * args.seq) as f64;
     if args.profile {
         let (_, timings) = ctx.run_profiled(&inputs)?;
@@ -72,10 +104,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
     }
     if args.json {
-        let j = serde_json::json!({
-            "plan": args.plan.display().to_string(), "device": engine.device_name(), "batch": batch, "seq": args.seq,
-            "median_ms": stats.median_ms, "min_ms": stats.min_ms, "mean_ms": stats.mean_ms, "iters": stats.iters,
-        });
+        let j = json(args, batch, &engine.device_name(), (stats.median_ms, stats.min_ms, stats.mean_ms), stats.iters);
         return super::output::print_line(&j.to_string()).map_err(Into::into);
     }
     super::output::print_line(&format!(
@@ -93,11 +122,25 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     .map_err(Into::into)
 }
 
+/// The encoder `--json` object: the plan, the device, the shape and the times `(median, min,
+/// mean)` in ms.
+fn json(args: &BenchArgs, batch: u64, device: &str, (median_ms, min_ms, mean_ms): (f64, f64, f64), iters: usize) -> serde_json::Value {
+    serde_json::json!({
+        "plan": args.plan.display().to_string(), "device": device, "batch": batch, "seq": args.seq,
+        "median_ms": median_ms, "min_ms": min_ms, "mean_ms": mean_ms, "iters": iters,
+    })
+}
+
 /// Deterministic inputs from the model's own vocabulary (its embedding table and its stored
 /// tokenizer), rows of lengths from `seq` down to about `seq / 2`, padded.
-fn synthetic_inputs(path: &Path, engine: &Engine, batch: u64, seq: u64) -> anyhow::Result<Vec<(&'static str, HostTensor)>> {
-    let plan = qfuse::plan::Plan::load(path, None)?;
-    let tokenizer_vocab = qfuse::check::plan_tokenizer(&plan, seq as usize).ok().map(|t| t.vocab_size());
+fn synthetic_inputs(
+    plan: &qfuse::plan::Plan,
+    path: &Path,
+    engine: &Engine,
+    batch: u64,
+    seq: u64,
+) -> anyhow::Result<Vec<(&'static str, HostTensor)>> {
+    let tokenizer_vocab = qfuse::check::plan_tokenizer(plan, seq as usize).ok().map(|t| t.vocab_size());
     let space = InputSpace::of_plan(engine.meta(), tokenizer_vocab).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let lengths: Vec<u64> = (0..batch).map(|r| seq - r * seq / (2 * batch.max(1))).collect();
     let mut state = 0u64;
@@ -109,8 +152,11 @@ fn synthetic_inputs(path: &Path, engine: &Engine, batch: u64, seq: u64) -> anyho
 }
 
 /// `qfuse bench` of a decoder plan: one line (or JSON object) per batch size.
-fn run_decoder(args: &BenchArgs, engine: &Engine, batches: &[u64]) -> anyhow::Result<()> {
-    let rows = super::bench_decoder::bench(engine, args.prompt_len, args.gen, batches)?;
+fn run_decoder(args: &BenchArgs, engine: &Engine, batches: &[u64], quiet: bool) -> anyhow::Result<()> {
+    let spinner = qfuse::progress::spinner(format!("timing batch sizes {}", args.batch), quiet);
+    let rows = super::bench_decoder::bench(engine, args.prompt_len, args.gen, batches);
+    spinner.finish_and_clear();
+    let rows = rows?;
     if args.json {
         let j = serde_json::json!({"plan": args.plan.display().to_string(), "device": engine.device_name(), "weight_bytes": engine.weight_bytes(), "runs": rows});
         return super::output::print_line(&j.to_string()).map_err(Into::into);
@@ -130,4 +176,27 @@ fn run_decoder(args: &BenchArgs, engine: &Engine, batches: &[u64]) -> anyhow::Re
         ))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    #[test]
+    fn json_has_the_documented_keys() {
+        let args = Wrap::parse_from(["bench", "x.plan", "--batch", "4", "--seq", "16"]).bench;
+        let j = json(&args, 4, "H100", (1.5, 1.25, 1.75), 100);
+        let mut keys: Vec<&str> = j.as_object().expect("object").keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["batch", "device", "iters", "mean_ms", "median_ms", "min_ms", "plan", "seq"]);
+        assert_eq!(j["batch"], 4);
+        assert_eq!(j["median_ms"], 1.5);
+    }
 }

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use comfy_table::{presets, Table};
 use qfuse::check::{check_plan, CheckOptions};
 
 /// Arguments of `qfuse check`.
@@ -106,7 +105,8 @@ const SENTENCES: [&str; 16] = [
 ];
 
 /// Runs `qfuse check`; exits with an error if anything failed.
-pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
+pub fn run(args: &CheckArgs, quiet: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(args.min_cos > 0.0 && args.min_cos <= 1.0, "--min-cos {}: a cosine, so it must lie in (0, 1]", args.min_cos);
     if qfuse::plan::Plan::load(&args.plan, None).is_ok_and(|p| p.meta().decoder.is_some()) {
         return run_decoder(args);
     }
@@ -116,13 +116,18 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
     }
     let opts = CheckOptions { texts, random_runs: args.random, seed: 0x5eed, max_tokens: 128, reference_model: args.model.clone() };
     let started = std::time::Instant::now();
-    let report = check_plan(&args.plan, &opts)?;
+    let spinner = qfuse::progress::spinner(
+        format!("checking {} against the interpreter ({} texts, {} random runs)", args.plan.display(), opts.texts.len(), opts.random_runs),
+        quiet,
+    );
+    let report = check_plan(&args.plan, &opts);
+    spinner.finish_and_clear();
+    let report = report?;
     let passed = report.passed(args.min_cos);
     if args.json {
         super::output::print_line(&serde_json::to_string_pretty(&report)?)?;
     } else {
-        let mut t = Table::new();
-        t.load_style(presets::UTF8_FULL_CONDENSED);
+        let mut t = super::output::table();
         t.set_header(["#", "kernel computes", "value", "dtype", "measured", "tolerance", ""]);
         for k in report.kernels.iter().filter(|k| args.all || !k.comparison.pass) {
             let c = &k.comparison;

@@ -1,9 +1,10 @@
 //! `qfuse compile`: recipe, calibration, fusion, code generation; writes a `.plan` (or the fused IR).
 
 use super::recipe_args::RecipeArgs;
+use super::validate;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use comfy_table::{presets, Table};
+use comfy_table::Table;
 use qfuse::compile::{self, CompileOptions, CompileStats};
 use qfuse::import::{self, ImportOptions};
 use qfuse::passes::report::{Entry, Outcome};
@@ -41,13 +42,15 @@ pub struct CompileArgs {
     /// Output file.
     #[arg(short, long)]
     output: PathBuf,
-    /// Target GPU arch of the CUBINs (default: the local GPU's, else sm_90a).
+    /// Target GPU arch of the CUBINs, sm_75 (Turing) to sm_121a; an unknown value lists them all.
+    /// FP8 recipes need sm_89 or newer. [default: the local GPU's, else sm_90a]
     #[arg(long)]
     arch: Option<String>,
-    /// Largest batch the plan accepts.
+    /// Largest batch the plan accepts (at least 1).
     #[arg(long, default_value_t = 64)]
     max_batch: u64,
-    /// Largest sequence length the plan accepts (default: the model's position table).
+    /// Largest sequence length the plan accepts, at most the model's `max_position_embeddings`
+    /// (default: that limit).
     #[arg(long)]
     max_seq: Option<u64>,
     /// Compile every kernel with NVRTC even if the CUBIN cache has it.
@@ -58,7 +61,7 @@ pub struct CompileArgs {
     /// GEMMs, ~14-bit internal accumulation like cuBLASLt's).
     #[arg(long, value_enum, default_value = "exact")]
     fp8_accum: Fp8Accum,
-    /// Print the fusion report as JSON on stdout instead of a table.
+    /// Print everything (recipe, calibration, fusion report, plan statistics) as JSON on stdout.
     #[arg(long)]
     json: bool,
     /// Decoders: KV-cache storage (fp8 | int8 | f16 | bf16; default: the recipe's compute dtype).
@@ -72,20 +75,37 @@ pub struct CompileArgs {
     pub(crate) max_step: u64,
 }
 
-/// Runs `qfuse compile`.
-pub fn run(args: &CompileArgs, quiet: bool) -> anyhow::Result<()> {
+/// Runs `qfuse compile`. Every flag is checked before the import starts; then import,
+/// quantization (calibration bar or a spinner), NVRTC (a bar over kernels) and the write.
+pub fn run(args: &CompileArgs, quiet: bool, verbose: bool) -> anyhow::Result<()> {
+    validate::model_path(&args.model_dir, true)?;
+    validate::output_path("-o", &args.output)?;
     if qfuse::import::decoder::is_decoder(&args.model_dir) {
         return compile_decoder(args, quiet);
     }
     let started = std::time::Instant::now();
     let emit = args.emit.unwrap_or(if args.output.extension().is_some_and(|e| e == "ir") { Emit::Ir } else { Emit::Plan });
-    let import_opts = ImportOptions { max_batch: args.max_batch, max_seq: args.max_seq, ..ImportOptions::default() };
+    validate::at_most("--max-batch", args.max_batch, u32::MAX as u64, "the largest batch a plan can describe")?;
     let recipe = args.recipe.build(args.recipe.recipe.as_deref().unwrap_or("fp8"))?;
+    if emit == Emit::Plan {
+        if let Some(arch) = &args.arch {
+            compile::check_arch(arch, &recipe)?;
+        }
+    }
+    let limit = validate::position_limit(&args.model_dir)?;
+    if let Some(seq) = args.max_seq {
+        validate::at_most("--max-seq", seq, limit, "the model's position limit (max_position_embeddings in config.json)")?;
+    }
     let calib = args.recipe.calib_options(quiet)?;
+    let import_opts = ImportOptions { max_batch: args.max_batch, max_seq: args.max_seq, ..ImportOptions::default() };
+    let spinner = qfuse::progress::spinner(format!("importing {}", args.model_dir.display()), quiet);
+    let model = import::load(&args.model_dir, &import_opts)?;
+    spinner.finish_and_clear();
+    validate::excludes(&recipe, &validate::matmul_names(&model.graph))?;
+    let passes = args.recipe.pass_options();
+    let q = super::recipe_args::quantize(&model, &recipe, &calib, &passes, quiet)?;
     let (q, stats) = match emit {
         Emit::Ir => {
-            let model = import::load(&args.model_dir, &import_opts)?;
-            let q = quant::quantize(&model, &recipe, &calib, &args.recipe.pass_options())?;
             qfuse::util::write_atomic(&args.output, qfuse::ir::print(&q.fused).as_bytes())
                 .with_context(|| format!("writing {}", args.output.display()))?;
             (q, None)
@@ -93,14 +113,16 @@ pub fn run(args: &CompileArgs, quiet: bool) -> anyhow::Result<()> {
         Emit::Plan => {
             let mut opts = CompileOptions::new(recipe);
             opts.calib = calib;
-            opts.passes = args.recipe.pass_options();
+            opts.passes = passes;
             opts.arch = args.arch.clone();
             opts.import = import_opts;
+            opts.progress = !quiet;
             if args.no_kernel_cache {
                 opts.kernel_cache = None;
             }
             opts.lower.exact_fp8 = args.fp8_accum == Fp8Accum::Exact;
-            let plan = compile::compile(&args.model_dir, &opts)?;
+            let mut plan = compile::build(&model, q, &opts)?;
+            plan.stats.seconds = started.elapsed().as_secs_f64();
             plan.save(&args.output)?;
             let stats = plan.stats.clone();
             (plan.quantized, Some(stats))
@@ -109,11 +131,11 @@ pub fn run(args: &CompileArgs, quiet: bool) -> anyhow::Result<()> {
     if args.json {
         let json = serde_json::json!({
             "recipe": q.recipe, "calibration": q.calibration, "report": q.report, "skipped": q.skipped, "plan": stats,
-            "algorithms": q.algorithms, "auto": q.auto,
+            "algorithms": q.algorithms, "auto": q.auto, "auto_achieved": auto_achieved(&q.auto).map(|(bits, cos)| serde_json::json!({"mean_bits": bits, "min_cosine": cos})),
         });
         return super::output::print_line(&serde_json::to_string_pretty(&json)?).map_err(Into::into);
     }
-    super::output::print_line(&describe(&q))?;
+    super::output::print_line(&describe(&q, verbose))?;
     if let Some(s) = &stats {
         super::output::print_line(&describe_stats(s))?;
     }
@@ -130,13 +152,23 @@ fn compile_decoder(args: &CompileArgs, quiet: bool) -> anyhow::Result<()> {
         Some(name) => Some(qfuse::import::decoder::KvFormat::parse_storage(name).map_err(|e| anyhow::anyhow!("--kv-cache: {e}"))?),
         None => None,
     };
-    let d = compile::DecoderPlanOptions { kv_cache, max_seq: args.max_seq, max_batch: args.max_batch, max_step: args.max_step, page_size: args.page_size };
+    let d = compile::DecoderPlanOptions {
+        kv_cache,
+        max_seq: args.max_seq,
+        max_batch: args.max_batch,
+        max_step: args.max_step,
+        page_size: args.page_size,
+    };
     d.check()?;
     let recipe = args.recipe.build(args.recipe.recipe.as_deref().unwrap_or("fp8"))?;
+    if let Some(arch) = &args.arch {
+        compile::check_arch(arch, &recipe)?;
+    }
     let mut opts = CompileOptions::new(recipe);
     opts.calib = args.recipe.decoder_calib_options(quiet)?;
     opts.passes = args.recipe.pass_options();
     opts.arch = args.arch.clone();
+    opts.progress = !quiet;
     if args.no_kernel_cache {
         opts.kernel_cache = None;
     }
@@ -181,41 +213,127 @@ fn describe_stats(s: &CompileStats) -> String {
     )
 }
 
-/// The calibration line and the fusion report as a table.
-pub fn describe(q: &Quantized) -> String {
-    let mut out = String::new();
+/// What quantization did: the calibration line, the Q/DQ counts, what stayed in high precision,
+/// the weight algorithms and the `auto` choice. Short by default (one line per stage, lists cut
+/// to a few entries); `verbose` adds the full fusion report, one line per weight-algorithm group
+/// and the full `auto` table.
+pub fn describe(q: &Quantized, verbose: bool) -> String {
+    let mut lines = vec![];
     if let Some(c) = &q.calibration {
-        out += &format!("calibration: {} over {} samples, {} tensors, {:.2} s\n", c.method, c.samples, c.tensors, c.seconds);
+        lines.push(format!("calibration: {} over {} samples, {} tensors, {:.2} s", c.method, c.samples, c.tensors, c.seconds));
     }
-    out += &fusion_table(&q.report).to_string();
+    if verbose {
+        lines.push(fusion_table(&q.report).to_string());
+    }
     let counts = |f: fn(&Outcome) -> bool| q.report.iter().filter(|e| f(&e.outcome)).count();
-    out += &format!(
-        "\nQ/DQ: {} fused, {} folded offline, {} standalone",
+    lines.push(format!(
+        "Q/DQ: {} fused, {} folded offline, {} standalone{}",
         counts(|o| matches!(o, Outcome::Fused { .. })),
         counts(|o| matches!(o, Outcome::Folded { .. })),
         counts(|o| matches!(o, Outcome::Standalone { .. })),
-    );
-    for (site, why) in &q.skipped {
-        out += &format!("\nnot quantized: {site}: {why}");
-    }
-    for (sites, what) in &q.algorithms {
-        out += &format!("\n{what}: {sites}");
+        if verbose { "" } else { " (--verbose or --json: the full fusion report)" },
+    ));
+    let standalone: Vec<String> = q
+        .report
+        .iter()
+        .filter_map(|e| match &e.outcome {
+            Outcome::Standalone { reason } => Some(format!("standalone: {}: {reason}", e.qdq)),
+            _ => None,
+        })
+        .collect();
+    lines.extend(first_few(standalone, verbose));
+    lines.extend(first_few(q.skipped.iter().map(|(site, why)| format!("not quantized: {site}: {why}")).collect(), verbose));
+    if verbose {
+        lines.extend(q.algorithms.iter().map(|(sites, what)| format!("{what}: {sites}")));
+    } else if let Some(line) = algorithms_summary(&q.algorithms) {
+        lines.push(line);
     }
     if !q.auto.is_empty() {
-        out += &format!("\n{}", auto_table(&q.auto));
+        if verbose {
+            lines.push(auto_table(&q.auto).to_string());
+        } else {
+            lines.push(auto_summary(&q.auto));
+        }
+        if let Some(line) = achieved_line(&q.auto, q.recipe.auto) {
+            lines.push(line);
+        }
     }
-    out
+    lines.join("\n")
 }
 
-/// `--recipe auto`: each matmul's candidates (weight bits, output cosine) and the choice.
+/// At most five lines unless `all`, then a count of the rest.
+fn first_few(mut lines: Vec<String>, all: bool) -> Vec<String> {
+    const FEW: usize = 5;
+    if !all && lines.len() > FEW {
+        let rest = lines.len() - FEW;
+        lines.truncate(FEW);
+        lines.push(format!("… and {rest} more (--verbose lists them all)"));
+    }
+    lines
+}
+
+/// One line for the weight algorithms: how many activation groups each algorithm handled.
+pub fn algorithms_summary(algorithms: &[(String, String)]) -> Option<String> {
+    let mut by_algo: Vec<(&str, usize)> = vec![];
+    for (_, what) in algorithms {
+        let name = what.split_whitespace().next().unwrap_or(what);
+        match by_algo.iter_mut().find(|(n, _)| *n == name) {
+            Some(e) => e.1 += 1,
+            None => by_algo.push((name, 1)),
+        }
+    }
+    if by_algo.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = by_algo.iter().map(|(n, c)| format!("{n} on {c} group(s) of matmuls")).collect();
+    Some(format!("weight algorithms: {} (--verbose or --json: per group)", parts.join(", ")))
+}
+
+/// `--recipe auto` in one line: how many matmuls took each format.
+fn auto_summary(choices: &[quant::auto::LayerChoice]) -> String {
+    let mut by_format: Vec<(&str, usize)> = vec![];
+    for c in choices {
+        match by_format.iter_mut().find(|(n, _)| *n == c.name()) {
+            Some(e) => e.1 += 1,
+            None => by_format.push((c.name(), 1)),
+        }
+    }
+    let parts: Vec<String> = by_format.iter().map(|(n, k)| format!("{n} × {k}")).collect();
+    format!("auto: {} matmuls: {} (--verbose: every candidate's score)", choices.len(), parts.join(", "))
+}
+
+/// `auto` achieved: mean weight bits and the lowest chosen cosine, against the target.
+pub fn achieved_line(choices: &[quant::auto::LayerChoice], target: Option<quant::recipe::AutoTarget>) -> Option<String> {
+    let (mean_bits, min_cosine) = auto_achieved(choices)?;
+    let target = match target {
+        Some(quant::recipe::AutoTarget::MinCosine(c)) => format!("target: cosine ≥ {c}"),
+        Some(quant::recipe::AutoTarget::Budget(b)) => format!("target: ≤ {b} bits"),
+        None => String::new(),
+    };
+    Some(format!("auto achieved: {:.2} mean weight bits per element, lowest matmul output cosine {:.5} ({target})", mean_bits, min_cosine))
+}
+
+/// What `auto` achieved: the mean weight bits per element (weighted by the matmuls' weight
+/// elements) and the lowest output cosine among the chosen formats; `None` without choices.
+pub fn auto_achieved(choices: &[quant::auto::LayerChoice]) -> Option<(f64, f64)> {
+    let elements: u64 = choices.iter().map(|c| c.elements).sum();
+    if choices.is_empty() || elements == 0 {
+        return None;
+    }
+    let bits: f64 = choices.iter().map(|c| c.scores[c.chosen].1 * c.elements as f64).sum();
+    let min_cosine = choices.iter().map(|c| c.scores[c.chosen].2).fold(f64::INFINITY, f64::min);
+    Some((bits / elements as f64, min_cosine))
+}
+
+/// `--recipe auto`: each matmul's candidates (weight bits, output cosine) and the choice, with
+/// short column heads so that the table fits a 120-column terminal.
 pub fn auto_table(choices: &[quant::auto::LayerChoice]) -> Table {
-    let mut t = Table::new();
-    t.load_style(presets::UTF8_FULL_CONDENSED);
+    let mut t = super::output::table();
     let mut header = vec!["matmul".to_string(), "chosen".to_string()];
-    header.extend(choices.first().map_or(vec![], |c| c.scores.iter().map(|(n, bits, _)| format!("{n} ({bits:.2} b)")).collect()));
+    header.extend(choices.first().map_or(vec![], |c| c.scores.iter().map(|(n, bits, _)| format!("{n}\n{bits:.2} b")).collect()));
     t.set_header(header);
     for c in choices {
-        let mut row = vec![c.site.clone(), c.name().to_string()];
+        let mut row = vec![c.site.strip_prefix("encoder.").unwrap_or(&c.site).to_string(), c.name().to_string()];
         row.extend(c.scores.iter().map(|(_, _, cos)| format!("{cos:.5}")));
         t.add_row(row);
     }
@@ -223,8 +341,7 @@ pub fn auto_table(choices: &[quant::auto::LayerChoice]) -> Table {
 }
 
 fn fusion_table(entries: &[Entry]) -> Table {
-    let mut t = Table::new();
-    t.load_style(presets::UTF8_FULL_CONDENSED);
+    let mut t = super::output::table();
     t.set_header(["Q/DQ", "outcome", "detail"]);
     for e in entries {
         let (what, detail) = match &e.outcome {

@@ -2,8 +2,6 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use comfy_table::{presets, Table};
-use indicatif::{ProgressBar, ProgressStyle};
 use qfuse::import::{self, ImportOptions};
 use qfuse::interp::{self, Tensor};
 use std::path::PathBuf;
@@ -21,9 +19,13 @@ pub struct EmbedArgs {
     /// Print `[{"text": ..., "embedding": [...]}]` on stdout instead of tables.
     #[arg(long)]
     json: bool,
-    /// Tokenizer truncation length.
+    /// Tokenizer truncation length, at most the model's `max_position_embeddings`.
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
+    /// Print the cosine-similarity matrix for any number of texts (default: the matrix for up
+    /// to 8 texts, else each text's nearest neighbour).
+    #[arg(long)]
+    matrix: bool,
     /// Quantize first (the embeddings come from the fused graph).
     #[command(flatten)]
     recipe: super::recipe_args::RecipeArgs,
@@ -31,14 +33,21 @@ pub struct EmbedArgs {
 
 /// Runs `qfuse embed`.
 pub fn run(args: &EmbedArgs, quiet: bool) -> anyhow::Result<()> {
+    super::validate::model_path(&args.model_dir, false)?;
     let texts = collect_texts(args)?;
+    let recipe = args.recipe.recipe()?;
+    let limit = super::validate::position_limit(&args.model_dir)?;
+    super::validate::at_most("--max-tokens", args.max_tokens as u64, limit, "the model's position limit (max_position_embeddings)")?;
     let opts = ImportOptions { max_tokens: args.max_tokens, ..Default::default() };
+    let spinner = qfuse::progress::spinner(format!("importing {}", args.model_dir.display()), quiet);
     let model = import::load(&args.model_dir, &opts)?;
+    spinner.finish_and_clear();
     let Some(tok) = &model.tokenizer else { bail!("{}: missing (tokenizer)", args.model_dir.join("tokenizer.json").display()) };
-    let graph = match args.recipe.recipe()? {
+    let graph = match recipe {
         Some(recipe) => {
+            super::validate::excludes(&recipe, &super::validate::matmul_names(&model.graph))?;
             let calib = args.recipe.calib_options(quiet)?;
-            let q = qfuse::quant::quantize(&model, &recipe, &calib, &args.recipe.pass_options())?;
+            let q = super::recipe_args::quantize(&model, &recipe, &calib, &args.recipe.pass_options(), quiet)?;
             tracing::info!(recipe = recipe.name.as_str(), nodes = q.fused.nodes.len(), "quantized");
             q.fused
         }
@@ -50,7 +59,7 @@ pub fn run(args: &EmbedArgs, quiet: bool) -> anyhow::Result<()> {
     if args.json {
         print_json(&texts, &embeddings)?;
     } else {
-        print_tables(&texts, &embeddings)?;
+        print_tables(&texts, &embeddings, args.matrix)?;
         let secs = started.elapsed().as_secs_f64();
         super::output::print_line(&format!("{} text(s) embedded by the reference interpreter in {secs:.2} s", texts.len()))?;
     }
@@ -98,9 +107,7 @@ pub fn embed_all(
 ) -> anyhow::Result<Vec<Vec<f32>>> {
     let chunks: Vec<&[String]> = texts.chunks(max_batch.max(1)).collect();
     let steps = (graph.values.len() * chunks.len()) as u64;
-    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(steps) };
-    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {percent}% {elapsed}").unwrap_or_else(|_| ProgressStyle::default_bar()));
-    bar.set_message(format!("embedding {} text(s)", texts.len()));
+    let bar = qfuse::progress::bar(steps, "values", format!("embedding {} text(s)", texts.len()), quiet);
     let mut out = Vec::with_capacity(texts.len());
     for chunk in chunks {
         let batch = tok.encode(chunk)?;
@@ -125,7 +132,12 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     (dot / (na * nb).max(1e-30)) as f32
 }
 
-pub fn print_tables(texts: &[String], embeddings: &[Vec<f32>]) -> anyhow::Result<()> {
+/// Texts up to which the similarity matrix is printed by default.
+const MATRIX_TEXTS: usize = 8;
+
+/// The embeddings table (first values of each), then their cosine similarities: the full matrix
+/// for at most [`MATRIX_TEXTS`] texts or when `matrix`, else each text's nearest neighbour.
+pub fn print_tables(texts: &[String], embeddings: &[Vec<f32>], matrix: bool) -> anyhow::Result<()> {
     let short = |t: &str| {
         let s: String = t.chars().take(28).collect();
         if s.len() < t.len() {
@@ -134,21 +146,39 @@ pub fn print_tables(texts: &[String], embeddings: &[Vec<f32>]) -> anyhow::Result
             s
         }
     };
-    let mut table = Table::new();
-    table.load_style(presets::UTF8_FULL_CONDENSED);
+    let mut table = super::output::table();
     table.set_header(["#", "text", "dims", "embedding[..4]"]);
     for (i, (t, e)) in texts.iter().zip(embeddings).enumerate() {
         let head: Vec<String> = e.iter().take(4).map(|x| format!("{x:+.4}")).collect();
         table.add_row([i.to_string(), short(t), e.len().to_string(), head.join(" ")]);
     }
     super::output::print_line(&table.to_string())?;
-    let mut sim = Table::new();
-    sim.load_style(presets::UTF8_FULL_CONDENSED);
-    sim.set_header(std::iter::once("cosine".to_string()).chain((0..texts.len()).map(|i| format!("#{i}"))));
-    for (i, a) in embeddings.iter().enumerate() {
-        let cells = embeddings.iter().map(|b| format!("{:.3}", cosine(a, b)));
-        sim.add_row(std::iter::once(format!("#{i} {}", short(&texts[i]))).chain(cells));
+    if texts.len() < 2 {
+        return Ok(());
+    }
+    let mut sim = super::output::table();
+    if matrix || texts.len() <= MATRIX_TEXTS {
+        sim.set_header(std::iter::once("cosine".to_string()).chain((0..texts.len()).map(|i| format!("#{i}"))));
+        for (i, a) in embeddings.iter().enumerate() {
+            let cells = embeddings.iter().map(|b| format!("{:.3}", cosine(a, b)));
+            sim.add_row(std::iter::once(format!("#{i} {}", short(&texts[i]))).chain(cells));
+        }
+    } else {
+        sim.set_header(["#", "text", "nearest", "cosine"]);
+        for (i, (a, t)) in embeddings.iter().zip(texts).enumerate() {
+            let nearest =
+                embeddings.iter().enumerate().filter(|(j, _)| *j != i).map(|(j, b)| (j, cosine(a, b))).max_by(|x, y| x.1.total_cmp(&y.1));
+            if let Some((j, c)) = nearest {
+                sim.add_row([i.to_string(), short(t), format!("#{j} {}", short(&texts[j])), format!("{c:.3}")]);
+            }
+        }
     }
     super::output::print_line(&sim.to_string())?;
+    if !matrix && texts.len() > MATRIX_TEXTS {
+        super::output::print_line(&format!(
+            "{} texts: nearest neighbours only (--matrix for all similarities, --json for the vectors)",
+            texts.len()
+        ))?;
+    }
     Ok(())
 }

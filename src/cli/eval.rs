@@ -2,9 +2,9 @@
 
 use super::recipe_args::RecipeArgs;
 use clap::Args;
-use comfy_table::{presets, Table};
 use qfuse::import::{self, ImportOptions};
-use qfuse::quant::{self, calib, eval};
+use qfuse::quant::recipe::RECIPES;
+use qfuse::quant::{calib, eval};
 use std::path::PathBuf;
 
 /// Arguments of `qfuse eval`.
@@ -21,7 +21,7 @@ pub struct EvalArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Show only the N layers with the lowest SNR (0 = all).
+    /// Show only the N layers with the lowest SNR (0: the 10 weakest, or all with --verbose).
     #[arg(long, default_value_t = 0)]
     pub worst: usize,
     /// With `--recipe all`: do not compile plans (the plan size column stays empty).
@@ -41,35 +41,60 @@ pub struct EvalArgs {
     pub kv_cache: Option<String>,
 }
 
-/// Runs `qfuse eval`.
-pub fn run(args: &EvalArgs, quiet: bool) -> anyhow::Result<()> {
+/// Runs `qfuse eval`: flags are checked first, then the model imported (a spinner), quantized
+/// (calibration bar or spinner) and evaluated (a bar over batches of texts).
+pub fn run(args: &EvalArgs, quiet: bool, verbose: bool) -> anyhow::Result<()> {
+    super::validate::model_path(&args.model_dir, true)?;
+    if let Some(name) = args.recipe.recipe.as_deref().filter(|n| *n != "all" && !RECIPES.contains(n)) {
+        anyhow::bail!("--recipe {name}: unknown recipe; eval takes {}, or all (every fixed recipe in one table)", RECIPES.join(", "));
+    }
+    if let Some(dir) = &args.plans_dir {
+        anyhow::ensure!(dir.is_dir(), "--plans-dir {}: no such folder; create it first", dir.display());
+    }
     if qfuse::import::decoder::is_decoder(&args.model_dir) {
         return super::eval_decoder::run(args, quiet);
     }
-    let model = import::load(&args.model_dir, &ImportOptions::default())?;
+    let all = args.recipe.recipe.as_deref() == Some("all");
+    let recipe = if all { None } else { Some(args.recipe.build(args.recipe.recipe.as_deref().unwrap_or("fp8"))?) };
     let calib_opts = args.recipe.calib_options(quiet)?;
+    let spinner = qfuse::progress::spinner(format!("importing {}", args.model_dir.display()), quiet);
+    let model = import::load(&args.model_dir, &ImportOptions::default())?;
+    spinner.finish_and_clear();
+    let probe = args.recipe.build(recipe.as_ref().map_or("fp8", |r| r.name.as_str()))?;
+    super::validate::excludes(&probe, &super::validate::matmul_names(&model.graph))?;
     let texts = match &args.eval_file {
         Some(p) => calib::read_sentences(p).map_err(anyhow::Error::msg)?,
         None => calib::default_eval_sentences(),
     };
     let overlap = texts.iter().filter(|t| calib_opts.sentences.contains(t)).count();
     anyhow::ensure!(overlap == 0, "{overlap} evaluation text(s) are also calibration samples: evaluate on held-out texts");
-    if args.recipe.recipe.as_deref() == Some("all") {
-        return super::eval_table::run(args, &model, &texts, quiet);
-    }
-    let recipe = args.recipe.build(args.recipe.recipe.as_deref().unwrap_or("fp8"))?;
-    let q = quant::quantize(&model, &recipe, &calib_opts, &args.recipe.pass_options())?;
+    let Some(recipe) = recipe else { return super::eval_table::run(args, &model, &texts, quiet) };
+    let q = super::recipe_args::quantize(&model, &recipe, &calib_opts, &args.recipe.pass_options(), quiet)?;
+    let spinner = qfuse::progress::spinner(format!("evaluating {} on {} held-out texts", recipe.name, texts.len()), quiet);
     let report = eval::evaluate(&model, &q, &texts, 16)?;
+    spinner.finish_and_clear();
     if args.json {
-        let json = serde_json::json!({"eval": report, "calibration": q.calibration, "skipped": q.skipped});
+        let json = serde_json::json!({"eval": report, "calibration": q.calibration, "skipped": q.skipped,
+            "algorithms": q.algorithms, "auto": q.auto});
         return super::output::print_line(&serde_json::to_string_pretty(&json)?).map_err(Into::into);
     }
-    super::output::print_line(&render(&report, args.worst))?;
-    for (sites, what) in &q.algorithms {
-        super::output::print_line(&format!("{what}: {sites}"))?;
+    // Without --worst, the table lists the 10 weakest layers unless --verbose asks for all.
+    let worst = if args.worst == 0 && !verbose { 10 } else { args.worst };
+    super::output::print_line(&render(&report, worst))?;
+    if verbose {
+        for (sites, what) in &q.algorithms {
+            super::output::print_line(&format!("{what}: {sites}"))?;
+        }
+    } else if let Some(line) = super::compile::algorithms_summary(&q.algorithms) {
+        super::output::print_line(&line)?;
     }
     if !q.auto.is_empty() {
-        super::output::print_line(&super::compile::auto_table(&q.auto).to_string())?;
+        if verbose {
+            super::output::print_line(&super::compile::auto_table(&q.auto).to_string())?;
+        }
+        if let Some(line) = super::compile::achieved_line(&q.auto, q.recipe.auto) {
+            super::output::print_line(&line)?;
+        }
     }
     Ok(())
 }
@@ -81,15 +106,19 @@ pub fn render(r: &eval::EvalReport, worst: usize) -> String {
         layers.sort_by(|a, b| a.snr_db.total_cmp(&b.snr_db));
         layers.truncate(worst);
     }
-    let mut t = Table::new();
-    t.load_style(presets::UTF8_FULL_CONDENSED);
+    let mut t = super::output::table();
     t.set_header(["matmul", "SNR dB", "cosine", "rel. error"]);
     for l in &layers {
         t.add_row([l.name.clone(), format!("{:.1}", l.snr_db), format!("{:.6}", l.cosine), format!("{:.4}", l.rel_error)]);
     }
     let worst_layer = r.layers.iter().min_by(|a, b| a.snr_db.total_cmp(&b.snr_db));
+    let shown = if layers.len() < r.layers.len() {
+        format!("the {} weakest of {} matmuls (--worst N, or --verbose for all)\n", layers.len(), r.layers.len())
+    } else {
+        String::new()
+    };
     format!(
-        "{t}\nrecipe {}: {} held-out texts, embedding cosine to FP32 mean {:.6}, min {:.6}; nearest neighbour changed for {}/{}{}",
+        "{t}\n{shown}recipe {}: {} held-out texts, embedding cosine to FP32 mean {:.6}, min {:.6}; nearest neighbour changed for {}/{}{}",
         r.recipe,
         r.texts,
         r.embedding_cosine_mean,

@@ -3,7 +3,6 @@
 //! recipe stores them, and the size of the `.plan` it compiles to.
 
 use super::eval::EvalArgs;
-use comfy_table::{presets, Table};
 use qfuse::compile::{self, CompileOptions};
 use qfuse::import::Model;
 use qfuse::quant::{self, eval, recipe::TABLE_RECIPES};
@@ -46,9 +45,11 @@ fn target_for(recipe: &str) -> Option<f64> {
 /// Runs every recipe of [`TABLE_RECIPES`] and prints the table (or JSON).
 pub fn run(args: &EvalArgs, model: &Model, texts: &[String], quiet: bool) -> anyhow::Result<()> {
     let mut rows = vec![];
-    for name in TABLE_RECIPES {
-        let recipe = args.recipe.build(name)?;
-        let calib = args.recipe.calib_options(quiet)?;
+    let recipes: Vec<_> = TABLE_RECIPES.iter().map(|name| args.recipe.build(name).map(|r| (*name, r))).collect::<Result<_, _>>()?;
+    let calib = args.recipe.calib_options(true)?;
+    let bar = qfuse::progress::bar(recipes.len() as u64, "recipes", "eval --recipe all", quiet);
+    for (name, recipe) in recipes {
+        bar.set_message(format!("eval --recipe all: {name}"));
         let started = std::time::Instant::now();
         let q = quant::quantize(model, &recipe, &calib, &args.recipe.pass_options())?;
         let report = eval::evaluate(model, &q, texts, 16)?;
@@ -69,7 +70,9 @@ pub fn run(args: &EvalArgs, model: &Model, texts: &[String], quiet: bool) -> any
             target,
             algorithms,
         });
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     let out = if args.json { serde_json::to_string_pretty(&rows)? } else { render(&rows, texts.len()) };
     super::output::print_line(&out)?;
     Ok(())
@@ -103,8 +106,7 @@ fn mib(bytes: u64) -> String {
 
 /// The table, then one line per plan that did not compile and per weight algorithm's summary.
 fn render(rows: &[Row], texts: usize) -> String {
-    let mut t = Table::new();
-    t.load_style(presets::UTF8_FULL_CONDENSED);
+    let mut t = super::output::table();
     t.set_header(["recipe", "cos mean", "cos min", "worst layer SNR dB", "weights MiB", "plan MiB", "target (mean)"]);
     for r in rows {
         t.add_row([
@@ -125,6 +127,12 @@ fn render(rows: &[Row], texts: usize) -> String {
     if let (Some(rtn), Some(awq), Some(gptq)) = (mean("w4a16-rtn"), mean("w4a16-awq"), mean("w4a16-gptq")) {
         let verdict = |x: f64| if x > rtn { "above" } else { "NOT above" };
         out.push_str(&format!("\nw4a16: AWQ {awq:.6} is {} RTN ({rtn:.6}), GPTQ {gptq:.6} is {} RTN.", verdict(awq), verdict(gptq)));
+    }
+    if rows.iter().any(|r| r.target.is_some()) {
+        out.push_str(
+            "\ntarget: the mean cosine each recipe is expected to reach on all-MiniLM-L6-v2 (the recipe book's acceptance \
+             bar, docs/recipes.md); MISSED means this run fell below it; — means the recipe has no target.",
+        );
     }
     out.push_str("\nWhat the weight algorithms chose per layer (SmoothQuant, AWQ α and clipping, GPTQ): --json, or `qfuse compile`.");
     out

@@ -26,13 +26,14 @@ pub struct GenerateArgs {
     /// With --chat: a system message first.
     #[arg(long, requires = "chat")]
     pub(crate) system: Option<String>,
-    /// Most tokens to generate.
+    /// Most tokens to generate (at least 1).
     #[arg(long, default_value_t = 64)]
     pub(crate) max_new_tokens: usize,
     /// KV-cache storage: f32 | f16 | bf16 | fp8 | int8 (quantized caches are calibrated per layer).
     #[arg(long, default_value = "f32")]
     kv_cache: String,
-    /// Longest context (prompt plus new tokens); default: the model's limit, at most 4096.
+    /// Longest context (prompt plus new tokens), at most the model's position limit [default:
+    /// that limit, at most 4096].
     #[arg(long)]
     max_seq: Option<u64>,
     /// Sampling temperature; 0 (the default) is greedy.
@@ -55,20 +56,35 @@ pub struct GenerateArgs {
     recipe: super::recipe_args::RecipeArgs,
 }
 
-/// Runs `qfuse generate`.
+/// The context length when `--max-seq` is not given (or the model's limit, when smaller).
+const DEFAULT_MAX_SEQ: u64 = 4096;
+
+/// Runs `qfuse generate`: flags checked first, then the model loaded and generation streamed
+/// (with `--json`, a bar over new tokens on stderr instead).
 pub fn run(args: &GenerateArgs, quiet: bool) -> anyhow::Result<()> {
-    if args.model.extension().is_some_and(|e| e == "plan") {
-        return super::generate_plan::run(args);
-    }
     let sampling = Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
     sampling.check().map_err(anyhow::Error::msg)?;
-    let storage = KvFormat::parse_storage(&args.kv_cache).map_err(|e| anyhow::anyhow!("--kv-cache: {e}"))?;
-    let max_seq = args.max_seq.unwrap_or(4096);
-    if max_seq == 0 {
-        bail!("--max-seq must be at least 1");
+    anyhow::ensure!(args.max_new_tokens >= 1, "--max-new-tokens 0: generate at least one token");
+    if args.model.extension().is_some_and(|e| e == "plan") {
+        return super::generate_plan::run(args, quiet);
     }
+    let storage = KvFormat::parse_storage(&args.kv_cache).map_err(|e| anyhow::anyhow!("--kv-cache: {e}"))?;
+    super::validate::model_path(&args.model, true)?;
+    let max_seq = args.max_seq.unwrap_or(DEFAULT_MAX_SEQ);
+    if max_seq == 0 {
+        bail!("--max-seq 0: must be at least 1");
+    }
+    let recipe = args.recipe.recipe()?;
     let opts = DecoderOptions { max_batch: 1, max_seq: Some(max_seq), kv: KvFormat::Float(qfuse::ir::DType::F32), max_step: None };
+    let spinner = qfuse::progress::spinner(format!("loading {}", args.model.display()), quiet);
     let mut model = decoder::load(&args.model, &opts)?;
+    spinner.finish_and_clear();
+    if let Some(seq) = args.max_seq {
+        super::validate::at_most("--max-seq", seq, model.config.max_position_embeddings, "the model's position limit")?;
+    }
+    if let Some(r) = &recipe {
+        super::validate::excludes(r, &super::validate::matmul_names(&model.graph))?;
+    }
     let tok = model.tokenizer.as_ref().with_context(|| format!("{}: the model has no tokenizer", args.model.display()))?;
     let prompt_ids = prompt_ids(args, tok)?;
     if prompt_ids.len() as u64 >= model.max_seq {
@@ -80,15 +96,15 @@ pub fn run(args: &GenerateArgs, quiet: bool) -> anyhow::Result<()> {
         );
     }
     decoder::set_kv_cache(&mut model, storage, quiet)?;
-    let graph = match args.recipe.recipe()? {
+    let graph = match recipe {
         Some(recipe) => {
             let recipe = decoder::decoder_recipe(recipe);
             let calib = args.recipe.decoder_calib_options(quiet)?;
-            qfuse::quant::quantize(&model, &recipe, &calib, &args.recipe.pass_options())?.fused
+            super::recipe_args::quantize(&model, &recipe, &calib, &args.recipe.pass_options(), quiet)?.fused
         }
         None => model.graph.clone(),
     };
-    generate_text(args, &model, &graph, &prompt_ids, &sampling)
+    generate_text(args, &model, &graph, &prompt_ids, &sampling, quiet)
 }
 
 fn prompt_ids(args: &GenerateArgs, tok: &qfuse::import::gguf::GgufTokenizer) -> anyhow::Result<Vec<u32>> {
@@ -105,7 +121,14 @@ fn prompt_ids(args: &GenerateArgs, tok: &qfuse::import::gguf::GgufTokenizer) -> 
     Ok(tok.encode(&text)?)
 }
 
-fn generate_text(args: &GenerateArgs, model: &DecoderModel, graph: &qfuse::ir::Graph, prompt: &[u32], s: &Sampling) -> anyhow::Result<()> {
+fn generate_text(
+    args: &GenerateArgs,
+    model: &DecoderModel,
+    graph: &qfuse::ir::Graph,
+    prompt: &[u32],
+    s: &Sampling,
+    quiet: bool,
+) -> anyhow::Result<()> {
     let tok = model.tokenizer.as_ref().context("no tokenizer")?;
     let mut session = Session::new(graph, &model.weights, 0).map_err(anyhow::Error::msg)?;
     let eos: Vec<u32> = model.config.eos_token_ids.iter().copied().chain(tok.eos_id()).collect();
@@ -114,10 +137,13 @@ fn generate_text(args: &GenerateArgs, model: &DecoderModel, graph: &qfuse::ir::G
     let mut failure = None;
     let started = Instant::now();
     let mut first_token = None;
+    // Streamed text shows progress itself; JSON waits for the end, so a bar counts tokens.
+    let bar = qfuse::progress::bar(args.max_new_tokens as u64, "tokens", "generating", quiet || !args.json);
     let (new, stop) = generate::generate(&mut session, prompt, args.max_new_tokens, s, &eos, &mut |id| {
         first_token.get_or_insert_with(|| started.elapsed());
         ids.push(id);
         if args.json {
+            bar.inc(1);
             return true;
         }
         match stream.next_text(tok, &ids, true) {
@@ -132,6 +158,7 @@ fn generate_text(args: &GenerateArgs, model: &DecoderModel, graph: &qfuse::ir::G
         }
     })
     .map_err(anyhow::Error::msg)?;
+    bar.finish_and_clear();
     if let Some(e) = failure {
         return Err(e.into());
     }

@@ -39,10 +39,12 @@ pub fn prompt_ids(tok: &GgufTokenizer, prompt: &str, chat: bool, system: Option<
 }
 
 /// Runs `qfuse generate` on a plan.
-pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
-    let engine = Engine::load(&args.model)?;
-    let d = engine.meta().decoder.clone().with_context(|| format!("{}: not a decoder plan (compile a decoder to generate)", args.model.display()))?;
+pub fn run(args: &GenerateArgs, quiet: bool) -> anyhow::Result<()> {
+    let spinner = qfuse::progress::spinner(format!("loading {}", args.model.display()), quiet);
     let plan = Plan::load(&args.model, None)?;
+    let d = plan.meta().decoder.clone().with_context(|| format!("{}: not a decoder plan (compile a decoder to generate)", args.model.display()))?;
+    let engine = Engine::load(&args.model)?;
+    spinner.finish_and_clear();
     let tok = plan_tokenizer(&plan, &d)?;
     let prompt = prompt_ids(&tok, &args.prompt, args.chat, args.system.as_deref())?;
     if prompt.len() as u64 >= d.max_seq {

@@ -2,7 +2,6 @@
 
 use anyhow::Context;
 use clap::Args;
-use comfy_table::{presets, Table};
 use qfuse::import::{self, ImportOptions};
 use qfuse::ir::{Graph, Op};
 use std::collections::BTreeMap;
@@ -21,6 +20,10 @@ pub struct ImportArgs {
 
 /// Runs `qfuse import`.
 pub fn run(args: &ImportArgs) -> anyhow::Result<()> {
+    super::validate::model_path(&args.model_dir, true)?;
+    if let Some(path) = &args.dump_ir {
+        super::validate::output_path("--dump-ir", path)?;
+    }
     let started = std::time::Instant::now();
     let (graph, text) = if import::decoder::is_decoder(&args.model_dir) {
         let model = import::decoder::load(&args.model_dir, &import::decoder::DecoderOptions::default())?;
@@ -74,8 +77,7 @@ pub fn summary(g: &Graph, weights: &import::WeightStore) -> String {
             params += g.ty(node.outputs[0]).fixed_numel().unwrap_or(0);
         }
     }
-    let mut table = Table::new();
-    table.load_style(presets::UTF8_FULL_CONDENSED);
+    let mut table = super::output::table();
     table.set_header(["op", "count"]);
     for (k, n) in &kinds {
         table.add_row([k.to_string(), n.to_string()]);

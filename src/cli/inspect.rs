@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use comfy_table::{presets, Table};
+use comfy_table::Table;
 use qfuse::plan::{ArgRef, Plan, PlanMeta, SectionKind};
 
 /// Arguments of `qfuse inspect`.
@@ -85,8 +85,7 @@ fn header_text(plan: &Plan) -> String {
 }
 
 fn table(header: &[&str]) -> Table {
-    let mut t = Table::new();
-    t.load_style(presets::UTF8_FULL_CONDENSED);
+    let mut t = super::output::table();
     t.set_header(header);
     t
 }
@@ -183,7 +182,12 @@ fn recipe_summary(recipe_json: &str) -> String {
             let algo = match (&l["algo"], &l["smooth"]) {
                 (_, serde_json::Value::Number(a)) => format!(", SmoothQuant α = {a}"),
                 (serde_json::Value::String(s), _) if s == "Rtn" => String::new(),
-                (a, _) => format!(", codes by {}", a.as_object().and_then(|o| o.keys().next()).map_or("?", |k| k.as_str())),
+                (a, _) => match a.as_object().and_then(|o| o.keys().next()).map(String::as_str) {
+                    Some("Awq") => ", weights rounded with AWQ scaling".to_string(),
+                    Some("Gptq") => ", weights rounded by GPTQ".to_string(),
+                    Some(other) => format!(", weights rounded by {}", other.to_uppercase()),
+                    None => String::new(),
+                },
             };
             format!("recipe: {name}: weight {}, activation {}{algo}\n", format(&l["weight"]), format(&l["activation"]))
         }
@@ -224,6 +228,7 @@ mod tests {
         };
         assert_eq!(line("fp8"), "recipe: fp8: weight f8e4m3 per tensor, activation f8e4m3 per tensor\n");
         assert_eq!(line("int8-sq"), "recipe: int8-sq: weight i8 per channel, activation i8 per token, SmoothQuant α = 0.5\n");
-        assert_eq!(line("w4a16-gptq"), "recipe: w4a16-gptq: weight u4 groups of 128, activation f16, codes by Gptq\n");
+        assert_eq!(line("w4a16-awq"), "recipe: w4a16-awq: weight u4 groups of 128, activation f16, weights rounded with AWQ scaling\n");
+        assert_eq!(line("w4a16-gptq"), "recipe: w4a16-gptq: weight u4 groups of 128, activation f16, weights rounded by GPTQ\n");
     }
 }

@@ -13,3 +13,18 @@ pub fn print_line(text: &str) -> std::io::Result<()> {
         other => other,
     }
 }
+
+/// Widest a table may print when stdout is not a terminal (a terminal's own width wins).
+const TABLE_WIDTH: u16 = 120;
+
+/// An empty table in the CLI's style: condensed UTF-8 borders, cells wrapped so that the table fits
+/// the terminal, or [`TABLE_WIDTH`] columns when stdout is not one.
+pub fn table() -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
+    t.set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
+    if t.width().is_none() {
+        t.set_width(TABLE_WIDTH);
+    }
+    t
+}

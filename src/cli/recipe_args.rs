@@ -4,15 +4,17 @@ use anyhow::Context;
 use clap::Args;
 use qfuse::passes::PassOptions;
 use qfuse::quant::calib::{self, CalibMethod};
-use qfuse::quant::recipe::{AutoTarget, Granularity, Recipe};
+use qfuse::quant::recipe::{AutoTarget, Granularity, Recipe, WeightAlgo};
 use qfuse::quant::CalibOptions;
 use std::path::PathBuf;
 
 /// How to quantize.
 #[derive(Args, Clone, Debug)]
 pub struct RecipeArgs {
-    /// fp16 | fp8 | fp8-dynamic | int8-sq | w8a16 | w4a16-rtn | w4a16-awq | w4a16-gptq | w4a8-awq | nvfp4 | mxfp8 | mxfp4 | fp8-block | auto
-    /// (`eval` also takes `all`; w4a8-awq, mxfp8 and mxfp4 run on the reference interpreter only).
+    /// fp16 | fp8 | fp8-dynamic | int8-sq | w8a16 | w4a16-rtn | w4a16-awq | w4a16-gptq | w4a8-awq | nvfp4 | mxfp8 | mxfp4 | fp8-block | auto,
+    /// or `all` with `eval` (every fixed recipe in one table); w4a8-awq, mxfp8 and mxfp4 run on the
+    /// reference interpreter only. [default: fp8 for compile and eval; embed and generate: none,
+    /// the unquantized model]
     #[arg(long)]
     pub recipe: Option<String>,
     /// SmoothQuant migration strength α for `int8-sq` (0.5).
@@ -27,10 +29,12 @@ pub struct RecipeArgs {
     /// GPTQ: quantize columns by decreasing Hessian diagonal (static groups).
     #[arg(long)]
     pub act_order: bool,
-    /// `auto`: the cheapest format per matmul whose output cosine to FP32 is at least this (0.999).
+    /// `auto`: the cheapest format per matmul whose output cosine to FP32 is at least this, in
+    /// (0, 1] [default: 0.999].
     #[arg(long, conflicts_with = "budget")]
     pub max_error: Option<f64>,
-    /// `auto`: the most accurate formats within this mean weight bits per element.
+    /// `auto`: the most accurate formats within this mean weight bits per element, from the
+    /// cheapest candidate's bits (about 4.5, nvfp4) to 16 (f16).
     #[arg(long)]
     pub budget: Option<f64>,
     /// Calibration method for static activation scales: max | percentile[:P] (P = 99.99) | entropy | mse.
@@ -96,6 +100,16 @@ impl RecipeArgs {
         if self.act_order {
             recipe = recipe.with_act_order().map_err(anyhow::Error::msg)?;
         }
+        if let Some(c) = self.max_error {
+            anyhow::ensure!(c > 0.0 && c <= 1.0, "--max-error {c}: a cosine to FP32, so it must lie in (0, 1] (0.999 is the default)");
+        }
+        if let Some(b) = self.budget {
+            let floor = cheapest_bits();
+            anyhow::ensure!(
+                b.is_finite() && b >= floor && b <= 16.0,
+                "--budget {b}: mean weight bits per element must lie between {floor:.2} (the cheapest format, nvfp4) and 16 (f16)"
+            );
+        }
         match (self.max_error, self.budget, recipe.auto.is_some()) {
             (Some(c), None, true) => recipe.auto = Some(AutoTarget::MinCosine(c)),
             (None, Some(b), true) => recipe.auto = Some(AutoTarget::Budget(b)),
@@ -132,4 +146,33 @@ impl RecipeArgs {
         let dump_dir = (!self.dump_ir_after.is_empty()).then(|| self.dump_dir.clone());
         PassOptions { disable: self.disable_pass.clone(), dump_after: self.dump_ir_after.clone(), dump_dir, verify: true }
     }
+}
+
+/// The fewest weight bits per element any `auto` candidate stores (on a 4096 × 4096 matmul;
+/// group and block scales make it depend a little on the shape).
+fn cheapest_bits() -> f64 {
+    qfuse::quant::auto::candidates().iter().map(|c| c.layer.weight_bits(4096, 4096)).fold(f64::INFINITY, f64::min)
+}
+
+/// Quantizes `model` with `recipe`, with progress on stderr (hidden when `quiet`): the
+/// calibration bar, or, when the recipe runs steps that report nothing themselves (the `auto`
+/// search, SmoothQuant, AWQ, GPTQ), one spinner over the whole step instead.
+pub fn quantize(
+    model: &dyn qfuse::import::Imported,
+    recipe: &Recipe,
+    calib: &CalibOptions,
+    passes: &PassOptions,
+    quiet: bool,
+) -> anyhow::Result<qfuse::quant::Quantized> {
+    let algorithm = recipe.linear.smooth.is_some() || !matches!(recipe.linear.algo, WeightAlgo::Rtn);
+    let what = match (recipe.auto.is_some(), algorithm) {
+        (true, _) => "auto: scoring every format on every matmul",
+        (false, true) => "weight algorithms",
+        (false, false) => return Ok(qfuse::quant::quantize(model, recipe, calib, passes)?),
+    };
+    let spinner = qfuse::progress::spinner(format!("{}: {what}, then calibration and fusion", recipe.name), quiet);
+    let calib = CalibOptions { quiet: true, ..calib.clone() };
+    let q = qfuse::quant::quantize(model, recipe, &calib, passes);
+    spinner.finish_and_clear();
+    Ok(q?)
 }

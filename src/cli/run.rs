@@ -24,7 +24,7 @@ pub struct RunArgs {
     /// Print `[{"text": ..., "embedding": [...]}]` on stdout instead of tables (as `qfuse embed`).
     #[arg(long)]
     json: bool,
-    /// Tokenizer truncation length.
+    /// Tokenizer truncation length, at most the plan's longest sequence.
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
     /// Print the GPU time of every kernel (one extra profiled run).
@@ -33,17 +33,21 @@ pub struct RunArgs {
 }
 
 /// Runs `qfuse run`.
-pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<()> {
     let mut texts = args.text.clone();
     texts.extend(args.texts.iter().cloned());
     texts.extend(super::embed::read_text_file(args.file.as_deref())?);
     if texts.is_empty() {
         anyhow::bail!("no texts given: pass --text, positional texts or --file");
     }
+    let spinner = qfuse::progress::spinner(format!("loading {}", args.plan.display()), quiet);
     let plan = Plan::load(&args.plan, None)?;
+    let max_seq = plan.meta().symbols.iter().find(|(s, _)| s == "S").map_or(u64::MAX, |&(_, m)| m);
+    super::validate::at_most("--max-tokens", args.max_tokens as u64, max_seq, "the plan's longest sequence (symbol `S`)")?;
     let tok = plan_tokenizer(&plan, args.max_tokens)?;
     let engine = Engine::load(&args.plan)?;
     let mut ctx = engine.context()?;
+    spinner.finish_and_clear();
     let max_batch = engine.meta().symbols.iter().find(|(s, _)| s == "B").map_or(1, |&(_, m)| m.max(1) as usize);
     let started = std::time::Instant::now();
     let mut embeddings = Vec::with_capacity(texts.len());
@@ -69,7 +73,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     if args.json {
         super::embed::print_json(&texts, &embeddings)
     } else {
-        super::embed::print_tables(&texts, &embeddings)?;
+        super::embed::print_tables(&texts, &embeddings, false)?;
         super::output::print_line(&format!("{} text(s) embedded on {} in {secs:.3} s", texts.len(), engine.device_name()))
             .map_err(Into::into)
     }

@@ -6,8 +6,10 @@
 //! atomically, so concurrent compilers never see a partial file. A cache that cannot be written
 //! (read-only disk) only costs time: the compile still succeeds and a warning is logged.
 //!
-//! Location: `$QFUSE_CACHE_DIR/kernels`, else `$XDG_CACHE_HOME/qfuse/kernels`, else
-//! `~/.cache/qfuse/kernels`.
+//! Location ([`KernelCache::default_location`]): `$QFUSE_CACHE_DIR/kernels`; else, when qfuse
+//! runs inside its own source checkout (the current folder or the executable lies in it), the
+//! checkout's `.cache/kernels` — the folder the README's scripts use, so the demo and manual
+//! commands share one cache; else `$XDG_CACHE_HOME/qfuse/kernels`, else `~/.cache/qfuse/kernels`.
 
 use std::path::{Path, PathBuf};
 
@@ -35,13 +37,26 @@ pub enum Origin {
 }
 
 impl KernelCache {
-    /// The default per-user cache (see the module doc); `None` disables caching.
+    /// The default cache folder (see the module doc); `None` when no location is known.
     pub fn default_location() -> Option<PathBuf> {
+        Self::locate().map(|(dir, _)| dir)
+    }
+
+    /// The default cache folder and why it was chosen (see the module doc).
+    pub fn locate() -> Option<(PathBuf, CacheSource)> {
         let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-        env("QFUSE_CACHE_DIR")
-            .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("qfuse")))
+        if let Some(d) = env("QFUSE_CACHE_DIR") {
+            return Some((d.join("kernels"), CacheSource::Env));
+        }
+        let exe = std::env::current_exe().ok();
+        let starts = [std::env::current_dir().ok(), exe.as_deref().and_then(Path::parent).map(Path::to_path_buf)];
+        if let Some(root) = starts.iter().flatten().find_map(|d| checkout_root(d)) {
+            return Some((root.join(".cache").join("kernels"), CacheSource::Checkout));
+        }
+        env("XDG_CACHE_HOME")
+            .map(|d| d.join("qfuse"))
             .or_else(|| env("HOME").map(|h| h.join(".cache").join("qfuse")))
-            .map(|d| d.join("kernels"))
+            .map(|d| (d.join("kernels"), CacheSource::User))
     }
 
     /// A cache in `dir` (created on first store), or no caching with `None`.
@@ -89,6 +104,64 @@ impl KernelCache {
     }
 }
 
+/// Why [`KernelCache::locate`] chose its folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheSource {
+    /// `$QFUSE_CACHE_DIR` is set.
+    Env,
+    /// qfuse runs inside its source checkout (the README's scripts use the same folder).
+    Checkout,
+    /// The per-user cache (`$XDG_CACHE_HOME` or `~/.cache`).
+    User,
+}
+
+/// The qfuse source checkout that holds `start` (the nearest ancestor with `scripts/cache.sh` and
+/// a `Cargo.toml` naming the `qfuse` package), if any.
+pub fn checkout_root(start: &Path) -> Option<PathBuf> {
+    start.ancestors().find(|d| is_checkout(d)).map(Path::to_path_buf)
+}
+
+fn is_checkout(dir: &Path) -> bool {
+    dir.join("scripts").join("cache.sh").is_file()
+        && std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|t| t.lines().any(|l| l.trim() == "name = \"qfuse\""))
+}
+
+/// What a cache folder holds: CUBIN files and their total bytes (zero for a missing folder).
+pub fn usage(dir: &Path) -> std::io::Result<(usize, u64)> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => return Err(e),
+    };
+    let (mut files, mut bytes) = (0, 0);
+    for entry in entries {
+        let entry = entry?;
+        if entry.path().extension().is_some_and(|e| e == "cubin") {
+            files += 1;
+            bytes += entry.metadata()?.len();
+        }
+    }
+    Ok((files, bytes))
+}
+
+/// Removes every CUBIN file of a cache folder (nothing else in it); returns how many.
+pub fn clear(dir: &Path) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "cubin") {
+            std::fs::remove_file(&path)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// The file's bytes if it exists and is an ELF (anything else is treated as a miss).
 fn read_valid(path: &Path) -> Option<Vec<u8>> {
     let bytes = std::fs::read(path).ok()?;
@@ -110,6 +183,27 @@ fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_checkout_is_found_from_inside_and_only_there() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        assert_eq!(checkout_root(&root.join("src").join("codegen")).as_deref(), Some(root));
+        let elsewhere = tempfile::tempdir().expect("tempdir");
+        assert_eq!(checkout_root(elsewhere.path()), None);
+    }
+
+    #[test]
+    fn usage_and_clear_count_cubins_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.cubin"), b"\x7fELF1234").expect("write");
+        std::fs::write(dir.path().join("b.cubin"), b"\x7fELF56").expect("write");
+        std::fs::write(dir.path().join("notes.txt"), b"keep").expect("write");
+        assert_eq!(usage(dir.path()).expect("usage"), (2, 14));
+        assert_eq!(clear(dir.path()).expect("clear"), 2);
+        assert_eq!(usage(dir.path()).expect("usage"), (0, 0));
+        assert!(dir.path().join("notes.txt").exists(), "clear removes CUBINs only");
+        assert_eq!(usage(&dir.path().join("missing")).expect("missing folder"), (0, 0));
+    }
 
     #[test]
     fn key_covers_every_input() {

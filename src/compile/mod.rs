@@ -61,6 +61,9 @@ pub struct CompileOptions {
     pub kernel_cache: Option<PathBuf>,
     /// Code-generation choices (FP8 accumulation).
     pub lower: LowerOptions,
+    /// Show a progress bar over the kernels while NVRTC compiles them (stderr; hidden when stderr
+    /// is not a terminal). Off by default.
+    pub progress: bool,
 }
 
 impl CompileOptions {
@@ -80,6 +83,7 @@ impl CompileOptions {
             import: ImportOptions::default(),
             kernel_cache: KernelCache::default_location(),
             lower: LowerOptions::default(),
+            progress: false,
         }
     }
 }
@@ -196,6 +200,9 @@ impl CompiledPlan {
 /// Compiles the encoder in `model_dir` (decoders: [`compile_decoder`]).
 pub fn compile(model_dir: &Path, opts: &CompileOptions) -> Result<CompiledPlan, CompileError> {
     let started = Instant::now();
+    if let Some(arch) = &opts.arch {
+        check_arch(arch, &opts.recipe)?;
+    }
     let model = import::load(model_dir, &opts.import)?;
     let q = quant::quantize(&model, &opts.recipe, &opts.calib, &opts.passes)?;
     let mut plan = build(&model, q, opts)?;
@@ -222,6 +229,7 @@ pub(crate) struct Source<'a> {
 /// Lowers, compiles and assembles a plan.
 pub(crate) fn assemble(source: &Source<'_>, q: Quantized, opts: &CompileOptions) -> Result<CompiledPlan, CompileError> {
     let arch = opts.arch.clone().or_else(|| crate::runtime::local_arch(0)).unwrap_or_else(|| DEFAULT_ARCH.to_string());
+    check_arch(&arch, &q.recipe)?;
     let sm = sm_of(&arch)?;
     // Values are numbered as the IR text prints them, so buffer names match `ir_text`.
     let graph = ir::order::compact(&q.fused);
@@ -289,6 +297,35 @@ fn drop_unused_symbols(meta: &mut PlanMeta) {
     }
     meta.symbols.retain(|(name, _)| used.contains(name));
 }
+
+/// The archs `--arch` accepts: those NVRTC 13 compiles for (Turing and newer).
+pub const KNOWN_ARCHS: &[&str] = &[
+    "sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_90a", "sm_100", "sm_100a", "sm_103", "sm_103a", "sm_110", "sm_110a",
+    "sm_120", "sm_120a", "sm_121", "sm_121a",
+];
+
+/// Checks, before any work, that `arch` is one of [`KNOWN_ARCHS`] and that it can run `recipe`:
+/// FP8 storage (weights, activations or `fp8_attention`) needs FP8 tensor cores, sm_89 or newer.
+pub fn check_arch(arch: &str, recipe: &Recipe) -> Result<(), CompileError> {
+    if !KNOWN_ARCHS.contains(&arch) {
+        return Err(CompileError::Options(format!(
+            "--arch {arch}: not a GPU arch NVRTC compiles for; use one of {}",
+            KNOWN_ARCHS.join(", ")
+        )));
+    }
+    let fp8 = |l: &quant::recipe::LayerQuant| {
+        [l.weight, l.activation].iter().flatten().any(|s| matches!(s.storage, ir::DType::F8E4M3 | ir::DType::F8E5M2))
+    };
+    let uses_fp8 = recipe.fp8_attention || fp8(&recipe.linear) || recipe.layers.values().any(fp8);
+    if uses_fp8 && sm_of(arch)? < 89 {
+        return Err(CompileError::Options(format!(
+            "--arch {arch}: {arch} has no FP8 tensor cores, which recipe `{}` needs; use sm_89 or newer, or a recipe without FP8 (fp16, int8-sq, w8a16, w4a16-*)",
+            recipe.name
+        )));
+    }
+    Ok(())
+}
+
 /// `sm_90a` → 90.
 fn sm_of(arch: &str) -> Result<u32, CompileError> {
     arch.strip_prefix("sm_")
@@ -311,8 +348,10 @@ fn add_kernels(
 ) -> Result<(std::collections::HashMap<String, u32>, Vec<Origin>), CompileError> {
     let cache = KernelCache::new(opts.kernel_cache.clone());
     let kernels: Vec<&KernelDef> = program.kernels();
+    let bar = crate::progress::bar(kernels.len() as u64, "kernels", format!("NVRTC for {arch}"), !opts.progress);
     let cubins: Vec<(Vec<u8>, Origin)> =
-        kernels.par_iter().map(|k| cache.cubin(&k.name, &k.source, arch)).collect::<Result<_, NvrtcError>>()?;
+        kernels.par_iter().map(|k| cache.cubin(&k.name, &k.source, arch).inspect(|_| bar.inc(1))).collect::<Result<_, NvrtcError>>()?;
+    bar.finish_and_clear();
     let mut index = std::collections::HashMap::new();
     let mut origins = Vec::new();
     for (k, (cubin, origin)) in kernels.into_iter().zip(cubins) {

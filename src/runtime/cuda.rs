@@ -30,7 +30,8 @@ pub(crate) fn probe_driver() -> Result<(), RuntimeError> {
                 found = true;
                 break;
             }
-            Err(e) => tried.push(format!("{name}: {e}")),
+            // The loader's message already names the library ("libcuda.so.1: cannot open …").
+            Err(e) => tried.push(Some(e.to_string()).filter(|t| t.contains(name)).unwrap_or_else(|| format!("{name}: {e}"))),
         }
     }
     // SAFETY: only tries to load the library by the names cudarc will use; never panics.

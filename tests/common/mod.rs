@@ -1,6 +1,8 @@
 //! Shared test helpers: the cached default model and a tiny synthetic BERT checkpoint.
 #![allow(dead_code)]
 
+pub mod cli;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

@@ -21,7 +21,6 @@ pub use sentences::{default_calibration_sentences, default_decoder_calibration, 
 
 use crate::interp::{self, InterpError, Tensor, WeightSource};
 use crate::ir::{DType, Graph, ValueId};
-use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::fmt;
@@ -171,7 +170,7 @@ pub fn collect(
 ) -> Result<Calibration, InterpError> {
     let start = Instant::now();
     let mut stats: HashMap<ValueId, TensorStats> = values.iter().map(|&v| (v, TensorStats::new())).collect();
-    let bar = progress_bar(batches.len(), values.len(), quiet);
+    let bar = crate::progress::bar(batches.len() as u64, "batches", format!("calibrating {} value(s)", values.len()), quiet);
     let mut samples = 0;
     for batch in batches {
         interp::run_observed(g, weights, batch, &mut |id, t| {
@@ -186,18 +185,6 @@ pub fn collect(
     bar.finish_with_message(format!("calibrated {} value(s) over {samples} sample(s) in {:.2?}", values.len(), elapsed));
     tracing::info!(batches = batches.len(), samples, values = values.len(), ?elapsed, "calibration statistics collected");
     Ok(Calibration { stats, batches: batches.len(), samples, elapsed })
-}
-
-/// A progress bar over `n` batches (hidden when `quiet`).
-fn progress_bar(n: usize, values: usize, quiet: bool) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(n as u64);
-    let style = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} batches {elapsed}");
-    bar.set_style(style.unwrap_or_else(|_| ProgressStyle::default_bar()));
-    bar.set_message(format!("calibrating {values} value(s)"));
-    bar
 }
 
 /// Rows in a batch: the leading dimension of its first input that has one.

@@ -169,25 +169,38 @@ fn the_attention_code_window_holds_the_reference_and_is_mostly_one_code() {
     assert_eq!(want.len(), 64 * 32);
     for i in 0..want.len() {
         assert!(lo[i] <= want[i] && want[i] <= hi[i], "element {i}: {} not in [{}, {}]", want[i], lo[i], hi[i]);
-        assert!(lo[i] == want[i] || crate::check::compare::adjacent_codes(DType::F8E4M3, lo[i], want[i]), "element {i}");
-        assert!(hi[i] == want[i] || crate::check::compare::adjacent_codes(DType::F8E4M3, hi[i], want[i]), "element {i}");
     }
     let wide = (0..want.len()).filter(|&i| lo[i] != hi[i]).count();
-    assert!(wide * 100 < want.len(), "the window must stay tight: {wide} of {} elements reach a second code", want.len());
+    // Worst-case bounds: 48 of 2,048 here (docs/runtime.md); most codes keep a one-code window.
+    assert!(wide * 100 < want.len() * 4, "the window must stay tight: {wide} of {} elements reach a second code", want.len());
+    assert!(wide > 0, "some outputs sit within the bound of a code boundary");
+}
+
+/// The code of E4M3 next to `x`, above or below.
+fn neighbour(x: f32, up: bool) -> f32 {
+    let codes = (0..256u32).map(|c| crate::numerics::decode_bits(c, DType::F8E4M3)).filter(|v| v.is_finite());
+    if up {
+        codes.filter(|&v| v > x).fold(f32::INFINITY, f32::min)
+    } else {
+        codes.filter(|&v| v < x).fold(f32::NEG_INFINITY, f32::max)
+    }
 }
 
 #[test]
 fn an_attention_code_flip_passes_only_within_the_exp_bound_of_a_boundary() {
     // Find an output scale that puts some element within the exp bound of a code boundary.
-    let (c, at, other) = (0..400)
+    let (c, at, other, wrong_way) = (0..400)
         .find_map(|k| {
             let c = attention_case(0.005 + k as f32 * 1e-4);
             let (want, lo, hi) = window_of(&c);
-            let i = (0..want.len()).find(|&i| lo[i] != hi[i])?;
-            let other = if lo[i] == want[i] { hi[i] } else { lo[i] };
-            Some((c, i, other))
+            let i = (0..want.len()).find(|&i| lo[i] != hi[i] && (lo[i] == want[i] || hi[i] == want[i]))?;
+            let up = hi[i] > want[i];
+            Some((c, i, neighbour(want[i], up), neighbour(want[i], !up)))
         })
         .expect("some scale puts an output within the exp bound of a code boundary");
+    // The neighbour on the far side of the window fails.
+    let checks = c.judge(&[(0, c.gpu(3, |xs| xs[at] = wrong_way))]);
+    assert!(!checks[0].comparison.pass, "{checks:?}");
     let checks = c.judge(&[(0, c.gpu(3, |xs| xs[at] = other))]);
     assert!(checks[0].comparison.pass, "{checks:?}");
     assert_eq!((checks[0].comparison.transcendental_cases, checks[0].comparison.boundary_cases), (1, 0), "{checks:?}");
@@ -196,6 +209,7 @@ fn an_attention_code_flip_passes_only_within_the_exp_bound_of_a_boundary() {
     let (want, lo, hi) = window_of(&c);
     let far = (0..want.len()).find(|&i| lo[i] == hi[i] && want[i] > 0.0 && want[i] < 400.0).unwrap();
     let checks = c.judge(&[(0, c.gpu(3, |xs| xs[far] = next_code(xs[far])))]);
+    assert_eq!(next_code(want[far]), neighbour(want[far], true));
     assert!(!checks[0].comparison.pass && checks[0].comparison.measured.contains(&format!("element {far}")), "{checks:?}");
     // Without the window, the boundary flip fails too: the window is what allows it.
     let mut strict = c;

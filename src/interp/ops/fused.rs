@@ -105,7 +105,7 @@ pub(super) fn attention(
     outs: &[OutType],
     acc: Accumulation,
 ) -> Result<Vec<Tensor>, String> {
-    let mut f = attention_front(a, args, acc, false)?;
+    let mut f = attention_front(a, args, acc)?;
     let p32 = std::mem::replace(&mut f.p32, Arc::new(Tensor::f32(vec![0], vec![])));
     let probs = f.round_probs(a, p32)?;
     let pv_alpha = a.fp8.map(|f| f.pv_alpha);
@@ -128,9 +128,6 @@ struct AttentionFront {
     dtype: DType,
     p32: Arc<Tensor>,
     vh: Tensor,
-    /// With `bounds`: per score (`[B, H, S, S]`), the lowest and highest value in T the GPU can
-    /// reach when its f32 sum of q·k lies anywhere within [`f32_sum_bound`] of the exact one.
-    score_range: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl AttentionFront {
@@ -163,12 +160,7 @@ impl AttentionFront {
 
 /// `attention` up to the softmax, which stays in f32 (the softmax rounds f32 → T, so casting
 /// these to T is bit-identical to a softmax into T).
-fn attention_front(
-    a: &Attention,
-    mut args: std::vec::IntoIter<Arc<Tensor>>,
-    acc: Accumulation,
-    bounds: bool,
-) -> Result<AttentionFront, String> {
+fn attention_front(a: &Attention, mut args: std::vec::IntoIter<Arc<Tensor>>, acc: Accumulation) -> Result<AttentionFront, String> {
     let mut next = || args.next().ok_or_else(|| "missing operand".to_string());
     let (q, k, v) = (next()?, next()?, next()?);
     let mask = if a.mask { Some(next()?) } else { None };
@@ -187,45 +179,19 @@ fn attention_front(
     };
     let (qh, kh, vh) = (split(q)?, split(k)?, split(v)?);
     let scores_ty = ty(vec![b, heads, s, s]);
-    let sums_ty = OutType { dtype: DType::F32, shape: vec![b, heads, s, s] };
     let qk_alpha = a.fp8.map(|f| f.qk_alpha);
-    // The f32 sums (times qk_alpha), then T, scale and mask, each rounded to T: one definition
-    // for the scores and for the ends of their range.
-    let mask = match mask {
-        Some(m) => Some(Arc::new(shape::reshape(m, &ty(vec![b, 1, 1, s]))?)),
-        None => None,
-    };
-    let finish_scores = |sums: Tensor| -> Result<Arc<Tensor>, String> {
-        let mut scores = Arc::new(elementwise::cast(Arc::new(sums), &scores_ty));
-        if let Some(scale) = a.scale {
-            let c = Arc::new(elementwise::scalar(f64::from(scale), &ty(vec![])));
-            scores = Arc::new(elementwise::binary(BinaryOp::Mul, scores, c, &scores_ty)?);
-        }
-        if let Some(m) = &mask {
-            scores = Arc::new(elementwise::binary(BinaryOp::Add, scores, m.clone(), &scores_ty)?);
-        }
-        Ok(scores)
-    };
-    let sums = attention_product(&qh, &kh, true, qk_alpha, &sums_ty, acc)?;
-    let score_range = if bounds {
-        let abs = |x: &Tensor| Tensor::from_f32_as(x.dtype, x.shape.clone(), x.to_f32_vec().iter().map(|v| v.abs()).collect());
-        let mag = attention_product(&abs(&qh), &abs(&kh), true, qk_alpha.map(f32::abs), &sums_ty, acc)?.to_f32_vec();
-        let gamma = f32_sum_bound(d);
-        let centre = sums.to_f32_vec();
-        let moved = |sign: f64| -> Result<Vec<f32>, String> {
-            let xs = centre.iter().zip(&mag).map(|(&c, &m)| (f64::from(c) + sign * gamma * f64::from(m)) as f32).collect();
-            Ok(finish_scores(Tensor::f32(sums_ty.shape.clone(), xs))?.to_f32_vec())
-        };
-        let (x, y) = (moved(-1.0)?, moved(1.0)?);
-        // A negative scale reverses the order.
-        Some(x.iter().zip(&y).map(|(&p, &q)| (p.min(q), p.max(q))).unzip())
-    } else {
-        None
-    };
+    let mut scores = Arc::new(attention_product(&qh, &kh, true, qk_alpha, &scores_ty, acc)?);
     drop((qh, kh));
-    let scores = finish_scores(sums)?;
+    if let Some(scale) = a.scale {
+        let c = Arc::new(elementwise::scalar(f64::from(scale), &ty(vec![])));
+        scores = Arc::new(elementwise::binary(BinaryOp::Mul, scores, c, &scores_ty)?);
+    }
+    if let Some(m) = mask {
+        let m = Arc::new(shape::reshape(m, &ty(vec![b, 1, 1, s]))?);
+        scores = Arc::new(elementwise::binary(BinaryOp::Add, scores, m, &scores_ty)?);
+    }
     let p32 = Arc::new(reduce::softmax(scores, -1, &OutType { dtype: DType::F32, shape: vec![b, heads, s, s] })?);
-    Ok(AttentionFront { b, s, heads, d, dtype, p32, vh, score_range })
+    Ok(AttentionFront { b, s, heads, d, dtype, p32, vh })
 }
 
 /// Documented maximum error of CUDA's single-precision `expf`, in ulps (CUDA C++ Programming
@@ -257,16 +223,11 @@ pub fn f32_sum_bound(n: usize) -> f64 {
 
 /// For an `attention` whose output is quantized: per output element, the lowest and the highest
 /// code the GPU can produce given the transcendental (`expf`) error of its softmax and the order
-/// of its f32 sums; `None` without an output quantize.
-/// 1. Scores: the f32 sum of q·k anywhere within `γ_D·Σ|q·k|` ([`f32_sum_bound`]), then the
-///    same T roundings, scale and mask as [`attention`]: a range per score, a single value unless
-///    a rounding sits on a near-tie.
-/// 2. Probabilities: the extremes of softmax over those ranges ([`probability_range`]) times
-///    `1 ∓ ε_p` ([`softmax_relative_bound`]), through the same rounding as [`attention`] (T, and
-///    E4M3 with `fp8`): `Δp_ij`, zero unless that rounding sits on a near-tie.
-/// 3. Output: `|Δo| ≤ α·(Σ_j Δp_ij·|v_jd| + γ_S·Σ_j |P_ij·v_jd|)` around the exact
-///    `α·Σ_j P_ij·v_jd`, both ends rounded to T and quantized with the node's own output quantize
-///    (monotone).
+/// of its f32 sums ([`softmax_relative_bound`], [`f32_sum_bound`]); `None` without an output
+/// quantize. Each probability is moved by ±ε_p before the same rounding [`attention`] applies
+/// (T, and E4M3 with `fp8`), giving `Δp_ij` (zero unless the rounding sits on a near-tie); then
+/// `|Δo| ≤ α·(Σ_j Δp_ij·|v_jd| + γ·Σ_j |P_ij·v_jd|)` around the exact `α·Σ_j P_ij·v_jd`, rounded
+/// to T at both ends and quantized with the node's own output quantize (monotone).
 pub(super) fn attention_code_window(
     a: &Attention,
     args: std::vec::IntoIter<Arc<Tensor>>,
@@ -274,13 +235,16 @@ pub(super) fn attention_code_window(
     acc: Accumulation,
 ) -> Result<Option<(Tensor, Tensor)>, String> {
     let Some(spec) = &a.output else { return Ok(None) };
-    let f = attention_front(a, args, acc, true)?;
+    let f = attention_front(a, args, acc)?;
     let eps = softmax_relative_bound(f.s);
     let gamma = f32_sum_bound(f.s);
-    let (s_lo, s_hi) = f.score_range.as_ref().ok_or("no score range")?;
-    let (p_lo, p_hi) = probability_range(s_lo, s_hi, f.s, eps);
-    let ends = |xs: Vec<f32>| f.round_probs(a, Arc::new(Tensor::f32(f.p32.shape.clone(), xs))).map(|t| t.to_f32_vec());
-    let (low, high) = (ends(p_lo)?, ends(p_hi)?);
+    let moved = |factor: f64| -> Result<Vec<f32>, String> {
+        let mut t = (*f.p32).clone();
+        let crate::interp::tensor::TensorData::F32(data) = &mut t.data else { return Err("probabilities are not float".into()) };
+        data.iter_mut().for_each(|p| *p = (f64::from(*p) * factor) as f32);
+        Ok(f.round_probs(a, Arc::new(t))?.to_f32_vec())
+    };
+    let (low, high) = (moved(1.0 - eps)?, moved(1.0 + eps)?);
     let probs = f.round_probs(a, f.p32.clone())?.to_f32_vec();
     let v = f.vh.to_f32_vec();
     let alpha = a.fp8.map_or(1.0, |f| f64::from(f.pv_alpha));
@@ -312,33 +276,6 @@ pub(super) fn attention_code_window(
     };
     let (lo, hi) = (end(lo)?, end(hi)?);
     Ok(Some(order_pair(lo, hi)))
-}
-
-/// Per probability (rows of `s` scores), the lowest and highest value in f32 the GPU can compute
-/// when each score lies anywhere in `[lo, hi]`: a probability grows with its own score and falls
-/// with every other, so `p_j ≥ e_lo_j / (e_lo_j + Σ_{k≠j} e_hi_k)` and `≤ e_hi_j / (e_hi_j +
-/// Σ_{k≠j} e_lo_k)` (f64, `e = exp(score − max)`); then the `expf` and f32 error, `(1 ∓ eps)`.
-/// A row with no finite maximum (every key −inf, or a NaN or +inf score) is NaN, as softmax's.
-fn probability_range(lo: &[f32], hi: &[f32], s: usize, eps: f64) -> (Vec<f32>, Vec<f32>) {
-    let (mut p_lo, mut p_hi) = (Vec::with_capacity(lo.len()), Vec::with_capacity(lo.len()));
-    for (l, h) in lo.chunks(s.max(1)).zip(hi.chunks(s.max(1))) {
-        let m = h.iter().map(|&x| f64::from(x)).fold(f64::NEG_INFINITY, f64::max);
-        if !m.is_finite() || l.iter().chain(h).any(|x| x.is_nan() || *x == f32::INFINITY) {
-            p_lo.extend(std::iter::repeat_n(f32::NAN, l.len()));
-            p_hi.extend(std::iter::repeat_n(f32::NAN, l.len()));
-            continue;
-        }
-        let e_lo: Vec<f64> = l.iter().map(|&x| (f64::from(x) - m).exp()).collect();
-        let e_hi: Vec<f64> = h.iter().map(|&x| (f64::from(x) - m).exp()).collect();
-        let (sum_lo, sum_hi): (f64, f64) = (e_lo.iter().sum(), e_hi.iter().sum());
-        for j in 0..l.len() {
-            let low = e_lo[j] / (e_lo[j] + (sum_hi - e_hi[j]).max(0.0));
-            let high = e_hi[j] / (e_hi[j] + (sum_lo - e_lo[j]).max(0.0));
-            p_lo.push((low * (1.0 - eps)) as f32);
-            p_hi.push((high * (1.0 + eps)) as f32);
-        }
-    }
-    (p_lo, p_hi)
 }
 
 /// Element-wise min and max of two same-shaped tensors (a negative scale reverses the order).

@@ -128,8 +128,7 @@ pub fn compare(dtype: DType, want: Reference<'_>, got: &[f32]) -> Comparison {
             let differ: Vec<usize> = (0..n).filter(finite).filter(|&i| want.values[i].to_bits() != got[i].to_bits()).collect();
             let on_boundary = |i: usize| want.wide.is_some_and(|w| w[i].to_bits() == got[i].to_bits());
             let in_window = |i: usize| {
-                want.window.is_some_and(|(lo, hi)| lo[i] <= got[i] && got[i] <= hi[i])
-                    && adjacent_codes(dtype, want.values[i], got[i])
+                want.window.is_some_and(|(lo, hi)| lo[i] <= got[i] && got[i] <= hi[i]) && adjacent_codes(dtype, want.values[i], got[i])
             };
             let (mut boundary, mut transcendental) = (0, 0);
             let mut wrong = Vec::new();
@@ -142,19 +141,20 @@ pub fn compare(dtype: DType, want: Reference<'_>, got: &[f32]) -> Comparison {
                     wrong.push(i);
                 }
             }
-            let allowed = format!(
-                "{boundary} boundary cases; {transcendental} codes within transcendental rounding of a boundary"
-            );
+            let allowed = format!("{boundary} boundary cases; {transcendental} codes within transcendental rounding of a boundary");
             let measured = match wrong.first() {
-                Some(&i) => format!(
-                    "{} of {n} codes wrong, first at element {i} (ref {}, gpu {}); {allowed}",
-                    wrong.len(),
-                    want.values[i],
-                    got[i]
-                ),
+                Some(&i) => {
+                    format!("{} of {n} codes wrong, first at element {i} (ref {}, gpu {}); {allowed}", wrong.len(), want.values[i], got[i])
+                }
                 None => format!("all {n} codes match; {allowed}"),
             };
-            return Comparison { pass: wrong.is_empty(), measured, tolerance: tol.describe(), boundary_cases: boundary, transcendental_cases: transcendental };
+            return Comparison {
+                pass: wrong.is_empty(),
+                measured,
+                tolerance: tol.describe(),
+                boundary_cases: boundary,
+                transcendental_cases: transcendental,
+            };
         }
         Tolerance::Exact => {
             let differ = (0..n).filter(finite).filter(|&i| want.values[i].to_bits() != got[i].to_bits()).count();

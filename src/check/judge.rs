@@ -74,8 +74,9 @@ fn compare_tensor(want: &Tensor, wide: Option<&Tensor>, window: Option<&(Tensor,
     match gpu.to_f32_vec() {
         Ok(got) => {
             let wide = wide.filter(|w| w.shape == want.shape).map(Tensor::to_f32_vec);
-            let window =
-                window.filter(|(lo, hi)| lo.shape == want.shape && hi.shape == want.shape).map(|(lo, hi)| (lo.to_f32_vec(), hi.to_f32_vec()));
+            let window = window
+                .filter(|(lo, hi)| lo.shape == want.shape && hi.shape == want.shape)
+                .map(|(lo, hi)| (lo.to_f32_vec(), hi.to_f32_vec()));
             let window = window.as_ref().map(|(lo, hi)| (lo.as_slice(), hi.as_slice()));
             compare(want.dtype, Reference { values: &want.to_f32_vec(), wide: wide.as_deref(), window }, &got)
         }

@@ -129,7 +129,8 @@ fn attention_case(out_scale: f32) -> Case {
 }}"#
     );
     let graph = crate::ir::parse(&text).unwrap();
-    let wave = |k: f32, amp: f32| Tensor::from_f32_as(DType::F16, vec![1, 64, 32], (0..64 * 32).map(|i| (i as f32 * k).sin() * amp).collect());
+    let wave =
+        |k: f32, amp: f32| Tensor::from_f32_as(DType::F16, vec![1, 64, 32], (0..64 * 32).map(|i| (i as f32 * k).sin() * amp).collect());
     let inputs = [("q", wave(0.37, 2.0)), ("k", wave(0.91, 2.0)), ("v", wave(1.71, 1.5))];
     let mut values = HashMap::new();
     interp::run_observed(&graph, &HashMap::<String, Arc<Tensor>>::new(), &inputs, &mut |v, t| {

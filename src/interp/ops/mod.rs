@@ -45,7 +45,12 @@ pub(crate) fn eval_guarded(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], ac
 /// For an op whose quantized output carries the GPU's transcendental error (`attention`: the
 /// softmax's `expf`), per output element the lowest and highest code the GPU can produce
 /// (`fused::attention_code_window`); `None` for every other op and for unquantized outputs.
-pub(crate) fn code_window(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], acc: Accumulation) -> Result<Option<(Tensor, Tensor)>, String> {
+pub(crate) fn code_window(
+    op: &Op,
+    args: Vec<Arc<Tensor>>,
+    outs: &[OutType],
+    acc: Accumulation,
+) -> Result<Option<(Tensor, Tensor)>, String> {
     let want = infer::arity(op);
     if args.len() != want {
         return Err(format!("takes {want} operand(s), got {}", args.len()));

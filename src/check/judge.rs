@@ -15,12 +15,16 @@ use crate::plan::{LaunchMeta, PlanMeta};
 use crate::runtime::HostTensor;
 
 /// The interpreter's values of every IR value: with f32 sums (the reference) and, for narrow-code
-/// values, with f64 sums (which codes sit on a rounding boundary).
+/// values, with f64 sums (which codes sit on a rounding boundary) and, where the op's pre-quantize
+/// value carries the GPU's transcendental error, the window of codes it can round to.
 pub struct References {
     /// f32 sums.
     pub values: HashMap<ValueId, Tensor>,
     /// f64 sums, narrow-code values only.
     pub wide: HashMap<ValueId, Tensor>,
+    /// Lowest and highest code per element ([`crate::interp::code_window`]): quantized outputs of
+    /// `attention` (the softmax's `expf`).
+    pub windows: HashMap<ValueId, (Tensor, Tensor)>,
 }
 
 /// The checks of launch `index` and the reference values to write in place of the GPU's
@@ -52,7 +56,7 @@ pub fn judge_launch(
             None => Comparison::mismatch(format!("buffer `{}` has no interpreter value to compare with", b.name)),
             Some((v, want)) => {
                 forced.push((*buffer, to_host(want)));
-                compare_tensor(want, refs.wide.get(&v), gpu)
+                compare_tensor(want, refs.wide.get(&v), refs.windows.get(&v), gpu)
             }
         };
         checks.push(KernelCheck { launch: index, label: launch.label.clone(), value: b.name.clone(), dtype: b.dtype.clone(), comparison });
@@ -60,7 +64,7 @@ pub fn judge_launch(
     (checks, forced)
 }
 
-fn compare_tensor(want: &Tensor, wide: Option<&Tensor>, gpu: &HostTensor) -> Comparison {
+fn compare_tensor(want: &Tensor, wide: Option<&Tensor>, window: Option<&(Tensor, Tensor)>, gpu: &HostTensor) -> Comparison {
     if !gpu.shape.iter().map(|&d| d as usize).eq(want.shape.iter().copied()) {
         return Comparison::mismatch(format!("GPU shape {:?}, interpreter {:?}", gpu.shape, want.shape));
     }
@@ -70,7 +74,11 @@ fn compare_tensor(want: &Tensor, wide: Option<&Tensor>, gpu: &HostTensor) -> Com
     match gpu.to_f32_vec() {
         Ok(got) => {
             let wide = wide.filter(|w| w.shape == want.shape).map(Tensor::to_f32_vec);
-            compare(want.dtype, Reference { values: &want.to_f32_vec(), wide: wide.as_deref() }, &got)
+            let window = window
+                .filter(|(lo, hi)| lo.shape == want.shape && hi.shape == want.shape)
+                .map(|(lo, hi)| (lo.to_f32_vec(), hi.to_f32_vec()));
+            let window = window.as_ref().map(|(lo, hi)| (lo.as_slice(), hi.as_slice()));
+            compare(want.dtype, Reference { values: &want.to_f32_vec(), wide: wide.as_deref(), window }, &got)
         }
         Err(e) => Comparison::mismatch(e),
     }

@@ -244,8 +244,9 @@ fn fp32_comparison(
     Ok(Fp32Comparison { gpu: row_cosines(&gpu_out, &want, w), interpreter: row_cosines(&interp_out, &want, w) })
 }
 
-/// Every value the interpreter computes for `inputs` with f32 sums, and every narrow-code value
-/// with f64 sums.
+/// Every value the interpreter computes for `inputs` with f32 sums, every narrow-code value with
+/// f64 sums, and the code windows of quantized values that carry transcendental error
+/// ([`code_windows`]).
 fn reference_values(graph: &Graph, weights: &PlanWeights, inputs: &[(&str, Tensor)]) -> anyhow::Result<References> {
     let mut values = HashMap::new();
     interp::run_observed(graph, weights, inputs, &mut |v, t| {
@@ -258,7 +259,32 @@ fn reference_values(graph: &Graph, weights: &PlanWeights, inputs: &[(&str, Tenso
             wide.insert(v, t.clone());
         }
     })?;
-    Ok(References { values, wide })
+    let windows = code_windows(graph, &values)?;
+    Ok(References { values, wide, windows })
+}
+
+/// For every node whose narrow-code output went through a transcendental function on the GPU
+/// (`attention`'s softmax `expf`), the lowest and highest code per element that the GPU may
+/// write ([`interp::code_window`]), from the node's operands as the interpreter computed them.
+pub fn code_windows(graph: &Graph, values: &HashMap<ValueId, Tensor>) -> anyhow::Result<HashMap<ValueId, (Tensor, Tensor)>> {
+    let mut windows = HashMap::new();
+    for (_, node) in graph.nodes.iter() {
+        if !matches!(node.op, ir::Op::Attention(_)) {
+            continue;
+        }
+        let Some((&out, Some(y))) = node.outputs.first().map(|v| (v, values.get(v))) else { continue };
+        if Tolerance::of(y.dtype) != Tolerance::Codes {
+            continue;
+        }
+        let Some(args) = node.inputs.iter().map(|v| values.get(v).map(|t| Arc::new(t.clone()))).collect::<Option<Vec<_>>>() else {
+            continue;
+        };
+        let window = interp::code_window(&node.op, args, y).map_err(|e| anyhow::anyhow!("code window of %{}: {e}", out.index()))?;
+        if let Some(w) = window {
+            windows.insert(out, w);
+        }
+    }
+    Ok(windows)
 }
 
 /// Compares every launch's results with the reference, then puts the reference in their place.

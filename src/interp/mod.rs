@@ -24,6 +24,7 @@ mod state;
 pub mod tensor;
 
 pub use ops::inverse_frequencies;
+pub use ops::{f32_sum_bound, softmax_relative_bound, CUDA_EXPF_ULP};
 pub use state::empty_state;
 pub use tensor::{Tensor, TensorData};
 
@@ -183,6 +184,16 @@ pub enum Accumulation {
     /// Compared with [`Accumulation::F32`], it measures how much a graph's result depends on the
     /// order its sums are taken in (`qfuse check`'s summation-order floor).
     F64,
+}
+
+/// The lowest and highest code, per element, that the GPU may write for `out`, the first result
+/// of `op` applied to `args`, where the op's quantized output carries transcendental error the
+/// interpreter does not reproduce (`attention`'s `expf`; bounds in `softmax_relative_bound` and
+/// `f32_sum_bound`); `None` where the op has no such error. `qfuse check` allows a one-step code
+/// difference inside this window and counts it.
+pub fn code_window(op: &Op, args: Vec<Arc<Tensor>>, out: &Tensor) -> Result<Option<(Tensor, Tensor)>, String> {
+    let outs = [ops::OutType { dtype: out.dtype, shape: out.shape.clone() }];
+    ops::code_window(op, args, &outs, Accumulation::F32)
 }
 
 /// Named graph results, in the graph's output order.

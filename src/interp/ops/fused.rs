@@ -101,10 +101,66 @@ pub(super) fn qmatmul(
 /// and the probabilities are quantized per tensor to E4M3 before P·V.
 pub(super) fn attention(
     a: &Attention,
-    mut args: std::vec::IntoIter<Arc<Tensor>>,
+    args: std::vec::IntoIter<Arc<Tensor>>,
     outs: &[OutType],
     acc: Accumulation,
 ) -> Result<Vec<Tensor>, String> {
+    let mut f = attention_front(a, args, acc)?;
+    let p32 = std::mem::replace(&mut f.p32, Arc::new(Tensor::f32(vec![0], vec![])));
+    let probs = f.round_probs(a, p32)?;
+    let pv_alpha = a.fp8.map(|f| f.pv_alpha);
+    let ctx = attention_product(&probs, &f.vh, false, pv_alpha, &f.ty(vec![f.b, f.heads, f.s, f.d]), acc)?;
+    drop(probs);
+    let y = f.merge_heads(ctx)?;
+    match &a.output {
+        Some(spec) => quant::quantize(spec, Arc::new(y), vec![], outs),
+        None => Ok(vec![y]),
+    }
+}
+
+/// What `attention` computes before rounding the probabilities: the shapes, the compute dtype T,
+/// the probabilities in f32 (the softmax before its rounding to T) and v split into heads.
+struct AttentionFront {
+    b: usize,
+    s: usize,
+    heads: usize,
+    d: usize,
+    dtype: DType,
+    p32: Arc<Tensor>,
+    vh: Tensor,
+}
+
+impl AttentionFront {
+    fn ty(&self, shape: Vec<usize>) -> OutType {
+        OutType { dtype: self.dtype, shape }
+    }
+
+    /// The probabilities as the product P·V takes them: rounded to T and, with `fp8`, quantized
+    /// per tensor to E4M3. Monotone in each element of `p32`.
+    fn round_probs(&self, a: &Attention, p32: Arc<Tensor>) -> Result<Tensor, String> {
+        let shape = vec![self.b, self.heads, self.s, self.s];
+        let probs = elementwise::cast(p32, &self.ty(shape.clone()));
+        match &a.fp8 {
+            Some(f) => {
+                let spec = QuantSpec::per_tensor(DType::F8E4M3, f.p_scale);
+                let codes = OutType { dtype: DType::F8E4M3, shape };
+                Ok(quant::quantize(&spec, Arc::new(probs), vec![], &[codes])?.remove(0))
+            }
+            None => Ok(probs),
+        }
+    }
+
+    /// `[B, H, S, D]` back to `[B, S, H·D]`.
+    fn merge_heads(&self, ctx: Tensor) -> Result<Tensor, String> {
+        let ty = |shape: Vec<usize>| OutType { dtype: ctx.dtype, shape };
+        let ctx = shape::transpose(&ctx, &[0, 2, 1, 3], &ty(vec![self.b, self.s, self.heads, self.d]))?;
+        shape::reshape(Arc::new(ctx), &ty(vec![self.b, self.s, self.heads * self.d]))
+    }
+}
+
+/// `attention` up to the softmax, which stays in f32 (the softmax rounds f32 → T, so casting
+/// these to T is bit-identical to a softmax into T).
+fn attention_front(a: &Attention, mut args: std::vec::IntoIter<Arc<Tensor>>, acc: Accumulation) -> Result<AttentionFront, String> {
     let mut next = || args.next().ok_or_else(|| "missing operand".to_string());
     let (q, k, v) = (next()?, next()?, next()?);
     let mask = if a.mask { Some(next()?) } else { None };
@@ -134,21 +190,100 @@ pub(super) fn attention(
         let m = Arc::new(shape::reshape(m, &ty(vec![b, 1, 1, s]))?);
         scores = Arc::new(elementwise::binary(BinaryOp::Add, scores, m, &scores_ty)?);
     }
-    let mut probs = reduce::softmax(scores, -1, &scores_ty)?;
-    if let Some(f) = &a.fp8 {
-        let spec = QuantSpec::per_tensor(DType::F8E4M3, f.p_scale);
-        let codes = OutType { dtype: DType::F8E4M3, shape: vec![b, heads, s, s] };
-        probs = quant::quantize(&spec, Arc::new(probs), vec![], &[codes])?.remove(0);
+    let p32 = Arc::new(reduce::softmax(scores, -1, &OutType { dtype: DType::F32, shape: vec![b, heads, s, s] })?);
+    Ok(AttentionFront { b, s, heads, d, dtype, p32, vh })
+}
+
+/// Documented maximum error of CUDA's single-precision `expf`, in ulps (CUDA C++ Programming
+/// Guide, "Mathematical Functions", table of single-precision functions: `expf` 2 ulp over the
+/// full range; `__expf` is not used: plans compile without `--use_fast_math`).
+pub const CUDA_EXPF_ULP: f64 = 2.0;
+
+/// The host `expf` the interpreter's softmax calls (glibc: < 1 ulp).
+const HOST_EXPF_ULP: f64 = 1.0;
+
+/// A bound on the relative difference between the GPU's f32 probability and the interpreter's,
+/// for a softmax over `s` keys: both numerators carry their `expf` error; the denominator sums
+/// `s` such terms in f32 (≤ (s − 1)·2^-24 relative in any order), rescaled by another `expf`
+/// once per 64-key tile (online softmax); then a correctly rounded division and the
+/// interpreter's rounding of its f64 quotient to f32 (2^-24 each). First order in u = 2^-23:
+/// `ε_p = u·(2·(2 + 1) + 2·⌈s/64⌉) + 2^-24·(s + 1)` — about 8.9e-6 at s = 128.
+pub fn softmax_relative_bound(s: usize) -> f64 {
+    let u = f64::powi(2.0, -23);
+    let tiles = s.div_ceil(64) as f64;
+    u * (2.0 * (CUDA_EXPF_ULP + HOST_EXPF_ULP) + CUDA_EXPF_ULP * tiles) + f64::powi(2.0, -24) * (s as f64 + 1.0)
+}
+
+/// A bound on the relative error of an f32 sum of `n` products in any order, the tensor cores'
+/// (which may truncate) included, relative to the sum of the products' magnitudes, with one more
+/// f32 rounding for an `alpha` multiply: `(n + 2)·2^-23`.
+pub fn f32_sum_bound(n: usize) -> f64 {
+    (n as f64 + 2.0) * f64::powi(2.0, -23)
+}
+
+/// For an `attention` whose output is quantized: per output element, the lowest and the highest
+/// code the GPU can produce given the transcendental (`expf`) error of its softmax and the order
+/// of its f32 sums ([`softmax_relative_bound`], [`f32_sum_bound`]); `None` without an output
+/// quantize. Each probability is moved by ±ε_p before the same rounding [`attention`] applies
+/// (T, and E4M3 with `fp8`), giving `Δp_ij` (zero unless the rounding sits on a near-tie); then
+/// `|Δo| ≤ α·(Σ_j Δp_ij·|v_jd| + γ·Σ_j |P_ij·v_jd|)` around the exact `α·Σ_j P_ij·v_jd`, rounded
+/// to T at both ends and quantized with the node's own output quantize (monotone).
+pub(super) fn attention_code_window(
+    a: &Attention,
+    args: std::vec::IntoIter<Arc<Tensor>>,
+    outs: &[OutType],
+    acc: Accumulation,
+) -> Result<Option<(Tensor, Tensor)>, String> {
+    let Some(spec) = &a.output else { return Ok(None) };
+    let f = attention_front(a, args, acc)?;
+    let eps = softmax_relative_bound(f.s);
+    let gamma = f32_sum_bound(f.s);
+    let moved = |factor: f64| -> Result<Vec<f32>, String> {
+        let mut t = (*f.p32).clone();
+        let crate::interp::tensor::TensorData::F32(data) = &mut t.data else { return Err("probabilities are not float".into()) };
+        data.iter_mut().for_each(|p| *p = (f64::from(*p) * factor) as f32);
+        Ok(f.round_probs(a, Arc::new(t))?.to_f32_vec())
+    };
+    let (low, high) = (moved(1.0 - eps)?, moved(1.0 + eps)?);
+    let probs = f.round_probs(a, f.p32.clone())?.to_f32_vec();
+    let v = f.vh.to_f32_vec();
+    let alpha = a.fp8.map_or(1.0, |f| f64::from(f.pv_alpha));
+    let (s, d) = (f.s, f.d);
+    let n = f.b * f.heads * s * d;
+    let (mut lo, mut hi) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for bh in 0..f.b * f.heads {
+        for i in 0..s {
+            let row = (bh * s + i) * s;
+            for c in 0..d {
+                let (mut centre, mut dev, mut mag) = (0f64, 0f64, 0f64);
+                for j in 0..s {
+                    let (p, x) = (f64::from(probs[row + j]), f64::from(v[(bh * s + j) * d + c]));
+                    let dp = (f64::from(low[row + j]) - p).abs().max((f64::from(high[row + j]) - p).abs());
+                    centre += p * x;
+                    dev += dp * x.abs();
+                    mag += (p * x).abs();
+                }
+                let bound = dev + gamma * mag;
+                lo.push(((centre - bound) * alpha) as f32);
+                hi.push(((centre + bound) * alpha) as f32);
+            }
+        }
     }
-    let pv_alpha = a.fp8.map(|f| f.pv_alpha);
-    let ctx = attention_product(&probs, &vh, false, pv_alpha, &ty(vec![b, heads, s, d]), acc)?;
-    drop((probs, vh));
-    let ctx = shape::transpose(&ctx, &[0, 2, 1, 3], &ty(vec![b, s, heads, d]))?;
-    let y = shape::reshape(Arc::new(ctx), &ty(vec![b, s, width]))?;
-    match &a.output {
-        Some(spec) => quant::quantize(spec, Arc::new(y), vec![], outs),
-        None => Ok(vec![y]),
-    }
+    let shape = vec![f.b, f.heads, s, d];
+    let end = |xs: Vec<f32>| -> Result<Tensor, String> {
+        let y = f.merge_heads(Tensor::from_f32_as(f.dtype, shape.clone(), xs))?;
+        Ok(quant::quantize(spec, Arc::new(y), vec![], outs)?.remove(0))
+    };
+    let (lo, hi) = (end(lo)?, end(hi)?);
+    Ok(Some(order_pair(lo, hi)))
+}
+
+/// Element-wise min and max of two same-shaped tensors (a negative scale reverses the order).
+fn order_pair(a: Tensor, b: Tensor) -> (Tensor, Tensor) {
+    let (x, y) = (a.to_f32_vec(), b.to_f32_vec());
+    let lo = x.iter().zip(&y).map(|(&p, &q)| p.min(q)).collect();
+    let hi = x.iter().zip(&y).map(|(&p, &q)| p.max(q)).collect();
+    (Tensor::from_f32_as(a.dtype, a.shape.clone(), lo), Tensor::from_f32_as(b.dtype, b.shape.clone(), hi))
 }
 
 /// One batched product of `attention`: a `matmul` rounded to `out.dtype`, or with `alpha` (FP8

@@ -12,6 +12,7 @@ mod reduce;
 mod shape;
 
 pub use decoder::inverse_frequencies;
+pub use fused::{f32_sum_bound, softmax_relative_bound, CUDA_EXPF_ULP};
 
 use super::tensor::{Tensor, TensorData};
 use super::Accumulation;
@@ -38,6 +39,25 @@ pub(crate) fn eval_guarded(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], ac
             let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
             Err(format!("internal panic: {}", msg.unwrap_or_default()))
         }
+    }
+}
+
+/// For an op whose quantized output carries the GPU's transcendental error (`attention`: the
+/// softmax's `expf`), per output element the lowest and highest code the GPU can produce
+/// (`fused::attention_code_window`); `None` for every other op and for unquantized outputs.
+pub(crate) fn code_window(
+    op: &Op,
+    args: Vec<Arc<Tensor>>,
+    outs: &[OutType],
+    acc: Accumulation,
+) -> Result<Option<(Tensor, Tensor)>, String> {
+    let want = infer::arity(op);
+    if args.len() != want {
+        return Err(format!("takes {want} operand(s), got {}", args.len()));
+    }
+    match op {
+        Op::Attention(a) => fused::attention_code_window(a, args.into_iter(), outs, acc),
+        _ => Ok(None),
     }
 }
 

@@ -170,19 +170,7 @@ impl CompiledPlan {
         let k = crate::codegen::sample::sample_kernel(vocab, *dtype, sm)?;
         let cache = KernelCache::new(opts.kernel_cache.clone());
         let (cubin, origin) = cache.cubin(&k.name, &k.source, &self.arch_name)?;
-        let section = self.builder.add_section(SectionKind::Cubin, format!("cubin.{}", k.name), cubin);
-        let meta = KernelMeta {
-            name: k.name.clone(),
-            template: k.template.to_string(),
-            source: k.source.clone(),
-            section,
-            grid: k.grid.clone(),
-            block: k.block,
-            shared_mem_bytes: k.smem_bytes,
-            params: k.params.clone(),
-        };
-        let index = self.builder.meta().kernels.len() as u32;
-        self.builder.meta_mut().kernels.push(meta);
+        let index = push_kernel(&mut self.builder, &k, cubin);
         self.stats.kernels += 1;
         match origin {
             Origin::Compiled => self.stats.compiled += 1,
@@ -355,22 +343,28 @@ fn add_kernels(
     let mut index = std::collections::HashMap::new();
     let mut origins = Vec::new();
     for (k, (cubin, origin)) in kernels.into_iter().zip(cubins) {
-        let section = builder.add_section(SectionKind::Cubin, format!("cubin.{}", k.name), cubin);
-        let meta = KernelMeta {
-            name: k.name.clone(),
-            template: k.template.to_string(),
-            source: k.source.clone(),
-            section,
-            grid: k.grid.clone(),
-            block: k.block,
-            shared_mem_bytes: k.smem_bytes,
-            params: k.params.clone(),
-        };
-        index.insert(k.name.clone(), builder.meta().kernels.len() as u32);
-        builder.meta_mut().kernels.push(meta);
+        index.insert(k.name.clone(), push_kernel(builder, k, cubin));
         origins.push(origin);
     }
     Ok((index, origins))
+}
+
+/// Adds `k`'s CUBIN section and its entry in `meta.kernels`; returns its kernel index.
+fn push_kernel(builder: &mut PlanBuilder<'static>, k: &KernelDef, cubin: Vec<u8>) -> u32 {
+    let section = builder.add_section(SectionKind::Cubin, format!("cubin.{}", k.name), cubin);
+    let meta = KernelMeta {
+        name: k.name.clone(),
+        template: k.template.to_string(),
+        source: k.source.clone(),
+        section,
+        grid: k.grid.clone(),
+        block: k.block,
+        shared_mem_bytes: k.smem_bytes,
+        params: k.params.clone(),
+    };
+    let index = builder.meta().kernels.len() as u32;
+    builder.meta_mut().kernels.push(meta);
+    index
 }
 
 /// One buffer per value with storage; returns value → buffer index.

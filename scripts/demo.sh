@@ -6,8 +6,9 @@
 # accuracy against FP32 on held-out texts, and embeds a few sentences: on the GPU from the plan
 # when one is present (then also checks the plan against the interpreter and times it), else with
 # the reference interpreter running the same fused FP8 graph. Then the default decoder
-# (SmolLM2-135M-Instruct from its GGUF): greedy generation with the fp8 recipe and an FP8 KV cache
-# on the reference interpreter (the GPU decoder plans are not built yet), streamed as it comes.
+# (SmolLM2-135M-Instruct from its GGUF): greedy generation with the fp8 recipe and an FP8 KV cache,
+# from a compiled decoder plan on the GPU when one is present, else on the reference interpreter,
+# streamed as it comes.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/cache.sh"
 qfuse_ensure_model
@@ -31,7 +32,9 @@ echo "== eval --recipe fp8 (per-layer and end-to-end accuracy vs FP32, held-out 
 echo
 texts=("A man is eating food." "A man is eating a piece of bread." "The new movie is awesome."
   "The new movie is so great." "A woman is playing violin." "The stock market fell sharply today.")
-if nvidia-smi -L >/dev/null 2>&1; then
+gpu=0
+nvidia-smi -L >/dev/null 2>&1 && gpu=1
+if [[ "$gpu" == 1 ]]; then
   echo "== run minilm-fp8.plan on the GPU =="
   "$qfuse" run target/demo/minilm-fp8.plan "${texts[@]}"
   echo
@@ -45,6 +48,12 @@ else
   "$qfuse" embed "$QFUSE_MODEL_DIR" --recipe fp8 "${texts[@]}"
 fi
 echo
-echo "== generate with SmolLM2-135M-Instruct (GGUF), fp8 recipe, fp8 KV cache, reference interpreter =="
-"$qfuse" generate "$QFUSE_DECODER_GGUF" --recipe fp8 --kv-cache fp8 --chat \
-  --prompt "What is the capital of France? Answer in one sentence." --max-new-tokens 48
+question="What is the capital of France? Answer in one sentence."
+if [[ "$gpu" == 1 ]]; then
+  echo "== SmolLM2-135M-Instruct (GGUF): compile an fp8 decoder plan with an FP8 KV cache, generate on the GPU =="
+  "$qfuse" compile "$QFUSE_DECODER_GGUF" --recipe fp8 --kv-cache fp8 --max-seq 2048 -o target/demo/smollm2-fp8.plan
+  "$qfuse" generate target/demo/smollm2-fp8.plan --chat --prompt "$question" --max-new-tokens 48
+else
+  echo "== generate with SmolLM2-135M-Instruct (GGUF), fp8 recipe, fp8 KV cache, reference interpreter (no GPU here) =="
+  "$qfuse" generate "$QFUSE_DECODER_GGUF" --recipe fp8 --kv-cache fp8 --chat --prompt "$question" --max-new-tokens 48
+fi

@@ -1,0 +1,44 @@
+//! A decoder plan of the default decoder (SmolLM2-135M-Instruct, its GGUF), compiled without a
+//! GPU: what the generator relies on is in the plan, the cache state has no arena storage, the
+//! 30 layers share their kernels, and the plan's IR runs on the interpreter's paged steps.
+
+mod common;
+
+use qfuse::compile::{compile_decoder, CompileOptions, DecoderPlanOptions};
+use qfuse::plan::{ArgRef, Plan};
+
+#[test]
+fn smollm2_fp16_plan_holds_a_paged_generator() {
+    let gguf = common::smollm2_gguf();
+    let mut opts = CompileOptions::for_recipe("fp16").unwrap();
+    opts.arch = Some("sm_90a".into());
+    opts.kernel_cache = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/kernels"));
+    let d = DecoderPlanOptions { kv_cache: None, max_seq: Some(256), max_batch: 4, max_step: 32, page_size: 32 };
+    let plan = compile_decoder(&gguf, &opts, &d).expect("compile");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("smol.plan");
+    plan.save(&path).unwrap();
+    let loaded = Plan::load(&path, None).unwrap();
+    let m = loaded.meta();
+    let dec = m.decoder.as_ref().expect("decoder metadata");
+    // 30 layers, K and V: 60 pools of f16 [pages, 3, 32, 64].
+    assert_eq!(dec.kv.slots.len(), 60);
+    assert!(dec.kv.slots.iter().all(|s| s.dtype == "f16" && s.kv_heads == 3 && s.head_dim == 64 && s.scale == 1.0));
+    assert_eq!((dec.kv.page_size, dec.kv.max_pages, dec.max_seq, dec.max_batch, dec.max_step_tokens), (32, 8, 256, 4, 32));
+    assert_eq!((dec.vocab, dec.logits.as_str()), (49152, "logits"));
+    assert!(dec.tokens.chat_template.is_some() && !dec.tokens.eos.is_empty());
+    assert_eq!(m.kernels[dec.sample_kernel as usize].template, "sample");
+    // The cache is not an input and has no buffer; the cache length symbol is gone.
+    assert!(m.inputs.iter().all(|i| !i.name.starts_with("past.")), "{:?}", m.inputs.iter().map(|i| &i.name).collect::<Vec<_>>());
+    assert!(m.buffers.iter().all(|b| !b.shape.iter().any(|d| d.to_string().contains('P'))));
+    assert_eq!(m.symbols.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), ["B", "S"]);
+    // Every pool is written by one append and read by the attention, whose decode (S = 1) and
+    // prefill (S > 1) kernels are guarded alternatives.
+    let pool_uses = m.schedule.iter().flat_map(|l| &l.args).filter(|a| matches!(a, ArgRef::KvPool(_))).count();
+    assert_eq!(pool_uses, 60 * 3);
+    let guarded_attention = m.schedule.iter().enumerate().filter(|(i, l)| l.label.starts_with("causal_attention") && m.guard_of(*i).is_some()).count();
+    assert_eq!(guarded_attention, 30 * 2);
+    // Kernel count independent of depth: far fewer kernels than layers × ops.
+    assert!(m.kernels.len() < 30, "{} kernels for 30 layers", m.kernels.len());
+    assert!(m.schedule.len() > 30 * 10);
+}

@@ -126,6 +126,7 @@ impl Context<'_> {
                 ("logits", ParamType::Ptr) => KernelArg::Ptr(logits),
                 ("row_stride", ParamType::I64) => KernelArg::I64(row_stride as i64),
                 ("rows", ParamType::I32) => KernelArg::I32(input.batch as i32),
+                ("rows", ParamType::I64) => KernelArg::I64(input.batch as i64),
                 ("out", ParamType::Ptr) => KernelArg::Ptr(kv.ids.ptr()),
                 ("temperature", ParamType::F32) => KernelArg::F32(p.temperature),
                 ("top_k", ParamType::I32) => KernelArg::I32(p.top_k as i32),

@@ -13,8 +13,8 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out=/tmp/gpu-decoder
 mkdir -p "$out"
-for f in gpu-bundle/qfuse.gz; do [[ -f "$f" ]] && gunzip -f "$f"; done
-chmod +x gpu-bundle/qfuse
+for f in gpu-bundle/qfuse.gz gpu-bundle/decoder_kernels_gpu.gz; do [[ -f "$f" ]] && gunzip -f "$f"; done
+chmod +x gpu-bundle/qfuse gpu-bundle/decoder_kernels_gpu 2>/dev/null
 [[ -f gpu-bundle/cache.tgz ]] && tar xzf gpu-bundle/cache.tgz -C gpu-bundle && rm gpu-bundle/cache.tgz
 export QFUSE_CACHE_DIR="$PWD/gpu-bundle/cache"
 q=gpu-bundle/qfuse
@@ -25,6 +25,10 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1
 plans="${PLANS:-fp16 fp8+fp8kv}"
 declare -A args=([fp16]="--recipe fp16 --kv-cache f16" [fp8+fp8kv]="--recipe fp8 --kv-cache fp8" [w8a16]="--recipe w8a16 --kv-cache f16"
     [int8-sq]="--recipe int8-sq --kv-cache f16" [w4a16-awq]="--recipe w4a16-awq --kv-cache f16" [fp8]="--recipe fp8 --kv-cache f16")
+if [[ -x gpu-bundle/decoder_kernels_gpu ]]; then
+    echo "== decoder kernels vs the interpreter (tests/decoder_kernels_gpu.rs)"
+    timeout 120 gpu-bundle/decoder_kernels_gpu --ignored --test-threads=1 2>&1 | grep -E "^test |test result|panicked|assert" | head -20
+fi
 echo "== compile"
 for p in $plans; do
     # shellcheck disable=SC2086

@@ -494,6 +494,9 @@ fn engine_is_send_and_sync_and_context_is_send() {
     fn send<T: Send>() {}
     send_sync::<Engine>();
     send::<Context<'static>>();
+    // One generator per thread over a shared engine (decoder plans).
+    send::<qfuse::runtime::Generator<'static>>();
+    send_sync::<qfuse::runtime::scheduler::Scheduler>();
     send_sync::<RuntimeError>();
     send_sync::<HostTensor>();
 }

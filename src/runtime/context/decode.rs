@@ -69,14 +69,17 @@ impl Context<'_> {
                     .map_err(|e| RuntimeError::driver("copying the page table to the device", e))?;
                 let issue = this.prepare(&binding)?;
                 this.issue(&issue, &binding)?;
-                let (logits_ptr, row_stride, elem) = this.logits_rows(&d, &binding.symbols, s)?;
-                let sample = this.sample_launch(&d, input, logits_ptr, row_stride)?;
-                this.launch(&sample)?;
+                let (logits_ptr, row_stride, dtype) = this.logits_rows(&d, &binding.symbols, s)?;
+                let elem = dtype.clone();
+                let elem = u64::from(crate::runtime::tensor::dtype_bits(&elem).unwrap_or(32) / 8);
+                for sample in this.sample_launches(&d, input, logits_ptr, row_stride, elem)? {
+                    this.launch(&sample)?;
+                }
                 let mut ids = vec![0u8; input.batch * 4];
                 // SAFETY: `ids` has B i32 of the device's max_batch; synchronised below.
                 unsafe { result::memcpy_dtoh_async(&mut ids, ids_ptr, this.cu_stream()) }
                     .map_err(|e| RuntimeError::driver("copying the sampled ids to the host", e))?;
-                let logits = if want_logits { Some(this.download_rows(&d, logits_ptr, row_stride, &elem, input.batch)?) } else { None };
+                let logits = if want_logits { Some(this.download_rows(&d, logits_ptr, row_stride, &dtype, input.batch)?) } else { None };
                 this.sync()?;
                 let ids = ids.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
                 Ok(StepOutput { ids, logits })
@@ -112,22 +115,49 @@ impl Context<'_> {
         Ok(out)
     }
 
-    /// The sampling kernel's launch over `input.batch` rows, its arguments bound by parameter name.
-    fn sample_launch(&self, d: &DecoderMeta, input: &StepInput, logits: u64, row_stride: u64) -> Result<ResolvedLaunch, RuntimeError> {
+    /// The sampling kernel's launches: one over every row when all rows are greedy (the draw
+    /// counter is then unused), else one per row with that row's settings and counter, so a
+    /// request samples the same tokens whatever else shares its decode batch.
+    fn sample_launches(&self, d: &DecoderMeta, input: &StepInput, logits: u64, row_stride: u64, elem: u64) -> Result<Vec<ResolvedLaunch>, RuntimeError> {
+        let out = self.kv.as_ref().expect("checked by the caller").ids.ptr();
+        if input.sampling.iter().all(|(p, _)| p.temperature == 0.0) {
+            let (p, counter) = input.sampling.first().copied().unwrap_or_default();
+            return Ok(vec![self.sample_launch(d, input.batch, logits, row_stride, out, p, counter)?]);
+        }
+        input
+            .sampling
+            .iter()
+            .enumerate()
+            .map(|(b, &(p, counter))| {
+                let b = b as u64;
+                self.sample_launch(d, 1, logits + b * row_stride * elem, row_stride, out + 4 * b, p, counter)
+            })
+            .collect()
+    }
+
+    /// One launch of the sampling kernel over `rows` rows, its arguments bound by parameter name.
+    #[allow(clippy::too_many_arguments)]
+    fn sample_launch(
+        &self,
+        d: &DecoderMeta,
+        rows: usize,
+        logits: u64,
+        row_stride: u64,
+        out: u64,
+        p: crate::runtime::scheduler::SamplingParams,
+        counter: u64,
+    ) -> Result<ResolvedLaunch, RuntimeError> {
         let meta = self.engine.meta();
         let k = d.sample_kernel as usize;
         let kernel = meta.kernels.get(k).ok_or_else(|| RuntimeError::Usage(format!("sampling kernel {k} missing")))?;
-        let kv = self.kv.as_ref().expect("checked by the caller");
-        // One setting per step (rows of one step share it; each row draws with its own counter).
-        let (p, counter) = input.sampling.first().copied().unwrap_or_default();
         let mut args = Vec::with_capacity(kernel.params.len());
         for param in &kernel.params {
             let v = match (param.name.as_str(), param.ty) {
                 ("logits", ParamType::Ptr) => KernelArg::Ptr(logits),
                 ("row_stride", ParamType::I64) => KernelArg::I64(row_stride as i64),
-                ("rows", ParamType::I32) => KernelArg::I32(input.batch as i32),
-                ("rows", ParamType::I64) => KernelArg::I64(input.batch as i64),
-                ("out", ParamType::Ptr) => KernelArg::Ptr(kv.ids.ptr()),
+                ("rows", ParamType::I32) => KernelArg::I32(rows as i32),
+                ("rows", ParamType::I64) => KernelArg::I64(rows as i64),
+                ("out", ParamType::Ptr) => KernelArg::Ptr(out),
                 ("temperature", ParamType::F32) => KernelArg::F32(p.temperature),
                 ("top_k", ParamType::I32) => KernelArg::I32(p.top_k as i32),
                 ("top_p", ParamType::F32) => KernelArg::F32(p.top_p),
@@ -137,14 +167,7 @@ impl Context<'_> {
             };
             args.push(v);
         }
-        Ok(ResolvedLaunch {
-            index: usize::MAX,
-            kernel: k,
-            grid: [input.batch as u32, 1, 1],
-            block: kernel.block,
-            shared_mem_bytes: kernel.shared_mem_bytes,
-            args,
-        })
+        Ok(ResolvedLaunch { index: usize::MAX, kernel: k, grid: [rows as u32, 1, 1], block: kernel.block, shared_mem_bytes: kernel.shared_mem_bytes, args })
     }
 }
 

@@ -18,7 +18,9 @@ fn step_graph(storage: DType) -> Graph {
     let rope = Op::Rope(Rope { heads: 2, theta: 10000.0, pairs: RopePairs::Half, llama3: None });
     let q = bb.add1(rope, &[q, len], None).unwrap();
     let pk32 = bb.cast(pk, DType::F32).unwrap();
-    let o = bb.add1(Op::CausalAttention(CausalAttention { heads: 2, kv_heads: 1, scale: 0.5, cache: None }), &[q, k, v, pk32, pv, len], None).unwrap();
+    let o = bb
+        .add1(Op::CausalAttention(CausalAttention { heads: 2, kv_heads: 1, scale: 0.5, cache: None }), &[q, k, v, pk32, pv, len], None)
+        .unwrap();
     g.outputs.push(("o".into(), o));
     g.outputs.push(("present.k".into(), k));
     g.outputs.push(("present.v".into(), v));

@@ -36,7 +36,8 @@ fn smollm2_fp16_plan_holds_a_paged_generator() {
     // prefill (S > 1) kernels are guarded alternatives.
     let pool_uses = m.schedule.iter().flat_map(|l| &l.args).filter(|a| matches!(a, ArgRef::KvPool(_))).count();
     assert_eq!(pool_uses, 60 * 3);
-    let guarded_attention = m.schedule.iter().enumerate().filter(|(i, l)| l.label.starts_with("causal_attention") && m.guard_of(*i).is_some()).count();
+    let guarded_attention =
+        m.schedule.iter().enumerate().filter(|(i, l)| l.label.starts_with("causal_attention") && m.guard_of(*i).is_some()).count();
     assert_eq!(guarded_attention, 30 * 2);
     // Kernel count independent of depth: far fewer kernels than layers × ops.
     assert!(m.kernels.len() < 30, "{} kernels for 30 layers", m.kernels.len());

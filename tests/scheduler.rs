@@ -127,9 +127,11 @@ fn impossible_requests_are_refused_by_name() {
     let mut sched = Scheduler::new(GEO, 4);
     let e = sched.submit(Request { id: 7, prompt: vec![], max_new: 1, stop: vec![], sampling: SamplingParams::default() }).unwrap_err();
     assert!(e.contains("request 7") && e.contains("empty"), "{e}");
-    let e = sched.submit(Request { id: 8, prompt: vec![1; 200], max_new: 1, stop: vec![], sampling: SamplingParams::default() }).unwrap_err();
+    let e =
+        sched.submit(Request { id: 8, prompt: vec![1; 200], max_new: 1, stop: vec![], sampling: SamplingParams::default() }).unwrap_err();
     assert!(e.contains("200 tokens") && e.contains("128"), "{e}");
-    let e = sched.submit(Request { id: 9, prompt: vec![1; 100], max_new: 20, stop: vec![], sampling: SamplingParams::default() }).unwrap_err();
+    let e =
+        sched.submit(Request { id: 9, prompt: vec![1; 100], max_new: 20, stop: vec![], sampling: SamplingParams::default() }).unwrap_err();
     assert!(e.contains("pages"), "{e}");
 }
 

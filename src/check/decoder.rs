@@ -84,7 +84,9 @@ pub fn check_decoder_plan(plan_path: &std::path::Path, prompts: &[Vec<u32>], max
     let mut cpu = PagedStepper::new(&graph, &weights, geometry, pages, Accumulation::F32).map_err(anyhow::Error::msg)?;
     let mut sched = Scheduler::new(geometry, pages);
     for (id, p) in prompts.iter().enumerate() {
-        sched.submit(Request { id: id as u64, prompt: p.clone(), max_new, stop: vec![], sampling: SamplingParams::default() }).map_err(anyhow::Error::msg)?;
+        sched
+            .submit(Request { id: id as u64, prompt: p.clone(), max_new, stop: vec![], sampling: SamplingParams::default() })
+            .map_err(anyhow::Error::msg)?;
     }
     let mut rows = Vec::new();
     let mut non_finite = 0;

@@ -13,9 +13,9 @@
 //!    any output.
 
 mod compare;
+pub mod decoder;
 pub mod inputs;
 mod judge;
-pub mod decoder;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -28,12 +28,20 @@ pub struct DecodeBench {
 /// Benchmarks `engine` at each of `batches`.
 pub fn bench(engine: &Engine, prompt_len: u64, gen: u64, batches: &[u64]) -> anyhow::Result<Vec<DecodeBench>> {
     let d = engine.meta().decoder.clone().ok_or_else(|| anyhow::anyhow!("not a decoder plan"))?;
-    anyhow::ensure!(prompt_len >= 1 && prompt_len + gen <= d.max_seq, "--prompt-len {prompt_len} + --gen {gen} exceed the plan's context {}", d.max_seq);
+    anyhow::ensure!(
+        prompt_len >= 1 && prompt_len + gen <= d.max_seq,
+        "--prompt-len {prompt_len} + --gen {gen} exceed the plan's context {}",
+        d.max_seq
+    );
     anyhow::ensure!(gen >= 2, "--gen must be at least 2 (one decode step after the first token)");
     let weight_bytes: u64 = engine.weight_bytes() as u64;
     let mut out = Vec::new();
     for &batch in batches {
-        anyhow::ensure!(batch >= 1 && batch <= d.max_batch, "--batch {batch}: the plan serves 1 to {} sequences (--max-batch)", d.max_batch);
+        anyhow::ensure!(
+            batch >= 1 && batch <= d.max_batch,
+            "--batch {batch}: the plan serves 1 to {} sequences (--max-batch)",
+            d.max_batch
+        );
         let mut gen_ = Generator::new(engine, None)?;
         let mut s = 0x5eed_u64.wrapping_add(batch);
         let mut next = || {

@@ -42,7 +42,11 @@ pub fn prompt_ids(tok: &GgufTokenizer, prompt: &str, chat: bool, system: Option<
 pub fn run(args: &GenerateArgs, quiet: bool) -> anyhow::Result<()> {
     let spinner = qfuse::progress::spinner(format!("loading {}", args.model.display()), quiet);
     let plan = Plan::load(&args.model, None)?;
-    let d = plan.meta().decoder.clone().with_context(|| format!("{}: not a decoder plan (compile a decoder to generate)", args.model.display()))?;
+    let d = plan
+        .meta()
+        .decoder
+        .clone()
+        .with_context(|| format!("{}: not a decoder plan (compile a decoder to generate)", args.model.display()))?;
     let engine = Engine::load(&args.model)?;
     spinner.finish_and_clear();
     let tok = plan_tokenizer(&plan, &d)?;
@@ -90,7 +94,13 @@ pub fn run(args: &GenerateArgs, quiet: bool) -> anyhow::Result<()> {
         super::output::print_line(&serde_json::to_string_pretty(&doc)?)?;
     } else {
         super::output::print_line("")?;
-        eprintln!("{} prompt + {} new tokens ({stop}) on {}; first token after {:.1} ms, then {rate:.1} tokens/s", prompt.len(), ids.len(), engine.device_name(), ttft * 1e3);
+        eprintln!(
+            "{} prompt + {} new tokens ({stop}) on {}; first token after {:.1} ms, then {rate:.1} tokens/s",
+            prompt.len(),
+            ids.len(),
+            engine.device_name(),
+            ttft * 1e3
+        );
     }
     Ok(())
 }

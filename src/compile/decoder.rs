@@ -64,7 +64,12 @@ impl DecoderPlanOptions {
 pub fn compile_decoder(path: &Path, opts: &CompileOptions, d: &DecoderPlanOptions) -> Result<CompiledPlan, CompileError> {
     d.check()?;
     let started = Instant::now();
-    let import = DecoderOptions { max_batch: d.max_batch, max_seq: Some(d.max_seq.unwrap_or(4096)), kv: KvFormat::Float(DType::F32), max_step: Some(d.max_step) };
+    let import = DecoderOptions {
+        max_batch: d.max_batch,
+        max_seq: Some(d.max_seq.unwrap_or(4096)),
+        kv: KvFormat::Float(DType::F32),
+        max_step: Some(d.max_step),
+    };
     let mut model = decoder::load(path, &import)?;
     let storage = d.kv_cache.unwrap_or(opts.recipe.compute);
     decoder::set_kv_cache(&mut model, storage, opts.calib.quiet)?;
@@ -77,10 +82,16 @@ pub fn compile_decoder(path: &Path, opts: &CompileOptions, d: &DecoderPlanOption
     let max_pages = u32::try_from(model.max_seq.div_ceil(u64::from(d.page_size)))
         .map_err(|_| CompileError::Options(format!("--max-seq {} needs too many pages", model.max_seq)))?;
     let tokenizer = match &model.tokenizer {
-        Some(t) => Some(t.inner().to_string(false).map_err(|e| CompileError::Options(format!("{}: saving the tokenizer: {e}", path.display())))?),
+        Some(t) => {
+            Some(t.inner().to_string(false).map_err(|e| CompileError::Options(format!("{}: saving the tokenizer: {e}", path.display())))?)
+        }
         None => None,
     };
-    let source = Source { weights: &model.weights, tokenizer: tokenizer.map(String::into_bytes), paged: Some(PagedKv { page_size: d.page_size, max_pages }) };
+    let source = Source {
+        weights: &model.weights,
+        tokenizer: tokenizer.map(String::into_bytes),
+        paged: Some(PagedKv { page_size: d.page_size, max_pages }),
+    };
     let mut plan = assemble(&source, q, opts)?;
     let sample = plan.add_sample_kernel(&logits_dtype(&plan.quantized.fused)?, model.config.vocab_size, opts)?;
     let meta = decoder_meta(&model, &plan.quantized.fused, d, max_pages, sample)?;
@@ -99,11 +110,21 @@ fn slot_of(name: &str) -> Option<(usize, usize)> {
 
 /// The logits output's dtype.
 fn logits_dtype(g: &Graph) -> Result<DType, CompileError> {
-    g.outputs.iter().find(|(n, _)| n == "logits").map(|(_, v)| g.ty(*v).dtype).ok_or_else(|| CompileError::Options("the decoder graph has no `logits` output".into()))
+    g.outputs
+        .iter()
+        .find(|(n, _)| n == "logits")
+        .map(|(_, v)| g.ty(*v).dtype)
+        .ok_or_else(|| CompileError::Options("the decoder graph has no `logits` output".into()))
 }
 
 /// The plan's decoder metadata: one pool per state slot of the final graph.
-fn decoder_meta(model: &DecoderModel, g: &Graph, d: &DecoderPlanOptions, max_pages: u32, sample_kernel: u32) -> Result<DecoderMeta, CompileError> {
+fn decoder_meta(
+    model: &DecoderModel,
+    g: &Graph,
+    d: &DecoderPlanOptions,
+    max_pages: u32,
+    sample_kernel: u32,
+) -> Result<DecoderMeta, CompileError> {
     let mut slots = Vec::with_capacity(g.state.len());
     for slot in &g.state {
         let input = g.inputs().into_iter().find(|(n, _)| *n == slot.input).map(|(_, v)| v);
@@ -112,7 +133,8 @@ fn decoder_meta(model: &DecoderModel, g: &Graph, d: &DecoderPlanOptions, max_pag
         let (Some(kv_heads), Some(head_dim)) = (dim(1), dim(3)) else {
             return Err(CompileError::Options(format!("state `{}` is not [B, KV, P, D] with fixed KV and D", slot.input)));
         };
-        let (layer, kind) = slot_of(&slot.input).ok_or_else(|| CompileError::Options(format!("state `{}` is not named past.{{k,v}}.<layer>", slot.input)))?;
+        let (layer, kind) = slot_of(&slot.input)
+            .ok_or_else(|| CompileError::Options(format!("state `{}` is not named past.{{k,v}}.<layer>", slot.input)))?;
         let scale = model.options.kv.spec(layer, kind).and_then(|s| match s.scale {
             crate::ir::ScaleSource::Literal(x) => Some(x),
             _ => None,

@@ -23,8 +23,8 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::codegen::cache::{KernelCache, Origin};
-use crate::codegen::kernel::{dim_expr, max_extents, Arg, KernelDef, LowerError, LowerOptions};
 use crate::codegen::kernel::PagedKv;
+use crate::codegen::kernel::{dim_expr, max_extents, Arg, KernelDef, LowerError, LowerOptions};
 use crate::codegen::lower::{lower_graph_paged, Program};
 use crate::codegen::memory::{self, MemoryPlan};
 use crate::codegen::nvrtc::{self, NvrtcError};

@@ -27,11 +27,21 @@ pub struct PagedStepper<'a> {
 
 impl<'a> PagedStepper<'a> {
     /// Pools of `pages` pages for `graph`'s state slots; sums in `accumulation`.
-    pub fn new(graph: &'a Graph, weights: &'a dyn WeightSource, geometry: Geometry, pages: u32, accumulation: Accumulation) -> Result<Self, String> {
+    pub fn new(
+        graph: &'a Graph,
+        weights: &'a dyn WeightSource,
+        geometry: Geometry,
+        pages: u32,
+        accumulation: Accumulation,
+    ) -> Result<Self, String> {
         let inputs = graph.inputs();
         let mut slots = Vec::with_capacity(graph.state.len());
         for s in &graph.state {
-            let v = inputs.iter().find(|(n, _)| *n == s.input).map(|(_, v)| *v).ok_or_else(|| format!("state `{}` is not an input", s.input))?;
+            let v = inputs
+                .iter()
+                .find(|(n, _)| *n == s.input)
+                .map(|(_, v)| *v)
+                .ok_or_else(|| format!("state `{}` is not an input", s.input))?;
             let ty = graph.ty(v);
             let dim = |a: usize| ty.shape.get(a).and_then(|d| d.fixed()).map(|x| x as usize);
             let (Some(kv), Some(d)) = (dim(1), dim(3)) else { return Err(format!("state `{}` is not [B, KV, P, D]", s.input)) };

@@ -99,7 +99,8 @@ pub fn encode(op: &Op, extra: &[ValueId]) -> Vec<Attr> {
         Op::Attention(a) => encode_attention(a, extra),
         Op::Rope(r) => encode_rope(r),
         Op::CausalAttention(a) => {
-            let mut v = vec![kv("heads", int(i64::from(a.heads))), kv("kv_heads", int(i64::from(a.kv_heads))), kv("scale", f32_num(a.scale))];
+            let mut v =
+                vec![kv("heads", int(i64::from(a.heads))), kv("kv_heads", int(i64::from(a.kv_heads))), kv("scale", f32_num(a.scale))];
             if let Some(c) = &a.cache {
                 v.push(Attr { key: None, value: encode_kv_codes(c) });
             }
@@ -302,7 +303,11 @@ fn decode_kv_codes(attrs: &[Attr]) -> Result<Option<KvCodes>, String> {
     let Some(args) = found else { return Ok(None) };
     let inner = keyed_args(args, "codes")?;
     let num = |k: &str| required(&inner, k).and_then(as_f32).map_err(|e| format!("codes: {e}"));
-    Ok(Some(KvCodes { k_scale: num("k_scale")?, v_scale: num("v_scale")?, via: dtype_attr(&inner, "via").map_err(|e| format!("codes: {e}"))? }))
+    Ok(Some(KvCodes {
+        k_scale: num("k_scale")?,
+        v_scale: num("v_scale")?,
+        via: dtype_attr(&inner, "via").map_err(|e| format!("codes: {e}"))?,
+    }))
 }
 
 /// The `fp8(...)` item of an attention, if present.

@@ -35,7 +35,7 @@
 //! reshape/transpose); before `dce`.
 
 use super::{loc, Pass, PassCx, PassError};
-use crate::ir::{CausalAttention, DType, Graph, Granularity, KvCodes, NodeId, Op, QuantSpec, ScaleSource, ValueId};
+use crate::ir::{CausalAttention, DType, Granularity, Graph, KvCodes, NodeId, Op, QuantSpec, ScaleSource, ValueId};
 
 /// `fuse-kv-cache`.
 pub struct FuseKvCache;

@@ -10,8 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::dim::DimExpr;
 use super::decoder::DecoderMeta;
+use super::dim::DimExpr;
 use super::header::FormatVersion;
 
 /// Alignment of every section's offset, so a section can be memory-mapped on its own (a page).
@@ -524,7 +524,10 @@ mod tests {
         assert!(small.holds(&[]).is_err());
         assert_eq!((small.to_string(), large.to_string()), ("B*S <= 16".to_string(), "B*S > 16".to_string()));
         let middle = Guard::RowsBetween { rows: DimExpr::sym("B").mul(DimExpr::sym("S")), min: 16, max: 64 };
-        assert_eq!((middle.holds(&at(4, 4)), middle.holds(&at(4, 5)), middle.holds(&at(8, 8)), middle.holds(&at(8, 9))), (Ok(false), Ok(true), Ok(true), Ok(false)));
+        assert_eq!(
+            (middle.holds(&at(4, 4)), middle.holds(&at(4, 5)), middle.holds(&at(8, 8)), middle.holds(&at(8, 9))),
+            (Ok(false), Ok(true), Ok(true), Ok(false))
+        );
         assert_eq!(middle.to_string(), "16 < B*S <= 64");
     }
 

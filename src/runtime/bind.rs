@@ -302,7 +302,9 @@ pub fn resolve_launch(
                 bad(format!("KV pool {i} out of {}: decoder plans run through a generator, which owns the KV cache", addrs.kv_pools.len()))
             })?),
             (ArgRef::PageTable, ParamType::Ptr) if addrs.page_table != 0 => KernelArg::Ptr(addrs.page_table),
-            (ArgRef::PageTable, _) => return Err(bad("no page table: decoder plans run through a generator, which owns the KV cache".into())),
+            (ArgRef::PageTable, _) => {
+                return Err(bad("no page table: decoder plans run through a generator, which owns the KV cache".into()))
+            }
             (ArgRef::Scalar(Scalar::F32(v)), ParamType::F32) => KernelArg::F32(*v),
             (ArgRef::Scalar(Scalar::I32(v)), ParamType::I32) => KernelArg::I32(*v),
             (ArgRef::Scalar(Scalar::I64(v)), ParamType::I64) => KernelArg::I64(*v),

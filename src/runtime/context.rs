@@ -12,8 +12,8 @@ use super::bind::{
 };
 use super::cuda::{bind, guarded, DeviceAlloc, Gate, GraphExec};
 use super::engine::{Engine, DEVICE_ALIGN};
-use super::kv::KvCache;
 use super::error::RuntimeError;
+use super::kv::KvCache;
 use super::tensor::HostTensor;
 use crate::plan::LaunchMeta;
 
@@ -331,7 +331,12 @@ impl<'e> Context<'e> {
 
     fn addresses(&self) -> Addresses<'_> {
         match &self.kv {
-            Some(kv) => Addresses { weights: self.engine.weight_ptrs(), arena: self.arena_base, kv_pools: &kv.pool_ptrs, page_table: kv.table.ptr() },
+            Some(kv) => Addresses {
+                weights: self.engine.weight_ptrs(),
+                arena: self.arena_base,
+                kv_pools: &kv.pool_ptrs,
+                page_table: kv.table.ptr(),
+            },
             None => Addresses { weights: self.engine.weight_ptrs(), arena: self.arena_base, kv_pools: &[], page_table: 0 },
         }
     }

@@ -32,7 +32,8 @@ impl KvCache {
         }
         let mut pools = Vec::with_capacity(d.kv.slots.len());
         for slot in &d.kv.slots {
-            let page = slot.page_bytes(d.kv.page_size).ok_or_else(|| RuntimeError::Usage(format!("KV slot `{}`: bad dtype", slot.input)))?;
+            let page =
+                slot.page_bytes(d.kv.page_size).ok_or_else(|| RuntimeError::Usage(format!("KV slot `{}`: bad dtype", slot.input)))?;
             let bytes = page
                 .checked_mul(u64::from(pages))
                 .and_then(|b| usize::try_from(b).ok())

@@ -40,7 +40,7 @@ pub mod scheduler;
 pub mod tensor;
 
 pub use context::{BenchStats, Context, KernelTiming, Outputs, StepOutput, DEFAULT_GRAPH_CACHE};
-pub use generator::Generator;
 pub use engine::{device_arch, local_arch, Engine, DEVICE_ALIGN};
 pub use error::RuntimeError;
+pub use generator::Generator;
 pub use tensor::HostTensor;

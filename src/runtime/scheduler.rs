@@ -273,7 +273,11 @@ impl Scheduler {
         };
         for (b, &r) in rows.iter().enumerate() {
             let s = &self.running[r];
-            let feed: Vec<u32> = if s.pending.is_empty() { vec![*s.generated.last().expect("a decoding sequence has a token")] } else { s.pending[..seq].to_vec() };
+            let feed: Vec<u32> = if s.pending.is_empty() {
+                vec![*s.generated.last().expect("a decoding sequence has a token")]
+            } else {
+                s.pending[..seq].to_vec()
+            };
             input.ids.extend(feed.iter().map(|&t| i64::from(t)));
             input.cache_len.push(i64::from(s.cached));
             for (c, &p) in s.pages.iter().enumerate() {

@@ -200,7 +200,13 @@ impl BlockBuilder<'_, '_> {
 /// Builds and verifies the step graph of `cfg` over `weights` with a KV cache of format `kv`;
 /// `[max_batch, max_step, max_seq]` bound the symbols `B` (sequences), `S` (new tokens per step)
 /// and `P` (cached tokens). A verifier failure is a qfuse bug, reported with the weights' file.
-pub fn build(cfg: &DecoderConfig, weights: &WeightStore, kv: &KvFormat, [max_batch, max_step, max_seq]: [u64; 3], name: &str) -> Result<Graph, ImportError> {
+pub fn build(
+    cfg: &DecoderConfig,
+    weights: &WeightStore,
+    kv: &KvFormat,
+    [max_batch, max_step, max_seq]: [u64; 3],
+    name: &str,
+) -> Result<Graph, ImportError> {
     let mut graph = Graph::new(name);
     let batch = Dim::Sym(graph.add_symbol("B", max_batch));
     let seq = Dim::Sym(graph.add_symbol("S", max_step));

@@ -238,7 +238,14 @@ impl GgufTokenizer {
 
     /// A tokenizer saved in a plan: HF `tokenizer.json` text and the special tokens; `path`
     /// names the plan in errors.
-    pub fn from_saved(path: &Path, json: &[u8], bos: Option<u32>, eos: Option<u32>, add_bos: bool, chat_template: Option<String>) -> Result<Self, ImportError> {
+    pub fn from_saved(
+        path: &Path,
+        json: &[u8],
+        bos: Option<u32>,
+        eos: Option<u32>,
+        add_bos: bool,
+        chat_template: Option<String>,
+    ) -> Result<Self, ImportError> {
         let err = |message: String| ImportError::Tokenizer { path: path.into(), message };
         let inner = Tokenizer::from_bytes(json).map_err(|e| err(format!("section `tokenizer.json`: {e}")))?;
         let vocab_size = inner.get_vocab_size(true);

@@ -91,9 +91,12 @@ impl Context<'_> {
     /// element dtype.
     fn logits_rows(&self, d: &DecoderMeta, symbols: &[(String, u64)], s: u64) -> Result<(u64, u64, String), RuntimeError> {
         let meta = self.engine.meta();
-        let sig = meta.outputs.iter().find(|o| o.name == d.logits).ok_or_else(|| RuntimeError::Usage(format!("no output `{}`", d.logits)))?;
-        let ext = sig_extent(meta, sig, symbols).map_err(|m| RuntimeError::Buffer { what: "output", name: sig.name.clone(), message: m })?;
-        let bytes = crate::runtime::tensor::dtype_bits(&sig.dtype).ok_or_else(|| RuntimeError::Usage(format!("logits dtype {}", sig.dtype)))? / 8;
+        let sig =
+            meta.outputs.iter().find(|o| o.name == d.logits).ok_or_else(|| RuntimeError::Usage(format!("no output `{}`", d.logits)))?;
+        let ext =
+            sig_extent(meta, sig, symbols).map_err(|m| RuntimeError::Buffer { what: "output", name: sig.name.clone(), message: m })?;
+        let bytes =
+            crate::runtime::tensor::dtype_bits(&sig.dtype).ok_or_else(|| RuntimeError::Usage(format!("logits dtype {}", sig.dtype)))? / 8;
         let first = self.arena_base + ext.offset + (s - 1) * d.vocab * u64::from(bytes);
         Ok((first, s * d.vocab, sig.dtype.clone()))
     }
@@ -118,7 +121,14 @@ impl Context<'_> {
     /// The sampling kernel's launches: one over every row when all rows are greedy (the draw
     /// counter is then unused), else one per row with that row's settings and counter, so a
     /// request samples the same tokens whatever else shares its decode batch.
-    fn sample_launches(&self, d: &DecoderMeta, input: &StepInput, logits: u64, row_stride: u64, elem: u64) -> Result<Vec<ResolvedLaunch>, RuntimeError> {
+    fn sample_launches(
+        &self,
+        d: &DecoderMeta,
+        input: &StepInput,
+        logits: u64,
+        row_stride: u64,
+        elem: u64,
+    ) -> Result<Vec<ResolvedLaunch>, RuntimeError> {
         let out = self.kv.as_ref().expect("checked by the caller").ids.ptr();
         if input.sampling.iter().all(|(p, _)| p.temperature == 0.0) {
             let (p, counter) = input.sampling.first().copied().unwrap_or_default();
@@ -163,11 +173,20 @@ impl Context<'_> {
                 ("top_p", ParamType::F32) => KernelArg::F32(p.top_p),
                 ("seed", ParamType::I64) => KernelArg::I64(p.seed as i64),
                 ("counter", ParamType::I64) => KernelArg::I64(counter as i64),
-                (name, ty) => return Err(RuntimeError::Usage(format!("sampling kernel parameter `{name}` ({ty:?}) is unknown to this runtime"))),
+                (name, ty) => {
+                    return Err(RuntimeError::Usage(format!("sampling kernel parameter `{name}` ({ty:?}) is unknown to this runtime")))
+                }
             };
             args.push(v);
         }
-        Ok(ResolvedLaunch { index: usize::MAX, kernel: k, grid: [rows as u32, 1, 1], block: kernel.block, shared_mem_bytes: kernel.shared_mem_bytes, args })
+        Ok(ResolvedLaunch {
+            index: usize::MAX,
+            kernel: k,
+            grid: [rows as u32, 1, 1],
+            block: kernel.block,
+            shared_mem_bytes: kernel.shared_mem_bytes,
+            args,
+        })
     }
 }
 
@@ -188,7 +207,10 @@ fn check_step(d: &DecoderMeta, input: &StepInput) -> Result<(), RuntimeError> {
     }
     for (b, &len) in input.cache_len.iter().enumerate() {
         if len < 0 || len as u64 + input.seq as u64 > d.max_seq {
-            return bad(format!("sequence {b}: {len} cached + {} new tokens exceed the plan's context {} (--max-seq)", input.seq, d.max_seq));
+            return bad(format!(
+                "sequence {b}: {len} cached + {} new tokens exceed the plan's context {} (--max-seq)",
+                input.seq, d.max_seq
+            ));
         }
     }
     Ok(())

@@ -329,7 +329,8 @@ fn reference(logits: &[f32], s: &Sampling, step: u64) -> Option<usize> {
         }
         return best;
     }
-    let k = if s.top_k == 0 { MAX_TOP_K } else { s.top_k.min(MAX_TOP_K) };
+    let top_k = s.top_k as usize;
+    let k = if top_k == 0 { MAX_TOP_K } else { top_k.min(MAX_TOP_K) };
     let mut taken = vec![false; logits.len()];
     let mut order = vec![];
     while order.len() < k {

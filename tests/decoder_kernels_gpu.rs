@@ -388,7 +388,7 @@ fn the_sampler_chooses_what_choose_chooses() {
                     ];
                     gpu.launch(&k, [rows as u32, 1, 1], &args);
                     let got: Vec<i32> = gpu.download(out, 16).chunks(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect();
-                    let s = Sampling { temperature, top_k: top_k as usize, top_p, seed };
+                    let s = Sampling { temperature, top_k: top_k as u32, top_p, seed };
                     for b in 0..rows {
                         let want = choose(&host[b * stride..b * stride + vocab], &s, counter + b as u64).map_or(-1, |i| i as i32);
                         assert_eq!(got[b], want, "{dtype} row {b} {s:?}");

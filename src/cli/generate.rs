@@ -41,7 +41,7 @@ pub struct GenerateArgs {
     pub(crate) temperature: f32,
     /// Sample among the K most likely tokens (0 = the 256 most likely; at most 256).
     #[arg(long, default_value_t = 0)]
-    pub(crate) top_k: usize,
+    pub(crate) top_k: u32,
     /// Sample within the top-p probability mass (1 = all).
     #[arg(long, default_value_t = 1.0)]
     pub(crate) top_p: f32,
@@ -66,7 +66,7 @@ pub fn run(args: &GenerateArgs, quiet: bool) -> anyhow::Result<()> {
     sampling.check().map_err(anyhow::Error::msg)?;
     anyhow::ensure!(args.max_new_tokens >= 1, "--max-new-tokens 0: generate at least one token");
     if args.model.extension().is_some_and(|e| e == "plan") {
-        return super::generate_plan::run(args, quiet);
+        return super::generate_plan::run(args, sampling, quiet);
     }
     let storage = KvFormat::parse_storage(&args.kv_cache).map_err(|e| anyhow::anyhow!("--kv-cache: {e}"))?;
     super::validate::model_path(&args.model, true)?;

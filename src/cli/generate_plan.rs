@@ -39,7 +39,7 @@ pub fn prompt_ids(tok: &GgufTokenizer, prompt: &str, chat: bool, system: Option<
 }
 
 /// Runs `qfuse generate` on a plan.
-pub fn run(args: &GenerateArgs, quiet: bool) -> anyhow::Result<()> {
+pub fn run(args: &GenerateArgs, sampling: SamplingParams, quiet: bool) -> anyhow::Result<()> {
     let spinner = qfuse::progress::spinner(format!("loading {}", args.model.display()), quiet);
     let plan = Plan::load(&args.model, None)?;
     let d = plan
@@ -56,7 +56,6 @@ pub fn run(args: &GenerateArgs, quiet: bool) -> anyhow::Result<()> {
     }
     let max_new = (args.max_new_tokens as u64).min(d.max_seq - prompt.len() as u64) as u32;
     let mut gen = Generator::new(&engine, None)?;
-    let sampling = SamplingParams { temperature: args.temperature, top_k: args.top_k as u32, top_p: args.top_p, seed: args.seed };
     gen.submit(Request { id: 0, prompt: prompt.clone(), max_new, stop: d.tokens.eos.clone(), sampling })?;
     let started = Instant::now();
     let mut first = None;

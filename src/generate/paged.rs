@@ -8,7 +8,7 @@
 //! a GPU script can compare a plan's tokens with exactly what the interpreter computes for the
 //! same steps.
 
-use super::sample::{choose, Sampling};
+use super::sample::choose;
 use crate::interp::{self, Accumulation, RunOptions, Tensor, TensorData, WeightSource};
 use crate::ir::Graph;
 use crate::runtime::scheduler::{Geometry, StepInput};
@@ -113,8 +113,7 @@ impl<'a> PagedStepper<'a> {
         let mut rows = Vec::with_capacity(batch);
         for b in 0..batch {
             let row = logits[((b * seq) + seq - 1) * vocab..][..vocab].to_vec();
-            let (p, counter) = input.sampling[b];
-            let s = Sampling { temperature: p.temperature, top_k: p.top_k as usize, top_p: p.top_p, seed: p.seed };
+            let (s, counter) = input.sampling[b];
             ids.push(choose(&row, &s, counter).ok_or("a row of logits is all NaN")? as u32);
             rows.push(row);
         }

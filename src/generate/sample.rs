@@ -7,37 +7,8 @@
 /// the 256 most likely carry negligible mass for any temperature a chat uses.
 pub const MAX_TOP_K: usize = 256;
 
-/// Sampling settings; `temperature == 0` is greedy.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Sampling {
-    /// Softmax temperature; 0 picks the most likely token.
-    pub temperature: f32,
-    /// Keep only the `top_k` most likely tokens (0 = [`MAX_TOP_K`]; larger values are capped at it).
-    pub top_k: usize,
-    /// Keep the smallest set of most likely tokens whose probability reaches `top_p` (1 = all).
-    pub top_p: f32,
-    /// Seed of the counter-based generator.
-    pub seed: u64,
-}
-
-impl Default for Sampling {
-    fn default() -> Self {
-        Sampling { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
-    }
-}
-
-impl Sampling {
-    /// Checks the ranges; the message names the flag.
-    pub fn check(&self) -> Result<(), String> {
-        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(format!("--temperature must be ≥ 0, got {}", self.temperature));
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(format!("--top-p must lie in (0, 1], got {}", self.top_p));
-        }
-        Ok(())
-    }
-}
+/// Sampling settings (one definition for the interpreter and the GPU runtime).
+pub use crate::runtime::scheduler::SamplingParams as Sampling;
 
 /// SplitMix64's finaliser: a bijective hash of a 64-bit counter.
 fn mix(mut z: u64) -> u64 {
@@ -87,7 +58,7 @@ pub fn choose(logits: &[f32], s: &Sampling, step: u64) -> Option<usize> {
     }
     let mut order: Vec<usize> = (0..logits.len()).filter(|&i| !logits[i].is_nan()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-    order.truncate(candidates(s.top_k));
+    order.truncate(candidates(s.top_k as usize));
     let top = *logits.get(*order.first()?)? as f64;
     let weights: Vec<f64> = order.iter().map(|&i| ((logits[i] as f64 - top) / s.temperature as f64).exp()).collect();
     let total: f64 = weights.iter().sum();

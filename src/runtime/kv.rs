@@ -47,11 +47,6 @@ impl KvCache {
         let pool_ptrs = pools.iter().map(DeviceAlloc::ptr).collect();
         Ok(Self { pools, pool_ptrs, table, ids, pages })
     }
-
-    /// Bytes of one page across every pool (all layers, K and V).
-    pub(crate) fn bytes_per_page(d: &DecoderMeta) -> u64 {
-        d.kv.slots.iter().filter_map(|s| s.page_bytes(d.kv.page_size)).sum()
-    }
 }
 
 /// The plan's decoder metadata, or an error saying the plan is not a decoder.

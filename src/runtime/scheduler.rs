@@ -55,17 +55,31 @@ impl PageAllocator {
     }
 }
 
-/// Token choice of one request (the sampling kernel's arguments).
+/// Token choice of one request, on the GPU (the sampling kernel's arguments) and on the
+/// interpreter (`generate::sample::choose`); `temperature == 0` is greedy.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SamplingParams {
-    /// 0 = greedy.
+    /// Softmax temperature; 0 picks the most likely token.
     pub temperature: f32,
-    /// 0 = no cut.
+    /// Keep only the `top_k` most likely tokens (0 = 256, the cap; larger values are capped at it).
     pub top_k: u32,
-    /// 1 = no cut.
+    /// Keep the smallest set of most likely tokens whose probability reaches `top_p` (1 = all).
     pub top_p: f32,
     /// Seed of the counter-based generator; draw `n` of a request uses counter `n`.
     pub seed: u64,
+}
+
+impl SamplingParams {
+    /// Checks the ranges; the message names the flag.
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(format!("--temperature must be ≥ 0, got {}", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("--top-p must lie in (0, 1], got {}", self.top_p));
+        }
+        Ok(())
+    }
 }
 
 impl Default for SamplingParams {

@@ -36,12 +36,6 @@ impl Context<'_> {
         self.kv.as_ref().map(|k| k.pages)
     }
 
-    /// How many pages of this plan's KV cache fit in `bytes` (all layers, K and V).
-    pub fn pages_fitting(&self, bytes: u64) -> Result<u32, RuntimeError> {
-        let per_page = KvCache::bytes_per_page(kv::decoder(self.engine)?).max(1);
-        Ok(u32::try_from(bytes / per_page).unwrap_or(u32::MAX))
-    }
-
     /// Runs one scheduler step: uploads the ids, cache lengths and page table, replays the graph
     /// for `(B, S)`, samples one id per row on the GPU and returns the ids (and, with
     /// `want_logits`, each row's last logits as f32).
@@ -101,21 +95,22 @@ impl Context<'_> {
         Ok((first, s * d.vocab, sig.dtype.clone()))
     }
 
-    /// Enqueues copies of each row's last logits; valid after the next sync.
+    /// Copies each row's last logits back (one synchronisation for all rows) as f32.
     fn download_rows(&self, d: &DecoderMeta, first: u64, stride: u64, dtype: &str, rows: usize) -> Result<Vec<Vec<f32>>, RuntimeError> {
         let elem = u64::from(crate::runtime::tensor::dtype_bits(dtype).unwrap_or(32) / 8);
-        let mut out = Vec::with_capacity(rows);
+        let mut raw = Vec::with_capacity(rows);
         for r in 0..rows as u64 {
             let mut bytes = vec![0u8; (d.vocab * elem) as usize];
-            // SAFETY: the row lies inside the logits buffer of the arena; the copy is into pageable
-            // memory, which the driver completes before returning.
+            // SAFETY: the row lies inside the logits buffer of the arena; `bytes` is read only after
+            // the synchronisation below (and `sync_on_error` waits on every error path).
             unsafe { result::memcpy_dtoh_async(&mut bytes, first + r * stride * elem, self.cu_stream()) }
                 .map_err(|e| RuntimeError::driver("copying logits to the host", e))?;
-            self.sync()?;
-            let t = HostTensor { dtype: dtype.to_string(), shape: vec![d.vocab], data: bytes };
-            out.push(t.to_f32_vec().map_err(RuntimeError::Usage)?);
+            raw.push(bytes);
         }
-        Ok(out)
+        self.sync()?;
+        raw.into_iter()
+            .map(|data| HostTensor { dtype: dtype.to_string(), shape: vec![d.vocab], data }.to_f32_vec().map_err(RuntimeError::Usage))
+            .collect()
     }
 
     /// The sampling kernel's launches: one over every row when all rows are greedy (the draw

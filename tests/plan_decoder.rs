@@ -12,6 +12,7 @@ fn smollm2_fp16_plan_holds_a_paged_generator() {
     let gguf = common::smollm2_gguf();
     let mut opts = CompileOptions::for_recipe("fp16").unwrap();
     opts.arch = Some("sm_90a".into());
+    opts.calib = qfuse::quant::CalibOptions::decoder_default();
     opts.kernel_cache = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/kernels"));
     let d = DecoderPlanOptions { kv_cache: None, max_seq: Some(256), max_batch: 4, max_step: 32, page_size: 32 };
     let plan = compile_decoder(&gguf, &opts, &d).expect("compile");

@@ -60,7 +60,8 @@ impl DecoderPlanOptions {
     }
 }
 
-/// Compiles the decoder at `path`.
+/// Compiles the decoder at `path`, calibrating with `opts.calib` as given (for decoders, start from
+/// [`crate::quant::CalibOptions::decoder_default`]).
 pub fn compile_decoder(path: &Path, opts: &CompileOptions, d: &DecoderPlanOptions) -> Result<CompiledPlan, CompileError> {
     d.check()?;
     let started = Instant::now();
@@ -74,11 +75,7 @@ pub fn compile_decoder(path: &Path, opts: &CompileOptions, d: &DecoderPlanOption
     let storage = d.kv_cache.unwrap_or(opts.recipe.compute);
     decoder::set_kv_cache(&mut model, storage, opts.calib.quiet)?;
     let recipe = decoder::decoder_recipe(opts.recipe.clone());
-    let mut calib = opts.calib.clone();
-    if calib.sentences == crate::quant::CalibOptions::default().sentences {
-        calib.sentences = crate::quant::calib::default_decoder_calibration();
-    }
-    let q = quant::quantize(&model, &recipe, &calib, &opts.passes)?;
+    let q = quant::quantize(&model, &recipe, &opts.calib, &opts.passes)?;
     let max_pages = u32::try_from(model.max_seq.div_ceil(u64::from(d.page_size)))
         .map_err(|_| CompileError::Options(format!("--max-seq {} needs too many pages", model.max_seq)))?;
     let tokenizer = match &model.tokenizer {

@@ -36,6 +36,14 @@ pub struct CalibOptions {
     pub quiet: bool,
 }
 
+impl CalibOptions {
+    /// The defaults for decoders: the built-in mix of prose, chats and code
+    /// ([`calib::default_decoder_calibration`]) instead of the encoder sentences.
+    pub fn decoder_default() -> Self {
+        CalibOptions { sentences: calib::default_decoder_calibration(), ..Self::default() }
+    }
+}
+
 impl Default for CalibOptions {
     fn default() -> Self {
         CalibOptions { method: CalibMethod::Max, sentences: calib::default_calibration_sentences(), batch: 16, quiet: true }

@@ -34,6 +34,17 @@ if [[ "${1:-}" == decoder ]]; then
     du -sh gpu-bundle gguf-a gguf-b gguf-c
     exit 0
 fi
+if [[ "${1:-}" == llama8b ]]; then
+    # `build-gpu-bundle.sh llama8b`: what scripts/gpu-llama8b.sh needs — the binary and a tokenizer
+    # (the synthetic checkpoints' copy of SmolLM2's) for the Llama-3-8B-shaped folder written there.
+    qfuse_ensure_synthetic
+    rm -rf gpu-bundle && mkdir -p gpu-bundle/tok
+    cp target/release/qfuse gpu-bundle/ && strip gpu-bundle/qfuse 2>/dev/null || true
+    gzip -9f gpu-bundle/qfuse
+    cp "$QFUSE_SYNTHETIC_DIR/llama-f32/tokenizer.json" "$QFUSE_SYNTHETIC_DIR/llama-f32/tokenizer_config.json" gpu-bundle/tok/
+    du -sh gpu-bundle
+    exit 0
+fi
 rm -rf gpu-bundle
 mkdir -p gpu-bundle/cache
 cp target/release/qfuse target/release/qfuse-gemm-bench gpu-bundle/

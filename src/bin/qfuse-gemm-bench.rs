@@ -815,6 +815,7 @@ fn expected(q: &QMatMul, acc: f32, a_s: f32, b_s: f32, adds: &[f32]) -> f32 {
             match step.op {
                 EpilogueOp::Cast => x,
                 EpilogueOp::Add => x + operands.next().copied().unwrap_or(f32::NAN),
+                EpilogueOp::Mul => x * operands.next().copied().unwrap_or(f32::NAN),
                 EpilogueOp::Unary(UnaryOp::Gelu) => 0.5 * x * libm::erfcf(-x * std::f32::consts::FRAC_1_SQRT_2),
                 EpilogueOp::Unary(u) => panic!("the bench has no reference for {u:?}"),
             },

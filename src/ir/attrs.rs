@@ -156,6 +156,7 @@ fn encode_qmatmul(q: &QMatMul, extra: &[ValueId]) -> Vec<Attr> {
         match s.op {
             EpilogueOp::Cast => AttrValue::Call("cast".into(), vec![dt]),
             EpilogueOp::Add => AttrValue::Call("add".into(), vec![refs.next().expect("epilogue input present"), dt]),
+            EpilogueOp::Mul => AttrValue::Call("mul".into(), vec![refs.next().expect("epilogue input present"), dt]),
             EpilogueOp::Unary(u) => AttrValue::Call(Op::Unary(u).mnemonic().into(), vec![dt]),
         }
     });
@@ -641,9 +642,10 @@ fn decode_step(item: &AttrValue, refs: &mut Vec<ValueId>) -> Result<EpilogueStep
     };
     let op = match (name.as_str(), args.as_slice()) {
         ("cast", [d]) => return Ok(EpilogueStep { op: EpilogueOp::Cast, dtype: dtype(Some(d))? }),
-        ("add", [AttrValue::Ref(v), d]) => {
+        ("add" | "mul", [AttrValue::Ref(v), d]) => {
             refs.push(*v);
-            return Ok(EpilogueStep { op: EpilogueOp::Add, dtype: dtype(Some(d))? });
+            let op = if name == "add" { EpilogueOp::Add } else { EpilogueOp::Mul };
+            return Ok(EpilogueStep { op, dtype: dtype(Some(d))? });
         }
         (other, [_]) => match elementwise(other) {
             Some(Op::Unary(u)) => EpilogueOp::Unary(u),

@@ -4,7 +4,7 @@
 //! `cast`, `reshape`, `dequantize`) take it from the *declared* type and check it instead.
 
 use super::{
-    normalize_axis, shape_text, Attention, DType, Dim, EmbedLayerNorm, EpilogueOp, Granularity, NormKind, Op, QMatMul, QuantSpec, ReduceOp,
+    normalize_axis, shape_text, Attention, DType, Dim, EmbedLayerNorm, Granularity, NormKind, Op, QMatMul, QuantSpec, ReduceOp,
     ScaleSource, Shape, TensorType, ZeroPoint,
 };
 
@@ -428,7 +428,7 @@ fn qmatmul(q: &QMatMul, inputs: &[&TensorType]) -> Result<TensorType, String> {
         if !step.dtype.is_wide_float() {
             return Err(format!("epilogue steps round to f32/f16/bf16, not {}", step.dtype));
         }
-        if step.op == EpilogueOp::Add {
+        if step.op.takes_operand() {
             let t = rest.next().ok_or("missing epilogue operand")?;
             if t.dtype != dtype || broadcast_shapes(&shape, &t.shape)? != shape {
                 return Err(format!(

@@ -85,8 +85,18 @@ pub enum EpilogueOp {
     Cast,
     /// Add the op's next epilogue input: a bias `[N]` or a residual shaped like the output.
     Add,
+    /// Multiply by the op's next epilogue input (shaped like `Add`'s): the gate of a gated MLP
+    /// (`silu(gate) · up` with `up` as the GEMM and `silu(gate)` read).
+    Mul,
     /// An element-wise activation.
     Unary(UnaryOp),
+}
+
+impl EpilogueOp {
+    /// Whether the step reads the op's next epilogue input (`Add`, `Mul`).
+    pub fn takes_operand(self) -> bool {
+        matches!(self, EpilogueOp::Add | EpilogueOp::Mul)
+    }
 }
 
 /// Payload of a quantized matmul.
@@ -122,12 +132,12 @@ impl QMatMul {
     }
 
     /// Number of inputs: `a`, `b`, `b_dequant`'s scale and zero point, the optional scale vectors,
-    /// one per `Add` step — in that order.
+    /// one per `Add` or `Mul` step — in that order.
     pub fn arity(&self) -> usize {
         2 + self.b_dequant.as_ref().map_or(0, QuantSpec::extra_inputs)
             + usize::from(self.a_scale)
             + usize::from(self.b_scale)
-            + self.epilogue.iter().filter(|s| s.op == EpilogueOp::Add).count()
+            + self.epilogue.iter().filter(|s| s.op.takes_operand()).count()
     }
 }
 

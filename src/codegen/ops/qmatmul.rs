@@ -145,7 +145,7 @@ pub fn plan(cx: &LowerCx, node: NodeId) -> Result<GemmPlan, LowerError> {
         scales.push(v);
     }
     let mut adds = Vec::new();
-    for step in q.epilogue.iter().filter(|s| s.op == EpilogueOp::Add) {
+    for step in q.epilogue.iter().filter(|s| s.op.takes_operand()) {
         let v = take("epilogue")?;
         let t = g.ty(v);
         if !t.dtype.is_wide_float() {
@@ -209,14 +209,14 @@ pub fn epilogue(q: &QMatMul, adds: &[(DType, Index)]) -> Result<Epilogue, String
         }
         x = match step.op {
             EpilogueOp::Cast => x,
-            EpilogueOp::Add => {
-                let &(d, index) = operands.next().ok_or_else(|| format!("no operand for epilogue step {i} (add)"))?;
+            op @ (EpilogueOp::Add | EpilogueOp::Mul) => {
+                let &(d, index) = operands.next().ok_or_else(|| format!("no operand for epilogue step {i} ({op:?})"))?;
                 let input = EpilogueInput {
                     name: format!("add{}", inputs.len() - usize::from(q.a_scale) - usize::from(q.b_scale)),
                     dtype: d,
                     index,
                 };
-                let v = x.add(input.value());
+                let v = if op == EpilogueOp::Add { x.add(input.value()) } else { x.mul(input.value()) };
                 inputs.push(input);
                 v
             }
@@ -226,7 +226,7 @@ pub fn epilogue(q: &QMatMul, adds: &[(DType, Index)]) -> Result<Epilogue, String
         dtype = step.dtype;
     }
     if operands.next().is_some() {
-        return Err(format!("{} add operands for {} add steps", adds.len(), q.epilogue.iter().filter(|s| s.op == EpilogueOp::Add).count()));
+        return Err(format!("{} operands for {} add/mul steps", adds.len(), q.epilogue.iter().filter(|s| s.op.takes_operand()).count()));
     }
     let store = match &q.output {
         None => Store::Float(dtype),

@@ -25,7 +25,7 @@ use crate::codegen::gemm::{self, Epilogue, Index, Operand};
 use crate::codegen::kernel::{finish_kernel, Arg, KernelDef, Launch, LowerCx, LowerError, Lowered};
 use crate::codegen::ops::qmatmul;
 use crate::codegen::template::{Template, TemplateError};
-use crate::ir::{normalize_axis, DType, Dim, EpilogueOp, Granularity, NodeId, Op, QuantSpec, ScaleSource, ValueId, ZeroPoint};
+use crate::ir::{normalize_axis, DType, Dim, Granularity, NodeId, Op, QuantSpec, ScaleSource, ValueId, ZeroPoint};
 use crate::plan::{DimExpr, Guard, ParamMeta, ParamType, Scalar};
 
 const WONLY: Template = Template { name: "gemm_wonly.cu", text: include_str!("../../../templates/gemm_wonly.cu") };
@@ -418,7 +418,7 @@ pub fn plan(cx: &LowerCx, node: NodeId) -> Result<WonlyPlan, LowerError> {
     let mut args = vec![Arg::Value(a), Arg::Value(b)];
     let dequant = dequant(cx, spec, (nn, k), &mut rest, &mut args).map_err(err)?;
     let mut adds = Vec::new();
-    for step in q.epilogue.iter().filter(|s| s.op == EpilogueOp::Add) {
+    for step in q.epilogue.iter().filter(|s| s.op.takes_operand()) {
         let v = rest.next().ok_or_else(|| err("missing epilogue operand".into()))?;
         let t = g.ty(v);
         let index = qmatmul::classify(out_shape, &t.shape).filter(|_| t.dtype.is_wide_float()).ok_or_else(|| {

@@ -83,6 +83,7 @@ pub(super) fn qmatmul(
         y = Arc::new(match step.op {
             EpilogueOp::Cast => elementwise::cast(y, &out),
             EpilogueOp::Add => elementwise::binary(BinaryOp::Add, y, next()?, &out)?,
+            EpilogueOp::Mul => elementwise::binary(BinaryOp::Mul, y, next()?, &out)?,
             EpilogueOp::Unary(u) => elementwise::unary(u, y, &out)?,
         });
     }

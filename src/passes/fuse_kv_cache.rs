@@ -23,9 +23,8 @@
 //! Exact: `codes` is defined (and interpreted) as that very dequantize — `via(code · scale)` per
 //! element — before the unchanged f32 attention math.
 //!
-//! Rule `kv-float`: `causal_attention(q, cast(k), …)` where a cast converts to its own dtype (a
-//! float cache already in q's dtype, as the recipes' dtype conversion leaves it) ⇒ the operand is
-//! read directly. Exact: such a cast is the identity.
+//! A float cache already in q's dtype needs no rule: `drop-identity-casts` removed the casts the
+//! recipes' dtype conversion left around it.
 //!
 //! Declines are traced (rule `kv-codes`) and recorded on the dequantizes' report entries. The
 //! dequantizes are left for `dce` (other readers keep theirs). Idempotent: a fused attention has
@@ -52,11 +51,6 @@ impl Pass for FuseKvCache {
             if a.cache.is_some() {
                 continue;
             }
-            if skip_identity_casts(g, id) {
-                tracing::debug!(rule = "kv-float", node = %id);
-                changed = true;
-                continue;
-            }
             match match_codes(g, id) {
                 Err(reason) => {
                     tracing::debug!(rule = "kv-codes", node = %id, declined = %reason);
@@ -81,22 +75,6 @@ impl Pass for FuseKvCache {
         }
         Ok(changed)
     }
-}
-
-/// Rule `kv-float`: a K/V operand that is a `cast` to its own dtype (a float cache already in
-/// q's dtype) is read directly. Returns whether any operand changed.
-fn skip_identity_casts(g: &mut Graph, id: NodeId) -> bool {
-    let mut changed = false;
-    for i in 1..5 {
-        let v = g.nodes[id].inputs[i];
-        let node = g.producer(v);
-        if matches!(node.op, Op::Cast) && g.ty(node.inputs[0]).dtype == g.ty(v).dtype {
-            let src = node.inputs[0];
-            g.nodes[id].inputs[i] = src;
-            changed = true;
-        }
-    }
-    changed
 }
 
 /// The codes attribute and the four code operands `[k, v, past_k, past_v]`, or why not.

@@ -7,6 +7,7 @@
 
 pub mod cse;
 pub mod dce;
+pub mod drop_identity_casts;
 pub mod fold_constants;
 pub mod fold_scales;
 pub mod fold_smoothing;

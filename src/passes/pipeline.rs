@@ -4,6 +4,8 @@ use super::*;
 
 /// The passes that turn a graph with explicit Q/DQ into fused quantized ops, in order.
 ///
+/// `drop-identity-casts` follows `fold-constants`: casts to the dtype a value already has (the
+/// decoder importer's KV-cache casts) vanish before any pass matches around them.
 /// `fold-smoothing` runs first: it reads the LayerNorms' constant γ/β as the importer left them
 /// and must move the SmoothQuant/AWQ factors into them before `fuse-layernorm-quantize` looks for
 /// `quantize(layernorm)`. `cse` runs early too: the recipe places one Q→DQ per matmul input, so the Q, K and V
@@ -17,6 +19,7 @@ pub fn fusion() -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(fold_smoothing::FoldSmoothing),
         Box::new(fold_constants::FoldConstants),
+        Box::new(drop_identity_casts::DropIdentityCasts),
         Box::new(cse::Cse),
         Box::new(propagate_qdq::PropagateQdq),
         Box::new(fold_scales::FoldScales),

@@ -19,8 +19,10 @@
 //! - `cast` to f32/f16/bf16 ⇒ a `cast` step;
 //! - `add(y, o)` or `add(o, y)` whose result keeps the qmatmul's shape (a bias `[N]`, a residual
 //!   shaped like the output) ⇒ an `add` step reading `o` as a new qmatmul input;
-//! - `mul(y, o)` or `mul(o, y)`, likewise ⇒ a `mul` step (a gated MLP's `silu(gate) · up`: the
-//!   gate GEMM multiplies by the up GEMM's result; IEEE products commute, so either order is exact);
+//! - `mul(y, o)` or `mul(o, y)` with `o` shaped like the result ⇒ a `mul` step (a gated MLP's
+//!   `silu(gate) · up`: the gate GEMM multiplies by the up GEMM's result; IEEE products commute, so
+//!   either order is exact). A broadcast factor (attention's scalar `1/√d` after `q·kᵀ`) ends the
+//!   chain, so `fuse-attention` still finds its pattern;
 //! - `gelu`, `gelu_tanh`, `silu`, `relu` ⇒ a unary step;
 //! - finally `quantize` with a per-tensor literal scale and no zero point ⇒ the qmatmul's `out`.
 //!
@@ -30,7 +32,7 @@
 //! stay. That rule also keeps the graph acyclic: an `add`'s other operand cannot depend on the
 //! qmatmul, because every value on the chain has a single reader. A quantize with another spec
 //! (dynamic or per-token scales, zero points, a scale read from a graph value) is declined with
-//! its reason. Other ops (`sub`, `div`, casts to narrow types, `softmax`, ...) end the chain.
+//! its reason. Other ops (`sub`, `div`, a broadcast `mul`, casts to narrow types, `softmax`, ...) end the chain.
 //!
 //! Idempotent: the chain ends at a node no rule takes (or at a quantized output), so running again
 //! finds nothing new. Readers are counted among live nodes only (`dce::live_users`); a changed graph
@@ -158,9 +160,9 @@ fn classify(g: &Graph, next: NodeId, cur: ValueId) -> Next {
     let step = |op| EpilogueStep { op, dtype: out.dtype };
     match &node.op {
         Op::Cast if out.dtype.is_wide_float() => Next::Step(step(EpilogueOp::Cast), None),
-        Op::Binary(op @ (BinaryOp::Add | BinaryOp::Mul)) if out.shape == *g.shape(cur) => {
-            let other = if node.inputs[0] == cur { node.inputs[1] } else { node.inputs[0] };
-            Next::Step(step(if *op == BinaryOp::Add { EpilogueOp::Add } else { EpilogueOp::Mul }), Some(other))
+        Op::Binary(BinaryOp::Add) if out.shape == *g.shape(cur) => Next::Step(step(EpilogueOp::Add), Some(other_operand(node, cur))),
+        Op::Binary(BinaryOp::Mul) if out.shape == *g.shape(cur) && *g.shape(other_operand(node, cur)) == out.shape => {
+            Next::Step(step(EpilogueOp::Mul), Some(other_operand(node, cur)))
         }
         Op::Unary(u @ (UnaryOp::Gelu | UnaryOp::GeluTanh | UnaryOp::Silu | UnaryOp::Relu)) => Next::Step(step(EpilogueOp::Unary(*u)), None),
         Op::Quantize(spec) if node.inputs[0] == cur => match unsupported_output(spec) {
@@ -168,6 +170,15 @@ fn classify(g: &Graph, next: NodeId, cur: ValueId) -> Next {
             Some(reason) => Next::Decline(reason),
         },
         _ => Next::Stop,
+    }
+}
+
+/// The operand of the binary `node` that is not `cur`.
+fn other_operand(node: &crate::ir::Node, cur: ValueId) -> ValueId {
+    if node.inputs[0] == cur {
+        node.inputs[1]
+    } else {
+        node.inputs[0]
     }
 }
 

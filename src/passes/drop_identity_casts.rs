@@ -40,17 +40,23 @@ impl Pass for DropIdentityCasts {
     }
 
     fn run(&self, g: &mut Graph, _cx: &mut PassCx) -> Result<bool, PassError> {
+        // One node at a time in topological order, on the graph as rewritten so far: in a chain
+        // of casts each match sees its operand already replaced, and the side condition is judged
+        // on the outputs as they are now.
+        let Some(order) = order::canonical_order(g) else { return Ok(false) };
         let live = g.live_nodes();
-        let matches: Vec<(NodeId, ValueId, ValueId)> =
-            g.nodes.ids().filter(|&id| live[id.index()]).filter_map(|id| match_identity_cast(g, id).map(|(x, y)| (id, x, y))).collect();
-        for &(id, x, y) in &matches {
-            tracing::debug!(rule = "identity-cast", node = %id);
-            g.replace_all_uses(y, x);
+        let mut changed = false;
+        for id in order.into_iter().filter(|id| live[id.index()]) {
+            if let Some((x, y)) = match_identity_cast(g, id) {
+                tracing::debug!(rule = "identity-cast", node = %id);
+                g.replace_all_uses(y, x);
+                changed = true;
+            }
         }
-        if !matches.is_empty() {
+        if changed {
             *g = order::compact(g);
         }
-        Ok(!matches.is_empty())
+        Ok(changed)
     }
 }
 

@@ -344,7 +344,7 @@ mod tests {
         assert_eq!(epilogue(&qm, &[]).expect("i8 output").store, Store::I8 { scale: 0.25 });
         let qm = q(vec![EpilogueStep { op: EpilogueOp::Add, dtype: DType::F16 }]);
         assert!(epilogue(&qm, &[]).unwrap_err().contains("no operand"));
-        assert!(epilogue(&q(vec![]), &[(DType::F16, Index::Full)]).unwrap_err().contains("add operands"));
+        assert!(epilogue(&q(vec![]), &[(DType::F16, Index::Full)]).unwrap_err().contains("operands for 0 add/mul steps"));
     }
 
     #[test]

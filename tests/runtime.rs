@@ -268,6 +268,22 @@ fn a_launch_resolves_to_grid_pointers_and_scalars() {
     }
 }
 
+/// The split-KV scratch (format 2.1) binds to the generator's buffer, and is an error naming the
+/// launch without one (a decoder plan run without its KV cache).
+#[test]
+fn the_split_scratch_binds_to_the_generators_buffer() {
+    let mut meta = launch_meta();
+    meta.schedule[0].args[0] = ArgRef::SplitScratch;
+    let symbols = vec![("B".to_string(), 2), ("S".to_string(), 100)];
+    let with = Addresses { weights: &[1], arena: 256, kv_pools: &[], page_table: 0, split_scratch: 0x5000_0000 };
+    let l = resolve_launch(&meta, 0, &symbols, &with).unwrap().expect("runs");
+    assert_eq!(l.args[0], KernelArg::Ptr(0x5000_0000));
+    let without = Addresses { split_scratch: 0, ..with };
+    let e = unwrap_err(resolve_launch(&meta, 0, &symbols, &without));
+    assert!(matches!(&e, RuntimeError::Launch { index: 0, .. }), "{e}");
+    assert!(e.to_string().contains("no split-KV scratch"), "{e}");
+}
+
 #[test]
 fn a_zero_grid_skips_the_launch() {
     let meta = launch_meta();

@@ -549,8 +549,9 @@ mod tests {
         assert_eq!(decode_meta(&bytes, V1_0, v2_0).unwrap(), meta, "1.0 ends before the guards");
         meta.launch_guards = vec![LaunchGuard { launch: 0, when: Guard::RowsAtMost { rows: DimExpr::sym("B"), max: 2 } }];
         meta.decoder = Some(DecoderMeta { vocab: 7, ..DecoderMeta::default() });
-        assert_eq!(decode_meta(&encode(&meta).unwrap(), v2_0, v2_0).unwrap(), meta);
-        assert!(decode_meta(&encode(&meta).unwrap(), v1_1, v2_0).unwrap_err().contains("trailing"), "a 1.1 plan cannot carry 2.0 fields");
+        let v2_1 = FormatVersion { major: 2, minor: 1 };
+        assert_eq!(decode_meta(&encode(&meta).unwrap(), v2_1, v2_1).unwrap(), meta);
+        assert!(decode_meta(&encode(&meta).unwrap(), v1_1, v2_1).unwrap_err().contains("trailing"), "a 1.1 plan cannot carry 2.0 fields");
     }
 
     #[test]

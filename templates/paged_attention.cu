@@ -18,14 +18,22 @@
 // its QT tokens (ROWS = QT·G query rows; at decode, S = 1, only G rows are live) from one load of
 // each K/V tile: it walks positions 0 ..= (last position of its tokens) in tiles of TK = {{tile_keys}}
 // keys (whole pages of PAGE = {{page_size}}); per tile it dequantizes K and V [TK, D] into shared memory
-// (f32; each thread moves 16-byte packs, finding each key's page in the page table), computes the
-// live rows' TK scores (causally masked), updates each row's running max and sum (one warp per
-// row), and rescales and accumulates the f32 outputs held in registers (each thread owns
-// ceil(ROWS·D / threads) of them).
+// (f32; each thread keeps QF_INFLIGHT 16-byte loads in flight before converting them, finding each
+// key's page in the page table), computes the live rows' TK scores (causally masked), updates each
+// row's running max and sum (one warp per row), and rescales and accumulates the f32 outputs held
+// in registers (each thread owns ceil(ROWS·D / threads) of them).
 // Shared memory (f32): Q [ROWS][D+1] | K [TK][D+1] | V [TK][D] | P [ROWS][TK] | m, l, α [ROWS]
 // (Q and K rows padded by one word so that threads of one warp reading different rows or keys
-// hit different banks). No split-KV (it needs a workspace the memory plan does not provide):
-// decode runs on B·KV CTAs, each streaming its sequence's whole cache.
+// hit different banks).
+//
+// Split-KV (SPLITS = {{splits}}; 0: off): the decode variant (S = 1, QT = 1) splits each sequence's
+// positions 0 ..= cache_len[b] over SPLITS CTAs: grid (SPLITS, KV, B), CTA x covering tiles
+// [x·n/SPLITS, (x+1)·n/SPLITS) of the sequence's n tiles (chosen at run time, so the splits'
+// work differs by at most one tile; a CTA whose range is empty does no tile). Instead of o it
+// writes, per query row (head h of sequence b), its partial f32 max m, sum of exponentials l and
+// unnormalised output acc[D] = Σ exp(s − m)·v to `partials` [B, H, SPLITS, D + 2] as
+// (m, l, acc[0..D)); an empty range writes the neutral (−∞, 0, 0…). The split_combine kernel
+// merges them by the log-sum-exp rule and rounds once to o's dtype.
 
 typedef {{q_t}} QT_;   // q
 typedef {{o_t}} OT_;   // o
@@ -45,9 +53,17 @@ typedef {{c_t}} CT_;   // cache storage
 #define QF_QLD (QF_D + 1)
 #define QF_KLD (QF_D + 1)
 #define QF_OPT ((QF_ROWS * QF_D + QF_THREADS - 1) / QF_THREADS)
-#define QF_CODES {{codes}}
 // Elements per 16-byte pack of the pools.
 #define QF_EP (16 / sizeof(CT_::T))
+#define QF_CODES {{codes}}
+#define QF_SPLITS {{splits}}
+#define QF_REC (QF_D + 2)  // floats per partial record: m, l, acc[D]
+#if QF_SPLITS
+static_assert(QF_QTOK == 1, "split-KV serves the decode variant only");
+#endif
+// 16-byte packs of one K or V tile, and how many of them a thread loads before converting any.
+#define QF_PACKS (QF_TK * QF_D / QF_EP)
+#define QF_INFLIGHT {{inflight}}
 
 // The value of one cache element: {{cache_doc}}.
 QF_DEVICE float qf_cache_value(CT_::T code, float scale) {
@@ -62,24 +78,35 @@ QF_DEVICE float qf_cache_value(CT_::T code, float scale) {
 
 // Dequantizes the K or V elements of keys t0 .. t0 + TK − 1 into `dst` ([TK][ld] f32): key t lives
 // in page table[t / PAGE], slot t % PAGE, a contiguous row of D elements (HND within a page).
-// Keys at or past t0 + live are zero (never read from memory).
+// Keys at or past t0 + live are zero (never read from memory). Each thread issues up to
+// QF_INFLIGHT independent 16-byte loads (packs pk, pk + THREADS, …) before converting any, so
+// several loads per thread are in flight instead of one.
 QF_DEVICE void qf_load_tile(const CT_::T* __restrict__ pool, const int* __restrict__ table, int g, long long t0, int live,
                             float* dst, int ld, float scale) {
-    for (int pk = threadIdx.x; pk < QF_TK * QF_D / QF_EP; pk += QF_THREADS) {
-        const int e0 = pk * QF_EP;
-        const int j = e0 / QF_D, d0 = e0 % QF_D;
-        float* row = dst + j * ld + d0;
-        if (j < live) {
-            const long long t = t0 + j;
-            const long long page = table[t / QF_PAGE];
-            const long long at = ((page * QF_KV + g) * QF_PAGE + t % QF_PAGE) * QF_D + d0;
-            const uint4 w = *reinterpret_cast<const uint4*>(pool + at);
-            const CT_::T* e = reinterpret_cast<const CT_::T*>(&w);
+    for (int base = threadIdx.x; base < QF_PACKS; base += QF_THREADS * QF_INFLIGHT) {
+        uint4 w[QF_INFLIGHT];
 #pragma unroll
-            for (int u = 0; u < QF_EP; ++u) row[u] = qf_cache_value(e[u], scale);
-        } else {
+        for (int u = 0; u < QF_INFLIGHT; ++u) {
+            const int pk = base + u * QF_THREADS;
+            const int j = pk * QF_EP / QF_D, d0 = pk * QF_EP % QF_D;
+            w[u] = make_uint4(0u, 0u, 0u, 0u);  // all-zero bits: 0 in every cache format
+            if (pk < QF_PACKS && j < live) {
+                const long long t = t0 + j;
+                const long long page = table[t / QF_PAGE];
+                const long long at = ((page * QF_KV + g) * QF_PAGE + t % QF_PAGE) * QF_D + d0;
+                w[u] = *reinterpret_cast<const uint4*>(pool + at);
+            }
+        }
 #pragma unroll
-            for (int u = 0; u < QF_EP; ++u) row[u] = 0.0f;
+        for (int u = 0; u < QF_INFLIGHT; ++u) {
+            const int pk = base + u * QF_THREADS;
+            if (pk < QF_PACKS) {
+                const int j = pk * QF_EP / QF_D, d0 = pk * QF_EP % QF_D;
+                float* row = dst + j * ld + d0;
+                const CT_::T* e = reinterpret_cast<const CT_::T*>(&w[u]);
+#pragma unroll
+                for (int v = 0; v < QF_EP; ++v) row[v] = qf_cache_value(e[v], scale);
+            }
         }
     }
 }
@@ -97,9 +124,25 @@ QF_DEVICE long long qf_row_offset(long long b, long long S, long long s0, int g,
     return ((b * S + s0 + r / QF_G) * QF_H + g * QF_G + r % QF_G) * QF_D;
 }
 
+#if QF_SPLITS
+// Key range [lo, hi) of split `split` over positions [0, end): whole tiles, tile counts of the
+// splits differing by at most one; empty (lo ≥ hi) when the split has no tile.
+QF_DEVICE void qf_split_range(long long end, long long split, long long& lo, long long& hi) {
+    const long long tiles = (end + QF_TK - 1) / QF_TK;
+    lo = split * tiles / QF_SPLITS * QF_TK;
+    const long long stop = (split + 1) * tiles / QF_SPLITS * QF_TK;
+    hi = stop < end ? stop : end;
+}
+
+// The partial record of query row r (decode: head g·G + r) of sequence b for split `split`.
+QF_DEVICE long long qf_record(long long b, int g, int r, long long split) {
+    return ((b * QF_H + g * QF_G + r) * QF_SPLITS + split) * QF_REC;
+}
+#endif
+
 extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const QT_::T* __restrict__ q,
         const CT_::T* __restrict__ k_pool, const CT_::T* __restrict__ v_pool, const int* __restrict__ page_table,
-        const long long* __restrict__ cache_len, OT_::T* __restrict__ out, long long S, float k_scale, float v_scale) {
+        const long long* __restrict__ cache_len, {{out_param}}, long long S, float k_scale, float v_scale) {
     extern __shared__ float smem[];
     float* Qs = smem;
     float* Ks = Qs + QF_ROWS * QF_QLD;
@@ -111,8 +154,13 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
 
     const int g = blockIdx.y;
     const long long b = blockIdx.z;
+#if QF_SPLITS
+    const long long split = blockIdx.x;  // S = 1: one query token
+    const long long s0 = 0;
+#else
     const long long s0 = static_cast<long long>(blockIdx.x) * QF_QTOK;
     if (s0 >= S) return;
+#endif
     const int tokens = static_cast<int>(S - s0 < QF_QTOK ? S - s0 : QF_QTOK);
     const int rows = tokens * QF_G;
     const long long base = cache_len[b];
@@ -135,8 +183,14 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
     const int* table = page_table + b * QF_MAX_PAGES;
     // Keys past the page table (t / PAGE ≥ MAX_PAGES) are not read: the runtime never admits them.
     const long long end = last + 1 < static_cast<long long>(QF_MAX_PAGES) * QF_PAGE ? last + 1 : static_cast<long long>(QF_MAX_PAGES) * QF_PAGE;
-    for (long long first = 0; first < end; first += QF_TK) {
-        const int live = static_cast<int>(end - first < QF_TK ? end - first : QF_TK);
+#if QF_SPLITS
+    long long lo, hi;
+    qf_split_range(end, split, lo, hi);
+#else
+    const long long lo = 0, hi = end;
+#endif
+    for (long long first = lo; first < hi; first += QF_TK) {
+        const int live = static_cast<int>(hi - first < QF_TK ? hi - first : QF_TK);
         __syncthreads();  // the previous tile is consumed (and Q, m, l are written)
         qf_load_tile(k_pool, table, g, first, live, Ks, QF_KLD, k_scale);
         qf_load_tile(v_pool, table, g, first, live, Vs, QF_D, v_scale);
@@ -196,9 +250,22 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
         }
     }
     __syncthreads();
+#if QF_SPLITS
+    // The partial statistics and unnormalised outputs (neutral −∞, 0, 0… when no tile ran).
+    for (int r = threadIdx.x; r < rows; r += QF_THREADS) {
+        partials[qf_record(b, g, r, split)] = row_m[r];
+        partials[qf_record(b, g, r, split) + 1] = row_l[r];
+    }
+#pragma unroll
+    for (int k = 0; k < QF_OPT; ++k) {
+        int r, d;
+        if (qf_owned(k, rows, r, d)) partials[qf_record(b, g, r, split) + 2 + d] = acc[k];
+    }
+#else
 #pragma unroll
     for (int k = 0; k < QF_OPT; ++k) {
         int r, d;
         if (qf_owned(k, rows, r, d)) out[qf_row_offset(b, S, s0, g, r) + d] = OT_::store(__fdiv_rn(acc[k], row_l[r]));
     }
+#endif
 }

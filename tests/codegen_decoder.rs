@@ -68,18 +68,24 @@ fn a_float_cache_step_lowers_to_append_then_paged_attention_on_the_state_slots()
     let mut kernels = BTreeSet::new();
     for (layer, &node) in attn.iter().enumerate() {
         let l = launches(&cx, node);
-        assert_eq!(l.len(), 3);
+        assert_eq!(l.len(), 4);
         let templates: Vec<&str> = l.iter().map(|x| x.kernel.template).collect();
-        assert_eq!(templates, ["kv_append", "paged_attention", "paged_attention"]);
-        // Decode (S ≤ 1, one token per CTA) and prefill variants: exactly one runs per shape.
-        assert_eq!(l[1].args, l[2].args);
+        assert_eq!(templates, ["kv_append", "paged_attention", "split_combine", "paged_attention"]);
+        // Decode (S ≤ 1: split-KV attention, then the combine) and prefill: exactly one path runs per shape.
         for (s, decode) in [(1u64, true), (2, false), (64, false)] {
             let syms = [("B".to_string(), 3u64), ("S".to_string(), s)];
             assert_eq!(l[1].when.as_ref().unwrap().holds(&syms), Ok(decode));
-            assert_eq!(l[2].when.as_ref().unwrap().holds(&syms), Ok(!decode));
+            assert_eq!(l[2].when.as_ref().unwrap().holds(&syms), Ok(decode));
+            assert_eq!(l[3].when.as_ref().unwrap().holds(&syms), Ok(!decode));
         }
-        assert!(l[1].kernel.source.contains("#define QF_QTOK 1") && l[1].kernel.source.contains("#define QF_TK 128"));
-        assert!(l[2].kernel.source.contains("#define QF_QTOK 32") && l[2].kernel.source.contains("#define QF_TK 64"));
+        // 2 KV heads: ceil(264 / 2) capped at 16 and at the 32·16 / 64 = 8 tiles of a sequence.
+        assert_eq!(decoder::decode_splits(2, PAGED), 8);
+        let split_source = &l[1].kernel.source;
+        for want in ["#define QF_QTOK 1", "#define QF_TK 64", "#define QF_SPLITS 8", "float* __restrict__ partials"] {
+            assert!(split_source.contains(want), "split decode lacks `{want}`");
+        }
+        assert!(l[3].kernel.source.contains("#define QF_QTOK 32") && l[3].kernel.source.contains("#define QF_TK 64"));
+        assert!(l[3].kernel.source.contains("#define QF_SPLITS 0"));
         let n = &g.nodes[node];
         // State slots of this layer's K and V, in graph.state order.
         let slot = |name: String| g.state.iter().position(|s| s.input == name).unwrap() as u32;
@@ -88,19 +94,27 @@ fn a_float_cache_step_lowers_to_append_then_paged_attention_on_the_state_slots()
             l[0].args[..6],
             [Arg::Value(n.inputs[1]), Arg::Value(n.inputs[2]), Arg::KvPool(ks), Arg::KvPool(vs), Arg::PageTable, Arg::Value(n.inputs[5])]
         );
-        assert_eq!(
-            l[2].args[..6],
-            [Arg::Value(n.inputs[0]), Arg::KvPool(ks), Arg::KvPool(vs), Arg::PageTable, Arg::Value(n.inputs[5]), Arg::Value(n.outputs[0])]
-        );
+        let reads = [Arg::Value(n.inputs[0]), Arg::KvPool(ks), Arg::KvPool(vs), Arg::PageTable, Arg::Value(n.inputs[5])];
+        assert_eq!(l[3].args[..5], reads);
+        assert_eq!(l[3].args[5], Arg::Value(n.outputs[0]));
+        assert_eq!(l[1].args[..5], reads);
+        // The partials: max_batch 4 · 4 heads · 8 splits · (16 + 2) f32.
+        let scratch = Arg::SplitScratch(4 * 4 * 8 * 18 * 4);
+        assert_eq!(l[1].args[5], scratch);
+        assert_eq!(l[1].args[6..], l[3].args[6..]);
+        assert_eq!(l[2].args, [scratch, Arg::Value(n.outputs[0])]);
         assert_eq!(f32_args(&l[1]), [1.0, 1.0], "float caches pass unit scales");
         // No launch names the past inputs.
         for launch in &l {
             assert!(!launch.args.contains(&Arg::Value(n.inputs[3])) && !launch.args.contains(&Arg::Value(n.inputs[4])));
         }
-        // Grid of the attention: (ceil_div(S, QT), KV, B), one CTA per KV group.
-        assert_eq!(l[1].kernel.grid[1], DimExpr::Const(2));
-        assert_eq!(l[1].kernel.grid[2], DimExpr::sym("B"));
-        assert!(l[1].kernel.source.contains("#define QF_G 2") && l[1].kernel.source.contains("#define QF_PAGE 16"));
+        // Grids: split attention (SPLITS, KV, B), one CTA per KV group and range; combine (H, B);
+        // prefill (ceil_div(S, QT), KV, B).
+        assert_eq!(l[1].kernel.grid, [DimExpr::Const(8), DimExpr::Const(2), DimExpr::sym("B")]);
+        assert_eq!(l[2].kernel.grid, [DimExpr::Const(4), DimExpr::sym("B"), DimExpr::Const(1)]);
+        assert_eq!(l[3].kernel.grid[1], DimExpr::Const(2));
+        assert!(split_source.contains("#define QF_G 2") && split_source.contains("#define QF_PAGE 16"));
+        assert!(l[2].kernel.source.contains("#define QF_SPLITS 8") && l[2].kernel.source.contains("#define QF_D 16"));
         kernels.extend(l.iter().map(|x| (x.kernel.name.clone(), x.kernel.source.clone())));
     }
     let ropes: Vec<NodeId> = nodes_of(&g, "rope").collect();
@@ -111,8 +125,9 @@ fn a_float_cache_step_lowers_to_append_then_paged_attention_on_the_state_slots()
         assert_eq!(l[0].kernel.template, "rope");
         kernels.extend(l.iter().map(|x| (x.kernel.name.clone(), x.kernel.source.clone())));
     }
-    // Both layers share every kernel: 1 append + 2 attentions + rope on q (4 heads) and k (2 heads).
-    assert_eq!(kernels.len(), 5, "{:?}", kernels.iter().map(|k| &k.0).collect::<Vec<_>>());
+    // Both layers share every kernel: 1 append + 2 attentions + 1 combine + rope on q (4 heads)
+    // and k (2 heads).
+    assert_eq!(kernels.len(), 6, "{:?}", kernels.iter().map(|k| &k.0).collect::<Vec<_>>());
     for (name, source) in &kernels {
         nvrtc::compile_cubin(name, source, "sm_90a", &[]).unwrap_or_else(|e| panic!("{name}:\n{e}"));
     }
@@ -128,14 +143,15 @@ fn an_fp8_cache_step_reads_codes_with_per_layer_scales_as_arguments() {
     assert_eq!(lowered.len(), 2);
     for (layer, l) in lowered.iter().enumerate() {
         assert_eq!(f32_args(&l[1]), [scales[layer].0, scales[layer].1], "layer {layer}");
-        assert_eq!(f32_args(&l[2]), [scales[layer].0, scales[layer].1], "layer {layer}");
+        assert_eq!(f32_args(&l[3]), [scales[layer].0, scales[layer].1], "layer {layer}");
         assert!(l[1].kernel.source.contains("typedef qf_e4m3 CT_") && l[1].kernel.source.contains("#define QF_CODES 1"));
         // The append copies bytes: 16 one-byte codes per row, one 16-byte pack.
         assert!(l[0].kernel.source.contains("typedef uint4 P;") && l[0].kernel.source.contains("#define QF_R 1"));
     }
     assert_eq!(lowered[0][0].kernel.name, lowered[1][0].kernel.name, "one append kernel for both layers");
     assert_eq!(lowered[0][1].kernel.name, lowered[1][1].kernel.name, "one decode attention kernel for both layers");
-    assert_eq!(lowered[0][2].kernel.name, lowered[1][2].kernel.name, "one prefill attention kernel for both layers");
+    assert_eq!(lowered[0][2].kernel.name, lowered[1][2].kernel.name, "one combine kernel for both layers");
+    assert_eq!(lowered[0][3].kernel.name, lowered[1][3].kernel.name, "one prefill attention kernel for both layers");
     for k in &lowered[0] {
         compile(&k.kernel);
     }
@@ -208,6 +224,7 @@ fn past_inputs_get_no_arena_storage_and_every_kernel_compiles() {
     let templates: Vec<&str> = program.launches().map(|(_, l)| l.kernel.template).collect();
     assert_eq!(templates.iter().filter(|t| **t == "kv_append").count(), 1);
     assert_eq!(templates.iter().filter(|t| **t == "paged_attention").count(), 2);
+    assert_eq!(templates.iter().filter(|t| **t == "split_combine").count(), 1);
     assert_eq!(templates.iter().filter(|t| **t == "rope").count(), 1);
     for k in program.kernels() {
         compile(k);
@@ -215,6 +232,24 @@ fn past_inputs_get_no_arena_storage_and_every_kernel_compiles() {
     // Without a paged cache the same graph is an error naming the attention.
     let e = lower_graph(&g, 90, LowerOptions::default()).unwrap_err();
     assert!(e.reason.contains("no paged KV cache configured"), "{e}");
+}
+
+#[test]
+fn a_cache_of_one_tile_keeps_the_unsplit_decode_kernel() {
+    let g = ir::parse(FP8_STEP).unwrap_or_else(|e| panic!("{e}"));
+    let one_tile = PagedKv { page_size: 16, max_pages: 4 };
+    assert_eq!(decoder::decode_splits(1, one_tile), 1);
+    let program = lower_graph_paged(&g, 90, LowerOptions::default(), Some(one_tile)).unwrap_or_else(|e| panic!("{e}"));
+    let attention: Vec<&Launch> = program
+        .launches()
+        .map(|(_, l)| l)
+        .filter(|l| ["kv_append", "paged_attention", "split_combine"].contains(&l.kernel.template))
+        .collect();
+    let templates: Vec<&str> = attention.iter().map(|l| l.kernel.template).collect();
+    assert_eq!(templates, ["kv_append", "paged_attention", "paged_attention"]);
+    assert!(attention[1].kernel.source.contains("#define QF_SPLITS 0") && attention[1].kernel.source.contains("#define QF_TK 128"));
+    assert!(attention.iter().all(|l| !l.args.iter().any(|a| matches!(a, Arg::SplitScratch(_)))));
+    compile(&attention[1].kernel);
 }
 
 #[test]
@@ -238,8 +273,11 @@ fn paged_attention_variants_compile() {
             scale: 1.0 / (head_dim as f32).sqrt(),
             paged: PagedKv { page_size, max_pages: 128 },
             decode: false,
+            splits: 0,
         };
-        for spec in [spec, PagedAttentionSpec { decode: true, ..spec }] {
+        let splits = decoder::decode_splits(kv_heads, spec.paged);
+        let split = PagedAttentionSpec { decode: true, splits, ..spec };
+        for spec in [spec, PagedAttentionSpec { decode: true, ..spec }, split] {
             let rows = spec.q_tokens() * spec.group();
             assert!(rows <= decoder::MAX_ROWS.max(spec.group()), "{spec:?}");
             assert!(spec.smem_bytes() <= decoder::MAX_SMEM);
@@ -247,6 +285,10 @@ fn paged_attention_variants_compile() {
             let k = spec.kernel(DimExpr::sym("B"), DimExpr::sym("S")).unwrap_or_else(|e| panic!("{spec:?}: {e}"));
             compile(&k);
         }
+        assert!(split.split_scratch_bytes(16) > 0 && split.tile_keys() >= decoder::SPLIT_TILE_KEYS);
+        let combine = decoder::split_combine_kernel(heads, head_dim, splits, q, DimExpr::sym("B")).unwrap();
+        assert_eq!(combine.block, [decoder::combine_threads(head_dim), 1, 1]);
+        compile(&combine);
         let append =
             decoder::kv_append_kernel(cache.storage(), kv_heads, head_dim, spec.paged, DimExpr::sym("B"), DimExpr::sym("S")).unwrap();
         compile(&append);
@@ -262,27 +304,40 @@ fn paged_attention_variants_compile() {
         scale: 0.35,
         paged: PAGED,
         decode: true,
+        splits: 0,
     };
     assert!(bad.validate().unwrap_err().contains("16-byte packs"));
+    // Only the decode variant splits, into at most 16 ranges.
+    let ok = PagedAttentionSpec { head_dim: 16, ..bad };
+    assert!(ok.validate().is_ok());
+    for wrong in [PagedAttentionSpec { decode: false, splits: 4, ..ok }, PagedAttentionSpec { splits: 17, ..ok }] {
+        assert!(wrong.validate().unwrap_err().contains("split-KV"), "{wrong:?}");
+    }
+    assert!(decoder::split_combine_kernel(4, 64, 0, DType::F16, DimExpr::sym("B")).is_err());
+    assert!(decoder::split_combine_kernel(4, 64, 4, DType::I8, DimExpr::sym("B")).is_err());
+}
+
+#[test]
+fn split_counts_fill_the_sms_within_the_caps() {
+    let paged = |page_size, max_pages| PagedKv { page_size, max_pages };
+    // Llama-3-8B (8 KV heads) at 4k: ceil(264 / 8) = 33, capped at 16.
+    assert_eq!(decoder::decode_splits(8, paged(32, 128)), 16);
+    // SmolLM2 (3 KV heads) at 256 positions: 4 tiles of 64 keys.
+    assert_eq!(decoder::decode_splits(3, paged(32, 8)), 4);
+    // 32 KV heads: ceil(264 / 32) = 9 ranges.
+    assert_eq!(decoder::decode_splits(32, paged(16, 256)), 9);
+    // One tile per sequence, or KV heads enough to fill the GPU: no split.
+    assert_eq!(decoder::decode_splits(2, paged(16, 4)), 1);
+    assert_eq!(decoder::decode_splits(300, paged(16, 256)), 1);
+    // Page 128: tiles of one page.
+    assert_eq!(decoder::decode_splits(4, paged(128, 6)), 6);
 }
 
 #[test]
 fn rope_kernels_print_the_interpreters_frequencies() {
-    let text = |pairs: &str, dtype: &str, extra: &str| {
-        format!(
-            r#"graph "r" {{
-  sym B max=2
-  sym S max=8
-  %0 = input "x" : {dtype}[B,S,64]
-  %1 = input "cache_len" : i64[B]
-  %2 = rope %0, %1 {{heads=4, theta=500000, pairs={pairs}{extra}}} : {dtype}[B,S,64]
-  return "y" = %2
-}}"#
-        )
-    };
     let llama3 = ", llama3(factor=8, low=1, high=4, original=64)";
     for (pairs, dtype, extra) in [("half", "f32", ""), ("adjacent", "f16", ""), ("half", "bf16", llama3)] {
-        let src = text(pairs, dtype, extra);
+        let src = common::rope_graph_text(dtype, pairs, extra, 64);
         let g = match ir::parse(&src) {
             Ok(g) => g,
             Err(e) if !extra.is_empty() => panic!("llama3 rope syntax: {e}\n{src}"),

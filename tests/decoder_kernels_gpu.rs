@@ -1,6 +1,7 @@
 //! The decoder kernels on a GPU against the reference interpreter (issue 13): `rope`, the paged
 //! `causal_attention` (kv_append + paged_attention over shuffled pages, float and FP8 caches,
-//! prefill and decode) and the sampler against `generate::sample::choose`. Needs an NVIDIA GPU
+//! prefill and decode, the decode split over key ranges and combined) and the sampler against
+//! `generate::sample::choose`. Needs an NVIDIA GPU
 //! with sm_90 and NVRTC, so it is ignored by default (CI has no GPU):
 //!
 //! ```sh
@@ -13,9 +14,12 @@ use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::sync::Arc;
 
+mod common;
+
 use cudarc::driver::{result, sys, CudaContext};
 use qfuse::codegen::kernel::{Arg, KernelDef, Launch, LowerOptions, PagedKv};
 use qfuse::codegen::lower::lower_graph_paged;
+use qfuse::codegen::ops::decoder;
 use qfuse::codegen::{nvrtc, sample};
 use qfuse::compile::bytes;
 use qfuse::generate::sample::{choose, Sampling};
@@ -132,15 +136,25 @@ fn grid(k: &KernelDef, syms: &[(String, u64)]) -> [u32; 3] {
     k.grid.clone().map(|d| u32::try_from(d.eval_with(syms).expect("grid")).expect("grid fits u32"))
 }
 
-/// A launch's arguments: values by `buffers`, pools by state slot, the page table, scalars.
-fn bind(l: &Launch, buffers: &HashMap<ValueId, u64>, pools: &[u64], table: u64, syms: &[(String, u64)]) -> Vec<KArg> {
+/// Device memory a launch's non-value pointers name: pools by state slot, the page table and the
+/// split-KV scratch (0 where the test has none).
+#[derive(Default)]
+struct Cache {
+    pools: Vec<u64>,
+    table: u64,
+    scratch: u64,
+}
+
+/// A launch's arguments: values by `buffers`, the cache's pools, page table and scratch, scalars.
+fn bind(l: &Launch, buffers: &HashMap<ValueId, u64>, cache: &Cache, syms: &[(String, u64)]) -> Vec<KArg> {
     l.args
         .iter()
         .zip(&l.kernel.params)
         .map(|(a, p)| match a {
             Arg::Value(v) => KArg::Ptr(buffers[v]),
-            Arg::KvPool(i) => KArg::Ptr(pools[*i as usize]),
-            Arg::PageTable => KArg::Ptr(table),
+            Arg::KvPool(i) => KArg::Ptr(cache.pools[*i as usize]),
+            Arg::PageTable => KArg::Ptr(cache.table),
+            Arg::SplitScratch(_) => KArg::Ptr(cache.scratch),
             Arg::Scalar(Scalar::F32(x)) => KArg::F32(*x),
             Arg::Scalar(Scalar::I32(x)) => KArg::I32(*x),
             Arg::Scalar(Scalar::I64(x)) => KArg::I64(*x),
@@ -159,13 +173,14 @@ fn input(g: &Graph, name: &str) -> ValueId {
     g.inputs().into_iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no input {name}")).1
 }
 
-/// One attention layer: q (`compute`), this step's k and v and the cache (`cache`), GQA 8:2, D 64.
-fn attention_graph(compute: &str, cache: &str, codes: &str, seq_max: u64) -> Graph {
+/// One attention layer: q (`compute`), this step's k and v and the cache (`cache`, up to
+/// `past_max` cached positions), GQA 8:2, D 64.
+fn attention_graph(compute: &str, cache: &str, codes: &str, seq_max: u64, past_max: u64) -> Graph {
     let text = format!(
         r#"graph "attn" {{
   sym B max=4
   sym S max={seq_max}
-  sym P max=300
+  sym P max={past_max}
   %0 = input "q" : {compute}[B,S,512]
   %1 = input "cache_len" : i64[B]
   %2 = input "past.k.0" : {cache}[B,2,P,64]
@@ -184,14 +199,17 @@ fn attention_graph(compute: &str, cache: &str, codes: &str, seq_max: u64) -> Gra
 }
 
 /// Runs one attention case on the interpreter and the GPU; returns the largest |difference| of o
-/// and checks that the appended pool rows hold this step's k and v bytes.
+/// and checks that the appended pool rows hold this step's k and v bytes. The page table has
+/// room for `max(lens) + seq` positions (at least 24 pages of 16), so the decode attention is
+/// split into as many ranges as those pages allow ([`decoder::decode_splits`]).
 fn attention_case(compute: DType, cache: DType, codes: &str, seq: usize, lens: &[i64]) -> f32 {
     const PAGE: u32 = 16;
-    const MAX_PAGES: u32 = 24;
-    let paged = PagedKv { page_size: PAGE, max_pages: MAX_PAGES };
-    let (kv, d, h, past) = (2usize, 64usize, 8usize, 300usize);
+    let (kv, d, h) = (2usize, 64usize, 8usize);
+    let past = (*lens.iter().max().expect("a sequence") as usize).max(300);
+    let max_pages = ((past + seq).div_ceil(PAGE as usize) as u32).max(24);
+    let paged = PagedKv { page_size: PAGE, max_pages };
     let batch = lens.len();
-    let g = attention_graph(compute.name(), cache.name(), codes, 16);
+    let g = attention_graph(compute.name(), cache.name(), codes, 16, past as u64);
     let scale = if cache.is_quantized_storage() { 200.0 } else { 1.0 };
     let mk = |dt: DType, shape: Vec<usize>, seed: u64, s: f32| {
         let n = shape.iter().product();
@@ -216,17 +234,18 @@ fn attention_case(compute: DType, cache: DType, codes: &str, seq: usize, lens: &
     let program = lower_graph_paged(&g, 90, LowerOptions::default(), Some(paged)).unwrap_or_else(|e| panic!("{e}"));
     let mut gpu = Gpu::new();
     let eb = (cache.bits() / 8) as usize;
+    let mp = max_pages as usize;
     // Pages: sequence b's j-th page is a shuffled id; unused pool bytes are 0xff (NaN in f16, bf16,
     // E4M3), so a read of anything but the live cache shows.
-    let num_pages = batch * MAX_PAGES as usize + 3;
+    let num_pages = batch * mp + 3;
     let mut ids: Vec<i32> = (0..num_pages as i32).collect();
     ids.reverse();
     ids.rotate_left(5);
-    let table: Vec<i32> = ids[..batch * MAX_PAGES as usize].to_vec();
+    let table: Vec<i32> = ids[..batch * mp].to_vec();
     let (pk_bytes, pv_bytes) = (bytes::encode(&pk), bytes::encode(&pv));
     let mut pools = [vec![0xffu8; num_pages * kv * PAGE as usize * d * eb], vec![0xffu8; num_pages * kv * PAGE as usize * d * eb]];
     let at = |b: usize, g: usize, t: usize| {
-        let page = table[b * MAX_PAGES as usize + t / PAGE as usize] as usize;
+        let page = table[b * mp + t / PAGE as usize] as usize;
         (((page * kv + g) * PAGE as usize) + t % PAGE as usize) * d * eb
     };
     for (b, &cached) in lens.iter().enumerate() {
@@ -239,9 +258,19 @@ fn attention_case(compute: DType, cache: DType, codes: &str, seq: usize, lens: &
             }
         }
     }
-    let pool_ptrs = [gpu.upload(&pools[0]), gpu.upload(&pools[1])];
     let table_bytes: Vec<u8> = table.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let table_ptr = gpu.upload(&table_bytes);
+    // The scratch starts as NaN (0xff bytes): every partial the combine reads must be written.
+    let scratch_bytes = program
+        .launches()
+        .flat_map(|(_, l)| &l.args)
+        .filter_map(|a| if let Arg::SplitScratch(n) = a { Some(*n as usize) } else { None })
+        .max()
+        .unwrap_or(0);
+    let cache_mem = Cache {
+        pools: vec![gpu.upload(&pools[0]), gpu.upload(&pools[1])],
+        table: gpu.upload(&table_bytes),
+        scratch: gpu.upload(&vec![0xffu8; scratch_bytes]),
+    };
     let o_bytes = batch * seq * h * d * (compute.bits() / 8) as usize;
     let mut buffers = HashMap::new();
     for (name, t) in [("q", &q), ("k", &k), ("v", &v), ("cache_len", &len)] {
@@ -250,16 +279,24 @@ fn attention_case(compute: DType, cache: DType, codes: &str, seq: usize, lens: &
     let o = g.outputs[0].1;
     buffers.insert(o, gpu.upload(&vec![0u8; o_bytes]));
     let syms = vec![("B".to_string(), batch as u64), ("S".to_string(), seq as u64), ("P".to_string(), past as u64)];
-    // The append, then the attention variant whose guard holds for this S.
+    // The append, then the attention path whose guard holds for this S: at decode the split
+    // attention and its combine (when the pages allow a split), else one attention.
     let launches: Vec<&Launch> =
         program.launches().map(|(_, l)| l).filter(|l| l.when.as_ref().is_none_or(|w| w.holds(&syms).unwrap())).collect();
-    assert_eq!(launches.len(), 2);
+    let templates: Vec<&str> = launches.iter().map(|l| l.kernel.template).collect();
+    let split = seq == 1 && decoder::decode_splits(kv as u32, paged) > 1;
+    if split {
+        assert_eq!(templates, ["kv_append", "paged_attention", "split_combine"]);
+        assert!(scratch_bytes >= batch * h * decoder::decode_splits(kv as u32, paged) as usize * (d + 2) * 4);
+    } else {
+        assert_eq!(templates, ["kv_append", "paged_attention"]);
+    }
     for l in &launches {
-        gpu.launch(&l.kernel, grid(&l.kernel, &syms), &bind(l, &buffers, &pool_ptrs, table_ptr, &syms));
+        gpu.launch(&l.kernel, grid(&l.kernel, &syms), &bind(l, &buffers, &cache_mem, &syms));
     }
     // The appended rows.
     let (kb, vb) = (bytes::encode(&k), bytes::encode(&v));
-    let got_pools = [gpu.download(pool_ptrs[0], pools[0].len()), gpu.download(pool_ptrs[1], pools[1].len())];
+    let got_pools = [gpu.download(cache_mem.pools[0], pools[0].len()), gpu.download(cache_mem.pools[1], pools[1].len())];
     for (b, &cached) in lens.iter().enumerate() {
         for g in 0..kv {
             for s in 0..seq {
@@ -300,19 +337,27 @@ fn paged_attention_matches_the_interpreter() {
 
 #[test]
 #[ignore = "needs an NVIDIA GPU (sm_90) and NVRTC"]
+fn split_kv_decode_matches_the_interpreter() {
+    // Cache lengths 1, 17, 300 and 1000 alone (1000: 16 ranges of 64 keys, each one tile; 1 and
+    // 17: one tile, the other ranges empty), and batches of 3 mixing them.
+    let batches: [&[i64]; 6] = [&[1], &[17], &[300], &[1000], &[1000, 17, 300], &[1, 300, 1000]];
+    let codes = ", codes(k_scale=0.0009765625,v_scale=0.001953125,via=f16)";
+    let cases: [(DType, DType, &str, f32); 2] = [(DType::F16, DType::F16, "", 2e-3), (DType::F16, DType::F8E4M3, codes, 1e-3)];
+    for (compute, cache, codes, tol) in cases {
+        for lens in batches {
+            let diff = attention_case(compute, cache, codes, 1, lens);
+            println!("split-KV decode {compute} over a {cache} cache, cache_len {lens:?}: max |GPU − interpreter| = {diff:e}");
+            assert!(diff <= tol, "{compute}/{cache} {lens:?}: {diff} > {tol}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90) and NVRTC"]
 fn rope_matches_the_interpreter() {
     for (dtype, extra) in [("f32", ""), ("f16", ""), ("bf16", ", llama3(factor=8, low=1, high=4, original=64)")] {
         for pairs in ["half", "adjacent"] {
-            let text = format!(
-                r#"graph "r" {{
-  sym B max=4
-  sym S max=8
-  %0 = input "x" : {dtype}[B,S,256]
-  %1 = input "cache_len" : i64[B]
-  %2 = rope %0, %1 {{heads=4, theta=500000, pairs={pairs}{extra}}} : {dtype}[B,S,256]
-  return "y" = %2
-}}"#
-            );
+            let text = common::rope_graph_text(dtype, pairs, extra, 256);
             let g = ir::parse(&text).unwrap();
             let dt = g.ty(input(&g, "x")).dtype;
             let x = Tensor::from_f32_as(dt, vec![3, 5, 256], noise(3 * 5 * 256, 11, 3.0));
@@ -328,7 +373,7 @@ fn rope_matches_the_interpreter() {
             buffers.insert(y, gpu.upload(&vec![0u8; n]));
             let syms = vec![("B".to_string(), 3), ("S".to_string(), 5)];
             let l = program.launches().next().unwrap().1;
-            gpu.launch(&l.kernel, grid(&l.kernel, &syms), &bind(l, &buffers, &[], 0, &syms));
+            gpu.launch(&l.kernel, grid(&l.kernel, &syms), &bind(l, &buffers, &Cache::default(), &syms));
             let got = bytes::decode(dt, vec![3, 5, 256], &gpu.download(buffers[&y], n)).unwrap().to_f32_vec();
             let differ = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
             let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / b.abs().max(1e-3)).fold(0.0, f32::max);

@@ -33,13 +33,32 @@ fn smollm2_fp16_plan_holds_a_paged_generator() {
     assert!(m.inputs.iter().all(|i| !i.name.starts_with("past.")), "{:?}", m.inputs.iter().map(|i| &i.name).collect::<Vec<_>>());
     assert!(m.buffers.iter().all(|b| !b.shape.iter().any(|d| d.to_string().contains('P'))));
     assert_eq!(m.symbols.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), ["B", "S"]);
-    // Every pool is written by one append and read by the attention, whose decode (S = 1) and
-    // prefill (S > 1) kernels are guarded alternatives.
+    // Every pool is written by one append and read by the attention, whose decode (S = 1: split
+    // attention, then the combine) and prefill (S > 1) paths are guarded alternatives.
     let pool_uses = m.schedule.iter().flat_map(|l| &l.args).filter(|a| matches!(a, ArgRef::KvPool(_))).count();
     assert_eq!(pool_uses, 60 * 3);
-    let guarded_attention =
-        m.schedule.iter().enumerate().filter(|(i, l)| l.label.starts_with("causal_attention") && m.guard_of(*i).is_some()).count();
-    assert_eq!(guarded_attention, 30 * 2);
+    let guarded: Vec<usize> =
+        (0..m.schedule.len()).filter(|&i| m.schedule[i].label.starts_with("causal_attention") && m.guard_of(i).is_some()).collect();
+    assert_eq!(guarded.len(), 30 * 3);
+    let at_decode = [("B".to_string(), 4u64), ("S".to_string(), 1u64)];
+    for layer in guarded.chunks(3) {
+        let kernel = |i: usize| &m.kernels[m.schedule[i].kernel as usize];
+        let templates: Vec<&str> = layer.iter().map(|&i| kernel(i).template.as_str()).collect();
+        assert_eq!(templates, ["paged_attention", "split_combine", "paged_attention"]);
+        let runs: Vec<bool> = layer.iter().map(|&i| m.guard_of(i).unwrap().holds(&at_decode).unwrap()).collect();
+        assert_eq!(runs, [true, true, false], "split and combine at decode, prefill above");
+        // SmolLM2's 3 KV heads: ceil(264 / 3) ranges, capped at the 256 / 64 = 4 tiles of a sequence.
+        let split = kernel(layer[0]);
+        assert!(split.source.contains("#define QF_SPLITS 4"), "{}", split.name);
+        assert_eq!(split.grid[0].to_string(), "4");
+        assert_eq!(m.schedule[layer[0]].args[5], ArgRef::SplitScratch);
+        let combine = &m.schedule[layer[1]];
+        assert_eq!(combine.args[0], ArgRef::SplitScratch);
+        assert_eq!(combine.args[1], m.schedule[layer[2]].args[5], "the combine writes the attention's output");
+        assert_eq!(kernel(layer[1]).grid.iter().map(|d| d.to_string()).collect::<Vec<_>>(), ["9", "B", "1"]);
+    }
+    // One scratch for all layers: max_batch 4 · 9 heads · 4 ranges · (64 + 2) f32.
+    assert_eq!(dec.split_scratch_bytes, 4 * 9 * 4 * 66 * 4);
     // Kernel count independent of depth: far fewer kernels than layers × ops.
     assert!(m.kernels.len() < 30, "{} kernels for 30 layers", m.kernels.len());
     assert!(m.schedule.len() > 30 * 10);

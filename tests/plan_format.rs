@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use qfuse::plan::{
-    ArgRef, BufferMeta, DimExpr, FormatVersion, Guard, KernelMeta, LaunchGuard, LaunchMeta, ParamMeta, ParamType, Plan, PlanBuilder,
-    PlanError, PlanMeta, Scalar, SectionKind, TensorSig, WeightMeta, FORMAT_VERSION, HEADER_SIZE, QFUSE_VERSION, SECTION_ALIGN,
+    ArgRef, BufferMeta, DecoderMeta, DimExpr, FormatVersion, Guard, KernelMeta, KvCacheMeta, KvSlotMeta, LaunchGuard, LaunchMeta,
+    ParamMeta, ParamType, Plan, PlanBuilder, PlanError, PlanMeta, Scalar, SectionKind, TensorSig, WeightMeta, FORMAT_VERSION, HEADER_SIZE,
+    QFUSE_VERSION, SECTION_ALIGN,
 };
 
 // Documented header offsets.
@@ -229,7 +230,7 @@ fn round_trip_keeps_meta_and_sections() {
     assert_eq!(plan.path(), path);
     let h = plan.header();
     assert_eq!(h.format, FORMAT_VERSION);
-    assert_eq!(FORMAT_VERSION, FormatVersion { major: 2, minor: 0 });
+    assert_eq!(FORMAT_VERSION, FormatVersion { major: 2, minor: 1 });
     assert_eq!((h.header_size as usize, h.flags), (HEADER_SIZE, 0));
     assert_eq!((h.arch.as_str(), h.qfuse_version.as_str(), h.nvrtc_version), ("sm_90a", QFUSE_VERSION, (13, 0)));
     assert_eq!(h.file_len, std::fs::metadata(&path).unwrap().len());
@@ -250,7 +251,7 @@ fn round_trip_keeps_meta_and_sections() {
 fn header_matches_documented_layout() {
     let b = sample_bytes();
     assert_eq!(&b[..8], b"QFUSEPLN");
-    assert_eq!((b[OFF_MAJOR], b[OFF_MAJOR + 1], b[OFF_MINOR], b[OFF_MINOR + 1]), (2, 0, 0, 0));
+    assert_eq!((b[OFF_MAJOR], b[OFF_MAJOR + 1], b[OFF_MINOR], b[OFF_MINOR + 1]), (2, 0, 1, 0));
     assert_eq!(u32::from_le_bytes(b[OFF_HEADER_SIZE..OFF_HEADER_SIZE + 4].try_into().unwrap()), 128);
     assert_eq!(&b[OFF_ARCH..OFF_ARCH + 7], b"sm_90a\0");
     assert_eq!(&b[24..24 + QFUSE_VERSION.len()], QFUSE_VERSION.as_bytes());
@@ -452,7 +453,7 @@ fn newer_major_is_rejected_before_anything_else() {
     match load_bytes(&b, Some("sm_90a")) {
         Err(e @ PlanError::NewerFormat { .. }) => {
             let PlanError::NewerFormat { found, supported, .. } = &e else { unreachable!() };
-            assert_eq!((found.to_string(), supported.to_string()), ("3.3".into(), "2.0".into()));
+            assert_eq!((found.to_string(), supported.to_string()), ("3.3".into(), "2.1".into()));
             assert!(e.to_string().contains(&format!("recompile the plan with qfuse {QFUSE_VERSION}")), "{e}");
         }
         other => panic!("expected NewerFormat, got {other:?}"),
@@ -496,6 +497,88 @@ fn launch_guards_round_trip_and_are_checked() {
         let e = write(m).unwrap_err();
         assert!(e.contains(needle), "{e}");
     }
+}
+
+/// The sample plan as a decoder: one f16 KV slot, `out` as the logits, and (with `split`) a
+/// second launch whose first argument is the split-KV scratch.
+fn decoder_sample_meta(split_scratch_bytes: u64, split: bool) -> PlanMeta {
+    let mut meta = sample_meta();
+    let slot =
+        KvSlotMeta { input: "past.k.0".into(), update: "present.k.0".into(), dtype: "f16".into(), kv_heads: 2, head_dim: 64, scale: 1.0 };
+    meta.decoder = Some(DecoderMeta {
+        kv: KvCacheMeta { page_size: 16, max_pages: 4, slots: vec![slot] },
+        logits: "out".into(),
+        vocab: 768,
+        max_seq: 64,
+        max_batch: 4,
+        max_step_tokens: 16,
+        split_scratch_bytes,
+        ..DecoderMeta::default()
+    });
+    if split {
+        let mut launch = meta.schedule[0].clone();
+        launch.args[0] = ArgRef::SplitScratch;
+        meta.schedule.push(launch);
+    }
+    meta
+}
+
+fn write_meta(dir: &Path, meta: PlanMeta) -> Result<PathBuf, String> {
+    let path = dir.join("decoder.plan");
+    let mut b = PlanBuilder::new(meta);
+    for (kind, name, bytes) in sample_sections() {
+        b.add_section(kind, name, bytes);
+    }
+    b.write(&path).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+/// Format 2.1's split-KV scratch: a 2.0 decoder plan (metadata ending before
+/// `split_scratch_bytes`) and a 2.0 encoder plan still load, with no scratch; a plan that uses
+/// the scratch must declare its size, on write and on load.
+#[test]
+fn format_2_0_plans_load_without_a_split_scratch() {
+    let dir = tempfile::tempdir().unwrap();
+    // A decoder plan as 2.0 wrote it: minor 0, metadata one byte shorter (the 0 that 2.1 appends).
+    let meta = decoder_sample_meta(0, false);
+    let mut b = std::fs::read(write_meta(dir.path(), meta.clone()).unwrap()).unwrap();
+    let range = meta_range(&b);
+    assert_eq!(b[range.end - 1], 0, "split_scratch_bytes = 0 is the metadata's last byte");
+    put_u16(&mut b, OFF_MINOR, 0);
+    put_u64(&mut b, OFF_META_LEN, range.len() as u64 - 1);
+    fix_all_crcs(&mut b);
+    let plan = load_bytes(&b, None).unwrap();
+    assert_eq!(plan.header().format, FormatVersion { major: 2, minor: 0 });
+    assert_eq!(plan.meta(), &meta);
+    assert_eq!(plan.meta().decoder.as_ref().unwrap().split_scratch_bytes, 0);
+    // An encoder plan of 2.0 is byte for byte a 2.1 one.
+    let mut b = sample_bytes();
+    put_u16(&mut b, OFF_MINOR, 0);
+    fix_header_crc(&mut b);
+    assert_eq!(load_bytes(&b, None).unwrap().meta(), &sample_meta());
+
+    // A split plan round-trips with its scratch size.
+    let split = decoder_sample_meta(38016, true);
+    let path = write_meta(dir.path(), split.clone()).unwrap();
+    assert_eq!(Plan::load(&path, None).unwrap().meta(), &split);
+    // Using the scratch without declaring it: refused on write, and on load (a scratch size of 1,
+    // one varint byte at the metadata's end, patched to 0), naming the field.
+    let e = write_meta(dir.path(), decoder_sample_meta(0, true)).unwrap_err();
+    assert!(e.contains("split_scratch_bytes is 0") && e.contains("launch 1"), "{e}");
+    let mut b = std::fs::read(write_meta(dir.path(), decoder_sample_meta(1, true)).unwrap()).unwrap();
+    let last = meta_range(&b).end - 1;
+    assert_eq!(b[last], 1);
+    b[last] = 0;
+    fix_all_crcs(&mut b);
+    match load_bytes(&b, None) {
+        Err(e @ PlanError::Meta { .. }) => assert!(e.to_string().contains("split_scratch_bytes is 0"), "{e}"),
+        other => panic!("expected a metadata error, got {other:?}"),
+    }
+    // Without decoder metadata there is no scratch to use.
+    let mut encoder = decoder_sample_meta(64, true);
+    encoder.decoder = None;
+    let e = write_meta(dir.path(), encoder).unwrap_err();
+    assert!(e.contains("split-KV scratch, but the plan has no KV cache"), "{e}");
 }
 
 #[test]

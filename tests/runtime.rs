@@ -240,7 +240,7 @@ fn launch_meta() -> PlanMeta {
 fn a_launch_resolves_to_grid_pointers_and_scalars() {
     let meta = launch_meta();
     let weights = [0x7000_0000_0000u64];
-    let addrs = Addresses { weights: &weights, arena: 0x1000_0000, kv_pools: &[], page_table: 0 };
+    let addrs = Addresses { weights: &weights, arena: 0x1000_0000, kv_pools: &[], page_table: 0, split_scratch: 0 };
     let symbols = vec![("B".to_string(), 2), ("S".to_string(), 100)];
     let l = resolve_launch(&meta, 0, &symbols, &addrs).unwrap().expect("runs");
     assert_eq!(l.grid, [2, 3, 1]); // ceil(200 / 128)
@@ -268,10 +268,26 @@ fn a_launch_resolves_to_grid_pointers_and_scalars() {
     }
 }
 
+/// The split-KV scratch (format 2.1) binds to the generator's buffer, and is an error naming the
+/// launch without one (a decoder plan run without its KV cache).
+#[test]
+fn the_split_scratch_binds_to_the_generators_buffer() {
+    let mut meta = launch_meta();
+    meta.schedule[0].args[0] = ArgRef::SplitScratch;
+    let symbols = vec![("B".to_string(), 2), ("S".to_string(), 100)];
+    let with = Addresses { weights: &[1], arena: 256, kv_pools: &[], page_table: 0, split_scratch: 0x5000_0000 };
+    let l = resolve_launch(&meta, 0, &symbols, &with).unwrap().expect("runs");
+    assert_eq!(l.args[0], KernelArg::Ptr(0x5000_0000));
+    let without = Addresses { split_scratch: 0, ..with };
+    let e = unwrap_err(resolve_launch(&meta, 0, &symbols, &without));
+    assert!(matches!(&e, RuntimeError::Launch { index: 0, .. }), "{e}");
+    assert!(e.to_string().contains("no split-KV scratch"), "{e}");
+}
+
 #[test]
 fn a_zero_grid_skips_the_launch() {
     let meta = launch_meta();
-    let addrs = Addresses { weights: &[1], arena: 256, kv_pools: &[], page_table: 0 };
+    let addrs = Addresses { weights: &[1], arena: 256, kv_pools: &[], page_table: 0, split_scratch: 0 };
     let symbols = vec![("B".to_string(), 1), ("S".to_string(), 4)];
     assert_eq!(resolve_launch(&meta, 1, &symbols, &addrs).unwrap(), None);
     let all = resolve_schedule(&meta, &symbols, &addrs).unwrap();
@@ -291,7 +307,7 @@ fn guards_select_one_launch_per_shape() {
         LaunchGuard { launch: 0, when: Guard::RowsAtMost { rows: rows.clone(), max: 16 } },
         LaunchGuard { launch: 1, when: Guard::RowsAbove { rows, min: 16 } },
     ];
-    let addrs = Addresses { weights: &[1], arena: 256, kv_pools: &[], page_table: 0 };
+    let addrs = Addresses { weights: &[1], arena: 256, kv_pools: &[], page_table: 0, split_scratch: 0 };
     let runs = |b: u64, s: u64| {
         let symbols = vec![("B".to_string(), b), ("S".to_string(), s)];
         resolve_schedule(&meta, &symbols, &addrs).unwrap().iter().map(|l| l.index).collect::<Vec<_>>()
@@ -306,7 +322,7 @@ fn guards_select_one_launch_per_shape() {
 #[test]
 fn dim_arguments_that_overflow_int_are_errors_naming_the_launch() {
     let meta = launch_meta();
-    let addrs = Addresses { weights: &[1], arena: 256, kv_pools: &[], page_table: 0 };
+    let addrs = Addresses { weights: &[1], arena: 256, kv_pools: &[], page_table: 0, split_scratch: 0 };
     // B·S·2^28 = 2^31 at B=1, S=8: one past i32::MAX.
     let symbols = vec![("B".to_string(), 1), ("S".to_string(), 8)];
     let e = unwrap_err(resolve_launch(&meta, 2, &symbols, &addrs));
@@ -331,7 +347,7 @@ fn dim_arguments_that_overflow_int_are_errors_naming_the_launch() {
 #[test]
 fn bad_grids_and_arguments_are_errors_not_panics() {
     let mut meta = launch_meta();
-    let addrs = Addresses { weights: &[1], arena: 256, kv_pools: &[], page_table: 0 };
+    let addrs = Addresses { weights: &[1], arena: 256, kv_pools: &[], page_table: 0, split_scratch: 0 };
     let symbols = vec![("B".to_string(), 1), ("S".to_string(), 8)];
     // Grid y beyond 65535.
     meta.kernels[1].grid[1] = DimExpr::Const(70000);

@@ -129,6 +129,7 @@ fn schedule_table(m: &PlanMeta) -> Table {
                     None => format!("pages(#{i})"),
                 },
                 ArgRef::PageTable => "page_table".into(),
+                ArgRef::SplitScratch => "split_scratch".into(),
             })
             .collect();
         // A guarded launch (format 1.1) runs only for the shapes where its guard holds.

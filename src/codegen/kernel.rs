@@ -50,6 +50,11 @@ pub enum Arg {
     /// run's `b`-th sequence in order (token `t` lives in page `table[b·MAX_PAGES + t/PAGE]`, slot
     /// `t % PAGE`).
     PageTable,
+    /// Device pointer to the runtime's split-KV scratch (f32 partials of a split decode
+    /// attention, read back by its combine launch). The launch needs this many bytes at the
+    /// largest shape; one buffer of the largest need serves every layer, since launches run in
+    /// order on one stream and each split/combine pair finishes with it before the next starts.
+    SplitScratch(u64),
 }
 
 /// A kernel launch produced by lowering one node.

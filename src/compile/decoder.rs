@@ -91,7 +91,8 @@ pub fn compile_decoder(path: &Path, opts: &CompileOptions, d: &DecoderPlanOption
     };
     let mut plan = assemble(&source, q, opts)?;
     let sample = plan.add_sample_kernel(&logits_dtype(&plan.quantized.fused)?, model.config.vocab_size, opts)?;
-    let meta = decoder_meta(&model, &plan.quantized.fused, d, max_pages, sample)?;
+    let mut meta = decoder_meta(&model, &plan.quantized.fused, d, max_pages, sample)?;
+    meta.split_scratch_bytes = plan.split_scratch_bytes;
     plan.builder.meta_mut().decoder = Some(meta);
     plan.stats.seconds = started.elapsed().as_secs_f64();
     Ok(plan)
@@ -165,5 +166,6 @@ fn decoder_meta(
         },
         sample_kernel,
         defaults: GenerationDefaults::default(),
+        split_scratch_bytes: 0,
     })
 }

@@ -155,6 +155,8 @@ pub struct CompiledPlan {
     pub quantized: Quantized,
     /// Target arch of the plan's kernels.
     arch_name: String,
+    /// Bytes of split-KV scratch its launches need (a decoder's [`crate::plan::DecoderMeta::split_scratch_bytes`]).
+    pub(crate) split_scratch_bytes: u64,
 }
 
 impl CompiledPlan {
@@ -256,7 +258,18 @@ pub(crate) fn assemble(source: &Source<'_>, q: Quantized, opts: &CompileOptions)
         weight_bytes: builder.meta().weights.iter().map(weight_len).sum(),
         seconds: 0.0,
     };
-    Ok(CompiledPlan { builder, arch_name: stats.arch.clone(), stats, quantized: q })
+    let split_scratch_bytes = split_scratch_bytes(&program);
+    Ok(CompiledPlan { builder, arch_name: stats.arch.clone(), stats, quantized: q, split_scratch_bytes })
+}
+
+/// The split-KV scratch the program needs: the largest [`Arg::SplitScratch`] of any launch (0
+/// when none splits).
+fn split_scratch_bytes(program: &Program) -> u64 {
+    let needs = program.launches().flat_map(|(_, l)| &l.args).filter_map(|a| match a {
+        Arg::SplitScratch(bytes) => Some(*bytes),
+        _ => None,
+    });
+    needs.max().unwrap_or(0)
 }
 
 /// Removes shape symbols nothing in the plan mentions (a decoder's cache length `P`, once the
@@ -454,6 +467,8 @@ fn add_schedule(
                 // The paged KV cache's pools and page table belong to the generator (format 2.0).
                 Arg::KvPool(i) => Ok(ArgRef::KvPool(*i)),
                 Arg::PageTable => Ok(ArgRef::PageTable),
+                // Format 2.1: the generator's split-KV scratch, sized by `split_scratch_bytes`.
+                Arg::SplitScratch(_) => Ok(ArgRef::SplitScratch),
             })
             .collect::<Result<Vec<_>, CompileError>>()?;
         let results: Vec<String> = n.outputs.iter().map(|v| v.to_string()).collect();

@@ -1,4 +1,4 @@
-//! Format 2.0: what a decoder plan holds beyond its schedule ([`DecoderMeta`]): the paged KV
+//! Format 2.0 (2.1: the split-KV scratch): what a decoder plan holds beyond its schedule ([`DecoderMeta`]): the paged KV
 //! cache's layout, the tokenizer's special tokens and chat template, generation defaults and the
 //! sampling kernel the generator launches after each step.
 //!
@@ -8,6 +8,10 @@
 //! order: token `t` of sequence `b` is at page `table[b][t / page_size]`, slot `t % page_size`.
 //! Launches reach them through [`super::ArgRef::KvPool`] and [`super::ArgRef::PageTable`]; page
 //! numbers are shared by all slots (page `p` of every layer belongs to the same sequence).
+//!
+//! Format 2.1: the decode attention may be split over key ranges whose f32 partials go to a
+//! **split scratch** buffer the generator owns like the pools ([`super::ArgRef::SplitScratch`],
+//! [`DecoderMeta::split_scratch_bytes`]); one buffer serves every layer.
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +36,12 @@ pub struct DecoderMeta {
     pub sample_kernel: u32,
     /// Defaults of `qfuse generate`.
     pub defaults: GenerationDefaults,
+    /// Format 2.1: bytes of the split-KV scratch the generator allocates next to the pools and
+    /// passes for [`super::ArgRef::SplitScratch`]: the largest need of any launch,
+    /// `max_batch · H · SPLITS · (D + 2) · 4` for the split decode attention. 0 when no launch
+    /// splits (and in every 2.0 plan). Appended as the last field of the last field of
+    /// [`super::PlanMeta`], so a 2.0 plan's metadata ends right before it.
+    pub split_scratch_bytes: u64,
 }
 
 /// The paged KV cache: page geometry and one pool per state slot.

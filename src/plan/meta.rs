@@ -7,6 +7,12 @@
 //! its known prefix and ignores the rest); anything else (a field removed, reordered, retyped, a
 //! field added to a nested struct, a new enum variant) is a new major. Format 1.1 appended
 //! [`PlanMeta::launch_guards`] ([`decode_meta`] reads 1.0 metadata with an empty table).
+//! Two exceptions keep format 2.1 a minor: [`DecoderMeta`] is the last field of [`PlanMeta`],
+//! so appending to it appends to the stream whenever a plan has one (2.1 appended
+//! [`DecoderMeta::split_scratch_bytes`]; [`decode_meta`] reads 2.0 metadata with 0), and a new
+//! last variant of [`ArgRef`] leaves every older encoding valid (2.1 appended
+//! [`ArgRef::SplitScratch`]); a 2.0 reader rejects a 2.1 plan that uses it with a metadata
+//! decoding error.
 
 use serde::{Deserialize, Serialize};
 
@@ -116,6 +122,10 @@ impl PlanMeta {
         if !self.outputs.iter().any(|o| o.name == d.logits) {
             return Err(format!("decoder: logits output `{}` is not an output of the plan", d.logits));
         }
+        let splits = self.schedule.iter().position(|l| l.args.contains(&ArgRef::SplitScratch));
+        if let (Some(n), 0) = (splits, d.split_scratch_bytes) {
+            return Err(format!("decoder: launch {n} uses the split-KV scratch but split_scratch_bytes is 0"));
+        }
         Ok(())
     }
 
@@ -148,7 +158,9 @@ impl PlanMeta {
         }
         for (arg, param) in launch.args.iter().zip(&kernel.params) {
             let ok_type = match arg {
-                ArgRef::Weight(_) | ArgRef::Buffer(_) | ArgRef::KvPool(_) | ArgRef::PageTable => param.ty == ParamType::Ptr,
+                ArgRef::Weight(_) | ArgRef::Buffer(_) | ArgRef::KvPool(_) | ArgRef::PageTable | ArgRef::SplitScratch => {
+                    param.ty == ParamType::Ptr
+                }
                 ArgRef::Scalar(Scalar::F32(_)) => param.ty == ParamType::F32,
                 ArgRef::Scalar(Scalar::I32(_)) => param.ty == ParamType::I32,
                 ArgRef::Scalar(Scalar::I64(_)) => param.ty == ParamType::I64,
@@ -169,6 +181,9 @@ impl PlanMeta {
                     return bad(format!("KV pool {i} out of the plan's KV-cache slots"));
                 }
                 ArgRef::PageTable if self.decoder.is_none() => return bad("reads a page table, but the plan has no KV cache".into()),
+                ArgRef::SplitScratch if self.decoder.is_none() => {
+                    return bad("uses the split-KV scratch, but the plan has no KV cache".into())
+                }
                 _ => {}
             }
         }
@@ -391,6 +406,10 @@ pub enum ArgRef {
     KvPool(u32),
     /// Format 2.0: device pointer to the run's page table (`i32[B, max_pages]`).
     PageTable,
+    /// Format 2.1: device pointer to the generator's split-KV scratch of
+    /// [`super::DecoderMeta::split_scratch_bytes`] bytes (f32 partials of a split decode attention,
+    /// read back by the next launch).
+    SplitScratch,
 }
 
 /// A scalar launch argument.
@@ -440,15 +459,18 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
 }
 
 /// Decodes the metadata written with format `found`, this reader being `ours`: as [`decode`],
-/// except that format 1.0 metadata, which ends before [`PlanMeta::launch_guards`] (appended in
-/// 1.1), decodes with an empty guard table.
+/// except that metadata of an older format decodes with the fields appended since at their
+/// defaults: format 1.0 ends before [`PlanMeta::launch_guards`] (1.1), 1.x before
+/// [`PlanMeta::decoder`] (2.0), and a 2.0 plan with decoder metadata before
+/// [`DecoderMeta::split_scratch_bytes`] (2.1; 0).
 pub(crate) fn decode_meta(bytes: &[u8], found: FormatVersion, ours: FormatVersion) -> Result<PlanMeta, String> {
-    // postcard encodes an empty Vec as its length and `None` as its tag: a single 0 byte each.
-    // Format 1.0 ends before the guard table, 1.x before the decoder metadata; a 1.x plan's
-    // fields decode unchanged in 2.0 (2.0 only appended fields and enum variants).
+    // postcard encodes an empty Vec as its length, `None` as its tag and 0u64 as its varint: a
+    // single 0 byte each. A 1.x plan's fields decode unchanged in 2.x (2.0 only appended fields
+    // and enum variants); a 1.x plan has no decoder metadata, so it misses nothing of 2.1.
     let missing = match (found.major, found.minor) {
         (1, 0) => 2,
         (1, _) => 1,
+        (2, 0) => return decode_2_0(bytes),
         _ => 0,
     };
     if missing > 0 {
@@ -456,6 +478,19 @@ pub(crate) fn decode_meta(bytes: &[u8], found: FormatVersion, ours: FormatVersio
         return decode(&completed, found, ours);
     }
     decode(bytes, found, ours)
+}
+
+/// Format 2.0 metadata: complete with the 2.1 scratch size (one 0 byte) when the plan has decoder
+/// metadata, which then ends the stream; an encoder's metadata (`None` last) is complete.
+fn decode_2_0(bytes: &[u8]) -> Result<PlanMeta, String> {
+    let completed: Vec<u8> = bytes.iter().copied().chain([0]).collect();
+    let (meta, rest) = take::<PlanMeta>(&completed)?;
+    // Without decoder metadata the added byte is left over.
+    let extra = rest.len() - usize::from(meta.decoder.is_none());
+    match (meta.decoder.is_some(), rest.len()) {
+        (true, 0) | (false, 1) => Ok(meta),
+        _ => Err(format!("{extra} unexpected trailing bytes")),
+    }
 }
 
 /// Decodes metadata or a section table written with format `found`, this reader being `ours`.
@@ -466,18 +501,23 @@ pub(crate) fn decode_meta(bytes: &[u8], found: FormatVersion, ours: FormatVersio
 /// [`DimExpr`], stops at [`super::dim::MAX_DIM_DEPTH`] levels, so hostile nesting is an error,
 /// never a stack overflow.
 pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], found: FormatVersion, ours: FormatVersion) -> Result<T, String> {
+    let (value, rest) = take::<T>(bytes)?;
+    if !rest.is_empty() && (found.major, found.minor) <= (ours.major, ours.minor) {
+        return Err(format!("{} unexpected trailing bytes", rest.len()));
+    }
+    Ok(value)
+}
+
+/// Decodes a `T` from the front of `bytes`; returns it and the bytes after it.
+fn take<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<(T, &'a [u8]), String> {
     super::dim::take_depth_exceeded();
-    let (value, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|e| {
+    postcard::take_from_bytes::<T>(bytes).map_err(|e| {
         if super::dim::take_depth_exceeded() {
             format!("a dimension expression is nested deeper than {} levels", super::dim::MAX_DIM_DEPTH)
         } else {
             e.to_string()
         }
-    })?;
-    if !rest.is_empty() && (found.major, found.minor) <= (ours.major, ours.minor) {
-        return Err(format!("{} unexpected trailing bytes", rest.len()));
-    }
-    Ok(value)
+    })
 }
 
 #[cfg(test)]
@@ -509,8 +549,32 @@ mod tests {
         assert_eq!(decode_meta(&bytes, V1_0, v2_0).unwrap(), meta, "1.0 ends before the guards");
         meta.launch_guards = vec![LaunchGuard { launch: 0, when: Guard::RowsAtMost { rows: DimExpr::sym("B"), max: 2 } }];
         meta.decoder = Some(DecoderMeta { vocab: 7, ..DecoderMeta::default() });
-        assert_eq!(decode_meta(&encode(&meta).unwrap(), v2_0, v2_0).unwrap(), meta);
-        assert!(decode_meta(&encode(&meta).unwrap(), v1_1, v2_0).unwrap_err().contains("trailing"), "a 1.1 plan cannot carry 2.0 fields");
+        let v2_1 = FormatVersion { major: 2, minor: 1 };
+        assert_eq!(decode_meta(&encode(&meta).unwrap(), v2_1, v2_1).unwrap(), meta);
+        assert!(decode_meta(&encode(&meta).unwrap(), v1_1, v2_1).unwrap_err().contains("trailing"), "a 1.1 plan cannot carry 2.0 fields");
+    }
+
+    #[test]
+    fn format_2_0_metadata_decodes_with_no_split_scratch() {
+        let (v2_0, v2_1) = (FormatVersion { major: 2, minor: 0 }, FormatVersion { major: 2, minor: 1 });
+        // An encoder: 2.0 and 2.1 encode alike.
+        let encoder = PlanMeta::new("m", "sm_90a", (13, 0));
+        assert_eq!(decode_meta(&encode(&encoder).unwrap(), v2_0, v2_1).unwrap(), encoder);
+        // A decoder: 2.0 ends before split_scratch_bytes.
+        let mut meta = PlanMeta::new("m", "sm_90a", (13, 0));
+        meta.decoder = Some(DecoderMeta { vocab: 7, split_scratch_bytes: 0, ..DecoderMeta::default() });
+        let mut bytes = encode(&meta).unwrap();
+        assert_eq!(bytes.pop(), Some(0), "the scratch size is the last byte");
+        assert_eq!(decode_meta(&bytes, v2_0, v2_1).unwrap(), meta);
+        // A 2.1 decoder with a scratch, read as 2.1; as 2.0 its last bytes are trailing.
+        meta.decoder.as_mut().unwrap().split_scratch_bytes = 38016;
+        let bytes = encode(&meta).unwrap();
+        assert_eq!(decode_meta(&bytes, v2_1, v2_1).unwrap(), meta);
+        let e = decode_meta(&bytes, v2_0, v2_1).unwrap_err();
+        assert!(e.contains("trailing"), "{e}");
+        let mut padded = encode(&encoder).unwrap();
+        padded.push(5);
+        assert!(decode_meta(&padded, v2_0, v2_1).unwrap_err().contains("1 unexpected trailing"));
     }
 
     #[test]

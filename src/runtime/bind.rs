@@ -231,6 +231,9 @@ pub struct Addresses<'a> {
     pub kv_pools: &'a [u64],
     /// Device address of the page table; 0 without a KV cache.
     pub page_table: u64,
+    /// Device address of the split-KV scratch ([`crate::plan::DecoderMeta::split_scratch_bytes`]);
+    /// 0 without one.
+    pub split_scratch: u64,
 }
 
 /// One launch of the schedule, resolved for given symbol values and addresses.
@@ -304,6 +307,10 @@ pub fn resolve_launch(
             (ArgRef::PageTable, ParamType::Ptr) if addrs.page_table != 0 => KernelArg::Ptr(addrs.page_table),
             (ArgRef::PageTable, _) => {
                 return Err(bad("no page table: decoder plans run through a generator, which owns the KV cache".into()))
+            }
+            (ArgRef::SplitScratch, ParamType::Ptr) if addrs.split_scratch != 0 => KernelArg::Ptr(addrs.split_scratch),
+            (ArgRef::SplitScratch, _) => {
+                return Err(bad("no split-KV scratch: decoder plans run through a generator, which owns it with the KV cache".into()))
             }
             (ArgRef::Scalar(Scalar::F32(v)), ParamType::F32) => KernelArg::F32(*v),
             (ArgRef::Scalar(Scalar::I32(v)), ParamType::I32) => KernelArg::I32(*v),

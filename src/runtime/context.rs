@@ -244,8 +244,10 @@ impl<'e> Context<'e> {
                 this.sync()?;
                 let meta = this.engine.meta();
                 // Owned copies: the loop below needs `this` mutably.
-                let (pools, page_table) = this.kv.as_ref().map_or((vec![], 0), |kv| (kv.pool_ptrs.clone(), kv.table.ptr()));
-                let addrs = Addresses { weights: this.engine.weight_ptrs(), arena: this.arena_base, kv_pools: &pools, page_table };
+                let (pools, page_table, split_scratch) =
+                    this.kv.as_ref().map_or((vec![], 0, 0), |kv| (kv.pool_ptrs.clone(), kv.table.ptr(), kv.split_scratch_ptr()));
+                let addrs =
+                    Addresses { weights: this.engine.weight_ptrs(), arena: this.arena_base, kv_pools: &pools, page_table, split_scratch };
                 for index in 0..meta.schedule.len() {
                     let Some(l) = resolve_launch(meta, index, &binding.symbols, &addrs)? else {
                         continue;
@@ -336,8 +338,11 @@ impl<'e> Context<'e> {
                 arena: self.arena_base,
                 kv_pools: &kv.pool_ptrs,
                 page_table: kv.table.ptr(),
+                split_scratch: kv.split_scratch_ptr(),
             },
-            None => Addresses { weights: self.engine.weight_ptrs(), arena: self.arena_base, kv_pools: &[], page_table: 0 },
+            None => {
+                Addresses { weights: self.engine.weight_ptrs(), arena: self.arena_base, kv_pools: &[], page_table: 0, split_scratch: 0 }
+            }
         }
     }
 

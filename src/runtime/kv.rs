@@ -1,5 +1,5 @@
 //! The device side of a decoder's paged KV cache: one page pool per KV state slot, the page table
-//! of the current step, and the sampled ids, owned by a [`super::Context`] (see
+//! of the current step, the split-KV scratch of the decode attention and the sampled ids, owned by a [`super::Context`] (see
 //! [`crate::plan::DecoderMeta`] for the layout and [`super::scheduler`] for who gets which pages).
 
 use super::cuda::DeviceAlloc;
@@ -18,6 +18,8 @@ pub(crate) struct KvCache {
     pub(crate) table: DeviceAlloc,
     /// `i32[max_batch]`: the sampling kernel's output.
     pub(crate) ids: DeviceAlloc,
+    /// The split-KV scratch ([`DecoderMeta::split_scratch_bytes`]); `None` when the plan needs none.
+    split_scratch: Option<DeviceAlloc>,
     /// Pages per pool.
     pub(crate) pages: u32,
 }
@@ -44,8 +46,25 @@ impl KvCache {
         let table_bytes = rows.saturating_mul(d.kv.max_pages as usize).saturating_mul(4);
         let table = DeviceAlloc::new(&engine.ctx, table_bytes, &what("the page table"))?;
         let ids = DeviceAlloc::new(&engine.ctx, rows.saturating_mul(4), &what("the sampled ids"))?;
+        let split_scratch = Self::split_scratch(engine, d, &what("the split-KV scratch"))?;
         let pool_ptrs = pools.iter().map(DeviceAlloc::ptr).collect();
-        Ok(Self { pools, pool_ptrs, table, ids, pages })
+        Ok(Self { pools, pool_ptrs, table, ids, split_scratch, pages })
+    }
+
+    /// The split-KV scratch of `d.split_scratch_bytes` bytes (one buffer for every layer: the
+    /// launches using it run in order on one stream), or `None` when 0.
+    fn split_scratch(engine: &Engine, d: &DecoderMeta, what: &str) -> Result<Option<DeviceAlloc>, RuntimeError> {
+        if d.split_scratch_bytes == 0 {
+            return Ok(None);
+        }
+        let bytes = usize::try_from(d.split_scratch_bytes)
+            .map_err(|_| RuntimeError::Usage(format!("{what}: {} bytes do not fit in memory", d.split_scratch_bytes)))?;
+        Ok(Some(DeviceAlloc::new(&engine.ctx, bytes, what)?))
+    }
+
+    /// Device address of the split-KV scratch; 0 when the plan needs none.
+    pub(crate) fn split_scratch_ptr(&self) -> u64 {
+        self.split_scratch.as_ref().map_or(0, DeviceAlloc::ptr)
     }
 }
 

@@ -121,3 +121,19 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
 }
+
+/// IR text of one `rope` over `x : dtype[B, S, width]` (4 heads, θ = 500000, `pairs` half or
+/// adjacent, `extra` e.g. `, llama3(...)`), B ≤ 4, S ≤ 8: the graph the rope codegen and GPU
+/// tests share.
+pub fn rope_graph_text(dtype: &str, pairs: &str, extra: &str, width: u64) -> String {
+    format!(
+        r#"graph "r" {{
+  sym B max=4
+  sym S max=8
+  %0 = input "x" : {dtype}[B,S,{width}]
+  %1 = input "cache_len" : i64[B]
+  %2 = rope %0, %1 {{heads=4, theta=500000, pairs={pairs}{extra}}} : {dtype}[B,S,{width}]
+  return "y" = %2
+}}"#
+    )
+}

@@ -5,8 +5,9 @@
 //! - `rope x, cache_len` → one launch, signature `(x, cache_len, y, long long rows, long long S)`,
 //!   grid `(B·S, 1, 1)`, block [`ROPE_THREADS`]. Heads, head size, pairing and the inverse
 //!   frequencies (the interpreter's [`inverse_frequencies`], f64, printed exactly) are compiled in.
-//! - `causal_attention q, k, v, past_k, past_v, cache_len` → three launches (the append, then one
-//!   of two attention variants by a guard on S), and only with a paged
+//! - `causal_attention q, k, v, past_k, past_v, cache_len` → the append, then the decode path
+//!   (guard `S ≤ 1`: split-KV attention and its combine, or one unsplit attention when
+//!   [`decode_splits`] is 1) or the prefill attention (guard `S > 1`), and only with a paged
 //!   KV cache ([`LowerCx::paged`]); `past_k`/`past_v` must be state inputs ([`Graph::state`]) and
 //!   `k`/`v` their state updates. They name the pools of their state slots ([`Arg::KvPool`]) and
 //!   never their arena storage, so the past inputs get none ([`crate::codegen::memory`]).
@@ -17,6 +18,11 @@
 //!      memory [`PagedAttentionSpec::smem_bytes`]; the decode variant (QT = 1, guard `S ≤ 1`) and
 //!      the prefill variant (QT·G ≤ 64 rows, guard `S > 1`) share the template. The score scale is compiled in; the cache
 //!      scales are arguments (1 for float caches), so every layer of one shape shares the kernel.
+//!   3. Split-KV decode (when [`decode_splits`] ≥ 2, replacing the unsplit decode variant of 2.):
+//!      `paged_attention(q, k_pool, v_pool, page_table, cache_len, partials, long long S, float
+//!      k_scale, float v_scale)` with grid `(SPLITS, KV, B)` writes f32 partials to the runtime's
+//!      split scratch ([`Arg::SplitScratch`]); then `split_combine(partials, o)`, grid `(H, B)`,
+//!      merges them ([`split_combine_kernel`]). Both are guarded `S ≤ 1`.
 //!
 //! [`Graph::state`]: crate::ir::Graph::state
 
@@ -31,6 +37,7 @@ use crate::plan::{DimExpr, Guard, ParamType, Scalar};
 const ROPE: Template = Template { name: "rope.cu", text: include_str!("../../../templates/rope.cu") };
 const KV_APPEND: Template = Template { name: "kv_append.cu", text: include_str!("../../../templates/kv_append.cu") };
 const PAGED_ATTENTION: Template = Template { name: "paged_attention.cu", text: include_str!("../../../templates/paged_attention.cu") };
+const SPLIT_COMBINE: Template = Template { name: "split_combine.cu", text: include_str!("../../../templates/split_combine.cu") };
 
 /// Threads of a rope CTA (one CTA per token row).
 pub const ROPE_THREADS: u32 = 128;
@@ -43,8 +50,31 @@ pub const MAX_ROWS: u32 = 64;
 /// Keys per tile of the decode variant (at least; whole pages); the prefill variant's tiles
 /// hold at least 64.
 pub const DECODE_TILE_KEYS: u32 = 128;
+/// Keys per tile of the split-KV decode variant (at least; whole pages): smaller than
+/// [`DECODE_TILE_KEYS`] so that a 1k-token cache still gives every split a tile.
+pub const SPLIT_TILE_KEYS: u32 = 64;
 /// Dynamic shared memory a CTA may use on sm_90 (227 KiB).
 pub const MAX_SMEM: u32 = 227 * 1024;
+/// SMs of the target GPU the split count is sized for (an H100 SXM has 132).
+pub const TARGET_SMS: u32 = 132;
+/// Most key ranges one sequence's decode attention is split into.
+pub const MAX_SPLITS: u32 = 16;
+/// 16-byte loads each thread of paged_attention keeps in flight while filling a K/V tile.
+pub const LOADS_IN_FLIGHT: u32 = 4;
+
+/// Split-KV ranges per sequence of the decode attention over `kv_heads` KV heads and a paged
+/// cache of `paged` geometry: enough CTAs to give every SM of [`TARGET_SMS`] two at batch 1,
+/// `ceil(2·132 / KV)`, capped at [`MAX_SPLITS`] (the combine and the partials grow with it; 16
+/// ranges of one 1k-token cache are 64 keys each, one tile) and at the most tiles a sequence
+/// can span (`ceil(max_pages·PAGE / TK)`, TK the split variant's tile, so no split is always
+/// empty). 1 means no split: the unsplit decode kernel runs.
+pub fn decode_splits(kv_heads: u32, paged: PagedKv) -> u32 {
+    let page = paged.page_size.max(1);
+    let tile = page * SPLIT_TILE_KEYS.div_ceil(page);
+    let max_tiles = (u64::from(paged.max_pages) * u64::from(page)).div_ceil(u64::from(tile));
+    let want = (2 * TARGET_SMS).div_ceil(kv_heads.max(1));
+    want.min(MAX_SPLITS).min(u32::try_from(max_tiles).unwrap_or(u32::MAX)).max(1)
+}
 
 /// Lowers `rope` and `causal_attention`.
 pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
@@ -169,6 +199,10 @@ pub struct PagedAttentionSpec {
     /// The decode variant (one query token per CTA, [`DECODE_TILE_KEYS`]-key tiles), launched
     /// when `S ≤ 1`; otherwise the prefill variant (up to [`MAX_ROWS`] rows, 64-key tiles).
     pub decode: bool,
+    /// Split-KV ranges of the decode variant (0: no split, the kernel writes o). With `n ≥ 1` the
+    /// kernel runs on grid `(n, KV, B)` with [`SPLIT_TILE_KEYS`]-key tiles and writes f32
+    /// partials `[B, H, n, D + 2]` for [`split_combine_kernel`] instead of o.
+    pub splits: u32,
 }
 
 impl PagedAttentionSpec {
@@ -181,8 +215,18 @@ impl PagedAttentionSpec {
     /// the decode variant).
     pub fn tile_keys(&self) -> u32 {
         let page = self.paged.page_size.max(1);
-        let least = if self.decode { DECODE_TILE_KEYS } else { 64 };
+        let least = match (self.decode, self.splits) {
+            (true, 0) => DECODE_TILE_KEYS,
+            (true, _) => SPLIT_TILE_KEYS,
+            (false, _) => 64,
+        };
         page * least.div_ceil(page)
+    }
+
+    /// Bytes of the split partials for `max_batch` sequences: `max_batch · H · splits · (D + 2)`
+    /// f32 (0 without a split).
+    pub fn split_scratch_bytes(&self, max_batch: u64) -> u64 {
+        max_batch * u64::from(self.heads) * u64::from(self.splits) * (u64::from(self.head_dim) + 2) * 4
     }
 
     /// Query tokens per CTA: 1 for the decode variant; otherwise as many as keep the rows
@@ -240,15 +284,20 @@ impl PagedAttentionSpec {
         if !self.scale.is_finite() {
             return Err(format!("score scale {} is not finite", self.scale));
         }
+        if self.splits > 0 && (!self.decode || self.splits > MAX_SPLITS) {
+            return Err(format!("{} split-KV ranges: only the decode variant splits, into 1..={MAX_SPLITS}", self.splits));
+        }
         if self.smem_bytes() > MAX_SMEM {
             return Err(format!("{} bytes of shared memory exceed {MAX_SMEM} (page size or group too large)", self.smem_bytes()));
         }
         Ok(())
     }
 
-    /// Kernel parameters in signature order.
-    pub fn params() -> Vec<(&'static str, ParamType)> {
-        let mut p = pointers(&["q", "k_pool", "v_pool", "page_table", "cache_len", "out"]);
+    /// Kernel parameters in signature order: the sixth is `out` (o), or `partials` (the split
+    /// scratch) with a split.
+    pub fn params(&self) -> Vec<(&'static str, ParamType)> {
+        let out = if self.splits > 0 { "partials" } else { "out" };
+        let mut p = pointers(&["q", "k_pool", "v_pool", "page_table", "cache_len", out]);
         p.extend([("S", ParamType::I64), ("k_scale", ParamType::F32), ("v_scale", ParamType::F32)]);
         p
     }
@@ -269,6 +318,7 @@ impl PagedAttentionSpec {
             }
         };
         let qt = self.q_tokens();
+        let out_param = if self.splits > 0 { "float* __restrict__ partials" } else { "OT_::T* __restrict__ out" };
         let values = with_prelude(vec![
             ("q_t", trait_of(self.q)),
             ("o_t", trait_of(self.out)),
@@ -286,11 +336,46 @@ impl PagedAttentionSpec {
             ("via", via),
             ("cache_doc", cache_doc),
             ("scale_bits", format!("{:#010x}", self.scale.to_bits())),
+            ("splits", self.splits.to_string()),
+            ("out_param", out_param.to_string()),
+            ("inflight", LOADS_IN_FLIGHT.to_string()),
         ]);
         let source = PAGED_ATTENTION.render(&values).map_err(|e| e.to_string())?;
-        let grid = [seq.ceil_div(u64::from(qt)), DimExpr::Const(u64::from(self.kv_heads)), batch];
-        Ok(finish_kernel("paged_attention", source, grid, [ATTN_THREADS, 1, 1], self.smem_bytes(), params(&Self::params())))
+        let x = if self.splits > 0 { DimExpr::Const(u64::from(self.splits)) } else { seq.ceil_div(u64::from(qt)) };
+        let grid = [x, DimExpr::Const(u64::from(self.kv_heads)), batch];
+        Ok(finish_kernel("paged_attention", source, grid, [ATTN_THREADS, 1, 1], self.smem_bytes(), params(&self.params())))
     }
+}
+
+/// Threads of a split_combine CTA for head size `head_dim`: one per column, in whole warps, at
+/// most 256.
+pub fn combine_threads(head_dim: u32) -> u32 {
+    head_dim.div_ceil(32).clamp(1, 8) * 32
+}
+
+/// The split_combine kernel merging `splits` partial records per (head, sequence) of `heads`
+/// query heads of `head_dim` into o of dtype `out` (f16, bf16, f32): signature
+/// `(const float* partials, O* out)`, grid `(H, B)` over `batch`, block [`combine_threads`].
+pub fn split_combine_kernel(heads: u32, head_dim: u32, splits: u32, out: DType, batch: DimExpr) -> Result<KernelDef, String> {
+    if !matches!(out, DType::F16 | DType::BF16 | DType::F32) {
+        return Err(format!("o is {out}; split_combine writes f16, bf16 or f32"));
+    }
+    if !(1..=MAX_SPLITS).contains(&splits) || heads == 0 || head_dim == 0 {
+        return Err(format!(
+            "split_combine of {splits} ranges over {heads} heads of {head_dim}: needs 1..={MAX_SPLITS} ranges and nonzero sizes"
+        ));
+    }
+    let threads = combine_threads(head_dim);
+    let values = with_prelude(vec![
+        ("o_t", dtype_trait(out).expect("float dtype").to_string()),
+        ("heads", heads.to_string()),
+        ("head_dim", head_dim.to_string()),
+        ("splits", splits.to_string()),
+        ("threads", threads.to_string()),
+    ]);
+    let source = SPLIT_COMBINE.render(&values).map_err(|e| e.to_string())?;
+    let grid = [DimExpr::Const(u64::from(heads)), batch, 1.into()];
+    Ok(finish_kernel("split_combine", source, grid, [threads, 1, 1], 0, params(&pointers(&["partials", "out"]))))
 }
 
 /// The kv_append kernel for a cache of `storage` with `kv_heads` heads of `head_dim`: grid
@@ -408,20 +493,20 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
         scale: a.scale,
         paged,
         decode: false,
+        splits: 0,
     };
     if g.shape(o) != qs {
         return Err(err("the result must have q's shape".into()));
     }
     let dims = cx.dims(q);
     let (batch, seq) = (dims[0].clone(), dims[1].clone());
-    if cx.max_shape(q)[0] > 65535 {
+    let max_batch = cx.max_shape(q)[0];
+    if max_batch > 65535 {
         return Err(err("batch exceeds the grid limit 65535".into()));
     }
-    let decode = PagedAttentionSpec { decode: true, ..spec }.kernel(batch.clone(), seq.clone()).map_err(&err)?;
     let prefill = spec.kernel(batch.clone(), seq.clone()).map_err(&err)?;
     let append = kv_append_kernel(storage, a.kv_heads, head_dim, paged, batch.clone(), seq.clone()).map_err(&err)?;
     let [k_slot, v_slot] = slots;
-    let seq_expr = seq.clone();
     let append_args = vec![
         Arg::Value(k),
         Arg::Value(v),
@@ -429,25 +514,38 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
         Arg::KvPool(v_slot),
         Arg::PageTable,
         Arg::Value(len),
-        Arg::Scalar(Scalar::Dim(batch)),
+        Arg::Scalar(Scalar::Dim(batch.clone())),
         Arg::Scalar(Scalar::Dim(seq.clone())),
     ];
-    let attention_args = vec![
-        Arg::Value(q),
-        Arg::KvPool(k_slot),
-        Arg::KvPool(v_slot),
-        Arg::PageTable,
-        Arg::Value(len),
-        Arg::Value(o),
-        Arg::Scalar(Scalar::Dim(seq)),
-        Arg::Scalar(Scalar::F32(k_scale)),
-        Arg::Scalar(Scalar::F32(v_scale)),
-    ];
-    // Exactly one of the two attention variants runs for a given S.
-    let (one, more) = (Guard::RowsAtMost { rows: seq_expr.clone(), max: 1 }, Guard::RowsAbove { rows: seq_expr, min: 1 });
-    Ok(Lowered::Launches(vec![
-        Launch { kernel: append, args: append_args, when: None },
-        Launch { kernel: decode, args: attention_args.clone(), when: Some(one) },
-        Launch { kernel: prefill, args: attention_args, when: Some(more) },
-    ]))
+    // The attention's arguments with `dest` (o, or the split scratch) as the sixth.
+    let attention_args = |dest: Arg| {
+        vec![
+            Arg::Value(q),
+            Arg::KvPool(k_slot),
+            Arg::KvPool(v_slot),
+            Arg::PageTable,
+            Arg::Value(len),
+            dest,
+            Arg::Scalar(Scalar::Dim(seq.clone())),
+            Arg::Scalar(Scalar::F32(k_scale)),
+            Arg::Scalar(Scalar::F32(v_scale)),
+        ]
+    };
+    // Exactly one of the decode path and the prefill attention runs for a given S.
+    let (one, more) = (Guard::RowsAtMost { rows: seq.clone(), max: 1 }, Guard::RowsAbove { rows: seq.clone(), min: 1 });
+    let mut launches = vec![Launch { kernel: append, args: append_args, when: None }];
+    let splits = decode_splits(a.kv_heads, paged);
+    if splits > 1 {
+        let split = PagedAttentionSpec { decode: true, splits, ..spec };
+        let scratch = Arg::SplitScratch(split.split_scratch_bytes(max_batch));
+        let partial = split.kernel(batch.clone(), seq.clone()).map_err(&err)?;
+        let combine = split_combine_kernel(a.heads, head_dim, splits, spec.out, batch).map_err(&err)?;
+        launches.push(Launch { kernel: partial, args: attention_args(scratch.clone()), when: Some(one.clone()) });
+        launches.push(Launch { kernel: combine, args: vec![scratch, Arg::Value(o)], when: Some(one) });
+    } else {
+        let decode = PagedAttentionSpec { decode: true, ..spec }.kernel(batch, seq.clone()).map_err(&err)?;
+        launches.push(Launch { kernel: decode, args: attention_args(Arg::Value(o)), when: Some(one) });
+    }
+    launches.push(Launch { kernel: prefill, args: attention_args(Arg::Value(o)), when: Some(more) });
+    Ok(Lowered::Launches(launches))
 }

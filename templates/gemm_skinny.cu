@@ -38,7 +38,8 @@
 // (w + i * WARPS) * UNROLL. In step s, lane (g = lane/4, q = lane%4) loads the 16-byte chunk at
 // byte s*64 + 16q of weight rows n0 + ct*16 + g and n0 + ct*16 + g + 8 for every column tile ct
 // with ld.global.nc.L1::no_allocate (read once: not kept in L1); a run's 2 * CT * UNROLL chunks
-// (>= 8, i.e. >= 128 bytes per lane) are all issued before any is used. A chunk holds EPC = 8
+// (8 at the default specs: 128 bytes per lane) are all issued, with their scales, before any is
+// used. A chunk holds EPC = 8
 // (Wide), 16 (bytes) or 32 (nibbles) elements from k0 = (s*64 + 16q) * 8 / W_BITS; the lane then
 // reads the same k0 .. k0+EPC-1 of activation row nt*8 + g (L1-cached __ldg: every block reads all
 // of A; zero for rows >= M).

@@ -50,6 +50,10 @@ mkdir -p gpu-bundle/cache
 cp target/release/qfuse target/release/qfuse-gemm-bench gpu-bundle/
 strip gpu-bundle/qfuse gpu-bundle/qfuse-gemm-bench 2>/dev/null || true
 gpu-bundle/qfuse-gemm-bench build gpu-bundle/kernels 2>/dev/null
+# The skinny GEMMs' GPU test against the interpreter (tests/skinny_gpu.rs, ignored without a GPU),
+# run by scripts/gpu-gemm-bench.sh when GEMM_KINDS names `skinny`.
+test_bin=$(cargo test --release --locked --no-run --test skinny_gpu 2>&1 | sed -n 's/.*(\(target\/release\/deps\/[^)]*\)).*/\1/p' | tail -1)
+cp "$test_bin" gpu-bundle/skinny_gpu && strip gpu-bundle/skinny_gpu 2>/dev/null || true
 "$QFUSE_CACHE_DIR/pyenv/bin/python3" scripts/f16_model.py "$QFUSE_MODEL_DIR" gpu-bundle/model
 # Every recipe gpu-check.sh compiles (plans that do not lower yet report why and are skipped).
 # The 6- and 3-head views of the model (head sizes 64 and 128; scripts/model-variant.sh) exercise
@@ -69,5 +73,5 @@ done
 rm -rf gpu-bundle/model-h6 gpu-bundle/model-h3  # links only; gpu-check.sh makes them again
 # Compressed for the trip (scripts/gpu-check.sh unpacks): the tree that travels is limited to 64 MiB.
 (cd gpu-bundle && tar czf kernels.tgz kernels && rm -rf kernels && tar czf cache.tgz cache && rm -rf cache \
-    && gzip -9f qfuse qfuse-gemm-bench)
+    && gzip -9f qfuse qfuse-gemm-bench skinny_gpu)
 du -sh gpu-bundle gpu-bundle/*

@@ -19,6 +19,11 @@ median of 30 launches each bracketed by CUDA events; random E4M3 codes without N
     packing by torch._convert_weight_to_int4pack, zero points folded into its float zeros) where
     the build has them ("n/a" otherwise); TFLOP/s, qfuse's weight GB/s for M <= 16, the ratios
     qfuse / peer and each peer's normwise error on sampled rows (a check of the peer's packing).
+  - for qfuse's skinny kernels (`GEMM_KINDS=skinny`: M <= 16 at Llama-3-8B's linear shapes),
+    the weight-streaming peers at the same M, N, K: torch bf16 F.linear (cuBLAS) and
+    torch._scaled_mm FP8 (per-tensor scales, bf16 out; M padded to 16, its smallest M), in weight
+    GB/s (weight bytes / median time), plus the device copy bandwidth (a 1 GiB device-to-device
+    copy, read + write bytes / time) that the skinny kernels aim at (>= 80 %), all in this run.
 Also reports cuBLASLt's normwise error against the exact result rounded to f16 on a few rows
 (the reference qfuse's own check uses), to put qfuse's error numbers in context. Prints a short
 table (qfuse's best exact / best fast FP8 variant against cuBLASLt, qfuse's best f16 variant
@@ -215,6 +220,67 @@ def wonly_table(rows, out):
         )
 
 
+def copy_gbps():
+    """Device-to-device copy bandwidth: (read + write bytes) / median time of a 1 GiB copy."""
+    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = median_ms(lambda: y.copy_(x))
+    del x, y
+    torch.cuda.empty_cache()
+    return 2 * (1 << 30) / (ms * 1e-3) / 1e9
+
+
+def skinny_peer(m, n, k, seed):
+    """Weight GB/s of torch bf16 F.linear and torch._scaled_mm FP8 at M x N x K."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    out = {"kind": "peer-skinny", "m": m, "n": n, "k": k}
+    a = torch.randn(m, k, device="cuda", generator=gen).bfloat16()
+    w = (torch.randn(n, k, device="cuda", generator=gen) / k**0.5).bfloat16()
+    out["torch_bf16_gbps"] = n * k * 2 / (median_ms(lambda: torch.nn.functional.linear(a, w)) * 1e-3) / 1e9
+    del w
+    try:
+        mp = max(16, (m + 15) // 16 * 16)
+        a8 = random_e4m3(mp, k, gen)
+        b8 = random_e4m3(n, k, gen)
+        one = torch.tensor(1.0, dtype=torch.float32, device="cuda")
+        f = lambda: torch._scaled_mm(a8, b8.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+        out["scaled_mm_gbps"] = n * k / (median_ms(f) * 1e-3) / 1e9
+        del a8, b8
+    except Exception as e:  # a peer missing from this build prints n/a
+        out["scaled_mm_gbps"] = None
+        out["scaled_mm_why"] = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+    del a
+    torch.cuda.empty_cache()
+    return out
+
+
+def skinny_table(rows, out):
+    """qfuse's skinny kernels (M <= 16) per format and shape: weight GB/s, % of copy bandwidth,
+    and the peers' weight GB/s at the same shapes."""
+    sk = [r for r in rows if r.get("kind") == "qfuse-skinny"]
+    if not sk:
+        return
+    copy = copy_gbps()
+    if out:
+        out.write(json.dumps({"kind": "peer-copy", "copy_gbps": copy}) + "\n")
+    shapes = sorted({(r["m"], r["n"], r["k"]) for r in sk})
+    peer = {}
+    for i, s in enumerate(shapes):
+        peer[s] = skinny_peer(*s, seed=300 + i)
+        if out:
+            out.write(json.dumps(peer[s]) + "\n")
+    print()
+    print(f"skinny GEMMs (M <= 16), weight GB/s = weight bytes / median of 30; device copy bandwidth {copy:.0f} GB/s (1 GiB D2D, read + write)")
+    print(f"{'format':12s} {'M x N x K':18s} {'check':5s} {'qfuse GB/s':>10s} {'% copy':>7s} {'torch bf16':>10s} {'scaled_mm':>10s}  variant")
+    na = lambda x: f"{x:10.0f}" if x is not None else f"{'n/a':>10s}"
+    for r in sorted(sk, key=lambda r: (r["format"], r["n"], r["k"], r["m"])):
+        p = peer[(r["m"], r["n"], r["k"])]
+        print(
+            f"{r['format']:12s} {'x'.join(map(str, (r['m'], r['n'], r['k']))):18s} {r['check']:5s} {r['weight_gbps']:10.0f} "
+            f"{100 * r['weight_gbps'] / copy:6.1f}% {na(p['torch_bf16_gbps'])} {na(p.get('scaled_mm_gbps'))}  {r['variant']}"
+        )
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("qfuse_jsonl")
@@ -233,6 +299,7 @@ def main():
             out.write(json.dumps(p) + "\n")
     int8_table(rows, out)
     wonly_table(rows, out)
+    skinny_table(rows, out)
 
     def short(v):
         return " ".join(t for t in v.split() if not (t.startswith("g") and t[1:].isdigit()))

@@ -1,5 +1,5 @@
-// qfuse weight-only GEMM / GEMV ("TN") for sm_90a: the kernels of a `qmatmul` with `b_dequant`
-// (src/codegen/ops/wonly.rs).
+// qfuse weight-only GEMM ("TN") for sm_90a: the tiled kernel of a `qmatmul` with `b_dequant`
+// (src/codegen/ops/wonly.rs); rows M <= 16 run templates/gemm_skinny.cu instead (guarded launches).
 //
 //   w[n,k]   = ACT( (code[n,k] - z[n,k]) * s[n,k] )   computed in f32 (__fsub_rn, __fmul_rn), then
 //                                                      rounded to ACT = f16 / bf16 (RNE)
@@ -17,7 +17,7 @@
 // 0, K % 64 == 0, SCALE_K % 16 == 0 (a thread's 16 consecutive k of a 64-wide k-tile share one
 // scale), 16-byte aligned pointers (every IR value is 256-byte aligned).
 //
-// ---- k permutation (both paths) ----------------------------------------------------------------
+// ---- k permutation -----------------------------------------------------------------------------
 // mma.sync.m16n8k16 pairs A's and B's k by fragment position, so any permutation of k applied to
 // both operands leaves the sum unchanged. Lane (g = lane/4, q = lane%4) takes, in every 64-wide
 // k-tile, the 16 physical k in [16q, 16q+16): half h (0, 1) covers k0 = 16q + 8h .. k0+7 and feeds
@@ -26,7 +26,7 @@
 // (words 2j, 2j+1 are step j's a0/a2, or a1/a3 for row r+8), and column n's 8 codes are one 8-byte
 // (bytes) or 4-byte (nibbles) piece, dequantized to 4 packed ACT pairs (b0, b1 of steps 0 and 1).
 //
-// ---- GEMM path (GEMV = false) -------------------------------------------------------------------
+// ---- GEMM -----------------------------------------------------------------------------------------
 // Block tile BM x BN, k-tiles of 64; blockIdx.x enumerates ceil(M/BM) * (N/BN) tiles in groups of
 // GROUP_M m-tiles (as gemm.cu). A STAGES-deep cp.async ring: the A tile is BM rows of 128 bytes
 // in the 128-byte XOR swizzle (qf_swizzle128; conflict-free 16-byte row reads: lanes 4i..4i+3
@@ -36,16 +36,7 @@
 // WARPS_N) owns rows wm*WM.. and columns wn*WN.. as MT x NT m16n8 tiles; per k-tile it dequantizes
 // its NT columns' codes once per half and reuses them for all MT row tiles.
 //
-// ---- GEMV path (GEMV = true, M <= 16) -----------------------------------------------------------
-// One m16 row tile (rows >= M read as zero and are never stored). Block b owns columns
-// n0 = b*BN .. n0+BN-1 (NT = BN/8 n8 tiles); its WARPS warps split K: warp w takes the k-tiles
-// w, w + WARPS, ... . Fragments come straight from global memory: codes with one 16-byte (bytes)
-// or 8-byte (nibbles) load per column and k-tile, A with 16-byte loads (L1/L2-resident: every
-// block reads all of A). Each warp stages its partial sums in shared memory; they are then added
-// in warp order 0, 1, ..., WARPS-1 by one thread per element (deterministic: no atomics, the same
-// bits every run), and the sum is the staged tile of the epilogue.
-//
-// ---- epilogue (both paths) ----------------------------------------------------------------------
+// ---- epilogue ----------------------------------------------------------------------------------
 // Stage 1: accumulator fragments (acc[mt][nt][2*h + e] = row mt*16 + g + 8h, column nt*8 + 2q + e
 // of the warp tile) -> shared f32 tile [BM][BN + 8]. Stage 2: gemm_store_tile.cuh (4 consecutive
 // columns per thread; mapping in gemm.cu's header) run by EPI_THREADS threads.
@@ -62,7 +53,6 @@ constexpr Code CODE = Code::{{code}};
 constexpr Zero ZERO = Zero::{{zero}};
 constexpr int ZERO_VALUE = {{zero_value}};  // exact in f32 (|z| < 2^24)
 constexpr bool ZP_SIGNED = {{zp_signed}};
-constexpr bool GEMV = {{gemv}};
 constexpr int N = {{n}};
 constexpr int K = {{k}};
 constexpr int SCALE_ROWS = {{scale_rows}};
@@ -80,10 +70,10 @@ constexpr int BK = 64;                            // k per k-tile
 constexpr int KTILES = K / BK;
 constexpr int CODE_ROW_BYTES = NIBBLES ? K / 2 : K;
 constexpr int BKC = NIBBLES ? BK / 2 : BK;        // code bytes of one row per k-tile
-constexpr int THREADS = WARPS_M * WARPS_N * 32;   // GEMV: WARPS_M = split-K warps, WARPS_N = 1
+constexpr int THREADS = WARPS_M * WARPS_N * 32;
 constexpr int WM = BM / WARPS_M;
 constexpr int WN = BN / WARPS_N;
-constexpr int MT = GEMV ? 1 : WM / 16;
+constexpr int MT = WM / 16;
 constexpr int NT = WN / 8;
 constexpr int A_BYTES = BM * BK * 2;              // one stage of A (128-byte rows)
 constexpr int B_BYTES = BN * BKC;                 // one stage of codes
@@ -94,12 +84,13 @@ constexpr int EPI_THREADS = BM * BN / VEC < THREADS ? BM * BN / VEC : THREADS;
 
 static_assert(N % BN == 0 && K % BK == 0, "N must be a multiple of the tile, K of 64");
 static_assert(SCALE_K % 16 == 0 && SCALE_ROWS >= 1, "a thread's 16 consecutive k share one scale");
-static_assert(!GEMV || (BM == 16 && WARPS_N == 1), "the GEMV path is one m16 tile, warps split K");
-static_assert(GEMV || (WM % 16 == 0 && WN % 8 == 0 && STAGE_BYTES % 1024 == 0 && STAGES >= 2),
+static_assert((WM % 16 == 0 && WN % 8 == 0 && STAGE_BYTES % 1024 == 0 && STAGES >= 2),
               "warp tiles of m16n8 MMAs; stages stay 1024-byte aligned for the swizzle");
 static_assert(BN % 16 == 0 && (BM * BN / VEC) % EPI_THREADS == 0, "even epilogue split");
 
-// ---- MMA and conversions -----------------------------------------------------------------------
+{{dequant}}
+
+// ---- MMA ---------------------------------------------------------------------------------------
 
 // D = A(16x16, row) * B(16x8, col) + D, f16 or bf16 operands, f32 accumulators.
 QF_DEVICE void mma_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
@@ -116,100 +107,6 @@ QF_DEVICE void mma_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, u
             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
             : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
     }
-}
-
-// Two f32 -> packed ACT pair, each rounded to nearest even; `lo` in the low half.
-QF_DEVICE uint32_t pack_act(float lo, float hi) {
-    if constexpr (ACT == Act::F16) {
-        return qf_pack_f16x2(lo, hi);
-    } else {
-        uint32_t r;
-        asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-        return r;
-    }
-}
-
-// The value of code c (a byte, or a nibble in its low 4 bits), exactly.
-QF_DEVICE float decode(uint32_t c) {
-    if constexpr (CODE == Code::I8) {
-        return static_cast<float>(static_cast<int>(c << 24) >> 24);
-    } else if constexpr (CODE == Code::U8) {
-        return static_cast<float>(c & 0xffu);
-    } else if constexpr (CODE == Code::I4) {
-        return static_cast<float>(static_cast<int>(c << 28) >> 28);
-    } else if constexpr (CODE == Code::U4) {
-        return static_cast<float>(c & 0xfu);
-    } else if constexpr (CODE == Code::E4M3) {
-        return qf_e4m3_to_f32(static_cast<uint8_t>(c & 0xffu));
-    } else {
-        // E2M1: sign s, exponent e (bias 1), mantissa m: e == 0 -> m * 0.5, else 2^(e-1) * (1 + m/2).
-        const uint32_t e = (c >> 1) & 3u;
-        const uint32_t m = c & 1u;
-        const float mag = e == 0 ? (m ? 0.5f : 0.0f) : __uint_as_float(((e + 126u) << 23) | (m << 22));
-        return (c & 8u) ? -mag : mag;
-    }
-}
-
-// Code k of a piece of 8 codes: `lo` holds codes 0..3 (bytes) or 0..7 (nibbles), `hi` codes 4..7.
-QF_DEVICE uint32_t code_at(uint32_t lo, uint32_t hi, int k) {
-    if constexpr (NIBBLES) {
-        return (lo >> (4 * k)) & 0xfu;
-    } else {
-        return ((k < 4 ? lo : hi) >> (8 * (k & 3))) & 0xffu;
-    }
-}
-
-// The zero point of scale element `si` (as f32; 0 without a zero point).
-QF_DEVICE float zero_at(const uint8_t* zp, int si) {
-    if constexpr (ZERO == Zero::Input) {
-        const uint32_t b = __ldg(zp + si);
-        return ZP_SIGNED ? static_cast<float>(static_cast<int>(b << 24) >> 24) : static_cast<float>(b);
-    } else {
-        return static_cast<float>(ZERO_VALUE);
-    }
-}
-
-// Index of the scale (and zero point) of element (n, k).
-QF_DEVICE int scale_index(int n, int k) { return (n / SCALE_ROWS) * SCALE_COLS + k / SCALE_K; }
-
-// Dequantizes 8 codes of one column sharing scale s and zero point z into 4 packed ACT pairs
-// (b0, b1 of the half's MMA steps 0 and 1): w = ACT((code - z) * s), in f32 with single roundings.
-QF_DEVICE void dequant8(uint32_t (&b)[4], uint32_t lo, uint32_t hi, float s, float z) {
-#pragma unroll
-    for (int p = 0; p < 4; ++p) {
-        float w[2];
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const float v = decode(code_at(lo, hi, 2 * p + e));
-            w[e] = ZERO == Zero::None ? __fmul_rn(v, s) : __fmul_rn(__fsub_rn(v, z), s);
-        }
-        b[p] = pack_act(w[0], w[1]);
-    }
-}
-
-// This lane's 16 codes of one column in a k-tile, as two halves (lo, hi) of 8 codes each.
-struct Codes16 {
-    uint32_t w[4];  // bytes: 16 codes in 4 words; nibbles: 16 codes in words 0-1
-    QF_DEVICE uint32_t lo(int h) const { return NIBBLES ? w[h] : w[2 * h]; }
-    QF_DEVICE uint32_t hi(int h) const { return NIBBLES ? 0u : w[2 * h + 1]; }
-};
-
-// The lane's codes from `p` (16 bytes or 8 bytes of nibbles, aligned), global or shared.
-QF_DEVICE Codes16 load_codes(const uint8_t* p) {
-    Codes16 c;
-    if constexpr (NIBBLES) {
-        const uint2 v = *reinterpret_cast<const uint2*>(p);
-        c.w[0] = v.x;
-        c.w[1] = v.y;
-        c.w[2] = c.w[3] = 0u;
-    } else {
-        const uint4 v = *reinterpret_cast<const uint4*>(p);
-        c.w[0] = v.x;
-        c.w[1] = v.y;
-        c.w[2] = v.z;
-        c.w[3] = v.w;
-    }
-    return c;
 }
 
 // The MMAs of one half (two k-steps) for one m16 x n8 tile: `a` = 16-byte piece of row g (words
@@ -279,7 +176,6 @@ QF_DEVICE void compute_tile(float (&acc)[MT][NT][4], const uint8_t* stp, int t, 
 }
 
 // STAGES-deep cp.async ring over the k-tiles of this block's tile.
-template <bool Selected>
 QF_DEVICE void mainloop_gemm(float (&acc)[MT][NT][4], uint8_t* smem, const uint8_t* A, const uint8_t* B, int m0, int n0,
                              int M, int tid, int warp, int lane, const float* scale, const uint8_t* zp) {
     const uint32_t base = qf_smem_addr(smem);
@@ -305,46 +201,6 @@ QF_DEVICE void mainloop_gemm(float (&acc)[MT][NT][4], uint8_t* smem, const uint8
     __syncthreads();
 }
 
-// ---- GEMV mainloop --------------------------------------------------------------------------------
-
-// This warp's k-tiles (w, w + WARPS_M, ...) straight from global memory.
-template <bool Selected>
-QF_DEVICE void mainloop_gemv(float (&acc)[MT][NT][4], const uint16_t* A, const uint8_t* B, int n0, int M, int warp,
-                             int lane, const float* scale, const uint8_t* zp) {
-    const int g = lane >> 2;
-    const int q = lane & 3;
-    const bool row_ok = g < M;
-    const bool row8_ok = g + 8 < M;
-    const uint4 zero4 = make_uint4(0u, 0u, 0u, 0u);
-#pragma unroll 2
-    for (int t = warp; t < KTILES; t += WARPS_M) {
-        const int k = t * BK + 16 * q;
-        Codes16 c[NT];
-        float s[NT], z[NT];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            const int n = n0 + nt * 8 + g;
-            c[nt] = load_codes(B + (size_t)n * CODE_ROW_BYTES + (NIBBLES ? k / 2 : k));
-            const int si = scale_index(n, k);
-            s[nt] = __ldg(scale + si);
-            z[nt] = zero_at(zp, si);
-        }
-        const uint4* ar = reinterpret_cast<const uint4*>(A + (size_t)g * K + k);
-        const uint4* ar8 = reinterpret_cast<const uint4*>(A + (size_t)(g + 8) * K + k);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const uint4 a = row_ok ? __ldg(ar + h) : zero4;
-            const uint4 a8 = row8_ok ? __ldg(ar8 + h) : zero4;
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                uint32_t b[4];
-                dequant8(b, c[nt].lo(h), c[nt].hi(h), s[nt], z[nt]);
-                mma_half(acc[0][nt], a, a8, b);
-            }
-        }
-    }
-}
-
 // Stage 1 of the epilogue: the warp's fragments into the f32 tile at `tile` (row stride
 // OUT_STRIDE), its tile origin at (row0, col0).
 QF_DEVICE void stage_fragments(float* tile, const float (&acc)[MT][NT][4], int row0, int col0, int lane) {
@@ -358,19 +214,6 @@ QF_DEVICE void stage_fragments(float* tile, const float (&acc)[MT][NT][4], int r
             for (int h = 0; h < 2; ++h)
                 *reinterpret_cast<float2*>(tile + (row0 + mt * 16 + g + 8 * h) * OUT_STRIDE + col0 + nt * 8 + 2 * q) =
                     make_float2(acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
-}
-
-// GEMV: adds the WARPS_M partial tiles (each BM x OUT_STRIDE floats, in warp order) into tile 0,
-// in warp order: the same sums, bit for bit, on every run.
-QF_DEVICE void reduce_partials(float* tile, int tid) {
-    constexpr int ELEMS = BM * OUT_STRIDE;
-#pragma unroll 1
-    for (int i = tid; i < ELEMS; i += THREADS) {
-        float v = tile[i];
-#pragma unroll
-        for (int w = 1; w < WARPS_M; ++w) v = __fadd_rn(v, tile[w * ELEMS + i]);
-        tile[i] = v;
-    }
 }
 
 {{epilogue}}
@@ -388,22 +231,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     const int lane = tid & 31;
     const int warp = tid >> 5;
 
-    int m0 = 0;
-    int n0 = 0;
-    if constexpr (GEMV) {
-        n0 = blockIdx.x * BN;
-    } else {
-        // Grouped rasterization, as gemm.cu.
-        constexpr int N_TILES = N / BN;
-        const int m_tiles = (M + BM - 1) / BM;
-        const int pid = blockIdx.x;
-        const int group = pid / (GROUP_M * N_TILES);
-        const int first_m = group * GROUP_M;
-        const int group_rows = min(m_tiles - first_m, GROUP_M);
-        const int in_group = pid - group * GROUP_M * N_TILES;
-        m0 = (first_m + in_group % group_rows) * BM;
-        n0 = (in_group / group_rows) * BN;
-    }
+    // Grouped rasterization, as gemm.cu.
+    constexpr int N_TILES = N / BN;
+    const int m_tiles = (M + BM - 1) / BM;
+    const int pid = blockIdx.x;
+    const int group = pid / (GROUP_M * N_TILES);
+    const int first_m = group * GROUP_M;
+    const int group_rows = min(m_tiles - first_m, GROUP_M);
+    const int in_group = pid - group * GROUP_M * N_TILES;
+    const int m0 = (first_m + in_group % group_rows) * BM;
+    const int n0 = (in_group / group_rows) * BN;
 
     float acc[MT][NT][4];
 #pragma unroll
@@ -414,15 +251,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
             for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.0f;
 
     float* tile = reinterpret_cast<float*>(smem);
-    if constexpr (GEMV) {
-        mainloop_gemv<GEMV>(acc, reinterpret_cast<const uint16_t*>(A), B, n0, M, warp, lane, SCALE, {{zp}});
-        stage_fragments(tile + warp * BM * OUT_STRIDE, acc, 0, 0, lane);
-        __syncthreads();
-        reduce_partials(tile, tid);
-    } else {
-        mainloop_gemm<!GEMV>(acc, smem, A, B, m0, n0, M, tid, warp, lane, SCALE, {{zp}});
-        stage_fragments(tile, acc, (warp / WARPS_N) * WM, (warp % WARPS_N) * WN, lane);
-    }
+    mainloop_gemm(acc, smem, A, B, m0, n0, M, tid, warp, lane, SCALE, {{zp}});
+    stage_fragments(tile, acc, (warp / WARPS_N) * WM, (warp % WARPS_N) * WN, lane);
     __syncthreads();
 
     if (tid < EPI_THREADS) {

@@ -11,7 +11,7 @@ use qfuse::codegen::kernel::{Arg, KernelDef, Launch, LowerCx, LowerError, LowerO
 use qfuse::codegen::nvrtc;
 use qfuse::codegen::ops::qmatmul;
 use qfuse::ir::{DType, Graph, NodeId, Op};
-use qfuse::plan::{DimExpr, ParamType, Scalar};
+use qfuse::plan::{DimExpr, Guard, ParamType, Scalar};
 
 /// The per-launch `f32` arguments a GEMM of `node` must get, from its payload: `alpha` unless it is
 /// 1, then the output quantize's scale and RN(1 / scale).
@@ -158,10 +158,23 @@ fn lower_ir_with(ir: &str, options: LowerOptions) -> (Graph, NodeId, Result<Lowe
     (g, node, lowered)
 }
 
+/// The tiled GEMM of a lowering. M = B·S may be at most 16, so it comes second, guarded by
+/// `M > 16`, after the skinny kernel guarded by `M ≤ 16` with the same arguments
+/// (tests/codegen_skinny.rs covers that one).
 fn one_launch(lowered: Result<Lowered, LowerError>, what: &str) -> Launch {
     match lowered {
-        Ok(Lowered::Launches(mut l)) if l.len() == 1 => l.remove(0),
-        other => panic!("{what}: expected one launch, got {other:?}"),
+        Ok(Lowered::Launches(mut l)) if l.len() == 2 => {
+            assert!(
+                matches!(l[0].when, Some(Guard::RowsAtMost { max: 16, .. })) && matches!(l[1].when, Some(Guard::RowsAbove { min: 16, .. })),
+                "{what}: guards {:?} / {:?}",
+                l[0].when,
+                l[1].when
+            );
+            assert_eq!((l[0].kernel.template, l[1].kernel.template), ("gemm_skinny", "gemm"), "{what}");
+            assert_eq!(l[0].args, l[1].args, "{what}: both alternatives take the same arguments");
+            l.remove(1)
+        }
+        other => panic!("{what}: expected a skinny and a tiled launch, got {other:?}"),
     }
 }
 

@@ -1,14 +1,15 @@
-//! Weight-only GEMM / GEMV code generation (`qmatmul` with `b_dequant`): every storage variant
+//! Weight-only GEMM / skinny code generation (`qmatmul` with `b_dequant`): every storage variant
 //! (i8 per channel, u4 + zero point g128, i4 symmetric g128, f8e4m3 128×128 blocks, f4e2m1
 //! 16-blocks) on f16 and bf16 activations, with and without bias / GeLU / residual, lowered to
-//! guarded GEMV + GEMM launches and compiled to `sm_90a` CUBIN; snapshots of a W4A16 g128 GEMM
-//! with bias + GeLU and of its GEMV. No GPU needed; NVRTC is (fails, never skips, without it).
+//! guarded skinny (M ≤ 16) + GEMM launches and compiled to `sm_90a` CUBIN; snapshots of a W4A16
+//! g128 GEMM with bias + GeLU and of its skinny kernel. No GPU needed; NVRTC is (fails, never
+//! skips, without it).
 //!
 //! Graphs are built with the graph API (independent of the IR text syntax for `b_dequant`).
 
 use qfuse::codegen::kernel::{KernelDef, Launch, LowerCx, Lowered};
 use qfuse::codegen::nvrtc;
-use qfuse::codegen::ops::wonly::{self, Path};
+use qfuse::codegen::ops::wonly;
 use qfuse::ir::{
     DType, Dim, EpilogueOp, EpilogueStep, Granularity, Graph, Op, QMatMul, QuantSpec, ScaleSource, TensorType, UnaryOp, ZeroPoint,
 };
@@ -102,7 +103,7 @@ fn compile(k: &KernelDef) {
     assert!(cubin.starts_with(b"\x7fELF"), "{}: not an ELF", k.name);
 }
 
-/// Every variant × activation × epilogue lowers to a GEMV (`B·S ≤ 16`) and a GEMM (`B·S > 16`)
+/// Every variant × activation × epilogue lowers to a skinny kernel (`B·S ≤ 16`) and a GEMM (`B·S > 16`)
 /// with complementary guards over the same arguments, and every distinct kernel compiles.
 #[test]
 fn all_variants_lower_to_guarded_launches_and_compile_to_sm90a_cubin() {
@@ -114,7 +115,8 @@ fn all_variants_lower_to_guarded_launches_and_compile_to_sm90a_cubin() {
             {
                 let g = graph(&v, act, shape, epi, 128);
                 let l = lower(&g);
-                assert_eq!(l.len(), 2, "{}: GEMV and GEMM", v.name);
+                assert_eq!(l.len(), 2, "{}: skinny and GEMM", v.name);
+                assert!(l[0].kernel.name.starts_with("gemm_skinny_") && l[1].kernel.name.starts_with("gemm_wonly_"));
                 let rows = qfuse::plan::DimExpr::sym("B").mul(qfuse::plan::DimExpr::sym("S"));
                 assert_eq!(l[0].when, Some(Guard::RowsAtMost { rows: rows.clone(), max: 16 }));
                 assert_eq!(l[1].when, Some(Guard::RowsAbove { rows, min: 16 }));
@@ -138,7 +140,9 @@ fn all_variants_lower_to_guarded_launches_and_compile_to_sm90a_cubin() {
     });
 }
 
-/// Small plans get only the GEMV (no guard); the GEMM's grid covers M in row tiles.
+/// Small plans get only the skinny kernel (no guard); the GEMM's grid covers M in row tiles; a
+/// shape the skinny kernel does not take (nibble rows not of whole 64-byte steps) gets the GEMM
+/// for every M.
 #[test]
 fn launch_selection_follows_the_largest_m() {
     let v = &variants()[1];
@@ -147,10 +151,13 @@ fn launch_selection_follows_the_largest_m() {
     g.symbols[qfuse::ir::SymId::from(1usize)].max = 16;
     let l = lower(&g);
     assert_eq!((l.len(), l[0].when.is_none()), (1, true));
-    assert!(l[0].kernel.name.starts_with("gemm_wonly_"));
-    assert_eq!(l[0].kernel.grid[0].to_string(), "24");
+    assert!(l[0].kernel.name.starts_with("gemm_skinny_"));
+    assert_eq!(l[0].kernel.grid[0].to_string(), "12", "32 columns per block for nibble codes");
     let l = lower(&graph(v, DType::F16, (1536, 384), Epi::BiasGelu, 128));
     assert_eq!(l[1].kernel.grid[0].to_string(), "ceil_div(B*S, 128)*12");
+    let l = lower(&graph(v, DType::F16, (384, 448), Epi::Bias, 128));
+    assert_eq!((l.len(), l[0].when.is_none()), (1, true));
+    assert!(l[0].kernel.name.starts_with("gemm_wonly_"));
 }
 
 fn plan_of(g: &Graph) -> wonly::WonlyPlan {
@@ -158,7 +165,7 @@ fn plan_of(g: &Graph) -> wonly::WonlyPlan {
     wonly::plan(&LowerCx::new(g, 90), node).expect("plans")
 }
 
-/// The generated CUDA of a W4A16 g128 (u4 + zero point) GEMM with bias + GeLU, and of its GEMV;
+/// The generated CUDA of a W4A16 g128 (u4 + zero point) GEMM with bias + GeLU, and of its skinny kernel;
 /// the shared prelude and the content-hash name are masked.
 #[test]
 fn generated_source_snapshots() {
@@ -168,12 +175,14 @@ fn generated_source_snapshots() {
     let prelude = qfuse::codegen::prelude();
     let g = graph(&variants()[1], DType::F16, (1536, 384), Epi::BiasGelu, 128);
     let p = plan_of(&g);
-    assert_eq!(p.gemv.map(|s| s.path), Some(Path::Gemv));
-    for (name, launch) in ["w4a16_g128_bias_gelu_gemv_1536x384", "w4a16_g128_bias_gelu_gemm_1536x384"].into_iter().zip(lower(&g)) {
+    assert_eq!(p.skinny.map(|s| s.col_tiles), Some(2));
+    for (name, launch) in ["w4a16_g128_bias_gelu_skinny_1536x384", "w4a16_g128_bias_gelu_gemm_1536x384"].into_iter().zip(lower(&g)) {
         let k = launch.kernel;
         assert!(k.source.contains(&prelude), "{name}: the prelude is inlined");
-        let src =
-            k.source.replace(&prelude, "// [prelude: templates/common.cuh + templates/math.cuh]\n").replace(&k.name, "gemm_wonly_<hash>");
+        let src = k
+            .source
+            .replace(&prelude, "// [prelude: templates/common.cuh + templates/math.cuh]\n")
+            .replace(&k.name, &format!("{}_<hash>", k.name.rsplit_once('_').expect("template_hash").0));
         settings.bind(|| insta::assert_snapshot!(format!("codegen_wonly__{name}"), src));
     }
 }

@@ -25,6 +25,14 @@
 //! channel) and W4A16 (u4 groups of 128, u8 zero points), bias epilogue. Checked against the f64
 //! sum of the weights dequantized as the kernel does (`(q − z)·s` in f32, rounded to f16), timed
 //! in TFLOP/s and, for M ≤ 16, weight GB/s (codes, scales, zero points over the median time).
+//!
+//! `skinny` (part of every run without a kind; `run DIR skinny` alone) is the decode family: the
+//! skinny kernels (`templates/gemm_skinny.cu`, `codegen::ops::skinny`) that plans launch for
+//! M ≤ 16, as `qmatmul::plan` / `wonly::plan` make them (`plan.skinny`), at Llama-3-8B's linear
+//! shapes (K → N: 4096 → 6144, 4096, 28672; 14336 → 4096; 4096 → 128256) for M ∈ {1, 8, 16}, per
+//! operand format (f16, bf16, e4m3 per tensor, e4m3 rowwise, i8 dynamic, W8A16, W4A16 g128).
+//! Each is checked against the exact reference (all rows), then timed (median of 30 launches,
+//! CUDA events); the JSON line carries the weight bytes streamed and the achieved weight GB/s.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -39,7 +47,8 @@ use serde::{Deserialize, Serialize};
 use qfuse::codegen::gemm::{GemmSpec, Index, Mainloop, Operand};
 use qfuse::codegen::kernel::{Arg, LowerCx};
 use qfuse::codegen::ops::qmatmul;
-use qfuse::codegen::ops::wonly::{self, Path as WonlyPath, WonlySpec};
+use qfuse::codegen::ops::skinny::{self, SkinnySpec};
+use qfuse::codegen::ops::wonly::{self, WonlySpec};
 use qfuse::ir::{
     DType, Dim, EpilogueOp, EpilogueStep, Granularity, Graph, Op, QMatMul, QuantSpec, ScaleSource, TensorType, UnaryOp, ValueId, ZeroPoint,
 };
@@ -167,6 +176,9 @@ struct Manifest {
     /// The weight-only kernels (`run DIR wonly`).
     #[serde(default)]
     wonly: Vec<WonlyEntry>,
+    /// The skinny (M ≤ 16) kernels (`run DIR skinny`).
+    #[serde(default)]
+    skinny: Vec<SkinnyEntry>,
 }
 
 /// A one-thread kernel that spins for `cycles` clock cycles. Launched before each timed batch,
@@ -193,7 +205,7 @@ fn main() -> Result<()> {
         [cmd, dir, v] if cmd == "build" && v == "--ptxas-verbose" => build(Path::new(dir), true),
         [cmd, dir] if cmd == "run" => run(Path::new(dir), None),
         [cmd, dir, kind] if cmd == "run" => run(Path::new(dir), Some(kind)),
-        _ => bail!("usage: qfuse-gemm-bench build DIR [--ptxas-verbose] | run DIR [mma|wgmma|wgmma-wg|int8|wonly]"),
+        _ => bail!("usage: qfuse-gemm-bench build DIR [--ptxas-verbose] | run DIR [mma|wgmma|wgmma-wg|int8|wonly|skinny]"),
     }
 }
 
@@ -589,22 +601,26 @@ fn wonly_graph(weights: Weights, n: u64, k: u64) -> Result<Graph> {
     Ok(g)
 }
 
-/// The GEMV and GEMM of the node's plan (`wonly::plan`, `WonlyPlan::launches`), each with the
-/// M values of `ms` its guard selects, and their sources.
+/// The skinny kernel and GEMM of the node's plan (`wonly::plan`, `WonlyPlan::launches`), each
+/// with the M values of `ms` its guard selects, and their sources.
 fn make_wonly_kernels(weights: Weights, n: u32, k: u32, ms: &[u32]) -> Result<Vec<(WonlyEntry, String)>> {
     let g = wonly_graph(weights, n.into(), k.into())?;
     let node = g.nodes.ids().find(|&id| matches!(g.nodes[id].op, Op::QMatMul(_))).context("no qmatmul")?;
     let plan = wonly::plan(&LowerCx::new(&g, 90), node)?;
     let Op::QMatMul(q) = g.nodes[node].op.clone() else { unreachable!() };
     let case = Case { operand: Operand::F16, epi: Epi::Bias, shift: 0, alpha0: 1.0, q, adds: vec![(DType::F16, Index::PerColumn)] };
-    let specs = plan.gemv.iter().chain(&plan.gemm);
+    let labels = plan
+        .skinny
+        .iter()
+        .map(|s| skinny_label(&format!("{weights:?}").to_lowercase(), s))
+        .chain(plan.gemm.iter().map(|s| wonly_label(weights, s)));
     plan.launches()?
         .into_iter()
-        .zip(specs)
-        .map(|(launch, spec)| {
+        .zip(labels)
+        .map(|(launch, label)| {
             let selects = |m: &&u32| launch.when.as_ref().is_none_or(|g| g.holds(&[("M".into(), u64::from(**m))]).unwrap_or(false));
             let entry = WonlyEntry {
-                label: wonly_label(weights, spec),
+                label: format!("wonly {label}"),
                 weights,
                 n,
                 k,
@@ -618,13 +634,15 @@ fn make_wonly_kernels(weights: Weights, n: u32, k: u32, ms: &[u32]) -> Result<Ve
         .collect()
 }
 
-/// E.g. `wonly w4a16 gemm 128x128 s3 w2x4 +bias` or `wonly w8a16 gemv 16x16 w8 +bias`.
+/// E.g. `w4a16 gemm 128x128 s3 w2x4 +bias`.
 fn wonly_label(weights: Weights, s: &WonlySpec) -> String {
     let w = format!("{weights:?}").to_lowercase();
-    match s.path {
-        WonlyPath::Gemv => format!("wonly {w} gemv {}x{} w{} +bias", s.tile_m, s.tile_n, s.warps_m),
-        WonlyPath::Gemm => format!("wonly {w} gemm {}x{} s{} w{}x{} +bias", s.tile_m, s.tile_n, s.stages, s.warps_m, s.warps_n),
-    }
+    format!("{w} gemm {}x{} s{} w{}x{} +bias", s.tile_m, s.tile_n, s.stages, s.warps_m, s.warps_n)
+}
+
+/// E.g. `w4a16 skinny 16x32 w16 u2` (rows × block columns, warps, unrolled steps).
+fn skinny_label(format: &str, s: &SkinnySpec) -> String {
+    format!("{format} skinny 16x{} w{} u{}", s.block_cols(), s.warps, s.unroll)
 }
 
 fn build(dir: &Path, ptxas_verbose: bool) -> Result<()> {
@@ -650,6 +668,11 @@ fn build(dir: &Path, ptxas_verbose: bool) -> Result<()> {
         .flatten()
         .collect::<Vec<_>>();
     wonly.par_iter().try_for_each(|(entry, source)| compile_into(dir, entry, source, &opts))?;
+    let skinny = skinny_plan()
+        .into_par_iter()
+        .map(|(format, (n, k))| make_skinny_kernel(format, n, k).with_context(|| format!("{format:?} {n}x{k}")))
+        .collect::<Result<Vec<_>>>()?;
+    skinny.par_iter().try_for_each(|(entry, source)| compile_into(dir, entry, source, &opts))?;
     // A kernel planned twice (same source) runs its problems once.
     entries.sort_by(|a, b| a.kernel.name.cmp(&b.kernel.name).then(a.role.cmp(&b.role)));
     entries.dedup_by(|b, a| {
@@ -671,9 +694,16 @@ fn build(dir: &Path, ptxas_verbose: bool) -> Result<()> {
         spin: "qf_spin.cubin".into(),
         entries,
         wonly: wonly.into_iter().map(|(e, _)| e).collect(),
+        skinny: skinny.into_iter().map(|(e, _)| e).collect(),
     };
     std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
-    eprintln!("wrote {} + {} weight-only kernels to {}", manifest.entries.len(), manifest.wonly.len(), dir.display());
+    eprintln!(
+        "wrote {} + {} weight-only + {} skinny kernels to {}",
+        manifest.entries.len(),
+        manifest.wonly.len(),
+        manifest.skinny.len(),
+        dir.display()
+    );
     Ok(())
 }
 
@@ -686,6 +716,130 @@ fn compile_into(dir: &Path, entry: &impl Kernel, source: &str, opts: &[String]) 
     std::fs::write(dir.join(&k.cubin), &cubin)?;
     std::fs::write(dir.join(format!("{}.cu", k.name)), source)?;
     Ok(())
+}
+
+// ---- skinny kernels (`run DIR skinny`) ---------------------------------------------------------
+
+/// The operand formats of the skinny kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum SkinnyFormat {
+    /// f16 × f16, plain epilogue.
+    F16,
+    /// bf16 × bf16, plain epilogue.
+    BF16,
+    /// e4m3 × e4m3, per-tensor alpha, f16 out.
+    E4M3,
+    /// e4m3 × e4m3 with per-row `a_scale`, per-channel `b_scale` and a bias.
+    E4M3Rowwise,
+    /// i8 × i8 with per-row `a_scale`, per-channel `b_scale` and a bias (SmoothQuant W8A8).
+    I8,
+    /// f16 × i8 codes, per-channel scales, bias.
+    W8A16,
+    /// f16 × u4 codes, scales and u8 zero points per group of 128, bias.
+    W4A16,
+}
+
+impl SkinnyFormat {
+    const ALL: [SkinnyFormat; 7] = [Self::F16, Self::BF16, Self::E4M3, Self::E4M3Rowwise, Self::I8, Self::W8A16, Self::W4A16];
+
+    /// The weight-only format, if it is one.
+    fn weights(self) -> Option<Weights> {
+        match self {
+            Self::W8A16 => Some(Weights::W8A16),
+            Self::W4A16 => Some(Weights::W4A16),
+            _ => None,
+        }
+    }
+
+    /// The operand and epilogue of a `qmatmul` format ([`case_ir`]).
+    fn operand_epi(self) -> (Operand, Epi) {
+        match self {
+            Self::F16 => (Operand::F16, Epi::Plain),
+            Self::BF16 => (Operand::BF16, Epi::Plain),
+            Self::E4M3 => (Operand::E4M3, Epi::Plain),
+            Self::E4M3Rowwise => (Operand::E4M3, Epi::Dynamic),
+            _ => (Operand::I8, Epi::Dynamic),
+        }
+    }
+}
+
+/// Llama-3-8B's linear layers (N, K): fused QKV, attention output, fused gate/up, down, LM head.
+const LLAMA_SHAPES: [(u32, u32); 5] = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (128256, 4096)];
+
+/// The decode row counts timed.
+const SKINNY_MS: [u32; 3] = [1, 8, 16];
+
+/// One compiled skinny kernel and the M values it runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SkinnyEntry {
+    label: String,
+    format: SkinnyFormat,
+    n: u32,
+    k: u32,
+    ms: Vec<u32>,
+    /// Bytes of the weight the kernel streams (codes, scales, zero points).
+    weight_bytes: u64,
+    /// The node's semantics for the checker.
+    case: Case,
+    #[serde(flatten)]
+    kernel: Compiled,
+}
+
+impl Kernel for SkinnyEntry {
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn compiled(&self) -> &Compiled {
+        &self.kernel
+    }
+}
+
+/// Every format at every Llama-3-8B shape.
+fn skinny_plan() -> Vec<(SkinnyFormat, (u32, u32))> {
+    SkinnyFormat::ALL.into_iter().flat_map(|f| LLAMA_SHAPES.map(|s| (f, s))).collect()
+}
+
+/// The skinny kernel of the plan of `format`'s node at `n × k` (`plan.skinny`, rendered with the
+/// plan's epilogue; launched with the plan's arguments), and its source.
+fn make_skinny_kernel(format: SkinnyFormat, n: u32, k: u32) -> Result<(SkinnyEntry, String)> {
+    let (spec, epilogue, args, case) = match format.weights() {
+        Some(weights) => {
+            let g = wonly_graph(weights, n.into(), k.into())?;
+            let node = g.nodes.ids().find(|&id| matches!(g.nodes[id].op, Op::QMatMul(_))).context("no qmatmul")?;
+            let plan = wonly::plan(&LowerCx::new(&g, 90), node)?;
+            let Op::QMatMul(q) = g.nodes[node].op.clone() else { unreachable!() };
+            let case = Case { operand: Operand::F16, epi: Epi::Bias, shift: 0, alpha0: 1.0, q, adds: vec![(DType::F16, Index::PerColumn)] };
+            (plan.skinny.context("the plan has no skinny kernel")?, plan.epilogue, plan.args, case)
+        }
+        None => {
+            let (operand, epi) = format.operand_epi();
+            let (ir, shift, alpha0) = case_ir(operand, epi, n, k);
+            let g = qfuse::ir::parse(&ir).map_err(|e| anyhow::anyhow!("{e}\n{ir}"))?;
+            let node = g.nodes.ids().find(|&id| matches!(g.nodes[id].op, Op::QMatMul(_))).context("no qmatmul")?;
+            let plan = qmatmul::plan(&LowerCx::new(&g, 90), node)?;
+            let Op::QMatMul(q) = g.nodes[node].op.clone() else { unreachable!() };
+            let adds = g.nodes[node].inputs[2 + usize::from(q.a_scale) + usize::from(q.b_scale)..]
+                .iter()
+                .map(|&v| (g.ty(v).dtype, if g.ty(v).shape.len() == 1 { Index::PerColumn } else { Index::Full }))
+                .collect();
+            let case = Case { operand, epi, shift, alpha0, q, adds };
+            (plan.skinny.context("the plan has no skinny kernel")?, plan.epilogue, plan.args, case)
+        }
+    };
+    let k_def = skinny::render(&spec, &epilogue)?;
+    let fmt = format!("{format:?}").to_lowercase();
+    let entry = SkinnyEntry {
+        label: format!("skinny {}", skinny_label(&fmt, &spec)),
+        format,
+        n,
+        k,
+        ms: SKINNY_MS.to_vec(),
+        weight_bytes: spec.weight_bytes(),
+        case,
+        kernel: Compiled::of(&k_def, &args),
+    };
+    Ok((entry, k_def.source))
 }
 
 // ---- host data and reference ---------------------------------------------------------------------
@@ -1270,6 +1424,70 @@ fn run_wonly(cs: (&Arc<CudaContext>, &Arc<CudaStream>), spin: &CudaFunction, dir
     Ok(failures)
 }
 
+/// Y of `p` poisoned, `l` launched once, Y checked against the first `p.m` rows of `ops.refs`.
+fn check_rows<E: Kernel>(
+    (ctx, stream): (&Arc<CudaContext>, &Arc<CudaStream>),
+    l: &Loaded<E>,
+    (case, accum): (&Case, Accum),
+    ops: &Operands,
+    p: &mut Problem,
+) -> Result<CheckStats> {
+    let len = p.y.len();
+    stream.memcpy_htod(&vec![0xffu8; len], &mut p.y)?;
+    launch(stream, l, ops, p)?;
+    finish(ctx, stream, &format!("{} at M={}", l.entry.label(), p.m))?;
+    let y = stream.clone_dtoh(&p.y)?;
+    Ok(check(&y, &ops.refs[..p.m], case, &p.host, p.n, accum))
+}
+
+/// The epilogue inputs and Y of `m` rows for `e`'s format (the operands are made once for 16 rows;
+/// M rows use a prefix of them).
+fn skinny_problem(stream: &Arc<CudaStream>, e: &SkinnyEntry, w: Option<&WonlyWeights>, m: usize) -> Result<Problem> {
+    let (n, seed) = (e.n as usize, u64::from(e.n) * 1009 + u64::from(e.k));
+    match w {
+        Some(w) => wonly_problem(stream, w, m, n),
+        None => make_problem(stream, &e.case, m, n, seed ^ 0xE),
+    }
+}
+
+/// Checks (all rows) and times every skinny kernel at M ∈ {1, 8, 16}: one JSON line each, with
+/// the weight bytes streamed and the achieved weight GB/s. Returns the number of failed checks.
+fn run_skinny(cs: (&Arc<CudaContext>, &Arc<CudaStream>), spin: &CudaFunction, dir: &Path, entries: Vec<SkinnyEntry>) -> Result<usize> {
+    let (ctx, stream) = cs;
+    let mut failures = 0;
+    for entry in entries {
+        let l = load(ctx, dir, entry)?;
+        let e = &l.entry;
+        let (n, k) = (e.n as usize, e.k as usize);
+        let seed = (n * 1009 + k) as u64;
+        let w = e.format.weights().map(|weights| wonly_weights(weights, n, k, seed));
+        let ops = match &w {
+            Some(w) => wonly_operands(stream, w, (16, n, k), seed ^ 0xA)?,
+            None => make_operands(stream, 16, n, k, e.case.operand, e.case.shift, seed ^ 0xA)?,
+        };
+        let accum = if e.case.operand == Operand::I8 { Accum::Exact } else { Accum::F32 };
+        for &m in &e.ms {
+            let m = m as usize;
+            let mut p = skinny_problem(stream, e, w.as_ref(), m)?;
+            let st = check_rows(cs, &l, (&e.case, accum), &ops, &mut p)?;
+            let ok = passed(&st);
+            failures += usize::from(!ok);
+            let (med, min) = time_kernel(ctx, stream, spin, &l, &ops, &mut p)?;
+            let line = serde_json::json!({
+                "kind": "qfuse-skinny", "format": format!("{:?}", e.format), "m": m, "n": n, "k": k, "variant": e.label,
+                "kernel": e.kernel.name, "check": if ok { "ok" } else { "FAIL" }, "stats": st,
+                "weight_bytes": e.weight_bytes, "median_ms": med, "min_ms": min,
+                "weight_gbps": e.weight_bytes as f64 / (med * 1e-3) / 1e9,
+            });
+            println!("{line}");
+            if !ok {
+                eprintln!("CHECK FAILED: {} at {m}x{n}x{k}: {st:?}", e.label);
+            }
+        }
+    }
+    Ok(failures)
+}
+
 fn run(dir: &Path, kind: Option<&str>) -> Result<()> {
     if !unsafe { sys::is_culib_present() } {
         bail!("libcuda not found: this command needs an NVIDIA driver");
@@ -1292,6 +1510,8 @@ fn run(dir: &Path, kind: Option<&str>) -> Result<()> {
     let of_kind = |label: &str| kind.is_none_or(|k| label.split(' ').next() == Some(k));
     let wonly: Vec<WonlyEntry> = manifest.wonly.into_iter().filter(|e| of_kind(&e.label)).collect();
     let mut failures = run_wonly((&ctx, &stream), &spin, dir, wonly)?;
+    let skinny: Vec<SkinnyEntry> = manifest.skinny.into_iter().filter(|e| of_kind(&e.label)).collect();
+    failures += run_skinny((&ctx, &stream), &spin, dir, skinny)?;
     let loaded = manifest.entries.into_iter().filter(|e| of_kind(&e.label)).map(|e| load(&ctx, dir, e)).collect::<Result<Vec<_>>>()?;
     // Group by operands so each (M, N, K, operand type) is generated and referenced once.
     let mut by_shape: BTreeMap<(usize, usize, usize, String, i32), Vec<usize>> = BTreeMap::new();
@@ -1466,14 +1686,24 @@ mod tests {
         }
     }
 
-    /// Each weight-only shape plans a GEMV and a GEMM; the guards give the GEMV M ≤ 16 and the
-    /// GEMM the rest (the check-only M values included).
+    /// Each weight-only shape plans a skinny kernel and a GEMM; the guards give the skinny kernel
+    /// M ≤ 16 and the GEMM the rest (the check-only M values included).
+    /// Every skinny kernel of the bundle renders from its plan, with the plan's arguments.
+    #[test]
+    fn every_skinny_kernel_renders() {
+        for (format, (n, k)) in skinny_plan() {
+            let (e, source) = make_skinny_kernel(format, n, k).unwrap_or_else(|err| panic!("{format:?} {n}x{k}: {err:#}"));
+            assert!(e.label.starts_with("skinny ") && source.contains("namespace qf_skinny"), "{}", e.label);
+            assert!(e.weight_bytes >= u64::from(n) * u64::from(k) / 2, "{}", e.label);
+        }
+    }
+
     #[test]
     fn wonly_kernels_follow_the_plan_guards() {
         for (weights, (n, k), ms) in wonly_plan() {
             let kernels = make_wonly_kernels(weights, n, k, &ms).unwrap_or_else(|e| panic!("{weights:?} {n}x{k}: {e:#}"));
             let [(gemv, _), (gemm, _)] = kernels.as_slice() else { panic!("{weights:?} {n}x{k}: {} kernels", kernels.len()) };
-            assert!(gemv.label.contains(" gemv ") && gemm.label.contains(" gemm "), "{} / {}", gemv.label, gemm.label);
+            assert!(gemv.label.contains(" skinny ") && gemm.label.contains(" gemm "), "{} / {}", gemv.label, gemm.label);
             assert_eq!(gemv.ms, ms.iter().copied().filter(|&m| m <= 16).collect::<Vec<_>>());
             assert_eq!(gemm.ms, [4096]);
             assert_eq!((gemv.check_ms.as_slice(), gemm.check_ms.as_slice()), (&[][..], &WONLY_CHECK_MS[..]));

@@ -41,7 +41,7 @@ const STORE_TILE: Template =
 
 /// The text of a shared `.cuh` fragment after its header comment (everything up to and including
 /// the first empty line), so the fragment is inserted exactly as it stood in `gemm.cu`.
-const fn after_header(text: &'static str) -> &'static str {
+pub(crate) const fn after_header(text: &'static str) -> &'static str {
     let b = text.as_bytes();
     let mut i = 0;
     while i + 1 < b.len() {

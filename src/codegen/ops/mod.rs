@@ -10,6 +10,7 @@ pub mod qmatmul;
 pub mod quantize;
 pub mod reduce;
 pub mod shape;
+pub mod skinny;
 pub mod wonly;
 
 use super::kernel::{LowerCx, LowerError, Lowered};
@@ -22,7 +23,7 @@ pub fn lower_node(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
     match &n.op {
         Op::Input { .. } | Op::Weight { .. } | Op::Scalar { .. } => Ok(Lowered::Nothing),
         Op::Reshape => Ok(Lowered::Alias(n.inputs[0])),
-        // Weight-only (`b_dequant`): GEMV / GEMM with in-register dequantization.
+        // Weight-only (`b_dequant`): skinny (M ≤ 16) / tiled GEMM with in-register dequantization.
         Op::QMatMul(q) if q.b_dequant.is_some() => wonly::lower(cx, node),
         Op::QMatMul(_) => qmatmul::lower(cx, node),
         Op::Attention(_) => attention::lower(cx, node),

@@ -23,10 +23,17 @@
 //! `M: i32`, and the per-launch `f32`s `alpha` (when ≠ 1), `out_scale` and `out_rcp` (with an
 //! output quantize): per-layer constants are arguments, so every layer's GEMM of one shape is one
 //! kernel. Grid `(ceil_div(M, tile_m) · N/tile_n, 1, 1)`.
+//!
+//! Decode (M ≤ 16): when M can be at most [`skinny::MAX_ROWS`], the node also gets the skinny
+//! kernel ([`skinny`], weight streaming at memory bandwidth) with the same arguments, guarded by
+//! `M ≤ 16`, the tiled GEMM then guarded by `M > 16`; when M is at most 16 in every shape of the
+//! plan, only the skinny kernel. Shapes the skinny template does not take (a weight row not of
+//! whole 64-byte steps) keep the tiled GEMM for every M.
 
 use crate::codegen::expr::{Expr, Fn1};
 use crate::codegen::gemm::{self, Epilogue, EpilogueInput, GemmError, GemmSpec, Index, Operand, Store};
 use crate::codegen::kernel::{Arg, KernelDef, Launch, LowerCx, LowerError, Lowered};
+use crate::codegen::ops::skinny::{self, Operands, SkinnySpec};
 use crate::ir::{DType, Dim, EpilogueOp, Granularity, NodeId, Op, QMatMul, ScaleSource, ValueId};
 use crate::plan::{DimExpr, Scalar};
 
@@ -40,27 +47,46 @@ pub struct GemmPlan {
     pub epilogue: Epilogue,
     /// M: the product of `a`'s leading extents.
     pub m: DimExpr,
-    /// The launch arguments, one per kernel parameter.
+    /// The launch arguments, one per kernel parameter (the same for both kernels).
     pub args: Vec<Arg>,
+    /// The skinny kernel, when M can be at most [`skinny::MAX_ROWS`] and the shape fits it.
+    pub skinny: Option<SkinnySpec>,
+    /// Whether M can exceed [`skinny::MAX_ROWS`] (the tiled GEMM is needed).
+    pub tiled: bool,
 }
 
 impl GemmPlan {
-    /// The kernel.
+    /// The tiled GEMM kernel.
     pub fn render(&self) -> Result<KernelDef, GemmError> {
         gemm::render(&self.spec, &self.epilogue, self.m.clone())
     }
 
-    /// The kernel with its arguments.
+    /// The tiled GEMM with its arguments, unguarded (the bench's kernels).
     pub fn launch(&self) -> Result<Launch, GemmError> {
         Ok(Launch { kernel: self.render()?, args: self.args.clone(), when: None })
     }
+
+    /// The plan's launches: the skinny kernel and/or the tiled GEMM, guarded by `M ≤ 16` /
+    /// `M > 16` when both exist.
+    pub fn launches(&self) -> Result<Vec<Launch>, String> {
+        let tiled = self.tiled || self.skinny.is_none();
+        let guards = (self.skinny.is_some() && tiled).then(|| skinny::guards(&self.m));
+        let mut out = Vec::new();
+        if let Some(spec) = &self.skinny {
+            let kernel = skinny::render(spec, &self.epilogue).map_err(|e| e.to_string())?;
+            out.push(Launch { kernel, args: self.args.clone(), when: guards.as_ref().map(|g| g.0.clone()) });
+        }
+        if tiled {
+            out.push(Launch { kernel: self.render().map_err(|e| e.to_string())?, args: self.args.clone(), when: guards.map(|g| g.1) });
+        }
+        Ok(out)
+    }
 }
 
-/// Lowers a `qmatmul` node to one GEMM launch.
+/// Lowers a `qmatmul` node to its launches ([`GemmPlan::launches`]).
 pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
     let plan = plan(cx, node)?;
-    let launch = plan.launch().map_err(|e| cx.error(node, e.to_string()))?;
-    Ok(Lowered::Launches(vec![launch]))
+    plan.launches().map(Lowered::Launches).map_err(|e| cx.error(node, e))
 }
 
 /// Checks that the node fits the GEMM template and collects its kernel's ingredients.
@@ -173,7 +199,10 @@ pub fn plan(cx: &LowerCx, node: NodeId) -> Result<GemmPlan, LowerError> {
     args.push(Arg::Value(y));
     args.push(Arg::Scalar(Scalar::Dim(m.clone())));
     args.extend(gemm::scalar_args(&epilogue));
-    Ok(GemmPlan { spec, epilogue, m, args })
+    // M can be small unless it is a constant above 16 (symbolic row counts start at 1).
+    let small = m.as_const().is_none_or(|v| v <= skinny::MAX_ROWS);
+    let skinny = small.then(|| skinny::spec_for(Operands::of_operand(operand), n32, k32)).flatten();
+    Ok(GemmPlan { spec, epilogue, m, args, skinny, tiled: max_m > skinny::MAX_ROWS })
 }
 
 /// The epilogue of `q`, given the dtype and broadcast of each `add` step's operand in order:

@@ -1,14 +1,15 @@
 //! Weight-only `qmatmul` (`b_dequant` set: W8A16, W4A16, FP8 / NVFP4 weights on f16 or bf16
-//! activations): a tensor-core GEMM and a small-M GEMV from `templates/gemm_wonly.cu`, whose
-//! header gives the design and every index mapping.
+//! activations): a tensor-core GEMM from `templates/gemm_wonly.cu`, whose header gives the design
+//! and every index mapping, and for M ≤ 16 the skinny kernel of [`skinny`] (weight streaming at
+//! memory bandwidth).
 //!
 //! Semantics (the reference interpreter's): every weight element is dequantized as
 //! `w = (q − z)·s` in f32 (`q·s` without a zero point) and rounded to `a`'s dtype (RNE); then
 //! `acc = Σ_k a·w` in f32, and the epilogue (`alpha`, rounding to `acc_dtype`, the steps, the
 //! optional FP8 output quantize) is [`qmatmul::epilogue`], printed into the same shared epilogue
 //! code as `gemm.cu`'s. The products `a·w` are exact in f32, so the kernels differ from the
-//! interpreter only in the order of the f32 sums; the GEMV and the GEMM differ from each other
-//! in the same way only.
+//! interpreter only in the order of the f32 sums; the skinny kernel and the GEMM differ from each
+//! other in the same way only. Both dequantize with the shared `templates/gemm_dequant.cuh`.
 //!
 //! Operands, in order: `a` (f16/bf16 `[.., M, K]`), `b` (`[N, K]` codes: `i8`/`u8`/`f8e4m3` bytes,
 //! `i4`/`u4`/`f4e2m1` two per byte along K, low nibble first), the scale (f32, per channel `[N]`,
@@ -17,24 +18,31 @@
 //! N must be a multiple of 64, K of 64, and the scale's extent along K a multiple of 16.
 //!
 //! Kernel signature: `A, B, SCALE, [ZP], <epilogue inputs>, Y, int M`. Launches: for plans whose
-//! row count M can be at most [`GEMV_MAX_ROWS`], the GEMV (grid `(N / tile_n, 1, 1)`); for larger
-//! M the GEMM (grid `(⌈M / tile_m⌉ · N / tile_n, 1, 1)`); when M may be either, both, guarded by
-//! `M ≤ 16` / `M > 16` ([`Guard`]) so that the runtime runs exactly one per shape.
+//! row count M can be at most [`GEMV_MAX_ROWS`], the skinny kernel (grid `(N / BN, 1, 1)`; it needs
+//! weight rows of whole 64-byte steps, i.e. K a multiple of 128 for nibble codes, else the GEMM
+//! serves small M too); for larger M the GEMM (grid `(⌈M / tile_m⌉ · N / tile_n, 1, 1)`); when M
+//! may be either, both, guarded by `M ≤ 16` / `M > 16` ([`Guard`]) so that the runtime runs
+//! exactly one per shape.
 
 use crate::codegen::gemm::{self, Epilogue, Index, Operand};
 use crate::codegen::kernel::{finish_kernel, Arg, KernelDef, Launch, LowerCx, LowerError, Lowered};
 use crate::codegen::ops::qmatmul;
+use crate::codegen::ops::skinny::{self, Operands, SkinnySpec};
 use crate::codegen::template::{Template, TemplateError};
 use crate::ir::{normalize_axis, DType, Dim, Granularity, NodeId, Op, QuantSpec, ScaleSource, ValueId, ZeroPoint};
-use crate::plan::{DimExpr, Guard, ParamMeta, ParamType, Scalar};
+use crate::plan::{DimExpr, ParamMeta, ParamType, Scalar};
 
 const WONLY: Template = Template { name: "gemm_wonly.cu", text: include_str!("../../../templates/gemm_wonly.cu") };
+
+/// `templates/gemm_dequant.cuh` below its header: the code dequantization shared by
+/// `gemm_wonly.cu` and `gemm_skinny.cu` (their `dequant` parameter).
+pub(crate) const DEQUANT_HELPERS: &str = gemm::after_header(include_str!("../../../templates/gemm_dequant.cuh"));
 
 /// Name of the template, prefix of every generated kernel name.
 pub const TEMPLATE: &str = "gemm_wonly";
 
-/// Largest row count the GEMV path serves; the GEMM takes the rest.
-pub const GEMV_MAX_ROWS: u64 = 16;
+/// Largest row count the skinny kernel serves; the GEMM takes the rest.
+pub const GEMV_MAX_ROWS: u64 = skinny::MAX_ROWS;
 
 /// The storage of the weight codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -106,15 +114,6 @@ pub struct Dequant {
     pub zero: Zero,
 }
 
-/// Which kernel of the template.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Path {
-    /// Tensor-core tiles over M (any M).
-    Gemm,
-    /// One 16-row tile, split-K over the block's warps (M ≤ [`GEMV_MAX_ROWS`]).
-    Gemv,
-}
-
 /// Tiles and launch shape of one weight-only kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct WonlySpec {
@@ -124,19 +123,17 @@ pub struct WonlySpec {
     pub k: u32,
     /// Activation type (F16 or BF16); the weights are dequantized to it.
     pub act: Operand,
-    /// GEMM or GEMV.
-    pub path: Path,
-    /// Block tile rows (16 for the GEMV).
+    /// Block tile rows.
     pub tile_m: u32,
     /// Block tile columns.
     pub tile_n: u32,
-    /// Warps along M (GEMV: warps splitting K).
+    /// Warps along M.
     pub warps_m: u32,
-    /// Warps along N (GEMV: 1).
+    /// Warps along N.
     pub warps_n: u32,
-    /// cp.async ring depth (GEMM; the GEMV reads global memory directly and ignores it).
+    /// cp.async ring depth.
     pub stages: u32,
-    /// Rasterization group of m-tiles (GEMM).
+    /// Rasterization group of m-tiles.
     pub group_m: u32,
 }
 
@@ -178,15 +175,7 @@ impl WonlySpec {
         let tile_n = if n % 128 == 0 { 128 } else { 64 };
         let tiles_n = u64::from(n / tile_n.max(1));
         let tile_m = if max_m.div_ceil(128) * tiles_n >= SMS { 128 } else { 64 };
-        Self { n, k, act, path: Path::Gemm, tile_m, tile_n, warps_m: 2, warps_n: 4, stages: 3, group_m: 8 }
-    }
-
-    /// The GEMV for an `N × K` weight: 16 columns per block (32 for N ≥ 4096), one warp per two
-    /// k-tiles of K (2 to 8 warps).
-    pub fn gemv_for(act: Operand, n: u32, k: u32) -> Self {
-        let tile_n = if n >= 4096 && n % 32 == 0 { 32 } else { 16 };
-        let warps = (k / BK / 2).clamp(2, 8);
-        Self { n, k, act, path: Path::Gemv, tile_m: 16, tile_n, warps_m: warps, warps_n: 1, stages: 1, group_m: 1 }
+        Self { n, k, act, tile_m, tile_n, warps_m: 2, warps_n: 4, stages: 3, group_m: 8 }
     }
 
     /// Threads per block.
@@ -194,19 +183,12 @@ impl WonlySpec {
         32 * self.warps_m * self.warps_n
     }
 
-    /// Dynamic shared memory: GEMM `max(ring, staged output tile)`, GEMV one partial tile per
-    /// warp; plus 1024 bytes of alignment slack.
+    /// Dynamic shared memory: `max(ring, staged output tile)` plus 1024 bytes of alignment slack.
     pub fn smem_bytes(&self, dq: &Dequant) -> u64 {
         let out_tile = u64::from(self.tile_m) * u64::from(self.tile_n + 8) * 4;
-        let body = match self.path {
-            Path::Gemm => {
-                let code_bytes = if dq.code.nibbles() { BK / 2 } else { BK };
-                let stage = u64::from(self.tile_m) * u64::from(BK) * 2 + u64::from(self.tile_n) * u64::from(code_bytes);
-                (u64::from(self.stages) * stage).max(out_tile)
-            }
-            Path::Gemv => u64::from(self.warps_m) * out_tile,
-        };
-        body + 1024
+        let code_bytes = if dq.code.nibbles() { BK / 2 } else { BK };
+        let stage = u64::from(self.tile_m) * u64::from(BK) * 2 + u64::from(self.tile_n) * u64::from(code_bytes);
+        (u64::from(self.stages) * stage).max(out_tile) + 1024
     }
 
     /// Checks every constraint the template relies on; the error says which one failed.
@@ -238,12 +220,11 @@ impl WonlySpec {
         if s.tile_n % 16 != 0 || out_chunks % out_chunks.min(threads) != 0 {
             return bad(format!("{threads} threads do not split the output tile's 4-column chunks evenly"));
         }
-        match s.path {
-            Path::Gemv if s.tile_m != 16 || s.warps_n != 1 => bad("the GEMV is one 16-row tile with warps splitting K".into()),
-            Path::Gemm if s.tile_m % (16 * s.warps_m) != 0 || s.tile_n % (8 * s.warps_n) != 0 || s.tile_m % 8 != 0 => {
+        match () {
+            _ if s.tile_m % (16 * s.warps_m) != 0 || s.tile_n % (8 * s.warps_n) != 0 || s.tile_m % 8 != 0 => {
                 bad("warp tiles must be multiples of 16×8".into())
             }
-            Path::Gemm if (s.tile_n * if dq.code.nibbles() { BK / 2 } else { BK }) % 1024 != 0 || s.stages < 2 => {
+            _ if (s.tile_n * if dq.code.nibbles() { BK / 2 } else { BK }) % 1024 != 0 || s.stages < 2 => {
                 bad("the code tile must keep stages 1024-byte aligned (tile_n a multiple of 32), and stages ≥ 2".into())
             }
             _ if s.smem_bytes(dq) > u64::from(gemm::MAX_SMEM_BYTES) => {
@@ -257,11 +238,7 @@ impl WonlySpec {
 /// The launch grid for `m` rows.
 pub fn grid(spec: &WonlySpec, m: DimExpr) -> [DimExpr; 3] {
     let tiles_n = DimExpr::Const(u64::from(spec.n / spec.tile_n.max(1)));
-    let x = match spec.path {
-        Path::Gemm => m.ceil_div(u64::from(spec.tile_m.max(1))).mul(tiles_n),
-        Path::Gemv => tiles_n,
-    };
-    [x, DimExpr::Const(1), DimExpr::Const(1)]
+    [m.ceil_div(u64::from(spec.tile_m.max(1))).mul(tiles_n), DimExpr::Const(1), DimExpr::Const(1)]
 }
 
 /// The kernel's parameters: `A, B, SCALE, [ZP]`, the epilogue inputs, `Y`, `M`, the epilogue's
@@ -310,7 +287,6 @@ pub fn render(spec: &WonlySpec, dq: &Dequant, epi: &Epilogue, m: DimExpr) -> Res
         ("zero", zero.into()),
         ("zero_value", zero_value.to_string()),
         ("zp_signed", flag(signed)),
-        ("gemv", flag(spec.path == Path::Gemv)),
         ("n", spec.n.to_string()),
         ("k", spec.k.to_string()),
         ("scale_rows", dq.scale_rows.to_string()),
@@ -323,6 +299,7 @@ pub fn render(spec: &WonlySpec, dq: &Dequant, epi: &Epilogue, m: DimExpr) -> Res
         ("group_m", spec.group_m.to_string()),
         ("params", params.join(", ")),
         ("zp", if zp { "ZP" } else { "nullptr" }.into()),
+        ("dequant", DEQUANT_HELPERS.to_string()),
         helpers,
         store_tile,
     ])?;
@@ -334,8 +311,8 @@ pub fn render(spec: &WonlySpec, dq: &Dequant, epi: &Epilogue, m: DimExpr) -> Res
 /// renders the same plan).
 #[derive(Debug, Clone, PartialEq)]
 pub struct WonlyPlan {
-    /// The GEMV, when M can be at most [`GEMV_MAX_ROWS`].
-    pub gemv: Option<WonlySpec>,
+    /// The skinny kernel, when M can be at most [`GEMV_MAX_ROWS`] and the shape fits it.
+    pub skinny: Option<SkinnySpec>,
     /// The GEMM, when M can exceed [`GEMV_MAX_ROWS`].
     pub gemm: Option<WonlySpec>,
     /// How the codes dequantize.
@@ -349,27 +326,24 @@ pub struct WonlyPlan {
 }
 
 impl WonlyPlan {
-    /// The launches: the GEMV and/or the GEMM, guarded by `M ≤ 16` / `M > 16` when both exist.
+    /// The launches: the skinny kernel and/or the GEMM, guarded by `M ≤ 16` / `M > 16` when
+    /// both exist.
     pub fn launches(&self) -> Result<Vec<Launch>, WonlyError> {
-        let both = self.gemv.is_some() && self.gemm.is_some();
-        let guard = |path: Path| {
-            both.then(|| match path {
-                Path::Gemv => Guard::RowsAtMost { rows: self.m.clone(), max: GEMV_MAX_ROWS },
-                Path::Gemm => Guard::RowsAbove { rows: self.m.clone(), min: GEMV_MAX_ROWS },
-            })
-        };
-        self.gemv
-            .iter()
-            .chain(&self.gemm)
-            .map(|spec| {
-                let kernel = render(spec, &self.dequant, &self.epilogue, self.m.clone())?;
-                Ok(Launch { kernel, args: self.args.clone(), when: guard(spec.path) })
-            })
-            .collect()
+        let guards = (self.skinny.is_some() && self.gemm.is_some()).then(|| skinny::guards(&self.m));
+        let mut out = Vec::new();
+        if let Some(spec) = &self.skinny {
+            let kernel = skinny::render(spec, &self.epilogue).map_err(|e| WonlyError::Epilogue(e.to_string()))?;
+            out.push(Launch { kernel, args: self.args.clone(), when: guards.as_ref().map(|g| g.0.clone()) });
+        }
+        if let Some(spec) = &self.gemm {
+            let kernel = render(spec, &self.dequant, &self.epilogue, self.m.clone())?;
+            out.push(Launch { kernel, args: self.args.clone(), when: guards.map(|g| g.1) });
+        }
+        Ok(out)
     }
 }
 
-/// Lowers a weight-only `qmatmul` node to its GEMV and/or GEMM launches.
+/// Lowers a weight-only `qmatmul` node to its skinny and/or GEMM launches.
 pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
     let plan = plan(cx, node)?;
     plan.launches().map(Lowered::Launches).map_err(|e| cx.error(node, e.to_string()))
@@ -444,16 +418,18 @@ pub fn plan(cx: &LowerCx, node: NodeId) -> Result<WonlyPlan, LowerError> {
     let max_m: u64 = cx.max_shape(a)[..lead.len()].iter().product();
     let (n32, k32) = (nn as u32, k as u32);
     let fixed_m = m.as_const();
-    let gemv = (max_m <= GEMV_MAX_ROWS || fixed_m.is_none()).then(|| WonlySpec::gemv_for(act, n32, k32));
-    let gemm = (max_m > GEMV_MAX_ROWS).then(|| WonlySpec::gemm_for(act, n32, k32, max_m));
-    let gemv = if fixed_m.is_some_and(|v| v > GEMV_MAX_ROWS) { None } else { gemv };
+    // M can be small unless it is a constant above 16 (symbolic row counts start at 1).
+    let small = fixed_m.is_none_or(|v| v <= GEMV_MAX_ROWS);
+    let skinny = small.then(|| skinny::spec_for(Operands::Wonly { act, dequant }, n32, k32)).flatten();
+    // The GEMM serves M > 16, and every M when the skinny kernel does not take the shape.
+    let gemm = (max_m > GEMV_MAX_ROWS || skinny.is_none()).then(|| WonlySpec::gemm_for(act, n32, k32, max_m));
     if let Some(s) = &gemm {
         let blocks = max_m.div_ceil(u64::from(s.tile_m)) * u64::from(s.n / s.tile_n);
         if max_m > i32::MAX as u64 || blocks > i32::MAX as u64 {
             return Err(err(format!("M up to {max_m} rows exceeds what one launch of the GEMM covers (i32)")));
         }
     }
-    Ok(WonlyPlan { gemv, gemm, dequant, epilogue, m, args })
+    Ok(WonlyPlan { skinny, gemm, dequant, epilogue, m, args })
 }
 
 /// The dequantization of `spec` for an `[N, K]` weight: checks the scale (and zero point)
@@ -531,7 +507,6 @@ mod tests {
                     for max_m in [64, 4096, 65536] {
                         WonlySpec::gemm_for(act, n, k, max_m).validate(&dq(code)).unwrap_or_else(|e| panic!("{n}x{k}: {e}"));
                     }
-                    WonlySpec::gemv_for(act, n, k).validate(&dq(code)).unwrap_or_else(|e| panic!("{n}x{k}: {e}"));
                 }
             }
         }
@@ -540,11 +515,10 @@ mod tests {
     }
 
     #[test]
-    fn grids_follow_the_path() {
+    fn grids_cover_the_row_tiles() {
         let m = DimExpr::sym("B").mul(DimExpr::sym("S"));
         let gemm = WonlySpec::gemm_for(Operand::F16, 1536, 384, 65536);
-        assert_eq!(grid(&gemm, m.clone())[0].to_string(), "ceil_div(B*S, 128)*12");
-        assert_eq!(grid(&WonlySpec::gemv_for(Operand::F16, 1536, 384), m)[0].to_string(), "96");
+        assert_eq!(grid(&gemm, m)[0].to_string(), "ceil_div(B*S, 128)*12");
     }
 
     #[test]

@@ -1,0 +1,256 @@
+//! The skinny GEMM kernels (`templates/gemm_skinny.cu`) on a GPU against the reference
+//! interpreter: every operand kind of tests/common/skinny.rs (f16, bf16, e4m3 per tensor and
+//! rowwise, i8 with f16 and i8 outputs, the weight-only storages) at M = 1, 5 and 16, at a small
+//! shape and at Llama-3-8B's 4096 × 4096. Needs an NVIDIA GPU with sm_90 and NVRTC, so it is
+//! ignored by default (CI has no GPU):
+//!
+//! ```sh
+//! cargo test --release --test skinny_gpu -- --ignored --test-threads=1 --nocapture
+//! ```
+//!
+//! Without a driver or device every test fails (it never skips). Tolerance: the kernels differ
+//! from the interpreter only in the order of the f32 sums, so every element must be within 2 ulps
+//! of the output dtype at its value plus 2 ulps at its row's RMS (a rounding flipped by the sum
+//! order in an intermediate step; one code for an i8 output), and the output must be fully
+//! written (Y is poisoned with NaN first).
+
+mod common;
+
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::sync::Arc;
+
+use common::skinny::{graph, kinds, Kind, X};
+use cudarc::driver::{result, sys, CudaContext};
+use qfuse::codegen::kernel::{Arg, KernelDef, LowerOptions};
+use qfuse::codegen::lower::lower_graph;
+use qfuse::codegen::nvrtc;
+use qfuse::compile::bytes;
+use qfuse::interp::{self, Tensor};
+use qfuse::ir::{DType, Dim, Graph, Op, ValueId};
+use qfuse::plan::{ParamType, Scalar};
+
+/// Device memory for one case, freed on drop.
+struct Gpu {
+    _ctx: Arc<CudaContext>,
+    allocs: Vec<u64>,
+}
+
+impl Gpu {
+    fn new() -> Self {
+        let ctx = CudaContext::new(0).expect("a CUDA device (this test needs a GPU)");
+        ctx.bind_to_thread().expect("bind");
+        Gpu { _ctx: ctx, allocs: vec![] }
+    }
+
+    fn upload(&mut self, data: &[u8]) -> u64 {
+        // SAFETY: a fresh allocation of data.len() bytes, written from a live slice.
+        let p = unsafe { result::malloc_sync(data.len().max(1)) }.expect("malloc");
+        if !data.is_empty() {
+            unsafe { result::memcpy_htod_sync(p, data) }.expect("htod");
+        }
+        self.allocs.push(p);
+        p
+    }
+
+    fn download(&self, p: u64, n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        // SAFETY: `p` holds at least n bytes.
+        unsafe { result::memcpy_dtoh_sync(&mut v, p) }.expect("dtoh");
+        v
+    }
+
+    /// Compiles `k`, launches it on `grid` with `args` (pointers, i32 and f32 values) and waits.
+    fn launch(&self, k: &KernelDef, grid: u32, args: &mut [u64]) {
+        let cubin = nvrtc::compile_cubin(&k.name, &k.source, "sm_90a", &[]).unwrap_or_else(|e| panic!("{}:\n{e}", k.name));
+        let mut image = cubin;
+        image.push(0);
+        // SAFETY: a complete CUBIN image; the module outlives the launch (synchronised below).
+        let module = unsafe { result::module::load_data(image.as_ptr().cast()) }.expect("load module");
+        let f = unsafe { result::module::get_function(module, CString::new(k.name.clone()).unwrap()) }.expect("function");
+        if k.smem_bytes > 48 * 1024 {
+            let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            unsafe { result::function::set_function_attribute(f, attr, k.smem_bytes as i32) }.expect("smem attribute");
+        }
+        // Every argument is passed from its own 8-byte slot (i32 / f32 in the low bytes).
+        let mut params: Vec<*mut c_void> = args.iter_mut().map(|a| a as *mut u64 as *mut c_void).collect();
+        // SAFETY: one pointer per parameter, of its size; every pointer argument is a live allocation.
+        let rc = unsafe {
+            sys::cuLaunchKernel(
+                f,
+                grid,
+                1,
+                1,
+                k.block[0],
+                1,
+                1,
+                k.smem_bytes,
+                std::ptr::null_mut(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(rc, sys::CUresult::CUDA_SUCCESS, "launching {}", k.name);
+        result::ctx::synchronize().unwrap_or_else(|e| panic!("running {}: {e:?}", k.name));
+        unsafe { result::module::unload(module) }.expect("unload");
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        for &p in &self.allocs {
+            let _ = unsafe { result::free_sync(p) };
+        }
+    }
+}
+
+/// Random weights of the graph, in range for their dtype (codes over their whole grid, positive
+/// scales that bring outputs to order 1, zero points inside the code range).
+fn weights(g: &Graph, kind: &Kind, k: usize) -> HashMap<String, Arc<Tensor>> {
+    let mut out = HashMap::new();
+    for (i, id) in g.nodes.ids().enumerate() {
+        let Op::Weight { name } = &g.nodes[id].op else { continue };
+        let ty = g.ty(g.nodes[id].outputs[0]);
+        let shape: Vec<usize> =
+            ty.shape.iter().map(|d| if let Dim::Fixed(v) = d { *v as usize } else { panic!("weights are fixed") }).collect();
+        let len = shape.iter().product();
+        let v = common::lcg_values(len, 100 + i as u64, 1.0);
+        let values: Vec<f32> = match name.as_str() {
+            "L.weight" => v.iter().map(|x| x * code_range(kind.weight)).collect(),
+            "L.weight_scale" => v.iter().map(|x| (1.0 + 0.5 * x) / (code_range(kind.weight) * (k as f32).sqrt())).collect(),
+            "L.weight_zero" => v.iter().map(|x| (x * 4.0 + 8.0).round()).collect(),
+            "L.b_scale" => v.iter().map(|x| (1.0 + 0.5 * x) / (code_range(kind.weight) * (k as f32).sqrt())).collect(),
+            _ => v,
+        };
+        let unsigned = matches!(kind.weight, DType::U4 | DType::U8);
+        let values = if name == "L.weight" && unsigned { values.iter().map(|x| x.abs()).collect() } else { values };
+        out.insert(name.clone(), Arc::new(Tensor::from_f32_as(ty.dtype, shape, values)));
+    }
+    out
+}
+
+/// The magnitude of random values of `dtype` (codes near their range, floats of order 1).
+fn code_range(dtype: DType) -> f32 {
+    match dtype {
+        DType::I8 => 127.0,
+        DType::U8 => 255.0,
+        DType::I4 => 7.0,
+        DType::U4 => 15.0,
+        DType::F8E4M3 => 4.0,
+        DType::F4E2M1 => 6.0,
+        _ => 1.0,
+    }
+}
+
+/// One unit in the last place of `x` stored as `dtype` (1 for integers).
+fn ulp(x: f32, dtype: DType) -> f32 {
+    let (mant, min_exp) = match dtype {
+        DType::I8 => return 1.0,
+        DType::F16 => (10, -14),
+        DType::BF16 => (7, -126),
+        DType::F8E4M3 => (3, -6),
+        _ => (23, -126),
+    };
+    let e = if x == 0.0 { min_exp } else { (x.abs().log2().floor() as i32).max(min_exp) };
+    2f32.powi(e - mant)
+}
+
+/// Runs `kind` at `m` rows of an `n × k` weight on the interpreter and the GPU (the plan's launch
+/// for this M, which must be the skinny kernel) and checks every element.
+fn case(kind: &Kind, (n, k): (usize, usize), m: usize) {
+    let g = graph(kind, (n as u64, k as u64), 16);
+    let w = weights(&g, kind, k);
+    let act_scale = code_range(kind.act);
+    let x = Tensor::from_f32_as(kind.act, vec![m, k], common::lcg_values(m * k, 7 + m as u64, act_scale));
+    let mut inputs = vec![(X, x)];
+    if kind.dynamic {
+        let s = common::lcg_values(m, 9, 0.5).iter().map(|v| (1.0 + v) / act_scale).collect();
+        inputs.push(("x_scale", Tensor::from_f32_as(DType::F32, vec![m, 1], s)));
+    }
+    let want = interp::run(&g, &w, &inputs).expect("interpreter")[0].1.to_f32_vec();
+
+    let program = lower_graph(&g, 90, LowerOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", kind.name));
+    let syms = [("M".to_string(), m as u64)];
+    let launches: Vec<_> = program.launches().map(|(_, l)| l).filter(|l| l.when.as_ref().is_none_or(|c| c.holds(&syms).unwrap())).collect();
+    assert_eq!(launches.len(), 1, "{}", kind.name);
+    let l = launches[0];
+    assert_eq!(l.kernel.template, "gemm_skinny", "{}", kind.name);
+
+    let mut gpu = Gpu::new();
+    let mut ptrs: HashMap<ValueId, u64> = HashMap::new();
+    for id in g.nodes.ids() {
+        let v = g.nodes[id].outputs[0];
+        match &g.nodes[id].op {
+            Op::Weight { name } => {
+                ptrs.insert(v, gpu.upload(&bytes::encode(&w[name])));
+            }
+            Op::Input { name } => {
+                let t = &inputs.iter().find(|(i, _)| i == name).expect("input").1;
+                ptrs.insert(v, gpu.upload(&bytes::encode(t)));
+            }
+            _ => {}
+        }
+    }
+    let y = g.outputs[0].1;
+    let out = g.ty(y).dtype;
+    let y_bytes = m * n * (out.bits() / 8) as usize;
+    ptrs.insert(y, gpu.upload(&vec![0xffu8; y_bytes]));
+    let mut args: Vec<u64> = l
+        .args
+        .iter()
+        .zip(&l.kernel.params)
+        .map(|(a, p)| match a {
+            Arg::Value(v) => ptrs[v],
+            Arg::Scalar(Scalar::F32(x)) => u64::from(x.to_bits()),
+            Arg::Scalar(Scalar::Dim(d)) => {
+                assert_eq!(p.ty, ParamType::I32);
+                d.eval_with(&syms).expect("dim")
+            }
+            other => panic!("unexpected argument {other:?}"),
+        })
+        .collect();
+    let grid = u32::try_from(l.kernel.grid[0].eval_with(&syms).expect("grid")).expect("fits");
+    gpu.launch(&l.kernel, grid, &mut args);
+    let got = bytes::decode(out, vec![m, n], &gpu.download(ptrs[&y], y_bytes)).expect("decode").to_f32_vec();
+    compare(kind, &got, &want, (m, n));
+}
+
+/// Every element within 2 ulps of the output dtype at its value plus 2 at its row's RMS (1 code
+/// for i8 outputs).
+fn compare(kind: &Kind, got: &[f32], want: &[f32], (m, n): (usize, usize)) {
+    let out = kind.output.as_ref().map_or(kind.wide, |o| o.storage);
+    let mut worst = 0f32;
+    for r in 0..m {
+        let row = &want[r * n..(r + 1) * n];
+        let rms = (row.iter().map(|x| x * x).sum::<f32>() / n as f32).sqrt();
+        for j in 0..n {
+            let (g, w) = (got[r * n + j], row[j]);
+            // Sum order can flip the rounding of an intermediate step (e.g. the cast before the
+            // bias): 2 ulps at the element and 2 at the row's RMS.
+            let tol = if out == DType::I8 { 1.0 } else { 2.0 * ulp(w, out) + 2.0 * ulp(rms, out) };
+            assert!(g.is_finite() && (g - w).abs() <= tol, "{} M={m}: Y[{r},{j}] = {g}, interpreter {w} (tolerance {tol:e})", kind.name);
+            worst = worst.max((g - w).abs() / tol.max(f32::MIN_POSITIVE));
+        }
+    }
+    println!("{:16} M={m:2} N={n:5}: max |GPU − interpreter| / tolerance = {worst:.3}", kind.name);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90) and NVRTC"]
+fn skinny_kernels_match_the_interpreter() {
+    for kind in kinds() {
+        for m in [1, 5, 16] {
+            case(&kind, (256, 1024), m);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90) and NVRTC"]
+fn skinny_kernels_match_the_interpreter_at_llama_shapes() {
+    for kind in kinds().into_iter().filter(|k| ["f16", "e4m3", "w4a16_zp_g128", "w8a16_channel", "i8_dynamic"].contains(&k.name)) {
+        for m in [1, 5, 16] {
+            case(&kind, (4096, 4096), m);
+        }
+    }
+}

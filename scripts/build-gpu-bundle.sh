@@ -34,15 +34,24 @@ if [[ "${1:-}" == decoder ]]; then
     du -sh gpu-bundle gguf-a gguf-b gguf-c
     exit 0
 fi
-if [[ "${1:-}" == llama8b ]]; then
-    # `build-gpu-bundle.sh llama8b`: what scripts/gpu-llama8b.sh needs — the binary and a tokenizer
-    # (the synthetic checkpoints' copy of SmolLM2's) for the Llama-3-8B-shaped folder written there.
+if [[ "${1:-}" == shapes ]]; then
+    # `build-gpu-bundle.sh shapes`: what scripts/gpu-decoder-shapes.sh and scripts/gpu-llama8b.sh need
+    # (one call each, carry gpu-bundle; no checkpoint travels: the models are random-weight HF folders
+    # of real shapes written there by transformers): the binary, the decoder and skinny-GEMM GPU test
+    # binaries, the GEMM bench with its kernels, and a tokenizer (the synthetic checkpoints' copy of
+    # SmolLM2's).
     qfuse_ensure_synthetic
     rm -rf gpu-bundle && mkdir -p gpu-bundle/tok
-    cp target/release/qfuse gpu-bundle/ && strip gpu-bundle/qfuse 2>/dev/null || true
-    gzip -9f gpu-bundle/qfuse
+    cp target/release/qfuse target/release/qfuse-gemm-bench gpu-bundle/
+    for t in decoder_kernels_gpu skinny_gpu; do
+        bin=$(cargo test --release --locked --no-run --test "$t" 2>&1 | sed -n 's/.*(\(target\/release\/deps\/[^)]*\)).*/\1/p' | tail -1)
+        cp "$bin" "gpu-bundle/$t"
+    done
+    strip gpu-bundle/qfuse gpu-bundle/qfuse-gemm-bench gpu-bundle/decoder_kernels_gpu gpu-bundle/skinny_gpu 2>/dev/null || true
+    gpu-bundle/qfuse-gemm-bench build gpu-bundle/kernels 2>/dev/null
     cp "$QFUSE_SYNTHETIC_DIR/llama-f32/tokenizer.json" "$QFUSE_SYNTHETIC_DIR/llama-f32/tokenizer_config.json" gpu-bundle/tok/
-    du -sh gpu-bundle
+    (cd gpu-bundle && tar czf kernels.tgz kernels && rm -rf kernels && gzip -9f qfuse qfuse-gemm-bench decoder_kernels_gpu skinny_gpu)
+    du -sh gpu-bundle gpu-bundle/*
     exit 0
 fi
 rm -rf gpu-bundle

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Decoder speed at Llama-3-8B's shape on the GPU machine (issue 13 item 6), after
-# `scripts/build-gpu-bundle.sh llama8b` here (carry gpu-bundle): writes a random-weight bf16 HF folder of
+# `scripts/build-gpu-bundle.sh shapes` here (carry gpu-bundle): writes a random-weight bf16 HF folder of
 # that shape there (scripts/llama_shape_folder.py; transformers on the GPU), compiles it with qfuse per
 # plan (calibration: two short texts, since the interpreter calibrates an 8B model on the CPU; speed does
 # not depend on the scales), benches batch-1/8/16 decode at a 1k context and a 2,048-token prefill, and

@@ -47,7 +47,7 @@ fn f32_args(l: &Launch) -> Vec<f32> {
 /// quantized caches go through `fuse-kv-cache`, so attention reads the codes.
 fn llama_step(kv: KvFormat) -> Option<Graph> {
     let dir = common::synthetic("llama-f32")?;
-    let opts = DecoderOptions { max_batch: 4, max_seq: Some(256), kv: kv.clone(), max_step: None };
+    let opts = DecoderOptions { max_batch: 4, max_seq: Some(256), kv: kv.clone(), max_step: None, ..Default::default() };
     let model = dec::load(&dir, &opts).expect("import");
     let mut g = model.graph;
     if matches!(kv, KvFormat::PerTensor { .. }) {

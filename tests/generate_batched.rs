@@ -40,7 +40,7 @@ fn run(sched: &mut Scheduler, stepper: &mut PagedStepper) -> Vec<Completion> {
 fn batched_generation_equals_each_request_alone() {
     for kv in [KvFormat::Float(DType::F32), KvFormat::Float(DType::F16)] {
         let Some(dir) = common::synthetic("llama-f32") else { return };
-        let opts = DecoderOptions { max_batch: 4, max_seq: Some(64), kv: kv.clone(), max_step: Some(8) };
+        let opts = DecoderOptions { max_batch: 4, max_seq: Some(64), kv: kv.clone(), max_step: Some(8), ..Default::default() };
         let model = dec::load(&dir, &opts).expect("import");
         let reqs = requests();
         // All together, arriving while others run.
@@ -82,7 +82,8 @@ fn batched_generation_equals_each_request_alone() {
 #[test]
 fn paged_steps_equal_the_contiguous_session() {
     let Some(dir) = common::synthetic("llama-f32") else { return };
-    let opts = DecoderOptions { max_batch: 4, max_seq: Some(64), kv: KvFormat::Float(DType::F32), max_step: Some(64) };
+    let opts =
+        DecoderOptions { max_batch: 4, max_seq: Some(64), kv: KvFormat::Float(DType::F32), max_step: Some(64), ..Default::default() };
     let model = dec::load(&dir, &opts).expect("import");
     for r in requests().iter().take(3) {
         let mut session = qfuse::generate::Session::new(&model.graph, &model.weights, 0).unwrap();

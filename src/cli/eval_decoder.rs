@@ -27,7 +27,13 @@ pub fn run(args: &EvalArgs, quiet: bool) -> anyhow::Result<()> {
     };
     let recipes = names.iter().map(|n| args.recipe.build(n)).collect::<anyhow::Result<Vec<_>>>()?;
     let spinner = qfuse::progress::spinner(format!("loading {}", args.model_dir.display()), quiet);
-    let opts = DecoderOptions { max_batch: 1, max_seq: Some(ctx as u64), kv: KvFormat::Float(qfuse::ir::DType::F32), max_step: None };
+    let opts = DecoderOptions {
+        max_batch: 1,
+        max_seq: Some(ctx as u64),
+        kv: KvFormat::Float(qfuse::ir::DType::F32),
+        max_step: None,
+        ..Default::default()
+    };
     let mut model = decoder::load(&args.model_dir, &opts)?;
     spinner.finish_and_clear();
     let limit = model.config.max_position_embeddings;

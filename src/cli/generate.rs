@@ -75,7 +75,13 @@ pub fn run(args: &GenerateArgs, quiet: bool) -> anyhow::Result<()> {
         bail!("--max-seq 0: must be at least 1");
     }
     let recipe = args.recipe.recipe()?;
-    let opts = DecoderOptions { max_batch: 1, max_seq: Some(max_seq), kv: KvFormat::Float(qfuse::ir::DType::F32), max_step: None };
+    let opts = DecoderOptions {
+        max_batch: 1,
+        max_seq: Some(max_seq),
+        kv: KvFormat::Float(qfuse::ir::DType::F32),
+        max_step: None,
+        ..Default::default()
+    };
     let spinner = qfuse::progress::spinner(format!("loading {}", args.model.display()), quiet);
     let mut model = decoder::load(&args.model, &opts)?;
     spinner.finish_and_clear();

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use super::{assemble, CompileError, CompileOptions, CompiledPlan, Source};
 use crate::codegen::kernel::PagedKv;
-use crate::import::decoder::{self, DecoderModel, DecoderOptions, KvFormat};
+use crate::import::decoder::{self, DecoderModel, DecoderOptions, KvFormat, LogitRows};
 use crate::ir::{DType, Graph};
 use crate::plan::{DecoderMeta, GenerationDefaults, KvCacheMeta, KvSlotMeta, SpecialTokens};
 use crate::quant;
@@ -70,6 +70,8 @@ pub fn compile_decoder(path: &Path, opts: &CompileOptions, d: &DecoderPlanOption
         max_seq: Some(d.max_seq.unwrap_or(4096)),
         kv: KvFormat::Float(DType::F32),
         max_step: Some(d.max_step),
+        // Generation samples each sequence's last position: the LM head runs on B rows, not B·S.
+        logits: LogitRows::Last,
     };
     let mut model = decoder::load(path, &import)?;
     let storage = d.kv_cache.unwrap_or(opts.recipe.compute);

@@ -107,12 +107,14 @@ impl<'a> PagedStepper<'a> {
                 }
             }
         }
-        let logits = find("logits").ok_or("the step produced no `logits`")?.to_f32_vec();
-        let vocab = logits.len() / (batch * seq).max(1);
+        let logits = find("logits").ok_or("the step produced no `logits`")?;
+        // [B, S, V], or [B, 1, V] when the graph keeps only each sequence's last position.
+        let &[_, positions, vocab] = logits.shape.as_slice() else { return Err("logits are not [B, S, V]".into()) };
+        let logits = logits.to_f32_vec();
         let mut ids = Vec::with_capacity(batch);
         let mut rows = Vec::with_capacity(batch);
         for b in 0..batch {
-            let row = logits[((b * seq) + seq - 1) * vocab..][..vocab].to_vec();
+            let row = logits[((b * positions) + positions - 1) * vocab..][..vocab].to_vec();
             let (s, counter) = input.sampling[b];
             ids.push(choose(&row, &s, counter).ok_or("a row of logits is all NaN")? as u32);
             rows.push(row);

@@ -417,6 +417,7 @@ pub fn decode(mnemonic: &str, attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), Stri
         "gather" => Op::Gather,
         "reshape" => Op::Reshape,
         "mean_pool" => Op::MeanPool,
+        "last_token" => Op::LastToken,
         "matmul" => Op::MatMul { transpose_a: has_flag(attrs, "transpose_a"), transpose_b: has_flag(attrs, "transpose_b") },
         "layernorm" => Op::LayerNorm { eps: eps()? },
         "rmsnorm" => Op::RmsNorm { eps: eps()? },

@@ -49,6 +49,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType], declared: &[TensorType]) -> InferR
         Op::Transpose { perm } => transpose(inputs[0], perm).map(|t| vec![t]),
         Op::Reduce { op, axes, keep_dims } => reduce(inputs[0], *op, axes, *keep_dims).map(|t| vec![t]),
         Op::MeanPool => mean_pool(inputs[0], inputs[1]).map(|t| vec![t]),
+        Op::LastToken => last_token(inputs[0]).map(|t| vec![t]),
         Op::L2Normalize { .. } => {
             require_float(inputs[0], "operand")?;
             one(inputs[0].clone())
@@ -70,7 +71,7 @@ pub fn arity(op: &Op) -> usize {
     match op {
         Op::Input { .. } | Op::Weight { .. } | Op::Scalar { .. } | Op::Iota => 0,
         Op::Cast | Op::Unary(_) | Op::Softmax { .. } | Op::Reshape | Op::Transpose { .. } => 1,
-        Op::Reduce { .. } | Op::L2Normalize { .. } => 1,
+        Op::Reduce { .. } | Op::L2Normalize { .. } | Op::LastToken => 1,
         Op::Binary(_) | Op::Gather | Op::MatMul { .. } | Op::RmsNorm { .. } | Op::MeanPool => 2,
         Op::LayerNorm { .. } => 3,
         Op::Quantize(s) | Op::Dequantize(s) => 1 + s.extra_inputs(),
@@ -235,6 +236,13 @@ fn mean_pool(h: &TensorType, mask: &TensorType) -> Result<TensorType, String> {
         return Err(format!("mean_pool wants hidden [B,S,H] and mask [B,S], got {} and {}", shape_text(&h.shape), shape_text(&mask.shape)));
     }
     Ok(TensorType::new(h.dtype, [h.shape[0], h.shape[2]]))
+}
+
+fn last_token(x: &TensorType) -> Result<TensorType, String> {
+    if x.rank() != 3 {
+        return Err(format!("last_token wants [B,S,H], got {}", shape_text(&x.shape)));
+    }
+    Ok(TensorType::new(x.dtype, [x.shape[0], Dim::Fixed(1), x.shape[2]]))
 }
 
 /// Checks the optional scale and zero-point inputs of a Q/DQ against its spec.

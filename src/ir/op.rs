@@ -347,6 +347,9 @@ pub enum Op {
     /// `hidden [B,S,H], mask [B,S] → [B,H]`: mean over tokens whose mask is non-zero
     /// (sentence-transformers mean pooling; the token count is clamped to ≥ 1e-9).
     MeanPool,
+    /// `x [B,S,H] → y [B,1,H]`: each sequence's last position, `y[b,0,:] = x[b,S−1,:]` (a decoder
+    /// step's logits need only the last token's hidden state).
+    LastToken,
     /// `x → y`: `x / max(‖x‖₂, eps)` along the last axis.
     L2Normalize {
         /// Norm floor.
@@ -447,6 +450,7 @@ impl Op {
                 ReduceOp::Max => "reduce_max",
             },
             Op::MeanPool => "mean_pool",
+            Op::LastToken => "last_token",
             Op::L2Normalize { .. } => "l2_normalize",
             Op::Quantize(_) => "quantize",
             Op::Dequantize(_) => "dequantize",

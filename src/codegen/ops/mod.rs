@@ -32,7 +32,7 @@ pub fn lower_node(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
         Op::EmbedLayerNorm(_) => embed::lower(cx, node),
         Op::Quantize(_) | Op::Dequantize(_) | Op::Requantize { .. } => quantize::lower(cx, node),
         Op::Softmax { .. } | Op::MeanPool => reduce::lower(cx, node),
-        Op::Transpose { .. } | Op::Gather | Op::Iota => shape::lower(cx, node),
+        Op::Transpose { .. } | Op::Gather | Op::LastToken | Op::Iota => shape::lower(cx, node),
         Op::Rope(_) | Op::CausalAttention(_) => decoder::lower(cx, node),
         Op::MatMul { .. } => Err(cx.error(node, "no kernel for `matmul` yet (float matmuls must be rewritten to qmatmul or attention)")),
         Op::Reduce { .. } => Err(cx.error(node, format!("no kernel for `{}` yet", n.op.mnemonic()))),

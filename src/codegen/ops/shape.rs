@@ -1,4 +1,4 @@
-//! Data movement: `transpose`, `gather` and `iota`.
+//! Data movement: `transpose`, `gather`, `last_token` and `iota`.
 //!
 //! - `transpose`: an element-wise copy ([`super::elementwise::emit`], signature `(in0, out, n,
 //!   sym_*…)`) whose operand walks the input with permuted strides. When the last axis stays
@@ -9,6 +9,9 @@
 //!   signature `(table, idx, out, long long n, long long V, long long R)` with `n` indices, `V`
 //!   table rows, `R` packs per row; grid `ceil_div(n, 4)`, block 128. An out-of-range index writes
 //!   a poison row (NaN for float tables, 0 for integer tables) instead of reading out of bounds.
+//! - `last_token` (`templates/last_token.cu`): `x [B,S,H] → [B,1,H]`, row `S − 1` of each sequence;
+//!   signature `(x, out, long long B, long long S, long long R)` with `R` packs of up to 16 bytes
+//!   per row; grid `ceil_div(B·R, 256)`, block 256.
 //! - `iota` (`templates/iota.cu`): `(out, long long n)`, grid `ceil_div(n, 256)`, block 256.
 
 use super::common::{prelude_values, render, trait_or_err, Prod, Sig};
@@ -18,6 +21,7 @@ use crate::codegen::template::Template;
 use crate::ir::{DType, Dim, NodeId, Op};
 
 const GATHER: Template = Template { name: "gather.cu", text: include_str!("../../../templates/gather.cu") };
+const LAST_TOKEN: Template = Template { name: "last_token.cu", text: include_str!("../../../templates/last_token.cu") };
 const IOTA: Template = Template { name: "iota.cu", text: include_str!("../../../templates/iota.cu") };
 
 /// Lowers `transpose`, `gather` and `iota`.
@@ -26,6 +30,7 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
     match &n.op {
         Op::Transpose { perm } => transpose(cx, node, perm),
         Op::Gather => gather(cx, node),
+        Op::LastToken => last_token(cx, node),
         Op::Iota => iota(cx, node),
         other => Err(cx.error(node, format!("internal: {} is not a data-movement op", other.mnemonic()))),
     }
@@ -133,6 +138,28 @@ fn gather(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
     let source = render(cx, node, &GATHER, &values)?;
     let grid = [cx.numel(idx).ceil_div(4), 1.into(), 1.into()];
     Ok(Lowered::Launches(vec![sig.launch("gather", source, grid, [128, 1, 1], 0)]))
+}
+
+fn last_token(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
+    let n = &cx.graph.nodes[node];
+    let (x, out) = (n.inputs[0], n.outputs[0]);
+    let dt = cx.graph.ty(x).dtype;
+    let eb = bytes_or_err(cx, node, dt)?;
+    let shape = cx.graph.shape(x);
+    let Dim::Fixed(h) = shape[2] else { return Err(cx.error(node, "last_token needs a fixed last extent")) };
+    let pb = pack_bytes(h * eb, eb);
+    let p = raw_type(pb);
+    let mut sig = Sig::default();
+    sig.input("x", p, x);
+    sig.output("out", p, out);
+    sig.dim("B", cx.dim(shape[0]));
+    sig.dim("S", cx.dim(shape[1]));
+    sig.dim("R", crate::plan::DimExpr::Const(h * eb / pb));
+    let values: Vec<(&str, String)> =
+        vec![("prelude", crate::codegen::prelude()), ("kernel_name", "{{kernel_name}}".to_string()), ("pack_t", p.to_string())];
+    let source = render(cx, node, &LAST_TOKEN, &values)?;
+    let grid = [cx.dim(shape[0]).mul(crate::plan::DimExpr::Const(h * eb / pb)).ceil_div(256), 1.into(), 1.into()];
+    Ok(Lowered::Launches(vec![sig.launch("last_token", source, grid, [256, 1, 1], 0)]))
 }
 
 fn iota(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {

@@ -9,7 +9,8 @@
 //!          k,v → [B,KV,S,D] → (quantize) → present.{k,v}.L → (dequantize)
 //!          h = h + o_proj(causal_attention(q, k, v, past_k, past_v, cache_len))
 //!          h = h + down(silu(gate(rmsnorm(h))) · up(rmsnorm(h)))
-//! head     logits f32[B,S,V] = rmsnorm(h) · lm_headᵀ (the embedding when tied)
+//! head     logits f32[B,S,V] = rmsnorm(h) · lm_headᵀ (the embedding when tied);
+//!          with LogitRows::Last, h = last_token(h) first and logits are [B,1,V]
 //! state    past.k.L append present.k.L axis=2 (and V)
 //! ```
 //!
@@ -18,6 +19,7 @@
 
 use super::config::DecoderConfig;
 use super::kv::KvFormat;
+use super::LogitRows;
 use crate::import::{ImportError, WeightStore};
 use crate::ir::{BinaryOp, Builder, CausalAttention, DType, Dim, Graph, Op, Rope, StateSlot, TensorType, UnaryOp, ValueId};
 
@@ -34,6 +36,7 @@ pub(super) struct BlockBuilder<'a, 'g> {
     pub cfg: &'a DecoderConfig,
     pub weights: &'a WeightStore,
     pub kv: &'a KvFormat,
+    pub logits: LogitRows,
 }
 
 impl BlockBuilder<'_, '_> {
@@ -49,6 +52,10 @@ impl BlockBuilder<'_, '_> {
         for layer in 0..self.cfg.num_layers as usize {
             x = self.block(layer, x, &step, &mut state)?;
         }
+        let x = match self.logits {
+            LogitRows::All => x,
+            LogitRows::Last => self.scoped("model.norm", |b| b.add1(Op::LastToken, &[x], None))?,
+        };
         let x = self.rms_norm("model.norm", x)?;
         let head = if self.cfg.tie_word_embeddings { table } else { self.weight_in("lm_head", "lm_head.weight", &[v, h])? };
         let logits = self.scoped("lm_head", |b| b.matmul(x, head, false, true))?;
@@ -197,13 +204,14 @@ impl BlockBuilder<'_, '_> {
     }
 }
 
-/// Builds and verifies the step graph of `cfg` over `weights` with a KV cache of format `kv`;
+/// Builds and verifies the step graph of `cfg` over `weights` with a KV cache of format `kv` and
+/// logits for the positions `logits` names;
 /// `[max_batch, max_step, max_seq]` bound the symbols `B` (sequences), `S` (new tokens per step)
 /// and `P` (cached tokens). A verifier failure is a qfuse bug, reported with the weights' file.
 pub fn build(
     cfg: &DecoderConfig,
     weights: &WeightStore,
-    kv: &KvFormat,
+    (kv, logits): (&KvFormat, LogitRows),
     [max_batch, max_step, max_seq]: [u64; 3],
     name: &str,
 ) -> Result<Graph, ImportError> {
@@ -211,7 +219,7 @@ pub fn build(
     let batch = Dim::Sym(graph.add_symbol("B", max_batch));
     let seq = Dim::Sym(graph.add_symbol("S", max_step));
     let past = Dim::Sym(graph.add_symbol("P", max_seq));
-    let mut bb = BlockBuilder { b: Builder::new(&mut graph), cfg, weights, kv };
+    let mut bb = BlockBuilder { b: Builder::new(&mut graph), cfg, weights, kv, logits };
     let state = bb.graph_body(batch, seq, past)?;
     graph.state = state;
     crate::ir::verify(&graph, "after import").map_err(|e| ImportError::Graph {

@@ -30,11 +30,30 @@ pub struct DecoderOptions {
     /// Most new tokens of one step (symbol `S`); `None`: the context length. GPU plans keep it
     /// small (prompts are prefilled in chunks) so that `B·S`-sized buffers stay small.
     pub max_step: Option<u64>,
+    /// Which positions get logits.
+    pub logits: LogitRows,
+}
+
+/// Which positions of a step the graph computes logits for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogitRows {
+    /// `logits [B,S,V]`: every new position (perplexity, the interpreter's sessions).
+    #[default]
+    All,
+    /// `logits [B,1,V]`: each sequence's last new position only (`last_token` before the final
+    /// norm): what generation samples from; GPU plans skip the LM head's other rows.
+    Last,
 }
 
 impl Default for DecoderOptions {
     fn default() -> Self {
-        DecoderOptions { max_batch: 8, max_seq: Some(2048), kv: KvFormat::Float(crate::ir::DType::F32), max_step: None }
+        DecoderOptions {
+            max_batch: 8,
+            max_seq: Some(2048),
+            kv: KvFormat::Float(crate::ir::DType::F32),
+            max_step: None,
+            logits: LogitRows::All,
+        }
     }
 }
 
@@ -116,7 +135,7 @@ fn finish(path: &Path, config: DecoderConfig, weights: WeightStore, opts: &Decod
     let max_seq = opts.max_seq.unwrap_or(config.max_position_embeddings).min(config.max_position_embeddings);
     let name = path.file_stem().map_or_else(|| "decoder".into(), |n| n.to_string_lossy().into_owned());
     let max_step = opts.max_step.unwrap_or(max_seq).min(max_seq);
-    let graph = block::build(&config, &weights, &opts.kv, [opts.max_batch, max_step, max_seq], &name)?;
+    let graph = block::build(&config, &weights, (&opts.kv, opts.logits), [opts.max_batch, max_step, max_seq], &name)?;
     Ok(DecoderModel { path: path.into(), config, graph, weights, max_seq, tokenizer: None, options: opts.clone() })
 }
 
@@ -131,7 +150,7 @@ impl DecoderModel {
     /// The model's step graph (its batch and context limits) with a KV cache of format `kv`.
     pub fn step_graph(&self, kv: &KvFormat, name: &str) -> Result<Graph, ImportError> {
         let max_step = self.options.max_step.unwrap_or(self.max_seq).min(self.max_seq);
-        block::build(&self.config, &self.weights, kv, [self.options.max_batch, max_step, self.max_seq], name)
+        block::build(&self.config, &self.weights, (kv, self.options.logits), [self.options.max_batch, max_step, self.max_seq], name)
     }
 
     /// Inputs of one prefill step of `ids` through the model's step graph, with an empty cache.

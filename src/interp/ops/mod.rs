@@ -101,6 +101,7 @@ fn eval(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], acc: Accumulation) ->
         Op::Softmax { axis } => reduce::softmax(next!(), *axis, out)?,
         Op::Reduce { op, axes, .. } => reduce::reduce(&*next!(), *op, axes, out)?,
         Op::MeanPool => reduce::mean_pool(&*next!(), &*next!(), out)?,
+        Op::LastToken => shape::last_token(&*next!(), out)?,
         Op::Reshape => shape::reshape(next!(), out)?,
         Op::Transpose { perm } => shape::transpose(&*next!(), perm, out)?,
     };

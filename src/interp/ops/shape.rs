@@ -1,4 +1,4 @@
-//! Data movement: `reshape` (no copy when the operand is not shared), `transpose` (any
+//! Data movement: `reshape` (no copy when the operand is not shared), `last_token`, `transpose` (any
 //! permutation; rows of the output are copied whole when the last axis stays last, as in
 //! `[B,S,H,D] → [B,H,S,D]`) and `gather` (an out-of-range index is an error naming its position).
 
@@ -12,6 +12,21 @@ pub(super) fn reshape(x: Arc<Tensor>, out: &OutType) -> Result<Tensor, String> {
         return Err(format!("cannot reshape {:?} to {:?}", x.shape, out.shape));
     }
     let data = Arc::try_unwrap(x).map(|t| t.data).unwrap_or_else(|shared| shared.data.clone());
+    Ok(Tensor { dtype: out.dtype, shape: out.shape.clone(), data })
+}
+
+/// `last_token`: `x [B,S,H] → [B,1,H]`, each sequence's row `S − 1`.
+pub(super) fn last_token(x: &Tensor, out: &OutType) -> Result<Tensor, String> {
+    let &[b, s, h] = x.shape.as_slice() else { return Err(format!("last_token wants [B,S,H], got {:?}", x.shape)) };
+    if s == 0 || h == 0 || out.shape != [b, 1, h] {
+        return Err(format!("last_token of {:?} cannot give {:?}", x.shape, out.shape));
+    }
+    // Row i·S + S − 1 of x seen as [B·S, H].
+    let rows: Vec<i64> = (0..b).map(|i| (i * s + s - 1) as i64).collect();
+    let data = match &x.data {
+        TensorData::F32(v) => TensorData::F32(take_rows(v, &rows, h)),
+        TensorData::I64(v) => TensorData::I64(take_rows(v, &rows, h)),
+    };
     Ok(Tensor { dtype: out.dtype, shape: out.shape.clone(), data })
 }
 

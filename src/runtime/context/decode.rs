@@ -63,7 +63,7 @@ impl Context<'_> {
                     .map_err(|e| RuntimeError::driver("copying the page table to the device", e))?;
                 let issue = this.prepare(&binding)?;
                 this.issue(&issue, &binding)?;
-                let (logits_ptr, row_stride, dtype) = this.logits_rows(&d, &binding.symbols, s)?;
+                let (logits_ptr, row_stride, dtype) = this.logits_rows(&d, &binding.symbols)?;
                 let elem = dtype.clone();
                 let elem = u64::from(crate::runtime::tensor::dtype_bits(&elem).unwrap_or(32) / 8);
                 for sample in this.sample_launches(&d, input, logits_ptr, row_stride, elem)? {
@@ -82,8 +82,9 @@ impl Context<'_> {
     }
 
     /// Address of row 0's last-position logits, the stride between rows (elements) and the
-    /// element dtype.
-    fn logits_rows(&self, d: &DecoderMeta, symbols: &[(String, u64)], s: u64) -> Result<(u64, u64, String), RuntimeError> {
+    /// element dtype. The logits are `[B, S, V]`, or `[B, 1, V]` when the plan keeps only each
+    /// sequence's last position (compiled plans do): their run-time shape says which.
+    fn logits_rows(&self, d: &DecoderMeta, symbols: &[(String, u64)]) -> Result<(u64, u64, String), RuntimeError> {
         let meta = self.engine.meta();
         let sig =
             meta.outputs.iter().find(|o| o.name == d.logits).ok_or_else(|| RuntimeError::Usage(format!("no output `{}`", d.logits)))?;
@@ -91,8 +92,17 @@ impl Context<'_> {
             sig_extent(meta, sig, symbols).map_err(|m| RuntimeError::Buffer { what: "output", name: sig.name.clone(), message: m })?;
         let bytes =
             crate::runtime::tensor::dtype_bits(&sig.dtype).ok_or_else(|| RuntimeError::Usage(format!("logits dtype {}", sig.dtype)))? / 8;
-        let first = self.arena_base + ext.offset + (s - 1) * d.vocab * u64::from(bytes);
-        Ok((first, s * d.vocab, sig.dtype.clone()))
+        let &[_, positions, vocab] = ext.shape.as_slice() else {
+            return Err(RuntimeError::Usage(format!("logits `{}` are not [B, S, V]", sig.name)));
+        };
+        if vocab != d.vocab || positions == 0 {
+            return Err(RuntimeError::Usage(format!(
+                "logits `{}` have shape {:?}; the plan's vocabulary is {}",
+                sig.name, ext.shape, d.vocab
+            )));
+        }
+        let first = self.arena_base + ext.offset + (positions - 1) * vocab * u64::from(bytes);
+        Ok((first, positions * vocab, sig.dtype.clone()))
     }
 
     /// Copies each row's last logits back (one synchronisation for all rows) as f32.

@@ -3,12 +3,12 @@
 //!
 //! ```text
 //! before:
-//!   %2 = input "past.k.0" : f8e4m3[B,2,P,16]
-//!   %18 = transpose %17 {perm=[0,2,1,3]} : f8e4m3[B,2,S,16]
-//!   %19 = dequantize %18 {f8e4m3, per_tensor, scale=0.0094} : f16[B,2,S,16]
-//!   %24 = dequantize %23 {f8e4m3, per_tensor, scale=0.011} : f16[B,2,S,16]
-//!   %25 = dequantize %2 {f8e4m3, per_tensor, scale=0.0094} : f16[B,2,P,16]
-//!   %26 = dequantize %3 {f8e4m3, per_tensor, scale=0.011} : f16[B,2,P,16]
+//!   %2 = input "past.k.0" : f8e4m3[B,P,2,16]
+//!   %18 = reshape %17 : f8e4m3[B,S,2,16]
+//!   %19 = dequantize %18 {f8e4m3, per_tensor, scale=0.0094} : f16[B,S,2,16]
+//!   %24 = dequantize %23 {f8e4m3, per_tensor, scale=0.011} : f16[B,S,2,16]
+//!   %25 = dequantize %2 {f8e4m3, per_tensor, scale=0.0094} : f16[B,P,2,16]
+//!   %26 = dequantize %3 {f8e4m3, per_tensor, scale=0.011} : f16[B,P,2,16]
 //!   %27 = causal_attention %12, %19, %24, %25, %26, %1 {heads=4, kv_heads=2, scale=0.25} : f16[B,S,64]
 //! after:
 //!   %27 = causal_attention %12, %18, %23, %2, %3, %1 {heads=4, kv_heads=2, scale=0.25, codes(k_scale=0.0094, v_scale=0.011, via=f16)} : f16[B,S,64]
@@ -25,14 +25,16 @@
 //!
 //! Rule `kv-float`: `causal_attention(q, cast(k), …)` where a cast converts to its own dtype (a
 //! float cache already in q's dtype, as the recipes' dtype conversion leaves it) ⇒ the operand is
-//! read directly. Exact: such a cast is the identity.
+//! read directly; likewise a state update `present.{k,v}.L = cast(k)` is returned as `k` (chains
+//! of such casts are skipped whole). Exact: such a cast is the identity. With the token-major
+//! cache, `k` is then a reshape of the K projection: a view, so no kernel copies K or V.
 //!
 //! Declines are traced (rule `kv-codes`) and recorded on the dequantizes' report entries. The
 //! dequantizes are left for `dce` (other readers keep theirs). Idempotent: a fused attention has
 //! codes operands, which no dequantize produces.
 //!
 //! Interacting passes: after `propagate-qdq` (which leaves the quantize before the cache's
-//! reshape/transpose); before `dce`.
+//! token-major reshape); before `dce`.
 
 use super::{loc, Pass, PassCx, PassError};
 use crate::ir::{CausalAttention, DType, Granularity, Graph, KvCodes, NodeId, Op, QuantSpec, ScaleSource, ValueId};
@@ -46,7 +48,10 @@ impl Pass for FuseKvCache {
     }
 
     fn run(&self, g: &mut Graph, cx: &mut PassCx) -> Result<bool, PassError> {
-        let mut changed = false;
+        let mut changed = skip_identity_cast_updates(g);
+        if changed {
+            tracing::debug!(rule = "kv-float", "state updates read past identity casts");
+        }
         for id in g.nodes.ids().collect::<Vec<_>>() {
             let Op::CausalAttention(a) = g.nodes[id].op else { continue };
             if a.cache.is_some() {
@@ -89,14 +94,43 @@ fn skip_identity_casts(g: &mut Graph, id: NodeId) -> bool {
     let mut changed = false;
     for i in 1..5 {
         let v = g.nodes[id].inputs[i];
-        let node = g.producer(v);
-        if matches!(node.op, Op::Cast) && g.ty(node.inputs[0]).dtype == g.ty(v).dtype {
-            let src = node.inputs[0];
+        let src = through_identity_casts(g, v);
+        if src != v {
             g.nodes[id].inputs[i] = src;
             changed = true;
         }
     }
     changed
+}
+
+/// Rule `kv-float` on the state updates: a `present.{k,v}.L` that is a `cast` to its own dtype
+/// (an f16 cache under the fp16 recipe) is returned as its source, so the update stays a view of
+/// the K/V projection and no copy kernel produces it. Returns whether any update changed.
+fn skip_identity_cast_updates(g: &mut Graph) -> bool {
+    let mut changed = false;
+    for i in 0..g.outputs.len() {
+        let (name, v) = &g.outputs[i];
+        if !g.state.iter().any(|s| s.update == *name) {
+            continue;
+        }
+        let src = through_identity_casts(g, *v);
+        if src != *v {
+            g.outputs[i].1 = src;
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// `v` with every `cast` to its own dtype above it skipped (the identity, exactly).
+fn through_identity_casts(g: &Graph, mut v: ValueId) -> ValueId {
+    loop {
+        let node = g.producer(v);
+        if !(matches!(node.op, Op::Cast) && g.ty(node.inputs[0]).dtype == g.ty(v).dtype) {
+            return v;
+        }
+        v = node.inputs[0];
+    }
 }
 
 /// The codes attribute and the four code operands `[k, v, past_k, past_v]`, or why not.

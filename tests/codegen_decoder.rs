@@ -65,6 +65,8 @@ fn a_float_cache_step_lowers_to_append_then_paged_attention_on_the_state_slots()
     let cx = cx(&g);
     let attn: Vec<NodeId> = nodes_of(&g, "causal_attention").collect();
     assert_eq!(attn.len(), 2, "one attention per layer");
+    // Token-major K/V: the step's keys and values are views of the projections, never transposed.
+    assert_eq!(nodes_of(&g, "transpose").count(), 0, "{}", ir::print(&g));
     let mut kernels = BTreeSet::new();
     for (layer, &node) in attn.iter().enumerate() {
         let l = launches(&cx, node);
@@ -187,19 +189,36 @@ graph "step" {
   sym P max=512
   %0 = input "q" : f16[B,S,256]
   %1 = input "cache_len" : i64[B]
-  %2 = input "past.k.0" : f8e4m3[B,1,P,64]
-  %3 = input "past.v.0" : f8e4m3[B,1,P,64]
-  %4 = input "k" : f16[B,1,S,64]
-  %5 = input "v" : f16[B,1,S,64]
-  %6 = quantize %4 {f8e4m3, per_tensor, scale=0.0078125} : f8e4m3[B,1,S,64]
-  %7 = quantize %5 {f8e4m3, per_tensor, scale=0.015625} : f8e4m3[B,1,S,64]
+  %2 = input "past.k.0" : f8e4m3[B,P,1,64]
+  %3 = input "past.v.0" : f8e4m3[B,P,1,64]
+  %4 = input "k" : f16[B,S,1,64]
+  %5 = input "v" : f16[B,S,1,64]
+  %6 = quantize %4 {f8e4m3, per_tensor, scale=0.0078125} : f8e4m3[B,S,1,64]
+  %7 = quantize %5 {f8e4m3, per_tensor, scale=0.015625} : f8e4m3[B,S,1,64]
   %8 = rope %0, %1 {heads=4, theta=10000, pairs=half} : f16[B,S,256]
   %9 = causal_attention %8, %6, %7, %2, %3, %1 {heads=4, kv_heads=1, scale=0.125, codes(k_scale=0.0078125,v_scale=0.015625,via=f16)} : f16[B,S,256]
   return "out" = %9, "present.k.0" = %6, "present.v.0" = %7
-  state "past.k.0" append "present.k.0" axis=2
-  state "past.v.0" append "present.v.0" axis=2
+  state "past.k.0" append "present.k.0" axis=1
+  state "past.v.0" append "present.v.0" axis=1
 }
 "#;
+
+/// K/V are token-major: the lowering refuses the old head-major `[B, KV, S, D]` step operands,
+/// and the append indexes its source rows as `(b, s, g)`.
+#[test]
+fn causal_attention_lowers_only_token_major_kv() {
+    let g = ir::parse(FP8_STEP).unwrap_or_else(|e| panic!("{e}"));
+    let node = nodes_of(&g, "causal_attention").next().unwrap();
+    let append = &launches(&cx(&g), node)[0].kernel;
+    assert!(append.source.contains("const long long g = row % QF_KV;"), "{}", append.source);
+    let head_major = ir::parse(&FP8_STEP.replace("[B,S,1,64]", "[B,1,S,64]")).unwrap_or_else(|e| panic!("{e}"));
+    let node = nodes_of(&head_major, "causal_attention").next().unwrap();
+    let e = qfuse::codegen::ops::lower_node(&cx(&head_major), node).unwrap_err();
+    assert!(e.reason.contains("token-major [B, S, KV, D]"), "{e}");
+    let past_head_major = ir::parse(&FP8_STEP.replace("[B,P,1,64]", "[B,1,P,64]")).unwrap_or_else(|e| panic!("{e}"));
+    let e = qfuse::codegen::ops::lower_node(&cx(&past_head_major), node).unwrap_err();
+    assert!(e.reason.contains("token-major [B, P, KV, D]"), "{e}");
+}
 
 #[test]
 fn past_inputs_get_no_arena_storage_and_every_kernel_compiles() {

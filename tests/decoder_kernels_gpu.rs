@@ -173,8 +173,8 @@ fn input(g: &Graph, name: &str) -> ValueId {
     g.inputs().into_iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no input {name}")).1
 }
 
-/// One attention layer: q (`compute`), this step's k and v and the cache (`cache`, up to
-/// `past_max` cached positions), GQA 8:2, D 64.
+/// One attention layer: q (`compute`), this step's k and v `[B,S,2,64]` and the cache
+/// `[B,P,2,64]` (`cache`, up to `past_max` cached positions; both token-major), GQA 8:2, D 64.
 fn attention_graph(compute: &str, cache: &str, codes: &str, seq_max: u64, past_max: u64) -> Graph {
     let text = format!(
         r#"graph "attn" {{
@@ -183,14 +183,14 @@ fn attention_graph(compute: &str, cache: &str, codes: &str, seq_max: u64, past_m
   sym P max={past_max}
   %0 = input "q" : {compute}[B,S,512]
   %1 = input "cache_len" : i64[B]
-  %2 = input "past.k.0" : {cache}[B,2,P,64]
-  %3 = input "past.v.0" : {cache}[B,2,P,64]
-  %4 = input "k" : {cache}[B,2,S,64]
-  %5 = input "v" : {cache}[B,2,S,64]
+  %2 = input "past.k.0" : {cache}[B,P,2,64]
+  %3 = input "past.v.0" : {cache}[B,P,2,64]
+  %4 = input "k" : {cache}[B,S,2,64]
+  %5 = input "v" : {cache}[B,S,2,64]
   %6 = causal_attention %0, %4, %5, %2, %3, %1 {{heads=8, kv_heads=2, scale=0.125{codes}}} : {compute}[B,S,512]
   return "o" = %6, "present.k.0" = %4, "present.v.0" = %5
-  state "past.k.0" append "present.k.0" axis=2
-  state "past.v.0" append "present.v.0" axis=2
+  state "past.k.0" append "present.k.0" axis=1
+  state "past.v.0" append "present.v.0" axis=1
 }}"#
     );
     let g = ir::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -211,15 +211,18 @@ fn attention_case(compute: DType, cache: DType, codes: &str, seq: usize, lens: &
     let batch = lens.len();
     let g = attention_graph(compute.name(), cache.name(), codes, 16, past as u64);
     let scale = if cache.is_quantized_storage() { 200.0 } else { 1.0 };
+    let eb = (cache.bits() / 8) as usize;
     let mk = |dt: DType, shape: Vec<usize>, seed: u64, s: f32| {
         let n = shape.iter().product();
         Tensor::from_f32_as(dt, shape, noise(n, seed, s))
     };
     let q = mk(compute, vec![batch, seq, h * d], 1, 1.0);
-    let k = mk(cache, vec![batch, kv, seq, d], 2, scale);
-    let v = mk(cache, vec![batch, kv, seq, d], 3, scale);
-    let pk = mk(cache, vec![batch, kv, past, d], 4, scale);
-    let pv = mk(cache, vec![batch, kv, past, d], 5, scale);
+    let k = mk(cache, vec![batch, seq, kv, d], 2, scale);
+    let v = mk(cache, vec![batch, seq, kv, d], 3, scale);
+    let pk = mk(cache, vec![batch, past, kv, d], 4, scale);
+    let pv = mk(cache, vec![batch, past, kv, d], 5, scale);
+    // Byte offset of head g of token t of sequence b in a token-major [B, T, KV, D] tensor.
+    let row = |b: usize, t: usize, g: usize, tokens: usize| ((b * tokens + t) * kv + g) * d * eb;
     let len = Tensor::i64(vec![batch], lens.to_vec());
     let inputs = [
         ("q", q.clone()),
@@ -233,7 +236,6 @@ fn attention_case(compute: DType, cache: DType, codes: &str, seq: usize, lens: &
 
     let program = lower_graph_paged(&g, 90, LowerOptions::default(), Some(paged)).unwrap_or_else(|e| panic!("{e}"));
     let mut gpu = Gpu::new();
-    let eb = (cache.bits() / 8) as usize;
     let mp = max_pages as usize;
     // Pages: sequence b's j-th page is a shuffled id; unused pool bytes are 0xff (NaN in f16, bf16,
     // E4M3), so a read of anything but the live cache shows.
@@ -251,7 +253,7 @@ fn attention_case(compute: DType, cache: DType, codes: &str, seq: usize, lens: &
     for (b, &cached) in lens.iter().enumerate() {
         for g in 0..kv {
             for t in 0..cached as usize {
-                let src = ((b * kv + g) * past + t) * d * eb;
+                let src = row(b, t, g, past);
                 let dst = at(b, g, t);
                 pools[0][dst..dst + d * eb].copy_from_slice(&pk_bytes[src..src + d * eb]);
                 pools[1][dst..dst + d * eb].copy_from_slice(&pv_bytes[src..src + d * eb]);
@@ -300,7 +302,7 @@ fn attention_case(compute: DType, cache: DType, codes: &str, seq: usize, lens: &
     for (b, &cached) in lens.iter().enumerate() {
         for g in 0..kv {
             for s in 0..seq {
-                let src = ((b * kv + g) * seq + s) * d * eb;
+                let src = row(b, s, g, seq);
                 let dst = at(b, g, cached as usize + s);
                 assert_eq!(got_pools[0][dst..dst + d * eb], kb[src..src + d * eb], "k row b{b} g{g} s{s}");
                 assert_eq!(got_pools[1][dst..dst + d * eb], vb[src..src + d * eb], "v row b{b} g{g} s{s}");

@@ -10,10 +10,10 @@ fn step_graph(storage: DType) -> Graph {
     let (b, s, p) = (Dim::Sym(g.add_symbol("B", 2)), Dim::Sym(g.add_symbol("S", 8)), Dim::Sym(g.add_symbol("P", 8)));
     let mut bb = Builder::new(&mut g);
     let q = bb.input("q", TensorType::new(DType::F32, [b, s, Dim::Fixed(8)])).unwrap();
-    let k = bb.input("k", TensorType::new(DType::F32, [b, Dim::Fixed(1), s, Dim::Fixed(4)])).unwrap();
-    let v = bb.input("v", TensorType::new(DType::F32, [b, Dim::Fixed(1), s, Dim::Fixed(4)])).unwrap();
-    let pk = bb.input("past.k", TensorType::new(storage, [b, Dim::Fixed(1), p, Dim::Fixed(4)])).unwrap();
-    let pv = bb.input("past.v", TensorType::new(DType::F32, [b, Dim::Fixed(1), p, Dim::Fixed(4)])).unwrap();
+    let k = bb.input("k", TensorType::new(DType::F32, [b, s, Dim::Fixed(1), Dim::Fixed(4)])).unwrap();
+    let v = bb.input("v", TensorType::new(DType::F32, [b, s, Dim::Fixed(1), Dim::Fixed(4)])).unwrap();
+    let pk = bb.input("past.k", TensorType::new(storage, [b, p, Dim::Fixed(1), Dim::Fixed(4)])).unwrap();
+    let pv = bb.input("past.v", TensorType::new(DType::F32, [b, p, Dim::Fixed(1), Dim::Fixed(4)])).unwrap();
     let len = bb.input("cache_len", TensorType::new(DType::I64, [b])).unwrap();
     let rope = Op::Rope(Rope { heads: 2, theta: 10000.0, pairs: RopePairs::Half, llama3: None });
     let q = bb.add1(rope, &[q, len], None).unwrap();
@@ -25,8 +25,8 @@ fn step_graph(storage: DType) -> Graph {
     g.outputs.push(("present.k".into(), k));
     g.outputs.push(("present.v".into(), v));
     g.state = vec![
-        StateSlot { input: "past.k".into(), update: "present.k".into(), axis: 2 },
-        StateSlot { input: "past.v".into(), update: "present.v".into(), axis: 2 },
+        StateSlot { input: "past.k".into(), update: "present.k".into(), axis: 1 },
+        StateSlot { input: "past.v".into(), update: "present.v".into(), axis: 1 },
     ];
     g
 }
@@ -37,7 +37,7 @@ fn decoder_ops_and_state_round_trip_through_text() {
     ir::verify(&g, "built").expect("verifies");
     let text = ir::print(&g);
     assert!(
-        text.contains("rope") && text.contains("causal_attention") && text.contains("state \"past.k\" append \"present.k\" axis=2"),
+        text.contains("rope") && text.contains("causal_attention") && text.contains("state \"past.k\" append \"present.k\" axis=1"),
         "{text}"
     );
     let back = ir::parse(&text).expect("parses");
@@ -54,6 +54,16 @@ fn the_verifier_knows_the_cache_invariants() {
     g.state[0].axis = 3;
     let err = ir::verify(&g, "fixed axis").expect_err("state along a fixed axis").to_string();
     assert!(err.contains("axis 3"), "{err}");
+    // B is symbolic too, but the token-major cache [B,P,KV,D] and its update [B,S,KV,D] agree
+    // off axis 1 only.
+    let mut g = step_graph(DType::F32);
+    g.state[1].axis = 0;
+    let err = ir::verify(&g, "batch axis").expect_err("state along the batch axis").to_string();
+    assert!(err.contains("state \"past.v\"") && err.contains("differ off axis 0"), "{err}");
+    // The old head-major layout [B,KV,S,D] no longer type-checks.
+    let text = ir::print(&step_graph(DType::F32)).replace("f32[B,S,1,4]", "f32[B,1,S,4]");
+    let err = ir::parse(&text).map(|g| ir::verify(&g, "head-major")).expect("parses").expect_err("head-major k").to_string();
+    assert!(err.contains("causal_attention k must be f32[sym0,sym1,1,4]"), "{err}");
     let text = ir::print(&step_graph(DType::F32)).replace("kv_heads=1", "kv_heads=3");
     let err = ir::parse(&text).map(|g| ir::verify(&g, "bad heads")).expect("parses").expect_err("2 heads, 3 KV heads").to_string();
     assert!(err.contains("multiple of kv_heads"), "{err}");
@@ -71,8 +81,8 @@ fn causal_attention_reads_the_valid_cache_and_the_causal_prefix() {
     let q = t(vec![1, 1, 8], vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
     let k = t(vec![1, 1, 1, 4], vec![2.0, 0.0, 0.0, 0.0]);
     let v = t(vec![1, 1, 1, 4], vec![0.0, 1.0, 0.0, 0.0]);
-    let pk = t(vec![1, 1, 2, 4], vec![0.0, 0.0, 0.0, 0.0, f32::NAN, f32::NAN, f32::NAN, f32::NAN]);
-    let pv = t(vec![1, 1, 2, 4], vec![1.0, 0.0, 0.0, 0.0, f32::NAN, f32::NAN, f32::NAN, f32::NAN]);
+    let pk = t(vec![1, 2, 1, 4], vec![0.0, 0.0, 0.0, 0.0, f32::NAN, f32::NAN, f32::NAN, f32::NAN]);
+    let pv = t(vec![1, 2, 1, 4], vec![1.0, 0.0, 0.0, 0.0, f32::NAN, f32::NAN, f32::NAN, f32::NAN]);
     let len = Tensor::i64(vec![1], vec![1]);
     let inputs = [("q", q), ("k", k), ("v", v), ("past.k", pk), ("past.v", pv), ("cache_len", len)];
     let out = interp::run(&g, &NoWeights, &inputs).expect("runs");
@@ -82,6 +92,40 @@ fn causal_attention_reads_the_valid_cache_and_the_causal_prefix() {
     let w_new = score.exp() / (1.0 + score.exp());
     assert!((o[0] - (1.0 - w_new)).abs() < 1e-6 && (o[1] - w_new).abs() < 1e-6, "{o:?}");
     assert!(o.iter().all(|x| x.is_finite()), "rows past cache_len were read: {o:?}");
+}
+
+/// Token-major K/V: with two KV heads, head `g` of token `t` is row `t·KV + g` of a sequence's
+/// `[P, KV, D]` cache and `[S, KV, D]` step. Zero keys give uniform weights, so each query head
+/// reads the mean of exactly its own KV head's values over the two cached tokens and the new one.
+#[test]
+fn causal_attention_reads_token_major_kv_rows() {
+    let mut g = Graph::new("nhd");
+    let (b, s, p) = (Dim::Sym(g.add_symbol("B", 1)), Dim::Sym(g.add_symbol("S", 1)), Dim::Sym(g.add_symbol("P", 4)));
+    let mut bb = Builder::new(&mut g);
+    let kv = |bb: &mut Builder, name: &str, tokens: Dim| {
+        bb.input(name, TensorType::new(DType::F32, [b, tokens, Dim::Fixed(2), Dim::Fixed(2)])).unwrap()
+    };
+    let q = bb.input("q", TensorType::new(DType::F32, [b, s, Dim::Fixed(4)])).unwrap();
+    let ins = [q, kv(&mut bb, "k", s), kv(&mut bb, "v", s), kv(&mut bb, "past.k", p), kv(&mut bb, "past.v", p)];
+    let len = bb.input("cache_len", TensorType::new(DType::I64, [b])).unwrap();
+    let op = Op::CausalAttention(CausalAttention { heads: 2, kv_heads: 2, scale: 1.0, cache: None });
+    let o = bb.add1(op, &[ins[0], ins[1], ins[2], ins[3], ins[4], len], None).unwrap();
+    g.outputs.push(("o".into(), o));
+    ir::verify(&g, "built").expect("verifies");
+    // past_v rows (t, g): (0,0) = [1,2], (0,1) = [10,20], (1,0) = [3,4], (1,1) = [30,40]; then NaN.
+    let mut past_v = vec![1.0, 2.0, 10.0, 20.0, 3.0, 4.0, 30.0, 40.0];
+    past_v.extend([f32::NAN; 8]);
+    let inputs = [
+        ("q", t(vec![1, 1, 4], vec![1.0, 2.0, 3.0, 4.0])),
+        ("k", t(vec![1, 1, 2, 2], vec![0.0; 4])),
+        ("v", t(vec![1, 1, 2, 2], vec![5.0, 6.0, 50.0, 60.0])),
+        ("past.k", t(vec![1, 4, 2, 2], vec![0.0; 16])),
+        ("past.v", t(vec![1, 4, 2, 2], past_v)),
+        ("cache_len", Tensor::i64(vec![1], vec![2])),
+    ];
+    let o = interp::run(&g, &NoWeights, &inputs).expect("runs")[0].1.to_f32_vec();
+    let want = [3.0, 4.0, 30.0, 40.0];
+    assert!(o.iter().zip(want).all(|(x, w)| (x - w).abs() < 1e-5), "{o:?}");
 }
 
 /// llama.cpp's adjacent pairs on rows permuted as its converter permutes them equal Hugging

@@ -59,7 +59,29 @@ fn smollm2_fp16_plan_holds_a_paged_generator() {
     }
     // One scratch for all layers: max_batch 4 · 9 heads · 4 ranges · (64 + 2) f32.
     assert_eq!(dec.split_scratch_bytes, 4 * 9 * 4 * 66 * 4);
+    // Token-major K/V: the step's keys and values are views of the projections, so no launch
+    // (transpose, cast or other element-wise copy) computes anything in a K/V cache scope; the
+    // pools are written by the 30 kv_appends alone.
+    let decode = step_launches(m, &at_decode);
+    let cache_copies: Vec<&str> =
+        decode.iter().map(|l| l.label.as_str()).filter(|l| l.contains("k_cache") || l.contains("v_cache")).collect();
+    assert!(cache_copies.is_empty(), "K/V copies left: {cache_copies:?}");
+    let kernel_of = |l: &qfuse::plan::LaunchMeta| m.kernels[l.kernel as usize].template.as_str();
+    assert_eq!(decode.iter().filter(|l| kernel_of(l) == "kv_append").count(), 30);
+    assert!(decode.iter().all(|l| !l.label.starts_with("transpose")), "no transposes at all in a Llama step");
+    let prefill = step_launches(m, &[("B".to_string(), 4), ("S".to_string(), 32)]);
+    println!("SmolLM2 fp16 plan: {} launches per decode step, {} per prefill step", decode.len(), prefill.len());
+    // Head-major K/V (before) cost a transpose and an identity cast per K and V per layer: 573
+    // launches per decode step and 543 per prefill step; token-major, 120 fewer.
+    assert!(decode.len() <= 453, "{} launches per decode step", decode.len());
+    assert!(prefill.len() <= 423, "{} launches per prefill step", prefill.len());
     // Kernel count independent of depth: far fewer kernels than layers × ops.
     assert!(m.kernels.len() < 30, "{} kernels for 30 layers", m.kernels.len());
     assert!(m.schedule.len() > 30 * 10);
+}
+
+/// The launches one step at `syms` runs: every unguarded launch and each guarded one whose guard
+/// holds, in schedule order.
+fn step_launches<'m>(m: &'m qfuse::plan::PlanMeta, syms: &[(String, u64)]) -> Vec<&'m qfuse::plan::LaunchMeta> {
+    (0..m.schedule.len()).filter(|&i| m.guard_of(i).is_none_or(|g| g.holds(syms).unwrap())).map(|i| &m.schedule[i]).collect()
 }

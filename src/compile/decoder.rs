@@ -129,9 +129,9 @@ fn decoder_meta(
     for slot in &g.state {
         let input = g.inputs().into_iter().find(|(n, _)| *n == slot.input).map(|(_, v)| v);
         let ty = input.map(|v| g.ty(v)).ok_or_else(|| CompileError::Options(format!("state `{}` has no input", slot.input)))?;
-        let dim = |a: usize| ty.shape.get(a).and_then(|d| d.fixed()).and_then(|x| u32::try_from(x).ok());
-        let (Some(kv_heads), Some(head_dim)) = (dim(1), dim(3)) else {
-            return Err(CompileError::Options(format!("state `{}` is not [B, KV, P, D] with fixed KV and D", slot.input)));
+        let heads = crate::ir::kv_state_heads(ty).and_then(|(kv, d)| Some((u32::try_from(kv).ok()?, u32::try_from(d).ok()?)));
+        let Some((kv_heads, head_dim)) = heads else {
+            return Err(CompileError::Options(format!("state `{}` is not [B, P, KV, D] with fixed KV and D", slot.input)));
         };
         let (layer, kind) = slot_of(&slot.input)
             .ok_or_else(|| CompileError::Options(format!("state `{}` is not named past.{{k,v}}.<layer>", slot.input)))?;

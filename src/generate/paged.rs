@@ -43,15 +43,14 @@ impl<'a> PagedStepper<'a> {
                 .map(|(_, v)| *v)
                 .ok_or_else(|| format!("state `{}` is not an input", s.input))?;
             let ty = graph.ty(v);
-            let dim = |a: usize| ty.shape.get(a).and_then(|d| d.fixed()).map(|x| x as usize);
-            let (Some(kv), Some(d)) = (dim(1), dim(3)) else { return Err(format!("state `{}` is not [B, KV, P, D]", s.input)) };
-            slots.push((kv, d, ty.dtype));
+            let (kv, d) = crate::ir::kv_state_heads(ty).ok_or_else(|| format!("state `{}` is not [B, P, KV, D]", s.input))?;
+            slots.push((kv as usize, d as usize, ty.dtype));
         }
         let pools = slots.iter().map(|&(kv, d, _)| vec![0.0; pages as usize * kv * geometry.page_size as usize * d]).collect();
         Ok(Self { graph, weights, geometry, pools, slots, options: RunOptions { threads: 0, accumulation } })
     }
 
-    /// Index of `(page, head, slot, 0)` in a pool of `kv` heads of size `d`.
+    /// Index of `(page, head, slot, 0)` in a pool `[pages, KV, PAGE, D]` of `kv` heads of size `d`.
     fn at(&self, page: usize, head: usize, slot: usize, kv: usize, d: usize) -> usize {
         ((page * kv + head) * self.geometry.page_size as usize + slot) * d
     }
@@ -78,18 +77,18 @@ impl<'a> PagedStepper<'a> {
         ];
         for (i, s) in self.graph.state.iter().enumerate() {
             let (kv, d, dtype) = self.slots[i];
-            let mut data = vec![0.0f32; batch * kv * past * d];
+            let mut data = vec![0.0f32; batch * past * kv * d];
             for b in 0..batch {
                 for t in 0..input.cache_len[b] as usize {
                     let (page, slot) = self.locate(input, b, t)?;
                     for h in 0..kv {
                         let src = self.at(page, h, slot, kv, d);
-                        let dst = ((b * kv + h) * past + t) * d;
+                        let dst = token_row(b, t, h, past, kv, d);
                         data[dst..dst + d].copy_from_slice(&self.pools[i][src..src + d]);
                     }
                 }
             }
-            feeds.push((s.input.as_str(), Tensor { dtype, shape: vec![batch, kv, past, d], data: TensorData::F32(data) }));
+            feeds.push((s.input.as_str(), Tensor { dtype, shape: vec![batch, past, kv, d], data: TensorData::F32(data) }));
         }
         let outs = interp::run_with(self.graph, self.weights, &feeds, &self.options, &mut |_, _| {}).map_err(|e| e.to_string())?;
         let find = |name: &str| outs.iter().find(|(n, _)| n == name).map(|(_, t)| t);
@@ -100,7 +99,7 @@ impl<'a> PagedStepper<'a> {
                 for j in 0..seq {
                     let (page, slot) = self.locate(input, b, input.cache_len[b] as usize + j)?;
                     for h in 0..kv {
-                        let src = ((b * kv + h) * seq + j) * d;
+                        let src = token_row(b, j, h, seq, kv, d);
                         let dst = self.at(page, h, slot, kv, d);
                         self.pools[i][dst..dst + d].copy_from_slice(&present[src..src + d]);
                     }
@@ -121,4 +120,11 @@ impl<'a> PagedStepper<'a> {
         }
         Ok((ids, rows))
     }
+}
+
+/// Offset of head `h` of token `t` of row `b` in a token-major `[B, T, KV, D]` tensor (the
+/// state's `past` `[B, P, KV, D]` and the step's `present` `[B, S, KV, D]`) of `tokens` rows per
+/// sequence.
+fn token_row(b: usize, t: usize, h: usize, tokens: usize, kv: usize, d: usize) -> usize {
+    ((b * tokens + t) * kv + h) * d
 }

@@ -25,7 +25,8 @@ pub fn rope(r: &Rope, inputs: &[&TensorType]) -> Result<TensorType, String> {
     Ok(x.clone())
 }
 
-/// `q [B,S,H·D], k, v [B,KV,S,D], past_k, past_v [B,KV,P,D], cache_len i64[B] → q`'s type.
+/// `q [B,S,H·D], k, v [B,S,KV,D], past_k, past_v [B,P,KV,D], cache_len i64[B] → q`'s type
+/// (K/V token-major: step and cache rows are `[KV, D]` per token).
 pub fn causal_attention(a: &CausalAttention, inputs: &[&TensorType]) -> Result<TensorType, String> {
     let [q, k, v, pk, pv, len] = inputs else { return Err("causal_attention takes 6 inputs".into()) };
     if !q.dtype.is_wide_float() {
@@ -51,19 +52,32 @@ pub fn causal_attention(a: &CausalAttention, inputs: &[&TensorType]) -> Result<T
             k.dtype
         }
     };
-    let step = [batch, kv, seq, Dim::Fixed(d)];
+    let step = [batch, seq, kv, Dim::Fixed(d)];
     for (t, what) in [(k, "k"), (v, "v")] {
         expect(t, operand, &step, what)?;
     }
     if pk.shape.len() != 4 || pk.shape[3] != Dim::Fixed(d) {
-        return Err(format!("causal_attention past_k must be [B,{},P,{d}], got {}", a.kv_heads, shape_text(&pk.shape)));
+        return Err(format!("causal_attention past_k must be [B,P,{},{d}], got {}", a.kv_heads, shape_text(&pk.shape)));
     }
-    let past = [batch, kv, pk.shape[2], Dim::Fixed(d)];
+    let past = [batch, pk.shape[1], kv, Dim::Fixed(d)];
     for (t, what) in [(pk, "past_k"), (pv, "past_v")] {
         expect(t, operand, &past, what)?;
     }
     cache_len_type(len, batch, "causal_attention")?;
     Ok((*q).clone())
+}
+
+/// The token axis of a decoder's token-major (NHD) KV state `past.{k,v}.L : [B, P, KV, D]`: each
+/// step's `present.{k,v}.L : [B, S, KV, D]` is appended along it (`state … axis=1`).
+pub const KV_TOKEN_AXIS: usize = 1;
+
+/// `(KV, D)` of a token-major KV state or step tensor `[B, P, KV, D]` (or `[B, S, KV, D]`): the
+/// fixed heads and head size of its last two axes; `None` unless it is rank 4 with both fixed.
+pub fn kv_state_heads(ty: &TensorType) -> Option<(u64, u64)> {
+    match ty.shape.as_slice() {
+        [_, _, kv, d] => Some((kv.fixed()?, d.fixed()?)),
+        _ => None,
+    }
 }
 
 /// D of an `[B, S, N·D]` operand with `heads` heads.

@@ -20,6 +20,7 @@ mod types;
 pub mod verify;
 
 pub use builder::Builder;
+pub use decoder_types::{kv_state_heads, KV_TOKEN_AXIS};
 pub use dtype::DType;
 pub use graph::{Graph, Node, StateSlot, ValueInfo};
 pub use id::{IdVec, NodeId, SymId, ValueId};

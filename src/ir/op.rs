@@ -239,8 +239,9 @@ pub struct Rope {
 
 /// Payload of a causal, grouped-query attention over a KV cache (decoders).
 ///
-/// Inputs `q [B,S,H·D]`, `k, v [B,KV,S,D]` (this step's keys and values, as the cache stores
-/// them), `past_k, past_v [B,KV,P,D]` (the cache), `cache_len i64[B]` → `o [B,S,H·D]`. Query `s`
+/// Inputs `q [B,S,H·D]`, `k, v [B,S,KV,D]` (this step's keys and values, as the cache stores
+/// them: token-major, a view of the `[B,S,KV·D]` projection), `past_k, past_v [B,P,KV,D]` (the
+/// cache, token-major too), `cache_len i64[B]` → `o [B,S,H·D]`. Query `s`
 /// of sequence `b` sits at position `cache_len[b] + s`; query head `h` reads KV head
 /// `h / (H/KV)`; it attends to the first `cache_len[b]` cached tokens and to this step's tokens
 /// `0..=s`. Scores `Σ q·k` (f32 sums) times `scale`, softmax, `Σ p·v` — all in f32 — rounded once

@@ -3,12 +3,12 @@
 //!
 //! ```text
 //! before:
-//!   %2 = input "past.k.0" : f8e4m3[B,2,P,16]
-//!   %18 = transpose %17 {perm=[0,2,1,3]} : f8e4m3[B,2,S,16]
-//!   %19 = dequantize %18 {f8e4m3, per_tensor, scale=0.0094} : f16[B,2,S,16]
-//!   %24 = dequantize %23 {f8e4m3, per_tensor, scale=0.011} : f16[B,2,S,16]
-//!   %25 = dequantize %2 {f8e4m3, per_tensor, scale=0.0094} : f16[B,2,P,16]
-//!   %26 = dequantize %3 {f8e4m3, per_tensor, scale=0.011} : f16[B,2,P,16]
+//!   %2 = input "past.k.0" : f8e4m3[B,P,2,16]
+//!   %18 = reshape %17 : f8e4m3[B,S,2,16]
+//!   %19 = dequantize %18 {f8e4m3, per_tensor, scale=0.0094} : f16[B,S,2,16]
+//!   %24 = dequantize %23 {f8e4m3, per_tensor, scale=0.011} : f16[B,S,2,16]
+//!   %25 = dequantize %2 {f8e4m3, per_tensor, scale=0.0094} : f16[B,P,2,16]
+//!   %26 = dequantize %3 {f8e4m3, per_tensor, scale=0.011} : f16[B,P,2,16]
 //!   %27 = causal_attention %12, %19, %24, %25, %26, %1 {heads=4, kv_heads=2, scale=0.25} : f16[B,S,64]
 //! after:
 //!   %27 = causal_attention %12, %18, %23, %2, %3, %1 {heads=4, kv_heads=2, scale=0.25, codes(k_scale=0.0094, v_scale=0.011, via=f16)} : f16[B,S,64]
@@ -31,7 +31,7 @@
 //! codes operands, which no dequantize produces.
 //!
 //! Interacting passes: after `propagate-qdq` (which leaves the quantize before the cache's
-//! reshape/transpose); before `dce`.
+//! token-major reshape); before `dce`.
 
 use super::{loc, Pass, PassCx, PassError};
 use crate::ir::{CausalAttention, DType, Granularity, Graph, KvCodes, NodeId, Op, QuantSpec, ScaleSource, ValueId};

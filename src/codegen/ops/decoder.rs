@@ -12,7 +12,8 @@
 //!   `k`/`v` their state updates. They name the pools of their state slots ([`Arg::KvPool`]) and
 //!   never their arena storage, so the past inputs get none ([`crate::codegen::memory`]).
 //!   1. `kv_append(k, v, k_pool, v_pool, page_table, cache_len, long long B, long long S)`:
-//!      grid `(ceil_div(B·KV·S·R, 256), 2, 1)`, block 256, R packs per row of D elements.
+//!      grid `(ceil_div(B·S·KV·R, 256), 2, 1)`, block 256, R packs per row of D elements; `k, v`
+//!      are token-major `[B, S, KV, D]` (a view of the projection), the pools HND per page.
 //!   2. `paged_attention(q, k_pool, v_pool, page_table, cache_len, o, long long S, float k_scale,
 //!      float v_scale)`: grid `(ceil_div(S, QT), KV, B)`, block [`ATTN_THREADS`], dynamic shared
 //!      memory [`PagedAttentionSpec::smem_bytes`]; the decode variant (QT = 1, guard `S ≤ 1`) and
@@ -378,8 +379,9 @@ pub fn split_combine_kernel(heads: u32, head_dim: u32, splits: u32, out: DType, 
     Ok(finish_kernel("split_combine", source, grid, [threads, 1, 1], 0, params(&pointers(&["partials", "out"]))))
 }
 
-/// The kv_append kernel for a cache of `storage` with `kv_heads` heads of `head_dim`: grid
-/// `(ceil_div(B·KV·S·R, 256), 2, 1)` over `batch` and `seq`.
+/// The kv_append kernel for a cache of `storage` with `kv_heads` heads of `head_dim`: reads this
+/// step's token-major `k, v [B, S, KV, D]` and writes the HND page pools `[pages, KV, PAGE, D]`;
+/// grid `(ceil_div(B·S·KV·R, 256), 2, 1)` over `batch` and `seq`.
 pub fn kv_append_kernel(
     storage: DType,
     kv_heads: u32,
@@ -405,7 +407,7 @@ pub fn kv_append_kernel(
     // kv_append needs no ops.cuh; drop it from the prelude values.
     let values: Vec<(&str, String)> = values.into_iter().filter(|(k, _)| *k != "ops").collect();
     let source = KV_APPEND.render(&values).map_err(|e| e.to_string())?;
-    let total = DimExpr::product([batch, DimExpr::Const(u64::from(kv_heads)), seq, DimExpr::Const(packs)]);
+    let total = DimExpr::product([batch, seq, DimExpr::Const(u64::from(kv_heads)), DimExpr::Const(packs)]);
     let grid = [total.ceil_div(u64::from(APPEND_THREADS)), 2.into(), 1.into()];
     let mut list = pointers(&["k", "v", "k_pool", "v_pool", "page_table", "cache_len"]);
     list.extend([("B", ParamType::I64), ("S", ParamType::I64)]);
@@ -426,6 +428,26 @@ fn state_slot_of_input(cx: &LowerCx, v: ValueId) -> Option<usize> {
 /// True if `v` is the graph output named `update`.
 fn is_update(cx: &LowerCx, v: ValueId, update: &str) -> bool {
     cx.graph.outputs.iter().any(|(name, o)| name == update && *o == v)
+}
+
+/// Checks the token-major (NHD) K/V operands of a `causal_attention` over `q [B, S, H·D]`:
+/// `k, v [B, S, KV, D]` with q's B and S, and `past_k, past_v [B, P, KV, D]` (P the state's
+/// symbol). kv_append copies `k, v` rows as they lie, so any other layout would scatter wrongly.
+fn check_kv_layout(cx: &LowerCx, node: NodeId, a: &CausalAttention, kv: [ValueId; 4], head_dim: u32) -> Result<(), LowerError> {
+    let g = cx.graph;
+    let qs = g.shape(g.nodes[node].inputs[0]);
+    let (heads, d) = (crate::ir::Dim::Fixed(u64::from(a.kv_heads)), crate::ir::Dim::Fixed(u64::from(head_dim)));
+    let [k, v, past_k, past_v] = kv;
+    let step = [qs[0], qs[1], heads, d];
+    if g.shape(k).as_slice() != &step[..] || g.shape(v).as_slice() != &step[..] {
+        return Err(cx.error(node, "k and v must be token-major [B, S, KV, D] with q's B and S"));
+    }
+    let ps = g.shape(past_k);
+    let past = ps.get(1).map(|&p| [qs[0], p, heads, d]);
+    if past.is_none_or(|want| ps.as_slice() != &want[..] || g.shape(past_v).as_slice() != &want[..]) {
+        return Err(cx.error(node, "past_k and past_v must be token-major [B, P, KV, D] with q's B"));
+    }
+    Ok(())
 }
 
 /// How a `causal_attention` whose cache tensors are `storage` reads them, and the launch's
@@ -477,11 +499,7 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
         return Err(err(format!("q's last extent {width} is not a multiple of {} heads", a.heads)));
     }
     let head_dim = u32::try_from(width / u64::from(a.heads)).map_err(|_| err("head size too large".into()))?;
-    let ks = g.shape(k);
-    let want_kv = [qs[0], crate::ir::Dim::Fixed(u64::from(a.kv_heads)), qs[1], crate::ir::Dim::Fixed(u64::from(head_dim))];
-    if ks.as_slice() != want_kv.as_slice() || g.shape(v) != ks {
-        return Err(err("k and v must be [B, KV, S, D] with q's B and S".into()));
-    }
+    check_kv_layout(cx, node, a, [k, v, past_k, past_v], head_dim)?;
     let (cache, k_scale, v_scale) = cache_read(a, storage).map_err(&err)?;
     let spec = PagedAttentionSpec {
         heads: a.heads,

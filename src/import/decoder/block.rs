@@ -3,15 +3,16 @@
 //! Graph of one step (prefill or decode) over `B` sequences of `S` new tokens each:
 //!
 //! ```text
-//! inputs   input_ids i64[B,S], cache_len i64[B], past.{k,v}.L T[B,KV,P,D]  (T: the cache dtype)
+//! inputs   input_ids i64[B,S], cache_len i64[B], past.{k,v}.L T[B,P,KV,D]  (T: the cache dtype)
 //! embed    h = gather(embed_tokens, input_ids)
 //! block L  a = rmsnorm(h) ; q,k,v = a·Wᵀ (+ bias) ; q,k = rope(q,k, cache_len)
-//!          k,v → [B,KV,S,D] → (quantize) → present.{k,v}.L → (dequantize)
+//!          k,v → [B,S,KV,D] (a reshape: token-major, no copy) → (quantize) → present.{k,v}.L
+//!          → (dequantize)
 //!          h = h + o_proj(causal_attention(q, k, v, past_k, past_v, cache_len))
 //!          h = h + down(silu(gate(rmsnorm(h))) · up(rmsnorm(h)))
 //! head     logits f32[B,S,V] = rmsnorm(h) · lm_headᵀ (the embedding when tied);
 //!          with LogitRows::Last, h = last_token(h) first and logits are [B,1,V]
-//! state    past.k.L append present.k.L axis=2 (and V)
+//! state    past.k.L append present.k.L axis=1 (and V)
 //! ```
 //!
 //! Nodes carry the checkpoint's module names (`model.layers.3.self_attn.q_proj`, `lm_head`) so
@@ -21,7 +22,7 @@ use super::config::DecoderConfig;
 use super::kv::KvFormat;
 use super::LogitRows;
 use crate::import::{ImportError, WeightStore};
-use crate::ir::{BinaryOp, Builder, CausalAttention, DType, Dim, Graph, Op, Rope, StateSlot, TensorType, UnaryOp, ValueId};
+use crate::ir::{BinaryOp, Builder, CausalAttention, DType, Dim, Graph, Op, Rope, StateSlot, TensorType, UnaryOp, ValueId, KV_TOKEN_AXIS};
 
 /// Graph-wide values every block reads.
 struct StepInputs {
@@ -103,7 +104,9 @@ impl BlockBuilder<'_, '_> {
     }
 
     /// This step's K or V as the cache stores it, and the cache so far, both read back in f32:
-    /// `[B,S,KV·D] → [B,KV,S,D] → (quantize →) present.{k,v}.L`, and `past.{k,v}.L`.
+    /// `[B,S,KV·D] → reshape [B,S,KV,D] → (quantize →) present.{k,v}.L`, and `past.{k,v}.L
+    /// [B,P,KV,D]`. Token-major (NHD) throughout, so the step's K/V need no transpose: on the GPU
+    /// the reshape is a view and `kv_append` reads the projection's rows as they are.
     fn cache_entry(
         &mut self,
         layer: usize,
@@ -118,13 +121,12 @@ impl BlockBuilder<'_, '_> {
         let storage = self.kv.storage();
         let spec = self.kv.spec(layer, kind);
         let (input, update) = (format!("past.{which}.{layer}"), format!("present.{which}.{layer}"));
-        let past_ty = TensorType::new(storage, [step.batch, kv_heads, step.past, d]);
+        let past_ty = TensorType::new(storage, [step.batch, step.past, kv_heads, d]);
         let split = TensorType::new(DType::F32, [step.batch, step.seq, kv_heads, d]);
         let module = format!("{m}.{which}_cache");
         let (step_f32, present, past_f32) = self.scoped(&module, |b| {
             let past = b.input(&input, past_ty)?;
-            let r = b.reshape(x, split)?;
-            let t = b.transpose(r, &[0, 2, 1, 3])?;
+            let t = b.reshape(x, split)?;
             let (present, back) = match &spec {
                 Some(spec) => {
                     let q = b.add1(Op::Quantize(spec.clone()), &[t], None)?;
@@ -147,7 +149,7 @@ impl BlockBuilder<'_, '_> {
             Ok((back, present, past_f32))
         })?;
         self.b.graph.outputs.push((update.clone(), present));
-        state.push(StateSlot { input, update, axis: 2 });
+        state.push(StateSlot { input, update, axis: KV_TOKEN_AXIS });
         Ok((step_f32, past_f32))
     }
 

@@ -91,7 +91,7 @@ pub fn causal_attention(a: &CausalAttention, args: Vec<Arc<Tensor>>, out: &OutTy
     let [batch, seq, width] = q.shape[..] else { return Err("q must be rank 3".into()) };
     let (heads, kv_heads) = (a.heads as usize, a.kv_heads as usize);
     let d = width / heads;
-    let past = pk.shape.get(2).copied().ok_or("past_k must be rank 4")?;
+    let past = pk.shape.get(1).copied().ok_or("past_k must be rank 4")?;
     let lens = cache_lens(len, past)?;
     if lens.len() != batch {
         return Err(format!("cache_len has {} entries for batch {batch}", lens.len()));
@@ -125,19 +125,24 @@ fn dequantized(codes: &Tensor, scale: f32, via: DType) -> Result<Cow<'static, [f
     Ok(Cow::Owned(f32s(codes)?.iter().map(|&c| cast(c * scale, via)).collect()))
 }
 
+/// Offset of the `D` elements of KV head `g` of token `t` of sequence `b` in a token-major
+/// `[B, T, KV, D]` tensor of `tokens` rows per sequence.
+fn token_major(b: usize, t: usize, g: usize, tokens: usize, kv_heads: usize, d: usize) -> usize {
+    ((b * tokens + t) * kv_heads + g) * d
+}
+
 /// Attention of one query row of head group `g` (KV head) over the cache then this step's keys.
 #[allow(clippy::too_many_arguments)]
 fn attend_one(ops: &Operands, scale: f32, b: usize, s: usize, g: usize, kv_heads: usize, q: &[f32], o: &mut [f32]) {
     let d = ops.d;
     let cached = ops.lens[b];
-    let past_base = (b * kv_heads + g) * ops.past * d;
-    let step_base = (b * kv_heads + g) * ops.seq * d;
     let key = |t: usize| -> (&[f32], &[f32]) {
         if t < cached {
-            (&ops.past_k[past_base + t * d..][..d], &ops.past_v[past_base + t * d..][..d])
+            let at = token_major(b, t, g, ops.past, kv_heads, d);
+            (&ops.past_k[at..][..d], &ops.past_v[at..][..d])
         } else {
-            let j = t - cached;
-            (&ops.k[step_base + j * d..][..d], &ops.v[step_base + j * d..][..d])
+            let at = token_major(b, t - cached, g, ops.seq, kv_heads, d);
+            (&ops.k[at..][..d], &ops.v[at..][..d])
         }
     };
     let n = cached + s + 1;

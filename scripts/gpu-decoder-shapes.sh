@@ -43,13 +43,13 @@ for p in $plans; do
     timeout 120 "$q" check "/tmp/shape-$p.plan" --max-new-tokens "${GEN:-16}" >"$out/check-$p.log" 2>&1
     echo "check exit $?"; grep -vE "^\s*$" "$out/check-$p.log" | tail -6
     timeout 30 "$q" generate "/tmp/shape-$p.plan" --prompt "The capital of France is" --max-new-tokens 8 2>&1 | tail -1
-    timeout 90 "$q" bench "/tmp/shape-$p.plan" --prompt-len 128 --gen 64 --batch 1,8 2>&1 | tail -3
+    timeout 90 "$q" bench "/tmp/shape-$p.plan" --prompt-len 128 --gen 64 --batch "${BENCH_BATCH:-1,8}" 2>&1 | tail -3
 done
 echo "== HF peers on the same folder (same GPU, same call)"
-timeout 200 python3 scripts/decoder_peer_bench.py --model "$model" --prompt-len 128 --gen 64 --batch 1,8 2>&1 | tail -5
+timeout "${PEER_TIMEOUT:-200}" python3 scripts/decoder_peer_bench.py --model "$model" --prompt-len 128 --gen 64 --batch "${PEER_BATCH:-1,8}" 2>&1 | tail -5
 echo "== skinny GEMMs at Llama-3-8B's linear shapes (weight GB/s; N <= ${SKINNY_MAX_N:-28672})"
 QFUSE_SKINNY_MAX_N="${SKINNY_MAX_N:-28672}" timeout "${SKINNY_TIMEOUT:-150}" gpu-bundle/qfuse-gemm-bench run gpu-bundle/kernels skinny \
     >"$out/skinny.jsonl" 2>"$out/skinny.log"
 echo "skinny bench exit $?"; grep -E "CHECK FAILED|panicked|Error" "$out/skinny.log" | head -5
-timeout 150 python3 scripts/gemm_peer_bench.py "$out/skinny.jsonl" 2>"$out/peer.log" | tail -40
+timeout "${PEER_TIMEOUT:-150}" python3 scripts/gemm_peer_bench.py "$out/skinny.jsonl" 2>"$out/peer.log" | tail -40
 tar czf "${OUT:-/tmp}/gpu-shapes-logs.tgz" -C /tmp gpu-shapes 2>/dev/null

@@ -304,7 +304,8 @@ graph "ops_misc" {
   %26 = input "i8" : i8[B,S]
   %27 = cast %26 : f32[B,S]
   %28 = quantize %27 {i8, per_tensor, scale=0.5} : i8[B,S]
-  return "a" = %2, "b" = %4, "c" = %10, "d" = %16, "e" = %17, "f" = %18, "g" = %22, "h" = %25, "i" = %28
+  %29 = last_token %3 : f16[B,1,32]
+  return "a" = %2, "b" = %4, "c" = %10, "d" = %16, "e" = %17, "f" = %18, "g" = %22, "h" = %25, "i" = %28, "j" = %29
 }
 "#;
 
@@ -369,6 +370,16 @@ fn misc_graph_lowers_and_compiles() {
     let g = parse(MISC);
     let ls = all_launches(&g);
     compile(&ls);
+}
+
+#[test]
+fn last_token_copies_row_s_minus_one() {
+    let g = parse(MISC);
+    let l = node_launches(&g, "last_token").into_iter().next().expect("the last_token launch");
+    // f16 rows of 32 elements: 64 bytes, four 16-byte packs per row.
+    assert!(l.kernel.source.contains("typedef uint4 P;"), "{}", l.kernel.source);
+    assert!(l.kernel.source.contains("out[i] = x[(b * S + S - 1) * R + c];"), "{}", l.kernel.source);
+    assert_eq!(l.args.last(), Some(&Arg::Scalar(Scalar::Dim(qfuse::plan::DimExpr::Const(4)))));
 }
 
 #[test]

@@ -160,3 +160,26 @@ fn adjacent_rope_on_permuted_rows_equals_half_rope() {
     let adjacent = run(RopePairs::Adjacent, permute(&x));
     assert_eq!(adjacent, permute(&half));
 }
+
+/// `last_token` keeps each sequence's last row, and an IR text with it round-trips.
+#[test]
+fn last_token_keeps_each_sequences_last_row() {
+    let text = r#"graph "last" {
+  sym B max=4
+  sym S max=8
+  %0 = input "h" : f32[B,S,3]
+  %1 = last_token %0 : f32[B,1,3]
+  return "y" = %1
+}
+"#;
+    let g = ir::parse(text).expect("parses");
+    ir::verify(&g, "last_token").expect("verifies");
+    assert_eq!(ir::print(&g), text);
+    let h: Vec<f32> = (0..2 * 3 * 3).map(|i| i as f32).collect();
+    let out = interp::run(&g, &NoWeights, &[("h", t(vec![2, 3, 3], h))]).expect("runs");
+    assert_eq!(out[0].1.shape, vec![2, 1, 3]);
+    assert_eq!(out[0].1.to_f32_vec(), vec![6.0, 7.0, 8.0, 15.0, 16.0, 17.0]);
+    let bad = text.replace("f32[B,1,3]", "f32[B,2,3]");
+    let err = ir::parse(&bad).map(|g| ir::verify(&g, "bad")).expect("parses").expect_err("two rows").to_string();
+    assert!(err.contains("last_token") || err.contains("[B,1,3]") || err.contains("sym0,1,3"), "{err}");
+}

@@ -27,6 +27,9 @@ fn smollm2_fp16_plan_holds_a_paged_generator() {
     assert!(dec.kv.slots.iter().all(|s| s.dtype == "f16" && s.kv_heads == 3 && s.head_dim == 64 && s.scale == 1.0));
     assert_eq!((dec.kv.page_size, dec.kv.max_pages, dec.max_seq, dec.max_batch, dec.max_step_tokens), (32, 8, 256, 4, 32));
     assert_eq!((dec.vocab, dec.logits.as_str()), (49152, "logits"));
+    // Only each sequence's last position reaches the LM head: logits [B, 1, V].
+    let logits = m.outputs.iter().find(|o| o.name == "logits").expect("logits output");
+    assert_eq!(logits.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>(), ["B", "1", "49152"]);
     assert!(dec.tokens.chat_template.is_some() && !dec.tokens.eos.is_empty());
     assert_eq!(m.kernels[dec.sample_kernel as usize].template, "sample");
     // The cache is not an input and has no buffer; the cache length symbol is gone.

@@ -75,9 +75,10 @@ fn smollm2_fp16_plan_holds_a_paged_generator() {
     let prefill = step_launches(m, &[("B".to_string(), 4), ("S".to_string(), 32)]);
     println!("SmolLM2 fp16 plan: {} launches per decode step, {} per prefill step", decode.len(), prefill.len());
     // Head-major K/V (before) cost a transpose and an identity cast per K and V per layer: 573
-    // launches per decode step and 543 per prefill step; token-major, 120 fewer.
-    assert!(decode.len() <= 453, "{} launches per decode step", decode.len());
-    assert!(prefill.len() <= 423, "{} launches per prefill step", prefill.len());
+    // launches per decode step and 543 per prefill step; token-major, 120 fewer; the gated MLP's
+    // product in the gate GEMM's epilogue, 30 fewer; last_token, 1 more.
+    assert!(decode.len() <= 424, "{} launches per decode step", decode.len());
+    assert!(prefill.len() <= 394, "{} launches per prefill step", prefill.len());
     // Kernel count independent of depth: far fewer kernels than layers × ops.
     assert!(m.kernels.len() < 30, "{} kernels for 30 layers", m.kernels.len());
     assert!(m.schedule.len() > 30 * 10);

@@ -106,7 +106,7 @@ pub(super) fn attention(
     outs: &[OutType],
     acc: Accumulation,
 ) -> Result<Vec<Tensor>, String> {
-    let mut f = attention_front(a, args, acc, Slack::None)?;
+    let mut f = attention_front(a, args, acc)?;
     let p32 = std::mem::replace(&mut f.p32, Arc::new(Tensor::f32(vec![0], vec![])));
     let probs = f.round_probs(a, p32)?;
     let pv_alpha = a.fp8.map(|f| f.pv_alpha);
@@ -129,16 +129,6 @@ struct AttentionFront {
     dtype: DType,
     p32: Arc<Tensor>,
     vh: Tensor,
-    /// Per query row `(b, h, i)`, with [`Slack::Scores`]: the most any of its final scores can
-    /// differ on the GPU ([`score_slack`]); empty otherwise.
-    score_slack: Vec<f64>,
-}
-
-/// Whether [`attention_front`] also bounds how far the GPU's scores can be from its own.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Slack {
-    None,
-    Scores,
 }
 
 impl AttentionFront {
@@ -171,12 +161,7 @@ impl AttentionFront {
 
 /// `attention` up to the softmax, which stays in f32 (the softmax rounds f32 → T, so casting
 /// these to T is bit-identical to a softmax into T).
-fn attention_front(
-    a: &Attention,
-    mut args: std::vec::IntoIter<Arc<Tensor>>,
-    acc: Accumulation,
-    slack: Slack,
-) -> Result<AttentionFront, String> {
+fn attention_front(a: &Attention, mut args: std::vec::IntoIter<Arc<Tensor>>, acc: Accumulation) -> Result<AttentionFront, String> {
     let mut next = || args.next().ok_or_else(|| "missing operand".to_string());
     let (q, k, v) = (next()?, next()?, next()?);
     let mask = if a.mask { Some(next()?) } else { None };
@@ -197,10 +182,6 @@ fn attention_front(
     let scores_ty = ty(vec![b, heads, s, s]);
     let qk_alpha = a.fp8.map(|f| f.qk_alpha);
     let mut scores = Arc::new(attention_product(&qh, &kh, true, qk_alpha, &scores_ty, acc)?);
-    let score_slack = match slack {
-        Slack::None => vec![],
-        Slack::Scores => score_slack(&qh, &kh, (b * heads, s, d), qk_alpha.map_or(1.0, f64::from), a.scale, dtype),
-    };
     drop((qh, kh));
     if let Some(scale) = a.scale {
         let c = Arc::new(elementwise::scalar(f64::from(scale), &ty(vec![])));
@@ -211,55 +192,7 @@ fn attention_front(
         scores = Arc::new(elementwise::binary(BinaryOp::Add, scores, m, &scores_ty)?);
     }
     let p32 = Arc::new(reduce::softmax(scores, -1, &OutType { dtype: DType::F32, shape: vec![b, heads, s, s] })?);
-    Ok(AttentionFront { b, s, heads, d, dtype, p32, vh, score_slack })
-}
-
-/// Per query row of `qh · khᵀ` (`[BH, S, D]` each): the most a final score (`round_T(round_T(Σ q·k
-/// · alpha) · scale) + mask`) of that row can differ between two correct computations. The f32
-/// sum's order moves `Σ q·k` by at most `f32_sum_bound(D) · Σ|q·k|`; where that interval
-/// straddles a rounding boundary of T, the rounded raw score can differ by the gap `δ` between
-/// the two roundings (otherwise the GPU rounds to the same T value and every later step is
-/// deterministic), and the scale multiply and mask add, rounding a different input, add at most
-/// one ulp of T each: `δ·|scale| + 2·ulp_T(score)`.
-fn score_slack(qh: &Tensor, kh: &Tensor, (bh, s, d): (usize, usize, usize), alpha: f64, scale: Option<f32>, dtype: DType) -> Vec<f64> {
-    let (q, k) = (qh.to_f32_vec(), kh.to_f32_vec());
-    let gamma = f32_sum_bound(d);
-    let scale = scale.map_or(1.0, f64::from);
-    let round = |x: f64| f64::from(crate::numerics::cast(x as f32, dtype));
-    (0..bh * s)
-        .map(|row| {
-            let (h, qi) = (row / s, &q[row * d..][..d]);
-            (0..s)
-                .map(|j| {
-                    let kj = &k[(h * s + j) * d..][..d];
-                    let (mut sum, mut mag) = (0f64, 0f64);
-                    for (&x, &y) in qi.iter().zip(kj) {
-                        let p = f64::from(x) * f64::from(y);
-                        sum += p;
-                        mag += p.abs();
-                    }
-                    let err = gamma * mag;
-                    let (lo, hi) = (round((sum - err) * alpha), round((sum + err) * alpha));
-                    if lo == hi {
-                        return 0.0;
-                    }
-                    let top = hi.abs().max(lo.abs()) * scale.abs();
-                    (hi - lo).abs() * scale.abs() + 2.0 * ulp_bound(dtype, top)
-                })
-                .fold(0f64, f64::max)
-        })
-        .collect()
-}
-
-/// At least one unit in the last place of `dtype` at magnitude `x` (a float dtype; subnormals
-/// covered by the smallest normal's ulp).
-fn ulp_bound(dtype: DType, x: f64) -> f64 {
-    let (mantissa, min_normal) = match dtype {
-        DType::F16 => (10, f64::powi(2.0, -14)),
-        DType::BF16 => (7, f64::powi(2.0, -126)),
-        _ => (23, f64::powi(2.0, -126)),
-    };
-    x.abs().max(min_normal) * f64::powi(2.0, -mantissa)
+    Ok(AttentionFront { b, s, heads, d, dtype, p32, vh })
 }
 
 /// Documented maximum error of CUDA's single-precision `expf`, in ulps (CUDA C++ Programming
@@ -292,8 +225,7 @@ pub fn f32_sum_bound(n: usize) -> f64 {
 /// For an `attention` whose output is quantized: per output element, the lowest and the highest
 /// code the GPU can produce given the transcendental (`expf`) error of its softmax and the order
 /// of its f32 sums ([`softmax_relative_bound`], [`f32_sum_bound`]); `None` without an output
-/// quantize. Each probability is moved by ±ε_p (widened per row by the scores' own rounding
-/// slack, [`score_slack`]) before the same rounding [`attention`] applies
+/// quantize. Each probability is moved by ±ε_p before the same rounding [`attention`] applies
 /// (T, and E4M3 with `fp8`), giving `Δp_ij` (zero unless the rounding sits on a near-tie); then
 /// `|Δo| ≤ α·(Σ_j Δp_ij·|v_jd| + γ·Σ_j |P_ij·v_jd|)` around the exact `α·Σ_j P_ij·v_jd`, rounded
 /// to T at both ends and quantized with the node's own output quantize (monotone).
@@ -304,23 +236,16 @@ pub(super) fn attention_code_window(
     acc: Accumulation,
 ) -> Result<Option<(Tensor, Tensor)>, String> {
     let Some(spec) = &a.output else { return Ok(None) };
-    let f = attention_front(a, args, acc, Slack::Scores)?;
+    let f = attention_front(a, args, acc)?;
     let eps = softmax_relative_bound(f.s);
     let gamma = f32_sum_bound(f.s);
-    // Row i's probabilities move by at most ε_p, and by e^(δ_ij + max_k δ_ik) − 1 ≤ e^(2Δ_i) − 1
-    // more where its scores can differ by up to Δ_i (a softmax is 1-Lipschitz per score in log
-    // space, twice through the normaliser).
-    let row_eps: Vec<f64> = f.score_slack.iter().map(|&delta| eps + (2.0 * delta).exp_m1()).collect();
-    let moved = |sign: f64| -> Result<Vec<f32>, String> {
+    let moved = |factor: f64| -> Result<Vec<f32>, String> {
         let mut t = (*f.p32).clone();
         let crate::interp::tensor::TensorData::F32(data) = &mut t.data else { return Err("probabilities are not float".into()) };
-        for (row, ps) in data.chunks_mut(f.s).enumerate() {
-            let factor = 1.0 + sign * row_eps[row];
-            ps.iter_mut().for_each(|p| *p = (f64::from(*p) * factor) as f32);
-        }
+        data.iter_mut().for_each(|p| *p = (f64::from(*p) * factor) as f32);
         Ok(f.round_probs(a, Arc::new(t))?.to_f32_vec())
     };
-    let (low, high) = (moved(-1.0)?, moved(1.0)?);
+    let (low, high) = (moved(1.0 - eps)?, moved(1.0 + eps)?);
     let probs = f.round_probs(a, f.p32.clone())?.to_f32_vec();
     let v = f.vh.to_f32_vec();
     let alpha = a.fp8.map_or(1.0, |f| f64::from(f.pv_alpha));
@@ -433,23 +358,4 @@ fn scale(
     crate::numerics::cast_slice(data, dtype);
     acc.dtype = dtype;
     Ok(acc)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A score whose sum sits on an f16 rounding boundary can round either way on the GPU: its row
-    /// gets slack; a score far from any boundary gets none.
-    #[test]
-    fn score_slack_only_where_the_rounding_can_flip() {
-        // 1 + 2^-11 is halfway between the f16 neighbours 1 and 1 + 2^-10.
-        let tie = 1.0 + f32::powi(2.0, -11);
-        let qh = Tensor::f32(vec![1, 2, 2], vec![tie, 0.0, 1.0, 0.0]);
-        let kh = Tensor::f32(vec![1, 2, 2], vec![1.0, 0.0, 0.0, 0.0]);
-        let slack = score_slack(&qh, &kh, (1, 2, 2), 1.0, Some(0.5), DType::F16);
-        assert!(slack[0] > 0.0, "{slack:?}");
-        let far = Tensor::f32(vec![1, 2, 2], vec![1.25, 0.0, 1.0, 0.0]);
-        assert_eq!(score_slack(&far, &kh, (1, 2, 2), 1.0, Some(0.5), DType::F16), vec![0.0, 0.0]);
-    }
 }

@@ -11,16 +11,17 @@
 //! Without a driver or device every test fails (it never skips).
 
 use std::collections::HashMap;
-use std::ffi::{c_void, CString};
-use std::sync::Arc;
+use std::ffi::c_void;
 
 mod common;
+#[path = "common/gpu.rs"]
+mod gpu;
 
-use cudarc::driver::{result, sys, CudaContext};
+use gpu::Gpu;
 use qfuse::codegen::kernel::{Arg, KernelDef, Launch, LowerOptions, PagedKv};
 use qfuse::codegen::lower::lower_graph_paged;
 use qfuse::codegen::ops::decoder;
-use qfuse::codegen::{nvrtc, sample};
+use qfuse::codegen::sample;
 use qfuse::compile::bytes;
 use qfuse::generate::sample::{choose, Sampling};
 use qfuse::interp::{self, NoWeights, Tensor};
@@ -36,86 +37,19 @@ enum KArg {
     F32(f32),
 }
 
-struct Gpu {
-    _ctx: Arc<CudaContext>,
-    allocs: Vec<u64>,
-}
-
-impl Gpu {
-    fn new() -> Self {
-        let ctx = CudaContext::new(0).expect("a CUDA device (this test needs a GPU)");
-        ctx.bind_to_thread().expect("bind");
-        Gpu { _ctx: ctx, allocs: vec![] }
-    }
-
-    fn upload(&mut self, data: &[u8]) -> u64 {
-        // SAFETY: a fresh allocation of data.len() bytes, written from a live slice.
-        let p = unsafe { result::malloc_sync(data.len().max(1)) }.expect("malloc");
-        if !data.is_empty() {
-            unsafe { result::memcpy_htod_sync(p, data) }.expect("htod");
-        }
-        self.allocs.push(p);
-        p
-    }
-
-    fn download(&self, p: u64, n: usize) -> Vec<u8> {
-        let mut v = vec![0u8; n];
-        // SAFETY: `p` holds at least n bytes (allocated by `upload` with that size).
-        unsafe { result::memcpy_dtoh_sync(&mut v, p) }.expect("dtoh");
-        v
-    }
-
-    fn launch(&self, k: &KernelDef, grid: [u32; 3], args: &[KArg]) {
-        assert_eq!(args.len(), k.params.len(), "{}", k.name);
-        let cubin = nvrtc::compile_cubin(&k.name, &k.source, "sm_90a", &[]).unwrap_or_else(|e| panic!("{}:\n{e}", k.name));
-        let mut image = cubin.clone();
-        image.push(0);
-        // SAFETY: a complete CUBIN image; the module outlives the launch (synchronised below).
-        let module = unsafe { result::module::load_data(image.as_ptr().cast()) }.expect("load module");
-        let f = unsafe { result::module::get_function(module, CString::new(k.name.clone()).unwrap()) }.expect("function");
-        if k.smem_bytes > 48 * 1024 {
-            let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-            unsafe { result::function::set_function_attribute(f, attr, k.smem_bytes as i32) }.expect("smem attribute");
-        }
-        let mut values: Vec<KArg> = args.to_vec();
-        let mut params: Vec<*mut c_void> = values
-            .iter_mut()
-            .map(|a| match a {
-                KArg::Ptr(p) => p as *mut u64 as *mut c_void,
-                KArg::I64(v) => v as *mut i64 as *mut c_void,
-                KArg::I32(v) => v as *mut i32 as *mut c_void,
-                KArg::F32(v) => v as *mut f32 as *mut c_void,
-            })
-            .collect();
-        let [bx, by, bz] = k.block;
-        // SAFETY: one pointer per parameter, of its type; every pointer argument is a live allocation.
-        let rc = unsafe {
-            sys::cuLaunchKernel(
-                f,
-                grid[0],
-                grid[1],
-                grid[2],
-                bx,
-                by,
-                bz,
-                k.smem_bytes,
-                std::ptr::null_mut(),
-                params.as_mut_ptr(),
-                std::ptr::null_mut(),
-            )
-        };
-        assert_eq!(rc, sys::CUresult::CUDA_SUCCESS, "launching {}", k.name);
-        result::ctx::synchronize().unwrap_or_else(|e| panic!("running {}: {e:?}", k.name));
-        unsafe { result::module::unload(module) }.expect("unload");
-    }
-}
-
-impl Drop for Gpu {
-    fn drop(&mut self) {
-        for &p in &self.allocs {
-            let _ = unsafe { result::free_sync(p) };
-        }
-    }
+/// Launches `k` on `grid` with `args` (one per parameter, of its type) and waits.
+fn launch(gpu: &Gpu, k: &KernelDef, grid: [u32; 3], args: &[KArg]) {
+    let mut values: Vec<KArg> = args.to_vec();
+    let mut params: Vec<*mut c_void> = values
+        .iter_mut()
+        .map(|a| match a {
+            KArg::Ptr(p) => p as *mut u64 as *mut c_void,
+            KArg::I64(v) => v as *mut i64 as *mut c_void,
+            KArg::I32(v) => v as *mut i32 as *mut c_void,
+            KArg::F32(v) => v as *mut f32 as *mut c_void,
+        })
+        .collect();
+    gpu.launch(k, grid, &mut params);
 }
 
 /// Deterministic values in [-scale, scale).
@@ -294,7 +228,7 @@ fn attention_case(compute: DType, cache: DType, codes: &str, seq: usize, lens: &
         assert_eq!(templates, ["kv_append", "paged_attention"]);
     }
     for l in &launches {
-        gpu.launch(&l.kernel, grid(&l.kernel, &syms), &bind(l, &buffers, &cache_mem, &syms));
+        launch(&gpu, &l.kernel, grid(&l.kernel, &syms), &bind(l, &buffers, &cache_mem, &syms));
     }
     // The appended rows.
     let (kb, vb) = (bytes::encode(&k), bytes::encode(&v));
@@ -375,7 +309,7 @@ fn rope_matches_the_interpreter() {
             buffers.insert(y, gpu.upload(&vec![0u8; n]));
             let syms = vec![("B".to_string(), 3), ("S".to_string(), 5)];
             let l = program.launches().next().unwrap().1;
-            gpu.launch(&l.kernel, grid(&l.kernel, &syms), &bind(l, &buffers, &Cache::default(), &syms));
+            launch(&gpu, &l.kernel, grid(&l.kernel, &syms), &bind(l, &buffers, &Cache::default(), &syms));
             let got = bytes::decode(dt, vec![3, 5, 256], &gpu.download(buffers[&y], n)).unwrap().to_f32_vec();
             let differ = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
             let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / b.abs().max(1e-3)).fold(0.0, f32::max);
@@ -433,7 +367,7 @@ fn the_sampler_chooses_what_choose_chooses() {
                         KArg::I64(seed as i64),
                         KArg::I64(counter as i64),
                     ];
-                    gpu.launch(&k, [rows as u32, 1, 1], &args);
+                    launch(&gpu, &k, [rows as u32, 1, 1], &args);
                     let got: Vec<i32> = gpu.download(out, 16).chunks(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect();
                     let s = Sampling { temperature, top_k: top_k as u32, top_p, seed };
                     for b in 0..rows {

@@ -15,93 +15,27 @@
 //! written (Y is poisoned with NaN first).
 
 mod common;
+#[path = "common/gpu.rs"]
+mod gpu;
 
 use std::collections::HashMap;
-use std::ffi::{c_void, CString};
+use std::ffi::c_void;
 use std::sync::Arc;
 
 use common::skinny::{graph, kinds, Kind, X};
-use cudarc::driver::{result, sys, CudaContext};
+use gpu::Gpu;
 use qfuse::codegen::kernel::{Arg, KernelDef, LowerOptions};
 use qfuse::codegen::lower::lower_graph;
-use qfuse::codegen::nvrtc;
 use qfuse::compile::bytes;
 use qfuse::interp::{self, Tensor};
 use qfuse::ir::{DType, Dim, Graph, Op, ValueId};
 use qfuse::plan::{ParamType, Scalar};
 
-/// Device memory for one case, freed on drop.
-struct Gpu {
-    _ctx: Arc<CudaContext>,
-    allocs: Vec<u64>,
-}
-
-impl Gpu {
-    fn new() -> Self {
-        let ctx = CudaContext::new(0).expect("a CUDA device (this test needs a GPU)");
-        ctx.bind_to_thread().expect("bind");
-        Gpu { _ctx: ctx, allocs: vec![] }
-    }
-
-    fn upload(&mut self, data: &[u8]) -> u64 {
-        // SAFETY: a fresh allocation of data.len() bytes, written from a live slice.
-        let p = unsafe { result::malloc_sync(data.len().max(1)) }.expect("malloc");
-        if !data.is_empty() {
-            unsafe { result::memcpy_htod_sync(p, data) }.expect("htod");
-        }
-        self.allocs.push(p);
-        p
-    }
-
-    fn download(&self, p: u64, n: usize) -> Vec<u8> {
-        let mut v = vec![0u8; n];
-        // SAFETY: `p` holds at least n bytes.
-        unsafe { result::memcpy_dtoh_sync(&mut v, p) }.expect("dtoh");
-        v
-    }
-
-    /// Compiles `k`, launches it on `grid` with `args` (pointers, i32 and f32 values) and waits.
-    fn launch(&self, k: &KernelDef, grid: u32, args: &mut [u64]) {
-        let cubin = nvrtc::compile_cubin(&k.name, &k.source, "sm_90a", &[]).unwrap_or_else(|e| panic!("{}:\n{e}", k.name));
-        let mut image = cubin;
-        image.push(0);
-        // SAFETY: a complete CUBIN image; the module outlives the launch (synchronised below).
-        let module = unsafe { result::module::load_data(image.as_ptr().cast()) }.expect("load module");
-        let f = unsafe { result::module::get_function(module, CString::new(k.name.clone()).unwrap()) }.expect("function");
-        if k.smem_bytes > 48 * 1024 {
-            let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-            unsafe { result::function::set_function_attribute(f, attr, k.smem_bytes as i32) }.expect("smem attribute");
-        }
-        // Every argument is passed from its own 8-byte slot (i32 / f32 in the low bytes).
-        let mut params: Vec<*mut c_void> = args.iter_mut().map(|a| a as *mut u64 as *mut c_void).collect();
-        // SAFETY: one pointer per parameter, of its size; every pointer argument is a live allocation.
-        let rc = unsafe {
-            sys::cuLaunchKernel(
-                f,
-                grid,
-                1,
-                1,
-                k.block[0],
-                1,
-                1,
-                k.smem_bytes,
-                std::ptr::null_mut(),
-                params.as_mut_ptr(),
-                std::ptr::null_mut(),
-            )
-        };
-        assert_eq!(rc, sys::CUresult::CUDA_SUCCESS, "launching {}", k.name);
-        result::ctx::synchronize().unwrap_or_else(|e| panic!("running {}: {e:?}", k.name));
-        unsafe { result::module::unload(module) }.expect("unload");
-    }
-}
-
-impl Drop for Gpu {
-    fn drop(&mut self) {
-        for &p in &self.allocs {
-            let _ = unsafe { result::free_sync(p) };
-        }
-    }
+/// Launches `k` on `grid` blocks with `args`, one 8-byte slot per parameter (pointers, or an
+/// i32 / f32 in the slot's low bytes), and waits.
+fn launch(gpu: &Gpu, k: &KernelDef, grid: u32, args: &mut [u64]) {
+    let mut params: Vec<*mut c_void> = args.iter_mut().map(|a| a as *mut u64 as *mut c_void).collect();
+    gpu.launch(k, [grid, 1, 1], &mut params);
 }
 
 /// Random weights of the graph, in range for their dtype (codes over their whole grid, positive
@@ -210,7 +144,7 @@ fn case(kind: &Kind, (n, k): (usize, usize), m: usize) {
         })
         .collect();
     let grid = u32::try_from(l.kernel.grid[0].eval_with(&syms).expect("grid")).expect("fits");
-    gpu.launch(&l.kernel, grid, &mut args);
+    launch(&gpu, &l.kernel, grid, &mut args);
     let got = bytes::decode(out, vec![m, n], &gpu.download(ptrs[&y], y_bytes)).expect("decode").to_f32_vec();
     compare(kind, &got, &want, (m, n));
 }

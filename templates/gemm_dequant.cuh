@@ -1,4 +1,5 @@
-// qfuse weight-code dequantization, shared by templates/gemm_wonly.cu and templates/gemm_skinny.cu
+// qfuse weight-code dequantization and the ACT x ACT MMA, shared by templates/gemm_wonly.cu and
+// templates/gemm_skinny.cu
 // (inserted as their `dequant` parameter, inside the template's namespace). Expects, declared
 // before it: `enum class Act { F16, BF16 }`, `enum class Code { I8, U8, I4, U4, E4M3, E2M1 }`,
 // `enum class Zero { None, Literal, Input }` and the constants ACT, CODE, ZERO, ZERO_VALUE,
@@ -79,5 +80,22 @@ QF_DEVICE void dequant8(uint32_t (&b)[4], uint32_t lo, uint32_t hi, float s, flo
             w[e] = ZERO == Zero::None ? __fmul_rn(v, s) : __fmul_rn(__fsub_rn(v, z), s);
         }
         b[p] = pack_act(w[0], w[1]);
+    }
+}
+
+// D = A(16x16, row) * B(16x8, col) + D, ACT (f16 or bf16) operands, f32 accumulators.
+QF_DEVICE void mma_act(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+    if constexpr (ACT == Act::F16) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+            "{%0, %1, %2, %3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+            "{%0, %1, %2, %3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
     }
 }

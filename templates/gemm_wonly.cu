@@ -90,30 +90,13 @@ static_assert(BN % 16 == 0 && (BM * BN / VEC) % EPI_THREADS == 0, "even epilogue
 
 {{dequant}}
 
-// ---- MMA ---------------------------------------------------------------------------------------
-
-// D = A(16x16, row) * B(16x8, col) + D, f16 or bf16 operands, f32 accumulators.
-QF_DEVICE void mma_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
-    if constexpr (ACT == Act::F16) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-            "{%0, %1, %2, %3};\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-    } else {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-            "{%0, %1, %2, %3};\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-    }
-}
+// ---- MMA: `mma_act` (gemm_dequant.cuh) -------------------------------------------------------
 
 // The MMAs of one half (two k-steps) for one m16 x n8 tile: `a` = 16-byte piece of row g (words
 // 0-3) and `a8` of row g+8, `b` = the column's 4 dequantized pairs.
 QF_DEVICE void mma_half(float (&d)[4], const uint4& a, const uint4& a8, const uint32_t (&b)[4]) {
-    mma_16816(d, a.x, a8.x, a.y, a8.y, b[0], b[1]);
-    mma_16816(d, a.z, a8.z, a.w, a8.w, b[2], b[3]);
+    mma_act(d, a.x, a8.x, a.y, a8.y, b[0], b[1]);
+    mma_act(d, a.z, a8.z, a.w, a8.w, b[2], b[3]);
 }
 
 // ---- GEMM mainloop --------------------------------------------------------------------------------

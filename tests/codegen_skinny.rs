@@ -7,25 +7,12 @@
 
 mod common;
 
+use common::kernels::{compile_sm90a, qmatmul_launches};
 use common::skinny::{graph, kinds};
-use qfuse::codegen::kernel::{KernelDef, Launch, LowerCx, Lowered};
+use qfuse::codegen::kernel::KernelDef;
 use qfuse::codegen::nvrtc;
-use qfuse::codegen::ops::lower_node;
-use qfuse::ir::{Graph, Op};
+use qfuse::ir::Op;
 use qfuse::plan::{DimExpr, Guard};
-
-fn lower(g: &Graph) -> Vec<Launch> {
-    let node = g.nodes.ids().find(|&id| matches!(g.nodes[id].op, Op::QMatMul(_))).expect("qmatmul");
-    match lower_node(&LowerCx::new(g, 90), node) {
-        Ok(Lowered::Launches(l)) => l,
-        other => panic!("expected launches, got {other:?}"),
-    }
-}
-
-fn compile(k: &KernelDef) {
-    let cubin = nvrtc::compile_cubin(&k.name, &k.source, "sm_90a", &[]).unwrap_or_else(|e| panic!("{}:\n{e}", k.name));
-    assert!(cubin.starts_with(b"\x7fELF"), "{}: not an ELF", k.name);
-}
 
 /// Every kind at a MiniLM shape and at Llama-3-8B's 4096 → 14336: M ≤ 16 gives the skinny kernel
 /// alone (grid N / BN whatever M), M ≤ 4096 the guarded pair over the same arguments; every
@@ -36,12 +23,12 @@ fn every_kind_lowers_to_the_skinny_kernel_and_compiles_to_sm90a_cubin() {
     let mut kernels: Vec<KernelDef> = Vec::new();
     for kind in kinds() {
         for shape in [(1536, 384), (14336, 4096)] {
-            let small = lower(&graph(&kind, shape, 16));
+            let small = qmatmul_launches(&graph(&kind, shape, 16));
             assert_eq!(small.len(), 1, "{}: the skinny kernel alone", kind.name);
             let k = &small[0].kernel;
             assert_eq!((k.template, small[0].when.is_none()), ("gemm_skinny", true), "{}", kind.name);
             assert!(matches!(k.grid[0], DimExpr::Const(c) if c > 0 && shape.0 % c == 0), "{}: {:?}", kind.name, k.grid);
-            let both = lower(&graph(&kind, shape, 4096));
+            let both = qmatmul_launches(&graph(&kind, shape, 4096));
             assert_eq!(both.len(), 2, "{}", kind.name);
             let m = DimExpr::sym("M");
             assert_eq!(both[0].when, Some(Guard::RowsAtMost { rows: m.clone(), max: 16 }), "{}", kind.name);
@@ -56,7 +43,7 @@ fn every_kind_lowers_to_the_skinny_kernel_and_compiles_to_sm90a_cubin() {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
     std::thread::scope(|s| {
         for chunk in kernels.chunks(kernels.len().div_ceil(threads)) {
-            s.spawn(move || chunk.iter().for_each(compile));
+            s.spawn(move || chunk.iter().for_each(compile_sm90a));
         }
     });
 }
@@ -67,11 +54,11 @@ fn every_kind_lowers_to_the_skinny_kernel_and_compiles_to_sm90a_cubin() {
 fn alpha_is_an_argument() {
     let kind = &kinds()[2];
     let mut g = graph(kind, (1536, 384), 16);
-    let a = lower(&g);
+    let a = qmatmul_launches(&g);
     let node = g.nodes.ids().find(|&id| matches!(g.nodes[id].op, Op::QMatMul(_))).expect("qmatmul");
     let Op::QMatMul(q) = &mut g.nodes[node].op else { unreachable!() };
     q.alpha = 0.25;
-    let b = lower(&g);
+    let b = qmatmul_launches(&g);
     assert_eq!(a[0].kernel.name, b[0].kernel.name);
     assert_ne!(a[0].args, b[0].args);
     assert!(a[0].kernel.source.contains("float alpha)"));
@@ -84,7 +71,7 @@ fn generated_source_snapshot() {
     settings.set_snapshot_path(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"));
     settings.set_prepend_module_to_snapshot(false);
     let prelude = qfuse::codegen::prelude();
-    let k = lower(&graph(&kinds()[0], (4096, 4096), 16)).remove(0).kernel;
+    let k = qmatmul_launches(&graph(&kinds()[0], (4096, 4096), 16)).remove(0).kernel;
     assert!(k.source.contains("constexpr Kind KIND = Kind::Wide;"));
     let src =
         k.source.replace(&prelude, "// [prelude: templates/common.cuh + templates/math.cuh]\n").replace(&k.name, "gemm_skinny_<hash>");

@@ -7,8 +7,10 @@
 //!
 //! Graphs are built with the graph API (independent of the IR text syntax for `b_dequant`).
 
-use qfuse::codegen::kernel::{KernelDef, Launch, LowerCx, Lowered};
-use qfuse::codegen::nvrtc;
+mod common;
+
+use common::kernels::{compile_sm90a, qmatmul_launches};
+use qfuse::codegen::kernel::{KernelDef, LowerCx};
 use qfuse::codegen::ops::wonly;
 use qfuse::ir::{
     DType, Dim, EpilogueOp, EpilogueStep, Granularity, Graph, Op, QMatMul, QuantSpec, ScaleSource, TensorType, UnaryOp, ZeroPoint,
@@ -90,19 +92,6 @@ fn graph(v: &Variant, act: DType, (n, k): (u64, u64), epi: Epi, b_max: u64) -> G
     g
 }
 
-fn lower(g: &Graph) -> Vec<Launch> {
-    let node = g.nodes.ids().find(|&id| matches!(g.nodes[id].op, Op::QMatMul(_))).expect("qmatmul");
-    match wonly::lower(&LowerCx::new(g, 90), node) {
-        Ok(Lowered::Launches(l)) => l,
-        other => panic!("expected launches, got {other:?}"),
-    }
-}
-
-fn compile(k: &KernelDef) {
-    let cubin = nvrtc::compile_cubin(&k.name, &k.source, "sm_90a", &[]).unwrap_or_else(|e| panic!("{}:\n{e}", k.name));
-    assert!(cubin.starts_with(b"\x7fELF"), "{}: not an ELF", k.name);
-}
-
 /// Every variant × activation × epilogue lowers to a skinny kernel (`B·S ≤ 16`) and a GEMM (`B·S > 16`)
 /// with complementary guards over the same arguments, and every distinct kernel compiles.
 #[test]
@@ -114,7 +103,7 @@ fn all_variants_lower_to_guarded_launches_and_compile_to_sm90a_cubin() {
                 [(Epi::Plain, (384, 384)), (Epi::Bias, (1152, 384)), (Epi::BiasGelu, (1536, 384)), (Epi::BiasResidual, (384, 1536))]
             {
                 let g = graph(&v, act, shape, epi, 128);
-                let l = lower(&g);
+                let l = qmatmul_launches(&g);
                 assert_eq!(l.len(), 2, "{}: skinny and GEMM", v.name);
                 assert!(l[0].kernel.name.starts_with("gemm_skinny_") && l[1].kernel.name.starts_with("gemm_wonly_"));
                 let rows = qfuse::plan::DimExpr::sym("B").mul(qfuse::plan::DimExpr::sym("S"));
@@ -135,7 +124,7 @@ fn all_variants_lower_to_guarded_launches_and_compile_to_sm90a_cubin() {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
     std::thread::scope(|s| {
         for chunk in kernels.chunks(kernels.len().div_ceil(threads)) {
-            s.spawn(move || chunk.iter().for_each(compile));
+            s.spawn(move || chunk.iter().for_each(compile_sm90a));
         }
     });
 }
@@ -149,13 +138,13 @@ fn launch_selection_follows_the_largest_m() {
     let small = graph(v, DType::F16, (384, 384), Epi::Bias, 1);
     let mut g = small.clone();
     g.symbols[qfuse::ir::SymId::from(1usize)].max = 16;
-    let l = lower(&g);
+    let l = qmatmul_launches(&g);
     assert_eq!((l.len(), l[0].when.is_none()), (1, true));
     assert!(l[0].kernel.name.starts_with("gemm_skinny_"));
     assert_eq!(l[0].kernel.grid[0].to_string(), "12", "32 columns per block for nibble codes");
-    let l = lower(&graph(v, DType::F16, (1536, 384), Epi::BiasGelu, 128));
+    let l = qmatmul_launches(&graph(v, DType::F16, (1536, 384), Epi::BiasGelu, 128));
     assert_eq!(l[1].kernel.grid[0].to_string(), "ceil_div(B*S, 128)*12");
-    let l = lower(&graph(v, DType::F16, (384, 448), Epi::Bias, 128));
+    let l = qmatmul_launches(&graph(v, DType::F16, (384, 448), Epi::Bias, 128));
     assert_eq!((l.len(), l[0].when.is_none()), (1, true));
     assert!(l[0].kernel.name.starts_with("gemm_wonly_"));
 }
@@ -176,7 +165,9 @@ fn generated_source_snapshots() {
     let g = graph(&variants()[1], DType::F16, (1536, 384), Epi::BiasGelu, 128);
     let p = plan_of(&g);
     assert_eq!(p.skinny.map(|s| s.col_tiles), Some(2));
-    for (name, launch) in ["w4a16_g128_bias_gelu_skinny_1536x384", "w4a16_g128_bias_gelu_gemm_1536x384"].into_iter().zip(lower(&g)) {
+    for (name, launch) in
+        ["w4a16_g128_bias_gelu_skinny_1536x384", "w4a16_g128_bias_gelu_gemm_1536x384"].into_iter().zip(qmatmul_launches(&g))
+    {
         let k = launch.kernel;
         assert!(k.source.contains(&prelude), "{name}: the prelude is inlined");
         let src = k

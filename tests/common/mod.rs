@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod kernels;
 pub mod skinny;
 
 use std::collections::HashMap;

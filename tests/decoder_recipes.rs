@@ -81,7 +81,8 @@ fn quantized_kv_caches_store_codes_with_calibrated_scales() {
     let mut model = decoder::load(&dir, &opts).expect("import");
     let reference = logits(&model.graph, &model);
     for (storage, bar) in [(DType::F8E4M3, 0.995), (DType::I8, 0.995), (DType::F16, 0.99999)] {
-        decoder::set_kv_cache(&mut model, storage, true).expect("kv cache");
+        let texts = qfuse::quant::calib::default_decoder_calibration();
+        decoder::set_kv_cache(&mut model, storage, &texts, true).expect("kv cache");
         let past = model.graph.inputs().into_iter().find(|(n, _)| *n == "past.k.0").expect("cache input").1;
         assert_eq!(model.graph.ty(past).dtype, storage, "the cache input is typed in its storage format");
         if let KvFormat::PerTensor { scales, .. } = &model.options.kv {

@@ -48,3 +48,25 @@ fn half_precision_checkpoints_match_f32() {
         assert!(a.iter().all(|x| x.is_finite()) && a.iter().any(|&x| x != 0.0));
     }
 }
+
+/// A decoded file tensor is a cache entry: released, it leaves memory and the next read decodes
+/// the file again to the same values; a derived tensor (inserted) is never released.
+#[test]
+fn released_file_tensors_decode_again_and_derived_tensors_stay() {
+    use qfuse::interp::WeightSource;
+    let dir = tempfile::tempdir().unwrap();
+    let values: Vec<f32> = (0..6).map(|i| i as f32 * 0.5 - 1.0).collect();
+    save(dir.path(), &[("w".into(), vec![2, 3], values.clone())], Dtype::BF16);
+    let store = import::WeightStore::open(&dir.path().join("model.safetensors")).unwrap();
+    assert_eq!(store.resident_bytes(), 0, "nothing is decoded before the first read");
+    let first = store.weight("w").unwrap();
+    assert_eq!(first.to_f32_vec(), values);
+    assert_eq!(store.resident_bytes(), 24);
+    drop(first);
+    store.release("w");
+    assert_eq!(store.resident_bytes(), 0, "the decoded copy is gone");
+    assert_eq!(store.weight("w").unwrap().to_f32_vec(), values, "read again from the file");
+    store.insert("w.codes", Tensor::f32(vec![2], vec![1.0, 2.0]));
+    store.release("w.codes");
+    assert_eq!(store.weight("w.codes").unwrap().to_f32_vec(), [1.0, 2.0], "derived tensors stay");
+}

@@ -56,7 +56,7 @@ pub fn run(args: &EvalArgs, quiet: bool) -> anyhow::Result<()> {
     let calib = args.recipe.decoder_calib_options(true)?;
     if let Some(kv) = &args.kv_cache {
         let storage = KvFormat::parse_storage(kv).map_err(|e| anyhow::anyhow!("--kv-cache: {e}"))?;
-        bar.suspend(|| decoder::set_kv_cache(&mut model, storage, quiet))?;
+        bar.suspend(|| decoder::set_kv_cache(&mut model, storage, &calib.sentences, quiet))?;
     }
     for (name, recipe) in names.iter().zip(recipes) {
         bar.set_message(name.clone());

@@ -101,7 +101,7 @@ pub fn run(args: &GenerateArgs, quiet: bool) -> anyhow::Result<()> {
             model.config.max_position_embeddings
         );
     }
-    decoder::set_kv_cache(&mut model, storage, quiet)?;
+    decoder::set_kv_cache(&mut model, storage, &args.recipe.decoder_calib_options(quiet)?.sentences, quiet)?;
     let graph = match recipe {
         Some(recipe) => {
             let recipe = decoder::decoder_recipe(recipe);

@@ -75,7 +75,7 @@ pub fn compile_decoder(path: &Path, opts: &CompileOptions, d: &DecoderPlanOption
     };
     let mut model = decoder::load(path, &import)?;
     let storage = d.kv_cache.unwrap_or(opts.recipe.compute);
-    decoder::set_kv_cache(&mut model, storage, opts.calib.quiet)?;
+    decoder::set_kv_cache(&mut model, storage, &opts.calib.sentences, opts.calib.quiet)?;
     let recipe = decoder::decoder_recipe(opts.recipe.clone());
     let q = quant::quantize(&model, &recipe, &opts.calib, &opts.passes)?;
     let max_pages = u32::try_from(model.max_seq.div_ceil(u64::from(d.page_size)))

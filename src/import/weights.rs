@@ -23,7 +23,15 @@ pub struct WeightStore {
     path: PathBuf,
     files: Vec<MappedFile>,
     infos: HashMap<String, Stored>,
-    decoded: Mutex<HashMap<String, Arc<Tensor>>>,
+    tensors: Mutex<Cached>,
+}
+
+/// What the store holds in memory: derived tensors (kept until the store drops) and decoded copies
+/// of file tensors (a cache: [`WeightStore::release`] drops one and the next read decodes it again).
+#[derive(Default)]
+struct Cached {
+    derived: HashMap<String, Arc<Tensor>>,
+    decoded: HashMap<String, Arc<Tensor>>,
 }
 
 struct MappedFile {
@@ -84,7 +92,7 @@ impl WeightStore {
     /// Maps `path` and validates its header: every tensor's byte range lies inside the file and
     /// matches its dtype and shape.
     pub fn open(path: &Path) -> Result<Self, ImportError> {
-        let mut store = WeightStore { path: path.into(), files: vec![], infos: HashMap::new(), decoded: Mutex::new(HashMap::new()) };
+        let mut store = WeightStore { path: path.into(), files: vec![], infos: HashMap::new(), tensors: Mutex::default() };
         store.add_safetensors(path)?;
         Ok(store)
     }
@@ -109,7 +117,7 @@ impl WeightStore {
         }
         shards.sort();
         shards.dedup();
-        let mut store = WeightStore { path: index.into(), files: vec![], infos: HashMap::new(), decoded: Mutex::new(HashMap::new()) };
+        let mut store = WeightStore { path: index.into(), files: vec![], infos: HashMap::new(), tensors: Mutex::default() };
         for shard in shards {
             if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
                 let message = format!("shard `{shard}` must be a plain file name in the checkpoint folder");
@@ -148,7 +156,7 @@ impl WeightStore {
             }
         }
         let files = vec![MappedFile { path: path.into(), mmap }];
-        Ok(WeightStore { path: path.into(), files, infos, decoded: Mutex::new(HashMap::new()) })
+        Ok(WeightStore { path: path.into(), files, infos, tensors: Mutex::default() })
     }
 
     fn add_safetensors(&mut self, path: &Path) -> Result<(), ImportError> {
@@ -191,7 +199,7 @@ impl WeightStore {
 
     /// True when the files (or a derived insert) have `name`.
     pub fn contains(&self, name: &str) -> bool {
-        self.infos.contains_key(name) || self.lock().contains_key(name)
+        self.infos.contains_key(name) || self.lock().derived.contains_key(name)
     }
 
     /// Names of the stored tensors, sorted.
@@ -208,7 +216,28 @@ impl WeightStore {
 
     /// Adds a derived tensor (e.g. a quantized copy); it shadows a file tensor of the same name.
     pub fn insert(&self, name: impl Into<String>, t: Tensor) {
-        self.lock().insert(name.into(), Arc::new(t));
+        let name = name.into();
+        let mut cached = self.lock();
+        cached.decoded.remove(&name);
+        cached.derived.insert(name, Arc::new(t));
+    }
+
+    /// Drops the decoded copy of file tensor `name`, if one is cached (a derived tensor of that
+    /// name stays): its memory returns once no reader holds it, and the next read decodes the file
+    /// again. Compilation calls this when a weight's last reader has been folded into codes, so an
+    /// 8 B-parameter checkpoint never holds its f32 copy and its codes at once.
+    pub fn release(&self, name: &str) {
+        self.lock().decoded.remove(name);
+    }
+
+    /// Bytes of f32 data the store holds in memory (decoded and derived tensors).
+    pub fn resident_bytes(&self) -> usize {
+        let cached = self.lock();
+        let bytes = |t: &Arc<Tensor>| match &t.data {
+            crate::interp::TensorData::F32(v) => v.len() * 4,
+            crate::interp::TensorData::I64(v) => v.len() * 8,
+        };
+        cached.derived.values().chain(cached.decoded.values()).map(bytes).sum()
     }
 
     /// Checks that `name` exists with exactly `expected` shape and a float (or GGUF) encoding.
@@ -231,8 +260,8 @@ impl WeightStore {
         Ok(())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Tensor>>> {
-        self.decoded.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cached> {
+        self.tensors.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Decodes a stored tensor to f32 (F32, F16 and BF16 are exact in f32; GGUF blocks are
@@ -286,11 +315,14 @@ pub fn unpermute_rope_rows(values: &[f32], shape: &[usize], heads: usize) -> Res
 
 impl WeightSource for WeightStore {
     fn weight(&self, name: &str) -> Result<Arc<Tensor>, String> {
-        if let Some(t) = self.lock().get(name) {
-            return Ok(t.clone());
+        {
+            let cached = self.lock();
+            if let Some(t) = cached.derived.get(name).or_else(|| cached.decoded.get(name)) {
+                return Ok(t.clone());
+            }
         }
         let t = Arc::new(self.decode(name)?);
-        self.lock().insert(name.to_string(), t.clone());
+        self.lock().decoded.insert(name.to_string(), t.clone());
         Ok(t)
     }
 }

@@ -86,6 +86,8 @@ struct Fold {
     node: NodeId,
     /// `<root weight>.<dtype>`.
     base: String,
+    /// The checkpoint tensor at the root of the folded chain.
+    root: String,
 }
 
 fn fail(message: String) -> PassError {
@@ -122,7 +124,7 @@ fn match_fold_weight(g: &Graph, id: NodeId) -> Option<Match> {
     if matches!(node.op, Op::Cast) && is_interior(g, id) {
         return None;
     }
-    Some(Match::Fold(Fold { node: id, base: format!("{root}.{dtype}") }))
+    Some(Match::Fold(Fold { node: id, base: format!("{root}.{dtype}"), root: root.to_string() }))
 }
 
 /// True when every live reader of the cast `id` folds through it and it is no graph output.
@@ -149,10 +151,20 @@ fn apply_fold(g: &mut Graph, cx: &mut PassCx, f: Fold) -> Result<(), PassError> 
         g.replace_all_uses(old, new_value);
     }
     tracing::debug!(rule = "fold_weight", node = %f.node);
+    if !reads_weight(g, &f.root) {
+        cx.weights.release(&f.root);
+    }
     if matches!(node.op, Op::Quantize(_)) {
         cx.report.folded(&loc(g, f.node), "weights quantized offline");
     }
     Ok(())
+}
+
+/// True when a live `weight` node (one whose value reaches a graph output) reads the checkpoint
+/// tensor `name`.
+fn reads_weight(g: &Graph, name: &str) -> bool {
+    let live = g.live_nodes();
+    g.nodes.iter().any(|(id, n)| live[id.index()] && matches!(&n.op, Op::Weight { name: w } if w == name))
 }
 
 /// The node's results, computed by the interpreter on a graph holding only the node's cone.

@@ -37,6 +37,10 @@ pub trait Weights: WeightSource {
     fn insert(&self, name: String, t: Tensor);
     /// True when `name` can be read.
     fn has(&self, name: &str) -> bool;
+    /// A hint that no graph being compiled reads `name` any more: a store that caches decoded
+    /// copies of file tensors may drop that copy (a later read decodes it again). Derived
+    /// tensors are never dropped.
+    fn release(&self, _name: &str) {}
 }
 
 /// State shared by the passes of one compilation.
@@ -118,6 +122,9 @@ impl Weights for crate::import::WeightStore {
     }
     fn has(&self, name: &str) -> bool {
         self.contains(name)
+    }
+    fn release(&self, name: &str) {
+        crate::import::WeightStore::release(self, name)
     }
 }
 

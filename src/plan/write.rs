@@ -1,5 +1,5 @@
-//! Writing a plan: lay out header, metadata, section table and 4096-aligned sections in memory,
-//! then write the file atomically.
+//! Writing a plan: lay out header, metadata and section table in memory, then stream them and the
+//! 4096-aligned sections into the file, atomically (a multi-gigabyte plan is never copied whole).
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -52,12 +52,23 @@ impl<'a> PlanBuilder<'a> {
     /// Encodes the plan and writes it to `path` atomically: a reader sees the old file or the
     /// new one, never a partial one, and no temporary file is left behind.
     pub fn write(&self, path: &Path) -> Result<(), PlanError> {
-        let bytes = self.to_bytes().map_err(|message| PlanError::Meta { path: path.into(), message })?;
-        crate::util::write_atomic(path, &bytes).map_err(|source| PlanError::Io { path: path.into(), source })
+        let (head, table) = self.head().map_err(|message| PlanError::Meta { path: path.into(), message })?;
+        crate::util::write_atomic_with(path, |out| {
+            out.write_all(&head)?;
+            let mut at = head.len() as u64;
+            for (entry, (_, _, bytes)) in table.iter().zip(&self.sections) {
+                out.write_all(&vec![0; (entry.offset - at) as usize])?;
+                out.write_all(bytes)?;
+                at = entry.offset + entry.len;
+            }
+            Ok(())
+        })
+        .map_err(|source| PlanError::Io { path: path.into(), source })
     }
 
-    /// The complete plan file.
-    fn to_bytes(&self) -> Result<Vec<u8>, String> {
+    /// The file's bytes before its first section (header, metadata, section table) and the
+    /// table, whose entries place each section; the file ends with the last section.
+    fn head(&self) -> Result<(Vec<u8>, Vec<SectionEntry>), String> {
         let meta_bytes = meta::encode(&self.meta)?;
         let table_start = HEADER_SIZE as u64 + meta_bytes.len() as u64;
         let (table, table_bytes) = self.layout(table_start)?;
@@ -75,17 +86,11 @@ impl<'a> PlanBuilder<'a> {
             sections: extent(table_start, &table_bytes),
             file_len,
         };
-        let len = usize::try_from(file_len).map_err(|_| "plan larger than the address space".to_string())?;
-        let mut out = Vec::with_capacity(len);
-        out.extend_from_slice(&header.to_bytes()?);
-        out.extend_from_slice(&meta_bytes);
-        out.extend_from_slice(&table_bytes);
-        for (entry, (_, _, bytes)) in table.iter().zip(&self.sections) {
-            out.resize(entry.offset as usize, 0);
-            out.extend_from_slice(bytes);
-        }
-        debug_assert_eq!(out.len(), len);
-        Ok(out)
+        let mut head = Vec::with_capacity(HEADER_SIZE + meta_bytes.len() + table_bytes.len());
+        head.extend_from_slice(&header.to_bytes()?);
+        head.extend_from_slice(&meta_bytes);
+        head.extend_from_slice(&table_bytes);
+        Ok((head, table))
     }
 
     /// Places the sections after a table that starts at `table_start`. The table holds the

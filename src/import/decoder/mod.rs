@@ -214,17 +214,16 @@ pub fn decoder_recipe(mut recipe: crate::quant::Recipe) -> crate::quant::Recipe 
 }
 
 /// Switches `model` to a KV cache stored as `storage`; a quantized cache gets per-layer K and V
-/// scales from the calibration set (`amax / max code`), and a layer that saw no data is an
-/// error naming it, never a silent 1.0.
-pub fn set_kv_cache(model: &mut DecoderModel, storage: DType, quiet: bool) -> Result<(), ImportError> {
+/// scales from `texts` (`amax / max code`; the same calibration texts the recipe uses), and a
+/// layer that saw no data is an error naming it, never a silent 1.0.
+pub fn set_kv_cache(model: &mut DecoderModel, storage: DType, texts: &[String], quiet: bool) -> Result<(), ImportError> {
     if model.options.kv == KvFormat::Float(storage) {
         return Ok(());
     }
     let kv = match storage {
         DType::F32 | DType::F16 | DType::BF16 => KvFormat::Float(storage),
         DType::F8E4M3 | DType::I8 => {
-            let texts = crate::quant::calib::default_decoder_calibration();
-            let scales = kv::calibrate(model, &texts, storage, quiet)?;
+            let scales = kv::calibrate(model, texts, storage, quiet)?;
             KvFormat::PerTensor { storage, scales }
         }
         other => {

@@ -3,7 +3,7 @@
 # `scripts/build-gpu-bundle.sh shapes` here (carry gpu-bundle): writes a random-weight bf16 HF folder of
 # that shape there (scripts/llama_shape_folder.py; transformers on the GPU), compiles it with qfuse per
 # plan (calibration: two short texts, since the interpreter calibrates an 8B model on the CPU; speed does
-# not depend on the scales), benches batch-1/8/16 decode at a 1k context and a 2,048-token prefill, and
+# not depend on the scales), benches batch-1/8/64 decode at a 1k context and a 2,048-token prefill, and
 # runs the HF peers (eager and torch.compile reduce-overhead, static cache) on the same folder.
 #
 # A device call is limited to 10 minutes, so the work is a list of steps that later calls on the same
@@ -36,7 +36,7 @@ compile() {
     [[ -f $plan ]] && { echo "compile $p: kept from an earlier call"; return; }
     # shellcheck disable=SC2086
     if ! /usr/bin/time -f "compile: %e s wall, %M KB peak" timeout 560 "$q" --quiet compile "$model" ${args[$p]} \
-        --calib-file "$out/calib.txt" --max-seq 2048 --max-batch 16 --max-step 2048 -o "$plan" >"$out/compile-$p.log" 2>&1; then
+        --calib-file "$out/calib.txt" --max-seq 2048 --max-batch 64 --max-step 2048 -o "$plan" >"$out/compile-$p.log" 2>&1; then
         echo "compile $p FAILED:"; tail -15 "$out/compile-$p.log"; rm -f "$plan"; return
     fi
     grep -E '^plan:|compile:|^decoder:' "$out/compile-$p.log"
@@ -45,7 +45,7 @@ compile() {
 bench() {
     local p=$1 plan=/tmp/l8b-$1.plan
     [[ -f $plan ]] || { echo "bench $p: no plan"; return; }
-    timeout 240 "$q" bench "$plan" --prompt-len 1024 --gen "${GEN:-32}" --batch 1,8,16 2>&1 | tail -5
+    timeout 240 "$q" bench "$plan" --prompt-len 1024 --gen "${GEN:-32}" --batch 1,8,64 2>--batch 1,8,16 2>&11 | tail -5
     timeout 120 "$q" bench "$plan" --prompt-len 2048 --gen 2 --batch 1 2>&1 | tail -1
 }
 

@@ -45,7 +45,7 @@ compile() {
 bench() {
     local p=$1 plan=/tmp/l8b-$1.plan
     [[ -f $plan ]] || { echo "bench $p: no plan"; return; }
-    timeout 240 "$q" bench "$plan" --prompt-len 1024 --gen "${GEN:-32}" --batch 1,8,64 2>--batch 1,8,16 2>&11 | tail -5
+    timeout 240 "$q" bench "$plan" --prompt-len 1024 --gen "${GEN:-32}" --batch 1,8,64 2>&1 | tail -5
     timeout 120 "$q" bench "$plan" --prompt-len 2048 --gen 2 --batch 1 2>&1 | tail -1
 }
 

@@ -78,7 +78,7 @@ pub fn calibrate(
     bar.set_message("calibrating the KV cache");
     for text in texts {
         let mut ids = tok.encode(text)?;
-        ids.truncate(model.max_seq as usize);
+        ids.truncate(model.max_step() as usize);
         let inputs = super::prefill_inputs(&f32_graph, &ids).map_err(|message| ImportError::KvCache {
             path: model.path.clone(),
             layer: "all layers".into(),

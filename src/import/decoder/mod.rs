@@ -149,8 +149,13 @@ impl DecoderModel {
 
     /// The model's step graph (its batch and context limits) with a KV cache of format `kv`.
     pub fn step_graph(&self, kv: &KvFormat, name: &str) -> Result<Graph, ImportError> {
-        let max_step = self.options.max_step.unwrap_or(self.max_seq).min(self.max_seq);
-        block::build(&self.config, &self.weights, (kv, self.options.logits), [self.options.max_batch, max_step, self.max_seq], name)
+        let shape = [self.options.max_batch, self.max_step(), self.max_seq];
+        block::build(&self.config, &self.weights, (kv, self.options.logits), shape, name)
+    }
+
+    /// The most tokens one step takes (`S`'s bound: `--max-step`, at most the context).
+    pub fn max_step(&self) -> u64 {
+        self.options.max_step.unwrap_or(self.max_seq).min(self.max_seq)
     }
 
     /// Inputs of one prefill step of `ids` through the model's step graph, with an empty cache.
@@ -182,7 +187,8 @@ impl Imported for DecoderModel {
         &self.path
     }
 
-    /// One text: its ids (BOS first when the tokenizer adds one), an empty cache.
+    /// One text: its ids (BOS first when the tokenizer adds one; at most one step's worth, so a
+    /// long calibration text is cut at `--max-step` tokens), an empty cache.
     fn encode_batch(&self, texts: &[String]) -> Result<Vec<(&'static str, Tensor)>, ImportError> {
         let tok = self
             .tokenizer
@@ -195,7 +201,7 @@ impl Imported for DecoderModel {
             });
         };
         let mut ids = tok.encode(text)?;
-        ids.truncate(self.max_seq as usize);
+        ids.truncate(self.max_step() as usize);
         self.step_inputs(&ids)
     }
 

@@ -60,7 +60,7 @@ impl Pass for FuseRope {
         let mut users = live_users(g);
         for id in g.nodes.ids().collect::<Vec<_>>() {
             let Op::CausalAttention(a) = g.nodes[id].op else { continue };
-            if a.rope.is_some() || !users_contain_live(g, &users, id) {
+            if a.rope.is_some() || !is_live(g, &users, id) {
                 continue;
             }
             match match_rope(g, &users, id, &a) {
@@ -84,8 +84,8 @@ impl Pass for FuseRope {
     }
 }
 
-/// True if `id` is live (its first result has a live reader or is a graph output).
-fn users_contain_live(g: &Graph, users: &Users, id: NodeId) -> bool {
+/// True if a result of `id` has a live reader or is a graph output.
+fn is_live(g: &Graph, users: &Users, id: NodeId) -> bool {
     g.nodes[id].outputs.iter().any(|&v| !users[v].is_empty() || output_uses(g, v) > 0)
 }
 
@@ -105,7 +105,7 @@ fn match_rope(g: &Graph, users: &Users, id: NodeId, a: &CausalAttention) -> Opti
     let ins = &g.nodes[id].inputs;
     let rope_node = g.producer(ins[0]);
     let Op::Rope(rope) = rope_node.op else { return None };
-    Some(query_conditions(g, users, id, &rope, rope_node.inputs[1]).map(|()| Found {
+    Some(query_conditions(g, users, id, a, &rope, rope_node.inputs[1]).map(|()| Found {
         q: rope_node.inputs[0],
         rope,
         keys: match_keys(g, users, id, a, &rope),
@@ -113,11 +113,8 @@ fn match_rope(g: &Graph, users: &Users, id: NodeId, a: &CausalAttention) -> Opti
 }
 
 /// The query rope's side conditions: the attention's heads and cache_len, read by it alone.
-fn query_conditions(g: &Graph, users: &Users, id: NodeId, rope: &Rope, len: ValueId) -> Result<(), String> {
-    let (a, ins) = match &g.nodes[id].op {
-        Op::CausalAttention(a) => (a, &g.nodes[id].inputs),
-        _ => unreachable!("called on a causal_attention"),
-    };
+fn query_conditions(g: &Graph, users: &Users, id: NodeId, a: &CausalAttention, rope: &Rope, len: ValueId) -> Result<(), String> {
+    let ins = &g.nodes[id].inputs;
     if rope.heads != a.heads {
         return Err(format!("the query rope has {} heads, the attention {}", rope.heads, a.heads));
     }

@@ -9,7 +9,7 @@
 // the runtime never hands out such tables.
 
 typedef {{pack_t}} P;
-
+{{rope_defs}}
 #define QF_KV {{kv_heads}}
 #define QF_R {{packs}}
 #define QF_PAGE {{page_size}}
@@ -17,7 +17,7 @@ typedef {{pack_t}} P;
 
 extern "C" __global__ void __launch_bounds__({{threads}}) {{kernel_name}}(const P* __restrict__ k, const P* __restrict__ v,
         P* __restrict__ k_pool, P* __restrict__ v_pool, const int* __restrict__ page_table,
-        const long long* __restrict__ cache_len, long long B, long long S) {
+        const long long* __restrict__ cache_len, {{rope_param}}long long B, long long S) {
     const long long i = static_cast<long long>(blockIdx.x) * {{threads}} + threadIdx.x;
     const long long total = B * S * QF_KV * QF_R;
     if (i >= total) return;
@@ -33,7 +33,13 @@ extern "C" __global__ void __launch_bounds__({{threads}}) {{kernel_name}}(const 
     if (page < 0) return;
     const long long dst = ((static_cast<long long>(page) * QF_KV + g) * QF_PAGE + t % QF_PAGE) * QF_R + c;
     if (blockIdx.y == 0) {
+#if QF_ROPE
+        const P rotated = qf_rotated_keys(k, row, c, t, k_scale);
+        k_pool[dst] = rotated;
+        k_out[i] = rotated;
+#else
         k_pool[dst] = k[i];
+#endif
     } else {
         v_pool[dst] = v[i];
     }

@@ -81,6 +81,28 @@ QF_DEVICE float qf_round(float f) {
     return D::load(D::store(f));
 }
 
+// ---- rotary embedding of one element -------------------------------------------------------------
+// Element d of a head row x[0 .. D) turned by angle `angle` = position · inv_freq[i] (f64) as the
+// interpreter's `rope` does: pairs (i, i + D/2) or, with ADJ, (2i, 2i + 1); cos and sin of the f64
+// angle rounded to f32, then x1·cos − x2·sin (first of a pair) or x2·cos + x1·sin (second), every
+// product and sum rounded separately. Unrounded to the operand's dtype (the caller rounds).
+// qf_rope_pair gives d's pair index i (the caller looks up inv_freq[i]).
+template <int D, bool ADJ>
+QF_DEVICE int qf_rope_pair(int d) {
+    return ADJ ? d / 2 : d % (D / 2);
+}
+
+template <class Tr, int D, bool ADJ>
+QF_DEVICE float qf_rope_element(const typename Tr::T* x, int d, double angle) {
+    const bool first = ADJ ? (d & 1) == 0 : d < D / 2;
+    const int partner = ADJ ? (d ^ 1) : (first ? d + D / 2 : d - D / 2);
+    double s, c;
+    sincos(angle, &s, &c);
+    const float cf = static_cast<float>(c), sf = static_cast<float>(s);
+    const float self = Tr::load(x[d]), other = Tr::load(x[partner]);
+    return first ? __fsub_rn(__fmul_rn(self, cf), __fmul_rn(other, sf)) : __fadd_rn(__fmul_rn(self, cf), __fmul_rn(other, sf));
+}
+
 // ---- vector packs --------------------------------------------------------------------------------
 // N consecutive elements moved with the widest aligned accesses (at most 16 bytes each). The
 // caller guarantees the address is a multiple of the pack's alignment (rows are 256-byte aligned

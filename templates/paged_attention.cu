@@ -64,6 +64,8 @@ static_assert(QF_QTOK == 1, "split-KV serves the decode variant only");
 // 16-byte packs of one K or V tile, and how many of them a thread loads before converting any.
 #define QF_PACKS (QF_TK * QF_D / QF_EP)
 #define QF_INFLIGHT {{inflight}}
+#define QF_ROPE {{rope}}
+#define QF_ROPE_ADJ {{rope_adjacent}}
 
 // The value of one cache element: {{cache_doc}}.
 QF_DEVICE float qf_cache_value(CT_::T code, float scale) {
@@ -110,6 +112,17 @@ QF_DEVICE void qf_load_tile(const CT_::T* __restrict__ pool, const int* __restri
         }
     }
 }
+
+#if QF_ROPE
+// RoPE on load (fuse-rope): q arrives unrotated; element d of the query row x at position pos is
+// rotated as the `rope` op it replaces ({{rope_doc}}) and rounded to q's dtype before any
+// product reads it.
+__constant__ double qf_inv_freq[QF_D / 2] = { {{inv_freq}} };
+QF_DEVICE float qf_rope_query(const QT_::T* x, int d, long long pos) {
+    const double angle = static_cast<double>(pos) * qf_inv_freq[qf_rope_pair<QF_D, QF_ROPE_ADJ>(d)];
+    return qf_round<QT_>(qf_rope_element<QT_, QF_D, QF_ROPE_ADJ>(x, d, angle));
+}
+#endif
 
 // Element k of the outputs this thread owns: row r, column d; false past the live rows.
 QF_DEVICE bool qf_owned(int k, int rows, int& r, int& d) {
@@ -169,7 +182,11 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
     // Query rows: r = token · G + head in group.
     for (int e = threadIdx.x; e < rows * QF_D; e += QF_THREADS) {
         const int r = e / QF_D, d = e % QF_D;
+#if QF_ROPE
+        Qs[r * QF_QLD + d] = qf_rope_query(q + qf_row_offset(b, S, s0, g, r), d, base + s0 + r / QF_G);
+#else
         Qs[r * QF_QLD + d] = QT_::load(q[qf_row_offset(b, S, s0, g, r) + d]);
+#endif
     }
     for (int r = threadIdx.x; r < rows; r += QF_THREADS) {
         row_m[r] = -__int_as_float(0x7f800000);

@@ -135,6 +135,46 @@ fn a_float_cache_step_lowers_to_append_then_paged_attention_on_the_state_slots()
     }
 }
 
+/// `fuse-rope` on the f32-cache step: no rope launch is left; the append rotates the keys (its
+/// extra `k_out` argument is the attention's second result, the `k` state update) and every
+/// attention kernel rotates its queries as it loads them; every kernel compiles.
+#[test]
+fn fused_rope_moves_into_the_append_and_the_query_load() {
+    let Some(mut g) = llama_step(KvFormat::Float(DType::F32)) else { return };
+    let weights = MemoryWeights::default();
+    let mut pcx = PassCx::new(&weights);
+    let pass = pipeline::by_name("fuse-rope").expect("pass");
+    assert!(pass.run(&mut g, &mut pcx).expect("fuse-rope"));
+    ir::verify(&g, "after fuse-rope").unwrap_or_else(|e| panic!("{e}"));
+    let once = ir::print(&g);
+    assert!(!pass.run(&mut g, &mut pcx).expect("fuse-rope again"), "idempotent");
+    assert_eq!(ir::print(&g), once);
+    assert_eq!(nodes_of(&g, "rope").count(), 0, "{}", ir::print(&g));
+    let cx = cx(&g);
+    let mut kernels = BTreeSet::new();
+    for node in nodes_of(&g, "causal_attention").collect::<Vec<_>>() {
+        let l = launches(&cx, node);
+        let n = &g.nodes[node];
+        assert_eq!(n.outputs.len(), 2, "o and the rotated keys");
+        assert_eq!(l[0].args[6], Arg::Value(n.outputs[1]), "k_out is the second result");
+        assert_eq!(l[0].args[7], Arg::Scalar(Scalar::F32(1.0)), "a float cache's k_scale is 1");
+        assert_eq!(l[0].args.len(), 10);
+        let append = &l[0].kernel.source;
+        assert!(append.contains("#define QF_ROPE 1") && append.contains("P* __restrict__ k_out"), "{append}");
+        for x in &l[1..] {
+            if x.kernel.template == "paged_attention" {
+                assert!(x.kernel.source.contains("#define QF_ROPE 1") && x.kernel.source.contains("qf_inv_freq"));
+            }
+        }
+        kernels.extend(l.iter().map(|x| (x.kernel.name.clone(), x.kernel.source.clone())));
+    }
+    // Both layers share the append, the two attentions and the combine.
+    assert_eq!(kernels.len(), 4);
+    for (name, source) in &kernels {
+        nvrtc::compile_cubin(name, source, "sm_90a", &[]).unwrap_or_else(|e| panic!("{name}:\n{e}"));
+    }
+}
+
 #[test]
 fn an_fp8_cache_step_reads_codes_with_per_layer_scales_as_arguments() {
     let scales = vec![(0.011, 0.023), (0.017, 0.029)];
@@ -293,6 +333,7 @@ fn paged_attention_variants_compile() {
             paged: PagedKv { page_size, max_pages: 128 },
             decode: false,
             splits: 0,
+            rope: None,
         };
         let splits = decoder::decode_splits(kv_heads, spec.paged);
         let split = PagedAttentionSpec { decode: true, splits, ..spec };
@@ -324,6 +365,7 @@ fn paged_attention_variants_compile() {
         paged: PAGED,
         decode: true,
         splits: 0,
+        rope: None,
     };
     assert!(bad.validate().unwrap_err().contains("16-byte packs"));
     // Only the decode variant splits, into at most 16 ranges.

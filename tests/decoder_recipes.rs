@@ -94,3 +94,26 @@ fn quantized_kv_caches_store_codes_with_calibrated_scales() {
         assert!(cos > bar && got != reference, "{storage}: cosine {cos}");
     }
 }
+
+/// `fuse-rope` keeps every number: with it (no `rope` op left: the attention rotates its queries
+/// and its step's keys, which it also quantizes for an FP8 cache) a prefill and decode steps give
+/// the same logits, bit for bit, as the same recipe with the pass disabled.
+#[test]
+fn fused_rope_changes_no_logit() {
+    let Some(dir) = common::synthetic("qwen2-f32") else { return };
+    let opts = DecoderOptions { max_batch: 1, max_seq: Some(64), ..Default::default() };
+    let mut model = decoder::load(&dir, &opts).expect("import");
+    let ropes = |g: &qfuse::ir::Graph| g.nodes.iter().filter(|(_, n)| matches!(n.op, Op::Rope(_))).count();
+    for storage in [DType::F16, DType::F8E4M3] {
+        decoder::set_kv_cache(&mut model, storage, true).expect("kv cache");
+        let recipe = decoder::decoder_recipe(Recipe::named("fp8", quant::calib::CalibMethod::Max).expect("recipe"));
+        let fused = quant::quantize(&model, &recipe, &calib(), &PassOptions::default()).expect("quantize");
+        let without = PassOptions { disable: vec!["fuse-rope".into()], ..Default::default() };
+        let unfused = quant::quantize(&model, &recipe, &calib(), &without).expect("quantize");
+        assert_eq!((ropes(&fused.fused), ropes(&unfused.fused)), (0, 4), "{storage}: q and k ropes of 2 layers fold away");
+        let (a, b) = (logits(&fused.fused, &model), logits(&unfused.fused, &model));
+        assert_eq!(a.len(), b.len());
+        let differ = a.iter().zip(&b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+        assert_eq!(differ, 0, "{storage}: {differ} logits changed");
+    }
+}

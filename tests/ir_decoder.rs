@@ -19,7 +19,11 @@ fn step_graph(storage: DType) -> Graph {
     let q = bb.add1(rope, &[q, len], None).unwrap();
     let pk32 = bb.cast(pk, DType::F32).unwrap();
     let o = bb
-        .add1(Op::CausalAttention(CausalAttention { heads: 2, kv_heads: 1, scale: 0.5, cache: None }), &[q, k, v, pk32, pv, len], None)
+        .add1(
+            Op::CausalAttention(CausalAttention { heads: 2, kv_heads: 1, scale: 0.5, cache: None, rope: None }),
+            &[q, k, v, pk32, pv, len],
+            None,
+        )
         .unwrap();
     g.outputs.push(("o".into(), o));
     g.outputs.push(("present.k".into(), k));
@@ -108,7 +112,7 @@ fn causal_attention_reads_token_major_kv_rows() {
     let q = bb.input("q", TensorType::new(DType::F32, [b, s, Dim::Fixed(4)])).unwrap();
     let ins = [q, kv(&mut bb, "k", s), kv(&mut bb, "v", s), kv(&mut bb, "past.k", p), kv(&mut bb, "past.v", p)];
     let len = bb.input("cache_len", TensorType::new(DType::I64, [b])).unwrap();
-    let op = Op::CausalAttention(CausalAttention { heads: 2, kv_heads: 2, scale: 1.0, cache: None });
+    let op = Op::CausalAttention(CausalAttention { heads: 2, kv_heads: 2, scale: 1.0, cache: None, rope: None });
     let o = bb.add1(op, &[ins[0], ins[1], ins[2], ins[3], ins[4], len], None).unwrap();
     g.outputs.push(("o".into(), o));
     ir::verify(&g, "built").expect("verifies");

@@ -4,8 +4,8 @@
 //! parser cannot drift apart.
 
 use super::{
-    Attention, AttentionFp8, BinaryOp, CausalAttention, DType, EmbedLayerNorm, EpilogueOp, EpilogueStep, Granularity, KvCodes, NormKind,
-    Op, QMatMul, QuantSpec, ReduceOp, Rope, RopeLlama3, RopePairs, ScaleSource, UnaryOp, ValueId, ZeroPoint,
+    Attention, AttentionFp8, AttnRope, BinaryOp, CausalAttention, DType, EmbedLayerNorm, EpilogueOp, EpilogueStep, Granularity, KvCodes,
+    NormKind, Op, QMatMul, QuantSpec, ReduceOp, Rope, RopeLlama3, RopePairs, ScaleSource, UnaryOp, ValueId, ZeroPoint,
 };
 use crate::numerics::E8M0Rounding;
 
@@ -104,6 +104,9 @@ pub fn encode(op: &Op, extra: &[ValueId]) -> Vec<Attr> {
             if let Some(c) = &a.cache {
                 v.push(Attr { key: None, value: encode_kv_codes(c) });
             }
+            if let Some(r) = &a.rope {
+                v.push(Attr { key: None, value: encode_attn_rope(r) });
+            }
             v
         }
         Op::EmbedLayerNorm(e) => {
@@ -197,11 +200,18 @@ fn decode_b_dequant(attrs: &[Attr]) -> Result<Option<(QuantSpec, Vec<ValueId>)>,
 
 /// `heads=9, theta=100000.0, pairs=half[, llama3(factor=…, low=…, high=…, original=…)]`.
 fn encode_rope(r: &Rope) -> Vec<Attr> {
+    let mut v = vec![kv("heads", int(i64::from(r.heads)))];
+    v.extend(encode_rotation(r));
+    v
+}
+
+/// `theta=…, pairs=half|adjacent[, llama3(…)]` of `r`.
+fn encode_rotation(r: &Rope) -> Vec<Attr> {
     let pairs = match r.pairs {
         RopePairs::Half => "half",
         RopePairs::Adjacent => "adjacent",
     };
-    let mut v = vec![kv("heads", int(i64::from(r.heads))), kv("theta", f32_num(r.theta)), kv("pairs", ident(pairs))];
+    let mut v = vec![kv("theta", f32_num(r.theta)), kv("pairs", ident(pairs))];
     if let Some(l) = &r.llama3 {
         let keyed = |k: &str, v: AttrValue| AttrValue::Keyed(k.into(), Box::new(v));
         let args = vec![
@@ -215,7 +225,46 @@ fn encode_rope(r: &Rope) -> Vec<Attr> {
     v
 }
 
+/// `rope(theta=…, pairs=…[, llama3(…)][, keys])`: the rotation a causal attention applies.
+fn encode_attn_rope(r: &AttnRope) -> AttrValue {
+    let mut args: Vec<AttrValue> = encode_rotation(&r.op(0))
+        .into_iter()
+        .map(|a| match a.key {
+            Some(k) => AttrValue::Keyed(k, Box::new(a.value)),
+            None => a.value,
+        })
+        .collect();
+    if r.keys {
+        args.push(ident("keys"));
+    }
+    AttrValue::Call("rope".into(), args)
+}
+
+/// The `rope(...)` item of a causal attention, if present.
+fn decode_attn_rope(attrs: &[Attr]) -> Result<Option<AttnRope>, String> {
+    let found = attrs.iter().find_map(|a| match (&a.key, &a.value) {
+        (None, AttrValue::Call(name, args)) if name == "rope" => Some(args),
+        _ => None,
+    });
+    let Some(args) = found else { return Ok(None) };
+    let inner: Vec<Attr> = args
+        .iter()
+        .map(|arg| match arg {
+            AttrValue::Keyed(key, value) => Attr { key: Some(key.clone()), value: (**value).clone() },
+            other => Attr { key: None, value: other.clone() },
+        })
+        .collect();
+    let keys = inner.iter().any(|a| a.key.is_none() && a.value == AttrValue::Ident("keys".into()));
+    let r = decode_rotation(&inner, 0).map_err(|e| format!("rope(...): {e}"))?;
+    Ok(Some(AttnRope::of(&r, keys)))
+}
+
 fn decode_rope(attrs: &[Attr]) -> Result<Rope, String> {
+    decode_rotation(attrs, u32_attr(attrs, "heads")?)
+}
+
+/// A rope over `heads` heads from `theta=…, pairs=…[, llama3(…)]`.
+fn decode_rotation(attrs: &[Attr], heads: u32) -> Result<Rope, String> {
     let pairs = match required(attrs, "pairs")? {
         AttrValue::Ident(s) if s == "half" => RopePairs::Half,
         AttrValue::Ident(s) if s == "adjacent" => RopePairs::Adjacent,
@@ -238,7 +287,7 @@ fn decode_rope(attrs: &[Attr]) -> Result<Rope, String> {
             })
         }
     };
-    Ok(Rope { heads: u32_attr(attrs, "heads")?, theta: as_f32(required(attrs, "theta")?)?, pairs, llama3 })
+    Ok(Rope { heads, theta: as_f32(required(attrs, "theta")?)?, pairs, llama3 })
 }
 
 /// The `key=value` arguments of a call item such as `llama3(...)` as attributes.
@@ -461,6 +510,7 @@ pub fn decode(mnemonic: &str, attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), Stri
             kv_heads: u32_attr(attrs, "kv_heads")?,
             scale: as_f32(required(attrs, "scale")?)?,
             cache: decode_kv_codes(attrs)?,
+            rope: decode_attn_rope(attrs)?,
         }),
         "attention" => return decode_attention(attrs),
         "embed_layernorm" => {

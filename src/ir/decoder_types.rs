@@ -12,6 +12,13 @@ pub fn rope(r: &Rope, inputs: &[&TensorType]) -> Result<TensorType, String> {
     if head_dim % 2 != 0 {
         return Err(format!("rope head size {head_dim} is odd"));
     }
+    rope_type(r)?;
+    cache_len_type(len, x.shape[0], "rope")?;
+    Ok(x.clone())
+}
+
+/// Checks θ and the Llama 3 scaling of `r`.
+fn rope_type(r: &Rope) -> Result<(), String> {
     if !(r.theta.is_finite() && r.theta > 1.0) {
         return Err(format!("rope theta must be finite and > 1, got {:?}", r.theta));
     }
@@ -21,13 +28,31 @@ pub fn rope(r: &Rope, inputs: &[&TensorType]) -> Result<TensorType, String> {
             return Err(format!("rope llama3 scaling needs factor ≥ 1, 0 < low < high and a positive original length, got {l:?}"));
         }
     }
-    cache_len_type(len, x.shape[0], "rope")?;
-    Ok(x.clone())
+    Ok(())
 }
 
-/// `q [B,S,H·D], k, v [B,S,KV,D], past_k, past_v [B,P,KV,D], cache_len i64[B] → q`'s type
-/// (K/V token-major: step and cache rows are `[KV, D]` per token).
-pub fn causal_attention(a: &CausalAttention, inputs: &[&TensorType]) -> Result<TensorType, String> {
+/// `q [B,S,H·D], k, v [B,S,KV,D], past_k, past_v [B,P,KV,D], cache_len i64[B] → q`'s type, then
+/// with [`crate::ir::AttnRope::keys`] k's type (the rotated keys; K/V token-major: step and cache
+/// rows are `[KV, D]` per token).
+pub fn causal_attention(a: &CausalAttention, inputs: &[&TensorType]) -> Result<Vec<TensorType>, String> {
+    let keys = a.rope.is_some_and(|r| r.keys);
+    let o = attention_type(a, inputs, keys)?;
+    let Some(rope) = &a.rope else { return Ok(vec![o]) };
+    let d = head_dim(inputs[0], a.heads, "causal_attention")?;
+    if d % 2 != 0 {
+        return Err(format!("causal_attention rope: head size {d} is odd"));
+    }
+    rope_type(&rope.op(a.heads))?;
+    if !keys {
+        return Ok(vec![o]);
+    }
+    // The rotated keys as the cache stores them: k's type, or past_k's codes.
+    Ok(vec![o, inputs[1].with_dtype(inputs[3].dtype)])
+}
+
+/// `o`'s type; with `keys_unrotated`, k holds q's dtype (the op rotates and, over codes,
+/// quantizes it itself).
+fn attention_type(a: &CausalAttention, inputs: &[&TensorType], keys_unrotated: bool) -> Result<TensorType, String> {
     let [q, k, v, pk, pv, len] = inputs else { return Err("causal_attention takes 6 inputs".into()) };
     if !q.dtype.is_wide_float() {
         return Err(format!("causal_attention q must be f32/f16/bf16, got {}", q.dtype));
@@ -43,19 +68,18 @@ pub fn causal_attention(a: &CausalAttention, inputs: &[&TensorType]) -> Result<T
     let operand = match &a.cache {
         None => q.dtype,
         Some(c) => {
-            if !matches!(k.dtype, DType::F8E4M3 | DType::F8E5M2 | DType::I8) {
-                return Err(format!("causal_attention codes must be f8e4m3, f8e5m2 or i8, got {}", k.dtype));
+            if !matches!(v.dtype, DType::F8E4M3 | DType::F8E5M2 | DType::I8) {
+                return Err(format!("causal_attention codes must be f8e4m3, f8e5m2 or i8, got {}", v.dtype));
             }
             if !c.via.is_wide_float() || [c.k_scale, c.v_scale].iter().any(|s| !(s.is_finite() && *s > 0.0)) {
                 return Err(format!("causal_attention codes need positive finite scales and a float via, got {c:?}"));
             }
-            k.dtype
+            v.dtype
         }
     };
     let step = [batch, seq, kv, Dim::Fixed(d)];
-    for (t, what) in [(k, "k"), (v, "v")] {
-        expect(t, operand, &step, what)?;
-    }
+    expect(k, if keys_unrotated { q.dtype } else { operand }, &step, "k")?;
+    expect(v, operand, &step, "v")?;
     if pk.shape.len() != 4 || pk.shape[3] != Dim::Fixed(d) {
         return Err(format!("causal_attention past_k must be [B,P,{},{d}], got {}", a.kv_heads, shape_text(&pk.shape)));
     }

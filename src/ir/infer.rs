@@ -62,7 +62,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType], declared: &[TensorType]) -> InferR
         Op::Attention(a) => attention(a, inputs).map(|t| vec![t]),
         Op::EmbedLayerNorm(e) => embed_layernorm(e, inputs),
         Op::Rope(r) => super::decoder_types::rope(r, inputs).map(|t| vec![t]),
-        Op::CausalAttention(a) => super::decoder_types::causal_attention(a, inputs).map(|t| vec![t]),
+        Op::CausalAttention(a) => super::decoder_types::causal_attention(a, inputs),
     }
 }
 

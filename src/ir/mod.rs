@@ -25,8 +25,8 @@ pub use dtype::DType;
 pub use graph::{Graph, Node, StateSlot, ValueInfo};
 pub use id::{IdVec, NodeId, SymId, ValueId};
 pub use op::{
-    Attention, AttentionFp8, BinaryOp, CausalAttention, EmbedLayerNorm, EpilogueOp, EpilogueStep, KvCodes, NormKind, Op, QMatMul, ReduceOp,
-    Rope, RopeLlama3, RopePairs, UnaryOp,
+    Attention, AttentionFp8, AttnRope, BinaryOp, CausalAttention, EmbedLayerNorm, EpilogueOp, EpilogueStep, KvCodes, NormKind, Op, QMatMul,
+    ReduceOp, Rope, RopeLlama3, RopePairs, UnaryOp,
 };
 pub use parse::{parse, ParseError};
 pub use print::print;

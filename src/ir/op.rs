@@ -262,6 +262,54 @@ pub struct CausalAttention {
     /// The K/V operands are cache codes dequantized on read; `None`: they are floats of q's dtype.
     #[serde(default)]
     pub cache: Option<KvCodes>,
+    /// RoPE the op applies itself (`fuse-rope`): `q` (and with [`AttnRope::keys`], `k`) arrive
+    /// unrotated; `None`: they arrive rotated.
+    #[serde(default)]
+    pub rope: Option<AttnRope>,
+}
+
+impl CausalAttention {
+    /// Results: `o`, then with [`AttnRope::keys`] this step's rotated keys (the cache update).
+    pub fn outputs(&self) -> usize {
+        1 + usize::from(self.rope.is_some_and(|r| r.keys))
+    }
+}
+
+/// The rotary embedding a [`CausalAttention`] applies to its own operands, exactly as the `rope`
+/// ops it replaces did (`fuse-rope`): `q [B,S,H·D]` is rotated at positions `cache_len[b] + s`
+/// as `rope {heads=H}` would and rounded to q's dtype before any product reads it. With `keys`,
+/// `k [B,S,KV,D]` (in q's dtype) is this step's *unrotated* keys: the op rotates each `[KV·D]`
+/// token row as `rope {heads=KV}` would and rounds to q's dtype; over a float cache that is its
+/// second output, and with [`CausalAttention::cache`] the second output is those keys quantized
+/// as the cache stores them (`quantize {storage of past_k, per_tensor, scale=k_scale}`). The
+/// second output is the cache update `present.k.L`, and the attention reads it as its keys.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttnRope {
+    /// Base θ of the inverse frequencies `θ^(−2i/D)`.
+    pub theta: f32,
+    /// Pairing of rotated coordinates.
+    pub pairs: RopePairs,
+    /// Optional Llama 3 frequency rescaling.
+    pub llama3: Option<RopeLlama3>,
+    /// This step's keys are rotated too (second output).
+    pub keys: bool,
+}
+
+impl AttnRope {
+    /// The stand-alone `rope` op over `heads` heads that this rotation equals.
+    pub fn op(&self, heads: u32) -> Rope {
+        Rope { heads, theta: self.theta, pairs: self.pairs, llama3: self.llama3 }
+    }
+
+    /// The rotation of `rope` (its heads dropped), rotating keys too when `keys`.
+    pub fn of(rope: &Rope, keys: bool) -> Self {
+        AttnRope { theta: rope.theta, pairs: rope.pairs, llama3: rope.llama3, keys }
+    }
+
+    /// True if `rope` rotates with the same frequencies and pairs (any heads).
+    pub fn same_rotation(&self, rope: &Rope) -> bool {
+        self.theta == rope.theta && self.pairs == rope.pairs && self.llama3 == rope.llama3
+    }
 }
 
 /// How a [`CausalAttention`] reads a quantized KV cache: per-tensor scales of K and V (one

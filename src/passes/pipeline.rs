@@ -14,7 +14,9 @@ use super::*;
 /// weights) into qmatmuls that dequantize in the GEMM; `lift-linear`
 /// turns the remaining f16/bf16 linear layers into qmatmuls so `fuse-epilogue` fuses them too;
 /// `fuse-attention` and `fuse-embedding` then leave one node per kernel; `fuse-kv-cache` lets a
-/// decoder's attention read its quantized KV cache's codes.
+/// decoder's attention read its quantized KV cache's codes, and `fuse-rope` (after it, so it sees
+/// whether the cache is quantized) lets the attention rotate its queries and, over a float cache,
+/// its step's keys itself.
 pub fn fusion() -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(fold_smoothing::FoldSmoothing),
@@ -30,6 +32,7 @@ pub fn fusion() -> Vec<Box<dyn Pass>> {
         Box::new(fuse_epilogue::FuseEpilogue),
         Box::new(fuse_attention::FuseAttention),
         Box::new(fuse_kv_cache::FuseKvCache),
+        Box::new(fuse_rope::FuseRope),
         Box::new(fuse_embedding::FuseEmbedding),
         Box::new(cse::Cse),
         Box::new(dce::Dce),

@@ -14,6 +14,10 @@
 //!   1. `kv_append(k, v, k_pool, v_pool, page_table, cache_len, long long B, long long S)`:
 //!      grid `(ceil_div(B·S·KV·R, 256), 2, 1)`, block 256, R packs per row of D elements; `k, v`
 //!      are token-major `[B, S, KV, D]` (a view of the projection), the pools HND per page.
+//!      With `rope(keys)` (`fuse-rope`) k is unrotated, the append rotates each key as it writes
+//!      it, and a `k_out` pointer (the op's second result, the cache update) follows `cache_len`;
+//!      the `k` state update is then that second result. With any `rope(...)` the attention
+//!      kernels rotate each query element as they load it ([`PagedAttentionSpec::rope`]).
 //!   2. `paged_attention(q, k_pool, v_pool, page_table, cache_len, o, long long S, float k_scale,
 //!      float v_scale)`: grid `(ceil_div(S, QT), KV, B)`, block [`ATTN_THREADS`], dynamic shared
 //!      memory [`PagedAttentionSpec::smem_bytes`]; the decode variant (QT = 1, guard `S ≤ 1`) and
@@ -32,7 +36,7 @@ use super::shape::pack_bytes;
 use crate::codegen::kernel::{finish_kernel, params, Arg, KernelDef, Launch, LowerCx, LowerError, Lowered, PagedKv};
 use crate::codegen::template::Template;
 use crate::interp::inverse_frequencies;
-use crate::ir::{CausalAttention, DType, NodeId, Op, Rope, RopePairs, ValueId};
+use crate::ir::{AttnRope, CausalAttention, DType, NodeId, Op, Rope, RopePairs, ValueId};
 use crate::plan::{DimExpr, Guard, ParamType, Scalar};
 
 const ROPE: Template = Template { name: "rope.cu", text: include_str!("../../../templates/rope.cu") };
@@ -119,13 +123,8 @@ fn rope(cx: &LowerCx, node: NodeId, r: &Rope) -> Result<Lowered, LowerError> {
         return Err(cx.error(node, format!("rope over {width} columns: not {} heads of an even size", r.heads)));
     }
     let d = (width / heads) as usize;
-    let freqs = inverse_frequencies(f64::from(r.theta), d, r.llama3.as_ref());
-    // `{:e}` is the shortest decimal that reads back as the same f64 (in C as in Rust).
-    let table = freqs.iter().map(|f| format!("{f:e}")).collect::<Vec<_>>().join(", ");
-    let (pairs_doc, adjacent) = match r.pairs {
-        RopePairs::Half => ("pairs (i, i + D/2)", "0"),
-        RopePairs::Adjacent => ("pairs (2i, 2i + 1)", "1"),
-    };
+    let table = frequency_table(r, d);
+    let (pairs_doc, adjacent) = pairs_text(r.pairs);
     let values = with_prelude(vec![
         ("t", t.to_string()),
         ("heads", r.heads.to_string()),
@@ -145,6 +144,22 @@ fn rope(cx: &LowerCx, node: NodeId, r: &Rope) -> Result<Lowered, LowerError> {
     sig.dim("rows", rows.clone());
     sig.dim("S", dims[1].clone());
     Ok(Lowered::Launches(vec![sig.launch("rope", source, [rows, 1.into(), 1.into()], [ROPE_THREADS, 1, 1], 0)]))
+}
+
+/// The inverse frequencies of `r` for head size `head_dim` (the interpreter's
+/// [`inverse_frequencies`], f64) as a C initializer list: `{:e}` is the shortest decimal that
+/// reads back as the same f64 (in C as in Rust).
+fn frequency_table(r: &Rope, head_dim: usize) -> String {
+    let freqs = inverse_frequencies(f64::from(r.theta), head_dim, r.llama3.as_ref());
+    freqs.iter().map(|f| format!("{f:e}")).collect::<Vec<_>>().join(", ")
+}
+
+/// A comment naming the pairs and the `adjacent` flag (C `0`/`1`) of `pairs`.
+fn pairs_text(pairs: RopePairs) -> (&'static str, &'static str) {
+    match pairs {
+        RopePairs::Half => ("pairs (i, i + D/2)", "0"),
+        RopePairs::Adjacent => ("pairs (2i, 2i + 1)", "1"),
+    }
 }
 
 fn check_cache_len(cx: &LowerCx, node: NodeId, len: ValueId) -> Result<(), LowerError> {
@@ -204,6 +219,10 @@ pub struct PagedAttentionSpec {
     /// kernel runs on grid `(n, KV, B)` with [`SPLIT_TILE_KEYS`]-key tiles and writes f32
     /// partials `[B, H, n, D + 2]` for [`split_combine_kernel`] instead of o.
     pub splits: u32,
+    /// RoPE on the query load (`fuse-rope`): q arrives unrotated and each element is rotated at
+    /// its position and rounded to q's dtype as it is loaded (`keys` is ignored here: kv_append
+    /// rotates the keys). `None`: q arrives rotated.
+    pub rope: Option<AttnRope>,
 }
 
 impl PagedAttentionSpec {
@@ -320,6 +339,14 @@ impl PagedAttentionSpec {
         };
         let qt = self.q_tokens();
         let out_param = if self.splits > 0 { "float* __restrict__ partials" } else { "OT_::T* __restrict__ out" };
+        let (rope, rope_adjacent, rope_doc, inv_freq) = match &self.rope {
+            None => ("0", "false", String::new(), "0".to_string()),
+            Some(r) => {
+                let (doc, adjacent) = pairs_text(r.pairs);
+                let adjacent = if adjacent == "1" { "true" } else { "false" };
+                ("1", adjacent, doc.to_string(), frequency_table(&r.op(self.heads), self.head_dim as usize))
+            }
+        };
         let values = with_prelude(vec![
             ("q_t", trait_of(self.q)),
             ("o_t", trait_of(self.out)),
@@ -340,6 +367,10 @@ impl PagedAttentionSpec {
             ("splits", self.splits.to_string()),
             ("out_param", out_param.to_string()),
             ("inflight", LOADS_IN_FLIGHT.to_string()),
+            ("rope", rope.to_string()),
+            ("rope_adjacent", rope_adjacent.to_string()),
+            ("rope_doc", rope_doc),
+            ("inv_freq", inv_freq),
         ]);
         let source = PAGED_ATTENTION.render(&values).map_err(|e| e.to_string())?;
         let x = if self.splits > 0 { DimExpr::Const(u64::from(self.splits)) } else { seq.ceil_div(u64::from(qt)) };
@@ -390,6 +421,31 @@ pub fn kv_append_kernel(
     batch: DimExpr,
     seq: DimExpr,
 ) -> Result<KernelDef, String> {
+    kv_append_rope_kernel(storage, kv_heads, head_dim, paged, [batch, seq], None)
+}
+
+/// How kv_append rotates this step's keys (`fuse-rope`'s `rope(keys)`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KeyRope {
+    /// The rotation.
+    pub rope: AttnRope,
+    /// Dtype of the unrotated keys (f16, bf16, f32); the rotated keys round to it.
+    pub keys: DType,
+}
+
+/// [`kv_append_kernel`], and with `rope` the keys arrive unrotated in `rope.keys`' dtype: each key
+/// element is rotated at its token's position and rounded to that dtype, then (a code cache)
+/// quantized as `cast(x / k_scale)` to the storage, before it is written to the pool and to the
+/// extra parameter `k_out` (the op's second result, token-major like k). `k_out` and `float
+/// k_scale` (1 and unused for a float cache) follow `cache_len`.
+pub fn kv_append_rope_kernel(
+    storage: DType,
+    kv_heads: u32,
+    head_dim: u32,
+    paged: PagedKv,
+    [batch, seq]: [DimExpr; 2],
+    rope: Option<&KeyRope>,
+) -> Result<KernelDef, String> {
     let eb = elem_bytes(storage).ok_or_else(|| format!("a KV cache of {storage} (packed 4-bit) has no kernel"))?;
     let row = u64::from(head_dim) * eb;
     let pb = pack_bytes(row, eb);
@@ -404,14 +460,76 @@ pub fn kv_append_kernel(
         ("max_pages", paged.max_pages.to_string()),
         ("threads", APPEND_THREADS.to_string()),
     ]);
-    // kv_append needs no ops.cuh; drop it from the prelude values.
-    let values: Vec<(&str, String)> = values.into_iter().filter(|(k, _)| *k != "ops").collect();
+    // kv_append needs ops.cuh only to rotate keys: it goes into the rope definitions.
+    let ops = values.iter().find(|(k, _)| *k == "ops").map(|(_, v)| v.clone()).unwrap_or_default();
+    let mut values: Vec<(&str, String)> = values.into_iter().filter(|(k, _)| *k != "ops").collect();
+    let (defs, param) = match rope {
+        None => ("#define QF_ROPE 0\n".to_string(), String::new()),
+        Some(r) => (append_rope_defs(&ops, storage, r, kv_heads, head_dim)?, "P* __restrict__ k_out, float k_scale, ".to_string()),
+    };
+    values.extend([("rope_defs", defs), ("rope_param", param)]);
     let source = KV_APPEND.render(&values).map_err(|e| e.to_string())?;
     let total = DimExpr::product([batch, seq, DimExpr::Const(u64::from(kv_heads)), DimExpr::Const(packs)]);
     let grid = [total.ceil_div(u64::from(APPEND_THREADS)), 2.into(), 1.into()];
     let mut list = pointers(&["k", "v", "k_pool", "v_pool", "page_table", "cache_len"]);
+    if rope.is_some() {
+        list.extend([("k_out", ParamType::Ptr), ("k_scale", ParamType::F32)]);
+    }
     list.extend([("B", ParamType::I64), ("S", ParamType::I64)]);
     Ok(finish_kernel("kv_append", source, grid, [APPEND_THREADS, 1, 1], 0, params(&list)))
+}
+
+/// The kv_append definitions that rotate keys: ops.cuh, the key and cache dtype traits, the
+/// frequency table and `qf_rotated_keys(k, row, c, t, k_scale)`, pack `c` of the cache row `row`
+/// (token position `t`) from the unrotated key row: rotated as `rope {heads=KV}`, rounded to the
+/// keys' dtype and, for codes, quantized with `k_scale`.
+fn append_rope_defs(ops: &str, storage: DType, r: &KeyRope, kv_heads: u32, head_dim: u32) -> Result<String, String> {
+    let codes = match storage {
+        DType::F8E4M3 | DType::F8E5M2 | DType::I8 => 1,
+        s if s == r.keys => 0,
+        s => return Err(format!("kv_append rotates {} keys into a cache of their own dtype or of codes, not {s}", r.keys)),
+    };
+    if !r.keys.is_wide_float() || head_dim % 2 != 0 {
+        return Err(format!("kv_append rotates float keys of an even head size, not {} of {head_dim}", r.keys));
+    }
+    let (kt, ct) = (dtype_trait(r.keys).expect("float trait"), dtype_trait(storage).ok_or("no trait for the cache dtype")?);
+    let (doc, adjacent) = pairs_text(r.rope.pairs);
+    let adjacent = if adjacent == "1" { "true" } else { "false" };
+    let table = frequency_table(&r.rope.op(kv_heads), head_dim as usize);
+    Ok(format!(
+        "{ops}
+// RoPE on append (fuse-rope): k arrives unrotated (KT_ elements, rows of D); each key element is
+// rotated at its token's position as the `rope` op it replaces ({doc}) and rounded to KT_, then
+// (QF_KEY_CODES) quantized as the cache's quantize does, cast(x / k_scale), and written to the
+// pool and to k_out (the attention's second result). Tokens whose page is skipped write neither.
+typedef {kt} KT_;
+typedef {ct} CT_;
+#define QF_ROPE 1
+#define QF_KEY_CODES {codes}
+#define QF_D {head_dim}
+#define QF_ROPE_ADJ {adjacent}
+__constant__ double qf_inv_freq[QF_D / 2] = {{ {table} }};
+QF_DEVICE P qf_rotated_keys(const P* __restrict__ k, long long row, long long c, long long t, float k_scale) {{
+    constexpr int n = sizeof(P) / sizeof(typename CT_::T);
+    const typename KT_::T* x = reinterpret_cast<const typename KT_::T*>(k) + row * QF_D;
+    P out;
+    typename CT_::T* y = reinterpret_cast<typename CT_::T*>(&out);
+#pragma unroll
+    for (int e = 0; e < n; ++e) {{
+        const int d = static_cast<int>(c) * n + e;
+        const double angle = static_cast<double>(t) * qf_inv_freq[qf_rope_pair<QF_D, QF_ROPE_ADJ>(d)];
+        const float r = qf_round<KT_>(qf_rope_element<KT_, QF_D, QF_ROPE_ADJ>(x, d, angle));
+#if QF_KEY_CODES
+        y[e] = CT_::store(__fdiv_rn(r, k_scale));
+#else
+        (void)k_scale;
+        y[e] = CT_::store(r);
+#endif
+    }}
+    return out;
+}}
+"
+    ))
 }
 
 /// Pointer parameters named `names`, in order.
@@ -470,9 +588,12 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
         return Err(err(format!("expected 6 operands, got {}", n.inputs.len())));
     };
     let o = n.outputs[0];
+    // With rope(keys) the op's second result is this step's (rotated) keys, the cache update.
+    let keys_rotated = a.rope.is_some_and(|r| r.keys);
+    let k_update = if keys_rotated { *n.outputs.get(1).ok_or_else(|| err("rope(keys) without a second result".into()))? } else { k };
     // The cache operands: state inputs, and this step's values their updates.
     let mut slots = [0u32; 2];
-    for (i, (what, past, now)) in [("past_k", past_k, k), ("past_v", past_v, v)].into_iter().enumerate() {
+    for (i, (what, past, now)) in [("past_k", past_k, k_update), ("past_v", past_v, v)].into_iter().enumerate() {
         let slot = state_slot_of_input(cx, past)
             .ok_or_else(|| err(format!("{what} (%{}) is not a state input: the paged cache holds only graph state", past.index())))?;
         let update = &cx.graph.state[slot].update;
@@ -485,7 +606,7 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
     check_cache_len(cx, node, len)?;
     let g = cx.graph;
     let storage = g.ty(past_k).dtype;
-    for (what, val) in [("k", k), ("v", v), ("past_v", past_v)] {
+    for (what, val) in [("k", k_update), ("v", v), ("past_v", past_v)] {
         if g.ty(val).dtype != storage {
             return Err(err(format!("{what} is {} but past_k is {storage}", g.ty(val).dtype)));
         }
@@ -512,6 +633,7 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
         paged,
         decode: false,
         splits: 0,
+        rope: a.rope.map(|r| AttnRope { keys: false, ..r }),
     };
     if g.shape(o) != qs {
         return Err(err("the result must have q's shape".into()));
@@ -523,18 +645,15 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
         return Err(err("batch exceeds the grid limit 65535".into()));
     }
     let prefill = spec.kernel(batch.clone(), seq.clone()).map_err(&err)?;
-    let append = kv_append_kernel(storage, a.kv_heads, head_dim, paged, batch.clone(), seq.clone()).map_err(&err)?;
+    let key_rope = a.rope.filter(|r| r.keys).map(|rope| KeyRope { rope, keys: g.ty(k).dtype });
+    let append =
+        kv_append_rope_kernel(storage, a.kv_heads, head_dim, paged, [batch.clone(), seq.clone()], key_rope.as_ref()).map_err(&err)?;
     let [k_slot, v_slot] = slots;
-    let append_args = vec![
-        Arg::Value(k),
-        Arg::Value(v),
-        Arg::KvPool(k_slot),
-        Arg::KvPool(v_slot),
-        Arg::PageTable,
-        Arg::Value(len),
-        Arg::Scalar(Scalar::Dim(batch.clone())),
-        Arg::Scalar(Scalar::Dim(seq.clone())),
-    ];
+    let mut append_args = vec![Arg::Value(k), Arg::Value(v), Arg::KvPool(k_slot), Arg::KvPool(v_slot), Arg::PageTable, Arg::Value(len)];
+    if key_rope.is_some() {
+        append_args.extend([Arg::Value(k_update), Arg::Scalar(Scalar::F32(k_scale))]);
+    }
+    append_args.extend([Arg::Scalar(Scalar::Dim(batch.clone())), Arg::Scalar(Scalar::Dim(seq.clone()))]);
     // The attention's arguments with `dest` (o, or the split scratch) as the sixth.
     let attention_args = |dest: Arg| {
         vec![

@@ -44,6 +44,17 @@ pub fn inverse_frequencies(theta: f64, head_dim: usize, llama3: Option<&RopeLlam
 
 /// `rope x, cache_len`.
 pub fn rope(r: &Rope, x: Arc<Tensor>, cache_len: &Tensor, out: &OutType) -> Result<Tensor, String> {
+    rotated(r, x, cache_len, out)
+}
+
+/// `x [B, S, …]` with each token row of `N·D` elements (any shape whose rows are the last one or
+/// the last two axes) rotated as `rope` does, rounded to `out`'s dtype.
+fn rotated(r: &Rope, x: Arc<Tensor>, cache_len: &Tensor, out: &OutType) -> Result<Tensor, String> {
+    let x = match x.shape[..] {
+        [batch, seq, kv, d] => Arc::new(Tensor { shape: vec![batch, seq, kv * d], ..(*x).clone() }),
+        _ => x,
+    };
+
     let [batch, seq, width] = x.shape[..] else { return Err("rope operand must be rank 3".into()) };
     let heads = r.heads as usize;
     let d = width / heads;
@@ -85,8 +96,37 @@ struct Operands<'a> {
     d: usize,
 }
 
-/// `causal_attention q, k, v, past_k, past_v, cache_len`.
-pub fn causal_attention(a: &CausalAttention, args: Vec<Arc<Tensor>>, out: &OutType) -> Result<Tensor, String> {
+/// `causal_attention q, k, v, past_k, past_v, cache_len`: `o`, then with `rope(keys)` the
+/// rotated keys. A `rope(...)` rotates q (and k) first, exactly as the `rope` ops it replaced.
+pub fn causal_attention(a: &CausalAttention, mut args: Vec<Arc<Tensor>>, outs: &[OutType]) -> Result<Vec<Tensor>, String> {
+    if args.len() != 6 || outs.len() != a.outputs() {
+        return Err(format!("causal_attention takes 6 operands and gives {} result(s)", a.outputs()));
+    }
+    let Some(r) = a.rope else { return Ok(vec![attention(a, args, &outs[0])?]) };
+    let q_ty = OutType { dtype: args[0].dtype, shape: args[0].shape.clone() };
+    args[0] = Arc::new(rotated(&r.op(a.heads), args[0].clone(), &args[5], &q_ty)?);
+    if !r.keys {
+        return Ok(vec![attention(a, args, &outs[0])?]);
+    }
+    let k_ty = OutType { dtype: args[1].dtype, shape: outs[1].shape.clone() };
+    let keys = rotated(&r.op(a.kv_heads), args[1].clone(), &args[5], &k_ty)?;
+    let keys = match &a.cache {
+        None => keys,
+        Some(c) => quantized_keys(keys, c.k_scale, &outs[1])?,
+    };
+    args[1] = Arc::new(keys.clone());
+    Ok(vec![attention(a, args, &outs[0])?, keys])
+}
+
+/// Rotated keys quantized as the cache's per-tensor `quantize` does: `cast(x / scale)` to the
+/// codes' dtype.
+fn quantized_keys(keys: Tensor, scale: f32, out: &OutType) -> Result<Tensor, String> {
+    let data = f32s(&keys)?.iter().map(|&x| cast(x / scale, out.dtype)).collect();
+    Ok(finish(out, data))
+}
+
+/// The attention of `causal_attention` over operands already rotated.
+fn attention(a: &CausalAttention, args: Vec<Arc<Tensor>>, out: &OutType) -> Result<Tensor, String> {
     let [q, k, v, pk, pv, len] = &args[..] else { return Err("causal_attention takes 6 operands".into()) };
     let [batch, seq, width] = q.shape[..] else { return Err("q must be rank 3".into()) };
     let (heads, kv_heads) = (a.heads as usize, a.kv_heads as usize);

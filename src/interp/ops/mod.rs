@@ -85,7 +85,7 @@ fn eval(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], acc: Accumulation) ->
         Op::QMatMul(q) => return fused::qmatmul(q, args, outs, acc),
         Op::Attention(a) => return fused::attention(a, args, outs, acc),
         Op::EmbedLayerNorm(e) => return fused::embed_layernorm(e, args, outs),
-        Op::CausalAttention(a) => decoder::causal_attention(a, args.collect(), out)?,
+        Op::CausalAttention(a) => return decoder::causal_attention(a, args.collect(), outs),
         Op::Rope(r) => decoder::rope(r, next!(), &*next!(), out)?,
         Op::Dequantize(spec) => quant::dequantize(spec, next!(), args.collect(), out)?,
         Op::Scalar { value } => elementwise::scalar(*value, out),

@@ -68,7 +68,7 @@ for r in $plans; do
     # Failing kernels (if any), the worst result per dtype, and the summary lines.
     grep -E 'FAIL|error' "$out/check-$r.log" | head -20
     python3 scripts/check_summary.py "$out/check-$r.log"
-    grep -E "^(per-kernel|end to end|info:|random inputs|PASS|FAIL)" "$out/check-$r.log"
+    grep -E "^(per-kernel|end to end|floor|rule|info:|random inputs|PASS|FAIL)" "$out/check-$r.log"
 done
 
 # Small batches: at most 16 token rows the weight-only plans run their GEMV launches (the plan's

@@ -492,7 +492,7 @@ mod bar_tests {
     }
 
     #[test]
-    fn the_bar_drops_to_the_summation_floor_minus_the_margin_only_when_lower() {
+    fn the_bar_drops_to_the_floor_minus_the_margin_only_when_lower() {
         assert_eq!(report(0.99995, 1.0).end_to_end_bar("y", 0.9999), 0.9999);
         assert!(report(0.99995, 1.0).passed(0.9999));
         assert!(!report(0.99985, 1.0).passed(0.9999), "exact sums: the bar stays");

@@ -196,7 +196,7 @@ pub enum Accumulation {
     /// f64 sums rounded to f32 once: exact for 8-bit codes (E4M3 products are multiples of 2^-18
     /// below 2^18, so any K ≤ 2^16 sums exactly), order-independent to f64 precision otherwise.
     /// Compared with [`Accumulation::F32`], it measures how much a graph's result depends on the
-    /// order its sums are taken in (`qfuse check`'s summation-order floor).
+    /// order its sums are taken in (one of `qfuse check`'s end-to-end floor variants).
     F64,
 }
 

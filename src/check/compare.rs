@@ -6,7 +6,7 @@
 //! | `f16` | every element: \|gpu − ref\| ≤ 4e-3·\|ref\| + 2^-10 | a different summation order or an `f32` statistic moves a result by about one rounding step (2^-11 relative); the floor is one step at magnitude 1, where normalized activations live, for results that cancel to near zero |
 //! | `bf16` | every element: ≤ 1.6e-2·\|ref\| + 2^-7 | the same with bf16's 8-bit significand |
 //! | `f32` | every element: ≤ 1e-3·\|ref\| + 1e-4 | dynamic scales (`amax / 448` of values that agree) and f32 sums in another order |
-//! | narrow codes (FP8, FP4, E8M0, 8- and 4-bit integers) | exact, except *boundary cases*: the code the interpreter gets when it sums in f64 instead of f32; and *transcendental cases*: a code one step away that lies inside the op's code window | a value whose sum lies within rounding of a code boundary may round either way; summing in f64 shows which values do. Where the pre-quantize value went through CUDA's `expf` (attention's softmax), the interpreter's exp differs from the GPU's by up to 2 + 1 ulp; the window ([`crate::interp::code_window`]) holds every code the pre-quantize value can round to under that error and any f32 summation order |
+//! | narrow codes (FP8, FP4, E8M0, 8- and 4-bit integers) | exact, except *boundary cases*: the code the interpreter gets when it evaluates the same node on the same operands summing in f64 instead of f32; *transcendental cases*: a code one step away that lies inside the op's code window; and *score-order cases*: a code one step away that `attention` reaches when a score whose `q·k` sum lies within f32 rounding of a T boundary rounds the other way | a value whose sum lies within rounding of a code boundary may round either way; summing in f64 shows which values do. Where the pre-quantize value went through CUDA's `expf` (attention's softmax), the interpreter's exp differs from the GPU's by up to 2 + 1 ulp; the window ([`crate::interp::code_window`]) holds every code the pre-quantize value can round to under that error and the P·V sum's order. A score rounded to T one step apart moves a whole row of probabilities; the flip window ([`crate::interp::score_flip_window`]) recomputes the output with such scores flipped, exactly, not by a bound |
 //! | `i32`, `i64` | exact | |
 //!
 //! Each element is judged against its own reference, never against the tensor's largest
@@ -50,7 +50,7 @@ impl Tolerance {
     pub fn describe(&self) -> String {
         match self {
             Tolerance::Float { rel, abs } => format!("|Δ| ≤ {rel:.0e}·|ref| + {abs:.0e}"),
-            Tolerance::Codes => "codes exact (f64-sum and transcendental boundary cases counted)".into(),
+            Tolerance::Codes => "codes exact (f64-sum, transcendental and score-order boundary cases counted)".into(),
             Tolerance::Exact => "exact".into(),
         }
     }
@@ -71,6 +71,10 @@ pub struct Comparison {
     /// Narrow codes one step from the reference, inside the code window of the op's
     /// transcendental error (within `expf` rounding of a code boundary): allowed and reported.
     pub transcendental_cases: usize,
+    /// Narrow codes one step from the reference that `attention` produces when a score whose
+    /// `q·k` sum lies within f32 rounding of a T boundary rounds the other way (the flip window):
+    /// allowed and reported.
+    pub score_order_cases: usize,
 }
 
 impl Comparison {
@@ -82,6 +86,7 @@ impl Comparison {
             tolerance: "same shape and dtype".into(),
             boundary_cases: 0,
             transcendental_cases: 0,
+            score_order_cases: 0,
         }
     }
 }
@@ -97,18 +102,23 @@ pub struct Reference<'a> {
     /// of the op that produced the pre-quantize value ([`crate::interp::code_window`]), when it has
     /// any: a code one step from the reference inside it is allowed too.
     pub window: Option<(&'a [f32], &'a [f32])>,
+    /// Per element, the lowest and highest code reached with scores rounded the other way
+    /// ([`crate::interp::score_flip_window`]), when the op has scores: a code one step from the
+    /// reference inside it is allowed too.
+    pub flips: Option<(&'a [f32], &'a [f32])>,
 }
 
 /// Compares `got` with `want` under the tolerance of `dtype`.
 pub fn compare(dtype: DType, want: Reference<'_>, got: &[f32]) -> Comparison {
     let tol = Tolerance::of(dtype);
     let n = want.values.len();
-    if got.len() != n || want.wide.is_some_and(|w| w.len() != n) || want.window.is_some_and(|(l, h)| l.len() != n || h.len() != n) {
+    let bad_pair = |p: Option<(&[f32], &[f32])>| p.is_some_and(|(l, h)| l.len() != n || h.len() != n);
+    if got.len() != n || want.wide.is_some_and(|w| w.len() != n) || bad_pair(want.window) || bad_pair(want.flips) {
         return Comparison::mismatch(format!("{} elements, the interpreter has {n}", got.len()));
     }
     if let Some(i) = (0..n).find(|&i| !non_finite_matches(want.values[i], got[i])) {
         let measured = format!("element {i} is {} (reference {})", got[i], want.values[i]);
-        return Comparison { pass: false, measured, tolerance: tol.describe(), boundary_cases: 0, transcendental_cases: 0 };
+        return Comparison { pass: false, measured, tolerance: tol.describe(), ..Comparison::mismatch("") };
     }
     let finite = |i: &usize| want.values[*i].is_finite();
     let (pass, measured, boundary_cases) = match tol {
@@ -124,44 +134,69 @@ pub fn compare(dtype: DType, want: Reference<'_>, got: &[f32]) -> Comparison {
                 None => (true, "no finite elements".into(), 0),
             }
         }
-        Tolerance::Codes => {
-            let differ: Vec<usize> = (0..n).filter(finite).filter(|&i| want.values[i].to_bits() != got[i].to_bits()).collect();
-            let on_boundary = |i: usize| want.wide.is_some_and(|w| w[i].to_bits() == got[i].to_bits());
-            let in_window = |i: usize| {
-                want.window.is_some_and(|(lo, hi)| lo[i] <= got[i] && got[i] <= hi[i]) && adjacent_codes(dtype, want.values[i], got[i])
-            };
-            let (mut boundary, mut transcendental) = (0, 0);
-            let mut wrong = Vec::new();
-            for &i in &differ {
-                if on_boundary(i) {
-                    boundary += 1;
-                } else if in_window(i) {
-                    transcendental += 1;
-                } else {
-                    wrong.push(i);
-                }
-            }
-            let allowed = format!("{boundary} boundary cases; {transcendental} codes within transcendental rounding of a boundary");
-            let measured = match wrong.first() {
-                Some(&i) => {
-                    format!("{} of {n} codes wrong, first at element {i} (ref {}, gpu {}); {allowed}", wrong.len(), want.values[i], got[i])
-                }
-                None => format!("all {n} codes match; {allowed}"),
-            };
-            return Comparison {
-                pass: wrong.is_empty(),
-                measured,
-                tolerance: tol.describe(),
-                boundary_cases: boundary,
-                transcendental_cases: transcendental,
-            };
-        }
+        Tolerance::Codes => return compare_codes(dtype, want, got, tol),
         Tolerance::Exact => {
             let differ = (0..n).filter(finite).filter(|&i| want.values[i].to_bits() != got[i].to_bits()).count();
             (differ == 0, format!("{differ} elements differ"), 0)
         }
     };
-    Comparison { pass, measured, tolerance: tol.describe(), boundary_cases, transcendental_cases: 0 }
+    Comparison { pass, measured, tolerance: tol.describe(), boundary_cases, ..Comparison::mismatch("") }
+}
+
+/// Why a narrow code that differs from the reference is allowed, if it is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Allowed {
+    /// The f64-sum evaluation holds it.
+    Boundary,
+    /// One step away, inside the transcendental window.
+    Transcendental,
+    /// One step away, inside the score-flip window.
+    ScoreOrder,
+}
+
+/// Which rule allows `got` at element `i` (checked in this order), or `None`.
+fn allowed(dtype: DType, want: &Reference<'_>, got: f32, i: usize) -> Option<Allowed> {
+    let inside = |pair: Option<(&[f32], &[f32])>| {
+        pair.is_some_and(|(lo, hi)| lo[i] <= got && got <= hi[i]) && adjacent_codes(dtype, want.values[i], got)
+    };
+    if want.wide.is_some_and(|w| w[i].to_bits() == got.to_bits()) {
+        Some(Allowed::Boundary)
+    } else if inside(want.window) {
+        Some(Allowed::Transcendental)
+    } else if inside(want.flips) {
+        Some(Allowed::ScoreOrder)
+    } else {
+        None
+    }
+}
+
+/// [`compare`] for narrow codes: every finite element's code equals the reference's, or one of
+/// [`Allowed`]'s rules allows it (counted per rule).
+fn compare_codes(dtype: DType, want: Reference<'_>, got: &[f32], tol: Tolerance) -> Comparison {
+    let n = want.values.len();
+    let (mut counts, mut wrong) = ([0usize; 3], Vec::new());
+    for i in (0..n).filter(|&i| want.values[i].is_finite() && want.values[i].to_bits() != got[i].to_bits()) {
+        match allowed(dtype, &want, got[i], i) {
+            Some(rule) => counts[rule as usize] += 1,
+            None => wrong.push(i),
+        }
+    }
+    let [boundary, transcendental, score_order] = counts;
+    let allowed = format!(
+        "{boundary} boundary cases; {transcendental} codes within transcendental rounding of a boundary; {score_order} codes from scores within f32 rounding of a boundary"
+    );
+    let measured = match wrong.first() {
+        Some(&i) => format!("{} of {n} codes wrong, first at element {i} (ref {}, gpu {}); {allowed}", wrong.len(), want.values[i], got[i]),
+        None => format!("all {n} codes match; {allowed}"),
+    };
+    Comparison {
+        pass: wrong.is_empty(),
+        measured,
+        tolerance: tol.describe(),
+        boundary_cases: boundary,
+        transcendental_cases: transcendental,
+        score_order_cases: score_order,
+    }
 }
 
 /// Whether `a` and `b` are neighbouring codes of `dtype`: no finite code of `dtype` lies strictly
@@ -190,7 +225,7 @@ mod tests {
     use super::*;
 
     fn plain(values: &[f32]) -> Reference<'_> {
-        Reference { values, wide: None, window: None }
+        Reference { values, wide: None, window: None, flips: None }
     }
 
     #[test]
@@ -224,10 +259,10 @@ mod tests {
         assert!(!c.pass && c.measured.contains("element 3"), "one code off by one step fails: {c:?}");
         let mut wide = want.clone();
         wide[3] = got[3];
-        let c = compare(DType::F8E4M3, Reference { values: &want, wide: Some(&wide), window: None }, &got);
+        let c = compare(DType::F8E4M3, Reference { values: &want, wide: Some(&wide), window: None, flips: None }, &got);
         assert!(c.pass && c.boundary_cases == 1, "the f64-sum reference holds that code: {c:?}");
         got[5] = want[5] + 0.125;
-        assert!(!compare(DType::F8E4M3, Reference { values: &want, wide: Some(&wide), window: None }, &got).pass);
+        assert!(!compare(DType::F8E4M3, Reference { values: &want, wide: Some(&wide), window: None, flips: None }, &got).pass);
         assert!(!compare(DType::I8, plain(&[3.0]), &[4.0]).pass);
         assert!(!compare(DType::F4E2M1, plain(&[1.0, 6.0]), &[1.5, 6.0]).pass);
     }
@@ -241,7 +276,7 @@ mod tests {
         // element 2: a window two steps wide.
         let lo = vec![1.0f32, 1.0, 1.0, -1.125];
         let hi = vec![1.0f32, 1.125, 1.25, -1.0];
-        let r = Reference { values: &want, wide: None, window: Some((&lo, &hi)) };
+        let r = Reference { values: &want, wide: None, window: Some((&lo, &hi)), flips: None };
         let exact = compare(DType::F8E4M3, r, &want);
         assert!(exact.pass && exact.transcendental_cases == 0, "{exact:?}");
         let c = compare(DType::F8E4M3, r, &[1.0, 1.125, 1.0, -1.125]);
@@ -253,6 +288,24 @@ mod tests {
         assert!(!two.pass && two.measured.contains("element 2"), "two steps fail even inside the window: {two:?}");
         let outside = compare(DType::F8E4M3, r, &[1.0, 0.875, 1.0, -1.0]);
         assert!(!outside.pass, "the step below is outside the window: {outside:?}");
+    }
+
+    #[test]
+    fn a_one_step_code_inside_the_flip_window_passes_and_is_counted_apart() {
+        // E4M3 around 1 (steps of 0.125). Element 1's scores can flip it up one code; element 2's
+        // flip window is two codes wide; element 0's holds its own code only.
+        let want = vec![1.0f32, 1.0, 1.0];
+        let (lo, hi) = (vec![1.0f32, 1.0, 1.0], vec![1.0f32, 1.125, 1.25]);
+        let r = Reference { values: &want, wide: None, window: None, flips: Some((&lo, &hi)) };
+        let c = compare(DType::F8E4M3, r, &[1.0, 1.125, 1.125]);
+        assert!(c.pass && (c.score_order_cases, c.transcendental_cases, c.boundary_cases) == (2, 0, 0), "{c:?}");
+        assert!(c.measured.contains("2 codes from scores within f32 rounding of a boundary"), "{c:?}");
+        let two = compare(DType::F8E4M3, r, &[1.0, 1.0, 1.25]);
+        assert!(!two.pass && two.measured.contains("element 2"), "two steps fail inside the window: {two:?}");
+        let far = compare(DType::F8E4M3, r, &[1.125, 1.0, 1.0]);
+        assert!(!far.pass && far.measured.contains("element 0"), "one step away from any boundary fails: {far:?}");
+        let below = compare(DType::F8E4M3, r, &[1.0, 0.875, 1.0]);
+        assert!(!below.pass, "the step the other way is outside the window: {below:?}");
     }
 
     #[test]

@@ -15,16 +15,21 @@ use crate::plan::{LaunchMeta, PlanMeta};
 use crate::runtime::HostTensor;
 
 /// The interpreter's values of every IR value: with f32 sums (the reference) and, for narrow-code
-/// values, with f64 sums (which codes sit on a rounding boundary) and, where the op's pre-quantize
-/// value carries the GPU's transcendental error, the window of codes it can round to.
+/// values, the candidates a correct GPU may write instead: the node evaluated with f64 sums on the
+/// same operands (which codes sit on a rounding boundary), and for quantized `attention` outputs
+/// the windows of codes its transcendental error and its scores' rounding can reach.
 pub struct References {
     /// f32 sums.
     pub values: HashMap<ValueId, Tensor>,
-    /// f64 sums, narrow-code values only.
+    /// Narrow-code values only: their node evaluated with f64 sums on the operands in `values`
+    /// (teacher-forced, like the GPU's kernel).
     pub wide: HashMap<ValueId, Tensor>,
     /// Lowest and highest code per element ([`crate::interp::code_window`]): quantized outputs of
-    /// `attention` (the softmax's `expf`).
+    /// `attention` (the softmax's `expf`, the P·V sum's order).
     pub windows: HashMap<ValueId, (Tensor, Tensor)>,
+    /// Lowest and highest code per element with scores rounded the other way
+    /// ([`crate::interp::score_flip_window`]): quantized outputs of `attention`.
+    pub flips: HashMap<ValueId, (Tensor, Tensor)>,
 }
 
 /// The checks of launch `index` and the reference values to write in place of the GPU's
@@ -56,7 +61,8 @@ pub fn judge_launch(
             None => Comparison::mismatch(format!("buffer `{}` has no interpreter value to compare with", b.name)),
             Some((v, want)) => {
                 forced.push((*buffer, to_host(want)));
-                compare_tensor(want, refs.wide.get(&v), refs.windows.get(&v), gpu)
+                let candidates = Candidates { wide: refs.wide.get(&v), window: refs.windows.get(&v), flips: refs.flips.get(&v) };
+                compare_tensor(want, candidates, gpu)
             }
         };
         checks.push(KernelCheck { launch: index, label: launch.label.clone(), value: b.name.clone(), dtype: b.dtype.clone(), comparison });
@@ -64,7 +70,24 @@ pub fn judge_launch(
     (checks, forced)
 }
 
-fn compare_tensor(want: &Tensor, wide: Option<&Tensor>, window: Option<&(Tensor, Tensor)>, gpu: &HostTensor) -> Comparison {
+/// What else than the reference a value's GPU result may equal ([`References`]).
+struct Candidates<'a> {
+    wide: Option<&'a Tensor>,
+    window: Option<&'a (Tensor, Tensor)>,
+    flips: Option<&'a (Tensor, Tensor)>,
+}
+
+/// A pair of per-element bounds of `want`'s shape, decoded (`None` when absent or misshapen).
+fn pair_f32(pair: Option<&(Tensor, Tensor)>, want: &Tensor) -> Option<(Vec<f32>, Vec<f32>)> {
+    pair.filter(|(lo, hi)| lo.shape == want.shape && hi.shape == want.shape).map(|(lo, hi)| (lo.to_f32_vec(), hi.to_f32_vec()))
+}
+
+/// Borrows a decoded pair.
+fn slices(p: &Option<(Vec<f32>, Vec<f32>)>) -> Option<(&[f32], &[f32])> {
+    p.as_ref().map(|(lo, hi)| (lo.as_slice(), hi.as_slice()))
+}
+
+fn compare_tensor(want: &Tensor, candidates: Candidates<'_>, gpu: &HostTensor) -> Comparison {
     if !gpu.shape.iter().map(|&d| d as usize).eq(want.shape.iter().copied()) {
         return Comparison::mismatch(format!("GPU shape {:?}, interpreter {:?}", gpu.shape, want.shape));
     }
@@ -73,12 +96,10 @@ fn compare_tensor(want: &Tensor, wide: Option<&Tensor>, window: Option<&(Tensor,
     }
     match gpu.to_f32_vec() {
         Ok(got) => {
-            let wide = wide.filter(|w| w.shape == want.shape).map(Tensor::to_f32_vec);
-            let window = window
-                .filter(|(lo, hi)| lo.shape == want.shape && hi.shape == want.shape)
-                .map(|(lo, hi)| (lo.to_f32_vec(), hi.to_f32_vec()));
-            let window = window.as_ref().map(|(lo, hi)| (lo.as_slice(), hi.as_slice()));
-            compare(want.dtype, Reference { values: &want.to_f32_vec(), wide: wide.as_deref(), window }, &got)
+            let wide = candidates.wide.filter(|w| w.shape == want.shape).map(Tensor::to_f32_vec);
+            let (window, flips) = (pair_f32(candidates.window, want), pair_f32(candidates.flips, want));
+            let reference = Reference { values: &want.to_f32_vec(), wide: wide.as_deref(), window: slices(&window), flips: slices(&flips) };
+            compare(want.dtype, reference, &got)
         }
         Err(e) => Comparison::mismatch(e),
     }

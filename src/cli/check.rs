@@ -147,26 +147,34 @@ pub fn run(args: &CheckArgs, quiet: bool) -> anyhow::Result<()> {
         let ok = report.kernels.iter().filter(|k| k.comparison.pass).count();
         let boundary: usize = report.kernels.iter().map(|k| k.comparison.boundary_cases).sum();
         let transcendental: usize = report.kernels.iter().map(|k| k.comparison.transcendental_cases).sum();
+        let score_order: usize = report.kernels.iter().map(|k| k.comparison.score_order_cases).sum();
         let mut lines = vec![format!(
-            "per-kernel: {ok} of {} results within their dtype's tolerance; {boundary} narrow codes on a rounding boundary (allowed); {transcendental} codes within transcendental rounding of a boundary (allowed)",
+            "per-kernel: {ok} of {} results within their dtype's tolerance; {boundary} narrow codes on a rounding boundary (allowed); {transcendental} codes within transcendental rounding of a boundary (allowed); {score_order} codes from attention scores within f32 rounding of a boundary (allowed)",
             report.kernels.len()
         )];
         for (name, cos) in &report.end_to_end {
             let (min, mean) = min_mean(cos);
             lines.push(format!(
-                "end to end `{name}`: {} rows, cosine GPU vs interpreter min {min:.6}, mean {mean:.6} (bar {:.6}: {}, or the summation-order floor minus {:.0e} when lower)",
+                "end to end `{name}`: {} rows, cosine GPU vs interpreter min {min:.6}, mean {mean:.6} (bar {:.6}: {}, or the floor minus {:.0e} when lower)",
                 cos.len(),
                 report.end_to_end_bar(name, args.min_cos),
                 args.min_cos,
                 qfuse::check::FLOOR_MARGIN
             ));
         }
-        for (name, cos) in &report.summation_floor {
+        for (name, cos) in &report.floor {
             let (min, mean) = min_mean(cos);
+            let variants: Vec<String> = report
+                .floor_variants
+                .iter()
+                .filter_map(|v| v.cosines.iter().find(|(n, _)| n == name).map(|(_, c)| format!("{} min {:.6}", v.name, min_mean(c).0)))
+                .collect();
             lines.push(format!(
-                "info: summation-order floor `{name}`: cosine interpreter (f32 sums) vs interpreter (f64 sums) min {min:.6}, mean {mean:.6}"
+                "floor `{name}`: cosine interpreter vs a second correct implementation min {min:.6}, mean {mean:.6} ({})",
+                variants.join("; ")
             ));
         }
+        lines.push(format!("rule: {}", qfuse::check::PASS_RULE));
         if let Some(f) = &report.vs_fp32 {
             let ((gmin, gmean), (imin, imean)) = (min_mean(&f.gpu), min_mean(&f.interpreter));
             lines.push(format!(

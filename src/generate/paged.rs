@@ -47,7 +47,7 @@ impl<'a> PagedStepper<'a> {
             slots.push((kv as usize, d as usize, ty.dtype));
         }
         let pools = slots.iter().map(|&(kv, d, _)| vec![0.0; pages as usize * kv * geometry.page_size as usize * d]).collect();
-        Ok(Self { graph, weights, geometry, pools, slots, options: RunOptions { threads: 0, accumulation } })
+        Ok(Self { graph, weights, geometry, pools, slots, options: RunOptions { threads: 0, accumulation, ..Default::default() } })
     }
 
     /// Index of `(page, head, slot, 0)` in a pool `[pages, KV, PAGE, D]` of `kv` heads of size `d`.

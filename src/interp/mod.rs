@@ -20,11 +20,13 @@
 //! Op semantics are documented in the `ops` submodules (`ops::quant` for quantization).
 
 mod ops;
+pub mod perturb;
 mod state;
 pub mod tensor;
 
 pub use ops::inverse_frequencies;
 pub use ops::{f32_sum_bound, softmax_relative_bound, CUDA_EXPF_ULP};
+pub use perturb::{Function, Perturbation};
 pub use state::empty_state;
 pub use tensor::{Tensor, TensorData};
 
@@ -170,6 +172,18 @@ pub struct RunOptions {
     pub threads: usize,
     /// How float products are summed.
     pub accumulation: Accumulation,
+    /// `None`: the host's transcendental functions. `Some`: those whose GPU counterparts have a
+    /// documented ulp bound (`expf`, `erfcf`, `tanhf` in GeLU, SiLU, `exp`, `tanh` and
+    /// `attention`'s softmax) move within it ([`Perturbation`]), and `attention` sums its
+    /// softmax denominator in f32 (key order), as the GPU does, instead of f64: a second correct
+    /// implementation, for `qfuse check`'s end-to-end floor.
+    pub perturbation: Option<Perturbation>,
+}
+
+impl RunOptions {
+    fn numerics(&self) -> ops::Numerics {
+        ops::Numerics { acc: self.accumulation, perturb: self.perturbation }
+    }
 }
 
 /// How `matmul`, float `qmatmul` and `attention` products sum (integer-code `qmatmul`s are
@@ -182,7 +196,7 @@ pub enum Accumulation {
     /// f64 sums rounded to f32 once: exact for 8-bit codes (E4M3 products are multiples of 2^-18
     /// below 2^18, so any K ≤ 2^16 sums exactly), order-independent to f64 precision otherwise.
     /// Compared with [`Accumulation::F32`], it measures how much a graph's result depends on the
-    /// order its sums are taken in (`qfuse check`'s summation-order floor).
+    /// order its sums are taken in (one of `qfuse check`'s end-to-end floor variants).
     F64,
 }
 
@@ -193,7 +207,33 @@ pub enum Accumulation {
 /// difference inside this window and counts it.
 pub fn code_window(op: &Op, args: Vec<Arc<Tensor>>, out: &Tensor) -> Result<Option<(Tensor, Tensor)>, String> {
     let outs = [ops::OutType { dtype: out.dtype, shape: out.shape.clone() }];
-    ops::code_window(op, args, &outs, Accumulation::F32)
+    ops::code_window(op, args, &outs, ops::Numerics::default())
+}
+
+/// For a quantized `attention` output `out` (the interpreter's, from `args`): per element, the
+/// lowest and highest code that the output takes when scores whose f32 `q·k` sum lies within
+/// [`f32_sum_bound`] of a rounding boundary of T round the other way — each such score alone,
+/// and together all that raise (lower) the element — recomputed exactly; the reference code
+/// at elements of rows without such a score. `None` for other ops and unquantized outputs.
+/// `qfuse check` allows a code one step from the reference inside it and counts it.
+pub fn score_flip_window(op: &Op, args: Vec<Arc<Tensor>>, out: &Tensor) -> Result<Option<(Tensor, Tensor)>, String> {
+    match op {
+        Op::Attention(a) => ops::score_flip_window(a, args, out),
+        _ => Ok(None),
+    }
+}
+
+/// Applies one computing op to `args` (no graph: the operands are given), producing one tensor
+/// per `(dtype, shape)` of `outs`, with the numerics of `opts` (its `threads` is ignored).
+/// `qfuse check` re-evaluates single nodes on the reference's operands this way.
+pub fn eval_op(op: &Op, args: Vec<Arc<Tensor>>, outs: &[(DType, Vec<usize>)], opts: &RunOptions) -> Result<Vec<Tensor>, String> {
+    if op.is_source() {
+        return Err(format!("{} has no operands to evaluate", op.mnemonic()));
+    }
+    let outs: Vec<ops::OutType> = outs.iter().map(|(dtype, shape)| ops::OutType { dtype: *dtype, shape: shape.clone() }).collect();
+    let results = ops::eval_guarded(op, args, &outs, opts.numerics())?;
+    check_results(&results, &outs)?;
+    Ok(results)
 }
 
 /// Named graph results, in the graph's output order.
@@ -232,7 +272,7 @@ pub fn run_with(
         0 => None,
         n => rayon::ThreadPoolBuilder::new().num_threads(n).build().ok(),
     };
-    let mut ex = Executor::new(g, weights, pool, opts.accumulation);
+    let mut ex = Executor::new(g, weights, pool, opts.numerics());
     ex.bind_inputs(inputs)?;
     for id in order {
         if ex.live[id.index()] {
@@ -247,7 +287,7 @@ struct Executor<'a> {
     g: &'a Graph,
     weights: &'a dyn WeightSource,
     pool: Option<rayon::ThreadPool>,
-    accumulation: Accumulation,
+    numerics: ops::Numerics,
     live: Vec<bool>,
     /// Bound symbol values, by `SymId` index.
     syms: Vec<Option<u64>>,
@@ -257,7 +297,7 @@ struct Executor<'a> {
 }
 
 impl<'a> Executor<'a> {
-    fn new(g: &'a Graph, weights: &'a dyn WeightSource, pool: Option<rayon::ThreadPool>, accumulation: Accumulation) -> Self {
+    fn new(g: &'a Graph, weights: &'a dyn WeightSource, pool: Option<rayon::ThreadPool>, numerics: ops::Numerics) -> Self {
         let live = g.live_nodes();
         let mut uses = vec![0u32; g.values.len()];
         for (id, node) in g.nodes.iter() {
@@ -268,7 +308,7 @@ impl<'a> Executor<'a> {
         g.outputs.iter().for_each(|(_, v)| uses[v.index()] += 1);
         let syms = vec![None; g.symbols.len()];
         let store = vec![None; g.values.len()];
-        Executor { g, weights, pool, accumulation, live, syms, uses, store }
+        Executor { g, weights, pool, numerics, live, syms, uses, store }
     }
 
     /// Checks every graph input and binds the symbols of their shapes.
@@ -393,8 +433,8 @@ impl<'a> Executor<'a> {
             .collect::<Result<Vec<_>, String>>()
             .map_err(|m| self.op_error(id, m))?;
         let args = self.take_operands(node).map_err(|m| self.op_error(id, m))?;
-        let accumulation = self.accumulation;
-        let eval = || ops::eval_guarded(&node.op, args, &outs, accumulation);
+        let numerics = self.numerics;
+        let eval = || ops::eval_guarded(&node.op, args, &outs, numerics);
         let results = match &self.pool {
             Some(p) => p.install(eval),
             None => eval(),

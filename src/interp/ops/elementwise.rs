@@ -9,6 +9,7 @@
 //!   `i64` → `i32` saturates.
 
 use super::{f32s, finish, finish_i64, for_rows, map_in_place, row_offset, take_f32, OutType, PAR_MIN};
+use crate::interp::perturb::{Function, Perturbation};
 use crate::interp::tensor::{f32_to_i64, stored_as_i64, strides, Tensor, TensorData};
 use crate::ir::{BinaryOp, DType, UnaryOp};
 use rayon::prelude::*;
@@ -52,16 +53,21 @@ pub(super) fn cast(x: Arc<Tensor>, out: &OutType) -> Tensor {
     }
 }
 
-/// Element-wise unary ops on `f32`-held data.
-pub(super) fn unary(op: UnaryOp, x: Arc<Tensor>, out: &OutType) -> Result<Tensor, String> {
+/// Element-wise unary ops on `f32`-held data; with `perturb`, the `erfc`, `exp` and `tanh` results
+/// move within CUDA's bound ([`Perturbation::apply`]).
+pub(super) fn unary(op: UnaryOp, x: Arc<Tensor>, out: &OutType, perturb: Option<Perturbation>) -> Result<Tensor, String> {
     let mut d = take_f32(x)?;
+    let f = move |f: Function, x: f32, y: f32| perturb.map_or(y, |p| p.apply(f, x, y));
     match op {
-        UnaryOp::Gelu => map_in_place(&mut d, |x| 0.5 * x * libm::erfcf(-x * std::f32::consts::FRAC_1_SQRT_2)),
-        UnaryOp::GeluTanh => map_in_place(&mut d, gelu_tanh),
-        UnaryOp::Silu => map_in_place(&mut d, |x| x / (1.0 + (-x).exp())),
+        UnaryOp::Gelu => map_in_place(&mut d, |x| {
+            let z = -x * std::f32::consts::FRAC_1_SQRT_2;
+            0.5 * x * f(Function::Erfc, z, libm::erfcf(z))
+        }),
+        UnaryOp::GeluTanh => map_in_place(&mut d, |x| gelu_tanh(x, &|t| f(Function::Tanh, t, t.tanh()))),
+        UnaryOp::Silu => map_in_place(&mut d, |x| x / (1.0 + f(Function::Exp, -x, (-x).exp()))),
         UnaryOp::Relu => map_in_place(&mut d, |x| if x < 0.0 { 0.0 } else { x }),
-        UnaryOp::Exp => map_in_place(&mut d, f32::exp),
-        UnaryOp::Tanh => map_in_place(&mut d, f32::tanh),
+        UnaryOp::Exp => map_in_place(&mut d, |x| f(Function::Exp, x, x.exp())),
+        UnaryOp::Tanh => map_in_place(&mut d, |x| f(Function::Tanh, x, x.tanh())),
         UnaryOp::Sqrt => map_in_place(&mut d, f32::sqrt),
         UnaryOp::Rsqrt => map_in_place(&mut d, |x| 1.0 / x.sqrt()),
         UnaryOp::Neg => map_in_place(&mut d, |x| -x),
@@ -70,10 +76,10 @@ pub(super) fn unary(op: UnaryOp, x: Arc<Tensor>, out: &OutType) -> Result<Tensor
     Ok(finish(out, d))
 }
 
-/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
-fn gelu_tanh(x: f32) -> f32 {
+/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, with `tanh` as given.
+fn gelu_tanh(x: f32, tanh: &dyn Fn(f32) -> f32) -> f32 {
     const K: f32 = 0.797_884_6; // √(2/π)
-    0.5 * x * (1.0 + (K * (x + 0.044715 * x * x * x)).tanh())
+    0.5 * x * (1.0 + tanh(K * (x + 0.044715 * x * x * x)))
 }
 
 /// Element-wise binary ops with NumPy broadcasting.

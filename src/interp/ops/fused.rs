@@ -6,10 +6,11 @@
 //! the unfused graph runs them (the importer's reshape/transpose/matmul/mul/add/softmax chain and
 //! its gather/iota/add chain), so their results are bit-identical to the unfused graph's.
 
-use super::{elementwise, matmul, norm, quant, reduce, shape, OutType};
+use super::{elementwise, matmul, norm, quant, reduce, shape, Numerics, OutType};
 use crate::interp::tensor::Tensor;
 use crate::interp::Accumulation;
 use crate::ir::{Attention, BinaryOp, DType, EmbedLayerNorm, EpilogueOp, Granularity, NormKind, QMatMul, QuantSpec, ScaleSource};
+use crate::numerics::cast;
 use std::sync::Arc;
 
 /// `requantize`: dequantize per-tensor, round to `via`, quantize with `to`.
@@ -54,14 +55,15 @@ pub(super) fn norm_quantize(
 }
 
 /// `qmatmul`: with `b_dequant`, `b` dequantized to `a`'s dtype first (the `dequantize` kernel);
-/// then the accumulation — exact for 8-bit integer operands ([`matmul::matmul_f64`]), as `acc`
-/// says otherwise — scaling, epilogue, output quantize.
+/// then the accumulation — exact for 8-bit integer operands ([`matmul::matmul_f64`]), as `num`
+/// says otherwise — scaling, epilogue (its functions as `num` says), output quantize.
 pub(super) fn qmatmul(
     q: &QMatMul,
     mut args: std::vec::IntoIter<Arc<Tensor>>,
     outs: &[OutType],
-    acc: Accumulation,
+    num: Numerics,
 ) -> Result<Vec<Tensor>, String> {
+    let acc = num.acc;
     let mut next = || args.next().ok_or_else(|| "missing operand".to_string());
     let (a, mut b) = (next()?, next()?);
     if let Some(spec) = &q.b_dequant {
@@ -84,7 +86,7 @@ pub(super) fn qmatmul(
             EpilogueOp::Cast => elementwise::cast(y, &out),
             EpilogueOp::Add => elementwise::binary(BinaryOp::Add, y, next()?, &out)?,
             EpilogueOp::Mul => elementwise::binary(BinaryOp::Mul, y, next()?, &out)?,
-            EpilogueOp::Unary(u) => elementwise::unary(u, y, &out)?,
+            EpilogueOp::Unary(u) => elementwise::unary(u, y, &out, num.perturb)?,
         });
     }
     match &q.output {
@@ -104,9 +106,10 @@ pub(super) fn attention(
     a: &Attention,
     args: std::vec::IntoIter<Arc<Tensor>>,
     outs: &[OutType],
-    acc: Accumulation,
+    num: Numerics,
 ) -> Result<Vec<Tensor>, String> {
-    let mut f = attention_front(a, args, acc)?;
+    let acc = num.acc;
+    let mut f = attention_front(a, args, num, false)?;
     let p32 = std::mem::replace(&mut f.p32, Arc::new(Tensor::f32(vec![0], vec![])));
     let probs = f.round_probs(a, p32)?;
     let pv_alpha = a.fp8.map(|f| f.pv_alpha);
@@ -129,6 +132,8 @@ struct AttentionFront {
     dtype: DType,
     p32: Arc<Tensor>,
     vh: Tensor,
+    /// The final scores `[B, H, S, S]` (T values), when asked for.
+    scores: Option<Tensor>,
 }
 
 impl AttentionFront {
@@ -159,9 +164,23 @@ impl AttentionFront {
     }
 }
 
+/// `x` (`[B, S, H·D]`) split into heads, `[B, H, S, D]`.
+fn split_heads(x: Arc<Tensor>, b: usize, s: usize, heads: usize, d: usize) -> Result<Tensor, String> {
+    let operand = |shape: Vec<usize>| OutType { dtype: x.dtype, shape };
+    let r = shape::reshape(x.clone(), &operand(vec![b, s, heads, d]))?;
+    shape::transpose(&r, &[0, 2, 1, 3], &operand(vec![b, heads, s, d]))
+}
+
 /// `attention` up to the softmax, which stays in f32 (the softmax rounds f32 → T, so casting
-/// these to T is bit-identical to a softmax into T).
-fn attention_front(a: &Attention, mut args: std::vec::IntoIter<Arc<Tensor>>, acc: Accumulation) -> Result<AttentionFront, String> {
+/// these to T is bit-identical to a softmax into T); products and softmax as `num` says; with
+/// `keep_scores`, the final scores too.
+fn attention_front(
+    a: &Attention,
+    mut args: std::vec::IntoIter<Arc<Tensor>>,
+    num: Numerics,
+    keep_scores: bool,
+) -> Result<AttentionFront, String> {
+    let acc = num.acc;
     let mut next = || args.next().ok_or_else(|| "missing operand".to_string());
     let (q, k, v) = (next()?, next()?, next()?);
     let mask = if a.mask { Some(next()?) } else { None };
@@ -173,11 +192,7 @@ fn attention_front(a: &Attention, mut args: std::vec::IntoIter<Arc<Tensor>>, acc
     }
     let d = width / heads;
     let ty = |shape: Vec<usize>| OutType { dtype, shape };
-    let split = |x: Arc<Tensor>| -> Result<Tensor, String> {
-        let operand = |shape: Vec<usize>| OutType { dtype: x.dtype, shape };
-        let r = shape::reshape(x.clone(), &operand(vec![b, s, heads, d]))?;
-        shape::transpose(&r, &[0, 2, 1, 3], &operand(vec![b, heads, s, d]))
-    };
+    let split = |x: Arc<Tensor>| split_heads(x, b, s, heads, d);
     let (qh, kh, vh) = (split(q)?, split(k)?, split(v)?);
     let scores_ty = ty(vec![b, heads, s, s]);
     let qk_alpha = a.fp8.map(|f| f.qk_alpha);
@@ -191,8 +206,9 @@ fn attention_front(a: &Attention, mut args: std::vec::IntoIter<Arc<Tensor>>, acc
         let m = Arc::new(shape::reshape(m, &ty(vec![b, 1, 1, s]))?);
         scores = Arc::new(elementwise::binary(BinaryOp::Add, scores, m, &scores_ty)?);
     }
-    let p32 = Arc::new(reduce::softmax(scores, -1, &OutType { dtype: DType::F32, shape: vec![b, heads, s, s] })?);
-    Ok(AttentionFront { b, s, heads, d, dtype, p32, vh })
+    let kept = keep_scores.then(|| (*scores).clone());
+    let p32 = Arc::new(reduce::softmax_with(scores, -1, &OutType { dtype: DType::F32, shape: vec![b, heads, s, s] }, num.perturb)?);
+    Ok(AttentionFront { b, s, heads, d, dtype, p32, vh, scores: kept })
 }
 
 /// Documented maximum error of CUDA's single-precision `expf`, in ulps (CUDA C++ Programming
@@ -233,10 +249,10 @@ pub(super) fn attention_code_window(
     a: &Attention,
     args: std::vec::IntoIter<Arc<Tensor>>,
     outs: &[OutType],
-    acc: Accumulation,
+    num: Numerics,
 ) -> Result<Option<(Tensor, Tensor)>, String> {
     let Some(spec) = &a.output else { return Ok(None) };
-    let f = attention_front(a, args, acc)?;
+    let f = attention_front(a, args, num, false)?;
     let eps = softmax_relative_bound(f.s);
     let gamma = f32_sum_bound(f.s);
     let moved = |factor: f64| -> Result<Vec<f32>, String> {
@@ -285,6 +301,207 @@ fn order_pair(a: Tensor, b: Tensor) -> (Tensor, Tensor) {
     let lo = x.iter().zip(&y).map(|(&p, &q)| p.min(q)).collect();
     let hi = x.iter().zip(&y).map(|(&p, &q)| p.max(q)).collect();
     (Tensor::from_f32_as(a.dtype, a.shape.clone(), lo), Tensor::from_f32_as(b.dtype, b.shape.clone(), hi))
+}
+
+/// For an `attention` whose output is quantized, computed by the interpreter as `out` from
+/// `args`: per output element, the lowest and highest code it takes when scores round the other
+/// way (see `crate::interp::score_flip_window`). A score can: the GPU sums `q·k` in its own f32
+/// order, which moves the sum by at most `f32_sum_bound(D)·Σ_d|q_d·k_d|` (any order, tensor-core
+/// truncation included), so where T's rounding of the sum's ends (times `qk_alpha` with `fp8`),
+/// carried through the scale and mask roundings, differs from the reference's final score, that
+/// other final score is a *flip*. Per query row with flips, candidates of each output element
+/// are recomputed through the rest of the pipeline exactly as [`attention`] rounds it (softmax,
+/// T, the probabilities' E4M3 with `fp8`, P·V summed in f64, T, the output quantize): the row
+/// without flips, each flip alone, and for each element the flips that raise it (lower it)
+/// together. Elements of rows without flips get the reference code alone.
+pub(crate) fn score_flip_window(a: &Attention, args: Vec<Arc<Tensor>>, out: &Tensor) -> Result<Option<(Tensor, Tensor)>, String> {
+    let Some(spec) = &a.output else { return Ok(None) };
+    if args.len() != a.arity() {
+        return Err(format!("takes {} operand(s), got {}", a.arity(), args.len()));
+    }
+    let f = attention_front(a, args.clone().into_iter(), Numerics::default(), true)?;
+    let scores = f.scores.as_ref().ok_or("internal: scores not kept")?.to_f32_vec();
+    let split = |x: &Arc<Tensor>| split_heads(x.clone(), f.b, f.s, f.heads, f.d).map(|t| t.to_f32_vec());
+    let (q, k) = (split(&args[0])?, split(&args[1])?);
+    let mask = if a.mask { Some(args[3].to_f32_vec()) } else { None };
+    let row = FlipRow { a, dtype: f.dtype, s: f.s, d: f.d };
+    let (lo, hi, flipped) = row.all_candidates(&f, &scores, (&q, &k), mask.as_deref());
+    let shape = vec![f.b, f.heads, f.s, f.d];
+    let outs = [OutType { dtype: out.dtype, shape: out.shape.clone() }];
+    let end = |xs: Vec<f32>| -> Result<Vec<f32>, String> {
+        let y = f.merge_heads(Tensor::from_f32_as(f.dtype, shape.clone(), xs))?;
+        Ok(quant::quantize(spec, Arc::new(y), vec![], &outs)?.remove(0).to_f32_vec())
+    };
+    let flipped =
+        f.merge_heads(Tensor::from_f32_as(DType::F32, shape.clone(), flipped.iter().map(|&x| f32::from(u8::from(x))).collect()))?;
+    let (flipped, reference) = (flipped.to_f32_vec(), out.to_f32_vec());
+    // Elements of rows without a flip: the reference code alone.
+    let pick = |xs: Vec<f32>| -> Tensor {
+        let ys = flipped.iter().zip(xs).zip(&reference).map(|((&m, x), &r)| if m > 0.0 { x } else { r }).collect();
+        Tensor::from_f32_as(out.dtype, out.shape.clone(), ys)
+    };
+    let (lo, hi) = (pick(end(lo)?), pick(end(hi)?));
+    Ok(Some(order_pair(lo, hi)))
+}
+
+/// One query row of an `attention` for [`score_flip_window`]: its pipeline after the scores.
+struct FlipRow<'a> {
+    a: &'a Attention,
+    dtype: DType,
+    s: usize,
+    d: usize,
+}
+
+impl FlipRow<'_> {
+    /// Over every query row of `f` (`[B, H, S, ·]` order): the lowest and highest candidate of
+    /// each output element (T values, [`FlipRow::candidates`]) and whether its row has flips
+    /// (elsewhere both are 0). `scores` are the final scores, `qk` the heads of q and k, `mask`
+    /// the `[B, S]` bias.
+    fn all_candidates(
+        &self,
+        f: &AttentionFront,
+        scores: &[f32],
+        qk: (&[f32], &[f32]),
+        mask: Option<&[f32]>,
+    ) -> (Vec<f32>, Vec<f32>, Vec<bool>) {
+        let (s, d) = (f.s, f.d);
+        let v = f.vh.to_f32_vec();
+        let n = f.b * f.heads * s * d;
+        let (mut lo, mut hi, mut flipped) = (vec![0f32; n], vec![0f32; n], vec![false; n]);
+        for bh in 0..f.b * f.heads {
+            let bias = mask.map(|m| &m[(bh / f.heads) * s..][..s]);
+            let (k, vs) = (&qk.1[bh * s * d..][..s * d], &v[bh * s * d..][..s * d]);
+            for i in 0..s {
+                let (row, at) = (&scores[(bh * s + i) * s..][..s], (bh * s + i) * d);
+                let flips = self.flips(&qk.0[at..at + d], k, row, bias);
+                if flips.is_empty() {
+                    continue;
+                }
+                let (l, h) = self.candidates(row, &flips, vs);
+                lo[at..at + d].copy_from_slice(&l);
+                hi[at..at + d].copy_from_slice(&h);
+                flipped[at..at + d].iter_mut().for_each(|x| *x = true);
+            }
+        }
+        (lo, hi, flipped)
+    }
+
+    /// The final score of a `q·k` sum `sum` at key `j`, rounded as [`attention`] rounds it:
+    /// `T(T(T(f32(sum)·qk_alpha)·scale) + bias_j)`.
+    fn final_score(&self, sum: f64, j: usize, bias: Option<&[f32]>) -> f32 {
+        let mut x = sum as f32;
+        if let Some(f) = &self.a.fp8 {
+            x *= f.qk_alpha;
+        }
+        x = cast(x, self.dtype);
+        if let Some(scale) = self.a.scale {
+            x = cast(x * cast(scale, self.dtype), self.dtype);
+        }
+        if let Some(m) = bias {
+            x = cast(x + cast(m[j], self.dtype), self.dtype);
+        }
+        x
+    }
+
+    /// The flips of one row (`(key, other final score)`): where the ends of the f32 sum's range
+    /// round to a final score other than the reference's `scores[j]`.
+    fn flips(&self, q: &[f32], k: &[f32], scores: &[f32], bias: Option<&[f32]>) -> Vec<(usize, f32)> {
+        let gamma = f32_sum_bound(self.d);
+        let mut flips = Vec::new();
+        for (j, &reference) in scores.iter().enumerate() {
+            let kj = &k[j * self.d..][..self.d];
+            let (sum, mag) = q.iter().zip(kj).fold((0f64, 0f64), |(s, m), (&x, &y)| {
+                let p = f64::from(x) * f64::from(y);
+                (s + p, m + p.abs())
+            });
+            for end in [sum - gamma * mag, sum + gamma * mag] {
+                let other = self.final_score(end, j, bias);
+                if reference.is_finite() && other.is_finite() && other != reference && !flips.contains(&(j, other)) {
+                    flips.push((j, other));
+                }
+            }
+        }
+        flips
+    }
+
+    /// The probabilities P·V takes, from a row of final scores: the softmax, T, and with `fp8`
+    /// the probabilities' E4M3 quantize (a true division by `p_scale`).
+    fn probs(&self, scores: &[f32]) -> Vec<f32> {
+        let mut p = scores.to_vec();
+        reduce::softmax_strided(&mut p, self.s, 1, None);
+        for x in &mut p {
+            *x = cast(*x, self.dtype);
+            if let Some(f) = &self.a.fp8 {
+                *x = cast(*x / f.p_scale, DType::F8E4M3);
+            }
+        }
+        p
+    }
+
+    /// Element `c` of the row's output before its roundings: `Σ_j p_j·v_jc` in f64.
+    fn sum(&self, p: &[f32], v: &[f32], c: usize) -> f64 {
+        p.iter().enumerate().map(|(j, &pj)| f64::from(pj) * f64::from(v[j * self.d + c])).sum()
+    }
+
+    /// The output element (T, before the output quantize) of a sum: to f32, times `pv_alpha`
+    /// with `fp8`, to T.
+    fn round(&self, sum: f64) -> f32 {
+        let mut y = sum as f32;
+        if let Some(f) = &self.a.fp8 {
+            y *= f.pv_alpha;
+        }
+        cast(y, self.dtype)
+    }
+
+    /// `scores` with `flips` applied.
+    fn with(scores: &[f32], flips: &[(usize, f32)]) -> Vec<f32> {
+        let mut s = scores.to_vec();
+        flips.iter().for_each(|&(j, x)| s[j] = x);
+        s
+    }
+
+    /// Per output element of the row, the smallest and largest candidate (T values): no flip,
+    /// each flip alone, and the flips that raise (lower) the element's sum together (per key,
+    /// its flip that moves the sum furthest that way).
+    fn candidates(&self, scores: &[f32], flips: &[(usize, f32)], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let sums = |p: &[f32]| (0..self.d).map(|c| self.sum(p, v, c)).collect::<Vec<f64>>();
+        let base = sums(&self.probs(scores));
+        let single: Vec<Vec<f64>> = flips.iter().map(|&f| sums(&self.probs(&Self::with(scores, &[f])))).collect();
+        let (mut lo, mut hi): (Vec<f32>, Vec<f32>) =
+            (base.iter().map(|&x| self.round(x)).collect(), base.iter().map(|&x| self.round(x)).collect());
+        for c in 0..self.d {
+            let mut include = |y: f32| {
+                lo[c] = lo[c].min(y);
+                hi[c] = hi[c].max(y);
+            };
+            single.iter().for_each(|o| include(self.round(o[c])));
+            for up in [true, false] {
+                let together = Self::extreme(flips, &single, &base, c, up);
+                if together.len() > 1 {
+                    include(self.round(self.sum(&self.probs(&Self::with(scores, &together)), v, c)));
+                }
+            }
+        }
+        (lo, hi)
+    }
+
+    /// Per key, the flip that moves element `c` furthest up (`up`) or down, if it moves it that
+    /// way at all.
+    fn extreme(flips: &[(usize, f32)], single: &[Vec<f64>], base: &[f64], c: usize, up: bool) -> Vec<(usize, f32)> {
+        let mut best: Vec<((usize, f32), f64)> = Vec::new();
+        for (&flip, o) in flips.iter().zip(single) {
+            let gain = if up { o[c] - base[c] } else { base[c] - o[c] };
+            if gain <= 0.0 {
+                continue;
+            }
+            match best.iter_mut().find(|((j, _), _)| *j == flip.0) {
+                Some(b) if b.1 < gain => *b = (flip, gain),
+                Some(_) => {}
+                None => best.push((flip, gain)),
+            }
+        }
+        best.into_iter().map(|(f, _)| f).collect()
+    }
 }
 
 /// One batched product of `attention`: a `matmul` rounded to `out.dtype`, or with `alpha` (FP8

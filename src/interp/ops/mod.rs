@@ -12,10 +12,11 @@ mod reduce;
 mod shape;
 
 pub use decoder::inverse_frequencies;
+pub(crate) use fused::score_flip_window;
 pub use fused::{f32_sum_bound, softmax_relative_bound, CUDA_EXPF_ULP};
 
 use super::tensor::{Tensor, TensorData};
-use super::Accumulation;
+use super::{Accumulation, Perturbation};
 use crate::ir::{infer, DType, Op};
 use rayon::prelude::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -28,12 +29,20 @@ pub(crate) struct OutType {
     pub shape: Vec<usize>,
 }
 
+/// How a kernel computes what may differ between correct implementations: the order of its
+/// float sums and its transcendental functions (`super::RunOptions`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Numerics {
+    pub acc: Accumulation,
+    pub perturb: Option<Perturbation>,
+}
+
 /// Outputs shorter than this run on one thread.
 const PAR_MIN: usize = 1 << 15;
 
 /// [`eval`], turning a panic inside a kernel into an error instead of unwinding into the caller.
-pub(crate) fn eval_guarded(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], acc: Accumulation) -> Result<Vec<Tensor>, String> {
-    match catch_unwind(AssertUnwindSafe(|| eval(op, args, outs, acc))) {
+pub(crate) fn eval_guarded(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], num: Numerics) -> Result<Vec<Tensor>, String> {
+    match catch_unwind(AssertUnwindSafe(|| eval(op, args, outs, num))) {
         Ok(r) => r,
         Err(p) => {
             let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
@@ -45,24 +54,21 @@ pub(crate) fn eval_guarded(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], ac
 /// For an op whose quantized output carries the GPU's transcendental error (`attention`: the
 /// softmax's `expf`), per output element the lowest and highest code the GPU can produce
 /// (`fused::attention_code_window`); `None` for every other op and for unquantized outputs.
-pub(crate) fn code_window(
-    op: &Op,
-    args: Vec<Arc<Tensor>>,
-    outs: &[OutType],
-    acc: Accumulation,
-) -> Result<Option<(Tensor, Tensor)>, String> {
+pub(crate) fn code_window(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], num: Numerics) -> Result<Option<(Tensor, Tensor)>, String> {
     let want = infer::arity(op);
     if args.len() != want {
         return Err(format!("takes {want} operand(s), got {}", args.len()));
     }
     match op {
-        Op::Attention(a) => fused::attention_code_window(a, args.into_iter(), outs, acc),
+        Op::Attention(a) => fused::attention_code_window(a, args.into_iter(), outs, num),
         _ => Ok(None),
     }
 }
 
-/// Applies `op` to `args`, producing one tensor per entry of `outs`; products sum as `acc` says.
-fn eval(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], acc: Accumulation) -> Result<Vec<Tensor>, String> {
+/// Applies `op` to `args`, producing one tensor per entry of `outs`; products sum and
+/// transcendental functions round as `num` says.
+fn eval(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], num: Numerics) -> Result<Vec<Tensor>, String> {
+    let acc = num.acc;
     let want = infer::arity(op);
     if args.len() != want {
         return Err(format!("takes {want} operand(s), got {}", args.len()));
@@ -82,8 +88,8 @@ fn eval(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], acc: Accumulation) ->
         Op::NormQuantize { kind, eps, via, quant, keep_normed } => {
             return fused::norm_quantize(*kind, *eps, *via, quant, *keep_normed, args, outs)
         }
-        Op::QMatMul(q) => return fused::qmatmul(q, args, outs, acc),
-        Op::Attention(a) => return fused::attention(a, args, outs, acc),
+        Op::QMatMul(q) => return fused::qmatmul(q, args, outs, num),
+        Op::Attention(a) => return fused::attention(a, args, outs, num),
         Op::EmbedLayerNorm(e) => return fused::embed_layernorm(e, args, outs),
         Op::CausalAttention(a) => return decoder::causal_attention(a, args.collect(), outs),
         Op::Rope(r) => decoder::rope(r, next!(), &*next!(), out)?,
@@ -92,7 +98,7 @@ fn eval(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], acc: Accumulation) ->
         Op::Iota => elementwise::iota(out)?,
         Op::Cast => elementwise::cast(next!(), out),
         Op::Binary(b) => elementwise::binary(*b, next!(), next!(), out)?,
-        Op::Unary(u) => elementwise::unary(*u, next!(), out)?,
+        Op::Unary(u) => elementwise::unary(*u, next!(), out, num.perturb)?,
         Op::Gather => shape::gather(&*next!(), &*next!(), out)?,
         Op::MatMul { transpose_a, transpose_b } => matmul::matmul(&*next!(), &*next!(), *transpose_a, *transpose_b, out, acc)?,
         Op::LayerNorm { eps } => norm::layer_norm(next!(), &*next!(), Some(&*next!()), *eps, out)?,

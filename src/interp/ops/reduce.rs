@@ -8,6 +8,7 @@
 //!   whose mask is 0 are skipped, so padding rows never contribute (not even NaN or inf).
 
 use super::{f32s, finish, finish_i64, for_rows, row_offset, split_at_axis, take_f32, OutType};
+use crate::interp::perturb::{Function, Perturbation};
 use crate::interp::tensor::{strides, Tensor, TensorData};
 use crate::ir::{normalize_axis, ReduceOp};
 use rayon::prelude::*;
@@ -15,25 +16,36 @@ use std::sync::Arc;
 
 /// `softmax` along `axis`.
 pub(super) fn softmax(x: Arc<Tensor>, axis: i64, out: &OutType) -> Result<Tensor, String> {
+    softmax_with(x, axis, out, None)
+}
+
+/// `softmax` along `axis`; with `perturb`, as the GPU's `attention` computes it: each `exp` moved
+/// within CUDA's `expf` bound and the denominator summed in f32, in key order.
+pub(super) fn softmax_with(x: Arc<Tensor>, axis: i64, out: &OutType, perturb: Option<Perturbation>) -> Result<Tensor, String> {
     let a = normalize_axis(axis, x.rank()).ok_or_else(|| format!("axis {axis} out of range for rank {}", x.rank()))?;
     let (_, n, inner) = split_at_axis(&x.shape, a);
     let mut d = take_f32(x)?;
     if inner == 1 {
-        for_rows(&mut d, n, |_, row| softmax_strided(row, n, 1));
+        for_rows(&mut d, n, |_, row| softmax_strided(row, n, 1, perturb));
     } else {
-        for_rows(&mut d, n * inner, |_, blk| (0..inner).for_each(|j| softmax_strided(&mut blk[j..], n, inner)));
+        for_rows(&mut d, n * inner, |_, blk| (0..inner).for_each(|j| softmax_strided(&mut blk[j..], n, inner, perturb)));
     }
     Ok(finish(out, d))
 }
 
-/// Softmax of the `n` elements `v[0], v[stride], …`.
-fn softmax_strided(v: &mut [f32], n: usize, stride: usize) {
+/// Softmax of the `n` elements `v[0], v[stride], …` (f64 sum; see [`softmax_with`] for `perturb`).
+pub(super) fn softmax_strided(v: &mut [f32], n: usize, stride: usize, perturb: Option<Perturbation>) {
     let max = (0..n).map(|i| v[i * stride]).fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f64;
+    let (mut sum, mut sum32) = (0f64, 0f32);
     for i in 0..n {
-        let e = (v[i * stride] - max).exp();
+        let x = v[i * stride] - max;
+        let e = perturb.map_or(x.exp(), |p| p.apply(Function::Exp, x, x.exp()));
         v[i * stride] = e;
         sum += e as f64;
+        sum32 += e;
+    }
+    if perturb.is_some() {
+        sum = f64::from(sum32);
     }
     for i in 0..n {
         v[i * stride] = (v[i * stride] as f64 / sum) as f32;

@@ -104,7 +104,14 @@ fn naive_matmul(a: &[f32], ash: &[usize], b: &[f32], bsh: &[usize], ta: bool, tb
     (out, batch.into_iter().chain([m, n]).collect())
 }
 
+/// `matmul` against the naive product, in the default f32 order and in the split-K one.
 fn check_matmul(ash: &[usize], bsh: &[usize], ta: bool, tb: bool, seed: u64) {
+    for acc in [interp::Accumulation::F32, interp::Accumulation::F32SplitK] {
+        check_matmul_with(ash, bsh, ta, tb, seed, acc);
+    }
+}
+
+fn check_matmul_with(ash: &[usize], bsh: &[usize], ta: bool, tb: bool, seed: u64, acc: interp::Accumulation) {
     let (na, nb) = (ash.iter().product(), bsh.iter().product());
     let (a, b) = (rand_vec(na, seed), rand_vec(nb, seed + 1));
     let (want, osh) = naive_matmul(&a, ash, &b, bsh, ta, tb);
@@ -115,9 +122,11 @@ fn check_matmul(ash: &[usize], bsh: &[usize], ta: bool, tb: bool, seed: u64) {
         dims(bsh),
         dims(&osh)
     );
-    let out = run(&src, vec![("a", Tensor::f32(ash.to_vec(), a)), ("b", Tensor::f32(bsh.to_vec(), b))]);
-    assert_eq!(out["y"].shape, osh);
-    assert_close(f32s(&out["y"]), &want, 1e-4, &format!("matmul {ash:?}x{bsh:?} ta={ta} tb={tb}"));
+    let inputs = vec![("a", Tensor::f32(ash.to_vec(), a)), ("b", Tensor::f32(bsh.to_vec(), b))];
+    let opts = RunOptions { accumulation: acc, ..Default::default() };
+    let out = interp::run_with(&graph(&src), &NoWeights, &inputs, &opts, &mut |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out[0].1.shape, osh);
+    assert_close(f32s(&out[0].1), &want, 1e-4, &format!("matmul {ash:?}x{bsh:?} ta={ta} tb={tb} {acc:?}"));
 }
 
 #[test]
@@ -1002,4 +1011,8 @@ fn f64_accumulation_is_exact_for_e4m3_codes() {
     let scale: f64 = exact.iter().map(|&x| (x as f64).abs()).fold(0.0, f64::max);
     assert_close(&narrow, &exact.iter().map(|&x| x as f64).collect::<Vec<_>>(), 1e-5 * scale.max(1.0), "f32 sums");
     assert!(narrow != exact, "f32 sums over K = {k} should differ from the exact ones somewhere");
+    // Split-K f32 sums: the same values within f32 rounding, in another order (not bit-identical).
+    let split = run(interp::Accumulation::F32SplitK, &a, &b);
+    assert_close(&split, &exact.iter().map(|&x| x as f64).collect::<Vec<_>>(), 1e-5 * scale.max(1.0), "split-K f32 sums");
+    assert!(split != narrow, "two f32 orders over K = {k} should differ somewhere");
 }

@@ -144,7 +144,8 @@ pub struct FloorVariant {
 }
 
 /// The second correct implementations of the end-to-end floor, with their names: the
-/// interpreter summing in f64 (another summation order); and summing in f64 with its
+/// interpreter summing in f64 (another summation order); summing in f32 in another order (two
+/// halves of K, [`interp::Accumulation::F32SplitK`]); and summing in f64 with its
 /// transcendental functions moved within CUDA's documented ulp bounds and attention's softmax
 /// denominator summed in f32 ([`interp::RunOptions::perturbation`]). A GPU differs from the
 /// interpreter in both ways: its f32 sums run in its own order, its `expf`/`erfcf`/`tanhf` round
@@ -153,7 +154,12 @@ pub struct FloorVariant {
 pub fn floor_variants() -> Vec<(String, interp::RunOptions)> {
     let f64_sums = interp::RunOptions { accumulation: interp::Accumulation::F64, ..Default::default() };
     let perturbed = interp::RunOptions { perturbation: Some(interp::Perturbation { seed: FLOOR_SEED }), ..f64_sums.clone() };
-    vec![("f64 sums".into(), f64_sums), ("f64 sums, transcendentals within CUDA's ulp bounds".into(), perturbed)]
+    let split = interp::RunOptions { accumulation: interp::Accumulation::F32SplitK, ..Default::default() };
+    vec![
+        ("f64 sums".into(), f64_sums),
+        ("f64 sums, transcendentals within CUDA's ulp bounds".into(), perturbed),
+        ("f32 sums split in two halves of K".into(), split),
+    ]
 }
 
 impl CheckReport {

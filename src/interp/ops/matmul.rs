@@ -32,8 +32,34 @@ pub(super) fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, out: &OutType, 
     if acc == Accumulation::F64 {
         return matmul_f64(a, b, ta, tb, out);
     }
+    let k_axis = |t: &Tensor, last: bool| if last { t.shape.len().wrapping_sub(1) } else { t.shape.len().wrapping_sub(2) };
+    let (ka, kb) = (k_axis(a, !ta), k_axis(b, tb));
+    let k = a.shape.get(ka).copied().unwrap_or(0);
+    if acc == Accumulation::F32SplitK && k >= 2 {
+        let half = k / 2;
+        let (a0, a1) = (slice_axis(a, ka, 0..half)?, slice_axis(a, ka, half..k)?);
+        let (b0, b1) = (slice_axis(b, kb, 0..half)?, slice_axis(b, kb, half..k)?);
+        let mut dst = product(&a0.0, &a0.1, &b0.0, &b0.1, ta, tb, &out.shape)?;
+        let rest = product(&a1.0, &a1.1, &b1.0, &b1.1, ta, tb, &out.shape)?;
+        dst.iter_mut().zip(rest).for_each(|(d, r)| *d += r);
+        return Ok(finish(out, dst));
+    }
     let dst = product(f32s(a)?, &a.shape, f32s(b)?, &b.shape, ta, tb, &out.shape)?;
     Ok(finish(out, dst))
+}
+
+/// The elements of `t` whose index along `axis` lies in `range`, and their shape.
+fn slice_axis(t: &Tensor, axis: usize, range: std::ops::Range<usize>) -> Result<(Vec<f32>, Vec<usize>), String> {
+    let xs = f32s(t)?;
+    let extent = *t.shape.get(axis).ok_or_else(|| format!("no axis {axis} in {:?}", t.shape))?;
+    let inner: usize = t.shape[axis + 1..].iter().product();
+    let mut shape = t.shape.clone();
+    shape[axis] = range.len();
+    let mut out = Vec::with_capacity(xs.len() / extent.max(1) * range.len());
+    for outer in xs.chunks_exact(extent * inner) {
+        out.extend_from_slice(&outer[range.start * inner..range.end * inner]);
+    }
+    Ok((out, shape))
 }
 
 /// `a · b` summed in `f64`, converted to `f32` once (round to nearest even) and rounded to

@@ -93,3 +93,38 @@ fn quantized_kv_caches_store_codes_with_calibrated_scales() {
         assert!(cos > bar && got != reference, "{storage}: cosine {cos}");
     }
 }
+
+/// `--kv-cache nvfp4`: the cache is E2M1 code state plus E4M3 block-scale state (one scale per 16
+/// elements of D), each layer's K and V have a calibrated power-of-two global scale, logits stay
+/// close to FP32 over prefill and decode steps, and `fuse-kv-cache` (attention reading the codes
+/// and block scales itself) changes no logit bit.
+#[test]
+fn an_nvfp4_kv_cache_stores_codes_and_block_scales() {
+    let Some(dir) = common::synthetic("qwen2-f32") else { return };
+    let opts = DecoderOptions { max_batch: 1, max_seq: Some(64), ..Default::default() };
+    let mut model = decoder::load(&dir, &opts).expect("import");
+    let reference = logits(&model.graph, &model);
+    decoder::set_kv_cache(&mut model, DType::F4E2M1, true).expect("kv cache");
+    let KvFormat::Nvfp4 { globals } = &model.options.kv else { panic!("{:?}", model.options.kv) };
+    assert_eq!(globals.len(), 2);
+    for &g in globals.iter().flat_map(|(k, v)| [k, v]) {
+        assert!(g > 0.0 && g < 1.0 && g.log2() == g.log2().round(), "global {g} is a power of two");
+    }
+    let inputs = model.graph.inputs();
+    let ty = |name: &str| model.graph.ty(inputs.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("{name}")).1).clone();
+    assert_eq!(ty("past.v.1").dtype, DType::F4E2M1);
+    let scales = ty("past.v_scale.1");
+    assert_eq!((scales.dtype, scales.shape.last().and_then(|d| d.fixed())), (DType::F8E4M3, Some(1)), "head size 16: one block");
+    assert_eq!(model.graph.state.len(), 8);
+    let got = logits(&model.graph, &model);
+    let cos = common::cosine(&got, &reference);
+    println!("nvfp4 KV cache: logits cosine to FP32 {cos}");
+    assert!(cos > 0.97 && got != reference, "cosine {cos}");
+    let mut fused = model.graph.clone();
+    let weights = qfuse::passes::MemoryWeights::default();
+    let mut cx = qfuse::passes::PassCx::new(&weights);
+    assert!(qfuse::passes::pipeline::by_name("fuse-kv-cache").unwrap().run(&mut fused, &mut cx).unwrap());
+    let attentions: Vec<_> = fused.nodes.iter().filter(|(_, n)| matches!(n.op, Op::CausalAttention(_))).collect();
+    assert!(attentions.iter().all(|(_, n)| n.inputs.len() == 10));
+    assert_eq!(logits(&fused, &model), got, "the fused attention reads the cache exactly as the dequantizes did");
+}

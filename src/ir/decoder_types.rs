@@ -26,9 +26,15 @@ pub fn rope(r: &Rope, inputs: &[&TensorType]) -> Result<TensorType, String> {
 }
 
 /// `q [B,S,H·D], k, v [B,S,KV,D], past_k, past_v [B,P,KV,D], cache_len i64[B] → q`'s type
-/// (K/V token-major: step and cache rows are `[KV, D]` per token).
+/// (K/V token-major: step and cache rows are `[KV, D]` per token). An NVFP4 cache
+/// ([`CausalAttention::block_scaled`]) adds `k_s, v_s [B,S,KV,D/16]` and `past_k_s, past_v_s
+/// [B,P,KV,D/16]`, all `f8e4m3`, after `cache_len`.
 pub fn causal_attention(a: &CausalAttention, inputs: &[&TensorType]) -> Result<TensorType, String> {
-    let [q, k, v, pk, pv, len] = inputs else { return Err("causal_attention takes 6 inputs".into()) };
+    let (base, scales) = inputs.split_at(inputs.len().min(6));
+    let [q, k, v, pk, pv, len] = base else { return Err("causal_attention takes 6 inputs (10 with block scales)".into()) };
+    if scales.len() != a.arity() - 6 {
+        return Err(format!("causal_attention takes {} inputs here, got {}", a.arity(), inputs.len()));
+    }
     if !q.dtype.is_wide_float() {
         return Err(format!("causal_attention q must be f32/f16/bf16, got {}", q.dtype));
     }
@@ -43,8 +49,18 @@ pub fn causal_attention(a: &CausalAttention, inputs: &[&TensorType]) -> Result<T
     let operand = match &a.cache {
         None => q.dtype,
         Some(c) => {
-            if !matches!(k.dtype, DType::F8E4M3 | DType::F8E5M2 | DType::I8) {
-                return Err(format!("causal_attention codes must be f8e4m3, f8e5m2 or i8, got {}", k.dtype));
+            let ok = match c.block {
+                0 => matches!(k.dtype, DType::F8E4M3 | DType::F8E5M2 | DType::I8),
+                super::KV_NVFP4_BLOCK => k.dtype == DType::F4E2M1 && d % u64::from(c.block) == 0,
+                _ => false,
+            };
+            if !ok {
+                return Err(format!(
+                    "causal_attention codes must be f8e4m3, f8e5m2 or i8 (block 0), or f4e2m1 in blocks of {} along D = {d} (got {} in blocks of {})",
+                    super::KV_NVFP4_BLOCK,
+                    k.dtype,
+                    c.block
+                ));
             }
             if !c.via.is_wide_float() || [c.k_scale, c.v_scale].iter().any(|s| !(s.is_finite() && *s > 0.0)) {
                 return Err(format!("causal_attention codes need positive finite scales and a float via, got {c:?}"));
@@ -64,6 +80,13 @@ pub fn causal_attention(a: &CausalAttention, inputs: &[&TensorType]) -> Result<T
         expect(t, operand, &past, what)?;
     }
     cache_len_type(len, batch, "causal_attention")?;
+    if let (Some(c), [ks, vs, pks, pvs]) = (&a.cache, scales) {
+        let blocks = Dim::Fixed(d / u64::from(c.block));
+        let (step, past) = ([batch, seq, kv, blocks], [batch, pk.shape[1], kv, blocks]);
+        for (t, shape, what) in [(ks, &step, "k_s"), (vs, &step, "v_s"), (pks, &past, "past_k_s"), (pvs, &past, "past_v_s")] {
+            expect(t, DType::F8E4M3, shape, what)?;
+        }
+    }
     Ok((*q).clone())
 }
 

@@ -214,8 +214,9 @@ pub fn decoder_recipe(mut recipe: crate::quant::Recipe) -> crate::quant::Recipe 
 }
 
 /// Switches `model` to a KV cache stored as `storage`; a quantized cache gets per-layer K and V
-/// scales from the calibration set (`amax / max code`), and a layer that saw no data is an
-/// error naming it, never a silent 1.0.
+/// scales from the calibration set (`amax / max code`; `f4e2m1`: NVFP4 with power-of-two global
+/// scales, [`kv::nvfp4_global`]), and a layer that saw no data is an error naming it, never a
+/// silent 1.0.
 pub fn set_kv_cache(model: &mut DecoderModel, storage: DType, quiet: bool) -> Result<(), ImportError> {
     if model.options.kv == KvFormat::Float(storage) {
         return Ok(());
@@ -227,8 +228,12 @@ pub fn set_kv_cache(model: &mut DecoderModel, storage: DType, quiet: bool) -> Re
             let scales = kv::calibrate(model, &texts, storage, quiet)?;
             KvFormat::PerTensor { storage, scales }
         }
+        DType::F4E2M1 => {
+            let texts = crate::quant::calib::default_decoder_calibration();
+            KvFormat::Nvfp4 { globals: kv::calibrate(model, &texts, storage, quiet)? }
+        }
         other => {
-            let message = format!("{other} is not a KV-cache format (f32, f16, bf16, f8e4m3, i8)");
+            let message = format!("{other} is not a KV-cache format (f32, f16, bf16, f8e4m3, i8, f4e2m1 = nvfp4)");
             return Err(ImportError::KvCache { path: model.path.clone(), layer: "all layers".into(), message });
         }
     };

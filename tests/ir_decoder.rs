@@ -211,7 +211,7 @@ fn nvfp4_attention_text(fused: bool) -> String {
         let reads = [(6, 7, "S", 10), (8, 9, "S", 11), (2, 3, "P", 10), (4, 5, "P", 11)];
         for (i, (codes, scales, len, global)) in reads.into_iter().enumerate() {
             let (dq, mul) = (12 + 2 * i, 13 + 2 * i);
-            body.push_str(&format!("  %{dq} = dequantize %{codes}, %{scales} {{f4e2m1, block(-1:16)}} : f16[B,{len},1,32]\n"));
+            body.push_str(&format!("  %{dq} = dequantize %{codes} {{f4e2m1, block(-1:16), scale=%{scales}}} : f16[B,{len},1,32]\n"));
             body.push_str(&format!("  %{mul} = mul %{dq}, %{global} : f16[B,{len},1,32]\n"));
         }
         body.push_str(&format!("  %20 = causal_attention %0, %13, %15, %17, %19, %1 {{{attrs}}} : f16[B,S,64]\n"));

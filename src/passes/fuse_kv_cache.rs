@@ -37,7 +37,7 @@
 //! ```text
 //! before:
 //!   %30, %31 = quantize %29 {f4e2m1, block(-1:16), scale=dynamic(f8e4m3)} : f4e2m1[B,S,2,64], f8e4m3[B,S,2,4]
-//!   %32 = dequantize %30, %31 {f4e2m1, block(-1:16)} : f16[B,S,2,64]
+//!   %32 = dequantize %30 {f4e2m1, block(-1:16), scale=%31} : f16[B,S,2,64]
 //!   %34 = mul %32, %33 : f16[B,S,2,64]      (%33 = scalar 0.0078125 : f16)
 //!   ... (V alike; the cache: dequantize %2, %3 → mul)
 //! after:

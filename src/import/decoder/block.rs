@@ -15,6 +15,10 @@
 //! state    past.k.L append present.k.L axis=1 (and V)
 //! ```
 //!
+//! An NVFP4 cache ([`KvFormat::Nvfp4`]) quantizes `k · (1/global)` with dynamic E4M3 block
+//! scales: its codes and scales are two state slots (`past.k.L`, `past.k_scale.L`), read back as
+//! `dequantize(codes, scales) · global`.
+//!
 //! Nodes carry the checkpoint's module names (`model.layers.3.self_attn.q_proj`, `lm_head`) so
 //! recipes, exclusions and reports address them as they do for encoders.
 

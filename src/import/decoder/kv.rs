@@ -136,7 +136,7 @@ pub fn calibrate(
     bar.set_message("calibrating the KV cache");
     for text in texts {
         let mut ids = tok.encode(text)?;
-        ids.truncate(model.max_seq as usize);
+        ids.truncate(model.max_prefill() as usize);
         let inputs = super::prefill_inputs(&f32_graph, &ids).map_err(|message| ImportError::KvCache {
             path: model.path.clone(),
             layer: "all layers".into(),

@@ -149,8 +149,14 @@ impl DecoderModel {
 
     /// The model's step graph (its batch and context limits) with a KV cache of format `kv`.
     pub fn step_graph(&self, kv: &KvFormat, name: &str) -> Result<Graph, ImportError> {
-        let max_step = self.options.max_step.unwrap_or(self.max_seq).min(self.max_seq);
+        let max_step = self.max_prefill();
         block::build(&self.config, &self.weights, (kv, self.options.logits), [self.options.max_batch, max_step, self.max_seq], name)
+    }
+
+    /// The most tokens one step takes (the symbol `S`'s maximum): `--max-step`, at most the
+    /// context. Calibration prefills each text's first this many tokens in one step.
+    pub fn max_prefill(&self) -> u64 {
+        self.options.max_step.unwrap_or(self.max_seq).min(self.max_seq)
     }
 
     /// Inputs of one prefill step of `ids` through the model's step graph, with an empty cache.
@@ -195,7 +201,7 @@ impl Imported for DecoderModel {
             });
         };
         let mut ids = tok.encode(text)?;
-        ids.truncate(self.max_seq as usize);
+        ids.truncate(self.max_prefill() as usize);
         self.step_inputs(&ids)
     }
 

@@ -537,14 +537,13 @@ fn cache_slots(cx: &LowerCx, node: NodeId, pairs: [(&str, ValueId, ValueId); 2])
     Ok(slots)
 }
 
+/// An NVFP4 cache's block scales: the state slots of K's and V's scale pools, and this step's
+/// `k_s, v_s` values.
+type BlockScales = ([u32; 2], [ValueId; 2]);
+
 /// The block-scale pools of an NVFP4 cache: operands 6..10 `k_s, v_s, past_k_s, past_v_s`,
 /// checked as `f8e4m3 [.., KV, D/16]` state updates and inputs; `None` without block scales.
-fn block_scale_slots(
-    cx: &LowerCx,
-    node: NodeId,
-    a: &CausalAttention,
-    head_dim: u32,
-) -> Result<Option<([u32; 2], [ValueId; 2])>, LowerError> {
+fn block_scale_slots(cx: &LowerCx, node: NodeId, a: &CausalAttention, head_dim: u32) -> Result<Option<BlockScales>, LowerError> {
     if !a.block_scaled() {
         return Ok(None);
     }

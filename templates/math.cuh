@@ -103,6 +103,13 @@ QF_DEVICE float qf_e2m1_to_f32(uint8_t b) {
     return (b & 0x8u) ? -mag : mag;
 }
 
+// Eight E2M1 codes of a little-endian word (element n in bits 4n..4n+3: two per byte, low nibble
+// first) times a block scale, each product in f32 (exact: 2 by 4 significant bits).
+QF_DEVICE void qf_e2m1x8_scaled(uint32_t w, float scale, float* out) {
+#pragma unroll
+    for (int n = 0; n < 8; ++n) out[n] = __fmul_rn(qf_e2m1_to_f32(static_cast<uint8_t>((w >> (4 * n)) & 0xfu)), scale);
+}
+
 // Largest finite E4M3 value: dynamic scales are amax / 448.
 #define QF_E4M3_MAX 448.0f
 

@@ -26,6 +26,12 @@
 // (Q and K rows padded by one word so that threads of one warp reading different rows or keys
 // hit different banks).
 //
+// NVFP4 cache (QF_NVFP4 = 1): the pools hold E2M1 codes (two per byte, low nibble first; a row of
+// D codes is D/2 bytes) and two more pools, ks_pool and vs_pool [num_pages, KV, PAGE, D/16], the
+// E4M3 scale of each 16 codes; k_scale and v_scale are the global scales. Element d of a key reads
+// as via(via(code · block_scale[d / 16]) · global) (qf_load_tile_nvfp4: 16-byte code packs of 32
+// elements with their two scale bytes).
+//
 // Split-KV (SPLITS = {{splits}}; 0: off): the decode variant (S = 1, QT = 1) splits each sequence's
 // positions 0 ..= cache_len[b] over SPLITS CTAs: grid (SPLITS, KV, B), CTA x covering tiles
 // [x·n/SPLITS, (x+1)·n/SPLITS) of the sequence's n tiles (chosen at run time, so the splits'
@@ -66,6 +72,7 @@ static_assert(QF_QTOK == 1, "split-KV serves the decode variant only");
 #define QF_INFLIGHT {{inflight}}
 #define QF_ROPE {{rope}}
 #define QF_ROPE_ADJ {{rope_adjacent}}
+#define QF_NVFP4 {{nvfp4}}
 
 // The value of one cache element: {{cache_doc}}.
 QF_DEVICE float qf_cache_value(CT_::T code, float scale) {
@@ -124,6 +131,56 @@ QF_DEVICE float qf_rope_query(const QT_::T* x, int d, long long pos) {
 }
 #endif
 
+#if QF_NVFP4
+// E2M1 codes per 16-byte pack, and packs of one K or V tile.
+#define QF_NV_EP 32
+#define QF_NV_PACKS (QF_TK * QF_D / QF_NV_EP)
+static_assert(QF_D % QF_NV_EP == 0, "an NVFP4 row is whole 16-byte packs");
+
+// qf_load_tile for an NVFP4 cache: codes from `pool`, the E4M3 block scales from `scales` (one
+// byte per 16 codes, same page and slot), `global` the per-tensor scale.
+QF_DEVICE void qf_load_tile_nvfp4(const uint8_t* __restrict__ pool, const uint8_t* __restrict__ scales,
+                                  const int* __restrict__ table, int g, long long t0, int live, float* dst, int ld, float global) {
+    for (int base = threadIdx.x; base < QF_NV_PACKS; base += QF_THREADS * QF_INFLIGHT) {
+        uint4 w[QF_INFLIGHT];
+        uint16_t sc[QF_INFLIGHT];
+#pragma unroll
+        for (int u = 0; u < QF_INFLIGHT; ++u) {
+            const int pk = base + u * QF_THREADS;
+            const int j = pk * QF_NV_EP / QF_D, d0 = pk * QF_NV_EP % QF_D;
+            w[u] = make_uint4(0u, 0u, 0u, 0u);  // code 0 under scale 0: value 0
+            sc[u] = 0;
+            if (pk < QF_NV_PACKS && j < live) {
+                const long long t = t0 + j;
+                const long long page = table[t / QF_PAGE];
+                const long long at = ((page * QF_KV + g) * QF_PAGE + t % QF_PAGE) * QF_D + d0;  // element index
+                w[u] = *reinterpret_cast<const uint4*>(pool + at / 2);
+                sc[u] = *reinterpret_cast<const uint16_t*>(scales + at / 16);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < QF_INFLIGHT; ++u) {
+            const int pk = base + u * QF_THREADS;
+            if (pk < QF_NV_PACKS) {
+                const int j = pk * QF_NV_EP / QF_D, d0 = pk * QF_NV_EP % QF_D;
+                float* row = dst + j * ld + d0;
+                const uint32_t words[4] = {w[u].x, w[u].y, w[u].z, w[u].w};
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    float x[8];
+                    qf_e2m1x8_scaled(words[q], qf_e4m3_to_f32(static_cast<uint8_t>(sc[u] >> (8 * (q / 2)))), x);
+#pragma unroll
+                    for (int n = 0; n < 8; ++n) row[q * 8 + n] = {{via}}(__fmul_rn({{via}}(x[n]), global));
+                }
+            }
+        }
+    }
+}
+#define QF_NV_PARAMS , const uint8_t* __restrict__ ks_pool, const uint8_t* __restrict__ vs_pool
+#else
+#define QF_NV_PARAMS
+#endif
+
 // Element k of the outputs this thread owns: row r, column d; false past the live rows.
 QF_DEVICE bool qf_owned(int k, int rows, int& r, int& d) {
     const int e = threadIdx.x + k * QF_THREADS;
@@ -155,7 +212,7 @@ QF_DEVICE long long qf_record(long long b, int g, int r, long long split) {
 
 extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const QT_::T* __restrict__ q,
         const CT_::T* __restrict__ k_pool, const CT_::T* __restrict__ v_pool, const int* __restrict__ page_table,
-        const long long* __restrict__ cache_len, {{out_param}}, long long S, float k_scale, float v_scale) {
+        const long long* __restrict__ cache_len, {{out_param}}, long long S, float k_scale, float v_scale QF_NV_PARAMS) {
     extern __shared__ float smem[];
     float* Qs = smem;
     float* Ks = Qs + QF_ROWS * QF_QLD;
@@ -209,8 +266,13 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
     for (long long first = lo; first < hi; first += QF_TK) {
         const int live = static_cast<int>(hi - first < QF_TK ? hi - first : QF_TK);
         __syncthreads();  // the previous tile is consumed (and Q, m, l are written)
+#if QF_NVFP4
+        qf_load_tile_nvfp4(k_pool, ks_pool, table, g, first, live, Ks, QF_KLD, k_scale);
+        qf_load_tile_nvfp4(v_pool, vs_pool, table, g, first, live, Vs, QF_D, v_scale);
+#else
         qf_load_tile(k_pool, table, g, first, live, Ks, QF_KLD, k_scale);
         qf_load_tile(v_pool, table, g, first, live, Vs, QF_D, v_scale);
+#endif
         __syncthreads();
         // Scores, causally masked.
         for (int p = threadIdx.x; p < rows * QF_TK; p += QF_THREADS) {

@@ -243,6 +243,127 @@ graph "step" {
 }
 "#;
 
+/// An NVFP4 step as the passes leave it: this step's K/V pre-scaled by 1/global, quantized to
+/// E2M1 codes with dynamic E4M3 block scales (two state slots each), and the attention reading
+/// codes and block scales under the global scales.
+const NVFP4_STEP: &str = r#"
+graph "step" {
+  sym B max=4
+  sym S max=64
+  sym P max=512
+  %0 = input "q" : f16[B,S,256]
+  %1 = input "cache_len" : i64[B]
+  %2 = input "past.k.0" : f4e2m1[B,P,1,64]
+  %3 = input "past.k_scale.0" : f8e4m3[B,P,1,4]
+  %4 = input "past.v.0" : f4e2m1[B,P,1,64]
+  %5 = input "past.v_scale.0" : f8e4m3[B,P,1,4]
+  %6 = input "k" : f16[B,S,1,64]
+  %7 = input "v" : f16[B,S,1,64]
+  %8 = scalar 128.0 : f16[]
+  %9 = mul %6, %8 : f16[B,S,1,64]
+  %10, %11 = quantize %9 {f4e2m1, block(-1:16), scale=dynamic(f8e4m3)} : f4e2m1[B,S,1,64], f8e4m3[B,S,1,4]
+  %12 = mul %7, %8 : f16[B,S,1,64]
+  %13, %14 = quantize %12 {f4e2m1, block(-1:16), scale=dynamic(f8e4m3)} : f4e2m1[B,S,1,64], f8e4m3[B,S,1,4]
+  %15 = causal_attention %0, %10, %13, %2, %4, %1, %11, %14, %3, %5 {heads=4, kv_heads=1, scale=0.125, codes(k_scale=0.0078125,v_scale=0.0078125,via=f16,block=16)} : f16[B,S,256]
+  return "out" = %15, "present.k.0" = %10, "present.k_scale.0" = %11, "present.v.0" = %13, "present.v_scale.0" = %14
+  state "past.k.0" append "present.k.0" axis=1
+  state "past.k_scale.0" append "present.k_scale.0" axis=1
+  state "past.v.0" append "present.v.0" axis=1
+  state "past.v_scale.0" append "present.v_scale.0" axis=1
+}
+"#;
+
+/// An NVFP4 cache: the append copies codes (32 bytes a row) and block scales (4 bytes a row) into
+/// four pools, the attention reads the code pools and the scale pools under the global scales, no
+/// state input has arena storage, and every kernel compiles.
+#[test]
+fn an_nvfp4_cache_appends_codes_and_block_scales_and_every_kernel_compiles() {
+    let g = ir::parse(NVFP4_STEP).unwrap_or_else(|e| panic!("{e}"));
+    ir::verify(&g, "nvfp4 step").unwrap_or_else(|e| panic!("{e}"));
+    let node = nodes_of(&g, "causal_attention").next().unwrap();
+    let l = launches(&cx(&g), node);
+    let templates: Vec<&str> = l.iter().map(|l| l.kernel.template).collect();
+    assert_eq!(templates, ["kv_append", "paged_attention", "split_combine", "paged_attention"]);
+    let append = &l[0];
+    assert!(append.kernel.source.contains("#define QF_SCALES 1") && append.kernel.source.contains("#define QF_R 2"));
+    assert!(append.kernel.source.contains("typedef uint32_t SP;") && append.kernel.source.contains("#define QF_RS 1"));
+    assert_eq!(append.kernel.grid[1], DimExpr::Const(4));
+    // Slots in state order: k 0, k_scale 1, v 2, v_scale 3.
+    let pools = |l: &Launch| l.args.iter().filter_map(|a| if let Arg::KvPool(i) = a { Some(*i) } else { None }).collect::<Vec<_>>();
+    assert_eq!(pools(append), [0, 2, 1, 3]);
+    for attention in [&l[1], &l[3]] {
+        assert_eq!(pools(attention), [0, 2, 1, 3]);
+        assert_eq!(f32_args(attention), [0.0078125, 0.0078125]);
+        let src = &attention.kernel.source;
+        assert!(src.contains("#define QF_NVFP4 1") && src.contains("typedef qf_u8 CT_"), "{src}");
+        assert!(src.contains("qf_round_f16(__fmul_rn(qf_round_f16(x[n]), global))"));
+    }
+    let program = lower_graph_paged(&g, 90, LowerOptions::default(), Some(PAGED)).unwrap_or_else(|e| panic!("{e}"));
+    let mem = memory::plan(&g, &program);
+    let inputs: std::collections::HashMap<&str, ir::ValueId> = g.inputs().into_iter().collect();
+    for name in ["past.k.0", "past.k_scale.0", "past.v.0", "past.v_scale.0"] {
+        assert!(mem.offset(inputs[name]).is_none(), "{name} has arena storage");
+    }
+    for k in program.kernels() {
+        compile(k);
+    }
+    // The NVFP4 paged kernels need rows of whole 16-byte packs: D a multiple of 32.
+    let spec = PagedAttentionSpec {
+        heads: 4,
+        kv_heads: 1,
+        head_dim: 16,
+        q: DType::F16,
+        out: DType::F16,
+        cache: CacheRead::Nvfp4 { via: DType::F16 },
+        scale: 0.25,
+        paged: PAGED,
+        decode: true,
+        splits: 0,
+        rope: None,
+    };
+    assert!(spec.validate().unwrap_err().contains("NVFP4"), "{:?}", spec.validate());
+}
+
+/// `fuse-rope` over an NVFP4 cache: the query rope folds into the attention (every paged_attention
+/// variant rotates q as it loads it, beside the NVFP4 tile loader) while the keys stay as the codes
+/// and block scales their quantize computes (no `keys`, the append only copies); every kernel
+/// compiles.
+#[test]
+fn fused_query_rope_over_an_nvfp4_cache_lowers_and_compiles() {
+    let text = NVFP4_STEP
+        .replace(
+            "  %15 = causal_attention %0,",
+            "  %15 = rope %0, %1 {heads=4, theta=10000, pairs=half} : f16[B,S,256]\n  %16 = causal_attention %15,",
+        )
+        .replace("\"out\" = %15", "\"out\" = %16");
+    let mut g = ir::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    ir::verify(&g, "nvfp4 step with rope").unwrap_or_else(|e| panic!("{e}"));
+    let weights = MemoryWeights::default();
+    let mut pcx = PassCx::new(&weights);
+    let pass = pipeline::by_name("fuse-rope").expect("pass");
+    assert!(pass.run(&mut g, &mut pcx).expect("fuse-rope"));
+    ir::verify(&g, "after fuse-rope").unwrap_or_else(|e| panic!("{e}"));
+    assert!(!pass.run(&mut g, &mut pcx).expect("fuse-rope again"), "idempotent");
+    assert_eq!(nodes_of(&g, "rope").count(), 0, "{}", ir::print(&g));
+    let node = nodes_of(&g, "causal_attention").next().unwrap();
+    let Op::CausalAttention(a) = g.nodes[node].op else { unreachable!() };
+    assert_eq!(a.rope.map(|r| r.keys), Some(false), "queries only");
+    assert_eq!((g.nodes[node].inputs.len(), g.nodes[node].outputs.len()), (10, 1));
+    let l = launches(&cx(&g), node);
+    let templates: Vec<&str> = l.iter().map(|l| l.kernel.template).collect();
+    assert_eq!(templates, ["kv_append", "paged_attention", "split_combine", "paged_attention"]);
+    let append = &l[0].kernel.source;
+    assert!(append.contains("#define QF_ROPE 0") && append.contains("#define QF_SCALES 1"), "{append}");
+    assert!(!l[0].args.iter().any(|a| matches!(a, Arg::Scalar(Scalar::F32(_)))), "no k_scale: the append does not rotate");
+    for attention in [&l[1], &l[3]] {
+        let src = &attention.kernel.source;
+        assert!(src.contains("#define QF_ROPE 1") && src.contains("#define QF_NVFP4 1") && src.contains("qf_inv_freq"), "{src}");
+    }
+    for x in &l {
+        compile(&x.kernel);
+    }
+}
+
 /// K/V are token-major: the lowering refuses the old head-major `[B, KV, S, D]` step operands,
 /// and the append indexes its source rows as `(b, s, g)`.
 #[test]
@@ -320,6 +441,9 @@ fn paged_attention_variants_compile() {
         (DType::F16, CacheRead::Codes { storage: DType::F8E4M3, via: DType::F16 }, 32, 8, 128, 16),
         (DType::BF16, CacheRead::Codes { storage: DType::I8, via: DType::BF16 }, 8, 1, 64, 64),
         (DType::F32, CacheRead::Codes { storage: DType::F8E5M2, via: DType::F32 }, 4, 2, 32, 16),
+        (DType::F16, CacheRead::Nvfp4 { via: DType::F16 }, 9, 3, 64, 32),
+        (DType::BF16, CacheRead::Nvfp4 { via: DType::BF16 }, 32, 8, 128, 16),
+        (DType::F32, CacheRead::Nvfp4 { via: DType::F32 }, 4, 2, 32, 64),
     ];
     for (q, cache, heads, kv_heads, head_dim, page_size) in cases {
         let spec = PagedAttentionSpec {

@@ -96,24 +96,62 @@ fn quantized_kv_caches_store_codes_with_calibrated_scales() {
 }
 
 /// `fuse-rope` keeps every number: with it (no `rope` op left: the attention rotates its queries
-/// and its step's keys, which it also quantizes for an FP8 cache) a prefill and decode steps give
-/// the same logits, bit for bit, as the same recipe with the pass disabled.
+/// and its step's keys, which it also quantizes for an FP8 cache; over an NVFP4 cache only the
+/// queries, the key ropes stay) a prefill and decode steps give the same logits, bit for bit, as
+/// the same recipe with the pass disabled.
 #[test]
 fn fused_rope_changes_no_logit() {
     let Some(dir) = common::synthetic("qwen2-f32") else { return };
     let opts = DecoderOptions { max_batch: 1, max_seq: Some(64), ..Default::default() };
     let mut model = decoder::load(&dir, &opts).expect("import");
     let ropes = |g: &qfuse::ir::Graph| g.nodes.iter().filter(|(_, n)| matches!(n.op, Op::Rope(_))).count();
-    for storage in [DType::F16, DType::F8E4M3] {
-        decoder::set_kv_cache(&mut model, storage, true).expect("kv cache");
+    let texts = qfuse::quant::calib::default_decoder_calibration();
+    for (storage, left) in [(DType::F16, 0), (DType::F8E4M3, 0), (DType::F4E2M1, 2)] {
+        decoder::set_kv_cache(&mut model, storage, &texts, true).expect("kv cache");
         let recipe = decoder::decoder_recipe(Recipe::named("fp8", quant::calib::CalibMethod::Max).expect("recipe"));
         let fused = quant::quantize(&model, &recipe, &calib(), &PassOptions::default()).expect("quantize");
         let without = PassOptions { disable: vec!["fuse-rope".into()], ..Default::default() };
         let unfused = quant::quantize(&model, &recipe, &calib(), &without).expect("quantize");
-        assert_eq!((ropes(&fused.fused), ropes(&unfused.fused)), (0, 4), "{storage}: q and k ropes of 2 layers fold away");
+        assert_eq!((ropes(&fused.fused), ropes(&unfused.fused)), (left, 4), "{storage}: q (and k) ropes of 2 layers fold away");
         let (a, b) = (logits(&fused.fused, &model), logits(&unfused.fused, &model));
         assert_eq!(a.len(), b.len());
         let differ = a.iter().zip(&b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
         assert_eq!(differ, 0, "{storage}: {differ} logits changed");
     }
+}
+
+/// `--kv-cache nvfp4`: the cache is E2M1 code state plus E4M3 block-scale state (one scale per 16
+/// elements of D), each layer's K and V have a calibrated power-of-two global scale, logits stay
+/// close to FP32 over prefill and decode steps, and `fuse-kv-cache` (attention reading the codes
+/// and block scales itself) changes no logit bit.
+#[test]
+fn an_nvfp4_kv_cache_stores_codes_and_block_scales() {
+    let Some(dir) = common::synthetic("qwen2-f32") else { return };
+    let opts = DecoderOptions { max_batch: 1, max_seq: Some(64), ..Default::default() };
+    let mut model = decoder::load(&dir, &opts).expect("import");
+    let reference = logits(&model.graph, &model);
+    let texts = qfuse::quant::calib::default_decoder_calibration();
+    decoder::set_kv_cache(&mut model, DType::F4E2M1, &texts, true).expect("kv cache");
+    let KvFormat::Nvfp4 { globals } = &model.options.kv else { panic!("{:?}", model.options.kv) };
+    assert_eq!(globals.len(), 2);
+    for &g in globals.iter().flat_map(|(k, v)| [k, v]) {
+        assert!(g > 0.0 && g < 1.0 && g.log2() == g.log2().round(), "global {g} is a power of two");
+    }
+    let inputs = model.graph.inputs();
+    let ty = |name: &str| model.graph.ty(inputs.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("{name}")).1).clone();
+    assert_eq!(ty("past.v.1").dtype, DType::F4E2M1);
+    let scales = ty("past.v_scale.1");
+    assert_eq!((scales.dtype, scales.shape.last().and_then(|d| d.fixed())), (DType::F8E4M3, Some(1)), "head size 16: one block");
+    assert_eq!(model.graph.state.len(), 8);
+    let got = logits(&model.graph, &model);
+    let cos = common::cosine(&got, &reference);
+    println!("nvfp4 KV cache: logits cosine to FP32 {cos}");
+    assert!(cos > 0.97 && got != reference, "cosine {cos}");
+    let mut fused = model.graph.clone();
+    let weights = qfuse::passes::MemoryWeights::default();
+    let mut cx = qfuse::passes::PassCx::new(&weights);
+    assert!(qfuse::passes::pipeline::by_name("fuse-kv-cache").unwrap().run(&mut fused, &mut cx).unwrap());
+    let attentions: Vec<_> = fused.nodes.iter().filter(|(_, n)| matches!(n.op, Op::CausalAttention(_))).collect();
+    assert!(attentions.iter().all(|(_, n)| n.inputs.len() == 10));
+    assert_eq!(logits(&fused, &model), got, "the fused attention reads the cache exactly as the dequantizes did");
 }

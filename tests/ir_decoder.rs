@@ -187,3 +187,138 @@ fn last_token_keeps_each_sequences_last_row() {
     let err = ir::parse(&bad).map(|g| ir::verify(&g, "bad")).expect("parses").expect_err("two rows").to_string();
     assert!(err.contains("last_token") || err.contains("[B,1,3]") || err.contains("sym0,1,3"), "{err}");
 }
+
+/// One NVFP4 attention layer over `f4e2m1` codes `[B,·,1,32]` with `f8e4m3` block scales
+/// `[B,·,1,2]` (heads 2, KV heads 1, D 32), as fused (`codes(..., block=16)`, 10 operands) or as
+/// the block builder writes it: `mul(dequantize(codes, scales), global)` per operand.
+fn nvfp4_attention_text(fused: bool) -> String {
+    let mut body = String::from(
+        r#"  %0 = input "q" : f16[B,S,64]
+  %1 = input "cache_len" : i64[B]
+  %2 = input "past.k.0" : f4e2m1[B,P,1,32]
+  %3 = input "past.k_scale.0" : f8e4m3[B,P,1,2]
+  %4 = input "past.v.0" : f4e2m1[B,P,1,32]
+  %5 = input "past.v_scale.0" : f8e4m3[B,P,1,2]
+  %6 = input "k" : f4e2m1[B,S,1,32]
+  %7 = input "k_scale" : f8e4m3[B,S,1,2]
+  %8 = input "v" : f4e2m1[B,S,1,32]
+  %9 = input "v_scale" : f8e4m3[B,S,1,2]
+"#,
+    );
+    let attrs = "heads=2, kv_heads=1, scale=0.17677669";
+    if fused {
+        body.push_str(&format!(
+            "  %10 = causal_attention %0, %6, %8, %2, %4, %1, %7, %9, %3, %5 {{{attrs}, codes(k_scale=0.0078125,v_scale=0.03125,via=f16,block=16)}} : f16[B,S,64]\n"
+        ));
+    } else {
+        body.push_str("  %10 = scalar 0.0078125 : f16[]\n  %11 = scalar 0.03125 : f16[]\n");
+        let reads = [(6, 7, "S", 10), (8, 9, "S", 11), (2, 3, "P", 10), (4, 5, "P", 11)];
+        for (i, (codes, scales, len, global)) in reads.into_iter().enumerate() {
+            let (dq, mul) = (12 + 2 * i, 13 + 2 * i);
+            body.push_str(&format!("  %{dq} = dequantize %{codes} {{f4e2m1, block(-1:16), scale=%{scales}}} : f16[B,{len},1,32]\n"));
+            body.push_str(&format!("  %{mul} = mul %{dq}, %{global} : f16[B,{len},1,32]\n"));
+        }
+        body.push_str(&format!("  %20 = causal_attention %0, %13, %15, %17, %19, %1 {{{attrs}}} : f16[B,S,64]\n"));
+    }
+    let o = if fused { 10 } else { 20 };
+    format!(
+        "graph \"nvfp4\" {{\n  sym B max=2\n  sym S max=4\n  sym P max=8\n{body}  return \"o\" = %{o}, \"present.k.0\" = %6, \
+         \"present.k_scale.0\" = %7, \"present.v.0\" = %8, \"present.v_scale.0\" = %9\n  state \"past.k.0\" append \"present.k.0\" axis=1\n  \
+         state \"past.k_scale.0\" append \"present.k_scale.0\" axis=1\n  state \"past.v.0\" append \"present.v.0\" axis=1\n  \
+         state \"past.v_scale.0\" append \"present.v_scale.0\" axis=1\n}}\n"
+    )
+}
+
+/// Deterministic values in [-scale, scale).
+fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+#[test]
+fn an_nvfp4_cache_attention_round_trips_verifies_and_reads_as_its_dequantize() {
+    let fused = ir::parse(&nvfp4_attention_text(true)).expect("parses");
+    ir::verify(&fused, "nvfp4").expect("verifies");
+    let text = ir::print(&fused);
+    assert!(text.contains("block=16") && text.contains("%7, %9, %3, %5"), "{text}");
+    assert_eq!(ir::print(&ir::parse(&text).expect("reparses")), text);
+    // Block scales must be f8e4m3 [.., KV, D/16]; codes f4e2m1; block=16 needs its 4 operands.
+    let cases = [
+        (": f8e4m3[B,S,1,2]\n  %8", ": f16[B,S,1,2]\n  %8", "k_s must be f8e4m3"),
+        ("f8e4m3[B,P,1,2]\n  %4", "f8e4m3[B,P,1,4]\n  %4", "past_k_s must be f8e4m3"),
+        // The codes' format is v's (k may be fuse-rope's unrotated keys); k must match it.
+        ("f4e2m1[B,S,1,32]\n  %9", "f8e4m3[B,S,1,32]\n  %9", "codes must be"),
+        ("f4e2m1[B,S,1,32]\n  %7", "f8e4m3[B,S,1,32]\n  %7", "k must be f4e2m1"),
+        (", %7, %9, %3, %5 {", " {", "takes 10 input"),
+    ];
+    for (from, to, want) in cases {
+        let bad = nvfp4_attention_text(true).replacen(from, to, 1);
+        assert_ne!(bad, nvfp4_attention_text(true), "{from}");
+        let err = match ir::parse(&bad) {
+            Ok(g) => ir::verify(&g, "bad").expect_err(want).to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    // The fused attention is exactly the block dequantize, the global product and the f16 attention.
+    let mut unfused = ir::parse(&nvfp4_attention_text(false)).expect("parses");
+    ir::verify(&unfused, "unfused").expect("verifies");
+    let (b, s, p) = (2usize, 3usize, 5usize);
+    let codes = |tokens: usize, seed: u64| Tensor::from_f32_as(DType::F4E2M1, vec![b, tokens, 1, 32], noise(b * tokens * 32, seed, 7.0));
+    let scales = |tokens: usize, seed: u64| {
+        let v = noise(b * tokens * 2, seed, 300.0).into_iter().map(|x| x.abs() + 0.002).collect();
+        Tensor::from_f32_as(DType::F8E4M3, vec![b, tokens, 1, 2], v)
+    };
+    let inputs = [
+        ("q", Tensor::from_f32_as(DType::F16, vec![b, s, 64], noise(b * s * 64, 1, 1.0))),
+        ("cache_len", Tensor::i64(vec![b], vec![5, 2])),
+        ("past.k.0", codes(p, 2)),
+        ("past.k_scale.0", scales(p, 3)),
+        ("past.v.0", codes(p, 4)),
+        ("past.v_scale.0", scales(p, 5)),
+        ("k", codes(s, 6)),
+        ("k_scale", scales(s, 7)),
+        ("v", codes(s, 8)),
+        ("v_scale", scales(s, 9)),
+    ];
+    let run = |g: &Graph| interp::run(g, &NoWeights, &inputs).expect("runs")[0].1.to_f32_vec();
+    let want = run(&unfused);
+    assert!(want.iter().all(|x| x.is_finite()));
+    assert_eq!(run(&fused).iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    // fuse-kv-cache turns the unfused graph into the fused one.
+    let weights = qfuse::passes::MemoryWeights::default();
+    let mut cx = qfuse::passes::PassCx::new(&weights);
+    assert!(qfuse::passes::pipeline::by_name("fuse-kv-cache").unwrap().run(&mut unfused, &mut cx).unwrap());
+    let attn = unfused.nodes.ids().find(|&i| matches!(unfused.nodes[i].op, Op::CausalAttention(_))).unwrap();
+    let Op::CausalAttention(a) = unfused.nodes[attn].op else { unreachable!() };
+    let c = a.cache.expect("codes");
+    assert_eq!((c.k_scale, c.v_scale, c.via, c.block), (0.0078125, 0.03125, DType::F16, 16));
+    assert_eq!(unfused.nodes[attn].inputs.len(), 10);
+    assert_eq!(run(&unfused).iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+}
+
+/// `fuse-rope`'s `rope(...)` over an NVFP4 cache: the query rotation keeps the ten operands and
+/// verifies; `rope(..., keys)` is not defined there (its block scales would be a third result).
+#[test]
+fn an_nvfp4_cache_attention_rotates_queries_only() {
+    let codes = "block=16)}";
+    let rotated = nvfp4_attention_text(true).replacen(codes, "block=16), rope(theta=10000, pairs=half)}", 1);
+    assert_ne!(rotated, nvfp4_attention_text(true));
+    let g = ir::parse(&rotated).expect("parses");
+    ir::verify(&g, "nvfp4 rope").expect("verifies");
+    let text = ir::print(&g);
+    assert!(text.contains("block=16), rope(theta=10000.0,pairs=half)"), "{text}");
+    let keys = nvfp4_attention_text(true).replacen(codes, "block=16), rope(theta=10000, pairs=half, keys)}", 1);
+    let err = match ir::parse(&keys) {
+        Ok(g) => ir::verify(&g, "nvfp4 rope keys").expect_err("rope(keys) over NVFP4").to_string(),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("NVFP4"), "{err}");
+}

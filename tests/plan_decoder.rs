@@ -92,3 +92,60 @@ fn smollm2_fp16_plan_holds_a_paged_generator() {
 fn step_launches<'m>(m: &'m qfuse::plan::PlanMeta, syms: &[(String, u64)]) -> Vec<&'m qfuse::plan::LaunchMeta> {
     (0..m.schedule.len()).filter(|&i| m.guard_of(i).is_none_or(|g| g.holds(syms).unwrap())).map(|i| &m.schedule[i]).collect()
 }
+
+/// `--kv-cache nvfp4` on SmolLM2: every layer's K and V are E2M1 code pools (32 bytes a token
+/// and head) with an E4M3 block-scale pool beside each (4 bytes), the code slots carry the
+/// calibrated power-of-two global scales, 4.5 bits per cached element in all, and each layer
+/// appends once to its four pools and reads them in the attention.
+#[test]
+fn smollm2_plan_with_an_nvfp4_kv_cache_holds_the_format() {
+    let gguf = common::smollm2_gguf();
+    let mut opts = CompileOptions::for_recipe("fp16").unwrap();
+    opts.arch = Some("sm_90a".into());
+    opts.calib = qfuse::quant::CalibOptions::decoder_default();
+    opts.kernel_cache = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/kernels"));
+    let kv_cache = Some(qfuse::import::decoder::KvFormat::parse_storage("nvfp4").unwrap());
+    let d = DecoderPlanOptions { kv_cache, max_seq: Some(256), max_batch: 4, max_step: 32, page_size: 32 };
+    let plan = compile_decoder(&gguf, &opts, &d).expect("compile");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("smol-nvfp4.plan");
+    plan.save(&path).unwrap();
+    let loaded = Plan::load(&path, None).unwrap();
+    let m = loaded.meta();
+    let dec = m.decoder.as_ref().expect("decoder metadata");
+    assert_eq!(dec.kv.slots.len(), 120, "K, K scales, V, V scales per layer");
+    let mut bytes_per_token = 0;
+    for (i, s) in dec.kv.slots.iter().enumerate() {
+        let (layer, kind) = (i / 4, ["k", "k_scale", "v", "v_scale"][i % 4]);
+        assert_eq!(s.input, format!("past.{kind}.{layer}"));
+        assert_eq!(s.update, format!("present.{kind}.{layer}"));
+        assert_eq!(s.kv_heads, 3);
+        if kind.ends_with("scale") {
+            assert_eq!((s.dtype.as_str(), s.head_dim, s.scale), ("f8e4m3", 4, 1.0), "{s:?}");
+        } else {
+            assert_eq!((s.dtype.as_str(), s.head_dim), ("f4e2m1", 64), "{s:?}");
+            let exponent = s.scale.log2();
+            assert!(s.scale < 1.0 && exponent == exponent.round(), "global scale {} is a power of two", s.scale);
+        }
+        bytes_per_token += s.page_bytes(dec.kv.page_size).unwrap() / u64::from(dec.kv.page_size);
+    }
+    // 30 layers · 2 (K, V) · 3 heads · (32 code bytes + 4 scale bytes) = 4.5 bits per element.
+    assert_eq!(bytes_per_token, 30 * 2 * 3 * 36);
+    assert_eq!(bytes_per_token * 8 * 2, 30 * 2 * 3 * 64 * 9);
+    let kv = qfuse::import::decoder::KvFormat::Nvfp4 { globals: vec![] };
+    assert_eq!(kv.bytes_per_token(3, 64) * 30, bytes_per_token);
+    // One append per layer writes the four pools; the attentions read them.
+    let pool_uses = m.schedule.iter().flat_map(|l| &l.args).filter(|a| matches!(a, ArgRef::KvPool(_))).count();
+    assert_eq!(pool_uses, 30 * 4 * 3);
+    let appends: Vec<&qfuse::plan::LaunchMeta> =
+        m.schedule.iter().filter(|l| m.kernels[l.kernel as usize].template == "kv_append").collect();
+    assert_eq!(appends.len(), 30);
+    assert!(m.kernels.iter().filter(|k| k.template == "paged_attention").all(|k| k.source.contains("#define QF_NVFP4 1")));
+    assert!(m.inputs.iter().all(|i| !i.name.starts_with("past.")));
+    // fuse-rope: every attention rotates its queries as it loads them; the keys' rope stays, one
+    // launch per layer (NVFP4 keys are block-quantized before the append, which only copies).
+    assert!(m.kernels.iter().filter(|k| k.template == "paged_attention").all(|k| k.source.contains("#define QF_ROPE 1")));
+    assert!(m.kernels.iter().filter(|k| k.template == "kv_append").all(|k| k.source.contains("#define QF_ROPE 0")));
+    let ropes = m.schedule.iter().filter(|l| m.kernels[l.kernel as usize].template == "rope").count();
+    assert_eq!(ropes, 30, "the key ropes");
+}

@@ -64,7 +64,7 @@ pub struct CompileArgs {
     /// Print everything (recipe, calibration, fusion report, plan statistics) as JSON on stdout.
     #[arg(long)]
     json: bool,
-    /// Decoders: KV-cache storage (fp8 | int8 | f16 | bf16; default: the recipe's compute dtype).
+    /// Decoders: KV-cache storage (fp8 | int8 | nvfp4 | f16 | bf16; default: the recipe's compute dtype).
     #[arg(long)]
     pub(crate) kv_cache: Option<String>,
     /// Decoders: tokens per KV-cache page (16, 32 or 64).
@@ -144,6 +144,13 @@ pub fn run(args: &CompileArgs, quiet: bool, verbose: bool) -> anyhow::Result<()>
     Ok(())
 }
 
+/// The KV cache's format as `--kv-cache` spells it for quantized caches (`nvfp4` for E2M1 codes
+/// with block-scale slots), else the first slot's dtype.
+fn kv_cache_name(d: &qfuse::plan::DecoderMeta) -> Option<String> {
+    let first = d.kv.slots.first()?;
+    Some(if first.dtype == "f4e2m1" { "nvfp4".into() } else { first.dtype.clone() })
+}
+
 /// `qfuse compile` of a decoder: one plan with prefill and decode kernels over a paged KV cache.
 fn compile_decoder(args: &CompileArgs, quiet: bool) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
@@ -179,12 +186,12 @@ fn compile_decoder(args: &CompileArgs, quiet: bool) -> anyhow::Result<()> {
     if args.json {
         let json = serde_json::json!({"recipe": plan.quantized.recipe, "plan": stats, "decoder": plan.meta().decoder.as_ref().map(|d| serde_json::json!({
             "max_seq": d.max_seq, "max_batch": d.max_batch, "max_step_tokens": d.max_step_tokens, "page_size": d.kv.page_size,
-            "kv_cache": d.kv.slots.first().map(|s| s.dtype.clone()), "layers": d.kv.slots.len() / 2, "vocab": d.vocab}))});
+            "kv_cache": kv_cache_name(d), "layers": d.kv.slots.iter().filter(|s| s.input.starts_with("past.k.")).count(), "vocab": d.vocab}))});
         return super::output::print_line(&serde_json::to_string_pretty(&json)?).map_err(Into::into);
     }
     super::output::print_line(&describe_stats(&stats))?;
     if let Some(d) = &plan.meta().decoder {
-        let kv = d.kv.slots.first().map_or("-", |s| s.dtype.as_str());
+        let kv = kv_cache_name(d).unwrap_or_else(|| "-".into());
         super::output::print_line(&format!(
             "decoder: context {} tokens, batch ≤ {}, prefill chunks of ≤ {} tokens, KV cache {kv} in pages of {} tokens",
             d.max_seq, d.max_batch, d.max_step_tokens, d.kv.page_size

@@ -36,7 +36,7 @@ pub struct EvalArgs {
     /// Decoders: most chunks of the evaluation text to score.
     #[arg(long, default_value_t = 4)]
     pub chunks: usize,
-    /// Decoders: KV-cache storage of the quantized runs (fp8 | int8 | f16 | bf16).
+    /// Decoders: KV-cache storage of the quantized runs (fp8 | int8 | nvfp4 | f16 | bf16).
     #[arg(long)]
     pub kv_cache: Option<String>,
 }

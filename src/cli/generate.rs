@@ -29,7 +29,7 @@ pub struct GenerateArgs {
     /// Most tokens to generate (at least 1).
     #[arg(long, default_value_t = 64)]
     pub(crate) max_new_tokens: usize,
-    /// KV-cache storage: f32 | f16 | bf16 | fp8 | int8 (quantized caches are calibrated per layer).
+    /// KV-cache storage: f32 | f16 | bf16 | fp8 | int8 | nvfp4 (quantized caches are calibrated per layer).
     #[arg(long, default_value = "f32")]
     kv_cache: String,
     /// Longest context (prompt plus new tokens), at most the model's position limit [default:

@@ -6,8 +6,9 @@
 //!   → + sampling kernel → DecoderMeta (pages, special tokens, chat template, defaults)
 //! ```
 //!
-//! The step graph's state inputs (`past.{k,v}.L`) get no arena storage: attention reads the
-//! runtime's page pools, and `kv_append` writes each step's `present.{k,v}.L` into them.
+//! The step graph's state inputs (`past.{k,v}.L`, and for an NVFP4 cache `past.{k,v}_scale.L`)
+//! get no arena storage: attention reads the runtime's page pools, and `kv_append` writes each
+//! step's `present.{k,v}.L` (and block scales) into them.
 
 use std::path::Path;
 use std::time::Instant;
@@ -100,14 +101,6 @@ pub fn compile_decoder(path: &Path, opts: &CompileOptions, d: &DecoderPlanOption
     Ok(plan)
 }
 
-/// `past.k.3` → (3, 0), `past.v.3` → (3, 1).
-fn slot_of(name: &str) -> Option<(usize, usize)> {
-    let rest = name.strip_prefix("past.")?;
-    let (kind, layer) = rest.split_once('.')?;
-    let kind = ["k", "v"].iter().position(|k| *k == kind)?;
-    Some((layer.parse().ok()?, kind))
-}
-
 /// The logits output's dtype.
 fn logits_dtype(g: &Graph) -> Result<DType, CompileError> {
     g.outputs
@@ -133,12 +126,11 @@ fn decoder_meta(
         let Some((kv_heads, head_dim)) = heads else {
             return Err(CompileError::Options(format!("state `{}` is not [B, P, KV, D] with fixed KV and D", slot.input)));
         };
-        let (layer, kind) = slot_of(&slot.input)
-            .ok_or_else(|| CompileError::Options(format!("state `{}` is not named past.{{k,v}}.<layer>", slot.input)))?;
-        let scale = model.options.kv.spec(layer, kind).and_then(|s| match s.scale {
-            crate::ir::ScaleSource::Literal(x) => Some(x),
-            _ => None,
-        });
+        let (layer, kind, block_scales) = decoder::kv::parse_state_name(&slot.input)
+            .filter(|n| n.0 < model.config.num_layers as usize)
+            .ok_or_else(|| CompileError::Options(format!("state `{}` is not named past.{{k,v}}[_scale].<layer>", slot.input)))?;
+        // Codes read as code · scale (NVFP4: · block scale · global); block scales are read as is.
+        let scale = if block_scales { None } else { model.options.kv.tensor_scale(layer, kind) };
         slots.push(KvSlotMeta {
             input: slot.input.clone(),
             update: slot.update.clone(),

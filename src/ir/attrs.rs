@@ -338,10 +338,11 @@ fn encode_attention_fp8(f: &AttentionFp8) -> AttrValue {
 /// `codes(k_scale=…, v_scale=…, via=f16)` of a causal attention reading quantized cache codes.
 fn encode_kv_codes(c: &KvCodes) -> AttrValue {
     let keyed = |k: &str, v: AttrValue| AttrValue::Keyed(k.into(), Box::new(v));
-    AttrValue::Call(
-        "codes".into(),
-        vec![keyed("k_scale", f32_num(c.k_scale)), keyed("v_scale", f32_num(c.v_scale)), keyed("via", ident(c.via.name()))],
-    )
+    let mut args = vec![keyed("k_scale", f32_num(c.k_scale)), keyed("v_scale", f32_num(c.v_scale)), keyed("via", ident(c.via.name()))];
+    if c.block > 0 {
+        args.push(keyed("block", int(i64::from(c.block))));
+    }
+    AttrValue::Call("codes".into(), args)
 }
 
 /// The `codes(...)` item of a causal attention, if present.
@@ -357,6 +358,7 @@ fn decode_kv_codes(attrs: &[Attr]) -> Result<Option<KvCodes>, String> {
         k_scale: num("k_scale")?,
         v_scale: num("v_scale")?,
         via: dtype_attr(&inner, "via").map_err(|e| format!("codes: {e}"))?,
+        block: if get(&inner, "block").is_some() { u32_attr(&inner, "block").map_err(|e| format!("codes: {e}"))? } else { 0 },
     }))
 }
 

@@ -33,9 +33,15 @@ fn rope_type(r: &Rope) -> Result<(), String> {
 
 /// `q [B,S,H·D], k, v [B,S,KV,D], past_k, past_v [B,P,KV,D], cache_len i64[B] → q`'s type, then
 /// with [`crate::ir::AttnRope::keys`] k's type (the rotated keys; K/V token-major: step and cache
-/// rows are `[KV, D]` per token).
+/// rows are `[KV, D]` per token). An NVFP4 cache ([`CausalAttention::block_scaled`]) adds
+/// `k_s, v_s [B,S,KV,D/16]` and `past_k_s, past_v_s [B,P,KV,D/16]`, all `f8e4m3`, after
+/// `cache_len`; its keys are never rotated by the op (`rope(keys)` would need the block scales
+/// as a third result).
 pub fn causal_attention(a: &CausalAttention, inputs: &[&TensorType]) -> Result<Vec<TensorType>, String> {
     let keys = a.rope.is_some_and(|r| r.keys);
+    if keys && a.block_scaled() {
+        return Err("causal_attention rope(keys) needs a float or per-tensor codes cache, not NVFP4 block scales".into());
+    }
     let o = attention_type(a, inputs, keys)?;
     let Some(rope) = &a.rope else { return Ok(vec![o]) };
     let d = head_dim(inputs[0], a.heads, "causal_attention")?;
@@ -53,7 +59,11 @@ pub fn causal_attention(a: &CausalAttention, inputs: &[&TensorType]) -> Result<V
 /// `o`'s type; with `keys_unrotated`, k holds q's dtype (the op rotates and, over codes,
 /// quantizes it itself).
 fn attention_type(a: &CausalAttention, inputs: &[&TensorType], keys_unrotated: bool) -> Result<TensorType, String> {
-    let [q, k, v, pk, pv, len] = inputs else { return Err("causal_attention takes 6 inputs".into()) };
+    let (base, scales) = inputs.split_at(inputs.len().min(6));
+    let [q, k, v, pk, pv, len] = base else { return Err("causal_attention takes 6 inputs (10 with block scales)".into()) };
+    if scales.len() != a.arity() - 6 {
+        return Err(format!("causal_attention takes {} inputs here, got {}", a.arity(), inputs.len()));
+    }
     if !q.dtype.is_wide_float() {
         return Err(format!("causal_attention q must be f32/f16/bf16, got {}", q.dtype));
     }
@@ -68,8 +78,18 @@ fn attention_type(a: &CausalAttention, inputs: &[&TensorType], keys_unrotated: b
     let operand = match &a.cache {
         None => q.dtype,
         Some(c) => {
-            if !matches!(v.dtype, DType::F8E4M3 | DType::F8E5M2 | DType::I8) {
-                return Err(format!("causal_attention codes must be f8e4m3, f8e5m2 or i8, got {}", v.dtype));
+            let ok = match c.block {
+                0 => matches!(v.dtype, DType::F8E4M3 | DType::F8E5M2 | DType::I8),
+                super::KV_NVFP4_BLOCK => v.dtype == DType::F4E2M1 && d % u64::from(c.block) == 0,
+                _ => false,
+            };
+            if !ok {
+                return Err(format!(
+                    "causal_attention codes must be f8e4m3, f8e5m2 or i8 (block 0), or f4e2m1 in blocks of {} along D = {d} (got {} in blocks of {})",
+                    super::KV_NVFP4_BLOCK,
+                    v.dtype,
+                    c.block
+                ));
             }
             if !c.via.is_wide_float() || [c.k_scale, c.v_scale].iter().any(|s| !(s.is_finite() && *s > 0.0)) {
                 return Err(format!("causal_attention codes need positive finite scales and a float via, got {c:?}"));
@@ -88,6 +108,13 @@ fn attention_type(a: &CausalAttention, inputs: &[&TensorType], keys_unrotated: b
         expect(t, operand, &past, what)?;
     }
     cache_len_type(len, batch, "causal_attention")?;
+    if let (Some(c), [ks, vs, pks, pvs]) = (&a.cache, scales) {
+        let blocks = Dim::Fixed(d / u64::from(c.block));
+        let (step, past) = ([batch, seq, kv, blocks], [batch, pk.shape[1], kv, blocks]);
+        for (t, shape, what) in [(ks, &step, "k_s"), (vs, &step, "v_s"), (pks, &past, "past_k_s"), (pvs, &past, "past_v_s")] {
+            expect(t, DType::F8E4M3, shape, what)?;
+        }
+    }
     Ok((*q).clone())
 }
 

@@ -81,7 +81,7 @@ pub fn arity(op: &Op) -> usize {
         Op::Attention(a) => a.arity(),
         Op::EmbedLayerNorm(e) => e.arity(),
         Op::Rope(_) => 2,
-        Op::CausalAttention(_) => 6,
+        Op::CausalAttention(a) => a.arity(),
     }
 }
 

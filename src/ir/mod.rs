@@ -26,7 +26,7 @@ pub use graph::{Graph, Node, StateSlot, ValueInfo};
 pub use id::{IdVec, NodeId, SymId, ValueId};
 pub use op::{
     Attention, AttentionFp8, AttnRope, BinaryOp, CausalAttention, EmbedLayerNorm, EpilogueOp, EpilogueStep, KvCodes, NormKind, Op, QMatMul,
-    ReduceOp, Rope, RopeLlama3, RopePairs, UnaryOp,
+    ReduceOp, Rope, RopeLlama3, RopePairs, UnaryOp, KV_NVFP4_BLOCK,
 };
 pub use parse::{parse, ParseError};
 pub use print::print;

@@ -251,6 +251,12 @@ pub struct Rope {
 /// (`f8e4m3` or `i8`) and each element reads as `via(code · scale)` (K's scale for `k` and
 /// `past_k`, V's for `v` and `past_v`) — exactly the per-tensor `dequantize` to `via` that
 /// `fuse-kv-cache` folds in. The GPU reads the codes straight from the paged cache.
+///
+/// An NVFP4 cache ([`KvCodes::block`] = 16) has `f4e2m1` codes and four more operands, the
+/// `f8e4m3` block scales `k_s, v_s [B,S,KV,D/16]`, `past_k_s, past_v_s [B,P,KV,D/16]` (state too):
+/// element `d` reads as `via(via(code · block_scale[d / 16]) · scale)`, `scale` the per-tensor
+/// global (a power of two): exactly `dequantize(code, block_scale)` to `via` followed by the
+/// multiplication by the global that the block builder writes.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CausalAttention {
     /// Query heads H.
@@ -268,13 +274,6 @@ pub struct CausalAttention {
     pub rope: Option<AttnRope>,
 }
 
-impl CausalAttention {
-    /// Results: `o`, then with [`AttnRope::keys`] this step's rotated keys (the cache update).
-    pub fn outputs(&self) -> usize {
-        1 + usize::from(self.rope.is_some_and(|r| r.keys))
-    }
-}
-
 /// The rotary embedding a [`CausalAttention`] applies to its own operands, exactly as the `rope`
 /// ops it replaces did (`fuse-rope`): `q [B,S,H·D]` is rotated at positions `cache_len[b] + s`
 /// as `rope {heads=H}` would and rounded to q's dtype before any product reads it. With `keys`,
@@ -283,6 +282,8 @@ impl CausalAttention {
 /// second output, and with [`CausalAttention::cache`] the second output is those keys quantized
 /// as the cache stores them (`quantize {storage of past_k, per_tensor, scale=k_scale}`). The
 /// second output is the cache update `present.k.L`, and the attention reads it as its keys.
+/// `keys` is not defined over an NVFP4 cache ([`CausalAttention::block_scaled`]: the block scales
+/// would be a third result); there the op rotates q only.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AttnRope {
     /// Base θ of the inverse frequencies `θ^(−2i/D)`.
@@ -316,12 +317,40 @@ impl AttnRope {
 /// layer's) and the dtype each dequantized element is rounded to.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KvCodes {
-    /// Dequantization multiplier of K's codes.
+    /// Dequantization multiplier of K's codes (NVFP4: the global scale above the block scales).
     pub k_scale: f32,
-    /// Dequantization multiplier of V's codes.
+    /// Dequantization multiplier of V's codes (NVFP4: the global scale).
     pub v_scale: f32,
     /// Dtype of a dequantized element (q's dtype, f16 or bf16 after a recipe).
     pub via: DType,
+    /// Elements per block scale along D: 0 for per-tensor codes, [`KV_NVFP4_BLOCK`] for an NVFP4
+    /// cache (E2M1 codes, E4M3 block scales as four extra operands).
+    #[serde(default)]
+    pub block: u32,
+}
+
+/// Elements of D sharing one E4M3 block scale in an NVFP4 KV cache.
+pub const KV_NVFP4_BLOCK: u32 = 16;
+
+impl CausalAttention {
+    /// Results: `o`, then with [`AttnRope::keys`] this step's rotated keys (the cache update).
+    pub fn outputs(&self) -> usize {
+        1 + usize::from(self.rope.is_some_and(|r| r.keys))
+    }
+
+    /// Operands: 6, or 10 when the cache has block scales ([`KvCodes::block`] > 0).
+    pub fn arity(&self) -> usize {
+        if self.block_scaled() {
+            10
+        } else {
+            6
+        }
+    }
+
+    /// True when the K/V codes carry block-scale operands (an NVFP4 cache).
+    pub fn block_scaled(&self) -> bool {
+        self.cache.is_some_and(|c| c.block > 0)
+    }
 }
 
 /// One IR operation. Inputs and outputs are listed as `inputs → outputs`.

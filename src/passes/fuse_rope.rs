@@ -30,6 +30,11 @@
 //! rope has the same rotation, `kv_heads` heads and cache_len (and gives the codes' `via`), each
 //! node of `K` is the only reader of its operand, and the keys operand is read by the attention
 //! and graph outputs only. Otherwise only the queries fuse and the reason for the keys is traced.
+//! An NVFP4 cache (`codes(..., block=16)`, after `kv-nvfp4-codes`) never fuses its keys: their
+//! codes and E4M3 block scales come from a dynamic block quantize that kv_append does not
+//! reproduce (it copies both), so the key rope and that quantize stay; the reason is recorded on
+//! the quantize's fusion-report entry. Its queries fuse as any other (the four block-scale
+//! operands pass through unchanged).
 //!
 //! Exact: `rope(...)` is defined (and interpreted) as those very ops — the same f64 angles, f32
 //! rotation and rounding to the operand's dtype, then (codes) `cast(x / k_scale)` — applied before
@@ -55,7 +60,7 @@ impl Pass for FuseRope {
         "fuse-rope"
     }
 
-    fn run(&self, g: &mut Graph, _cx: &mut PassCx) -> Result<bool, PassError> {
+    fn run(&self, g: &mut Graph, cx: &mut PassCx) -> Result<bool, PassError> {
         let mut changed = false;
         let mut users = live_users(g);
         for id in g.nodes.ids().collect::<Vec<_>>() {
@@ -69,6 +74,11 @@ impl Pass for FuseRope {
                 Some(Ok(m)) => {
                     if let Err(reason) = &m.keys {
                         tracing::debug!(rule = "rope", node = %id, keys_declined = %reason);
+                        // An NVFP4 cache's keys quantize stays a kernel of its own: say why.
+                        let quantize = g.values[g.nodes[id].inputs[1]].producer;
+                        if a.block_scaled() && matches!(g.nodes[quantize].op, Op::Quantize(_)) {
+                            cx.report.declined(&loc(g, quantize), format!("fuse-rope: {reason}"));
+                        }
                     }
                     apply_rope(g, id, &a, &m)?;
                     tracing::debug!(rule = "rope", node = %id, keys = m.keys.is_ok());
@@ -132,6 +142,9 @@ fn query_conditions(g: &Graph, users: &Users, id: NodeId, a: &CausalAttention, r
 /// only; a quantize is per-tensor with the codes' literal `k_scale` and no zero point, and the
 /// rope gives the codes' `via`.
 fn match_keys(g: &Graph, users: &Users, id: NodeId, a: &CausalAttention, q_rope: &Rope) -> Result<ValueId, String> {
+    if a.block_scaled() {
+        return Err(NVFP4_KEYS.into());
+    }
     let ins = &g.nodes[id].inputs;
     let others: Vec<NodeId> = users[ins[1]].iter().copied().filter(|&r| r != id).collect();
     if !others.is_empty() || ins[2] == ins[1] {
@@ -166,6 +179,10 @@ fn match_keys(g: &Graph, users: &Users, id: NodeId, a: &CausalAttention, q_rope:
         (Some(_), None) => Err("the attention reads codes but the keys are not quantized".into()),
     }
 }
+
+/// Why the keys of an attention over an NVFP4 cache (`codes(..., block=16)`) keep their rope.
+const NVFP4_KEYS: &str = "the key rope stays (NVFP4 cache): kv_append copies the E2M1 codes and E4M3 block scales this \
+     quantize computes; it rotates keys only into float or per-tensor FP8/INT8 caches";
 
 /// Walks from the attention's `k` back through one reshape and at most one quantize (either
 /// order) to a rope: the rope's result and the quantize's spec. Every value before `k` must have
@@ -223,7 +240,10 @@ fn apply_rope(g: &mut Graph, id: NodeId, a: &CausalAttention, m: &Found) -> Resu
     };
     b.scope = name;
     let op = Op::CausalAttention(CausalAttention { rope: Some(AttnRope::of(&m.rope, keys.is_some())), ..*a });
-    let outs = b.add(op, &[m.q, k, old_ins[2], old_ins[3], old_ins[4], old_ins[5]], None).map_err(fail)?;
+    // q and k replaced; v, the cache, cache_len and (NVFP4) the four block-scale operands as they were.
+    let mut ins = vec![m.q, k];
+    ins.extend_from_slice(&old_ins[2..]);
+    let outs = b.add(op, &ins, None).map_err(fail)?;
     if g.ty(outs[0]) != g.ty(old_o) {
         return Err(fail("the fused attention's type differs from the old one's".into()));
     }
@@ -232,4 +252,18 @@ fn apply_rope(g: &mut Graph, id: NodeId, a: &CausalAttention, m: &Found) -> Resu
         g.replace_all_uses(old_ins[1], outs[1]);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Over an NVFP4 cache only the query rope folds; the keys' quantize stays standalone and the
+    /// fusion report says why.
+    #[test]
+    fn nvfp4_keys_decline_with_a_reason_in_the_report() {
+        let lines = crate::passes::report_of_case(&FuseRope, "fuse-rope", "nvfp4_cache_queries_only", ".q");
+        assert_eq!(lines, [format!("L.k_cache:k.q: standalone, fuse-rope: {NVFP4_KEYS}")]);
+        assert!(NVFP4_KEYS.contains("NVFP4"), "{NVFP4_KEYS}");
+    }
 }

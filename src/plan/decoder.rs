@@ -62,26 +62,30 @@ pub struct KvSlotMeta {
     pub input: String,
     /// The output appended to it each step (`present.k.0`).
     pub update: String,
-    /// Element type as the IR prints it (`f16`, `f8e4m3`, `i8`).
+    /// Element type as the IR prints it (`f16`, `f8e4m3`, `i8`; an NVFP4 cache: `f4e2m1` codes,
+    /// two per byte, low nibble first, and its block-scale slots `f8e4m3` with D/16 columns).
     pub dtype: String,
     /// KV heads.
     pub kv_heads: u32,
     /// Head size D.
     pub head_dim: u32,
-    /// Dequantization multiplier of its codes (1 for float caches).
+    /// Dequantization multiplier of its codes (1 for float caches and NVFP4 block-scale slots;
+    /// the global scale for NVFP4 codes).
     pub scale: f32,
 }
 
 impl KvSlotMeta {
-    /// Bytes of one page of this pool, if the dtype is known and the size fits.
+    /// Bytes of one page of this pool, if the dtype is known and the size fits (`f4e2m1` codes
+    /// pack two per byte, so D must be even).
     pub fn page_bytes(&self, page_size: u32) -> Option<u64> {
-        let bits = match self.dtype.as_str() {
+        let bits: u64 = match self.dtype.as_str() {
             "f32" => 32,
             "f16" | "bf16" => 16,
             "f8e4m3" | "f8e5m2" | "i8" => 8,
+            "f4e2m1" if self.head_dim % 2 == 0 => 4,
             _ => return None,
         };
-        u64::from(self.kv_heads).checked_mul(u64::from(self.head_dim))?.checked_mul(u64::from(page_size))?.checked_mul(bits / 8)
+        u64::from(self.kv_heads).checked_mul(u64::from(self.head_dim))?.checked_mul(u64::from(page_size))?.checked_mul(bits).map(|b| b / 8)
     }
 }
 

@@ -233,6 +233,13 @@ fn qdq(b: &mut Builder, x: ValueId, q_spec: QuantSpec, loc: &str, out: DType) ->
     }
 }
 
+/// NVFP4's global scale for a calibrated `amax` (activations and the NVFP4 KV cache): the power
+/// of two at or above `amax / (6 · 448)` ([`pow2_global`] for E2M1 codes and E4M3 block scales);
+/// 1 when `amax` is zero or not finite.
+pub fn nvfp4_global(amax: f32) -> f32 {
+    pow2_global(amax, DType::F4E2M1.max_finite() as f32, DType::F8E4M3)
+}
+
 /// The power of two at or above `amax / (qmax · scale_max)`: NVFP4's activation global scale.
 /// A power of two makes the pre- and post-multiplications exact in any float dtype, and its block
 /// scales (`≤ scale_max`) still cover the calibrated range.

@@ -15,6 +15,7 @@ pub mod prepare;
 pub mod recipe;
 pub mod weight_qdq;
 
+pub use insert::nvfp4_global;
 pub use recipe::Recipe;
 
 use crate::import::{ImportError, Imported};

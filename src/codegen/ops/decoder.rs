@@ -13,16 +13,22 @@
 //!   never their arena storage, so the past inputs get none ([`crate::codegen::memory`]).
 //!   1. `kv_append(k, v, k_pool, v_pool, page_table, cache_len, long long B, long long S)`:
 //!      grid `(ceil_div(B·S·KV·R, 256), 2, 1)`, block 256, R packs per row of D elements; `k, v`
-//!      are token-major `[B, S, KV, D]` (a view of the projection), the pools HND per page.
-//!      With `rope(keys)` (`fuse-rope`) k is unrotated, the append rotates each key as it writes
-//!      it, and a `k_out` pointer (the op's second result, the cache update) follows `cache_len`;
-//!      the `k` state update is then that second result. With any `rope(...)` the attention
-//!      kernels rotate each query element as they load it ([`PagedAttentionSpec::rope`]).
+//!      are token-major `[B, S, KV, D]` (a view of the projection), the pools HND per page. An
+//!      NVFP4 cache (`codes(..., block=16)`: 10 operands, the last four the E4M3 block scales,
+//!      state of their own) appends `k_s, v_s, ks_pool, vs_pool` and grid y = 4: the codes (D/2
+//!      bytes a row) and the scales (D/16 bytes a row) go to their own pools, same pages and slots.
+//!      With `rope(keys)` (`fuse-rope`; float and per-tensor code caches, never NVFP4) k is
+//!      unrotated, the append rotates each key as it writes it, and a `k_out` pointer (the op's
+//!      second result, the cache update) follows `cache_len`; the `k` state update is then that
+//!      second result. With any `rope(...)` the attention kernels rotate each query element as
+//!      they load it ([`PagedAttentionSpec::rope`]).
 //!   2. `paged_attention(q, k_pool, v_pool, page_table, cache_len, o, long long S, float k_scale,
 //!      float v_scale)`: grid `(ceil_div(S, QT), KV, B)`, block [`ATTN_THREADS`], dynamic shared
 //!      memory [`PagedAttentionSpec::smem_bytes`]; the decode variant (QT = 1, guard `S ≤ 1`) and
 //!      the prefill variant (QT·G ≤ 64 rows, guard `S > 1`) share the template. The score scale is compiled in; the cache
-//!      scales are arguments (1 for float caches), so every layer of one shape shares the kernel.
+//!      scales are arguments (1 for float caches; NVFP4: the global scales, and the block-scale
+//!      pools `ks_pool, vs_pool` are two more pointer parameters at the end), so every layer of
+//!      one shape shares the kernel.
 //!   3. Split-KV decode (when [`decode_splits`] ≥ 2, replacing the unsplit decode variant of 2.):
 //!      `paged_attention(q, k_pool, v_pool, page_table, cache_len, partials, long long S, float
 //!      k_scale, float v_scale)` with grid `(SPLITS, KV, B)` writes f32 partials to the runtime's
@@ -182,6 +188,12 @@ pub enum CacheRead {
         /// The rounding dtype of `code · scale` (f16, bf16 or f32).
         via: DType,
     },
+    /// NVFP4: `f4e2m1` codes with E4M3 scales per 16 elements in their own pools:
+    /// `via(via(code · block_scale) · global)`, the global passed as `k_scale`/`v_scale`.
+    Nvfp4 {
+        /// The rounding dtype (f16, bf16 or f32).
+        via: DType,
+    },
 }
 
 impl CacheRead {
@@ -189,7 +201,22 @@ impl CacheRead {
     pub fn storage(self) -> DType {
         match self {
             CacheRead::Float(d) | CacheRead::Codes { storage: d, .. } => d,
+            CacheRead::Nvfp4 { .. } => DType::F4E2M1,
         }
+    }
+
+    /// True for an NVFP4 cache (block-scale pools beside the code pools).
+    pub fn block_scaled(self) -> bool {
+        matches!(self, CacheRead::Nvfp4 { .. })
+    }
+}
+
+/// `qf_round_f16`/`qf_round_bf16` for a `via` of f16/bf16; empty (no rounding) for f32.
+fn via_round(via: DType) -> &'static str {
+    match via {
+        DType::F16 => "qf_round_f16",
+        DType::BF16 => "qf_round_bf16",
+        _ => "",
     }
 }
 
@@ -285,7 +312,14 @@ impl PagedAttentionSpec {
         match self.cache {
             CacheRead::Float(DType::F16 | DType::BF16 | DType::F32) => {}
             CacheRead::Codes { storage: DType::F8E4M3 | DType::F8E5M2 | DType::I8, via: DType::F16 | DType::BF16 | DType::F32 } => {}
-            other => return Err(format!("a KV cache read as {other:?} has no kernel (floats f16/bf16/f32, or f8e4m3/f8e5m2/i8 codes)")),
+            CacheRead::Nvfp4 { via: DType::F16 | DType::BF16 | DType::F32 } => {
+                if self.head_dim % 32 != 0 {
+                    return Err(format!("head size {}: an NVFP4 row is not a whole number of 16-byte packs (32 codes)", self.head_dim));
+                }
+            }
+            other => {
+                return Err(format!("a KV cache read as {other:?} has no kernel (floats f16/bf16/f32, f8e4m3/f8e5m2/i8 codes, or NVFP4)"))
+            }
         }
         if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
             return Err(format!("{} heads are not a multiple of {} KV heads", self.heads, self.kv_heads));
@@ -293,7 +327,7 @@ impl PagedAttentionSpec {
         if self.kv_heads > 65535 {
             return Err(format!("{} KV heads exceed the grid limit 65535", self.kv_heads));
         }
-        let eb = self.cache.storage().bits() / 8;
+        let eb = self.cache.storage().bits().div_ceil(8);
         if self.head_dim == 0 || (self.head_dim * eb) % 16 != 0 {
             return Err(format!("head size {}: a row of {} is not a whole number of 16-byte packs", self.head_dim, self.cache.storage()));
         }
@@ -314,11 +348,14 @@ impl PagedAttentionSpec {
     }
 
     /// Kernel parameters in signature order: the sixth is `out` (o), or `partials` (the split
-    /// scratch) with a split.
+    /// scratch) with a split; an NVFP4 cache appends the block-scale pools `ks_pool, vs_pool`.
     pub fn params(&self) -> Vec<(&'static str, ParamType)> {
         let out = if self.splits > 0 { "partials" } else { "out" };
         let mut p = pointers(&["q", "k_pool", "v_pool", "page_table", "cache_len", out]);
         p.extend([("S", ParamType::I64), ("k_scale", ParamType::F32), ("v_scale", ParamType::F32)]);
+        if self.cache.block_scaled() {
+            p.extend(pointers(&["ks_pool", "vs_pool"]));
+        }
         p
     }
 
@@ -329,14 +366,16 @@ impl PagedAttentionSpec {
         let (codes, via, cache_doc) = match self.cache {
             CacheRead::Float(d) => ("0", String::new(), format!("{d} values, read exactly")),
             CacheRead::Codes { storage, via } => {
-                let round = match via {
-                    DType::F16 => "qf_round_f16",
-                    DType::BF16 => "qf_round_bf16",
-                    _ => "",
-                };
-                ("1", round.to_string(), format!("{storage} codes, {via}(code · scale) (k_scale for K, v_scale for V)"))
+                ("1", via_round(via).to_string(), format!("{storage} codes, {via}(code · scale) (k_scale for K, v_scale for V)"))
             }
+            CacheRead::Nvfp4 { via } => (
+                "1",
+                via_round(via).to_string(),
+                format!("NVFP4: f4e2m1 codes, {via}({via}(code · e4m3 block scale) · global) (k_scale, v_scale: the globals)"),
+            ),
         };
+        // An NVFP4 pool is addressed in bytes (qf_load_tile_nvfp4); the generic loader sees bytes.
+        let c_t = if self.cache.block_scaled() { "qf_u8".to_string() } else { trait_of(self.cache.storage()) };
         let qt = self.q_tokens();
         let out_param = if self.splits > 0 { "float* __restrict__ partials" } else { "OT_::T* __restrict__ out" };
         let (rope, rope_adjacent, rope_doc, inv_freq) = match &self.rope {
@@ -350,7 +389,8 @@ impl PagedAttentionSpec {
         let values = with_prelude(vec![
             ("q_t", trait_of(self.q)),
             ("o_t", trait_of(self.out)),
-            ("c_t", trait_of(self.cache.storage())),
+            ("c_t", c_t),
+            ("nvfp4", u8::from(self.cache.block_scaled()).to_string()),
             ("heads", self.heads.to_string()),
             ("kv_heads", self.kv_heads.to_string()),
             ("group", self.group().to_string()),
@@ -410,9 +450,21 @@ pub fn split_combine_kernel(heads: u32, head_dim: u32, splits: u32, out: DType, 
     Ok(finish_kernel("split_combine", source, grid, [threads, 1, 1], 0, params(&pointers(&["partials", "out"]))))
 }
 
+/// Bytes of one cache row of `head_dim` elements of `storage` (`f4e2m1`: two per byte, D even).
+fn row_bytes(storage: DType, head_dim: u32) -> Result<u64, String> {
+    let d = u64::from(head_dim);
+    match elem_bytes(storage) {
+        Some(eb) => Ok(d * eb),
+        None if storage == DType::F4E2M1 && d % 2 == 0 => Ok(d / 2),
+        None => Err(format!("a KV cache of {storage} with head size {head_dim} has no kernel (f4e2m1 needs an even D)")),
+    }
+}
+
 /// The kv_append kernel for a cache of `storage` with `kv_heads` heads of `head_dim`: reads this
 /// step's token-major `k, v [B, S, KV, D]` and writes the HND page pools `[pages, KV, PAGE, D]`;
-/// grid `(ceil_div(B·S·KV·R, 256), 2, 1)` over `batch` and `seq`.
+/// grid `(ceil_div(B·S·KV·max(R, RS), 256), Y, 1)` over `batch` and `seq`. For `f4e2m1` (NVFP4)
+/// it also copies the E4M3 block scales `k_s, v_s [B, S, KV, D/16]` into their pools (`Y` = 4,
+/// parameters `k_s, v_s, ks_pool, vs_pool` after `S`); otherwise `Y` = 2.
 pub fn kv_append_kernel(
     storage: DType,
     kv_heads: u32,
@@ -446,19 +498,24 @@ pub fn kv_append_rope_kernel(
     [batch, seq]: [DimExpr; 2],
     rope: Option<&KeyRope>,
 ) -> Result<KernelDef, String> {
-    let eb = elem_bytes(storage).ok_or_else(|| format!("a KV cache of {storage} (packed 4-bit) has no kernel"))?;
-    let row = u64::from(head_dim) * eb;
-    let pb = pack_bytes(row, eb);
-    let pack_t = super::elementwise::raw_type(pb);
+    let row = row_bytes(storage, head_dim)?;
+    let pb = pack_bytes(row, elem_bytes(storage).unwrap_or(1));
     let packs = row / pb;
+    let nvfp4 = storage == DType::F4E2M1;
+    let scale_row = u64::from(head_dim).div_ceil(u64::from(crate::ir::KV_NVFP4_BLOCK));
+    let spb = pack_bytes(scale_row, 1);
+    let scale_packs = if nvfp4 { scale_row / spb } else { 0 };
     let values = with_prelude(vec![
-        ("pack_t", pack_t.to_string()),
+        ("pack_t", super::elementwise::raw_type(pb).to_string()),
         ("pack_bytes", pb.to_string()),
         ("kv_heads", kv_heads.to_string()),
         ("packs", packs.to_string()),
         ("page_size", paged.page_size.to_string()),
         ("max_pages", paged.max_pages.to_string()),
         ("threads", APPEND_THREADS.to_string()),
+        ("scales", u8::from(nvfp4).to_string()),
+        ("scale_pack_t", super::elementwise::raw_type(spb).to_string()),
+        ("scale_packs", scale_packs.to_string()),
     ]);
     // kv_append needs ops.cuh only to rotate keys: it goes into the rope definitions.
     let ops = values.iter().find(|(k, _)| *k == "ops").map(|(_, v)| v.clone()).unwrap_or_default();
@@ -469,13 +526,16 @@ pub fn kv_append_rope_kernel(
     };
     values.extend([("rope_defs", defs), ("rope_param", param)]);
     let source = KV_APPEND.render(&values).map_err(|e| e.to_string())?;
-    let total = DimExpr::product([batch, seq, DimExpr::Const(u64::from(kv_heads)), DimExpr::Const(packs)]);
-    let grid = [total.ceil_div(u64::from(APPEND_THREADS)), 2.into(), 1.into()];
+    let total = DimExpr::product([batch, seq, DimExpr::Const(u64::from(kv_heads)), DimExpr::Const(packs.max(scale_packs))]);
+    let grid = [total.ceil_div(u64::from(APPEND_THREADS)), if nvfp4 { 4 } else { 2 }.into(), 1.into()];
     let mut list = pointers(&["k", "v", "k_pool", "v_pool", "page_table", "cache_len"]);
     if rope.is_some() {
         list.extend([("k_out", ParamType::Ptr), ("k_scale", ParamType::F32)]);
     }
     list.extend([("B", ParamType::I64), ("S", ParamType::I64)]);
+    if nvfp4 {
+        list.extend(pointers(&["k_s", "v_s", "ks_pool", "vs_pool"]));
+    }
     Ok(finish_kernel("kv_append", source, grid, [APPEND_THREADS, 1, 1], 0, params(&list)))
 }
 
@@ -486,6 +546,9 @@ pub fn kv_append_rope_kernel(
 fn append_rope_defs(ops: &str, storage: DType, r: &KeyRope, kv_heads: u32, head_dim: u32) -> Result<String, String> {
     let codes = match storage {
         DType::F8E4M3 | DType::F8E5M2 | DType::I8 => 1,
+        DType::F4E2M1 => {
+            return Err("kv_append does not rotate keys into an NVFP4 cache (its codes and block scales arrive computed)".into())
+        }
         s if s == r.keys => 0,
         s => return Err(format!("kv_append rotates {} keys into a cache of their own dtype or of codes, not {s}", r.keys)),
     };
@@ -574,8 +637,49 @@ fn cache_read(a: &CausalAttention, storage: DType) -> Result<(CacheRead, f32, f3
     match a.cache {
         None if storage.is_wide_float() => Ok((CacheRead::Float(storage), 1.0, 1.0)),
         None => Err(format!("a {storage} KV cache must be read as codes (the op carries no codes(...); run fuse-kv-cache)")),
+        Some(c) if c.block > 0 => Ok((CacheRead::Nvfp4 { via: c.via }, c.k_scale, c.v_scale)),
         Some(c) => Ok((CacheRead::Codes { storage, via: c.via }, c.k_scale, c.v_scale)),
     }
+}
+
+/// The state slots of the cache operands `[(past, now); 2]`: each `past` a state input, each `now`
+/// its slot's update (`what` names them in errors).
+fn cache_slots(cx: &LowerCx, node: NodeId, pairs: [(&str, ValueId, ValueId); 2]) -> Result<[u32; 2], LowerError> {
+    let mut slots = [0u32; 2];
+    for (i, (what, past, now)) in pairs.into_iter().enumerate() {
+        let slot = state_slot_of_input(cx, past).ok_or_else(|| {
+            cx.error(node, format!("{what} (%{}) is not a state input: the paged cache holds only graph state", past.index()))
+        })?;
+        let update = &cx.graph.state[slot].update;
+        if !is_update(cx, now, update) {
+            return Err(cx.error(node, format!("%{} is not the state update `{update}` of {what}'s slot", now.index())));
+        }
+        slots[i] = u32::try_from(slot).map_err(|_| cx.error(node, "too many state slots"))?;
+    }
+    Ok(slots)
+}
+
+/// An NVFP4 cache's block scales: the state slots of K's and V's scale pools, and this step's
+/// `k_s, v_s` values.
+type BlockScales = ([u32; 2], [ValueId; 2]);
+
+/// The block-scale pools of an NVFP4 cache: operands 6..10 `k_s, v_s, past_k_s, past_v_s`,
+/// checked as `f8e4m3 [.., KV, D/16]` state updates and inputs; `None` without block scales.
+fn block_scale_slots(cx: &LowerCx, node: NodeId, a: &CausalAttention, head_dim: u32) -> Result<Option<BlockScales>, LowerError> {
+    if !a.block_scaled() {
+        return Ok(None);
+    }
+    let ins = &cx.graph.nodes[node].inputs;
+    let [ks, vs, pks, pvs] = ins[6..] else { return Err(cx.error(node, format!("expected 10 operands, got {}", ins.len()))) };
+    let blocks = u64::from(head_dim).div_ceil(u64::from(crate::ir::KV_NVFP4_BLOCK));
+    for v in [ks, vs, pks, pvs] {
+        let ty = cx.graph.ty(v);
+        if ty.dtype != DType::F8E4M3 || crate::ir::kv_state_heads(ty) != Some((u64::from(a.kv_heads), blocks)) {
+            return Err(cx.error(node, format!("block scales %{} must be f8e4m3 [.., {}, {blocks}]", v.index(), a.kv_heads)));
+        }
+    }
+    let slots = cache_slots(cx, node, [("past_k_s", pks, ks), ("past_v_s", pvs, vs)])?;
+    Ok(Some((slots, [ks, vs])))
 }
 
 fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<Lowered, LowerError> {
@@ -584,25 +688,21 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
     };
     let n = &cx.graph.nodes[node];
     let err = |reason: String| cx.error(node, reason);
-    let [q, k, v, past_k, past_v, len] = n.inputs[..] else {
-        return Err(err(format!("expected 6 operands, got {}", n.inputs.len())));
-    };
+    if n.inputs.len() != a.arity() {
+        return Err(err(format!("expected {} operands, got {}", a.arity(), n.inputs.len())));
+    }
+    let [q, k, v, past_k, past_v, len] = n.inputs[..6] else { unreachable!("arity checked") };
     let o = n.outputs[0];
     // With rope(keys) the op's second result is this step's (rotated) keys, the cache update.
     let keys_rotated = a.rope.is_some_and(|r| r.keys);
+    if keys_rotated && a.block_scaled() {
+        return Err(
+            err("rope(keys) over an NVFP4 cache: kv_append copies precomputed codes and block scales, it does not quantize".into()),
+        );
+    }
     let k_update = if keys_rotated { *n.outputs.get(1).ok_or_else(|| err("rope(keys) without a second result".into()))? } else { k };
     // The cache operands: state inputs, and this step's values their updates.
-    let mut slots = [0u32; 2];
-    for (i, (what, past, now)) in [("past_k", past_k, k_update), ("past_v", past_v, v)].into_iter().enumerate() {
-        let slot = state_slot_of_input(cx, past)
-            .ok_or_else(|| err(format!("{what} (%{}) is not a state input: the paged cache holds only graph state", past.index())))?;
-        let update = &cx.graph.state[slot].update;
-        if !is_update(cx, now, update) {
-            let which = if i == 0 { "k" } else { "v" };
-            return Err(err(format!("{which} (%{}) is not the state update `{update}` of {what}'s slot", now.index())));
-        }
-        slots[i] = u32::try_from(slot).map_err(|_| err("too many state slots".into()))?;
-    }
+    let slots = cache_slots(cx, node, [("past_k", past_k, k_update), ("past_v", past_v, v)])?;
     check_cache_len(cx, node, len)?;
     let g = cx.graph;
     let storage = g.ty(past_k).dtype;
@@ -622,6 +722,7 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
     let head_dim = u32::try_from(width / u64::from(a.heads)).map_err(|_| err("head size too large".into()))?;
     check_kv_layout(cx, node, a, [k, v, past_k, past_v], head_dim)?;
     let (cache, k_scale, v_scale) = cache_read(a, storage).map_err(&err)?;
+    let block_scales = block_scale_slots(cx, node, a, head_dim)?;
     let spec = PagedAttentionSpec {
         heads: a.heads,
         kv_heads: a.kv_heads,
@@ -654,9 +755,12 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
         append_args.extend([Arg::Value(k_update), Arg::Scalar(Scalar::F32(k_scale))]);
     }
     append_args.extend([Arg::Scalar(Scalar::Dim(batch.clone())), Arg::Scalar(Scalar::Dim(seq.clone()))]);
+    if let Some(([ks_slot, vs_slot], [ks, vs])) = block_scales {
+        append_args.extend([Arg::Value(ks), Arg::Value(vs), Arg::KvPool(ks_slot), Arg::KvPool(vs_slot)]);
+    }
     // The attention's arguments with `dest` (o, or the split scratch) as the sixth.
     let attention_args = |dest: Arg| {
-        vec![
+        let mut args = vec![
             Arg::Value(q),
             Arg::KvPool(k_slot),
             Arg::KvPool(v_slot),
@@ -666,7 +770,11 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
             Arg::Scalar(Scalar::Dim(seq.clone())),
             Arg::Scalar(Scalar::F32(k_scale)),
             Arg::Scalar(Scalar::F32(v_scale)),
-        ]
+        ];
+        if let Some(([ks_slot, vs_slot], _)) = block_scales {
+            args.extend([Arg::KvPool(ks_slot), Arg::KvPool(vs_slot)]);
+        }
+        args
     };
     // Exactly one of the decode path and the prefill attention runs for a given S.
     let (one, more) = (Guard::RowsAtMost { rows: seq.clone(), max: 1 }, Guard::RowsAbove { rows: seq.clone(), min: 1 });

@@ -15,6 +15,10 @@
 //! state    past.k.L append present.k.L axis=1 (and V)
 //! ```
 //!
+//! An NVFP4 cache ([`KvFormat::Nvfp4`]) quantizes `k · (1/global)` with dynamic E4M3 block
+//! scales: its codes and scales are two state slots (`past.k.L`, `past.k_scale.L`), read back as
+//! `dequantize(codes, scales) · global`.
+//!
 //! Nodes carry the checkpoint's module names (`model.layers.3.self_attn.q_proj`, `lm_head`) so
 //! recipes, exclusions and reports address them as they do for encoders.
 
@@ -117,6 +121,10 @@ impl BlockBuilder<'_, '_> {
         step: &StepInputs,
         state: &mut Vec<StateSlot>,
     ) -> Result<(ValueId, ValueId), ImportError> {
+        if let KvFormat::Nvfp4 { globals } = self.kv {
+            let global = if kind == 0 { globals[layer].0 } else { globals[layer].1 };
+            return self.nvfp4_cache_entry(layer, kind, m, x, step, state, global);
+        }
         let (kv_heads, d) = (Dim::Fixed(self.cfg.num_kv_heads), Dim::Fixed(self.cfg.head_dim));
         let which = ["k", "v"][kind];
         let storage = self.kv.storage();
@@ -151,6 +159,55 @@ impl BlockBuilder<'_, '_> {
         })?;
         self.b.graph.outputs.push((update.clone(), present));
         state.push(StateSlot { input, update, axis: KV_TOKEN_AXIS });
+        Ok((step_f32, past_f32))
+    }
+
+    /// [`Self::cache_entry`] of an NVFP4 cache with global scale `global` (a power of two):
+    /// `x · (1/global) → quantize (E2M1, E4M3 scales per 16 along D) → present.{k,v}.L` (codes)
+    /// and `present.{k,v}_scale.L` (block scales), both state; read back as `dequantize(codes,
+    /// scales) · global`, the cache alike from `past.{k,v}.L` and `past.{k,v}_scale.L`.
+    #[allow(clippy::too_many_arguments)]
+    fn nvfp4_cache_entry(
+        &mut self,
+        layer: usize,
+        kind: usize,
+        m: &str,
+        x: ValueId,
+        step: &StepInputs,
+        state: &mut Vec<StateSlot>,
+        global: f32,
+    ) -> Result<(ValueId, ValueId), ImportError> {
+        let (kv_heads, d) = (Dim::Fixed(self.cfg.num_kv_heads), Dim::Fixed(self.cfg.head_dim));
+        let blocks = Dim::Fixed(self.cfg.head_dim.div_ceil(u64::from(crate::ir::KV_NVFP4_BLOCK)));
+        let (q_spec, dq_spec) = KvFormat::nvfp4_specs();
+        let name = |prefix: &str, scales: bool| super::kv::state_name(prefix, layer, kind, scales);
+        let codes_ty = TensorType::new(DType::F4E2M1, [step.batch, step.past, kv_heads, d]);
+        let scales_ty = TensorType::new(DType::F8E4M3, [step.batch, step.past, kv_heads, blocks]);
+        let split = TensorType::new(DType::F32, [step.batch, step.seq, kv_heads, d]);
+        let module = format!("{m}.{}_cache", ["k", "v"][kind]);
+        let (step_f32, codes, scales, past_f32) = self.scoped(&module, |b| {
+            let past = b.input(&name("past", false), codes_ty)?;
+            let past_scales = b.input(&name("past", true), scales_ty)?;
+            let t = b.reshape(x, split)?;
+            let inv = b.scalar(f64::from(1.0 / global), DType::F32)?;
+            let scaled = b.binary(BinaryOp::Mul, t, inv)?;
+            let q = b.add(Op::Quantize(q_spec), &[scaled], None)?;
+            let (codes, scales) = (q[0], q[1]);
+            let read = |b: &mut Builder, c: ValueId, s: ValueId| -> Result<ValueId, String> {
+                let ty = b.graph.ty(c).with_dtype(DType::F32);
+                let dq = b.add1(Op::Dequantize(dq_spec.clone()), &[c, s], Some(ty))?;
+                let g = b.scalar(f64::from(global), DType::F32)?;
+                b.binary(BinaryOp::Mul, dq, g)
+            };
+            let back = read(b, codes, scales)?;
+            let past_f32 = read(b, past, past_scales)?;
+            Ok((back, codes, scales, past_f32))
+        })?;
+        for (scales_slot, value) in [(false, codes), (true, scales)] {
+            let (input, update) = (name("past", scales_slot), name("present", scales_slot));
+            self.b.graph.outputs.push((update.clone(), value));
+            state.push(StateSlot { input, update, axis: KV_TOKEN_AXIS });
+        }
         Ok((step_f32, past_f32))
     }
 

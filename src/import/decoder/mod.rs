@@ -220,8 +220,9 @@ pub fn decoder_recipe(mut recipe: crate::quant::Recipe) -> crate::quant::Recipe 
 }
 
 /// Switches `model` to a KV cache stored as `storage`; a quantized cache gets per-layer K and V
-/// scales from `texts` (`amax / max code`; the same calibration texts the recipe uses), and a
-/// layer that saw no data is an error naming it, never a silent 1.0.
+/// scales from `texts` (`amax / max code`; `f4e2m1`: NVFP4 with power-of-two global scales,
+/// [`kv::nvfp4_global`]; the same calibration texts the recipe uses), and a layer that saw no
+/// data is an error naming it, never a silent 1.0.
 pub fn set_kv_cache(model: &mut DecoderModel, storage: DType, texts: &[String], quiet: bool) -> Result<(), ImportError> {
     if model.options.kv == KvFormat::Float(storage) {
         return Ok(());
@@ -232,8 +233,9 @@ pub fn set_kv_cache(model: &mut DecoderModel, storage: DType, texts: &[String], 
             let scales = kv::calibrate(model, texts, storage, quiet)?;
             KvFormat::PerTensor { storage, scales }
         }
+        DType::F4E2M1 => KvFormat::Nvfp4 { globals: kv::calibrate(model, texts, storage, quiet)? },
         other => {
-            let message = format!("{other} is not a KV-cache format (f32, f16, bf16, f8e4m3, i8)");
+            let message = format!("{other} is not a KV-cache format (f32, f16, bf16, f8e4m3, i8, f4e2m1 = nvfp4)");
             return Err(ImportError::KvCache { path: model.path.clone(), layer: "all layers".into(), message });
         }
     };

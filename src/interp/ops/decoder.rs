@@ -96,17 +96,22 @@ struct Operands<'a> {
     d: usize,
 }
 
-/// `causal_attention q, k, v, past_k, past_v, cache_len`: `o`, then with `rope(keys)` the
-/// rotated keys. A `rope(...)` rotates q (and k) first, exactly as the `rope` ops it replaced.
+/// `causal_attention q, k, v, past_k, past_v, cache_len[, k_s, v_s, past_k_s, past_v_s]`: `o`,
+/// then with `rope(keys)` the rotated keys. A `rope(...)` rotates q (and k) first, exactly as the
+/// `rope` ops it replaced. The four block-scale operands come with an NVFP4 cache
+/// (`codes(..., block=16)`), whose keys the op never rotates (no `rope(keys)`).
 pub fn causal_attention(a: &CausalAttention, mut args: Vec<Arc<Tensor>>, outs: &[OutType]) -> Result<Vec<Tensor>, String> {
-    if args.len() != 6 || outs.len() != a.outputs() {
-        return Err(format!("causal_attention takes 6 operands and gives {} result(s)", a.outputs()));
+    if args.len() != a.arity() || outs.len() != a.outputs() {
+        return Err(format!("causal_attention takes {} operands and gives {} result(s)", a.arity(), a.outputs()));
     }
     let Some(r) = a.rope else { return Ok(vec![attention(a, args, &outs[0])?]) };
     let q_ty = OutType { dtype: args[0].dtype, shape: args[0].shape.clone() };
     args[0] = Arc::new(rotated(&r.op(a.heads), args[0].clone(), &args[5], &q_ty)?);
     if !r.keys {
         return Ok(vec![attention(a, args, &outs[0])?]);
+    }
+    if a.block_scaled() {
+        return Err("causal_attention rope(keys) over an NVFP4 cache (block scales) is not defined".into());
     }
     let k_ty = OutType { dtype: args[1].dtype, shape: outs[1].shape.clone() };
     let keys = rotated(&r.op(a.kv_heads), args[1].clone(), &args[5], &k_ty)?;
@@ -127,7 +132,8 @@ fn quantized_keys(keys: Tensor, scale: f32, out: &OutType) -> Result<Tensor, Str
 
 /// The attention of `causal_attention` over operands already rotated.
 fn attention(a: &CausalAttention, args: Vec<Arc<Tensor>>, out: &OutType) -> Result<Tensor, String> {
-    let [q, k, v, pk, pv, len] = &args[..] else { return Err("causal_attention takes 6 operands".into()) };
+    let (base, block_scales) = args.split_at(args.len().min(6));
+    let [q, k, v, pk, pv, len] = base else { return Err("causal_attention takes 6 operands (10 with block scales)".into()) };
     let [batch, seq, width] = q.shape[..] else { return Err("q must be rank 3".into()) };
     let (heads, kv_heads) = (a.heads as usize, a.kv_heads as usize);
     let d = width / heads;
@@ -136,14 +142,24 @@ fn attention(a: &CausalAttention, args: Vec<Arc<Tensor>>, out: &OutType) -> Resu
     if lens.len() != batch {
         return Err(format!("cache_len has {} entries for batch {batch}", lens.len()));
     }
-    let (k, v, pk, pv) = match &a.cache {
-        None => (Cow::Borrowed(f32s(k)?), Cow::Borrowed(f32s(v)?), Cow::Borrowed(f32s(pk)?), Cow::Borrowed(f32s(pv)?)),
-        Some(c) => (
+    let (k, v, pk, pv) = match (&a.cache, block_scales) {
+        (None, _) => (Cow::Borrowed(f32s(k)?), Cow::Borrowed(f32s(v)?), Cow::Borrowed(f32s(pk)?), Cow::Borrowed(f32s(pv)?)),
+        (Some(c), []) => (
             dequantized(k, c.k_scale, c.via)?,
             dequantized(v, c.v_scale, c.via)?,
             dequantized(pk, c.k_scale, c.via)?,
             dequantized(pv, c.v_scale, c.via)?,
         ),
+        (Some(c), [ks, vs, pks, pvs]) => {
+            let block = c.block as usize;
+            (
+                block_dequantized(k, ks, block, c.k_scale, c.via)?,
+                block_dequantized(v, vs, block, c.v_scale, c.via)?,
+                block_dequantized(pk, pks, block, c.k_scale, c.via)?,
+                block_dequantized(pv, pvs, block, c.v_scale, c.via)?,
+            )
+        }
+        (Some(_), other) => return Err(format!("causal_attention: {} block-scale operands (expected 4)", other.len())),
     };
     let ops = Operands { q: f32s(q)?, k: &k, v: &v, past_k: &pk, past_v: &pv, lens, seq, past, d };
     let group = heads / kv_heads;
@@ -163,6 +179,16 @@ fn attention(a: &CausalAttention, args: Vec<Arc<Tensor>>, out: &OutType) -> Resu
 /// Cache codes read as the per-tensor `dequantize` to `via` reads them: `via(code · scale)`.
 fn dequantized(codes: &Tensor, scale: f32, via: DType) -> Result<Cow<'static, [f32]>, String> {
     Ok(Cow::Owned(f32s(codes)?.iter().map(|&c| cast(c * scale, via)).collect()))
+}
+
+/// NVFP4 cache codes read as the block `dequantize` to `via` followed by the multiplication by
+/// the global scale: `via(via(code · block_scale[i / block]) · global)`.
+fn block_dequantized(codes: &Tensor, scales: &Tensor, block: usize, global: f32, via: DType) -> Result<Cow<'static, [f32]>, String> {
+    let (c, s) = (f32s(codes)?, f32s(scales)?);
+    if block == 0 || c.len() != s.len() * block {
+        return Err(format!("{} codes do not match {} block scales of {block}", c.len(), s.len()));
+    }
+    Ok(Cow::Owned(c.iter().enumerate().map(|(i, &x)| cast(cast(x * s[i / block], via) * global, via)).collect()))
 }
 
 /// Offset of the `D` elements of KV head `g` of token `t` of sequence `b` in a token-major

@@ -155,3 +155,19 @@ fn an_nvfp4_kv_cache_stores_codes_and_block_scales() {
     assert!(attentions.iter().all(|(_, n)| n.inputs.len() == 10));
     assert_eq!(logits(&fused, &model), got, "the fused attention reads the cache exactly as the dequantizes did");
 }
+
+/// Calibration texts longer than one step (`--max-step`) are cut at the step's limit, for the
+/// recipe's activation statistics and for the KV cache's scales, instead of failing because the
+/// sequence axis exceeds its bound.
+#[test]
+fn calibration_texts_longer_than_a_step_are_cut() {
+    let Some(dir) = common::synthetic("llama-f32") else { return };
+    let opts = DecoderOptions { max_batch: 1, max_seq: Some(64), max_step: Some(4), ..Default::default() };
+    let mut model = decoder::load(&dir, &opts).expect("import");
+    let texts = calib().sentences;
+    let tok = model.tokenizer.as_ref().expect("tokenizer");
+    assert!(texts.iter().any(|t| tok.encode(t).expect("encode").len() > 4), "some calibration text is longer than a step");
+    decoder::set_kv_cache(&mut model, DType::F8E4M3, &texts, true).expect("the KV cache calibrates over cut texts");
+    let recipe = decoder::decoder_recipe(Recipe::named("int8-sq", quant::calib::CalibMethod::Max).expect("recipe"));
+    quant::quantize(&model, &recipe, &calib(), &PassOptions::default()).expect("int8-sq calibrates over cut texts");
+}

@@ -181,20 +181,28 @@ fn encode_b_dequant(spec: &QuantSpec, extra: &[ValueId]) -> AttrValue {
     AttrValue::Call("b_dequant".into(), args.collect())
 }
 
+/// The arguments of the unkeyed `name(...)` item of `attrs`, if the item is there.
+fn call_args<'a>(attrs: &'a [Attr], name: &str) -> Option<&'a [AttrValue]> {
+    attrs.iter().find_map(|a| match (&a.key, &a.value) {
+        (None, AttrValue::Call(n, args)) if n == name => Some(args.as_slice()),
+        _ => None,
+    })
+}
+
+/// The arguments of the unkeyed `name(...)` item of `attrs`, as attributes (`key=value`
+/// arguments keyed, the others not), if the item is there.
+fn call_items(attrs: &[Attr], name: &str) -> Option<Vec<Attr>> {
+    let args = call_args(attrs, name)?;
+    let item = |arg: &AttrValue| match arg {
+        AttrValue::Keyed(key, value) => Attr { key: Some(key.clone()), value: (**value).clone() },
+        other => Attr { key: None, value: other.clone() },
+    };
+    Some(args.iter().map(item).collect())
+}
+
 /// The spec of a `b_dequant(...)` item, with the value references it names, if the item is there.
 fn decode_b_dequant(attrs: &[Attr]) -> Result<Option<(QuantSpec, Vec<ValueId>)>, String> {
-    let found = attrs.iter().find_map(|a| match (&a.key, &a.value) {
-        (None, AttrValue::Call(name, args)) if name == "b_dequant" => Some(args),
-        _ => None,
-    });
-    let Some(args) = found else { return Ok(None) };
-    let inner: Vec<Attr> = args
-        .iter()
-        .map(|arg| match arg {
-            AttrValue::Keyed(key, value) => Attr { key: Some(key.clone()), value: (**value).clone() },
-            other => Attr { key: None, value: other.clone() },
-        })
-        .collect();
+    let Some(inner) = call_items(attrs, "b_dequant") else { return Ok(None) };
     decode_quant(&inner).map(Some).map_err(|e| format!("b_dequant: {e}"))
 }
 
@@ -242,18 +250,7 @@ fn encode_attn_rope(r: &AttnRope) -> AttrValue {
 
 /// The `rope(...)` item of a causal attention, if present.
 fn decode_attn_rope(attrs: &[Attr]) -> Result<Option<AttnRope>, String> {
-    let found = attrs.iter().find_map(|a| match (&a.key, &a.value) {
-        (None, AttrValue::Call(name, args)) if name == "rope" => Some(args),
-        _ => None,
-    });
-    let Some(args) = found else { return Ok(None) };
-    let inner: Vec<Attr> = args
-        .iter()
-        .map(|arg| match arg {
-            AttrValue::Keyed(key, value) => Attr { key: Some(key.clone()), value: (**value).clone() },
-            other => Attr { key: None, value: other.clone() },
-        })
-        .collect();
+    let Some(inner) = call_items(attrs, "rope") else { return Ok(None) };
     let keys = inner.iter().any(|a| a.key.is_none() && a.value == AttrValue::Ident("keys".into()));
     let r = decode_rotation(&inner, 0).map_err(|e| format!("rope(...): {e}"))?;
     Ok(Some(AttnRope::of(&r, keys)))
@@ -270,11 +267,7 @@ fn decode_rotation(attrs: &[Attr], heads: u32) -> Result<Rope, String> {
         AttrValue::Ident(s) if s == "adjacent" => RopePairs::Adjacent,
         other => return Err(format!("rope pairs must be `half` or `adjacent`, got {other:?}")),
     };
-    let llama3 = attrs.iter().find_map(|a| match (&a.key, &a.value) {
-        (None, AttrValue::Call(name, args)) if name == "llama3" => Some(args),
-        _ => None,
-    });
-    let llama3 = match llama3 {
+    let llama3 = match call_args(attrs, "llama3") {
         None => None,
         Some(args) => {
             let inner = keyed_args(args, "llama3")?;
@@ -347,11 +340,7 @@ fn encode_kv_codes(c: &KvCodes) -> AttrValue {
 
 /// The `codes(...)` item of a causal attention, if present.
 fn decode_kv_codes(attrs: &[Attr]) -> Result<Option<KvCodes>, String> {
-    let found = attrs.iter().find_map(|a| match (&a.key, &a.value) {
-        (None, AttrValue::Call(name, args)) if name == "codes" => Some(args),
-        _ => None,
-    });
-    let Some(args) = found else { return Ok(None) };
+    let Some(args) = call_args(attrs, "codes") else { return Ok(None) };
     let inner = keyed_args(args, "codes")?;
     let num = |k: &str| required(&inner, k).and_then(as_f32).map_err(|e| format!("codes: {e}"));
     Ok(Some(KvCodes {
@@ -364,11 +353,7 @@ fn decode_kv_codes(attrs: &[Attr]) -> Result<Option<KvCodes>, String> {
 
 /// The `fp8(...)` item of an attention, if present.
 fn decode_attention_fp8(attrs: &[Attr]) -> Result<Option<AttentionFp8>, String> {
-    let found = attrs.iter().find_map(|a| match (&a.key, &a.value) {
-        (None, AttrValue::Call(name, args)) if name == "fp8" => Some(args),
-        _ => None,
-    });
-    let Some(args) = found else { return Ok(None) };
+    let Some(args) = call_args(attrs, "fp8") else { return Ok(None) };
     let inner = keyed_args(args, "fp8")?;
     let num = |k: &str| required(&inner, k).and_then(as_f32).map_err(|e| format!("fp8: {e}"));
     Ok(Some(AttentionFp8 {

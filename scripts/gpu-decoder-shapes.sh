@@ -2,10 +2,12 @@
 # Decoder kernels and decode speed on the GPU machine in one call, with no checkpoint carried
 # (after `scripts/build-gpu-bundle.sh shapes` here; carry gpu-bundle):
 #   1. the decoder kernels (tests/decoder_kernels_gpu.rs: RoPE, append, paged and split-KV attention,
-#      sampling) and the skinny GEMMs (tests/skinny_gpu.rs) against the interpreter;
+#      sampling, and a whole plan of the shape folder below with programmatic dependent launch on
+#      and off) and the skinny GEMMs (tests/skinny_gpu.rs) against the interpreter;
 #   2. a random-weight HF folder of SmolLM2-135M's shape (scripts/llama_shape_folder.py; transformers
 #      there), compiled per plan ($PLANS), then `qfuse check` (greedy tokens, GPU vs the interpreter on
-#      the same steps), `qfuse generate`, `qfuse bench` (prompt 128, 64 new tokens, batch 1 and 8);
+#      the same steps), `qfuse generate`, `qfuse bench` (prompt 128, 64 new tokens, batch 1 and 8;
+#      again with --no-pdl, the launches in plain stream order);
 #   3. the HF peers on the same folder (static cache, eager and torch.compile reduce-overhead) and the
 #      copy bandwidth, in the same call;
 #   4. the skinny GEMMs timed at Llama-3-8B's linear shapes ($SKINNY_MAX_N caps N: the host reference
@@ -21,14 +23,14 @@ chmod +x gpu-bundle/qfuse gpu-bundle/qfuse-gemm-bench gpu-bundle/decoder_kernels
 export QFUSE_CACHE_DIR="$PWD/gpu-bundle/cache"
 q=gpu-bundle/qfuse
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1
+model=/tmp/smollm2-shape
+python3 scripts/llama_shape_folder.py "$model" gpu-bundle/tok --shape smollm2 2>&1 | tail -1
 echo "== decoder kernels vs the interpreter"
-timeout 120 gpu-bundle/decoder_kernels_gpu --ignored --test-threads=1 >"$out/decoder_kernels.log" 2>&1
+QFUSE_PDL_MODEL="$model" timeout 240 gpu-bundle/decoder_kernels_gpu --ignored --test-threads=1 >"$out/decoder_kernels.log" 2>&1
 grep -E "^test |test result|panicked" "$out/decoder_kernels.log" | head -20
 echo "== skinny GEMMs vs the interpreter"
 timeout 150 gpu-bundle/skinny_gpu --ignored --test-threads=1 --nocapture >"$out/skinny_gpu.log" 2>&1
 grep -E "^test |test result|panicked" "$out/skinny_gpu.log" | head -20
-model=/tmp/smollm2-shape
-python3 scripts/llama_shape_folder.py "$model" gpu-bundle/tok --shape smollm2 2>&1 | tail -1
 printf 'The quick brown fox jumps over the lazy dog.\nWrite a haiku about the sea.\nWhat is 12 + 30?\n' >"$out/calib.txt"
 declare -A args=([fp16]="--recipe fp16 --kv-cache f16" [fp8+fp8kv]="--recipe fp8 --kv-cache fp8" [w8a16]="--recipe w8a16 --kv-cache f16")
 plans="${PLANS:-fp16 fp8+fp8kv}"
@@ -44,6 +46,8 @@ for p in $plans; do
     echo "check exit $?"; grep -vE "^\s*$" "$out/check-$p.log" | tail -6
     timeout 30 "$q" generate "/tmp/shape-$p.plan" --prompt "The capital of France is" --max-new-tokens 8 2>&1 | tail -1
     timeout 90 "$q" bench "/tmp/shape-$p.plan" --prompt-len 128 --gen 64 --batch "${BENCH_BATCH:-1,8}" 2>&1 | tail -3
+    echo "-- without programmatic dependent launch (--no-pdl)"
+    timeout 90 "$q" bench "/tmp/shape-$p.plan" --prompt-len 128 --gen 64 --batch "${BENCH_BATCH:-1,8}" --no-pdl 2>&1 | tail -3
 done
 echo "== HF peers on the same folder (same GPU, same call)"
 timeout "${PEER_TIMEOUT:-200}" python3 scripts/decoder_peer_bench.py --model "$model" --prompt-len 128 --gen 64 --batch "${PEER_BATCH:-1,8}" 2>&1 | tail -5

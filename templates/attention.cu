@@ -555,5 +555,6 @@ extern "C" __global__ void __launch_bounds__(attn::THREADS, attn::MIN_CTAS)
 {{kernel_name}}(const attn::Op* __restrict__ q, const attn::Op* __restrict__ k, const attn::Op* __restrict__ v,
                 {{mask_param}}attn::OutT* __restrict__ out, int S, float qk_alpha, float p_scale, float p_rcp,
                 float pv_alpha, float out_scale) {
+    qf_pdl_enter();
     attn::attention(q, k, v, {{mask_arg}}, out, S, attn::Consts{qk_alpha, p_scale, p_rcp, pv_alpha, out_scale});
 }

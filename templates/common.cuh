@@ -11,6 +11,27 @@ typedef unsigned long long uint64_t;
 
 #define QF_DEVICE __device__ __forceinline__
 
+// ---- Programmatic dependent launch (PDL, sm_90+) ---------------------------------------------
+
+// The first statement of every kernel entry (the code generator marks a kernel launchable with
+// programmatic stream serialization only when its template calls this; docs/runtime.md "PDL").
+// `griddepcontrol.wait` blocks until every prerequisite grid (the kernel launched before this one
+// on the stream) has completed and its memory operations are performed and visible to this grid;
+// without the launch attribute there is no prerequisite in flight and it returns at once. Only
+// after it may the kernel read what an earlier kernel wrote or write anything an earlier kernel
+// may still read. `griddepcontrol.launch_dependents` then lets the next kernel be scheduled once
+// every CTA of this grid has issued it or exited: that kernel's CTAs may become resident while
+// this grid runs, but its own `griddepcontrol.wait` still blocks until this grid has completed and
+// its memory is visible, so signalling here, at the start, never exposes a partial result (PTX ISA
+// "griddepcontrol"). Signalling after the wait keeps at most one grid waiting ahead. Before sm_90
+// both are absent and this is a no-op.
+QF_DEVICE void qf_pdl_enter() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // Shared-memory address (32-bit, .shared window) of a generic pointer into shared memory.
 QF_DEVICE uint32_t qf_smem_addr(const void* p) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));

@@ -10,6 +10,7 @@
 typedef {{idx_t}} idx_t;
 
 extern "C" __global__ void __launch_bounds__(256) {{kernel_name}}({{params}}) {
+    qf_pdl_enter();
 {{prologue}}#pragma unroll
     for (int u = 0; u < 4; ++u) {
         const idx_t i = static_cast<idx_t>(blockIdx.x) * 1024u + threadIdx.x + u * 256u;

@@ -9,6 +9,7 @@ typedef {{index_t}} I;
 
 extern "C" __global__ void __launch_bounds__(128) {{kernel_name}}(const P* __restrict__ table, const I* __restrict__ idx,
                                                                   P* __restrict__ out, long long n, long long V, long long R) {
+    qf_pdl_enter();
     const long long p = static_cast<long long>(blockIdx.x) * 4 + (threadIdx.x >> 5);
     if (p >= n) return;
     const long long id = static_cast<long long>(idx[p]);

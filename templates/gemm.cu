@@ -539,6 +539,7 @@ using namespace qf_gemm;
 
 extern "C" __global__ void __launch_bounds__(THREADS, CTAS_PER_SM)
 {{kernel_name}}({{params}}) {
+    qf_pdl_enter();
     // The host allocates 1024 bytes more than the tiles need; align up (the swizzle, and wgmma's
     // reading of it, work on absolute shared addresses).
     extern __shared__ __align__(1024) uint8_t smem_raw[];

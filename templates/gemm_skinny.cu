@@ -310,6 +310,7 @@ using namespace qf_skinny;
 
 extern "C" __global__ void __launch_bounds__(THREADS)
 {{kernel_name}}({{params}}) {
+    qf_pdl_enter();
     extern __shared__ __align__(16) uint8_t smem_raw[];
     float* tile = reinterpret_cast<float*>(smem_raw);
     const int tid = threadIdx.x;

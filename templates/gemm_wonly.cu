@@ -207,6 +207,7 @@ using namespace qf_wonly;
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
 {{kernel_name}}({{params}}) {
+    qf_pdl_enter();
     extern __shared__ __align__(1024) uint8_t smem_raw[];
     const uint32_t raw_base = qf_smem_addr(smem_raw);
     uint8_t* smem = smem_raw + (((raw_base + 1023u) & ~1023u) - raw_base);

@@ -58,6 +58,7 @@ typedef {{scale_pack_t}} SP;
 extern "C" __global__ void __launch_bounds__({{threads}}) {{kernel_name}}(const P* __restrict__ k, const P* __restrict__ v,
         P* __restrict__ k_pool, P* __restrict__ v_pool, const int* __restrict__ page_table,
         const long long* __restrict__ cache_len, {{rope_param}}long long B, long long S QF_SCALE_PARAMS) {
+    qf_pdl_enter();
     const long long i = static_cast<long long>(blockIdx.x) * {{threads}} + threadIdx.x;
     if (blockIdx.y < 2) {
         if (i >= B * S * QF_KV * QF_R) return;

@@ -7,6 +7,7 @@ typedef {{pack_t}} P;
 
 extern "C" __global__ void __launch_bounds__(256) {{kernel_name}}(const P* __restrict__ x, P* __restrict__ out, long long B,
                                                                   long long S, long long R) {
+    qf_pdl_enter();
     const long long i = static_cast<long long>(blockIdx.x) * 256 + threadIdx.x;
     if (i >= B * R) return;
     const long long b = i / R, c = i % R;

@@ -13,6 +13,7 @@ typedef {{out_t}} OD;
 
 extern "C" __global__ void __launch_bounds__(256) {{kernel_name}}(const HD::T* __restrict__ hidden, const MD::T* __restrict__ mask,
                                                                   OD::T* __restrict__ out, long long S, long long H) {
+    qf_pdl_enter();
     constexpr int WARPS = 8, COLS = 64;
     __shared__ double acc_s[WARPS][COLS];
     __shared__ double cnt_s[WARPS];

@@ -1,5 +1,6 @@
 {{prelude}}
 {{ops}}
+{{split_merge}}
 // qfuse paged_attention (src/codegen/ops/decoder.rs): the second launch of a causal_attention
 // over the paged KV cache (kv_append has already written this step's keys and values).
 //
@@ -38,8 +39,13 @@
 // work differs by at most one tile; a CTA whose range is empty does no tile). Instead of o it
 // writes, per query row (head h of sequence b), its partial f32 max m, sum of exponentials l and
 // unnormalised output acc[D] = Σ exp(s − m)·v to `partials` [B, H, SPLITS, D + 2] as
-// (m, l, acc[0..D)); an empty range writes the neutral (−∞, 0, 0…). The split_combine kernel
-// merges them by the log-sum-exp rule and rounds once to o's dtype.
+// (m, l, acc[0..D)); an empty range writes the neutral (−∞, 0, 0…). The partials follow
+// QF_COUNTER_WORDS = {{counter_words}} u32 completion counters, one per (KV head, sequence), at the
+// start of the runtime's zeroed `scratch`. After writing its records, a CTA fences them
+// (__threadfence), then one thread adds 1 to its counter; the CTA that brings it to SPLITS (the last
+// of its KV head and sequence to finish) merges the G heads' records (split_merge.cuh: the math of
+// the split_combine kernel, bit for bit) into o, rounding once to o's dtype, and resets the
+// counter to 0 for the next launch.
 
 typedef {{q_t}} QT_;   // q
 typedef {{o_t}} OT_;   // o
@@ -64,8 +70,10 @@ typedef {{c_t}} CT_;   // cache storage
 #define QF_CODES {{codes}}
 #define QF_SPLITS {{splits}}
 #define QF_REC (QF_D + 2)  // floats per partial record: m, l, acc[D]
+#define QF_COUNTER_WORDS {{counter_words}}
 #if QF_SPLITS
 static_assert(QF_QTOK == 1, "split-KV serves the decode variant only");
+static_assert(QF_SPLITS <= QF_TK, "the merge weights [G][SPLITS] fit the score tile [G][TK]");
 #endif
 // 16-byte packs of one K or V tile, and how many of them a thread loads before converting any.
 #define QF_PACKS (QF_TK * QF_D / QF_EP)
@@ -208,11 +216,42 @@ QF_DEVICE void qf_split_range(long long end, long long split, long long& lo, lon
 QF_DEVICE long long qf_record(long long b, int g, int r, long long split) {
     return ((b * QF_H + g * QF_G + r) * QF_SPLITS + split) * QF_REC;
 }
+
+// Called by every thread after its record writes: true in the CTA whose arrival completes its
+// (KV head, sequence), which may then read every split's records. Release: each thread fences its
+// writes before the barrier, then one thread counts the CTA in; acquire: the last CTA fences
+// before reading.
+QF_DEVICE bool qf_last_split(unsigned int* counter) {
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == QF_SPLITS - 1;
+    __syncthreads();
+    if (last) __threadfence();
+    return last;
+}
+
+// The merge of the G heads of KV head g of sequence b (the decode query rows r < rows) into o:
+// weights into `w` [rows][SPLITS] and totals into `total` [rows] (shared memory), then every
+// column, rounded once to o's dtype.
+QF_DEVICE void qf_merge_group(const float* partials, OT_::T* __restrict__ out, long long b, int g, int rows, float* w,
+                              float* total) {
+    for (int r = threadIdx.x; r < rows; r += QF_THREADS) {
+        total[r] = qf_merge_weights<QF_SPLITS, QF_REC>(partials + qf_record(b, g, r, 0), w + r * QF_SPLITS);
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < rows * QF_D; e += QF_THREADS) {
+        const int r = e / QF_D, d = e % QF_D;
+        const float o = qf_merge_column<QF_SPLITS, QF_REC>(partials + qf_record(b, g, r, 0), w + r * QF_SPLITS, total[r], d);
+        out[qf_row_offset(b, 1, 0, g, r) + d] = OT_::store(o);
+    }
+}
 #endif
 
 extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const QT_::T* __restrict__ q,
         const CT_::T* __restrict__ k_pool, const CT_::T* __restrict__ v_pool, const int* __restrict__ page_table,
         const long long* __restrict__ cache_len, {{out_param}}, long long S, float k_scale, float v_scale QF_NV_PARAMS) {
+    qf_pdl_enter();
     extern __shared__ float smem[];
     float* Qs = smem;
     float* Ks = Qs + QF_ROWS * QF_QLD;
@@ -331,6 +370,7 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
     __syncthreads();
 #if QF_SPLITS
     // The partial statistics and unnormalised outputs (neutral −∞, 0, 0… when no tile ran).
+    float* partials = scratch + QF_COUNTER_WORDS;
     for (int r = threadIdx.x; r < rows; r += QF_THREADS) {
         partials[qf_record(b, g, r, split)] = row_m[r];
         partials[qf_record(b, g, r, split) + 1] = row_l[r];
@@ -340,6 +380,10 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
         int r, d;
         if (qf_owned(k, rows, r, d)) partials[qf_record(b, g, r, split) + 2 + d] = acc[k];
     }
+    unsigned int* counter = reinterpret_cast<unsigned int*>(scratch) + b * QF_KV + g;
+    if (!qf_last_split(counter)) return;
+    qf_merge_group(partials, out, b, g, rows, Ps, row_l);
+    if (threadIdx.x == 0) atomicExch(counter, 0u);  // ready for the next launch
 #else
 #pragma unroll
     for (int k = 0; k < QF_OPT; ++k) {

@@ -12,6 +12,7 @@ struct Cfg {
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__({{threads}}) {{kernel_name}}({{params}}) {
+    qf_pdl_enter();
     qf_row_args<Cfg> a = {};
 {{bind}}    qf_row_main<Cfg>(a);
 }

@@ -20,6 +20,7 @@ __constant__ double qf_inv_freq[QF_HALF] = { {{inv_freq}} };
 
 extern "C" __global__ void __launch_bounds__({{threads}}) {{kernel_name}}(const typename T::T* __restrict__ x,
         const long long* __restrict__ cache_len, typename T::T* __restrict__ y, long long rows, long long S) {
+    qf_pdl_enter();
     __shared__ float cs[QF_HALF];
     __shared__ float sn[QF_HALF];
     const long long row = blockIdx.x;

@@ -54,6 +54,7 @@ QF_DEVICE bool qf_better(float av, int ai, float bv, int bi) {
 
 extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const LT_::T* __restrict__ logits, int* __restrict__ out,
         long long rows, long long row_stride, float temperature, int top_k, float top_p, long long seed, long long counter) {
+    qf_pdl_enter();
     __shared__ unsigned int hist[256];
     __shared__ unsigned long long cand[QF_MAX_K];
     __shared__ double w[QF_MAX_K];

@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use qfuse::codegen::kernel::{Arg, KernelDef, Launch, LowerCx, LowerOptions, Lowered, PagedKv};
+use qfuse::codegen::kernel::{Arg, KernelDef, Launch, LowerCx, LowerOptions, Lowered, PagedKv, PDL_TEMPLATES};
 use qfuse::codegen::lower::{lower_graph, lower_graph_paged};
 use qfuse::codegen::ops::decoder::{self, CacheRead, PagedAttentionSpec};
 use qfuse::codegen::{memory, nvrtc, sample};
@@ -70,24 +70,26 @@ fn a_float_cache_step_lowers_to_append_then_paged_attention_on_the_state_slots()
     let mut kernels = BTreeSet::new();
     for (layer, &node) in attn.iter().enumerate() {
         let l = launches(&cx, node);
-        assert_eq!(l.len(), 4);
+        assert_eq!(l.len(), 3);
         let templates: Vec<&str> = l.iter().map(|x| x.kernel.template).collect();
-        assert_eq!(templates, ["kv_append", "paged_attention", "split_combine", "paged_attention"]);
-        // Decode (S ≤ 1: split-KV attention, then the combine) and prefill: exactly one path runs per shape.
+        assert_eq!(templates, ["kv_append", "paged_attention", "paged_attention"]);
+        // Decode (S ≤ 1: split-KV attention merged by its last CTAs) and prefill: exactly one path
+        // runs per shape.
         for (s, decode) in [(1u64, true), (2, false), (64, false)] {
             let syms = [("B".to_string(), 3u64), ("S".to_string(), s)];
             assert_eq!(l[1].when.as_ref().unwrap().holds(&syms), Ok(decode));
-            assert_eq!(l[2].when.as_ref().unwrap().holds(&syms), Ok(decode));
-            assert_eq!(l[3].when.as_ref().unwrap().holds(&syms), Ok(!decode));
+            assert_eq!(l[2].when.as_ref().unwrap().holds(&syms), Ok(!decode));
         }
         // 2 KV heads: ceil(264 / 2) capped at 16 and at the 32·16 / 64 = 8 tiles of a sequence.
         assert_eq!(decoder::decode_splits(2, PAGED), 8);
         let split_source = &l[1].kernel.source;
-        for want in ["#define QF_QTOK 1", "#define QF_TK 64", "#define QF_SPLITS 8", "float* __restrict__ partials"] {
+        // Counters for max_batch 4 · 2 KV heads (8 words, already a multiple of 4).
+        for want in ["#define QF_QTOK 1", "#define QF_TK 64", "#define QF_SPLITS 8", "float* scratch", "#define QF_COUNTER_WORDS 8"] {
             assert!(split_source.contains(want), "split decode lacks `{want}`");
         }
-        assert!(l[3].kernel.source.contains("#define QF_QTOK 32") && l[3].kernel.source.contains("#define QF_TK 64"));
-        assert!(l[3].kernel.source.contains("#define QF_SPLITS 0"));
+        assert!(split_source.contains("qf_merge_weights<QF_SPLITS, QF_REC>"), "the merge is split_merge.cuh's");
+        assert!(l[2].kernel.source.contains("#define QF_QTOK 32") && l[2].kernel.source.contains("#define QF_TK 64"));
+        assert!(l[2].kernel.source.contains("#define QF_SPLITS 0"));
         let n = &g.nodes[node];
         // State slots of this layer's K and V, in graph.state order.
         let slot = |name: String| g.state.iter().position(|s| s.input == name).unwrap() as u32;
@@ -97,26 +99,25 @@ fn a_float_cache_step_lowers_to_append_then_paged_attention_on_the_state_slots()
             [Arg::Value(n.inputs[1]), Arg::Value(n.inputs[2]), Arg::KvPool(ks), Arg::KvPool(vs), Arg::PageTable, Arg::Value(n.inputs[5])]
         );
         let reads = [Arg::Value(n.inputs[0]), Arg::KvPool(ks), Arg::KvPool(vs), Arg::PageTable, Arg::Value(n.inputs[5])];
-        assert_eq!(l[3].args[..5], reads);
-        assert_eq!(l[3].args[5], Arg::Value(n.outputs[0]));
+        assert_eq!(l[2].args[..5], reads);
+        assert_eq!(l[2].args[5], Arg::Value(n.outputs[0]));
         assert_eq!(l[1].args[..5], reads);
-        // The partials: max_batch 4 · 4 heads · 8 splits · (16 + 2) f32.
-        let scratch = Arg::SplitScratch(4 * 4 * 8 * 18 * 4);
-        assert_eq!(l[1].args[5], scratch);
-        assert_eq!(l[1].args[6..], l[3].args[6..]);
-        assert_eq!(l[2].args, [scratch, Arg::Value(n.outputs[0])]);
+        assert_eq!(l[1].args[5], Arg::Value(n.outputs[0]), "the split attention writes o itself");
+        // The scratch: counters for max_batch 4 · 2 KV heads (32 bytes), then the partials,
+        // max_batch 4 · 4 heads · 8 splits · (16 + 2) f32.
+        let scratch = Arg::SplitScratch { bytes: 32 + 4 * 4 * 8 * 18 * 4, counters: 32 };
+        assert_eq!(l[1].args[6], scratch);
+        assert_eq!(l[1].args[7..], l[2].args[6..]);
         assert_eq!(f32_args(&l[1]), [1.0, 1.0], "float caches pass unit scales");
         // No launch names the past inputs.
         for launch in &l {
             assert!(!launch.args.contains(&Arg::Value(n.inputs[3])) && !launch.args.contains(&Arg::Value(n.inputs[4])));
         }
-        // Grids: split attention (SPLITS, KV, B), one CTA per KV group and range; combine (H, B);
-        // prefill (ceil_div(S, QT), KV, B).
+        // Grids: split attention (SPLITS, KV, B), one CTA per KV group and range; prefill
+        // (ceil_div(S, QT), KV, B).
         assert_eq!(l[1].kernel.grid, [DimExpr::Const(8), DimExpr::Const(2), DimExpr::sym("B")]);
-        assert_eq!(l[2].kernel.grid, [DimExpr::Const(4), DimExpr::sym("B"), DimExpr::Const(1)]);
-        assert_eq!(l[3].kernel.grid[1], DimExpr::Const(2));
+        assert_eq!(l[2].kernel.grid[1], DimExpr::Const(2));
         assert!(split_source.contains("#define QF_G 2") && split_source.contains("#define QF_PAGE 16"));
-        assert!(l[2].kernel.source.contains("#define QF_SPLITS 8") && l[2].kernel.source.contains("#define QF_D 16"));
         kernels.extend(l.iter().map(|x| (x.kernel.name.clone(), x.kernel.source.clone())));
     }
     let ropes: Vec<NodeId> = nodes_of(&g, "rope").collect();
@@ -127,9 +128,8 @@ fn a_float_cache_step_lowers_to_append_then_paged_attention_on_the_state_slots()
         assert_eq!(l[0].kernel.template, "rope");
         kernels.extend(l.iter().map(|x| (x.kernel.name.clone(), x.kernel.source.clone())));
     }
-    // Both layers share every kernel: 1 append + 2 attentions + 1 combine + rope on q (4 heads)
-    // and k (2 heads).
-    assert_eq!(kernels.len(), 6, "{:?}", kernels.iter().map(|k| &k.0).collect::<Vec<_>>());
+    // Both layers share every kernel: 1 append + 2 attentions + rope on q (4 heads) and k (2 heads).
+    assert_eq!(kernels.len(), 5, "{:?}", kernels.iter().map(|k| &k.0).collect::<Vec<_>>());
     for (name, source) in &kernels {
         nvrtc::compile_cubin(name, source, "sm_90a", &[]).unwrap_or_else(|e| panic!("{name}:\n{e}"));
     }
@@ -168,8 +168,8 @@ fn fused_rope_moves_into_the_append_and_the_query_load() {
         }
         kernels.extend(l.iter().map(|x| (x.kernel.name.clone(), x.kernel.source.clone())));
     }
-    // Both layers share the append, the two attentions and the combine.
-    assert_eq!(kernels.len(), 4);
+    // Both layers share the append and the two attentions.
+    assert_eq!(kernels.len(), 3);
     for (name, source) in &kernels {
         nvrtc::compile_cubin(name, source, "sm_90a", &[]).unwrap_or_else(|e| panic!("{name}:\n{e}"));
     }
@@ -185,15 +185,14 @@ fn an_fp8_cache_step_reads_codes_with_per_layer_scales_as_arguments() {
     assert_eq!(lowered.len(), 2);
     for (layer, l) in lowered.iter().enumerate() {
         assert_eq!(f32_args(&l[1]), [scales[layer].0, scales[layer].1], "layer {layer}");
-        assert_eq!(f32_args(&l[3]), [scales[layer].0, scales[layer].1], "layer {layer}");
+        assert_eq!(f32_args(&l[2]), [scales[layer].0, scales[layer].1], "layer {layer}");
         assert!(l[1].kernel.source.contains("typedef qf_e4m3 CT_") && l[1].kernel.source.contains("#define QF_CODES 1"));
         // The append copies bytes: 16 one-byte codes per row, one 16-byte pack.
         assert!(l[0].kernel.source.contains("typedef uint4 P;") && l[0].kernel.source.contains("#define QF_R 1"));
     }
     assert_eq!(lowered[0][0].kernel.name, lowered[1][0].kernel.name, "one append kernel for both layers");
     assert_eq!(lowered[0][1].kernel.name, lowered[1][1].kernel.name, "one decode attention kernel for both layers");
-    assert_eq!(lowered[0][2].kernel.name, lowered[1][2].kernel.name, "one combine kernel for both layers");
-    assert_eq!(lowered[0][3].kernel.name, lowered[1][3].kernel.name, "one prefill attention kernel for both layers");
+    assert_eq!(lowered[0][2].kernel.name, lowered[1][2].kernel.name, "one prefill attention kernel for both layers");
     for k in &lowered[0] {
         compile(&k.kernel);
     }
@@ -283,7 +282,7 @@ fn an_nvfp4_cache_appends_codes_and_block_scales_and_every_kernel_compiles() {
     let node = nodes_of(&g, "causal_attention").next().unwrap();
     let l = launches(&cx(&g), node);
     let templates: Vec<&str> = l.iter().map(|l| l.kernel.template).collect();
-    assert_eq!(templates, ["kv_append", "paged_attention", "split_combine", "paged_attention"]);
+    assert_eq!(templates, ["kv_append", "paged_attention", "paged_attention"], "the split decode attention merges itself");
     let append = &l[0];
     assert!(append.kernel.source.contains("#define QF_SCALES 1") && append.kernel.source.contains("#define QF_R 2"));
     assert!(append.kernel.source.contains("typedef uint32_t SP;") && append.kernel.source.contains("#define QF_RS 1"));
@@ -291,7 +290,15 @@ fn an_nvfp4_cache_appends_codes_and_block_scales_and_every_kernel_compiles() {
     // Slots in state order: k 0, k_scale 1, v 2, v_scale 3.
     let pools = |l: &Launch| l.args.iter().filter_map(|a| if let Arg::KvPool(i) = a { Some(*i) } else { None }).collect::<Vec<_>>();
     assert_eq!(pools(append), [0, 2, 1, 3]);
-    for attention in [&l[1], &l[3]] {
+    // The split decode attention (1 KV head, 8 ranges over 32 pages of 16) writes o and keeps its
+    // counters (max_batch 4 · 1 KV head: 16 bytes) and partials (4 · 4 heads · 8 · (64 + 2) f32)
+    // in the scratch after o; the block-scale pools come last, as in the prefill attention.
+    let split = &l[1];
+    assert!(split.kernel.source.contains("#define QF_SPLITS 8") && split.kernel.source.contains("qf_merge_weights<QF_SPLITS, QF_REC>"));
+    assert_eq!(split.args[5], l[2].args[5], "both attentions write o");
+    assert_eq!(split.args[6], Arg::SplitScratch { bytes: 16 + 4 * 4 * 8 * 66 * 4, counters: 16 });
+    assert_eq!(split.args[7..], l[2].args[6..]);
+    for attention in [&l[1], &l[2]] {
         assert_eq!(pools(attention), [0, 2, 1, 3]);
         assert_eq!(f32_args(attention), [0.0078125, 0.0078125]);
         let src = &attention.kernel.source;
@@ -319,6 +326,7 @@ fn an_nvfp4_cache_appends_codes_and_block_scales_and_every_kernel_compiles() {
         paged: PAGED,
         decode: true,
         splits: 0,
+        max_batch: 0,
         rope: None,
     };
     assert!(spec.validate().unwrap_err().contains("NVFP4"), "{:?}", spec.validate());
@@ -351,11 +359,11 @@ fn fused_query_rope_over_an_nvfp4_cache_lowers_and_compiles() {
     assert_eq!((g.nodes[node].inputs.len(), g.nodes[node].outputs.len()), (10, 1));
     let l = launches(&cx(&g), node);
     let templates: Vec<&str> = l.iter().map(|l| l.kernel.template).collect();
-    assert_eq!(templates, ["kv_append", "paged_attention", "split_combine", "paged_attention"]);
+    assert_eq!(templates, ["kv_append", "paged_attention", "paged_attention"]);
     let append = &l[0].kernel.source;
     assert!(append.contains("#define QF_ROPE 0") && append.contains("#define QF_SCALES 1"), "{append}");
     assert!(!l[0].args.iter().any(|a| matches!(a, Arg::Scalar(Scalar::F32(_)))), "no k_scale: the append does not rotate");
-    for attention in [&l[1], &l[3]] {
+    for attention in [&l[1], &l[2]] {
         let src = &attention.kernel.source;
         assert!(src.contains("#define QF_ROPE 1") && src.contains("#define QF_NVFP4 1") && src.contains("qf_inv_freq"), "{src}");
     }
@@ -404,7 +412,7 @@ fn past_inputs_get_no_arena_storage_and_every_kernel_compiles() {
     let templates: Vec<&str> = program.launches().map(|(_, l)| l.kernel.template).collect();
     assert_eq!(templates.iter().filter(|t| **t == "kv_append").count(), 1);
     assert_eq!(templates.iter().filter(|t| **t == "paged_attention").count(), 2);
-    assert_eq!(templates.iter().filter(|t| **t == "split_combine").count(), 1);
+    assert_eq!(templates.iter().filter(|t| **t == "split_combine").count(), 0, "the split attention merges itself");
     assert_eq!(templates.iter().filter(|t| **t == "rope").count(), 1);
     for k in program.kernels() {
         compile(k);
@@ -412,6 +420,31 @@ fn past_inputs_get_no_arena_storage_and_every_kernel_compiles() {
     // Without a paged cache the same graph is an error naming the attention.
     let e = lower_graph(&g, 90, LowerOptions::default()).unwrap_err();
     assert!(e.reason.contains("no paged KV cache configured"), "{e}");
+}
+
+/// Programmatic dependent launch: every template declared launchable with the attribute
+/// ([`PDL_TEMPLATES`]) calls `qf_pdl_enter()` first in its entry point, and so does every kernel
+/// lowered from a decoder step (its split attention included) and the sampler, each marked
+/// `pdl`; `common.cuh` waits (`griddepcontrol.wait`) before it lets dependents launch.
+#[test]
+fn every_pdl_kernel_waits_for_its_predecessor_first() {
+    for name in PDL_TEMPLATES {
+        let path = format!("{}/templates/{name}.cu", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(common::enters_pdl_first(&text), "{path} does not call qf_pdl_enter() first");
+    }
+    let common = qfuse::codegen::COMMON.text;
+    let (wait, launch) = (common.find("griddepcontrol.wait;"), common.find("griddepcontrol.launch_dependents;"));
+    assert!(wait.is_some() && launch.is_some() && wait < launch, "common.cuh waits before launching dependents");
+    let g = ir::parse(FP8_STEP).unwrap_or_else(|e| panic!("{e}"));
+    let program = lower_graph_paged(&g, 90, LowerOptions::default(), Some(PAGED)).unwrap_or_else(|e| panic!("{e}"));
+    let mut kernels: Vec<KernelDef> = program.kernels().into_iter().cloned().collect();
+    assert!(kernels.iter().any(|k| k.source.contains("#define QF_SPLITS 8")), "the step has a split attention");
+    kernels.push(sample::sample_kernel(1000, DType::F32, 90).unwrap());
+    for k in &kernels {
+        assert!(k.pdl, "{} is not marked for PDL", k.name);
+        assert!(common::enters_pdl_first(&k.source), "{} does not call qf_pdl_enter() first", k.name);
+    }
 }
 
 #[test]
@@ -428,7 +461,7 @@ fn a_cache_of_one_tile_keeps_the_unsplit_decode_kernel() {
     let templates: Vec<&str> = attention.iter().map(|l| l.kernel.template).collect();
     assert_eq!(templates, ["kv_append", "paged_attention", "paged_attention"]);
     assert!(attention[1].kernel.source.contains("#define QF_SPLITS 0") && attention[1].kernel.source.contains("#define QF_TK 128"));
-    assert!(attention.iter().all(|l| !l.args.iter().any(|a| matches!(a, Arg::SplitScratch(_)))));
+    assert!(attention.iter().all(|l| !l.args.iter().any(|a| matches!(a, Arg::SplitScratch { .. }))));
     compile(&attention[1].kernel);
 }
 
@@ -457,10 +490,11 @@ fn paged_attention_variants_compile() {
             paged: PagedKv { page_size, max_pages: 128 },
             decode: false,
             splits: 0,
+            max_batch: 0,
             rope: None,
         };
         let splits = decoder::decode_splits(kv_heads, spec.paged);
-        let split = PagedAttentionSpec { decode: true, splits, ..spec };
+        let split = PagedAttentionSpec { decode: true, splits, max_batch: 16, ..spec };
         for spec in [spec, PagedAttentionSpec { decode: true, ..spec }, split] {
             let rows = spec.q_tokens() * spec.group();
             assert!(rows <= decoder::MAX_ROWS.max(spec.group()), "{spec:?}");
@@ -469,7 +503,8 @@ fn paged_attention_variants_compile() {
             let k = spec.kernel(DimExpr::sym("B"), DimExpr::sym("S")).unwrap_or_else(|e| panic!("{spec:?}: {e}"));
             compile(&k);
         }
-        assert!(split.split_scratch_bytes(16) > 0 && split.tile_keys() >= decoder::SPLIT_TILE_KEYS);
+        assert!(split.split_scratch_bytes() > split.split_counter_bytes() && split.tile_keys() >= decoder::SPLIT_TILE_KEYS);
+        assert_eq!(split.split_counter_bytes(), (16 * u64::from(kv_heads) * 4).div_ceil(16) * 16);
         let combine = decoder::split_combine_kernel(heads, head_dim, splits, q, DimExpr::sym("B")).unwrap();
         assert_eq!(combine.block, [decoder::combine_threads(head_dim), 1, 1]);
         compile(&combine);
@@ -489,6 +524,7 @@ fn paged_attention_variants_compile() {
         paged: PAGED,
         decode: true,
         splits: 0,
+        max_batch: 4,
         rope: None,
     };
     assert!(bad.validate().unwrap_err().contains("16-byte packs"));
@@ -498,6 +534,8 @@ fn paged_attention_variants_compile() {
     for wrong in [PagedAttentionSpec { decode: false, splits: 4, ..ok }, PagedAttentionSpec { splits: 17, ..ok }] {
         assert!(wrong.validate().unwrap_err().contains("split-KV"), "{wrong:?}");
     }
+    let no_batch = PagedAttentionSpec { splits: 4, max_batch: 0, ..ok };
+    assert!(no_batch.validate().unwrap_err().contains("largest batch"), "{no_batch:?}");
     assert!(decoder::split_combine_kernel(4, 64, 0, DType::F16, DimExpr::sym("B")).is_err());
     assert!(decoder::split_combine_kernel(4, 64, 4, DType::I8, DimExpr::sym("B")).is_err());
 }

@@ -101,7 +101,7 @@ fn describe(g: &Graph, l: &Launch) -> String {
             Arg::Scalar(other) => format!("{other:?}"),
             Arg::KvPool(i) => format!("pages of state {i}"),
             Arg::PageTable => "page table".into(),
-            Arg::SplitScratch(bytes) => format!("split scratch ({bytes} bytes)"),
+            Arg::SplitScratch { bytes, counters } => format!("split scratch ({bytes} bytes, {counters} of counters)"),
         };
         s.push_str(&format!("  {:<10} {:<4?} <- {arg}\n", p.name, p.ty));
     }

@@ -1,8 +1,9 @@
 //! The decoder kernels on a GPU against the reference interpreter (issue 13): `rope`, the paged
 //! `causal_attention` (kv_append + paged_attention over shuffled pages, float, FP8 and NVFP4 caches,
-//! prefill and decode, the decode split over key ranges and combined, RoPE fused into both by
-//! `fuse-rope`, into the queries only over NVFP4) and the sampler against
-//! `generate::sample::choose`. Needs an NVIDIA GPU
+//! prefill and decode, the decode split over key ranges and merged by its last CTAs, bit for bit
+//! as the two-launch split_combine, RoPE fused into both by `fuse-rope`, into the queries only over
+//! NVFP4), the sampler against `generate::sample::choose`, and a whole SmolLM2 decoder plan
+//! generating the same logits with programmatic dependent launch on and off. Needs an NVIDIA GPU
 //! with sm_90 and NVRTC, so it is ignored by default (CI has no GPU):
 //!
 //! ```sh
@@ -89,7 +90,7 @@ fn bind(l: &Launch, buffers: &HashMap<ValueId, u64>, cache: &Cache, syms: &[(Str
             Arg::Value(v) => KArg::Ptr(buffers[v]),
             Arg::KvPool(i) => KArg::Ptr(cache.pools[*i as usize]),
             Arg::PageTable => KArg::Ptr(cache.table),
-            Arg::SplitScratch(_) => KArg::Ptr(cache.scratch),
+            Arg::SplitScratch { .. } => KArg::Ptr(cache.scratch),
             Arg::Scalar(Scalar::F32(x)) => KArg::F32(*x),
             Arg::Scalar(Scalar::I32(x)) => KArg::I32(*x),
             Arg::Scalar(Scalar::I64(x)) => KArg::I64(*x),
@@ -306,18 +307,18 @@ fn run_attention(g: &Graph, inputs: &[(&str, Tensor)], compute: DType, seq: usiz
         }
     }
     let table_bytes: Vec<u8> = table.iter().flat_map(|x| x.to_le_bytes()).collect();
-    // The scratch starts as NaN (0xff bytes): every partial the combine reads must be written.
-    let scratch_bytes = program
+    // The scratch's counters start at zero (as the runtime leaves them), its partials as NaN
+    // (0xff bytes): every partial the merge reads must be written.
+    let (scratch_bytes, counter_bytes) = program
         .launches()
         .flat_map(|(_, l)| &l.args)
-        .filter_map(|a| if let Arg::SplitScratch(n) = a { Some(*n as usize) } else { None })
+        .filter_map(|a| if let Arg::SplitScratch { bytes, counters } = a { Some((*bytes as usize, *counters as usize)) } else { None })
         .max()
-        .unwrap_or(0);
-    let cache_mem = Cache {
-        pools: pools.iter().map(|p| gpu.upload(p)).collect(),
-        table: gpu.upload(&table_bytes),
-        scratch: gpu.upload(&vec![0xffu8; scratch_bytes]),
-    };
+        .unwrap_or((0, 0));
+    let mut scratch = vec![0xffu8; scratch_bytes];
+    scratch[..counter_bytes].fill(0);
+    let cache_mem =
+        Cache { pools: pools.iter().map(|p| gpu.upload(p)).collect(), table: gpu.upload(&table_bytes), scratch: gpu.upload(&scratch) };
     let o_bytes = batch * seq * h * d * (compute.bits() / 8) as usize;
     let mut buffers = HashMap::new();
     for (name, t) in inputs.iter().filter(|(n, _)| !n.starts_with("past.")) {
@@ -334,19 +335,30 @@ fn run_attention(g: &Graph, inputs: &[(&str, Tensor)], compute: DType, seq: usiz
     }
     let syms = vec![("B".to_string(), batch as u64), ("S".to_string(), seq as u64), ("P".to_string(), past as u64)];
     // The append, then the attention path whose guard holds for this S: at decode the split
-    // attention and its combine (when the pages allow a split), else one attention.
+    // attention, merged by its last CTAs (when the pages allow a split), else one attention.
     let launches: Vec<&Launch> =
         program.launches().map(|(_, l)| l).filter(|l| l.when.as_ref().is_none_or(|w| w.holds(&syms).unwrap())).collect();
     let templates: Vec<&str> = launches.iter().map(|l| l.kernel.template).collect();
     let split = seq == 1 && decoder::decode_splits(kv as u32, paged) > 1;
+    assert_eq!(templates, ["kv_append", "paged_attention"]);
     if split {
-        assert_eq!(templates, ["kv_append", "paged_attention", "split_combine"]);
-        assert!(scratch_bytes >= batch * h * decoder::decode_splits(kv as u32, paged) as usize * (d + 2) * 4);
-    } else {
-        assert_eq!(templates, ["kv_append", "paged_attention"]);
+        let splits = decoder::decode_splits(kv as u32, paged) as usize;
+        assert!(counter_bytes >= 4 * 4 * kv && scratch_bytes >= counter_bytes + 4 * h * splits * (d + 2) * 4);
     }
     for l in &launches {
         launch(&gpu, &l.kernel, grid(&l.kernel, &syms), &bind(l, &buffers, &cache_mem, &syms));
+    }
+    if split {
+        let first = gpu.download(buffers[&o], o_bytes);
+        let merge = SplitMerge { heads: h as u32, head_dim: d as u32, splits: decoder::decode_splits(kv as u32, paged), out: compute };
+        check_split_merge(&mut gpu, &cache_mem, counter_bytes, &merge, batch, &first);
+        // The same step again (the append rewrites the same rows): the counters were reset, so
+        // the merge happens again and gives the same bytes.
+        for l in &launches {
+            launch(&gpu, &l.kernel, grid(&l.kernel, &syms), &bind(l, &buffers, &cache_mem, &syms));
+        }
+        assert_eq!(gpu.download(buffers[&o], o_bytes), first, "a second run of the step differs");
+        assert!(gpu.download(cache_mem.scratch, counter_bytes).iter().all(|&c| c == 0), "counters reset again");
     }
     // The appended rows of every pool, and the updates the attention computes. f64 sincos differs
     // from the host's in the last f64 bits, which can flip a rotated key at a rounding boundary
@@ -380,6 +392,27 @@ fn run_attention(g: &Graph, inputs: &[(&str, Tensor)], compute: DType, seq: usiz
     let got = bytes::decode(compute, vec![batch, seq, h * d], &gpu.download(buffers[&o], o_bytes)).expect("decode").to_f32_vec();
     assert!(got.iter().all(|x| x.is_finite()), "non-finite outputs");
     got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+}
+
+/// A split decode attention's merge: its shape and o's dtype.
+struct SplitMerge {
+    heads: u32,
+    head_dim: u32,
+    splits: u32,
+    out: DType,
+}
+
+/// After a split decode attention ran into `o` (`batch` sequences): every completion counter is
+/// back at 0, and the two-launch form of the merge, split_combine over the partials the split
+/// CTAs left in the scratch, writes exactly the same bytes (same math, same order).
+fn check_split_merge(gpu: &mut Gpu, cache: &Cache, counter_bytes: usize, m: &SplitMerge, batch: usize, o: &[u8]) {
+    assert!(gpu.download(cache.scratch, counter_bytes).iter().all(|&c| c == 0), "the last CTAs reset every counter");
+    let batch_dim = qfuse::plan::DimExpr::sym("B");
+    let combine = decoder::split_combine_kernel(m.heads, m.head_dim, m.splits, m.out, batch_dim).expect("split_combine");
+    let again = gpu.upload(&vec![0u8; o.len()]);
+    let syms = vec![("B".to_string(), batch as u64)];
+    launch(gpu, &combine, grid(&combine, &syms), &[KArg::Ptr(cache.scratch + counter_bytes as u64), KArg::Ptr(again)]);
+    assert_eq!(gpu.download(again, o.len()), o, "the last-CTA merge differs from split_combine");
 }
 
 #[test]
@@ -428,6 +461,9 @@ fn fused_rope_attention_matches_the_interpreter() {
     }
 }
 
+/// The split decode attention with its last-CTA merge against the interpreter; inside
+/// [`attention_case`], each case also checks that the merge equals split_combine's bit for bit
+/// and that the same step run twice (the counters reset) gives the same bytes.
 #[test]
 #[ignore = "needs an NVIDIA GPU (sm_90) and NVRTC"]
 fn split_kv_decode_matches_the_interpreter() {
@@ -452,6 +488,8 @@ fn nvfp4_cache_attention_matches_the_interpreter() {
     // in one batch, and decode alone at 1, 300 and 1000. Elements reach 6 · 448 · 2⁻⁹ ≈ 5.3; o is
     // their weighted mean, in f16 (last place 2⁻⁸ at 4): the interpreter's math up to f32 sums.
     // Each also with fuse-rope's query rotation (the keys stay as the codes and scales given).
+    // The split cases check the last-CTA merge too (bit for bit split_combine's, counters reset,
+    // a second run identical: run_attention).
     let tol = 8e-3;
     for rope in ["", FUSED_QUERY_ROPE] {
         for seq in [1usize, 7, 16] {
@@ -559,4 +597,72 @@ fn the_sampler_chooses_what_choose_chooses() {
         }
         println!("sampler ({dtype} logits): {agree} choices identical to choose()");
     }
+}
+
+/// Every emitted token and the logits behind it, per step, of a greedy generation.
+type Trace = Vec<Vec<(u64, u32, Vec<f32>)>>;
+
+/// Greedy generation of three prompts of different lengths (they share decode batches) on a
+/// generator over `engine`, with programmatic dependent launch `pdl`.
+fn generate_trace(engine: &qfuse::runtime::Engine, pdl: bool) -> Trace {
+    use qfuse::runtime::scheduler::{Request, SamplingParams};
+    let mut gen = qfuse::runtime::Generator::new(engine, None).expect("generator");
+    gen.context().set_programmatic_launch(pdl);
+    assert_eq!(gen.context().programmatic_launch(), pdl, "the device has PDL (sm_90)");
+    gen.keep_logits = true;
+    for (id, len) in [(0u64, 5usize), (1, 40), (2, 77)] {
+        let prompt = (0..len).map(|i| (17 + 131 * (i + id as usize)) as u32 % 20000).collect();
+        let sampling = SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 };
+        gen.submit(Request { id, prompt, max_new: 24, stop: vec![], sampling }).expect("submit");
+    }
+    let mut trace = Vec::new();
+    while gen.pending() > 0 {
+        let report = gen.step().expect("step");
+        let logits = gen.last_logits();
+        let step = report
+            .emitted
+            .iter()
+            .map(|&(id, t)| (id, t, logits.iter().find(|(r, _)| *r == id).map(|(_, l)| l.clone()).unwrap_or_default()))
+            .collect();
+        trace.push(step);
+    }
+    trace
+}
+
+/// A whole decoder plan on the runtime (SmolLM2-135M: `$QFUSE_PDL_MODEL`, a GGUF or a Llama-family
+/// folder such as the random-weight one of scripts/gpu-decoder-shapes.sh, else the default GGUF of
+/// `.cache/models`; fp16 recipe and cache; its decode attention split and merged by its last
+/// CTAs): with programmatic dependent launch on (the default on sm_90) and off, the same tokens
+/// and bit-identical logits at every step.
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90) and NVRTC"]
+fn a_decoder_plan_gives_the_same_logits_with_and_without_pdl() {
+    use qfuse::compile::{compile_decoder, CompileOptions, DecoderPlanOptions};
+    let model = std::env::var_os("QFUSE_PDL_MODEL").map_or_else(common::smollm2_gguf, std::path::PathBuf::from);
+    let mut opts = CompileOptions::for_recipe("fp16").unwrap();
+    opts.arch = Some("sm_90a".into());
+    opts.calib = qfuse::quant::CalibOptions::decoder_default();
+    let d = DecoderPlanOptions { kv_cache: None, max_seq: Some(256), max_batch: 4, max_step: 32, page_size: 32 };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("smol.plan");
+    compile_decoder(&model, &opts, &d).expect("compile").save(&path).unwrap();
+    let engine = qfuse::runtime::Engine::load(&path).expect("load");
+    assert!(engine.programmatic_launch(), "on by default on sm_90");
+    assert_eq!(engine.meta().pdl_kernels.len(), engine.meta().kernels.len(), "every kernel may overlap its predecessor");
+    let on = generate_trace(&engine, true);
+    let off = generate_trace(&engine, false);
+    let tokens: usize = on.iter().map(Vec::len).sum();
+    assert_eq!(tokens, 3 * 24);
+    for (step, (a, b)) in on.iter().zip(&off).enumerate() {
+        assert_eq!(a.len(), b.len(), "step {step}");
+        for ((id, t, la), (id_b, t_b, lb)) in a.iter().zip(b) {
+            assert_eq!((id, t), (id_b, t_b), "step {step}: tokens differ");
+            assert!(
+                !la.is_empty() && la.iter().zip(lb).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "step {step}, request {id}: logits differ"
+            );
+        }
+    }
+    assert_eq!(on.len(), off.len());
+    println!("{} steps, {tokens} tokens: identical with and without PDL", on.len());
 }

@@ -36,32 +36,37 @@ fn smollm2_fp16_plan_holds_a_paged_generator() {
     assert!(m.inputs.iter().all(|i| !i.name.starts_with("past.")), "{:?}", m.inputs.iter().map(|i| &i.name).collect::<Vec<_>>());
     assert!(m.buffers.iter().all(|b| !b.shape.iter().any(|d| d.to_string().contains('P'))));
     assert_eq!(m.symbols.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), ["B", "S"]);
-    // Every pool is written by one append and read by the attention, whose decode (S = 1: split
-    // attention, then the combine) and prefill (S > 1) paths are guarded alternatives.
+    // Every pool is written by one append and read by the attention, whose decode (S = 1: the
+    // split attention, merged by its last CTAs) and prefill (S > 1) paths are guarded alternatives.
     let pool_uses = m.schedule.iter().flat_map(|l| &l.args).filter(|a| matches!(a, ArgRef::KvPool(_))).count();
     assert_eq!(pool_uses, 60 * 3);
     let guarded: Vec<usize> =
         (0..m.schedule.len()).filter(|&i| m.schedule[i].label.starts_with("causal_attention") && m.guard_of(i).is_some()).collect();
-    assert_eq!(guarded.len(), 30 * 3);
+    assert_eq!(guarded.len(), 30 * 2);
     let at_decode = [("B".to_string(), 4u64), ("S".to_string(), 1u64)];
-    for layer in guarded.chunks(3) {
+    for layer in guarded.chunks(2) {
         let kernel = |i: usize| &m.kernels[m.schedule[i].kernel as usize];
         let templates: Vec<&str> = layer.iter().map(|&i| kernel(i).template.as_str()).collect();
-        assert_eq!(templates, ["paged_attention", "split_combine", "paged_attention"]);
+        assert_eq!(templates, ["paged_attention", "paged_attention"]);
         let runs: Vec<bool> = layer.iter().map(|&i| m.guard_of(i).unwrap().holds(&at_decode).unwrap()).collect();
-        assert_eq!(runs, [true, true, false], "split and combine at decode, prefill above");
+        assert_eq!(runs, [true, false], "the split attention at decode, prefill above");
         // SmolLM2's 3 KV heads: ceil(264 / 3) ranges, capped at the 256 / 64 = 4 tiles of a sequence.
         let split = kernel(layer[0]);
         assert!(split.source.contains("#define QF_SPLITS 4"), "{}", split.name);
         assert_eq!(split.grid[0].to_string(), "4");
-        assert_eq!(m.schedule[layer[0]].args[5], ArgRef::SplitScratch);
-        let combine = &m.schedule[layer[1]];
-        assert_eq!(combine.args[0], ArgRef::SplitScratch);
-        assert_eq!(combine.args[1], m.schedule[layer[2]].args[5], "the combine writes the attention's output");
-        assert_eq!(kernel(layer[1]).grid.iter().map(|d| d.to_string()).collect::<Vec<_>>(), ["9", "B", "1"]);
+        assert_eq!(m.schedule[layer[0]].args[5], m.schedule[layer[1]].args[5], "both paths write the attention's output");
+        assert_eq!(m.schedule[layer[0]].args[6], ArgRef::SplitScratchZeroed, "counters in the zeroed scratch (format 2.2)");
     }
-    // One scratch for all layers: max_batch 4 · 9 heads · 4 ranges · (64 + 2) f32.
-    assert_eq!(dec.split_scratch_bytes, 4 * 9 * 4 * 66 * 4);
+    // One scratch for all layers: 4 · 3 completion counters (48 bytes, a multiple of 16), then
+    // max_batch 4 · 9 heads · 4 ranges · (64 + 2) f32.
+    assert_eq!(dec.split_scratch_bytes, 48 + 4 * 9 * 4 * 66 * 4);
+    // Programmatic dependent launch (format 2.2): every kernel, the sampler's included, may overlap
+    // its predecessor, and each of them waits for it before touching memory.
+    assert_eq!(m.pdl_kernels, (0..m.kernels.len() as u32).collect::<Vec<_>>());
+    for &k in &m.pdl_kernels {
+        let k = &m.kernels[k as usize];
+        assert!(common::enters_pdl_first(&k.source), "{} is launched with PDL but does not wait first", k.name);
+    }
     // Token-major K/V: the step's keys and values are views of the projections, so no launch
     // (transpose, cast or other element-wise copy) computes anything in a K/V cache scope; the
     // pools are written by the 30 kv_appends alone.
@@ -78,9 +83,11 @@ fn smollm2_fp16_plan_holds_a_paged_generator() {
     // launches per decode step and 543 per prefill step; token-major, 120 fewer; the gated MLP's
     // product in the gate GEMM's epilogue, 30 fewer; last_token, 1 more: 424 and 394. RoPE in the
     // attention's query load and the append (fuse-rope over the f16 cache), 2 fewer per layer:
-    // 424 − 60 = 364 and 394 − 60 = 334.
+    // 424 − 60 = 364 and 394 − 60 = 334. The split attention's last CTA merges the partials
+    // instead of a split_combine launch, 1 fewer per layer at decode: 364 − 30 = 334.
     assert_eq!(decode.iter().filter(|l| kernel_of(l) == "rope").count(), 0, "no rope launch is left");
-    assert!(decode.len() <= 364, "{} launches per decode step", decode.len());
+    assert_eq!(decode.iter().filter(|l| kernel_of(l) == "split_combine").count(), 0, "no combine launch is left");
+    assert!(decode.len() <= 334, "{} launches per decode step", decode.len());
     assert!(prefill.len() <= 334, "{} launches per prefill step", prefill.len());
     // Kernel count independent of depth: far fewer kernels than layers × ops.
     assert!(m.kernels.len() < 30, "{} kernels for 30 layers", m.kernels.len());
@@ -148,4 +155,23 @@ fn smollm2_plan_with_an_nvfp4_kv_cache_holds_the_format() {
     assert!(m.kernels.iter().filter(|k| k.template == "kv_append").all(|k| k.source.contains("#define QF_ROPE 0")));
     let ropes = m.schedule.iter().filter(|l| m.kernels[l.kernel as usize].template == "rope").count();
     assert_eq!(ropes, 30, "the key ropes");
+    // The split decode attention over the NVFP4 pools merges in its last CTAs too: its scratch
+    // (after o) holds counters, and every kernel (the NVFP4 ones included) waits first for PDL.
+    let splits: Vec<&qfuse::plan::LaunchMeta> =
+        m.schedule.iter().filter(|l| m.kernels[l.kernel as usize].source.contains("#define QF_SPLITS 4")).collect();
+    assert_eq!(splits.len(), 30);
+    assert!(splits.iter().all(|l| l.args[6] == ArgRef::SplitScratchZeroed), "counters in the zeroed scratch");
+    assert_eq!(dec.split_scratch_bytes, 48 + 4 * 9 * 4 * 66 * 4);
+    assert_eq!(m.pdl_kernels, (0..m.kernels.len() as u32).collect::<Vec<_>>());
+    assert!(m.kernels.iter().all(|k| common::enters_pdl_first(&k.source)));
+    // Launches per step: the fp16 cache's 334 plus, per layer, the key rope and the pre-scale
+    // multiply and block quantize of K and of V (5 · 30): 484 at decode (the split attention
+    // merges itself: no split_combine) and 484 at prefill.
+    let decode = step_launches(m, &[("B".to_string(), 1), ("S".to_string(), 1)]);
+    let prefill = step_launches(m, &[("B".to_string(), 4), ("S".to_string(), 32)]);
+    println!("SmolLM2 fp16 plan, NVFP4 cache: {} launches per decode step, {} per prefill step", decode.len(), prefill.len());
+    let count = |ls: &[&qfuse::plan::LaunchMeta], t: &str| ls.iter().filter(|l| m.kernels[l.kernel as usize].template == t).count();
+    assert_eq!(count(&decode, "split_combine"), 0, "no combine launch");
+    assert_eq!((count(&decode, "quantize"), count(&decode, "elementwise")), (60, 60), "K and V: pre-scale and block quantize");
+    assert_eq!((decode.len(), prefill.len()), (484, 484));
 }

@@ -282,6 +282,22 @@ fn the_split_scratch_binds_to_the_generators_buffer() {
     let e = unwrap_err(resolve_launch(&meta, 0, &symbols, &without));
     assert!(matches!(&e, RuntimeError::Launch { index: 0, .. }), "{e}");
     assert!(e.to_string().contains("no split-KV scratch"), "{e}");
+    // Format 2.2's zeroed scratch binds to the same buffer.
+    meta.schedule[0].args[0] = ArgRef::SplitScratchZeroed;
+    let l = resolve_launch(&meta, 0, &symbols, &with).unwrap().expect("runs");
+    assert_eq!(l.args[0], KernelArg::Ptr(0x5000_0000));
+}
+
+/// Format 2.2: a launch of a kernel the plan marks for programmatic dependent launch resolves
+/// with `pdl` set; any other with it clear (the context launches those in plain stream order).
+#[test]
+fn pdl_kernels_resolve_as_programmatic_launches() {
+    let mut meta = launch_meta();
+    let symbols = vec![("B".to_string(), 2), ("S".to_string(), 100)];
+    let addrs = Addresses { weights: &[1], arena: 256, kv_pools: &[], page_table: 0, split_scratch: 0 };
+    assert!(!resolve_launch(&meta, 0, &symbols, &addrs).unwrap().expect("runs").pdl, "no kernel marked");
+    meta.pdl_kernels = vec![meta.schedule[0].kernel];
+    assert!(resolve_launch(&meta, 0, &symbols, &addrs).unwrap().expect("runs").pdl);
 }
 
 #[test]

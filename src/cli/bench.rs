@@ -39,6 +39,11 @@ pub struct BenchArgs {
     /// Also print the GPU time of every kernel (one profiled run, no graph).
     #[arg(long)]
     profile: bool,
+    /// Launch every kernel in plain stream order, without programmatic dependent launch (on by
+    /// default on sm_90 and newer for the kernels the plan marks; docs/runtime.md "PDL"): to
+    /// measure what the overlap gains.
+    #[arg(long)]
+    no_pdl: bool,
 }
 
 /// Runs `qfuse bench`: the flags are checked against the plan's maxima (read without a GPU)
@@ -65,7 +70,8 @@ pub fn run(args: &BenchArgs, quiet: bool) -> anyhow::Result<()> {
             args.gen,
             d.max_seq
         );
-        let engine = Engine::load(&args.plan)?;
+        let mut engine = Engine::load(&args.plan)?;
+        engine.set_programmatic_launch(!args.no_pdl);
         spinner.finish_and_clear();
         return run_decoder(args, &engine, &batches, quiet);
     }
@@ -76,7 +82,8 @@ pub fn run(args: &BenchArgs, quiet: bool) -> anyhow::Result<()> {
     };
     super::validate::at_most("--batch", batch, max("B").unwrap_or(u64::MAX), &what("B"))?;
     super::validate::at_most("--seq", args.seq, max("S").unwrap_or(u64::MAX), &what("S"))?;
-    let engine = Engine::load(&args.plan)?;
+    let mut engine = Engine::load(&args.plan)?;
+    engine.set_programmatic_launch(!args.no_pdl);
     let mut ctx = engine.context()?;
     let inputs = synthetic_inputs(&plan, &args.plan, &engine, batch, args.seq)?;
     spinner.finish_and_clear();

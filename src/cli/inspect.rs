@@ -130,6 +130,7 @@ fn schedule_table(m: &PlanMeta) -> Table {
                 },
                 ArgRef::PageTable => "page_table".into(),
                 ArgRef::SplitScratch => "split_scratch".into(),
+                ArgRef::SplitScratchZeroed => "split_scratch(zeroed)".into(),
             })
             .collect();
         // A guarded launch (format 1.1) runs only for the shapes where its guard holds.

@@ -33,7 +33,40 @@ pub struct KernelDef {
     pub smem_bytes: u32,
     /// Parameters in signature order.
     pub params: Vec<ParamMeta>,
+    /// The kernel may be launched with programmatic stream serialization (PDL): its template is
+    /// one of [`PDL_TEMPLATES`], whose entry points call `qf_pdl_enter()` (common.cuh) before
+    /// touching memory. Only such kernels may overlap the kernel launched before them.
+    pub pdl: bool,
 }
+
+/// Templates (file stems in `templates/`) whose entry point calls `qf_pdl_enter()` as its first
+/// statement, before any global read or write: `griddepcontrol.wait`, then
+/// `griddepcontrol.launch_dependents` (common.cuh). Their kernels are marked [`KernelDef::pdl`],
+/// and a plan records them in [`crate::plan::PlanMeta::pdl_kernels`] (sm_90 and newer) so the
+/// runtime launches them with programmatic stream serialization. A template must be listed here
+/// only when its entry point makes that call (`tests/codegen_decoder.rs` checks every listed
+/// template's source); one that is not listed is always launched in plain stream order.
+pub const PDL_TEMPLATES: &[&str] = &[
+    "attention",
+    "elementwise",
+    "embed_layernorm",
+    "gather",
+    "gemm",
+    "gemm_skinny",
+    "gemm_wonly",
+    "iota",
+    "kv_append",
+    "l2_normalize",
+    "last_token",
+    "layernorm",
+    "mean_pool",
+    "paged_attention",
+    "quantize",
+    "rope",
+    "sample",
+    "softmax",
+    "split_combine",
+];
 
 /// One argument of a launch.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,10 +84,18 @@ pub enum Arg {
     /// `t % PAGE`).
     PageTable,
     /// Device pointer to the runtime's split-KV scratch (f32 partials of a split decode
-    /// attention, read back by its combine launch). The launch needs this many bytes at the
-    /// largest shape; one buffer of the largest need serves every layer, since launches run in
-    /// order on one stream and each split/combine pair finishes with it before the next starts.
-    SplitScratch(u64),
+    /// attention, merged by its last CTA per KV head and sequence). The launch needs `bytes` at
+    /// the largest shape; one buffer of the largest need serves every layer, since launches run
+    /// in order on one stream and each finishes with it before the next starts. The first
+    /// `counters` bytes (0: none) are completion counters: zero when the launch starts, zero again
+    /// when it ends (the runtime zeroes the scratch once when it allocates it), so every launch
+    /// that keeps counters must agree on `counters` (the compiler checks).
+    SplitScratch {
+        /// Bytes the launch uses at the largest shape, counters included.
+        bytes: u64,
+        /// Bytes of completion counters at the scratch's start.
+        counters: u64,
+    },
 }
 
 /// A kernel launch produced by lowering one node.
@@ -243,7 +284,8 @@ pub fn finish_kernel(
     let identity = format!("{source_with_placeholder}\n// launch grid {grid:?} block {block:?} smem {smem_bytes}");
     let name = kernel_name(template, &identity);
     let source = source_with_placeholder.replace("{{kernel_name}}", &name);
-    KernelDef { template, name, source, grid, block, smem_bytes, params }
+    let pdl = PDL_TEMPLATES.contains(&template);
+    KernelDef { template, name, source, grid, block, smem_bytes, params, pdl }
 }
 
 #[cfg(test)]

@@ -172,7 +172,7 @@ impl CompiledPlan {
         let k = crate::codegen::sample::sample_kernel(vocab, *dtype, sm)?;
         let cache = KernelCache::new(opts.kernel_cache.clone());
         let (cubin, origin) = cache.cubin(&k.name, &k.source, &self.arch_name)?;
-        let index = push_kernel(&mut self.builder, &k, cubin);
+        let index = push_kernel(&mut self.builder, &k, cubin, sm);
         self.stats.kernels += 1;
         match origin {
             Origin::Compiled => self.stats.compiled += 1,
@@ -234,7 +234,7 @@ pub(crate) fn assemble(source: &Source<'_>, q: Quantized, opts: &CompileOptions)
     meta.symbols = graph.symbols.iter().map(|(_, s)| (s.name.clone(), s.max)).collect();
     let mut builder = PlanBuilder::new(meta);
     let t_nvrtc = Instant::now();
-    let (kernel_index, origins) = add_kernels(&mut builder, &program, &arch, opts)?;
+    let (kernel_index, origins) = add_kernels(&mut builder, &program, &arch, sm, opts)?;
     let nvrtc_seconds = t_nvrtc.elapsed().as_secs_f64();
     let buffers = add_buffers(&mut builder, &graph, &mem);
     let weights = add_weights(&mut builder, &graph, &program, source.weights)?;
@@ -258,18 +258,32 @@ pub(crate) fn assemble(source: &Source<'_>, q: Quantized, opts: &CompileOptions)
         weight_bytes: builder.meta().weights.iter().map(weight_len).sum(),
         seconds: 0.0,
     };
-    let split_scratch_bytes = split_scratch_bytes(&program);
+    let split_scratch_bytes = split_scratch_bytes(&program)?;
     Ok(CompiledPlan { builder, arch_name: stats.arch.clone(), stats, quantized: q, split_scratch_bytes })
 }
 
 /// The split-KV scratch the program needs: the largest [`Arg::SplitScratch`] of any launch (0
-/// when none splits).
-fn split_scratch_bytes(program: &Program) -> u64 {
-    let needs = program.launches().flat_map(|(_, l)| &l.args).filter_map(|a| match a {
-        Arg::SplitScratch(bytes) => Some(*bytes),
-        _ => None,
-    });
-    needs.max().unwrap_or(0)
+/// when none splits). Launches that keep completion counters at the scratch's start must agree on
+/// their size, or one launch's partials would overwrite another's counters.
+fn split_scratch_bytes(program: &Program) -> Result<u64, CompileError> {
+    let needs: Vec<(u64, u64)> = program
+        .launches()
+        .flat_map(|(_, l)| &l.args)
+        .filter_map(|a| match a {
+            Arg::SplitScratch { bytes, counters } => Some((*bytes, *counters)),
+            _ => None,
+        })
+        .collect();
+    let mut counters = needs.iter().map(|&(_, c)| c).filter(|&c| c > 0);
+    if let Some(first) = counters.next() {
+        if let Some(other) = counters.find(|&c| c != first) {
+            return Err(CompileError::Options(format!(
+                "split-KV attentions with {first} and {other} bytes of completion counters cannot share one scratch \
+                 (decoder layers of different head counts are not supported)"
+            )));
+        }
+    }
+    Ok(needs.iter().map(|&(b, _)| b).max().unwrap_or(0))
 }
 
 /// Removes shape symbols nothing in the plan mentions (a decoder's cache length `P`, once the
@@ -345,6 +359,7 @@ fn add_kernels(
     builder: &mut PlanBuilder<'static>,
     program: &Program,
     arch: &str,
+    sm: u32,
     opts: &CompileOptions,
 ) -> Result<(std::collections::HashMap<String, u32>, Vec<Origin>), CompileError> {
     let cache = KernelCache::new(opts.kernel_cache.clone());
@@ -356,14 +371,18 @@ fn add_kernels(
     let mut index = std::collections::HashMap::new();
     let mut origins = Vec::new();
     for (k, (cubin, origin)) in kernels.into_iter().zip(cubins) {
-        index.insert(k.name.clone(), push_kernel(builder, k, cubin));
+        index.insert(k.name.clone(), push_kernel(builder, k, cubin, sm));
         origins.push(origin);
     }
     Ok((index, origins))
 }
 
-/// Adds `k`'s CUBIN section and its entry in `meta.kernels`; returns its kernel index.
-fn push_kernel(builder: &mut PlanBuilder<'static>, k: &KernelDef, cubin: Vec<u8>) -> u32 {
+/// The first SM version with programmatic dependent launch (`griddepcontrol`): Hopper.
+const PDL_MIN_SM: u32 = 90;
+
+/// Adds `k`'s CUBIN section and its entry in `meta.kernels` (and in `meta.pdl_kernels` when the
+/// kernel supports programmatic dependent launch and `sm` has it); returns its kernel index.
+fn push_kernel(builder: &mut PlanBuilder<'static>, k: &KernelDef, cubin: Vec<u8>, sm: u32) -> u32 {
     let section = builder.add_section(SectionKind::Cubin, format!("cubin.{}", k.name), cubin);
     let meta = KernelMeta {
         name: k.name.clone(),
@@ -377,6 +396,9 @@ fn push_kernel(builder: &mut PlanBuilder<'static>, k: &KernelDef, cubin: Vec<u8>
     };
     let index = builder.meta().kernels.len() as u32;
     builder.meta_mut().kernels.push(meta);
+    if k.pdl && sm >= PDL_MIN_SM {
+        builder.meta_mut().pdl_kernels.push(index);
+    }
     index
 }
 
@@ -467,8 +489,10 @@ fn add_schedule(
                 // The paged KV cache's pools and page table belong to the generator (format 2.0).
                 Arg::KvPool(i) => Ok(ArgRef::KvPool(*i)),
                 Arg::PageTable => Ok(ArgRef::PageTable),
-                // Format 2.1: the generator's split-KV scratch, sized by `split_scratch_bytes`.
-                Arg::SplitScratch(_) => Ok(ArgRef::SplitScratch),
+                // Format 2.1: the generator's split-KV scratch, sized by `split_scratch_bytes`;
+                // 2.2: the same, zeroed once, for launches that keep completion counters in it.
+                Arg::SplitScratch { counters: 0, .. } => Ok(ArgRef::SplitScratch),
+                Arg::SplitScratch { .. } => Ok(ArgRef::SplitScratchZeroed),
             })
             .collect::<Result<Vec<_>, CompileError>>()?;
         let results: Vec<String> = n.outputs.iter().map(|v| v.to_string()).collect();

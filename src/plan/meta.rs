@@ -12,7 +12,10 @@
 //! [`DecoderMeta::split_scratch_bytes`]; [`decode_meta`] reads 2.0 metadata with 0), and a new
 //! last variant of [`ArgRef`] leaves every older encoding valid (2.1 appended
 //! [`ArgRef::SplitScratch`]); a 2.0 reader rejects a 2.1 plan that uses it with a metadata
-//! decoding error.
+//! decoding error. Format 2.2 appended [`PlanMeta::pdl_kernels`] after [`PlanMeta::decoder`]
+//! (so from 2.2 on, a field appended to [`DecoderMeta`] no longer ends the stream: that is a new
+//! major) and the last [`ArgRef`] variant [`ArgRef::SplitScratchZeroed`], which a 2.1 reader
+//! likewise refuses to decode.
 
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +74,13 @@ pub struct PlanMeta {
     /// Format 2.0: a decoder's paged KV cache, special tokens, generation defaults and sampling
     /// kernel; `None` for encoders (and every 1.x plan).
     pub decoder: Option<DecoderMeta>,
+    /// Format 2.2: the kernels (indices into [`PlanMeta::kernels`], strictly increasing) that the
+    /// runtime may launch with programmatic stream serialization (PDL, sm_90 and newer): each
+    /// executes `griddepcontrol.wait` before its first global read or write
+    /// ([`crate::codegen::kernel::PDL_TEMPLATES`]), so it may be scheduled while the kernel
+    /// before it still runs. Empty in older plans: every launch is then in plain stream order.
+    /// An older reader ignores the field and runs the plan unchanged, only without the overlap.
+    pub pdl_kernels: Vec<u32>,
 }
 
 impl PlanMeta {
@@ -103,7 +113,25 @@ impl PlanMeta {
             self.check_launch(n, launch)?;
         }
         self.check_guards()?;
+        self.check_pdl_kernels()?;
         self.check_decoder()
+    }
+
+    /// Whether kernel `kernel` may be launched with programmatic stream serialization.
+    pub fn pdl_kernel(&self, kernel: usize) -> bool {
+        self.pdl_kernels.binary_search(&(kernel as u32)).is_ok()
+    }
+
+    fn check_pdl_kernels(&self) -> Result<(), String> {
+        for (i, &k) in self.pdl_kernels.iter().enumerate() {
+            if k as usize >= self.kernels.len() {
+                return Err(format!("PDL kernel {i} is kernel {k} out of {}", self.kernels.len()));
+            }
+            if i > 0 && self.pdl_kernels[i - 1] >= k {
+                return Err(format!("PDL kernel {i} (kernel {k}) is not in strictly increasing order"));
+            }
+        }
+        Ok(())
     }
 
     fn check_decoder(&self) -> Result<(), String> {
@@ -122,7 +150,8 @@ impl PlanMeta {
         if !self.outputs.iter().any(|o| o.name == d.logits) {
             return Err(format!("decoder: logits output `{}` is not an output of the plan", d.logits));
         }
-        let splits = self.schedule.iter().position(|l| l.args.contains(&ArgRef::SplitScratch));
+        let splits =
+            self.schedule.iter().position(|l| l.args.iter().any(|a| matches!(a, ArgRef::SplitScratch | ArgRef::SplitScratchZeroed)));
         if let (Some(n), 0) = (splits, d.split_scratch_bytes) {
             return Err(format!("decoder: launch {n} uses the split-KV scratch but split_scratch_bytes is 0"));
         }
@@ -158,9 +187,12 @@ impl PlanMeta {
         }
         for (arg, param) in launch.args.iter().zip(&kernel.params) {
             let ok_type = match arg {
-                ArgRef::Weight(_) | ArgRef::Buffer(_) | ArgRef::KvPool(_) | ArgRef::PageTable | ArgRef::SplitScratch => {
-                    param.ty == ParamType::Ptr
-                }
+                ArgRef::Weight(_)
+                | ArgRef::Buffer(_)
+                | ArgRef::KvPool(_)
+                | ArgRef::PageTable
+                | ArgRef::SplitScratch
+                | ArgRef::SplitScratchZeroed => param.ty == ParamType::Ptr,
                 ArgRef::Scalar(Scalar::F32(_)) => param.ty == ParamType::F32,
                 ArgRef::Scalar(Scalar::I32(_)) => param.ty == ParamType::I32,
                 ArgRef::Scalar(Scalar::I64(_)) => param.ty == ParamType::I64,
@@ -181,7 +213,7 @@ impl PlanMeta {
                     return bad(format!("KV pool {i} out of the plan's KV-cache slots"));
                 }
                 ArgRef::PageTable if self.decoder.is_none() => return bad("reads a page table, but the plan has no KV cache".into()),
-                ArgRef::SplitScratch if self.decoder.is_none() => {
+                ArgRef::SplitScratch | ArgRef::SplitScratchZeroed if self.decoder.is_none() => {
                     return bad("uses the split-KV scratch, but the plan has no KV cache".into())
                 }
                 _ => {}
@@ -410,6 +442,12 @@ pub enum ArgRef {
     /// [`super::DecoderMeta::split_scratch_bytes`] bytes (f32 partials of a split decode attention,
     /// read back by the next launch).
     SplitScratch,
+    /// Format 2.2: the same scratch, for a launch that also keeps completion counters in it (the
+    /// split decode attention whose last CTA per KV head and sequence merges the partials): the
+    /// runtime zeroes the scratch once when it allocates it, and every such launch leaves its
+    /// counters zero again. A 2.1 reader, which does not zero the scratch, fails to decode a plan
+    /// that uses this variant instead of running it wrongly.
+    SplitScratchZeroed,
 }
 
 /// A scalar launch argument.
@@ -461,16 +499,18 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
 /// Decodes the metadata written with format `found`, this reader being `ours`: as [`decode`],
 /// except that metadata of an older format decodes with the fields appended since at their
 /// defaults: format 1.0 ends before [`PlanMeta::launch_guards`] (1.1), 1.x before
-/// [`PlanMeta::decoder`] (2.0), and a 2.0 plan with decoder metadata before
-/// [`DecoderMeta::split_scratch_bytes`] (2.1; 0).
+/// [`PlanMeta::decoder`] (2.0), a 2.0 plan with decoder metadata before
+/// [`DecoderMeta::split_scratch_bytes`] (2.1; 0), and 2.0 and 2.1 before
+/// [`PlanMeta::pdl_kernels`] (2.2; empty).
 pub(crate) fn decode_meta(bytes: &[u8], found: FormatVersion, ours: FormatVersion) -> Result<PlanMeta, String> {
     // postcard encodes an empty Vec as its length, `None` as its tag and 0u64 as its varint: a
     // single 0 byte each. A 1.x plan's fields decode unchanged in 2.x (2.0 only appended fields
     // and enum variants); a 1.x plan has no decoder metadata, so it misses nothing of 2.1.
     let missing = match (found.major, found.minor) {
-        (1, 0) => 2,
-        (1, _) => 1,
+        (1, 0) => 3,
+        (1, _) => 2,
         (2, 0) => return decode_2_0(bytes),
+        (2, 1) => 1,
         _ => 0,
     };
     if missing > 0 {
@@ -481,12 +521,12 @@ pub(crate) fn decode_meta(bytes: &[u8], found: FormatVersion, ours: FormatVersio
 }
 
 /// Format 2.0 metadata: complete with the 2.1 scratch size (one 0 byte) when the plan has decoder
-/// metadata, which then ends the stream; an encoder's metadata (`None` last) is complete.
+/// metadata, which then ends the stream, and with the 2.2 PDL kernels (an empty list, one 0 byte).
 fn decode_2_0(bytes: &[u8]) -> Result<PlanMeta, String> {
-    let completed: Vec<u8> = bytes.iter().copied().chain([0]).collect();
+    let completed: Vec<u8> = bytes.iter().copied().chain([0, 0]).collect();
     let (meta, rest) = take::<PlanMeta>(&completed)?;
-    // Without decoder metadata the added byte is left over.
-    let extra = rest.len() - usize::from(meta.decoder.is_none());
+    // Without decoder metadata the byte added for the scratch size is left over.
+    let extra = rest.len().saturating_sub(usize::from(meta.decoder.is_none()));
     match (meta.decoder.is_some(), rest.len()) {
         (true, 0) | (false, 1) => Ok(meta),
         _ => Err(format!("{extra} unexpected trailing bytes")),
@@ -536,45 +576,85 @@ mod tests {
         assert!(decode::<PlanMeta>(&bytes, V1_0, V1_0).unwrap_err().contains("trailing"));
     }
 
+    const V2_0: FormatVersion = FormatVersion { major: 2, minor: 0 };
+    const V2_1: FormatVersion = FormatVersion { major: 2, minor: 1 };
+    const V2_2: FormatVersion = FormatVersion { major: 2, minor: 2 };
+
     #[test]
     fn format_1_x_metadata_decodes_without_later_fields() {
         let mut meta = PlanMeta::new("m", "sm_90a", (13, 0));
         meta.symbols = vec![("B".into(), 4)];
         let v1_1 = FormatVersion { major: 1, minor: 1 };
-        let v2_0 = FormatVersion { major: 2, minor: 0 };
         let mut bytes = encode(&meta).unwrap();
-        assert_eq!(bytes.pop(), Some(0), "the absent decoder metadata (2.0) is the last byte");
-        assert_eq!(decode_meta(&bytes, v1_1, v2_0).unwrap(), meta, "1.1 ends before the decoder metadata");
+        assert_eq!(bytes.pop(), Some(0), "the empty PDL kernel list (2.2) is the last byte");
+        assert_eq!(bytes.pop(), Some(0), "the absent decoder metadata (2.0) is the byte before");
+        assert_eq!(decode_meta(&bytes, v1_1, V2_2).unwrap(), meta, "1.1 ends before the decoder metadata");
         assert_eq!(bytes.pop(), Some(0), "the empty guard table (1.1) is the byte before");
-        assert_eq!(decode_meta(&bytes, V1_0, v2_0).unwrap(), meta, "1.0 ends before the guards");
+        assert_eq!(decode_meta(&bytes, V1_0, V2_2).unwrap(), meta, "1.0 ends before the guards");
         meta.launch_guards = vec![LaunchGuard { launch: 0, when: Guard::RowsAtMost { rows: DimExpr::sym("B"), max: 2 } }];
         meta.decoder = Some(DecoderMeta { vocab: 7, ..DecoderMeta::default() });
-        let v2_1 = FormatVersion { major: 2, minor: 1 };
-        assert_eq!(decode_meta(&encode(&meta).unwrap(), v2_1, v2_1).unwrap(), meta);
-        assert!(decode_meta(&encode(&meta).unwrap(), v1_1, v2_1).unwrap_err().contains("trailing"), "a 1.1 plan cannot carry 2.0 fields");
+        assert_eq!(decode_meta(&encode(&meta).unwrap(), V2_2, V2_2).unwrap(), meta);
+        assert!(decode_meta(&encode(&meta).unwrap(), v1_1, V2_2).unwrap_err().contains("trailing"), "a 1.1 plan cannot carry 2.0 fields");
     }
 
     #[test]
     fn format_2_0_metadata_decodes_with_no_split_scratch() {
-        let (v2_0, v2_1) = (FormatVersion { major: 2, minor: 0 }, FormatVersion { major: 2, minor: 1 });
-        // An encoder: 2.0 and 2.1 encode alike.
+        // An encoder: 2.0 and 2.1 end before the PDL kernels.
         let encoder = PlanMeta::new("m", "sm_90a", (13, 0));
-        assert_eq!(decode_meta(&encode(&encoder).unwrap(), v2_0, v2_1).unwrap(), encoder);
+        let mut bytes = encode(&encoder).unwrap();
+        assert_eq!(bytes.pop(), Some(0), "the empty PDL kernel list is the last byte");
+        assert_eq!(decode_meta(&bytes, V2_0, V2_2).unwrap(), encoder);
+        assert_eq!(decode_meta(&bytes, V2_1, V2_2).unwrap(), encoder);
         // A decoder: 2.0 ends before split_scratch_bytes.
         let mut meta = PlanMeta::new("m", "sm_90a", (13, 0));
         meta.decoder = Some(DecoderMeta { vocab: 7, split_scratch_bytes: 0, ..DecoderMeta::default() });
         let mut bytes = encode(&meta).unwrap();
-        assert_eq!(bytes.pop(), Some(0), "the scratch size is the last byte");
-        assert_eq!(decode_meta(&bytes, v2_0, v2_1).unwrap(), meta);
+        assert_eq!(bytes.pop(), Some(0), "the PDL kernels are the last byte");
+        assert_eq!(bytes.pop(), Some(0), "the scratch size is the byte before");
+        assert_eq!(decode_meta(&bytes, V2_0, V2_2).unwrap(), meta);
         // A 2.1 decoder with a scratch, read as 2.1; as 2.0 its last bytes are trailing.
         meta.decoder.as_mut().unwrap().split_scratch_bytes = 38016;
-        let bytes = encode(&meta).unwrap();
-        assert_eq!(decode_meta(&bytes, v2_1, v2_1).unwrap(), meta);
-        let e = decode_meta(&bytes, v2_0, v2_1).unwrap_err();
+        let mut bytes = encode(&meta).unwrap();
+        assert_eq!(bytes.pop(), Some(0));
+        assert_eq!(decode_meta(&bytes, V2_1, V2_2).unwrap(), meta);
+        let e = decode_meta(&bytes, V2_0, V2_2).unwrap_err();
         assert!(e.contains("trailing"), "{e}");
+        // A 2.0 encoder with one byte too many (read as the empty PDL list, the two bytes
+        // completed after it are left over).
         let mut padded = encode(&encoder).unwrap();
-        padded.push(5);
-        assert!(decode_meta(&padded, v2_0, v2_1).unwrap_err().contains("1 unexpected trailing"));
+        padded.pop();
+        padded.push(0);
+        assert!(decode_meta(&padded, V2_0, V2_2).unwrap_err().contains("1 unexpected trailing"));
+        // Metadata cut before the decoder tag is an error, never an arithmetic panic.
+        let short = &encode(&encoder).unwrap()[..4];
+        assert!(decode_meta(short, V2_0, V2_2).is_err());
+    }
+
+    #[test]
+    fn format_2_2_records_the_pdl_kernels() {
+        let mut meta = PlanMeta::new("m", "sm_90a", (13, 0));
+        meta.kernels = vec![kernel("a"), kernel("b"), kernel("c")];
+        meta.pdl_kernels = vec![0, 2];
+        assert_eq!(decode_meta(&encode(&meta).unwrap(), V2_2, V2_2).unwrap(), meta);
+        assert!(meta.pdl_kernel(2) && !meta.pdl_kernel(1));
+        assert!(meta.check_pdl_kernels().is_ok());
+        meta.pdl_kernels = vec![2, 0];
+        assert!(meta.check_pdl_kernels().unwrap_err().contains("increasing"));
+        meta.pdl_kernels = vec![3];
+        assert!(meta.check_pdl_kernels().unwrap_err().contains("out of 3"));
+    }
+
+    fn kernel(name: &str) -> KernelMeta {
+        KernelMeta {
+            name: name.into(),
+            template: "t".into(),
+            source: String::new(),
+            section: 0,
+            grid: [DimExpr::Const(1), DimExpr::Const(1), DimExpr::Const(1)],
+            block: [32, 1, 1],
+            shared_mem_bytes: 0,
+            params: vec![],
+        }
     }
 
     #[test]

@@ -251,6 +251,9 @@ pub struct ResolvedLaunch {
     pub shared_mem_bytes: u32,
     /// The arguments, one per kernel parameter.
     pub args: Vec<KernelArg>,
+    /// The plan declares the kernel safe to launch with programmatic stream serialization
+    /// ([`PlanMeta::pdl_kernels`]); the context decides whether it does.
+    pub pdl: bool,
 }
 
 /// Resolves launch `index` of the schedule: its grid (`None` if its guard
@@ -308,8 +311,10 @@ pub fn resolve_launch(
             (ArgRef::PageTable, _) => {
                 return Err(bad("no page table: decoder plans run through a generator, which owns the KV cache".into()))
             }
-            (ArgRef::SplitScratch, ParamType::Ptr) if addrs.split_scratch != 0 => KernelArg::Ptr(addrs.split_scratch),
-            (ArgRef::SplitScratch, _) => {
+            (ArgRef::SplitScratch | ArgRef::SplitScratchZeroed, ParamType::Ptr) if addrs.split_scratch != 0 => {
+                KernelArg::Ptr(addrs.split_scratch)
+            }
+            (ArgRef::SplitScratch | ArgRef::SplitScratchZeroed, _) => {
                 return Err(bad("no split-KV scratch: decoder plans run through a generator, which owns it with the KV cache".into()))
             }
             (ArgRef::Scalar(Scalar::F32(v)), ParamType::F32) => KernelArg::F32(*v),
@@ -332,6 +337,7 @@ pub fn resolve_launch(
         block: kernel.block,
         shared_mem_bytes: kernel.shared_mem_bytes,
         args,
+        pdl: meta.pdl_kernel(launch.kernel as usize),
     }))
 }
 

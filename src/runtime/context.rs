@@ -10,7 +10,7 @@ use super::bind::{
     bind_inputs, buffer_extent, describe_symbols, launch_label, resolve_launch, resolve_schedule, sig_extent, Addresses, Binding,
     ResolvedLaunch,
 };
-use super::cuda::{bind, guarded, DeviceAlloc, Gate, GraphExec};
+use super::cuda::{bind, guarded, DeviceAlloc, Gate, GraphExec, LaunchShape};
 use super::engine::{Engine, DEVICE_ALIGN};
 use super::error::RuntimeError;
 use super::kv::KvCache;
@@ -86,6 +86,8 @@ pub struct Context<'e> {
     arena_base: u64,
     graph_capacity: usize,
     tick: u64,
+    /// Launch the plan's PDL kernels with programmatic stream serialization.
+    pdl: bool,
 }
 
 impl std::fmt::Debug for Context<'_> {
@@ -94,6 +96,7 @@ impl std::fmt::Debug for Context<'_> {
             .field("plan", &self.engine.path())
             .field("arena_bytes", &self.arena.bytes())
             .field("graphs", &self.graphs.len())
+            .field("programmatic_launch", &self.pdl)
             .finish()
     }
 }
@@ -134,6 +137,7 @@ impl<'e> Context<'e> {
                 arena_base,
                 graph_capacity: DEFAULT_GRAPH_CACHE,
                 tick: 0,
+                pdl: engine.programmatic_launch(),
             })
         })
     }
@@ -154,6 +158,25 @@ impl<'e> Context<'e> {
         self.graph_capacity = capacity;
         while self.graphs.len() > capacity {
             self.evict_one();
+        }
+    }
+
+    /// Whether this context launches the kernels the plan marks ([`crate::plan::PlanMeta::pdl_kernels`])
+    /// with programmatic stream serialization (PDL), so that each may start while the kernel
+    /// before it finishes. Starts as [`Engine::programmatic_launch`].
+    pub fn programmatic_launch(&self) -> bool {
+        self.pdl
+    }
+
+    /// Turns programmatic dependent launch on or off for this context (on is honoured only where
+    /// the device has it: sm_90 and newer). Cached graphs were captured with the old choice, so a
+    /// change drops them. The outputs are the same either way: every marked kernel waits for the
+    /// previous kernel's results before it reads or writes memory.
+    pub fn set_programmatic_launch(&mut self, on: bool) {
+        let on = on && self.engine.device_has_pdl();
+        if on != self.pdl {
+            self.clear_graphs();
+            self.pdl = on;
         }
     }
 
@@ -449,35 +472,15 @@ impl<'e> Context<'e> {
         let err = |message: String| RuntimeError::Launch { index: l.index, label: label.into(), kernel: kernel.into(), message };
         let f = self.engine.function(l.kernel).ok_or_else(|| err("no such kernel".into()))?;
         let mut params: Vec<*mut std::ffi::c_void> = l.args.iter().map(|a| a.as_param_ptr()).collect();
-        let [gx, gy, gz] = l.grid;
-        let [bx, by, bz] = l.block;
+        let shape = LaunchShape { grid: l.grid, block: l.block, shared_mem_bytes: l.shared_mem_bytes };
+        // Only kernels the plan declares wait for their predecessor (`griddepcontrol.wait`).
+        let programmatic = l.pdl && self.pdl;
         // SAFETY: `params` points to one value per kernel parameter, of the parameter's type (checked
         // by the plan loader and `resolve_launch`), alive for the call (the driver copies them);
-        // every pointer argument is a weight or an arena buffer of this context.
-        unsafe {
-            sys::cuLaunchKernel(
-                f.0,
-                gx,
-                gy,
-                gz,
-                bx,
-                by,
-                bz,
-                l.shared_mem_bytes,
-                self.cu_stream(),
-                params.as_mut_ptr(),
-                std::ptr::null_mut(),
-            )
-        }
-        .result()
-        .map_err(|e| {
-            err(format!(
-                "cuLaunchKernel grid {:?} block {:?} smem {}: {}",
-                l.grid,
-                l.block,
-                l.shared_mem_bytes,
-                super::error::driver_message(e)
-            ))
+        // every pointer argument is a weight, an arena buffer or KV-cache memory of this context.
+        unsafe { f.launch(shape, self.cu_stream(), &mut params, programmatic) }.map_err(|e| {
+            let call = if programmatic { "cuLaunchKernelEx (programmatic)" } else { "cuLaunchKernel" };
+            err(format!("{call} grid {:?} block {:?} smem {}: {}", l.grid, l.block, l.shared_mem_bytes, super::error::driver_message(e)))
         })
     }
 

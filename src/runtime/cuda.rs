@@ -174,6 +174,80 @@ impl Function {
     }
 }
 
+/// A kernel launch's shape: grid, block and dynamic shared memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LaunchShape {
+    /// Grid (x, y, z).
+    pub grid: [u32; 3],
+    /// Block (x, y, z).
+    pub block: [u32; 3],
+    /// Dynamic shared memory in bytes.
+    pub shared_mem_bytes: u32,
+}
+
+impl Function {
+    /// Enqueues the kernel on `stream`. With `programmatic`, it is launched through
+    /// `cuLaunchKernelEx` with `CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 1`: it may
+    /// be scheduled before the kernel launched before it on the stream has completed (once every
+    /// CTA of that kernel has executed `griddepcontrol.launch_dependents` or exited), and under
+    /// stream capture the graph edge from that kernel becomes programmatic. The kernel must then
+    /// execute `griddepcontrol.wait` before touching memory an earlier kernel writes or reads
+    /// (`qf_pdl_enter()` in templates/common.cuh); the plan says which kernels do
+    /// ([`crate::plan::PlanMeta::pdl_kernels`]). Without it, a plain `cuLaunchKernel`.
+    ///
+    /// # Safety
+    /// `params` must hold one pointer per kernel parameter, to a value of the parameter's type,
+    /// alive for the call; every device pointer among them must be valid for the kernel's accesses.
+    pub(crate) unsafe fn launch(
+        &self,
+        shape: LaunchShape,
+        stream: sys::CUstream,
+        params: &mut [*mut c_void],
+        programmatic: bool,
+    ) -> Result<(), cudarc::driver::DriverError> {
+        let [gx, gy, gz] = shape.grid;
+        let [bx, by, bz] = shape.block;
+        if !programmatic {
+            return sys::cuLaunchKernel(
+                self.0,
+                gx,
+                gy,
+                gz,
+                bx,
+                by,
+                bz,
+                shape.shared_mem_bytes,
+                stream,
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+            .result();
+        }
+        // SAFETY (of the zeroed value): a C union of plain data; the field set below is the one
+        // the attribute id selects.
+        let mut value: sys::CUlaunchAttributeValue = std::mem::zeroed();
+        value.programmaticStreamSerializationAllowed = 1;
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value,
+        };
+        let config = sys::CUlaunchConfig {
+            gridDimX: gx,
+            gridDimY: gy,
+            gridDimZ: gz,
+            blockDimX: bx,
+            blockDimY: by,
+            blockDimZ: bz,
+            sharedMemBytes: shape.shared_mem_bytes,
+            hStream: stream,
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        sys::cuLaunchKernelEx(&config, self.0, params.as_mut_ptr(), std::ptr::null_mut()).result()
+    }
+}
+
 /// A captured and instantiated CUDA graph; both are destroyed on drop.
 pub(crate) struct GraphExec {
     ctx: Arc<CudaContext>,

@@ -17,6 +17,9 @@ use crate::plan::{Plan, PlanMeta};
 /// Alignment of every device allocation and of every weight and buffer inside one.
 pub const DEVICE_ALIGN: u64 = 256;
 
+/// The first compute capability major with programmatic dependent launch (Hopper).
+const PDL_MIN_MAJOR: i32 = 9;
+
 /// The plan arch name for a device of compute capability `major.minor`: `sm_90a` for 9.0,
 /// `sm_89` for 8.9, `sm_100a` for 10.0. From Hopper on, the arch-specific (`a`) variant is named,
 /// which is what qfuse compiles for; [`crate::plan::arch_compatible`] ignores the suffix anyway.
@@ -60,6 +63,10 @@ pub struct Engine {
     arch: String,
     device_name: String,
     ordinal: usize,
+    /// The default of new contexts' [`Context::programmatic_launch`].
+    pdl: bool,
+    /// The device has programmatic dependent launch (compute capability 9.0 or newer).
+    pdl_capable: bool,
     pub(crate) ctx: Arc<CudaContext>,
 }
 
@@ -217,7 +224,21 @@ impl Engine {
             plan = %path.display(), device = %device_name, %arch, kernels = functions.len(), modules = modules.len(),
             weight_bytes = total, "plan loaded"
         );
-        Ok(Engine { functions, modules, weights, weight_ptrs, meta, path: path.into(), arch, device_name, ordinal, ctx })
+        let pdl = major >= PDL_MIN_MAJOR;
+        Ok(Engine {
+            functions,
+            modules,
+            weights,
+            weight_ptrs,
+            meta,
+            path: path.into(),
+            arch,
+            device_name,
+            ordinal,
+            pdl,
+            pdl_capable: pdl,
+            ctx,
+        })
     }
 
     /// The plan's metadata.
@@ -243,6 +264,26 @@ impl Engine {
     /// The device ordinal.
     pub fn device_ordinal(&self) -> usize {
         self.ordinal
+    }
+
+    /// Whether new contexts launch the plan's PDL kernels ([`PlanMeta::pdl_kernels`]) with
+    /// programmatic stream serialization: on by default where the device has it (compute
+    /// capability 9.0 and newer). Plans older than format 2.2 mark no kernel, so they always run
+    /// in plain stream order.
+    pub fn programmatic_launch(&self) -> bool {
+        self.pdl
+    }
+
+    /// Sets the default of [`Engine::programmatic_launch`] for contexts created afterwards (on is
+    /// honoured only where the device has it); [`Context::set_programmatic_launch`] changes one
+    /// context.
+    pub fn set_programmatic_launch(&mut self, on: bool) {
+        self.pdl = on && self.device_has_pdl();
+    }
+
+    /// Whether the device has programmatic dependent launch (compute capability 9.0 or newer).
+    pub(crate) fn device_has_pdl(&self) -> bool {
+        self.pdl_capable
     }
 
     /// Bytes of device memory the weights take (with alignment padding).

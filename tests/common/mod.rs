@@ -15,6 +15,16 @@ pub fn minilm_dir() -> PathBuf {
     dir
 }
 
+/// Whether the body of the kernel entry point in the CUDA source `text` starts with
+/// `qf_pdl_enter();` (`griddepcontrol.wait`, then `launch_dependents`; templates/common.cuh), so
+/// that nothing before it reads or writes memory: what launching it with programmatic stream
+/// serialization requires.
+pub fn enters_pdl_first(text: &str) -> bool {
+    let Some(entry) = text.find("extern \"C\" __global__") else { return false };
+    let Some(open) = text[entry..].find(") {\n") else { return false };
+    text[entry + open + 4..].trim_start().starts_with("qf_pdl_enter();")
+}
+
 /// Deterministic pseudo-random values in [-scale, scale).
 pub fn lcg_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);

@@ -30,10 +30,12 @@
 //!      pools `ks_pool, vs_pool` are two more pointer parameters at the end), so every layer of
 //!      one shape shares the kernel.
 //!   3. Split-KV decode (when [`decode_splits`] ≥ 2, replacing the unsplit decode variant of 2.):
-//!      `paged_attention(q, k_pool, v_pool, page_table, cache_len, partials, long long S, float
-//!      k_scale, float v_scale)` with grid `(SPLITS, KV, B)` writes f32 partials to the runtime's
-//!      split scratch ([`Arg::SplitScratch`]); then `split_combine(partials, o)`, grid `(H, B)`,
-//!      merges them ([`split_combine_kernel`]). Both are guarded `S ≤ 1`.
+//!      `paged_attention(q, k_pool, v_pool, page_table, cache_len, o, scratch, long long S, float
+//!      k_scale, float v_scale)` with grid `(SPLITS, KV, B)`, guarded `S ≤ 1`, writes f32
+//!      partials to the runtime's split scratch ([`Arg::SplitScratch`]), after one completion
+//!      counter per (KV head, sequence); the last CTA of each KV head and sequence merges them
+//!      into o and resets its counter. [`split_combine_kernel`] is the same merge as a launch of
+//!      its own (`templates/split_merge.cuh` holds the math both use); plans do not launch it.
 //!
 //! [`Graph::state`]: crate::ir::Graph::state
 
@@ -49,6 +51,8 @@ const ROPE: Template = Template { name: "rope.cu", text: include_str!("../../../
 const KV_APPEND: Template = Template { name: "kv_append.cu", text: include_str!("../../../templates/kv_append.cu") };
 const PAGED_ATTENTION: Template = Template { name: "paged_attention.cu", text: include_str!("../../../templates/paged_attention.cu") };
 const SPLIT_COMBINE: Template = Template { name: "split_combine.cu", text: include_str!("../../../templates/split_combine.cu") };
+/// The merge of split-KV partial records (`{{split_merge}}` of paged_attention and split_combine).
+const SPLIT_MERGE: &str = include_str!("../../../templates/split_merge.cuh");
 
 /// Threads of a rope CTA (one CTA per token row).
 pub const ROPE_THREADS: u32 = 128;
@@ -242,10 +246,14 @@ pub struct PagedAttentionSpec {
     /// The decode variant (one query token per CTA, [`DECODE_TILE_KEYS`]-key tiles), launched
     /// when `S ≤ 1`; otherwise the prefill variant (up to [`MAX_ROWS`] rows, 64-key tiles).
     pub decode: bool,
-    /// Split-KV ranges of the decode variant (0: no split, the kernel writes o). With `n ≥ 1` the
-    /// kernel runs on grid `(n, KV, B)` with [`SPLIT_TILE_KEYS`]-key tiles and writes f32
-    /// partials `[B, H, n, D + 2]` for [`split_combine_kernel`] instead of o.
+    /// Split-KV ranges of the decode variant (0: no split). With `n ≥ 1` the kernel runs on grid
+    /// `(n, KV, B)` with [`SPLIT_TILE_KEYS`]-key tiles and writes f32 partials `[B, H, n, D + 2]`
+    /// to the split scratch (after [`Self::split_counter_bytes`] of completion counters); the
+    /// last CTA of each KV head and sequence merges them into o.
     pub splits: u32,
+    /// Largest batch B: sizes the split scratch (its counters and partials). Unused without a
+    /// split.
+    pub max_batch: u32,
     /// RoPE on the query load (`fuse-rope`): q arrives unrotated and each element is rotated at
     /// its position and rounded to q's dtype as it is loaded (`keys` is ignored here: kv_append
     /// rotates the keys). `None`: q arrives rotated.
@@ -270,10 +278,24 @@ impl PagedAttentionSpec {
         page * least.div_ceil(page)
     }
 
-    /// Bytes of the split partials for `max_batch` sequences: `max_batch · H · splits · (D + 2)`
-    /// f32 (0 without a split).
-    pub fn split_scratch_bytes(&self, max_batch: u64) -> u64 {
-        max_batch * u64::from(self.heads) * u64::from(self.splits) * (u64::from(self.head_dim) + 2) * 4
+    /// Bytes of the split scratch (0 without a split): [`Self::split_counter_bytes`] of
+    /// completion counters, then the partials, `max_batch · H · splits · (D + 2)` f32.
+    pub fn split_scratch_bytes(&self) -> u64 {
+        if self.splits == 0 {
+            return 0;
+        }
+        let partials = u64::from(self.max_batch) * u64::from(self.heads) * u64::from(self.splits) * (u64::from(self.head_dim) + 2) * 4;
+        self.split_counter_bytes() + partials
+    }
+
+    /// Bytes of the split scratch's completion counters (0 without a split): one u32 per (KV
+    /// head, sequence) of `max_batch` sequences, rounded up to 16 bytes so the partials stay
+    /// 16-byte aligned.
+    pub fn split_counter_bytes(&self) -> u64 {
+        if self.splits == 0 {
+            return 0;
+        }
+        (u64::from(self.max_batch) * u64::from(self.kv_heads) * 4).div_ceil(16) * 16
     }
 
     /// Query tokens per CTA: 1 for the decode variant; otherwise as many as keep the rows
@@ -341,17 +363,23 @@ impl PagedAttentionSpec {
         if self.splits > 0 && (!self.decode || self.splits > MAX_SPLITS) {
             return Err(format!("{} split-KV ranges: only the decode variant splits, into 1..={MAX_SPLITS}", self.splits));
         }
+        if self.splits > 0 && !(1..=65535).contains(&self.max_batch) {
+            return Err(format!("split-KV scratch for a largest batch of {}: needs 1..=65535", self.max_batch));
+        }
         if self.smem_bytes() > MAX_SMEM {
             return Err(format!("{} bytes of shared memory exceed {MAX_SMEM} (page size or group too large)", self.smem_bytes()));
         }
         Ok(())
     }
 
-    /// Kernel parameters in signature order: the sixth is `out` (o), or `partials` (the split
-    /// scratch) with a split; an NVFP4 cache appends the block-scale pools `ks_pool, vs_pool`.
+    /// Kernel parameters in signature order: the sixth is `out` (o), followed with a split by
+    /// `scratch` (the split scratch); an NVFP4 cache appends the block-scale pools `ks_pool,
+    /// vs_pool`.
     pub fn params(&self) -> Vec<(&'static str, ParamType)> {
-        let out = if self.splits > 0 { "partials" } else { "out" };
-        let mut p = pointers(&["q", "k_pool", "v_pool", "page_table", "cache_len", out]);
+        let mut p = pointers(&["q", "k_pool", "v_pool", "page_table", "cache_len", "out"]);
+        if self.splits > 0 {
+            p.push(("scratch", ParamType::Ptr));
+        }
         p.extend([("S", ParamType::I64), ("k_scale", ParamType::F32), ("v_scale", ParamType::F32)]);
         if self.cache.block_scaled() {
             p.extend(pointers(&["ks_pool", "vs_pool"]));
@@ -377,7 +405,8 @@ impl PagedAttentionSpec {
         // An NVFP4 pool is addressed in bytes (qf_load_tile_nvfp4); the generic loader sees bytes.
         let c_t = if self.cache.block_scaled() { "qf_u8".to_string() } else { trait_of(self.cache.storage()) };
         let qt = self.q_tokens();
-        let out_param = if self.splits > 0 { "float* __restrict__ partials" } else { "OT_::T* __restrict__ out" };
+        // The scratch is written and read by several CTAs: no __restrict__.
+        let out_param = if self.splits > 0 { "OT_::T* __restrict__ out, float* scratch" } else { "OT_::T* __restrict__ out" };
         let (rope, rope_adjacent, rope_doc, inv_freq) = match &self.rope {
             None => ("0", "false", String::new(), "0".to_string()),
             Some(r) => {
@@ -406,6 +435,8 @@ impl PagedAttentionSpec {
             ("scale_bits", format!("{:#010x}", self.scale.to_bits())),
             ("splits", self.splits.to_string()),
             ("out_param", out_param.to_string()),
+            ("counter_words", (self.split_counter_bytes() / 4).to_string()),
+            ("split_merge", SPLIT_MERGE.to_string()),
             ("inflight", LOADS_IN_FLIGHT.to_string()),
             ("rope", rope.to_string()),
             ("rope_adjacent", rope_adjacent.to_string()),
@@ -444,6 +475,7 @@ pub fn split_combine_kernel(heads: u32, head_dim: u32, splits: u32, out: DType, 
         ("head_dim", head_dim.to_string()),
         ("splits", splits.to_string()),
         ("threads", threads.to_string()),
+        ("split_merge", SPLIT_MERGE.to_string()),
     ]);
     let source = SPLIT_COMBINE.render(&values).map_err(|e| e.to_string())?;
     let grid = [DimExpr::Const(u64::from(heads)), batch, 1.into()];
@@ -734,6 +766,7 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
         paged,
         decode: false,
         splits: 0,
+        max_batch: 0,
         rope: a.rope.map(|r| AttnRope { keys: false, ..r }),
     };
     if g.shape(o) != qs {
@@ -758,19 +791,12 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
     if let Some(([ks_slot, vs_slot], [ks, vs])) = block_scales {
         append_args.extend([Arg::Value(ks), Arg::Value(vs), Arg::KvPool(ks_slot), Arg::KvPool(vs_slot)]);
     }
-    // The attention's arguments with `dest` (o, or the split scratch) as the sixth.
-    let attention_args = |dest: Arg| {
-        let mut args = vec![
-            Arg::Value(q),
-            Arg::KvPool(k_slot),
-            Arg::KvPool(v_slot),
-            Arg::PageTable,
-            Arg::Value(len),
-            dest,
-            Arg::Scalar(Scalar::Dim(seq.clone())),
-            Arg::Scalar(Scalar::F32(k_scale)),
-            Arg::Scalar(Scalar::F32(v_scale)),
-        ];
+    // The attention's arguments, with the split scratch after o when it splits and the NVFP4
+    // block-scale pools last.
+    let attention_args = |scratch: Option<Arg>| {
+        let mut args = vec![Arg::Value(q), Arg::KvPool(k_slot), Arg::KvPool(v_slot), Arg::PageTable, Arg::Value(len), Arg::Value(o)];
+        args.extend(scratch);
+        args.extend([Arg::Scalar(Scalar::Dim(seq.clone())), Arg::Scalar(Scalar::F32(k_scale)), Arg::Scalar(Scalar::F32(v_scale))]);
         if let Some(([ks_slot, vs_slot], _)) = block_scales {
             args.extend([Arg::KvPool(ks_slot), Arg::KvPool(vs_slot)]);
         }
@@ -781,16 +807,14 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
     let mut launches = vec![Launch { kernel: append, args: append_args, when: None }];
     let splits = decode_splits(a.kv_heads, paged);
     if splits > 1 {
-        let split = PagedAttentionSpec { decode: true, splits, ..spec };
-        let scratch = Arg::SplitScratch(split.split_scratch_bytes(max_batch));
-        let partial = split.kernel(batch.clone(), seq.clone()).map_err(&err)?;
-        let combine = split_combine_kernel(a.heads, head_dim, splits, spec.out, batch).map_err(&err)?;
-        launches.push(Launch { kernel: partial, args: attention_args(scratch.clone()), when: Some(one.clone()) });
-        launches.push(Launch { kernel: combine, args: vec![scratch, Arg::Value(o)], when: Some(one) });
+        let split = PagedAttentionSpec { decode: true, splits, max_batch: max_batch as u32, ..spec };
+        let scratch = Arg::SplitScratch { bytes: split.split_scratch_bytes(), counters: split.split_counter_bytes() };
+        let kernel = split.kernel(batch, seq.clone()).map_err(&err)?;
+        launches.push(Launch { kernel, args: attention_args(Some(scratch)), when: Some(one) });
     } else {
         let decode = PagedAttentionSpec { decode: true, ..spec }.kernel(batch, seq.clone()).map_err(&err)?;
-        launches.push(Launch { kernel: decode, args: attention_args(Arg::Value(o)), when: Some(one) });
+        launches.push(Launch { kernel: decode, args: attention_args(None), when: Some(one) });
     }
-    launches.push(Launch { kernel: prefill, args: attention_args(Arg::Value(o)), when: Some(more) });
+    launches.push(Launch { kernel: prefill, args: attention_args(None), when: Some(more) });
     Ok(Lowered::Launches(launches))
 }

@@ -26,7 +26,7 @@ impl Context<'_> {
             self.sync()?;
             self.graphs.clear();
             self.kv = None;
-            self.kv = Some(KvCache::new(self.engine, pages)?);
+            self.kv = Some(KvCache::new(self.engine, pages, self.cu_stream())?);
             Ok(())
         })
     }
@@ -191,6 +191,8 @@ impl Context<'_> {
             block: kernel.block,
             shared_mem_bytes: kernel.shared_mem_bytes,
             args,
+            // Launched after the step's graph, in plain stream order.
+            pdl: false,
         })
     }
 }

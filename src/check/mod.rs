@@ -362,28 +362,27 @@ pub fn wide_values(graph: &Graph, values: &HashMap<ValueId, Tensor>) -> anyhow::
 /// For every quantized `attention` output, its score-flip window ([`interp::score_flip_window`])
 /// from the node's operands as the interpreter computed them.
 pub fn flip_windows(graph: &Graph, values: &HashMap<ValueId, Tensor>) -> anyhow::Result<HashMap<ValueId, (Tensor, Tensor)>> {
-    let mut windows = HashMap::new();
-    for (_, node) in graph.nodes.iter() {
-        if !matches!(node.op, ir::Op::Attention(_)) {
-            continue;
-        }
-        let Some((&out, Some(y))) = node.outputs.first().map(|v| (v, values.get(v))) else { continue };
-        if Tolerance::of(y.dtype) != Tolerance::Codes {
-            continue;
-        }
-        let Some(args) = operands(node, values) else { continue };
-        let window = interp::score_flip_window(&node.op, args, y).map_err(|e| anyhow::anyhow!("flip window of %{}: {e}", out.index()))?;
-        if let Some(w) = window {
-            windows.insert(out, w);
-        }
-    }
-    Ok(windows)
+    attention_windows(graph, values, "flip window", interp::score_flip_window)
 }
 
 /// For every node whose narrow-code output went through a transcendental function on the GPU
 /// (`attention`'s softmax `expf`), the lowest and highest code per element that the GPU may
 /// write ([`interp::code_window`]), from the node's operands as the interpreter computed them.
 pub fn code_windows(graph: &Graph, values: &HashMap<ValueId, Tensor>) -> anyhow::Result<HashMap<ValueId, (Tensor, Tensor)>> {
+    attention_windows(graph, values, "code window", interp::code_window)
+}
+
+/// The lowest and highest code per element.
+type Window = (Tensor, Tensor);
+
+/// `window(op, operands, output)` for every `attention` whose first output holds narrow codes,
+/// where it gives one; `what` names the window in errors.
+fn attention_windows(
+    graph: &Graph,
+    values: &HashMap<ValueId, Tensor>,
+    what: &str,
+    window: fn(&ir::Op, Vec<std::sync::Arc<Tensor>>, &Tensor) -> Result<Option<Window>, String>,
+) -> anyhow::Result<HashMap<ValueId, Window>> {
     let mut windows = HashMap::new();
     for (_, node) in graph.nodes.iter() {
         if !matches!(node.op, ir::Op::Attention(_)) {
@@ -394,8 +393,7 @@ pub fn code_windows(graph: &Graph, values: &HashMap<ValueId, Tensor>) -> anyhow:
             continue;
         }
         let Some(args) = operands(node, values) else { continue };
-        let window = interp::code_window(&node.op, args, y).map_err(|e| anyhow::anyhow!("code window of %{}: {e}", out.index()))?;
-        if let Some(w) = window {
+        if let Some(w) = window(&node.op, args, y).map_err(|e| anyhow::anyhow!("{what} of %{}: {e}", out.index()))? {
             windows.insert(out, w);
         }
     }

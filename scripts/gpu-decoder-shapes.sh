@@ -12,10 +12,14 @@
 #      copy bandwidth, in the same call;
 #   4. the skinny GEMMs timed at Llama-3-8B's linear shapes ($SKINNY_MAX_N caps N: the host reference
 #      of the 128256-row LM head is slow).
-# Logs: /tmp/gpu-shapes, archived to $OUT/gpu-shapes-logs.tgz.
+# $STEPS picks sections (default all: "kernels plans peers skinny"), so one machine's calls can
+# split the work under the per-call limit. Logs: $OUT/gpu-shapes (so a call cut off at its limit
+# still brings back what it wrote), else /tmp/gpu-shapes.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-out=/tmp/gpu-shapes
+out="${OUT:-/tmp}/gpu-shapes"
+steps=" ${STEPS:-kernels plans peers skinny} "
+want() { [[ "$steps" == *" $1 "* ]]; }
 mkdir -p "$out"
 for f in gpu-bundle/*.gz; do [[ -f "$f" ]] && gunzip -f "$f"; done
 [[ -f gpu-bundle/kernels.tgz ]] && tar xzf gpu-bundle/kernels.tgz -C gpu-bundle && rm gpu-bundle/kernels.tgz
@@ -24,16 +28,19 @@ export QFUSE_CACHE_DIR="$PWD/gpu-bundle/cache"
 q=gpu-bundle/qfuse
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1
 model=/tmp/smollm2-shape
-python3 scripts/llama_shape_folder.py "$model" gpu-bundle/tok --shape smollm2 2>&1 | tail -1
+[[ -f "$model/config.json" ]] || python3 scripts/llama_shape_folder.py "$model" gpu-bundle/tok --shape smollm2 2>&1 | tail -1
+if want kernels; then
 echo "== decoder kernels vs the interpreter"
 QFUSE_PDL_MODEL="$model" timeout 240 gpu-bundle/decoder_kernels_gpu --ignored --test-threads=1 >"$out/decoder_kernels.log" 2>&1
 grep -E "^test |test result|panicked" "$out/decoder_kernels.log" | head -20
 echo "== skinny GEMMs vs the interpreter"
 timeout 150 gpu-bundle/skinny_gpu --ignored --test-threads=1 --nocapture >"$out/skinny_gpu.log" 2>&1
 grep -E "^test |test result|panicked" "$out/skinny_gpu.log" | head -20
+fi
 printf 'The quick brown fox jumps over the lazy dog.\nWrite a haiku about the sea.\nWhat is 12 + 30?\n' >"$out/calib.txt"
 declare -A args=([fp16]="--recipe fp16 --kv-cache f16" [fp8+fp8kv]="--recipe fp8 --kv-cache fp8" [w8a16]="--recipe w8a16 --kv-cache f16")
 plans="${PLANS:-fp16 fp8+fp8kv}"
+want plans || plans=""
 for p in $plans; do
     echo "== $p"
     # shellcheck disable=SC2086
@@ -49,11 +56,14 @@ for p in $plans; do
     echo "-- without programmatic dependent launch (--no-pdl)"
     timeout 90 "$q" bench "/tmp/shape-$p.plan" --prompt-len 128 --gen 64 --batch "${BENCH_BATCH:-1,8}" --no-pdl 2>&1 | tail -3
 done
+if want peers; then
 echo "== HF peers on the same folder (same GPU, same call)"
 timeout "${PEER_TIMEOUT:-200}" python3 scripts/decoder_peer_bench.py --model "$model" --prompt-len 128 --gen 64 --batch "${PEER_BATCH:-1,8}" 2>&1 | tail -5
+fi
+if want skinny; then
 echo "== skinny GEMMs at Llama-3-8B's linear shapes (weight GB/s; N <= ${SKINNY_MAX_N:-28672})"
 QFUSE_SKINNY_MAX_N="${SKINNY_MAX_N:-28672}" timeout "${SKINNY_TIMEOUT:-150}" gpu-bundle/qfuse-gemm-bench run gpu-bundle/kernels skinny \
     >"$out/skinny.jsonl" 2>"$out/skinny.log"
 echo "skinny bench exit $?"; grep -E "CHECK FAILED|panicked|Error" "$out/skinny.log" | head -5
 timeout "${PEER_TIMEOUT:-150}" python3 scripts/gemm_peer_bench.py "$out/skinny.jsonl" 2>"$out/peer.log" | tail -40
-tar czf "${OUT:-/tmp}/gpu-shapes-logs.tgz" -C /tmp gpu-shapes 2>/dev/null
+fi

@@ -238,8 +238,9 @@ mod tests {
         assert!(got.chunks(3).filter(|r| r[0] >= 1500.0).count() > 10);
     }
 
-    /// Ledoit–Wolf dampening: rows drawn from an isotropic distribution shrink fully when they are
-    /// few against K and hardly when they are many; rows with one outer product (`x_i x_iᵀ` all equal)
+    /// Ledoit–Wolf dampening: rows of an anisotropic distribution shrink fully when they are few
+    /// against K and hardly when they are many (isotropic rows shrink fully at any count: the
+    /// target is then the truth); rows with one outer product (`x_i x_iᵀ` all equal)
     /// never shrink.
     #[test]
     fn shrinkage_damp_falls_with_more_rows() {
@@ -259,7 +260,9 @@ mod tests {
         let k = 32;
         let damp = |rows: usize, normal: &mut dyn FnMut() -> f32| {
             let mut s = ChannelStats::new(k).unwrap().with_hessian();
-            let x: Vec<f32> = (0..rows * k).map(|_| normal()).collect();
+            // Channel j has standard deviation 1 + j: far from isotropic, so the shrinkage
+            // target μ·I is wrong and only sampling noise justifies shrinking towards it.
+            let x: Vec<f32> = (0..rows * k).map(|i| normal() * (1 + i % k) as f32).collect();
             s.observe(&x, k).unwrap();
             s.shrinkage_damp().unwrap()
         };

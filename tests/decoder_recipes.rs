@@ -171,3 +171,46 @@ fn calibration_texts_longer_than_a_step_are_cut() {
     let recipe = decoder::decoder_recipe(Recipe::named("int8-sq", quant::calib::CalibMethod::Max).expect("recipe"));
     quant::quantize(&model, &recipe, &calib(), &PassOptions::default()).expect("int8-sq calibrates over cut texts");
 }
+
+/// Calibration texts pack greedily, in order, into sequences within the token limit; a text over
+/// the limit stays alone; limit 0 or 1 keeps the texts.
+#[test]
+fn calibration_texts_pack_in_order_within_the_limit() {
+    let texts: Vec<String> = ["a", "b", "c", "d", "e"].iter().map(|s| s.to_string()).collect();
+    let packed = decoder::pack_texts(&texts, &[3, 4, 10, 2, 2], 1, 9);
+    let sep = decoder::PACK_SEPARATOR;
+    assert_eq!(packed, vec![format!("a{sep}b"), "c".to_string(), format!("d{sep}e")]);
+    assert_eq!(decoder::pack_texts(&texts, &[1; 5], 1, 0), texts);
+    assert_eq!(decoder::pack_texts(&texts, &[1; 5], 1, 1), texts);
+    assert_eq!(decoder::pack_texts(&texts, &[1; 5], 0, 100), vec![texts.join(sep)]);
+}
+
+/// A decoder calibrates on packed sequences of at most one step, covering every text.
+#[test]
+fn decoder_calibration_packs_texts_into_steps() {
+    use qfuse::import::Imported;
+    let Some(dir) = common::synthetic("llama-f32") else { return };
+    let opts = DecoderOptions { max_batch: 1, max_seq: Some(64), ..Default::default() };
+    let model = decoder::load(&dir, &opts).expect("import");
+    let texts = quant::calib::default_decoder_calibration();
+    let packed = model.calibration_texts(&texts).expect("pack");
+    assert!(packed.len() < texts.len() / 2, "{} sequences from {} texts", packed.len(), texts.len());
+    assert_eq!(packed.join(decoder::PACK_SEPARATOR), texts.join(decoder::PACK_SEPARATOR), "every text once, in order");
+    let tok = model.tokenizer.as_ref().expect("tokenizer");
+    for p in &packed {
+        let n = tok.encode(p).expect("encode").len();
+        let alone = texts.contains(p);
+        assert!(n <= 64 + 4 || alone, "a packed sequence of {n} tokens exceeds the step");
+    }
+}
+
+/// Decoders run GPTQ with act-order by default; the encoder recipe keeps its documented default.
+#[test]
+fn decoder_gptq_defaults_to_act_order() {
+    use qfuse::quant::recipe::WeightAlgo;
+    let named = || Recipe::named("w4a16-gptq", quant::calib::CalibMethod::Max).expect("recipe");
+    assert!(matches!(named().linear.algo, WeightAlgo::Gptq { act_order: false, .. }));
+    assert!(matches!(decoder::decoder_recipe(named()).linear.algo, WeightAlgo::Gptq { act_order: true, .. }));
+    let awq = decoder::decoder_recipe(Recipe::named("w4a16-awq", quant::calib::CalibMethod::Max).expect("recipe"));
+    assert!(matches!(awq.linear.algo, WeightAlgo::Awq { .. }), "other algorithms are untouched");
+}

@@ -66,6 +66,11 @@ pub trait Imported: Sync {
     fn texts_per_run(&self) -> usize {
         usize::MAX
     }
+    /// The calibration samples as this model runs them (decoders pack short texts into long
+    /// sequences, [`decoder::pack_texts`]); the identity by default.
+    fn calibration_texts(&self, texts: &[String]) -> Result<Vec<String>, ImportError> {
+        Ok(texts.to_vec())
+    }
 }
 
 impl Imported for Model {

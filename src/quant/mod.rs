@@ -107,6 +107,7 @@ pub enum QuantError {
 
 /// Runs `recipe` on `model`: see the module doc.
 pub fn quantize(model: &dyn Imported, recipe: &Recipe, calib: &CalibOptions, passes: &PassOptions) -> Result<Quantized, QuantError> {
+    let calib = &CalibOptions { sentences: model.calibration_texts(&calib.sentences)?, ..calib.clone() };
     let mut baseline = precision::convert(model.graph(), recipe.compute).map_err(QuantError::Recipe)?;
     let sites = insert::find_sites(&mut baseline);
     check(&baseline, "after conversion to the compute dtype")?;

@@ -131,6 +131,7 @@ fn prepare_group(
         for ((site, weight), (w, n)) in gr.sites.iter().zip(&ws) {
             let (bits, group, symmetric) =
                 group_format(&layer).ok_or_else(|| format!("{}: GPTQ needs a grouped weight scheme", site.name))?;
+            let damp = shrunk_damp(damp, stats);
             let opts = algo::GptqOptions { bits, group, symmetric, percdamp: damp, block, act_order };
             let r = algo::gptq_from_stats(w, *n, stats, &opts).map_err(|e| format!("{}: {e}", site.name))?;
             let name = format!("{weight}.gptq");
@@ -138,7 +139,10 @@ fn prepare_group(
             replace_weight(g, site.node, &name, *n, k)?;
             out.weights.insert(site.node, PreparedWeight { tensor: name, groups: Some(r.quant) });
         }
-        out.notes.push((names, format!("GPTQ (damp {damp}, blocks of {block}{})", if act_order { ", act-order" } else { "" })));
+        out.notes.push((
+            names,
+            format!("GPTQ (damp max({damp}, Ledoit–Wolf), blocks of {block}{})", if act_order { ", act-order" } else { "" }),
+        ));
     }
     Ok(())
 }
@@ -265,4 +269,36 @@ fn replace_weight(g: &mut Graph, node: NodeId, name: &str, n: usize, k: usize) -
 
 fn minmax(xs: &[f32]) -> (f32, f32) {
     xs.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+}
+
+/// GPTQ's relative dampening for one activation: the recipe's (`damp`, 1 % by default) or, when
+/// larger, the Ledoit–Wolf shrinkage of the calibration Hessian ([`ChannelStats::shrinkage_damp`],
+/// capped at 10⁶, where GPTQ is round-to-nearest in all but name). A Hessian estimated from few
+/// rows against `K` (the built-in calibration set holds about 2,500 decoder tokens; GPTQ's
+/// reference implementation uses 128 × 2048) is noisy, and GPTQ fitted to that noise can do worse
+/// than round-to-nearest on other text; the shrinkage is the data's own estimate of how much to
+/// trust it, and vanishes as the rows grow.
+fn shrunk_damp(damp: f64, stats: &ChannelStats) -> f64 {
+    damp.max(stats.shrinkage_damp().unwrap_or(0.0).min(1e6))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gptq_dampening_is_the_larger_of_the_recipe_and_ledoit_wolf() {
+        // Two rows of two channels with different outer products: a noisy Hessian, large shrinkage.
+        let mut noisy = ChannelStats::new(2).unwrap().with_hessian();
+        noisy.observe(&[3.0, 0.0, 0.0, 1.0], 2).unwrap();
+        let lw = noisy.shrinkage_damp().unwrap();
+        assert!(lw > 0.01);
+        assert_eq!(shrunk_damp(0.01, &noisy), lw.min(1e6));
+        // Identical rows: no shrinkage, the recipe's dampening stays.
+        let mut same = ChannelStats::new(2).unwrap().with_hessian();
+        same.observe(&[1.0, 2.0, 1.0, 2.0], 2).unwrap();
+        assert_eq!(shrunk_damp(0.01, &same), 0.01);
+        // No Hessian: the recipe's dampening.
+        assert_eq!(shrunk_damp(0.01, &ChannelStats::new(2).unwrap()), 0.01);
+    }
 }

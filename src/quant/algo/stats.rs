@@ -25,6 +25,8 @@ pub struct ChannelStats {
     abs_sum: Vec<f64>,
     finite: Vec<u64>,
     xtx: Option<Vec<f64>>,
+    /// `Σ_i ‖x_i‖⁴` over the rows (kept with `xtx`): the fourth moment Ledoit–Wolf shrinkage needs.
+    norm4: f64,
     sample: Option<Reservoir>,
 }
 
@@ -76,6 +78,7 @@ impl ChannelStats {
             abs_sum: vec![0.0; k],
             finite: vec![0; k],
             xtx: None,
+            norm4: 0.0,
             sample: None,
         })
     }
@@ -111,6 +114,7 @@ impl ChannelStats {
                 let x: Vec<f64> = clean.iter().map(|&v| f64::from(v)).collect();
                 let m = x.len() / k;
                 gemm(h, k, (k, k, m), View::rows(&x, k).t(), View::rows(&x, k), Some(1.0), 1.0);
+                self.norm4 += x.chunks(k).map(|r| r.iter().map(|v| v * v).sum::<f64>().powi(2)).sum::<f64>();
             }
             self.rows += (chunk.len() / k) as u64;
         }
@@ -167,6 +171,30 @@ impl ChannelStats {
         self.xtx.as_deref()
     }
 
+    /// Ledoit–Wolf shrinkage of the second-moment matrix `S = XᵀX/M` towards `μ·I`
+    /// (`μ = tr S / K`), as the equivalent relative dampening `δ / (1 − δ)`: `(1 − δ)·S + δ·μ·I` is
+    /// `S + δ/(1 − δ)·μ·I` up to a factor, which is GPTQ's dampening with that `percdamp`.
+    /// `δ = min(b², d²) / d²` with `d² = ‖S − μI‖²_F` and `b² = (Σ_i ‖x_i‖⁴ − M·‖S‖²_F) / M²`, the
+    /// estimated variance of the rows' outer products around `S` (Ledoit & Wolf 2004, without
+    /// centring: GPTQ's Hessian is the uncentred `XᵀX`). Few rows against `K` give a noisy `S` and a
+    /// large `δ`; many rows a small one. `None` without `XᵀX` or rows, `Some(∞)` for `δ = 1`.
+    pub fn shrinkage_damp(&self) -> Option<f64> {
+        let xtx = self.xtx.as_ref()?;
+        if self.rows == 0 {
+            return None;
+        }
+        let (k, m) = (self.k, self.rows as f64);
+        let s_norm2 = xtx.iter().map(|v| (v / m).powi(2)).sum::<f64>();
+        let mu = (0..k).map(|j| xtx[j * k + j] / m).sum::<f64>() / k as f64;
+        let d2 = s_norm2 - k as f64 * mu * mu;
+        let b2 = ((self.norm4 - m * s_norm2) / (m * m)).max(0.0).min(d2);
+        if d2 <= 0.0 {
+            return Some(0.0);
+        }
+        let delta = b2 / d2;
+        Some(if delta >= 1.0 { f64::INFINITY } else { delta / (1.0 - delta) })
+    }
+
     /// The sampled rows (`[·, K]` row-major, at most `max_rows`), when enabled with
     /// [`Self::with_samples`].
     pub fn samples(&self) -> Option<&[f32]> {
@@ -208,5 +236,42 @@ mod tests {
         assert_eq!(got.len(), 150);
         // A uniform sample of rows 0..1000 reaches past the first 50 rows.
         assert!(got.chunks(3).filter(|r| r[0] >= 1500.0).count() > 10);
+    }
+
+    /// Ledoit–Wolf dampening: rows of an anisotropic distribution shrink fully when they are few
+    /// against K and hardly when they are many (isotropic rows shrink fully at any count: the
+    /// target is then the truth); rows with one outer product (`x_i x_iᵀ` all equal)
+    /// never shrink.
+    #[test]
+    fn shrinkage_damp_falls_with_more_rows() {
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let mut normal = || {
+            // Sum of 12 uniforms minus 6: close enough to N(0, 1) for this test.
+            (0..12)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state >> 11) as f64 / (1u64 << 53) as f64
+                })
+                .sum::<f64>() as f32
+                - 6.0
+        };
+        let k = 32;
+        let damp = |rows: usize, normal: &mut dyn FnMut() -> f32| {
+            let mut s = ChannelStats::new(k).unwrap().with_hessian();
+            // Channel j has standard deviation 1 + j: far from isotropic, so the shrinkage
+            // target μ·I is wrong and only sampling noise justifies shrinking towards it.
+            let x: Vec<f32> = (0..rows * k).map(|i| normal() * (1 + i % k) as f32).collect();
+            s.observe(&x, k).unwrap();
+            s.shrinkage_damp().unwrap()
+        };
+        let (few, many) = (damp(16, &mut normal), damp(20_000, &mut normal));
+        assert!(few > 1.0, "16 rows of 32 channels: damp {few}");
+        assert!(many < 0.01, "20000 rows: damp {many}");
+        let mut axis = ChannelStats::new(2).unwrap().with_hessian();
+        axis.observe(&[1.0, 0.0, -1.0, 0.0, 1.0, 0.0], 2).unwrap();
+        assert_eq!(axis.shrinkage_damp(), Some(0.0));
+        assert_eq!(ChannelStats::new(2).unwrap().shrinkage_damp(), None);
     }
 }

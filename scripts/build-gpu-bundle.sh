@@ -43,14 +43,14 @@ if [[ "${1:-}" == shapes ]]; then
     qfuse_ensure_synthetic
     rm -rf gpu-bundle && mkdir -p gpu-bundle/tok
     cp target/release/qfuse target/release/qfuse-gemm-bench gpu-bundle/
-    for t in decoder_kernels_gpu skinny_gpu; do
+    for t in decoder_kernels_gpu generate_gpu skinny_gpu; do
         bin=$(cargo test --release --locked --no-run --test "$t" 2>&1 | sed -n 's/.*(\(target\/release\/deps\/[^)]*\)).*/\1/p' | tail -1)
         cp "$bin" "gpu-bundle/$t"
     done
-    strip gpu-bundle/qfuse gpu-bundle/qfuse-gemm-bench gpu-bundle/decoder_kernels_gpu gpu-bundle/skinny_gpu 2>/dev/null || true
+    strip gpu-bundle/qfuse gpu-bundle/qfuse-gemm-bench gpu-bundle/decoder_kernels_gpu gpu-bundle/generate_gpu gpu-bundle/skinny_gpu 2>/dev/null || true
     gpu-bundle/qfuse-gemm-bench build gpu-bundle/kernels 2>/dev/null
     cp "$QFUSE_SYNTHETIC_DIR/llama-f32/tokenizer.json" "$QFUSE_SYNTHETIC_DIR/llama-f32/tokenizer_config.json" gpu-bundle/tok/
-    (cd gpu-bundle && tar czf kernels.tgz kernels && rm -rf kernels && gzip -9f qfuse qfuse-gemm-bench decoder_kernels_gpu skinny_gpu)
+    (cd gpu-bundle && tar czf kernels.tgz kernels && rm -rf kernels && gzip -9f qfuse qfuse-gemm-bench decoder_kernels_gpu generate_gpu skinny_gpu)
     du -sh gpu-bundle gpu-bundle/*
     exit 0
 fi

@@ -3,7 +3,8 @@
 # (after `scripts/build-gpu-bundle.sh shapes` here; carry gpu-bundle):
 #   1. the decoder kernels (tests/decoder_kernels_gpu.rs: RoPE, append, paged and split-KV attention,
 #      sampling, and a whole plan of the shape folder below with programmatic dependent launch on
-#      and off) and the skinny GEMMs (tests/skinny_gpu.rs) against the interpreter;
+#      and off), the generator under load (tests/generate_gpu.rs: 16 threads, 2,000 requests) and
+#      the skinny GEMMs (tests/skinny_gpu.rs) against the interpreter;
 #   2. a random-weight HF folder of SmolLM2-135M's shape (scripts/llama_shape_folder.py; transformers
 #      there), compiled per plan ($PLANS), then `qfuse check` (greedy tokens, GPU vs the interpreter on
 #      the same steps), `qfuse generate`, `qfuse bench` (prompt 128, 64 new tokens, batch 1 and 8;
@@ -23,7 +24,7 @@ want() { [[ "$steps" == *" $1 "* ]]; }
 mkdir -p "$out"
 for f in gpu-bundle/*.gz; do [[ -f "$f" ]] && gunzip -f "$f"; done
 [[ -f gpu-bundle/kernels.tgz ]] && tar xzf gpu-bundle/kernels.tgz -C gpu-bundle && rm gpu-bundle/kernels.tgz
-chmod +x gpu-bundle/qfuse gpu-bundle/qfuse-gemm-bench gpu-bundle/decoder_kernels_gpu gpu-bundle/skinny_gpu 2>/dev/null
+chmod +x gpu-bundle/qfuse gpu-bundle/qfuse-gemm-bench gpu-bundle/decoder_kernels_gpu gpu-bundle/generate_gpu gpu-bundle/skinny_gpu 2>/dev/null
 export QFUSE_CACHE_DIR="$PWD/gpu-bundle/cache"
 q=gpu-bundle/qfuse
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1
@@ -33,6 +34,9 @@ if want kernels; then
 echo "== decoder kernels vs the interpreter"
 QFUSE_PDL_MODEL="$model" timeout 240 gpu-bundle/decoder_kernels_gpu --ignored --test-threads=1 >"$out/decoder_kernels.log" 2>&1
 grep -E "^test |test result|panicked" "$out/decoder_kernels.log" | head -20
+echo "== the generator: 16 threads, 2,000 requests"
+QFUSE_PDL_MODEL="$model" timeout 200 gpu-bundle/generate_gpu --ignored --test-threads=1 --nocapture >"$out/generate_gpu.log" 2>&1
+grep -E "^test |test result|panicked|identical|returned" "$out/generate_gpu.log" | head -10
 echo "== skinny GEMMs vs the interpreter"
 timeout 150 gpu-bundle/skinny_gpu --ignored --test-threads=1 --nocapture >"$out/skinny_gpu.log" 2>&1
 grep -E "^test |test result|panicked" "$out/skinny_gpu.log" | head -20

@@ -637,15 +637,8 @@ fn generate_trace(engine: &qfuse::runtime::Engine, pdl: bool) -> Trace {
 #[test]
 #[ignore = "needs an NVIDIA GPU (sm_90) and NVRTC"]
 fn a_decoder_plan_gives_the_same_logits_with_and_without_pdl() {
-    use qfuse::compile::{compile_decoder, CompileOptions, DecoderPlanOptions};
-    let model = std::env::var_os("QFUSE_PDL_MODEL").map_or_else(common::smollm2_gguf, std::path::PathBuf::from);
-    let mut opts = CompileOptions::for_recipe("fp16").unwrap();
-    opts.arch = Some("sm_90a".into());
-    opts.calib = qfuse::quant::CalibOptions::decoder_default();
-    let d = DecoderPlanOptions { kv_cache: None, max_seq: Some(256), max_batch: 4, max_step: 32, page_size: 32 };
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("smol.plan");
-    compile_decoder(&model, &opts, &d).expect("compile").save(&path).unwrap();
+    let path = common::compile_decoder_plan(&common::gpu_test_decoder(), "fp16", 4, dir.path());
     let engine = qfuse::runtime::Engine::load(&path).expect("load");
     assert!(engine.programmatic_launch(), "on by default on sm_90");
     assert_eq!(engine.meta().pdl_kernels.len(), engine.meta().kernels.len(), "every kernel may overlap its predecessor");

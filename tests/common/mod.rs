@@ -149,3 +149,23 @@ pub fn rope_graph_text(dtype: &str, pairs: &str, extra: &str, width: u64) -> Str
 }}"#
     )
 }
+
+/// The decoder the GPU generation tests compile: `$QFUSE_PDL_MODEL` (a GGUF or a Llama-family
+/// folder such as the random-weight SmolLM2-shaped one of scripts/gpu-decoder-shapes.sh), else the
+/// default GGUF of `.cache/models`.
+pub fn gpu_test_decoder() -> PathBuf {
+    std::env::var_os("QFUSE_PDL_MODEL").map_or_else(smollm2_gguf, PathBuf::from)
+}
+
+/// `model` compiled for sm_90a with `recipe` (its default KV cache), at most `max_batch`
+/// sequences of 256 tokens, 32-token steps and pages, written to `dir/<recipe>.plan`.
+pub fn compile_decoder_plan(model: &Path, recipe: &str, max_batch: u64, dir: &Path) -> PathBuf {
+    use qfuse::compile::{compile_decoder, CompileOptions, DecoderPlanOptions};
+    let mut opts = CompileOptions::for_recipe(recipe).unwrap();
+    opts.arch = Some("sm_90a".into());
+    opts.calib = qfuse::quant::CalibOptions::decoder_default();
+    let d = DecoderPlanOptions { kv_cache: None, max_seq: Some(256), max_batch, max_step: 32, page_size: 32 };
+    let path = dir.join(format!("{recipe}.plan"));
+    compile_decoder(model, &opts, &d).expect("compile").save(&path).unwrap();
+    path
+}

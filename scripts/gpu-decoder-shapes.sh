@@ -13,13 +13,13 @@
 #      copy bandwidth, in the same call;
 #   4. the skinny GEMMs timed at Llama-3-8B's linear shapes ($SKINNY_MAX_N caps N: the host reference
 #      of the 128256-row LM head is slow).
-# $STEPS picks sections (default all: "kernels plans peers skinny"), so one machine's calls can
+# $STEPS picks sections (default all: "kernels skinnytest plans peers skinny"), so one machine's calls can
 # split the work under the per-call limit. Logs: $OUT/gpu-shapes (so a call cut off at its limit
 # still brings back what it wrote), else /tmp/gpu-shapes.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${OUT:-/tmp}/gpu-shapes"
-steps=" ${STEPS:-kernels plans peers skinny} "
+steps=" ${STEPS:-kernels skinnytest plans peers skinny} "
 want() { [[ "$steps" == *" $1 "* ]]; }
 mkdir -p "$out"
 for f in gpu-bundle/*.gz; do [[ -f "$f" ]] && gunzip -f "$f"; done
@@ -31,13 +31,15 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1
 model=/tmp/smollm2-shape
 [[ -f "$model/config.json" ]] || python3 scripts/llama_shape_folder.py "$model" gpu-bundle/tok --shape smollm2 2>&1 | tail -1
 if want kernels; then
-echo "== decoder kernels vs the interpreter"
+echo "[${SECONDS}s] == decoder kernels vs the interpreter"
 QFUSE_PDL_MODEL="$model" timeout 240 gpu-bundle/decoder_kernels_gpu --ignored --test-threads=1 >"$out/decoder_kernels.log" 2>&1
 grep -E "^test |test result|panicked" "$out/decoder_kernels.log" | head -20
-echo "== the generator: 16 threads, 2,000 requests"
+echo "[${SECONDS}s] == the generator: 16 threads, 2,000 requests"
 QFUSE_PDL_MODEL="$model" timeout 200 gpu-bundle/generate_gpu --ignored --test-threads=1 --nocapture >"$out/generate_gpu.log" 2>&1
 grep -E "^test |test result|panicked|identical|returned" "$out/generate_gpu.log" | head -10
-echo "== skinny GEMMs vs the interpreter"
+fi
+if want skinnytest; then
+echo "[${SECONDS}s] == skinny GEMMs vs the interpreter"
 timeout 150 gpu-bundle/skinny_gpu --ignored --test-threads=1 --nocapture >"$out/skinny_gpu.log" 2>&1
 grep -E "^test |test result|panicked" "$out/skinny_gpu.log" | head -20
 fi
@@ -46,7 +48,7 @@ declare -A args=([fp16]="--recipe fp16 --kv-cache f16" [fp8+fp8kv]="--recipe fp8
 plans="${PLANS:-fp16 fp8+fp8kv}"
 want plans || plans=""
 for p in $plans; do
-    echo "== $p"
+    echo "[${SECONDS}s] == $p"
     # shellcheck disable=SC2086
     if ! /usr/bin/time -f "compile: %e s" timeout 150 "$q" --quiet compile "$model" ${args[$p]} --calib-file "$out/calib.txt" \
         --max-seq 1024 --max-batch 8 --max-step 128 -o "/tmp/shape-$p.plan" >"$out/compile-$p.log" 2>&1; then
@@ -61,11 +63,11 @@ for p in $plans; do
     timeout 90 "$q" bench "/tmp/shape-$p.plan" --prompt-len 128 --gen 64 --batch "${BENCH_BATCH:-1,8}" --no-pdl 2>&1 | tail -3
 done
 if want peers; then
-echo "== HF peers on the same folder (same GPU, same call)"
+echo "[${SECONDS}s] == HF peers on the same folder (same GPU, same call)"
 timeout "${PEER_TIMEOUT:-200}" python3 scripts/decoder_peer_bench.py --model "$model" --prompt-len 128 --gen 64 --batch "${PEER_BATCH:-1,8}" 2>&1 | tail -5
 fi
 if want skinny; then
-echo "== skinny GEMMs at Llama-3-8B's linear shapes (weight GB/s; N <= ${SKINNY_MAX_N:-28672})"
+echo "[${SECONDS}s] == skinny GEMMs at Llama-3-8B's linear shapes (weight GB/s; N <= ${SKINNY_MAX_N:-28672})"
 QFUSE_SKINNY_MAX_N="${SKINNY_MAX_N:-28672}" timeout "${SKINNY_TIMEOUT:-150}" gpu-bundle/qfuse-gemm-bench run gpu-bundle/kernels skinny \
     >"$out/skinny.jsonl" 2>"$out/skinny.log"
 echo "skinny bench exit $?"; grep -E "CHECK FAILED|panicked|Error" "$out/skinny.log" | head -5

@@ -94,12 +94,15 @@ pub struct CheckReport {
     pub kernels: Vec<KernelCheck>,
     /// Cosine of each output row (GPU graph run vs interpreter), per output.
     pub end_to_end: Vec<(String, Vec<f64>)>,
-    /// The end-to-end floor, per output and row: the lowest cosine between the interpreter (the
-    /// reference) and any of [`floor_variants`], second correct implementations of the same IR
-    /// ([`interpreter_floor`]).
+    /// The end-to-end floor, per output and row: the lowest cosine between any two correct
+    /// implementations of the same IR — the interpreter (the reference) and each of
+    /// [`floor_variants`] ([`interpreter_floor`]).
     pub floor: Vec<(String, Vec<f64>)>,
     /// Each variant's cosines (`floor` is their per-row minimum).
     pub floor_variants: Vec<FloorVariant>,
+    /// Per output, the cosine of the GPU's rows with each variant's (lowest over rows), in
+    /// [`Self::floor_variants`]' order: where the GPU sits among the correct implementations.
+    pub gpu_vs_variants: Vec<(String, Vec<f64>)>,
     /// Random-input runs, and how many produced a NaN or infinity (with the first offender).
     pub random_runs: usize,
     /// Runs with a non-finite output.
@@ -131,8 +134,8 @@ pub const FLOOR_SEED: u64 = 0x5eed_f100;
 /// The pass rule, as `qfuse check` prints it.
 pub const PASS_RULE: &str = "a plan passes when every kernel's results are within their dtype's tolerance and every output row's \
 cosine with the interpreter reaches the bar: --min-cos, or the floor minus 1e-4 where that is lower; the floor is the lowest cosine \
-between the interpreter and a second correct implementation of the same IR (f64 sums; f64 sums with expf/erfcf/tanhf moved within \
-CUDA's documented ulp bounds and attention's softmax denominator summed in f32)";
+between any two correct implementations of the same IR: the interpreter and three others (f64 sums; f64 sums with expf/erfcf/tanhf \
+moved within CUDA's documented ulp bounds and attention's softmax denominator summed in f32; f32 sums split in two halves of K)";
 
 /// One second correct implementation of a plan's IR and how close it stays to the interpreter.
 #[derive(Debug, Clone, Serialize)]
@@ -141,6 +144,13 @@ pub struct FloorVariant {
     pub name: String,
     /// Cosine of each output row with the interpreter's, per output.
     pub cosines: Vec<(String, Vec<f64>)>,
+    /// Per output, each row's lowest cosine with the variants listed after this one (all pairs
+    /// of second implementations are compared, not only each with the interpreter: two correct
+    /// summation orders can agree with each other less than either agrees with the reference).
+    pub among: Vec<(String, Vec<f64>)>,
+    /// Its output values, per output (for the GPU's comparison with each implementation).
+    #[serde(skip)]
+    pub outputs: Vec<Vec<f32>>,
 }
 
 /// The second correct implementations of the end-to-end floor, with their names: the
@@ -226,6 +236,7 @@ pub fn check_plan(path: &Path, opts: &CheckOptions) -> anyhow::Result<CheckRepor
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let (floor, floor_variants) = interpreter_floor(&graph, &weights, &inputs, &reference)?;
+    let gpu_vs_variants = gpu_vs_variants(&graph, &reference, &outputs, &floor_variants)?;
     let vs_fp32 = match &opts.reference_model {
         Some(dir) => Some(fp32_comparison(dir, &opts.texts, &graph, &reference, &outputs)?),
         None => None,
@@ -238,6 +249,7 @@ pub fn check_plan(path: &Path, opts: &CheckOptions) -> anyhow::Result<CheckRepor
         end_to_end,
         floor,
         floor_variants,
+        gpu_vs_variants,
         random_runs: opts.random_runs,
         random_nonfinite,
         first_nonfinite,
@@ -247,36 +259,94 @@ pub fn check_plan(path: &Path, opts: &CheckOptions) -> anyhow::Result<CheckRepor
 }
 
 /// The end-to-end floor of `graph` on `inputs`: each of [`floor_variants`] run on the same
-/// inputs, its output rows' cosines with `reference` (the interpreter's values), and per output
-/// and row the lowest of them. Needs no GPU.
+/// inputs, its output rows' cosines with `reference` (the interpreter's values) and with every
+/// other variant, and per output and row the lowest of all these pairs: the least two correct
+/// implementations of the IR agree. Needs no GPU.
 pub fn interpreter_floor(
     graph: &Graph,
     weights: &dyn WeightSource,
     inputs: &[(&str, Tensor)],
     reference: &HashMap<ValueId, Tensor>,
 ) -> anyhow::Result<(Vec<(String, Vec<f64>)>, Vec<FloorVariant>)> {
-    let mut variants = Vec::new();
+    let mut variants: Vec<FloorVariant> = Vec::new();
     for (name, opts) in floor_variants() {
         let outs = interp::run_with(graph, weights, inputs, &opts, &mut |_, _| {})?;
+        let outputs: Vec<Vec<f32>> = outs.iter().map(|(_, t)| t.to_f32_vec()).collect();
         let cosines = graph
             .outputs
             .iter()
-            .zip(&outs)
-            .map(|((name, v), (_, t))| (name.clone(), row_cosines(&reference[v].to_f32_vec(), &t.to_f32_vec(), width(&reference[v]))))
+            .zip(&outputs)
+            .map(|((name, v), t)| (name.clone(), row_cosines(&reference[v].to_f32_vec(), t, width(&reference[v]))))
             .collect();
-        variants.push(FloorVariant { name, cosines });
+        variants.push(FloorVariant { name, cosines, among: vec![], outputs });
     }
-    let floor = graph
-        .outputs
+    let widths: Vec<usize> = graph.outputs.iter().map(|(_, v)| width(&reference[v])).collect();
+    compare_variants(&mut variants, &widths);
+    let names: Vec<String> = graph.outputs.iter().map(|(n, _)| n.clone()).collect();
+    let floor = floor_of(&variants, &names);
+    Ok((floor, variants))
+}
+
+/// Fills each variant's [`FloorVariant::among`]: per output (rows `widths[o]` wide), each row's
+/// lowest cosine with the variants after it.
+fn compare_variants(variants: &mut [FloorVariant], widths: &[usize]) {
+    for i in 0..variants.len() {
+        let (head, later) = variants.split_at_mut(i + 1);
+        let v = &mut head[i];
+        v.among = v
+            .cosines
+            .iter()
+            .enumerate()
+            .map(|(o, (name, vs_ref))| {
+                let mut rows = vec![f64::INFINITY; vs_ref.len()];
+                for other in later.iter() {
+                    let c = row_cosines(&v.outputs[o], &other.outputs[o], widths[o]);
+                    rows.iter_mut().zip(c).for_each(|(r, c)| *r = r.min(c));
+                }
+                (name.clone(), rows)
+            })
+            .collect();
+    }
+}
+
+/// Per output (named `names`), each row's lowest cosine over every pair of implementations: each
+/// variant with the reference ([`FloorVariant::cosines`]) and with the others
+/// ([`FloorVariant::among`]).
+fn floor_of(variants: &[FloorVariant], names: &[String]) -> Vec<(String, Vec<f64>)> {
+    names
         .iter()
         .enumerate()
-        .map(|(o, (name, _))| {
+        .map(|(o, name)| {
             let n = variants.iter().map(|v| v.cosines[o].1.len()).min().unwrap_or(0);
-            let rows = (0..n).map(|r| variants.iter().map(|v| v.cosines[o].1[r]).fold(f64::INFINITY, f64::min)).collect();
-            (name.clone(), rows)
+            let row_min = |r: usize| {
+                variants
+                    .iter()
+                    .flat_map(|v| [v.cosines[o].1[r], v.among.get(o).map_or(f64::INFINITY, |a| a.1[r])])
+                    .fold(f64::INFINITY, f64::min)
+            };
+            (name.clone(), (0..n).map(row_min).collect())
         })
-        .collect();
-    Ok((floor, variants))
+        .collect()
+}
+
+/// Per output, the lowest row cosine of the GPU's `outputs` with each of `variants`' outputs.
+fn gpu_vs_variants(
+    graph: &Graph,
+    reference: &HashMap<ValueId, Tensor>,
+    outputs: &[(String, HostTensor)],
+    variants: &[FloorVariant],
+) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
+    graph
+        .outputs
+        .iter()
+        .zip(outputs)
+        .enumerate()
+        .map(|(o, ((name, v), (_, gpu)))| {
+            let gpu = gpu.to_f32_vec().map_err(anyhow::Error::msg)?;
+            let lowest = |t: &[f32]| row_cosines(t, &gpu, width(&reference[v])).into_iter().fold(f64::INFINITY, f64::min);
+            Ok((name.clone(), variants.iter().map(|var| lowest(&var.outputs[o])).collect()))
+        })
+        .collect()
 }
 
 /// The floor of the plan at `path` on `texts` (its tokenizer, `max_tokens`), on the CPU alone:
@@ -487,6 +557,7 @@ mod bar_tests {
             end_to_end: vec![("y".into(), vec![1.0, gpu])],
             floor: vec![("y".into(), vec![1.0, floor])],
             floor_variants: vec![],
+            gpu_vs_variants: vec![],
             random_runs: 0,
             random_nonfinite: 0,
             first_nonfinite: None,
@@ -536,6 +607,28 @@ mod bar_tests {
         let mut r = report(1.0 - 2e-10, 1.0);
         r.floor = floor;
         assert!((r.end_to_end_bar("y", 0.9999) - 0.9999).abs() < 1e-9, "a floor of nearly 1 leaves the bar");
+    }
+
+    /// Two second implementations may agree with each other less than either agrees with the
+    /// reference (they erred in opposite directions): the floor is the lowest of all pairs.
+    #[test]
+    fn the_floor_is_the_least_agreeing_pair() {
+        let variant = |name: &str, vs_ref: f64, outputs: Vec<f32>| super::FloorVariant {
+            name: name.into(),
+            cosines: vec![("y".into(), vec![vs_ref])],
+            among: vec![],
+            outputs: vec![outputs],
+        };
+        let (a, b) = (vec![1.0f32, 0.2], vec![1.0f32, -0.2]);
+        let cos = |x: &[f32], y: &[f32]| super::row_cosines(x, y, 2)[0];
+        let (ca, cb) = (cos(&[1.0, 0.0], &a), cos(&[1.0, 0.0], &b));
+        let mut vs = vec![variant("a", ca, a.clone()), variant("b", cb, b.clone())];
+        super::compare_variants(&mut vs, &[2]);
+        let between = cos(&a, &b);
+        assert!(between < ca.min(cb), "{between} vs {ca}, {cb}");
+        assert_eq!(vs[0].among[0].1, vec![between]);
+        assert_eq!(vs[1].among[0].1, vec![f64::INFINITY], "the last variant has no later one");
+        assert_eq!(super::floor_of(&vs, &["y".into()]), vec![("y".to_string(), vec![between])]);
     }
 
     /// The floor of real plans on the CPU: `QFUSE_FLOOR_PLANS` (paths, space-separated) on the

@@ -169,10 +169,22 @@ pub fn run(args: &CheckArgs, quiet: bool) -> anyhow::Result<()> {
                 .iter()
                 .filter_map(|v| v.cosines.iter().find(|(n, _)| n == name).map(|(_, c)| format!("{} min {:.6}", v.name, min_mean(c).0)))
                 .collect();
+            let among: Vec<String> = report
+                .floor_variants
+                .iter()
+                .filter_map(|v| v.among.iter().find(|(n, _)| n == name).map(|(_, c)| (v, min_mean(c).0)))
+                .filter(|(_, m)| m.is_finite())
+                .map(|(v, m)| format!("{} vs the later ones min {m:.6}", v.name))
+                .collect();
             lines.push(format!(
-                "floor `{name}`: cosine interpreter vs a second correct implementation min {min:.6}, mean {mean:.6} ({})",
-                variants.join("; ")
+                "floor `{name}`: lowest cosine between two correct implementations min {min:.6}, mean {mean:.6} (vs the interpreter: {}; among themselves: {})",
+                variants.join("; "),
+                among.join("; ")
             ));
+        }
+        for (name, cos) in &report.gpu_vs_variants {
+            let each: Vec<String> = report.floor_variants.iter().zip(cos).map(|(v, c)| format!("{} {c:.6}", v.name)).collect();
+            lines.push(format!("info: `{name}`: GPU vs each second implementation, lowest row cosine: {}", each.join("; ")));
         }
         lines.push(format!("rule: {}", qfuse::check::PASS_RULE));
         if let Some(f) = &report.vs_fp32 {

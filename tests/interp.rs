@@ -106,7 +106,7 @@ fn naive_matmul(a: &[f32], ash: &[usize], b: &[f32], bsh: &[usize], ta: bool, tb
 
 /// `matmul` against the naive product, in the default f32 order and in the split-K one.
 fn check_matmul(ash: &[usize], bsh: &[usize], ta: bool, tb: bool, seed: u64) {
-    for acc in [interp::Accumulation::F32, interp::Accumulation::F32SplitK] {
+    for acc in [interp::Accumulation::F32, interp::Accumulation::F32SplitK { parts: 2 }, interp::Accumulation::F32SplitK { parts: 3 }] {
         check_matmul_with(ash, bsh, ta, tb, seed, acc);
     }
 }
@@ -1012,7 +1012,7 @@ fn f64_accumulation_is_exact_for_e4m3_codes() {
     assert_close(&narrow, &exact.iter().map(|&x| x as f64).collect::<Vec<_>>(), 1e-5 * scale.max(1.0), "f32 sums");
     assert!(narrow != exact, "f32 sums over K = {k} should differ from the exact ones somewhere");
     // Split-K f32 sums: the same values within f32 rounding, in another order (not bit-identical).
-    let split = run(interp::Accumulation::F32SplitK, &a, &b);
+    let split = run(interp::Accumulation::F32SplitK { parts: 2 }, &a, &b);
     assert_close(&split, &exact.iter().map(|&x| x as f64).collect::<Vec<_>>(), 1e-5 * scale.max(1.0), "split-K f32 sums");
     assert!(split != narrow, "two f32 orders over K = {k} should differ somewhere");
 }

@@ -198,11 +198,15 @@ pub enum Accumulation {
     /// Compared with [`Accumulation::F32`], it measures how much a graph's result depends on the
     /// order its sums are taken in (one of `qfuse check`'s end-to-end floor variants).
     F64,
-    /// f32 sums in another order: each product is summed over the first and the second half of
-    /// K separately (each as [`Accumulation::F32`]) and the two partial sums added in f32, as a
-    /// split-K GPU kernel or a different k-blocking does. Another correct f32 order, for the
-    /// end-to-end floor of `qfuse check`.
-    F32SplitK,
+    /// f32 sums in another order: each product is summed over `parts` consecutive slices of K
+    /// separately (each as [`Accumulation::F32`]) and the partial sums added in f32 in slice
+    /// order, as a split-K GPU kernel or a different k-blocking does (`parts` below 2, or above
+    /// K, sums as [`Accumulation::F32`] over K or one slice per element). Another correct f32
+    /// order, for the end-to-end floor of `qfuse check`.
+    F32SplitK {
+        /// Slices of K.
+        parts: u32,
+    },
 }
 
 /// The lowest and highest code, per element, that the GPU may write for `out`, the first result

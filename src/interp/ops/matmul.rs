@@ -35,14 +35,21 @@ pub(super) fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, out: &OutType, 
     let k_axis = |t: &Tensor, last: bool| if last { t.shape.len().wrapping_sub(1) } else { t.shape.len().wrapping_sub(2) };
     let (ka, kb) = (k_axis(a, !ta), k_axis(b, tb));
     let k = a.shape.get(ka).copied().unwrap_or(0);
-    if acc == Accumulation::F32SplitK && k >= 2 {
-        let half = k / 2;
-        let (a0, a1) = (slice_axis(a, ka, 0..half)?, slice_axis(a, ka, half..k)?);
-        let (b0, b1) = (slice_axis(b, kb, 0..half)?, slice_axis(b, kb, half..k)?);
-        let mut dst = product(&a0.0, &a0.1, &b0.0, &b0.1, ta, tb, &out.shape)?;
-        let rest = product(&a1.0, &a1.1, &b1.0, &b1.1, ta, tb, &out.shape)?;
-        dst.iter_mut().zip(rest).for_each(|(d, r)| *d += r);
-        return Ok(finish(out, dst));
+    if let Accumulation::F32SplitK { parts } = acc {
+        let parts = (parts as usize).min(k);
+        if parts >= 2 {
+            let mut dst: Option<Vec<f32>> = None;
+            for p in 0..parts {
+                let range = p * k / parts..(p + 1) * k / parts;
+                let (ap, bp) = (slice_axis(a, ka, range.clone())?, slice_axis(b, kb, range)?);
+                let part = product(&ap.0, &ap.1, &bp.0, &bp.1, ta, tb, &out.shape)?;
+                match dst.as_mut() {
+                    None => dst = Some(part),
+                    Some(d) => d.iter_mut().zip(part).for_each(|(d, r)| *d += r),
+                }
+            }
+            return Ok(finish(out, dst.unwrap_or_default()));
+        }
     }
     let dst = product(f32s(a)?, &a.shape, f32s(b)?, &b.shape, ta, tb, &out.shape)?;
     Ok(finish(out, dst))

@@ -44,7 +44,9 @@ timeout 150 gpu-bundle/skinny_gpu --ignored --test-threads=1 --nocapture >"$out/
 grep -E "^test |test result|panicked" "$out/skinny_gpu.log" | head -20
 fi
 printf 'The quick brown fox jumps over the lazy dog.\nWrite a haiku about the sea.\nWhat is 12 + 30?\n' >"$out/calib.txt"
-declare -A args=([fp16]="--recipe fp16 --kv-cache f16" [fp8+fp8kv]="--recipe fp8 --kv-cache fp8" [w8a16]="--recipe w8a16 --kv-cache f16")
+declare -A args=([fp16]="--recipe fp16 --kv-cache f16" [fp8+fp8kv]="--recipe fp8 --kv-cache fp8" [w8a16]="--recipe w8a16 --kv-cache f16"
+    [fp8+fp8kv+merge]="--recipe fp8 --kv-cache fp8 --enable-pass merge-sibling-gemms"
+    [fp16+merge]="--recipe fp16 --kv-cache f16 --enable-pass merge-sibling-gemms")
 plans="${PLANS:-fp16 fp8+fp8kv}"
 want plans || plans=""
 for p in $plans; do

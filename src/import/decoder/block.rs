@@ -129,7 +129,7 @@ impl BlockBuilder<'_, '_> {
         let which = ["k", "v"][kind];
         let storage = self.kv.storage();
         let spec = self.kv.spec(layer, kind);
-        let (input, update) = (format!("past.{which}.{layer}"), format!("present.{which}.{layer}"));
+        let (input, update) = (super::kv::state_name("past", layer, kind, false), super::kv::state_name("present", layer, kind, false));
         let past_ty = TensorType::new(storage, [step.batch, step.past, kv_heads, d]);
         let split = TensorType::new(DType::F32, [step.batch, step.seq, kv_heads, d]);
         let module = format!("{m}.{which}_cache");
@@ -157,8 +157,7 @@ impl BlockBuilder<'_, '_> {
             };
             Ok((back, present, past_f32))
         })?;
-        self.b.graph.outputs.push((update.clone(), present));
-        state.push(StateSlot { input, update, axis: KV_TOKEN_AXIS });
+        self.declare_state(state, input, update, present);
         Ok((step_f32, past_f32))
     }
 
@@ -204,11 +203,16 @@ impl BlockBuilder<'_, '_> {
             Ok((back, codes, scales, past_f32))
         })?;
         for (scales_slot, value) in [(false, codes), (true, scales)] {
-            let (input, update) = (name("past", scales_slot), name("present", scales_slot));
-            self.b.graph.outputs.push((update.clone(), value));
-            state.push(StateSlot { input, update, axis: KV_TOKEN_AXIS });
+            self.declare_state(state, name("past", scales_slot), name("present", scales_slot), value);
         }
         Ok((step_f32, past_f32))
+    }
+
+    /// Makes `value` the graph output `update` that the next step reads back as the input
+    /// `input`, appended along the cache's token axis.
+    fn declare_state(&mut self, state: &mut Vec<StateSlot>, input: String, update: String, value: ValueId) {
+        self.b.graph.outputs.push((update.clone(), value));
+        state.push(StateSlot { input, update, axis: KV_TOKEN_AXIS });
     }
 
     fn rope(&mut self, module: &str, x: ValueId, heads: u64, step: &StepInputs) -> Result<ValueId, ImportError> {

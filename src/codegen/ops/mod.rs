@@ -26,6 +26,7 @@ pub fn lower_node(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
         // Weight-only (`b_dequant`): skinny (M ≤ 16) / tiled GEMM with in-register dequantization.
         Op::QMatMul(q) if q.b_dequant.is_some() => wonly::lower(cx, node),
         Op::QMatMul(_) => qmatmul::lower(cx, node),
+        Op::SplitMatMul(_) => Err(cx.error(node, "no GEMM kernel takes N segments yet (`merge-sibling-gemms` is opt-in until one does)")),
         Op::Attention(_) => attention::lower(cx, node),
         Op::Cast | Op::Unary(_) | Op::Binary(_) => elementwise::lower(cx, node),
         Op::LayerNorm { .. } | Op::RmsNorm { .. } | Op::NormQuantize { .. } | Op::L2Normalize { .. } => norm::lower(cx, node),

@@ -55,8 +55,7 @@ pub struct RecipeArgs {
     /// Skip this pass (repeatable).
     #[arg(long)]
     pub disable_pass: Vec<String>,
-    /// Run this opt-in pass (repeatable; `merge-sibling-gemms`: interpreter and `--emit ir` only
-    /// until the GEMM kernels take segments).
+    /// Run this opt-in pass (repeatable): `merge-sibling-gemms` (Q/K/V as one GEMM).
     #[arg(long)]
     pub enable_pass: Vec<String>,
     /// Write the IR after this pass, or `all` (repeatable), into --dump-dir.

@@ -44,9 +44,9 @@
 //! weight, scales and zero points; the interpreter runs exactly that. Idempotent: the split is no
 //! `qmatmul`, and a group of one merges nothing. A changed graph is compacted.
 //!
-//! Interactions: runs after `fuse-epilogue` (whose epilogues and output quantizes it carries per
-//! segment) and before `cse`/`dce`. Plan compilation disables it until the GEMM templates take
-//! segments ([`crate::passes::pipeline::NEEDS_KERNELS`]); the interpreter and `--emit ir` see it.
+//! Interactions: runs after every fusion that shapes a `qmatmul` (epilogues, output quantizes) and
+//! before `cse`/`dce`. Opt-in ([`crate::passes::pipeline::OPT_IN`]) until its kernels
+//! (`codegen::ops::split`) have run on a GPU.
 
 use super::dce::{live_users, Users};
 use super::fold_constants::store;

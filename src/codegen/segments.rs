@@ -142,3 +142,41 @@ fn aliases(i: usize, s: &EpilogueSegment) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codegen::gemm::Store;
+    use crate::ir::DType;
+
+    fn segment(lo: u32, n: u32, bias: bool) -> EpilogueSegment {
+        let mut epilogue = Epilogue::bias_f16(0.5, bias);
+        if !bias {
+            epilogue.store = Store::E4M3 { scale: 0.25 };
+        }
+        EpilogueSegment { lo, n, epilogue }
+    }
+
+    /// Kernel inputs are each segment's own inputs renamed; scalars too, per segment, in order.
+    #[test]
+    fn segments_rename_inputs_and_scalars() {
+        let e = Epilogue::segmented(vec![segment(0, 128, true), segment(128, 64, false)]).expect("segmented");
+        let names: Vec<&str> = e.inputs.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["s0_bias"]);
+        let scalars: Vec<String> = e.scalars().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(scalars, ["s1_out_scale", "s1_out_rcp"]);
+        assert_eq!(e.outputs(), [("Y0".to_string(), DType::F16), ("Y1".to_string(), DType::F8E4M3)]);
+        e.validate().expect("valid");
+    }
+
+    /// Gaps, overlaps and a tile straddling two segments are errors.
+    #[test]
+    fn misplaced_segments_and_tiles_are_errors() {
+        let gap = Epilogue::segmented(vec![segment(0, 128, true), segment(192, 64, true)]).expect("built");
+        assert!(gap.validate().unwrap_err().contains("expected a non-empty multiple of 4 columns from 128"));
+        let ok = [segment(0, 192, true), segment(192, 64, true)];
+        assert!(check_tile(&ok, 64).is_ok());
+        assert!(check_tile(&ok, 128).unwrap_err().contains("straddles the segment [0, +192)"));
+        assert!(Epilogue::segmented(vec![segment(0, 64, true)]).is_err(), "one segment is no split");
+    }
+}

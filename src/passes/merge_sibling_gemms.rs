@@ -340,6 +340,36 @@ mod tests {
         assert_eq!(w.weight("L.{q,k,v}_proj.weight.f8e4m3").expect("concatenated").shape, [256, 16]);
     }
 
+    /// Random weights for every `weight` node of `g`, by type (for running the pass).
+    fn weights_of(g: &Graph) -> MemoryWeights {
+        let w = MemoryWeights::default();
+        for n in g.nodes.values() {
+            if let Op::Weight { name } = &n.op {
+                let ty = g.ty(n.outputs[0]);
+                let shape: Vec<usize> = ty.shape.iter().map(|d| d.fixed().unwrap_or(1) as usize).collect();
+                let len = shape.iter().product();
+                w.insert(name.clone(), Tensor::from_f32_as(ty.dtype, shape, (0..len).map(|i| (i % 7) as f32 * 0.25).collect()));
+            }
+        }
+        w
+    }
+
+    /// The split prints and parses back to the same graph (shared `b_dequant` and `b_scale`
+    /// references, per-segment epilogue operands and output quantizes).
+    #[test]
+    fn merged_graphs_round_trip_through_text() {
+        for name in
+            ["fp8_qkv_fp8_value", "f16_qkv_biases", "int8_per_channel_scales", "w4a16_groups_zero_points", "fp8_dynamic_shared_row_scales"]
+        {
+            let mut g = case(name);
+            let w = weights_of(&g);
+            assert!(MergeSiblingGemms::default().run(&mut g, &mut PassCx::new(&w)).expect("pass"), "{name}");
+            let text = crate::ir::print(&g);
+            let back = crate::ir::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
+            assert_eq!(back, g, "{name}");
+        }
+    }
+
     /// Names share their longest prefix and suffix outside the braces; equal names stay whole.
     #[test]
     fn brace_join_keeps_common_ends() {

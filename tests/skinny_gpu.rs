@@ -230,9 +230,12 @@ fn split_case(kind: &Kind, k: usize, m: usize, m_max: u64, template: &str) {
     for id in g.nodes.ids() {
         let v = g.nodes[id].outputs[0];
         match &g.nodes[id].op {
-            Op::Weight { name } => drop(ptrs.insert(v, gpu.upload(&bytes::encode(&w[name])))),
+            Op::Weight { name } => {
+                ptrs.insert(v, gpu.upload(&bytes::encode(&w[name])));
+            }
             Op::Input { name } => {
-                drop(ptrs.insert(v, gpu.upload(&bytes::encode(&inputs.iter().find(|(i, _)| i == name).expect("input").1))))
+                let t = &inputs.iter().find(|(i, _)| i == name).expect("input").1;
+                ptrs.insert(v, gpu.upload(&bytes::encode(t)));
             }
             _ => {}
         }

@@ -302,7 +302,8 @@ pub fn brace_join(names: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::passes::MemoryWeights;
+    use crate::interp::WeightSource;
+    use crate::passes::{MemoryWeights, Weights};
 
     fn case(name: &str) -> Graph {
         let path = format!("{}/tests/ir/merge-sibling-gemms/{name}.ir", env!("CARGO_MANIFEST_DIR"));

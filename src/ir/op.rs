@@ -182,9 +182,9 @@ impl SplitMatMul {
         self.prefix() + self.segments.iter().map(|s| epilogue_operands(&s.mm)).sum::<usize>()
     }
 
-    /// Total output features: `Σ n`.
+    /// Total output features: `Σ n` (saturating: a hostile text cannot overflow it).
     pub fn total_n(&self) -> u64 {
-        self.segments.iter().map(|s| s.n).sum()
+        self.segments.iter().fold(0, |t, s| t.saturating_add(s.n))
     }
 
     /// `(first row, rows, first epilogue operand, epilogue operands)` of each segment.
@@ -194,7 +194,7 @@ impl SplitMatMul {
         for s in &self.segments {
             let k = epilogue_operands(&s.mm);
             out.push((row, s.n, operand, k));
-            row += s.n;
+            row = row.saturating_add(s.n);
             operand += k;
         }
         out

@@ -184,12 +184,12 @@ impl SplitMatMul {
 
     /// Total output features: `Σ n` (saturating: a hostile text cannot overflow it).
     pub fn total_n(&self) -> u64 {
-        self.segments.iter().fold(0, |t, s| t.saturating_add(s.n))
+        self.segments.iter().fold(0u64, |t, s| t.saturating_add(s.n))
     }
 
     /// `(first row, rows, first epilogue operand, epilogue operands)` of each segment.
     pub fn layout(&self) -> Vec<(u64, u64, usize, usize)> {
-        let (mut row, mut operand) = (0, self.prefix());
+        let (mut row, mut operand) = (0u64, self.prefix());
         let mut out = Vec::with_capacity(self.segments.len());
         for s in &self.segments {
             let k = epilogue_operands(&s.mm);

@@ -120,6 +120,39 @@ fn fused_rope_changes_no_logit() {
     }
 }
 
+/// `merge-sibling-gemms` keeps every number: on the synthetic Llama and Qwen2 (q/k/v biases), each
+/// layer's Q/K/V projections become one `qmatmul_split` (the gate/up pair never: the gate's
+/// epilogue reads up's result) and a prefill and decode steps give the same logits, bit for bit,
+/// for fp16, fp8 with an FP8 KV cache, int8-sq and w4a16. The synthetic models' K/V width is 32,
+/// off the GEMM's 64-column tile, so the pass runs with a 16-row tile here: the interpreter's
+/// segments take any boundary.
+#[test]
+fn merged_sibling_gemms_change_no_logit() {
+    use qfuse::passes::{merge_sibling_gemms::MergeSiblingGemms, Pass, PassCx};
+    let splits = |g: &qfuse::ir::Graph| g.nodes.iter().filter(|(_, n)| matches!(n.op, Op::SplitMatMul(_))).count();
+    for folder in ["llama-f32", "qwen2-f32"] {
+        let Some(dir) = common::synthetic(folder) else { return };
+        let opts = DecoderOptions { max_batch: 1, max_seq: Some(64), ..Default::default() };
+        let mut model = decoder::load(&dir, &opts).expect("import");
+        for (name, kv) in [("fp16", None), ("int8-sq", None), ("w4a16-rtn", None), ("fp8", Some(DType::F8E4M3))] {
+            if let Some(storage) = kv {
+                let texts = qfuse::quant::calib::default_decoder_calibration();
+                decoder::set_kv_cache(&mut model, storage, &texts, true).expect("kv cache");
+            }
+            let recipe = decoder::decoder_recipe(Recipe::named(name, quant::calib::CalibMethod::Max).expect("recipe"));
+            let q = quant::quantize(&model, &recipe, &calib(), &PassOptions::default()).expect("quantize");
+            let mut merged = q.fused.clone();
+            let mut cx = PassCx::new(&model.weights);
+            assert!(MergeSiblingGemms { tile_n: 16 }.run(&mut merged, &mut cx).expect("pass"), "{folder} {name}: fires");
+            qfuse::ir::verify(&merged, name).expect("merged graph verifies");
+            assert_eq!((splits(&merged), splits(&q.fused)), (2, 0), "{folder} {name}: one split per layer");
+            let (a, b) = (logits(&merged, &model), logits(&q.fused, &model));
+            let differ = a.iter().zip(&b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+            assert_eq!((a.len(), differ), (b.len(), 0), "{folder} {name}: {differ} logits changed");
+        }
+    }
+}
+
 /// `--kv-cache nvfp4`: the cache is E2M1 code state plus E4M3 block-scale state (one scale per 16
 /// elements of D), each layer's K and V have a calibrated power-of-two global scale, logits stay
 /// close to FP32 over prefill and decode steps, and `fuse-kv-cache` (attention reading the codes

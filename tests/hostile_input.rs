@@ -58,6 +58,36 @@ fn qfuse_inspect_exits_1_on_a_deep_plan() {
     assert!(stderr.contains("nested deeper"), "{stderr}");
 }
 
+/// Malformed `qmatmul_split` texts (no segment, one segment, widths overflowing u64, widths not
+/// matching the weight) are errors, never panics.
+#[test]
+fn malformed_qmatmul_splits_are_errors() {
+    let split = |segments: &str, rows: u64| {
+        format!(
+            "graph \"g\" {{\n  %0 = input \"x\" : f16[2,16]\n  %1 = weight @w : f16[{rows},16]\n  %2, %3 = qmatmul_split %0, %1 {{transpose_b, segments=[{segments}]}} : f16[2,64], f16[2,64]\n  return \"y\" = %2\n}}"
+        )
+    };
+    let seg = |n: &str| format!("seg(n={n},alpha=1.0,acc=f16)");
+    let huge = "9223372036854775807";
+    for (segments, rows) in [
+        (String::new(), 128),
+        (seg("64"), 64),
+        (format!("{},{},{}", seg(huge), seg(huge), seg(huge)), 128),
+        (format!("{},{}", seg("64"), seg("32")), 128),
+        (format!("{},{}", seg("-1"), seg("64")), 128),
+    ] {
+        let text = split(&segments, rows);
+        assert!(parse_and_verify(&text).is_err(), "accepted:\n{text}");
+    }
+    let good = split(&format!("{},{}", seg("64"), seg("64")), 128);
+    parse_and_verify(&good).unwrap_or_else(|e| panic!("the well-formed split is valid: {e}"));
+}
+
+fn parse_and_verify(text: &str) -> Result<(), String> {
+    let g = qfuse::ir::parse(text).map_err(|e| e.to_string())?;
+    qfuse::ir::verify(&g, "hostile").map_err(|e| format!("{e:?}"))
+}
+
 #[test]
 fn a_megabyte_of_brackets_is_an_ir_parse_error() {
     let brackets = "[".repeat(1 << 20);

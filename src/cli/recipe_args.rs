@@ -55,6 +55,9 @@ pub struct RecipeArgs {
     /// Skip this pass (repeatable).
     #[arg(long)]
     pub disable_pass: Vec<String>,
+    /// Run this opt-in pass (repeatable): `merge-sibling-gemms` (Q/K/V as one GEMM).
+    #[arg(long)]
+    pub enable_pass: Vec<String>,
     /// Write the IR after this pass, or `all` (repeatable), into --dump-dir.
     #[arg(long)]
     pub dump_ir_after: Vec<String>,
@@ -144,7 +147,13 @@ impl RecipeArgs {
     /// Pass manager settings.
     pub fn pass_options(&self) -> PassOptions {
         let dump_dir = (!self.dump_ir_after.is_empty()).then(|| self.dump_dir.clone());
-        PassOptions { disable: self.disable_pass.clone(), dump_after: self.dump_ir_after.clone(), dump_dir, verify: true }
+        PassOptions {
+            disable: self.disable_pass.clone(),
+            enable: self.enable_pass.clone(),
+            dump_after: self.dump_ir_after.clone(),
+            dump_dir,
+            verify: true,
+        }
     }
 }
 

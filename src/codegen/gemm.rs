@@ -544,6 +544,11 @@ pub struct Epilogue {
     pub value: Expr,
     /// How it is stored.
     pub store: Store,
+    /// With two or more entries the kernel is a segmented GEMM (`qmatmul_split`): column range
+    /// `i` has its own epilogue and result `Y<i>`, and `inputs` are the kernel's epilogue pointers
+    /// (shared ones, then each segment's renamed); `value` and `store` are unused
+    /// ([`super::segments`]).
+    pub segments: Vec<super::segments::EpilogueSegment>,
 }
 
 /// Names the template uses itself, unavailable to epilogue inputs.
@@ -559,7 +564,15 @@ impl Epilogue {
             value = value.add(b.value()).round(DType::F16);
             inputs.push(b);
         }
-        Epilogue { inputs, value, store: Store::Float(DType::F16) }
+        Epilogue { inputs, value, store: Store::Float(DType::F16), segments: vec![] }
+    }
+
+    /// The kernel's result parameters and their dtypes: `Y`, or `Y0, Y1, …` per segment.
+    pub fn outputs(&self) -> Vec<(String, DType)> {
+        if self.segments.is_empty() {
+            return vec![("Y".into(), self.store.dtype())];
+        }
+        self.segments.iter().enumerate().map(|(i, s)| (format!("Y{i}"), s.epilogue.store.dtype())).collect()
     }
 
     /// The per-launch `f32` values, in kernel-parameter order (after `M`): the value's
@@ -567,6 +580,9 @@ impl Epilogue {
     /// (RN(1 / scale), which the store multiplies by). Passed at launch as `Scalar::F32`, so
     /// GEMMs that differ only in these values share one kernel.
     pub fn scalars(&self) -> Vec<(String, f32)> {
+        if !self.segments.is_empty() {
+            return super::segments::scalars(&self.segments);
+        }
         let mut out = self.value.params();
         if let Store::E4M3 { scale } | Store::I8 { scale } = self.store {
             out.extend([("out_scale".to_string(), scale), ("out_rcp".to_string(), 1.0 / scale)]);
@@ -576,6 +592,9 @@ impl Epilogue {
 
     /// Checks names, dtypes and that the value reads exactly `acc` and the inputs.
     pub fn validate(&self) -> Result<(), String> {
+        if !self.segments.is_empty() {
+            return super::segments::validate(self);
+        }
         let ident = |s: &str| {
             s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -645,7 +664,7 @@ pub fn kernel_params(epi: &Epilogue) -> Vec<ParamMeta> {
     let ptr = |name: &str| ParamMeta { name: name.into(), ty: ParamType::Ptr };
     let mut out = vec![ptr("A"), ptr("B")];
     out.extend(epi.inputs.iter().map(|i| ptr(&i.name)));
-    out.push(ptr("Y"));
+    out.extend(epi.outputs().iter().map(|(y, _)| ptr(y)));
     out.push(ParamMeta { name: "M".into(), ty: ParamType::I32 });
     out.extend(scalar_params(epi));
     out
@@ -661,7 +680,7 @@ pub fn scalar_args(epi: &Epilogue) -> Vec<Arg> {
     epi.scalars().into_iter().map(|(_, v)| Arg::Scalar(Scalar::F32(v))).collect()
 }
 
-fn c_type(dtype: DType) -> &'static str {
+pub(crate) fn c_type(dtype: DType) -> &'static str {
     match dtype {
         DType::F32 => "float",
         DType::F8E4M3 | DType::F8E5M2 => "uint8_t",
@@ -670,7 +689,7 @@ fn c_type(dtype: DType) -> &'static str {
     }
 }
 
-fn load_suffix(dtype: DType) -> &'static str {
+pub(crate) fn load_suffix(dtype: DType) -> &'static str {
     match dtype {
         DType::F32 => "f32",
         DType::BF16 => "bf16",
@@ -719,7 +738,7 @@ pub fn render(spec: &GemmSpec, epi: &Epilogue, m: DimExpr) -> Result<KernelDef, 
 /// [`kernel_params`] order.
 pub(crate) fn epilogue_params(epi: &Epilogue) -> Vec<String> {
     let mut params: Vec<String> = epi.inputs.iter().map(|inp| format!("const {}* __restrict__ {}", c_type(inp.dtype), inp.name)).collect();
-    params.push(format!("{}* __restrict__ Y", c_type(epi.store.dtype())));
+    params.extend(epi.outputs().into_iter().map(|(y, d)| format!("{}* __restrict__ {y}", c_type(d))));
     params.push("int M".into());
     params.extend(epi.scalars().into_iter().map(|(name, _)| format!("float {name}")));
     params
@@ -730,6 +749,15 @@ pub(crate) fn epilogue_params(epi: &Epilogue) -> Vec<String> {
 /// inserted in the kernel body after the f32 tile is staged) that every GEMM template takes. The
 /// epilogue must be valid ([`Epilogue::validate`]).
 pub(crate) fn epilogue_values(epi: &Epilogue) -> Result<[(&'static str, String); 2], GemmError> {
+    let store_tile = match epi.segments.is_empty() {
+        true => store_tile(epi)?,
+        false => super::segments::store_chain(epi)?,
+    };
+    Ok([("epilogue", EPILOGUE_HELPERS.to_string()), ("store_tile", store_tile)])
+}
+
+/// Stage 2 of `gemm_store_tile.cuh` specialised for the unsegmented `epi`.
+pub(crate) fn store_tile(epi: &Epilogue) -> Result<String, TemplateError> {
     let (mut decls, mut loads, mut elems) = (Vec::new(), Vec::new(), Vec::new());
     for inp in &epi.inputs {
         let (kind, offset) = match inp.index {
@@ -749,14 +777,13 @@ pub(crate) fn epilogue_values(epi: &Epilogue) -> Result<[(&'static str, String);
         Store::E4M3 { .. } => "qf_st4_e4m3(Y + mn, y, out_scale, out_rcp)".to_string(),
         Store::I8 { .. } => "qf_st4_i8(Y + mn, y, out_scale, out_rcp)".to_string(),
     };
-    let store_tile = STORE_TILE.render(&[
+    STORE_TILE.render(&[
         ("declare_inputs", decls.join("\n")),
         ("load_inputs", loads.join("\n")),
         ("element_inputs", elems.join("\n")),
         ("value", epi.value.to_cuda()),
         ("store", store),
-    ])?;
-    Ok([("epilogue", EPILOGUE_HELPERS.to_string()), ("store_tile", store_tile)])
+    ])
 }
 
 #[cfg(test)]
@@ -857,9 +884,9 @@ mod tests {
         let mut e = Epilogue::bias_f16(1.0, false);
         e.inputs.push(EpilogueInput { name: "r".into(), dtype: DType::F16, index: Index::Full });
         assert!(matches!(render(&spec, &e, m()), Err(GemmError::Epilogue(r)) if r.contains("never read")));
-        let e = Epilogue { inputs: vec![], value: Expr::var("x"), store: Store::Float(DType::F16) };
+        let e = Epilogue { inputs: vec![], value: Expr::var("x"), store: Store::Float(DType::F16), segments: vec![] };
         assert!(matches!(render(&spec, &e, m()), Err(GemmError::Epilogue(r)) if r.contains("neither")));
-        let e = Epilogue { inputs: vec![], value: Expr::var("acc"), store: Store::E4M3 { scale: 0.0 } };
+        let e = Epilogue { inputs: vec![], value: Expr::var("acc"), store: Store::E4M3 { scale: 0.0 }, segments: vec![] };
         assert!(matches!(render(&spec, &e, m()), Err(GemmError::Epilogue(r)) if r.contains("positive normal")));
     }
 }

@@ -17,6 +17,7 @@ pub mod memory;
 pub mod nvrtc;
 pub mod ops;
 pub mod sample;
+pub mod segments;
 pub mod template;
 
 use template::Template;

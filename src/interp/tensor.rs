@@ -124,6 +124,40 @@ impl Tensor {
     pub fn rank(&self) -> usize {
         self.shape.len()
     }
+
+    /// Rows `[start, start + count)` along axis 0 (a rank-0 tensor has no rows).
+    pub fn rows(&self, start: usize, count: usize) -> Result<Tensor, String> {
+        let Some((&extent, rest)) = self.shape.split_first() else { return Err("a scalar has no rows".into()) };
+        if start.checked_add(count).is_none_or(|end| end > extent) {
+            return Err(format!("rows {start}..{} are out of range for {extent} rows", start.saturating_add(count)));
+        }
+        let row = shape_numel(rest).ok_or("row size overflows")?;
+        let range = start * row..(start + count) * row;
+        let data = match &self.data {
+            TensorData::F32(v) => TensorData::F32(v.get(range).ok_or("data shorter than the shape")?.to_vec()),
+            TensorData::I64(v) => TensorData::I64(v.get(range).ok_or("data shorter than the shape")?.to_vec()),
+        };
+        let shape = std::iter::once(count).chain(rest.iter().copied()).collect();
+        Ok(Tensor { dtype: self.dtype, shape, data })
+    }
+
+    /// The concatenation of `parts` along axis 0: one dtype, equal extents after axis 0.
+    pub fn concat_rows(parts: &[&Tensor]) -> Result<Tensor, String> {
+        let first = parts.first().ok_or("nothing to concatenate")?;
+        let fits = |t: &&Tensor| t.dtype == first.dtype && t.rank() >= 1 && t.shape[1..] == first.shape[1..];
+        if first.rank() == 0 || !parts.iter().all(fits) {
+            return Err("concatenated tensors differ in dtype or in extents after axis 0".into());
+        }
+        let data = match &first.data {
+            TensorData::F32(_) => TensorData::F32(parts.iter().flat_map(|t| t.as_f32().unwrap_or_default().iter().copied()).collect()),
+            TensorData::I64(_) => TensorData::I64(parts.iter().flat_map(|t| t.as_i64().unwrap_or_default().iter().copied()).collect()),
+        };
+        let mut shape = first.shape.clone();
+        shape[0] = parts.iter().map(|t| t.shape[0]).sum();
+        let t = Tensor { dtype: first.dtype, shape, data };
+        t.check()?;
+        Ok(t)
+    }
 }
 
 /// Product of the extents, `None` on overflow.

@@ -5,7 +5,8 @@
 
 use super::{
     Attention, AttentionFp8, AttnRope, BinaryOp, CausalAttention, DType, EmbedLayerNorm, EpilogueOp, EpilogueStep, Granularity, KvCodes,
-    NormKind, Op, QMatMul, QuantSpec, ReduceOp, Rope, RopeLlama3, RopePairs, ScaleSource, UnaryOp, ValueId, ZeroPoint,
+    NormKind, Op, QMatMul, QuantSpec, ReduceOp, Rope, RopeLlama3, RopePairs, ScaleSource, Segment, SplitMatMul, UnaryOp, ValueId,
+    ZeroPoint,
 };
 use crate::numerics::E8M0Rounding;
 
@@ -96,6 +97,7 @@ pub fn encode(op: &Op, extra: &[ValueId]) -> Vec<Attr> {
             v
         }
         Op::QMatMul(q) => encode_qmatmul(q, extra),
+        Op::SplitMatMul(s) => encode_split(s, extra),
         Op::Attention(a) => encode_attention(a, extra),
         Op::Rope(r) => encode_rope(r),
         Op::CausalAttention(a) => {
@@ -126,7 +128,7 @@ pub fn encode(op: &Op, extra: &[ValueId]) -> Vec<Attr> {
 /// How many inputs print as positional operands; the rest appear as `%v` inside attributes.
 pub fn positional_arity(op: &Op) -> usize {
     match op {
-        Op::QMatMul(_) => 2,
+        Op::QMatMul(_) | Op::SplitMatMul(_) => 2,
         Op::Attention(_) => 3,
         other => super::infer::arity(other) - other.quant_spec().map_or(0, |q| q.extra_inputs()),
     }
@@ -491,6 +493,7 @@ pub fn decode(mnemonic: &str, attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), Stri
             return Ok((Op::NormQuantize { kind, eps: eps()?, via: dtype_attr(attrs, "via")?, quant, keep_normed }, refs));
         }
         "qmatmul" => return decode_qmatmul(attrs),
+        "qmatmul_split" => return decode_split(attrs),
         "rope" => Op::Rope(decode_rope(attrs)?),
         "causal_attention" => Op::CausalAttention(CausalAttention {
             heads: u32_attr(attrs, "heads")?,
@@ -613,7 +616,48 @@ fn dtype_attr(attrs: &[Attr], key: &str) -> Result<DType, String> {
     }
 }
 
-fn decode_qmatmul(attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), String> {
+/// `qmatmul_split`'s attributes: the shared `transpose_b`, `b_dequant(…)`, `a_scale=%v`,
+/// `b_scale=%v`, then `segments=[seg(n=…, alpha=…, acc=…[, epilogue=[…]][, out=…, out_scale=…]), …]`.
+fn encode_split(s: &SplitMatMul, extra: &[ValueId]) -> Vec<Attr> {
+    let Some(first) = s.first() else { return vec![] };
+    let shared = QMatMul { alpha: 1.0, epilogue: vec![], output: None, ..first.clone() };
+    let prefix = s.prefix().saturating_sub(2).min(extra.len());
+    let v: Vec<Attr> = encode_qmatmul(&shared, &extra[..prefix]);
+    let mut v: Vec<Attr> = v.into_iter().filter(|a| !matches!(a.key.as_deref(), Some("alpha" | "acc"))).collect();
+    let segments = s.layout().into_iter().zip(&s.segments).map(|((_, n, operand, count), seg)| {
+        let own = QMatMul { transpose_b: false, a_scale: false, b_scale: false, b_dequant: None, ..seg.mm.clone() };
+        let refs = extra.get(operand - 2..operand - 2 + count).unwrap_or_default();
+        let mut args = vec![AttrValue::Keyed("n".into(), Box::new(AttrValue::Num(n.to_string())))];
+        args.extend(encode_qmatmul(&own, refs).into_iter().filter_map(|a| Some(AttrValue::Keyed(a.key?, Box::new(a.value)))));
+        AttrValue::Call("seg".into(), args)
+    });
+    v.push(kv("segments", AttrValue::List(segments.collect())));
+    v
+}
+
+fn decode_split(attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), String> {
+    let (b_dequant, mut refs, a_scale, b_scale) = decode_gemm_operands(attrs)?;
+    let Some(AttrValue::List(items)) = get(attrs, "segments") else { return Err("`segments` must be a list of seg(...)".into()) };
+    let mut segments = vec![];
+    for item in items {
+        let AttrValue::Call(name, args) = item else { return Err(format!("segments hold seg(...) items, got {item:?}")) };
+        let inner = keyed_args(args, name)?;
+        let n = u64::try_from(as_int(required(&inner, "n")?)?).map_err(|_| "a segment's n must be ≥ 0".to_string())?;
+        let (op, seg_refs) = decode_qmatmul(&inner)?;
+        let Op::QMatMul(q) = op else { return Err("internal: seg(...) is not a qmatmul".into()) };
+        refs.extend(seg_refs);
+        segments.push(Segment {
+            n,
+            mm: QMatMul { transpose_b: has_flag(attrs, "transpose_b"), a_scale, b_scale, b_dequant: b_dequant.clone(), ..q },
+        });
+    }
+    Ok((Op::SplitMatMul(SplitMatMul { segments }), refs))
+}
+
+/// The weight-side attributes a `qmatmul` and a `qmatmul_split` share: `b_dequant(…)`, then
+/// `a_scale=%v`, `b_scale=%v`, with the value references they name in operand order.
+#[allow(clippy::type_complexity)]
+fn decode_gemm_operands(attrs: &[Attr]) -> Result<(Option<QuantSpec>, Vec<ValueId>, bool, bool), String> {
     let (b_dequant, mut refs) = match decode_b_dequant(attrs)? {
         Some((spec, refs)) => (Some(spec), refs),
         None => (None, vec![]),
@@ -630,6 +674,11 @@ fn decode_qmatmul(attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), String> {
     };
     let a_scale = take_ref("a_scale")?;
     let b_scale = take_ref("b_scale")?;
+    Ok((b_dequant, refs, a_scale, b_scale))
+}
+
+fn decode_qmatmul(attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), String> {
+    let (b_dequant, mut refs, a_scale, b_scale) = decode_gemm_operands(attrs)?;
     let mut epilogue = vec![];
     if let Some(list) = get(attrs, "epilogue") {
         let AttrValue::List(items) = list else { return Err("`epilogue` must be a list".into()) };

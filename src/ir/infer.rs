@@ -59,6 +59,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType], declared: &[TensorType]) -> InferR
         Op::Requantize { via, to, .. } => requantize(inputs[0], *via, to).map(|t| vec![t]),
         Op::NormQuantize { kind, via, quant, keep_normed, .. } => norm_quantize(*kind, *via, quant, *keep_normed, inputs),
         Op::QMatMul(q) => qmatmul(q, inputs).map(|t| vec![t]),
+        Op::SplitMatMul(s) => super::split_types::split_matmul(s, inputs),
         Op::Attention(a) => attention(a, inputs).map(|t| vec![t]),
         Op::EmbedLayerNorm(e) => embed_layernorm(e, inputs),
         Op::Rope(r) => super::decoder_types::rope(r, inputs).map(|t| vec![t]),
@@ -78,6 +79,7 @@ pub fn arity(op: &Op) -> usize {
         Op::Requantize { .. } => 1,
         Op::NormQuantize { kind, quant, .. } => norm_params(*kind) + 1 + quant.extra_inputs(),
         Op::QMatMul(q) => q.arity(),
+        Op::SplitMatMul(s) => s.arity(),
         Op::Attention(a) => a.arity(),
         Op::EmbedLayerNorm(e) => e.arity(),
         Op::Rope(_) => 2,
@@ -386,7 +388,7 @@ fn gemm_family(dtype: DType) -> Option<GemmFamily> {
     }
 }
 
-fn qmatmul(q: &QMatMul, inputs: &[&TensorType]) -> Result<TensorType, String> {
+pub(super) fn qmatmul(q: &QMatMul, inputs: &[&TensorType]) -> Result<TensorType, String> {
     let a = inputs[0];
     let n_dequant = q.b_dequant.as_ref().map_or(0, QuantSpec::extra_inputs);
     let dequantized;

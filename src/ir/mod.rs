@@ -16,6 +16,7 @@ pub mod order;
 pub mod parse;
 pub mod print;
 mod quant;
+pub mod split_types;
 mod types;
 pub mod verify;
 
@@ -25,8 +26,8 @@ pub use dtype::DType;
 pub use graph::{Graph, Node, StateSlot, ValueInfo};
 pub use id::{IdVec, NodeId, SymId, ValueId};
 pub use op::{
-    Attention, AttentionFp8, AttnRope, BinaryOp, CausalAttention, EmbedLayerNorm, EpilogueOp, EpilogueStep, KvCodes, NormKind, Op, QMatMul,
-    ReduceOp, Rope, RopeLlama3, RopePairs, UnaryOp, KV_NVFP4_BLOCK,
+    epilogue_operands, Attention, AttentionFp8, AttnRope, BinaryOp, CausalAttention, EmbedLayerNorm, EpilogueOp, EpilogueStep, KvCodes,
+    NormKind, Op, QMatMul, ReduceOp, Rope, RopeLlama3, RopePairs, Segment, SplitMatMul, UnaryOp, KV_NVFP4_BLOCK,
 };
 pub use parse::{parse, ParseError};
 pub use print::print;

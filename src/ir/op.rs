@@ -141,6 +141,71 @@ impl QMatMul {
     }
 }
 
+/// Payload of sibling `qmatmul`s over one `a` computed as one GEMM (`merge-sibling-gemms`): `b`
+/// is the row concatenation of the siblings' `[N_i, K]` weights, and so are the weight-side
+/// operands (`b_dequant`'s scale and zero point, `b_scale`); segment `i` covers rows
+/// `[Σ_{j<i} N_j, Σ_{j≤i} N_j)` and computes exactly the `qmatmul` of its payload on `a` and those
+/// rows, producing result `i`.
+///
+/// Operands: `a, b [, b_dequant scale] [, b_dequant zero] [, a_scale] [, b_scale]`, then each
+/// segment's epilogue operands, segment by segment. Every segment shares `transpose_b` (true),
+/// `a_scale`, `b_scale` and `b_dequant` (checked by the type rule); `alpha`, `acc_dtype`, the
+/// epilogue and the output quantize are its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SplitMatMul {
+    /// The segments, in weight-row order (at least two).
+    pub segments: Vec<Segment>,
+}
+
+/// One segment of a [`SplitMatMul`]: `n` weight rows and the `qmatmul` they compute.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Segment {
+    /// Output features N of this segment (its rows of `b`).
+    pub n: u64,
+    /// The product this segment computes; its shared fields equal every other segment's.
+    pub mm: QMatMul,
+}
+
+impl SplitMatMul {
+    /// The shared part of the payload: the first segment's product.
+    pub fn first(&self) -> Option<&QMatMul> {
+        self.segments.first().map(|s| &s.mm)
+    }
+
+    /// Operands before the epilogue operands: `a`, `b`, `b_dequant`'s, `a_scale`, `b_scale`.
+    pub fn prefix(&self) -> usize {
+        self.first().map_or(2, |q| q.arity() - epilogue_operands(q))
+    }
+
+    /// Number of inputs: the prefix, then every segment's epilogue operands.
+    pub fn arity(&self) -> usize {
+        self.prefix() + self.segments.iter().map(|s| epilogue_operands(&s.mm)).sum::<usize>()
+    }
+
+    /// Total output features: `Σ n` (saturating: a hostile text cannot overflow it).
+    pub fn total_n(&self) -> u64 {
+        self.segments.iter().fold(0u64, |t, s| t.saturating_add(s.n))
+    }
+
+    /// `(first row, rows, first epilogue operand, epilogue operands)` of each segment.
+    pub fn layout(&self) -> Vec<(u64, u64, usize, usize)> {
+        let (mut row, mut operand) = (0u64, self.prefix());
+        let mut out = Vec::with_capacity(self.segments.len());
+        for s in &self.segments {
+            let k = epilogue_operands(&s.mm);
+            out.push((row, s.n, operand, k));
+            row = row.saturating_add(s.n);
+            operand += k;
+        }
+        out
+    }
+}
+
+/// How many epilogue steps of `q` read an operand.
+pub fn epilogue_operands(q: &QMatMul) -> usize {
+    q.epilogue.iter().filter(|s| s.op.takes_operand()).count()
+}
+
 /// Payload of a fused multi-head attention.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Attention {
@@ -470,6 +535,9 @@ pub enum Op {
     /// for 8-bit integer operands (integer products summed as `mma.sync … s32` does, then rounded to
     /// f32 once, RNE, before the scales) and accumulated in f32 otherwise.
     QMatMul(QMatMul),
+    /// `a, b [, …] → y_1, …, y_n`: sibling `qmatmul`s over one `a` as one GEMM over their
+    /// concatenated weights; see [`SplitMatMul`].
+    SplitMatMul(SplitMatMul),
     /// `q, k, v [, mask_bias] → o`: multi-head attention over `[B, S, H·D]` operands of one
     /// f16/bf16 dtype T, rounding to T where the unfused graph does: scores, scaled scores,
     /// masked scores, softmax, context; then the optional output quantize.
@@ -536,6 +604,7 @@ impl Op {
             Op::NormQuantize { kind: NormKind::LayerNorm, .. } => "layernorm_quantize",
             Op::NormQuantize { kind: NormKind::RmsNorm, .. } => "rmsnorm_quantize",
             Op::QMatMul(_) => "qmatmul",
+            Op::SplitMatMul(_) => "qmatmul_split",
             Op::Attention(_) => "attention",
             Op::EmbedLayerNorm(_) => "embed_layernorm",
             Op::Rope(_) => "rope",

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 pub struct PassOptions {
     /// Pass names to skip.
     pub disable: Vec<String>,
+    /// Opt-in passes to run ([`super::pipeline::OPT_IN`]); the others run unless disabled.
+    pub enable: Vec<String>,
     /// Write the IR after these passes (`all` for every pass) ...
     pub dump_after: Vec<String>,
     /// ... into this folder, as `NN-<pass>.ir`.
@@ -27,7 +29,7 @@ impl PassManager {
     /// A manager over `passes`; fails if an option names an unknown pass.
     pub fn new(passes: Vec<Box<dyn Pass>>, options: PassOptions) -> Result<Self, PassError> {
         let known: Vec<&str> = passes.iter().map(|p| p.name()).collect();
-        let named = options.disable.iter().chain(options.dump_after.iter().filter(|n| *n != "all"));
+        let named = options.disable.iter().chain(&options.enable).chain(options.dump_after.iter().filter(|n| *n != "all"));
         if let Some(bad) = named.into_iter().find(|n| !known.contains(&n.as_str())) {
             return Err(PassError::UnknownPass { name: bad.clone(), known: known.join(", ") });
         }
@@ -44,7 +46,7 @@ impl PassManager {
         let mut changed = vec![];
         for (i, pass) in self.passes.iter().enumerate() {
             let name = pass.name();
-            if self.options.disable.iter().any(|d| d == name) {
+            if !self.enabled(name) {
                 tracing::info!(pass = name, "disabled");
                 continue;
             }
@@ -61,6 +63,12 @@ impl PassManager {
             self.dump(i, name, g)?;
         }
         Ok(changed)
+    }
+
+    /// False for a disabled pass and for an opt-in pass not enabled.
+    fn enabled(&self, name: &str) -> bool {
+        let opted_out = super::pipeline::OPT_IN.contains(&name) && !self.options.enable.iter().any(|e| e == name);
+        !opted_out && !self.options.disable.iter().any(|d| d == name)
     }
 
     fn dump(&self, index: usize, name: &str, g: &Graph) -> Result<(), PassError> {

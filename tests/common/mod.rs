@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod kernels;
 pub mod skinny;
+pub mod split;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -11,6 +11,7 @@ pub mod quantize;
 pub mod reduce;
 pub mod shape;
 pub mod skinny;
+pub mod split;
 pub mod wonly;
 
 use super::kernel::{LowerCx, LowerError, Lowered};
@@ -26,6 +27,8 @@ pub fn lower_node(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
         // Weight-only (`b_dequant`): skinny (M ≤ 16) / tiled GEMM with in-register dequantization.
         Op::QMatMul(q) if q.b_dequant.is_some() => wonly::lower(cx, node),
         Op::QMatMul(_) => qmatmul::lower(cx, node),
+        // Q/K/V as one GEMM over concatenated weights, one epilogue per output segment.
+        Op::SplitMatMul(_) => split::lower(cx, node),
         Op::Attention(_) => attention::lower(cx, node),
         Op::Cast | Op::Unary(_) | Op::Binary(_) => elementwise::lower(cx, node),
         Op::LayerNorm { .. } | Op::RmsNorm { .. } | Op::NormQuantize { .. } | Op::L2Normalize { .. } => norm::lower(cx, node),

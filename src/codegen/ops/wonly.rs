@@ -250,7 +250,7 @@ pub fn kernel_params(dq: &Dequant, epi: &Epilogue) -> Vec<ParamMeta> {
     let ptr = |name: &str| ParamMeta { name: name.into(), ty: ParamType::Ptr };
     let mut out: Vec<ParamMeta> = names.into_iter().map(ptr).collect();
     out.extend(epi.inputs.iter().map(|i| ptr(&i.name)));
-    out.push(ptr("Y"));
+    out.extend(epi.outputs().iter().map(|(y, _)| ptr(y)));
     out.push(ParamMeta { name: "M".into(), ty: ParamType::I32 });
     out.extend(gemm::scalar_params(epi));
     out

@@ -10,6 +10,7 @@ mod norm;
 mod quant;
 mod reduce;
 mod shape;
+mod split;
 
 pub use decoder::inverse_frequencies;
 pub(crate) use fused::score_flip_window;
@@ -89,6 +90,7 @@ fn eval(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], num: Numerics) -> Res
             return fused::norm_quantize(*kind, *eps, *via, quant, *keep_normed, args, outs)
         }
         Op::QMatMul(q) => return fused::qmatmul(q, args, outs, num),
+        Op::SplitMatMul(s) => return split::split_matmul(s, args.collect(), outs, num),
         Op::Attention(a) => return fused::attention(a, args, outs, num),
         Op::EmbedLayerNorm(e) => return fused::embed_layernorm(e, args, outs),
         Op::CausalAttention(a) => return decoder::causal_attention(a, args.collect(), outs),

@@ -100,6 +100,15 @@ fn ulp(x: f32, dtype: DType) -> f32 {
 fn case(kind: &Kind, (n, k): (usize, usize), m: usize) {
     let g = graph(kind, (n as u64, k as u64), 16);
     let w = weights(&g, kind, k);
+    let inputs = activations(kind, m, k);
+    let want = interp::run(&g, &w, &inputs).expect("interpreter")[0].1.to_f32_vec();
+    let got = run_on_gpu(kind, &g, &w, &inputs, m, "gemm_skinny");
+    compare(kind, &got[0].1, &want, (m, n));
+}
+
+/// The graph's inputs at `m` rows: `x` (`m × k` values spanning `kind.act`'s codes) and, for
+/// dynamic kinds, its per-row scales.
+fn activations(kind: &Kind, m: usize, k: usize) -> Vec<(&'static str, Tensor)> {
     let act_scale = code_range(kind.act);
     let x = Tensor::from_f32_as(kind.act, vec![m, k], common::lcg_values(m * k, 7 + m as u64, act_scale));
     let mut inputs = vec![(X, x)];
@@ -107,15 +116,25 @@ fn case(kind: &Kind, (n, k): (usize, usize), m: usize) {
         let s = common::lcg_values(m, 9, 0.5).iter().map(|v| (1.0 + v) / act_scale).collect();
         inputs.push(("x_scale", Tensor::from_f32_as(DType::F32, vec![m, 1], s)));
     }
-    let want = interp::run(&g, &w, &inputs).expect("interpreter")[0].1.to_f32_vec();
+    inputs
+}
 
-    let program = lower_graph(&g, 90, LowerOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", kind.name));
+/// Lowers `g`, takes its one launch for `m` rows (whose template must be `template`), runs it on
+/// the GPU over `w` and `inputs`, and returns every graph output as `(dtype, values)`.
+fn run_on_gpu(
+    kind: &Kind,
+    g: &Graph,
+    w: &HashMap<String, Arc<Tensor>>,
+    inputs: &[(&str, Tensor)],
+    m: usize,
+    template: &str,
+) -> Vec<(DType, Vec<f32>)> {
+    let program = lower_graph(g, 90, LowerOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", kind.name));
     let syms = [("M".to_string(), m as u64)];
     let launches: Vec<_> = program.launches().map(|(_, l)| l).filter(|l| l.when.as_ref().is_none_or(|c| c.holds(&syms).unwrap())).collect();
     assert_eq!(launches.len(), 1, "{}", kind.name);
     let l = launches[0];
-    assert_eq!(l.kernel.template, "gemm_skinny", "{}", kind.name);
-
+    assert_eq!(l.kernel.template, template, "{}", kind.name);
     let mut gpu = Gpu::new();
     let mut ptrs: HashMap<ValueId, u64> = HashMap::new();
     for id in g.nodes.ids() {
@@ -131,10 +150,18 @@ fn case(kind: &Kind, (n, k): (usize, usize), m: usize) {
             _ => {}
         }
     }
-    let y = g.outputs[0].1;
-    let out = g.ty(y).dtype;
-    let y_bytes = m * n * (out.bits() / 8) as usize;
-    ptrs.insert(y, gpu.upload(&vec![0xffu8; y_bytes]));
+    let outputs: Vec<(ValueId, DType, Vec<usize>, usize)> = g
+        .outputs
+        .iter()
+        .map(|&(_, y)| {
+            let ty = g.ty(y);
+            let n = ty.shape.last().and_then(|d| d.fixed()).expect("fixed N") as usize;
+            (y, ty.dtype, vec![m, n], m * n * (ty.dtype.bits() / 8) as usize)
+        })
+        .collect();
+    for (y, _, _, size) in &outputs {
+        ptrs.insert(*y, gpu.upload(&vec![0xffu8; *size]));
+    }
     let mut args: Vec<u64> = l
         .args
         .iter()
@@ -143,7 +170,7 @@ fn case(kind: &Kind, (n, k): (usize, usize), m: usize) {
             Arg::Value(v) => ptrs[v],
             Arg::Scalar(Scalar::F32(x)) => u64::from(x.to_bits()),
             Arg::Scalar(Scalar::Dim(d)) => {
-                assert_eq!(p.ty, ParamType::I32);
+                assert!(matches!(p.ty, ParamType::I32 | ParamType::I64), "{:?}", p.ty);
                 d.eval_with(&syms).expect("dim")
             }
             other => panic!("unexpected argument {other:?}"),
@@ -151,8 +178,10 @@ fn case(kind: &Kind, (n, k): (usize, usize), m: usize) {
         .collect();
     let grid = u32::try_from(l.kernel.grid[0].eval_with(&syms).expect("grid")).expect("fits");
     launch(&gpu, &l.kernel, grid, &mut args);
-    let got = bytes::decode(out, vec![m, n], &gpu.download(ptrs[&y], y_bytes)).expect("decode").to_f32_vec();
-    compare(kind, &got, &want, (m, n));
+    outputs
+        .into_iter()
+        .map(|(y, out, shape, size)| (out, bytes::decode(out, shape, &gpu.download(ptrs[&y], size)).expect("decode").to_f32_vec()))
+        .collect()
 }
 
 /// Every element within 2 ulps of the output dtype at its value plus 2 at its row's RMS (1 code
@@ -211,55 +240,12 @@ fn split_case(kind: &Kind, k: usize, m: usize, m_max: u64, template: &str) {
     let ns = widths(kind);
     let g = split_graph(kind, &ns, k as u64, m_max);
     let w = weights(&g, kind, k);
-    let act_scale = code_range(kind.act);
-    let x = Tensor::from_f32_as(kind.act, vec![m, k], common::lcg_values(m * k, 7 + m as u64, act_scale));
-    let mut inputs = vec![(X, x)];
-    if kind.dynamic {
-        let s = common::lcg_values(m, 9, 0.5).iter().map(|v| (1.0 + v) / act_scale).collect();
-        inputs.push(("x_scale", Tensor::from_f32_as(DType::F32, vec![m, 1], s)));
-    }
+    let inputs = activations(kind, m, k);
     let want = interp::run(&g, &w, &inputs).expect("interpreter");
-    let program = lower_graph(&g, 90, LowerOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", kind.name));
-    let syms = [("M".to_string(), m as u64)];
-    let launches: Vec<_> = program.launches().map(|(_, l)| l).filter(|l| l.when.as_ref().is_none_or(|c| c.holds(&syms).unwrap())).collect();
-    assert_eq!(launches.len(), 1, "{}", kind.name);
-    let l = launches[0];
-    assert_eq!(l.kernel.template, template, "{}", kind.name);
-    let mut gpu = Gpu::new();
-    let mut ptrs: HashMap<ValueId, u64> = HashMap::new();
-    for id in g.nodes.ids() {
-        let v = g.nodes[id].outputs[0];
-        match &g.nodes[id].op {
-            Op::Weight { name } => {
-                ptrs.insert(v, gpu.upload(&bytes::encode(&w[name])));
-            }
-            Op::Input { name } => {
-                let t = &inputs.iter().find(|(i, _)| i == name).expect("input").1;
-                ptrs.insert(v, gpu.upload(&bytes::encode(t)));
-            }
-            _ => {}
-        }
-    }
-    let sizes: Vec<(ValueId, DType, usize)> = g.outputs.iter().zip(&ns).map(|(&(_, y), &n)| (y, g.ty(y).dtype, n as usize)).collect();
-    for &(y, out, n) in &sizes {
-        ptrs.insert(y, gpu.upload(&vec![0xffu8; m * n * (out.bits() / 8) as usize]));
-    }
-    let mut args: Vec<u64> = l
-        .args
-        .iter()
-        .map(|a| match a {
-            Arg::Value(v) => ptrs[v],
-            Arg::Scalar(Scalar::F32(x)) => u64::from(x.to_bits()),
-            Arg::Scalar(Scalar::Dim(d)) => d.eval_with(&syms).expect("dim"),
-            other => panic!("unexpected argument {other:?}"),
-        })
-        .collect();
-    let grid = u32::try_from(l.kernel.grid[0].eval_with(&syms).expect("grid")).expect("fits");
-    launch(&gpu, &l.kernel, grid, &mut args);
-    for (i, &(y, out, n)) in sizes.iter().enumerate() {
-        let bytes = gpu.download(ptrs[&y], m * n * (out.bits() / 8) as usize);
-        let got = bytes::decode(out, vec![m, n], &bytes).expect("decode").to_f32_vec();
-        compare_as(kind, out, &got, &want[i].1.to_f32_vec(), (m, n));
+    let got = run_on_gpu(kind, &g, &w, &inputs, m, template);
+    assert_eq!(got.len(), ns.len());
+    for ((out, got), (&n, (_, want))) in got.iter().zip(ns.iter().zip(&want)) {
+        compare_as(kind, *out, got, &want.to_f32_vec(), (m, n as usize));
     }
 }
 

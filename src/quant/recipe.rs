@@ -40,6 +40,11 @@ pub enum Granularity {
 pub enum ScaleRule {
     /// From the tensor itself at compile time (weights: `amax / qmax` per region).
     FromData,
+    /// From the tensor at compile time, integer weights only: per region (channel or group) the
+    /// round-to-nearest range shrunk by the clip ratio, from 1 down to 0.5, whose codes have the
+    /// least squared error `Σ (w − ŵ)²` ([`crate::quant::algo::MseClip`]); never a larger error than
+    /// [`ScaleRule::FromData`]. GPTQ applies it to the groups it computes.
+    MseClip,
     /// From calibration statistics with this method.
     Calibrated(CalibMethod),
     /// Computed by the kernel at run time.
@@ -327,6 +332,22 @@ impl Recipe {
         }
     }
 
+    /// Sets how integer weight scales are chosen: `mse` picks [`ScaleRule::MseClip`], otherwise
+    /// [`ScaleRule::FromData`] (`amax / qmax`). Errors for recipes without integer weights and for
+    /// AWQ, whose own activation-aware clipping search chooses its ranges.
+    pub fn with_weight_scale(mut self, mse: bool) -> Result<Self, String> {
+        if matches!(self.linear.algo, WeightAlgo::Awq { .. }) {
+            return Err(format!("recipe `{}` clips its weights with AWQ's own search", self.name));
+        }
+        match &mut self.linear.weight {
+            Some(w) if w.storage.is_int() && matches!(w.scale, ScaleRule::FromData | ScaleRule::MseClip) => {
+                w.scale = if mse { ScaleRule::MseClip } else { ScaleRule::FromData };
+                Ok(self)
+            }
+            _ => Err(format!("recipe `{}` has no integer weight scales", self.name)),
+        }
+    }
+
     /// Sets SmoothQuant's α.
     pub fn with_smooth_alpha(mut self, alpha: f32) -> Result<Self, String> {
         if !(0.0..=1.0).contains(&alpha) {
@@ -412,7 +433,20 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::*;
+
+    #[test]
+    fn weight_scale_switches_integer_weights_only() {
+        let scale = |r: &Recipe| r.linear.weight.map(|w| w.scale);
+        for name in ["w8a16", "w4a16-rtn", "w4a16-gptq"] {
+            let r = Recipe::named(name, CalibMethod::Max).unwrap();
+            assert_eq!(scale(&r.clone().with_weight_scale(true).unwrap()), Some(ScaleRule::MseClip), "{name}");
+            assert_eq!(scale(&r.with_weight_scale(false).unwrap()), Some(ScaleRule::FromData), "{name}");
+        }
+        for name in ["fp8", "nvfp4", "mxfp4", "fp16", "w4a16-awq", "w4a8-awq"] {
+            assert!(Recipe::named(name, CalibMethod::Max).unwrap().with_weight_scale(true).is_err(), "{name}");
+        }
+    }
 
     #[test]
     fn globs() {

@@ -129,6 +129,31 @@ fn all_variants_lower_to_guarded_launches_and_compile_to_sm90a_cubin() {
     });
 }
 
+/// W4A16 in the smaller groups docs/decoders.md recommends for 4-bit decoders (u4 with zero points,
+/// g64 and g32) at SmolLM2-135M's shapes: 576 → 576 and 576 → 1536 (K = 576 is not whole 128-nibble
+/// steps, so the tiled GEMM serves every M) and 1536 → 576 (the guarded skinny + GEMM pair) lower,
+/// and every kernel compiles.
+#[test]
+fn small_groups_lower_and_compile_at_decoder_shapes() {
+    let mut kernels: Vec<KernelDef> = Vec::new();
+    for g in [64, 32] {
+        let v = Variant {
+            name: "u4_zp_small_group",
+            storage: DType::U4,
+            granularity: Granularity::Block { blocks: vec![(-1, g)] },
+            zero: Some(ZeroPoint::Input),
+        };
+        for ((n, k), skinny) in [((576, 576), false), ((1536, 576), false), ((576, 1536), true)] {
+            let l = qmatmul_launches(&graph(&v, DType::F16, (n, k), Epi::Plain, 16));
+            let templates: Vec<&str> = l.iter().map(|l| l.kernel.template).collect();
+            let want: &[&str] = if skinny { &["gemm_skinny", "gemm_wonly"] } else { &["gemm_wonly"] };
+            assert_eq!(templates, want, "g{g}, {k} → {n}");
+            kernels.extend(l.into_iter().map(|l| l.kernel));
+        }
+    }
+    kernels.iter().for_each(compile_sm90a);
+}
+
 /// Small plans get only the skinny kernel (no guard); the GEMM's grid covers M in row tiles; a
 /// shape the skinny kernel does not take (nibble rows not of whole 64-byte steps) gets the GEMM
 /// for every M.

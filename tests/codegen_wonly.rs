@@ -129,25 +129,21 @@ fn all_variants_lower_to_guarded_launches_and_compile_to_sm90a_cubin() {
     });
 }
 
-/// W4A16 in the smaller groups docs/decoders.md recommends for 4-bit decoders (u4 with zero points,
-/// g64 and g32) at SmolLM2-135M's shapes: 576 → 576 and 576 → 1536 (K = 576 is not whole 128-nibble
-/// steps, so the tiled GEMM serves every M) and 1536 → 576 (the guarded skinny + GEMM pair) lower,
-/// and every kernel compiles.
+/// The groups docs/decoders.md recommends for decoders at SmolLM2-135M's shapes: W4A16 u4 with zero
+/// points in groups of 64 and 32, and W8A16 i8 in groups of 128 (`w8a16 --group-size 128`). For
+/// 576 → 576 and 576 → 1536 with nibble codes (K = 576 is not whole 128-nibble steps) the tiled GEMM
+/// serves every M; every other case lowers to the guarded skinny + GEMM pair; every kernel compiles.
 #[test]
 fn small_groups_lower_and_compile_at_decoder_shapes() {
     let mut kernels: Vec<KernelDef> = Vec::new();
-    for g in [64, 32] {
-        let v = Variant {
-            name: "u4_zp_small_group",
-            storage: DType::U4,
-            granularity: Granularity::Block { blocks: vec![(-1, g)] },
-            zero: Some(ZeroPoint::Input),
-        };
-        for ((n, k), skinny) in [((576, 576), false), ((1536, 576), false), ((576, 1536), true)] {
+    for (storage, g, zero) in [(DType::U4, 64, Some(ZeroPoint::Input)), (DType::U4, 32, Some(ZeroPoint::Input)), (DType::I8, 128, None)] {
+        let v = Variant { name: "decoder_group", storage, granularity: Granularity::Block { blocks: vec![(-1, g)] }, zero };
+        for ((n, k), nibble_skinny) in [((576, 576), false), ((1536, 576), false), ((576, 1536), true)] {
+            let skinny = nibble_skinny || storage == DType::I8;
             let l = qmatmul_launches(&graph(&v, DType::F16, (n, k), Epi::Plain, 16));
             let templates: Vec<&str> = l.iter().map(|l| l.kernel.template).collect();
             let want: &[&str] = if skinny { &["gemm_skinny", "gemm_wonly"] } else { &["gemm_wonly"] };
-            assert_eq!(templates, want, "g{g}, {k} → {n}");
+            assert_eq!(templates, want, "{storage} g{g}, {k} → {n}");
             kernels.extend(l.into_iter().map(|l| l.kernel));
         }
     }

@@ -23,7 +23,7 @@ pub struct RecipeArgs {
     /// Activation scales of 8-bit recipes: static (per tensor, calibrated) | dynamic (per token).
     #[arg(long)]
     pub act_scale: Option<String>,
-    /// Group length along K of the W4A16 recipes (128).
+    /// Group length along K of the W4A16 recipes (128); with w8a16, INT8 groups instead of per-channel scales.
     #[arg(long)]
     pub group_size: Option<u64>,
     /// GPTQ: quantize columns by decreasing Hessian diagonal (static groups).

@@ -325,13 +325,20 @@ impl Recipe {
         Ok(self)
     }
 
-    /// Sets the group length of grouped weight schemes.
+    /// Sets the group length of grouped weight schemes (integer 4-bit groups); weight-only INT8
+    /// per-channel weights (`w8a16`) become symmetric INT8 groups of `size` along K. Errors for
+    /// every other recipe (INT8 GEMMs such as `int8-sq` need per-channel weight scales).
     pub fn with_group_size(mut self, size: u64) -> Result<Self, String> {
+        let weight_only = self.linear.domain == GemmDomain::Dequantized;
         match &mut self.linear.weight {
-            Some(Scheme { granularity: Granularity::Group { size: s }, storage, .. })
+            Some(Scheme { granularity: g @ Granularity::Group { .. }, storage, .. })
                 if storage.bits() == 4 && *storage != DType::F4E2M1 =>
             {
-                *s = size;
+                *g = Granularity::Group { size };
+                Ok(self)
+            }
+            Some(Scheme { granularity: g @ Granularity::PerChannel, storage: DType::I8, .. }) if weight_only => {
+                *g = Granularity::Group { size };
                 Ok(self)
             }
             _ => Err(format!("recipe `{}` has no configurable weight groups", self.name)),
@@ -440,6 +447,19 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_size_applies_to_integer_weight_only_recipes() {
+        let group = |name: &str| Recipe::named(name, CalibMethod::Max).unwrap().with_group_size(32).map(|r| r.linear.weight.unwrap());
+        for name in ["w4a16-rtn", "w4a16-awq", "w4a16-gptq", "w4a8-awq"] {
+            assert_eq!(group(name).unwrap().granularity, Granularity::Group { size: 32 }, "{name}");
+        }
+        let w8 = group("w8a16").unwrap();
+        assert_eq!((w8.granularity, w8.storage, w8.zero_point), (Granularity::Group { size: 32 }, DType::I8, false));
+        for name in ["int8-sq", "fp8", "fp8-dynamic", "nvfp4", "mxfp4", "fp8-block", "fp16"] {
+            assert!(group(name).is_err(), "{name}");
+        }
+    }
 
     #[test]
     fn weight_scale_switches_integer_weights_only() {

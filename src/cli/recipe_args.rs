@@ -23,12 +23,17 @@ pub struct RecipeArgs {
     /// Activation scales of 8-bit recipes: static (per tensor, calibrated) | dynamic (per token).
     #[arg(long)]
     pub act_scale: Option<String>,
-    /// Group length along K of the W4A16 recipes (128).
+    /// Group length along K of the W4A16 recipes (128); with w8a16, INT8 groups instead of per-channel scales.
     #[arg(long)]
     pub group_size: Option<u64>,
     /// GPTQ: quantize columns by decreasing Hessian diagonal (static groups).
     #[arg(long)]
     pub act_order: bool,
+    /// Integer weight scales of w8a16, w4a16-rtn and w4a16-gptq: minmax (`amax / qmax`) | mse (the
+    /// clip of each channel's or group's range with the least squared rounding error). [default:
+    /// the recipe's]
+    #[arg(long)]
+    pub weight_scale: Option<String>,
     /// `auto`: the cheapest format per matmul whose output cosine to FP32 is at least this, in
     /// (0, 1] [default: 0.999].
     #[arg(long, conflicts_with = "budget")]
@@ -102,6 +107,14 @@ impl RecipeArgs {
         }
         if self.act_order {
             recipe = recipe.with_act_order().map_err(anyhow::Error::msg)?;
+        }
+        if let Some(w) = &self.weight_scale {
+            let mse = match w.as_str() {
+                "minmax" => false,
+                "mse" => true,
+                other => anyhow::bail!("--weight-scale: `{other}` is not minmax or mse"),
+            };
+            recipe = recipe.with_weight_scale(mse).map_err(anyhow::Error::msg)?;
         }
         if let Some(c) = self.max_error {
             anyhow::ensure!(c > 0.0 && c <= 1.0, "--max-error {c}: a cosine to FP32, so it must lie in (0, 1] (0.999 is the default)");

@@ -57,7 +57,7 @@ pub fn candidates() -> Vec<Candidate> {
         Candidate { name: "int8", layer: LayerQuant::quantized(channel(DType::I8), dynamic(DType::I8)) },
         Candidate { name: "fp8", layer: LayerQuant::quantized(channel(DType::F8E4M3), dynamic(DType::F8E4M3)) },
         Candidate { name: "fp8-static", layer: LayerQuant::quantized(schemes::fp8_tensor(ScaleRule::FromData), schemes::fp8_tensor(cal)) },
-        Candidate { name: "w8a16", layer: LayerQuant::dequantized(schemes::int8_channel(), None) },
+        Candidate { name: "w8a16", layer: LayerQuant::dequantized(schemes::int8_channel_mse(), None) },
         Candidate { name: "fp16", layer: LayerQuant::NONE },
     ]
 }

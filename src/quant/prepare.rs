@@ -26,7 +26,7 @@
 use super::algo::{self, ChannelStats};
 use super::capture::{self, Wants};
 use super::insert::{PreparedWeight, Site, SiteKind};
-use super::recipe::{Granularity, LayerQuant, Recipe, Scheme, WeightAlgo};
+use super::recipe::{Granularity, LayerQuant, Recipe, ScaleRule, Scheme, WeightAlgo};
 use super::{CalibOptions, QuantError};
 use crate::import::Imported;
 use crate::interp::Tensor;
@@ -132,7 +132,8 @@ fn prepare_group(
             let (bits, group, symmetric) =
                 group_format(&layer).ok_or_else(|| format!("{}: GPTQ needs a grouped weight scheme", site.name))?;
             let damp = shrunk_damp(damp, stats);
-            let opts = algo::GptqOptions { bits, group, symmetric, percdamp: damp, block, act_order };
+            let mse = layer.weight.is_some_and(|w| w.scale == ScaleRule::MseClip).then(algo::MseClip::default);
+            let opts = algo::GptqOptions { bits, group, symmetric, percdamp: damp, block, act_order, mse };
             let r = algo::gptq_from_stats(w, *n, stats, &opts).map_err(|e| format!("{}: {e}", site.name))?;
             let name = format!("{weight}.gptq");
             model.weights().insert(name.clone(), Tensor::f32(vec![*n, k], r.quant.dequantize()));
@@ -141,7 +142,11 @@ fn prepare_group(
         }
         out.notes.push((
             names,
-            format!("GPTQ (damp max({damp}, Ledoit–Wolf), blocks of {block}{})", if act_order { ", act-order" } else { "" }),
+            format!(
+                "GPTQ (damp max({damp}, Ledoit–Wolf), blocks of {block}{}{})",
+                if act_order { ", act-order" } else { "" },
+                if layer.weight.is_some_and(|w| w.scale == ScaleRule::MseClip) { ", MSE-clipped groups" } else { "" }
+            ),
         ));
     }
     Ok(())

@@ -40,6 +40,11 @@ pub enum Granularity {
 pub enum ScaleRule {
     /// From the tensor itself at compile time (weights: `amax / qmax` per region).
     FromData,
+    /// From the tensor at compile time, integer weights only: per region (channel or group) the
+    /// round-to-nearest range shrunk by the clip ratio, from 1 down to 0.5, whose codes have the
+    /// least squared error `Σ (w − ŵ)²` ([`crate::quant::algo::MseClip`]); never a larger error than
+    /// [`ScaleRule::FromData`]. GPTQ applies it to the groups it computes.
+    MseClip,
     /// From calibration statistics with this method.
     Calibrated(CalibMethod),
     /// Computed by the kernel at run time.
@@ -238,6 +243,12 @@ pub mod schemes {
     pub const fn int8_channel() -> Scheme {
         Scheme::new(DType::I8, Granularity::PerChannel, ScaleRule::FromData)
     }
+    /// 8-bit integer per output channel with MSE-clipped scales ([`ScaleRule::MseClip`]): W8A16's
+    /// weights (on SmolLM2 mean KL 0.0031 against 0.0035 with `amax / 127`, docs/decoders.md;
+    /// MiniLM unchanged).
+    pub const fn int8_channel_mse() -> Scheme {
+        Scheme::new(DType::I8, Granularity::PerChannel, ScaleRule::MseClip)
+    }
     /// Unsigned 4-bit groups along K with a zero point per group (W4A16).
     pub const fn uint4_group(size: u64) -> Scheme {
         Scheme { zero_point: true, ..Scheme::new(DType::U4, Granularity::Group { size }, ScaleRule::FromData) }
@@ -271,7 +282,7 @@ impl Recipe {
                 smooth: Some(DEFAULT_SQ_ALPHA),
                 ..LayerQuant::quantized(int8_channel(), Scheme::new(DType::I8, Granularity::PerToken, ScaleRule::Dynamic))
             },
-            "w8a16" => LayerQuant::dequantized(int8_channel(), None),
+            "w8a16" => LayerQuant::dequantized(int8_channel_mse(), None),
             "w4a16-rtn" => w4(WeightAlgo::Rtn),
             "w4a16-awq" => w4(WeightAlgo::Awq { grid: 20 }),
             "w4a16-gptq" => w4(WeightAlgo::Gptq { damp: 0.01, block: 128, act_order: false }),
@@ -314,16 +325,39 @@ impl Recipe {
         Ok(self)
     }
 
-    /// Sets the group length of grouped weight schemes.
+    /// Sets the group length of grouped weight schemes (integer 4-bit groups); weight-only INT8
+    /// per-channel weights (`w8a16`) become symmetric INT8 groups of `size` along K. Errors for
+    /// every other recipe (INT8 GEMMs such as `int8-sq` need per-channel weight scales).
     pub fn with_group_size(mut self, size: u64) -> Result<Self, String> {
+        let weight_only = self.linear.domain == GemmDomain::Dequantized;
         match &mut self.linear.weight {
-            Some(Scheme { granularity: Granularity::Group { size: s }, storage, .. })
+            Some(Scheme { granularity: g @ Granularity::Group { .. }, storage, .. })
                 if storage.bits() == 4 && *storage != DType::F4E2M1 =>
             {
-                *s = size;
+                *g = Granularity::Group { size };
+                Ok(self)
+            }
+            Some(Scheme { granularity: g @ Granularity::PerChannel, storage: DType::I8, .. }) if weight_only => {
+                *g = Granularity::Group { size };
                 Ok(self)
             }
             _ => Err(format!("recipe `{}` has no configurable weight groups", self.name)),
+        }
+    }
+
+    /// Sets how integer weight scales are chosen: `mse` picks [`ScaleRule::MseClip`], otherwise
+    /// [`ScaleRule::FromData`] (`amax / qmax`). Errors for recipes without integer weights and for
+    /// AWQ, whose own activation-aware clipping search chooses its ranges.
+    pub fn with_weight_scale(mut self, mse: bool) -> Result<Self, String> {
+        if matches!(self.linear.algo, WeightAlgo::Awq { .. }) {
+            return Err(format!("recipe `{}` clips its weights with AWQ's own search", self.name));
+        }
+        match &mut self.linear.weight {
+            Some(w) if w.storage.is_int() && matches!(w.scale, ScaleRule::FromData | ScaleRule::MseClip) => {
+                w.scale = if mse { ScaleRule::MseClip } else { ScaleRule::FromData };
+                Ok(self)
+            }
+            _ => Err(format!("recipe `{}` has no integer weight scales", self.name)),
         }
     }
 
@@ -412,7 +446,33 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::*;
+
+    #[test]
+    fn group_size_applies_to_integer_weight_only_recipes() {
+        let group = |name: &str| Recipe::named(name, CalibMethod::Max).unwrap().with_group_size(32).map(|r| r.linear.weight.unwrap());
+        for name in ["w4a16-rtn", "w4a16-awq", "w4a16-gptq", "w4a8-awq"] {
+            assert_eq!(group(name).unwrap().granularity, Granularity::Group { size: 32 }, "{name}");
+        }
+        let w8 = group("w8a16").unwrap();
+        assert_eq!((w8.granularity, w8.storage, w8.zero_point), (Granularity::Group { size: 32 }, DType::I8, false));
+        for name in ["int8-sq", "fp8", "fp8-dynamic", "nvfp4", "mxfp4", "fp8-block", "fp16"] {
+            assert!(group(name).is_err(), "{name}");
+        }
+    }
+
+    #[test]
+    fn weight_scale_switches_integer_weights_only() {
+        let scale = |r: &Recipe| r.linear.weight.map(|w| w.scale);
+        for name in ["w8a16", "w4a16-rtn", "w4a16-gptq"] {
+            let r = Recipe::named(name, CalibMethod::Max).unwrap();
+            assert_eq!(scale(&r.clone().with_weight_scale(true).unwrap()), Some(ScaleRule::MseClip), "{name}");
+            assert_eq!(scale(&r.with_weight_scale(false).unwrap()), Some(ScaleRule::FromData), "{name}");
+        }
+        for name in ["fp8", "nvfp4", "mxfp4", "fp16", "w4a16-awq", "w4a8-awq"] {
+            assert!(Recipe::named(name, CalibMethod::Max).unwrap().with_weight_scale(true).is_err(), "{name}");
+        }
+    }
 
     #[test]
     fn globs() {

@@ -4,8 +4,8 @@
 //! | scheme | quantize spec | scale input (f32) | zero point (u8) |
 //! |---|---|---|---|
 //! | per tensor | `per_tensor, scale=amax/qmax` | — | — |
-//! | per channel | `per_channel(0)` | `[N]`: row amax / qmax | — |
-//! | groups of G along K (INT4) | `block(1:G)` | `[N, ⌈K/G⌉]` | `[N, ⌈K/G⌉]` when asymmetric |
+//! | per channel | `per_channel(0)` | `[N]`: row amax / qmax (INT8 with [`ScaleRule::MseClip`]: `r·amax / 127`, `r` of least squared error) | — |
+//! | groups of G along K (INT4) | `block(1:G)` | `[N, ⌈K/G⌉]` (RTN or, with [`ScaleRule::MseClip`], the clipped range of least squared error) | `[N, ⌈K/G⌉]` when asymmetric |
 //! | NVFP4 (E2M1, 16 along K) | `block(1:16)` | `[N, K/16]`: `e4m3(amax_b / (6·s_g))·s_g` | — |
 //! | 2-D blocks R×C (FP8) | `block(0:R, 1:C)` | `[⌈N/R⌉, ⌈K/C⌉]`: block amax / 448 | — |
 //!
@@ -19,7 +19,7 @@
 //! dtype (the compute dtype), exactly what the quantize then reads.
 
 use super::algo::{self, GroupQuant};
-use super::recipe::{Granularity, Scheme};
+use super::recipe::{Granularity, ScaleRule, Scheme};
 use crate::interp::Tensor;
 use crate::ir::{self, Builder, DType, Graph, Op, QuantSpec, ScaleSource, TensorType, ValueId, ZeroPoint};
 use crate::numerics;
@@ -95,7 +95,10 @@ fn scales(w: &[f32], n: usize, k: usize, scheme: &Scheme, fixed: Option<&GroupQu
     Ok(match scheme.granularity {
         Granularity::PerTensor => plain(ir::Granularity::PerTensor, ScaleData::Literal(scale_of(absmax(w), qmax))),
         Granularity::PerChannel => {
-            let rows = w.chunks(k).map(|r| scale_of(absmax(r), qmax)).collect();
+            let rows = match scheme.scale {
+                ScaleRule::MseClip => mse_channel_scales(w, n, k, scheme.storage)?,
+                _ => w.chunks(k).map(|r| scale_of(absmax(r), qmax)).collect(),
+            };
             plain(ir::Granularity::PerChannel { axis: 0 }, ScaleData::Tensor(vec![n], rows))
         }
         Granularity::Group { size } if scheme.storage == DType::F4E2M1 => {
@@ -110,7 +113,12 @@ fn scales(w: &[f32], n: usize, k: usize, scheme: &Scheme, fixed: Option<&GroupQu
             let q = match fixed {
                 Some(q) => q,
                 None => {
-                    owned = algo::rtn(w, n, k, scheme.storage.bits(), size as usize, !scheme.zero_point).map_err(|e| e.to_string())?;
+                    let (bits, group, symmetric) = (scheme.storage.bits(), size as usize, !scheme.zero_point);
+                    owned = match scheme.scale {
+                        ScaleRule::MseClip => algo::mse_rtn(w, (n, k), bits, group, symmetric, &algo::MseClip::default()),
+                        _ => algo::rtn(w, n, k, bits, group, symmetric),
+                    }
+                    .map_err(|e| e.to_string())?;
                     &owned
                 }
             };
@@ -132,6 +140,17 @@ fn scales(w: &[f32], n: usize, k: usize, scheme: &Scheme, fixed: Option<&GroupQu
         }
         Granularity::PerToken => return Err("weights cannot be quantized per token".into()),
     })
+}
+
+/// Per-row scales of a symmetric INT8 weight `w [n, k]` clipped to the least squared rounding error
+/// (one group per row, codes in `[−128, 127]` as the `i8` quantize clamps them). Errors for any other
+/// storage: only INT8 has per-channel integer weights.
+fn mse_channel_scales(w: &[f32], n: usize, k: usize, storage: DType) -> Result<Vec<f32>, String> {
+    if storage != DType::I8 {
+        return Err(format!("MSE-clipped per-channel scales need i8 weights, not {storage}"));
+    }
+    let p = algo::GroupParams::mse(w, (n, k), 8, k, true, &algo::MseClip::default()).map_err(|e| e.to_string())?;
+    Ok(p.scales)
 }
 
 /// `amax / qmax`, or 1 for an all-zero (or non-finite) region.
@@ -175,4 +194,36 @@ fn nvfp4_scales(block_amax: &[f32], w: &[f32]) -> Vec<f32> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Per-channel INT8 with MSE-clipped scales: each row's scale is at most `amax / 127` and its
+    /// squared rounding error (codes clamped to `[−128, 127]`, as the `i8` quantize does) at most
+    /// the unclipped one's. Row 0 is 127 and 63 halves 63.5: at `s = 1` every half is off by ½
+    /// (15.75 in all), at the first shrink `r = 1 − 0.5/49` by 0.15 while 127 clips to `127·r`
+    /// (about 3.1 in all), so it is clipped. Other storage is an error.
+    #[test]
+    fn mse_channel_scales_clip_int8_rows_only() {
+        let (n, k) = (3, 64);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| match (i / k, i % k) {
+                (0, 0) => 127.0,
+                (0, _) => 63.5,
+                (r, c) => ((c * 29 % 61) as f32 - 30.0) / (10.0 * r as f32),
+            })
+            .collect();
+        let scales = mse_channel_scales(&w, n, k, DType::I8).unwrap();
+        let err = |row: &[f32], s: f32| -> f64 {
+            row.iter().map(|&x| f64::from(x - numerics::round_half_even(x / s).clamp(-128.0, 127.0) * s).powi(2)).sum()
+        };
+        for (r, (row, &s)) in w.chunks(k).zip(&scales).enumerate() {
+            let plain = scale_of(absmax(row), 127.0);
+            assert!(s <= plain && err(row, s) <= err(row, plain), "row {r}: scale {s} vs {plain}");
+        }
+        assert!(scales[0] < 1.0 && err(&w[..k], scales[0]) < 4.0, "row 0: scale {}", scales[0]);
+        assert!(mse_channel_scales(&w, n, k, DType::F8E4M3).unwrap_err().contains("i8"));
+    }
 }

@@ -16,6 +16,11 @@
 //! each group column is formed once (in `f64`) and every candidate costs `O(G²)`, evaluated for many
 //! rows at a time as one matrix product. Cross-group terms of the output error are ignored, as in
 //! the reference implementation.
+//!
+//! [`mse_params`] is the same search without data: the metric is the weight's own squared rounding
+//! error `Σ (w − ŵ)²` (the identity in place of `X_gᵀX_g`), which needs no calibration. It is what
+//! the [`MseClip`] weight scales of the RTN, per-channel INT8 and GPTQ paths use (GPTQ's reference
+//! `Quantizer(mse=True)` searches the same way, with the norm 2.4 where this uses 2).
 
 use super::awq::subsample;
 use super::group::{check_format, code, code_range, group_params, quantize_with, GroupParams, GroupQuant};
@@ -50,6 +55,30 @@ impl Default for ClipOptions {
     }
 }
 
+/// A data-free clipping search: the ratios `1 − max_shrink·i/(grid−1)`, `i < grid`, tried on each
+/// region's round-to-nearest range; the first with the least squared rounding error wins.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct MseClip {
+    /// Ratios tried, from 1 down to `1 − max_shrink` inclusive (50).
+    pub grid: usize,
+    /// The largest relative shrink of a range, in `[0, 1)` (0.5).
+    pub max_shrink: f32,
+}
+
+impl Default for MseClip {
+    fn default() -> Self {
+        MseClip { grid: 50, max_shrink: 0.5 }
+    }
+}
+
+impl MseClip {
+    /// The ratios tried; errors when `grid` is 0 or `max_shrink` lies outside `[0, 1)`.
+    pub fn ratios(&self) -> Result<Vec<f32>> {
+        check_grid(self.grid, self.max_shrink)?;
+        Ok(ratio_grid(self.grid, self.max_shrink))
+    }
+}
+
 /// What the search found.
 #[derive(Clone, Debug)]
 pub struct ClipResult {
@@ -80,7 +109,7 @@ struct Choice {
 pub fn clip_search(w: &[f32], n: usize, x: &[f32], k: usize, opts: &ClipOptions) -> Result<ClipResult> {
     check_inputs(w, n, x, k, opts)?;
     let xd: Vec<f64> = subsample(x, k, opts.max_rows).into_iter().map(f64::from).collect();
-    let ratios = ratio_grid(opts);
+    let ratios = ratio_grid(opts.grid, opts.max_shrink);
     let ng = k.div_ceil(opts.group);
     let mut best = vec![Choice::default(); n * ng];
     for gi in 0..ng {
@@ -103,19 +132,43 @@ fn check_inputs(w: &[f32], n: usize, x: &[f32], k: usize, opts: &ClipOptions) ->
     check_format(opts.bits, opts.group, opts.symmetric)?;
     check_matrix(w, n, k, "clip search: weight")?;
     check_rows(x, k, "clip search")?;
-    if opts.grid == 0 || opts.max_rows == 0 {
-        return invalid("clip search: grid and max_rows must be at least 1");
+    if opts.max_rows == 0 {
+        return invalid("clip search: max_rows must be at least 1");
     }
-    if !(0.0..1.0).contains(&opts.max_shrink) {
-        return invalid(format!("clip search: max_shrink must lie in [0, 1), got {}", opts.max_shrink));
+    check_grid(opts.grid, opts.max_shrink)
+}
+
+/// Checks a ratio grid's settings: at least one ratio, `max_shrink` in `[0, 1)`.
+fn check_grid(grid: usize, max_shrink: f32) -> Result<()> {
+    if grid == 0 {
+        return invalid("clip search: the grid must hold at least 1 ratio");
+    }
+    if !(0.0..1.0).contains(&max_shrink) {
+        return invalid(format!("clip search: max_shrink must lie in [0, 1), got {max_shrink}"));
     }
     Ok(())
 }
 
 /// The ratios tried, `1 − max_shrink·i/(grid−1)` for `i < grid` (just 1 when `grid` is 1).
-fn ratio_grid(opts: &ClipOptions) -> Vec<f32> {
-    let steps = (opts.grid - 1).max(1) as f32;
-    (0..opts.grid).map(|i| 1.0 - opts.max_shrink * i as f32 / steps).collect()
+fn ratio_grid(grid: usize, max_shrink: f32) -> Vec<f32> {
+    let steps = (grid - 1).max(1) as f32;
+    (0..grid).map(|i| 1.0 - max_shrink * i as f32 / steps).collect()
+}
+
+/// The `(scale, zero point)` of one group `v` (finite values) whose round-to-nearest codes have the
+/// least squared error `Σ (v − ŵ)²` among the clip `ratios` (the first such ratio; with `ratios[0]
+/// = 1`, as [`MseClip::ratios`] gives, the error never exceeds plain RTN's). Also returns the chosen
+/// ratio.
+pub(super) fn mse_params(v: &[f32], bits: u32, symmetric: bool, ratios: &[f32]) -> (f32, u8, f32) {
+    if v.is_empty() || ratios.is_empty() {
+        let (s, z) = group_params(v, bits, symmetric);
+        return (s, z, 1.0);
+    }
+    let mut e = vec![0f64; ratios.len() * v.len()];
+    let params = candidates(v, ratios, (bits, symmetric), &mut e);
+    let errors: Vec<f64> = e.chunks(v.len()).map(|d| dot(d, d)).collect();
+    let c = choose(&params, &errors, ratios);
+    (c.scale, c.zero, c.ratio)
 }
 
 /// The Gram block `X_gᵀX_g` (`gs × gs`, row-major) of the columns `c0..c0+gs` of `x [M, k]`.
@@ -135,23 +188,23 @@ fn search_rows(rows: &[&[f32]], h: &[f64], ratios: &[f32], opts: &ClipOptions) -
     let nr = ratios.len();
     let mut e = vec![0f64; rows.len() * nr * gs];
     let params: Vec<Vec<(f32, u8)>> =
-        e.par_chunks_mut(nr * gs).zip(rows.par_iter()).map(|(e, row)| candidates(row, ratios, opts, e)).collect();
+        e.par_chunks_mut(nr * gs).zip(rows.par_iter()).map(|(e, row)| candidates(row, ratios, (opts.bits, opts.symmetric), e)).collect();
     let mut he = vec![0f64; e.len()];
     gemm(&mut he, gs, (rows.len() * nr, gs, gs), View::rows(&e, gs), View::rows(h, gs), None, 1.0);
     let errors: Vec<f64> = e.par_chunks(gs).zip(he.par_chunks(gs)).map(|(a, b)| dot(a, b)).collect();
     params.iter().zip(errors.chunks(nr)).map(|(p, err)| choose(p, err, ratios)).collect()
 }
 
-/// The parameters of every ratio for one group `v`, writing the differences `v − ŵ` (in `f64`) to
-/// `e` (`ratios.len() × v.len()`).
-fn candidates(v: &[f32], ratios: &[f32], opts: &ClipOptions, e: &mut [f64]) -> Vec<(f32, u8)> {
-    let range = code_range(opts.bits, opts.symmetric);
+/// The parameters of every ratio for one group `v` of `(bits, symmetric)` codes, writing the
+/// differences `v − ŵ` (in `f64`) to `e` (`ratios.len() × v.len()`).
+fn candidates(v: &[f32], ratios: &[f32], (bits, symmetric): (u32, bool), e: &mut [f64]) -> Vec<(f32, u8)> {
+    let range = code_range(bits, symmetric);
     let (lo, hi) = v.iter().fold((0f32, 0f32), |(lo, hi), &x| (lo.min(x), hi.max(x)));
     ratios
         .iter()
         .zip(e.chunks_mut(v.len()))
         .map(|(&r, e)| {
-            let (s, z) = group_params(&[r * lo, r * hi], opts.bits, opts.symmetric);
+            let (s, z) = group_params(&[r * lo, r * hi], bits, symmetric);
             let zf = f32::from(z);
             for (d, &x) in e.iter_mut().zip(v) {
                 let w_hat = (f32::from(code(x, s, zf, range)) - zf) * s;
@@ -194,9 +247,12 @@ mod tests {
 
     #[test]
     fn grid_runs_from_one_to_the_largest_shrink() {
-        let r = ratio_grid(&ClipOptions::default());
+        let r = ratio_grid(20, 0.5);
         assert_eq!((r.len(), r[0], r[19]), (20, 1.0, 0.5));
-        assert_eq!(ratio_grid(&ClipOptions { grid: 1, ..Default::default() }), vec![1.0]);
+        assert_eq!(ratio_grid(1, 0.5), vec![1.0]);
+        assert_eq!(MseClip::default().ratios().unwrap().len(), 50);
+        assert!(MseClip { grid: 0, ..Default::default() }.ratios().is_err());
+        assert!(MseClip { max_shrink: 1.0, ..Default::default() }.ratios().is_err());
     }
 
     #[test]
@@ -216,6 +272,60 @@ mod tests {
             assert_eq!(c.quant, rtn(&w, 4, 6, 4, 4, symmetric).unwrap());
             assert_eq!(c.error, c.error_unclipped);
         }
+    }
+
+    /// Symmetric 2-bit codes (`[−2, 1]`) on `[1, ½, ½, ½]`: at ratio `r ∈ (½, 1)` the scale is `r`,
+    /// every value codes to 1 and the error is `(1 − r)² + 3(r − ½)²`, least at `r = 5/8` (0.1875);
+    /// at `r = 1` the halves round to 0 (0.75).
+    #[test]
+    fn mse_params_finds_the_known_optimum() {
+        let v = [1.0, 0.5, 0.5, 0.5];
+        let ratios = ratio_grid(9, 0.5);
+        assert_eq!(ratios[6], 0.625);
+        assert_eq!(mse_params(&v, 2, true, &ratios), (0.625, 0, 0.625));
+        // Only the unit ratio: plain RTN.
+        assert_eq!(mse_params(&v, 2, true, &[1.0]), (1.0, 0, 1.0));
+    }
+
+    /// The chosen clip never has a larger squared error than no clipping, and is strictly better
+    /// somewhere (4-bit groups with outliers, 8-bit rows), symmetric and asymmetric.
+    #[test]
+    fn mse_params_never_increase_the_error() {
+        let ratios = MseClip::default().ratios().unwrap();
+        let err = |v: &[f32], bits, sym, (s, z): (f32, u8)| -> f64 {
+            let range = code_range(bits, sym);
+            v.iter().map(|&x| f64::from(x - (f32::from(code(x, s, f32::from(z), range)) - f32::from(z)) * s).powi(2)).sum()
+        };
+        let mut better = 0;
+        for seed in 0..64u32 {
+            // Pseudo-random values with an occasional outlier.
+            let v: Vec<f32> = (0..96u32)
+                .map(|i| {
+                    let h = (i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503)).wrapping_mul(2_246_822_519) >> 8;
+                    let x = h as f32 / (1u32 << 24) as f32 - 0.5;
+                    if i == seed % 96 {
+                        8.0 * x
+                    } else {
+                        x
+                    }
+                })
+                .collect();
+            for (bits, sym) in [(4, false), (4, true), (8, true), (3, false)] {
+                let (s, z, r) = mse_params(&v, bits, sym, &ratios);
+                let (clipped, plain) = (err(&v, bits, sym, (s, z)), err(&v, bits, sym, group_params(&v, bits, sym)));
+                assert!(clipped <= plain, "seed {seed}, {bits} bits: {clipped} > {plain}");
+                assert!((0.5..=1.0).contains(&r));
+                better += usize::from(clipped < plain);
+            }
+        }
+        assert!(better > 64, "clipping helped in only {better} of 256 cases");
+    }
+
+    #[test]
+    fn mse_params_of_a_zero_group_is_the_unit_scale() {
+        let ratios = MseClip::default().ratios().unwrap();
+        assert_eq!(mse_params(&[0.0; 8], 4, false, &ratios), (1.0, 0, 1.0));
+        assert_eq!(mse_params(&[], 4, false, &ratios).0, 1.0);
     }
 
     #[test]

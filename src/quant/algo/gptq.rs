@@ -19,6 +19,9 @@
 //!    weights when the first column of a group is reached. Blocks are cut at group boundaries (a block
 //!    holds whole groups, or a group starts a block), so those weights are always fully up to date.
 //!
+//! With [`GptqOptions::mse`] every group's range is the clip of it with the least squared rounding
+//! error of the weights it is computed from ([`MseClip`], as the reference `Quantizer(mse=True)`).
+//!
 //! **Act-order** (`desc_act`): columns are processed by decreasing `H_jj`. Then the group parameters
 //! are computed up front from the original (dead-zeroed) weight's contiguous groups ("static groups"),
 //! so column `c` keeps group `c / G` and the result is an ordinary contiguous-group [`GroupQuant`] in
@@ -28,7 +31,8 @@
 //! Every row of `W` is independent of the others (rows share only `U`), so the per-column work runs in
 //! parallel over rows.
 
-use super::group::{code, code_range, group_params, GroupParams, GroupQuant};
+use super::clip::MseClip;
+use super::group::{code, code_range, params_of, GroupParams, GroupQuant};
 use super::mat::{cholesky, gemm, lower_inverse, View};
 use super::stats::ChannelStats;
 use super::{check_matrix, invalid, AlgoError, Result};
@@ -49,11 +53,13 @@ pub struct GptqOptions {
     pub block: usize,
     /// Process columns by decreasing `H_jj`, with static groups (see the module doc).
     pub act_order: bool,
+    /// Group ranges clipped to the least squared rounding error (`None`: plain RTN ranges).
+    pub mse: Option<MseClip>,
 }
 
 impl Default for GptqOptions {
     fn default() -> Self {
-        GptqOptions { bits: 4, group: 128, symmetric: false, percdamp: 0.01, block: 128, act_order: false }
+        GptqOptions { bits: 4, group: 128, symmetric: false, percdamp: 0.01, block: 128, act_order: false, mse: None }
     }
 }
 
@@ -94,7 +100,14 @@ pub fn gptq(w: &[f32], n: usize, k: usize, xtx: &[f64], rows: u64, opts: &GptqOp
             dead += 1;
         }
     }
-    let fixed = opts.act_order.then(|| GroupParams::rtn(&wf, (n, k), opts.bits, opts.group, opts.symmetric)).transpose()?;
+    let ratios = opts.mse.map(|c| c.ratios()).transpose()?;
+    let fixed = opts
+        .act_order
+        .then(|| match &opts.mse {
+            Some(c) => GroupParams::mse(&wf, (n, k), opts.bits, opts.group, opts.symmetric, c),
+            None => GroupParams::rtn(&wf, (n, k), opts.bits, opts.group, opts.symmetric),
+        })
+        .transpose()?;
     let perm = order(&h, k, opts.act_order);
     let hp: Vec<f64> = perm.iter().flat_map(|&i| perm.iter().map(move |&j| (i, j))).map(|(i, j)| h[i * k + j]).collect();
     let (u, percdamp) = match inverse_factor(&hp, k, opts.percdamp) {
@@ -107,7 +120,7 @@ pub fn gptq(w: &[f32], n: usize, k: usize, xtx: &[f64], rows: u64, opts: &GptqOp
         }
     };
     let wp: Vec<f64> = wf.chunks(k).flat_map(|row| perm.iter().map(|&j| f64::from(row[j]))).collect();
-    let (quant, h_error) = Sweep { n, k, u: &u, perm: &perm, opts, fixed }.run(wp)?;
+    let (quant, h_error) = Sweep { n, k, u: &u, perm: &perm, opts, fixed, ratios: ratios.as_deref() }.run(wp)?;
     Ok(GptqResult { quant, h_error, percdamp, dead })
 }
 
@@ -164,6 +177,8 @@ struct Sweep<'a> {
     opts: &'a GptqOptions,
     /// Static group parameters (act-order), else computed during the sweep.
     fixed: Option<GroupParams>,
+    /// The clip ratios of [`GptqOptions::mse`], when set.
+    ratios: Option<&'a [f32]>,
 }
 
 /// One row's share of a block: its slices of the block weights, errors, codes and parameters.
@@ -228,7 +243,7 @@ impl Sweep<'_> {
         for j in i1..i2 {
             if self.fixed.is_none() && j % g == 0 {
                 let vals: Vec<f32> = (j..(j + g).min(k)).map(|c| (if c < i2 { rb.w1[c - i1] } else { rb.row[c] }) as f32).collect();
-                let (s, z) = group_params(&vals, self.opts.bits, self.opts.symmetric);
+                let (s, z) = params_of(&vals, self.opts.bits, self.opts.symmetric, self.ratios);
                 (rb.scales[j / g], rb.zeros[j / g]) = (s, z);
             }
             let orig = self.perm[j];
@@ -278,7 +293,7 @@ mod tests {
     fn blocks_hold_whole_groups_or_start_them() {
         let opts = |group, block| GptqOptions { group, block, ..Default::default() };
         let o = opts(32, 128);
-        let s = Sweep { n: 1, k: 300, u: &[], perm: &[], opts: &o, fixed: None };
+        let s = Sweep { n: 1, k: 300, u: &[], perm: &[], opts: &o, fixed: None, ratios: None };
         assert_eq!((s.block_end(0), s.block_end(256)), (128, 300));
         let o = opts(48, 128);
         let s = Sweep { opts: &o, ..s };
@@ -297,5 +312,15 @@ mod tests {
         (0..k).for_each(|j| xtx[j * k + j] = 5.0);
         let r = gptq(&w, n, k, &xtx, 10, &GptqOptions { group: 4, ..Default::default() }).unwrap();
         assert_eq!(r.quant, super::super::rtn(&w, n, k, 4, 4, false).unwrap());
+        // With MSE-clipped groups (in order or act-order, static groups) it is the clipped RTN.
+        let clip = MseClip::default();
+        let clipped = super::super::mse_rtn(&w, (n, k), 4, 4, false, &clip).unwrap();
+        assert_ne!(clipped, r.quant, "the example must clip some group");
+        for act_order in [false, true] {
+            let opts = GptqOptions { group: 4, act_order, mse: Some(clip), ..Default::default() };
+            assert_eq!(gptq(&w, n, k, &xtx, 10, &opts).unwrap().quant, clipped, "act_order {act_order}");
+        }
+        let bad = GptqOptions { mse: Some(MseClip { grid: 0, max_shrink: 0.5 }), ..Default::default() };
+        assert!(gptq(&w, n, k, &xtx, 10, &bad).is_err());
     }
 }

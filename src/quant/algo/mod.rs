@@ -8,7 +8,7 @@
 //! | [`stats`] | [`ChannelStats`]: per-input-channel activation statistics, the Hessian `XᵀX` and sample rows | — |
 //! | [`smooth`] | SmoothQuant migration factors ([`smooth_factors`]) | Xiao et al., arXiv 2211.10438 |
 //! | [`awq`] | the AWQ activation-aware scale search ([`awq_search`]) | Lin et al., arXiv 2306.00978 |
-//! | [`clip`] | AWQ's per-group clipping search ([`clip_search`]) | the same, `auto_clip` |
+//! | [`clip`] | AWQ's per-group clipping search ([`clip_search`]); the data-free one ([`MseClip`], [`mse_rtn`]) | the same, `auto_clip`; GPTQ's `Quantizer(mse=True)` |
 //! | [`gptq`] | GPTQ error-compensating quantization ([`gptq()`]) | Frantar et al., arXiv 2210.17323 |
 //!
 //! Conventions shared by every function here (they match the IR's `dequantize`, see
@@ -37,9 +37,9 @@ pub mod smooth;
 pub mod stats;
 
 pub use awq::{awq_search, dequantize_scaled, quantize_scaled, AwqCalib, AwqOptions, AwqResult};
-pub use clip::{clip_search, ClipOptions, ClipResult};
+pub use clip::{clip_search, ClipOptions, ClipResult, MseClip};
 pub use gptq::{gptq, gptq_from_stats, GptqOptions, GptqResult};
-pub use group::{quantize_with, rtn, GroupParams, GroupQuant};
+pub use group::{mse_rtn, quantize_with, rtn, GroupParams, GroupQuant};
 pub use mat::output_error;
 pub use smooth::{smooth_factors, weight_absmax_per_input};
 pub use stats::ChannelStats;

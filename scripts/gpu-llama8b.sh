@@ -46,7 +46,7 @@ bench() {
     local p=$1 plan=/tmp/l8b-$1.plan
     [[ -f $plan ]] || { echo "bench $p: no plan"; return; }
     timeout 240 "$q" bench "$plan" --prompt-len 1024 --gen "${GEN:-32}" --batch 1,8,64 2>&1 | tail -5
-    timeout 120 "$q" bench "$plan" --prompt-len 2048 --gen 2 --batch 1 2>&1 | tail -1
+    timeout 120 "$q" bench "$plan" --prompt-len 2046 --gen 2 --batch 1 2>&1 | tail -1
 }
 
 peers() {

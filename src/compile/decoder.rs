@@ -17,6 +17,7 @@ use super::{assemble, CompileError, CompileOptions, CompiledPlan, Source};
 use crate::codegen::kernel::PagedKv;
 use crate::import::decoder::{self, DecoderModel, DecoderOptions, KvFormat, LogitRows};
 use crate::ir::{DType, Graph};
+use crate::passes::PassOptions;
 use crate::plan::{DecoderMeta, GenerationDefaults, KvCacheMeta, KvSlotMeta, SpecialTokens};
 use crate::quant;
 
@@ -78,7 +79,7 @@ pub fn compile_decoder(path: &Path, opts: &CompileOptions, d: &DecoderPlanOption
     let storage = d.kv_cache.unwrap_or(opts.recipe.compute);
     decoder::set_kv_cache(&mut model, storage, &opts.calib.sentences, opts.calib.quiet)?;
     let recipe = decoder::decoder_recipe(opts.recipe.clone());
-    let q = quant::quantize(&model, &recipe, &opts.calib, &opts.passes)?;
+    let q = quant::quantize(&model, &recipe, &opts.calib, &decoder_passes(&opts.passes))?;
     let max_pages = u32::try_from(model.max_seq.div_ceil(u64::from(d.page_size)))
         .map_err(|_| CompileError::Options(format!("--max-seq {} needs too many pages", model.max_seq)))?;
     let tokenizer = match &model.tokenizer {
@@ -162,4 +163,18 @@ fn decoder_meta(
         defaults: GenerationDefaults::default(),
         split_scratch_bytes: 0,
     })
+}
+
+/// The pass options of a decoder plan: `opts` with `merge-sibling-gemms` enabled (Q/K/V as one
+/// GEMM: its segmented kernels matched the interpreter on an H100, and whole SmolLM2-shaped fp16
+/// and fp8 + FP8-KV plans passed `qfuse check`), unless `--disable-pass` names it. Encoder plans
+/// keep it opt-in ([`crate::passes::pipeline::OPT_IN`]) until their merged kernels have run on a
+/// GPU too.
+pub fn decoder_passes(opts: &PassOptions) -> PassOptions {
+    const MERGE: &str = "merge-sibling-gemms";
+    let mut passes = opts.clone();
+    if !passes.disable.iter().any(|d| d == MERGE) && !passes.enable.iter().any(|e| e == MERGE) {
+        passes.enable.push(MERGE.into());
+    }
+    passes
 }

@@ -45,8 +45,9 @@
 //! `qmatmul`, and a group of one merges nothing. A changed graph is compacted.
 //!
 //! Interactions: runs after every fusion that shapes a `qmatmul` (epilogues, output quantizes) and
-//! before `cse`/`dce`. Opt-in ([`crate::passes::pipeline::OPT_IN`]) until its kernels
-//! (`codegen::ops::split`) have run on a GPU.
+//! before `cse`/`dce`. On by default in decoder plans (`compile::decoder_passes`: its kernels,
+//! `codegen::ops::split`, matched the interpreter on an H100); opt-in for encoders
+//! ([`crate::passes::pipeline::OPT_IN`]) until an encoder plan with it has run on a GPU.
 
 use super::dce::{live_users, Users};
 use super::fold_constants::store;

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::kernels::{compile_sm90a, qmatmul_launches};
+use common::kernels::{compile_all_sm90a, qmatmul_launches};
 use common::skinny::{graph, kinds};
 use qfuse::codegen::kernel::KernelDef;
 use qfuse::codegen::nvrtc;
@@ -40,12 +40,7 @@ fn every_kind_lowers_to_the_skinny_kernel_and_compiles_to_sm90a_cubin() {
             kernels.push(k.clone());
         }
     }
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
-    std::thread::scope(|s| {
-        for chunk in kernels.chunks(kernels.len().div_ceil(threads)) {
-            s.spawn(move || chunk.iter().for_each(compile_sm90a));
-        }
-    });
+    compile_all_sm90a(&kernels);
 }
 
 /// Per-layer constants stay launch arguments: two layers that differ only in alpha share the

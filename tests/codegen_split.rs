@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::kernels::compile_sm90a;
+use common::kernels::compile_all_sm90a;
 use common::skinny::kinds;
 use common::split::{split_graph, widths};
 use qfuse::codegen::kernel::{KernelDef, Launch, LowerCx, Lowered};
@@ -57,12 +57,7 @@ fn every_kind_lowers_to_segmented_kernels_and_compiles_to_sm90a_cubin() {
         assert_eq!(both[0].kernel.name, small[0].kernel.name, "{}: one skinny kernel whatever the largest M", kind.name);
         kernels.extend([small[0].kernel.clone(), both[1].kernel.clone()]);
     }
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
-    std::thread::scope(|s| {
-        for chunk in kernels.chunks(kernels.len().div_ceil(threads)) {
-            s.spawn(move || chunk.iter().for_each(compile_sm90a));
-        }
-    });
+    compile_all_sm90a(&kernels);
 }
 
 /// Per-segment constants are launch arguments: two layers whose segments differ only in alpha

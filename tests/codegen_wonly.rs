@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::kernels::{compile_sm90a, qmatmul_launches};
+use common::kernels::{compile_all_sm90a, qmatmul_launches};
 use qfuse::codegen::kernel::{KernelDef, LowerCx};
 use qfuse::codegen::ops::wonly;
 use qfuse::ir::{
@@ -121,12 +121,7 @@ fn all_variants_lower_to_guarded_launches_and_compile_to_sm90a_cubin() {
             }
         }
     }
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
-    std::thread::scope(|s| {
-        for chunk in kernels.chunks(kernels.len().div_ceil(threads)) {
-            s.spawn(move || chunk.iter().for_each(compile_sm90a));
-        }
-    });
+    compile_all_sm90a(&kernels);
 }
 
 /// The groups docs/decoders.md recommends for decoders at SmolLM2-135M's shapes: W4A16 u4 with zero
@@ -147,7 +142,7 @@ fn small_groups_lower_and_compile_at_decoder_shapes() {
             kernels.extend(l.into_iter().map(|l| l.kernel));
         }
     }
-    kernels.iter().for_each(compile_sm90a);
+    compile_all_sm90a(&kernels);
 }
 
 /// Small plans get only the skinny kernel (no guard); the GEMM's grid covers M in row tiles; a

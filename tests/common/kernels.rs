@@ -20,3 +20,13 @@ pub fn compile_sm90a(k: &KernelDef) {
     let cubin = nvrtc::compile_cubin(&k.name, &k.source, "sm_90a", &[]).unwrap_or_else(|e| panic!("{}:\n{e}", k.name));
     assert!(cubin.starts_with(b"\x7fELF"), "{}: not an ELF", k.name);
 }
+
+/// Compiles every kernel of `kernels` to sm_90a CUBIN ([`compile_sm90a`]) on up to 8 threads.
+pub fn compile_all_sm90a(kernels: &[KernelDef]) {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
+    std::thread::scope(|s| {
+        for chunk in kernels.chunks(kernels.len().div_ceil(threads).max(1)) {
+            s.spawn(move || chunk.iter().for_each(compile_sm90a));
+        }
+    });
+}

@@ -213,9 +213,7 @@ fn causal_attention_needs_a_paged_cache_and_state_operands() {
     // k swapped for q-shaped garbage: not the state update.
     let mut g = llama_step(KvFormat::Float(DType::F32)).unwrap();
     let node = nodes_of(&g, "causal_attention").next().unwrap();
-    let (k, v) = (g.nodes[node].inputs[1], g.nodes[node].inputs[2]);
-    g.nodes[node].inputs[1] = v;
-    let _ = k;
+    g.nodes[node].inputs[1] = g.nodes[node].inputs[2];
     let e = qfuse::codegen::ops::lower_node(&cx(&g), node).unwrap_err();
     assert!(e.reason.contains("is not the state update"), "{e}");
 }

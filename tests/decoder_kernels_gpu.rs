@@ -54,19 +54,6 @@ fn launch(gpu: &Gpu, k: &KernelDef, grid: [u32; 3], args: &[KArg]) {
     gpu.launch(k, grid, &mut params);
 }
 
-/// Deterministic values in [-scale, scale).
-fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
-
 /// Grid of `k` at the given symbol values.
 fn grid(k: &KernelDef, syms: &[(String, u64)]) -> [u32; 3] {
     k.grid.clone().map(|d| u32::try_from(d.eval_with(syms).expect("grid")).expect("grid fits u32"))
@@ -191,7 +178,7 @@ fn attention_case(compute: DType, cache: DType, codes: &str, rope: &str, seq: us
     let scale = if cache.is_quantized_storage() { 200.0 } else { 1.0 };
     let mk = |dt: DType, shape: Vec<usize>, seed: u64, s: f32| {
         let n = shape.iter().product();
-        Tensor::from_f32_as(dt, shape, noise(n, seed, s))
+        Tensor::from_f32_as(dt, shape, common::noise(n, seed, s))
     };
     // Unrotated keys in q's dtype, small enough that k / k_scale stays inside E4M3's range.
     let k = if rope.is_empty() { mk(cache, vec![batch, seq, kv, d], 2, scale) } else { mk(compute, vec![batch, seq, kv, d], 2, 0.4) };
@@ -215,15 +202,15 @@ fn nvfp4_attention_case(rope: &str, seq: usize, lens: &[i64]) -> f32 {
     let batch = lens.len();
     let g = nvfp4_attention_graph(rope, 16, past as u64);
     let codes = |tokens: usize, seed: u64| {
-        Tensor::from_f32_as(DType::F4E2M1, vec![batch, tokens, kv, d], noise(batch * tokens * kv * d, seed, 6.5))
+        Tensor::from_f32_as(DType::F4E2M1, vec![batch, tokens, kv, d], common::noise(batch * tokens * kv * d, seed, 6.5))
     };
     let scales = |tokens: usize, seed: u64| {
         let n = batch * tokens * kv * d / 16;
-        let v = noise(n, seed, 1.0).into_iter().map(|x| 2f32.powf(-6.0 + 7.5 * (x + 1.0))).collect();
+        let v = common::noise(n, seed, 1.0).into_iter().map(|x| 2f32.powf(-6.0 + 7.5 * (x + 1.0))).collect();
         Tensor::from_f32_as(DType::F8E4M3, vec![batch, tokens, kv, d / 16], v)
     };
     let inputs = vec![
-        ("q", Tensor::from_f32_as(DType::F16, vec![batch, seq, h * d], noise(batch * seq * h * d, 1, 0.05))),
+        ("q", Tensor::from_f32_as(DType::F16, vec![batch, seq, h * d], common::noise(batch * seq * h * d, 1, 0.05))),
         ("k", codes(seq, 2)),
         ("k_scale", scales(seq, 12)),
         ("v", codes(seq, 3)),
@@ -513,7 +500,7 @@ fn rope_matches_the_interpreter() {
             let text = common::rope_graph_text(dtype, pairs, extra, 256);
             let g = ir::parse(&text).unwrap();
             let dt = g.ty(input(&g, "x")).dtype;
-            let x = Tensor::from_f32_as(dt, vec![3, 5, 256], noise(3 * 5 * 256, 11, 3.0));
+            let x = Tensor::from_f32_as(dt, vec![3, 5, 256], common::noise(3 * 5 * 256, 11, 3.0));
             let len = Tensor::i64(vec![3], vec![0, 7, 100_000]);
             let want = interp::run(&g, &NoWeights, &[("x", x.clone()), ("cache_len", len.clone())]).unwrap()[0].1.to_f32_vec();
             let program = lower_graph_paged(&g, 90, LowerOptions::default(), None).unwrap();
@@ -548,7 +535,7 @@ fn rope_matches_the_interpreter() {
 #[ignore = "needs an NVIDIA GPU (sm_90) and NVRTC"]
 fn the_sampler_chooses_what_choose_chooses() {
     let (rows, vocab, stride) = (4usize, 5000usize, 5003usize);
-    let mut logits = noise(rows * stride, 21, 8.0);
+    let mut logits = common::noise(rows * stride, 21, 8.0);
     // Ties, signed zeros, NaN, -inf; a row of all NaN.
     for b in 0..rows {
         let r = &mut logits[b * stride..b * stride + vocab];

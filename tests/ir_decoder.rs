@@ -1,6 +1,8 @@
 //! The decoder ops (`rope`, `causal_attention`) and graph state in the IR: text round trip,
 //! verifier rules, and the interpreter's semantics on small hand-checked cases.
 
+mod common;
+
 use qfuse::interp::{self, NoWeights, Tensor};
 use qfuse::ir::{self, Builder, CausalAttention, DType, Dim, Graph, Op, Rope, RopePairs, StateSlot, TensorType};
 
@@ -229,19 +231,6 @@ fn nvfp4_attention_text(fused: bool) -> String {
     )
 }
 
-/// Deterministic values in [-scale, scale).
-fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
-
 #[test]
 fn an_nvfp4_cache_attention_round_trips_verifies_and_reads_as_its_dequantize() {
     let fused = ir::parse(&nvfp4_attention_text(true)).expect("parses");
@@ -271,13 +260,14 @@ fn an_nvfp4_cache_attention_round_trips_verifies_and_reads_as_its_dequantize() {
     let mut unfused = ir::parse(&nvfp4_attention_text(false)).expect("parses");
     ir::verify(&unfused, "unfused").expect("verifies");
     let (b, s, p) = (2usize, 3usize, 5usize);
-    let codes = |tokens: usize, seed: u64| Tensor::from_f32_as(DType::F4E2M1, vec![b, tokens, 1, 32], noise(b * tokens * 32, seed, 7.0));
+    let codes =
+        |tokens: usize, seed: u64| Tensor::from_f32_as(DType::F4E2M1, vec![b, tokens, 1, 32], common::noise(b * tokens * 32, seed, 7.0));
     let scales = |tokens: usize, seed: u64| {
-        let v = noise(b * tokens * 2, seed, 300.0).into_iter().map(|x| x.abs() + 0.002).collect();
+        let v = common::noise(b * tokens * 2, seed, 300.0).into_iter().map(|x| x.abs() + 0.002).collect();
         Tensor::from_f32_as(DType::F8E4M3, vec![b, tokens, 1, 2], v)
     };
     let inputs = [
-        ("q", Tensor::from_f32_as(DType::F16, vec![b, s, 64], noise(b * s * 64, 1, 1.0))),
+        ("q", Tensor::from_f32_as(DType::F16, vec![b, s, 64], common::noise(b * s * 64, 1, 1.0))),
         ("cache_len", Tensor::i64(vec![b], vec![5, 2])),
         ("past.k.0", codes(p, 2)),
         ("past.k_scale.0", scales(p, 3)),

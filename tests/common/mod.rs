@@ -170,3 +170,16 @@ pub fn compile_decoder_plan(model: &Path, recipe: &str, max_batch: u64, dir: &Pa
     compile_decoder(model, &opts, &d).expect("compile").save(&path).unwrap();
     path
 }
+
+/// Deterministic xorshift values in [-scale, scale) (the decoder tests' inputs).
+pub fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}

@@ -282,17 +282,11 @@ pub fn set_kv_cache(model: &mut DecoderModel, storage: DType, texts: &[String], 
     if model.options.kv == KvFormat::Float(storage) {
         return Ok(());
     }
+    let calibrate = || kv::calibrate(model, &model.calibration_texts(texts)?, storage, quiet);
     let kv = match storage {
         DType::F32 | DType::F16 | DType::BF16 => KvFormat::Float(storage),
-        DType::F8E4M3 | DType::I8 => {
-            let texts = model.calibration_texts(texts)?;
-            let scales = kv::calibrate(model, &texts, storage, quiet)?;
-            KvFormat::PerTensor { storage, scales }
-        }
-        DType::F4E2M1 => {
-            let texts = model.calibration_texts(texts)?;
-            KvFormat::Nvfp4 { globals: kv::calibrate(model, &texts, storage, quiet)? }
-        }
+        DType::F8E4M3 | DType::I8 => KvFormat::PerTensor { storage, scales: calibrate()? },
+        DType::F4E2M1 => KvFormat::Nvfp4 { globals: calibrate()? },
         other => {
             let message = format!("{other} is not a KV-cache format (f32, f16, bf16, f8e4m3, i8, f4e2m1 = nvfp4)");
             return Err(ImportError::KvCache { path: model.path.clone(), layer: "all layers".into(), message });

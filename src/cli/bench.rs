@@ -33,10 +33,11 @@ pub struct BenchArgs {
     iters: usize,
     /// Print one JSON object instead of a line of text (encoder plans: `plan`, `device`, `batch`,
     /// `seq`, `median_ms`, `min_ms`, `mean_ms`, `iters`; decoder plans: `plan`, `device`,
-    /// `weight_bytes`, `runs`).
+    /// `weight_bytes`, `copy_gbps`, `runs`).
     #[arg(long)]
     json: bool,
-    /// Also print the GPU time of every kernel (one profiled run, no graph).
+    /// Also print the GPU time per kernel template (one profiled run, no graph; decoder plans: the
+    /// first prefill step and the middle decode step of each batch size's measured run).
     #[arg(long)]
     profile: bool,
     /// Launch every kernel in plain stream order, without programmatic dependent launch (on by
@@ -94,20 +95,8 @@ pub fn run(args: &BenchArgs, quiet: bool) -> anyhow::Result<()> {
     let tokens = (batch * args.seq) as f64;
     if args.profile {
         let (_, timings) = ctx.run_profiled(&inputs)?;
-        let mut by_kernel: Vec<(String, f64, usize)> = Vec::new();
-        for t in &timings {
-            let template = t.kernel.rsplit_once('_').map_or(t.kernel.as_str(), |(a, _)| a).to_string();
-            match by_kernel.iter_mut().find(|(k, _, _)| *k == template) {
-                Some(e) => {
-                    e.1 += t.micros;
-                    e.2 += 1;
-                }
-                None => by_kernel.push((template, t.micros, 1)),
-            }
-        }
-        by_kernel.sort_by(|a, b| b.1.total_cmp(&a.1));
-        for (k, us, n) in &by_kernel {
-            eprintln!("{us:>9.1} µs  {n:>3}×  {k}");
+        for g in by_template(&timings) {
+            eprintln!("{}", g.line());
         }
     }
     if args.json {
@@ -127,6 +116,41 @@ pub fn run(args: &BenchArgs, quiet: bool) -> anyhow::Result<()> {
         tokens / (stats.median_ms / 1000.0),
     ))
     .map_err(Into::into)
+}
+
+/// The GPU time of one kernel template within a profiled run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TemplateTime {
+    /// The template (the kernel name without its specialisation suffix).
+    pub template: String,
+    /// Launches of it.
+    pub launches: usize,
+    /// Their summed GPU time, µs.
+    pub micros: f64,
+}
+
+impl TemplateTime {
+    /// `   123.4 µs   30×  gemm_skinny`.
+    pub fn line(&self) -> String {
+        format!("{:>9.1} µs  {:>3}×  {}", self.micros, self.launches, self.template)
+    }
+}
+
+/// `timings` summed per template, the most expensive first.
+pub fn by_template(timings: &[qfuse::runtime::KernelTiming]) -> Vec<TemplateTime> {
+    let mut out: Vec<TemplateTime> = Vec::new();
+    for t in timings {
+        let template = t.kernel.rsplit_once('_').map_or(t.kernel.as_str(), |(a, _)| a);
+        match out.iter_mut().find(|g| g.template == template) {
+            Some(g) => {
+                g.micros += t.micros;
+                g.launches += 1;
+            }
+            None => out.push(TemplateTime { template: template.to_string(), launches: 1, micros: t.micros }),
+        }
+    }
+    out.sort_by(|a, b| b.micros.total_cmp(&a.micros));
+    out
 }
 
 /// The encoder `--json` object: the plan, the device, the shape and the times `(median, min,
@@ -161,16 +185,23 @@ fn synthetic_inputs(
 /// `qfuse bench` of a decoder plan: one line (or JSON object) per batch size.
 fn run_decoder(args: &BenchArgs, engine: &Engine, batches: &[u64], quiet: bool) -> anyhow::Result<()> {
     let spinner = qfuse::progress::spinner(format!("timing batch sizes {}", args.batch), quiet);
-    let rows = super::bench_decoder::bench(engine, args.prompt_len, args.gen, batches);
+    let copy_gbps = engine.context().and_then(|mut ctx| ctx.copy_bandwidth(1 << 30, 20));
+    let rows = super::bench_decoder::bench(engine, args.prompt_len, args.gen, batches, args.profile);
     spinner.finish_and_clear();
-    let rows = rows?;
+    let (copy_gbps, rows) = (copy_gbps?, rows?);
     if args.json {
-        let j = serde_json::json!({"plan": args.plan.display().to_string(), "device": engine.device_name(), "weight_bytes": engine.weight_bytes(), "runs": rows});
+        let j = serde_json::json!({"plan": args.plan.display().to_string(), "device": engine.device_name(), "weight_bytes": engine.weight_bytes(), "copy_gbps": copy_gbps, "runs": rows});
         return super::output::print_line(&j.to_string()).map_err(Into::into);
     }
+    super::output::print_line(&format!(
+        "{}: {:.2} GB of weights; device copy bandwidth {:.0} GB/s (1 GiB device-to-device, read + write)",
+        args.plan.display(),
+        engine.weight_bytes() as f64 / 1e9,
+        copy_gbps
+    ))?;
     for r in &rows {
         super::output::print_line(&format!(
-            "{}: batch {:>3}, prompt {} + {} tokens on {}: first token {:.2} ms, {:.3} ms per step, {:.0} tokens/s, weights at {:.0} GB/s",
+            "{}: batch {:>3}, prompt {} + {} tokens on {}: first token {:.2} ms, {:.3} ms per step, {:.0} tokens/s, weights at {:.0} GB/s ({:.0} % of copy)",
             args.plan.display(),
             r.batch,
             r.prompt_len,
@@ -179,8 +210,16 @@ fn run_decoder(args: &BenchArgs, engine: &Engine, batches: &[u64], quiet: bool) 
             r.ttft_ms,
             r.ms_per_step,
             r.tokens_per_second,
-            r.weight_gb_per_s
+            r.weight_gb_per_s,
+            100.0 * r.weight_gb_per_s / copy_gbps
         ))?;
+        for (what, p) in [("prefill", &r.prefill_profile), ("decode", &r.decode_profile)] {
+            let Some(p) = p else { continue };
+            super::output::print_line(&format!("  {what} step, batch {}: {}", r.batch, p.summary()))?;
+            for g in p.templates.iter().take(12) {
+                super::output::print_line(&format!("  {}", g.line()))?;
+            }
+        }
     }
     Ok(())
 }
@@ -194,6 +233,19 @@ mod tests {
     struct Wrap {
         #[command(flatten)]
         bench: BenchArgs,
+    }
+
+    #[test]
+    fn profiles_sum_per_template_most_expensive_first() {
+        let t = |kernel: &str, micros: f64| qfuse::runtime::KernelTiming { launch: 0, label: "x".into(), kernel: kernel.into(), micros };
+        let timings = [t("gemm_skinny_3f2a", 10.0), t("rmsnorm_77", 4.0), t("gemm_skinny_9c01", 12.5), t("rmsnorm_77", 4.0)];
+        let got = by_template(&timings);
+        let want = [("gemm_skinny", 2, 22.5), ("rmsnorm", 2, 8.0)];
+        assert_eq!(got.len(), want.len());
+        for (g, (template, launches, micros)) in got.iter().zip(want) {
+            assert_eq!((g.template.as_str(), g.launches, g.micros), (template, launches, micros));
+        }
+        assert_eq!(got[0].line(), "     22.5 µs    2×  gemm_skinny");
     }
 
     #[test]

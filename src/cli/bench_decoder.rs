@@ -24,10 +24,49 @@ pub struct DecodeBench {
     pub tokens_per_second: f64,
     /// Weight bytes read per decode step over its median time, GB/s.
     pub weight_gb_per_s: f64,
+    /// With `--profile`: the first prefill step's kernels.
+    pub prefill_profile: Option<StepProfile>,
+    /// With `--profile`: the kernels of the decode step halfway through generation.
+    pub decode_profile: Option<StepProfile>,
 }
 
-/// Benchmarks `engine` at each of `batches`.
-pub fn bench(engine: &Engine, prompt_len: u64, gen: u64, batches: &[u64]) -> anyhow::Result<Vec<DecodeBench>> {
+/// One profiled step: its launches' GPU time per template, and the sum against the step's
+/// measured wall time (the difference is launch overhead and host work).
+#[derive(Debug, serde::Serialize)]
+pub struct StepProfile {
+    /// Rows (tokens) the step computed.
+    pub tokens: u64,
+    /// Kernel launches.
+    pub launches: usize,
+    /// Summed GPU time of the launches, µs (each between its own events: no overlap).
+    pub kernel_micros: f64,
+    /// Per template, most expensive first.
+    pub templates: Vec<super::bench::TemplateTime>,
+}
+
+impl StepProfile {
+    fn new(tokens: u64, timings: &[qfuse::runtime::KernelTiming]) -> Self {
+        Self {
+            tokens,
+            launches: timings.len(),
+            kernel_micros: timings.iter().map(|t| t.micros).sum(),
+            templates: super::bench::by_template(timings),
+        }
+    }
+
+    /// `4 tokens, 244 launches, 512.3 µs of kernel time`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} tokens, {} launches, {:.1} µs of kernel time (one event pair per launch, no graph)",
+            self.tokens, self.launches, self.kernel_micros
+        )
+    }
+}
+
+/// Benchmarks `engine` at each of `batches`; with `profile`, the measured run also profiles its
+/// first prefill step and its middle decode step (those two steps' wall times then include the
+/// profiled launches, and are left out of the median).
+pub fn bench(engine: &Engine, prompt_len: u64, gen: u64, batches: &[u64], profile: bool) -> anyhow::Result<Vec<DecodeBench>> {
     let d = engine.meta().decoder.clone().ok_or_else(|| anyhow::anyhow!("not a decoder plan"))?;
     anyhow::ensure!(
         prompt_len >= 1 && prompt_len + gen <= d.max_seq,
@@ -44,8 +83,8 @@ pub fn bench(engine: &Engine, prompt_len: u64, gen: u64, batches: &[u64]) -> any
             d.max_batch
         );
         // The first run captures the CUDA graphs of every step shape; the second is measured.
-        run_once(engine, d.vocab, prompt_len, gen, batch)?;
-        let (ttft, median) = run_once(engine, d.vocab, prompt_len, gen, batch)?;
+        run_once(engine, d.vocab, prompt_len, gen, batch, false)?;
+        let Run { ttft, median, prefill_profile, decode_profile } = run_once(engine, d.vocab, prompt_len, gen, batch, profile)?;
         out.push(DecodeBench {
             batch,
             prompt_len,
@@ -54,14 +93,24 @@ pub fn bench(engine: &Engine, prompt_len: u64, gen: u64, batches: &[u64]) -> any
             ms_per_step: median * 1e3,
             tokens_per_second: batch as f64 / median,
             weight_gb_per_s: weight_bytes as f64 / median / 1e9,
+            prefill_profile,
+            decode_profile,
         });
     }
     Ok(out)
 }
 
-/// One generation of `batch` random prompts on a fresh generator: the time until every sequence
-/// had its first token and the median decode step (every sequence one token), in seconds.
-fn run_once(engine: &Engine, vocab: u64, prompt_len: u64, gen: u64, batch: u64) -> anyhow::Result<(f64, f64)> {
+/// What one generation measured: the time until every sequence had its first token and the
+/// median decode step (every sequence one token), in seconds; the profiles when asked.
+struct Run {
+    ttft: f64,
+    median: f64,
+    prefill_profile: Option<StepProfile>,
+    decode_profile: Option<StepProfile>,
+}
+
+/// One generation of `batch` random prompts on a fresh generator.
+fn run_once(engine: &Engine, vocab: u64, prompt_len: u64, gen: u64, batch: u64, profile: bool) -> anyhow::Result<Run> {
     let mut gen_ = Generator::new(engine, None)?;
     let mut s = 0x5eed_u64.wrapping_add(batch);
     let mut next = || {
@@ -74,11 +123,25 @@ fn run_once(engine: &Engine, vocab: u64, prompt_len: u64, gen: u64, batch: u64) 
     }
     let started = Instant::now();
     let mut first = std::collections::HashSet::new();
-    let mut ttft = None;
+    let (mut ttft, mut prefill_profile, mut decode_profile) = (None, None, None);
     let mut steps = Vec::new();
+    let mut decode_steps = 0u64;
     while gen_.pending() > 0 {
+        let profile_prefill = profile && prefill_profile.is_none();
+        let profile_decode = profile && ttft.is_some() && decode_profile.is_none() && decode_steps == gen / 2;
         let t = Instant::now();
-        let report = gen_.step()?;
+        let report = if profile_prefill || profile_decode {
+            let (report, rows, timings) = gen_.step_profiled()?;
+            let p = Some(StepProfile::new(rows as u64, &timings));
+            if profile_prefill {
+                prefill_profile = p;
+            } else {
+                decode_profile = p;
+            }
+            report
+        } else {
+            gen_.step()?
+        };
         let dt = t.elapsed().as_secs_f64();
         let decode = ttft.is_some() && report.emitted.len() as u64 == batch;
         report.emitted.iter().for_each(|(id, _)| {
@@ -87,11 +150,14 @@ fn run_once(engine: &Engine, vocab: u64, prompt_len: u64, gen: u64, batch: u64) 
         if ttft.is_none() && first.len() as u64 == batch {
             ttft = Some(started.elapsed().as_secs_f64());
         } else if decode {
-            steps.push(dt);
+            decode_steps += 1;
+            if !profile_decode {
+                steps.push(dt);
+            }
         }
     }
     anyhow::ensure!(gen_.pages_in_use() == 0, "pages leaked: {} in use after the run", gen_.pages_in_use());
     steps.sort_by(f64::total_cmp);
     let median = steps.get(steps.len() / 2).copied().unwrap_or(f64::NAN);
-    Ok((ttft.unwrap_or(f64::NAN), median))
+    Ok(Run { ttft: ttft.unwrap_or(f64::NAN), median, prefill_profile, decode_profile })
 }

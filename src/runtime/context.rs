@@ -215,32 +215,8 @@ impl<'e> Context<'e> {
             self.sync_on_error(|this| {
                 this.upload_inputs(&binding, inputs)?;
                 let launches = resolve_schedule(this.engine.meta(), &binding.symbols, &this.addresses())?;
-                let mut micros = Vec::with_capacity(launches.len());
-                for batch in launches.chunks(TIMING_BATCH) {
-                    this.ensure_events(2 * batch.len())?;
-                    let _open = this.close_gate()?;
-                    for (i, l) in batch.iter().enumerate() {
-                        this.record(2 * i)?;
-                        this.launch(l)?;
-                        this.record(2 * i + 1)?;
-                    }
-                    drop(_open);
-                    this.sync()?;
-                    for i in 0..batch.len() {
-                        micros.push(1000.0 * this.elapsed_ms(2 * i, 2 * i + 1)?);
-                    }
-                }
-                this.warn_if_gate_timed_out("profiling");
+                let timings = this.time_launches(&launches, "profiling")?;
                 let outputs = this.download_outputs(&binding.symbols)?;
-                let meta = this.engine.meta();
-                let timings = launches
-                    .iter()
-                    .zip(micros)
-                    .map(|(l, micros)| {
-                        let (label, kernel) = launch_label(meta, l.index);
-                        KernelTiming { launch: l.index, label: label.into(), kernel: kernel.into(), micros }
-                    })
-                    .collect();
                 Ok((outputs, timings))
             })
         })
@@ -462,6 +438,65 @@ impl<'e> Context<'e> {
         }
         self.sync()?;
         Ok(out)
+    }
+
+    /// Launches `launches` in order, each between two CUDA events, enqueued in batches behind the
+    /// gate (so the host's launch rate does not show), and returns each launch's GPU time; the
+    /// stream is synchronised on return. `what` names the activity in the gate's warning.
+    pub(super) fn time_launches(&mut self, launches: &[ResolvedLaunch], what: &str) -> Result<Vec<KernelTiming>, RuntimeError> {
+        let mut micros = Vec::with_capacity(launches.len());
+        for batch in launches.chunks(TIMING_BATCH) {
+            self.ensure_events(2 * batch.len())?;
+            let _open = self.close_gate()?;
+            for (i, l) in batch.iter().enumerate() {
+                self.record(2 * i)?;
+                self.launch(l)?;
+                self.record(2 * i + 1)?;
+            }
+            drop(_open);
+            self.sync()?;
+            for i in 0..batch.len() {
+                micros.push(1000.0 * self.elapsed_ms(2 * i, 2 * i + 1)?);
+            }
+        }
+        self.warn_if_gate_timed_out(what);
+        let meta = self.engine.meta();
+        Ok(launches
+            .iter()
+            .zip(micros)
+            .map(|(l, micros)| {
+                let (label, kernel) = launch_label(meta, l.index);
+                KernelTiming { launch: l.index, label: label.into(), kernel: kernel.into(), micros }
+            })
+            .collect())
+    }
+
+    /// The device's copy bandwidth in GB/s: (read + write bytes) over the median time of
+    /// `iters` device-to-device copies of `bytes` bytes (the ceiling that weight streaming is
+    /// measured against; `qfuse bench` uses 1 GiB, as `scripts/gemm_peer_bench.py` does).
+    pub fn copy_bandwidth(&mut self, bytes: usize, iters: usize) -> Result<f64, RuntimeError> {
+        guarded("measuring the copy bandwidth", || {
+            self.bind_ctx()?;
+            let src = DeviceAlloc::new(&self.engine.ctx, bytes, "the copy-bandwidth source")?;
+            let dst = DeviceAlloc::new(&self.engine.ctx, bytes, "the copy-bandwidth destination")?;
+            let iters = iters.max(1);
+            self.ensure_events(2 * iters)?;
+            let copy = |this: &Self| {
+                // SAFETY: two live allocations of `bytes` bytes on this context, on its stream.
+                unsafe { result::memcpy_dtod_async(dst.ptr(), src.ptr(), bytes, this.cu_stream()) }
+                    .map_err(|e| RuntimeError::driver("a device-to-device copy", e))
+            };
+            copy(self)?; // warm-up
+            for i in 0..iters {
+                self.record(2 * i)?;
+                copy(self)?;
+                self.record(2 * i + 1)?;
+            }
+            self.sync()?;
+            let ms = (0..iters).map(|i| self.elapsed_ms(2 * i, 2 * i + 1)).collect::<Result<Vec<_>, _>>()?;
+            let median = stats(ms).median_ms;
+            Ok(2.0 * bytes as f64 / (median * 1e-3) / 1e9)
+        })
     }
 
     /// Enqueues one resolved launch on the stream.

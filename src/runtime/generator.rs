@@ -13,7 +13,7 @@
 //!
 //! One generator per thread (each owns its context and cache); the [`Engine`] is shared.
 
-use super::context::{Context, StepOutput};
+use super::context::{Context, KernelTiming, StepOutput};
 use super::engine::Engine;
 use super::error::RuntimeError;
 use super::kv;
@@ -70,11 +70,34 @@ impl<'e> Generator<'e> {
             logits = l;
             Ok::<_, RuntimeError>(ids)
         })?;
+        self.keep_step_logits(&report, logits);
+        Ok(report)
+    }
+
+    fn keep_step_logits(&mut self, report: &StepReport, logits: Option<Vec<Vec<f32>>>) {
         if let Some(l) = logits {
             // A step's rows all emit a token, or (a prefill chunk short of the prompt's end) none.
             self.last_logits = report.emitted.iter().zip(l).map(|(&(id, _), row)| (id, row)).collect();
         }
-        Ok(report)
+    }
+
+    /// Like [`Generator::step`], and also the GPU time of every launch of that step: the step is
+    /// first run once profiled ([`Context::profile_step`], no graph) and then for real, which
+    /// overwrites the cache entries the profiled run wrote with the same values. Also returns the
+    /// step's `batch × seq` token rows.
+    pub fn step_profiled(&mut self) -> Result<(StepReport, usize, Vec<KernelTiming>), RuntimeError> {
+        let (ctx, keep) = (&mut self.ctx, self.keep_logits);
+        let mut logits = None;
+        let (mut timings, mut rows) = (Vec::new(), 0);
+        let report = self.sched.step(|input: &StepInput| {
+            rows = input.batch * input.seq;
+            timings = ctx.profile_step(input)?;
+            let StepOutput { ids, logits: l } = ctx.decode_step(input, keep)?;
+            logits = l;
+            Ok::<_, RuntimeError>(ids)
+        })?;
+        self.keep_step_logits(&report, logits);
+        Ok((report, rows, timings))
     }
 
     /// The logits behind the last step's tokens, `(request id, logits)`, with `keep_logits`.

@@ -42,33 +42,19 @@ impl Context<'_> {
     pub fn decode_step(&mut self, input: &StepInput, want_logits: bool) -> Result<StepOutput, RuntimeError> {
         guarded("running a decoder step", || {
             let d = kv::decoder(self.engine)?.clone();
-            if self.kv.is_none() {
-                return Err(RuntimeError::Usage("no KV cache: call Context::attach_kv_cache first".into()));
-            }
-            check_step(&d, input)?;
-            let (b, s) = (input.batch as u64, input.seq as u64);
-            let inputs = [
-                ("input_ids", HostTensor::from_i64(vec![b, s], &input.ids)),
-                ("cache_len", HostTensor::from_i64(vec![b], &input.cache_len)),
-            ];
-            let binding = bind_inputs(self.engine.meta(), &inputs)?;
-            self.bind_ctx()?;
-            let table: Vec<u8> = input.page_table.iter().flat_map(|p| p.to_le_bytes()).collect();
+            let step = self.bind_step(&d, input)?;
+            let binding = &step.binding;
             self.sync_on_error(|this| {
-                this.upload_inputs(&binding, &inputs)?;
-                let (table_ptr, ids_ptr) = this.kv.as_ref().map(|kv| (kv.table.ptr(), kv.ids.ptr())).expect("checked above");
-                // SAFETY: the table holds max_batch·max_pages i32 (checked: B ≤ max_batch, row width
-                // = max_pages); `table` outlives the copy (the stream is synchronised below).
-                unsafe { result::memcpy_htod_async(table_ptr, &table, this.cu_stream()) }
-                    .map_err(|e| RuntimeError::driver("copying the page table to the device", e))?;
-                let issue = this.prepare(&binding)?;
-                this.issue(&issue, &binding)?;
+                this.stage_step(&step)?;
+                let issue = this.prepare(binding)?;
+                this.issue(&issue, binding)?;
                 let (logits_ptr, row_stride, dtype) = this.logits_rows(&d, &binding.symbols)?;
                 let elem = dtype.clone();
                 let elem = u64::from(crate::runtime::tensor::dtype_bits(&elem).unwrap_or(32) / 8);
                 for sample in this.sample_launches(&d, input, logits_ptr, row_stride, elem)? {
                     this.launch(&sample)?;
                 }
+                let ids_ptr = this.kv.as_ref().map(|kv| kv.ids.ptr()).expect("checked by bind_step");
                 let mut ids = vec![0u8; input.batch * 4];
                 // SAFETY: `ids` has B i32 of the device's max_batch; synchronised below.
                 unsafe { result::memcpy_dtoh_async(&mut ids, ids_ptr, this.cu_stream()) }
@@ -79,6 +65,51 @@ impl Context<'_> {
                 Ok(StepOutput { ids, logits })
             })
         })
+    }
+
+    /// The GPU time of every launch of one scheduler step (no graph, no sampling; an event pair
+    /// around each launch, as [`Context::run_profiled`]). The step writes the KV-cache entries
+    /// `input` names, exactly as [`Context::decode_step`] on the same input does, so profiling a
+    /// step and then running it leaves the cache as running it alone would.
+    pub fn profile_step(&mut self, input: &StepInput) -> Result<Vec<KernelTiming>, RuntimeError> {
+        guarded("profiling a decoder step", || {
+            let d = kv::decoder(self.engine)?.clone();
+            let step = self.bind_step(&d, input)?;
+            self.sync_on_error(|this| {
+                this.stage_step(&step)?;
+                let launches = resolve_schedule(this.engine.meta(), &step.binding.symbols, &this.addresses())?;
+                this.time_launches(&launches, "profiling a decoder step")
+            })
+        })
+    }
+
+    /// Checks a step against the plan's limits and binds its inputs.
+    fn bind_step(&mut self, d: &DecoderMeta, input: &StepInput) -> Result<BoundStep, RuntimeError> {
+        if self.kv.is_none() {
+            return Err(RuntimeError::Usage("no KV cache: call Context::attach_kv_cache first".into()));
+        }
+        check_step(d, input)?;
+        let (b, s) = (input.batch as u64, input.seq as u64);
+        let inputs = vec![
+            ("input_ids", HostTensor::from_i64(vec![b, s], &input.ids)),
+            ("cache_len", HostTensor::from_i64(vec![b], &input.cache_len)),
+        ];
+        let binding = bind_inputs(self.engine.meta(), &inputs)?;
+        self.bind_ctx()?;
+        let table: Vec<u8> = input.page_table.iter().flat_map(|p| p.to_le_bytes()).collect();
+        Ok(BoundStep { binding, inputs, table })
+    }
+
+    /// Uploads a bound step's inputs and its page table (asynchronously, on the stream; the
+    /// caller synchronises before `step` drops).
+    fn stage_step(&mut self, step: &BoundStep) -> Result<(), RuntimeError> {
+        self.upload_inputs(&step.binding, &step.inputs)?;
+        let table = &step.table;
+        let table_ptr = self.kv.as_ref().map(|kv| kv.table.ptr()).expect("checked by bind_step");
+        // SAFETY: the table holds max_batch·max_pages i32 (checked: B ≤ max_batch, row width
+        // = max_pages); `table` outlives the copy (the caller synchronises the stream).
+        unsafe { result::memcpy_htod_async(table_ptr, table, self.cu_stream()) }
+            .map_err(|e| RuntimeError::driver("copying the page table to the device", e))
     }
 
     /// Address of row 0's last-position logits, the stride between rows (elements) and the
@@ -195,6 +226,14 @@ impl Context<'_> {
             pdl: false,
         })
     }
+}
+
+/// A step's inputs bound to the plan: the binding, the host tensors behind it and the page
+/// table's bytes (kept alive until the stream is synchronised).
+struct BoundStep {
+    binding: Binding,
+    inputs: Vec<(&'static str, HostTensor)>,
+    table: Vec<u8>,
 }
 
 /// A step's shapes against the plan's limits; errors name the limit.

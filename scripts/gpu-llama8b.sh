@@ -45,8 +45,9 @@ compile() {
 bench() {
     local p=$1 plan=/tmp/l8b-$1.plan
     [[ -f $plan ]] || { echo "bench $p: no plan"; return; }
-    timeout 240 "$q" bench "$plan" --prompt-len 1024 --gen "${GEN:-32}" --batch 1,8,64 2>&1 | tail -5
-    timeout 120 "$q" bench "$plan" --prompt-len 2046 --gen 2 --batch 1 2>&1 | tail -1
+    # --profile: the first prefill step's and a decode step's kernels by template (docs/runtime.md).
+    timeout 240 "$q" bench "$plan" --prompt-len 1024 --gen "${GEN:-32}" --batch 1,8,64 --profile 2>&1 | sed 's|/tmp/||' | tail -50
+    timeout 120 "$q" bench "$plan" --prompt-len 2046 --gen 2 --batch 1 --profile 2>&1 | sed 's|/tmp/||' | tail -16
 }
 
 peers() {

@@ -72,7 +72,8 @@ for step in $steps; do
             profile=""
             [[ " ${PROFILE:-fp16 fp8+fp8kv} " == *" $p "* ]] && profile=--profile
             echo "-- $p"
-            timeout 180 "$q" bench "$(plan_of "$p")" --prompt-len 128 --gen 64 --batch 1,8,64 $profile 2>&1 | sed "s|$work/||" | tail -40
+            timeout 180 "$q" bench "$(plan_of "$p")" --prompt-len 128 --gen 64 --batch 1,8,64 $profile 2>&1 | sed "s|$work/||" \
+                | tee "$out/bench-${p//+/_}.log" | tail -40
         done
         ;;
     peers)

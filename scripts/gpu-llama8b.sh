@@ -46,8 +46,10 @@ bench() {
     local p=$1 plan=/tmp/l8b-$1.plan
     [[ -f $plan ]] || { echo "bench $p: no plan"; return; }
     # --profile: the first prefill step's and a decode step's kernels by template (docs/runtime.md).
-    timeout 240 "$q" bench "$plan" --prompt-len 1024 --gen "${GEN:-32}" --batch 1,8,64 --profile 2>&1 | sed 's|/tmp/||' | tail -50
-    timeout 120 "$q" bench "$plan" --prompt-len 2046 --gen 2 --batch 1 --profile 2>&1 | sed 's|/tmp/||' | tail -16
+    timeout 240 "$q" bench "$plan" --prompt-len 1024 --gen "${GEN:-32}" --batch 1,8,64 --profile 2>&1 | sed 's|/tmp/||' \
+        | tee "$out/bench-$p.log" | tail -50
+    timeout 120 "$q" bench "$plan" --prompt-len 2046 --gen 2 --batch 1 --profile 2>&1 | sed 's|/tmp/||' \
+        | tee "$out/prefill-$p.log" | tail -16
 }
 
 peers() {

@@ -24,10 +24,14 @@ if [[ "${1:-}" == decoder ]]; then
     qfuse_ensure_decoder
     rm -rf gpu-bundle gguf-a gguf-b gguf-c && mkdir -p gpu-bundle gguf-a gguf-b gguf-c
     cp target/release/qfuse gpu-bundle/ && strip gpu-bundle/qfuse 2>/dev/null || true
-    # The GPU kernel tests of the decoder (ignored without a GPU), run there with --ignored.
-    test_bin=$(cargo test --release --locked --no-run --test decoder_kernels_gpu 2>&1 | sed -n 's/.*(\(target\/release\/deps\/[^)]*\)).*/\1/p' | tail -1)
-    cp "$test_bin" gpu-bundle/decoder_kernels_gpu && strip gpu-bundle/decoder_kernels_gpu 2>/dev/null || true
-    gzip -9f gpu-bundle/qfuse gpu-bundle/decoder_kernels_gpu
+    # The GPU kernel tests (ignored without a GPU), run there with --ignored by gpu-decoder.sh:
+    # the decoder's kernels, the skinny and segmented GEMMs, and the row / element-wise kernels.
+    for t in decoder_kernels_gpu skinny_gpu codegen_ops; do
+        bin=$(cargo test --release --locked --no-run --test "$t" 2>&1 | sed -n 's/.*(\(target\/release\/deps\/[^)]*\)).*/\1/p' | tail -1)
+        cp "$bin" "gpu-bundle/$t" && strip "gpu-bundle/$t" 2>/dev/null || true
+        gzip -9f "gpu-bundle/$t"
+    done
+    gzip -9f gpu-bundle/qfuse
     split -b 33m "$QFUSE_DECODER_GGUF" gguf-a/part.
     mv gguf-a/part.ab gguf-b/ && mv gguf-a/part.ac gguf-c/
     sha256sum "$QFUSE_DECODER_GGUF" | cut -d' ' -f1 >gguf-c/sha256

@@ -6,7 +6,9 @@
 # stay in gpu-bundle-work/ (git-ignored, kept between warm calls), so the steps can be split over
 # several calls of at most 10 minutes each:
 #   STEPS  (default "kernels compile check bench peers")
-#     kernels  tests/decoder_kernels_gpu.rs (every decoder kernel against the interpreter)
+#     kernels  the GPU tests against the interpreter: tests/decoder_kernels_gpu.rs (every decoder
+#              kernel), tests/skinny_gpu.rs (skinny and segmented GEMMs), tests/codegen_ops.rs (row
+#              and element-wise kernels)
 #     compile  a plan per recipe of PLANS (--max-seq 1024 --max-batch 64)
 #     check    `qfuse check` of each plan: greedy tokens of 8 prompts on the GPU and on the
 #              interpreter on the same steps, and the rest of what `qfuse check` runs on decoders
@@ -21,8 +23,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 work=gpu-bundle-work
 out=$work/logs
 mkdir -p "$out"
-for f in gpu-bundle/qfuse.gz gpu-bundle/decoder_kernels_gpu.gz gpu-bundle/generate_gpu.gz; do [[ -f "$f" ]] && gunzip -f "$f"; done
-chmod +x gpu-bundle/qfuse gpu-bundle/decoder_kernels_gpu gpu-bundle/generate_gpu 2>/dev/null
+gpu_tests="decoder_kernels_gpu skinny_gpu codegen_ops"
+for f in qfuse $gpu_tests; do [[ -f gpu-bundle/$f.gz ]] && gunzip -f "gpu-bundle/$f.gz"; chmod +x "gpu-bundle/$f" 2>/dev/null; done
 q=gpu-bundle/qfuse
 gguf=$work/smollm2.gguf
 if [[ ! -f $gguf ]]; then
@@ -41,8 +43,12 @@ plan_of() { echo "$work/smol-${1//+/_}.plan"; }
 for step in $steps; do
     case $step in
     kernels)
-        echo "== decoder kernels vs the interpreter (tests/decoder_kernels_gpu.rs)"
-        timeout 120 gpu-bundle/decoder_kernels_gpu --ignored --test-threads=1 2>&1 | grep -E "^test |test result|panicked|assert" | head -20
+        for t in $gpu_tests; do
+            [[ -x gpu-bundle/$t ]] || continue
+            echo "== $t: kernels vs the interpreter (tests/$t.rs, --ignored)"
+            timeout 200 "gpu-bundle/$t" --ignored --test-threads=1 --skip gpu_timings 2>&1 | tee "$out/test-$t.log" \
+                | grep -E "^test |test result|panicked|assert|worst" | head -30
+        done
         ;;
     compile)
         echo "== compile (--max-seq 1024 --max-batch 64)"

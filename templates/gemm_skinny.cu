@@ -21,7 +21,8 @@
 // along K, element 0 in the low nibble) with the scale / zero point layout of gemm_wonly.cu.
 // N, K and the tiles are compile-time constants; M (1..16) is a run-time argument: rows >= M are
 // neither read nor stored (the result is unspecified for M > 16: the plans never launch it so).
-// Requires K * W_BITS / 8 % 64 == 0 (whole 64-byte steps of a weight row), N % BN == 0, 16-byte
+// Requires K * W_BITS / 8 % 16 == 0 (whole 16-byte chunks of a weight row; the row's last 64-byte
+// step may hold fewer than four, e.g. 4-bit codes at SmolLM2's K = 576), N % BN == 0, 16-byte
 // aligned pointers (every IR value is 256-byte aligned).
 //
 // ---- design ----------------------------------------------------------------------------------
@@ -89,7 +90,7 @@ constexpr int EPC = 128 / W_BITS;                // elements per 16-byte weight 
 constexpr int X_CHUNKS = EPC * X_BYTES / 16;     // 16-byte activation pieces per chunk
 constexpr int SCALES = NIBBLES && SCALE_K % 32 != 0 ? 2 : 1;  // Wonly: distinct scales per chunk
 constexpr int ROW_BYTES = K * W_BITS / 8;        // bytes of one weight row
-constexpr int STEPS = ROW_BYTES / 64;
+constexpr int STEPS = (ROW_BYTES + 63) / 64;     // 64-byte steps; the last may be partial (16-byte chunks)
 constexpr int BM = 16;
 constexpr int BN = 16 * CT;
 constexpr int THREADS = 32 * WARPS;
@@ -97,7 +98,12 @@ constexpr int OUT_STRIDE = BN + 8;               // floats per staged output row
 constexpr int VEC = 4;                           // output columns per thread in stage 2
 constexpr int EPI_THREADS = BM * BN / VEC < THREADS ? BM * BN / VEC : THREADS;
 
-static_assert(ROW_BYTES % 64 == 0 && N % BN == 0, "whole 64-byte steps per weight row, whole column tiles");
+static_assert(ROW_BYTES % 16 == 0 && N % BN == 0, "whole 16-byte chunks per weight row, whole column tiles");
+
+// Whether lane q's 16-byte chunk of step st lies inside the weight row (a row of 4-bit codes at
+// K = 576 is 288 bytes: its last step holds two chunks; lanes past the row load zeros and zero
+// activations, so their MMAs add exact zeros).
+QF_DEVICE bool chunk_live(int st, int q) { return st < STEPS && st * 64 + 16 * q < ROW_BYTES; }
 static_assert(SCALE_K % 16 == 0 && SCALE_ROWS >= 1, "16 consecutive codes share one scale");
 static_assert((BM * BN / VEC) % EPI_THREADS == 0, "even epilogue split");
 
@@ -210,13 +216,13 @@ QF_DEVICE void mainloop(Acc (&acc)[CT][NT][4], const uint8_t* A, const uint8_t* 
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
                     const int n = n0 + ct * 16 + g + 8 * h;
-                    c[u][ct][h] = st < STEPS ? ld_stream(B + (size_t)n * ROW_BYTES + st * 64 + 16 * q) : zero4;
+                    c[u][ct][h] = chunk_live(st, q) ? ld_stream(B + (size_t)n * ROW_BYTES + st * 64 + 16 * q) : zero4;
                     if constexpr (KIND == Kind::Wonly) {
                         const int k0 = (st * 64 + 16 * q) * 8 / W_BITS;
 #pragma unroll
                         for (int i = 0; i < 2; ++i) {
                             const int si = scale_index(n, k0 + 16 * (i % SCALES));
-                            const bool ok = st < STEPS && i < SCALES;
+                            const bool ok = chunk_live(st, q) && i < SCALES;
                             s[u][ct][h][i] = ok ? __ldg(scale + si) : i > 0 ? s[u][ct][h][0] : 0.0f;
                             z[u][ct][h][i] = ok && ZERO != Zero::None ? zero_at(zp, si) : i > 0 ? z[u][ct][h][0] : 0.0f;
                         }
@@ -236,7 +242,7 @@ QF_DEVICE void mainloop(Acc (&acc)[CT][NT][4], const uint8_t* A, const uint8_t* 
                 uint4 x[X_CHUNKS];
                 const uint4* xp = reinterpret_cast<const uint4*>(A + ((size_t)row * K + k0) * X_BYTES);
 #pragma unroll
-                for (int i = 0; i < X_CHUNKS; ++i) x[i] = row < M ? __ldg(xp + i) : zero4;
+                for (int i = 0; i < X_CHUNKS; ++i) x[i] = row < M && chunk_live(st, q) ? __ldg(xp + i) : zero4;
 #pragma unroll
                 for (int ct = 0; ct < CT; ++ct) mma_chunk(acc[ct][nt], c[u][ct][0], c[u][ct][1], x, s[u][ct], z[u][ct]);
             }

@@ -14,7 +14,8 @@ use qfuse::codegen::nvrtc;
 use qfuse::ir::Op;
 use qfuse::plan::{DimExpr, Guard};
 
-/// Every kind at a MiniLM shape and at Llama-3-8B's 4096 → 14336: M ≤ 16 gives the skinny kernel
+/// Every kind at a MiniLM shape, at SmolLM2's 576 → 1536 (4-bit rows of 288 bytes: a partial last
+/// 64-byte step) and at Llama-3-8B's 4096 → 14336: M ≤ 16 gives the skinny kernel
 /// alone (grid N / BN whatever M), M ≤ 4096 the guarded pair over the same arguments; every
 /// skinny kernel compiles.
 #[test]
@@ -22,7 +23,7 @@ fn every_kind_lowers_to_the_skinny_kernel_and_compiles_to_sm90a_cubin() {
     nvrtc::locate().unwrap_or_else(|e| panic!("NVRTC is required (run `scripts/cache.sh nvrtc`): {e}"));
     let mut kernels: Vec<KernelDef> = Vec::new();
     for kind in kinds() {
-        for shape in [(1536, 384), (14336, 4096)] {
+        for shape in [(1536, 384), (1536, 576), (14336, 4096)] {
             let small = qmatmul_launches(&graph(&kind, shape, 16));
             assert_eq!(small.len(), 1, "{}: the skinny kernel alone", kind.name);
             let k = &small[0].kernel;

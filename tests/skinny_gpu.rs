@@ -234,6 +234,18 @@ fn skinny_kernels_match_the_interpreter_at_llama_shapes() {
     }
 }
 
+/// SmolLM2's K = 576: 4-bit weight rows are 288 bytes, so the last 64-byte step of a row holds two
+/// 16-byte chunks and lanes past the row must add exact zeros.
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90) and NVRTC"]
+fn skinny_kernels_match_the_interpreter_at_smollm2_shapes() {
+    for kind in kinds() {
+        for m in [1, 5, 16] {
+            case(&kind, (1536, 576), m);
+        }
+    }
+}
+
 /// Runs the split graph of `kind` at `m` rows (M ≤ `m_max`) on the interpreter and on the GPU
 /// through the plan's launch for this M (`template`) and checks every segment's result.
 fn split_case(kind: &Kind, k: usize, m: usize, m_max: u64, template: &str) {

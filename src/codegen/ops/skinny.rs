@@ -10,7 +10,7 @@
 //! printed into the shared epilogue code. Only the order of the f32 sums differs.
 //!
 //! Design: memory-bound streaming. Block `b` owns `16 · col_tiles` output columns; its warps
-//! split each weight row along K in 64-byte steps and stream them with 16-byte
+//! split each weight row along K in 64-byte steps (the last may be partial) and stream them with 16-byte
 //! `ld.global.nc.L1::no_allocate` loads, `2 · col_tiles · unroll` (= 8) loads in flight per
 //! lane, with the weight as the A operand of `mma.sync` (16 columns per MMA) and the M ≤ 16
 //! activation rows as its n8 B operand(s). Partial sums meet in shared memory and are added in
@@ -45,6 +45,9 @@ const WARPS_PER_SM: u64 = 16;
 
 /// Weight-row bytes of one warp step (4 lanes × 16 bytes).
 const STEP_BYTES: u64 = 64;
+
+/// Weight-row bytes one lane loads at a time; a row is whole chunks (its last step may be partial).
+const CHUNK_BYTES: u64 = 16;
 
 /// The operand types of a skinny GEMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -159,7 +162,7 @@ impl SkinnySpec {
     pub fn for_shape(operands: Operands, n: u32, k: u32) -> Self {
         let col_tiles = if operands.weight_bits() == 4 && n % 32 == 0 { 2 } else { 1 };
         let unroll_max = 4 / col_tiles;
-        let steps = (u64::from(k) * operands.weight_bits() / 8 / STEP_BYTES).max(1);
+        let steps = (u64::from(k) * operands.weight_bits() / 8).div_ceil(STEP_BYTES).max(1);
         let unroll = unroll_max.min(steps as u32).max(1);
         let runs = steps.div_ceil(u64::from(unroll));
         let blocks = (u64::from(n) / u64::from(16 * col_tiles)).max(1);
@@ -228,8 +231,8 @@ impl SkinnySpec {
         if ![1, 2, 4].contains(&s.col_tiles) || s.n % s.block_cols() != 0 {
             return bad(format!("col_tiles must be 1, 2 or 4 and 16·col_tiles must divide N = {}", s.n));
         }
-        if s.row_bytes() % STEP_BYTES != 0 || s.row_bytes() * u64::from(s.n) > i64::MAX as u64 || s.n > i32::MAX as u32 {
-            return bad(format!("a weight row ({} bytes) must be whole 64-byte steps", s.row_bytes()));
+        if s.row_bytes() % CHUNK_BYTES != 0 || s.row_bytes() * u64::from(s.n) > i64::MAX as u64 || s.n > i32::MAX as u32 {
+            return bad(format!("a weight row ({} bytes) must be whole 16-byte chunks", s.row_bytes()));
         }
         if s.k > i32::MAX as u32 / 4 {
             return bad(format!("k {} is too large for 32-bit element offsets", s.k));
@@ -319,7 +322,7 @@ pub fn render(spec: &SkinnySpec, epi: &Epilogue) -> Result<KernelDef, SkinnyErro
 }
 
 /// The default spec for `operands` and an `N × K` weight if the template takes the shape (a
-/// weight row of whole 64-byte steps, N a multiple of 16), else `None` (the tiled GEMM then
+/// weight row of whole 16-byte chunks, N a multiple of 16), else `None` (the tiled GEMM then
 /// serves every M).
 pub fn spec_for(operands: Operands, n: u32, k: u32) -> Option<SkinnySpec> {
     let spec = SkinnySpec::for_shape(operands, n, k);
@@ -377,7 +380,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let s = SkinnySpec::for_shape(Operands::Wide(Operand::F16), 4096, 4096);
-        assert!(reason(SkinnySpec { k: 4080, ..s }).contains("64-byte"));
+        assert!(reason(SkinnySpec { k: 4084, ..s }).contains("16-byte chunks"));
         assert!(reason(SkinnySpec { n: 4104, ..s }).contains("divide"));
         assert!(reason(SkinnySpec { operands: Operands::Wide(Operand::E4M3), ..s }).contains("F16 or BF16"));
         assert!(reason(SkinnySpec { operands: Operands::I8, k: 1 << 17, ..s }).contains("overflow"));
@@ -386,6 +389,7 @@ mod tests {
         let Operands::Wonly { act, mut dequant } = w4() else { unreachable!() };
         dequant.scale_k = 8;
         assert!(reason(SkinnySpec { operands: Operands::Wonly { act, dequant }, ..s }).contains("16"));
-        assert!(spec_for(w4(), 4096, 4032).is_none(), "nibble rows of 2016 bytes are not whole steps");
+        assert!(spec_for(w4(), 4096, 4032).is_some(), "nibble rows of 2016 bytes: whole chunks, a partial last step");
+        assert!(spec_for(w4(), 4096, 4040).is_none(), "nibble rows of 2020 bytes are not whole chunks");
     }
 }

@@ -188,7 +188,8 @@ QF_DEVICE double qf_group_reduce(double v, double* red) {
 // (WPR > 1 implies RPB == 1). Each thread keeps its elements in registers: vector k (VEC
 // consecutive elements) of the row belongs to thread k % TPR. Pipeline:
 //   load    SOURCE 0: x[row, :];  SOURCE 1 (embedding): round_Y(round_Y(word[id] + pos[s]) + type[tid])
-//   norm    NORM 0: none; 1: layernorm; 2: rmsnorm; 3: l2_normalize; 4: softmax; result rounded to Y
+//   norm    NORM 0: none; 1: layernorm; 2: rmsnorm; 3: l2_normalize; 4: softmax; 5: x * gamma
+//           (a per-channel multiply, f32 product); result rounded to Y
 //   outputs STORE_Y: y[row, :] in Y;  QUANT 1/2/3/4: q[row, :] = cast_Q(y / s) (+ zero point)
 //           with s literal (1), per-tensor from scale_in[0] (2), dynamic per-token (3: amax / QMAX,
 //           written to scales[row]) or per-token from scale_in[row] (4); QUANT 5: dynamic per block
@@ -215,7 +216,7 @@ struct qf_row_args {
     const typename C::X::T* word;       // SOURCE 1: [V, n]
     const typename C::X::T* pos;        // SOURCE 1: [P, n]
     const typename C::X::T* type;       // SOURCE 1: [TT, n]
-    const typename C::G::T* gamma;      // NORM 1, 2: [n]
+    const typename C::G::T* gamma;      // NORM 1, 2, 5: [n]
     const typename C::BT::T* beta;      // NORM 1 with BETA: [n]
     const typename C::S::T* scale_in;   // QUANT 2: [1]; QUANT 4: [rows]
     typename C::Y::T* y;                // STORE_Y: [rows, n]
@@ -319,7 +320,8 @@ QF_DEVICE void qf_row_main(const qf_row_args<C>& a) {
     // The row, and with PREFETCH gamma / beta (issued before the reductions, so that their
     // latency overlaps the row's instead of following it, at the cost of registers).
     float v[NV][VEC];
-    constexpr int NG = (C::NORM == 1 || C::NORM == 2) ? NV : 1;
+    constexpr bool GAMMA = C::NORM == 1 || C::NORM == 2 || C::NORM == 5;
+    constexpr int NG = GAMMA ? NV : 1;
     constexpr int NB = (C::NORM == 1 && C::BETA) ? NV : 1;
     float gv[NG][VEC], bv[NB][VEC];
 #pragma unroll
@@ -327,7 +329,7 @@ QF_DEVICE void qf_row_main(const qf_row_args<C>& a) {
         const long long k = t + j * TPR;
         if (k < nvec) {
             qf_row_load<C>(a, row, n, k * VEC, v[j]);
-            if constexpr (C::PREFETCH && (C::NORM == 1 || C::NORM == 2)) qf_load_vec<typename C::G>(a.gamma + k * VEC, gv[j]);
+            if constexpr (C::PREFETCH && GAMMA) qf_load_vec<typename C::G>(a.gamma + k * VEC, gv[j]);
             if constexpr (C::PREFETCH && C::NORM == 1 && C::BETA) qf_load_vec<typename C::BT>(a.beta + k * VEC, bv[j]);
         } else {
             qf_fill(v[j], 0.0f);
@@ -387,6 +389,15 @@ QF_DEVICE void qf_row_main(const qf_row_args<C>& a) {
             for (int i = 0; i < VEC; ++i) {
                 v[j][i] = qf_round<typename C::Y>(__fmul_rn(static_cast<float>(static_cast<double>(v[j][i]) * inv), gv[j][i]));
             }
+        }
+    } else if constexpr (C::NORM == 5) {  // x * gamma, as the interpreter's `mul`: f32 product, one rounding
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const long long k = t + j * TPR;
+            if (k >= nvec) continue;
+            if constexpr (!C::PREFETCH) qf_load_vec<typename C::G>(a.gamma + k * VEC, gv[j]);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) v[j][i] = qf_round<typename C::Y>(__fmul_rn(v[j][i], gv[j][i]));
         }
     } else if constexpr (C::NORM == 3) {  // l2_normalize: x / max(||x||, eps)
         double s = 0.0;

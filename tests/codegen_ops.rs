@@ -206,7 +206,8 @@ graph "ops_dynamic" {
 }
 "#;
 
-/// INT8 (SmoothQuant) row kernels, i8 static and dynamic per token, and dynamic block quantize
+/// INT8 (SmoothQuant) row kernels, i8 static and dynamic per token (also after a SmoothQuant
+/// multiply: `scale_quantize`), and dynamic block quantize
 /// along the last axis: FP8 1×128 groups with f32 scales (also a ragged last block) and NVFP4
 /// (E2M1 codes packed two per byte, blocks of 16, E4M3 scales).
 const INT8_BLOCK: &str = r#"
@@ -233,7 +234,10 @@ graph "ops_int8_block" {
   %22 = input "ragged" : bf16[B,200]
   %23, %24 = quantize %22 {f8e4m3, block(-1:128), scale=dynamic(f32)} : f8e4m3[B,200], f32[B,2]
   %25, %26 = rmsnorm_quantize %10, %5 {eps=1e-6, via=bf16, f4e2m1, block(-1:16), scale=dynamic(f8e4m3)} : f4e2m1[B,S,384], f8e4m3[B,S,24]
-  return "a" = %7, "b" = %8, "c" = %9, "d" = %11, "e" = %12, "f" = %13, "g" = %15, "h" = %16, "i" = %17, "j" = %18, "k" = %19, "l" = %20, "m" = %21, "n" = %23, "o" = %24, "p" = %25, "q" = %26
+  %27 = weight @smooth : f16[1536]
+  %28, %29 = scale_quantize %14, %27 {via=f16, i8, per_token, scale=dynamic(f32)} : i8[B,S,1536], f32[B,S,1]
+  %30, %31 = scale_quantize %14, %27 {via=f16, keep_normed=true, f8e4m3, per_tensor, scale=0.05} : f8e4m3[B,S,1536], f16[B,S,1536]
+  return "a" = %7, "b" = %8, "c" = %9, "d" = %11, "e" = %12, "f" = %13, "g" = %15, "h" = %16, "i" = %17, "j" = %18, "k" = %19, "l" = %20, "m" = %21, "n" = %23, "o" = %24, "p" = %25, "q" = %26, "r" = %28, "s" = %29, "t" = %30, "u" = %31
 }
 "#;
 
@@ -329,7 +333,7 @@ fn dynamic_graph_lowers_and_compiles() {
 fn int8_and_block_graph_lowers_and_compiles() {
     let g = parse(INT8_BLOCK);
     let ls = all_launches(&g);
-    assert_eq!(ls.len(), 10, "one row kernel per quantizing node");
+    assert_eq!(ls.len(), 12, "one row kernel per quantizing node");
     compile(&ls);
 }
 

@@ -88,8 +88,11 @@ pub fn encode(op: &Op, extra: &[ValueId]) -> Vec<Attr> {
             v.extend(encode_quant(to, &[]));
             v
         }
-        Op::NormQuantize { eps, via, quant, keep_normed, .. } => {
-            let mut v = vec![kv("eps", f32_num(*eps)), kv("via", ident(via.name()))];
+        Op::NormQuantize { kind, eps, via, quant, keep_normed } => {
+            let mut v = vec![kv("via", ident(via.name()))];
+            if *kind != NormKind::Scale {
+                v.insert(0, kv("eps", f32_num(*eps)));
+            }
             if *keep_normed {
                 v.push(kv("keep_normed", ident("true")));
             }
@@ -486,11 +489,16 @@ pub fn decode(mnemonic: &str, attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), Stri
             let from_scale = as_f32(required(attrs, "from_scale")?)?;
             return Ok((Op::Requantize { from_scale, via: dtype_attr(attrs, "via")?, to }, vec![]));
         }
-        "layernorm_quantize" | "rmsnorm_quantize" => {
+        "layernorm_quantize" | "rmsnorm_quantize" | "scale_quantize" => {
             let (quant, refs) = decode_quant(attrs)?;
-            let kind = if mnemonic == "layernorm_quantize" { NormKind::LayerNorm } else { NormKind::RmsNorm };
+            let kind = match mnemonic {
+                "layernorm_quantize" => NormKind::LayerNorm,
+                "rmsnorm_quantize" => NormKind::RmsNorm,
+                _ => NormKind::Scale,
+            };
+            let eps = if kind == NormKind::Scale { 0.0 } else { eps()? };
             let keep_normed = get(attrs, "keep_normed") == Some(&AttrValue::Ident("true".into()));
-            return Ok((Op::NormQuantize { kind, eps: eps()?, via: dtype_attr(attrs, "via")?, quant, keep_normed }, refs));
+            return Ok((Op::NormQuantize { kind, eps, via: dtype_attr(attrs, "via")?, quant, keep_normed }, refs));
         }
         "qmatmul" => return decode_qmatmul(attrs),
         "qmatmul_split" => return decode_split(attrs),

@@ -91,7 +91,7 @@ pub fn arity(op: &Op) -> usize {
 pub fn norm_params(kind: NormKind) -> usize {
     match kind {
         NormKind::LayerNorm => 2,
-        NormKind::RmsNorm => 1,
+        NormKind::RmsNorm | NormKind::Scale => 1,
     }
 }
 

@@ -66,6 +66,9 @@ pub enum NormKind {
     LayerNorm,
     /// `x, gamma`.
     RmsNorm,
+    /// `x, gamma`: no normalisation, `x ⊙ γ` with γ along the last axis (a SmoothQuant
+    /// multiply); `eps` is unused (0).
+    Scale,
 }
 
 /// One step of a quantized matmul's epilogue; its result is rounded to `dtype`, exactly where the
@@ -513,8 +516,8 @@ pub enum Op {
         /// The output quantization (per-tensor, literal scale).
         to: QuantSpec,
     },
-    /// `x, gamma [, beta] [, scale] → q [, scales] [, normed]`: a LayerNorm/RMSNorm whose result,
-    /// rounded to `via`, is quantized with `quant` (static, or dynamic per-token with a scales
+    /// `x, gamma [, beta] [, scale] → q [, scales] [, normed]`: a LayerNorm/RMSNorm (or the
+    /// per-channel multiply [`NormKind::Scale`]) whose result, rounded to `via`, is quantized with `quant` (static, or dynamic per-token with a scales
     /// output); with `keep_normed` the rounded norm itself is a last output too (for a residual).
     NormQuantize {
         /// Which norm.
@@ -603,6 +606,7 @@ impl Op {
             Op::Requantize { .. } => "requantize",
             Op::NormQuantize { kind: NormKind::LayerNorm, .. } => "layernorm_quantize",
             Op::NormQuantize { kind: NormKind::RmsNorm, .. } => "rmsnorm_quantize",
+            Op::NormQuantize { kind: NormKind::Scale, .. } => "scale_quantize",
             Op::QMatMul(_) => "qmatmul",
             Op::SplitMatMul(_) => "qmatmul_split",
             Op::Attention(_) => "attention",

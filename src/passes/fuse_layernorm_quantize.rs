@@ -36,7 +36,7 @@
 
 use super::dce::{live_users, output_uses, Users};
 use super::{loc, Pass, PassCx, PassError};
-use crate::ir::{order, Builder, Granularity, Graph, NodeId, NormKind, Op, QuantSpec, ScaleSource, ValueId};
+use crate::ir::{order, BinaryOp, Builder, Granularity, Graph, NodeId, NormKind, Op, QuantSpec, ScaleSource, ValueId};
 
 /// `fuse-layernorm-quantize`.
 pub struct FuseLayerNormQuantize;
@@ -89,8 +89,13 @@ struct Fusion {
 /// the norm's result with the first supported spec `q`; `keep_normed` when anything else reads it.
 fn match_norm_quantize(g: &Graph, users: &Users, id: NodeId) -> Option<Match> {
     let node = &g.nodes[id];
-    let (Op::LayerNorm { .. } | Op::RmsNorm { .. }) = node.op else { return None };
-    let (normed, what) = (node.outputs[0], node.op.mnemonic());
+    let (kind, _, _) = norm_of(g, id)?;
+    let what = match kind {
+        NormKind::LayerNorm => "layernorm",
+        NormKind::RmsNorm => "rmsnorm",
+        NormKind::Scale => "scale",
+    };
+    let normed = node.outputs[0];
     let (mut spec, mut quantizes, mut declines) = (None, vec![], vec![]);
     let mut keep_normed = output_uses(g, normed) > 0;
     for &reader in &users[normed] {
@@ -101,7 +106,8 @@ fn match_norm_quantize(g: &Graph, users: &Users, id: NodeId) -> Option<Match> {
         let reason = unsupported(q, what).or_else(|| {
             let first = spec.filter(|&s| s != q)?;
             Some(format!(
-                "the {what}'s result is also quantized as {} by {}, which fused; one norm fuses with one quantization",
+                "the {}'s result is also quantized as {} by {}, which fused; one norm fuses with one quantization",
+                node.op.mnemonic(),
                 describe(first),
                 loc(g, quantizes[0])
             ))
@@ -119,6 +125,35 @@ fn match_norm_quantize(g: &Graph, users: &Users, id: NodeId) -> Option<Match> {
     }
     let apply = spec.map(|s| Fusion { norm: id, spec: s.clone(), quantizes, keep_normed });
     (apply.is_some() || !declines.is_empty()).then_some(Match { apply, declines })
+}
+
+/// The norm computed by node `id`, with its epsilon and its inputs in the fused node's order
+/// (`x, γ[, β]`): a LayerNorm, an RMSNorm, or a `mul` of `x` by a vector `γ` along `x`'s last
+/// axis ([`NormKind::Scale`]: a SmoothQuant multiply), in f32/f16/bf16.
+fn norm_of(g: &Graph, id: NodeId) -> Option<(NormKind, f32, Vec<ValueId>)> {
+    let node = &g.nodes[id];
+    match node.op {
+        Op::LayerNorm { eps } => Some((NormKind::LayerNorm, eps, node.inputs.to_vec())),
+        Op::RmsNorm { eps } => Some((NormKind::RmsNorm, eps, node.inputs.to_vec())),
+        Op::Binary(BinaryOp::Mul) => {
+            let y = g.ty(node.outputs[0]);
+            let last = *y.shape.last()?;
+            if !y.dtype.is_wide_float() || last.fixed().is_none() {
+                return None;
+            }
+            let (a, b) = (node.inputs[0], node.inputs[1]);
+            let vector = |v: ValueId| g.shape(v).as_slice() == [last] && g.ty(v).dtype == y.dtype;
+            let full = |v: ValueId| *g.shape(v) == y.shape && g.ty(v).dtype == y.dtype;
+            if full(a) && vector(b) {
+                Some((NormKind::Scale, 0.0, vec![a, b]))
+            } else if vector(a) && full(b) {
+                Some((NormKind::Scale, 0.0, vec![b, a]))
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
 }
 
 /// The spec of `reader` when it is a quantize whose data operand is `v`.
@@ -151,15 +186,11 @@ fn unsupported(spec: &QuantSpec, norm: &str) -> Option<String> {
 /// Adds the fused node (with the norm's loc) and redirects the quantizes' readers to its outputs,
 /// and with `keep_normed` the norm's other readers to its `normed` output.
 fn apply_norm_quantize(g: &mut Graph, f: &Fusion) -> Result<NodeId, PassError> {
+    let (kind, eps, inputs) = norm_of(g, f.norm).expect("match_norm_quantize matched a norm");
     let norm = &g.nodes[f.norm];
-    let (kind, eps) = match norm.op {
-        Op::LayerNorm { eps } => (NormKind::LayerNorm, eps),
-        Op::RmsNorm { eps } => (NormKind::RmsNorm, eps),
-        _ => unreachable!("match_norm_quantize matched a norm"),
-    };
     let normed = norm.outputs[0];
     let op = Op::NormQuantize { kind, eps, via: g.ty(normed).dtype, quant: f.spec.clone(), keep_normed: f.keep_normed };
-    let (inputs, name) = (norm.inputs.to_vec(), norm.name.clone());
+    let name = norm.name.clone();
     let mut b = Builder::new(g);
     b.scope = name;
     let outs = b

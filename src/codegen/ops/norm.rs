@@ -54,6 +54,8 @@ pub(crate) enum Norm {
     Layer { gamma: ValueId, beta: Option<ValueId> },
     /// RMSNorm with γ.
     Rms { gamma: ValueId },
+    /// `x ⊙ γ` (no normalisation: a SmoothQuant multiply before its quantize).
+    Scale { gamma: ValueId },
     /// `x / max(‖x‖, eps)`.
     L2,
     /// Softmax.
@@ -227,10 +229,10 @@ pub(crate) fn row_launch(cx: &LowerCx, node: NodeId, spec: &RowSpec) -> Result<L
             };
             (1, gt, bt, beta.is_some())
         }
-        Norm::Rms { gamma } => {
+        Norm::Rms { gamma } | Norm::Scale { gamma } => {
             let gt = tr(dtype(*gamma), "gamma")?;
             input(&mut sig, &mut bind, "gamma", gt, *gamma);
-            (2, gt, "qf_f32", false)
+            (if matches!(spec.norm, Norm::Rms { .. }) { 2 } else { 5 }, gt, "qf_f32", false)
         }
         Norm::L2 => (3, "qf_f32", "qf_f32", false),
         Norm::Softmax => (4, "qf_f32", "qf_f32", false),
@@ -455,6 +457,7 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
             let (norm, next) = match kind {
                 NormKind::LayerNorm => (Norm::Layer { gamma: n.inputs[1], beta: Some(n.inputs[2]) }, 3),
                 NormKind::RmsNorm => (Norm::Rms { gamma: n.inputs[1] }, 2),
+                NormKind::Scale => (Norm::Scale { gamma: n.inputs[1] }, 2),
             };
             let scale_input = (quant.scale == ScaleSource::Input).then(|| n.inputs[next]);
             let dynamic = quant.is_dynamic();

@@ -28,7 +28,8 @@ pub(super) fn requantize(
     quant::quantize(to, Arc::new(x), vec![], outs)
 }
 
-/// `layernorm_quantize` / `rmsnorm_quantize`: the norm rounded to `via`, then the quantize.
+/// `layernorm_quantize` / `rmsnorm_quantize` / `scale_quantize`: the norm (or the per-channel
+/// multiply, the interpreter's own `mul`) rounded to `via`, then the quantize.
 pub(super) fn norm_quantize(
     kind: NormKind,
     eps: f32,
@@ -44,6 +45,7 @@ pub(super) fn norm_quantize(
     let normed = match kind {
         NormKind::LayerNorm => norm::layer_norm(x, &gamma, Some(&*next()?), eps, &mid)?,
         NormKind::RmsNorm => norm::rms_norm(x, &gamma, eps, &mid)?,
+        NormKind::Scale => super::elementwise::binary(crate::ir::BinaryOp::Mul, x, gamma, &mid)?,
     };
     let normed = Arc::new(normed);
     let n_quant = outs.len() - usize::from(keep_normed);

@@ -49,10 +49,11 @@ fn half_precision_checkpoints_match_f32() {
     }
 }
 
-/// A decoded file tensor is a cache entry: released, it leaves memory and the next read decodes
-/// the file again to the same values; a derived tensor (inserted) is never released.
+/// The store holds no decoded copy of a file tensor: every read decodes the file again to the same
+/// values. A derived tensor (inserted) stays, held in its dtype's storage bytes (one per FP8 code)
+/// and read back bit for bit; one whose values are off its dtype's grid is held as inserted.
 #[test]
-fn released_file_tensors_decode_again_and_derived_tensors_stay() {
+fn file_tensors_decode_per_read_and_derived_tensors_stay_packed() {
     use qfuse::interp::WeightSource;
     let dir = tempfile::tempdir().unwrap();
     let values: Vec<f32> = (0..6).map(|i| i as f32 * 0.5 - 1.0).collect();
@@ -61,12 +62,22 @@ fn released_file_tensors_decode_again_and_derived_tensors_stay() {
     assert_eq!(store.resident_bytes(), 0, "nothing is decoded before the first read");
     let first = store.weight("w").unwrap();
     assert_eq!(first.to_f32_vec(), values);
-    assert_eq!(store.resident_bytes(), 24);
-    drop(first);
+    assert_eq!(store.resident_bytes(), 0, "a read keeps no decoded copy");
     store.release("w");
-    assert_eq!(store.resident_bytes(), 0, "the decoded copy is gone");
     assert_eq!(store.weight("w").unwrap().to_f32_vec(), values, "read again from the file");
-    store.insert("w.codes", Tensor::f32(vec![2], vec![1.0, 2.0]));
-    store.release("w.codes");
-    assert_eq!(store.weight("w.codes").unwrap().to_f32_vec(), [1.0, 2.0], "derived tensors stay");
+    let codes = Tensor::from_f32_as(qfuse::ir::DType::F8E4M3, vec![4], vec![448.0, -0.015625, 0.0, -0.0]);
+    store.insert("w.f8e4m3", codes.clone());
+    assert_eq!(store.resident_bytes(), 4, "FP8 codes are held as one byte each");
+    store.release("w.f8e4m3");
+    let back = store.weight("w.f8e4m3").unwrap();
+    assert_eq!(back.dtype, codes.dtype);
+    assert_eq!(
+        back.to_f32_vec().iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        codes.to_f32_vec().iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    );
+    // Off the f16 grid: kept as inserted (four bytes a value), never rounded.
+    let off_grid = Tensor { dtype: qfuse::ir::DType::F16, shape: vec![1], data: qfuse::interp::TensorData::F32(vec![0.1]) };
+    store.insert("w.odd", off_grid.clone());
+    assert_eq!(*store.weight("w.odd").unwrap(), off_grid);
+    assert_eq!(store.resident_bytes(), 8);
 }

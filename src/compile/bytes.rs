@@ -2,9 +2,9 @@
 //! storage layout (16-bit floats as their bit patterns, 8-bit codes as bytes, 4-bit codes packed two
 //! per byte, low nibble first, `i64`/`i32`/`f32` little-endian).
 
-use crate::interp::Tensor;
+use crate::interp::{Tensor, TensorData};
 use crate::ir::DType;
-use crate::numerics::{decode_bits, encode_bits};
+use crate::numerics::{cast, decode_bits, encode_bits};
 
 /// Storage bytes of `t` in its dtype.
 pub fn encode(t: &Tensor) -> Vec<u8> {
@@ -18,7 +18,7 @@ pub fn encode(t: &Tensor) -> Vec<u8> {
     let xs = t.to_f32_vec();
     match dt.bits() {
         32 => xs.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
-        16 => xs.iter().flat_map(|&x| (encode_bits(x, dt) as u16).to_le_bytes()).collect(),
+        16 => xs.iter().flat_map(|&x| bits16(x, dt).to_le_bytes()).collect(),
         8 => xs.iter().map(|&x| encode_bits(x, dt) as u8).collect(),
         4 => xs
             .chunks(2)
@@ -26,6 +26,48 @@ pub fn encode(t: &Tensor) -> Vec<u8> {
             .collect(),
         bits => unreachable!("no {bits}-bit dtype"),
     }
+}
+
+/// True when `bytes` ([`encode`] of `t`) decode back to `t` bit for bit, checked element by
+/// element without building the decoded tensor.
+pub fn round_trips(t: &Tensor, bytes: &[u8]) -> bool {
+    let dt = t.dtype;
+    if t.check().is_err() {
+        return false;
+    }
+    if let Some(ints) = t.as_i64() {
+        return dt != DType::I32 || ints.iter().all(|&v| i32::try_from(v).is_ok());
+    }
+    let Some(xs) = t.as_f32() else { return false };
+    let same = |table: &[f32], code: usize, x: f32| table[code].to_bits() == x.to_bits();
+    let table = |bits: u32| -> Vec<f32> { (0..1u32 << bits).map(|c| cast(decode_bits(c, dt), dt)).collect() };
+    match dt.bits() {
+        32 => true,
+        16 => {
+            let t = table(16);
+            bytes.chunks_exact(2).zip(xs).all(|(c, &x)| same(&t, usize::from(u16::from_le_bytes([c[0], c[1]])), x))
+        }
+        8 => {
+            let t = table(8);
+            bytes.iter().zip(xs).all(|(&b, &x)| same(&t, usize::from(b), x))
+        }
+        4 => {
+            let t = table(4);
+            xs.iter().enumerate().all(|(i, &x)| same(&t, usize::from((bytes[i / 2] >> (4 * (i % 2))) & 0xf), x))
+        }
+        _ => false,
+    }
+}
+
+/// `encode_bits(x, dt)` of a 16-bit float: the `half` conversion when it is exact (`x` on the
+/// grid, the one code of that value), else `encode_bits` itself (NaN payloads, values off the grid).
+fn bits16(x: f32, dt: DType) -> u16 {
+    let fast = match dt {
+        DType::F16 => Some(half::f16::from_f32(x)).filter(|h| h.to_f32().to_bits() == x.to_bits()).map(half::f16::to_bits),
+        DType::BF16 => Some(half::bf16::from_f32(x)).filter(|h| h.to_f32().to_bits() == x.to_bits()).map(half::bf16::to_bits),
+        _ => None,
+    };
+    fast.unwrap_or_else(|| encode_bits(x, dt) as u16)
 }
 
 /// The tensor of `dtype` and `shape` stored in `bytes`; errors if the length does not match
@@ -46,18 +88,35 @@ pub fn decode(dtype: DType, shape: Vec<usize>, bytes: &[u8]) -> Result<Tensor, S
         };
         return Ok(Tensor::i64(shape, ints));
     }
+    // Each code's value as `Tensor::from_f32_as` holds it, looked up in a table of every code
+    // (filled by the same `decode_bits` and `cast`) instead of decoded element by element.
+    let table = |bits: u32| -> Vec<f32> { (0..1u32 << bits).map(|c| cast(decode_bits(c, dtype), dtype)).collect() };
     let xs: Vec<f32> = match dtype.bits() {
-        32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect(),
-        16 => bytes.chunks_exact(2).map(|c| decode_bits(u32::from(u16::from_le_bytes([c[0], c[1]])), dtype)).collect(),
-        8 => bytes.iter().map(|&b| decode_bits(u32::from(b), dtype)).collect(),
-        4 => bytes
-            .iter()
-            .flat_map(|&b| [decode_bits(u32::from(b & 0xf), dtype), decode_bits(u32::from(b >> 4), dtype)])
-            .take(numel)
-            .collect(),
+        32 => {
+            return Ok(Tensor::from_f32_as(
+                dtype,
+                shape,
+                bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect(),
+            ))
+        }
+        16 if numel < 1 << 16 => {
+            bytes.chunks_exact(2).map(|c| cast(decode_bits(u32::from(u16::from_le_bytes([c[0], c[1]])), dtype), dtype)).collect()
+        }
+        16 => {
+            let t = table(16);
+            bytes.chunks_exact(2).map(|c| t[usize::from(u16::from_le_bytes([c[0], c[1]]))]).collect()
+        }
+        8 => {
+            let t = table(8);
+            bytes.iter().map(|&b| t[usize::from(b)]).collect()
+        }
+        4 => {
+            let t = table(4);
+            bytes.iter().flat_map(|&b| [t[usize::from(b & 0xf)], t[usize::from(b >> 4)]]).take(numel).collect()
+        }
         bits => return Err(format!("no {bits}-bit dtype")),
     };
-    Ok(Tensor::from_f32_as(dtype, shape, xs))
+    Ok(Tensor { dtype, shape, data: TensorData::F32(xs) })
 }
 
 #[cfg(test)]
@@ -82,6 +141,18 @@ mod tests {
         let ids = Tensor::i64(vec![2], vec![-7, 30521]);
         assert_eq!(encode(&ids).len(), 16);
         assert_eq!(decode(DType::I64, vec![2], &encode(&ids)).unwrap(), ids);
+    }
+
+    #[test]
+    fn round_trips_only_values_on_the_grid() {
+        for (dt, xs) in [(DType::F16, vec![1.0f32, -0.0, 6.0e-8]), (DType::BF16, vec![-3.0e38, 0.5]), (DType::F8E4M3, vec![448.0, -0.0])] {
+            let t = Tensor::from_f32_as(dt, vec![xs.len()], xs);
+            assert!(round_trips(&t, &encode(&t)), "{dt}");
+        }
+        let off = Tensor { dtype: DType::F16, shape: vec![1], data: TensorData::F32(vec![0.1]) };
+        assert!(!round_trips(&off, &encode(&off)), "0.1 is not an f16 value");
+        let wide = Tensor { dtype: DType::I32, shape: vec![1], data: TensorData::I64(vec![1 << 40]) };
+        assert!(!round_trips(&wide, &encode(&wide)), "an i32 tensor holding 2^40");
     }
 
     #[test]

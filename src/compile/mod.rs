@@ -442,24 +442,30 @@ fn add_weights(
                 continue;
             }
             let ty = graph.ty(root);
-            let (name, tensor) = match &graph.producer(root).op {
-                Op::Weight { name } => {
-                    let t = store.weight(name).map_err(|reason| CompileError::Weight { name: name.clone(), reason })?;
-                    (name.clone(), t.as_ref().clone())
-                }
+            // One weight at a time: a packed derived tensor's bytes are copied as they are, any
+            // other tensor is read, encoded and dropped, so the plan holds storage bytes only.
+            let (name, dtype, shape, encoded) = match &graph.producer(root).op {
+                Op::Weight { name } => match store.storage_bytes(name) {
+                    Some((dtype, shape, bytes)) => (name.clone(), dtype, shape, bytes),
+                    None => {
+                        let t = store.weight(name).map_err(|reason| CompileError::Weight { name: name.clone(), reason })?;
+                        (name.clone(), t.dtype, t.shape.clone(), bytes::encode(&t))
+                    }
+                },
                 Op::Scalar { value } => {
-                    (format!("literal {root}"), crate::interp::Tensor::from_f32_as(ty.dtype, vec![], vec![*value as f32]))
+                    let t = crate::interp::Tensor::from_f32_as(ty.dtype, vec![], vec![*value as f32]);
+                    (format!("literal {root}"), t.dtype, vec![], bytes::encode(&t))
                 }
                 _ => unreachable!("is_constant"),
             };
-            if tensor.dtype != ty.dtype || tensor.shape.iter().map(|&d| d as u64).ne(max_extents(graph, &ty.shape)) {
+            if dtype != ty.dtype || shape.iter().map(|&d| d as u64).ne(max_extents(graph, &ty.shape)) {
                 return Err(CompileError::Weight {
                     name,
-                    reason: format!("stored as {}{:?}, the graph expects {}", tensor.dtype, tensor.shape, ir::shape_text(&ty.shape)),
+                    reason: format!("stored as {dtype}{shape:?}, the graph expects {}", ir::shape_text(&ty.shape)),
                 });
             }
-            let section = builder.add_section(SectionKind::Weights, name.clone(), bytes::encode(&tensor));
-            let shape = tensor.shape.iter().map(|&d| d as u64).collect();
+            let section = builder.add_section(SectionKind::Weights, name.clone(), encoded);
+            let shape = shape.iter().map(|&d| d as u64).collect();
             index.insert(root, builder.meta().weights.len() as u32);
             builder.meta_mut().weights.push(WeightMeta { name, dtype: ty.dtype.to_string(), shape, section });
         }

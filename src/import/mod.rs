@@ -52,6 +52,14 @@ pub struct Model {
     pub tokenizer: Option<TextTokenizer>,
 }
 
+/// The interpreter inputs of several texts run together: see [`Imported::encode_sequences`].
+pub struct Encoded {
+    /// The graph inputs.
+    pub inputs: Vec<(&'static str, crate::interp::Tensor)>,
+    /// Each text's token count when the rows are sequences padded at their end.
+    pub tokens: Option<Vec<usize>>,
+}
+
 /// What quantization and calibration read from an imported model, encoder or decoder.
 pub trait Imported: Sync {
     /// The imported graph (FP32).
@@ -62,7 +70,14 @@ pub trait Imported: Sync {
     fn source(&self) -> &Path;
     /// The interpreter inputs of `texts` run together (at most [`Imported::texts_per_run`]).
     fn encode_batch(&self, texts: &[String]) -> Result<Vec<(&'static str, crate::interp::Tensor)>, ImportError>;
-    /// Most texts one run takes (decoders take one, so padding never enters the statistics).
+    /// [`Imported::encode_batch`] with, for models whose runs hold sequences padded at their
+    /// end (decoders), each text's token count: row `b` of every token-major `[B, S, ..]` value
+    /// is real up to `tokens[b]` and padding after. `tokens: None` (the default) when rows are
+    /// not split by sequence (encoders: their `attention_mask` marks the padding).
+    fn encode_sequences(&self, texts: &[String]) -> Result<Encoded, ImportError> {
+        Ok(Encoded { inputs: self.encode_batch(texts)?, tokens: None })
+    }
+    /// Most texts one run takes.
     fn texts_per_run(&self) -> usize {
         usize::MAX
     }

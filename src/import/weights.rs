@@ -1,12 +1,21 @@
 //! The weight store: tensors of memory-mapped files (one safetensors file, the shards of a sharded
-//! checkpoint, or a GGUF file), decoded to f32 on first use.
+//! checkpoint, or a GGUF file), decoded to f32 on every use.
 //!
 //! The IR only names weights (`weight @model.layers.0.self_attn.q_proj.weight`); their bytes stay
 //! in the mapping until the interpreter or a pass asks for them. GGUF tensors are stored under
 //! the Hugging Face names the decoder builder uses, with their shapes in PyTorch order, and are
-//! dequantized exactly (llama.cpp's block formats) on first use; Q/K rows that llama.cpp's
+//! dequantized exactly (llama.cpp's block formats) when read; Q/K rows that llama.cpp's
 //! converter permuted for its RoPE can be put back in Hugging Face order. Derived weights
 //! (quantized copies made by passes) can be added with [`WeightStore::insert`].
+//!
+//! Memory: the store keeps no decoded copy of a file tensor. Each read decodes the mapped bytes
+//! into a fresh f32 tensor that lives as long as its reader holds it (the interpreter frees a
+//! weight after its last reader has run, so a forward pass holds about one layer's weights at a
+//! time), and hands the mapped pages back to the kernel (`MADV_DONTNEED`: they stay in the page
+//! cache, out of the process's resident set). Derived tensors are held in their dtype's storage
+//! bytes ([`crate::compile::bytes`]: one byte per FP8 code, not the interpreter's four) and
+//! decoded on each read. Peak memory of a compile is then about the plan's bytes plus one
+//! layer's working set, not the checkpoint in f32 (docs/decoders.md, "Compile at scale").
 
 use super::gguf::GgmlType;
 use super::ImportError;
@@ -23,20 +32,66 @@ pub struct WeightStore {
     path: PathBuf,
     files: Vec<MappedFile>,
     infos: HashMap<String, Stored>,
-    tensors: Mutex<Cached>,
+    derived: Mutex<HashMap<String, Derived>>,
 }
 
-/// What the store holds in memory: derived tensors (kept until the store drops) and decoded copies
-/// of file tensors (a cache: [`WeightStore::release`] drops one and the next read decodes it again).
-#[derive(Default)]
-struct Cached {
-    derived: HashMap<String, Arc<Tensor>>,
-    decoded: HashMap<String, Arc<Tensor>>,
+/// A derived tensor as the store holds it.
+enum Derived {
+    /// Storage bytes of `dtype` ([`crate::compile::bytes::encode`]), decoded on each read.
+    Packed { dtype: crate::ir::DType, shape: Vec<usize>, bytes: Vec<u8> },
+    /// As inserted: a tensor whose values its storage bytes would not give back exactly (off its
+    /// dtype's grid), kept as is so reads return exactly what was inserted.
+    Held(Arc<Tensor>),
+}
+
+impl Derived {
+    /// `t` packed into its storage bytes when they decode back to `t` exactly, else held as is.
+    fn new(t: Tensor) -> Derived {
+        use crate::compile::bytes;
+        let bytes = bytes::encode(&t);
+        if bytes::round_trips(&t, &bytes) {
+            Derived::Packed { dtype: t.dtype, shape: t.shape, bytes }
+        } else {
+            Derived::Held(Arc::new(t))
+        }
+    }
+
+    fn tensor(&self) -> Result<Arc<Tensor>, String> {
+        match self {
+            Derived::Packed { dtype, shape, bytes } => crate::compile::bytes::decode(*dtype, shape.clone(), bytes).map(Arc::new),
+            Derived::Held(t) => Ok(t.clone()),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Derived::Packed { bytes, .. } => bytes.len(),
+            Derived::Held(t) => match &t.data {
+                crate::interp::TensorData::F32(v) => v.len() * 4,
+                crate::interp::TensorData::I64(v) => v.len() * 8,
+            },
+        }
+    }
 }
 
 struct MappedFile {
     path: PathBuf,
     mmap: Mmap,
+}
+
+impl MappedFile {
+    /// Drops the pages of `range` from the process's resident set once its bytes are decoded
+    /// (a hint: they stay in the page cache, and a later read faults them in again).
+    fn forget(&self, range: (usize, usize)) {
+        #[cfg(unix)]
+        // SAFETY: the mapping is a read-only shared mapping of a file qfuse never writes:
+        // MADV_DONTNEED only drops page-table entries, and any later access (by this or another
+        // thread, within or beside the range) faults the same file bytes in again, so no
+        // reference into the mapping ever observes different contents.
+        let _ = unsafe { self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.0, range.1 - range.0) };
+        #[cfg(not(unix))]
+        let _ = range;
+    }
 }
 
 /// Where one tensor's bytes are and how they decode.
@@ -92,7 +147,7 @@ impl WeightStore {
     /// Maps `path` and validates its header: every tensor's byte range lies inside the file and
     /// matches its dtype and shape.
     pub fn open(path: &Path) -> Result<Self, ImportError> {
-        let mut store = WeightStore { path: path.into(), files: vec![], infos: HashMap::new(), tensors: Mutex::default() };
+        let mut store = WeightStore { path: path.into(), files: vec![], infos: HashMap::new(), derived: Mutex::default() };
         store.add_safetensors(path)?;
         Ok(store)
     }
@@ -117,7 +172,7 @@ impl WeightStore {
         }
         shards.sort();
         shards.dedup();
-        let mut store = WeightStore { path: index.into(), files: vec![], infos: HashMap::new(), tensors: Mutex::default() };
+        let mut store = WeightStore { path: index.into(), files: vec![], infos: HashMap::new(), derived: Mutex::default() };
         for shard in shards {
             if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
                 let message = format!("shard `{shard}` must be a plain file name in the checkpoint folder");
@@ -156,7 +211,7 @@ impl WeightStore {
             }
         }
         let files = vec![MappedFile { path: path.into(), mmap }];
-        Ok(WeightStore { path: path.into(), files, infos, tensors: Mutex::default() })
+        Ok(WeightStore { path: path.into(), files, infos, derived: Mutex::default() })
     }
 
     fn add_safetensors(&mut self, path: &Path) -> Result<(), ImportError> {
@@ -199,7 +254,7 @@ impl WeightStore {
 
     /// True when the files (or a derived insert) have `name`.
     pub fn contains(&self, name: &str) -> bool {
-        self.infos.contains_key(name) || self.lock().derived.contains_key(name)
+        self.infos.contains_key(name) || self.lock().contains_key(name)
     }
 
     /// Names of the stored tensors, sorted.
@@ -215,29 +270,20 @@ impl WeightStore {
     }
 
     /// Adds a derived tensor (e.g. a quantized copy); it shadows a file tensor of the same name.
+    /// It is held in its dtype's storage bytes (reads return exactly `t`).
     pub fn insert(&self, name: impl Into<String>, t: Tensor) {
-        let name = name.into();
-        let mut cached = self.lock();
-        cached.decoded.remove(&name);
-        cached.derived.insert(name, Arc::new(t));
+        let derived = Derived::new(t);
+        self.lock().insert(name.into(), derived);
     }
 
-    /// Drops the decoded copy of file tensor `name`, if one is cached (a derived tensor of that
-    /// name stays): its memory returns once no reader holds it, and the next read decodes the file
-    /// again. Compilation calls this when a weight's last reader has been folded into codes, so an
-    /// 8 B-parameter checkpoint never holds its f32 copy and its codes at once.
-    pub fn release(&self, name: &str) {
-        self.lock().decoded.remove(name);
-    }
+    /// A no-op kept for [`crate::passes::Weights::release`]: the store holds no decoded copy of a
+    /// file tensor to drop (each read decodes the file), and derived tensors stay.
+    pub fn release(&self, _name: &str) {}
 
-    /// Bytes of f32 data the store holds in memory (decoded and derived tensors).
+    /// Bytes the store holds in memory: the derived tensors (in their storage bytes where that
+    /// is exact). File tensors are never held decoded.
     pub fn resident_bytes(&self) -> usize {
-        let cached = self.lock();
-        let bytes = |t: &Arc<Tensor>| match &t.data {
-            crate::interp::TensorData::F32(v) => v.len() * 4,
-            crate::interp::TensorData::I64(v) => v.len() * 8,
-        };
-        cached.derived.values().chain(cached.decoded.values()).map(bytes).sum()
+        self.lock().values().map(Derived::bytes).sum()
     }
 
     /// Checks that `name` exists with exactly `expected` shape and a float (or GGUF) encoding.
@@ -260,8 +306,8 @@ impl WeightStore {
         Ok(())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Cached> {
-        self.tensors.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Derived>> {
+        self.derived.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Decodes a stored tensor to f32 (F32, F16 and BF16 are exact in f32; GGUF blocks are
@@ -288,6 +334,7 @@ impl WeightStore {
         if values.len() != numel {
             return Err(fail(format!("holds {} values, its shape {:?} needs {numel}", values.len(), info.shape)));
         }
+        file.forget(info.range);
         Ok(Tensor::f32(info.shape.clone(), values))
     }
 }
@@ -314,15 +361,19 @@ pub fn unpermute_rope_rows(values: &[f32], shape: &[usize], heads: usize) -> Res
 }
 
 impl WeightSource for WeightStore {
-    fn weight(&self, name: &str) -> Result<Arc<Tensor>, String> {
-        {
-            let cached = self.lock();
-            if let Some(t) = cached.derived.get(name).or_else(|| cached.decoded.get(name)) {
-                return Ok(t.clone());
-            }
+    /// A packed derived tensor's bytes (copied); file tensors and held ones are encoded by the caller.
+    fn storage_bytes(&self, name: &str) -> Option<(crate::ir::DType, Vec<usize>, Vec<u8>)> {
+        match self.lock().get(name)? {
+            Derived::Packed { dtype, shape, bytes } => Some((*dtype, shape.clone(), bytes.clone())),
+            Derived::Held(_) => None,
         }
-        let t = Arc::new(self.decode(name)?);
-        self.lock().decoded.insert(name.to_string(), t.clone());
-        Ok(t)
+    }
+
+    /// A derived tensor of that name, else the file tensor, decoded afresh (see the module doc).
+    fn weight(&self, name: &str) -> Result<Arc<Tensor>, String> {
+        if let Some(d) = self.lock().get(name) {
+            return d.tensor().map_err(|e| format!("{}: derived tensor `{name}`: {e}", self.path.display()));
+        }
+        self.decode(name).map(Arc::new)
     }
 }

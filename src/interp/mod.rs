@@ -27,7 +27,7 @@ pub mod tensor;
 pub use ops::inverse_frequencies;
 pub use ops::{f32_sum_bound, softmax_relative_bound, CUDA_EXPF_ULP};
 pub use perturb::{Function, Perturbation};
-pub use state::empty_state;
+pub use state::{empty_state, empty_state_for};
 pub use tensor::{Tensor, TensorData};
 
 use crate::ir::{order, DType, Dim, Graph, Node, NodeId, Op, Shape, ValueId};
@@ -37,6 +37,13 @@ use std::sync::Arc;
 pub trait WeightSource: Sync {
     /// The tensor stored under `name`.
     fn weight(&self, name: &str) -> Result<Arc<Tensor>, String>;
+
+    /// `name`'s dtype, shape and storage bytes (`compile::bytes::encode` of [`Self::weight`])
+    /// when the source holds it in that form, so a plan copies them without decoding; `None`
+    /// (the default): read the tensor and encode it.
+    fn storage_bytes(&self, _name: &str) -> Option<(DType, Vec<usize>, Vec<u8>)> {
+        None
+    }
 }
 
 /// A weight source with no weights (for graphs without `weight` nodes).

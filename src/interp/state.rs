@@ -7,6 +7,11 @@ use crate::ir::{Dim, Graph};
 /// axis, 1 for the other symbols (the batch) and its fixed extents elsewhere, by input name.
 /// Fails naming a state slot whose input the graph does not declare.
 pub fn empty_state(g: &Graph) -> Result<Vec<(&'static str, Tensor)>, String> {
+    empty_state_for(g, 1)
+}
+
+/// [`empty_state`] for `batch` sequences: the other symbols (the batch) get extent `batch`.
+pub fn empty_state_for(g: &Graph, batch: usize) -> Result<Vec<(&'static str, Tensor)>, String> {
     let inputs = g.inputs();
     g.state
         .iter()
@@ -20,7 +25,7 @@ pub fn empty_state(g: &Graph) -> Result<Vec<(&'static str, Tensor)>, String> {
                 .map(|(i, d)| match d {
                     _ if i == slot.axis => 0,
                     Dim::Fixed(n) => *n as usize,
-                    Dim::Sym(_) => 1,
+                    Dim::Sym(_) => batch,
                 })
                 .collect();
             Ok((crate::util::intern(&slot.input), Tensor { dtype: ty.dtype, shape, data: TensorData::F32(vec![]) }))

@@ -6,6 +6,7 @@
 //! absolute maximum and mean, and, when asked, the Hessian `XᵀX` (GPTQ) and sample rows (AWQ).
 
 use super::algo::ChannelStats;
+use super::calib;
 use super::{CalibOptions, QuantError};
 use crate::import::Imported;
 use crate::interp::{self, Tensor};
@@ -42,12 +43,12 @@ pub fn channel_stats(
         stats.insert(v, s);
     }
     let mut failure: Option<String> = None;
-    for chunk in opts.sentences.chunks(opts.batch.clamp(1, model.texts_per_run().max(1))) {
-        let inputs = model.encode_batch(chunk)?;
-        let keep = real_token_rows(&inputs);
-        interp::run_observed(g, model.weights(), &inputs, &mut |id, t| {
+    let values: Vec<ValueId> = wants.keys().copied().collect();
+    for run in super::encode_runs(model, g, opts, &values)? {
+        let keep = real_token_rows(&run.inputs);
+        interp::run_observed(g, model.weights(), &run.inputs, &mut |id, t| {
             if let (Some(s), None) = (stats.get_mut(&id), &failure) {
-                if let Err(e) = observe(s, t, keep.as_deref()) {
+                if let Err(e) = observe(s, t, keep.as_deref(), run.tokens.as_deref()) {
                     failure = Some(format!("{id}: {e}"));
                 }
             }
@@ -59,10 +60,15 @@ pub fn channel_stats(
     }
 }
 
-/// Feeds the rows of `t` (`[.., K]`) whose token is real to `s`.
-fn observe(s: &mut ChannelStats, t: &Tensor, keep: Option<&[bool]>) -> Result<(), String> {
+/// Feeds the rows of `t` (`[.., K]`) whose token is real to `s`: those `keep` (the attention
+/// mask) marks, and of a run of padded sequences each sequence's real rows in turn
+/// ([`calib::sequence_rows`], the same calls as one run per sequence).
+fn observe(s: &mut ChannelStats, t: &Tensor, keep: Option<&[bool]>, tokens: Option<&[usize]>) -> Result<(), String> {
     let xs = t.to_f32_vec();
     let k = *t.shape.last().ok_or("a scalar has no channels")?;
+    if tokens.is_some_and(|t| t.len() > 1) {
+        return calib::sequence_rows(&xs, &t.shape, tokens)?.into_iter().try_for_each(|rows| s.observe(rows, k).map_err(|e| e.to_string()));
+    }
     match keep {
         Some(mask) if mask.len() * k == xs.len() => {
             let rows: Vec<f32> = xs.chunks(k).zip(mask).filter(|(_, &m)| m).flat_map(|(r, _)| r.iter().copied()).collect();

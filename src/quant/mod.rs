@@ -145,6 +145,25 @@ fn check(g: &Graph, context: &str) -> Result<(), QuantError> {
 
 type Ranges = std::collections::HashMap<ir::ValueId, f32>;
 
+/// The calibration texts of `opts` as interpreter runs of `g` observing `values`: up to
+/// `opts.batch` texts per run, never more than the graph (`B`) or the model
+/// ([`Imported::texts_per_run`]) accepts, and one per run when the runs would hold padded
+/// sequences but some value is not token-major ([`calib::token_major`]: its padding rows could
+/// not be left out).
+pub(crate) fn encode_runs(
+    model: &dyn Imported,
+    g: &Graph,
+    opts: &CalibOptions,
+    values: &[ir::ValueId],
+) -> Result<Vec<crate::import::Encoded>, QuantError> {
+    let max_batch = g.symbol("B").map_or(usize::MAX, |s| g.symbols[s].max as usize);
+    let per_run = opts.batch.clamp(1, max_batch.max(1).min(model.texts_per_run().max(1)));
+    let encode = |per_run: usize| opts.sentences.chunks(per_run).map(|chunk| model.encode_sequences(chunk)).collect::<Result<Vec<_>, _>>();
+    let runs = encode(per_run)?;
+    let padded = runs.iter().any(|r| r.tokens.as_ref().is_some_and(|t| t.len() > 1));
+    Ok(if padded && !calib::token_major(g, values) { encode(1)? } else { runs })
+}
+
 /// Runs the calibration set through `g` and picks a range for each value.
 fn calibrate(
     model: &dyn Imported,
@@ -153,11 +172,9 @@ fn calibrate(
     opts: &CalibOptions,
     values: &[ir::ValueId],
 ) -> Result<(Ranges, Option<CalibSummary>), QuantError> {
-    // Never more texts per run than the graph accepts (a plan compiled with a small max batch).
-    let max_batch = g.symbol("B").map_or(usize::MAX, |s| g.symbols[s].max as usize);
-    let per_run = opts.batch.clamp(1, max_batch.max(1).min(model.texts_per_run().max(1)));
-    let batches = opts.sentences.chunks(per_run).map(|chunk| model.encode_batch(chunk)).collect::<Result<Vec<_>, _>>()?;
-    let collected = calib::collect(g, model.weights(), &batches, values, opts.quiet)?;
+    let encoded = encode_runs(model, g, opts, values)?;
+    let runs: Vec<calib::Run> = encoded.iter().map(|e| calib::Run { inputs: &e.inputs, tokens: e.tokens.as_deref() }).collect();
+    let collected = calib::collect_runs(g, model.weights(), &runs, values, opts.quiet)?;
     let storage = recipe.linear.activation.map_or(ir::DType::F8E4M3, |a| a.storage);
     let (amax, issues) = collected.amaxes(g, opts.method, storage);
     let summary = CalibSummary {

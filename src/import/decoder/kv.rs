@@ -115,7 +115,9 @@ impl KvFormat {
 }
 
 /// Per-layer `(k_scale, v_scale)` for a `storage` cache: the largest |K| and |V| each layer
-/// writes over `texts` (run one at a time through the FP32 model with an unquantized cache),
+/// writes over `texts` (run through the FP32 model with an unquantized cache,
+/// [`Imported::texts_per_run`](crate::import::Imported::texts_per_run) padded sequences per run;
+/// only each sequence's real positions count, so the result is that of one run per text),
 /// divided by the format's largest code; for `f4e2m1` (NVFP4) the global scales
 /// [`nvfp4_global`]. A layer whose amax is zero or not finite is an error naming it.
 pub fn calibrate(
@@ -124,33 +126,23 @@ pub fn calibrate(
     storage: DType,
     quiet: bool,
 ) -> Result<Vec<(f32, f32)>, crate::import::ImportError> {
-    use crate::import::ImportError;
+    use crate::import::{ImportError, Imported};
     let layers = model.config.num_layers as usize;
     let mut amax = vec![(0f32, 0f32); layers];
     let f32_graph = model.step_graph(&KvFormat::Float(DType::F32), "kv-calibration")?;
-    let tok = model
-        .tokenizer
-        .as_ref()
-        .ok_or_else(|| ImportError::MissingFile { path: model.path.clone(), what: "tokenizer (needed for calibration)" })?;
-    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(texts.len() as u64) };
-    bar.set_message("calibrating the KV cache");
-    for text in texts {
-        let mut ids = tok.encode(text)?;
-        ids.truncate(model.max_step() as usize);
-        let inputs = super::prefill_inputs(&f32_graph, &ids).map_err(|message| ImportError::KvCache {
-            path: model.path.clone(),
-            layer: "all layers".into(),
-            message,
-        })?;
-        let outs = crate::interp::run(&f32_graph, &model.weights, &inputs).map_err(|e| ImportError::KvCache {
-            path: model.path.clone(),
-            layer: "all layers".into(),
-            message: format!("calibration run failed: {e}"),
-        })?;
+    let fail = |message: String| ImportError::KvCache { path: model.path.clone(), layer: "all layers".into(), message };
+    let bar = crate::progress::bar(texts.len() as u64, "sequences", "calibrating the KV cache", quiet);
+    for chunk in texts.chunks(model.texts_per_run().max(1)) {
+        let encoded = model.prefill_batch(&f32_graph, chunk)?;
+        let tokens = encoded.tokens.as_deref();
+        let outs =
+            crate::interp::run(&f32_graph, &model.weights, &encoded.inputs).map_err(|e| fail(format!("calibration run failed: {e}")))?;
         for (name, t) in &outs {
             let Some((kind, layer)) = name.strip_prefix("present.").and_then(|r| r.split_once('.')) else { continue };
             let Ok(layer) = layer.parse::<usize>() else { continue };
-            let m = t.to_f32_vec().iter().fold(0f32, |m, x| m.max(x.abs()));
+            let xs = t.to_f32_vec();
+            let rows = crate::quant::calib::sequence_rows(&xs, &t.shape, tokens).map_err(|e| fail(format!("{name}: {e}")))?;
+            let m = rows.iter().flat_map(|r| r.iter()).fold(0f32, |m, x| m.max(x.abs()));
             let slot = &mut amax[layer.min(layers - 1)];
             if kind == "k" {
                 slot.0 = slot.0.max(m);
@@ -158,7 +150,7 @@ pub fn calibrate(
                 slot.1 = slot.1.max(m);
             }
         }
-        bar.inc(1);
+        bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
     if storage == DType::F4E2M1 {

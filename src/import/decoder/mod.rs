@@ -158,6 +158,33 @@ impl DecoderModel {
         self.options.max_step.unwrap_or(self.max_seq).min(self.max_seq)
     }
 
+    /// One prefill step of `texts` (1 to `--max-batch` of them) through `graph` (the model's step
+    /// graph in some KV format), from empty caches, padded at their end
+    /// ([`prefill_batch_inputs`]), with each text's token count: its ids, BOS first when the
+    /// tokenizer adds one, at most one step's worth (a long text is cut at `--max-step` tokens).
+    pub fn prefill_batch(&self, graph: &Graph, texts: &[String]) -> Result<super::Encoded, ImportError> {
+        let tok = self
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| ImportError::MissingFile { path: self.path.clone(), what: "tokenizer (needed for calibration)" })?;
+        if texts.is_empty() || texts.len() as u64 > self.options.max_batch {
+            let message = format!("one run takes 1 to {} texts (--max-batch), got {}", self.options.max_batch, texts.len());
+            return Err(ImportError::Tokenizer { path: self.path.clone(), message });
+        }
+        let mut ids = Vec::with_capacity(texts.len());
+        for text in texts {
+            let mut one = tok.encode(text)?;
+            one.truncate(self.max_step() as usize);
+            ids.push(one);
+        }
+        let inputs = prefill_batch_inputs(graph, &ids).map_err(|message| ImportError::Graph {
+            path: self.path.clone(),
+            layer: "state".into(),
+            message,
+        })?;
+        Ok(super::Encoded { inputs, tokens: Some(ids.iter().map(Vec::len).collect()) })
+    }
+
     /// Inputs of one prefill step of `ids` through the model's step graph, with an empty cache.
     pub fn step_inputs(&self, ids: &[u32]) -> Result<Vec<(&'static str, Tensor)>, ImportError> {
         prefill_inputs(&self.graph, ids).map_err(|message| ImportError::Graph { path: self.path.clone(), layer: "state".into(), message })
@@ -166,13 +193,27 @@ impl DecoderModel {
 
 /// Inputs of one prefill step of `ids` through `graph` (one sequence, empty cache).
 pub fn prefill_inputs(graph: &Graph, ids: &[u32]) -> Result<Vec<(&'static str, Tensor)>, String> {
-    let mut inputs = vec![
-        ("input_ids", Tensor::i64(vec![1, ids.len()], ids.iter().map(|&t| i64::from(t)).collect())),
-        ("cache_len", Tensor::i64(vec![1], vec![0])),
-    ];
-    inputs.extend(crate::interp::empty_state(graph)?);
+    prefill_batch_inputs(graph, &[ids.to_vec()])
+}
+
+/// Inputs of one prefill step of several sequences through `graph`, each from an empty cache:
+/// `input_ids [n, S]` with `S` the longest sequence, shorter ones padded at their end with id 0.
+/// Attention is causal and every sequence starts at position 0, so a real token never reads a
+/// padding token and computes exactly as in a run of its sequence alone; the padding rows compute
+/// values that readers must leave out (the first `ids[b].len()` rows of sequence `b` are real).
+pub fn prefill_batch_inputs(graph: &Graph, ids: &[Vec<u32>]) -> Result<Vec<(&'static str, Tensor)>, String> {
+    let seq = ids.iter().map(Vec::len).max().unwrap_or(0);
+    let padded = ids.iter().flat_map(|s| s.iter().map(|&t| i64::from(t)).chain(std::iter::repeat_n(0, seq - s.len()))).collect();
+    let mut inputs =
+        vec![("input_ids", Tensor::i64(vec![ids.len(), seq], padded)), ("cache_len", Tensor::i64(vec![ids.len()], vec![0; ids.len()]))];
+    inputs.extend(crate::interp::empty_state_for(graph, ids.len())?);
     Ok(inputs)
 }
+
+/// Most packed calibration sequences one interpreter run takes (each up to
+/// [`CALIBRATION_TOKENS`]): runs read each weight once for all of them, and their activations
+/// (`[8, 512, 14336]` f32 at an 8 B model's FFN: 235 MB) stay a small part of a layer's memory.
+pub const CALIBRATION_BATCH: usize = 8;
 
 impl Imported for DecoderModel {
     fn graph(&self) -> &Graph {
@@ -187,26 +228,21 @@ impl Imported for DecoderModel {
         &self.path
     }
 
-    /// One text: its ids (BOS first when the tokenizer adds one; at most one step's worth, so a
-    /// long calibration text is cut at `--max-step` tokens), an empty cache.
+    /// The texts' ids (BOS first when the tokenizer adds one; at most one step's worth, so a
+    /// long calibration text is cut at `--max-step` tokens) as one prefill step from empty caches,
+    /// padded at their end ([`prefill_batch_inputs`]).
     fn encode_batch(&self, texts: &[String]) -> Result<Vec<(&'static str, Tensor)>, ImportError> {
-        let tok = self
-            .tokenizer
-            .as_ref()
-            .ok_or_else(|| ImportError::MissingFile { path: self.path.clone(), what: "tokenizer (needed for calibration)" })?;
-        let [text] = texts else {
-            return Err(ImportError::Tokenizer {
-                path: self.path.clone(),
-                message: format!("decoders calibrate one text per run, got {}", texts.len()),
-            });
-        };
-        let mut ids = tok.encode(text)?;
-        ids.truncate(self.max_step() as usize);
-        self.step_inputs(&ids)
+        Ok(self.encode_sequences(texts)?.inputs)
     }
 
+    /// [`Self::encode_batch`] with each text's token count.
+    fn encode_sequences(&self, texts: &[String]) -> Result<super::Encoded, ImportError> {
+        self.prefill_batch(&self.graph, texts)
+    }
+
+    /// [`CALIBRATION_BATCH`] packed sequences, at most `--max-batch`.
     fn texts_per_run(&self) -> usize {
-        1
+        CALIBRATION_BATCH.min(self.options.max_batch as usize).max(1)
     }
 
     /// The calibration texts packed into sequences of at most [`CALIBRATION_TOKENS`] tokens (and

@@ -159,8 +159,9 @@ fn producer_name(g: &Graph, v: ValueId) -> String {
 
 /// Runs `g` (the FP32 graph) over `batches` with the reference interpreter and collects
 /// statistics for `values` (f32-held tensors only; a value never computed keeps empty
-/// statistics and later reports [`CalibIssue::NoData`]). Shows a progress bar over batches
-/// unless `quiet`, and reports the elapsed time (on the bar and with `tracing::info!`).
+/// statistics and later reports [`CalibIssue::NoData`]). Shows a progress bar over the samples
+/// (the batches' rows) unless `quiet`, and reports the elapsed time (on the bar and with
+/// `tracing::info!`).
 pub fn collect(
     g: &Graph,
     weights: &dyn WeightSource,
@@ -168,23 +169,86 @@ pub fn collect(
     values: &[ValueId],
     quiet: bool,
 ) -> Result<Calibration, InterpError> {
+    let runs: Vec<Run> = batches.iter().map(|b| Run { inputs: b, tokens: None }).collect();
+    collect_runs(g, weights, &runs, values, quiet)
+}
+
+/// One interpreter run of calibration: its inputs and, when its rows are sequences padded at
+/// their end, each sequence's token count ([`crate::import::Imported::encode_sequences`]).
+pub struct Run<'a> {
+    /// The graph inputs.
+    pub inputs: &'a [(&'a str, Tensor)],
+    /// Real tokens of each sequence (`None`: every row counts).
+    pub tokens: Option<&'a [usize]>,
+}
+
+/// [`collect`] over runs that may hold several padded sequences: each requested value of such a
+/// run must be token-major ([`token_major`]), and only its real rows are added, one sequence
+/// after another, so the statistics equal those of one run per sequence bit for bit (the
+/// histogram's range is taken from the first sequence, as it was). The bar counts sequences.
+pub fn collect_runs(
+    g: &Graph,
+    weights: &dyn WeightSource,
+    runs: &[Run],
+    values: &[ValueId],
+    quiet: bool,
+) -> Result<Calibration, InterpError> {
     let start = Instant::now();
     let mut stats: HashMap<ValueId, TensorStats> = values.iter().map(|&v| (v, TensorStats::new())).collect();
-    let bar = crate::progress::bar(batches.len() as u64, "batches", format!("calibrating {} value(s)", values.len()), quiet);
+    let total: usize = runs.iter().map(|r| batch_rows(r.inputs)).sum();
+    let bar = crate::progress::bar(total as u64, "sequences", format!("calibrating {} value(s)", values.len()), quiet);
     let mut samples = 0;
-    for batch in batches {
-        interp::run_observed(g, weights, batch, &mut |id, t| {
-            if let (Some(s), Some(xs)) = (stats.get_mut(&id), t.as_f32()) {
-                s.add(xs);
+    for run in runs {
+        let mut failure = None;
+        interp::run_observed(g, weights, run.inputs, &mut |id, t| {
+            let (Some(s), Some(xs), None) = (stats.get_mut(&id), t.as_f32(), &failure) else { return };
+            match sequence_rows(xs, &t.shape, run.tokens) {
+                Ok(rows) => rows.into_iter().for_each(|r| s.add(r)),
+                Err(e) => failure = Some(format!("value {id}: {e}")),
             }
         })?;
-        samples += batch_rows(batch);
-        bar.inc(1);
+        if let Some(message) = failure {
+            return Err(InterpError::InvalidGraph { message });
+        }
+        let rows = batch_rows(run.inputs);
+        samples += rows;
+        bar.inc(rows as u64);
     }
     let elapsed = start.elapsed();
     bar.finish_with_message(format!("calibrated {} value(s) over {samples} sample(s) in {:.2?}", values.len(), elapsed));
-    tracing::info!(batches = batches.len(), samples, values = values.len(), ?elapsed, "calibration statistics collected");
-    Ok(Calibration { stats, batches: batches.len(), samples, elapsed })
+    tracing::info!(runs = runs.len(), samples, values = values.len(), ?elapsed, "calibration statistics collected");
+    Ok(Calibration { stats, batches: runs.len(), samples, elapsed })
+}
+
+/// The rows of a run's value `xs` (shape `shape`) that statistics take, in order: all of it
+/// without `tokens` or for one sequence (nothing is padding then), else sequence `b`'s first
+/// `tokens[b]` positions of a token-major `[n, T, ..]` value, one slice per sequence. Errors when
+/// the value is not token-major over the run's sequences.
+pub fn sequence_rows<'t>(xs: &'t [f32], shape: &[usize], tokens: Option<&[usize]>) -> Result<Vec<&'t [f32]>, String> {
+    let tokens = match tokens {
+        Some(t) if t.len() > 1 => t,
+        _ => return Ok(vec![xs]),
+    };
+    let fits = shape.len() >= 2 && shape[0] == tokens.len() && tokens.iter().all(|&n| n <= shape[1]);
+    if !fits || shape.iter().product::<usize>() != xs.len() {
+        return Err(format!(
+            "shape {shape:?} is not [{}, ≥ {}, ..] (one row per token of each sequence)",
+            tokens.len(),
+            tokens.iter().max().unwrap_or(&0)
+        ));
+    }
+    let row: usize = shape[2..].iter().product();
+    Ok(tokens.iter().enumerate().map(|(b, &n)| &xs[b * shape[1] * row..][..n * row]).collect())
+}
+
+/// True when every value in `values` is token-major over the step: its shape starts with the
+/// extents of the graph input `input_ids` (`[B, S]`), so a run of several padded sequences can
+/// be split by sequence ([`sequence_rows`]). False for a graph without `input_ids` and for values
+/// such as a last-position slice (`[B, 1, H]`), whose rows a padded run does not hold.
+pub fn token_major(g: &Graph, values: &[ValueId]) -> bool {
+    let Some((_, ids)) = g.inputs().into_iter().find(|(name, _)| *name == "input_ids") else { return false };
+    let lead = &g.ty(ids).shape;
+    lead.len() == 2 && values.iter().all(|&v| g.ty(v).shape.get(..2).is_some_and(|d| d == &lead[..]))
 }
 
 /// Rows in a batch: the leading dimension of its first input that has one.

@@ -96,3 +96,51 @@ fn paged_steps_equal_the_contiguous_session() {
         assert_eq!(got[0].tokens, want, "request {}", r.id);
     }
 }
+
+/// `qfuse check`'s teacher-forced perplexity (paged steps, chunks in shared decode batches, the
+/// text's tokens fed forward) equals `qfuse eval`'s (each chunk one prefill of the contiguous
+/// session) on the same chunks; the interpreter in lockstep with itself agrees exactly, and the
+/// floor's other summation order only within f32 noise.
+#[test]
+fn teacher_forced_perplexity_equals_evals() {
+    use qfuse::check::decoder::perplexity::{check_perplexity, score_lockstep, FLOOR_ACCUMULATION};
+    use qfuse::check::decoder::EvalChunks;
+    use qfuse::generate::eval;
+    let Some(dir) = common::synthetic("llama-f32") else { return };
+    let opts =
+        DecoderOptions { max_batch: 4, max_seq: Some(64), kv: KvFormat::Float(DType::F32), max_step: Some(64), ..Default::default() };
+    // Steps of up to 64 tokens (eval prefills a chunk at once); the scheduler cuts prefills at 8.
+    let model = dec::load(&dir, &opts).expect("import");
+    let tokens: Vec<u32> = (0..100u64).map(|i| ((i * 7919 + 13) % 500 + 10) as u32).collect();
+    let chunks = eval::chunks(&tokens, 32, 3);
+    let want = eval::perplexity(&eval::score(&model.graph, &model.weights, &chunks, &|| {}).unwrap());
+    let owned: Vec<Vec<u32>> = chunks.iter().map(|c| c.to_vec()).collect();
+    let stepper = |acc| PagedStepper::new(&model.graph, &model.weights, GEO, 16, acc).unwrap();
+    let scored = score_lockstep(GEO, &mut [&mut stepper(Accumulation::F32)], &owned).unwrap();
+    assert_eq!(scored[0].targets.len(), 3 * 15);
+    let got = eval::perplexity(&scored[0]);
+    assert!((got / want - 1.0).abs() < 1e-4, "paged teacher forcing {got} vs eval {want}");
+    let text = EvalChunks { source: "synthetic".into(), ctx: 32, chunks: owned };
+    let (mut a, mut b, mut floor) = (stepper(Accumulation::F32), stepper(Accumulation::F32), stepper(FLOOR_ACCUMULATION));
+    let r = check_perplexity(GEO, &mut a, &mut b, Some(&mut floor), &text).unwrap();
+    assert!(r.passed(), "{r:?}");
+    assert_eq!((r.gpu.relative, r.gpu.mean_kl, r.gpu.same_top), (0.0, 0.0, 1.0), "the same implementation agrees exactly");
+    let f = r.floor.expect("floor");
+    assert!(f.relative.abs() < 1e-4 && f.mean_kl < 1e-6 && f.same_top > 0.97, "{f:?}");
+}
+
+/// The greedy check in lockstep, the interpreter on both sides (f32 and f64 sums): every row is
+/// compared, every token agrees or differs within the noise.
+#[test]
+fn greedy_lockstep_of_the_interpreter_with_itself_passes() {
+    use qfuse::check::decoder::greedy::check_greedy;
+    let Some(dir) = common::synthetic("llama-f32") else { return };
+    let opts = DecoderOptions { max_batch: 4, max_seq: Some(64), kv: KvFormat::Float(DType::F32), max_step: Some(8), ..Default::default() };
+    let model = dec::load(&dir, &opts).expect("import");
+    let prompts: Vec<Vec<u32>> = requests().into_iter().map(|r| r.prompt).collect();
+    let stepper = |acc| PagedStepper::new(&model.graph, &model.weights, GEO, 16, acc).unwrap();
+    let r = check_greedy(GEO, &mut stepper(Accumulation::F32), &mut stepper(Accumulation::F64), &prompts, 6).unwrap();
+    assert_eq!(r.rows, 6 * prompts.len());
+    assert!(r.passed() && r.non_finite == 0, "{r:?}");
+    assert!(r.max_noise > 0.0 && r.max_noise < 1e-3, "f32 vs f64 sums differ by rounding only: {}", r.max_noise);
+}

@@ -516,7 +516,7 @@ fn random_runs(
     let meta = engine.meta();
     let max = |s: &str| meta.symbols.iter().find(|(n, _)| n == s).map_or(1, |&(_, m)| m);
     let (max_b, max_s) = (max("B"), max("S"));
-    let mut rng = SplitMix(opts.seed);
+    let mut rng = inputs::SplitMix::new(opts.seed);
     let mut bad = 0;
     let mut first = None;
     for run in 0..opts.random_runs {
@@ -534,24 +534,6 @@ fn random_runs(
         }
     }
     Ok((bad, first))
-}
-
-/// A small deterministic generator (SplitMix64) for reproducible random inputs.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 #[cfg(test)]

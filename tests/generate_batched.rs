@@ -144,3 +144,47 @@ fn greedy_lockstep_of_the_interpreter_with_itself_passes() {
     assert!(r.passed() && r.non_finite == 0, "{r:?}");
     assert!(r.max_noise > 0.0 && r.max_noise < 1e-3, "f32 vs f64 sums differ by rounding only: {}", r.max_noise);
 }
+
+/// The interpreter side of `qfuse check`'s perplexity on a compiled decoder plan
+/// (`QFUSE_CHECK_PLAN`), on the CPU: the plan's own IR teacher-forced through paged steps over
+/// the default text (`QFUSE_CHECK_CTX` × `QFUSE_CHECK_CHUNKS` tokens, default 256 × 4), beside
+/// the floor's other summation order; prints both and the time (the check's CPU share).
+/// `cargo test --release --test generate_batched interpreter_perplexity -- --ignored --nocapture`.
+#[test]
+#[ignore = "needs a compiled decoder plan (QFUSE_CHECK_PLAN)"]
+fn interpreter_perplexity_of_a_plan() {
+    use qfuse::check::decoder::perplexity::{report, score_lockstep, FLOOR_ACCUMULATION};
+    use qfuse::check::decoder::EvalChunks;
+    use qfuse::generate::eval;
+    let path = std::path::PathBuf::from(std::env::var("QFUSE_CHECK_PLAN").expect("QFUSE_CHECK_PLAN"));
+    let number = |name: &str, default: usize| std::env::var(name).map_or(default, |v| v.parse().expect(name));
+    let (ctx, chunks) = (number("QFUSE_CHECK_CTX", 256), number("QFUSE_CHECK_CHUNKS", 4));
+    let plan = qfuse::plan::Plan::load(&path, None).unwrap();
+    let d = plan.meta().decoder.clone().expect("a decoder plan");
+    let graph = qfuse::ir::parse(&plan.meta().ir_text).unwrap();
+    let weights = qfuse::check::PlanWeights::load(&plan).unwrap();
+    let tok = qfuse::generate::plan_tokenizer(&plan, &d).unwrap();
+    let tokens = tok.encode(&std::fs::read_to_string("/usr/share/common-licenses/GPL-3").unwrap()).unwrap();
+    let text = EvalChunks { source: "GPL-3".into(), ctx, chunks: eval::chunks(&tokens, ctx, chunks).iter().map(|c| c.to_vec()).collect() };
+    let geometry = Geometry::of(&d);
+    let pages = geometry.max_batch * geometry.max_pages;
+    let stepper = |acc| PagedStepper::new(&graph, &weights, geometry, pages, acc).unwrap();
+    let started = std::time::Instant::now();
+    let (mut reference, mut floor) = (stepper(Accumulation::F32), stepper(FLOOR_ACCUMULATION));
+    // The floor's variant in the GPU's place: its agreement with the interpreter.
+    let scored = score_lockstep(geometry, &mut [&mut floor, &mut reference], &text.chunks).unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    let r = report(&text, &scored);
+    println!(
+        "{}: {} × {ctx} tokens, {} positions: interpreter {:.4}, {FLOOR_ACCUMULATION:?} {:.4} ({:+.4} %), KL mean {:.2e} p99 {:.2e}; {elapsed:.1} s for both",
+        path.display(),
+        r.chunks,
+        r.positions,
+        r.interpreter,
+        r.gpu.perplexity,
+        100.0 * r.gpu.relative,
+        r.gpu.mean_kl,
+        r.gpu.p99_kl
+    );
+    assert!(r.passed(), "two summation orders of the interpreter differ by more than 0.5 %: {r:?}");
+}

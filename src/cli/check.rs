@@ -76,7 +76,7 @@ const SEED: u64 = 0x5eed;
 fn run_decoder(args: &CheckArgs, quiet: bool) -> anyhow::Result<()> {
     let plan = qfuse::plan::Plan::load(&args.plan, None)?;
     let d = plan.meta().decoder.clone().expect("checked by the caller");
-    let tok = super::generate_plan::plan_tokenizer(&plan, &d)?;
+    let tok = qfuse::generate::plan_tokenizer(&plan, &d)?;
     let chat = d.tokens.chat_template.is_some();
     let prompts = PROMPTS.iter().map(|p| super::generate_plan::prompt_ids(&tok, p, chat, None)).collect::<anyhow::Result<Vec<_>>>()?;
     let eval = eval_chunks(args, &tok, d.max_seq)?;

@@ -1,4 +1,5 @@
-//! `qfuse check` of decoder plans on the GPU (issue 13 item 5): greedy tokens, teacher-forced
+//! `qfuse check` of decoder plans on the GPU (issue 13 item 5): a prefill and a decode step kernel
+//! by kernel against the interpreter, greedy tokens, teacher-forced
 //! perplexity within 0.5 % of the interpreter's with KL reported beside the interpreter's own
 //! floor, and random prompts without a non-finite logit. Needs an sm_90 GPU, so ignored by
 //! default (CI has none):
@@ -41,6 +42,14 @@ fn check_passes_for_fp16_and_fp8_plans() {
         assert_eq!((p["chunks"].as_u64(), p["ctx"].as_u64(), p["positions"].as_u64()), (Some(4), Some(256), Some(4 * 127)));
         assert!(p["gpu"]["relative"].as_f64().unwrap().abs() <= 0.005, "{recipe}: {p}");
         assert!(p["floor"]["mean_kl"].as_f64().is_some(), "{recipe}: the floor is reported");
+        let steps = doc["kernels"].as_array().expect("per-kernel steps");
+        assert_eq!(steps.len(), 2, "{recipe}: a prefill and a decode step judged");
+        for step in steps {
+            let kernels = step["kernels"].as_array().unwrap();
+            let failed: Vec<_> = kernels.iter().filter(|k| k["comparison"]["pass"] != true).collect();
+            println!("{recipe}: per kernel, {}: {} results, {} failed", step["step"], kernels.len(), failed.len());
+            assert!(kernels.len() > 100 && failed.is_empty(), "{recipe}, {}: {failed:?}", step["step"]);
+        }
         let r = &doc["random"];
         assert_eq!((r["prompts"].as_u64(), r["rows"].as_u64(), r["non_finite"].as_u64()), (Some(64), Some(256), Some(0)), "{r}");
         assert!(doc["greedy"]["unexplained"].as_array().unwrap().is_empty(), "{recipe}: {}", doc["greedy"]);
@@ -61,6 +70,7 @@ fn perplexity_tracks_the_interpreter_when_chunks_queue() {
     let opts = DecoderCheckOptions {
         prompts: vec![vec![1, 2, 3]],
         max_new: 4,
+        kernels: false,
         eval: Some(EvalChunks { source: "random ids".into(), ctx: 200, chunks }),
         floor: false,
         random,

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 pub use compare::{compare, Comparison, Reference, Tolerance};
-pub use judge::{judge_launch, References};
+pub use judge::{judge_launch, value_id, References};
 
 use crate::compile::{bytes, TOKENIZER_SECTION};
 use crate::import::TextTokenizer;
@@ -394,12 +394,18 @@ fn fp32_comparison(
 }
 
 /// Every value the interpreter computes for `inputs` with f32 sums, and for narrow-code values
-/// the candidates of [`References`]: [`wide_values`], [`code_windows`], [`flip_windows`].
+/// the candidates of [`References`] ([`references_of`]).
 fn reference_values(graph: &Graph, weights: &PlanWeights, inputs: &[(&str, Tensor)]) -> anyhow::Result<References> {
     let mut values = HashMap::new();
     interp::run_observed(graph, weights, inputs, &mut |v, t| {
         values.insert(v, t.clone());
     })?;
+    references_of(graph, values)
+}
+
+/// The [`References`] of `values` (every value of one interpreter run with f32 sums): for
+/// narrow-code values, [`wide_values`], [`code_windows`] and [`flip_windows`].
+pub fn references_of(graph: &Graph, values: HashMap<ValueId, Tensor>) -> anyhow::Result<References> {
     let wide = wide_values(graph, &values)?;
     let windows = code_windows(graph, &values)?;
     let flips = flip_windows(graph, &values)?;

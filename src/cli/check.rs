@@ -7,7 +7,7 @@ use clap::Args;
 use qfuse::check::decoder::perplexity::{Agreement, PPL_TOLERANCE};
 use qfuse::check::decoder::{random, DecoderCheckOptions, EvalChunks, GreedyReport, PerplexityReport, RandomReport};
 use qfuse::check::inputs::{self, PromptSpace};
-use qfuse::check::{check_plan, CheckOptions};
+use qfuse::check::{check_plan, CheckOptions, KernelCheck};
 use qfuse::generate::eval;
 
 /// Arguments of `qfuse check`.
@@ -51,6 +51,9 @@ pub struct CheckArgs {
     /// Decoder plans: skip the interpreter's second summation order on the perplexity text.
     #[arg(long)]
     no_floor: bool,
+    /// Decoder plans: skip the per-kernel comparison of a prefill and a decode step.
+    #[arg(long)]
+    no_kernels: bool,
 }
 
 /// Prompts of the decoder check (through the plan's chat template when it has one).
@@ -81,7 +84,8 @@ fn run_decoder(args: &CheckArgs, quiet: bool) -> anyhow::Result<()> {
     let prompts = PROMPTS.iter().map(|p| super::generate_plan::prompt_ids(&tok, p, chat, None)).collect::<anyhow::Result<Vec<_>>>()?;
     let eval = eval_chunks(args, &tok, d.max_seq)?;
     let random = random_prompts(args, &plan, &tok, d.max_seq)?;
-    let opts = DecoderCheckOptions { prompts, max_new: args.max_new_tokens, eval, floor: !args.no_floor, random };
+    let opts =
+        DecoderCheckOptions { prompts, max_new: args.max_new_tokens, kernels: !args.no_kernels, eval, floor: !args.no_floor, random };
     let started = std::time::Instant::now();
     let spinner = qfuse::progress::spinner(format!("checking {} against the interpreter", args.plan.display()), quiet);
     let r = qfuse::check::decoder::check_decoder_plan(&args.plan, &opts);
@@ -90,7 +94,14 @@ fn run_decoder(args: &CheckArgs, quiet: bool) -> anyhow::Result<()> {
     if args.json {
         super::output::print_line(&serde_json::to_string_pretty(&r)?)?;
     } else {
-        let mut lines = greedy_lines(&r.greedy, opts.prompts.len(), args.max_new_tokens);
+        let mut lines = Vec::new();
+        for step in &r.kernels {
+            if let Some(t) = kernel_table(&step.kernels, args.all) {
+                lines.push(format!("{}:\n{t}", step.step));
+            }
+            lines.push(kernel_summary(&format!("per-kernel, {}", step.step), &step.kernels));
+        }
+        lines.extend(greedy_lines(&r.greedy, opts.prompts.len(), args.max_new_tokens));
         if let Some(p) = &r.perplexity {
             lines.extend(perplexity_lines(p));
         }
@@ -198,6 +209,37 @@ fn random_line(r: &RandomReport) -> String {
     )
 }
 
+/// The table of `kernels`' comparisons (all, or only the failures); `None` when empty.
+fn kernel_table(kernels: &[KernelCheck], all: bool) -> Option<String> {
+    let mut t = super::output::table();
+    t.set_header(["#", "kernel computes", "value", "dtype", "measured", "tolerance", ""]);
+    for k in kernels.iter().filter(|k| all || !k.comparison.pass) {
+        let c = &k.comparison;
+        t.add_row([
+            k.launch.to_string(),
+            k.label.clone(),
+            k.value.clone(),
+            k.dtype.clone(),
+            c.measured.clone(),
+            c.tolerance.clone(),
+            if c.pass { "ok" } else { "FAIL" }.into(),
+        ]);
+    }
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+/// One line: how many of `kernels` passed and the allowed rounding cases, after `what`.
+fn kernel_summary(what: &str, kernels: &[KernelCheck]) -> String {
+    let ok = kernels.iter().filter(|k| k.comparison.pass).count();
+    let boundary: usize = kernels.iter().map(|k| k.comparison.boundary_cases).sum();
+    let transcendental: usize = kernels.iter().map(|k| k.comparison.transcendental_cases).sum();
+    let score_order: usize = kernels.iter().map(|k| k.comparison.score_order_cases).sum();
+    format!(
+        "{what}: {ok} of {} results within their dtype's tolerance; {boundary} narrow codes on a rounding boundary (allowed); {transcendental} codes within transcendental rounding of a boundary (allowed); {score_order} codes from attention scores within f32 rounding of a boundary (allowed)",
+        kernels.len()
+    )
+}
+
 const SENTENCES: [&str; 16] = [
     "A man is eating food.",
     "A man is eating a piece of bread.",
@@ -240,31 +282,10 @@ pub fn run(args: &CheckArgs, quiet: bool) -> anyhow::Result<()> {
     if args.json {
         super::output::print_line(&serde_json::to_string_pretty(&report)?)?;
     } else {
-        let mut t = super::output::table();
-        t.set_header(["#", "kernel computes", "value", "dtype", "measured", "tolerance", ""]);
-        for k in report.kernels.iter().filter(|k| args.all || !k.comparison.pass) {
-            let c = &k.comparison;
-            t.add_row([
-                k.launch.to_string(),
-                k.label.clone(),
-                k.value.clone(),
-                k.dtype.clone(),
-                c.measured.clone(),
-                c.tolerance.clone(),
-                if c.pass { "ok" } else { "FAIL" }.into(),
-            ]);
+        if let Some(t) = kernel_table(&report.kernels, args.all) {
+            super::output::print_line(&t)?;
         }
-        if !t.is_empty() {
-            super::output::print_line(&t.to_string())?;
-        }
-        let ok = report.kernels.iter().filter(|k| k.comparison.pass).count();
-        let boundary: usize = report.kernels.iter().map(|k| k.comparison.boundary_cases).sum();
-        let transcendental: usize = report.kernels.iter().map(|k| k.comparison.transcendental_cases).sum();
-        let score_order: usize = report.kernels.iter().map(|k| k.comparison.score_order_cases).sum();
-        let mut lines = vec![format!(
-            "per-kernel: {ok} of {} results within their dtype's tolerance; {boundary} narrow codes on a rounding boundary (allowed); {transcendental} codes within transcendental rounding of a boundary (allowed); {score_order} codes from attention scores within f32 rounding of a boundary (allowed)",
-            report.kernels.len()
-        )];
+        let mut lines = vec![kernel_summary("per-kernel", &report.kernels)];
         for (name, cos) in &report.end_to_end {
             let (min, mean) = min_mean(cos);
             lines.push(format!(

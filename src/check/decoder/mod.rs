@@ -2,21 +2,25 @@
 //! and weights on exactly the same steps ([`lockstep`]: one [`Scheduler`], the same page tables,
 //! every step run by both), then the GPU alone on random prompts.
 //!
-//! 1. **Greedy** ([`greedy`]): prompts generated greedily, the GPU's tokens fed forward; every
+//! 1. **Per kernel** ([`kernels`]): the first prompt's first prefill and decode steps, launch by
+//!    launch against the interpreter's values of the same step (teacher-forced, named tolerances
+//!    per dtype), as the encoder check does on a plain run.
+//! 2. **Greedy** ([`greedy`]): prompts generated greedily, the GPU's tokens fed forward; every
 //!    token the GPU picks is compared with the interpreter's argmax of the same step.
-//! 2. **Perplexity** ([`perplexity`]): an evaluation text cut into chunks as `qfuse eval` cuts it
+//! 3. **Perplexity** ([`perplexity`]): an evaluation text cut into chunks as `qfuse eval` cuts it
 //!    ([`crate::generate::eval`]), teacher-forced (the text's next token fed forward, not the
 //!    model's) through both; the perplexity of each, their ratio (fails beyond
 //!    [`perplexity::PPL_TOLERANCE`]) and KL(interpreter ‖ GPU) over the scored positions; beside
 //!    them the same numbers for the interpreter against itself summing in another order (the
 //!    floor: how much two correct implementations of the IR differ).
-//! 3. **Random prompts** ([`random`]): prompts of random lengths and ids (the vocabulary and its
+//! 4. **Random prompts** ([`random`]): prompts of random lengths and ids (the vocabulary and its
 //!    special tokens) through the GPU alone, a few greedy steps each; any non-finite logit fails.
 //!
 //! Everything but [`check_decoder_plan`] runs on [`StepModel`]s, so the tests drive it with the
 //! interpreter on both sides.
 
 pub mod greedy;
+pub mod kernels;
 pub mod perplexity;
 pub mod random;
 
@@ -30,6 +34,7 @@ use crate::runtime::scheduler::{Geometry, Request, Scheduler, StepInput};
 use crate::runtime::{Context, Engine};
 
 pub use greedy::GreedyReport;
+pub use kernels::StepKernels;
 pub use perplexity::{EvalChunks, PerplexityReport};
 pub use random::RandomReport;
 
@@ -151,6 +156,8 @@ pub struct DecoderCheckOptions {
     pub prompts: Vec<Vec<u32>>,
     /// Greedy tokens per prompt.
     pub max_new: u32,
+    /// Judge the first prompt's first prefill and decode steps kernel by kernel.
+    pub kernels: bool,
     /// The evaluation text's chunks, if perplexity is checked.
     pub eval: Option<EvalChunks>,
     /// Also run the interpreter summing in another order on the evaluation text (the floor).
@@ -162,6 +169,8 @@ pub struct DecoderCheckOptions {
 /// Everything a decoder check measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct DecoderCheck {
+    /// Per kernel on a prefill and a decode step (empty when not asked).
+    pub kernels: Vec<StepKernels>,
     /// Greedy generation, GPU vs interpreter.
     pub greedy: GreedyReport,
     /// Teacher-forced perplexity, GPU vs interpreter.
@@ -173,7 +182,10 @@ pub struct DecoderCheck {
 impl DecoderCheck {
     /// Passes when each part passes.
     pub fn passed(&self) -> bool {
-        self.greedy.passed() && self.perplexity.as_ref().is_none_or(PerplexityReport::passed) && self.random.passed()
+        self.kernels.iter().all(StepKernels::passed)
+            && self.greedy.passed()
+            && self.perplexity.as_ref().is_none_or(PerplexityReport::passed)
+            && self.random.passed()
     }
 }
 
@@ -189,6 +201,13 @@ pub fn check_decoder_plan(plan_path: &std::path::Path, opts: &DecoderCheckOption
     let mut gpu = engine.context()?;
     gpu.attach_kv_cache(pages)?;
     let interpreter = |accumulation| PagedStepper::new(&graph, &weights, geometry, pages, accumulation).map_err(anyhow::Error::msg);
+    let kernels = match (opts.kernels, opts.prompts.first()) {
+        (true, Some(prompt)) => {
+            let mut judge = kernels::KernelJudge::new(&mut gpu, interpreter(Accumulation::F32)?, &graph);
+            kernels::check_kernels(geometry, &mut judge, prompt)?
+        }
+        _ => Vec::new(),
+    };
     let greedy = greedy::check_greedy(geometry, &mut gpu, &mut interpreter(Accumulation::F32)?, &opts.prompts, opts.max_new)?;
     let perplexity = match &opts.eval {
         Some(eval) => {
@@ -199,5 +218,5 @@ pub fn check_decoder_plan(plan_path: &std::path::Path, opts: &DecoderCheckOption
         None => None,
     };
     let random = random::check_random(geometry, &mut gpu, &opts.random)?;
-    Ok(DecoderCheck { greedy, perplexity, random })
+    Ok(DecoderCheck { kernels, greedy, perplexity, random })
 }

@@ -220,3 +220,64 @@ pub fn check_decoder_plan(plan_path: &std::path::Path, opts: &DecoderCheckOption
     let random = random::check_random(geometry, &mut gpu, &opts.random)?;
     Ok(DecoderCheck { kernels, greedy, perplexity, random })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::scheduler::SamplingParams;
+
+    /// Logits `[0, 1, 2, 3]` per row (so argmax 3), `rows_short` fewer rows than asked, and the
+    /// token `pick` chosen for each row.
+    struct Fake {
+        rows_short: usize,
+        pick: u32,
+    }
+
+    impl StepModel for Fake {
+        fn step(&mut self, input: &StepInput) -> anyhow::Result<(Vec<u32>, Vec<Vec<f32>>)> {
+            let n = input.batch.saturating_sub(self.rows_short);
+            Ok((vec![self.pick; n], vec![vec![0.0, 1.0, 2.0, 3.0]; n]))
+        }
+    }
+
+    const GEO: Geometry = Geometry { page_size: 4, max_pages: 4, max_seq: 16, max_batch: 2, max_step_tokens: 4 };
+
+    fn request(id: u64, len: usize) -> Request {
+        Request { id, prompt: vec![1; len], max_new: 3, stop: vec![], sampling: SamplingParams::default() }
+    }
+
+    fn run(models: &mut [&mut dyn StepModel], requests: Vec<Request>) -> anyhow::Result<Vec<(u64, usize, u32)>> {
+        let mut rows = Vec::new();
+        lockstep(GEO, requests, models, &Feed::First, &mut |r| {
+            rows.push((r.request, r.index, r.token));
+            Ok(())
+        })?;
+        Ok(rows)
+    }
+
+    #[test]
+    fn every_emitted_row_is_seen_once_in_order_per_request() {
+        let rows = run(&mut [&mut Fake { rows_short: 0, pick: 2 }], vec![request(0, 6), request(1, 1), request(2, 2)]).unwrap();
+        assert_eq!(rows.len(), 9);
+        for r in 0..3 {
+            let mine: Vec<(usize, u32)> = rows.iter().filter(|x| x.0 == r).map(|x| (x.1, x.2)).collect();
+            assert_eq!(mine, [(0, 2), (1, 2), (2, 2)], "request {r}: the first model's tokens, indexed 0..3");
+        }
+    }
+
+    #[test]
+    fn broken_models_and_requests_are_errors() {
+        let short = run(&mut [&mut Fake { rows_short: 1, pick: 0 }], vec![request(0, 2)]).unwrap_err();
+        assert!(short.to_string().contains("0 rows for a step of 1"), "{short}");
+        let outside = run(&mut [&mut Fake { rows_short: 0, pick: 4 }], vec![request(0, 2)]).unwrap_err();
+        assert!(outside.to_string().contains("token 4 lies outside the vocabulary of 4"), "{outside}");
+        let ids = run(&mut [&mut Fake { rows_short: 0, pick: 0 }], vec![request(1, 2)]).unwrap_err();
+        assert!(ids.to_string().contains("ids must be 0..n"), "{ids}");
+        let second = run(&mut [&mut Fake { rows_short: 0, pick: 0 }, &mut Fake { rows_short: 1, pick: 0 }], vec![request(0, 2)]);
+        assert!(second.unwrap_err().to_string().contains("model 1"));
+        let targets = [vec![1u32]];
+        let mut m = Fake { rows_short: 0, pick: 0 };
+        let forced = lockstep(GEO, vec![request(0, 2)], &mut [&mut m], &Feed::Forced(&targets), &mut |_| Ok(()));
+        assert!(forced.unwrap_err().to_string().contains("request 0 has no target for row 1"), "more rows than targets");
+    }
+}

@@ -6,8 +6,9 @@
 #      and off), the generator under load (tests/generate_gpu.rs: 16 threads, 2,000 requests) and
 #      the skinny GEMMs (tests/skinny_gpu.rs) against the interpreter;
 #   2. a random-weight HF folder of SmolLM2-135M's shape (scripts/llama_shape_folder.py; transformers
-#      there), compiled per plan ($PLANS), then `qfuse check` (greedy tokens, GPU vs the interpreter on
-#      the same steps), `qfuse generate`, `qfuse bench` (prompt 128, 64 new tokens, batch 1 and 8;
+#      there), compiled per plan ($PLANS), then `qfuse check` (GPU vs the interpreter on the same
+#      steps: per kernel, greedy tokens, perplexity of $CHUNKS chunks; $RANDOM_PROMPTS random
+#      prompts), `qfuse generate`, `qfuse bench` (prompt 128, 64 new tokens, batch 1 and 8;
 #      again with --no-pdl, the launches in plain stream order);
 #   3. the HF peers on the same folder (static cache, eager and torch.compile reduce-overhead) and the
 #      copy bandwidth, in the same call;
@@ -57,8 +58,8 @@ for p in $plans; do
         echo "compile $p FAILED:"; tail -12 "$out/compile-$p.log"; continue
     fi
     grep -E '^plan:|^compile:' "$out/compile-$p.log"
-    timeout 120 "$q" check "/tmp/shape-$p.plan" --max-new-tokens "${GEN:-16}" >"$out/check-$p.log" 2>&1
-    echo "check exit $?"; grep -vE "^\s*$" "$out/check-$p.log" | tail -6
+    timeout 240 "$q" check "/tmp/shape-$p.plan" --max-new-tokens "${GEN:-16}" --chunks "${CHUNKS:-1}" --random "${RANDOM_PROMPTS:-64}" >"$out/check-$p.log" 2>&1
+    echo "check exit $?"; grep -vE "^\s*$" "$out/check-$p.log" | tail -12
     timeout 30 "$q" generate "/tmp/shape-$p.plan" --prompt "The capital of France is" --max-new-tokens 8 2>&1 | tail -1
     timeout 90 "$q" bench "/tmp/shape-$p.plan" --prompt-len 128 --gen 64 --batch "${BENCH_BATCH:-1,8}" 2>&1 | tail -3
     echo "-- without programmatic dependent launch (--no-pdl)"

@@ -10,8 +10,10 @@
 #              kernel), tests/skinny_gpu.rs (skinny and segmented GEMMs), tests/codegen_ops.rs (row
 #              and element-wise kernels)
 #     compile  a plan per recipe of PLANS (--max-seq 1024 --max-batch 64)
-#     check    `qfuse check` of each plan: greedy tokens of 8 prompts on the GPU and on the
-#              interpreter on the same steps, and the rest of what `qfuse check` runs on decoders
+#     check    `qfuse check` of each plan against the interpreter on the same steps: a prefill
+#              and a decode step kernel by kernel, greedy tokens of 8 prompts, teacher-forced
+#              perplexity of CHUNKS (4) × 256 tokens of the GPL (within 0.5 %, KL beside the
+#              interpreter's own summation-order floor), 256 random prompts without NaN
 #     bench    `qfuse bench` (prompt 128, 64 new tokens, batch 1, 8 and 64; `--profile` for the
 #              plans of PROFILE), beside the device's copy bandwidth measured in the same run
 #     peers    HF transformers on a SmolLM2-shaped model (eager and torch.compile
@@ -66,8 +68,8 @@ for step in $steps; do
         for p in $plans; do
             [[ -f $(plan_of "$p") ]] || { echo "-- $p: no plan"; continue; }
             started=$(date +%s)
-            timeout 300 "$q" check "$(plan_of "$p")" --max-new-tokens "${GEN:-32}" >"$out/check-${p//+/_}.log" 2>&1; rc=$?
-            echo "-- $p (exit $rc, $(( $(date +%s) - started )) s)"; grep -vE "^\s*$" "$out/check-${p//+/_}.log" | tail -12
+            timeout 300 "$q" check "$(plan_of "$p")" --max-new-tokens "${GEN:-32}" --chunks "${CHUNKS:-4}" >"$out/check-${p//+/_}.log" 2>&1; rc=$?
+            echo "-- $p (exit $rc, $(( $(date +%s) - started )) s)"; grep -vE "^\s*$" "$out/check-${p//+/_}.log" | tail -16
             timeout 60 "$q" generate "$(plan_of "$p")" --chat --prompt "What is the capital of France?" --max-new-tokens 24 2>&1 | tail -2
         done
         ;;

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::cli::{each_fails_naming, qfuse};
+use common::cli::{each_fails_naming, help_lists, qfuse};
 
 #[test]
 fn generate_json_is_greedy_and_reproducible() {
@@ -49,4 +49,10 @@ fn bad_decoder_flags_are_named() {
             (&["--max-seq", "4"], &["context"]),
         ],
     );
+}
+
+/// `qfuse check` lists the decoder plans' perplexity and random-prompt flags.
+#[test]
+fn check_lists_the_decoder_flags() {
+    help_lists("check", &["--eval-file", "--ctx", "--chunks", "--no-floor", "--random", "--max-new-tokens"]);
 }

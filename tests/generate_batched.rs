@@ -96,3 +96,95 @@ fn paged_steps_equal_the_contiguous_session() {
         assert_eq!(got[0].tokens, want, "request {}", r.id);
     }
 }
+
+/// `qfuse check`'s teacher-forced perplexity (paged steps, chunks in shared decode batches, the
+/// text's tokens fed forward) equals `qfuse eval`'s (each chunk one prefill of the contiguous
+/// session) on the same chunks; the interpreter in lockstep with itself agrees exactly, and the
+/// floor's other summation order only within f32 noise.
+#[test]
+fn teacher_forced_perplexity_equals_evals() {
+    use qfuse::check::decoder::perplexity::{check_perplexity, score_lockstep, FLOOR_ACCUMULATION};
+    use qfuse::check::decoder::EvalChunks;
+    use qfuse::generate::eval;
+    let Some(dir) = common::synthetic("llama-f32") else { return };
+    let opts =
+        DecoderOptions { max_batch: 4, max_seq: Some(64), kv: KvFormat::Float(DType::F32), max_step: Some(64), ..Default::default() };
+    // Steps of up to 64 tokens (eval prefills a chunk at once); the scheduler cuts prefills at 8.
+    let model = dec::load(&dir, &opts).expect("import");
+    let tokens: Vec<u32> = (0..100u64).map(|i| ((i * 7919 + 13) % 500 + 10) as u32).collect();
+    let chunks = eval::chunks(&tokens, 32, 3);
+    let want = eval::perplexity(&eval::score(&model.graph, &model.weights, &chunks, &|| {}).unwrap());
+    let owned: Vec<Vec<u32>> = chunks.iter().map(|c| c.to_vec()).collect();
+    let stepper = |acc| PagedStepper::new(&model.graph, &model.weights, GEO, 16, acc).unwrap();
+    let scored = score_lockstep(GEO, &mut [&mut stepper(Accumulation::F32)], &owned).unwrap();
+    assert_eq!(scored[0].targets.len(), 3 * 15);
+    let got = eval::perplexity(&scored[0]);
+    assert!((got / want - 1.0).abs() < 1e-4, "paged teacher forcing {got} vs eval {want}");
+    let text = EvalChunks { source: "synthetic".into(), ctx: 32, chunks: owned };
+    let (mut a, mut b, mut floor) = (stepper(Accumulation::F32), stepper(Accumulation::F32), stepper(FLOOR_ACCUMULATION));
+    let r = check_perplexity(GEO, &mut a, &mut b, Some(&mut floor), &text).unwrap();
+    assert!(r.passed(), "{r:?}");
+    assert_eq!((r.gpu.relative, r.gpu.mean_kl, r.gpu.same_top), (0.0, 0.0, 1.0), "the same implementation agrees exactly");
+    let f = r.floor.expect("floor");
+    assert!(f.relative.abs() < 1e-4 && f.mean_kl < 1e-6 && f.same_top > 0.97, "{f:?}");
+}
+
+/// The greedy check in lockstep, the interpreter on both sides (f32 and f64 sums): every row is
+/// compared, every token agrees or differs within the noise.
+#[test]
+fn greedy_lockstep_of_the_interpreter_with_itself_passes() {
+    use qfuse::check::decoder::greedy::check_greedy;
+    let Some(dir) = common::synthetic("llama-f32") else { return };
+    let opts = DecoderOptions { max_batch: 4, max_seq: Some(64), kv: KvFormat::Float(DType::F32), max_step: Some(8), ..Default::default() };
+    let model = dec::load(&dir, &opts).expect("import");
+    let prompts: Vec<Vec<u32>> = requests().into_iter().map(|r| r.prompt).collect();
+    let stepper = |acc| PagedStepper::new(&model.graph, &model.weights, GEO, 16, acc).unwrap();
+    let r = check_greedy(GEO, &mut stepper(Accumulation::F32), &mut stepper(Accumulation::F64), &prompts, 6).unwrap();
+    assert_eq!(r.rows, 6 * prompts.len());
+    assert!(r.passed() && r.non_finite == 0, "{r:?}");
+    assert!(r.max_noise > 0.0 && r.max_noise < 1e-3, "f32 vs f64 sums differ by rounding only: {}", r.max_noise);
+}
+
+/// The interpreter side of `qfuse check`'s perplexity on a compiled decoder plan
+/// (`QFUSE_CHECK_PLAN`), on the CPU: the plan's own IR teacher-forced through paged steps over
+/// the default text (`QFUSE_CHECK_CTX` × `QFUSE_CHECK_CHUNKS` tokens, default 256 × 4), beside
+/// the floor's other summation order; prints both and the time (the check's CPU share).
+/// `cargo test --release --test generate_batched interpreter_perplexity -- --ignored --nocapture`.
+#[test]
+#[ignore = "needs a compiled decoder plan (QFUSE_CHECK_PLAN)"]
+fn interpreter_perplexity_of_a_plan() {
+    use qfuse::check::decoder::perplexity::{report, score_lockstep, FLOOR_ACCUMULATION};
+    use qfuse::check::decoder::EvalChunks;
+    use qfuse::generate::eval;
+    let path = std::path::PathBuf::from(std::env::var("QFUSE_CHECK_PLAN").expect("QFUSE_CHECK_PLAN"));
+    let number = |name: &str, default: usize| std::env::var(name).map_or(default, |v| v.parse().expect(name));
+    let (ctx, chunks) = (number("QFUSE_CHECK_CTX", 256), number("QFUSE_CHECK_CHUNKS", 4));
+    let plan = qfuse::plan::Plan::load(&path, None).unwrap();
+    let d = plan.meta().decoder.clone().expect("a decoder plan");
+    let graph = qfuse::ir::parse(&plan.meta().ir_text).unwrap();
+    let weights = qfuse::check::PlanWeights::load(&plan).unwrap();
+    let tok = qfuse::generate::plan_tokenizer(&plan, &d).unwrap();
+    let tokens = tok.encode(&std::fs::read_to_string("/usr/share/common-licenses/GPL-3").unwrap()).unwrap();
+    let text = EvalChunks { source: "GPL-3".into(), ctx, chunks: eval::chunks(&tokens, ctx, chunks).iter().map(|c| c.to_vec()).collect() };
+    let geometry = Geometry::of(&d);
+    let pages = geometry.max_batch * geometry.max_pages;
+    let stepper = |acc| PagedStepper::new(&graph, &weights, geometry, pages, acc).unwrap();
+    let started = std::time::Instant::now();
+    let (mut reference, mut floor) = (stepper(Accumulation::F32), stepper(FLOOR_ACCUMULATION));
+    // The floor's variant in the GPU's place: its agreement with the interpreter.
+    let scored = score_lockstep(geometry, &mut [&mut floor, &mut reference], &text.chunks).unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    let r = report(&text, &scored);
+    println!(
+        "{}: {} × {ctx} tokens, {} positions: interpreter {:.4}, {FLOOR_ACCUMULATION:?} {:.4} ({:+.4} %), KL mean {:.2e} p99 {:.2e}; {elapsed:.1} s for both",
+        path.display(),
+        r.chunks,
+        r.positions,
+        r.interpreter,
+        r.gpu.perplexity,
+        100.0 * r.gpu.relative,
+        r.gpu.mean_kl,
+        r.gpu.p99_kl
+    );
+    assert!(r.passed(), "two summation orders of the interpreter differ by more than 0.5 %: {r:?}");
+}

@@ -178,3 +178,102 @@ fn smollm2_plan_with_an_nvfp4_kv_cache_holds_the_format() {
     assert_eq!((count(&decode, "quantize"), count(&decode, "elementwise")), (60, 60), "K and V: pre-scale and block quantize");
     assert_eq!((decode.len(), prefill.len()), (424, 424));
 }
+
+/// The GPU's place in `qfuse check`'s per-kernel comparison taken by the interpreter: each
+/// launch a step runs (its guard holding at the step's `B` and `S`) "writes" the interpreter's
+/// values of the buffers it names, read back at the runtime's extents (a buffer without a value
+/// writes zeros, which the judge must fail).
+struct InterpreterLaunches<'a> {
+    meta: &'a qfuse::plan::PlanMeta,
+    graph: &'a qfuse::ir::Graph,
+    stepper: qfuse::generate::paged::PagedStepper<'a>,
+}
+
+impl qfuse::check::decoder::kernels::LaunchStepper for InterpreterLaunches<'_> {
+    fn meta(&self) -> &qfuse::plan::PlanMeta {
+        self.meta
+    }
+
+    fn step_checked(
+        &mut self,
+        input: &qfuse::runtime::scheduler::StepInput,
+        on_launch: &mut qfuse::check::decoder::kernels::OnLaunch<'_>,
+    ) -> anyhow::Result<()> {
+        let mut values = std::collections::HashMap::new();
+        self.stepper
+            .step_observed(input, &mut |v, t| {
+                values.insert(v, t.clone());
+            })
+            .map_err(anyhow::Error::msg)?;
+        let (m, syms) = (self.meta, [("B".to_string(), input.batch as u64), ("S".to_string(), input.seq as u64)]);
+        for (index, launch) in m.schedule.iter().enumerate() {
+            if m.guard_of(index).is_some_and(|g| !g.holds(&syms).unwrap()) {
+                continue;
+            }
+            let mut written = Vec::new();
+            for &w in &launch.writes {
+                let b = &m.buffers[w as usize];
+                let ext = qfuse::runtime::bind::buffer_extent(m, w, &b.dtype, &b.shape, &syms).map_err(anyhow::Error::msg)?;
+                let value = qfuse::check::value_id(self.graph, &b.name).and_then(|v| values.get(&v));
+                let host = value
+                    .map(qfuse::check::to_host)
+                    .unwrap_or_else(|| qfuse::runtime::HostTensor::zeros(b.dtype.clone(), ext.shape.clone()));
+                anyhow::ensure!(
+                    host.shape == ext.shape,
+                    "launch {index} `{}`: buffer `{}` read back as {:?}",
+                    launch.label,
+                    b.name,
+                    ext.shape
+                );
+                written.push((w, host));
+            }
+            on_launch(index, launch, &written);
+        }
+        Ok(())
+    }
+
+    fn step_plain(&mut self, input: &qfuse::runtime::scheduler::StepInput) -> anyhow::Result<()> {
+        self.stepper.step(input).map(|_| ()).map_err(anyhow::Error::msg)
+    }
+}
+
+/// `qfuse check`'s per-kernel comparison of a decoder plan (`check::decoder::kernels`) with the
+/// interpreter in the GPU's place: every buffer each launch of a prefill step and of a decode step
+/// writes names an IR value that the interpreter computes on the same paged step, with the
+/// run-time shape and dtype the runtime reads back, so every launch passes (on the GPU only the
+/// numbers remain to be judged: tests/check_decoder_gpu.rs).
+#[test]
+fn every_buffer_a_decoder_step_writes_has_an_interpreter_value() {
+    use qfuse::check::decoder::kernels::{check_kernels, KernelJudge};
+    use qfuse::generate::paged::PagedStepper;
+    use qfuse::interp::Accumulation;
+    use qfuse::runtime::scheduler::Geometry;
+    let gguf = common::smollm2_gguf();
+    let mut opts = CompileOptions::for_recipe("fp16").unwrap();
+    opts.arch = Some("sm_90a".into());
+    opts.calib = qfuse::quant::CalibOptions::decoder_default();
+    opts.kernel_cache = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/kernels"));
+    let d = DecoderPlanOptions { kv_cache: None, max_seq: Some(64), max_batch: 2, max_step: 16, page_size: 16 };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("smol.plan");
+    compile_decoder(&gguf, &opts, &d).expect("compile").save(&path).unwrap();
+    let plan = Plan::load(&path, None).unwrap();
+    let m = plan.meta();
+    let graph = qfuse::ir::parse(&m.ir_text).unwrap();
+    let weights = qfuse::check::PlanWeights::load(&plan).unwrap();
+    let geometry = Geometry::of(m.decoder.as_ref().unwrap());
+    let pages = geometry.max_batch * geometry.max_pages;
+    let stepper = || PagedStepper::new(&graph, &weights, geometry, pages, Accumulation::F32).unwrap();
+    let mut gpu = InterpreterLaunches { meta: m, graph: &graph, stepper: stepper() };
+    let mut judge = KernelJudge::new(&mut gpu, stepper(), &graph);
+    let prompt: Vec<u32> = (0..12).map(|i| 100 + 37 * i).collect();
+    let steps = check_kernels(geometry, &mut judge, &prompt).unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s.step.as_str()).collect();
+    assert_eq!(names, ["prefill (B = 1, S = 12)", "decode (B = 1, S = 1)"]);
+    for step in &steps {
+        let failed: Vec<String> =
+            step.kernels.iter().filter(|k| !k.comparison.pass).map(|k| format!("{} {}: {:?}", k.launch, k.label, k.comparison)).collect();
+        assert!(failed.is_empty() && step.passed(), "{}: {failed:#?}", step.step);
+        assert!(step.kernels.len() > 200, "{}: {} buffers judged", step.step, step.kernels.len());
+    }
+}

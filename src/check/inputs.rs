@@ -1,12 +1,13 @@
 //! Random model inputs that respect the model: token ids drawn from the model's own vocabulary
 //! (never beyond its embedding table or its tokenizer), token types from its type table, and
-//! rows of different lengths padded the way the tokenizer pads them (id 0, mask 0).
+//! rows of different lengths padded the way the tokenizer pads them (id 0, mask 0). Decoder
+//! prompts ([`decoder_prompts`]) also draw the special tokens (BOS, EOS, chat markers) often.
 
 use crate::plan::PlanMeta;
 use crate::runtime::HostTensor;
 
-/// Weight-name fragments of the token embedding table (BERT, GGUF).
-const TOKEN_TABLES: [&str; 2] = ["word_embeddings", "token_embd"];
+/// Weight-name fragments of the token embedding table (BERT, GGUF, Llama-family decoders).
+const TOKEN_TABLES: [&str; 3] = ["word_embeddings", "token_embd", "embed_tokens"];
 /// Weight-name fragment of BERT's token-type table.
 const TYPE_TABLE: &str = "token_type_embeddings";
 
@@ -60,9 +61,78 @@ pub fn bert_batch(space: InputSpace, seq: u64, lengths: &[u64], draw: &mut dyn F
     ]
 }
 
+/// The ids a decoder's random prompts draw from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptSpace {
+    /// Token ids are `0..vocab`.
+    pub vocab: u64,
+    /// The special ids among them (BOS, EOS, control tokens), sorted, without repeats.
+    pub special: Vec<u32>,
+}
+
+impl PromptSpace {
+    /// The space of a decoder plan: [`InputSpace::of_plan`]'s vocabulary, also at most the
+    /// logits' width, and the `special` ids that lie in it.
+    pub fn of_decoder(meta: &PlanMeta, tokenizer_vocab: u64, special: &[u32]) -> Result<Self, String> {
+        let mut vocab = InputSpace::of_plan(meta, Some(tokenizer_vocab))?.vocab;
+        if let Some(d) = &meta.decoder {
+            vocab = vocab.min(d.vocab);
+        }
+        let mut special: Vec<u32> = special.iter().copied().filter(|&id| u64::from(id) < vocab).collect();
+        special.sort_unstable();
+        special.dedup();
+        Ok(Self { vocab, special })
+    }
+}
+
+/// Share of a random prompt's ids drawn from the special tokens (when the model has any): one in
+/// eight, far more than their share of the vocabulary.
+pub const SPECIAL_ONE_IN: u64 = 8;
+
+/// `n` prompts of 1 to `max_len` tokens (uniform); each id is one of the special tokens with
+/// probability 1/[`SPECIAL_ONE_IN`], else uniform in the vocabulary. `draw(n)` is uniform in `0..n`.
+pub fn decoder_prompts(space: &PromptSpace, n: usize, max_len: u64, draw: &mut dyn FnMut(u64) -> u64) -> Vec<Vec<u32>> {
+    let id = |draw: &mut dyn FnMut(u64) -> u64| {
+        if !space.special.is_empty() && draw(SPECIAL_ONE_IN) == 0 {
+            space.special[draw(space.special.len() as u64) as usize]
+        } else {
+            draw(space.vocab) as u32
+        }
+    };
+    (0..n)
+        .map(|_| {
+            let len = 1 + draw(max_len.max(1));
+            (0..len).map(|_| id(draw)).collect()
+        })
+        .collect()
+}
+
 /// Keeps the inputs the plan binds (a model without token types has no `token_type_ids`).
 pub fn bound_by(meta: &PlanMeta, inputs: Vec<(&'static str, HostTensor)>) -> Vec<(&'static str, HostTensor)> {
     inputs.into_iter().filter(|(name, _)| meta.inputs.iter().any(|i| i.name == *name)).collect()
+}
+
+/// A small deterministic generator (SplitMix64) for reproducible random inputs.
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    /// The generator of `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
 }
 
 #[cfg(test)]
@@ -86,6 +156,26 @@ mod tests {
         assert_eq!(InputSpace::of_plan(&meta, Some(900)).unwrap().vocab, 900);
         assert_eq!(InputSpace::of_plan(&meta_with(&[]), Some(77)).unwrap().vocab, 77);
         assert!(InputSpace::of_plan(&meta_with(&[]), None).is_err());
+    }
+
+    #[test]
+    fn decoder_prompts_stay_in_their_ranges_and_draw_special_tokens() {
+        let mut meta = meta_with(&[("model.embed_tokens.weight", 1000)]);
+        meta.decoder = Some(crate::plan::DecoderMeta { vocab: 900, ..Default::default() });
+        let space = PromptSpace::of_decoder(&meta, 950, &[2, 1, 2, 0, 990]).unwrap();
+        assert_eq!(space, PromptSpace { vocab: 900, special: vec![0, 1, 2] }, "logits' width, special ids inside it");
+        let mut rng = SplitMix::new(7);
+        let prompts = decoder_prompts(&space, 400, 30, &mut |n| rng.below(n));
+        assert_eq!(prompts.len(), 400);
+        let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+        assert_eq!((lens.iter().min(), lens.iter().max()), (Some(&1), Some(&30)), "lengths 1..=30, both ends reached");
+        let ids: Vec<u32> = prompts.into_iter().flatten().collect();
+        assert!(ids.iter().all(|&id| id < 900));
+        let special = ids.iter().filter(|&&id| id <= 2).count() as f64 / ids.len() as f64;
+        assert!((0.08..0.18).contains(&special), "about 1/8 special: {special}");
+        assert!(ids.iter().any(|&id| id > 800), "the whole vocabulary is drawn");
+        let plain = PromptSpace { vocab: 5, special: vec![] };
+        assert!(decoder_prompts(&plain, 50, 4, &mut |n| rng.below(n)).iter().flatten().all(|&id| id < 5));
     }
 
     #[test]

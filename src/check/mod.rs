@@ -26,7 +26,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 pub use compare::{compare, Comparison, Reference, Tolerance};
-pub use judge::{judge_launch, References};
+pub use judge::{judge_launch, value_id, References};
 
 use crate::compile::{bytes, TOKENIZER_SECTION};
 use crate::import::TextTokenizer;
@@ -394,12 +394,18 @@ fn fp32_comparison(
 }
 
 /// Every value the interpreter computes for `inputs` with f32 sums, and for narrow-code values
-/// the candidates of [`References`]: [`wide_values`], [`code_windows`], [`flip_windows`].
+/// the candidates of [`References`] ([`references_of`]).
 fn reference_values(graph: &Graph, weights: &PlanWeights, inputs: &[(&str, Tensor)]) -> anyhow::Result<References> {
     let mut values = HashMap::new();
     interp::run_observed(graph, weights, inputs, &mut |v, t| {
         values.insert(v, t.clone());
     })?;
+    references_of(graph, values)
+}
+
+/// The [`References`] of `values` (every value of one interpreter run with f32 sums): for
+/// narrow-code values, [`wide_values`], [`code_windows`] and [`flip_windows`].
+pub fn references_of(graph: &Graph, values: HashMap<ValueId, Tensor>) -> anyhow::Result<References> {
     let wide = wide_values(graph, &values)?;
     let windows = code_windows(graph, &values)?;
     let flips = flip_windows(graph, &values)?;
@@ -516,7 +522,7 @@ fn random_runs(
     let meta = engine.meta();
     let max = |s: &str| meta.symbols.iter().find(|(n, _)| n == s).map_or(1, |&(_, m)| m);
     let (max_b, max_s) = (max("B"), max("S"));
-    let mut rng = SplitMix(opts.seed);
+    let mut rng = inputs::SplitMix::new(opts.seed);
     let mut bad = 0;
     let mut first = None;
     for run in 0..opts.random_runs {
@@ -534,24 +540,6 @@ fn random_runs(
         }
     }
     Ok((bad, first))
-}
-
-/// A small deterministic generator (SplitMix64) for reproducible random inputs.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 #[cfg(test)]

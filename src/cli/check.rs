@@ -2,8 +2,13 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use clap::Args;
-use qfuse::check::{check_plan, CheckOptions};
+use qfuse::check::decoder::perplexity::{Agreement, PPL_TOLERANCE};
+use qfuse::check::decoder::{random, DecoderCheckOptions, EvalChunks, GreedyReport, PerplexityReport, RandomReport};
+use qfuse::check::inputs::{self, PromptSpace};
+use qfuse::check::{check_plan, CheckOptions, KernelCheck};
+use qfuse::generate::eval;
 
 /// Arguments of `qfuse check`.
 #[derive(Args)]
@@ -13,7 +18,8 @@ pub struct CheckArgs {
     /// Texts for the comparison, one per line (default: 16 built-in sentences).
     #[arg(long)]
     file: Option<PathBuf>,
-    /// Random-input runs checked for NaN and infinity.
+    /// Random-input runs checked for NaN and infinity (decoder plans: random prompts, a few
+    /// greedy tokens each).
     #[arg(long, default_value_t = 256)]
     random: usize,
     /// Smallest acceptable cosine between GPU and interpreter outputs, per row.
@@ -31,6 +37,23 @@ pub struct CheckArgs {
     /// Decoder plans: greedy tokens generated per prompt and compared step by step.
     #[arg(long, default_value_t = 64)]
     max_new_tokens: u32,
+    /// Decoder plans: the text whose perplexity the GPU and the interpreter score (default: the
+    /// GNU GPL v3, as `qfuse eval`).
+    #[arg(long)]
+    eval_file: Option<PathBuf>,
+    /// Decoder plans: tokens per perplexity chunk (default: 256, or the plan's context if shorter).
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// Decoder plans: perplexity chunks scored, run as one decode batch where the plan allows
+    /// (0: no perplexity check).
+    #[arg(long, default_value_t = 4)]
+    chunks: usize,
+    /// Decoder plans: skip the interpreter's second summation order on the perplexity text.
+    #[arg(long)]
+    no_floor: bool,
+    /// Decoder plans: skip the per-kernel comparison of a prefill and a decode step.
+    #[arg(long)]
+    no_kernels: bool,
 }
 
 /// Prompts of the decoder check (through the plan's chat template when it has one).
@@ -45,44 +68,176 @@ const PROMPTS: [&str; 8] = [
     "Once upon a time",
 ];
 
-/// `qfuse check` of a decoder plan: greedy generation on the GPU and on the interpreter, in lockstep.
-fn run_decoder(args: &CheckArgs) -> anyhow::Result<()> {
+/// Default tokens per perplexity chunk (as `qfuse eval --ctx`).
+const DEFAULT_CTX: usize = 256;
+
+/// Seed of the random prompts.
+const SEED: u64 = 0x5eed;
+
+/// `qfuse check` of a decoder plan: greedy generation and teacher-forced perplexity on the GPU and
+/// on the interpreter in lockstep, then random prompts on the GPU.
+fn run_decoder(args: &CheckArgs, quiet: bool) -> anyhow::Result<()> {
     let plan = qfuse::plan::Plan::load(&args.plan, None)?;
     let d = plan.meta().decoder.clone().expect("checked by the caller");
-    let tok = super::generate_plan::plan_tokenizer(&plan, &d)?;
+    let tok = qfuse::generate::plan_tokenizer(&plan, &d)?;
     let chat = d.tokens.chat_template.is_some();
     let prompts = PROMPTS.iter().map(|p| super::generate_plan::prompt_ids(&tok, p, chat, None)).collect::<anyhow::Result<Vec<_>>>()?;
+    let eval = eval_chunks(args, &tok, d.max_seq)?;
+    let random = random_prompts(args, &plan, &tok, d.max_seq)?;
+    let opts =
+        DecoderCheckOptions { prompts, max_new: args.max_new_tokens, kernels: !args.no_kernels, eval, floor: !args.no_floor, random };
     let started = std::time::Instant::now();
-    let r = qfuse::check::decoder::check_decoder_plan(&args.plan, &prompts, args.max_new_tokens)?;
+    let spinner = qfuse::progress::spinner(format!("checking {} against the interpreter", args.plan.display()), quiet);
+    let r = qfuse::check::decoder::check_decoder_plan(&args.plan, &opts);
+    spinner.finish_and_clear();
+    let r = r?;
     if args.json {
         super::output::print_line(&serde_json::to_string_pretty(&r)?)?;
     } else {
-        let mut lines = vec![format!(
-            "decoder: {} prompts × {} greedy tokens, GPU vs interpreter on the same steps: {} rows, KL mean {:.2e} max {:.2e} nats, largest logit difference {:.4}",
-            prompts.len(),
-            args.max_new_tokens,
-            r.rows,
-            r.mean_kl,
-            r.max_kl,
-            r.max_noise
-        )];
-        lines.push(format!("identical tokens per prompt before the first difference: {:?}", r.identical_prefix));
-        for (what, rows) in [("explained (top-two gap within the noise)", &r.explained), ("UNEXPLAINED", &r.unexplained)] {
-            for c in rows.iter().take(8) {
-                lines.push(format!(
-                    "{what}: prompt {} step {}: GPU {} vs interpreter {} (gap {:.4}, noise {:.4})",
-                    c.request, c.step, c.gpu, c.reference, c.gap, c.noise
-                ));
+        let mut lines = Vec::new();
+        for step in &r.kernels {
+            if let Some(t) = kernel_table(&step.kernels, args.all) {
+                lines.push(format!("{}:\n{t}", step.step));
             }
+            lines.push(kernel_summary(&format!("per-kernel, {}", step.step), &step.kernels));
         }
-        lines.push(format!("non-finite logit rows: {}", r.non_finite));
+        lines.extend(greedy_lines(&r.greedy, opts.prompts.len(), args.max_new_tokens));
+        if let Some(p) = &r.perplexity {
+            lines.extend(perplexity_lines(p));
+        }
+        lines.push(random_line(&r.random));
         lines.push(format!("{} in {:.1} s", if r.passed() { "PASS" } else { "FAIL" }, started.elapsed().as_secs_f64()));
         super::output::print_line(&lines.join("\n"))?;
     }
     if !r.passed() {
-        anyhow::bail!("{}: the GPU's tokens differ from the interpreter's beyond the plan's noise", args.plan.display());
+        anyhow::bail!("{}: the GPU disagrees with the interpreter beyond the check's limits (see above)", args.plan.display());
     }
     Ok(())
+}
+
+/// The evaluation text's chunks, cut as `qfuse eval` cuts them; `None` with `--chunks 0`.
+fn eval_chunks(args: &CheckArgs, tok: &qfuse::import::gguf::GgufTokenizer, max_seq: u64) -> anyhow::Result<Option<EvalChunks>> {
+    if args.chunks == 0 {
+        return Ok(None);
+    }
+    let ctx = match args.ctx {
+        Some(ctx) => {
+            super::validate::at_most("--ctx", ctx as u64, max_seq, "the plan's context (--max-seq at compile time)")?;
+            ctx
+        }
+        None => DEFAULT_CTX.min(max_seq as usize),
+    };
+    anyhow::ensure!(ctx >= 16, "--ctx {ctx}: chunks need at least 16 tokens (half of each chunk is scored)");
+    let path = args.eval_file.clone().unwrap_or_else(|| super::eval_decoder::DEFAULT_TEXT.into());
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: the evaluation text (--eval-file)", path.display()))?;
+    let tokens = tok.encode(&text)?;
+    let chunks: Vec<Vec<u32>> = eval::chunks(&tokens, ctx, args.chunks).into_iter().map(<[u32]>::to_vec).collect();
+    anyhow::ensure!(!chunks.is_empty(), "{}: {} tokens make no chunk of --ctx {ctx}", path.display(), tokens.len());
+    Ok(Some(EvalChunks { source: path.display().to_string(), ctx, chunks }))
+}
+
+/// `--random` prompts over the plan's vocabulary and its tokenizer's special tokens.
+fn random_prompts(
+    args: &CheckArgs,
+    plan: &qfuse::plan::Plan,
+    tok: &qfuse::import::gguf::GgufTokenizer,
+    max_seq: u64,
+) -> anyhow::Result<Vec<Vec<u32>>> {
+    let d = plan.meta().decoder.as_ref().expect("checked by the caller");
+    let mut special: Vec<u32> = d.tokens.bos.into_iter().chain(d.tokens.eos.iter().copied()).collect();
+    special.extend(tok.inner().get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(&id, _)| id));
+    let space = PromptSpace::of_decoder(plan.meta(), tok.vocab_size() as u64, &special)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.plan.display()))?;
+    let mut rng = inputs::SplitMix::new(SEED);
+    Ok(inputs::decoder_prompts(&space, args.random, random::max_prompt_len(max_seq), &mut |n| rng.below(n)))
+}
+
+fn greedy_lines(r: &GreedyReport, prompts: usize, max_new: u32) -> Vec<String> {
+    let mut lines = vec![format!(
+        "greedy: {prompts} prompts × {max_new} tokens, GPU vs interpreter on the same steps: {} rows, KL mean {:.2e} max {:.2e} nats, largest logit difference {:.4}",
+        r.rows, r.mean_kl, r.max_kl, r.max_noise
+    )];
+    lines.push(format!("identical tokens per prompt before the first difference: {:?}", r.identical_prefix));
+    for (what, rows) in [("explained (top-two gap within the noise)", &r.explained), ("UNEXPLAINED", &r.unexplained)] {
+        for c in rows.iter().take(8) {
+            lines.push(format!(
+                "{what}: prompt {} step {}: GPU {} vs interpreter {} (gap {:.4}, noise {:.4})",
+                c.request, c.step, c.gpu, c.reference, c.gap, c.noise
+            ));
+        }
+    }
+    lines.push(format!("non-finite logit rows: {}", r.non_finite));
+    lines
+}
+
+fn perplexity_lines(p: &PerplexityReport) -> Vec<String> {
+    let agreement = |a: &Agreement| {
+        format!(
+            "{} perplexity {:.4} ({:+.3} %), KL(interpreter ‖ it) mean {:.2e} p99 {:.2e} nats, same top token {:.2} %",
+            a.name,
+            a.perplexity,
+            100.0 * a.relative,
+            a.mean_kl,
+            a.p99_kl,
+            100.0 * a.same_top
+        )
+    };
+    let mut lines = vec![format!(
+        "perplexity: {} chunks × {} tokens of {}, {} positions scored (second half of each chunk), teacher-forced on the same steps: interpreter {:.4}",
+        p.chunks, p.ctx, p.source, p.positions, p.interpreter
+    )];
+    let verdict = if p.passed() { "ok" } else { "FAIL" };
+    lines.push(format!("  {} — within ±{:.1} %: {verdict}", agreement(&p.gpu), 100.0 * PPL_TOLERANCE));
+    if let Some(f) = &p.floor {
+        let beside = if p.gpu.mean_kl <= f.mean_kl { "at least as well as" } else { "less well than" };
+        lines.push(format!("  {} (floor)", agreement(f)));
+        lines.push(format!("  the GPU agrees with the interpreter {beside} the interpreter's two summation orders agree (mean KL)"));
+    }
+    lines
+}
+
+fn random_line(r: &RandomReport) -> String {
+    let first = r.first.as_deref().map_or(String::new(), |f| format!(" — first: {f}"));
+    format!(
+        "random prompts: {} of 1 to {} tokens (ids from the vocabulary, 1 in {} special), {} greedy tokens each on the GPU: {} rows, non-finite {}{first}",
+        r.prompts,
+        r.longest,
+        inputs::SPECIAL_ONE_IN,
+        random::RANDOM_NEW_TOKENS,
+        r.rows,
+        r.non_finite
+    )
+}
+
+/// The table of `kernels`' comparisons (all, or only the failures); `None` when empty.
+fn kernel_table(kernels: &[KernelCheck], all: bool) -> Option<String> {
+    let mut t = super::output::table();
+    t.set_header(["#", "kernel computes", "value", "dtype", "measured", "tolerance", ""]);
+    for k in kernels.iter().filter(|k| all || !k.comparison.pass) {
+        let c = &k.comparison;
+        t.add_row([
+            k.launch.to_string(),
+            k.label.clone(),
+            k.value.clone(),
+            k.dtype.clone(),
+            c.measured.clone(),
+            c.tolerance.clone(),
+            if c.pass { "ok" } else { "FAIL" }.into(),
+        ]);
+    }
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+/// One line: how many of `kernels` passed and the allowed rounding cases, after `what`.
+fn kernel_summary(what: &str, kernels: &[KernelCheck]) -> String {
+    let ok = kernels.iter().filter(|k| k.comparison.pass).count();
+    let boundary: usize = kernels.iter().map(|k| k.comparison.boundary_cases).sum();
+    let transcendental: usize = kernels.iter().map(|k| k.comparison.transcendental_cases).sum();
+    let score_order: usize = kernels.iter().map(|k| k.comparison.score_order_cases).sum();
+    format!(
+        "{what}: {ok} of {} results within their dtype's tolerance; {boundary} narrow codes on a rounding boundary (allowed); {transcendental} codes within transcendental rounding of a boundary (allowed); {score_order} codes from attention scores within f32 rounding of a boundary (allowed)",
+        kernels.len()
+    )
 }
 
 const SENTENCES: [&str; 16] = [
@@ -108,7 +263,7 @@ const SENTENCES: [&str; 16] = [
 pub fn run(args: &CheckArgs, quiet: bool) -> anyhow::Result<()> {
     anyhow::ensure!(args.min_cos > 0.0 && args.min_cos <= 1.0, "--min-cos {}: a cosine, so it must lie in (0, 1]", args.min_cos);
     if qfuse::plan::Plan::load(&args.plan, None).is_ok_and(|p| p.meta().decoder.is_some()) {
-        return run_decoder(args);
+        return run_decoder(args, quiet);
     }
     let mut texts: Vec<String> = super::embed::read_text_file(args.file.as_deref())?;
     if texts.is_empty() {
@@ -127,31 +282,10 @@ pub fn run(args: &CheckArgs, quiet: bool) -> anyhow::Result<()> {
     if args.json {
         super::output::print_line(&serde_json::to_string_pretty(&report)?)?;
     } else {
-        let mut t = super::output::table();
-        t.set_header(["#", "kernel computes", "value", "dtype", "measured", "tolerance", ""]);
-        for k in report.kernels.iter().filter(|k| args.all || !k.comparison.pass) {
-            let c = &k.comparison;
-            t.add_row([
-                k.launch.to_string(),
-                k.label.clone(),
-                k.value.clone(),
-                k.dtype.clone(),
-                c.measured.clone(),
-                c.tolerance.clone(),
-                if c.pass { "ok" } else { "FAIL" }.into(),
-            ]);
+        if let Some(t) = kernel_table(&report.kernels, args.all) {
+            super::output::print_line(&t)?;
         }
-        if !t.is_empty() {
-            super::output::print_line(&t.to_string())?;
-        }
-        let ok = report.kernels.iter().filter(|k| k.comparison.pass).count();
-        let boundary: usize = report.kernels.iter().map(|k| k.comparison.boundary_cases).sum();
-        let transcendental: usize = report.kernels.iter().map(|k| k.comparison.transcendental_cases).sum();
-        let score_order: usize = report.kernels.iter().map(|k| k.comparison.score_order_cases).sum();
-        let mut lines = vec![format!(
-            "per-kernel: {ok} of {} results within their dtype's tolerance; {boundary} narrow codes on a rounding boundary (allowed); {transcendental} codes within transcendental rounding of a boundary (allowed); {score_order} codes from attention scores within f32 rounding of a boundary (allowed)",
-            report.kernels.len()
-        )];
+        let mut lines = vec![kernel_summary("per-kernel", &report.kernels)];
         for (name, cos) in &report.end_to_end {
             let (min, mean) = min_mean(cos);
             lines.push(format!(

@@ -10,7 +10,7 @@ use qfuse::quant::{self, recipe::DECODER_TABLE_RECIPES};
 
 /// The evaluation text when `--eval-file` is not given: the GNU GPL v3 as Debian ships it (real
 /// English prose, never part of the calibration set).
-const DEFAULT_TEXT: &str = "/usr/share/common-licenses/GPL-3";
+pub(crate) const DEFAULT_TEXT: &str = "/usr/share/common-licenses/GPL-3";
 
 /// Runs the decoder evaluation.
 pub fn run(args: &EvalArgs, quiet: bool) -> anyhow::Result<()> {

@@ -5,23 +5,11 @@ use super::generate::GenerateArgs;
 use anyhow::Context as _;
 use qfuse::import::chat::ChatMessage;
 use qfuse::import::gguf::{GgufTokenizer, StreamDecoder};
-use qfuse::plan::{DecoderMeta, Plan};
+use qfuse::plan::Plan;
 use qfuse::runtime::scheduler::{Request, SamplingParams};
 use qfuse::runtime::{Engine, Generator};
 use std::io::Write;
 use std::time::Instant;
-
-/// The tokenizer a decoder plan carries.
-pub fn plan_tokenizer(plan: &Plan, d: &DecoderMeta) -> anyhow::Result<GgufTokenizer> {
-    let i = plan
-        .sections()
-        .iter()
-        .position(|s| s.kind == qfuse::plan::SectionKind::Other && s.name == qfuse::compile::TOKENIZER_SECTION)
-        .with_context(|| format!("{}: the plan carries no tokenizer", plan.path().display()))?;
-    let json = plan.section_bytes(i)?;
-    let eos = d.tokens.eos.first().copied();
-    Ok(GgufTokenizer::from_saved(plan.path(), json, d.tokens.bos, eos, d.tokens.add_bos, d.tokens.chat_template.clone())?)
-}
 
 /// Prompt ids: the text, or the user message through the plan's chat template.
 pub fn prompt_ids(tok: &GgufTokenizer, prompt: &str, chat: bool, system: Option<&str>) -> anyhow::Result<Vec<u32>> {
@@ -49,7 +37,7 @@ pub fn run(args: &GenerateArgs, sampling: SamplingParams, quiet: bool) -> anyhow
         .with_context(|| format!("{}: not a decoder plan (compile a decoder to generate)", args.model.display()))?;
     let engine = Engine::load(&args.model)?;
     spinner.finish_and_clear();
-    let tok = plan_tokenizer(&plan, &d)?;
+    let tok = qfuse::generate::plan_tokenizer(&plan, &d)?;
     let prompt = prompt_ids(&tok, &args.prompt, args.chat, args.system.as_deref())?;
     if prompt.len() as u64 >= d.max_seq {
         anyhow::bail!("the prompt has {} tokens; the plan's context is {} (recompile with a larger --max-seq)", prompt.len(), d.max_seq);

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 /// Log-probabilities of the scored positions of every chunk (row-major, `vocab` wide), with the
 /// tokens that actually follow.
+#[derive(Debug, Clone, Default)]
 pub struct Scored {
     /// Log-softmax rows.
     pub logprobs: Vec<Vec<f32>>,
@@ -39,6 +40,22 @@ pub struct DecoderReport {
     pub same_top: f64,
 }
 
+impl Scored {
+    /// Adds one scored position: the logits predicting `target`.
+    pub fn push(&mut self, logits: &[f32], target: u32) {
+        self.vocab = logits.len();
+        self.logprobs.push(log_softmax(logits));
+        self.targets.push(target);
+    }
+}
+
+/// The positions of a chunk of `len` tokens whose prediction of the next token is scored: the
+/// second half, each with at least `len / 2` tokens of context (the last position has no next
+/// token).
+pub fn scored_positions(len: usize) -> std::ops::Range<usize> {
+    len / 2..len.saturating_sub(1)
+}
+
 /// Cuts `tokens` into whole chunks of `ctx` (the tail is dropped), at most `max_chunks`.
 pub fn chunks(tokens: &[u32], ctx: usize, max_chunks: usize) -> Vec<&[u32]> {
     tokens.chunks_exact(ctx.max(2)).take(max_chunks).collect()
@@ -46,15 +63,12 @@ pub fn chunks(tokens: &[u32], ctx: usize, max_chunks: usize) -> Vec<&[u32]> {
 
 /// Runs each chunk through `graph` and keeps the scored half.
 pub fn score(graph: &Graph, weights: &dyn WeightSource, chunks: &[&[u32]], progress: &dyn Fn()) -> Result<Scored, String> {
-    let mut out = Scored { logprobs: vec![], targets: vec![], vocab: 0 };
+    let mut out = Scored::default();
     for chunk in chunks {
         let mut session = Session::new(graph, weights, 0)?;
         let logits = session.step(chunk)?;
-        out.vocab = logits.vocab;
-        let first = chunk.len() / 2;
-        for i in first..chunk.len() - 1 {
-            out.logprobs.push(log_softmax(logits.row(i)));
-            out.targets.push(chunk[i + 1]);
+        for i in scored_positions(chunk.len()) {
+            out.push(logits.row(i), chunk[i + 1]);
         }
         progress();
     }

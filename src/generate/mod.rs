@@ -9,6 +9,25 @@ pub mod session;
 pub use sample::Sampling;
 pub use session::{Session, StepLogits};
 
+/// The tokenizer a decoder plan carries.
+pub fn plan_tokenizer(plan: &crate::plan::Plan, d: &crate::plan::DecoderMeta) -> anyhow::Result<crate::import::gguf::GgufTokenizer> {
+    let i = plan
+        .sections()
+        .iter()
+        .position(|s| s.kind == crate::plan::SectionKind::Other && s.name == crate::compile::TOKENIZER_SECTION)
+        .ok_or_else(|| anyhow::anyhow!("{}: the plan carries no tokenizer", plan.path().display()))?;
+    let json = plan.section_bytes(i)?;
+    let eos = d.tokens.eos.first().copied();
+    Ok(crate::import::gguf::GgufTokenizer::from_saved(
+        plan.path(),
+        json,
+        d.tokens.bos,
+        eos,
+        d.tokens.add_bos,
+        d.tokens.chat_template.clone(),
+    )?)
+}
+
 /// Why generation stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stop {

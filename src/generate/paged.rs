@@ -69,6 +69,16 @@ impl<'a> PagedStepper<'a> {
 
     /// Runs one step; returns one token per row and each row's last logits.
     pub fn step(&mut self, input: &StepInput) -> Result<(Vec<u32>, Vec<Vec<f32>>), String> {
+        self.step_observed(input, &mut |_, _| {})
+    }
+
+    /// [`Self::step`], showing `observe` every value the step graph computes (inputs included),
+    /// as [`interp::run_observed`] does.
+    pub fn step_observed(
+        &mut self,
+        input: &StepInput,
+        observe: &mut dyn FnMut(crate::ir::ValueId, &Tensor),
+    ) -> Result<(Vec<u32>, Vec<Vec<f32>>), String> {
         let (batch, seq) = (input.batch, input.seq);
         let past = input.cache_len.iter().copied().max().unwrap_or(0).max(0) as usize;
         let mut feeds: Vec<(&str, Tensor)> = vec![
@@ -90,7 +100,7 @@ impl<'a> PagedStepper<'a> {
             }
             feeds.push((s.input.as_str(), Tensor { dtype, shape: vec![batch, past, kv, d], data: TensorData::F32(data) }));
         }
-        let outs = interp::run_with(self.graph, self.weights, &feeds, &self.options, &mut |_, _| {}).map_err(|e| e.to_string())?;
+        let outs = interp::run_with(self.graph, self.weights, &feeds, &self.options, observe).map_err(|e| e.to_string())?;
         let find = |name: &str| outs.iter().find(|(n, _)| n == name).map(|(_, t)| t);
         for (i, s) in self.graph.state.iter().enumerate() {
             let (kv, d, _) = self.slots[i];

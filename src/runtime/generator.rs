@@ -33,13 +33,7 @@ impl<'e> Generator<'e> {
     /// `max_batch` sequences of `max_seq` tokens).
     pub fn new(engine: &'e Engine, pages: Option<u32>) -> Result<Self, RuntimeError> {
         let d = kv::decoder(engine)?;
-        let geometry = Geometry {
-            page_size: d.kv.page_size,
-            max_pages: d.kv.max_pages,
-            max_seq: u32::try_from(d.max_seq).unwrap_or(u32::MAX),
-            max_batch: u32::try_from(d.max_batch).unwrap_or(u32::MAX),
-            max_step_tokens: u32::try_from(d.max_step_tokens).unwrap_or(u32::MAX),
-        };
+        let geometry = Geometry::of(d);
         let pages = pages.unwrap_or_else(|| geometry.max_batch.saturating_mul(geometry.max_pages));
         let mut ctx = engine.context()?;
         ctx.attach_kv_cache(pages)?;

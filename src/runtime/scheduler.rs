@@ -149,6 +149,20 @@ pub struct Geometry {
     pub max_step_tokens: u32,
 }
 
+impl Geometry {
+    /// The geometry of a decoder plan (limits beyond `u32` saturate).
+    pub fn of(d: &crate::plan::DecoderMeta) -> Self {
+        let narrow = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        Geometry {
+            page_size: d.kv.page_size,
+            max_pages: d.kv.max_pages,
+            max_seq: narrow(d.max_seq),
+            max_batch: narrow(d.max_batch),
+            max_step_tokens: narrow(d.max_step_tokens),
+        }
+    }
+}
+
 /// The inputs of one step, `B` sequences of `S` tokens each.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepInput {
@@ -164,6 +178,8 @@ pub struct StepInput {
     pub page_table: Vec<i32>,
     /// Sampling of each row and its draw counter.
     pub sampling: Vec<(SamplingParams, u64)>,
+    /// The [`Request::id`] of each row.
+    pub requests: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -284,6 +300,7 @@ impl Scheduler {
             cache_len: Vec::with_capacity(rows.len()),
             page_table: vec![0; rows.len() * g.max_pages as usize],
             sampling: Vec::with_capacity(rows.len()),
+            requests: Vec::with_capacity(rows.len()),
         };
         for (b, &r) in rows.iter().enumerate() {
             let s = &self.running[r];
@@ -298,6 +315,7 @@ impl Scheduler {
                 input.page_table[b * g.max_pages as usize + c] = p as i32;
             }
             input.sampling.push((s.req.sampling, s.generated.len() as u64));
+            input.requests.push(s.req.id);
         }
         input
     }

@@ -112,6 +112,28 @@ impl Context<'_> {
             .map_err(|e| RuntimeError::driver("copying the page table to the device", e))
     }
 
+    /// [`Context::run_checked`] for one scheduler step: uploads the page table, then runs the
+    /// plan launch by launch on `input`'s ids and cache lengths (no graph, no sampling), calling
+    /// `on_launch` after each launch as `run_checked` does. The KV cache's pages are written as
+    /// in [`Context::decode_step`], from whatever `on_launch` left in the buffers the appends
+    /// read. Returns the plan's outputs.
+    #[allow(clippy::type_complexity)]
+    pub fn decode_step_checked(
+        &mut self,
+        input: &StepInput,
+        on_launch: &mut dyn FnMut(usize, &crate::plan::LaunchMeta, &[(u32, HostTensor)]) -> Vec<(u32, HostTensor)>,
+    ) -> Result<Outputs, RuntimeError> {
+        let d = kv::decoder(self.engine)?.clone();
+        let step = self.bind_step(&d, input)?;
+        guarded("staging a decoder step", || {
+            self.sync_on_error(|this| {
+                this.stage_step(&step)?;
+                this.sync()
+            })
+        })?;
+        self.run_checked(&step.inputs, on_launch)
+    }
+
     /// Address of row 0's last-position logits, the stride between rows (elements) and the
     /// element dtype. The logits are `[B, S, V]`, or `[B, 1, V]` when the plan keeps only each
     /// sequence's last position (compiled plans do): their run-time shape says which.

@@ -1,6 +1,6 @@
-//! `qfuse check` of a decoder plan: greedy generation on the GPU, with the interpreter running the
-//! plan's own fused IR and weights on exactly the same steps (same scheduler, same page tables,
-//! the GPU's tokens fed forward), compared step by step.
+//! Greedy generation on the GPU, with the interpreter running the plan's own fused IR and weights
+//! on exactly the same steps (same scheduler, same page tables, the GPU's tokens fed forward),
+//! compared step by step.
 //!
 //! Per step and row: the GPU's token against the interpreter's argmax, the largest logit
 //! difference (the plan's noise at that step), the interpreter's top-two gap, and KL(interpreter
@@ -10,12 +10,8 @@
 
 use serde::Serialize;
 
-use super::PlanWeights;
-use crate::generate::paged::PagedStepper;
-use crate::interp::Accumulation;
-use crate::plan::Plan;
-use crate::runtime::scheduler::{Geometry, Request, SamplingParams, Scheduler};
-use crate::runtime::Engine;
+use super::{lockstep, Feed, StepModel};
+use crate::runtime::scheduler::{Geometry, Request, SamplingParams};
 
 /// The comparison of one step row.
 #[derive(Debug, Clone, Serialize)]
@@ -36,9 +32,9 @@ pub struct StepCompare {
     pub kl: f64,
 }
 
-/// What a decoder check found.
+/// What the greedy generations found.
 #[derive(Debug, Clone, Serialize)]
-pub struct DecoderReport {
+pub struct GreedyReport {
     /// Rows compared (one per generated token).
     pub rows: usize,
     /// Rows where the tokens differ but the interpreter's top two are closer than the noise.
@@ -57,62 +53,38 @@ pub struct DecoderReport {
     pub identical_prefix: Vec<usize>,
 }
 
-impl DecoderReport {
+impl GreedyReport {
     /// Passes when every difference is explained and every logit is finite.
     pub fn passed(&self) -> bool {
         self.unexplained.is_empty() && self.non_finite == 0
     }
 }
 
-/// Runs `prompts` greedily for `max_new` tokens on the GPU and on the interpreter in lockstep.
-pub fn check_decoder_plan(plan_path: &std::path::Path, prompts: &[Vec<u32>], max_new: u32) -> anyhow::Result<DecoderReport> {
-    let plan = Plan::load(plan_path, None)?;
-    let d = plan.meta().decoder.clone().ok_or_else(|| anyhow::anyhow!("{}: not a decoder plan", plan_path.display()))?;
-    let graph = crate::ir::parse(&plan.meta().ir_text).map_err(|e| anyhow::anyhow!("{}: its IR: {e}", plan_path.display()))?;
-    let weights = PlanWeights::load(&plan)?;
-    let engine = Engine::load(plan_path)?;
-    let geometry = Geometry {
-        page_size: d.kv.page_size,
-        max_pages: d.kv.max_pages,
-        max_seq: d.max_seq as u32,
-        max_batch: d.max_batch as u32,
-        max_step_tokens: d.max_step_tokens as u32,
-    };
-    let pages = geometry.max_batch * geometry.max_pages;
-    let mut gpu = engine.context()?;
-    gpu.attach_kv_cache(pages)?;
-    let mut cpu = PagedStepper::new(&graph, &weights, geometry, pages, Accumulation::F32).map_err(anyhow::Error::msg)?;
-    let mut sched = Scheduler::new(geometry, pages);
-    for (id, p) in prompts.iter().enumerate() {
-        sched
-            .submit(Request { id: id as u64, prompt: p.clone(), max_new, stop: vec![], sampling: SamplingParams::default() })
-            .map_err(anyhow::Error::msg)?;
-    }
+/// Runs `prompts` greedily for `max_new` tokens on `gpu` and `reference` on the same steps (the
+/// GPU's tokens fed forward) and compares every emitted row.
+pub fn check_greedy(
+    geometry: Geometry,
+    gpu: &mut dyn StepModel,
+    reference: &mut dyn StepModel,
+    prompts: &[Vec<u32>],
+    max_new: u32,
+) -> anyhow::Result<GreedyReport> {
+    let requests = prompts
+        .iter()
+        .enumerate()
+        .map(|(id, p)| Request { id: id as u64, prompt: p.clone(), max_new, stop: vec![], sampling: SamplingParams::default() })
+        .collect();
     let mut rows = Vec::new();
     let mut non_finite = 0;
-    let mut generated = vec![0usize; prompts.len()];
-    while sched.pending() > 0 {
-        let mut step_rows = Vec::new();
-        let report = sched.step(|input| -> anyhow::Result<Vec<u32>> {
-            let out = gpu.decode_step(input, true)?;
-            let (_, reference) = cpu.step(input).map_err(anyhow::Error::msg)?;
-            let logits = out.logits.unwrap_or_default();
-            for (b, (g, r)) in logits.iter().zip(&reference).enumerate() {
-                step_rows.push((b, out.ids[b], compare(g, r)));
-            }
-            Ok(out.ids)
-        })?;
-        // Rows of a prefill chunk that does not end the prompt emit nothing and are not compared.
-        for ((id, token), (_, gpu_token, c)) in report.emitted.iter().zip(step_rows) {
-            debug_assert_eq!(*token, gpu_token);
-            let Some((reference, noise, gap, kl, finite)) = c else { continue };
-            non_finite += usize::from(!finite);
-            let step = generated[*id as usize];
-            generated[*id as usize] += 1;
-            rows.push(StepCompare { request: *id, step, gpu: *token, reference, noise, gap, kl });
-        }
-    }
-    anyhow::ensure!(sched.pages_in_use() == 0, "pages leaked: {} in use after the check", sched.pages_in_use());
+    lockstep(geometry, requests, &mut [gpu, reference], &Feed::First, &mut |row| {
+        let [g, r] = row.logits.as_slice() else { anyhow::bail!("two models ran, {} rows came back", row.logits.len()) };
+        let Some((reference, noise, gap, kl, finite)) = compare(g, r) else {
+            anyhow::bail!("prompt {} step {}: the interpreter's logits are all NaN", row.request, row.index)
+        };
+        non_finite += usize::from(!finite);
+        rows.push(StepCompare { request: row.request, step: row.index, gpu: row.token, reference, noise, gap, kl });
+        Ok(())
+    })?;
     Ok(summarize(rows, non_finite, prompts.len()))
 }
 
@@ -144,7 +116,7 @@ fn kl(p: &[f32], q: &[f32]) -> f64 {
     lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>().max(0.0)
 }
 
-fn summarize(rows: Vec<StepCompare>, non_finite: usize, prompts: usize) -> DecoderReport {
+fn summarize(rows: Vec<StepCompare>, non_finite: usize, prompts: usize) -> GreedyReport {
     let n = rows.len().max(1) as f64;
     let mean_kl = rows.iter().map(|r| r.kl).sum::<f64>() / n;
     let max_kl = rows.iter().map(|r| r.kl).fold(0.0, f64::max);
@@ -167,7 +139,7 @@ fn summarize(rows: Vec<StepCompare>, non_finite: usize, prompts: usize) -> Decod
             *p = rows.iter().filter(|r| r.request as usize == i).count();
         }
     }
-    DecoderReport { rows: rows.len(), explained, unexplained, mean_kl, max_kl, max_noise, non_finite, identical_prefix }
+    GreedyReport { rows: rows.len(), explained, unexplained, mean_kl, max_kl, max_noise, non_finite, identical_prefix }
 }
 
 #[cfg(test)]

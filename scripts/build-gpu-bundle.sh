@@ -26,7 +26,7 @@ if [[ "${1:-}" == decoder ]]; then
     cp target/release/qfuse gpu-bundle/ && strip gpu-bundle/qfuse 2>/dev/null || true
     # The GPU kernel tests (ignored without a GPU), run there with --ignored by gpu-decoder.sh:
     # the decoder's kernels, the skinny and segmented GEMMs, and the row / element-wise kernels.
-    for t in decoder_kernels_gpu skinny_gpu codegen_ops; do
+    for t in decoder_kernels_gpu skinny_gpu codegen_ops check_decoder_gpu; do
         bin=$(cargo test --release --locked --no-run --test "$t" 2>&1 | sed -n 's/.*(\(target\/release\/deps\/[^)]*\)).*/\1/p' | tail -1)
         cp "$bin" "gpu-bundle/$t" && strip "gpu-bundle/$t" 2>/dev/null || true
         gzip -9f "gpu-bundle/$t"

@@ -25,7 +25,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 work=gpu-bundle-work
 out=$work/logs
 mkdir -p "$out"
-gpu_tests="decoder_kernels_gpu skinny_gpu codegen_ops"
+gpu_tests="decoder_kernels_gpu skinny_gpu codegen_ops check_decoder_gpu"
 for f in qfuse $gpu_tests; do [[ -f gpu-bundle/$f.gz ]] && gunzip -f "gpu-bundle/$f.gz"; chmod +x "gpu-bundle/$f" 2>/dev/null; done
 q=gpu-bundle/qfuse
 gguf=$work/smollm2.gguf
@@ -33,6 +33,8 @@ if [[ ! -f $gguf ]]; then
     cat gguf-a/part.* gguf-b/part.* gguf-c/part.* >"$gguf.tmp" && mv "$gguf.tmp" "$gguf"
 fi
 echo "$(cat gguf-c/sha256)  $gguf" | sha256sum -c --quiet - || { echo "GGUF pieces do not join to the pinned file"; rm -f "$gguf"; exit 1; }
+# The GPU tests that compile a whole decoder plan (tests/common gpu_test_decoder) take this one.
+export QFUSE_PDL_MODEL="$PWD/$gguf"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1
 steps="${STEPS:-kernels compile check bench peers}"
 plans="${PLANS:-fp16 fp8 fp8-dynamic int8-sq w8a16 w4a16-awq w4a8-awq nvfp4 fp8+fp8kv fp8+nvfp4kv}"

@@ -31,9 +31,11 @@
 //! Preconditions, each a decline (a `tracing` debug line naming the reason) once the gate's
 //! operand is a sibling `qmatmul`'s result:
 //! - the two share what one GEMM shares (above) and N;
-//! - the up projection has no output quantize (the gate reads a float), and its result has no
-//!   reader but that one gate operand and is no graph output (it is not computed any more; so no
-//!   other operand of the gate depends on it, and the merged op's operands exist before it);
+//! - the up projection's result has no reader but that one gate operand and is no graph output
+//!   (it is not computed any more; so no other operand of the gate depends on it, and the merged
+//!   op's operands all exist before it). It is a float: an epilogue operand has the running
+//!   dtype, so an up projection with an output quantize reaches a gate only through a
+//!   `dequantize`, and nothing matches;
 //! - `b` and every weight-side operand is a `weight` node (interleaving happens at compile time);
 //! - N is a multiple of the piece, and the piece of `b_dequant`'s row block (`block(0:R, …)`).
 //!
@@ -145,11 +147,8 @@ pub fn match_gate_up(g: &Graph, users: &Users, gate: NodeId, tile: u64) -> Optio
 
 /// The pair's side conditions (module doc), in order.
 fn check_pair(g: &Graph, users: &Users, gate: NodeId, up: NodeId, tile: u64) -> Result<(), String> {
-    let (Op::QMatMul(gq), Op::QMatMul(uq)) = (&g.nodes[gate].op, &g.nodes[up].op) else { return Err("not a qmatmul".into()) };
+    let Op::QMatMul(gq) = &g.nodes[gate].op else { return Err("not a qmatmul".into()) };
     let u = g.nodes[up].outputs[0];
-    if uq.output.is_some() {
-        return Err("the up projection has an output quantize; the gate reads a float".into());
-    }
     if users[u].len() != 1 || g.outputs.iter().any(|(_, v)| *v == u) {
         return Err("the up projection's result has other readers; it would still be computed".into());
     }

@@ -287,4 +287,20 @@ mod tests {
         assert_eq!(joined.as_f32().expect("f32"), want.as_slice());
         assert_eq!(w.weight("L.{gate,up}_proj.weight.i8").expect("interleaved").shape, [32, 16]);
     }
+
+    /// Q/DQs the report had fused into either projection read as fused into the merged op.
+    #[test]
+    fn report_follows_the_pair_into_the_merged_op() {
+        let mut g = case("fp8_static_swiglu");
+        let w = weights_of(&g);
+        let mut cx = PassCx::new(&w);
+        cx.report.fused("L.up_proj:b.q", "qmatmul", "L.up_proj");
+        cx.report.fused("L.gate_proj:out.q", "qmatmul", "L.gate_proj");
+        assert!(MergeGateUp::default().run(&mut g, &mut cx).expect("pass"));
+        let entries: Vec<String> = cx.report.finish(&g).iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            entries,
+            ["L.gate_proj:out.q: fused into qmatmul_glu L.{gate,up}_proj", "L.up_proj:b.q: fused into qmatmul_glu L.{gate,up}_proj"]
+        );
+    }
 }

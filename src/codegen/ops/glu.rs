@@ -41,14 +41,14 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
     let launches = if s.gate.b_dequant.is_some() {
         let mut plan = wonly::plan(&sub, vnode).map_err(relabel)?;
         let tiles = plan.skinny.map(|k| k.block_cols()).into_iter().chain(plan.gemm.map(|g| g.tile_n));
-        tiles.map(|t| check_tile(t, piece)).collect::<Result<(), _>>().map_err(err)?;
+        tiles.into_iter().try_for_each(|t| check_tile(t, piece)).map_err(err)?;
         plan.args = args(&plan.args).map_err(err)?;
         plan.epilogue = epilogue;
         plan.launches().map_err(|e| e.to_string())
     } else {
         let mut plan = qmatmul::plan(&sub, vnode).map_err(relabel)?;
         let tiles = plan.skinny.map(|k| k.block_cols()).into_iter().chain([plan.spec.tile_n]);
-        tiles.map(|t| check_tile(t, piece)).collect::<Result<(), _>>().map_err(err)?;
+        tiles.into_iter().try_for_each(|t| check_tile(t, piece)).map_err(err)?;
         plan.args = args(&plan.args).map_err(err)?;
         plan.epilogue = epilogue;
         plan.launches()

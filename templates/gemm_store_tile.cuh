@@ -2,7 +2,8 @@
 // as their `store_tile` parameter in the kernel body). Expects in scope: the staged f32 accumulator tile
 // `tile` [BM][OUT_STRIDE] (stage 1 done and synchronized), BM, BN, THREADS, VEC, N (compile-time),
 // M, m0, n0, tid, the output pointer Y and the epilogue inputs' pointers; the placeholders are
-// filled by src/codegen/gemm.rs (epilogue_values). The mapping is in gemm.cu's header.
+// filled by src/codegen/gemm.rs (epilogue_values). The mapping is in gemm.cu's header; `tile_col`
+// is `col` except in a GLU GEMM (src/codegen/glu.rs), whose tile pairs gate and up columns.
 //
 // (The text below the first empty line is what gets inserted.)
 
@@ -26,7 +27,7 @@
             const size_t mn = (size_t)m * N + n;  // element (m, n) of an [M, N] tensor
             (void)n;
             (void)mn;
-            qf_ld4_f32(tile + row * OUT_STRIDE + col, acc4[u]);
+            qf_ld4_f32(tile + row * OUT_STRIDE + {{tile_col}}, acc4[u]);
             if (m < M) {
                 // Epilogue inputs at (m, n .. n+3).
 {{load_inputs}}

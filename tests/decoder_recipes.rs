@@ -153,6 +153,36 @@ fn merged_sibling_gemms_change_no_logit() {
     }
 }
 
+/// `merge-gate-up` keeps every number: on the synthetic Llama and Qwen2, with the pass enabled
+/// (as decoder plans do: `compile::decoder_passes`) each layer's gate and up projections become
+/// one `qmatmul_glu` and a prefill and decode steps give the same logits, bit for bit, as with
+/// it off (`--disable-pass merge-gate-up` leaves the pair), for fp16, fp8 with an FP8 KV cache,
+/// int8-sq and w4a16.
+#[test]
+fn merged_gate_up_changes_no_logit() {
+    use qfuse::compile::decoder::decoder_passes;
+    let glus = |g: &qfuse::ir::Graph| g.nodes.iter().filter(|(_, n)| matches!(n.op, Op::GluMatMul(_))).count();
+    for folder in ["llama-f32", "qwen2-f32"] {
+        let Some(dir) = common::synthetic(folder) else { return };
+        let opts = DecoderOptions { max_batch: 1, max_seq: Some(64), ..Default::default() };
+        let mut model = decoder::load(&dir, &opts).expect("import");
+        for (name, kv) in [("fp16", None), ("int8-sq", None), ("w4a16-rtn", None), ("fp8", Some(DType::F8E4M3))] {
+            if let Some(storage) = kv {
+                let texts = qfuse::quant::calib::default_decoder_calibration();
+                decoder::set_kv_cache(&mut model, storage, &texts, true).expect("kv cache");
+            }
+            let recipe = decoder::decoder_recipe(Recipe::named(name, quant::calib::CalibMethod::Max).expect("recipe"));
+            let on = quant::quantize(&model, &recipe, &calib(), &decoder_passes(&PassOptions::default())).expect("quantize");
+            let disable = PassOptions { disable: vec!["merge-gate-up".into()], ..Default::default() };
+            let off = quant::quantize(&model, &recipe, &calib(), &decoder_passes(&disable)).expect("quantize");
+            assert_eq!((glus(&on.fused), glus(&off.fused)), (2, 0), "{folder} {name}: one merged gate/up per layer");
+            let (a, b) = (logits(&on.fused, &model), logits(&off.fused, &model));
+            let differ = a.iter().zip(&b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+            assert_eq!((a.len(), differ), (b.len(), 0), "{folder} {name}: {differ} logits changed");
+        }
+    }
+}
+
 /// `--kv-cache nvfp4`: the cache is E2M1 code state plus E4M3 block-scale state (one scale per 16
 /// elements of D), each layer's K and V have a calibrated power-of-two global scale, logits stay
 /// close to FP32 over prefill and decode steps, and `fuse-kv-cache` (attention reading the codes

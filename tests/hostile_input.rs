@@ -83,6 +83,34 @@ fn malformed_qmatmul_splits_are_errors() {
     parse_and_verify(&good).unwrap_or_else(|e| panic!("the well-formed split is valid: {e}"));
 }
 
+/// Malformed `qmatmul_glu` texts (no step reading `up`, two, `up` in the up projection, a zero
+/// or misfitting piece, an odd row count, an up projection with an output quantize) are errors,
+/// never panics.
+#[test]
+fn malformed_qmatmul_glus_are_errors() {
+    let glu = |rows: u64, tile: &str, gate: &str, up: &str| {
+        format!(
+            "graph \"g\" {{\n  %0 = input \"x\" : f16[2,16]\n  %1 = weight @w : f16[{rows},16]\n  %2 = qmatmul_glu %0, %1 {{transpose_b, tile={tile}, gate=seg({gate}), up=seg({up})}} : f16[2,16]\n  return \"y\" = %2\n}}"
+        )
+    };
+    let gate = "alpha=1.0,acc=f16,epilogue=[silu(f16),mul(up,f16)]";
+    let up = "alpha=1.0,acc=f16";
+    for text in [
+        glu(32, "8", "alpha=1.0,acc=f16,epilogue=[silu(f16)]", up),
+        glu(32, "8", "alpha=1.0,acc=f16,epilogue=[mul(up,f16),mul(up,f16)]", up),
+        glu(32, "8", gate, "alpha=1.0,acc=f16,epilogue=[mul(up,f16)]"),
+        glu(32, "0", gate, up),
+        glu(32, "-8", gate, up),
+        glu(32, "12", gate, up),
+        glu(33, "8", gate, up),
+        glu(32, "8", gate, "alpha=1.0,acc=f16,out=f8e4m3,out_scale=0.5"),
+        glu(32, "99999999999999999999", gate, up),
+    ] {
+        assert!(parse_and_verify(&text).is_err(), "accepted:\n{text}");
+    }
+    parse_and_verify(&glu(32, "8", gate, up)).unwrap_or_else(|e| panic!("the well-formed GLU is valid: {e}"));
+}
+
 fn parse_and_verify(text: &str) -> Result<(), String> {
     let g = qfuse::ir::parse(text).map_err(|e| e.to_string())?;
     qfuse::ir::verify(&g, "hostile").map_err(|e| format!("{e:?}"))

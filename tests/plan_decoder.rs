@@ -86,12 +86,17 @@ fn smollm2_fp16_plan_holds_a_paged_generator() {
     // 424 − 60 = 364 and 394 − 60 = 334. The split attention's last CTA merges the partials
     // instead of a split_combine launch, 1 fewer per layer at decode: 364 − 30 = 334. Q, K and V
     // as one GEMM (merge-sibling-gemms, on by default in decoder plans), 2 fewer per layer: 274.
+    // The gated MLP's gate and up as one GEMM with SwiGLU in its epilogue (merge-gate-up, on by
+    // default in decoder plans too), 1 fewer per layer: 244.
     assert_eq!(decode.iter().filter(|l| kernel_of(l) == "rope").count(), 0, "no rope launch is left");
     assert_eq!(decode.iter().filter(|l| kernel_of(l) == "split_combine").count(), 0, "no combine launch is left");
     let merged = decode.iter().filter(|l| l.label.contains("{q,k,v}_proj")).count();
     assert_eq!(merged, 30, "one Q/K/V GEMM per layer");
-    assert!(decode.len() <= 274, "{} launches per decode step", decode.len());
-    assert!(prefill.len() <= 274, "{} launches per prefill step", prefill.len());
+    let gate_up = decode.iter().filter(|l| l.label.contains("{gate,up}_proj")).count();
+    assert_eq!(gate_up, 30, "one gate/up GEMM per layer");
+    assert!(decode.iter().all(|l| !l.label.ends_with("up_proj") || l.label.contains("{gate,up}_proj")), "no separate up GEMM");
+    assert!(decode.len() <= 244, "{} launches per decode step", decode.len());
+    assert!(prefill.len() <= 244, "{} launches per prefill step", prefill.len());
     // Kernel count independent of depth: far fewer kernels than layers × ops.
     assert!(m.kernels.len() < 30, "{} kernels for 30 layers", m.kernels.len());
     assert!(m.schedule.len() > 30 * 10);
@@ -167,16 +172,16 @@ fn smollm2_plan_with_an_nvfp4_kv_cache_holds_the_format() {
     assert_eq!(dec.split_scratch_bytes, 48 + 4 * 9 * 4 * 66 * 4);
     assert_eq!(m.pdl_kernels, (0..m.kernels.len() as u32).collect::<Vec<_>>());
     assert!(m.kernels.iter().all(|k| common::enters_pdl_first(&k.source)));
-    // Launches per step: the fp16 cache's 274 plus, per layer, the key rope and the pre-scale
-    // multiply and block quantize of K and of V (5 · 30): 424 at decode (the split attention
-    // merges itself: no split_combine) and 424 at prefill.
+    // Launches per step: the fp16 cache's 244 plus, per layer, the key rope and the pre-scale
+    // multiply and block quantize of K and of V (5 · 30): 394 at decode (the split attention
+    // merges itself: no split_combine) and 394 at prefill.
     let decode = step_launches(m, &[("B".to_string(), 1), ("S".to_string(), 1)]);
     let prefill = step_launches(m, &[("B".to_string(), 4), ("S".to_string(), 32)]);
     println!("SmolLM2 fp16 plan, NVFP4 cache: {} launches per decode step, {} per prefill step", decode.len(), prefill.len());
     let count = |ls: &[&qfuse::plan::LaunchMeta], t: &str| ls.iter().filter(|l| m.kernels[l.kernel as usize].template == t).count();
     assert_eq!(count(&decode, "split_combine"), 0, "no combine launch");
     assert_eq!((count(&decode, "quantize"), count(&decode, "elementwise")), (60, 60), "K and V: pre-scale and block quantize");
-    assert_eq!((decode.len(), prefill.len()), (424, 424));
+    assert_eq!((decode.len(), prefill.len()), (394, 394));
 }
 
 /// The GPU's place in `qfuse check`'s per-kernel comparison taken by the interpreter: each

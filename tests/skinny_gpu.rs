@@ -11,7 +11,9 @@
 //! The segmented GEMMs of `qmatmul_split` (`merge-sibling-gemms`: Q/K/V as one GEMM) run the
 //! same way, every kind split into SmolLM2's Q/K/V widths (tests/common/split.rs), through the
 //! skinny kernel (M = 1, 5, 16) and the tiled GEMM (M = 17, 100), each result checked against
-//! the interpreter.
+//! the interpreter. The GLU GEMMs of `qmatmul_glu` (`merge-gate-up`: a gated MLP's gate and up as
+//! one GEMM, SwiGLU in its epilogue) likewise, every kind it merges at SmolLM2's MLP width
+//! (tests/common/glu.rs).
 //!
 //! Without a driver or device every test fails (it never skips). Tolerance: the kernels differ
 //! from the interpreter only in the order of the f32 sums, so every element must be within 2 ulps
@@ -27,6 +29,7 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Arc;
 
+use common::glu::{glu_graph, glu_kinds};
 use common::skinny::{graph, kinds, Kind, X};
 use common::split::{split_graph, widths};
 use gpu::Gpu;
@@ -271,6 +274,32 @@ fn split_kernels_match_the_interpreter() {
         let tiled = if kind.dequant.is_some() { "gemm_wonly" } else { "gemm" };
         for m in [17, 100] {
             split_case(&kind, 512, m, 4096, tiled);
+        }
+    }
+}
+
+/// Runs the GLU graph of `kind` (N = `n`) at `m` rows (M ≤ `m_max`) on the interpreter and on
+/// the GPU through the plan's launch for this M (`template`) and checks the result.
+fn glu_case(kind: &Kind, (n, k): (usize, usize), m: usize, m_max: u64, template: &str) {
+    let g = glu_graph(kind, n as u64, k as u64, m_max);
+    let w = weights(&g, kind, k);
+    let inputs = activations(kind, m, k);
+    let want = interp::run(&g, &w, &inputs).expect("interpreter");
+    let got = run_on_gpu(kind, &g, &w, &inputs, m, template);
+    let [(out, got)] = got.as_slice() else { panic!("{}: one result", kind.name) };
+    compare_as(kind, *out, got, &want[0].1.to_f32_vec(), (m, n));
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90) and NVRTC"]
+fn glu_kernels_match_the_interpreter() {
+    for kind in glu_kinds() {
+        for m in [1, 5, 16] {
+            glu_case(&kind, (1536, 512), m, 4096, "gemm_skinny");
+        }
+        let tiled = if kind.dequant.is_some() { "gemm_wonly" } else { "gemm" };
+        for m in [17, 100] {
+            glu_case(&kind, (1536, 512), m, 4096, tiled);
         }
     }
 }

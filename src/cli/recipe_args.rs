@@ -60,7 +60,7 @@ pub struct RecipeArgs {
     /// Skip this pass (repeatable).
     #[arg(long)]
     pub disable_pass: Vec<String>,
-    /// Run this opt-in pass (repeatable): `merge-sibling-gemms` (Q/K/V as one GEMM).
+    /// Run this opt-in pass (repeatable): `merge-gate-up` (gate and up as one GEMM), `merge-sibling-gemms` (Q/K/V as one GEMM); decoder plans run both.
     #[arg(long)]
     pub enable_pass: Vec<String>,
     /// Write the IR after this pass, or `all` (repeatable), into --dump-dir.

@@ -230,6 +230,17 @@ impl Expr {
         out
     }
 
+    /// The expression with every leaf (variable, literal, parameter) `leaf` maps to `Some`
+    /// replaced, the tree's shape kept (so every rounding step stays where it was).
+    pub fn substitute(&self, leaf: &dyn Fn(&Expr) -> Option<Expr>) -> Expr {
+        match self {
+            Expr::Var(_) | Expr::Lit(_) | Expr::Param { .. } => leaf(self).unwrap_or_else(|| self.clone()),
+            Expr::Call(f, x) => Expr::Call(*f, Box::new(x.substitute(leaf))),
+            Expr::Round(d, x) => Expr::Round(*d, Box::new(x.substitute(leaf))),
+            Expr::Bin(f, a, b) => Expr::Bin(*f, Box::new(a.substitute(leaf)), Box::new(b.substitute(leaf))),
+        }
+    }
+
     fn visit<'a>(&'a self, f: &mut impl FnMut(&'a Expr)) {
         f(self);
         match self {
@@ -359,6 +370,19 @@ mod tests {
     #[should_panic(expected = "two values")]
     fn a_parameter_has_one_value() {
         let _ = Expr::param("s", 1.0).add(Expr::param("s", 2.0)).params();
+    }
+
+    #[test]
+    fn substitution_replaces_leaves_and_keeps_the_roundings() {
+        let e = Expr::var("acc").mul(Expr::param("alpha", 0.5)).round(DType::F16).mul(Expr::var("up"));
+        let up = Expr::var("acc_up").round(DType::F16);
+        let s = e.substitute(&|x| match x {
+            Expr::Var(v) if v == "up" => Some(up.clone()),
+            Expr::Param { value, .. } => Some(Expr::param("g_alpha", *value)),
+            _ => None,
+        });
+        assert_eq!(s.to_cuda(), "qf_round_f16(acc * g_alpha) * qf_round_f16(acc_up)");
+        assert_eq!(s.params(), vec![("g_alpha".to_string(), 0.5)]);
     }
 
     #[test]

@@ -549,6 +549,13 @@ pub struct Epilogue {
     /// (shared ones, then each segment's renamed); `value` and `store` are unused
     /// ([`super::segments`]).
     pub segments: Vec<super::segments::EpilogueSegment>,
+    /// `Some(piece)`: a GLU GEMM (`qmatmul_glu`, [`super::glu`]): the weight's rows, hence the
+    /// staged tile's columns, alternate in pieces of `piece` between the gate and the up
+    /// projection; `value` computes output column `n` from the gate's accumulator `acc` and the
+    /// up projection's `acc_up` of that column, and a shared per-column input (`b_scale`) is read
+    /// in the weight's columns: `b_scale_v` at the gate's, `b_scale_up_v` at the up's. The
+    /// kernel's `N` is twice the result's.
+    pub glu: Option<u32>,
 }
 
 /// Names the template uses itself, unavailable to epilogue inputs.
@@ -564,7 +571,7 @@ impl Epilogue {
             value = value.add(b.value()).round(DType::F16);
             inputs.push(b);
         }
-        Epilogue { inputs, value, store: Store::Float(DType::F16), segments: vec![] }
+        Epilogue { inputs, value, store: Store::Float(DType::F16), segments: vec![], glu: None }
     }
 
     /// The kernel's result parameters and their dtypes: `Y`, or `Y0, Y1, …` per segment.
@@ -599,7 +606,11 @@ impl Epilogue {
             s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         };
+        if let Some(piece) = self.glu {
+            super::glu::check_piece(piece)?;
+        }
         let mut vars = vec!["acc".to_string()];
+        vars.extend(self.glu.map(|_| "acc_up".to_string()));
         for (i, inp) in self.inputs.iter().enumerate() {
             if !ident(&inp.name) || RESERVED.contains(&inp.name.as_str()) || inp.name.starts_with("qf_") {
                 return Err(format!("epilogue input name `{}` is not a free C identifier", inp.name));
@@ -611,6 +622,9 @@ impl Epilogue {
                 return Err(format!("epilogue input `{}` is {}; only f32, f16 and bf16 are read", inp.name, inp.dtype));
             }
             vars.push(format!("{}_v", inp.name));
+            if self.glu.is_some() && super::glu::weight_columns(inp) {
+                vars.push(format!("{}_up_v", inp.name));
+            }
         }
         for (name, _) in self.value.params() {
             if RESERVED.contains(&name.as_str()) || name.starts_with("qf_") || name.starts_with("out_") || vars.contains(&name) {
@@ -749,28 +763,66 @@ pub(crate) fn epilogue_params(epi: &Epilogue) -> Vec<String> {
 /// inserted in the kernel body after the f32 tile is staged) that every GEMM template takes. The
 /// epilogue must be valid ([`Epilogue::validate`]).
 pub(crate) fn epilogue_values(epi: &Epilogue) -> Result<[(&'static str, String); 2], GemmError> {
-    let store_tile = match epi.segments.is_empty() {
-        true => store_tile(epi)?,
-        false => super::segments::store_chain(epi)?,
+    let store_tile = match (epi.segments.is_empty(), epi.glu) {
+        (false, _) => super::segments::store_chain(epi)?,
+        (true, Some(_)) => super::glu::store_tile(epi)?,
+        (true, None) => store_tile(epi)?,
     };
     Ok([("epilogue", EPILOGUE_HELPERS.to_string()), ("store_tile", store_tile)])
 }
 
 /// Stage 2 of `gemm_store_tile.cuh` specialised for the unsegmented `epi`.
 pub(crate) fn store_tile(epi: &Epilogue) -> Result<String, TemplateError> {
-    let (mut decls, mut loads, mut elems) = (Vec::new(), Vec::new(), Vec::new());
+    let mut lines = InputLines::default();
     for inp in &epi.inputs {
-        let (kind, offset) = match inp.index {
-            Index::PerColumn => ("ld4", "n"),
-            Index::Full => ("ld4", "mn"),
-            Index::PerRow => ("ldb4", "m"),
-            Index::Single => ("ldb4", "0"),
-        };
-        let name = &inp.name;
-        decls.push(format!("        float {name}_c[OUT_BATCH][4];"));
-        loads.push(format!("                qf_{kind}_{}({name} + {offset}, {name}_c[u]);", load_suffix(inp.dtype)));
-        elems.push(format!("                    const qf_rn_f32 {name}_v = {name}_c[u][j];"));
+        lines.push(inp, &inp.name, index_offset(inp.index));
     }
+    render_store_tile(epi, lines, "col")
+}
+
+/// The element of an input of `index` at output position `(m, n)`, over the stage-2 variables.
+pub(crate) fn index_offset(index: Index) -> &'static str {
+    match index {
+        Index::PerColumn => "n",
+        Index::Full => "mn",
+        Index::PerRow => "m",
+        Index::Single => "0",
+    }
+}
+
+/// The per-input lines of stage 2: declarations of the batch's values, their loads at (m, n ..
+/// n+3), and the per-element `qf_rn_f32` variables the value reads.
+#[derive(Default)]
+pub(crate) struct InputLines {
+    decls: Vec<String>,
+    loads: Vec<String>,
+    elems: Vec<String>,
+}
+
+impl InputLines {
+    /// Reads `inp` at element `offset` of its pointer into the element variable `<var>_v`.
+    pub(crate) fn push(&mut self, inp: &EpilogueInput, var: &str, offset: &str) {
+        let kind = match inp.index {
+            Index::PerColumn | Index::Full => "ld4",
+            Index::PerRow | Index::Single => "ldb4",
+        };
+        let load = format!("qf_{kind}_{}({} + {offset}, {var}_c[u]);", load_suffix(inp.dtype), inp.name);
+        self.push_raw(var, &load);
+    }
+
+    /// Declares the batch values `<var>_c`, filled by the statement `load`, read as `<var>`'s
+    /// element variable `<var>_v` (or `acc_up` for `var` = `acc_up`).
+    pub(crate) fn push_raw(&mut self, var: &str, load: &str) {
+        let element = if var == "acc_up" { var.to_string() } else { format!("{var}_v") };
+        self.decls.push(format!("        float {var}_c[OUT_BATCH][4];"));
+        self.loads.push(format!("                {load}"));
+        self.elems.push(format!("                    const qf_rn_f32 {element} = {var}_c[u][j];"));
+    }
+}
+
+/// Stage 2 for `epi` with its input lines, the accumulator read at staged-tile column
+/// `tile_col` (an expression over the chunk's first output column `col`).
+pub(crate) fn render_store_tile(epi: &Epilogue, lines: InputLines, tile_col: &str) -> Result<String, TemplateError> {
     let store = match epi.store {
         Store::Float(d) => format!("qf_st4_{}(Y + mn, y)", load_suffix(d)),
         // The scale and its reciprocal are the parameters `out_scale`, `out_rcp` (Epilogue::scalars).
@@ -778,9 +830,10 @@ pub(crate) fn store_tile(epi: &Epilogue) -> Result<String, TemplateError> {
         Store::I8 { .. } => "qf_st4_i8(Y + mn, y, out_scale, out_rcp)".to_string(),
     };
     STORE_TILE.render(&[
-        ("declare_inputs", decls.join("\n")),
-        ("load_inputs", loads.join("\n")),
-        ("element_inputs", elems.join("\n")),
+        ("declare_inputs", lines.decls.join("\n")),
+        ("load_inputs", lines.loads.join("\n")),
+        ("element_inputs", lines.elems.join("\n")),
+        ("tile_col", tile_col.to_string()),
         ("value", epi.value.to_cuda()),
         ("store", store),
     ])
@@ -884,9 +937,9 @@ mod tests {
         let mut e = Epilogue::bias_f16(1.0, false);
         e.inputs.push(EpilogueInput { name: "r".into(), dtype: DType::F16, index: Index::Full });
         assert!(matches!(render(&spec, &e, m()), Err(GemmError::Epilogue(r)) if r.contains("never read")));
-        let e = Epilogue { inputs: vec![], value: Expr::var("x"), store: Store::Float(DType::F16), segments: vec![] };
+        let e = Epilogue { inputs: vec![], value: Expr::var("x"), store: Store::Float(DType::F16), segments: vec![], glu: None };
         assert!(matches!(render(&spec, &e, m()), Err(GemmError::Epilogue(r)) if r.contains("neither")));
-        let e = Epilogue { inputs: vec![], value: Expr::var("acc"), store: Store::E4M3 { scale: 0.0 }, segments: vec![] };
+        let e = Epilogue { inputs: vec![], value: Expr::var("acc"), store: Store::E4M3 { scale: 0.0 }, segments: vec![], glu: None };
         assert!(matches!(render(&spec, &e, m()), Err(GemmError::Epilogue(r)) if r.contains("positive normal")));
     }
 }

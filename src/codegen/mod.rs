@@ -11,6 +11,7 @@
 pub mod cache;
 pub mod expr;
 pub mod gemm;
+pub mod glu;
 pub mod kernel;
 pub mod lower;
 pub mod memory;

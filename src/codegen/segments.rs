@@ -48,7 +48,7 @@ impl Epilogue {
             inputs.extend(own.map(|inp| EpilogueInput { name: renamed(i, &inp.name), ..inp.clone() }));
         }
         let store = first.epilogue.store;
-        Ok(Epilogue { inputs, value: Expr::var("acc"), store, segments })
+        Ok(Epilogue { inputs, value: Expr::var("acc"), store, segments, glu: None })
     }
 }
 

@@ -167,14 +167,15 @@ fn decoder_meta(
 
 /// The pass options of a decoder plan: `opts` with `merge-sibling-gemms` enabled (Q/K/V as one
 /// GEMM: its segmented kernels matched the interpreter on an H100, and whole SmolLM2-shaped fp16
-/// and fp8 + FP8-KV plans passed `qfuse check`), unless `--disable-pass` names it. Encoder plans
-/// keep it opt-in ([`crate::passes::pipeline::OPT_IN`]) until their merged kernels have run on a
-/// GPU too.
+/// and fp8 + FP8-KV plans passed `qfuse check`) and `merge-gate-up` (gate and up as one GEMM with
+/// SwiGLU in its epilogue), each unless `--disable-pass` names it. Encoder plans keep them opt-in
+/// ([`crate::passes::pipeline::OPT_IN`]) until their merged kernels have run on a GPU too.
 pub fn decoder_passes(opts: &PassOptions) -> PassOptions {
-    const MERGE: &str = "merge-sibling-gemms";
     let mut passes = opts.clone();
-    if !passes.disable.iter().any(|d| d == MERGE) && !passes.enable.iter().any(|e| e == MERGE) {
-        passes.enable.push(MERGE.into());
+    for merge in ["merge-gate-up", "merge-sibling-gemms"] {
+        if !passes.disable.iter().any(|d| d == merge) && !passes.enable.iter().any(|e| e == merge) {
+            passes.enable.push(merge.into());
+        }
     }
     passes
 }

@@ -160,6 +160,37 @@ impl Tensor {
     }
 }
 
+impl Tensor {
+    /// Rows `[2i·piece, (2i+1)·piece)` (the first half) and `[(2i+1)·piece, (2i+2)·piece)` (the
+    /// second), concatenated in order: the two tensors [`Tensor::interleave_rows`] combined.
+    pub fn deinterleave_rows(&self, piece: usize) -> Result<(Tensor, Tensor), String> {
+        let rows = self.shape.first().copied().ok_or("a scalar has no rows")?;
+        if piece == 0 || rows % (2 * piece) != 0 {
+            return Err(format!("{rows} rows are not whole pairs of {piece}-row pieces"));
+        }
+        let half = |first: usize| -> Result<Tensor, String> {
+            let parts = (0..rows / (2 * piece)).map(|i| self.rows((2 * i + first) * piece, piece)).collect::<Result<Vec<_>, _>>()?;
+            Tensor::concat_rows(&parts.iter().collect::<Vec<_>>())
+        };
+        Ok((half(0)?, half(1)?))
+    }
+
+    /// `a` and `b` (equal shapes) with their rows interleaved in pieces of `piece` rows: `a`'s
+    /// piece `i`, then `b`'s piece `i`, for every `i`.
+    pub fn interleave_rows(a: &Tensor, b: &Tensor, piece: usize) -> Result<Tensor, String> {
+        let rows = a.shape.first().copied().ok_or("a scalar has no rows")?;
+        if a.shape != b.shape || piece == 0 || rows % piece != 0 {
+            return Err(format!("{:?} and {:?} are not equal shapes of whole {piece}-row pieces", a.shape, b.shape));
+        }
+        let mut parts = Vec::with_capacity(2 * rows / piece);
+        for i in 0..rows / piece {
+            parts.push(a.rows(i * piece, piece)?);
+            parts.push(b.rows(i * piece, piece)?);
+        }
+        Tensor::concat_rows(&parts.iter().collect::<Vec<_>>())
+    }
+}
+
 /// Product of the extents, `None` on overflow.
 pub fn shape_numel(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))

@@ -4,8 +4,8 @@
 //! parser cannot drift apart.
 
 use super::{
-    Attention, AttentionFp8, AttnRope, BinaryOp, CausalAttention, DType, EmbedLayerNorm, EpilogueOp, EpilogueStep, Granularity, KvCodes,
-    NormKind, Op, QMatMul, QuantSpec, ReduceOp, Rope, RopeLlama3, RopePairs, ScaleSource, Segment, SplitMatMul, UnaryOp, ValueId,
+    Attention, AttentionFp8, AttnRope, BinaryOp, CausalAttention, DType, EmbedLayerNorm, EpilogueOp, EpilogueStep, GluMatMul, Granularity,
+    KvCodes, NormKind, Op, QMatMul, QuantSpec, ReduceOp, Rope, RopeLlama3, RopePairs, ScaleSource, Segment, SplitMatMul, UnaryOp, ValueId,
     ZeroPoint,
 };
 use crate::numerics::E8M0Rounding;
@@ -101,6 +101,7 @@ pub fn encode(op: &Op, extra: &[ValueId]) -> Vec<Attr> {
         }
         Op::QMatMul(q) => encode_qmatmul(q, extra),
         Op::SplitMatMul(s) => encode_split(s, extra),
+        Op::GluMatMul(s) => encode_glu(s, extra),
         Op::Attention(a) => encode_attention(a, extra),
         Op::Rope(r) => encode_rope(r),
         Op::CausalAttention(a) => {
@@ -131,7 +132,7 @@ pub fn encode(op: &Op, extra: &[ValueId]) -> Vec<Attr> {
 /// How many inputs print as positional operands; the rest appear as `%v` inside attributes.
 pub fn positional_arity(op: &Op) -> usize {
     match op {
-        Op::QMatMul(_) | Op::SplitMatMul(_) => 2,
+        Op::QMatMul(_) | Op::SplitMatMul(_) | Op::GluMatMul(_) => 2,
         Op::Attention(_) => 3,
         other => super::infer::arity(other) - other.quant_spec().map_or(0, |q| q.extra_inputs()),
     }
@@ -502,6 +503,7 @@ pub fn decode(mnemonic: &str, attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), Stri
         }
         "qmatmul" => return decode_qmatmul(attrs),
         "qmatmul_split" => return decode_split(attrs),
+        "qmatmul_glu" => return decode_glu(attrs),
         "rope" => Op::Rope(decode_rope(attrs)?),
         "causal_attention" => Op::CausalAttention(CausalAttention {
             heads: u32_attr(attrs, "heads")?,
@@ -660,6 +662,116 @@ fn decode_split(attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), String> {
         });
     }
     Ok((Op::SplitMatMul(SplitMatMul { segments }), refs))
+}
+
+/// `qmatmul_glu`'s attributes: the shared `transpose_b`, `b_dequant(…)`, `a_scale=%v`,
+/// `b_scale=%v`, then `tile=…`, `gate=seg(alpha=…, acc=…, epilogue=[…, mul(up, f16)][, out=…,
+/// out_scale=…])` whose step reading the up result names `up` instead of a value, and
+/// `up=seg(alpha=…, acc=…[, epilogue=[…]])`.
+fn encode_glu(s: &GluMatMul, extra: &[ValueId]) -> Vec<Attr> {
+    let shared = QMatMul { alpha: 1.0, epilogue: vec![], output: None, ..s.gate.clone() };
+    let prefix = s.prefix().saturating_sub(2).min(extra.len());
+    let v: Vec<Attr> = encode_qmatmul(&shared, &extra[..prefix]);
+    let mut v: Vec<Attr> = v.into_iter().filter(|a| !matches!(a.key.as_deref(), Some("alpha" | "acc"))).collect();
+    v.push(kv("tile", AttrValue::Num(s.tile.to_string())));
+    let ((g0, gn), (u0, un)) = s.operand_ranges();
+    let operands = |first: usize, count: usize| extra.get(first - 2..first - 2 + count).unwrap_or_default().to_vec();
+    // The up result prints as `up`: encode with a stand-in reference, then rename that step's.
+    let mut gate_refs = operands(g0, gn);
+    gate_refs.insert(s.up_operand.min(gate_refs.len()), UP_STAND_IN);
+    let gate = seg_of(&s.gate, &gate_refs, Some(s.up_operand));
+    v.push(kv("gate", gate));
+    v.push(kv("up", seg_of(&s.up, &operands(u0, un), None)));
+    v
+}
+
+/// `seg(alpha=…, acc=…, …)`: a product's own attributes; with `up`, its operand-reading step
+/// number `up` names `up` instead of its value.
+fn seg_of(q: &QMatMul, refs: &[ValueId], up: Option<usize>) -> AttrValue {
+    let own = QMatMul { transpose_b: false, a_scale: false, b_scale: false, b_dequant: None, ..q.clone() };
+    let mut args: Vec<AttrValue> = vec![];
+    for a in encode_qmatmul(&own, refs) {
+        let Some(key) = a.key else { continue };
+        let value = match (key.as_str(), a.value, up) {
+            ("epilogue", AttrValue::List(steps), Some(up)) => AttrValue::List(rename_up_step(steps, up)),
+            (_, value, _) => value,
+        };
+        args.push(AttrValue::Keyed(key, Box::new(value)));
+    }
+    AttrValue::Call("seg".into(), args)
+}
+
+/// The steps with operand-reading step number `up` reading `up` instead of its value.
+fn rename_up_step(steps: Vec<AttrValue>, up: usize) -> Vec<AttrValue> {
+    let mut seen = 0;
+    steps
+        .into_iter()
+        .map(|step| match step {
+            AttrValue::Call(name, mut args) if matches!(args.first(), Some(AttrValue::Ref(_))) => {
+                if seen == up {
+                    args[0] = ident("up");
+                }
+                seen += 1;
+                AttrValue::Call(name, args)
+            }
+            other => other,
+        })
+        .collect()
+}
+
+fn decode_glu(attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), String> {
+    let (b_dequant, mut refs, a_scale, b_scale) = decode_gemm_operands(attrs)?;
+    let tile = u64::try_from(as_int(required(attrs, "tile")?)?).map_err(|_| "`tile` must be ≥ 0".to_string())?;
+    let product = |key: &str| -> Result<(QMatMul, Vec<ValueId>, Option<usize>), String> {
+        let Some(AttrValue::Call(name, args)) = get(attrs, key) else { return Err(format!("`{key}` must be seg(...)")) };
+        let mut inner = keyed_args(args, name)?;
+        let up = take_up_step(&mut inner)?;
+        let (op, mut seg_refs) = decode_qmatmul(&inner)?;
+        if let Some(i) = up {
+            seg_refs.remove(i);
+        }
+        let Op::QMatMul(q) = op else { return Err("internal: seg(...) is not a qmatmul".into()) };
+        let q = QMatMul { transpose_b: has_flag(attrs, "transpose_b"), a_scale, b_scale, b_dequant: b_dequant.clone(), ..q };
+        Ok((q, seg_refs, up))
+    };
+    let (gate, gate_refs, up_operand) = product("gate")?;
+    let (up, up_refs, stray) = product("up")?;
+    let up_operand = up_operand.ok_or("the gate's epilogue has no step reading `up`")?;
+    if stray.is_some() {
+        return Err("the up projection's epilogue cannot read `up`".into());
+    }
+    refs.extend(gate_refs);
+    refs.extend(up_refs);
+    Ok((Op::GluMatMul(GluMatMul { tile, gate, up, up_operand }), refs))
+}
+
+/// A reference no value has: the up result's place among a gate step's operands while its
+/// attributes pass through the `qmatmul` encoder and decoder.
+const UP_STAND_IN: ValueId = ValueId(u32::MAX);
+
+/// Finds the epilogue step reading `up` (one at most), makes it read [`UP_STAND_IN`] for the
+/// `qmatmul` decoder, and returns its operand-reading step number (the caller drops the stand-in).
+fn take_up_step(inner: &mut [Attr]) -> Result<Option<usize>, String> {
+    let Some(Attr { value: AttrValue::List(steps), .. }) = inner.iter_mut().find(|a| a.key.as_deref() == Some("epilogue")) else {
+        return Ok(None);
+    };
+    let mut found = None;
+    let mut seen = 0;
+    for step in steps.iter_mut() {
+        let AttrValue::Call(_, args) = step else { continue };
+        match args.first() {
+            Some(AttrValue::Ref(_)) => seen += 1,
+            Some(AttrValue::Ident(s)) if s == "up" && args.len() == 2 => {
+                if found.replace(seen).is_some() {
+                    return Err("two epilogue steps read `up`".into());
+                }
+                args[0] = AttrValue::Ref(UP_STAND_IN);
+                seen += 1;
+            }
+            _ => {}
+        }
+    }
+    Ok(found)
 }
 
 /// The weight-side attributes a `qmatmul` and a `qmatmul_split` share: `b_dequant(…)`, then

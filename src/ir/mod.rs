@@ -8,6 +8,7 @@ mod attrs;
 pub mod builder;
 mod decoder_types;
 mod dtype;
+pub mod glu_types;
 mod graph;
 mod id;
 pub mod infer;
@@ -26,8 +27,8 @@ pub use dtype::DType;
 pub use graph::{Graph, Node, StateSlot, ValueInfo};
 pub use id::{IdVec, NodeId, SymId, ValueId};
 pub use op::{
-    epilogue_operands, Attention, AttentionFp8, AttnRope, BinaryOp, CausalAttention, EmbedLayerNorm, EpilogueOp, EpilogueStep, KvCodes,
-    NormKind, Op, QMatMul, ReduceOp, Rope, RopeLlama3, RopePairs, Segment, SplitMatMul, UnaryOp, KV_NVFP4_BLOCK,
+    epilogue_operands, Attention, AttentionFp8, AttnRope, BinaryOp, CausalAttention, EmbedLayerNorm, EpilogueOp, EpilogueStep, GluMatMul,
+    KvCodes, NormKind, Op, QMatMul, ReduceOp, Rope, RopeLlama3, RopePairs, Segment, SplitMatMul, UnaryOp, KV_NVFP4_BLOCK,
 };
 pub use parse::{parse, ParseError};
 pub use print::print;

@@ -204,6 +204,55 @@ impl SplitMatMul {
     }
 }
 
+/// Payload of a gated MLP's gate and up projections over one `a` computed as one GEMM whose
+/// result is the gate's (`merge-gate-up`): `b` holds both `[N, K]` weights with their rows
+/// interleaved in pieces of `tile` rows — rows `[2i·tile, (2i+1)·tile)` are the gate's rows
+/// `[i·tile, (i+1)·tile)`, the next `tile` rows the up projection's same rows — and so are the
+/// weight-side operands (`b_dequant`'s scale and zero point in pieces of `tile / R` rows for a
+/// `block(0:R, …)` scale, `b_scale` in pieces of `tile`).
+///
+/// Semantics, each rounding step that of the unfused graph: `u` = the `qmatmul` of `up` on `a`
+/// and the up rows (its own alpha, accumulator dtype and epilogue with its own operands; no
+/// output quantize, so `u` is a float of its last step's dtype); the result = the `qmatmul` of
+/// `gate` on `a` and the gate rows whose epilogue operand number `up_operand` (counting the
+/// gate's `add`/`mul` steps from 0) is `u` — `round(silu(gate) · u)` for a SwiGLU gate whose
+/// epilogue is `cast, silu, mul(up)` — then the gate's optional output quantize.
+///
+/// Operands: `a, b [, b_dequant scale] [, b_dequant zero] [, a_scale] [, b_scale]`, then the
+/// gate's epilogue operands other than `up_operand`, then the up projection's. Both products
+/// share `transpose_b` (true), `a_scale`, `b_scale` and `b_dequant` (checked by the type rule).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GluMatMul {
+    /// Rows per interleaved piece (N is a multiple of it).
+    pub tile: u64,
+    /// The gate projection, whose result the op produces.
+    pub gate: QMatMul,
+    /// The up projection, read by the gate's epilogue.
+    pub up: QMatMul,
+    /// Which of the gate's operand-reading epilogue steps reads the up projection's result.
+    pub up_operand: usize,
+}
+
+impl GluMatMul {
+    /// Operands before the epilogue operands: `a`, `b`, `b_dequant`'s, `a_scale`, `b_scale`.
+    pub fn prefix(&self) -> usize {
+        self.gate.arity() - epilogue_operands(&self.gate)
+    }
+
+    /// Number of inputs: the prefix, the gate's epilogue operands but the up result, the up
+    /// projection's.
+    pub fn arity(&self) -> usize {
+        self.prefix() + epilogue_operands(&self.gate).saturating_sub(1) + epilogue_operands(&self.up)
+    }
+
+    /// `(first, count)` of the gate's own epilogue operands (without the up result) and of the
+    /// up projection's, as input positions.
+    pub fn operand_ranges(&self) -> ((usize, usize), (usize, usize)) {
+        let gate = epilogue_operands(&self.gate).saturating_sub(1);
+        ((self.prefix(), gate), (self.prefix() + gate, epilogue_operands(&self.up)))
+    }
+}
+
 /// How many epilogue steps of `q` read an operand.
 pub fn epilogue_operands(q: &QMatMul) -> usize {
     q.epilogue.iter().filter(|s| s.op.takes_operand()).count()
@@ -541,6 +590,9 @@ pub enum Op {
     /// `a, b [, …] → y_1, …, y_n`: sibling `qmatmul`s over one `a` as one GEMM over their
     /// concatenated weights; see [`SplitMatMul`].
     SplitMatMul(SplitMatMul),
+    /// `a, b [, …] → y`: a gated MLP's gate and up projections as one GEMM over their
+    /// interleaved weights, the gate's epilogue reading the up result; see [`GluMatMul`].
+    GluMatMul(GluMatMul),
     /// `q, k, v [, mask_bias] → o`: multi-head attention over `[B, S, H·D]` operands of one
     /// f16/bf16 dtype T, rounding to T where the unfused graph does: scores, scaled scores,
     /// masked scores, softmax, context; then the optional output quantize.
@@ -609,6 +661,7 @@ impl Op {
             Op::NormQuantize { kind: NormKind::Scale, .. } => "scale_quantize",
             Op::QMatMul(_) => "qmatmul",
             Op::SplitMatMul(_) => "qmatmul_split",
+            Op::GluMatMul(_) => "qmatmul_glu",
             Op::Attention(_) => "attention",
             Op::EmbedLayerNorm(_) => "embed_layernorm",
             Op::Rope(_) => "rope",

@@ -65,7 +65,7 @@ fn check_shared(s: &SplitMatMul) -> Result<&QMatMul, String> {
 
 /// Operand `i`'s type as segment rows see it: weight-side operands keep `rows` rows (`n` for `b`
 /// and `b_scale`, `n / R` for `b_dequant`'s), the others stay whole.
-fn segment_type(q: &QMatMul, t: &TensorType, i: usize, scale_rows: u64, n: u64, k: Dim) -> TensorType {
+pub(crate) fn segment_type(q: &QMatMul, t: &TensorType, i: usize, scale_rows: u64, n: u64, k: Dim) -> TensorType {
     if !is_weight_side(q, i) {
         return t.clone();
     }

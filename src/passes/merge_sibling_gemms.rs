@@ -110,7 +110,7 @@ pub enum Match {
 
 /// Everything sibling `qmatmul`s must share to be one GEMM.
 #[derive(PartialEq)]
-struct Key {
+pub(crate) struct Key {
     a_scale: Option<ValueId>,
     b_scale: bool,
     b_dequant: Option<QuantSpec>,
@@ -136,7 +136,7 @@ pub fn match_siblings(g: &Graph, users: &Users, a: ValueId, tile_n: u64) -> Vec<
 }
 
 /// The sharing key of `u` when it is a `qmatmul` reading `a` as its first operand.
-fn key_of(g: &Graph, u: NodeId, a: ValueId) -> Option<Key> {
+pub(crate) fn key_of(g: &Graph, u: NodeId, a: ValueId) -> Option<Key> {
     let node = &g.nodes[u];
     let Op::QMatMul(q) = &node.op else { return None };
     if node.inputs.first() != Some(&a) || !q.transpose_b || node.inputs.len() != q.arity() {
@@ -207,7 +207,7 @@ fn check_member(g: &Graph, m: NodeId, tile_n: u64) -> Result<(), String> {
 }
 
 /// N of a member: `b`'s rows.
-fn rows(g: &Graph, m: NodeId) -> Option<u64> {
+pub(crate) fn rows(g: &Graph, m: NodeId) -> Option<u64> {
     match g.ty(g.nodes[m].inputs[1]).shape.as_slice() {
         [Dim::Fixed(n), Dim::Fixed(_)] => Some(*n),
         _ => None,
@@ -220,7 +220,7 @@ fn dequant_operands(q: &QMatMul) -> usize {
 }
 
 /// The operand slots concatenated along rows: `b`, `b_dequant`'s, `b_scale`.
-fn weight_side(q: &QMatMul) -> Vec<usize> {
+pub(crate) fn weight_side(q: &QMatMul) -> Vec<usize> {
     let prefix = q.arity() - crate::ir::epilogue_operands(q);
     (1..prefix).filter(|&i| crate::ir::split_types::is_weight_side(q, i)).collect()
 }
@@ -259,6 +259,20 @@ fn apply_siblings(g: &mut Graph, cx: &mut PassCx, members: &[NodeId]) -> Result<
 
 /// A new `weight` node holding the members' operand `slot` concatenated along rows.
 fn concat_weights(g: &mut Graph, cx: &mut PassCx, members: &[NodeId], slot: usize, loc: &str) -> Result<ValueId, String> {
+    joined_weight(g, cx, members, slot, loc, &|parts| Tensor::concat_rows(parts))
+}
+
+/// A new `weight` node holding `join` of the members' operand `slot` (each a `weight`), stored
+/// as `<common prefix>{a,b,c}<common suffix>` of their names, typed as the first member's with
+/// the joined rows.
+pub(crate) fn joined_weight(
+    g: &mut Graph,
+    cx: &mut PassCx,
+    members: &[NodeId],
+    slot: usize,
+    loc: &str,
+    join: &dyn Fn(&[&Tensor]) -> Result<Tensor, String>,
+) -> Result<ValueId, String> {
     let mut names = vec![];
     let mut parts = vec![];
     for &m in members {
@@ -269,7 +283,7 @@ fn concat_weights(g: &mut Graph, cx: &mut PassCx, members: &[NodeId], slot: usiz
         names.push(name.clone());
     }
     let refs: Vec<&Tensor> = parts.iter().map(|t| &**t).collect();
-    let joined = Tensor::concat_rows(&refs).map_err(|e| format!("{loc}: concatenating {}: {e}", names.join(", ")))?;
+    let joined = join(&refs).map_err(|e| format!("{loc}: joining {}: {e}", names.join(", ")))?;
     let mut ty = g.ty(g.nodes[members[0]].inputs[slot]).clone();
     let total: usize = joined.shape.first().copied().unwrap_or(0);
     if let Some(d) = ty.shape.first_mut() {

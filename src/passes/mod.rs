@@ -21,6 +21,7 @@ pub mod fuse_rope;
 pub mod fuse_weight_dequant;
 pub mod lift_linear;
 pub mod manager;
+pub mod merge_gate_up;
 pub mod merge_sibling_gemms;
 pub mod pipeline;
 pub mod propagate_qdq;

@@ -18,7 +18,9 @@ use super::*;
 /// whether the cache is quantized) lets the attention rotate its queries and, over a float cache,
 /// its step's keys itself. `merge-sibling-gemms` ([`OPT_IN`] for encoders; on in decoder plans) comes after every fusion that shapes a
 /// `qmatmul` (epilogues, output quantizes, the attention's cache operands), so each sibling
-/// enters its segment complete: a decoder's Q/K/V projections become one GEMM.
+/// enters its segment complete: a decoder's Q/K/V projections become one GEMM. `merge-gate-up`
+/// (the same defaults) runs just before it for the same reason: a gated MLP's gate GEMM, whose
+/// epilogue `fuse-epilogue` made read the up GEMM's result, and that up GEMM become one.
 pub fn fusion() -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(fold_smoothing::FoldSmoothing),
@@ -36,6 +38,7 @@ pub fn fusion() -> Vec<Box<dyn Pass>> {
         Box::new(fuse_kv_cache::FuseKvCache),
         Box::new(fuse_rope::FuseRope),
         Box::new(fuse_embedding::FuseEmbedding),
+        Box::new(merge_gate_up::MergeGateUp::default()),
         Box::new(merge_sibling_gemms::MergeSiblingGemms::default()),
         Box::new(cse::Cse),
         Box::new(dce::Dce),
@@ -47,7 +50,9 @@ pub fn fusion() -> Vec<Box<dyn Pass>> {
 /// interpreter on an H100 (tests/skinny_gpu.rs `split_kernels_match_the_interpreter`) and decoder
 /// plans enable it by default (`compile::decoder_passes`); encoder plans (BERT's Q/K/V would
 /// merge too) keep it opt-in until a whole encoder plan with it has passed `qfuse check` on a GPU.
-pub const OPT_IN: &[&str] = &["merge-sibling-gemms"];
+/// `merge-gate-up` builds `qmatmul_glu` (a gated MLP's gate and up GEMMs as one): on in decoder
+/// plans too, opt-in for encoders (BERT's MLP has no gate).
+pub const OPT_IN: &[&str] = &["merge-gate-up", "merge-sibling-gemms"];
 
 /// The pass named `name` (for tests and tools that run one pass).
 pub fn by_name(name: &str) -> Option<Box<dyn Pass>> {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod glu;
 pub mod kernels;
 pub mod skinny;
 pub mod split;

@@ -5,6 +5,7 @@ mod common;
 pub mod decoder;
 pub mod elementwise;
 pub mod embed;
+pub mod glu;
 pub mod norm;
 pub mod qmatmul;
 pub mod quantize;
@@ -29,6 +30,8 @@ pub fn lower_node(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
         Op::QMatMul(_) => qmatmul::lower(cx, node),
         // Q/K/V as one GEMM over concatenated weights, one epilogue per output segment.
         Op::SplitMatMul(_) => split::lower(cx, node),
+        // A gated MLP's gate and up as one GEMM over interleaved weights, SwiGLU in its epilogue.
+        Op::GluMatMul(_) => glu::lower(cx, node),
         Op::Attention(_) => attention::lower(cx, node),
         Op::Cast | Op::Unary(_) | Op::Binary(_) => elementwise::lower(cx, node),
         Op::LayerNorm { .. } | Op::RmsNorm { .. } | Op::NormQuantize { .. } | Op::L2Normalize { .. } => norm::lower(cx, node),

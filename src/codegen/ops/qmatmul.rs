@@ -276,7 +276,7 @@ pub fn epilogue(q: &QMatMul, adds: &[(DType, Index)]) -> Result<Epilogue, String
             }
         }
     };
-    Ok(Epilogue { inputs, value: x, store, segments: vec![] })
+    Ok(Epilogue { inputs, value: x, store, segments: vec![], glu: None })
 }
 
 /// How an operand of shape `t` broadcasts to the result `out = [.., M, N]`, if the epilogue can

@@ -5,6 +5,7 @@
 mod decoder;
 mod elementwise;
 mod fused;
+mod glu;
 mod matmul;
 mod norm;
 mod quant;
@@ -91,6 +92,7 @@ fn eval(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], num: Numerics) -> Res
         }
         Op::QMatMul(q) => return fused::qmatmul(q, args, outs, num),
         Op::SplitMatMul(s) => return split::split_matmul(s, args.collect(), outs, num),
+        Op::GluMatMul(s) => return glu::glu_matmul(s, args.collect(), outs, num),
         Op::Attention(a) => return fused::attention(a, args, outs, num),
         Op::EmbedLayerNorm(e) => return fused::embed_layernorm(e, args, outs),
         Op::CausalAttention(a) => return decoder::causal_attention(a, args.collect(), outs),

@@ -7,8 +7,9 @@
 # several calls of at most 10 minutes each:
 #   STEPS  (default "kernels compile check bench peers")
 #     kernels  the GPU tests against the interpreter: tests/decoder_kernels_gpu.rs (every decoder
-#              kernel), tests/skinny_gpu.rs (skinny and segmented GEMMs), tests/codegen_ops.rs (row
-#              and element-wise kernels)
+#              kernel), tests/skinny_gpu.rs (skinny, segmented and GLU GEMMs), tests/codegen_ops.rs
+#              (row and element-wise kernels), tests/check_decoder_gpu.rs (`qfuse check` on plans);
+#              TESTS="binary[:name filter] …" picks some')
 #     compile  a plan per recipe of PLANS (--max-seq 1024 --max-batch 64)
 #     check    `qfuse check` of each plan against the interpreter on the same steps: a prefill
 #              and a decode step kernel by kernel, greedy tokens of 8 prompts, teacher-forced
@@ -47,10 +48,14 @@ plan_of() { echo "$work/smol-${1//+/_}.plan"; }
 for step in $steps; do
     case $step in
     kernels)
-        for t in $gpu_tests; do
+        # TESTS: "binary[:filter] …" (default: every GPU test binary of the bundle, unfiltered).
+        for entry in ${TESTS:-$gpu_tests}; do
+            t=${entry%%:*} filter=""
+            [[ $entry == *:* ]] && filter=${entry#*:}
             [[ -x gpu-bundle/$t ]] || continue
-            echo "== $t: kernels vs the interpreter (tests/$t.rs, --ignored)"
-            timeout 200 "gpu-bundle/$t" --ignored --test-threads=1 --skip gpu_timings 2>&1 | tee "$out/test-$t.log" \
+            echo "== $t $filter: kernels vs the interpreter (tests/$t.rs, --ignored)"
+            # shellcheck disable=SC2086
+            timeout 200 "gpu-bundle/$t" --ignored --test-threads=1 --skip gpu_timings $filter 2>&1 | tee "$out/test-$t${filter:+-$filter}.log" \
                 | grep -E "^test |test result|panicked|assert|worst" | head -30
         done
         ;;

@@ -9,7 +9,7 @@
 #     kernels  the GPU tests against the interpreter: tests/decoder_kernels_gpu.rs (every decoder
 #              kernel), tests/skinny_gpu.rs (skinny, segmented and GLU GEMMs), tests/codegen_ops.rs
 #              (row and element-wise kernels), tests/check_decoder_gpu.rs (`qfuse check` on plans);
-#              TESTS="binary[:name filter] …" picks some')
+#              TESTS="binary[:name filter] …" picks some
 #     compile  a plan per recipe of PLANS (--max-seq 1024 --max-batch 64)
 #     check    `qfuse check` of each plan against the interpreter on the same steps: a prefill
 #              and a decode step kernel by kernel, greedy tokens of 8 prompts, teacher-forced

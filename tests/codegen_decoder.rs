@@ -14,7 +14,7 @@ use qfuse::codegen::ops::decoder::{self, CacheRead, PagedAttentionSpec};
 use qfuse::codegen::{memory, nvrtc, sample};
 use qfuse::generate::sample::{choose, uniform, Sampling, MAX_TOP_K};
 use qfuse::import::decoder::{self as dec, DecoderOptions, KvFormat};
-use qfuse::ir::{self, DType, Graph, NodeId, Op};
+use qfuse::ir::{self, AttnRope, DType, Graph, NodeId, Op, RopePairs};
 use qfuse::passes::{pipeline, MemoryWeights, PassCx};
 use qfuse::plan::{DimExpr, Scalar};
 
@@ -536,6 +536,83 @@ fn paged_attention_variants_compile() {
     assert!(no_batch.validate().unwrap_err().contains("largest batch"), "{no_batch:?}");
     assert!(decoder::split_combine_kernel(4, 64, 0, DType::F16, DimExpr::sym("B")).is_err());
     assert!(decoder::split_combine_kernel(4, 64, 4, DType::I8, DimExpr::sym("B")).is_err());
+}
+
+/// The tensor-core prefill (paged_prefill.cu): every supported variant (f16 and bf16 operands,
+/// float, FP8, INT8 and NVFP4 caches read via q's dtype, D = 32, 64, 128, G = 1..8, pages of 16 to
+/// 128 keys, with and without the query RoPE) compiles to sm_90a with mma.sync and PDL entry; the
+/// specs it declines name the reason and keep paged_attention's prefill variant.
+#[test]
+fn paged_prefill_variants_compile() {
+    let rope = AttnRope { theta: 10000.0, pairs: RopePairs::Half, llama3: None, keys: false };
+    let cases = [
+        (DType::F16, CacheRead::Float(DType::F16), 9, 3, 64, 16, None),
+        (DType::BF16, CacheRead::Float(DType::BF16), 32, 8, 128, 64, None),
+        (DType::F16, CacheRead::Codes { storage: DType::F8E4M3, via: DType::F16 }, 32, 8, 128, 16, None),
+        (DType::F16, CacheRead::Codes { storage: DType::F8E4M3, via: DType::F16 }, 9, 3, 64, 32, Some(rope)),
+        (DType::BF16, CacheRead::Codes { storage: DType::I8, via: DType::BF16 }, 8, 1, 64, 128, None),
+        (DType::F16, CacheRead::Codes { storage: DType::F8E5M2, via: DType::F16 }, 4, 2, 32, 16, Some(rope)),
+        (DType::F16, CacheRead::Nvfp4 { via: DType::F16 }, 9, 3, 64, 32, Some(rope)),
+        (DType::BF16, CacheRead::Nvfp4 { via: DType::BF16 }, 32, 8, 128, 16, None),
+    ];
+    for (q, cache, heads, kv_heads, head_dim, page_size, rope) in cases {
+        for out in [q, DType::F32] {
+            let spec = PagedAttentionSpec {
+                heads,
+                kv_heads,
+                head_dim,
+                q,
+                out,
+                cache,
+                scale: 1.0 / (head_dim as f32).sqrt(),
+                paged: PagedKv { page_size, max_pages: 128 },
+                decode: false,
+                splits: 0,
+                max_batch: 0,
+                rope,
+            };
+            spec.tensor_core_support().unwrap_or_else(|e| panic!("{spec:?}: {e}"));
+            assert!(spec.prefill_q_tokens() * spec.group() <= decoder::PREFILL_ROWS);
+            assert!(spec.prefill_smem_bytes() <= decoder::MAX_SMEM);
+            let k = spec.prefill_kernel(DimExpr::sym("B"), DimExpr::sym("S")).unwrap_or_else(|e| panic!("{spec:?}: {e}"));
+            assert_eq!((k.template, k.block, k.pdl), ("paged_prefill", [decoder::PREFILL_THREADS, 1, 1], true));
+            assert_eq!(k.grid[1], DimExpr::Const(u64::from(kv_heads)));
+            let mma = if q == DType::BF16 { "m16n8k16.row.col.f32.bf16" } else { "m16n8k16.row.col.f32.f16" };
+            assert!(k.source.contains(mma) && k.source.contains(&format!("#define QF_ROPE {}", u8::from(rope.is_some()))));
+            compile(&k);
+        }
+    }
+    // Declined: the reason names the constraint.
+    let ok = PagedAttentionSpec {
+        heads: 32,
+        kv_heads: 8,
+        head_dim: 128,
+        q: DType::F16,
+        out: DType::F16,
+        cache: CacheRead::Float(DType::F16),
+        scale: 0.088,
+        paged: PAGED,
+        decode: false,
+        splits: 0,
+        max_batch: 0,
+        rope: None,
+    };
+    assert!(ok.tensor_core_support().is_ok());
+    let declined = [
+        (PagedAttentionSpec { decode: true, ..ok }, "decode"),
+        (PagedAttentionSpec { q: DType::F32, out: DType::F32, cache: CacheRead::Float(DType::F32), ..ok }, "f16 or bf16"),
+        (PagedAttentionSpec { cache: CacheRead::Float(DType::BF16), ..ok }, "not exact"),
+        (PagedAttentionSpec { cache: CacheRead::Codes { storage: DType::F8E4M3, via: DType::F32 }, ..ok }, "not exact"),
+        (PagedAttentionSpec { heads: 16, head_dim: 256, ..ok }, "head size"),
+        (PagedAttentionSpec { head_dim: 24, ..ok }, "head size"),
+        (PagedAttentionSpec { paged: PagedKv { page_size: 24, max_pages: 8 }, ..ok }, "k16"),
+        (PagedAttentionSpec { heads: 65 * 8, ..ok }, "rows"),
+    ];
+    for (spec, why) in declined {
+        let e = spec.tensor_core_support().unwrap_err();
+        assert!(e.contains(why), "{spec:?}: {e}");
+        assert!(spec.prefill_kernel(DimExpr::sym("B"), DimExpr::sym("S")).is_err());
+    }
 }
 
 #[test]

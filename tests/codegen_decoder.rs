@@ -280,7 +280,7 @@ fn an_nvfp4_cache_appends_codes_and_block_scales_and_every_kernel_compiles() {
     let node = nodes_of(&g, "causal_attention").next().unwrap();
     let l = launches(&cx(&g), node);
     let templates: Vec<&str> = l.iter().map(|l| l.kernel.template).collect();
-    assert_eq!(templates, ["kv_append", "paged_attention", "paged_attention"], "the split decode attention merges itself");
+    assert_eq!(templates, ["kv_append", "paged_attention", "paged_prefill"], "the split decode attention merges itself");
     let append = &l[0];
     assert!(append.kernel.source.contains("#define QF_SCALES 1") && append.kernel.source.contains("#define QF_R 2"));
     assert!(append.kernel.source.contains("typedef uint32_t SP;") && append.kernel.source.contains("#define QF_RS 1"));
@@ -301,7 +301,8 @@ fn an_nvfp4_cache_appends_codes_and_block_scales_and_every_kernel_compiles() {
         assert_eq!(f32_args(attention), [0.0078125, 0.0078125]);
         let src = &attention.kernel.source;
         assert!(src.contains("#define QF_NVFP4 1") && src.contains("typedef qf_u8 CT_"), "{src}");
-        assert!(src.contains("qf_round_f16(__fmul_rn(qf_round_f16(x[n]), global))"));
+        // paged_load.cuh's NVFP4 loader: via(via(code · block scale) · global), via = f16.
+        assert!(src.contains("#define QF_VIA(x) qf_round_f16(x)") && src.contains("QF_VIA(__fmul_rn(QF_VIA(x[n]), global))"));
     }
     let program = lower_graph_paged(&g, 90, LowerOptions::default(), Some(PAGED)).unwrap_or_else(|e| panic!("{e}"));
     let mem = memory::plan(&g, &program);
@@ -357,7 +358,7 @@ fn fused_query_rope_over_an_nvfp4_cache_lowers_and_compiles() {
     assert_eq!((g.nodes[node].inputs.len(), g.nodes[node].outputs.len()), (10, 1));
     let l = launches(&cx(&g), node);
     let templates: Vec<&str> = l.iter().map(|l| l.kernel.template).collect();
-    assert_eq!(templates, ["kv_append", "paged_attention", "paged_attention"]);
+    assert_eq!(templates, ["kv_append", "paged_attention", "paged_prefill"]);
     let append = &l[0].kernel.source;
     assert!(append.contains("#define QF_ROPE 0") && append.contains("#define QF_SCALES 1"), "{append}");
     assert!(!l[0].args.iter().any(|a| matches!(a, Arg::Scalar(Scalar::F32(_)))), "no k_scale: the append does not rotate");
@@ -409,7 +410,8 @@ fn past_inputs_get_no_arena_storage_and_every_kernel_compiles() {
     }
     let templates: Vec<&str> = program.launches().map(|(_, l)| l.kernel.template).collect();
     assert_eq!(templates.iter().filter(|t| **t == "kv_append").count(), 1);
-    assert_eq!(templates.iter().filter(|t| **t == "paged_attention").count(), 2);
+    assert_eq!(templates.iter().filter(|t| **t == "paged_attention").count(), 1, "decode");
+    assert_eq!(templates.iter().filter(|t| **t == "paged_prefill").count(), 1, "prefill from f16 on tensor cores");
     assert_eq!(templates.iter().filter(|t| **t == "split_combine").count(), 0, "the split attention merges itself");
     assert_eq!(templates.iter().filter(|t| **t == "rope").count(), 1);
     for k in program.kernels() {
@@ -454,10 +456,10 @@ fn a_cache_of_one_tile_keeps_the_unsplit_decode_kernel() {
     let attention: Vec<&Launch> = program
         .launches()
         .map(|(_, l)| l)
-        .filter(|l| ["kv_append", "paged_attention", "split_combine"].contains(&l.kernel.template))
+        .filter(|l| ["kv_append", "paged_attention", "paged_prefill", "split_combine"].contains(&l.kernel.template))
         .collect();
     let templates: Vec<&str> = attention.iter().map(|l| l.kernel.template).collect();
-    assert_eq!(templates, ["kv_append", "paged_attention", "paged_attention"]);
+    assert_eq!(templates, ["kv_append", "paged_attention", "paged_prefill"]);
     assert!(attention[1].kernel.source.contains("#define QF_SPLITS 0") && attention[1].kernel.source.contains("#define QF_TK 128"));
     assert!(attention.iter().all(|l| !l.args.iter().any(|a| matches!(a, Arg::SplitScratch { .. }))));
     compile(&attention[1].kernel);

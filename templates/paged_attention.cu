@@ -83,6 +83,7 @@ static_assert(QF_SPLITS <= QF_TK, "the merge weights [G][SPLITS] fit the score t
 #define QF_NVFP4 {{nvfp4}}
 
 #define QF_VIA(x) {{via}}(x)
+#define QF_RAW_TILE 0  // f32 tiles with padded (unaligned) rows
 {{paged_load}}
 
 #if QF_ROPE

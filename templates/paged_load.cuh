@@ -1,8 +1,9 @@
 // qfuse paged KV-cache tile loaders, shared by paged_attention.cu and paged_prefill.cu (inlined
 // as `{{paged_load}}`; no placeholders of its own). The including template defines CT_ (cache
 // storage trait), QF_KV, QF_PAGE, QF_D, QF_TK, QF_THREADS, QF_EP, QF_PACKS, QF_INFLIGHT, QF_CODES,
-// QF_NVFP4 and QF_VIA(x), the rounding of a dequantized element (the cache's `via` dtype; identity
-// for f32). The loaders write each element as DT::store(value) into a tile of DT elements: qf_f32
+// QF_NVFP4, QF_VIA(x), the rounding of a dequantized element (the cache's `via` dtype; identity
+// for f32), and QF_RAW_TILE: 1 when the tile's dtype DT is the cache's own float dtype and rows
+// are 16-byte aligned, so qf_load_tile copies the 16-byte packs as they are. The loaders write each element as DT::store(value) into a tile of DT elements: qf_f32
 // for the CUDA-core kernel, the compute dtype (qf_f16, qf_bf16) for the tensor-core prefill, which
 // takes only caches whose values its dtype holds exactly (PagedAttentionSpec::tensor_core_support).
 
@@ -45,9 +46,17 @@ QF_DEVICE void qf_load_tile(const CT_::T* __restrict__ pool, const int* __restri
             if (pk < QF_PACKS) {
                 const int j = pk * QF_EP / QF_D, d0 = pk * QF_EP % QF_D;
                 typename DT::T* row = dst + j * ld + d0;
+#if QF_RAW_TILE
+                // The tile's dtype is the cache's (a float cache of q's dtype): its bits, one
+                // 16-byte store (the caller's rows are 16-byte aligned).
+                static_assert(sizeof(typename DT::T) == sizeof(CT_::T), "a raw tile holds the cache's own elements");
+                (void)scale;
+                *reinterpret_cast<uint4*>(row) = w[u];
+#else
                 const CT_::T* e = reinterpret_cast<const CT_::T*>(&w[u]);
 #pragma unroll
                 for (int v = 0; v < QF_EP; ++v) row[v] = DT::store(qf_cache_value(e[v], scale));
+#endif
             }
         }
     }

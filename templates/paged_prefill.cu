@@ -22,7 +22,8 @@
 // PAGE = {{page_size}}); per tile:
 //   1. K and V [TK, D] are dequantized into shared memory in Q's dtype by paged_load.cuh's loaders
 //      (those of paged_attention.cu: QF_INFLIGHT 16-byte loads in flight per thread, each key's
-//      page found in the page table; keys past the range are zero);
+//      page found in the page table; keys past the range are zero; a cache of Q's own dtype is
+//      copied 16 bytes at a time);
 //   2. S = Q·Kᵀ on tensor cores (Q's A fragments stay in registers for the whole kernel; K's B
 //      fragments are 32-bit shared loads), f32, times the score scale (__fmul_rn), causally
 //      masked to −∞ (key past the row's position or past the range);
@@ -78,6 +79,8 @@ static_assert(QF_TK % 16 == 0 && QF_D % 16 == 0, "keys and head size are whole k
 static_assert(sizeof(QT_::T) == 2, "the MMA operands are f16 or bf16");
 
 #define QF_VIA(x) {{via}}(x)
+// A cache of q's own dtype is copied into the tiles as it is (rows of D + 8 elements: 16-byte aligned).
+#define QF_RAW_TILE {{raw_tile}}
 {{paged_load}}
 
 #if QF_ROPE

@@ -581,6 +581,8 @@ fn paged_prefill_variants_compile() {
             assert_eq!(k.grid[1], DimExpr::Const(u64::from(kv_heads)));
             let mma = if q == DType::BF16 { "m16n8k16.row.col.f32.bf16" } else { "m16n8k16.row.col.f32.f16" };
             assert!(k.source.contains(mma) && k.source.contains(&format!("#define QF_ROPE {}", u8::from(rope.is_some()))));
+            // A cache of q's own dtype is copied into the tiles as it is.
+            assert_eq!(k.source.contains("#define QF_RAW_TILE 1"), cache == CacheRead::Float(q), "{spec:?}");
             compile(&k);
         }
     }

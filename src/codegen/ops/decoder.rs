@@ -542,6 +542,7 @@ impl PagedAttentionSpec {
             ("threads", PREFILL_THREADS.to_string()),
             ("bf16", u8::from(self.q == DType::BF16).to_string()),
             ("mma_doc", self.q.to_string()),
+            ("raw_tile", u8::from(self.cache == CacheRead::Float(self.q)).to_string()),
         ]);
         let source = PAGED_PREFILL.render(&values).map_err(|e| e.to_string())?;
         let grid = [seq.ceil_div(u64::from(qt)), DimExpr::Const(u64::from(self.kv_heads)), batch];

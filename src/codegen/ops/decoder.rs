@@ -30,10 +30,10 @@
 //!      scales are arguments (1 for float caches; NVFP4: the global scales, and the block-scale
 //!      pools `ks_pool, vs_pool` are two more pointer parameters at the end), so every layer of
 //!      one shape shares the kernel.
-//!   2b. The prefill guard (`S > 1`) runs `paged_prefill` (`templates/paged_prefill.cu`) instead
+//!      The prefill guard (`S > 1`) runs `paged_prefill` (`templates/paged_prefill.cu`) instead
 //!      wherever [`PagedAttentionSpec::tensor_core_support`] allows (f16/bf16 q, a cache whose
 //!      values q's dtype holds exactly, D a multiple of 16 up to 128, G ≤ 64, tiles of whole
-//!      k16 steps): the same parameters as 2., grid `(ceil_div(S, QT), KV, B)` with QT =
+//!      k16 steps): the same parameters, grid `(ceil_div(S, QT), KV, B)` with QT =
 //!      [`PagedAttentionSpec::prefill_q_tokens`], block [`PREFILL_THREADS`], dynamic shared
 //!      memory [`PagedAttentionSpec::prefill_smem_bytes`]; both products on mma.sync tensor
 //!      cores, the K/V tiles dequantized by the same loaders (`templates/paged_load.cuh`).

@@ -82,51 +82,9 @@ static_assert(QF_SPLITS <= QF_TK, "the merge weights [G][SPLITS] fit the score t
 #define QF_ROPE_ADJ {{rope_adjacent}}
 #define QF_NVFP4 {{nvfp4}}
 
-// The value of one cache element: {{cache_doc}}.
-QF_DEVICE float qf_cache_value(CT_::T code, float scale) {
-    const float f = CT_::load(code);
-#if QF_CODES
-    return {{via}}(__fmul_rn(f, scale));
-#else
-    (void)scale;
-    return f;
-#endif
-}
-
-// Dequantizes the K or V elements of keys t0 .. t0 + TK − 1 into `dst` ([TK][ld] f32): key t lives
-// in page table[t / PAGE], slot t % PAGE, a contiguous row of D elements (HND within a page).
-// Keys at or past t0 + live are zero (never read from memory). Each thread issues up to
-// QF_INFLIGHT independent 16-byte loads (packs pk, pk + THREADS, …) before converting any, so
-// several loads per thread are in flight instead of one.
-QF_DEVICE void qf_load_tile(const CT_::T* __restrict__ pool, const int* __restrict__ table, int g, long long t0, int live,
-                            float* dst, int ld, float scale) {
-    for (int base = threadIdx.x; base < QF_PACKS; base += QF_THREADS * QF_INFLIGHT) {
-        uint4 w[QF_INFLIGHT];
-#pragma unroll
-        for (int u = 0; u < QF_INFLIGHT; ++u) {
-            const int pk = base + u * QF_THREADS;
-            const int j = pk * QF_EP / QF_D, d0 = pk * QF_EP % QF_D;
-            w[u] = make_uint4(0u, 0u, 0u, 0u);  // all-zero bits: 0 in every cache format
-            if (pk < QF_PACKS && j < live) {
-                const long long t = t0 + j;
-                const long long page = table[t / QF_PAGE];
-                const long long at = ((page * QF_KV + g) * QF_PAGE + t % QF_PAGE) * QF_D + d0;
-                w[u] = *reinterpret_cast<const uint4*>(pool + at);
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < QF_INFLIGHT; ++u) {
-            const int pk = base + u * QF_THREADS;
-            if (pk < QF_PACKS) {
-                const int j = pk * QF_EP / QF_D, d0 = pk * QF_EP % QF_D;
-                float* row = dst + j * ld + d0;
-                const CT_::T* e = reinterpret_cast<const CT_::T*>(&w[u]);
-#pragma unroll
-                for (int v = 0; v < QF_EP; ++v) row[v] = qf_cache_value(e[v], scale);
-            }
-        }
-    }
-}
+#define QF_VIA(x) {{via}}(x)
+#define QF_RAW_TILE 0  // f32 tiles with padded (unaligned) rows
+{{paged_load}}
 
 #if QF_ROPE
 // RoPE on load (fuse-rope): q arrives unrotated; element d of the query row x at position pos is
@@ -137,56 +95,6 @@ QF_DEVICE float qf_rope_query(const QT_::T* x, int d, long long pos) {
     const double angle = static_cast<double>(pos) * qf_inv_freq[qf_rope_pair<QF_D, QF_ROPE_ADJ>(d)];
     return qf_round<QT_>(qf_rope_element<QT_, QF_D, QF_ROPE_ADJ>(x, d, angle));
 }
-#endif
-
-#if QF_NVFP4
-// E2M1 codes per 16-byte pack, and packs of one K or V tile.
-#define QF_NV_EP 32
-#define QF_NV_PACKS (QF_TK * QF_D / QF_NV_EP)
-static_assert(QF_D % QF_NV_EP == 0, "an NVFP4 row is whole 16-byte packs");
-
-// qf_load_tile for an NVFP4 cache: codes from `pool`, the E4M3 block scales from `scales` (one
-// byte per 16 codes, same page and slot), `global` the per-tensor scale.
-QF_DEVICE void qf_load_tile_nvfp4(const uint8_t* __restrict__ pool, const uint8_t* __restrict__ scales,
-                                  const int* __restrict__ table, int g, long long t0, int live, float* dst, int ld, float global) {
-    for (int base = threadIdx.x; base < QF_NV_PACKS; base += QF_THREADS * QF_INFLIGHT) {
-        uint4 w[QF_INFLIGHT];
-        uint16_t sc[QF_INFLIGHT];
-#pragma unroll
-        for (int u = 0; u < QF_INFLIGHT; ++u) {
-            const int pk = base + u * QF_THREADS;
-            const int j = pk * QF_NV_EP / QF_D, d0 = pk * QF_NV_EP % QF_D;
-            w[u] = make_uint4(0u, 0u, 0u, 0u);  // code 0 under scale 0: value 0
-            sc[u] = 0;
-            if (pk < QF_NV_PACKS && j < live) {
-                const long long t = t0 + j;
-                const long long page = table[t / QF_PAGE];
-                const long long at = ((page * QF_KV + g) * QF_PAGE + t % QF_PAGE) * QF_D + d0;  // element index
-                w[u] = *reinterpret_cast<const uint4*>(pool + at / 2);
-                sc[u] = *reinterpret_cast<const uint16_t*>(scales + at / 16);
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < QF_INFLIGHT; ++u) {
-            const int pk = base + u * QF_THREADS;
-            if (pk < QF_NV_PACKS) {
-                const int j = pk * QF_NV_EP / QF_D, d0 = pk * QF_NV_EP % QF_D;
-                float* row = dst + j * ld + d0;
-                const uint32_t words[4] = {w[u].x, w[u].y, w[u].z, w[u].w};
-#pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                    float x[8];
-                    qf_e2m1x8_scaled(words[q], qf_e4m3_to_f32(static_cast<uint8_t>(sc[u] >> (8 * (q / 2)))), x);
-#pragma unroll
-                    for (int n = 0; n < 8; ++n) row[q * 8 + n] = {{via}}(__fmul_rn({{via}}(x[n]), global));
-                }
-            }
-        }
-    }
-}
-#define QF_NV_PARAMS , const uint8_t* __restrict__ ks_pool, const uint8_t* __restrict__ vs_pool
-#else
-#define QF_NV_PARAMS
 #endif
 
 // Element k of the outputs this thread owns: row r, column d; false past the live rows.
@@ -306,11 +214,11 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
         const int live = static_cast<int>(hi - first < QF_TK ? hi - first : QF_TK);
         __syncthreads();  // the previous tile is consumed (and Q, m, l are written)
 #if QF_NVFP4
-        qf_load_tile_nvfp4(k_pool, ks_pool, table, g, first, live, Ks, QF_KLD, k_scale);
-        qf_load_tile_nvfp4(v_pool, vs_pool, table, g, first, live, Vs, QF_D, v_scale);
+        qf_load_tile_nvfp4<qf_f32>(k_pool, ks_pool, table, g, first, live, Ks, QF_KLD, k_scale);
+        qf_load_tile_nvfp4<qf_f32>(v_pool, vs_pool, table, g, first, live, Vs, QF_D, v_scale);
 #else
-        qf_load_tile(k_pool, table, g, first, live, Ks, QF_KLD, k_scale);
-        qf_load_tile(v_pool, table, g, first, live, Vs, QF_D, v_scale);
+        qf_load_tile<qf_f32>(k_pool, table, g, first, live, Ks, QF_KLD, k_scale);
+        qf_load_tile<qf_f32>(v_pool, table, g, first, live, Vs, QF_D, v_scale);
 #endif
         __syncthreads();
         // Scores, causally masked.

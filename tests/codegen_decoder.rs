@@ -14,7 +14,7 @@ use qfuse::codegen::ops::decoder::{self, CacheRead, PagedAttentionSpec};
 use qfuse::codegen::{memory, nvrtc, sample};
 use qfuse::generate::sample::{choose, uniform, Sampling, MAX_TOP_K};
 use qfuse::import::decoder::{self as dec, DecoderOptions, KvFormat};
-use qfuse::ir::{self, DType, Graph, NodeId, Op};
+use qfuse::ir::{self, AttnRope, DType, Graph, NodeId, Op, RopePairs};
 use qfuse::passes::{pipeline, MemoryWeights, PassCx};
 use qfuse::plan::{DimExpr, Scalar};
 
@@ -280,7 +280,7 @@ fn an_nvfp4_cache_appends_codes_and_block_scales_and_every_kernel_compiles() {
     let node = nodes_of(&g, "causal_attention").next().unwrap();
     let l = launches(&cx(&g), node);
     let templates: Vec<&str> = l.iter().map(|l| l.kernel.template).collect();
-    assert_eq!(templates, ["kv_append", "paged_attention", "paged_attention"], "the split decode attention merges itself");
+    assert_eq!(templates, ["kv_append", "paged_attention", "paged_prefill"], "the split decode attention merges itself");
     let append = &l[0];
     assert!(append.kernel.source.contains("#define QF_SCALES 1") && append.kernel.source.contains("#define QF_R 2"));
     assert!(append.kernel.source.contains("typedef uint32_t SP;") && append.kernel.source.contains("#define QF_RS 1"));
@@ -301,7 +301,8 @@ fn an_nvfp4_cache_appends_codes_and_block_scales_and_every_kernel_compiles() {
         assert_eq!(f32_args(attention), [0.0078125, 0.0078125]);
         let src = &attention.kernel.source;
         assert!(src.contains("#define QF_NVFP4 1") && src.contains("typedef qf_u8 CT_"), "{src}");
-        assert!(src.contains("qf_round_f16(__fmul_rn(qf_round_f16(x[n]), global))"));
+        // paged_load.cuh's NVFP4 loader: via(via(code · block scale) · global), via = f16.
+        assert!(src.contains("#define QF_VIA(x) qf_round_f16(x)") && src.contains("QF_VIA(__fmul_rn(QF_VIA(x[n]), global))"));
     }
     let program = lower_graph_paged(&g, 90, LowerOptions::default(), Some(PAGED)).unwrap_or_else(|e| panic!("{e}"));
     let mem = memory::plan(&g, &program);
@@ -357,7 +358,7 @@ fn fused_query_rope_over_an_nvfp4_cache_lowers_and_compiles() {
     assert_eq!((g.nodes[node].inputs.len(), g.nodes[node].outputs.len()), (10, 1));
     let l = launches(&cx(&g), node);
     let templates: Vec<&str> = l.iter().map(|l| l.kernel.template).collect();
-    assert_eq!(templates, ["kv_append", "paged_attention", "paged_attention"]);
+    assert_eq!(templates, ["kv_append", "paged_attention", "paged_prefill"]);
     let append = &l[0].kernel.source;
     assert!(append.contains("#define QF_ROPE 0") && append.contains("#define QF_SCALES 1"), "{append}");
     assert!(!l[0].args.iter().any(|a| matches!(a, Arg::Scalar(Scalar::F32(_)))), "no k_scale: the append does not rotate");
@@ -409,7 +410,8 @@ fn past_inputs_get_no_arena_storage_and_every_kernel_compiles() {
     }
     let templates: Vec<&str> = program.launches().map(|(_, l)| l.kernel.template).collect();
     assert_eq!(templates.iter().filter(|t| **t == "kv_append").count(), 1);
-    assert_eq!(templates.iter().filter(|t| **t == "paged_attention").count(), 2);
+    assert_eq!(templates.iter().filter(|t| **t == "paged_attention").count(), 1, "decode");
+    assert_eq!(templates.iter().filter(|t| **t == "paged_prefill").count(), 1, "prefill from f16 on tensor cores");
     assert_eq!(templates.iter().filter(|t| **t == "split_combine").count(), 0, "the split attention merges itself");
     assert_eq!(templates.iter().filter(|t| **t == "rope").count(), 1);
     for k in program.kernels() {
@@ -454,10 +456,10 @@ fn a_cache_of_one_tile_keeps_the_unsplit_decode_kernel() {
     let attention: Vec<&Launch> = program
         .launches()
         .map(|(_, l)| l)
-        .filter(|l| ["kv_append", "paged_attention", "split_combine"].contains(&l.kernel.template))
+        .filter(|l| ["kv_append", "paged_attention", "paged_prefill", "split_combine"].contains(&l.kernel.template))
         .collect();
     let templates: Vec<&str> = attention.iter().map(|l| l.kernel.template).collect();
-    assert_eq!(templates, ["kv_append", "paged_attention", "paged_attention"]);
+    assert_eq!(templates, ["kv_append", "paged_attention", "paged_prefill"]);
     assert!(attention[1].kernel.source.contains("#define QF_SPLITS 0") && attention[1].kernel.source.contains("#define QF_TK 128"));
     assert!(attention.iter().all(|l| !l.args.iter().any(|a| matches!(a, Arg::SplitScratch { .. }))));
     compile(&attention[1].kernel);
@@ -536,6 +538,85 @@ fn paged_attention_variants_compile() {
     assert!(no_batch.validate().unwrap_err().contains("largest batch"), "{no_batch:?}");
     assert!(decoder::split_combine_kernel(4, 64, 0, DType::F16, DimExpr::sym("B")).is_err());
     assert!(decoder::split_combine_kernel(4, 64, 4, DType::I8, DimExpr::sym("B")).is_err());
+}
+
+/// The tensor-core prefill (paged_prefill.cu): every supported variant (f16 and bf16 operands,
+/// float, FP8, INT8 and NVFP4 caches read via q's dtype, D = 32, 64, 128, G = 1..8, pages of 16 to
+/// 128 keys, with and without the query RoPE) compiles to sm_90a with mma.sync and PDL entry; the
+/// specs it declines name the reason and keep paged_attention's prefill variant.
+#[test]
+fn paged_prefill_variants_compile() {
+    let rope = AttnRope { theta: 10000.0, pairs: RopePairs::Half, llama3: None, keys: false };
+    let cases = [
+        (DType::F16, CacheRead::Float(DType::F16), 9, 3, 64, 16, None),
+        (DType::BF16, CacheRead::Float(DType::BF16), 32, 8, 128, 64, None),
+        (DType::F16, CacheRead::Codes { storage: DType::F8E4M3, via: DType::F16 }, 32, 8, 128, 16, None),
+        (DType::F16, CacheRead::Codes { storage: DType::F8E4M3, via: DType::F16 }, 9, 3, 64, 32, Some(rope)),
+        (DType::BF16, CacheRead::Codes { storage: DType::I8, via: DType::BF16 }, 8, 1, 64, 128, None),
+        (DType::F16, CacheRead::Codes { storage: DType::F8E5M2, via: DType::F16 }, 4, 2, 32, 16, Some(rope)),
+        (DType::F16, CacheRead::Nvfp4 { via: DType::F16 }, 9, 3, 64, 32, Some(rope)),
+        (DType::BF16, CacheRead::Nvfp4 { via: DType::BF16 }, 32, 8, 128, 16, None),
+    ];
+    for (q, cache, heads, kv_heads, head_dim, page_size, rope) in cases {
+        for out in [q, DType::F32] {
+            let spec = PagedAttentionSpec {
+                heads,
+                kv_heads,
+                head_dim,
+                q,
+                out,
+                cache,
+                scale: 1.0 / (head_dim as f32).sqrt(),
+                paged: PagedKv { page_size, max_pages: 128 },
+                decode: false,
+                splits: 0,
+                max_batch: 0,
+                rope,
+            };
+            spec.tensor_core_support().unwrap_or_else(|e| panic!("{spec:?}: {e}"));
+            assert!(spec.prefill_q_tokens() * spec.group() <= decoder::PREFILL_ROWS);
+            assert!(spec.prefill_smem_bytes() <= decoder::MAX_SMEM);
+            let k = spec.prefill_kernel(DimExpr::sym("B"), DimExpr::sym("S")).unwrap_or_else(|e| panic!("{spec:?}: {e}"));
+            assert_eq!((k.template, k.block, k.pdl), ("paged_prefill", [decoder::PREFILL_THREADS, 1, 1], true));
+            assert_eq!(k.grid[1], DimExpr::Const(u64::from(kv_heads)));
+            let mma = if q == DType::BF16 { "m16n8k16.row.col.f32.bf16" } else { "m16n8k16.row.col.f32.f16" };
+            assert!(k.source.contains(mma) && k.source.contains(&format!("#define QF_ROPE {}", u8::from(rope.is_some()))));
+            // A cache of q's own dtype is copied into the tiles as it is.
+            assert_eq!(k.source.contains("#define QF_RAW_TILE 1"), cache == CacheRead::Float(q), "{spec:?}");
+            compile(&k);
+        }
+    }
+    // Declined: the reason names the constraint.
+    let ok = PagedAttentionSpec {
+        heads: 32,
+        kv_heads: 8,
+        head_dim: 128,
+        q: DType::F16,
+        out: DType::F16,
+        cache: CacheRead::Float(DType::F16),
+        scale: 0.088,
+        paged: PAGED,
+        decode: false,
+        splits: 0,
+        max_batch: 0,
+        rope: None,
+    };
+    assert!(ok.tensor_core_support().is_ok());
+    let declined = [
+        (PagedAttentionSpec { decode: true, ..ok }, "decode"),
+        (PagedAttentionSpec { q: DType::F32, out: DType::F32, cache: CacheRead::Float(DType::F32), ..ok }, "f16 or bf16"),
+        (PagedAttentionSpec { cache: CacheRead::Float(DType::BF16), ..ok }, "not exact"),
+        (PagedAttentionSpec { cache: CacheRead::Codes { storage: DType::F8E4M3, via: DType::F32 }, ..ok }, "not exact"),
+        (PagedAttentionSpec { heads: 16, head_dim: 256, ..ok }, "head size"),
+        (PagedAttentionSpec { head_dim: 24, ..ok }, "head size"),
+        (PagedAttentionSpec { paged: PagedKv { page_size: 24, max_pages: 8 }, ..ok }, "k16"),
+        (PagedAttentionSpec { heads: 65 * 8, ..ok }, "rows"),
+    ];
+    for (spec, why) in declined {
+        let e = spec.tensor_core_support().unwrap_err();
+        assert!(e.contains(why), "{spec:?}: {e}");
+        assert!(spec.prefill_kernel(DimExpr::sym("B"), DimExpr::sym("S")).is_err());
+    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The decoder kernels on a GPU against the reference interpreter (issue 13): `rope`, the paged
 //! `causal_attention` (kv_append + paged_attention over shuffled pages, float, FP8 and NVFP4 caches,
-//! prefill and decode, the decode split over key ranges and merged by its last CTAs, bit for bit
+//! prefill (from f16 / bf16 on the tensor-core paged_prefill, at SmolLM2's and Llama-3-8B's head
+//! layouts too) and decode, the decode split over key ranges and merged by its last CTAs, bit for bit
 //! as the two-launch split_combine, RoPE fused into both by `fuse-rope`, into the queries only over
 //! NVFP4), the sampler against `generate::sample::choose`, and a whole SmolLM2 decoder plan
 //! generating the same logits with programmatic dependent launch on and off. Needs an NVIDIA GPU
@@ -100,25 +101,38 @@ fn input(g: &Graph, name: &str) -> ValueId {
 /// dtype) and the rotated (for codes: quantized) keys are the second result.
 const FUSED_ROPE: &str = ", rope(theta=10000, pairs=half, keys)";
 
-/// One attention layer: q (`compute`), this step's k and v `[B,S,2,64]` and the cache
-/// `[B,P,2,64]` (`cache`, up to `past_max` cached positions; both token-major), GQA 8:2, D 64.
-/// With `rope` ([`FUSED_ROPE`]) k is unrotated in `compute` and the attention's second result
-/// (`%7`) is the `present.k.0` update.
-fn attention_graph(compute: &str, cache: &str, codes: &str, rope: &str, seq_max: u64, past_max: u64) -> Graph {
+/// The head layout of an attention case: query heads, KV heads (the group G = heads / kv), head size.
+#[derive(Clone, Copy, Debug)]
+struct Gqa {
+    heads: usize,
+    kv: usize,
+    d: usize,
+}
+
+/// The layout most cases use: GQA 8:2 (G = 4), D 64.
+const GQA_8_2: Gqa = Gqa { heads: 8, kv: 2, d: 64 };
+
+/// One attention layer of `shape` (default [`GQA_8_2`]): q (`compute`) `[B,S,H·D]`, this step's k
+/// and v `[B,S,KV,D]` and the cache `[B,P,KV,D]` (`cache`, up to `past_max` cached positions; both
+/// token-major), score scale 1/√D. With `rope` ([`FUSED_ROPE`]) k is unrotated in `compute` and
+/// the attention's second result (`%7`) is the `present.k.0` update.
+fn attention_graph(compute: &str, cache: &str, codes: &str, rope: &str, shape: Gqa, seq_max: u64, past_max: u64) -> Graph {
+    let Gqa { heads, kv, d } = shape;
+    let (width, scale) = (heads * d, 1.0 / (d as f32).sqrt());
     let (k_dtype, results, present_k) = if rope.is_empty() { (cache, "%6", "%4") } else { (compute, "%6, %7", "%7") };
-    let k_result = if rope.is_empty() { String::new() } else { format!(", {cache}[B,S,2,64]") };
+    let k_result = if rope.is_empty() { String::new() } else { format!(", {cache}[B,S,{kv},{d}]") };
     let text = format!(
         r#"graph "attn" {{
   sym B max=4
   sym S max={seq_max}
   sym P max={past_max}
-  %0 = input "q" : {compute}[B,S,512]
+  %0 = input "q" : {compute}[B,S,{width}]
   %1 = input "cache_len" : i64[B]
-  %2 = input "past.k.0" : {cache}[B,P,2,64]
-  %3 = input "past.v.0" : {cache}[B,P,2,64]
-  %4 = input "k" : {k_dtype}[B,S,2,64]
-  %5 = input "v" : {cache}[B,S,2,64]
-  {results} = causal_attention %0, %4, %5, %2, %3, %1 {{heads=8, kv_heads=2, scale=0.125{codes}{rope}}} : {compute}[B,S,512]{k_result}
+  %2 = input "past.k.0" : {cache}[B,P,{kv},{d}]
+  %3 = input "past.v.0" : {cache}[B,P,{kv},{d}]
+  %4 = input "k" : {k_dtype}[B,S,{kv},{d}]
+  %5 = input "v" : {cache}[B,S,{kv},{d}]
+  {results} = causal_attention %0, %4, %5, %2, %3, %1 {{heads={heads}, kv_heads={kv}, scale={scale:e}{codes}{rope}}} : {compute}[B,S,{width}]{k_result}
   return "o" = %6, "present.k.0" = {present_k}, "present.v.0" = %5
   state "past.k.0" append "present.k.0" axis=1
   state "past.v.0" append "present.v.0" axis=1
@@ -171,10 +185,15 @@ fn nvfp4_attention_graph(rope: &str, seq_max: u64, past_max: u64) -> Graph {
 /// ([`decoder::decode_splits`]). With `rope` ([`FUSED_ROPE`]) k is unrotated and the appended keys
 /// and the second result must be the interpreter's rotated (quantized) keys.
 fn attention_case(compute: DType, cache: DType, codes: &str, rope: &str, seq: usize, lens: &[i64]) -> f32 {
-    let (kv, d, h) = (2usize, 64usize, 8usize);
+    gqa_attention_case(compute, cache, codes, rope, GQA_8_2, seq, lens)
+}
+
+/// [`attention_case`] with the head layout `shape`.
+fn gqa_attention_case(compute: DType, cache: DType, codes: &str, rope: &str, shape: Gqa, seq: usize, lens: &[i64]) -> f32 {
+    let Gqa { heads: h, kv, d } = shape;
     let past = (*lens.iter().max().expect("a sequence") as usize).max(300);
     let batch = lens.len();
-    let g = attention_graph(compute.name(), cache.name(), codes, rope, 16, past as u64);
+    let g = attention_graph(compute.name(), cache.name(), codes, rope, shape, seq.max(16) as u64, past as u64);
     let scale = if cache.is_quantized_storage() { 200.0 } else { 1.0 };
     let mk = |dt: DType, shape: Vec<usize>, seed: u64, s: f32| {
         let n = shape.iter().product();
@@ -241,7 +260,10 @@ struct Slot {
 /// |GPU − interpreter| of o.
 fn run_attention(g: &Graph, inputs: &[(&str, Tensor)], compute: DType, seq: usize, lens: &[i64], past: usize) -> f32 {
     const PAGE: u32 = 16;
-    let (kv, d, h) = (2usize, 64usize, 8usize);
+    // The head layout from the operands: past.k.0 [B, P, KV, D], q [B, S, H·D].
+    let operand = |name: &str| &inputs.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no input {name}")).1;
+    let (kv, d) = (operand("past.k.0").shape[2], operand("past.k.0").shape[3]);
+    let h = operand("q").shape[2] / d;
     let max_pages = ((past + seq).div_ceil(PAGE as usize) as u32).max(24);
     let paged = PagedKv { page_size: PAGE, max_pages };
     let batch = lens.len();
@@ -327,7 +349,10 @@ fn run_attention(g: &Graph, inputs: &[(&str, Tensor)], compute: DType, seq: usiz
         program.launches().map(|(_, l)| l).filter(|l| l.when.as_ref().is_none_or(|w| w.holds(&syms).unwrap())).collect();
     let templates: Vec<&str> = launches.iter().map(|l| l.kernel.template).collect();
     let split = seq == 1 && decoder::decode_splits(kv as u32, paged) > 1;
-    assert_eq!(templates, ["kv_append", "paged_attention"]);
+    // Prefill (S > 1) from f16 / bf16 runs on the tensor-core kernel (every cache these tests
+    // use is read via q's dtype); f32 and decode on paged_attention.
+    let attention = if seq > 1 && compute != DType::F32 { "paged_prefill" } else { "paged_attention" };
+    assert_eq!(templates, ["kv_append", attention]);
     if split {
         let splits = decoder::decode_splits(kv as u32, paged) as usize;
         assert!(counter_bytes >= 4 * 4 * kv && scratch_bytes >= counter_bytes + 4 * h * splits * (d + 2) * 4);
@@ -423,6 +448,37 @@ fn paged_attention_matches_the_interpreter() {
             assert!(diff <= tol, "{compute}/{cache} S={seq}: {diff} > {tol}");
         }
     }
+}
+
+/// The tensor-core prefill (paged_prefill) against the interpreter at the model shapes of issue
+/// 13: SmolLM2 (9 heads over 3 KV heads, G = 3, D = 64) and Llama-3-8B (32 over 8, G = 4, D = 128),
+/// f16 over f16 and FP8 E4M3 caches, chunked prefill (cache_len > 0: 37 and 283 in one batch, so a
+/// chunk's keys span cached pages and its own) for S = 1 (the decode path, for contrast) up to 300
+/// (several 64-key tiles per CTA, partial CTAs of 21 / 16 tokens, a row block's last rows dead).
+/// run_attention checks that S > 1 launches paged_prefill.
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90) and NVRTC"]
+fn tensor_core_prefill_matches_the_interpreter() {
+    let lens = [37i64, 283];
+    let codes = ", codes(k_scale=0.0009765625,v_scale=0.001953125,via=f16)";
+    let shapes = [Gqa { heads: 9, kv: 3, d: 64 }, Gqa { heads: 32, kv: 8, d: 128 }];
+    let cases: [(DType, DType, &str, f32); 3] =
+        [(DType::F16, DType::F16, "", 2e-3), (DType::F16, DType::F8E4M3, codes, 1e-3), (DType::BF16, DType::BF16, "", 1.6e-2)];
+    for shape in shapes {
+        for (compute, cache, codes, tol) in cases {
+            for seq in [1usize, 2, 17, 64, 65, 300] {
+                let diff = gqa_attention_case(compute, cache, codes, "", shape, seq, &lens);
+                println!("paged_prefill {shape:?} {compute} over a {cache} cache, S = {seq}: max |GPU − interpreter| = {diff:e}");
+                assert!(
+                    diff <= tol,
+                    "paged_prefill {shape:?} {compute}/{cache} S={seq} cache_len {lens:?}: worst |GPU − interpreter| {diff} > {tol}"
+                );
+            }
+        }
+    }
+    // Fused query RoPE on the tensor-core path (G = 3, D = 64).
+    let diff = gqa_attention_case(DType::F16, DType::F16, "", FUSED_ROPE, shapes[0], 100, &lens);
+    assert!(diff <= 2e-3, "paged_prefill fused rope {:?} f16/f16 S=100: worst |GPU − interpreter| {diff} > 2e-3", shapes[0]);
 }
 
 /// `fuse-rope`'s attention: paged_attention rotates the query rows as it loads them and kv_append

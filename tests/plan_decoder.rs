@@ -47,7 +47,7 @@ fn smollm2_fp16_plan_holds_a_paged_generator() {
     for layer in guarded.chunks(2) {
         let kernel = |i: usize| &m.kernels[m.schedule[i].kernel as usize];
         let templates: Vec<&str> = layer.iter().map(|&i| kernel(i).template.as_str()).collect();
-        assert_eq!(templates, ["paged_attention", "paged_attention"]);
+        assert_eq!(templates, ["paged_attention", "paged_prefill"], "prefill from f16 on tensor cores");
         let runs: Vec<bool> = layer.iter().map(|&i| m.guard_of(i).unwrap().holds(&at_decode).unwrap()).collect();
         assert_eq!(runs, [true, false], "the split attention at decode, prefill above");
         // SmolLM2's 3 KV heads: ceil(264 / 3) ranges, capped at the 256 / 64 = 4 tiles of a sequence.
@@ -155,11 +155,13 @@ fn smollm2_plan_with_an_nvfp4_kv_cache_holds_the_format() {
     let appends: Vec<&qfuse::plan::LaunchMeta> =
         m.schedule.iter().filter(|l| m.kernels[l.kernel as usize].template == "kv_append").collect();
     assert_eq!(appends.len(), 30);
-    assert!(m.kernels.iter().filter(|k| k.template == "paged_attention").all(|k| k.source.contains("#define QF_NVFP4 1")));
+    let attentions = || m.kernels.iter().filter(|k| ["paged_attention", "paged_prefill"].contains(&k.template.as_str()));
+    assert_eq!(attentions().filter(|k| k.template == "paged_prefill").count(), 1, "one tensor-core prefill kernel for all layers");
+    assert!(attentions().all(|k| k.source.contains("#define QF_NVFP4 1")));
     assert!(m.inputs.iter().all(|i| !i.name.starts_with("past.")));
     // fuse-rope: every attention rotates its queries as it loads them; the keys' rope stays, one
     // launch per layer (NVFP4 keys are block-quantized before the append, which only copies).
-    assert!(m.kernels.iter().filter(|k| k.template == "paged_attention").all(|k| k.source.contains("#define QF_ROPE 1")));
+    assert!(attentions().all(|k| k.source.contains("#define QF_ROPE 1")));
     assert!(m.kernels.iter().filter(|k| k.template == "kv_append").all(|k| k.source.contains("#define QF_ROPE 0")));
     let ropes = m.schedule.iter().filter(|l| m.kernels[l.kernel as usize].template == "rope").count();
     assert_eq!(ropes, 30, "the key ropes");

@@ -61,6 +61,7 @@ pub const PDL_TEMPLATES: &[&str] = &[
     "layernorm",
     "mean_pool",
     "paged_attention",
+    "paged_prefill",
     "quantize",
     "rope",
     "sample",

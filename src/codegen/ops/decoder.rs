@@ -1,5 +1,6 @@
 //! Decoder ops: `rope` (`templates/rope.cu`) and `causal_attention` over the runtime's paged KV
-//! cache (`templates/kv_append.cu`, then `templates/paged_attention.cu`). Each template's header
+//! cache (`templates/kv_append.cu`, then `templates/paged_attention.cu`, or for prefill on tensor
+//! cores `templates/paged_prefill.cu`). Each template's header
 //! is its full design; docs/codegen.md "Decoder kernels" summarises them.
 //!
 //! - `rope x, cache_len` → one launch, signature `(x, cache_len, y, long long rows, long long S)`,
@@ -29,6 +30,13 @@
 //!      scales are arguments (1 for float caches; NVFP4: the global scales, and the block-scale
 //!      pools `ks_pool, vs_pool` are two more pointer parameters at the end), so every layer of
 //!      one shape shares the kernel.
+//!      The prefill guard (`S > 1`) runs `paged_prefill` (`templates/paged_prefill.cu`) instead
+//!      wherever [`PagedAttentionSpec::tensor_core_support`] allows (f16/bf16 q, a cache whose
+//!      values q's dtype holds exactly, D a multiple of 16 up to 128, G ≤ 64, tiles of whole
+//!      k16 steps): the same parameters, grid `(ceil_div(S, QT), KV, B)` with QT =
+//!      [`PagedAttentionSpec::prefill_q_tokens`], block [`PREFILL_THREADS`], dynamic shared
+//!      memory [`PagedAttentionSpec::prefill_smem_bytes`]; both products on mma.sync tensor
+//!      cores, the K/V tiles dequantized by the same loaders (`templates/paged_load.cuh`).
 //!   3. Split-KV decode (when [`decode_splits`] ≥ 2, replacing the unsplit decode variant of 2.):
 //!      `paged_attention(q, k_pool, v_pool, page_table, cache_len, o, scratch, long long S, float
 //!      k_scale, float v_scale)` with grid `(SPLITS, KV, B)`, guarded `S ≤ 1`, writes f32
@@ -50,6 +58,9 @@ use crate::plan::{DimExpr, Guard, ParamType, Scalar};
 const ROPE: Template = Template { name: "rope.cu", text: include_str!("../../../templates/rope.cu") };
 const KV_APPEND: Template = Template { name: "kv_append.cu", text: include_str!("../../../templates/kv_append.cu") };
 const PAGED_ATTENTION: Template = Template { name: "paged_attention.cu", text: include_str!("../../../templates/paged_attention.cu") };
+const PAGED_PREFILL: Template = Template { name: "paged_prefill.cu", text: include_str!("../../../templates/paged_prefill.cu") };
+/// The paged K/V tile loaders (`{{paged_load}}` of paged_attention and paged_prefill).
+const PAGED_LOAD: &str = include_str!("../../../templates/paged_load.cuh");
 const SPLIT_COMBINE: Template = Template { name: "split_combine.cu", text: include_str!("../../../templates/split_combine.cu") };
 /// The merge of split-KV partial records (`{{split_merge}}` of paged_attention and split_combine).
 const SPLIT_MERGE: &str = include_str!("../../../templates/split_merge.cuh");
@@ -60,6 +71,13 @@ pub const ROPE_THREADS: u32 = 128;
 pub const APPEND_THREADS: u32 = 256;
 /// Threads of a paged_attention CTA.
 pub const ATTN_THREADS: u32 = 128;
+/// Threads of a paged_prefill CTA: 4 warps, one m16 block of query rows each.
+pub const PREFILL_THREADS: u32 = 128;
+/// Query rows (tokens × heads of a KV group) of one paged_prefill CTA: 16 per warp.
+pub const PREFILL_ROWS: u32 = PREFILL_THREADS / 32 * 16;
+/// Largest head size paged_prefill takes (its f32 output fragments and Q fragments live in
+/// registers: 3·D/2 + TK/2 per thread).
+pub const PREFILL_MAX_HEAD_DIM: u32 = 128;
 /// Most query rows (tokens × heads of a KV group) one paged_attention CTA serves.
 pub const MAX_ROWS: u32 = 64;
 /// Keys per tile of the decode variant (at least; whole pages); the prefill variant's tiles
@@ -387,9 +405,10 @@ impl PagedAttentionSpec {
         p
     }
 
-    /// Renders the kernel for `batch` sequences of `seq` query tokens.
-    pub fn kernel(&self, batch: DimExpr, seq: DimExpr) -> Result<KernelDef, String> {
-        self.validate()?;
+    /// The template values paged_attention.cu and paged_prefill.cu share: dtype traits, shape,
+    /// paging, how the cache is read (`codes`, `via`, `cache_doc`, the loaders), the score scale
+    /// and the query RoPE (prelude included).
+    fn common_values(&self) -> Vec<(&'static str, String)> {
         let trait_of = |d: DType| dtype_trait(d).expect("validated dtype").to_string();
         let (codes, via, cache_doc) = match self.cache {
             CacheRead::Float(d) => ("0", String::new(), format!("{d} values, read exactly")),
@@ -404,9 +423,6 @@ impl PagedAttentionSpec {
         };
         // An NVFP4 pool is addressed in bytes (qf_load_tile_nvfp4); the generic loader sees bytes.
         let c_t = if self.cache.block_scaled() { "qf_u8".to_string() } else { trait_of(self.cache.storage()) };
-        let qt = self.q_tokens();
-        // The scratch is written and read by several CTAs: no __restrict__.
-        let out_param = if self.splits > 0 { "OT_::T* __restrict__ out, float* scratch" } else { "OT_::T* __restrict__ out" };
         let (rope, rope_adjacent, rope_doc, inv_freq) = match &self.rope {
             None => ("0", "false", String::new(), "0".to_string()),
             Some(r) => {
@@ -415,7 +431,7 @@ impl PagedAttentionSpec {
                 ("1", adjacent, doc.to_string(), frequency_table(&r.op(self.heads), self.head_dim as usize))
             }
         };
-        let values = with_prelude(vec![
+        with_prelude(vec![
             ("q_t", trait_of(self.q)),
             ("o_t", trait_of(self.out)),
             ("c_t", c_t),
@@ -424,29 +440,113 @@ impl PagedAttentionSpec {
             ("kv_heads", self.kv_heads.to_string()),
             ("group", self.group().to_string()),
             ("head_dim", self.head_dim.to_string()),
-            ("q_tokens", qt.to_string()),
             ("page_size", self.paged.page_size.to_string()),
             ("tile_keys", self.tile_keys().to_string()),
             ("max_pages", self.paged.max_pages.to_string()),
-            ("threads", ATTN_THREADS.to_string()),
             ("codes", codes.to_string()),
             ("via", via),
             ("cache_doc", cache_doc),
             ("scale_bits", format!("{:#010x}", self.scale.to_bits())),
-            ("splits", self.splits.to_string()),
-            ("out_param", out_param.to_string()),
-            ("counter_words", (self.split_counter_bytes() / 4).to_string()),
-            ("split_merge", SPLIT_MERGE.to_string()),
+            ("paged_load", PAGED_LOAD.to_string()),
             ("inflight", LOADS_IN_FLIGHT.to_string()),
             ("rope", rope.to_string()),
             ("rope_adjacent", rope_adjacent.to_string()),
             ("rope_doc", rope_doc),
             ("inv_freq", inv_freq),
+        ])
+    }
+
+    /// Renders the kernel for `batch` sequences of `seq` query tokens.
+    pub fn kernel(&self, batch: DimExpr, seq: DimExpr) -> Result<KernelDef, String> {
+        self.validate()?;
+        let qt = self.q_tokens();
+        // The scratch is written and read by several CTAs: no __restrict__.
+        let out_param = if self.splits > 0 { "OT_::T* __restrict__ out, float* scratch" } else { "OT_::T* __restrict__ out" };
+        let mut values = self.common_values();
+        values.extend([
+            ("q_tokens", qt.to_string()),
+            ("threads", ATTN_THREADS.to_string()),
+            ("splits", self.splits.to_string()),
+            ("out_param", out_param.to_string()),
+            ("counter_words", (self.split_counter_bytes() / 4).to_string()),
+            ("split_merge", SPLIT_MERGE.to_string()),
         ]);
         let source = PAGED_ATTENTION.render(&values).map_err(|e| e.to_string())?;
         let x = if self.splits > 0 { DimExpr::Const(u64::from(self.splits)) } else { seq.ceil_div(u64::from(qt)) };
         let grid = [x, DimExpr::Const(u64::from(self.kv_heads)), batch];
         Ok(finish_kernel("paged_attention", source, grid, [ATTN_THREADS, 1, 1], self.smem_bytes(), params(&self.params())))
+    }
+
+    /// Why the tensor-core prefill (`templates/paged_prefill.cu`) cannot serve this spec, or
+    /// `Ok` when it can. It takes the prefill variant (not decode, no split) of a valid spec
+    /// whose q is f16 or bf16 (the MMA operand dtype; an f32 q keeps the CUDA-core kernel, whose
+    /// f32 products it would round) and whose cache values that dtype holds exactly: a cache of
+    /// q's own dtype, or codes / NVFP4 read `via` q's dtype (a cache of the other 16-bit dtype,
+    /// or read via f32, would be rounded on the way into the tile); head sizes that are whole
+    /// k16 steps up to [`PREFILL_MAX_HEAD_DIM`] (D = 64, 128: SmolLM2, Llama); groups of at
+    /// most [`PREFILL_ROWS`] heads; tiles ([`Self::tile_keys`]) of whole k16 steps (pages of
+    /// 16, 32, 64, 128 keys; not e.g. 24). Every other spec keeps paged_attention.cu's prefill
+    /// variant.
+    pub fn tensor_core_support(&self) -> Result<(), String> {
+        self.validate()?;
+        if self.decode || self.splits > 0 {
+            return Err("the decode variants stay on paged_attention".into());
+        }
+        if !matches!(self.q, DType::F16 | DType::BF16) {
+            return Err(format!("q is {}; the tensor-core prefill takes f16 or bf16 operands", self.q));
+        }
+        let exact = match self.cache {
+            CacheRead::Float(d) => d == self.q,
+            CacheRead::Codes { via, .. } | CacheRead::Nvfp4 { via } => via == self.q,
+        };
+        if !exact {
+            return Err(format!("a cache read as {:?} is not exact in q's {}", self.cache, self.q));
+        }
+        if self.head_dim % 16 != 0 || self.head_dim > PREFILL_MAX_HEAD_DIM {
+            return Err(format!("head size {}: the tensor-core prefill takes multiples of 16 up to {PREFILL_MAX_HEAD_DIM}", self.head_dim));
+        }
+        if self.group() > PREFILL_ROWS {
+            return Err(format!("{} query heads per KV head exceed the {PREFILL_ROWS} rows of a CTA", self.group()));
+        }
+        if self.tile_keys() % 16 != 0 {
+            return Err(format!("{}-key tiles (pages of {}) are not whole k16 steps", self.tile_keys(), self.paged.page_size));
+        }
+        if self.prefill_smem_bytes() > MAX_SMEM {
+            return Err(format!("{} bytes of shared memory exceed {MAX_SMEM}", self.prefill_smem_bytes()));
+        }
+        Ok(())
+    }
+
+    /// Query tokens per paged_prefill CTA: as many whole groups as fit [`PREFILL_ROWS`].
+    pub fn prefill_q_tokens(&self) -> u32 {
+        (PREFILL_ROWS / self.group().max(1)).max(1)
+    }
+
+    /// Dynamic shared memory of paged_prefill: Q `[PREFILL_ROWS][D+8]`, K and V `[TK][D+8]`, in
+    /// q's 16-bit dtype.
+    pub fn prefill_smem_bytes(&self) -> u32 {
+        2 * (PREFILL_ROWS + 2 * self.tile_keys()) * (self.head_dim + 8)
+    }
+
+    /// Renders the tensor-core prefill (`templates/paged_prefill.cu`) for `batch` sequences of
+    /// `seq` query tokens: the parameters of [`Self::params`] (no split), grid
+    /// `(ceil_div(S, QT), KV, B)` with QT = [`Self::prefill_q_tokens`], block
+    /// [`PREFILL_THREADS`], dynamic shared memory [`Self::prefill_smem_bytes`]. Errors with
+    /// [`Self::tensor_core_support`]'s reason.
+    pub fn prefill_kernel(&self, batch: DimExpr, seq: DimExpr) -> Result<KernelDef, String> {
+        self.tensor_core_support()?;
+        let qt = self.prefill_q_tokens();
+        let mut values = self.common_values();
+        values.extend([
+            ("q_tokens", qt.to_string()),
+            ("threads", PREFILL_THREADS.to_string()),
+            ("bf16", u8::from(self.q == DType::BF16).to_string()),
+            ("mma_doc", self.q.to_string()),
+            ("raw_tile", u8::from(self.cache == CacheRead::Float(self.q)).to_string()),
+        ]);
+        let source = PAGED_PREFILL.render(&values).map_err(|e| e.to_string())?;
+        let grid = [seq.ceil_div(u64::from(qt)), DimExpr::Const(u64::from(self.kv_heads)), batch];
+        Ok(finish_kernel("paged_prefill", source, grid, [PREFILL_THREADS, 1, 1], self.prefill_smem_bytes(), params(&self.params())))
     }
 }
 
@@ -778,7 +878,14 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
     if max_batch > 65535 {
         return Err(err("batch exceeds the grid limit 65535".into()));
     }
-    let prefill = spec.kernel(batch.clone(), seq.clone()).map_err(&err)?;
+    // The prefill attention: on tensor cores where paged_prefill supports the spec
+    // ([`PagedAttentionSpec::tensor_core_support`] names why not), else paged_attention's
+    // CUDA-core prefill variant.
+    let prefill = match spec.tensor_core_support() {
+        Ok(()) => spec.prefill_kernel(batch.clone(), seq.clone()),
+        Err(_) => spec.kernel(batch.clone(), seq.clone()),
+    }
+    .map_err(&err)?;
     let key_rope = a.rope.filter(|r| r.keys).map(|rope| KeyRope { rope, keys: g.ty(k).dtype });
     let append =
         kv_append_rope_kernel(storage, a.kv_heads, head_dim, paged, [batch.clone(), seq.clone()], key_rope.as_ref()).map_err(&err)?;

@@ -169,7 +169,13 @@ impl SkinnySpec {
         let want = (SMS * WARPS_PER_SM).div_ceil(blocks).clamp(4, 16).min(runs);
         // A divisor of the runs (every warp the same work) unless that would halve the warps.
         let divisor = (1..=want).rev().find(|w| runs % w == 0).unwrap_or(1);
-        let warps = if divisor * 2 > want { divisor } else { want };
+        let mut warps = if divisor * 2 > want { divisor } else { want };
+        // Stage 2 splits the output tile's 4-column chunks evenly over the threads (a row of 4-bit
+        // codes at K = 576 has 5 steps: 3 runs, and 3 warps would not split 128 chunks).
+        let chunks = u64::from(16 * 16 * col_tiles / 4);
+        while warps > 1 && chunks % chunks.min(32 * warps) != 0 {
+            warps -= 1;
+        }
         Self { n, k, operands, col_tiles, warps: warps as u32, unroll }
     }
 

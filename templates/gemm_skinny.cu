@@ -16,6 +16,16 @@
 //                                                 tiled GEMMs)
 //
 // The kernels differ from the interpreter only in the order of the f32 sums (I8: not at all).
+//
+// Norm prologue (PROLOGUE != 0; src/codegen/ops/prologue.rs, the `prologue` flag of an RMSNorm):
+// A is not the activation operand but the norm's input x [M, K] (PX elements), and the operand is
+//   a[m,k] = PY(f32(f64(x[m,k]) * inv[m]) * gamma[k])       (PROLOGUE 1: ACT = PY)
+//   a[m,k] = cast_E4M3(a_PY[m,k] / QSCALE) (2), cast_I8(a_PY[m,k] / QSCALE) (3)
+// with inv[m] = 1 / sqrt(sum_k x[m,k]^2 / K + eps) in f64 (qf_rms_inv) and the element rounding
+// of qf_rms_element: the norm kernel's arithmetic (ops.cuh, qf_row_main NORM 2 and QUANT 1), so
+// only the order of the f64 sum of squares differs. Every block computes inv for the M rows
+// (warp w: rows w, w + WARPS, ...) after qf_pdl_enter, then normalises each activation chunk as it
+// loads it. GAMMA [K] (PG elements) and QSCALE are the last two parameters. Requires K % 8 == 0.
 // A is [M,K] row-major (the IR's [.., M, K] flattened), ACT (Wide, Wonly) or bytes (E4M3, I8); B
 // is [N,K] row-major: ACT, bytes, or Wonly codes (I8, U8, E4M3 bytes; I4, U4, E2M1 two per byte
 // along K, element 0 in the low nibble) with the scale / zero point layout of gemm_wonly.cu.
@@ -60,6 +70,7 @@
 // 16 rows, EPI_THREADS threads, 4 consecutive columns per thread).
 
 {{prelude}}
+{{ops}}
 
 namespace qf_skinny {
 
@@ -81,6 +92,11 @@ constexpr int SCALE_COLS = (K + SCALE_K - 1) / SCALE_K;
 constexpr int CT = {{col_tiles}};  // 16-column tiles per block (and per warp)
 constexpr int WARPS = {{warps}};  // warps splitting K
 constexpr int UNROLL = {{unroll}};  // consecutive 64-byte steps per warp run
+constexpr int PROLOGUE = {{prologue}};  // 0: A is the operand; 1: RMSNorm to ACT; 2: + E4M3; 3: + I8
+typedef {{pro_x}} PX;                   // PROLOGUE: x's dtype trait (ops.cuh)
+typedef {{pro_gamma}} PG;               // PROLOGUE: gamma's
+typedef {{pro_y}} PY;                   // PROLOGUE: the norm's result (`via`) dtype
+QF_DEVICE double pro_eps() { return static_cast<double>({{pro_eps}}); }  // PROLOGUE: the norm's f32 epsilon
 
 constexpr bool INT8 = KIND == Kind::I8;
 constexpr bool NIBBLES = KIND == Kind::Wonly && (CODE == Code::I4 || CODE == Code::U4 || CODE == Code::E2M1);
@@ -105,6 +121,10 @@ static_assert(ROW_BYTES % 16 == 0 && N % BN == 0, "whole 16-byte chunks per weig
 // activations, so their MMAs add exact zeros).
 QF_DEVICE bool chunk_live(int st, int q) { return st < STEPS && st * 64 + 16 * q < ROW_BYTES; }
 static_assert(SCALE_K % 16 == 0 && SCALE_ROWS >= 1, "16 consecutive codes share one scale");
+static_assert(PROLOGUE == 0 || K % 8 == 0, "the prologue loads x and gamma 8 elements at a time");
+static_assert(PROLOGUE != 1 || (KIND == Kind::Wide || KIND == Kind::Wonly), "an ACT prologue feeds f16 / bf16 MMAs");
+static_assert(PROLOGUE != 2 || KIND == Kind::E4M3, "an E4M3 prologue feeds E4M3 operands");
+static_assert(PROLOGUE != 3 || KIND == Kind::I8, "an I8 prologue feeds I8 operands");
 static_assert((BM * BN / VEC) % EPI_THREADS == 0, "even epilogue split");
 
 // The accumulator type: exact s32 sums for I8, f32 otherwise.
@@ -194,12 +214,74 @@ QF_DEVICE void mma_chunk(T (&d)[4], const uint4& c, const uint4& c8, const uint4
     }
 }
 
+// ---- norm prologue ------------------------------------------------------------------------------
+
+// What the mainloop needs of the prologue: gamma, the rows' inv (shared memory), the quantize scale.
+struct Prologue {
+    const uint8_t* gamma;
+    const double* inv;
+    float scale;
+};
+
+// inv[m] for rows m < M (warp w takes rows w, w + WARPS, ...): the f64 sum of x^2 over the row,
+// lane-strided in 8-element vectors, then a butterfly over the warp.
+QF_DEVICE void prologue_rows(double* inv, const uint8_t* X, int M, int warp, int lane) {
+    const typename PX::T* x = reinterpret_cast<const typename PX::T*>(X);
+#pragma unroll 1
+    for (int m = warp; m < M; m += WARPS) {
+        double s = 0.0;
+#pragma unroll 1
+        for (int v = lane; v < K / 8; v += 32) {
+            float e[8];
+            qf_load_vec<PX, 8>(x + (size_t)m * K + 8 * v, e);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) s += static_cast<double>(e[i]) * static_cast<double>(e[i]);
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) inv[m] = qf_rms_inv(s, static_cast<double>(K), pro_eps());
+    }
+}
+
+// The operand chunk of activation row `row` at k0 .. k0 + EPC - 1 (row < M), normalised (and
+// quantized) from x: X_CHUNKS 16-byte pieces, as the plain load would have read them.
+QF_DEVICE void prologue_chunk(uint4 (&out)[X_CHUNKS], const uint8_t* X, const Prologue& p, int row, int k0) {
+    const typename PX::T* x = reinterpret_cast<const typename PX::T*>(X) + (size_t)row * K + k0;
+    const typename PG::T* gamma = reinterpret_cast<const typename PG::T*>(p.gamma) + k0;
+    const double inv = p.inv[row];
+    float y[EPC];
+#pragma unroll
+    for (int j = 0; j < EPC / 8; ++j) {
+        float xv[8], gv[8];
+        qf_load_vec<PX, 8>(x + 8 * j, xv);
+        qf_load_vec<PG, 8>(gamma + 8 * j, gv);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) y[8 * j + i] = qf_rms_element<PY>(xv[i], inv, gv[i]);
+    }
+    if constexpr (PROLOGUE == 1) {
+#pragma unroll
+        for (int c = 0; c < X_CHUNKS; ++c) {
+            qf_pack<uint16_t, 8> k;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) k.e[i] = PY::store(y[8 * c + i]);
+            out[c] = *reinterpret_cast<const uint4*>(&k);
+        }
+    } else {
+        qf_pack<uint8_t, 16> k;
+#pragma unroll
+        for (int i = 0; i < 16; ++i) {
+            k.e[i] = PROLOGUE == 2 ? qf_quantize_e4m3(y[i], p.scale) : static_cast<uint8_t>(qf_quantize_i8(y[i], p.scale));
+        }
+        out[0] = *reinterpret_cast<const uint4*>(&k);
+    }
+}
+
 // ---- mainloop ----------------------------------------------------------------------------------
 
 // This warp's runs of steps into acc[CT][NT] (NT n8 tiles of activation rows).
 template <int NT>
 QF_DEVICE void mainloop(Acc (&acc)[CT][NT][4], const uint8_t* A, const uint8_t* B, const float* scale, const uint8_t* zp,
-                        int n0, int M, int warp, int lane) {
+                        const Prologue& pro, int n0, int M, int warp, int lane) {
     const int g = lane >> 2;
     const int q = lane & 3;
     const uint4 zero4 = make_uint4(0u, 0u, 0u, 0u);
@@ -240,9 +322,19 @@ QF_DEVICE void mainloop(Acc (&acc)[CT][NT][4], const uint8_t* A, const uint8_t* 
             for (int nt = 0; nt < NT; ++nt) {
                 const int row = nt * 8 + g;
                 uint4 x[X_CHUNKS];
-                const uint4* xp = reinterpret_cast<const uint4*>(A + ((size_t)row * K + k0) * X_BYTES);
+                const bool live = row < M && chunk_live(st, q);
+                if constexpr (PROLOGUE != 0) {
+                    if (live) {
+                        prologue_chunk(x, A, pro, row, k0);
+                    } else {
 #pragma unroll
-                for (int i = 0; i < X_CHUNKS; ++i) x[i] = row < M && chunk_live(st, q) ? __ldg(xp + i) : zero4;
+                        for (int i = 0; i < X_CHUNKS; ++i) x[i] = zero4;
+                    }
+                } else {
+                    const uint4* xp = reinterpret_cast<const uint4*>(A + ((size_t)row * K + k0) * X_BYTES);
+#pragma unroll
+                    for (int i = 0; i < X_CHUNKS; ++i) x[i] = live ? __ldg(xp + i) : zero4;
+                }
 #pragma unroll
                 for (int ct = 0; ct < CT; ++ct) mma_chunk(acc[ct][nt], c[u][ct][0], c[u][ct][1], x, s[u][ct], z[u][ct]);
             }
@@ -275,8 +367,8 @@ QF_DEVICE void stage_partial(float* tile, const Acc (&acc)[CT][NT][4], int lane)
 
 // Mainloop for NT activation n8 tiles, then stage 1 of the epilogue into the warp's tile.
 template <int NT>
-QF_DEVICE void run(float* tiles, const uint8_t* A, const uint8_t* B, const float* scale, const uint8_t* zp, int n0, int M,
-                   int warp, int lane) {
+QF_DEVICE void run(float* tiles, const uint8_t* A, const uint8_t* B, const float* scale, const uint8_t* zp,
+                   const Prologue& pro, int n0, int M, int warp, int lane) {
     Acc acc[CT][NT][4];
 #pragma unroll
     for (int ct = 0; ct < CT; ++ct)
@@ -284,7 +376,7 @@ QF_DEVICE void run(float* tiles, const uint8_t* A, const uint8_t* B, const float
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[ct][nt][e] = 0;
-    mainloop<NT>(acc, A, B, scale, zp, n0, M, warp, lane);
+    mainloop<NT>(acc, A, B, scale, zp, pro, n0, M, warp, lane);
     stage_partial<NT>(tiles + warp * BM * OUT_STRIDE, acc, lane);
 }
 
@@ -325,10 +417,16 @@ extern "C" __global__ void __launch_bounds__(THREADS)
     const int m0 = 0;
     const int n0 = blockIdx.x * BN;
     const uint8_t* a_bytes = reinterpret_cast<const uint8_t*>(A);
+    __shared__ double row_inv[PROLOGUE != 0 ? BM : 1];
+    if constexpr (PROLOGUE != 0) {
+        prologue_rows(row_inv, a_bytes, M < BM ? M : BM, warp, lane);
+        __syncthreads();
+    }
+    const Prologue pro = { {{pro_gamma_arg}}, row_inv, {{pro_scale_arg}} };
     if (M <= 8) {
-        run<1>(tile, a_bytes, B, {{scale}}, {{zp}}, n0, M, warp, lane);
+        run<1>(tile, a_bytes, B, {{scale}}, {{zp}}, pro, n0, M, warp, lane);
     } else {
-        run<2>(tile, a_bytes, B, {{scale}}, {{zp}}, n0, M, warp, lane);
+        run<2>(tile, a_bytes, B, {{scale}}, {{zp}}, pro, n0, M, warp, lane);
     }
     __syncthreads();
     reduce_partials(tile, tid, M < BM ? M : BM);

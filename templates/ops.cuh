@@ -81,6 +81,17 @@ QF_DEVICE float qf_round(float f) {
     return D::load(D::store(f));
 }
 
+// ---- RMSNorm ---------------------------------------------------------------------------------------
+// The interpreter's rms_norm: inv = 1 / sqrt(sum(x^2) / n + eps) in f64, then each element
+// round_Y(f32(f64(x) * inv) * gamma) with one f32 product. Shared by the row engine (NORM 2) and
+// the skinny GEMM's norm prologue (gemm_skinny.cu), which must compute the same values.
+QF_DEVICE double qf_rms_inv(double sum_sq, double n, double eps) { return 1.0 / sqrt(sum_sq / n + eps); }
+
+template <class Y>
+QF_DEVICE float qf_rms_element(float x, double inv, float gamma) {
+    return qf_round<Y>(__fmul_rn(static_cast<float>(static_cast<double>(x) * inv), gamma));
+}
+
 // ---- rotary embedding of one element -------------------------------------------------------------
 // Element d of a head row x[0 .. D) turned by angle `angle` = position · inv_freq[i] (f64) as the
 // interpreter's `rope` does: pairs (i, i + D/2) or, with ADJ, (2i, 2i + 1); cos and sin of the f64
@@ -378,17 +389,14 @@ QF_DEVICE void qf_row_main(const qf_row_args<C>& a) {
                     const double d = static_cast<double>(v[j][i]);
                     s += d * d;
                 }
-        const double ms = qf_group_reduce<C::WPR, false>(s, red) / count;
-        const double inv = 1.0 / sqrt(ms + C::eps());
+        const double inv = qf_rms_inv(qf_group_reduce<C::WPR, false>(s, red), count, C::eps());
 #pragma unroll
         for (int j = 0; j < NV; ++j) {
             const long long k = t + j * TPR;
             if (k >= nvec) continue;
             if constexpr (!C::PREFETCH) qf_load_vec<typename C::G>(a.gamma + k * VEC, gv[j]);
 #pragma unroll
-            for (int i = 0; i < VEC; ++i) {
-                v[j][i] = qf_round<typename C::Y>(__fmul_rn(static_cast<float>(static_cast<double>(v[j][i]) * inv), gv[j][i]));
-            }
+            for (int i = 0; i < VEC; ++i) v[j][i] = qf_rms_element<typename C::Y>(v[j][i], inv, gv[j][i]);
         }
     } else if constexpr (C::NORM == 5) {  // x * gamma, as the interpreter's `mul`: f32 product, one rounding
 #pragma unroll

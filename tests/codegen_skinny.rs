@@ -71,5 +71,6 @@ fn generated_source_snapshot() {
     assert!(k.source.contains("constexpr Kind KIND = Kind::Wide;"));
     let src =
         k.source.replace(&prelude, "// [prelude: templates/common.cuh + templates/math.cuh]\n").replace(&k.name, "gemm_skinny_<hash>");
+    let src = src.replace(include_str!("../templates/ops.cuh"), "// [ops: templates/ops.cuh]\n");
     settings.bind(|| insta::assert_snapshot!("codegen_skinny__f16_bias_4096x4096", src));
 }

@@ -186,6 +186,7 @@ fn generated_source_snapshots() {
         let src = k
             .source
             .replace(&prelude, "// [prelude: templates/common.cuh + templates/math.cuh]\n")
+            .replace(include_str!("../templates/ops.cuh"), "// [ops: templates/ops.cuh]\n")
             .replace(&k.name, &format!("{}_<hash>", k.name.rsplit_once('_').expect("template_hash").0));
         settings.bind(|| insta::assert_snapshot!(format!("codegen_wonly__{name}"), src));
     }

@@ -452,7 +452,7 @@ impl<'g> Gen<'g> {
             let beta = self.value_of(d, beta);
             self.add1(Op::LayerNorm { eps }, &[x, gamma, beta], None);
         } else {
-            self.add1(Op::RmsNorm { eps }, &[x, gamma], None);
+            self.add1(Op::RmsNorm { eps, prologue: false }, &[x, gamma], None);
         }
     }
 
@@ -1197,7 +1197,7 @@ fn print_is_canonical_across_arena_orders() {
         let scores = b.matmul(q, k, false, true).unwrap();
         let p = b.add1(Op::Softmax { axis: -1 }, &[scores], None).unwrap();
         let ctx = b.matmul(p, x, false, false).unwrap();
-        let h = b.add1(Op::RmsNorm { eps: 1e-6 }, &[ctx, gamma], None).unwrap();
+        let h = b.add1(Op::RmsNorm { eps: 1e-6, prologue: false }, &[ctx, gamma], None).unwrap();
         let m = b.cast(mask, DType::F32).unwrap();
         drop(b);
         g.outputs = vec![("h".into(), h), ("m".into(), m)];

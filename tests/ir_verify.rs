@@ -86,6 +86,8 @@ invalid_ir!(
     attention_fp8_via_f32,
     attention_fp8_nonpositive_p_scale,
     embed_layernorm_table_dtype,
+    prologue_norm_two_readers,
+    prologue_norm_dynamic_quantize,
 );
 
 /// Every `.ir` file in the case directory has a test above (and vice versa).

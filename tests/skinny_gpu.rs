@@ -303,3 +303,87 @@ fn glu_kernels_match_the_interpreter() {
         }
     }
 }
+
+/// `g` with its input `x` computed by an RMSNorm marked `prologue` (`fuse-norm-prologue`) of a
+/// new input `h` (f16, or bf16 for bf16 activations) and the weight `N.gamma`, with a static
+/// per-tensor quantize for E4M3 and I8 activations: the skinny kernel then normalises (and
+/// quantizes) `h` itself, and the norm's own launch is guarded `M > 16`.
+fn with_norm_prologue(g: &Graph, kind: &Kind) -> Graph {
+    use qfuse::ir::{NormKind, QuantSpec, TensorType};
+    let mut g = g.clone();
+    let x = g.inputs().into_iter().find(|(n, _)| *n == X).expect("x").1;
+    let ty = g.ty(x).clone();
+    let wide = if kind.act == DType::BF16 { DType::BF16 } else { DType::F16 };
+    let k = *ty.shape.last().expect("K");
+    let h = g.add_node(Op::Input { name: "h".into() }, &[], vec![TensorType { dtype: wide, shape: ty.shape.clone() }], None);
+    let gamma = g.add_node(Op::Weight { name: "N.gamma".into() }, &[], vec![TensorType::new(wide, [k])], None);
+    let quantized = |storage, scale| Op::NormQuantize {
+        kind: NormKind::RmsNorm,
+        eps: 1e-5,
+        via: wide,
+        quant: QuantSpec::per_tensor(storage, scale),
+        keep_normed: false,
+        prologue: true,
+    };
+    let op = match kind.act {
+        DType::F8E4M3 => quantized(DType::F8E4M3, 0.01),
+        DType::I8 => quantized(DType::I8, 0.03),
+        _ => Op::RmsNorm { eps: 1e-5, prologue: true },
+    };
+    let (h, gamma) = (g.nodes[h].outputs[0], g.nodes[gamma].outputs[0]);
+    let norm = g.add_node(op, &[h, gamma], vec![ty], Some("N".into()));
+    let y = g.nodes[norm].outputs[0];
+    g.replace_all_uses(x, y);
+    qfuse::ir::verify(&g, "prologue").unwrap_or_else(|e| panic!("{}: {e}", kind.name));
+    g
+}
+
+/// The kinds whose activations a norm prologue produces: every kind without per-row scales, and
+/// a static INT8 one.
+fn prologue_kinds() -> Vec<Kind> {
+    let i8_static =
+        Kind { name: "i8_static", act: DType::I8, weight: DType::I8, dequant: None, dynamic: false, output: None, wide: DType::F16 };
+    kinds().into_iter().filter(|k| !k.dynamic).chain([i8_static]).collect()
+}
+
+/// Runs `g` (a prologue graph of `kind`) at `m ≤ 16` rows on the interpreter and on the GPU (the
+/// skinny kernel alone) and checks every result.
+fn prologue_case(kind: &Kind, g: &Graph, k: usize, m: usize) {
+    let w = weights(g, kind, k);
+    let mut inputs = activations(kind, m, k);
+    let wide = if kind.act == DType::BF16 { DType::BF16 } else { DType::F16 };
+    inputs.push(("h", Tensor::from_f32_as(wide, vec![m, k], common::lcg_values(m * k, 11 + m as u64, 3.0))));
+    let want = interp::run(g, &w, &inputs).expect("interpreter");
+    let got = run_on_gpu(kind, g, &w, &inputs, m, "gemm_skinny");
+    assert_eq!(got.len(), want.len());
+    for ((out, got), (_, want)) in got.iter().zip(&want) {
+        let n = want.shape.last().copied().expect("N");
+        compare_as(kind, *out, got, &want.to_f32_vec(), (m, n));
+    }
+}
+
+/// The skinny kernels with an RMSNorm prologue (`fuse-norm-prologue`) against the interpreter
+/// running the norm and the GEMM as two ops: a `qmatmul` of every kind at SmolLM2's 576 → 1536 and
+/// at 1024 → 256, its Q/K/V split and its gate+up GEMM, at M = 1, 5 and 16.
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90) and NVRTC"]
+fn prologue_kernels_match_the_interpreter() {
+    for kind in prologue_kinds() {
+        for (n, k) in [(1536, 576), (256, 1024)] {
+            let g = with_norm_prologue(&graph(&kind, (n as u64, k as u64), 4096), &kind);
+            for m in [1, 5, 16] {
+                prologue_case(&kind, &g, k, m);
+            }
+        }
+        let split = with_norm_prologue(&split_graph(&kind, &widths(&kind), 576, 4096), &kind);
+        for m in [1, 16] {
+            prologue_case(&kind, &split, 576, m);
+        }
+    }
+    for kind in glu_kinds().into_iter().filter(|k| !k.dynamic) {
+        let glu = with_norm_prologue(&glu_graph(&kind, 1536, 576, 4096), &kind);
+        for m in [1, 16] {
+            prologue_case(&kind, &glu, 576, m);
+        }
+    }
+}

@@ -72,7 +72,14 @@ pub fn encode(op: &Op, extra: &[ValueId]) -> Vec<Attr> {
             }
             v
         }
-        Op::LayerNorm { eps } | Op::RmsNorm { eps } | Op::L2Normalize { eps } => vec![kv("eps", f32_num(*eps))],
+        Op::LayerNorm { eps } | Op::L2Normalize { eps } => vec![kv("eps", f32_num(*eps))],
+        Op::RmsNorm { eps, prologue } => {
+            let mut v = vec![kv("eps", f32_num(*eps))];
+            if *prologue {
+                v.push(kv("prologue", ident("true")));
+            }
+            v
+        }
         Op::Softmax { axis } => vec![kv("axis", int(*axis))],
         Op::Transpose { perm } => vec![kv("perm", int_list(perm.iter().map(|&p| p as i64)))],
         Op::Reduce { axes, keep_dims, .. } => {
@@ -88,13 +95,16 @@ pub fn encode(op: &Op, extra: &[ValueId]) -> Vec<Attr> {
             v.extend(encode_quant(to, &[]));
             v
         }
-        Op::NormQuantize { kind, eps, via, quant, keep_normed } => {
+        Op::NormQuantize { kind, eps, via, quant, keep_normed, prologue } => {
             let mut v = vec![kv("via", ident(via.name()))];
             if *kind != NormKind::Scale {
                 v.insert(0, kv("eps", f32_num(*eps)));
             }
             if *keep_normed {
                 v.push(kv("keep_normed", ident("true")));
+            }
+            if *prologue {
+                v.push(kv("prologue", ident("true")));
             }
             v.extend(encode_quant(quant, extra));
             v
@@ -420,6 +430,11 @@ fn get<'a>(attrs: &'a [Attr], key: &str) -> Option<&'a AttrValue> {
     attrs.iter().find(|a| a.key.as_deref() == Some(key)).map(|a| &a.value)
 }
 
+/// A keyed boolean written only when set: `key=true`.
+fn flag_true(attrs: &[Attr], key: &str) -> bool {
+    get(attrs, key) == Some(&AttrValue::Ident("true".into()))
+}
+
 fn has_flag(attrs: &[Attr], flag: &str) -> bool {
     attrs.iter().any(|a| a.key.is_none() && a.value == AttrValue::Ident(flag.into()))
 }
@@ -462,7 +477,7 @@ pub fn decode(mnemonic: &str, attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), Stri
         "last_token" => Op::LastToken,
         "matmul" => Op::MatMul { transpose_a: has_flag(attrs, "transpose_a"), transpose_b: has_flag(attrs, "transpose_b") },
         "layernorm" => Op::LayerNorm { eps: eps()? },
-        "rmsnorm" => Op::RmsNorm { eps: eps()? },
+        "rmsnorm" => Op::RmsNorm { eps: eps()?, prologue: flag_true(attrs, "prologue") },
         "l2_normalize" => Op::L2Normalize { eps: eps()? },
         "softmax" => Op::Softmax { axis: as_int(required(attrs, "axis")?)? },
         "transpose" => {
@@ -498,8 +513,9 @@ pub fn decode(mnemonic: &str, attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), Stri
                 _ => NormKind::Scale,
             };
             let eps = if kind == NormKind::Scale { 0.0 } else { eps()? };
-            let keep_normed = get(attrs, "keep_normed") == Some(&AttrValue::Ident("true".into()));
-            return Ok((Op::NormQuantize { kind, eps, via: dtype_attr(attrs, "via")?, quant, keep_normed }, refs));
+            let keep_normed = flag_true(attrs, "keep_normed");
+            let prologue = flag_true(attrs, "prologue");
+            return Ok((Op::NormQuantize { kind, eps, via: dtype_attr(attrs, "via")?, quant, keep_normed, prologue }, refs));
         }
         "qmatmul" => return decode_qmatmul(attrs),
         "qmatmul_split" => return decode_split(attrs),

@@ -16,6 +16,7 @@ mod op;
 pub mod order;
 pub mod parse;
 pub mod print;
+pub mod prologue;
 mod quant;
 pub mod split_types;
 mod types;

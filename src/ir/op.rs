@@ -517,6 +517,11 @@ pub enum Op {
     RmsNorm {
         /// Mean-square epsilon.
         eps: f32,
+        /// A schedule hint that leaves the meaning unchanged: where its one reader's GEMM runs
+        /// the skinny kernel (few rows), that kernel computes this norm as its prologue and the
+        /// norm has no launch of its own (`fuse-norm-prologue`; invariants in `ir::verify`).
+        #[serde(default)]
+        prologue: bool,
     },
     /// `x → y`: softmax along `axis`.
     Softmax {
@@ -579,6 +584,9 @@ pub enum Op {
         quant: QuantSpec,
         /// Also output the unquantized norm (rounded to `via`).
         keep_normed: bool,
+        /// As [`Op::RmsNorm`]'s `prologue`: computed inside its reader's skinny GEMM.
+        #[serde(default)]
+        prologue: bool,
     },
     /// `a, b [, b_dequant scale] [, b_dequant zero] [, a_scale] [, b_scale] [, epilogue inputs…] → y`:
     /// `Σ_k a·b` over quantized (or both f16 / both bf16) operands, times

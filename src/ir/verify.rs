@@ -7,7 +7,9 @@
 //! - every dimension names a declared symbol;
 //! - each node has its op's arity and exactly the output types its type rule derives
 //!   ([`super::infer`]);
-//! - graph outputs exist and input/output names are unique.
+//! - graph outputs exist and input/output names are unique;
+//! - a live norm marked `prologue` meets [`super::prologue`]'s conditions (checked only when
+//!   the graph is otherwise sound).
 //!
 //! A verifier failure after a pass is always a qfuse bug, never a user error.
 
@@ -75,6 +77,11 @@ pub fn verify(g: &Graph, context: &str) -> Result<(), VerifyErrors> {
     }
     check_signature(g, &mut report);
     if errors.is_empty() {
+        for (node, message) in prologue_errors(g) {
+            errors.push(VerifyError { node: Some(node), line: print::node_line_checked(g, node), message });
+        }
+    }
+    if errors.is_empty() {
         Ok(())
     } else {
         Err(VerifyErrors { context: context.to_string(), errors })
@@ -139,6 +146,18 @@ fn check_node(g: &Graph, id: NodeId) -> Result<(), String> {
         return Err(format!("declared type {} but the op derives {}", show(&declared), show(&derived)));
     }
     Ok(())
+}
+
+/// The live `prologue` norms without their one GEMM reader ([`super::prologue::checked_reader`]).
+fn prologue_errors(g: &Graph) -> Vec<(NodeId, String)> {
+    let live = g.live_nodes();
+    let checked = g.nodes.ids().filter(|id| live[id.index()]).map(|id| (id, super::prologue::checked_reader(g, &live, id)));
+    checked
+        .filter_map(|(id, r)| match r {
+            Some(Err(m)) => Some((id, format!("prologue norm: {m}"))),
+            _ => None,
+        })
+        .collect()
 }
 
 fn check_signature(g: &Graph, report: &mut impl FnMut(Option<NodeId>, String)) {

@@ -85,7 +85,7 @@ fn match_embedding(g: &Graph, users: &Users, id: NodeId) -> Option<Result<Fusion
     let node = &g.nodes[id];
     let (eps, quant, keep_normed) = match &node.op {
         Op::LayerNorm { eps } => (*eps, None, false),
-        Op::NormQuantize { kind: NormKind::LayerNorm, eps, via, quant, keep_normed } if *via == g.ty(node.inputs[0]).dtype => {
+        Op::NormQuantize { kind: NormKind::LayerNorm, eps, via, quant, keep_normed, .. } if *via == g.ty(node.inputs[0]).dtype => {
             (*eps, Some(quant.clone()), *keep_normed)
         }
         _ => return None,

@@ -134,7 +134,7 @@ fn norm_of(g: &Graph, id: NodeId) -> Option<(NormKind, f32, Vec<ValueId>)> {
     let node = &g.nodes[id];
     match node.op {
         Op::LayerNorm { eps } => Some((NormKind::LayerNorm, eps, node.inputs.to_vec())),
-        Op::RmsNorm { eps } => Some((NormKind::RmsNorm, eps, node.inputs.to_vec())),
+        Op::RmsNorm { eps, .. } => Some((NormKind::RmsNorm, eps, node.inputs.to_vec())),
         Op::Binary(BinaryOp::Mul) => {
             let y = g.ty(node.outputs[0]);
             let last = *y.shape.last()?;
@@ -189,7 +189,7 @@ fn apply_norm_quantize(g: &mut Graph, f: &Fusion) -> Result<NodeId, PassError> {
     let (kind, eps, inputs) = norm_of(g, f.norm).expect("match_norm_quantize matched a norm");
     let norm = &g.nodes[f.norm];
     let normed = norm.outputs[0];
-    let op = Op::NormQuantize { kind, eps, via: g.ty(normed).dtype, quant: f.spec.clone(), keep_normed: f.keep_normed };
+    let op = Op::NormQuantize { kind, eps, via: g.ty(normed).dtype, quant: f.spec.clone(), keep_normed: f.keep_normed, prologue: false };
     let name = norm.name.clone();
     let mut b = Builder::new(g);
     b.scope = name;

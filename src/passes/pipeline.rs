@@ -21,6 +21,8 @@ use super::*;
 /// enters its segment complete: a decoder's Q/K/V projections become one GEMM. `merge-gate-up`
 /// (the same defaults) runs just before it for the same reason: a gated MLP's gate GEMM, whose
 /// epilogue `fuse-epilogue` made read the up GEMM's result, and that up GEMM become one.
+/// `fuse-norm-prologue` ([`OPT_IN`]) follows both: only then does each decoder RMSNorm have its
+/// one GEMM reader, whose skinny kernel computes it.
 pub fn fusion() -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(fold_smoothing::FoldSmoothing),
@@ -40,6 +42,7 @@ pub fn fusion() -> Vec<Box<dyn Pass>> {
         Box::new(fuse_embedding::FuseEmbedding),
         Box::new(merge_gate_up::MergeGateUp::default()),
         Box::new(merge_sibling_gemms::MergeSiblingGemms::default()),
+        Box::new(fuse_norm_prologue::FuseNormPrologue),
         Box::new(cse::Cse),
         Box::new(dce::Dce),
     ]
@@ -52,7 +55,9 @@ pub fn fusion() -> Vec<Box<dyn Pass>> {
 /// merge too) keep it opt-in until a whole encoder plan with it has passed `qfuse check` on a GPU.
 /// `merge-gate-up` builds `qmatmul_glu` (a gated MLP's gate and up GEMMs as one): on in decoder
 /// plans too, opt-in for encoders (BERT's MLP has no gate).
-pub const OPT_IN: &[&str] = &["merge-gate-up", "merge-sibling-gemms"];
+/// `fuse-norm-prologue` marks RMSNorms that the skinny GEMMs compute in their prologue: opt-in
+/// everywhere until those kernels have matched the interpreter on a GPU.
+pub const OPT_IN: &[&str] = &["merge-gate-up", "merge-sibling-gemms", "fuse-norm-prologue"];
 
 /// The pass named `name` (for tests and tools that run one pass).
 pub fn by_name(name: &str) -> Option<Box<dyn Pass>> {

@@ -15,6 +15,7 @@
 //! inputs (`a_scale`, the interleaved `b_scale`), the gate's own inputs `g_add<j>`, the up
 //! projection's `u_add<j>`, `Y`, `M`, `g_alpha`, `u_alpha`, the gate's `out_scale`, `out_rcp`.
 
+use super::prologue;
 use super::qmatmul::{self, classify, describe};
 use super::wonly;
 use crate::codegen::gemm::{self, Epilogue, Index};
@@ -38,8 +39,10 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
     let relabel = |e: LowerError| err(e.reason);
     let vy = view.nodes[vnode].outputs[0];
     let args = |view_args: &[Arg]| args_of(n.inputs[s.prefix()..].iter().copied(), n.outputs[0], vy, view_args, &epilogue);
+    let prologue = prologue::of_reader(cx, node);
     let launches = if s.gate.b_dequant.is_some() {
         let mut plan = wonly::plan(&sub, vnode).map_err(relabel)?;
+        plan.prologue = prologue;
         let tiles = plan.skinny.map(|k| k.block_cols()).into_iter().chain(plan.gemm.map(|g| g.tile_n));
         tiles.into_iter().try_for_each(|t| check_tile(t, piece)).map_err(err)?;
         plan.args = args(&plan.args).map_err(err)?;
@@ -47,6 +50,7 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
         plan.launches().map_err(|e| e.to_string())
     } else {
         let mut plan = qmatmul::plan(&sub, vnode).map_err(relabel)?;
+        plan.prologue = prologue;
         let tiles = plan.skinny.map(|k| k.block_cols()).into_iter().chain([plan.spec.tile_n]);
         tiles.into_iter().try_for_each(|t| check_tile(t, piece)).map_err(err)?;
         plan.args = args(&plan.args).map_err(err)?;

@@ -7,6 +7,7 @@ pub mod elementwise;
 pub mod embed;
 pub mod glu;
 pub mod norm;
+pub mod prologue;
 pub mod qmatmul;
 pub mod quantize;
 pub mod reduce;

@@ -429,7 +429,7 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
             rows,
             len,
         },
-        Op::RmsNorm { eps } => RowSpec {
+        Op::RmsNorm { eps, .. } => RowSpec {
             family: "layernorm",
             template: LAYERNORM,
             source: Source::Dense(x),
@@ -453,7 +453,7 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
             rows,
             len,
         },
-        Op::NormQuantize { kind, eps, via, quant, keep_normed } => {
+        Op::NormQuantize { kind, eps, via, quant, keep_normed, .. } => {
             let (norm, next) = match kind {
                 NormKind::LayerNorm => (Norm::Layer { gamma: n.inputs[1], beta: Some(n.inputs[2]) }, 3),
                 NormKind::RmsNorm => (Norm::Rms { gamma: n.inputs[1] }, 2),
@@ -479,5 +479,8 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
         }
         other => return Err(cx.error(node, format!("internal: {} is not a norm", other.mnemonic()))),
     };
-    Ok(Lowered::Launches(vec![row_launch(cx, node, &spec)?]))
+    let mut launch = row_launch(cx, node, &spec)?;
+    // A `prologue` norm runs only where its reader's skinny kernel does not compute it.
+    launch.when = super::prologue::norm_guard(cx, node)?;
+    Ok(Lowered::Launches(vec![launch]))
 }

@@ -33,6 +33,7 @@
 use crate::codegen::expr::{Expr, Fn1};
 use crate::codegen::gemm::{self, Epilogue, EpilogueInput, GemmError, GemmSpec, Index, Operand, Store};
 use crate::codegen::kernel::{Arg, KernelDef, Launch, LowerCx, LowerError, Lowered};
+use crate::codegen::ops::prologue::{self, NormPrologue};
 use crate::codegen::ops::skinny::{self, Operands, SkinnySpec};
 use crate::ir::{DType, Dim, EpilogueOp, Granularity, NodeId, Op, QMatMul, ScaleSource, ValueId};
 use crate::plan::{DimExpr, Scalar};
@@ -53,6 +54,8 @@ pub struct GemmPlan {
     pub skinny: Option<SkinnySpec>,
     /// Whether M can exceed [`skinny::MAX_ROWS`] (the tiled GEMM is needed).
     pub tiled: bool,
+    /// The norm the skinny kernel computes as its prologue ([`prologue::of_reader`]), if any.
+    pub prologue: Option<NormPrologue>,
 }
 
 impl GemmPlan {
@@ -73,8 +76,8 @@ impl GemmPlan {
         let guards = (self.skinny.is_some() && tiled).then(|| skinny::guards(&self.m));
         let mut out = Vec::new();
         if let Some(spec) = &self.skinny {
-            let kernel = skinny::render(spec, &self.epilogue).map_err(|e| e.to_string())?;
-            out.push(Launch { kernel, args: self.args.clone(), when: guards.as_ref().map(|g| g.0.clone()) });
+            let when = guards.as_ref().map(|g| g.0.clone());
+            out.push(skinny::launch(spec, &self.epilogue, &self.args, when, self.prologue.as_ref()).map_err(|e| e.to_string())?);
         }
         if tiled {
             out.push(Launch { kernel: self.render().map_err(|e| e.to_string())?, args: self.args.clone(), when: guards.map(|g| g.1) });
@@ -85,7 +88,7 @@ impl GemmPlan {
 
 /// Lowers a `qmatmul` node to its launches ([`GemmPlan::launches`]).
 pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
-    let plan = plan(cx, node)?;
+    let plan = GemmPlan { prologue: prologue::of_reader(cx, node), ..plan(cx, node)? };
     plan.launches().map(Lowered::Launches).map_err(|e| cx.error(node, e))
 }
 
@@ -202,7 +205,7 @@ pub fn plan(cx: &LowerCx, node: NodeId) -> Result<GemmPlan, LowerError> {
     // M can be small unless it is a constant above 16 (symbolic row counts start at 1).
     let small = m.as_const().is_none_or(|v| v <= skinny::MAX_ROWS);
     let skinny = small.then(|| skinny::spec_for(Operands::of_operand(operand), n32, k32)).flatten();
-    Ok(GemmPlan { spec, epilogue, m, args, skinny, tiled: max_m > skinny::MAX_ROWS })
+    Ok(GemmPlan { spec, epilogue, m, args, skinny, tiled: max_m > skinny::MAX_ROWS, prologue: None })
 }
 
 /// The epilogue of `q`, given the dtype and broadcast of each `add` step's operand in order:

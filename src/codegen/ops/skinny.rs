@@ -21,13 +21,17 @@
 //!
 //! Kernel signature: the tiled kernel's, so both alternatives take the same arguments:
 //! `A, B, [SCALE, [ZP]], <epilogue inputs>, Y, int M, <epilogue f32s>`. Grid `(N / BN, 1, 1)`,
-//! independent of M.
+//! independent of M. With a norm prologue ([`super::prologue`]) `A` is the norm's input and
+//! `GAMMA, float QSCALE` end the list.
 
 use crate::codegen::gemm::{self, Epilogue, Operand};
-use crate::codegen::kernel::{finish_kernel, KernelDef};
+use crate::codegen::kernel::{finish_kernel, Arg, KernelDef, Launch};
+use crate::codegen::ops::common::{dtype_trait, f32_lit, OPS};
+use crate::codegen::ops::prologue::{NormPrologue, PrologueSpec};
 use crate::codegen::ops::wonly::{self, Dequant, Zero};
 use crate::codegen::template::{Template, TemplateError};
-use crate::plan::{DimExpr, Guard, ParamMeta};
+use crate::ir::DType;
+use crate::plan::{DimExpr, Guard, ParamMeta, ParamType};
 
 const SKINNY: Template = Template { name: "gemm_skinny.cu", text: include_str!("../../../templates/gemm_skinny.cu") };
 
@@ -268,18 +272,48 @@ pub fn guards(rows: &DimExpr) -> (Guard, Guard) {
 }
 
 /// The kernel's parameters: the tiled kernel's for the same node ([`gemm::kernel_params`], or
-/// [`wonly::kernel_params`] with `SCALE, [ZP]` for weight-only operands).
-pub fn kernel_params(spec: &SkinnySpec, epi: &Epilogue) -> Vec<ParamMeta> {
-    match &spec.operands {
+/// [`wonly::kernel_params`] with `SCALE, [ZP]` for weight-only operands), then `GAMMA, QSCALE`
+/// with a norm prologue.
+pub fn kernel_params(spec: &SkinnySpec, epi: &Epilogue, prologue: Option<&PrologueSpec>) -> Vec<ParamMeta> {
+    let mut out = match &spec.operands {
         Operands::Wonly { dequant, .. } => wonly::kernel_params(dequant, epi),
         _ => gemm::kernel_params(epi),
+    };
+    if prologue.is_some() {
+        out.push(ParamMeta { name: "GAMMA".into(), ty: ParamType::Ptr });
+        out.push(ParamMeta { name: "QSCALE".into(), ty: ParamType::F32 });
     }
+    out
+}
+
+/// The launch of the kernel for `spec`, `epi` and the GEMM's `args` under `when`; with a norm
+/// `prologue` the kernel computes it and the arguments are [`NormPrologue::skinny_args`]. A
+/// prologue the operands do not fit ([`PrologueSpec::fits`]) is left out.
+pub fn launch(
+    spec: &SkinnySpec,
+    epi: &Epilogue,
+    args: &[Arg],
+    when: Option<Guard>,
+    prologue: Option<&NormPrologue>,
+) -> Result<Launch, SkinnyError> {
+    let prologue = prologue.filter(|p| p.spec.fits(&spec.operands) && spec.k % 8 == 0);
+    let kernel = render_with(spec, epi, prologue.map(|p| &p.spec))?;
+    let args = prologue.map_or_else(|| args.to_vec(), |p| p.skinny_args(args));
+    Ok(Launch { kernel, args, when })
 }
 
 /// Renders the kernel for `spec` and `epi`; fails if either is invalid.
 pub fn render(spec: &SkinnySpec, epi: &Epilogue) -> Result<KernelDef, SkinnyError> {
+    render_with(spec, epi, None)
+}
+
+/// [`render`] with an optional norm prologue (`A` is then the norm's input; see the template).
+pub fn render_with(spec: &SkinnySpec, epi: &Epilogue, prologue: Option<&PrologueSpec>) -> Result<KernelDef, SkinnyError> {
     spec.validate()?;
     epi.validate().map_err(SkinnyError::Epilogue)?;
+    if let Some(p) = prologue.filter(|p| !p.fits(&spec.operands) || spec.k % 8 != 0) {
+        return Err(SkinnyError::Invalid { spec: *spec, reason: format!("the norm prologue {p:?} does not feed these operands") });
+    }
     let dq = spec.operands.dequant();
     let wonly = matches!(spec.operands, Operands::Wonly { .. });
     let zp = wonly && matches!(dq.zero, Zero::Input { .. });
@@ -294,7 +328,11 @@ pub fn render(spec: &SkinnySpec, epi: &Epilogue) -> Result<KernelDef, SkinnyErro
         params.push("const uint8_t* __restrict__ ZP".into());
     }
     params.extend(gemm::epilogue_params(epi));
+    if prologue.is_some() {
+        params.extend(["const uint8_t* __restrict__ GAMMA".to_string(), "float QSCALE".to_string()]);
+    }
     let [helpers, store_tile] = gemm::epilogue_values(epi)?;
+    let trait_of = |dt: DType| dtype_trait(dt).unwrap_or("qf_f16");
     let (zero, zero_value, signed) = match dq.zero {
         Zero::None => ("None", 0, false),
         Zero::Literal(z) => ("Literal", z, false),
@@ -320,11 +358,19 @@ pub fn render(spec: &SkinnySpec, epi: &Epilogue) -> Result<KernelDef, SkinnyErro
         ("scale", if wonly { "SCALE" } else { "nullptr" }.into()),
         ("zp", if zp { "ZP" } else { "nullptr" }.into()),
         ("dequant", wonly::DEQUANT_HELPERS.to_string()),
+        ("ops", OPS.text.to_string()),
+        ("prologue", prologue.map_or(0, PrologueSpec::code).to_string()),
+        ("pro_x", trait_of(prologue.map_or(DType::F16, |p| p.x)).into()),
+        ("pro_gamma", trait_of(prologue.map_or(DType::F16, |p| p.gamma)).into()),
+        ("pro_y", trait_of(prologue.map_or(DType::F16, |p| p.y)).into()),
+        ("pro_eps", f32_lit(prologue.map_or(0.0, |p| f32::from_bits(p.eps_bits)))),
+        ("pro_gamma_arg", if prologue.is_some() { "GAMMA" } else { "nullptr" }.into()),
+        ("pro_scale_arg", if prologue.is_some() { "QSCALE" } else { "1.0f" }.into()),
         helpers,
         store_tile,
     ])?;
     let smem = u32::try_from(spec.smem_bytes()).expect("validated: at most MAX_SMEM_BYTES");
-    Ok(finish_kernel(TEMPLATE, source, grid(spec), [spec.threads(), 1, 1], smem, kernel_params(spec, epi)))
+    Ok(finish_kernel(TEMPLATE, source, grid(spec), [spec.threads(), 1, 1], smem, kernel_params(spec, epi, prologue)))
 }
 
 /// The default spec for `operands` and an `N × K` weight if the template takes the shape (a

@@ -13,6 +13,7 @@
 //! inputs (`a_scale`, `b_scale` concatenated), each segment's inputs `s<i>_add<j>`, `Y0, Y1, …`,
 //! `M`, each segment's `s<i>_alpha`, `s<i>_out_scale`, `s<i>_out_rcp`.
 
+use super::prologue;
 use super::qmatmul::{self, classify, describe, GemmPlan};
 use super::skinny::{self, SkinnySpec};
 use super::wonly::{self, WonlyPlan, WonlySpec};
@@ -40,12 +41,14 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
     let shape = cx.max_shape(n.inputs[0]);
     let max_m: u64 = shape[..shape.len().saturating_sub(1)].iter().product();
     let fit = Fit { width, max_m, exact_fp8: cx.options.exact_fp8 };
+    let prologue = prologue::of_reader(cx, node);
     let launches = if first.b_dequant.is_some() {
         let plan = wonly::plan(&sub, vnode).map_err(relabel)?;
-        wonly_segmented(plan, epilogue, fit, args_tail(cx, node, vy)).map_err(err)?.launches().map_err(|e| e.to_string())
+        let plan = WonlyPlan { prologue, ..wonly_segmented(plan, epilogue, fit, args_tail(cx, node, vy)).map_err(err)? };
+        plan.launches().map_err(|e| e.to_string())
     } else {
         let plan = qmatmul::plan(&sub, vnode).map_err(relabel)?;
-        gemm_segmented(plan, epilogue, fit, args_tail(cx, node, vy)).map_err(err)?.launches()
+        GemmPlan { prologue, ..gemm_segmented(plan, epilogue, fit, args_tail(cx, node, vy)).map_err(err)? }.launches()
     };
     launches.map(Lowered::Launches).map_err(err)
 }

@@ -26,6 +26,7 @@
 
 use crate::codegen::gemm::{self, Epilogue, Index, Operand};
 use crate::codegen::kernel::{finish_kernel, Arg, KernelDef, Launch, LowerCx, LowerError, Lowered};
+use crate::codegen::ops::prologue::{self, NormPrologue};
 use crate::codegen::ops::qmatmul;
 use crate::codegen::ops::skinny::{self, Operands, SkinnySpec};
 use crate::codegen::template::{Template, TemplateError};
@@ -323,6 +324,8 @@ pub struct WonlyPlan {
     pub m: DimExpr,
     /// The launch arguments, one per kernel parameter (the same for both kernels).
     pub args: Vec<Arg>,
+    /// The norm the skinny kernel computes as its prologue ([`prologue::of_reader`]), if any.
+    pub prologue: Option<NormPrologue>,
 }
 
 impl WonlyPlan {
@@ -332,8 +335,9 @@ impl WonlyPlan {
         let guards = (self.skinny.is_some() && self.gemm.is_some()).then(|| skinny::guards(&self.m));
         let mut out = Vec::new();
         if let Some(spec) = &self.skinny {
-            let kernel = skinny::render(spec, &self.epilogue).map_err(|e| WonlyError::Epilogue(e.to_string()))?;
-            out.push(Launch { kernel, args: self.args.clone(), when: guards.as_ref().map(|g| g.0.clone()) });
+            let when = guards.as_ref().map(|g| g.0.clone());
+            let launch = skinny::launch(spec, &self.epilogue, &self.args, when, self.prologue.as_ref());
+            out.push(launch.map_err(|e| WonlyError::Epilogue(e.to_string()))?);
         }
         if let Some(spec) = &self.gemm {
             let kernel = render(spec, &self.dequant, &self.epilogue, self.m.clone())?;
@@ -345,7 +349,7 @@ impl WonlyPlan {
 
 /// Lowers a weight-only `qmatmul` node to its skinny and/or GEMM launches.
 pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
-    let plan = plan(cx, node)?;
+    let plan = WonlyPlan { prologue: prologue::of_reader(cx, node), ..plan(cx, node)? };
     plan.launches().map(Lowered::Launches).map_err(|e| cx.error(node, e.to_string()))
 }
 
@@ -429,7 +433,7 @@ pub fn plan(cx: &LowerCx, node: NodeId) -> Result<WonlyPlan, LowerError> {
             return Err(err(format!("M up to {max_m} rows exceeds what one launch of the GEMM covers (i32)")));
         }
     }
-    Ok(WonlyPlan { skinny, gemm, dequant, epilogue, m, args })
+    Ok(WonlyPlan { skinny, gemm, dequant, epilogue, m, args, prologue: None })
 }
 
 /// The dequantization of `spec` for an `[N, K]` weight: checks the scale (and zero point)

@@ -248,7 +248,7 @@ impl BlockBuilder<'_, '_> {
     fn rms_norm(&mut self, module: &str, x: ValueId) -> Result<ValueId, ImportError> {
         let gamma = self.weight_in(module, &format!("{module}.weight"), &[self.cfg.hidden_size])?;
         let eps = self.cfg.rms_norm_eps;
-        self.scoped(module, |b| b.add1(Op::RmsNorm { eps }, &[x, gamma], None))
+        self.scoped(module, |b| b.add1(Op::RmsNorm { eps, prologue: false }, &[x, gamma], None))
     }
 
     /// A checked weight (present, float, of exactly `shape`) in the scope of `module`.

@@ -87,7 +87,7 @@ fn eval(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], num: Numerics) -> Res
         Op::Input { .. } | Op::Weight { .. } => return Err("internal: source op evaluated as a kernel".into()),
         Op::Quantize(spec) => return quant::quantize(spec, next!(), args.collect(), outs),
         Op::Requantize { from_scale, via, to } => return fused::requantize(next!(), *from_scale, *via, to, outs),
-        Op::NormQuantize { kind, eps, via, quant, keep_normed } => {
+        Op::NormQuantize { kind, eps, via, quant, keep_normed, .. } => {
             return fused::norm_quantize(*kind, *eps, *via, quant, *keep_normed, args, outs)
         }
         Op::QMatMul(q) => return fused::qmatmul(q, args, outs, num),
@@ -106,7 +106,7 @@ fn eval(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], num: Numerics) -> Res
         Op::Gather => shape::gather(&*next!(), &*next!(), out)?,
         Op::MatMul { transpose_a, transpose_b } => matmul::matmul(&*next!(), &*next!(), *transpose_a, *transpose_b, out, acc)?,
         Op::LayerNorm { eps } => norm::layer_norm(next!(), &*next!(), Some(&*next!()), *eps, out)?,
-        Op::RmsNorm { eps } => norm::rms_norm(next!(), &*next!(), *eps, out)?,
+        Op::RmsNorm { eps, .. } => norm::rms_norm(next!(), &*next!(), *eps, out)?,
         Op::L2Normalize { eps } => norm::l2_normalize(next!(), *eps, out)?,
         Op::Softmax { axis } => reduce::softmax(next!(), *axis, out)?,
         Op::Reduce { op, axes, .. } => reduce::reduce(&*next!(), *op, axes, out)?,

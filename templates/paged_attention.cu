@@ -1,8 +1,10 @@
 {{prelude}}
 {{ops}}
 {{split_merge}}
-// qfuse paged_attention (src/codegen/ops/decoder.rs): the second launch of a causal_attention
-// over the paged KV cache (kv_append has already written this step's keys and values).
+// qfuse paged_attention (src/codegen/ops/decoder.rs): the attention of a causal_attention over
+// the paged KV cache. The prefill variant runs after kv_append has written this step's keys and
+// values; the decode variant (S ≤ 1) appends them itself (QF_APPEND, below) except over an
+// NVFP4 cache.
 //
 // Operands: q [B, S, H·D] (dtype trait Q), the K and V page pools [num_pages, KV, PAGE, D] (cache
 // dtype trait C), the page table i32 [B, MAX_PAGES], cache_len i64 [B]; result o [B, S, H·D]
@@ -46,6 +48,18 @@
 // of its KV head and sequence to finish) merges the G heads' records (split_merge.cuh: the math of
 // the split_combine kernel, bit for bit) into o, rounding once to o's dtype, and resets the
 // counter to 0 for the next launch.
+//
+// Fused append (QF_APPEND = 1: decode variants over float and per-tensor code caches, S ≤ 1):
+// this step's token-major k, v [B, 1, KV, D] (rows of QF_R packs P, the cache dtype; with
+// QF_KEY_ROPE k is unrotated and the rotated, for codes quantized with k_scale, keys also go to
+// k_out) arrive as the last parameters. For each (KV head, sequence) exactly one CTA owns the new
+// position p = cache_len[b]: the CTA whose key range [lo, hi) holds p (the last non-empty split;
+// unsplit, the only CTA), none when p lies past the page table. Before its first tile it writes
+// the token's K and V rows to the pools with kv_row.cuh's qf_append_pack (kv_append's code: same
+// bits), then the tile loop's barrier orders those writes before the tile loads. The pools are
+// then plain (neither const nor __restrict__) pointers, so the loads take the coherent path, not
+// ld.global.nc, which could return the row as it was before the write. No other CTA reads
+// position p, so the result is bit-identical to kv_append followed by the attention.
 
 typedef {{q_t}} QT_;   // q
 typedef {{o_t}} OT_;   // o
@@ -95,6 +109,23 @@ QF_DEVICE float qf_rope_query(const QT_::T* x, int d, long long pos) {
     const double angle = static_cast<double>(pos) * qf_inv_freq[qf_rope_pair<QF_D, QF_ROPE_ADJ>(d)];
     return qf_round<QT_>(qf_rope_element<QT_, QF_D, QF_ROPE_ADJ>(x, d, angle));
 }
+#endif
+
+{{append_defs}}
+#if QF_APPEND
+static_assert(QF_QTOK == 1, "the fused append serves the decode variant only");
+// Written (the new token) and read by the owning CTA: no const, no __restrict__.
+#define QF_POOL CT_::T*
+#if QF_KEY_ROPE
+#define QF_APPEND_PARAMS , const P* __restrict__ k, const P* __restrict__ v, P* __restrict__ k_out
+#define QF_K_OUT k_out
+#else
+#define QF_APPEND_PARAMS , const P* __restrict__ k, const P* __restrict__ v
+#define QF_K_OUT nullptr
+#endif
+#else
+#define QF_POOL const CT_::T* __restrict__
+#define QF_APPEND_PARAMS
 #endif
 
 // Element k of the outputs this thread owns: row r, column d; false past the live rows.
@@ -157,8 +188,8 @@ QF_DEVICE void qf_merge_group(const float* partials, OT_::T* __restrict__ out, l
 #endif
 
 extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const QT_::T* __restrict__ q,
-        const CT_::T* __restrict__ k_pool, const CT_::T* __restrict__ v_pool, const int* __restrict__ page_table,
-        const long long* __restrict__ cache_len, {{out_param}}, long long S, float k_scale, float v_scale QF_NV_PARAMS) {
+        QF_POOL k_pool, QF_POOL v_pool, const int* __restrict__ page_table,
+        const long long* __restrict__ cache_len, {{out_param}}, long long S, float k_scale, float v_scale QF_NV_PARAMS QF_APPEND_PARAMS) {
     qf_pdl_enter();
     extern __shared__ float smem[];
     float* Qs = smem;
@@ -210,9 +241,20 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
 #else
     const long long lo = 0, hi = end;
 #endif
+#if QF_APPEND
+    // The new token's K and V rows of KV head g (row (b, 0, g) of k, v), written by the CTA whose
+    // range holds its position before the first tile load (the loop's first barrier orders them).
+    if (tokens > 0 && lo <= base && base < hi) {
+        const long long row = b * S * QF_KV + g;
+        for (int e = threadIdx.x; e < 2 * QF_R; e += QF_THREADS) {
+            qf_append_pack(e < QF_R, k, v, reinterpret_cast<P*>(k_pool), reinterpret_cast<P*>(v_pool), page_table, cache_len,
+                           row * QF_R + e % QF_R, S, QF_K_OUT, k_scale);
+        }
+    }
+#endif
     for (long long first = lo; first < hi; first += QF_TK) {
         const int live = static_cast<int>(hi - first < QF_TK ? hi - first : QF_TK);
-        __syncthreads();  // the previous tile is consumed (and Q, m, l are written)
+        __syncthreads();  // the previous tile is consumed (and Q, m, l and the appended token are written)
 #if QF_NVFP4
         qf_load_tile_nvfp4<qf_f32>(k_pool, ks_pool, table, g, first, live, Ks, QF_KLD, k_scale);
         qf_load_tile_nvfp4<qf_f32>(v_pool, vs_pool, table, g, first, live, Vs, QF_D, v_scale);

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use qfuse::codegen::kernel::{Arg, KernelDef, Launch, LowerCx, LowerOptions, Lowered, PagedKv, PDL_TEMPLATES};
 use qfuse::codegen::lower::{lower_graph, lower_graph_paged};
-use qfuse::codegen::ops::decoder::{self, CacheRead, PagedAttentionSpec};
+use qfuse::codegen::ops::decoder::{self, CacheRead, DecodeAppend, KeyRope, PagedAttentionSpec};
 use qfuse::codegen::{memory, nvrtc, sample};
 use qfuse::generate::sample::{choose, uniform, Sampling, MAX_TOP_K};
 use qfuse::import::decoder::{self as dec, DecoderOptions, KvFormat};
@@ -59,6 +59,8 @@ fn llama_step(kv: KvFormat) -> Option<Graph> {
     Some(g)
 }
 
+/// The float-cache step: kv_append (prefill only, S > 1) and the attention's guarded paths; the
+/// decode attention appends the step's token itself, taking k and v after its own arguments.
 #[test]
 fn a_float_cache_step_lowers_to_append_then_paged_attention_on_the_state_slots() {
     let Some(g) = llama_step(KvFormat::Float(DType::F32)) else { return };
@@ -75,8 +77,10 @@ fn a_float_cache_step_lowers_to_append_then_paged_attention_on_the_state_slots()
         assert_eq!(templates, ["kv_append", "paged_attention", "paged_attention"]);
         // Decode (S ≤ 1: split-KV attention merged by its last CTAs) and prefill: exactly one path
         // runs per shape.
+        // The append runs with the prefill only: the decode attention appends the token itself.
         for (s, decode) in [(1u64, true), (2, false), (64, false)] {
             let syms = [("B".to_string(), 3u64), ("S".to_string(), s)];
+            assert_eq!(l[0].when.as_ref().unwrap().holds(&syms), Ok(!decode));
             assert_eq!(l[1].when.as_ref().unwrap().holds(&syms), Ok(decode));
             assert_eq!(l[2].when.as_ref().unwrap().holds(&syms), Ok(!decode));
         }
@@ -90,6 +94,13 @@ fn a_float_cache_step_lowers_to_append_then_paged_attention_on_the_state_slots()
         assert!(split_source.contains("qf_merge_weights<QF_SPLITS, QF_REC>"), "the merge is split_merge.cuh's");
         assert!(l[2].kernel.source.contains("#define QF_QTOK 32") && l[2].kernel.source.contains("#define QF_TK 64"));
         assert!(l[2].kernel.source.contains("#define QF_SPLITS 0"));
+        // The fused append: kv_row.cuh's per-pack code (kv_append's), f32 rows of 16 as 4 packs
+        // of 16 bytes, copied (no rope(keys) here); the prefill variant does not append.
+        for want in ["#define QF_APPEND 1", "typedef uint4 P;", "#define QF_R 4", "#define QF_KEY_ROPE 0", "qf_append_pack(e < QF_R"] {
+            assert!(split_source.contains(want), "split decode lacks `{want}`");
+        }
+        assert!(l[0].kernel.source.contains("qf_append_pack(blockIdx.y == 0"), "kv_append uses the same per-pack code");
+        assert!(l[2].kernel.source.contains("#define QF_APPEND 0"));
         let n = &g.nodes[node];
         // State slots of this layer's K and V, in graph.state order.
         let slot = |name: String| g.state.iter().position(|s| s.input == name).unwrap() as u32;
@@ -107,7 +118,10 @@ fn a_float_cache_step_lowers_to_append_then_paged_attention_on_the_state_slots()
         // max_batch 4 · 4 heads · 8 splits · (16 + 2) f32.
         let scratch = Arg::SplitScratch { bytes: 32 + 4 * 4 * 8 * 18 * 4, counters: 32 };
         assert_eq!(l[1].args[6], scratch);
-        assert_eq!(l[1].args[7..], l[2].args[6..]);
+        assert_eq!(l[1].args[7..10], l[2].args[6..]);
+        assert_eq!(l[1].args[10..], [Arg::Value(n.inputs[1]), Arg::Value(n.inputs[2])], "the step's k and v last");
+        let names: Vec<&str> = l[1].kernel.params.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names[10..], ["k", "v"]);
         assert_eq!(f32_args(&l[1]), [1.0, 1.0], "float caches pass unit scales");
         // No launch names the past inputs.
         for launch in &l {
@@ -160,12 +174,22 @@ fn fused_rope_moves_into_the_append_and_the_query_load() {
         assert_eq!(l[0].args[7], Arg::Scalar(Scalar::F32(1.0)), "a float cache's k_scale is 1");
         assert_eq!(l[0].args.len(), 10);
         let append = &l[0].kernel.source;
-        assert!(append.contains("#define QF_ROPE 1") && append.contains("P* __restrict__ k_out"), "{append}");
+        assert!(append.contains("#define QF_KEY_ROPE 1") && append.contains("P* __restrict__ k_out"), "{append}");
         for x in &l[1..] {
             if x.kernel.template == "paged_attention" {
                 assert!(x.kernel.source.contains("#define QF_ROPE 1") && x.kernel.source.contains("qf_inv_freq"));
             }
         }
+        // At decode the attention rotates and appends the keys itself (kv_row.cuh's
+        // qf_rotated_keys) and writes k_out, its last argument; kv_append runs for prefill only.
+        let decode = &l[1];
+        assert_eq!(decode.when.as_ref().unwrap().holds(&[("B".to_string(), 1), ("S".to_string(), 1)]), Ok(true));
+        assert_eq!(l[0].when.as_ref().unwrap().holds(&[("B".to_string(), 1), ("S".to_string(), 1)]), Ok(false));
+        assert!(decode.kernel.source.contains("#define QF_KEY_ROPE 1") && decode.kernel.source.contains("qf_rotated_keys(k, row"));
+        assert!(decode.kernel.source.contains("#define QF_KEY_CODES 0") && decode.kernel.source.contains("typedef qf_f32 KT_;"));
+        let tail: Vec<Arg> = [n.inputs[1], n.inputs[2], n.outputs[1]].map(Arg::Value).to_vec();
+        assert_eq!(decode.args[decode.args.len() - 3..], tail[..], "k, v, k_out");
+        assert_eq!(f32_args(decode), [1.0, 1.0]);
         kernels.extend(l.iter().map(|x| (x.kernel.name.clone(), x.kernel.source.clone())));
     }
     // Both layers share the append and the two attentions.
@@ -173,6 +197,58 @@ fn fused_rope_moves_into_the_append_and_the_query_load() {
     for (name, source) in &kernels {
         nvrtc::compile_cubin(name, source, "sm_90a", &[]).unwrap_or_else(|e| panic!("{name}:\n{e}"));
     }
+}
+
+/// A decode step (S ≤ 1) of the synthetic Llama (2 layers) launches no kv_append: each layer's
+/// decode attention appends its token itself, so the attentions of a decode step are one launch
+/// per layer, one fewer than at prefill, which keeps the append before its attention (the other
+/// ops' launches do not depend on it; tests/plan_decoder.rs counts whole SmolLM2 steps). Float
+/// and FP8 caches, with and without `fuse-rope` (rope(keys): the decode attention rotates,
+/// quantizes and writes `k_out`).
+#[test]
+fn a_decode_step_appends_in_the_attention_and_a_prefill_step_keeps_kv_append() {
+    let fp8 = KvFormat::PerTensor { storage: DType::F8E4M3, scales: vec![(0.011, 0.023), (0.017, 0.029)] };
+    for kv in [KvFormat::Float(DType::F32), fp8] {
+        for fuse_rope in [false, true] {
+            let Some(mut g) = llama_step(kv.clone()) else { return };
+            if fuse_rope {
+                let weights = MemoryWeights::default();
+                let mut pcx = PassCx::new(&weights);
+                assert!(pipeline::by_name("fuse-rope").expect("pass").run(&mut g, &mut pcx).expect("fuse-rope"));
+            }
+            let cx = cx(&g);
+            let lowered: Vec<Launch> = nodes_of(&g, "causal_attention").flat_map(|n| launches(&cx, n)).collect();
+            let step = |s: u64| -> Vec<&Launch> {
+                let syms = [("B".to_string(), 1u64), ("S".to_string(), s)];
+                lowered.iter().filter(|l| l.when.as_ref().is_none_or(|w| w.holds(&syms).unwrap())).collect()
+            };
+            let (decode, prefill) = (step(1), step(2));
+            let count = |ls: &[&Launch], t: &str| ls.iter().filter(|l| l.kernel.template == t).count();
+            let case = format!("{kv:?}, fuse-rope {fuse_rope}");
+            assert_eq!((count(&decode, "kv_append"), count(&prefill, "kv_append")), (0, 2), "{case}");
+            assert_eq!((decode.len(), prefill.len()), (2, 4), "{case}: one launch fewer per layer at decode");
+            for a in &decode {
+                assert_eq!(a.kernel.template, "paged_attention", "{case}");
+                assert!(a.kernel.source.contains("#define QF_APPEND 1"), "{case}");
+                assert_eq!(a.kernel.source.contains("#define QF_KEY_ROPE 1"), fuse_rope, "{case}");
+            }
+        }
+    }
+    // A whole lowered step (one layer by hand, FP8 cache): the query rope, the two quantizes and
+    // the attention at decode; the append too at prefill.
+    let g = ir::parse(FP8_STEP).unwrap_or_else(|e| panic!("{e}"));
+    let program = lower_graph_paged(&g, 90, LowerOptions::default(), Some(PAGED)).unwrap_or_else(|e| panic!("{e}"));
+    let step = |s: u64| -> Vec<&str> {
+        let syms = [("B".to_string(), 1u64), ("S".to_string(), s)];
+        program
+            .launches()
+            .map(|(_, l)| l)
+            .filter(|l| l.when.as_ref().is_none_or(|w| w.holds(&syms).unwrap()))
+            .map(|l| l.kernel.template)
+            .collect()
+    };
+    assert_eq!(step(1), ["rope", "elementwise", "elementwise", "paged_attention"]);
+    assert_eq!(step(2), ["rope", "elementwise", "elementwise", "kv_append", "paged_prefill"]);
 }
 
 #[test]
@@ -187,8 +263,12 @@ fn an_fp8_cache_step_reads_codes_with_per_layer_scales_as_arguments() {
         assert_eq!(f32_args(&l[1]), [scales[layer].0, scales[layer].1], "layer {layer}");
         assert_eq!(f32_args(&l[2]), [scales[layer].0, scales[layer].1], "layer {layer}");
         assert!(l[1].kernel.source.contains("typedef qf_e4m3 CT_") && l[1].kernel.source.contains("#define QF_CODES 1"));
-        // The append copies bytes: 16 one-byte codes per row, one 16-byte pack.
-        assert!(l[0].kernel.source.contains("typedef uint4 P;") && l[0].kernel.source.contains("#define QF_R 1"));
+        // The append copies bytes: 16 one-byte codes per row, one 16-byte pack; so does the
+        // decode attention's own append.
+        for append in [&l[0], &l[1]] {
+            assert!(append.kernel.source.contains("typedef uint4 P;") && append.kernel.source.contains("#define QF_R 1"));
+        }
+        assert!(l[1].kernel.source.contains("#define QF_APPEND 1"));
     }
     assert_eq!(lowered[0][0].kernel.name, lowered[1][0].kernel.name, "one append kernel for both layers");
     assert_eq!(lowered[0][1].kernel.name, lowered[1][1].kernel.name, "one decode attention kernel for both layers");
@@ -285,6 +365,8 @@ fn an_nvfp4_cache_appends_codes_and_block_scales_and_every_kernel_compiles() {
     assert!(append.kernel.source.contains("#define QF_SCALES 1") && append.kernel.source.contains("#define QF_R 2"));
     assert!(append.kernel.source.contains("typedef uint32_t SP;") && append.kernel.source.contains("#define QF_RS 1"));
     assert_eq!(append.kernel.grid[1], DimExpr::Const(4));
+    assert!(append.when.is_none(), "an NVFP4 cache keeps the append at every S");
+    assert!(l[1].kernel.source.contains("#define QF_APPEND 0"));
     // Slots in state order: k 0, k_scale 1, v 2, v_scale 3.
     let pools = |l: &Launch| l.args.iter().filter_map(|a| if let Arg::KvPool(i) = a { Some(*i) } else { None }).collect::<Vec<_>>();
     assert_eq!(pools(append), [0, 2, 1, 3]);
@@ -327,6 +409,7 @@ fn an_nvfp4_cache_appends_codes_and_block_scales_and_every_kernel_compiles() {
         splits: 0,
         max_batch: 0,
         rope: None,
+        append: None,
     };
     assert!(spec.validate().unwrap_err().contains("NVFP4"), "{:?}", spec.validate());
 }
@@ -360,7 +443,7 @@ fn fused_query_rope_over_an_nvfp4_cache_lowers_and_compiles() {
     let templates: Vec<&str> = l.iter().map(|l| l.kernel.template).collect();
     assert_eq!(templates, ["kv_append", "paged_attention", "paged_prefill"]);
     let append = &l[0].kernel.source;
-    assert!(append.contains("#define QF_ROPE 0") && append.contains("#define QF_SCALES 1"), "{append}");
+    assert!(append.contains("#define QF_KEY_ROPE 0") && append.contains("#define QF_SCALES 1"), "{append}");
     assert!(!l[0].args.iter().any(|a| matches!(a, Arg::Scalar(Scalar::F32(_)))), "no k_scale: the append does not rotate");
     for attention in [&l[1], &l[2]] {
         let src = &attention.kernel.source;
@@ -492,6 +575,7 @@ fn paged_attention_variants_compile() {
             splits: 0,
             max_batch: 0,
             rope: None,
+            append: None,
         };
         let splits = decoder::decode_splits(kv_heads, spec.paged);
         let split = PagedAttentionSpec { decode: true, splits, max_batch: 16, ..spec };
@@ -526,6 +610,7 @@ fn paged_attention_variants_compile() {
         splits: 0,
         max_batch: 4,
         rope: None,
+        append: None,
     };
     assert!(bad.validate().unwrap_err().contains("16-byte packs"));
     // Only the decode variant splits, into at most 16 ranges.
@@ -538,6 +623,100 @@ fn paged_attention_variants_compile() {
     assert!(no_batch.validate().unwrap_err().contains("largest batch"), "{no_batch:?}");
     assert!(decoder::split_combine_kernel(4, 64, 0, DType::F16, DimExpr::sym("B")).is_err());
     assert!(decoder::split_combine_kernel(4, 64, 4, DType::I8, DimExpr::sym("B")).is_err());
+}
+
+/// The decode attention's own append ([`DecodeAppend`]): every fused variant (float caches with
+/// and without `rope(keys)`, FP8 and INT8 caches with and without it; split and unsplit) renders
+/// kv_row.cuh's per-pack code with the pools as plain pointers, takes `k, v` (and `k_out`) last,
+/// and compiles to sm_90a; the specs it cannot serve name the reason.
+#[test]
+fn fused_append_variants_compile() {
+    let rope = AttnRope { theta: 10000.0, pairs: RopePairs::Half, llama3: None, keys: false };
+    let adjacent = AttnRope { pairs: RopePairs::Adjacent, ..rope };
+    let key_rope = |r: AttnRope, keys: DType| Some(KeyRope { rope: AttnRope { keys: true, ..r }, keys });
+    let fp8 = CacheRead::Codes { storage: DType::F8E4M3, via: DType::F16 };
+    let int8 = CacheRead::Codes { storage: DType::I8, via: DType::BF16 };
+    // (q, cache, heads, kv heads, D, page, query rope, key rope, pack type, packs per row)
+    let cases = [
+        (DType::F16, CacheRead::Float(DType::F16), 9, 3, 64, 32, None, None, "uint4", 8),
+        (DType::F16, CacheRead::Float(DType::F16), 9, 3, 64, 32, Some(rope), key_rope(rope, DType::F16), "uint4", 8),
+        (DType::BF16, CacheRead::Float(DType::BF16), 32, 8, 128, 16, Some(adjacent), key_rope(adjacent, DType::BF16), "uint4", 16),
+        (DType::F32, CacheRead::Float(DType::F32), 4, 2, 16, 16, Some(rope), key_rope(rope, DType::F32), "uint4", 4),
+        (DType::F16, fp8, 9, 3, 64, 32, None, None, "uint4", 4),
+        (DType::F16, fp8, 9, 3, 64, 32, Some(rope), key_rope(rope, DType::F16), "uint4", 4),
+        (DType::BF16, int8, 8, 1, 64, 64, None, None, "uint4", 4),
+        (DType::BF16, int8, 8, 1, 64, 64, Some(rope), key_rope(rope, DType::BF16), "uint4", 4),
+        (DType::F16, CacheRead::Codes { storage: DType::F8E5M2, via: DType::F16 }, 4, 2, 16, 16, None, None, "uint4", 1),
+    ];
+    for (q, cache, heads, kv_heads, head_dim, page_size, rope, key_rope, pack_t, packs) in cases {
+        let unsplit = PagedAttentionSpec {
+            heads,
+            kv_heads,
+            head_dim,
+            q,
+            out: q,
+            cache,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            paged: PagedKv { page_size, max_pages: 64 },
+            decode: true,
+            splits: 0,
+            max_batch: 8,
+            rope,
+            append: Some(DecodeAppend { key_rope }),
+        };
+        let split = PagedAttentionSpec { splits: decoder::decode_splits(kv_heads, unsplit.paged), ..unsplit };
+        assert!(split.splits > 1);
+        for spec in [unsplit, split] {
+            let k = spec.kernel(DimExpr::sym("B"), DimExpr::sym("S")).unwrap_or_else(|e| panic!("{spec:?}: {e}"));
+            let names: Vec<&str> = k.params.iter().map(|p| p.name.as_str()).collect();
+            let tail: &[&str] = if key_rope.is_some() { &["k", "v", "k_out"] } else { &["k", "v"] };
+            assert_eq!(names[names.len() - tail.len()..], *tail, "{spec:?}");
+            let src = &k.source;
+            for want in [
+                "#define QF_APPEND 1".to_string(),
+                format!("typedef {pack_t} P;"),
+                format!("#define QF_R {packs}"),
+                format!("#define QF_KEY_ROPE {}", u8::from(key_rope.is_some())),
+                "QF_POOL k_pool, QF_POOL v_pool".to_string(),
+                "#define QF_POOL CT_::T*\n".to_string(),
+            ] {
+                assert!(src.contains(&want), "{spec:?} lacks `{want}`");
+            }
+            let codes = matches!(cache, CacheRead::Codes { .. });
+            assert_eq!(src.contains("#define QF_KEY_CODES 1"), key_rope.is_some() && codes, "{spec:?}");
+            compile(&k);
+        }
+    }
+    // Declined: the prefill variant, an NVFP4 cache, keys rotated unlike the queries, keys of
+    // another dtype than a float cache's.
+    let ok = PagedAttentionSpec {
+        heads: 9,
+        kv_heads: 3,
+        head_dim: 64,
+        q: DType::F16,
+        out: DType::F16,
+        cache: CacheRead::Float(DType::F16),
+        scale: 0.125,
+        paged: PAGED,
+        decode: true,
+        splits: 0,
+        max_batch: 4,
+        rope: Some(rope),
+        append: Some(DecodeAppend { key_rope: key_rope(rope, DType::F16) }),
+    };
+    assert!(ok.validate().is_ok());
+    let declined = [
+        (PagedAttentionSpec { decode: false, ..ok }, "decode variant"),
+        (PagedAttentionSpec { cache: CacheRead::Nvfp4 { via: DType::F16 }, append: Some(DecodeAppend { key_rope: None }), ..ok }, "NVFP4"),
+        (PagedAttentionSpec { rope: Some(adjacent), ..ok }, "query rope"),
+        (PagedAttentionSpec { rope: None, ..ok }, "query rope"),
+        (PagedAttentionSpec { append: Some(DecodeAppend { key_rope: key_rope(rope, DType::F32) }), ..ok }, "own dtype"),
+    ];
+    for (spec, why) in declined {
+        let e = spec.validate().unwrap_err();
+        assert!(e.contains(why), "{spec:?}: {e}");
+        assert!(spec.kernel(DimExpr::sym("B"), DimExpr::sym("S")).is_err());
+    }
 }
 
 /// The tensor-core prefill (paged_prefill.cu): every supported variant (f16 and bf16 operands,
@@ -572,6 +751,7 @@ fn paged_prefill_variants_compile() {
                 splits: 0,
                 max_batch: 0,
                 rope,
+                append: None,
             };
             spec.tensor_core_support().unwrap_or_else(|e| panic!("{spec:?}: {e}"));
             assert!(spec.prefill_q_tokens() * spec.group() <= decoder::PREFILL_ROWS);
@@ -600,6 +780,7 @@ fn paged_prefill_variants_compile() {
         splits: 0,
         max_batch: 0,
         rope: None,
+        append: None,
     };
     assert!(ok.tensor_core_support().is_ok());
     let declined = [

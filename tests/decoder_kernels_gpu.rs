@@ -1,5 +1,6 @@
 //! The decoder kernels on a GPU against the reference interpreter (issue 13): `rope`, the paged
-//! `causal_attention` (kv_append + paged_attention over shuffled pages, float, FP8 and NVFP4 caches,
+//! `causal_attention` (kv_append + paged_attention over shuffled pages; at decode the attention
+//! appends the step's token itself, split and unsplit, except over NVFP4; float, FP8 and NVFP4 caches,
 //! prefill (from f16 / bf16 on the tensor-core paged_prefill, at SmolLM2's and Llama-3-8B's head
 //! layouts too) and decode, the decode split over key ranges and merged by its last CTAs, bit for bit
 //! as the two-launch split_combine, RoPE fused into both by `fuse-rope`, into the queries only over
@@ -190,10 +191,35 @@ fn attention_case(compute: DType, cache: DType, codes: &str, rope: &str, seq: us
 
 /// [`attention_case`] with the head layout `shape`.
 fn gqa_attention_case(compute: DType, cache: DType, codes: &str, rope: &str, shape: Gqa, seq: usize, lens: &[i64]) -> f32 {
-    let Gqa { heads: h, kv, d } = shape;
     let past = (*lens.iter().max().expect("a sequence") as usize).max(300);
-    let batch = lens.len();
     let g = attention_graph(compute.name(), cache.name(), codes, rope, shape, seq.max(16) as u64, past as u64);
+    let inputs = attention_inputs(compute, cache, rope, shape, seq, lens, past);
+    run_attention(&g, &inputs, compute, seq, lens, past, None)
+}
+
+/// A decode step (S = 1, [`GQA_8_2`]) over a page table of 4 pages of 16: one 64-key tile per
+/// sequence, so the unsplit decode attention runs (and appends the step's token itself).
+/// `lens` must stay below 64.
+fn unsplit_decode_case(compute: DType, cache: DType, codes: &str, rope: &str, lens: &[i64]) -> f32 {
+    let past = 300;
+    let g = attention_graph(compute.name(), cache.name(), codes, rope, GQA_8_2, 16, past as u64);
+    let inputs = attention_inputs(compute, cache, rope, GQA_8_2, 1, lens, past);
+    run_attention(&g, &inputs, compute, 1, lens, past, Some(4))
+}
+
+/// The inputs of an attention case: q, this step's k (unrotated in `compute` with `rope`) and v,
+/// `past` cached positions per sequence, cache_len `lens`.
+fn attention_inputs(
+    compute: DType,
+    cache: DType,
+    rope: &str,
+    shape: Gqa,
+    seq: usize,
+    lens: &[i64],
+    past: usize,
+) -> Vec<(&'static str, Tensor)> {
+    let Gqa { heads: h, kv, d } = shape;
+    let batch = lens.len();
     let scale = if cache.is_quantized_storage() { 200.0 } else { 1.0 };
     let mk = |dt: DType, shape: Vec<usize>, seed: u64, s: f32| {
         let n = shape.iter().product();
@@ -201,15 +227,14 @@ fn gqa_attention_case(compute: DType, cache: DType, codes: &str, rope: &str, sha
     };
     // Unrotated keys in q's dtype, small enough that k / k_scale stays inside E4M3's range.
     let k = if rope.is_empty() { mk(cache, vec![batch, seq, kv, d], 2, scale) } else { mk(compute, vec![batch, seq, kv, d], 2, 0.4) };
-    let inputs = vec![
+    vec![
         ("q", mk(compute, vec![batch, seq, h * d], 1, 1.0)),
         ("k", k),
         ("v", mk(cache, vec![batch, seq, kv, d], 3, scale)),
         ("past.k.0", mk(cache, vec![batch, past, kv, d], 4, scale)),
         ("past.v.0", mk(cache, vec![batch, past, kv, d], 5, scale)),
         ("cache_len", Tensor::i64(vec![batch], lens.to_vec())),
-    ];
-    run_attention(&g, &inputs, compute, seq, lens, past)
+    ]
 }
 
 /// [`attention_case`] over an NVFP4 cache: random E2M1 codes (every code, both signs) and E4M3
@@ -240,7 +265,7 @@ fn nvfp4_attention_case(rope: &str, seq: usize, lens: &[i64]) -> f32 {
         ("past.v_scale.0", scales(past, 15)),
         ("cache_len", Tensor::i64(vec![batch], lens.to_vec())),
     ];
-    run_attention(&g, &inputs, DType::F16, seq, lens, past)
+    run_attention(&g, &inputs, DType::F16, seq, lens, past, None)
 }
 
 /// One state slot of an attention case: bytes of one token's head row and of one element, the
@@ -257,14 +282,15 @@ struct Slot {
 /// Runs one attention graph (q `[B, S, 8·64]`, 2 KV heads, one pool per state slot) on the
 /// interpreter and the GPU over shuffled pages; checks the appended rows of every pool (and each
 /// update the attention computes, fuse-rope's rotated keys) and returns the largest
-/// |GPU − interpreter| of o.
-fn run_attention(g: &Graph, inputs: &[(&str, Tensor)], compute: DType, seq: usize, lens: &[i64], past: usize) -> f32 {
+/// |GPU − interpreter| of o. The page table has `pages` pages per sequence, by default room for
+/// `past + seq` positions and at least 24 pages.
+fn run_attention(g: &Graph, inputs: &[(&str, Tensor)], compute: DType, seq: usize, lens: &[i64], past: usize, pages: Option<u32>) -> f32 {
     const PAGE: u32 = 16;
     // The head layout from the operands: past.k.0 [B, P, KV, D], q [B, S, H·D].
     let operand = |name: &str| &inputs.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no input {name}")).1;
     let (kv, d) = (operand("past.k.0").shape[2], operand("past.k.0").shape[3]);
     let h = operand("q").shape[2] / d;
-    let max_pages = ((past + seq).div_ceil(PAGE as usize) as u32).max(24);
+    let max_pages = pages.unwrap_or(((past + seq).div_ceil(PAGE as usize) as u32).max(24));
     let paged = PagedKv { page_size: PAGE, max_pages };
     let batch = lens.len();
     let results = interp::run(g, &NoWeights, inputs).expect("interpreter");
@@ -343,8 +369,10 @@ fn run_attention(g: &Graph, inputs: &[(&str, Tensor)], compute: DType, seq: usiz
         }
     }
     let syms = vec![("B".to_string(), batch as u64), ("S".to_string(), seq as u64), ("P".to_string(), past as u64)];
-    // The append, then the attention path whose guard holds for this S: at decode the split
-    // attention, merged by its last CTAs (when the pages allow a split), else one attention.
+    // The launches whose guard holds for this S: at prefill the append, then the attention; at
+    // decode the split attention, merged by its last CTAs (when the pages allow a split), else
+    // one attention, which appends the step's token itself — over an NVFP4 cache (four state
+    // slots) the append stays a launch of its own.
     let launches: Vec<&Launch> =
         program.launches().map(|(_, l)| l).filter(|l| l.when.as_ref().is_none_or(|w| w.holds(&syms).unwrap())).collect();
     let templates: Vec<&str> = launches.iter().map(|l| l.kernel.template).collect();
@@ -352,7 +380,10 @@ fn run_attention(g: &Graph, inputs: &[(&str, Tensor)], compute: DType, seq: usiz
     // Prefill (S > 1) from f16 / bf16 runs on the tensor-core kernel (every cache these tests
     // use is read via q's dtype); f32 and decode on paged_attention.
     let attention = if seq > 1 && compute != DType::F32 { "paged_prefill" } else { "paged_attention" };
-    assert_eq!(templates, ["kv_append", attention]);
+    let fused = seq == 1 && g.state.len() == 2;
+    let expected: &[&str] = if fused { &[attention] } else { &["kv_append", attention] };
+    assert_eq!(templates, expected);
+    assert_eq!(launches.last().unwrap().kernel.source.contains("#define QF_APPEND 1"), fused);
     if split {
         let splits = decoder::decode_splits(kv as u32, paged) as usize;
         assert!(counter_bytes >= 4 * 4 * kv && scratch_bytes >= counter_bytes + 4 * h * splits * (d + 2) * 4);
@@ -364,7 +395,7 @@ fn run_attention(g: &Graph, inputs: &[(&str, Tensor)], compute: DType, seq: usiz
         let first = gpu.download(buffers[&o], o_bytes);
         let merge = SplitMerge { heads: h as u32, head_dim: d as u32, splits: decoder::decode_splits(kv as u32, paged), out: compute };
         check_split_merge(&mut gpu, &cache_mem, counter_bytes, &merge, batch, &first);
-        // The same step again (the append rewrites the same rows): the counters were reset, so
+        // The same step again (the append, fused or not, rewrites the same rows): the counters were reset, so
         // the merge happens again and gives the same bytes.
         for l in &launches {
             launch(&gpu, &l.kernel, grid(&l.kernel, &syms), &bind(l, &buffers, &cache_mem, &syms));
@@ -500,6 +531,25 @@ fn fused_rope_attention_matches_the_interpreter() {
             let diff = attention_case(compute, cache, codes, FUSED_ROPE, seq, &lens);
             println!("fused-rope attention {compute} over a {cache} cache, S = {seq}: max |GPU − interpreter| = {diff:e}");
             assert!(diff <= tol, "{compute}/{cache} S={seq}: {diff} > {tol}");
+        }
+    }
+}
+
+/// The decode attention's own append (no kv_append launch at S = 1) on the unsplit decode kernel
+/// (4 pages of 16: one tile per sequence), with and without fuse-rope's rope(keys), over f16 and
+/// FP8 caches; the split kernel's fused append runs in the cases above (S = 1). The appended rows,
+/// the rotated keys and o are checked as everywhere (run_attention).
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90) and NVRTC"]
+fn fused_append_unsplit_decode_matches_the_interpreter() {
+    let lens = [0i64, 37, 63];
+    let codes = ", codes(k_scale=0.0009765625,v_scale=0.001953125,via=f16)";
+    let cases: [(DType, DType, &str, f32); 2] = [(DType::F16, DType::F16, "", 2e-3), (DType::F16, DType::F8E4M3, codes, 1e-3)];
+    for (compute, cache, codes, tol) in cases {
+        for rope in ["", FUSED_ROPE] {
+            let diff = unsplit_decode_case(compute, cache, codes, rope, &lens);
+            println!("unsplit fused-append decode {compute} over a {cache} cache{rope}: max |GPU − interpreter| = {diff:e}");
+            assert!(diff <= tol, "{compute}/{cache}{rope}: {diff} > {tol}");
         }
     }
 }

@@ -36,12 +36,15 @@ fn smollm2_fp16_plan_holds_a_paged_generator() {
     assert!(m.inputs.iter().all(|i| !i.name.starts_with("past.")), "{:?}", m.inputs.iter().map(|i| &i.name).collect::<Vec<_>>());
     assert!(m.buffers.iter().all(|b| !b.shape.iter().any(|d| d.to_string().contains('P'))));
     assert_eq!(m.symbols.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), ["B", "S"]);
-    // Every pool is written by one append and read by the attention, whose decode (S = 1: the
-    // split attention, merged by its last CTAs) and prefill (S > 1) paths are guarded alternatives.
+    // Every pool is named by the append and the attention, whose decode (S = 1: the split
+    // attention, merged by its last CTAs, appending the step's token itself) and prefill (S > 1,
+    // after kv_append) paths are guarded alternatives.
     let pool_uses = m.schedule.iter().flat_map(|l| &l.args).filter(|a| matches!(a, ArgRef::KvPool(_))).count();
     assert_eq!(pool_uses, 60 * 3);
-    let guarded: Vec<usize> =
-        (0..m.schedule.len()).filter(|&i| m.schedule[i].label.starts_with("causal_attention") && m.guard_of(i).is_some()).collect();
+    let template_of = |i: usize| m.kernels[m.schedule[i].kernel as usize].template.as_str();
+    let attention = |i: usize| m.schedule[i].label.starts_with("causal_attention") && template_of(i) != "kv_append";
+    assert!((0..m.schedule.len()).all(|i| !attention(i) || m.guard_of(i).is_some()));
+    let guarded: Vec<usize> = (0..m.schedule.len()).filter(|&i| attention(i)).collect();
     assert_eq!(guarded.len(), 30 * 2);
     let at_decode = [("B".to_string(), 4u64), ("S".to_string(), 1u64)];
     for layer in guarded.chunks(2) {
@@ -69,15 +72,16 @@ fn smollm2_fp16_plan_holds_a_paged_generator() {
     }
     // Token-major K/V: the step's keys and values are views of the projections, so no launch
     // (transpose, cast or other element-wise copy) computes anything in a K/V cache scope; the
-    // pools are written by the 30 kv_appends alone.
+    // pools are written by the 30 kv_appends at prefill and by the 30 decode attentions at decode.
     let decode = step_launches(m, &at_decode);
     let cache_copies: Vec<&str> =
         decode.iter().map(|l| l.label.as_str()).filter(|l| l.contains("k_cache") || l.contains("v_cache")).collect();
     assert!(cache_copies.is_empty(), "K/V copies left: {cache_copies:?}");
     let kernel_of = |l: &qfuse::plan::LaunchMeta| m.kernels[l.kernel as usize].template.as_str();
-    assert_eq!(decode.iter().filter(|l| kernel_of(l) == "kv_append").count(), 30);
+    assert_eq!(decode.iter().filter(|l| kernel_of(l) == "kv_append").count(), 0, "the decode attention appends");
     assert!(decode.iter().all(|l| !l.label.starts_with("transpose")), "no transposes at all in a Llama step");
     let prefill = step_launches(m, &[("B".to_string(), 4), ("S".to_string(), 32)]);
+    assert_eq!(prefill.iter().filter(|l| kernel_of(l) == "kv_append").count(), 30);
     println!("SmolLM2 fp16 plan: {} launches per decode step, {} per prefill step", decode.len(), prefill.len());
     // Head-major K/V (before) cost a transpose and an identity cast per K and V per layer: 573
     // launches per decode step and 543 per prefill step; token-major, 120 fewer; the gated MLP's
@@ -87,7 +91,8 @@ fn smollm2_fp16_plan_holds_a_paged_generator() {
     // instead of a split_combine launch, 1 fewer per layer at decode: 364 − 30 = 334. Q, K and V
     // as one GEMM (merge-sibling-gemms, on by default in decoder plans), 2 fewer per layer: 274.
     // The gated MLP's gate and up as one GEMM with SwiGLU in its epilogue (merge-gate-up, on by
-    // default in decoder plans too), 1 fewer per layer: 244.
+    // default in decoder plans too), 1 fewer per layer: 244. The decode attention appends the
+    // step's token itself (kv_append guarded S > 1), 1 fewer per layer at decode: 214 and 244.
     assert_eq!(decode.iter().filter(|l| kernel_of(l) == "rope").count(), 0, "no rope launch is left");
     assert_eq!(decode.iter().filter(|l| kernel_of(l) == "split_combine").count(), 0, "no combine launch is left");
     let merged = decode.iter().filter(|l| l.label.contains("{q,k,v}_proj")).count();
@@ -95,7 +100,8 @@ fn smollm2_fp16_plan_holds_a_paged_generator() {
     let gate_up = decode.iter().filter(|l| l.label.contains("{gate,up}_proj")).count();
     assert_eq!(gate_up, 30, "one gate/up GEMM per layer");
     assert!(decode.iter().all(|l| !l.label.ends_with("up_proj") || l.label.contains("{gate,up}_proj")), "no separate up GEMM");
-    assert!(decode.len() <= 244, "{} launches per decode step", decode.len());
+    assert!(decode.len() <= 214, "{} launches per decode step", decode.len());
+    assert_eq!(prefill.len(), decode.len() + 30, "the 30 appends at prefill only");
     assert!(prefill.len() <= 244, "{} launches per prefill step", prefill.len());
     // Kernel count independent of depth: far fewer kernels than layers × ops.
     assert!(m.kernels.len() < 30, "{} kernels for 30 layers", m.kernels.len());
@@ -162,7 +168,8 @@ fn smollm2_plan_with_an_nvfp4_kv_cache_holds_the_format() {
     // fuse-rope: every attention rotates its queries as it loads them; the keys' rope stays, one
     // launch per layer (NVFP4 keys are block-quantized before the append, which only copies).
     assert!(attentions().all(|k| k.source.contains("#define QF_ROPE 1")));
-    assert!(m.kernels.iter().filter(|k| k.template == "kv_append").all(|k| k.source.contains("#define QF_ROPE 0")));
+    assert!(m.kernels.iter().filter(|k| k.template == "kv_append").all(|k| k.source.contains("#define QF_KEY_ROPE 0")));
+    assert!(attentions().all(|k| !k.source.contains("#define QF_APPEND 1")), "an NVFP4 cache keeps kv_append at decode");
     let ropes = m.schedule.iter().filter(|l| m.kernels[l.kernel as usize].template == "rope").count();
     assert_eq!(ropes, 30, "the key ropes");
     // The split decode attention over the NVFP4 pools merges in its last CTAs too: its scratch

@@ -40,8 +40,8 @@
 //! rotation and rounding to the operand's dtype, then (codes) `cast(x / k_scale)` — applied before
 //! the unchanged attention; the second result is the value the old keys operand held. On the GPU
 //! paged_attention rotates each query row while loading it (rounding to q's dtype before the
-//! products) and kv_append rotates (and quantizes) each key before writing the pool and the second
-//! result.
+//! products) and kv_append (at decode the attention's own append, the same code) rotates (and
+//! quantizes) each key before writing the pool and the second result.
 //!
 //! Idempotent: an attention with `rope(...)` is skipped. Interacting passes: after
 //! `fuse-kv-cache` (whose `codes(...)` tells a quantized cache) and `drop-identity-casts` (which

@@ -1,14 +1,16 @@
 //! Decoder ops: `rope` (`templates/rope.cu`) and `causal_attention` over the runtime's paged KV
 //! cache (`templates/kv_append.cu`, then `templates/paged_attention.cu`, or for prefill on tensor
-//! cores `templates/paged_prefill.cu`). Each template's header
+//! cores `templates/paged_prefill.cu`; at decode paged_attention appends the step's token itself
+//! with kv_append's per-pack code, `templates/kv_row.cuh`). Each template's header
 //! is its full design; docs/codegen.md "Decoder kernels" summarises them.
 //!
 //! - `rope x, cache_len` → one launch, signature `(x, cache_len, y, long long rows, long long S)`,
 //!   grid `(B·S, 1, 1)`, block [`ROPE_THREADS`]. Heads, head size, pairing and the inverse
 //!   frequencies (the interpreter's [`inverse_frequencies`], f64, printed exactly) are compiled in.
-//! - `causal_attention q, k, v, past_k, past_v, cache_len` → the append, then the decode path
-//!   (guard `S ≤ 1`: split-KV attention and its combine, or one unsplit attention when
-//!   [`decode_splits`] is 1) or the prefill attention (guard `S > 1`), and only with a paged
+//! - `causal_attention q, k, v, past_k, past_v, cache_len` → the append (guard `S > 1`; no guard
+//!   over an NVFP4 cache), then the decode path (guard `S ≤ 1`: one split-KV attention merged by
+//!   its last CTAs, or one unsplit attention when [`decode_splits`] is 1; it appends the step's
+//!   token itself, see 4.) or the prefill attention (guard `S > 1`), and only with a paged
 //!   KV cache ([`LowerCx::paged`]); `past_k`/`past_v` must be state inputs ([`Graph::state`]) and
 //!   `k`/`v` their state updates. They name the pools of their state slots ([`Arg::KvPool`]) and
 //!   never their arena storage, so the past inputs get none ([`crate::codegen::memory`]).
@@ -44,6 +46,14 @@
 //!      counter per (KV head, sequence); the last CTA of each KV head and sequence merges them
 //!      into o and resets its counter. [`split_combine_kernel`] is the same merge as a launch of
 //!      its own (`templates/split_merge.cuh` holds the math both use); plans do not launch it.
+//!   4. The fused append ([`PagedAttentionSpec::append`], every cache but NVFP4): the decode
+//!      attention of 2. or 3. takes `k, v` (and with `rope(keys)` `k_out`) after its other
+//!      parameters, and per (KV head, sequence) the CTA whose key range holds position
+//!      `cache_len[b]` writes the token's K and V rows (rotated and quantized as kv_append does,
+//!      the same `templates/kv_row.cuh` code; `k_out` too) before its first tile load; kv_append
+//!      is then guarded `S > 1`. A decode step launches one kernel per layer for the attention
+//!      (SmolLM2's fp16 plan: 244 → 214 launches per decode step). An NVFP4 cache keeps
+//!      kv_append at every S (its codes and block scales arrive computed from their own quantize).
 //!
 //! [`Graph::state`]: crate::ir::Graph::state
 
@@ -64,6 +74,9 @@ const PAGED_LOAD: &str = include_str!("../../../templates/paged_load.cuh");
 const SPLIT_COMBINE: Template = Template { name: "split_combine.cu", text: include_str!("../../../templates/split_combine.cu") };
 /// The merge of split-KV partial records (`{{split_merge}}` of paged_attention and split_combine).
 const SPLIT_MERGE: &str = include_str!("../../../templates/split_merge.cuh");
+/// The append of one K/V pack (`{{kv_row}}` of kv_append, and of paged_attention's decode variant
+/// with [`PagedAttentionSpec::append`]).
+const KV_ROW: &str = include_str!("../../../templates/kv_row.cuh");
 
 /// Threads of a rope CTA (one CTA per token row).
 pub const ROPE_THREADS: u32 = 128;
@@ -274,8 +287,25 @@ pub struct PagedAttentionSpec {
     pub max_batch: u32,
     /// RoPE on the query load (`fuse-rope`): q arrives unrotated and each element is rotated at
     /// its position and rounded to q's dtype as it is loaded (`keys` is ignored here: kv_append
-    /// rotates the keys). `None`: q arrives rotated.
+    /// or the fused append, [`Self::append`], rotates the keys). `None`: q arrives rotated.
     pub rope: Option<AttnRope>,
+    /// The decode variant appends this step's K/V token itself (the fused append; kv_append then
+    /// runs for prefill only). `None`: kv_append has written the token before the launch.
+    pub append: Option<DecodeAppend>,
+}
+
+/// The decode attention's own append of this step's token (S = 1): for each KV head and
+/// sequence, the one CTA whose key range holds the new position `cache_len[b]` computes the
+/// token's K and V rows as kv_append does (`templates/kv_row.cuh`, the same code), writes them to
+/// the pools (and the rotated keys to `k_out`), and then reads them back through the coherent
+/// load path after a barrier; no other CTA reads that position. Float, FP8/INT8 (per-tensor)
+/// caches; never NVFP4 (its codes and block scales keep the separate append).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecodeAppend {
+    /// `rope(keys)`: the keys arrive unrotated and are rotated (and for a code cache quantized
+    /// with `k_scale`) as they are appended, as kv_append does; the kernel then also takes
+    /// `k_out`. `None`: k arrives rotated in the cache dtype and is copied like v.
+    pub key_rope: Option<KeyRope>,
 }
 
 impl PagedAttentionSpec {
@@ -387,12 +417,35 @@ impl PagedAttentionSpec {
         if self.smem_bytes() > MAX_SMEM {
             return Err(format!("{} bytes of shared memory exceed {MAX_SMEM} (page size or group too large)", self.smem_bytes()));
         }
+        if let Some(append) = self.append {
+            self.check_append(append)?;
+        }
+        Ok(())
+    }
+
+    /// What the fused append relies on: the decode variant, a float or per-tensor code cache, and
+    /// with `rope(keys)` the query rope's rotation (one frequency table serves both) over keys
+    /// kv_append could rotate.
+    fn check_append(&self, append: DecodeAppend) -> Result<(), String> {
+        if !self.decode {
+            return Err("only the decode variant appends the step's token itself".into());
+        }
+        if self.cache.block_scaled() {
+            return Err("an NVFP4 cache keeps kv_append (its codes and block scales arrive computed)".into());
+        }
+        if let Some(kr) = append.key_rope {
+            if self.rope.map(|r| AttnRope { keys: true, ..r }) != Some(AttnRope { keys: true, ..kr.rope }) {
+                return Err("the appended keys' rope must be the query rope's".into());
+            }
+            key_rope_defines(self.cache.storage(), &kr, self.head_dim)?;
+        }
         Ok(())
     }
 
     /// Kernel parameters in signature order: the sixth is `out` (o), followed with a split by
     /// `scratch` (the split scratch); an NVFP4 cache appends the block-scale pools `ks_pool,
-    /// vs_pool`.
+    /// vs_pool`; the fused append ([`Self::append`]) appends this step's `k, v` and with
+    /// `rope(keys)` `k_out`.
     pub fn params(&self) -> Vec<(&'static str, ParamType)> {
         let mut p = pointers(&["q", "k_pool", "v_pool", "page_table", "cache_len", "out"]);
         if self.splits > 0 {
@@ -401,6 +454,12 @@ impl PagedAttentionSpec {
         p.extend([("S", ParamType::I64), ("k_scale", ParamType::F32), ("v_scale", ParamType::F32)]);
         if self.cache.block_scaled() {
             p.extend(pointers(&["ks_pool", "vs_pool"]));
+        }
+        if let Some(append) = self.append {
+            p.extend(pointers(&["k", "v"]));
+            if append.key_rope.is_some() {
+                p.push(("k_out", ParamType::Ptr));
+            }
         }
         p
     }
@@ -470,11 +529,26 @@ impl PagedAttentionSpec {
             ("out_param", out_param.to_string()),
             ("counter_words", (self.split_counter_bytes() / 4).to_string()),
             ("split_merge", SPLIT_MERGE.to_string()),
+            ("append_defs", self.append_defs()?),
         ]);
         let source = PAGED_ATTENTION.render(&values).map_err(|e| e.to_string())?;
         let x = if self.splits > 0 { DimExpr::Const(u64::from(self.splits)) } else { seq.ceil_div(u64::from(qt)) };
         let grid = [x, DimExpr::Const(u64::from(self.kv_heads)), batch];
         Ok(finish_kernel("paged_attention", source, grid, [ATTN_THREADS, 1, 1], self.smem_bytes(), params(&self.params())))
+    }
+
+    /// `{{append_defs}}` of paged_attention.cu: `QF_APPEND` and, for the fused append, the pack
+    /// type `P` and count `QF_R` of a cache row, the key rotation's definitions and kv_row.cuh.
+    fn append_defs(&self) -> Result<String, String> {
+        let Some(append) = self.append else { return Ok("#define QF_APPEND 0\n".into()) };
+        let storage = self.cache.storage();
+        let (pb, packs) = row_packs(storage, self.head_dim)?;
+        let keys = match &append.key_rope {
+            None => "#define QF_KEY_ROPE 0\n".to_string(),
+            Some(kr) => key_rope_defines(storage, kr, self.head_dim)?,
+        };
+        let pack_t = super::elementwise::raw_type(pb);
+        Ok(format!("#define QF_APPEND 1\ntypedef {pack_t} P;\n#define QF_R {packs}\n{keys}{KV_ROW}"))
     }
 
     /// Why the tensor-core prefill (`templates/paged_prefill.cu`) cannot serve this spec, or
@@ -582,6 +656,14 @@ pub fn split_combine_kernel(heads: u32, head_dim: u32, splits: u32, out: DType, 
     Ok(finish_kernel("split_combine", source, grid, [threads, 1, 1], 0, params(&pointers(&["partials", "out"]))))
 }
 
+/// How kv_row.cuh moves a cache row of `head_dim` elements of `storage`: R packs of up to 16
+/// bytes, as `(pack bytes, R)`.
+fn row_packs(storage: DType, head_dim: u32) -> Result<(u64, u64), String> {
+    let row = row_bytes(storage, head_dim)?;
+    let pb = pack_bytes(row, elem_bytes(storage).unwrap_or(1));
+    Ok((pb, row / pb))
+}
+
 /// Bytes of one cache row of `head_dim` elements of `storage` (`f4e2m1`: two per byte, D even).
 fn row_bytes(storage: DType, head_dim: u32) -> Result<u64, String> {
     let d = u64::from(head_dim);
@@ -630,9 +712,7 @@ pub fn kv_append_rope_kernel(
     [batch, seq]: [DimExpr; 2],
     rope: Option<&KeyRope>,
 ) -> Result<KernelDef, String> {
-    let row = row_bytes(storage, head_dim)?;
-    let pb = pack_bytes(row, elem_bytes(storage).unwrap_or(1));
-    let packs = row / pb;
+    let (pb, packs) = row_packs(storage, head_dim)?;
     let nvfp4 = storage == DType::F4E2M1;
     let scale_row = u64::from(head_dim).div_ceil(u64::from(crate::ir::KV_NVFP4_BLOCK));
     let spb = pack_bytes(scale_row, 1);
@@ -648,12 +728,13 @@ pub fn kv_append_rope_kernel(
         ("scales", u8::from(nvfp4).to_string()),
         ("scale_pack_t", super::elementwise::raw_type(spb).to_string()),
         ("scale_packs", scale_packs.to_string()),
+        ("kv_row", KV_ROW.to_string()),
     ]);
     // kv_append needs ops.cuh only to rotate keys: it goes into the rope definitions.
     let ops = values.iter().find(|(k, _)| *k == "ops").map(|(_, v)| v.clone()).unwrap_or_default();
     let mut values: Vec<(&str, String)> = values.into_iter().filter(|(k, _)| *k != "ops").collect();
     let (defs, param) = match rope {
-        None => ("#define QF_ROPE 0\n".to_string(), String::new()),
+        None => ("#define QF_KEY_ROPE 0\n".to_string(), String::new()),
         Some(r) => (append_rope_defs(&ops, storage, r, kv_heads, head_dim)?, "P* __restrict__ k_out, float k_scale, ".to_string()),
     };
     values.extend([("rope_defs", defs), ("rope_param", param)]);
@@ -671,11 +752,33 @@ pub fn kv_append_rope_kernel(
     Ok(finish_kernel("kv_append", source, grid, [APPEND_THREADS, 1, 1], 0, params(&list)))
 }
 
-/// The kv_append definitions that rotate keys: ops.cuh, the key and cache dtype traits, the
-/// frequency table and `qf_rotated_keys(k, row, c, t, k_scale)`, pack `c` of the cache row `row`
-/// (token position `t`) from the unrotated key row: rotated as `rope {heads=KV}`, rounded to the
-/// keys' dtype and, for codes, quantized with `k_scale`.
+/// The kv_append definitions that rotate keys (kv_row.cuh's `qf_rotated_keys`): ops.cuh,
+/// [`key_rope_defines`], the cache dtype trait, the head size, the pairing and the frequency
+/// table of `rope {heads=KV}` (paged_attention has the last four for its query rope already).
 fn append_rope_defs(ops: &str, storage: DType, r: &KeyRope, kv_heads: u32, head_dim: u32) -> Result<String, String> {
+    let keys = key_rope_defines(storage, r, head_dim)?;
+    let ct = dtype_trait(storage).ok_or("no trait for the cache dtype")?;
+    let (doc, adjacent) = pairs_text(r.rope.pairs);
+    let adjacent = if adjacent == "1" { "true" } else { "false" };
+    let table = frequency_table(&r.rope.op(kv_heads), head_dim as usize);
+    Ok(format!(
+        "{ops}
+// RoPE on append (fuse-rope): k arrives unrotated; kv_row.cuh's qf_rotated_keys rotates each key
+// element at its token's position as the `rope` op it replaces ({doc}).
+{keys}typedef {ct} CT_;
+#define QF_D {head_dim}
+#define QF_ROPE_ADJ {adjacent}
+__constant__ double qf_inv_freq[QF_D / 2] = {{ {table} }};
+"
+    ))
+}
+
+/// The definitions kv_row.cuh's key rotation needs beyond the rope's own (`CT_`, `QF_D`,
+/// `QF_ROPE_ADJ`, `qf_inv_freq`, ops.cuh): `QF_KEY_ROPE 1`, the unrotated keys' trait `KT_` and
+/// `QF_KEY_CODES` (1 for a code cache: quantize with `k_scale`). Errors where the append cannot
+/// rotate: an NVFP4 cache, a float cache of another dtype than the keys', keys that are not
+/// floats of an even head size.
+fn key_rope_defines(storage: DType, r: &KeyRope, head_dim: u32) -> Result<String, String> {
     let codes = match storage {
         DType::F8E4M3 | DType::F8E5M2 | DType::I8 => 1,
         DType::F4E2M1 => {
@@ -687,44 +790,8 @@ fn append_rope_defs(ops: &str, storage: DType, r: &KeyRope, kv_heads: u32, head_
     if !r.keys.is_wide_float() || head_dim % 2 != 0 {
         return Err(format!("kv_append rotates float keys of an even head size, not {} of {head_dim}", r.keys));
     }
-    let (kt, ct) = (dtype_trait(r.keys).expect("float trait"), dtype_trait(storage).ok_or("no trait for the cache dtype")?);
-    let (doc, adjacent) = pairs_text(r.rope.pairs);
-    let adjacent = if adjacent == "1" { "true" } else { "false" };
-    let table = frequency_table(&r.rope.op(kv_heads), head_dim as usize);
-    Ok(format!(
-        "{ops}
-// RoPE on append (fuse-rope): k arrives unrotated (KT_ elements, rows of D); each key element is
-// rotated at its token's position as the `rope` op it replaces ({doc}) and rounded to KT_, then
-// (QF_KEY_CODES) quantized as the cache's quantize does, cast(x / k_scale), and written to the
-// pool and to k_out (the attention's second result). Tokens whose page is skipped write neither.
-typedef {kt} KT_;
-typedef {ct} CT_;
-#define QF_ROPE 1
-#define QF_KEY_CODES {codes}
-#define QF_D {head_dim}
-#define QF_ROPE_ADJ {adjacent}
-__constant__ double qf_inv_freq[QF_D / 2] = {{ {table} }};
-QF_DEVICE P qf_rotated_keys(const P* __restrict__ k, long long row, long long c, long long t, float k_scale) {{
-    constexpr int n = sizeof(P) / sizeof(typename CT_::T);
-    const typename KT_::T* x = reinterpret_cast<const typename KT_::T*>(k) + row * QF_D;
-    P out;
-    typename CT_::T* y = reinterpret_cast<typename CT_::T*>(&out);
-#pragma unroll
-    for (int e = 0; e < n; ++e) {{
-        const int d = static_cast<int>(c) * n + e;
-        const double angle = static_cast<double>(t) * qf_inv_freq[qf_rope_pair<QF_D, QF_ROPE_ADJ>(d)];
-        const float r = qf_round<KT_>(qf_rope_element<KT_, QF_D, QF_ROPE_ADJ>(x, d, angle));
-#if QF_KEY_CODES
-        y[e] = CT_::store(__fdiv_rn(r, k_scale));
-#else
-        (void)k_scale;
-        y[e] = CT_::store(r);
-#endif
-    }}
-    return out;
-}}
-"
-    ))
+    let kt = dtype_trait(r.keys).expect("float trait");
+    Ok(format!("#define QF_KEY_ROPE 1\n#define QF_KEY_CODES {codes}\ntypedef {kt} KT_;\n"))
 }
 
 /// Pointer parameters named `names`, in order.
@@ -868,6 +935,7 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
         splits: 0,
         max_batch: 0,
         rope: a.rope.map(|r| AttnRope { keys: false, ..r }),
+        append: None,
     };
     if g.shape(o) != qs {
         return Err(err("the result must have q's shape".into()));
@@ -909,19 +977,30 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
         }
         args
     };
-    // Exactly one of the decode path and the prefill attention runs for a given S.
+    // Exactly one of the decode path and the prefill attention runs for a given S. At decode the
+    // attention appends the step's token itself (float and per-tensor code caches), so kv_append
+    // runs for prefill only; an NVFP4 cache keeps it at every S.
     let (one, more) = (Guard::RowsAtMost { rows: seq.clone(), max: 1 }, Guard::RowsAbove { rows: seq.clone(), min: 1 });
-    let mut launches = vec![Launch { kernel: append, args: append_args, when: None }];
+    let fused = (!a.block_scaled()).then_some(DecodeAppend { key_rope });
+    let mut launches = vec![Launch { kernel: append, args: append_args, when: fused.map(|_| more.clone()) }];
     let splits = decode_splits(a.kv_heads, paged);
-    if splits > 1 {
-        let split = PagedAttentionSpec { decode: true, splits, max_batch: max_batch as u32, ..spec };
+    let decode = PagedAttentionSpec { decode: true, append: fused, ..spec };
+    let (kernel, mut args) = if splits > 1 {
+        let split = PagedAttentionSpec { splits, max_batch: max_batch as u32, ..decode };
         let scratch = Arg::SplitScratch { bytes: split.split_scratch_bytes(), counters: split.split_counter_bytes() };
-        let kernel = split.kernel(batch, seq.clone()).map_err(&err)?;
-        launches.push(Launch { kernel, args: attention_args(Some(scratch)), when: Some(one) });
+        (split.kernel(batch, seq.clone()), attention_args(Some(scratch)))
     } else {
-        let decode = PagedAttentionSpec { decode: true, ..spec }.kernel(batch, seq.clone()).map_err(&err)?;
-        launches.push(Launch { kernel: decode, args: attention_args(None), when: Some(one) });
+        (decode.kernel(batch, seq.clone()), attention_args(None))
+    };
+    // The fused append's operands follow the attention's: this step's k and v, and the rotated
+    // keys' result.
+    if fused.is_some() {
+        args.extend([Arg::Value(k), Arg::Value(v)]);
+        if key_rope.is_some() {
+            args.push(Arg::Value(k_update));
+        }
     }
+    launches.push(Launch { kernel: kernel.map_err(&err)?, args, when: Some(one) });
     launches.push(Launch { kernel: prefill, args: attention_args(None), when: Some(more) });
     Ok(Lowered::Launches(launches))
 }

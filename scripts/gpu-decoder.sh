@@ -19,7 +19,9 @@
 #              plans of PROFILE), beside the device's copy bandwidth measured in the same run
 #     peers    HF transformers on a SmolLM2-shaped model (eager and torch.compile
 #              reduce-overhead, static cache), same GPU, same call
-#   PLANS  (default: every recipe of issue 13) names from the table below; GEN: check tokens (32).
+#   PLANS  (default: every recipe of issue 13) names from the table below, plus fp16+prologue and
+#          fp8+prologue (opt-in fuse-norm-prologue: the skinny GEMMs compute the RMSNorms at decode,
+#          not in the default list until its GPU test has passed); GEN: check tokens (32).
 # Logs: gpu-bundle-work/logs, archived to $OUT/gpu-decoder-logs.tgz.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -43,7 +45,9 @@ declare -A args=([fp16]="--recipe fp16 --kv-cache f16" [fp8]="--recipe fp8 --kv-
     [fp8-dynamic]="--recipe fp8-dynamic --kv-cache f16" [int8-sq]="--recipe int8-sq --kv-cache f16"
     [w8a16]="--recipe w8a16 --kv-cache f16" [w4a16-awq]="--recipe w4a16-awq --kv-cache f16"
     [w4a8-awq]="--recipe w4a8-awq --kv-cache f16" [nvfp4]="--recipe nvfp4 --kv-cache f16"
-    [fp8+fp8kv]="--recipe fp8 --kv-cache fp8" [fp8+nvfp4kv]="--recipe fp8 --kv-cache nvfp4")
+    [fp8+fp8kv]="--recipe fp8 --kv-cache fp8" [fp8+nvfp4kv]="--recipe fp8 --kv-cache nvfp4"
+    [fp16+prologue]="--recipe fp16 --kv-cache f16 --enable-pass fuse-norm-prologue"
+    [fp8+prologue]="--recipe fp8 --kv-cache fp8 --enable-pass fuse-norm-prologue")
 plan_of() { echo "$work/smol-${1//+/_}.plan"; }
 for step in $steps; do
     case $step in

@@ -108,6 +108,35 @@ fn smollm2_fp16_plan_holds_a_paged_generator() {
     assert!(m.schedule.len() > 30 * 10);
 }
 
+/// `--enable-pass fuse-norm-prologue` on SmolLM2's fp16 plan: the 61 RMSNorms (two per layer and
+/// the final one before the LM head) are computed by their readers' skinny GEMMs at decode (B ≤ 4
+/// rows), so a decode step has no norm launch; a prefill step (B·S > 16 rows) runs the layers' norms
+/// as before.
+#[test]
+fn smollm2_norm_prologues_leave_no_norm_launch_at_decode() {
+    let gguf = common::smollm2_gguf();
+    let mut opts = CompileOptions::for_recipe("fp16").unwrap();
+    opts.arch = Some("sm_90a".into());
+    opts.calib = qfuse::quant::CalibOptions::decoder_default();
+    opts.kernel_cache = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/kernels"));
+    opts.passes.enable.push("fuse-norm-prologue".into());
+    let d = DecoderPlanOptions { kv_cache: None, max_seq: Some(256), max_batch: 4, max_step: 32, page_size: 32 };
+    let m = compile_decoder(&gguf, &opts, &d).expect("compile").meta().clone();
+    let ir = &m.ir_text;
+    assert_eq!(ir.matches("prologue=true").count(), 61, "every RMSNorm is read by one GEMM");
+    let kernel_of = |l: &qfuse::plan::LaunchMeta| m.kernels[l.kernel as usize].template.as_str();
+    let decode = step_launches(&m, &[("B".to_string(), 4), ("S".to_string(), 1)]);
+    let prefill = step_launches(&m, &[("B".to_string(), 4), ("S".to_string(), 32)]);
+    assert_eq!(decode.iter().filter(|l| kernel_of(l) == "layernorm").count(), 0, "no norm launch at decode");
+    // At prefill the layers' norms see B·S = 128 rows and launch; the final norm sees the B = 4 last
+    // positions, which the LM head's skinny kernel still takes.
+    assert_eq!(prefill.iter().filter(|l| kernel_of(l) == "layernorm").count(), 60, "the layers' norms at prefill");
+    let skinny_with_norm = m.kernels.iter().filter(|k| k.template == "gemm_skinny" && k.source.contains("constexpr int PROLOGUE = 1;"));
+    assert!(skinny_with_norm.count() >= 3, "the Q/K/V, gate+up and LM head skinny kernels take the norm");
+    println!("SmolLM2 fp16 plan with norm prologues: {} launches per decode step, {} per prefill step", decode.len(), prefill.len());
+    assert_eq!(decode.len(), 214 - 61);
+}
+
 /// The launches one step at `syms` runs: every unguarded launch and each guarded one whose guard
 /// holds, in schedule order.
 fn step_launches<'m>(m: &'m qfuse::plan::PlanMeta, syms: &[(String, u64)]) -> Vec<&'m qfuse::plan::LaunchMeta> {

@@ -188,6 +188,17 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
+    /// The options of calibration's runs (activation statistics, AWQ/GPTQ/SmoothQuant captures,
+    /// KV-cache scales): f64 sums rounded to f32 once ([`Accumulation::F64`]). The default f32
+    /// order is the `gemm` crate's, which depends on the host CPU (its SIMD width and cache sizes
+    /// pick the kernel and the K blocking), so f32-summed statistics — and the scales a plan is
+    /// built with — would differ in their last bits, and a histogram method's choice by whole
+    /// bins, from one machine to another; f64 sums make them the same on every host (they differ
+    /// only where an f64 sum lies within 2⁻²⁹ of an f32 rounding boundary).
+    pub fn calibration() -> Self {
+        RunOptions { accumulation: Accumulation::F64, ..Default::default() }
+    }
+
     fn numerics(&self) -> ops::Numerics {
         ops::Numerics { acc: self.accumulation, perturb: self.perturbation }
     }
@@ -272,6 +283,16 @@ pub fn run_observed(
     observe: &mut dyn FnMut(ValueId, &Tensor),
 ) -> Result<Outputs, InterpError> {
     run_with(g, weights, inputs, &RunOptions::default(), observe)
+}
+
+/// [`run_observed`] with [`RunOptions::calibration`]: what every calibration run uses.
+pub fn run_calibration(
+    g: &Graph,
+    weights: &dyn WeightSource,
+    inputs: &[(&str, Tensor)],
+    observe: &mut dyn FnMut(ValueId, &Tensor),
+) -> Result<Outputs, InterpError> {
+    run_with(g, weights, inputs, &RunOptions::calibration(), observe)
 }
 
 /// [`run_observed`] with explicit [`RunOptions`].

@@ -46,7 +46,7 @@ pub fn channel_stats(
     let values: Vec<ValueId> = wants.keys().copied().collect();
     for run in super::encode_runs(model, g, opts, &values)? {
         let keep = real_token_rows(&run.inputs);
-        interp::run_observed(g, model.weights(), &run.inputs, &mut |id, t| {
+        interp::run_calibration(g, model.weights(), &run.inputs, &mut |id, t| {
             if let (Some(s), None) = (stats.get_mut(&id), &failure) {
                 if let Err(e) = observe(s, t, keep.as_deref(), run.tokens.as_deref()) {
                     failure = Some(format!("{id}: {e}"));

@@ -135,8 +135,8 @@ pub fn calibrate(
     for chunk in texts.chunks(model.texts_per_run().max(1)) {
         let encoded = model.prefill_batch(&f32_graph, chunk)?;
         let tokens = encoded.tokens.as_deref();
-        let outs =
-            crate::interp::run(&f32_graph, &model.weights, &encoded.inputs).map_err(|e| fail(format!("calibration run failed: {e}")))?;
+        let outs = crate::interp::run_calibration(&f32_graph, &model.weights, &encoded.inputs, &mut |_, _| {})
+            .map_err(|e| fail(format!("calibration run failed: {e}")))?;
         for (name, t) in &outs {
             let Some((kind, layer)) = name.strip_prefix("present.").and_then(|r| r.split_once('.')) else { continue };
             let Ok(layer) = layer.parse::<usize>() else { continue };

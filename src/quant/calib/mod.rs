@@ -1,7 +1,8 @@
 //! Calibration: run the FP32 graph over sample inputs, collect statistics of the values to be
 //! quantized, and choose each one's clipping range (`amax`).
 //!
-//! - [`collect`] runs the reference interpreter over the calibration batches and feeds every
+//! - [`collect`] runs the reference interpreter over the calibration batches (f64 sums:
+//!   [`interp::RunOptions::calibration`], so statistics are the same on every host) and feeds every
 //!   requested value into a [`TensorStats`] (count, amax, NaN/inf counts, a 2048-bin histogram of
 //!   `|x|` whose range doubles as needed: one pass, see [`histogram`] for the resolution this costs).
 //! - [`choose_amax`] turns one statistic into an amax with a [`CalibMethod`] (quant-formats.md §7:
@@ -200,7 +201,7 @@ pub fn collect_runs(
     let mut samples = 0;
     for run in runs {
         let mut failure = None;
-        interp::run_observed(g, weights, run.inputs, &mut |id, t| {
+        interp::run_calibration(g, weights, run.inputs, &mut |id, t| {
             let (Some(s), Some(xs), None) = (stats.get_mut(&id), t.as_f32(), &failure) else { return };
             match sequence_rows(xs, &t.shape, run.tokens) {
                 Ok(rows) => rows.into_iter().for_each(|r| s.add(r)),

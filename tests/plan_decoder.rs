@@ -7,13 +7,20 @@ mod common;
 use qfuse::compile::{compile_decoder, CompileOptions, DecoderPlanOptions};
 use qfuse::plan::{ArgRef, Plan};
 
-#[test]
-fn smollm2_fp16_plan_holds_a_paged_generator() {
-    let gguf = common::smollm2_gguf();
+/// SmolLM2's fp16 plan settings of these tests: sm_90a, the decoder calibration defaults, the
+/// checkout's kernel cache.
+fn fp16_options() -> CompileOptions {
     let mut opts = CompileOptions::for_recipe("fp16").unwrap();
     opts.arch = Some("sm_90a".into());
     opts.calib = qfuse::quant::CalibOptions::decoder_default();
     opts.kernel_cache = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/kernels"));
+    opts
+}
+
+#[test]
+fn smollm2_fp16_plan_holds_a_paged_generator() {
+    let gguf = common::smollm2_gguf();
+    let opts = fp16_options();
     let d = DecoderPlanOptions { kv_cache: None, max_seq: Some(256), max_batch: 4, max_step: 32, page_size: 32 };
     let plan = compile_decoder(&gguf, &opts, &d).expect("compile");
     let dir = tempfile::tempdir().unwrap();
@@ -115,10 +122,7 @@ fn smollm2_fp16_plan_holds_a_paged_generator() {
 #[test]
 fn smollm2_norm_prologues_leave_no_norm_launch_at_decode() {
     let gguf = common::smollm2_gguf();
-    let mut opts = CompileOptions::for_recipe("fp16").unwrap();
-    opts.arch = Some("sm_90a".into());
-    opts.calib = qfuse::quant::CalibOptions::decoder_default();
-    opts.kernel_cache = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/kernels"));
+    let mut opts = fp16_options();
     opts.passes.enable.push("fuse-norm-prologue".into());
     let d = DecoderPlanOptions { kv_cache: None, max_seq: Some(256), max_batch: 4, max_step: 32, page_size: 32 };
     let m = compile_decoder(&gguf, &opts, &d).expect("compile").meta().clone();
@@ -150,10 +154,7 @@ fn step_launches<'m>(m: &'m qfuse::plan::PlanMeta, syms: &[(String, u64)]) -> Ve
 #[test]
 fn smollm2_plan_with_an_nvfp4_kv_cache_holds_the_format() {
     let gguf = common::smollm2_gguf();
-    let mut opts = CompileOptions::for_recipe("fp16").unwrap();
-    opts.arch = Some("sm_90a".into());
-    opts.calib = qfuse::quant::CalibOptions::decoder_default();
-    opts.kernel_cache = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/kernels"));
+    let opts = fp16_options();
     let kv_cache = Some(qfuse::import::decoder::KvFormat::parse_storage("nvfp4").unwrap());
     let d = DecoderPlanOptions { kv_cache, max_seq: Some(256), max_batch: 4, max_step: 32, page_size: 32 };
     let plan = compile_decoder(&gguf, &opts, &d).expect("compile");
@@ -292,10 +293,7 @@ fn every_buffer_a_decoder_step_writes_has_an_interpreter_value() {
     use qfuse::interp::Accumulation;
     use qfuse::runtime::scheduler::Geometry;
     let gguf = common::smollm2_gguf();
-    let mut opts = CompileOptions::for_recipe("fp16").unwrap();
-    opts.arch = Some("sm_90a".into());
-    opts.calib = qfuse::quant::CalibOptions::decoder_default();
-    opts.kernel_cache = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/kernels"));
+    let opts = fp16_options();
     let d = DecoderPlanOptions { kv_cache: None, max_seq: Some(64), max_batch: 2, max_step: 16, page_size: 16 };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("smol.plan");

@@ -1016,3 +1016,47 @@ fn f64_accumulation_is_exact_for_e4m3_codes() {
     assert_close(&split, &exact.iter().map(|&x| x as f64).collect::<Vec<_>>(), 1e-5 * scale.max(1.0), "split-K f32 sums");
     assert!(split != narrow, "two f32 orders over K = {k} should differ somewhere");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Partial runs
+// ---------------------------------------------------------------------------------------------
+
+/// `run_part` computes the targets from given values and runs nothing else: the nodes before a
+/// given value and those no target needs are skipped (their weights, left out of the store
+/// here, are never read), and its results equal a whole run's.
+#[test]
+fn partial_runs_start_from_given_values_and_stop_at_targets() {
+    let g = graph(
+        r#"graph "part" {
+  %0 = input "x" : f32[2,3]
+  %1 = weight @w : f32[3,3]
+  %2 = matmul %0, %1 : f32[2,3]
+  %3 = add %2, %0 : f32[2,3]
+  %4 = weight @v : f32[3,3]
+  %5 = matmul %3, %4 : f32[2,3]
+  return "y" = %5, "z" = %3
+}"#,
+    );
+    let (y, z) = (g.outputs[0].1, g.outputs[1].1);
+    let x = Tensor::f32(vec![2, 3], rand_vec(6, 1));
+    let (w, v) = (Tensor::f32(vec![3, 3], rand_vec(9, 2)), Tensor::f32(vec![3, 3], rand_vec(9, 3)));
+    let inputs = vec![("x", x)];
+    let all = weights(vec![("w", w.clone()), ("v", v.clone())]);
+    let whole = interp::run(&g, &all, &inputs).expect("whole run");
+    // From the given %3 to %5: `w`, %0 and %2 are not needed.
+    let mut seen = vec![];
+    let given = vec![(z, Arc::new(whole[1].1.clone()))];
+    let out =
+        interp::run_part(&g, &weights(vec![("v", v)]), &inputs, given, (&[y], &[]), &RunOptions::default(), &mut |id, _| seen.push(id))
+            .expect("second half");
+    assert_eq!(f32s(&out[0]), f32s(&whole[0].1));
+    assert_eq!(seen, vec![g.nodes[g.values[y].producer].inputs[1], y], "only @v and the matmul run");
+    // From the inputs to %3: `v` is never read.
+    let out = interp::run_part(&g, &weights(vec![("w", w)]), &inputs, vec![], (&[z, z], &[z]), &RunOptions::default(), &mut |_, _| {})
+        .expect("first half");
+    assert_eq!((f32s(&out[0]), f32s(&out[1])), (f32s(&whole[1].1), f32s(&whole[1].1)));
+    // A value that is not the graph's is an error, not a panic.
+    let err = interp::run_part(&g, &all, &inputs, vec![], (&[], &[ir::ValueId(99)]), &RunOptions::default(), &mut |_, _| {})
+        .expect_err("unknown target");
+    assert!(err.to_string().contains("not a value of this graph"), "{err}");
+}

@@ -5,7 +5,7 @@ use clap::Args;
 use qfuse::passes::PassOptions;
 use qfuse::quant::calib::{self, CalibMethod};
 use qfuse::quant::recipe::{AutoTarget, Granularity, Recipe, WeightAlgo};
-use qfuse::quant::CalibOptions;
+use qfuse::quant::{CalibOptions, CalibSchedule};
 use std::path::PathBuf;
 
 /// How to quantize.
@@ -29,6 +29,11 @@ pub struct RecipeArgs {
     /// GPTQ: quantize columns by decreasing Hessian diagonal (static groups).
     #[arg(long)]
     pub act_order: bool,
+    /// GPTQ (and the other weight algorithms): sequential quantization, each span of layers'
+    /// statistics from the outputs of the already quantized layers before it (one more forward
+    /// per span). Calibration always streams layer by layer; this only changes its inputs.
+    #[arg(long)]
+    pub gptq_sequential: bool,
     /// Integer weight scales of w8a16, w4a16-rtn and w4a16-gptq: minmax (`amax / qmax`) | mse (the
     /// clip of each channel's or group's range with the least squared rounding error). [default:
     /// the recipe's]
@@ -154,7 +159,8 @@ impl RecipeArgs {
             None => default(),
         };
         anyhow::ensure!(!sentences.is_empty(), "the calibration set is empty");
-        Ok(CalibOptions { method, sentences, batch: 16, quiet })
+        let schedule = if self.gptq_sequential { CalibSchedule::Sequential } else { CalibSchedule::Layers };
+        Ok(CalibOptions { method, sentences, batch: 16, quiet, schedule })
     }
 
     /// Pass manager settings.

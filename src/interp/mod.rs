@@ -285,16 +285,6 @@ pub fn run_observed(
     run_with(g, weights, inputs, &RunOptions::default(), observe)
 }
 
-/// [`run_observed`] with [`RunOptions::calibration`]: what every calibration run uses.
-pub fn run_calibration(
-    g: &Graph,
-    weights: &dyn WeightSource,
-    inputs: &[(&str, Tensor)],
-    observe: &mut dyn FnMut(ValueId, &Tensor),
-) -> Result<Outputs, InterpError> {
-    run_with(g, weights, inputs, &RunOptions::calibration(), observe)
-}
-
 /// [`run_observed`] with explicit [`RunOptions`].
 pub fn run_with(
     g: &Graph,
@@ -305,11 +295,8 @@ pub fn run_with(
 ) -> Result<Outputs, InterpError> {
     check_structure(g)?;
     let order = order::canonical_order(g).ok_or(InterpError::Cycle)?;
-    let pool = match opts.threads {
-        0 => None,
-        n => rayon::ThreadPoolBuilder::new().num_threads(n).build().ok(),
-    };
-    let mut ex = Executor::new(g, weights, pool, opts.numerics());
+    let sinks: Vec<ValueId> = g.outputs.iter().map(|&(_, v)| v).collect();
+    let mut ex = Executor::new(g, weights, opts, g.live_nodes(), &sinks);
     ex.bind_inputs(inputs)?;
     for id in order {
         if ex.live[id.index()] {
@@ -317,6 +304,72 @@ pub fn run_with(
         }
     }
     ex.finish()
+}
+
+/// Runs only the part of `g` that computes `targets` and `observed` when the values of `given`
+/// are already known: the nodes those depend on other than through a given value (inputs and
+/// weights included; graph outputs they do not need are not computed), each once, in canonical
+/// order. Every graph input must still be passed (they bind the symbols, and are all checked as
+/// in [`run`]). `observe` sees every value computed (not the given ones); returns the targets'
+/// tensors in order. Intermediates (the `observed` values too) are freed as in
+/// [`run_observed`]; a given value is dropped once its last reader has run.
+///
+/// Calibration streams a decoder this way, one span of layers at a time, keeping only the
+/// residual stream between spans (`quant::calib::stream`, with [`RunOptions::calibration`]).
+pub fn run_part(
+    g: &Graph,
+    weights: &dyn WeightSource,
+    inputs: &[(&str, Tensor)],
+    given: Vec<(ValueId, Arc<Tensor>)>,
+    (targets, observed): (&[ValueId], &[ValueId]),
+    opts: &RunOptions,
+    observe: &mut dyn FnMut(ValueId, &Tensor),
+) -> Result<Vec<Arc<Tensor>>, InterpError> {
+    check_structure(g)?;
+    let all: Vec<ValueId> = targets.iter().chain(observed).copied().collect();
+    if let Some(v) = given.iter().map(|(v, _)| v).chain(&all).find(|v| v.index() >= g.values.len()) {
+        return Err(InterpError::InvalidGraph { message: format!("value {v} is not a value of this graph") });
+    }
+    let order = order::canonical_order(g).ok_or(InterpError::Cycle)?;
+    let known: std::collections::HashSet<ValueId> = given.iter().map(|(v, _)| *v).collect();
+    let live = needed_nodes(g, &known, &all);
+    let mut ex = Executor::new(g, weights, opts, live, targets);
+    ex.bind_inputs(inputs)?;
+    for (v, t) in given {
+        if ex.uses[v.index()] > 0 {
+            ex.store[v.index()] = Some(t);
+        }
+    }
+    for id in order {
+        if ex.live[id.index()] {
+            ex.step(id, inputs, observe)?;
+        }
+    }
+    targets.iter().map(|&v| ex.take(v).ok_or_else(|| not_computed(g, v, "target"))).collect()
+}
+
+/// Per node: whether computing `targets` needs it when the values in `known` are given.
+fn needed_nodes(g: &Graph, known: &std::collections::HashSet<ValueId>, targets: &[ValueId]) -> Vec<bool> {
+    let mut live = vec![false; g.nodes.len()];
+    let mut stack: Vec<ValueId> = targets.to_vec();
+    while let Some(v) = stack.pop() {
+        let id = g.values[v].producer;
+        if known.contains(&v) || std::mem::replace(&mut live[id.index()], true) {
+            continue;
+        }
+        stack.extend(g.nodes[id].inputs.iter().copied());
+    }
+    live
+}
+
+/// The error for a graph output (named `name`) or a partial run's target that was not computed.
+fn not_computed(g: &Graph, v: ValueId, name: &str) -> InterpError {
+    InterpError::Op {
+        node: g.values[v].producer,
+        op: "return".into(),
+        name: Some(name.into()),
+        message: format!("output value {v} was not computed"),
+    }
 }
 
 /// The state of one run.
@@ -334,18 +387,34 @@ struct Executor<'a> {
 }
 
 impl<'a> Executor<'a> {
-    fn new(g: &'a Graph, weights: &'a dyn WeightSource, pool: Option<rayon::ThreadPool>, numerics: ops::Numerics) -> Self {
-        let live = g.live_nodes();
+    /// An executor running the nodes `live` marks, whose results `sinks` (the graph outputs, or
+    /// a partial run's targets, one read each) are kept to the end.
+    fn new(g: &'a Graph, weights: &'a dyn WeightSource, opts: &RunOptions, live: Vec<bool>, sinks: &[ValueId]) -> Self {
+        let pool = match opts.threads {
+            0 => None,
+            n => rayon::ThreadPoolBuilder::new().num_threads(n).build().ok(),
+        };
         let mut uses = vec![0u32; g.values.len()];
         for (id, node) in g.nodes.iter() {
             if live[id.index()] {
                 node.inputs.iter().for_each(|v| uses[v.index()] += 1);
             }
         }
-        g.outputs.iter().for_each(|(_, v)| uses[v.index()] += 1);
+        sinks.iter().for_each(|v| uses[v.index()] += 1);
         let syms = vec![None; g.symbols.len()];
         let store = vec![None; g.values.len()];
-        Executor { g, weights, pool, numerics, live, syms, uses, store }
+        Executor { g, weights, pool, numerics: opts.numerics(), live, syms, uses, store }
+    }
+
+    /// Reads `v` once: moved out of the store on its last read.
+    fn take(&mut self, v: ValueId) -> Option<Arc<Tensor>> {
+        let i = v.index();
+        self.uses[i] = self.uses[i].saturating_sub(1);
+        if self.uses[i] == 0 {
+            self.store[i].take()
+        } else {
+            self.store[i].clone()
+        }
     }
 
     /// Checks every graph input and binds the symbols of their shapes.
@@ -483,28 +552,13 @@ impl<'a> Executor<'a> {
 
     /// The operands of `node`; a value read for the last time is moved out of the store.
     fn take_operands(&mut self, node: &Node) -> Result<Vec<Arc<Tensor>>, String> {
-        let mut args = Vec::with_capacity(node.inputs.len());
-        for &v in &node.inputs {
-            let i = v.index();
-            self.uses[i] = self.uses[i].saturating_sub(1);
-            let t = if self.uses[i] == 0 { self.store[i].take() } else { self.store[i].clone() };
-            args.push(t.ok_or_else(|| format!("operand {v} was not computed"))?);
-        }
-        Ok(args)
+        node.inputs.iter().map(|&v| self.take(v).ok_or_else(|| format!("operand {v} was not computed"))).collect()
     }
 
     fn finish(mut self) -> Result<Outputs, InterpError> {
         let mut outs = Vec::with_capacity(self.g.outputs.len());
         for (name, v) in &self.g.outputs {
-            let i = v.index();
-            self.uses[i] = self.uses[i].saturating_sub(1);
-            let t = if self.uses[i] == 0 { self.store[i].take() } else { self.store[i].clone() };
-            let t = t.ok_or_else(|| InterpError::Op {
-                node: self.g.values[*v].producer,
-                op: "return".into(),
-                name: Some(name.clone()),
-                message: format!("output value {v} was not computed"),
-            })?;
+            let t = self.take(*v).ok_or_else(|| not_computed(self.g, *v, name))?;
             outs.push((name.clone(), Arc::try_unwrap(t).unwrap_or_else(|a| (*a).clone())));
         }
         Ok(outs)

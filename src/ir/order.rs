@@ -56,6 +56,20 @@ pub fn canonical_order(g: &Graph) -> Option<Vec<NodeId>> {
     Some(order)
 }
 
+/// The nodes `roots` depend on (themselves included), in post-order from each root in turn (the
+/// operands of a node before it, left to right), or `None` if the graph has a cycle.
+pub fn order_from(g: &Graph, roots: &[NodeId]) -> Option<Vec<NodeId>> {
+    if find_cycle(g).is_some() {
+        return None;
+    }
+    let mut visited = vec![false; g.nodes.len()];
+    let mut order = vec![];
+    for &root in roots {
+        post_order(g, root, &mut visited, &mut order);
+    }
+    Some(order)
+}
+
 /// Iterative post-order DFS from `root` over operands (left to right).
 fn post_order(g: &Graph, root: NodeId, visited: &mut [bool], order: &mut Vec<NodeId>) {
     if visited[root.index()] {

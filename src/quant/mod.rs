@@ -35,6 +35,35 @@ pub struct CalibOptions {
     pub batch: usize,
     /// Hide progress bars.
     pub quiet: bool,
+    /// How the runs go through the graph's layers.
+    pub schedule: CalibSchedule,
+}
+
+/// How calibration runs go through the graph's layers ([`calib::stream`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CalibSchedule {
+    /// Each run through the whole graph at once, every statistic held to the end: the reference
+    /// the streamed statistics are tested against.
+    Whole,
+    /// Span of layers by span of layers, each span's statistics (and the weight algorithms that
+    /// use them) finished and freed before the next: the same statistics bit for bit, with the
+    /// memory of one span's.
+    #[default]
+    Layers,
+    /// As [`CalibSchedule::Layers`], but each span's activations come from the spans before it as
+    /// the weight algorithms left them (GPTQ's quantized weights, AWQ's scaled ones): GPTQ's
+    /// sequential quantization. One more forward of each span.
+    Sequential,
+}
+
+impl CalibSchedule {
+    /// The spans of `g` that observe `values` under this schedule.
+    pub fn spans(self, g: &Graph, values: &[ir::ValueId]) -> calib::stream::Spans {
+        match self {
+            CalibSchedule::Whole => calib::stream::Spans::whole(values),
+            CalibSchedule::Layers | CalibSchedule::Sequential => calib::stream::Spans::new(g, values),
+        }
+    }
 }
 
 impl CalibOptions {
@@ -47,7 +76,13 @@ impl CalibOptions {
 
 impl Default for CalibOptions {
     fn default() -> Self {
-        CalibOptions { method: CalibMethod::Max, sentences: calib::default_calibration_sentences(), batch: 16, quiet: true }
+        CalibOptions {
+            method: CalibMethod::Max,
+            sentences: calib::default_calibration_sentences(),
+            batch: 16,
+            quiet: true,
+            schedule: CalibSchedule::default(),
+        }
     }
 }
 
@@ -174,7 +209,7 @@ fn calibrate(
 ) -> Result<(Ranges, Option<CalibSummary>), QuantError> {
     let encoded = encode_runs(model, g, opts, values)?;
     let runs: Vec<calib::Run> = encoded.iter().map(|e| calib::Run { inputs: &e.inputs, tokens: e.tokens.as_deref() }).collect();
-    let collected = calib::collect_runs(g, model.weights(), &runs, values, opts.quiet)?;
+    let collected = calib::collect_runs(g, model.weights(), &runs, &opts.schedule.spans(g, values), opts.quiet)?;
     let storage = recipe.linear.activation.map_or(ir::DType::F8E4M3, |a| a.storage);
     let (amax, issues) = collected.amaxes(g, opts.method, storage);
     let summary = CalibSummary {

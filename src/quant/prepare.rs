@@ -22,12 +22,20 @@
 //!
 //! GPTQ replaces the weight by its quantized-and-dequantized result and fixes the scales and zero
 //! points the quantize then uses, so the codes in the plan are GPTQ's.
+//!
+//! The statistics are collected span of layers by span of layers ([`capture::Capture`],
+//! `calib::stream`), and each group is prepared as soon as its span (and every group before it,
+//! which keeps the new nodes numbered as before) is done; its statistics are then freed, so the
+//! Hessians and sample rows of one span are alive at a time, not those of the whole model. With
+//! [`CalibSchedule::Sequential`] a span runs again after its groups are prepared, and the spans
+//! after it start from that output: GPTQ's sequential quantization (each layer's Hessian from the
+//! outputs of the already quantized layers before it).
 
 use super::algo::{self, ChannelStats};
 use super::capture::{self, Wants};
 use super::insert::{PreparedWeight, Site, SiteKind};
 use super::recipe::{Granularity, LayerQuant, Recipe, ScaleRule, Scheme, WeightAlgo};
-use super::{CalibOptions, QuantError};
+use super::{CalibOptions, CalibSchedule, QuantError};
 use crate::import::Imported;
 use crate::interp::Tensor;
 use crate::ir::{BinaryOp, Builder, DType, Graph, NodeId, TensorType, ValueId};
@@ -70,10 +78,25 @@ pub fn prepare(model: &dyn Imported, g: &mut Graph, recipe: &Recipe, sites: &[Si
     if wants.is_empty() {
         return Ok(Prepared::default());
     }
-    let stats = capture::channel_stats(model, g, calib, &wants)?;
-    let mut prepared = Prepared::default();
-    for gr in &groups {
-        prepare_group(model, g, recipe, gr, &stats[&gr.input], &mut prepared).map_err(QuantError::Recipe)?;
+    let mut capture = capture::Capture::new(model, g, calib, wants)?;
+    // A group is prepared once its sites have run (they read its input), since that rewrites them.
+    let ready: Vec<usize> = groups.iter().map(|gr| capture.spans().read_by(gr.input).unwrap_or(0)).collect();
+    let mut stats = HashMap::new();
+    let (mut prepared, mut done) = (Prepared::default(), 0);
+    let rerun = calib.schedule == CalibSchedule::Sequential;
+    for span in 0..capture.spans().len() {
+        stats.extend(capture.span_stats(model, g)?);
+        // Groups in their order (the graph's new nodes are numbered as they are added), each as
+        // soon as it is ready and every group before it is done; its statistics are then freed.
+        while done < groups.len() && ready[done] <= span {
+            let s =
+                stats.remove(&groups[done].input).ok_or_else(|| QuantError::Recipe(format!("{}: no statistics", groups[done].input)))?;
+            prepare_group(model, g, recipe, &groups[done], &s, &mut prepared).map_err(QuantError::Recipe)?;
+            done += 1;
+        }
+        if span + 1 < capture.spans().len() {
+            capture.next_span(model, g, rerun)?;
+        }
     }
     Ok(prepared)
 }

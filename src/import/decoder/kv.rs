@@ -2,7 +2,7 @@
 //! each layer's scales. The cache is graph state (`past.{k,v}.L` inputs, `present.{k,v}.L`
 //! outputs), so its format is part of the IR like any quantized tensor.
 
-use crate::ir::{DType, QuantSpec, KV_NVFP4_BLOCK};
+use crate::ir::{DType, QuantSpec, ValueId, KV_NVFP4_BLOCK};
 
 /// The storage of the KV cache.
 #[derive(Clone, Debug, PartialEq)]
@@ -115,7 +115,8 @@ impl KvFormat {
 }
 
 /// Per-layer `(k_scale, v_scale)` for a `storage` cache: the largest |K| and |V| each layer
-/// writes over `texts` (run through the FP32 model with an unquantized cache,
+/// writes over `texts` (run through the FP32 model with an unquantized cache, span of layers by
+/// span of layers ([`crate::quant::calib::stream`]: the logits are never computed),
 /// [`Imported::texts_per_run`](crate::import::Imported::texts_per_run) padded sequences per run;
 /// only each sequence's real positions count, so the result is that of one run per text),
 /// divided by the format's largest code; for `f4e2m1` (NVFP4) the global scales
@@ -131,26 +132,48 @@ pub fn calibrate(
     let mut amax = vec![(0f32, 0f32); layers];
     let f32_graph = model.step_graph(&KvFormat::Float(DType::F32), "kv-calibration")?;
     let fail = |message: String| ImportError::KvCache { path: model.path.clone(), layer: "all layers".into(), message };
-    let bar = crate::progress::bar(texts.len() as u64, "sequences", "calibrating the KV cache", quiet);
-    for chunk in texts.chunks(model.texts_per_run().max(1)) {
-        let encoded = model.prefill_batch(&f32_graph, chunk)?;
-        let tokens = encoded.tokens.as_deref();
-        let outs = crate::interp::run_calibration(&f32_graph, &model.weights, &encoded.inputs, &mut |_, _| {})
-            .map_err(|e| fail(format!("calibration run failed: {e}")))?;
-        for (name, t) in &outs {
-            let Some((kind, layer)) = name.strip_prefix("present.").and_then(|r| r.split_once('.')) else { continue };
-            let Ok(layer) = layer.parse::<usize>() else { continue };
+    // The `present` caches, observed span by span of layers (`quant::calib::stream`).
+    let present: Vec<(ValueId, usize, usize)> = f32_graph
+        .outputs
+        .iter()
+        .filter_map(|(name, v)| {
+            let (layer, kind, _) = parse_state_name(name).filter(|_| name.starts_with("present."))?;
+            Some((*v, layer.min(layers - 1), kind))
+        })
+        .collect();
+    let values: Vec<ValueId> = present.iter().map(|p| p.0).collect();
+    let spans = crate::quant::calib::stream::Spans::new(&f32_graph, &values);
+    let encoded =
+        texts.chunks(model.texts_per_run().max(1)).map(|chunk| model.prefill_batch(&f32_graph, chunk)).collect::<Result<Vec<_>, _>>()?;
+    let runs: Vec<_> = encoded.iter().map(|e| crate::quant::calib::Run { inputs: &e.inputs, tokens: e.tokens.as_deref() }).collect();
+    let bar = crate::progress::bar(spans.len() as u64, "spans", "calibrating the KV cache, layer by layer", quiet);
+    let mut failure = None;
+    crate::quant::calib::stream::for_each(
+        &f32_graph,
+        &model.weights,
+        &runs,
+        &spans,
+        &mut |r, v, t| {
+            let Some(&(_, layer, kind)) = present.iter().find(|p| p.0 == v) else { return };
             let xs = t.to_f32_vec();
-            let rows = crate::quant::calib::sequence_rows(&xs, &t.shape, tokens).map_err(|e| fail(format!("{name}: {e}")))?;
-            let m = rows.iter().flat_map(|r| r.iter()).fold(0f32, |m, x| m.max(x.abs()));
-            let slot = &mut amax[layer.min(layers - 1)];
-            if kind == "k" {
-                slot.0 = slot.0.max(m);
-            } else {
-                slot.1 = slot.1.max(m);
+            match crate::quant::calib::sequence_rows(&xs, &t.shape, runs[r].tokens) {
+                Ok(rows) => {
+                    let m = rows.iter().flat_map(|r| r.iter()).fold(0f32, |m, x| m.max(x.abs()));
+                    let slot = &mut amax[layer];
+                    if kind == 0 {
+                        slot.0 = slot.0.max(m);
+                    } else {
+                        slot.1 = slot.1.max(m);
+                    }
+                }
+                Err(e) => failure = failure.take().or(Some(format!("present.{}.{layer}: {e}", ["k", "v"][kind]))),
             }
-        }
-        bar.inc(chunk.len() as u64);
+        },
+        &mut |_| bar.inc(1),
+    )
+    .map_err(|e| fail(format!("calibration run failed: {e}")))?;
+    if let Some(message) = failure {
+        return Err(fail(message));
     }
     bar.finish_and_clear();
     if storage == DType::F4E2M1 {

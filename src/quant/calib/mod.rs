@@ -1,10 +1,11 @@
 //! Calibration: run the FP32 graph over sample inputs, collect statistics of the values to be
 //! quantized, and choose each one's clipping range (`amax`).
 //!
-//! - [`collect`] runs the reference interpreter over the calibration batches (f64 sums:
-//!   [`interp::RunOptions::calibration`], so statistics are the same on every host) and feeds every
+//! - [`collect`] runs the reference interpreter over the calibration batches and feeds every
 //!   requested value into a [`TensorStats`] (count, amax, NaN/inf counts, a 2048-bin histogram of
-//!   `|x|` whose range doubles as needed: one pass, see [`histogram`] for the resolution this costs).
+//!   `|x|` whose range doubles as needed: one pass, see [`histogram`] for the resolution this costs),
+//!   span of layers by span of layers ([`stream`]), with f64 sums
+//!   ([`crate::interp::RunOptions::calibration`]: the statistics are the same on every host).
 //! - [`choose_amax`] turns one statistic into an amax with a [`CalibMethod`] (quant-formats.md §7:
 //!   Max, Percentile, TensorRT's Entropy/KL search, MSE; details in [`methods`]).
 //! - [`Calibration::amaxes`] does that for every value and reports (and `tracing::warn!`s) the ones
@@ -15,12 +16,13 @@
 pub mod histogram;
 pub mod methods;
 mod sentences;
+pub mod stream;
 
 pub use histogram::{TensorStats, NUM_BINS};
 pub use methods::choose_amax;
 pub use sentences::{default_calibration_sentences, default_decoder_calibration, default_eval_sentences, read_sentences};
 
-use crate::interp::{self, InterpError, Tensor, WeightSource};
+use crate::interp::{InterpError, Tensor, WeightSource};
 use crate::ir::{DType, Graph, ValueId};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -160,8 +162,8 @@ fn producer_name(g: &Graph, v: ValueId) -> String {
 
 /// Runs `g` (the FP32 graph) over `batches` with the reference interpreter and collects
 /// statistics for `values` (f32-held tensors only; a value never computed keeps empty
-/// statistics and later reports [`CalibIssue::NoData`]). Shows a progress bar over the samples
-/// (the batches' rows) unless `quiet`, and reports the elapsed time (on the bar and with
+/// statistics and later reports [`CalibIssue::NoData`]), layer by layer ([`stream::Spans::new`]).
+/// Shows a progress bar unless `quiet`, and reports the elapsed time (on the bar and with
 /// `tracing::info!`).
 pub fn collect(
     g: &Graph,
@@ -171,7 +173,7 @@ pub fn collect(
     quiet: bool,
 ) -> Result<Calibration, InterpError> {
     let runs: Vec<Run> = batches.iter().map(|b| Run { inputs: b, tokens: None }).collect();
-    collect_runs(g, weights, &runs, values, quiet)
+    collect_runs(g, weights, &runs, &stream::Spans::new(g, values), quiet)
 }
 
 /// One interpreter run of calibration: its inputs and, when its rows are sequences padded at
@@ -183,41 +185,45 @@ pub struct Run<'a> {
     pub tokens: Option<&'a [usize]>,
 }
 
-/// [`collect`] over runs that may hold several padded sequences: each requested value of such a
-/// run must be token-major ([`token_major`]), and only its real rows are added, one sequence
-/// after another, so the statistics equal those of one run per sequence bit for bit (the
-/// histogram's range is taken from the first sequence, as it was). The bar counts sequences.
+/// [`collect`] of the values of `spans`, span after span ([`stream`]), over runs that may hold
+/// several padded sequences: each requested value of such a run must be token-major
+/// ([`token_major`]), and only its real rows are added, one sequence after another, so the
+/// statistics equal those of one run per sequence bit for bit (the histogram's range is taken
+/// from the first sequence, as it was); streamed or not, each value sees the same rows in the
+/// same order. The bar counts spans.
 pub fn collect_runs(
     g: &Graph,
     weights: &dyn WeightSource,
     runs: &[Run],
-    values: &[ValueId],
+    spans: &stream::Spans,
     quiet: bool,
 ) -> Result<Calibration, InterpError> {
     let start = Instant::now();
+    let values: Vec<ValueId> = (0..spans.len()).flat_map(|i| spans.values(i).iter().copied()).collect();
     let mut stats: HashMap<ValueId, TensorStats> = values.iter().map(|&v| (v, TensorStats::new())).collect();
-    let total: usize = runs.iter().map(|r| batch_rows(r.inputs)).sum();
-    let bar = crate::progress::bar(total as u64, "sequences", format!("calibrating {} value(s)", values.len()), quiet);
-    let mut samples = 0;
-    for run in runs {
-        let mut failure = None;
-        interp::run_calibration(g, weights, run.inputs, &mut |id, t| {
+    let samples: usize = runs.iter().map(|r| batch_rows(r.inputs)).sum();
+    let bar = crate::progress::bar(spans.len() as u64, "spans", format!("calibrating {} value(s), layer by layer", values.len()), quiet);
+    let mut failure = None;
+    stream::for_each(
+        g,
+        weights,
+        runs,
+        spans,
+        &mut |r, id, t| {
             let (Some(s), Some(xs), None) = (stats.get_mut(&id), t.as_f32(), &failure) else { return };
-            match sequence_rows(xs, &t.shape, run.tokens) {
+            match sequence_rows(xs, &t.shape, runs[r].tokens) {
                 Ok(rows) => rows.into_iter().for_each(|r| s.add(r)),
                 Err(e) => failure = Some(format!("value {id}: {e}")),
             }
-        })?;
-        if let Some(message) = failure {
-            return Err(InterpError::InvalidGraph { message });
-        }
-        let rows = batch_rows(run.inputs);
-        samples += rows;
-        bar.inc(rows as u64);
+        },
+        &mut |_| bar.inc(1),
+    )?;
+    if let Some(message) = failure {
+        return Err(InterpError::InvalidGraph { message });
     }
     let elapsed = start.elapsed();
     bar.finish_with_message(format!("calibrated {} value(s) over {samples} sample(s) in {:.2?}", values.len(), elapsed));
-    tracing::info!(runs = runs.len(), samples, values = values.len(), ?elapsed, "calibration statistics collected");
+    tracing::info!(runs = runs.len(), samples, values = values.len(), spans = spans.len(), ?elapsed, "calibration statistics collected");
     Ok(Calibration { stats, batches: runs.len(), samples, elapsed })
 }
 

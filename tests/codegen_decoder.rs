@@ -396,21 +396,7 @@ fn an_nvfp4_cache_appends_codes_and_block_scales_and_every_kernel_compiles() {
         compile(k);
     }
     // The NVFP4 paged kernels need rows of whole 16-byte packs: D a multiple of 32.
-    let spec = PagedAttentionSpec {
-        heads: 4,
-        kv_heads: 1,
-        head_dim: 16,
-        q: DType::F16,
-        out: DType::F16,
-        cache: CacheRead::Nvfp4 { via: DType::F16 },
-        scale: 0.25,
-        paged: PAGED,
-        decode: true,
-        splits: 0,
-        max_batch: 0,
-        rope: None,
-        append: None,
-    };
+    let spec = PagedAttentionSpec { decode: true, ..attention_spec(DType::F16, CacheRead::Nvfp4 { via: DType::F16 }, (4, 1, 16), PAGED) };
     assert!(spec.validate().unwrap_err().contains("NVFP4"), "{:?}", spec.validate());
 }
 
@@ -548,6 +534,26 @@ fn a_cache_of_one_tile_keeps_the_unsplit_decode_kernel() {
     compile(&attention[1].kernel);
 }
 
+/// The prefill variant over `cache` of `(heads, kv_heads, head_dim)` with q and out of dtype `q`,
+/// score scale 1/√D, no rope or append; tests change what they need with `..attention_spec(…)`.
+fn attention_spec(q: DType, cache: CacheRead, (heads, kv_heads, head_dim): (u32, u32, u32), paged: PagedKv) -> PagedAttentionSpec {
+    PagedAttentionSpec {
+        heads,
+        kv_heads,
+        head_dim,
+        q,
+        out: q,
+        cache,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+        paged,
+        decode: false,
+        splits: 0,
+        max_batch: 0,
+        rope: None,
+        append: None,
+    }
+}
+
 #[test]
 fn paged_attention_variants_compile() {
     let cases = [
@@ -562,21 +568,7 @@ fn paged_attention_variants_compile() {
         (DType::F32, CacheRead::Nvfp4 { via: DType::F32 }, 4, 2, 32, 64),
     ];
     for (q, cache, heads, kv_heads, head_dim, page_size) in cases {
-        let spec = PagedAttentionSpec {
-            heads,
-            kv_heads,
-            head_dim,
-            q,
-            out: q,
-            cache,
-            scale: 1.0 / (head_dim as f32).sqrt(),
-            paged: PagedKv { page_size, max_pages: 128 },
-            decode: false,
-            splits: 0,
-            max_batch: 0,
-            rope: None,
-            append: None,
-        };
+        let spec = attention_spec(q, cache, (heads, kv_heads, head_dim), PagedKv { page_size, max_pages: 128 });
         let splits = decoder::decode_splits(kv_heads, spec.paged);
         let split = PagedAttentionSpec { decode: true, splits, max_batch: 16, ..spec };
         for spec in [spec, PagedAttentionSpec { decode: true, ..spec }, split] {
@@ -597,21 +589,8 @@ fn paged_attention_variants_compile() {
         compile(&append);
     }
     // Rows of 8 one-byte codes are not whole 16-byte packs.
-    let bad = PagedAttentionSpec {
-        heads: 2,
-        kv_heads: 1,
-        head_dim: 8,
-        q: DType::F16,
-        out: DType::F16,
-        cache: CacheRead::Codes { storage: DType::F8E4M3, via: DType::F16 },
-        scale: 0.35,
-        paged: PAGED,
-        decode: true,
-        splits: 0,
-        max_batch: 4,
-        rope: None,
-        append: None,
-    };
+    let fp8 = CacheRead::Codes { storage: DType::F8E4M3, via: DType::F16 };
+    let bad = PagedAttentionSpec { scale: 0.35, decode: true, max_batch: 4, ..attention_spec(DType::F16, fp8, (2, 1, 8), PAGED) };
     assert!(bad.validate().unwrap_err().contains("16-byte packs"));
     // Only the decode variant splits, into at most 16 ranges.
     let ok = PagedAttentionSpec { head_dim: 16, ..bad };
@@ -650,19 +629,11 @@ fn fused_append_variants_compile() {
     ];
     for (q, cache, heads, kv_heads, head_dim, page_size, rope, key_rope, pack_t, packs) in cases {
         let unsplit = PagedAttentionSpec {
-            heads,
-            kv_heads,
-            head_dim,
-            q,
-            out: q,
-            cache,
-            scale: 1.0 / (head_dim as f32).sqrt(),
-            paged: PagedKv { page_size, max_pages: 64 },
             decode: true,
-            splits: 0,
             max_batch: 8,
             rope,
             append: Some(DecodeAppend { key_rope }),
+            ..attention_spec(q, cache, (heads, kv_heads, head_dim), PagedKv { page_size, max_pages: 64 })
         };
         let split = PagedAttentionSpec { splits: decoder::decode_splits(kv_heads, unsplit.paged), ..unsplit };
         assert!(split.splits > 1);
@@ -690,19 +661,11 @@ fn fused_append_variants_compile() {
     // Declined: the prefill variant, an NVFP4 cache, keys rotated unlike the queries, keys of
     // another dtype than a float cache's.
     let ok = PagedAttentionSpec {
-        heads: 9,
-        kv_heads: 3,
-        head_dim: 64,
-        q: DType::F16,
-        out: DType::F16,
-        cache: CacheRead::Float(DType::F16),
-        scale: 0.125,
-        paged: PAGED,
         decode: true,
-        splits: 0,
         max_batch: 4,
         rope: Some(rope),
         append: Some(DecodeAppend { key_rope: key_rope(rope, DType::F16) }),
+        ..attention_spec(DType::F16, CacheRead::Float(DType::F16), (9, 3, 64), PAGED)
     };
     assert!(ok.validate().is_ok());
     let declined = [
@@ -739,19 +702,9 @@ fn paged_prefill_variants_compile() {
     for (q, cache, heads, kv_heads, head_dim, page_size, rope) in cases {
         for out in [q, DType::F32] {
             let spec = PagedAttentionSpec {
-                heads,
-                kv_heads,
-                head_dim,
-                q,
                 out,
-                cache,
-                scale: 1.0 / (head_dim as f32).sqrt(),
-                paged: PagedKv { page_size, max_pages: 128 },
-                decode: false,
-                splits: 0,
-                max_batch: 0,
                 rope,
-                append: None,
+                ..attention_spec(q, cache, (heads, kv_heads, head_dim), PagedKv { page_size, max_pages: 128 })
             };
             spec.tensor_core_support().unwrap_or_else(|e| panic!("{spec:?}: {e}"));
             assert!(spec.prefill_q_tokens() * spec.group() <= decoder::PREFILL_ROWS);
@@ -767,21 +720,7 @@ fn paged_prefill_variants_compile() {
         }
     }
     // Declined: the reason names the constraint.
-    let ok = PagedAttentionSpec {
-        heads: 32,
-        kv_heads: 8,
-        head_dim: 128,
-        q: DType::F16,
-        out: DType::F16,
-        cache: CacheRead::Float(DType::F16),
-        scale: 0.088,
-        paged: PAGED,
-        decode: false,
-        splits: 0,
-        max_batch: 0,
-        rope: None,
-        append: None,
-    };
+    let ok = PagedAttentionSpec { scale: 0.088, ..attention_spec(DType::F16, CacheRead::Float(DType::F16), (32, 8, 128), PAGED) };
     assert!(ok.tensor_core_support().is_ok());
     let declined = [
         (PagedAttentionSpec { decode: true, ..ok }, "decode"),

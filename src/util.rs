@@ -57,19 +57,6 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic with a non-text payload".into())
 }
 
-#[cfg(test)]
-mod contain_tests {
-    use super::*;
-
-    #[test]
-    fn a_contained_panic_is_an_error() {
-        assert_eq!(contain_panic("lib", || 3), Ok(3));
-        let err = contain_panic("lib", || -> u8 { panic!("bad {}", "input") }).unwrap_err();
-        assert_eq!(err, "lib panicked: bad input");
-        assert!(!panic_is_contained());
-    }
-}
-
 /// A `'static` copy of `name`, allocated once per distinct name for the life of the process (the
 /// interpreter binds inputs by `&str`; state-input names such as `past.k.3` are a small fixed
 /// set per model, so this stays bounded).
@@ -85,4 +72,17 @@ pub fn intern(name: &str) -> &'static str {
     let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
     names.insert(leaked);
     leaked
+}
+
+#[cfg(test)]
+mod contain_tests {
+    use super::*;
+
+    #[test]
+    fn a_contained_panic_is_an_error() {
+        assert_eq!(contain_panic("lib", || 3), Ok(3));
+        let err = contain_panic("lib", || -> u8 { panic!("bad {}", "input") }).unwrap_err();
+        assert_eq!(err, "lib panicked: bad input");
+        assert!(!panic_is_contained());
+    }
 }

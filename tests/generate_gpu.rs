@@ -28,7 +28,10 @@ fn request(id: u64, max_new: u32) -> Request {
 }
 
 /// Every token and the logits behind it, of `req` generated alone on a fresh generator.
-fn generate_alone(engine: &Engine, req: &Request) -> (Vec<u32>, Vec<Vec<f32>>) {
+/// A request's tokens and the logits of each step.
+type Generated = (Vec<u32>, Vec<Vec<f32>>);
+
+fn generate_alone(engine: &Engine, req: &Request) -> Generated {
     let mut gen = Generator::new(engine, None).expect("generator");
     gen.keep_logits = true;
     gen.submit(req.clone()).expect("submit");
@@ -56,7 +59,7 @@ fn sixteen_threads_generate_what_one_thread_generates() {
     let engine = Engine::load(&path).expect("load");
     let requests: Vec<Request> = (0..32).map(|id| request(id, 12)).collect();
     let alone: Vec<_> = requests.iter().map(|r| generate_alone(&engine, r)).collect();
-    let threaded: Vec<Vec<(u64, (Vec<u32>, Vec<Vec<f32>>))>> = std::thread::scope(|s| {
+    let threaded: Vec<Vec<(u64, Generated)>> = std::thread::scope(|s| {
         let handles: Vec<_> = requests
             .chunks(2)
             .map(|pair| {

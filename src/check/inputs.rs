@@ -141,12 +141,11 @@ mod tests {
     use crate::plan::WeightMeta;
 
     fn meta_with(weights: &[(&str, u64)]) -> PlanMeta {
-        let mut meta = PlanMeta::default();
-        meta.weights = weights
+        let weights = weights
             .iter()
             .map(|&(name, rows)| WeightMeta { name: name.into(), dtype: "f16".into(), shape: vec![rows, 8], section: 0 })
             .collect();
-        meta
+        PlanMeta { weights, ..Default::default() }
     }
 
     #[test]

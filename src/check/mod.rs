@@ -137,6 +137,10 @@ cosine with the interpreter reaches the bar: --min-cos, or the floor minus 1e-4 
 between any two correct implementations of the same IR: the interpreter and seven others (f64 sums; f64 sums with expf/erfcf/tanhf \
 moved within CUDA's documented ulp bounds and attention's softmax denominator summed in f32, three draws; f32 sums with K in 2, 3 and 4 slices)";
 
+/// An end-to-end floor ([`interpreter_floor`]): per output, each row's lowest cosine between two
+/// correct implementations of the IR; and the second implementations themselves.
+pub type Floor = (Vec<(String, Vec<f64>)>, Vec<FloorVariant>);
+
 /// One second correct implementation of a plan's IR and how close it stays to the interpreter.
 #[derive(Debug, Clone, Serialize)]
 pub struct FloorVariant {
@@ -275,7 +279,7 @@ pub fn interpreter_floor(
     weights: &dyn WeightSource,
     inputs: &[(&str, Tensor)],
     reference: &HashMap<ValueId, Tensor>,
-) -> anyhow::Result<(Vec<(String, Vec<f64>)>, Vec<FloorVariant>)> {
+) -> anyhow::Result<Floor> {
     let mut variants: Vec<FloorVariant> = Vec::new();
     for (name, opts) in floor_variants() {
         let outs = interp::run_with(graph, weights, inputs, &opts, &mut |_, _| {})?;
@@ -359,7 +363,7 @@ fn gpu_vs_variants(
 
 /// The floor of the plan at `path` on `texts` (its tokenizer, `max_tokens`), on the CPU alone:
 /// [`interpreter_floor`] against the interpreter's f32-sum reference.
-pub fn plan_floor(path: &Path, texts: &[String], max_tokens: usize) -> anyhow::Result<(Vec<(String, Vec<f64>)>, Vec<FloorVariant>)> {
+pub fn plan_floor(path: &Path, texts: &[String], max_tokens: usize) -> anyhow::Result<Floor> {
     let plan = Plan::load(path, None)?;
     let graph = ir::parse(&plan.meta().ir_text).map_err(|e| anyhow::anyhow!("{}: stored IR does not parse: {e}", path.display()))?;
     let weights = PlanWeights::load(&plan)?;
@@ -459,13 +463,16 @@ pub fn code_windows(graph: &Graph, values: &HashMap<ValueId, Tensor>) -> anyhow:
 /// The lowest and highest code per element.
 type Window = (Tensor, Tensor);
 
+/// An op's code window (`interp::code_window`, `interp::flip_window`).
+type WindowFn = fn(&ir::Op, Vec<std::sync::Arc<Tensor>>, &Tensor) -> Result<Option<Window>, String>;
+
 /// `window(op, operands, output)` for every `attention` whose first output holds narrow codes,
 /// where it gives one; `what` names the window in errors.
 fn attention_windows(
     graph: &Graph,
     values: &HashMap<ValueId, Tensor>,
     what: &str,
-    window: fn(&ir::Op, Vec<std::sync::Arc<Tensor>>, &Tensor) -> Result<Option<Window>, String>,
+    window: WindowFn,
 ) -> anyhow::Result<HashMap<ValueId, Window>> {
     let mut windows = HashMap::new();
     for (_, node) in graph.nodes.iter() {

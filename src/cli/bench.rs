@@ -100,7 +100,7 @@ pub fn run(args: &BenchArgs, quiet: bool) -> anyhow::Result<()> {
         }
     }
     if args.json {
-        let j = json(args, batch, &engine.device_name(), (stats.median_ms, stats.min_ms, stats.mean_ms), stats.iters);
+        let j = json(args, batch, engine.device_name(), (stats.median_ms, stats.min_ms, stats.mean_ms), stats.iters);
         return super::output::print_line(&j.to_string()).map_err(Into::into);
     }
     super::output::print_line(&format!(

@@ -59,7 +59,7 @@ impl Pass for FoldScales {
         let mut rewrites = vec![];
         for id in order.into_iter().filter(|id| live[id.index()]) {
             match match_dq_q(g, &users, id) {
-                Some(Match::Apply(rw)) => rewrites.push(rw),
+                Some(Match::Apply(rw)) => rewrites.push(*rw),
                 Some(Match::Decline { nodes, reason }) => nodes.iter().for_each(|&n| cx.report.declined(&loc(g, n), reason.clone())),
                 None => {}
             }
@@ -84,7 +84,7 @@ struct Rewrite {
 
 /// What a match found.
 enum Match {
-    Apply(Rewrite),
+    Apply(Box<Rewrite>),
     Decline { nodes: [NodeId; 2], reason: String },
 }
 
@@ -102,10 +102,10 @@ fn match_dq_q(g: &Graph, users: &Users, id: NodeId) -> Option<Match> {
     let same_inputs = g.nodes[id].inputs[1..] == g.nodes[dequantize].inputs[1..];
     let q = g.nodes[dequantize].inputs[0];
     if from == to && same_inputs && round_trips(to, via, matches!(g.producer(q).op, Op::Quantize(_))) {
-        return Some(Match::Apply(Rewrite { dequantize, quantize: id, requantize: None }));
+        return Some(Match::Apply(Box::new(Rewrite { dequantize, quantize: id, requantize: None })));
     }
     match requantize_op(from, to, via) {
-        Ok(op) => Some(Match::Apply(Rewrite { dequantize, quantize: id, requantize: Some(op) })),
+        Ok(op) => Some(Match::Apply(Box::new(Rewrite { dequantize, quantize: id, requantize: Some(op) }))),
         Err(reason) => decline(&reason),
     }
 }

@@ -37,7 +37,8 @@ impl DimExpr {
         DimExpr::Sym(name.into())
     }
 
-    /// `self · other`, constants folded.
+    /// `self · other`, constants folded. (A builder, not `std::ops::Mul`: shapes are not numbers.)
+    #[allow(clippy::should_implement_trait)]
     pub fn mul(self, other: DimExpr) -> Self {
         match (self, other) {
             (DimExpr::Const(a), DimExpr::Const(b)) => DimExpr::Const(a * b),
@@ -47,7 +48,8 @@ impl DimExpr {
         }
     }
 
-    /// `self + other`, constants folded.
+    /// `self + other`, constants folded. (A builder, not `std::ops::Add`.)
+    #[allow(clippy::should_implement_trait)]
     pub fn add(self, other: DimExpr) -> Self {
         match (self, other) {
             (DimExpr::Const(a), DimExpr::Const(b)) => DimExpr::Const(a + b),

@@ -40,8 +40,7 @@ fn values(graph: &Graph, accumulation: Accumulation) -> HashMap<ValueId, Tensor>
 fn case() -> Case {
     let graph = crate::ir::parse(GRAPH).unwrap();
     let buffer = |name: &str, dtype: &str| BufferMeta { name: name.into(), dtype: dtype.into(), ..Default::default() };
-    let mut meta = PlanMeta::default();
-    meta.buffers = vec![buffer("%2", "f16"), buffer("%3", "f8e4m3"), buffer("%99", "f16")];
+    let meta = PlanMeta { buffers: vec![buffer("%2", "f16"), buffer("%3", "f8e4m3"), buffer("%99", "f16")], ..Default::default() };
     let refs =
         References { values: values(&graph, Accumulation::F32), wide: HashMap::new(), windows: HashMap::new(), flips: HashMap::new() };
     let launch = LaunchMeta { kernel: 0, args: vec![], label: "gemm+quantize".into(), writes: vec![0, 1] };
@@ -156,8 +155,8 @@ fn attention_case_with(out_scale: f32, qk: f32) -> Case {
     let windows = crate::check::code_windows(&graph, &values).unwrap();
     let flips = crate::check::flip_windows(&graph, &values).unwrap();
     let wide = crate::check::wide_values(&graph, &values).unwrap();
-    let mut meta = PlanMeta::default();
-    meta.buffers = vec![BufferMeta { name: "%3".into(), dtype: "f8e4m3".into(), ..Default::default() }];
+    let meta =
+        PlanMeta { buffers: vec![BufferMeta { name: "%3".into(), dtype: "f8e4m3".into(), ..Default::default() }], ..Default::default() };
     let refs = References { values, wide, windows, flips };
     let launch = LaunchMeta { kernel: 0, args: vec![], label: "attention+quantize".into(), writes: vec![0] };
     Case { graph, meta, refs, launch }

@@ -98,8 +98,8 @@ fn min_size(id: u32) -> usize {
     match id {
         0 | 1 | 7 => 1,
         2 | 3 => 2,
-        4 | 5 | 6 => 4,
-        8 | 10 | 11 | 12 => 8,
+        4..=6 => 4,
+        8 | 10..=12 => 8,
         _ => 12, // array: u32 element type + u64 count
     }
 }

@@ -126,7 +126,7 @@ fn check_inputs(ws: &[(&[f32], usize)], calib: &AwqCalib, opts: &AwqOptions) -> 
     for (i, &(w, n)) in ws.iter().enumerate() {
         check_matrix(w, n, k, &format!("AWQ: weight {i}"))?;
     }
-    check_rows(&calib.x, k, "AWQ")?;
+    check_rows(calib.x, k, "AWQ")?;
     if let Some(m) = &calib.mean_abs {
         if m.len() != k || m.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
             return invalid(format!("AWQ: mean |x| must be {k} finite non-negative values"));

@@ -184,8 +184,7 @@ mod tests {
 
     /// Runs the pass on a case file with a report that already holds `entries`.
     fn report_after(case: &str, entries: &[(&str, &str, &str)]) -> Vec<String> {
-        let path = format!("{}/tests/ir/fuse-embedding/{case}.ir", env!("CARGO_MANIFEST_DIR"));
-        let mut g = crate::ir::parse(&std::fs::read_to_string(path).expect("case file")).expect("case parses");
+        let mut g = crate::passes::case_graph("fuse-embedding", case);
         let w = MemoryWeights::default();
         let mut cx = PassCx::new(&w);
         for (qdq, into, node) in entries {

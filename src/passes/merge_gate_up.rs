@@ -217,8 +217,7 @@ mod tests {
     use crate::passes::{MemoryWeights, Weights};
 
     fn case(name: &str) -> Graph {
-        let path = format!("{}/tests/ir/merge-gate-up/{name}.ir", env!("CARGO_MANIFEST_DIR"));
-        crate::ir::parse(&std::fs::read_to_string(path).expect("case file")).expect("case parses")
+        crate::passes::case_graph("merge-gate-up", name)
     }
 
     /// Each must-not-fire case declines once, naming the failed condition.

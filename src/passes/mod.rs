@@ -107,12 +107,18 @@ pub(crate) fn loc(g: &Graph, id: crate::ir::NodeId) -> String {
     g.nodes[id].name.clone().unwrap_or_else(|| id.to_string())
 }
 
+/// Test support: the graph of `tests/ir/<dir>/<case>.ir`.
+#[cfg(test)]
+pub(crate) fn case_graph(dir: &str, case: &str) -> Graph {
+    let path = format!("{}/tests/ir/{dir}/{case}.ir", env!("CARGO_MANIFEST_DIR"));
+    crate::ir::parse(&std::fs::read_to_string(path).expect("case file")).expect("case parses")
+}
+
 /// Test support: runs `pass` twice on `tests/ir/<dir>/<case>.ir` (the second run must change
 /// nothing) and returns the fusion report's lines for Q/DQ names ending in `suffix`.
 #[cfg(test)]
 pub(crate) fn report_of_case(pass: &dyn Pass, dir: &str, case: &str, suffix: &str) -> Vec<String> {
-    let path = format!("{}/tests/ir/{dir}/{case}.ir", env!("CARGO_MANIFEST_DIR"));
-    let mut g = crate::ir::parse(&std::fs::read_to_string(path).expect("case file")).expect("case parses");
+    let mut g = case_graph(dir, case);
     let w = MemoryWeights::default();
     let mut cx = PassCx::new(&w);
     pass.run(&mut g, &mut cx).expect("pass runs");

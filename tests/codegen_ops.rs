@@ -587,24 +587,7 @@ mod gpu {
     use qfuse::numerics::{decode_bits, encode_bits};
     use qfuse::plan::{ParamType, Scalar};
 
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-        /// Uniform in [-1, 1).
-        fn unit(&mut self) -> f32 {
-            (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n.max(1)
-        }
-    }
+    use qfuse::check::inputs::SplitMix as Rng;
 
     fn bytes_of(dt: DType) -> usize {
         (dt.bits() / 8) as usize
@@ -730,7 +713,7 @@ mod gpu {
             Dim::Fixed(n) => *n as usize,
             Dim::Sym(s) => syms.iter().find(|(n, _)| *n == g.symbols[*s].name).expect("symbol value").1 as usize,
         };
-        let mut rng = Rng(0x5eed ^ name.len() as u64);
+        let mut rng = Rng::new(0x5eed ^ name.len() as u64);
         let mut inputs: Vec<(String, Tensor)> = Vec::new();
         let mut weights: HashMap<String, Arc<Tensor>> = HashMap::new();
         for (_, node) in g.nodes.iter() {

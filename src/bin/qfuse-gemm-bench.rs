@@ -844,28 +844,13 @@ fn make_skinny_kernel(format: SkinnyFormat, n: u32, k: u32) -> Result<(SkinnyEnt
 
 // ---- host data and reference ---------------------------------------------------------------------
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [lo, hi).
-    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
-    }
-}
+use qfuse::check::inputs::SplitMix as Rng;
 
 /// `len` values drawn by `draw`, filled in parallel, reproducible.
 fn random_vec<T: Copy + Default + Send>(len: usize, seed: u64, draw: impl Fn(&mut Rng) -> T + Sync) -> Vec<T> {
     let mut v = vec![T::default(); len];
     v.par_chunks_mut(1 << 16).enumerate().for_each(|(i, chunk)| {
-        let mut rng = Rng(seed ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let mut rng = Rng::new(seed ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
         chunk.iter_mut().for_each(|x| *x = draw(&mut rng));
     });
     v
@@ -874,7 +859,7 @@ fn random_vec<T: Copy + Default + Send>(len: usize, seed: u64, draw: impl Fn(&mu
 /// Random E4M3 codes, NaN codes (0x7f, 0xff) excluded; filled in parallel, reproducible.
 fn random_e4m3(len: usize, seed: u64) -> Vec<u8> {
     random_vec(len, seed, |rng| loop {
-        let b = (rng.next() >> 56) as u8;
+        let b = (rng.next_u64() >> 56) as u8;
         if b & 0x7f != 0x7f {
             break b;
         }
@@ -887,7 +872,7 @@ fn random_codes(len: usize, seed: u64, operand: Operand) -> Vec<u8> {
     if operand != Operand::I8 {
         return random_e4m3(len, seed);
     }
-    random_vec(len, seed, |rng| (rng.next() >> 56) as u8)
+    random_vec(len, seed, |rng| (rng.next_u64() >> 56) as u8)
 }
 
 /// The value of every operand code: i8 for INT8 (products ≤ 2^14 are exact in f32, their sums
@@ -1146,8 +1131,8 @@ fn sample_rows(m: usize, seed: u64) -> Vec<usize> {
         return (0..m).collect();
     }
     let mut rows = vec![0, 1, 63, 64, 127, 128, 129, 255, 256, m / 2, m - 129, m - 2, m - 1];
-    let mut rng = Rng(seed);
-    rows.extend((0..19).map(|_| (rng.next() % m as u64) as usize));
+    let mut rng = Rng::new(seed);
+    rows.extend((0..19).map(|_| (rng.next_u64() % m as u64) as usize));
     rows.sort_unstable();
     rows.dedup();
     rows
@@ -1195,7 +1180,7 @@ fn wide_bytes(v: &[f32], dtype: DType) -> Vec<u8> {
 }
 
 fn make_problem(stream: &Arc<CudaStream>, case: &Case, m: usize, n: usize, seed: u64) -> Result<Problem> {
-    let mut rng = Rng(seed ^ 0xC);
+    let mut rng = Rng::new(seed ^ 0xC);
     let mut inputs = Vec::new();
     let mut host = HostInputs { a_scale: vec![], b_scale: vec![], adds: vec![] };
     // Dynamic scales around √alpha0 each (the node's alpha is 1): outputs of order 10.
@@ -1341,9 +1326,9 @@ fn wonly_weights(weights: Weights, n: usize, k: usize, seed: u64) -> WonlyWeight
     // rms of (q − z): i8 uniform ≈ 73.9; u4 − u4 ≈ √(2 · 21.25).
     let rms_q = if weights == Weights::W8A16 { 73.9 } else { 6.52 };
     let base = 10.0 / ((1.0 / 3f32).sqrt() * rms_q * (k as f32).sqrt());
-    let q: Vec<u8> = random_vec(n * k, seed, |rng| (rng.next() >> 56) as u8 >> if weights == Weights::W8A16 { 0 } else { 4 });
+    let q: Vec<u8> = random_vec(n * k, seed, |rng| (rng.next_u64() >> 56) as u8 >> if weights == Weights::W8A16 { 0 } else { 4 });
     let scale = random_vec(n * groups, seed ^ 0x5, |rng| base * rng.uniform(0.5, 1.5));
-    let zero = if weights == Weights::W8A16 { vec![] } else { random_vec(n * groups, seed ^ 0x7, |rng| (rng.next() >> 60) as u8) };
+    let zero = if weights == Weights::W8A16 { vec![] } else { random_vec(n * groups, seed ^ 0x7, |rng| (rng.next_u64() >> 60) as u8) };
     let bias = random_vec(n, seed ^ 0x9, |rng| qfuse::numerics::cast(rng.uniform(-4.0, 4.0), DType::F16));
     let w = (0..n * k)
         .into_par_iter()
@@ -1647,7 +1632,7 @@ mod tests {
             let b = random_e4m3(n * k, 2);
             let bf: Vec<f32> = b.iter().map(|&c| lut[c as usize]).collect();
             let refs: Vec<_> = (0..m).map(|r| (r, reference_row(&a, &bf, &lut, 1.0, r, n, k))).collect();
-            let mut rng = Rng(3);
+            let mut rng = Rng::new(3);
             let host = HostInputs {
                 a_scale: (0..m).map(|_| rng.uniform(0.001, 0.01)).collect(),
                 b_scale: (0..n).map(|_| rng.uniform(0.5, 2.0)).collect(),

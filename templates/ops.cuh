@@ -81,6 +81,25 @@ QF_DEVICE float qf_round(float f) {
     return D::load(D::store(f));
 }
 
+// What a kernel stores for a result of float dtype O (CODES 0: O itself) or, with a fused static
+// output quantize, the codes of that O value: CODES 1 E4M3, 2 I8, `qf_quantize_*(round_O(x),
+// scale)` exactly as the unfused `quantize {per_tensor, scale}` of the O tensor (math.cuh).
+template <class O, int CODES>
+struct qf_out {
+    typedef typename O::T T;
+    static QF_DEVICE T store(float x, float) { return O::store(x); }
+};
+template <class O>
+struct qf_out<O, 1> {
+    typedef uint8_t T;
+    static QF_DEVICE T store(float x, float scale) { return qf_quantize_e4m3(qf_round<O>(x), scale); }
+};
+template <class O>
+struct qf_out<O, 2> {
+    typedef int8_t T;
+    static QF_DEVICE T store(float x, float scale) { return qf_quantize_i8(qf_round<O>(x), scale); }
+};
+
 // ---- RMSNorm ---------------------------------------------------------------------------------------
 // The interpreter's rms_norm: inv = 1 / sqrt(sum(x^2) / n + eps) in f64, then each element
 // round_Y(f32(f64(x) * inv) * gamma) with one f32 product. Shared by the row engine (NORM 2) and

@@ -14,7 +14,8 @@
 // d) times the score scale, softmax in f32 with online (streaming) statistics and CUDA's expf,
 // Σ p·v in f32, divided by the sum of exponentials and rounded once to o's dtype: the
 // interpreter's math up to f32 rounding (the interpreter normalises p before the product and
-// uses a two-pass softmax).
+// uses a two-pass softmax). With a fused output quantize (QF_OUT_CODES, `out=… out_scale=…` of
+// the op) o stores the E4M3 / I8 codes of that rounded value under the last parameter out_scale.
 //
 // Work split: one CTA of {{threads}} threads per (tile of QT = {{q_tokens}} query tokens, KV head, sequence):
 // grid (ceil_div(S, QT), KV, B). The CTA serves all G = {{group}} query heads of its KV group for
@@ -62,7 +63,7 @@
 // position p, so the result is bit-identical to kv_append followed by the attention.
 
 typedef {{q_t}} QT_;   // q
-typedef {{o_t}} OT_;   // o
+typedef {{o_t}} OT_;   // o's float dtype (with an output quantize: the rounding before it)
 typedef {{c_t}} CT_;   // cache storage
 
 #define QF_H {{heads}}
@@ -82,6 +83,7 @@ typedef {{c_t}} CT_;   // cache storage
 // Elements per 16-byte pack of the pools.
 #define QF_EP (16 / sizeof(CT_::T))
 #define QF_CODES {{codes}}
+#define QF_OUT_CODES {{out_codes}}  // 0: o is OT_; 1, 2: E4M3 / I8 codes of it (out_scale)
 #define QF_SPLITS {{splits}}
 #define QF_REC (QF_D + 2)  // floats per partial record: m, l, acc[D]
 #define QF_COUNTER_WORDS {{counter_words}}
@@ -173,8 +175,8 @@ QF_DEVICE bool qf_last_split(unsigned int* counter) {
 // The merge of the G heads of KV head g of sequence b (the decode query rows r < rows) into o:
 // weights into `w` [rows][SPLITS] and totals into `total` [rows] (shared memory), then every
 // column, rounded once to o's dtype.
-QF_DEVICE void qf_merge_group(const float* partials, OT_::T* __restrict__ out, long long b, int g, int rows, float* w,
-                              float* total) {
+QF_DEVICE void qf_merge_group(const float* partials, OUT_::T* __restrict__ out, long long b, int g, int rows, float* w,
+                              float* total, float out_scale) {
     for (int r = threadIdx.x; r < rows; r += QF_THREADS) {
         total[r] = qf_merge_weights<QF_SPLITS, QF_REC>(partials + qf_record(b, g, r, 0), w + r * QF_SPLITS);
     }
@@ -182,14 +184,14 @@ QF_DEVICE void qf_merge_group(const float* partials, OT_::T* __restrict__ out, l
     for (int e = threadIdx.x; e < rows * QF_D; e += QF_THREADS) {
         const int r = e / QF_D, d = e % QF_D;
         const float o = qf_merge_column<QF_SPLITS, QF_REC>(partials + qf_record(b, g, r, 0), w + r * QF_SPLITS, total[r], d);
-        out[qf_row_offset(b, 1, 0, g, r) + d] = OT_::store(o);
+        out[qf_row_offset(b, 1, 0, g, r) + d] = OUT_::store(o, out_scale);
     }
 }
 #endif
 
 extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const QT_::T* __restrict__ q,
         QF_POOL k_pool, QF_POOL v_pool, const int* __restrict__ page_table,
-        const long long* __restrict__ cache_len, {{out_param}}, long long S, float k_scale, float v_scale QF_NV_PARAMS QF_APPEND_PARAMS) {
+        const long long* __restrict__ cache_len, {{out_param}}, long long S, float k_scale, float v_scale QF_NV_PARAMS QF_APPEND_PARAMS QF_OUT_PARAMS) {
     qf_pdl_enter();
     extern __shared__ float smem[];
     float* Qs = smem;
@@ -332,13 +334,13 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
     }
     unsigned int* counter = reinterpret_cast<unsigned int*>(scratch) + b * QF_KV + g;
     if (!qf_last_split(counter)) return;
-    qf_merge_group(partials, out, b, g, rows, Ps, row_l);
+    qf_merge_group(partials, out, b, g, rows, Ps, row_l, QF_OUT_SCALE);
     if (threadIdx.x == 0) atomicExch(counter, 0u);  // ready for the next launch
 #else
 #pragma unroll
     for (int k = 0; k < QF_OPT; ++k) {
         int r, d;
-        if (qf_owned(k, rows, r, d)) out[qf_row_offset(b, S, s0, g, r) + d] = OT_::store(__fdiv_rn(acc[k], row_l[r]));
+        if (qf_owned(k, rows, r, d)) out[qf_row_offset(b, S, s0, g, r) + d] = OUT_::store(__fdiv_rn(acc[k], row_l[r]), QF_OUT_SCALE);
     }
 #endif
 }

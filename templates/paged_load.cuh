@@ -113,3 +113,14 @@ QF_DEVICE void qf_load_tile_nvfp4(const uint8_t* __restrict__ pool, const uint8_
 #else
 #define QF_NV_PARAMS
 #endif
+
+// o's stores (QF_OUT_CODES, ops.cuh qf_out): OT_ values, or with a fused output quantize their
+// E4M3 / I8 codes under the per-tensor scale `out_scale`, the kernel's last parameter.
+typedef qf_out<OT_, QF_OUT_CODES> OUT_;
+#if QF_OUT_CODES
+#define QF_OUT_PARAMS , float out_scale
+#define QF_OUT_SCALE out_scale
+#else
+#define QF_OUT_PARAMS
+#define QF_OUT_SCALE 1.0f
+#endif

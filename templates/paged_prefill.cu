@@ -34,7 +34,8 @@
 //      (P_hi = round(p), P_lo = round(p − P_hi): p to ~2^-22 relative for f16, ~2^-16 for bf16),
 //      two MMAs per fragment with V's B fragments from ldmatrix.trans, so P·V keeps about f32
 //      accuracy (the interpreter normalises p in f32; P rounded once to f16 would add ~2^-11).
-// At the end o = O / l, rounded once to O's dtype.
+// At the end o = O / l, rounded once to O's dtype (then, with QF_OUT_CODES, quantized to E4M3 / I8
+// codes under out_scale: paged_attention.cu's output quantize).
 // Deviations from the interpreter: f32 rounding order (tensor-core accumulation, online softmax,
 // the division after the product instead of before), CUDA's expf, and P's split (above).
 //
@@ -46,7 +47,7 @@
 // ks_pool / vs_pool, k_scale / v_scale the globals).
 
 typedef {{q_t}} QT_;   // q and the MMA operands (f16 or bf16)
-typedef {{o_t}} OT_;   // o
+typedef {{o_t}} OT_;   // o's float dtype (with an output quantize: the rounding before it)
 typedef {{c_t}} CT_;   // cache storage
 
 #define QF_H {{heads}}
@@ -66,6 +67,7 @@ typedef {{c_t}} CT_;   // cache storage
 #define QF_PACKS (QF_TK * QF_D / QF_EP)
 #define QF_INFLIGHT {{inflight}}
 #define QF_CODES {{codes}}
+#define QF_OUT_CODES {{out_codes}}  // 0: o is OT_; 1, 2: E4M3 / I8 codes of it (out_scale)
 #define QF_ROPE {{rope}}
 #define QF_ROPE_ADJ {{rope_adjacent}}
 #define QF_NVFP4 {{nvfp4}}
@@ -164,7 +166,7 @@ QF_DEVICE void qf_pf_load_q(const QT_::T* __restrict__ q, QT_::T* Qs, long long 
 
 extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const QT_::T* __restrict__ q,
         const CT_::T* __restrict__ k_pool, const CT_::T* __restrict__ v_pool, const int* __restrict__ page_table,
-        const long long* __restrict__ cache_len, OT_::T* __restrict__ out, long long S, float k_scale, float v_scale QF_NV_PARAMS) {
+        const long long* __restrict__ cache_len, OUT_::T* __restrict__ out, long long S, float k_scale, float v_scale QF_NV_PARAMS QF_OUT_PARAMS) {
     qf_pdl_enter();
     extern __shared__ uint4 qf_smem[];
     QT_::T* Qs = reinterpret_cast<QT_::T*>(qf_smem);
@@ -303,7 +305,7 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
             const int r = e < 2 ? r0 : r1;
             if (r < rows) {
                 const int d = n * 8 + 2 * tq + (e & 1);
-                out[qf_row_offset(b, S, s0, g, r) + d] = OT_::store(__fdiv_rn(acc[n][e], l[e >> 1]));
+                out[qf_row_offset(b, S, s0, g, r) + d] = OUT_::store(__fdiv_rn(acc[n][e], l[e >> 1]), QF_OUT_SCALE);
             }
         }
     }

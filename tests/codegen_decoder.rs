@@ -543,6 +543,7 @@ fn attention_spec(q: DType, cache: CacheRead, (heads, kv_heads, head_dim): (u32,
         head_dim,
         q,
         out: q,
+        out_codes: None,
         cache,
         scale: 1.0 / (head_dim as f32).sqrt(),
         paged,
@@ -602,6 +603,35 @@ fn paged_attention_variants_compile() {
     assert!(no_batch.validate().unwrap_err().contains("largest batch"), "{no_batch:?}");
     assert!(decoder::split_combine_kernel(4, 64, 0, DType::F16, DimExpr::sym("B")).is_err());
     assert!(decoder::split_combine_kernel(4, 64, 4, DType::I8, DimExpr::sym("B")).is_err());
+}
+
+/// A fused output quantize (`causal_attention … out=…`): every attention kernel (the CUDA-core
+/// prefill, the tensor-core prefill, the decode variant with the fused append, split and unsplit)
+/// stores E4M3 or I8 codes through ops.cuh's `qf_out`, takes `out_scale` as its last parameter,
+/// and compiles to sm_90a; other codes are refused.
+#[test]
+fn output_quantized_attention_variants_compile() {
+    let fp8 = CacheRead::Codes { storage: DType::F8E4M3, via: DType::F16 };
+    for (cache, codes) in [(CacheRead::Float(DType::F16), DType::F8E4M3), (fp8, DType::F8E4M3), (CacheRead::Float(DType::F16), DType::I8)] {
+        let prefill = PagedAttentionSpec { out_codes: Some(codes), ..attention_spec(DType::F16, cache, (9, 3, 64), PAGED) };
+        let decode = PagedAttentionSpec { decode: true, max_batch: 8, append: Some(DecodeAppend { key_rope: None }), ..prefill };
+        let split = PagedAttentionSpec { splits: decoder::decode_splits(3, PAGED).max(2), ..decode };
+        let mut kernels = vec![prefill.prefill_kernel(DimExpr::sym("B"), DimExpr::sym("S")).expect("tensor-core prefill")];
+        for spec in [prefill, decode, split] {
+            kernels.push(spec.kernel(DimExpr::sym("B"), DimExpr::sym("S")).unwrap_or_else(|e| panic!("{spec:?}: {e}")));
+        }
+        let define = format!("#define QF_OUT_CODES {}", if codes == DType::I8 { 2 } else { 1 });
+        for k in &kernels {
+            assert_eq!(k.params.last().map(|p| p.name.as_str()), Some("out_scale"), "{}", k.template);
+            assert!(k.source.contains(&define) && k.source.contains("OUT_::store("), "{}", k.template);
+            compile(k);
+        }
+    }
+    let e5m2 = PagedAttentionSpec { out_codes: Some(DType::F8E5M2), ..attention_spec(DType::F16, fp8, (9, 3, 64), PAGED) };
+    assert!(e5m2.validate().unwrap_err().contains("f8e4m3 or i8"));
+    // Without an output quantize nothing changes in the signature.
+    let plain = attention_spec(DType::F16, fp8, (9, 3, 64), PAGED).kernel(DimExpr::sym("B"), DimExpr::sym("S")).unwrap();
+    assert!(plain.params.iter().all(|p| p.name != "out_scale"));
 }
 
 /// The decode attention's own append ([`DecodeAppend`]): every fused variant (float caches with

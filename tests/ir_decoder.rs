@@ -22,7 +22,7 @@ fn step_graph(storage: DType) -> Graph {
     let pk32 = bb.cast(pk, DType::F32).unwrap();
     let o = bb
         .add1(
-            Op::CausalAttention(CausalAttention { heads: 2, kv_heads: 1, scale: 0.5, cache: None, rope: None }),
+            Op::CausalAttention(CausalAttention { heads: 2, kv_heads: 1, scale: 0.5, cache: None, rope: None, output: None }),
             &[q, k, v, pk32, pv, len],
             None,
         )
@@ -114,7 +114,7 @@ fn causal_attention_reads_token_major_kv_rows() {
     let q = bb.input("q", TensorType::new(DType::F32, [b, s, Dim::Fixed(4)])).unwrap();
     let ins = [q, kv(&mut bb, "k", s), kv(&mut bb, "v", s), kv(&mut bb, "past.k", p), kv(&mut bb, "past.v", p)];
     let len = bb.input("cache_len", TensorType::new(DType::I64, [b])).unwrap();
-    let op = Op::CausalAttention(CausalAttention { heads: 2, kv_heads: 2, scale: 1.0, cache: None, rope: None });
+    let op = Op::CausalAttention(CausalAttention { heads: 2, kv_heads: 2, scale: 1.0, cache: None, rope: None, output: None });
     let o = bb.add1(op, &[ins[0], ins[1], ins[2], ins[3], ins[4], len], None).unwrap();
     g.outputs.push(("o".into(), o));
     ir::verify(&g, "built").expect("verifies");
@@ -311,4 +311,68 @@ fn an_nvfp4_cache_attention_rotates_queries_only() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains("NVFP4"), "{err}");
+}
+
+/// A causal attention with an output quantize (`out=f8e4m3`, `fuse-attention-output`): its codes
+/// are the `quantize` of the f16 context, and its code window (what `qfuse check` allows a GPU
+/// kernel, [`interp::code_window`]) holds the interpreter's own codes and is the reference code
+/// alone at most elements.
+#[test]
+fn an_output_quantized_attention_quantizes_its_context_and_has_a_narrow_code_window() {
+    let text = |out: &str| {
+        format!(
+            r#"graph "attn" {{
+  sym B max=2
+  sym S max=4
+  sym P max=40
+  %0 = input "q" : f16[B,S,128]
+  %1 = input "cache_len" : i64[B]
+  %2 = input "past.k.0" : f16[B,P,2,32]
+  %3 = input "past.v.0" : f16[B,P,2,32]
+  %4 = input "k" : f16[B,S,2,32]
+  %5 = input "v" : f16[B,S,2,32]
+  %6 = causal_attention %0, %4, %5, %2, %3, %1 {{heads=4, kv_heads=2, scale=0.17677669{out}}} : {ty}[B,S,128]
+  return "o" = %6, "present.k.0" = %4, "present.v.0" = %5
+  state "past.k.0" append "present.k.0" axis=1
+  state "past.v.0" append "present.v.0" axis=1
+}}"#,
+            ty = if out.is_empty() { "f16" } else { "f8e4m3" }
+        )
+    };
+    let (plain, fused) = (ir::parse(&text("")).unwrap(), ir::parse(&text(", out=f8e4m3, out_scale=0.00390625")).unwrap());
+    ir::verify(&fused, "test").unwrap();
+    assert_eq!(ir::print(&ir::parse(&ir::print(&fused)).unwrap()), ir::print(&fused), "round trip");
+    let mk = |shape: Vec<usize>, seed: u64, s: f32| {
+        let n = shape.iter().product();
+        Tensor::from_f32_as(DType::F16, shape, common::noise(n, seed, s))
+    };
+    let inputs = [
+        ("q", mk(vec![2, 4, 128], 1, 2.0)),
+        ("k", mk(vec![2, 4, 2, 32], 2, 2.0)),
+        ("v", mk(vec![2, 4, 2, 32], 3, 1.0)),
+        ("past.k.0", mk(vec![2, 40, 2, 32], 4, 2.0)),
+        ("past.v.0", mk(vec![2, 40, 2, 32], 5, 1.0)),
+        ("cache_len", Tensor::i64(vec![2], vec![0, 37])),
+    ];
+    let context = interp::run(&plain, &NoWeights, &inputs).unwrap().remove(0).1;
+    let codes = interp::run(&fused, &NoWeights, &inputs).unwrap().remove(0).1;
+    let want: Vec<f32> = context.to_f32_vec().iter().map(|&x| qfuse::numerics::cast(x / 0.00390625, DType::F8E4M3)).collect();
+    assert_eq!(codes.to_f32_vec(), want, "the codes of the f16 context");
+    assert!(want.iter().any(|&c| c.abs() >= 64.0), "the scale spreads the context over many codes");
+
+    let attention = |g: &Graph| g.nodes.values().find(|n| matches!(n.op, Op::CausalAttention(_))).unwrap().op.clone();
+    let args = || -> Vec<_> {
+        ["q", "k", "v", "past.k.0", "past.v.0", "cache_len"]
+            .iter()
+            .map(|n| std::sync::Arc::new(inputs.iter().find(|(m, _)| m == n).unwrap().1.clone()))
+            .collect()
+    };
+    let (lo, hi) = interp::code_window(&attention(&fused), args(), &codes).unwrap().expect("a window");
+    let (lo, hi, got) = (lo.to_f32_vec(), hi.to_f32_vec(), codes.to_f32_vec());
+    for i in 0..got.len() {
+        assert!(lo[i] <= got[i] && got[i] <= hi[i], "element {i}: {} not in [{}, {}]", got[i], lo[i], hi[i]);
+    }
+    let wide = (0..got.len()).filter(|&i| lo[i] != hi[i]).count();
+    assert!(wide * 20 < got.len(), "{wide} of {} windows hold more than one code", got.len());
+    assert!(interp::code_window(&attention(&plain), args(), &context).unwrap().is_none(), "no window without an output quantize");
 }

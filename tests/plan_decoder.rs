@@ -66,6 +66,13 @@ fn smollm2_fp16_plan_holds_a_paged_generator() {
         assert_eq!(split.grid[0].to_string(), "4");
         assert_eq!(m.schedule[layer[0]].args[5], m.schedule[layer[1]].args[5], "both paths write the attention's output");
         assert_eq!(m.schedule[layer[0]].args[6], ArgRef::SplitScratchZeroed, "counters in the zeroed scratch (format 2.2)");
+        // Each launch writes what it takes as a result: the attention paths the context, and
+        // the prefill append (just before the prefill path) the rotated keys only, so the
+        // per-kernel check judges the context after the attention, not after the append.
+        let ArgRef::Buffer(context) = m.schedule[layer[0]].args[5] else { panic!("the context is a buffer") };
+        assert!(layer.iter().all(|&i| m.schedule[i].writes.contains(&context)));
+        let append = (0..layer[1]).rev().find(|&i| template_of(i) == "kv_append").expect("the prefill append");
+        assert!(!m.schedule[append].writes.contains(&context) && !m.schedule[append].writes.is_empty(), "{:?}", m.schedule[append]);
     }
     // One scratch for all layers: 4 · 3 completion counters (48 bytes, a multiple of 16), then
     // max_batch 4 · 9 heads · 4 ranges · (64 + 2) f32.

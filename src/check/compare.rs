@@ -106,6 +106,10 @@ pub struct Reference<'a> {
     /// ([`crate::interp::score_flip_window`]), when the op has scores: a code one step from the
     /// reference inside it is allowed too.
     pub flips: Option<(&'a [f32], &'a [f32])>,
+    /// Per element, the magnitude the relative float bound applies to where it exceeds `|ref|`:
+    /// the terms of the element's last roundings (`|ref| + Σ |added|` for a GEMM whose epilogue
+    /// adds a residual or a bias, [`super::magnitude`]).
+    pub magnitude: Option<&'a [f32]>,
 }
 
 /// Compares `got` with `want` under the tolerance of `dtype`.
@@ -113,7 +117,8 @@ pub fn compare(dtype: DType, want: Reference<'_>, got: &[f32]) -> Comparison {
     let tol = Tolerance::of(dtype);
     let n = want.values.len();
     let bad_pair = |p: Option<(&[f32], &[f32])>| p.is_some_and(|(l, h)| l.len() != n || h.len() != n);
-    if got.len() != n || want.wide.is_some_and(|w| w.len() != n) || bad_pair(want.window) || bad_pair(want.flips) {
+    let bad_len = |v: Option<&[f32]>| v.is_some_and(|v| v.len() != n);
+    if got.len() != n || bad_len(want.wide) || bad_len(want.magnitude) || bad_pair(want.window) || bad_pair(want.flips) {
         return Comparison::mismatch(format!("{} elements, the interpreter has {n}", got.len()));
     }
     if let Some(i) = (0..n).find(|&i| !non_finite_matches(want.values[i], got[i])) {
@@ -123,8 +128,8 @@ pub fn compare(dtype: DType, want: Reference<'_>, got: &[f32]) -> Comparison {
     let finite = |i: &usize| want.values[*i].is_finite();
     let (pass, measured, boundary_cases) = match tol {
         Tolerance::Float { rel, abs } => {
-            let allowed = |r: f32| rel * f64::from(r).abs() + abs;
-            let ratio = |i: usize| (f64::from(got[i]) - f64::from(want.values[i])).abs() / allowed(want.values[i]);
+            let scale = |i: usize| f64::from(want.values[i]).abs().max(want.magnitude.map_or(0.0, |m| f64::from(m[i])));
+            let ratio = |i: usize| (f64::from(got[i]) - f64::from(want.values[i])).abs() / (rel * scale(i) + abs);
             match (0..n).filter(finite).max_by(|&a, &b| ratio(a).total_cmp(&ratio(b))) {
                 Some(i) => (
                     ratio(i) <= 1.0,
@@ -225,7 +230,21 @@ mod tests {
     use super::*;
 
     fn plain(values: &[f32]) -> Reference<'_> {
-        Reference { values, wide: None, window: None, flips: None }
+        Reference { values, wide: None, window: None, flips: None, magnitude: None }
+    }
+
+    /// A GEMM result whose epilogue added a residual that cancelled most of the sum: one f16
+    /// step of the sum (|acc| ≈ 8) is far beyond 4e-3 of the small result, but within 4e-3 of the
+    /// magnitude of the terms, `|ref| + |residual|`.
+    #[test]
+    fn the_relative_bound_applies_to_the_magnitude_of_the_terms() {
+        let (want, got) = ([0.19726563f32], [0.19726563f32 + 2f32.powi(-7)]);
+        assert!(!compare(DType::F16, plain(&want), &got).pass);
+        let magnitude = [0.19726563f32 + 8.0];
+        let r = Reference { magnitude: Some(&magnitude), ..plain(&want) };
+        assert!(compare(DType::F16, r, &got).pass);
+        // Still per element: ten times that is wrong.
+        assert!(!compare(DType::F16, r, &[want[0] + 10.0 * 2f32.powi(-7)]).pass);
     }
 
     #[test]
@@ -259,10 +278,12 @@ mod tests {
         assert!(!c.pass && c.measured.contains("element 3"), "one code off by one step fails: {c:?}");
         let mut wide = want.clone();
         wide[3] = got[3];
-        let c = compare(DType::F8E4M3, Reference { values: &want, wide: Some(&wide), window: None, flips: None }, &got);
+        let c = compare(DType::F8E4M3, Reference { values: &want, wide: Some(&wide), window: None, flips: None, magnitude: None }, &got);
         assert!(c.pass && c.boundary_cases == 1, "the f64-sum reference holds that code: {c:?}");
         got[5] = want[5] + 0.125;
-        assert!(!compare(DType::F8E4M3, Reference { values: &want, wide: Some(&wide), window: None, flips: None }, &got).pass);
+        assert!(
+            !compare(DType::F8E4M3, Reference { values: &want, wide: Some(&wide), window: None, flips: None, magnitude: None }, &got).pass
+        );
         assert!(!compare(DType::I8, plain(&[3.0]), &[4.0]).pass);
         assert!(!compare(DType::F4E2M1, plain(&[1.0, 6.0]), &[1.5, 6.0]).pass);
     }
@@ -276,7 +297,7 @@ mod tests {
         // element 2: a window two steps wide.
         let lo = vec![1.0f32, 1.0, 1.0, -1.125];
         let hi = vec![1.0f32, 1.125, 1.25, -1.0];
-        let r = Reference { values: &want, wide: None, window: Some((&lo, &hi)), flips: None };
+        let r = Reference { values: &want, wide: None, window: Some((&lo, &hi)), flips: None, magnitude: None };
         let exact = compare(DType::F8E4M3, r, &want);
         assert!(exact.pass && exact.transcendental_cases == 0, "{exact:?}");
         let c = compare(DType::F8E4M3, r, &[1.0, 1.125, 1.0, -1.125]);
@@ -296,7 +317,7 @@ mod tests {
         // flip window is two codes wide; element 0's holds its own code only.
         let want = vec![1.0f32, 1.0, 1.0];
         let (lo, hi) = (vec![1.0f32, 1.0, 1.0], vec![1.0f32, 1.125, 1.25]);
-        let r = Reference { values: &want, wide: None, window: None, flips: Some((&lo, &hi)) };
+        let r = Reference { values: &want, wide: None, window: None, flips: Some((&lo, &hi)), magnitude: None };
         let c = compare(DType::F8E4M3, r, &[1.0, 1.125, 1.125]);
         assert!(c.pass && (c.score_order_cases, c.transcendental_cases, c.boundary_cases) == (2, 0, 0), "{c:?}");
         assert!(c.measured.contains("2 codes from scores within f32 rounding of a boundary"), "{c:?}");

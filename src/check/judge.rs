@@ -30,6 +30,9 @@ pub struct References {
     /// Lowest and highest code per element with scores rounded the other way
     /// ([`crate::interp::score_flip_window`]): quantized outputs of `attention`.
     pub flips: HashMap<ValueId, (Tensor, Tensor)>,
+    /// Float GEMM results whose epilogue adds operands: the magnitude per element that their
+    /// relative tolerance applies to, `|ref| + Σ |added|` ([`super::magnitude`]).
+    pub magnitudes: HashMap<ValueId, Tensor>,
 }
 
 /// The checks of launch `index` and the reference values to write in place of the GPU's
@@ -61,7 +64,12 @@ pub fn judge_launch(
             None => Comparison::mismatch(format!("buffer `{}` has no interpreter value to compare with", b.name)),
             Some((v, want)) => {
                 forced.push((*buffer, to_host(want)));
-                let candidates = Candidates { wide: refs.wide.get(&v), window: refs.windows.get(&v), flips: refs.flips.get(&v) };
+                let candidates = Candidates {
+                    wide: refs.wide.get(&v),
+                    window: refs.windows.get(&v),
+                    flips: refs.flips.get(&v),
+                    magnitude: refs.magnitudes.get(&v),
+                };
                 compare_tensor(want, candidates, gpu)
             }
         };
@@ -75,6 +83,7 @@ struct Candidates<'a> {
     wide: Option<&'a Tensor>,
     window: Option<&'a (Tensor, Tensor)>,
     flips: Option<&'a (Tensor, Tensor)>,
+    magnitude: Option<&'a Tensor>,
 }
 
 /// A pair of per-element bounds of `want`'s shape, decoded (`None` when absent or misshapen).
@@ -98,7 +107,14 @@ fn compare_tensor(want: &Tensor, candidates: Candidates<'_>, gpu: &HostTensor) -
         Ok(got) => {
             let wide = candidates.wide.filter(|w| w.shape == want.shape).map(Tensor::to_f32_vec);
             let (window, flips) = (pair_f32(candidates.window, want), pair_f32(candidates.flips, want));
-            let reference = Reference { values: &want.to_f32_vec(), wide: wide.as_deref(), window: slices(&window), flips: slices(&flips) };
+            let magnitude = candidates.magnitude.filter(|m| m.shape == want.shape).map(Tensor::to_f32_vec);
+            let reference = Reference {
+                values: &want.to_f32_vec(),
+                wide: wide.as_deref(),
+                window: slices(&window),
+                flips: slices(&flips),
+                magnitude: magnitude.as_deref(),
+            };
             compare(want.dtype, reference, &got)
         }
         Err(e) => Comparison::mismatch(e),

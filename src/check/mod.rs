@@ -18,6 +18,7 @@ mod compare;
 pub mod decoder;
 pub mod inputs;
 mod judge;
+mod magnitude;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -413,7 +414,8 @@ pub fn references_of(graph: &Graph, values: HashMap<ValueId, Tensor>) -> anyhow:
     let wide = wide_values(graph, &values)?;
     let windows = code_windows(graph, &values)?;
     let flips = flip_windows(graph, &values)?;
-    Ok(References { values, wide, windows, flips })
+    let magnitudes = magnitude::sum_magnitudes(graph, &values);
+    Ok(References { values, wide, windows, flips, magnitudes })
 }
 
 /// The operands of `node` as the interpreter computed them, or `None` if one is missing (a node
@@ -454,7 +456,7 @@ pub fn flip_windows(graph: &Graph, values: &HashMap<ValueId, Tensor>) -> anyhow:
 }
 
 /// For every node whose narrow-code output went through a transcendental function on the GPU
-/// (`attention`'s softmax `expf`), the lowest and highest code per element that the GPU may
+/// (the softmax `expf` of `attention` and `causal_attention`), the lowest and highest code per element that the GPU may
 /// write ([`interp::code_window`]), from the node's operands as the interpreter computed them.
 pub fn code_windows(graph: &Graph, values: &HashMap<ValueId, Tensor>) -> anyhow::Result<HashMap<ValueId, (Tensor, Tensor)>> {
     attention_windows(graph, values, "code window", interp::code_window)
@@ -466,8 +468,8 @@ type Window = (Tensor, Tensor);
 /// An op's code window (`interp::code_window`, `interp::flip_window`).
 type WindowFn = fn(&ir::Op, Vec<std::sync::Arc<Tensor>>, &Tensor) -> Result<Option<Window>, String>;
 
-/// `window(op, operands, output)` for every `attention` whose first output holds narrow codes,
-/// where it gives one; `what` names the window in errors.
+/// `window(op, operands, output)` for every `attention` or `causal_attention` whose first output
+/// holds narrow codes, where it gives one; `what` names the window in errors.
 fn attention_windows(
     graph: &Graph,
     values: &HashMap<ValueId, Tensor>,
@@ -476,7 +478,7 @@ fn attention_windows(
 ) -> anyhow::Result<HashMap<ValueId, Window>> {
     let mut windows = HashMap::new();
     for (_, node) in graph.nodes.iter() {
-        if !matches!(node.op, ir::Op::Attention(_)) {
+        if !matches!(node.op, ir::Op::Attention(_) | ir::Op::CausalAttention(_)) {
             continue;
         }
         let Some((&out, Some(y))) = node.outputs.first().map(|v| (v, values.get(v))) else { continue };

@@ -503,7 +503,10 @@ fn add_schedule(
             .collect::<Result<Vec<_>, CompileError>>()?;
         let results: Vec<String> = n.outputs.iter().map(|v| v.to_string()).collect();
         let label = format!("{} {} ({})", n.op.mnemonic(), n.name.as_deref().unwrap_or("-"), results.join(", "));
-        let writes = n.outputs.iter().filter_map(|v| buffers.get(v).copied()).collect();
+        // The node's results this launch takes as arguments: the kernels write those (a node of
+        // several launches, e.g. an attention's append and its attention, writes each result in
+        // the launch that has it, and the per-kernel check judges it there).
+        let writes = n.outputs.iter().filter(|v| launch.args.contains(&Arg::Value(**v))).filter_map(|v| buffers.get(v).copied()).collect();
         let meta = builder.meta_mut();
         if let Some(when) = &launch.when {
             let index = u32::try_from(meta.schedule.len()).expect("fewer than 2^32 launches");

@@ -229,9 +229,10 @@ pub enum Accumulation {
 
 /// The lowest and highest code, per element, that the GPU may write for `out`, the first result
 /// of `op` applied to `args`, where the op's quantized output carries transcendental error the
-/// interpreter does not reproduce (`attention`'s `expf`; bounds in `softmax_relative_bound` and
-/// `f32_sum_bound`); `None` where the op has no such error. `qfuse check` allows a one-step code
-/// difference inside this window and counts it.
+/// interpreter does not reproduce (the `expf` of `attention`, and of a `causal_attention` with an
+/// output quantize; bounds in `softmax_relative_bound` and `f32_sum_bound`); `None` where the op
+/// has no such error. `qfuse check` allows a one-step code difference inside this window and
+/// counts it.
 pub fn code_window(op: &Op, args: Vec<Arc<Tensor>>, out: &Tensor) -> Result<Option<(Tensor, Tensor)>, String> {
     let outs = [ops::OutType { dtype: out.dtype, shape: out.shape.clone() }];
     ops::code_window(op, args, &outs, ops::Numerics::default())

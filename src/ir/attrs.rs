@@ -5,8 +5,8 @@
 
 use super::{
     Attention, AttentionFp8, AttnRope, BinaryOp, CausalAttention, DType, EmbedLayerNorm, EpilogueOp, EpilogueStep, GluMatMul, Granularity,
-    KvCodes, NormKind, Op, QMatMul, QuantSpec, ReduceOp, Rope, RopeLlama3, RopePairs, ScaleSource, Segment, SplitMatMul, UnaryOp, ValueId,
-    ZeroPoint,
+    KvCodes, NormKind, Op, OutputQuant, QMatMul, QuantSpec, ReduceOp, Rope, RopeLlama3, RopePairs, ScaleSource, Segment, SplitMatMul,
+    UnaryOp, ValueId, ZeroPoint,
 };
 use crate::numerics::E8M0Rounding;
 
@@ -123,6 +123,7 @@ pub fn encode(op: &Op, extra: &[ValueId]) -> Vec<Attr> {
             if let Some(r) = &a.rope {
                 v.push(Attr { key: None, value: encode_attn_rope(r) });
             }
+            v.extend(encode_output(a.output.map(|o| o.spec()).as_ref()));
             v
         }
         Op::EmbedLayerNorm(e) => {
@@ -527,6 +528,7 @@ pub fn decode(mnemonic: &str, attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), Stri
             scale: as_f32(required(attrs, "scale")?)?,
             cache: decode_kv_codes(attrs)?,
             rope: decode_attn_rope(attrs)?,
+            output: decode_output(attrs)?.as_ref().and_then(OutputQuant::of_spec),
         }),
         "attention" => return decode_attention(attrs),
         "embed_layernorm" => {

@@ -389,6 +389,34 @@ pub struct CausalAttention {
     /// unrotated; `None`: they arrive rotated.
     #[serde(default)]
     pub rope: Option<AttnRope>,
+    /// A fused static output quantize (`fuse-attention-output`): `o`, rounded to q's dtype as
+    /// above, then quantized per tensor, `cast(o / scale)` to the codes' dtype; `None`: `o` is
+    /// q's dtype.
+    #[serde(default)]
+    pub output: Option<OutputQuant>,
+}
+
+/// A static per-tensor output quantize fused into the op that produces the value:
+/// `cast(x / scale)` to `storage` (RNE, saturating), exactly the `quantize {storage,
+/// per_tensor, scale}` it replaces. Printed `out=<storage>, out_scale=<scale>`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutputQuant {
+    /// The codes' dtype (`f8e4m3` or `i8`).
+    pub storage: DType,
+    /// The literal scale (positive, finite).
+    pub scale: f32,
+}
+
+impl OutputQuant {
+    /// The same quantize as a [`QuantSpec`] (per tensor, literal scale, no zero point).
+    pub fn spec(&self) -> QuantSpec {
+        QuantSpec::per_tensor(self.storage, self.scale)
+    }
+
+    /// The static per-tensor quantize `spec` describes (literal scale, no zero point), if it is one.
+    pub fn of_spec(spec: &QuantSpec) -> Option<Self> {
+        spec.literal_per_tensor().map(|scale| OutputQuant { storage: spec.storage, scale })
+    }
 }
 
 /// The rotary embedding a [`CausalAttention`] applies to its own operands, exactly as the `rope`

@@ -75,6 +75,14 @@ impl QuantSpec {
         QuantSpec { storage, granularity: Granularity::PerTensor, scale: ScaleSource::Literal(scale), zero_point: None }
     }
 
+    /// The scale of a symmetric per-tensor spec with a literal scale (no zero point), else `None`.
+    pub fn literal_per_tensor(&self) -> Option<f32> {
+        match (&self.granularity, &self.scale, &self.zero_point) {
+            (Granularity::PerTensor, ScaleSource::Literal(s), None) => Some(*s),
+            _ => None,
+        }
+    }
+
     /// Number of extra inputs (after the data input) that this spec reads: scale, then zero point.
     pub fn extra_inputs(&self) -> usize {
         usize::from(self.scale == ScaleSource::Input) + usize::from(self.zero_point == Some(ZeroPoint::Input))

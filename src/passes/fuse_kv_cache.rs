@@ -52,9 +52,7 @@
 //! token-major reshape); before `dce`.
 
 use super::{loc, Pass, PassCx, PassError};
-use crate::ir::{
-    BinaryOp, CausalAttention, DType, Granularity, Graph, KvCodes, NodeId, Op, QuantSpec, ScaleSource, ValueId, KV_NVFP4_BLOCK,
-};
+use crate::ir::{BinaryOp, CausalAttention, DType, Granularity, Graph, KvCodes, NodeId, Op, ScaleSource, ValueId, KV_NVFP4_BLOCK};
 
 /// `fuse-kv-cache`.
 pub struct FuseKvCache;
@@ -114,7 +112,7 @@ fn match_codes(g: &Graph, id: NodeId) -> Result<(KvCodes, [ValueId; 4]), String>
         let Op::Dequantize(spec) = &node.op else {
             return Err(format!("operand {} of the attention is not a dequantize", i + 1));
         };
-        let scale = literal_per_tensor(spec).ok_or("the cache's dequantize is not per-tensor with a literal scale and no zero point")?;
+        let scale = spec.literal_per_tensor().ok_or("the cache's dequantize is not per-tensor with a literal scale and no zero point")?;
         if g.ty(v).dtype != via {
             return Err(format!("a dequantize gives {} while q is {via}", g.ty(v).dtype));
         }
@@ -188,12 +186,4 @@ fn nvfp4_read(g: &Graph, v: ValueId, via: DType) -> Option<Nvfp4Operand> {
         && spec.zero_point.is_none()
         && g.ty(dq).dtype == via;
     ok.then(|| (node.inputs[0], node.inputs[1], global))
-}
-
-/// The scale of a symmetric per-tensor spec with a literal scale.
-fn literal_per_tensor(spec: &QuantSpec) -> Option<f32> {
-    match (&spec.granularity, &spec.scale, &spec.zero_point) {
-        (Granularity::PerTensor, ScaleSource::Literal(s), None) => Some(*s),
-        _ => None,
-    }
 }

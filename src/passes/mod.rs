@@ -12,6 +12,7 @@ pub mod fold_constants;
 pub mod fold_scales;
 pub mod fold_smoothing;
 pub mod fuse_attention;
+pub mod fuse_attention_output;
 pub mod fuse_dq_matmul;
 pub mod fuse_embedding;
 pub mod fuse_epilogue;

@@ -353,7 +353,8 @@ pub struct LaunchMeta {
     /// What it computes, for humans: the IR node's location and results, e.g.
     /// `qmatmul encoder.layer.0.attention.self.query (%18)`.
     pub label: String,
-    /// The buffers this launch writes (the IR node's results), for per-kernel checks.
+    /// The buffers this launch writes (the IR node's results it takes as arguments), for
+    /// per-kernel checks.
     pub writes: Vec<u32>,
 }
 

@@ -41,8 +41,13 @@ fn case() -> Case {
     let graph = crate::ir::parse(GRAPH).unwrap();
     let buffer = |name: &str, dtype: &str| BufferMeta { name: name.into(), dtype: dtype.into(), ..Default::default() };
     let meta = PlanMeta { buffers: vec![buffer("%2", "f16"), buffer("%3", "f8e4m3"), buffer("%99", "f16")], ..Default::default() };
-    let refs =
-        References { values: values(&graph, Accumulation::F32), wide: HashMap::new(), windows: HashMap::new(), flips: HashMap::new() };
+    let refs = References {
+        values: values(&graph, Accumulation::F32),
+        wide: HashMap::new(),
+        windows: HashMap::new(),
+        flips: HashMap::new(),
+        magnitudes: HashMap::new(),
+    };
     let launch = LaunchMeta { kernel: 0, args: vec![], label: "gemm+quantize".into(), writes: vec![0, 1] };
     Case { graph, meta, refs, launch }
 }
@@ -157,7 +162,7 @@ fn attention_case_with(out_scale: f32, qk: f32) -> Case {
     let wide = crate::check::wide_values(&graph, &values).unwrap();
     let meta =
         PlanMeta { buffers: vec![BufferMeta { name: "%3".into(), dtype: "f8e4m3".into(), ..Default::default() }], ..Default::default() };
-    let refs = References { values, wide, windows, flips };
+    let refs = References { values, wide, windows, flips, magnitudes: HashMap::new() };
     let launch = LaunchMeta { kernel: 0, args: vec![], label: "attention+quantize".into(), writes: vec![0] };
     Case { graph, meta, refs, launch }
 }

@@ -266,8 +266,13 @@ pub struct PagedAttentionSpec {
     pub head_dim: u32,
     /// q's dtype (f16, bf16, f32).
     pub q: DType,
-    /// o's dtype (f16, bf16, f32).
+    /// o's dtype (f16, bf16, f32); with [`Self::out_codes`] the dtype o is rounded to before its
+    /// quantize.
     pub out: DType,
+    /// A fused static output quantize (`causal_attention … out=…`): o stores these codes
+    /// (`f8e4m3` or `i8`) of its `out` value, `cast(round_out(o) / out_scale)`, with `out_scale`
+    /// the kernel's last parameter. `None`: o stores `out` values.
+    pub out_codes: Option<DType>,
     /// The cache's storage and how it is read.
     pub cache: CacheRead,
     /// Multiplier of the scores (compiled in).
@@ -379,6 +384,9 @@ impl PagedAttentionSpec {
                 return Err(format!("{what} is {dt}; paged attention computes from f16, bf16 or f32"));
             }
         }
+        if let Some(codes) = self.out_codes.filter(|c| !matches!(c, DType::F8E4M3 | DType::I8)) {
+            return Err(format!("an output quantize to {codes}: paged attention stores f8e4m3 or i8 codes"));
+        }
         match self.cache {
             CacheRead::Float(DType::F16 | DType::BF16 | DType::F32) => {}
             CacheRead::Codes { storage: DType::F8E4M3 | DType::F8E5M2 | DType::I8, via: DType::F16 | DType::BF16 | DType::F32 } => {}
@@ -445,7 +453,7 @@ impl PagedAttentionSpec {
     /// Kernel parameters in signature order: the sixth is `out` (o), followed with a split by
     /// `scratch` (the split scratch); an NVFP4 cache appends the block-scale pools `ks_pool,
     /// vs_pool`; the fused append ([`Self::append`]) appends this step's `k, v` and with
-    /// `rope(keys)` `k_out`.
+    /// `rope(keys)` `k_out`; an output quantize ([`Self::out_codes`]) appends `out_scale` last.
     pub fn params(&self) -> Vec<(&'static str, ParamType)> {
         let mut p = pointers(&["q", "k_pool", "v_pool", "page_table", "cache_len", "out"]);
         if self.splits > 0 {
@@ -460,6 +468,9 @@ impl PagedAttentionSpec {
             if append.key_rope.is_some() {
                 p.push(("k_out", ParamType::Ptr));
             }
+        }
+        if self.out_codes.is_some() {
+            p.push(("out_scale", ParamType::F32));
         }
         p
     }
@@ -493,6 +504,7 @@ impl PagedAttentionSpec {
         with_prelude(vec![
             ("q_t", trait_of(self.q)),
             ("o_t", trait_of(self.out)),
+            ("out_codes", out_codes_define(self.out_codes).to_string()),
             ("c_t", c_t),
             ("nvfp4", u8::from(self.cache.block_scaled()).to_string()),
             ("heads", self.heads.to_string()),
@@ -520,7 +532,7 @@ impl PagedAttentionSpec {
         self.validate()?;
         let qt = self.q_tokens();
         // The scratch is written and read by several CTAs: no __restrict__.
-        let out_param = if self.splits > 0 { "OT_::T* __restrict__ out, float* scratch" } else { "OT_::T* __restrict__ out" };
+        let out_param = if self.splits > 0 { "OUT_::T* __restrict__ out, float* scratch" } else { "OUT_::T* __restrict__ out" };
         let mut values = self.common_values();
         values.extend([
             ("q_tokens", qt.to_string()),
@@ -621,6 +633,15 @@ impl PagedAttentionSpec {
         let source = PAGED_PREFILL.render(&values).map_err(|e| e.to_string())?;
         let grid = [seq.ceil_div(u64::from(qt)), DimExpr::Const(u64::from(self.kv_heads)), batch];
         Ok(finish_kernel("paged_prefill", source, grid, [PREFILL_THREADS, 1, 1], self.prefill_smem_bytes(), params(&self.params())))
+    }
+}
+
+/// `QF_OUT_CODES` of the attention templates (ops.cuh `qf_out`): 0 float, 1 E4M3, 2 I8 codes.
+fn out_codes_define(codes: Option<DType>) -> u8 {
+    match codes {
+        None => 0,
+        Some(DType::F8E4M3) => 1,
+        Some(_) => 2,
     }
 }
 
@@ -927,7 +948,9 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
         kv_heads: a.kv_heads,
         head_dim,
         q: g.ty(q).dtype,
-        out: g.ty(o).dtype,
+        // With a fused output quantize, o is rounded to q's dtype (the unfused o's) first.
+        out: if a.output.is_some() { g.ty(q).dtype } else { g.ty(o).dtype },
+        out_codes: a.output.map(|out| out.storage),
         cache,
         scale: a.scale,
         paged,
@@ -937,8 +960,8 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
         rope: a.rope.map(|r| AttnRope { keys: false, ..r }),
         append: None,
     };
-    if g.shape(o) != qs {
-        return Err(err("the result must have q's shape".into()));
+    if g.shape(o) != qs || a.output.is_some_and(|out| g.ty(o).dtype != out.storage) {
+        return Err(err("the result must have q's shape (and the output quantize's codes)".into()));
     }
     let dims = cx.dims(q);
     let (batch, seq) = (dims[0].clone(), dims[1].clone());
@@ -967,7 +990,9 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
         append_args.extend([Arg::Value(ks), Arg::Value(vs), Arg::KvPool(ks_slot), Arg::KvPool(vs_slot)]);
     }
     // The attention's arguments, with the split scratch after o when it splits and the NVFP4
-    // block-scale pools last.
+    // block-scale pools last (then, at decode, the fused append's; the output quantize's scale
+    // always comes last: `out_scale`).
+    let out_scale = a.output.map(|out| Arg::Scalar(Scalar::F32(out.scale)));
     let attention_args = |scratch: Option<Arg>| {
         let mut args = vec![Arg::Value(q), Arg::KvPool(k_slot), Arg::KvPool(v_slot), Arg::PageTable, Arg::Value(len), Arg::Value(o)];
         args.extend(scratch);
@@ -1000,7 +1025,10 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
             args.push(Arg::Value(k_update));
         }
     }
+    args.extend(out_scale.clone());
     launches.push(Launch { kernel: kernel.map_err(&err)?, args, when: Some(one) });
-    launches.push(Launch { kernel: prefill, args: attention_args(None), when: Some(more) });
+    let mut prefill_args = attention_args(None);
+    prefill_args.extend(out_scale);
+    launches.push(Launch { kernel: prefill, args: prefill_args, when: Some(more) });
     Ok(Lowered::Launches(launches))
 }

@@ -103,6 +103,7 @@ impl BlockBuilder<'_, '_> {
             scale: (1.0 / (d as f64).sqrt()) as f32,
             cache: None,
             rope: None,
+            output: None,
         });
         let o = self.scoped(m, |b| b.add1(op, &[q, k.0, v.0, past_k, past_v, step.cache_len], None))?;
         self.linear(&format!("{m}.o_proj"), o, h, heads * d, false)

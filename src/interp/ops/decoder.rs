@@ -100,43 +100,87 @@ struct Operands<'a> {
 /// then with `rope(keys)` the rotated keys. A `rope(...)` rotates q (and k) first, exactly as the
 /// `rope` ops it replaced. The four block-scale operands come with an NVFP4 cache
 /// (`codes(..., block=16)`), whose keys the op never rotates (no `rope(keys)`).
-pub fn causal_attention(a: &CausalAttention, mut args: Vec<Arc<Tensor>>, outs: &[OutType]) -> Result<Vec<Tensor>, String> {
+pub fn causal_attention(a: &CausalAttention, args: Vec<Arc<Tensor>>, outs: &[OutType]) -> Result<Vec<Tensor>, String> {
     if args.len() != a.arity() || outs.len() != a.outputs() {
         return Err(format!("causal_attention takes {} operands and gives {} result(s)", a.arity(), a.outputs()));
     }
-    let Some(r) = a.rope else { return Ok(vec![attention(a, args, &outs[0])?]) };
+    let (args, keys) = rotated_operands(a, args, outs)?;
+    let o = attention(a, args, &outs[0])?;
+    Ok(std::iter::once(o).chain(keys).collect())
+}
+
+/// The operands with q (and with `rope(keys)` k) rotated as the op's `rope(...)` says, and the
+/// rotated keys (quantized as the cache stores them) when they are a result.
+fn rotated_operands(
+    a: &CausalAttention,
+    mut args: Vec<Arc<Tensor>>,
+    outs: &[OutType],
+) -> Result<(Vec<Arc<Tensor>>, Option<Tensor>), String> {
+    let Some(r) = a.rope else { return Ok((args, None)) };
     let q_ty = OutType { dtype: args[0].dtype, shape: args[0].shape.clone() };
     args[0] = Arc::new(rotated(&r.op(a.heads), args[0].clone(), &args[5], &q_ty)?);
     if !r.keys {
-        return Ok(vec![attention(a, args, &outs[0])?]);
+        return Ok((args, None));
     }
     if a.block_scaled() {
         return Err("causal_attention rope(keys) over an NVFP4 cache (block scales) is not defined".into());
     }
-    let k_ty = OutType { dtype: args[1].dtype, shape: outs[1].shape.clone() };
+    let k_out = outs.get(1).ok_or("rope(keys) gives a second result")?;
+    let k_ty = OutType { dtype: args[1].dtype, shape: k_out.shape.clone() };
     let keys = rotated(&r.op(a.kv_heads), args[1].clone(), &args[5], &k_ty)?;
     let keys = match &a.cache {
         None => keys,
-        Some(c) => quantized_keys(keys, c.k_scale, &outs[1])?,
+        Some(c) => quantized_keys(keys, c.k_scale, k_out)?,
     };
     args[1] = Arc::new(keys.clone());
-    Ok(vec![attention(a, args, &outs[0])?, keys])
+    Ok((args, Some(keys)))
 }
 
-/// Rotated keys quantized as the cache's per-tensor `quantize` does: `cast(x / scale)` to the
-/// codes' dtype.
+/// Rotated keys quantized as the cache's per-tensor `quantize` does.
 fn quantized_keys(keys: Tensor, scale: f32, out: &OutType) -> Result<Tensor, String> {
-    let data = f32s(&keys)?.iter().map(|&x| cast(x / scale, out.dtype)).collect();
-    Ok(finish(out, data))
+    Ok(per_tensor_codes(f32s(&keys)?, scale, out))
+}
+
+/// `values` quantized as a per-tensor `quantize` with a literal scale does: `cast(x / scale)` to
+/// `out`'s codes.
+fn per_tensor_codes(values: &[f32], scale: f32, out: &OutType) -> Tensor {
+    finish(out, values.iter().map(|&x| cast(x / scale, out.dtype)).collect())
 }
 
 /// The attention of `causal_attention` over operands already rotated.
 fn attention(a: &CausalAttention, args: Vec<Arc<Tensor>>, out: &OutType) -> Result<Tensor, String> {
+    let (heads, kv_heads) = (a.heads as usize, a.kv_heads as usize);
+    let (mut data, q_dtype) = with_operands(a, &args, |ops, batch| {
+        let (d, seq) = (ops.d, ops.seq);
+        let (width, group) = (heads * d, heads / kv_heads);
+        let mut data = vec![0f32; batch * seq * width];
+        // One row of `data` is one (b, s) token; heads run inside.
+        for_rows(&mut data, width, |row, o| {
+            let (b, s) = (row / seq, row % seq);
+            for h in 0..heads {
+                let q_row = &ops.q[row * width + h * d..][..d];
+                attend_one(ops, a.scale, b, s, h / group, kv_heads, q_row, &mut o[h * d..][..d]);
+            }
+        });
+        data
+    })?;
+    Ok(match &a.output {
+        None => finish(out, data),
+        Some(quant) => {
+            // Rounded to q's dtype first, as the unfused graph's `o` was.
+            crate::numerics::cast_slice(&mut data, q_dtype);
+            per_tensor_codes(&data, quant.scale, out)
+        }
+    })
+}
+
+/// Calls `f` with the operands of a `causal_attention` (already rotated) as its products read
+/// them, cache codes dequantized, and the batch; returns its result and q's dtype.
+fn with_operands<R>(a: &CausalAttention, args: &[Arc<Tensor>], f: impl FnOnce(&Operands, usize) -> R) -> Result<(R, DType), String> {
     let (base, block_scales) = args.split_at(args.len().min(6));
     let [q, k, v, pk, pv, len] = base else { return Err("causal_attention takes 6 operands (10 with block scales)".into()) };
     let [batch, seq, width] = q.shape[..] else { return Err("q must be rank 3".into()) };
-    let (heads, kv_heads) = (a.heads as usize, a.kv_heads as usize);
-    let d = width / heads;
+    let d = width / a.heads as usize;
     let past = pk.shape.get(1).copied().ok_or("past_k must be rank 4")?;
     let lens = cache_lens(len, past)?;
     if lens.len() != batch {
@@ -162,18 +206,7 @@ fn attention(a: &CausalAttention, args: Vec<Arc<Tensor>>, out: &OutType) -> Resu
         (Some(_), other) => return Err(format!("causal_attention: {} block-scale operands (expected 4)", other.len())),
     };
     let ops = Operands { q: f32s(q)?, k: &k, v: &v, past_k: &pk, past_v: &pv, lens, seq, past, d };
-    let group = heads / kv_heads;
-    let mut data = vec![0f32; batch * seq * width];
-    // One row of `data` is one (b, s) token; heads run inside.
-    for_rows(&mut data, width, |row, o| {
-        let (b, s) = (row / seq, row % seq);
-        for h in 0..heads {
-            let g = h / group;
-            let q_row = &ops.q[row * width + h * d..][..d];
-            attend_one(&ops, a.scale, b, s, g, kv_heads, q_row, &mut o[h * d..][..d]);
-        }
-    });
-    Ok(finish(out, data))
+    Ok((f(&ops, batch), q.dtype))
 }
 
 /// Cache codes read as the per-tensor `dequantize` to `via` reads them: `via(code · scale)`.
@@ -227,4 +260,95 @@ fn attend_one(ops: &Operands, scale: f32, b: usize, s: usize, g: usize, kv_heads
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// For a `causal_attention` with an output quantize (`out=…`): per output element, the lowest and
+/// the highest code a GPU kernel may store, given its f32 sums in any order and CUDA's `expf`;
+/// `None` without an output quantize. In f64 around the exact context `o = Σ_t p_t·v_t`:
+/// - each score `s_t = scale·Σ_d q_d·k_td` is off by at most `δ_t = f32_sum_bound(D)·scale·Σ_d
+///   |q_d·k_td|` (and the f32 product with `scale`), which moves `p_t` by a relative `2·max δ`;
+/// - the softmax itself by [`fused::softmax_relative_bound`] over the row's keys, plus the split
+///   merge's rescaling `expf` and its division (`4·2⁻²³`);
+/// - `Σ p·v` by [`fused::f32_sum_bound`] over the keys, and the division by the sum.
+///
+/// With `ε` their sum, `|Δo_c| ≤ ε·Σ_t p_t·|v_tc|`; the window is the codes of
+/// `round_T(o_c ∓ Δo_c)` (T = q's dtype) under the output quantize, which is monotone.
+pub(super) fn causal_code_window(
+    a: &CausalAttention,
+    args: Vec<Arc<Tensor>>,
+    outs: &[OutType],
+) -> Result<Option<(Tensor, Tensor)>, String> {
+    let Some(quant) = a.output else { return Ok(None) };
+    let out = outs.first().ok_or("missing output")?;
+    // The rotated keys' result type, as the node's second result would have it.
+    let mut all_outs = vec![out.clone()];
+    if a.rope.is_some_and(|r| r.keys) {
+        all_outs.push(OutType { dtype: args[3].dtype, shape: args[1].shape.clone() });
+    }
+    let (args, _) = rotated_operands(a, args, &all_outs)?;
+    let (heads, kv_heads) = (a.heads as usize, a.kv_heads as usize);
+    let ((lo, hi), q_dtype) = with_operands(a, &args, |ops, batch| {
+        let (d, seq) = (ops.d, ops.seq);
+        let (width, group) = (heads * d, heads / kv_heads);
+        let mut lo = vec![0f32; batch * seq * width];
+        let mut hi = lo.clone();
+        for row in 0..batch * seq {
+            let (b, s) = (row / seq, row % seq);
+            for h in 0..heads {
+                let q_row = &ops.q[row * width + h * d..][..d];
+                let range = row * width + h * d..row * width + (h + 1) * d;
+                context_bounds(ops, a.scale, (b, s, h / group, kv_heads), q_row, (&mut lo[range.clone()], &mut hi[range]));
+            }
+        }
+        (lo, hi)
+    })?;
+    let codes = |mut v: Vec<f32>| {
+        crate::numerics::cast_slice(&mut v, q_dtype);
+        per_tensor_codes(&v, quant.scale, out)
+    };
+    Ok(Some((codes(lo), codes(hi))))
+}
+
+/// `o_c ∓ Δo_c` of [`causal_code_window`] for one query row of KV head `g` (`at` = (b, s, g,
+/// KV heads)), into `lo`, `hi`.
+fn context_bounds(ops: &Operands, scale: f32, at: (usize, usize, usize, usize), q: &[f32], (lo, hi): (&mut [f32], &mut [f32])) {
+    let (b, s, g, kv_heads) = at;
+    let d = ops.d;
+    let cached = ops.lens[b];
+    let key = |t: usize| -> (&[f32], &[f32]) {
+        if t < cached {
+            let at = token_major(b, t, g, ops.past, kv_heads, d);
+            (&ops.past_k[at..][..d], &ops.past_v[at..][..d])
+        } else {
+            let at = token_major(b, t - cached, g, ops.seq, kv_heads, d);
+            (&ops.k[at..][..d], &ops.v[at..][..d])
+        }
+    };
+    let n = cached + s + 1;
+    let scale = f64::from(scale);
+    let u = f64::powi(2.0, -23);
+    let (mut scores, mut score_error) = (Vec::with_capacity(n), 0f64);
+    for t in 0..n {
+        let k = key(t).0;
+        let dot: f64 = q.iter().zip(k).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+        let magnitude: f64 = q.iter().zip(k).map(|(&x, &y)| (f64::from(x) * f64::from(y)).abs()).sum();
+        let score = dot * scale;
+        score_error = score_error.max(super::fused::f32_sum_bound(d) * scale * magnitude + score.abs() * u);
+        scores.push(score);
+    }
+    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let weights: Vec<f64> = scores.iter().map(|&x| (x - max).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    let eps = 2.0 * score_error + super::fused::softmax_relative_bound(n) + 4.0 * u + super::fused::f32_sum_bound(n);
+    for c in 0..d {
+        let (mut o, mut magnitude) = (0f64, 0f64);
+        for (t, w) in weights.iter().enumerate() {
+            let pv = w / total * f64::from(key(t).1[c]);
+            o += pv;
+            magnitude += pv.abs();
+        }
+        let delta = eps * magnitude + o.abs() * u;
+        lo[c] = (o - delta) as f32;
+        hi[c] = (o + delta) as f32;
+    }
 }

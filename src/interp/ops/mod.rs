@@ -63,6 +63,7 @@ pub(crate) fn code_window(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], num
     }
     match op {
         Op::Attention(a) => fused::attention_code_window(a, args.into_iter(), outs, num),
+        Op::CausalAttention(a) => decoder::causal_code_window(a, args, outs),
         _ => Ok(None),
     }
 }

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::glu::{glu_graph, glu_kinds, N};
+use common::glu::{glu_graph, glu_kinds, with_gate_smoothing, N};
 use common::kernels::compile_all_sm90a;
 use qfuse::codegen::kernel::{KernelDef, Launch, LowerCx, Lowered};
 use qfuse::codegen::nvrtc;
@@ -56,6 +56,29 @@ fn every_kind_lowers_to_glu_kernels_and_compiles_to_sm90a_cubin() {
         assert_eq!((&both[0].args, &both[0].kernel.params), (&both[1].args, &both[1].kernel.params), "{}", kind.name);
         let tiled = if kind.dequant.is_some() { "gemm_wonly" } else { "gemm" };
         assert_eq!(both[1].kernel.template, tiled, "{}", kind.name);
+        kernels.extend([small[0].kernel.clone(), both[1].kernel.clone()]);
+    }
+    compile_all_sm90a(&kernels);
+}
+
+/// AWQ's down-projection smoothing as the gate's last step (`mul` by a weight `[N]` after
+/// `mul(up)`, as `fuse-epilogue` and `merge-gate-up` leave it in `w4a16-awq` plans): the gate's
+/// own per-column input `g_add2`, multiplied after the product with the up value, in the skinny
+/// kernel and the guarded tiled one of a kind of each family; every kernel compiles.
+#[test]
+fn gate_smoothing_step_lowers_and_compiles_to_sm90a_cubin() {
+    nvrtc::locate().unwrap_or_else(|e| panic!("NVRTC is required (run `scripts/cache.sh nvrtc`): {e}"));
+    let mut kernels: Vec<KernelDef> = Vec::new();
+    for kind in glu_kinds().into_iter().filter(|k| ["f16", "e4m3", "w4a16_zp_g128", "w4a16_bf16_g128"].contains(&k.name)) {
+        let small = glu_launches(&with_gate_smoothing(&kind, &glu_graph(&kind, N, K, 16)));
+        assert_eq!((small.len(), small[0].kernel.template), (1, "gemm_skinny"), "{}", kind.name);
+        let params = param_names(&small[0].kernel);
+        assert!(params.contains(&"g_add2"), "{}: no parameter g_add2 in {params:?}", kind.name);
+        assert_eq!(small[0].args.len(), params.len(), "{}: one argument per parameter", kind.name);
+        assert!(small[0].kernel.source.contains("* g_add2_v)"), "{}: the factor multiplies last", kind.name);
+        let both = glu_launches(&with_gate_smoothing(&kind, &glu_graph(&kind, N, K, 4096)));
+        assert_eq!(both.len(), 2, "{}", kind.name);
+        assert_eq!((&both[0].args, &both[0].kernel.params), (&both[1].args, &both[1].kernel.params), "{}", kind.name);
         kernels.extend([small[0].kernel.clone(), both[1].kernel.clone()]);
     }
     compile_all_sm90a(&kernels);

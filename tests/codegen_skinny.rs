@@ -8,7 +8,7 @@
 mod common;
 
 use common::kernels::{compile_all_sm90a, qmatmul_launches};
-use common::skinny::{graph, kinds};
+use common::skinny::{graph, kinds, with_smoothing};
 use qfuse::codegen::kernel::KernelDef;
 use qfuse::codegen::nvrtc;
 use qfuse::ir::Op;
@@ -40,6 +40,29 @@ fn every_kind_lowers_to_the_skinny_kernel_and_compiles_to_sm90a_cubin() {
             assert_ne!(both[1].kernel.template, "gemm_skinny");
             kernels.push(k.clone());
         }
+    }
+    compile_all_sm90a(&kernels);
+}
+
+/// AWQ's smoothing factor as a last epilogue step (`mul` by a weight `[N]`, `fuse-epilogue`'s
+/// per-column rule) at SmolLM2's MLP shape: a kind of each family (f16, e4m3, i8 with an i8
+/// output, W4A16 with zero points) lowers to the skinny kernel, or the guarded pair, with the
+/// factor as the per-column input `add1` multiplied last; the skinny and tiled kernels compile.
+#[test]
+fn smoothing_step_lowers_and_compiles_to_sm90a_cubin() {
+    nvrtc::locate().unwrap_or_else(|e| panic!("NVRTC is required (run `scripts/cache.sh nvrtc`): {e}"));
+    let mut kernels: Vec<KernelDef> = Vec::new();
+    for kind in kinds().into_iter().filter(|k| ["f16", "e4m3", "i8_dynamic_q8", "w4a16_zp_g128"].contains(&k.name)) {
+        let small = qmatmul_launches(&with_smoothing(&kind, &graph(&kind, (1536, 576), 16)));
+        assert_eq!(small.len(), 1, "{}: the skinny kernel alone", kind.name);
+        let k = &small[0].kernel;
+        assert_eq!(k.template, "gemm_skinny", "{}", kind.name);
+        assert!(k.params.iter().any(|p| p.name == "add1"), "{}: the factor is a parameter", kind.name);
+        assert!(k.source.contains("* add1_v)"), "{}: the factor multiplies last", kind.name);
+        let both = qmatmul_launches(&with_smoothing(&kind, &graph(&kind, (1536, 576), 4096)));
+        assert_eq!(both.len(), 2, "{}", kind.name);
+        assert_eq!(both[0].args, both[1].args, "{}: same arguments", kind.name);
+        kernels.extend([k.clone(), both[1].kernel.clone()]);
     }
     compile_all_sm90a(&kernels);
 }

@@ -183,6 +183,32 @@ fn merged_gate_up_changes_no_logit() {
     }
 }
 
+/// `fuse-epilogue` keeps every number on an AWQ decoder: with it, each layer's down-projection
+/// smoothing `mul` (a weight `[N]`) joins the gate GEMM's epilogue after `silu, mul(up)`, and
+/// `merge-gate-up` keeps it in the `qmatmul_glu`; a prefill and decode steps give the same logits,
+/// bit for bit, as with the pass disabled (every product a node of its own).
+#[test]
+fn awq_smoothing_in_the_gate_epilogue_changes_no_logit() {
+    use qfuse::compile::decoder::decoder_passes;
+    let Some(dir) = common::synthetic("llama-f32") else { return };
+    let opts = DecoderOptions { max_batch: 1, max_seq: Some(64), ..Default::default() };
+    let model = decoder::load(&dir, &opts).expect("import");
+    let recipe = decoder::decoder_recipe(Recipe::named("w4a16-awq", quant::calib::CalibMethod::Max).expect("recipe"));
+    let on = quant::quantize(&model, &recipe, &calib(), &decoder_passes(&PassOptions::default())).expect("quantize");
+    let disable = PassOptions { disable: vec!["fuse-epilogue".into()], ..Default::default() };
+    let off = quant::quantize(&model, &recipe, &calib(), &decoder_passes(&disable)).expect("quantize");
+    let smoothing = |g: &qfuse::ir::Graph| {
+        g.nodes
+            .iter()
+            .filter(|(_, n)| matches!(n.op, Op::Binary(_)) && n.name.as_deref().is_some_and(|l| l.ends_with("down_proj.smooth")))
+            .count()
+    };
+    assert_eq!((smoothing(&on.fused), smoothing(&off.fused)), (0, 2), "the smoothing joins each layer's gate GEMM");
+    let (a, b) = (logits(&on.fused, &model), logits(&off.fused, &model));
+    let differ = a.iter().zip(&b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+    assert_eq!((a.len(), differ), (b.len(), 0), "{differ} logits changed");
+}
+
 /// `--kv-cache nvfp4`: the cache is E2M1 code state plus E4M3 block-scale state (one scale per 16
 /// elements of D), each layer's K and V have a calibrated power-of-two global scale, logits stay
 /// close to FP32 over prefill and decode steps, and `fuse-kv-cache` (attention reading the codes

@@ -10,7 +10,12 @@ use qfuse::plan::{ArgRef, Plan};
 /// SmolLM2's fp16 plan settings of these tests: sm_90a, the decoder calibration defaults, the
 /// checkout's kernel cache.
 fn fp16_options() -> CompileOptions {
-    let mut opts = CompileOptions::for_recipe("fp16").unwrap();
+    recipe_options("fp16")
+}
+
+/// The settings of [`fp16_options`] for `recipe`.
+fn recipe_options(recipe: &str) -> CompileOptions {
+    let mut opts = CompileOptions::for_recipe(recipe).unwrap();
     opts.arch = Some("sm_90a".into());
     opts.calib = qfuse::quant::CalibOptions::decoder_default();
     opts.kernel_cache = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/kernels"));
@@ -146,6 +151,26 @@ fn smollm2_norm_prologues_leave_no_norm_launch_at_decode() {
     assert!(skinny_with_norm.count() >= 3, "the Q/K/V, gate+up and LM head skinny kernels take the norm");
     println!("SmolLM2 fp16 plan with norm prologues: {} launches per decode step, {} per prefill step", decode.len(), prefill.len());
     assert_eq!(decode.len(), 214 - 61);
+}
+
+/// `w4a16-awq` on SmolLM2: AWQ's smoothing of each down projection's input (`1/s`, a weight
+/// `[1536]`) is the last step of the gate/up GEMM's epilogue (`fuse-epilogue`'s per-column `mul`
+/// rule, kept by `merge-gate-up`), so a decode step launches no `mul` for it, 30 launches fewer;
+/// the o_proj's smoothing `mul` after the attention stays, one per layer.
+#[test]
+fn smollm2_awq_down_smoothing_runs_in_the_gate_up_epilogue() {
+    let gguf = common::smollm2_gguf();
+    let opts = recipe_options("w4a16-awq");
+    let d = DecoderPlanOptions { kv_cache: None, max_seq: Some(256), max_batch: 4, max_step: 32, page_size: 32 };
+    let m = compile_decoder(&gguf, &opts, &d).expect("compile").meta().clone();
+    assert_eq!(m.ir_text.matches("epilogue=[silu(f16),mul(up,f16),mul(%").count(), 30, "every gate's epilogue ends in its smoothing");
+    let decode = step_launches(&m, &[("B".to_string(), 4), ("S".to_string(), 1)]);
+    let labelled = |what: &str| decode.iter().filter(|l| l.label.contains(what)).count();
+    assert_eq!(labelled("down_proj.smooth"), 0, "no smoothing launch before down_proj");
+    assert_eq!(labelled("o_proj.smooth"), 30, "the o_proj smoothing after the attention stays");
+    println!("SmolLM2 w4a16-awq plan: {} launches per decode step", decode.len());
+    // The fp16 plan's 214 and the 30 o_proj smoothing muls (the down_proj ones were 30 more).
+    assert_eq!(decode.len(), 214 + 30);
 }
 
 /// The launches one step at `syms` runs: every unguarded launch and each guarded one whose guard

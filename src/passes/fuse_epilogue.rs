@@ -11,6 +11,15 @@
 //!   %q2 = quantize %act {f8e4m3, per_tensor, scale=0.05} : f8e4m3[B,S,1536] loc("M:a.q")
 //! after:
 //!   %q2 = qmatmul %q, %wq {transpose_b, alpha=2.46e-5, acc=f32, epilogue=[cast(f16),add(%bias,f16),gelu(f16)], out=f8e4m3, out_scale=0.05} : f8e4m3[B,S,1536] loc("L")
+//!
+//! before (an AWQ W4A16 gated MLP: the gate, its silu, the product with the up result, then the
+//! down projection's per-input-channel smoothing 1/s, %s = weight f16[1536]):
+//!   %g = qmatmul %x, %wg {transpose_b, alpha=1.0, b_dequant(u4,block(1:128),scale=%gs,zero=%gz), acc=f16} : f16[B,S,1536] loc("L.gate_proj")
+//!   %a = silu %g : f16[B,S,1536] loc("L.act_fn")
+//!   %m = mul %a, %up : f16[B,S,1536] loc("L.act_fn")
+//!   %d = mul %m, %s : f16[B,S,1536] loc("L.down_proj.smooth")
+//! after:
+//!   %d = qmatmul %x, %wg {transpose_b, alpha=1.0, b_dequant(u4,block(1:128),scale=%gs,zero=%gz), acc=f16, epilogue=[silu(f16),mul(%up,f16),mul(%s,f16)]} : f16[B,S,1536] loc("L.gate_proj")
 //! ```
 //!
 //! Rules, applied along the chain from a qmatmul whose output is not yet quantized, one node at a
@@ -21,8 +30,11 @@
 //!   shaped like the output) ⇒ an `add` step reading `o` as a new qmatmul input;
 //! - `mul(y, o)` or `mul(o, y)` with `o` shaped like the result ⇒ a `mul` step (a gated MLP's
 //!   `silu(gate) · up`: the gate GEMM multiplies by the up GEMM's result; IEEE products commute, so
-//!   either order is exact). A broadcast factor (attention's scalar `1/√d` after `q·kᵀ`) ends the
-//!   chain, so `fuse-attention` still finds its pattern;
+//!   either order is exact); likewise with `o` a `weight` vector `[N]` along the result's columns,
+//!   read per column like a bias (AWQ's smoothing `1/s` of the down projection's input, which
+//!   `fold-smoothing` cannot fold: no norm precedes it). Any other broadcast factor (attention's
+//!   scalar `1/√d` after `q·kᵀ`, a per-row factor, a computed vector) ends the chain, so
+//!   `fuse-attention` still finds its pattern;
 //! - `gelu`, `gelu_tanh`, `silu`, `relu` ⇒ a unary step;
 //! - finally `quantize` with a per-tensor literal scale and no zero point ⇒ the qmatmul's `out`.
 //!
@@ -32,19 +44,23 @@
 //! stay. That rule also keeps the graph acyclic: an `add`'s other operand cannot depend on the
 //! qmatmul, because every value on the chain has a single reader. A quantize with another spec
 //! (dynamic or per-token scales, zero points, a scale read from a graph value) is declined with
-//! its reason. Other ops (`sub`, `div`, a broadcast `mul`, casts to narrow types, `softmax`, ...) end the chain.
+//! its reason. Other ops (`sub`, `div`, a `mul` by another broadcast, casts to narrow types,
+//! `softmax`, ...) end the chain.
 //!
 //! Idempotent: the chain ends at a node no rule takes (or at a quantized output), so running again
 //! finds nothing new. Readers are counted among live nodes only (`dce::live_users`); a changed graph
 //! is compacted, which drops the old qmatmul and the absorbed nodes.
 //!
 //! Interacting passes: runs after `fuse-dq-matmul`, which creates the qmatmuls; the trailing `cse`
-//! and `dce` clean up.
+//! and `dce` clean up. `fuse-layernorm-quantize` runs first and takes a smoothing `mul` whose
+//! result is quantized (`scale_quantize`, the W4A8/INT8 recipes), so only a float one (W4A16)
+//! reaches this rule; `merge-gate-up` keeps a gate's `mul(%s)` step as a gate operand of the
+//! `qmatmul_glu`.
 
 use super::dce::{live_users, output_uses, Users};
 use super::{loc, Pass, PassCx, PassError};
 use crate::ir::{
-    order, BinaryOp, Builder, EpilogueOp, EpilogueStep, Granularity, Graph, NodeId, Op, QuantSpec, ScaleSource, UnaryOp, ValueId,
+    order, BinaryOp, Builder, Dim, EpilogueOp, EpilogueStep, Granularity, Graph, NodeId, Op, QuantSpec, ScaleSource, UnaryOp, ValueId,
 };
 
 /// `fuse-epilogue`.
@@ -104,7 +120,7 @@ enum Next {
     Stop,
 }
 
-/// `f(qmatmul(…; e)) => qmatmul(…; e ++ [f])` for a single-reader `cast`, `add` or activation `f`,
+/// `f(qmatmul(…; e)) => qmatmul(…; e ++ [f])` for a single-reader `cast`, `add`, `mul` or activation `f`,
 /// repeated, then `quantize(qmatmul(…), q) => qmatmul(…; out=q)` for a per-tensor literal `q`.
 fn match_epilogue(g: &Graph, users: &Users, id: NodeId) -> Option<Match> {
     let node = &g.nodes[id];
@@ -161,7 +177,7 @@ fn classify(g: &Graph, next: NodeId, cur: ValueId) -> Next {
     match &node.op {
         Op::Cast if out.dtype.is_wide_float() => Next::Step(step(EpilogueOp::Cast), None),
         Op::Binary(BinaryOp::Add) if out.shape == *g.shape(cur) => Next::Step(step(EpilogueOp::Add), Some(other_operand(node, cur))),
-        Op::Binary(BinaryOp::Mul) if out.shape == *g.shape(cur) && *g.shape(other_operand(node, cur)) == out.shape => {
+        Op::Binary(BinaryOp::Mul) if out.shape == *g.shape(cur) && mul_factor_fits(g, other_operand(node, cur), &out.shape) => {
             Next::Step(step(EpilogueOp::Mul), Some(other_operand(node, cur)))
         }
         Op::Unary(u @ (UnaryOp::Gelu | UnaryOp::GeluTanh | UnaryOp::Silu | UnaryOp::Relu)) => Next::Step(step(EpilogueOp::Unary(*u)), None),
@@ -171,6 +187,16 @@ fn classify(g: &Graph, next: NodeId, cur: ValueId) -> Next {
         },
         _ => Next::Stop,
     }
+}
+
+/// Whether the factor `o` of a `mul` whose result is shaped `out` becomes a `mul` step: `o` is
+/// shaped like the result (a gated MLP's `up`), or is a `weight` vector `[N]` along the result's
+/// columns (AWQ's smoothing `1/s` before down_proj; the epilogue reads it per column, as a bias).
+/// Any other broadcast (a scalar, a per-row factor, a computed vector) ends the chain.
+fn mul_factor_fits(g: &Graph, o: ValueId, out: &[Dim]) -> bool {
+    let shape = g.shape(o).as_slice();
+    let per_column = || matches!(g.producer(o).op, Op::Weight { .. }) && out.last().is_some_and(|&n| shape == [n]);
+    shape == out || per_column()
 }
 
 /// The operand of the binary `node` that is not `cur`.

@@ -51,3 +51,24 @@ pub fn glu_graph(kind: &Kind, n: u64, k: u64, m_max: u64) -> Graph {
     qfuse::ir::verify(&g, "glu").unwrap_or_else(|e| panic!("{}: {e:?}", kind.name));
     g
 }
+
+/// `g`, a [`glu_graph`] of `kind`, with AWQ's down-projection smoothing in the gate's epilogue:
+/// one more step `mul(L.down_smooth)` after `mul(up)`, reading a weight `[N]` of the kind's wide
+/// dtype per output column, as `fuse-epilogue` and `merge-gate-up` build it for `w4a16-awq`.
+pub fn with_gate_smoothing(kind: &Kind, g: &Graph) -> Graph {
+    let mut g = g.clone();
+    let node = g.nodes.ids().find(|&id| matches!(g.nodes[id].op, Op::GluMatMul(_))).expect("qmatmul_glu");
+    let Op::GluMatMul(mut s) = g.nodes[node].op.clone() else { unreachable!() };
+    let ty = g.ty(g.nodes[node].outputs[0]).clone();
+    let n = *ty.shape.last().expect("a result with columns");
+    let smooth = g.add_node(Op::Weight { name: "L.down_smooth".into() }, &[], vec![TensorType::new(kind.wide, [n])], Some("L".into()));
+    let ((g0, gn), _) = s.operand_ranges();
+    let mut inputs = g.nodes[node].inputs.clone();
+    inputs.insert(g0 + gn, g.nodes[smooth].outputs[0]);
+    s.gate.epilogue.push(EpilogueStep { op: EpilogueOp::Mul, dtype: kind.wide });
+    let glu = g.add_node(Op::GluMatMul(s), &inputs, vec![ty], Some("L".into()));
+    g.outputs = vec![("y".into(), g.nodes[glu].outputs[0])];
+    let g = order::compact(&g);
+    qfuse::ir::verify(&g, "glu with smoothing").unwrap_or_else(|e| panic!("{}: {e:?}", kind.name));
+    g
+}

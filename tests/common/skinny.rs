@@ -106,3 +106,23 @@ pub fn graph(kind: &Kind, (n, k): (u64, u64), m_max: u64) -> Graph {
     qfuse::ir::verify(&g, "skinny").unwrap_or_else(|e| panic!("{}: {e:?}", kind.name));
     g
 }
+
+/// `g`, a [`graph`] of `kind`, with AWQ's smoothing of the next projection's input as one more
+/// epilogue step: `mul(L.smooth)` after `add(bias)`, reading a weight `[N]` of the kind's wide
+/// dtype per column (`fuse-epilogue`'s per-column `mul` rule).
+pub fn with_smoothing(kind: &Kind, g: &Graph) -> Graph {
+    let mut g = g.clone();
+    let node = g.nodes.ids().find(|&id| matches!(g.nodes[id].op, Op::QMatMul(_))).expect("qmatmul");
+    let Op::QMatMul(mut q) = g.nodes[node].op.clone() else { unreachable!() };
+    let ty = g.ty(g.nodes[node].outputs[0]).clone();
+    let n = *ty.shape.last().expect("a result with columns");
+    let smooth = g.add_node(Op::Weight { name: "L.smooth".into() }, &[], vec![TensorType::new(kind.wide, [n])], Some("L".into()));
+    let mut inputs = g.nodes[node].inputs.clone();
+    inputs.push(g.nodes[smooth].outputs[0]);
+    q.epilogue.push(EpilogueStep { op: EpilogueOp::Mul, dtype: kind.wide });
+    let y = g.add_node(Op::QMatMul(q), &inputs, vec![ty], Some("L".into()));
+    g.outputs = vec![("y".into(), g.nodes[y].outputs[0])];
+    let g = qfuse::ir::order::compact(&g);
+    qfuse::ir::verify(&g, "skinny with smoothing").unwrap_or_else(|e| panic!("{}: {e:?}", kind.name));
+    g
+}

@@ -5,6 +5,7 @@
 mod common;
 
 use qfuse::compile::{compile_decoder, CompileOptions, DecoderPlanOptions};
+use qfuse::import::decoder::KvFormat;
 use qfuse::plan::{ArgRef, Plan};
 
 /// SmolLM2's fp16 plan settings of these tests: sm_90a, the decoder calibration defaults, the
@@ -151,6 +152,44 @@ fn smollm2_norm_prologues_leave_no_norm_launch_at_decode() {
     assert!(skinny_with_norm.count() >= 3, "the Q/K/V, gate+up and LM head skinny kernels take the norm");
     println!("SmolLM2 fp16 plan with norm prologues: {} launches per decode step, {} per prefill step", decode.len(), prefill.len());
     assert_eq!(decode.len(), 214 - 61);
+}
+
+/// `--enable-pass fuse-attention-output` on SmolLM2's fp8 plan over an FP8 cache: each layer's
+/// activation quantize before `o_proj` is the attention's own output quantize, so neither step
+/// launches a `quantize` for it (30 fewer launches at decode and at prefill), and every attention
+/// kernel (the split decode and the tensor-core prefill) takes the scale as its last argument.
+#[test]
+fn smollm2_fp8_attention_stores_its_context_codes() {
+    let gguf = common::smollm2_gguf();
+    let d = DecoderPlanOptions {
+        kv_cache: Some(KvFormat::parse_storage("fp8").unwrap()),
+        max_seq: Some(256),
+        max_batch: 4,
+        max_step: 32,
+        page_size: 32,
+    };
+    let launches = |enable: bool| {
+        let mut opts = recipe_options("fp8");
+        if enable {
+            opts.passes.enable.push("fuse-attention-output".into());
+        }
+        let m = compile_decoder(&gguf, &opts, &d).expect("compile").meta().clone();
+        let decode = step_launches(&m, &[("B".to_string(), 4), ("S".to_string(), 1)]).len();
+        let prefill = step_launches(&m, &[("B".to_string(), 4), ("S".to_string(), 32)]).len();
+        (m, decode, prefill)
+    };
+    let (plain, plain_decode, plain_prefill) = launches(false);
+    let (m, decode, prefill) = launches(true);
+    assert_eq!(m.ir_text.matches("out=f8e4m3, out_scale=").count() - plain.ir_text.matches("out=f8e4m3, out_scale=").count(), 30);
+    assert!(!m.ir_text.contains("o_proj:a.q\""), "no standalone quantize before o_proj");
+    assert_eq!((decode, prefill), (plain_decode - 30, plain_prefill - 30));
+    for l in m.schedule.iter().filter(|l| l.label.starts_with("causal_attention")) {
+        let k = &m.kernels[l.kernel as usize];
+        if k.template != "kv_append" {
+            assert_eq!(k.params.last().map(|p| p.name.as_str()), Some("out_scale"), "{}", k.name);
+        }
+    }
+    println!("SmolLM2 fp8 + FP8 KV with fuse-attention-output: {decode} launches per decode step (was {plain_decode}), {prefill} per prefill step");
 }
 
 /// `w4a16-awq` on SmolLM2: AWQ's smoothing of each down projection's input (`1/s`, a weight

@@ -57,9 +57,12 @@ pub fn fusion() -> Vec<Box<dyn Pass>> {
 /// merge too) keep it opt-in until a whole encoder plan with it has passed `qfuse check` on a GPU.
 /// `merge-gate-up` builds `qmatmul_glu` (a gated MLP's gate and up GEMMs as one): on in decoder
 /// plans too, opt-in for encoders (BERT's MLP has no gate).
-/// `fuse-norm-prologue` marks RMSNorms that the skinny GEMMs compute in their prologue: opt-in
-/// everywhere until those kernels have matched the interpreter on a GPU.
-pub const OPT_IN: &[&str] = &["merge-gate-up", "merge-sibling-gemms", "fuse-norm-prologue"];
+/// `fuse-norm-prologue` marks RMSNorms that the skinny GEMMs compute in their prologue: its
+/// kernels match the interpreter on an H100, but a decode step with it measured slower there
+/// (docs/decoders.md), so it stays opt-in. `fuse-attention-output` gives a decoder attention its
+/// context's static quantize: opt-in until the attention kernels' quantized stores have run on
+/// a GPU (`qfuse check` of an fp8 plan with it).
+pub const OPT_IN: &[&str] = &["merge-gate-up", "merge-sibling-gemms", "fuse-norm-prologue", "fuse-attention-output"];
 
 /// The pass named `name` (for tests and tools that run one pass).
 pub fn by_name(name: &str) -> Option<Box<dyn Pass>> {

@@ -224,6 +224,21 @@ fn block_dequantized(codes: &Tensor, scales: &Tensor, block: usize, global: f32,
     Ok(Cow::Owned(c.iter().enumerate().map(|(i, &x)| cast(cast(x * s[i / block], via) * global, via)).collect()))
 }
 
+impl Operands<'_> {
+    /// The key and value rows (D elements each) of KV head `g` at position `t` of sequence `b`:
+    /// the cache's below `cache_len[b]`, this step's from there.
+    fn key_value(&self, b: usize, t: usize, g: usize, kv_heads: usize) -> (&[f32], &[f32]) {
+        let (d, cached) = (self.d, self.lens[b]);
+        if t < cached {
+            let at = token_major(b, t, g, self.past, kv_heads, d);
+            (&self.past_k[at..][..d], &self.past_v[at..][..d])
+        } else {
+            let at = token_major(b, t - cached, g, self.seq, kv_heads, d);
+            (&self.k[at..][..d], &self.v[at..][..d])
+        }
+    }
+}
+
 /// Offset of the `D` elements of KV head `g` of token `t` of sequence `b` in a token-major
 /// `[B, T, KV, D]` tensor of `tokens` rows per sequence.
 fn token_major(b: usize, t: usize, g: usize, tokens: usize, kv_heads: usize, d: usize) -> usize {
@@ -235,15 +250,7 @@ fn token_major(b: usize, t: usize, g: usize, tokens: usize, kv_heads: usize, d: 
 fn attend_one(ops: &Operands, scale: f32, b: usize, s: usize, g: usize, kv_heads: usize, q: &[f32], o: &mut [f32]) {
     let d = ops.d;
     let cached = ops.lens[b];
-    let key = |t: usize| -> (&[f32], &[f32]) {
-        if t < cached {
-            let at = token_major(b, t, g, ops.past, kv_heads, d);
-            (&ops.past_k[at..][..d], &ops.past_v[at..][..d])
-        } else {
-            let at = token_major(b, t - cached, g, ops.seq, kv_heads, d);
-            (&ops.k[at..][..d], &ops.v[at..][..d])
-        }
-    };
+    let key = |t: usize| ops.key_value(b, t, g, kv_heads);
     let n = cached + s + 1;
     let scores: Vec<f32> = (0..n).map(|t| dot(q, key(t).0) * scale).collect();
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -315,15 +322,7 @@ fn context_bounds(ops: &Operands, scale: f32, at: (usize, usize, usize, usize), 
     let (b, s, g, kv_heads) = at;
     let d = ops.d;
     let cached = ops.lens[b];
-    let key = |t: usize| -> (&[f32], &[f32]) {
-        if t < cached {
-            let at = token_major(b, t, g, ops.past, kv_heads, d);
-            (&ops.past_k[at..][..d], &ops.past_v[at..][..d])
-        } else {
-            let at = token_major(b, t - cached, g, ops.seq, kv_heads, d);
-            (&ops.k[at..][..d], &ops.v[at..][..d])
-        }
-    };
+    let key = |t: usize| ops.key_value(b, t, g, kv_heads);
     let n = cached + s + 1;
     let scale = f64::from(scale);
     let u = f64::powi(2.0, -23);

@@ -25,6 +25,23 @@ typedef unsigned long long uint64_t;
 // its memory is visible, so signalling here, at the start, never exposes a partial result (PTX ISA
 // "griddepcontrol"). Signalling after the wait keeps at most one grid waiting ahead. Before sm_90
 // both are absent and this is a no-op.
+// The one thing a kernel may do before qf_pdl_enter(): ask L2 to fetch `bytes` (a multiple of
+// 16) at the 16-byte aligned `p` (cp.async.bulk.prefetch.L2: a hint, no data reaches the thread).
+// Meant for plan constants (weights), which no kernel writes; and since L2 is where global memory
+// is coherent, even a line an earlier kernel still writes is never read stale through it. Threads
+// of the block share the range in pieces of QF_PREFETCH_PIECE bytes. A no-op before sm_90.
+#define QF_PREFETCH_PIECE 16384u
+QF_DEVICE void qf_prefetch_l2(const void* p, unsigned long long bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const unsigned long long first = static_cast<unsigned long long>(threadIdx.x) * QF_PREFETCH_PIECE;
+    if (first < bytes) {
+        const unsigned long long left = bytes - first;
+        const unsigned piece = static_cast<unsigned>(left < QF_PREFETCH_PIECE ? left : QF_PREFETCH_PIECE);
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(static_cast<const char*>(p) + first), "r"(piece) : "memory");
+    }
+#endif
+}
+
 QF_DEVICE void qf_pdl_enter() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");

@@ -408,6 +408,9 @@ using namespace qf_skinny;
 
 extern "C" __global__ void __launch_bounds__(THREADS)
 {{kernel_name}}({{params}}) {
+    // The block's BN weight rows (contiguous, ROW_BYTES each, a multiple of 16) are read once and
+    // written by no kernel: L2 fetches them while this grid waits for its predecessor.
+    qf_prefetch_l2(reinterpret_cast<const uint8_t*>(B) + (size_t)blockIdx.x * BN * ROW_BYTES, (unsigned long long)BN * ROW_BYTES);
     qf_pdl_enter();
     extern __shared__ __align__(16) uint8_t smem_raw[];
     float* tile = reinterpret_cast<float*>(smem_raw);

@@ -40,7 +40,8 @@ pub struct KernelDef {
 }
 
 /// Templates (file stems in `templates/`) whose entry point calls `qf_pdl_enter()` as its first
-/// statement, before any global read or write: `griddepcontrol.wait`, then
+/// statement (after at most L2 prefetches of plan constants, `qf_prefetch_l2`, which bring nothing
+/// into the thread), before any global read or write: `griddepcontrol.wait`, then
 /// `griddepcontrol.launch_dependents` (common.cuh). Their kernels are marked [`KernelDef::pdl`],
 /// and a plan records them in [`crate::plan::PlanMeta::pdl_kernels`] (sm_90 and newer) so the
 /// runtime launches them with programmatic stream serialization. A template must be listed here

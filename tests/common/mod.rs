@@ -18,13 +18,16 @@ pub fn minilm_dir() -> PathBuf {
 }
 
 /// Whether the body of the kernel entry point in the CUDA source `text` starts with
-/// `qf_pdl_enter();` (`griddepcontrol.wait`, then `launch_dependents`; templates/common.cuh), so
-/// that nothing before it reads or writes memory: what launching it with programmatic stream
+/// `qf_pdl_enter();` (`griddepcontrol.wait`, then `launch_dependents`; templates/common.cuh), after
+/// at most L2 prefetches of plan constants (`qf_prefetch_l2`, which bring nothing into the thread),
+/// so that nothing before it reads or writes memory: what launching it with programmatic stream
 /// serialization requires.
 pub fn enters_pdl_first(text: &str) -> bool {
     let Some(entry) = text.find("extern \"C\" __global__") else { return false };
     let Some(open) = text[entry..].find(") {\n") else { return false };
-    text[entry + open + 4..].trim_start().starts_with("qf_pdl_enter();")
+    // Only comments and L2 prefetches of constants (common.cuh `qf_prefetch_l2`) may come first.
+    let mut body = text[entry + open + 4..].lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("//"));
+    body.find(|l| !l.starts_with("qf_prefetch_l2(")).is_some_and(|l| l.starts_with("qf_pdl_enter();"))
 }
 
 /// Deterministic pseudo-random values in [-scale, scale).

@@ -30,9 +30,12 @@ pub fn sum_magnitudes(graph: &Graph, values: &HashMap<ValueId, Tensor>) -> HashM
     out
 }
 
-/// `(result, epilogue steps, the inputs its operand-reading steps read in order)` of each product
-/// of a GEMM node (`None` for the GLU gate's step that reads the up projection's result).
-fn epilogues(node: &Node) -> Vec<(ValueId, &[EpilogueStep], Vec<Option<ValueId>>)> {
+/// One product of a GEMM node: its result, its epilogue steps, and the inputs its operand-reading
+/// steps read in order (`None` for the GLU gate's step that reads the up projection's result).
+type Product<'a> = (ValueId, &'a [EpilogueStep], Vec<Option<ValueId>>);
+
+/// The [`Product`]s of a GEMM node (none for other nodes).
+fn epilogues(node: &Node) -> Vec<Product<'_>> {
     let inputs = |first: usize, count: usize| node.inputs.iter().skip(first).take(count).map(|&v| Some(v)).collect::<Vec<_>>();
     match &node.op {
         Op::QMatMul(q) => {

@@ -118,7 +118,7 @@ fn attention_type(a: &CausalAttention, inputs: &[&TensorType], keys_unrotated: b
     match &a.output {
         None => Ok((*q).clone()),
         Some(out) => {
-            if !matches!(out.storage, DType::F8E4M3 | DType::I8) || !(out.scale.is_finite() && out.scale > 0.0) {
+            if !(matches!(out.storage, DType::F8E4M3 | DType::I8) && out.scale.is_finite() && out.scale > 0.0) {
                 return Err(format!(
                     "causal_attention out={} out_scale={:?}: the output quantize needs f8e4m3 or i8 codes and a positive finite scale",
                     out.storage, out.scale

@@ -248,7 +248,6 @@ fn token_major(b: usize, t: usize, g: usize, tokens: usize, kv_heads: usize, d: 
 /// Attention of one query row of head group `g` (KV head) over the cache then this step's keys.
 #[allow(clippy::too_many_arguments)]
 fn attend_one(ops: &Operands, scale: f32, b: usize, s: usize, g: usize, kv_heads: usize, q: &[f32], o: &mut [f32]) {
-    let d = ops.d;
     let cached = ops.lens[b];
     let key = |t: usize| ops.key_value(b, t, g, kv_heads);
     let n = cached + s + 1;

@@ -354,7 +354,9 @@ fn run_attention(g: &Graph, inputs: &[(&str, Tensor)], compute: DType, seq: usiz
     scratch[..counter_bytes].fill(0);
     let cache_mem =
         Cache { pools: pools.iter().map(|p| gpu.upload(p)).collect(), table: gpu.upload(&table_bytes), scratch: gpu.upload(&scratch) };
-    let o_bytes = batch * seq * h * d * (compute.bits() / 8) as usize;
+    // o's dtype: q's, or the codes of a fused output quantize (`out=…`).
+    let o_dtype = g.ty(g.outputs[0].1).dtype;
+    let o_bytes = batch * seq * h * d * o_dtype.bits().div_ceil(8) as usize;
     let mut buffers = HashMap::new();
     for (name, t) in inputs.iter().filter(|(n, _)| !n.starts_with("past.")) {
         buffers.insert(input(g, name), gpu.upload(&bytes::encode(t)));
@@ -391,7 +393,7 @@ fn run_attention(g: &Graph, inputs: &[(&str, Tensor)], compute: DType, seq: usiz
     for l in &launches {
         launch(&gpu, &l.kernel, grid(&l.kernel, &syms), &bind(l, &buffers, &cache_mem, &syms));
     }
-    if split {
+    if split && !o_dtype.is_quantized_storage() {
         let first = gpu.download(buffers[&o], o_bytes);
         let merge = SplitMerge { heads: h as u32, head_dim: d as u32, splits: decoder::decode_splits(kv as u32, paged), out: compute };
         check_split_merge(&mut gpu, &cache_mem, counter_bytes, &merge, batch, &first);
@@ -432,9 +434,39 @@ fn run_attention(g: &Graph, inputs: &[(&str, Tensor)], compute: DType, seq: usiz
         }
     }
     assert!(differ * 200 <= compared, "{differ} of {compared} rotated keys differ from the interpreter's");
-    let got = bytes::decode(compute, vec![batch, seq, h * d], &gpu.download(buffers[&o], o_bytes)).expect("decode").to_f32_vec();
+    let got = bytes::decode(o_dtype, vec![batch, seq, h * d], &gpu.download(buffers[&o], o_bytes)).expect("decode").to_f32_vec();
     assert!(got.iter().all(|x| x.is_finite()), "non-finite outputs");
+    if o_dtype.is_quantized_storage() {
+        return codes_outside_window(g, inputs, &results[0].1, &got);
+    }
     got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+}
+
+/// For an attention with an output quantize: how many of the GPU's codes `got` lie outside the
+/// op's code window around the interpreter's `want` (`interp::code_window`: what `qfuse check`
+/// allows), printing how many differ from the reference at all.
+fn codes_outside_window(g: &Graph, inputs: &[(&str, Tensor)], want: &Tensor, got: &[f32]) -> f32 {
+    let node = g.nodes.values().find(|n| matches!(n.op, ir::Op::CausalAttention(_))).expect("the attention");
+    let operand = |name: &str| std::sync::Arc::new(inputs.iter().find(|(n, _)| *n == name).expect("operand").1.clone());
+    let args = ["q", "k", "v", "past.k.0", "past.v.0", "cache_len"].map(operand).to_vec();
+    let (lo, hi) = interp::code_window(&node.op, args, want).expect("window").expect("an output quantize has a window");
+    let (lo, hi, want) = (lo.to_f32_vec(), hi.to_f32_vec(), want.to_f32_vec());
+    let outside = (0..got.len()).filter(|&i| !(lo[i] <= got[i] && got[i] <= hi[i])).count();
+    let differ = (0..got.len()).filter(|&i| got[i] != want[i]).count();
+    println!("  output codes: {differ} of {} differ from the interpreter's, {outside} outside the code window", got.len());
+    outside as f32
+}
+
+/// `g` with its attention's context quantized to E4M3 codes under `scale` (`fuse-attention-output`).
+fn with_output_quantize(mut g: Graph, scale: f32) -> Graph {
+    let id = g.nodes.ids().find(|&id| matches!(g.nodes[id].op, ir::Op::CausalAttention(_))).expect("the attention");
+    if let ir::Op::CausalAttention(a) = &mut g.nodes[id].op {
+        a.output = Some(ir::OutputQuant { storage: DType::F8E4M3, scale });
+    }
+    let o = g.nodes[id].outputs[0];
+    g.values[o].ty.dtype = DType::F8E4M3;
+    ir::verify(&g, "output-quantized attention").unwrap_or_else(|e| panic!("{e}"));
+    g
 }
 
 /// A split decode attention's merge: its shape and o's dtype.
@@ -571,6 +603,30 @@ fn split_kv_decode_matches_the_interpreter() {
             println!("split-KV decode {compute} over a {cache} cache, cache_len {lens:?}: max |GPU − interpreter| = {diff:e}");
             assert!(diff <= tol, "{compute}/{cache} {lens:?}: {diff} > {tol}");
         }
+    }
+}
+
+/// `fuse-attention-output`: the attention stores its context's E4M3 codes (`out=f8e4m3`) on every
+/// path — the tensor-core prefill (S = 7, 16), the split decode with its last-CTA merge (S = 1 at
+/// cache lengths 0, 37, 283 and 1000), and the unsplit decode — over f16 and FP8 caches; every code
+/// must lie in the op's code window around the interpreter's (as `qfuse check` requires).
+#[test]
+#[ignore = "needs an NVIDIA GPU (sm_90) and NVRTC"]
+fn output_quantized_attention_matches_the_interpreter() {
+    let codes = ", codes(k_scale=0.0009765625,v_scale=0.001953125,via=f16)";
+    // o averages values below 1 (f16 cache: |v| ≤ 1; FP8: codes ≤ 448 times v_scale 2⁻⁹): a scale of
+    // 2⁻⁸ spreads it over E4M3's range without saturating.
+    for (cache, codes, scale) in [(DType::F16, "", 2f32.powi(-8)), (DType::F8E4M3, codes, 2f32.powi(-8))] {
+        for (seq, lens) in [(7usize, &[0i64, 37, 283][..]), (16, &[0, 37, 283]), (1, &[0, 37, 283]), (1, &[1000])] {
+            let past = (*lens.iter().max().unwrap() as usize).max(300);
+            let g = with_output_quantize(attention_graph("f16", cache.name(), codes, "", GQA_8_2, 16, past as u64), scale);
+            let inputs = attention_inputs(DType::F16, cache, "", GQA_8_2, seq, lens, past);
+            let outside = run_attention(&g, &inputs, DType::F16, seq, lens, past, None);
+            assert_eq!(outside, 0.0, "{cache} S={seq} {lens:?}: codes outside the window");
+        }
+        let g = with_output_quantize(attention_graph("f16", cache.name(), codes, "", GQA_8_2, 16, 300), scale);
+        let inputs = attention_inputs(DType::F16, cache, "", GQA_8_2, 1, &[0, 37, 63], 300);
+        assert_eq!(run_attention(&g, &inputs, DType::F16, 1, &[0, 37, 63], 300, Some(4)), 0.0, "{cache} unsplit decode");
     }
 }
 

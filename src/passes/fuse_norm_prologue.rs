@@ -26,8 +26,9 @@
 //!
 //! Interactions: runs after `merge-gate-up` and `merge-sibling-gemms`, which leave each decoder
 //! norm with its one reader (the Q/K/V GEMM, the gate+up GEMM, the LM head); before them the
-//! input norm has three readers. Opt-in ([`super::pipeline::OPT_IN`]) until the kernels have run on
-//! a GPU.
+//! input norm has three readers. Opt-in ([`super::pipeline::OPT_IN`]): the kernels match the
+//! interpreter on an H100, but a SmolLM2 decode step with the pass measured slower (each GEMM that
+//! carries a norm starts its weight stream only after the rows' statistics; docs/decoders.md).
 
 use super::{loc, Pass, PassCx, PassError};
 use crate::ir::prologue::{prologue_kind_ok, prologue_reader};

@@ -20,7 +20,8 @@
 // Norm prologue (PROLOGUE != 0; src/codegen/ops/prologue.rs, the `prologue` flag of an RMSNorm):
 // A is not the activation operand but the norm's input x [M, K] (PX elements), and the operand is
 //   a[m,k] = PY(f32(f64(x[m,k]) * inv[m]) * gamma[k])       (PROLOGUE 1: ACT = PY)
-//   a[m,k] = cast_E4M3(a_PY[m,k] / QSCALE) (2), cast_I8(a_PY[m,k] / QSCALE) (3)
+//   a[m,k] = cast_E4M3(a_PY[m,k] / QSCALE) (2), cast_I8(a_PY[m,k] / QSCALE) (3)   (the true
+//            quotient through qf_div_by_scale, as the GEMM epilogues' output quantize)
 // with inv[m] = 1 / sqrt(sum_k x[m,k]^2 / K + eps) in f64 (qf_rms_inv) and the element rounding
 // of qf_rms_element: the norm kernel's arithmetic (ops.cuh, qf_row_main NORM 2 and QUANT 1), so
 // only the order of the f64 sum of squares differs. Every block computes inv for the M rows
@@ -221,6 +222,7 @@ struct Prologue {
     const uint8_t* gamma;
     const double* inv;
     float scale;
+    float rcp;  // RN(1 / scale), for qf_div_by_scale (math.cuh): the true quotient without a division
 };
 
 // inv[m] for rows m < M (warp w takes rows w, w + WARPS, ...): the f64 sum of x^2 over the row,
@@ -270,7 +272,10 @@ QF_DEVICE void prologue_chunk(uint4 (&out)[X_CHUNKS], const uint8_t* X, const Pr
         qf_pack<uint8_t, 16> k;
 #pragma unroll
         for (int i = 0; i < 16; ++i) {
-            k.e[i] = PROLOGUE == 2 ? qf_quantize_e4m3(y[i], p.scale) : static_cast<uint8_t>(qf_quantize_i8(y[i], p.scale));
+            // qf_quantize_e4m3 / qf_quantize_i8's true quotient y / scale, exactly, by Markstein's
+            // correction instead of an IEEE division per element.
+            const float x = qf_div_by_scale(y[i], p.scale, p.rcp);
+            k.e[i] = PROLOGUE == 2 ? qf_f32_to_e4m3(x) : static_cast<uint8_t>(qf_f32_to_i8(x));
         }
         out[0] = *reinterpret_cast<const uint4*>(&k);
     }
@@ -425,7 +430,8 @@ extern "C" __global__ void __launch_bounds__(THREADS)
         prologue_rows(row_inv, a_bytes, M < BM ? M : BM, warp, lane);
         __syncthreads();
     }
-    const Prologue pro = { {{pro_gamma_arg}}, row_inv, {{pro_scale_arg}} };
+    const float pro_scale = {{pro_scale_arg}};
+    const Prologue pro = { {{pro_gamma_arg}}, row_inv, pro_scale, __frcp_rn(pro_scale) };
     if (M <= 8) {
         run<1>(tile, a_bytes, B, {{scale}}, {{zp}}, pro, n0, M, warp, lane);
     } else {

@@ -456,8 +456,9 @@ pub fn flip_windows(graph: &Graph, values: &HashMap<ValueId, Tensor>) -> anyhow:
 }
 
 /// For every node whose narrow-code output went through a transcendental function on the GPU
-/// (the softmax `expf` of `attention` and `causal_attention`), the lowest and highest code per element that the GPU may
-/// write ([`interp::code_window`]), from the node's operands as the interpreter computed them.
+/// (the softmax `expf` of `attention` and `causal_attention`), the lowest and highest code per
+/// element that the GPU may write ([`interp::code_window`]), from the node's operands as the
+/// interpreter computed them.
 pub fn code_windows(graph: &Graph, values: &HashMap<ValueId, Tensor>) -> anyhow::Result<HashMap<ValueId, (Tensor, Tensor)>> {
     attention_windows(graph, values, "code window", interp::code_window)
 }

@@ -28,6 +28,7 @@
 //! quantized operand (`fuse-dq-matmul`), so the quantize reads the attention directly; runs after
 //! `fuse-kv-cache` and `fuse-rope`, which rewrite the same node's operands and flags.
 
+use super::dce::{live_users, output_uses};
 use super::{loc, Pass, PassCx, PassError};
 use crate::ir::{Builder, CausalAttention, DType, Graph, NodeId, Op, OutputQuant};
 
@@ -41,7 +42,7 @@ impl Pass for FuseAttentionOutput {
 
     fn run(&self, g: &mut Graph, cx: &mut PassCx) -> Result<bool, PassError> {
         let live = g.live_nodes();
-        let users = g.users();
+        let users = live_users(g);
         let mut changed = false;
         for id in g.nodes.ids().collect::<Vec<_>>() {
             if !live[id.index()] {
@@ -54,7 +55,7 @@ impl Pass for FuseAttentionOutput {
             if a.output.is_some() || g.values[context].slot != 0 {
                 continue;
             }
-            let only_reader = users[context].iter().all(|&u| u == id) && !g.outputs.iter().any(|&(_, v)| v == context);
+            let only_reader = users[context].as_slice() == [id] && output_uses(g, context) == 0;
             let matched = match OutputQuant::of_spec(spec) {
                 _ if !only_reader => Err("the attention's context has another reader or is a graph output".to_string()),
                 Some(out) if matches!(out.storage, DType::F8E4M3 | DType::I8) => Ok(out),

@@ -104,18 +104,15 @@ pub fn causal_attention(a: &CausalAttention, args: Vec<Arc<Tensor>>, outs: &[Out
     if args.len() != a.arity() || outs.len() != a.outputs() {
         return Err(format!("causal_attention takes {} operands and gives {} result(s)", a.arity(), a.outputs()));
     }
-    let (args, keys) = rotated_operands(a, args, outs)?;
+    let (args, keys) = rotated_operands(a, args)?;
     let o = attention(a, args, &outs[0])?;
     Ok(std::iter::once(o).chain(keys).collect())
 }
 
 /// The operands with q (and with `rope(keys)` k) rotated as the op's `rope(...)` says, and the
-/// rotated keys (quantized as the cache stores them) when they are a result.
-fn rotated_operands(
-    a: &CausalAttention,
-    mut args: Vec<Arc<Tensor>>,
-    outs: &[OutType],
-) -> Result<(Vec<Arc<Tensor>>, Option<Tensor>), String> {
+/// rotated keys (quantized as the cache stores them: k's shape, past_k's dtype, the type rule's
+/// second result) when they are a result.
+fn rotated_operands(a: &CausalAttention, mut args: Vec<Arc<Tensor>>) -> Result<(Vec<Arc<Tensor>>, Option<Tensor>), String> {
     let Some(r) = a.rope else { return Ok((args, None)) };
     let q_ty = OutType { dtype: args[0].dtype, shape: args[0].shape.clone() };
     args[0] = Arc::new(rotated(&r.op(a.heads), args[0].clone(), &args[5], &q_ty)?);
@@ -125,12 +122,11 @@ fn rotated_operands(
     if a.block_scaled() {
         return Err("causal_attention rope(keys) over an NVFP4 cache (block scales) is not defined".into());
     }
-    let k_out = outs.get(1).ok_or("rope(keys) gives a second result")?;
-    let k_ty = OutType { dtype: args[1].dtype, shape: k_out.shape.clone() };
+    let k_ty = OutType { dtype: args[1].dtype, shape: args[1].shape.clone() };
     let keys = rotated(&r.op(a.kv_heads), args[1].clone(), &args[5], &k_ty)?;
     let keys = match &a.cache {
         None => keys,
-        Some(c) => quantized_keys(keys, c.k_scale, k_out)?,
+        Some(c) => quantized_keys(keys, c.k_scale, &OutType { dtype: args[3].dtype, ..k_ty })?,
     };
     args[1] = Arc::new(keys.clone());
     Ok((args, Some(keys)))
@@ -149,20 +145,9 @@ fn per_tensor_codes(values: &[f32], scale: f32, out: &OutType) -> Tensor {
 
 /// The attention of `causal_attention` over operands already rotated.
 fn attention(a: &CausalAttention, args: Vec<Arc<Tensor>>, out: &OutType) -> Result<Tensor, String> {
-    let (heads, kv_heads) = (a.heads as usize, a.kv_heads as usize);
+    let kv_heads = a.kv_heads as usize;
     let (mut data, q_dtype) = with_operands(a, &args, |ops, batch| {
-        let (d, seq) = (ops.d, ops.seq);
-        let (width, group) = (heads * d, heads / kv_heads);
-        let mut data = vec![0f32; batch * seq * width];
-        // One row of `data` is one (b, s) token; heads run inside.
-        for_rows(&mut data, width, |row, o| {
-            let (b, s) = (row / seq, row % seq);
-            for h in 0..heads {
-                let q_row = &ops.q[row * width + h * d..][..d];
-                attend_one(ops, a.scale, b, s, h / group, kv_heads, q_row, &mut o[h * d..][..d]);
-            }
-        });
-        data
+        per_query(a, ops, batch, 1, |(b, s, g), q, o| attend_one(ops, a.scale, b, s, g, kv_heads, q, o))
     })?;
     Ok(match &a.output {
         None => finish(out, data),
@@ -222,6 +207,26 @@ fn block_dequantized(codes: &Tensor, scales: &Tensor, block: usize, global: f32,
         return Err(format!("{} codes do not match {} block scales of {block}", c.len(), s.len()));
     }
     Ok(Cow::Owned(c.iter().enumerate().map(|(i, &x)| cast(cast(x * s[i / block], via) * global, via)).collect()))
+}
+
+/// `f((b, s, g), q_row, out)` for every query row of the attention (token `(b, s)`, head `h` of KV
+/// head `g`), in parallel over tokens: `out` is the row's `per · D` values at `[B, S, H, per·D]`.
+fn per_query(
+    a: &CausalAttention,
+    ops: &Operands,
+    batch: usize,
+    per: usize,
+    f: impl Fn((usize, usize, usize), &[f32], &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    let (heads, d, seq) = (a.heads as usize, ops.d, ops.seq);
+    let group = heads / a.kv_heads as usize;
+    let mut data = vec![0f32; batch * seq * heads * d * per];
+    for_rows(&mut data, heads * d * per, |row, o| {
+        for (h, out) in o.chunks_mut(d * per).enumerate() {
+            f((row / seq, row % seq, h / group), &ops.q[(row * heads + h) * d..][..d], out);
+        }
+    });
+    data
 }
 
 impl Operands<'_> {
@@ -286,65 +291,52 @@ pub(super) fn causal_code_window(
 ) -> Result<Option<(Tensor, Tensor)>, String> {
     let Some(quant) = a.output else { return Ok(None) };
     let out = outs.first().ok_or("missing output")?;
-    // The rotated keys' result type, as the node's second result would have it.
-    let mut all_outs = vec![out.clone()];
-    if a.rope.is_some_and(|r| r.keys) {
-        all_outs.push(OutType { dtype: args[3].dtype, shape: args[1].shape.clone() });
-    }
-    let (args, _) = rotated_operands(a, args, &all_outs)?;
-    let (heads, kv_heads) = (a.heads as usize, a.kv_heads as usize);
-    let ((lo, hi), q_dtype) = with_operands(a, &args, |ops, batch| {
-        let (d, seq) = (ops.d, ops.seq);
-        let (width, group) = (heads * d, heads / kv_heads);
-        let mut lo = vec![0f32; batch * seq * width];
-        let mut hi = lo.clone();
-        for row in 0..batch * seq {
-            let (b, s) = (row / seq, row % seq);
-            for h in 0..heads {
-                let q_row = &ops.q[row * width + h * d..][..d];
-                let range = row * width + h * d..row * width + (h + 1) * d;
-                context_bounds(ops, a.scale, (b, s, h / group, kv_heads), q_row, (&mut lo[range.clone()], &mut hi[range]));
-            }
-        }
-        (lo, hi)
+    let (args, _) = rotated_operands(a, args)?;
+    let kv_heads = a.kv_heads as usize;
+    // Per query row: its D lower bounds, then its D upper bounds.
+    let ((bounds, d), q_dtype) = with_operands(a, &args, |ops, batch| {
+        let bounds = per_query(a, ops, batch, 2, |(b, s, g), q, o| context_bounds(ops, a.scale, (b, s, g, kv_heads), q, o));
+        (bounds, ops.d)
     })?;
-    let codes = |mut v: Vec<f32>| {
+    let codes = |half: usize| {
+        let mut v: Vec<f32> = bounds.chunks(d).skip(half).step_by(2).flatten().copied().collect();
         crate::numerics::cast_slice(&mut v, q_dtype);
         per_tensor_codes(&v, quant.scale, out)
     };
-    Ok(Some((codes(lo), codes(hi))))
+    Ok(Some((codes(0), codes(1))))
 }
 
 /// `o_c ∓ Δo_c` of [`causal_code_window`] for one query row of KV head `g` (`at` = (b, s, g,
-/// KV heads)), into `lo`, `hi`.
-fn context_bounds(ops: &Operands, scale: f32, at: (usize, usize, usize, usize), q: &[f32], (lo, hi): (&mut [f32], &mut [f32])) {
+/// KV heads)): the D lower bounds, then the D upper bounds, into `out`.
+fn context_bounds(ops: &Operands, scale: f32, at: (usize, usize, usize, usize), q: &[f32], out: &mut [f32]) {
     let (b, s, g, kv_heads) = at;
     let d = ops.d;
-    let cached = ops.lens[b];
-    let key = |t: usize| ops.key_value(b, t, g, kv_heads);
-    let n = cached + s + 1;
-    let scale = f64::from(scale);
-    let u = f64::powi(2.0, -23);
-    let (mut scores, mut score_error) = (Vec::with_capacity(n), 0f64);
-    for t in 0..n {
-        let k = key(t).0;
-        let dot: f64 = q.iter().zip(k).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
-        let magnitude: f64 = q.iter().zip(k).map(|(&x, &y)| (f64::from(x) * f64::from(y)).abs()).sum();
-        let score = dot * scale;
-        score_error = score_error.max(super::fused::f32_sum_bound(d) * scale * magnitude + score.abs() * u);
-        scores.push(score);
-    }
+    let rows: Vec<(&[f32], &[f32])> = (0..ops.lens[b] + s + 1).map(|t| ops.key_value(b, t, g, kv_heads)).collect();
+    let (scale, u) = (f64::from(scale), f64::powi(2.0, -23));
+    let mut score_error = 0f64;
+    let scores: Vec<f64> = rows
+        .iter()
+        .map(|(k, _)| {
+            let (dot, magnitude) = q.iter().zip(*k).fold((0f64, 0f64), |(dot, m), (&x, &y)| {
+                let p = f64::from(x) * f64::from(y);
+                (dot + p, m + p.abs())
+            });
+            let score = dot * scale;
+            score_error = score_error.max(super::fused::f32_sum_bound(d) * scale * magnitude + score.abs() * u);
+            score
+        })
+        .collect();
     let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let weights: Vec<f64> = scores.iter().map(|&x| (x - max).exp()).collect();
     let total: f64 = weights.iter().sum();
+    let n = rows.len();
     let eps = 2.0 * score_error + super::fused::softmax_relative_bound(n) + 4.0 * u + super::fused::f32_sum_bound(n);
+    let (lo, hi) = out.split_at_mut(d);
     for c in 0..d {
-        let (mut o, mut magnitude) = (0f64, 0f64);
-        for (t, w) in weights.iter().enumerate() {
-            let pv = w / total * f64::from(key(t).1[c]);
-            o += pv;
-            magnitude += pv.abs();
-        }
+        let (o, magnitude) = rows.iter().zip(&weights).fold((0f64, 0f64), |(o, m), ((_, v), w)| {
+            let pv = w / total * f64::from(v[c]);
+            (o + pv, m + pv.abs())
+        });
         let delta = eps * magnitude + o.abs() * u;
         lo[c] = (o - delta) as f32;
         hi[c] = (o + delta) as f32;

@@ -299,11 +299,7 @@ pub fn run_with(
     let sinks: Vec<ValueId> = g.outputs.iter().map(|&(_, v)| v).collect();
     let mut ex = Executor::new(g, weights, opts, g.live_nodes(), &sinks);
     ex.bind_inputs(inputs)?;
-    for id in order {
-        if ex.live[id.index()] {
-            ex.step(id, inputs, observe)?;
-        }
-    }
+    ex.run_live(&order, inputs, observe)?;
     ex.finish()
 }
 
@@ -341,11 +337,7 @@ pub fn run_part(
             ex.store[v.index()] = Some(t);
         }
     }
-    for id in order {
-        if ex.live[id.index()] {
-            ex.step(id, inputs, observe)?;
-        }
-    }
+    ex.run_live(&order, inputs, observe)?;
     targets.iter().map(|&v| ex.take(v).ok_or_else(|| not_computed(g, v, "target"))).collect()
 }
 
@@ -405,6 +397,21 @@ impl<'a> Executor<'a> {
         let syms = vec![None; g.symbols.len()];
         let store = vec![None; g.values.len()];
         Executor { g, weights, pool, numerics: opts.numerics(), live, syms, uses, store }
+    }
+
+    /// Steps through the live nodes of `order` (a canonical order of the graph).
+    fn run_live(
+        &mut self,
+        order: &[NodeId],
+        inputs: &[(&str, Tensor)],
+        observe: &mut dyn FnMut(ValueId, &Tensor),
+    ) -> Result<(), InterpError> {
+        for &id in order {
+            if self.live[id.index()] {
+                self.step(id, inputs, observe)?;
+            }
+        }
+        Ok(())
     }
 
     /// Reads `v` once: moved out of the store on its last read.

@@ -37,18 +37,22 @@
 // elements with their two scale bytes).
 //
 // Split-KV (SPLITS = {{splits}}; 0: off): the decode variant (S = 1, QT = 1) splits each sequence's
-// positions 0 ..= cache_len[b] over SPLITS CTAs: grid (SPLITS, KV, B), CTA x covering tiles
-// [x·n/SPLITS, (x+1)·n/SPLITS) of the sequence's n tiles (chosen at run time, so the splits'
-// work differs by at most one tile; a CTA whose range is empty does no tile). Instead of o it
-// writes, per query row (head h of sequence b), its partial f32 max m, sum of exponentials l and
-// unnormalised output acc[D] = Σ exp(s − m)·v to `partials` [B, H, SPLITS, D + 2] as
-// (m, l, acc[0..D)); an empty range writes the neutral (−∞, 0, 0…). The partials follow
-// QF_COUNTER_WORDS = {{counter_words}} u32 completion counters, one per (KV head, sequence), at the
-// start of the runtime's zeroed `scratch`. After writing its records, a CTA fences them
-// (__threadfence), then one thread adds 1 to its counter; the CTA that brings it to SPLITS (the last
-// of its KV head and sequence to finish) merges the G heads' records (split_merge.cuh: the math of
-// the split_combine kernel, bit for bit) into o, rounding once to o's dtype, and resets the
-// counter to 0 for the next launch.
+// positions 0 ..= cache_len[b] over the sequence's LIVE = min(SPLITS, n) CTAs of grid
+// (SPLITS, KV, B), n its tiles at this step (chosen at run time from cache_len: a short context
+// wakes few CTAs and merges few records): CTA x < LIVE covers tiles [x·n/LIVE, (x+1)·n/LIVE), at
+// least one, the splits' work differing by at most one tile. Each CTA writes, per query row (head
+// h of sequence b), its partial f32 max m, sum of exponentials l and unnormalised output
+// acc[D] = Σ exp(s − m)·v to `partials` [B, H, SPLITS, D + 2] as (m, l, acc[0..D)); a CTA x ≥ LIVE
+// writes the neutral (−∞, 0, 0…) and exits, so every record of a launch is defined and the
+// two-launch split_combine over all SPLITS records gives the same bits. With LIVE = 1 the one
+// live CTA also writes o itself (acc / l, the merge of one record, bit for bit). With LIVE ≥ 2 the
+// partials follow QF_COUNTER_WORDS = {{counter_words}} u32 completion counters, one per (KV head,
+// sequence), at the start of the runtime's zeroed `scratch`: after writing its records, a live CTA
+// fences them (__threadfence), then one thread adds 1 to its counter; the CTA that brings it to
+// LIVE (the last of its KV head and sequence to finish) merges the G heads' LIVE records
+// (split_merge.cuh: the math of the split_combine kernel, bit for bit, neutral records adding
+// exact zeros there) into o, rounding once to o's dtype, and resets the counter to 0 for the next
+// launch.
 //
 // Fused append (QF_APPEND = 1: decode variants over float and per-tensor code caches, S ≤ 1):
 // this step's token-major k, v [B, 1, KV, D] (rows of QF_R packs P, the cache dtype; with
@@ -144,12 +148,20 @@ QF_DEVICE long long qf_row_offset(long long b, long long S, long long s0, int g,
 }
 
 #if QF_SPLITS
-// Key range [lo, hi) of split `split` over positions [0, end): whole tiles, tile counts of the
-// splits differing by at most one; empty (lo ≥ hi) when the split has no tile.
-QF_DEVICE void qf_split_range(long long end, long long split, long long& lo, long long& hi) {
+// The live splits of a sequence whose keys are positions [0, end): one per tile, at most SPLITS,
+// at least 1.
+QF_DEVICE int qf_live_splits(long long end) {
     const long long tiles = (end + QF_TK - 1) / QF_TK;
-    lo = split * tiles / QF_SPLITS * QF_TK;
-    const long long stop = (split + 1) * tiles / QF_SPLITS * QF_TK;
+    return tiles < 1 ? 1 : (tiles < QF_SPLITS ? static_cast<int>(tiles) : QF_SPLITS);
+}
+
+// Key range [lo, hi) of split `split` of `live` over positions [0, end): whole tiles, at least
+// one for a live split, tile counts of the splits differing by at most one; empty (lo ≥ hi) for
+// split ≥ live.
+QF_DEVICE void qf_split_range(long long end, long long split, int live, long long& lo, long long& hi) {
+    const long long tiles = (end + QF_TK - 1) / QF_TK;
+    lo = split * tiles / live * QF_TK;
+    const long long stop = (split + 1) * tiles / live * QF_TK;
     hi = stop < end ? stop : end;
 }
 
@@ -158,32 +170,32 @@ QF_DEVICE long long qf_record(long long b, int g, int r, long long split) {
     return ((b * QF_H + g * QF_G + r) * QF_SPLITS + split) * QF_REC;
 }
 
-// Called by every thread after its record writes: true in the CTA whose arrival completes its
-// (KV head, sequence), which may then read every split's records. Release: each thread fences its
-// writes before the barrier, then one thread counts the CTA in; acquire: the last CTA fences
-// before reading.
-QF_DEVICE bool qf_last_split(unsigned int* counter) {
+// Called by every thread of a live CTA after its record writes: true in the CTA whose arrival
+// completes the `live` splits of its (KV head, sequence), which may then read their records.
+// Release: each thread fences its writes before the barrier, then one thread counts the CTA in;
+// acquire: the last CTA fences before reading.
+QF_DEVICE bool qf_last_split(unsigned int* counter, int live) {
     __shared__ bool last;
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == QF_SPLITS - 1;
+    if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == static_cast<unsigned int>(live - 1);
     __syncthreads();
     if (last) __threadfence();
     return last;
 }
 
-// The merge of the G heads of KV head g of sequence b (the decode query rows r < rows) into o:
-// weights into `w` [rows][SPLITS] and totals into `total` [rows] (shared memory), then every
-// column, rounded once to o's dtype.
-QF_DEVICE void qf_merge_group(const float* partials, OUT_::T* __restrict__ out, long long b, int g, int rows, float* w,
-                              float* total, float out_scale) {
+// The merge of the `live` records of the G heads of KV head g of sequence b (the decode query
+// rows r < rows) into o: weights into `w` [rows][SPLITS] and totals into `total` [rows] (shared
+// memory), then every column, rounded once to o's dtype.
+QF_DEVICE void qf_merge_group(const float* partials, OUT_::T* __restrict__ out, long long b, int g, int rows, int live,
+                              float* w, float* total, float out_scale) {
     for (int r = threadIdx.x; r < rows; r += QF_THREADS) {
-        total[r] = qf_merge_weights<QF_SPLITS, QF_REC>(partials + qf_record(b, g, r, 0), w + r * QF_SPLITS);
+        total[r] = qf_merge_weights<QF_SPLITS, QF_REC>(partials + qf_record(b, g, r, 0), w + r * QF_SPLITS, live);
     }
     __syncthreads();
     for (int e = threadIdx.x; e < rows * QF_D; e += QF_THREADS) {
         const int r = e / QF_D, d = e % QF_D;
-        const float o = qf_merge_column<QF_SPLITS, QF_REC>(partials + qf_record(b, g, r, 0), w + r * QF_SPLITS, total[r], d);
+        const float o = qf_merge_column<QF_SPLITS, QF_REC>(partials + qf_record(b, g, r, 0), w + r * QF_SPLITS, live, total[r], d);
         out[qf_row_offset(b, 1, 0, g, r) + d] = OUT_::store(o, out_scale);
     }
 }
@@ -216,6 +228,24 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
     const long long base = cache_len[b];
     const float scale = __int_as_float({{scale_bits}});
 
+    const long long last = base + s0 + tokens - 1;  // the last position any row attends to
+    const int* table = page_table + b * QF_MAX_PAGES;
+    // Keys past the page table (t / PAGE ≥ MAX_PAGES) are not read: the runtime never admits them.
+    const long long end = last + 1 < static_cast<long long>(QF_MAX_PAGES) * QF_PAGE ? last + 1 : static_cast<long long>(QF_MAX_PAGES) * QF_PAGE;
+#if QF_SPLITS
+    const int live = qf_live_splits(end);
+    long long lo, hi;
+    qf_split_range(end, split, live, lo, hi);
+    if (split >= live) {  // no tile at this context: the neutral record, nothing else
+        float* partials = scratch + QF_COUNTER_WORDS;
+        for (int e = threadIdx.x; e < rows * QF_REC; e += QF_THREADS) {
+            partials[qf_record(b, g, e / QF_REC, split) + e % QF_REC] = e % QF_REC == 0 ? -__int_as_float(0x7f800000) : 0.0f;
+        }
+        return;
+    }
+#else
+    const long long lo = 0, hi = end;
+#endif
     // Query rows: r = token · G + head in group.
     for (int e = threadIdx.x; e < rows * QF_D; e += QF_THREADS) {
         const int r = e / QF_D, d = e % QF_D;
@@ -233,16 +263,6 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
 #pragma unroll
     for (int k = 0; k < QF_OPT; ++k) acc[k] = 0.0f;
 
-    const long long last = base + s0 + tokens - 1;  // the last position any row attends to
-    const int* table = page_table + b * QF_MAX_PAGES;
-    // Keys past the page table (t / PAGE ≥ MAX_PAGES) are not read: the runtime never admits them.
-    const long long end = last + 1 < static_cast<long long>(QF_MAX_PAGES) * QF_PAGE ? last + 1 : static_cast<long long>(QF_MAX_PAGES) * QF_PAGE;
-#if QF_SPLITS
-    long long lo, hi;
-    qf_split_range(end, split, lo, hi);
-#else
-    const long long lo = 0, hi = end;
-#endif
 #if QF_APPEND
     // The new token's K and V rows of KV head g (row (b, 0, g) of k, v), written by the CTA whose
     // range holds its position before the first tile load (the loop's first barrier orders them).
@@ -332,15 +352,18 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
         int r, d;
         if (qf_owned(k, rows, r, d)) partials[qf_record(b, g, r, split) + 2 + d] = acc[k];
     }
-    unsigned int* counter = reinterpret_cast<unsigned int*>(scratch) + b * QF_KV + g;
-    if (!qf_last_split(counter)) return;
-    qf_merge_group(partials, out, b, g, rows, Ps, row_l, QF_OUT_SCALE);
-    if (threadIdx.x == 0) atomicExch(counter, 0u);  // ready for the next launch
-#else
+    if (live >= 2) {
+        unsigned int* counter = reinterpret_cast<unsigned int*>(scratch) + b * QF_KV + g;
+        if (!qf_last_split(counter, live)) return;
+        qf_merge_group(partials, out, b, g, rows, live, Ps, row_l, QF_OUT_SCALE);
+        if (threadIdx.x == 0) atomicExch(counter, 0u);  // ready for the next launch
+        return;
+    }
+#endif
+    // Unsplit, or the one live split: o = acc / l.
 #pragma unroll
     for (int k = 0; k < QF_OPT; ++k) {
         int r, d;
         if (qf_owned(k, rows, r, d)) out[qf_row_offset(b, S, s0, g, r) + d] = OUT_::store(__fdiv_rn(acc[k], row_l[r]), QF_OUT_SCALE);
     }
-#endif
 }

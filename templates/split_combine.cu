@@ -31,9 +31,9 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const f
     const long long b = blockIdx.y;
     const float* rec = partials + (b * QF_H + h) * QF_SPLITS * QF_REC;
 
-    if (threadIdx.x == 0) total = qf_merge_weights<QF_SPLITS, QF_REC>(rec, w);
+    if (threadIdx.x == 0) total = qf_merge_weights<QF_SPLITS, QF_REC>(rec, w, QF_SPLITS);
     __syncthreads();
     for (int d = threadIdx.x; d < QF_D; d += QF_THREADS) {
-        out[(b * QF_H + h) * QF_D + d] = OT_::store(qf_merge_column<QF_SPLITS, QF_REC>(rec, w, total, d));
+        out[(b * QF_H + h) * QF_D + d] = OT_::store(qf_merge_column<QF_SPLITS, QF_REC>(rec, w, QF_SPLITS, total, d));
     }
 }

@@ -16,14 +16,15 @@ QF_DEVICE float qf_load_cg(const float* p) {
     return v;
 }
 
-// The weights w_s of one head's records into `w` [SPLITS]; returns L.
+// The weights w_s of one head's first `count` (≤ SPLITS) records into `w` [SPLITS]; returns L.
+// Records past `count` are neutral ones, which would add exact zeros.
 template <int SPLITS, int REC>
-QF_DEVICE float qf_merge_weights(const float* rec, float* w) {
+QF_DEVICE float qf_merge_weights(const float* rec, float* w, int count) {
     const float neg_inf = -__int_as_float(0x7f800000);
     float m = neg_inf;
-    for (int s = 0; s < SPLITS; ++s) m = fmaxf(m, qf_load_cg(rec + s * REC));
+    for (int s = 0; s < count; ++s) m = fmaxf(m, qf_load_cg(rec + s * REC));
     float l = 0.0f;
-    for (int s = 0; s < SPLITS; ++s) {
+    for (int s = 0; s < count; ++s) {
         const float ms = qf_load_cg(rec + s * REC);
         const float ws = ms == neg_inf ? 0.0f : expf(ms - m);
         w[s] = ws;
@@ -32,11 +33,12 @@ QF_DEVICE float qf_merge_weights(const float* rec, float* w) {
     return l;
 }
 
-// Column d of the merged output, (Σ_s w_s·acc_s[d]) / total, before rounding to o's dtype.
+// Column d of the merged output over the first `count` records, (Σ_s w_s·acc_s[d]) / total,
+// before rounding to o's dtype.
 template <int SPLITS, int REC>
-QF_DEVICE float qf_merge_column(const float* rec, const float* w, float total, int d) {
+QF_DEVICE float qf_merge_column(const float* rec, const float* w, int count, float total, int d) {
     float o = 0.0f;
-#pragma unroll
-    for (int s = 0; s < SPLITS; ++s) o = fmaf(w[s], qf_load_cg(rec + s * REC + 2 + d), o);
+#pragma unroll 4
+    for (int s = 0; s < count; ++s) o = fmaf(w[s], qf_load_cg(rec + s * REC + 2 + d), o);
     return __fdiv_rn(o, total);
 }

@@ -43,8 +43,10 @@
 //!      `paged_attention(q, k_pool, v_pool, page_table, cache_len, o, scratch, long long S, float
 //!      k_scale, float v_scale)` with grid `(SPLITS, KV, B)`, guarded `S ≤ 1`, writes f32
 //!      partials to the runtime's split scratch ([`Arg::SplitScratch`]), after one completion
-//!      counter per (KV head, sequence); the last CTA of each KV head and sequence merges them
-//!      into o and resets its counter. [`split_combine_kernel`] is the same merge as a launch of
+//!      counter per (KV head, sequence). Of a sequence's SPLITS CTAs only `min(SPLITS, tiles of
+//!      its context)` work (the others write neutral records and exit); with one live CTA it
+//!      writes o itself, otherwise the last live CTA of each KV head and sequence merges their
+//!      records into o and resets its counter. [`split_combine_kernel`] is the same merge as a launch of
 //!      its own (`templates/split_merge.cuh` holds the math both use); plans do not launch it.
 //!   4. The fused append ([`PagedAttentionSpec::append`], every cache but NVFP4): the decode
 //!      attention of 2. or 3. takes `k, v` (and with `rope(keys)` `k_out`) after its other

@@ -219,6 +219,9 @@ fn run_decoder(args: &BenchArgs, engine: &Engine, batches: &[u64], quiet: bool) 
             for g in p.templates.iter().take(12) {
                 super::output::print_line(&format!("  {}", g.line()))?;
             }
+            for line in p.graph_lines() {
+                super::output::print_line(&format!("  {line}"))?;
+            }
         }
     }
     Ok(())

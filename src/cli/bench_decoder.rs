@@ -4,7 +4,10 @@
 //! run of the same requests that captures every step shape's CUDA graph.
 
 use qfuse::runtime::scheduler::{Request, SamplingParams};
-use qfuse::runtime::{Engine, Generator};
+use qfuse::runtime::{Engine, Generator, StepMarginals};
+
+/// Replays timed per graph of a decode step's in-graph profile.
+const GRAPH_ITERS: usize = 50;
 use std::time::Instant;
 
 /// One batch size's measurement.
@@ -42,16 +45,42 @@ pub struct StepProfile {
     pub kernel_micros: f64,
     /// Per template, most expensive first.
     pub templates: Vec<super::bench::TemplateTime>,
+    /// Decode steps: each kernel's cost inside the step's CUDA graph (its launches doubled).
+    pub graph: Option<StepMarginals>,
 }
 
 impl StepProfile {
-    fn new(tokens: u64, timings: &[qfuse::runtime::KernelTiming]) -> Self {
+    fn new(tokens: u64, timings: &[qfuse::runtime::KernelTiming], graph: Option<StepMarginals>) -> Self {
         Self {
             tokens,
             launches: timings.len(),
             kernel_micros: timings.iter().map(|t| t.micros).sum(),
             templates: super::bench::by_template(timings),
+            graph,
         }
+    }
+
+    /// The in-graph lines: the step's replay, then per kernel `12.3 µs × 30 = 369.0 µs  name
+    /// (first launch's label)`, and the marginals' sum against the replay.
+    pub fn graph_lines(&self) -> Vec<String> {
+        let Some(g) = &self.graph else { return Vec::new() };
+        let mut lines = vec![format!(
+            "in its CUDA graph: {:.1} µs per replay (median of {}); per kernel, what doubling its launches adds per launch:",
+            g.step_micros, g.iters
+        )];
+        for k in &g.kernels {
+            lines.push(format!(
+                "  {:7.2} µs × {:3} = {:7.1} µs  {} ({})",
+                k.micros,
+                k.launches,
+                k.micros * k.launches as f64,
+                k.kernel,
+                k.label
+            ));
+        }
+        let sum: f64 = g.kernels.iter().map(|k| k.micros * k.launches as f64).sum();
+        lines.push(format!("  sum of the marginals {sum:.1} µs of the {:.1} µs replay", g.step_micros));
+        lines
     }
 
     /// `4 tokens, 244 launches, 512.3 µs of kernel time`.
@@ -64,8 +93,9 @@ impl StepProfile {
 }
 
 /// Benchmarks `engine` at each of `batches`; with `profile`, the measured run also profiles its
-/// first prefill step and its middle decode step (those two steps' wall times then include the
-/// profiled launches, and are left out of the median).
+/// first prefill step and its middle decode step (one event pair per launch; the decode step also
+/// in its CUDA graph, [`StepMarginals`]; those two steps' wall times then include the profiling,
+/// and are left out of the median).
 pub fn bench(engine: &Engine, prompt_len: u64, gen: u64, batches: &[u64], profile: bool) -> anyhow::Result<Vec<DecodeBench>> {
     let d = engine.meta().decoder.clone().ok_or_else(|| anyhow::anyhow!("not a decoder plan"))?;
     anyhow::ensure!(
@@ -131,8 +161,16 @@ fn run_once(engine: &Engine, vocab: u64, prompt_len: u64, gen: u64, batch: u64, 
         let profile_decode = profile && ttft.is_some() && decode_profile.is_none() && decode_steps == gen / 2;
         let t = Instant::now();
         let report = if profile_prefill || profile_decode {
-            let (report, rows, timings) = gen_.step_profiled()?;
-            let p = Some(StepProfile::new(rows as u64, &timings));
+            let mut timings = Vec::new();
+            let mut graph = None;
+            let (report, rows) = gen_.step_probed(&mut |ctx, input| {
+                timings = ctx.profile_step(input)?;
+                if profile_decode {
+                    graph = Some(ctx.graph_marginals(input, GRAPH_ITERS)?);
+                }
+                Ok(())
+            })?;
+            let p = Some(StepProfile::new(rows as u64, &timings, graph));
             if profile_prefill {
                 prefill_profile = p;
             } else {

@@ -19,7 +19,7 @@ use crate::plan::LaunchMeta;
 
 mod decode;
 
-pub use decode::StepOutput;
+pub use decode::{GraphMarginal, StepMarginals, StepOutput};
 
 /// How many captured graphs a context keeps by default (least recently used ones are dropped).
 pub const DEFAULT_GRAPH_CACHE: usize = 64;
@@ -298,30 +298,44 @@ impl<'e> Context<'e> {
             self.sync_on_error(|this| {
                 this.upload_inputs(&binding, inputs)?;
                 let issue = this.prepare(&binding)?;
-                for _ in 0..warmup {
-                    this.issue(&issue, &binding)?;
-                }
-                this.sync()?;
-                let mut ms = Vec::with_capacity(iters);
-                while ms.len() < iters {
-                    let n = (iters - ms.len()).min(TIMING_BATCH);
-                    this.ensure_events(2 * n)?;
-                    let _open = this.close_gate()?;
-                    for i in 0..n {
-                        this.record(2 * i)?;
-                        this.issue(&issue, &binding)?;
-                        this.record(2 * i + 1)?;
-                    }
-                    drop(_open);
-                    this.sync()?;
-                    for i in 0..n {
-                        ms.push(this.elapsed_ms(2 * i, 2 * i + 1)?);
-                    }
-                }
-                this.warn_if_gate_timed_out("benchmarking");
+                let ms = this.time_replays(warmup, iters, "benchmarking", |this| this.issue(&issue, &binding))?;
                 Ok(stats(ms))
             })
         })
+    }
+
+    /// Runs `enqueue` `warmup` times, then `iters` times with CUDA events around each (enqueued
+    /// in batches behind a gate, so the events time the GPU, not the host); returns each timed
+    /// run's milliseconds.
+    pub(super) fn time_replays(
+        &mut self,
+        warmup: usize,
+        iters: usize,
+        what: &str,
+        enqueue: impl Fn(&Self) -> Result<(), RuntimeError>,
+    ) -> Result<Vec<f64>, RuntimeError> {
+        for _ in 0..warmup {
+            enqueue(self)?;
+        }
+        self.sync()?;
+        let mut ms = Vec::with_capacity(iters);
+        while ms.len() < iters {
+            let n = (iters - ms.len()).min(TIMING_BATCH);
+            self.ensure_events(2 * n)?;
+            let _open = self.close_gate()?;
+            for i in 0..n {
+                self.record(2 * i)?;
+                enqueue(self)?;
+                self.record(2 * i + 1)?;
+            }
+            drop(_open);
+            self.sync()?;
+            for i in 0..n {
+                ms.push(self.elapsed_ms(2 * i, 2 * i + 1)?);
+            }
+        }
+        self.warn_if_gate_timed_out(what);
+        Ok(ms)
     }
 
     // ---- internals ------------------------------------------------------------------------------
@@ -560,7 +574,7 @@ impl<'e> Context<'e> {
     }
 
     /// Captures `launches` on the stream (thread-local capture mode) into an instantiated graph.
-    fn capture(&self, launches: &[ResolvedLaunch], symbols: &[(String, u64)]) -> Result<GraphExec, RuntimeError> {
+    pub(super) fn capture(&self, launches: &[ResolvedLaunch], symbols: &[(String, u64)]) -> Result<GraphExec, RuntimeError> {
         let cap_err = |message: String| RuntimeError::Capture { symbols: describe_symbols(symbols), message };
         let stream = self.cu_stream();
         // SAFETY: a live, non-blocking stream of this context, which is current.

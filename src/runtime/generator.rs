@@ -13,7 +13,7 @@
 //!
 //! One generator per thread (each owns its context and cache); the [`Engine`] is shared.
 
-use super::context::{Context, KernelTiming, StepOutput};
+use super::context::{Context, StepOutput};
 use super::engine::Engine;
 use super::error::RuntimeError;
 use super::kv;
@@ -75,23 +75,26 @@ impl<'e> Generator<'e> {
         }
     }
 
-    /// Like [`Generator::step`], and also the GPU time of every launch of that step: the step is
-    /// first run once profiled ([`Context::profile_step`], no graph) and then for real, which
-    /// overwrites the cache entries the profiled run wrote with the same values. Also returns the
-    /// step's `batch × seq` token rows.
-    pub fn step_profiled(&mut self) -> Result<(StepReport, usize, Vec<KernelTiming>), RuntimeError> {
+    /// [`Self::step`], with `probe` first given the context and the step's input (profiling:
+    /// [`Context::profile_step`], [`Context::graph_marginals`]); the real step then runs and
+    /// rewrites every KV-cache entry of the step's positions, whatever the probe left there.
+    /// Also returns the step's `batch × seq` token rows.
+    pub fn step_probed(
+        &mut self,
+        probe: &mut dyn FnMut(&mut Context<'e>, &StepInput) -> Result<(), RuntimeError>,
+    ) -> Result<(StepReport, usize), RuntimeError> {
         let (ctx, keep) = (&mut self.ctx, self.keep_logits);
         let mut logits = None;
-        let (mut timings, mut rows) = (Vec::new(), 0);
+        let mut rows = 0;
         let report = self.sched.step(|input: &StepInput| {
             rows = input.batch * input.seq;
-            timings = ctx.profile_step(input)?;
+            probe(ctx, input)?;
             let StepOutput { ids, logits: l } = ctx.decode_step(input, keep)?;
             logits = l;
             Ok::<_, RuntimeError>(ids)
         })?;
         self.keep_step_logits(&report, logits);
-        Ok((report, rows, timings))
+        Ok((report, rows))
     }
 
     /// The logits behind the last step's tokens, `(request id, logits)`, with `keep_logits`.

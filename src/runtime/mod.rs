@@ -39,7 +39,7 @@ mod kv;
 pub mod scheduler;
 pub mod tensor;
 
-pub use context::{BenchStats, Context, KernelTiming, Outputs, StepOutput, DEFAULT_GRAPH_CACHE};
+pub use context::{BenchStats, Context, GraphMarginal, KernelTiming, Outputs, StepMarginals, StepOutput, DEFAULT_GRAPH_CACHE};
 pub use engine::{device_arch, local_arch, Engine, DEVICE_ALIGN};
 pub use error::RuntimeError;
 pub use generator::Generator;

@@ -17,6 +17,35 @@ pub struct StepOutput {
     pub logits: Option<Vec<Vec<f32>>>,
 }
 
+/// What one kernel of a step costs inside the step's CUDA graph: the step's graph with every
+/// launch of the kernel issued twice, back to back, against the plain step's graph, per launch.
+/// This includes what the graph spends between the kernel and its neighbours (the launch, the
+/// programmatic-dependent-launch hand-over), which per-launch event pairs cannot separate from
+/// the kernel and overstate.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GraphMarginal {
+    /// The kernel's entry point name.
+    pub kernel: String,
+    /// The label of its first launch in the step.
+    pub label: String,
+    /// Its launches in the step.
+    pub launches: usize,
+    /// (median replay with its launches doubled − median plain replay) / launches, µs.
+    pub micros: f64,
+}
+
+/// [`Context::graph_marginals`]: the step's median graph replay and each kernel's marginal
+/// cost, largest total (`micros × launches`) first.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StepMarginals {
+    /// Median replay of the step's graph, µs.
+    pub step_micros: f64,
+    /// Replays timed per graph.
+    pub iters: usize,
+    /// One entry per distinct kernel of the step.
+    pub kernels: Vec<GraphMarginal>,
+}
+
 impl Context<'_> {
     /// Gives this context a paged KV cache of `pages` pages per pool (replacing any earlier one;
     /// graphs captured with the old pools are dropped). Decoder plans only.
@@ -79,6 +108,53 @@ impl Context<'_> {
                 this.stage_step(&step)?;
                 let launches = resolve_schedule(this.engine.meta(), &step.binding.symbols, &this.addresses())?;
                 this.time_launches(&launches, "profiling a decoder step")
+            })
+        })
+    }
+
+    /// Each kernel's in-graph cost in one scheduler step ([`GraphMarginal`]): captures the
+    /// step's launches into a graph, then for each distinct kernel a graph with that kernel's
+    /// launches doubled, and times `iters` replays of each (medians; no sampling). A doubled
+    /// launch may apply an in-place update twice, so the step's activations and the KV-cache
+    /// entries at the step's positions are unspecified afterwards: run the real step (which
+    /// rewrites those entries) after this, as [`super::super::Generator::step_probed`] does.
+    /// The context's cached graphs are neither used nor changed.
+    pub fn graph_marginals(&mut self, input: &StepInput, iters: usize) -> Result<StepMarginals, RuntimeError> {
+        guarded("timing a decoder step's kernels in its graph", || {
+            let d = kv::decoder(self.engine)?.clone();
+            let step = self.bind_step(&d, input)?;
+            let symbols = &step.binding.symbols;
+            self.sync_on_error(|this| {
+                this.stage_step(&step)?;
+                let launches = resolve_schedule(this.engine.meta(), symbols, &this.addresses())?;
+                let iters = iters.max(1);
+                let median_micros = |this: &mut Self, seq: &[ResolvedLaunch]| -> Result<f64, RuntimeError> {
+                    if seq.is_empty() {
+                        return Ok(0.0);
+                    }
+                    let exec = this.capture(seq, symbols)?;
+                    let replay = |this: &Self| exec.launch(this.cu_stream()).map_err(|e| RuntimeError::driver("replaying a profiling graph", e));
+                    Ok(stats(this.time_replays(3, iters, "timing a step's graph", replay)?).median_ms * 1e3)
+                };
+                let step_micros = median_micros(this, &launches)?;
+                let mut kernels: Vec<usize> = Vec::new();
+                for l in &launches {
+                    if !kernels.contains(&l.kernel) {
+                        kernels.push(l.kernel);
+                    }
+                }
+                let mut out = Vec::with_capacity(kernels.len());
+                for k in kernels {
+                    let doubled: Vec<ResolvedLaunch> =
+                        launches.iter().flat_map(|l| std::iter::repeat_n(l, if l.kernel == k { 2 } else { 1 })).cloned().collect();
+                    let count = doubled.len() - launches.len();
+                    let micros = (median_micros(this, &doubled)? - step_micros) / count as f64;
+                    let first = launches.iter().find(|l| l.kernel == k).map_or(0, |l| l.index);
+                    let (label, kernel) = launch_label(this.engine.meta(), first);
+                    out.push(GraphMarginal { kernel: kernel.into(), label: label.into(), launches: count, micros });
+                }
+                out.sort_by(|a, b| (b.micros * b.launches as f64).total_cmp(&(a.micros * a.launches as f64)));
+                Ok(StepMarginals { step_micros, iters, kernels: out })
             })
         })
     }

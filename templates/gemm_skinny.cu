@@ -226,13 +226,14 @@ struct Prologue {
 };
 
 // inv[m] for rows m < M (warp w takes rows w, w + WARPS, ...): the f64 sum of x^2 over the row,
-// lane-strided in 8-element vectors, then a butterfly over the warp.
+// lane-strided in 8-element vectors (unrolled, so a lane's loads are in flight together: the row
+// costs one memory round trip, not one per vector), then a butterfly over the warp.
 QF_DEVICE void prologue_rows(double* inv, const uint8_t* X, int M, int warp, int lane) {
     const typename PX::T* x = reinterpret_cast<const typename PX::T*>(X);
 #pragma unroll 1
     for (int m = warp; m < M; m += WARPS) {
         double s = 0.0;
-#pragma unroll 1
+#pragma unroll 8
         for (int v = lane; v < K / 8; v += 32) {
             float e[8];
             qf_load_vec<PX, 8>(x + (size_t)m * K + 8 * v, e);

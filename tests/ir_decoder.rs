@@ -100,6 +100,32 @@ fn causal_attention_reads_the_valid_cache_and_the_causal_prefix() {
     assert!(o.iter().all(|x| x.is_finite()), "rows past cache_len were read: {o:?}");
 }
 
+/// The second correct implementation of `qfuse check`'s floors (`RunOptions::perturbation`)
+/// reaches the decoder attention: its softmax `exp` moves within CUDA's `expf` bound, so the
+/// context moves by a few f32 ulps — and only that far.
+#[test]
+fn causal_attention_softmax_follows_the_perturbation() {
+    let g = step_graph(DType::F32);
+    let inputs = || {
+        let q = t(vec![1, 1, 8], vec![1.0, 0.5, -0.25, 0.0, 0.75, 0.0, 0.0, 1.0]);
+        let k = t(vec![1, 1, 1, 4], vec![2.0, 0.5, 0.0, 1.0]);
+        let v = t(vec![1, 1, 1, 4], vec![0.0, 1.0, 0.5, 0.25]);
+        let pk = t(vec![1, 2, 1, 4], vec![0.3, -0.2, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        let pv = t(vec![1, 2, 1, 4], vec![1.0, 0.0, 0.125, 0.5, 0.0, 0.0, 0.0, 0.0]);
+        [("q", q), ("k", k), ("v", v), ("past.k", pk), ("past.v", pv), ("cache_len", Tensor::i64(vec![1], vec![1]))]
+    };
+    let run = |perturbation| {
+        let opts = interp::RunOptions { perturbation, ..Default::default() };
+        interp::run_with(&g, &NoWeights, &inputs(), &opts, &mut |_, _| {}).expect("runs")[0].1.to_f32_vec()
+    };
+    let exact = run(None);
+    let moved: Vec<Vec<f32>> = (0..8).map(|seed| run(Some(interp::Perturbation { seed }))).collect();
+    assert!(moved.iter().any(|o| o.iter().zip(&exact).any(|(a, b)| a.to_bits() != b.to_bits())), "no draw moved the attention");
+    for o in &moved {
+        assert!(o.iter().zip(&exact).all(|(a, b)| (a - b).abs() <= 1e-6 * (1.0 + b.abs())), "{o:?} vs {exact:?}");
+    }
+}
+
 /// Token-major K/V: with two KV heads, head `g` of token `t` is row `t·KV + g` of a sequence's
 /// `[P, KV, D]` cache and `[S, KV, D]` step. Zero keys give uniform weights, so each query head
 /// reads the mean of exactly its own KV head's values over the two cached tokens and the new one.

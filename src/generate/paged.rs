@@ -50,6 +50,13 @@ impl<'a> PagedStepper<'a> {
         Ok(Self { graph, weights, geometry, pools, slots, options: RunOptions { threads: 0, accumulation, ..Default::default() } })
     }
 
+    /// This stepper with its transcendental functions moved within CUDA's ulp bounds
+    /// (`RunOptions::perturbation`; `None`: the host's).
+    pub fn perturbed(mut self, perturbation: Option<crate::interp::Perturbation>) -> Self {
+        self.options.perturbation = perturbation;
+        self
+    }
+
     /// Index of `(page, head, slot, 0)` in a pool `[pages, KV, PAGE, D]` of `kv` heads of size `d`.
     fn at(&self, page: usize, head: usize, slot: usize, kv: usize, d: usize) -> usize {
         ((page * kv + head) * self.geometry.page_size as usize + slot) * d

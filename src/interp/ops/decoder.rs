@@ -3,6 +3,7 @@
 
 use super::{f32s, finish, for_rows, take_f32, OutType};
 use crate::interp::tensor::Tensor;
+use crate::interp::perturb::{Function, Perturbation};
 use crate::ir::{CausalAttention, DType, Rope, RopeLlama3, RopePairs};
 use crate::numerics::cast;
 use std::borrow::Cow;
@@ -99,13 +100,19 @@ struct Operands<'a> {
 /// `causal_attention q, k, v, past_k, past_v, cache_len[, k_s, v_s, past_k_s, past_v_s]`: `o`,
 /// then with `rope(keys)` the rotated keys. A `rope(...)` rotates q (and k) first, exactly as the
 /// `rope` ops it replaced. The four block-scale operands come with an NVFP4 cache
-/// (`codes(..., block=16)`), whose keys the op never rotates (no `rope(keys)`).
-pub fn causal_attention(a: &CausalAttention, args: Vec<Arc<Tensor>>, outs: &[OutType]) -> Result<Vec<Tensor>, String> {
+/// (`codes(..., block=16)`), whose keys the op never rotates (no `rope(keys)`). With `perturb`,
+/// each softmax `exp` is moved within CUDA's `expf` bound (a second correct implementation).
+pub fn causal_attention(
+    a: &CausalAttention,
+    args: Vec<Arc<Tensor>>,
+    outs: &[OutType],
+    perturb: Option<Perturbation>,
+) -> Result<Vec<Tensor>, String> {
     if args.len() != a.arity() || outs.len() != a.outputs() {
         return Err(format!("causal_attention takes {} operands and gives {} result(s)", a.arity(), a.outputs()));
     }
     let (args, keys) = rotated_operands(a, args)?;
-    let o = attention(a, args, &outs[0])?;
+    let o = attention(a, args, &outs[0], perturb)?;
     Ok(std::iter::once(o).chain(keys).collect())
 }
 
@@ -144,10 +151,10 @@ fn per_tensor_codes(values: &[f32], scale: f32, out: &OutType) -> Tensor {
 }
 
 /// The attention of `causal_attention` over operands already rotated.
-fn attention(a: &CausalAttention, args: Vec<Arc<Tensor>>, out: &OutType) -> Result<Tensor, String> {
+fn attention(a: &CausalAttention, args: Vec<Arc<Tensor>>, out: &OutType, perturb: Option<Perturbation>) -> Result<Tensor, String> {
     let kv_heads = a.kv_heads as usize;
     let (mut data, q_dtype) = with_operands(a, &args, |ops, batch| {
-        per_query(a, ops, batch, 1, |(b, s, g), q, o| attend_one(ops, a.scale, b, s, g, kv_heads, q, o))
+        per_query(a, ops, batch, 1, |(b, s, g), q, o| attend_one(ops, a.scale, (b, s, g), kv_heads, q, o, perturb))
     })?;
     Ok(match &a.output {
         None => finish(out, data),
@@ -250,15 +257,24 @@ fn token_major(b: usize, t: usize, g: usize, tokens: usize, kv_heads: usize, d: 
     ((b * tokens + t) * kv_heads + g) * d
 }
 
-/// Attention of one query row of head group `g` (KV head) over the cache then this step's keys.
-#[allow(clippy::too_many_arguments)]
-fn attend_one(ops: &Operands, scale: f32, b: usize, s: usize, g: usize, kv_heads: usize, q: &[f32], o: &mut [f32]) {
+/// Attention of the query row of token `(b, s)` of head group `g` (KV head) over the cache then
+/// this step's keys; with `perturb`, each `exp` moved within CUDA's `expf` bound.
+fn attend_one(
+    ops: &Operands,
+    scale: f32,
+    (b, s, g): (usize, usize, usize),
+    kv_heads: usize,
+    q: &[f32],
+    o: &mut [f32],
+    perturb: Option<Perturbation>,
+) {
     let cached = ops.lens[b];
     let key = |t: usize| ops.key_value(b, t, g, kv_heads);
     let n = cached + s + 1;
     let scores: Vec<f32> = (0..n).map(|t| dot(q, key(t).0) * scale).collect();
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let weights: Vec<f32> = scores.iter().map(|&x| (x - max).exp()).collect();
+    let exp = |x: f32| perturb.map_or(x.exp(), |p| p.apply(Function::Exp, x, x.exp()));
+    let weights: Vec<f32> = scores.iter().map(|&x| exp(x - max)).collect();
     let sum: f32 = weights.iter().sum();
     o.iter_mut().for_each(|x| *x = 0.0);
     for (t, w) in weights.iter().enumerate() {

@@ -96,7 +96,7 @@ fn eval(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], num: Numerics) -> Res
         Op::GluMatMul(s) => return glu::glu_matmul(s, args.collect(), outs, num),
         Op::Attention(a) => return fused::attention(a, args, outs, num),
         Op::EmbedLayerNorm(e) => return fused::embed_layernorm(e, args, outs),
-        Op::CausalAttention(a) => return decoder::causal_attention(a, args.collect(), outs),
+        Op::CausalAttention(a) => return decoder::causal_attention(a, args.collect(), outs, num.perturb),
         Op::Rope(r) => decoder::rope(r, next!(), &*next!(), out)?,
         Op::Dequantize(spec) => quant::dequantize(spec, next!(), args.collect(), out)?,
         Op::Scalar { value } => elementwise::scalar(*value, out),

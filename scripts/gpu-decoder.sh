@@ -21,9 +21,9 @@
 #              reduce-overhead, static cache), same GPU, same call
 #   PLANS  (default: every recipe of issue 13) names from the table below, plus fp16+prologue and
 #          fp8+prologue (opt-in fuse-norm-prologue: the skinny GEMMs compute the RMSNorms at decode;
-#          correct on an H100 but slower, docs/decoders.md) and fp8+attnout (opt-in
-#          fuse-attention-output: the attention stores the FP8 codes o_proj reads; not yet run on a
-#          GPU); GEN: check tokens (32).
+#          correct on an H100 but slower, docs/decoders.md) and fp8+fp8kv-noattnout (fp8 + FP8 KV
+#          with --disable-pass fuse-attention-output: the quantize before o_proj as its own launch,
+#          as before the attention stored those codes itself); GEN: check tokens (32).
 # Logs: gpu-bundle-work/logs, archived to $OUT/gpu-decoder-logs.tgz.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -50,7 +50,7 @@ declare -A args=([fp16]="--recipe fp16 --kv-cache f16" [fp8]="--recipe fp8 --kv-
     [fp8+fp8kv]="--recipe fp8 --kv-cache fp8" [fp8+nvfp4kv]="--recipe fp8 --kv-cache nvfp4"
     [fp16+prologue]="--recipe fp16 --kv-cache f16 --enable-pass fuse-norm-prologue"
     [fp8+prologue]="--recipe fp8 --kv-cache fp8 --enable-pass fuse-norm-prologue"
-    [fp8+attnout]="--recipe fp8 --kv-cache fp8 --enable-pass fuse-attention-output")
+    [fp8+fp8kv-noattnout]="--recipe fp8 --kv-cache fp8 --disable-pass fuse-attention-output")
 plan_of() { echo "$work/smol-${1//+/_}.plan"; }
 for step in $steps; do
     case $step in

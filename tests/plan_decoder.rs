@@ -154,10 +154,11 @@ fn smollm2_norm_prologues_leave_no_norm_launch_at_decode() {
     assert_eq!(decode.len(), 214 - 61);
 }
 
-/// `--enable-pass fuse-attention-output` on SmolLM2's fp8 plan over an FP8 cache: each layer's
-/// activation quantize before `o_proj` is the attention's own output quantize, so neither step
-/// launches a `quantize` for it (30 fewer launches at decode and at prefill), and every attention
-/// kernel (the split decode and the tensor-core prefill) takes the scale as its last argument.
+/// `fuse-attention-output` (on in decoder plans) on SmolLM2's fp8 plan over an FP8 cache: each
+/// layer's activation quantize before `o_proj` is the attention's own output quantize, so neither
+/// step launches a `quantize` for it (30 fewer launches at decode and at prefill than with
+/// `--disable-pass fuse-attention-output`), and every attention kernel (the split decode and the
+/// tensor-core prefill) takes the scale as its last argument.
 #[test]
 fn smollm2_fp8_attention_stores_its_context_codes() {
     let gguf = common::smollm2_gguf();
@@ -170,8 +171,8 @@ fn smollm2_fp8_attention_stores_its_context_codes() {
     };
     let launches = |enable: bool| {
         let mut opts = recipe_options("fp8");
-        if enable {
-            opts.passes.enable.push("fuse-attention-output".into());
+        if !enable {
+            opts.passes.disable.push("fuse-attention-output".into());
         }
         let m = compile_decoder(&gguf, &opts, &d).expect("compile").meta().clone();
         let decode = step_launches(&m, &[("B".to_string(), 4), ("S".to_string(), 1)]).len();

@@ -60,8 +60,9 @@ pub fn fusion() -> Vec<Box<dyn Pass>> {
 /// `fuse-norm-prologue` marks RMSNorms that the skinny GEMMs compute in their prologue: its
 /// kernels match the interpreter on an H100, but a decode step with it measured slower there
 /// (docs/decoders.md), so it stays opt-in. `fuse-attention-output` gives a decoder attention its
-/// context's static quantize: opt-in until the attention kernels' quantized stores have run on
-/// a GPU (`qfuse check` of an fp8 plan with it).
+/// context's static quantize; it is listed here because the pipeline's defaults are the
+/// encoders', and decoder plans enable it (`compile::decoder::decoder_passes`: checked on an
+/// H100).
 pub const OPT_IN: &[&str] = &["merge-gate-up", "merge-sibling-gemms", "fuse-norm-prologue", "fuse-attention-output"];
 
 /// The pass named `name` (for tests and tools that run one pass).

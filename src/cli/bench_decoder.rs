@@ -65,8 +65,8 @@ impl StepProfile {
     pub fn graph_lines(&self) -> Vec<String> {
         let Some(g) = &self.graph else { return Vec::new() };
         let mut lines = vec![format!(
-            "in its CUDA graph: {:.1} µs per replay (median of {}); per kernel, what doubling its launches adds per launch:",
-            g.step_micros, g.iters
+            "in its CUDA graph: {:.1} µs per replay (median of {}; a second measurement differs by {:.1} µs: totals below that are noise); per kernel, what doubling its launches adds per launch:",
+            g.step_micros, g.iters, g.noise_micros
         )];
         for k in &g.kernels {
             lines.push(format!(

@@ -2,8 +2,8 @@
 //! Semantics are documented on [`crate::ir::Op::Rope`] and [`crate::ir::CausalAttention`].
 
 use super::{f32s, finish, for_rows, take_f32, OutType};
-use crate::interp::tensor::Tensor;
 use crate::interp::perturb::{Function, Perturbation};
+use crate::interp::tensor::Tensor;
 use crate::ir::{CausalAttention, DType, Rope, RopeLlama3, RopePairs};
 use crate::numerics::cast;
 use std::borrow::Cow;

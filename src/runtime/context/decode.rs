@@ -40,6 +40,9 @@ pub struct GraphMarginal {
 pub struct StepMarginals {
     /// Median replay of the step's graph, µs.
     pub step_micros: f64,
+    /// The difference between two measurements of that median (a second capture and timing
+    /// after all the others), µs: the scale below which a kernel's total marginal is noise.
+    pub noise_micros: f64,
     /// Replays timed per graph.
     pub iters: usize,
     /// One entry per distinct kernel of the step.
@@ -155,7 +158,8 @@ impl Context<'_> {
                     out.push(GraphMarginal { kernel: kernel.into(), label: label.into(), launches: count, micros });
                 }
                 out.sort_by(|a, b| (b.micros * b.launches as f64).total_cmp(&(a.micros * a.launches as f64)));
-                Ok(StepMarginals { step_micros, iters, kernels: out })
+                let noise_micros = (median_micros(this, &launches)? - step_micros).abs();
+                Ok(StepMarginals { step_micros, noise_micros, iters, kernels: out })
             })
         })
     }

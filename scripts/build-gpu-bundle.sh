@@ -6,7 +6,9 @@
 #   model/            the default model with its weights converted to f16 (half the bytes; the
 #                     tree that travels is limited to 64 MiB)
 #   cache/kernels/    CUBINs of the MiniLM plans, compiled here with NVRTC (so the GPU machine
-#                     needs no NVRTC of the same version: every kernel is a cache hit)
+#                     needs no NVRTC of the same version: every kernel is a cache hit); left out,
+#                     with the GEMM bench's kernels, when the bundle and the tracked tree would
+#                     pass 60 MiB (the GPU machine's NVRTC then compiles them)
 # Installs what it needs itself (scripts/cache.sh): NVRTC, the model, and the pinned Python env
 # .cache/pyenv (scripts/requirements-decoder.txt, with numpy for scripts/f16_model.py).
 set -euo pipefail
@@ -87,4 +89,12 @@ rm -rf gpu-bundle/model-h6 gpu-bundle/model-h3  # links only; gpu-check.sh makes
 # Compressed for the trip (scripts/gpu-check.sh unpacks): the tree that travels is limited to 64 MiB.
 (cd gpu-bundle && tar czf kernels.tgz kernels && rm -rf kernels && tar czf cache.tgz cache && rm -rf cache \
     && gzip -9f qfuse qfuse-gemm-bench skinny_gpu)
+# A call carries at most 64 MiB with the tracked tree: past 60 MiB, leave the CUBIN caches behind
+# (the GPU machine's NVRTC compiles what is missing: scripts/gpu-check.sh and gpu-gemm-bench.sh).
+tree=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+bundle=$(du -sb gpu-bundle | cut -f1)
+if (( tree + bundle > 60 * 1024 * 1024 )); then
+    rm -f gpu-bundle/cache.tgz gpu-bundle/kernels.tgz
+    echo "bundle + tree over 60 MiB: CUBIN caches left out (compiled on the GPU machine)"
+fi
 du -sh gpu-bundle gpu-bundle/*

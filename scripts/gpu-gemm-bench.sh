@@ -17,6 +17,8 @@ mkdir -p "$out"
 # Unpack the bundle when this script runs alone (gpu-check.sh does the same; both are idempotent).
 [[ -f gpu-bundle/qfuse-gemm-bench.gz ]] && gunzip -f gpu-bundle/qfuse-gemm-bench.gz
 [[ -f gpu-bundle/kernels.tgz ]] && tar xzf gpu-bundle/kernels.tgz -C gpu-bundle && rm gpu-bundle/kernels.tgz
+# A bundle that left its kernels behind (to stay under a call's 64 MiB): NVRTC compiles them here.
+[[ -d gpu-bundle/kernels ]] || gpu-bundle/qfuse-gemm-bench build gpu-bundle/kernels >/dev/null
 chmod +x gpu-bundle/qfuse-gemm-bench 2>/dev/null
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu \
     --format=csv,noheader 2>&1 | head -1

@@ -7,38 +7,52 @@
 // Σ exp(score − m_s)·v; an empty range is (−∞, 0, 0…). The log-sum-exp rule, exact up to f32
 // rounding: M = max_s m_s, w_s = exp(m_s − M) (0 for an empty range), L = Σ_s w_s·l_s,
 // o[d] = (Σ_s w_s·acc_s[d]) / L. Sums run over s in order with fmaf; CUDA's expf. Records are
-// read through L2 (ld.global.cg): other CTAs of the running grid may have written them.
-
-// An f32 load from global memory that bypasses L1 (which is not coherent across SMs).
-QF_DEVICE float qf_load_cg(const float* p) {
-    float v;
-    asm volatile("ld.global.cg.f32 %0, [%1];\n" : "=f"(v) : "l"(p) : "memory");
-    return v;
-}
+// read through L2 (ld.global.cg, which bypasses L1, not coherent across SMs): other CTAs of the
+// running grid may have written them.
 
 // The weights w_s of one head's first `count` (≤ SPLITS) records into `w` [SPLITS]; returns L.
-// Records past `count` are neutral ones, which would add exact zeros.
+// Records past `count` are neutral ones, which would add exact zeros. The loops run over the
+// compile-time SPLITS (unrolled) with the records past `count` skipped, and every (m_s, l_s) is
+// loaded before any is used, so the loads are in flight together: one L2 round trip, not one per
+// record (__ldcg: ld.global.cg, an ordinary load to the compiler, ordered by the caller's fences
+// and barriers).
 template <int SPLITS, int REC>
 QF_DEVICE float qf_merge_weights(const float* rec, float* w, int count) {
     const float neg_inf = -__int_as_float(0x7f800000);
+    float ms[SPLITS], ls[SPLITS];
+#pragma unroll
+    for (int s = 0; s < SPLITS; ++s) {
+        ms[s] = s < count ? __ldcg(rec + s * REC) : neg_inf;
+        ls[s] = s < count ? __ldcg(rec + s * REC + 1) : 0.0f;
+    }
     float m = neg_inf;
-    for (int s = 0; s < count; ++s) m = fmaxf(m, qf_load_cg(rec + s * REC));
+#pragma unroll
+    for (int s = 0; s < SPLITS; ++s) {
+        if (s < count) m = fmaxf(m, ms[s]);
+    }
     float l = 0.0f;
-    for (int s = 0; s < count; ++s) {
-        const float ms = qf_load_cg(rec + s * REC);
-        const float ws = ms == neg_inf ? 0.0f : expf(ms - m);
-        w[s] = ws;
-        l = fmaf(ws, qf_load_cg(rec + s * REC + 1), l);
+#pragma unroll
+    for (int s = 0; s < SPLITS; ++s) {
+        if (s < count) {
+            const float ws = ms[s] == neg_inf ? 0.0f : expf(ms[s] - m);
+            w[s] = ws;
+            l = fmaf(ws, ls[s], l);
+        }
     }
     return l;
 }
 
 // Column d of the merged output over the first `count` records, (Σ_s w_s·acc_s[d]) / total,
-// before rounding to o's dtype.
+// before rounding to o's dtype (the column's records loaded together first, as above).
 template <int SPLITS, int REC>
 QF_DEVICE float qf_merge_column(const float* rec, const float* w, int count, float total, int d) {
+    float acc[SPLITS];
+#pragma unroll
+    for (int s = 0; s < SPLITS; ++s) acc[s] = s < count ? __ldcg(rec + s * REC + 2 + d) : 0.0f;
     float o = 0.0f;
-#pragma unroll 4
-    for (int s = 0; s < count; ++s) o = fmaf(w[s], qf_load_cg(rec + s * REC + 2 + d), o);
+#pragma unroll
+    for (int s = 0; s < SPLITS; ++s) {
+        if (s < count) o = fmaf(w[s], acc[s], o);
+    }
     return __fdiv_rn(o, total);
 }

@@ -48,7 +48,7 @@ pub struct CheckArgs {
     /// (0: no perplexity check).
     #[arg(long, default_value_t = 4)]
     chunks: usize,
-    /// Decoder plans: skip the interpreter's second summation order on the perplexity text.
+    /// Decoder plans: skip the floor (a second correct implementation) on the perplexity text.
     #[arg(long)]
     no_floor: bool,
     /// Decoder plans: skip the per-kernel comparison of a prefill and a decode step.

@@ -148,18 +148,16 @@ QF_DEVICE long long qf_row_offset(long long b, long long S, long long s0, int g,
 }
 
 #if QF_SPLITS
-// The live splits of a sequence whose keys are positions [0, end): one per tile, at most SPLITS,
-// at least 1.
-QF_DEVICE int qf_live_splits(long long end) {
-    const long long tiles = (end + QF_TK - 1) / QF_TK;
+// The live splits of a sequence whose keys span `tiles` tiles: one per tile, at most SPLITS, at
+// least 1.
+QF_DEVICE int qf_live_splits(long long tiles) {
     return tiles < 1 ? 1 : (tiles < QF_SPLITS ? static_cast<int>(tiles) : QF_SPLITS);
 }
 
-// Key range [lo, hi) of split `split` of `live` over positions [0, end): whole tiles, at least
-// one for a live split, tile counts of the splits differing by at most one; empty (lo ≥ hi) for
-// split ≥ live.
-QF_DEVICE void qf_split_range(long long end, long long split, int live, long long& lo, long long& hi) {
-    const long long tiles = (end + QF_TK - 1) / QF_TK;
+// Key range [lo, hi) of split `split` of `live` over positions [0, end), `tiles` tiles: whole
+// tiles, at least one for a live split, tile counts of the splits differing by at most one; empty
+// (lo ≥ hi) for split ≥ live.
+QF_DEVICE void qf_split_range(long long tiles, long long end, long long split, int live, long long& lo, long long& hi) {
     lo = split * tiles / live * QF_TK;
     const long long stop = (split + 1) * tiles / live * QF_TK;
     hi = stop < end ? stop : end;
@@ -233,9 +231,10 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
     // Keys past the page table (t / PAGE ≥ MAX_PAGES) are not read: the runtime never admits them.
     const long long end = last + 1 < static_cast<long long>(QF_MAX_PAGES) * QF_PAGE ? last + 1 : static_cast<long long>(QF_MAX_PAGES) * QF_PAGE;
 #if QF_SPLITS
-    const int live = qf_live_splits(end);
+    const long long tiles = (end + QF_TK - 1) / QF_TK;
+    const int live = qf_live_splits(tiles);
     long long lo, hi;
-    qf_split_range(end, split, live, lo, hi);
+    qf_split_range(tiles, end, split, live, lo, hi);
     if (split >= live) {  // no tile at this context: the neutral record, nothing else
         float* partials = scratch + QF_COUNTER_WORDS;
         for (int e = threadIdx.x; e < rows * QF_REC; e += QF_THREADS) {

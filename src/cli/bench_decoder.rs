@@ -5,10 +5,10 @@
 
 use qfuse::runtime::scheduler::{Request, SamplingParams};
 use qfuse::runtime::{Engine, Generator, StepMarginals};
+use std::time::Instant;
 
 /// Replays timed per graph of a decode step's in-graph profile.
 const GRAPH_ITERS: usize = 50;
-use std::time::Instant;
 
 /// One batch size's measurement.
 #[derive(Debug, serde::Serialize)]

@@ -187,7 +187,7 @@ fn perplexity_lines(p: &PerplexityReport) -> Vec<String> {
         p.chunks, p.ctx, p.source, p.positions, p.interpreter
     )];
     let verdict = if p.passed() { "ok" } else { "FAIL" };
-    let bar = if p.bar() > PPL_TOLERANCE {
+    let bar = if p.floor_beyond_tolerance().is_some() {
         format!("within the floor's ±{:.3} % (> {:.1} %) and its mean KL + {KL_MARGIN:e}", 100.0 * p.bar(), 100.0 * PPL_TOLERANCE)
     } else {
         format!("within ±{:.1} %", 100.0 * PPL_TOLERANCE)

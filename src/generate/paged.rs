@@ -50,9 +50,10 @@ impl<'a> PagedStepper<'a> {
         Ok(Self { graph, weights, geometry, pools, slots, options: RunOptions { threads: 0, accumulation, ..Default::default() } })
     }
 
-    /// This stepper with its transcendental functions moved within CUDA's ulp bounds
-    /// (`RunOptions::perturbation`; `None`: the host's).
-    pub fn perturbed(mut self, perturbation: Option<crate::interp::Perturbation>) -> Self {
+    /// This stepper summing in `accumulation` order, with its transcendental functions moved
+    /// within CUDA's ulp bounds (`RunOptions::perturbation`; `None`: the host's).
+    pub fn with_numerics(mut self, accumulation: Accumulation, perturbation: Option<crate::interp::Perturbation>) -> Self {
+        self.options.accumulation = accumulation;
         self.options.perturbation = perturbation;
         self
     }

@@ -298,34 +298,35 @@ impl<'e> Context<'e> {
             self.sync_on_error(|this| {
                 this.upload_inputs(&binding, inputs)?;
                 let issue = this.prepare(&binding)?;
-                let ms = this.time_replays(warmup, iters, "benchmarking", |this| this.issue(&issue, &binding))?;
+                let ms = this.time_replays(warmup, iters, "benchmarking", |this, _| this.issue(&issue, &binding))?;
                 Ok(stats(ms))
             })
         })
     }
 
-    /// Runs `enqueue` `warmup` times, then `iters` times with CUDA events around each (enqueued
-    /// in batches behind a gate, so the events time the GPU, not the host); returns each timed
-    /// run's milliseconds.
+    /// Runs `enqueue(self, 0)` `warmup` times, then `enqueue(self, i)` for `i` in `0..iters`
+    /// with CUDA events around each (enqueued in batches behind a gate, so the events time the
+    /// GPU, not the host; `what` names the activity in the gate's warning); returns each timed
+    /// run's milliseconds, the stream synchronised.
     pub(super) fn time_replays(
         &mut self,
         warmup: usize,
         iters: usize,
         what: &str,
-        enqueue: impl Fn(&Self) -> Result<(), RuntimeError>,
+        enqueue: impl Fn(&Self, usize) -> Result<(), RuntimeError>,
     ) -> Result<Vec<f64>, RuntimeError> {
         for _ in 0..warmup {
-            enqueue(self)?;
+            enqueue(self, 0)?;
         }
         self.sync()?;
         let mut ms = Vec::with_capacity(iters);
         while ms.len() < iters {
-            let n = (iters - ms.len()).min(TIMING_BATCH);
+            let (done, n) = (ms.len(), (iters - ms.len()).min(TIMING_BATCH));
             self.ensure_events(2 * n)?;
             let _open = self.close_gate()?;
             for i in 0..n {
                 self.record(2 * i)?;
-                enqueue(self)?;
+                enqueue(self, done + i)?;
                 self.record(2 * i + 1)?;
             }
             drop(_open);
@@ -458,29 +459,14 @@ impl<'e> Context<'e> {
     /// gate (so the host's launch rate does not show), and returns each launch's GPU time; the
     /// stream is synchronised on return. `what` names the activity in the gate's warning.
     pub(super) fn time_launches(&mut self, launches: &[ResolvedLaunch], what: &str) -> Result<Vec<KernelTiming>, RuntimeError> {
-        let mut micros = Vec::with_capacity(launches.len());
-        for batch in launches.chunks(TIMING_BATCH) {
-            self.ensure_events(2 * batch.len())?;
-            let _open = self.close_gate()?;
-            for (i, l) in batch.iter().enumerate() {
-                self.record(2 * i)?;
-                self.launch(l)?;
-                self.record(2 * i + 1)?;
-            }
-            drop(_open);
-            self.sync()?;
-            for i in 0..batch.len() {
-                micros.push(1000.0 * self.elapsed_ms(2 * i, 2 * i + 1)?);
-            }
-        }
-        self.warn_if_gate_timed_out(what);
+        let ms = self.time_replays(0, launches.len(), what, |this, i| this.launch(&launches[i]))?;
         let meta = self.engine.meta();
         Ok(launches
             .iter()
-            .zip(micros)
-            .map(|(l, micros)| {
+            .zip(ms)
+            .map(|(l, ms)| {
                 let (label, kernel) = launch_label(meta, l.index);
-                KernelTiming { launch: l.index, label: label.into(), kernel: kernel.into(), micros }
+                KernelTiming { launch: l.index, label: label.into(), kernel: kernel.into(), micros: 1000.0 * ms }
             })
             .collect())
     }
@@ -493,22 +479,12 @@ impl<'e> Context<'e> {
             self.bind_ctx()?;
             let src = DeviceAlloc::new(&self.engine.ctx, bytes, "the copy-bandwidth source")?;
             let dst = DeviceAlloc::new(&self.engine.ctx, bytes, "the copy-bandwidth destination")?;
-            let iters = iters.max(1);
-            self.ensure_events(2 * iters)?;
-            let copy = |this: &Self| {
+            let copy = |this: &Self, _| {
                 // SAFETY: two live allocations of `bytes` bytes on this context, on its stream.
                 unsafe { result::memcpy_dtod_async(dst.ptr(), src.ptr(), bytes, this.cu_stream()) }
                     .map_err(|e| RuntimeError::driver("a device-to-device copy", e))
             };
-            copy(self)?; // warm-up
-            for i in 0..iters {
-                self.record(2 * i)?;
-                copy(self)?;
-                self.record(2 * i + 1)?;
-            }
-            self.sync()?;
-            let ms = (0..iters).map(|i| self.elapsed_ms(2 * i, 2 * i + 1)).collect::<Result<Vec<_>, _>>()?;
-            let median = stats(ms).median_ms;
+            let median = stats(self.time_replays(1, iters.max(1), "measuring the copy bandwidth", copy)?).median_ms;
             Ok(2.0 * bytes as f64 / (median * 1e-3) / 1e9)
         })
     }

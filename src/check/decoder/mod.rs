@@ -212,7 +212,7 @@ pub fn check_decoder_plan(plan_path: &std::path::Path, opts: &DecoderCheckOption
     let perplexity = match &opts.eval {
         Some(eval) => {
             let mut reference = interpreter(Accumulation::F32)?;
-            let mut floor = if opts.floor { Some(perplexity::floor_stepper(interpreter(perplexity::FLOOR_ACCUMULATION)?)) } else { None };
+            let mut floor = if opts.floor { Some(perplexity::floor_stepper(interpreter(Accumulation::F32)?)) } else { None };
             Some(perplexity::check_perplexity(geometry, &mut gpu, &mut reference, floor.as_mut().map(|f| f as &mut dyn StepModel), eval)?)
         }
         None => None,

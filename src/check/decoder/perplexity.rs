@@ -38,9 +38,9 @@ pub const FLOOR_ACCUMULATION: Accumulation = Accumulation::F32SplitK { parts: 2 
 pub const FLOOR_PERTURBATION: Perturbation = Perturbation { seed: crate::check::FLOOR_SEED };
 
 /// The floor's second correct implementation: `stepper` summing in [`FLOOR_ACCUMULATION`] order
-/// (which the caller gave it) with [`FLOOR_PERTURBATION`].
+/// with [`FLOOR_PERTURBATION`], whatever numerics it had.
 pub fn floor_stepper(stepper: PagedStepper<'_>) -> PagedStepper<'_> {
-    stepper.perturbed(Some(FLOOR_PERTURBATION))
+    stepper.with_numerics(FLOOR_ACCUMULATION, Some(FLOOR_PERTURBATION))
 }
 
 /// The evaluation text, cut into chunks.
@@ -96,20 +96,20 @@ impl PerplexityReport {
     /// the floor's own difference — a GPU cannot be asked to agree better than two correct
     /// implementations do (SmolLM2 int8-sq: the floor moves the perplexity by 1.4 %).
     pub fn bar(&self) -> f64 {
-        match &self.floor {
-            Some(f) if f.relative.abs() > PPL_TOLERANCE => f.relative.abs(),
-            _ => PPL_TOLERANCE,
-        }
+        self.floor_beyond_tolerance().map_or(PPL_TOLERANCE, |f| f.relative.abs())
+    }
+
+    /// The floor, when it was run and lands further than [`PPL_TOLERANCE`] from the interpreter
+    /// (then it sets the bar).
+    pub fn floor_beyond_tolerance(&self) -> Option<&Agreement> {
+        self.floor.as_ref().filter(|f| f.relative.abs() > PPL_TOLERANCE)
     }
 
     /// Passes when the GPU's perplexity is within [`Self::bar`] of the interpreter's and, where
     /// the floor set that bar, its mean KL is at most the floor's plus [`KL_MARGIN`] (a NaN
     /// fails).
     pub fn passed(&self) -> bool {
-        let floor_kl = match &self.floor {
-            Some(f) if f.relative.abs() > PPL_TOLERANCE => f.mean_kl + KL_MARGIN,
-            _ => f64::INFINITY,
-        };
+        let floor_kl = self.floor_beyond_tolerance().map_or(f64::INFINITY, |f| f.mean_kl + KL_MARGIN);
         self.gpu.relative.abs() <= self.bar() && self.gpu.mean_kl <= floor_kl
     }
 }

@@ -137,7 +137,7 @@ impl Context<'_> {
                     }
                     let exec = this.capture(seq, symbols)?;
                     let replay =
-                        |this: &Self| exec.launch(this.cu_stream()).map_err(|e| RuntimeError::driver("replaying a profiling graph", e));
+                        |this: &Self, _| exec.launch(this.cu_stream()).map_err(|e| RuntimeError::driver("replaying a profiling graph", e));
                     Ok(stats(this.time_replays(3, iters, "timing a step's graph", replay)?).median_ms * 1e3)
                 };
                 let step_micros = median_micros(this, &launches)?;

@@ -65,6 +65,16 @@
 // then plain (neither const nor __restrict__) pointers, so the loads take the coherent path, not
 // ld.global.nc, which could return the row as it was before the write. No other CTA reads
 // position p, so the result is bit-identical to kv_append followed by the attention.
+//
+// Staging (QF_STAGE: every cache but NVFP4): before its griddepcontrol.wait (qf_pdl_enter) a CTA
+// reads cache_len[b] and its page-table row and starts copying its first tile's K and V packs of
+// keys below cache_len[b] raw into shared memory (cp.async, qf_stage_tile), so that those loads
+// overlap the kernel before it instead of following it. This reads only what was written two or
+// more launches earlier: cache_len and the page table by the host before the step, keys below
+// cache_len by earlier steps. (The kernel before this one lets it start only after passing its own
+// wait, so everything before that kernel is complete and visible; no kernel of this step writes
+// those keys.) Keys at or past cache_len[b] (this step's) are read from the pools after the wait
+// and the append; every write comes after the wait. The tile's values are the same bits either way.
 
 typedef {{q_t}} QT_;   // q
 typedef {{o_t}} OT_;   // o's float dtype (with an output quantize: the rounding before it)
@@ -105,6 +115,10 @@ static_assert(QF_SPLITS <= QF_TK, "the merge weights [G][SPLITS] fit the score t
 #define QF_VIA(x) {{via}}(x)
 #define QF_RAW_TILE 0  // f32 tiles with padded (unaligned) rows
 {{paged_load}}
+// Staging (all but NVFP4 caches): the first tile's K and V packs, raw, at the start of shared
+// memory (2 · PACKS 16-byte packs).
+#define QF_STAGE (!QF_NVFP4)
+#define QF_STAGE_WORDS (QF_STAGE ? 2 * QF_PACKS * 4 : 0)
 
 #if QF_ROPE
 // RoPE on load (fuse-rope): q arrives unrotated; element d of the query row x at position pos is
@@ -202,9 +216,12 @@ QF_DEVICE void qf_merge_group(const float* partials, OUT_::T* __restrict__ out, 
 extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const QT_::T* __restrict__ q,
         QF_POOL k_pool, QF_POOL v_pool, const int* __restrict__ page_table,
         const long long* __restrict__ cache_len, {{out_param}}, long long S, float k_scale, float v_scale QF_NV_PARAMS QF_APPEND_PARAMS QF_OUT_PARAMS) {
-    qf_pdl_enter();
-    extern __shared__ float smem[];
-    float* Qs = smem;
+    // qfuse pre-wait begin (Staging: reads only, of what the host and earlier steps wrote)
+    extern __shared__ __align__(16) float smem[];
+#if QF_STAGE
+    uint4* stage = reinterpret_cast<uint4*>(smem);  // the first tile's K, V packs
+#endif
+    float* Qs = smem + QF_STAGE_WORDS;
     float* Ks = Qs + QF_ROWS * QF_QLD;
     float* Vs = Ks + QF_TK * QF_KLD;
     float* Ps = Vs + QF_TK * QF_D;
@@ -223,6 +240,7 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
 #endif
     const int tokens = static_cast<int>(S - s0 < QF_QTOK ? S - s0 : QF_QTOK);
     const int rows = tokens * QF_G;
+    // Read before the wait (Staging): the host wrote cache_len before the step.
     const long long base = cache_len[b];
     const float scale = __int_as_float({{scale_bits}});
 
@@ -235,6 +253,21 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
     const int live = qf_live_splits(tiles);
     long long lo, hi;
     qf_split_range(tiles, end, split, live, lo, hi);
+#else
+    const long long lo = 0, hi = end;
+#endif
+#if QF_STAGE
+    // The first tile's keys below base, written by earlier steps, start loading now.
+    if (lo < hi) {
+        const int first_live = static_cast<int>(hi - lo < QF_TK ? hi - lo : QF_TK);
+        qf_stage_tile(k_pool, table, g, lo, first_live, base, stage);
+        qf_stage_tile(v_pool, table, g, lo, first_live, base, stage + QF_PACKS);
+    }
+    qf_cp_async_commit();
+#endif
+    // qfuse pre-wait end
+    qf_pdl_enter();
+#if QF_SPLITS
     if (split >= live) {  // no tile at this context: the neutral record, nothing else
         float* partials = scratch + QF_COUNTER_WORDS;
         for (int e = threadIdx.x; e < rows * QF_REC; e += QF_THREADS) {
@@ -242,8 +275,6 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
         }
         return;
     }
-#else
-    const long long lo = 0, hi = end;
 #endif
     // Query rows: r = token · G + head in group.
     for (int e = threadIdx.x; e < rows * QF_D; e += QF_THREADS) {
@@ -273,15 +304,20 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
         }
     }
 #endif
+#if QF_STAGE
+    qf_cp_async_wait<0>();  // this thread's staged packs have landed; the loop's barrier shares them
+#endif
     for (long long first = lo; first < hi; first += QF_TK) {
         const int live = static_cast<int>(hi - first < QF_TK ? hi - first : QF_TK);
-        __syncthreads();  // the previous tile is consumed (and Q, m, l and the appended token are written)
+        __syncthreads();  // the previous tile is consumed (and Q, m, l, the appended token and the stage are written)
 #if QF_NVFP4
         qf_load_tile_nvfp4<qf_f32>(k_pool, ks_pool, table, g, first, live, Ks, QF_KLD, k_scale);
         qf_load_tile_nvfp4<qf_f32>(v_pool, vs_pool, table, g, first, live, Vs, QF_D, v_scale);
 #else
-        qf_load_tile<qf_f32>(k_pool, table, g, first, live, Ks, QF_KLD, k_scale);
-        qf_load_tile<qf_f32>(v_pool, table, g, first, live, Vs, QF_D, v_scale);
+        // The first tile's keys below base come from the stage, every other key from the pools.
+        const long long staged_below = first == lo ? base : 0;
+        qf_load_tile<qf_f32>(k_pool, table, g, first, live, Ks, QF_KLD, k_scale, stage, staged_below);
+        qf_load_tile<qf_f32>(v_pool, table, g, first, live, Vs, QF_D, v_scale, stage + QF_PACKS, staged_below);
 #endif
         __syncthreads();
         // Scores, causally masked.

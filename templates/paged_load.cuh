@@ -18,14 +18,37 @@ QF_DEVICE float qf_cache_value(CT_::T code, float scale) {
 #endif
 }
 
-// Dequantizes the K or V elements of keys t0 .. t0 + TK − 1 into `dst` ([TK][ld] DT elements): key t lives
-// in page table[t / PAGE], slot t % PAGE, a contiguous row of D elements (HND within a page).
-// Keys at or past t0 + live are zero (never read from memory). Each thread issues up to
-// QF_INFLIGHT independent 16-byte loads (packs pk, pk + THREADS, …) before converting any, so
-// several loads per thread are in flight instead of one.
+// Element offset in a pool of the 16-byte pack at element d0 of key t's row (KV head g): key t
+// lives in page table[t / PAGE], slot t % PAGE, a contiguous row of D elements (HND within a page).
+QF_DEVICE long long qf_pack_at(const int* __restrict__ table, int g, long long t, int d0) {
+    const long long page = table[t / QF_PAGE];
+    return ((page * QF_KV + g) * QF_PAGE + t % QF_PAGE) * QF_D + d0;
+}
+
+#if !QF_NVFP4
+// Copies, raw, the 16-byte packs of the K or V tile of keys t0 .. t0 + live − 1 that lie below
+// position `below` into `stage` [PACKS] (shared memory, pack pk at stage[pk]) with cp.async (L2
+// path); packs of keys at or past `below` are not copied. The caller commits and waits. Meant to
+// run before the kernel's griddepcontrol.wait, for keys an earlier step wrote (paged_attention.cu
+// "Staging").
+QF_DEVICE void qf_stage_tile(const CT_::T* pool, const int* __restrict__ table, int g, long long t0, int live, long long below,
+                             uint4* stage) {
+    for (int pk = threadIdx.x; pk < QF_PACKS; pk += QF_THREADS) {
+        const int j = pk * QF_EP / QF_D, d0 = pk * QF_EP % QF_D;
+        if (j < live && t0 + j < below) qf_cp_async_16(qf_smem_addr(stage + pk), pool + qf_pack_at(table, g, t0 + j, d0), 16u);
+    }
+}
+#endif
+
+// Dequantizes the K or V elements of keys t0 .. t0 + TK − 1 into `dst` ([TK][ld] DT elements)
+// (qf_pack_at: where a key's row lives). Keys at or past t0 + live are zero (never read from
+// memory); packs of keys below `staged_below` come from `staged` [PACKS] (qf_stage_tile's copy,
+// complete and visible: the caller waited and synchronised), the rest from the pool. Each thread
+// issues up to QF_INFLIGHT independent 16-byte loads (packs pk, pk + THREADS, …) before
+// converting any, so several loads per thread are in flight instead of one.
 template <class DT>
-QF_DEVICE void qf_load_tile(const CT_::T* __restrict__ pool, const int* __restrict__ table, int g, long long t0, int live,
-                            typename DT::T* dst, int ld, float scale) {
+QF_DEVICE void qf_load_tile(const CT_::T* pool, const int* __restrict__ table, int g, long long t0, int live,
+                            typename DT::T* dst, int ld, float scale, const uint4* staged, long long staged_below) {
     for (int base = threadIdx.x; base < QF_PACKS; base += QF_THREADS * QF_INFLIGHT) {
         uint4 w[QF_INFLIGHT];
 #pragma unroll
@@ -35,9 +58,7 @@ QF_DEVICE void qf_load_tile(const CT_::T* __restrict__ pool, const int* __restri
             w[u] = make_uint4(0u, 0u, 0u, 0u);  // all-zero bits: 0 in every cache format
             if (pk < QF_PACKS && j < live) {
                 const long long t = t0 + j;
-                const long long page = table[t / QF_PAGE];
-                const long long at = ((page * QF_KV + g) * QF_PAGE + t % QF_PAGE) * QF_D + d0;
-                w[u] = *reinterpret_cast<const uint4*>(pool + at);
+                w[u] = t < staged_below ? staged[pk] : *reinterpret_cast<const uint4*>(pool + qf_pack_at(table, g, t, d0));
             }
         }
 #pragma unroll
@@ -84,9 +105,7 @@ QF_DEVICE void qf_load_tile_nvfp4(const uint8_t* __restrict__ pool, const uint8_
             w[u] = make_uint4(0u, 0u, 0u, 0u);  // code 0 under scale 0: value 0
             sc[u] = 0;
             if (pk < QF_NV_PACKS && j < live) {
-                const long long t = t0 + j;
-                const long long page = table[t / QF_PAGE];
-                const long long at = ((page * QF_KV + g) * QF_PAGE + t % QF_PAGE) * QF_D + d0;  // element index
+                const long long at = qf_pack_at(table, g, t0 + j, d0);  // element index
                 w[u] = *reinterpret_cast<const uint4*>(pool + at / 2);
                 sc[u] = *reinterpret_cast<const uint16_t*>(scales + at / 16);
             }

@@ -217,8 +217,8 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
         qf_load_tile_nvfp4<QT_>(k_pool, ks_pool, table, g, first, live, Ks, QF_LD, k_scale);
         qf_load_tile_nvfp4<QT_>(v_pool, vs_pool, table, g, first, live, Vs, QF_LD, v_scale);
 #else
-        qf_load_tile<QT_>(k_pool, table, g, first, live, Ks, QF_LD, k_scale);
-        qf_load_tile<QT_>(v_pool, table, g, first, live, Vs, QF_LD, v_scale);
+        qf_load_tile<QT_>(k_pool, table, g, first, live, Ks, QF_LD, k_scale, nullptr, 0);
+        qf_load_tile<QT_>(v_pool, table, g, first, live, Vs, QF_LD, v_scale, nullptr, 0);
 #endif
         __syncthreads();
         // S = Q·Kᵀ: score tile j holds keys 8j .. 8j + 7; c[e] is row e < 2 ? r0 : r1, key 8j + 2·tq + e % 2.

@@ -23,6 +23,7 @@ mod ops;
 pub mod perturb;
 mod state;
 pub mod tensor;
+pub mod tensor_core;
 
 pub use ops::inverse_frequencies;
 pub use ops::{f32_sum_bound, softmax_relative_bound, CUDA_EXPF_ULP};
@@ -225,6 +226,22 @@ pub enum Accumulation {
         /// Slices of K.
         parts: u32,
     },
+    /// Float products summed as a tensor core sums them ([`tensor_core`]: the addends of each
+    /// group aligned to the largest and truncated to a fixed width), k in order, as the GPU's
+    /// MMA GEMMs and attention take them: another implementation for the end-to-end floor of
+    /// `qfuse check`, the one the GPU's own sums follow.
+    TensorCore(tensor_core::TensorCoreSums),
+}
+
+impl std::fmt::Display for Accumulation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Accumulation::F32 => write!(f, "f32 sums"),
+            Accumulation::F64 => write!(f, "f64 sums"),
+            Accumulation::F32SplitK { parts } => write!(f, "f32 sums with K in {parts} slices"),
+            Accumulation::TensorCore(sums) => write!(f, "f32 sums as a tensor core takes them ({sums})"),
+        }
+    }
 }
 
 /// The lowest and highest code, per element, that the GPU may write for `out`, the first result

@@ -21,13 +21,28 @@ pub fn minilm_dir() -> PathBuf {
 /// `qf_pdl_enter();` (`griddepcontrol.wait`, then `launch_dependents`; templates/common.cuh), after
 /// at most L2 prefetches of plan constants (`qf_prefetch_l2`, which bring nothing into the thread),
 /// so that nothing before it reads or writes memory: what launching it with programmatic stream
-/// serialization requires.
+/// serialization requires. The one exception is a region marked `// qfuse pre-wait begin` …
+/// `// qfuse pre-wait end` opening the body, for reads of what launches before the previous
+/// one wrote (paged_attention.cu "Staging"): it may hold no store, atomic or append.
 pub fn enters_pdl_first(text: &str) -> bool {
     let Some(entry) = text.find("extern \"C\" __global__") else { return false };
     let Some(open) = text[entry..].find(") {\n") else { return false };
-    // Only comments and L2 prefetches of constants (common.cuh `qf_prefetch_l2`) may come first.
-    let mut body = text[entry + open + 4..].lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("//"));
-    body.find(|l| !l.starts_with("qf_prefetch_l2(")).is_some_and(|l| l.starts_with("qf_pdl_enter();"))
+    let body = &text[entry + open + 4..];
+    // A declared pre-wait region (paged_attention.cu "Staging") may come first: reads and
+    // cp.async copies into shared memory, no store, atomic or append.
+    let body = match (body.trim_start().strip_prefix("// qfuse pre-wait begin"), body.find("// qfuse pre-wait end")) {
+        (Some(_), Some(end)) => {
+            let region = &body[..end];
+            if ["] =", "atomic", "qf_append", "store(", "__st"].iter().any(|w| region.contains(w)) {
+                return false;
+            }
+            &body[end..]
+        }
+        _ => body,
+    };
+    // Then only comments and L2 prefetches of constants (common.cuh `qf_prefetch_l2`).
+    let mut lines = body.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("//"));
+    lines.find(|l| !l.starts_with("qf_prefetch_l2(")).is_some_and(|l| l.starts_with("qf_pdl_enter();"))
 }
 
 /// Deterministic pseudo-random values in [-scale, scale).

@@ -178,7 +178,7 @@ pub fn report(eval: &EvalChunks, scored: &[Scored]) -> PerplexityReport {
         interpreter: eval::perplexity(reference),
         gpu: agreement("GPU", reference, gpu),
         floor: scored.get(2).map(|f| {
-            let name = format!("interpreter, {}, transcendentals within CUDA's ulp bounds", describe(FLOOR_ACCUMULATION));
+            let name = format!("interpreter, {FLOOR_ACCUMULATION}, transcendentals within CUDA's ulp bounds");
             agreement(&name, reference, f)
         }),
     }
@@ -194,14 +194,6 @@ fn agreement(name: &str, reference: &Scored, other: &Scored) -> Agreement {
         mean_kl: r.mean_kl,
         p99_kl: r.p99_kl,
         same_top: r.same_top,
-    }
-}
-
-fn describe(a: Accumulation) -> String {
-    match a {
-        Accumulation::F32 => "f32 sums".into(),
-        Accumulation::F64 => "f64 sums".into(),
-        Accumulation::F32SplitK { parts } => format!("f32 sums with K in {parts} slices"),
     }
 }
 

@@ -367,8 +367,9 @@ impl PagedAttentionSpec {
         qt
     }
 
-    /// Dynamic shared memory (f32 words): Q `[ROWS][D+1]`, K `[TK][D+1]`, V `[TK][D]`, P `[ROWS][TK]`,
-    /// and three row statistics (TK: [`Self::tile_keys`]).
+    /// Dynamic shared memory: the staged first tile (every cache but NVFP4: its K and V rows
+    /// raw, `2·TK·D` cache elements), then f32 words: Q `[ROWS][D+1]`, K `[TK][D+1]`, V `[TK][D]`,
+    /// P `[ROWS][TK]`, and three row statistics (TK: [`Self::tile_keys`]).
     pub fn smem_bytes(&self) -> u32 {
         self.smem_for(self.q_tokens())
     }
@@ -376,7 +377,8 @@ impl PagedAttentionSpec {
     fn smem_for(&self, q_tokens: u32) -> u32 {
         let rows = q_tokens * self.group();
         let (d, tk) = (self.head_dim, self.tile_keys());
-        4 * (rows * (d + 1) + tk * (d + 1) + tk * d + rows * tk + 3 * rows)
+        let stage = if self.cache.block_scaled() { 0 } else { 2 * tk * d * self.cache.storage().bits() / 8 };
+        stage + 4 * (rows * (d + 1) + tk * (d + 1) + tk * d + rows * tk + 3 * rows)
     }
 
     /// Checks what the template relies on; the message names the constraint.

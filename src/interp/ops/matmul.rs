@@ -13,6 +13,7 @@
 
 use super::{f32s, finish, row_offset, OutType};
 use crate::interp::tensor::{strides, Tensor};
+use crate::interp::tensor_core::TensorCoreSums;
 use crate::interp::Accumulation;
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -31,6 +32,10 @@ struct Dims {
 pub(super) fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, out: &OutType, acc: Accumulation) -> Result<Tensor, String> {
     if acc == Accumulation::F64 {
         return matmul_f64(a, b, ta, tb, out);
+    }
+    if let Accumulation::TensorCore(sums) = acc {
+        let dst = product_tensor_core(f32s(a)?, &a.shape, f32s(b)?, &b.shape, ta, tb, &out.shape, sums)?;
+        return Ok(finish(out, dst));
     }
     let k_axis = |t: &Tensor, last: bool| if last { t.shape.len().wrapping_sub(1) } else { t.shape.len().wrapping_sub(2) };
     let (ka, kb) = (k_axis(a, !ta), k_axis(b, tb));
@@ -84,8 +89,9 @@ trait Elem: Copy + Send + Sync + From<f32> + 'static {}
 impl Elem for f32 {}
 impl Elem for f64 {}
 
-/// The product of `x` (shape `sa`) and `y` (shape `sb`), checked against `want`.
-fn product<T: Elem>(x: &[T], sa: &[usize], y: &[T], sb: &[usize], ta: bool, tb: bool, want: &[usize]) -> Result<Vec<T>, String> {
+/// The sizes of the product of operands of shapes `sa` and `sb` and its broadcast batch
+/// extents, checked against the declared result shape `want`.
+fn layout(sa: &[usize], sb: &[usize], ta: bool, tb: bool, want: &[usize]) -> Result<(Dims, Vec<usize>), String> {
     let (ra, rb) = (sa.len(), sb.len());
     if ra < 2 || rb < 2 {
         return Err(format!("operands need rank ≥ 2, got {sa:?} and {sb:?}"));
@@ -95,14 +101,19 @@ fn product<T: Elem>(x: &[T], sa: &[usize], y: &[T], sb: &[usize], ta: bool, tb: 
     if k != k2 {
         return Err(format!("contraction extents differ: {sa:?} vs {sb:?}"));
     }
-    let (abatch, bbatch) = (&sa[..ra - 2], &sb[..rb - 2]);
-    let batch = broadcast_dims(abatch, bbatch)?;
+    let batch = broadcast_dims(&sa[..ra - 2], &sb[..rb - 2])?;
     let shape: Vec<usize> = batch.iter().copied().chain([m, n]).collect();
     if shape != want {
         return Err(format!("result shape {shape:?} differs from the declared {want:?}"));
     }
-    let mut dst = vec![T::from(0.0); shape.iter().product()];
-    let d = Dims { m, n, k, ta, tb };
+    Ok((Dims { m, n, k, ta, tb }, batch))
+}
+
+/// The product of `x` (shape `sa`) and `y` (shape `sb`), checked against `want`.
+fn product<T: Elem>(x: &[T], sa: &[usize], y: &[T], sb: &[usize], ta: bool, tb: bool, want: &[usize]) -> Result<Vec<T>, String> {
+    let (d, batch) = layout(sa, sb, ta, tb, want)?;
+    let (Dims { m, n, k, .. }, abatch, bbatch) = (d, &sa[..sa.len() - 2], &sb[..sb.len() - 2]);
+    let mut dst = vec![T::from(0.0); batch.iter().product::<usize>() * m * n];
     if !dst.is_empty() && k > 0 {
         if bbatch.iter().product::<usize>() == 1 && !ta {
             let rows = x.len() / k;
@@ -111,6 +122,38 @@ fn product<T: Elem>(x: &[T], sa: &[usize], y: &[T], sb: &[usize], ta: bool, tb: 
             batched(&mut dst, (x, abatch), (y, bbatch), &batch, d);
         }
     }
+    Ok(dst)
+}
+
+/// The product of `x` (shape `sa`) and `y` (shape `sb`) summed as the tensor-core model `sums`
+/// says (k in order, from 0), checked against `want`; rows in parallel.
+#[allow(clippy::too_many_arguments)]
+fn product_tensor_core(
+    x: &[f32],
+    sa: &[usize],
+    y: &[f32],
+    sb: &[usize],
+    ta: bool,
+    tb: bool,
+    want: &[usize],
+    sums: TensorCoreSums,
+) -> Result<Vec<f32>, String> {
+    let (d, batch) = layout(sa, sb, ta, tb, want)?;
+    let Dims { m, n, k, .. } = d;
+    let ast = batch_strides(&sa[..sa.len() - 2], batch.len(), m * k);
+    let bst = batch_strides(&sb[..sb.len() - 2], batch.len(), k * n);
+    let mut dst = vec![0f32; batch.iter().product::<usize>() * m * n];
+    if n == 0 {
+        return Ok(dst);
+    }
+    dst.par_chunks_mut(n).enumerate().for_each(|(row, out)| {
+        let (i, r) = (row / m, row % m);
+        let (ao, bo) = (row_offset(i, &batch, &ast), row_offset(i, &batch, &bst));
+        let a_at = |kk: usize| x[ao + if ta { kk * m + r } else { r * k + kk }];
+        for (c, o) in out.iter_mut().enumerate() {
+            *o = sums.dot(0.0, k, |kk| (a_at(kk), y[bo + if tb { c * k + kk } else { kk * n + c }]));
+        }
+    });
     Ok(dst)
 }
 

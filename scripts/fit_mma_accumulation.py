@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Finds the accumulation model that reproduces a tensor-core probe bit for bit.
+
+Reads the records of `scripts/probe_mma_accumulation.py` (GPU machine) and tries, on the CPU, every
+model of a family parametrised as the literature on tensor-core numerics describes them:
+
+  products a_k·b_k exact; K split into consecutive groups of `group` products; per group the
+  running accumulator (C at first) and the group's products are aligned to the largest exponent
+  among them, each truncated to `bits` bits below that exponent's leading bit (toward zero, `rz`,
+  or toward −∞, `rd`), summed exactly, and the sum rounded to f32 (`rz` or `rn`) as the next
+  accumulator.
+
+Prints, per probe, each model's share of outputs reproduced exactly, best first.
+
+Usage: python3 scripts/fit_mma_accumulation.py DIR [--sample N]
+"""
+import argparse
+import itertools
+import os
+
+import numpy as np
+
+SCALE = 240  # every value is held as an integer multiple of 2^-SCALE
+
+
+def f16_ints(bits):
+    b = bits.astype(np.int64)
+    s = np.where(b >> 15, -1, 1)
+    e = (b >> 10) & 0x1F
+    m = b & 0x3FF
+    sig = np.where(e == 0, m, m | 0x400)
+    exp = np.where(e == 0, -24, e - 25)  # value = sig · 2^exp
+    return s, sig, exp
+
+
+def e4m3_ints(codes):
+    c = codes.astype(np.int64)
+    s = np.where(c & 0x80, -1, 1)
+    e = (c >> 3) & 0xF
+    m = c & 7
+    sig = np.where(e == 0, m, m | 8)
+    exp = np.where(e == 0, -9, e - 10)
+    return s, sig, exp
+
+
+def f32_int(x):
+    """f32 value as an integer multiple of 2^-SCALE (exact)."""
+    m, e = np.frexp(np.float64(x))
+    return int(m * (1 << 53)) << (SCALE + int(e) - 53) if x != 0 else 0
+
+
+def products(rec, e4m3):
+    conv = e4m3_ints if e4m3 else f16_ints
+    sa, ma, ea = conv(rec["a"])
+    sb, mb, eb = conv(rec["b"])
+    sig = sa * sb * ma * mb
+    exp = ea + eb + SCALE
+    return [[int(s) << int(x) for s, x in zip(srow, xrow)] for srow, xrow in zip(sig, exp)]
+
+
+def lead(x):
+    """floor(log2 |x|) of an integer (x ≠ 0)."""
+    return abs(x).bit_length() - 1
+
+
+def truncate(x, unit_log2, mode):
+    if unit_log2 <= 0:
+        return x
+    unit = 1 << unit_log2
+    if mode == "rd":
+        return (x >> unit_log2) << unit_log2
+    q = abs(x) // unit * unit
+    return q if x >= 0 else -q
+
+
+def round_f32(x, mode):
+    """x (an integer multiple of 2^-SCALE) rounded to f32 (normal range), as an integer again."""
+    if x == 0:
+        return 0
+    shift = lead(x) - 23
+    if shift <= 0:
+        return x
+    a = abs(x)
+    q, r = divmod(a, 1 << shift)
+    if mode == "rn":
+        half = 1 << (shift - 1)
+        if r > half or (r == half and q & 1):
+            q += 1
+    elif mode == "ru":
+        q += x > 0 and r > 0
+    elif mode == "rd":
+        q += x < 0 and r > 0
+    v = q << shift
+    return v if x >= 0 else -v
+
+
+def model(terms, c, group, bits, align, final):
+    acc = c
+    for g0 in range(0, len(terms), group):
+        addends = [acc] + terms[g0 : g0 + group]
+        nz = [lead(t) for t in addends if t != 0]
+        if not nz:
+            acc = 0
+            continue
+        unit = max(nz) - bits
+        acc = round_f32(sum(truncate(t, unit, align) for t in addends), final)
+    return acc
+
+
+def fit(path, sample, rng):
+    rec = dict(np.load(path))
+    e4m3 = os.path.basename(path).startswith("wgmma8")
+    n = rec["d"].size
+    idx = rng.choice(n, size=min(sample, n), replace=False)
+    sub = {k: v[idx] for k, v in rec.items()}
+    terms = products(sub, e4m3)
+    cs = [f32_int(x) for x in sub["c"]]
+    ds = [f32_int(x) for x in sub["d"]]
+    k = len(terms[0])
+    groups = [g for g in (2, 4, 8, 16, 32) if g <= k]
+    results = []
+    for group, bits, align, final in itertools.product(groups, range(22, 30), ("rz", "rd"), ("rz", "rn", "rd")):
+        hits = sum(model(t, c, group, bits, align, final) == d for t, c, d in zip(terms, cs, ds))
+        results.append((hits / len(ds), group, bits, align, final))
+    results.sort(reverse=True)
+    print(f"{os.path.basename(path)}: {len(ds)} of {n} outputs, K = {k}")
+    for share, group, bits, align, final in results[:8]:
+        print(f"  {share:8.4%}  group {group:2}  bits {bits}  align {align}  final {final}")
+    return results[0]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("dir")
+    parser.add_argument("--sample", type=int, default=4000)
+    args = parser.parse_args()
+    rng = np.random.default_rng(1)
+    for name in ("mma16.npz", "wgmma16.npz", "wgmma8.npz"):
+        path = os.path.join(args.dir, name)
+        if os.path.exists(path):
+            fit(path, args.sample, rng)
+
+
+if __name__ == "__main__":
+    main()

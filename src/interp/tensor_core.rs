@@ -1,0 +1,203 @@
+//! How a tensor core sums: a model of the f32 accumulation inside one MMA instruction, which
+//! is not IEEE arithmetic (the addends are aligned to the largest of them and lose the bits past
+//! a fixed width before they are added), for [`super::Accumulation::TensorCore`].
+//!
+//! The model (the family the literature on tensor-core numerics describes; its parameters for
+//! the H100 were fitted to the hardware's own results, bit for bit, by
+//! `scripts/probe_mma_accumulation.py` on the GPU and `scripts/fit_mma_accumulation.py` here):
+//!
+//! ```text
+//! acc ← C
+//! for each group of `group` consecutive k (in k order):
+//!     addends ← acc, a[k]·b[k] for k in the group        (products exact)
+//!     e ← the largest ⌊log2 |x|⌋ over the nonzero addends
+//!     each addend truncated to a multiple of 2^(e − bits)  (`align`: toward zero or toward −∞)
+//!     acc ← round_f32(exact sum of the truncated addends)  (`normalize`)
+//! ```
+//!
+//! Everything is exact in f64: products of f32 values have at most 48 significant bits, and a
+//! group's truncated addends are integer multiples of 2^(e − bits) below 2^(bits + 1), so their
+//! sum (at most 33 of them) stays below 2^(bits + 7) ≤ 2^53.
+
+/// A rounding direction of the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rounding {
+    /// Toward zero (truncation of the magnitude).
+    TowardZero,
+    /// Toward −∞ (truncation of a two's-complement significand).
+    Down,
+    /// To nearest, ties to even.
+    NearestEven,
+}
+
+/// The parameters of one tensor-core instruction family's sums (module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TensorCoreSums {
+    /// Products summed together with the running accumulator in one step.
+    pub group: u32,
+    /// Bits kept below the leading bit of a step's largest addend.
+    pub bits: u32,
+    /// How an addend loses its bits past those.
+    pub align: Rounding,
+    /// How a step's exact sum becomes the f32 accumulator.
+    pub normalize: Rounding,
+}
+
+impl TensorCoreSums {
+    /// `c + Σ_k a[k]·b[k]` summed as the model says, `a` and `b` read through `at(k)` for
+    /// k = 0..len. Non-finite operands or sums fall back to IEEE f32 sums in k order (the model
+    /// says nothing about them; they are rare and propagate alike).
+    pub fn dot(&self, c: f32, len: usize, at: impl Fn(usize) -> (f32, f32)) -> f32 {
+        let group = self.group.max(1) as usize;
+        let mut acc = c;
+        let mut addends = Vec::with_capacity(group + 1);
+        let mut k0 = 0;
+        while k0 < len {
+            addends.clear();
+            addends.push(f64::from(acc));
+            for k in k0..(k0 + group).min(len) {
+                let (a, b) = at(k);
+                addends.push(f64::from(a) * f64::from(b));
+            }
+            if !addends.iter().all(|x| x.is_finite()) {
+                return (k0..len).fold(acc, |s, k| {
+                    let (a, b) = at(k);
+                    s + a * b
+                });
+            }
+            acc = self.step(&addends);
+            k0 += group;
+        }
+        acc
+    }
+
+    /// One step: the exact sum of `addends` after alignment, rounded to f32.
+    fn step(&self, addends: &[f64]) -> f32 {
+        let Some(lead) = addends.iter().filter(|x| **x != 0.0).map(|&x| exponent(x)).max() else { return 0.0 };
+        let unit = (lead - self.bits as i32) as f64;
+        let scale = unit.exp2();
+        let sum: f64 = addends.iter().map(|&x| truncate(x / scale, self.align) * scale).sum();
+        round_f32(sum, self.normalize)
+    }
+}
+
+impl std::fmt::Display for TensorCoreSums {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "groups of {}, {} bits below the largest addend, addends {}, sums {}", self.group, self.bits, self.align, self.normalize)
+    }
+}
+
+impl std::fmt::Display for Rounding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Rounding::TowardZero => "toward zero",
+            Rounding::Down => "toward −∞",
+            Rounding::NearestEven => "to nearest even",
+        })
+    }
+}
+
+/// ⌊log2 |x|⌋ of a finite nonzero f64.
+fn exponent(x: f64) -> i32 {
+    let biased = ((x.to_bits() >> 52) & 0x7ff) as i32;
+    if biased == 0 {
+        // Subnormal f64 (never reached by f32 products): scale up first.
+        return exponent(x * 2f64.powi(64)) - 64;
+    }
+    biased - 1023
+}
+
+/// `x` (a multiple of 2^-52 or coarser relative to its unit) to an integer, rounded as `mode`.
+fn truncate(x: f64, mode: Rounding) -> f64 {
+    match mode {
+        Rounding::TowardZero => x.trunc(),
+        Rounding::Down => x.floor(),
+        Rounding::NearestEven => x.round_ties_even(),
+    }
+}
+
+/// The f64 `x` rounded to f32 as `mode` says.
+pub fn round_f32(x: f64, mode: Rounding) -> f32 {
+    let nearest = x as f32;
+    let back = f64::from(nearest);
+    if back == x || !nearest.is_finite() || mode == Rounding::NearestEven {
+        return nearest;
+    }
+    let toward_zero = |r: f32| if f64::from(r).abs() > x.abs() { next_toward_zero(r) } else { r };
+    match mode {
+        Rounding::TowardZero => toward_zero(nearest),
+        Rounding::Down if back > x => next_down(nearest),
+        Rounding::Down | Rounding::NearestEven => nearest,
+    }
+}
+
+/// The f32 next to `r` in the direction of zero (`r` finite and nonzero).
+fn next_toward_zero(r: f32) -> f32 {
+    f32::from_bits(r.to_bits() - 1)
+}
+
+/// The f32 next to `r` toward −∞ (`r` finite).
+fn next_down(r: f32) -> f32 {
+    if r == 0.0 {
+        -f32::from_bits(1)
+    } else if r > 0.0 {
+        f32::from_bits(r.to_bits() - 1)
+    } else {
+        f32::from_bits(r.to_bits() + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RZ: TensorCoreSums = TensorCoreSums { group: 8, bits: 24, align: Rounding::TowardZero, normalize: Rounding::TowardZero };
+
+    #[test]
+    fn small_addends_lose_their_bits_below_the_largest() {
+        // 1 + 8 · 2^-26: each 2^-26 lies below 2^(0 − 24) and truncates to 0 in one step; IEEE f32
+        // sums in one order would lose them too, but an exact sum keeps 2^-23.
+        let tiny = 2f32.powi(-13);
+        let r = RZ.dot(1.0, 8, |_| (tiny, tiny));
+        assert_eq!(r, 1.0);
+        let wide = TensorCoreSums { bits: 27, ..RZ };
+        assert_eq!(wide.dot(1.0, 8, |_| (tiny, tiny)), 1.0 + 2f32.powi(-23));
+    }
+
+    #[test]
+    fn the_group_sets_where_the_running_sum_is_rounded() {
+        // 16 products of 2^-24 onto 1: in groups of 16 the exact 2^-20 survives; in groups of 1
+        // each step rounds toward zero back to 1.
+        let p = 2f32.powi(-12);
+        let g16 = TensorCoreSums { group: 16, bits: 26, ..RZ };
+        assert_eq!(g16.dot(1.0, 16, |_| (p, p)), 1.0 + 2f32.powi(-20));
+        let g1 = TensorCoreSums { group: 1, ..g16 };
+        assert_eq!(g1.dot(1.0, 16, |_| (p, p)), 1.0);
+    }
+
+    #[test]
+    fn truncation_toward_minus_infinity_moves_negative_addends_down() {
+        let m = TensorCoreSums { group: 1, bits: 1, align: Rounding::Down, normalize: Rounding::NearestEven };
+        // Addends 1 and −0.75 (lead 0, unit 2^-1): −0.75 floors to −1, the sum is 0.
+        assert_eq!(m.dot(1.0, 1, |_| (-0.75, 1.0)), 0.0);
+        let z = TensorCoreSums { align: Rounding::TowardZero, ..m };
+        assert_eq!(z.dot(1.0, 1, |_| (-0.75, 1.0)), 0.5);
+    }
+
+    #[test]
+    fn rounding_to_f32_in_each_direction() {
+        let x = 1.0 + 2f64.powi(-24) * 1.5; // between 1 and 1 + 2^-23, nearer the latter
+        assert_eq!(round_f32(x, Rounding::NearestEven), 1.0 + 2f32.powi(-23));
+        assert_eq!(round_f32(x, Rounding::TowardZero), 1.0);
+        assert_eq!(round_f32(-x, Rounding::TowardZero), -1.0);
+        assert_eq!(round_f32(-x, Rounding::Down), -1.0 - 2f32.powi(-23));
+        assert_eq!(round_f32(x, Rounding::Down), 1.0);
+    }
+
+    #[test]
+    fn exact_sums_are_kept_and_non_finite_ones_fall_back() {
+        assert_eq!(RZ.dot(0.5, 4, |k| (k as f32, 2.0)), 12.5);
+        assert!(RZ.dot(0.0, 2, |_| (f32::INFINITY, 1.0)).is_infinite());
+        assert_eq!(RZ.dot(3.0, 0, |_| (1.0, 1.0)), 3.0);
+    }
+}

@@ -19,9 +19,11 @@
 #              plans of PROFILE), beside the device's copy bandwidth measured in the same run
 #     peers    HF transformers on a SmolLM2-shaped model (eager and torch.compile
 #              reduce-overhead, static cache), same GPU, same call
-#     ncu      Nsight Compute's full section set of the decode kernels matching NCU_KERNEL
-#              (regex, default paged_attention) in a batch-1 `qfuse bench` of NCU_PLAN (fp16): one
-#              launch, --clock-control none (the machine's clocks stay as they are)
+#     ncu      Nsight Compute on the decode kernels matching NCU_KERNEL (regex, default
+#              paged_attention) in a batch-1 `qfuse bench` of NCU_PLAN (fp16), --clock-control
+#              none (the machine's clocks stay as they are): NCU_COUNT (1) launches after
+#              NCU_SKIP (40) matching ones; the full section set, or only NCU_METRICS (a
+#              comma-separated list) when given
 #   PLANS  (default: every recipe of issue 13) names from the table below, plus fp16+prologue and
 #          fp8+prologue (opt-in fuse-norm-prologue: the skinny GEMMs compute the RMSNorms at decode;
 #          correct on an H100 but slower, docs/decoders.md) and fp8+fp8kv-noattnout (fp8 + FP8 KV
@@ -109,8 +111,12 @@ for step in $steps; do
         p=${NCU_PLAN:-fp16}
         [[ -f $(plan_of "$p") ]] || { echo "-- ncu: no plan $p"; continue; }
         echo "== ncu: ${NCU_KERNEL:-paged_attention} in the batch-1 decode of $p"
-        timeout 300 ncu --clock-control none -k "regex:${NCU_KERNEL:-paged_attention}" --launch-skip 40 --launch-count 1 \
-            --set full "$q" bench "$(plan_of "$p")" --prompt-len 128 --gen 8 --batch 1 >"$out/ncu-${p//+/_}.log" 2>&1
+        what=(--set full)
+        [[ -n ${NCU_METRICS:-} ]] && what=(--metrics "$NCU_METRICS")
+        timeout 300 ncu --clock-control none -k "regex:${NCU_KERNEL:-paged_attention}" --launch-skip "${NCU_SKIP:-40}" \
+            --launch-count "${NCU_COUNT:-1}" "${what[@]}" "$q" bench "$(plan_of "$p")" --prompt-len 128 --gen 8 --batch 1 \
+            >"$out/ncu-${p//+/_}.log" 2>&1
+        [[ -n ${NCU_METRICS:-} ]] && grep -vE "^==PROF==|^\s*$" "$out/ncu-${p//+/_}.log" | grep -vE "^(smol|  prefill|  decode|   )" | tail -60
         grep -E "Duration|Elapsed Cycles|Registers Per|Achieved Occupancy|Stall|stall|Warp Cycles Per Issued|Issued Ipc|Memory Throughput|One or More|Grid Size|Block Size|Dynamic Shared" \
             "$out/ncu-${p//+/_}.log" | head -60
         ;;

@@ -162,13 +162,17 @@ pub struct FloorVariant {
 /// interpreter summing in f64 (another summation order); summing in f64 with its transcendental
 /// functions moved within CUDA's documented ulp bounds and attention's softmax denominator summed
 /// in f32 ([`interp::RunOptions::perturbation`]), three draws ([`FLOOR_SEED`] and the next two
-/// seeds); and summing in f32 in other orders, K in two, three and four slices
-/// ([`interp::Accumulation::F32SplitK`]). A GPU differs from the interpreter in both ways: its f32
-/// sums run in its own order, its `expf`/`erfcf`/`tanhf` round within those bounds of the exact
-/// value, and where a plan re-quantizes (FP8, INT8, FP4 activations) a last-bit difference can
-/// flip a code and the flip propagates. Which codes flip is a matter of chance, so the floor
-/// (the least agreeing pair) samples several draws of each kind: with one draw per kind, the
-/// FP4 plans' floor was an optimistic sample of the spread.
+/// seeds); summing in f32 in other orders, K in two, three and four slices
+/// ([`interp::Accumulation::F32SplitK`]); and summing as the H100's f16 tensor cores do
+/// ([`interp::tensor_core::H100_F16`], measured on the hardware: each instruction's 16 products
+/// and its accumulator aligned to the largest and truncated to 25 bits, the sum truncated to f32),
+/// with its transcendentals moved as in the first draw. A GPU differs from the interpreter in all
+/// these ways: its f32 sums run in its own order and, on tensor cores, with that truncation, its
+/// `expf`/`erfcf`/`tanhf` round within those bounds of the exact value, and where a plan
+/// re-quantizes (FP8, INT8, FP4 activations) a last-bit difference can flip a code and the flip
+/// propagates. Which codes flip is a matter of chance, so the floor (the least agreeing pair)
+/// samples several draws of each kind: with one draw per kind, the FP4 plans' floor was an
+/// optimistic sample of the spread.
 pub fn floor_variants() -> Vec<(String, interp::RunOptions)> {
     let f64_sums = interp::RunOptions { accumulation: interp::Accumulation::F64, ..Default::default() };
     let perturbed = |draw: u64| {
@@ -179,9 +183,14 @@ pub fn floor_variants() -> Vec<(String, interp::RunOptions)> {
         let opts = interp::RunOptions { accumulation: interp::Accumulation::F32SplitK { parts }, ..Default::default() };
         (format!("f32 sums, K in {parts} slices"), opts)
     };
+    let tensor_core = interp::Accumulation::TensorCore(interp::tensor_core::H100_F16);
     let mut variants = vec![("f64 sums".to_string(), f64_sums.clone())];
     variants.extend((0..3).map(perturbed));
     variants.extend([2, 3, 4].map(split));
+    variants.push((
+        format!("{tensor_core}, transcendentals within CUDA's ulp bounds (draw 1)"),
+        interp::RunOptions { accumulation: tensor_core, perturbation: Some(interp::Perturbation { seed: FLOOR_SEED }), ..Default::default() },
+    ));
     variants
 }
 

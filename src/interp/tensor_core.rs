@@ -3,17 +3,24 @@
 //! a fixed width before they are added), for [`super::Accumulation::TensorCore`].
 //!
 //! The model (the family the literature on tensor-core numerics describes; its parameters for
-//! the H100 were fitted to the hardware's own results, bit for bit, by
-//! `scripts/probe_mma_accumulation.py` on the GPU and `scripts/fit_mma_accumulation.py` here):
+//! the H100 were fitted to the hardware's own results by `scripts/probe_mma_accumulation.py` on
+//! the GPU and `scripts/fit_mma_accumulation.py` here):
 //!
 //! ```text
 //! acc ← C
 //! for each group of `group` consecutive k (in k order):
 //!     addends ← acc, a[k]·b[k] for k in the group        (products exact)
-//!     e ← the largest ⌊log2 |x|⌋ over the nonzero addends
+//!     e ← the largest exponent among the nonzero addends, a product's taken as e(a) + e(b), its
+//!         operands' exponents (as the hardware aligns it, before the product is normalised:
+//!         a product of significands in [2, 4) counts one below its own exponent), the
+//!         accumulator's its own; e(x) = max(⌊log2 |x|⌋, `min_exponent`)
 //!     each addend truncated to a multiple of 2^(e − bits)  (`align`: toward zero or toward −∞)
 //!     acc ← round_f32(exact sum of the truncated addends)  (`normalize`)
 //! ```
+//!
+//! [`H100_F16`] reproduces every one of 262,144 probed f16 `mma.sync.m16n8k16` and
+//! `wgmma.m64n8k16` results bit for bit. The FP8 `wgmma` (k32) keeps only about 13 bits in the
+//! same scheme; this family reproduces about 82 % of its results, so FP8 has no model here.
 //!
 //! Everything is exact in f64: products of f32 values have at most 48 significant bits, and a
 //! group's truncated addends are integer multiples of 2^(e − bits) below 2^(bits + 1), so their
@@ -41,7 +48,17 @@ pub struct TensorCoreSums {
     pub align: Rounding,
     /// How a step's exact sum becomes the f32 accumulator.
     pub normalize: Rounding,
+    /// The least exponent an operand counts with (its format's least normal exponent:
+    /// subnormal operands align as if they had it).
+    pub min_exponent: i32,
 }
+
+/// The H100's f16 tensor cores (f32 accumulators): `mma.sync.aligned.m16n8k16…f32.f16.f16.f32`
+/// (attention.cu, paged_prefill.cu) and `wgmma…m64nNk16.f32.f16.f16` (gemm.cu): the 16 products
+/// of an instruction and the accumulator in one step, 25 bits below the largest, truncated,
+/// the sum truncated to f32.
+pub const H100_F16: TensorCoreSums =
+    TensorCoreSums { group: 16, bits: 25, align: Rounding::TowardZero, normalize: Rounding::TowardZero, min_exponent: -14 };
 
 impl TensorCoreSums {
     /// `c + Σ_k a[k]·b[k]` summed as the model says, `a` and `b` read through `at(k)` for
@@ -50,16 +67,20 @@ impl TensorCoreSums {
     pub fn dot(&self, c: f32, len: usize, at: impl Fn(usize) -> (f32, f32)) -> f32 {
         let group = self.group.max(1) as usize;
         let mut acc = c;
-        let mut addends = Vec::with_capacity(group + 1);
+        // (value, alignment exponent; None for zero)
+        let mut addends: Vec<(f64, Option<i32>)> = Vec::with_capacity(group + 1);
         let mut k0 = 0;
         while k0 < len {
             addends.clear();
-            addends.push(f64::from(acc));
+            let acc64 = f64::from(acc);
+            addends.push((acc64, (acc64 != 0.0).then(|| exponent(acc64))));
             for k in k0..(k0 + group).min(len) {
                 let (a, b) = at(k);
-                addends.push(f64::from(a) * f64::from(b));
+                let p = f64::from(a) * f64::from(b);
+                let e = (p != 0.0).then(|| self.operand_exponent(a) + self.operand_exponent(b));
+                addends.push((p, e));
             }
-            if !addends.iter().all(|x| x.is_finite()) {
+            if !addends.iter().all(|(x, _)| x.is_finite()) {
                 return (k0..len).fold(acc, |s, k| {
                     let (a, b) = at(k);
                     s + a * b
@@ -71,13 +92,18 @@ impl TensorCoreSums {
         acc
     }
 
-    /// One step: the exact sum of `addends` after alignment, rounded to f32.
-    fn step(&self, addends: &[f64]) -> f32 {
-        let Some(lead) = addends.iter().filter(|x| **x != 0.0).map(|&x| exponent(x)).max() else { return 0.0 };
-        let unit = (lead - self.bits as i32) as f64;
-        let scale = unit.exp2();
-        let sum: f64 = addends.iter().map(|&x| truncate(x / scale, self.align) * scale).sum();
+    /// One step: the exact sum of `addends` (values with their alignment exponents) after
+    /// alignment, rounded to f32.
+    fn step(&self, addends: &[(f64, Option<i32>)]) -> f32 {
+        let Some(lead) = addends.iter().filter_map(|(_, e)| *e).max() else { return 0.0 };
+        let scale = f64::from(lead - self.bits as i32).exp2();
+        let sum: f64 = addends.iter().map(|&(x, _)| truncate(x / scale, self.align) * scale).sum();
         round_f32(sum, self.normalize)
+    }
+
+    /// The exponent an operand aligns with: ⌊log2 |x|⌋, at least `min_exponent`.
+    fn operand_exponent(&self, x: f32) -> i32 {
+        exponent(f64::from(x)).max(self.min_exponent)
     }
 }
 
@@ -151,7 +177,8 @@ fn next_down(r: f32) -> f32 {
 mod tests {
     use super::*;
 
-    const RZ: TensorCoreSums = TensorCoreSums { group: 8, bits: 24, align: Rounding::TowardZero, normalize: Rounding::TowardZero };
+    const RZ: TensorCoreSums =
+        TensorCoreSums { group: 8, bits: 24, align: Rounding::TowardZero, normalize: Rounding::TowardZero, min_exponent: -126 };
 
     #[test]
     fn small_addends_lose_their_bits_below_the_largest() {
@@ -177,11 +204,51 @@ mod tests {
 
     #[test]
     fn truncation_toward_minus_infinity_moves_negative_addends_down() {
-        let m = TensorCoreSums { group: 1, bits: 1, align: Rounding::Down, normalize: Rounding::NearestEven };
+        let m = TensorCoreSums { group: 1, bits: 1, align: Rounding::Down, normalize: Rounding::NearestEven, min_exponent: -126 };
         // Addends 1 and −0.75 (lead 0, unit 2^-1): −0.75 floors to −1, the sum is 0.
         assert_eq!(m.dot(1.0, 1, |_| (-0.75, 1.0)), 0.0);
         let z = TensorCoreSums { align: Rounding::TowardZero, ..m };
         assert_eq!(z.dot(1.0, 1, |_| (-0.75, 1.0)), 0.5);
+    }
+
+    #[test]
+    fn a_product_aligns_at_its_operands_exponents() {
+        // 1.5 · 1.5 = 2.25 aligns at exponent 0 (not 1): with 2 bits the unit is 2^-2, so
+        // 2.25 and 0.25 survive whole; aligned at 2.25's own exponent 1 the unit would be 2^-1
+        // and both would lose their quarter.
+        let m = TensorCoreSums { group: 2, bits: 2, align: Rounding::TowardZero, normalize: Rounding::NearestEven, min_exponent: -14 };
+        let ops = [(1.5f32, 1.5f32), (0.5, 0.5)];
+        assert_eq!(m.dot(0.0, 2, |k| ops[k]), 2.5);
+        // An f16 subnormal operand aligns at −14, its product at −14 + 0.
+        let tiny = 2f32.powi(-20);
+        assert_eq!(m.dot(0.0, 1, |_| (tiny, 1.0)), 0.0, "2^-20 lies below 2^(-14 - 2)");
+    }
+
+    /// 1,200 results of the H100's f16 tensor cores (600 of `mma.sync.m16n8k16`, 600 of
+    /// `wgmma.m64n8k16`, from `scripts/probe_mma_accumulation.py`): per record 16 `a` and 16
+    /// `b` f16 bit patterns, then C and D as f32, little-endian, after a u32 count.
+    const H100_F16_PROBE: &[u8] = include_bytes!("../../tests/data/h100_f16_mma.bin");
+
+    #[test]
+    fn the_h100_model_reproduces_the_probed_tensor_cores_bit_for_bit() {
+        let (count, mut rest) = H100_F16_PROBE.split_at(4);
+        let count = u32::from_le_bytes(count.try_into().unwrap()) as usize;
+        assert_eq!(rest.len(), count * 72);
+        let (mut exact, mut ieee) = (0, 0);
+        for _ in 0..count {
+            let (rec, next) = rest.split_at(72);
+            rest = next;
+            let f16_at = |i: usize| half::f16::from_le_bytes([rec[2 * i], rec[2 * i + 1]]).to_f32();
+            let f32_at = |at: usize| f32::from_le_bytes(rec[at..at + 4].try_into().unwrap());
+            let (c, d) = (f32_at(64), f32_at(68));
+            let model = H100_F16.dot(c, 16, |k| (f16_at(k), f16_at(16 + k)));
+            exact += usize::from(model.to_bits() == d.to_bits());
+            // IEEE f32 fused sums in k order (what a CUDA-core loop of fmaf computes) for contrast.
+            let fma = (0..16).fold(c, |s, k| f16_at(k).mul_add(f16_at(16 + k), s));
+            ieee += usize::from(fma.to_bits() == d.to_bits());
+        }
+        assert_eq!(exact, count, "every probed result, bit for bit");
+        assert!(ieee < count * 3 / 4, "IEEE sums differ from the tensor cores in many results ({ieee} of {count} equal)");
     }
 
     #[test]

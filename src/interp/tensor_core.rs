@@ -247,8 +247,9 @@ mod tests {
             let fma = (0..16).fold(c, |s, k| f16_at(k).mul_add(f16_at(16 + k), s));
             ieee += usize::from(fma.to_bits() == d.to_bits());
         }
+        println!("{exact} of {count} probed results reproduced; IEEE fused sums in k order give {ieee}");
         assert_eq!(exact, count, "every probed result, bit for bit");
-        assert!(ieee < count * 3 / 4, "IEEE sums differ from the tensor cores in many results ({ieee} of {count} equal)");
+        assert!(ieee < count / 2, "IEEE sums differ from the tensor cores in most results ({ieee} of {count} equal)");
     }
 
     #[test]

@@ -213,6 +213,140 @@ QF_DEVICE void qf_merge_group(const float* partials, OUT_::T* __restrict__ out, 
 }
 #endif
 
+// Decode compute (QF_WARP_KEYS: one query token and D a multiple of 32; otherwise the thread-
+// per-score path below serves): lanes own the columns d = lane + 32·i (i < DL) of all G rows of
+// the CTA's KV group, with q and the running output in registers, and key j of a tile goes to
+// warp j mod WARPS (KPW keys per warp per tile).
+#define QF_WARP_KEYS (QF_QTOK == 1 && QF_D % 32 == 0)
+#if QF_WARP_KEYS
+#define QF_DL (QF_D / 32)
+#define QF_KPW ((QF_TK + QF_WARPS - 1) / QF_WARPS)
+static_assert(QF_WARPS * QF_G * (QF_D + 2) <= QF_TK * (2 * QF_D + 1), "the warps' partials fit the K and V tiles");
+static_assert(QF_G * QF_WARPS <= QF_ROWS * QF_TK, "the merge weights fit the score tile");
+
+// One warp's share of a CTA's decode attention: per row r < G its q columns, its running max m,
+// sum of exponentials l and unnormalised output o over the keys it has seen.
+struct qf_warp_state {
+    float q[QF_G][QF_DL], o[QF_G][QF_DL], m[QF_G], l[QF_G];
+};
+
+QF_DEVICE void qf_warp_start(qf_warp_state& st, const float* Qs) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int r = 0; r < QF_G; ++r) {
+        st.m[r] = -__int_as_float(0x7f800000);
+        st.l[r] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < QF_DL; ++i) {
+            st.q[r][i] = Qs[r * QF_QLD + lane + 32 * i];
+            st.o[r][i] = 0.0f;
+        }
+    }
+}
+
+// This warp's keys j < live of the tile in Ks, Vs: scores s = (Σ_d q·k)·scale — each lane sums
+// its DL products with FMAs in i order, a butterfly of shuffles adds the 32 lane sums — then per
+// row the online softmax over the warp's keys of the tile (one rescale by exp(m_old − m_new)) and
+// o = o·α + Σ_j exp(s_j − m_new)·v_j (FMAs in key order). Warp-uniform control flow.
+QF_DEVICE void qf_warp_tile(qf_warp_state& st, const float* Ks, const float* Vs, int live, float scale) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float s[QF_KPW][QF_G];
+#pragma unroll
+    for (int t = 0; t < QF_KPW; ++t) {
+        const int j = warp + t * QF_WARPS;
+#pragma unroll
+        for (int r = 0; r < QF_G; ++r) {
+            float dot = 0.0f;
+            if (j < live) {
+#pragma unroll
+                for (int i = 0; i < QF_DL; ++i) dot = fmaf(st.q[r][i], Ks[j * QF_KLD + lane + 32 * i], dot);
+            }
+            s[t][r] = dot;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+#pragma unroll
+        for (int t = 0; t < QF_KPW; ++t)
+#pragma unroll
+            for (int r = 0; r < QF_G; ++r) s[t][r] += __shfl_xor_sync(0xffffffffu, s[t][r], o);
+    }
+#pragma unroll
+    for (int r = 0; r < QF_G; ++r) {
+        float mx = -__int_as_float(0x7f800000);
+#pragma unroll
+        for (int t = 0; t < QF_KPW; ++t) {
+            s[t][r] = __fmul_rn(s[t][r], scale);
+            if (warp + t * QF_WARPS < live) mx = fmaxf(mx, s[t][r]);
+        }
+        if (mx == -__int_as_float(0x7f800000)) continue;  // no key of this tile for this warp
+        const float m_new = fmaxf(st.m[r], mx);
+        const float alpha = expf(st.m[r] - m_new);  // 0 before the first key (m = −∞)
+        float o[QF_DL], sum = 0.0f;
+#pragma unroll
+        for (int i = 0; i < QF_DL; ++i) o[i] = st.o[r][i] * alpha;
+#pragma unroll
+        for (int t = 0; t < QF_KPW; ++t) {
+            const int j = warp + t * QF_WARPS;
+            if (j < live) {
+                const float p = expf(s[t][r] - m_new);
+                sum += p;
+#pragma unroll
+                for (int i = 0; i < QF_DL; ++i) o[i] = fmaf(p, Vs[j * QF_D + lane + 32 * i], o[i]);
+            }
+        }
+        st.l[r] = fmaf(st.l[r], alpha, sum);
+        st.m[r] = m_new;
+#pragma unroll
+        for (int i = 0; i < QF_DL; ++i) st.o[r][i] = o[i];
+    }
+}
+
+// The warps' partials merged by the log-sum-exp rule into the CTA's statistics (row_m, row_l:
+// M = max_w m_w, L = Σ_w exp(m_w − M)·l_w in warp order) and the outputs this thread owns
+// (qf_owned: acc = Σ_w exp(m_w − M)·o_w[d], FMAs in warp order), as the thread-per-score path
+// leaves them. `part` [WARPS][G][D + 2] and `w` [G][WARPS]: shared memory free after the tiles.
+QF_DEVICE void qf_warp_merge(const qf_warp_state& st, float* part, float* w, int rows, float* row_m, float* row_l,
+                             float (&acc)[QF_OPT]) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const float neg_inf = -__int_as_float(0x7f800000);
+    __syncthreads();  // the last tile is consumed
+#pragma unroll
+    for (int r = 0; r < QF_G; ++r) {
+        float* rec = part + (warp * QF_G + r) * (QF_D + 2);
+        if (lane == 0) {
+            rec[0] = st.m[r];
+            rec[1] = st.l[r];
+        }
+#pragma unroll
+        for (int i = 0; i < QF_DL; ++i) rec[2 + lane + 32 * i] = st.o[r][i];
+    }
+    __syncthreads();
+    for (int r = threadIdx.x; r < rows; r += QF_THREADS) {
+        float m = neg_inf, l = 0.0f;
+        for (int v = 0; v < QF_WARPS; ++v) m = fmaxf(m, part[(v * QF_G + r) * (QF_D + 2)]);
+        for (int v = 0; v < QF_WARPS; ++v) {
+            const float mv = part[(v * QF_G + r) * (QF_D + 2)];
+            const float wv = mv == neg_inf ? 0.0f : expf(mv - m);
+            w[r * QF_WARPS + v] = wv;
+            l = fmaf(wv, part[(v * QF_G + r) * (QF_D + 2) + 1], l);
+        }
+        row_m[r] = m;
+        row_l[r] = l;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < QF_OPT; ++k) {
+        int r, d;
+        if (qf_owned(k, rows, r, d)) {
+            float o = 0.0f;
+            for (int v = 0; v < QF_WARPS; ++v) o = fmaf(w[r * QF_WARPS + v], part[(v * QF_G + r) * (QF_D + 2) + 2 + d], o);
+            acc[k] = o;
+        }
+    }
+}
+#endif
+
 extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const QT_::T* __restrict__ q,
         QF_POOL k_pool, QF_POOL v_pool, const int* __restrict__ page_table,
         const long long* __restrict__ cache_len, {{out_param}}, long long S, float k_scale, float v_scale QF_NV_PARAMS QF_APPEND_PARAMS QF_OUT_PARAMS) {
@@ -307,6 +441,11 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
 #if QF_STAGE
     qf_cp_async_wait<0>();  // this thread's staged packs have landed; the loop's barrier shares them
 #endif
+#if QF_WARP_KEYS
+    qf_warp_state st;
+    __syncthreads();  // Q is written
+    qf_warp_start(st, Qs);
+#endif
     for (long long first = lo; first < hi; first += QF_TK) {
         const int live = static_cast<int>(hi - first < QF_TK ? hi - first : QF_TK);
         __syncthreads();  // the previous tile is consumed (and Q, m, l, the appended token and the stage are written)
@@ -320,6 +459,11 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
         qf_load_tile<qf_f32>(v_pool, table, g, first, live, Vs, QF_D, v_scale, stage + QF_PACKS, staged_below);
 #endif
         __syncthreads();
+#if QF_WARP_KEYS
+        if (tokens > 0) qf_warp_tile(st, Ks, Vs, live, scale);  // decode: every key ≤ base, none masked
+    }
+    if (tokens > 0) qf_warp_merge(st, Ks, Ps, rows, row_m, row_l, acc);
+#else
         // Scores, causally masked.
         for (int p = threadIdx.x; p < rows * QF_TK; p += QF_THREADS) {
             const int r = p / QF_TK, j = p % QF_TK;
@@ -374,6 +518,7 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
             }
         }
     }
+#endif
     __syncthreads();
 #if QF_SPLITS
     // The partial statistics and unnormalised outputs (neutral −∞, 0, 0… when no tile ran).

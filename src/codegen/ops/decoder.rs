@@ -26,7 +26,7 @@
 //!      second result. With any `rope(...)` the attention kernels rotate each query element as
 //!      they load it ([`PagedAttentionSpec::rope`]).
 //!   2. `paged_attention(q, k_pool, v_pool, page_table, cache_len, o, long long S, float k_scale,
-//!      float v_scale)`: grid `(ceil_div(S, QT), KV, B)`, block [`ATTN_THREADS`], dynamic shared
+//!      float v_scale)`: grid `(ceil_div(S, QT), KV, B)`, block [`ATTN_THREADS`] ([`DECODE_ATTN_THREADS`] for QT = 1), dynamic shared
 //!      memory [`PagedAttentionSpec::smem_bytes`]; the decode variant (QT = 1, guard `S ≤ 1`) and
 //!      the prefill variant (QT·G ≤ 64 rows, guard `S > 1`) share the template. The score scale is compiled in; the cache
 //!      scales are arguments (1 for float caches; NVFP4: the global scales, and the block-scale
@@ -86,6 +86,9 @@ pub const ROPE_THREADS: u32 = 128;
 pub const APPEND_THREADS: u32 = 256;
 /// Threads of a paged_attention CTA.
 pub const ATTN_THREADS: u32 = 128;
+/// Threads of a decode paged_attention CTA (one query token): 8 warps, each taking every 8th key
+/// of a tile with its lanes over the head's columns (paged_attention.cu `QF_WARP_KEYS`).
+pub const DECODE_ATTN_THREADS: u32 = 256;
 /// Threads of a paged_prefill CTA: 4 warps, one m16 block of query rows each.
 pub const PREFILL_THREADS: u32 = 128;
 /// Query rows (tokens × heads of a KV group) of one paged_prefill CTA: 16 per warp.
@@ -535,12 +538,13 @@ impl PagedAttentionSpec {
     pub fn kernel(&self, batch: DimExpr, seq: DimExpr) -> Result<KernelDef, String> {
         self.validate()?;
         let qt = self.q_tokens();
+        let threads = if qt == 1 { DECODE_ATTN_THREADS } else { ATTN_THREADS };
         // The scratch is written and read by several CTAs: no __restrict__.
         let out_param = if self.splits > 0 { "OUT_::T* __restrict__ out, float* scratch" } else { "OUT_::T* __restrict__ out" };
         let mut values = self.common_values();
         values.extend([
             ("q_tokens", qt.to_string()),
-            ("threads", ATTN_THREADS.to_string()),
+            ("threads", threads.to_string()),
             ("splits", self.splits.to_string()),
             ("out_param", out_param.to_string()),
             ("counter_words", (self.split_counter_bytes() / 4).to_string()),
@@ -550,7 +554,7 @@ impl PagedAttentionSpec {
         let source = PAGED_ATTENTION.render(&values).map_err(|e| e.to_string())?;
         let x = if self.splits > 0 { DimExpr::Const(u64::from(self.splits)) } else { seq.ceil_div(u64::from(qt)) };
         let grid = [x, DimExpr::Const(u64::from(self.kv_heads)), batch];
-        Ok(finish_kernel("paged_attention", source, grid, [ATTN_THREADS, 1, 1], self.smem_bytes(), params(&self.params())))
+        Ok(finish_kernel("paged_attention", source, grid, [threads, 1, 1], self.smem_bytes(), params(&self.params())))
     }
 
     /// `{{append_defs}}` of paged_attention.cu: `QF_APPEND` and, for the fused append, the pack

@@ -10,11 +10,13 @@
 // dtype trait C), the page table i32 [B, MAX_PAGES], cache_len i64 [B]; result o [B, S, H·D]
 // (trait O). Query s of sequence b sits at position cache_len[b] + s and attends to pool
 // positions 0 ..= cache_len[b] + s; query head h reads KV head h / G (G = H / KV).
-// Element values: {{cache_doc}}. Scores Σ q·k in f32 (one thread per score, sequential FMAs over
-// d) times the score scale, softmax in f32 with online (streaming) statistics and CUDA's expf,
-// Σ p·v in f32, divided by the sum of exponentials and rounded once to o's dtype: the
-// interpreter's math up to f32 rounding (the interpreter normalises p before the product and
-// uses a two-pass softmax). With a fused output quantize (QF_OUT_CODES, `out=… out_scale=…` of
+// Element values: {{cache_doc}}. Scores Σ q·k in f32 times the score scale, softmax in f32 with
+// online (streaming) statistics and CUDA's expf, Σ p·v in f32, divided by the sum of
+// exponentials and rounded once to o's dtype: the interpreter's math up to f32 rounding (the
+// interpreter normalises p before the product and uses a two-pass softmax). The decode variant
+// with D a multiple of 32 (QF_WARP_KEYS) deals a tile's keys to warps and the head's columns to
+// lanes (qf_warp_tile, qf_warp_merge); otherwise one thread per score (sequential FMAs over d)
+// and one warp per row's statistics. With a fused output quantize (QF_OUT_CODES, `out=… out_scale=…` of
 // the op) o stores the E4M3 / I8 codes of that rounded value under the last parameter out_scale.
 //
 // Work split: one CTA of {{threads}} threads per (tile of QT = {{q_tokens}} query tokens, KV head, sequence):

@@ -9,7 +9,8 @@ model of a family parametrised as the literature on tensor-core numerics describ
   among them — a product's exponent taken as e_a + e_b, its operands' exponents (before the
   product is normalised), the accumulator's its own — each truncated to a multiple of
   2^(that exponent − `bits`) (toward zero, `rz`, or toward −∞, `rd`), summed exactly, and the sum
-  rounded to f32 (`rz` or `rn`) as the next accumulator.
+  kept to its `sum_bits` leading bits (truncated) and rounded to f32 (`rz` or `rn`) as the next
+  accumulator.
 
 Prints, per probe, the models that reproduce the most outputs exactly (on --sample of them),
 then checks the best one on every output.
@@ -99,7 +100,14 @@ def round_f32(x, mode):
     return v if x >= 0 else -v
 
 
-def model(terms, exps, c, group, bits, align, final):
+def keep_bits(x, bits):
+    """x truncated (toward zero) to its `bits` leading bits."""
+    if x == 0:
+        return 0
+    return truncate(x, lead(x) - bits + 1, "rz")
+
+
+def model(terms, exps, c, group, bits, align, final, sum_bits=24):
     acc = c
     for g0 in range(0, len(terms), group):
         ts, es = terms[g0 : g0 + group], exps[g0 : g0 + group]
@@ -108,7 +116,7 @@ def model(terms, exps, c, group, bits, align, final):
             acc = 0
             continue
         unit = max(cand) - bits + SCALE
-        acc = round_f32(sum(truncate(t, unit, align) for t in [acc] + ts), final)
+        acc = round_f32(keep_bits(sum(truncate(t, unit, align) for t in [acc] + ts), sum_bits), final)
     return acc
 
 
@@ -124,18 +132,21 @@ def fit(path, sample, rng):
     k = len(terms[0])
     groups = [g for g in (4, 8, 16, 32) if g <= k]
     results = []
-    for group, bits, align, final in itertools.product(groups, range(10, 30), ("rz", "rd"), ("rz", "rn")):
-        hits = sum(model(t, e, c, group, bits, align, final) == d for t, e, c, d in zip(terms, exps, cs, ds))
-        results.append((hits / len(ds), group, bits, align, final))
+    grid = itertools.product(groups, range(11, 28), ("rz", "rd"), ("rz", "rn"), (12, 13, 14, 15, 16, 24))
+    for group, bits, align, final, sum_bits in grid:
+        if sum_bits < bits - 2:
+            continue
+        hits = sum(model(t, e, c, group, bits, align, final, sum_bits) == d for t, e, c, d in zip(terms, exps, cs, ds))
+        results.append((hits / len(ds), group, bits, align, final, sum_bits))
     results.sort(reverse=True)
     print(f"{os.path.basename(path)}: {len(ds)} of {n} outputs, K = {k}")
-    for share, group, bits, align, final in results[:5]:
-        print(f"  {share:8.4%}  group {group:2}  bits {bits}  align {align}  final {final}")
-    _, group, bits, align, final = results[0]
+    for share, group, bits, align, final, sum_bits in results[:5]:
+        print(f"  {share:8.4%}  group {group:2}  bits {bits}  align {align}  final {final}  sum bits {sum_bits}")
+    _, group, bits, align, final, sum_bits = results[0]
     terms, exps = products(rec, e4m3)
     cs = [f32_int(x) for x in rec["c"]]
     ds = [f32_int(x) for x in rec["d"]]
-    hits = sum(model(t, e, c, group, bits, align, final) == d for t, e, c, d in zip(terms, exps, cs, ds))
+    hits = sum(model(t, e, c, group, bits, align, final, sum_bits) == d for t, e, c, d in zip(terms, exps, cs, ds))
     print(f"  best on all {n} outputs: {hits} reproduced bit for bit ({hits / n:.4%})")
     return results[0]
 

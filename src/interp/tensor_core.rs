@@ -15,12 +15,15 @@
 //!         a product of significands in [2, 4) counts one below its own exponent), the
 //!         accumulator's its own; e(x) = max(⌊log2 |x|⌋, `min_exponent`)
 //!     each addend truncated to a multiple of 2^(e − bits)  (`align`: toward zero or toward −∞)
-//!     acc ← round_f32(exact sum of the truncated addends)  (`normalize`)
+//!     acc ← the exact sum of the truncated addends, kept to its `sum_bits` leading bits and
+//!           then to f32 (both `normalize`)
 //! ```
 //!
 //! [`H100_F16`] reproduces every one of 262,144 probed f16 `mma.sync.m16n8k16` and
-//! `wgmma.m64n8k16` results bit for bit. The FP8 `wgmma` (k32) keeps only about 13 bits in the
-//! same scheme; this family reproduces about 82 % of its results, so FP8 has no model here.
+//! `wgmma.m64n8k16` results bit for bit, and [`H100_E4M3`] every one of 131,072 FP8
+//! `wgmma.m64n8k32` results: that instruction aligns its 32 products and the accumulator to 13
+//! bits and keeps 14 bits of their sum (the "about 14 bits" of FP8 accumulation that DeepSeek-V3
+//! reports, and why FP8 GEMMs promote their partial sums into f32 registers).
 //!
 //! Everything is exact in f64: products of f32 values have at most 48 significant bits, and a
 //! group's truncated addends are integer multiples of 2^(e − bits) below 2^(bits + 1), so their
@@ -46,7 +49,9 @@ pub struct TensorCoreSums {
     pub bits: u32,
     /// How an addend loses its bits past those.
     pub align: Rounding,
-    /// How a step's exact sum becomes the f32 accumulator.
+    /// Leading bits kept of a step's exact sum (24 or more: f32's own).
+    pub sum_bits: u32,
+    /// How a step's exact sum becomes the accumulator: its `sum_bits` leading bits, then f32.
     pub normalize: Rounding,
     /// The least exponent an operand counts with (its format's least normal exponent:
     /// subnormal operands align as if they had it).
@@ -58,7 +63,14 @@ pub struct TensorCoreSums {
 /// of an instruction and the accumulator in one step, 25 bits below the largest, truncated,
 /// the sum truncated to f32.
 pub const H100_F16: TensorCoreSums =
-    TensorCoreSums { group: 16, bits: 25, align: Rounding::TowardZero, normalize: Rounding::TowardZero, min_exponent: -14 };
+    TensorCoreSums { group: 16, bits: 25, align: Rounding::TowardZero, sum_bits: 24, normalize: Rounding::TowardZero, min_exponent: -14 };
+
+/// The H100's FP8 tensor cores: `wgmma…m64nNk32.f32.e4m3.e4m3` (gemm.cu's FP8 path; fast
+/// accumulation chains it over all of K, the default promotes every 128-byte k-tile's partial
+/// into f32 registers): the 32 products of an instruction and its accumulator in one step, 13
+/// bits below the largest, truncated, and 14 bits of the sum kept (truncated).
+pub const H100_E4M3: TensorCoreSums =
+    TensorCoreSums { group: 32, bits: 13, align: Rounding::TowardZero, sum_bits: 14, normalize: Rounding::TowardZero, min_exponent: -6 };
 
 impl TensorCoreSums {
     /// `c + Σ_k a[k]·b[k]` summed as the model says, `a` and `b` read through `at(k)` for
@@ -98,7 +110,7 @@ impl TensorCoreSums {
         let Some(lead) = addends.iter().filter_map(|(_, e)| *e).max() else { return 0.0 };
         let scale = f64::from(lead - self.bits as i32).exp2();
         let sum: f64 = addends.iter().map(|&(x, _)| truncate(x / scale, self.align) * scale).sum();
-        round_f32(sum, self.normalize)
+        round_f32(keep_bits(sum, self.sum_bits, self.normalize), self.normalize)
     }
 
     /// The exponent an operand aligns with: ⌊log2 |x|⌋, at least `min_exponent`.
@@ -109,7 +121,11 @@ impl TensorCoreSums {
 
 impl std::fmt::Display for TensorCoreSums {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "groups of {}, {} bits below the largest addend, addends {}, sums {}", self.group, self.bits, self.align, self.normalize)
+        write!(
+            f,
+            "groups of {}, {} bits below the largest addend, addends {}, {} bits of the sum kept {}",
+            self.group, self.bits, self.align, self.sum_bits, self.normalize
+        )
     }
 }
 
@@ -131,6 +147,15 @@ fn exponent(x: f64) -> i32 {
         return exponent(x * 2f64.powi(64)) - 64;
     }
     biased - 1023
+}
+
+/// `x` kept to its `bits` leading bits, rounded as `mode` (unchanged when `bits` ≥ 53 or x = 0).
+fn keep_bits(x: f64, bits: u32, mode: Rounding) -> f64 {
+    if x == 0.0 || !x.is_finite() || bits >= 53 {
+        return x;
+    }
+    let scale = f64::from(exponent(x) + 1 - bits as i32).exp2();
+    truncate(x / scale, mode) * scale
 }
 
 /// `x` (a multiple of 2^-52 or coarser relative to its unit) to an integer, rounded as `mode`.
@@ -177,8 +202,14 @@ fn next_down(r: f32) -> f32 {
 mod tests {
     use super::*;
 
-    const RZ: TensorCoreSums =
-        TensorCoreSums { group: 8, bits: 24, align: Rounding::TowardZero, normalize: Rounding::TowardZero, min_exponent: -126 };
+    const RZ: TensorCoreSums = TensorCoreSums {
+        group: 8,
+        bits: 24,
+        align: Rounding::TowardZero,
+        sum_bits: 24,
+        normalize: Rounding::TowardZero,
+        min_exponent: -126,
+    };
 
     #[test]
     fn small_addends_lose_their_bits_below_the_largest() {
@@ -204,7 +235,8 @@ mod tests {
 
     #[test]
     fn truncation_toward_minus_infinity_moves_negative_addends_down() {
-        let m = TensorCoreSums { group: 1, bits: 1, align: Rounding::Down, normalize: Rounding::NearestEven, min_exponent: -126 };
+        let m =
+            TensorCoreSums { group: 1, bits: 1, align: Rounding::Down, sum_bits: 24, normalize: Rounding::NearestEven, min_exponent: -126 };
         // Addends 1 and −0.75 (lead 0, unit 2^-1): −0.75 floors to −1, the sum is 0.
         assert_eq!(m.dot(1.0, 1, |_| (-0.75, 1.0)), 0.0);
         let z = TensorCoreSums { align: Rounding::TowardZero, ..m };
@@ -216,7 +248,14 @@ mod tests {
         // 1.5 · 1.5 = 2.25 aligns at exponent 0 (not 1): with 2 bits the unit is 2^-2, so
         // 2.25 and 0.25 survive whole; aligned at 2.25's own exponent 1 the unit would be 2^-1
         // and both would lose their quarter.
-        let m = TensorCoreSums { group: 2, bits: 2, align: Rounding::TowardZero, normalize: Rounding::NearestEven, min_exponent: -14 };
+        let m = TensorCoreSums {
+            group: 2,
+            bits: 2,
+            align: Rounding::TowardZero,
+            sum_bits: 24,
+            normalize: Rounding::NearestEven,
+            min_exponent: -14,
+        };
         let ops = [(1.5f32, 1.5f32), (0.5, 0.5)];
         assert_eq!(m.dot(0.0, 2, |k| ops[k]), 2.5);
         // An f16 subnormal operand aligns at −14, its product at −14 + 0.
@@ -225,31 +264,47 @@ mod tests {
     }
 
     /// 1,200 results of the H100's f16 tensor cores (600 of `mma.sync.m16n8k16`, 600 of
-    /// `wgmma.m64n8k16`, from `scripts/probe_mma_accumulation.py`): per record 16 `a` and 16
-    /// `b` f16 bit patterns, then C and D as f32, little-endian, after a u32 count.
+    /// `wgmma.m64n8k16`) and 1,000 of its FP8 `wgmma.m64n8k32`, from
+    /// `scripts/probe_mma_accumulation.py`: after a u32 count, per record 64 bytes of operands
+    /// (16 `a` then 16 `b` f16 bit patterns; or 32 `a` then 32 `b` E4M3 codes), then C and D as
+    /// f32, little-endian.
     const H100_F16_PROBE: &[u8] = include_bytes!("../../tests/data/h100_f16_mma.bin");
+    const H100_E4M3_PROBE: &[u8] = include_bytes!("../../tests/data/h100_e4m3_wgmma.bin");
 
-    #[test]
-    fn the_h100_model_reproduces_the_probed_tensor_cores_bit_for_bit() {
-        let (count, mut rest) = H100_F16_PROBE.split_at(4);
+    /// (records reproduced by `model`, records IEEE fused sums in k order reproduce, records).
+    fn replay(probe: &[u8], model: TensorCoreSums, k: usize, operand: impl Fn(&[u8], usize) -> f32) -> (usize, usize, usize) {
+        let (count, mut rest) = probe.split_at(4);
         let count = u32::from_le_bytes(count.try_into().unwrap()) as usize;
         assert_eq!(rest.len(), count * 72);
         let (mut exact, mut ieee) = (0, 0);
         for _ in 0..count {
             let (rec, next) = rest.split_at(72);
             rest = next;
-            let f16_at = |i: usize| half::f16::from_le_bytes([rec[2 * i], rec[2 * i + 1]]).to_f32();
             let f32_at = |at: usize| f32::from_le_bytes(rec[at..at + 4].try_into().unwrap());
             let (c, d) = (f32_at(64), f32_at(68));
-            let model = H100_F16.dot(c, 16, |k| (f16_at(k), f16_at(16 + k)));
-            exact += usize::from(model.to_bits() == d.to_bits());
+            let got = model.dot(c, k, |i| (operand(rec, i), operand(rec, k + i)));
+            exact += usize::from(got.to_bits() == d.to_bits());
             // IEEE f32 fused sums in k order (what a CUDA-core loop of fmaf computes) for contrast.
-            let fma = (0..16).fold(c, |s, k| f16_at(k).mul_add(f16_at(16 + k), s));
+            let fma = (0..k).fold(c, |s, i| operand(rec, i).mul_add(operand(rec, k + i), s));
             ieee += usize::from(fma.to_bits() == d.to_bits());
         }
-        println!("{exact} of {count} probed results reproduced; IEEE fused sums in k order give {ieee}");
-        assert_eq!(exact, count, "every probed result, bit for bit");
+        (exact, ieee, count)
+    }
+
+    #[test]
+    fn the_h100_models_reproduce_the_probed_tensor_cores_bit_for_bit() {
+        let f16 = |rec: &[u8], i: usize| half::f16::from_le_bytes([rec[2 * i], rec[2 * i + 1]]).to_f32();
+        let (exact, ieee, count) = replay(H100_F16_PROBE, H100_F16, 16, f16);
+        println!("f16: {exact} of {count} probed results reproduced; IEEE fused sums in k order give {ieee}");
+        assert_eq!(exact, count, "every probed f16 result, bit for bit");
         assert!(ieee < count / 2, "IEEE sums differ from the tensor cores in most results ({ieee} of {count} equal)");
+        let e4m3 = |rec: &[u8], i: usize| crate::numerics::e4m3_to_f32(rec[i]);
+        let (exact, ieee, count) = replay(H100_E4M3_PROBE, H100_E4M3, 32, e4m3);
+        println!("e4m3: {exact} of {count} probed results reproduced; IEEE fused sums in k order give {ieee}");
+        assert_eq!(exact, count, "every probed FP8 result, bit for bit");
+        assert!(ieee < count / 2, "IEEE sums differ from the FP8 tensor cores in most results ({ieee} of {count} equal)");
+        let f16_model_on_fp8 = replay(H100_E4M3_PROBE, TensorCoreSums { group: 32, ..H100_F16 }, 32, e4m3).0;
+        assert!(f16_model_on_fp8 < count / 2, "the FP8 instruction keeps fewer bits than the f16 one ({f16_model_on_fp8})");
     }
 
     #[test]

@@ -190,7 +190,11 @@ pub fn floor_variants() -> Vec<(String, interp::RunOptions)> {
     variants.extend([2, 3, 4].map(split));
     variants.push((
         format!("{tensor_core}, transcendentals within CUDA's ulp bounds (draw 1)"),
-        interp::RunOptions { accumulation: tensor_core, perturbation: Some(interp::Perturbation { seed: FLOOR_SEED }), ..Default::default() },
+        interp::RunOptions {
+            accumulation: tensor_core,
+            perturbation: Some(interp::Perturbation { seed: FLOOR_SEED }),
+            ..Default::default()
+        },
     ));
     variants
 }

@@ -133,9 +133,6 @@ impl Engine {
         let mut modules = Vec::new();
         let mut module_of: HashMap<u32, usize> = HashMap::new();
         let mut functions = Vec::with_capacity(meta.kernels.len());
-        // Experiment (session 14): one preferred shared-memory carveout, in percent, for every
-        // kernel (QFUSE_SMEM_CARVEOUT), to measure what switching carveouts between kernels costs.
-        let carveout = std::env::var("QFUSE_SMEM_CARVEOUT").ok().and_then(|v| v.parse::<i32>().ok()).filter(|p| (-1..=100).contains(p));
         for k in &meta.kernels {
             let kernel_err = |message: String| RuntimeError::Kernel { path: path.into(), kernel: k.name.clone(), message };
             check_kernel(k).map_err(kernel_err)?;
@@ -176,11 +173,6 @@ impl Engine {
                         k.block
                     )));
                 }
-            }
-            if let Some(percent) = carveout {
-                f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, percent).map_err(|e| {
-                    RuntimeError::driver(format!("setting the shared memory carveout of kernel `{}` in {what_plan}", k.name), e)
-                })?;
             }
             functions.push(f);
         }

@@ -28,7 +28,9 @@
 #          fp8+prologue (opt-in fuse-norm-prologue: the skinny GEMMs compute the RMSNorms at decode;
 #          correct on an H100 but slower, docs/decoders.md) and fp8+fp8kv-noattnout (fp8 + FP8 KV
 #          with --disable-pass fuse-attention-output: the quantize before o_proj as its own launch,
-#          as before the attention stored those codes itself); GEN: check tokens (32).
+#          as before the attention stored those codes itself) and fp16+thread (the decode
+#          attention's thread-per-score math, --decode-attention thread: the A/B of session 14's
+#          warp path); GEN: check tokens (32).
 # Logs: gpu-bundle-work/logs, archived to $OUT/gpu-decoder-logs.tgz.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -55,7 +57,8 @@ declare -A args=([fp16]="--recipe fp16 --kv-cache f16" [fp8]="--recipe fp8 --kv-
     [fp8+fp8kv]="--recipe fp8 --kv-cache fp8" [fp8+nvfp4kv]="--recipe fp8 --kv-cache nvfp4"
     [fp16+prologue]="--recipe fp16 --kv-cache f16 --enable-pass fuse-norm-prologue"
     [fp8+prologue]="--recipe fp8 --kv-cache fp8 --enable-pass fuse-norm-prologue"
-    [fp8+fp8kv-noattnout]="--recipe fp8 --kv-cache fp8 --disable-pass fuse-attention-output")
+    [fp8+fp8kv-noattnout]="--recipe fp8 --kv-cache fp8 --disable-pass fuse-attention-output"
+    [fp16+thread]="--recipe fp16 --kv-cache f16 --decode-attention thread")
 plan_of() { echo "$work/smol-${1//+/_}.plan"; }
 for step in $steps; do
     case $step in

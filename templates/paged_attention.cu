@@ -219,7 +219,8 @@ QF_DEVICE void qf_merge_group(const float* partials, OUT_::T* __restrict__ out, 
 // per-score path below serves): lanes own the columns d = lane + 32·i (i < DL) of all G rows of
 // the CTA's KV group, with q and the running output in registers, and key j of a tile goes to
 // warp j mod WARPS (KPW keys per warp per tile).
-#define QF_WARP_KEYS (QF_QTOK == 1 && QF_D % 32 == 0)
+#define QF_WARP_KEYS {{warp_keys}}  // PagedAttentionSpec::warp_keys: QT = 1, D % 32 == 0, not turned off
+static_assert(!QF_WARP_KEYS || (QF_QTOK == 1 && QF_D % 32 == 0), "warps over keys serve one query token, D a multiple of 32");
 #if QF_WARP_KEYS
 #define QF_DL (QF_D / 32)
 #define QF_KPW ((QF_TK + QF_WARPS - 1) / QF_WARPS)

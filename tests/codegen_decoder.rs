@@ -552,6 +552,7 @@ fn attention_spec(q: DType, cache: CacheRead, (heads, kv_heads, head_dim): (u32,
         max_batch: 0,
         rope: None,
         append: None,
+        warp_decode: true,
     }
 }
 
@@ -572,12 +573,18 @@ fn paged_attention_variants_compile() {
         let spec = attention_spec(q, cache, (heads, kv_heads, head_dim), PagedKv { page_size, max_pages: 128 });
         let splits = decoder::decode_splits(kv_heads, spec.paged);
         let split = PagedAttentionSpec { decode: true, splits, max_batch: 16, ..spec };
-        for spec in [spec, PagedAttentionSpec { decode: true, ..spec }, split] {
+        let thread_split = PagedAttentionSpec { warp_decode: false, ..split };
+        for spec in [spec, PagedAttentionSpec { decode: true, ..spec }, split, thread_split] {
             let rows = spec.q_tokens() * spec.group();
             assert!(rows <= decoder::MAX_ROWS.max(spec.group()), "{spec:?}");
             assert!(spec.smem_bytes() <= decoder::MAX_SMEM);
             assert_eq!(spec.tile_keys() % page_size, 0);
             let k = spec.kernel(DimExpr::sym("B"), DimExpr::sym("S")).unwrap_or_else(|e| panic!("{spec:?}: {e}"));
+            // Decode with D a multiple of 32: warps over keys (256 threads) unless turned off.
+            let warps = spec.decode && spec.warp_decode && head_dim % 32 == 0;
+            assert_eq!(spec.warp_keys(), warps, "{spec:?}");
+            assert_eq!(k.block[0], if warps { decoder::DECODE_ATTN_THREADS } else { decoder::ATTN_THREADS });
+            assert!(k.source.contains(&format!("#define QF_WARP_KEYS {}", u8::from(warps))), "{spec:?}");
             compile(&k);
         }
         assert!(split.split_scratch_bytes() > split.split_counter_bytes() && split.tile_keys() >= decoder::SPLIT_TILE_KEYS);

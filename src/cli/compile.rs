@@ -29,6 +29,15 @@ pub enum Fp8Accum {
     TensorCore,
 }
 
+/// The decode attention's math (see `--decode-attention`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DecodeAttention {
+    /// Warps over keys, lanes over the head's columns.
+    Warp,
+    /// One thread per score.
+    Thread,
+}
+
 /// Arguments of `qfuse compile`.
 #[derive(Args)]
 pub struct CompileArgs {
@@ -61,6 +70,11 @@ pub struct CompileArgs {
     /// GEMMs, ~14-bit internal accumulation like cuBLASLt's).
     #[arg(long, value_enum, default_value = "exact")]
     fp8_accum: Fp8Accum,
+    /// Decoders: the decode attention's math: `warp` (warps take a tile's keys, lanes the head's
+    /// columns) or `thread` (one thread per score, as before session 14), to time one against
+    /// the other.
+    #[arg(long, value_enum, default_value = "warp")]
+    decode_attention: DecodeAttention,
     /// Print everything (recipe, calibration, fusion report, plan statistics) as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -180,6 +194,7 @@ fn compile_decoder(args: &CompileArgs, quiet: bool) -> anyhow::Result<()> {
         opts.kernel_cache = None;
     }
     opts.lower.exact_fp8 = args.fp8_accum == Fp8Accum::Exact;
+    opts.lower.warp_decode = args.decode_attention == DecodeAttention::Warp;
     let plan = compile::compile_decoder(&args.model_dir, &opts, &d)?;
     plan.save(&args.output)?;
     let stats = plan.stats.clone();

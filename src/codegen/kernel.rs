@@ -140,11 +140,16 @@ pub struct LowerOptions {
     /// matching the interpreter; otherwise Hopper's FP8 `wgmma` (faster at large sizes, ~14-bit
     /// internal accumulation as in cuBLASLt).
     pub exact_fp8: bool,
+    /// The decode attention's math (paged_attention.cu): warps take a tile's keys and lanes the
+    /// head's columns (`true`, the default), or one thread per score as the prefill variant
+    /// computes (`false`: `qfuse compile --decode-attention thread`, to time one against the
+    /// other in one run).
+    pub warp_decode: bool,
 }
 
 impl Default for LowerOptions {
     fn default() -> Self {
-        Self { exact_fp8: true }
+        Self { exact_fp8: true, warp_decode: true }
     }
 }
 

@@ -302,6 +302,10 @@ pub struct PagedAttentionSpec {
     /// The decode variant appends this step's K/V token itself (the fused append; kv_append then
     /// runs for prefill only). `None`: kv_append has written the token before the launch.
     pub append: Option<DecodeAppend>,
+    /// The decode variant's math: warps over keys, lanes over columns (paged_attention.cu
+    /// `QF_WARP_KEYS`, [`DECODE_ATTN_THREADS`]) where D is a multiple of 32; `false`: one thread
+    /// per score, [`ATTN_THREADS`] (as the prefill variant always computes).
+    pub warp_decode: bool,
 }
 
 /// The decode attention's own append of this step's token (S = 1): for each KV head and
@@ -322,6 +326,12 @@ impl PagedAttentionSpec {
     /// Query heads per KV head.
     pub fn group(&self) -> u32 {
         self.heads / self.kv_heads
+    }
+
+    /// The decode variant computes with warps over keys ([`Self::warp_decode`], one query token
+    /// per CTA, D a multiple of 32).
+    pub fn warp_keys(&self) -> bool {
+        self.warp_decode && self.q_tokens() == 1 && self.head_dim % 32 == 0
     }
 
     /// Keys per shared-memory tile: whole pages, at least 64 keys ([`DECODE_TILE_KEYS`] for
@@ -538,13 +548,15 @@ impl PagedAttentionSpec {
     pub fn kernel(&self, batch: DimExpr, seq: DimExpr) -> Result<KernelDef, String> {
         self.validate()?;
         let qt = self.q_tokens();
-        let threads = if qt == 1 { DECODE_ATTN_THREADS } else { ATTN_THREADS };
+        let warp_keys = self.warp_keys();
+        let threads = if warp_keys { DECODE_ATTN_THREADS } else { ATTN_THREADS };
         // The scratch is written and read by several CTAs: no __restrict__.
         let out_param = if self.splits > 0 { "OUT_::T* __restrict__ out, float* scratch" } else { "OUT_::T* __restrict__ out" };
         let mut values = self.common_values();
         values.extend([
             ("q_tokens", qt.to_string()),
             ("threads", threads.to_string()),
+            ("warp_keys", u8::from(warp_keys).to_string()),
             ("splits", self.splits.to_string()),
             ("out_param", out_param.to_string()),
             ("counter_words", (self.split_counter_bytes() / 4).to_string()),
@@ -967,6 +979,7 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
         max_batch: 0,
         rope: a.rope.map(|r| AttnRope { keys: false, ..r }),
         append: None,
+        warp_decode: cx.options.warp_decode,
     };
     if g.shape(o) != qs || a.output.is_some_and(|out| g.ty(o).dtype != out.storage) {
         return Err(err("the result must have q's shape (and the output quantize's codes)".into()));

@@ -143,7 +143,7 @@ fn qmatmul_node(g: &Graph) -> NodeId {
 /// Lowers the IR's qmatmul with Hopper's FP8 tensor-core accumulation (the wgmma mainloop, whose
 /// generated code the snapshots pin); [`lower_ir_exact`] uses the default exact accumulation.
 fn lower_ir(ir: &str) -> (Graph, NodeId, Result<Lowered, LowerError>) {
-    lower_ir_with(ir, LowerOptions { exact_fp8: false })
+    lower_ir_with(ir, LowerOptions { exact_fp8: false, ..LowerOptions::default() })
 }
 
 fn lower_ir_exact(ir: &str) -> (Graph, NodeId, Result<Lowered, LowerError>) {
@@ -235,7 +235,7 @@ fn minilm_qmatmuls_lower_and_compile_to_sm90a_cubin() {
         let exact = qmatmul::plan(&LowerCx::new(&g, 90), node).expect("plans").spec;
         let fp8 = g.ty(n.inputs[0]).dtype == DType::F8E4M3;
         assert_eq!(exact.mainloop.is_wgmma(), !fp8, "{}: {exact:?}", c.name);
-        let tc = LowerCx { options: LowerOptions { exact_fp8: false }, ..LowerCx::new(&g, 90) };
+        let tc = LowerCx { options: LowerOptions { exact_fp8: false, ..LowerOptions::default() }, ..LowerCx::new(&g, 90) };
         let spec = qmatmul::plan(&tc, node).expect("plans").spec;
         assert!(spec.mainloop.is_wgmma() && !spec.fast_accum, "{}: {spec:?}", c.name);
         let tiles_n = u64::from(spec.n / spec.tile_n);

@@ -79,37 +79,45 @@ impl TensorCoreSums {
     pub fn dot(&self, c: f32, len: usize, at: impl Fn(usize) -> (f32, f32)) -> f32 {
         let group = self.group.max(1) as usize;
         let mut acc = c;
-        // (value, alignment exponent; None for zero)
-        let mut addends: Vec<(f64, Option<i32>)> = Vec::with_capacity(group + 1);
-        let mut k0 = 0;
-        while k0 < len {
-            addends.clear();
-            let acc64 = f64::from(acc);
-            addends.push((acc64, (acc64 != 0.0).then(|| exponent(acc64))));
-            for k in k0..(k0 + group).min(len) {
-                let (a, b) = at(k);
-                let p = f64::from(a) * f64::from(b);
-                let e = (p != 0.0).then(|| self.operand_exponent(a) + self.operand_exponent(b));
-                addends.push((p, e));
+        for k0 in (0..len).step_by(group) {
+            let ks = k0..(k0 + group).min(len);
+            match self.lead(acc, ks.clone(), &at) {
+                Some(lead) => acc = self.step(acc, lead, ks, &at),
+                None => {
+                    return (k0..len).fold(acc, |s, k| {
+                        let (a, b) = at(k);
+                        s + a * b
+                    })
+                }
             }
-            if !addends.iter().all(|(x, _)| x.is_finite()) {
-                return (k0..len).fold(acc, |s, k| {
-                    let (a, b) = at(k);
-                    s + a * b
-                });
-            }
-            acc = self.step(&addends);
-            k0 += group;
         }
         acc
     }
 
-    /// One step: the exact sum of `addends` (values with their alignment exponents) after
-    /// alignment, rounded to f32.
-    fn step(&self, addends: &[(f64, Option<i32>)]) -> f32 {
-        let Some(lead) = addends.iter().filter_map(|(_, e)| *e).max() else { return 0.0 };
+    /// The alignment exponent of one step over `ks` with running sum `acc`: the largest among
+    /// its nonzero addends (a product's e(a) + e(b)), `i32::MIN` when all are zero; `None` when
+    /// an addend is not finite.
+    fn lead(&self, acc: f32, ks: std::ops::Range<usize>, at: &impl Fn(usize) -> (f32, f32)) -> Option<i32> {
+        let acc_lead = if acc == 0.0 { i32::MIN } else { exponent(f64::from(acc)) };
+        ks.map(at).try_fold(acc.is_finite().then_some(acc_lead)?, |lead, (a, b)| {
+            let p = f64::from(a) * f64::from(b);
+            match (p.is_finite(), p != 0.0) {
+                (false, _) => None,
+                (true, true) => Some(lead.max(self.operand_exponent(a) + self.operand_exponent(b))),
+                (true, false) => Some(lead),
+            }
+        })
+    }
+
+    /// One step: the exact sum of the accumulator and the products of `ks`, each truncated to a
+    /// multiple of 2^(lead − bits), kept to `sum_bits` and rounded to f32.
+    fn step(&self, acc: f32, lead: i32, ks: std::ops::Range<usize>, at: &impl Fn(usize) -> (f32, f32)) -> f32 {
+        if lead == i32::MIN {
+            return 0.0;
+        }
         let scale = f64::from(lead - self.bits as i32).exp2();
-        let sum: f64 = addends.iter().map(|&(x, _)| truncate(x / scale, self.align) * scale).sum();
+        let aligned = |x: f64| truncate(x / scale, self.align) * scale;
+        let sum = ks.map(at).fold(aligned(f64::from(acc)), |s, (a, b)| s + aligned(f64::from(a) * f64::from(b)));
         round_f32(keep_bits(sum, self.sum_bits, self.normalize), self.normalize)
     }
 

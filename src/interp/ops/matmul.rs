@@ -28,6 +28,16 @@ struct Dims {
     tb: bool,
 }
 
+impl Dims {
+    /// Element strides (column, row) of the m×k view of `a` and of the k×n view of `b`, each
+    /// read transposed when `ta` (`tb`).
+    fn strides(&self) -> ((usize, usize), (usize, usize)) {
+        let a = if self.ta { (self.m, 1) } else { (1, self.k) };
+        let b = if self.tb { (self.k, 1) } else { (1, self.n) };
+        (a, b)
+    }
+}
+
 /// `a · b` over the last two axes, batch axes broadcast, summed as `acc` says.
 pub(super) fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, out: &OutType, acc: Accumulation) -> Result<Tensor, String> {
     if acc == Accumulation::F64 {
@@ -140,6 +150,7 @@ fn product_tensor_core(
 ) -> Result<Vec<f32>, String> {
     let (d, batch) = layout(sa, sb, ta, tb, want)?;
     let Dims { m, n, k, .. } = d;
+    let ((a_cs, a_rs), (b_cs, b_rs)) = d.strides();
     let ast = batch_strides(&sa[..sa.len() - 2], batch.len(), m * k);
     let bst = batch_strides(&sb[..sb.len() - 2], batch.len(), k * n);
     let mut dst = vec![0f32; batch.iter().product::<usize>() * m * n];
@@ -148,10 +159,9 @@ fn product_tensor_core(
     }
     dst.par_chunks_mut(n).enumerate().for_each(|(row, out)| {
         let (i, r) = (row / m, row % m);
-        let (ao, bo) = (row_offset(i, &batch, &ast), row_offset(i, &batch, &bst));
-        let a_at = |kk: usize| x[ao + if ta { kk * m + r } else { r * k + kk }];
+        let (ao, bo) = (row_offset(i, &batch, &ast) + r * a_rs, row_offset(i, &batch, &bst));
         for (c, o) in out.iter_mut().enumerate() {
-            *o = sums.dot(0.0, k, |kk| (a_at(kk), y[bo + if tb { c * k + kk } else { kk * n + c }]));
+            *o = sums.dot(0.0, k, |kk| (x[ao + kk * a_cs], y[bo + kk * b_rs + c * b_cs]));
         }
     });
     Ok(dst)
@@ -196,10 +206,9 @@ fn broadcast_dims(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
 
 /// `dst[m×n] = a[m×k] · b[k×n]`, reading `a` (`b`) transposed when `ta` (`tb`).
 fn gemm_into<T: Elem>(dst: &mut [T], a: &[T], b: &[T], d: Dims, par: Parallelism) {
-    let Dims { m, n, k, ta, tb } = d;
+    let Dims { m, n, k, .. } = d;
     assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "gemm operand sizes");
-    let (a_cs, a_rs) = if ta { (m, 1) } else { (1, k) };
-    let (b_cs, b_rs) = if tb { (k, 1) } else { (1, n) };
+    let ((a_cs, a_rs), (b_cs, b_rs)) = d.strides();
     // SAFETY: the asserts above keep every access of the strided m×k, k×n and m×n views in bounds.
     unsafe {
         gemm::gemm(
@@ -223,5 +232,38 @@ fn gemm_into<T: Elem>(dst: &mut [T], a: &[T], b: &[T], d: Dims, par: Parallelism
             false,
             par,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interp::tensor_core::{Rounding, TensorCoreSums};
+    use crate::ir::DType;
+
+    /// With a model wide enough to keep every bit, the tensor-core product reads operands (plain,
+    /// transposed, batch-broadcast) exactly where the GEMM does: small integers sum exactly either way.
+    #[test]
+    fn the_tensor_core_product_reads_the_operands_the_gemm_reads() {
+        let exact = TensorCoreSums {
+            group: 4,
+            bits: 60,
+            align: Rounding::TowardZero,
+            sum_bits: 60,
+            normalize: Rounding::NearestEven,
+            min_exponent: -126,
+        };
+        let ints = |n: usize, seed: usize| (0..n).map(|i| ((i * 7 + seed) % 11) as f32 - 5.0).collect::<Vec<_>>();
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let (m, k, n) = (3, 9, 5);
+            let a_shape = if ta { vec![2, k, m] } else { vec![2, m, k] };
+            let b_shape = if tb { vec![n, k] } else { vec![k, n] };
+            let a = Tensor::f32(a_shape, ints(2 * m * k, 1));
+            let b = Tensor::f32(b_shape, ints(k * n, 3));
+            let out = OutType { dtype: DType::F32, shape: vec![2, m, n] };
+            let want = matmul(&a, &b, ta, tb, &out, Accumulation::F64).unwrap();
+            let got = matmul(&a, &b, ta, tb, &out, Accumulation::TensorCore(exact)).unwrap();
+            assert_eq!(got.to_f32_vec(), want.to_f32_vec(), "ta {ta}, tb {tb}");
+        }
     }
 }

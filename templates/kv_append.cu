@@ -47,12 +47,14 @@ extern "C" __global__ void __launch_bounds__({{threads}}) {{kernel_name}}(const 
     const long long i = static_cast<long long>(blockIdx.x) * {{threads}} + threadIdx.x;
     if (blockIdx.y < 2) {
         if (i >= B * S * QF_KV * QF_R) return;
-        qf_append_pack(blockIdx.y == 0, k, v, k_pool, v_pool, page_table, cache_len, i, S, QF_K_OUT, QF_K_SCALE);
+        P written;
+        qf_append_pack(blockIdx.y == 0, k, v, k_pool, v_pool, page_table, cache_len, i, S, QF_K_OUT, QF_K_SCALE, nullptr, written);
     }
 #if QF_SCALES
     else {
         if (i >= B * S * QF_KV * QF_RS) return;
-        qf_append(blockIdx.y == 2 ? k_s : v_s, blockIdx.y == 2 ? ks_pool : vs_pool, page_table, cache_len, i, QF_RS, S);
+        SP written;
+        qf_append(blockIdx.y == 2 ? k_s : v_s, blockIdx.y == 2 ? ks_pool : vs_pool, page_table, cache_len, i, QF_RS, S, written);
     }
 #endif
 }

@@ -25,30 +25,50 @@ QF_DEVICE long long qf_slot(const int* __restrict__ page_table, const long long*
     return ((static_cast<long long>(page) * QF_KV + g) * QF_PAGE + t % QF_PAGE) * packs + c;
 }
 
-// Copies pack i of a token-major step tensor of rows of `packs` packs into `pool` (HND pages).
+// Copies pack i of a token-major step tensor of rows of `packs` packs into `pool` (HND pages);
+// returns false when its token's page is skipped (nothing written), else true with the pack in
+// `written`.
 template <typename T>
-QF_DEVICE void qf_append(const T* __restrict__ src, T* __restrict__ pool, const int* __restrict__ page_table,
-                         const long long* __restrict__ cache_len, long long i, long long packs, long long S) {
+QF_DEVICE bool qf_append(const T* __restrict__ src, T* __restrict__ pool, const int* __restrict__ page_table,
+                         const long long* __restrict__ cache_len, long long i, long long packs, long long S, T& written) {
     long long row, t;
     const long long dst = qf_slot(page_table, cache_len, i, packs, S, row, t);
-    if (dst >= 0) pool[dst] = src[i];
+    if (dst < 0) return false;
+    written = src[i];
+    pool[dst] = written;
+    return true;
 }
 
 #if QF_KEY_ROPE
+// Elements of the cache dtype per pack P.
+#define QF_PACK_ELEMS (sizeof(P) / sizeof(CT_::T))
+// The rotation factors (ops.cuh qf_rope_factors) of the elements of key pack c at position t.
+struct qf_key_factors {
+    float c[QF_PACK_ELEMS], s[QF_PACK_ELEMS];
+};
+
+QF_DEVICE qf_key_factors qf_key_pack_factors(long long c, long long t) {
+    qf_key_factors f;
+#pragma unroll
+    for (int e = 0; e < static_cast<int>(QF_PACK_ELEMS); ++e) {
+        const int d = static_cast<int>(c) * static_cast<int>(QF_PACK_ELEMS) + e;
+        qf_rope_factors(static_cast<double>(t) * qf_inv_freq[qf_rope_pair<QF_D, QF_ROPE_ADJ>(d)], f.c[e], f.s[e]);
+    }
+    return f;
+}
+
 // RoPE on append (fuse-rope): k arrives unrotated (KT_ elements, rows of D); each key element is
-// rotated at its token's position t as the `rope` op it replaces and rounded to KT_, then
-// (QF_KEY_CODES) quantized as the cache's quantize does, cast(x / k_scale): pack c of the cache
-// row `row`.
-QF_DEVICE P qf_rotated_keys(const P* __restrict__ k, long long row, long long c, long long t, float k_scale) {
-    constexpr int n = sizeof(P) / sizeof(typename CT_::T);
+// rotated by its factors `f` (qf_key_pack_factors at its token's position: the `rope` op it
+// replaces) and rounded to KT_, then (QF_KEY_CODES) quantized as the cache's quantize does,
+// cast(x / k_scale): pack c of the cache row `row`.
+QF_DEVICE P qf_rotated_keys(const P* __restrict__ k, long long row, long long c, const qf_key_factors& f, float k_scale) {
     const typename KT_::T* x = reinterpret_cast<const typename KT_::T*>(k) + row * QF_D;
     P out;
     typename CT_::T* y = reinterpret_cast<typename CT_::T*>(&out);
 #pragma unroll
-    for (int e = 0; e < n; ++e) {
-        const int d = static_cast<int>(c) * n + e;
-        const double angle = static_cast<double>(t) * qf_inv_freq[qf_rope_pair<QF_D, QF_ROPE_ADJ>(d)];
-        const float r = qf_round<KT_>(qf_rope_element<KT_, QF_D, QF_ROPE_ADJ>(x, d, angle));
+    for (int e = 0; e < static_cast<int>(QF_PACK_ELEMS); ++e) {
+        const int d = static_cast<int>(c) * static_cast<int>(QF_PACK_ELEMS) + e;
+        const float r = qf_round<KT_>(qf_rope_turn<KT_, QF_D, QF_ROPE_ADJ>(x, d, f.c[e], f.s[e]));
 #if QF_KEY_CODES
         y[e] = CT_::store(__fdiv_rn(r, k_scale));
 #else
@@ -58,28 +78,35 @@ QF_DEVICE P qf_rotated_keys(const P* __restrict__ k, long long row, long long c,
     }
     return out;
 }
+#else
+struct qf_key_factors {};  // no key rotation: nothing to precompute
 #endif
 
 // Appends pack i (rows of QF_R packs) of this step's keys (`key`) or values: V packs and keys
 // without QF_KEY_ROPE are copied as they are (already in the cache dtype); with QF_KEY_ROPE a key
-// pack is rotated (and quantized) from the unrotated row and written to the pool and to k_out[i]
-// (the attention's second result). k_out and k_scale are unused without QF_KEY_ROPE.
-QF_DEVICE void qf_append_pack(bool key, const P* __restrict__ k, const P* __restrict__ v, P* k_pool, P* v_pool,
+// pack is rotated (and quantized) from the unrotated row, by `factors` when the caller computed
+// them (qf_key_pack_factors at the token's position; nullptr: computed here), and written to the
+// pool and to k_out[i] (the attention's second result). k_out, k_scale and factors are unused
+// without QF_KEY_ROPE. Returns false when the token's page is skipped (nothing written), else
+// true with the pack now in the pool in `written`.
+QF_DEVICE bool qf_append_pack(bool key, const P* __restrict__ k, const P* __restrict__ v, P* k_pool, P* v_pool,
                               const int* __restrict__ page_table, const long long* __restrict__ cache_len, long long i,
-                              long long S, P* __restrict__ k_out, float k_scale) {
+                              long long S, P* __restrict__ k_out, float k_scale, const qf_key_factors* factors, P& written) {
 #if QF_KEY_ROPE
     if (key) {
         long long row, t;
         const long long dst = qf_slot(page_table, cache_len, i, QF_R, S, row, t);
-        if (dst < 0) return;
-        const P rotated = qf_rotated_keys(k, row, i % QF_R, t, k_scale);
-        k_pool[dst] = rotated;
-        k_out[i] = rotated;
-        return;
+        if (dst < 0) return false;
+        const qf_key_factors f = factors ? *factors : qf_key_pack_factors(i % QF_R, t);
+        written = qf_rotated_keys(k, row, i % QF_R, f, k_scale);
+        k_pool[dst] = written;
+        k_out[i] = written;
+        return true;
     }
 #else
     (void)k_out;
     (void)k_scale;
+    (void)factors;
 #endif
-    qf_append(key ? k : v, key ? k_pool : v_pool, page_table, cache_len, i, QF_R, S);
+    return qf_append(key ? k : v, key ? k_pool : v_pool, page_table, cache_len, i, QF_R, S, written);
 }

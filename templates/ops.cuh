@@ -122,15 +122,29 @@ QF_DEVICE int qf_rope_pair(int d) {
     return ADJ ? d / 2 : d % (D / 2);
 }
 
-template <class Tr, int D, bool ADJ>
-QF_DEVICE float qf_rope_element(const typename Tr::T* x, int d, double angle) {
-    const bool first = ADJ ? (d & 1) == 0 : d < D / 2;
-    const int partner = ADJ ? (d ^ 1) : (first ? d + D / 2 : d - D / 2);
+// The factors an element turns by: cos and sin of its f64 angle, each rounded to f32. Split from
+// qf_rope_turn so that a kernel may compute them early (they depend on positions only: the decode
+// attention takes them before its griddepcontrol.wait).
+QF_DEVICE void qf_rope_factors(double angle, float& cf, float& sf) {
     double s, c;
     sincos(angle, &s, &c);
-    const float cf = static_cast<float>(c), sf = static_cast<float>(s);
+    cf = static_cast<float>(c);
+    sf = static_cast<float>(s);
+}
+
+template <class Tr, int D, bool ADJ>
+QF_DEVICE float qf_rope_turn(const typename Tr::T* x, int d, float cf, float sf) {
+    const bool first = ADJ ? (d & 1) == 0 : d < D / 2;
+    const int partner = ADJ ? (d ^ 1) : (first ? d + D / 2 : d - D / 2);
     const float self = Tr::load(x[d]), other = Tr::load(x[partner]);
     return first ? __fsub_rn(__fmul_rn(self, cf), __fmul_rn(other, sf)) : __fadd_rn(__fmul_rn(self, cf), __fmul_rn(other, sf));
+}
+
+template <class Tr, int D, bool ADJ>
+QF_DEVICE float qf_rope_element(const typename Tr::T* x, int d, double angle) {
+    float cf, sf;
+    qf_rope_factors(angle, cf, sf);
+    return qf_rope_turn<Tr, D, ADJ>(x, d, cf, sf);
 }
 
 // ---- vector packs --------------------------------------------------------------------------------

@@ -122,6 +122,8 @@ static_assert(QF_SPLITS <= QF_TK, "the merge weights [G][SPLITS] fit the score t
 #define QF_STAGE (!QF_NVFP4)
 #define QF_STAGE_WORDS (QF_STAGE ? 2 * QF_PACKS * 4 : 0)
 
+// The decode variant takes the query's rotation factors before its wait (one position).
+#define QF_PRE_ROPE (QF_ROPE && QF_QTOK == 1)
 #if QF_ROPE
 // RoPE on load (fuse-rope): q arrives unrotated; element d of the query row x at position pos is
 // rotated as the `rope` op it replaces ({{rope_doc}}) and rounded to q's dtype before any
@@ -402,6 +404,25 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
     }
     qf_cp_async_commit();
 #endif
+#if QF_PRE_ROPE
+    // The query's rotation factors at its position base (decode: one token), and with the fused
+    // append those of the new key's packs this thread rotates: positions only, known now.
+    float q_cf[QF_OPT], q_sf[QF_OPT];
+#pragma unroll
+    for (int k = 0; k < QF_OPT; ++k) {
+        const int d = (threadIdx.x + k * QF_THREADS) % QF_D;
+        qf_rope_factors(static_cast<double>(base) * qf_inv_freq[qf_rope_pair<QF_D, QF_ROPE_ADJ>(d)], q_cf[k], q_sf[k]);
+    }
+#endif
+#if QF_APPEND
+    // This CTA writes the new token (position base) when its key range holds it (at most one CTA
+    // of a KV head and sequence does).
+    const bool owner = tokens > 0 && lo <= base && base < hi;
+    qf_key_factors key_factors;
+#if QF_KEY_ROPE
+    if (owner && threadIdx.x < QF_R) key_factors = qf_key_pack_factors(threadIdx.x, base);
+#endif
+#endif
     // qfuse pre-wait end
     qf_pdl_enter();
 #if QF_SPLITS
@@ -414,7 +435,14 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
     }
 #endif
     // Query rows: r = token · G + head in group.
-    for (int e = threadIdx.x; e < rows * QF_D; e += QF_THREADS) {
+#if QF_PRE_ROPE
+#pragma unroll
+    for (int k = 0; k < QF_OPT; ++k) {
+        const int e = threadIdx.x + k * QF_THREADS, r = e / QF_D, d = e % QF_D;
+        if (r < rows) Qs[r * QF_QLD + d] = qf_round<QT_>(qf_rope_turn<QT_, QF_D, QF_ROPE_ADJ>(q + qf_row_offset(b, S, s0, g, r), d, q_cf[k], q_sf[k]));
+    }
+#endif
+    for (int e = threadIdx.x; e < rows * QF_D && !QF_PRE_ROPE; e += QF_THREADS) {
         const int r = e / QF_D, d = e % QF_D;
 #if QF_ROPE
         Qs[r * QF_QLD + d] = qf_rope_query(q + qf_row_offset(b, S, s0, g, r), d, base + s0 + r / QF_G);
@@ -433,13 +461,29 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
 #if QF_APPEND
     // The new token's K and V rows of KV head g (row (b, 0, g) of k, v), written by the CTA whose
     // range holds its position before the first tile load (the loop's first barrier orders them).
-    if (tokens > 0 && lo <= base && base < hi) {
+    // When that position lies in the CTA's first tile, the rows also go to the stage, so the tile
+    // takes them from shared memory instead of reading them back from the pools.
+    const bool stage_new = QF_STAGE && owner && base - lo < QF_TK;
+    if (owner) {
         const long long row = b * S * QF_KV + g;
         for (int e = threadIdx.x; e < 2 * QF_R; e += QF_THREADS) {
-            qf_append_pack(e < QF_R, k, v, reinterpret_cast<P*>(k_pool), reinterpret_cast<P*>(v_pool), page_table, cache_len,
-                           row * QF_R + e % QF_R, S, QF_K_OUT, k_scale);
+            const bool key = e < QF_R;
+            P written;
+            const bool wrote = qf_append_pack(key, k, v, reinterpret_cast<P*>(k_pool), reinterpret_cast<P*>(v_pool), page_table,
+                                              cache_len, row * QF_R + e % QF_R, S, QF_K_OUT, k_scale,
+                                              key && e == static_cast<int>(threadIdx.x) ? &key_factors : nullptr, written);
+#if QF_STAGE
+            if (wrote && stage_new) {
+                char* stage_row = reinterpret_cast<char*>(stage + (key ? 0 : QF_PACKS)) + (base - lo) * QF_D * sizeof(CT_::T);
+                reinterpret_cast<P*>(stage_row)[e % QF_R] = written;
+            }
+#else
+            (void)wrote;
+#endif
         }
     }
+#else
+    const bool stage_new = false;
 #endif
 #if QF_STAGE
     qf_cp_async_wait<0>();  // this thread's staged packs have landed; the loop's barrier shares them
@@ -457,7 +501,7 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
         qf_load_tile_nvfp4<qf_f32>(v_pool, vs_pool, table, g, first, live, Vs, QF_D, v_scale);
 #else
         // The first tile's keys below base come from the stage, every other key from the pools.
-        const long long staged_below = first == lo ? base : 0;
+        const long long staged_below = first == lo ? base + (stage_new ? 1 : 0) : 0;
         qf_load_tile<qf_f32>(k_pool, table, g, first, live, Ks, QF_KLD, k_scale, stage, staged_below);
         qf_load_tile<qf_f32>(v_pool, table, g, first, live, Vs, QF_D, v_scale, stage + QF_PACKS, staged_below);
 #endif

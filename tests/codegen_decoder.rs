@@ -96,7 +96,7 @@ fn a_float_cache_step_lowers_to_append_then_paged_attention_on_the_state_slots()
         assert!(l[2].kernel.source.contains("#define QF_SPLITS 0"));
         // The fused append: kv_row.cuh's per-pack code (kv_append's), f32 rows of 16 as 4 packs
         // of 16 bytes, copied (no rope(keys) here); the prefill variant does not append.
-        for want in ["#define QF_APPEND 1", "typedef uint4 P;", "#define QF_R 4", "#define QF_KEY_ROPE 0", "qf_append_pack(e < QF_R"] {
+        for want in ["#define QF_APPEND 1", "typedef uint4 P;", "#define QF_R 4", "#define QF_KEY_ROPE 0", "qf_append_pack(key, k, v"] {
             assert!(split_source.contains(want), "split decode lacks `{want}`");
         }
         assert!(l[0].kernel.source.contains("qf_append_pack(blockIdx.y == 0"), "kv_append uses the same per-pack code");

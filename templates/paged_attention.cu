@@ -63,7 +63,11 @@
 // position p = cache_len[b]: the CTA whose key range [lo, hi) holds p (the last non-empty split;
 // unsplit, the only CTA), none when p lies past the page table. Before its first tile it writes
 // the token's K and V rows to the pools with kv_row.cuh's qf_append_pack (kv_append's code: same
-// bits), then the tile loop's barrier orders those writes before the tile loads. The pools are
+// bits), then the tile loop's barrier orders those writes before the tile loads. When p lies in
+// the CTA's first tile (Staging), the same packs also go to the stage, so that tile takes them
+// from shared memory instead of reading them back from the pools. With QF_KEY_ROPE the rotation
+// factors of the key packs (cos and sin of the f64 angles at p, qf_key_pack_factors) and, for the
+// decode variant, the query's (QF_PRE_ROPE) are computed before the wait: they depend on p only. The pools are
 // then plain (neither const nor __restrict__) pointers, so the loads take the coherent path, not
 // ld.global.nc, which could return the row as it was before the write. No other CTA reads
 // position p, so the result is bit-identical to kv_append followed by the attention.

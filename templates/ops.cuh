@@ -246,7 +246,10 @@ QF_DEVICE double qf_group_reduce(double v, double* red) {
 //   constexpr long long NB (QUANT 5: blocks per row)
 //   constexpr bool DYN (row length from args.n at run time; VEC must be 1), BETA, STORE_Y, ZERO,
 //     PACKED (QUANT 5: Q is a 4-bit type stored two codes per byte),
-//     PREFETCH (load gamma / beta with the row rather than after the statistics)
+//     PREFETCH (load gamma / beta with the row rather than after the statistics),
+//     ROUND_TRIP (quant_round_trip: the transformed row times `pre`, rounded to Y, is quantized
+//     and the codes' dequantized values, times `post` and rounded to Y, are stored to y instead
+//     of codes and scales; STORE_Y is then false)
 //   constexpr long long V, P, TT (embedding table rows)
 //   static device functions eps() (double), qmax() (float)
 // The per-launch constants (a literal quantize scale, a zero point) are kernel parameters copied
@@ -271,6 +274,7 @@ struct qf_row_args {
     long long seq;                      // SOURCE 1: tokens per sequence (position = row % seq)
     float scale;                        // QUANT 1: the literal scale
     float zero;                         // ZERO: the zero point
+    float pre, post;                    // ROUND_TRIP: the multipliers before and after
 };
 
 template <int N>
@@ -303,6 +307,28 @@ QF_DEVICE void qf_row_load(const qf_row_args<C>& a, long long row, long long n, 
     }
 }
 
+// Stores the quantize quotients r (x / s; with ZERO rint(x / s) + zero) of the VEC elements at
+// offset `at` of the rows: as codes in q (PACKED: two 4-bit codes per byte), or with ROUND_TRIP as
+// the codes' dequantized values ((code − zero)·s rounded to Y, as dequantize computes) times
+// post, rounded to Y, in y.
+template <class C, int VEC>
+QF_DEVICE void qf_quant_store(const qf_row_args<C>& a, long long at, float s, const float (&r)[VEC]) {
+    if constexpr (C::ROUND_TRIP) {
+        float y[VEC];
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            float c = C::Q::load(C::Q::store(r[i]));
+            if constexpr (C::ZERO) c = __fsub_rn(c, a.zero);
+            y[i] = qf_round<typename C::Y>(__fmul_rn(qf_round<typename C::Y>(__fmul_rn(c, s)), a.post));
+        }
+        qf_store_vec<typename C::Y>(a.y + at, y);
+    } else if constexpr (C::PACKED) {
+        qf_store_packed<typename C::Q>(reinterpret_cast<uint8_t*>(a.q) + at / 2, r);
+    } else {
+        qf_store_vec<typename C::Q>(a.q + at, r);
+    }
+}
+
 // QUANT 5: dynamic scales per block of GROUP consecutive elements of the row (DeepSeek-style 1x128
 // FP8 activation groups, NVFP4's 16-element blocks). The LANES = GROUP / VEC consecutive threads
 // holding a block's vectors reduce its amax with XOR shuffles (f32 max, exact in any order; NaN
@@ -331,15 +357,11 @@ QF_DEVICE void qf_block_quant(const qf_row_args<C>& a, long long row, long long 
         if (k >= nvec) continue;
         const float s = qf_dynamic_scale_as<typename C::S>(m, C::qmax());
         const long long col = k * VEC;
-        if (col % C::GROUP == 0) a.scales[row * C::NB + col / C::GROUP] = C::S::store(s);
+        if (!C::ROUND_TRIP && col % C::GROUP == 0) a.scales[row * C::NB + col / C::GROUP] = C::S::store(s);
         float r[VEC];
 #pragma unroll
         for (int i = 0; i < VEC; ++i) r[i] = __fdiv_rn(v[j][i], s);
-        if constexpr (C::PACKED) {
-            qf_store_packed<typename C::Q>(reinterpret_cast<uint8_t*>(a.q) + (row * n + col) / 2, r);
-        } else {
-            qf_store_vec<typename C::Q>(a.q + row * n + col, r);
-        }
+        qf_quant_store<C>(a, row * n + col, s, r);
     }
 }
 
@@ -493,6 +515,14 @@ QF_DEVICE void qf_row_main(const qf_row_args<C>& a) {
         }
     }
 
+    static_assert(!C::ROUND_TRIP || (C::QUANT != 0 && !C::STORE_Y), "a round trip quantizes and stores only y");
+    if constexpr (C::ROUND_TRIP) {
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) v[j][i] = qf_round<typename C::Y>(__fmul_rn(v[j][i], a.pre));
+    }
+
     if constexpr (C::QUANT == 5) {
         qf_block_quant<C>(a, row, n, nvec, t, v);
     } else if constexpr (C::QUANT != 0) {
@@ -512,7 +542,7 @@ QF_DEVICE void qf_row_main(const qf_row_args<C>& a) {
                     for (int i = 0; i < VEC; ++i) m = fmax(m, static_cast<double>(fabsf(v[j][i])));
             const float amax = static_cast<float>(qf_group_reduce<C::WPR, true>(m, red));
             s = qf_dynamic_scale(amax, C::qmax());
-            if (t == 0) a.scales[row] = C::S::store(s);
+            if (!C::ROUND_TRIP && t == 0) a.scales[row] = C::S::store(s);
         }
 #pragma unroll
         for (int j = 0; j < NV; ++j) {
@@ -524,7 +554,7 @@ QF_DEVICE void qf_row_main(const qf_row_args<C>& a) {
                 const float d = __fdiv_rn(v[j][i], s);
                 r[i] = C::ZERO ? __fadd_rn(rintf(d), a.zero) : d;
             }
-            qf_store_vec<typename C::Q>(a.q + row * n + k * VEC, r);
+            qf_quant_store<C>(a, row * n + k * VEC, s, r);
         }
     }
 }

@@ -274,6 +274,27 @@ graph "ops_block_dq" {
 }
 "#;
 
+/// `quant_round_trip` (fuse-quant-round-trip) in every form the row engine takes: the `nvfp4`
+/// recipe's activations (global-scale multiplies around E2M1 codes with E4M3 block scales) at
+/// MiniLM's widths in f16 and bf16, `fp8-block`'s (f32 block scales, no multiplies), dynamic
+/// per-token INT8 and FP8, a literal per-tensor scale and a literal zero point.
+const ROUND_TRIPS: &str = r#"
+graph "ops_round_trips" {
+  sym B max=64
+  sym S max=512
+  %0 = input "x" : f16[B,S,384]
+  %1 = input "ffn" : bf16[B,S,1536]
+  %2 = quant_round_trip %0 {pre=256.0, post=0.00390625, f4e2m1, block(-1:16), scale=dynamic(f8e4m3)} : f16[B,S,384]
+  %3 = quant_round_trip %1 {pre=512.0, post=0.001953125, f4e2m1, block(-1:16), scale=dynamic(f8e4m3)} : bf16[B,S,1536]
+  %4 = quant_round_trip %0 {pre=1.0, post=1.0, f8e4m3, block(-1:128), scale=dynamic(f32)} : f16[B,S,384]
+  %5 = quant_round_trip %1 {pre=1.0, post=0.5, i8, per_token, scale=dynamic(f32)} : bf16[B,S,1536]
+  %6 = quant_round_trip %0 {pre=2.0, post=1.0, f8e4m3, per_token, scale=dynamic(f32)} : f16[B,S,384]
+  %7 = quant_round_trip %0 {pre=1.0, post=1.0, f8e4m3, per_tensor, scale=0.0123} : f16[B,S,384]
+  %8 = quant_round_trip %0 {pre=1.0, post=1.0, u8, per_tensor, scale=0.05, zero=128} : f16[B,S,384]
+  return "a" = %2, "b" = %3, "c" = %4, "d" = %5, "e" = %6, "f" = %7, "g" = %8
+}
+"#;
+
 /// Element-wise, quantize/dequantize and data-movement variants.
 const MISC: &str = r#"
 graph "ops_misc" {
@@ -367,6 +388,32 @@ fn block_dequantize_snapshot() {
     let l = node_launches(&g, "dequantize").into_iter().next().expect("the f4e2m1 block dequantize");
     assert!(l.kernel.source.contains("qf_e2m1::load(x0 & 0xf)"), "{}", l.kernel.source);
     snapshot("dequantize_block_nvfp4", describe(&g, &l));
+}
+
+/// Every round trip is one row-engine launch that writes only its result, and compiles to
+/// `sm_90a`.
+#[test]
+fn round_trips_lower_to_one_launch_each_and_compile() {
+    let g = parse(ROUND_TRIPS);
+    let ls = all_launches(&g);
+    assert_eq!(ls.len(), 7, "one row kernel per round trip");
+    for l in &ls {
+        assert_eq!(l.kernel.template, "quantize");
+        assert!(l.kernel.source.contains("ROUND_TRIP = true") && l.kernel.source.contains("STORE_Y = false"), "{}", l.kernel.source);
+        let outputs = l.kernel.params.iter().filter(|p| ["q", "scales", "y"].contains(&p.name.as_str())).count();
+        assert_eq!(outputs, 1, "only y reaches memory: {:?}", l.kernel.params);
+    }
+    compile(&ls);
+}
+
+/// The NVFP4 activation round trip: the row times `pre`, E2M1 codes and E4M3 block scales in
+/// registers, their values times the scales, times `post`, stored as f16.
+#[test]
+fn round_trip_snapshot() {
+    let g = parse(ROUND_TRIPS);
+    let l = node_launches(&g, "quant_round_trip").into_iter().next().expect("the nvfp4 round trip");
+    assert!(l.kernel.source.contains("QUANT = 5, GROUP = 16"), "{}", l.kernel.source);
+    snapshot("quant_round_trip_nvfp4", describe(&g, &l));
 }
 
 #[test]
@@ -552,6 +599,7 @@ fn gpu_matches_interpreter() {
         ("misc", MISC, &[("B", 3), ("S", 77)][..]),
         ("int8_block", INT8_BLOCK, &[("B", 3), ("S", 77)][..]),
         ("block_dq", BLOCK_DQ, &[("B", 3), ("S", 77)][..]),
+        ("round_trips", ROUND_TRIPS, &[("B", 3), ("S", 77)][..]),
         ("static_s1", BERT_STATIC, &[("B", 2), ("S", 1)][..]),
     ] {
         gpu::check_graph(name, &parse(text), syms, &mut report, &mut failures);

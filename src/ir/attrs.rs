@@ -95,6 +95,11 @@ pub fn encode(op: &Op, extra: &[ValueId]) -> Vec<Attr> {
             v.extend(encode_quant(to, &[]));
             v
         }
+        Op::QuantRoundTrip { pre, quant, post } => {
+            let mut v = vec![kv("pre", f32_num(*pre)), kv("post", f32_num(*post))];
+            v.extend(encode_quant(quant, &[]));
+            v
+        }
         Op::NormQuantize { kind, eps, via, quant, keep_normed, prologue } => {
             let mut v = vec![kv("via", ident(via.name()))];
             if *kind != NormKind::Scale {
@@ -505,6 +510,12 @@ pub fn decode(mnemonic: &str, attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), Stri
             let (to, _) = decode_quant(attrs)?;
             let from_scale = as_f32(required(attrs, "from_scale")?)?;
             return Ok((Op::Requantize { from_scale, via: dtype_attr(attrs, "via")?, to }, vec![]));
+        }
+        "quant_round_trip" => {
+            let (quant, _) = decode_quant(attrs)?;
+            let pre = as_f32(required(attrs, "pre")?)?;
+            let post = as_f32(required(attrs, "post")?)?;
+            return Ok((Op::QuantRoundTrip { pre, quant, post }, vec![]));
         }
         "layernorm_quantize" | "rmsnorm_quantize" | "scale_quantize" => {
             let (quant, refs) = decode_quant(attrs)?;

@@ -57,6 +57,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType], declared: &[TensorType]) -> InferR
         Op::Quantize(spec) => quantize(spec, inputs),
         Op::Dequantize(spec) => dequantize(spec, inputs, declared_first(declared)?.dtype),
         Op::Requantize { via, to, .. } => requantize(inputs[0], *via, to).map(|t| vec![t]),
+        Op::QuantRoundTrip { quant, .. } => quant_round_trip(inputs[0], quant).map(|t| vec![t]),
         Op::NormQuantize { kind, via, quant, keep_normed, .. } => norm_quantize(*kind, *via, quant, *keep_normed, inputs),
         Op::QMatMul(q) => qmatmul(q, inputs).map(|t| vec![t]),
         Op::SplitMatMul(s) => super::split_types::split_matmul(s, inputs),
@@ -77,7 +78,7 @@ pub fn arity(op: &Op) -> usize {
         Op::Binary(_) | Op::Gather | Op::MatMul { .. } | Op::RmsNorm { .. } | Op::MeanPool => 2,
         Op::LayerNorm { .. } => 3,
         Op::Quantize(s) | Op::Dequantize(s) => 1 + s.extra_inputs(),
-        Op::Requantize { .. } => 1,
+        Op::Requantize { .. } | Op::QuantRoundTrip { .. } => 1,
         Op::NormQuantize { kind, quant, .. } => norm_params(*kind) + 1 + quant.extra_inputs(),
         Op::QMatMul(q) => q.arity(),
         Op::SplitMatMul(s) => s.arity(),
@@ -315,6 +316,19 @@ fn quantize(spec: &QuantSpec, inputs: &[&TensorType]) -> InferResult {
         outs.push(TensorType { dtype, shape: spec.granularity.scale_shape(&x.shape)? });
     }
     Ok(outs)
+}
+
+/// `quant_round_trip`: a float operand, a quantization that takes no operand; the result has the
+/// operand's type.
+fn quant_round_trip(x: &TensorType, spec: &QuantSpec) -> Result<TensorType, String> {
+    if spec.extra_inputs() != 0 {
+        return Err("quant_round_trip takes no scale or zero-point operand (dynamic or literal only)".into());
+    }
+    quantize(spec, &[x])?;
+    if !x.dtype.is_wide_float() {
+        return Err(format!("quant_round_trip rounds to its operand's dtype: f32/f16/bf16, got {}", x.dtype));
+    }
+    Ok(x.clone())
 }
 
 fn dequantize(spec: &QuantSpec, inputs: &[&TensorType], out: DType) -> InferResult {

@@ -598,6 +598,20 @@ pub enum Op {
         /// The output quantization (per-tensor, literal scale).
         to: QuantSpec,
     },
+    /// `x → y`: a quantization's round trip as one op (an activation's fake quantization, for
+    /// GEMMs that take the dequantized values: NVFP4 and FP8-block activations on Hopper):
+    /// `y = round_T(round_T(dequantize(quantize(round_T(x·pre)))·post)` with `T` = x's dtype,
+    /// each product an f32 product rounded to `T` as `mul` rounds, the dequantize reading the
+    /// quantize's own scales. `quant` takes no operand (dynamic or literal scale, literal or no
+    /// zero point). `pre = post = 1` multiply by one, which changes no value of `T`.
+    QuantRoundTrip {
+        /// Multiplier before the quantize (a global scale's reciprocal).
+        pre: f32,
+        /// The quantization (its dequantize mirrors it).
+        quant: QuantSpec,
+        /// Multiplier after the dequantize.
+        post: f32,
+    },
     /// `x, gamma [, beta] [, scale] → q [, scales] [, normed]`: a LayerNorm/RMSNorm (or the
     /// per-channel multiply [`NormKind::Scale`]) whose result, rounded to `via`, is quantized with `quant` (static, or dynamic per-token with a scales
     /// output); with `keep_normed` the rounded norm itself is a last output too (for a residual).
@@ -692,6 +706,7 @@ impl Op {
             Op::Quantize(_) => "quantize",
             Op::Dequantize(_) => "dequantize",
             Op::Requantize { .. } => "requantize",
+            Op::QuantRoundTrip { .. } => "quant_round_trip",
             Op::NormQuantize { kind: NormKind::LayerNorm, .. } => "layernorm_quantize",
             Op::NormQuantize { kind: NormKind::RmsNorm, .. } => "rmsnorm_quantize",
             Op::NormQuantize { kind: NormKind::Scale, .. } => "scale_quantize",

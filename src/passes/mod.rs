@@ -19,6 +19,7 @@ pub mod fuse_epilogue;
 pub mod fuse_kv_cache;
 pub mod fuse_layernorm_quantize;
 pub mod fuse_norm_prologue;
+pub mod fuse_quant_round_trip;
 pub mod fuse_rope;
 pub mod fuse_weight_dequant;
 pub mod lift_linear;

@@ -17,7 +17,10 @@ use super::*;
 /// decoder's attention read its quantized KV cache's codes, and `fuse-rope` (after it, so it sees
 /// whether the cache is quantized) lets the attention rotate its queries and, over a float cache,
 /// its step's keys itself; `fuse-attention-output` (after both: it rebuilds the same node) gives
-/// that attention the static quantize of its context. `merge-sibling-gemms` ([`OPT_IN`] for encoders; on in decoder plans) comes after every fusion that shapes a
+/// that attention the static quantize of its context. `fuse-quant-round-trip` comes after every
+/// pass that gives a kernel quantized codes (norms, GEMM operands and epilogues, attention
+/// outputs): a quantize whose codes are then only dequantized again becomes one round-trip
+/// kernel. `merge-sibling-gemms` ([`OPT_IN`] for encoders; on in decoder plans) comes after every fusion that shapes a
 /// `qmatmul` (epilogues, output quantizes, the attention's cache operands), so each sibling
 /// enters its segment complete: a decoder's Q/K/V projections become one GEMM. `merge-gate-up`
 /// (the same defaults) runs just before it for the same reason: a gated MLP's gate GEMM, whose
@@ -42,6 +45,7 @@ pub fn fusion() -> Vec<Box<dyn Pass>> {
         Box::new(fuse_rope::FuseRope),
         Box::new(fuse_attention_output::FuseAttentionOutput),
         Box::new(fuse_embedding::FuseEmbedding),
+        Box::new(fuse_quant_round_trip::FuseQuantRoundTrip),
         Box::new(merge_gate_up::MergeGateUp::default()),
         Box::new(merge_sibling_gemms::MergeSiblingGemms::default()),
         Box::new(fuse_norm_prologue::FuseNormPrologue),

@@ -41,7 +41,7 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
         Some(spec) => {
             let scale_input = (spec.scale == ScaleSource::Input).then(|| n.inputs[7]);
             let scales_out = spec.is_dynamic().then(|| n.outputs[1]);
-            let q = row_quant(cx, node, spec, n.outputs[0], scales_out, scale_input)?;
+            let q = row_quant(cx, node, spec, (Some(n.outputs[0]), cx.graph.shape(n.outputs[0]).len()), scales_out, scale_input)?;
             let y = e.keep_normed.then(|| *n.outputs.last().expect("normed output"));
             (y, Some(q))
         }
@@ -55,6 +55,7 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
         y_dtype: e.via,
         y,
         quant,
+        round_trip: None,
         rows: cx.numel(ids),
         len,
     };

@@ -37,7 +37,7 @@ pub fn lower_node(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
         Op::Cast | Op::Unary(_) | Op::Binary(_) => elementwise::lower(cx, node),
         Op::LayerNorm { .. } | Op::RmsNorm { .. } | Op::NormQuantize { .. } | Op::L2Normalize { .. } => norm::lower(cx, node),
         Op::EmbedLayerNorm(_) => embed::lower(cx, node),
-        Op::Quantize(_) | Op::Dequantize(_) | Op::Requantize { .. } => quantize::lower(cx, node),
+        Op::Quantize(_) | Op::Dequantize(_) | Op::Requantize { .. } | Op::QuantRoundTrip { .. } => quantize::lower(cx, node),
         Op::Softmax { .. } | Op::MeanPool => reduce::lower(cx, node),
         Op::Transpose { .. } | Op::Gather | Op::LastToken | Op::Iota => shape::lower(cx, node),
         Op::Rope(_) | Op::CausalAttention(_) => decoder::lower(cx, node),

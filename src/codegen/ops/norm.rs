@@ -71,18 +71,18 @@ pub(crate) enum Scale {
     PerTensor(ValueId),
     /// `scale_in[row]`.
     PerToken(ValueId),
-    /// Computed per row, written to `scales`.
-    Dynamic { scales: ValueId },
-    /// Computed per block of `group` consecutive elements of the row, written to `scales`
-    /// (`[rows, ⌈n / group⌉]` in its own dtype).
-    DynamicBlock { scales: ValueId, group: u64 },
+    /// Computed per row (f32), written to `scales` (none: a round trip keeps it in registers).
+    Dynamic { scales: Option<ValueId> },
+    /// Computed per block of `group` consecutive elements of the row, rounded to `dtype`,
+    /// written to `scales` (`[rows, ⌈n / group⌉]`; none: a round trip keeps them in registers).
+    DynamicBlock { scales: Option<ValueId>, dtype: DType, group: u64 },
 }
 
 /// The quantized output of a row kernel.
 #[derive(Debug, Clone)]
 pub(crate) struct Quant {
-    /// The quantized result.
-    pub q: ValueId,
+    /// The quantized result (none: a round trip dequantizes the codes in registers).
+    pub q: Option<ValueId>,
     /// Its storage dtype.
     pub storage: DType,
     /// The scale.
@@ -110,6 +110,10 @@ pub(crate) struct RowSpec {
     pub y: Option<ValueId>,
     /// The quantized output.
     pub quant: Option<Quant>,
+    /// `quant_round_trip`'s `(pre, post)`: the row times `pre` (rounded to `y_dtype`) is
+    /// quantized, and the codes' dequantized values times `post`, rounded to `y_dtype`, are
+    /// stored as `y` instead of the codes and scales.
+    pub round_trip: Option<(f32, f32)>,
     /// Number of rows.
     pub rows: DimExpr,
     /// The row length.
@@ -252,13 +256,8 @@ pub(crate) fn row_launch(cx: &LowerCx, node: NodeId, spec: &RowSpec) -> Result<L
                     input(&mut sig, &mut bind, "scale_in", st, *v);
                     (if matches!(q.scale, Scale::PerTensor(_)) { 2 } else { 4 }, st, 0.0)
                 }
-                Scale::Dynamic { scales } => {
-                    if dtype(*scales) != DType::F32 {
-                        return Err(cx.error(node, format!("dynamic scales stored as {} have no kernel yet (only f32)", dtype(*scales))));
-                    }
-                    (3, "qf_f32", 0.0)
-                }
-                Scale::DynamicBlock { scales, .. } => (5, tr(dtype(*scales), "the block scales")?, 0.0),
+                Scale::Dynamic { .. } => (3, "qf_f32", 0.0),
+                Scale::DynamicBlock { dtype: sd, .. } => (5, tr(*sd, "the block scales")?, 0.0),
             };
             (id, qt, st, lit, q.zero, qmax)
         }
@@ -266,9 +265,11 @@ pub(crate) fn row_launch(cx: &LowerCx, node: NodeId, spec: &RowSpec) -> Result<L
 
     // Outputs: q, scales, y (the IR's output order).
     if let Some(q) = &spec.quant {
-        sig.output("q", &format!("{q_t}::T"), q.q);
-        bind.push_str("    a.q = q;\n");
-        if let Scale::Dynamic { scales } | Scale::DynamicBlock { scales, .. } = q.scale {
+        if let Some(codes) = q.q {
+            sig.output("q", &format!("{q_t}::T"), codes);
+            bind.push_str("    a.q = q;\n");
+        }
+        if let Scale::Dynamic { scales: Some(scales) } | Scale::DynamicBlock { scales: Some(scales), .. } = q.scale {
             sig.output("scales", &format!("{s_t}::T"), scales);
             bind.push_str("    a.scales = scales;\n");
         }
@@ -297,6 +298,11 @@ pub(crate) fn row_launch(cx: &LowerCx, node: NodeId, spec: &RowSpec) -> Result<L
         sig.scalar("zero", z as f32);
         bind.push_str("    a.zero = zero;\n");
     }
+    if let Some((pre, post)) = spec.round_trip {
+        sig.scalar("pre", pre);
+        sig.scalar("post", post);
+        bind.push_str("    a.pre = pre;\n    a.post = post;\n");
+    }
 
     let b = |v: bool| if v { "true" } else { "false" };
     let config = format!(
@@ -305,7 +311,7 @@ pub(crate) fn row_launch(cx: &LowerCx, node: NodeId, spec: &RowSpec) -> Result<L
          static constexpr int HMAX = {hmax}, VEC = {vec}, WPR = {wpr}, RPB = {rpb};\n    \
          static constexpr int SOURCE = {source}, NORM = {norm_id}, QUANT = {quant_id}, GROUP = {group};\n    \
          static constexpr bool DYN = {dyn_len}, BETA = {beta}, STORE_Y = {store_y}, ZERO = {zero_on}, PREFETCH = {prefetch}, \
-         PACKED = {packed};\n    \
+         PACKED = {packed}, ROUND_TRIP = {round_trip};\n    \
          static constexpr long long NB = {nb};\n    \
          static constexpr long long V = {v_rows}, P = {p_rows}, TT = {t_rows};\n    \
          static QF_DEVICE double eps() {{ return static_cast<double>({eps}); }}\n    \
@@ -313,7 +319,8 @@ pub(crate) fn row_launch(cx: &LowerCx, node: NodeId, spec: &RowSpec) -> Result<L
         source = u8::from(matches!(spec.source, Source::Embed { .. })),
         dyn_len = b(dyn_len),
         beta = b(beta),
-        store_y = b(spec.y.is_some()),
+        store_y = b(spec.y.is_some() && spec.round_trip.is_none()),
+        round_trip = b(spec.round_trip.is_some()),
         zero_on = b(zero.is_some()),
         prefetch = b(PREFETCH),
         group = block.unwrap_or(0),
@@ -331,15 +338,23 @@ pub(crate) fn row_launch(cx: &LowerCx, node: NodeId, spec: &RowSpec) -> Result<L
 }
 
 /// The row-kernel quantization for `spec` applied to rows of `data` (the norm's result), reading
-/// an `Input` scale from `scale_input`; specific errors for what the engine cannot do.
+/// an `Input` scale from `scale_input`; specific errors for what the engine cannot do. `q` and
+/// `scales_out` are the codes and dynamic scales it writes, `None` for a round trip (`rank`: the
+/// data's rank), which keeps both in registers.
 pub(crate) fn row_quant(
     cx: &LowerCx,
     node: NodeId,
     spec: &QuantSpec,
-    q: ValueId,
+    (q, rank): (Option<ValueId>, usize),
     scales_out: Option<ValueId>,
     scale_input: Option<ValueId>,
 ) -> Result<Quant, LowerError> {
+    let dynamic_out = || {
+        if q.is_some() && scales_out.is_none() {
+            return Err(cx.error(node, "internal: dynamic quantize without a scales output"));
+        }
+        Ok(scales_out)
+    };
     let zero = match spec.zero_point {
         None => None,
         Some(ZeroPoint::Literal(z)) => Some(z),
@@ -356,8 +371,11 @@ pub(crate) fn row_quant(
             Scale::PerToken(scale_input.ok_or_else(|| cx.error(node, "internal: missing scale operand"))?)
         }
         (Granularity::PerToken, ScaleSource::Literal(s)) => Scale::Literal(*s),
-        (Granularity::PerToken, ScaleSource::Dynamic { .. }) => {
-            Scale::Dynamic { scales: scales_out.ok_or_else(|| cx.error(node, "internal: dynamic quantize without a scales output"))? }
+        (Granularity::PerToken, ScaleSource::Dynamic { dtype, .. }) => {
+            if *dtype != DType::F32 {
+                return Err(cx.error(node, format!("dynamic scales stored as {dtype} have no kernel yet (only f32)")));
+            }
+            Scale::Dynamic { scales: dynamic_out()? }
         }
         (Granularity::PerTensor, ScaleSource::Dynamic { .. }) => {
             return Err(cx.error(node, "dynamic per-tensor quantization has no kernel yet (needs a grid-wide amax); use per_token"))
@@ -366,8 +384,7 @@ pub(crate) fn row_quant(
             return Err(cx.error(node, "per-channel quantization of a row-wise result has no kernel yet"))
         }
         (Granularity::Block { blocks }, ScaleSource::Dynamic { dtype, .. }) => {
-            let scales = scales_out.ok_or_else(|| cx.error(node, "internal: dynamic quantize without a scales output"))?;
-            block_scale(cx, node, blocks, *dtype, zero.is_some(), cx.graph.shape(q).len(), scales)?
+            block_scale(cx, node, blocks, *dtype, zero.is_some(), rank, dynamic_out()?)?
         }
         (Granularity::Block { .. }, _) => {
             return Err(cx.error(node, "static block-scaled quantization has no row kernel yet (dynamic block scales only)"))
@@ -392,7 +409,7 @@ fn block_scale(
     dtype: DType,
     zero: bool,
     rank: usize,
-    scales: ValueId,
+    scales: Option<ValueId>,
 ) -> Result<Scale, LowerError> {
     let group = match blocks {
         [(axis, g)] if rank > 0 && crate::ir::normalize_axis(*axis, rank) == Some(rank - 1) && *g > 0 => *g,
@@ -404,10 +421,10 @@ fn block_scale(
     if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::F8E5M2) {
         return Err(cx.error(node, format!("dynamic block scales stored as {dtype} have no kernel yet (f32, f16, bf16, f8e4m3, f8e5m2)")));
     }
-    if cx.graph.ty(scales).dtype != dtype {
-        return Err(cx.error(node, format!("the scales output is {}, the spec says {dtype}", cx.graph.ty(scales).dtype)));
+    if let Some(out) = scales.filter(|&v| cx.graph.ty(v).dtype != dtype) {
+        return Err(cx.error(node, format!("the scales output is {}, the spec says {dtype}", cx.graph.ty(out).dtype)));
     }
-    Ok(Scale::DynamicBlock { scales, group })
+    Ok(Scale::DynamicBlock { scales, dtype, group })
 }
 
 /// Lowers `layernorm`, `rmsnorm`, `layernorm_quantize`, `rmsnorm_quantize` and `l2_normalize`.
@@ -426,6 +443,7 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
             y_dtype: cx.graph.ty(n.outputs[0]).dtype,
             y: Some(n.outputs[0]),
             quant: None,
+            round_trip: None,
             rows,
             len,
         },
@@ -438,6 +456,7 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
             y_dtype: cx.graph.ty(n.outputs[0]).dtype,
             y: Some(n.outputs[0]),
             quant: None,
+            round_trip: None,
             rows,
             len,
         },
@@ -450,6 +469,7 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
             y_dtype: cx.graph.ty(n.outputs[0]).dtype,
             y: Some(n.outputs[0]),
             quant: None,
+            round_trip: None,
             rows,
             len,
         },
@@ -462,7 +482,7 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
             let scale_input = (quant.scale == ScaleSource::Input).then(|| n.inputs[next]);
             let dynamic = quant.is_dynamic();
             let scales_out = dynamic.then(|| n.outputs[1]);
-            let q = row_quant(cx, node, quant, n.outputs[0], scales_out, scale_input)?;
+            let q = row_quant(cx, node, quant, (Some(n.outputs[0]), cx.graph.shape(x).len()), scales_out, scale_input)?;
             let y = keep_normed.then(|| *n.outputs.last().expect("normed output"));
             RowSpec {
                 family: "layernorm",
@@ -473,6 +493,7 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
                 y_dtype: *via,
                 y,
                 quant: Some(q),
+                round_trip: None,
                 rows,
                 len,
             }

@@ -1,4 +1,4 @@
-//! `quantize`, `dequantize` and `requantize`.
+//! `quantize`, `dequantize`, `requantize` and `quant_round_trip`.
 //!
 //! - Static quantize (literal or operand scale, per tensor / per channel / per token / blocks
 //!   along the last axis, optional literal or operand zero point) and every dequantize/requantize
@@ -31,13 +31,38 @@ use crate::ir::{normalize_axis, DType, Dim, Granularity, NodeId, Op, QuantSpec, 
 
 const QUANTIZE: Template = Template { name: "quantize.cu", text: include_str!("../../../templates/quantize.cu") };
 
+/// `quant_round_trip` as a row kernel (`templates/quantize.cu`, the row engine with
+/// `ROUND_TRIP`): each row times `pre`, quantized as `quant` says (literal, dynamic per-token or
+/// dynamic blocks along the last axis), the codes dequantized in registers with the scales they
+/// were made with, times `post`; only the result reaches memory.
+fn round_trip(cx: &LowerCx, node: NodeId, quant: &QuantSpec, pre_post: (f32, f32)) -> Result<Launch, LowerError> {
+    let n = &cx.graph.nodes[node];
+    let (x, y) = (n.inputs[0], n.outputs[0]);
+    let len = *cx.graph.shape(x).last().ok_or_else(|| cx.error(node, "a round trip needs rank ≥ 1"))?;
+    let q = row_quant(cx, node, quant, (None, cx.graph.shape(x).len()), None, None)?;
+    let spec = RowSpec {
+        family: "quantize",
+        template: QUANTIZE,
+        source: Source::Dense(x),
+        norm: Norm::None,
+        eps: 0.0,
+        y_dtype: cx.graph.ty(y).dtype,
+        y: Some(y),
+        quant: Some(q),
+        round_trip: Some(pre_post),
+        rows: cx.rows(x),
+        len,
+    };
+    row_launch(cx, node, &spec)
+}
+
 /// Lowers `quantize`, `dequantize` and `requantize`.
 pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
     let n = &cx.graph.nodes[node];
     let launch = match &n.op {
         Op::Quantize(spec) if spec.is_dynamic() => {
             let x = n.inputs[0];
-            let q = row_quant(cx, node, spec, n.outputs[0], n.outputs.get(1).copied(), None)?;
+            let q = row_quant(cx, node, spec, (Some(n.outputs[0]), cx.graph.shape(x).len()), n.outputs.get(1).copied(), None)?;
             let len = *cx.graph.shape(x).last().ok_or_else(|| cx.error(node, "per-token quantization needs rank ≥ 1"))?;
             let spec = RowSpec {
                 family: "quantize",
@@ -48,6 +73,7 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
                 y_dtype: cx.graph.ty(x).dtype,
                 y: None,
                 quant: Some(q),
+                round_trip: None,
                 rows: cx.rows(x),
                 len,
             };
@@ -81,6 +107,7 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
             emit(cx, node, spec)?
         }
         Op::Dequantize(spec) => dequantize(cx, node, spec)?,
+        Op::QuantRoundTrip { pre, quant, post } => round_trip(cx, node, quant, (*pre, *post))?,
         Op::Requantize { from_scale, via, to } => {
             let (qv, y) = (n.inputs[0], n.outputs[0]);
             check_storage(cx, node, to, false)?;

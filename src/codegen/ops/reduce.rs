@@ -51,6 +51,7 @@ fn softmax(cx: &LowerCx, node: NodeId, axis: i64) -> Result<Lowered, LowerError>
         y_dtype: cx.graph.ty(y).dtype,
         y: Some(y),
         quant: None,
+        round_trip: None,
         rows: cx.rows(x),
         len: shape[rank - 1],
     };

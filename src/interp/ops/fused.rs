@@ -28,6 +28,28 @@ pub(super) fn requantize(
     quant::quantize(to, Arc::new(x), vec![], outs)
 }
 
+/// `quant_round_trip`: `x·pre` rounded to x's dtype (the interpreter's own `mul`), the quantize,
+/// the dequantize of its codes with its own scales rounded to x's dtype, then `·post` rounded.
+pub(super) fn quant_round_trip(x: Arc<Tensor>, pre: f32, spec: &QuantSpec, post: f32, out: &OutType) -> Result<Tensor, String> {
+    let times =
+        |t: Arc<Tensor>, c: f32| elementwise::binary(BinaryOp::Mul, t, Arc::new(Tensor::from_f32_as(DType::F32, vec![], vec![c])), out);
+    let scaled = times(x, pre)?;
+    let shape = &out.shape;
+    let mut q_outs = vec![OutType { dtype: spec.storage, shape: shape.clone() }];
+    if let ScaleSource::Dynamic { dtype, .. } = spec.scale {
+        let scale_shape = quant::scale_shape(&spec.granularity, shape)?;
+        q_outs.push(OutType { dtype, shape: scale_shape });
+    }
+    let mut quantized = quant::quantize(spec, Arc::new(scaled), vec![], &q_outs)?.into_iter();
+    let codes = quantized.next().ok_or("quantize gave no codes")?;
+    let (dq_spec, extra) = match quantized.next() {
+        Some(scales) => (QuantSpec { scale: ScaleSource::Input, ..spec.clone() }, vec![Arc::new(scales)]),
+        None => (spec.clone(), vec![]),
+    };
+    let back = quant::dequantize(&dq_spec, Arc::new(codes), extra, out)?;
+    times(Arc::new(back), post)
+}
+
 /// `layernorm_quantize` / `rmsnorm_quantize` / `scale_quantize`: the norm (or the per-channel
 /// multiply, the interpreter's own `mul`) rounded to `via`, then the quantize.
 pub(super) fn norm_quantize(

@@ -145,6 +145,11 @@ fn static_params(spec: &QuantSpec, map: &ScaleMap, extra: &[Arc<Tensor>]) -> Res
     Ok(Params { scales, zeros })
 }
 
+/// The shape of the scales of `g` over data of shape `data`.
+pub(super) fn scale_shape(g: &Granularity, data: &[usize]) -> Result<Vec<usize>, String> {
+    Ok(ScaleMap::new(g, data)?.shape)
+}
+
 /// `quantize`: the quantized tensor, plus the scales when they are dynamic.
 pub(super) fn quantize(spec: &QuantSpec, x: Arc<Tensor>, extra: Vec<Arc<Tensor>>, outs: &[OutType]) -> Result<Vec<Tensor>, String> {
     let map = ScaleMap::new(&spec.granularity, &x.shape)?;

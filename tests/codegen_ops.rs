@@ -277,7 +277,8 @@ graph "ops_block_dq" {
 /// `quant_round_trip` (fuse-quant-round-trip) in every form the row engine takes: the `nvfp4`
 /// recipe's activations (global-scale multiplies around E2M1 codes with E4M3 block scales) at
 /// MiniLM's widths in f16 and bf16, `fp8-block`'s (f32 block scales, no multiplies), dynamic
-/// per-token INT8 and FP8, a literal per-tensor scale and a literal zero point.
+/// per-token INT8 and FP8, a literal per-tensor scale and a literal zero point; an RMSNorm and a
+/// LayerNorm joined to a round trip (`norm=…`).
 const ROUND_TRIPS: &str = r#"
 graph "ops_round_trips" {
   sym B max=64
@@ -291,7 +292,11 @@ graph "ops_round_trips" {
   %6 = quant_round_trip %0 {pre=2.0, post=1.0, f8e4m3, per_token, scale=dynamic(f32)} : f16[B,S,384]
   %7 = quant_round_trip %0 {pre=1.0, post=1.0, f8e4m3, per_tensor, scale=0.0123} : f16[B,S,384]
   %8 = quant_round_trip %0 {pre=1.0, post=1.0, u8, per_tensor, scale=0.05, zero=128} : f16[B,S,384]
-  return "a" = %2, "b" = %3, "c" = %4, "d" = %5, "e" = %6, "f" = %7, "g" = %8
+  %9 = weight @gamma : f16[384]
+  %10 = weight @beta : f16[384]
+  %11 = quant_round_trip %0, %9 {norm=rmsnorm, eps=1e-5, pre=256.0, post=0.00390625, f4e2m1, block(-1:16), scale=dynamic(f8e4m3)} : f16[B,S,384]
+  %12 = quant_round_trip %0, %9, %10 {norm=layernorm, eps=1e-12, pre=1.0, post=1.0, f8e4m3, block(-1:128), scale=dynamic(f32)} : f16[B,S,384]
+  return "a" = %2, "b" = %3, "c" = %4, "d" = %5, "e" = %6, "f" = %7, "g" = %8, "h" = %11, "i" = %12
 }
 "#;
 
@@ -396,7 +401,7 @@ fn block_dequantize_snapshot() {
 fn round_trips_lower_to_one_launch_each_and_compile() {
     let g = parse(ROUND_TRIPS);
     let ls = all_launches(&g);
-    assert_eq!(ls.len(), 7, "one row kernel per round trip");
+    assert_eq!(ls.len(), 9, "one row kernel per round trip");
     for l in &ls {
         assert_eq!(l.kernel.template, "quantize");
         assert!(l.kernel.source.contains("ROUND_TRIP = true") && l.kernel.source.contains("STORE_Y = false"), "{}", l.kernel.source);

@@ -5,8 +5,8 @@
 
 use super::{
     Attention, AttentionFp8, AttnRope, BinaryOp, CausalAttention, DType, EmbedLayerNorm, EpilogueOp, EpilogueStep, GluMatMul, Granularity,
-    KvCodes, NormKind, Op, OutputQuant, QMatMul, QuantSpec, ReduceOp, Rope, RopeLlama3, RopePairs, ScaleSource, Segment, SplitMatMul,
-    UnaryOp, ValueId, ZeroPoint,
+    KvCodes, NormKind, Op, OutputQuant, QMatMul, QuantSpec, ReduceOp, Rope, RopeLlama3, RopePairs, RoundTripNorm, ScaleSource, Segment,
+    SplitMatMul, UnaryOp, ValueId, ZeroPoint,
 };
 use crate::numerics::E8M0Rounding;
 
@@ -95,8 +95,15 @@ pub fn encode(op: &Op, extra: &[ValueId]) -> Vec<Attr> {
             v.extend(encode_quant(to, &[]));
             v
         }
-        Op::QuantRoundTrip { pre, quant, post } => {
-            let mut v = vec![kv("pre", f32_num(*pre)), kv("post", f32_num(*post))];
+        Op::QuantRoundTrip { norm, pre, quant, post } => {
+            let mut v = vec![];
+            if let Some(n) = norm {
+                v.push(kv("norm", ident(norm_kind_name(n.kind))));
+                if n.kind != NormKind::Scale {
+                    v.push(kv("eps", f32_num(n.eps)));
+                }
+            }
+            v.extend([kv("pre", f32_num(*pre)), kv("post", f32_num(*post))]);
             v.extend(encode_quant(quant, &[]));
             v
         }
@@ -515,7 +522,15 @@ pub fn decode(mnemonic: &str, attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), Stri
             let (quant, _) = decode_quant(attrs)?;
             let pre = as_f32(required(attrs, "pre")?)?;
             let post = as_f32(required(attrs, "post")?)?;
-            return Ok((Op::QuantRoundTrip { pre, quant, post }, vec![]));
+            let norm = match get(attrs, "norm") {
+                None => None,
+                Some(AttrValue::Ident(name)) => {
+                    let kind = norm_kind_of(name)?;
+                    Some(RoundTripNorm { kind, eps: if kind == NormKind::Scale { 0.0 } else { eps()? } })
+                }
+                Some(other) => return Err(format!("`norm` must be layernorm, rmsnorm or scale, got {other:?}")),
+            };
+            return Ok((Op::QuantRoundTrip { norm, pre, quant, post }, vec![]));
         }
         "layernorm_quantize" | "rmsnorm_quantize" | "scale_quantize" => {
             let (quant, refs) = decode_quant(attrs)?;
@@ -646,6 +661,22 @@ fn decode_dynamic(args: &[AttrValue]) -> Result<ScaleSource, String> {
         Some(other) => return Err(format!("unknown e8m0 rounding `{other}`")),
     };
     Ok(ScaleSource::Dynamic { dtype, rounding })
+}
+
+/// The text name of a norm kind (`quant_round_trip`'s `norm=`).
+fn norm_kind_name(kind: NormKind) -> &'static str {
+    match kind {
+        NormKind::LayerNorm => "layernorm",
+        NormKind::RmsNorm => "rmsnorm",
+        NormKind::Scale => "scale",
+    }
+}
+
+fn norm_kind_of(name: &str) -> Result<NormKind, String> {
+    [NormKind::LayerNorm, NormKind::RmsNorm, NormKind::Scale]
+        .into_iter()
+        .find(|&k| norm_kind_name(k) == name)
+        .ok_or_else(|| format!("unknown norm `{name}` (layernorm, rmsnorm, scale)"))
 }
 
 fn dtype_attr(attrs: &[Attr], key: &str) -> Result<DType, String> {

@@ -5,7 +5,7 @@
 
 use super::{
     normalize_axis, shape_text, Attention, DType, Dim, EmbedLayerNorm, Granularity, NormKind, Op, QMatMul, QuantSpec, ReduceOp,
-    ScaleSource, Shape, TensorType, ZeroPoint,
+    RoundTripNorm, ScaleSource, Shape, TensorType, ZeroPoint,
 };
 
 /// Result of a type rule: the output types, or why the node is ill-typed.
@@ -57,7 +57,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType], declared: &[TensorType]) -> InferR
         Op::Quantize(spec) => quantize(spec, inputs),
         Op::Dequantize(spec) => dequantize(spec, inputs, declared_first(declared)?.dtype),
         Op::Requantize { via, to, .. } => requantize(inputs[0], *via, to).map(|t| vec![t]),
-        Op::QuantRoundTrip { quant, .. } => quant_round_trip(inputs[0], quant).map(|t| vec![t]),
+        Op::QuantRoundTrip { norm, quant, .. } => quant_round_trip(*norm, quant, inputs).map(|t| vec![t]),
         Op::NormQuantize { kind, via, quant, keep_normed, .. } => norm_quantize(*kind, *via, quant, *keep_normed, inputs),
         Op::QMatMul(q) => qmatmul(q, inputs).map(|t| vec![t]),
         Op::SplitMatMul(s) => super::split_types::split_matmul(s, inputs),
@@ -78,7 +78,8 @@ pub fn arity(op: &Op) -> usize {
         Op::Binary(_) | Op::Gather | Op::MatMul { .. } | Op::RmsNorm { .. } | Op::MeanPool => 2,
         Op::LayerNorm { .. } => 3,
         Op::Quantize(s) | Op::Dequantize(s) => 1 + s.extra_inputs(),
-        Op::Requantize { .. } | Op::QuantRoundTrip { .. } => 1,
+        Op::Requantize { .. } => 1,
+        Op::QuantRoundTrip { norm, .. } => 1 + norm.map_or(0, |n| norm_params(n.kind)),
         Op::NormQuantize { kind, quant, .. } => norm_params(*kind) + 1 + quant.extra_inputs(),
         Op::QMatMul(q) => q.arity(),
         Op::SplitMatMul(s) => s.arity(),
@@ -318,9 +319,13 @@ fn quantize(spec: &QuantSpec, inputs: &[&TensorType]) -> InferResult {
     Ok(outs)
 }
 
-/// `quant_round_trip`: a float operand, a quantization that takes no operand; the result has the
-/// operand's type.
-fn quant_round_trip(x: &TensorType, spec: &QuantSpec) -> Result<TensorType, String> {
+/// `quant_round_trip`: a float operand (with `norm`, the norm's operands), a quantization that
+/// takes no operand; the result has the operand's type.
+fn quant_round_trip(norm_op: Option<RoundTripNorm>, spec: &QuantSpec, inputs: &[&TensorType]) -> Result<TensorType, String> {
+    let x = &match norm_op {
+        Some(_) => norm(inputs)?,
+        None => inputs[0].clone(),
+    };
     if spec.extra_inputs() != 0 {
         return Err("quant_round_trip takes no scale or zero-point operand (dynamic or literal only)".into());
     }

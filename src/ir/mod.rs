@@ -29,7 +29,8 @@ pub use graph::{Graph, Node, StateSlot, ValueInfo};
 pub use id::{IdVec, NodeId, SymId, ValueId};
 pub use op::{
     epilogue_operands, Attention, AttentionFp8, AttnRope, BinaryOp, CausalAttention, EmbedLayerNorm, EpilogueOp, EpilogueStep, GluMatMul,
-    KvCodes, NormKind, Op, OutputQuant, QMatMul, ReduceOp, Rope, RopeLlama3, RopePairs, Segment, SplitMatMul, UnaryOp, KV_NVFP4_BLOCK,
+    KvCodes, NormKind, Op, OutputQuant, QMatMul, ReduceOp, Rope, RopeLlama3, RopePairs, RoundTripNorm, Segment, SplitMatMul, UnaryOp,
+    KV_NVFP4_BLOCK,
 };
 pub use parse::{parse, ParseError};
 pub use print::print;

@@ -71,6 +71,16 @@ pub enum NormKind {
     Scale,
 }
 
+/// The norm a `quant_round_trip` computes before its multiply and quantize: LayerNorm (`x, gamma,
+/// beta`), RMSNorm (`x, gamma`) or the per-channel multiply `x ⊙ γ` ([`NormKind::Scale`]).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundTripNorm {
+    /// Which norm.
+    pub kind: NormKind,
+    /// Its epsilon (0 for [`NormKind::Scale`]).
+    pub eps: f32,
+}
+
 /// One step of a quantized matmul's epilogue; its result is rounded to `dtype`, exactly where the
 /// unfused graph rounded, so fusing never changes the numbers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -598,13 +608,18 @@ pub enum Op {
         /// The output quantization (per-tensor, literal scale).
         to: QuantSpec,
     },
-    /// `x → y`: a quantization's round trip as one op (an activation's fake quantization, for
+    /// `x [, gamma [, beta]] → y`: a quantization's round trip as one op (an activation's fake quantization, for
     /// GEMMs that take the dequantized values: NVFP4 and FP8-block activations on Hopper):
     /// `y = round_T(round_T(dequantize(quantize(round_T(x·pre)))·post)` with `T` = x's dtype,
     /// each product an f32 product rounded to `T` as `mul` rounds, the dequantize reading the
     /// quantize's own scales. `quant` takes no operand (dynamic or literal scale, literal or no
-    /// zero point). `pre = post = 1` multiply by one, which changes no value of `T`.
+    /// zero point). `pre = post = 1` multiply by one, which changes no value of `T`. With `norm`,
+    /// `x` is first normalised (the norm op's result, rounded to `T`).
     QuantRoundTrip {
+        /// A norm computed first (`x, gamma [, beta]` its operands), its result rounded to `T`
+        /// as the norm op's own; `None`: the op takes `x` alone.
+        #[serde(default)]
+        norm: Option<RoundTripNorm>,
         /// Multiplier before the quantize (a global scale's reciprocal).
         pre: f32,
         /// The quantization (its dequantize mirrors it).

@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! before:
+//!   %8 = rmsnorm %6, %7 {eps=1e-5} : f16[B,S,384] loc("L.input_layernorm")
 //!   %9 = scalar 256.0 : f16[] loc("Q:a.prescale")
 //!   %10 = mul %8, %9 : f16[B,S,384] loc("Q:a.prescale")
 //!   %11, %12 = quantize %10 {f4e2m1, block(-1:16), scale=dynamic(f8e4m3)} : f4e2m1[B,S,384], f8e4m3[B,S,24] loc("Q:a.q")
@@ -14,7 +15,7 @@
 //!   %14 = scalar 0.00390625 : f16[] loc("Q:a.postscale")
 //!   %15 = mul %13, %14 : f16[B,S,384] loc("Q:a.postscale")
 //! after:
-//!   %16 = quant_round_trip %8 {pre=256.0, post=0.00390625, f4e2m1, block(-1:16), scale=dynamic(f8e4m3)} : f16[B,S,384] loc("Q:a.q")
+//!   %16 = quant_round_trip %6, %7 {norm=rmsnorm, eps=1e-5, pre=256.0, post=0.00390625, f4e2m1, block(-1:16), scale=dynamic(f8e4m3)} : f16[B,S,384] loc("Q:a.q")
 //!   (readers of %15 read %16)
 //! ```
 //!
@@ -24,7 +25,9 @@
 //! the codes and scales are no graph outputs and have no other reader. Then, optionally: the
 //! quantize's operand is `mul(x, scalar)` read only by this quantize (absorbed as `pre`), and the
 //! dequantize's result is read only by one `mul(·, scalar)` of the same dtype (absorbed as
-//! `post`). Declined with the reason in the fusion report: a dequantize with other scales, codes
+//! `post`). Then, when x is a LayerNorm's or RMSNorm's result of x's dtype that nothing else reads
+//! (and no GEMM computes in its prologue), the norm joins too (`norm=…`: one row kernel from
+//! the norm's operands). Declined with the reason in the fusion report: a dequantize with other scales, codes
 //! or scales read elsewhere (a qmatmul taking the codes keeps them: `fuse-dq-matmul` ran first).
 //!
 //! Exact: `quant_round_trip` is defined as that composition, with the interpreter's own `mul`
@@ -37,7 +40,7 @@
 
 use super::dce::{live_users, output_uses, Users};
 use super::{loc, Pass, PassCx, PassError};
-use crate::ir::{order, BinaryOp, Builder, Graph, NodeId, Op, QuantSpec, ScaleSource, ValueId};
+use crate::ir::{order, BinaryOp, Builder, Graph, NodeId, NormKind, Op, QuantSpec, RoundTripNorm, ScaleSource, ValueId};
 
 /// `fuse-quant-round-trip`.
 pub struct FuseQuantRoundTrip;
@@ -83,8 +86,11 @@ struct RoundTrip {
     quant: QuantSpec,
     /// The dequantize of its codes.
     dequantize: NodeId,
-    /// The operand of the fused node (x, or the quantize's own operand without a `pre` mul).
-    input: ValueId,
+    /// A norm absorbed with its operands, else `None`.
+    norm: Option<RoundTripNorm>,
+    /// The operands of the fused node: x (the `pre` mul's operand, else the quantize's), or the
+    /// absorbed norm's operands.
+    inputs: Vec<ValueId>,
     /// The multiplier before (1: none).
     pre: f32,
     /// The multiplier after (1: none).
@@ -116,6 +122,16 @@ fn scalar_mul(g: &Graph, n: NodeId) -> Option<(ValueId, f32)> {
     match (scalar_of(g, a), scalar_of(g, b)) {
         (None, Some(c)) if g.shape(b).is_empty() => Some((a, c)),
         (Some(c), None) if g.shape(a).is_empty() => Some((b, c)),
+        _ => None,
+    }
+}
+
+/// The norm that produces `v` when it is a LayerNorm or an RMSNorm its reader's GEMM does not
+/// compute (`prologue`).
+fn norm_of(g: &Graph, v: ValueId) -> Option<RoundTripNorm> {
+    match g.nodes[g.values[v].producer].op {
+        Op::LayerNorm { eps } => Some(RoundTripNorm { kind: NormKind::LayerNorm, eps }),
+        Op::RmsNorm { eps, prologue: false } => Some(RoundTripNorm { kind: NormKind::RmsNorm, eps }),
         _ => None,
     }
 }
@@ -155,9 +171,15 @@ fn match_round_trip(g: &Graph, users: &Users, q: NodeId) -> Result<RoundTrip, St
         return Err(format!("the dequantize produces {}, not the operand's {dtype}", g.ty(back_value).dtype));
     }
     let producer = g.values[x].producer;
-    let (input, pre) = match scalar_mul(g, producer) {
-        Some((input, c)) if only_reader(g, users, x, q) && g.ty(input).dtype == dtype => (input, c),
-        _ => (x, 1.0),
+    let (input, pre, reader) = match scalar_mul(g, producer) {
+        Some((input, c)) if only_reader(g, users, x, q) && g.ty(input).dtype == dtype => (input, c, producer),
+        _ => (x, 1.0, q),
+    };
+    let (norm, inputs) = match norm_of(g, input) {
+        Some(n) if only_reader(g, users, input, reader) && g.ty(input).dtype == dtype => {
+            (Some(n), g.nodes[g.values[input].producer].inputs.to_vec())
+        }
+        _ => (None, vec![input]),
     };
     let post_mul = match users[back_value].as_slice() {
         [m] if output_uses(g, back_value) == 0 => {
@@ -169,7 +191,7 @@ fn match_round_trip(g: &Graph, users: &Users, q: NodeId) -> Result<RoundTrip, St
         Some((m, c)) => (g.nodes[m].outputs[0], c),
         None => (back_value, 1.0),
     };
-    Ok(RoundTrip { quant: quant.clone(), dequantize: dq, input, pre, post, result })
+    Ok(RoundTrip { quant: quant.clone(), dequantize: dq, norm, inputs, pre, post, result })
 }
 
 /// Adds the fused node (named after the quantize) and moves the readers of the replaced value to
@@ -177,9 +199,9 @@ fn match_round_trip(g: &Graph, users: &Users, q: NodeId) -> Result<RoundTrip, St
 fn apply(g: &mut Graph, q: NodeId, m: &RoundTrip) -> Result<NodeId, PassError> {
     let mut b = Builder::new(g);
     b.scope = b.graph.nodes[q].name.clone();
-    let op = Op::QuantRoundTrip { pre: m.pre, quant: m.quant.clone(), post: m.post };
+    let op = Op::QuantRoundTrip { norm: m.norm, pre: m.pre, quant: m.quant.clone(), post: m.post };
     let outs = b
-        .add(op, &[m.input], None)
+        .add(op, &m.inputs, None)
         .map_err(|message| PassError::Failed { pass: "fuse-quant-round-trip", message: format!("{q}: {message}") })?;
     g.replace_all_uses(m.result, outs[0]);
     Ok(g.values[outs[0]].producer)

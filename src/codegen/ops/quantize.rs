@@ -27,16 +27,28 @@ use super::norm::{row_launch, row_quant, Norm, RowSpec, Source};
 use crate::codegen::expr::{Expr, Fn2};
 use crate::codegen::kernel::{Launch, LowerCx, LowerError, Lowered};
 use crate::codegen::template::Template;
-use crate::ir::{normalize_axis, DType, Dim, Granularity, NodeId, Op, QuantSpec, ScaleSource, ValueId, ZeroPoint};
+use crate::ir::{normalize_axis, DType, Dim, Granularity, NodeId, NormKind, Op, QuantSpec, RoundTripNorm, ScaleSource, ValueId, ZeroPoint};
 
 const QUANTIZE: Template = Template { name: "quantize.cu", text: include_str!("../../../templates/quantize.cu") };
 
 /// `quant_round_trip` as a row kernel (`templates/quantize.cu`, the row engine with
-/// `ROUND_TRIP`): each row times `pre`, quantized as `quant` says (literal, dynamic per-token or
+/// `ROUND_TRIP`): each row (with `norm`, normalised first, rounded to the result's dtype) times `pre`, quantized as `quant` says (literal, dynamic per-token or
 /// dynamic blocks along the last axis), the codes dequantized in registers with the scales they
 /// were made with, times `post`; only the result reaches memory.
-fn round_trip(cx: &LowerCx, node: NodeId, quant: &QuantSpec, pre_post: (f32, f32)) -> Result<Launch, LowerError> {
+fn round_trip(
+    cx: &LowerCx,
+    node: NodeId,
+    norm: Option<RoundTripNorm>,
+    quant: &QuantSpec,
+    pre_post: (f32, f32),
+) -> Result<Launch, LowerError> {
     let n = &cx.graph.nodes[node];
+    let (row_norm, eps) = match norm {
+        None => (Norm::None, 0.0),
+        Some(RoundTripNorm { kind: NormKind::LayerNorm, eps }) => (Norm::Layer { gamma: n.inputs[1], beta: Some(n.inputs[2]) }, eps),
+        Some(RoundTripNorm { kind: NormKind::RmsNorm, eps }) => (Norm::Rms { gamma: n.inputs[1] }, eps),
+        Some(RoundTripNorm { kind: NormKind::Scale, .. }) => (Norm::Scale { gamma: n.inputs[1] }, 0.0),
+    };
     let (x, y) = (n.inputs[0], n.outputs[0]);
     let len = *cx.graph.shape(x).last().ok_or_else(|| cx.error(node, "a round trip needs rank ≥ 1"))?;
     let q = row_quant(cx, node, quant, (None, cx.graph.shape(x).len()), None, None)?;
@@ -44,8 +56,8 @@ fn round_trip(cx: &LowerCx, node: NodeId, quant: &QuantSpec, pre_post: (f32, f32
         family: "quantize",
         template: QUANTIZE,
         source: Source::Dense(x),
-        norm: Norm::None,
-        eps: 0.0,
+        norm: row_norm,
+        eps,
         y_dtype: cx.graph.ty(y).dtype,
         y: Some(y),
         quant: Some(q),
@@ -107,7 +119,7 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
             emit(cx, node, spec)?
         }
         Op::Dequantize(spec) => dequantize(cx, node, spec)?,
-        Op::QuantRoundTrip { pre, quant, post } => round_trip(cx, node, quant, (*pre, *post))?,
+        Op::QuantRoundTrip { norm, pre, quant, post } => round_trip(cx, node, *norm, quant, (*pre, *post))?,
         Op::Requantize { from_scale, via, to } => {
             let (qv, y) = (n.inputs[0], n.outputs[0]);
             check_storage(cx, node, to, false)?;

@@ -9,7 +9,9 @@
 use super::{elementwise, matmul, norm, quant, reduce, shape, Numerics, OutType};
 use crate::interp::tensor::Tensor;
 use crate::interp::Accumulation;
-use crate::ir::{Attention, BinaryOp, DType, EmbedLayerNorm, EpilogueOp, Granularity, NormKind, QMatMul, QuantSpec, ScaleSource};
+use crate::ir::{
+    Attention, BinaryOp, DType, EmbedLayerNorm, EpilogueOp, Granularity, NormKind, QMatMul, QuantSpec, RoundTripNorm, ScaleSource,
+};
 use crate::numerics::cast;
 use std::sync::Arc;
 
@@ -28,9 +30,27 @@ pub(super) fn requantize(
     quant::quantize(to, Arc::new(x), vec![], outs)
 }
 
-/// `quant_round_trip`: `x·pre` rounded to x's dtype (the interpreter's own `mul`), the quantize,
-/// the dequantize of its codes with its own scales rounded to x's dtype, then `·post` rounded.
-pub(super) fn quant_round_trip(x: Arc<Tensor>, pre: f32, spec: &QuantSpec, post: f32, out: &OutType) -> Result<Tensor, String> {
+/// `quant_round_trip`: with `norm`, the norm of its operands rounded to the result's dtype T (the
+/// norm ops' own code), else x; times `pre` rounded to T (the interpreter's own `mul`), the
+/// quantize, the dequantize of its codes with its own scales rounded to T, then `·post` rounded.
+pub(super) fn quant_round_trip(
+    norm_op: Option<RoundTripNorm>,
+    mut args: std::vec::IntoIter<Arc<Tensor>>,
+    (pre, spec, post): (f32, &QuantSpec, f32),
+    out: &OutType,
+) -> Result<Tensor, String> {
+    let mut next = || args.next().ok_or_else(|| "missing operand".to_string());
+    let x = match norm_op {
+        None => next()?,
+        Some(n) => {
+            let (x, gamma) = (next()?, next()?);
+            Arc::new(match n.kind {
+                NormKind::LayerNorm => norm::layer_norm(x, &gamma, Some(&*next()?), n.eps, out)?,
+                NormKind::RmsNorm => norm::rms_norm(x, &gamma, n.eps, out)?,
+                NormKind::Scale => elementwise::binary(BinaryOp::Mul, x, gamma, out)?,
+            })
+        }
+    };
     let times =
         |t: Arc<Tensor>, c: f32| elementwise::binary(BinaryOp::Mul, t, Arc::new(Tensor::from_f32_as(DType::F32, vec![], vec![c])), out);
     let scaled = times(x, pre)?;

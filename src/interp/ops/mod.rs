@@ -88,7 +88,7 @@ fn eval(op: &Op, args: Vec<Arc<Tensor>>, outs: &[OutType], num: Numerics) -> Res
         Op::Input { .. } | Op::Weight { .. } => return Err("internal: source op evaluated as a kernel".into()),
         Op::Quantize(spec) => return quant::quantize(spec, next!(), args.collect(), outs),
         Op::Requantize { from_scale, via, to } => return fused::requantize(next!(), *from_scale, *via, to, outs),
-        Op::QuantRoundTrip { pre, quant, post } => fused::quant_round_trip(next!(), *pre, quant, *post, out)?,
+        Op::QuantRoundTrip { norm, pre, quant, post } => fused::quant_round_trip(*norm, args, (*pre, quant, *post), out)?,
         Op::NormQuantize { kind, eps, via, quant, keep_normed, .. } => {
             return fused::norm_quantize(*kind, *eps, *via, quant, *keep_normed, args, outs)
         }

@@ -75,7 +75,7 @@ cp "$test_bin" gpu-bundle/skinny_gpu && strip gpu-bundle/skinny_gpu 2>/dev/null 
 # the D = 64 and D = 128 attention kernels.
 bash scripts/model-variant.sh gpu-bundle/model gpu-bundle/model-h6 6
 bash scripts/model-variant.sh gpu-bundle/model gpu-bundle/model-h3 3
-for r in fp16 fp8 fp8-dynamic int8-sq w8a16 w4a16-rtn w4a16-awq w4a16-gptq nvfp4 fp8-block "fp8 --fp8-accum tensor-core" \
+for r in fp16 fp8 fp8-dynamic int8-sq w8a16 w4a16-rtn w4a16-awq w4a16-gptq nvfp4 fp8-block "fp8 --fp8-accum exact" \
     "fp8 --fp8-attention" "h6:fp8 --fp8-attention" "h3:fp8 --fp8-attention"; do
     model=gpu-bundle/model
     [[ $r == h?:* ]] && { model=gpu-bundle/model-${r%%:*}; r=${r#h?:}; }

@@ -30,7 +30,8 @@
 #          with --disable-pass fuse-attention-output: the quantize before o_proj as its own launch,
 #          as before the attention stored those codes itself) and fp16+thread (the decode
 #          attention's thread-per-score math, --decode-attention thread: the A/B of session 14's
-#          warp path); GEN: check tokens (32).
+#          warp path), fp16+nosplit and fp16+split4 (--decode-splits 1 / 4: the unsplit decode
+#          attention, or at most 4 split-KV ranges, against the default 16); GEN: check tokens (32).
 # Logs: gpu-bundle-work/logs, archived to $OUT/gpu-decoder-logs.tgz.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -58,7 +59,9 @@ declare -A args=([fp16]="--recipe fp16 --kv-cache f16" [fp8]="--recipe fp8 --kv-
     [fp16+prologue]="--recipe fp16 --kv-cache f16 --enable-pass fuse-norm-prologue"
     [fp8+prologue]="--recipe fp8 --kv-cache fp8 --enable-pass fuse-norm-prologue"
     [fp8+fp8kv-noattnout]="--recipe fp8 --kv-cache fp8 --disable-pass fuse-attention-output"
-    [fp16+thread]="--recipe fp16 --kv-cache f16 --decode-attention thread")
+    [fp16+thread]="--recipe fp16 --kv-cache f16 --decode-attention thread"
+    [fp16+nosplit]="--recipe fp16 --kv-cache f16 --decode-splits 1"
+    [fp16+split4]="--recipe fp16 --kv-cache f16 --decode-splits 4")
 plan_of() { echo "$work/smol-${1//+/_}.plan"; }
 for step in $steps; do
     case $step in

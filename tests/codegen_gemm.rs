@@ -11,7 +11,7 @@ use qfuse::codegen::kernel::{Arg, KernelDef, Launch, LowerCx, LowerError, LowerO
 use qfuse::codegen::nvrtc;
 use qfuse::codegen::ops::qmatmul;
 use qfuse::ir::{DType, Graph, NodeId, Op};
-use qfuse::plan::{DimExpr, Guard, ParamType, Scalar};
+use qfuse::plan::{DimExpr, Guard, ParamType, Scalar, Sums, TensorCoreModel};
 
 /// The per-launch `f32` arguments a GEMM of `node` must get, from its payload: `alpha` unless it is
 /// 1, then the output quantize's scale and RN(1 / scale).
@@ -140,14 +140,15 @@ fn qmatmul_node(g: &Graph) -> NodeId {
 }
 
 /// Parses `ir` (checking it type-checks) and lowers its qmatmul.
-/// Lowers the IR's qmatmul with Hopper's FP8 tensor-core accumulation (the wgmma mainloop, whose
-/// generated code the snapshots pin); [`lower_ir_exact`] uses the default exact accumulation.
+/// Lowers the IR's qmatmul with the default options: FP8 on Hopper's promoted `wgmma` (the
+/// mainloop whose generated code the snapshots pin); [`lower_ir_exact`] takes `mma.sync` for FP8
+/// (`--fp8-accum exact`).
 fn lower_ir(ir: &str) -> (Graph, NodeId, Result<Lowered, LowerError>) {
-    lower_ir_with(ir, LowerOptions { exact_fp8: false, ..LowerOptions::default() })
+    lower_ir_with(ir, LowerOptions::default())
 }
 
 fn lower_ir_exact(ir: &str) -> (Graph, NodeId, Result<Lowered, LowerError>) {
-    lower_ir_with(ir, LowerOptions::default())
+    lower_ir_with(ir, LowerOptions { exact_fp8: true, ..LowerOptions::default() })
 }
 
 fn lower_ir_with(ir: &str, options: LowerOptions) -> (Graph, NodeId, Result<Lowered, LowerError>) {
@@ -231,13 +232,24 @@ fn minilm_qmatmuls_lower_and_compile_to_sm90a_cubin() {
         assert!(k.name.starts_with("gemm_") && k.template == "gemm", "{}", k.name);
         assert!(!k.source.contains("{{"), "{}: unsubstituted placeholder", c.name);
         let Op::QMatMul(q) = &n.op else { unreachable!() };
-        // Exact FP8 accumulation (the default) takes mma.sync; f16/bf16 and the tensor-core option wgmma.
-        let exact = qmatmul::plan(&LowerCx::new(&g, 90), node).expect("plans").spec;
-        let fp8 = g.ty(n.inputs[0]).dtype == DType::F8E4M3;
+        // Exact FP8 accumulation takes mma.sync; f16/bf16 and the default (promoted) FP8 wgmma.
+        let exact_cx = LowerCx { options: LowerOptions { exact_fp8: true, ..LowerOptions::default() }, ..LowerCx::new(&g, 90) };
+        let exact = qmatmul::plan(&exact_cx, node).expect("plans").spec;
+        let operand = g.ty(n.inputs[0]).dtype;
+        let fp8 = operand == DType::F8E4M3;
         assert_eq!(exact.mainloop.is_wgmma(), !fp8, "{}: {exact:?}", c.name);
-        let tc = LowerCx { options: LowerOptions { exact_fp8: false, ..LowerOptions::default() }, ..LowerCx::new(&g, 90) };
-        let spec = qmatmul::plan(&tc, node).expect("plans").spec;
+        let spec = qmatmul::plan(&LowerCx::new(&g, 90), node).expect("plans").spec;
         assert!(spec.mainloop.is_wgmma() && !spec.fast_accum, "{}: {spec:?}", c.name);
+        // What each mainloop sums, recorded on the kernel for the plan (bf16 wgmma: not probed).
+        let (promoted, f16_tc) =
+            (Sums::Promoted { model: TensorCoreModel::H100E4M3, every: 128 }, Sums::TensorCore(TensorCoreModel::H100F16));
+        let want = match operand {
+            DType::F8E4M3 => Some(promoted),
+            DType::F16 => Some(f16_tc),
+            _ => None,
+        };
+        assert_eq!((k.sums, spec.sums()), (want, want), "{}", c.name);
+        assert_eq!(exact.sums(), if fp8 { Some(f16_tc) } else { want }, "{}: the exact mainloop sums as f16 MMAs", c.name);
         let tiles_n = u64::from(spec.n / spec.tile_n);
         let grid = DimExpr::sym("B").mul(DimExpr::sym("S")).ceil_div(u64::from(spec.tile_m)).mul(DimExpr::Const(tiles_n));
         assert_eq!(k.grid, [grid, DimExpr::Const(1), DimExpr::Const(1)], "{}", c.name);
@@ -267,7 +279,7 @@ fn grid_and_signature_of_the_mlp_up_projection() {
     ));
     assert!(k.source.contains("qf_st4_e4m3(Y + mn, y, out_scale, out_rcp)"), "the output scale is a parameter");
     assert!(!k.source.contains(&format!("{:#010x}", 0.045479912f32.to_bits())), "the output scale is not compiled in");
-    // The default, exact accumulation: the mma.sync mainloop with 64×128 tiles for N = 1536.
+    // Exact accumulation (`--fp8-accum exact`): the mma.sync mainloop with 64×128 tiles for N = 1536.
     let exact = one_launch(lower_ir_exact(&c.ir).2, &c.name).kernel;
     assert_eq!(exact.grid[0].to_string(), "ceil_div(B*S, 64)*12");
     assert!(exact.source.contains("Mainloop::MmaSync;"), "exact FP8 accumulation takes mma.sync");

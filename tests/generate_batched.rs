@@ -122,7 +122,7 @@ fn teacher_forced_perplexity_equals_evals() {
     assert!((got / want - 1.0).abs() < 1e-4, "paged teacher forcing {got} vs eval {want}");
     let text = EvalChunks { source: "synthetic".into(), ctx: 32, chunks: owned };
     let (mut a, mut b) = (stepper(Accumulation::F32), stepper(Accumulation::F32));
-    let mut floor = floor_stepper(stepper(Accumulation::F32));
+    let mut floor = floor_stepper(stepper(Accumulation::F32), &Default::default());
     let r = check_perplexity(GEO, &mut a, &mut b, Some(&mut floor), &text).unwrap();
     assert!(r.passed(), "{r:?}");
     assert_eq!((r.gpu.relative, r.gpu.mean_kl, r.gpu.same_top), (0.0, 0.0, 1.0), "the same implementation agrees exactly");
@@ -172,7 +172,7 @@ fn interpreter_perplexity_of_a_plan() {
     let pages = geometry.max_batch * geometry.max_pages;
     let stepper = |acc| PagedStepper::new(&graph, &weights, geometry, pages, acc).unwrap();
     let started = std::time::Instant::now();
-    let (mut reference, mut floor) = (stepper(Accumulation::F32), floor_stepper(stepper(Accumulation::F32)));
+    let (mut reference, mut floor) = (stepper(Accumulation::F32), floor_stepper(stepper(Accumulation::F32), &Default::default()));
     // The floor's variant in the GPU's place: its agreement with the interpreter.
     let scored = score_lockstep(geometry, &mut [&mut floor, &mut reference], &text.chunks).unwrap();
     let elapsed = started.elapsed().as_secs_f64();

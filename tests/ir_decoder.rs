@@ -119,7 +119,7 @@ fn causal_attention_softmax_follows_the_perturbation() {
         interp::run_with(&g, &NoWeights, &inputs(), &opts, &mut |_, _| {}).expect("runs")[0].1.to_f32_vec()
     };
     let exact = run(None);
-    let moved: Vec<Vec<f32>> = (0..8).map(|seed| run(Some(interp::Perturbation { seed }))).collect();
+    let moved: Vec<Vec<f32>> = (0..8).map(|seed| run(Some(interp::Perturbation::Draw { seed }))).collect();
     assert!(moved.iter().any(|o| o.iter().zip(&exact).any(|(a, b)| a.to_bits() != b.to_bits())), "no draw moved the attention");
     for o in &moved {
         assert!(o.iter().zip(&exact).all(|(a, b)| (a - b).abs() <= 1e-6 * (1.0 + b.abs())), "{o:?} vs {exact:?}");

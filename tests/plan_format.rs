@@ -230,7 +230,7 @@ fn round_trip_keeps_meta_and_sections() {
     assert_eq!(plan.path(), path);
     let h = plan.header();
     assert_eq!(h.format, FORMAT_VERSION);
-    assert_eq!(FORMAT_VERSION, FormatVersion { major: 2, minor: 2 });
+    assert_eq!(FORMAT_VERSION, FormatVersion { major: 2, minor: 3 });
     assert_eq!((h.header_size as usize, h.flags), (HEADER_SIZE, 0));
     assert_eq!((h.arch.as_str(), h.qfuse_version.as_str(), h.nvrtc_version), ("sm_90a", QFUSE_VERSION, (13, 0)));
     assert_eq!(h.file_len, std::fs::metadata(&path).unwrap().len());
@@ -251,7 +251,7 @@ fn round_trip_keeps_meta_and_sections() {
 fn header_matches_documented_layout() {
     let b = sample_bytes();
     assert_eq!(&b[..8], b"QFUSEPLN");
-    assert_eq!((b[OFF_MAJOR], b[OFF_MAJOR + 1], b[OFF_MINOR], b[OFF_MINOR + 1]), (2, 0, 2, 0));
+    assert_eq!((b[OFF_MAJOR], b[OFF_MAJOR + 1], b[OFF_MINOR], b[OFF_MINOR + 1]), (2, 0, 3, 0));
     assert_eq!(u32::from_le_bytes(b[OFF_HEADER_SIZE..OFF_HEADER_SIZE + 4].try_into().unwrap()), 128);
     assert_eq!(&b[OFF_ARCH..OFF_ARCH + 7], b"sm_90a\0");
     assert_eq!(&b[24..24 + QFUSE_VERSION.len()], QFUSE_VERSION.as_bytes());
@@ -453,7 +453,7 @@ fn newer_major_is_rejected_before_anything_else() {
     match load_bytes(&b, Some("sm_90a")) {
         Err(e @ PlanError::NewerFormat { .. }) => {
             let PlanError::NewerFormat { found, supported, .. } = &e else { unreachable!() };
-            assert_eq!((found.to_string(), supported.to_string()), ("3.3".into(), "2.2".into()));
+            assert_eq!((found.to_string(), supported.to_string()), ("3.3".into(), "2.3".into()));
             assert!(e.to_string().contains(&format!("recompile the plan with qfuse {QFUSE_VERSION}")), "{e}");
         }
         other => panic!("expected NewerFormat, got {other:?}"),
@@ -539,25 +539,26 @@ fn write_meta(dir: &Path, meta: PlanMeta) -> Result<PathBuf, String> {
 #[test]
 fn format_2_0_plans_load_without_a_split_scratch() {
     let dir = tempfile::tempdir().unwrap();
-    // A decoder plan as 2.0 wrote it: minor 0, metadata two bytes shorter (the 0 that 2.1
-    // appends, and the empty PDL kernel list of 2.2).
+    // A decoder plan as 2.0 wrote it: minor 0, metadata three bytes shorter (the 0 that 2.1
+    // appends, the empty PDL kernel list of 2.2 and the empty launch sums of 2.3).
     let meta = decoder_sample_meta(0, false);
     let mut b = std::fs::read(write_meta(dir.path(), meta.clone()).unwrap()).unwrap();
     let range = meta_range(&b);
-    assert_eq!(b[range.end - 2..range.end], [0, 0], "split_scratch_bytes = 0 and no PDL kernels end the metadata");
+    assert_eq!(b[range.end - 3..range.end], [0, 0, 0], "split_scratch_bytes = 0, no PDL kernels and no launch sums end the metadata");
     put_u16(&mut b, OFF_MINOR, 0);
-    put_u64(&mut b, OFF_META_LEN, range.len() as u64 - 2);
+    put_u64(&mut b, OFF_META_LEN, range.len() as u64 - 3);
     fix_all_crcs(&mut b);
     let plan = load_bytes(&b, None).unwrap();
     assert_eq!(plan.header().format, FormatVersion { major: 2, minor: 0 });
     assert_eq!(plan.meta(), &meta);
     assert_eq!(plan.meta().decoder.as_ref().unwrap().split_scratch_bytes, 0);
-    // An encoder plan of 2.0 (and 2.1) is a 2.2 one without the PDL kernel list's byte.
-    for minor in [0, 1] {
+    // An encoder plan of 2.0 (and 2.1) is a 2.3 one without the PDL kernel list's and the
+    // launch sums' bytes; one of 2.2 without the launch sums' byte.
+    for minor in [0, 1, 2] {
         let mut b = sample_bytes();
         let range = meta_range(&b);
         put_u16(&mut b, OFF_MINOR, minor);
-        put_u64(&mut b, OFF_META_LEN, range.len() as u64 - 1);
+        put_u64(&mut b, OFF_META_LEN, range.len() as u64 - if minor < 2 { 2 } else { 1 });
         fix_all_crcs(&mut b);
         assert_eq!(load_bytes(&b, None).unwrap().meta(), &sample_meta(), "encoder plan of 2.{minor}");
     }
@@ -571,7 +572,7 @@ fn format_2_0_plans_load_without_a_split_scratch() {
     let e = write_meta(dir.path(), decoder_sample_meta(0, true)).unwrap_err();
     assert!(e.contains("split_scratch_bytes is 0") && e.contains("launch 1"), "{e}");
     let mut b = std::fs::read(write_meta(dir.path(), decoder_sample_meta(1, true)).unwrap()).unwrap();
-    let last = meta_range(&b).end - 2;
+    let last = meta_range(&b).end - 3;
     assert_eq!(b[last], 1);
     b[last] = 0;
     fix_all_crcs(&mut b);
@@ -604,9 +605,9 @@ fn format_2_2_pdl_kernels_and_the_zeroed_scratch() {
     meta.schedule[1].args[0] = ArgRef::SplitScratch;
     let mut b = std::fs::read(write_meta(dir.path(), meta.clone()).unwrap()).unwrap();
     let range = meta_range(&b);
-    assert_eq!(b[range.end - 1], 0, "the empty PDL kernel list ends the metadata");
+    assert_eq!(b[range.end - 2..range.end], [0, 0], "the empty PDL kernel list and launch sums end the metadata");
     put_u16(&mut b, OFF_MINOR, 1);
-    put_u64(&mut b, OFF_META_LEN, range.len() as u64 - 1);
+    put_u64(&mut b, OFF_META_LEN, range.len() as u64 - 2);
     fix_all_crcs(&mut b);
     let plan = load_bytes(&b, None).unwrap();
     assert_eq!((plan.header().format, plan.meta()), (FormatVersion { major: 2, minor: 1 }, &meta));

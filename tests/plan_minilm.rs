@@ -12,7 +12,7 @@ use qfuse::check::PlanWeights;
 use qfuse::compile::{compile, CompileOptions, CompiledPlan};
 use qfuse::import::ImportOptions;
 use qfuse::interp;
-use qfuse::plan::{ArgRef, Plan, SectionKind};
+use qfuse::plan::{ArgRef, Plan, SectionKind, Sums, TensorCoreModel};
 use qfuse::quant::calib;
 
 fn compile_minilm(recipe: &str, cache: &std::path::Path) -> CompiledPlan {
@@ -45,6 +45,7 @@ fn minilm_plans_compile_for_sm90a_and_round_trip() {
         assert_eq!(meta, compiled.meta(), "{recipe}: the plan file changed the metadata");
         check_kernels(&plan, recipe);
         check_schedule(&plan, recipe);
+        check_sums(&plan, recipe);
         check_memory(&plan, recipe);
         check_ir_and_weights(&plan, &compiled, recipe);
         eprintln!(
@@ -117,6 +118,27 @@ fn check_schedule(plan: &Plan, recipe: &str) {
     for o in outputs {
         assert!(defined.contains(o), "{recipe}: output buffer {o} is never written");
     }
+}
+
+/// Every tiled GEMM launch records how its mainloop sums (format 2.3), and nothing else does:
+/// f16 `wgmma` as the f16 tensor cores chained over K, FP8 `wgmma` (the default) promoted to f32
+/// every 128-deep k-tile; the skinny CUDA-core kernels sum in f32 and record nothing.
+fn check_sums(plan: &Plan, recipe: &str) {
+    let meta = plan.meta();
+    let want = if recipe == "fp16" {
+        Sums::TensorCore(TensorCoreModel::H100F16)
+    } else {
+        Sums::Promoted { model: TensorCoreModel::H100E4M3, every: 128 }
+    };
+    for (n, l) in meta.schedule.iter().enumerate() {
+        let kernel = &meta.kernels[l.kernel as usize];
+        let expected = (kernel.template == "gemm").then_some(want);
+        assert_eq!(meta.sums_of(n), expected, "{recipe}: launch {n} ({}, {})", l.label, kernel.template);
+        if expected.is_some() {
+            assert!(kernel.source.contains("constexpr Mainloop MAINLOOP = Mainloop::Wgmma;"), "{recipe}: launch {n} is not on wgmma");
+        }
+    }
+    assert!(!meta.launch_sums.is_empty(), "{recipe}: no GEMM launch records its sums");
 }
 
 /// Reuse happened, every buffer lies in the arena, and the largest-shape arena is what it says.

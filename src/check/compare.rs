@@ -8,6 +8,7 @@
 //! | `f32` | every element: ≤ 1e-3·\|ref\| + 1e-4 | dynamic scales (`amax / 448` of values that agree) and f32 sums in another order |
 //! | narrow codes (FP8, FP4, E8M0, 8- and 4-bit integers) | exact, except *boundary cases*: the code the interpreter gets when it evaluates the same node on the same operands summing in f64 instead of f32; *transcendental cases*: a code one step away that lies inside the op's code window; and *score-order cases*: a code one step away that `attention` reaches when a score whose `q·k` sum lies within f32 rounding of a T boundary rounds the other way | a value whose sum lies within rounding of a code boundary may round either way; summing in f64 shows which values do. Where the pre-quantize value went through CUDA's `expf` (attention's softmax), the interpreter's exp differs from the GPU's by up to 2 + 1 ulp; the window ([`crate::interp::code_window`]) holds every code the pre-quantize value can round to under that error and the P·V sum's order. A score rounded to T one step apart moves a whole row of probabilities; the flip window ([`crate::interp::score_flip_window`]) recomputes the output with such scores flipped, exactly, not by a bound |
 //! | `i32`, `i64` | exact | |
+//! | any result of a kernel that records how it sums (tensor-core GEMMs, [`compare_kernel_sums`]) | against the node summed as the kernel sums (the measured tensor-core model): the same bits, except where CUDA's transcendental functions in the epilogue (GeLU's `erfcf`, SiLU's `expf`) can move the result: inside the window their documented error spans, a float anywhere and a narrow code one step from the reference | the sums are the kernel's own, and every other step of the epilogue is an IEEE operation the interpreter performs alike |
 //!
 //! Each element is judged against its own reference, never against the tensor's largest
 //! magnitude (a −65504 mask entry must not loosen every other entry). A non-finite reference needs
@@ -32,6 +33,9 @@ pub enum Tolerance {
     Codes,
     /// Bit-exact.
     Exact,
+    /// A kernel's result against its node summed exactly as the kernel sums: bit-exact except
+    /// inside the window of the epilogue's transcendental error ([`compare_kernel_sums`]).
+    KernelSums,
 }
 
 impl Tolerance {
@@ -52,6 +56,9 @@ impl Tolerance {
             Tolerance::Float { rel, abs } => format!("|Δ| ≤ {rel:.0e}·|ref| + {abs:.0e}"),
             Tolerance::Codes => "codes exact (f64-sum, transcendental and score-order boundary cases counted)".into(),
             Tolerance::Exact => "exact".into(),
+            Tolerance::KernelSums => {
+                "summed as the kernel sums: exact, except within the epilogue's transcendental error (codes one step)".into()
+            }
         }
     }
 }
@@ -114,7 +121,22 @@ pub struct Reference<'a> {
 
 /// Compares `got` with `want` under the tolerance of `dtype`.
 pub fn compare(dtype: DType, want: Reference<'_>, got: &[f32]) -> Comparison {
-    let tol = Tolerance::of(dtype);
+    compare_under(Tolerance::of(dtype), dtype, want, got)
+}
+
+/// Compares `got` with `want`, the interpreter's result of a node summed exactly as its kernel
+/// sums (so a correct kernel differs from it only through its epilogue's transcendental
+/// functions), under [`Tolerance::KernelSums`]: every finite element has `want`'s bits, or lies
+/// inside `window` (per element the lowest and highest result those functions' documented error
+/// can give), a narrow code also one step from `want`'s; such elements are counted as
+/// transcendental cases. Non-finite elements follow [`compare`]'s rule.
+pub fn compare_kernel_sums(dtype: DType, want: &[f32], window: (&[f32], &[f32]), got: &[f32]) -> Comparison {
+    let reference = Reference { values: want, wide: None, window: Some(window), flips: None, magnitude: None };
+    compare_under(Tolerance::KernelSums, dtype, reference, got)
+}
+
+/// [`compare`] under the tolerance `tol`.
+fn compare_under(tol: Tolerance, dtype: DType, want: Reference<'_>, got: &[f32]) -> Comparison {
     let n = want.values.len();
     let bad_pair = |p: Option<(&[f32], &[f32])>| p.is_some_and(|(l, h)| l.len() != n || h.len() != n);
     let bad_len = |v: Option<&[f32]>| v.is_some_and(|v| v.len() != n);
@@ -140,12 +162,35 @@ pub fn compare(dtype: DType, want: Reference<'_>, got: &[f32]) -> Comparison {
             }
         }
         Tolerance::Codes => return compare_codes(dtype, want, got, tol),
+        Tolerance::KernelSums if Tolerance::of(dtype) == Tolerance::Codes => return compare_codes(dtype, want, got, tol),
+        Tolerance::KernelSums => return compare_in_window(want, got),
         Tolerance::Exact => {
             let differ = (0..n).filter(finite).filter(|&i| want.values[i].to_bits() != got[i].to_bits()).count();
             (differ == 0, format!("{differ} elements differ"), 0)
         }
     };
     Comparison { pass, measured, tolerance: tol.describe(), boundary_cases, ..Comparison::mismatch("") }
+}
+
+/// [`Tolerance::KernelSums`] for wide values: every finite element has the reference's bits or
+/// lies inside `want.window` (counted as a transcendental case).
+fn compare_in_window(want: Reference<'_>, got: &[f32]) -> Comparison {
+    let n = want.values.len();
+    let inside = |i: usize| want.window.is_some_and(|(lo, hi)| lo[i] <= got[i] && got[i] <= hi[i]);
+    let differ = (0..n).filter(|&i| want.values[i].is_finite() && want.values[i].to_bits() != got[i].to_bits());
+    let (allowed, wrong): (Vec<usize>, Vec<usize>) = differ.partition(|&i| inside(i));
+    let measured = match wrong.first() {
+        Some(&i) => format!(
+            "{} of {n} elements differ from the kernel's sums, first at element {i} (ref {}, gpu {}); {} within transcendental rounding",
+            wrong.len(),
+            want.values[i],
+            got[i],
+            allowed.len()
+        ),
+        None => format!("all {n} elements as the kernel sums; {} within transcendental rounding", allowed.len()),
+    };
+    let tolerance = Tolerance::KernelSums.describe();
+    Comparison { pass: wrong.is_empty(), measured, tolerance, transcendental_cases: allowed.len(), ..Comparison::mismatch("") }
 }
 
 /// Why a narrow code that differs from the reference is allowed, if it is.

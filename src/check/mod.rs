@@ -2,7 +2,9 @@
 //!
 //! 1. **Per kernel.** The plan runs launch by launch ([`Context::run_checked`]); after each launch
 //!    every buffer it wrote is compared with the interpreter's value of the same IR value, element
-//!    by element under the named tolerance of its dtype ([`Tolerance`]); a written buffer that
+//!    by element under the named tolerance of its dtype ([`Tolerance`]), or — for a kernel that
+//!    records how it sums (tensor-core GEMMs, [`KernelSums`]) — with its node summed exactly as
+//!    the kernel sums, within its epilogue's transcendental error only; a written buffer that
 //!    cannot be compared fails ([`judge_launch`]). The GPU's value is then replaced by the
 //!    interpreter's before the next launch ("teacher forcing"), so each kernel is judged on exact
 //!    inputs and an error cannot hide behind, or be blamed on, an earlier one.
@@ -19,6 +21,7 @@ pub mod decoder;
 pub mod inputs;
 mod judge;
 mod magnitude;
+mod sums;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,8 +29,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-pub use compare::{compare, Comparison, Reference, Tolerance};
-pub use judge::{judge_launch, value_id, References};
+pub use compare::{compare, compare_kernel_sums, Comparison, Reference, Tolerance};
+pub use judge::{judge_launch, kernel_sums, value_id, References, Summed};
+pub use sums::{accumulation, launch_accumulation, launch_node, KernelSums};
 
 use crate::compile::{bytes, TOKENIZER_SECTION};
 use crate::import::TextTokenizer;
@@ -133,11 +137,13 @@ pub const FLOOR_MARGIN: f64 = 1e-4;
 pub const FLOOR_SEED: u64 = 0x5eed_f100;
 
 /// The pass rule, as `qfuse check` prints it.
-pub const PASS_RULE: &str = "a plan passes when every kernel's results are within their dtype's tolerance and every output row's \
+pub const PASS_RULE: &str = "a plan passes when every kernel's results are within their dtype's tolerance (a tensor-core GEMM's: \
+its node summed as the kernel sums, exact but for the epilogue's transcendental error) and every output row's \
 cosine with the interpreter reaches the bar: --min-cos, or the floor minus 1e-4 where that is lower; the floor is the lowest cosine \
 between any two correct implementations of the same IR: the interpreter and eight others (f64 sums; f64 sums with expf/erfcf/tanhf \
 moved within CUDA's documented ulp bounds and attention's softmax denominator summed in f32, three draws; f32 sums with K in 2, 3 and 4 slices; \
-the H100's f16 tensor-core sums, measured: 16 products and the accumulator aligned, truncated to 25 bits, with the first draw's transcendentals)";
+the H100's f16 tensor-core sums, measured: 16 products and the accumulator aligned, truncated to 25 bits, with the first draw's transcendentals), \
+and a ninth where the plan records how its GEMM kernels sum: every GEMM summed as its kernel sums, with the first draw's transcendentals";
 
 /// An end-to-end floor ([`interpreter_floor`]): per output, each row's lowest cosine between two
 /// correct implementations of the IR; and the second implementations themselves.
@@ -173,11 +179,14 @@ pub struct FloorVariant {
 /// re-quantizes (FP8, INT8, FP4 activations) a last-bit difference can flip a code and the flip
 /// propagates. Which codes flip is a matter of chance, so the floor (the least agreeing pair)
 /// samples several draws of each kind: with one draw per kind, the FP4 plans' floor was an
-/// optimistic sample of the spread.
-pub fn floor_variants() -> Vec<(String, interp::RunOptions)> {
+/// optimistic sample of the spread. With `kernel_sums` (a plan that records how its GEMM kernels
+/// sum, [`KernelSums`]), a ninth: every GEMM summed as the plan's kernel for it sums (the
+/// hardware the plan runs on: promoted FP8 `wgmma`, f16 tensor cores), the other nodes in f32,
+/// transcendentals as in the first draw.
+pub fn floor_variants(kernel_sums: Option<&KernelSums>) -> Vec<(String, interp::RunOptions)> {
     let f64_sums = interp::RunOptions { accumulation: interp::Accumulation::F64, ..Default::default() };
     let perturbed = |draw: u64| {
-        let opts = interp::RunOptions { perturbation: Some(interp::Perturbation { seed: FLOOR_SEED + draw }), ..f64_sums.clone() };
+        let opts = interp::RunOptions { perturbation: Some(interp::Perturbation::Draw { seed: FLOOR_SEED + draw }), ..f64_sums.clone() };
         (format!("f64 sums, transcendentals within CUDA's ulp bounds (draw {})", draw + 1), opts)
     };
     let split = |parts: u32| {
@@ -192,10 +201,20 @@ pub fn floor_variants() -> Vec<(String, interp::RunOptions)> {
         format!("{tensor_core}, transcendentals within CUDA's ulp bounds (draw 1)"),
         interp::RunOptions {
             accumulation: tensor_core,
-            perturbation: Some(interp::Perturbation { seed: FLOOR_SEED }),
+            perturbation: Some(interp::Perturbation::Draw { seed: FLOOR_SEED }),
             ..Default::default()
         },
     ));
+    if let Some(sums) = kernel_sums.filter(|s| !s.is_empty()) {
+        variants.push((
+            "every GEMM summed as the plan's kernels sum, transcendentals within CUDA's ulp bounds (draw 1)".to_string(),
+            interp::RunOptions {
+                node_accumulation: Some(sums.node_accumulation()),
+                perturbation: Some(interp::Perturbation::Draw { seed: FLOOR_SEED }),
+                ..Default::default()
+            },
+        ));
+    }
     variants
 }
 
@@ -262,7 +281,8 @@ pub fn check_plan(path: &Path, opts: &CheckOptions) -> anyhow::Result<CheckRepor
             ))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let (floor, floor_variants) = interpreter_floor(&graph, &weights, &inputs, &reference)?;
+    let kernel_sums = KernelSums::of_plan(plan.meta(), &graph);
+    let (floor, floor_variants) = interpreter_floor(&graph, &weights, &inputs, &reference, Some(&kernel_sums))?;
     let gpu_vs_variants = gpu_vs_variants(&graph, &reference, &outputs, &floor_variants)?;
     let vs_fp32 = match &opts.reference_model {
         Some(dir) => Some(fp32_comparison(dir, &opts.texts, &graph, &reference, &outputs)?),
@@ -285,18 +305,20 @@ pub fn check_plan(path: &Path, opts: &CheckOptions) -> anyhow::Result<CheckRepor
     })
 }
 
-/// The end-to-end floor of `graph` on `inputs`: each of [`floor_variants`] run on the same
-/// inputs, its output rows' cosines with `reference` (the interpreter's values) and with every
-/// other variant, and per output and row the lowest of all these pairs: the least two correct
-/// implementations of the IR agree. Needs no GPU.
+/// The end-to-end floor of `graph` on `inputs`: each of [`floor_variants`] (with `kernel_sums`,
+/// how the plan's GEMM kernels sum) run on the same inputs, its output rows' cosines with
+/// `reference` (the interpreter's values) and with every other variant, and per output and row
+/// the lowest of all these pairs: the least two correct implementations of the IR agree. Needs
+/// no GPU.
 pub fn interpreter_floor(
     graph: &Graph,
     weights: &dyn WeightSource,
     inputs: &[(&str, Tensor)],
     reference: &HashMap<ValueId, Tensor>,
+    kernel_sums: Option<&KernelSums>,
 ) -> anyhow::Result<Floor> {
     let mut variants: Vec<FloorVariant> = Vec::new();
-    for (name, opts) in floor_variants() {
+    for (name, opts) in floor_variants(kernel_sums) {
         let outs = interp::run_with(graph, weights, inputs, &opts, &mut |_, _| {})?;
         let outputs: Vec<Vec<f32>> = outs.iter().map(|(_, t)| t.to_f32_vec()).collect();
         let cosines = graph
@@ -389,7 +411,7 @@ pub fn plan_floor(path: &Path, texts: &[String], max_tokens: usize) -> anyhow::R
     for ((_, v), (_, t)) in graph.outputs.iter().zip(outs) {
         reference.insert(*v, t);
     }
-    interpreter_floor(&graph, &weights, &inputs, &reference)
+    interpreter_floor(&graph, &weights, &inputs, &reference, Some(&KernelSums::of_plan(plan.meta(), &graph)))
 }
 
 /// The first output of the GPU and of the interpreter, each against the imported model's FP32
@@ -617,7 +639,7 @@ mod bar_tests {
         let w = HashMap::<String, std::sync::Arc<crate::interp::Tensor>>::new();
         let out = crate::interp::run(&g, &w, &inputs).unwrap();
         let reference = [(g.outputs[0].1, out[0].1.clone())].into_iter().collect();
-        let (floor, variants) = super::interpreter_floor(&g, &w, &inputs, &reference).unwrap();
+        let (floor, variants) = super::interpreter_floor(&g, &w, &inputs, &reference, None).unwrap();
         assert_eq!(variants.len(), 8);
         assert!(variants[0].cosines[0].1.iter().all(|&c| c == 1.0), "f64 sums change nothing here: {variants:?}");
         assert!(variants[4..7].iter().all(|v| v.cosines[0].1.iter().all(|&c| c == 1.0)), "nor do other f32 orders (no sums)");

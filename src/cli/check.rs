@@ -240,7 +240,7 @@ fn kernel_summary(what: &str, kernels: &[KernelCheck]) -> String {
     let transcendental: usize = kernels.iter().map(|k| k.comparison.transcendental_cases).sum();
     let score_order: usize = kernels.iter().map(|k| k.comparison.score_order_cases).sum();
     format!(
-        "{what}: {ok} of {} results within their dtype's tolerance; {boundary} narrow codes on a rounding boundary (allowed); {transcendental} codes within transcendental rounding of a boundary (allowed); {score_order} codes from attention scores within f32 rounding of a boundary (allowed)",
+        "{what}: {ok} of {} results within their tolerance; {boundary} narrow codes on a rounding boundary (allowed); {transcendental} codes within transcendental rounding of a boundary (allowed); {score_order} codes from attention scores within f32 rounding of a boundary (allowed)",
         kernels.len()
     )
 }

@@ -133,11 +133,15 @@ fn schedule_table(m: &PlanMeta) -> Table {
                 ArgRef::SplitScratchZeroed => "split_scratch(zeroed)".into(),
             })
             .collect();
-        // A guarded launch (format 1.1) runs only for the shapes where its guard holds.
-        let computes = match m.guard_of(i) {
+        // A guarded launch (format 1.1) runs only for the shapes where its guard holds; a
+        // tensor-core GEMM (format 2.3) says how it sums.
+        let mut computes = match m.guard_of(i) {
             Some(g) => format!("{} [when {g}]", l.label),
             None => l.label.clone(),
         };
+        if let Some(sums) = m.sums_of(i) {
+            computes += &format!(" [sums: {sums}]");
+        }
         t.add_row([i.to_string(), m.kernels[l.kernel as usize].name.clone(), computes, args.join(", ")]);
     }
     t

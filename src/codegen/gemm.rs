@@ -28,7 +28,7 @@ use super::expr::Expr;
 use super::kernel::{finish_kernel, Arg, KernelDef};
 use super::template::{Template, TemplateError};
 use crate::ir::DType;
-use crate::plan::{DimExpr, ParamMeta, ParamType, Scalar};
+use crate::plan::{DimExpr, ParamMeta, ParamType, Scalar, Sums};
 
 const GEMM: Template = Template { name: "gemm.cu", text: include_str!("../../templates/gemm.cu") };
 
@@ -174,18 +174,19 @@ pub struct GemmSpec {
     /// The MMA instruction family.
     pub mainloop: Mainloop,
     /// FP8 wgmma only: accumulate all of K in the tensor cores' FP8 accumulators (faster; they
-    /// keep fewer mantissa bits than f32, cf. cuBLASLt's `FAST_ACCUM`). When false, every
+    /// keep 14 bits of each step's sum, cf. cuBLASLt's `FAST_ACCUM`). When false, every
     /// 128-deep k-tile is summed separately by the tensor cores and then added to f32 registers
-    /// ("promotion"), which bounds the error to that of one 128-term partial sum.
+    /// ("promotion"), which bounds the error to that of one 128-term partial sum
+    /// ([`GemmSpec::sums`] says exactly what each computes).
     pub fast_accum: bool,
     /// FP8 wgmma without `fast_accum`: add the tensor cores' partial sums to the f32 registers
     /// every this many 32-byte k-steps (must divide the k-steps of a tile); 0 (the default) means
-    /// once per k-tile. The tensor cores' internal FP8 accumulation keeps about 14 mantissa bits:
+    /// once per k-tile. The tensor cores' internal FP8 accumulation keeps 14 bits of a step's sum:
     /// on H100 (Nov 2026) promoting after every wgmma (1) halved the FP8 codes that differ from an
     /// exact sum after MiniLM's GeLU GEMM (0.46 % → 0.19 %) but cost a third of the speed at
     /// 8192³ (1150 → 756 TFLOP/s), and did not bring the plans' embeddings closer to the
-    /// interpreter's. For sums that match an exact f32 sum, use the `mma.sync` mainloop
-    /// ([`GemmSpec::for_problem`] with `exact_fp8`).
+    /// interpreter's. Sums closer to f32's take the `mma.sync` mainloop ([`GemmSpec::for_problem`]
+    /// with `exact_fp8`), at a third of the speed.
     pub promote_steps: u32,
 }
 
@@ -282,10 +283,10 @@ impl GemmSpec {
     /// at M = 4096 (96 such tiles) 64×64 stays ahead (163 vs 148).
     ///
     /// With `exact_fp8`, an E4M3 GEMM takes the `mma.sync` mainloop instead ([`GemmSpec::for_shape`]):
-    /// on sm_90 ptxas turns it into exact E4M3→f16 conversions and f16 tensor-core MMAs with f32
-    /// accumulation, whose sums match the interpreter's f32 sums to rounding (Hopper's FP8 wgmma
-    /// accumulates with ~14 mantissa bits, so its sums differ from the interpreter's by more,
-    /// as cuBLASLt's do).
+    /// on sm_90 ptxas turns it into exact E4M3→f16 conversions and f16 tensor-core MMAs, whose
+    /// sums (25 alignment bits per 16 products) lie closer to f32 sums than the promoted FP8
+    /// wgmma's (14 bits kept per 32 products, then f32), at about a third of the speed; either
+    /// way [`GemmSpec::sums`] says what the kernel computes.
     /// INT8 always takes `mma.sync` (its s32 sums are exact), with the exact-FP8 tiles.
     pub fn for_problem(operand: Operand, n: u32, k: u32, max_m: u64, exact_fp8: bool) -> Self {
         if (exact_fp8 && operand == Operand::E4M3) || operand == Operand::I8 {
@@ -319,6 +320,38 @@ impl GemmSpec {
     /// Accumulates all of K in the wgmma accumulators (FP8 fast accumulation, or f16/bf16).
     fn direct_accumulation(&self) -> bool {
         self.fast_accum || matches!(self.operand, Operand::F16 | Operand::BF16)
+    }
+
+    /// The 32-byte k-steps between two promotions of FP8 wgmma partial sums (the template's
+    /// `PROMOTE_STEPS`): `promote_steps`, or with 0 the k-steps of a whole k-tile.
+    fn promote_interval(&self) -> u32 {
+        if self.promote_steps == 0 {
+            self.tile_k_bytes() / 32
+        } else {
+            self.promote_steps
+        }
+    }
+
+    /// How the kernel sums each output element's products, for the plan's record
+    /// ([`crate::plan::PlanMeta::launch_sums`]); `None` where no measured tensor-core model
+    /// applies: exact s32 sums of i8 products, and bf16 `wgmma`, whose sums were never probed
+    /// (the f16 model aligns operands below 2^-14 as if they were 2^-14, which bf16's exponent
+    /// range would break), so both are judged as f32 sums.
+    /// - `mma.sync` E4M3: ptxas converts E4M3 to f16 exactly and runs f16 `mma.sync.m16n8k16`,
+    ///   one accumulator chained over all of K: the H100's f16 tensor-core sums;
+    /// - f16 `wgmma` (k16), all of K in the accumulators: the same model;
+    /// - FP8 `wgmma` with `fast_accum`: the FP8 tensor-core sums chained over all of K;
+    /// - FP8 `wgmma` with promotion: every [`Self::promote_interval`] k-steps (128 elements per
+    ///   k-tile by default) a fresh tensor-core partial, added to the f32 registers with an IEEE
+    ///   add (gemm.cu's `mainloop_wgmma`, `acc += part`).
+    pub fn sums(&self) -> Option<Sums> {
+        use crate::plan::TensorCoreModel::{H100E4M3, H100F16};
+        match (self.operand, self.mainloop.is_wgmma()) {
+            (Operand::E4M3, false) | (Operand::F16, true) => Some(Sums::TensorCore(H100F16)),
+            (Operand::E4M3, true) if self.fast_accum => Some(Sums::TensorCore(H100E4M3)),
+            (Operand::E4M3, true) => Some(Sums::Promoted { model: H100E4M3, every: self.promote_interval() * 32 / self.operand.bytes() }),
+            (Operand::I8 | Operand::BF16, _) | (Operand::F16, false) => None,
+        }
     }
 
     /// Dynamic shared memory: the cp.async ring or the staged f32 output tile (rows padded by 8
@@ -738,13 +771,14 @@ pub fn render(spec: &GemmSpec, epi: &Epilogue, m: DimExpr) -> Result<KernelDef, 
         ("ctas_per_sm", spec.ctas_per_sm.to_string()),
         ("mainloop", format!("{:?}", spec.mainloop)),
         ("fast_accum", flag(spec.fast_accum)),
-        ("promote_steps", if spec.promote_steps == 0 { spec.tile_k_bytes() / 32 } else { spec.promote_steps }.to_string()),
+        ("promote_steps", spec.promote_interval().to_string()),
         ("params", params.join(", ")),
         helpers,
         store_tile,
     ])?;
     let smem_bytes = u32::try_from(spec.smem_bytes()).expect("validated: at most MAX_SMEM_BYTES");
-    Ok(finish_kernel(TEMPLATE, source, grid(spec, m), [spec.threads(), 1, 1], smem_bytes, kernel_params(epi)))
+    let kernel = finish_kernel(TEMPLATE, source, grid(spec, m), [spec.threads(), 1, 1], smem_bytes, kernel_params(epi));
+    Ok(KernelDef { sums: spec.sums(), ..kernel })
 }
 
 /// The C parameters of a GEMM kernel after its operands: one `const` pointer per epilogue input,

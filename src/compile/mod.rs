@@ -33,8 +33,8 @@ use crate::interp::WeightSource;
 use crate::ir::{self, Graph, Op, ValueId};
 use crate::passes::PassOptions;
 use crate::plan::{
-    ArgRef, BufferMeta, DimExpr, KernelMeta, LaunchGuard, LaunchMeta, PlanBuilder, PlanError, PlanMeta, Scalar, SectionKind, TensorSig,
-    WeightMeta,
+    ArgRef, BufferMeta, DimExpr, KernelMeta, LaunchGuard, LaunchMeta, LaunchSums, PlanBuilder, PlanError, PlanMeta, Scalar, SectionKind,
+    TensorSig, WeightMeta,
 };
 use crate::quant::{self, CalibOptions, QuantError, Quantized, Recipe};
 
@@ -508,9 +508,13 @@ fn add_schedule(
         // the launch that has it, and the per-kernel check judges it there).
         let writes = n.outputs.iter().filter(|v| launch.args.contains(&Arg::Value(**v))).filter_map(|v| buffers.get(v).copied()).collect();
         let meta = builder.meta_mut();
+        let index = u32::try_from(meta.schedule.len()).expect("fewer than 2^32 launches");
         if let Some(when) = &launch.when {
-            let index = u32::try_from(meta.schedule.len()).expect("fewer than 2^32 launches");
             meta.launch_guards.push(LaunchGuard { launch: index, when: when.clone() });
+        }
+        // Format 2.3: how the kernel sums, where it is not IEEE f32 (`qfuse check` sums alike).
+        if let Some(sums) = launch.kernel.sums {
+            meta.launch_sums.push(LaunchSums { launch: index, sums });
         }
         meta.schedule.push(LaunchMeta { kernel: kernels[&launch.kernel.name], args, label, writes });
     }

@@ -58,6 +58,13 @@ impl<'a> PagedStepper<'a> {
         self
     }
 
+    /// This stepper with some nodes summing otherwise ([`RunOptions::node_accumulation`]; `None`:
+    /// every node as the stepper's accumulation).
+    pub fn with_node_accumulation(mut self, per_node: Option<interp::NodeAccumulation>) -> Self {
+        self.options.node_accumulation = per_node;
+        self
+    }
+
     /// Index of `(page, head, slot, 0)` in a pool `[pages, KV, PAGE, D]` of `kv` heads of size `d`.
     fn at(&self, page: usize, head: usize, slot: usize, kv: usize, d: usize) -> usize {
         ((page * kv + head) * self.geometry.page_size as usize + slot) * d

@@ -180,6 +180,10 @@ pub struct RunOptions {
     pub threads: usize,
     /// How float products are summed.
     pub accumulation: Accumulation,
+    /// Per node, how its float products are summed where that differs from `accumulation` (a
+    /// plan's GEMM kernels each sum as their mainloop does: `check::KernelSums`); `None`: every
+    /// node sums as `accumulation`.
+    pub node_accumulation: Option<NodeAccumulation>,
     /// `None`: the host's transcendental functions. `Some`: those whose GPU counterparts have a
     /// documented ulp bound (`expf`, `erfcf`, `tanhf` in GeLU, SiLU, `exp`, `tanh` and
     /// `attention`'s softmax) move within it ([`Perturbation`]), and `attention` sums its
@@ -202,6 +206,29 @@ impl RunOptions {
 
     fn numerics(&self) -> ops::Numerics {
         ops::Numerics { acc: self.accumulation, perturb: self.perturbation }
+    }
+}
+
+/// Which nodes sum their products other than as [`RunOptions::accumulation`]: `of(node, symbols)`
+/// is the accumulation of `node` in a run whose shape symbols are bound as `symbols` (name,
+/// value), or `None` for the run's own. The symbols let a choice follow the shapes (a plan runs a
+/// node's GEMM on one kernel for few rows and on another for many).
+#[derive(Clone)]
+pub struct NodeAccumulation(pub Arc<NodeAccumulationFn>);
+
+/// `(node, symbols) → accumulation of node, if its own` ([`NodeAccumulation`]).
+pub type NodeAccumulationFn = dyn Fn(NodeId, &[(String, u64)]) -> Option<Accumulation> + Send + Sync;
+
+impl NodeAccumulation {
+    /// The accumulation of `node` under `symbols`, if it has its own.
+    pub fn of(&self, node: NodeId, symbols: &[(String, u64)]) -> Option<Accumulation> {
+        (self.0)(node, symbols)
+    }
+}
+
+impl std::fmt::Debug for NodeAccumulation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeAccumulation(..)")
     }
 }
 
@@ -231,6 +258,17 @@ pub enum Accumulation {
     /// MMA GEMMs and attention take them: another implementation for the end-to-end floor of
     /// `qfuse check`, the one the GPU's own sums follow.
     TensorCore(tensor_core::TensorCoreSums),
+    /// Float products summed as an FP8 `wgmma` mainloop with promotion sums them
+    /// ([`tensor_core::TensorCoreSums::promoted_dot`]): per output element, K in consecutive
+    /// chunks of `every` (the last may be shorter), each chunk summed by `sums` from an
+    /// accumulator of 0, the chunk partials added in k order into an f32 total with IEEE
+    /// round-to-nearest. `every` ≥ K is [`Accumulation::TensorCore`].
+    Promoted {
+        /// The tensor cores' sums inside a chunk.
+        sums: tensor_core::TensorCoreSums,
+        /// Elements of K per chunk (a k-tile: 128 for gemm.cu's FP8 wgmma).
+        every: u32,
+    },
 }
 
 impl std::fmt::Display for Accumulation {
@@ -240,6 +278,9 @@ impl std::fmt::Display for Accumulation {
             Accumulation::F64 => write!(f, "f64 sums"),
             Accumulation::F32SplitK { parts } => write!(f, "f32 sums with K in {parts} slices"),
             Accumulation::TensorCore(sums) => write!(f, "f32 sums as a tensor core takes them ({sums})"),
+            Accumulation::Promoted { sums, every } => {
+                write!(f, "f32 sums of partials promoted every {every} of K, each as a tensor core takes them ({sums})")
+            }
         }
     }
 }
@@ -388,6 +429,9 @@ struct Executor<'a> {
     weights: &'a dyn WeightSource,
     pool: Option<rayon::ThreadPool>,
     numerics: ops::Numerics,
+    /// Per-node accumulation ([`RunOptions::node_accumulation`]) and the symbols it is asked
+    /// under (bound with the inputs).
+    node_accumulation: Option<(NodeAccumulation, Vec<(String, u64)>)>,
     live: Vec<bool>,
     /// Bound symbol values, by `SymId` index.
     syms: Vec<Option<u64>>,
@@ -413,7 +457,8 @@ impl<'a> Executor<'a> {
         sinks.iter().for_each(|v| uses[v.index()] += 1);
         let syms = vec![None; g.symbols.len()];
         let store = vec![None; g.values.len()];
-        Executor { g, weights, pool, numerics: opts.numerics(), live, syms, uses, store }
+        let node_accumulation = opts.node_accumulation.clone().map(|n| (n, Vec::new()));
+        Executor { g, weights, pool, numerics: opts.numerics(), node_accumulation, live, syms, uses, store }
     }
 
     /// Steps through the live nodes of `order` (a canonical order of the graph).
@@ -453,7 +498,19 @@ impl<'a> Executor<'a> {
             }
             self.bind_shape(name, &ty.shape, &t.shape)?;
         }
+        if let Some((_, bound)) = &mut self.node_accumulation {
+            let named = self.g.symbols.iter().zip(&self.syms).filter_map(|((_, s), v)| Some((s.name.clone(), (*v)?)));
+            *bound = named.collect();
+        }
         Ok(())
+    }
+
+    /// The numerics of node `id`: the run's, with its own accumulation where it has one.
+    fn numerics_of(&self, id: NodeId) -> ops::Numerics {
+        match &self.node_accumulation {
+            Some((of, symbols)) => ops::Numerics { acc: of.of(id, symbols).unwrap_or(self.numerics.acc), ..self.numerics },
+            None => self.numerics,
+        }
     }
 
     fn bind_shape(&mut self, name: &str, declared: &Shape, got: &[usize]) -> Result<(), InterpError> {
@@ -564,7 +621,7 @@ impl<'a> Executor<'a> {
             .collect::<Result<Vec<_>, String>>()
             .map_err(|m| self.op_error(id, m))?;
         let args = self.take_operands(node).map_err(|m| self.op_error(id, m))?;
-        let numerics = self.numerics;
+        let numerics = self.numerics_of(id);
         let eval = || ops::eval_guarded(&node.op, args, &outs, numerics);
         let results = match &self.pool {
             Some(p) => p.install(eval),

@@ -94,6 +94,19 @@ impl TensorCoreSums {
         acc
     }
 
+    /// `Σ_k a[k]·b[k]` summed with promotion, `a` and `b` read through `at(k)` for k = 0..len:
+    /// k split into consecutive chunks of `every` (the last may be shorter; `every` 0 counts as
+    /// `len`), each chunk summed by [`Self::dot`] from an accumulator of 0, and the chunk partials
+    /// added in k order into an f32 total with IEEE round-to-nearest, starting from 0 (`0 + p₀`,
+    /// `+ p₁`, …). This is what an FP8 `wgmma` mainloop computes when it adds each k-tile's
+    /// tensor-core partial sum to f32 registers (gemm.cu's promotion); with `every` ≥ `len` it is
+    /// [`Self::dot`] from 0. Chunks start their step groups afresh, as the hardware's do: an
+    /// `every` that is not a multiple of `group` ends a chunk inside a group.
+    pub fn promoted_dot(&self, every: usize, len: usize, at: impl Fn(usize) -> (f32, f32)) -> f32 {
+        let every = if every == 0 { len.max(1) } else { every };
+        (0..len).step_by(every).fold(0.0f32, |total, k0| total + self.dot(0.0, every.min(len - k0), |k| at(k0 + k)))
+    }
+
     /// The alignment exponent of one step over `ks` with running sum `acc`: the largest among
     /// its nonzero addends (a product's e(a) + e(b)), `i32::MIN` when all are zero; `None` when
     /// an addend is not finite.
@@ -323,6 +336,53 @@ mod tests {
         assert_eq!(round_f32(-x, Rounding::TowardZero), -1.0);
         assert_eq!(round_f32(-x, Rounding::Down), -1.0 - 2f32.powi(-23));
         assert_eq!(round_f32(x, Rounding::Down), 1.0);
+    }
+
+    /// Deterministic operands in a wide exponent range (E4M3-like magnitudes), for comparisons.
+    fn wide_operands(k: usize, seed: u32) -> Vec<(f32, f32)> {
+        (0..k)
+            .map(|i| {
+                let h = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed.wrapping_mul(40_503));
+                let a = ((h % 15) as f32 - 7.0) * 2f32.powi((h >> 8) as i32 % 9 - 4);
+                let b = ((h >> 4) % 13) as f32 * 0.125 - 0.75;
+                (a, b)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn promotion_over_all_of_k_is_one_chained_sum() {
+        for (seed, k) in [(1, 96), (2, 128), (3, 200), (4, 31)] {
+            let ops = wide_operands(k, seed);
+            let chained = H100_E4M3.dot(0.0, k, |i| ops[i]);
+            for every in [k, k + 1, 4096, 0] {
+                assert_eq!(H100_E4M3.promoted_dot(every, k, |i| ops[i]).to_bits(), chained.to_bits(), "k {k}, every {every}");
+            }
+        }
+        assert_eq!(H100_E4M3.promoted_dot(128, 0, |_| (1.0, 1.0)), 0.0, "an empty sum is 0");
+    }
+
+    #[test]
+    fn promotion_keeps_what_a_chained_fp8_sum_swamps() {
+        // 32 products of 256 (the first instruction's step, exact: 8192), then 96 products of
+        // 2^-3: chained, each later step aligns 2^-3 to 13 bits below 8192's exponent (unit 2^0)
+        // and loses it entirely; promoted every 32, the three later chunks sum to 4 each (exact)
+        // and the f32 total is 8192 + 12.
+        let at = |k: usize| if k < 32 { (16.0f32, 16.0f32) } else { (0.5f32, 0.25f32) };
+        let chained = H100_E4M3.dot(0.0, 128, at);
+        assert_eq!(chained, 8192.0);
+        assert_eq!(H100_E4M3.promoted_dot(32, 128, at), 8204.0);
+        assert_eq!(H100_E4M3.promoted_dot(64, 128, at), 8200.0, "chunks of 64: the first chunk swamps its second step");
+        // The chunk partials add in f32 with round-to-nearest-even: 2^24 + 1 + 1 added one partial
+        // at a time stays 2^24 (each tie rounds to even), while one f16 step keeps 2^24 + 2; and
+        // (2^24 + 2) + 1 rounds up to 2^24 + 4 (the tie's even neighbour), not down as the tensor
+        // cores' truncation would.
+        let big = 2f32.powi(12);
+        let at = |k: usize| if k == 0 { (big, big) } else { (1.0f32, 1.0f32) };
+        assert_eq!(H100_F16.promoted_dot(1, 3, at), 2f32.powi(24));
+        assert_eq!(H100_F16.promoted_dot(3, 3, at), 2f32.powi(24) + 2.0);
+        assert_eq!(H100_F16.promoted_dot(3, 4, at), 2f32.powi(24) + 4.0);
+        assert_eq!(H100_F16.dot(0.0, 4, at), 2f32.powi(24) + 2.0, "chained: the last 1 is truncated away");
     }
 
     #[test]

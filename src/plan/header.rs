@@ -36,7 +36,7 @@ pub const MAGIC: [u8; 8] = *b"QFUSEPLN";
 /// Size of the header written by this qfuse (format 1.0).
 pub const HEADER_SIZE: usize = 128;
 /// The format this qfuse writes, and the newest it reads.
-pub const FORMAT_VERSION: FormatVersion = FormatVersion { major: 2, minor: 2 };
+pub const FORMAT_VERSION: FormatVersion = FormatVersion { major: 2, minor: 3 };
 /// The oldest format major this qfuse still reads (keep a reader for N-1 when N ships).
 const OLDEST_MAJOR: u16 = 1;
 /// Largest header size any minor may grow to: the header must end before the first section.

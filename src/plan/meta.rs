@@ -15,7 +15,9 @@
 //! decoding error. Format 2.2 appended [`PlanMeta::pdl_kernels`] after [`PlanMeta::decoder`]
 //! (so from 2.2 on, a field appended to [`DecoderMeta`] no longer ends the stream: that is a new
 //! major) and the last [`ArgRef`] variant [`ArgRef::SplitScratchZeroed`], which a 2.1 reader
-//! likewise refuses to decode.
+//! likewise refuses to decode. Format 2.3 appended [`PlanMeta::launch_sums`] (how each GEMM
+//! launch's kernel sums its products); 2.2 and older metadata reads with an empty table, and a 2.2
+//! reader ignores it.
 
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +83,13 @@ pub struct PlanMeta {
     /// before it still runs. Empty in older plans: every launch is then in plain stream order.
     /// An older reader ignores the field and runs the plan unchanged, only without the overlap.
     pub pdl_kernels: Vec<u32>,
+    /// Format 2.3: the launches whose kernels do not sum their products in IEEE f32 (tensor-core
+    /// GEMMs), each with how it sums them, in strictly increasing launch order. A launch not
+    /// listed sums in f32 (CUDA-core FMAs, or exact integer sums) — and so, in plans before 2.3,
+    /// every launch: their `qfuse check` judges each kernel against f32 sums within its dtype's
+    /// tolerance, as it always did. An older reader ignores the field (it does not change how
+    /// a plan runs).
+    pub launch_sums: Vec<LaunchSums>,
 }
 
 impl PlanMeta {
@@ -114,6 +123,7 @@ impl PlanMeta {
         }
         self.check_guards()?;
         self.check_pdl_kernels()?;
+        self.check_launch_sums()?;
         self.check_decoder()
     }
 
@@ -129,6 +139,27 @@ impl PlanMeta {
             }
             if i > 0 && self.pdl_kernels[i - 1] >= k {
                 return Err(format!("PDL kernel {i} (kernel {k}) is not in strictly increasing order"));
+            }
+        }
+        Ok(())
+    }
+
+    /// How launch `index` sums its products, where it is not in IEEE f32 ([`PlanMeta::launch_sums`]).
+    pub fn sums_of(&self, index: usize) -> Option<Sums> {
+        let at = self.launch_sums.binary_search_by_key(&index, |l| l.launch as usize).ok()?;
+        Some(self.launch_sums[at].sums)
+    }
+
+    fn check_launch_sums(&self) -> Result<(), String> {
+        for (i, l) in self.launch_sums.iter().enumerate() {
+            if l.launch as usize >= self.schedule.len() {
+                return Err(format!("launch sums {i} refer to launch {} out of {}", l.launch, self.schedule.len()));
+            }
+            if i > 0 && self.launch_sums[i - 1].launch >= l.launch {
+                return Err(format!("launch sums {i} (launch {}) are not in strictly increasing launch order", l.launch));
+            }
+            if let Sums::Promoted { every: 0, .. } = l.sums {
+                return Err(format!("launch sums {i} (launch {}) promote every 0 elements", l.launch));
             }
         }
         Ok(())
@@ -358,6 +389,63 @@ pub struct LaunchMeta {
     pub writes: Vec<u32>,
 }
 
+/// A tensor-core instruction family whose sums were measured bit for bit on the hardware (the
+/// models themselves, `interp::tensor_core`, belong to the compiler; the plan names them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TensorCoreModel {
+    /// The H100's f16 MMAs with f32 accumulators (`mma.sync.m16n8k16`, `wgmma…k16.f32.f16.f16`):
+    /// 16 products and the accumulator per step (`interp::tensor_core::H100_F16`).
+    H100F16,
+    /// The H100's FP8 `wgmma…k32.f32.e4m3.e4m3`: 32 products and the accumulator per step, about
+    /// 14 bits kept (`interp::tensor_core::H100_E4M3`).
+    H100E4M3,
+}
+
+/// How a kernel sums the products of each output element ([`PlanMeta::launch_sums`]), all of K
+/// in k order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Sums {
+    /// One tensor-core accumulator chained over all of K, from 0.
+    TensorCore(TensorCoreModel),
+    /// K in consecutive chunks of `every` elements, each summed by the tensor cores from 0 and
+    /// added to an f32 total (IEEE round-to-nearest, from 0, in k order): an FP8 `wgmma`
+    /// mainloop with promotion.
+    Promoted {
+        /// The tensor cores' sums inside a chunk.
+        model: TensorCoreModel,
+        /// Elements of K per chunk (positive).
+        every: u32,
+    },
+}
+
+impl std::fmt::Display for TensorCoreModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TensorCoreModel::H100F16 => "H100 f16 tensor cores",
+            TensorCoreModel::H100E4M3 => "H100 FP8 tensor cores",
+        })
+    }
+}
+
+impl std::fmt::Display for Sums {
+    /// `H100 FP8 tensor cores, promoted to f32 every 128`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sums::TensorCore(model) => write!(f, "{model}, chained over K"),
+            Sums::Promoted { model, every } => write!(f, "{model}, promoted to f32 every {every}"),
+        }
+    }
+}
+
+/// Launch [`PlanMeta::schedule`]`[launch]` sums its products as `sums` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchSums {
+    /// Index into [`PlanMeta::schedule`].
+    pub launch: u32,
+    /// How its kernel sums.
+    pub sums: Sums,
+}
+
 /// A condition on the shape symbols under which a launch runs ([`PlanMeta::launch_guards`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Guard {
@@ -501,17 +589,19 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
 /// except that metadata of an older format decodes with the fields appended since at their
 /// defaults: format 1.0 ends before [`PlanMeta::launch_guards`] (1.1), 1.x before
 /// [`PlanMeta::decoder`] (2.0), a 2.0 plan with decoder metadata before
-/// [`DecoderMeta::split_scratch_bytes`] (2.1; 0), and 2.0 and 2.1 before
-/// [`PlanMeta::pdl_kernels`] (2.2; empty).
+/// [`DecoderMeta::split_scratch_bytes`] (2.1; 0), 2.0 and 2.1 before
+/// [`PlanMeta::pdl_kernels`] (2.2; empty), and 2.2 and older before [`PlanMeta::launch_sums`]
+/// (2.3; empty).
 pub(crate) fn decode_meta(bytes: &[u8], found: FormatVersion, ours: FormatVersion) -> Result<PlanMeta, String> {
     // postcard encodes an empty Vec as its length, `None` as its tag and 0u64 as its varint: a
     // single 0 byte each. A 1.x plan's fields decode unchanged in 2.x (2.0 only appended fields
     // and enum variants); a 1.x plan has no decoder metadata, so it misses nothing of 2.1.
     let missing = match (found.major, found.minor) {
-        (1, 0) => 3,
-        (1, _) => 2,
+        (1, 0) => 4,
+        (1, _) => 3,
         (2, 0) => return decode_2_0(bytes),
-        (2, 1) => 1,
+        (2, 1) => 2,
+        (2, 2) => 1,
         _ => 0,
     };
     if missing > 0 {
@@ -522,9 +612,10 @@ pub(crate) fn decode_meta(bytes: &[u8], found: FormatVersion, ours: FormatVersio
 }
 
 /// Format 2.0 metadata: complete with the 2.1 scratch size (one 0 byte) when the plan has decoder
-/// metadata, which then ends the stream, and with the 2.2 PDL kernels (an empty list, one 0 byte).
+/// metadata, which then ends the stream, and with the 2.2 PDL kernels and 2.3 launch sums (empty
+/// lists, one 0 byte each).
 fn decode_2_0(bytes: &[u8]) -> Result<PlanMeta, String> {
-    let completed: Vec<u8> = bytes.iter().copied().chain([0, 0]).collect();
+    let completed: Vec<u8> = bytes.iter().copied().chain([0, 0, 0]).collect();
     let (meta, rest) = take::<PlanMeta>(&completed)?;
     // Without decoder metadata the byte added for the scratch size is left over.
     let extra = rest.len().saturating_sub(usize::from(meta.decoder.is_none()));
@@ -580,6 +671,7 @@ mod tests {
     const V2_0: FormatVersion = FormatVersion { major: 2, minor: 0 };
     const V2_1: FormatVersion = FormatVersion { major: 2, minor: 1 };
     const V2_2: FormatVersion = FormatVersion { major: 2, minor: 2 };
+    const V2_3: FormatVersion = FormatVersion { major: 2, minor: 3 };
 
     #[test]
     fn format_1_x_metadata_decodes_without_later_fields() {
@@ -587,48 +679,52 @@ mod tests {
         meta.symbols = vec![("B".into(), 4)];
         let v1_1 = FormatVersion { major: 1, minor: 1 };
         let mut bytes = encode(&meta).unwrap();
-        assert_eq!(bytes.pop(), Some(0), "the empty PDL kernel list (2.2) is the last byte");
+        assert_eq!(bytes.pop(), Some(0), "the empty launch sums (2.3) are the last byte");
+        assert_eq!(bytes.pop(), Some(0), "the empty PDL kernel list (2.2) is the byte before");
         assert_eq!(bytes.pop(), Some(0), "the absent decoder metadata (2.0) is the byte before");
-        assert_eq!(decode_meta(&bytes, v1_1, V2_2).unwrap(), meta, "1.1 ends before the decoder metadata");
+        assert_eq!(decode_meta(&bytes, v1_1, V2_3).unwrap(), meta, "1.1 ends before the decoder metadata");
         assert_eq!(bytes.pop(), Some(0), "the empty guard table (1.1) is the byte before");
-        assert_eq!(decode_meta(&bytes, V1_0, V2_2).unwrap(), meta, "1.0 ends before the guards");
+        assert_eq!(decode_meta(&bytes, V1_0, V2_3).unwrap(), meta, "1.0 ends before the guards");
         meta.launch_guards = vec![LaunchGuard { launch: 0, when: Guard::RowsAtMost { rows: DimExpr::sym("B"), max: 2 } }];
         meta.decoder = Some(DecoderMeta { vocab: 7, ..DecoderMeta::default() });
-        assert_eq!(decode_meta(&encode(&meta).unwrap(), V2_2, V2_2).unwrap(), meta);
-        assert!(decode_meta(&encode(&meta).unwrap(), v1_1, V2_2).unwrap_err().contains("trailing"), "a 1.1 plan cannot carry 2.0 fields");
+        assert_eq!(decode_meta(&encode(&meta).unwrap(), V2_3, V2_3).unwrap(), meta);
+        assert!(decode_meta(&encode(&meta).unwrap(), v1_1, V2_3).unwrap_err().contains("trailing"), "a 1.1 plan cannot carry 2.0 fields");
     }
 
     #[test]
     fn format_2_0_metadata_decodes_with_no_split_scratch() {
-        // An encoder: 2.0 and 2.1 end before the PDL kernels.
+        // An encoder: 2.0 and 2.1 end before the PDL kernels (and the launch sums after them).
         let encoder = PlanMeta::new("m", "sm_90a", (13, 0));
         let mut bytes = encode(&encoder).unwrap();
-        assert_eq!(bytes.pop(), Some(0), "the empty PDL kernel list is the last byte");
-        assert_eq!(decode_meta(&bytes, V2_0, V2_2).unwrap(), encoder);
-        assert_eq!(decode_meta(&bytes, V2_1, V2_2).unwrap(), encoder);
+        assert_eq!(bytes.pop(), Some(0), "the empty launch sums are the last byte");
+        assert_eq!(decode_meta(&bytes, V2_2, V2_3).unwrap(), encoder);
+        assert_eq!(bytes.pop(), Some(0), "the empty PDL kernel list is the byte before");
+        assert_eq!(decode_meta(&bytes, V2_0, V2_3).unwrap(), encoder);
+        assert_eq!(decode_meta(&bytes, V2_1, V2_3).unwrap(), encoder);
         // A decoder: 2.0 ends before split_scratch_bytes.
         let mut meta = PlanMeta::new("m", "sm_90a", (13, 0));
         meta.decoder = Some(DecoderMeta { vocab: 7, split_scratch_bytes: 0, ..DecoderMeta::default() });
         let mut bytes = encode(&meta).unwrap();
-        assert_eq!(bytes.pop(), Some(0), "the PDL kernels are the last byte");
+        assert_eq!(bytes.pop(), Some(0), "the launch sums are the last byte");
+        assert_eq!(bytes.pop(), Some(0), "the PDL kernels are the byte before");
         assert_eq!(bytes.pop(), Some(0), "the scratch size is the byte before");
-        assert_eq!(decode_meta(&bytes, V2_0, V2_2).unwrap(), meta);
+        assert_eq!(decode_meta(&bytes, V2_0, V2_3).unwrap(), meta);
         // A 2.1 decoder with a scratch, read as 2.1; as 2.0 its last bytes are trailing.
         meta.decoder.as_mut().unwrap().split_scratch_bytes = 38016;
         let mut bytes = encode(&meta).unwrap();
-        assert_eq!(bytes.pop(), Some(0));
-        assert_eq!(decode_meta(&bytes, V2_1, V2_2).unwrap(), meta);
-        let e = decode_meta(&bytes, V2_0, V2_2).unwrap_err();
+        assert_eq!((bytes.pop(), bytes.pop()), (Some(0), Some(0)));
+        assert_eq!(decode_meta(&bytes, V2_1, V2_3).unwrap(), meta);
+        let e = decode_meta(&bytes, V2_0, V2_3).unwrap_err();
         assert!(e.contains("trailing"), "{e}");
-        // A 2.0 encoder with one byte too many (read as the empty PDL list, the two bytes
-        // completed after it are left over).
+        // A 2.0 encoder with one byte too many (read as the empty PDL list, the bytes completed
+        // after it are left over).
         let mut padded = encode(&encoder).unwrap();
-        padded.pop();
+        padded.truncate(padded.len() - 2);
         padded.push(0);
-        assert!(decode_meta(&padded, V2_0, V2_2).unwrap_err().contains("1 unexpected trailing"));
+        assert!(decode_meta(&padded, V2_0, V2_3).unwrap_err().contains("1 unexpected trailing"));
         // Metadata cut before the decoder tag is an error, never an arithmetic panic.
         let short = &encode(&encoder).unwrap()[..4];
-        assert!(decode_meta(short, V2_0, V2_2).is_err());
+        assert!(decode_meta(short, V2_0, V2_3).is_err());
     }
 
     #[test]
@@ -636,13 +732,42 @@ mod tests {
         let mut meta = PlanMeta::new("m", "sm_90a", (13, 0));
         meta.kernels = vec![kernel("a"), kernel("b"), kernel("c")];
         meta.pdl_kernels = vec![0, 2];
-        assert_eq!(decode_meta(&encode(&meta).unwrap(), V2_2, V2_2).unwrap(), meta);
+        let mut bytes = encode(&meta).unwrap();
+        assert_eq!(decode_meta(&bytes, V2_3, V2_3).unwrap(), meta);
+        bytes.pop();
+        assert_eq!(decode_meta(&bytes, V2_2, V2_3).unwrap(), meta, "2.2 ends after the PDL kernels");
         assert!(meta.pdl_kernel(2) && !meta.pdl_kernel(1));
         assert!(meta.check_pdl_kernels().is_ok());
         meta.pdl_kernels = vec![2, 0];
         assert!(meta.check_pdl_kernels().unwrap_err().contains("increasing"));
         meta.pdl_kernels = vec![3];
         assert!(meta.check_pdl_kernels().unwrap_err().contains("out of 3"));
+    }
+
+    #[test]
+    fn format_2_3_records_how_launches_sum() {
+        let mut meta = PlanMeta::new("m", "sm_90a", (13, 0));
+        let launch = LaunchMeta { kernel: 0, args: vec![], label: "l".into(), writes: vec![] };
+        meta.kernels = vec![kernel("a")];
+        meta.schedule = vec![launch; 3];
+        let promoted = Sums::Promoted { model: TensorCoreModel::H100E4M3, every: 128 };
+        meta.launch_sums =
+            vec![LaunchSums { launch: 0, sums: Sums::TensorCore(TensorCoreModel::H100F16) }, LaunchSums { launch: 2, sums: promoted }];
+        let bytes = encode(&meta).unwrap();
+        assert_eq!(decode_meta(&bytes, V2_3, V2_3).unwrap(), meta);
+        assert_eq!(bytes[bytes.len() - 9..], [2, 0, 0, 0, 2, 1, 1, 128, 1][..], "three bytes per chained launch, five per promoted");
+        assert_eq!(
+            (meta.sums_of(0), meta.sums_of(1), meta.sums_of(2)),
+            (Some(Sums::TensorCore(TensorCoreModel::H100F16)), None, Some(promoted))
+        );
+        assert_eq!(promoted.to_string(), "H100 FP8 tensor cores, promoted to f32 every 128");
+        assert!(meta.check_launch_sums().is_ok());
+        meta.launch_sums.reverse();
+        assert!(meta.check_launch_sums().unwrap_err().contains("increasing"));
+        meta.launch_sums = vec![LaunchSums { launch: 3, sums: promoted }];
+        assert!(meta.check_launch_sums().unwrap_err().contains("out of 3"));
+        meta.launch_sums = vec![LaunchSums { launch: 1, sums: Sums::Promoted { model: TensorCoreModel::H100E4M3, every: 0 } }];
+        assert!(meta.check_launch_sums().unwrap_err().contains("every 0"));
     }
 
     fn kernel(name: &str) -> KernelMeta {

@@ -33,8 +33,8 @@ pub use decoder::{DecoderMeta, GenerationDefaults, KvCacheMeta, KvSlotMeta, Spec
 pub use dim::{DimExpr, MAX_DIM_DEPTH};
 pub use header::{FormatVersion, PlanExtent, PlanHeader, FORMAT_VERSION, HEADER_SIZE, MAGIC};
 pub use meta::{
-    ArgRef, BufferMeta, Guard, KernelMeta, LaunchGuard, LaunchMeta, ParamMeta, ParamType, PlanMeta, Scalar, SectionEntry, SectionKind,
-    TensorSig, WeightMeta, SECTION_ALIGN,
+    ArgRef, BufferMeta, Guard, KernelMeta, LaunchGuard, LaunchMeta, LaunchSums, ParamMeta, ParamType, PlanMeta, Scalar, SectionEntry,
+    SectionKind, Sums, TensorCoreModel, TensorSig, WeightMeta, SECTION_ALIGN,
 };
 pub use read::{arch_compatible, Plan};
 pub use write::PlanBuilder;

@@ -11,8 +11,9 @@
 //!    ([`crate::generate::eval`]), teacher-forced (the text's next token fed forward, not the
 //!    model's) through both; the perplexity of each, their ratio (fails beyond
 //!    [`perplexity::PPL_TOLERANCE`]) and KL(interpreter ‖ GPU) over the scored positions; beside
-//!    them the same numbers for the interpreter against itself summing in another order (the
-//!    floor: how much two correct implementations of the IR differ).
+//!    them the same numbers for the interpreter against itself summing in another order, its
+//!    GEMMs as the plan's kernels sum them (the floor: how much two correct implementations of
+//!    the IR differ).
 //! 4. **Random prompts** ([`random`]): prompts of random lengths and ids (the vocabulary and its
 //!    special tokens) through the GPU alone, a few greedy steps each; any non-finite logit fails.
 //!
@@ -212,7 +213,8 @@ pub fn check_decoder_plan(plan_path: &std::path::Path, opts: &DecoderCheckOption
     let perplexity = match &opts.eval {
         Some(eval) => {
             let mut reference = interpreter(Accumulation::F32)?;
-            let mut floor = if opts.floor { Some(perplexity::floor_stepper(interpreter(Accumulation::F32)?)) } else { None };
+            let sums = super::KernelSums::of_plan(plan.meta(), &graph);
+            let mut floor = if opts.floor { Some(perplexity::floor_stepper(interpreter(Accumulation::F32)?, &sums)) } else { None };
             Some(perplexity::check_perplexity(geometry, &mut gpu, &mut reference, floor.as_mut().map(|f| f as &mut dyn StepModel), eval)?)
         }
         None => None,

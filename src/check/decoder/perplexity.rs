@@ -8,8 +8,9 @@
 //! The check fails when the GPU's perplexity is more than [`PPL_TOLERANCE`] away from the
 //! interpreter's (relatively), or, where the floor below is further away than that, further than
 //! the floor or with more KL ([`PerplexityReport::passed`]). Beside it, a second correct implementation against the
-//! interpreter ([`floor_stepper`]: another summation order, [`FLOOR_ACCUMULATION`], and the
-//! transcendentals moved within CUDA's documented ulp bounds, [`FLOOR_PERTURBATION`]): the KL and
+//! interpreter ([`floor_stepper`]: another summation order, [`FLOOR_ACCUMULATION`], every GEMM
+//! whose kernel records how it sums summed that way, and the transcendentals moved within CUDA's
+//! documented ulp bounds, [`FLOOR_PERTURBATION`]): the KL and
 //! perplexity difference of two correct implementations of the same IR, the scale the GPU's
 //! numbers are read against. Both kinds of freedom matter: where a recipe's sums are exact
 //! (INT8 GEMMs) only the `expf` of the softmax and SiLU tells two correct implementations apart,
@@ -18,6 +19,7 @@
 use serde::Serialize;
 
 use super::{lockstep, Feed, StepModel};
+use crate::check::KernelSums;
 use crate::generate::eval::{self, Scored};
 use crate::generate::paged::PagedStepper;
 use crate::interp::{Accumulation, Perturbation};
@@ -35,12 +37,15 @@ pub const FLOOR_ACCUMULATION: Accumulation = Accumulation::F32SplitK { parts: 2 
 
 /// The floor's transcendentals: `exp` (softmax, SiLU), `erfc` and `tanh` moved within CUDA's
 /// documented ulp bounds, as the encoder check's floor draws them (its first seed).
-pub const FLOOR_PERTURBATION: Perturbation = Perturbation { seed: crate::check::FLOOR_SEED };
+pub const FLOOR_PERTURBATION: Perturbation = Perturbation::Draw { seed: crate::check::FLOOR_SEED };
 
-/// The floor's second correct implementation: `stepper` summing in [`FLOOR_ACCUMULATION`] order
-/// with [`FLOOR_PERTURBATION`], whatever numerics it had.
-pub fn floor_stepper(stepper: PagedStepper<'_>) -> PagedStepper<'_> {
-    stepper.with_numerics(FLOOR_ACCUMULATION, Some(FLOOR_PERTURBATION))
+/// The floor's second correct implementation: `stepper` summing in [`FLOOR_ACCUMULATION`] order,
+/// except every GEMM that `kernel_sums` (the plan's record, [`KernelSums`]) says its kernel sums
+/// otherwise — as the hardware the plan runs on does —, with [`FLOOR_PERTURBATION`], whatever
+/// numerics it had.
+pub fn floor_stepper<'a>(stepper: PagedStepper<'a>, kernel_sums: &KernelSums) -> PagedStepper<'a> {
+    let per_node = (!kernel_sums.is_empty()).then(|| kernel_sums.node_accumulation());
+    stepper.with_numerics(FLOOR_ACCUMULATION, Some(FLOOR_PERTURBATION)).with_node_accumulation(per_node)
 }
 
 /// The evaluation text, cut into chunks.
@@ -178,7 +183,9 @@ pub fn report(eval: &EvalChunks, scored: &[Scored]) -> PerplexityReport {
         interpreter: eval::perplexity(reference),
         gpu: agreement("GPU", reference, gpu),
         floor: scored.get(2).map(|f| {
-            let name = format!("interpreter, {FLOOR_ACCUMULATION}, transcendentals within CUDA's ulp bounds");
+            let name = format!(
+                "interpreter, {FLOOR_ACCUMULATION} (GEMMs as the plan's kernels sum, where it records that), transcendentals within CUDA's ulp bounds"
+            );
             agreement(&name, reference, f)
         }),
     }

@@ -302,7 +302,7 @@ fn perturbed_gpu(c: &Case) -> HostTensor {
     let node = c.graph.nodes.iter().find(|(_, n)| matches!(n.op, crate::ir::Op::Attention(_))).unwrap().1;
     let args = node.inputs.iter().map(|v| Arc::new(c.refs.values[v].clone())).collect();
     let want = &c.refs.values[&ValueId::from(3)];
-    let opts = crate::check::floor_variants().into_iter().find(|(_, o)| o.perturbation.is_some()).unwrap().1;
+    let opts = crate::check::floor_variants(None).into_iter().find(|(_, o)| o.perturbation.is_some()).unwrap().1;
     let out = interp::eval_op(&node.op, args, &[(want.dtype, want.shape.clone())], &opts).unwrap();
     to_host(&out[0])
 }

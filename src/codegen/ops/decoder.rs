@@ -1029,7 +1029,7 @@ fn causal_attention(cx: &LowerCx, node: NodeId, a: &CausalAttention) -> Result<L
     let (one, more) = (Guard::RowsAtMost { rows: seq.clone(), max: 1 }, Guard::RowsAbove { rows: seq.clone(), min: 1 });
     let fused = (!a.block_scaled()).then_some(DecodeAppend { key_rope });
     let mut launches = vec![Launch { kernel: append, args: append_args, when: fused.map(|_| more.clone()) }];
-    let splits = decode_splits(a.kv_heads, paged);
+    let splits = decode_splits(a.kv_heads, paged).min(cx.options.decode_splits.unwrap_or(u32::MAX).max(1));
     let decode = PagedAttentionSpec { decode: true, append: fused, ..spec };
     let (kernel, mut args) = if splits > 1 {
         let split = PagedAttentionSpec { splits, max_batch: max_batch as u32, ..decode };

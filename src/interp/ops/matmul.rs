@@ -1,6 +1,7 @@
 //! `matmul`: batched matrix products on the `gemm` crate, in f32 ([`Accumulation::F32`]) or in f64
 //! rounded to f32 once ([`Accumulation::F64`]; always so for 8-bit integer `qmatmul`s, where it is
-//! exact), then rounded to the output dtype.
+//! exact), or element by element as tensor cores sum ([`Accumulation::TensorCore`],
+//! [`Accumulation::Promoted`]), then rounded to the output dtype.
 //!
 //! Strategy:
 //! - `b` without batch extent (`[N, K]` with `transpose_b`: a Linear) and `a` not transposed: all
@@ -43,7 +44,12 @@ pub(super) fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, out: &OutType, 
     if acc == Accumulation::F64 {
         return matmul_f64(a, b, ta, tb, out);
     }
-    if let Accumulation::TensorCore(sums) = acc {
+    let tensor_core = match acc {
+        Accumulation::TensorCore(sums) => Some((sums, 0)),
+        Accumulation::Promoted { sums, every } => Some((sums, every as usize)),
+        _ => None,
+    };
+    if let Some(sums) = tensor_core {
         let dst = product_tensor_core(f32s(a)?, &a.shape, f32s(b)?, &b.shape, ta, tb, &out.shape, sums)?;
         return Ok(finish(out, dst));
     }
@@ -135,8 +141,9 @@ fn product<T: Elem>(x: &[T], sa: &[usize], y: &[T], sb: &[usize], ta: bool, tb: 
     Ok(dst)
 }
 
-/// The product of `x` (shape `sa`) and `y` (shape `sb`) summed as the tensor-core model `sums`
-/// says (k in order, from 0), checked against `want`; rows in parallel.
+/// The product of `x` (shape `sa`) and `y` (shape `sb`) summed as the tensor-core model `sums.0`
+/// says, promoted every `sums.1` elements of K ([`TensorCoreSums::promoted_dot`]; 0: chained
+/// over all of K, from 0), checked against `want`; rows in parallel.
 #[allow(clippy::too_many_arguments)]
 fn product_tensor_core(
     x: &[f32],
@@ -146,7 +153,7 @@ fn product_tensor_core(
     ta: bool,
     tb: bool,
     want: &[usize],
-    sums: TensorCoreSums,
+    (sums, every): (TensorCoreSums, usize),
 ) -> Result<Vec<f32>, String> {
     let (d, batch) = layout(sa, sb, ta, tb, want)?;
     let Dims { m, n, k, .. } = d;
@@ -161,7 +168,7 @@ fn product_tensor_core(
         let (i, r) = (row / m, row % m);
         let (ao, bo) = (row_offset(i, &batch, &ast) + r * a_rs, row_offset(i, &batch, &bst));
         for (c, o) in out.iter_mut().enumerate() {
-            *o = sums.dot(0.0, k, |kk| (x[ao + kk * a_cs], y[bo + kk * b_rs + c * b_cs]));
+            *o = sums.promoted_dot(every, k, |kk| (x[ao + kk * a_cs], y[bo + kk * b_rs + c * b_cs]));
         }
     });
     Ok(dst)
@@ -265,5 +272,34 @@ mod tests {
             let got = matmul(&a, &b, ta, tb, &out, Accumulation::TensorCore(exact)).unwrap();
             assert_eq!(got.to_f32_vec(), want.to_f32_vec(), "ta {ta}, tb {tb}");
         }
+    }
+
+    /// `matmul` with [`Accumulation::Promoted`] sums every element as
+    /// [`TensorCoreSums::promoted_dot`] over its row and column; over all of K it is the chained
+    /// [`Accumulation::TensorCore`] sum, and with shorter chunks it keeps what the chained FP8
+    /// sum swamps (a large first k-tile).
+    #[test]
+    fn promoted_products_sum_each_element_in_chunks_of_k() {
+        use crate::interp::tensor_core::H100_E4M3;
+        let (m, k, n) = (3, 256, 4);
+        // Row r's first 32 products are large (16·16 or 8·16), the rest small (0.5·0.25 steps).
+        let a: Vec<f32> = (0..m * k).map(|i| if i % k < 32 { 16.0 / (1 + i / k) as f32 } else { 0.5 + (i % 3) as f32 * 0.25 }).collect();
+        let b: Vec<f32> = (0..n * k).map(|i| if i % k < 32 { 16.0 } else { 0.25 * (1 + i / k) as f32 }).collect();
+        let (ta, tb) = (Tensor::f32(vec![m, k], a.clone()), Tensor::f32(vec![n, k], b.clone()));
+        let out = OutType { dtype: DType::F32, shape: vec![m, n] };
+        let run = |acc| matmul(&ta, &tb, false, true, &out, acc).unwrap().to_f32_vec();
+        let chained = run(Accumulation::TensorCore(H100_E4M3));
+        assert_eq!(run(Accumulation::Promoted { sums: H100_E4M3, every: 256 }), chained);
+        let promoted = run(Accumulation::Promoted { sums: H100_E4M3, every: 128 });
+        for (i, &got) in promoted.iter().enumerate() {
+            let (r, c) = (i / n, i % n);
+            let want = H100_E4M3.promoted_dot(128, k, |kk| (a[r * k + kk], b[c * k + kk]));
+            assert_eq!(got.to_bits(), want.to_bits(), "element ({r}, {c})");
+        }
+        let differ = promoted.iter().zip(&chained).filter(|(p, c)| p != c).count();
+        assert!(differ > m * n / 2, "the second k-tile survives promotion: {promoted:?} vs {chained:?}");
+        let exact = run(Accumulation::F64);
+        let closer = promoted.iter().zip(&chained).zip(&exact).all(|((p, c), e)| (p - e).abs() <= (c - e).abs());
+        assert!(closer, "promoted sums lie at least as close to the exact ones: {promoted:?}, {chained:?}, {exact:?}");
     }
 }

@@ -85,35 +85,8 @@ mod tests {
 
     #[test]
     fn recorded_launches_map_to_their_nodes_under_their_guards() {
-        let graph = crate::ir::parse(
-            r#"graph "t" {
-  sym B max=64
-  %0 = input "x" : f16[B,64]
-  %1 = weight @w : f16[64,64]
-  %2 = matmul %0, %1 {transpose_b} : f16[B,64]
-  %3 = matmul %2, %1 {transpose_b} : f16[B,64]
-  return "y" = %3
-}"#,
-        )
-        .unwrap();
-        let buffer = |name: &str| BufferMeta { name: name.into(), dtype: "f16".into(), ..Default::default() };
-        let launch = |w: u32| LaunchMeta { kernel: 0, args: vec![], label: String::new(), writes: vec![w] };
-        let rows = DimExpr::sym("B");
+        let (graph, meta, _) = two_gemms();
         let promoted = Sums::Promoted { model: TensorCoreModel::H100E4M3, every: 128 };
-        let meta = PlanMeta {
-            buffers: vec![buffer("%2"), buffer("%3")],
-            // %2: a skinny launch for B ≤ 16, a promoted GEMM above; %3: an f16 GEMM always.
-            schedule: vec![launch(0), launch(0), launch(1)],
-            launch_guards: vec![
-                LaunchGuard { launch: 0, when: Guard::RowsAtMost { rows: rows.clone(), max: 16 } },
-                LaunchGuard { launch: 1, when: Guard::RowsAbove { rows, min: 16 } },
-            ],
-            launch_sums: vec![
-                LaunchSums { launch: 1, sums: promoted },
-                LaunchSums { launch: 2, sums: Sums::TensorCore(TensorCoreModel::H100F16) },
-            ],
-            ..Default::default()
-        };
         let sums = KernelSums::of_plan(&meta, &graph);
         let (first, second) =
             (graph.values[value_id(&graph, "%2").unwrap()].producer, graph.values[value_id(&graph, "%3").unwrap()].producer);

@@ -25,7 +25,8 @@
 //! the codes and scales are no graph outputs and have no other reader. Then, optionally: the
 //! quantize's operand is `mul(x, scalar)` read only by this quantize (absorbed as `pre`), and the
 //! dequantize's result is read only by one `mul(·, scalar)` of the same dtype (absorbed as
-//! `post`). Then, when x is a LayerNorm's or RMSNorm's result of x's dtype that nothing else reads
+//! `post`). A quantize whose codes no dequantize reads is no round trip and is passed over
+//! silently (the report keeps the earlier passes' reason). Then, when x is a LayerNorm's or RMSNorm's result of x's dtype that nothing else reads
 //! (and no GEMM computes in its prologue), the norm joins too (`norm=…`: one row kernel from
 //! the norm's operands). Declined with the reason in the fusion report: a dequantize with other scales, codes
 //! or scales read elsewhere (a qmatmul taking the codes keeps them: `fuse-dq-matmul` ran first).
@@ -57,6 +58,9 @@ impl Pass for FuseQuantRoundTrip {
         for id in g.nodes.ids().collect::<Vec<_>>() {
             if !live[id.index()] || !matches!(g.nodes[id].op, Op::Quantize(_)) {
                 continue;
+            }
+            if !feeds_a_dequantize(g, &users, id) {
+                continue; // not a round trip: its codes go to kernels that take them (earlier passes' report stands)
             }
             match match_round_trip(g, &users, id) {
                 Err(reason) => {
@@ -134,6 +138,12 @@ fn norm_of(g: &Graph, v: ValueId) -> Option<RoundTripNorm> {
         Op::RmsNorm { eps, prologue: false } => Some(RoundTripNorm { kind: NormKind::RmsNorm, eps }),
         _ => None,
     }
+}
+
+/// Whether a `dequantize` reads the codes of quantize `q`: only then is `q` a round trip's start
+/// (and a decline worth reporting).
+fn feeds_a_dequantize(g: &Graph, users: &Users, q: NodeId) -> bool {
+    users[g.nodes[q].outputs[0]].iter().any(|&n| matches!(g.nodes[n].op, Op::Dequantize(_)))
 }
 
 /// The rule at quantize `q`, or why it declines.

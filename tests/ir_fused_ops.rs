@@ -20,7 +20,10 @@ graph "fused" {
   %8, %9 = rmsnorm_quantize %0, %1 {eps=1e-06, via=f32, f8e4m3, per_token, scale=dynamic(f32)} : f8e4m3[B,8], f32[B,1]
   %10 = weight @ws : f32[16]
   %11 = qmatmul %8, %4 {transpose_b, alpha=1.0, a_scale=%9, b_scale=%10, acc=f16} : f16[B,16]
-  return "y" = %7, "z" = %11
+  %12 = quant_round_trip %0 {pre=256.0, post=0.00390625, f4e2m1, block(-1:4), scale=dynamic(f8e4m3)} : f16[B,8]
+  %13 = quant_round_trip %0, %1, %2 {norm=layernorm, eps=1e-12, pre=1.0, post=1.0, f8e4m3, per_token, scale=dynamic(f32)} : f16[B,8]
+  %14 = quant_round_trip %0, %1 {norm=scale, pre=1.0, post=0.5, u8, per_tensor, scale=0.05, zero=128} : f16[B,8]
+  return "y" = %7, "z" = %11, "r" = %12, "n" = %13, "s" = %14
 }
 "#;
 
@@ -31,6 +34,18 @@ fn fused_ops_round_trip() {
     let text = ir::print(&g);
     assert_eq!(ir::parse(&text).unwrap(), ir::order::renumber(&g));
     assert!(text.contains(",f16),gelu(f16)], out=f8e4m3, out_scale=0.05") && text.contains("epilogue=[cast(f16),add(%"), "{text}");
+    assert!(
+        text.contains("{norm=layernorm, eps=1e-12, pre=1.0, post=1.0, f8e4m3, per_token") && text.contains("{norm=scale, pre=1.0"),
+        "{text}"
+    );
+}
+
+/// A round trip whose quantize names a scale operand is refused by the parser, with the line.
+#[test]
+fn a_round_trip_with_a_scale_operand_does_not_parse() {
+    let line = "  %50 = quant_round_trip %0 {pre=1.0, post=1.0, f8e4m3, per_token, scale=%9} : f16[B,8]\n";
+    let err = ir::parse(&FUSED.replace("  return", &format!("{line}  return"))).expect_err("a scale operand").to_string();
+    assert!(err.contains("line ") && err.contains("no scale or zero-point operand"), "{err}");
 }
 
 #[test]
@@ -47,6 +62,17 @@ fn fused_type_rules_reject_misuse() {
         ),
         ("qmatmul %54, %54 {transpose_b, alpha=1.0, acc=f32} : f32[B,B]", "f32 operands", "must be FP8, 8-bit integer, f16 or bf16"),
         ("qmatmul %3, %4 {transpose_b, alpha=1.0, acc=f32, epilogue=[add(%1,f32)]} : f32[B,16]", "bias of wrong width", "does not fit"),
+        ("quant_round_trip %3 {pre=1.0, post=1.0, f8e4m3, per_token, scale=dynamic(f32)} : f8e4m3[B,8]", "codes in", "f32/f16/bf16"),
+        (
+            "quant_round_trip %0, %1 {norm=rmsnorm, eps=1e-6, pre=1.0, post=1.0, f8e4m3, per_token, scale=dynamic(f32)} : f32[B,8]",
+            "declared another dtype",
+            "declared type",
+        ),
+        (
+            "quant_round_trip %0, %10 {norm=rmsnorm, eps=1e-6, pre=1.0, post=1.0, f8e4m3, per_token, scale=dynamic(f32)} : f16[B,8]",
+            "gamma of another width",
+            "norm parameter shape",
+        ),
         (
             "requantize %3 {from_scale=0.1, via=f16, f8e4m3, per_token, scale=dynamic(f32)} : f8e4m3[B,8]",
             "dynamic requantize",

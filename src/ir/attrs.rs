@@ -519,7 +519,10 @@ pub fn decode(mnemonic: &str, attrs: &[Attr]) -> Result<(Op, Vec<ValueId>), Stri
             return Ok((Op::Requantize { from_scale, via: dtype_attr(attrs, "via")?, to }, vec![]));
         }
         "quant_round_trip" => {
-            let (quant, _) = decode_quant(attrs)?;
+            let (quant, refs) = decode_quant(attrs)?;
+            if !refs.is_empty() || quant.extra_inputs() != 0 {
+                return Err("quant_round_trip takes no scale or zero-point operand (dynamic or literal only)".into());
+            }
             let pre = as_f32(required(attrs, "pre")?)?;
             let post = as_f32(required(attrs, "post")?)?;
             let norm = match get(attrs, "norm") {

@@ -249,7 +249,9 @@ fn minilm_qmatmuls_lower_and_compile_to_sm90a_cubin() {
             _ => None,
         };
         assert_eq!((k.sums, spec.sums()), (want, want), "{}", c.name);
-        assert_eq!(exact.sums(), if fp8 { Some(f16_tc) } else { want }, "{}: the exact mainloop sums as f16 MMAs", c.name);
+        // mma.sync E4M3 records nothing: the chained f16 model missed 2 to 5 of 178,176 outputs per
+        // GEMM on an H100 (session 15), so those GEMMs keep the f32 tolerance check.
+        assert_eq!(exact.sums(), if fp8 { None } else { want }, "{}: the exact mainloop records no model", c.name);
         let tiles_n = u64::from(spec.n / spec.tile_n);
         let grid = DimExpr::sym("B").mul(DimExpr::sym("S")).ceil_div(u64::from(spec.tile_m)).mul(DimExpr::Const(tiles_n));
         assert_eq!(k.grid, [grid, DimExpr::Const(1), DimExpr::Const(1)], "{}", c.name);

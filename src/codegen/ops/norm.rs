@@ -427,6 +427,16 @@ fn block_scale(
     Ok(Scale::DynamicBlock { scales, dtype, group })
 }
 
+/// The row transform of a fused op's norm of `kind` whose operands are `inputs[0..]` (x, gamma[,
+/// beta]): `layernorm_quantize` and friends, `quant_round_trip {norm}`.
+pub(crate) fn fused_norm(kind: NormKind, inputs: &[ValueId]) -> Norm {
+    match kind {
+        NormKind::LayerNorm => Norm::Layer { gamma: inputs[1], beta: Some(inputs[2]) },
+        NormKind::RmsNorm => Norm::Rms { gamma: inputs[1] },
+        NormKind::Scale => Norm::Scale { gamma: inputs[1] },
+    }
+}
+
 /// Lowers `layernorm`, `rmsnorm`, `layernorm_quantize`, `rmsnorm_quantize` and `l2_normalize`.
 pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
     let n = &cx.graph.nodes[node];
@@ -474,11 +484,8 @@ pub fn lower(cx: &LowerCx, node: NodeId) -> Result<Lowered, LowerError> {
             len,
         },
         Op::NormQuantize { kind, eps, via, quant, keep_normed, .. } => {
-            let (norm, next) = match kind {
-                NormKind::LayerNorm => (Norm::Layer { gamma: n.inputs[1], beta: Some(n.inputs[2]) }, 3),
-                NormKind::RmsNorm => (Norm::Rms { gamma: n.inputs[1] }, 2),
-                NormKind::Scale => (Norm::Scale { gamma: n.inputs[1] }, 2),
-            };
+            let norm = fused_norm(*kind, &n.inputs);
+            let next = 1 + crate::ir::infer::norm_params(*kind);
             let scale_input = (quant.scale == ScaleSource::Input).then(|| n.inputs[next]);
             let dynamic = quant.is_dynamic();
             let scales_out = dynamic.then(|| n.outputs[1]);

@@ -27,7 +27,7 @@ use super::norm::{row_launch, row_quant, Norm, RowSpec, Source};
 use crate::codegen::expr::{Expr, Fn2};
 use crate::codegen::kernel::{Launch, LowerCx, LowerError, Lowered};
 use crate::codegen::template::Template;
-use crate::ir::{normalize_axis, DType, Dim, Granularity, NodeId, NormKind, Op, QuantSpec, RoundTripNorm, ScaleSource, ValueId, ZeroPoint};
+use crate::ir::{normalize_axis, DType, Dim, Granularity, NodeId, Op, QuantSpec, RoundTripNorm, ScaleSource, ValueId, ZeroPoint};
 
 const QUANTIZE: Template = Template { name: "quantize.cu", text: include_str!("../../../templates/quantize.cu") };
 
@@ -45,9 +45,7 @@ fn round_trip(
     let n = &cx.graph.nodes[node];
     let (row_norm, eps) = match norm {
         None => (Norm::None, 0.0),
-        Some(RoundTripNorm { kind: NormKind::LayerNorm, eps }) => (Norm::Layer { gamma: n.inputs[1], beta: Some(n.inputs[2]) }, eps),
-        Some(RoundTripNorm { kind: NormKind::RmsNorm, eps }) => (Norm::Rms { gamma: n.inputs[1] }, eps),
-        Some(RoundTripNorm { kind: NormKind::Scale, .. }) => (Norm::Scale { gamma: n.inputs[1] }, 0.0),
+        Some(RoundTripNorm { kind, eps }) => (super::norm::fused_norm(kind, &n.inputs), eps),
     };
     let (x, y) = (n.inputs[0], n.outputs[0]);
     let len = *cx.graph.shape(x).last().ok_or_else(|| cx.error(node, "a round trip needs rank ≥ 1"))?;

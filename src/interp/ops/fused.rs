@@ -39,17 +39,9 @@ pub(super) fn quant_round_trip(
     (pre, spec, post): (f32, &QuantSpec, f32),
     out: &OutType,
 ) -> Result<Tensor, String> {
-    let mut next = || args.next().ok_or_else(|| "missing operand".to_string());
     let x = match norm_op {
-        None => next()?,
-        Some(n) => {
-            let (x, gamma) = (next()?, next()?);
-            Arc::new(match n.kind {
-                NormKind::LayerNorm => norm::layer_norm(x, &gamma, Some(&*next()?), n.eps, out)?,
-                NormKind::RmsNorm => norm::rms_norm(x, &gamma, n.eps, out)?,
-                NormKind::Scale => elementwise::binary(BinaryOp::Mul, x, gamma, out)?,
-            })
-        }
+        None => args.next().ok_or("missing operand")?,
+        Some(n) => Arc::new(apply_norm(n.kind, n.eps, &mut args, out)?),
     };
     let times =
         |t: Arc<Tensor>, c: f32| elementwise::binary(BinaryOp::Mul, t, Arc::new(Tensor::from_f32_as(DType::F32, vec![], vec![c])), out);
@@ -70,6 +62,18 @@ pub(super) fn quant_round_trip(
     times(Arc::new(back), post)
 }
 
+/// The norm of a fused op (`*_quantize`, `quant_round_trip {norm}`) over its next operands
+/// (x, gamma[, beta]), rounded to `out` as the norm ops (or, for [`NormKind::Scale`], `mul`) round.
+fn apply_norm(kind: NormKind, eps: f32, args: &mut std::vec::IntoIter<Arc<Tensor>>, out: &OutType) -> Result<Tensor, String> {
+    let mut next = || args.next().ok_or_else(|| "missing operand".to_string());
+    let (x, gamma) = (next()?, next()?);
+    match kind {
+        NormKind::LayerNorm => norm::layer_norm(x, &gamma, Some(&*next()?), eps, out),
+        NormKind::RmsNorm => norm::rms_norm(x, &gamma, eps, out),
+        NormKind::Scale => elementwise::binary(BinaryOp::Mul, x, gamma, out),
+    }
+}
+
 /// `layernorm_quantize` / `rmsnorm_quantize` / `scale_quantize`: the norm (or the per-channel
 /// multiply, the interpreter's own `mul`) rounded to `via`, then the quantize.
 pub(super) fn norm_quantize(
@@ -81,14 +85,8 @@ pub(super) fn norm_quantize(
     mut args: std::vec::IntoIter<Arc<Tensor>>,
     outs: &[OutType],
 ) -> Result<Vec<Tensor>, String> {
-    let mut next = || args.next().ok_or_else(|| "missing operand".to_string());
-    let (x, gamma) = (next()?, next()?);
     let mid = OutType { dtype: via, shape: outs[0].shape.clone() };
-    let normed = match kind {
-        NormKind::LayerNorm => norm::layer_norm(x, &gamma, Some(&*next()?), eps, &mid)?,
-        NormKind::RmsNorm => norm::rms_norm(x, &gamma, eps, &mid)?,
-        NormKind::Scale => super::elementwise::binary(crate::ir::BinaryOp::Mul, x, gamma, &mid)?,
-    };
+    let normed = apply_norm(kind, eps, &mut args, &mid)?;
     let normed = Arc::new(normed);
     let n_quant = outs.len() - usize::from(keep_normed);
     let mut results = quant::quantize(spec, normed.clone(), args.collect(), &outs[..n_quant])?;

@@ -4,7 +4,8 @@
 
 use crate::interp::{Tensor, TensorData};
 use crate::ir::DType;
-use crate::numerics::{cast, decode_bits, encode_bits};
+use crate::numerics::{cast, decode_bits, encode_bits, map_slice};
+use rayon::prelude::*;
 
 /// Storage bytes of `t` in its dtype.
 pub fn encode(t: &Tensor) -> Vec<u8> {
@@ -17,13 +18,16 @@ pub fn encode(t: &Tensor) -> Vec<u8> {
     }
     let xs = t.to_f32_vec();
     match dt.bits() {
-        32 => xs.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
-        16 => xs.iter().flat_map(|&x| bits16(x, dt).to_le_bytes()).collect(),
-        8 => xs.iter().map(|&x| encode_bits(x, dt) as u8).collect(),
-        4 => xs
-            .chunks(2)
-            .map(|p| (encode_bits(p[0], dt) & 0xf) as u8 | ((p.get(1).map_or(0, |&x| encode_bits(x, dt)) & 0xf) << 4) as u8)
-            .collect(),
+        32 => map_slice(&xs, |x| x.to_bits().to_le_bytes()).into_flattened(),
+        16 => map_slice(&xs, |&x| bits16(x, dt).to_le_bytes()).into_flattened(),
+        8 => map_slice(&xs, |&x| encode_bits(x, dt) as u8),
+        4 => {
+            let nibble = |x: f32| (encode_bits(x, dt) & 0xf) as u8;
+            let (pairs, last) = xs.as_chunks::<2>();
+            let mut bytes = map_slice(pairs, |&[lo, hi]| nibble(lo) | nibble(hi) << 4);
+            bytes.extend(last.iter().map(|&x| nibble(x)));
+            bytes
+        }
         bits => unreachable!("no {bits}-bit dtype"),
     }
 }
@@ -45,11 +49,13 @@ pub fn round_trips(t: &Tensor, bytes: &[u8]) -> bool {
         32 => true,
         16 => {
             let t = table(16);
-            bytes.chunks_exact(2).zip(xs).all(|(c, &x)| same(&t, usize::from(u16::from_le_bytes([c[0], c[1]])), x))
+            let codes = bytes.as_chunks::<2>().0;
+            codes.len() == xs.len()
+                && codes.par_iter().zip(xs).with_min_len(1 << 14).all(|(c, &x)| same(&t, usize::from(u16::from_le_bytes(*c)), x))
         }
         8 => {
             let t = table(8);
-            bytes.iter().zip(xs).all(|(&b, &x)| same(&t, usize::from(b), x))
+            bytes.len() == xs.len() && bytes.par_iter().zip(xs).with_min_len(1 << 14).all(|(&b, &x)| same(&t, usize::from(b), x))
         }
         4 => {
             let t = table(4);

@@ -20,6 +20,7 @@
 use super::gguf::GgmlType;
 use super::ImportError;
 use crate::interp::{Tensor, WeightSource};
+use crate::numerics::map_slice;
 use memmap2::Mmap;
 use safetensors::tensor::Dtype;
 use std::collections::HashMap;
@@ -319,9 +320,9 @@ impl WeightStore {
         let numel: usize = info.shape.iter().product();
         let fail = |m: String| format!("{}: tensor `{name}`: {m}", file.path.display());
         let values: Vec<f32> = match info.encoding {
-            Encoding::Safetensors(Dtype::F32) => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Encoding::Safetensors(Dtype::F16) => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Encoding::Safetensors(Dtype::BF16) => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Encoding::Safetensors(Dtype::F32) => map_slice(bytes.as_chunks::<4>().0, |c| f32::from_le_bytes(*c)),
+            Encoding::Safetensors(Dtype::F16) => map_slice(bytes.as_chunks::<2>().0, |c| half::f16::from_le_bytes(*c).to_f32()),
+            Encoding::Safetensors(Dtype::BF16) => map_slice(bytes.as_chunks::<2>().0, |c| half::bf16::from_le_bytes(*c).to_f32()),
             Encoding::Safetensors(other) => return Err(fail(format!("unsupported dtype {other:?}"))),
             Encoding::Gguf { ty, unpermute_heads } => {
                 let values = super::gguf::quants::dequantize(ty, bytes, numel).map_err(fail)?;

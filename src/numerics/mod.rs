@@ -96,6 +96,17 @@ pub fn cast_slice(xs: &mut [f32], to: DType) {
     }
 }
 
+/// `xs` mapped element by element into a new `Vec`, in order: in parallel (rayon) for slices
+/// longer than 64 Ki elements, serially otherwise. The result does not depend on the split, so
+/// callers keep bit-identical outputs (weight decoding, the interpreter's f64 widening).
+pub fn map_slice<T: Sync, U: Send>(xs: &[T], f: impl Fn(&T) -> U + Sync + Send) -> Vec<U> {
+    if xs.len() > PAR_THRESHOLD {
+        xs.par_iter().with_min_len(PAR_CHUNK).map(f).collect()
+    } else {
+        xs.iter().map(f).collect()
+    }
+}
+
 /// Replaces every element by `f(element)`, in parallel for long slices.
 fn map_in_place(xs: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Send + Copy) {
     let serial = move |c: &mut [f32]| c.iter_mut().for_each(|v| *v = f(*v));

@@ -16,6 +16,7 @@ use super::{f32s, finish, row_offset, OutType};
 use crate::interp::tensor::{strides, Tensor};
 use crate::interp::tensor_core::TensorCoreSums;
 use crate::interp::Accumulation;
+use crate::numerics::map_slice;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -95,9 +96,9 @@ fn slice_axis(t: &Tensor, axis: usize, range: std::ops::Range<usize>) -> Result<
 /// then `cvt.rn.f32.s32`): every product and partial sum is an integer below 2^53 (K·2^16 ≪ 2^53),
 /// so whatever order `gemm` adds in, each sum is exact; likewise for E4M3 values.
 pub(super) fn matmul_f64(a: &Tensor, b: &Tensor, ta: bool, tb: bool, out: &OutType) -> Result<Tensor, String> {
-    let widen = |t: &Tensor| -> Result<Vec<f64>, String> { Ok(f32s(t)?.iter().map(|&v| f64::from(v)).collect()) };
+    let widen = |t: &Tensor| -> Result<Vec<f64>, String> { Ok(map_slice(f32s(t)?, |&v| f64::from(v))) };
     let dst = product(&widen(a)?, &a.shape, &widen(b)?, &b.shape, ta, tb, &out.shape)?;
-    Ok(finish(out, dst.into_iter().map(|v| v as f32).collect()))
+    Ok(finish(out, map_slice(&dst, |&v| v as f32)))
 }
 
 /// An element type the GEMM runs in (`f32`, or `f64` for exact integer sums).

@@ -66,52 +66,20 @@ impl TensorStats {
         s
     }
 
-    /// Adds a batch of values.
+    /// Adds a batch of values. Long batches are scanned and binned in parallel chunks: every
+    /// count is an integer sum and `amax` a maximum, so the result is the serial one bit for bit.
     pub fn add(&mut self, xs: &[f32]) {
         self.count += xs.len() as u64;
-        let batch_max = self.count_non_finite_and_max(xs);
-        if batch_max > 0.0 {
-            self.grow_to(batch_max as f64);
+        let scan = chunked(xs, Scan::of, Scan::merge).unwrap_or_default();
+        (self.nan, self.inf) = (self.nan + scan.nan, self.inf + scan.inf);
+        if scan.max > 0.0 {
+            self.grow_to(scan.max as f64);
         }
-        self.amax = self.amax.max(batch_max);
-        let per_unit = NUM_BINS as f64 / self.range;
-        for &x in xs {
-            let a = x.abs();
-            if a.is_finite() {
-                self.bin_value(a, per_unit);
-            }
-        }
-    }
-
-    /// Counts NaN/inf in `xs` and returns the largest finite `|x|` (0 when none).
-    fn count_non_finite_and_max(&mut self, xs: &[f32]) -> f32 {
-        let mut max = 0.0f32;
-        for &x in xs {
-            let a = x.abs();
-            if a.is_nan() {
-                self.nan += 1;
-            } else if a.is_infinite() {
-                self.inf += 1;
-            } else if a > max {
-                max = a;
-            }
-        }
-        max
-    }
-
-    /// Puts finite `a = |x|` into its bin (`per_unit = 2048 / range`; `range == 0` ⇒ `a == 0`).
-    fn bin_value(&mut self, a: f32, per_unit: f64) {
-        if self.range == 0.0 {
-            self.bins[0] += 1;
-            return;
-        }
-        let pos = a as f64 * per_unit;
-        if pos >= NUM_BINS as f64 {
-            self.at_top += 1;
-            self.bins[NUM_BINS - 1] += 1;
-        } else {
-            self.bins[pos as usize] += 1;
-        }
+        self.amax = self.amax.max(scan.max);
+        let range = self.range;
+        let Some(counts) = chunked(xs, |c| BinCounts::of(c, range), BinCounts::merge) else { return };
+        self.at_top += counts.at_top;
+        self.bins.iter_mut().zip(&counts.bins).for_each(|(b, c)| *b += c);
     }
 
     /// Makes `range ≥ max`: sets it on first data, else doubles it (merging bin pairs) as needed.
@@ -178,5 +146,81 @@ impl TensorStats {
     /// Finite values seen (the histogram's total).
     pub fn finite_count(&self) -> u64 {
         self.count - self.nan - self.inf
+    }
+}
+
+/// Elements per parallel chunk of [`TensorStats::add`] (shorter batches run serially).
+const CHUNK: usize = 1 << 16;
+
+/// `merge` of `per_chunk` over consecutive chunks of `xs` (in parallel when there are several);
+/// `None` for an empty `xs`.
+fn chunked<T: Send>(xs: &[f32], per_chunk: impl Fn(&[f32]) -> T + Sync + Send, merge: impl Fn(T, T) -> T + Sync + Send) -> Option<T> {
+    use rayon::prelude::*;
+    if xs.len() <= CHUNK {
+        return (!xs.is_empty()).then(|| per_chunk(xs));
+    }
+    xs.par_chunks(CHUNK).map(per_chunk).reduce_with(merge)
+}
+
+/// NaN and ±inf counts and the largest finite `|x|` (0 when none) of a chunk.
+#[derive(Default)]
+struct Scan {
+    nan: u64,
+    inf: u64,
+    max: f32,
+}
+
+impl Scan {
+    fn of(xs: &[f32]) -> Self {
+        let mut s = Scan::default();
+        for a in xs.iter().map(|x| x.abs()) {
+            if a.is_nan() {
+                s.nan += 1;
+            } else if a.is_infinite() {
+                s.inf += 1;
+            } else if a > s.max {
+                s.max = a;
+            }
+        }
+        s
+    }
+
+    fn merge(a: Self, b: Self) -> Self {
+        Scan { nan: a.nan + b.nan, inf: a.inf + b.inf, max: a.max.max(b.max) }
+    }
+}
+
+/// A chunk's finite `|x|` counted into the bins of `[0, range]`: bin `⌊|x| · 2048 / range⌋` in
+/// `f64`, `|x| = range` (and above) into the last bin and `at_top`; `range == 0` (only zeros so
+/// far) puts everything in bin 0.
+struct BinCounts {
+    bins: Vec<u64>,
+    at_top: u64,
+}
+
+impl BinCounts {
+    fn of(xs: &[f32], range: f64) -> Self {
+        let mut c = BinCounts { bins: vec![0; NUM_BINS], at_top: 0 };
+        let per_unit = NUM_BINS as f64 / range;
+        for a in xs.iter().map(|x| x.abs()).filter(|a| a.is_finite()) {
+            if range == 0.0 {
+                c.bins[0] += 1;
+                continue;
+            }
+            let pos = a as f64 * per_unit;
+            if pos >= NUM_BINS as f64 {
+                c.at_top += 1;
+                c.bins[NUM_BINS - 1] += 1;
+            } else {
+                c.bins[pos as usize] += 1;
+            }
+        }
+        c
+    }
+
+    fn merge(mut a: Self, b: Self) -> Self {
+        a.at_top += b.at_top;
+        a.bins.iter_mut().zip(&b.bins).for_each(|(x, y)| *x += y);
+        a
     }
 }

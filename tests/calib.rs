@@ -182,6 +182,33 @@ fn histogram_of_a_single_batch_is_exact() {
     assert_eq!(s.histogram(), &want[..]);
 }
 
+/// A batch long enough to be scanned and binned in parallel chunks (several times the chunk of
+/// 65,536) gives exactly the counts of the plain serial loop written out here: NaN and ±inf apart,
+/// the amax, the last bin holding |x| = range.
+#[test]
+fn a_long_batch_is_binned_as_the_serial_loop_bins_it() {
+    let mut xs = random_laplace(300_001, 11, 3.0);
+    xs[17] = f32::NAN;
+    xs[200_000] = f32::INFINITY;
+    xs[250_000] = f32::NEG_INFINITY;
+    let amax = xs.iter().filter(|x| x.is_finite()).fold(0.0f32, |m, x| m.max(x.abs()));
+    let s = stats_of(&[&xs]);
+    let (mut bins, mut nan, mut inf) = (vec![0u64; NUM_BINS], 0u64, 0u64);
+    for x in &xs {
+        let a = x.abs();
+        if a.is_nan() {
+            nan += 1;
+        } else if a.is_infinite() {
+            inf += 1;
+        } else {
+            bins[((a as f64 * (NUM_BINS as f64 / amax as f64)) as usize).min(NUM_BINS - 1)] += 1;
+        }
+    }
+    assert_eq!((s.amax(), s.nan_count(), s.inf_count(), s.count()), (amax, nan, inf, xs.len() as u64));
+    assert_eq!(s.range(), amax as f64);
+    assert_eq!(s.histogram(), &bins[..]);
+}
+
 #[test]
 fn zeros_before_data_stay_in_bin_zero() {
     let s = stats_of(&[&[0.0, -0.0, 0.0], &[1.0, 0.25]]);

@@ -249,7 +249,8 @@ fn describe_stats(s: &CompileStats) -> String {
 pub fn describe(q: &Quantized, verbose: bool) -> String {
     let mut lines = vec![];
     if let Some(c) = &q.calibration {
-        lines.push(format!("calibration: {} over {} samples, {} tensors, {:.2} s", c.method, c.samples, c.tensors, c.seconds));
+        let took = if c.cached { "statistics from the calibration cache".to_string() } else { format!("{:.2} s", c.seconds) };
+        lines.push(format!("calibration: {} over {} samples, {} tensors, {took}", c.method, c.samples, c.tensors));
     }
     if verbose {
         lines.push(fusion_table(&q.report).to_string());

@@ -34,6 +34,10 @@ pub struct RecipeArgs {
     /// per span). Calibration always streams layer by layer; this only changes its inputs.
     #[arg(long)]
     pub gptq_sequential: bool,
+    /// Run the calibration set even when the calibration cache (beside the kernel cache) holds
+    /// its statistics for this graph, these weights and these samples.
+    #[arg(long)]
+    pub no_calib_cache: bool,
     /// Integer weight scales of w8a16, w4a16-rtn and w4a16-gptq: minmax (`amax / qmax`) | mse (the
     /// clip of each channel's or group's range with the least squared rounding error). [default:
     /// the recipe's]
@@ -160,7 +164,8 @@ impl RecipeArgs {
         };
         anyhow::ensure!(!sentences.is_empty(), "the calibration set is empty");
         let schedule = if self.gptq_sequential { CalibSchedule::Sequential } else { CalibSchedule::Layers };
-        Ok(CalibOptions { method, sentences, batch: 16, quiet, schedule })
+        let cache = if self.no_calib_cache { None } else { calib::cache::CalibCache::default_location() };
+        Ok(CalibOptions { method, sentences, batch: 16, quiet, schedule, cache })
     }
 
     /// Pass manager settings.

@@ -4,7 +4,7 @@
 
 use crate::interp::{Tensor, TensorData};
 use crate::ir::DType;
-use crate::numerics::{cast, decode_bits, encode_bits, map_slice};
+use crate::numerics::{cast, decode_bits, encode_bits, groups, map_slice};
 use rayon::prelude::*;
 
 /// Storage bytes of `t` in its dtype.
@@ -23,7 +23,7 @@ pub fn encode(t: &Tensor) -> Vec<u8> {
         8 => map_slice(&xs, |&x| encode_bits(x, dt) as u8),
         4 => {
             let nibble = |x: f32| (encode_bits(x, dt) & 0xf) as u8;
-            let (pairs, last) = xs.as_chunks::<2>();
+            let (pairs, last) = groups::<f32, 2>(&xs);
             let mut bytes = map_slice(pairs, |&[lo, hi]| nibble(lo) | nibble(hi) << 4);
             bytes.extend(last.iter().map(|&x| nibble(x)));
             bytes
@@ -49,7 +49,7 @@ pub fn round_trips(t: &Tensor, bytes: &[u8]) -> bool {
         32 => true,
         16 => {
             let t = table(16);
-            let codes = bytes.as_chunks::<2>().0;
+            let codes = groups::<u8, 2>(bytes).0;
             codes.len() == xs.len()
                 && codes.par_iter().zip(xs).with_min_len(1 << 14).all(|(c, &x)| same(&t, usize::from(u16::from_le_bytes(*c)), x))
         }

@@ -20,7 +20,7 @@
 use super::gguf::GgmlType;
 use super::ImportError;
 use crate::interp::{Tensor, WeightSource};
-use crate::numerics::map_slice;
+use crate::numerics::{groups, map_slice};
 use memmap2::Mmap;
 use safetensors::tensor::Dtype;
 use std::collections::HashMap;
@@ -307,6 +307,49 @@ impl WeightStore {
         Ok(())
     }
 
+    /// A SHA-256 over the tensors `names`, in that order: each one's name, encoding, shape and
+    /// stored bytes (a file tensor's bytes as they lie in the file; a derived tensor's storage
+    /// bytes, or its values when held as inserted), the tensors hashed in parallel. What the
+    /// calibration cache keys weights by ([`crate::quant::calib::cache`]). Errors name a tensor
+    /// the store does not have.
+    pub fn digest(&self, names: &[&str]) -> Result<[u8; 32], String> {
+        use rayon::prelude::*;
+        use sha2::{Digest, Sha256};
+        let each: Vec<[u8; 32]> = names.par_iter().map(|name| self.digest_one(name)).collect::<Result<_, _>>()?;
+        let mut h = Sha256::new();
+        each.iter().for_each(|d| h.update(d));
+        Ok(h.finalize().into())
+    }
+
+    fn digest_one(&self, name: &str) -> Result<[u8; 32], String> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(name);
+        h.update([0]);
+        if let Some(d) = self.lock().get(name) {
+            match d {
+                Derived::Packed { dtype, shape, bytes } => {
+                    h.update(format!("packed {dtype} {shape:?}"));
+                    h.update(bytes);
+                }
+                Derived::Held(t) => {
+                    h.update(format!("held {} {:?}", t.dtype, t.shape));
+                    match &t.data {
+                        crate::interp::TensorData::F32(v) => v.iter().for_each(|x| h.update(x.to_bits().to_le_bytes())),
+                        crate::interp::TensorData::I64(v) => v.iter().for_each(|x| h.update(x.to_le_bytes())),
+                    }
+                }
+            }
+            return Ok(h.finalize().into());
+        }
+        let info = self.infos.get(name).ok_or_else(|| format!("{}: tensor `{name}` is missing", self.path.display()))?;
+        let file = &self.files[info.file];
+        h.update(format!("file {:?} {:?}", info.encoding, info.shape));
+        h.update(&file.mmap[info.range.0..info.range.1]);
+        file.forget(info.range);
+        Ok(h.finalize().into())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Derived>> {
         self.derived.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -320,9 +363,9 @@ impl WeightStore {
         let numel: usize = info.shape.iter().product();
         let fail = |m: String| format!("{}: tensor `{name}`: {m}", file.path.display());
         let values: Vec<f32> = match info.encoding {
-            Encoding::Safetensors(Dtype::F32) => map_slice(bytes.as_chunks::<4>().0, |c| f32::from_le_bytes(*c)),
-            Encoding::Safetensors(Dtype::F16) => map_slice(bytes.as_chunks::<2>().0, |c| half::f16::from_le_bytes(*c).to_f32()),
-            Encoding::Safetensors(Dtype::BF16) => map_slice(bytes.as_chunks::<2>().0, |c| half::bf16::from_le_bytes(*c).to_f32()),
+            Encoding::Safetensors(Dtype::F32) => map_slice(groups::<u8, 4>(bytes).0, |c| f32::from_le_bytes(*c)),
+            Encoding::Safetensors(Dtype::F16) => map_slice(groups::<u8, 2>(bytes).0, |c| half::f16::from_le_bytes(*c).to_f32()),
+            Encoding::Safetensors(Dtype::BF16) => map_slice(groups::<u8, 2>(bytes).0, |c| half::bf16::from_le_bytes(*c).to_f32()),
             Encoding::Safetensors(other) => return Err(fail(format!("unsupported dtype {other:?}"))),
             Encoding::Gguf { ty, unpermute_heads } => {
                 let values = super::gguf::quants::dequantize(ty, bytes, numel).map_err(fail)?;

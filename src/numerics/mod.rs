@@ -107,6 +107,16 @@ pub fn map_slice<T: Sync, U: Send>(xs: &[T], f: impl Fn(&T) -> U + Sync + Send) 
     }
 }
 
+/// `xs` as consecutive groups of `N` (`<[T]>::as_chunks`, stable only after this crate's MSRV),
+/// and the trailing partial group.
+pub fn groups<T: bytemuck::Pod, const N: usize>(xs: &[T]) -> (&[[T; N]], &[T])
+where
+    [T; N]: bytemuck::Pod,
+{
+    let (whole, rest) = xs.split_at(xs.len() / N * N);
+    (bytemuck::cast_slice(whole), rest)
+}
+
 /// Replaces every element by `f(element)`, in parallel for long slices.
 fn map_in_place(xs: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Send + Copy) {
     let serial = move |c: &mut [f32]| c.iter_mut().for_each(|v| *v = f(*v));

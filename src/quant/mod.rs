@@ -37,6 +37,9 @@ pub struct CalibOptions {
     pub quiet: bool,
     /// How the runs go through the graph's layers.
     pub schedule: CalibSchedule,
+    /// Folder of the calibration cache ([`calib::cache`]); `None` (the library's default): always
+    /// run the calibration set.
+    pub cache: Option<std::path::PathBuf>,
 }
 
 /// How calibration runs go through the graph's layers ([`calib::stream`]).
@@ -82,6 +85,7 @@ impl Default for CalibOptions {
             batch: 16,
             quiet: true,
             schedule: CalibSchedule::default(),
+            cache: None,
         }
     }
 }
@@ -97,6 +101,8 @@ pub struct CalibSummary {
     pub tensors: usize,
     /// Wall time.
     pub seconds: f64,
+    /// The statistics came from the calibration cache.
+    pub cached: bool,
 }
 
 /// A model through the recipe and the passes, with every intermediate graph kept.
@@ -199,6 +205,31 @@ pub(crate) fn encode_runs(
     Ok(if padded && !calib::token_major(g, values) { encode(1)? } else { runs })
 }
 
+/// The statistics of `values` over `runs`: from the calibration cache when `opts.cache` has them,
+/// else collected (and stored there).
+fn collect_or_reuse(
+    model: &dyn Imported,
+    g: &Graph,
+    runs: &[calib::Run],
+    opts: &CalibOptions,
+    values: &[ir::ValueId],
+) -> Result<calib::Calibration, QuantError> {
+    let cache = opts.cache.as_ref().map(calib::cache::CalibCache::new);
+    let key = match &cache {
+        Some(_) => Some(calib::cache::CalibCache::key(g, model.weights(), runs, values).map_err(QuantError::Recipe)?),
+        None => None,
+    };
+    if let Some(hit) = cache.as_ref().zip(key.as_deref()).and_then(|(c, k)| c.load(k, values)) {
+        tracing::info!(values = values.len(), "calibration statistics read from the cache");
+        return Ok(hit);
+    }
+    let collected = calib::collect_runs(g, model.weights(), runs, &opts.schedule.spans(g, values), opts.quiet)?;
+    if let Some((c, k)) = cache.as_ref().zip(key.as_deref()) {
+        c.store(k, &collected);
+    }
+    Ok(collected)
+}
+
 /// Runs the calibration set through `g` and picks a range for each value.
 fn calibrate(
     model: &dyn Imported,
@@ -209,7 +240,7 @@ fn calibrate(
 ) -> Result<(Ranges, Option<CalibSummary>), QuantError> {
     let encoded = encode_runs(model, g, opts, values)?;
     let runs: Vec<calib::Run> = encoded.iter().map(|e| calib::Run { inputs: &e.inputs, tokens: e.tokens.as_deref() }).collect();
-    let collected = calib::collect_runs(g, model.weights(), &runs, &opts.schedule.spans(g, values), opts.quiet)?;
+    let collected = collect_or_reuse(model, g, &runs, opts, values)?;
     let storage = recipe.linear.activation.map_or(ir::DType::F8E4M3, |a| a.storage);
     let (amax, issues) = collected.amaxes(g, opts.method, storage);
     let summary = CalibSummary {
@@ -217,6 +248,7 @@ fn calibrate(
         samples: opts.sentences.len(),
         tensors: values.len() - issues.len(),
         seconds: collected.elapsed.as_secs_f64(),
+        cached: collected.cached,
     };
     Ok((amax, Some(summary)))
 }

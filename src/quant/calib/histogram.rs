@@ -31,7 +31,7 @@ pub const NUM_BINS: usize = 2048;
 /// Streaming statistics of one tensor's absolute values: element count, `amax` over the finite
 /// values, NaN/inf counts, and a 2048-bin histogram of `|x|` over `[0, range]` whose range doubles
 /// when a larger value arrives (see the [module docs](self) for the resolution this costs).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TensorStats {
     count: u64,
     amax: f32,
@@ -64,6 +64,12 @@ impl TensorStats {
             s.range = range as f64;
         }
         s
+    }
+
+    /// True when the histogram has its [`NUM_BINS`] bins and a finite, non-negative range (what
+    /// a statistic read back from the calibration cache must satisfy).
+    pub fn is_well_formed(&self) -> bool {
+        self.bins.len() == NUM_BINS && self.range.is_finite() && self.range >= 0.0
     }
 
     /// Adds a batch of values. Long batches are scanned and binned in parallel chunks: every

@@ -13,6 +13,7 @@
 //! - [`default_calibration_sentences`] / [`default_eval_sentences`] are built-in, disjoint text sets;
 //!   [`read_sentences`] reads a user's file.
 
+pub mod cache;
 pub mod histogram;
 pub mod methods;
 mod sentences;
@@ -120,6 +121,8 @@ pub struct Calibration {
     pub samples: usize,
     /// Wall time of the collection.
     pub elapsed: Duration,
+    /// Read from the calibration cache ([`cache`]) instead of collected.
+    pub cached: bool,
 }
 
 impl Calibration {
@@ -224,7 +227,7 @@ pub fn collect_runs(
     let elapsed = start.elapsed();
     bar.finish_with_message(format!("calibrated {} value(s) over {samples} sample(s) in {:.2?}", values.len(), elapsed));
     tracing::info!(runs = runs.len(), samples, values = values.len(), spans = spans.len(), ?elapsed, "calibration statistics collected");
-    Ok(Calibration { stats, batches: runs.len(), samples, elapsed })
+    Ok(Calibration { stats, batches: runs.len(), samples, elapsed, cached: false })
 }
 
 /// The rows of a run's value `xs` (shape `shape`) that statistics take, in order: all of it

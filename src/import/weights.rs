@@ -20,7 +20,7 @@
 use super::gguf::GgmlType;
 use super::ImportError;
 use crate::interp::{Tensor, WeightSource};
-use crate::numerics::{groups, map_slice};
+use crate::numerics::{f16_bytes_to_f32, groups, map_slice};
 use memmap2::Mmap;
 use safetensors::tensor::Dtype;
 use std::collections::HashMap;
@@ -364,7 +364,7 @@ impl WeightStore {
         let fail = |m: String| format!("{}: tensor `{name}`: {m}", file.path.display());
         let values: Vec<f32> = match info.encoding {
             Encoding::Safetensors(Dtype::F32) => map_slice(groups::<u8, 4>(bytes).0, |c| f32::from_le_bytes(*c)),
-            Encoding::Safetensors(Dtype::F16) => map_slice(groups::<u8, 2>(bytes).0, |c| half::f16::from_le_bytes(*c).to_f32()),
+            Encoding::Safetensors(Dtype::F16) => f16_bytes_to_f32(bytes),
             Encoding::Safetensors(Dtype::BF16) => map_slice(groups::<u8, 2>(bytes).0, |c| half::bf16::from_le_bytes(*c).to_f32()),
             Encoding::Safetensors(other) => return Err(fail(format!("unsupported dtype {other:?}"))),
             Encoding::Gguf { ty, unpermute_heads } => {

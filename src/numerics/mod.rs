@@ -83,7 +83,7 @@ pub fn cast(x: f32, to: DType) -> f32 {
 pub fn cast_slice(xs: &mut [f32], to: DType) {
     match to {
         DType::F32 => {}
-        DType::F16 => map_in_place(xs, round_to_f16),
+        DType::F16 => for_chunks(xs, round_chunk_to_f16),
         DType::BF16 => map_in_place(xs, round_to_bf16),
         DType::F8E4M3 => map_in_place(xs, |x| e4m3_to_f32(f32_to_e4m3(x))),
         DType::F8E5M2 => map_in_place(xs, |x| e5m2_to_f32(f32_to_e5m2(x))),
@@ -115,6 +115,52 @@ where
 {
     let (whole, rest) = xs.split_at(xs.len() / N * N);
     (bytemuck::cast_slice(whole), rest)
+}
+
+/// Elements converted per step of the slice conversions below (a stack buffer of `f16`s).
+const F16_STEP: usize = 1024;
+
+/// [`round_to_f16`] of every element of `xs`, in steps through `half`'s slice conversions (eight
+/// elements per F16C instruction where the CPU has it: the same RNE conversion, the same bits).
+fn round_chunk_to_f16(xs: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    let mut buf = [f16::ZERO; F16_STEP];
+    for c in xs.chunks_mut(F16_STEP) {
+        let h = &mut buf[..c.len()];
+        h.convert_from_f32_slice(c);
+        h.convert_to_f32_slice(c);
+    }
+}
+
+/// The f32 values of little-endian IEEE binary16 `bytes` (a trailing odd byte is ignored), in
+/// parallel for long inputs, through `half`'s slice conversions (exact, as `f16::to_f32`).
+pub fn f16_bytes_to_f32(bytes: &[u8]) -> Vec<f32> {
+    use half::slice::HalfFloatSliceExt;
+    let codes = groups::<u8, 2>(bytes).0;
+    let mut out = vec![0f32; codes.len()];
+    let convert = |(dst, src): (&mut [f32], &[[u8; 2]])| {
+        let mut buf = [f16::ZERO; F16_STEP];
+        for (d, s) in dst.chunks_mut(F16_STEP).zip(src.chunks(F16_STEP)) {
+            let h = &mut buf[..s.len()];
+            h.iter_mut().zip(s).for_each(|(h, b)| *h = f16::from_le_bytes(*b));
+            h.convert_to_f32_slice(d);
+        }
+    };
+    if codes.len() > PAR_THRESHOLD {
+        out.par_chunks_mut(PAR_CHUNK).zip(codes.par_chunks(PAR_CHUNK)).for_each(convert);
+    } else {
+        convert((&mut out, codes));
+    }
+    out
+}
+
+/// `f` over consecutive chunks of `xs`, in parallel for long slices.
+fn for_chunks(xs: &mut [f32], f: impl Fn(&mut [f32]) + Sync + Send) {
+    if xs.len() > PAR_THRESHOLD {
+        xs.par_chunks_mut(PAR_CHUNK).for_each(f);
+    } else {
+        f(xs);
+    }
 }
 
 /// Replaces every element by `f(element)`, in parallel for long slices.

@@ -45,15 +45,16 @@
 // least one, the splits' work differing by at most one tile. Each CTA writes, per query row (head
 // h of sequence b), its partial f32 max m, sum of exponentials l and unnormalised output
 // acc[D] = Σ exp(s − m)·v to `partials` [B, H, SPLITS, D + 2] as (m, l, acc[0..D)); a CTA x ≥ LIVE
-// writes the neutral (−∞, 0, 0…) and exits, so every record of a launch is defined and the
-// two-launch split_combine over all SPLITS records gives the same bits. With LIVE = 1 the one
+// exits at once, before the wait, writing nothing (it would otherwise hold its SM slot through
+// griddepcontrol.wait: 13 of 16 CTAs at a 3-tile context), since every merge reads the LIVE
+// records only (split_combine takes LIVE from cache_len the same way). With LIVE = 1 the one
 // live CTA also writes o itself (acc / l, the merge of one record, bit for bit). With LIVE ≥ 2 the
 // partials follow QF_COUNTER_WORDS = {{counter_words}} u32 completion counters, one per (KV head,
 // sequence), at the start of the runtime's zeroed `scratch`: after writing its records, a live CTA
 // fences them (__threadfence), then one thread adds 1 to its counter; the CTA that brings it to
 // LIVE (the last of its KV head and sequence to finish) merges the G heads' LIVE records
-// (split_merge.cuh: the math of the split_combine kernel, bit for bit, neutral records adding
-// exact zeros there) into o, rounding once to o's dtype, and resets the counter to 0 for the next
+// (split_merge.cuh: the math of the split_combine kernel, bit for bit) into o, rounding once to
+// o's dtype, and resets the counter to 0 for the next
 // launch.
 //
 // Fused append (QF_APPEND = 1: decode variants over float and per-tensor code caches, S ≤ 1):
@@ -170,12 +171,6 @@ QF_DEVICE long long qf_row_offset(long long b, long long S, long long s0, int g,
 }
 
 #if QF_SPLITS
-// The live splits of a sequence whose keys span `tiles` tiles: one per tile, at most SPLITS, at
-// least 1.
-QF_DEVICE int qf_live_splits(long long tiles) {
-    return tiles < 1 ? 1 : (tiles < QF_SPLITS ? static_cast<int>(tiles) : QF_SPLITS);
-}
-
 // Key range [lo, hi) of split `split` of `live` over positions [0, end), `tiles` tiles: whole
 // tiles, at least one for a live split, tile counts of the splits differing by at most one; empty
 // (lo ≥ hi) for split ≥ live.
@@ -392,8 +387,10 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
     // Keys past the page table (t / PAGE ≥ MAX_PAGES) are not read: the runtime never admits them.
     const long long end = last + 1 < static_cast<long long>(QF_MAX_PAGES) * QF_PAGE ? last + 1 : static_cast<long long>(QF_MAX_PAGES) * QF_PAGE;
 #if QF_SPLITS
-    const long long tiles = (end + QF_TK - 1) / QF_TK;
-    const int live = qf_live_splits(tiles);
+    const long long tiles = qf_tiles<QF_TK>(end);
+    const int live = qf_live_ranges<QF_SPLITS>(tiles);
+    // No tile at this context: nothing to do, not even the wait.
+    if (split >= live) return;
     long long lo, hi;
     qf_split_range(tiles, end, split, live, lo, hi);
 #else
@@ -429,15 +426,6 @@ extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const Q
 #endif
     // qfuse pre-wait end
     qf_pdl_enter();
-#if QF_SPLITS
-    if (split >= live) {  // no tile at this context: the neutral record, nothing else
-        float* partials = scratch + QF_COUNTER_WORDS;
-        for (int e = threadIdx.x; e < rows * QF_REC; e += QF_THREADS) {
-            partials[qf_record(b, g, e / QF_REC, split) + e % QF_REC] = e % QF_REC == 0 ? -__int_as_float(0x7f800000) : 0.0f;
-        }
-        return;
-    }
-#endif
     // Query rows: r = token · G + head in group.
 #if QF_PRE_ROPE
 #pragma unroll

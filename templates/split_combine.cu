@@ -5,7 +5,9 @@
 // causal_attention (S = 1). The split paged_attention wrote, for each query head h of each
 // sequence b and each of its SPLITS = {{splits}} key ranges s, a partial record (m_s, l_s, acc_s[D])
 // to `partials` [B, H, SPLITS, D + 2] (f32): the range's max score, its sum of exp(score − m_s),
-// and its unnormalised output Σ exp(score − m_s)·v. An empty range is (−∞, 0, 0…).
+// and its unnormalised output Σ exp(score − m_s)·v, for its first LIVE ranges only: LIVE =
+// min(SPLITS, tiles of {{tile_keys}} keys over positions 0 ..= cache_len[b], at most {{max_keys}}),
+// computed here as the attention computes it (split_merge.cuh); the other records are never written.
 //
 // Merge: split_merge.cuh, rounded once to o's dtype (trait {{o_t}}) into o [B, 1, H·D]: the value
 // the unsplit kernel computes, up to the order of the f32 sums. The split decode paged_attention
@@ -22,18 +24,23 @@ typedef {{o_t}} OT_;
 #define QF_SPLITS {{splits}}
 #define QF_REC (QF_D + 2)
 #define QF_THREADS {{threads}}
+#define QF_TK {{tile_keys}}
+#define QF_MAX_KEYS {{max_keys}}LL
 
-extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const float* __restrict__ partials, OT_::T* __restrict__ out) {
+extern "C" __global__ void __launch_bounds__(QF_THREADS) {{kernel_name}}(const float* __restrict__ partials, const long long* __restrict__ cache_len,
+                                                                       OT_::T* __restrict__ out) {
     qf_pdl_enter();
     __shared__ float w[QF_SPLITS];
     __shared__ float total;
     const long long h = blockIdx.x;
     const long long b = blockIdx.y;
     const float* rec = partials + (b * QF_H + h) * QF_SPLITS * QF_REC;
+    const long long end = cache_len[b] + 1 < QF_MAX_KEYS ? cache_len[b] + 1 : QF_MAX_KEYS;  // S = 1
+    const int live = qf_live_ranges<QF_SPLITS>(qf_tiles<QF_TK>(end));
 
-    if (threadIdx.x == 0) total = qf_merge_weights<QF_SPLITS, QF_REC>(rec, w, QF_SPLITS);
+    if (threadIdx.x == 0) total = qf_merge_weights<QF_SPLITS, QF_REC>(rec, w, live);
     __syncthreads();
     for (int d = threadIdx.x; d < QF_D; d += QF_THREADS) {
-        out[(b * QF_H + h) * QF_D + d] = OT_::store(qf_merge_column<QF_SPLITS, QF_REC>(rec, w, QF_SPLITS, total, d));
+        out[(b * QF_H + h) * QF_D + d] = OT_::store(qf_merge_column<QF_SPLITS, QF_REC>(rec, w, live, total, d));
     }
 }

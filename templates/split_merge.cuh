@@ -10,8 +10,22 @@
 // read through L2 (ld.global.cg, which bypasses L1, not coherent across SMs): other CTAs of the
 // running grid may have written them.
 
+// Key tiles of TK keys over positions [0, end).
+template <int TK>
+QF_DEVICE long long qf_tiles(long long end) {
+    return (end + TK - 1) / TK;
+}
+
+// The live ranges of a split decode step whose keys span `tiles` tiles: one per tile, at most
+// SPLITS, at least 1. The split paged_attention runs CTAs 0 .. live − 1 of its SPLITS (the others
+// exit at once and write no record); both merges read the first `live` records only.
+template <int SPLITS>
+QF_DEVICE int qf_live_ranges(long long tiles) {
+    return tiles < 1 ? 1 : (tiles < SPLITS ? static_cast<int>(tiles) : SPLITS);
+}
+
 // The weights w_s of one head's first `count` (≤ SPLITS) records into `w` [SPLITS]; returns L.
-// Records past `count` are neutral ones, which would add exact zeros. The loops run over the
+// Records past `count` are not read (an idle range writes none). The loops run over the
 // compile-time SPLITS (unrolled) with the records past `count` skipped, and every (m_s, l_s) is
 // loaded before any is used, so the loads are in flight together: one L2 round trip, not one per
 // record (__ldcg: ld.global.cg, an ordinary load to the compiler, ordered by the caller's fences

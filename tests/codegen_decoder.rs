@@ -589,7 +589,7 @@ fn paged_attention_variants_compile() {
         }
         assert!(split.split_scratch_bytes() > split.split_counter_bytes() && split.tile_keys() >= decoder::SPLIT_TILE_KEYS);
         assert_eq!(split.split_counter_bytes(), (16 * u64::from(kv_heads) * 4).div_ceil(16) * 16);
-        let combine = decoder::split_combine_kernel(heads, head_dim, splits, q, DimExpr::sym("B")).unwrap();
+        let combine = decoder::split_combine_kernel(heads, head_dim, splits, q, spec.paged, DimExpr::sym("B")).unwrap();
         assert_eq!(combine.block, [decoder::combine_threads(head_dim), 1, 1]);
         compile(&combine);
         let append =
@@ -608,8 +608,8 @@ fn paged_attention_variants_compile() {
     }
     let no_batch = PagedAttentionSpec { splits: 4, max_batch: 0, ..ok };
     assert!(no_batch.validate().unwrap_err().contains("largest batch"), "{no_batch:?}");
-    assert!(decoder::split_combine_kernel(4, 64, 0, DType::F16, DimExpr::sym("B")).is_err());
-    assert!(decoder::split_combine_kernel(4, 64, 4, DType::I8, DimExpr::sym("B")).is_err());
+    assert!(decoder::split_combine_kernel(4, 64, 0, DType::F16, PAGED, DimExpr::sym("B")).is_err());
+    assert!(decoder::split_combine_kernel(4, 64, 4, DType::I8, PAGED, DimExpr::sym("B")).is_err());
 }
 
 /// A fused output quantize (`causal_attention … out=…`): every attention kernel (the CUDA-core

@@ -395,7 +395,14 @@ fn run_attention(g: &Graph, inputs: &[(&str, Tensor)], compute: DType, seq: usiz
     }
     if split && !o_dtype.is_quantized_storage() {
         let first = gpu.download(buffers[&o], o_bytes);
-        let merge = SplitMerge { heads: h as u32, head_dim: d as u32, splits: decoder::decode_splits(kv as u32, paged), out: compute };
+        let merge = SplitMerge {
+            heads: h as u32,
+            head_dim: d as u32,
+            splits: decoder::decode_splits(kv as u32, paged),
+            out: compute,
+            paged,
+            cache_len: buffers[&input(g, "cache_len")],
+        };
         check_split_merge(&mut gpu, &cache_mem, counter_bytes, &merge, batch, &first);
         // The same step again (the append, fused or not, rewrites the same rows): the counters were reset, so
         // the merge happens again and gives the same bytes.
@@ -475,18 +482,27 @@ struct SplitMerge {
     head_dim: u32,
     splits: u32,
     out: DType,
+    paged: PagedKv,
+    /// The device address of the step's `cache_len` [B] (i64).
+    cache_len: u64,
 }
 
 /// After a split decode attention ran into `o` (`batch` sequences): every completion counter is
-/// back at 0, and the two-launch form of the merge, split_combine over the partials the split
-/// CTAs left in the scratch, writes exactly the same bytes (same math, same order).
+/// back at 0, and the two-launch form of the merge, split_combine over the partials the live split
+/// CTAs left in the scratch (the idle ones write none: the scratch's other partials are NaN),
+/// writes exactly the same bytes (same math, same order).
 fn check_split_merge(gpu: &mut Gpu, cache: &Cache, counter_bytes: usize, m: &SplitMerge, batch: usize, o: &[u8]) {
     assert!(gpu.download(cache.scratch, counter_bytes).iter().all(|&c| c == 0), "the last CTAs reset every counter");
     let batch_dim = qfuse::plan::DimExpr::sym("B");
-    let combine = decoder::split_combine_kernel(m.heads, m.head_dim, m.splits, m.out, batch_dim).expect("split_combine");
+    let combine = decoder::split_combine_kernel(m.heads, m.head_dim, m.splits, m.out, m.paged, batch_dim).expect("split_combine");
     let again = gpu.upload(&vec![0u8; o.len()]);
     let syms = vec![("B".to_string(), batch as u64)];
-    launch(gpu, &combine, grid(&combine, &syms), &[KArg::Ptr(cache.scratch + counter_bytes as u64), KArg::Ptr(again)]);
+    launch(
+        gpu,
+        &combine,
+        grid(&combine, &syms),
+        &[KArg::Ptr(cache.scratch + counter_bytes as u64), KArg::Ptr(m.cache_len), KArg::Ptr(again)],
+    );
     assert_eq!(gpu.download(again, o.len()), o, "the last-CTA merge differs from split_combine");
 }
 

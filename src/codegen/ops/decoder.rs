@@ -44,7 +44,7 @@
 //!      k_scale, float v_scale)` with grid `(SPLITS, KV, B)`, guarded `S ≤ 1`, writes f32
 //!      partials to the runtime's split scratch ([`Arg::SplitScratch`]), after one completion
 //!      counter per (KV head, sequence). Of a sequence's SPLITS CTAs only `min(SPLITS, tiles of
-//!      its context)` work (the others write neutral records and exit); with one live CTA it
+//!      its context)` work (the others exit at once, before the wait, writing nothing); with one live CTA it
 //!      writes o itself, otherwise the last live CTA of each KV head and sequence merges their
 //!      records into o and resets its counter. [`split_combine_kernel`] is the same merge as a launch of
 //!      its own (`templates/split_merge.cuh` holds the math both use); plans do not launch it.
@@ -120,11 +120,21 @@ pub const LOADS_IN_FLIGHT: u32 = 4;
 /// can span (`ceil(max_pages·PAGE / TK)`, TK the split variant's tile, so no split is always
 /// empty). 1 means no split: the unsplit decode kernel runs.
 pub fn decode_splits(kv_heads: u32, paged: PagedKv) -> u32 {
-    let page = paged.page_size.max(1);
-    let tile = page * SPLIT_TILE_KEYS.div_ceil(page);
-    let max_tiles = (u64::from(paged.max_pages) * u64::from(page)).div_ceil(u64::from(tile));
+    let max_tiles = (u64::from(paged.max_pages) * u64::from(paged.page_size.max(1))).div_ceil(u64::from(split_tile_keys(paged)));
     let want = (2 * TARGET_SMS).div_ceil(kv_heads.max(1));
     want.min(MAX_SPLITS).min(u32::try_from(max_tiles).unwrap_or(u32::MAX)).max(1)
+}
+
+/// Keys per tile of the split decode attention over `paged`: whole pages, at least
+/// [`SPLIT_TILE_KEYS`].
+pub fn split_tile_keys(paged: PagedKv) -> u32 {
+    whole_pages(paged, SPLIT_TILE_KEYS)
+}
+
+/// The fewest whole pages of `paged` holding at least `keys` keys, in keys.
+fn whole_pages(paged: PagedKv, keys: u32) -> u32 {
+    let page = paged.page_size.max(1);
+    page * keys.div_ceil(page)
 }
 
 /// Lowers `rope` and `causal_attention`.
@@ -337,13 +347,12 @@ impl PagedAttentionSpec {
     /// Keys per shared-memory tile: whole pages, at least 64 keys ([`DECODE_TILE_KEYS`] for
     /// the decode variant).
     pub fn tile_keys(&self) -> u32 {
-        let page = self.paged.page_size.max(1);
         let least = match (self.decode, self.splits) {
             (true, 0) => DECODE_TILE_KEYS,
-            (true, _) => SPLIT_TILE_KEYS,
+            (true, _) => return split_tile_keys(self.paged),
             (false, _) => 64,
         };
-        page * least.div_ceil(page)
+        whole_pages(self.paged, least)
     }
 
     /// Bytes of the split scratch (0 without a split): [`Self::split_counter_bytes`] of
@@ -671,10 +680,19 @@ pub fn combine_threads(head_dim: u32) -> u32 {
     head_dim.div_ceil(32).clamp(1, 8) * 32
 }
 
-/// The split_combine kernel merging `splits` partial records per (head, sequence) of `heads`
-/// query heads of `head_dim` into o of dtype `out` (f16, bf16, f32): signature
-/// `(const float* partials, O* out)`, grid `(H, B)` over `batch`, block [`combine_threads`].
-pub fn split_combine_kernel(heads: u32, head_dim: u32, splits: u32, out: DType, batch: DimExpr) -> Result<KernelDef, String> {
+/// The split_combine kernel merging the live ones of `splits` partial records per (head,
+/// sequence) of `heads` query heads of `head_dim` into o of dtype `out` (f16, bf16, f32), over the
+/// pages `paged` (which set the split attention's tile and its longest context, so the live count
+/// is the attention's): signature `(const float* partials, const long long* cache_len, O* out)`,
+/// grid `(H, B)` over `batch`, block [`combine_threads`].
+pub fn split_combine_kernel(
+    heads: u32,
+    head_dim: u32,
+    splits: u32,
+    out: DType,
+    paged: PagedKv,
+    batch: DimExpr,
+) -> Result<KernelDef, String> {
     if !matches!(out, DType::F16 | DType::BF16 | DType::F32) {
         return Err(format!("o is {out}; split_combine writes f16, bf16 or f32"));
     }
@@ -690,11 +708,13 @@ pub fn split_combine_kernel(heads: u32, head_dim: u32, splits: u32, out: DType, 
         ("head_dim", head_dim.to_string()),
         ("splits", splits.to_string()),
         ("threads", threads.to_string()),
+        ("tile_keys", split_tile_keys(paged).to_string()),
+        ("max_keys", (u64::from(paged.max_pages) * u64::from(paged.page_size)).to_string()),
         ("split_merge", SPLIT_MERGE.to_string()),
     ]);
     let source = SPLIT_COMBINE.render(&values).map_err(|e| e.to_string())?;
     let grid = [DimExpr::Const(u64::from(heads)), batch, 1.into()];
-    Ok(finish_kernel("split_combine", source, grid, [threads, 1, 1], 0, params(&pointers(&["partials", "out"]))))
+    Ok(finish_kernel("split_combine", source, grid, [threads, 1, 1], 0, params(&pointers(&["partials", "cache_len", "out"]))))
 }
 
 /// How kv_row.cuh moves a cache row of `head_dim` elements of `storage`: R packs of up to 16

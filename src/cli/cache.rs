@@ -1,7 +1,9 @@
-//! `qfuse cache info|clear`: the kernel (CUBIN) cache that `compile` reads and fills.
+//! `qfuse cache info|clear`: the kernel (CUBIN) cache that `compile` reads and fills, and the
+//! calibration cache beside it.
 
 use clap::{Args, Subcommand};
-use qfuse::codegen::cache::{self, CacheSource, KernelCache};
+use qfuse::codegen::cache::{self, CacheSource, KernelCache, CUBIN_EXT};
+use qfuse::quant::calib::cache::{CalibCache, STATS_EXT};
 
 /// Arguments of `qfuse cache`.
 #[derive(Args)]
@@ -12,9 +14,11 @@ pub struct CacheArgs {
 
 #[derive(Subcommand)]
 enum CacheAction {
-    /// Print the cache folder, why it is the one in use, and how many CUBINs (bytes) it holds.
+    /// Print the cache folders, why they are the ones in use, and how many CUBINs and calibration
+    /// statistics (bytes) they hold.
     Info,
-    /// Remove every cached CUBIN (the next compile recompiles its kernels with NVRTC).
+    /// Remove every cached CUBIN and calibration statistic (the next compile recompiles its
+    /// kernels with NVRTC and calibrates again).
     Clear,
 }
 
@@ -28,18 +32,23 @@ pub fn run(args: &CacheArgs) -> anyhow::Result<()> {
         CacheSource::Checkout => "inside the qfuse checkout: shared with scripts/demo.sh and scripts/test.sh",
         CacheSource::User => "the per-user cache",
     };
-    match args.action {
-        CacheAction::Info => {
-            let (files, bytes) = cache::usage(&dir).map_err(|e| anyhow::anyhow!("reading the kernel cache {}: {e}", dir.display()))?;
-            super::output::print_line(&format!(
-                "kernel cache: {} ({why})\n{files} CUBIN(s), {:.1} MiB",
-                dir.display(),
-                bytes as f64 / (1024.0 * 1024.0)
-            ))?;
-        }
-        CacheAction::Clear => {
-            let removed = cache::clear(&dir).map_err(|e| anyhow::anyhow!("clearing the kernel cache {}: {e}", dir.display()))?;
-            super::output::print_line(&format!("removed {removed} CUBIN(s) from {}", dir.display()))?;
+    let calib = CalibCache::default_location().unwrap_or_else(|| dir.with_file_name("calib"));
+    let folders = [("kernel cache", &dir, CUBIN_EXT, "CUBIN(s)"), ("calibration cache", &calib, STATS_EXT, "calibration statistic(s)")];
+    for (what, folder, ext, unit) in folders {
+        match args.action {
+            CacheAction::Info => {
+                let (files, bytes) =
+                    cache::usage(folder, ext).map_err(|e| anyhow::anyhow!("reading the {what} {}: {e}", folder.display()))?;
+                super::output::print_line(&format!(
+                    "{what}: {} ({why})\n{files} {unit}, {:.1} MiB",
+                    folder.display(),
+                    bytes as f64 / (1024.0 * 1024.0)
+                ))?;
+            }
+            CacheAction::Clear => {
+                let removed = cache::clear(folder, ext).map_err(|e| anyhow::anyhow!("clearing the {what} {}: {e}", folder.display()))?;
+                super::output::print_line(&format!("removed {removed} {unit} from {}", folder.display()))?;
+            }
         }
     }
     Ok(())

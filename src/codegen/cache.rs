@@ -126,8 +126,12 @@ fn is_checkout(dir: &Path) -> bool {
         && std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|t| t.lines().any(|l| l.trim() == "name = \"qfuse\""))
 }
 
-/// What a cache folder holds: CUBIN files and their total bytes (zero for a missing folder).
-pub fn usage(dir: &Path) -> std::io::Result<(usize, u64)> {
+/// The extension of a CUBIN cache entry.
+pub const CUBIN_EXT: &str = "cubin";
+
+/// What a cache folder holds: files ending `.{ext}` ([`CUBIN_EXT`], or the calibration cache's
+/// [`crate::quant::calib::cache::STATS_EXT`]) and their total bytes (zero for a missing folder).
+pub fn usage(dir: &Path, ext: &str) -> std::io::Result<(usize, u64)> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
@@ -136,7 +140,7 @@ pub fn usage(dir: &Path) -> std::io::Result<(usize, u64)> {
     let (mut files, mut bytes) = (0, 0);
     for entry in entries {
         let entry = entry?;
-        if entry.path().extension().is_some_and(|e| e == "cubin") {
+        if entry.path().extension().is_some_and(|e| e == ext) {
             files += 1;
             bytes += entry.metadata()?.len();
         }
@@ -144,8 +148,8 @@ pub fn usage(dir: &Path) -> std::io::Result<(usize, u64)> {
     Ok((files, bytes))
 }
 
-/// Removes every CUBIN file of a cache folder (nothing else in it); returns how many.
-pub fn clear(dir: &Path) -> std::io::Result<usize> {
+/// Removes every `.{ext}` file of a cache folder (nothing else in it); returns how many.
+pub fn clear(dir: &Path, ext: &str) -> std::io::Result<usize> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -154,7 +158,7 @@ pub fn clear(dir: &Path) -> std::io::Result<usize> {
     let mut removed = 0;
     for entry in entries {
         let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "cubin") {
+        if path.extension().is_some_and(|e| e == ext) {
             std::fs::remove_file(&path)?;
             removed += 1;
         }
@@ -198,11 +202,12 @@ mod tests {
         std::fs::write(dir.path().join("a.cubin"), b"\x7fELF1234").expect("write");
         std::fs::write(dir.path().join("b.cubin"), b"\x7fELF56").expect("write");
         std::fs::write(dir.path().join("notes.txt"), b"keep").expect("write");
-        assert_eq!(usage(dir.path()).expect("usage"), (2, 14));
-        assert_eq!(clear(dir.path()).expect("clear"), 2);
-        assert_eq!(usage(dir.path()).expect("usage"), (0, 0));
+        assert_eq!(usage(dir.path(), CUBIN_EXT).expect("usage"), (2, 14));
+        assert_eq!(usage(dir.path(), "txt").expect("usage"), (1, 4));
+        assert_eq!(clear(dir.path(), CUBIN_EXT).expect("clear"), 2);
+        assert_eq!(usage(dir.path(), CUBIN_EXT).expect("usage"), (0, 0));
         assert!(dir.path().join("notes.txt").exists(), "clear removes CUBINs only");
-        assert_eq!(usage(&dir.path().join("missing")).expect("missing folder"), (0, 0));
+        assert_eq!(usage(&dir.path().join("missing"), CUBIN_EXT).expect("missing folder"), (0, 0));
     }
 
     #[test]

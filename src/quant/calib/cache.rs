@@ -32,6 +32,9 @@ use crate::import::WeightStore;
 use crate::interp::{Tensor, TensorData};
 use crate::ir::{self, Graph, Op, ValueId};
 
+/// The extension of an entry (`<key>.stats`).
+pub const STATS_EXT: &str = "stats";
+
 /// Bumped whenever the entry layout or the key's contents change.
 const FORMAT: &str = "qfuse calibration cache 1";
 
@@ -124,7 +127,7 @@ impl CalibCache {
     }
 
     fn path(&self, key: &str) -> PathBuf {
-        self.dir.join(format!("{key}.stats"))
+        self.dir.join(format!("{key}.{STATS_EXT}"))
     }
 
     /// The cache folder.

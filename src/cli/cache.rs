@@ -32,7 +32,7 @@ pub fn run(args: &CacheArgs) -> anyhow::Result<()> {
         CacheSource::Checkout => "inside the qfuse checkout: shared with scripts/demo.sh and scripts/test.sh",
         CacheSource::User => "the per-user cache",
     };
-    let calib = CalibCache::default_location().unwrap_or_else(|| dir.with_file_name("calib"));
+    let calib = CalibCache::beside(&dir);
     let folders = [("kernel cache", &dir, CUBIN_EXT, "CUBIN(s)"), ("calibration cache", &calib, STATS_EXT, "calibration statistic(s)")];
     for (what, folder, ext, unit) in folders {
         match args.action {

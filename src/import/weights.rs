@@ -333,11 +333,8 @@ impl WeightStore {
                     h.update(bytes);
                 }
                 Derived::Held(t) => {
-                    h.update(format!("held {} {:?}", t.dtype, t.shape));
-                    match &t.data {
-                        crate::interp::TensorData::F32(v) => v.iter().for_each(|x| h.update(x.to_bits().to_le_bytes())),
-                        crate::interp::TensorData::I64(v) => v.iter().for_each(|x| h.update(x.to_le_bytes())),
-                    }
+                    h.update("held");
+                    t.hash_into(&mut h);
                 }
             }
             return Ok(h.finalize().into());

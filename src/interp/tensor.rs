@@ -47,6 +47,19 @@ pub fn stored_as_i64(dt: DType) -> bool {
 }
 
 impl Tensor {
+    /// Feeds the tensor's dtype, shape and elements (native byte order: a digest for caches the
+    /// same executable reads back, not a file format) into `h`.
+    pub fn hash_into(&self, h: &mut sha2::Sha256) {
+        use sha2::Digest;
+        h.update(format!("{} {:?}", self.dtype, self.shape));
+        match &self.data {
+            TensorData::F32(v) => h.update(bytemuck::cast_slice::<f32, u8>(v)),
+            TensorData::I64(v) => h.update(bytemuck::cast_slice::<i64, u8>(v)),
+        }
+    }
+}
+
+impl Tensor {
     /// An `f32` tensor. The element count is checked when the tensor reaches the interpreter.
     pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
         Tensor { dtype: DType::F32, shape, data: TensorData::F32(data) }

@@ -165,12 +165,7 @@ fn for_chunks(xs: &mut [f32], f: impl Fn(&mut [f32]) + Sync + Send) {
 
 /// Replaces every element by `f(element)`, in parallel for long slices.
 fn map_in_place(xs: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Send + Copy) {
-    let serial = move |c: &mut [f32]| c.iter_mut().for_each(|v| *v = f(*v));
-    if xs.len() > PAR_THRESHOLD {
-        xs.par_chunks_mut(PAR_CHUNK).for_each(serial);
-    } else {
-        serial(xs);
-    }
+    for_chunks(xs, move |c| c.iter_mut().for_each(|v| *v = f(*v)));
 }
 
 /// The storage code of `x` in `dt`, right-aligned in a `u32` (4-bit types: the low nibble; 8-bit: the

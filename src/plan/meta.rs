@@ -150,14 +150,25 @@ impl PlanMeta {
         Some(self.launch_sums[at].sums)
     }
 
+    /// The entries of a per-launch table (`what`: launch guards, launch sums) name launches of the
+    /// schedule, in strictly increasing order.
+    fn check_launch_table(&self, what: &str, launches: impl Iterator<Item = u32>) -> Result<(), String> {
+        let mut previous = None;
+        for (i, launch) in launches.enumerate() {
+            if launch as usize >= self.schedule.len() {
+                return Err(format!("{what} {i} refers to launch {launch} out of {}", self.schedule.len()));
+            }
+            if previous.is_some_and(|p| p >= launch) {
+                return Err(format!("{what} {i} (launch {launch}) is not in strictly increasing launch order"));
+            }
+            previous = Some(launch);
+        }
+        Ok(())
+    }
+
     fn check_launch_sums(&self) -> Result<(), String> {
+        self.check_launch_table("launch sums", self.launch_sums.iter().map(|l| l.launch))?;
         for (i, l) in self.launch_sums.iter().enumerate() {
-            if l.launch as usize >= self.schedule.len() {
-                return Err(format!("launch sums {i} refer to launch {} out of {}", l.launch, self.schedule.len()));
-            }
-            if i > 0 && self.launch_sums[i - 1].launch >= l.launch {
-                return Err(format!("launch sums {i} (launch {}) are not in strictly increasing launch order", l.launch));
-            }
             if let Sums::Promoted { every: 0, .. } = l.sums {
                 return Err(format!("launch sums {i} (launch {}) promote every 0 elements", l.launch));
             }
@@ -195,13 +206,8 @@ impl PlanMeta {
     }
 
     fn check_guards(&self) -> Result<(), String> {
-        for (i, g) in self.launch_guards.iter().enumerate() {
-            if g.launch as usize >= self.schedule.len() {
-                return Err(format!("launch guard {i} refers to launch {} out of {}", g.launch, self.schedule.len()));
-            }
-            if i > 0 && self.launch_guards[i - 1].launch >= g.launch {
-                return Err(format!("launch guard {i} (launch {}) is not in strictly increasing launch order", g.launch));
-            }
+        self.check_launch_table("launch guard", self.launch_guards.iter().map(|g| g.launch))?;
+        for g in &self.launch_guards {
             self.check_symbols(&format!("guard of launch {}", g.launch), g.when.rows())?;
         }
         Ok(())

@@ -29,7 +29,6 @@ use sha2::{Digest, Sha256};
 
 use super::{Calibration, Run, TensorStats};
 use crate::import::WeightStore;
-use crate::interp::{Tensor, TensorData};
 use crate::ir::{self, Graph, Op, ValueId};
 
 /// The extension of an entry (`<key>.stats`).
@@ -61,7 +60,12 @@ impl CalibCache {
     /// The folder beside the kernel cache's (`…/qfuse/calib` next to `…/qfuse/kernels`), `None`
     /// when no cache location is known.
     pub fn default_location() -> Option<PathBuf> {
-        crate::codegen::cache::KernelCache::default_location().map(|kernels| kernels.with_file_name("calib"))
+        crate::codegen::cache::KernelCache::default_location().map(|kernels| Self::beside(&kernels))
+    }
+
+    /// The calibration cache folder beside the kernel cache folder `kernels`.
+    pub fn beside(kernels: &Path) -> PathBuf {
+        kernels.with_file_name("calib")
     }
 
     /// The key of observing `values` of `g` over `runs` with the weights of `weights`; errors when
@@ -83,7 +87,7 @@ impl CalibCache {
             h.update(b"run");
             for (name, t) in run.inputs {
                 h.update(name.as_bytes());
-                hash_tensor(&mut h, t);
+                t.hash_into(&mut h);
             }
             for n in run.tokens.unwrap_or_default() {
                 h.update((*n as u64).to_le_bytes());
@@ -144,15 +148,6 @@ fn executable_digest() -> &'static [u8] {
         let exe = std::env::current_exe().and_then(std::fs::read);
         exe.map(|bytes| Sha256::digest(bytes).to_vec()).unwrap_or_default()
     })
-}
-
-fn hash_tensor(h: &mut Sha256, t: &Tensor) {
-    h.update(t.dtype.to_string());
-    t.shape.iter().for_each(|d| h.update((*d as u64).to_le_bytes()));
-    match &t.data {
-        TensorData::F32(v) => v.iter().for_each(|x| h.update(x.to_bits().to_le_bytes())),
-        TensorData::I64(v) => v.iter().for_each(|x| h.update(x.to_le_bytes())),
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {
